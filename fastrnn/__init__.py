@@ -1,0 +1,25 @@
+"""fastrnn: fast CPU recurrent layers (SimpleRNN, LSTM, GRU) that load PyTorch, Keras and
+ONNX models without the frameworks.
+
+Public API only; see the README for a tour.
+"""
+from ._threads import get_num_threads, set_num_threads
+from .layers import GRU, LSTM, SimpleRNN, layer_from_config
+from .convert import from_torch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SimpleRNN", "LSTM", "GRU", "from_torch", "layer_from_config",
+    "set_num_threads", "get_num_threads", "load", "__version__",
+]
+
+
+def load(path, *args, **kwargs):
+    """Load a model or layer from a file, recognising the format from its content.
+
+    Supported: PyTorch ``torch.save`` zip files, safetensors (PyTorch state dicts and
+    fastrnn's own files), Keras ``.keras`` / ``.h5`` and ONNX models (see the README).
+    """
+    from .io import load as _load
+    return _load(path, *args, **kwargs)

@@ -1,0 +1,612 @@
+# cython: language_level=3
+"""Forward kernels for SimpleRNN, LSTM and GRU layers (one direction of one layer a call).
+
+Layout conventions (all C-ordered, float32 or float64):
+
+* The batch is *packed* like PyTorch's PackedSequence: sequences are sorted by length,
+  longest first, and the rows of time step ``t`` are the ``n_t`` first sequences, stored
+  at rows ``offsets[t] .. offsets[t] + n_t`` of a 2-D array.  A dense (T, B) batch is the
+  special case ``n_t = B``, ``offsets[t] = t * B``, which costs nothing to build.
+* ``wx`` is ``W_ih^T`` (I, G*H) and ``wh`` is ``W_hh^T`` (Hrec, G*H), gate blocks in
+  PyTorch order (LSTM i f g o, GRU r z n).  ``bias`` (G*H) holds ``b_ih + b_hh`` except
+  for the GRU candidate gate with ``reset_after`` where ``bhn`` keeps ``b_hn`` apart.
+* The reverse direction reads each sequence backwards within its own length; outputs
+  are written at the input's time index.
+
+Per call: the input projection of a chunk of time steps is one GEMM (bounded memory),
+then each step does one recurrent GEMM (BLAS) and one fused pass for the gate math.
+Everything after argument checking runs without the GIL.  Scratch memory is allocated
+per call, so concurrent calls never share it.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, tanh, tanhf, log1p, log1pf, fabs, fabsf
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport intptr_t
+
+from fastrnn._blas cimport gemm_rm
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fr_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int fr_has_openmp(void) { return 1; }
+    #else
+    static int fr_omp_max_threads(void) { return 1; }
+    static int fr_has_openmp(void) { return 0; }
+    #endif
+    typedef int (*fr_set_threads_t)(int);
+    static fr_set_threads_t fr_blas_set_local = 0;
+    static int fr_blas_threads(int n) { return fr_blas_set_local ? fr_blas_set_local(n) : -1; }
+    """
+    int fr_omp_max_threads() nogil
+    int fr_has_openmp() nogil
+    ctypedef int (*fr_set_threads_t)(int) noexcept nogil
+    fr_set_threads_t fr_blas_set_local
+    int fr_blas_threads(int n) nogil
+
+
+# Activation codes (ONNX names).  ACT_* values are part of the Python API of this module.
+cdef enum:
+    A_SIGMOID = 0
+    A_TANH = 1
+    A_RELU = 2
+    A_HARDSIGMOID = 3
+    A_LEAKYRELU = 4
+    A_AFFINE = 5
+    A_SCALEDTANH = 6
+    A_ELU = 7
+    A_SOFTSIGN = 8
+    A_SOFTPLUS = 9
+    A_THRESHOLDEDRELU = 10
+    A_LINEAR = 11
+
+ACTIVATION_CODES = {
+    "sigmoid": A_SIGMOID, "tanh": A_TANH, "relu": A_RELU, "hardsigmoid": A_HARDSIGMOID,
+    "leakyrelu": A_LEAKYRELU, "affine": A_AFFINE, "scaledtanh": A_SCALEDTANH, "elu": A_ELU,
+    "softsign": A_SOFTSIGN, "softplus": A_SOFTPLUS, "thresholdedrelu": A_THRESHOLDEDRELU,
+    "linear": A_LINEAR,
+}
+
+CELL_RNN = 0
+CELL_LSTM = 1
+CELL_GRU = 2
+
+
+def has_openmp():
+    """True when the extension was compiled with OpenMP."""
+    return bool(fr_has_openmp())
+
+
+def omp_max_threads():
+    return fr_omp_max_threads()
+
+
+def _set_blas_local_setter(intptr_t address):
+    """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
+    global fr_blas_set_local
+    fr_blas_set_local = <fr_set_threads_t>address
+
+
+# ----------------------------------------------------------------------------- math
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    # exp overflows to inf for very negative x, giving exactly 0; no NaN for +-inf.
+    return 1 / (1 + _exp(-x))
+
+
+cdef inline floating _act(int code, floating a, floating b, floating x) noexcept nogil:
+    cdef floating y
+    if code == A_SIGMOID:
+        return _sigmoid(x)
+    elif code == A_TANH:
+        return _tanh(x)
+    elif code == A_RELU:
+        return x if x > 0 else 0
+    elif code == A_HARDSIGMOID:
+        y = a * x + b
+        return 0 if y < 0 else (1 if y > 1 else y)
+    elif code == A_LEAKYRELU:
+        return x if x >= 0 else a * x
+    elif code == A_AFFINE:
+        return a * x + b
+    elif code == A_SCALEDTANH:
+        return a * _tanh(b * x)
+    elif code == A_ELU:
+        return x if x >= 0 else a * (_exp(x) - 1)
+    elif code == A_SOFTSIGN:
+        if floating is float:
+            return x / (1 + fabsf(x))
+        else:
+            return x / (1 + fabs(x))
+    elif code == A_SOFTPLUS:
+        # log(1 + e^x), overflow-safe
+        if x > 0:
+            if floating is float:
+                return x + log1pf(expf(-x))
+            else:
+                return x + log1p(exp(-x))
+        if floating is float:
+            return log1pf(expf(x))
+        else:
+            return log1p(exp(x))
+    elif code == A_THRESHOLDEDRELU:
+        return x if x > a else 0
+    return x  # linear
+
+
+cdef inline floating _clip(floating x, floating c) noexcept nogil:
+    return c if x > c else (-c if x < -c else x)
+
+
+cdef struct Acts:
+    int f, g, h          # gate, candidate/cell, output (ONNX f, g, h)
+    double fa, fb, ga, gb, ha, hb
+    int is_default       # f=sigmoid, g=h=tanh (or g=tanh for RNN): fast path
+    double clip          # <= 0: no clip
+
+
+# ------------------------------------------------------------------ fused gate passes
+cdef void _rnn_rows(int n0, int n1, int H, floating* acc, int acc_ld,
+                    floating** xrows, const floating* bias, floating* h, int h_ld,
+                    const Acts* A) noexcept nogil:
+    cdef int b, j
+    cdef floating v
+    cdef floating* a
+    cdef const floating* xr
+    cdef floating clip = <floating>A.clip
+    for b in range(n0, n1):
+        a = acc + <Py_ssize_t>b * acc_ld
+        xr = xrows[b]
+        if A.is_default and A.clip <= 0:
+            if A.f == A_TANH:
+                for j in range(H):
+                    h[<Py_ssize_t>b * h_ld + j] = _tanh(a[j] + xr[j] + bias[j])
+            else:
+                for j in range(H):
+                    v = a[j] + xr[j] + bias[j]
+                    h[<Py_ssize_t>b * h_ld + j] = v if v > 0 else 0
+        else:
+            for j in range(H):
+                v = a[j] + xr[j] + bias[j]
+                if A.clip > 0:
+                    v = _clip(v, clip)
+                h[<Py_ssize_t>b * h_ld + j] = _act(A.f, <floating>A.fa, <floating>A.fb, v)
+
+
+cdef void _lstm_rows(int n0, int n1, int H, floating* acc, int acc_ld,
+                     floating** xrows, const floating* bias, floating* c, floating* hraw,
+                     int hraw_ld, const floating* peep, int input_forget,
+                     const Acts* A) noexcept nogil:
+    """acc (n, 4H): recurrent part; writes c in place and h_raw = o * act_h(c)."""
+    cdef int b, j
+    cdef floating gi, gf, gg, go, ct
+    cdef floating* a
+    cdef floating* cb
+    cdef floating* hb
+    cdef const floating* xr
+    cdef floating clip = <floating>A.clip
+    cdef bint fast = A.is_default and A.clip <= 0 and peep == NULL and not input_forget
+    for b in range(n0, n1):
+        a = acc + <Py_ssize_t>b * acc_ld
+        xr = xrows[b]
+        cb = c + <Py_ssize_t>b * H
+        hb = hraw + <Py_ssize_t>b * hraw_ld
+        if fast:
+            for j in range(H):
+                gi = _sigmoid(a[j] + xr[j] + bias[j])
+                gf = _sigmoid(a[H + j] + xr[H + j] + bias[H + j])
+                gg = _tanh(a[2 * H + j] + xr[2 * H + j] + bias[2 * H + j])
+                go = _sigmoid(a[3 * H + j] + xr[3 * H + j] + bias[3 * H + j])
+                ct = gf * cb[j] + gi * gg
+                cb[j] = ct
+                hb[j] = go * _tanh(ct)
+        else:
+            for j in range(H):
+                gi = a[j] + xr[j] + bias[j]
+                gf = a[H + j] + xr[H + j] + bias[H + j]
+                gg = a[2 * H + j] + xr[2 * H + j] + bias[2 * H + j]
+                go = a[3 * H + j] + xr[3 * H + j] + bias[3 * H + j]
+                if peep != NULL:
+                    gi = gi + peep[j] * cb[j]
+                    gf = gf + peep[H + j] * cb[j]
+                if A.clip > 0:
+                    gi = _clip(gi, clip)
+                    gf = _clip(gf, clip)
+                    gg = _clip(gg, clip)
+                gi = _act(A.f, <floating>A.fa, <floating>A.fb, gi)
+                if input_forget:
+                    gf = 1 - gi
+                else:
+                    gf = _act(A.f, <floating>A.fa, <floating>A.fb, gf)
+                gg = _act(A.g, <floating>A.ga, <floating>A.gb, gg)
+                ct = gf * cb[j] + gi * gg
+                if peep != NULL:
+                    go = go + peep[2 * H + j] * ct
+                if A.clip > 0:
+                    go = _clip(go, clip)
+                go = _act(A.f, <floating>A.fa, <floating>A.fb, go)
+                cb[j] = ct
+                hb[j] = go * _act(A.h, <floating>A.ha, <floating>A.hb, ct)
+
+
+cdef void _gru_rz_rows(int n0, int n1, int H, floating* acc, int acc_ld,
+                       floating** xrows, const floating* bias, const floating* h,
+                       floating* rh, const Acts* A) noexcept nogil:
+    """reset_after=False, first half: acc[:, :2H] <- (r, z) activated; rh <- r * h."""
+    cdef int b, j
+    cdef floating r, z
+    cdef floating* a
+    cdef const floating* xr
+    cdef floating clip = <floating>A.clip
+    for b in range(n0, n1):
+        a = acc + <Py_ssize_t>b * acc_ld
+        xr = xrows[b]
+        for j in range(H):
+            r = a[j] + xr[j] + bias[j]
+            z = a[H + j] + xr[H + j] + bias[H + j]
+            if A.clip > 0:
+                r = _clip(r, clip)
+                z = _clip(z, clip)
+            if A.f == A_SIGMOID:
+                r = _sigmoid(r)
+                z = _sigmoid(z)
+            else:
+                r = _act(A.f, <floating>A.fa, <floating>A.fb, r)
+                z = _act(A.f, <floating>A.fa, <floating>A.fb, z)
+            a[H + j] = z
+            rh[<Py_ssize_t>b * H + j] = r * h[<Py_ssize_t>b * H + j]
+
+
+cdef void _gru_rows(int n0, int n1, int H, floating* acc, int acc_ld,
+                    floating** xrows, const floating* bias, const floating* bhn,
+                    floating* h, int reset_after, const Acts* A) noexcept nogil:
+    """reset_after: acc (n, 3H) = h @ W_hh^T.  Otherwise acc[:, H:2H] holds z already and
+    acc[:, 2H:] = (r*h) @ W_hn^T.  Updates h in place."""
+    cdef int b, j
+    cdef floating r, z, nn, hp
+    cdef floating* a
+    cdef floating* hb
+    cdef const floating* xr
+    cdef floating clip = <floating>A.clip
+    cdef bint fast = A.is_default and A.clip <= 0
+    for b in range(n0, n1):
+        a = acc + <Py_ssize_t>b * acc_ld
+        xr = xrows[b]
+        hb = h + <Py_ssize_t>b * H
+        if reset_after:
+            if fast:
+                for j in range(H):
+                    r = _sigmoid(a[j] + xr[j] + bias[j])
+                    z = _sigmoid(a[H + j] + xr[H + j] + bias[H + j])
+                    nn = _tanh(xr[2 * H + j] + bias[2 * H + j] + r * (a[2 * H + j] + bhn[j]))
+                    hb[j] = (1 - z) * nn + z * hb[j]
+            else:
+                for j in range(H):
+                    r = a[j] + xr[j] + bias[j]
+                    z = a[H + j] + xr[H + j] + bias[H + j]
+                    if A.clip > 0:
+                        r = _clip(r, clip)
+                        z = _clip(z, clip)
+                    r = _act(A.f, <floating>A.fa, <floating>A.fb, r)
+                    z = _act(A.f, <floating>A.fa, <floating>A.fb, z)
+                    nn = xr[2 * H + j] + bias[2 * H + j] + r * (a[2 * H + j] + bhn[j])
+                    if A.clip > 0:
+                        nn = _clip(nn, clip)
+                    nn = _act(A.g, <floating>A.ga, <floating>A.gb, nn)
+                    hb[j] = (1 - z) * nn + z * hb[j]
+        else:
+            for j in range(H):
+                z = a[H + j]
+                nn = a[2 * H + j] + xr[2 * H + j] + bias[2 * H + j]
+                if A.clip > 0:
+                    nn = _clip(nn, clip)
+                if fast:
+                    nn = _tanh(nn)
+                else:
+                    nn = _act(A.g, <floating>A.ga, <floating>A.gb, nn)
+                hb[j] = (1 - z) * nn + z * hb[j]
+
+
+# ------------------------------------------------------------------------ the layer
+cdef struct Dims:
+    int cell, T, I, H, P, G, nrows_max, reverse, varlen, reset_after, input_forget
+    int out_ld, out_col, num_threads, has_mask, mask_zero_output, chunk
+
+
+cdef inline void _parallel_rows(int kind, int n, int nt, int H, floating* acc, int acc_ld,
+                                floating** xrows, const floating* bias, const floating* bhn,
+                                floating* h, floating* c, floating* hraw, int hraw_ld,
+                                floating* rh, const floating* peep, int input_forget,
+                                int reset_after, const Acts* A) noexcept nogil:
+    """Run one fused gate pass over ``n`` rows, split over threads when it pays."""
+    cdef int nchunks, ci, r0, r1, per
+    if nt > 1 and n >= 2 and <long>n * H >= 8192:
+        nchunks = nt if n >= nt else n
+        per = (n + nchunks - 1) // nchunks
+        for ci in prange(nchunks, nogil=True, num_threads=nt, schedule='static'):
+            r0 = ci * per
+            r1 = r0 + per
+            if r1 > n:
+                r1 = n
+            if r0 < r1:
+                _rows_dispatch(kind, r0, r1, H, acc, acc_ld, xrows, bias, bhn, h, c, hraw,
+                               hraw_ld, rh, peep, input_forget, reset_after, A)
+    else:
+        _rows_dispatch(kind, 0, n, H, acc, acc_ld, xrows, bias, bhn, h, c, hraw, hraw_ld,
+                       rh, peep, input_forget, reset_after, A)
+
+
+cdef inline void _rows_dispatch(int kind, int r0, int r1, int H, floating* acc, int acc_ld,
+                                floating** xrows, const floating* bias, const floating* bhn,
+                                floating* h, floating* c, floating* hraw, int hraw_ld,
+                                floating* rh, const floating* peep, int input_forget,
+                                int reset_after, const Acts* A) noexcept nogil:
+    if kind == 0:
+        _rnn_rows(r0, r1, H, acc, acc_ld, xrows, bias, h, H, A)
+    elif kind == 1:
+        _lstm_rows(r0, r1, H, acc, acc_ld, xrows, bias, c, hraw, hraw_ld, peep,
+                   input_forget, A)
+    elif kind == 2:
+        _gru_rows(r0, r1, H, acc, acc_ld, xrows, bias, bhn, h, reset_after, A)
+    else:
+        _gru_rz_rows(r0, r1, H, acc, acc_ld, xrows, bias, h, rh, A)
+
+
+cdef int _run_layer(Dims* d, const floating* x, int x_ld, const floating* wx,
+                    const floating* wh, const floating* bias, const floating* bhn,
+                    const floating* wr, const floating* peep,
+                    const Py_ssize_t* offsets, const Py_ssize_t* nsteps, const Py_ssize_t* lens,
+                    const unsigned char* mask, floating* h, floating* c, floating* out,
+                    const Acts* A) noexcept nogil:
+    """Returns 0 on success, -1 when scratch memory could not be allocated."""
+    cdef int T = d.T, I = d.I, H = d.H, G = d.G, GH = d.G * d.H
+    cdef int P = d.P if d.P > 0 else d.H          # size of h (recurrent input / output)
+    cdef int B = d.nrows_max, nt = d.num_threads
+    cdef int chunk = d.chunk
+    cdef int s, s0, s1, b, n, t, j, kind
+    cdef Py_ssize_t row0, nrows, rr, src, dst
+    cdef floating* xp = NULL
+    cdef floating* stage = NULL
+    cdef floating* acc = NULL
+    cdef floating* hraw = NULL
+    cdef floating* rh = NULL
+    cdef floating* hprev = NULL
+    cdef floating* cprev = NULL
+    cdef floating* lastout = NULL
+    cdef floating** xrows = NULL
+    cdef int rc = -1
+    cdef bint gather = d.reverse and d.varlen
+    cdef Py_ssize_t maxrows = 0
+    cdef bint ok
+
+    # the largest number of packed rows a chunk of time steps can hold
+    s0 = 0
+    while s0 < T:
+        s1 = s0 + chunk
+        if s1 > T:
+            s1 = T
+        rr = offsets[s1 - 1] + nsteps[s1 - 1] - offsets[s0]
+        if rr > maxrows:
+            maxrows = rr
+        s0 = s1
+
+    xp = <floating*>malloc(sizeof(floating) * maxrows * GH + 1)
+    acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
+    xrows = <floating**>malloc(sizeof(floating*) * B + 1)
+    ok = xp != NULL and acc != NULL and xrows != NULL
+    if gather:
+        stage = <floating*>malloc(sizeof(floating) * maxrows * I + 1)
+        ok = ok and stage != NULL
+    if d.cell == 1 and d.P > 0:
+        hraw = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = ok and hraw != NULL
+    if d.cell == 2 and not d.reset_after:
+        rh = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = ok and rh != NULL
+    if d.has_mask:
+        hprev = <floating*>malloc(sizeof(floating) * B * P + 1)
+        cprev = <floating*>malloc(sizeof(floating) * B * H + 1)
+        lastout = <floating*>malloc(sizeof(floating) * B * P + 1)
+        ok = ok and hprev != NULL and cprev != NULL and lastout != NULL
+        if lastout != NULL:
+            memset(lastout, 0, sizeof(floating) * B * P)
+    if ok:
+        _time_loop(d, x, x_ld, wx, wh, bias, bhn, wr, peep, offsets, nsteps, lens, mask,
+                   h, c, out, A, maxrows, xp, stage, acc, hraw, rh, hprev, cprev, lastout, xrows)
+        rc = 0
+    free(xp)
+    free(stage)
+    free(acc)
+    free(hraw)
+    free(rh)
+    free(hprev)
+    free(cprev)
+    free(lastout)
+    free(xrows)
+    return rc
+
+
+cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
+                     const floating* wh, const floating* bias, const floating* bhn,
+                     const floating* wr, const floating* peep,
+                     const Py_ssize_t* offsets, const Py_ssize_t* nsteps, const Py_ssize_t* lens,
+                     const unsigned char* mask, floating* h, floating* c, floating* out,
+                     const Acts* A, Py_ssize_t maxrows, floating* xp, floating* stage,
+                     floating* acc, floating* hraw, floating* rh, floating* hprev,
+                     floating* cprev, floating* lastout, floating** xrows) noexcept nogil:
+    cdef int T = d.T, I = d.I, H = d.H, G = d.G, GH = d.G * d.H
+    cdef int P = d.P if d.P > 0 else d.H
+    cdef int nt = d.num_threads
+    cdef int chunk = d.chunk
+    cdef int s, s0, s1, b, n, t, kind
+    cdef Py_ssize_t row0, nrows, dst
+    cdef bint gather = d.reverse and d.varlen
+    cdef int old_blas = -1
+    old_blas = fr_blas_threads(nt)
+    if d.cell == 0:
+        kind = 0
+    elif d.cell == 1:
+        kind = 1
+    else:
+        kind = 2
+
+    s0 = 0
+    while s0 < T:
+        s1 = s0 + chunk
+        if s1 > T:
+            s1 = T
+        # ---- input projection of steps [s0, s1) in one GEMM
+        if gather:
+            # step s, row b reads input time lens[b]-1-s: stage those rows contiguously
+            dst = 0
+            for s in range(s0, s1):
+                for b in range(nsteps[s]):
+                    t = <int>lens[b] - 1 - s
+                    memcpy(stage + dst * I, x + (offsets[t] + b) * x_ld, sizeof(floating) * I)
+                    dst += 1
+            gemm_rm(False, False, <int>dst, GH, I, <floating>1, stage, I, wx, GH,
+                    <floating>0, xp, GH)
+        elif d.reverse:
+            # dense reverse: steps [s0, s1) are input times (T-s1 .. T-1-s0), contiguous
+            row0 = offsets[T - s1]
+            nrows = offsets[T - 1 - s0] + nsteps[T - 1 - s0] - row0
+            gemm_rm(False, False, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
+                    wx, GH, <floating>0, xp, GH)
+        else:
+            row0 = offsets[s0]
+            nrows = offsets[s1 - 1] + nsteps[s1 - 1] - row0
+            gemm_rm(False, False, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
+                    wx, GH, <floating>0, xp, GH)
+
+        # ---- time steps
+        for s in range(s0, s1):
+            n = <int>nsteps[s]
+            # where each active row's projected input lives, and its input time
+            for b in range(n):
+                if gather:
+                    xrows[b] = xp + (offsets[s] - offsets[s0] + b) * GH
+                elif d.reverse:
+                    xrows[b] = xp + (offsets[T - 1 - s] - offsets[T - s1] + b) * GH
+                else:
+                    xrows[b] = xp + (offsets[s] - offsets[s0] + b) * GH
+            if d.has_mask:
+                memcpy(hprev, h, sizeof(floating) * n * P)
+                if d.cell == 1:
+                    memcpy(cprev, c, sizeof(floating) * n * H)
+            # recurrent GEMM
+            if kind == 2 and not d.reset_after:
+                gemm_rm(False, False, n, 2 * H, P, <floating>1, h, P, wh, GH,
+                        <floating>0, acc, GH)
+                _parallel_rows(3, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
+                               peep, d.input_forget, d.reset_after, A)
+                gemm_rm(False, False, n, H, H, <floating>1, rh, H, wh + 2 * H, GH,
+                        <floating>0, acc + 2 * H, GH)
+            else:
+                gemm_rm(False, False, n, GH, P, <floating>1, h, P, wh, GH,
+                        <floating>0, acc, GH)
+            if kind == 1 and d.P > 0:
+                _parallel_rows(1, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
+                               peep, d.input_forget, d.reset_after, A)
+                gemm_rm(False, False, n, P, H, <floating>1, hraw, H, wr, P,
+                        <floating>0, h, P)
+            elif kind == 1:
+                _parallel_rows(1, n, nt, H, acc, GH, xrows, bias, bhn, h, c, h, H, rh,
+                               peep, d.input_forget, d.reset_after, A)
+            else:
+                _parallel_rows(kind, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
+                               peep, d.input_forget, d.reset_after, A)
+            # masked rows (Keras semantics): carry the state, repeat or zero the output
+            for b in range(n):
+                if gather:
+                    t = <int>lens[b] - 1 - s
+                elif d.reverse:
+                    t = T - 1 - s
+                else:
+                    t = s
+                dst = (offsets[t] + b) * d.out_ld + d.out_col
+                if d.has_mask and not mask[offsets[t] + b]:
+                    memcpy(h + <Py_ssize_t>b * P, hprev + <Py_ssize_t>b * P, sizeof(floating) * P)
+                    if d.cell == 1:
+                        memcpy(c + <Py_ssize_t>b * H, cprev + <Py_ssize_t>b * H,
+                               sizeof(floating) * H)
+                    if d.mask_zero_output:
+                        memset(out + dst, 0, sizeof(floating) * P)
+                    else:
+                        memcpy(out + dst, lastout + <Py_ssize_t>b * P, sizeof(floating) * P)
+                else:
+                    memcpy(out + dst, h + <Py_ssize_t>b * P, sizeof(floating) * P)
+                    if d.has_mask:
+                        memcpy(lastout + <Py_ssize_t>b * P, h + <Py_ssize_t>b * P,
+                               sizeof(floating) * P)
+        s0 = s1
+    if old_blas >= 0:
+        fr_blas_threads(old_blas)
+
+
+def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1] wh,
+              floating[::1] bias, floating[::1] bhn, floating[:, ::1] wr, floating[::1] peep,
+              Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps, Py_ssize_t[::1] lens,
+              unsigned char[::1] mask, floating[:, ::1] h, floating[:, ::1] c,
+              floating[:, ::1] out, int out_col, int reverse, int varlen,
+              int hidden_size, int proj_size, int reset_after, int input_forget,
+              acts, double clip, int use_peep, int has_mask, int mask_zero_output,
+              int num_threads, int chunk):
+    """Run one direction of one layer over a packed batch (see the module docstring).
+
+    x (N, I) packed input rows; h (B, P or H) and c (B, H) hold the initial state on entry
+    and the final state on exit (c unused except for LSTM); out (N, >= out_col + P)
+    receives the outputs at columns ``out_col:out_col+P``.  The caller validates shapes.
+    """
+    cdef Dims d
+    cdef Acts A
+    cdef int rc
+    d.cell = cell
+    d.T = offsets.shape[0]
+    d.I = x.shape[1]
+    d.H = hidden_size
+    d.P = proj_size
+    d.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    d.nrows_max = h.shape[0]
+    d.reverse = reverse
+    d.varlen = varlen
+    d.reset_after = reset_after
+    d.input_forget = input_forget
+    d.out_ld = out.shape[1]
+    d.out_col = out_col
+    d.num_threads = num_threads if num_threads > 0 else 1
+    d.has_mask = has_mask
+    d.mask_zero_output = mask_zero_output
+    d.chunk = chunk if chunk > 0 else 1
+    (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
+    A.clip = clip
+    if cell == CELL_RNN:
+        A.is_default = A.f == A_TANH or A.f == A_RELU
+    else:
+        A.is_default = A.f == A_SIGMOID and A.g == A_TANH and A.h == A_TANH
+    if d.T == 0 or d.nrows_max == 0:
+        return
+    with nogil:
+        rc = _run_layer(&d, &x[0, 0], x.shape[1], &wx[0, 0], &wh[0, 0], &bias[0], &bhn[0],
+                        &wr[0, 0], &peep[0] if use_peep else NULL,
+                        &offsets[0], &nsteps[0], &lens[0], &mask[0], &h[0, 0], &c[0, 0],
+                        &out[0, 0], &A)
+    if rc != 0:
+        raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")

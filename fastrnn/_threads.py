@@ -1,0 +1,89 @@
+"""Thread-count control shared by every kernel.
+
+Resolution order for a call: the ``num_threads`` argument of the call, then the layer's
+``num_threads``, then :func:`set_num_threads`, then ``OMP_NUM_THREADS``, then the CPUs
+this process may run on.  The same count is given to OpenMP regions and to scipy's
+OpenBLAS (per calling thread, through ``openblas_set_num_threads_local``), so the two
+never oversubscribe the cores.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+
+_lock = threading.Lock()
+_default: int | None = None
+_blas_hooked = False
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_threads() -> int | None:
+    v = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if v.isdigit() and int(v) > 0:
+        return int(v)
+    return None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default number of threads of every fastrnn call (None: back to automatic)."""
+    global _default
+    if n is not None:
+        n = _check_threads(n)
+    _default = n
+
+
+def get_num_threads() -> int:
+    """The number of threads a call uses when it is not told otherwise."""
+    if _default is not None:
+        return _default
+    return _env_threads() or _cpu_count()
+
+
+def _check_threads(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"num_threads must be a positive int, got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    return n
+
+
+def resolve(*candidates) -> int:
+    """First candidate that is not None (validated), else :func:`get_num_threads`."""
+    for c in candidates:
+        if c is not None:
+            return _check_threads(c)
+    return get_num_threads()
+
+
+def hook_blas() -> None:
+    """Give the kernels scipy's ``openblas_set_num_threads_local`` (once, lazily)."""
+    global _blas_hooked
+    if _blas_hooked:
+        return
+    with _lock:
+        if _blas_hooked:
+            return
+        from . import _kernels
+        address = 0
+        try:
+            import scipy
+            libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+            for path in glob.glob(os.path.join(libdir, "*openblas*")):
+                lib = ctypes.CDLL(path)
+                fn = getattr(lib, "openblas_set_num_threads_local", None)
+                if fn is not None:
+                    address = ctypes.cast(fn, ctypes.c_void_p).value or 0
+                    break
+        except OSError:
+            address = 0
+        _kernels._set_blas_local_setter(address)
+        _blas_hooked = True

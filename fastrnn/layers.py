@@ -1,0 +1,623 @@
+"""Recurrent layers: SimpleRNN, LSTM, GRU (stacked, bidirectional, float32/float64).
+
+Weights are held in PyTorch's layout and naming (``weight_ih_l0`` ``(G*H, I)``,
+``weight_hh_l0`` ``(G*H, H)``, ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0`` for the
+LSTM projection, ``_reverse`` for the second direction; gate order LSTM i f g o, GRU
+r z n).  Every source format is converted to this layout by its loader.  When weights
+change they are validated once and packed once for the kernels (transposed, biases
+fused); a call never converts weights.
+
+Layers own validation; the kernels in ``_kernels.pyx`` trust their arguments.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _threads
+
+__all__ = ["SimpleRNN", "LSTM", "GRU", "RNNBase", "layer_from_config", "parse_activation"]
+
+# (name, alpha default, beta default) of the activations ONNX allows in RNN nodes.
+_ACT_DEFAULTS = {
+    "sigmoid": (0.0, 0.0), "tanh": (0.0, 0.0), "relu": (0.0, 0.0),
+    "hardsigmoid": (0.2, 0.5), "leakyrelu": (0.01, 0.0), "affine": (1.0, 0.0),
+    "scaledtanh": (1.0, 1.0), "elu": (1.0, 0.0), "softsign": (0.0, 0.0),
+    "softplus": (0.0, 0.0), "thresholdedrelu": (1.0, 0.0), "linear": (0.0, 0.0),
+}
+_ACT_ALIASES = {"hard_sigmoid": "hardsigmoid", "leaky_relu": "leakyrelu",
+                "identity": "linear", "none": "linear", "scaled_tanh": "scaledtanh",
+                "thresholded_relu": "thresholdedrelu"}
+
+# kernels' cell codes
+_CELL_CODE = {"RNN": 0, "LSTM": 1, "GRU": 2}
+_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+# projection GEMM chunk: about this many bytes of projected inputs live at once
+_CHUNK_BYTES = 4 << 20
+
+
+def parse_activation(spec) -> tuple[str, float, float]:
+    """Normalise an activation spec to ``(name, alpha, beta)``.
+
+    A spec is a name (``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"hard_sigmoid"``
+    (ONNX HardSigmoid: ``clip(0.2 x + 0.5, 0, 1)``, the Keras 2 formula), ``"linear"``,
+    ``"leakyrelu"``, ``"affine"``, ``"scaledtanh"``, ``"elu"``, ``"softsign"``,
+    ``"softplus"``, ``"thresholdedrelu"``; case-insensitive) or a tuple
+    ``(name, alpha, beta)`` with ONNX's meaning of alpha and beta, e.g.
+    ``("hardsigmoid", 1/6, 0.5)`` for Keras 3's hard_sigmoid.
+    """
+    if isinstance(spec, str):
+        name, alpha, beta = spec, None, None
+    elif isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3 and isinstance(spec[0], str):
+        name = spec[0]
+        alpha = spec[1] if len(spec) > 1 else None
+        beta = spec[2] if len(spec) > 2 else None
+    else:
+        raise ValueError(f"activation must be a name or a (name, alpha, beta) tuple, got {spec!r}")
+    key = name.lower()
+    key = _ACT_ALIASES.get(key, key)
+    if key not in _ACT_DEFAULTS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACT_DEFAULTS)}")
+    da, db = _ACT_DEFAULTS[key]
+    alpha = da if alpha is None else float(alpha)
+    beta = db if beta is None else float(beta)
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise ValueError(f"activation {name!r}: alpha and beta must be finite")
+    return key, alpha, beta
+
+
+def _as_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from e
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(name, v, minimum=1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
+    """A real floating array from user input, cast to ``dtype``; clear errors otherwise."""
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, without importing torch
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+class RNNBase:
+    """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
+    or :class:`GRU`.
+
+    Call ``layer(x, hx=None, *, lengths=None, mask=None)``:
+
+    * ``x``: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``) or unbatched ``(T, I)``;
+      any real floating dtype (cast to the layer's dtype); any memory order.
+    * ``hx``: initial state ``(D*num_layers, B, H_out)`` (LSTM: a tuple ``(h0, c0)``,
+      ``c0`` ``(D*num_layers, B, H)``); zeros when omitted.  ``H_out`` is ``proj_size``
+      when set, else ``hidden_size``.
+    * ``lengths``: optional ``(B,)`` ints, as PyTorch's ``pack_padded_sequence``: outputs
+      past a sequence's end are zero, its final state is the one at its last step, the
+      reverse direction reads each sequence backwards within its own length.
+    * ``mask``: optional bool ``(T, B)`` (``(B, T)`` with ``batch_first``), Keras
+      semantics: at a masked step the state is carried unchanged and the output repeats
+      the previous output (``masked_output="carry"``) or is zero (``"zero"``).
+
+    Returns ``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``) like PyTorch, with output
+    ``(T, B, D*H_out)``.  Empty inputs (``T == 0`` or ``B == 0``) return empty outputs
+    and the initial state as the final state.
+    """
+
+    _cell = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
+                 dtype="float32", *, proj_size: int = 0, go_backwards: bool = False,
+                 activations=None, clip: float | None = None, input_forget: bool = False,
+                 reset_after: bool = True, peepholes: bool = False,
+                 num_threads: int | None = None, seed: int | None = None) -> None:
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = _as_dtype(dtype)
+        self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size and self._cell != "LSTM":
+            raise ValueError("proj_size is only supported by LSTM")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size ({self.proj_size}) must be smaller than hidden_size "
+                             f"({self.hidden_size})")
+        self.go_backwards = bool(go_backwards)
+        if clip is not None:
+            clip = float(clip)
+            if not clip > 0 or not math.isfinite(clip):
+                raise ValueError(f"clip must be a positive finite number, got {clip}")
+        self.clip = clip
+        self.input_forget = bool(input_forget)
+        if self.input_forget and self._cell != "LSTM":
+            raise ValueError("input_forget is only supported by LSTM")
+        self.reset_after = bool(reset_after)
+        self.peepholes = bool(peepholes)
+        if self.peepholes and self._cell != "LSTM":
+            raise ValueError("peepholes are only supported by LSTM")
+        self.num_threads = None if num_threads is None else _threads._check_threads(num_threads)
+        self._acts = self._parse_activations(activations)
+        self._params: dict[str, np.ndarray] = {}
+        self._packed: list | None = None
+        self._init_params(seed)
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Size of ``h`` per direction (``proj_size`` when set)."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def gate_count(self) -> int:
+        return _GATES[self._cell]
+
+    def _default_activations(self) -> list:
+        raise NotImplementedError
+
+    def _parse_activations(self, activations) -> list[list[tuple[str, float, float]]]:
+        """Per direction, the ONNX-style list (f, g, h) of (name, alpha, beta)."""
+        default = self._default_activations()
+        n = len(default)
+        D = self.num_directions
+        if activations is None:
+            per_dir = [list(default) for _ in range(D)]
+        else:
+            acts = [parse_activation(a) for a in activations]
+            if len(acts) == n:
+                per_dir = [list(acts) for _ in range(D)]
+            elif len(acts) == n * D:
+                per_dir = [acts[d * n:(d + 1) * n] for d in range(D)]
+            else:
+                raise ValueError(f"{self._cell} takes {n} activations per direction "
+                                 f"({n} or {n * D} in all), got {len(acts)}")
+        return per_dir
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        G, H, P = self.gate_count, self.hidden_size, self.proj_size
+        Hout = self.output_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else Hout * self.num_directions
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes["weight_ih" + sfx] = (G * H, in_size)
+                shapes["weight_hh" + sfx] = (G * H, Hout)
+                if self.bias:
+                    shapes["bias_ih" + sfx] = (G * H,)
+                    shapes["bias_hh" + sfx] = (G * H,)
+                if P:
+                    shapes["weight_hr" + sfx] = (P, H)
+                if self.peepholes:
+                    shapes["weight_ph" + sfx] = (3 * H,)
+        return shapes
+
+    def _init_params(self, seed) -> None:
+        """PyTorch's default initialisation: U(-1/sqrt(H), 1/sqrt(H)); peepholes zero."""
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for name, shape in self._param_shapes().items():
+            if name.startswith("weight_ph"):
+                self._params[name] = np.zeros(shape, self.dtype)
+            else:
+                self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+        self._packed = None
+
+    # ---------------------------------------------------------------- weights
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of the weights, PyTorch names and layout."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The weights themselves (not copies); call :meth:`load_state_dict` after
+        changing them in place, or use :meth:`mark_weights_changed`."""
+        return self._params
+
+    def mark_weights_changed(self) -> None:
+        """Re-pack after the arrays returned by :meth:`parameters` were modified in place."""
+        self._packed = None
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Set weights from arrays in PyTorch naming; validated (names, shapes, dtype, finite).
+
+        With ``strict=False`` missing names keep their values and unknown names are ignored.
+        Nothing changes when any array is rejected.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        shapes = self._param_shapes()
+        if strict:
+            missing = sorted(set(shapes) - set(state_dict))
+            unexpected = sorted(set(state_dict) - set(shapes))
+            if missing or unexpected:
+                parts = []
+                if missing:
+                    parts.append(f"missing keys {missing}")
+                if unexpected:
+                    parts.append(f"unexpected keys {unexpected}")
+                raise KeyError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
+        new = {}
+        for name, shape in shapes.items():
+            if name not in state_dict:
+                continue
+            arr = state_dict[name]
+            try:
+                arr = _float_array(name, arr, self.dtype)
+            except TypeError as e:
+                raise TypeError(f"weight {name!r}: {e}") from None
+            if arr.shape != shape:
+                raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"weight {name!r} contains NaN or infinite values")
+            new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        self._params.update(new)
+        self._packed = None
+
+    def _pack(self) -> list:
+        """Kernel-ready weights per (layer, direction): transposed, biases fused."""
+        if self._packed is not None:
+            return self._packed
+        G, H, P = self.gate_count, self.hidden_size, self.proj_size
+        dt = self.dtype
+        packed = []
+        for layer in range(self.num_layers):
+            per_dir = []
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                p = self._params
+                wx = np.ascontiguousarray(p["weight_ih" + sfx].T)
+                wh = np.ascontiguousarray(p["weight_hh" + sfx].T)
+                if self.bias:
+                    b_ih, b_hh = p["bias_ih" + sfx], p["bias_hh" + sfx]
+                else:
+                    b_ih = b_hh = np.zeros(G * H, dt)
+                bias = (b_ih + b_hh).astype(dt)
+                bhn = np.zeros(H, dt)
+                if self._cell == "GRU" and self.reset_after:
+                    bias[2 * H:] = b_ih[2 * H:]
+                    bhn = np.ascontiguousarray(b_hh[2 * H:])
+                wr = (np.ascontiguousarray(p["weight_hr" + sfx].T) if P
+                      else np.zeros((1, 1), dt))
+                peep = (np.ascontiguousarray(p["weight_ph" + sfx]) if self.peepholes
+                        else np.zeros(1, dt))
+                per_dir.append((wx, wh, bias, bhn, wr, peep))
+            packed.append(per_dir)
+        self._packed = packed
+        return packed
+
+    # ---------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """JSON-able constructor arguments (see :func:`layer_from_config`)."""
+        cfg = {
+            "class_name": type(self).__name__,
+            "input_size": self.input_size, "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers, "bias": self.bias,
+            "batch_first": self.batch_first, "bidirectional": self.bidirectional,
+            "dtype": self.dtype.name, "go_backwards": self.go_backwards,
+            "activations": [list(a) for per in self._acts for a in per],
+            "clip": self.clip,
+        }
+        if self._cell == "LSTM":
+            cfg.update(proj_size=self.proj_size, input_forget=self.input_forget,
+                       peepholes=self.peepholes)
+        if self._cell == "GRU":
+            cfg["reset_after"] = self.reset_after
+        return cfg
+
+    def __repr__(self) -> str:
+        parts = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if not self.bias:
+            parts.append("bias=False")
+        if self.batch_first:
+            parts.append("batch_first=True")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        if self.proj_size:
+            parts.append(f"proj_size={self.proj_size}")
+        if self._cell == "GRU" and not self.reset_after:
+            parts.append("reset_after=False")
+        if self.go_backwards:
+            parts.append("go_backwards=True")
+        acts = self._acts[0]
+        if acts != list(self._default_activations()):
+            parts.append("activations=" + ",".join(a[0] for a in acts))
+        if self.dtype != np.float32:
+            parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # pickling: weights travel, packed copies are rebuilt on first use
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def save(self, path) -> None:
+        """Write the layer to a safetensors file (weights + config in its metadata)."""
+        from .io import save
+        save(self, path)
+
+    # ---------------------------------------------------------------- forward
+    def _check_input(self, x):
+        x = _float_array("input", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"input must have 3 dimensions ({'B, T' if self.batch_first else 'T, B'}"
+                             f", I) or 2 for an unbatched sequence (T, I); got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer expects "
+                             f"input_size={self.input_size} (input shape {x.shape})")
+        return x
+
+    def _check_state(self, name, s, B, size, unbatched):
+        L = self.num_layers * self.num_directions
+        s = _float_array(name, s, self.dtype)
+        want = (L, size) if unbatched else (L, B, size)
+        if s.shape != want:
+            raise ValueError(f"{name} must have shape {want}, got {s.shape}")
+        if unbatched:
+            s = s[:, None, :]
+        return s
+
+    def _split_hx(self, hx):
+        """(h0, c0-or-None) from the user's hx."""
+        if hx is None:
+            return None, None
+        if self._cell == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTM initial state must be a tuple (h0, c0)")
+            return hx[0], hx[1]
+        return hx, None
+
+    def forward(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
+                num_threads: int | None = None):
+        """Same as calling the layer."""
+        return self(x, hx, lengths=lengths, mask=mask, masked_output=masked_output,
+                    num_threads=num_threads)
+
+    def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
+                 num_threads: int | None = None):
+        from . import _kernels
+        _threads.hook_blas()
+        nt = _threads.resolve(num_threads, self.num_threads)
+        x = self._check_input(x)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B = x.shape[0], x.shape[1]
+        H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
+        dt = self.dtype
+        h0, c0 = self._split_hx(hx)
+        h0 = (np.zeros((L * D, B, Hout), dt) if h0 is None
+              else self._check_state("h0", h0, B, Hout, unbatched))
+        if self._cell == "LSTM":
+            c0 = (np.zeros((L * D, B, H), dt) if c0 is None
+                  else self._check_state("c0", c0, B, H, unbatched))
+        if masked_output not in ("carry", "zero"):
+            raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
+
+        # ---- packing (sorted by length, longest first) or dense
+        perm = None
+        if lengths is not None:
+            lens = np.asarray(lengths)
+            if lens.dtype.kind not in "iu":
+                if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
+                    lens = lens.astype(np.int64)
+                else:
+                    raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
+            if lens.shape != (B,):
+                raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
+                                 f"got {lens.shape}")
+            if lens.size and (lens.min() < 0 or lens.max() > T):
+                raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
+                                 f"got min {lens.min()} max {lens.max()}")
+            lens = lens.astype(np.intp)
+            perm = np.argsort(-lens, kind="stable")
+            slens = np.ascontiguousarray(lens[perm])
+            Teff = int(slens[0]) if B else 0
+            valid = slens[None, :] > np.arange(Teff)[:, None]          # (Teff, B)
+            nsteps = valid.sum(axis=1).astype(np.intp)
+            xin = x[:Teff][:, perm][valid]                              # (N, I) packed
+        else:
+            Teff = T
+            slens = np.zeros(1, np.intp)
+            valid = None
+            nsteps = np.full(T, B, np.intp)
+            xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
+            if xin is None:
+                xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
+        offsets = np.zeros(Teff, np.intp)
+        if Teff > 1:
+            np.cumsum(nsteps[:-1], out=offsets[1:])
+        xin = np.ascontiguousarray(xin, dtype=dt)
+        N = xin.shape[0]
+
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.dtype.kind not in "biu":
+                raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
+            want = (B, T) if (self.batch_first and not unbatched) else (T, B)
+            if unbatched:
+                want = (T,)
+            if m.shape != want:
+                raise ValueError(f"mask must have shape {want}, got {m.shape}")
+            m = m.astype(bool)
+            if unbatched:
+                m = m[:, None]
+            elif self.batch_first:
+                m = m.T
+            if perm is not None:
+                pmask = np.ascontiguousarray(m[:Teff][:, perm][valid], dtype=np.uint8)
+            else:
+                pmask = np.ascontiguousarray(m, dtype=np.uint8).reshape(-1)
+            has_mask = 1
+        else:
+            pmask = np.zeros(1, np.uint8)
+            has_mask = 0
+
+        # sorted initial states, final states in the same order
+        if perm is not None:
+            h_state = np.ascontiguousarray(h0[:, perm])
+            c_state = np.ascontiguousarray(c0[:, perm]) if c0 is not None else None
+        else:
+            h_state = np.array(h0, dtype=dt, order="C", copy=True)
+            c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
+        dummy_c = np.zeros((1, 1), dt)
+
+        packed = self._pack()
+        cell = _CELL_CODE[self._cell]
+        G = self.gate_count
+        out = xin
+        if N > 0:
+            chunk = max(1, min(Teff, _CHUNK_BYTES // max(1, B * G * H * dt.itemsize)))
+            for layer in range(L):
+                inp = out
+                out = np.empty((N, D * Hout), dt)
+                for d in range(D):
+                    k = layer * D + d
+                    wx, wh, bias, bhn, wr, peep = packed[layer][d]
+                    acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
+                    acts += [(1, 0.0, 0.0)] * (3 - len(acts))
+                    reverse = (d == 1) != self.go_backwards
+                    _kernels.run_layer(
+                        cell, inp, wx, wh, bias, bhn, wr, peep, offsets, nsteps, slens, pmask,
+                        h_state[k], c_state[k] if c_state is not None else dummy_c,
+                        out, d * Hout, int(reverse), int(perm is not None), H, self.proj_size,
+                        int(self.reset_after), int(self.input_forget), acts,
+                        self.clip or 0.0, int(self.peepholes), has_mask,
+                        int(masked_output == "zero"), nt, chunk)
+        else:
+            out = np.zeros((0, D * Hout), dt)
+
+        # ---- unpack
+        if perm is not None:
+            tmp = np.zeros((Teff, B, D * Hout), dt)
+            tmp[valid] = out
+            output = np.zeros((T, B, D * Hout), dt)
+            output[:Teff, perm] = tmp
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(B)
+            h_state = h_state[:, inv]
+            if c_state is not None:
+                c_state = c_state[:, inv]
+        else:
+            output = out.reshape(T, B, D * Hout)
+        if unbatched:
+            output = output[:, 0]
+            h_state = h_state[:, 0]
+            if c_state is not None:
+                c_state = c_state[:, 0]
+        elif self.batch_first:
+            output = np.ascontiguousarray(output.transpose(1, 0, 2))
+        h_state = np.ascontiguousarray(h_state)
+        if self._cell == "LSTM":
+            return output, (h_state, np.ascontiguousarray(c_state))
+        return output, h_state
+
+
+class SimpleRNN(RNNBase):
+    """Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``; ``nonlinearity`` tanh or
+    relu (or any activation spec through ``activations=[spec]``)."""
+
+    _cell = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 bidirectional: bool = False, dtype="float32", **kwargs) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         bidirectional, dtype, **kwargs)
+
+    def _default_activations(self):
+        return [parse_activation(self.nonlinearity)]
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["nonlinearity"] = self.nonlinearity
+        return cfg
+
+
+class LSTM(RNNBase):
+    """LSTM (PyTorch gate order i, f, g, o), optional projection ``proj_size``,
+    peepholes, cell clip and coupled input-forget gate (ONNX options).
+
+    ``gate_activation`` / ``cell_activation`` / ``hidden_activation`` are ONNX's
+    f / g / h (defaults sigmoid / tanh / tanh)."""
+
+    _cell = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
+                 dtype="float32", proj_size: int = 0, *, gate_activation="sigmoid",
+                 cell_activation="tanh", hidden_activation="tanh", **kwargs) -> None:
+        self._default_acts = [parse_activation(gate_activation),
+                              parse_activation(cell_activation),
+                              parse_activation(hidden_activation)]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         bidirectional, dtype, proj_size=proj_size, **kwargs)
+
+    def _default_activations(self):
+        return list(self._default_acts)
+
+
+class GRU(RNNBase):
+    """GRU (PyTorch gate order r, z, n).  ``reset_after=True`` is PyTorch's and Keras's
+    default (ONNX ``linear_before_reset=1``); ``reset_after=False`` applies the reset
+    gate before the recurrent product (ONNX default, Keras ``reset_after=False``)."""
+
+    _cell = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
+                 dtype="float32", *, reset_after: bool = True, gate_activation="sigmoid",
+                 activation="tanh", **kwargs) -> None:
+        self._default_acts = [parse_activation(gate_activation), parse_activation(activation)]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
+                         bidirectional, dtype, reset_after=reset_after, **kwargs)
+
+    def _default_activations(self):
+        return list(self._default_acts)
+
+
+_CLASSES = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
+
+
+def layer_from_config(cfg: Mapping[str, Any]) -> RNNBase:
+    """Rebuild a layer (random weights) from :meth:`RNNBase.get_config`."""
+    cfg = dict(cfg)
+    name = cfg.pop("class_name", None)
+    if name not in _CLASSES:
+        raise ValueError(f"unknown layer class {name!r} in config; known: {sorted(_CLASSES)}")
+    acts = cfg.pop("activations", None)
+    if acts is not None:
+        cfg["activations"] = [tuple(a) for a in acts]
+    try:
+        return _CLASSES[name](**cfg)
+    except TypeError as e:
+        raise ValueError(f"bad config for {name}: {e}") from None
