@@ -1,0 +1,61 @@
+"""File loaders and writers for fastrnn (PyTorch, safetensors, Keras, ONNX).
+
+This module is kept tiny: it defines the error classes and resolves the
+public functions lazily, so ``import fastrnn.io`` imports nothing heavy and
+never imports ``fastrnn.layers`` (or any training framework).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+class LoadError(ValueError):
+    """A model or weight file could not be read (corrupt, inconsistent or unsupported)."""
+
+
+class UnsafeFileError(LoadError):
+    """A file asked to run or import code that fastrnn refuses to touch.
+
+    Raised for pickles that reference globals outside the small allow-list
+    needed for tensors (for example ``os.system`` or ``builtins.eval``).
+    Nothing from the file has been executed when this is raised.
+    """
+
+
+# public name -> submodule that defines it (imported on first access)
+_LAZY = {
+    "read_torch_file": "torchfile",
+    "read_torch_object": "torchfile",
+    "ModuleStub": "torchfile",
+    "read_safetensors": "safetensors",
+    "write_safetensors": "safetensors",
+    "save": "safetensors",
+    "load_fastrnn_safetensors": "safetensors",
+    "RNNSpec": "statedict",
+    "find_rnn_modules": "statedict",
+    "extract_module": "statedict",
+    "read_state_dict": "statedict",
+    "load_state_dict": "statedict",
+    "list_modules": "statedict",
+    "load_any_torchlike": "statedict",
+    "read_safetensors_metadata": "safetensors",
+    "build_layer": "statedict",
+    "sniff_format": "detect",
+    "load": "detect",
+}
+
+__all__ = ["LoadError", "UnsafeFileError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module 'fastrnn.io' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

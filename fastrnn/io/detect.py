@@ -1,0 +1,151 @@
+"""Recognise a model file's format from its content (the suffix only breaks ties)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import struct
+import zipfile
+
+from . import LoadError
+
+__all__ = ["sniff_format", "load", "FORMATS"]
+
+FORMATS = ("torch-zip", "torch-legacy", "safetensors", "keras-zip", "hdf5", "onnx", "npz")
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_ONNX_SUFFIXES = (".onnx", ".ort")
+
+
+def _varint(b: bytes, i: int):
+    """Decode a protobuf varint at ``b[i]``; returns (value, next index) or None."""
+    val = 0
+    for shift in range(0, 64, 7):
+        if i >= len(b):
+            return None
+        c = b[i]
+        i += 1
+        val |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return val, i
+    return None
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """Cheap check for an ONNX ModelProto: it starts with field 1 ``ir_version``
+    (varint, 1..64) followed by another ModelProto field tag (producer_name,
+    producer_version, domain, model_version, doc_string, graph, opset_import,
+    metadata_props, training_info, functions, configuration)."""
+    if len(head) < 4 or head[0] != 0x08:
+        return False
+    r = _varint(head, 1)
+    if r is None or not 1 <= r[0] <= 64 or r[1] >= len(head):
+        return False
+    return head[r[1]] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A, 0x82, 0x8A)
+
+
+def _zip_kind(f, name: str) -> str:
+    try:
+        names = zipfile.ZipFile(f).namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
+        raise LoadError(f"{name}: looks like a zip archive but cannot be read ({e})") from e
+    if any((n == "data.pkl" or n.endswith("/data.pkl")) and n.count("/") <= 1 for n in names):
+        return "torch-zip"
+    if "config.json" in names and "model.weights.h5" in names:
+        return "keras-zip"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    raise LoadError(f"{name}: a zip archive that is neither a torch.save file, a .keras "
+                    f"model nor an .npz file (entries: {', '.join(names[:5])}"
+                    f"{', ...' if len(names) > 5 else ''})")
+
+
+def sniff_format(path_or_fileobj) -> str:
+    """One of ``'torch-zip'``, ``'torch-legacy'``, ``'safetensors'``, ``'keras-zip'``,
+    ``'hdf5'``, ``'onnx'``, ``'npz'``; :class:`LoadError` naming the file otherwise.
+
+    File objects are left at the position they had."""
+    if isinstance(path_or_fileobj, (bytes, bytearray, memoryview)):
+        f, name, suffix, close = io.BytesIO(bytes(path_or_fileobj)), "<bytes>", "", True
+    elif isinstance(path_or_fileobj, (str, os.PathLike)):
+        name = os.fspath(path_or_fileobj)
+        suffix = os.path.splitext(name)[1].lower()
+        try:
+            f = open(name, "rb")
+        except OSError as e:
+            raise LoadError(f"cannot open {name}: {e}") from e
+        close = True
+    elif hasattr(path_or_fileobj, "read") and hasattr(path_or_fileobj, "seek"):
+        f, close = path_or_fileobj, False
+        name = str(getattr(f, "name", "<file object>"))
+        suffix = os.path.splitext(name)[1].lower()
+    else:
+        raise TypeError(f"expected a path or a binary file object, got {type(path_or_fileobj).__name__}")
+    start = f.tell()
+    try:
+        head = f.read(64)
+        f.seek(0, os.SEEK_END)
+        size = f.tell() - start
+        f.seek(start)
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            return _zip_kind(f, name)
+        if head[:8] == _HDF5_MAGIC:
+            return "hdf5"
+        # HDF5 with a user block: the superblock sits at 512, 1024, 2048, ...
+        off = 512
+        while off + 8 <= min(size, 1 << 16):
+            f.seek(start + off)
+            if f.read(8) == _HDF5_MAGIC:
+                return "hdf5"
+            off *= 2
+        if head[:len(_LEGACY_PREFIX)] == _LEGACY_PREFIX:
+            return "torch-legacy"
+        if len(head) >= 9:
+            (n,) = struct.unpack("<Q", head[:8])
+            if 2 <= n <= size - 8 and head[8:9] == b"{":
+                return "safetensors"
+        if suffix in _ONNX_SUFFIXES or _looks_like_onnx(head):
+            if head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"):
+                return "onnx"
+        hint = ""
+        if head[:1] == b"\x80":
+            hint = " (a plain pickle: fastrnn only reads torch.save files)"
+        raise LoadError(f"{name}: unknown model file format{hint}")
+    finally:
+        if close:
+            f.close()
+        else:
+            f.seek(start)
+
+
+def _format_loader(module: str, names: tuple[str, ...], fmt: str):
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+    except ImportError as e:
+        raise LoadError(f"no loader for {fmt} files is available ({e})") from e
+    for n in names:
+        fn = getattr(mod, n, None)
+        if callable(fn):
+            return fn
+    raise LoadError(f"fastrnn.io.{module} has no loader function for {fmt} files")
+
+
+def load(path, *args, **kwargs):
+    """Load a model or layer, choosing the reader from the file's content.
+
+    torch.save files and safetensors go to :func:`fastrnn.io.load_any_torchlike`;
+    Keras (``.keras`` zip, ``.h5``) and ONNX files go to their loaders.
+    """
+    fmt = sniff_format(path)
+    if fmt in ("torch-zip", "torch-legacy", "safetensors"):
+        from .statedict import load_any_torchlike
+
+        return load_any_torchlike(path, *args, **kwargs)
+    if fmt in ("keras-zip", "hdf5"):
+        return _format_loader("keras", ("load", "load_keras", "load_model"), fmt)(path, *args, **kwargs)
+    if fmt == "onnx":
+        return _format_loader("onnx", ("load", "load_onnx", "load_model"), fmt)(path, *args, **kwargs)
+    raise LoadError(f"{path}: {fmt} files hold arrays, not a model; "
+                    "use numpy.load and fastrnn.io.load_state_dict(mapping)")

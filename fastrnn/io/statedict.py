@@ -1,0 +1,343 @@
+"""Find PyTorch recurrent modules in a state dict and build fastrnn layers from them.
+
+A ``torch.nn.RNN/LSTM/GRU`` stores ``weight_ih_l{k}``, ``weight_hh_l{k}``,
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}`` (LSTM projection) and the
+same names with ``_reverse`` for the backward direction.  Everything about the
+module except the RNN nonlinearity (tanh/relu) and ``batch_first`` can be
+read from these names and shapes:
+
+* ``H``: columns of ``weight_hh`` (or of ``weight_hr`` when projected);
+* gates ``G = rows(weight_hh) / H``: 4 LSTM, 3 GRU, 1 RNN (unambiguous,
+  because ``H`` comes from the recurrent matrix, not from ``weight_ih``);
+* ``proj_size``: rows of ``weight_hr`` (then ``weight_hh`` is ``(4H, P)``);
+* ``input_size``: columns of ``weight_ih_l0``; deeper layers must take
+  ``D * (P or H)`` inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import LoadError
+
+__all__ = ["RNNSpec", "find_rnn_modules", "extract_module", "read_state_dict",
+           "load_state_dict", "list_modules", "load_any_torchlike"]
+
+_KEY = re.compile(
+    r"^(?:(?P<prefix>.*)\.)?(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"_l(?P<layer>0|[1-9][0-9]{0,3})(?P<rev>_reverse)?$"
+)
+_CELLS = {4: "LSTM", 3: "GRU", 1: "RNN"}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+@dataclass(frozen=True)
+class RNNSpec:
+    """A recurrent module found in a state dict.
+
+    ``prefix`` is the dotted module path without a trailing dot (``""`` for a
+    bare ``nn.LSTM`` state dict).  ``nonlinearity`` (RNN only) cannot be
+    read from weights: it is ``"tanh"`` unless the file recorded it (whole
+    module pickles) or the caller overrides it.
+    """
+
+    prefix: str
+    cell: str  # 'LSTM' | 'GRU' | 'RNN'
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    bias: bool
+    proj_size: int = 0
+    nonlinearity: str | None = None
+    dtype: str = "float32"
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def torch_class(self) -> str:
+        return "RNN" if self.cell == "RNN" else self.cell
+
+
+def _shape(a) -> tuple[int, ...]:
+    return tuple(int(s) for s in np.shape(a))
+
+
+def _group(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for key, val in state_dict.items():
+        if not isinstance(key, str):
+            continue
+        m = _KEY.match(key)
+        if m is None:
+            continue
+        prefix = m.group("prefix") or ""
+        local = key[len(prefix) + 1:] if prefix else key
+        groups.setdefault(prefix, {})[local] = val
+    return groups
+
+
+def _full(prefix, local):
+    return f"{prefix}.{local}" if prefix else local
+
+
+def _infer(prefix: str, d: Mapping[str, Any]) -> RNNSpec:
+    def err(local, msg):
+        return LoadError(f"state dict key {_full(prefix, local)!r}: {msg}")
+
+    layers = set()
+    reverse = set()
+    for local in d:
+        m = _KEY.match(local)
+        layers.add(int(m.group("layer")))
+        if m.group("rev"):
+            reverse.add(int(m.group("layer")))
+    L = max(layers) + 1
+    for k in range(L):
+        if k not in layers:
+            raise err(f"weight_ih_l{k}", f"missing: layers present are {sorted(layers)} (a gap)")
+    bidirectional = bool(reverse)
+    sfxs = [""] + (["_reverse"] if bidirectional else [])
+
+    # every layer/direction needs both weight matrices
+    for k in range(L):
+        for s in sfxs:
+            for w in ("weight_ih", "weight_hh"):
+                if f"{w}_l{k}{s}" not in d:
+                    raise err(f"{w}_l{k}{s}", "missing")
+    for local, v in d.items():
+        m = _KEY.match(local)
+        want_ndim = 1 if m.group("kind").startswith("bias") else 2
+        if len(_shape(v)) != want_ndim:
+            raise err(local, f"expected a {want_ndim}-D array, got shape {_shape(v)}")
+
+    first = "weight_hh_l0"
+    has_bias = any(k.startswith("bias_") for k in d)
+    has_proj = any(k.startswith("weight_hr") for k in d)
+    for k in range(L):
+        for s in sfxs:
+            for b in ("bias_ih", "bias_hh") if has_bias else ():
+                if f"{b}_l{k}{s}" not in d:
+                    other = next(x for x in d if x.startswith("bias_"))
+                    raise err(f"{b}_l{k}{s}", f"missing although {_full(prefix, other)!r} exists")
+            if has_proj and f"weight_hr_l{k}{s}" not in d:
+                raise err(f"weight_hr_l{k}{s}", "missing although other layers have a projection")
+
+    whh = _shape(d[first])
+    if has_proj:
+        P, H = _shape(d["weight_hr_l0"])
+        if P < 1 or H < 1 or whh != (4 * H, P):
+            raise err(first, f"shape {whh} does not fit an LSTM with projection "
+                             f"weight_hr_l0 {(P, H)} (expected {(4 * H, P)})")
+        G, cell, Hout = 4, "LSTM", P
+        if P >= H:
+            raise err("weight_hr_l0", f"proj_size {P} must be smaller than hidden size {H}")
+    else:
+        rows, H = whh
+        if H < 1 or rows % H or rows // H not in _CELLS:
+            raise err(first, f"shape {whh}: rows must be 1, 3 or 4 times the columns "
+                             "(RNN, GRU, LSTM)")
+        G = rows // H
+        cell, P, Hout = _CELLS[G], 0, H
+    D = 2 if bidirectional else 1
+    I = _shape(d["weight_ih_l0"])[1]
+    if I < 1:
+        raise err("weight_ih_l0", "has zero input columns")
+    for k in range(L):
+        for s in sfxs:
+            in_k = I if k == 0 else D * Hout
+            expect = {
+                f"weight_ih_l{k}{s}": (G * H, in_k),
+                f"weight_hh_l{k}{s}": (G * H, Hout),
+            }
+            if has_bias:
+                expect[f"bias_ih_l{k}{s}"] = (G * H,)
+                expect[f"bias_hh_l{k}{s}"] = (G * H,)
+            if has_proj:
+                expect[f"weight_hr_l{k}{s}"] = (P, H)
+            for local, shp in expect.items():
+                got = _shape(d[local])
+                if got != shp:
+                    raise err(local, f"shape {got}, expected {shp} for a {cell} with "
+                                     f"input_size={I}, hidden_size={H}"
+                                     + (f", proj_size={P}" if P else "")
+                                     + (f" at layer {k}" if k else ""))
+    extra = set(d) - {f"{w}_l{k}{s}" for k in range(L) for s in sfxs
+                      for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+    if extra:
+        x = sorted(extra)[0]
+        raise err(x, "does not belong to the module (a direction or layer without the others)")
+    dtypes = {np.asarray(v).dtype for v in d.values()} if d else set()
+    dtype = "float64" if dtypes == {np.dtype(np.float64)} else "float32"
+    return RNNSpec(prefix=prefix, cell=cell, input_size=I, hidden_size=H, num_layers=L,
+                   bidirectional=bidirectional, bias=has_bias, proj_size=P,
+                   nonlinearity="tanh" if cell == "RNN" else None, dtype=dtype,
+                   keys=tuple(_full(prefix, x) for x in d))
+
+
+def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
+    """The recurrent modules in ``state_dict``, in order of first appearance.
+
+    Keys that do not look like recurrent parameters (``fc.weight``,
+    ``embedding.weight``, optimizer state, ...) are ignored.  Raises
+    :class:`LoadError` naming the key when a module's parameters are
+    inconsistent (wrong shape, missing bias or layer, gaps).
+    """
+    return [_infer(p, d) for p, d in _group(state_dict).items()]
+
+
+def _norm_prefix(prefix: str | None) -> str:
+    return (prefix or "").rstrip(".")
+
+
+def extract_module(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The recurrent parameters under ``prefix`` with the prefix stripped
+    (keys exactly ``weight_ih_l0``, ...)."""
+    prefix = _norm_prefix(prefix)
+    groups = _group(state_dict)
+    if prefix not in groups:
+        known = ", ".join(repr(p) for p in groups) or "none"
+        raise LoadError(f"no recurrent module with prefix {prefix!r} (found: {known})")
+    return dict(groups[prefix])
+
+
+# --------------------------------------------------------------------------
+# files -> layers
+
+def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """``(tensors, hints)`` from a torch file, a safetensors file or a mapping.
+
+    ``hints`` maps module prefixes to attributes recorded in whole-module
+    pickles (``nonlinearity``, ``batch_first``, ...); empty otherwise.
+    """
+    if isinstance(path_or_mapping, Mapping):
+        return {k: np.asarray(v) for k, v in path_or_mapping.items()}, {}
+    from .detect import sniff_format
+
+    fmt = sniff_format(path_or_mapping)
+    if fmt in ("torch-zip", "torch-legacy"):
+        from .torchfile import flatten_tensors, module_hints, read_torch_object
+
+        obj = read_torch_object(path_or_mapping, module_classes=kw.get("module_classes", ()))
+        return flatten_tensors(obj), module_hints(obj)
+    if fmt == "safetensors":
+        from .safetensors import read_safetensors
+
+        tensors, _meta = read_safetensors(path_or_mapping)
+        return tensors, {}
+    raise LoadError(f"{_display(path_or_mapping)}: a {fmt} file, not a PyTorch state dict "
+                    "(use fastrnn.load for other formats)")
+
+
+def _display(p):
+    return os.fspath(p) if isinstance(p, (str, os.PathLike)) else "<file>"
+
+
+def list_modules(path_or_mapping, **kw) -> list[RNNSpec]:
+    """The recurrent modules in a torch/safetensors file (or a mapping)."""
+    tensors, hints = read_state_dict(path_or_mapping, **kw)
+    return [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
+
+
+def _apply_hints(spec: RNNSpec, hints) -> RNNSpec:
+    h = hints.get(spec.prefix)
+    if not h or spec.cell != "RNN":
+        return spec
+    mode = h.get("mode")
+    nl = h.get("nonlinearity")
+    if mode == "RNN_RELU" or nl == "relu":
+        return _replace(spec, nonlinearity="relu")
+    return spec
+
+
+def _replace(spec, **kw):
+    from dataclasses import replace
+
+    return replace(spec, **kw)
+
+
+_LAYER_ARGS = {"batch_first", "dtype", "num_threads", "nonlinearity", "cell"}
+
+
+def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
+    """Build a fastrnn layer from a PyTorch state dict file (``torch.save`` zip or
+    legacy, safetensors) or a mapping of arrays.
+
+    ``prefix`` selects the module when the file holds several (``"encoder.lstm"``);
+    without it the file must hold exactly one.  ``overrides`` go to the layer:
+    ``nonlinearity="relu"`` for an ``nn.RNN(nonlinearity="relu")`` (weights cannot
+    tell), ``batch_first=True``, ``dtype="float64"``, ``num_threads``; ``cell=`` asserts
+    the expected cell type.  ``module_classes`` is passed to the torch reader.
+    """
+    module_classes = overrides.pop("module_classes", ())
+    tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
+    specs = [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
+    name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
+    if prefix is None:
+        if not specs:
+            raise LoadError(f"{name}: no recurrent module (weight_ih_l0/weight_hh_l0 ...) found")
+        if len(specs) > 1:
+            listing = "; ".join(f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size}, "
+                                f"{s.num_layers} layer(s){', bidirectional' if s.bidirectional else ''})"
+                                for s in specs)
+            raise LoadError(f"{name}: holds {len(specs)} recurrent modules, pass prefix= one of: {listing}")
+        spec = specs[0]
+    else:
+        want = _norm_prefix(prefix)
+        matches = [s for s in specs if s.prefix == want]
+        if not matches:
+            raise LoadError(f"{name}: no recurrent module with prefix {want!r} "
+                            f"(found: {', '.join(repr(s.prefix) for s in specs) or 'none'})")
+        spec = matches[0]
+    return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix), **overrides)
+
+
+def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None = None, **overrides):
+    """A fastrnn layer for ``spec`` with ``weights`` (local names) loaded."""
+    from .. import layers as _layers  # lazy: the io package never imports the core at import time
+
+    cell = overrides.pop("cell", None)
+    if cell is not None:
+        c = {"SIMPLERNN": "RNN", "RNN": "RNN", "LSTM": "LSTM", "GRU": "GRU"}.get(str(cell).upper())
+        if c != spec.cell:
+            raise LoadError(f"module {spec.prefix!r} is a {spec.cell} (from its weight shapes), "
+                            f"not a {cell}")
+    hints = hints or {}
+    kw: dict[str, Any] = dict(num_layers=spec.num_layers, bias=spec.bias,
+                              bidirectional=spec.bidirectional, dtype=spec.dtype,
+                              batch_first=bool(hints.get("batch_first", False)))
+    if spec.cell == "RNN":
+        kw["nonlinearity"] = spec.nonlinearity or "tanh"
+    kw.update(overrides)
+    if spec.cell == "LSTM":
+        layer = _layers.LSTM(spec.input_size, spec.hidden_size, proj_size=spec.proj_size, **kw)
+    elif spec.cell == "GRU":
+        layer = _layers.GRU(spec.input_size, spec.hidden_size, **kw)
+    else:
+        layer = _layers.SimpleRNN(spec.input_size, spec.hidden_size, **kw)
+    try:
+        layer.load_state_dict(dict(weights), strict=True)
+    except (KeyError, ValueError, TypeError) as e:
+        raise LoadError(f"module {spec.prefix!r}: {e}") from e
+    return layer
+
+
+def load_any_torchlike(path, prefix: str | None = None, **kw):
+    """Dispatcher entry for ``torch-zip``, ``torch-legacy`` and ``safetensors`` files.
+
+    A safetensors file written by fastrnn itself (config in its metadata) is
+    rebuilt exactly; anything else goes through :func:`load_state_dict`.
+    """
+    from .detect import sniff_format
+
+    if sniff_format(path) == "safetensors":
+        from .safetensors import METADATA_KEY, load_fastrnn_safetensors, read_safetensors_metadata
+
+        meta = read_safetensors_metadata(path)
+        if METADATA_KEY in meta and prefix is None:
+            return load_fastrnn_safetensors(path)
+    return load_state_dict(path, prefix=prefix, **kw)

@@ -1,0 +1,771 @@
+"""Read files written by ``torch.save`` without importing torch.
+
+Two on-disk formats exist:
+
+* the zip format (torch >= 1.6, the default): a zip archive with one top
+  folder ``<name>/`` holding ``data.pkl`` (the pickled object tree),
+  ``data/<key>`` (one raw storage per key), ``byteorder`` and ``version``;
+* the legacy format (``_use_new_zipfile_serialization=False``): a stream of
+  pickles (magic number, protocol version, system info, the object tree, the
+  list of storage keys) followed by the raw storages, each prefixed by its
+  element count as a little-endian int64.  Both are read here.
+
+Safety: the pickle is read with :class:`_RestrictedUnpickler`, which resolves
+only an allow-list of globals, each replaced by a fastrnn function that builds
+numpy arrays.  Any other global is refused with :class:`UnsafeFileError`
+before anything from the file runs.
+
+Whole-module pickles (``torch.save(model)``): classes under
+``torch.nn.modules.*`` (and classes the caller names in ``module_classes``)
+are replaced by :class:`ModuleStub`, an inert container that only records
+the pickled instance ``__dict__``.  No torch class is imported or called and
+no ``__setstate__`` other than the stub's own runs.  The stub's
+``_parameters``/``_buffers``/``_modules`` are flattened into the same dotted
+names ``module.state_dict()`` would give.  Saving ``model.state_dict()`` is
+still the recommended way; a user-defined model class (``__main__.Net``) is
+refused unless listed in ``module_classes``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any, BinaryIO, Iterable
+
+import numpy as np
+
+from . import LoadError, UnsafeFileError
+
+__all__ = ["read_torch_file", "read_torch_object", "ModuleStub", "flatten_tensors"]
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+
+# a tensor may only be bigger than the bytes backing it (stride-0 "expanded"
+# views) up to this size; everything else is bounded by the file itself
+_MAX_EXPANDED_BYTES = 64 << 20
+_MAX_NESTING = 100
+
+
+# --------------------------------------------------------------------------
+# dtypes
+
+class _DType:
+    """Stand-in for a torch dtype or typed-storage class named in the pickle."""
+
+    __slots__ = ("torch_name", "np_name", "itemsize")
+
+    def __init__(self, torch_name: str, np_name: str | None, itemsize: int):
+        self.torch_name = torch_name
+        self.np_name = np_name  # None: recognised but not supported
+        self.itemsize = itemsize
+
+    def __repr__(self):
+        return f"<torch dtype {self.torch_name}>"
+
+    def __reduce__(self):  # never pickle these back out
+        raise TypeError("fastrnn torch dtype stand-ins cannot be pickled")
+
+
+# (storage class, torch dtype attribute names, numpy dtype or None, itemsize)
+_DTYPE_TABLE = [
+    ("DoubleStorage", ("float64", "double"), "f8", 8),
+    ("FloatStorage", ("float32", "float"), "f4", 4),
+    ("HalfStorage", ("float16", "half"), "f2", 2),
+    ("BFloat16Storage", ("bfloat16",), "bf16", 2),
+    ("LongStorage", ("int64", "long"), "i8", 8),
+    ("IntStorage", ("int32", "int"), "i4", 4),
+    ("ShortStorage", ("int16", "short"), "i2", 2),
+    ("CharStorage", ("int8",), "i1", 1),
+    ("ByteStorage", ("uint8",), "u1", 1),
+    ("BoolStorage", ("bool",), "b1", 1),
+    ("UntypedStorage", (), "u1", 1),
+    ("ComplexFloatStorage", ("complex64", "cfloat"), None, 8),
+    ("ComplexDoubleStorage", ("complex128", "cdouble"), None, 16),
+    ("QInt8Storage", ("qint8",), None, 1),
+    ("QUInt8Storage", ("quint8",), None, 1),
+    ("QInt32Storage", ("qint32",), None, 4),
+]
+
+_TORCH_ATTRS: dict[str, _DType] = {}
+for _storage, _aliases, _np, _size in _DTYPE_TABLE:
+    _dt = _DType(_aliases[0] if _aliases else "uint8", _np, _size)
+    _TORCH_ATTRS[_storage] = _dt
+    for _a in _aliases:
+        _TORCH_ATTRS[_a] = _dt
+del _storage, _aliases, _np, _size, _dt
+
+
+# --------------------------------------------------------------------------
+# storages and tensors
+
+class _StorageRef:
+    """What ``persistent_load`` returns: a reference to raw bytes in the file."""
+
+    __slots__ = ("key", "dtype", "numel", "_reader")
+
+    def __init__(self, key, dtype, numel, reader):
+        self.key, self.dtype, self.numel, self._reader = key, dtype, numel, reader
+
+    def __reduce__(self):
+        raise TypeError("storage references cannot be pickled")
+
+
+class _Budget:
+    """Caps the bytes all rebuilt tensors may allocate (hostile pickles can
+    rebuild the same storage many times)."""
+
+    def __init__(self):
+        self.storage_bytes = 0
+        self.used = 0
+
+    def charge(self, nbytes: int, what: str):
+        self.used += nbytes
+        if self.used > 2 * self.storage_bytes + _MAX_EXPANDED_BYTES:
+            raise LoadError(
+                f"{what}: tensors would need {self.used} bytes, far more than the "
+                f"{self.storage_bytes} bytes of storage in the file"
+            )
+
+
+def _np_dtype(dt: _DType, byteorder: str) -> np.dtype:
+    if dt.np_name is None:
+        raise LoadError(f"unsupported tensor dtype torch.{dt.torch_name}")
+    if dt.np_name == "bf16":
+        return np.dtype(byteorder + "u2")
+    if dt.np_name in ("b1", "i1", "u1"):
+        return np.dtype(dt.np_name)
+    return np.dtype(byteorder + dt.np_name)
+
+
+def _as_int(x, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise LoadError(f"{what} must be an int, got {type(x).__name__}")
+    return x
+
+
+def _as_int_tuple(x, what: str) -> tuple[int, ...]:
+    if not isinstance(x, (tuple, list)):
+        raise LoadError(f"{what} must be a tuple of ints, got {type(x).__name__}")
+    if len(x) > 64:
+        raise LoadError(f"{what} has {len(x)} dimensions")
+    return tuple(_as_int(v, what) for v in x)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    """Safe replacement for torch._utils._rebuild_tensor(_v2)."""
+    if not isinstance(storage, _StorageRef):
+        raise LoadError("tensor rebuilt from something that is not a storage")
+    off = _as_int(storage_offset, "storage offset")
+    size = _as_int_tuple(size, "tensor size")
+    stride = _as_int_tuple(stride, "tensor stride")
+    if len(size) != len(stride):
+        raise LoadError(f"tensor size {size} and stride {stride} differ in length")
+    if off < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise LoadError(
+            f"negative storage offset, size or stride (offset={off}, size={size}, stride={stride})"
+        )
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel == 0:
+        needed = 0
+    else:
+        needed = off + 1 + sum((n - 1) * st for n, st in zip(size, stride))
+    if needed > storage.numel:
+        raise LoadError(
+            f"tensor of size {size}, stride {stride}, offset {off} needs {needed} elements "
+            f"but storage {storage.key!r} holds {storage.numel}"
+        )
+    return storage._reader.make_tensor(storage, off, size, stride, numel)
+
+
+def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored):
+    """Safe replacement for torch._utils._rebuild_parameter(_with_state)."""
+    if not isinstance(data, (np.ndarray, _LazyTensor)):
+        raise LoadError("parameter rebuilt from something that is not a tensor")
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state=None):
+    """torch._utils._rebuild_from_type_v2: tensor subclasses.  Only the plain
+    Tensor / Parameter cases are accepted; the subclass state is ignored."""
+    if func not in (_rebuild_tensor, _rebuild_parameter):
+        raise UnsafeFileError("_rebuild_from_type_v2 with a function outside the allow-list")
+    if new_type not in (_TensorType, _ParameterType):
+        raise UnsafeFileError("_rebuild_from_type_v2 with a tensor subclass outside the allow-list")
+    if not isinstance(args, tuple):
+        raise LoadError("_rebuild_from_type_v2 arguments are not a tuple")
+    return func(*args)
+
+
+class _TensorType:
+    """Stand-in for the torch.Tensor class object."""
+
+
+class _ParameterType:
+    """Stand-in for the torch.nn.Parameter class object."""
+
+
+def _torch_size(dims=()):
+    return _as_int_tuple(dims, "torch.Size")
+
+
+def _torch_device(*args):
+    return "device"
+
+
+class ModuleStub:
+    """Inert stand-in for a pickled ``torch.nn.Module``.
+
+    ``cls`` is the dotted class name found in the file; ``state`` is the
+    pickled instance dict (``_parameters``, ``_buffers``, ``_modules`` and
+    plain attributes such as ``hidden_size``).  Nothing else happens.
+    """
+
+    __slots__ = ("cls", "state")
+
+    def __init__(self, cls: str):
+        self.cls = cls
+        self.state: dict = {}
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+            state = state[0] or {}
+        if not isinstance(state, dict):
+            raise LoadError(f"{self.cls}: pickled module state is not a dict")
+        self.state = state
+
+    def __repr__(self):
+        return f"ModuleStub({self.cls})"
+
+
+def _stub_factory(name: str):
+    # NEWOBJ calls cls.__new__(cls, *args): give it a real class whose
+    # __new__ returns the stub.  The class is created here, by us, and has no
+    # behaviour besides that.
+    def __new__(cls, *args, **kwargs):
+        return ModuleStub(name)
+
+    return type("ModuleStubClass", (), {"__new__": __new__, "__slots__": ()})
+
+
+# --------------------------------------------------------------------------
+# the restricted unpickler
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._tensor", "Tensor"): _TensorType,
+    ("torch", "Tensor"): _TensorType,
+    ("torch.nn.parameter", "Parameter"): _ParameterType,
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): _torch_device,
+}
+# only inside whole-module pickles (module stubs), harmless builtins
+_MODULE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("builtins", "set"): set,
+    ("__builtin__", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "frozenset"): frozenset,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, reader, module_classes: Iterable[str] = ()):
+        super().__init__(file, encoding="utf-8")
+        self._reader = reader
+        self._module_classes = frozenset(module_classes)
+        self._stubs: dict[str, type] = {}
+
+    def find_class(self, module, name):
+        key = (module, name)
+        if key in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[key]
+        if key in _MODULE_GLOBALS:
+            return _MODULE_GLOBALS[key]
+        if module == "torch" and name in _TORCH_ATTRS:
+            return _TORCH_ATTRS[name]
+        full = f"{module}.{name}"
+        if (
+            (module.startswith("torch.nn.modules.") and name[:1].isupper() and "." not in name)
+            or full in self._module_classes
+        ):
+            stub = self._stubs.get(full)
+            if stub is None:
+                stub = self._stubs[full] = _stub_factory(full)
+            return stub
+        if module == "__main__" or not module.startswith(("torch", "builtins", "__builtin__",
+                                                          "collections", "numpy", "os",
+                                                          "posix", "nt", "subprocess", "sys")):
+            hint = (
+                f" If this is a whole-model pickle (torch.save(model)) of your own "
+                f"nn.Module class, save model.state_dict() instead, or pass "
+                f"module_classes=[{full!r}] to read its parameters as an inert container "
+                f"(no code is run)."
+            )
+        else:
+            hint = ""
+        raise UnsafeFileError(
+            f"refusing to load global {full!r} from the pickle: it is not on fastrnn's "
+            f"allow-list of tensor-building functions, and nothing from the file was run.{hint}"
+        )
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise LoadError(f"unsupported persistent id in pickle: {pid!r:.100}")
+        if len(pid) not in (5, 6):
+            raise LoadError(f"malformed storage persistent id of length {len(pid)}")
+        _, dtype, key, _location, numel = pid[:5]
+        if not isinstance(dtype, _DType):
+            raise LoadError(f"storage type {dtype!r:.60} is not a known torch storage type")
+        if not isinstance(key, str) or not key or len(key) > 256:
+            raise LoadError(f"malformed storage key {key!r:.60}")
+        numel = _as_int(numel, "storage size")
+        if numel < 0:
+            raise LoadError(f"negative storage size {numel} for storage {key!r}")
+        if len(pid) == 6 and pid[5] is not None:
+            raise LoadError("legacy storage views are not supported")
+        return self._reader.storage(key, dtype, numel)
+
+
+# --------------------------------------------------------------------------
+# storage readers for the two container formats
+
+class _ReaderBase:
+    byteorder = "<"
+
+    def __init__(self):
+        self.budget = _Budget()
+        self._refs: dict[str, _StorageRef] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def storage(self, key, dtype, numel):
+        ref = self._refs.get(key)
+        if ref is not None:
+            if ref.dtype is not dtype or ref.numel != numel:
+                raise LoadError(f"storage {key!r} is referenced with two different types or sizes")
+            return ref
+        self.check_storage(key, dtype, numel)
+        ref = self._refs[key] = _StorageRef(key, dtype, numel, self)
+        self.budget.storage_bytes += numel * dtype.itemsize
+        return ref
+
+    def check_storage(self, key, dtype, numel):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def raw(self, key, nbytes) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def storage_array(self, ref: _StorageRef) -> np.ndarray:
+        arr = self._arrays.get(ref.key)
+        if arr is None:
+            dt = _np_dtype(ref.dtype, self.byteorder)
+            raw = self.raw(ref.key, ref.numel * ref.dtype.itemsize)
+            arr = np.frombuffer(raw, dtype=dt, count=ref.numel)
+            if ref.dtype.np_name == "bf16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            elif not arr.dtype.isnative:
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+            self._arrays[ref.key] = arr
+        return arr
+
+    def make_tensor(self, ref, off, size, stride, numel):
+        itemsize = 4 if ref.dtype.np_name == "bf16" else ref.dtype.itemsize
+        self.budget.charge(numel * itemsize, f"storage {ref.key!r}")
+        base = self.storage_array(ref)
+        if numel == 0:
+            return np.zeros(size, dtype=base.dtype)
+        view = np.lib.stride_tricks.as_strided(
+            base[off:], shape=size, strides=tuple(s * base.itemsize for s in stride),
+            writeable=False,
+        )
+        return np.array(view, copy=True, order="C")
+
+
+class _ZipReader(_ReaderBase):
+    def __init__(self, zf: zipfile.ZipFile, prefix: str):
+        super().__init__()
+        self.zf = zf
+        self.prefix = prefix
+        self.infos = {i.filename: i for i in zf.infolist()}
+        bo = self.infos.get(prefix + "byteorder")
+        if bo is not None:
+            if bo.file_size > 16:
+                raise LoadError("malformed byteorder record")
+            text = zf.read(bo).strip()
+            if text == b"little":
+                self.byteorder = "<"
+            elif text == b"big":
+                self.byteorder = ">"
+            else:
+                raise LoadError(f"unknown byteorder record {text[:16]!r}")
+
+    def _info(self, key):
+        info = self.infos.get(f"{self.prefix}data/{key}")
+        if info is None:
+            raise LoadError(f"storage {key!r} is referenced by data.pkl but missing from the archive")
+        return info
+
+    def check_storage(self, key, dtype, numel):
+        info = self._info(key)
+        nbytes = numel * dtype.itemsize
+        if info.file_size < nbytes:
+            raise LoadError(
+                f"storage {key!r} holds {info.file_size} bytes but the pickle says "
+                f"{numel} elements of torch.{dtype.torch_name} ({nbytes} bytes)"
+            )
+        _check_ratio(info)
+
+    def raw(self, key, nbytes):
+        info = self._info(key)
+        with self.zf.open(info) as f:
+            data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise LoadError(f"storage {key!r} is truncated")
+        return data
+
+
+class _LegacyReader(_ReaderBase):
+    def __init__(self, f: BinaryIO, size: int):
+        super().__init__()
+        self.f = f
+        self.size = size
+        self.offsets: dict[str, tuple[int, int]] = {}  # key -> (data offset, numel)
+
+    deferred = True
+
+    def check_storage(self, key, dtype, numel):
+        pass  # checked once the key list and the data section are known
+
+    def make_tensor(self, ref, off, size, stride, numel):
+        if self.deferred:
+            return _LazyTensor((ref, off, size, stride, numel))
+        return super().make_tensor(ref, off, size, stride, numel)
+
+    def index(self, keys, refs):
+        pos = self.f.tell()
+        for key in keys:
+            if not isinstance(key, str):
+                raise LoadError("malformed storage key list")
+            if pos + 8 > self.size:
+                raise LoadError(f"legacy file truncated before storage {key!r}")
+            self.f.seek(pos)
+            (n,) = struct.unpack("<q", self.f.read(8))
+            ref = refs.get(key)
+            itemsize = ref.dtype.itemsize if ref is not None else 1
+            if n < 0 or pos + 8 + n * itemsize > self.size:
+                raise LoadError(f"storage {key!r} claims {n} elements, beyond the end of the file")
+            if ref is not None and n < ref.numel:
+                raise LoadError(f"storage {key!r} holds {n} elements, the pickle needs {ref.numel}")
+            self.offsets[key] = (pos + 8, n)
+            pos += 8 + n * itemsize
+        missing = set(refs) - set(self.offsets)
+        if missing:
+            raise LoadError(f"storage {sorted(missing)[0]!r} is referenced but missing from the file")
+
+    def raw(self, key, nbytes):
+        off, _ = self.offsets[key]
+        self.f.seek(off)
+        data = self.f.read(nbytes)
+        if len(data) != nbytes:
+            raise LoadError(f"storage {key!r} is truncated")
+        return data
+
+
+def _check_ratio(info: zipfile.ZipInfo):
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1100 * info.compress_size + (1 << 20):
+        raise LoadError(f"{info.filename}: implausible compression ratio (zip bomb?)")
+
+
+# --------------------------------------------------------------------------
+# entry points
+
+def _open(path_or_fileobj):
+    """Returns (binary file object, display name, close-when-done flag)."""
+    if isinstance(path_or_fileobj, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(path_or_fileobj)), "<bytes>", True
+    if isinstance(path_or_fileobj, (str, os.PathLike)):
+        name = os.fspath(path_or_fileobj)
+        try:
+            return open(name, "rb"), name, True
+        except OSError as e:
+            raise LoadError(f"cannot open {name}: {e}") from e
+    if hasattr(path_or_fileobj, "read") and hasattr(path_or_fileobj, "seek"):
+        return path_or_fileobj, getattr(path_or_fileobj, "name", "<file object>"), False
+    raise TypeError(f"expected a path, bytes or a binary file object, got {type(path_or_fileobj).__name__}")
+
+
+def _file_size(f) -> int:
+    here = f.tell()
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    f.seek(here)
+    return end - here
+
+
+def _unpickle(data_file, reader, module_classes, name):
+    try:
+        return _RestrictedUnpickler(data_file, reader, module_classes).load()
+    except LoadError:
+        raise
+    except RecursionError as e:
+        raise LoadError(f"{name}: pickle nested too deeply") from e
+    except MemoryError as e:
+        raise LoadError(f"{name}: pickle needs too much memory") from e
+    except Exception as e:  # UnpicklingError, EOFError, TypeError, ... from bad bytes
+        raise LoadError(f"{name}: corrupt pickle ({type(e).__name__}: {e})"[:400]) from e
+
+
+def _read_zip(f, name, module_classes):
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
+        raise LoadError(f"{name}: not a readable zip archive ({e})") from e
+    with zf:
+        pkls = [i for i in zf.infolist() if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+        pkls = [i for i in pkls if i.filename.count("/") <= 1]
+        if len(pkls) != 1:
+            raise LoadError(
+                f"{name}: not a torch.save archive (expected exactly one '<name>/data.pkl', found {len(pkls)})"
+            )
+        info = pkls[0]
+        prefix = info.filename[: -len("data.pkl")]
+        if info.file_size > (256 << 20):
+            raise LoadError(f"{name}: data.pkl is implausibly large ({info.file_size} bytes)")
+        _check_ratio(info)
+        try:
+            reader = _ZipReader(zf, prefix)
+            with zf.open(info) as pf:
+                pkl = pf.read(info.file_size + 1)
+        except LoadError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+                struct.error, RuntimeError) as e:
+            raise LoadError(f"{name}: corrupt zip archive ({e})") from e
+        try:
+            return _unpickle(io.BytesIO(pkl), reader, module_classes, name)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, struct.error) as e:
+            raise LoadError(f"{name}: corrupt zip archive ({e})") from e
+
+
+def _read_legacy(f, name, module_classes):
+    size = _file_size(f)
+    start = f.tell()
+    reader = _LegacyReader(f, start + size)
+    simple = _RestrictedUnpickler  # the three header pickles hold only builtins
+    try:
+        magic = simple(f, reader).load()
+        if magic != LEGACY_MAGIC:
+            raise LoadError(f"{name}: wrong magic number, not a torch.save file")
+        proto = simple(f, reader).load()
+        if proto != 1001:
+            raise LoadError(f"{name}: unsupported legacy protocol version {proto!r:.40}")
+        sysinfo = simple(f, reader).load()
+    except LoadError:
+        raise
+    except Exception as e:
+        raise LoadError(f"{name}: corrupt legacy torch.save header ({type(e).__name__})") from e
+    if isinstance(sysinfo, dict) and sysinfo.get("little_endian") is False:
+        reader.byteorder = ">"
+    obj = _unpickle(f, reader, module_classes, name)
+    keys = _unpickle(f, reader, (), name)
+    if not isinstance(keys, list) or len(keys) > 10_000_000:
+        raise LoadError(f"{name}: malformed storage key list")
+    try:
+        reader.index(keys, reader._refs)
+    except (OSError, struct.error, ValueError) as e:
+        if isinstance(e, LoadError):
+            raise
+        raise LoadError(f"{name}: corrupt legacy storage section ({e})") from e
+    # the storage bytes come after the pickle, so tensors were deferred
+    reader.deferred = False
+    return _resolve_lazy(obj)
+
+
+class _LazyTensor:
+    __slots__ = ("args",)
+
+    def __init__(self, args):
+        self.args = args
+
+
+def _resolve_lazy(obj, _seen=None, depth=0):
+    """Materialise _LazyTensor leaves (legacy format) in place."""
+    if depth > _MAX_NESTING:
+        raise LoadError("object tree nested too deeply")
+    if _seen is None:
+        _seen = {}
+    if isinstance(obj, _LazyTensor):
+        r = _seen.get(id(obj))
+        if r is None:
+            ref = obj.args[0]
+            r = _seen[id(obj)] = ref._reader.make_tensor(*obj.args)
+        return r
+    if id(obj) in _seen:
+        return _seen[id(obj)]
+    if isinstance(obj, dict):
+        _seen[id(obj)] = obj
+        for k in list(obj):
+            obj[k] = _resolve_lazy(obj[k], _seen, depth + 1)
+        return obj
+    if isinstance(obj, list):
+        _seen[id(obj)] = obj
+        for i, v in enumerate(obj):
+            obj[i] = _resolve_lazy(v, _seen, depth + 1)
+        return obj
+    if isinstance(obj, tuple):
+        r = tuple(_resolve_lazy(v, _seen, depth + 1) for v in obj)
+        _seen[id(obj)] = r
+        return r
+    if isinstance(obj, ModuleStub):
+        _seen[id(obj)] = obj
+        obj.state = _resolve_lazy(obj.state, _seen, depth + 1)
+        return obj
+    return obj
+
+
+def read_torch_object(path_or_fileobj, *, module_classes: Iterable[str] = ()) -> Any:
+    """Unpickle a ``torch.save`` file safely.
+
+    Returns the object tree with every tensor as a numpy array, dicts,
+    lists, tuples and plain values as themselves, and pickled
+    ``torch.nn.Module`` objects as :class:`ModuleStub`.
+    """
+    f, name, close = _open(path_or_fileobj)
+    try:
+        start = f.tell()
+        head = f.read(len(LEGACY_PREFIX))
+        f.seek(start)
+        if head[:2] == b"PK":
+            return _read_zip(f, name, module_classes)
+        if head == LEGACY_PREFIX:
+            return _read_legacy(f, name, module_classes)
+        if head[:1] == b"\x80":
+            raise LoadError(f"{name}: a plain pickle, not a torch.save file (wrong magic number)")
+        raise LoadError(f"{name}: not a torch.save file (neither a zip archive nor the legacy magic number)")
+    finally:
+        if close:
+            f.close()
+
+
+def flatten_tensors(obj, prefix: str = "") -> dict[str, np.ndarray]:
+    """Flatten a loaded object tree into ``{dotted.name: array}``.
+
+    Dict keys and list indices become name parts; :class:`ModuleStub`
+    contributes its ``_parameters`` and persistent ``_buffers`` and recurses
+    into ``_modules`` exactly like ``state_dict()``.  Non-tensor leaves
+    (epoch numbers, strings, None, ...) are dropped.
+    """
+    out: dict[str, np.ndarray] = {}
+    _flatten(obj, prefix, out, set(), 0)
+    return out
+
+
+def _join(prefix, key):
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _flatten(obj, prefix, out, active, depth):
+    if isinstance(obj, np.ndarray):
+        if prefix in out:
+            raise LoadError(f"two tensors flatten to the same name {prefix!r}")
+        out[prefix] = obj
+        return
+    if depth > _MAX_NESTING:
+        raise LoadError("object tree nested too deeply")
+    if isinstance(obj, (dict, list, tuple, ModuleStub)):
+        if id(obj) in active:
+            return  # a cycle: its tensors are already reachable by a shorter name
+        active.add(id(obj))
+        try:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    if isinstance(k, (str, int)) and not isinstance(k, bool):
+                        _flatten(v, _join(prefix, k), out, active, depth + 1)
+            elif isinstance(obj, (list, tuple)):
+                for i, v in enumerate(obj):
+                    _flatten(v, _join(prefix, i), out, active, depth + 1)
+            else:
+                _flatten_module(obj, prefix, out, active, depth)
+        finally:
+            active.discard(id(obj))
+
+
+def _flatten_module(stub: ModuleStub, prefix, out, active, depth):
+    st = stub.state
+    skip = st.get("_non_persistent_buffers_set") or ()
+    for group in ("_parameters", "_buffers"):
+        d = st.get(group)
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if isinstance(k, str) and isinstance(v, np.ndarray) and not (
+                    group == "_buffers" and k in skip
+                ):
+                    _flatten(v, _join(prefix, k), out, active, depth + 1)
+    mods = st.get("_modules")
+    if isinstance(mods, dict):
+        for k, v in mods.items():
+            if isinstance(k, str) and isinstance(v, ModuleStub):
+                _flatten(v, _join(prefix, k), out, active, depth + 1)
+
+
+def module_hints(obj, prefix: str = "") -> dict[str, dict]:
+    """For whole-module pickles: ``{dotted prefix: attrs}`` of each pickled
+    torch RNN/LSTM/GRU (mode, nonlinearity, batch_first, ...)."""
+    out: dict[str, dict] = {}
+    _hints(obj, prefix, out, set(), 0)
+    return out
+
+
+_RNN_CLASSES = {"torch.nn.modules.rnn.RNN", "torch.nn.modules.rnn.LSTM", "torch.nn.modules.rnn.GRU"}
+
+
+def _hints(obj, prefix, out, active, depth):
+    if depth > _MAX_NESTING or id(obj) in active:
+        return
+    if isinstance(obj, dict):
+        active.add(id(obj))
+        for k, v in obj.items():
+            if isinstance(k, (str, int)) and not isinstance(k, bool):
+                _hints(v, _join(prefix, k), out, active, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        active.add(id(obj))
+        for i, v in enumerate(obj):
+            _hints(v, _join(prefix, i), out, active, depth + 1)
+    elif isinstance(obj, ModuleStub):
+        active.add(id(obj))
+        st = obj.state
+        if obj.cls in _RNN_CLASSES:
+            keep = {}
+            for k in ("mode", "nonlinearity", "batch_first", "input_size", "hidden_size",
+                      "num_layers", "bidirectional", "proj_size", "bias"):
+                v = st.get(k)
+                if isinstance(v, (str, int, bool)):
+                    keep[k] = v
+            out[prefix] = keep
+        mods = st.get("_modules")
+        if isinstance(mods, dict):
+            for k, v in mods.items():
+                if isinstance(k, str):
+                    _hints(v, _join(prefix, k), out, active, depth + 1)
+
+
+def read_torch_file(path_or_fileobj, *, module_classes: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """Read a ``torch.save`` file into ``{name: numpy array}``.
+
+    Accepts a state dict, a checkpoint dict (nested dicts are flattened with
+    dotted names, e.g. ``state_dict.lstm.weight_ih_l0``; non-tensor values are
+    dropped), or a whole pickled module (see the module docstring).  Raises
+    :class:`LoadError` for corrupt files and :class:`UnsafeFileError` for
+    pickles that reference anything outside the allow-list.
+    """
+    return flatten_tensors(read_torch_object(path_or_fileobj, module_classes=module_classes))
