@@ -539,6 +539,11 @@ class RNNBase:
         return output, h_state
 
 
+    # ------------------------------------------------------------------ training
+    # (backward pass: methods added here delegate to fastrnn.train / fastrnn._backward)
+    # ---------------------------------------------------------------- end training
+
+
 class SimpleRNN(RNNBase):
     """Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``; ``nonlinearity`` tanh or
     relu (or any activation spec through ``activations=[spec]``)."""
