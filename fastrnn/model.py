@@ -1,0 +1,574 @@
+"""A small Keras-style model container and the non-recurrent layers around RNNs.
+
+``Model`` runs a chain of layers, passing a (B, T) boolean mask from layer to layer with
+Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
+``Dropout``, ``Activation`` and ``TimeDistributed`` pass it on, a recurrent layer consumes it
+and passes it on only when it returns sequences.
+
+The layers here work on numpy arrays, batch first (``(B, T, features)``), and hold their
+weights in Keras's layout (``Dense.kernel`` is ``(in, out)``, ``Embedding.weights`` is
+``(vocab, dim)``), so any importer (Keras, ONNX, ...) can build them directly.  Recurrent
+layers are fastrnn core layers (:mod:`fastrnn.layers`) wrapped in :class:`KerasRNN` /
+:class:`Bidirectional`, which add ``return_sequences`` / ``return_state`` /
+``go_backwards`` / mask handling exactly as Keras does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
+    "TimeDistributed", "KerasRNN", "Bidirectional", "activation_function",
+]
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _sigmoid(x):
+    # stable for large |x|
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def _softmax(x):
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _gelu(x):
+    from scipy.special import erf
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+_SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
+
+_ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "softmax": _softmax,
+    "log_softmax": lambda x: x - x.max(-1, keepdims=True)
+    - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "selu": lambda x: _SELU_S * np.where(x > 0, x, _SELU_A * np.expm1(np.minimum(x, 0))),
+    "softplus": lambda x: np.logaddexp(0, x),
+    "softsign": lambda x: x / (1 + np.abs(x)),
+    "swish": lambda x: x * _sigmoid(x),
+    "silu": lambda x: x * _sigmoid(x),
+    "gelu": _gelu,
+    "exponential": np.exp,
+    "mish": lambda x: x * np.tanh(np.logaddexp(0, x)),
+}
+
+
+def activation_function(spec):
+    """A numpy function for a Keras activation name, or for ``(name, alpha, beta)``.
+
+    ``"hard_sigmoid"`` alone is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``; Keras 3's is
+    ``("hard_sigmoid", 1/6, 0.5)``.  ``("leaky_relu", alpha)`` has slope ``alpha``
+    (Keras 3's default is 0.2).  Unknown names raise ``ValueError``.
+    """
+    if callable(spec):
+        return spec
+    if spec is None:
+        spec = "linear"
+    name, args = (spec, ()) if isinstance(spec, str) else (spec[0], tuple(spec[1:]))
+    key = name.lower()
+    if key in ("hard_sigmoid", "hardsigmoid"):
+        alpha = float(args[0]) if len(args) > 0 else 0.2
+        beta = float(args[1]) if len(args) > 1 else 0.5
+        return lambda x: np.clip(alpha * x + beta, 0, 1)
+    if key in ("leaky_relu", "leakyrelu"):
+        alpha = float(args[0]) if args else 0.2
+        return lambda x: np.where(x >= 0, x, alpha * x)
+    if key in ("none", "identity"):
+        key = "linear"
+    fn = _ACTIVATIONS.get(key)
+    if fn is None:
+        raise ValueError(f"unknown activation {name!r}; known: "
+                         f"{sorted(_ACTIVATIONS) + ['hard_sigmoid', 'leaky_relu']}")
+    return fn
+
+
+def _act_name(spec) -> str:
+    if spec is None:
+        return "linear"
+    if isinstance(spec, str):
+        return spec
+    if callable(spec):
+        return getattr(spec, "__name__", "custom")
+    return "(" + ", ".join(str(s) for s in spec) + ")"
+
+
+# ----------------------------------------------------------------------------- layers
+
+class Layer:
+    """Base class.  ``call(x, mask)`` returns ``(outputs, mask)``; ``outputs`` is an array
+    or a list of arrays (return_state, merge_mode=None), ``mask`` the mask of the first
+    output (or None)."""
+
+    def __init__(self, name: str | None = None):
+        self.name = name or _default_name(type(self).__name__)
+
+    def call(self, x, mask=None):
+        raise NotImplementedError
+
+    def __call__(self, x, mask=None):
+        return self.call(x, mask)[0]
+
+    def count_params(self) -> int:
+        return int(sum(np.size(w) for w in self.get_weights()))
+
+    def get_weights(self) -> list:
+        return []
+
+    def get_config(self) -> dict:
+        return {"class_name": type(self).__name__, "name": self.name}
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self._extra_repr()
+        return f"{type(self).__name__}(name={self.name!r}{', ' + extra if extra else ''})"
+
+
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def _default_name(cls: str) -> str:
+    n = _NAME_COUNTS.get(cls, 0)
+    _NAME_COUNTS[cls] = n + 1
+    base = cls.lower()
+    return base if n == 0 else f"{base}_{n}"
+
+
+class Embedding(Layer):
+    """Lookup ``weights[x]``; ``weights`` is ``(vocab, dim)``.  With ``mask_zero`` the
+    output mask is ``x != 0``."""
+
+    def __init__(self, weights, mask_zero: bool = False, name=None, dtype="float32"):
+        super().__init__(name)
+        w = np.asarray(weights)
+        if w.ndim != 2:
+            raise ValueError(f"Embedding weights must be 2-D (vocab, dim), got shape {w.shape}")
+        self.weights = np.ascontiguousarray(w, dtype=dtype)
+        self.mask_zero = bool(mask_zero)
+
+    @property
+    def input_dim(self):
+        return self.weights.shape[0]
+
+    @property
+    def output_dim(self):
+        return self.weights.shape[1]
+
+    def call(self, x, mask=None):
+        ids = np.asarray(x)
+        if ids.dtype.kind == "f":
+            if not np.all(ids == np.round(ids)):
+                raise ValueError(f"{self.name}: Embedding input must hold integer ids")
+            ids = ids.astype(np.int64)
+        elif ids.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: Embedding input must be integer ids, got {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.input_dim):
+            raise ValueError(f"{self.name}: ids must lie in [0, {self.input_dim}), got "
+                             f"min {ids.min()} max {ids.max()}")
+        out = self.weights[ids]
+        return out, (ids != 0) if self.mask_zero else mask
+
+    def get_weights(self):
+        return [self.weights]
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim,
+                "output_dim": self.output_dim, "mask_zero": self.mask_zero}
+
+    def _extra_repr(self):
+        return f"{self.input_dim}, {self.output_dim}" + (", mask_zero=True" if self.mask_zero else "")
+
+
+class Masking(Layer):
+    """Masks time steps whose features all equal ``mask_value`` and zeroes them (Keras)."""
+
+    def __init__(self, mask_value: float = 0.0, name=None):
+        super().__init__(name)
+        self.mask_value = float(mask_value)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        keep = np.any(x != self.mask_value, axis=-1)
+        return x * keep[..., None].astype(x.dtype), keep
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+
+    def _extra_repr(self):
+        return f"mask_value={self.mask_value}"
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` on the last axis; ``kernel`` is ``(in, out)``."""
+
+    def __init__(self, kernel, bias=None, activation="linear", name=None, dtype="float32"):
+        super().__init__(name)
+        k = np.asarray(kernel)
+        if k.ndim != 2:
+            raise ValueError(f"Dense kernel must be 2-D (in, out), got shape {k.shape}")
+        self.kernel = np.ascontiguousarray(k, dtype=dtype)
+        if bias is not None:
+            b = np.asarray(bias, dtype=dtype).reshape(-1)
+            if b.shape != (k.shape[1],):
+                raise ValueError(f"Dense bias must have shape ({k.shape[1]},), got {b.shape}")
+            bias = b
+        self.bias = bias
+        self.activation = activation
+        self._act = activation_function(activation)
+
+    @property
+    def units(self):
+        return self.kernel.shape[1]
+
+    def call(self, x, mask=None):
+        x = np.asarray(x, dtype=self.kernel.dtype)
+        if x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"{self.name}: expected {self.kernel.shape[0]} input features, "
+                             f"got {x.shape[-1]}")
+        y = x @ self.kernel
+        if self.bias is not None:
+            y += self.bias
+        return self._act(y).astype(self.kernel.dtype, copy=False), mask
+
+    def get_weights(self):
+        return [self.kernel] + ([self.bias] if self.bias is not None else [])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "use_bias": self.bias is not None,
+                "activation": _act_name(self.activation)}
+
+    def _extra_repr(self):
+        return f"{self.kernel.shape[0]} -> {self.units}, activation={_act_name(self.activation)}"
+
+
+class Dropout(Layer):
+    """Identity at inference (Dropout, SpatialDropout1D, GaussianNoise, ...)."""
+
+    def __init__(self, rate: float = 0.0, name=None):
+        super().__init__(name)
+        self.rate = float(rate)
+
+    def call(self, x, mask=None):
+        return x, mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class Activation(Layer):
+    def __init__(self, activation, name=None):
+        super().__init__(name)
+        self.activation = activation
+        self._act = activation_function(activation)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        return self._act(x).astype(x.dtype, copy=False), mask
+
+    def get_config(self):
+        return {**super().get_config(), "activation": _act_name(self.activation)}
+
+    def _extra_repr(self):
+        return _act_name(self.activation)
+
+
+class TimeDistributed(Layer):
+    """Applies a per-step layer (Dense, Dropout, Activation) to every time step."""
+
+    def __init__(self, layer: Layer, name=None):
+        super().__init__(name)
+        if not isinstance(layer, (Dense, Dropout, Activation)):
+            raise TypeError(f"TimeDistributed supports Dense, Dropout and Activation, "
+                            f"got {type(layer).__name__}")
+        self.layer = layer
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim < 3:
+            raise ValueError(f"{self.name}: TimeDistributed needs (B, T, ...) input, got {x.shape}")
+        return self.layer.call(x, None)[0], mask
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    def get_config(self):
+        return {**super().get_config(), "layer": self.layer.get_config()}
+
+    def _extra_repr(self):
+        return repr(self.layer)
+
+
+class KerasRNN(Layer):
+    """A fastrnn core layer (one direction, one layer, ``batch_first=True``) used the way
+    Keras uses an RNN layer.
+
+    * ``go_backwards``: reads the sequence backwards; with ``return_sequences`` the output
+      is in Keras's order (output[:, 0] belongs to the *last* input step).
+    * ``mask`` (B, T): masked steps carry the state; the output repeats the previous one, or
+      is zero with ``zero_output_for_mask`` (what Bidirectional forces when returning
+      sequences).  The last output is the output of the last step read.
+    * ``return_state``: outputs ``[output, h]`` (LSTM ``[output, h, c]``).
+    """
+
+    def __init__(self, core, return_sequences=False, return_state=False,
+                 zero_output_for_mask=False, name=None):
+        super().__init__(name)
+        if core.num_layers != 1 or core.bidirectional:
+            raise ValueError("KerasRNN wraps a single-layer, single-direction core layer")
+        if not core.batch_first:
+            raise ValueError("KerasRNN wraps a batch_first core layer")
+        self.core = core
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+
+    @property
+    def go_backwards(self):
+        return self.core.go_backwards
+
+    @property
+    def units(self):
+        return self.core.hidden_size
+
+    def run(self, x, mask=None):
+        """(sequence output in Keras order (B, T, H), list of final states)."""
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
+        m = None if mask is None else np.asarray(mask, dtype=bool)
+        out, state = self.core(x, mask=m,
+                               masked_output="zero" if self.zero_output_for_mask else "carry")
+        states = [state[0][0], state[1][0]] if isinstance(state, tuple) else [state[0]]
+        if self.core.go_backwards:
+            out = out[:, ::-1]
+        return out, states
+
+    def call(self, x, mask=None):
+        seq, states = self.run(x, mask)
+        if self.return_sequences:
+            y, out_mask = np.ascontiguousarray(seq), mask
+        else:
+            y, out_mask = _last(seq, x), None
+        if self.return_state:
+            return [y] + states, out_mask
+        return y, out_mask
+
+    def get_weights(self):
+        return list(self.core.state_dict().values())
+
+    def get_config(self):
+        return {**super().get_config(), "core": self.core.get_config(),
+                "return_sequences": self.return_sequences, "return_state": self.return_state,
+                "zero_output_for_mask": self.zero_output_for_mask}
+
+    def _extra_repr(self):
+        flags = [f for f in ("return_sequences", "return_state", "zero_output_for_mask")
+                 if getattr(self, f)]
+        return repr(self.core) + (", " + ", ".join(f + "=True" for f in flags) if flags else "")
+
+
+def _last(seq, x):
+    if seq.shape[1] == 0:
+        return np.zeros((seq.shape[0], seq.shape[2]), seq.dtype)
+    return np.ascontiguousarray(seq[:, -1])
+
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+class Bidirectional(Layer):
+    """Keras's Bidirectional: ``forward`` and ``backward`` are :class:`KerasRNN` (the
+    backward one normally has ``go_backwards=True``); its sequence output is flipped back
+    to input order before merging with ``merge_mode`` (concat, sum, mul, ave or None for
+    a ``[forward, backward]`` pair).  With ``return_state`` the forward states then the
+    backward states follow the output(s)."""
+
+    def __init__(self, forward: KerasRNN, backward: KerasRNN, merge_mode="concat", name=None):
+        super().__init__(name)
+        if merge_mode not in _MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {_MERGE_MODES}, got {merge_mode!r}")
+        if forward.return_sequences != backward.return_sequences or \
+                forward.return_state != backward.return_state:
+            raise ValueError("forward and backward layers must agree on return_sequences "
+                             "and return_state")
+        self.forward, self.backward = forward, backward
+        self.merge_mode = merge_mode
+        self._fused = None
+
+    @property
+    def return_sequences(self):
+        return self.forward.return_sequences
+
+    @property
+    def return_state(self):
+        return self.forward.return_state
+
+    def fuse(self, core) -> None:
+        """Run both directions with one bidirectional core layer (``bidirectional=True``,
+        ``batch_first=True``) holding the forward weights then the ``_reverse`` ones; only
+        valid when the forward layer reads forwards and the backward one backwards."""
+        if self.forward.go_backwards or not self.backward.go_backwards:
+            raise ValueError("fusing needs a forward-reading forward layer and a "
+                             "backward-reading backward layer")
+        if not (core.bidirectional and core.batch_first and core.num_layers == 1):
+            raise ValueError("fuse() needs a single-layer bidirectional batch_first core")
+        if self.forward.zero_output_for_mask != self.backward.zero_output_for_mask:
+            raise ValueError("both directions must treat masked outputs alike to be fused")
+        self._fused = core
+
+    def _run_both(self, x, mask):
+        if self._fused is None:
+            y, s1 = self.forward.run(x, mask)
+            yb, s2 = self.backward.run(x, mask)
+            return y, yb, s1 + s2
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
+        m = None if mask is None else np.asarray(mask, dtype=bool)
+        out, state = self._fused(x, mask=m, masked_output="zero"
+                                 if self.forward.zero_output_for_mask else "carry")
+        H = self._fused.hidden_size
+        y, yb_aligned = out[..., :H], out[..., H:]
+        if isinstance(state, tuple):
+            s1, s2 = [state[0][0], state[1][0]], [state[0][1], state[1][1]]
+        else:
+            s1, s2 = [state[0]], [state[1]]
+        return y, yb_aligned[:, ::-1], s1 + s2
+
+    def call(self, x, mask=None):
+        y, yb, states = self._run_both(x, mask)       # yb in Keras order of the backward layer
+        if self.return_sequences:
+            y, yb = y, yb[:, ::-1]                       # back to input order
+            out_mask = mask
+        else:
+            y, yb = _last(y, x), _last(yb, x)
+            out_mask = None
+        mm = self.merge_mode
+        if mm == "concat":
+            out = np.concatenate([y, yb], axis=-1)
+        elif mm == "sum":
+            out = y + yb
+        elif mm == "mul":
+            out = y * yb
+        elif mm == "ave":
+            out = (y + yb) / 2
+        else:
+            outs = [np.ascontiguousarray(y), np.ascontiguousarray(yb)]
+            return (outs + states if self.return_state else outs), out_mask
+        if self.return_state:
+            return [out] + states, out_mask
+        return out, out_mask
+
+    def get_weights(self):
+        return self.forward.get_weights() + self.backward.get_weights()
+
+    def get_config(self):
+        return {**super().get_config(), "merge_mode": self.merge_mode,
+                "forward": self.forward.get_config(), "backward": self.backward.get_config()}
+
+    def _extra_repr(self):
+        return f"{self.forward!r}, {self.backward!r}, merge_mode={self.merge_mode!r}"
+
+
+# ----------------------------------------------------------------------------- container
+
+class Model:
+    """A chain of layers run one after the other, masks flowing as in Keras.
+
+    ``outputs``: which tensors the model returns, as ``(layer_index, tensor_index)`` pairs
+    (a layer with ``return_state`` or ``merge_mode=None`` produces several tensors); by
+    default everything the last layer produces.  ``predict``/``__call__`` return an array
+    when there is one output, else a list.
+    """
+
+    def __init__(self, layers: Sequence[Layer], outputs=None, name: str = "model"):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("a Model needs at least one layer")
+        for l in self.layers:
+            if not isinstance(l, Layer):
+                raise TypeError(f"Model layers must be fastrnn.model.Layer objects, got {l!r}")
+        if outputs is not None:
+            outputs = [(int(a), int(b)) for a, b in outputs]
+            for a, b in outputs:
+                if not 0 <= a < len(self.layers) or b < 0:
+                    raise ValueError(f"bad output reference {(a, b)}")
+        self.outputs = outputs
+        self.name = name
+
+    def __call__(self, x, mask=None):
+        n = len(self.layers)
+        wanted = {} if self.outputs is None else {a for a, _ in self.outputs}
+        kept = {}
+        h = x
+        for i, layer in enumerate(self.layers):
+            out, mask = layer.call(h, mask)
+            if i in wanted or i == n - 1:
+                kept[i] = out
+            h = out[0] if isinstance(out, list) else out
+        if self.outputs is None:
+            res = kept[n - 1]
+            return res
+        res = []
+        for a, b in self.outputs:
+            o = kept[a]
+            if isinstance(o, list):
+                res.append(o[b])
+            elif b == 0:
+                res.append(o)
+            else:
+                raise ValueError(f"layer {self.layers[a].name!r} has one output, "
+                                 f"asked for output {b}")
+        return res[0] if len(res) == 1 else res
+
+    def predict(self, x, batch_size: int | None = None):
+        """Run the model on ``x`` (batch first), in chunks of ``batch_size`` if given."""
+        x = np.asarray(x)
+        if batch_size is None or x.shape[0] <= batch_size:
+            return self(x)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        parts = [self(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        if isinstance(parts[0], list):
+            return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return np.concatenate(parts)
+
+    def count_params(self) -> int:
+        return sum(l.count_params() for l in self.layers)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": [l.get_config() for l in self.layers],
+                "outputs": self.outputs}
+
+    def summary(self, print_fn=print) -> None:
+        rows = [(l.name, type(l).__name__, l._extra_repr(), l.count_params()) for l in self.layers]
+        w0 = max(len("layer"), *(len(r[0]) for r in rows))
+        w1 = max(len("type"), *(len(r[1]) for r in rows))
+        lines = [f'Model "{self.name}"', f"{'layer':<{w0}}  {'type':<{w1}}  params  details"]
+        for name, kind, extra, n in rows:
+            lines.append(f"{name:<{w0}}  {kind:<{w1}}  {n:>6}  {extra}")
+        lines.append(f"total params: {self.count_params()}")
+        print_fn("\n".join(lines))
+
+    def __repr__(self) -> str:
+        inner = ",\n".join("  " + repr(l) for l in self.layers)
+        return f"Model(name={self.name!r}, layers=[\n{inner}\n])"
