@@ -1,0 +1,425 @@
+"""PyTorch file loading: torch.save zip/legacy reader, state-dict inference, layers from files."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastrnn.io as fio
+from fastrnn.io import LoadError, UnsafeFileError
+from fastrnn.io.statedict import RNNSpec, extract_module, find_rnn_modules
+from fastrnn.io.torchfile import ModuleStub, read_torch_file, read_torch_object
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures", "torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fx(name):
+    return os.path.join(FIX, name)
+
+
+def npz(name):
+    with np.load(fx(name)) as z:
+        return dict(z)
+
+
+# ---------------------------------------------------------------- no torch needed
+
+def test_io_modules_import_without_torch():
+    """Everything in fastrnn.io works in a process where torch cannot be imported."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import fastrnn.io as fio, numpy as np\n"
+        f"d = fio.read_torch_file({fx('lstm.pt')!r})\n"
+        "assert d['weight_ih_l0'].shape == (32, 4), d['weight_ih_l0'].shape\n"
+        f"t, m = fio.read_safetensors({fx('gru2.safetensors')!r})\n"
+        "assert t['weight_hh_l1'].shape == (21, 7)\n"
+        f"print(fio.sniff_format({fx('legacy.pt')!r}), len(fio.list_modules({fx('seq2seq.pt')!r})))\n"
+        "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["torch-legacy", "2"]
+
+
+def test_io_package_import_is_lazy():
+    code = ("import sys, fastrnn.io\n"
+            "bad = [m for m in ('fastrnn.io.torchfile', 'fastrnn.io.safetensors', 'fastrnn.io.statedict')"
+            " if m in sys.modules]\nassert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_read_state_dict_fixture_values():
+    d = read_torch_file(fx("lstm.pt"))
+    assert sorted(d) == ["bias_hh_l0", "bias_ih_l0", "weight_hh_l0", "weight_ih_l0"]
+    assert all(v.dtype == np.float32 and v.flags.c_contiguous and v.flags.writeable
+               for v in d.values())
+    assert d["weight_ih_l0"].shape == (32, 4)
+    assert d["bias_hh_l0"].shape == (32,)
+    # PyTorch's default init is U(-1/sqrt(H), 1/sqrt(H)) with H = 8
+    assert 0 < np.abs(d["weight_hh_l0"]).max() <= 1 / np.sqrt(8)
+
+
+def test_file_object_and_bytes_inputs():
+    with open(fx("lstm.pt"), "rb") as f:
+        raw = f.read()
+    a = read_torch_file(io.BytesIO(raw))
+    b = read_torch_file(raw)
+    c = read_torch_file(fx("lstm.pt"))
+    for k in c:
+        np.testing.assert_array_equal(a[k], c[k])
+        np.testing.assert_array_equal(b[k], c[k])
+
+
+def test_checkpoint_dict_flattened():
+    d = read_torch_file(fx("checkpoint.pt"))
+    assert set(d) == {f"state_dict.{w}_l0{s}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                      for s in ("", "_reverse")}
+    obj = read_torch_object(fx("checkpoint.pt"))
+    assert obj["epoch"] == 3 and obj["best_loss"] == 0.25 and obj["note"] == "fixture"
+    assert obj["history"] == [1.0, 0.5] and obj["extra"] is None
+    [spec] = find_rnn_modules(d)
+    assert spec.prefix == "state_dict" and spec.cell == "LSTM" and spec.bidirectional
+
+
+def test_whole_module_pickle_read_as_inert_stub():
+    obj = read_torch_object(fx("gru_module.pt"))
+    assert isinstance(obj, ModuleStub) and obj.cls == "torch.nn.modules.rnn.GRU"
+    assert obj.state["hidden_size"] == 5
+    d = read_torch_file(fx("gru_module.pt"))
+    assert sorted(d) == ["bias_hh_l0", "bias_ih_l0", "weight_hh_l0", "weight_ih_l0"]
+    assert d["weight_hh_l0"].shape == (15, 5)
+
+
+def test_legacy_format_is_read():
+    assert fio.sniff_format(fx("legacy.pt")) == "torch-legacy"
+    d = read_torch_file(fx("legacy.pt"))
+    assert sorted(d) == sorted(f"{w}_l{k}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                               for k in (0, 1))
+    assert d["weight_ih_l1"].shape == (16, 4)
+
+
+def test_seq2seq_lists_modules():
+    specs = fio.list_modules(fx("seq2seq.pt"))
+    assert [s.prefix for s in specs] == ["encoder.lstm", "decoder.gru"]
+    enc, dec = specs
+    assert (enc.cell, enc.input_size, enc.hidden_size, enc.num_layers, enc.bidirectional) == (
+        "LSTM", 4, 6, 1, True)
+    assert (dec.cell, dec.input_size, dec.hidden_size, dec.num_layers, dec.bidirectional) == (
+        "GRU", 12, 5, 2, False)
+    sub = extract_module(read_torch_file(fx("seq2seq.pt")), "decoder.gru.")
+    assert sorted(sub) == sorted(f"{w}_l{k}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                                 for k in (0, 1))
+    with pytest.raises(LoadError, match="encoder.lstm.*decoder.gru"):
+        fio.load_state_dict(fx("seq2seq.pt"))
+    with pytest.raises(LoadError, match="no recurrent module with prefix 'fc'"):
+        fio.load_state_dict(fx("seq2seq.pt"), prefix="fc")
+
+
+def test_sniff_formats(tmp_path):
+    assert fio.sniff_format(fx("lstm.pt")) == "torch-zip"
+    assert fio.sniff_format(fx("gru2.safetensors")) == "safetensors"
+    assert fio.sniff_format(fx("lstm.npz")) == "npz"
+    h5 = tmp_path / "w.bin"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    assert fio.sniff_format(h5) == "hdf5"
+    ub = tmp_path / "userblock.h5"
+    ub.write_bytes(bytes(512) + b"\x89HDF\r\n\x1a\n" + bytes(100))
+    assert fio.sniff_format(ub) == "hdf5"
+    k = tmp_path / "m.keras"
+    with zipfile.ZipFile(k, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("metadata.json", "{}")
+        z.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n")
+    assert fio.sniff_format(k) == "keras-zip"
+    # a real ONNX model, by content and by suffix
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    data = helper.make_model(g).SerializeToString()
+    (tmp_path / "model.bin").write_bytes(data)
+    (tmp_path / "model.onnx").write_bytes(data)
+    assert fio.sniff_format(tmp_path / "model.bin") == "onnx"
+    assert fio.sniff_format(tmp_path / "model.onnx") == "onnx"
+    with open(tmp_path / "model.onnx", "rb") as f:
+        f.seek(0)
+        assert fio.sniff_format(f) == "onnx"
+        assert f.tell() == 0
+    del onnx
+
+
+def test_sniff_unknown_names_the_file(tmp_path):
+    p = tmp_path / "weights.xyz"
+    p.write_bytes(b"hello world, not a model")
+    with pytest.raises(LoadError, match="weights.xyz"):
+        fio.sniff_format(p)
+    z = tmp_path / "other.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    with pytest.raises(LoadError, match="other.zip"):
+        fio.sniff_format(z)
+    with pytest.raises(LoadError, match="missing.pt"):
+        fio.sniff_format(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------- state-dict inference errors
+
+def _sd(cell="LSTM", I=3, H=4, L=2, D=1, bias=True, P=0):
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
+    Hout = P or H
+    d = {}
+    for k in range(L):
+        for s in ("", "_reverse")[:D]:
+            d[f"weight_ih_l{k}{s}"] = np.zeros((G * H, I if k == 0 else D * Hout), np.float32)
+            d[f"weight_hh_l{k}{s}"] = np.zeros((G * H, Hout), np.float32)
+            if bias:
+                d[f"bias_ih_l{k}{s}"] = np.zeros(G * H, np.float32)
+                d[f"bias_hh_l{k}{s}"] = np.zeros(G * H, np.float32)
+            if P:
+                d[f"weight_hr_l{k}{s}"] = np.zeros((P, H), np.float32)
+    return d
+
+
+def test_inference_from_synthetic_dicts():
+    sd = {f"encoder.lstm.{k}": v for k, v in _sd("LSTM", 3, 4, 2, 2, P=2).items()}
+    sd |= {f"decoder.gru.{k}": v for k, v in _sd("GRU", 4, 6, 2, 2, bias=False).items()}
+    sd |= {"fc.weight": np.zeros((2, 6)), "fc.bias": np.zeros(2), "rnn.weight_ih": np.zeros((4, 3))}
+    enc, dec = find_rnn_modules(sd)
+    assert enc == RNNSpec("encoder.lstm", "LSTM", 3, 4, 2, True, True, 2)
+    assert dec == RNNSpec("decoder.gru", "GRU", 4, 6, 2, True, False, 0)
+    [r] = find_rnn_modules(_sd("RNN", 5, 5, 1))
+    assert (r.cell, r.input_size, r.hidden_size, r.nonlinearity) == ("RNN", 5, 5, "tanh")
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda d: d.__setitem__("weight_hh_l1", np.zeros((16, 5))), "weight_hh_l1"),
+    (lambda d: d.pop("bias_hh_l0"), "bias_hh_l0"),
+    (lambda d: [d.pop(k) for k in list(d) if k.endswith("_l1")], None),  # fine: 1 layer
+    (lambda d: d.update({f"{w}_l3": d[f"{w}_l1"] for w in ("weight_ih", "weight_hh", "bias_ih",
+                                                            "bias_hh")}), "weight_ih_l2"),
+    (lambda d: d.__setitem__("weight_ih_l1", np.zeros((16, 3))), "weight_ih_l1"),
+    (lambda d: d.__setitem__("weight_hh_l0", np.zeros((10, 4))), "weight_hh_l0"),
+    (lambda d: d.__setitem__("bias_ih_l0", np.zeros((16, 1))), "bias_ih_l0"),
+    (lambda d: d.__setitem__("weight_ih_l0_reverse", np.zeros((16, 3))), "weight_hh_l0_reverse"),
+    (lambda d: d.pop("weight_ih_l1"), "weight_ih_l1"),
+])
+def test_inconsistent_state_dict_names_the_key(mutate, key):
+    d = _sd("LSTM", 3, 4, 2)
+    mutate(d)
+    if key is None:
+        assert find_rnn_modules(d)[0].num_layers == 1
+        return
+    with pytest.raises(LoadError, match=key):
+        find_rnn_modules(d)
+
+
+def test_extract_module_prefix_forms():
+    sd = {"a.b.weight_ih_l0": 1, "a.b.weight_hh_l0": 2, "weight_ih_l0": 3}
+    assert extract_module(sd, "a.b") == {"weight_ih_l0": 1, "weight_hh_l0": 2}
+    assert extract_module(sd, "a.b.") == {"weight_ih_l0": 1, "weight_hh_l0": 2}
+    assert extract_module(sd, "") == {"weight_ih_l0": 3}
+    with pytest.raises(LoadError, match="'a'"):
+        extract_module(sd, "a")
+
+
+# ---------------------------------------------------------------- live torch comparisons
+
+def _flat_torch(obj, prefix=""):
+    import torch
+
+    out = {}
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flat_torch(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(_flat_torch(v, f"{prefix}.{i}" if prefix else str(i)))
+    elif isinstance(obj, torch.Tensor):
+        obj = obj.detach()
+        out[prefix] = obj.float().numpy() if obj.dtype == torch.bfloat16 else obj.numpy()
+    return out
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_bi2", "rnn_relu", "lstm_proj", "lstm_f64",
+                                  "gru_module", "checkpoint", "legacy", "seq2seq"])
+def test_fixture_matches_torch_load(name):
+    torch = pytest.importorskip("torch")
+    ref = _flat_torch(torch.load(fx(name + ".pt"), weights_only=(name != "gru_module")))
+    got = read_torch_file(fx(name + ".pt"))
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, k
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_live_views_dtypes_and_strides(tmp_path):
+    """Views with storage offsets and strides, shared storages, every dtype, bf16, scalars."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 7, generator=g)
+    objs = {
+        "t": base.t(),                      # transposed (strides (1, 7))
+        "slice": base[2:5, 1::3],           # offset + step
+        "row": base[4],                     # offset into a shared storage
+        "expand": torch.randn(1, 3, generator=g).expand(4, 3),  # stride 0
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "f64": torch.randn(3, 2, dtype=torch.float64, generator=g),
+        "f16": torch.randn(5, generator=g).half(),
+        "bf16": torch.randn(5, generator=g).bfloat16(),
+        "i64": torch.arange(-3, 3),
+        "i32": torch.arange(4, dtype=torch.int32),
+        "i16": torch.arange(4, dtype=torch.int16),
+        "i8": torch.arange(-2, 2, dtype=torch.int8),
+        "u8": torch.arange(4, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "nested": {"list": [torch.ones(2), (torch.zeros(1), 3)], "n": None, "s": "x"},
+        "param": torch.nn.Parameter(torch.ones(2, 2)),
+    }
+    p = tmp_path / "views.pt"
+    torch.save(objs, p)
+    got = read_torch_file(p)
+    ref = _flat_torch(objs)
+    assert set(got) == set(ref)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        assert got[k].shape == ref[k].shape and got[k].dtype == ref[k].dtype, k
+    assert got["bf16"].dtype == np.float32
+    # the views do not alias each other
+    got["row"][0] = 1e9
+    assert got["t"][0, 4] != 1e9
+
+
+def test_random_grid_of_torch_modules_inferred():
+    """Seeded grid over real torch modules: cell, layers, direction, bias, projection, sizes."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1234)
+    cases = list(itertools.product(["RNN", "LSTM", "GRU"], [1, 2, 3], [False, True], [False, True],
+                                   [False, True]))
+    n = 0
+    for cell, L, bi, bias, proj in cases:
+        if proj and cell != "LSTM":
+            continue
+        I, H = (int(v) for v in rng.integers(1, 9, size=2))
+        H = max(H, 2)
+        kw = dict(num_layers=L, bidirectional=bi, bias=bias)
+        P = int(rng.integers(1, H)) if proj else 0
+        if proj:
+            kw["proj_size"] = P
+        mod = getattr(torch.nn, cell)(I, H, **kw)
+        sd = {"model.rnn." + k: v.detach().numpy() for k, v in mod.state_dict().items()}
+        sd["model.head.weight"] = np.zeros((2, H))
+        [spec] = find_rnn_modules(sd)
+        nl = "tanh" if cell == "RNN" else None
+        assert spec == RNNSpec("model.rnn", cell, I, H, L, bi, bias, P, nl), (cell, I, H, kw)
+        n += 1
+    assert n == 12 + 12 + 24  # RNN, GRU, LSTM (with and without projection)
+
+
+# ---------------------------------------------------------------- layers from files
+
+def _check_layer(layer, ref, prefix="", atol=1e-5):
+    x = ref[prefix + "x"]
+    res = layer(x)
+    out, h = res
+    np.testing.assert_allclose(out, ref[prefix + "out"], rtol=0, atol=atol)
+    if isinstance(h, tuple):
+        np.testing.assert_allclose(h[0], ref[prefix + "h_n"], rtol=0, atol=atol)
+        np.testing.assert_allclose(h[1], ref[prefix + "c_n"], rtol=0, atol=atol)
+    else:
+        np.testing.assert_allclose(h, ref[prefix + "h_n"], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("lstm", {}),
+    ("gru_bi2", {"batch_first": True}),
+    ("rnn_relu", {"nonlinearity": "relu"}),
+    ("lstm_proj", {}),
+    ("lstm_f64", {}),
+    ("gru_module", {}),
+    ("checkpoint", {}),
+    ("legacy", {}),
+])
+def test_layer_from_file_matches_torch_output(name, kw):
+    layer = fio.load_state_dict(fx(name + ".pt"), **kw)
+    ref = npz(name + ".npz")
+    if name == "lstm_f64":
+        assert layer.dtype == np.float64
+        _check_layer(layer, ref, atol=1e-12)
+    else:
+        assert layer.dtype == np.float32
+        _check_layer(layer, ref)
+
+
+def test_rnn_nonlinearity_defaults_to_tanh_and_is_overridable():
+    tanh = fio.load_state_dict(fx("rnn_relu.pt"))
+    assert tanh.nonlinearity == "tanh"
+    ref = npz("rnn_relu.npz")
+    assert not np.allclose(tanh(ref["x"])[0], ref["out"], atol=1e-5)
+    relu = fio.load_state_dict(fx("rnn_relu.pt"), nonlinearity="relu")
+    _check_layer(relu, ref)
+
+
+def test_seq2seq_modules_by_prefix():
+    ref = npz("seq2seq.npz")
+    enc = fio.load_state_dict(fx("seq2seq.pt"), prefix="encoder.lstm")
+    dec = fio.load_state_dict(fx("seq2seq.pt"), prefix="decoder.gru.", cell="GRU")
+    _check_layer(enc, ref, "enc_")
+    _check_layer(dec, ref, "dec_")
+    with pytest.raises(LoadError, match="is a GRU"):
+        fio.load_state_dict(fx("seq2seq.pt"), prefix="decoder.gru", cell="LSTM")
+
+
+def test_safetensors_from_reference_writer_builds_layer():
+    layer = fio.load_any_torchlike(fx("gru2.safetensors"))
+    _check_layer(layer, npz("gru2.npz"))
+    import fastrnn
+
+    _check_layer(fastrnn.load(fx("gru2.safetensors")), npz("gru2.npz"))
+    _check_layer(fastrnn.load(fx("lstm.pt")), npz("lstm.npz"))
+
+
+def test_state_dict_mapping_input():
+    d = read_torch_file(fx("lstm.pt"))
+    layer = fio.load_state_dict(d)
+    _check_layer(layer, npz("lstm.npz"))
+
+
+def test_fastrnn_safetensors_round_trip(tmp_path):
+    import fastrnn
+
+    layer = fio.load_state_dict(fx("lstm_proj.pt"))
+    p = tmp_path / "m.safetensors"
+    fio.save(layer, p)
+    back = fio.load_fastrnn_safetensors(p)
+    assert back.get_config() == layer.get_config()
+    _check_layer(back, npz("lstm_proj.npz"))
+    relu = fio.load_state_dict(fx("rnn_relu.pt"), nonlinearity="relu", batch_first=False)
+    relu.save(tmp_path / "r.safetensors")
+    again = fastrnn.load(tmp_path / "r.safetensors")
+    assert again.nonlinearity == "relu"
+    _check_layer(again, npz("rnn_relu.npz"))
+    with pytest.raises(LoadError, match="no 'fastrnn' entry"):
+        fio.load_fastrnn_safetensors(fx("gru2.safetensors"))
+
+
+def test_legacy_and_whole_module_through_dispatcher():
+    import fastrnn
+
+    _check_layer(fastrnn.load(fx("legacy.pt")), npz("legacy.npz"))
+    _check_layer(fastrnn.load(fx("gru_module.pt")), npz("gru_module.npz"))
