@@ -193,8 +193,21 @@ def _spec_to_layer(spec, i) -> dict:
     return spec
 
 
+def _version_hint(arch):
+    """Keras version a model config was written by: its own 'keras_version' (Keras 2's
+    to_json), else 3 for Keras 3's serialisation (module / build_config keys), else None."""
+    if not isinstance(arch, dict):
+        return None
+    if arch.get("keras_version"):
+        return str(arch["keras_version"])
+    if "module" in arch or "build_config" in arch:
+        return "3"
+    return None
+
+
 def _parse_architecture(arch):
-    """-> (list of _LayerDesc in execution order, outputs [(index, tensor)] or None)."""
+    """-> (list of _LayerDesc in execution order, outputs [(index, tensor)] or None,
+    Keras version hint or None)."""
     if isinstance(arch, (str, bytes)):
         try:
             arch = json.loads(arch)
@@ -202,17 +215,18 @@ def _parse_architecture(arch):
             raise LoadError(f"architecture is not valid JSON: {e}") from e
     if isinstance(arch, (list, tuple)):
         layers = [_spec_to_layer(s, i) for i, s in enumerate(arch)]
-        return _sequential(layers), None
+        return _sequential(layers), None, None
     if not isinstance(arch, dict):
         raise LoadError(f"architecture must be a Keras config (JSON or dict) or a list of "
                         f"layer specs, got {type(arch).__name__}")
     cls = arch.get("class_name")
     cfg = arch.get("config", {})
+    hint = _version_hint(arch)
     if cls == "Sequential":
         layers = cfg if isinstance(cfg, list) else cfg.get("layers", [])
-        return _sequential(layers), None
+        return _sequential(layers), None, hint
     if cls in ("Functional", "Model"):
-        return _functional(cfg)
+        return (*_functional(cfg), hint)
     raise LoadError(f"unsupported model class {cls!r}: fastrnn reads Sequential models and "
                     "functional models that are a simple chain of layers")
 
@@ -756,7 +770,8 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
 
 
 def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname):
-    descs, outputs = parsed
+    descs, outputs, hint = parsed
+    version = version or hint
     major = _keras_major(version, hard_sigmoid)
     try:
         return _Builder(store, major, dtype, num_threads, fname).build(descs, outputs)

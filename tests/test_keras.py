@@ -1,0 +1,402 @@
+"""Keras importer: every fixture made by real Keras 3 / tf-keras 2 (tests/fixtures/make_keras*.py)
+is loaded without Keras and must reproduce Keras's own outputs to 1e-5 (fp32)."""
+import glob
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py")  # in the test extra: always present in CI
+
+import fastrnn  # noqa: E402
+from fastrnn.io import LoadError  # noqa: E402
+from fastrnn.io.keras import load_keras  # noqa: E402
+from fastrnn.model import Bidirectional, KerasRNN  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "fixtures", "keras")
+NAMES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIX, "*.npz")))
+TOL = 1e-5
+
+
+def model_path(name):
+    for ext in (".keras", ".weights.h5", ".h5"):
+        p = os.path.join(FIX, name + ext)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(name)
+
+
+def reference(name):
+    with np.load(os.path.join(FIX, name + ".npz")) as z:
+        ys = [z[f"y{i}"] for i in range(len(z.files) - 1)]
+        return z["x"], ys
+
+
+def architecture(name):
+    p = os.path.join(FIX, name + ".json")
+    if os.path.exists(p):
+        with open(p) as f:
+            return f.read()
+    return None
+
+
+def as_list(out):
+    return out if isinstance(out, list) else [out]
+
+
+def assert_matches(model, name, batch_size=None):
+    x, ys = reference(name)
+    out = as_list(model.predict(x, batch_size=batch_size))
+    assert len(out) == len(ys)
+    for a, b in zip(out, ys):
+        assert a.shape == b.shape
+        assert a.dtype == np.float32
+        err = float(np.max(np.abs(a - b)))
+        assert err <= TOL, f"{name}: max abs error {err}"
+
+
+def test_fixture_set_is_complete():
+    # every combination named in the issue has a fixture; guard against losing files
+    assert len(NAMES) == 27
+    for n in NAMES:
+        model_path(n)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_matches_keras(name):
+    model = load_keras(model_path(name), architecture(name))
+    assert_matches(model, name)
+    assert_matches(model, name, batch_size=2)  # chunked predict gives the same
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if architecture(n) is None])
+def test_fastrnn_load_dispatches_keras(name):
+    model = fastrnn.load(model_path(name))
+    assert_matches(model, name)
+
+
+# ---------------------------------------------------------------- what the fixtures exercise
+
+def _layers(name):
+    return load_keras(model_path(name), architecture(name)).layers
+
+
+def _rnns(layers):
+    for l in layers:
+        if isinstance(l, KerasRNN):
+            yield l
+        elif isinstance(l, Bidirectional):
+            yield l.forward
+            yield l.backward
+
+
+def test_fixtures_cover_the_combinations():
+    seen = set()
+    for name in NAMES:
+        ls = _layers(name)
+        for l in ls:
+            seen.add(type(l).__name__)
+            if isinstance(l, Bidirectional):
+                seen.add(f"merge:{l.merge_mode}")
+        for r in _rnns(ls):
+            core = r.core
+            seen.add(type(core).__name__)
+            for flag in ("return_sequences", "return_state", "go_backwards",
+                         "zero_output_for_mask"):
+                if getattr(r, flag):
+                    seen.add(flag)
+            if type(core).__name__ == "GRU":
+                seen.add(f"reset_after:{core.reset_after}")
+            for a in core._acts[0]:
+                if a[0] == "hardsigmoid":
+                    seen.add(f"hard_sigmoid:{round(a[1], 4)}")
+                if a[0] == "relu":
+                    seen.add("relu_rnn")
+    want = {"Embedding", "Masking", "Dense", "Dropout", "TimeDistributed", "Bidirectional",
+            "KerasRNN", "SimpleRNN", "LSTM", "GRU", "merge:concat", "merge:sum", "merge:mul",
+            "merge:ave", "merge:None", "return_sequences", "return_state", "go_backwards",
+            "zero_output_for_mask", "reset_after:True", "reset_after:False",
+            "hard_sigmoid:0.2", "hard_sigmoid:0.1667", "relu_rnn"}
+    assert want <= seen, want - seen
+
+
+def test_hard_sigmoid_follows_keras_version():
+    # Keras 2 file: 0.2x+0.5 ; Keras 3 legacy h5: x/6+0.5.  The other formula is wrong.
+    for name, wrong in (("k2_lstm_gru_hsig", "keras3"), ("k3_legacy_hsig", "keras2"),
+                        ("k3_gru_noreset_hsig", "keras2")):
+        x, ys = reference(name)
+        right = load_keras(model_path(name)).predict(x)
+        bad = load_keras(model_path(name), hard_sigmoid=wrong).predict(x)
+        assert np.max(np.abs(right - ys[0])) <= TOL
+        assert np.max(np.abs(bad - ys[0])) > 1e-3
+    with pytest.raises(ValueError):
+        load_keras(model_path("k3_legacy_hsig"), hard_sigmoid="keras4")
+
+
+def test_cudnn_weights_become_lstm_and_gru():
+    ls = _layers("k2_cudnn_lstm")
+    assert type(ls[0].core).__name__ == "LSTM"
+    ls = _layers("k2_cudnn_bi_gru")
+    assert type(ls[0].forward.core).__name__ == "GRU" and ls[0].forward.core.reset_after
+    with h5py.File(model_path("k2_cudnn_lstm")) as f:
+        assert "CuDNNLSTM" in f.attrs["model_config"]
+        assert f["model_weights/cu_dnnlstm/cu_dnnlstm/bias:0"].shape == (8 * 4,)
+
+
+def test_bidirectional_fused_equals_two_layers():
+    for name in ("k3_bi_concat_lstm_embed", "k3_bi_sum_gru_masking", "k2_bi_modes_embed",
+                 "k2_bi_none_state_masking"):
+        model = load_keras(model_path(name))
+        bis = [l for l in model.layers if isinstance(l, Bidirectional)]
+        assert bis and all(b._fused is not None for b in bis)
+        x, _ = reference(name)
+        fused = as_list(model.predict(x))
+        for b in bis:
+            b._fused = None
+        for a, c in zip(fused, as_list(model.predict(x))):
+            np.testing.assert_allclose(a, c, atol=1e-6)
+    # a Bidirectional with different forward/backward cells runs unfused
+    model = load_keras(model_path("k3_bi_none_gobw_masking"))
+    assert model.layers[1]._fused is None
+
+
+# ---------------------------------------------------------------- weights-only + architecture
+
+def _specs_k3():
+    return [("InputLayer", {"batch_shape": [None, 7]}),
+            {"class_name": "Embedding", "config": {"input_dim": 20, "output_dim": 3,
+                                                   "mask_zero": True}},
+            {"class_name": "GRU", "units": 4, "return_sequences": True},
+            ("LSTM", {"units": 3}), ("Dense", {"units": 2})]
+
+
+def _specs_k2():
+    return [("Embedding", {"input_dim": 20, "output_dim": 3, "mask_zero": True}),
+            ("Bidirectional", {"layer": {"class_name": "LSTM",
+                                         "config": {"units": 3, "return_sequences": True}}}),
+            ("GRU", {"units": 4, "recurrent_activation": "hard_sigmoid"}),
+            ("Dense", {"units": 2})]
+
+
+def _specs_k2_newfmt():
+    return [("Masking", {"mask_value": 0.0}),
+            ("Bidirectional", {"merge_mode": "ave", "layer": {
+                "class_name": "GRU", "config": {"units": 3, "return_sequences": True,
+                                                "reset_after": False,
+                                                "recurrent_activation": "hard_sigmoid"}}}),
+            ("TimeDistributed", {"layer": {"class_name": "Dense",
+                                           "config": {"units": 2, "activation": "softmax"}}})]
+
+
+@pytest.mark.parametrize("name,specs", [("k3_weights_only", _specs_k3),
+                                        ("k2_weights_only", _specs_k2),
+                                        ("k2_weights_newfmt", _specs_k2_newfmt)])
+def test_weights_only_with_user_architecture(name, specs):
+    path = model_path(name)
+    arch = architecture(name)
+    assert_matches(load_keras(path, arch), name)                  # JSON string
+    assert_matches(load_keras(path, json.loads(arch)), name)      # dict
+    assert_matches(load_keras(path, specs()), name)               # list of layer specs
+    assert_matches(fastrnn.load(path, specs()), name)
+    with pytest.raises(LoadError, match="weights only"):
+        load_keras(path)
+
+
+def test_weights_only_architecture_mismatch():
+    path = model_path("k2_weights_only")
+    with pytest.raises(LoadError, match="weights for 4 layers"):
+        load_keras(path, _specs_k2() + [("Dense", {"units": 2})])
+    bad = _specs_k2()
+    bad[2] = ("GRU", {"units": 5})
+    with pytest.raises(LoadError, match=r"'layer_2' \(GRU\): kernel has shape \(6, 12\), "
+                                        r"expected \(6, 15\)"):
+        load_keras(path, bad)
+    with pytest.raises(LoadError, match="architecture item 0"):
+        load_keras(path, [42])
+    with pytest.raises(LoadError, match="not valid JSON"):
+        load_keras(path, "{nope")
+
+
+def test_user_can_state_old_hard_sigmoid():
+    # a pre-2.3 weights-only file does not record the activation: the spec list says it
+    path = model_path("k2_weights_only")
+    specs = _specs_k2()
+    specs[2] = ("GRU", {"units": 4})  # sigmoid: wrong for this file
+    x, ys = reference("k2_weights_only")
+    assert np.max(np.abs(load_keras(path, specs).predict(x) - ys[0])) > 1e-4
+
+
+# ---------------------------------------------------------------- broken files
+
+def test_truncated_keras_zip(tmp_path):
+    data = open(model_path("k3_lstm_basic"), "rb").read()
+    p = tmp_path / "t.keras"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LoadError):
+        load_keras(str(p))
+    with pytest.raises(LoadError):
+        fastrnn.load(str(p))
+
+
+def _rewrite_zip(src, dst, edit):
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
+        for item in zi.infolist():
+            data = zi.read(item.filename)
+            data = edit(item.filename, data)
+            if data is not None:
+                zo.writestr(item, data)
+
+
+def test_keras_zip_missing_member(tmp_path):
+    p = tmp_path / "m.keras"
+    _rewrite_zip(model_path("k3_lstm_basic"), p,
+                 lambda n, d: None if n == "model.weights.h5" else d)
+    with pytest.raises(LoadError, match="model.weights.h5"):
+        load_keras(str(p))
+
+
+def _edit_config(name, tmp_path, fn):
+    p = tmp_path / (name + ".keras")
+
+    def edit(n, d):
+        if n == "config.json":
+            c = json.loads(d)
+            fn(c)
+            return json.dumps(c).encode()
+        return d
+    _rewrite_zip(model_path(name), p, edit)
+    return str(p)
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    def conv(c):
+        c["config"]["layers"][-1]["class_name"] = "Conv1D"
+    p = _edit_config("k3_lstm_basic", tmp_path, conv)
+    with pytest.raises(LoadError, match=r"'dense' \(Conv1D\)"):
+        load_keras(p)
+
+    def attention(c):
+        c["config"]["layers"][1]["config"]["layer"]["class_name"] = "ConvLSTM1D"
+    p = _edit_config("k3_bi_mul_simplernn", tmp_path, attention)
+    with pytest.raises(LoadError, match="ConvLSTM1D"):
+        load_keras(p)
+
+    def selu(c):
+        c["config"]["layers"][1]["config"]["activation"] = "selu"
+    p = _edit_config("k3_lstm_basic", tmp_path, selu)
+    with pytest.raises(LoadError, match="selu"):
+        load_keras(p)
+
+
+def test_unsupported_layer_in_legacy_h5(tmp_path):
+    p = tmp_path / "u.h5"
+    shutil.copy(model_path("k2_simplernn_relu_gobw"), p)
+    with h5py.File(p, "r+") as f:
+        c = json.loads(f.attrs["model_config"])
+        c["config"]["layers"].insert(2, {"class_name": "LayerNormalization",
+                                         "config": {"name": "ln"}})
+        f.attrs["model_config"] = json.dumps(c)
+    with pytest.raises(LoadError, match=r"'ln' \(LayerNormalization\)"):
+        load_keras(str(p))
+
+
+def test_non_chain_functional_model_is_refused(tmp_path):
+    def branch(c):
+        layers = c["config"]["layers"]
+        extra = json.loads(json.dumps(layers[-1]))
+        extra["name"] = extra["config"]["name"] = "side_dense"
+        layers.append(extra)
+        c["config"]["output_layers"] = [c["config"]["output_layers"][0], ["side_dense", 0, 0]]
+    p = _edit_config("k3_state_bi_gru_masking", tmp_path, branch)
+    # side_dense reads the same tensor as dense: two branches
+    with pytest.raises(LoadError, match="chain"):
+        load_keras(p)
+
+
+def test_h5_weight_with_wrong_shape(tmp_path):
+    p = tmp_path / "w.h5"
+    shutil.copy(model_path("k2_lstm_gru_hsig"), p)
+    with h5py.File(p, "r+") as f:
+        g = f["model_weights/lstm/lstm/lstm_cell"]
+        del g["recurrent_kernel:0"]
+        g["recurrent_kernel:0"] = np.zeros((5, 16), np.float32)
+    with pytest.raises(LoadError, match=r"'lstm' \(LSTM\): recurrent_kernel has shape \(5, 16\), "
+                                        r"expected \(5, 20\)"):
+        load_keras(str(p))
+
+
+def test_h5_missing_weight(tmp_path):
+    p = tmp_path / "m.h5"
+    shutil.copy(model_path("k2_lstm_gru_hsig"), p)
+    with h5py.File(p, "r+") as f:
+        del f["model_weights/gru/gru/gru_cell/bias:0"]
+    with pytest.raises(LoadError, match="bias:0.*missing"):
+        load_keras(str(p))
+    # a whole layer's weights gone
+    p2 = tmp_path / "m2.h5"
+    shutil.copy(model_path("k2_lstm_gru_hsig"), p2)
+    with h5py.File(p2, "r+") as f:
+        del f["model_weights/dense"]
+        f["model_weights"].attrs["layer_names"] = [b"lstm", b"gru", b"dropout"]
+    with pytest.raises(LoadError, match="dense"):
+        load_keras(str(p2))
+
+
+def test_keras3_missing_weight(tmp_path):
+    p = tmp_path / "k.keras"
+
+    def edit(n, d):
+        if n != "model.weights.h5":
+            return d
+        buf = io.BytesIO(d)
+        with h5py.File(buf, "r+") as f:
+            del f["layers/lstm/cell/vars/2"]
+        return buf.getvalue()
+    _rewrite_zip(model_path("k3_lstm_basic"), p, edit)
+    with pytest.raises(LoadError, match="'lstm' .*2 weight arrays, expected 3"):
+        load_keras(str(p))
+
+
+def test_not_a_keras_file(tmp_path):
+    p = tmp_path / "x.keras"
+    p.write_bytes(b"hello world, not a model")
+    with pytest.raises(LoadError):
+        load_keras(str(p))
+    p = tmp_path / "e.h5"
+    with h5py.File(p, "w") as f:
+        f["a"] = np.zeros(3)
+    with pytest.raises(LoadError, match="no Keras model"):
+        load_keras(str(p))
+    assert issubclass(LoadError, ValueError)
+
+
+def test_h5py_is_imported_lazily_and_required():
+    code = ("import sys, fastrnn.io.keras, fastrnn.model; "
+            "print('h5py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(HERE), check=True)
+    assert out.stdout.strip() == "False"
+    code = ("import sys; sys.modules['h5py'] = None\n"
+            "from fastrnn.io.keras import load_keras\n"
+            "try:\n    load_keras(sys.argv[1])\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, model_path("k3_lstm_basic")],
+                         capture_output=True, text=True, cwd=os.path.dirname(HERE), check=True)
+    assert out.stdout.strip() == "h5py is needed to read Keras files: pip install 'fastrnn[keras]'"
+
+
+def test_keras_and_tensorflow_not_imported():
+    code = ("import sys, numpy as np, fastrnn; "
+            "m = fastrnn.load(sys.argv[1]); m.predict(np.zeros((1, 6, 4), 'f4')); "
+            "print(sorted(k for k in ('keras', 'tensorflow', 'tf_keras', 'jax', 'torch') "
+            "if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, model_path("k3_lstm_basic")],
+                         capture_output=True, text=True, cwd=os.path.dirname(HERE), check=True)
+    assert out.stdout.strip() == "[]"
