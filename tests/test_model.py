@@ -1,0 +1,204 @@
+"""fastrnn.model: the container and the non-recurrent layers, checked against plain numpy
+(including a step-by-step reference of Keras's masking rules)."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.model import (Activation, Bidirectional, Dense, Dropout, Embedding, KerasRNN,
+                           Masking, Model, TimeDistributed, activation_function)
+
+rng = np.random.RandomState(0)
+
+
+def simple_rnn(I, H, go_backwards=False, act="tanh", seed=0):
+    r = np.random.RandomState(seed)
+    core = fastrnn.SimpleRNN(I, H, nonlinearity=act, batch_first=True, go_backwards=go_backwards)
+    core.load_state_dict({"weight_ih_l0": r.uniform(-.8, .8, (H, I)).astype("f4"),
+                          "weight_hh_l0": r.uniform(-.8, .8, (H, H)).astype("f4"),
+                          "bias_ih_l0": r.uniform(-.5, .5, H).astype("f4"),
+                          "bias_hh_l0": r.uniform(-.5, .5, H).astype("f4")})
+    return core
+
+
+def keras_reference(core, x, mask, zero_output, go_backwards):
+    """Keras backend.rnn for a SimpleRNN: sequence in Keras order and the final state."""
+    sd = core.state_dict()
+    W, U, b = sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"] + sd["bias_hh_l0"]
+    B, T, _ = x.shape
+    h = np.zeros((B, W.shape[0]), "f8")
+    prev = np.zeros_like(h)
+    outs = []
+    steps = range(T - 1, -1, -1) if go_backwards else range(T)
+    for t in steps:
+        new = np.tanh(x[:, t] @ W.T + h @ U.T + b)
+        m = np.ones(B, bool) if mask is None else mask[:, t]
+        h = np.where(m[:, None], new, h)
+        out = np.where(m[:, None], new, 0.0 if zero_output else prev)
+        prev = out
+        outs.append(out)
+    return np.stack(outs, 1), h
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("zero_output", [False, True])
+def test_keras_rnn_masking_semantics(go_backwards, zero_output):
+    x = rng.normal(size=(4, 7, 3)).astype("f4")
+    mask = rng.rand(4, 7) > 0.35
+    mask[0, 0] = False          # masked first step
+    mask[1, -1] = False         # masked last step
+    mask[2] = False             # fully masked row
+    core = simple_rnn(3, 5, go_backwards)
+    layer = KerasRNN(core, return_sequences=True, return_state=True,
+                     zero_output_for_mask=zero_output)
+    (seq, h), out_mask = layer.call(x, mask)[0], layer.call(x, mask)[1]
+    ref_seq, ref_h = keras_reference(core, x, mask, zero_output, go_backwards)
+    np.testing.assert_allclose(seq, ref_seq, atol=1e-5)
+    np.testing.assert_allclose(h, ref_h, atol=1e-5)
+    assert out_mask is mask
+    last = KerasRNN(core, zero_output_for_mask=zero_output)
+    y, m = last.call(x, mask)
+    np.testing.assert_allclose(y, ref_seq[:, -1], atol=1e-5)
+    assert m is None
+
+
+def test_bidirectional_merge_modes_and_fusion():
+    x = rng.normal(size=(3, 6, 4)).astype("f4")
+    mask = np.ones((3, 6), bool)
+    mask[0, 4:] = False
+    mask[1, 2] = False
+    f, r = simple_rnn(4, 3, False, seed=1), simple_rnn(4, 3, True, seed=2)
+    results = {}
+    for rs in (True, False):
+        fw = KerasRNN(f, return_sequences=rs, zero_output_for_mask=rs)
+        bw = KerasRNN(r, return_sequences=rs, zero_output_for_mask=rs)
+        a = fw(x, mask)
+        b = bw(x, mask)
+        if rs:
+            b = b[:, ::-1]
+        expect = {"concat": np.concatenate([a, b], -1), "sum": a + b, "mul": a * b,
+                  "ave": (a + b) / 2}
+        for mode, e in expect.items():
+            bi = Bidirectional(fw, bw, merge_mode=mode)
+            out, m = bi.call(x, mask)
+            np.testing.assert_allclose(out, e, atol=1e-6)
+            assert (m is mask) if rs else (m is None)
+            results[(rs, mode)] = out
+        pair = Bidirectional(fw, bw, merge_mode=None)(x, mask)
+        np.testing.assert_allclose(pair[0], a, atol=1e-6)
+        np.testing.assert_allclose(pair[1], b, atol=1e-6)
+        # the same layer run by one bidirectional core
+        fused = fastrnn.SimpleRNN(4, 3, batch_first=True, bidirectional=True)
+        sd = dict(f.state_dict())
+        sd.update({k + "_reverse": v for k, v in r.state_dict().items()})
+        fused.load_state_dict(sd)
+        bi = Bidirectional(fw, bw, merge_mode="concat")
+        bi.fuse(fused)
+        np.testing.assert_allclose(bi(x, mask), results[(rs, "concat")], atol=1e-6)
+    with pytest.raises(ValueError):
+        Bidirectional(fw, bw, merge_mode="max")
+    with pytest.raises(ValueError):
+        Bidirectional(bw, fw).fuse(fused)
+
+
+def test_return_state_lstm_and_go_backwards_order():
+    x = rng.normal(size=(2, 5, 3)).astype("f4")
+    core = fastrnn.LSTM(3, 4, batch_first=True, go_backwards=True)
+    fwd = fastrnn.LSTM(3, 4, batch_first=True)
+    fwd.load_state_dict(core.state_dict())
+    seq, h, c = KerasRNN(core, return_sequences=True, return_state=True)(x)
+    # Keras order: reading backwards == reading the flipped input forwards
+    ref, (hn, cn) = fwd(np.ascontiguousarray(x[:, ::-1]))
+    np.testing.assert_allclose(seq, ref, atol=1e-6)
+    np.testing.assert_allclose(h, hn[0], atol=1e-6)
+    np.testing.assert_allclose(c, cn[0], atol=1e-6)
+
+
+def test_dense_activations():
+    k = rng.normal(size=(4, 3)).astype("f4")
+    b = rng.normal(size=3).astype("f4")
+    x = rng.normal(size=(2, 5, 4)).astype("f4")
+    z = x @ k + b
+    sig = 1 / (1 + np.exp(-z))
+    cases = {"linear": z, "relu": np.maximum(z, 0), "tanh": np.tanh(z), "sigmoid": sig,
+             "softmax": np.exp(z) / np.exp(z).sum(-1, keepdims=True),
+             ("hard_sigmoid", 1 / 6, 0.5): np.clip(z / 6 + 0.5, 0, 1),
+             "hard_sigmoid": np.clip(0.2 * z + 0.5, 0, 1), "swish": z * sig,
+             "elu": np.where(z > 0, z, np.exp(z) - 1)}
+    for act, want in cases.items():
+        d = Dense(k, b, act)
+        out = d(x)
+        assert out.dtype == np.float32 and out.shape == (2, 5, 3)
+        np.testing.assert_allclose(out, want, atol=1e-5, err_msg=str(act))
+    np.testing.assert_allclose(Dense(k, None)(x), x @ k, atol=1e-5)
+    with pytest.raises(ValueError):
+        Dense(k, b)(x[..., :3])
+    with pytest.raises(ValueError):
+        Dense(k, b[:2])
+    with pytest.raises(ValueError):
+        activation_function("nope")
+    big = np.array([[-1000.0, 0.0, 1000.0]], "f4")
+    assert np.all(np.isfinite(Dense(np.eye(3, dtype="f4"), None, "sigmoid")(big)))
+
+
+def test_embedding_and_masking():
+    w = rng.normal(size=(10, 3)).astype("f4")
+    ids = np.array([[1, 2, 0, 0], [0, 5, 9, 3]])
+    out, mask = Embedding(w, mask_zero=True).call(ids)
+    np.testing.assert_array_equal(out, w[ids])
+    np.testing.assert_array_equal(mask, ids != 0)
+    assert Embedding(w).call(ids)[1] is None
+    with pytest.raises(ValueError):
+        Embedding(w)(np.array([[10]]))
+    with pytest.raises(ValueError):
+        Embedding(w)(np.array([[-1]]))
+    x = rng.normal(size=(2, 4, 3)).astype("f4")
+    x[0, 1] = 0.0
+    x[1, 3] = 2.5
+    out, mask = Masking(0.0).call(x)
+    np.testing.assert_array_equal(mask, [[True, False, True, True], [True] * 4])
+    out, mask = Masking(2.5).call(x)
+    assert not mask[1, 3] and np.all(out[1, 3] == 0)
+
+
+def test_model_mask_flow_and_outputs():
+    V, E, H = 12, 3, 4
+    emb = Embedding(rng.normal(size=(V, E)).astype("f4"), mask_zero=True)
+    r1 = KerasRNN(simple_rnn(E, H, seed=3), return_sequences=True)
+    td = TimeDistributed(Dense(rng.normal(size=(H, H)).astype("f4"), None, "tanh"))
+    r2 = KerasRNN(simple_rnn(H, H, seed=4), return_state=True)
+    dense = Dense(rng.normal(size=(H, 2)).astype("f4"), np.zeros(2, "f4"), "softmax")
+    ids = np.array([[3, 4, 5, 0, 0], [0, 0, 7, 8, 1], [2, 0, 6, 0, 9]])
+    mask = ids != 0
+    model = Model([emb, Dropout(0.5), r1, td, r2], name="m")
+    out, h = model(ids)
+    e = emb(ids)
+    s1 = r1(e, mask)
+    s2 = td(s1)
+    ref, refh = r2(s2, mask)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    np.testing.assert_allclose(h, refh, atol=1e-6)
+    # pick tensors from different layers
+    m2 = Model([emb, r1, r2, dense], outputs=[(3, 0), (2, 1)])
+    p, hh = m2.predict(ids)
+    np.testing.assert_allclose(hh, r2(r1(e, mask), mask)[1], atol=1e-6)
+    assert p.shape == (3, 2)
+    np.testing.assert_allclose(p.sum(-1), 1, atol=1e-6)
+    chunks = m2.predict(ids, batch_size=2)
+    for a, b in zip(chunks, (p, hh)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # introspection
+    cfg = model.get_config()
+    assert [l["class_name"] for l in cfg["layers"]] == [
+        "Embedding", "Dropout", "KerasRNN", "TimeDistributed", "KerasRNN"]
+    assert "Embedding" in repr(model)
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "total params" in lines[0] and "KerasRNN" in lines[0]
+    assert model.count_params() == sum(np.size(w) for l in model.layers for w in l.get_weights())
+    with pytest.raises(ValueError):
+        Model([])
+    with pytest.raises(TypeError):
+        Model([np.zeros(3)])
+    with pytest.raises(TypeError):
+        TimeDistributed(r1)
+    assert Activation("relu")(np.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
