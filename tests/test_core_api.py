@@ -1,0 +1,279 @@
+"""Layer API, validation and bad input: clear exceptions, never a crash."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _blas
+from reference import rnn_forward
+
+CLASSES = [fastrnn.SimpleRNN, fastrnn.LSTM, fastrnn.GRU]
+
+
+def _h(state):
+    return state[0] if isinstance(state, tuple) else state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_shim_matches_numpy(dtype):
+    rng = np.random.default_rng(0)
+    for m, k, n in [(1, 1, 1), (3, 5, 7), (64, 33, 129)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        np.testing.assert_allclose(_blas._gemm_check(a, b), a @ b,
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_default_layer_matches_reference(cls):
+    layer = cls(3, 4, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
+    out, st = layer(x)
+    out_r, h_r, _ = rnn_forward(layer, x)
+    assert np.abs(out - out_r).max() < 1e-5
+    assert np.abs(_h(st) - h_r).max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5), ()])
+def test_wrong_rank(cls, shape):
+    layer = cls(5 if shape else 3, 4)
+    with pytest.raises(ValueError, match="dimensions"):
+        layer(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_wrong_feature_size(cls):
+    layer = cls(3, 4)
+    with pytest.raises(ValueError, match="input_size=3"):
+        layer(np.zeros((5, 2, 4), np.float32))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("bad", [
+    np.zeros((5, 2, 3), np.int64), np.zeros((5, 2, 3), np.int8), np.zeros((5, 2, 3), bool),
+    np.zeros((5, 2, 3), np.complex64), np.full((5, 2, 3), None, dtype=object),
+    np.array([["a", "b", "c"]] * 5),
+])
+def test_wrong_dtype(cls, bad):
+    layer = cls(3, 4)
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(bad)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_other_float_dtypes_are_cast(cls):
+    layer = cls(3, 4, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out64 = layer(x.astype(np.float64))[0]
+    out16 = layer(x.astype(np.float16))[0]
+    out32 = layer(x.astype(np.float32))[0]
+    assert out64.dtype == out16.dtype == np.float32
+    np.testing.assert_array_equal(out64, layer(x.astype(np.float32).astype(np.float64))[0])
+    assert np.abs(out16 - out32).max() < 1e-2
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite_weights_rejected(cls, value):
+    layer = cls(3, 4)
+    sd = layer.state_dict()
+    before = layer.state_dict()
+    sd["weight_hh_l0"][1, 2] = value
+    with pytest.raises(ValueError, match="weight_hh_l0.*NaN or infinite"):
+        layer.load_state_dict(sd)
+    # nothing changed
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_weight_validation_messages(cls):
+    layer = cls(3, 4, num_layers=2)
+    sd = layer.state_dict()
+    bad = dict(sd, weight_ih_l1=np.zeros((7, 7), np.float32))
+    with pytest.raises(ValueError, match=r"weight_ih_l1.*expected shape"):
+        layer.load_state_dict(bad)
+    missing = {k: v for k, v in sd.items() if k != "bias_hh_l1"}
+    with pytest.raises(KeyError, match="missing keys.*bias_hh_l1"):
+        layer.load_state_dict(missing)
+    layer.load_state_dict(missing, strict=False)  # fine without strict
+    with pytest.raises(KeyError, match="unexpected keys.*weight_ih_l2"):
+        layer.load_state_dict(dict(sd, weight_ih_l2=sd["weight_ih_l1"]))
+    with pytest.raises(TypeError, match="weight_hh_l0"):
+        layer.load_state_dict(dict(sd, weight_hh_l0=sd["weight_hh_l0"].astype(np.int32)))
+    with pytest.raises(TypeError, match="mapping"):
+        layer.load_state_dict([1, 2])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_noncontiguous_and_fortran_inputs_work(cls):
+    layer = cls(3, 4, num_layers=2, bidirectional=True, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    ref = layer(x)[0]
+    np.testing.assert_array_equal(layer(np.asfortranarray(x))[0], ref)
+    big = rng.standard_normal((12, 5, 6)).astype(np.float32)
+    big[::2, :, ::2] = x
+    view = big[::2, :, ::2]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(layer(view)[0], ref)
+    np.testing.assert_array_equal(layer(x.transpose(1, 0, 2).copy().transpose(1, 0, 2))[0], ref)
+    h0 = np.asfortranarray(rng.standard_normal((4, 5, 4)).astype(np.float32))
+    hx = (h0, h0.copy()) if cls is fastrnn.LSTM else h0
+    hx_c = (np.ascontiguousarray(h0), np.ascontiguousarray(h0)) if cls is fastrnn.LSTM \
+        else np.ascontiguousarray(h0)
+    np.testing.assert_array_equal(layer(x, hx)[0], layer(x, hx_c)[0])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("bf", [False, True])
+def test_empty_sequences(cls, bf):
+    """T == 0 or B == 0: an empty output and the initial state as the final state."""
+    layer = cls(3, 4, num_layers=2, bidirectional=True, batch_first=bf)
+    for T, B in [(0, 2), (5, 0), (0, 0)]:
+        shape = (B, T, 3) if bf else (T, B, 3)
+        out, st = layer(np.zeros(shape, np.float32))
+        assert out.shape == ((B, T, 8) if bf else (T, B, 8))
+        assert _h(st).shape == (4, B, 4)
+        assert not np.any(_h(st))
+    rng = np.random.default_rng(0)
+    h0 = rng.standard_normal((4, 2, 4)).astype(np.float32)
+    hx = (h0, h0 + 1) if cls is fastrnn.LSTM else h0
+    out, st = layer(np.zeros((2, 0, 3) if bf else (0, 2, 3), np.float32), hx)
+    np.testing.assert_array_equal(_h(st), h0)
+    if cls is fastrnn.LSTM:
+        np.testing.assert_array_equal(st[1], h0 + 1)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_bad_initial_state(cls):
+    layer = cls(3, 4, num_layers=2)
+    x = np.zeros((5, 2, 3), np.float32)
+    bad = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 2, 4\)"):
+        layer(x, (bad, bad) if cls is fastrnn.LSTM else bad)
+    if cls is fastrnn.LSTM:
+        with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
+            layer(x, np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="floating-point"):
+        hi = np.zeros((2, 2, 4), np.int32)
+        layer(x, (hi, hi) if cls is fastrnn.LSTM else hi)
+
+
+@pytest.mark.parametrize("kwargs,err", [
+    (dict(input_size=0, hidden_size=4), ValueError),
+    (dict(input_size=3, hidden_size=-1), ValueError),
+    (dict(input_size=3.5, hidden_size=4), TypeError),
+    (dict(input_size=3, hidden_size=4, num_layers=0), ValueError),
+    (dict(input_size=3, hidden_size=4, dtype="int32"), TypeError),
+    (dict(input_size=3, hidden_size=4, dtype="float16"), TypeError),
+    (dict(input_size=3, hidden_size=4, num_threads=0), ValueError),
+    (dict(input_size=3, hidden_size=4, clip=-1.0), ValueError),
+    (dict(input_size=3, hidden_size=4, activations=["nope"]), ValueError),
+])
+def test_constructor_validation(kwargs, err):
+    for cls in CLASSES:
+        with pytest.raises(err):
+            cls(**kwargs)
+
+
+def test_cell_specific_options_validated():
+    with pytest.raises(ValueError, match="proj_size"):
+        fastrnn.GRU(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="smaller than hidden_size"):
+        fastrnn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        fastrnn.SimpleRNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="activations per direction"):
+        fastrnn.LSTM(3, 4, activations=["sigmoid", "tanh"])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_weights_packed_once(cls):
+    layer = cls(3, 4)
+    x = np.ones((2, 1, 3), np.float32)
+    layer(x)
+    packed = layer._packed
+    layer(x)
+    assert layer._packed is packed            # not re-packed per call
+    sd = layer.state_dict()
+    sd["weight_ih_l0"] *= 2
+    layer.load_state_dict(sd)
+    assert layer._packed is None              # invalidated by new weights
+    out2 = layer(x)[0]
+    assert np.abs(out2 - rnn_forward(layer, x)[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_config_round_trip(cls):
+    layer = cls(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype="float64")
+    clone = fastrnn.layer_from_config(layer.get_config())
+    clone.load_state_dict(layer.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 5, 3))
+    np.testing.assert_array_equal(layer(x)[0], clone(x)[0])
+    assert repr(clone) == repr(layer)
+    assert "bidirectional=True" in repr(layer)
+    with pytest.raises(ValueError, match="unknown layer class"):
+        fastrnn.layer_from_config({"class_name": "Transformer"})
+
+
+def test_state_dict_is_a_copy():
+    layer = fastrnn.LSTM(3, 4)
+    sd = layer.state_dict()
+    sd["weight_ih_l0"][:] = 0
+    assert np.any(layer.state_dict()["weight_ih_l0"])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_thread_counts_agree(cls):
+    layer = cls(16, 64, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 33, 16)).astype(np.float32)
+    a = layer(x, num_threads=1)[0]
+    b = layer(x, num_threads=2)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_thread_control():
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        assert fastrnn.get_num_threads() == 1
+        with pytest.raises(ValueError):
+            fastrnn.set_num_threads(0)
+        with pytest.raises(TypeError):
+            fastrnn.set_num_threads("2")
+    finally:
+        fastrnn.set_num_threads(None)
+    assert fastrnn.get_num_threads() == old
+    code = "import fastrnn; print(fastrnn.get_num_threads())"
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "3"
+
+
+def test_import_does_not_need_torch():
+    code = ("import sys; sys.modules['torch'] = None; import fastrnn, numpy as np; "
+            "l = fastrnn.LSTM(2, 3); print(l(np.ones((2, 1, 2), np.float32))[0].shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(2, 1, 3)"
+
+
+def test_from_torch_rejects_other_modules():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="torch.nn.RNN, LSTM or GRU"):
+        fastrnn.from_torch(torch.nn.Linear(2, 3))
+
+
+def test_nan_input_propagates_without_crash():
+    layer = fastrnn.LSTM(3, 4)
+    x = np.ones((4, 2, 3), np.float32)
+    x[1, 0, 1] = np.nan
+    out, (h, c) = layer(x)
+    assert np.isnan(out[1:, 0]).all()
+    assert np.isfinite(out[:, 1]).all()
