@@ -1,0 +1,306 @@
+"""Stateful streaming: feed a recurrent layer or model one step (or one chunk) at a time.
+
+>>> import numpy as np, fastrnn
+>>> layer = fastrnn.LSTM(8, 16, num_layers=2)
+>>> s = fastrnn.Stream(layer, batch_size=1)
+>>> y = s.step(np.ones((1, 8), np.float32))        # (B, H): the output of this step
+>>> ys = s.feed(np.ones((5, 1, 8), np.float32))    # (T, B, H): five more steps
+>>> s.reset()                                       # back to the zero state
+
+The state is carried from call to call, so feeding a sequence in chunks of any size gives
+the outputs (and the final state) of feeding it whole.  Works with uni-directional
+:class:`~fastrnn.LSTM`, :class:`~fastrnn.GRU` and :class:`~fastrnn.SimpleRNN` (stacked or
+not) and with :class:`fastrnn.model.Model` chains of Embedding / Masking / Dense / Dropout /
+Activation / TimeDistributed / uni-directional RNN layers.  Bidirectional layers and
+``go_backwards`` need the whole sequence and are refused.
+
+Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
+``batch_first``); a model's chunk is batch first (``(B, T, ...)``, Keras's convention).
+:meth:`Stream.step` always takes ``(B, I)`` (``(B,)`` token ids for a model that starts
+with an Embedding) and returns ``(B, out)``.
+
+A stream is not thread-safe (it holds one state); use one stream per thread or per
+conversation.  The layer/model it wraps may be shared by many streams.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Stream"]
+
+
+def _is_core(obj) -> bool:
+    from .layers import RNNBase
+    return isinstance(obj, RNNBase)
+
+
+def _check_core(layer, what: str = "layer") -> None:
+    if layer.bidirectional:
+        raise ValueError(f"cannot stream a bidirectional {what} ({layer!r}): its reverse "
+                         "direction needs the whole sequence; run it on complete sequences")
+    if layer.go_backwards:
+        raise ValueError(f"cannot stream a go_backwards {what} ({layer!r}): it reads the "
+                         "sequence from its end")
+
+
+def _zero_state(core, B: int):
+    L = core.num_layers * core.num_directions
+    h = np.zeros((L, B, core.output_size), core.dtype)
+    if core._cell == "LSTM":
+        return (h, np.zeros((L, B, core.hidden_size), core.dtype))
+    return h
+
+
+def _copy_state(s):
+    if isinstance(s, tuple):
+        return tuple(a.copy() for a in s)
+    return s.copy()
+
+
+def _validate_state(core, state, B: int, where: str):
+    """A state for ``core`` at batch ``B`` from user input (copied, layer dtype)."""
+    L = core.num_layers
+    if core._cell == "LSTM":
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{where}: an LSTM state is a tuple (h, c)")
+        parts = [(state[0], core.output_size), (state[1], core.hidden_size)]
+    else:
+        if isinstance(state, (tuple, list)):
+            raise TypeError(f"{where}: a {type(core).__name__} state is one array h")
+        parts = [(state, core.output_size)]
+    out = []
+    for arr, size in parts:
+        a = np.asarray(arr)
+        if a.dtype.kind != "f":
+            raise TypeError(f"{where}: state must be floating point, got {a.dtype}")
+        if a.shape == (L, size) and B == 1:
+            a = a[:, None, :]
+        if a.shape != (L, B, size):
+            raise ValueError(f"{where}: state must have shape {(L, B, size)}, got {a.shape}")
+        out.append(np.array(a, dtype=core.dtype, order="C", copy=True))
+    return tuple(out) if core._cell == "LSTM" else out[0]
+
+
+class _CoreRunner:
+    """Runs one core layer over a time-major chunk, carrying state and the last output."""
+
+    def __init__(self, core, B: int):
+        self.core = core
+        self.B = B
+        self.state = _zero_state(core, B)
+        self.last_out = np.zeros((B, core.output_size), core.dtype)
+
+    def reset(self, B: int):
+        self.B = B
+        self.state = _zero_state(self.core, B)
+        self.last_out = np.zeros((B, self.core.output_size), self.core.dtype)
+
+    def run(self, x_tm, mask_tm=None, masked_output="carry", num_threads=None):
+        """x_tm (T, B, I) -> (T, B, H_out)."""
+        core = self.core
+        if core.batch_first:
+            x = np.swapaxes(x_tm, 0, 1)
+            m = None if mask_tm is None else np.swapaxes(mask_tm, 0, 1)
+        else:
+            x, m = x_tm, mask_tm
+        out, state = core(x, self.state, mask=m, masked_output=masked_output,
+                          num_threads=num_threads)
+        if core.batch_first:
+            out = np.swapaxes(out, 0, 1)
+        if mask_tm is not None and masked_output == "carry" and out.shape[0]:
+            # the kernel starts each call with a zero "previous output"; a stream must
+            # continue from the previous chunk's last output at leading masked steps
+            seen = np.logical_or.accumulate(mask_tm, axis=0)     # (T, B)
+            lead = ~seen
+            if lead.any():
+                out = np.array(out, copy=True)
+                t_idx, b_idx = np.nonzero(lead)
+                out[t_idx, b_idx] = self.last_out[b_idx]
+        self.state = state
+        if out.shape[0]:
+            self.last_out = np.array(out[-1], copy=True)
+        return out
+
+
+class Stream:
+    """A stateful step-by-step runner over a layer or a model.
+
+    Parameters
+    ----------
+    model : a uni-directional fastrnn layer (:class:`~fastrnn.LSTM`, :class:`~fastrnn.GRU`,
+        :class:`~fastrnn.SimpleRNN`) or a :class:`fastrnn.model.Model`.
+    batch_size : number of independent streams run side by side (``B``).
+    num_threads : threads per call (default: the layer's / the global setting).  For
+        one-step calls at small sizes, ``1`` is usually fastest.
+
+    Methods: :meth:`step` (one time step), :meth:`feed` (a chunk of steps),
+    :meth:`reset`; property :attr:`state` (get a copy / set).
+    """
+
+    def __init__(self, model: Any, batch_size: int = 1, *, num_threads: int | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.num_threads = num_threads
+        self.steps_seen = 0
+        if _is_core(model):
+            _check_core(model)
+            self._kind = "layer"
+            self._runners = [_CoreRunner(model, self.batch_size)]
+            self._plan = None
+        else:
+            from .model import Model
+            if not isinstance(model, Model):
+                raise TypeError("Stream needs a fastrnn layer (LSTM, GRU, SimpleRNN) or a "
+                                f"fastrnn.model.Model, got {type(model).__name__}")
+            self._kind = "model"
+            self._plan, self._runners = self._plan_model(model)
+
+    # ------------------------------------------------------------------ model planning
+    def _plan_model(self, model):
+        from .model import (Activation, Bidirectional, Dense, Dropout, Embedding, KerasRNN,
+                            Masking, TimeDistributed)
+        n = len(model.layers)
+        if model.outputs is not None and [tuple(o) for o in model.outputs] != [(n - 1, 0)]:
+            raise ValueError("Stream supports models with one output (the last layer's); "
+                             f"this model returns {model.outputs}")
+        plan, runners = [], []
+        for layer in model.layers:
+            if isinstance(layer, Bidirectional):
+                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
+                                 "Bidirectional and needs the whole sequence")
+            if isinstance(layer, KerasRNN):
+                _check_core(layer.core, f"layer {layer.name!r}")
+                r = _CoreRunner(layer.core, self.batch_size)
+                runners.append(r)
+                plan.append(("rnn", layer, r))
+            elif isinstance(layer, (Embedding, Masking, Dense, Dropout, Activation,
+                                    TimeDistributed)):
+                plan.append(("step", layer, None))
+            else:
+                raise ValueError(f"cannot stream layer {layer.name!r} of type "
+                                 f"{type(layer).__name__}")
+        if not runners:
+            raise ValueError(f"model {model.name!r} has no recurrent layer to stream")
+        return plan, runners
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self):
+        """A copy of the carried state: for a layer, what the layer takes as ``hx``
+        (``h`` ``(L, B, H)``; LSTM ``(h, c)``); for a model, a list of those, one per
+        recurrent layer in order."""
+        states = [_copy_state(r.state) for r in self._runners]
+        return states[0] if self._kind == "layer" else states
+
+    @state.setter
+    def state(self, value) -> None:
+        if self._kind == "layer":
+            value = [value]
+        elif not isinstance(value, (list, tuple)) or len(value) != len(self._runners):
+            raise ValueError(f"model state must be a list of {len(self._runners)} states "
+                             "(one per recurrent layer)")
+        new = [_validate_state(r.core, v, self.batch_size, f"state[{i}]")
+               for i, (r, v) in enumerate(zip(self._runners, value))]
+        for r, s in zip(self._runners, new):
+            r.state = s
+            r.last_out = (s[0] if isinstance(s, tuple) else s)[-1].copy()
+
+    def reset(self, batch_size: int | None = None) -> None:
+        """Zero the state (and optionally change the batch size)."""
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                    or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            self.batch_size = int(batch_size)
+        for r in self._runners:
+            r.reset(self.batch_size)
+        self.steps_seen = 0
+
+    # ------------------------------------------------------------------ running
+    def _check_batch(self, B: int):
+        if B != self.batch_size:
+            raise ValueError(f"this stream has batch_size={self.batch_size}, got a batch of {B} "
+                             "(use reset(batch_size=...) to change it)")
+
+    def feed(self, chunk, mask=None) -> np.ndarray:
+        """Run a chunk of time steps, carry the state on, return the chunk's outputs.
+
+        * layer: ``chunk`` ``(T, B, I)`` (``(B, T, I)`` for a ``batch_first`` layer);
+          returns ``(T, B, H_out)`` (or ``(B, T, H_out)``).  ``mask`` optional bool
+          ``(T, B)`` (``(B, T)``) with Keras semantics (state carried at masked steps).
+        * model: ``chunk`` ``(B, T, ...)``; returns ``(B, T, out)`` (every step's output,
+          also for recurrent layers that return only the last step when run whole: the
+          whole-sequence result is then ``feed(x)[:, -1]``).
+        """
+        if self._kind == "layer":
+            return self._feed_layer(chunk, mask)
+        if mask is not None:
+            raise ValueError("a model stream takes masks from its Embedding/Masking layers")
+        return self._feed_model(chunk)
+
+    def _feed_layer(self, chunk, mask):
+        core = self.model
+        x = np.asarray(chunk)
+        if x.ndim != 3:
+            raise ValueError(f"chunk must have 3 dimensions "
+                             f"({'B, T' if core.batch_first else 'T, B'}, I), got {x.shape}")
+        if core.batch_first:
+            x = np.swapaxes(x, 0, 1)
+        self._check_batch(x.shape[1])
+        m = None
+        if mask is not None:
+            m = np.asarray(mask, dtype=bool)
+            if core.batch_first:
+                m = m.T
+            if m.shape != x.shape[:2]:
+                raise ValueError(f"mask must have shape {x.shape[:2] if not core.batch_first else x.shape[1::-1]}, got {np.shape(mask)}")
+        out = self._runners[0].run(x, m, "carry", self.num_threads)
+        self.steps_seen += x.shape[0]
+        return np.swapaxes(out, 0, 1) if core.batch_first else out
+
+    def _feed_model(self, chunk):
+        x = np.asarray(chunk)
+        if x.ndim < 2:
+            raise ValueError(f"a model chunk is batch first (B, T, ...), got shape {x.shape}")
+        self._check_batch(x.shape[0])
+        h, mask = x, None
+        for kind, layer, runner in self._plan:
+            if kind == "step":
+                h, mask = layer.call(h, mask)
+            else:
+                h = np.asarray(h)
+                if h.ndim != 3:
+                    raise ValueError(f"layer {layer.name!r} expects (B, T, features), got {h.shape}")
+                out = runner.run(np.swapaxes(h, 0, 1),
+                                 None if mask is None else np.asarray(mask, bool).T,
+                                 "zero" if layer.zero_output_for_mask else "carry",
+                                 self.num_threads)
+                h = np.ascontiguousarray(np.swapaxes(out, 0, 1))
+                if not layer.return_sequences:
+                    mask = None
+        self.steps_seen += x.shape[1]
+        return h
+
+    def step(self, x_t) -> np.ndarray:
+        """One time step: ``x_t`` ``(B, I)`` (``(B,)`` ids for a model starting with an
+        Embedding); returns the step's output ``(B, out)``."""
+        x = np.asarray(x_t)
+        if self._kind == "layer":
+            if x.ndim != 2:
+                raise ValueError(f"step input must be (B, I), got shape {x.shape}")
+            if self.model.batch_first:
+                return self._feed_layer(x[:, None], None)[:, 0]
+            return self._feed_layer(x[None], None)[0]
+        return self._feed_model(x[:, None])[:, 0]
+
+    __call__ = step
+
+    def __repr__(self) -> str:
+        what = repr(self.model) if self._kind == "layer" else f"Model({self.model.name!r})"
+        return (f"Stream({what}, batch_size={self.batch_size}, "
+                f"steps_seen={self.steps_seen})")

@@ -1,0 +1,285 @@
+"""Streaming (fastrnn.stream.Stream): chunked feeding equals whole-sequence runs."""
+import os
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.model import Dense, Embedding, KerasRNN, Masking, Model, Bidirectional, Dropout
+from fastrnn.stream import Stream
+
+T = 11
+CHUNKS = [1, 2, 3, 7, T]
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _chunks(n, size):
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _close(a, b, tol=2e-5):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def _make(cell, **kw):
+    cls = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.SimpleRNN}[cell]
+    return cls(5, 7, seed=3, **kw)
+
+
+LAYER_CASES = [
+    ("LSTM", {}), ("GRU", {}), ("RNN", {}),
+    ("LSTM", {"num_layers": 2}), ("GRU", {"num_layers": 3}), ("RNN", {"num_layers": 2}),
+    ("LSTM", {"proj_size": 4, "num_layers": 2}), ("GRU", {"reset_after": False}),
+    ("LSTM", {"batch_first": True}), ("GRU", {"dtype": "float64", "num_layers": 2}),
+]
+
+
+@pytest.mark.parametrize("cell,kw", LAYER_CASES)
+@pytest.mark.parametrize("size", CHUNKS)
+def test_layer_chunks_equal_whole(cell, kw, size):
+    layer = _make(cell, **kw)
+    B = 3
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, 5)).astype(layer.dtype)
+    xin = x.transpose(1, 0, 2) if layer.batch_first else x
+    whole, hn = layer(xin)
+    s = Stream(layer, batch_size=B)
+    parts = []
+    for a, b in _chunks(T, size):
+        c = x[a:b]
+        parts.append(s.feed(c.transpose(1, 0, 2) if layer.batch_first else c))
+    got = np.concatenate(parts, axis=1 if layer.batch_first else 0)
+    tol = 1e-12 if layer.dtype == np.float64 else 2e-5
+    _close(got, whole, tol)
+    st = s.state
+    if cell == "LSTM":
+        _close(st[0], hn[0], tol)
+        _close(st[1], hn[1], tol)
+    else:
+        _close(st, hn, tol)
+    assert s.steps_seen == T
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_step_equals_whole_and_state_roundtrip(cell):
+    layer = _make(cell, num_layers=2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, 2, 5)).astype(np.float32)
+    whole, _ = layer(x)
+    s = Stream(layer, batch_size=2)
+    ys = []
+    for t in range(T):
+        if t == 5:
+            saved = s.state
+            s2 = Stream(layer, batch_size=2)
+            s2.state = saved         # continue from a copy of the state
+            s = s2
+        y = s.step(x[t])
+        assert y.shape == (2, 7)
+        ys.append(y)
+    _close(np.stack(ys), whole)
+    # state is a copy: changing it does not change the stream
+    st = s.state
+    (st[0] if cell == "LSTM" else st)[...] = 99
+    assert not np.any((s.state[0] if cell == "LSTM" else s.state) == 99)
+
+
+def test_initial_state_and_reset():
+    layer = fastrnn.LSTM(5, 7, num_layers=2, seed=0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, 1, 5)).astype(np.float32)
+    h0 = rng.standard_normal((2, 1, 7)).astype(np.float32)
+    c0 = rng.standard_normal((2, 1, 7)).astype(np.float32)
+    whole, _ = layer(x, (h0, c0))
+    s = Stream(layer)
+    s.state = (h0, c0)
+    _close(s.feed(x), whole)
+    s.reset()
+    _close(s.feed(x), layer(x)[0])
+    s.reset(batch_size=4)
+    assert s.step(np.zeros((4, 5), np.float32)).shape == (4, 7)
+    assert "batch_size=4" in repr(s)
+
+
+def test_layer_mask_chunks():
+    layer = fastrnn.GRU(5, 7, seed=4)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, 3, 5)).astype(np.float32)
+    mask = rng.random((T, 3)) > 0.4
+    mask[:4, 0] = False          # leading masked steps, across a chunk boundary
+    mask[3:6, 1] = False
+    whole, hn = layer(x, mask=mask)
+    for size in CHUNKS:
+        s = Stream(layer, batch_size=3)
+        got = np.concatenate([s.feed(x[a:b], mask=mask[a:b]) for a, b in _chunks(T, size)])
+        _close(got, whole)
+        _close(s.state, hn)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="bidirectional"):
+        Stream(fastrnn.LSTM(3, 4, bidirectional=True))
+    with pytest.raises(ValueError, match="go_backwards"):
+        Stream(fastrnn.GRU(3, 4, go_backwards=True))
+    with pytest.raises(TypeError):
+        Stream(object())
+    with pytest.raises(ValueError):
+        Stream(fastrnn.GRU(3, 4), batch_size=0)
+    s = Stream(fastrnn.GRU(3, 4), batch_size=2)
+    with pytest.raises(ValueError, match="batch_size=2"):
+        s.step(np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="features|input_size"):
+        s.step(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        s.state = np.zeros((1, 3, 4), np.float32)
+    with pytest.raises(TypeError):
+        s.state = (np.zeros((1, 2, 4)), np.zeros((1, 2, 4)))
+    with pytest.raises(TypeError):
+        Stream(fastrnn.LSTM(3, 4)).state = np.zeros((1, 1, 4))
+
+
+# ---------------------------------------------------------------- models
+
+def _rnn(core_cls, i, h, rs, **kw):
+    return KerasRNN(core_cls(i, h, batch_first=True, seed=5, **kw), return_sequences=rs)
+
+
+def _models():
+    rng = np.random.default_rng(7)
+    emb = Embedding(rng.standard_normal((10, 6)).astype(np.float32), mask_zero=True)
+    m1 = Model([emb, _rnn(fastrnn.LSTM, 6, 8, True), Dropout(0.1),
+                _rnn(fastrnn.GRU, 8, 5, False),
+                Dense(rng.standard_normal((5, 4)).astype(np.float32), np.zeros(4, np.float32),
+                      activation="softmax")], name="emb_lstm_gru")
+    m2 = Model([Masking(0.0), _rnn(fastrnn.SimpleRNN, 3, 6, True),
+                Dense(rng.standard_normal((6, 2)).astype(np.float32), None, activation="tanh")],
+               name="masking_rnn")
+    return m1, m2
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+def test_model_chunks(size):
+    m1, m2 = _models()
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, 10, size=(3, T))
+    ids[0, :4] = 0                    # masked (mask_zero) leading and inner steps
+    ids[1, 5:8] = 0
+    want = m1(ids)                    # (B, out): last step only
+    s = Stream(m1, batch_size=3)
+    got = np.concatenate([s.feed(ids[:, a:b]) for a, b in _chunks(T, size)], axis=1)
+    assert got.shape == (3, T, 4)
+    _close(got[:, -1], want)
+
+    x = rng.standard_normal((2, T, 3)).astype(np.float32)
+    x[0, 2:5] = 0.0
+    x[1, :3] = 0.0
+    want2 = m2(x)                     # (B, T, 2)
+    s2 = Stream(m2, batch_size=2)
+    got2 = np.concatenate([s2.feed(x[:, a:b]) for a, b in _chunks(T, size)], axis=1)
+    _close(got2, want2)
+
+
+def test_model_step_and_state():
+    m1, _ = _models()
+    ids = np.array([[3, 4, 0, 5, 9, 1]])
+    s = Stream(m1)
+    for t in range(ids.shape[1]):
+        y = s.step(ids[:, t])
+    assert y.shape == (1, 4)
+    _close(y, m1(ids))
+    st = s.state
+    assert isinstance(st, list) and len(st) == 2 and isinstance(st[0], tuple)
+    s.reset()
+    s.state = st
+    with pytest.raises(ValueError, match="list of 2"):
+        s.state = st[:1]
+
+
+def test_model_refusals():
+    core_f = fastrnn.LSTM(3, 4, batch_first=True)
+    core_b = fastrnn.LSTM(3, 4, batch_first=True, go_backwards=True)
+    bi = Bidirectional(KerasRNN(core_f, return_sequences=True), KerasRNN(core_b, return_sequences=True))
+    with pytest.raises(ValueError, match="Bidirectional"):
+        Stream(Model([bi]))
+    with pytest.raises(ValueError, match="go_backwards"):
+        Stream(Model([KerasRNN(core_b)]))
+    with pytest.raises(ValueError, match="no recurrent"):
+        Stream(Model([Dropout(0.0)]))
+
+
+def test_keras_file_model_streams():
+    pytest.importorskip("h5py")
+    path = os.path.join(FIXTURES, "keras", "k3_lstm_basic.keras")
+    if not os.path.exists(path):
+        pytest.skip("no keras fixture")
+    model = fastrnn.load(path)
+    ref = np.load(os.path.join(FIXTURES, "keras", "k3_lstm_basic.npz"))
+    x = ref["x"]
+    s = Stream(model, batch_size=x.shape[0])
+    got = np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(x.shape[1], 2)], axis=1)
+    want = model.predict(x)
+    if want.ndim == 2:
+        got = got[:, -1]
+    _close(got, want)
+
+
+# ---------------------------------------------------------------- greedy decoding
+
+def _seq2seq_state_dict(V=12, E=6, H=10, seed=0):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+
+    class Seq2Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E)
+            self.encoder = torch.nn.LSTM(E, H, num_layers=2, batch_first=True)
+            self.decoder = torch.nn.LSTM(E, H, num_layers=2, batch_first=True)
+            self.out = torch.nn.Linear(H, V)
+
+    return torch, Seq2Seq()
+
+
+def greedy_decode_fastrnn(sd, src, bos, eos, max_len):
+    """The README example: an encoder-decoder from a dict of arrays in PyTorch naming."""
+    emb = sd["embedding.weight"]
+    enc = fastrnn.io.load_state_dict(sd, prefix="encoder")
+    dec = fastrnn.io.load_state_dict(sd, prefix="decoder")
+    W, b = sd["out.weight"], sd["out.bias"]
+    _, state = enc(emb[src][:, None, :])                # (T, 1, E) -> final (h, c)
+    stream = Stream(dec, batch_size=1)
+    stream.state = state
+    tok, result = bos, []
+    for _ in range(max_len):
+        h = stream.step(emb[[tok]])                     # (1, H)
+        tok = int(np.argmax(h @ W.T + b))
+        if tok == eos:
+            break
+        result.append(tok)
+    return result
+
+
+def greedy_decode_torch(torch, m, src, bos, eos, max_len):
+    with torch.no_grad():
+        _, state = m.encoder(m.embedding(torch.as_tensor(src)[None]))
+        tok, result = bos, []
+        for _ in range(max_len):
+            y, state = m.decoder(m.embedding(torch.tensor([[tok]])), state)
+            tok = int(m.out(y[0, -1]).argmax())
+            if tok == eos:
+                break
+            result.append(tok)
+    return result
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_decoder_matches_torch(seed):
+    torch, m = _seq2seq_state_dict(seed=seed)
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    rng = np.random.default_rng(seed)
+    src = rng.integers(2, 12, size=9)
+    # eos=-1 never stops early: 15 decoded tokens compared one by one
+    got = greedy_decode_fastrnn(sd, src, bos=0, eos=-1, max_len=15)
+    want = greedy_decode_torch(torch, m, src, bos=0, eos=-1, max_len=15)
+    assert got == want and len(got) == 15
+    assert greedy_decode_fastrnn(sd, src, 0, 1, 15) == greedy_decode_torch(torch, m, src, 0, 1, 15)
