@@ -486,7 +486,10 @@ class Bidirectional(Layer):
                 "forward": self.forward.get_config(), "backward": self.backward.get_config()}
 
     def _extra_repr(self):
-        return f"{self.forward!r}, {self.backward!r}, merge_mode={self.merge_mode!r}"
+        flags = [f + "=True" for f in ("return_sequences", "return_state") if getattr(self, f)]
+        parts = [f"forward={self.forward.core!r}", f"backward={self.backward.core!r}",
+                 f"merge_mode={self.merge_mode!r}"] + flags
+        return ", ".join(parts) + (", fused" if self._fused is not None else "")
 
 
 # ----------------------------------------------------------------------------- container

@@ -215,18 +215,19 @@ def _parse_architecture(arch):
             raise LoadError(f"architecture is not valid JSON: {e}") from e
     if isinstance(arch, (list, tuple)):
         layers = [_spec_to_layer(s, i) for i, s in enumerate(arch)]
-        return _sequential(layers), None, None
+        return _sequential(layers), None, (None, None)
     if not isinstance(arch, dict):
         raise LoadError(f"architecture must be a Keras config (JSON or dict) or a list of "
                         f"layer specs, got {type(arch).__name__}")
     cls = arch.get("class_name")
     cfg = arch.get("config", {})
     hint = _version_hint(arch)
+    name = cfg.get("name") if isinstance(cfg, dict) else None
     if cls == "Sequential":
         layers = cfg if isinstance(cfg, list) else cfg.get("layers", [])
-        return _sequential(layers), None, hint
+        return _sequential(layers), None, (hint, name)
     if cls in ("Functional", "Model"):
-        return (*_functional(cfg), hint)
+        return (*_functional(cfg), (hint, name))
     raise LoadError(f"unsupported model class {cls!r}: fastrnn reads Sequential models and "
                     "functional models that are a simple chain of layers")
 
@@ -770,12 +771,15 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
 
 
 def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname):
-    descs, outputs, hint = parsed
+    descs, outputs, (hint, name) = parsed
     version = version or hint
     major = _keras_major(version, hard_sigmoid)
     try:
-        return _Builder(store, major, dtype, num_threads, fname).build(descs, outputs)
+        model = _Builder(store, major, dtype, num_threads, fname).build(descs, outputs)
     except LoadError:
         raise
     except (KeyError, TypeError, IndexError) as e:
         raise LoadError(f"{fname}: malformed Keras config or weights: {e!r}") from e
+    if name:
+        model.name = str(name)
+    return model
