@@ -49,8 +49,9 @@ def _looks_like_onnx(head: bytes) -> bool:
 def _zip_kind(f, name: str) -> str:
     try:
         names = zipfile.ZipFile(f).namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
-        raise LoadError(f"{name}: looks like a zip archive but cannot be read ({e})") from e
+    except Exception as e:  # BadZipFile, NotImplementedError, OSError, ... on damaged archives
+        raise LoadError(f"{name}: looks like a zip archive but cannot be read "
+                        f"({type(e).__name__}: {e})"[:400]) from e
     if any((n == "data.pkl" or n.endswith("/data.pkl")) and n.count("/") <= 1 for n in names):
         return "torch-zip"
     if "config.json" in names and "model.weights.h5" in names:

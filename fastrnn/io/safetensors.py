@@ -205,7 +205,7 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray],
             raise ValueError(f"invalid tensor name {key!r}")
         arr = np.asarray(tensors[key])
         st = _st_dtype(arr, key)
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # keeps 0-d
         nbytes = arr.nbytes
         header[key] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [pos, pos + nbytes]}
         arrays.append(arr)
@@ -265,11 +265,15 @@ def load_fastrnn_safetensors(path):
         raise LoadError(f"{_name(path)}: the fastrnn config in the metadata is not JSON") from e
     from ..layers import layer_from_config  # lazy: io never imports the core at import time
 
+    if not isinstance(cfg, dict):
+        raise LoadError(f"{_name(path)}: the fastrnn config in the metadata is not a JSON object")
     try:
         layer = layer_from_config(cfg)
-    except (KeyError, TypeError) as e:
-        raise LoadError(f"{_name(path)}: invalid fastrnn config ({e})") from e
-    layer.load_state_dict(tensors, strict=True)
+        layer.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, LoadError):
+            raise
+        raise LoadError(f"{_name(path)}: config and weights do not fit ({e})") from e
     return layer
 
 

@@ -313,12 +313,15 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
     if spec.cell == "RNN":
         kw["nonlinearity"] = spec.nonlinearity or "tanh"
     kw.update(overrides)
-    if spec.cell == "LSTM":
-        layer = _layers.LSTM(spec.input_size, spec.hidden_size, proj_size=spec.proj_size, **kw)
-    elif spec.cell == "GRU":
-        layer = _layers.GRU(spec.input_size, spec.hidden_size, **kw)
-    else:
-        layer = _layers.SimpleRNN(spec.input_size, spec.hidden_size, **kw)
+    try:
+        if spec.cell == "LSTM":
+            layer = _layers.LSTM(spec.input_size, spec.hidden_size, proj_size=spec.proj_size, **kw)
+        elif spec.cell == "GRU":
+            layer = _layers.GRU(spec.input_size, spec.hidden_size, **kw)
+        else:
+            layer = _layers.SimpleRNN(spec.input_size, spec.hidden_size, **kw)
+    except (ValueError, TypeError) as e:
+        raise LoadError(f"module {spec.prefix!r}: cannot build a {spec.cell}: {e}") from e
     try:
         layer.load_state_dict(dict(weights), strict=True)
     except (KeyError, ValueError, TypeError) as e:

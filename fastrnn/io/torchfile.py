@@ -32,7 +32,9 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
+import warnings
 import zipfile
 from typing import Any, BinaryIO, Iterable
 
@@ -327,6 +329,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, dtype, key, _location, numel = pid[:5]
         if not isinstance(dtype, _DType):
             raise LoadError(f"storage type {dtype!r:.60} is not a known torch storage type")
+        if dtype.np_name is None:
+            raise LoadError(f"unsupported tensor dtype torch.{dtype.torch_name} (storage {key!r:.40})")
         if not isinstance(key, str) or not key or len(key) > 256:
             raise LoadError(f"malformed storage key {key!r:.60}")
         numel = _as_int(numel, "storage size")
@@ -427,8 +431,11 @@ class _ZipReader(_ReaderBase):
 
     def raw(self, key, nbytes):
         info = self._info(key)
-        with self.zf.open(info) as f:
-            data = f.read(nbytes)
+        try:
+            with self.zf.open(info) as f:
+                data = f.read(nbytes)
+        except Exception as e:
+            raise LoadError(f"storage {key!r}: corrupt zip entry ({type(e).__name__}: {e})"[:400]) from e
         if len(data) != nbytes:
             raise LoadError(f"storage {key!r} is truncated")
         return data
@@ -512,7 +519,47 @@ def _file_size(f) -> int:
     return end - here
 
 
+# opcodes fastrnn never needs and would rather not feed to the C unpickler:
+# extension registry lookups and protocol-5 out-of-band buffers
+_REFUSED_OPS = {"EXT1", "EXT2", "EXT4", "BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _scan_ops(f, name):
+    n = 0
+    for op, arg, _pos in pickletools.genops(f):
+        n += 1
+        if op.name in _REFUSED_OPS:
+            raise LoadError(f"{name}: pickle opcode {op.name} is not supported")
+        if op.name in _PUT_OPS and not (isinstance(arg, int) and 0 <= arg <= n):
+            raise LoadError(f"{name}: corrupt pickle (memo index {arg!r:.30})")
+
+
+def _prescan(f, name):
+    """Walk the opcodes once (pure Python, nothing built) before unpickling.
+
+    The C unpickler grows its memo table to twice the largest memo index it
+    is given and clears every slot, so ``LONG_BINPUT 0xfffffff0`` in a 1 kB
+    file would make it allocate and touch tens of GB.  A pickler assigns memo
+    indices sequentially, so an index larger than the number of opcodes read
+    so far is refused here.
+    """
+    start = f.tell()
+    try:
+        with warnings.catch_warnings():  # pickletools warns on odd string escapes
+            warnings.simplefilter("ignore")
+            _scan_ops(f, name)
+    except LoadError:
+        raise
+    except RecursionError as e:
+        raise LoadError(f"{name}: pickle nested too deeply") from e
+    except Exception as e:  # ValueError from genops on truncated or unknown opcodes
+        raise LoadError(f"{name}: corrupt pickle ({type(e).__name__}: {e})"[:400]) from e
+    f.seek(start)
+
+
 def _unpickle(data_file, reader, module_classes, name):
+    _prescan(data_file, name)
     try:
         return _RestrictedUnpickler(data_file, reader, module_classes).load()
     except LoadError:
@@ -528,8 +575,8 @@ def _unpickle(data_file, reader, module_classes, name):
 def _read_zip(f, name, module_classes):
     try:
         zf = zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
-        raise LoadError(f"{name}: not a readable zip archive ({e})") from e
+    except Exception as e:  # BadZipFile, NotImplementedError, OSError, ... on damaged archives
+        raise LoadError(f"{name}: not a readable zip archive ({type(e).__name__}: {e})"[:400]) from e
     with zf:
         pkls = [i for i in zf.infolist() if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
         pkls = [i for i in pkls if i.filename.count("/") <= 1]
@@ -548,13 +595,9 @@ def _read_zip(f, name, module_classes):
                 pkl = pf.read(info.file_size + 1)
         except LoadError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
-                struct.error, RuntimeError) as e:
-            raise LoadError(f"{name}: corrupt zip archive ({e})") from e
-        try:
-            return _unpickle(io.BytesIO(pkl), reader, module_classes, name)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, struct.error) as e:
-            raise LoadError(f"{name}: corrupt zip archive ({e})") from e
+        except Exception as e:  # bad CRC, bad local header, unsupported compression, ...
+            raise LoadError(f"{name}: corrupt zip archive ({type(e).__name__}: {e})"[:400]) from e
+        return _unpickle(io.BytesIO(pkl), reader, module_classes, name)
 
 
 def _read_legacy(f, name, module_classes):
@@ -563,12 +606,15 @@ def _read_legacy(f, name, module_classes):
     reader = _LegacyReader(f, start + size)
     simple = _RestrictedUnpickler  # the three header pickles hold only builtins
     try:
+        _prescan(f, name)
         magic = simple(f, reader).load()
         if magic != LEGACY_MAGIC:
             raise LoadError(f"{name}: wrong magic number, not a torch.save file")
+        _prescan(f, name)
         proto = simple(f, reader).load()
         if proto != 1001:
             raise LoadError(f"{name}: unsupported legacy protocol version {proto!r:.40}")
+        _prescan(f, name)
         sysinfo = simple(f, reader).load()
     except LoadError:
         raise
