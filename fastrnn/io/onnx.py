@@ -1,0 +1,1008 @@
+"""Run ONNX graphs whose recurrent nodes are LSTM, GRU or RNN, without ONNX Runtime.
+
+``load_onnx(path | bytes | ModelProto)`` reads the model with the ``onnx`` package (an
+optional extra: ``pip install 'fastrnn[onnx]'``), converts every recurrent node's weights
+once into a :mod:`fastrnn.layers` layer (ONNX gate order LSTM i o f c -> i f g o, GRU
+z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the graph (the small ops
+exporters put around recurrent nodes: Transpose, Squeeze, Reshape, Gather, MatMul, Gemm,
+Shape arithmetic, activations, Softmax, ...) with NumPy.  Anything else is refused at
+load time with a :class:`fastrnn.io.LoadError` naming every unsupported op type.
+
+Recurrent node attributes supported: ``direction`` (forward, reverse, bidirectional),
+``activations`` with ``activation_alpha``/``activation_beta``, ``clip``,
+``input_forget``, ``linear_before_reset``, ``layout`` (0 and 1), ``hidden_size``, inputs
+``B``, ``sequence_lens``, ``initial_h``, ``initial_c``, ``P`` and the optional outputs
+``Y``, ``Y_h``, ``Y_c``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import LoadError
+
+__all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
+
+
+def _import_onnx():
+    try:
+        import onnx  # noqa: F401
+        from onnx import numpy_helper  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised only without onnx
+        raise ImportError("reading ONNX files needs the 'onnx' package: "
+                          "pip install 'fastrnn[onnx]'") from e
+    return onnx
+
+
+# ----------------------------------------------------------------------------- helpers
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+    out = {}
+    for a in node.attribute:
+        if a.type in (a.GRAPH, a.GRAPHS):
+            out[a.name] = a  # never executed; the op that needs it is unsupported
+            continue
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode("utf-8") for s in v]
+        out[a.name] = v
+    return out
+
+
+def _tensor(t) -> np.ndarray:
+    from onnx import numpy_helper
+    return numpy_helper.to_array(t)
+
+
+def _ints(a) -> list[int]:
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+_ONNX_DTYPES: dict[int, Any] = {}
+
+
+def _np_dtype(onnx_type: int):
+    if not _ONNX_DTYPES:
+        from onnx import helper
+        for code in range(1, 17):
+            try:
+                _ONNX_DTYPES[code] = np.dtype(helper.tensor_dtype_to_np_dtype(code))
+            except Exception:
+                pass
+    try:
+        return _ONNX_DTYPES[onnx_type]
+    except KeyError:
+        raise LoadError(f"unsupported ONNX tensor type {onnx_type}") from None
+
+
+def _axis_list(axes, rank):
+    return sorted(int(a) % rank if rank else 0 for a in axes)
+
+
+def _softmax(x, axis, log=False, legacy=False):
+    if legacy:  # opset < 13: coerce to 2-D at ``axis``
+        shape = x.shape
+        axis = axis % max(x.ndim, 1)
+        x2 = x.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
+        return _softmax(x2, 1, log).reshape(shape)
+    m = np.max(x, axis=axis, keepdims=True)
+    e = x - m
+    if log:
+        return e - np.log(np.sum(np.exp(e), axis=axis, keepdims=True))
+    e = np.exp(e)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-x))).astype(x.dtype, copy=False)
+
+
+def _same(x, y):
+    return np.asarray(y).astype(x.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------- simple ops
+# Each op: fn(inputs: list[np.ndarray | None], attrs: dict, opset: int) -> list[np.ndarray]
+
+def _op_identity(i, a, o):
+    return [i[0]]
+
+
+def _op_constant(i, a, o):
+    if "value" in a:
+        return [_tensor(a["value"])]
+    for k, dt in (("value_float", np.float32), ("value_floats", np.float32),
+                  ("value_int", np.int64), ("value_ints", np.int64)):
+        if k in a:
+            return [np.asarray(a[k], dtype=dt)]
+    raise LoadError(f"Constant node with unsupported attributes {sorted(a)}")
+
+
+def _op_constant_of_shape(i, a, o):
+    v = _tensor(a["value"]) if "value" in a else np.zeros(1, np.float32)
+    return [np.full(_ints(i[0]), v.reshape(-1)[0], dtype=v.dtype)]
+
+
+def _op_shape(i, a, o):
+    s = np.asarray(i[0].shape, dtype=np.int64)
+    n = len(s)
+    start = a.get("start", 0)
+    end = a.get("end", n)
+    return [s[start:end]]
+
+
+def _op_size(i, a, o):
+    return [np.asarray(i[0].size, dtype=np.int64)]
+
+
+def _op_cast(i, a, o):
+    return [np.asarray(i[0]).astype(_np_dtype(a["to"]))]
+
+
+def _op_castlike(i, a, o):
+    return [np.asarray(i[0]).astype(i[1].dtype)]
+
+
+def _op_transpose(i, a, o):
+    perm = a.get("perm")
+    return [np.transpose(i[0], perm)]
+
+
+def _op_squeeze(i, a, o):
+    x = i[0]
+    axes = a.get("axes") if o < 13 else (i[1] if len(i) > 1 else None)
+    if axes is None:
+        return [np.squeeze(x)]
+    return [np.squeeze(x, axis=tuple(_axis_list(_ints(axes), x.ndim)))]
+
+
+def _op_unsqueeze(i, a, o):
+    x = i[0]
+    axes = a.get("axes") if o < 13 else i[1]
+    axes = _ints(axes)
+    rank = x.ndim + len(axes)
+    for ax in _axis_list(axes, rank):
+        x = np.expand_dims(x, ax)
+    return [x]
+
+
+def _op_reshape(i, a, o):
+    x = i[0]
+    shape = _ints(a["shape"]) if o < 5 else _ints(i[1])
+    if not a.get("allowzero", 0):
+        shape = [x.shape[k] if s == 0 else s for k, s in enumerate(shape)]
+    return [np.reshape(x, shape)]
+
+
+def _op_flatten(i, a, o):
+    x = i[0]
+    axis = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
+    lead = int(np.prod(x.shape[:axis], dtype=np.int64))
+    return [x.reshape(lead, -1) if x.size else x.reshape(lead, int(np.prod(x.shape[axis:])))]
+
+
+def _op_concat(i, a, o):
+    xs = [x for x in i if x is not None]
+    return [np.concatenate(xs, axis=a["axis"])]
+
+
+def _op_split(i, a, o, nout=None):
+    x = i[0]
+    axis = a.get("axis", 0)
+    split = a.get("split") if o < 13 else (i[1] if len(i) > 1 and i[1] is not None else None)
+    if split is None:
+        n = a.get("num_outputs", nout)
+        size = x.shape[axis]
+        step = -(-size // n)
+        split = [min(step, size - k * step) for k in range(n)]
+    idx = np.cumsum(_ints(split))[:-1]
+    return list(np.split(x, idx, axis=axis))
+
+
+def _op_slice(i, a, o):
+    x = i[0]
+    if o < 10:
+        starts, ends = a["starts"], a["ends"]
+        axes = a.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(i[1]), _ints(i[2])
+        axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+        steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    sl = [slice(None)] * x.ndim
+    big = np.iinfo(np.int64).max
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = ax % x.ndim
+        dim = x.shape[ax]
+        # clamp the int64 sentinels exporters use
+        s = max(-big, min(int(s), big))
+        e = max(-big, min(int(e), big))
+        if st > 0:
+            s = s + dim if s < 0 else s
+            e = e + dim if e < 0 else e
+            s, e = min(max(s, 0), dim), min(max(e, 0), dim)
+            sl[ax] = slice(s, e, st)
+        else:
+            s = s + dim if s < 0 else s
+            e = e + dim if e < 0 else e
+            s = min(max(s, -1), dim - 1)
+            e = min(max(e, -1), dim - 1)
+            sl[ax] = slice(s, e if e >= 0 else None, st)
+    return [x[tuple(sl)]]
+
+
+def _op_gather(i, a, o):
+    x, idx = i[0], np.asarray(i[1])
+    axis = a.get("axis", 0)
+    n = x.shape[axis]
+    if idx.size and (idx.max() >= n or idx.min() < -n):
+        raise IndexError(f"Gather: index out of range [{-n}, {n - 1}] "
+                         f"(got {idx.min()}..{idx.max()})")
+    return [np.take(x, idx.astype(np.int64), axis=axis)]
+
+
+def _op_gather_elements(i, a, o):
+    x, idx = i[0], i[1].astype(np.int64)
+    axis = a.get("axis", 0)
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return [np.take_along_axis(x, idx, axis=axis)]
+
+
+def _op_matmul(i, a, o):
+    return [np.matmul(i[0], i[1])]
+
+
+def _op_gemm(i, a, o):
+    A, B = i[0], i[1]
+    if a.get("transA", 0):
+        A = A.T
+    if a.get("transB", 0):
+        B = B.T
+    y = A @ B
+    alpha = a.get("alpha", 1.0)
+    if alpha != 1.0:
+        y = y * _same(y, alpha)
+    if len(i) > 2 and i[2] is not None:
+        beta = a.get("beta", 1.0)
+        c = i[2] if beta == 1.0 else i[2] * _same(i[2], beta)
+        y = y + c
+    return [y]
+
+
+def _binary(fn):
+    def op(i, a, o):
+        x, y = i[0], i[1]
+        if o < 7 and a.get("broadcast", 0) and "axis" in a and y.ndim:
+            ax = a["axis"] % x.ndim
+            y = y.reshape(y.shape + (1,) * (x.ndim - ax - y.ndim))
+        return [np.asarray(fn(x, y))]
+    return op
+
+
+def _div(x, y):
+    if x.dtype.kind in "iu" and y.dtype.kind in "iu":
+        return (np.trunc(x / y)).astype(np.result_type(x, y))
+    return x / y
+
+
+def _unary(fn):
+    def op(i, a, o):
+        return [np.asarray(fn(i[0])).astype(i[0].dtype, copy=False)]
+    return op
+
+
+def _variadic(fn):
+    def op(i, a, o):
+        xs = [x for x in i if x is not None]
+        r = xs[0]
+        for x in xs[1:]:
+            r = fn(r, x)
+        return [np.asarray(r)]
+    return op
+
+
+def _op_leakyrelu(i, a, o):
+    x = i[0]
+    return [np.where(x >= 0, x, x * _same(x, a.get("alpha", 0.01)))]
+
+
+def _op_elu(i, a, o):
+    x = i[0]
+    al = _same(x, a.get("alpha", 1.0))
+    return [np.where(x >= 0, x, al * np.expm1(np.minimum(x, 0)))]
+
+
+def _op_selu(i, a, o):
+    x = i[0]
+    al = _same(x, a.get("alpha", 1.67326319217681884765625))
+    g = _same(x, a.get("gamma", 1.05070102214813232421875))
+    return [g * np.where(x > 0, x, al * np.expm1(np.minimum(x, 0)))]
+
+
+def _op_hardsigmoid(i, a, o):
+    x = i[0]
+    return [np.clip(x * _same(x, a.get("alpha", 0.2)) + _same(x, a.get("beta", 0.5)), 0, 1)
+            .astype(x.dtype, copy=False)]
+
+
+def _op_thresholdedrelu(i, a, o):
+    x = i[0]
+    return [np.where(x > a.get("alpha", 1.0), x, 0).astype(x.dtype, copy=False)]
+
+
+def _op_softplus(i, a, o):
+    x = i[0]
+    return [np.logaddexp(0, x).astype(x.dtype, copy=False)]
+
+
+def _op_gelu(i, a, o):
+    x = i[0]
+    if a.get("approximate", "none") == "tanh":
+        c = np.sqrt(2 / np.pi)
+        y = 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x ** 3)))
+    else:
+        from scipy.special import erf
+        y = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    return [y.astype(x.dtype, copy=False)]
+
+
+def _op_erf(i, a, o):
+    from scipy.special import erf
+    return [erf(i[0]).astype(i[0].dtype, copy=False)]
+
+
+def _op_prelu(i, a, o):
+    x, s = i[0], i[1]
+    return [np.where(x >= 0, x, x * s)]
+
+
+def _op_clip(i, a, o):
+    x = i[0]
+    if o < 11:
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo = i[1] if len(i) > 1 and i[1] is not None else None
+        hi = i[2] if len(i) > 2 and i[2] is not None else None
+    if lo is not None:
+        x = np.maximum(x, _same(x, lo))
+    if hi is not None:
+        x = np.minimum(x, _same(x, hi))
+    return [x]
+
+
+def _op_softmax(i, a, o, log=False):
+    legacy = o < 13
+    axis = a.get("axis", 1 if legacy else -1)
+    return [_softmax(i[0], axis, log=log, legacy=legacy).astype(i[0].dtype, copy=False)]
+
+
+def _op_expand(i, a, o):
+    x = i[0]
+    shape = _ints(i[1])
+    out_shape = np.broadcast_shapes(x.shape, tuple(shape))
+    return [np.broadcast_to(x, out_shape).copy()]
+
+
+def _op_where(i, a, o):
+    return [np.where(i[0].astype(bool), i[1], i[2])]
+
+
+def _op_not(i, a, o):
+    return [np.logical_not(i[0])]
+
+
+def _op_range(i, a, o):
+    start, limit, delta = (np.asarray(v).reshape(()) for v in i[:3])
+    dt = np.result_type(start, limit, delta)
+    return [np.arange(start, limit, delta, dtype=dt)]
+
+
+def _op_tile(i, a, o):
+    return [np.tile(i[0], _ints(i[1]))]
+
+
+def _reduce(fn):
+    def op(i, a, o, name=""):
+        x = i[0]
+        axes = a.get("axes")
+        if axes is None and len(i) > 1 and i[1] is not None:
+            axes = _ints(i[1])
+        keep = bool(a.get("keepdims", 1))
+        if axes is None or len(axes) == 0:
+            if a.get("noop_with_empty_axes", 0) and axes is not None:
+                return [x]
+            ax = None
+        else:
+            ax = tuple(_axis_list(axes, x.ndim))
+        return [np.asarray(fn(x, axis=ax, keepdims=keep)).astype(x.dtype, copy=False)]
+    return op
+
+
+def _op_argmax(i, a, o, fn=np.argmax):
+    x = i[0]
+    axis = a.get("axis", 0)
+    keep = bool(a.get("keepdims", 1))
+    if a.get("select_last_index", 0):
+        r = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+    else:
+        r = fn(x, axis=axis)
+    r = r.astype(np.int64)
+    return [np.expand_dims(r, axis) if keep else r]
+
+
+def _op_dropout(i, a, o):
+    x = i[0]
+    return [x, np.ones(x.shape, bool)]
+
+
+def _op_pow(i, a, o):
+    x, y = i[0], i[1]
+    return [np.power(x, y.astype(x.dtype) if x.dtype.kind == "f" else y).astype(x.dtype, copy=False)]
+
+
+def _op_layernorm(i, a, o):
+    x, scale = i[0], i[1]
+    bias = i[2] if len(i) > 2 else None
+    axis = a.get("axis", -1) % x.ndim
+    eps = a.get("epsilon", 1e-5)
+    ax = tuple(range(axis, x.ndim))
+    mu = x.mean(axis=ax, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
+    y = (x - mu) / np.sqrt(var + _same(x, eps)) * scale
+    if bias is not None:
+        y = y + bias
+    return [y.astype(x.dtype, copy=False)]
+
+
+def _op_onehot(i, a, o):
+    idx, depth, values = i[0], int(np.asarray(i[1]).reshape(-1)[0]), i[2]
+    axis = a.get("axis", -1)
+    idx = np.where(idx < 0, idx + depth, idx).astype(np.int64)
+    eye = (np.arange(depth) == idx[..., None])
+    out = np.where(eye, values[1], values[0])
+    if axis != -1:
+        out = np.moveaxis(out, -1, axis)
+    return [out]
+
+
+_SIMPLE_OPS: dict[str, Callable] = {
+    "Identity": _op_identity,
+    "Constant": _op_constant,
+    "ConstantOfShape": _op_constant_of_shape,
+    "Shape": _op_shape,
+    "Size": _op_size,
+    "Cast": _op_cast,
+    "CastLike": _op_castlike,
+    "Transpose": _op_transpose,
+    "Squeeze": _op_squeeze,
+    "Unsqueeze": _op_unsqueeze,
+    "Reshape": _op_reshape,
+    "Flatten": _op_flatten,
+    "Concat": _op_concat,
+    "Split": _op_split,
+    "Slice": _op_slice,
+    "Gather": _op_gather,
+    "GatherElements": _op_gather_elements,
+    "MatMul": _op_matmul,
+    "Gemm": _op_gemm,
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _binary(_div),
+    "Pow": _op_pow,
+    "Equal": _binary(np.equal),
+    "Less": _binary(np.less),
+    "LessOrEqual": _binary(np.less_equal),
+    "Greater": _binary(np.greater),
+    "GreaterOrEqual": _binary(np.greater_equal),
+    "And": _binary(np.logical_and),
+    "Or": _binary(np.logical_or),
+    "Xor": _binary(np.logical_xor),
+    "Not": _op_not,
+    "Max": _variadic(np.maximum),
+    "Min": _variadic(np.minimum),
+    "Sum": _variadic(np.add),
+    "Mean": lambda i, a, o: [np.asarray(sum(x for x in i if x is not None)
+                                        / len([x for x in i if x is not None])).astype(i[0].dtype)],
+    "Where": _op_where,
+    "Expand": _op_expand,
+    "Range": _op_range,
+    "Tile": _op_tile,
+    "Neg": _unary(np.negative),
+    "Abs": _unary(np.abs),
+    "Sqrt": _unary(np.sqrt),
+    "Exp": _unary(np.exp),
+    "Log": _unary(np.log),
+    "Reciprocal": _unary(np.reciprocal),
+    "Floor": _unary(np.floor),
+    "Ceil": _unary(np.ceil),
+    "Round": _unary(np.rint),
+    "Sign": _unary(np.sign),
+    "Erf": _op_erf,
+    "Relu": _unary(lambda x: np.maximum(x, 0)),
+    "Tanh": _unary(np.tanh),
+    "Sigmoid": lambda i, a, o: [_sigmoid(i[0])],
+    "Softsign": _unary(lambda x: x / (1 + np.abs(x))),
+    "Softplus": _op_softplus,
+    "LeakyRelu": _op_leakyrelu,
+    "Elu": _op_elu,
+    "Selu": _op_selu,
+    "HardSigmoid": _op_hardsigmoid,
+    "HardSwish": _unary(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "ThresholdedRelu": _op_thresholdedrelu,
+    "PRelu": _op_prelu,
+    "Gelu": _op_gelu,
+    "Clip": _op_clip,
+    "Softmax": _op_softmax,
+    "LogSoftmax": lambda i, a, o: _op_softmax(i, a, o, log=True),
+    "ReduceMean": _reduce(np.mean),
+    "ReduceSum": _reduce(np.sum),
+    "ReduceMax": _reduce(np.max),
+    "ReduceMin": _reduce(np.min),
+    "ReduceProd": _reduce(np.prod),
+    "ArgMax": _op_argmax,
+    "ArgMin": lambda i, a, o: _op_argmax(i, a, o, fn=np.argmin),
+    "Dropout": _op_dropout,
+    "LayerNormalization": _op_layernorm,
+    "OneHot": _op_onehot,
+}
+# ops whose value depends on nothing but their inputs (safe to fold at load time)
+_NO_FOLD = {"Dropout"}
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
+
+
+# ------------------------------------------------------------------- recurrent nodes
+_LSTM_PERM = [0, 2, 3, 1]   # ONNX i o f c -> fastrnn i f g o
+_GRU_PERM = [1, 0, 2]       # ONNX z r h -> fastrnn r z n
+_PEEP_PERM = [0, 2, 1]      # ONNX i o f -> fastrnn i f o
+_N_ACTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
+_DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                 "RNN": ["Tanh"]}
+# ONNX RNN activations that take alpha / beta (how many of activation_alpha/beta each
+# consumes, as ONNX Runtime reads the lists)
+_ALPHA = {"leakyrelu", "thresholdedrelu", "elu", "hardsigmoid", "affine", "scaledtanh"}
+_BETA = {"hardsigmoid", "affine", "scaledtanh"}
+# When activation_alpha/beta run out, ONNX Runtime uses these (0 for the rest: so Affine
+# without alpha is 0, ThresholdedRelu without alpha is x>0, ScaledTanh without alpha is 0).
+# We follow ONNX Runtime, the reference users validate their models with.
+_ORT_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
+
+
+def _reorder(w: np.ndarray, perm, H: int, axis: int = 0) -> np.ndarray:
+    blocks = np.split(w, len(perm), axis=axis)
+    return np.concatenate([blocks[p] for p in perm], axis=axis)
+
+
+def _parse_rnn_activations(op: str, attrs: dict, D: int, where: str) -> list:
+    n = _N_ACTS[op]
+    names = attrs.get("activations")
+    if names is None:
+        names = _DEFAULT_ACTS[op] * D
+    names = list(names)
+    if len(names) == n and D == 2:
+        names = names * 2
+    if len(names) != n * D:
+        raise LoadError(f"{where}: {op} with {D} direction(s) takes {n * D} activations, "
+                        f"got {len(names)} ({names})")
+    alphas = list(attrs.get("activation_alpha", []))
+    betas = list(attrs.get("activation_beta", []))
+    specs = []
+    for name in names:
+        key = name.lower()
+        from ..layers import parse_activation
+        try:
+            parse_activation(key)
+        except ValueError:
+            raise LoadError(f"{where}: unsupported activation {name!r} in {op} node; supported: "
+                            "Sigmoid, Tanh, Relu, HardSigmoid, LeakyRelu, Affine, ScaledTanh, "
+                            "Elu, Softsign, Softplus, ThresholdedRelu") from None
+        alpha, beta = _ORT_DEFAULTS.get(key, (0.0, 0.0))
+        if key in _ALPHA and alphas:
+            alpha = float(alphas.pop(0))
+        if key in _BETA and betas:
+            beta = float(betas.pop(0))
+        specs.append((key, alpha, beta))
+    return specs
+
+
+class _RecurrentNode:
+    """One ONNX LSTM / GRU / RNN node turned into a fastrnn layer."""
+
+    def __init__(self, node, attrs: dict, consts: Mapping[str, np.ndarray], where: str,
+                 num_threads):
+        self.op = node.op_type
+        self.where = where
+        self.inputs = list(node.input) + [""] * (8 - len(node.input))
+        self.attrs = attrs
+        self.num_threads = num_threads
+        self.direction = attrs.get("direction", "forward")
+        if self.direction not in ("forward", "reverse", "bidirectional"):
+            raise LoadError(f"{where}: unknown direction {self.direction!r}")
+        self.D = 2 if self.direction == "bidirectional" else 1
+        self.layout = int(attrs.get("layout", 0))
+        if self.layout not in (0, 1):
+            raise LoadError(f"{where}: layout must be 0 or 1, got {self.layout}")
+        self.acts = _parse_rnn_activations(self.op, attrs, self.D, where)
+        self.clip = attrs.get("clip")
+        self.input_forget = bool(attrs.get("input_forget", 0))
+        self.lbr = bool(attrs.get("linear_before_reset", 0))
+        if self.input_forget and self.op != "LSTM":
+            raise LoadError(f"{where}: input_forget is an LSTM attribute")
+        self._layers: dict = {}
+        self._key = None
+        wnames = [self.inputs[k] for k in (1, 2, 3)] + [self.inputs[7] if self.op == "LSTM" else ""]
+        if all((not n) or n in consts for n in wnames):
+            self._get_layer(*[consts.get(n) if n else None for n in wnames])
+
+    def _get_layer(self, W, R, B, P):
+        from ..layers import GRU, LSTM, SimpleRNN
+        key = (id(W), id(R), id(B), id(P))
+        if key == self._key:
+            return self._layer
+        op, D, where = self.op, self.D, self.where
+        if W is None or R is None:
+            raise LoadError(f"{where}: inputs W and R are required")
+        W = np.asarray(W)
+        R = np.asarray(R)
+        if W.ndim != 3 or R.ndim != 3 or W.shape[0] != D or R.shape[0] != D:
+            raise LoadError(f"{where}: W {W.shape} / R {R.shape} must be (num_directions={D}, "
+                            "gates*hidden, .)")
+        G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+        H = R.shape[-1]
+        hs = self.attrs.get("hidden_size")
+        if hs is not None and int(hs) != H:
+            raise LoadError(f"{where}: hidden_size={hs} but R has shape {R.shape}")
+        if W.shape[1] != G * H or R.shape[1] != G * H:
+            raise LoadError(f"{where}: W {W.shape} and R {R.shape} must have {G}*{H} rows")
+        dt = np.dtype(np.float64) if W.dtype == np.float64 else np.dtype(np.float32)
+        I = W.shape[2]
+        if B is not None:
+            B = np.asarray(B)
+            if B.shape != (D, 2 * G * H):
+                raise LoadError(f"{where}: B must have shape {(D, 2 * G * H)}, got {B.shape}")
+        if P is not None:
+            P = np.asarray(P)
+            if P.shape != (D, 3 * H):
+                raise LoadError(f"{where}: P must have shape {(D, 3 * H)}, got {P.shape}")
+        kw = dict(bidirectional=D == 2, batch_first=self.layout == 1, dtype=dt,
+                  activations=self.acts, clip=self.clip, num_threads=self.num_threads,
+                  go_backwards=self.direction == "reverse")
+        try:
+            if op == "LSTM":
+                layer = LSTM(I, H, input_forget=self.input_forget, peepholes=P is not None, **kw)
+            elif op == "GRU":
+                layer = GRU(I, H, reset_after=self.lbr, **kw)
+            else:
+                layer = SimpleRNN(I, H, **kw)
+        except (ValueError, TypeError) as e:
+            raise LoadError(f"{where}: {e}") from None
+        perm = {"LSTM": _LSTM_PERM, "GRU": _GRU_PERM, "RNN": [0]}[op]
+        sd = {}
+        for d in range(D):
+            sfx = "_l0" + ("_reverse" if d else "")
+            sd["weight_ih" + sfx] = _reorder(W[d], perm, H)
+            sd["weight_hh" + sfx] = _reorder(R[d], perm, H)
+            if B is not None:
+                sd["bias_ih" + sfx] = _reorder(B[d, :G * H], perm, H)
+                sd["bias_hh" + sfx] = _reorder(B[d, G * H:], perm, H)
+            else:
+                sd["bias_ih" + sfx] = np.zeros(G * H, dt)
+                sd["bias_hh" + sfx] = np.zeros(G * H, dt)
+            if P is not None:
+                sd["weight_ph" + sfx] = _reorder(P[d], _PEEP_PERM, H)
+        try:
+            layer.load_state_dict(sd)
+        except (ValueError, TypeError, KeyError) as e:
+            raise LoadError(f"{where}: {e}") from None
+        self._layer = layer
+        self._key = key
+        self._keep = (W, R, B, P)   # keep ids alive
+        return layer
+
+    @property
+    def layer(self):
+        return getattr(self, "_layer", None)
+
+    def run(self, vals: list) -> list:
+        X, W, R, B, seq, h0, c0, P = (vals + [None] * 8)[:8]
+        if self.op != "LSTM":
+            P = None
+            c0 = None
+        layer = self._get_layer(W, R, B, P)
+        H = layer.hidden_size
+        D = self.D
+        out_dtype = X.dtype
+        if X.ndim != 3:
+            raise ValueError(f"{self.where}: X must be 3-D, got shape {X.shape}")
+        if self.layout == 0:
+            T, Bsz = X.shape[0], X.shape[1]
+        else:
+            Bsz, T = X.shape[0], X.shape[1]
+
+        def state(s, name):
+            if s is None:
+                return None
+            s = np.asarray(s)
+            if self.layout == 1:
+                s = s.transpose(1, 0, 2)
+            if s.shape != (D, Bsz, H):
+                raise ValueError(f"{self.where}: {name} must have shape "
+                                 f"{(D, Bsz, H) if self.layout == 0 else (Bsz, D, H)}, "
+                                 f"got {np.asarray(s).shape}")
+            return s.astype(layer.dtype, copy=False)
+
+        h0 = state(h0, "initial_h")
+        c0 = state(c0, "initial_c")
+        lengths = None
+        if seq is not None:
+            seq = np.asarray(seq)
+            if seq.shape != (Bsz,):
+                raise ValueError(f"{self.where}: sequence_lens must have shape ({Bsz},), "
+                                 f"got {seq.shape}")
+            if not np.all(seq == T):
+                lengths = seq.astype(np.int64)
+        if self.op == "LSTM":
+            if h0 is not None or c0 is not None:
+                z = np.zeros((D, Bsz, H), layer.dtype)
+                hx = (z if h0 is None else h0, z if c0 is None else c0)
+            else:
+                hx = None
+        else:
+            hx = h0
+        x = X.astype(layer.dtype, copy=False)
+        if x.dtype.kind != "f":
+            raise TypeError(f"{self.where}: X must be floating point, got {X.dtype}")
+        out, hn = layer(x, hx, lengths=lengths)
+        if self.op == "LSTM":
+            hn, cn = hn
+        else:
+            cn = None
+        if lengths is not None and np.any(lengths == 0):
+            # ONNX Runtime: a sequence of length 0 has zero final states (not initial ones)
+            z = lengths == 0
+            hn[:, z] = 0
+            if cn is not None:
+                cn[:, z] = 0
+        if self.layout == 0:
+            Y = out.reshape(T, Bsz, D, H).transpose(0, 2, 1, 3)
+        else:
+            Y = out.reshape(Bsz, T, D, H)
+            hn = hn.transpose(1, 0, 2)
+            cn = cn.transpose(1, 0, 2) if cn is not None else None
+        res = [np.ascontiguousarray(Y), np.ascontiguousarray(hn),
+               None if cn is None else np.ascontiguousarray(cn)]
+        return [r if r is None or r.dtype == out_dtype else r.astype(out_dtype) for r in res]
+
+
+# ------------------------------------------------------------------------ the model
+class OnnxModel:
+    """An ONNX graph ready to run: recurrent nodes as fastrnn layers, the rest in NumPy.
+
+    ``model.run(inputs)`` takes a dict ``{input name: array}`` (or one array, or a list
+    in :attr:`input_names` order) and returns a dict ``{output name: array}``;
+    ``model(inputs)`` is the same; ``model.predict(inputs)`` returns the first output.
+    """
+
+    def __init__(self, proto, *, num_threads: int | None = None, name: str | None = None):
+        onnx = _import_onnx()
+        if not isinstance(proto, onnx.ModelProto):
+            raise TypeError(f"expected an onnx.ModelProto, got {type(proto).__name__}")
+        self.name = name or proto.graph.name or "onnx-model"
+        g = proto.graph
+        self.opsets = {(op.domain or "ai.onnx"): int(op.version) for op in proto.opset_import}
+        self.opset = self.opsets.get("ai.onnx", 21)
+        self.num_threads = num_threads
+        consts: dict[str, np.ndarray] = {}
+        for t in g.initializer:
+            consts[t.name] = _tensor(t)
+        if len(g.sparse_initializer):
+            raise LoadError(f"{self.name}: sparse initializers are not supported")
+        init_names = set(consts)
+        self.input_names = [v.name for v in g.input if v.name not in init_names]
+        self._input_info = {v.name: v for v in g.input if v.name not in init_names}
+        # initializers that are also listed as inputs (IR < 4): optional overrides
+        self._overridable = [v.name for v in g.input if v.name in init_names]
+        self.output_names = [v.name for v in g.output]
+
+        # unsupported ops: all reported at once
+        bad = {}
+        for node in g.node:
+            dom = node.domain or "ai.onnx"
+            if dom not in ("ai.onnx", "") or (node.op_type not in _SIMPLE_OPS
+                                              and node.op_type not in _RECURRENT):
+                label = node.op_type if dom == "ai.onnx" else f"{dom}.{node.op_type}"
+                bad.setdefault(label, node.name or label)
+        if bad:
+            raise LoadError(
+                f"{self.name}: unsupported ONNX op type(s) {sorted(bad)} "
+                f"(first node of each: {', '.join(f'{k}: {v!r}' for k, v in sorted(bad.items()))}); "
+                f"fastrnn runs {', '.join(_RECURRENT)} and these simple ops: "
+                f"{', '.join(sorted(_SIMPLE_OPS))}")
+
+        steps = []
+        known = set(consts) | set(self.input_names)
+        for k, node in enumerate(g.node):
+            where = f"node {k} {node.op_type} {node.name!r}"
+            for inp in node.input:
+                if inp and inp not in known:
+                    raise LoadError(f"{self.name}: {where} reads {inp!r}, which no earlier node, "
+                                    "input or initializer defines (graph not topologically sorted?)")
+            attrs = _attrs(node)
+            outs = list(node.output)
+            if node.op_type in _RECURRENT:
+                rec = _RecurrentNode(node, attrs, consts, where, num_threads)
+                steps.append(("rnn", rec, list(node.input), outs, where))
+            else:
+                fn = _SIMPLE_OPS[node.op_type]
+                ins = list(node.input)
+                foldable = (node.op_type not in _NO_FOLD and
+                            all((not n) or (n in consts and n not in self._overridable)
+                                for n in ins))
+                if foldable:
+                    try:
+                        vals = self._call(fn, node.op_type, [consts[n] if n else None for n in ins],
+                                          attrs, len(outs))
+                    except Exception as e:
+                        raise LoadError(f"{self.name}: {where}: {type(e).__name__}: {e}") from None
+                    for n, v in zip(outs, vals):
+                        if n:
+                            consts[n] = v
+                else:
+                    steps.append(("op", (fn, node.op_type, attrs), ins, outs, where))
+            known.update(o for o in outs if o)
+        missing = [o for o in self.output_names if o not in known]
+        if missing:
+            raise LoadError(f"{self.name}: graph outputs {missing} are never computed")
+        self._consts = consts
+        self._steps = steps
+
+    def _call(self, fn, op_type, vals, attrs, nout):
+        if op_type == "Split":
+            return _op_split(vals, attrs, self.opset, nout)
+        return fn(vals, attrs, self.opset)
+
+    # ------------------------------------------------------------- introspection
+    @property
+    def recurrent_layers(self) -> list:
+        """The fastrnn layers built for the recurrent nodes, in graph order."""
+        return [s[1].layer for s in self._steps if s[0] == "rnn"]
+
+    def __repr__(self) -> str:
+        ops: dict[str, int] = {}
+        for s in self._steps:
+            t = s[1].op if s[0] == "rnn" else s[1][1]
+            ops[t] = ops.get(t, 0) + 1
+        rec = ", ".join(repr(l) for l in self.recurrent_layers if l is not None)
+        return (f"OnnxModel({self.name!r}, inputs={self.input_names}, outputs={self.output_names}, "
+                f"opset={self.opset}, nodes={dict(sorted(ops.items()))}, layers=[{rec}])")
+
+    # ------------------------------------------------------------------- running
+    def _feeds(self, inputs, kwargs) -> dict:
+        if inputs is None:
+            feeds = {}
+        elif isinstance(inputs, Mapping):
+            feeds = dict(inputs)
+        elif isinstance(inputs, (list, tuple)):
+            if len(inputs) != len(self.input_names):
+                raise ValueError(f"expected {len(self.input_names)} inputs "
+                                 f"{self.input_names}, got {len(inputs)}")
+            feeds = dict(zip(self.input_names, inputs))
+        else:
+            if len(self.input_names) != 1:
+                raise ValueError(f"this model takes {len(self.input_names)} inputs "
+                                 f"{self.input_names}: pass a dict")
+            feeds = {self.input_names[0]: inputs}
+        feeds.update(kwargs)
+        unknown = sorted(set(feeds) - set(self.input_names) - set(self._overridable))
+        if unknown:
+            raise ValueError(f"unknown input(s) {unknown}; the model's inputs are "
+                             f"{self.input_names}")
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"missing input(s) {missing}")
+        out = {}
+        for n, v in feeds.items():
+            if hasattr(v, "detach") and hasattr(v, "numpy"):
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            info = self._input_info.get(n)
+            if info is not None and info.type.HasField("tensor_type"):
+                et = info.type.tensor_type.elem_type
+                if et:
+                    want = _np_dtype(et)
+                    if v.dtype != want:
+                        if v.dtype.kind == want.kind or (v.dtype.kind in "iu" and want.kind in "iu"):
+                            v = v.astype(want)
+                        else:
+                            raise TypeError(f"input {n!r} must have dtype {want}, got {v.dtype}")
+            out[n] = v
+        return out
+
+    def run(self, inputs=None, outputs=None, **kwargs) -> dict[str, np.ndarray]:
+        """Run the graph.  ``outputs``: names to return (default all graph outputs)."""
+        env = dict(self._consts)
+        env.update(self._feeds(inputs, kwargs))
+        want = self.output_names if outputs is None else list(outputs)
+        if isinstance(outputs, str):
+            want = [outputs]
+        bad = [w for w in want if w not in self.output_names and w not in env
+               and not any(w in s[3] for s in self._steps)]
+        if bad:
+            raise ValueError(f"unknown output(s) {bad}; the model's outputs are {self.output_names}")
+        # only the steps the wanted outputs need
+        need = set(want)
+        live = []
+        for s in reversed(self._steps):
+            if any(o in need for o in s[3] if o):
+                live.append(s)
+                need.update(n for n in s[2] if n)
+        for kind, obj, ins, outs, where in reversed(live):
+            vals = [env[n] if n else None for n in ins]
+            try:
+                if kind == "rnn":
+                    res = obj.run(vals)
+                else:
+                    fn, op_type, attrs = obj
+                    res = self._call(fn, op_type, vals, attrs, len(outs))
+            except LoadError:
+                raise
+            except Exception as e:
+                raise type(e)(f"{self.name}: {where}: {e}") if type(e) in (
+                    ValueError, TypeError, IndexError) else e
+            for n, v in zip(outs, res):
+                if n:
+                    env[n] = v
+        return {w: env[w] for w in want}
+
+    __call__ = run
+
+    def predict(self, inputs=None, **kwargs) -> np.ndarray:
+        """The first graph output for ``inputs``."""
+        first = self.output_names[0]
+        return self.run(inputs, outputs=[first], **kwargs)[first]
+
+
+def load_onnx(model, *, num_threads: int | None = None) -> OnnxModel:
+    """Load an ONNX model from a path, bytes, a file object or an ``onnx.ModelProto``.
+
+    Weights of LSTM / GRU / RNN nodes are converted once here; unsupported nodes raise
+    :class:`fastrnn.io.LoadError` naming all of them.
+    """
+    onnx = _import_onnx()
+    name = None
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        try:
+            proto = onnx.load_from_string(bytes(model))
+        except Exception as e:
+            raise LoadError(f"not a valid ONNX model ({type(e).__name__}: {e})") from None
+    elif isinstance(model, (str, os.PathLike)):
+        name = os.path.basename(os.fspath(model))
+        if not os.path.exists(model):
+            raise FileNotFoundError(model)
+        try:
+            proto = onnx.load(os.fspath(model))
+        except Exception as e:
+            raise LoadError(f"{name}: not a valid ONNX model ({type(e).__name__}: {e})") from None
+    elif hasattr(model, "read"):
+        try:
+            proto = onnx.load_from_string(model.read())
+        except Exception as e:
+            raise LoadError(f"not a valid ONNX model ({type(e).__name__}: {e})") from None
+    else:
+        raise TypeError(f"load_onnx takes a path, bytes, a file object or an onnx.ModelProto, "
+                        f"got {type(model).__name__}")
+    if not len(proto.graph.node) and not len(proto.graph.output):
+        raise LoadError(f"{name or 'model'}: empty ONNX graph")
+    return OnnxModel(proto, num_threads=num_threads, name=name)
+
+
+load = load_onnx
