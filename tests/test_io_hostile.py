@@ -477,3 +477,25 @@ def test_fuzz_sniff_and_dispatch():
                                 else read_safetensors(raw)[0])
         except LoadError:
             pass
+
+
+def test_build_opcode_cannot_modify_loader_objects():
+    """BUILD (setattr) on the shared stand-ins or on a storage reference is refused, and
+    a later, valid load in the same process is unaffected."""
+    poison_dtype = b"\x80\x02" + G("torch", "FloatStorage") + b"N}(" + P("itemsize") + P(1) + b"u\x86b."
+    poison_fn = b"\x80\x02" + G("torch._utils", "_rebuild_tensor_v2") + b"N}(" + P("fn") + P(1) + b"u\x86b."
+    poison_fn2 = b"\x80\x02" + G("torch._utils", "_rebuild_tensor_v2") + b"}(" + P("fn") + P(1) + b"ub."
+    poison_marker = b"\x80\x02" + G("torch", "Tensor") + b"N}(" + P("name") + P("x") + b"u\x86b."
+    poison_od = b"\x80\x02" + G("collections", "OrderedDict") + b"N}(" + P("x") + P(1) + b"u\x86b."
+    for pkl in (poison_dtype, poison_fn, poison_fn2, poison_marker, poison_od):
+        with pytest.raises(LoadError):
+            read_torch_file(torch_zip(pkl))
+    # grow a storage's numel after the size check, then read past it
+    pid = b"(" + P("storage") + G("torch", "FloatStorage") + P("0") + P("cpu") + P(4) + b"tQ"
+    grow = (b"\x80\x02" + pid + b"q\x00N}(" + P("numel") + P(2**30) + b"u\x86b"
+            + G("torch._utils", "_rebuild_tensor_v2") + b"(h\x00" + P(0) + P((2**20,)) + P((1,))
+            + b"\x89" + G("collections", "OrderedDict") + b")RtR.")
+    with pytest.raises(LoadError):
+        read_torch_file(torch_zip(grow, {"0": bytes(16)}))
+    good = torch_zip(state_dict_pickle(("w", tensor_op())), {"0": np.arange(4, dtype="<f4").tobytes()})
+    np.testing.assert_array_equal(read_torch_file(good)["w"], [0, 1, 2, 3])

@@ -423,3 +423,26 @@ def test_legacy_and_whole_module_through_dispatcher():
 
     _check_layer(fastrnn.load(fx("legacy.pt")), npz("legacy.npz"))
     _check_layer(fastrnn.load(fx("gru_module.pt")), npz("gru_module.npz"))
+
+
+def test_whole_module_pickle_keeps_rnn_settings(tmp_path):
+    """torch.save(module) records nonlinearity and batch_first; the stub reader uses them."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(11)
+    m = torch.nn.RNN(3, 4, nonlinearity="relu", batch_first=True).eval()
+    p = tmp_path / "rnn_module.pt"
+    torch.save(m, p)
+    [spec] = fio.list_modules(p)
+    assert spec.cell == "RNN" and spec.nonlinearity == "relu"
+    layer = fio.load_state_dict(p)
+    assert layer.nonlinearity == "relu" and layer.batch_first
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(layer(x)[0], ref, atol=1e-5, rtol=0)
+    # a model made of several torch modules (Sequential of an LSTM and a Linear)
+    seq = torch.nn.Sequential(torch.nn.LSTM(3, 4), torch.nn.Linear(4, 2))
+    torch.save(seq, tmp_path / "seq.pt")
+    d = read_torch_file(tmp_path / "seq.pt")
+    assert set(d) == set(seq.state_dict())
+    assert [s.prefix for s in fio.list_modules(tmp_path / "seq.pt")] == ["0"]

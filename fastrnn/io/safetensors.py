@@ -247,6 +247,9 @@ def save(layer, path) -> None:
     """Save a fastrnn layer/model as safetensors with its config in the
     metadata (``{"fastrnn": json.dumps(layer.get_config())}``), so it can be
     loaded back with :func:`load_fastrnn_safetensors` and nothing else."""
+    if not (callable(getattr(layer, "get_config", None)) and callable(getattr(layer, "state_dict", None))):
+        raise TypeError(f"fastrnn.io.save needs a fastrnn layer (get_config() and state_dict()), "
+                        f"got {type(layer).__name__}")
     cfg = layer.get_config()
     meta = {METADATA_KEY: json.dumps(cfg, sort_keys=True)}
     write_safetensors(path, layer.state_dict(), meta)

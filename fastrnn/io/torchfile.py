@@ -56,21 +56,61 @@ _MAX_NESTING = 100
 # --------------------------------------------------------------------------
 # dtypes
 
-class _DType:
+class _Frozen:
+    """Base of every object find_class hands to the unpickler.
+
+    They are shared by all loads in the process, so a hostile pickle must not
+    be able to change them with a BUILD opcode (``setattr``): no ``__dict__``,
+    no ``__setstate__``, ``__setattr__`` refused after construction.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise LoadError("pickle tried to modify a fastrnn loader object")
+
+    __delattr__ = __setattr__
+
+    def __reduce__(self):  # never pickled back out either
+        raise TypeError(f"{type(self).__name__} cannot be pickled")
+
+
+class _SafeFn(_Frozen):
+    """An allow-listed callable (one of the safe replacement functions below)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __repr__(self):
+        return f"<fastrnn safe {self.fn.__name__}>"
+
+
+class _Marker(_Frozen):
+    """Stand-in for a torch class object that is only compared, never called."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        object.__setattr__(self, "name", name)
+
+
+class _DType(_Frozen):
     """Stand-in for a torch dtype or typed-storage class named in the pickle."""
 
     __slots__ = ("torch_name", "np_name", "itemsize")
 
     def __init__(self, torch_name: str, np_name: str | None, itemsize: int):
-        self.torch_name = torch_name
-        self.np_name = np_name  # None: recognised but not supported
-        self.itemsize = itemsize
+        object.__setattr__(self, "torch_name", torch_name)
+        object.__setattr__(self, "np_name", np_name)  # None: recognised but not supported
+        object.__setattr__(self, "itemsize", itemsize)
 
     def __repr__(self):
         return f"<torch dtype {self.torch_name}>"
-
-    def __reduce__(self):  # never pickle these back out
-        raise TypeError("fastrnn torch dtype stand-ins cannot be pickled")
 
 
 # (storage class, torch dtype attribute names, numpy dtype or None, itemsize)
@@ -105,16 +145,16 @@ del _storage, _aliases, _np, _size, _dt
 # --------------------------------------------------------------------------
 # storages and tensors
 
-class _StorageRef:
-    """What ``persistent_load`` returns: a reference to raw bytes in the file."""
+class _StorageRef(_Frozen):
+    """What ``persistent_load`` returns: a reference to raw bytes in the file.
+    Frozen: a BUILD opcode must not be able to change ``numel`` after the
+    size was checked against the archive."""
 
     __slots__ = ("key", "dtype", "numel", "_reader")
 
     def __init__(self, key, dtype, numel, reader):
-        self.key, self.dtype, self.numel, self._reader = key, dtype, numel, reader
-
-    def __reduce__(self):
-        raise TypeError("storage references cannot be pickled")
+        for k, v in (("key", key), ("dtype", dtype), ("numel", numel), ("_reader", reader)):
+            object.__setattr__(self, k, v)
 
 
 class _Budget:
@@ -196,21 +236,17 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored)
 def _rebuild_from_type_v2(func, new_type, args, state=None):
     """torch._utils._rebuild_from_type_v2: tensor subclasses.  Only the plain
     Tensor / Parameter cases are accepted; the subclass state is ignored."""
-    if func not in (_rebuild_tensor, _rebuild_parameter):
+    if func is not _SAFE_REBUILD_TENSOR and func is not _SAFE_REBUILD_PARAMETER:
         raise UnsafeFileError("_rebuild_from_type_v2 with a function outside the allow-list")
-    if new_type not in (_TensorType, _ParameterType):
+    if new_type is not _TensorType and new_type is not _ParameterType:
         raise UnsafeFileError("_rebuild_from_type_v2 with a tensor subclass outside the allow-list")
     if not isinstance(args, tuple):
         raise LoadError("_rebuild_from_type_v2 arguments are not a tuple")
     return func(*args)
 
 
-class _TensorType:
-    """Stand-in for the torch.Tensor class object."""
-
-
-class _ParameterType:
-    """Stand-in for the torch.nn.Parameter class object."""
+_TensorType = _Marker("torch.Tensor")
+_ParameterType = _Marker("torch.nn.Parameter")
 
 
 def _torch_size(dims=()):
@@ -259,18 +295,22 @@ def _stub_factory(name: str):
 # --------------------------------------------------------------------------
 # the restricted unpickler
 
+_SAFE_REBUILD_TENSOR = _SafeFn(_rebuild_tensor)
+_SAFE_REBUILD_PARAMETER = _SafeFn(_rebuild_parameter)
+
+# (module, name) -> immutable stand-in; nothing here can be modified by a pickle
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a builtin (immutable) type
+    ("torch._utils", "_rebuild_tensor"): _SAFE_REBUILD_TENSOR,
+    ("torch._utils", "_rebuild_tensor_v2"): _SAFE_REBUILD_TENSOR,
+    ("torch._utils", "_rebuild_parameter"): _SAFE_REBUILD_PARAMETER,
+    ("torch._utils", "_rebuild_parameter_with_state"): _SAFE_REBUILD_PARAMETER,
+    ("torch._utils", "_rebuild_from_type_v2"): _SafeFn(_rebuild_from_type_v2),
     ("torch._tensor", "Tensor"): _TensorType,
     ("torch", "Tensor"): _TensorType,
     ("torch.nn.parameter", "Parameter"): _ParameterType,
-    ("torch", "Size"): _torch_size,
-    ("torch", "device"): _torch_device,
+    ("torch", "Size"): _SafeFn(_torch_size),
+    ("torch", "device"): _SafeFn(_torch_device),
 }
 # only inside whole-module pickles (module stubs), harmless builtins
 _MODULE_GLOBALS: dict[tuple[str, str], Any] = {
