@@ -541,6 +541,21 @@ class RNNBase:
 
     # ------------------------------------------------------------------ training
     # (backward pass: methods added here delegate to fastrnn.train / fastrnn._backward)
+    def forward_train(self, x, hx=None, *, lengths=None, num_threads: int | None = None):
+        """Forward pass that keeps what :meth:`backward` needs: returns ``(output, h_n,
+        cache)`` (LSTM: ``(output, (h_n, c_n), cache)``); same arguments and outputs as
+        calling the layer (no ``mask``).  See :mod:`fastrnn.train` for the memory kept."""
+        from . import train
+        return train.forward_train(self, x, hx, lengths=lengths, num_threads=num_threads)
+
+    def backward(self, cache, grad_output=None, grad_state=None, *,
+                 num_threads: int | None = None) -> dict:
+        """Gradients from a :meth:`forward_train` cache, given ``dL/doutput`` and
+        ``dL/dh_n`` (LSTM: ``(dL/dh_n, dL/dc_n)``), either None for zero.  Returns
+        ``{"input", "h0", ["c0",] "weight_ih_l0", ...}``, weights named and shaped as in
+        :meth:`state_dict`."""
+        from . import train
+        return train.backward(self, cache, grad_output, grad_state, num_threads=num_threads)
     # ---------------------------------------------------------------- end training
 
 

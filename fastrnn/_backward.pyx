@@ -1,0 +1,603 @@
+# cython: language_level=3
+"""Training kernels: a forward pass that keeps what the backward needs, and the backward
+pass (gradients through time) for SimpleRNN, LSTM (optional projection) and GRU (both
+``reset_after`` variants).  One call handles one direction of one layer.
+
+Layout (all C-ordered, float32 or float64).  Rows are in *step order*: the rows of step
+``s`` are the ``n_s = nsteps[s]`` first (longest) sequences, stored at rows
+``offsets[s] .. offsets[s] + n_s``, as in a PyTorch PackedSequence.  The caller gathers
+the rows of a reverse direction into step order first, so these kernels only ever run
+forwards in ``s``; the rows of step ``s - 1`` that continue at step ``s`` are then the
+first ``n_s`` rows of step ``s - 1``, which makes ``H[:-1]`` of the weight-gradient GEMM
+a plain slice.
+
+Weights are the layer's own arrays in PyTorch layout (``W_ih (G*H, I)``, ``W_hh (G*H,
+Hout)``, ``W_hr (P, H)``); the GEMM shim transposes, so nothing is packed.
+
+What the forward keeps (per row = per (time step, sequence)), besides the layer output
+``y`` (``Hout`` values, which the next layer or the caller needs anyway):
+
+* SimpleRNN: nothing (``act'`` is computed from ``y``);
+* LSTM: the activated gates ``i, f, g, o`` (4H) and the cell ``c`` (H), 5H in all
+  (``tanh(c)`` and, with a projection, ``o * tanh(c)`` are recomputed);
+* GRU ``reset_after=True``: ``r, z, n`` (3H) and ``W_hn h + b_hn`` (H), 4H;
+* GRU ``reset_after=False``: ``r, z, n`` (3H).
+
+The backward then does, per step, one fused elementwise pass and one recurrent GEMM
+``dh_{t-1} = dG_t @ W_hh`` (GRU ``reset_after=False``: two, the second through the reset
+gate), and after the loop the weight gradients as large GEMMs over every step at once:
+``dW_ih = dG^T X``, ``dW_hh = dG[1:]^T Y[:-1]`` (one GEMM per run of equal batch sizes),
+``dX = dG W_ih``, biases as ``1^T dG``.  Everything after argument checking runs without
+the GIL; scratch memory is allocated per call.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, tanh, tanhf
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.stdint cimport intptr_t
+
+from fastrnn._blas cimport gemm_rm
+
+cdef extern from *:
+    """
+    typedef int (*frb_set_threads_t)(int);
+    static frb_set_threads_t frb_blas_set_local = 0;
+    static int frb_blas_threads(int n) { return frb_blas_set_local ? frb_blas_set_local(n) : -1; }
+    """
+    ctypedef int (*frb_set_threads_t)(int) noexcept nogil
+    frb_set_threads_t frb_blas_set_local
+    int frb_blas_threads(int n) nogil
+
+
+def _set_blas_local_setter(intptr_t address):
+    """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
+    global frb_blas_set_local
+    frb_blas_set_local = <frb_set_threads_t>address
+
+
+# ----------------------------------------------------------------------------- math
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    return 1 / (1 + _exp(-x))
+
+
+# ------------------------------------------------------------ forward row passes
+# kinds: 0 RNN, 1 LSTM, 2 GRU reset_after, 3 GRU (r, z) first half, 4 GRU n second half
+cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
+                 const floating* acc, const floating* bias, const floating* bhn,
+                 const floating* hp, int ldhp, const floating* cp, floating* cs,
+                 floating* ys, int ldy, floating* rh) noexcept nogil:
+    cdef int b, j
+    cdef floating v, i, f, g, o, c, r, z, hn, nn
+    cdef floating* gb
+    cdef floating* yb
+    cdef const floating* ab
+    cdef const floating* hb
+    cdef Py_ssize_t G
+    if kind == 0:
+        for b in range(r0, r1):
+            yb = ys + <Py_ssize_t>b * ldy
+            if relu:
+                for j in range(H):
+                    v = yb[j] + bias[j]
+                    yb[j] = v if v > 0 else 0
+            else:
+                for j in range(H):
+                    yb[j] = _tanh(yb[j] + bias[j])
+    elif kind == 1:
+        G = 4 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            yb = ys + <Py_ssize_t>b * ldy
+            for j in range(H):
+                i = _sigmoid(gb[j] + bias[j])
+                f = _sigmoid(gb[H + j] + bias[H + j])
+                g = _tanh(gb[2 * H + j] + bias[2 * H + j])
+                o = _sigmoid(gb[3 * H + j] + bias[3 * H + j])
+                c = f * cp[<Py_ssize_t>b * H + j] + i * g
+                gb[j] = i
+                gb[H + j] = f
+                gb[2 * H + j] = g
+                gb[3 * H + j] = o
+                cs[<Py_ssize_t>b * H + j] = c
+                yb[j] = o * _tanh(c)
+    elif kind == 2:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            ab = acc + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            yb = ys + <Py_ssize_t>b * ldy
+            for j in range(H):
+                r = _sigmoid(gb[j] + bias[j] + ab[j])
+                z = _sigmoid(gb[H + j] + bias[H + j] + ab[H + j])
+                hn = ab[2 * H + j] + bhn[j]
+                nn = _tanh(gb[2 * H + j] + bias[2 * H + j] + r * hn)
+                gb[j] = r
+                gb[H + j] = z
+                gb[2 * H + j] = nn
+                cs[<Py_ssize_t>b * H + j] = hn
+                yb[j] = (1 - z) * nn + z * hb[j]
+    elif kind == 3:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            for j in range(H):
+                r = _sigmoid(gb[j] + bias[j])
+                z = _sigmoid(gb[H + j] + bias[H + j])
+                gb[j] = r
+                gb[H + j] = z
+                rh[<Py_ssize_t>b * H + j] = r * hb[j]
+    else:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            yb = ys + <Py_ssize_t>b * ldy
+            for j in range(H):
+                z = gb[H + j]
+                nn = _tanh(gb[2 * H + j] + bias[2 * H + j])
+                gb[2 * H + j] = nn
+                yb[j] = (1 - z) * nn + z * hb[j]
+
+
+cdef void _fpar(int kind, int n, int nt, int H, int relu, floating* gs,
+                const floating* acc, const floating* bias, const floating* bhn,
+                const floating* hp, int ldhp, const floating* cp, floating* cs,
+                floating* ys, int ldy, floating* rh) noexcept nogil:
+    cdef int nchunks, ci, r0, r1, per
+    if nt > 1 and n >= 2 and <long>n * H >= 8192:
+        nchunks = nt if n >= nt else n
+        per = (n + nchunks - 1) // nchunks
+        for ci in prange(nchunks, nogil=True, num_threads=nt, schedule='static'):
+            r0 = ci * per
+            r1 = r0 + per
+            if r1 > n:
+                r1 = n
+            if r0 < r1:
+                _frows(kind, r0, r1, H, relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+    else:
+        _frows(kind, 0, n, H, relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+
+
+# ----------------------------------------------------------- backward row passes
+# kinds: 0 RNN, 1 LSTM, 2 GRU reset_after, 3 GRU (z, n) part, 4 GRU r part
+cdef void _brows(int kind, int r0, int r1, int H, int relu, const floating* gs,
+                 const floating* cs, const floating* cp, const floating* hp, int ldhp,
+                 const floating* ys, int ldy, const floating* src, int ldsrc,
+                 floating* dh, floating* dc, floating* dg, floating* dnx,
+                 const floating* tmp, floating* aux) noexcept nogil:
+    cdef int b, j
+    cdef floating i, f, g, o, tc, dhh, dct, r, z, nn, dnp, t, hv
+    cdef const floating* gb
+    cdef const floating* yb
+    cdef const floating* sb
+    cdef const floating* hb
+    cdef floating* db
+    cdef floating* dhb
+    cdef Py_ssize_t G, bH
+    if kind == 0:
+        for b in range(r0, r1):
+            yb = ys + <Py_ssize_t>b * ldy
+            dhb = dh + <Py_ssize_t>b * H
+            db = dg + <Py_ssize_t>b * H
+            if relu:
+                for j in range(H):
+                    db[j] = dhb[j] if yb[j] > 0 else 0
+            else:
+                for j in range(H):
+                    db[j] = dhb[j] * (1 - yb[j] * yb[j])
+    elif kind == 1:
+        G = 4 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            db = dg + b * G
+            sb = src + <Py_ssize_t>b * ldsrc
+            bH = <Py_ssize_t>b * H
+            for j in range(H):
+                i = gb[j]
+                f = gb[H + j]
+                g = gb[2 * H + j]
+                o = gb[3 * H + j]
+                tc = _tanh(cs[bH + j])
+                dhh = sb[j]
+                dct = dc[bH + j] + dhh * o * (1 - tc * tc)
+                db[j] = dct * g * i * (1 - i)
+                db[H + j] = dct * cp[bH + j] * f * (1 - f)
+                db[2 * H + j] = dct * i * (1 - g * g)
+                db[3 * H + j] = dhh * tc * o * (1 - o)
+                dc[bH + j] = dct * f
+                if aux != NULL:
+                    aux[bH + j] = o * tc
+    elif kind == 2:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            db = dg + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            dhb = dh + <Py_ssize_t>b * H
+            bH = <Py_ssize_t>b * H
+            for j in range(H):
+                r = gb[j]
+                z = gb[H + j]
+                nn = gb[2 * H + j]
+                dhh = dhb[j]
+                dnp = dhh * (1 - z) * (1 - nn * nn)
+                db[j] = dnp * cs[bH + j] * r * (1 - r)
+                db[H + j] = dhh * (hb[j] - nn) * z * (1 - z)
+                db[2 * H + j] = dnp * r
+                dnx[bH + j] = dnp
+                dhb[j] = dhh * z
+    elif kind == 3:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            db = dg + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            dhb = dh + <Py_ssize_t>b * H
+            for j in range(H):
+                z = gb[H + j]
+                nn = gb[2 * H + j]
+                dhh = dhb[j]
+                db[H + j] = dhh * (hb[j] - nn) * z * (1 - z)
+                db[2 * H + j] = dhh * (1 - z) * (1 - nn * nn)
+                dhb[j] = dhh * z
+    else:
+        G = 3 * H
+        for b in range(r0, r1):
+            gb = gs + b * G
+            db = dg + b * G
+            hb = hp + <Py_ssize_t>b * ldhp
+            dhb = dh + <Py_ssize_t>b * H
+            bH = <Py_ssize_t>b * H
+            for j in range(H):
+                r = gb[j]
+                t = tmp[bH + j]
+                hv = hb[j]
+                db[j] = t * hv * r * (1 - r)
+                dhb[j] = dhb[j] + t * r
+                aux[bH + j] = r * hv
+
+
+cdef void _bpar(int kind, int n, int nt, int H, int relu, const floating* gs,
+                const floating* cs, const floating* cp, const floating* hp, int ldhp,
+                const floating* ys, int ldy, const floating* src, int ldsrc,
+                floating* dh, floating* dc, floating* dg, floating* dnx,
+                const floating* tmp, floating* aux) noexcept nogil:
+    cdef int nchunks, ci, r0, r1, per
+    if nt > 1 and n >= 2 and <long>n * H >= 8192:
+        nchunks = nt if n >= nt else n
+        per = (n + nchunks - 1) // nchunks
+        for ci in prange(nchunks, nogil=True, num_threads=nt, schedule='static'):
+            r0 = ci * per
+            r1 = r0 + per
+            if r1 > n:
+                r1 = n
+            if r0 < r1:
+                _brows(kind, r0, r1, H, relu, gs, cs, cp, hp, ldhp, ys, ldy, src, ldsrc,
+                       dh, dc, dg, dnx, tmp, aux)
+    else:
+        _brows(kind, 0, n, H, relu, gs, cs, cp, hp, ldhp, ys, ldy, src, ldsrc,
+               dh, dc, dg, dnx, tmp, aux)
+
+
+# ------------------------------------------------------------------------ the layer
+cdef struct Dims:
+    int cell, S, N, B, I, H, P, G, reset_after, relu, proj, nt, ldy
+
+
+cdef int _forward(Dims* d, const floating* x, const floating* wih, const floating* whh,
+                  const floating* bias, const floating* bhn, const floating* whr,
+                  const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                  const floating* h0, const floating* c0, floating* y, floating* gates,
+                  floating* cs) noexcept nogil:
+    cdef int S = d.S, N = d.N, I = d.I, H = d.H, P = d.P, GH = d.G * d.H, B = d.B
+    cdef int ldy = d.ldy, nt = d.nt, s, n, ldhp
+    cdef Py_ssize_t r
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef floating* ys
+    cdef floating* gs
+    cdef floating* acc = NULL
+    cdef floating* hraw = NULL
+    cdef floating* rh = NULL
+    cdef int old_blas
+    cdef bint ok = True
+    if d.cell == 2 and d.reset_after:
+        acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
+        ok = acc != NULL
+    if d.cell == 2 and not d.reset_after:
+        rh = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = rh != NULL
+    if d.cell == 1 and d.proj:
+        hraw = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = hraw != NULL
+    if not ok:
+        free(acc)
+        free(rh)
+        free(hraw)
+        return -1
+    old_blas = frb_blas_threads(nt)
+    # input projection of every step in one GEMM
+    if d.cell == 0:
+        gemm_rm(False, True, N, H, I, <floating>1, x, I, wih, I, <floating>0, y, ldy)
+    else:
+        gemm_rm(False, True, N, GH, I, <floating>1, x, I, wih, I, <floating>0, gates, GH)
+    for s in range(S):
+        n = <int>nsteps[s]
+        r = offsets[s]
+        if s == 0:
+            hp = h0
+            ldhp = P
+            cp = c0
+        else:
+            hp = y + offsets[s - 1] * ldy
+            ldhp = ldy
+            cp = cs + offsets[s - 1] * H
+        ys = y + r * ldy
+        gs = gates + r * GH
+        if d.cell == 0:
+            gemm_rm(False, True, n, H, H, <floating>1, hp, ldhp, whh, H, <floating>1, ys, ldy)
+            _fpar(0, n, nt, H, d.relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+        elif d.cell == 1:
+            gemm_rm(False, True, n, GH, P, <floating>1, hp, ldhp, whh, P, <floating>1, gs, GH)
+            if d.proj:
+                _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, hraw, H, rh)
+                gemm_rm(False, True, n, P, H, <floating>1, hraw, H, whr, H, <floating>0, ys, ldy)
+            else:
+                _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
+        elif d.reset_after:
+            gemm_rm(False, True, n, GH, H, <floating>1, hp, ldhp, whh, H, <floating>0, acc, GH)
+            _fpar(2, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
+        else:
+            gemm_rm(False, True, n, 2 * H, H, <floating>1, hp, ldhp, whh, H, <floating>1, gs, GH)
+            _fpar(3, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+            gemm_rm(False, True, n, H, H, <floating>1, rh, H, whh + 2 * H * H, H,
+                    <floating>1, gs + 2 * H, GH)
+            _fpar(4, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+    if old_blas >= 0:
+        frb_blas_threads(old_blas)
+    free(acc)
+    free(rh)
+    free(hraw)
+    return 0
+
+
+cdef void _colsum(int N, int ncols, const floating* ones, const floating* a, int lda,
+                  floating* out) noexcept nogil:
+    gemm_rm(False, False, 1, ncols, N, <floating>1, ones, N, a, lda, <floating>0, out, ncols)
+
+
+cdef int _backward(Dims* d, const floating* x, const floating* wih, const floating* whh,
+                   const floating* whr, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                   const floating* h0, const floating* c0, const floating* y,
+                   const floating* gates, const floating* cs, floating* dy, floating* dh,
+                   floating* dc, floating* dx, floating* dwih, floating* dwhh,
+                   floating* dbih, floating* dbhh, floating* dwhr) noexcept nogil:
+    cdef int S = d.S, N = d.N, I = d.I, H = d.H, P = d.P, GH = d.G * d.H, B = d.B
+    cdef int ldy = d.ldy, nt = d.nt, s, e, n, ldhp, b, j, ncols, kind
+    cdef bint gru_ra = d.cell == 2 and d.reset_after
+    cdef bint gru_nra = d.cell == 2 and not d.reset_after
+    cdef Py_ssize_t r, k
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef floating* dg = NULL
+    cdef floating* dnx = NULL
+    cdef floating* dhr = NULL
+    cdef floating* aux = NULL      # LSTM proj: o*tanh(c) (N, H); GRU no-ra: r*h_prev (N, H)
+    cdef floating* tmp = NULL
+    cdef floating* ones = NULL
+    cdef floating* src
+    cdef floating* dys
+    cdef int ldsrc
+    cdef int old_blas
+    cdef bint ok
+    dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
+    ones = <floating*>malloc(sizeof(floating) * N + 1)
+    ok = dg != NULL and ones != NULL
+    if gru_ra:
+        dnx = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        ok = ok and dnx != NULL
+    if gru_nra:
+        aux = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        tmp = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = ok and aux != NULL and tmp != NULL
+    if d.cell == 1 and d.proj:
+        aux = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        dhr = <floating*>malloc(sizeof(floating) * B * H + 1)
+        ok = ok and aux != NULL and dhr != NULL
+    if not ok:
+        free(dg)
+        free(ones)
+        free(dnx)
+        free(aux)
+        free(tmp)
+        free(dhr)
+        return -1
+    old_blas = frb_blas_threads(nt)
+    for k in range(N):
+        ones[k] = 1
+    kind = d.cell
+    for s in range(S - 1, -1, -1):
+        n = <int>nsteps[s]
+        r = offsets[s]
+        if s == 0:
+            hp = h0
+            ldhp = P
+            cp = c0
+        else:
+            hp = y + offsets[s - 1] * ldy
+            ldhp = ldy
+            cp = cs + offsets[s - 1] * H
+        # total gradient reaching h_s: from the output and from step s + 1
+        dys = dy + r * P
+        for b in range(n):
+            for j in range(P):
+                dh[b * P + j] += dys[b * P + j]
+                dys[b * P + j] = dh[b * P + j]
+        if d.cell == 0:
+            _bpar(0, n, nt, H, d.relu, gates, cs, cp, hp, ldhp, y + r * ldy, ldy, dh, H,
+                  dh, dc, dg + r * GH, dnx, tmp, aux)
+            gemm_rm(False, False, n, H, H, <floating>1, dg + r * GH, GH, whh, H,
+                    <floating>0, dh, H)
+        elif d.cell == 1:
+            if d.proj:
+                gemm_rm(False, False, n, H, P, <floating>1, dh, P, whr, H, <floating>0, dhr, H)
+                src = dhr
+                ldsrc = H
+            else:
+                src = dh
+                ldsrc = H
+            _bpar(1, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, src, ldsrc,
+                  dh, dc, dg + r * GH, dnx, tmp, aux + r * H if aux != NULL else NULL)
+            gemm_rm(False, False, n, P, GH, <floating>1, dg + r * GH, GH, whh, P,
+                    <floating>0, dh, P)
+        elif gru_ra:
+            _bpar(2, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, dh, H,
+                  dh, dc, dg + r * GH, dnx + r * H, tmp, aux)
+            gemm_rm(False, False, n, H, GH, <floating>1, dg + r * GH, GH, whh, H,
+                    <floating>1, dh, H)
+        else:
+            _bpar(3, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
+                  dh, dc, dg + r * GH, dnx, tmp, aux)
+            gemm_rm(False, False, n, H, H, <floating>1, dg + r * GH + 2 * H, GH,
+                    whh + 2 * H * H, H, <floating>0, tmp, H)
+            _bpar(4, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
+                  dh, dc, dg + r * GH, dnx, tmp, aux + r * H)
+            gemm_rm(False, False, n, H, 2 * H, <floating>1, dg + r * GH, GH, whh, H,
+                    <floating>1, dh, H)
+
+    # ---- input side: dX, dW_ih, db_ih over every step at once
+    if gru_ra:
+        gemm_rm(False, False, N, I, 2 * H, <floating>1, dg, GH, wih, I, <floating>0, dx, I)
+        gemm_rm(False, False, N, I, H, <floating>1, dnx, H, wih + 2 * H * I, I,
+                <floating>1, dx, I)
+        gemm_rm(True, False, 2 * H, I, N, <floating>1, dg, GH, x, I, <floating>0, dwih, I)
+        gemm_rm(True, False, H, I, N, <floating>1, dnx, H, x, I, <floating>0,
+                dwih + 2 * H * I, I)
+        _colsum(N, 2 * H, ones, dg, GH, dbih)
+        _colsum(N, H, ones, dnx, H, dbih + 2 * H)
+    else:
+        gemm_rm(False, False, N, I, GH, <floating>1, dg, GH, wih, I, <floating>0, dx, I)
+        gemm_rm(True, False, GH, I, N, <floating>1, dg, GH, x, I, <floating>0, dwih, I)
+        _colsum(N, GH, ones, dg, GH, dbih)
+    _colsum(N, GH, ones, dg, GH, dbhh)
+
+    # ---- recurrent side: dW_hh = sum_s dG_s^T h_{s-1}, one GEMM per run of equal sizes
+    ncols = 2 * H if gru_nra else GH
+    memset(dwhh, 0, sizeof(floating) * GH * P)
+    gemm_rm(True, False, ncols, P, <int>nsteps[0], <floating>1, dg, GH, h0, P,
+            <floating>1, dwhh, P)
+    s = 1
+    while s < S:
+        n = <int>nsteps[s]
+        e = s + 1
+        while e < S and nsteps[e] == n and nsteps[e - 2] == n:
+            e += 1
+        gemm_rm(True, False, ncols, P, (e - s) * n, <floating>1, dg + offsets[s] * GH, GH,
+                y + offsets[s - 1] * ldy, ldy, <floating>1, dwhh, P)
+        s = e
+    if gru_nra:
+        gemm_rm(True, False, H, H, N, <floating>1, dg + 2 * H, GH, aux, H, <floating>0,
+                dwhh + 2 * H * H, H)
+    if d.cell == 1 and d.proj:
+        gemm_rm(True, False, P, H, N, <floating>1, dy, P, aux, H, <floating>0, dwhr, H)
+    if old_blas >= 0:
+        frb_blas_threads(old_blas)
+    free(dg)
+    free(ones)
+    free(dnx)
+    free(aux)
+    free(tmp)
+    free(dhr)
+    return 0
+
+
+cdef void _dims(Dims* d, int cell, x, h0, y, int hidden_size, int proj_size,
+                int reset_after, int relu, int num_threads, Py_ssize_t S):
+    d.cell = cell
+    d.S = <int>S
+    d.N = x.shape[0]
+    d.B = h0.shape[0]
+    d.I = x.shape[1]
+    d.H = hidden_size
+    d.P = proj_size if proj_size > 0 else hidden_size
+    d.proj = proj_size > 0
+    d.G = 4 if cell == 1 else (3 if cell == 2 else 1)
+    d.reset_after = reset_after
+    d.relu = relu
+    d.nt = num_threads if num_threads > 0 else 1
+    d.ldy = y.shape[1]
+
+
+def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
+            floating[::1] bias, floating[::1] bhn, floating[:, ::1] whr,
+            Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
+            floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
+            floating[:, ::1] gates, floating[:, ::1] cs, int hidden_size, int proj_size,
+            int reset_after, int relu, int num_threads):
+    """Training forward of one direction of one layer, rows in step order.
+
+    x (N, I); h0 (B, Hout), c0 (B, H) (LSTM); y (N, >= y_col + Hout) receives the
+    outputs at columns ``y_col:``; gates (N, G*H) (unused for SimpleRNN) and cs (N, H)
+    (LSTM: c, GRU reset_after: W_hn h + b_hn; unused otherwise) receive the cache.
+    ``bias`` (G*H) is ``b_ih + b_hh`` except the GRU reset_after candidate block, which
+    holds ``b_in`` (``bhn`` holds ``b_hn``).  The caller validates every shape.
+    """
+    cdef Dims d
+    cdef int rc
+    if offsets.shape[0] == 0 or x.shape[0] == 0:
+        return
+    _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
+          offsets.shape[0])
+    with nogil:
+        rc = _forward(&d, &x[0, 0], &wih[0, 0], &whh[0, 0], &bias[0], &bhn[0], &whr[0, 0],
+                      &offsets[0], &nsteps[0], &h0[0, 0], &c0[0, 0], &y[0, y_col],
+                      &gates[0, 0], &cs[0, 0])
+    if rc != 0:
+        raise MemoryError("fastrnn: could not allocate scratch memory for the training forward")
+
+
+def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
+             floating[:, ::1] whr, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
+             floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
+             floating[:, ::1] gates, floating[:, ::1] cs, floating[:, ::1] dy,
+             floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dx,
+             floating[:, ::1] dwih, floating[:, ::1] dwhh, floating[::1] dbih,
+             floating[::1] dbhh, floating[:, ::1] dwhr, int hidden_size, int proj_size,
+             int reset_after, int relu, int num_threads):
+    """Backward of one direction of one layer over the cache of :func:`forward`.
+
+    dy (N, Hout): gradient w.r.t. this direction's outputs, step order (overwritten with
+    the total gradient reaching each h).  dh (B, Hout) / dc (B, H): on entry the gradient
+    w.r.t. the final state, on exit w.r.t. the initial state.  dx (N, I), dwih, dwhh,
+    dbih, dbhh, dwhr (LSTM projection) receive the gradients (overwritten).
+    """
+    cdef Dims d
+    cdef int rc
+    if offsets.shape[0] == 0 or x.shape[0] == 0:
+        return
+    _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
+          offsets.shape[0])
+    with nogil:
+        rc = _backward(&d, &x[0, 0], &wih[0, 0], &whh[0, 0], &whr[0, 0], &offsets[0],
+                       &nsteps[0], &h0[0, 0], &c0[0, 0], &y[0, y_col], &gates[0, 0],
+                       &cs[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0], &dwih[0, 0],
+                       &dwhh[0, 0], &dbih[0], &dbhh[0], &dwhr[0, 0])
+    if rc != 0:
+        raise MemoryError("fastrnn: could not allocate scratch memory for the backward pass")

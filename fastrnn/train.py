@@ -1,0 +1,588 @@
+"""Training: gradients through time for SimpleRNN / LSTM / GRU layers, and two optimizers.
+
+Usage (the layer methods delegate here)::
+
+    out, state, cache = layer.forward_train(x, hx, lengths=lengths)
+    grads = layer.backward(cache, grad_output=dL_dout, grad_state=dL_dstate)
+    opt = fastrnn.train.Adam(layer, lr=1e-3)
+    opt.step(grads)
+
+``forward_train`` computes the same outputs as calling the layer and keeps what the
+backward needs; a plain call (inference) keeps nothing and pays nothing.  ``backward``
+returns a dict: ``"input"`` (same shape as ``x``), ``"h0"`` (and ``"c0"`` for LSTM; same
+shapes as the initial states, also when ``hx`` was omitted) and one entry per weight,
+named and shaped as in ``layer.state_dict()``.  ``grad_output`` / ``grad_state`` may be
+``None`` (zero); ``grad_state`` is ``dL/dh_n`` or, for LSTM, ``(dL/dh_n, dL/dc_n)``
+(either may be None).
+
+Memory kept by the cache, in elements of the layer's dtype, per layer and direction for
+every (time step, sequence) pair that is not padding, ``H = hidden_size``,
+``Hout = proj_size or H``:
+
+=========================  ===============  ======================================
+cell                       kept             what
+=========================  ===============  ======================================
+SimpleRNN                  ``Hout``          the output ``h``
+LSTM                       ``5H + Hout``     gates i, f, g, o; cell c; output h
+GRU ``reset_after=True``   ``4H + Hout``     gates r, z, n; ``W_hn h + b_hn``; h
+GRU ``reset_after=False``  ``3H + Hout``     gates r, z, n; h
+=========================  ===============  ======================================
+
+plus the packed input of the first layer (``I`` per pair).  E.g. a 1-layer LSTM, T=100,
+B=16, H=256, float32: 100*16*(5*256+256)*4 B = 9.8 MB (+ 1.6 MB input).  The backward
+needs transient scratch of about ``G*H`` per pair (the gate gradients of one direction,
+``G`` = 1, 4, 3 gates) plus, for LSTM with projection and GRU ``reset_after=False``,
+``H`` more.
+
+Not supported by the backward (``NotImplementedError``): masks, non-default activations
+(other than SimpleRNN relu), cell ``clip``, ``peepholes`` and ``input_forget``.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import math
+import os
+import threading
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _threads
+
+__all__ = ["forward_train", "backward", "TrainCache", "SGD", "Adam", "clip_grad_norm"]
+
+_CELL_CODE = {"RNN": 0, "LSTM": 1, "GRU": 2}
+_hook_lock = threading.Lock()
+_hooked = False
+
+
+def _hook_blas() -> None:
+    """Give the training kernels scipy's ``openblas_set_num_threads_local`` (once), the
+    same function the forward kernels use (see :mod:`fastrnn._threads`)."""
+    global _hooked
+    if _hooked:
+        return
+    with _hook_lock:
+        if _hooked:
+            return
+        from . import _backward
+        _threads.hook_blas()
+        address = 0
+        try:
+            import scipy
+            libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+            for path in glob.glob(os.path.join(libdir, "*openblas*")):
+                lib = ctypes.CDLL(path)
+                fn = getattr(lib, "openblas_set_num_threads_local", None)
+                if fn is not None:
+                    address = ctypes.cast(fn, ctypes.c_void_p).value or 0
+                    break
+        except OSError:
+            address = 0
+        _backward._set_blas_local_setter(address)
+        _hooked = True
+
+
+def _check_supported(layer) -> None:
+    from .layers import parse_activation
+    why = []
+    if layer.clip is not None:
+        why.append("clip")
+    if getattr(layer, "peepholes", False):
+        why.append("peepholes")
+    if getattr(layer, "input_forget", False):
+        why.append("input_forget")
+    for per in layer._acts:
+        if layer._cell == "RNN":
+            ok = per[0][0] in ("tanh", "relu") and per[0] == parse_activation(per[0][0])
+        elif layer._cell == "LSTM":
+            ok = per == [parse_activation("sigmoid"), parse_activation("tanh"),
+                         parse_activation("tanh")]
+        else:
+            ok = per == [parse_activation("sigmoid"), parse_activation("tanh")]
+        if not ok:
+            why.append("non-default activations")
+            break
+    if why:
+        raise NotImplementedError(f"{type(layer).__name__}: the backward pass does not support "
+                                  + ", ".join(why) + " yet")
+
+
+class TrainCache:
+    """What :func:`forward_train` keeps for :func:`backward` (opaque; see ``nbytes``)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of activations held (inputs, outputs, gates)."""
+        total = self.xin.nbytes + sum(o.nbytes for o in self.outs)
+        for per in self.saved:
+            for gates, cs in per:
+                total += gates.nbytes + cs.nbytes
+        return total
+
+    def __repr__(self) -> str:
+        return f"<fastrnn TrainCache {self.nbytes / 1e6:.1f} MB>"
+
+
+def _weights(layer, layer_idx: int, d: int):
+    sfx = f"_l{layer_idx}" + ("_reverse" if d else "")
+    p = layer._params
+    return sfx, p
+
+
+def _snapshot(layer):
+    return ({k: v for k, v in layer._params.items()}, getattr(layer, "_train_version", 0))
+
+
+def forward_train(layer, x, hx=None, *, lengths=None, num_threads: int | None = None):
+    """Forward pass that keeps the activations the backward needs.
+
+    Same arguments and results as calling the layer (no ``mask``), plus the cache:
+    returns ``(output, h_n, cache)`` (LSTM: ``(output, (h_n, c_n), cache)``).
+    """
+    from . import _backward
+    _check_supported(layer)
+    _hook_blas()
+    nt = _threads.resolve(num_threads, layer.num_threads)
+    x = layer._check_input(x)
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif layer.batch_first:
+        x = x.transpose(1, 0, 2)
+    T, B = x.shape[0], x.shape[1]
+    H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
+    P = layer.proj_size
+    G = layer.gate_count
+    dt = layer.dtype
+    lstm = layer._cell == "LSTM"
+    h0, c0 = layer._split_hx(hx)
+    h0 = (np.zeros((L * D, B, Hout), dt) if h0 is None
+          else layer._check_state("h0", h0, B, Hout, unbatched))
+    if lstm:
+        c0 = (np.zeros((L * D, B, H), dt) if c0 is None
+              else layer._check_state("c0", c0, B, H, unbatched))
+
+    # ---- packing: sorted by length, longest first (a dense batch needs no sorting)
+    perm = None
+    if lengths is not None:
+        lens = np.asarray(lengths)
+        if lens.dtype.kind not in "iu":
+            if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
+                lens = lens.astype(np.int64)
+            else:
+                raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
+        if lens.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
+                             f"got {lens.shape}")
+        if lens.size and (lens.min() < 0 or lens.max() > T):
+            raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
+                             f"got min {lens.min()} max {lens.max()}")
+        lens = lens.astype(np.intp)
+        perm = np.argsort(-lens, kind="stable")
+        slens = np.ascontiguousarray(lens[perm])
+        Teff = int(slens[0]) if B else 0
+        valid = slens[None, :] > np.arange(Teff)[:, None]          # (Teff, B)
+        nsteps = valid.sum(axis=1).astype(np.intp)
+        xin = np.ascontiguousarray(x[:Teff][:, perm][valid], dtype=dt)
+    else:
+        Teff = T
+        slens = np.full(B, T, np.intp)
+        valid = None
+        nsteps = np.full(T, B, np.intp)
+        xin = np.ascontiguousarray(x, dtype=dt).reshape(T * B, layer.input_size)
+    offsets = np.zeros(Teff, np.intp)
+    if Teff > 1:
+        np.cumsum(nsteps[:-1], out=offsets[1:])
+    N = xin.shape[0]
+    # step-order row k of a reverse direction reads time-order row ridx[k] (an involution)
+    s_of = np.repeat(np.arange(Teff, dtype=np.intp), nsteps)
+    b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
+    ridx = offsets[slens[b_of] - 1 - s_of] + b_of if N else np.zeros(0, np.intp)
+    last = (offsets[np.maximum(slens, 1) - 1] + np.arange(B)) if Teff else np.zeros(B, np.intp)
+    has_len = slens > 0
+
+    if perm is not None:
+        h0s = np.ascontiguousarray(h0[:, perm])
+        c0s = np.ascontiguousarray(c0[:, perm]) if lstm else None
+    else:
+        h0s = np.ascontiguousarray(h0)
+        c0s = np.ascontiguousarray(c0) if lstm else None
+    hT = h0s.copy()
+    cT = c0s.copy() if lstm else None
+
+    cell = _CELL_CODE[layer._cell]
+    relu = int(layer._cell == "RNN" and layer._acts[0][0][0] == "relu")
+    reset_after = int(layer.reset_after)
+    dummy = np.zeros((1, 1), dt)
+    outs, saved = [], []
+    inp = xin
+    for li in range(L):
+        out = np.empty((N, D * Hout), dt)
+        per = []
+        for d in range(D):
+            k = li * D + d
+            sfx, p = _weights(layer, li, d)
+            wih, whh = p["weight_ih" + sfx], p["weight_hh" + sfx]
+            if layer.bias:
+                b_ih, b_hh = p["bias_ih" + sfx], p["bias_hh" + sfx]
+                bias = (b_ih + b_hh).astype(dt)
+                bhn = np.zeros(H, dt)
+                if cell == 2 and reset_after:
+                    bias[2 * H:] = b_ih[2 * H:]
+                    bhn = np.ascontiguousarray(b_hh[2 * H:])
+            else:
+                bias = np.zeros(G * H, dt)
+                bhn = np.zeros(H, dt)
+            whr = p["weight_hr" + sfx] if P else dummy
+            gates = np.empty((N, G * H), dt) if cell else dummy
+            cs = np.empty((N, H), dt) if (lstm or (cell == 2 and reset_after)) else dummy
+            reverse = (d == 1) != layer.go_backwards
+            if reverse:
+                xs = inp[ridx]
+                y, ycol = np.empty((N, Hout), dt), 0
+            else:
+                xs = inp
+                y, ycol = out, d * Hout
+            c0k = c0s[k] if lstm else dummy
+            _backward.forward(cell, xs, wih, whh, bias, bhn, whr, offsets, nsteps,
+                              h0s[k], c0k, y, ycol, gates, cs, H, P, reset_after, relu, nt)
+            ys = y[:, ycol:ycol + Hout]
+            if reverse:
+                out[:, d * Hout:(d + 1) * Hout] = ys[ridx]
+            if N:
+                hT[k][has_len] = ys[last[has_len]]
+                if lstm:
+                    cT[k][has_len] = cs[last[has_len]]
+            per.append((gates, cs))
+        outs.append(out)
+        saved.append(per)
+        inp = out
+
+    # ---- unpack to the caller's layout
+    out = outs[-1] if L else xin
+    if perm is not None:
+        tmp = np.zeros((Teff, B, D * Hout), dt)
+        tmp[valid] = out
+        output = np.zeros((T, B, D * Hout), dt)
+        output[:Teff, perm] = tmp
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(B)
+        h_n = hT[:, inv]
+        c_n = cT[:, inv] if lstm else None
+    else:
+        output = out.reshape(T, B, D * Hout).copy()
+        h_n, c_n = hT, cT
+    if unbatched:
+        output, h_n = output[:, 0], h_n[:, 0]
+        c_n = c_n[:, 0] if lstm else None
+    elif layer.batch_first:
+        output = output.transpose(1, 0, 2)
+    output = np.ascontiguousarray(output)
+    h_n = np.ascontiguousarray(h_n)
+    params, version = _snapshot(layer)
+    cache = TrainCache(
+        layer_id=id(layer), params=params, version=version, T=T, B=B, Teff=Teff,
+        unbatched=unbatched, batch_first=layer.batch_first, perm=perm, valid=valid,
+        nsteps=nsteps, offsets=offsets, ridx=ridx, xin=xin, outs=outs, saved=saved,
+        h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False)
+    if lstm:
+        return output, (h_n, np.ascontiguousarray(c_n)), cache
+    return output, h_n, cache
+
+
+def _grad_array(name, g, shape, dtype):
+    from .layers import _float_array
+    g = _float_array(name, g, dtype)
+    if g.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (the shape of what it is the "
+                         f"gradient of), got {g.shape}")
+    return g
+
+
+def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
+             num_threads: int | None = None) -> dict[str, np.ndarray]:
+    """Gradients of a loss given ``dL/doutput`` and ``dL/dstate`` (None: zero).
+
+    Returns ``{"input": ..., "h0": ..., ["c0": ...,] "weight_ih_l0": ..., ...}`` (weight
+    names and shapes as in ``layer.state_dict()``).  The cache may be used once more
+    (it is not consumed), as long as the weights did not change since the forward.
+    """
+    from . import _backward
+    if not isinstance(cache, TrainCache):
+        raise TypeError("backward needs the cache returned by forward_train")
+    if cache.layer_id != id(layer):
+        raise ValueError("this cache was made by another layer")
+    if (getattr(layer, "_train_version", 0) != cache.version
+            or any(layer._params.get(k) is not v for k, v in cache.params.items())):
+        raise RuntimeError("the layer's weights changed since forward_train; run "
+                           "forward_train again (gradients must use the forward's weights)")
+    _hook_blas()
+    nt = _threads.resolve(num_threads, layer.num_threads)
+    H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
+    P = layer.proj_size
+    G = layer.gate_count
+    dt = layer.dtype
+    lstm = layer._cell == "LSTM"
+    T, B, Teff = cache.T, cache.B, cache.Teff
+    perm, valid, offsets, nsteps, ridx = (cache.perm, cache.valid, cache.offsets,
+                                          cache.nsteps, cache.ridx)
+    N = cache.xin.shape[0]
+
+    # ---- output gradient into packed time order (N, D*Hout)
+    if cache.unbatched:
+        out_shape = (T, D * Hout)
+    elif cache.batch_first:
+        out_shape = (B, T, D * Hout)
+    else:
+        out_shape = (T, B, D * Hout)
+    if grad_output is None:
+        dout = np.zeros((N, D * Hout), dt)
+    else:
+        go = _grad_array("grad_output", grad_output, out_shape, dt)
+        if cache.unbatched:
+            go = go[:, None]
+        elif cache.batch_first:
+            go = go.transpose(1, 0, 2)
+        if perm is not None:
+            dout = np.ascontiguousarray(go[:Teff][:, perm][valid])
+        else:
+            dout = np.ascontiguousarray(go).reshape(N, D * Hout)
+
+    # ---- final-state gradients, sorted
+    def state_grad(name, g, size):
+        want = (L * D, size) if cache.unbatched else (L * D, B, size)
+        if g is None:
+            return np.zeros((L * D, B, size), dt)
+        g = _grad_array(name, g, want, dt)
+        if cache.unbatched:
+            g = g[:, None]
+        g = g[:, perm] if perm is not None else g
+        return np.array(g, dtype=dt, order="C", copy=True)
+
+    gh = gc = None
+    if grad_state is not None:
+        if lstm:
+            if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
+                raise TypeError("LSTM grad_state must be a tuple (dh_n, dc_n) (either may "
+                                "be None)")
+            gh, gc = grad_state
+        else:
+            gh = grad_state
+    dhs = state_grad("grad_state h", gh, Hout)
+    dcs = state_grad("grad_state c", gc, H) if lstm else None
+
+    cell = _CELL_CODE[layer._cell]
+    relu = int(layer._cell == "RNN" and layer._acts[0][0][0] == "relu")
+    reset_after = int(layer.reset_after)
+    dummy = np.zeros((1, 1), dt)
+    grads: dict[str, np.ndarray] = {}
+    for li in range(L - 1, -1, -1):
+        inp = cache.xin if li == 0 else cache.outs[li - 1]
+        out = cache.outs[li]
+        In = inp.shape[1]
+        din = None
+        for d in range(D):
+            k = li * D + d
+            sfx, p = _weights(layer, li, d)
+            wih, whh = p["weight_ih" + sfx], p["weight_hh" + sfx]
+            whr = p["weight_hr" + sfx] if P else dummy
+            gates, cs = cache.saved[li][d]
+            reverse = (d == 1) != layer.go_backwards
+            cols = slice(d * Hout, (d + 1) * Hout)
+            if reverse:
+                xs = inp[ridx]
+                y, ycol = np.ascontiguousarray(out[ridx, cols]), 0
+                dy = dout[ridx, cols]
+            else:
+                xs = inp
+                y, ycol = out, d * Hout
+                dy = np.ascontiguousarray(dout[:, cols])
+            dy = np.ascontiguousarray(dy)
+            dh = dhs[k]
+            dc = dcs[k] if lstm else dummy
+            dx = np.empty((N, In), dt)
+            dwih = np.zeros((G * H, In), dt)
+            dwhh = np.zeros((G * H, Hout), dt)
+            dbih = np.zeros(G * H, dt)
+            dbhh = np.zeros(G * H, dt)
+            dwhr = np.zeros((P, H), dt) if P else dummy
+            c0k = cache.c0s[k] if lstm else dummy
+            _backward.backward(cell, xs, wih, whh, whr, offsets, nsteps, cache.h0s[k], c0k,
+                               y, ycol, gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh,
+                               dwhr, H, P, reset_after, relu, nt)
+            if reverse:
+                dx = dx[ridx]
+            if din is None:
+                din = dx
+            else:
+                din += dx
+            grads["weight_ih" + sfx] = dwih
+            grads["weight_hh" + sfx] = dwhh
+            if layer.bias:
+                grads["bias_ih" + sfx] = dbih
+                grads["bias_hh" + sfx] = dbhh
+            if P:
+                grads["weight_hr" + sfx] = dwhr
+        dout = din
+
+    # ---- unpack input and initial-state gradients
+    I = layer.input_size
+    if perm is not None:
+        tmp = np.zeros((Teff, B, I), dt)
+        tmp[valid] = dout
+        dxf = np.zeros((T, B, I), dt)
+        dxf[:Teff, perm] = tmp
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(B)
+        dh0 = dhs[:, inv]
+        dc0 = dcs[:, inv] if lstm else None
+    else:
+        dxf = dout.reshape(T, B, I)
+        dh0, dc0 = dhs, dcs
+    if cache.unbatched:
+        dxf, dh0 = dxf[:, 0], dh0[:, 0]
+        dc0 = dc0[:, 0] if lstm else None
+    elif cache.batch_first:
+        dxf = dxf.transpose(1, 0, 2)
+    result = {"input": np.ascontiguousarray(dxf), "h0": np.ascontiguousarray(dh0)}
+    if lstm:
+        result["c0"] = np.ascontiguousarray(dc0)
+    # weights in state_dict order
+    for name in layer._params:
+        if name in grads:
+            result[name] = grads[name]
+    return result
+
+
+def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
+                   names=None) -> float:
+    """Scale the weight gradients in place so their global L2 norm is at most
+    ``max_norm`` (like ``torch.nn.utils.clip_grad_norm_``); returns the norm before.
+    ``names``: which entries count (default: all but ``input``, ``h0``, ``c0``)."""
+    keys = [k for k in grads if k not in ("input", "h0", "c0")] if names is None else list(names)
+    total = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for k in keys:
+            grads[k] *= grads[k].dtype.type(coef)
+    return total
+
+
+# ------------------------------------------------------------------ optimizers
+class _Optimizer:
+    def __init__(self, params, lr: float):
+        if hasattr(params, "parameters") and hasattr(params, "mark_weights_changed"):
+            self._layer = params
+            self.params = params.parameters()
+        elif isinstance(params, Mapping):
+            self._layer = None
+            self.params = params
+        else:
+            raise TypeError("optimizer needs a layer or a dict of name -> array")
+        lr = float(lr)
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        self.lr = lr
+        self.state: dict[str, dict[str, Any]] = {}
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        """Update the parameters in place from ``grads`` (names as the parameters;
+        other entries such as ``input`` are ignored; a parameter without gradient is
+        left alone)."""
+        for name, p in self.params.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            g = np.asarray(g)
+            if g.shape != p.shape:
+                raise ValueError(f"gradient {name!r} has shape {g.shape}, parameter {p.shape}")
+            self._update(name, p, g.astype(p.dtype, copy=False))
+        if self._layer is not None:
+            self._layer._train_version = getattr(self._layer, "_train_version", 0) + 1
+            self._layer.mark_weights_changed()
+
+    def _update(self, name, p, g):
+        raise NotImplementedError
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent, ``torch.optim.SGD``'s formulas::
+
+        g = grad + weight_decay * p
+        buf = g (first step) | momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf (nesterov) | buf
+        p -= lr * g
+    """
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov momentum requires a momentum and zero dampening")
+        self.momentum, self.dampening = float(momentum), float(dampening)
+        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+
+    def _update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            st = self.state.setdefault(name, {})
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+
+class Adam(_Optimizer):
+    """Adam, ``torch.optim.Adam``'s formulas (L2 ``weight_decay`` added to the gradient;
+    ``decoupled=True`` gives AdamW: ``p *= 1 - lr * weight_decay`` instead)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False):
+        super().__init__(params, lr)
+        b1, b2 = (float(b) for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError("eps and weight_decay must be >= 0")
+        self.betas, self.eps = (b1, b2), float(eps)
+        self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
+
+    def _update(self, name, p, g):
+        b1, b2 = self.betas
+        st = self.state.setdefault(name, {})
+        if not st:
+            st["step"] = 0
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_avg_sq"] = np.zeros_like(p)
+        st["step"] += 1
+        t = st["step"]
+        if self.weight_decay:
+            if self.decoupled:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        bc1 = 1 - b1 ** t
+        bc2_sqrt = math.sqrt(1 - b2 ** t)
+        denom = np.sqrt(v) / bc2_sqrt + self.eps
+        p -= (self.lr / bc1) * (m / denom)
