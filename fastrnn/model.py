@@ -14,6 +14,7 @@ layers are fastrnn core layers (:mod:`fastrnn.layers`) wrapped in :class:`KerasR
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -50,24 +51,73 @@ def _gelu(x):
 
 _SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
 
+def _linear(x):
+    return x
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def _relu6(x):
+    return np.clip(x, 0, 6)
+
+
+def _log_softmax(x):
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _selu(x):
+    return _SELU_S * np.where(x > 0, x, _SELU_A * np.expm1(np.minimum(x, 0)))
+
+
+def _softplus(x):
+    return np.logaddexp(0, x)
+
+
+def _softsign(x):
+    return x / (1 + np.abs(x))
+
+
+def _swish(x):
+    return x * _sigmoid(x)
+
+
+def _mish(x):
+    return x * np.tanh(np.logaddexp(0, x))
+
+
+def _hard_sigmoid(x, alpha, beta):
+    return np.clip(alpha * x + beta, 0, 1)
+
+
+def _leaky_relu(x, alpha):
+    return np.where(x >= 0, x, alpha * x)
+
+
+# module-level functions (no lambdas) so that models pickle with the standard pickle
 _ACTIVATIONS = {
-    "linear": lambda x: x,
-    "relu": lambda x: np.maximum(x, 0),
-    "relu6": lambda x: np.clip(x, 0, 6),
+    "linear": _linear,
+    "relu": _relu,
+    "relu6": _relu6,
     "tanh": np.tanh,
     "sigmoid": _sigmoid,
     "softmax": _softmax,
-    "log_softmax": lambda x: x - x.max(-1, keepdims=True)
-    - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-    "selu": lambda x: _SELU_S * np.where(x > 0, x, _SELU_A * np.expm1(np.minimum(x, 0))),
-    "softplus": lambda x: np.logaddexp(0, x),
-    "softsign": lambda x: x / (1 + np.abs(x)),
-    "swish": lambda x: x * _sigmoid(x),
-    "silu": lambda x: x * _sigmoid(x),
+    "log_softmax": _log_softmax,
+    "elu": _elu,
+    "selu": _selu,
+    "softplus": _softplus,
+    "softsign": _softsign,
+    "swish": _swish,
+    "silu": _swish,
     "gelu": _gelu,
     "exponential": np.exp,
-    "mish": lambda x: x * np.tanh(np.logaddexp(0, x)),
+    "mish": _mish,
 }
 
 
@@ -87,10 +137,10 @@ def activation_function(spec):
     if key in ("hard_sigmoid", "hardsigmoid"):
         alpha = float(args[0]) if len(args) > 0 else 0.2
         beta = float(args[1]) if len(args) > 1 else 0.5
-        return lambda x: np.clip(alpha * x + beta, 0, 1)
+        return functools.partial(_hard_sigmoid, alpha=alpha, beta=beta)
     if key in ("leaky_relu", "leakyrelu"):
         alpha = float(args[0]) if args else 0.2
-        return lambda x: np.where(x >= 0, x, alpha * x)
+        return functools.partial(_leaky_relu, alpha=alpha)
     if key in ("none", "identity"):
         key = "linear"
     fn = _ACTIVATIONS.get(key)
