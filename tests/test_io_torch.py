@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastrnn.io as fio
-from fastrnn.io import LoadError, UnsafeFileError
+from fastrnn.io import LoadError
 from fastrnn.io.statedict import RNNSpec, extract_module, find_rnn_modules
 from fastrnn.io.torchfile import ModuleStub, read_torch_file, read_torch_object
 
@@ -42,6 +42,9 @@ def test_io_modules_import_without_torch():
         f"t, m = fio.read_safetensors({fx('gru2.safetensors')!r})\n"
         "assert t['weight_hh_l1'].shape == (21, 7)\n"
         f"print(fio.sniff_format({fx('legacy.pt')!r}), len(fio.list_modules({fx('seq2seq.pt')!r})))\n"
+        f"layer = fio.load_state_dict({fx('lstm_proj.pt')!r})\n"
+        f"ref = np.load({fx('lstm_proj.npz')!r})\n"
+        "assert np.abs(layer(ref['x'])[0] - ref['out']).max() < 1e-5\n"
         "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -9,7 +9,6 @@ validated against the file size before any tensor memory is allocated.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct

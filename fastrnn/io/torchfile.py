@@ -254,7 +254,8 @@ def _torch_size(dims=()):
 
 
 def _torch_device(*args):
-    return "device"
+    """torch.device('cpu') / ('cuda', 0): kept as a plain string, never used."""
+    return ":".join(str(a) for a in args if isinstance(a, (str, int)) and not isinstance(a, bool))[:64]
 
 
 class ModuleStub:
