@@ -1,0 +1,405 @@
+"""ONNX models: torch.onnx.export fixtures, live comparison with ONNX Runtime and PyTorch,
+the simple ops around recurrent nodes, loading entry points and errors.
+
+Fixtures come from tests/fixtures/make_onnx.py (TorchScript exporter, ``dynamo=False``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")  # in the test extra; never skipped there
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import fastrnn  # noqa: E402
+from fastrnn.io import LoadError  # noqa: E402
+from fastrnn.io.onnx import OnnxModel, load_onnx  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "fixtures", "onnx")
+sys.path.insert(0, os.path.join(HERE, "fixtures"))
+import make_onnx  # noqa: E402
+
+TOL = 1e-5
+
+
+def _ort(data, feeds):
+    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+# ---------------------------------------------------------------------- stored fixtures
+def test_fixture_files_present():
+    for name in make_onnx.MODELS:
+        assert os.path.exists(os.path.join(FIX, name + ".onnx")), name
+        assert os.path.exists(os.path.join(FIX, name + ".npz")), name
+
+
+@pytest.mark.parametrize("name", make_onnx.MODELS)
+def test_fixture_matches_stored_ort_and_torch(name):
+    path = os.path.join(FIX, name + ".onnx")
+    m = load_onnx(path)
+    d = np.load(os.path.join(FIX, name + ".npz"))
+    feeds = {k[3:]: d[k] for k in d.files if k.startswith("in:")}
+    assert sorted(m.input_names) == sorted(feeds)
+    res = m.run(feeds)
+    assert list(res) == m.output_names
+    for i, out_name in enumerate(m.output_names):
+        np.testing.assert_allclose(res[out_name], d["ort:" + out_name], rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(res[out_name], d[f"torch:{i}"], rtol=TOL, atol=TOL)
+    assert m.recurrent_layers and all(layer is not None for layer in m.recurrent_layers)
+
+
+@pytest.mark.parametrize("name", make_onnx.MODELS)
+@pytest.mark.parametrize("T,B", [(1, 1), (13, 5), (4, 9)])
+def test_fixture_live_vs_ort_and_torch_other_sizes(name, T, B):
+    """Dynamic axes: fresh inputs of other batch and time sizes, ORT and torch live."""
+    factory, batch_first, states, opset, kind = make_onnx._models()[name]
+    model = factory().eval()
+    feeds = make_onnx.model_inputs(name, model, batch_first, states, kind, seed=T * 100 + B,
+                                   T_=T, B_=B)
+    with open(os.path.join(FIX, name + ".onnx"), "rb") as f:
+        data = f.read()
+    ref = _ort(data, feeds)
+    got = load_onnx(data).run(feeds)
+    tref = make_onnx.torch_outputs(model, feeds)
+    for i, k in enumerate(ref):
+        assert got[k].shape == ref[k].shape
+        np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(got[k], tref[i], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("cls,kw", [
+    ("LSTM", dict(num_layers=3, bidirectional=True)),
+    ("LSTM", dict(num_layers=1, batch_first=True, bias=False)),
+    ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    ("GRU", dict(num_layers=1, bias=False)),
+    ("RNN", dict(num_layers=2, bidirectional=True, nonlinearity="relu")),
+    ("RNN", dict(num_layers=3, batch_first=True)),
+])
+@pytest.mark.parametrize("opset", [11, 14, 18])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_live_torch_export_matrix(cls, kw, opset, with_state):
+    """Export fresh torch modules (uni/bi, 1-3 layers, batch_first, +-state, opsets 11-18)
+    and compare fastrnn with ONNX Runtime and torch to 1e-5."""
+    torch.manual_seed(opset + len(kw))
+    rnn = getattr(torch.nn, cls)(4, 6, **kw).eval()
+    Wrap = type("Wrap", (torch.nn.Module,), {})
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x, *st):
+            if cls == "LSTM" and st:
+                out, (h, c) = self.rnn(x, (st[0], st[1]))
+                return out, h, c
+            out, h = self.rnn(x, *st)
+            return (out, h[0], h[1]) if isinstance(h, tuple) else (out, h)
+
+    bf = kw.get("batch_first", False)
+    D = 2 if kw.get("bidirectional") else 1
+    L = kw["num_layers"]
+    rng = np.random.default_rng(opset)
+    T, B = 6, 3
+    feeds = {"x": rng.standard_normal((B, T, 4) if bf else (T, B, 4)).astype(np.float32)}
+    if with_state:
+        feeds["h0"] = rng.standard_normal((D * L, B, 6)).astype(np.float32)
+        if cls == "LSTM":
+            feeds["c0"] = rng.standard_normal((D * L, B, 6)).astype(np.float32)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dyn = {"x": {0: "b", 1: "t"} if bf else {0: "t", 1: "b"}}
+        torch.onnx.export(Wrap().eval(), tuple(torch.from_numpy(v) for v in feeds.values()), f,
+                          dynamo=False, opset_version=opset, input_names=list(feeds),
+                          dynamic_axes=dyn)
+    data = f.getvalue()
+    feeds2 = dict(feeds)
+    feeds2["x"] = rng.standard_normal(feeds["x"].shape).astype(np.float32)
+    ref = _ort(data, feeds2)
+    m = load_onnx(data)
+    got = m.run(feeds2)
+    with torch.no_grad():
+        tout = Wrap().eval()(*(torch.from_numpy(v) for v in feeds2.values()))
+    for i, k in enumerate(ref):
+        np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(got[k], tout[i].numpy(), rtol=TOL, atol=TOL)
+    assert len(m.recurrent_layers) == L
+
+
+# -------------------------------------------------------------------- entry points
+def test_fastrnn_load_dispatches_onnx(tmp_path):
+    src = os.path.join(FIX, "lstm_1l.onnx")
+    m = fastrnn.load(src)
+    assert isinstance(m, OnnxModel)
+    # the format is recognised from the content, not the suffix
+    p = tmp_path / "model.bin"
+    p.write_bytes(open(src, "rb").read())
+    m2 = fastrnn.load(str(p))
+    assert isinstance(m2, OnnxModel)
+    d = np.load(os.path.join(FIX, "lstm_1l.npz"))
+    np.testing.assert_allclose(m2.predict(d["in:x"]), d["ort:y"], rtol=TOL, atol=TOL)
+
+
+def test_load_from_path_bytes_proto_fileobj():
+    src = os.path.join(FIX, "gru_3l.onnx")
+    data = open(src, "rb").read()
+    d = np.load(os.path.join(FIX, "gru_3l.npz"))
+    x = d["in:x"]
+    for arg in (src, data, onnx.load(src), io.BytesIO(data)):
+        m = load_onnx(arg)
+        np.testing.assert_allclose(m(x)["y"], d["ort:y"], rtol=TOL, atol=TOL)
+
+
+def test_run_input_forms_and_outputs_selection():
+    m = load_onnx(os.path.join(FIX, "lstm_bi_2l_bf_h0.onnx"))
+    d = np.load(os.path.join(FIX, "lstm_bi_2l_bf_h0.npz"))
+    x, h0, c0 = d["in:x"], d["in:h0"], d["in:c0"]
+    assert m.input_names == ["x", "h0", "c0"]
+    assert m.output_names == ["y", "h_n", "c_n"]
+    a = m.run({"x": x, "h0": h0, "c0": c0})
+    b = m.run([x, h0, c0])
+    c = m(x=x, h0=h0, c0=c0)
+    e = m.run({"x": torch.from_numpy(x), "h0": h0, "c0": c0})   # torch tensors accepted
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(a[k], c[k])
+        np.testing.assert_array_equal(a[k], e[k])
+    only = m.run([x, h0, c0], outputs=["c_n"])
+    assert list(only) == ["c_n"]
+    np.testing.assert_array_equal(only["c_n"], a["c_n"])
+    np.testing.assert_array_equal(m.predict([x, h0, c0]), a["y"])
+    # float64 input to a float32 graph input is cast like the declared type
+    np.testing.assert_allclose(m.run([x.astype(np.float64), h0, c0])["y"], a["y"], atol=1e-6)
+    with pytest.raises(ValueError, match="missing"):
+        m.run({"x": x})
+    with pytest.raises(ValueError, match="unknown input"):
+        m.run({"x": x, "h0": h0, "c0": c0, "zz": x})
+    with pytest.raises(ValueError, match="pass a dict"):
+        m.run(x)
+    with pytest.raises(ValueError, match="unknown output"):
+        m.run([x, h0, c0], outputs=["nope"])
+    with pytest.raises(TypeError, match="dtype"):
+        m.run([x.astype(np.int32), h0, c0])
+
+
+def test_repr_names_layers_and_ops():
+    m = load_onnx(os.path.join(FIX, "embed_lstm_linear.onnx"))
+    r = repr(m)
+    assert "embed_lstm_linear.onnx" in r and "LSTM(6, 8)" in r and "ids" in r
+    assert "LogSoftmax" in r
+
+
+def test_unsupported_ops_listed_at_load():
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Conv", ["a", "a"], ["b"], name="conv1"),
+             helper.make_node("TopK", ["b", "b"], ["c", "ci"]),
+             helper.make_node("Conv", ["c", "c"], ["d"]),
+             helper.make_node("FusedGemm", ["d"], ["y"], domain="com.microsoft")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [X], [Y]),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(LoadError) as ei:
+        load_onnx(model)
+    msg = str(ei.value)
+    assert "Conv" in msg and "TopK" in msg and "com.microsoft.FusedGemm" in msg
+    assert "conv1" in msg
+    assert msg.count("'Conv'") == 1     # each type once
+
+
+def test_loop_scan_if_unsupported():
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    body = helper.make_graph([], "body", [], [])
+    nodes = [helper.make_node("If", ["x"], ["y"], then_branch=body, else_branch=body)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [X], [X]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(LoadError, match="If"):
+        load_onnx(model)
+
+
+def test_bad_files(tmp_path):
+    p = tmp_path / "x.onnx"
+    p.write_bytes(b"\x08\x07garbage-not-protobuf\xff\xff\xff")
+    with pytest.raises(LoadError):
+        load_onnx(str(p))
+    with pytest.raises(FileNotFoundError):
+        load_onnx(str(tmp_path / "missing.onnx"))
+    with pytest.raises(TypeError):
+        load_onnx(12)
+
+
+def test_missing_onnx_package_message(monkeypatch):
+    import fastrnn.io.onnx as mod
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastrnn\[onnx\]'"):
+        mod.load_onnx(os.path.join(FIX, "lstm_1l.onnx"))
+
+
+def test_index_errors_are_clear():
+    m = load_onnx(os.path.join(FIX, "embed_lstm_linear.onnx"))
+    with pytest.raises(IndexError, match="Gather"):
+        m.run({"ids": np.full((2, 3), 25, np.int64)})
+
+
+def test_num_threads_passed_to_layers():
+    m = load_onnx(os.path.join(FIX, "lstm_bi_2l_op11.onnx"), num_threads=1)
+    assert all(layer.num_threads == 1 for layer in m.recurrent_layers)
+
+
+# ------------------------------------------------------------------- simple ops vs ORT
+def _op_model(op, inputs, attrs=None, opset=17, n_out=1, consts=()):
+    """Graph with one ``op`` node; inputs named i0, i1...; names in ``consts`` become
+    initializers (as exporters emit shape arguments)."""
+    vin, inits, feeds = [], [], {}
+    names = []
+    for k, a in enumerate(inputs):
+        n = f"i{k}" if a is not None else ""
+        names.append(n)
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if k in consts:
+            inits.append(numpy_helper.from_array(a, n))
+        else:
+            vin.append(helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                     a.shape))
+            feeds[n] = a
+    outs = [f"o{k}" for k in range(n_out)]
+    node = helper.make_node(op, names, outs, **(attrs or {}))
+    g = helper.make_graph([node], "g", vin, [onnx.ValueInfoProto(name=o) for o in outs], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    return model, feeds
+
+
+_r = np.random.default_rng(0)
+X34 = _r.standard_normal((3, 4)).astype(np.float32)
+X234 = _r.standard_normal((2, 3, 4)).astype(np.float32)
+I64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+
+OP_CASES = [
+    ("Identity", [X34], {}, 17, ()),
+    ("Transpose", [X234], dict(perm=[1, 0, 2]), 17, ()),
+    ("Transpose", [X234], {}, 17, ()),
+    ("Squeeze", [X234[:, :1]], dict(axes=[1]), 11, ()),
+    ("Squeeze", [X234[:, :1], I64(1)], {}, 13, (1,)),
+    ("Squeeze", [X234[:1, :1]], {}, 13, ()),
+    ("Unsqueeze", [X34], dict(axes=[0, 3]), 11, ()),
+    ("Unsqueeze", [X34, I64(-1, 0)], {}, 13, (1,)),
+    ("Reshape", [X234, I64(0, -1)], {}, 17, (1,)),
+    ("Reshape", [X234, I64(4, 0, 2)], {}, 17, (1,)),
+    ("Flatten", [X234], dict(axis=2), 17, ()),
+    ("Concat", [X34, X34 * 2], dict(axis=-1), 17, ()),
+    ("Split", [X234, I64(1, 3)], dict(axis=2), 17, (1,)),
+    ("Split", [X234], dict(axis=1, split=[1, 2]), 11, ()),
+    ("Split", [X234], dict(axis=2, num_outputs=2), 18, ()),
+    ("Slice", [X234, I64(1), I64(9223372036854775807), I64(2)], {}, 17, (1, 2, 3)),
+    ("Slice", [X234, I64(-1, 0), I64(-4, 9), I64(1, 0), I64(-1, 1)], {}, 17, (1, 2, 3, 4)),
+    ("Slice", [X234, I64(0, 1), I64(2, 3), I64(1, 2), I64(1, 2)], {}, 17, (1, 2, 3, 4)),
+    ("Slice", [X234], dict(starts=[1], ends=[3], axes=[1]), 9, ()),
+    ("Gather", [X34, I64(2, 0, -1)], dict(axis=0), 17, (1,)),
+    ("Gather", [X234, np.array(1, np.int64)], dict(axis=1), 17, (1,)),
+    ("MatMul", [X234, X34.T.copy()], {}, 17, ()),
+    ("Gemm", [X34, X34, np.ones(3, np.float32)], dict(transB=1, alpha=0.5, beta=2.0), 17, ()),
+    ("Gemm", [X34.T.copy(), X34.T.copy()], dict(transA=1), 17, ()),
+    ("Add", [X234, X34[0]], {}, 17, ()),
+    ("Sub", [X234, X34], {}, 17, ()),
+    ("Mul", [X234, np.float32(3)], {}, 17, ()),
+    ("Div", [X234, np.float32(3)], {}, 17, ()),
+    ("Div", [I64(7, -7, 9), I64(2, 2, 3)], {}, 17, ()),
+    ("Pow", [np.abs(X34), np.float32(2.5)], {}, 17, ()),
+    ("Relu", [X34], {}, 17, ()),
+    ("Tanh", [X34], {}, 17, ()),
+    ("Sigmoid", [X34], {}, 17, ()),
+    ("LeakyRelu", [X34], dict(alpha=0.3), 17, ()),
+    ("Elu", [X34], dict(alpha=0.7), 17, ()),
+    ("Selu", [X34], {}, 17, ()),
+    ("HardSigmoid", [X34], dict(alpha=0.3, beta=0.4), 17, ()),
+    ("Softsign", [X34], {}, 17, ()),
+    ("Softplus", [X34], {}, 17, ()),
+    ("ThresholdedRelu", [X34], dict(alpha=0.2), 17, ()),
+    ("Clip", [X34, np.float32(-0.5), np.float32(0.5)], {}, 17, ()),
+    ("Clip", [X34], dict(min=-0.2, max=0.3), 6, ()),
+    ("Softmax", [X234], {}, 17, ()),
+    ("Softmax", [X234], dict(axis=1), 17, ()),
+    ("Softmax", [X234], dict(axis=1), 11, ()),    # legacy 2-D coercion
+    ("LogSoftmax", [X234], dict(axis=-1), 17, ()),
+    ("LogSoftmax", [X234], {}, 11, ()),
+    ("Exp", [X34], {}, 17, ()),
+    ("Log", [np.abs(X34) + 0.1], {}, 17, ()),
+    ("Sqrt", [np.abs(X34)], {}, 17, ()),
+    ("Neg", [X34], {}, 17, ()),
+    ("Abs", [X34], {}, 17, ()),
+    ("Erf", [X34], {}, 17, ()),
+    ("Shape", [X234], {}, 17, ()),
+    ("Shape", [X234], dict(start=1), 17, ()),
+    ("Size", [X234], {}, 17, ()),
+    ("Cast", [X34], dict(to=TensorProto.INT64), 17, ()),
+    ("Cast", [I64(1, 2)], dict(to=TensorProto.FLOAT), 17, ()),
+    ("ConstantOfShape", [I64(2, 3)], dict(value=numpy_helper.from_array(np.array([1.5], np.float32))), 17, ()),
+    ("ConstantOfShape", [I64(2, 3)], {}, 17, ()),
+    ("Expand", [X34[:, :1], I64(2, 3, 4)], {}, 17, (1,)),
+    ("Where", [X34 > 0, X34, -X34], {}, 17, ()),
+    ("Equal", [I64(1, 2, 3), I64(1, 0, 3)], {}, 17, ()),
+    ("Less", [X34, np.float32(0)], {}, 17, ()),
+    ("Greater", [X34, np.float32(0)], {}, 17, ()),
+    ("Not", [X34 > 0], {}, 17, ()),
+    ("Range", [np.array(1, np.int64), np.array(9, np.int64), np.array(3, np.int64)], {}, 17, ()),
+    ("Tile", [X34, I64(2, 1)], {}, 17, (1,)),
+    ("ReduceMean", [X234], dict(axes=[1], keepdims=0), 17, ()),
+    ("ReduceMean", [X234, I64(1)], dict(keepdims=1), 18, (1,)),
+    ("ReduceSum", [X234, I64(-1)], dict(keepdims=0), 17, (1,)),
+    ("ReduceMax", [X234], dict(axes=[0, 2]), 17, ()),
+    ("ArgMax", [X234], dict(axis=2, keepdims=0), 17, ()),
+    ("Max", [X34, -X34, X34 * 0.5], {}, 17, ()),
+    ("Min", [X34, -X34], {}, 17, ()),
+    ("Sum", [X34, X34, X34], {}, 17, ()),
+    ("Gelu", [X34], {}, 20, ()),
+    ("LayerNormalization", [X234, np.ones(4, np.float32), np.zeros(4, np.float32)], {}, 17, ()),
+]
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=[f"{c[0]}-{k}" for k, c in enumerate(OP_CASES)])
+def test_simple_op_matches_ort(case):
+    op, inputs, attrs, opset, consts = case
+    n_out = 2 if op == "Split" else 1
+    model, feeds = _op_model(op, inputs, attrs, opset, n_out=n_out, consts=consts)
+    ref = _ort(model.SerializeToString(), feeds)
+    m = load_onnx(model)
+    got = m.run(feeds)
+    for k in ref:
+        assert got[k].shape == ref[k].shape, (k, got[k].shape, ref[k].shape)
+        assert got[k].dtype == ref[k].dtype, (k, got[k].dtype, ref[k].dtype)
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_constant_folding_at_load():
+    """Nodes whose inputs are all constants are computed once at load."""
+    m = load_onnx(os.path.join(FIX, "lstm_bi_2l_op11.onnx"))
+    kinds = [s[1].op if s[0] == "rnn" else s[1][1] for s in m._steps]
+    assert "Constant" not in kinds
+    assert kinds.count("LSTM") == 2
+    assert all(layer is not None for layer in m.recurrent_layers)   # weights converted at load
+    # a constant-only chain (Constant -> Transpose -> Mul) is folded, leaving only the Add
+    c = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))
+    nodes = [helper.make_node("Constant", [], ["k"], value=c),
+             helper.make_node("Transpose", ["k"], ["kt"]),
+             helper.make_node("Mul", ["kt", "kt"], ["k2"]),
+             helper.make_node("Add", ["x", "k2"], ["y"])]
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])
+    model = helper.make_model(helper.make_graph(nodes, "g", [X], [onnx.ValueInfoProto(name="y")]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    m = load_onnx(model)
+    assert [s[1][1] for s in m._steps] == ["Add"]
+    np.testing.assert_array_equal(m.predict(np.ones((3, 2), np.float32)),
+                                  1 + np.arange(6, dtype=np.float32).reshape(2, 3).T ** 2)
