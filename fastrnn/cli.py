@@ -1,0 +1,570 @@
+"""The ``fastrnn`` command (also ``python -m fastrnn``).
+
+    fastrnn demo                              run the bundled model (numpy + scipy only)
+    fastrnn inspect FILE                      format, layers, shapes, parameters, dtype
+    fastrnn convert IN OUT.safetensors        any supported file -> fastrnn's own file
+    fastrnn run FILE --input x.npy --output y.npy [--batch-first | --time-major]
+    fastrnn bench [--quick] [--cases ...]     speed beside PyTorch / ONNX Runtime
+
+Errors print one line on stderr and exit with status 1 (2 for bad usage).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+__all__ = ["main"]
+
+_EXPECTED_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError)
+
+
+class CLIError(Exception):
+    """An error reported as one line, exit status 1."""
+
+
+def _print(*a, **k):
+    print(*a, **k)
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _load(path, prefix=None):
+    import fastrnn.io
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a directory, not a model file")
+    kw = {"prefix": prefix} if prefix else {}
+    return fastrnn.io.load(path, **kw)
+
+
+def _kind(obj) -> str:
+    from .layers import RNNBase
+    if isinstance(obj, RNNBase):
+        return "layer"
+    from .model import Model
+    if isinstance(obj, Model):
+        return "model"
+    if type(obj).__name__ == "OnnxModel":
+        return "onnx"
+    return "other"
+
+
+def _nparams(layer) -> int:
+    return int(sum(v.size for v in layer.state_dict().values()))
+
+
+def _fmt_shape(s) -> str:
+    return "(" + ", ".join(str(int(d)) for d in s) + ")"
+
+
+def _layer_lines(layer, indent="  ") -> list[str]:
+    lines = [f"{indent}{layer!r}",
+             f"{indent}  cell={type(layer).__name__} input_size={layer.input_size} "
+             f"hidden_size={layer.hidden_size} num_layers={layer.num_layers} "
+             f"directions={layer.num_directions}"
+             + (f" proj_size={layer.proj_size}" if layer.proj_size else "")
+             + f" batch_first={layer.batch_first} dtype={layer.dtype.name}"]
+    for k, v in layer.state_dict().items():
+        lines.append(f"{indent}  {k:<28} {_fmt_shape(v.shape):<14} {v.dtype}")
+    lines.append(f"{indent}  parameters: {_nparams(layer):,}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- inspect
+
+def cmd_inspect(args) -> int:
+    import fastrnn.io as fio
+    path = args.file
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    fmt = fio.sniff_format(path)
+    _print(f"file:    {path}")
+    _print(f"format:  {fmt}  ({os.path.getsize(path):,} bytes)")
+    if fmt in ("torch-zip", "torch-legacy", "safetensors"):
+        meta = {}
+        if fmt == "safetensors":
+            meta = fio.read_safetensors_metadata(path)
+        if "fastrnn" in meta and not args.prefix:
+            layer = fio.load(path)
+            _print("content: fastrnn layer (config in the safetensors metadata)")
+            for line in _layer_lines(layer):
+                _print(line)
+            return 0
+        tensors, _ = fio.read_state_dict(path)
+        total = sum(int(getattr(v, "size", 0)) for v in tensors.values())
+        dtypes = sorted({str(getattr(v, "dtype", "?")) for v in tensors.values()})
+        _print(f"tensors: {len(tensors)}, {total:,} values, dtype {', '.join(dtypes) or '-'}")
+        for k, v in list(tensors.items())[:args.max_tensors]:
+            _print(f"  {k:<40} {_fmt_shape(v.shape):<16} {v.dtype}")
+        if len(tensors) > args.max_tensors:
+            _print(f"  ... {len(tensors) - args.max_tensors} more (--max-tensors)")
+        specs = fio.list_modules(path)
+        _print(f"recurrent modules: {len(specs)}")
+        for s in specs:
+            extra = f", proj_size={s.proj_size}" if s.proj_size else ""
+            _print(f"  {s.prefix or '(root)'}: {s.cell} input_size={s.input_size} "
+                   f"hidden_size={s.hidden_size} num_layers={s.num_layers} "
+                   f"bidirectional={s.bidirectional} bias={s.bias}{extra} dtype={s.dtype}")
+        if len(specs) > 1:
+            _print("  (pass --prefix NAME to `fastrnn run`/`convert` to pick one)")
+        return 0
+    obj = fio.load(path)
+    kind = _kind(obj)
+    if kind == "model":
+        _print(f"content: Keras-style model, {len(obj.layers)} layers, "
+               f"{obj.count_params():,} parameters")
+        obj.summary(print_fn=_print)
+        for l in obj.layers:
+            core = getattr(l, "core", None)
+            if core is not None:
+                _print(f"  {l.name}: {core!r} dtype={core.dtype.name}")
+        return 0
+    if kind == "onnx":
+        layers = [l for l in obj.recurrent_layers if l is not None]
+        n = sum(_nparams(l) for l in layers)
+        _print(f"content: ONNX graph {obj.name!r}, opset {obj.opset}")
+        _print(f"inputs:  {obj.input_names}")
+        _print(f"outputs: {obj.output_names}")
+        _print(f"recurrent layers: {len(layers)} ({n:,} recurrent parameters)")
+        for l in layers:
+            for line in _layer_lines(l):
+                _print(line)
+        return 0
+    if kind == "layer":
+        _print("content: recurrent layer")
+        for line in _layer_lines(obj):
+            _print(line)
+        return 0
+    _print(f"content: {obj!r}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- convert
+
+def cmd_convert(args) -> int:
+    import fastrnn.io as fio
+    obj = _load(args.input, args.prefix)
+    if _kind(obj) != "layer":
+        what = {"model": "a Keras-style model", "onnx": "an ONNX graph"}.get(_kind(obj), repr(obj))
+        if hasattr(obj, "state_dict") and hasattr(obj, "get_config"):
+            pass
+        else:
+            raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes single "
+                           "recurrent layers (PyTorch/safetensors modules) for now")
+    if not args.output.endswith(".safetensors") and not args.force:
+        raise CLIError(f"output should end with .safetensors (got {args.output}); "
+                       "use --force to write it anyway")
+    if os.path.exists(args.output) and not args.force:
+        raise CLIError(f"{args.output} exists; use --force to overwrite it")
+    if args.dtype:
+        from .layers import layer_from_config
+        cfg = obj.get_config()
+        cfg["dtype"] = args.dtype
+        new = layer_from_config(cfg)
+        new.load_state_dict(obj.state_dict())
+        obj = new
+    fio.save(obj, args.output)
+    back = fio.load(args.output)
+    _print(f"wrote {args.output}: {back!r}, {_nparams(back):,} parameters, "
+           f"{os.path.getsize(args.output):,} bytes")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+def _read_input(path):
+    import numpy as np
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise CLIError(f"cannot read {path} as .npy/.npz without pickle ({e})") from None
+    if hasattr(data, "files"):
+        return {k: data[k] for k in data.files}
+    return data
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    obj = _load(args.file, args.prefix)
+    x = _read_input(args.input)
+    kind = _kind(obj)
+    extra = {}
+    t0 = time.perf_counter()
+    if kind == "onnx":
+        if args.batch_first or args.time_major:
+            raise CLIError("--batch-first/--time-major do not apply to ONNX graphs "
+                           "(inputs are fed as the graph declares them)")
+        res = obj.run(x)
+        outputs = {k: np.asarray(v) for k, v in res.items()}
+    else:
+        if isinstance(x, dict):
+            if len(x) != 1:
+                raise CLIError(f"{args.input} holds {len(x)} arrays; this model takes one input")
+            x = next(iter(x.values()))
+        if kind == "layer":
+            native_bf = obj.batch_first
+        elif kind == "model":
+            native_bf = True
+        else:
+            raise CLIError(f"cannot run {obj!r}")
+        want_bf = True if args.batch_first else False if args.time_major else native_bf
+        if x.ndim >= 2 and want_bf != native_bf:
+            x = np.swapaxes(x, 0, 1)
+        if kind == "layer":
+            out, state = obj(x, num_threads=args.threads)
+            outputs = {"output": out}
+            if isinstance(state, tuple):
+                outputs["h_n"], outputs["c_n"] = state
+            else:
+                outputs["h_n"] = state
+        else:
+            y = obj.predict(x)
+            ys = y if isinstance(y, list) else [y]
+            outputs = {f"output_{i}" if i else "output": v for i, v in enumerate(ys)}
+        o = outputs["output"]
+        if o.ndim >= 3 and want_bf != native_bf:
+            outputs["output"] = np.ascontiguousarray(np.swapaxes(o, 0, 1))
+        extra["layout"] = "batch first" if want_bf else "time major"
+    elapsed = time.perf_counter() - t0
+    if args.output.endswith(".npz"):
+        np.savez(args.output, **outputs)
+        written = ", ".join(f"{k} {_fmt_shape(v.shape)}" for k, v in outputs.items())
+    else:
+        first = next(iter(outputs.values()))
+        np.save(args.output, first)
+        written = f"{next(iter(outputs))} {_fmt_shape(first.shape)}"
+    lay = f" ({extra['layout']})" if extra else ""
+    _print(f"wrote {args.output}: {written}{lay} in {elapsed * 1e3:.2f} ms")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+DEMO_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                         "demo_lstm.safetensors")
+
+
+def _numpy_lstm(layer, x):
+    """Plain NumPy reference (PyTorch's equations), for the demo's self-check."""
+    import numpy as np
+    sd = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
+    H = layer.hidden_size
+    h_seq = x.astype(np.float64)
+    for l in range(layer.num_layers):
+        h = np.zeros((x.shape[1], H))
+        c = np.zeros((x.shape[1], H))
+        outs = []
+        for t in range(h_seq.shape[0]):
+            g = (h_seq[t] @ sd[f"weight_ih_l{l}"].T + sd[f"bias_ih_l{l}"]
+                 + h @ sd[f"weight_hh_l{l}"].T + sd[f"bias_hh_l{l}"])
+            i, f, gg, o = np.split(g, 4, axis=-1)
+            sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+            c = sig(f) * c + sig(i) * np.tanh(gg)
+            h = sig(o) * np.tanh(c)
+            outs.append(h)
+        h_seq = np.stack(outs)
+    return h_seq
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    import fastrnn
+    import fastrnn.io
+    t0 = time.perf_counter()
+    layer = fastrnn.io.load(DEMO_FILE)
+    t_load = time.perf_counter() - t0
+    T, B = args.steps, args.batch
+    t = np.arange(T, dtype=np.float32)[:, None, None]
+    k = np.arange(1, layer.input_size + 1, dtype=np.float32)[None, None, :]
+    b = np.arange(B, dtype=np.float32)[None, :, None]
+    x = np.sin(0.1 * k * t + 0.5 * b).astype(np.float32)         # (T, B, I), fixed input
+    out, (h_n, c_n) = layer(x)
+    runs = []
+    for _ in range(args.repeat):
+        s = time.perf_counter()
+        layer(x)
+        runs.append(time.perf_counter() - s)
+    ref = _numpy_lstm(layer, x)
+    err = float(np.abs(out - ref).max())
+    np.set_printoptions(precision=4, suppress=True, linewidth=100)
+    _print(f"fastrnn {fastrnn.__version__} demo: {layer!r} from {os.path.basename(DEMO_FILE)} "
+           f"(loaded in {t_load * 1e3:.1f} ms)")
+    _print(f"input  x: (T={T}, B={B}, I={layer.input_size}) sine waves, float32")
+    _print(f"output: {_fmt_shape(out.shape)}, h_n {_fmt_shape(h_n.shape)}, "
+           f"c_n {_fmt_shape(c_n.shape)}")
+    _print(f"output[-1, 0, :8] = {out[-1, 0, :8]}")
+    _print(f"|h_n| per layer  = {np.linalg.norm(h_n, axis=-1)[:, 0]}")
+    best, med = min(runs), sorted(runs)[len(runs) // 2]
+    _print(f"time: {med * 1e3:.3f} ms median, {best * 1e3:.3f} ms best over {args.repeat} runs "
+           f"({T * B / med / 1e3:.1f} k steps/s, {fastrnn.get_num_threads()} threads)")
+    ok = err < 1e-4
+    _print(f"check: max |fastrnn - NumPy reference| = {err:.2e} {'OK' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+# ----------------------------------------------------------------------------- bench
+
+_DEFAULT_CASES = ["lstm:1:100:256", "lstm:16:100:256", "gru:1:100:256", "gru:16:100:256",
+                  "rnn:1:100:256", "lstm:64:50:512"]
+_QUICK_CASES = ["lstm:1:50:128", "gru:8:50:128"]
+
+
+def _parse_case(text):
+    parts = text.lower().split(":")
+    if len(parts) != 4 or parts[0] not in ("lstm", "gru", "rnn"):
+        raise CLIError(f"bad case {text!r}: expected CELL:B:T:H with CELL lstm, gru or rnn "
+                       "(e.g. lstm:16:100:256)")
+    try:
+        B, T, H = (int(p) for p in parts[1:])
+    except ValueError:
+        raise CLIError(f"bad case {text!r}: B, T and H must be integers") from None
+    if min(B, T, H) < 1 or B * T * H > 2e8:
+        raise CLIError(f"bad case {text!r}: sizes must be >= 1 and not huge")
+    return parts[0], B, T, H
+
+
+def _time(fn, repeat, min_time):
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_time and len(times) < 1000):
+        s = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - s)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _onnx_model_bytes(cell, sd, I, H):
+    """A one-node ONNX graph (LSTM/GRU/RNN) with the same weights as ``sd``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    W, R = sd["weight_ih_l0"], sd["weight_hh_l0"]
+    bi, bh = sd["bias_ih_l0"], sd["bias_hh_l0"]
+    if cell == "lstm":   # torch i f g o -> onnx i o f c
+        perm = [0, 3, 1, 2]
+    elif cell == "gru":  # torch r z n -> onnx z r h
+        perm = [1, 0, 2]
+    else:
+        perm = [0]
+
+    def re(a):
+        blocks = np.split(a, G, axis=0)
+        return np.concatenate([blocks[p] for p in perm], axis=0)
+
+    inits = [numpy_helper.from_array(re(W)[None].astype(np.float32), "W"),
+             numpy_helper.from_array(re(R)[None].astype(np.float32), "R"),
+             numpy_helper.from_array(np.concatenate([re(bi), re(bh)])[None].astype(np.float32), "B")]
+    attrs = {"hidden_size": H}
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1
+    node = helper.make_node(op, ["X", "W", "R", "B"], ["Y", "Y_h"], **attrs)
+    graph = helper.make_graph([node], "bench", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["T", "B", I])], [helper.make_tensor_value_info(
+            "Y", TensorProto.FLOAT, None), helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)],
+        inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+    import fastrnn
+    cases = [_parse_case(c) for c in (args.cases or (_QUICK_CASES if args.quick else _DEFAULT_CASES))]
+    threads = args.threads or fastrnn.get_num_threads()
+    repeat = 3 if args.quick else args.repeat
+    min_time = 0.05 if args.quick else args.min_time
+    peers = []
+    torch = ort = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F811
+            torch.set_num_threads(threads)
+            peers.append("torch")
+        except ImportError:
+            torch = None
+    if not args.no_onnx:
+        try:
+            import onnxruntime as ort  # noqa: F811
+            import onnx  # noqa: F401
+            peers.append("onnxruntime")
+        except ImportError:
+            ort = None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    tasks = [(c, who) for c in cases for who in ["fastrnn"] + peers]
+    bar = tqdm(total=len(tasks), desc="bench", unit="run", file=sys.stderr,
+               disable=args.no_progress) if tqdm else None
+    results = {}
+    for (cell, B, T, H), who in tasks:
+        if bar is not None:
+            bar.set_postfix_str(f"{cell} B={B} T={T} H={H} {who}")
+        elif not args.no_progress:
+            print(f"bench: {cell} B={B} T={T} H={H} {who} ...", file=sys.stderr, flush=True)
+        cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.SimpleRNN}[cell]
+        layer = cls(H, H, seed=0, num_threads=threads)
+        x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+        if who == "fastrnn":
+            fn = lambda: layer(x)  # noqa: E731
+        elif who == "torch":
+            tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+            m = tcls(H, H)
+            with torch.no_grad():
+                for k, v in layer.state_dict().items():
+                    getattr(m, k).copy_(torch.from_numpy(v))
+            xt = torch.from_numpy(x)
+
+            def fn(m=m, xt=xt):
+                with torch.inference_mode():
+                    m(xt)
+        else:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(_onnx_model_bytes(cell, layer.state_dict(), H, H), so,
+                                        providers=["CPUExecutionProvider"])
+            fn = lambda sess=sess: sess.run(None, {"X": x})  # noqa: E731
+        results[(cell, B, T, H, who)] = _time(fn, repeat, min_time)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    cols = ["fastrnn"] + peers
+    head = f"{'case':<24}" + "".join(f"{c:>14}" for c in cols) + \
+        "".join(f"{'vs ' + p:>16}" for p in peers)
+    _print(f"fastrnn {fastrnn.__version__}, float32, {threads} thread(s), median times")
+    _print(head)
+    _print("-" * len(head))
+    for cell, B, T, H in cases:
+        row = f"{cell.upper() + f' B={B} T={T} H={H}':<24}"
+        ref = results[(cell, B, T, H, "fastrnn")]
+        for c in cols:
+            row += f"{results[(cell, B, T, H, c)] * 1e3:>11.3f} ms"
+        for p in peers:
+            row += f"{ref / results[(cell, B, T, H, p)]:>15.2f}x"
+        _print(row)
+    if peers:
+        _print("(vs X: fastrnn time / X time; below 1 means fastrnn is faster)")
+    else:
+        _print("(install torch and/or onnxruntime+onnx to compare)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastrnn", description="Fast CPU recurrent networks: run, inspect and convert "
+        "PyTorch / safetensors / Keras / ONNX models.",
+        epilog="Run `fastrnn COMMAND --help` for a command's options.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run the bundled demo model (works with numpy + scipy only)",
+                       description="Load the small LSTM shipped with fastrnn, run it on a fixed "
+                       "input, print outputs, timing and a check against a NumPy reference.")
+    d.add_argument("--steps", type=int, default=100, help="time steps T (default 100)")
+    d.add_argument("--batch", type=int, default=4, help="batch size B (default 4)")
+    d.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("inspect", help="show a model file's format, layers, shapes, "
+                       "parameter count and dtype",
+                       description="Show what a model file holds: format, tensors, recurrent "
+                       "layers (sizes, directions), parameter count and dtype.")
+    i.add_argument("file", help="a .pt/.pth/.bin, .safetensors, .keras, .h5 or .onnx file")
+    i.add_argument("--prefix", help="(torch/safetensors) treat the file as a state dict even "
+                   "if written by fastrnn")
+    i.add_argument("--max-tensors", type=int, default=50, help="tensors listed (default 50)")
+    i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("convert", help="convert a model file to fastrnn's own .safetensors",
+                       description="Read any supported file and write the recurrent layer as "
+                       "fastrnn's own safetensors file (weights + config), which fastrnn.load "
+                       "reads back exactly.")
+    c.add_argument("input", help="source file")
+    c.add_argument("output", help="destination .safetensors file")
+    c.add_argument("--prefix", help="module to convert when the file holds several "
+                   "(e.g. encoder.lstm)")
+    c.add_argument("--dtype", choices=["float32", "float64"], help="convert the weights")
+    c.add_argument("--force", action="store_true", help="overwrite / allow another suffix")
+    c.set_defaults(func=cmd_convert)
+
+    r = sub.add_parser("run", help="run a model on inputs saved with numpy.save",
+                       description="Run a model on an input array (.npy, or .npz for ONNX "
+                       "graphs with named inputs) and save the output (.npy: the output; "
+                       ".npz: output and final states).")
+    r.add_argument("file", help="model file")
+    r.add_argument("--input", "-i", required=True, help="input .npy/.npz")
+    r.add_argument("--output", "-o", required=True, help="output .npy/.npz")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--batch-first", action="store_true",
+                   help="the input is (B, T, features) (output written the same way)")
+    g.add_argument("--time-major", action="store_true",
+                   help="the input is (T, B, features) (output written the same way)")
+    r.add_argument("--prefix", help="module to run when the file holds several")
+    r.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="speed comparison on this machine (PyTorch and ONNX "
+                       "Runtime included when installed)",
+                       description="Time fastrnn forward passes beside PyTorch and ONNX "
+                       "Runtime (same weights, float32) and print a table.")
+    b.add_argument("--quick", action="store_true", help="two small cases, few repeats")
+    b.add_argument("--cases", nargs="+", metavar="CELL:B:T:H",
+                   help=f"cases to run (default: {' '.join(_DEFAULT_CASES)})")
+    b.add_argument("--threads", type=int, default=None, help="threads for every library")
+    b.add_argument("--repeat", type=int, default=10, help="minimum timed runs (default 10)")
+    b.add_argument("--min-time", type=float, default=0.3,
+                   help="minimum seconds per measurement (default 0.3)")
+    b.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    b.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastrnn`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:          # --help / --version (0) or usage errors (2)
+        return int(e.code or 0)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("fastrnn: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        print(f"fastrnn: error: {e}", file=sys.stderr)
+        return 1
+    except _EXPECTED_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, KeyError):
+            msg = str(e.args[0]) if e.args else "KeyError"
+        if isinstance(e, ImportError) and "fastrnn" not in msg:
+            msg += " (install the optional dependency, e.g. pip install 'fastrnn[keras]' / '[onnx]')"
+        print(f"fastrnn: error: {type(e).__name__}: {msg}" if not isinstance(e, (ValueError, OSError))
+              else f"fastrnn: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

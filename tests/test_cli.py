@@ -1,0 +1,212 @@
+"""The command line: fastrnn.cli.main(argv) in-process, and `python -m fastrnn` once."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+import fastrnn.io
+from fastrnn.cli import main
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err):
+    assert code == 1
+    lines = [l for l in err.strip().splitlines() if l]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastrnn: error:")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["inspect"], ["convert"], ["run"], ["bench"]])
+def test_help_everywhere(capsys, cmd):
+    code, out, _ = run(capsys, *cmd, "--help")
+    assert code == 0
+    assert "usage: fastrnn" in out
+
+
+def test_no_command_and_bad_usage(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "COMMAND" in out
+    code, _, err = run(capsys, "frobnicate")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run(capsys, "run", "x.pt")         # missing --input/--output
+    assert code == 2
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and fastrnn.__version__ in out
+
+
+def test_demo(capsys):
+    code, out, err = run(capsys, "demo", "--repeat", "2", "--steps", "20")
+    assert code == 0, err
+    assert "LSTM(8, 32, num_layers=2)" in out
+    assert "OK" in out and "ms" in out
+
+
+def test_demo_file_is_reproducible(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "make_demo", os.path.join(ROOT, "fastrnn", "data", "make_demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    p = mod.make(str(tmp_path / "demo.safetensors"))
+    with open(p, "rb") as a, open(mod.DEMO_PATH, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_inspect_torch_and_safetensors(capsys, tmp_path):
+    code, out, _ = run(capsys, "inspect", os.path.join(FIX, "torch", "checkpoint.pt"))
+    assert code == 0
+    assert "torch-zip" in out and "LSTM" in out and "bidirectional=True" in out
+    layer = fastrnn.GRU(3, 5, num_layers=2, seed=0)
+    p = str(tmp_path / "g.safetensors")
+    layer.save(p)
+    code, out, _ = run(capsys, "inspect", p)
+    assert code == 0
+    assert "safetensors" in out and "GRU(3, 5, num_layers=2)" in out
+    assert f"parameters: {sum(v.size for v in layer.state_dict().values()):,}" in out
+    assert "float32" in out
+
+
+def test_inspect_keras_and_onnx(capsys):
+    pytest.importorskip("h5py")
+    code, out, _ = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_lstm_basic.keras"))
+    assert code == 0 and "keras-zip" in out and "total params" in out
+    pytest.importorskip("onnx")
+    p = os.path.join(FIX, "onnx", "lstm_1l.onnx")
+    if os.path.exists(p):
+        code, out, _ = run(capsys, "inspect", p)
+        assert code == 0 and "onnx" in out and "LSTM" in out
+
+
+def test_convert_roundtrip(capsys, tmp_path):
+    src = os.path.join(FIX, "torch", "checkpoint.pt")
+    dst = str(tmp_path / "out.safetensors")
+    code, out, err = run(capsys, "convert", src, dst)
+    assert code == 0, err
+    a, b = fastrnn.io.load(src), fastrnn.io.load(dst)
+    assert repr(a) == repr(b)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[k], v)
+    code, _, err = run(capsys, "convert", src, dst)          # exists
+    _one_line_error(code, err)
+    code, _, err = run(capsys, "convert", src, dst, "--force", "--dtype", "float64")
+    assert code == 0, err
+    assert fastrnn.io.load(dst).dtype == np.float64
+
+
+def test_convert_model_refused_clearly(capsys, tmp_path):
+    pytest.importorskip("h5py")
+    code, _, err = run(capsys, "convert", os.path.join(FIX, "keras", "k3_lstm_basic.keras"),
+                       str(tmp_path / "k.safetensors"))
+    if code == 0:        # Model saving implemented by the io side: fine too
+        return
+    _one_line_error(code, err)
+
+
+def test_run_layer_layouts(capsys, tmp_path):
+    layer = fastrnn.LSTM(4, 6, num_layers=2, seed=1)
+    p = str(tmp_path / "l.safetensors")
+    layer.save(p)
+    x = np.random.default_rng(0).standard_normal((7, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run(capsys, "run", p, "--input", str(tmp_path / "x.npy"),
+                         "--output", str(tmp_path / "y.npy"))
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), layer(x)[0])
+    np.save(tmp_path / "xb.npy", x.transpose(1, 0, 2))
+    code, out, err = run(capsys, "run", p, "-i", str(tmp_path / "xb.npy"),
+                         "-o", str(tmp_path / "yb.npz"), "--batch-first", "--threads", "1")
+    assert code == 0, err
+    z = np.load(tmp_path / "yb.npz")
+    np.testing.assert_allclose(z["output"], layer(x)[0].transpose(1, 0, 2), atol=1e-6)
+    np.testing.assert_allclose(z["h_n"], layer(x)[1][0], atol=1e-6)
+    assert "c_n" in z.files
+
+
+def test_run_keras_and_onnx(capsys, tmp_path):
+    pytest.importorskip("h5py")
+    ref = np.load(os.path.join(FIX, "keras", "k3_lstm_basic.npz"))
+    np.save(tmp_path / "x.npy", ref["x"])
+    code, _, err = run(capsys, "run", os.path.join(FIX, "keras", "k3_lstm_basic.keras"),
+                       "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"))
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref["y0"], atol=1e-5)
+    pytest.importorskip("onnx")
+    onnx_path = os.path.join(FIX, "onnx", "lstm_1l.onnx")
+    if not os.path.exists(onnx_path):
+        return
+    m = fastrnn.io.load(onnx_path)
+    x = np.random.default_rng(1).standard_normal((6, 2, 5)).astype(np.float32)
+    np.save(tmp_path / "xo.npy", x)
+    code, _, err = run(capsys, "run", onnx_path, "-i", str(tmp_path / "xo.npy"),
+                       "-o", str(tmp_path / "yo.npz"))
+    assert code == 0, err
+    z = np.load(tmp_path / "yo.npz")
+    want = m.run(x)
+    for k in want:
+        np.testing.assert_array_equal(z[k], want[k])
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "badinput", "wrongsize",
+                                  "dir", "multi"])
+def test_errors_are_one_line(capsys, tmp_path, kind):
+    layer = fastrnn.GRU(3, 4, seed=0)
+    good = str(tmp_path / "g.safetensors")
+    layer.save(good)
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 3), np.float32))
+    xin = str(tmp_path / "x.npy")
+    if kind == "missing":
+        argv = ["inspect", str(tmp_path / "nope.pt")]
+    elif kind == "garbage":
+        (tmp_path / "g.pt").write_bytes(b"this is not a model file at all" * 10)
+        argv = ["run", str(tmp_path / "g.pt"), "-i", xin, "-o", str(tmp_path / "y.npy")]
+    elif kind == "truncated":
+        data = open(good, "rb").read()
+        (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
+        argv = ["convert", str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors")]
+    elif kind == "badinput":
+        (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        argv = ["run", good, "-i", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")]
+    elif kind == "wrongsize":
+        np.save(tmp_path / "w.npy", np.zeros((2, 1, 5), np.float32))
+        argv = ["run", good, "-i", str(tmp_path / "w.npy"), "-o", str(tmp_path / "y.npy")]
+    elif kind == "dir":
+        argv = ["run", str(tmp_path), "-i", xin, "-o", str(tmp_path / "y.npy")]
+    else:
+        argv = ["run", os.path.join(FIX, "torch", "checkpoint.pt"), "--prefix", "nope",
+                "-i", xin, "-o", str(tmp_path / "y.npy")]
+    code, _, err = run(capsys, *argv)
+    _one_line_error(code, err)
+
+
+def test_bench_quick(capsys):
+    code, out, err = run(capsys, "bench", "--cases", "rnn:1:5:8", "gru:2:4:8", "--repeat", "2",
+                         "--min-time", "0", "--no-progress")
+    assert code == 0, err
+    assert "RNN B=1 T=5 H=8" in out and "GRU B=2 T=4 H=8" in out and "fastrnn" in out
+    code, _, err = run(capsys, "bench", "--cases", "lstm:x:1:2")
+    _one_line_error(code, err)
+
+
+def test_python_dash_m(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "demo", "--repeat", "1"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "inspect", str(tmp_path / "bad.onnx")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
