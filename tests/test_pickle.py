@@ -90,9 +90,6 @@ def test_model_roundtrip(activation):
     assert repr(other) == repr(m)
 
 
-@pytest.mark.xfail(reason="fastrnn.model Dense/Activation keep lambdas (relu, linear, "
-                          "hard_sigmoid, ...): plain pickle fails; cloudpickle (dask) works. "
-                          "Needs __getstate__/__setstate__ in model.py", strict=False)
 @pytest.mark.parametrize("activation", ["relu", "linear", ("hard_sigmoid", 1 / 6, 0.5)])
 def test_model_roundtrip_lambda_activations(activation):
     m = _model(activation)
