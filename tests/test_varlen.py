@@ -1,0 +1,322 @@
+"""Variable-length batches (``lengths=``) and Keras-style masks (``mask=``).
+
+* ``lengths`` equals running every sequence alone, for every cell, uni/bidirectional,
+  1-3 layers, with and without an initial state, time-major and batch_first;
+* ``lengths`` equals PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)`` path,
+  compared live;
+* ``lengths`` validation errors;
+* ``mask`` equals a direct NumPy implementation of Keras's rule (state carried through
+  masked steps, output repeated or zero), which is what fastrnn.model's Keras layers rely on.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastrnn
+
+torch = pytest.importorskip("torch")  # in the test extra; never skipped there
+
+CELLS = {
+    "rnn_tanh": lambda **kw: fastrnn.SimpleRNN(4, 6, **kw),
+    "rnn_relu": lambda **kw: fastrnn.SimpleRNN(4, 6, nonlinearity="relu", **kw),
+    "lstm": lambda **kw: fastrnn.LSTM(4, 6, **kw),
+    "lstm_proj": lambda **kw: fastrnn.LSTM(4, 6, proj_size=3, **kw),
+    "gru": lambda **kw: fastrnn.GRU(4, 6, **kw),
+}
+T, B = 9, 6
+LENS = np.array([3, 9, 1, 5, 9, 2])
+
+
+def _inputs(layer, seed, T_=T, B_=B, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T_, B_, layer.input_size)).astype(dtype)
+    L = layer.num_layers * layer.num_directions
+    h0 = rng.standard_normal((L, B_, layer.output_size)).astype(dtype)
+    c0 = rng.standard_normal((L, B_, layer.hidden_size)).astype(dtype)
+    hx = (h0, c0) if isinstance(layer, fastrnn.LSTM) else h0
+    return x, hx
+
+
+def _bf(a, batch_first):
+    return np.ascontiguousarray(a.transpose(1, 0, 2)) if batch_first else a
+
+
+def _states(hn):
+    return list(hn) if isinstance(hn, tuple) else [hn]
+
+
+def _sel(hx, b):
+    if hx is None:
+        return None
+    if isinstance(hx, tuple):
+        return tuple(s[:, b:b + 1] for s in hx)
+    return hx[:, b:b + 1]
+
+
+CONFIGS = list(itertools.product(sorted(CELLS), [False, True], [1, 2, 3], [False, True],
+                                 [False, True]))
+
+
+@pytest.mark.parametrize("cell,bi,layers,init,batch_first", CONFIGS)
+def test_lengths_equal_each_sequence_alone(cell, bi, layers, init, batch_first):
+    dt = np.float64
+    layer = CELLS[cell](num_layers=layers, bidirectional=bi, batch_first=batch_first,
+                        dtype=dt, seed=layers)
+    x, hx = _inputs(layer, seed=layers * 7 + bi, dtype=dt)
+    hx = hx if init else None
+    out, hn = layer(_bf(x, batch_first), hx, lengths=LENS)
+    out = _bf(out, batch_first)
+    Dh = layer.num_directions * layer.output_size
+    assert out.shape == (T, B, Dh)
+    for b, n in enumerate(LENS):
+        o1, h1 = layer(_bf(x[:n, b:b + 1], batch_first), _sel(hx, b))
+        o1 = _bf(o1, batch_first)
+        np.testing.assert_allclose(out[:n, b], o1[:, 0], rtol=1e-12, atol=1e-12)
+        assert np.all(out[n:, b] == 0)                   # past the end: exactly zero
+        for s, s1 in zip(_states(hn), _states(h1)):
+            np.testing.assert_allclose(s[:, b], s1[:, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("bi", [False, True])
+def test_lengths_float32_and_special_cases(cell, bi):
+    layer = CELLS[cell](num_layers=2, bidirectional=bi, seed=3)
+    x, hx = _inputs(layer, seed=5)
+    # all lengths == T: identical to the dense path
+    o_dense, h_dense = layer(x, hx)
+    o_full, h_full = layer(x, hx, lengths=np.full(B, T))
+    np.testing.assert_allclose(o_full, o_dense, rtol=1e-6, atol=1e-6)
+    for a, b in zip(_states(h_full), _states(h_dense)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # float32 against each sequence alone
+    out, hn = layer(x, hx, lengths=LENS)
+    for b, n in enumerate(LENS):
+        o1, h1 = layer(x[:n, b:b + 1], _sel(hx, b))
+        np.testing.assert_allclose(out[:n, b], o1[:, 0], rtol=1e-5, atol=1e-6)
+        for s, s1 in zip(_states(hn), _states(h1)):
+            np.testing.assert_allclose(s[:, b], s1[:, 0], rtol=1e-5, atol=1e-6)
+    # padding content never matters
+    x2 = x.copy()
+    for b, n in enumerate(LENS):
+        x2[n:, b] = 1e3
+    out2, hn2 = layer(x2, hx, lengths=LENS)
+    np.testing.assert_array_equal(out2, out)
+    # list and int32 lengths, unbatched input
+    out3, _ = layer(x, hx, lengths=[int(v) for v in LENS])
+    np.testing.assert_array_equal(out3, out)
+    out4, _ = layer(x, hx, lengths=LENS.astype(np.int32))
+    np.testing.assert_array_equal(out4, out)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_zero_length_sequences(cell):
+    layer = CELLS[cell](bidirectional=True, seed=1)
+    x, hx = _inputs(layer, seed=2)
+    lens = np.array([0, 4, 0, 9, 2, 0])
+    out, hn = layer(x, hx, lengths=lens)
+    for b in np.flatnonzero(lens == 0):
+        assert np.all(out[:, b] == 0)
+        for s, s0 in zip(_states(hn), _states(hx)):   # final state = initial state
+            np.testing.assert_array_equal(s[:, b], s0[:, b])
+    out0, hn0 = layer(x, hx, lengths=np.zeros(B, int))
+    assert np.all(out0 == 0)
+
+
+TORCH_CONFIGS = list(itertools.product(sorted(CELLS), [False, True], [1, 3], [False, True],
+                                       [False, True]))
+
+
+@pytest.mark.parametrize("cell,bi,layers,init,batch_first", TORCH_CONFIGS)
+def test_lengths_equal_torch_pack_padded_sequence(cell, bi, layers, init, batch_first):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    layer = CELLS[cell](num_layers=layers, bidirectional=bi, batch_first=batch_first, seed=11)
+    kw = dict(num_layers=layers, bidirectional=bi, batch_first=batch_first)
+    if cell.startswith("rnn"):
+        tm = torch.nn.RNN(4, 6, nonlinearity="relu" if cell == "rnn_relu" else "tanh", **kw)
+    elif cell == "gru":
+        tm = torch.nn.GRU(4, 6, **kw)
+    else:
+        tm = torch.nn.LSTM(4, 6, proj_size=3 if cell == "lstm_proj" else 0, **kw)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    x, hx = _inputs(layer, seed=13)
+    hx = hx if init else None
+    xi = _bf(x, batch_first)
+    out, hn = layer(xi, hx, lengths=LENS)
+    packed = pack_padded_sequence(torch.from_numpy(xi), torch.from_numpy(LENS),
+                                  batch_first=batch_first, enforce_sorted=False)
+    thx = None
+    if hx is not None:
+        thx = (tuple(torch.from_numpy(s) for s in hx) if isinstance(hx, tuple)
+               else torch.from_numpy(hx))
+    with torch.no_grad():
+        tout, thn = tm(packed, thx)
+    tout, _ = pad_packed_sequence(tout, batch_first=batch_first, total_length=T)
+    np.testing.assert_allclose(out, tout.numpy(), rtol=1e-5, atol=1e-5)
+    thn = list(thn) if isinstance(thn, tuple) else [thn]
+    for a, b in zip(_states(hn), thn):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_lengths_validation():
+    layer = fastrnn.GRU(4, 6, batch_first=True)
+    x = np.zeros((3, 5, 4), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        layer(x, lengths=[1, 2])                       # wrong count
+    with pytest.raises(ValueError, match="shape"):
+        layer(x, lengths=np.ones((3, 1), int))         # wrong rank
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        layer(x, lengths=[1, -1, 2])                   # negative
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        layer(x, lengths=[1, 6, 2])                    # longer than T
+    with pytest.raises(TypeError, match="integers"):
+        layer(x, lengths=[1.5, 2.0, 3.0])              # fractional floats
+    with pytest.raises(TypeError, match="integers"):
+        layer(x, lengths=np.array([True, False, True]))
+    with pytest.raises(TypeError, match="integers"):
+        layer(x, lengths=np.array(["1", "2", "3"]))
+
+
+# ------------------------------------------------------------------ Keras-style masks
+def _np_sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def _keras_rule(layer, x, mask, hx=None, zero_output=False):
+    """Keras's masked recurrence written directly (default activations), time-major:
+    at a masked step the states keep their values and the output is the previous output
+    (zeros before the first unmasked step), or zero with ``zero_output``.  The mask is the
+    same for every stacked layer; the reverse direction walks t = T-1 .. 0."""
+    sd = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
+    cell = type(layer).__name__
+    Tn, Bn = x.shape[:2]
+    D, L, H, P = layer.num_directions, layer.num_layers, layer.hidden_size, layer.output_size
+    if hx is None:
+        h0 = np.zeros((L * D, Bn, P))
+        c0 = np.zeros((L * D, Bn, H))
+    elif cell == "LSTM":
+        h0, c0 = (np.asarray(s, np.float64) for s in hx)
+    else:
+        h0, c0 = np.asarray(hx, np.float64), None
+    hn, cn = np.zeros_like(h0), np.zeros((L * D, Bn, H))
+    inp = x.astype(np.float64)
+    for li in range(L):
+        out = np.zeros((Tn, Bn, D * P))
+        for d in range(D):
+            k = li * D + d
+            s = f"_l{li}" + ("_reverse" if d else "")
+            W, R = sd["weight_ih" + s], sd["weight_hh" + s]
+            bi, bh = sd["bias_ih" + s], sd["bias_hh" + s]
+            h, c = h0[k].copy(), (c0[k].copy() if cell == "LSTM" else None)
+            prev = np.zeros((Bn, P))
+            for t in (range(Tn - 1, -1, -1) if d else range(Tn)):
+                xt = inp[t]
+                if cell == "SimpleRNN":
+                    z = xt @ W.T + bi + h @ R.T + bh
+                    hnew = np.tanh(z) if layer.nonlinearity == "tanh" else np.maximum(z, 0)
+                    cnew = None
+                elif cell == "GRU":
+                    gx, gh = xt @ W.T + bi, h @ R.T + bh
+                    r = _np_sigmoid(gx[:, :H] + gh[:, :H])
+                    zz = _np_sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+                    n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+                    hnew, cnew = (1 - zz) * n + zz * h, None
+                else:
+                    g = xt @ W.T + bi + h @ R.T + bh
+                    i_, f_ = _np_sigmoid(g[:, :H]), _np_sigmoid(g[:, H:2 * H])
+                    gg, o_ = np.tanh(g[:, 2 * H:3 * H]), _np_sigmoid(g[:, 3 * H:])
+                    cnew = f_ * c + i_ * gg
+                    hnew = o_ * np.tanh(cnew)
+                    if layer.proj_size:
+                        hnew = hnew @ sd["weight_hr" + s].T
+                m = mask[t][:, None]
+                h = np.where(m, hnew, h)
+                if cell == "LSTM":
+                    c = np.where(m, cnew, c)
+                o = np.where(m, hnew, 0.0 if zero_output else prev)
+                prev = o
+                out[t, :, d * P:(d + 1) * P] = o
+            hn[k] = h
+            if cell == "LSTM":
+                cn[k] = c
+        inp = out
+    return inp, hn, (cn if cell == "LSTM" else None)
+
+
+def _random_mask(seed, T_=T, B_=B):
+    rng = np.random.default_rng(seed)
+    m = rng.random((T_, B_)) > 0.35
+    m[:, 0] = True                 # a row never masked
+    m[:, 1] = False                # a row always masked
+    m[:3, 2] = False               # leading masked steps (Keras: post-padding is typical,
+    m[-3:, 3] = False              # pre-padding too), trailing masked steps
+    return m
+
+
+MASK_CONFIGS = list(itertools.product(sorted(CELLS), [False, True], [1, 2], [False, True],
+                                      ["carry", "zero"]))
+
+
+@pytest.mark.parametrize("cell,bi,layers,init,masked_output", MASK_CONFIGS)
+def test_mask_equals_keras_rule(cell, bi, layers, init, masked_output):
+    layer = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=21)
+    x, hx = _inputs(layer, seed=22, dtype=np.float64)
+    hx = hx if init else None
+    mask = _random_mask(23)
+    out, hn = layer(x, hx, mask=mask, masked_output=masked_output)
+    ref_out, ref_h, ref_c = _keras_rule(layer, x, mask, hx, zero_output=masked_output == "zero")
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    st = _states(hn)
+    np.testing.assert_allclose(st[0], ref_h, rtol=1e-10, atol=1e-12)
+    if ref_c is not None:
+        np.testing.assert_allclose(st[1], ref_c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_mask_batch_first_float32_and_all_true(cell):
+    layer = CELLS[cell](bidirectional=True, batch_first=True, seed=31)
+    x, hx = _inputs(layer, seed=32)
+    mask = _random_mask(33)
+    out, hn = layer(_bf(x, True), hx, mask=mask.T)           # mask (B, T) with batch_first
+    ref_out, ref_h, _ = _keras_rule(layer, x, mask, hx)
+    np.testing.assert_allclose(_bf(out, True), ref_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_states(hn)[0], ref_h, rtol=1e-5, atol=1e-5)
+    # an all-True mask is the unmasked computation
+    o1, _ = layer(_bf(x, True), hx, mask=np.ones((B, T), bool))
+    o2, _ = layer(_bf(x, True), hx)
+    np.testing.assert_allclose(o1, o2, rtol=1e-6, atol=1e-6)
+    # a post-padding mask gives the lengths result at valid steps and the same final state
+    lens = LENS
+    pm = np.arange(T)[:, None] < lens[None, :]
+    om, hm = layer(_bf(x, True), hx, mask=pm.T, masked_output="zero")
+    ol, hl = layer(_bf(x, True), hx, lengths=lens)
+    fwd = slice(0, layer.hidden_size)
+    np.testing.assert_allclose(om[..., fwd], ol[..., fwd], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_states(hm)[0][0], _states(hl)[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_mask_with_lengths_matches_reference():
+    from reference import rnn_forward  # tests/reference.py, the project's NumPy reference
+
+    layer = fastrnn.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=np.float64, seed=41)
+    x, hx = _inputs(layer, seed=42, dtype=np.float64)
+    mask = _random_mask(43)
+    out, (h, c) = layer(x, hx, lengths=LENS, mask=mask)
+    r_out, r_h, r_c = rnn_forward(layer, x, hx, lengths=LENS, mask=mask)
+    np.testing.assert_allclose(out, r_out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h, r_h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c, r_c, rtol=1e-10, atol=1e-12)
+
+
+def test_mask_validation():
+    layer = fastrnn.LSTM(4, 6)
+    x = np.zeros((5, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        layer(x, mask=np.ones((3, 5), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        layer(x, mask=np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match="masked_output"):
+        layer(x, mask=np.ones((5, 3), bool), masked_output="repeat")
