@@ -449,7 +449,10 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         for b in range(n):
             for j in range(P):
                 dh[b * P + j] += dys[b * P + j]
-                dys[b * P + j] = dh[b * P + j]
+        if d.proj:      # keep the total for dW_hr
+            for b in range(n):
+                for j in range(P):
+                    dys[b * P + j] = dh[b * P + j]
         if d.cell == 0:
             _bpar(0, n, nt, H, d.relu, gates, cs, cp, hp, ldhp, y + r * ldy, ldy, dh, H,
                   dh, dc, dg + r * GH, dnx, tmp, aux)
@@ -583,8 +586,8 @@ def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1
              int reset_after, int relu, int num_threads):
     """Backward of one direction of one layer over the cache of :func:`forward`.
 
-    dy (N, Hout): gradient w.r.t. this direction's outputs, step order (overwritten with
-    the total gradient reaching each h).  dh (B, Hout) / dc (B, H): on entry the gradient
+    dy (N, Hout): gradient w.r.t. this direction's outputs, step order (with a projection
+    overwritten with the total gradient reaching each h; otherwise only read).  dh (B, Hout) / dc (B, H): on entry the gradient
     w.r.t. the final state, on exit w.r.t. the initial state.  dx (N, I), dwih, dwhh,
     dbih, dbhh, dwhr (LSTM projection) receive the gradients (overwritten).
     """

@@ -402,7 +402,9 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
                 xs = inp
                 y, ycol = out, d * Hout
                 dy = np.ascontiguousarray(dout[:, cols])
-            dy = np.ascontiguousarray(dy)
+            # the kernel overwrites dy with a projection: never the caller's array
+            dy = np.array(dy, dtype=dt, order="C", copy=True) if (P and not reverse) \
+                else np.ascontiguousarray(dy)
             dh = dhs[k]
             dc = dcs[k] if lstm else dummy
             dx = np.empty((N, In), dt)

@@ -1,0 +1,291 @@
+"""Backward pass: gradients vs torch 2.13 autograd (live) and vs central finite differences.
+
+Torch grid: cell (RNN tanh, RNN relu, LSTM, LSTM proj, GRU) x layers 1-3 x uni/bi x
+batch_first x bias x initial state x lengths x fp32/fp64 = 960 configurations, of which a
+seeded sample runs (every value of every axis appears many times), plus odd sizes.
+fp32: max abs error <= 1e-4 * gradient scale (max |torch grad| of that tensor, at least 1);
+fp64: <= 1e-9 * scale.
+"""
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import train
+
+torch = pytest.importorskip("torch")
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_one_thread():
+    # tiny problems: torch's thread pool only adds overhead (and contention on a busy box)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _torch_module(cell, I, H, L, bi, bf, bias, dtype):
+    kw = dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+    if cell.startswith("rnn"):
+        m = torch.nn.RNN(I, H, nonlinearity=cell[4:], **kw)
+    elif cell == "lstm":
+        m = torch.nn.LSTM(I, H, **kw)
+    elif cell == "lstm_proj":
+        m = torch.nn.LSTM(I, H, proj_size=max(1, H // 2) if H > 1 else 0, **kw)
+    else:
+        m = torch.nn.GRU(I, H, **kw)
+    return m.to(torch.float64 if dtype == np.float64 else torch.float32)
+
+
+def _run_case(cell, L, bi, bf, bias, init, use_len, dtype, T=5, B=3, I=4, H=5, seed=0):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    m = _torch_module(cell, I, H, L, bi, bf, bias, dtype)
+    layer = fastrnn.from_torch(m)
+    assert layer.dtype == np.dtype(dtype)
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    D = 2 if bi else 1
+    is_lstm = cell.startswith("lstm")
+    Hout = m.proj_size if is_lstm and m.proj_size else H
+    xshape = (B, T, I) if bf else (T, B, I)
+    x = torch.tensor(rng.standard_normal(xshape), dtype=tdt, requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((L * D, B, Hout)), dtype=tdt, requires_grad=True)
+    c0 = torch.tensor(rng.standard_normal((L * D, B, H)), dtype=tdt, requires_grad=True)
+    st = ((h0, c0) if is_lstm else h0) if init else None
+    lengths = None
+    if use_len:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[rng.integers(B)] = T
+        pk = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=bf,
+                                                     enforce_sorted=False)
+        yp, sn = m(pk, st)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(yp, batch_first=bf, total_length=T)
+    else:
+        y, sn = m(x, st)
+    gy = torch.tensor(rng.standard_normal(y.shape), dtype=tdt)
+    hn = sn[0] if is_lstm else sn
+    gh = torch.tensor(rng.standard_normal(hn.shape), dtype=tdt)
+    loss = (y * gy).sum() + (hn * gh).sum()
+    if is_lstm:
+        gc = torch.tensor(rng.standard_normal(sn[1].shape), dtype=tdt)
+        loss = loss + (sn[1] * gc).sum()
+    loss.backward()
+
+    hx = None
+    if init:
+        hx = (h0.detach().numpy(), c0.detach().numpy()) if is_lstm else h0.detach().numpy()
+    out, state, cache = layer.forward_train(x.detach().numpy(), hx, lengths=lengths)
+    gstate = (gh.numpy(), gc.numpy()) if is_lstm else gh.numpy()
+    grads = layer.backward(cache, gy.numpy(), gstate)
+
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    ref = {"input": x.grad}
+    if init:
+        ref["h0"] = h0.grad
+        if is_lstm:
+            ref["c0"] = c0.grad
+    ref.update({n: p.grad for n, p in m.named_parameters()})
+    assert set(grads) == set(layer.state_dict()) | {"input", "h0"} | ({"c0"} if is_lstm else set())
+    for name, r in ref.items():
+        r = r.numpy()
+        g = grads[name]
+        assert g.shape == r.shape and g.dtype == np.dtype(dtype), name
+        scale = max(1.0, float(np.abs(r).max()))
+        err = float(np.abs(g - r).max()) / scale
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"
+    # the training forward computes what a plain call computes
+    np.testing.assert_allclose(out, y.detach().numpy(), rtol=0, atol=10 * tol)
+
+
+def _grid():
+    full = list(itertools.product(CELLS, [1, 2, 3], [False, True], [False, True],
+                                  [True, False], [False, True], [False, True],
+                                  [np.float32, np.float64]))
+    rnd = random.Random(1234)
+    return rnd.sample(full, 200)
+
+
+@pytest.mark.parametrize("cell,L,bi,bf,bias,init,use_len,dtype", _grid())
+def test_grid_vs_torch(cell, L, bi, bf, bias, init, use_len, dtype):
+    _run_case(cell, L, bi, bf, bias, init, use_len, dtype)
+
+
+ODD = [dict(H=1), dict(H=7), dict(I=3), dict(T=1), dict(B=1), dict(B=5),
+       dict(T=1, B=1, H=1, I=1), dict(T=9, B=5, H=7, I=3)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("sizes", ODD, ids=lambda d: ",".join(f"{k}{v}" for k, v in d.items()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_odd_sizes_vs_torch(cell, sizes, dtype):
+    _run_case(cell, 2, True, False, True, True, True, dtype, **sizes, seed=7)
+    _run_case(cell, 1, False, True, True, False, False, dtype, **sizes, seed=8)
+
+
+# ---------------------------------------------------------------- finite differences
+def _loss_fn(layer, x, hx, lengths, gy, gstate):
+    out, state = layer(x, hx, lengths=lengths)
+    loss = float(np.vdot(out, gy))
+    if layer._cell == "LSTM":
+        loss += float(np.vdot(state[0], gstate[0]) + np.vdot(state[1], gstate[1]))
+    else:
+        loss += float(np.vdot(state, gstate))
+    return loss
+
+
+FD_CASES = [
+    ("GRU", dict(reset_after=False)),
+    ("GRU", dict(reset_after=False, bidirectional=True, num_layers=2)),
+    ("GRU", dict(reset_after=True, bidirectional=True)),
+    ("GRU", dict(reset_after=False, go_backwards=True)),
+    ("LSTM", dict(proj_size=2, bidirectional=True, num_layers=2)),
+    ("LSTM", dict(go_backwards=True, bias=False)),
+    ("SimpleRNN", dict(nonlinearity="relu", bidirectional=True)),
+    ("SimpleRNN", dict(num_layers=2, batch_first=True)),
+]
+
+
+@pytest.mark.parametrize("kind,kw", FD_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("use_len", [False, True])
+def test_finite_differences(kind, kw, use_len):
+    rng = np.random.default_rng(3)
+    T, B, I, H = 4, 3, 2, 3
+    layer = getattr(fastrnn, kind)(I, H, dtype="float64", seed=5, **kw)
+    # larger weights than the default init exercise the nonlinearities
+    layer.load_state_dict({k: v * 2.5 for k, v in layer.state_dict().items()})
+    D, L, Hout = layer.num_directions, layer.num_layers, layer.output_size
+    x = rng.standard_normal((B, T, I) if layer.batch_first else (T, B, I))
+    if kind == "SimpleRNN" and kw.get("nonlinearity") == "relu":
+        x += 0.5
+    h0 = rng.standard_normal((L * D, B, Hout))
+    c0 = rng.standard_normal((L * D, B, H))
+    lstm = kind == "LSTM"
+    hx = (h0, c0) if lstm else h0
+    lengths = np.array([T, 2, 3]) if use_len else None
+    out, state, cache = layer.forward_train(x, hx, lengths=lengths)
+    gy = rng.standard_normal(out.shape)
+    if lstm:
+        gstate = (rng.standard_normal(state[0].shape), rng.standard_normal(state[1].shape))
+    else:
+        gstate = rng.standard_normal(state.shape)
+    grads = layer.backward(cache, gy, gstate)
+    eps = 1e-6
+
+    def fd(arr, setter):
+        g = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            setter()
+            lp = _loss_fn(layer, x, hx, lengths, gy, gstate)
+            arr[idx] = old - eps
+            setter()
+            lm = _loss_fn(layer, x, hx, lengths, gy, gstate)
+            arr[idx] = old
+            setter()
+            g[idx] = (lp - lm) / (2 * eps)
+        return g
+
+    checks = {"input": fd(x, lambda: None), "h0": fd(h0, lambda: None)}
+    if lstm:
+        checks["c0"] = fd(c0, lambda: None)
+    for name, p in layer.parameters().items():
+        checks[name] = fd(p, layer.mark_weights_changed)
+    for name, ref in checks.items():
+        scale = max(1.0, float(np.abs(ref).max()))
+        err = float(np.abs(grads[name] - ref).max()) / scale
+        assert err < 1e-6, f"{name}: {err:.3g}"
+
+
+# ---------------------------------------------------------------- API
+def test_forward_train_matches_call_and_none_grads():
+    layer = fastrnn.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    out, (h, c), cache = layer.forward_train(x, lengths=[6, 4])
+    out2, (h2, c2) = layer(x, lengths=[6, 4])
+    np.testing.assert_allclose(out, out2, atol=1e-6)
+    np.testing.assert_allclose(h, h2, atol=1e-6)
+    np.testing.assert_allclose(c, c2, atol=1e-6)
+    g = layer.backward(cache)            # no gradients: everything zero
+    assert all(not np.any(v) for v in g.values())
+    gy, gc = np.ones_like(out), np.ones_like(c)
+    layer.backward(cache, gy, (gc, gc))
+    assert np.all(gy == 1) and np.all(gc == 1)          # the caller's arrays are not touched
+    g = layer.backward(cache, grad_state=(None, np.ones_like(c)))
+    assert np.any(g["input"]) and g["input"].shape == x.shape
+    assert g["input"][4:, 1].max() == 0  # padding gets no gradient
+    assert cache.nbytes > 0 and "MB" in repr(cache)
+
+
+def test_unbatched_and_empty():
+    layer = fastrnn.GRU(3, 4, seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    out, h, cache = layer.forward_train(x)
+    assert out.shape == (5, 4) and h.shape == (1, 4)
+    g = layer.backward(cache, np.ones_like(out), np.ones_like(h))
+    assert g["input"].shape == (5, 3) and g["h0"].shape == (1, 4)
+    gb = layer.backward(layer.forward_train(x[:, None])[2], np.ones((5, 1, 4)),
+                        np.ones((1, 1, 4)))
+    np.testing.assert_allclose(gb["input"][:, 0], g["input"], atol=1e-12)
+    # zero-length sequences and an empty time axis
+    out, h, cache = layer.forward_train(np.ones((3, 2, 3)), lengths=[0, 2])
+    g = layer.backward(cache, np.ones_like(out), np.ones_like(h))
+    assert np.all(g["input"][:, 0] == 0) and np.all(g["h0"][:, 0] == 1)
+    out, h, cache = layer.forward_train(np.ones((0, 2, 3)))
+    g = layer.backward(cache, None, np.ones_like(h))
+    assert g["input"].shape == (0, 2, 3) and np.all(g["h0"] == 1)
+    assert not np.any(g["weight_ih_l0"])
+
+
+def test_weights_changed_and_wrong_cache():
+    layer = fastrnn.SimpleRNN(2, 3, seed=0)
+    other = fastrnn.SimpleRNN(2, 3, seed=1)
+    x = np.ones((4, 1, 2), np.float32)
+    out, h, cache = layer.forward_train(x)
+    with pytest.raises(ValueError, match="another layer"):
+        other.backward(cache, np.ones_like(out))
+    with pytest.raises(ValueError, match="shape"):
+        layer.backward(cache, np.ones((4, 2, 3), np.float32))
+    with pytest.raises(TypeError):
+        layer.backward("cache")
+    layer.load_state_dict(layer.state_dict())
+    with pytest.raises(RuntimeError, match="changed"):
+        layer.backward(cache, np.ones_like(out))
+    out, h, cache = layer.forward_train(x)
+    train.SGD(layer, lr=0.1).step(layer.backward(cache, np.ones_like(out)))
+    with pytest.raises(RuntimeError, match="changed"):
+        layer.backward(cache, np.ones_like(out))
+
+
+def test_unsupported_options_raise():
+    for layer in (fastrnn.LSTM(2, 3, peepholes=True), fastrnn.LSTM(2, 3, clip=1.0),
+                  fastrnn.GRU(2, 3, activation="relu"), fastrnn.LSTM(2, 3, input_forget=True)):
+        with pytest.raises(NotImplementedError):
+            layer.forward_train(np.ones((2, 1, 2), np.float32))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_threads_agree(kind):
+    layer = getattr(fastrnn, kind)(16, 64, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(1).standard_normal((5, 160, 16)).astype(np.float32)
+    res = []
+    for nt in (1, 2):
+        out, st, cache = layer.forward_train(x, num_threads=nt)
+        res.append((out, layer.backward(cache, np.ones_like(out), num_threads=nt)))
+    np.testing.assert_allclose(res[0][0], res[1][0], atol=1e-5)
+    for k in res[0][1]:
+        scale = max(1.0, float(np.abs(res[0][1][k]).max()))
+        assert np.abs(res[0][1][k] - res[1][1][k]).max() <= 1e-5 * scale, k
+
+
+def test_clip_grad_norm():
+    g = {"a": np.full(4, 3.0), "input": np.full(2, 100.0)}
+    n = train.clip_grad_norm(g, 1.0)
+    assert n == pytest.approx(6.0)
+    assert np.linalg.norm(g["a"]) == pytest.approx(1.0, rel=1e-5)
+    assert np.all(g["input"] == 100.0)
