@@ -320,3 +320,25 @@ def test_mask_validation():
         layer(x, mask=np.ones((5, 3), np.float32))
     with pytest.raises(ValueError, match="masked_output"):
         layer(x, mask=np.ones((5, 3), bool), masked_output="repeat")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("zero_output", [False, True])
+def test_keras_wrapper_mask_follows_keras_definition(cell, go_backwards, zero_output):
+    """fastrnn.model.KerasRNN (used by the Keras importer) with a mask equals Keras's
+    definition: go_backwards reverses the input and the mask, then runs forwards."""
+    from fastrnn.model import KerasRNN
+
+    core = CELLS[cell](batch_first=True, go_backwards=go_backwards, dtype=np.float64, seed=51)
+    fwd = CELLS[cell](batch_first=True, dtype=np.float64, seed=51)
+    fwd.load_state_dict(core.state_dict())
+    x, _ = _inputs(core, seed=52, dtype=np.float64)
+    mask = _random_mask(53)
+    k = KerasRNN(core, return_sequences=True, return_state=True, zero_output_for_mask=zero_output)
+    res = k(_bf(x, True), mask=mask.T)
+    seq, h = res[0], res[1]
+    xs, ms = (x[::-1], mask[::-1]) if go_backwards else (x, mask)
+    ref_out, ref_h, _ = _keras_rule(fwd, np.ascontiguousarray(xs), ms, zero_output=zero_output)
+    np.testing.assert_allclose(seq, _bf(ref_out, True), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h, ref_h[0], rtol=1e-10, atol=1e-12)
