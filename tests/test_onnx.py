@@ -84,10 +84,10 @@ def test_fixture_live_vs_ort_and_torch_other_sizes(name, T, B):
     ("RNN", dict(num_layers=2, bidirectional=True, nonlinearity="relu")),
     ("RNN", dict(num_layers=3, batch_first=True)),
 ])
-@pytest.mark.parametrize("opset", [11, 14, 18])
+@pytest.mark.parametrize("opset", [9, 11, 14, 18])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_live_torch_export_matrix(cls, kw, opset, with_state):
-    """Export fresh torch modules (uni/bi, 1-3 layers, batch_first, +-state, opsets 11-18)
+    """Export fresh torch modules (uni/bi, 1-3 layers, batch_first, +-state, opsets 9-18)
     and compare fastrnn with ONNX Runtime and torch to 1e-5."""
     torch.manual_seed(opset + len(kw))
     rnn = getattr(torch.nn, cls)(4, 6, **kw).eval()
@@ -403,3 +403,51 @@ def test_constant_folding_at_load():
     assert [s[1][1] for s in m._steps] == ["Add"]
     np.testing.assert_array_equal(m.predict(np.ones((3, 2), np.float32)),
                                   1 + np.arange(6, dtype=np.float32).reshape(2, 3).T ** 2)
+
+
+def test_sequence_lens_computed_from_padding_ids():
+    """A Keras/tf2onnx-style graph: ids -> embedding; lengths = ReduceSum(Cast(ids != 0));
+    a bidirectional LSTM reads sequence_lens from that; Y_h -> Gemm -> Softmax."""
+    rng = np.random.default_rng(5)
+    V, E, Hh, C = 12, 5, 6, 3
+    inits = [numpy_helper.from_array(rng.standard_normal((V, E)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (2, 4 * Hh, E)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (2, 4 * Hh, Hh)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (2, 8 * Hh)).astype(np.float32), "B"),
+             numpy_helper.from_array(rng.standard_normal((2 * Hh, C)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "fc_b"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"]),                     # (B, T, E)
+        helper.make_node("Transpose", ["e"], ["x"], perm=[1, 0, 2]),            # (T, B, E)
+        helper.make_node("Equal", ["ids", "zero"], ["pad"]),
+        helper.make_node("Not", ["pad"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["keep_i"], to=TensorProto.INT32),
+        helper.make_node("ReduceSum", ["keep_i", "ax1"], ["lens"], keepdims=0),
+        helper.make_node("LSTM", ["x", "W", "R", "B", "lens"], ["", "Y_h"], hidden_size=Hh,
+                         direction="bidirectional"),
+        helper.make_node("Transpose", ["Y_h"], ["hb"], perm=[1, 0, 2]),        # (B, 2, H)
+        helper.make_node("Shape", ["hb"], ["hs"]),
+        helper.make_node("Reshape", ["hb", "flat"], ["h2"]),
+        helper.make_node("Gemm", ["h2", "fc_w", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    g = helper.make_graph(nodes, "keras_like", [helper.make_tensor_value_info(
+        "ids", TensorProto.INT64, ["B", "T"])], [helper.make_tensor_value_info(
+            "probs", TensorProto.FLOAT, ["B", C])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    ids = rng.integers(1, V, size=(4, 9))
+    ids[0, 3:] = 0
+    ids[2, 6:] = 0
+    ids[3, 1:] = 0
+    m = load_onnx(model)
+    ref = _ort(model.SerializeToString(), {"ids": ids})
+    got = m.run({"ids": ids})
+    np.testing.assert_allclose(got["probs"], ref["probs"], rtol=1e-5, atol=1e-6)
+    # and it is the same as cutting each sequence to its length
+    for b in range(4):
+        n = int((ids[b] != 0).sum())
+        np.testing.assert_allclose(m.predict(ids[b:b + 1, :n]), got["probs"][b:b + 1],
+                                   rtol=1e-5, atol=1e-6)
