@@ -451,3 +451,33 @@ def test_sequence_lens_computed_from_padding_ids():
         n = int((ids[b] != 0).sum())
         np.testing.assert_allclose(m.predict(ids[b:b + 1, :n]), got["probs"][b:b + 1],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_initializers_listed_as_inputs():
+    """Old-style graphs list the initializers among the inputs (keep_initializers_as_inputs):
+    they are weights, not required inputs, but may be overridden by a feed."""
+    torch.manual_seed(0)
+    net = torch.nn.GRU(4, 5).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(3, 2, 4),), f, dynamo=False, opset_version=9,
+                          input_names=["x"], keep_initializers_as_inputs=True)
+    proto = onnx.load_from_string(f.getvalue())
+    assert len(proto.graph.input) > 1
+    m = load_onnx(proto)
+    assert m.input_names == ["x"]
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    ref = _ort(f.getvalue(), {"x": x})
+    got = m.run(x)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    # overriding a weight through a feed is honoured
+    wname = next(i.name for i in proto.graph.input if i.name != "x")
+    w = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == wname))
+    feeds = {"x": x, wname: np.zeros_like(w)}
+    ref2 = _ort(f.getvalue(), feeds)
+    got2 = m.run(feeds)
+    for k in ref2:
+        np.testing.assert_allclose(got2[k], ref2[k], rtol=TOL, atol=TOL)
+    assert not np.allclose(got2[m.output_names[0]], got[m.output_names[0]])
