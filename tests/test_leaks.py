@@ -1,0 +1,71 @@
+"""No leaks: RSS stays flat over many calls and many loads (generous bounds)."""
+import gc
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+import fastrnn.io
+from fastrnn.stream import Stream
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc/self/statm")
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def rss_mb() -> float:
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def test_100k_calls():
+    layer = fastrnn.GRU(4, 8, num_layers=2, seed=0)
+    lstm = fastrnn.LSTM(4, 8, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 2, 4)).astype(np.float32)
+    lens = np.array([2, 1])
+    s = Stream(lstm, batch_size=2)
+    for _ in range(3000):                                   # warm-up: caches, allocator pools
+        layer(x)
+        lstm(x, lengths=lens)
+        s.step(x[0])
+    before = rss_mb()
+    for i in range(40000):
+        layer(x, num_threads=1 + (i & 1))
+        lstm(x, lengths=lens)
+        s.step(x[0])
+    after = rss_mb()
+    # 120000 calls; a leak of even 200 bytes per call would add ~23 MB
+    assert after - before < 16, (before, after)
+
+
+def test_1000_loads(tmp_path):
+    p = str(tmp_path / "m.safetensors")
+    fastrnn.LSTM(8, 16, num_layers=2, seed=1).save(p)
+    files = [p, os.path.join(FIX, "torch", "checkpoint.pt")]
+    for _ in range(50):
+        for f in files:
+            fastrnn.io.load(f)
+    before = rss_mb()
+    for _ in range(500):
+        for f in files:
+            m = fastrnn.io.load(f)
+            m(np.zeros((2, 1, m.input_size), np.float32))
+    after = rss_mb()
+    assert after - before < 24, (before, after)
+
+
+def test_rejected_loads_do_not_leak(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    data = open(os.path.join(FIX, "torch", "gru2.safetensors"), "rb").read()
+    bad.write_bytes(data[:len(data) // 2])
+    for _ in range(100):
+        with pytest.raises(fastrnn.io.LoadError):
+            fastrnn.io.load(str(bad))
+    before = rss_mb()
+    for _ in range(1000):
+        with pytest.raises(fastrnn.io.LoadError):
+            fastrnn.io.load(str(bad))
+    assert rss_mb() - before < 16
