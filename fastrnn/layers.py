@@ -34,6 +34,8 @@ _ACT_ALIASES = {"hard_sigmoid": "hardsigmoid", "leaky_relu": "leakyrelu",
 # kernels' cell codes
 _CELL_CODE = {"RNN": 0, "LSTM": 1, "GRU": 2}
 _GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+# the activations PyTorch uses (a repr names any others)
+_PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # projection GEMM chunk: about this many bytes of projected inputs live at once
 _CHUNK_BYTES = 4 << 20
 
@@ -336,15 +338,20 @@ class RNNBase:
             parts.append("batch_first=True")
         if self.bidirectional:
             parts.append("bidirectional=True")
+        if self._cell == "RNN" and self.nonlinearity != "tanh":
+            parts.append(f"nonlinearity={self.nonlinearity!r}")
         if self.proj_size:
             parts.append(f"proj_size={self.proj_size}")
         if self._cell == "GRU" and not self.reset_after:
             parts.append("reset_after=False")
         if self.go_backwards:
             parts.append("go_backwards=True")
-        acts = self._acts[0]
-        if acts != list(self._default_activations()):
-            parts.append("activations=" + ",".join(a[0] for a in acts))
+        names = [self.nonlinearity] if self._cell == "RNN" else _PLAIN_ACTS[self._cell]
+        plain = [parse_activation(a) for a in names]
+        if any(per != plain for per in self._acts):
+            parts.append("activations=" + ";".join(
+                ",".join(a[0] if a[1:] == _ACT_DEFAULTS[a[0]] else f"{a[0]}({a[1]:g},{a[2]:g})"
+                         for a in per) for per in self._acts))
         if self.dtype != np.float32:
             parts.append(f"dtype={self.dtype.name}")
         return f"{type(self).__name__}({', '.join(parts)})"

@@ -612,6 +612,21 @@ class Model:
         return {"name": self.name, "layers": [l.get_config() for l in self.layers],
                 "outputs": self.outputs}
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every array of the model, named ``"<layer index>.<path>"``."""
+        return _model_state(self)[1]
+
+    def save_config(self) -> dict[str, Any]:
+        """The JSON config that :func:`model_from_config` rebuilds the model from, together
+        with :meth:`state_dict`."""
+        return _model_state(self)[0]
+
+    def save(self, path) -> None:
+        """Write the model to a safetensors file (arrays + config in its metadata) that
+        :func:`fastrnn.load` reads back with nothing but fastrnn."""
+        from .io import save
+        save(self, path)
+
     def summary(self, print_fn=print) -> None:
         rows = [(l.name, type(l).__name__, l._extra_repr(), l.count_params()) for l in self.layers]
         w0 = max(len("layer"), *(len(r[0]) for r in rows))
@@ -625,3 +640,125 @@ class Model:
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(l) for l in self.layers)
         return f"Model(name={self.name!r}, layers=[\n{inner}\n])"
+
+
+# ----------------------------------------------------------------------------- save / restore
+# A Model is saved as flat arrays named "<layer index>.<path>" plus a JSON config (see
+# fastrnn.io.save); model_from_config rebuilds it from the two, without any framework.
+
+def _spec_json(spec):
+    """An activation spec as JSON (a name, or [name, alpha, ...]); callables refused."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    if callable(spec):
+        raise TypeError("a Dense/Activation layer with a Python callable as activation "
+                        "cannot be saved; use a named activation")
+    return [spec[0], *[float(a) for a in spec[1:]]]
+
+
+def _spec_from_json(spec):
+    return tuple(spec) if isinstance(spec, list) else spec
+
+
+def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
+    """Config of one layer (complete enough to rebuild it) and its arrays into ``out``."""
+    cfg = {"class_name": type(layer).__name__, "name": layer.name}
+    if isinstance(layer, Embedding):
+        cfg["mask_zero"] = layer.mask_zero
+        out[prefix + "weights"] = layer.weights
+    elif isinstance(layer, Masking):
+        cfg["mask_value"] = layer.mask_value
+    elif isinstance(layer, Dense):
+        cfg["activation"] = _spec_json(layer.activation)
+        out[prefix + "kernel"] = layer.kernel
+        if layer.bias is not None:
+            out[prefix + "bias"] = layer.bias
+    elif isinstance(layer, Dropout):
+        cfg["rate"] = layer.rate
+    elif isinstance(layer, Activation):
+        cfg["activation"] = _spec_json(layer.activation)
+    elif isinstance(layer, TimeDistributed):
+        cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
+    elif isinstance(layer, KerasRNN):
+        cfg.update(core=layer.core.get_config(), return_sequences=layer.return_sequences,
+                   return_state=layer.return_state,
+                   zero_output_for_mask=layer.zero_output_for_mask)
+        for k, v in layer.core.state_dict().items():
+            out[prefix + "core." + k] = v
+    elif isinstance(layer, Bidirectional):
+        cfg.update(merge_mode=layer.merge_mode, fused=layer._fused is not None,
+                   forward=_layer_state(layer.forward, prefix + "forward.", out),
+                   backward=_layer_state(layer.backward, prefix + "backward.", out))
+    else:
+        raise TypeError(f"cannot save layer {layer.name!r} of type {type(layer).__name__}")
+    return cfg
+
+
+def _sub(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _need(tensors: dict, key: str, where: str):
+    if key not in tensors:
+        raise KeyError(f"{where}: missing array {key!r}")
+    return tensors[key]
+
+
+def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
+    from .layers import layer_from_config
+    if not isinstance(cfg, dict):
+        raise ValueError(f"layer config must be an object, got {cfg!r}")
+    kind, name = cfg.get("class_name"), cfg.get("name")
+    if kind == "Embedding":
+        w = _need(tensors, "weights", name)
+        return Embedding(w, mask_zero=cfg.get("mask_zero", False), name=name, dtype=w.dtype)
+    if kind == "Masking":
+        return Masking(cfg.get("mask_value", 0.0), name=name)
+    if kind == "Dense":
+        k = _need(tensors, "kernel", name)
+        return Dense(k, tensors.get("bias"), _spec_from_json(cfg.get("activation")),
+                     name=name, dtype=k.dtype)
+    if kind == "Dropout":
+        return Dropout(cfg.get("rate", 0.0), name=name)
+    if kind == "Activation":
+        return Activation(_spec_from_json(cfg.get("activation")), name=name)
+    if kind == "TimeDistributed":
+        return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer.")),
+                               name=name)
+    if kind == "KerasRNN":
+        core = layer_from_config(cfg["core"])
+        core.load_state_dict(_sub(tensors, "core."))
+        return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),
+                        cfg.get("zero_output_for_mask", False), name=name)
+    if kind == "Bidirectional":
+        fwd = _layer_from_state(cfg["forward"], _sub(tensors, "forward."))
+        bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."))
+        layer = Bidirectional(fwd, bwd, cfg.get("merge_mode", "concat"), name=name)
+        if cfg.get("fused"):
+            fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
+                                       "go_backwards": False})
+            sd = fwd.core.state_dict()
+            sd.update({k + "_reverse": v for k, v in bwd.core.state_dict().items()})
+            fused.load_state_dict(sd)
+            layer.fuse(fused)
+        return layer
+    raise ValueError(f"unknown model layer class {kind!r}")
+
+
+def _model_state(model: "Model") -> tuple[dict, dict]:
+    tensors: dict = {}
+    layers = [_layer_state(l, f"{i}.", tensors) for i, l in enumerate(model.layers)]
+    cfg = {"class_name": "Model", "name": model.name, "layers": layers,
+           "outputs": model.outputs}
+    return cfg, tensors
+
+
+def model_from_config(cfg: dict, tensors: dict) -> "Model":
+    """Rebuild a :class:`Model` from ``Model.save_config()`` and ``Model.state_dict()``."""
+    if not isinstance(cfg, dict) or cfg.get("class_name") != "Model":
+        raise ValueError("not a fastrnn Model config")
+    layers_cfg = cfg.get("layers")
+    if not isinstance(layers_cfg, list) or not layers_cfg:
+        raise ValueError("a Model config needs a non-empty 'layers' list")
+    layers = [_layer_from_state(c, _sub(tensors, f"{i}.")) for i, c in enumerate(layers_cfg)]
+    return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"))

@@ -42,6 +42,10 @@ _LAZY = {
     "read_safetensors_metadata": "safetensors",
     "build_layer": "statedict",
     "sniff_format": "detect",
+    "load_keras": "keras",
+    "model_from_keras_config": "keras",
+    "load_onnx": "onnx",
+    "OnnxModel": "onnx",
     "load": "detect",
 }
 

@@ -249,7 +249,7 @@ def save(layer, path) -> None:
     if not (callable(getattr(layer, "get_config", None)) and callable(getattr(layer, "state_dict", None))):
         raise TypeError(f"fastrnn.io.save needs a fastrnn layer (get_config() and state_dict()), "
                         f"got {type(layer).__name__}")
-    cfg = layer.get_config()
+    cfg = layer.save_config() if hasattr(layer, "save_config") else layer.get_config()
     meta = {METADATA_KEY: json.dumps(cfg, sort_keys=True)}
     write_safetensors(path, layer.state_dict(), meta)
 
@@ -270,6 +270,9 @@ def load_fastrnn_safetensors(path):
     if not isinstance(cfg, dict):
         raise LoadError(f"{_name(path)}: the fastrnn config in the metadata is not a JSON object")
     try:
+        if cfg.get("class_name") == "Model":
+            from ..model import model_from_config
+            return model_from_config(cfg, tensors)
         layer = layer_from_config(cfg)
         layer.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError) as e:

@@ -1,0 +1,62 @@
+"""Models loaded from Keras files round-trip through fastrnn's own safetensors file."""
+import pickle
+
+import numpy as np
+import pytest
+
+pytest.importorskip("h5py")
+
+import fastrnn  # noqa: E402
+from fastrnn.io import LoadError, read_safetensors  # noqa: E402
+from fastrnn.io.keras import load_keras  # noqa: E402
+from fastrnn.model import Dense, Model, model_from_config  # noqa: E402
+from test_keras import NAMES, architecture, as_list, model_path, reference  # noqa: E402
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_model_round_trips_through_safetensors(name, tmp_path):
+    model = load_keras(model_path(name), architecture(name))
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    again = fastrnn.load(path)
+    assert isinstance(again, Model)
+    x, ys = reference(name)
+    for a, b in zip(as_list(again.predict(x)), ys):
+        assert np.abs(a - b).max() <= 1e-5
+    assert repr(again) == repr(model)
+    # the same arrays, under stable names
+    tensors, meta = read_safetensors(path)
+    assert set(tensors) == set(model.state_dict())
+    assert "fastrnn" in meta
+
+
+def test_model_from_config_errors():
+    m = Model([Dense(np.ones((3, 2), np.float32), None, "relu")])
+    cfg, sd = m.save_config(), m.state_dict()
+    assert model_from_config(cfg, sd)(np.ones((1, 3), np.float32)).tolist() == [[3.0, 3.0]]
+    with pytest.raises(KeyError, match="kernel"):
+        model_from_config(cfg, {})
+    with pytest.raises(ValueError, match="unknown model layer class"):
+        model_from_config({**cfg, "layers": [{"class_name": "Conv2D"}]}, sd)
+    with pytest.raises(ValueError, match="not a fastrnn Model config"):
+        model_from_config({"layers": []}, sd)
+
+
+def test_callable_activation_cannot_be_saved(tmp_path):
+    m = Model([Dense(np.ones((3, 2), np.float32), None, np.tanh)])
+    with pytest.raises(TypeError, match="callable"):
+        m.save(tmp_path / "x.safetensors")
+    # but it still pickles (module-level functions)
+    assert pickle.loads(pickle.dumps(m))(np.ones((1, 3), np.float32)).shape == (1, 2)
+
+
+def test_corrupt_model_file_is_a_load_error(tmp_path):
+    model = load_keras(model_path(NAMES[0]), architecture(NAMES[0]))
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    tensors, meta = read_safetensors(path)
+    tensors.pop(sorted(tensors)[0])
+    from fastrnn.io import write_safetensors
+    write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(LoadError, match="do not fit"):
+        fastrnn.load(tmp_path / "bad.safetensors")
