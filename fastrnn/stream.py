@@ -291,12 +291,27 @@ class Stream:
         Embedding); returns the step's output ``(B, out)``."""
         x = np.asarray(x_t)
         if self._kind == "layer":
+            fast = getattr(self.model, "_stream_step", None)
+            if fast is not None and x.ndim == 2 and x.shape[0] == self.batch_size:
+                return self._fast_step(fast, x)
             if x.ndim != 2:
                 raise ValueError(f"step input must be (B, I), got shape {x.shape}")
             if self.model.batch_first:
                 return self._feed_layer(x[:, None], None)[:, 0]
             return self._feed_layer(x[None], None)[0]
         return self._feed_model(x[:, None])[:, 0]
+
+    def _fast_step(self, fast, x):
+        """Lean path for one step when the layer offers it (kernel-level step entry):
+        ``layer._stream_step(x (B, I), h (L, B, H_out), c (L, B, H) or None,
+        num_threads) -> y (B, H_out)``, updating ``h``/``c`` in place."""
+        r = self._runners[0]
+        st = r.state
+        h, c = (st[0], st[1]) if isinstance(st, tuple) else (st, None)
+        y = fast(x, h, c, self.num_threads)
+        r.last_out = y
+        self.steps_seen += 1
+        return y
 
     __call__ = step
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+import fastrnn.io
 from fastrnn.model import Dense, Embedding, KerasRNN, Masking, Model, Bidirectional, Dropout
 from fastrnn.stream import Stream
 
@@ -283,3 +284,26 @@ def test_greedy_decoder_matches_torch(seed):
     want = greedy_decode_torch(torch, m, src, bos=0, eos=-1, max_len=15)
     assert got == want and len(got) == 15
     assert greedy_decode_fastrnn(sd, src, 0, 1, 15) == greedy_decode_torch(torch, m, src, 0, 1, 15)
+
+
+def test_fast_step_hook_is_used(monkeypatch):
+    """When a layer provides the lean per-step entry ``_stream_step``, Stream.step uses
+    it (same results as the generic path)."""
+    layer = fastrnn.LSTM(5, 7, num_layers=2, seed=9)
+    x = np.random.default_rng(9).standard_normal((T, 2, 5)).astype(np.float32)
+    want = layer(x)[0]
+    calls = []
+
+    def fake(xt, h, c, num_threads):
+        calls.append(1)
+        y, (h2, c2) = layer(xt[None], (h, c), num_threads=num_threads)
+        h[...] = h2
+        c[...] = c2
+        return y[0]
+
+    monkeypatch.setattr(layer, "_stream_step", fake, raising=False)
+    s = Stream(layer, batch_size=2)
+    got = np.stack([s.step(x[t]) for t in range(T)])
+    assert len(calls) == T
+    _close(got, want)
+    _close(s.state[0], layer(x)[1][0])
