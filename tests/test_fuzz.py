@@ -252,6 +252,8 @@ for k in range(start, n):
             f.write(json.dumps({{"case": k, "kind": type(e).__name__, "msg": str(e)[:200],
                                 "where": (where[0].strip() if where else ""), "file": keep}}) + "\n")
     stats["cases"] += 1
+    if stats["cases"] % 100 == 0:
+        with open(os.path.join(outdir, f"partial_{{start}}.json"), "w") as f: json.dump(stats, f)
 with open(os.path.join(outdir, f"stats_{{start}}.json"), "w") as f: json.dump(stats, f)
 """
 
@@ -354,6 +356,12 @@ def run_fuzz(fmt: str, n: int, seed: int, outdir: str, total_timeout: float = 90
                 merged[key] += st[key]
             break
         k, kind, msg = bad
+        part = os.path.join(outdir, f"partial_{start}.json")
+        if os.path.exists(part):                   # counts of the cases before the bad one
+            st = json.load(open(part))
+            for key in ("loaded", "rejected", "import"):
+                merged[key] += st[key]
+            os.unlink(part)
         keep = os.path.join(outdir, f"finding_{fmt}_{seed}_{k}{SUFFIX[fmt]}")
         with open(keep, "wb") as f:
             f.write(make_case(fmt, seeds(fmt), seed, k))
