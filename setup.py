@@ -46,7 +46,7 @@ class BuildExt(build_ext):
                 ext.extra_compile_args += ["/O2"] + (["/openmp"] if openmp else [])
             else:
                 ext.extra_compile_args += ["-O3", "-fno-math-errno", "-fno-trapping-math",
-                                           "-Wno-unused-function", "-Wno-unreachable-code"]
+                                           "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-psabi"]
                 if openmp:
                     ext.extra_compile_args.append("-fopenmp")
                     ext.extra_link_args.append("-fopenmp")
@@ -62,6 +62,7 @@ extensions = [
         [os.path.relpath(p, here)],
         include_dirs=[np.get_include(), os.path.join(here, "fastrnn")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        depends=sorted(glob.glob(os.path.join(here, "fastrnn", "*.h"))),
     )
     for p in sorted(glob.glob(os.path.join(here, "fastrnn", "_*.pyx")))
 ]

@@ -50,6 +50,63 @@ cdef extern from *:
     int fr_blas_threads(int n) nogil
 
 
+cdef extern from "fr_kern.h":
+    ctypedef struct fr_cell:
+        int cell, G, H, K, U, nb, fast, rnn_relu, f, g, h
+        double fa, fb, ga, gb, ha, hb, clip
+        int input_forget, reset_after
+        const void* wp
+        const void* bias
+        const void* bhn
+        const void* peep
+    ctypedef struct fr_seq_f:
+        int nT, B, I, reverse, varlen, chunk
+        const Py_ssize_t* offsets
+        const Py_ssize_t* nsteps
+        const Py_ssize_t* lens
+        const float* x
+        Py_ssize_t x_ld
+        const float* wxp
+        const unsigned char* mask
+        int mask_zero
+        float* out
+        Py_ssize_t out_ld, out_col
+        float* h
+        float* c
+        float* xp
+        float* hbuf
+        float* lastout
+    ctypedef struct fr_seq_d:
+        int nT, B, I, reverse, varlen, chunk
+        const Py_ssize_t* offsets
+        const Py_ssize_t* nsteps
+        const Py_ssize_t* lens
+        const double* x
+        Py_ssize_t x_ld
+        const double* wxp
+        const unsigned char* mask
+        int mask_zero
+        double* out
+        Py_ssize_t out_ld, out_col
+        double* h
+        double* c
+        double* xp
+        double* hbuf
+        double* lastout
+    void fr_small_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
+    void fr_small_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
+    void fr_rows_f(const fr_cell* cl, int n, const float* acc, Py_ssize_t acc_ld,
+                   float** xrows, const float* hprev, Py_ssize_t hp_ld, float* c,
+                   float* hout, Py_ssize_t ho_ld) nogil
+    void fr_rows_d(const fr_cell* cl, int n, const double* acc, Py_ssize_t acc_ld,
+                   double** xrows, const double* hprev, Py_ssize_t hp_ld, double* c,
+                   double* hout, Py_ssize_t ho_ld) nogil
+    void fr_act_array_f(int which, const float* x, float* y, Py_ssize_t n) nogil
+    void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
+    const char* fr_isa()
+    int fr_force_level
+
+
 # Activation codes (ONNX names).  ACT_* values are part of the Python API of this module.
 cdef enum:
     A_SIGMOID = 0
@@ -325,10 +382,20 @@ cdef void _gru_rows(int n0, int n1, int H, floating* acc, int acc_ld,
                 hb[j] = (1 - z) * nn + z * hb[j]
 
 
+cdef inline void _rows_c(const fr_cell* cl, int n, floating* acc, int acc_ld,
+                         floating** xrows, floating* hprev, Py_ssize_t hp_ld, floating* c,
+                         floating* hout, Py_ssize_t ho_ld) noexcept nogil:
+    """Vectorised fused gate pass (C, ISA-dispatched) over rows [0, n)."""
+    if floating is float:
+        fr_rows_f(cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld)
+    else:
+        fr_rows_d(cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld)
+
+
 # ------------------------------------------------------------------------ the layer
 cdef struct Dims:
     int cell, T, I, H, P, G, nrows_max, reverse, varlen, reset_after, input_forget
-    int out_ld, out_col, num_threads, has_mask, mask_zero_output, chunk
+    int out_ld, out_col, num_threads, has_mask, mask_zero_output, chunk, write_out
 
 
 cdef inline void _parallel_rows(int kind, int n, int nt, int H, floating* acc, int acc_ld,
@@ -375,7 +442,7 @@ cdef int _run_layer(Dims* d, const floating* x, int x_ld, const floating* wx,
                     const floating* wr, const floating* peep,
                     const Py_ssize_t* offsets, const Py_ssize_t* nsteps, const Py_ssize_t* lens,
                     const unsigned char* mask, floating* h, floating* c, floating* out,
-                    const Acts* A) noexcept nogil:
+                    const Acts* A, const fr_cell* cl) noexcept nogil:
     """Returns 0 on success, -1 when scratch memory could not be allocated."""
     cdef int T = d.T, I = d.I, H = d.H, G = d.G, GH = d.G * d.H
     cdef int P = d.P if d.P > 0 else d.H          # size of h (recurrent input / output)
@@ -430,7 +497,8 @@ cdef int _run_layer(Dims* d, const floating* x, int x_ld, const floating* wx,
             memset(lastout, 0, sizeof(floating) * B * P)
     if ok:
         _time_loop(d, x, x_ld, wx, wh, bias, bhn, wr, peep, offsets, nsteps, lens, mask,
-                   h, c, out, A, maxrows, xp, stage, acc, hraw, rh, hprev, cprev, lastout, xrows)
+                   h, c, out, A, maxrows, xp, stage, acc, hraw, rh, hprev, cprev, lastout, xrows,
+                   cl)
         rc = 0
     free(xp)
     free(stage)
@@ -451,7 +519,8 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
                      const unsigned char* mask, floating* h, floating* c, floating* out,
                      const Acts* A, Py_ssize_t maxrows, floating* xp, floating* stage,
                      floating* acc, floating* hraw, floating* rh, floating* hprev,
-                     floating* cprev, floating* lastout, floating** xrows) noexcept nogil:
+                     floating* cprev, floating* lastout, floating** xrows,
+                     const fr_cell* cl) noexcept nogil:
     cdef int T = d.T, I = d.I, H = d.H, G = d.G, GH = d.G * d.H
     cdef int P = d.P if d.P > 0 else d.H
     cdef int nt = d.num_threads
@@ -511,28 +580,28 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
                 memcpy(hprev, h, sizeof(floating) * n * P)
                 if d.cell == 1:
                     memcpy(cprev, c, sizeof(floating) * n * H)
-            # recurrent GEMM
+            # recurrent GEMM (BLAS, nt threads), then a serial vectorised gate pass: no
+            # OpenMP region here, so OpenBLAS's threads have the cores to themselves
             if kind == 2 and not d.reset_after:
                 gemm_rm(False, False, n, 2 * H, P, <floating>1, h, P, wh, GH,
                         <floating>0, acc, GH)
-                _parallel_rows(3, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
+                _parallel_rows(3, n, 1, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
                                peep, d.input_forget, d.reset_after, A)
                 gemm_rm(False, False, n, H, H, <floating>1, rh, H, wh + 2 * H, GH,
                         <floating>0, acc + 2 * H, GH)
+                _parallel_rows(2, n, 1, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
+                               peep, d.input_forget, d.reset_after, A)
             else:
                 gemm_rm(False, False, n, GH, P, <floating>1, h, P, wh, GH,
                         <floating>0, acc, GH)
-            if kind == 1 and d.P > 0:
-                _parallel_rows(1, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
-                               peep, d.input_forget, d.reset_after, A)
-                gemm_rm(False, False, n, P, H, <floating>1, hraw, H, wr, P,
-                        <floating>0, h, P)
-            elif kind == 1:
-                _parallel_rows(1, n, nt, H, acc, GH, xrows, bias, bhn, h, c, h, H, rh,
-                               peep, d.input_forget, d.reset_after, A)
-            else:
-                _parallel_rows(kind, n, nt, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
-                               peep, d.input_forget, d.reset_after, A)
+                if kind == 1 and d.P > 0:
+                    _rows_c(cl, n, acc, GH, xrows, <floating*>NULL, 0, c, hraw, H)
+                    gemm_rm(False, False, n, P, H, <floating>1, hraw, H, wr, P,
+                            <floating>0, h, P)
+                elif kind == 1:
+                    _rows_c(cl, n, acc, GH, xrows, <floating*>NULL, 0, c, h, H)
+                else:
+                    _rows_c(cl, n, acc, GH, xrows, h, H, <floating*>NULL, h, H)
             # masked rows (Keras semantics): carry the state, repeat or zero the output
             for b in range(n):
                 if gather:
@@ -547,18 +616,176 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
                     if d.cell == 1:
                         memcpy(c + <Py_ssize_t>b * H, cprev + <Py_ssize_t>b * H,
                                sizeof(floating) * H)
-                    if d.mask_zero_output:
+                    if not d.write_out:
+                        pass
+                    elif d.mask_zero_output:
                         memset(out + dst, 0, sizeof(floating) * P)
                     else:
                         memcpy(out + dst, lastout + <Py_ssize_t>b * P, sizeof(floating) * P)
                 else:
-                    memcpy(out + dst, h + <Py_ssize_t>b * P, sizeof(floating) * P)
+                    if d.write_out:
+                        memcpy(out + dst, h + <Py_ssize_t>b * P, sizeof(floating) * P)
                     if d.has_mask:
                         memcpy(lastout + <Py_ssize_t>b * P, h + <Py_ssize_t>b * P,
                                sizeof(floating) * P)
         s0 = s1
     if old_blas >= 0:
         fr_blas_threads(old_blas)
+
+
+# Path choice.  "small": packed per-thread matvec kernel in one persistent parallel region
+# (no BLAS in the time loop); "blas": per-step BLAS GEMM + vectorised gate pass.
+# _force_path is a test hook: 0 automatic, 1 small whenever possible, 2 BLAS.
+cdef int _force_path = 0
+SMALL_MAX_BATCH = 8
+
+
+def _set_path(int mode):
+    """Test hook: 0 automatic, 1 force the small-batch kernel (where it applies), 2 BLAS."""
+    global _force_path
+    _force_path = mode
+
+
+def _set_isa_level(int level):
+    """Test hook: cap the ISA level of the C kernels (0 baseline, 1 AVX2+FMA, 2 AVX-512;
+    -1 automatic)."""
+    global fr_force_level
+    fr_force_level = level
+
+
+def isa():
+    """Instruction set the C kernels dispatch to on this CPU."""
+    return fr_isa().decode()
+
+
+def small_path_applies(int cell, int proj_size, int reset_after):
+    """Whether the small-batch kernel supports this configuration at all."""
+    return proj_size == 0 and not (cell == CELL_GRU and not reset_after)
+
+
+def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
+                int num_threads):
+    """'small' or 'blas' for one layer direction with ``batch`` rows."""
+    if not small_path_applies(cell, proj_size, reset_after) or _force_path == 2:
+        return "blas"
+    if _force_path == 1:
+        return "small"
+    return "small"
+
+
+def pack_units(w, int hidden_size, int gates):
+    """Unit-block packing of a transposed weight ``w`` (K, G*H) for the small-batch
+    kernel: ``(nb, K, G, U)`` with U = 16 (float32) / 8 (float64), zero padded."""
+    w = np.asarray(w)
+    cdef int U = 16 if w.dtype == np.float32 else 8
+    cdef int H = hidden_size, G = gates
+    cdef int K = w.shape[0]
+    cdef int nb = (H + U - 1) // U
+    w3 = w.reshape(K, G, H)
+    if nb * U != H:
+        w3 = np.concatenate([w3, np.zeros((K, G, nb * U - H), w.dtype)], axis=2)
+    return np.ascontiguousarray(w3.reshape(K, G, nb, U).transpose(2, 0, 1, 3)).reshape(-1)
+
+
+cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Acts* A,
+                     int use_peep, int input_forget, int reset_after, const void* wp,
+                     const void* bias, const void* bhn, const void* peep) noexcept nogil:
+    cl.cell = cell
+    cl.G = G
+    cl.H = H
+    cl.K = K
+    cl.U = U
+    cl.nb = (H + U - 1) // U
+    cl.fast = A.is_default and A.clip <= 0 and not use_peep and not input_forget
+    cl.rnn_relu = cell == 0 and A.f == A_RELU
+    cl.f = A.f
+    cl.g = A.g
+    cl.h = A.h
+    cl.fa = A.fa
+    cl.fb = A.fb
+    cl.ga = A.ga
+    cl.gb = A.gb
+    cl.ha = A.ha
+    cl.hb = A.hb
+    cl.clip = A.clip
+    cl.input_forget = input_forget
+    cl.reset_after = reset_after
+    cl.wp = wp
+    cl.bias = bias
+    cl.bhn = bhn
+    cl.peep = peep if use_peep else NULL
+
+
+cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_ld,
+                    const floating* wxp, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                    const Py_ssize_t* lens, const unsigned char* mask, floating* h,
+                    floating* c, floating* out) noexcept nogil:
+    cdef fr_seq_f qf
+    cdef fr_seq_d qd
+    cdef int B = d.nrows_max, H = d.H, GH = d.G * d.H
+    cdef int chunk = d.chunk
+    cdef floating* xp = <floating*>malloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
+    cdef floating* hbuf = <floating*>malloc(sizeof(floating) * 2 * B * H + 64)
+    cdef floating* lastout = NULL
+    if d.has_mask:
+        lastout = <floating*>malloc(sizeof(floating) * B * H + 64)
+    if xp == NULL or hbuf == NULL or (d.has_mask and lastout == NULL):
+        free(xp)
+        free(hbuf)
+        free(lastout)
+        return -1
+    if floating is float:
+        qf.nT = d.T
+        qf.B = B
+        qf.I = d.I
+        qf.reverse = d.reverse
+        qf.varlen = d.varlen
+        qf.chunk = chunk
+        qf.offsets = offsets
+        qf.nsteps = nsteps
+        qf.lens = lens
+        qf.x = x
+        qf.x_ld = x_ld
+        qf.wxp = wxp
+        qf.mask = mask if d.has_mask else NULL
+        qf.mask_zero = d.mask_zero_output
+        qf.out = out if d.write_out else NULL
+        qf.out_ld = d.out_ld
+        qf.out_col = d.out_col
+        qf.h = h
+        qf.c = c if d.cell == 1 else NULL
+        qf.xp = xp
+        qf.hbuf = hbuf
+        qf.lastout = lastout
+        fr_small_layer_f(cl, &qf, d.num_threads)
+    else:
+        qd.nT = d.T
+        qd.B = B
+        qd.I = d.I
+        qd.reverse = d.reverse
+        qd.varlen = d.varlen
+        qd.chunk = chunk
+        qd.offsets = offsets
+        qd.nsteps = nsteps
+        qd.lens = lens
+        qd.x = x
+        qd.x_ld = x_ld
+        qd.wxp = wxp
+        qd.mask = mask if d.has_mask else NULL
+        qd.mask_zero = d.mask_zero_output
+        qd.out = out if d.write_out else NULL
+        qd.out_ld = d.out_ld
+        qd.out_col = d.out_col
+        qd.h = h
+        qd.c = c if d.cell == 1 else NULL
+        qd.xp = xp
+        qd.hbuf = hbuf
+        qd.lastout = lastout
+        fr_small_layer_d(cl, &qd, d.num_threads)
+    free(xp)
+    free(hbuf)
+    free(lastout)
+    return 0
 
 
 def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1] wh,
@@ -568,16 +795,21 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
               floating[:, ::1] out, int out_col, int reverse, int varlen,
               int hidden_size, int proj_size, int reset_after, int input_forget,
               acts, double clip, int use_peep, int has_mask, int mask_zero_output,
-              int num_threads, int chunk):
+              int num_threads, int chunk, floating[::1] wxp=None, floating[::1] whp=None,
+              int write_out=1):
     """Run one direction of one layer over a packed batch (see the module docstring).
 
     x (N, I) packed input rows; h (B, P or H) and c (B, H) hold the initial state on entry
     and the final state on exit (c unused except for LSTM); out (N, >= out_col + P)
-    receives the outputs at columns ``out_col:out_col+P``.  The caller validates shapes.
+    receives the outputs at columns ``out_col:out_col+P`` (not written when
+    ``write_out`` is 0).  ``wxp``/``whp``: :func:`pack_units` of wx/wh, enabling the
+    small-batch kernel (chosen by :func:`choose_path`).  The caller validates shapes.
     """
     cdef Dims d
     cdef Acts A
-    cdef int rc
+    cdef fr_cell cl
+    cdef int rc, U
+    cdef bint small
     d.cell = cell
     d.T = offsets.shape[0]
     d.I = x.shape[1]
@@ -595,6 +827,7 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
     d.has_mask = has_mask
     d.mask_zero_output = mask_zero_output
     d.chunk = chunk if chunk > 0 else 1
+    d.write_out = write_out
     (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
     A.clip = clip
     if cell == CELL_RNN:
@@ -603,10 +836,41 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
         A.is_default = A.f == A_SIGMOID and A.g == A_TANH and A.h == A_TANH
     if d.T == 0 or d.nrows_max == 0:
         return
+    U = 16 if floating is float else 8
+    small = (wxp is not None and whp is not None and wxp.shape[0] > 0 and
+             choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
+                         d.num_threads) == "small")
+    _fill_cell(&cl, cell, d.G, d.H, d.P if d.P > 0 else d.H, U, &A, use_peep, input_forget,
+               reset_after, &whp[0] if small else NULL, &bias[0], &bhn[0],
+               &peep[0] if use_peep else NULL)
     with nogil:
-        rc = _run_layer(&d, &x[0, 0], x.shape[1], &wx[0, 0], &wh[0, 0], &bias[0], &bhn[0],
-                        &wr[0, 0], &peep[0] if use_peep else NULL,
-                        &offsets[0], &nsteps[0], &lens[0], &mask[0], &h[0, 0], &c[0, 0],
-                        &out[0, 0], &A)
+        if small:
+            rc = _run_small(&d, &cl, &x[0, 0], x.shape[1], &wxp[0], &offsets[0], &nsteps[0],
+                            &lens[0], &mask[0], &h[0, 0], &c[0, 0], &out[0, 0])
+        else:
+            rc = _run_layer(&d, &x[0, 0], x.shape[1], &wx[0, 0], &wh[0, 0], &bias[0], &bhn[0],
+                            &wr[0, 0], &peep[0] if use_peep else NULL,
+                            &offsets[0], &nsteps[0], &lens[0], &mask[0], &h[0, 0], &c[0, 0],
+                            &out[0, 0], &A, &cl)
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
+
+
+def _act_test(int which, x):
+    """Test hook: the vectorised activation ``which`` (0 sigmoid, 1 tanh, 2 exp) of a 1-D
+    float32/float64 array, through the ISA-dispatched C kernel."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    cdef float[::1] xf, yf
+    cdef double[::1] xd, yd
+    if x.dtype == np.float32:
+        xf, yf = x, y
+        if x.shape[0]:
+            fr_act_array_f(which, &xf[0], &yf[0], x.shape[0])
+    elif x.dtype == np.float64:
+        xd, yd = x, y
+        if x.shape[0]:
+            fr_act_array_d(which, &xd[0], &yd[0], x.shape[0])
+    else:
+        raise TypeError("float32 or float64 only")
+    return y

@@ -281,6 +281,7 @@ class RNNBase:
         """Kernel-ready weights per (layer, direction): transposed, biases fused."""
         if self._packed is not None:
             return self._packed
+        from . import _kernels
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
         dt = self.dtype
         packed = []
@@ -304,7 +305,14 @@ class RNNBase:
                       else np.zeros((1, 1), dt))
                 peep = (np.ascontiguousarray(p["weight_ph" + sfx]) if self.peepholes
                         else np.zeros(1, dt))
-                per_dir.append((wx, wh, bias, bhn, wr, peep))
+                # unit-block packing for the small-batch kernel (where it applies)
+                if _kernels.small_path_applies(_CELL_CODE[self._cell], P,
+                                               int(self.reset_after)):
+                    wxp = _kernels.pack_units(wx, H, G)
+                    whp = _kernels.pack_units(wh, H, G)
+                else:
+                    wxp = whp = None
+                per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp))
             packed.append(per_dir)
         self._packed = packed
         return packed
@@ -506,7 +514,7 @@ class RNNBase:
                 out = np.empty((N, D * Hout), dt)
                 for d in range(D):
                     k = layer * D + d
-                    wx, wh, bias, bhn, wr, peep = packed[layer][d]
+                    wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
                     acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
                     acts += [(1, 0.0, 0.0)] * (3 - len(acts))
                     reverse = (d == 1) != self.go_backwards
@@ -516,7 +524,7 @@ class RNNBase:
                         out, d * Hout, int(reverse), int(perm is not None), H, self.proj_size,
                         int(self.reset_after), int(self.input_forget), acts,
                         self.clip or 0.0, int(self.peepholes), has_mask,
-                        int(masked_output == "zero"), nt, chunk)
+                        int(masked_output == "zero"), nt, chunk, wxp, whp)
         else:
             out = np.zeros((0, D * Hout), dt)
 

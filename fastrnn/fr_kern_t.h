@@ -1,0 +1,487 @@
+/* Type-generic part of fr_kern.h: included once with FR_T = float, once with double.
+ * Macros in scope: FR_T (scalar), FR_V (64-byte vector), FR_VI (same-width integer
+ * vector), FR_IT (its element), FR_W (lanes), FR_SFX(name) (type suffix). */
+
+#define V FR_V
+#define VI FR_VI
+#define T FR_T
+#define W FR_W
+#define F(name) FR_SFX(name)
+
+/* ------------------------------------------------------------------ vector helpers */
+FR_INLINE V F(vset1)(T a) { V v = {0}; return v + a; }
+FR_INLINE V F(vld)(const T* p) { return *(const V*)p; }
+FR_INLINE void F(vst)(T* p, V v) { *(V*)p = v; }
+/* first n (< W) lanes from p, the rest zero */
+FR_INLINE V F(vldn)(const T* p, int n) {
+    T tmp[W];
+    int i;
+    for (i = 0; i < W; i++) tmp[i] = 0;
+    for (i = 0; i < n; i++) tmp[i] = p[i];
+    return *(const V*)tmp;
+}
+FR_INLINE void F(vstn)(T* p, V v, int n) {
+    T tmp[W];
+    int i;
+    *(V*)tmp = v;
+    for (i = 0; i < n; i++) p[i] = tmp[i];
+}
+FR_INLINE V F(vload)(const T* p, int n) { return n == W ? F(vld)(p) : F(vldn)(p, n); }
+FR_INLINE void F(vstore)(T* p, V v, int n) { if (n == W) F(vst)(p, v); else F(vstn)(p, v, n); }
+FR_INLINE V F(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
+/* min/max that keep a NaN in their first argument (NaN inputs propagate) */
+FR_INLINE V F(vmin)(V a, V b) { return F(vsel)(a > b, b, a); }
+FR_INLINE V F(vmax)(V a, V b) { return F(vsel)(a < b, b, a); }
+
+/* ------------------------------------------------------------------ exp, sigmoid, tanh
+ * float: Cephes expf (range reduction by ln2 in two parts, degree-6 polynomial, ~1 ulp);
+ * double: Cephes exp (Pade form, ~1 ulp).  Inputs are clamped so no lane overflows;
+ * +-inf give the right limits, never NaN. */
+#ifndef FR_DOUBLE
+FR_INLINE V F(vexp)(V x) {
+    const V hi = F(vset1)(88.0f), lo = F(vset1)(-87.3f);
+    x = F(vmin)(F(vmax)(x, lo), hi);
+    V t = x * 1.44269504088896341f + 12582912.0f;       /* round to nearest via 1.5*2^23 */
+    V n = t - 12582912.0f;
+    V r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    V p = F(vset1)(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    V e = p * (r * r) + r + 1.0f;
+    VI ni = __builtin_convertvector(n, VI);
+    V scale = (V)((ni + 127) << 23);
+    return e * scale;
+}
+FR_INLINE V F(vtanh)(V x) {
+    const VI signmask = ((VI){0} + 1) << 31;
+    V ax = (V)((VI)x & ~signmask);
+    /* |x| < 0.625: odd polynomial (Cephes tanhf) */
+    V s = x * x;
+    V p = F(vset1)(-5.70498872745E-3f);
+    p = p * s + 2.06390887954E-2f;
+    p = p * s - 5.37397155531E-2f;
+    p = p * s + 1.33314422036E-1f;
+    p = p * s - 3.33332819422E-1f;
+    V small = p * s * x + x;
+    /* otherwise 1 - 2 / (exp(2|x|) + 1), sign restored */
+    V e = F(vexp)(F(vmin)(ax, F(vset1)(10.0f)) * 2.0f);
+    V big = 1.0f - 2.0f / (e + 1.0f);
+    big = (V)((VI)big | ((VI)x & signmask));
+    return F(vsel)(ax < 0.625f, small, big);
+}
+#else
+FR_INLINE V F(vexp)(V x) {
+    const V hi = F(vset1)(708.0), lo = F(vset1)(-708.0);
+    x = F(vmin)(F(vmax)(x, lo), hi);
+    V t = x * 1.4426950408889634073599 + 6755399441055744.0;   /* 1.5 * 2^52 */
+    V n = t - 6755399441055744.0;
+    V r = x - n * 6.93145751953125E-1;
+    r = r - n * 1.42860682030941723212E-6;
+    V rr = r * r;
+    V px = F(vset1)(1.26177193074810590878E-4);
+    px = px * rr + 3.02994407707441961300E-2;
+    px = px * rr + 9.99999999999999999910E-1;
+    px = px * r;
+    V q = F(vset1)(3.00198505138664455042E-6);
+    q = q * rr + 2.52448340349684104192E-3;
+    q = q * rr + 2.27265548208155028766E-1;
+    q = q * rr + 2.00000000000000000009E0;
+    V e = 1.0 + 2.0 * (px / (q - px));
+    VI ni = __builtin_convertvector(n, VI);
+    V scale = (V)((ni + 1023) << 52);
+    return e * scale;
+}
+FR_INLINE V F(vtanh)(V x) {
+    const VI signmask = ((VI){0} + 1) << 63;
+    V ax = (V)((VI)x & ~signmask);
+    V z = x * x;
+    /* Cephes tanh, |x| < 0.625: x + x z P(z) / Q(z) */
+    V p = F(vset1)(-9.64399179425052238628E-1);
+    p = p * z - 9.92877231001918586564E1;
+    p = p * z - 1.61468768441708447952E3;
+    V q = z + 1.12811678491632931402E2;
+    q = q * z + 2.23548839060100448583E3;
+    q = q * z + 4.84406305325125486048E3;
+    V small = x + x * z * (p / q);
+    V e = F(vexp)(F(vmin)(ax, F(vset1)(20.0)) * 2.0);
+    V big = 1.0 - 2.0 / (e + 1.0);
+    big = (V)((VI)big | ((VI)x & signmask));
+    return F(vsel)(ax < 0.625, small, big);
+}
+#endif
+FR_INLINE V F(vsigmoid)(V x) { return 1 / (1 + F(vexp)(-x)); }
+
+/* scalar activations of the generic (ONNX options) path: libm */
+FR_INLINE T F(sexp)(T x) {
+#ifndef FR_DOUBLE
+    return expf(x);
+#else
+    return exp(x);
+#endif
+}
+FR_INLINE T F(stanh)(T x) {
+#ifndef FR_DOUBLE
+    return tanhf(x);
+#else
+    return tanh(x);
+#endif
+}
+FR_INLINE T F(sact)(int code, T a, T b, T x) {
+    T y;
+    switch (code) {
+    case FR_SIGMOID: return 1 / (1 + F(sexp)(-x));
+    case FR_TANH: return F(stanh)(x);
+    case FR_RELU: return x > 0 ? x : 0;
+    case FR_HARDSIGMOID: y = a * x + b; return y < 0 ? 0 : (y > 1 ? 1 : y);
+    case FR_LEAKYRELU: return x >= 0 ? x : a * x;
+    case FR_AFFINE: return a * x + b;
+    case FR_SCALEDTANH: return a * F(stanh)(b * x);
+    case FR_ELU: return x >= 0 ? x : a * (F(sexp)(x) - 1);
+    case FR_SOFTSIGN: return x / (1 + (x < 0 ? -x : x));
+    case FR_SOFTPLUS:
+#ifndef FR_DOUBLE
+        return x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x));
+#else
+        return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
+#endif
+    case FR_THRESHOLDEDRELU: return x > a ? x : 0;
+    default: return x;
+    }
+}
+FR_INLINE T F(sclip)(T x, T c) { return x > c ? c : (x < -c ? -c : x); }
+
+/* ------------------------------------------------------------- fused gate math, one block
+ * pre[g] holds the recurrent product of gate g for units u0..u0+nu of one row; xr the
+ * row's projected input (G*H, gate-major); hprev the row's previous h (H); c the row's
+ * cell state (H, updated); hout receives h' (nu values at hout[0..nu)). */
+FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, const T* xr,
+                             const T* hprev, T* c, T* hout) {
+    const int H = cl->H;
+    const T* bias = (const T*)cl->bias;
+    if (cl->fast) {
+        if (cl->cell == 1) {
+            V pi = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+            V pf = pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
+            V pg = pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
+            V po = pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu);
+            V ct = F(vsigmoid)(pf) * F(vload)(c + u0, nu) + F(vsigmoid)(pi) * F(vtanh)(pg);
+            F(vstore)(c + u0, ct, nu);
+            F(vstore)(hout, F(vsigmoid)(po) * F(vtanh)(ct), nu);
+        } else if (cl->cell == 2) {
+            const T* bhn = (const T*)cl->bhn;
+            V r = F(vsigmoid)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu));
+            V z = F(vsigmoid)(pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu));
+            V n = F(vtanh)(F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu)
+                           + r * (pre[2] + F(vload)(bhn + u0, nu)));
+            V hp = F(vload)(hprev + u0, nu);
+            F(vstore)(hout, n + z * (hp - n), nu);
+        } else {
+            V v = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+            if (cl->rnn_relu)
+                v = F(vmax)(v, F(vset1)(0));
+            else
+                v = F(vtanh)(v);
+            F(vstore)(hout, v, nu);
+        }
+        return;
+    }
+    {
+        /* generic: ONNX activations, clip, peepholes, input_forget (scalar) */
+        T a[4][W];
+        int g, j;
+        const T* peep = (const T*)cl->peep;
+        const T* bhn = (const T*)cl->bhn;
+        const T clip = (T)cl->clip;
+        const int doclip = cl->clip > 0;
+        const T fa = (T)cl->fa, fb = (T)cl->fb, ga = (T)cl->ga, gb = (T)cl->gb;
+        const T ha = (T)cl->ha, hb = (T)cl->hb;
+        for (g = 0; g < cl->G; g++) *(V*)a[g] = pre[g];
+        for (j = 0; j < nu; j++) {
+            int u = u0 + j;
+            if (cl->cell == 1) {
+                T gi = a[0][j] + xr[u] + bias[u];
+                T gf = a[1][j] + xr[H + u] + bias[H + u];
+                T gg = a[2][j] + xr[2 * H + u] + bias[2 * H + u];
+                T go = a[3][j] + xr[3 * H + u] + bias[3 * H + u];
+                T cp = c[u], ct;
+                if (peep) { gi += peep[u] * cp; gf += peep[H + u] * cp; }
+                if (doclip) { gi = F(sclip)(gi, clip); gf = F(sclip)(gf, clip); gg = F(sclip)(gg, clip); }
+                gi = F(sact)(cl->f, fa, fb, gi);
+                gf = cl->input_forget ? 1 - gi : F(sact)(cl->f, fa, fb, gf);
+                gg = F(sact)(cl->g, ga, gb, gg);
+                ct = gf * cp + gi * gg;
+                if (peep) go += peep[2 * H + u] * ct;
+                if (doclip) go = F(sclip)(go, clip);
+                go = F(sact)(cl->f, fa, fb, go);
+                c[u] = ct;
+                hout[j] = go * F(sact)(cl->h, ha, hb, ct);
+            } else if (cl->cell == 2) {
+                T r = a[0][j] + xr[u] + bias[u];
+                T z = a[1][j] + xr[H + u] + bias[H + u];
+                T n;
+                if (doclip) { r = F(sclip)(r, clip); z = F(sclip)(z, clip); }
+                r = F(sact)(cl->f, fa, fb, r);
+                z = F(sact)(cl->f, fa, fb, z);
+                n = xr[2 * H + u] + bias[2 * H + u] + r * (a[2][j] + bhn[u]);
+                if (doclip) n = F(sclip)(n, clip);
+                n = F(sact)(cl->g, ga, gb, n);
+                hout[j] = (1 - z) * n + z * hprev[u];
+            } else {
+                T v = a[0][j] + xr[u] + bias[u];
+                if (doclip) v = F(sclip)(v, clip);
+                hout[j] = F(sact)(cl->f, fa, fb, v);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ packed matvec
+ * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time). */
+FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, const T* Wb,
+                     V* acc) {
+    V a[16], a2[16];
+    int r, g, k = 0;
+    for (r = 0; r < RB * G; r++) { a[r] = F(vset1)(0); a2[r] = F(vset1)(0); }
+    if (RB * G < 8) {
+        /* two k-steps in flight: enough independent FMA chains at one row */
+        for (; k + 1 < K; k += 2) {
+            const T* w0 = Wb + (size_t)k * G * W;
+            const T* w1 = w0 + G * W;
+            for (r = 0; r < RB; r++) {
+                T h0 = rows[r][k], h1 = rows[r][k + 1];
+                for (g = 0; g < G; g++) {
+                    a[r * G + g] += h0 * F(vld)(w0 + g * W);
+                    a2[r * G + g] += h1 * F(vld)(w1 + g * W);
+                }
+            }
+        }
+    }
+    for (; k < K; k++) {
+        const T* w0 = Wb + (size_t)k * G * W;
+        for (r = 0; r < RB; r++) {
+            T h0 = rows[r][k];
+            for (g = 0; g < G; g++) a[r * G + g] += h0 * F(vld)(w0 + g * W);
+        }
+    }
+    for (r = 0; r < RB * G; r++) acc[r] = a[r] + a2[r];
+}
+
+FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb, V* acc) {
+#define FR_MVCASE(R, GG) case (R) * 8 + (GG): F(mv)(R, GG, rows, K, Wb, acc); break;
+    switch (rb * 8 + G) {
+        FR_MVCASE(1, 1) FR_MVCASE(2, 1) FR_MVCASE(3, 1) FR_MVCASE(4, 1)
+        FR_MVCASE(1, 3) FR_MVCASE(2, 3) FR_MVCASE(3, 3) FR_MVCASE(4, 3)
+        FR_MVCASE(1, 4) FR_MVCASE(2, 4) FR_MVCASE(3, 4) FR_MVCASE(4, 4)
+    default: break;
+    }
+#undef FR_MVCASE
+}
+
+/* ------------------------------------------------------------------ small-batch layer */
+typedef struct {
+    /* sequence (packed, see _kernels.pyx) */
+    int nT, B, I, reverse, varlen, chunk;
+    const ptrdiff_t* offsets;    /* (T) */
+    const ptrdiff_t* nsteps;     /* (T) */
+    const ptrdiff_t* lens;       /* (B) sorted lengths (varlen) */
+    const T* x; ptrdiff_t x_ld;  /* packed input rows */
+    const T* wxp;                /* packed input weights (nb, I, G, U) */
+    const unsigned char* mask;   /* packed mask or NULL */
+    int mask_zero;
+    T* out; ptrdiff_t out_ld; ptrdiff_t out_col;   /* out NULL: outputs not written */
+    T* h; T* c;                  /* (B, H) state in/out (c: LSTM) */
+    /* scratch (caller-allocated) */
+    T* xp;                       /* (chunk * B, G*H) */
+    T* hbuf;                     /* (2, B, H) */
+    T* lastout;                  /* (B, H) mask only */
+} F(fr_seq);
+
+FR_INLINE int F(in_time)(const F(fr_seq)* q, int s, int b) {
+    if (q->reverse && q->varlen) return (int)q->lens[b] - 1 - s;
+    if (q->reverse) return q->nT - 1 - s;
+    return s;
+}
+
+/* input projection of steps [s0, s1) for unit blocks [ub0, ub1) (no bias) */
+FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0,
+                            int ub1) {
+    const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
+    const T* rows[4];
+    int slot[4];
+    V acc[16];
+    int ub, s, b, r, g, nr;
+    for (ub = ub0; ub < ub1; ub++) {
+        const int u0 = ub * U;
+        const int nu = H - u0 < U ? H - u0 : U;
+        const T* Wb = q->wxp + (size_t)ub * I * G * U;
+        nr = 0;
+        for (s = s0; s < s1; s++) {
+            const int n = (int)q->nsteps[s];
+            for (b = 0; b < n; b++) {
+                const int t = F(in_time)(q, s, b);
+                rows[nr] = q->x + (q->offsets[t] + b) * q->x_ld;
+                slot[nr] = (s - s0) * B + b;
+                nr++;
+                if (nr == 4 || (s == s1 - 1 && b == n - 1)) {
+                    F(mv_any)(nr, G, rows, I, Wb, acc);
+                    for (r = 0; r < nr; r++) {
+                        T* dst = q->xp + (size_t)slot[r] * G * H + u0;
+                        for (g = 0; g < G; g++) F(vstore)(dst + (size_t)g * H, acc[r * G + g], nu);
+                    }
+                    nr = 0;
+                }
+            }
+        }
+        if (nr) {
+            F(mv_any)(nr, G, rows, I, Wb, acc);
+            for (r = 0; r < nr; r++) {
+                T* dst = q->xp + (size_t)slot[r] * G * H + u0;
+                for (g = 0; g < G; g++) F(vstore)(dst + (size_t)g * H, acc[r * G + g], nu);
+            }
+        }
+    }
+}
+FR_MULTI(void, F(proj), F(proj_impl), (const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0, int ub1),
+         (cl, q, s0, s1, ub0, ub1))
+
+/* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
+ * writes hbuf[1-cur] */
+FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
+                            int ub0, int ub1) {
+    const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
+    const int n = (int)q->nsteps[s];
+    const T* hc = q->hbuf + (size_t)cur * B * H;
+    T* hn = q->hbuf + (size_t)(1 - cur) * B * H;
+    const T* rows[4];
+    V acc[16];
+    T hv[W];
+    int ub, r0, r, rb;
+    for (ub = ub0; ub < ub1; ub++) {
+        const int u0 = ub * U;
+        const int nu = H - u0 < U ? H - u0 : U;
+        const T* Wb = (const T*)cl->wp + (size_t)ub * K * G * U;
+        for (r0 = 0; r0 < n; r0 += 4) {
+            rb = n - r0 < 4 ? n - r0 : 4;
+            for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
+            F(mv_any)(rb, G, rows, K, Wb, acc);
+            for (r = 0; r < rb; r++) {
+                const int b = r0 + r;
+                const int t = F(in_time)(q, s, b);
+                const ptrdiff_t prow = q->offsets[t] + b;
+                const T* hp = hc + (size_t)b * H;
+                T* hnb = hn + (size_t)b * H + u0;
+                T* o = q->out ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
+                if (q->mask && !q->mask[prow]) {
+                    /* Keras masking: carry the state, repeat (or zero) the output */
+                    memcpy(hnb, hp + u0, sizeof(T) * nu);
+                    if (o) {
+                        if (q->mask_zero) memset(o, 0, sizeof(T) * nu);
+                        else memcpy(o, q->lastout + (size_t)b * H + u0, sizeof(T) * nu);
+                    }
+                    continue;
+                }
+                F(gate_block)(cl, u0, nu, acc + r * G,
+                              q->xp + (size_t)((s - s0) * B + b) * G * H, hp,
+                              q->c ? q->c + (size_t)b * H : (T*)hv, hv);
+                memcpy(hnb, hv, sizeof(T) * nu);
+                if (o) memcpy(o, hv, sizeof(T) * nu);
+                if (q->mask) memcpy(q->lastout + (size_t)b * H + u0, hv, sizeof(T) * nu);
+            }
+        }
+        /* finished sequences keep their state */
+        for (r = n; r < B; r++)
+            memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
+    }
+}
+FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1),
+         (cl, q, s, s0, cur, ub0, ub1))
+
+/* The whole layer (one direction).  Threads own unit blocks for the whole call: each
+ * projects the inputs of its own units and runs its units' gates, so a time step needs
+ * one barrier (the new h must be complete before the next step reads it). */
+static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
+    const int B = q->B, H = cl->H, nb = cl->nb;
+    int nthr = nt < nb ? nt : nb;
+    if (nthr < 1) nthr = 1;
+    memcpy(q->hbuf, q->h, sizeof(T) * B * H);
+    if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
+#ifdef _OPENMP
+    if (nthr > 1) {
+        #pragma omp parallel num_threads(nthr)
+        {
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            const int ub0 = (int)((long)tid * nb / nth), ub1 = (int)((long)(tid + 1) * nb / nth);
+            int s0, s, cur = 0;
+            for (s0 = 0; s0 < q->nT; s0 += q->chunk) {
+                const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
+                F(proj)(cl, q, s0, s1, ub0, ub1);
+                for (s = s0; s < s1; s++) {
+                    F(step)(cl, q, s, s0, cur, ub0, ub1);
+                    cur = 1 - cur;
+                    #pragma omp barrier
+                }
+            }
+        }
+    } else
+#endif
+    {
+        int s0, s, cur = 0;
+        for (s0 = 0; s0 < q->nT; s0 += q->chunk) {
+            const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
+            F(proj)(cl, q, s0, s1, 0, nb);
+            for (s = s0; s < s1; s++) {
+                F(step)(cl, q, s, s0, cur, 0, nb);
+                cur = 1 - cur;
+            }
+        }
+    }
+    memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
+}
+
+/* ------------------------------------------------- gate pass for the BLAS (large) path
+ * rows [0, n): acc (n, acc_ld) recurrent products, xrows[b] projected inputs, h (n, H)
+ * previous h (GRU) and/or destination: hout (n, hout_ld) receives h'.  c (n, H). */
+FR_INLINE void F(rows_impl)(const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld,
+                            T* const* xrows, const T* hprev, ptrdiff_t hp_ld, T* c, T* hout,
+                            ptrdiff_t ho_ld) {
+    const int G = cl->G, H = cl->H;
+    V pre[4];
+    T hv[W];
+    int b, u0, g;
+    for (b = 0; b < n; b++) {
+        const T* a = acc + b * acc_ld;
+        for (u0 = 0; u0 < H; u0 += W) {
+            const int nu = H - u0 < W ? H - u0 : W;
+            for (g = 0; g < G; g++) pre[g] = F(vload)(a + (size_t)g * H + u0, nu);
+            F(gate_block)(cl, u0, nu, pre, xrows[b], hprev ? hprev + b * hp_ld : NULL,
+                          c ? c + (size_t)b * H : (T*)hv, hv);
+            memcpy(hout + b * ho_ld + u0, hv, sizeof(T) * nu);
+        }
+    }
+}
+FR_MULTI(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld,
+                            T* const* xrows, const T* hprev, ptrdiff_t hp_ld, T* c, T* hout,
+                            ptrdiff_t ho_ld),
+         (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld))
+
+/* ------------------------------------------------------------------ test hooks */
+FR_INLINE void F(act_array_impl)(int which, const T* x, T* y, ptrdiff_t n) {
+    ptrdiff_t i;
+    for (i = 0; i < n; i += W) {
+        int nu = n - i < W ? (int)(n - i) : W;
+        V v = F(vload)(x + i, nu);
+        v = which == 0 ? F(vsigmoid)(v) : (which == 1 ? F(vtanh)(v) : F(vexp)(v));
+        F(vstore)(y + i, v, nu);
+    }
+}
+FR_MULTI(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
+
+#undef V
+#undef VI
+#undef T
+#undef W
+#undef F
