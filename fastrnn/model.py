@@ -726,8 +726,7 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer.")),
                                name=name)
     if kind == "KerasRNN":
-        core = layer_from_config(cfg["core"])
-        core.load_state_dict(_sub(tensors, "core."))
+        core = layer_from_config(cfg["core"], _sub(tensors, "core."))
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),
                         cfg.get("zero_output_for_mask", False), name=name)
     if kind == "Bidirectional":
@@ -735,11 +734,10 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
         bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."))
         layer = Bidirectional(fwd, bwd, cfg.get("merge_mode", "concat"), name=name)
         if cfg.get("fused"):
-            fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
-                                       "go_backwards": False})
             sd = fwd.core.state_dict()
             sd.update({k + "_reverse": v for k, v in bwd.core.state_dict().items()})
-            fused.load_state_dict(sd)
+            fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
+                                       "go_backwards": False}, sd)
             layer.fuse(fused)
         return layer
     raise ValueError(f"unknown model layer class {kind!r}")

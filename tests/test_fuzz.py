@@ -391,8 +391,6 @@ SHORT_N = {"torch": 300, "safetensors": 300, "keras": 120, "h5": 80, "onnx": 200
 # Formats with findings reported to their loader's owner and not fixed yet: the short run
 # still runs them (and turns XPASS once they are clean).
 KNOWN_OPEN = {
-    "safetensors": "fastrnn config in the metadata with a huge num_layers/hidden_size hangs "
-                   "or allocates in layer_from_config before the tensors are checked",
     "keras": "h5py errors (OSError/RuntimeError/KeyError) and malformed config values escape "
              "as non-LoadError exceptions",
     "h5": "h5py errors escape as non-LoadError exceptions; some corrupt HDF5 files make the "

@@ -60,3 +60,28 @@ def test_corrupt_model_file_is_a_load_error(tmp_path):
     write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(LoadError, match="do not fit"):
         fastrnn.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("change", [
+    {"num_layers": 10 ** 9}, {"hidden_size": 10 ** 9}, {"input_size": 10 ** 9},
+    {"num_layers": "2"}, {"bidirectional": True}, {"activations": [["tanh"]] * 100},
+    {"class_name": "Transformer"},
+])
+def test_hostile_fastrnn_config_is_refused_before_allocating(change, tmp_path):
+    """A fastrnn file whose config lies about the sizes: LoadError, fast, no big allocation."""
+    import json
+    import time
+    import tracemalloc
+    from fastrnn.io import write_safetensors
+    layer = fastrnn.LSTM(3, 4, num_layers=2)
+    cfg = {**layer.get_config(), **change}
+    write_safetensors(tmp_path / "h.safetensors", layer.state_dict(),
+                      {"fastrnn": json.dumps(cfg)})
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(LoadError):
+        fastrnn.load(tmp_path / "h.safetensors")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5
+    assert peak < 50 << 20

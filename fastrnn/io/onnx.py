@@ -44,18 +44,25 @@ def _attrs(node) -> dict[str, Any]:
         if a.type in (a.GRAPH, a.GRAPHS):
             out[a.name] = a  # never executed; the op that needs it is unsupported
             continue
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode("utf-8")
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [s.decode("utf-8") for s in v]
+        try:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8")
+            elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                v = [s.decode("utf-8") for s in v]
+        except (ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+            raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r} "
+                            f"cannot be read ({type(e).__name__}: {e})") from None
         out[a.name] = v
     return out
 
 
 def _tensor(t) -> np.ndarray:
     from onnx import numpy_helper
-    return numpy_helper.to_array(t)
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as e:
+        raise LoadError(f"tensor {t.name!r} cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _ints(a) -> list[int]:
@@ -1002,7 +1009,13 @@ def load_onnx(model, *, num_threads: int | None = None) -> OnnxModel:
                         f"got {type(model).__name__}")
     if not len(proto.graph.node) and not len(proto.graph.output):
         raise LoadError(f"{name or 'model'}: empty ONNX graph")
-    return OnnxModel(proto, num_threads=num_threads, name=name)
+    try:
+        return OnnxModel(proto, num_threads=num_threads, name=name)
+    except LoadError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+        # malformed graphs (inconsistent shapes, bad attribute types) surface here
+        raise LoadError(f"{name or 'model'}: invalid ONNX graph ({type(e).__name__}: {e})") from None
 
 
 load = load_onnx

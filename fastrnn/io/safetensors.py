@@ -263,7 +263,7 @@ def load_fastrnn_safetensors(path):
                         "(not written by fastrnn; use fastrnn.io.load_state_dict)")
     try:
         cfg = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise LoadError(f"{_name(path)}: the fastrnn config in the metadata is not JSON") from e
     from ..layers import layer_from_config  # lazy: io never imports the core at import time
 
@@ -273,11 +273,10 @@ def load_fastrnn_safetensors(path):
         if cfg.get("class_name") == "Model":
             from ..model import model_from_config
             return model_from_config(cfg, tensors)
-        layer = layer_from_config(cfg)
-        layer.load_state_dict(tensors, strict=True)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, LoadError):
-            raise
+        layer = layer_from_config(cfg, tensors)
+    except LoadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
         raise LoadError(f"{_name(path)}: config and weights do not fit ({e})") from e
     return layer
 
