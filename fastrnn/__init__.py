@@ -6,11 +6,12 @@ Public API only; see the README for a tour.
 from ._threads import get_num_threads, set_num_threads
 from .layers import GRU, LSTM, SimpleRNN, layer_from_config
 from .convert import from_torch
+from .stream import Stream
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SimpleRNN", "LSTM", "GRU", "from_torch", "layer_from_config",
+    "SimpleRNN", "LSTM", "GRU", "Stream", "from_torch", "layer_from_config",
     "set_num_threads", "get_num_threads", "load", "__version__",
 ]
 
