@@ -90,11 +90,8 @@ def cmd_inspect(args) -> int:
         if fmt == "safetensors":
             meta = fio.read_safetensors_metadata(path)
         if "fastrnn" in meta and not args.prefix:
-            layer = fio.load(path)
-            _print("content: fastrnn layer (config in the safetensors metadata)")
-            for line in _layer_lines(layer):
-                _print(line)
-            return 0
+            _print("content: fastrnn file (config in the safetensors metadata)")
+            return _describe(fio.load(path))
         tensors, _ = fio.read_state_dict(path)
         total = sum(int(getattr(v, "size", 0)) for v in tensors.values())
         dtypes = sorted({str(getattr(v, "dtype", "?")) for v in tensors.values()})
@@ -113,7 +110,11 @@ def cmd_inspect(args) -> int:
         if len(specs) > 1:
             _print("  (pass --prefix NAME to `fastrnn run`/`convert` to pick one)")
         return 0
-    obj = fio.load(path)
+    return _describe(fio.load(path))
+
+
+def _describe(obj) -> int:
+    """Print what a loaded layer, model or ONNX graph holds."""
     kind = _kind(obj)
     if kind == "model":
         _print(f"content: Keras-style model, {len(obj.layers)} layers, "
@@ -149,18 +150,17 @@ def cmd_inspect(args) -> int:
 def cmd_convert(args) -> int:
     import fastrnn.io as fio
     obj = _load(args.input, args.prefix)
-    if _kind(obj) != "layer":
-        what = {"model": "a Keras-style model", "onnx": "an ONNX graph"}.get(_kind(obj), repr(obj))
-        if hasattr(obj, "state_dict") and hasattr(obj, "get_config"):
-            pass
-        else:
-            raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes single "
-                           "recurrent layers (PyTorch/safetensors modules) for now")
+    if _kind(obj) not in ("layer", "model"):
+        what = {"onnx": "an ONNX graph"}.get(_kind(obj), repr(obj))
+        raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes recurrent layers "
+                       "and Keras-style models (ONNX graphs stay ONNX files)")
     if not args.output.endswith(".safetensors") and not args.force:
         raise CLIError(f"output should end with .safetensors (got {args.output}); "
                        "use --force to write it anyway")
     if os.path.exists(args.output) and not args.force:
         raise CLIError(f"{args.output} exists; use --force to overwrite it")
+    if args.dtype and _kind(obj) != "layer":
+        raise CLIError("--dtype converts single recurrent layers only")
     if args.dtype:
         from .layers import layer_from_config
         cfg = obj.get_config()

@@ -1,4 +1,5 @@
 """The command line: fastrnn.cli.main(argv) in-process, and `python -m fastrnn` once."""
+import glob
 import os
 import subprocess
 import sys
@@ -105,13 +106,26 @@ def test_convert_roundtrip(capsys, tmp_path):
     assert fastrnn.io.load(dst).dtype == np.float64
 
 
-def test_convert_model_refused_clearly(capsys, tmp_path):
+def test_convert_keras_model_and_refuse_onnx(capsys, tmp_path):
     pytest.importorskip("h5py")
-    code, _, err = run(capsys, "convert", os.path.join(FIX, "keras", "k3_lstm_basic.keras"),
-                       str(tmp_path / "k.safetensors"))
-    if code == 0:        # Model saving implemented by the io side: fine too
-        return
+    src = os.path.join(FIX, "keras", "k3_bi_concat_lstm_embed.keras")
+    dst = str(tmp_path / "k.safetensors")
+    code, out, err = run(capsys, "convert", src, dst)
+    assert code == 0, err
+    with np.load(os.path.join(FIX, "keras", "k3_bi_concat_lstm_embed.npz")) as z:
+        x, y = z["x"], z["y0"]
+    assert np.abs(fastrnn.load(dst).predict(x) - y).max() <= 1e-5
+    code, out, err = run(capsys, "inspect", dst)
+    assert code == 0 and "Keras-style model, 4 layers" in out
+    code, _, err = run(capsys, "convert", src, str(tmp_path / "k64.safetensors"),
+                       "--dtype", "float64")
     _one_line_error(code, err)
+    assert "single recurrent layers" in err
+    pytest.importorskip("onnx")
+    onnx_src = sorted(glob.glob(os.path.join(FIX, "onnx", "*.onnx")))[0]
+    code, _, err = run(capsys, "convert", onnx_src, str(tmp_path / "o.safetensors"))
+    _one_line_error(code, err)
+    assert "ONNX graph" in err
 
 
 def test_run_layer_layouts(capsys, tmp_path):
