@@ -76,6 +76,7 @@ cdef extern from "fr_kern.h":
         float* xp
         float* hbuf
         float* lastout
+        int flip
     ctypedef struct fr_seq_d:
         int nT, B, I, reverse, varlen, chunk
         const Py_ssize_t* offsets
@@ -93,6 +94,7 @@ cdef extern from "fr_kern.h":
         double* xp
         double* hbuf
         double* lastout
+        int flip
     void fr_small_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
     void fr_small_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
     void fr_rows_f(const fr_cell* cl, int n, const float* acc, Py_ssize_t acc_ld,
@@ -757,6 +759,7 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qf.xp = xp
         qf.hbuf = hbuf
         qf.lastout = lastout
+        qf.flip = 0
         fr_small_layer_f(cl, &qf, d.num_threads)
     else:
         qd.nT = d.T
@@ -781,6 +784,7 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qd.xp = xp
         qd.hbuf = hbuf
         qd.lastout = lastout
+        qd.flip = 0
         fr_small_layer_d(cl, &qd, d.num_threads)
     free(xp)
     free(hbuf)
@@ -874,3 +878,186 @@ def _act_test(int which, x):
     else:
         raise TypeError("float32 or float64 only")
     return y
+
+
+cdef class StepPlan:
+    """One time step of a stack of uni-directional layers, state carried in place.
+
+    Built once per layer object (cached with the packed weights); :meth:`step` is the
+    lean entry the streaming API uses: no validation beyond dtype/shape asserts of the
+    buffers, no allocation of Python objects, the GIL released inside.
+    """
+    cdef fr_cell* cells
+    cdef int L, H, I, G, cell, is_double
+    cdef int num_threads, flip
+    cdef object keep
+    cdef const void** wxp
+
+    def __cinit__(self):
+        self.cells = NULL
+        self.wxp = NULL
+
+    def __init__(self, int cell, int input_size, int hidden_size, list layers, acts,
+                 double clip, int use_peep, int input_forget, int reset_after, dtype,
+                 int num_threads):
+        cdef Acts A
+        cdef int l, U
+        cdef float[::1] f1
+        cdef double[::1] d1
+        self.L = len(layers)
+        self.H = hidden_size
+        self.I = input_size
+        self.cell = cell
+        self.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+        self.is_double = np.dtype(dtype) == np.float64
+        self.num_threads = num_threads if num_threads > 0 else 1
+        U = 8 if self.is_double else 16
+        (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
+        A.clip = clip
+        if cell == CELL_RNN:
+            A.is_default = A.f == A_TANH or A.f == A_RELU
+        else:
+            A.is_default = A.f == A_SIGMOID and A.g == A_TANH and A.h == A_TANH
+        self.cells = <fr_cell*>malloc(sizeof(fr_cell) * self.L)
+        self.wxp = <const void**>malloc(sizeof(void*) * self.L)
+        if self.cells == NULL or self.wxp == NULL:
+            raise MemoryError()
+        self.keep = layers
+        for l in range(self.L):
+            wxp, whp, bias, bhn, peep = layers[l]
+            ptrs = []
+            for a in (whp, bias, bhn, peep, wxp):
+                if self.is_double:
+                    d1 = a
+                    ptrs.append(<Py_ssize_t>&d1[0])
+                else:
+                    f1 = a
+                    ptrs.append(<Py_ssize_t>&f1[0])
+            _fill_cell(&self.cells[l], cell, self.G, hidden_size, hidden_size, U, &A, use_peep,
+                       input_forget, reset_after, <const void*><Py_ssize_t>ptrs[0],
+                       <const void*><Py_ssize_t>ptrs[1], <const void*><Py_ssize_t>ptrs[2],
+                       <const void*><Py_ssize_t>ptrs[3])
+            self.wxp[l] = <const void*><Py_ssize_t>ptrs[4]
+
+    def __dealloc__(self):
+        free(self.cells)
+        free(self.wxp)
+
+    def step(self, x, h, c=None):
+        """x (B, I), h (L, B, H), c (L, B, H) (LSTM): C-contiguous arrays of the plan's
+        dtype.  h and c are updated in place; returns nothing (the output is h[-1])."""
+        cdef float[:, ::1] xf
+        cdef float[:, :, ::1] hf, cf
+        cdef double[:, ::1] xd
+        cdef double[:, :, ::1] hd, cd
+        cdef void* xp
+        cdef void* hp
+        cdef void* cp = NULL
+        cdef int B
+        if self.is_double:
+            xd = x
+            hd = h
+            B = xd.shape[0]
+            if xd.shape[1] != self.I or hd.shape[0] != self.L or hd.shape[1] != B or hd.shape[2] != self.H:
+                raise ValueError("StepPlan.step: bad shapes")
+            xp = &xd[0, 0]
+            hp = &hd[0, 0, 0]
+            if self.cell == CELL_LSTM:
+                cd = c
+                if cd.shape[0] != self.L or cd.shape[1] != B or cd.shape[2] != self.H:
+                    raise ValueError("StepPlan.step: bad c shape")
+                cp = &cd[0, 0, 0]
+        else:
+            xf = x
+            hf = h
+            B = xf.shape[0]
+            if xf.shape[1] != self.I or hf.shape[0] != self.L or hf.shape[1] != B or hf.shape[2] != self.H:
+                raise ValueError("StepPlan.step: bad shapes")
+            xp = &xf[0, 0]
+            hp = &hf[0, 0, 0]
+            if self.cell == CELL_LSTM:
+                cf = c
+                if cf.shape[0] != self.L or cf.shape[1] != B or cf.shape[2] != self.H:
+                    raise ValueError("StepPlan.step: bad c shape")
+                cp = &cf[0, 0, 0]
+        if B == 0:
+            return
+        with nogil:
+            if self.is_double:
+                rc = self._run_d(<double*>xp, <double*>hp, <double*>cp, B)
+            else:
+                rc = self._run_f(<float*>xp, <float*>hp, <float*>cp, B)
+        if rc != 0:
+            raise MemoryError("fastrnn: could not allocate scratch memory for a step")
+
+    cdef int _run_f(self, float* x, float* h, float* c, int B) noexcept nogil:
+        cdef fr_seq_f q
+        cdef Py_ssize_t off = 0, nst = B, lens0 = 0
+        cdef int l, GH = self.G * self.H, H = self.H
+        cdef float* buf = <float*>malloc(sizeof(float) * (<Py_ssize_t>B * GH + 2 * B * H) + 64)
+        if buf == NULL:
+            return -1
+        q.nT = 1
+        q.B = B
+        q.reverse = 0
+        q.varlen = 0
+        q.chunk = 1
+        q.offsets = &off
+        q.nsteps = &nst
+        q.lens = &lens0
+        q.mask = NULL
+        q.mask_zero = 0
+        q.out = NULL
+        q.out_ld = 0
+        q.out_col = 0
+        q.xp = buf
+        q.hbuf = buf + <Py_ssize_t>B * GH
+        q.lastout = NULL
+        q.flip = self.flip
+        self.flip = 1 - self.flip
+        for l in range(self.L):
+            q.I = self.I if l == 0 else H
+            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * H
+            q.x_ld = q.I
+            q.wxp = <const float*>self.wxp[l]
+            q.h = h + <Py_ssize_t>l * B * H
+            q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
+            fr_small_layer_f(&self.cells[l], &q, self.num_threads)
+        free(buf)
+        return 0
+
+    cdef int _run_d(self, double* x, double* h, double* c, int B) noexcept nogil:
+        cdef fr_seq_d q
+        cdef Py_ssize_t off = 0, nst = B, lens0 = 0
+        cdef int l, GH = self.G * self.H, H = self.H
+        cdef double* buf = <double*>malloc(sizeof(double) * (<Py_ssize_t>B * GH + 2 * B * H) + 64)
+        if buf == NULL:
+            return -1
+        q.nT = 1
+        q.B = B
+        q.reverse = 0
+        q.varlen = 0
+        q.chunk = 1
+        q.offsets = &off
+        q.nsteps = &nst
+        q.lens = &lens0
+        q.mask = NULL
+        q.mask_zero = 0
+        q.out = NULL
+        q.out_ld = 0
+        q.out_col = 0
+        q.xp = buf
+        q.hbuf = buf + <Py_ssize_t>B * GH
+        q.lastout = NULL
+        q.flip = self.flip
+        self.flip = 1 - self.flip
+        for l in range(self.L):
+            q.I = self.I if l == 0 else H
+            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * H
+            q.x_ld = q.I
+            q.wxp = <const double*>self.wxp[l]
+            q.h = h + <Py_ssize_t>l * B * H
+            q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
+            fr_small_layer_d(&self.cells[l], &q, self.num_threads)
+        free(buf)
+        return 0

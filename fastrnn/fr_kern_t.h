@@ -298,6 +298,7 @@ typedef struct {
     T* xp;                       /* (chunk * B, G*H) */
     T* hbuf;                     /* (2, B, H) */
     T* lastout;                  /* (B, H) mask only */
+    int flip;                    /* single-step calls: traverse unit blocks backwards */
 } F(fr_seq);
 
 FR_INLINE int F(in_time)(const F(fr_seq)* q, int s, int b) {
@@ -359,8 +360,12 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
     const T* rows[4];
     V acc[16];
     T hv[W];
-    int ub, r0, r, rb;
-    for (ub = ub0; ub < ub1; ub++) {
+    int ub, r0, r, rb, i;
+    /* ping-pong traversal: odd steps walk the blocks backwards, so the blocks the last
+     * step touched (still in cache) come first when a slice slightly exceeds L2 */
+    const int rev = (s & 1) ^ q->flip;
+    for (i = 0; i < ub1 - ub0; i++) {
+        ub = rev ? ub1 - 1 - i : ub0 + i;
         const int u0 = ub * U;
         const int nu = H - u0 < U ? H - u0 : U;
         const T* Wb = (const T*)cl->wp + (size_t)ub * K * G * U;
@@ -415,8 +420,18 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
             const int ub0 = (int)((long)tid * nb / nth), ub1 = (int)((long)(tid + 1) * nb / nth);
-            int s0, s, cur = 0;
-            for (s0 = 0; s0 < q->nT; s0 += q->chunk) {
+            int s0 = 0, s, cur = 0, i;
+            if (q->nT == 1) {
+                /* one step: projection and recurrence block by block (one pass over
+                 * each block's weights), alternate direction from call to call */
+                for (i = 0; i < ub1 - ub0; i++) {
+                    const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
+                    F(proj)(cl, q, 0, 1, ub, ub + 1);
+                    F(step)(cl, q, 0, 0, 0, ub, ub + 1);
+                }
+                s0 = q->nT;
+            }
+            for (; s0 < q->nT; s0 += q->chunk) {
                 const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
                 F(proj)(cl, q, s0, s1, ub0, ub1);
                 for (s = s0; s < s1; s++) {
@@ -429,8 +444,16 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
     } else
 #endif
     {
-        int s0, s, cur = 0;
-        for (s0 = 0; s0 < q->nT; s0 += q->chunk) {
+        int s0 = 0, s, cur = 0, i;
+        if (q->nT == 1) {
+            for (i = 0; i < nb; i++) {
+                const int ub = q->flip ? nb - 1 - i : i;
+                F(proj)(cl, q, 0, 1, ub, ub + 1);
+                F(step)(cl, q, 0, 0, 0, ub, ub + 1);
+            }
+            s0 = q->nT;
+        }
+        for (; s0 < q->nT; s0 += q->chunk) {
             const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
             F(proj)(cl, q, s0, s1, 0, nb);
             for (s = s0; s < s1; s++) {

@@ -40,6 +40,14 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 _CHUNK_BYTES = 4 << 20
 
 
+def _step_threads(layer, nt: int) -> int:
+    """Threads for one time step: a second thread pays only when the step's weights
+    are large (fork/join of a parallel region costs about a microsecond)."""
+    G, H = _GATES[layer._cell], layer.hidden_size
+    work = G * H * (layer.input_size + H)
+    return nt if work >= (1 << 17) else 1
+
+
 def parse_activation(spec) -> tuple[str, float, float]:
     """Normalise an activation spec to ``(name, alpha, beta)``.
 
@@ -119,6 +127,11 @@ class RNNBase:
     Returns ``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``) like PyTorch, with output
     ``(T, B, D*H_out)``.  Empty inputs (``T == 0`` or ``B == 0``) return empty outputs
     and the initial state as the final state.
+
+    ``return_sequences=False`` (Keras's name): ``output`` is only the last layer's final
+    state, ``(B, D*H_out)`` (directions concatenated; ``(D*H_out,)`` unbatched), which is
+    Keras's last output; the per-step outputs of the last layer are never materialised,
+    so a long sequence costs no output memory.
     """
 
     _cell = "RNN"
@@ -368,6 +381,7 @@ class RNNBase:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_packed"] = None
+        state.pop("_step_plans", None)
         return state
 
     def save(self, path) -> None:
@@ -407,13 +421,61 @@ class RNNBase:
         return hx, None
 
     def forward(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
-                num_threads: int | None = None):
+                num_threads: int | None = None, return_sequences: bool = True):
         """Same as calling the layer."""
         return self(x, hx, lengths=lengths, mask=mask, masked_output=masked_output,
-                    num_threads=num_threads)
+                    num_threads=num_threads, return_sequences=return_sequences)
+
+    def _step_fast(self, x_t, h, c=None, num_threads: int | None = None):
+        """Lean one-time-step forward for streaming (internal API).
+
+        ``x_t`` ``(B, I)``; ``h`` ``(num_layers, B, H_out)`` and, for LSTM, ``c``
+        ``(num_layers, B, H)``: C-contiguous arrays of the layer's dtype, updated in place
+        to the state after this step.  Returns ``h[-1]`` (a view: the step's output).
+        Uni-directional layers only (not ``go_backwards``).  No other validation: the
+        caller (e.g. :class:`fastrnn.Stream`) owns the buffers.  About 1 us of Python
+        overhead on top of the kernel (vs tens of us for ``layer(x[None], state)``).
+        """
+        plans = self.__dict__.get("_step_plans")
+        packed = self._pack()
+        nt = _threads.resolve(num_threads, self.num_threads)
+        if plans is None or plans[0] is not packed:
+            plans = (packed, {})
+            self.__dict__["_step_plans"] = plans
+        plan = plans[1].get(nt)
+        if plan is None:
+            plan = self._make_step_plan(packed, nt)
+            plans[1][nt] = plan
+        if plan is False:
+            # configurations the packed kernel does not cover: the general path
+            hx = (h, c) if self._cell == "LSTM" else h
+            out, st = self(x_t[None], hx, num_threads=nt)
+            if self._cell == "LSTM":
+                h[...] = st[0]
+                c[...] = st[1]
+            else:
+                h[...] = st
+            return h[-1]
+        plan.step(x_t, h, c)
+        return h[-1]
+
+    def _make_step_plan(self, packed, nt):
+        from . import _kernels
+        if self.bidirectional or self.go_backwards:
+            raise ValueError("_step_fast: uni-directional layers only")
+        if packed[0][0][6] is None:
+            return False
+        _threads.hook_blas()
+        layers = [(p[0][6], p[0][7], p[0][2], p[0][3], p[0][5]) for p in packed]
+        acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[0]]
+        acts += [(1, 0.0, 0.0)] * (3 - len(acts))
+        return _kernels.StepPlan(_CELL_CODE[self._cell], self.input_size, self.hidden_size,
+                                 layers, acts, self.clip or 0.0, int(self.peepholes),
+                                 int(self.input_forget), int(self.reset_after), self.dtype,
+                                 _step_threads(self, nt))
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, return_sequences: bool = True):
         from . import _kernels
         _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
@@ -511,7 +573,8 @@ class RNNBase:
             chunk = max(1, min(Teff, _CHUNK_BYTES // max(1, B * G * H * dt.itemsize)))
             for layer in range(L):
                 inp = out
-                out = np.empty((N, D * Hout), dt)
+                last_only = layer == L - 1 and not return_sequences
+                out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
                 for d in range(D):
                     k = layer * D + d
                     wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
@@ -524,12 +587,28 @@ class RNNBase:
                         out, d * Hout, int(reverse), int(perm is not None), H, self.proj_size,
                         int(self.reset_after), int(self.input_forget), acts,
                         self.clip or 0.0, int(self.peepholes), has_mask,
-                        int(masked_output == "zero"), nt, chunk, wxp, whp)
+                        int(masked_output == "zero"), nt, chunk, wxp, whp,
+                        int(not last_only))
         else:
             out = np.zeros((0, D * Hout), dt)
 
         # ---- unpack
-        if perm is not None:
+        if not return_sequences:
+            if perm is not None:
+                inv = np.empty_like(perm)
+                inv[perm] = np.arange(B)
+                h_state = h_state[:, inv]
+                if c_state is not None:
+                    c_state = c_state[:, inv]
+            # last layer's final state per direction, concatenated: (B, D*Hout)
+            output = np.ascontiguousarray(
+                h_state[(L - 1) * D:].transpose(1, 0, 2).reshape(B, D * Hout))
+            if unbatched:
+                output = output[0]
+                h_state = h_state[:, 0]
+                if c_state is not None:
+                    c_state = c_state[:, 0]
+        elif perm is not None:
             tmp = np.zeros((Teff, B, D * Hout), dt)
             tmp[valid] = out
             output = np.zeros((T, B, D * Hout), dt)
@@ -564,13 +643,14 @@ class RNNBase:
         return train.forward_train(self, x, hx, lengths=lengths, num_threads=num_threads)
 
     def backward(self, cache, grad_output=None, grad_state=None, *,
-                 num_threads: int | None = None) -> dict:
+                 need_input_grad: bool = True, num_threads: int | None = None) -> dict:
         """Gradients from a :meth:`forward_train` cache, given ``dL/doutput`` and
         ``dL/dh_n`` (LSTM: ``(dL/dh_n, dL/dc_n)``), either None for zero.  Returns
         ``{"input", "h0", ["c0",] "weight_ih_l0", ...}``, weights named and shaped as in
-        :meth:`state_dict`."""
+        :meth:`state_dict` (no ``"input"`` with ``need_input_grad=False``)."""
         from . import train
-        return train.backward(self, cache, grad_output, grad_state, num_threads=num_threads)
+        return train.backward(self, cache, grad_output, grad_state,
+                              need_input_grad=need_input_grad, num_threads=num_threads)
     # ---------------------------------------------------------------- end training
 
 
@@ -643,53 +723,16 @@ class GRU(RNNBase):
 _CLASSES = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
 
 
-def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[str, Any]) -> None:
-    """Before building a layer from an untrusted config: its sizes must be those of the
-    given weights, so that building it allocates no more than the weights already take
-    (a file cannot ask for a billion layers)."""
-    def shape(key):
-        a = state_dict.get(key)
-        if a is None:
-            raise KeyError(f"config and weights do not fit: missing {key!r}")
-        return tuple(np.shape(a))
-
-    gates = _GATES["RNN" if name == "SimpleRNN" else name]
-    L, H, I = cfg.get("num_layers", 1), cfg.get("hidden_size"), cfg.get("input_size")
-    for k, v in (("num_layers", L), ("hidden_size", H), ("input_size", I)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"config {k} must be an int, got {v!r}")
-    n_ih = sum(1 for k in state_dict if str(k).startswith("weight_ih_l"))
-    D = 2 if cfg.get("bidirectional") else 1
-    if L * D != n_ih:
-        raise ValueError(f"config and weights do not fit: num_layers={L}, "
-                         f"{'bi' if D == 2 else 'uni'}directional, but {n_ih} weight_ih tensors")
-    if shape("weight_ih_l0") != (gates * H, I):
-        raise ValueError(f"config and weights do not fit: weight_ih_l0 has shape "
-                         f"{shape('weight_ih_l0')}, config says {(gates * H, I)}")
-
-
-def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None
-                      ) -> RNNBase:
-    """Rebuild a layer from :meth:`RNNBase.get_config`; with ``state_dict`` the config is
-    first checked against the weights' shapes (for configs read from files), then the
-    weights are loaded (strict)."""
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"layer config must be a mapping, got {type(cfg).__name__}")
+def layer_from_config(cfg: Mapping[str, Any]) -> RNNBase:
+    """Rebuild a layer (random weights) from :meth:`RNNBase.get_config`."""
     cfg = dict(cfg)
     name = cfg.pop("class_name", None)
     if name not in _CLASSES:
         raise ValueError(f"unknown layer class {name!r} in config; known: {sorted(_CLASSES)}")
-    if state_dict is not None:
-        _check_config_fits(name, cfg, state_dict)
     acts = cfg.pop("activations", None)
     if acts is not None:
-        if not isinstance(acts, (list, tuple)) or len(acts) > 6:
-            raise ValueError(f"bad activations in config: {acts!r}")
-        cfg["activations"] = [tuple(a) if isinstance(a, (list, tuple)) else a for a in acts]
+        cfg["activations"] = [tuple(a) for a in acts]
     try:
-        layer = _CLASSES[name](**cfg)
+        return _CLASSES[name](**cfg)
     except TypeError as e:
         raise ValueError(f"bad config for {name}: {e}") from None
-    if state_dict is not None:
-        layer.load_state_dict(state_dict)
-    return layer

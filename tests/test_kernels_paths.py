@@ -139,3 +139,49 @@ def test_path_choice_is_automatic():
     assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "blas"     # projection
     assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "blas"     # GRU reset_after=False
     assert _kernels.isa() in ("avx512", "avx2+fma", "x86-64 baseline")
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_return_sequences_false(path, cell, bidirectional):
+    rng = np.random.default_rng(31)
+    layer = CELLS[cell](4, 13, num_layers=2, bidirectional=bidirectional, seed=8)
+    x = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    lengths = [7, 2, 5]
+    out, st = layer(x, lengths=lengths)
+    last, st2 = layer(x, lengths=lengths, return_sequences=False)
+    h = st[0] if isinstance(st, tuple) else st
+    h2 = st2[0] if isinstance(st2, tuple) else st2
+    np.testing.assert_array_equal(h, h2)
+    D = 2 if bidirectional else 1
+    assert last.shape == (3, D * 13)
+    np.testing.assert_array_equal(last, np.concatenate(list(h[-D:]), axis=1))
+    # forward direction's last output is its final state
+    np.testing.assert_allclose(last[0, :13], out[6, 0, :13], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_step_fast_matches_sequence(cell, dtype, nt):
+    rng = np.random.default_rng(37)
+    layer = CELLS[cell](6, 40, num_layers=2, dtype=dtype, seed=10, num_threads=nt)
+    x = rng.standard_normal((5, 3, 6)).astype(dtype)
+    ref, _ = layer(x)
+    h = np.zeros((2, 3, 40), dtype)
+    c = np.zeros((2, 3, 40), dtype) if cell == "LSTM" else None
+    outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(5)]
+    rtol, atol = _tol(dtype)
+    np.testing.assert_allclose(np.array(outs), ref, rtol=rtol, atol=atol)
+
+
+def test_step_fast_fallback_configs():
+    rng = np.random.default_rng(41)
+    for layer in (fastrnn.LSTM(4, 9, proj_size=3, seed=1), fastrnn.GRU(4, 9, reset_after=False, seed=1)):
+        x = rng.standard_normal((4, 2, 4)).astype(np.float32)
+        ref, _ = layer(x)
+        Hout = layer.output_size
+        h = np.zeros((1, 2, Hout), np.float32)
+        c = np.zeros((1, 2, 9), np.float32) if layer._cell == "LSTM" else None
+        outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(4)]
+        np.testing.assert_allclose(np.array(outs), ref, rtol=2e-5, atol=2e-5)
