@@ -723,16 +723,53 @@ class GRU(RNNBase):
 _CLASSES = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
 
 
-def layer_from_config(cfg: Mapping[str, Any]) -> RNNBase:
-    """Rebuild a layer (random weights) from :meth:`RNNBase.get_config`."""
+def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[str, Any]) -> None:
+    """Before building a layer from an untrusted config: its sizes must be those of the
+    given weights, so that building it allocates no more than the weights already take
+    (a file cannot ask for a billion layers)."""
+    def shape(key):
+        a = state_dict.get(key)
+        if a is None:
+            raise KeyError(f"config and weights do not fit: missing {key!r}")
+        return tuple(np.shape(a))
+
+    gates = _GATES["RNN" if name == "SimpleRNN" else name]
+    L, H, I = cfg.get("num_layers", 1), cfg.get("hidden_size"), cfg.get("input_size")
+    for k, v in (("num_layers", L), ("hidden_size", H), ("input_size", I)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"config {k} must be an int, got {v!r}")
+    n_ih = sum(1 for k in state_dict if str(k).startswith("weight_ih_l"))
+    D = 2 if cfg.get("bidirectional") else 1
+    if L * D != n_ih:
+        raise ValueError(f"config and weights do not fit: num_layers={L}, "
+                         f"{'bi' if D == 2 else 'uni'}directional, but {n_ih} weight_ih tensors")
+    if shape("weight_ih_l0") != (gates * H, I):
+        raise ValueError(f"config and weights do not fit: weight_ih_l0 has shape "
+                         f"{shape('weight_ih_l0')}, config says {(gates * H, I)}")
+
+
+def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None
+                      ) -> RNNBase:
+    """Rebuild a layer from :meth:`RNNBase.get_config`; with ``state_dict`` the config is
+    first checked against the weights' shapes (for configs read from files), then the
+    weights are loaded (strict)."""
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"layer config must be a mapping, got {type(cfg).__name__}")
     cfg = dict(cfg)
     name = cfg.pop("class_name", None)
     if name not in _CLASSES:
         raise ValueError(f"unknown layer class {name!r} in config; known: {sorted(_CLASSES)}")
+    if state_dict is not None:
+        _check_config_fits(name, cfg, state_dict)
     acts = cfg.pop("activations", None)
     if acts is not None:
-        cfg["activations"] = [tuple(a) for a in acts]
+        if not isinstance(acts, (list, tuple)) or len(acts) > 6:
+            raise ValueError(f"bad activations in config: {acts!r}")
+        cfg["activations"] = [tuple(a) if isinstance(a, (list, tuple)) else a for a in acts]
     try:
-        return _CLASSES[name](**cfg)
+        layer = _CLASSES[name](**cfg)
     except TypeError as e:
         raise ValueError(f"bad config for {name}: {e}") from None
+    if state_dict is not None:
+        layer.load_state_dict(state_dict)
+    return layer
