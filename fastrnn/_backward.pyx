@@ -56,6 +56,143 @@ def _set_blas_local_setter(intptr_t address):
     frb_blas_set_local = <frb_set_threads_t>address
 
 
+cdef extern from "_backward_gemm.h":
+    int frbg_level() nogil
+    int frbg_nb(int level, int elsize) nogil
+    float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
+    double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
+    float* frbg_pack_rows_f(const float* const* rows, int k, int n, int nb) nogil
+    double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb) nogil
+    void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
+                     const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
+    void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda, int aks,
+                     const double* Bp, double* C, int ldc, int beta, int p0, int p1) nogil
+    void frbg_sigmoid_f(const float* a, float* out, int n) nogil
+    void frbg_tanh_f(const float* a, float* out, int n) nogil
+    void frbg_sigmoid_d(const double* a, double* out, int n) nogil
+    void frbg_tanh_d(const double* a, double* out, int n) nogil
+
+# batches up to this size use the packed small-M kernel for the per-step products
+cdef enum:
+    SMALL_GEMM_MAX_ROWS = 128
+
+
+def small_gemm_level():
+    """0: per-step products through BLAS; 1: AVX2+FMA kernel; 2: AVX-512 kernel."""
+    return frbg_level()
+
+
+# ------------------------------------------------------------ recurrent products
+cdef struct Rec:
+    # B (k x n) of a per-step product C = A @ B: packed panels, or NULL to use BLAS on W
+    void* bp
+    const void* w
+    int k, n, np, level, ldw, wtrans
+
+
+cdef bint _rec_init(Rec* R, const floating* W, int ldw, int k, int n, bint wtrans,
+                    int use_packed) noexcept nogil:
+    """B = W^T (wtrans) or W.  Returns False when packing ran out of memory."""
+    cdef int nb
+    R.w = W
+    R.k = k
+    R.n = n
+    R.ldw = ldw
+    R.wtrans = wtrans
+    R.bp = NULL
+    R.level = frbg_level() if use_packed else 0
+    R.np = 0
+    if R.level == 0 or k <= 0 or n <= 0:
+        R.level = 0
+        return True
+    nb = frbg_nb(R.level, sizeof(floating))
+    R.np = (n + nb - 1) // nb
+    if floating is float:
+        R.bp = frbg_pack_f(W, ldw, k, n, wtrans, nb)
+    else:
+        R.bp = frbg_pack_d(W, ldw, k, n, wtrans, nb)
+    if R.bp == NULL:        # out of memory for the packed copy: BLAS on W instead
+        R.level = 0
+    return True
+
+
+cdef void _pgemm(int level, int m, int n, int k, const floating* A, int lda, int aks,
+                 const floating* Bp, floating* C, int ldc, int beta, int nt) noexcept nogil:
+    """Packed-kernel GEMM, split over threads by panels (a thread keeps the same panels,
+    hence the same part of B in its cache, call after call) or, when there are too few
+    panels, by rows."""
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    cdef int np = (n + nb - 1) // nb
+    cdef int t, p0, p1, r0, r1, per, nth
+    cdef bint by_panels = np >= nt and (np % nt == 0 or m < 12 * nt)
+    if m <= 0 or n <= 0:
+        return
+    if nt <= 1 or <long>m * n * k < 65536 or (not by_panels and m < 12 * nt):
+        if floating is float:
+            frbg_gemm_f(level, m, n, k, A, lda, aks, Bp, C, ldc, beta, 0, np)
+        else:
+            frbg_gemm_d(level, m, n, k, A, lda, aks, Bp, C, ldc, beta, 0, np)
+    elif by_panels:
+        for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
+            p0 = t * np // nt
+            p1 = (t + 1) * np // nt
+            if floating is float:
+                frbg_gemm_f(level, m, n, k, A, lda, aks, Bp, C, ldc, beta, p0, p1)
+            else:
+                frbg_gemm_d(level, m, n, k, A, lda, aks, Bp, C, ldc, beta, p0, p1)
+    else:
+        per = ((m + nt - 1) // nt + 5) // 6 * 6
+        for t in prange(nt, nogil=True, num_threads=nt, schedule='static'):
+            r0 = t * per
+            r1 = r0 + per
+            if r1 > m:
+                r1 = m
+            if r0 < r1:
+                if floating is float:
+                    frbg_gemm_f(level, r1 - r0, n, k, A + <Py_ssize_t>r0 * lda, lda, aks, Bp,
+                                C + <Py_ssize_t>r0 * ldc, ldc, beta, 0, np)
+                else:
+                    frbg_gemm_d(level, r1 - r0, n, k, A + <Py_ssize_t>r0 * lda, lda, aks, Bp,
+                                C + <Py_ssize_t>r0 * ldc, ldc, beta, 0, np)
+
+
+cdef void _rec_gemm(const Rec* R, int m, const floating* A, int lda, floating* C, int ldc,
+                    int beta, int nt) noexcept nogil:
+    """C (m x n) = A @ B (+ C when beta)."""
+    if m <= 0:
+        return
+    if R.bp == NULL:
+        gemm_rm(False, R.wtrans, m, R.n, R.k, <floating>1, A, lda, <const floating*>R.w,
+                R.ldw, <floating>beta, C, ldc)
+    else:
+        _pgemm(R.level, m, R.n, R.k, A, lda, 1, <const floating*>R.bp, C, ldc, beta, nt)
+
+
+cdef void _wgemm(int level, int m, int n, int k, const floating* A, int lda, int aks,
+                 const floating* W, int ldw, bint wtrans, floating* C, int ldc, int beta,
+                 int nt) noexcept nogil:
+    """C (m x n) = op(A) @ B (+ C when beta), B (k x n) = W^T (wtrans) or W (leading
+    dimension ldw).  A's element (r, kk) is A[r*lda + kk*aks]: aks == 1 is A as stored,
+    lda == 1 is A stored transposed.  B is packed for the kernel (level > 0), else BLAS."""
+    cdef void* bp = NULL
+    cdef int nb
+    if m <= 0 or n <= 0:
+        return
+    if level > 0 and k > 0:
+        nb = frbg_nb(level, sizeof(floating))
+        if floating is float:
+            bp = frbg_pack_f(W, ldw, k, n, wtrans, nb)
+        else:
+            bp = frbg_pack_d(W, ldw, k, n, wtrans, nb)
+    if bp != NULL:
+        _pgemm(level, m, n, k, A, lda, aks, <const floating*>bp, C, ldc, beta, nt)
+        free(bp)
+    elif aks == 1:
+        gemm_rm(False, wtrans, m, n, k, <floating>1, A, lda, W, ldw, <floating>beta, C, ldc)
+    else:
+        gemm_rm(True, wtrans, m, n, k, <floating>1, A, aks, W, ldw, <floating>beta, C, ldc)
+
+
 # ----------------------------------------------------------------------------- math
 cdef inline floating _exp(floating x) noexcept nogil:
     if floating is float:
@@ -75,18 +212,37 @@ cdef inline floating _sigmoid(floating x) noexcept nogil:
     return 1 / (1 + _exp(-x))
 
 
+cdef inline void _vsig(const floating* a, floating* out, int n) noexcept nogil:
+    """out[:n] = sigmoid(a[:n]), vectorised (a == out allowed)."""
+    if floating is float:
+        frbg_sigmoid_f(a, out, n)
+    else:
+        frbg_sigmoid_d(a, out, n)
+
+
+cdef inline void _vtanh(const floating* a, floating* out, int n) noexcept nogil:
+    if floating is float:
+        frbg_tanh_f(a, out, n)
+    else:
+        frbg_tanh_d(a, out, n)
+
+
 # ------------------------------------------------------------ forward row passes
 # kinds: 0 RNN, 1 LSTM, 2 GRU reset_after, 3 GRU (r, z) first half, 4 GRU n second half
 cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
                  const floating* acc, const floating* bias, const floating* bhn,
                  const floating* hp, int ldhp, const floating* cp, floating* cs,
                  floating* ys, int ldy, floating* rh) noexcept nogil:
+    """Gate math of rows [r0, r1) of one step: pre-activations plus biases, then the
+    activations as vectorised passes over contiguous gate blocks, then the state update."""
     cdef int b, j
-    cdef floating v, i, f, g, o, c, r, z, hn, nn
+    cdef floating v, f, c, r, z, hn
     cdef floating* gb
     cdef floating* yb
+    cdef floating* cb
     cdef const floating* ab
     cdef const floating* hb
+    cdef const floating* cpb
     cdef Py_ssize_t G
     if kind == 0:
         for b in range(r0, r1):
@@ -97,24 +253,25 @@ cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
                     yb[j] = v if v > 0 else 0
             else:
                 for j in range(H):
-                    yb[j] = _tanh(yb[j] + bias[j])
+                    yb[j] = yb[j] + bias[j]
+                _vtanh(yb, yb, H)
     elif kind == 1:
         G = 4 * H
         for b in range(r0, r1):
             gb = gs + b * G
             yb = ys + <Py_ssize_t>b * ldy
+            cb = cs + <Py_ssize_t>b * H
+            cpb = cp + <Py_ssize_t>b * H
+            for j in range(4 * H):
+                gb[j] = gb[j] + bias[j]
+            _vsig(gb, gb, 2 * H)
+            _vtanh(gb + 2 * H, gb + 2 * H, H)
+            _vsig(gb + 3 * H, gb + 3 * H, H)
             for j in range(H):
-                i = _sigmoid(gb[j] + bias[j])
-                f = _sigmoid(gb[H + j] + bias[H + j])
-                g = _tanh(gb[2 * H + j] + bias[2 * H + j])
-                o = _sigmoid(gb[3 * H + j] + bias[3 * H + j])
-                c = f * cp[<Py_ssize_t>b * H + j] + i * g
-                gb[j] = i
-                gb[H + j] = f
-                gb[2 * H + j] = g
-                gb[3 * H + j] = o
-                cs[<Py_ssize_t>b * H + j] = c
-                yb[j] = o * _tanh(c)
+                cb[j] = gb[H + j] * cpb[j] + gb[j] * gb[2 * H + j]
+            _vtanh(cb, yb, H)
+            for j in range(H):
+                yb[j] = yb[j] * gb[3 * H + j]
     elif kind == 2:
         G = 3 * H
         for b in range(r0, r1):
@@ -122,27 +279,28 @@ cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
             ab = acc + b * G
             hb = hp + <Py_ssize_t>b * ldhp
             yb = ys + <Py_ssize_t>b * ldy
+            cb = cs + <Py_ssize_t>b * H
+            for j in range(2 * H):
+                gb[j] = gb[j] + bias[j] + ab[j]
+            _vsig(gb, gb, 2 * H)
             for j in range(H):
-                r = _sigmoid(gb[j] + bias[j] + ab[j])
-                z = _sigmoid(gb[H + j] + bias[H + j] + ab[H + j])
                 hn = ab[2 * H + j] + bhn[j]
-                nn = _tanh(gb[2 * H + j] + bias[2 * H + j] + r * hn)
-                gb[j] = r
-                gb[H + j] = z
-                gb[2 * H + j] = nn
-                cs[<Py_ssize_t>b * H + j] = hn
-                yb[j] = (1 - z) * nn + z * hb[j]
+                cb[j] = hn
+                gb[2 * H + j] = gb[2 * H + j] + bias[2 * H + j] + gb[j] * hn
+            _vtanh(gb + 2 * H, gb + 2 * H, H)
+            for j in range(H):
+                z = gb[H + j]
+                yb[j] = (1 - z) * gb[2 * H + j] + z * hb[j]
     elif kind == 3:
         G = 3 * H
         for b in range(r0, r1):
             gb = gs + b * G
             hb = hp + <Py_ssize_t>b * ldhp
+            for j in range(2 * H):
+                gb[j] = gb[j] + bias[j]
+            _vsig(gb, gb, 2 * H)
             for j in range(H):
-                r = _sigmoid(gb[j] + bias[j])
-                z = _sigmoid(gb[H + j] + bias[H + j])
-                gb[j] = r
-                gb[H + j] = z
-                rh[<Py_ssize_t>b * H + j] = r * hb[j]
+                rh[<Py_ssize_t>b * H + j] = gb[j] * hb[j]
     else:
         G = 3 * H
         for b in range(r0, r1):
@@ -150,10 +308,11 @@ cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
             hb = hp + <Py_ssize_t>b * ldhp
             yb = ys + <Py_ssize_t>b * ldy
             for j in range(H):
+                gb[2 * H + j] = gb[2 * H + j] + bias[2 * H + j]
+            _vtanh(gb + 2 * H, gb + 2 * H, H)
+            for j in range(H):
                 z = gb[H + j]
-                nn = _tanh(gb[2 * H + j] + bias[2 * H + j])
-                gb[2 * H + j] = nn
-                yb[j] = (1 - z) * nn + z * hb[j]
+                yb[j] = (1 - z) * gb[2 * H + j] + z * hb[j]
 
 
 cdef void _fpar(int kind, int n, int nt, int H, int relu, floating* gs,
@@ -209,12 +368,13 @@ cdef void _brows(int kind, int r0, int r1, int H, int relu, const floating* gs,
             db = dg + b * G
             sb = src + <Py_ssize_t>b * ldsrc
             bH = <Py_ssize_t>b * H
+            _vtanh(cs + bH, db + 3 * H, H)      # tanh(c), read below before overwritten
             for j in range(H):
                 i = gb[j]
                 f = gb[H + j]
                 g = gb[2 * H + j]
                 o = gb[3 * H + j]
-                tc = _tanh(cs[bH + j])
+                tc = db[3 * H + j]
                 dhh = sb[j]
                 dct = dc[bH + j] + dhh * o * (1 - tc * tc)
                 db[j] = dct * g * i * (1 - i)
@@ -298,7 +458,7 @@ cdef void _bpar(int kind, int n, int nt, int H, int relu, const floating* gs,
 
 # ------------------------------------------------------------------------ the layer
 cdef struct Dims:
-    int cell, S, N, B, I, H, P, G, reset_after, relu, proj, nt, ldy
+    int cell, S, N, B, I, H, P, G, reset_after, relu, proj, nt, ldy, want_dx
 
 
 cdef int _forward(Dims* d, const floating* x, const floating* wih, const floating* whh,
@@ -318,6 +478,22 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef floating* rh = NULL
     cdef int old_blas
     cdef bint ok = True
+    cdef Rec R1, R2
+    cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
+    cdef int level = frbg_level()
+    R1.bp = NULL
+    R2.bp = NULL
+    if d.cell == 0:
+        ok = _rec_init(&R1, whh, H, H, H, True, small)
+    elif d.cell == 1:
+        ok = _rec_init(&R1, whh, P, P, GH, True, small)
+        if d.proj:
+            ok = _rec_init(&R2, whr, H, H, P, True, small) and ok
+    elif d.reset_after:
+        ok = _rec_init(&R1, whh, H, H, GH, True, small)
+    else:
+        ok = _rec_init(&R1, whh, H, H, 2 * H, True, small)
+        ok = _rec_init(&R2, whh + 2 * H * H, H, H, H, True, small) and ok
     if d.cell == 2 and d.reset_after:
         acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
         ok = acc != NULL
@@ -331,13 +507,15 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         free(acc)
         free(rh)
         free(hraw)
+        free(R1.bp)
+        free(R2.bp)
         return -1
     old_blas = frb_blas_threads(nt)
     # input projection of every step in one GEMM
     if d.cell == 0:
-        gemm_rm(False, True, N, H, I, <floating>1, x, I, wih, I, <floating>0, y, ldy)
+        _wgemm(level, N, H, I, x, I, 1, wih, I, True, y, ldy, 0, nt)
     else:
-        gemm_rm(False, True, N, GH, I, <floating>1, x, I, wih, I, <floating>0, gates, GH)
+        _wgemm(level, N, GH, I, x, I, 1, wih, I, True, gates, GH, 0, nt)
     for s in range(S):
         n = <int>nsteps[s]
         r = offsets[s]
@@ -352,35 +530,43 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         ys = y + r * ldy
         gs = gates + r * GH
         if d.cell == 0:
-            gemm_rm(False, True, n, H, H, <floating>1, hp, ldhp, whh, H, <floating>1, ys, ldy)
+            _rec_gemm(&R1, n, hp, ldhp, ys, ldy, 1, nt)
             _fpar(0, n, nt, H, d.relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
         elif d.cell == 1:
-            gemm_rm(False, True, n, GH, P, <floating>1, hp, ldhp, whh, P, <floating>1, gs, GH)
+            _rec_gemm(&R1, n, hp, ldhp, gs, GH, 1, nt)
             if d.proj:
                 _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, hraw, H, rh)
-                gemm_rm(False, True, n, P, H, <floating>1, hraw, H, whr, H, <floating>0, ys, ldy)
+                _rec_gemm(&R2, n, hraw, H, ys, ldy, 0, nt)
             else:
                 _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
         elif d.reset_after:
-            gemm_rm(False, True, n, GH, H, <floating>1, hp, ldhp, whh, H, <floating>0, acc, GH)
+            _rec_gemm(&R1, n, hp, ldhp, acc, GH, 0, nt)
             _fpar(2, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
         else:
-            gemm_rm(False, True, n, 2 * H, H, <floating>1, hp, ldhp, whh, H, <floating>1, gs, GH)
+            _rec_gemm(&R1, n, hp, ldhp, gs, GH, 1, nt)
             _fpar(3, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
-            gemm_rm(False, True, n, H, H, <floating>1, rh, H, whh + 2 * H * H, H,
-                    <floating>1, gs + 2 * H, GH)
+            _rec_gemm(&R2, n, rh, H, gs + 2 * H, GH, 1, nt)
             _fpar(4, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
     if old_blas >= 0:
         frb_blas_threads(old_blas)
     free(acc)
     free(rh)
     free(hraw)
+    free(R1.bp)
+    free(R2.bp)
     return 0
 
 
 cdef void _colsum(int N, int ncols, const floating* ones, const floating* a, int lda,
                   floating* out) noexcept nogil:
-    gemm_rm(False, False, 1, ncols, N, <floating>1, ones, N, a, lda, <floating>0, out, ncols)
+    cdef Py_ssize_t r
+    cdef int j
+    cdef const floating* row
+    memset(out, 0, sizeof(floating) * ncols)
+    for r in range(N):
+        row = a + r * lda
+        for j in range(ncols):
+            out[j] += row[j]
 
 
 cdef int _backward(Dims* d, const floating* x, const floating* wih, const floating* whh,
@@ -407,6 +593,13 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int ldsrc
     cdef int old_blas
     cdef bint ok
+    cdef Rec R1, R2
+    cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
+    cdef int level = frbg_level()
+    cdef void* bp = NULL
+    cdef const floating** rows = NULL
+    R1.bp = NULL
+    R2.bp = NULL
     dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
     ones = <floating*>malloc(sizeof(floating) * N + 1)
     ok = dg != NULL and ones != NULL
@@ -421,7 +614,20 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         aux = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
         dhr = <floating*>malloc(sizeof(floating) * B * H + 1)
         ok = ok and aux != NULL and dhr != NULL
+    if d.cell == 0:
+        ok = _rec_init(&R1, whh, H, H, H, False, small) and ok
+    elif d.cell == 1:
+        ok = _rec_init(&R1, whh, P, GH, P, False, small) and ok
+        if d.proj:
+            ok = _rec_init(&R2, whr, H, P, H, False, small) and ok
+    elif gru_ra:
+        ok = _rec_init(&R1, whh, H, GH, H, False, small) and ok
+    else:
+        ok = _rec_init(&R1, whh, H, 2 * H, H, False, small) and ok
+        ok = _rec_init(&R2, whh + 2 * H * H, H, H, H, False, small) and ok
     if not ok:
+        free(R1.bp)
+        free(R2.bp)
         free(dg)
         free(ones)
         free(dnx)
@@ -456,11 +662,10 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         if d.cell == 0:
             _bpar(0, n, nt, H, d.relu, gates, cs, cp, hp, ldhp, y + r * ldy, ldy, dh, H,
                   dh, dc, dg + r * GH, dnx, tmp, aux)
-            gemm_rm(False, False, n, H, H, <floating>1, dg + r * GH, GH, whh, H,
-                    <floating>0, dh, H)
+            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 0, nt)
         elif d.cell == 1:
             if d.proj:
-                gemm_rm(False, False, n, H, P, <floating>1, dh, P, whr, H, <floating>0, dhr, H)
+                _rec_gemm(&R2, n, dh, P, dhr, H, 0, nt)
                 src = dhr
                 ldsrc = H
             else:
@@ -468,44 +673,60 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
                 ldsrc = H
             _bpar(1, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, src, ldsrc,
                   dh, dc, dg + r * GH, dnx, tmp, aux + r * H if aux != NULL else NULL)
-            gemm_rm(False, False, n, P, GH, <floating>1, dg + r * GH, GH, whh, P,
-                    <floating>0, dh, P)
+            _rec_gemm(&R1, n, dg + r * GH, GH, dh, P, 0, nt)
         elif gru_ra:
             _bpar(2, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, dh, H,
                   dh, dc, dg + r * GH, dnx + r * H, tmp, aux)
-            gemm_rm(False, False, n, H, GH, <floating>1, dg + r * GH, GH, whh, H,
-                    <floating>1, dh, H)
+            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 1, nt)
         else:
             _bpar(3, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
                   dh, dc, dg + r * GH, dnx, tmp, aux)
-            gemm_rm(False, False, n, H, H, <floating>1, dg + r * GH + 2 * H, GH,
-                    whh + 2 * H * H, H, <floating>0, tmp, H)
+            _rec_gemm(&R2, n, dg + r * GH + 2 * H, GH, tmp, H, 0, nt)
             _bpar(4, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
                   dh, dc, dg + r * GH, dnx, tmp, aux + r * H)
-            gemm_rm(False, False, n, H, 2 * H, <floating>1, dg + r * GH, GH, whh, H,
-                    <floating>1, dh, H)
+            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 1, nt)
 
     # ---- input side: dX, dW_ih, db_ih over every step at once
     if gru_ra:
-        gemm_rm(False, False, N, I, 2 * H, <floating>1, dg, GH, wih, I, <floating>0, dx, I)
-        gemm_rm(False, False, N, I, H, <floating>1, dnx, H, wih + 2 * H * I, I,
-                <floating>1, dx, I)
-        gemm_rm(True, False, 2 * H, I, N, <floating>1, dg, GH, x, I, <floating>0, dwih, I)
-        gemm_rm(True, False, H, I, N, <floating>1, dnx, H, x, I, <floating>0,
-                dwih + 2 * H * I, I)
+        if d.want_dx:
+            _wgemm(level, N, I, 2 * H, dg, GH, 1, wih, I, False, dx, I, 0, nt)
+            _wgemm(level, N, I, H, dnx, H, 1, wih + 2 * H * I, I, False, dx, I, 1, nt)
+        _wgemm(level, 2 * H, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
+        _wgemm(level, H, I, N, dnx, 1, H, x, I, False, dwih + 2 * H * I, I, 0, nt)
         _colsum(N, 2 * H, ones, dg, GH, dbih)
         _colsum(N, H, ones, dnx, H, dbih + 2 * H)
     else:
-        gemm_rm(False, False, N, I, GH, <floating>1, dg, GH, wih, I, <floating>0, dx, I)
-        gemm_rm(True, False, GH, I, N, <floating>1, dg, GH, x, I, <floating>0, dwih, I)
+        if d.want_dx:
+            _wgemm(level, N, I, GH, dg, GH, 1, wih, I, False, dx, I, 0, nt)
+        _wgemm(level, GH, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
         _colsum(N, GH, ones, dg, GH, dbih)
     _colsum(N, GH, ones, dg, GH, dbhh)
 
     # ---- recurrent side: dW_hh = sum_s dG_s^T h_{s-1}, one GEMM per run of equal sizes
     ncols = 2 * H if gru_nra else GH
     memset(dwhh, 0, sizeof(floating) * GH * P)
-    gemm_rm(True, False, ncols, P, <int>nsteps[0], <floating>1, dg, GH, h0, P,
-            <floating>1, dwhh, P)
+    if level > 0:
+        # h_{s-1} of every row, packed straight from h0 and y: one GEMM over all steps
+        rows = <const floating**>malloc(sizeof(floating*) * N + 1)
+        if rows != NULL:
+            for s in range(S):
+                for b in range(<int>nsteps[s]):
+                    if s == 0:
+                        rows[b] = h0 + <Py_ssize_t>b * P
+                    else:
+                        rows[offsets[s] + b] = y + (offsets[s - 1] + b) * ldy
+            if floating is float:
+                bp = frbg_pack_rows_f(rows, N, P, frbg_nb(level, sizeof(floating)))
+            else:
+                bp = frbg_pack_rows_d(rows, N, P, frbg_nb(level, sizeof(floating)))
+            free(rows)
+    if bp != NULL:
+        _pgemm(level, ncols, P, N, dg, 1, GH, <const floating*>bp, dwhh, P, 0, nt)
+        free(bp)
+        S = 0            # done: skip the per-run BLAS path below
+    else:
+        gemm_rm(True, False, ncols, P, <int>nsteps[0], <floating>1, dg, GH, h0, P,
+                <floating>1, dwhh, P)
     s = 1
     while s < S:
         n = <int>nsteps[s]
@@ -516,12 +737,13 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
                 y + offsets[s - 1] * ldy, ldy, <floating>1, dwhh, P)
         s = e
     if gru_nra:
-        gemm_rm(True, False, H, H, N, <floating>1, dg + 2 * H, GH, aux, H, <floating>0,
-                dwhh + 2 * H * H, H)
+        _wgemm(level, H, H, N, dg + 2 * H, 1, GH, aux, H, False, dwhh + 2 * H * H, H, 0, nt)
     if d.cell == 1 and d.proj:
-        gemm_rm(True, False, P, H, N, <floating>1, dy, P, aux, H, <floating>0, dwhr, H)
+        _wgemm(level, P, H, N, dy, 1, P, aux, H, False, dwhr, H, 0, nt)
     if old_blas >= 0:
         frb_blas_threads(old_blas)
+    free(R1.bp)
+    free(R2.bp)
     free(dg)
     free(ones)
     free(dnx)
@@ -546,6 +768,7 @@ cdef void _dims(Dims* d, int cell, x, h0, y, int hidden_size, int proj_size,
     d.relu = relu
     d.nt = num_threads if num_threads > 0 else 1
     d.ldy = y.shape[1]
+    d.want_dx = 1
 
 
 def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
@@ -583,13 +806,14 @@ def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1
              floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dx,
              floating[:, ::1] dwih, floating[:, ::1] dwhh, floating[::1] dbih,
              floating[::1] dbhh, floating[:, ::1] dwhr, int hidden_size, int proj_size,
-             int reset_after, int relu, int num_threads):
+             int reset_after, int relu, int num_threads, int want_dx=1):
     """Backward of one direction of one layer over the cache of :func:`forward`.
 
     dy (N, Hout): gradient w.r.t. this direction's outputs, step order (with a projection
     overwritten with the total gradient reaching each h; otherwise only read).  dh (B, Hout) / dc (B, H): on entry the gradient
     w.r.t. the final state, on exit w.r.t. the initial state.  dx (N, I), dwih, dwhh,
-    dbih, dbhh, dwhr (LSTM projection) receive the gradients (overwritten).
+    dbih, dbhh, dwhr (LSTM projection) receive the gradients (overwritten); dx is left
+    alone when ``want_dx`` is 0.
     """
     cdef Dims d
     cdef int rc
@@ -597,6 +821,7 @@ def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1
         return
     _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
           offsets.shape[0])
+    d.want_dx = want_dx
     with nogil:
         rc = _backward(&d, &x[0, 0], &wih[0, 0], &whh[0, 0], &whr[0, 0], &offsets[0],
                        &nsteps[0], &h0[0, 0], &c0[0, 0], &y[0, y_col], &gates[0, 0],

@@ -305,12 +305,15 @@ def _grad_array(name, g, shape, dtype):
 
 
 def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
+             need_input_grad: bool = True,
              num_threads: int | None = None) -> dict[str, np.ndarray]:
     """Gradients of a loss given ``dL/doutput`` and ``dL/dstate`` (None: zero).
 
     Returns ``{"input": ..., "h0": ..., ["c0": ...,] "weight_ih_l0": ..., ...}`` (weight
-    names and shapes as in ``layer.state_dict()``).  The cache may be used once more
-    (it is not consumed), as long as the weights did not change since the forward.
+    names and shapes as in ``layer.state_dict()``).  ``need_input_grad=False`` skips
+    ``dL/dinput`` (one GEMM of the first layer; ``"input"`` is then absent), like a torch
+    input without ``requires_grad``.  The cache may be used again (it is not consumed),
+    as long as the weights did not change since the forward.
     """
     from . import _backward
     if not isinstance(cache, TrainCache):
@@ -407,7 +410,8 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
                 else np.ascontiguousarray(dy)
             dh = dhs[k]
             dc = dcs[k] if lstm else dummy
-            dx = np.empty((N, In), dt)
+            want_dx = need_input_grad or li > 0
+            dx = np.empty((N, In), dt) if want_dx else dummy
             dwih = np.zeros((G * H, In), dt)
             dwhh = np.zeros((G * H, Hout), dt)
             dbih = np.zeros(G * H, dt)
@@ -416,13 +420,14 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
             c0k = cache.c0s[k] if lstm else dummy
             _backward.backward(cell, xs, wih, whh, whr, offsets, nsteps, cache.h0s[k], c0k,
                                y, ycol, gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh,
-                               dwhr, H, P, reset_after, relu, nt)
-            if reverse:
-                dx = dx[ridx]
-            if din is None:
-                din = dx
-            else:
-                din += dx
+                               dwhr, H, P, reset_after, relu, nt, int(want_dx))
+            if want_dx:
+                if reverse:
+                    dx = dx[ridx]
+                if din is None:
+                    din = dx
+                else:
+                    din += dx
             grads["weight_ih" + sfx] = dwih
             grads["weight_hh" + sfx] = dwhh
             if layer.bias:
@@ -434,24 +439,33 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
 
     # ---- unpack input and initial-state gradients
     I = layer.input_size
+    if N == 0:
+        dout = np.zeros((0, I), dt)
+    dxf = None
     if perm is not None:
-        tmp = np.zeros((Teff, B, I), dt)
-        tmp[valid] = dout
-        dxf = np.zeros((T, B, I), dt)
-        dxf[:Teff, perm] = tmp
+        if need_input_grad:
+            tmp = np.zeros((Teff, B, I), dt)
+            tmp[valid] = dout
+            dxf = np.zeros((T, B, I), dt)
+            dxf[:Teff, perm] = tmp
         inv = np.empty_like(perm)
         inv[perm] = np.arange(B)
         dh0 = dhs[:, inv]
         dc0 = dcs[:, inv] if lstm else None
     else:
-        dxf = dout.reshape(T, B, I)
+        if need_input_grad:
+            dxf = dout.reshape(T, B, I)
         dh0, dc0 = dhs, dcs
     if cache.unbatched:
-        dxf, dh0 = dxf[:, 0], dh0[:, 0]
+        dh0 = dh0[:, 0]
         dc0 = dc0[:, 0] if lstm else None
-    elif cache.batch_first:
+        dxf = dxf[:, 0] if dxf is not None else None
+    elif cache.batch_first and dxf is not None:
         dxf = dxf.transpose(1, 0, 2)
-    result = {"input": np.ascontiguousarray(dxf), "h0": np.ascontiguousarray(dh0)}
+    result = {}
+    if need_input_grad:
+        result["input"] = np.ascontiguousarray(dxf)
+    result["h0"] = np.ascontiguousarray(dh0)
     if lstm:
         result["c0"] = np.ascontiguousarray(dc0)
     # weights in state_dict order

@@ -289,3 +289,37 @@ def test_clip_grad_norm():
     assert n == pytest.approx(6.0)
     assert np.linalg.norm(g["a"]) == pytest.approx(1.0, rel=1e-5)
     assert np.all(g["input"] == 100.0)
+
+
+def test_need_input_grad_false():
+    layer = fastrnn.GRU(3, 4, num_layers=2, bidirectional=True, seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out, h, cache = layer.forward_train(x, lengths=[5, 3])
+    gy = np.random.default_rng(1).standard_normal(out.shape)
+    full = layer.backward(cache, gy)
+    part = layer.backward(cache, gy, need_input_grad=False)
+    assert "input" not in part and set(part) == set(full) - {"input"}
+    for k in part:
+        np.testing.assert_array_equal(part[k], full[k])
+
+
+@pytest.mark.parametrize("env", ["FASTRNN_NO_SMALL_GEMM", "FASTRNN_SMALL_GEMM_AVX2"])
+def test_other_kernel_paths(env):
+    """The BLAS-only path and the AVX2 kernels (chosen at import, hence a subprocess)
+    against torch on a slice of the grid."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, sys; sys.path.insert(0, %r); import test_backward as t\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "import fastrnn._backward as b; print('level', b.small_gemm_level())\n"
+        "for cell in t.CELLS:\n"
+        "    for dt in (np.float32, np.float64):\n"
+        "        t._run_case(cell, 2, True, False, True, True, True, dt, T=6, B=7, H=9, I=5)\n"
+        "        t._run_case(cell, 1, False, True, True, False, False, dt, T=4, B=150, H=20)\n"
+        "print('ok')\n" % os.path.dirname(__file__))
+    env_vars = dict(os.environ, **{env: "1"})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env_vars, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
