@@ -1,7 +1,10 @@
 """Read Keras models without Keras: Keras 3 ``.keras`` zips, legacy ``.h5`` files (Keras 2 /
 tf.keras, or Keras 3's legacy writer) and weights-only files plus an architecture.
 
-h5py is imported only when a file is read (``pip install 'fastrnn[keras]'``).
+HDF5 is read by fastrnn's own pure-Python reader (:mod:`fastrnn.io.hdf5`): no h5py, no
+HDF5 C library, so Keras files need only NumPy.  Files are treated as untrusted: anything
+malformed or unsupported ends in :class:`fastrnn.io.LoadError` naming the file and, where it
+applies, the layer and the config key.
 
 Weights are converted once, at load, to the PyTorch layout fastrnn's core layers use:
 Keras LSTM gates i, f, c, o are PyTorch's i, f, g, o; Keras GRU gates z, r, h become r, z, n;
@@ -21,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from . import hdf5
+
 try:  # the shared error class (fastrnn.io); a local one only if the package is missing
     from . import LoadError
 except ImportError:  # pragma: no cover
@@ -39,14 +44,6 @@ _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Time
 # their masks; off the data chain they only feed `mask=` arguments, which fastrnn
 # recomputes with Keras's own propagation rules
 _MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal")
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError as e:  # pragma: no cover - exercised by monkeypatching in tests
-        raise ImportError("h5py is needed to read Keras files: pip install 'fastrnn[keras]'") from e
-    return h5py
 
 
 def is_keras_file(path) -> bool:
@@ -69,6 +66,11 @@ def is_keras_file(path) -> bool:
 
 # ============================================================================ entry point
 
+# largest members of a .keras zip read into memory (declared, uncompressed sizes)
+_MAX_JSON = 64 << 20
+_MAX_H5 = 8 << 30
+
+
 def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
                dtype="float32", num_threads: int | None = None):
     """Load a Keras model file into a :class:`fastrnn.model.Model`.
@@ -82,91 +84,217 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
 
     ``hard_sigmoid``: ``"keras2"`` (``0.2 x + 0.5``) or ``"keras3"`` (``x / 6 + 0.5``);
     by default taken from the file's Keras version (Keras 2 when the file says nothing).
+
+    Any malformed, truncated or unsupported file raises :class:`fastrnn.io.LoadError`.
     """
-    h5py = _h5py()
+    if hard_sigmoid is not None and hard_sigmoid not in ("keras2", "keras3"):
+        raise ValueError(f"hard_sigmoid must be 'keras2' or 'keras3', got {hard_sigmoid!r}")
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else \
+        str(getattr(path, "name", "<file>"))
+    ctx = _Ctx(name)
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        return _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx)
+    except LoadError:
+        raise
+    except RecursionError:
+        raise LoadError(f"{name}: Keras config nests too deeply{ctx.where()}") from None
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError,
+            UnicodeError, zipfile.BadZipFile, EOFError) as e:
+        raise LoadError(f"{name}: malformed Keras config or weights{ctx.where()}: "
+                        f"{type(e).__name__}: {e}"[:600]) from e
+
+
+class _Ctx:
+    """Where the loader is (file, layer, key): named by errors the checks did not foresee."""
+
+    def __init__(self, fname):
+        self.fname = fname
+        self.layer = None
+
+    def where(self):
+        return f" (layer {self.layer})" if self.layer else ""
+
+
+def _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx):
+    from . import hdf5
+    try:
+        if hasattr(path, "read"):
+            pos = path.tell()
+            head = path.read(8)
+            path.seek(pos)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(8)
     except OSError as e:
-        raise LoadError(f"cannot read {path}: {e}") from e
-    name = os.fspath(path) if not hasattr(path, "read") else "<file>"
+        raise LoadError(f"cannot read {name}: {e}") from e
+    user = None if architecture is None else _parse_architecture(architecture, "architecture")
     if head[:2] == b"PK":
-        config, version, h5file = _open_keras_zip(path, name, h5py)
-        with h5file:
-            store = _Keras3Store(h5file)
-            return _build(config if architecture is None else _parse_architecture(architecture),
-                          store, version, hard_sigmoid, dtype, num_threads, name)
+        config, version, data = _open_keras_zip(path, name)
+        with hdf5.File(data, name=f"{name}[model.weights.h5]") as h5file:
+            store = _Keras3Store(h5file, name)
+            return _build(config if user is None else user, store, version, hard_sigmoid,
+                          dtype, num_threads, name, ctx)
     if head != _H5_MAGIC:
         raise LoadError(f"{name}: not a Keras file (neither a .keras zip nor HDF5)")
-    try:
-        f = h5py.File(path, "r")
-    except Exception as e:
-        raise LoadError(f"{name}: cannot open HDF5 file: {e}") from e
-    with f:
+    with hdf5.File(path, name=name) as f:
         attrs = f.attrs
-        version = _attr_str(attrs.get("keras_version"))
+        version = _attr_str(attrs.get("keras_version"), name, "keras_version")
         if "model_config" in attrs:
-            config = _parse_architecture(_attr_str(attrs["model_config"]))
+            config = _parse_architecture(_attr_str(attrs["model_config"], name, "model_config"),
+                                         f"{name}: model_config")
             group = f["model_weights"] if "model_weights" in f else f
-            store = _LegacyStore(group, name)
-        elif "layer_names" in attrs:
+            store = _LegacyStore(_group(group, name, "model_weights"), name)
+        elif "layer_names" in attrs or "layer_names0" in attrs:
             config, store = None, _LegacyStore(f, name)
         elif "layers" in f:
-            config, store = None, _Keras3Store(f)
+            config, store = None, _Keras3Store(f, name)
         else:
             raise LoadError(f"{name}: HDF5 file holds no Keras model or weights "
                             "(no model_config, layer_names or layers group)")
         if version is None and "model_weights" in f:
-            version = _attr_str(f["model_weights"].attrs.get("keras_version"))
-        if architecture is not None:
-            config = _parse_architecture(architecture)
+            mw = _group(f["model_weights"], name, "model_weights")
+            version = _attr_str(mw.attrs.get("keras_version"), name, "keras_version")
+        if user is not None:
+            config = user
         if config is None:
             raise LoadError(f"{name} holds weights only: pass architecture= (the model's "
                             "Keras config, e.g. model.to_json(), or a list of layer specs)")
-        return _build(config, store, version, hard_sigmoid, dtype, num_threads, name)
+        return _build(config, store, version, hard_sigmoid, dtype, num_threads, name, ctx)
 
 
 def model_from_keras_config(architecture, weights, *, keras_version="3", hard_sigmoid=None,
                             dtype="float32", num_threads=None):
     """Build a model from a Keras config and weights given as ``{layer_name: [arrays]}``
     (each layer's arrays in Keras's own order, as ``layer.get_weights()`` returns them)."""
-    return _build(_parse_architecture(architecture), _DictStore(weights), keras_version,
-                  hard_sigmoid, dtype, num_threads, "<weights>")
+    return _build(_parse_architecture(architecture, "architecture"), _DictStore(weights),
+                  keras_version, hard_sigmoid, dtype, num_threads, "<weights>", _Ctx("<weights>"))
 
 
-def _open_keras_zip(path, name, h5py):
+def _json(raw, what):
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise LoadError(f"{what} nests too deeply") from None
+    except (ValueError, UnicodeError) as e:
+        raise LoadError(f"{what} is not valid JSON: {e}") from e
+
+
+def _open_keras_zip(path, name):
+    """-> (parsed architecture, Keras version or None, bytes of model.weights.h5)."""
     try:
         z = zipfile.ZipFile(path)
         with z:
-            names = set(z.namelist())
-            missing = {"config.json", "model.weights.h5"} - names
+            infos = {i.filename: i for i in z.infolist()}
+            missing = {"config.json", "model.weights.h5"} - set(infos)
             if missing:
                 raise LoadError(f"{name}: not a complete .keras file, missing {sorted(missing)}")
-            config = json.loads(z.read("config.json"))
-            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-            data = z.read("model.weights.h5")
+
+            def member(n, limit):
+                info = infos[n]
+                if info.file_size > limit or (info.compress_type != zipfile.ZIP_STORED and
+                                              info.file_size > 200 * info.compress_size + (16 << 20)):
+                    raise LoadError(f"{name}: member {n} declares {info.file_size} bytes "
+                                    "(too large or a decompression bomb)")
+                return z.read(n)
+
+            config = _json(member("config.json", _MAX_JSON), f"{name}: config.json")
+            meta = (_json(member("metadata.json", _MAX_JSON), f"{name}: metadata.json")
+                    if "metadata.json" in infos else {})
+            data = member("model.weights.h5", _MAX_H5)
     except LoadError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
-        raise LoadError(f"{name}: corrupt or truncated .keras zip: {e}") from e
-    except Exception as e:  # zlib.error and friends
-        raise LoadError(f"{name}: corrupt or truncated .keras zip: {e}") from e
-    try:
-        f = h5py.File(io.BytesIO(data), "r")
-    except Exception as e:
-        raise LoadError(f"{name}: model.weights.h5 inside the zip is not readable: {e}") from e
-    return _parse_architecture(config), meta.get("keras_version"), f
+    except Exception as e:  # BadZipFile, zlib.error, OSError, EOFError, NotImplementedError...
+        raise LoadError(f"{name}: corrupt or truncated .keras zip: {type(e).__name__}: {e}"
+                        [:600]) from e
+    if not isinstance(meta, dict):
+        raise LoadError(f"{name}: metadata.json must hold a JSON object")
+    version = meta.get("keras_version")
+    if version is not None and not isinstance(version, (str, int, float)):
+        raise LoadError(f"{name}: metadata.json: keras_version must be a string")
+    if data[:8] != _H5_MAGIC:
+        raise LoadError(f"{name}: model.weights.h5 inside the zip is not an HDF5 file")
+    return _parse_architecture(config, f"{name}: config.json"), \
+        (None if version is None else str(version)), data
 
 
-def _attr_str(v):
+def _attr_str(v, fname="<file>", key="attribute"):
+    """An HDF5 string attribute (str, bytes, or a one-element array of them) -> str."""
     if v is None:
         return None
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    return str(v)
+    if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "SUO":
+        v = v.reshape(-1)[0]
+    if isinstance(v, (bytes, np.bytes_)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LoadError(f"{fname}: attribute {key!r} is not UTF-8 text") from e
+    if isinstance(v, str):
+        return v
+    raise LoadError(f"{fname}: attribute {key!r} must be a string, got {type(v).__name__}")
+
+
+def _attr_names(attrs, key, fname):
+    """A list-of-strings attribute (Keras's layer_names / weight_names), also when Keras
+    split it into ``key0``, ``key1``, ... because it was too large for one attribute."""
+    if key in attrs:
+        parts = [attrs[key]]
+    else:
+        parts = []
+        for i in range(1 << 16):
+            if f"{key}{i}" not in attrs:
+                break
+            parts.append(attrs[f"{key}{i}"])
+        if not parts:
+            return []
+    out = []
+    for v in parts:
+        if isinstance(v, hdf5.Empty):
+            continue
+        if isinstance(v, (str, bytes, np.bytes_)):
+            v = [v]
+        elif isinstance(v, np.ndarray):
+            if v.size and v.dtype.kind not in "SUO":
+                raise LoadError(f"{fname}: attribute {key!r} must hold strings, "
+                                f"got {v.dtype} values")
+            v = list(v.reshape(-1))
+        else:
+            raise LoadError(f"{fname}: attribute {key!r} must hold strings, "
+                            f"got {type(v).__name__}")
+        out += [_attr_str(n, fname, key) for n in v]
+    return out
+
+
+def _group(obj, fname, what):
+    if not isinstance(obj, hdf5.Group):
+        raise LoadError(f"{fname}: {what} must be an HDF5 group, found a dataset")
+    return obj
 
 
 # ============================================================================ architecture
+
+_MAX_LAYERS = 100_000
+_MAX_NEST = 32
+
+
+def _need_dict(v, what):
+    if not isinstance(v, dict):
+        raise LoadError(f"{what} must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _need_list(v, what):
+    if not isinstance(v, (list, tuple)):
+        raise LoadError(f"{what} must be a JSON list, got {type(v).__name__}")
+    if len(v) > _MAX_LAYERS:
+        raise LoadError(f"{what} has {len(v)} entries, more than fastrnn accepts")
+    return v
+
+
+def _need_str(v, what):
+    if not isinstance(v, str):
+        raise LoadError(f"{what} must be a string, got {type(v).__name__}")
+    return v
+
 
 class _LayerDesc:
     """One layer of the chain: Keras class name, its config, its name."""
@@ -180,13 +308,14 @@ class _LayerDesc:
         return f"{self.class_name}({self.name!r})"
 
 
-def _spec_to_layer(spec, i) -> dict:
+def _spec_to_layer(spec, i, what) -> dict:
     """Normalise a list item of a user architecture into a Keras layer config dict."""
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
-        spec = {"class_name": spec[0], "config": dict(spec[1])}
+        spec = {"class_name": spec[0],
+                "config": dict(_need_dict(spec[1], f"{what} item {i} config"))}
     if not isinstance(spec, dict) or "class_name" not in spec:
-        raise LoadError(f"architecture item {i} must be a Keras layer config dict with "
-                        f"'class_name' (or a (class_name, config) pair), got {spec!r}")
+        raise LoadError(f"{what} item {i} must be a Keras layer config dict with "
+                        f"'class_name' (or a (class_name, config) pair), got {spec!r}"[:400])
     if "config" not in spec:  # flat form {"class_name": "LSTM", "units": 3, ...}
         spec = {"class_name": spec["class_name"],
                 "config": {k: v for k, v in spec.items() if k != "class_name"}}
@@ -198,73 +327,106 @@ def _version_hint(arch):
     to_json), else 3 for Keras 3's serialisation (module / build_config keys), else None."""
     if not isinstance(arch, dict):
         return None
-    if arch.get("keras_version"):
-        return str(arch["keras_version"])
+    v = arch.get("keras_version")
+    if v:
+        if not isinstance(v, (str, int, float)):
+            raise LoadError(f"keras_version must be a string, got {type(v).__name__}")
+        return str(v)
     if "module" in arch or "build_config" in arch:
         return "3"
     return None
 
 
-def _parse_architecture(arch):
+def _parse_architecture(arch, what="architecture"):
     """-> (list of _LayerDesc in execution order, outputs [(index, tensor)] or None,
-    Keras version hint or None)."""
+    (Keras version hint or None, model name or None))."""
     if isinstance(arch, (str, bytes)):
-        try:
-            arch = json.loads(arch)
-        except ValueError as e:
-            raise LoadError(f"architecture is not valid JSON: {e}") from e
+        arch = _json(arch, what)
     if isinstance(arch, (list, tuple)):
-        layers = [_spec_to_layer(s, i) for i, s in enumerate(arch)]
-        return _sequential(layers), None, (None, None)
+        _need_list(arch, what)
+        layers = [_spec_to_layer(s, i, what) for i, s in enumerate(arch)]
+        return _sequential(layers, what), None, (None, None)
     if not isinstance(arch, dict):
-        raise LoadError(f"architecture must be a Keras config (JSON or dict) or a list of "
+        raise LoadError(f"{what} must be a Keras config (JSON or dict) or a list of "
                         f"layer specs, got {type(arch).__name__}")
     cls = arch.get("class_name")
     cfg = arch.get("config", {})
     hint = _version_hint(arch)
     name = cfg.get("name") if isinstance(cfg, dict) else None
+    if name is not None and not isinstance(name, str):
+        name = None
     if cls == "Sequential":
-        layers = cfg if isinstance(cfg, list) else cfg.get("layers", [])
-        return _sequential(layers), None, (hint, name)
+        if isinstance(cfg, dict):
+            layers = cfg.get("layers", [])
+        else:
+            layers = cfg
+        return _sequential(_need_list(layers, f"{what}: layers"), what), None, (hint, name)
     if cls in ("Functional", "Model"):
-        return (*_functional(cfg), (hint, name))
-    raise LoadError(f"unsupported model class {cls!r}: fastrnn reads Sequential models and "
-                    "functional models that are a simple chain of layers")
+        return (*_functional(_need_dict(cfg, f"{what}: config"), what), (hint, name))
+    raise LoadError(f"{what}: unsupported model class {cls!r}: fastrnn reads Sequential "
+                    "models and functional models that are a simple chain of layers"[:400])
 
 
 def _layer_name(l, i):
-    return l.get("name") or l.get("config", {}).get("name") or f"layer_{i}"
+    n = l.get("name")
+    if n is None:
+        c = l.get("config")
+        n = c.get("name") if isinstance(c, dict) else None
+    if n is None:
+        return f"layer_{i}"
+    if not isinstance(n, str) or not n:
+        raise LoadError(f"layer {i}: name must be a non-empty string, got {n!r}"[:200])
+    return n
 
 
-def _sequential(layers):
-    descs = []
-    for i, l in enumerate(layers):
-        descs.append(_LayerDesc(l["class_name"], dict(l.get("config", {})), _layer_name(l, i)))
-    return descs
+def _desc(l, i, what):
+    l = _need_dict(l, f"{what}: layer {i}")
+    cls = _need_str(l.get("class_name"), f"{what}: layer {i} class_name")
+    name = _layer_name(l, i)
+    cfg = l.get("config", {})
+    cfg = {} if cfg is None else _need_dict(cfg, f"{what}: layer {name!r} config")
+    return _LayerDesc(cls, dict(cfg), name)
+
+
+def _sequential(layers, what="architecture"):
+    return [_desc(l, i, what) for i, l in enumerate(layers)]
+
+
+def _int_of(v, what):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    raise LoadError(f"{what} must be an integer, got {v!r}"[:200])
 
 
 def _history(t):
     """Keras tensor reference -> (layer name, node index, tensor index) or None."""
     if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__":
-        h = t["config"]["keras_history"]
-        return h[0], int(h[1]), int(h[2])
+        c = _need_dict(t.get("config"), "keras tensor config")
+        h = _need_list(c.get("keras_history"), "keras_history")
+        if len(h) < 3:
+            raise LoadError(f"keras_history must have 3 entries, got {len(h)}")
+        return (_need_str(h[0], "keras_history layer"), _int_of(h[1], "keras_history node"),
+                _int_of(h[2], "keras_history tensor"))
     if isinstance(t, (list, tuple)) and len(t) >= 3 and isinstance(t[0], str):
-        return t[0], int(t[1]), int(t[2])
+        return t[0], _int_of(t[1], "node index"), _int_of(t[2], "tensor index")
     return None
 
 
-def _inbound(l):
+def _inbound(l, name):
     """Data inputs (tensor references) of a functional layer's single call."""
     nodes = l.get("inbound_nodes", [])
+    if nodes is None:
+        return []
+    nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
     if len(nodes) > 1:
-        raise LoadError(f"layer {l.get('name')!r} is called {len(nodes)} times; fastrnn "
+        raise LoadError(f"layer {name!r} is called {len(nodes)} times; fastrnn "
                         "supports each layer used once (a simple chain)")
     if not nodes:
         return []
     node = nodes[0]
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         refs = []
-        for a in node.get("args", []):
+        for a in _need_list(node.get("args", []), f"layer {name!r} inbound args"):
             if isinstance(a, list) and a and _history(a) is None:
                 refs.extend(r for r in (_history(x) for x in a) if r)
             else:
@@ -272,50 +434,75 @@ def _inbound(l):
                 if r:
                     refs.append(r)
         return refs
-    return [r for r in (_history(t) for t in node) if r]  # Keras 2: [[name, node, tensor, kw]]
+    node = _need_list(node, f"layer {name!r} inbound node")   # Keras 2: [[name, node, tensor, kw]]
+    return [r for r in (_history(t) for t in node) if r]
 
 
-def _refs(v):
+def _refs(v, depth=0):
     if v is None:
         return []
+    if depth > _MAX_NEST:
+        raise LoadError("model inputs/outputs nest too deeply")
     r = _history(v)
     if r is not None:
         return [r]
-    return [x for item in v for x in _refs(item)]
+    if not isinstance(v, (list, tuple)):
+        raise LoadError(f"model inputs/outputs: unexpected entry {v!r}"[:200])
+    return [x for item in v for x in _refs(item, depth + 1)]
 
 
-def _functional(cfg):
-    layers = cfg.get("layers", [])
-    by_name = {_layer_name(l, i): l for i, l in enumerate(layers)}
+def _functional(cfg, what="architecture"):
+    layers = _need_list(cfg.get("layers", []), f"{what}: layers")
+    by_name = {}
+    for i, l in enumerate(layers):
+        l = _need_dict(l, f"{what}: layer {i}")
+        _need_str(l.get("class_name"), f"{what}: layer {i} class_name")
+        by_name[_layer_name(l, i)] = l
     outputs = _refs(cfg.get("output_layers"))
     inputs = _refs(cfg.get("input_layers"))
     if len(inputs) != 1:
         raise LoadError(f"fastrnn supports models with one input, this one has {len(inputs)}")
     if not outputs:
         raise LoadError("functional model config has no output_layers")
-    # walk back from the output that is furthest down the chain
-    chain_of = {}
+    if len(outputs) > 1024:
+        raise LoadError(f"functional model config has {len(outputs)} outputs")
+    # walk back from each output to the input (iteratively: chains can be long);
+    # prev[name] = (layer feeding it or None, chain length)
+    prev = {}
 
-    def chain(name):
-        if name in chain_of:
-            return chain_of[name]
-        l = by_name.get(name)
-        if l is None:
-            raise LoadError(f"functional config refers to unknown layer {name!r}")
-        refs = _inbound(l)
-        if not refs:
-            res = [name]
-        else:
+    def walk(name):
+        path = []
+        cur = name
+        while cur not in prev:
+            if cur in path:
+                raise LoadError(f"functional config has a cycle through layer {cur!r}"[:300])
+            path.append(cur)
+            l = by_name.get(cur)
+            if l is None:
+                raise LoadError(f"functional config refers to unknown layer {cur!r}"[:300])
+            refs = _inbound(l, cur)
+            if not refs:
+                prev[path.pop()] = (None, 1)
+                break
             if len(refs) != 1:
-                raise LoadError(f"layer {name!r} ({l['class_name']}) takes {len(refs)} inputs; "
+                raise LoadError(f"layer {cur!r} ({l['class_name']}) takes {len(refs)} inputs; "
                                 "fastrnn supports simple chains of single-input layers")
             src, _, tensor = refs[0]
             if tensor != 0:
-                raise LoadError(f"layer {name!r} reads output {tensor} of {src!r}; only the "
-                                "first output of a layer can feed the next layer")
-            res = chain(src) + [name]
-        chain_of[name] = res
-        return res
+                raise LoadError(f"layer {cur!r} reads output {tensor} of {src!r}; only the "
+                                "first output of a layer can feed the next layer"[:300])
+            cur = src
+        for n in reversed(path):
+            prev[n] = (cur, prev[cur][1] + 1)
+            cur = n
+
+    def chain(name):
+        walk(name)
+        out = []
+        while name is not None:
+            out.append(name)
+            name = prev[name][0]
+        return out[::-1]
 
     longest = max((chain(o[0]) for o in outputs), key=len)
     for o in outputs:
@@ -328,8 +515,9 @@ def _functional(cfg):
         if n not in on_chain and l["class_name"] not in _MASK_OPS:
             raise LoadError(f"layer {n!r} ({l['class_name']}) is not on the model's chain "
                             "of layers; fastrnn supports simple chains only")
-    descs = [_LayerDesc(by_name[n]["class_name"], dict(by_name[n].get("config", {})), n)
-             for n in longest]
+    descs = [_desc(by_name[n], i, what) for i, n in enumerate(longest)]
+    for d, n in zip(descs, longest):
+        d.name = n
     index = {n: i for i, n in enumerate(longest)}
     return descs, [(index[o[0]], o[2]) for o in outputs]
 
@@ -342,16 +530,23 @@ def _snake(name):
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _read(ds):
-    return np.asarray(ds[()])
+def _read(ds, fname, what):
+    if not isinstance(ds, hdf5.Dataset):
+        raise LoadError(f"{fname}: weight {what} must be an HDF5 dataset, found a group")
+    a = ds[()]
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+        raise LoadError(f"{fname}: weight {what} must be a numeric array, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+    return a
 
 
 class _Keras3Store:
     """Keras 3 weights file: layers/<snake_class>[_n]/... with vars/0, vars/1, ..."""
 
-    def __init__(self, f):
+    def __init__(self, f, fname):
         self.f = f
-        self.root = f["layers"] if "layers" in f else None
+        self.fname = fname
+        self.root = _group(f["layers"], fname, "layers") if "layers" in f else None
         self.paths: dict[str, str] = {}
 
     def assign(self, descs):
@@ -362,34 +557,44 @@ class _Keras3Store:
             counts[s] = n
             self.paths[d.name] = s if n == 0 else f"{s}_{n}"
 
-    @staticmethod
-    def _vars(g):
-        if g is None or "vars" not in g:
+    def _sub(self, g, key):
+        """Subgroup ``key`` of ``g`` or None."""
+        if key not in g:
+            return None
+        return _group(g[key], self.fname, f"{g.name}/{key}")
+
+    def _vars(self, g):
+        v = None if g is None else self._sub(g, "vars")
+        if v is None:
             return []
-        v = g["vars"]
-        keys = sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-        return [_read(v[k]) for k in keys]
+        keys = sorted(v.keys(), key=lambda k: (0, int(k), "") if k.isascii() and k.isdigit() and len(k) < 10
+                      else (1, 0, k))
+        return [_read(v[k], self.fname, f"{v.name}/{k}") for k in keys]
+
+    def _cell_vars(self, g):
+        c = self._sub(g, "cell")
+        return self._vars(c if c is not None else g)
 
     def get(self, desc):
         if self.root is None:
             return None
         p = self.paths[desc.name]
-        if p not in self.root:
+        g = self._sub(self.root, p)
+        if g is None:
             return None
-        g = self.root[p]
         cls = desc.class_name
         if cls in _RNN_CLASSES:
-            return self._vars(g["cell"]) if "cell" in g else self._vars(g)
+            return self._cell_vars(g)
         if cls == "Bidirectional":
             out = []
             for side in ("forward_layer", "backward_layer"):
-                if side not in g:
+                sg = self._sub(g, side)
+                if sg is None:
                     return None
-                sg = g[side]
-                out += self._vars(sg["cell"]) if "cell" in sg else self._vars(sg)
+                out += self._cell_vars(sg)
             return out
         if cls == "TimeDistributed":
-            return self._vars(g["layer"]) if "layer" in g else []
+            return self._vars(self._sub(g, "layer"))
         return self._vars(g)
 
 
@@ -399,25 +604,32 @@ class _LegacyStore:
     def __init__(self, g, fname):
         self.g = g
         self.fname = fname
-        names = g.attrs.get("layer_names")
-        self.layer_names = [_attr_str(n) for n in (names if names is not None else [])]
+        self.layer_names = _attr_names(g.attrs, "layer_names", fname)
         self.map: dict[str, str] = {}
 
+    def _layer(self, lname):
+        if lname not in self.g:
+            return None
+        return _group(self.g[lname], self.fname, f"layer group {lname!r}")
+
+    def _weight_names(self, lname):
+        grp = self._layer(lname)
+        return [] if grp is None else _attr_names(grp.attrs, "weight_names", self.fname)
+
     def _weights(self, lname):
-        grp = self.g[lname]
-        wn = grp.attrs.get("weight_names")
-        wn = [_attr_str(n) for n in (wn if wn is not None else [])]
+        grp = self._layer(lname)
+        if grp is None:
+            raise LoadError(f"{self.fname}: layer group {lname!r} is missing")
         out = []
-        for n in wn:
+        for n in self._weight_names(lname):
             if n not in grp:
                 raise LoadError(f"{self.fname}: weight {n!r} of layer {lname!r} is listed but "
                                 "missing from the file")
-            out.append(_read(grp[n]))
+            out.append(_read(grp[n], self.fname, repr(n)))
         return out
 
     def assign(self, descs):
-        with_w = [n for n in self.layer_names
-                  if n in self.g and len(self.g[n].attrs.get("weight_names", [])) > 0]
+        with_w = [n for n in self.layer_names if len(self._weight_names(n)) > 0]
         wanted = [d for d in descs if _has_weights(d)]
         if all(d.name in with_w for d in wanted):
             self.map = {d.name: d.name for d in wanted}
@@ -426,7 +638,7 @@ class _LegacyStore:
         if len(with_w) != len(wanted):
             raise LoadError(f"{self.fname}: the file has weights for {len(with_w)} layers "
                             f"({with_w}), the architecture has {len(wanted)} layers with "
-                            f"weights ({[d.name for d in wanted]})")
+                            f"weights ({[d.name for d in wanted]})"[:800])
         self.map = {d.name: n for d, n in zip(wanted, with_w)}
 
     def get(self, desc):
@@ -452,11 +664,87 @@ def _has_weights(d):
         return True
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
-        return inner.get("class_name") == "Dense"
+        return isinstance(inner, dict) and inner.get("class_name") == "Dense"
     return False
 
 
 # ============================================================================ building
+
+_MAX_DIM = 1 << 31
+
+
+def _cbool(c, key, default, where):
+    v = c.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise LoadError(f"{where}: config key {key!r} must be true or false, got {v!r}"[:300])
+
+
+def _cint(c, key, where, default=None, lo=1):
+    v = c.get(key, default)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= _MAX_DIM:
+        raise LoadError(f"{where}: config key {key!r} must be an integer in "
+                        f"[{lo}, {_MAX_DIM}], got {v!r}"[:300])
+    return v
+
+
+def _cfloat(c, key, default, where):
+    v = c.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    raise LoadError(f"{where}: config key {key!r} must be a number, got {v!r}"[:300])
+
+
+def _cdict(c, key, where, default=None):
+    v = c.get(key, default)
+    if v is None:
+        v = {} if default is None else default
+    if not isinstance(v, dict):
+        raise LoadError(f"{where}: config key {key!r} must be a JSON object, got "
+                        f"{type(v).__name__}")
+    return v
+
+
+def _last_dim(c, keys, where):
+    """Feature size from an input shape key (batch_shape / batch_input_shape) or None."""
+    for key in keys:
+        shape = c.get(key)
+        if not shape:
+            continue
+        if not isinstance(shape, (list, tuple)):
+            raise LoadError(f"{where}: config key {key!r} must be a list, got {shape!r}"[:300])
+        if len(shape) >= 3 and shape[-1] is not None:
+            v = shape[-1]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= _MAX_DIM:
+                raise LoadError(f"{where}: config key {key!r} has an invalid feature size "
+                                f"{v!r}"[:300])
+            return v
+        return None
+    return None
+
+
+def _act_name(a, where):
+    """A Keras activation config (name, or serialised function dict) -> name or None."""
+    if isinstance(a, dict):  # serialised function {"class_name": "function", "config": "tanh"}
+        c = a.get("config")
+        if isinstance(c, str):
+            a = c
+        elif isinstance(c, dict):
+            a = c.get("name", a.get("class_name"))
+        elif c is None:
+            a = a.get("class_name")
+        else:
+            raise LoadError(f"{where}: unsupported activation {a!r}"[:300])
+    if a is not None and not isinstance(a, str):
+        raise LoadError(f"{where}: unsupported activation {a!r}"[:300])
+    return a
+
 
 def _keras_major(version, override):
     if override is not None:
@@ -464,7 +752,7 @@ def _keras_major(version, override):
             raise ValueError(f"hard_sigmoid must be 'keras2' or 'keras3', got {override!r}")
         return 2 if override == "keras2" else 3
     if version:
-        m = re.match(r"\s*(\d+)", str(version))
+        m = re.match(r"\s*(\d{1,6})", str(version))
         if m:
             return 3 if int(m.group(1)) >= 3 else 2
     return 2
@@ -472,9 +760,7 @@ def _keras_major(version, override):
 
 def _act_spec(a, major, where):
     """Keras activation config -> core activation spec."""
-    if isinstance(a, dict):  # serialised function {"class_name": "function", "config": "tanh"}
-        c = a.get("config")
-        a = c if isinstance(c, str) else (c or {}).get("name", a.get("class_name"))
+    a = _act_name(a, where)
     if a is None:
         a = "linear"
     if not isinstance(a, str):
@@ -492,10 +778,8 @@ def _act_spec(a, major, where):
 
 
 def _dense_act(a, major, where):
-    if isinstance(a, dict):
-        c = a.get("config")
-        a = c if isinstance(c, str) else (c or {}).get("name", a.get("class_name"))
-    a = "linear" if a is None else str(a).lower()
+    a = _act_name(a, where)
+    a = "linear" if a is None else a.lower()
     if a == "hard_sigmoid":
         return ("hard_sigmoid", 0.2, 0.5) if major == 2 else ("hard_sigmoid", 1.0 / 6.0, 0.5)
     from ..model import activation_function
@@ -507,9 +791,10 @@ def _dense_act(a, major, where):
 
 
 class _Builder:
-    def __init__(self, store, major, dtype, num_threads, fname):
+    def __init__(self, store, major, dtype, num_threads, fname, ctx=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
             store, major, dtype, num_threads, fname)
+        self.ctx = ctx if ctx is not None else _Ctx(fname)
 
     def weights(self, d, n_expected):
         w = self.store.get(d)
@@ -533,6 +818,7 @@ class _Builder:
         cls = d.class_name if cfg is None else cfg["class_name"]
         c = d.config if cfg is None else cfg["config"]
         where = f"layer {d.name!r} ({cls})"
+        fwhere = f"{self.fname}: {where}"
         if c.get("time_major"):
             raise LoadError(f"{self.fname}: {where}: time_major=True is not supported")
         if c.get("stateful"):
@@ -540,9 +826,9 @@ class _Builder:
                           "states", stacklevel=3)
         if "units" not in c:
             raise LoadError(f"{self.fname}: {where}: config has no 'units'")
-        H = int(c["units"])
+        H = _cint(c, "units", fwhere)
         cudnn = cls.startswith("CuDNN")
-        use_bias = True if cudnn else bool(c.get("use_bias", True))
+        use_bias = True if cudnn else _cbool(c, "use_bias", True, fwhere)
         G = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "CuDNNLSTM": 4, "CuDNNGRU": 3}[cls]
         if len(weights) != (3 if use_bias else 2):
             raise LoadError(f"{self.fname}: {where} has {len(weights)} weight arrays, expected "
@@ -554,8 +840,8 @@ class _Builder:
         b = weights[2] if use_bias else None
         reset_after = True
         if cls == "GRU":
-            ra = c.get("reset_after")
-            reset_after = (b is not None and b.ndim == 2) if ra is None else bool(ra)
+            ra = _cbool(c, "reset_after", None, fwhere)
+            reset_after = (b is not None and b.ndim == 2) if ra is None else ra
         if cudnn:
             k, rk, b = _from_cudnn(d, self, k, rk, b, G, H, cls)
         elif use_bias:
@@ -566,7 +852,7 @@ class _Builder:
         act = _act_spec(c.get("activation", "tanh"), self.major, where)
         ract = _act_spec(c.get("recurrent_activation", "sigmoid"), self.major, where)
         kw = dict(bias=use_bias, batch_first=True, dtype=self.dtype, num_threads=self.nt,
-                  go_backwards=bool(c.get("go_backwards", False)))
+                  go_backwards=_cbool(c, "go_backwards", False, fwhere))
         Wih, Whh = k.T, rk.T
         bih = bhh = None
         if cls in ("LSTM", "CuDNNLSTM"):
@@ -592,9 +878,10 @@ class _Builder:
         if use_bias:
             sd.update(bias_ih_l0=bih, bias_hh_l0=bhh)
         layer.load_state_dict({n: np.ascontiguousarray(v) for n, v in sd.items()})
-        zo = bool(c.get("zero_output_for_mask", False)) if zero_output is None else zero_output
-        return KerasRNN(layer, return_sequences=bool(c.get("return_sequences", False)),
-                        return_state=bool(c.get("return_state", False)),
+        zo = (_cbool(c, "zero_output_for_mask", False, fwhere) if zero_output is None
+              else zero_output)
+        return KerasRNN(layer, return_sequences=_cbool(c, "return_sequences", False, fwhere),
+                        return_state=_cbool(c, "return_state", False, fwhere),
                         zero_output_for_mask=zo, name=name or d.name), H
 
     def bidirectional(self, d, in_dim):
@@ -605,28 +892,32 @@ class _Builder:
             cls = inner.get("class_name") if isinstance(inner, dict) else inner
             raise LoadError(f"{self.fname}: layer {d.name!r} (Bidirectional) wraps unsupported "
                             f"layer {cls!r}")
-        fwd_cfg = {"class_name": inner["class_name"], "config": dict(inner.get("config", {}))}
+        where = f"{self.fname}: layer {d.name!r} (Bidirectional)"
+        fwd_cfg = {"class_name": inner["class_name"],
+                   "config": dict(_cdict(inner, "config", where + " layer"))}
         back = c.get("backward_layer")
         if back is not None:
-            if back.get("class_name") not in _RNN_CLASSES:
+            if not isinstance(back, dict) or back.get("class_name") not in _RNN_CLASSES:
+                back = back if isinstance(back, dict) else {"class_name": back}
                 raise LoadError(f"{self.fname}: layer {d.name!r} (Bidirectional) has unsupported "
                                 f"backward layer {back.get('class_name')!r}")
-            bwd_cfg = {"class_name": back["class_name"], "config": dict(back.get("config", {}))}
+            bwd_cfg = {"class_name": back["class_name"],
+                       "config": dict(_cdict(back, "config", where + " backward_layer"))}
         else:
             bc = dict(fwd_cfg["config"])
-            bc["go_backwards"] = not bc.get("go_backwards", False)
+            bc["go_backwards"] = not _cbool(bc, "go_backwards", False, where)
             bwd_cfg = {"class_name": fwd_cfg["class_name"], "config": bc}
-        rs = bool(fwd_cfg["config"].get("return_sequences", False))
+        rs = _cbool(fwd_cfg["config"], "return_sequences", False, where)
         w = self.weights(d, range(4, 7))
         nf = 3 if (fwd_cfg["class_name"].startswith("CuDNN")
-                   or fwd_cfg["config"].get("use_bias", True)) else 2
+                   or _cbool(fwd_cfg["config"], "use_bias", True, where)) else 2
         fwd, hf = self.rnn(d, fwd_cfg, w[:nf], in_dim, zero_output=rs, name=d.name + "/forward")
         bwd, hb = self.rnn(d, bwd_cfg, w[nf:], in_dim, zero_output=rs, name=d.name + "/backward")
         if bwd.return_sequences != fwd.return_sequences or bwd.return_state != fwd.return_state:
             raise LoadError(f"{self.fname}: layer {d.name!r}: forward and backward layers "
                             "disagree on return_sequences / return_state")
         mm = c.get("merge_mode", "concat")
-        if mm not in ("concat", "sum", "mul", "ave", None):
+        if not (mm is None or (isinstance(mm, str) and mm in ("concat", "sum", "mul", "ave"))):
             raise LoadError(f"{self.fname}: layer {d.name!r}: unsupported merge_mode {mm!r}")
         layer = Bidirectional(fwd, bwd, merge_mode=mm, name=d.name)
         _try_fuse(layer, self)
@@ -638,9 +929,11 @@ class _Builder:
 
     def dense(self, d, c, in_dim, name):
         from ..model import Dense
-        use_bias = bool(c.get("use_bias", True))
+        where = f"{self.fname}: layer {d.name!r} ({d.class_name})"
+        use_bias = _cbool(c, "use_bias", True, where)
         w = self.weights(d, (2,) if use_bias else (1,))
-        units = int(c.get("units", w[0].shape[-1] if w[0].ndim == 2 else -1))
+        units = (_cint(c, "units", where) if c.get("units") is not None
+                 else (w[0].shape[-1] if w[0].ndim == 2 else -1))
         I = in_dim if in_dim is not None else (w[0].shape[0] if w[0].ndim == 2 else -1)
         self.check(d, "kernel", w[0], (I, units))
         if use_bias:
@@ -662,43 +955,50 @@ class _Builder:
         dim = None
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
+            self.ctx.layer = f"{d.name!r} ({cls})"
+            where = f"{self.fname}: layer {d.name!r} ({cls})"
             if cls == "InputLayer":
-                shape = c.get("batch_shape") or c.get("batch_input_shape")
-                if shape and len(shape) >= 3 and shape[-1] is not None:
-                    dim = int(shape[-1])
+                v = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
+                if v is not None:
+                    dim = v
                 continue
             if dim is None:
-                shape = c.get("batch_input_shape") or c.get("batch_shape")
-                if shape and len(shape) >= 3 and shape[-1] is not None:
-                    dim = int(shape[-1])
+                dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
             index_map[i] = len(layers)
             if cls == "Embedding":
                 w = self.weights(d, (1,))
                 V, E = c.get("input_dim"), c.get("output_dim")
                 if V is not None and E is not None:
-                    self.check(d, "embeddings", w[0], (int(V), int(E)))
+                    self.check(d, "embeddings", w[0],
+                               (_cint(c, "input_dim", where), _cint(c, "output_dim", where)))
                 elif w[0].ndim != 2:
                     raise LoadError(f"{self.fname}: layer {d.name!r}: embeddings must be 2-D")
-                layer = Embedding(w[0], mask_zero=bool(c.get("mask_zero", False)),
+                layer = Embedding(w[0], mask_zero=_cbool(c, "mask_zero", False, where),
                                   name=d.name, dtype=self.dtype)
                 dim = w[0].shape[1]
             elif cls == "Masking":
-                layer = Masking(float(c.get("mask_value", 0.0)), name=d.name)
+                layer = Masking(_cfloat(c, "mask_value", 0.0, where), name=d.name)
             elif cls == "Dense":
                 layer, dim = self.dense(d, c, dim, d.name)
             elif cls == "Activation":
                 layer = Activation(_dense_act(c.get("activation"), self.major,
                                               f"layer {d.name!r}"), name=d.name)
             elif cls in _NOOP_CLASSES:
-                layer = Dropout(float(c.get("rate", 0.0) or 0.0), name=d.name)
+                layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name)
             elif cls == "TimeDistributed":
-                inner = c.get("layer", {})
+                inner = _cdict(c, "layer", where)
                 icls = inner.get("class_name")
-                ic = inner.get("config", {})
+                ic = _cdict(inner, "config", where + " inner layer")
+                iname = ic.get("name", "dense")
+                if not isinstance(iname, str):
+                    raise LoadError(f"{where}: inner layer name must be a string")
+                if not isinstance(icls, str):
+                    raise LoadError(f"{where}: inner layer class_name must be a string, "
+                                    f"got {icls!r}"[:300])
                 if icls == "Dense":
-                    il, dim = self.dense(d, ic, dim, ic.get("name", "dense"))
+                    il, dim = self.dense(d, ic, dim, iname)
                 elif icls in _NOOP_CLASSES:
-                    il = Dropout(float(ic.get("rate", 0.0) or 0.0))
+                    il = Dropout(_cfloat(ic, "rate", 0.0, where))
                 elif icls == "Activation":
                     il = Activation(_dense_act(ic.get("activation"), self.major, d.name))
                 else:
@@ -770,16 +1070,20 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
     return k, rk, bias
 
 
-def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname):
+def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=None):
     descs, outputs, (hint, name) = parsed
     version = version or hint
     major = _keras_major(version, hard_sigmoid)
+    ctx = ctx if ctx is not None else _Ctx(fname)
     try:
-        model = _Builder(store, major, dtype, num_threads, fname).build(descs, outputs)
+        model = _Builder(store, major, dtype, num_threads, fname, ctx).build(descs, outputs)
     except LoadError:
         raise
-    except (KeyError, TypeError, IndexError) as e:
-        raise LoadError(f"{fname}: malformed Keras config or weights: {e!r}") from e
+    except RecursionError:
+        raise LoadError(f"{fname}: Keras config nests too deeply{ctx.where()}") from None
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError) as e:
+        raise LoadError(f"{fname}: malformed Keras config or weights{ctx.where()}: "
+                        f"{type(e).__name__}: {e}"[:600]) from e
     if name:
         model.name = str(name)
     return model
