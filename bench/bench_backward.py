@@ -5,10 +5,12 @@
 
 Groups ``train <cell> B=.. T=.. H=..`` (I = H, one layer, float32, 2 threads each):
 
-* ``torch autograd``: ``y, _ = m(x); y.sum().backward()`` (grads zeroed before; x does
-  not require grad, as in training the first layer),
-* ``fastrnn``: ``out, _, cache = layer.forward_train(x); layer.backward(cache, ones)``
-  (computes dX too, which torch skips here),
+* ``torch autograd``: ``y, _ = m(x); y.sum().backward()`` (grads set to None before; x
+  does not require grad, as for the first layer in training),
+* ``fastrnn``: ``out, _, cache = layer.forward_train(x)`` then
+  ``layer.backward(cache, ones, need_input_grad=False)``: the same work,
+* ``torch autograd +dX`` / ``fastrnn +dX``: the same with the input gradient as well
+  (``x.requires_grad_()`` / ``need_input_grad=True``),
 * ``fastrnn forward_train`` / ``fastrnn inference``: the forward halves, for scale.
 
 Run as a script for a ratio table from interleaved runs (robust on a busy machine):
@@ -37,6 +39,7 @@ def _setup(cell, B, T, H):
     layer = fastrnn.from_torch(m, num_threads=THREADS)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
     xt = torch.from_numpy(x)
+    xg = torch.from_numpy(x.copy()).requires_grad_()
     ones = np.ones((T, B, H), np.float32)
 
     def run_torch():
@@ -45,7 +48,18 @@ def _setup(cell, B, T, H):
         y, _ = m(xt)
         y.sum().backward()
 
+    def run_torch_dx():
+        for p in m.parameters():
+            p.grad = None
+        xg.grad = None
+        y, _ = m(xg)
+        y.sum().backward()
+
     def run_fastrnn():
+        out, _, cache = layer.forward_train(x)
+        return layer.backward(cache, ones, need_input_grad=False)
+
+    def run_fastrnn_dx():
         out, _, cache = layer.forward_train(x)
         return layer.backward(cache, ones)
 
@@ -56,11 +70,15 @@ def _setup(cell, B, T, H):
         layer(x)
 
     return {"torch autograd": run_torch, "fastrnn": run_fastrnn,
+            "torch autograd +dX": run_torch_dx, "fastrnn +dX": run_fastrnn_dx,
             "fastrnn forward_train": run_fwd_train, "fastrnn inference": run_infer}
 
 
-@pytest.mark.parametrize("who", ["torch autograd", "fastrnn", "fastrnn forward_train",
-                                 "fastrnn inference"])
+WHO = ["torch autograd", "fastrnn", "torch autograd +dX", "fastrnn +dX",
+       "fastrnn forward_train", "fastrnn inference"]
+
+
+@pytest.mark.parametrize("who", WHO)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-B{c[1]}-T{c[2]}-H{c[3]}")
 def test_train_step(benchmark, case, who):
     cell, B, T, H = case
@@ -87,7 +105,8 @@ def main(rounds=9):
         print(f"{cell} B={B} T={T} H={H}: " + ", ".join(
             f"{k} {best[k]:.1f} ms (median {med[k]:.1f})" for k in fns)
             + f"; ratio fastrnn/torch min {best['fastrnn'] / best['torch autograd']:.2f}"
-            f" median {med['fastrnn'] / med['torch autograd']:.2f}")
+            f" median {med['fastrnn'] / med['torch autograd']:.2f}"
+            f"; +dX min {best['fastrnn +dX'] / best['torch autograd +dX']:.2f}")
 
 
 if __name__ == "__main__":

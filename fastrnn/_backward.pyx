@@ -61,8 +61,8 @@ cdef extern from "_backward_gemm.h":
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
-    float* frbg_pack_rows_f(const float* const* rows, int k, int n, int nb) nogil
-    double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb) nogil
+    float* frbg_pack_rows_f(const float* const* rows, int k, int n, int nb, int ones) nogil
+    double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb, int ones) nogil
     void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
     void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda, int aks,
@@ -166,6 +166,35 @@ cdef void _rec_gemm(const Rec* R, int m, const floating* A, int lda, floating* C
                 R.ldw, <floating>beta, C, ldc)
     else:
         _pgemm(R.level, m, R.n, R.k, A, lda, 1, <const floating*>R.bp, C, ldc, beta, nt)
+
+
+cdef bint _wgrad(int level, int m, int N, const floating* A, int aks,
+                 const floating* const* rows, int n, floating* dw, int lddw, floating* db,
+                 int nt) noexcept nogil:
+    """dW (m x n, ld lddw) = A^T-stored (element (r, kk) at A[r + kk*aks]) @ B and
+    db (m) = its row sums, in one GEMM: B (N x n) has rows ``rows[kk]`` plus a column of
+    ones.  False when memory ran out (nothing written)."""
+    cdef void* bp
+    cdef floating* tmp
+    cdef int r, j
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    if floating is float:
+        bp = frbg_pack_rows_f(rows, N, n, nb, 1)
+    else:
+        bp = frbg_pack_rows_d(rows, N, n, nb, 1)
+    tmp = <floating*>malloc(sizeof(floating) * m * (n + 1) + 1)
+    if bp == NULL or tmp == NULL:
+        free(bp)
+        free(tmp)
+        return False
+    _pgemm(level, m, n + 1, N, A, 1, aks, <const floating*>bp, tmp, n + 1, 0, nt)
+    for r in range(m):
+        for j in range(n):
+            dw[<Py_ssize_t>r * lddw + j] = tmp[<Py_ssize_t>r * (n + 1) + j]
+        db[r] = tmp[<Py_ssize_t>r * (n + 1) + n]
+    free(bp)
+    free(tmp)
+    return True
 
 
 cdef void _wgemm(int level, int m, int n, int k, const floating* A, int lda, int aks,
@@ -596,8 +625,8 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
     cdef int level = frbg_level()
-    cdef void* bp = NULL
     cdef const floating** rows = NULL
+    cdef bint done
     R1.bp = NULL
     R2.bp = NULL
     dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
@@ -686,56 +715,64 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
                   dh, dc, dg + r * GH, dnx, tmp, aux + r * H)
             _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 1, nt)
 
-    # ---- input side: dX, dW_ih, db_ih over every step at once
-    if gru_ra:
-        if d.want_dx:
+    # ---- input side: dX over every step at once
+    if d.want_dx:
+        if gru_ra:
             _wgemm(level, N, I, 2 * H, dg, GH, 1, wih, I, False, dx, I, 0, nt)
             _wgemm(level, N, I, H, dnx, H, 1, wih + 2 * H * I, I, False, dx, I, 1, nt)
-        _wgemm(level, 2 * H, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
-        _wgemm(level, H, I, N, dnx, 1, H, x, I, False, dwih + 2 * H * I, I, 0, nt)
-        _colsum(N, 2 * H, ones, dg, GH, dbih)
-        _colsum(N, H, ones, dnx, H, dbih + 2 * H)
-    else:
-        if d.want_dx:
+        else:
             _wgemm(level, N, I, GH, dg, GH, 1, wih, I, False, dx, I, 0, nt)
-        _wgemm(level, GH, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
-        _colsum(N, GH, ones, dg, GH, dbih)
-    _colsum(N, GH, ones, dg, GH, dbhh)
-
-    # ---- recurrent side: dW_hh = sum_s dG_s^T h_{s-1}, one GEMM per run of equal sizes
     ncols = 2 * H if gru_nra else GH
-    memset(dwhh, 0, sizeof(floating) * GH * P)
+
+    # ---- weight and bias gradients, each one GEMM over all steps (biases as an extra
+    # column of ones): dW_ih = dG^T X, dW_hh = dG^T H_prev (H_prev packed from h0 and y)
+    done = False
     if level > 0:
-        # h_{s-1} of every row, packed straight from h0 and y: one GEMM over all steps
         rows = <const floating**>malloc(sizeof(floating*) * N + 1)
         if rows != NULL:
-            for s in range(S):
-                for b in range(<int>nsteps[s]):
-                    if s == 0:
-                        rows[b] = h0 + <Py_ssize_t>b * P
-                    else:
-                        rows[offsets[s] + b] = y + (offsets[s - 1] + b) * ldy
-            if floating is float:
-                bp = frbg_pack_rows_f(rows, N, P, frbg_nb(level, sizeof(floating)))
+            for k in range(N):
+                rows[k] = x + k * I
+            if gru_ra:
+                done = (_wgrad(level, 2 * H, N, dg, GH, rows, I, dwih, I, dbih, nt)
+                        and _wgrad(level, H, N, dnx, H, rows, I, dwih + 2 * H * I, I,
+                                   dbih + 2 * H, nt))
             else:
-                bp = frbg_pack_rows_d(rows, N, P, frbg_nb(level, sizeof(floating)))
+                done = _wgrad(level, GH, N, dg, GH, rows, I, dwih, I, dbih, nt)
+            if done:
+                for s in range(S):
+                    for b in range(<int>nsteps[s]):
+                        if s == 0:
+                            rows[b] = h0 + <Py_ssize_t>b * P
+                        else:
+                            rows[offsets[s] + b] = y + (offsets[s - 1] + b) * ldy
+                done = _wgrad(level, ncols, N, dg, GH, rows, P, dwhh, P, dbhh, nt)
+                if done and gru_nra:
+                    for j in range(2 * H, GH):
+                        dbhh[j] = dbih[j]
             free(rows)
-    if bp != NULL:
-        _pgemm(level, ncols, P, N, dg, 1, GH, <const floating*>bp, dwhh, P, 0, nt)
-        free(bp)
-        S = 0            # done: skip the per-run BLAS path below
-    else:
+    if not done:
+        # BLAS path: dW_ih in one GEMM, dW_hh one GEMM per run of equal batch sizes
+        if gru_ra:
+            _wgemm(0, 2 * H, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
+            _wgemm(0, H, I, N, dnx, 1, H, x, I, False, dwih + 2 * H * I, I, 0, nt)
+            _colsum(N, 2 * H, ones, dg, GH, dbih)
+            _colsum(N, H, ones, dnx, H, dbih + 2 * H)
+        else:
+            _wgemm(0, GH, I, N, dg, 1, GH, x, I, False, dwih, I, 0, nt)
+            _colsum(N, GH, ones, dg, GH, dbih)
+        _colsum(N, GH, ones, dg, GH, dbhh)
+        memset(dwhh, 0, sizeof(floating) * GH * P)
         gemm_rm(True, False, ncols, P, <int>nsteps[0], <floating>1, dg, GH, h0, P,
                 <floating>1, dwhh, P)
-    s = 1
-    while s < S:
-        n = <int>nsteps[s]
-        e = s + 1
-        while e < S and nsteps[e] == n and nsteps[e - 2] == n:
-            e += 1
-        gemm_rm(True, False, ncols, P, (e - s) * n, <floating>1, dg + offsets[s] * GH, GH,
-                y + offsets[s - 1] * ldy, ldy, <floating>1, dwhh, P)
-        s = e
+        s = 1
+        while s < S:
+            n = <int>nsteps[s]
+            e = s + 1
+            while e < S and nsteps[e] == n and nsteps[e - 2] == n:
+                e += 1
+            gemm_rm(True, False, ncols, P, (e - s) * n, <floating>1, dg + offsets[s] * GH, GH,
+                    y + offsets[s - 1] * ldy, ldy, <floating>1, dwhh, P)
+            s = e
     if gru_nra:
         _wgemm(level, H, H, N, dg + 2 * H, 1, GH, aux, H, False, dwhh + 2 * H * H, H, 0, nt)
     if d.cell == 1 and d.proj:

@@ -75,10 +75,12 @@ static T* NAME(const T* W, int ldw, int k, int n, int trans, int nb) {          
 FRBG_PACK(frbg_pack_f, float)
 FRBG_PACK(frbg_pack_d, double)
 
-/* Pack B (k x n) whose row kk starts at rows[kk] (contiguous n values). */
+/* Pack B (k x n + ones) whose row kk starts at rows[kk] (contiguous n values); with
+ * ones, B gets an extra last column of ones (so that A @ B also yields A's row sums). */
 #define FRBG_PACK_ROWS(NAME, T)                                                        \
-static T* NAME(const T* const* rows, int k, int n, int nb) {                           \
-    int np = (n + nb - 1) / nb, p, kk, j;                                              \
+static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {                 \
+    int nt = n + (ones ? 1 : 0);                                                       \
+    int np = (nt + nb - 1) / nb, p, kk, j;                                             \
     T* out = (T*)frbg_alloc(sizeof(T) * (size_t)np * k * nb);                          \
     if (!out) return NULL;                                                             \
     for (kk = 0; kk < k; kk++) {                                                       \
@@ -86,8 +88,9 @@ static T* NAME(const T* const* rows, int k, int n, int nb) {                    
         for (p = 0; p < np; p++) {                                                     \
             T* row = out + ((size_t)p * k + kk) * nb;                                  \
             int j0 = p * nb, w = n - j0 < nb ? n - j0 : nb;                            \
-            memcpy(row, src + j0, sizeof(T) * w);                                      \
-            for (j = w; j < nb; j++) row[j] = 0;                                       \
+            if (w < 0) w = 0;                                                          \
+            if (w > 0) memcpy(row, src + j0, sizeof(T) * w);                           \
+            for (j = w; j < nb; j++) row[j] = (ones && j0 + j == n) ? (T)1 : (T)0;     \
         }                                                                              \
     }                                                                                  \
     return out;                                                                        \
