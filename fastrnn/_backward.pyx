@@ -71,6 +71,18 @@ cdef extern from "_backward_gemm.h":
     void frbg_tanh_f(const float* a, float* out, int n) nogil
     void frbg_sigmoid_d(const double* a, double* out, int n) nogil
     void frbg_tanh_d(const double* a, double* out, int n) nogil
+    void frbg_lstm_bwd_f(int r0, int r1, int H, const float* gs, const float* cs,
+                         const float* cp, const float* src, int ldsrc, float* dc, float* dg,
+                         float* aux) nogil
+    void frbg_lstm_bwd_d(int r0, int r1, int H, const double* gs, const double* cs,
+                         const double* cp, const double* src, int ldsrc, double* dc,
+                         double* dg, double* aux) nogil
+    void frbg_gru_bwd_f(int kind, int r0, int r1, int H, const float* gs, const float* hn,
+                        const float* hp, int ldhp, float* dh, float* dg, float* dnx,
+                        const float* tmp, float* aux) nogil
+    void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs, const double* hn,
+                        const double* hp, int ldhp, double* dh, double* dg, double* dnx,
+                        const double* tmp, double* aux) nogil
 
 # batches up to this size use the packed small-M kernel for the per-step products
 cdef enum:
@@ -370,15 +382,21 @@ cdef void _brows(int kind, int r0, int r1, int H, int relu, const floating* gs,
                  const floating* ys, int ldy, const floating* src, int ldsrc,
                  floating* dh, floating* dc, floating* dg, floating* dnx,
                  const floating* tmp, floating* aux) noexcept nogil:
+    """Gate gradients of rows [r0, r1) of one step (LSTM and GRU passes in
+    _backward_gemm.h).
+
+    LSTM, with tc = tanh(c):  dc_t = dc + dh o (1 - tc^2);  d(i, f, g, o)_pre =
+    (dc_t g i(1-i), dc_t c_prev f(1-f), dc_t i (1-g^2), dh tc o(1-o));  dc_prev = dc_t f.
+    GRU reset_after:  dn_pre = dh (1-z)(1-n^2);  dr_pre = dn_pre (W_hn h + b_hn) r(1-r);
+    dz_pre = dh (h_prev - n) z(1-z);  recurrent n-gradient dn_pre r;  dh_prev = dh z + ...
+    GRU reset before (two passes around the W_hn product t = dn_pre W_hn):
+    dr_pre = t h_prev r(1-r);  dh_prev = dh z + t r + ...
+    """
     cdef int b, j
-    cdef floating i, f, g, o, tc, dhh, dct, r, z, nn, dnp, t, hv
-    cdef const floating* gb
+    cdef floating one = 1
     cdef const floating* yb
-    cdef const floating* sb
-    cdef const floating* hb
     cdef floating* db
     cdef floating* dhb
-    cdef Py_ssize_t G, bH
     if kind == 0:
         for b in range(r0, r1):
             yb = ys + <Py_ssize_t>b * ldy
@@ -389,78 +407,17 @@ cdef void _brows(int kind, int r0, int r1, int H, int relu, const floating* gs,
                     db[j] = dhb[j] if yb[j] > 0 else 0
             else:
                 for j in range(H):
-                    db[j] = dhb[j] * (1 - yb[j] * yb[j])
+                    db[j] = dhb[j] * (one - yb[j] * yb[j])
     elif kind == 1:
-        G = 4 * H
-        for b in range(r0, r1):
-            gb = gs + b * G
-            db = dg + b * G
-            sb = src + <Py_ssize_t>b * ldsrc
-            bH = <Py_ssize_t>b * H
-            _vtanh(cs + bH, db + 3 * H, H)      # tanh(c), read below before overwritten
-            for j in range(H):
-                i = gb[j]
-                f = gb[H + j]
-                g = gb[2 * H + j]
-                o = gb[3 * H + j]
-                tc = db[3 * H + j]
-                dhh = sb[j]
-                dct = dc[bH + j] + dhh * o * (1 - tc * tc)
-                db[j] = dct * g * i * (1 - i)
-                db[H + j] = dct * cp[bH + j] * f * (1 - f)
-                db[2 * H + j] = dct * i * (1 - g * g)
-                db[3 * H + j] = dhh * tc * o * (1 - o)
-                dc[bH + j] = dct * f
-                if aux != NULL:
-                    aux[bH + j] = o * tc
-    elif kind == 2:
-        G = 3 * H
-        for b in range(r0, r1):
-            gb = gs + b * G
-            db = dg + b * G
-            hb = hp + <Py_ssize_t>b * ldhp
-            dhb = dh + <Py_ssize_t>b * H
-            bH = <Py_ssize_t>b * H
-            for j in range(H):
-                r = gb[j]
-                z = gb[H + j]
-                nn = gb[2 * H + j]
-                dhh = dhb[j]
-                dnp = dhh * (1 - z) * (1 - nn * nn)
-                db[j] = dnp * cs[bH + j] * r * (1 - r)
-                db[H + j] = dhh * (hb[j] - nn) * z * (1 - z)
-                db[2 * H + j] = dnp * r
-                dnx[bH + j] = dnp
-                dhb[j] = dhh * z
-    elif kind == 3:
-        G = 3 * H
-        for b in range(r0, r1):
-            gb = gs + b * G
-            db = dg + b * G
-            hb = hp + <Py_ssize_t>b * ldhp
-            dhb = dh + <Py_ssize_t>b * H
-            for j in range(H):
-                z = gb[H + j]
-                nn = gb[2 * H + j]
-                dhh = dhb[j]
-                db[H + j] = dhh * (hb[j] - nn) * z * (1 - z)
-                db[2 * H + j] = dhh * (1 - z) * (1 - nn * nn)
-                dhb[j] = dhh * z
+        if floating is float:
+            frbg_lstm_bwd_f(r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux)
+        else:
+            frbg_lstm_bwd_d(r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux)
     else:
-        G = 3 * H
-        for b in range(r0, r1):
-            gb = gs + b * G
-            db = dg + b * G
-            hb = hp + <Py_ssize_t>b * ldhp
-            dhb = dh + <Py_ssize_t>b * H
-            bH = <Py_ssize_t>b * H
-            for j in range(H):
-                r = gb[j]
-                t = tmp[bH + j]
-                hv = hb[j]
-                db[j] = t * hv * r * (1 - r)
-                dhb[j] = dhb[j] + t * r
-                aux[bH + j] = r * hv
+        if floating is float:
+            frbg_gru_bwd_f(kind, r0, r1, H, gs, cs, hp, ldhp, dh, dg, dnx, tmp, aux)
+        else:
+            frbg_gru_bwd_d(kind, r0, r1, H, gs, cs, hp, ldhp, dh, dg, dnx, tmp, aux)
 
 
 cdef void _bpar(int kind, int n, int nt, int H, int relu, const floating* gs,

@@ -214,7 +214,7 @@ ATTR static inline __attribute__((always_inline)) VF frbg_vexp_##SUF(VF x) {    
     VF fx = x * 1.44269504088896341f + 0.5f;                                           \
     VI n = __builtin_convertvector(fx, VI);                                            \
     VF fn = __builtin_convertvector(n, VF);                                            \
-    n = n - (VI)(fn > fx & 1);                   /* floor */                           \
+    n = n - ((VI)(fn > fx) & 1);                 /* floor */                           \
     fn = __builtin_convertvector(n, VF);                                               \
     VF r = x - fn * 0.693359375f + fn * 2.12194440e-4f;                                \
     VF p = (VF){0} + 1.9875691500E-4f;                                                 \
@@ -285,6 +285,110 @@ static void frbg_sigmoid_d(const double* in, double* out, int len) {
 }
 static void frbg_tanh_d(const double* in, double* out, int len) {
     for (int i = 0; i < len; i++) out[i] = tanh(in[i]);
+}
+
+/* ------------------------------------------------------ backward gate-gradient passes
+ * Rows [r0, r1) of one step (see _backward.pyx for the formulas); restrict-qualified
+ * loops the compiler vectorises, built for AVX-512, AVX2+FMA and the baseline. */
+#define FRBG_BWD(SUF, T, TANH, ATTR)                                                    \
+ATTR static void frbg_lstm_bwd_##SUF(int r0, int r1, int H, const T* gs, const T* cs,   \
+        const T* cp, const T* src, int ldsrc, T* dc, T* dg, T* aux) {                  \
+    for (int b = r0; b < r1; b++) {                                                    \
+        const T* restrict g = gs + (size_t)b * 4 * H;                                  \
+        const T* restrict cpb = cp + (size_t)b * H;                                    \
+        const T* restrict sb = src + (size_t)b * ldsrc;                                \
+        T* restrict dcb = dc + (size_t)b * H;                                          \
+        T* restrict d = dg + (size_t)b * 4 * H;                                        \
+        TANH(cs + (size_t)b * H, d + 3 * H, H);         /* tanh(c) in the o slot */   \
+        for (int j = 0; j < H; j++) {                                                  \
+            T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];             \
+            T tc = d[3 * H + j], dh = sb[j];                                           \
+            T dct = dcb[j] + dh * o * ((T)1 - tc * tc);                                \
+            d[j] = dct * gg * i * ((T)1 - i);                                          \
+            d[H + j] = dct * cpb[j] * f * ((T)1 - f);                                  \
+            d[2 * H + j] = dct * i * ((T)1 - gg * gg);                                 \
+            d[3 * H + j] = dh * tc * o * ((T)1 - o);                                   \
+            dcb[j] = dct * f;                                                          \
+        }                                                                              \
+        if (aux) {                                                                     \
+            T* restrict ab = aux + (size_t)b * H;                                      \
+            TANH(cs + (size_t)b * H, ab, H);                                           \
+            for (int j = 0; j < H; j++) ab[j] *= g[3 * H + j];                         \
+        }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+ATTR static void frbg_gru_bwd_##SUF(int kind, int r0, int r1, int H, const T* gs,       \
+        const T* hn, const T* hp, int ldhp, T* dh, T* dg, T* dnx, const T* tmp,        \
+        T* aux) {                                                                      \
+    for (int b = r0; b < r1; b++) {                                                    \
+        const T* restrict g = gs + (size_t)b * 3 * H;                                  \
+        const T* restrict hb = hp + (size_t)b * ldhp;                                  \
+        T* restrict dhb = dh + (size_t)b * H;                                          \
+        T* restrict d = dg + (size_t)b * 3 * H;                                        \
+        if (kind == 2) {            /* reset_after */                                  \
+            const T* restrict hnb = hn + (size_t)b * H;                                \
+            T* restrict dx = dnx + (size_t)b * H;                                      \
+            for (int j = 0; j < H; j++) {                                              \
+                T r = g[j], z = g[H + j], nn = g[2 * H + j], dhh = dhb[j];             \
+                T dnp = dhh * ((T)1 - z) * ((T)1 - nn * nn);                           \
+                d[j] = dnp * hnb[j] * r * ((T)1 - r);                                  \
+                d[H + j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                        \
+                d[2 * H + j] = dnp * r;                                                \
+                dx[j] = dnp;                                                           \
+                dhb[j] = dhh * z;                                                      \
+            }                                                                          \
+        } else if (kind == 3) {     /* reset before: z, n */                           \
+            for (int j = 0; j < H; j++) {                                              \
+                T z = g[H + j], nn = g[2 * H + j], dhh = dhb[j];                       \
+                d[H + j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                        \
+                d[2 * H + j] = dhh * ((T)1 - z) * ((T)1 - nn * nn);                    \
+                dhb[j] = dhh * z;                                                      \
+            }                                                                          \
+        } else {                    /* reset before: r, through W_hn (r * h) */        \
+            const T* restrict tb = tmp + (size_t)b * H;                                \
+            T* restrict ab = aux + (size_t)b * H;                                      \
+            for (int j = 0; j < H; j++) {                                              \
+                T r = g[j], t = tb[j], hv = hb[j];                                     \
+                d[j] = t * hv * r * ((T)1 - r);                                        \
+                dhb[j] += t * r;                                                       \
+                ab[j] = r * hv;                                                        \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+
+FRBG_BWD(fb, float, frbg_tanh_f, )
+FRBG_BWD(db, double, frbg_tanh_d, )
+#if FRBG_X86
+FRBG_BWD(f512, float, frbg_tanh_f, FRBG_A512)
+FRBG_BWD(d512, double, frbg_tanh_d, FRBG_A512)
+FRBG_BWD(f2, float, frbg_tanh_f, FRBG_A2)
+FRBG_BWD(d2, double, frbg_tanh_d, FRBG_A2)
+#define FRBG_PICK(NAME, SUF, ...)                                                       \
+    do { int lv_ = frbg_level();                                                       \
+         if (lv_ == 2) NAME##_##SUF##512(__VA_ARGS__);                                 \
+         else if (lv_ == 1) NAME##_##SUF##2(__VA_ARGS__);                              \
+         else NAME##_##SUF##b(__VA_ARGS__); } while (0)
+#else
+#define FRBG_PICK(NAME, SUF, ...) NAME##_##SUF##b(__VA_ARGS__)
+#endif
+static void frbg_lstm_bwd_f(int r0, int r1, int H, const float* gs, const float* cs,
+        const float* cp, const float* src, int ldsrc, float* dc, float* dg, float* aux) {
+    FRBG_PICK(frbg_lstm_bwd, f, r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux);
+}
+static void frbg_lstm_bwd_d(int r0, int r1, int H, const double* gs, const double* cs,
+        const double* cp, const double* src, int ldsrc, double* dc, double* dg, double* aux) {
+    FRBG_PICK(frbg_lstm_bwd, d, r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux);
+}
+static void frbg_gru_bwd_f(int kind, int r0, int r1, int H, const float* gs, const float* hn,
+        const float* hp, int ldhp, float* dh, float* dg, float* dnx, const float* tmp,
+        float* aux) {
+    FRBG_PICK(frbg_gru_bwd, f, kind, r0, r1, H, gs, hn, hp, ldhp, dh, dg, dnx, tmp, aux);
+}
+static void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs,
+        const double* hn, const double* hp, int ldhp, double* dh, double* dg, double* dnx,
+        const double* tmp, double* aux) {
+    FRBG_PICK(frbg_gru_bwd, d, kind, r0, r1, H, gs, hn, hp, ldhp, dh, dg, dnx, tmp, aux);
 }
 
 #endif
