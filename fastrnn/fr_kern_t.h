@@ -309,7 +309,7 @@ FR_INLINE int F(in_time)(const F(fr_seq)* q, int s, int b) {
 
 /* input projection of steps [s0, s1) for unit blocks [ub0, ub1) (no bias) */
 FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0,
-                            int ub1) {
+                            int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
     const T* rows[4];
     int slot[4];
@@ -321,13 +321,13 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s
         const T* Wb = q->wxp + (size_t)ub * I * G * U;
         nr = 0;
         for (s = s0; s < s1; s++) {
-            const int n = (int)q->nsteps[s];
-            for (b = 0; b < n; b++) {
+            const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
+            for (b = rlo; b < n; b++) {
                 const int t = F(in_time)(q, s, b);
                 rows[nr] = q->x + (q->offsets[t] + b) * q->x_ld;
                 slot[nr] = (s - s0) * B + b;
                 nr++;
-                if (nr == 4 || (s == s1 - 1 && b == n - 1)) {
+                if (nr == 4) {
                     F(mv_any)(nr, G, rows, I, Wb, acc);
                     for (r = 0; r < nr; r++) {
                         T* dst = q->xp + (size_t)slot[r] * G * H + u0;
@@ -346,15 +346,15 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s
         }
     }
 }
-FR_MULTI(void, F(proj), F(proj_impl), (const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0, int ub1),
-         (cl, q, s0, s1, ub0, ub1))
+FR_MULTI(void, F(proj), F(proj_impl), (const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0, int ub1, int rlo, int rhi),
+         (cl, q, s0, s1, ub0, ub1, rlo, rhi))
 
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
  * writes hbuf[1-cur] */
 FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
-                            int ub0, int ub1) {
+                            int ub0, int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
-    const int n = (int)q->nsteps[s];
+    const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
     const T* hc = q->hbuf + (size_t)cur * B * H;
     T* hn = q->hbuf + (size_t)(1 - cur) * B * H;
     const T* rows[4];
@@ -369,7 +369,7 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
         const int u0 = ub * U;
         const int nu = H - u0 < U ? H - u0 : U;
         const T* Wb = (const T*)cl->wp + (size_t)ub * K * G * U;
-        for (r0 = 0; r0 < n; r0 += 4) {
+        for (r0 = rlo; r0 < n; r0 += 4) {
             rb = n - r0 < 4 ? n - r0 : 4;
             for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
             F(mv_any)(rb, G, rows, K, Wb, acc);
@@ -398,19 +398,56 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
             }
         }
         /* finished sequences keep their state */
-        for (r = n; r < B; r++)
+        for (r = n > rlo ? n : rlo; r < rhi; r++)
             memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
     }
 }
-FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1),
-         (cl, q, s, s0, cur, ub0, ub1))
+FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
+         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
 
-/* The whole layer (one direction).  Threads own unit blocks for the whole call: each
- * projects the inputs of its own units and runs its units' gates, so a time step needs
- * one barrier (the new h must be complete before the next step reads it). */
+/* The whole layer (one direction), on one thread or split between threads:
+ * - by unit blocks (small batch): each thread owns a range of unit blocks for the whole
+ *   call, projects the inputs of its own units and runs its units' gates, so a step needs
+ *   one barrier (the new h must be complete before the next step reads it) and each
+ *   thread's weight slice stays in its core's cache;
+ * - by batch rows (B >= FR_ROWSPLIT_MIN): rows are independent, so each thread runs its
+ *   own rows through every step with no barrier at all (robust on a busy machine). */
+#ifndef FR_ROWSPLIT_MIN
+#define FR_ROWSPLIT_MIN 16
+#endif
+static void F(run_range)(const fr_cell* cl, const F(fr_seq)* q, int ub0, int ub1, int rlo,
+                         int rhi, int sync) {
+    int s0 = 0, s, cur = 0, i;
+    (void)sync;
+    if (q->nT == 1) {
+        /* one step: projection and recurrence block by block (one pass over each
+         * block's weights), alternate direction from call to call */
+        for (i = 0; i < ub1 - ub0; i++) {
+            const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
+            F(proj)(cl, q, 0, 1, ub, ub + 1, rlo, rhi);
+            F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi);
+        }
+        return;
+    }
+    for (; s0 < q->nT; s0 += q->chunk) {
+        const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
+        F(proj)(cl, q, s0, s1, ub0, ub1, rlo, rhi);
+        for (s = s0; s < s1; s++) {
+            F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
+            cur = 1 - cur;
+#ifdef _OPENMP
+            if (sync) {
+                #pragma omp barrier
+            }
+#endif
+        }
+    }
+}
+
 static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
     const int B = q->B, H = cl->H, nb = cl->nb;
-    int nthr = nt < nb ? nt : nb;
+    const int rowsplit = nt > 1 && B >= FR_ROWSPLIT_MIN;
+    int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
     if (nthr < 1) nthr = 1;
     memcpy(q->hbuf, q->h, sizeof(T) * B * H);
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
@@ -419,49 +456,16 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-            const int ub0 = (int)((long)tid * nb / nth), ub1 = (int)((long)(tid + 1) * nb / nth);
-            int s0 = 0, s, cur = 0, i;
-            if (q->nT == 1) {
-                /* one step: projection and recurrence block by block (one pass over
-                 * each block's weights), alternate direction from call to call */
-                for (i = 0; i < ub1 - ub0; i++) {
-                    const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
-                    F(proj)(cl, q, 0, 1, ub, ub + 1);
-                    F(step)(cl, q, 0, 0, 0, ub, ub + 1);
-                }
-                s0 = q->nT;
-            }
-            for (; s0 < q->nT; s0 += q->chunk) {
-                const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
-                F(proj)(cl, q, s0, s1, ub0, ub1);
-                for (s = s0; s < s1; s++) {
-                    F(step)(cl, q, s, s0, cur, ub0, ub1);
-                    cur = 1 - cur;
-                    #pragma omp barrier
-                }
-            }
+            if (rowsplit)
+                F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
+                             (int)((long)(tid + 1) * B / nth), 0);
+            else
+                F(run_range)(cl, q, (int)((long)tid * nb / nth),
+                             (int)((long)(tid + 1) * nb / nth), 0, B, 1);
         }
     } else
 #endif
-    {
-        int s0 = 0, s, cur = 0, i;
-        if (q->nT == 1) {
-            for (i = 0; i < nb; i++) {
-                const int ub = q->flip ? nb - 1 - i : i;
-                F(proj)(cl, q, 0, 1, ub, ub + 1);
-                F(step)(cl, q, 0, 0, 0, ub, ub + 1);
-            }
-            s0 = q->nT;
-        }
-        for (; s0 < q->nT; s0 += q->chunk) {
-            const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
-            F(proj)(cl, q, s0, s1, 0, nb);
-            for (s = s0; s < s1; s++) {
-                F(step)(cl, q, s, s0, cur, 0, nb);
-                cur = 1 - cur;
-            }
-        }
-    }
+        F(run_range)(cl, q, 0, nb, 0, B, 0);
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 

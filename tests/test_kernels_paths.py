@@ -185,3 +185,16 @@ def test_step_fast_fallback_configs():
         c = np.zeros((1, 2, 9), np.float32) if layer._cell == "LSTM" else None
         outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(4)]
         np.testing.assert_allclose(np.array(outs), ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("nt", [2, 3])
+def test_row_split_lengths_mask(path, cell, nt):
+    """B >= 16 with several threads: rows split between threads (no barrier)."""
+    rng = np.random.default_rng(43)
+    layer = CELLS[cell](5, 23, bidirectional=True, seed=12, num_threads=nt)
+    x = rng.standard_normal((9, 21, 5)).astype(np.float32)
+    lengths = rng.integers(0, 10, 21)
+    _check(layer, x, lengths=lengths)
+    mask = rng.random((9, 21)) > 0.25
+    _check(layer, x, mask=mask)
