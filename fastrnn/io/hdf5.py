@@ -235,7 +235,7 @@ def _nelem(f, shape, where, limit):
 
 # ============================================================================ the file
 
-class File:
+class _FileCore:
     """A read-only HDF5 file: ``File(path | bytes | binary file object)``; also the root
     group (``f.attrs``, ``f[...]``, ``in``, ``keys()``)."""
 
@@ -275,7 +275,8 @@ class File:
         self._link_cache = {}
         try:
             self._superblock()
-            self._root = Group(self, self._root_addr, "/")
+            Group.__init__(self, self, self._root_addr, "/")
+            self._root = self
         except BaseException:
             self.close()
             raise
@@ -1202,15 +1203,10 @@ def _open(file, addr, name):
     return Group(file, addr, name)
 
 
-# File is also the root group
-def _file_getattr(self, item):
-    root = self.__dict__.get("_root")
-    if root is None:
-        raise AttributeError(item)
-    return getattr(root, item)
+class File(_FileCore, Group):
+    """A read-only HDF5 file: ``File(path | bytes | binary file object)``; also the root
+    group (``f.attrs``, ``f[...]``, ``in``, ``keys()``).  Malformed or unsupported content
+    raises :class:`fastrnn.io.LoadError`."""
 
-
-File.__getattr__ = _file_getattr
-for _m in ("__getitem__", "__contains__", "__iter__", "__len__"):
-    setattr(File, _m, (lambda m: lambda self, *a: getattr(self._root, m)(*a))(_m))
-File.__repr__ = lambda self: f"<fastrnn.io.hdf5 file {self.filename!r}>"
+    def __repr__(self):
+        return f"<fastrnn.io.hdf5 file {self.filename!r}>"
