@@ -54,7 +54,7 @@ cdef extern from "fr_kern.h":
     ctypedef struct fr_cell:
         int cell, G, H, K, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
-        int input_forget, reset_after
+        int input_forget, reset_after, rz_split
         const void* wp
         const void* bias
         const void* bhn
@@ -77,6 +77,8 @@ cdef extern from "fr_kern.h":
         float* hbuf
         float* lastout
         int flip
+        float* rh
+        float* zb
     ctypedef struct fr_seq_d:
         int nT, B, I, reverse, varlen, chunk
         const Py_ssize_t* offsets
@@ -95,6 +97,8 @@ cdef extern from "fr_kern.h":
         double* hbuf
         double* lastout
         int flip
+        double* rh
+        double* zb
     void fr_small_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
     void fr_small_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
     void fr_rows_f(const fr_cell* cl, int n, const float* acc, Py_ssize_t acc_ld,
@@ -661,8 +665,8 @@ def isa():
 
 
 def small_path_applies(int cell, int proj_size, int reset_after):
-    """Whether the small-batch kernel supports this configuration at all."""
-    return proj_size == 0 and not (cell == CELL_GRU and not reset_after)
+    """Whether the packed kernel supports this configuration at all."""
+    return proj_size == 0
 
 
 def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
@@ -673,6 +677,16 @@ def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_a
     if _force_path == 1:
         return "small"
     return "small"
+
+
+def pack_recurrent(wh, int hidden_size, int gates, int cell, int reset_after):
+    """Packed recurrent weights for the packed kernel; GRU reset_after=False keeps r, z
+    and n apart (n multiplies r*h, known only after r)."""
+    if cell == CELL_GRU and not reset_after:
+        H = hidden_size
+        return np.concatenate([pack_units(np.ascontiguousarray(wh[:, :2 * H]), H, 2),
+                               pack_units(np.ascontiguousarray(wh[:, 2 * H:]), H, 1)])
+    return pack_units(wh, hidden_size, gates)
 
 
 def pack_units(w, int hidden_size, int gates):
@@ -712,6 +726,7 @@ cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Ac
     cl.clip = A.clip
     cl.input_forget = input_forget
     cl.reset_after = reset_after
+    cl.rz_split = cell == 2 and not reset_after
     cl.wp = wp
     cl.bias = bias
     cl.bhn = bhn
@@ -729,12 +744,20 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
     cdef floating* xp = <floating*>malloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
     cdef floating* hbuf = <floating*>malloc(sizeof(floating) * 2 * B * H + 64)
     cdef floating* lastout = NULL
+    cdef floating* rh = NULL
+    cdef floating* zb = NULL
     if d.has_mask:
         lastout = <floating*>malloc(sizeof(floating) * B * H + 64)
-    if xp == NULL or hbuf == NULL or (d.has_mask and lastout == NULL):
+    if cl.rz_split:
+        rh = <floating*>malloc(sizeof(floating) * B * H + 64)
+        zb = <floating*>malloc(sizeof(floating) * B * H + 64)
+    if (xp == NULL or hbuf == NULL or (d.has_mask and lastout == NULL)
+            or (cl.rz_split and (rh == NULL or zb == NULL))):
         free(xp)
         free(hbuf)
         free(lastout)
+        free(rh)
+        free(zb)
         return -1
     if floating is float:
         qf.nT = d.T
@@ -760,6 +783,8 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qf.hbuf = hbuf
         qf.lastout = lastout
         qf.flip = 0
+        qf.rh = rh
+        qf.zb = zb
         fr_small_layer_f(cl, &qf, d.num_threads)
     else:
         qd.nT = d.T
@@ -785,10 +810,14 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qd.hbuf = hbuf
         qd.lastout = lastout
         qd.flip = 0
+        qd.rh = rh
+        qd.zb = zb
         fr_small_layer_d(cl, &qd, d.num_threads)
     free(xp)
     free(hbuf)
     free(lastout)
+    free(rh)
+    free(zb)
     return 0
 
 
@@ -994,7 +1023,7 @@ cdef class StepPlan:
         cdef fr_seq_f q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
-        cdef float* buf = <float*>malloc(sizeof(float) * (<Py_ssize_t>B * GH + 2 * B * H) + 64)
+        cdef float* buf = <float*>malloc(sizeof(float) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
         q.nT = 1
@@ -1013,6 +1042,8 @@ cdef class StepPlan:
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
         q.lastout = NULL
+        q.rh = q.hbuf + 2 * B * H
+        q.zb = q.hbuf + 3 * B * H
         q.flip = self.flip
         self.flip = 1 - self.flip
         for l in range(self.L):
@@ -1030,7 +1061,7 @@ cdef class StepPlan:
         cdef fr_seq_d q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
-        cdef double* buf = <double*>malloc(sizeof(double) * (<Py_ssize_t>B * GH + 2 * B * H) + 64)
+        cdef double* buf = <double*>malloc(sizeof(double) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
         q.nT = 1
@@ -1049,6 +1080,8 @@ cdef class StepPlan:
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
         q.lastout = NULL
+        q.rh = q.hbuf + 2 * B * H
+        q.zb = q.hbuf + 3 * B * H
         q.flip = self.flip
         self.flip = 1 - self.flip
         for l in range(self.L):

@@ -89,6 +89,7 @@ typedef struct {
     int f, g, h;         /* ONNX activation codes */
     double fa, fb, ga, gb, ha, hb, clip;
     int input_forget, reset_after;
+    int rz_split;        /* GRU reset_after=False: wp = [(nb, K, 2, U) r,z | (nb, K, 1, U) n] */
     const void* wp;      /* packed recurrent weights (nb, K, G, U) */
     const void* bias;    /* (G*H) fused biases */
     const void* bhn;     /* (H) GRU reset_after b_hn */

@@ -159,9 +159,28 @@ FR_INLINE T F(sclip)(T x, T c) { return x > c ? c : (x < -c ? -c : x); }
  * row's projected input (G*H, gate-major); hprev the row's previous h (H); c the row's
  * cell state (H, updated); hout receives h' (nu values at hout[0..nu)). */
 FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, const T* xr,
-                             const T* hprev, T* c, T* hout) {
+                             const T* hprev, T* c, T* hout, const T* zr) {
     const int H = cl->H;
     const T* bias = (const T*)cl->bias;
+    if (cl->rz_split) {
+        /* GRU reset_after=False, second half: pre[0] = W_hn (r*h); z from the first half */
+        V z = F(vload)(zr + u0, nu);
+        V pn = pre[0] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
+        V hp = F(vload)(hprev + u0, nu), n;
+        if (cl->clip > 0)
+            pn = F(vmin)(F(vmax)(pn, F(vset1)((T)-cl->clip)), F(vset1)((T)cl->clip));
+        if (cl->fast) {
+            n = F(vtanh)(pn);
+        } else {
+            T a[W];
+            int j;
+            *(V*)a = pn;
+            for (j = 0; j < nu; j++) a[j] = F(sact)(cl->g, (T)cl->ga, (T)cl->gb, a[j]);
+            n = *(V*)a;
+        }
+        F(vstore)(hout, n + z * (hp - n), nu);
+        return;
+    }
     if (cl->fast) {
         if (cl->cell == 1) {
             V pi = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
@@ -274,6 +293,7 @@ FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb
 #define FR_MVCASE(R, GG) case (R) * 8 + (GG): F(mv)(R, GG, rows, K, Wb, acc); break;
     switch (rb * 8 + G) {
         FR_MVCASE(1, 1) FR_MVCASE(2, 1) FR_MVCASE(3, 1) FR_MVCASE(4, 1)
+        FR_MVCASE(1, 2) FR_MVCASE(2, 2) FR_MVCASE(3, 2) FR_MVCASE(4, 2)
         FR_MVCASE(1, 3) FR_MVCASE(2, 3) FR_MVCASE(3, 3) FR_MVCASE(4, 3)
         FR_MVCASE(1, 4) FR_MVCASE(2, 4) FR_MVCASE(3, 4) FR_MVCASE(4, 4)
     default: break;
@@ -299,6 +319,7 @@ typedef struct {
     T* hbuf;                     /* (2, B, H) */
     T* lastout;                  /* (B, H) mask only */
     int flip;                    /* single-step calls: traverse unit blocks backwards */
+    T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */
 } F(fr_seq);
 
 FR_INLINE int F(in_time)(const F(fr_seq)* q, int s, int b) {
@@ -349,6 +370,59 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s
 FR_MULTI(void, F(proj), F(proj_impl), (const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s0, s1, ub0, ub1, rlo, rhi))
 
+/* GRU reset_after=False, first half of step s: r, z of rows [rlo, n) for unit blocks
+ * [ub0, ub1); writes rh = r * h and zb = z */
+FR_INLINE void F(rz_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
+                          int ub0, int ub1, int rlo, int rhi) {
+    const int H = cl->H, U = W, K = cl->K, B = q->B, G = cl->G;
+    const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
+    const T* hc = q->hbuf + (size_t)cur * B * H;
+    const T* bias = (const T*)cl->bias;
+    const T* rows[4];
+    V acc[16];
+    int ub, r0, r, rb, j;
+    for (ub = ub0; ub < ub1; ub++) {
+        const int u0 = ub * U;
+        const int nu = H - u0 < U ? H - u0 : U;
+        const T* Wb = (const T*)cl->wp + (size_t)ub * K * 2 * U;
+        for (r0 = rlo; r0 < n; r0 += 4) {
+            rb = n - r0 < 4 ? n - r0 : 4;
+            for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
+            F(mv_any)(rb, 2, rows, K, Wb, acc);
+            for (r = 0; r < rb; r++) {
+                const int b = r0 + r;
+                const T* xr = q->xp + (size_t)((s - s0) * B + b) * G * H;
+                V pr = acc[2 * r] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+                V pz = acc[2 * r + 1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
+                V rv, zv;
+                if (cl->clip > 0) {
+                    V lo = F(vset1)((T)-cl->clip), hi = F(vset1)((T)cl->clip);
+                    pr = F(vmin)(F(vmax)(pr, lo), hi);
+                    pz = F(vmin)(F(vmax)(pz, lo), hi);
+                }
+                if (cl->f == FR_SIGMOID) {
+                    rv = F(vsigmoid)(pr);
+                    zv = F(vsigmoid)(pz);
+                } else {
+                    T a[W], z[W];
+                    *(V*)a = pr;
+                    *(V*)z = pz;
+                    for (j = 0; j < nu; j++) {
+                        a[j] = F(sact)(cl->f, (T)cl->fa, (T)cl->fb, a[j]);
+                        z[j] = F(sact)(cl->f, (T)cl->fa, (T)cl->fb, z[j]);
+                    }
+                    rv = *(V*)a;
+                    zv = *(V*)z;
+                }
+                F(vstore)(q->rh + (size_t)b * H + u0, rv * F(vload)(hc + (size_t)b * H + u0, nu), nu);
+                F(vstore)(q->zb + (size_t)b * H + u0, zv, nu);
+            }
+        }
+    }
+}
+FR_MULTI(void, F(rz), F(rz_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
+         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
+
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
  * writes hbuf[1-cur] */
 FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
@@ -368,11 +442,15 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
         ub = rev ? ub1 - 1 - i : ub0 + i;
         const int u0 = ub * U;
         const int nu = H - u0 < U ? H - u0 : U;
-        const T* Wb = (const T*)cl->wp + (size_t)ub * K * G * U;
+        const T* Wb = cl->rz_split
+            ? (const T*)cl->wp + (size_t)cl->nb * K * 2 * U + (size_t)ub * K * U
+            : (const T*)cl->wp + (size_t)ub * K * G * U;
+        const T* src = cl->rz_split ? q->rh : hc;
+        const int Gm = cl->rz_split ? 1 : G;
         for (r0 = rlo; r0 < n; r0 += 4) {
             rb = n - r0 < 4 ? n - r0 : 4;
-            for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
-            F(mv_any)(rb, G, rows, K, Wb, acc);
+            for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
+            F(mv_any)(rb, Gm, rows, K, Wb, acc);
             for (r = 0; r < rb; r++) {
                 const int b = r0 + r;
                 const int t = F(in_time)(q, s, b);
@@ -389,9 +467,10 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
                     }
                     continue;
                 }
-                F(gate_block)(cl, u0, nu, acc + r * G,
+                F(gate_block)(cl, u0, nu, acc + r * Gm,
                               q->xp + (size_t)((s - s0) * B + b) * G * H, hp,
-                              q->c ? q->c + (size_t)b * H : (T*)hv, hv);
+                              q->c ? q->c + (size_t)b * H : (T*)hv, hv,
+                              q->zb ? q->zb + (size_t)b * H : NULL);
                 memcpy(hnb, hv, sizeof(T) * nu);
                 if (o) memcpy(o, hv, sizeof(T) * nu);
                 if (q->mask) memcpy(q->lastout + (size_t)b * H + u0, hv, sizeof(T) * nu);
@@ -422,17 +501,27 @@ static void F(run_range)(const fr_cell* cl, const F(fr_seq)* q, int ub0, int ub1
     if (q->nT == 1) {
         /* one step: projection and recurrence block by block (one pass over each
          * block's weights), alternate direction from call to call */
-        for (i = 0; i < ub1 - ub0; i++) {
-            const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
-            F(proj)(cl, q, 0, 1, ub, ub + 1, rlo, rhi);
-            F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi);
+        if (!cl->rz_split) {
+            for (i = 0; i < ub1 - ub0; i++) {
+                const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
+                F(proj)(cl, q, 0, 1, ub, ub + 1, rlo, rhi);
+                F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi);
+            }
+            return;
         }
-        return;
     }
     for (; s0 < q->nT; s0 += q->chunk) {
         const int s1 = s0 + q->chunk < q->nT ? s0 + q->chunk : q->nT;
         F(proj)(cl, q, s0, s1, ub0, ub1, rlo, rhi);
         for (s = s0; s < s1; s++) {
+            if (cl->rz_split) {
+                F(rz)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
+#ifdef _OPENMP
+                if (sync) {
+                    #pragma omp barrier
+                }
+#endif
+            }
             F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
             cur = 1 - cur;
 #ifdef _OPENMP
@@ -485,7 +574,7 @@ FR_INLINE void F(rows_impl)(const fr_cell* cl, int n, const T* acc, ptrdiff_t ac
             const int nu = H - u0 < W ? H - u0 : W;
             for (g = 0; g < G; g++) pre[g] = F(vload)(a + (size_t)g * H + u0, nu);
             F(gate_block)(cl, u0, nu, pre, xrows[b], hprev ? hprev + b * hp_ld : NULL,
-                          c ? c + (size_t)b * H : (T*)hv, hv);
+                          c ? c + (size_t)b * H : (T*)hv, hv, NULL);
             memcpy(hout + b * ho_ld + u0, hv, sizeof(T) * nu);
         }
     }

@@ -322,7 +322,8 @@ class RNNBase:
                 if _kernels.small_path_applies(_CELL_CODE[self._cell], P,
                                                int(self.reset_after)):
                     wxp = _kernels.pack_units(wx, H, G)
-                    whp = _kernels.pack_units(wh, H, G)
+                    whp = _kernels.pack_recurrent(wh, H, G, _CELL_CODE[self._cell],
+                                                  int(self.reset_after))
                 else:
                     wxp = whp = None
                 per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp))

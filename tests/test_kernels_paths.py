@@ -41,13 +41,16 @@ def _check(layer, x, **kw):
         np.testing.assert_allclose(st[1], ref_c, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
 @pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8, 9, 17])
 @pytest.mark.parametrize("H", [1, 7, 16, 33])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_paths_batch_and_hidden(path, cell, B, H, dtype):
     rng = np.random.default_rng(B * 100 + H)
-    layer = CELLS[cell](5, H, dtype=dtype, seed=H + B)
+    if cell == "GRU-reset-before":
+        layer = fastrnn.GRU(5, H, dtype=dtype, seed=H + B, reset_after=False)
+    else:
+        layer = CELLS[cell](5, H, dtype=dtype, seed=H + B)
     x = rng.standard_normal((6, B, 5)).astype(dtype)
     _check(layer, x)
 
@@ -104,11 +107,15 @@ def test_paths_lstm_options(path, kw):
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("kw", [dict(), dict(activations=["hardsigmoid", "softsign"]),
                                 dict(clip=0.5)], ids=["default", "acts", "clip"])
-def test_paths_gru_options(path, reset_after, kw):
+@pytest.mark.parametrize("B", [4, 18])
+def test_paths_gru_options(path, reset_after, kw, B):
     rng = np.random.default_rng(19)
-    layer = fastrnn.GRU(5, 19, reset_after=reset_after, seed=4, num_threads=2, **kw)
-    x = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    layer = fastrnn.GRU(5, 19, reset_after=reset_after, seed=4, num_threads=2,
+                        bidirectional=True, **kw)
+    x = rng.standard_normal((6, B, 5)).astype(np.float32)
     _check(layer, x)
+    _check(layer, x, lengths=rng.integers(0, 7, B))
+    _check(layer, x, mask=rng.random((6, B)) > 0.3)
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -137,7 +144,7 @@ def test_path_choice_is_automatic():
     assert _kernels.choose_path(1, 1, 256, 0, 1, 2) == "small"
     assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
     assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "blas"     # projection
-    assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "blas"     # GRU reset_after=False
+    assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "small"    # GRU reset_after=False
     assert _kernels.isa() in ("avx512", "avx2+fma", "x86-64 baseline")
 
 
@@ -177,11 +184,12 @@ def test_step_fast_matches_sequence(cell, dtype, nt):
 
 def test_step_fast_fallback_configs():
     rng = np.random.default_rng(41)
-    for layer in (fastrnn.LSTM(4, 9, proj_size=3, seed=1), fastrnn.GRU(4, 9, reset_after=False, seed=1)):
+    for layer in (fastrnn.LSTM(4, 9, proj_size=3, seed=1), fastrnn.GRU(4, 9, reset_after=False, seed=1),
+                  fastrnn.GRU(4, 40, reset_after=False, seed=1, num_layers=2)):
         x = rng.standard_normal((4, 2, 4)).astype(np.float32)
         ref, _ = layer(x)
         Hout = layer.output_size
-        h = np.zeros((1, 2, Hout), np.float32)
+        h = np.zeros((layer.num_layers, 2, Hout), np.float32)
         c = np.zeros((1, 2, 9), np.float32) if layer._cell == "LSTM" else None
         outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(4)]
         np.testing.assert_allclose(np.array(outs), ref, rtol=2e-5, atol=2e-5)
