@@ -31,9 +31,9 @@ gate), and after the loop the weight gradients as large GEMMs over every step at
 the GIL; scratch memory is allocated per call.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, expf, tanh, tanhf
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
 from libc.stdint cimport intptr_t
 
@@ -80,6 +80,11 @@ cdef extern from "_backward_gemm.h":
     void frbg_gru_bwd_f(int kind, int r0, int r1, int H, const float* gs, const float* hn,
                         const float* hp, int ldhp, float* dh, float* dg, float* dnx,
                         const float* tmp, float* aux) nogil
+    int fr_can_pipeline() nogil
+    void fr_store(int* p, int v) nogil
+    int fr_load(int* p) nogil
+    bint fr_claim(int* p) nogil
+    void fr_pause() nogil
     void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs, const double* hn,
                         const double* hp, int ldhp, double* dh, double* dg, double* dnx,
                         const double* tmp, double* aux) nogil
@@ -555,6 +560,278 @@ cdef void _colsum(int N, int ncols, const floating* ones, const floating* a, int
             out[j] += row[j]
 
 
+cdef void _bwd_step(Dims* d, int s, int nt, const Rec* R1, const Rec* R2,
+                    const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                    const floating* h0, const floating* c0, const floating* y,
+                    const floating* gates, const floating* cs, floating* dy, floating* dh,
+                    floating* dc, floating* dg, floating* dnx, floating* dhr, floating* aux,
+                    floating* tmp) noexcept nogil:
+    """Backward through step s: dh (B, Hout) / dc hold the gradient reaching h_s / c_s
+    from step s + 1 on entry, the one reaching h_{s-1} / c_{s-1} on exit; writes dG_s."""
+    cdef int H = d.H, P = d.P, GH = d.G * d.H, ldy = d.ldy, n, ldhp, b, j, ldsrc
+    cdef bint gru_ra = d.cell == 2 and d.reset_after
+    cdef Py_ssize_t r
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef floating* src
+    cdef floating* dys
+    n = <int>nsteps[s]
+    r = offsets[s]
+    if s == 0:
+        hp = h0
+        ldhp = P
+        cp = c0
+    else:
+        hp = y + offsets[s - 1] * ldy
+        ldhp = ldy
+        cp = cs + offsets[s - 1] * H
+    # total gradient reaching h_s: from the output and from step s + 1
+    dys = dy + r * P
+    for b in range(n):
+        for j in range(P):
+            dh[b * P + j] += dys[b * P + j]
+    if d.proj:      # keep the total for dW_hr
+        for b in range(n):
+            for j in range(P):
+                dys[b * P + j] = dh[b * P + j]
+    if d.cell == 0:
+        _bpar(0, n, nt, H, d.relu, gates, cs, cp, hp, ldhp, y + r * ldy, ldy, dh, H,
+              dh, dc, dg + r * GH, dnx, tmp, aux)
+        _rec_gemm(R1, n, dg + r * GH, GH, dh, H, 0, nt)
+    elif d.cell == 1:
+        if d.proj:
+            _rec_gemm(R2, n, dh, P, dhr, H, 0, nt)
+            src = dhr
+            ldsrc = H
+        else:
+            src = dh
+            ldsrc = H
+        _bpar(1, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, src, ldsrc,
+              dh, dc, dg + r * GH, dnx, tmp, aux + r * H if aux != NULL else NULL)
+        _rec_gemm(R1, n, dg + r * GH, GH, dh, P, 0, nt)
+    elif gru_ra:
+        _bpar(2, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, dh, H,
+              dh, dc, dg + r * GH, dnx + r * H, tmp, aux)
+        _rec_gemm(R1, n, dg + r * GH, GH, dh, H, 1, nt)
+    else:
+        _bpar(3, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
+              dh, dc, dg + r * GH, dnx, tmp, aux)
+        _rec_gemm(R2, n, dg + r * GH + 2 * H, GH, tmp, H, 0, nt)
+        _bpar(4, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
+              dh, dc, dg + r * GH, dnx, tmp, aux + r * H)
+        _rec_gemm(R1, n, dg + r * GH, GH, dh, H, 1, nt)
+
+
+cdef bint _chunk_grads(Dims* d, int level, Py_ssize_t R0, Py_ssize_t R1,
+                       const floating** xrows, const floating** hrows,
+                       const floating* wihp, const floating* wihp_n, const floating* dg,
+                       const floating* dnx, const floating* aux, const floating* dy,
+                       floating* dx, floating* accih, floating* acchh,
+                       floating* accx) noexcept nogil:
+    """Gradients that rows [R0, R1) contribute, on the calling thread: dX rows, and into
+    the accumulators accih (G*H, I+1) = [dW_ih | db_ih], acchh (ncols, Hout+1) =
+    [dW_hh | db_hh], accx (GRU reset before: dW_hn; LSTM projection: dW_hr).  False when
+    memory ran out."""
+    cdef int I = d.I, H = d.H, P = d.P, GH = d.G * d.H
+    cdef int m = <int>(R1 - R0)
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    cdef bint gru_ra = d.cell == 2 and d.reset_after
+    cdef bint gru_nra = d.cell == 2 and not d.reset_after
+    cdef int ncols = 2 * H if gru_nra else GH
+    cdef void* bp
+    if m <= 0:
+        return True
+    if d.want_dx:
+        if gru_ra:
+            _pgemm(level, m, I, 2 * H, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
+            _pgemm(level, m, I, H, dnx + R0 * H, H, 1, wihp_n, dx + R0 * I, I, 1, 1)
+        else:
+            _pgemm(level, m, I, GH, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
+    if floating is float:
+        bp = frbg_pack_rows_f(xrows + R0, m, I, nb, 1)
+    else:
+        bp = frbg_pack_rows_d(xrows + R0, m, I, nb, 1)
+    if bp == NULL:
+        return False
+    if gru_ra:
+        _pgemm(level, 2 * H, I + 1, m, dg + R0 * GH, 1, GH, <const floating*>bp, accih,
+               I + 1, 1, 1)
+        _pgemm(level, H, I + 1, m, dnx + R0 * H, 1, H, <const floating*>bp,
+               accih + 2 * H * (I + 1), I + 1, 1, 1)
+    else:
+        _pgemm(level, GH, I + 1, m, dg + R0 * GH, 1, GH, <const floating*>bp, accih, I + 1,
+               1, 1)
+    free(bp)
+    if floating is float:
+        bp = frbg_pack_rows_f(hrows + R0, m, P, nb, 1)
+    else:
+        bp = frbg_pack_rows_d(hrows + R0, m, P, nb, 1)
+    if bp == NULL:
+        return False
+    _pgemm(level, ncols, P + 1, m, dg + R0 * GH, 1, GH, <const floating*>bp, acchh, P + 1,
+           1, 1)
+    free(bp)
+    if gru_nra or (d.cell == 1 and d.proj):
+        if floating is float:
+            bp = frbg_pack_f(aux + R0 * H, H, m, H, 0, nb)
+        else:
+            bp = frbg_pack_d(aux + R0 * H, H, m, H, 0, nb)
+        if bp == NULL:
+            return False
+        if gru_nra:
+            _pgemm(level, H, H, m, dg + R0 * GH + 2 * H, 1, GH, <const floating*>bp, accx, H,
+                   1, 1)
+        else:
+            _pgemm(level, P, H, m, dy + R0 * P, 1, P, <const floating*>bp, accx, H, 1, 1)
+        free(bp)
+    return True
+
+
+cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec* R2,
+                             const floating* x, const floating* wih,
+                             const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                             const floating* h0, const floating* c0, const floating* y,
+                             const floating* gates, const floating* cs, floating* dy,
+                             floating* dh, floating* dc, floating* dx, floating* dwih,
+                             floating* dwhh, floating* dbih, floating* dbhh, floating* dwhr,
+                             floating* dg, floating* dnx, floating* dhr, floating* aux,
+                             floating* tmp) noexcept nogil:
+    """Thread 0 runs the time loop alone (no barrier per step); as each chunk of steps is
+    done, the other threads compute that chunk's dX rows and weight-gradient GEMMs into
+    per-thread accumulators.  When the loop ends, thread 0 takes the remaining chunks from
+    the other end.  The accumulators are summed at the end."""
+    cdef int S = d.S, N = d.N, I = d.I, H = d.H, P = d.P, GH = d.G * d.H
+    cdef bint gru_ra = d.cell == 2 and d.reset_after
+    cdef bint gru_nra = d.cell == 2 and not d.reset_after
+    cdef int ncols = 2 * H if gru_nra else GH
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    cdef Py_ssize_t sz_ih = <Py_ssize_t>GH * (I + 1), sz_hh = <Py_ssize_t>GH * (P + 1)
+    cdef Py_ssize_t sz_x = <Py_ssize_t>H * H if gru_nra else <Py_ssize_t>P * H
+    cdef Py_ssize_t per = sz_ih + sz_hh + sz_x
+    cdef floating* acc = NULL
+    cdef const floating** xrows = NULL
+    cdef const floating** hrows = NULL
+    cdef void* wihp = NULL
+    cdef void* wihp_n = NULL
+    cdef int* claimed = NULL
+    cdef int progress = 0, failed = 0
+    cdef int C, cs_steps, c, s, s_hi, s_lo, b, t, tid, j, r
+    cdef Py_ssize_t k, R0, R1r, target
+    cdef bint ok
+    # chunks of steps, processed from the last step backwards
+    target = N // (4 * nt)
+    if target < 256:
+        target = 256
+    cs_steps = <int>((target + d.B - 1) // d.B)
+    if cs_steps < 1:
+        cs_steps = 1
+    C = (S + cs_steps - 1) // cs_steps
+    acc = <floating*>calloc(<size_t>(per * nt + 1), sizeof(floating))
+    xrows = <const floating**>malloc(sizeof(floating*) * N + 1)
+    hrows = <const floating**>malloc(sizeof(floating*) * N + 1)
+    claimed = <int*>calloc(C + 1, sizeof(int))
+    ok = acc != NULL and xrows != NULL and hrows != NULL and claimed != NULL
+    if ok and d.want_dx:
+        if floating is float:
+            wihp = frbg_pack_f(wih, I, 2 * H if gru_ra else GH, I, 0, nb)
+            if gru_ra:
+                wihp_n = frbg_pack_f(wih + 2 * H * I, I, H, I, 0, nb)
+        else:
+            wihp = frbg_pack_d(wih, I, 2 * H if gru_ra else GH, I, 0, nb)
+            if gru_ra:
+                wihp_n = frbg_pack_d(wih + 2 * H * I, I, H, I, 0, nb)
+        ok = wihp != NULL and (wihp_n != NULL or not gru_ra)
+    if not ok:
+        free(acc)
+        free(xrows)
+        free(hrows)
+        free(claimed)
+        free(wihp)
+        free(wihp_n)
+        return -1
+    for k in range(N):
+        xrows[k] = x + k * I
+    for s in range(S):
+        for b in range(<int>nsteps[s]):
+            if s == 0:
+                hrows[b] = h0 + <Py_ssize_t>b * P
+            else:
+                hrows[offsets[s] + b] = y + (offsets[s - 1] + b) * d.ldy
+
+    tid = c = s = s_hi = s_lo = 0
+    R0 = R1r = 0
+    with parallel(num_threads=nt):
+        tid = threadid()
+        if tid == 0:
+            for c in range(C):
+                s_hi = S - c * cs_steps
+                s_lo = s_hi - cs_steps
+                if s_lo < 0:
+                    s_lo = 0
+                for s in range(s_hi - 1, s_lo - 1, -1):
+                    _bwd_step(d, s, 1, R1, R2, offsets, nsteps, h0, c0, y, gates, cs, dy, dh,
+                              dc, dg, dnx, dhr, aux, tmp)
+                fr_store(&progress, c + 1)
+            for c in range(C - 1, -1, -1):
+                if fr_claim(&claimed[c]):
+                    s_hi = S - c * cs_steps
+                    s_lo = s_hi - cs_steps
+                    if s_lo < 0:
+                        s_lo = 0
+                    R0 = offsets[s_lo]
+                    R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
+                    if not _chunk_grads(d, level, R0, R1r, xrows, hrows,
+                                        <const floating*>wihp, <const floating*>wihp_n, dg,
+                                        dnx, aux, dy, dx, acc, acc + sz_ih,
+                                        acc + sz_ih + sz_hh):
+                        fr_store(&failed, 1)
+        else:
+            for c in range(C):
+                while fr_load(&progress) <= c:
+                    fr_pause()
+                if fr_claim(&claimed[c]):
+                    s_hi = S - c * cs_steps
+                    s_lo = s_hi - cs_steps
+                    if s_lo < 0:
+                        s_lo = 0
+                    R0 = offsets[s_lo]
+                    R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
+                    if not _chunk_grads(d, level, R0, R1r, xrows, hrows,
+                                        <const floating*>wihp, <const floating*>wihp_n, dg,
+                                        dnx, aux, dy, dx, acc + per * tid,
+                                        acc + per * tid + sz_ih,
+                                        acc + per * tid + sz_ih + sz_hh):
+                        fr_store(&failed, 1)
+
+    # sum the per-thread accumulators into thread 0's, then scatter
+    for t in range(1, nt):
+        for k in range(per):
+            acc[k] += acc[per * t + k]
+    for r in range(GH):
+        for j in range(I):
+            dwih[<Py_ssize_t>r * I + j] = acc[<Py_ssize_t>r * (I + 1) + j]
+        dbih[r] = acc[<Py_ssize_t>r * (I + 1) + I]
+    for r in range(ncols):
+        for j in range(P):
+            dwhh[<Py_ssize_t>r * P + j] = acc[sz_ih + <Py_ssize_t>r * (P + 1) + j]
+        dbhh[r] = acc[sz_ih + <Py_ssize_t>r * (P + 1) + P]
+    if gru_nra:
+        for k in range(sz_x):
+            dwhh[2 * H * H + k] = acc[sz_ih + sz_hh + k]
+        for j in range(2 * H, GH):
+            dbhh[j] = dbih[j]
+    elif d.cell == 1 and d.proj:
+        for k in range(sz_x):
+            dwhr[k] = acc[sz_ih + sz_hh + k]
+    free(acc)
+    free(xrows)
+    free(hrows)
+    free(claimed)
+    free(wihp)
+    free(wihp_n)
+    return -1 if failed else 0
+
+
 cdef int _backward(Dims* d, const floating* x, const floating* wih, const floating* whh,
                    const floating* whr, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
                    const floating* h0, const floating* c0, const floating* y,
@@ -584,6 +861,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int level = frbg_level()
     cdef const floating** rows = NULL
     cdef bint done
+    cdef int rc
     R1.bp = NULL
     R2.bp = NULL
     dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
@@ -625,52 +903,24 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     for k in range(N):
         ones[k] = 1
     kind = d.cell
+    if level > 0 and nt >= 2 and fr_can_pipeline():
+        rc = _backward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0, y,
+                                 gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr,
+                                 dg, dnx, dhr, aux, tmp)
+        if old_blas >= 0:
+            frb_blas_threads(old_blas)
+        free(R1.bp)
+        free(R2.bp)
+        free(dg)
+        free(ones)
+        free(dnx)
+        free(aux)
+        free(tmp)
+        free(dhr)
+        return rc
     for s in range(S - 1, -1, -1):
-        n = <int>nsteps[s]
-        r = offsets[s]
-        if s == 0:
-            hp = h0
-            ldhp = P
-            cp = c0
-        else:
-            hp = y + offsets[s - 1] * ldy
-            ldhp = ldy
-            cp = cs + offsets[s - 1] * H
-        # total gradient reaching h_s: from the output and from step s + 1
-        dys = dy + r * P
-        for b in range(n):
-            for j in range(P):
-                dh[b * P + j] += dys[b * P + j]
-        if d.proj:      # keep the total for dW_hr
-            for b in range(n):
-                for j in range(P):
-                    dys[b * P + j] = dh[b * P + j]
-        if d.cell == 0:
-            _bpar(0, n, nt, H, d.relu, gates, cs, cp, hp, ldhp, y + r * ldy, ldy, dh, H,
-                  dh, dc, dg + r * GH, dnx, tmp, aux)
-            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 0, nt)
-        elif d.cell == 1:
-            if d.proj:
-                _rec_gemm(&R2, n, dh, P, dhr, H, 0, nt)
-                src = dhr
-                ldsrc = H
-            else:
-                src = dh
-                ldsrc = H
-            _bpar(1, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, src, ldsrc,
-                  dh, dc, dg + r * GH, dnx, tmp, aux + r * H if aux != NULL else NULL)
-            _rec_gemm(&R1, n, dg + r * GH, GH, dh, P, 0, nt)
-        elif gru_ra:
-            _bpar(2, n, nt, H, 0, gates + r * GH, cs + r * H, cp, hp, ldhp, y, ldy, dh, H,
-                  dh, dc, dg + r * GH, dnx + r * H, tmp, aux)
-            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 1, nt)
-        else:
-            _bpar(3, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
-                  dh, dc, dg + r * GH, dnx, tmp, aux)
-            _rec_gemm(&R2, n, dg + r * GH + 2 * H, GH, tmp, H, 0, nt)
-            _bpar(4, n, nt, H, 0, gates + r * GH, cs, cp, hp, ldhp, y, ldy, dh, H,
-                  dh, dc, dg + r * GH, dnx, tmp, aux + r * H)
-            _rec_gemm(&R1, n, dg + r * GH, GH, dh, H, 1, nt)
+        _bwd_step(d, s, nt, &R1, &R2, offsets, nsteps, h0, c0, y, gates, cs, dy, dh, dc, dg,
+                  dnx, dhr, aux, tmp)
 
     # ---- input side: dX over every step at once
     if d.want_dx:

@@ -391,4 +391,23 @@ static void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs,
     FRBG_PICK(frbg_gru_bwd, d, kind, r0, r1, H, gs, hn, hp, ldhp, dh, dg, dnx, tmp, aux);
 }
 
+/* ------------------------------------------------ pipeline flags between threads */
+#if defined(__GNUC__) || defined(__clang__)
+static int fr_can_pipeline(void) { return getenv("FASTRNN_NO_PIPELINE") == NULL; }
+static inline void fr_store(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int fr_load(int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline int fr_claim(int* p) { return __atomic_exchange_n(p, 1, __ATOMIC_ACQ_REL) == 0; }
+#if FRBG_X86
+static inline void fr_pause(void) { __builtin_ia32_pause(); }
+#else
+static inline void fr_pause(void) { }
+#endif
+#else
+static int fr_can_pipeline(void) { return 0; }
+static inline void fr_store(int* p, int v) { *(volatile int*)p = v; }
+static inline int fr_load(int* p) { return *(volatile int*)p; }
+static inline int fr_claim(int* p) { int v = *p; *p = 1; return v == 0; }
+static inline void fr_pause(void) { }
+#endif
+
 #endif

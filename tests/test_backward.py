@@ -303,10 +303,11 @@ def test_need_input_grad_false():
         np.testing.assert_array_equal(part[k], full[k])
 
 
-@pytest.mark.parametrize("env", ["FASTRNN_NO_SMALL_GEMM", "FASTRNN_SMALL_GEMM_AVX2"])
+@pytest.mark.parametrize("env", ["FASTRNN_NO_SMALL_GEMM", "FASTRNN_SMALL_GEMM_AVX2",
+                                 "FASTRNN_NO_PIPELINE"])
 def test_other_kernel_paths(env):
-    """The BLAS-only path and the AVX2 kernels (chosen at import, hence a subprocess)
-    against torch on a slice of the grid."""
+    """The BLAS-only path, the AVX2 kernels and the non-pipelined multi-thread backward
+    (chosen at import, hence a subprocess) against torch on a slice of the grid."""
     import os
     import subprocess
     import sys
@@ -318,8 +319,30 @@ def test_other_kernel_paths(env):
         "    for dt in (np.float32, np.float64):\n"
         "        t._run_case(cell, 2, True, False, True, True, True, dt, T=6, B=7, H=9, I=5)\n"
         "        t._run_case(cell, 1, False, True, True, False, False, dt, T=4, B=150, H=20)\n"
+        "        import fastrnn; fastrnn.set_num_threads(2)\n"
+        "        t._run_case(cell, 2, True, False, True, True, True, dt, T=30, B=9, H=33, I=5)\n"
+        "        fastrnn.set_num_threads(None)\n"
         "print('ok')\n" % os.path.dirname(__file__))
     env_vars = dict(os.environ, **{env: "1"})
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=env_vars, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", dict(proj_size=5)), ("GRU", dict(reset_after=False)),
+                                     ("GRU", {}), ("SimpleRNN", dict(nonlinearity="relu"))])
+def test_pipelined_many_chunks(kind, kw):
+    """Two threads: the time loop on one, the weight gradients of finished chunks on the
+    other (several chunks, ragged lengths, both directions) == one thread."""
+    layer = getattr(fastrnn, kind)(6, 12, num_layers=2, bidirectional=True, seed=0,
+                                   dtype="float64", **kw)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 5, 6))
+    lengths = [200, 170, 200, 3, 90]
+    res = []
+    for nt in (1, 2):
+        out, st, cache = layer.forward_train(x, lengths=lengths, num_threads=nt)
+        gst = tuple(np.ones_like(a) for a in st) if kind == "LSTM" else np.ones_like(st)
+        res.append(layer.backward(cache, np.cos(out), gst, num_threads=nt))
+    for k in res[0]:
+        np.testing.assert_allclose(res[1][k], res[0][k], rtol=1e-10, atol=1e-10, err_msg=k)
