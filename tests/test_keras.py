@@ -401,3 +401,107 @@ def test_keras_and_tensorflow_not_imported():
     out = subprocess.run([sys.executable, "-c", code, model_path("k3_lstm_basic")],
                          capture_output=True, text=True, cwd=os.path.dirname(HERE), check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- malformed configs
+
+def _set(path, value):
+    def fn(c):
+        obj = c
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return fn
+
+
+LSTM_CFG = ["config", "layers", 1, "config"]
+
+
+@pytest.mark.parametrize("path,value,match", [
+    (LSTM_CFG + ["units"], "abc", r"'lstm' \(LSTM\).*'units'"),
+    (LSTM_CFG + ["units"], 2 ** 62, r"'lstm' \(LSTM\).*'units'"),
+    (LSTM_CFG + ["units"], None, r"'lstm' \(LSTM\).*'units'"),
+    (LSTM_CFG + ["use_bias"], [1, 2], r"'lstm' \(LSTM\).*'use_bias'"),
+    (LSTM_CFG + ["return_sequences"], "yes", r"'lstm' \(LSTM\).*'return_sequences'"),
+    (LSTM_CFG + ["activation"], [1], r"'lstm'.*activation"),
+    (LSTM_CFG + ["activation"], {"config": 3}, r"'lstm'.*activation"),
+    (["config", "layers", 3, "config", "units"], 1.5, r"'dense' \(Dense\).*'units'"),
+    (["config", "layers", 2, "config", "rate"], "x", r"'dropout' \(Dropout\).*'rate'"),
+    (["config", "layers", 0, "config", "batch_shape"], 7, r"'input_layer'.*'batch_shape'"),
+    (["config", "layers", 0, "config", "batch_shape"], [None, 6, "4"], r"'batch_shape'"),
+    (["config", "layers", 1, "config"], "not a dict", r"layer 'layer_1' config must be a JSON object"),
+    (["config", "layers", 1], [], r"layer 1 must be a JSON object"),
+    (["config", "layers", 1, "class_name"], 5, r"class_name must be a string"),
+    (["config", "layers"], "LSTM", r"layers must be a JSON list"),
+    (["config"], [1, 2], r"layer 0 must be a JSON object"),
+    (["class_name"], "Transformer", r"unsupported model class"),
+    (["keras_version"], {"a": 1}, r"keras_version"),
+])
+def test_malformed_config_value_names_layer_and_key(tmp_path, path, value, match):
+    p = _edit_config("k3_lstm_basic", tmp_path, _set(path, value))
+    with pytest.raises(LoadError, match=match) as e:
+        load_keras(p)
+    assert p in str(e.value)
+    with pytest.raises(LoadError):
+        fastrnn.load(p)
+
+
+def test_malformed_functional_configs(tmp_path):
+    name = "k3_bi_none_gobw_masking"
+    c = json.loads(zipfile.ZipFile(model_path(name)).read("config.json"))
+    assert c["class_name"] == "Functional"
+    layers = c["config"]["layers"]
+
+    def cycle(c):   # the input layer takes its input from the last layer
+        c["config"]["layers"][0]["inbound_nodes"] = c["config"]["layers"][-1]["inbound_nodes"]
+        c["config"]["layers"][-1]["inbound_nodes"] = [{"args": [{
+            "class_name": "__keras_tensor__",
+            "config": {"keras_history": [c["config"]["layers"][-1]["name"], 0, 0]}}],
+            "kwargs": {}}]
+    p = _edit_config(name, tmp_path, cycle)
+    with pytest.raises(LoadError, match="cycle"):
+        load_keras(p)
+
+    def deep(c):    # output references nested 100000 lists deep
+        v = [layers[-1]["name"], 0, 0]
+        for _ in range(100):
+            v = [[v]]
+        c["config"]["output_layers"] = v
+    p = _edit_config(name, tmp_path, deep)
+    with pytest.raises(LoadError, match="nest too deeply"):
+        load_keras(p)
+
+    def history(c):
+        c["config"]["layers"][-1]["inbound_nodes"] = [{"args": [{
+            "class_name": "__keras_tensor__", "config": {"keras_history": ["x", "0", 0]}}]}]
+    p = _edit_config(name, tmp_path, history)
+    with pytest.raises(LoadError, match="keras_history"):
+        load_keras(p)
+
+
+def test_deeply_nested_json_config(tmp_path):
+    p = tmp_path / "deep.keras"
+    _rewrite_zip(model_path("k3_lstm_basic"), p,
+                 lambda n, d: (b"[" * 200000 + b"]" * 200000) if n == "config.json" else d)
+    with pytest.raises(LoadError, match="nests too deeply"):
+        load_keras(str(p))
+    with pytest.raises(LoadError):
+        load_keras(model_path("k3_weights_only"), "[" * 200000 + "]" * 200000)
+
+
+def test_weights_of_wrong_kind(tmp_path):
+    # a weight that is a group, or a string dataset, is a LoadError naming it
+    p = tmp_path / "w.h5"
+    shutil.copy(model_path("k2_simplernn_relu_gobw"), p)
+    with h5py.File(p, "r+") as f:
+        g = f["model_weights"]
+        lname = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["layer_names"]]
+        for ln in lname:
+            wn = g[ln].attrs["weight_names"]
+            if len(wn):
+                w0 = wn[0].decode() if isinstance(wn[0], bytes) else wn[0]
+                del g[ln][w0]
+                g[ln][w0] = np.array(["a", "b"], dtype=h5py.string_dtype())
+                break
+    with pytest.raises(LoadError, match="numeric array"):
+        load_keras(str(p))

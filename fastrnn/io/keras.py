@@ -94,8 +94,10 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     ctx = _Ctx(name)
     try:
         return _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx)
-    except LoadError:
-        raise
+    except LoadError as e:
+        if name in str(e):
+            raise
+        raise type(e)(f"{name}: {e}") from e       # every message names the file
     except RecursionError:
         raise LoadError(f"{name}: Keras config nests too deeply{ctx.where()}") from None
     except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError,
