@@ -452,6 +452,129 @@ cdef struct Dims:
     int cell, S, N, B, I, H, P, G, reset_after, relu, proj, nt, ldy, want_dx
 
 
+cdef void _fwd_step(Dims* d, int s, int nt, const Rec* R1, const Rec* R2,
+                    const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                    const floating* h0, const floating* c0, const floating* bias,
+                    const floating* bhn, floating* y, floating* gates, floating* cs,
+                    floating* acc, floating* hraw, floating* rh) noexcept nogil:
+    """Step s of the training forward; the input projection of its rows is in gates
+    (SimpleRNN: in y) already."""
+    cdef int H = d.H, P = d.P, GH = d.G * d.H, ldy = d.ldy, n, ldhp
+    cdef Py_ssize_t r
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef floating* ys
+    cdef floating* gs
+    n = <int>nsteps[s]
+    r = offsets[s]
+    if s == 0:
+        hp = h0
+        ldhp = P
+        cp = c0
+    else:
+        hp = y + offsets[s - 1] * ldy
+        ldhp = ldy
+        cp = cs + offsets[s - 1] * H
+    ys = y + r * ldy
+    gs = gates + r * GH
+    if d.cell == 0:
+        _rec_gemm(R1, n, hp, ldhp, ys, ldy, 1, nt)
+        _fpar(0, n, nt, H, d.relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+    elif d.cell == 1:
+        _rec_gemm(R1, n, hp, ldhp, gs, GH, 1, nt)
+        if d.proj:
+            _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, hraw, H, rh)
+            _rec_gemm(R2, n, hraw, H, ys, ldy, 0, nt)
+        else:
+            _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
+    elif d.reset_after:
+        _rec_gemm(R1, n, hp, ldhp, acc, GH, 0, nt)
+        _fpar(2, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
+    else:
+        _rec_gemm(R1, n, hp, ldhp, gs, GH, 1, nt)
+        _fpar(3, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+        _rec_gemm(R2, n, rh, H, gs + 2 * H, GH, 1, nt)
+        _fpar(4, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+
+
+cdef void _fwd_chunk_proj(Dims* d, int level, int c, int cs_steps,
+                          const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                          const floating* x, const floating* wihp, floating* y,
+                          floating* gates) noexcept nogil:
+    """Input projection of the rows of chunk c (steps [c*cs_steps, (c+1)*cs_steps))."""
+    cdef int s_lo = c * cs_steps, s_hi = s_lo + cs_steps, GH = d.G * d.H
+    cdef Py_ssize_t R0, R1
+    if s_hi > d.S:
+        s_hi = d.S
+    R0 = offsets[s_lo]
+    R1 = offsets[s_hi - 1] + nsteps[s_hi - 1]
+    if d.cell == 0:
+        _pgemm(level, <int>(R1 - R0), d.H, d.I, x + R0 * d.I, d.I, 1, wihp, y + R0 * d.ldy,
+               d.ldy, 0, 1)
+    else:
+        _pgemm(level, <int>(R1 - R0), GH, d.I, x + R0 * d.I, d.I, 1, wihp, gates + R0 * GH,
+               GH, 0, 1)
+
+
+cdef int _forward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec* R2,
+                            const floating* x, const floating* wih,
+                            const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                            const floating* h0, const floating* c0, const floating* bias,
+                            const floating* bhn, floating* y, floating* gates, floating* cs,
+                            floating* acc, floating* hraw, floating* rh) noexcept nogil:
+    """Thread 0 runs the recurrence alone (no barrier per step) while the other threads
+    compute the input projections of the chunks of steps ahead of it."""
+    cdef int S = d.S, N = d.N, I = d.I, GH = d.G * d.H
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    cdef void* wihp = NULL
+    cdef int* flags = NULL
+    cdef int C, cs_steps, c, s, s_lo, s_hi, tid
+    cdef Py_ssize_t target
+    target = N // (4 * nt)
+    if target < 256:
+        target = 256
+    cs_steps = <int>((target + d.B - 1) // d.B)
+    if cs_steps < 1:
+        cs_steps = 1
+    C = (S + cs_steps - 1) // cs_steps
+    if floating is float:
+        wihp = frbg_pack_f(wih, I, I, d.H if d.cell == 0 else GH, 1, nb)
+    else:
+        wihp = frbg_pack_d(wih, I, I, d.H if d.cell == 0 else GH, 1, nb)
+    flags = <int*>calloc(2 * C + 1, sizeof(int))     # claimed[c], ready[C + c]
+    if wihp == NULL or flags == NULL:
+        free(wihp)
+        free(flags)
+        return -1
+    tid = c = s = s_lo = s_hi = 0
+    with parallel(num_threads=nt):
+        tid = threadid()
+        if tid == 0:
+            for c in range(C):
+                if fr_claim(&flags[c]):
+                    _fwd_chunk_proj(d, level, c, cs_steps, offsets, nsteps, x,
+                                    <const floating*>wihp, y, gates)
+                else:
+                    while not fr_load(&flags[C + c]):
+                        fr_pause()
+                s_lo = c * cs_steps
+                s_hi = s_lo + cs_steps
+                if s_hi > S:
+                    s_hi = S
+                for s in range(s_lo, s_hi):
+                    _fwd_step(d, s, 1, R1, R2, offsets, nsteps, h0, c0, bias, bhn, y, gates,
+                              cs, acc, hraw, rh)
+        else:
+            for c in range(C):
+                if fr_claim(&flags[c]):
+                    _fwd_chunk_proj(d, level, c, cs_steps, offsets, nsteps, x,
+                                    <const floating*>wihp, y, gates)
+                    fr_store(&flags[C + c], 1)
+    free(wihp)
+    free(flags)
+    return 0
+
+
 cdef int _forward(Dims* d, const floating* x, const floating* wih, const floating* whh,
                   const floating* bias, const floating* bhn, const floating* whr,
                   const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
@@ -467,7 +590,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef floating* acc = NULL
     cdef floating* hraw = NULL
     cdef floating* rh = NULL
-    cdef int old_blas
+    cdef int old_blas, rc
     cdef bint ok = True
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
@@ -487,13 +610,13 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         ok = _rec_init(&R2, whh + 2 * H * H, H, H, H, True, small) and ok
     if d.cell == 2 and d.reset_after:
         acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
-        ok = acc != NULL
+        ok = ok and acc != NULL
     if d.cell == 2 and not d.reset_after:
         rh = <floating*>malloc(sizeof(floating) * B * H + 1)
-        ok = rh != NULL
+        ok = ok and rh != NULL
     if d.cell == 1 and d.proj:
         hraw = <floating*>malloc(sizeof(floating) * B * H + 1)
-        ok = hraw != NULL
+        ok = ok and hraw != NULL
     if not ok:
         free(acc)
         free(rh)
@@ -502,42 +625,25 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         free(R2.bp)
         return -1
     old_blas = frb_blas_threads(nt)
+    if level > 0 and nt >= 2 and S > 1 and fr_can_pipeline():
+        rc = _forward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0,
+                                bias, bhn, y, gates, cs, acc, hraw, rh)
+        if old_blas >= 0:
+            frb_blas_threads(old_blas)
+        free(acc)
+        free(rh)
+        free(hraw)
+        free(R1.bp)
+        free(R2.bp)
+        return rc
     # input projection of every step in one GEMM
     if d.cell == 0:
         _wgemm(level, N, H, I, x, I, 1, wih, I, True, y, ldy, 0, nt)
     else:
         _wgemm(level, N, GH, I, x, I, 1, wih, I, True, gates, GH, 0, nt)
     for s in range(S):
-        n = <int>nsteps[s]
-        r = offsets[s]
-        if s == 0:
-            hp = h0
-            ldhp = P
-            cp = c0
-        else:
-            hp = y + offsets[s - 1] * ldy
-            ldhp = ldy
-            cp = cs + offsets[s - 1] * H
-        ys = y + r * ldy
-        gs = gates + r * GH
-        if d.cell == 0:
-            _rec_gemm(&R1, n, hp, ldhp, ys, ldy, 1, nt)
-            _fpar(0, n, nt, H, d.relu, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
-        elif d.cell == 1:
-            _rec_gemm(&R1, n, hp, ldhp, gs, GH, 1, nt)
-            if d.proj:
-                _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, hraw, H, rh)
-                _rec_gemm(&R2, n, hraw, H, ys, ldy, 0, nt)
-            else:
-                _fpar(1, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
-        elif d.reset_after:
-            _rec_gemm(&R1, n, hp, ldhp, acc, GH, 0, nt)
-            _fpar(2, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs + r * H, ys, ldy, rh)
-        else:
-            _rec_gemm(&R1, n, hp, ldhp, gs, GH, 1, nt)
-            _fpar(3, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
-            _rec_gemm(&R2, n, rh, H, gs + 2 * H, GH, 1, nt)
-            _fpar(4, n, nt, H, 0, gs, acc, bias, bhn, hp, ldhp, cp, cs, ys, ldy, rh)
+        _fwd_step(d, s, nt, &R1, &R2, offsets, nsteps, h0, c0, bias, bhn, y, gates, cs, acc,
+                  hraw, rh)
     if old_blas >= 0:
         frb_blas_threads(old_blas)
     free(acc)
