@@ -268,6 +268,8 @@ class _FileCore:
         self.size = len(self.buf)
         self._work = 0
         self._max_work = MAX_WORK + self.size // 8
+        self._bytes = 0                                  # bytes read so far ...
+        self._max_bytes = 32 * self.size + (64 << 20)   # ... and at most
         self._headers = {}
         self._heaps = {}
         self._gheaps = {}
@@ -302,6 +304,9 @@ class _FileCore:
         if n < 0 or addr < 0 or start + n > self.size:
             self.fail(f"{what} at {addr} (+{n} bytes) lies beyond the end of the file "
                       f"({self.size} bytes)")
+        self._bytes += n
+        if self._bytes > self._max_bytes:
+            self.fail("structures overlap or repeat (read limit reached)")
         return bytes(self.buf[start:start + n])
 
     def read_upto(self, addr, n, what):
@@ -415,10 +420,13 @@ class _FileCore:
             n = c.u32()
             blocks.append((addr + 16, n, False))
             v2, order = False, False
-        i = 0
+        i = total = 0
         while i < len(blocks):
             start, n, _ = blocks[i]
             i += 1
+            total += n
+            if total > self.size:
+                self.fail(f"{what}: header blocks add up to more than the file")
             if i > 4096:
                 self.fail(f"{what}: too many continuation blocks")
             data = self.read(start, n, what)
@@ -1009,6 +1017,15 @@ class Dataset(_Object):
                     f.fail(f"{where}: chunk offset {offs} out of range")
                 sl.append(slice(o, min(o + cd, sd)))
             full[tuple(sl)] = blk[tuple(slice(0, s.stop - s.start) for s in sl)]
+
+        done = set()
+        inner = visit
+
+        def visit(key, child):
+            if key[8:] in done:
+                f.fail(f"{where}: chunk listed twice")
+            done.add(key[8:])
+            inner(key, child)
 
         f.btree1(addr, 1, 4 + 4 + 8 * (rank + 1), visit)
         return out.tobytes()
