@@ -111,6 +111,7 @@ cdef extern from "fr_kern.h":
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
     const char* fr_isa()
     int fr_force_level
+    long fr_min_par_work
 
 
 # Activation codes (ONNX names).  ACT_* values are part of the Python API of this module.
@@ -650,6 +651,16 @@ def _set_path(int mode):
     """Test hook: 0 automatic, 1 force the small-batch kernel (where it applies), 2 BLAS."""
     global _force_path
     _force_path = mode
+
+
+def _set_min_parallel_work(long n):
+    """Test hook: multiply-adds per step below which a layer runs on one thread
+    (default 16384; 0 makes every multi-thread path run on tiny test shapes).
+    Returns the previous value."""
+    global fr_min_par_work
+    old = fr_min_par_work
+    fr_min_par_work = n
+    return old
 
 
 def _set_isa_level(int level):

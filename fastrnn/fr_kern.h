@@ -70,6 +70,9 @@ static int fr_level(void) { return 0; }
 
 #define FR_INLINE static inline __attribute__((always_inline))
 
+/* multiply-adds per step below which a layer runs on one thread (tests set 0) */
+static long fr_min_par_work = 16384;
+
 typedef float fr_vf __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int fr_vfi __attribute__((vector_size(64), aligned(4), may_alias));
 typedef double fr_vd __attribute__((vector_size(64), aligned(8), may_alias));

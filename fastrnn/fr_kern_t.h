@@ -494,6 +494,7 @@ FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, in
 #ifndef FR_ROWSPLIT_MIN
 #define FR_ROWSPLIT_MIN 16
 #endif
+
 static void F(run_range)(const fr_cell* cl, const F(fr_seq)* q, int ub0, int ub1, int rlo,
                          int rhi, int sync) {
     int s0 = 0, s, cur = 0, i;
@@ -537,6 +538,9 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
     const int B = q->B, H = cl->H, nb = cl->nb;
     const int rowsplit = nt > 1 && B >= FR_ROWSPLIT_MIN;
     int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
+    /* below ~16k multiply-adds per step a barrier costs more than the second thread
+     * saves (measured: LSTM H=64 B=1 breaks even, GRU H=64 B=1 is faster on one) */
+    if ((long)cl->G * H * cl->K * B < fr_min_par_work) nthr = 1;
     if (nthr < 1) nthr = 1;
     memcpy(q->hbuf, q->h, sizeof(T) * B * H);
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);

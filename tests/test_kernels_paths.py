@@ -24,6 +24,15 @@ def path(request):
     _kernels._set_path(0)
 
 
+@pytest.fixture(autouse=True)
+def tiny_shapes_use_threads():
+    """The kernels keep tiny problems on one thread; the tests' shapes are tiny, so
+    lift that limit to exercise the multi-thread code (unit and row splits)."""
+    old = _kernels._set_min_parallel_work(0)
+    yield
+    _kernels._set_min_parallel_work(old)
+
+
 def _tol(dtype):
     return (2e-5, 2e-5) if dtype == np.float32 else (1e-11, 1e-11)
 
@@ -138,6 +147,14 @@ def test_isa_levels(level, cell):
         _check(layer, x)
     finally:
         _kernels._set_isa_level(-1)
+
+
+def test_tiny_problems_stay_on_one_thread_and_agree():
+    _kernels._set_min_parallel_work(16384)
+    rng = np.random.default_rng(47)
+    layer = fastrnn.GRU(3, 8, seed=2, num_threads=2)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    _check(layer, x)
 
 
 def test_path_choice_is_automatic():
