@@ -85,6 +85,7 @@ cdef extern from "_backward_gemm.h":
     int fr_load(int* p) nogil
     bint fr_claim(int* p) nogil
     void fr_pause() nogil
+    void fr_wait_gt(int* p, int v) nogil
     void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs, const double* hn,
                         const double* hp, int ldhp, double* dh, double* dg, double* dnx,
                         const double* tmp, double* aux) nogil
@@ -555,8 +556,7 @@ cdef int _forward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec
                     _fwd_chunk_proj(d, level, c, cs_steps, offsets, nsteps, x,
                                     <const floating*>wihp, y, gates)
                 else:
-                    while not fr_load(&flags[C + c]):
-                        fr_pause()
+                    fr_wait_gt(&flags[C + c], 0)
                 s_lo = c * cs_steps
                 s_hi = s_lo + cs_steps
                 if s_hi > S:
@@ -893,8 +893,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                         fr_store(&failed, 1)
         else:
             for c in range(C):
-                while fr_load(&progress) <= c:
-                    fr_pause()
+                fr_wait_gt(&progress, c)
                 if fr_claim(&claimed[c]):
                     s_hi = S - c * cs_steps
                     s_lo = s_hi - cs_steps

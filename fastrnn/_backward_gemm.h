@@ -402,8 +402,19 @@ static inline void fr_pause(void) { __builtin_ia32_pause(); }
 #else
 static inline void fr_pause(void) { }
 #endif
+/* wait until *p > v: spin briefly, then yield the core (a busy machine must not have a
+ * waiting worker steal the time of the thread it waits for) */
+#include <sched.h>
+static inline void fr_wait_gt(int* p, int v) {
+    int spins = 0;
+    while (fr_load(p) <= v) {
+        if (++spins < 2000) fr_pause();
+        else sched_yield();
+    }
+}
 #else
 static int fr_can_pipeline(void) { return 0; }
+static inline void fr_wait_gt(int* p, int v) { while (*(volatile int*)p <= v) { } }
 static inline void fr_store(int* p, int v) { *(volatile int*)p = v; }
 static inline int fr_load(int* p) { return *(volatile int*)p; }
 static inline int fr_claim(int* p) { int v = *p; *p = 1; return v == 0; }

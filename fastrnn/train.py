@@ -29,10 +29,24 @@ GRU ``reset_after=False``  ``3H + Hout``     gates r, z, n; h
 =========================  ===============  ======================================
 
 plus the packed input of the first layer (``I`` per pair).  E.g. a 1-layer LSTM, T=100,
-B=16, H=256, float32: 100*16*(5*256+256)*4 B = 9.8 MB (+ 1.6 MB input).  The backward
-needs transient scratch of about ``G*H`` per pair (the gate gradients of one direction,
-``G`` = 1, 4, 3 gates) plus, for LSTM with projection and GRU ``reset_after=False``,
-``H`` more.
+B=16, H=256, float32: 100*16*(5*256+256)*4 B = 9.8 MB (+ 1.6 MB input); PyTorch's CPU
+autograd keeps about as much (gates, cell states and outputs).  The backward needs
+transient scratch of about ``G*H`` per pair for one direction (the gate gradients, ``G``
+= 1, 4, 3 gates; GRU ``reset_after=True``: ``4H``) plus ``H`` more for LSTM with
+projection and GRU ``reset_after=False``, packed copies of the weights, and per thread
+one ``G*H x (I + Hout + 2)`` weight-gradient accumulator.
+
+How it runs (``fastrnn/_backward.pyx``, ``fastrnn/_backward_gemm.h``): every product is
+a GEMM over packed panels of the right-hand matrix with an AVX-512 or AVX2+FMA
+register-blocked kernel chosen at run time (BLAS through ``fastrnn._blas`` on other
+CPUs).  The weight gradients are one GEMM over all time steps per weight (``dW_ih =
+dG^T X``, ``dW_hh = dG^T H_prev``, the bias gradients as an extra column of ones); per
+step only the recurrent ``dh_{t-1} = dG_t W_hh`` and one fused elementwise pass run.
+With two or more threads the time loop runs on one thread without a barrier per step
+while the others compute, chunk by finished chunk, the input projections (forward) or
+the weight gradients and ``dX`` (backward).  Everything runs without the GIL; the thread
+count is resolved like the forward's (call, layer, ``set_num_threads``,
+``OMP_NUM_THREADS``) and OpenBLAS is limited to it.
 
 Not supported by the backward (``NotImplementedError``): masks, non-default activations
 (other than SimpleRNN relu), cell ``clip``, ``peepholes`` and ``input_forget``.
