@@ -64,6 +64,20 @@ def resolve(*candidates) -> int:
     return get_num_threads()
 
 
+def blas_local_setter_address() -> int:
+    """Address of scipy's ``openblas_set_num_threads_local`` (0 when not found)."""
+    try:
+        import scipy
+        libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+        for path in glob.glob(os.path.join(libdir, "*openblas*")):
+            fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+            if fn is not None:
+                return ctypes.cast(fn, ctypes.c_void_p).value or 0
+    except OSError:
+        pass
+    return 0
+
+
 def hook_blas() -> None:
     """Give the kernels scipy's ``openblas_set_num_threads_local`` (once, lazily)."""
     global _blas_hooked
@@ -73,17 +87,5 @@ def hook_blas() -> None:
         if _blas_hooked:
             return
         from . import _kernels
-        address = 0
-        try:
-            import scipy
-            libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
-            for path in glob.glob(os.path.join(libdir, "*openblas*")):
-                lib = ctypes.CDLL(path)
-                fn = getattr(lib, "openblas_set_num_threads_local", None)
-                if fn is not None:
-                    address = ctypes.cast(fn, ctypes.c_void_p).value or 0
-                    break
-        except OSError:
-            address = 0
-        _kernels._set_blas_local_setter(address)
+        _kernels._set_blas_local_setter(blas_local_setter_address())
         _blas_hooked = True

@@ -53,10 +53,7 @@ Not supported by the backward (``NotImplementedError``): masks, non-default acti
 """
 from __future__ import annotations
 
-import ctypes
-import glob
 import math
-import os
 import threading
 from typing import Any, Mapping
 
@@ -82,19 +79,7 @@ def _hook_blas() -> None:
             return
         from . import _backward
         _threads.hook_blas()
-        address = 0
-        try:
-            import scipy
-            libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
-            for path in glob.glob(os.path.join(libdir, "*openblas*")):
-                lib = ctypes.CDLL(path)
-                fn = getattr(lib, "openblas_set_num_threads_local", None)
-                if fn is not None:
-                    address = ctypes.cast(fn, ctypes.c_void_p).value or 0
-                    break
-        except OSError:
-            address = 0
-        _backward._set_blas_local_setter(address)
+        _backward._set_blas_local_setter(_threads.blas_local_setter_address())
         _hooked = True
 
 
