@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -202,7 +201,7 @@ def _parse_space(f, c: _Cur, where):
     """-> shape tuple, or None for a null dataspace."""
     ver = c.u8()
     rank = c.u8()
-    flags = c.u8()
+    c.u8()  # flags: max dims / permutation present; not needed to read the data
     if rank > MAX_RANK:
         f.fail(f"{where}: dataspace rank {rank} > {MAX_RANK}")
     if ver == 1:

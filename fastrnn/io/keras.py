@@ -14,13 +14,12 @@ Keras 2's own loader does.  hard_sigmoid follows the file's Keras version: Keras
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import warnings
 import zipfile
-from typing import Any
+
 
 import numpy as np
 
