@@ -119,7 +119,12 @@ def test_speed(benchmark, case, impl):
         so = ort.SessionOptions()
         so.intra_op_num_threads = NT
         so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(_onnx_bytes(tm, x), so, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(_onnx_bytes(tm, x), so,
+                                        providers=["CPUExecutionProvider"])
+            sess.run(None, {"x": x})
+        except Exception as e:  # ORT's CPU LSTM/GRU kernels are float32 only
+            pytest.skip(f"onnxruntime cannot run this graph: {type(e).__name__}")
         benchmark.pedantic(sess.run, args=(None, {"x": x}), rounds=30, iterations=1,
                            warmup_rounds=3)
     else:

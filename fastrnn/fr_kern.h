@@ -70,6 +70,10 @@ static int fr_level(void) { return 0; }
 
 #define FR_INLINE static inline __attribute__((always_inline))
 
+#ifndef FR_PREFETCH
+#define FR_PREFETCH 32     /* vectors ahead in the single-row weight stream */
+#endif
+
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 

@@ -270,6 +270,8 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
         for (; k + 1 < K; k += 2) {
             const T* w0 = Wb + (size_t)k * G * W;
             const T* w1 = w0 + G * W;
+            /* software prefetch ~2 KB ahead of the weight stream (measured ~10% at B=1) */
+            for (g = 0; g < 2 * G; g++) __builtin_prefetch(w0 + (FR_PREFETCH + g) * W);
             for (r = 0; r < RB; r++) {
                 T h0 = rows[r][k], h1 = rows[r][k + 1];
                 for (g = 0; g < G; g++) {
