@@ -291,9 +291,10 @@ class Stream:
         Embedding); returns the step's output ``(B, out)``."""
         x = np.asarray(x_t)
         if self._kind == "layer":
-            fast = getattr(self.model, "_stream_step", None)
-            if fast is not None and x.ndim == 2 and x.shape[0] == self.batch_size:
-                return self._fast_step(fast, x)
+            fast = getattr(self.model, "_step_fast", None)
+            if (fast is not None and x.ndim == 2 and x.dtype.kind == "f"
+                    and x.shape == (self.batch_size, self.model.input_size)):
+                return self._fast_step(fast, np.ascontiguousarray(x, dtype=self.model.dtype))
             if x.ndim != 2:
                 raise ValueError(f"step input must be (B, I), got shape {x.shape}")
             if self.model.batch_first:
@@ -302,16 +303,17 @@ class Stream:
         return self._feed_model(x[:, None])[:, 0]
 
     def _fast_step(self, fast, x):
-        """Lean path for one step when the layer offers it (kernel-level step entry):
-        ``layer._stream_step(x (B, I), h (L, B, H_out), c (L, B, H) or None,
-        num_threads) -> y (B, H_out)``, updating ``h``/``c`` in place."""
+        """Lean path for one step (the layer's kernel-level step entry):
+        ``layer._step_fast(x (B, I), h (L, B, H_out), c (L, B, H) or None,
+        num_threads) -> view of h[-1]``, updating ``h``/``c`` (C-contiguous, layer dtype:
+        the runner's own state arrays) in place."""
         r = self._runners[0]
         st = r.state
         h, c = (st[0], st[1]) if isinstance(st, tuple) else (st, None)
-        y = fast(x, h, c, self.num_threads)
+        y = fast(x, h, c, self.num_threads).copy()   # h[-1] changes on the next step
         r.last_out = y
         self.steps_seen += 1
-        return y
+        return y.copy()
 
     __call__ = step
 

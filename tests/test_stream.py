@@ -287,8 +287,8 @@ def test_greedy_decoder_matches_torch(seed):
 
 
 def test_fast_step_hook_is_used(monkeypatch):
-    """When a layer provides the lean per-step entry ``_stream_step``, Stream.step uses
-    it (same results as the generic path)."""
+    """Stream.step goes through the layer's lean per-step entry ``_step_fast`` (same
+    results as the generic path)."""
     layer = fastrnn.LSTM(5, 7, num_layers=2, seed=9)
     x = np.random.default_rng(9).standard_normal((T, 2, 5)).astype(np.float32)
     want = layer(x)[0]
@@ -301,9 +301,29 @@ def test_fast_step_hook_is_used(monkeypatch):
         c[...] = c2
         return y[0]
 
-    monkeypatch.setattr(layer, "_stream_step", fake, raising=False)
+    monkeypatch.setattr(layer, "_step_fast", fake, raising=False)
     s = Stream(layer, batch_size=2)
     got = np.stack([s.step(x[t]) for t in range(T)])
     assert len(calls) == T
     _close(got, want)
     _close(s.state[0], layer(x)[1][0])
+
+
+@pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
+                                    (fastrnn.GRU, {"reset_after": False}),
+                                    (fastrnn.SimpleRNN, {"nonlinearity": "relu"}),
+                                    (fastrnn.LSTM, {"proj_size": 3}),
+                                    (fastrnn.LSTM, {"dtype": "float64"})])
+def test_step_fast_path_equals_whole(cls, kw):
+    """The real lean step (and its fallback for projections) equals feeding whole; the
+    returned outputs are not views of the carried state."""
+    layer = cls(5, 7, num_layers=2, seed=3, **kw)
+    x = np.random.default_rng(3).standard_normal((9, 2, 5)).astype(layer.dtype)
+    out, st = layer(x)
+    s = Stream(layer, batch_size=2)
+    ys = [s.step(x[t]) for t in range(9)]
+    _close(np.stack(ys), out)
+    h = st[0] if isinstance(st, tuple) else st
+    got = s.state[0] if isinstance(s.state, tuple) else s.state
+    _close(got, h)
+    assert not np.shares_memory(ys[-1], got)
