@@ -106,6 +106,31 @@ def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def sort_by_length(lengths, B: int, T: int):
+    """Validate per-sequence ``lengths`` of a ``(T, B)`` batch and sort them longest
+    first, as the packed kernels want.  Returns ``(perm, sorted_lengths, T_eff, valid,
+    nsteps)``: ``valid`` ``(T_eff, B)`` marks the real steps in sorted order and
+    ``nsteps[t]`` counts the sequences still running at step ``t``."""
+    lens = np.asarray(lengths)
+    if lens.dtype.kind not in "iu":
+        if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
+            lens = lens.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
+    if lens.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {lens.shape}")
+    if lens.size and (lens.min() < 0 or lens.max() > T):
+        raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
+                         f"got min {lens.min()} max {lens.max()}")
+    lens = lens.astype(np.intp)
+    perm = np.argsort(-lens, kind="stable")
+    slens = np.ascontiguousarray(lens[perm])
+    Teff = int(slens[0]) if B else 0
+    valid = slens[None, :] > np.arange(Teff)[:, None]
+    nsteps = valid.sum(axis=1).astype(np.intp)
+    return perm, slens, Teff, valid, nsteps
+
+
 class RNNBase:
     """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
     or :class:`GRU`.
@@ -501,24 +526,7 @@ class RNNBase:
         # ---- packing (sorted by length, longest first) or dense
         perm = None
         if lengths is not None:
-            lens = np.asarray(lengths)
-            if lens.dtype.kind not in "iu":
-                if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
-                    lens = lens.astype(np.int64)
-                else:
-                    raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
-            if lens.shape != (B,):
-                raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
-                                 f"got {lens.shape}")
-            if lens.size and (lens.min() < 0 or lens.max() > T):
-                raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
-                                 f"got min {lens.min()} max {lens.max()}")
-            lens = lens.astype(np.intp)
-            perm = np.argsort(-lens, kind="stable")
-            slens = np.ascontiguousarray(lens[perm])
-            Teff = int(slens[0]) if B else 0
-            valid = slens[None, :] > np.arange(Teff)[:, None]          # (Teff, B)
-            nsteps = valid.sum(axis=1).astype(np.intp)
+            perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
             xin = x[:Teff][:, perm][valid]                              # (N, I) packed
         else:
             Teff = T

@@ -169,24 +169,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, num_threads: int | None = 
     # ---- packing: sorted by length, longest first (a dense batch needs no sorting)
     perm = None
     if lengths is not None:
-        lens = np.asarray(lengths)
-        if lens.dtype.kind not in "iu":
-            if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
-                lens = lens.astype(np.int64)
-            else:
-                raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
-        if lens.shape != (B,):
-            raise ValueError(f"lengths must have shape ({B},) (one per sequence), "
-                             f"got {lens.shape}")
-        if lens.size and (lens.min() < 0 or lens.max() > T):
-            raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
-                             f"got min {lens.min()} max {lens.max()}")
-        lens = lens.astype(np.intp)
-        perm = np.argsort(-lens, kind="stable")
-        slens = np.ascontiguousarray(lens[perm])
-        Teff = int(slens[0]) if B else 0
-        valid = slens[None, :] > np.arange(Teff)[:, None]          # (Teff, B)
-        nsteps = valid.sum(axis=1).astype(np.intp)
+        from .layers import sort_by_length
+        perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
         xin = np.ascontiguousarray(x[:Teff][:, perm][valid], dtype=dt)
     else:
         Teff = T
