@@ -101,6 +101,10 @@ cdef extern from "fr_kern.h":
         double* zb
     void fr_small_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
     void fr_small_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
+    void fr_small_pair_f(const fr_cell* cl0, fr_seq_f* q0, const fr_cell* cl1,
+                         fr_seq_f* q1) nogil
+    void fr_small_pair_d(const fr_cell* cl0, fr_seq_d* q0, const fr_cell* cl1,
+                         fr_seq_d* q1) nogil
     void fr_rows_f(const fr_cell* cl, int n, const float* acc, Py_ssize_t acc_ld,
                    float** xrows, const float* hprev, Py_ssize_t hp_ld, float* c,
                    float* hout, Py_ssize_t ho_ld) nogil
@@ -110,6 +114,7 @@ cdef extern from "fr_kern.h":
     void fr_act_array_f(int which, const float* x, float* y, Py_ssize_t n) nogil
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
     const char* fr_isa()
+    enum: FR_ROWSPLIT_MIN
     int fr_force_level
     long fr_min_par_work
 
@@ -690,6 +695,80 @@ def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_a
     return "small"
 
 
+# _pair_mode is a test hook: 0 automatic, 1 both directions at once wherever possible,
+# 2 never (one direction after the other).
+cdef int _pair_mode = 0
+cdef Py_ssize_t _pair_chunk_bytes = 256 << 10
+
+
+def _set_pair_chunk_bytes(Py_ssize_t n):
+    """Tuning hook: bytes of projected input per direction and chunk in :func:`run_pair`."""
+    global _pair_chunk_bytes
+    old = _pair_chunk_bytes
+    _pair_chunk_bytes = n
+    return old
+
+
+def _set_pair(int mode):
+    """Test hook: 0 automatic, 1 force :func:`run_pair` where it applies, 2 never.
+    Returns the previous value."""
+    global _pair_mode
+    old = _pair_mode
+    _pair_mode = mode
+    return old
+
+
+def _cache_bytes(name, default):
+    import os
+    try:
+        n = os.sysconf(name)
+    except (ValueError, OSError, AttributeError):
+        n = 0
+    return n if n and n > 0 else default
+
+
+# per-core caches: one thread running a whole direction wants its recurrent weights in
+# L2; the unit split wins while each thread's half of them fits in L1
+_L1_BYTES = _cache_bytes("SC_LEVEL1_DCACHE_SIZE", 32 << 10)
+_L2_BYTES = _cache_bytes("SC_LEVEL2_CACHE_SIZE", 1 << 20)
+
+
+def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
+                 int reset_after, int num_threads, int itemsize=4):
+    """Whether a bidirectional layer runs its two directions at the same time
+    (:func:`run_pair`, one thread each) rather than one after the other.  Chosen when the
+    packed kernel would split the units of a small batch between threads (a barrier per
+    step): two independent single-thread loops have no barrier at all."""
+    cdef long G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    if _pair_mode == 2 or num_threads < 2 or batch <= 0:
+        return False
+    if choose_path(cell, batch, hidden_size, proj_size, reset_after, num_threads) != "small":
+        return False
+    if _pair_mode == 1:
+        return True
+    if batch >= FR_ROWSPLIT_MIN:
+        return False        # row split: already barrier-free
+    # tiny layers: the thread start-up costs more than the second direction
+    if G * hidden_size * hidden_size * batch * steps < fr_min_par_work:
+        return False
+    # Measured on a 2-vCPU EPYC (32 KiB L1d, 1 MiB L2 reported), fresh processes:
+    # * batch 1, one direction's recurrent weights in L2 but not half of them in L1: the
+    #   per-step barrier dominates, pair wins (LSTM H=96/192 0.45-0.8x, GRU H=256 0.92x,
+    #   RNN H=256 0.88x);
+    # * batch 8-15 with weights beyond L2 (2-layer BiLSTM H=256 B=8): as fast as the unit
+    #   split when its scratch is warm (0.99-1.01x), 0.88x when the allocator hands it
+    #   fresh pages (run_pair's capped chunk keeps the scratch small);
+    # * otherwise mixed or slower (LSTM H=192 B=2 0.9-1.15x, GRU H=128 B=4 1.35x, LSTM
+    #   H=64 B=8 1.4x (half the weights in L1), LSTM H=256 B=1 1.12x): one direction
+    #   after the other, as before.
+    cdef long wbytes = G * hidden_size * hidden_size * itemsize
+    if batch == 1:
+        return wbytes > 2 * _L1_BYTES and wbytes * 4 <= 3 * _L2_BYTES
+    if batch >= 8:
+        return wbytes * 4 > 3 * _L2_BYTES
+    return False
+
+
 def pack_recurrent(wh, int hidden_size, int gates, int cell, int reset_after):
     """Packed recurrent weights for the packed kernel; GRU reset_after=False keeps r, z
     and n apart (n multiplies r*h, known only after r)."""
@@ -744,12 +823,30 @@ cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Ac
     cl.peep = peep if use_peep else NULL
 
 
-cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_ld,
-                    const floating* wxp, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
-                    const Py_ssize_t* lens, const unsigned char* mask, floating* h,
-                    floating* c, floating* out) noexcept nogil:
-    cdef fr_seq_f qf
-    cdef fr_seq_d qd
+cdef struct SmallScratch:
+    void* xp
+    void* hbuf
+    void* lastout
+    void* rh
+    void* zb
+
+
+cdef void _free_scratch(SmallScratch* m) noexcept nogil:
+    free(m.xp)
+    free(m.hbuf)
+    free(m.lastout)
+    free(m.rh)
+    free(m.zb)
+    m.xp = m.hbuf = m.lastout = m.rh = m.zb = NULL
+
+
+cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_ld,
+                     const floating* wxp, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                     const Py_ssize_t* lens, const unsigned char* mask, floating* h,
+                     floating* c, floating* out, SmallScratch* m, fr_seq_f* qf,
+                     fr_seq_d* qd) noexcept nogil:
+    """Allocate the scratch of one small-kernel call and fill its sequence descriptor
+    (qf for float, qd for double).  Returns -1 (nothing left allocated) on failure."""
     cdef int B = d.nrows_max, H = d.H, GH = d.G * d.H
     cdef int chunk = d.chunk
     cdef floating* xp = <floating*>malloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
@@ -762,13 +859,14 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
     if cl.rz_split:
         rh = <floating*>malloc(sizeof(floating) * B * H + 64)
         zb = <floating*>malloc(sizeof(floating) * B * H + 64)
+    m.xp = xp
+    m.hbuf = hbuf
+    m.lastout = lastout
+    m.rh = rh
+    m.zb = zb
     if (xp == NULL or hbuf == NULL or (d.has_mask and lastout == NULL)
             or (cl.rz_split and (rh == NULL or zb == NULL))):
-        free(xp)
-        free(hbuf)
-        free(lastout)
-        free(rh)
-        free(zb)
+        _free_scratch(m)
         return -1
     if floating is float:
         qf.nT = d.T
@@ -796,7 +894,6 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qf.flip = 0
         qf.rh = rh
         qf.zb = zb
-        fr_small_layer_f(cl, &qf, d.num_threads)
     else:
         qd.nT = d.T
         qd.B = B
@@ -823,12 +920,57 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
         qd.flip = 0
         qd.rh = rh
         qd.zb = zb
+    return 0
+
+
+cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_ld,
+                    const floating* wxp, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
+                    const Py_ssize_t* lens, const unsigned char* mask, floating* h,
+                    floating* c, floating* out) noexcept nogil:
+    cdef fr_seq_f qf
+    cdef fr_seq_d qd
+    cdef SmallScratch m
+    if _prep_small(d, cl, x, x_ld, wxp, offsets, nsteps, lens, mask, h, c, out, &m,
+                   &qf, &qd) != 0:
+        return -1
+    if floating is float:
+        fr_small_layer_f(cl, &qf, d.num_threads)
+    else:
         fr_small_layer_d(cl, &qd, d.num_threads)
-    free(xp)
-    free(hbuf)
-    free(lastout)
-    free(rh)
-    free(zb)
+    _free_scratch(&m)
+    return 0
+
+
+cdef int _fill_dims(Dims* d, Acts* A, int cell, int T, int I, int hidden_size,
+                    int proj_size, int nrows_max, int reverse, int varlen, int reset_after,
+                    int input_forget, int out_ld, int out_col, int num_threads, int has_mask,
+                    int mask_zero_output, int chunk, int write_out, acts,
+                    double clip) except -1:
+    """The per-call descriptors of one layer direction (shared by run_layer/run_pair)."""
+    d.cell = cell
+    d.T = T
+    d.I = I
+    d.H = hidden_size
+    d.P = proj_size
+    d.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    d.nrows_max = nrows_max
+    d.reverse = reverse
+    d.varlen = varlen
+    d.reset_after = reset_after
+    d.input_forget = input_forget
+    d.out_ld = out_ld
+    d.out_col = out_col
+    d.num_threads = num_threads if num_threads > 0 else 1
+    d.has_mask = has_mask
+    d.mask_zero_output = mask_zero_output
+    d.chunk = chunk if chunk > 0 else 1
+    d.write_out = write_out
+    (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
+    A.clip = clip
+    if cell == CELL_RNN:
+        A.is_default = A.f == A_TANH or A.f == A_RELU
+    else:
+        A.is_default = A.f == A_SIGMOID and A.g == A_TANH and A.h == A_TANH
     return 0
 
 
@@ -854,30 +996,9 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
     cdef fr_cell cl
     cdef int rc, U
     cdef bint small
-    d.cell = cell
-    d.T = offsets.shape[0]
-    d.I = x.shape[1]
-    d.H = hidden_size
-    d.P = proj_size
-    d.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
-    d.nrows_max = h.shape[0]
-    d.reverse = reverse
-    d.varlen = varlen
-    d.reset_after = reset_after
-    d.input_forget = input_forget
-    d.out_ld = out.shape[1]
-    d.out_col = out_col
-    d.num_threads = num_threads if num_threads > 0 else 1
-    d.has_mask = has_mask
-    d.mask_zero_output = mask_zero_output
-    d.chunk = chunk if chunk > 0 else 1
-    d.write_out = write_out
-    (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
-    A.clip = clip
-    if cell == CELL_RNN:
-        A.is_default = A.f == A_TANH or A.f == A_RELU
-    else:
-        A.is_default = A.f == A_SIGMOID and A.g == A_TANH and A.h == A_TANH
+    _fill_dims(&d, &A, cell, offsets.shape[0], x.shape[1], hidden_size, proj_size,
+               h.shape[0], reverse, varlen, reset_after, input_forget, out.shape[1], out_col,
+               num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
     if d.T == 0 or d.nrows_max == 0:
         return
     U = 16 if floating is float else 8
@@ -896,6 +1017,73 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
                             &wr[0, 0], &peep[0] if use_peep else NULL,
                             &offsets[0], &nsteps[0], &lens[0], &mask[0], &h[0, 0], &c[0, 0],
                             &out[0, 0], &A, &cl)
+    if rc != 0:
+        raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
+
+
+def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
+             Py_ssize_t[::1] lens, unsigned char[::1] mask, floating[:, ::1] out, int varlen,
+             int hidden_size, int reset_after, int input_forget, double clip, int use_peep,
+             int has_mask, int mask_zero_output, int chunk, int write_out,
+             floating[::1] bias0, floating[::1] bhn0, floating[::1] peep0, floating[::1] wxp0,
+             floating[::1] whp0, floating[:, ::1] h0, floating[:, ::1] c0, acts0,
+             int reverse0, int out_col0,
+             floating[::1] bias1, floating[::1] bhn1, floating[::1] peep1, floating[::1] wxp1,
+             floating[::1] whp1, floating[:, ::1] h1, floating[:, ::1] c1, acts1,
+             int reverse1, int out_col1):
+    """Both directions of one bidirectional layer at the same time, one thread each, on
+    the packed small-batch kernel (no proj_size): the same arguments as two
+    :func:`run_layer` calls sharing input, lengths, mask and output.  Use only where
+    :func:`pair_applies` says so."""
+    cdef Dims d0, d1
+    cdef Acts A0, A1
+    cdef fr_cell cl0, cl1
+    cdef SmallScratch m0, m1
+    cdef fr_seq_f qf0, qf1
+    cdef fr_seq_d qd0, qd1
+    cdef int rc = 0, U
+    _fill_dims(&d0, &A0, cell, offsets.shape[0], x.shape[1], hidden_size, 0, h0.shape[0],
+               reverse0, varlen, reset_after, input_forget, out.shape[1], out_col0, 2,
+               has_mask, mask_zero_output, chunk, write_out, acts0, clip)
+    _fill_dims(&d1, &A1, cell, offsets.shape[0], x.shape[1], hidden_size, 0, h1.shape[0],
+               reverse1, varlen, reset_after, input_forget, out.shape[1], out_col1, 2,
+               has_mask, mask_zero_output, chunk, write_out, acts1, clip)
+    if d0.T == 0 or d0.nrows_max == 0:
+        return
+    if (wxp0.shape[0] == 0 or wxp1.shape[0] == 0 or whp0.shape[0] == 0
+            or whp1.shape[0] == 0 or h1.shape[0] != h0.shape[0]):
+        raise ValueError("run_pair: packed weights of both directions required")
+    U = 16 if floating is float else 8
+    # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
+    # input weights are re-read once per chunk, small next to the recurrent ones per step)
+    cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
+    cdef Py_ssize_t cap = _pair_chunk_bytes // row_bytes if row_bytes > 0 else 1
+    if cap < 1:
+        cap = 1
+    if d0.chunk > cap:
+        d0.chunk = <int>cap
+        d1.chunk = <int>cap
+    _fill_cell(&cl0, cell, d0.G, d0.H, d0.H, U, &A0, use_peep, input_forget, reset_after,
+               &whp0[0], &bias0[0], &bhn0[0], &peep0[0] if use_peep else NULL)
+    _fill_cell(&cl1, cell, d1.G, d1.H, d1.H, U, &A1, use_peep, input_forget, reset_after,
+               &whp1[0], &bias1[0], &bhn1[0], &peep1[0] if use_peep else NULL)
+    with nogil:
+        if _prep_small(&d0, &cl0, &x[0, 0], x.shape[1], &wxp0[0], &offsets[0], &nsteps[0],
+                       &lens[0], &mask[0], &h0[0, 0], &c0[0, 0], &out[0, 0], &m0,
+                       &qf0, &qd0) != 0:
+            rc = -1
+        elif _prep_small(&d1, &cl1, &x[0, 0], x.shape[1], &wxp1[0], &offsets[0], &nsteps[0],
+                         &lens[0], &mask[0], &h1[0, 0], &c1[0, 0], &out[0, 0], &m1,
+                         &qf1, &qd1) != 0:
+            _free_scratch(&m0)
+            rc = -1
+        else:
+            if floating is float:
+                fr_small_pair_f(&cl0, &qf0, &cl1, &qf1)
+            else:
+                fr_small_pair_d(&cl0, &qd0, &cl1, &qd1)
+            _free_scratch(&m0)
+            _free_scratch(&m1)
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
 

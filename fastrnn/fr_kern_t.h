@@ -564,6 +564,30 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 
+/* Both directions of a bidirectional layer at the same time: one thread per direction,
+ * each running its whole time loop alone (no barrier at all).  Pays when the unit split
+ * would need a barrier every step (small batch); falls back to one after the other when
+ * the runtime gives a single thread. */
+static void F(fr_small_pair)(const fr_cell* cl0, F(fr_seq)* q0, const fr_cell* cl1,
+                             F(fr_seq)* q1) {
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(2)
+    {
+        if (omp_get_num_threads() < 2) {
+            F(fr_small_layer)(cl0, q0, 1);
+            F(fr_small_layer)(cl1, q1, 1);
+        } else if (omp_get_thread_num() == 0) {
+            F(fr_small_layer)(cl0, q0, 1);
+        } else {
+            F(fr_small_layer)(cl1, q1, 1);
+        }
+    }
+#else
+    F(fr_small_layer)(cl0, q0, 1);
+    F(fr_small_layer)(cl1, q1, 1);
+#endif
+}
+
 /* ------------------------------------------------- gate pass for the BLAS (large) path
  * rows [0, n): acc (n, acc_ld) recurrent products, xrows[b] projected inputs, h (n, H)
  * previous h (GRU) and/or destination: hout (n, hout_ld) receives h'.  c (n, H). */

@@ -584,6 +584,26 @@ class RNNBase:
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
+                if D == 2 and _kernels.pair_applies(cell, B, Teff, H, self.proj_size,
+                                                    int(self.reset_after), nt, dt.itemsize):
+                    # both directions at the same time, one thread each (no barriers)
+                    dirs = []
+                    for d in range(2):
+                        k = layer * D + d
+                        _, _, bias, bhn, _, peep, wxp, whp = packed[layer][d]
+                        acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2])
+                                for a in self._acts[d]]
+                        acts += [(1, 0.0, 0.0)] * (3 - len(acts))
+                        reverse = (d == 1) != self.go_backwards
+                        dirs += [bias, bhn, peep, wxp, whp, h_state[k],
+                                 c_state[k] if c_state is not None else dummy_c, acts,
+                                 int(reverse), d * Hout]
+                    _kernels.run_pair(
+                        cell, inp, offsets, nsteps, slens, pmask, out, int(perm is not None),
+                        H, int(self.reset_after), int(self.input_forget), self.clip or 0.0,
+                        int(self.peepholes), has_mask, int(masked_output == "zero"), chunk,
+                        int(not last_only), *dirs)
+                    continue
                 for d in range(D):
                     k = layer * D + d
                     wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]

@@ -223,3 +223,168 @@ def test_row_split_lengths_mask(path, cell, nt):
     _check(layer, x, lengths=lengths)
     mask = rng.random((9, 21)) > 0.25
     _check(layer, x, mask=mask)
+
+
+# ------------------------------------------------ both directions at once (run_pair)
+@pytest.fixture(params=[0, 1], ids=["pair-auto", "pair-forced"])
+def pair(request):
+    """Automatic choice (the test shapes are tiny: lift the L1 bound so it picks the
+    concurrent directions) or forced."""
+    old = _kernels._set_pair(request.param)
+    old_l1 = _kernels._L1_BYTES
+    _kernels._L1_BYTES = 0
+    yield request.param
+    _kernels._L1_BYTES = old_l1
+    _kernels._set_pair(old)
+
+
+_PAIR_CELLS = ["RNN", "LSTM", "GRU", "GRU-reset-before"]
+
+
+def _pair_layer(cell, I, H, dtype=np.float32, **kw):
+    if cell == "GRU-reset-before":
+        return fastrnn.GRU(I, H, bidirectional=True, dtype=dtype, reset_after=False, **kw)
+    return CELLS[cell](I, H, bidirectional=True, dtype=dtype, **kw)
+
+
+def _pair_used(layer, B, T):
+    return _kernels.pair_applies(
+        {"RNN": 0, "LSTM": 1, "GRU": 2}[layer._cell], B, T, layer.hidden_size,
+        layer.proj_size, int(layer.reset_after), 2)
+
+
+@pytest.mark.parametrize("cell", _PAIR_CELLS)
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_dense_lengths_mask(pair, cell, B, dtype):
+    """Bidirectional, small batch, 2 threads: the two directions run at the same time
+    (one thread each); dense, variable lengths, masks (carry/zero), stacked."""
+    rng = np.random.default_rng(B * 7 + len(cell))
+    layer = _pair_layer(cell, 5, 19, dtype, num_layers=2, seed=B, num_threads=2)
+    if pair == 1 or B == 1:
+        assert _pair_used(layer, B, 7)
+    x = rng.standard_normal((7, B, 5)).astype(dtype)
+    _check(layer, x)
+    lengths = rng.integers(0, 8, B)
+    lengths[0] = 7
+    _check(layer, x, lengths=lengths)
+    mask = rng.random((7, B)) > 0.3
+    _check(layer, x, mask=mask)
+    _check(layer, x, mask=mask, masked_output="zero")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(activations=["hardsigmoid", "elu", "softsign"]),
+    dict(clip=0.7),
+    dict(peepholes=True),
+    dict(input_forget=True),
+    dict(go_backwards=True),
+], ids=["acts", "clip", "peep", "input_forget", "go_backwards"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_lstm_options(pair, kw, dtype):
+    rng = np.random.default_rng(31)
+    layer = fastrnn.LSTM(6, 21, bidirectional=True, seed=9, num_threads=2, dtype=dtype, **kw)
+    if kw.get("peepholes"):
+        sd = layer.state_dict()
+        for k in sd:
+            if k.startswith("weight_ph"):
+                sd[k] = rng.standard_normal(sd[k].shape).astype(dtype)
+        layer.load_state_dict(sd)
+    x = rng.standard_normal((7, 3, 6)).astype(dtype)
+    _check(layer, x)
+    _check(layer, x, lengths=[7, 2, 5])
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("kw", [dict(), dict(activations=["hardsigmoid", "softsign"]),
+                                dict(clip=0.5), dict(go_backwards=True)],
+                         ids=["default", "acts", "clip", "go_backwards"])
+def test_pair_gru_options(pair, reset_after, kw):
+    rng = np.random.default_rng(37)
+    layer = fastrnn.GRU(5, 19, reset_after=reset_after, seed=4, num_threads=2,
+                        bidirectional=True, **kw)
+    x = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    _check(layer, x)
+    _check(layer, x, lengths=rng.integers(0, 7, 4))
+    _check(layer, x, mask=rng.random((6, 4)) > 0.3)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_pair_rnn_relu_and_states(pair, cell):
+    """Initial states, return_sequences=False, batch_first, relu RNN."""
+    rng = np.random.default_rng(41)
+    kw = dict(nonlinearity="relu") if cell == "RNN" else {}
+    layer = _pair_layer(cell, 4, 17, num_layers=2, seed=6, num_threads=2, **kw)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    h0 = rng.standard_normal((4, 3, 17)).astype(np.float32)
+    hx = (h0, rng.standard_normal((4, 3, 17)).astype(np.float32)) if cell == "LSTM" else h0
+    out, st = layer(x, hx)
+    ref_out, ref_h, ref_c = rnn_forward(layer, x, hx=hx)
+    np.testing.assert_allclose(out, ref_out, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(st[0] if cell == "LSTM" else st, ref_h, rtol=2e-5, atol=2e-5)
+    if cell == "LSTM":
+        np.testing.assert_allclose(st[1], ref_c, rtol=2e-5, atol=2e-5)
+    last, st2 = layer(x, hx, return_sequences=False)
+    np.testing.assert_allclose(last, np.concatenate([ref_h[2], ref_h[3]], axis=-1),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_pair_matches_one_after_the_other():
+    """The concurrent directions give bit-identical results to the sequential order."""
+    rng = np.random.default_rng(47)
+    for cell in _PAIR_CELLS:
+        layer = _pair_layer(cell, 8, 40, num_layers=2, seed=2, num_threads=2)
+        x = rng.standard_normal((12, 6, 8)).astype(np.float32)
+        lengths = rng.integers(1, 13, 6)
+        old = _kernels._set_pair(1)
+        try:
+            a = layer(x, lengths=lengths)
+            _kernels._set_pair(2)
+            b = layer(x, lengths=lengths)
+        finally:
+            _kernels._set_pair(old)
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_pair_choice_is_automatic():
+    _kernels._set_min_parallel_work(16384)
+    L, G, H = 1, 4, 256
+    assert _kernels.pair_applies(L, 8, 100, H, 0, 1, 2)        # BiLSTM B=8: pair
+    Hm = 8
+    while 4 * Hm * Hm * 4 <= 2 * _kernels._L1_BYTES:
+        Hm += 8
+    if 4 * Hm * Hm * 4 * 4 <= 3 * _kernels._L2_BYTES:
+        assert _kernels.pair_applies(L, 1, 100, Hm, 0, 1, 2)   # weights fit in L2
+    assert not _kernels.pair_applies(L, 1, 100, 16, 0, 1, 2)   # half fits in L1
+    assert not _kernels.pair_applies(L, 4, 100, H, 0, 1, 2)    # mid batch: as before
+    assert not _kernels.pair_applies(L, 1, 100, 2048, 0, 1, 2)  # they do not, B=1
+    assert _kernels.pair_applies(L, 8, 100, 2048, 0, 1, 2, 8)
+    assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 1)    # one thread
+    assert not _kernels.pair_applies(L, 16, 100, H, 0, 1, 2)   # row split: no barrier
+    assert not _kernels.pair_applies(L, 8, 100, H, 5, 1, 2)    # proj: BLAS path
+    assert not _kernels.pair_applies(0, 1, 2, 8, 0, 1, 2)      # tiny
+    old = _kernels._set_pair(2)
+    try:
+        assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 2)
+    finally:
+        _kernels._set_pair(old)
+
+
+@pytest.mark.parametrize("cell", _PAIR_CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_small_chunks(cell, dtype):
+    """run_pair caps its projection chunk; chunk boundaries with lengths, reverse, masks."""
+    rng = np.random.default_rng(53)
+    layer = _pair_layer(cell, 5, 20, dtype, seed=8, num_threads=2)
+    B, T = 5, 11
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    G = {"RNN": 1, "LSTM": 4}.get(layer._cell, 3)
+    old_pair = _kernels._set_pair(1)
+    old_bytes = _kernels._set_pair_chunk_bytes(3 * B * G * 20 * np.dtype(dtype).itemsize)
+    try:
+        _check(layer, x)
+        _check(layer, x, lengths=[11, 4, 0, 9, 3])
+        _check(layer, x, mask=rng.random((T, B)) > 0.3)
+    finally:
+        _kernels._set_pair_chunk_bytes(old_bytes)
+        _kernels._set_pair(old_pair)
