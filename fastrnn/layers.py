@@ -436,6 +436,26 @@ class RNNBase:
             s = s[:, None, :]
         return s
 
+    def _prepare(self, x, hx):
+        """Validated time-major input ``(T, B, I)``, whether it was unbatched, and the
+        initial states ``h0`` ``(L*D, B, H_out)`` / ``c0`` (LSTM, else None), zeros when
+        not given.  Shared by the forward and the training forward."""
+        x = self._check_input(x)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        B = x.shape[1]
+        LD, dt = self.num_layers * self.num_directions, self.dtype
+        h0, c0 = self._split_hx(hx)
+        h0 = (np.zeros((LD, B, self.output_size), dt) if h0 is None
+              else self._check_state("h0", h0, B, self.output_size, unbatched))
+        if self._cell == "LSTM":
+            c0 = (np.zeros((LD, B, self.hidden_size), dt) if c0 is None
+                  else self._check_state("c0", c0, B, self.hidden_size, unbatched))
+        return x, unbatched, h0, c0
+
     def _split_hx(self, hx):
         """(h0, c0-or-None) from the user's hx."""
         if hx is None:
@@ -505,21 +525,10 @@ class RNNBase:
         from . import _kernels
         _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
-        x = self._check_input(x)
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
+        x, unbatched, h0, c0 = self._prepare(x, hx)
         T, B = x.shape[0], x.shape[1]
         H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
         dt = self.dtype
-        h0, c0 = self._split_hx(hx)
-        h0 = (np.zeros((L * D, B, Hout), dt) if h0 is None
-              else self._check_state("h0", h0, B, Hout, unbatched))
-        if self._cell == "LSTM":
-            c0 = (np.zeros((L * D, B, H), dt) if c0 is None
-                  else self._check_state("c0", c0, B, H, unbatched))
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
 

@@ -147,24 +147,13 @@ def forward_train(layer, x, hx=None, *, lengths=None, num_threads: int | None = 
     _check_supported(layer)
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
-    x = layer._check_input(x)
-    unbatched = x.ndim == 2
-    if unbatched:
-        x = x[:, None, :]
-    elif layer.batch_first:
-        x = x.transpose(1, 0, 2)
+    x, unbatched, h0, c0 = layer._prepare(x, hx)
     T, B = x.shape[0], x.shape[1]
     H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
     P = layer.proj_size
     G = layer.gate_count
     dt = layer.dtype
     lstm = layer._cell == "LSTM"
-    h0, c0 = layer._split_hx(hx)
-    h0 = (np.zeros((L * D, B, Hout), dt) if h0 is None
-          else layer._check_state("h0", h0, B, Hout, unbatched))
-    if lstm:
-        c0 = (np.zeros((L * D, B, H), dt) if c0 is None
-              else layer._check_state("c0", c0, B, H, unbatched))
 
     # ---- packing: sorted by length, longest first (a dense batch needs no sorting)
     perm = None
