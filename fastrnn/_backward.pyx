@@ -32,7 +32,6 @@ the GIL; scratch memory is allocated per call.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.math cimport exp, expf, tanh, tanhf
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
 from libc.stdint cimport intptr_t
@@ -241,22 +240,7 @@ cdef void _wgemm(int level, int m, int n, int k, const floating* A, int lda, int
 
 
 # ----------------------------------------------------------------------------- math
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
-    else:
-        return exp(x)
-
-
-cdef inline floating _tanh(floating x) noexcept nogil:
-    if floating is float:
-        return tanhf(x)
-    else:
-        return tanh(x)
-
-
-cdef inline floating _sigmoid(floating x) noexcept nogil:
-    return 1 / (1 + _exp(-x))
+from fastrnn._scalar_math cimport _exp, _tanh, _sigmoid
 
 
 cdef inline void _vsig(const floating* a, floating* out, int n) noexcept nogil:

@@ -20,7 +20,7 @@ per call, so concurrent calls never share it.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, tanh, tanhf, log1p, log1pf, fabs, fabsf
+from libc.math cimport exp, expf, log1p, log1pf, fabs, fabsf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport intptr_t
@@ -162,23 +162,7 @@ def _set_blas_local_setter(intptr_t address):
 
 
 # ----------------------------------------------------------------------------- math
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
-    else:
-        return exp(x)
-
-
-cdef inline floating _tanh(floating x) noexcept nogil:
-    if floating is float:
-        return tanhf(x)
-    else:
-        return tanh(x)
-
-
-cdef inline floating _sigmoid(floating x) noexcept nogil:
-    # exp overflows to inf for very negative x, giving exactly 0; no NaN for +-inf.
-    return 1 / (1 + _exp(-x))
+from fastrnn._scalar_math cimport _exp, _tanh, _sigmoid
 
 
 cdef inline floating _act(int code, floating a, floating b, floating x) noexcept nogil:
