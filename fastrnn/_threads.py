@@ -18,11 +18,19 @@ _default: int | None = None
 _blas_hooked = False
 
 
+_cpus: int | None = None
+
+
 def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """CPUs this process may run on, read once (the affinity syscall costs ~1 us, paid
+    otherwise by every call that is not told its thread count)."""
+    global _cpus
+    if _cpus is None:
+        try:
+            _cpus = max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            _cpus = max(1, os.cpu_count() or 1)
+    return _cpus
 
 
 def _env_threads() -> int | None:

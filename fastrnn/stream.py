@@ -289,31 +289,40 @@ class Stream:
     def step(self, x_t) -> np.ndarray:
         """One time step: ``x_t`` ``(B, I)`` (``(B,)`` ids for a model starting with an
         Embedding); returns the step's output ``(B, out)``."""
-        x = np.asarray(x_t)
         if self._kind == "layer":
-            fast = getattr(self.model, "_step_fast", None)
-            if (fast is not None and x.ndim == 2 and x.dtype.kind == "f"
-                    and x.shape == (self.batch_size, self.model.input_size)):
-                return self._fast_step(fast, np.ascontiguousarray(x, dtype=self.model.dtype))
-            if x.ndim != 2:
-                raise ValueError(f"step input must be (B, I), got shape {x.shape}")
-            if self.model.batch_first:
-                return self._feed_layer(x[:, None], None)[:, 0]
-            return self._feed_layer(x[None], None)[0]
-        return self._feed_model(x[:, None])[:, 0]
+            layer = self.model
+            fast = getattr(layer, "_step_fast", None)
+            if fast is not None:
+                x = x_t
+                # the common case (a C-contiguous array of the layer's dtype and the
+                # stream's shape) goes straight to the kernel; anything else is
+                # converted or rejected below
+                if not (type(x) is np.ndarray and x.dtype == layer.dtype
+                        and x.shape == (self.batch_size, layer.input_size)
+                        and x.flags.c_contiguous):
+                    x = np.asarray(x_t)
+                    if not (x.ndim == 2 and x.dtype.kind == "f"
+                            and x.shape == (self.batch_size, layer.input_size)):
+                        return self._step_general(x)
+                    x = np.ascontiguousarray(x, dtype=layer.dtype)
+                r = self._runners[0]
+                st = r.state
+                h, c = (st[0], st[1]) if type(st) is tuple else (st, None)
+                # the kernel's step entry (layer._step_fast) updates h/c in place and
+                # returns a view of h[-1]: the caller gets its own copy
+                y = fast(x, h, c, self.num_threads).copy()
+                r.last_out = y
+                self.steps_seen += 1
+                return y.copy()
+            return self._step_general(np.asarray(x_t))
+        return self._feed_model(np.asarray(x_t)[:, None])[:, 0]
 
-    def _fast_step(self, fast, x):
-        """Lean path for one step (the layer's kernel-level step entry):
-        ``layer._step_fast(x (B, I), h (L, B, H_out), c (L, B, H) or None,
-        num_threads) -> view of h[-1]``, updating ``h``/``c`` (C-contiguous, layer dtype:
-        the runner's own state arrays) in place."""
-        r = self._runners[0]
-        st = r.state
-        h, c = (st[0], st[1]) if isinstance(st, tuple) else (st, None)
-        y = fast(x, h, c, self.num_threads).copy()   # h[-1] changes on the next step
-        r.last_out = y
-        self.steps_seen += 1
-        return y.copy()
+    def _step_general(self, x):
+        if x.ndim != 2:
+            raise ValueError(f"step input must be (B, I), got shape {x.shape}")
+        if self.model.batch_first:
+            return self._feed_layer(x[:, None], None)[:, 0]
+        return self._feed_layer(x[None], None)[0]
 
     __call__ = step
 

@@ -51,7 +51,7 @@ def _check(layer, x, **kw):
 
 
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
-@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8, 9, 17])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 6, 8, 9, 12, 17])
 @pytest.mark.parametrize("H", [1, 7, 16, 33])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_paths_batch_and_hidden(path, cell, B, H, dtype):
