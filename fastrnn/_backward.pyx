@@ -85,6 +85,8 @@ cdef extern from "_backward_gemm.h":
     void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int lda,
                       const double* Bp, double* C, int ldc, double* bias, double* work) nogil
     void* frbg_alloc(size_t bytes) nogil
+    void* frbg_scratch_get(int slot, size_t bytes) nogil
+    void frbg_scratch_put(int slot, void* p) nogil
     double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb, int ones) nogil
     void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
@@ -909,7 +911,9 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     if first > S:
         first = S
     C = 1 + (S - first + cs_steps - 1) // cs_steps
-    acc = <floating*>calloc(<size_t>(per * nt + 1), sizeof(floating))
+    acc = <floating*>frbg_scratch_get(1, sizeof(floating) * (per * nt + 1))
+    if acc != NULL:
+        memset(acc, 0, sizeof(floating) * (per * nt + 1))
     xrows = <const floating**>malloc(sizeof(floating*) * N + 1)
     hrows = <const floating**>malloc(sizeof(floating*) * N + 1)
     claimed = <int*>calloc(C * NU + 1, sizeof(int))
@@ -922,7 +926,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
             wmax = H
         sz_bp = ((wmax + nb - 1) // nb) * nb * kmax + 16
         sz_w = <Py_ssize_t>frbg_wgemm_work(<int>kmax) + 16
-        scratch = <floating*>frbg_alloc(sizeof(floating) * (sz_bp + sz_w) * nt)
+        scratch = <floating*>frbg_scratch_get(2, sizeof(floating) * (sz_bp + sz_w) * nt)
         ok = scratch != NULL
     if ok and d.want_dx:
         if floating is float:
@@ -935,8 +939,8 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                 wihp_n = frbg_pack_d(wih + 2 * H * I, I, H, I, 0, nb)
         ok = wihp != NULL and (wihp_n != NULL or not gru_ra)
     if not ok:
-        free(scratch)
-        free(acc)
+        frbg_scratch_put(2, scratch)
+        frbg_scratch_put(1, acc)
         free(xrows)
         free(hrows)
         free(claimed)
@@ -1025,8 +1029,8 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
         if d.cell == 1 and d.proj:
             for k in range(sz_x):
                 dwhr[k] = acc[<Py_ssize_t>GH * (I + P + 1) + k]
-        free(scratch)
-        free(acc)
+        frbg_scratch_put(2, scratch)
+        frbg_scratch_put(1, acc)
         free(xrows)
         free(hrows)
         free(claimed)
@@ -1049,7 +1053,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     elif d.cell == 1 and d.proj:
         for k in range(sz_x):
             dwhr[k] = acc[sz_ih + sz_hh + k]
-    free(acc)
+    frbg_scratch_put(1, acc)
     free(xrows)
     free(hrows)
     free(claimed)
@@ -1090,7 +1094,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int rc
     R1.bp = NULL
     R2.bp = NULL
-    dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
+    dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * GH + 1)
     ones = <floating*>malloc(sizeof(floating) * N + 1)
     ok = dg != NULL and ones != NULL
     if gru_ra:
@@ -1118,7 +1122,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     if not ok:
         free(R1.bp)
         free(R2.bp)
-        free(dg)
+        frbg_scratch_put(0, dg)
         free(ones)
         free(dnx)
         free(aux)
@@ -1137,7 +1141,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
             frb_blas_threads(old_blas)
         free(R1.bp)
         free(R2.bp)
-        free(dg)
+        frbg_scratch_put(0, dg)
         free(ones)
         free(dnx)
         free(aux)
@@ -1214,7 +1218,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         frb_blas_threads(old_blas)
     free(R1.bp)
     free(R2.bp)
-    free(dg)
+    frbg_scratch_put(0, dg)
     free(ones)
     free(dnx)
     free(aux)
