@@ -259,6 +259,9 @@ FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
  * contiguously instead of one value per row 4 KB apart), and while packing, their column
  * sums are added to bias[0..M) (when bias != NULL): the bias gradients for free.
  * work: scratch of MC * K values (64-byte aligned). */
+#ifndef FRBG_PFD
+#define FRBG_PFD 20
+#endif
 #ifndef FRBG_WKC
 #define FRBG_WKC 128
 #endif
@@ -273,6 +276,11 @@ ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* 
         if (mc == MC) {                          /* full block: fixed trip counts */ \
             for (kk = 0; kk < K; kk++) {                                               \
                 const T* row = A + (size_t)kk * lda + i0;                              \
+                if (kk + FRBG_PFD < K) {  /* rows are a page apart: no HW prefetch */   \
+                    const char* pf = (const char*)(row + (size_t)FRBG_PFD * lda);      \
+                    for (r = 0; r < (int)(MC * sizeof(T)); r += 64)                    \
+                        __builtin_prefetch(pf + r, 0, 3);                              \
+                }                                                                      \
                 for (q = 0; q < MC / MR; q++)                                          \
                     for (r = 0; r < MR; r++)                                           \
                         work[((size_t)q * K + kk) * MR + r] = row[q * MR + r];         \
