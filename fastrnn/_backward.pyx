@@ -61,6 +61,32 @@ cdef extern from "_backward_gemm.h":
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
     float* frbg_pack_rows_f(const float* const* rows, int k, int n, int nb, int ones) nogil
+    float* frbg_pack_rows_f_into(const float* const* rows, int k, int n, int nb, int ones,
+                                 float* out) nogil
+    double* frbg_pack_rows_d_into(const double* const* rows, int k, int n, int nb, int ones,
+                                  double* out) nogil
+    float* frbg_pack_f_into(const float* W, int ldw, int k, int n, int trans, int nb,
+                            float* out) nogil
+    double* frbg_pack_d_into(const double* W, int ldw, int k, int n, int trans, int nb,
+                             double* out) nogil
+    int frbg_lstm_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
+                        const Py_ssize_t* nsteps, int I, int H, const float* x,
+                        const float* wih, const float* whh, const float* bias,
+                        const float* h0, const float* c0, float* y, int ldy, float* gates,
+                        float* cs) nogil
+    int frbg_lstm_fwd_d(int level, int nt, int S, const Py_ssize_t* offsets,
+                        const Py_ssize_t* nsteps, int I, int H, const double* x,
+                        const double* wih, const double* whh, const double* bias,
+                        const double* h0, const double* c0, double* y, int ldy,
+                        double* gates, double* cs) nogil
+    size_t frbg_wgemm_work(int K) nogil
+    void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
+                      const float* Bp, float* C, int ldc, float* bias, float* work) nogil
+    void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int lda,
+                      const double* Bp, double* C, int ldc, double* bias, double* work) nogil
+    void* frbg_alloc(size_t bytes) nogil
+    void* frbg_scratch_get(int slot, size_t bytes) nogil
+    void frbg_scratch_put(int slot, void* p) nogil
     double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb, int ones) nogil
     void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
@@ -581,6 +607,18 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef int level = frbg_level()
     R1.bp = NULL
     R2.bp = NULL
+    if d.cell == 1 and not d.proj and level > 0 and fr_can_pipeline():
+        # LSTM: both threads through every step, split by units (one barrier per step)
+        old_blas = frb_blas_threads(nt)
+        if floating is float:
+            rc = frbg_lstm_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, h0,
+                                 c0, y, ldy, gates, cs)
+        else:
+            rc = frbg_lstm_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, h0,
+                                 c0, y, ldy, gates, cs)
+        if old_blas >= 0:
+            frb_blas_threads(old_blas)
+        return rc
     if d.cell == 0:
         ok = _rec_init(&R1, whh, H, H, H, True, small)
     elif d.cell == 1:
@@ -777,6 +815,51 @@ cdef bint _chunk_grads(Dims* d, int level, Py_ssize_t R0, Py_ssize_t R1,
     return True
 
 
+cdef void _chunk_unit(Dims* d, int level, int kind, Py_ssize_t R0, Py_ssize_t R1,
+                      const floating** xrows, const floating** hrows, const floating* wihp,
+                      const floating* dg, const floating* aux, const floating* dy,
+                      floating* dx, floating* acc, floating* bp,
+                      floating* work) noexcept nogil:
+    """One unit of the weight-gradient work of rows [R0, R1) (SimpleRNN, LSTM), on the
+    calling thread.  kind 0: [dW_ih | db] += dG^T X (the bias from the column sums of dG,
+    taken while packing it); 1: dW_hh += dG^T H_prev (and dW_hr); 2: the dX rows.  acc
+    (per thread): dW_ih (G*H, I), dW_hh (G*H, Hout), db (G*H), dW_hr (P, H).  bp, work:
+    the thread's scratch for the packed rows and the packed dG."""
+    cdef int I = d.I, H = d.H, P = d.P, GH = d.G * d.H
+    cdef int m = <int>(R1 - R0)
+    cdef int nb = frbg_nb(level, sizeof(floating))
+    cdef floating* acc_hh = acc + <Py_ssize_t>GH * I
+    cdef floating* accb = acc_hh + <Py_ssize_t>GH * P
+    cdef floating* accx = accb + GH
+    if m <= 0:
+        return
+    # kinds 0: dW_ih (and db), 1: dW_hh (and dW_hr), 2: the dX rows
+    if kind == 0:
+        if floating is float:
+            frbg_pack_rows_f_into(xrows + R0, m, I, nb, 0, bp)
+            frbg_wgemm_f(level, GH, I, m, dg + R0 * GH, GH, bp, acc, I, accb, work)
+        else:
+            frbg_pack_rows_d_into(xrows + R0, m, I, nb, 0, bp)
+            frbg_wgemm_d(level, GH, I, m, dg + R0 * GH, GH, bp, acc, I, accb, work)
+    elif kind == 1:
+        if floating is float:
+            frbg_pack_rows_f_into(hrows + R0, m, P, nb, 0, bp)
+            frbg_wgemm_f(level, GH, P, m, dg + R0 * GH, GH, bp, acc_hh, P, NULL, work)
+        else:
+            frbg_pack_rows_d_into(hrows + R0, m, P, nb, 0, bp)
+            frbg_wgemm_d(level, GH, P, m, dg + R0 * GH, GH, bp, acc_hh, P, NULL, work)
+        if d.cell == 1 and d.proj:
+            # dW_hr += dY^T (o * tanh(c)), dY the total gradient reaching each h
+            if floating is float:
+                frbg_pack_f_into(aux + R0 * H, H, m, H, 0, nb, bp)
+                frbg_wgemm_f(level, P, H, m, dy + R0 * P, P, bp, accx, H, NULL, work)
+            else:
+                frbg_pack_d_into(aux + R0 * H, H, m, H, 0, nb, bp)
+                frbg_wgemm_d(level, P, H, m, dy + R0 * P, P, bp, accx, H, NULL, work)
+    elif d.want_dx:
+        _pgemm(level, m, I, GH, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
+
+
 cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec* R2,
                              const floating* x, const floating* wih,
                              const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
@@ -804,6 +887,12 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     cdef void* wihp = NULL
     cdef void* wihp_n = NULL
     cdef int* claimed = NULL
+    cdef floating* scratch = NULL
+    cdef Py_ssize_t kmax, wmax, sz_bp = 0, sz_w = 0
+    cdef int u, kind, first
+    # SimpleRNN / LSTM: work units (chunk, kind) of _chunk_unit; GRU: whole chunks
+    cdef bint units = d.cell != 2
+    cdef int NU = 3 if units else 1
     cdef int progress = 0, failed = 0
     cdef int C, cs_steps, c, s, s_hi, s_lo, b, t, tid, j, r
     cdef Py_ssize_t k, R0, R1r, target
@@ -815,12 +904,30 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     cs_steps = <int>((target + d.B - 1) // d.B)
     if cs_steps < 1:
         cs_steps = 1
-    C = (S + cs_steps - 1) // cs_steps
-    acc = <floating*>calloc(<size_t>(per * nt + 1), sizeof(floating))
+    # a short first chunk: the other threads start on it early
+    first = cs_steps // 4
+    if first < 1:
+        first = 1
+    if first > S:
+        first = S
+    C = 1 + (S - first + cs_steps - 1) // cs_steps
+    acc = <floating*>frbg_scratch_get(1, sizeof(floating) * (per * nt + 1))
+    if acc != NULL:
+        memset(acc, 0, sizeof(floating) * (per * nt + 1))
     xrows = <const floating**>malloc(sizeof(floating*) * N + 1)
     hrows = <const floating**>malloc(sizeof(floating*) * N + 1)
-    claimed = <int*>calloc(C + 1, sizeof(int))
+    claimed = <int*>calloc(C * NU + 1, sizeof(int))
     ok = acc != NULL and xrows != NULL and hrows != NULL and claimed != NULL
+    if ok and units:
+        # per thread: packed rows (up to max(I, Hout, H) columns) and the packed dG block
+        kmax = <Py_ssize_t>cs_steps * nsteps[0]
+        wmax = I if I > P else P
+        if H > wmax:
+            wmax = H
+        sz_bp = ((wmax + nb - 1) // nb) * nb * kmax + 16
+        sz_w = <Py_ssize_t>frbg_wgemm_work(<int>kmax) + 16
+        scratch = <floating*>frbg_scratch_get(2, sizeof(floating) * (sz_bp + sz_w) * nt)
+        ok = scratch != NULL
     if ok and d.want_dx:
         if floating is float:
             wihp = frbg_pack_f(wih, I, 2 * H if gru_ra else GH, I, 0, nb)
@@ -832,7 +939,8 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                 wihp_n = frbg_pack_d(wih + 2 * H * I, I, H, I, 0, nb)
         ok = wihp != NULL and (wihp_n != NULL or not gru_ra)
     if not ok:
-        free(acc)
+        frbg_scratch_put(2, scratch)
+        frbg_scratch_put(1, acc)
         free(xrows)
         free(hrows)
         free(claimed)
@@ -854,48 +962,81 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
         tid = threadid()
         if tid == 0:
             for c in range(C):
-                s_hi = S - c * cs_steps
-                s_lo = s_hi - cs_steps
+                s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
+                s_lo = s_hi - (first if c == 0 else cs_steps)
                 if s_lo < 0:
                     s_lo = 0
                 for s in range(s_hi - 1, s_lo - 1, -1):
                     _bwd_step(d, s, 1, R1, R2, offsets, nsteps, h0, c0, y, gates, cs, dy, dh,
                               dc, dg, dnx, dhr, aux, tmp)
                 fr_store(&progress, c + 1)
-            for c in range(C - 1, -1, -1):
-                if fr_claim(&claimed[c]):
-                    s_hi = S - c * cs_steps
-                    s_lo = s_hi - cs_steps
+            for u in range(C * NU - 1, -1, -1):
+                if fr_claim(&claimed[u]):
+                    c = u // NU
+                    kind = u - c * NU
+                    s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
+                    s_lo = s_hi - (first if c == 0 else cs_steps)
                     if s_lo < 0:
                         s_lo = 0
                     R0 = offsets[s_lo]
                     R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
-                    if not _chunk_grads(d, level, R0, R1r, xrows, hrows,
-                                        <const floating*>wihp, <const floating*>wihp_n, dg,
-                                        dnx, aux, dy, dx, acc, acc + sz_ih,
-                                        acc + sz_ih + sz_hh):
+                    if units:
+                        _chunk_unit(d, level, kind, R0, R1r, xrows, hrows,
+                                    <const floating*>wihp, dg, aux, dy, dx, acc, scratch,
+                                    scratch + sz_bp)
+                    elif not _chunk_grads(d, level, R0, R1r, xrows, hrows,
+                                          <const floating*>wihp, <const floating*>wihp_n, dg,
+                                          dnx, aux, dy, dx, acc, acc + sz_ih,
+                                          acc + sz_ih + sz_hh):
                         fr_store(&failed, 1)
         else:
-            for c in range(C):
+            for u in range(C * NU):
+                c = u // NU
+                kind = u - c * NU
                 fr_wait_gt(&progress, c)
-                if fr_claim(&claimed[c]):
-                    s_hi = S - c * cs_steps
-                    s_lo = s_hi - cs_steps
+                if fr_claim(&claimed[u]):
+                    s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
+                    s_lo = s_hi - (first if c == 0 else cs_steps)
                     if s_lo < 0:
                         s_lo = 0
                     R0 = offsets[s_lo]
                     R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
-                    if not _chunk_grads(d, level, R0, R1r, xrows, hrows,
-                                        <const floating*>wihp, <const floating*>wihp_n, dg,
-                                        dnx, aux, dy, dx, acc + per * tid,
-                                        acc + per * tid + sz_ih,
-                                        acc + per * tid + sz_ih + sz_hh):
+                    if units:
+                        _chunk_unit(d, level, kind, R0, R1r, xrows, hrows,
+                                    <const floating*>wihp, dg, aux, dy, dx, acc + per * tid,
+                                    scratch + (sz_bp + sz_w) * tid,
+                                    scratch + (sz_bp + sz_w) * tid + sz_bp)
+                    elif not _chunk_grads(d, level, R0, R1r, xrows, hrows,
+                                          <const floating*>wihp, <const floating*>wihp_n, dg,
+                                          dnx, aux, dy, dx, acc + per * tid,
+                                          acc + per * tid + sz_ih,
+                                          acc + per * tid + sz_ih + sz_hh):
                         fr_store(&failed, 1)
 
     # sum the per-thread accumulators into thread 0's, then scatter
     for t in range(1, nt):
         for k in range(per):
             acc[k] += acc[per * t + k]
+    if units:
+        # acc: dW_ih (GH, I), dW_hh (GH, P), db (GH), dW_hr (P, H)
+        for k in range(<Py_ssize_t>GH * I):
+            dwih[k] = acc[k]
+        for k in range(<Py_ssize_t>GH * P):
+            dwhh[k] = acc[<Py_ssize_t>GH * I + k]
+        for r in range(GH):
+            dbih[r] = acc[<Py_ssize_t>GH * (I + P) + r]
+            dbhh[r] = dbih[r]
+        if d.cell == 1 and d.proj:
+            for k in range(sz_x):
+                dwhr[k] = acc[<Py_ssize_t>GH * (I + P + 1) + k]
+        frbg_scratch_put(2, scratch)
+        frbg_scratch_put(1, acc)
+        free(xrows)
+        free(hrows)
+        free(claimed)
+        free(wihp)
+        free(wihp_n)
+        return -1 if failed else 0
     for r in range(GH):
         for j in range(I):
             dwih[<Py_ssize_t>r * I + j] = acc[<Py_ssize_t>r * (I + 1) + j]
@@ -912,7 +1053,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     elif d.cell == 1 and d.proj:
         for k in range(sz_x):
             dwhr[k] = acc[sz_ih + sz_hh + k]
-    free(acc)
+    frbg_scratch_put(1, acc)
     free(xrows)
     free(hrows)
     free(claimed)
@@ -953,7 +1094,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int rc
     R1.bp = NULL
     R2.bp = NULL
-    dg = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * GH + 1)
+    dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * GH + 1)
     ones = <floating*>malloc(sizeof(floating) * N + 1)
     ok = dg != NULL and ones != NULL
     if gru_ra:
@@ -981,7 +1122,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     if not ok:
         free(R1.bp)
         free(R2.bp)
-        free(dg)
+        frbg_scratch_put(0, dg)
         free(ones)
         free(dnx)
         free(aux)
@@ -1000,7 +1141,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
             frb_blas_threads(old_blas)
         free(R1.bp)
         free(R2.bp)
-        free(dg)
+        frbg_scratch_put(0, dg)
         free(ones)
         free(dnx)
         free(aux)
@@ -1077,7 +1218,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         frb_blas_threads(old_blas)
     free(R1.bp)
     free(R2.bp)
-    free(dg)
+    frbg_scratch_put(0, dg)
     free(ones)
     free(dnx)
     free(aux)

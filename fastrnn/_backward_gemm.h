@@ -14,6 +14,7 @@
 #define FASTRNN_BACKWARD_GEMM_H
 
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -53,13 +54,46 @@ static void* frbg_alloc(size_t bytes) {
     return p;
 }
 
+/* Scratch blocks kept between calls (one per slot): a training step allocates the same
+ * large buffers (dG: N x 4H values) every call, and fresh pages from the OS cost a page
+ * fault each (measured: up to 15k faults, +50 ms, in a 60 ms LSTM backward).  get takes
+ * the slot's block when it is large enough (else allocates), put returns it to the slot
+ * (or frees it when the slot is taken, e.g. by a concurrent call); blocks over 512 MiB are
+ * never kept.  Lock-free (atomic exchange); the block's size is in its first 64 bytes. */
+#define FRBG_SLOTS 4
+static void* frbg_slot[FRBG_SLOTS];
+static void* frbg_scratch_get(int slot, size_t bytes) {
+    void* p = NULL;
+#if defined(__GNUC__) || defined(__clang__)
+    p = __atomic_exchange_n(&frbg_slot[slot], (void*)NULL, __ATOMIC_ACQ_REL);
+#endif
+    if (p && *(size_t*)p >= bytes) return (char*)p + 64;
+    free(p);
+    p = frbg_alloc(bytes + 64);
+    if (!p) return NULL;
+    *(size_t*)p = bytes;
+    return (char*)p + 64;
+}
+static void frbg_scratch_put(int slot, void* q) {
+    void* p;
+    if (!q) return;
+    p = (char*)q - 64;
+#if defined(__GNUC__) || defined(__clang__)
+    if (*(size_t*)p <= ((size_t)512 << 20)) {
+        void* expected = NULL;
+        if (__atomic_compare_exchange_n(&frbg_slot[slot], &expected, p, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return;
+    }
+#endif
+    free(p);
+}
+
 /* Pack B (k x n) into panels of nb columns.  trans=0: B[kk][j] = W[kk*ldw + j];
  * trans=1: B[kk][j] = W[j*ldw + kk] (B = W^T).  Returns NULL when out of memory. */
 #define FRBG_PACK(NAME, T)                                                             \
-static T* NAME(const T* W, int ldw, int k, int n, int trans, int nb) {                 \
+static T* NAME##_into(const T* W, int ldw, int k, int n, int trans, int nb, T* out) {  \
     int np = (n + nb - 1) / nb, p, kk, j;                                              \
-    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)np * k * nb);                          \
-    if (!out) return NULL;                                                             \
     for (p = 0; p < np; p++) {                                                         \
         T* P = out + (size_t)p * k * nb;                                               \
         int j0 = p * nb, w = n - j0 < nb ? n - j0 : nb;                                \
@@ -71,6 +105,11 @@ static T* NAME(const T* W, int ldw, int k, int n, int trans, int nb) {          
         }                                                                              \
     }                                                                                  \
     return out;                                                                        \
+}                                                                                      \
+static T* NAME(const T* W, int ldw, int k, int n, int trans, int nb) {                 \
+    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)((n + nb - 1) / nb) * k * nb);         \
+    if (!out) return NULL;                                                             \
+    return NAME##_into(W, ldw, k, n, trans, nb, out);                                  \
 }
 FRBG_PACK(frbg_pack_f, float)
 FRBG_PACK(frbg_pack_d, double)
@@ -78,11 +117,9 @@ FRBG_PACK(frbg_pack_d, double)
 /* Pack B (k x n + ones) whose row kk starts at rows[kk] (contiguous n values); with
  * ones, B gets an extra last column of ones (so that A @ B also yields A's row sums). */
 #define FRBG_PACK_ROWS(NAME, T)                                                        \
-static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {                 \
+static T* NAME##_into(const T* const* rows, int k, int n, int nb, int ones, T* out) {  \
     int nt = n + (ones ? 1 : 0);                                                       \
     int np = (nt + nb - 1) / nb, p, kk, j;                                             \
-    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)np * k * nb);                          \
-    if (!out) return NULL;                                                             \
     for (kk = 0; kk < k; kk++) {                                                       \
         const T* src = rows[kk];                                                       \
         for (p = 0; p < np; p++) {                                                     \
@@ -94,16 +131,42 @@ static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {          
         }                                                                              \
     }                                                                                  \
     return out;                                                                        \
+}                                                                                      \
+static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {                 \
+    int np = (n + (ones ? 1 : 0) + nb - 1) / nb;                                       \
+    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)np * k * nb);                          \
+    if (!out) return NULL;                                                             \
+    return NAME##_into(rows, k, n, nb, ones, out);                                     \
 }
 FRBG_PACK_ROWS(frbg_pack_rows_f, float)
 FRBG_PACK_ROWS(frbg_pack_rows_d, double)
+
+/* Pack B = W^T (k x 4H), W (4H x k, ldw) in PyTorch layout, in the unit-block layout of
+ * frbg_gemmu_*: panel p, row kk = [i | f | g | o] of units p*U .. p*U+U-1 (zero past H). */
+#define FRBG_PACK_UNITS(NAME, T)                                                       \
+static void NAME(const T* W, int ldw, int k, int H, int U, int p0, int p1, T* out) {  \
+    int p, g, u, kk;                                                                   \
+    for (p = p0; p < p1; p++)                                                          \
+        for (g = 0; g < 4; g++)                                                        \
+            for (u = 0; u < U; u++) {                                                  \
+                int unit = p * U + u;                                                  \
+                T* dst = out + (size_t)p * k * 4 * U + g * U + u;                      \
+                if (unit < H) {                                                        \
+                    const T* src = W + (size_t)(g * H + unit) * ldw;                   \
+                    for (kk = 0; kk < k; kk++) dst[(size_t)kk * 4 * U] = src[kk];      \
+                } else                                                                 \
+                    for (kk = 0; kk < k; kk++) dst[(size_t)kk * 4 * U] = 0;            \
+            }                                                                          \
+}
+FRBG_PACK_UNITS(frbg_pack_units_f, float)
+FRBG_PACK_UNITS(frbg_pack_units_d, double)
 
 #if FRBG_X86
 /* micro-kernel: MR (compile-time constant after inlining) rows x 4 vectors */
 #define FRBG_MICRO(NAME, T, VT, VTU, VL, ATTR)                                          \
 ATTR static inline __attribute__((always_inline)) void                                \
 NAME(const int mr, int k, const T* A, int lda, int aks, const T* P, T* C, int ldc,    \
-     int w, int beta) {                                                                \
+     int w, int beta, int vs) {                                                        \
     VT acc[6][4];                                                                      \
     int r, v, kk, j;                                                                   \
     for (r = 0; r < mr; r++)                                                           \
@@ -112,22 +175,29 @@ NAME(const int mr, int k, const T* A, int lda, int aks, const T* P, T* C, int ld
         const VT* b = (const VT*)(P + (size_t)kk * 4 * VL);                            \
         VT b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];                                 \
         for (r = 0; r < mr; r++) {                                                     \
-            VT a = (VT){0} + A[(size_t)r * lda + (size_t)kk * aks];                    \
+            VT a = A[(size_t)r * lda + (size_t)kk * aks] - (VT){0};  /* broadcast */  \
             acc[r][0] += a * b0; acc[r][1] += a * b1;                                  \
             acc[r][2] += a * b2; acc[r][3] += a * b3;                                  \
         }                                                                              \
     }                                                                                  \
-    if (w == 4 * VL) {                                                                 \
-        for (r = 0; r < mr; r++) {                                                     \
-            VTU* c = (VTU*)(C + (size_t)r * ldc);                                      \
-            for (v = 0; v < 4; v++) c[v] = beta ? c[v] + acc[r][v] : acc[r][v];       \
-        }                                                                              \
+    /* vs: distance between the 4 vectors' columns in C (VL: one contiguous panel of w  \
+     * valid columns; else the unit-block layout: w valid lanes in each vector) */     \
+    if (vs == VL ? w == 4 * VL : w == VL) {                                            \
+        for (r = 0; r < mr; r++)                                                       \
+            for (v = 0; v < 4; v++) {                                                  \
+                VTU* c = (VTU*)(C + (size_t)r * ldc + (size_t)v * vs);                 \
+                *c = beta ? *c + acc[r][v] : acc[r][v];                                \
+            }                                                                          \
     } else {                                                                           \
         T tmp[4 * VL];                                                                 \
         for (r = 0; r < mr; r++) {                                                     \
             memcpy(tmp, acc[r], sizeof(tmp));                                          \
-            T* c = C + (size_t)r * ldc;                                                \
-            for (j = 0; j < w; j++) c[j] = beta ? c[j] + tmp[j] : tmp[j];              \
+            for (v = 0; v < 4; v++)                                                    \
+                for (j = 0; j < VL; j++) {                                             \
+                    if (vs == VL ? v * VL + j >= w : j >= w) break;                    \
+                    T* c = C + (size_t)r * ldc + (size_t)v * vs + j;                   \
+                    *c = beta ? *c + tmp[v * VL + j] : tmp[v * VL + j];                \
+                }                                                                      \
         }                                                                              \
     }                                                                                  \
 }
@@ -147,13 +217,13 @@ ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T
             kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
             bt = beta || k0 > 0;                                                       \
             for (i = 0; i + MR <= m; i += MR)                                          \
-                MICRO(MR, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); \
+                MICRO(MR, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); \
             switch (m - i) {                                                           \
-            case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); break; \
-            case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); break; \
-            case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); break; \
-            case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); break; \
-            case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt); break; \
+            case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
+            case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
+            case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
+            case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
+            case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
             default: break;                                                            \
             }                                                                          \
             if (k == 0) break;                                                         \
@@ -182,6 +252,136 @@ FRBG_GEMM(frbg_gemm_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
 FRBG_GEMM(frbg_gemm_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
 FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 
+/* Weight-gradient GEMM, C (M x N, ldc) += A^T B, where A (K x M) is stored row-major
+ * with leading dimension lda (the gate gradients dG: one row per (step, sequence)) and
+ * B (K x N) was packed by frbg_pack_rows (panels of 4 vectors).  Blocks of MC columns of
+ * A are first packed into micro-panels of MR values per k (so the micro-kernel reads A
+ * contiguously instead of one value per row 4 KB apart), and while packing, their column
+ * sums are added to bias[0..M) (when bias != NULL): the bias gradients for free.
+ * work: scratch of MC * K values (64-byte aligned). */
+#ifndef FRBG_PFD
+#define FRBG_PFD 20
+#endif
+#ifndef FRBG_WKC
+#define FRBG_WKC 128
+#endif
+#define FRBG_WGEMM(NAME, MICRO, T, VL, MR, ATTR)                                        \
+ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* C,     \
+                      int ldc, T* bias, T* work) {                                     \
+    enum { MC = 8 * MR };                                                              \
+    int np = (N + 4 * VL - 1) / (4 * VL), i0, mc, kk, q, r, p, nq, k0, kc;                     \
+    for (i0 = 0; i0 < M; i0 += MC) {                                                   \
+        mc = M - i0 < MC ? M - i0 : MC;                                                \
+        nq = (mc + MR - 1) / MR;                                                       \
+        if (mc == MC) {                          /* full block: fixed trip counts */ \
+            for (kk = 0; kk < K; kk++) {                                               \
+                const T* row = A + (size_t)kk * lda + i0;                              \
+                if (kk + FRBG_PFD < K) {  /* rows are a page apart: no HW prefetch */   \
+                    const char* pf = (const char*)(row + (size_t)FRBG_PFD * lda);      \
+                    for (r = 0; r < (int)(MC * sizeof(T)); r += 64)                    \
+                        __builtin_prefetch(pf + r, 0, 3);                              \
+                }                                                                      \
+                for (q = 0; q < MC / MR; q++)                                          \
+                    for (r = 0; r < MR; r++)                                           \
+                        work[((size_t)q * K + kk) * MR + r] = row[q * MR + r];         \
+                if (bias) for (r = 0; r < MC; r++) bias[i0 + r] += row[r];             \
+            }                                                                          \
+        } else                                                                         \
+        for (kk = 0; kk < K; kk++) {                                                   \
+            const T* row = A + (size_t)kk * lda + i0;                                  \
+            for (q = 0; q < nq; q++) {                                                 \
+                T* dst = work + ((size_t)q * K + kk) * MR;                             \
+                int w = mc - q * MR < MR ? mc - q * MR : MR;                           \
+                for (r = 0; r < w; r++) dst[r] = row[q * MR + r];                      \
+                for (; r < MR; r++) dst[r] = 0;                                        \
+            }                                                                          \
+            if (bias) for (r = 0; r < mc; r++) bias[i0 + r] += row[r];                 \
+        }                                                                              \
+        for (k0 = 0; k0 < K; k0 += FRBG_WKC) {                                         \
+          kc = K - k0 < FRBG_WKC ? K - k0 : FRBG_WKC;                                  \
+          for (p = 0; p < np; p++) {                                                   \
+            int j0 = p * 4 * VL, w = N - j0 < 4 * VL ? N - j0 : 4 * VL;                \
+            const T* P = Bp + ((size_t)p * K + k0) * 4 * VL;                           \
+            for (q = 0; q < nq; q++) {                                                 \
+                const T* Aq = work + ((size_t)q * K + k0) * MR;                        \
+                T* Cq = C + (size_t)(i0 + q * MR) * ldc + j0;                          \
+                switch (mc - q * MR < MR ? mc - q * MR : MR) {                         \
+                case 1: MICRO(1, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
+                case 2: MICRO(2, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
+                case 3: MICRO(3, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
+                case 4: MICRO(4, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
+                case 5: MICRO(5, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
+                default: MICRO(MR, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
+                }                                                                      \
+            }                                                                          \
+          }                                                                            \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_WGEMM(frbg_wgemm_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
+FRBG_WGEMM(frbg_wgemm_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
+FRBG_WGEMM(frbg_wgemm_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
+FRBG_WGEMM(frbg_wgemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
+
+/* scratch values frbg_wgemm_* needs for a given K */
+static size_t frbg_wgemm_work(int K) { return (size_t)48 * (K > 0 ? K : 1); }
+
+static void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
+                         const float* Bp, float* C, int ldc, float* bias, float* work) {
+    if (level == 2) frbg_wgemm_f512(M, N, K, A, lda, Bp, C, ldc, bias, work);
+    else frbg_wgemm_f2(M, N, K, A, lda, Bp, C, ldc, bias, work);
+}
+static void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int lda,
+                         const double* Bp, double* C, int ldc, double* bias, double* work) {
+    if (level == 2) frbg_wgemm_d512(M, N, K, A, lda, Bp, C, ldc, bias, work);
+    else frbg_wgemm_d2(M, N, K, A, lda, Bp, C, ldc, bias, work);
+}
+
+/* Unit-block GEMM for the LSTM training forward: B = W^T packed by frbg_pack_units
+ * (panel p = units p*VL .. p*VL+VL-1, its 4 vectors the gates i, f, g, o of those units),
+ * C in the gate layout [i | f | g | o] (H columns each): C[r][g*H + u] (+)= (A @ B).
+ * Panels [p0, p1); A (m x k) element (r, kk) at A[r*lda + kk]. */
+#define FRBG_GEMMU(NAME, MICRO, T, VL, MR, ATTR)                                        \
+ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
+                      int ldc, int beta, int p0, int p1) {                             \
+    int p, i, k0, kc, bt;                                                              \
+    for (p = p0; p < p1; p++) {                                                        \
+        int u0 = p * VL, wu = H - u0 < VL ? H - u0 : VL;                               \
+        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
+            const T* P = Bp + ((size_t)p * k + k0) * 4 * VL;                           \
+            const T* Ak = A + k0;                                                      \
+            T* Cp = C + u0;                                                            \
+            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
+            bt = beta || k0 > 0;                                                       \
+            for (i = 0; i + MR <= m; i += MR)                                          \
+                MICRO(MR, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); \
+            switch (m - i) {                                                           \
+            case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+            case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+            case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+            case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+            case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+            default: break;                                                            \
+            }                                                                          \
+            if (k == 0) break;                                                         \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_GEMMU(frbg_gemmu_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
+FRBG_GEMMU(frbg_gemmu_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
+FRBG_GEMMU(frbg_gemmu_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
+FRBG_GEMMU(frbg_gemmu_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
+static void frbg_gemmu_f(int level, int m, int H, int k, const float* A, int lda,
+                         const float* Bp, float* C, int ldc, int beta, int p0, int p1) {
+    if (level == 2) frbg_gemmu_f512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else frbg_gemmu_f2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+}
+static void frbg_gemmu_d(int level, int m, int H, int k, const double* A, int lda,
+                         const double* Bp, double* C, int ldc, int beta, int p0, int p1) {
+    if (level == 2) frbg_gemmu_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else frbg_gemmu_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+}
+
 static void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                         const float* Bp, float* C, int ldc, int beta, int p0, int p1) {
     if (level == 2) frbg_gemm_f512(m, n, k, A, lda, aks, Bp, C, ldc, beta, p0, p1);
@@ -193,6 +393,11 @@ static void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda
     else frbg_gemm_d2(m, n, k, A, lda, aks, Bp, C, ldc, beta, p0, p1);
 }
 #else
+static size_t frbg_wgemm_work(int K) { return (size_t)48 * (K > 0 ? K : 1); }
+static void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
+                         const float* Bp, float* C, int ldc, float* bias, float* work) {}
+static void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int lda,
+                         const double* Bp, double* C, int ldc, double* bias, double* work) {}
 static void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                         const float* Bp, float* C, int ldc, int beta, int p0, int p1) {}
 static void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda, int aks,
@@ -299,21 +504,31 @@ ATTR static void frbg_lstm_bwd_##SUF(int r0, int r1, int H, const T* gs, const T
         const T* restrict sb = src + (size_t)b * ldsrc;                                \
         T* restrict dcb = dc + (size_t)b * H;                                          \
         T* restrict d = dg + (size_t)b * 4 * H;                                        \
-        TANH(cs + (size_t)b * H, d + 3 * H, H);         /* tanh(c) in the o slot */   \
-        for (int j = 0; j < H; j++) {                                                  \
-            T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j];             \
-            T tc = d[3 * H + j], dh = sb[j];                                           \
+        /* per-gate pointers: with -fwrapv (Python's flags) g[H + j] in int would not  \
+         * vectorise */                                                                \
+        const T* restrict gi = g;                                                      \
+        const T* restrict gf = g + (size_t)H;                                          \
+        const T* restrict gg_ = g + (size_t)2 * H;                                     \
+        const T* restrict go = g + (size_t)3 * H;                                      \
+        T* restrict di = d;                                                            \
+        T* restrict df = d + (size_t)H;                                                \
+        T* restrict dgg = d + (size_t)2 * H;                                           \
+        T* restrict dop = d + (size_t)3 * H;                                           \
+        TANH(cs + (size_t)b * H, dop, H);               /* tanh(c) in the o slot */   \
+        for (size_t j = 0; j < (size_t)H; j++) {                                       \
+            T i = gi[j], f = gf[j], gg = gg_[j], o = go[j];                            \
+            T tc = dop[j], dh = sb[j];                                                 \
             T dct = dcb[j] + dh * o * ((T)1 - tc * tc);                                \
-            d[j] = dct * gg * i * ((T)1 - i);                                          \
-            d[H + j] = dct * cpb[j] * f * ((T)1 - f);                                  \
-            d[2 * H + j] = dct * i * ((T)1 - gg * gg);                                 \
-            d[3 * H + j] = dh * tc * o * ((T)1 - o);                                   \
+            di[j] = dct * gg * i * ((T)1 - i);                                         \
+            df[j] = dct * cpb[j] * f * ((T)1 - f);                                     \
+            dgg[j] = dct * i * ((T)1 - gg * gg);                                       \
+            dop[j] = dh * tc * o * ((T)1 - o);                                         \
             dcb[j] = dct * f;                                                          \
         }                                                                              \
         if (aux) {                                                                     \
             T* restrict ab = aux + (size_t)b * H;                                      \
             TANH(cs + (size_t)b * H, ab, H);                                           \
-            for (int j = 0; j < H; j++) ab[j] *= g[3 * H + j];                         \
+            for (size_t j = 0; j < (size_t)H; j++) ab[j] *= go[j];                     \
         }                                                                              \
     }                                                                                  \
 }                                                                                      \
@@ -325,31 +540,37 @@ ATTR static void frbg_gru_bwd_##SUF(int kind, int r0, int r1, int H, const T* gs
         const T* restrict hb = hp + (size_t)b * ldhp;                                  \
         T* restrict dhb = dh + (size_t)b * H;                                          \
         T* restrict d = dg + (size_t)b * 3 * H;                                        \
+        const T* restrict gr = g;                                                      \
+        const T* restrict gz = g + (size_t)H;                                          \
+        const T* restrict gn = g + (size_t)2 * H;                                      \
+        T* restrict dr = d;                                                            \
+        T* restrict dz = d + (size_t)H;                                                \
+        T* restrict dn = d + (size_t)2 * H;                                            \
         if (kind == 2) {            /* reset_after */                                  \
             const T* restrict hnb = hn + (size_t)b * H;                                \
             T* restrict dx = dnx + (size_t)b * H;                                      \
-            for (int j = 0; j < H; j++) {                                              \
-                T r = g[j], z = g[H + j], nn = g[2 * H + j], dhh = dhb[j];             \
+            for (size_t j = 0; j < (size_t)H; j++) {                                   \
+                T r = gr[j], z = gz[j], nn = gn[j], dhh = dhb[j];                      \
                 T dnp = dhh * ((T)1 - z) * ((T)1 - nn * nn);                           \
-                d[j] = dnp * hnb[j] * r * ((T)1 - r);                                  \
-                d[H + j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                        \
-                d[2 * H + j] = dnp * r;                                                \
+                dr[j] = dnp * hnb[j] * r * ((T)1 - r);                                 \
+                dz[j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                           \
+                dn[j] = dnp * r;                                                       \
                 dx[j] = dnp;                                                           \
                 dhb[j] = dhh * z;                                                      \
             }                                                                          \
         } else if (kind == 3) {     /* reset before: z, n */                           \
-            for (int j = 0; j < H; j++) {                                              \
-                T z = g[H + j], nn = g[2 * H + j], dhh = dhb[j];                       \
-                d[H + j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                        \
-                d[2 * H + j] = dhh * ((T)1 - z) * ((T)1 - nn * nn);                    \
+            for (size_t j = 0; j < (size_t)H; j++) {                                   \
+                T z = gz[j], nn = gn[j], dhh = dhb[j];                                 \
+                dz[j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                           \
+                dn[j] = dhh * ((T)1 - z) * ((T)1 - nn * nn);                           \
                 dhb[j] = dhh * z;                                                      \
             }                                                                          \
         } else {                    /* reset before: r, through W_hn (r * h) */        \
             const T* restrict tb = tmp + (size_t)b * H;                                \
             T* restrict ab = aux + (size_t)b * H;                                      \
-            for (int j = 0; j < H; j++) {                                              \
-                T r = g[j], t = tb[j], hv = hb[j];                                     \
-                d[j] = t * hv * r * ((T)1 - r);                                        \
+            for (size_t j = 0; j < (size_t)H; j++) {                                   \
+                T r = gr[j], t = tb[j], hv = hb[j];                                    \
+                dr[j] = t * hv * r * ((T)1 - r);                                       \
                 dhb[j] += t * r;                                                       \
                 ab[j] = r * hv;                                                        \
             }                                                                          \
@@ -372,8 +593,66 @@ FRBG_BWD(d2, double, frbg_tanh_d, FRBG_A2)
 #else
 #define FRBG_PICK(NAME, SUF, ...) NAME##_##SUF##b(__VA_ARGS__)
 #endif
+#if FRBG_X86
+/* float LSTM pass in explicit vectors (the auto-vectorised loop above is versioned for
+ * aliasing and, built with Python's -fwrapv, ran its scalar version) */
+#define FRBG_LSTM_BWD_V(SUF, VF, VL, ATTR)                                              \
+ATTR static void frbg_lstm_bwdv_##SUF(int r0, int r1, int H, const float* gs,           \
+        const float* cs, const float* cp, const float* src, int ldsrc, float* dc,      \
+        float* dg, float* aux) {                                                       \
+    size_t Hs = (size_t)H, j;                                                          \
+    for (int b = r0; b < r1; b++) {                                                    \
+        const float* g = gs + (size_t)b * 4 * Hs;                                      \
+        const float* cpb = cp + (size_t)b * Hs;                                        \
+        const float* sb = src + (size_t)b * ldsrc;                                     \
+        float* dcb = dc + (size_t)b * Hs;                                              \
+        float* d = dg + (size_t)b * 4 * Hs;                                            \
+        frbg_tanh_v##SUF(cs + (size_t)b * Hs, d + 3 * Hs, H);  /* tanh(c), o slot */  \
+        for (j = 0; j + VL <= Hs; j += VL) {                                           \
+            VF i, f, gg, o, tc, dh, dcv, cpv;                                          \
+            memcpy(&i, g + j, sizeof(VF)); memcpy(&f, g + Hs + j, sizeof(VF));         \
+            memcpy(&gg, g + 2 * Hs + j, sizeof(VF));                                   \
+            memcpy(&o, g + 3 * Hs + j, sizeof(VF));                                    \
+            memcpy(&tc, d + 3 * Hs + j, sizeof(VF)); memcpy(&dh, sb + j, sizeof(VF));  \
+            memcpy(&dcv, dcb + j, sizeof(VF)); memcpy(&cpv, cpb + j, sizeof(VF));      \
+            VF dct = dcv + dh * o * (1.0f - tc * tc);                                  \
+            VF vi = dct * gg * i * (1.0f - i);                                         \
+            VF vf = dct * cpv * f * (1.0f - f);                                        \
+            VF vg = dct * i * (1.0f - gg * gg);                                        \
+            VF vo = dh * tc * o * (1.0f - o);                                          \
+            VF nd = dct * f;                                                           \
+            memcpy(d + j, &vi, sizeof(VF)); memcpy(d + Hs + j, &vf, sizeof(VF));       \
+            memcpy(d + 2 * Hs + j, &vg, sizeof(VF));                                   \
+            memcpy(d + 3 * Hs + j, &vo, sizeof(VF));                                   \
+            memcpy(dcb + j, &nd, sizeof(VF));                                          \
+        }                                                                              \
+        for (; j < Hs; j++) {                                                          \
+            float i = g[j], f = g[Hs + j], gg = g[2 * Hs + j], o = g[3 * Hs + j];      \
+            float tc = d[3 * Hs + j], dh = sb[j];                                      \
+            float dct = dcb[j] + dh * o * (1.0f - tc * tc);                            \
+            d[j] = dct * gg * i * (1.0f - i);                                          \
+            d[Hs + j] = dct * cpb[j] * f * (1.0f - f);                                 \
+            d[2 * Hs + j] = dct * i * (1.0f - gg * gg);                                \
+            d[3 * Hs + j] = dh * tc * o * (1.0f - o);                                  \
+            dcb[j] = dct * f;                                                          \
+        }                                                                              \
+        if (aux) {                                                                     \
+            float* ab = aux + (size_t)b * Hs;                                          \
+            frbg_tanh_v##SUF(cs + (size_t)b * Hs, ab, H);                              \
+            for (j = 0; j < Hs; j++) ab[j] *= g[3 * Hs + j];                           \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_LSTM_BWD_V(512, frbg_v16f, 16, FRBG_A512)
+FRBG_LSTM_BWD_V(2, frbg_v8f, 8, FRBG_A2)
+#endif
 static void frbg_lstm_bwd_f(int r0, int r1, int H, const float* gs, const float* cs,
         const float* cp, const float* src, int ldsrc, float* dc, float* dg, float* aux) {
+#if FRBG_X86
+    int lv = frbg_level();
+    if (lv == 2) { frbg_lstm_bwdv_512(r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux); return; }
+    if (lv == 1) { frbg_lstm_bwdv_2(r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux); return; }
+#endif
     FRBG_PICK(frbg_lstm_bwd, f, r0, r1, H, gs, cs, cp, src, ldsrc, dc, dg, aux);
 }
 static void frbg_lstm_bwd_d(int r0, int r1, int H, const double* gs, const double* cs,
@@ -390,6 +669,108 @@ static void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs,
         const double* tmp, double* aux) {
     FRBG_PICK(frbg_gru_bwd, d, kind, r0, r1, H, gs, hn, hp, ldhp, dh, dg, dnx, tmp, aux);
 }
+
+/* ------------------------------------------------ LSTM training forward, fused
+ * Both threads (nt) run every step: thread t owns a range of unit blocks (VL units, all
+ * four gates) and computes, per step, its columns of h_{s-1} @ W_hh^T into the gates
+ * (which already hold its columns of x W_ih^T, projected up front), then the gate math
+ * of its units; one barrier per step (the next step reads all of h_s).  No projection
+ * (proj_size), float and double.  Returns -1 when memory ran out. */
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+/* rows of x projected at a time (a chunk of steps), just before the steps use them */
+#define FRBG_FWD_ROWS 256
+#define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
+static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,               \
+        const T* bias, const T* cp, T* cs, T* ys, int ldy) {                           \
+    int b, q, len = u1 - u0;                                                           \
+    size_t j, L = (size_t)len;                                                         \
+    for (b = 0; b < n; b++) {                                                          \
+        T* g = gs + (size_t)b * 4 * H + u0;                                            \
+        T* restrict gi = g;                                                            \
+        T* restrict gf = g + (size_t)H;                                                \
+        T* restrict gg = g + (size_t)2 * H;                                            \
+        T* restrict go = g + (size_t)3 * H;                                            \
+        const T* restrict cpb = cp + (size_t)b * H + u0;                               \
+        T* restrict cb = cs + (size_t)b * H + u0;                                      \
+        T* restrict yb = ys + (size_t)b * ldy + u0;                                    \
+        for (q = 0; q < 4; q++) {                                                      \
+            T* restrict gq = g + (size_t)q * H;                                        \
+            const T* restrict bq = bias + (size_t)q * H + u0;                          \
+            for (j = 0; j < L; j++) gq[j] += bq[j];                                    \
+        }                                                                              \
+        SIG(gi, gi, len);                                                              \
+        SIG(gf, gf, len);                                                              \
+        TANH(gg, gg, len);                                                             \
+        SIG(go, go, len);                                                              \
+        for (j = 0; j < L; j++) cb[j] = gf[j] * cpb[j] + gi[j] * gg[j];                \
+        TANH(cb, yb, len);                                                             \
+        for (j = 0; j < L; j++) yb[j] *= go[j];                                        \
+    }                                                                                  \
+}                                                                                      \
+static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
+        const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
+        const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
+    int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                 \
+    ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
+    T* wi = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (I > 0 ? I : 1) * 4 * U);         \
+    T* wh = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (H > 0 ? H : 1) * 4 * U);         \
+    if (!wi || !wh) { free(wi); free(wh); return -1; }                                 \
+    int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
+    if (ch < 1) ch = 1;                                                                \
+    if (nt > nbk) nt = nbk;                                                            \
+    if (nt < 1) nt = 1;                                                                \
+    _Pragma("omp parallel num_threads(nt)")                                            \
+    {                                                                                  \
+        int t = 0, ntt = 1, s;                                                         \
+        FRBG_OMP_IDS(t, ntt);                                                          \
+        int p0 = t * nbk / ntt, p1 = (t + 1) * nbk / ntt;                              \
+        int u0 = p0 * U, u1 = p1 * U < H ? p1 * U : H;                                 \
+        /* each thread packs (and only ever reads) its own panels */                   \
+        frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                            \
+        frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                            \
+        for (s = 0; s < S; s++) {                                                      \
+            if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
+                int se = s + ch < S ? s + ch : S;                                      \
+                ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];      \
+                frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,        \
+                                 gates + R0 * 4 * H, 4 * H, 0, p0, p1);                \
+            }                                                                          \
+            int n = (int)nsteps[s];                                                    \
+            ptrdiff_t r = offsets[s];                                                  \
+            const T* hp = s ? y + offsets[s - 1] * ldy : h0;                           \
+            const T* cp = s ? cs + offsets[s - 1] * H : c0;                            \
+            frbg_gemmu_##SUF(level, n, H, H, hp, s ? ldy : H, wh, gates + r * 4 * H,    \
+                             4 * H, 1, p0, p1);                                        \
+            if (u0 < u1)                                                               \
+                frbg_lstm_fwd_rows_##SUF(n, H, u0, u1, gates + r * 4 * H, bias, cp,     \
+                                         cs + r * H, y + r * ldy, ldy);                \
+            _Pragma("omp barrier")                                                     \
+        }                                                                              \
+    }                                                                                  \
+    free(wi);                                                                          \
+    free(wh);                                                                          \
+    return 0;                                                                          \
+}
+#ifdef _OPENMP
+#define FRBG_OMP_IDS(t, n) do { t = omp_get_thread_num(); n = omp_get_num_threads(); } while (0)
+#else
+#define FRBG_OMP_IDS(t, n) do { t = 0; n = 1; } while (0)
+#endif
+#if FRBG_X86
+FRBG_LSTM_FWD(f, float, frbg_sigmoid_f, frbg_tanh_f)
+FRBG_LSTM_FWD(d, double, frbg_sigmoid_d, frbg_tanh_d)
+#else
+static int frbg_lstm_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
+        const float* whh, const float* bias, const float* h0, const float* c0, float* y,
+        int ldy, float* gates, float* cs) { return -1; }
+static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
+        const double* whh, const double* bias, const double* h0, const double* c0,
+        double* y, int ldy, double* gates, double* cs) { return -1; }
+#endif
 
 /* ------------------------------------------------ pipeline flags between threads */
 #if defined(__GNUC__) || defined(__clang__)

@@ -329,8 +329,10 @@ def test_other_kernel_paths(env):
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("kind,kw", [("LSTM", dict(proj_size=5)), ("GRU", dict(reset_after=False)),
-                                     ("GRU", {}), ("SimpleRNN", dict(nonlinearity="relu"))])
+@pytest.mark.parametrize("kind,kw", [("LSTM", dict(proj_size=5)), ("LSTM", {}),
+                                     ("GRU", dict(reset_after=False)),
+                                     ("GRU", {}), ("SimpleRNN", dict(nonlinearity="relu")),
+                                     ("SimpleRNN", {})])
 def test_pipelined_many_chunks(kind, kw):
     """Two threads: the time loop on one, the weight gradients of finished chunks on the
     other (several chunks, ragged lengths, both directions) == one thread."""
