@@ -758,6 +758,8 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
 #else
 #define FRBG_OMP_IDS(t, n) do { t = 0; n = 1; } while (0)
 #endif
+/* threads in the current team (1 outside a parallel region or without OpenMP) */
+static int frbg_team_size(void) { int t, n; FRBG_OMP_IDS(t, n); (void)t; return n; }
 #if FRBG_X86
 FRBG_LSTM_FWD(f, float, frbg_sigmoid_f, frbg_tanh_f)
 FRBG_LSTM_FWD(d, double, frbg_sigmoid_d, frbg_tanh_d)
@@ -776,6 +778,7 @@ static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
 #if defined(__GNUC__) || defined(__clang__)
 static int fr_can_pipeline(void) { return getenv("FASTRNN_NO_PIPELINE") == NULL; }
 static inline void fr_store(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fr_add(int* p, int v) { __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 static inline int fr_load(int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline int fr_claim(int* p) { return __atomic_exchange_n(p, 1, __ATOMIC_ACQ_REL) == 0; }
 #if FRBG_X86
@@ -797,6 +800,7 @@ static inline void fr_wait_gt(int* p, int v) {
 static int fr_can_pipeline(void) { return 0; }
 static inline void fr_wait_gt(int* p, int v) { while (*(volatile int*)p <= v) { } }
 static inline void fr_store(int* p, int v) { *(volatile int*)p = v; }
+static inline void fr_add(int* p, int v) { *(volatile int*)p += v; }
 static inline int fr_load(int* p) { return *(volatile int*)p; }
 static inline int fr_claim(int* p) { int v = *p; *p = 1; return v == 0; }
 static inline void fr_pause(void) { }
