@@ -107,6 +107,8 @@ cdef extern from "_backward_gemm.h":
                         const float* tmp, float* aux) nogil
     int fr_can_pipeline() nogil
     void fr_store(int* p, int v) nogil
+    void fr_add(int* p, int v) nogil
+    int frbg_team_size() nogil
     int fr_load(int* p) nogil
     bint fr_claim(int* p) nogil
     void fr_pause() nogil
@@ -860,6 +862,22 @@ cdef void _chunk_unit(Dims* d, int level, int kind, Py_ssize_t R0, Py_ssize_t R1
         _pgemm(level, m, I, GH, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
 
 
+cdef void _sum_seg(const floating* acc, Py_ssize_t per, int nt, Py_ssize_t k0,
+                   Py_ssize_t k1, Py_ssize_t s0, Py_ssize_t s1, floating* out,
+                   floating* out2) noexcept nogil:
+    """out[k - s0] (and out2) = sum over threads of acc[k], k in [k0, k1) & [s0, s1)."""
+    cdef Py_ssize_t k, a = k0 if k0 > s0 else s0, b = k1 if k1 < s1 else s1
+    cdef int t
+    cdef floating v
+    for k in range(a, b):
+        v = acc[k]
+        for t in range(1, nt):
+            v = v + acc[t * per + k]
+        out[k - s0] = v
+        if out2 != NULL:
+            out2[k - s0] = v
+
+
 cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec* R2,
                              const floating* x, const floating* wih,
                              const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
@@ -889,7 +907,11 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     cdef int* claimed = NULL
     cdef floating* scratch = NULL
     cdef Py_ssize_t kmax, wmax, sz_bp = 0, sz_w = 0
-    cdef int u, kind, first
+    cdef int u, kind, first, ndone = 0, nth
+    cdef Py_ssize_t k0, k1
+    cdef Py_ssize_t o_hh = <Py_ssize_t>GH * I, o_b = <Py_ssize_t>GH * (I + P)
+    cdef Py_ssize_t o_x = o_b + GH
+    cdef Py_ssize_t tot = o_x + (sz_x if d.cell == 1 and d.proj else 0)
     # SimpleRNN / LSTM: work units (chunk, kind) of _chunk_unit; GRU: whole chunks
     cdef bint units = d.cell != 2
     cdef int NU = 3 if units else 1
@@ -1012,23 +1034,21 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                                           acc + per * tid + sz_ih,
                                           acc + per * tid + sz_ih + sz_hh):
                         fr_store(&failed, 1)
+        if units:
+            # when every thread is done, each sums its slice of the accumulators into
+            # the outputs: acc = dW_ih (GH, I), dW_hh (GH, P), db (GH), dW_hr (P, H)
+            nth = frbg_team_size()
+            fr_add(&ndone, 1)
+            fr_wait_gt(&ndone, nth - 1)
+            k0 = tid * tot // nth
+            k1 = (tid + 1) * tot // nth
+            _sum_seg(acc, per, nt, k0, k1, 0, o_hh, dwih, NULL)
+            _sum_seg(acc, per, nt, k0, k1, o_hh, o_b, dwhh, NULL)
+            _sum_seg(acc, per, nt, k0, k1, o_b, o_x, dbih, dbhh)
+            if d.cell == 1 and d.proj:
+                _sum_seg(acc, per, nt, k0, k1, o_x, tot, dwhr, NULL)
 
-    # sum the per-thread accumulators into thread 0's, then scatter
-    for t in range(1, nt):
-        for k in range(per):
-            acc[k] += acc[per * t + k]
     if units:
-        # acc: dW_ih (GH, I), dW_hh (GH, P), db (GH), dW_hr (P, H)
-        for k in range(<Py_ssize_t>GH * I):
-            dwih[k] = acc[k]
-        for k in range(<Py_ssize_t>GH * P):
-            dwhh[k] = acc[<Py_ssize_t>GH * I + k]
-        for r in range(GH):
-            dbih[r] = acc[<Py_ssize_t>GH * (I + P) + r]
-            dbhh[r] = dbih[r]
-        if d.cell == 1 and d.proj:
-            for k in range(sz_x):
-                dwhr[k] = acc[<Py_ssize_t>GH * (I + P + 1) + k]
         frbg_scratch_put(2, scratch)
         frbg_scratch_put(1, acc)
         free(xrows)
@@ -1037,6 +1057,10 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
         free(wihp)
         free(wihp_n)
         return -1 if failed else 0
+    # sum the per-thread accumulators into thread 0's, then scatter
+    for t in range(1, nt):
+        for k in range(per):
+            acc[k] += acc[per * t + k]
     for r in range(GH):
         for j in range(I):
             dwih[<Py_ssize_t>r * I + j] = acc[<Py_ssize_t>r * (I + 1) + j]

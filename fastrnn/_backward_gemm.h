@@ -681,6 +681,30 @@ static void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs,
 #endif
 /* rows of x projected at a time (a chunk of steps), just before the steps use them */
 #define FRBG_FWD_ROWS 256
+/* Barrier of the n threads of a team for the per-step hand-over: spin (the other thread is
+ * a few microseconds away), yield the core after a while (a busy machine). */
+#include <sched.h>
+static void frbg_barrier(int* bar, int n) {
+#if defined(__GNUC__) || defined(__clang__)
+    int gen = __atomic_load_n(&bar[1], __ATOMIC_ACQUIRE), spins = 0;
+    if (n <= 1) return;
+    if (__atomic_add_fetch(&bar[0], 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&bar[0], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&bar[1], gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&bar[1], __ATOMIC_ACQUIRE) == gen) {
+#if FRBG_X86
+        if (++spins < 4000) __builtin_ia32_pause();
+        else sched_yield();
+#else
+        if (++spins >= 4000) sched_yield();
+#endif
+    }
+#else
+    _Pragma("omp barrier")
+#endif
+}
 #define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,               \
         const T* bias, const T* cp, T* cs, T* ys, int ldy) {                           \
@@ -721,6 +745,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
     if (ch < 1) ch = 1;                                                                \
     if (nt > nbk) nt = nbk;                                                            \
     if (nt < 1) nt = 1;                                                                \
+    int bar[2] = {0, 0};             /* spin barrier: arrivals, generation */          \
     _Pragma("omp parallel num_threads(nt)")                                            \
     {                                                                                  \
         int t = 0, ntt = 1, s;                                                         \
@@ -746,7 +771,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
             if (u0 < u1)                                                               \
                 frbg_lstm_fwd_rows_##SUF(n, H, u0, u1, gates + r * 4 * H, bias, cp,     \
                                          cs + r * H, y + r * ldy, ldy);                \
-            _Pragma("omp barrier")                                                     \
+            frbg_barrier(bar, ntt);                                                    \
         }                                                                              \
     }                                                                                  \
     free(wi);                                                                          \
@@ -758,6 +783,8 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
 #else
 #define FRBG_OMP_IDS(t, n) do { t = 0; n = 1; } while (0)
 #endif
+/* threads in the current team (1 outside a parallel region or without OpenMP) */
+static int frbg_team_size(void) { int t, n; FRBG_OMP_IDS(t, n); (void)t; return n; }
 #if FRBG_X86
 FRBG_LSTM_FWD(f, float, frbg_sigmoid_f, frbg_tanh_f)
 FRBG_LSTM_FWD(d, double, frbg_sigmoid_d, frbg_tanh_d)
@@ -776,6 +803,7 @@ static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
 #if defined(__GNUC__) || defined(__clang__)
 static int fr_can_pipeline(void) { return getenv("FASTRNN_NO_PIPELINE") == NULL; }
 static inline void fr_store(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fr_add(int* p, int v) { __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 static inline int fr_load(int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline int fr_claim(int* p) { return __atomic_exchange_n(p, 1, __ATOMIC_ACQ_REL) == 0; }
 #if FRBG_X86
@@ -797,6 +825,7 @@ static inline void fr_wait_gt(int* p, int v) {
 static int fr_can_pipeline(void) { return 0; }
 static inline void fr_wait_gt(int* p, int v) { while (*(volatile int*)p <= v) { } }
 static inline void fr_store(int* p, int v) { *(volatile int*)p = v; }
+static inline void fr_add(int* p, int v) { *(volatile int*)p += v; }
 static inline int fr_load(int* p) { return *(volatile int*)p; }
 static inline int fr_claim(int* p) { int v = *p; *p = 1; return v == 0; }
 static inline void fr_pause(void) { }

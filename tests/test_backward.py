@@ -274,13 +274,14 @@ def test_threads_agree(kind):
     layer = getattr(fastrnn, kind)(16, 64, num_layers=2, bidirectional=True, seed=0)
     x = np.random.default_rng(1).standard_normal((5, 160, 16)).astype(np.float32)
     res = []
-    for nt in (1, 2):
+    for nt in (1, 2, 3):     # 3: more threads than the pipeline's two roles
         out, st, cache = layer.forward_train(x, num_threads=nt)
         res.append((out, layer.backward(cache, np.ones_like(out), num_threads=nt)))
-    np.testing.assert_allclose(res[0][0], res[1][0], atol=1e-5)
-    for k in res[0][1]:
-        scale = max(1.0, float(np.abs(res[0][1][k]).max()))
-        assert np.abs(res[0][1][k] - res[1][1][k]).max() <= 1e-5 * scale, k
+    for other in res[1:]:
+        np.testing.assert_allclose(res[0][0], other[0], atol=1e-5)
+        for k in res[0][1]:
+            scale = max(1.0, float(np.abs(res[0][1][k]).max()))
+            assert np.abs(res[0][1][k] - other[1][k]).max() <= 1e-5 * scale, k
 
 
 def test_clip_grad_norm():
