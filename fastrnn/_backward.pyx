@@ -49,6 +49,11 @@ cdef extern from *:
     int frb_blas_threads(int n) nogil
 
 
+def release_scratch():
+    """Free the scratch blocks the backward keeps between calls; returns the bytes."""
+    return frbg_scratch_release()
+
+
 def _set_blas_local_setter(intptr_t address):
     """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
     global frb_blas_set_local
@@ -101,6 +106,7 @@ cdef extern from "_backward_gemm.h":
     void* frbg_alloc(size_t bytes) nogil
     void* frbg_scratch_get(int slot, size_t bytes) nogil
     void frbg_scratch_put(int slot, void* p) nogil
+    size_t frbg_scratch_release() nogil
     double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb, int ones) nogil
     void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil

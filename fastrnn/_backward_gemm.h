@@ -89,6 +89,21 @@ static void frbg_scratch_put(int slot, void* q) {
     free(p);
 }
 
+/* Free every kept block (those of calls running now are returned and kept later);
+ * returns the bytes freed. */
+static size_t frbg_scratch_release(void) {
+    size_t total = 0;
+    int i;
+    for (i = 0; i < FRBG_SLOTS; i++) {
+        void* p = NULL;
+#if defined(__GNUC__) || defined(__clang__)
+        p = __atomic_exchange_n(&frbg_slot[i], (void*)NULL, __ATOMIC_ACQ_REL);
+#endif
+        if (p) { total += *(size_t*)p + 64; free(p); }
+    }
+    return total;
+}
+
 /* Pack B (k x n) into panels of nb columns.  trans=0: B[kk][j] = W[kk*ldw + j];
  * trans=1: B[kk][j] = W[j*ldw + kk] (B = W^T).  Returns NULL when out of memory. */
 #define FRBG_PACK(NAME, T)                                                             \

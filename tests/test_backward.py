@@ -362,3 +362,15 @@ def test_lstm_units_split_vs_torch(dtype):
                       H=130, seed=nt)
         finally:
             fastrnn.set_num_threads(None)
+
+
+def test_release_scratch():
+    layer = fastrnn.LSTM(8, 70, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)
+    out, st, cache = layer.forward_train(x)
+    g1 = layer.backward(cache, np.ones_like(out))
+    assert train.release_scratch() > 6 * 3 * 4 * 70 * 4      # at least dG was kept
+    assert train.release_scratch() == 0
+    g2 = layer.backward(cache, np.ones_like(out))            # allocates again
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
