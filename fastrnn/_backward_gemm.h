@@ -280,6 +280,16 @@ FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 #ifndef FRBG_WKC
 #define FRBG_WKC 128
 #endif
+/* the micro-kernel for `rows` (1..MR) rows, each count a compile-time constant */
+#define FRBG_MICRO_ROWS(MICRO, MR, rows, ...)                                           \
+    switch (rows) {                                                                    \
+    case 1: MICRO(1, __VA_ARGS__); break;                                              \
+    case 2: MICRO(2, __VA_ARGS__); break;                                              \
+    case 3: MICRO(3, __VA_ARGS__); break;                                              \
+    case 4: MICRO(4, __VA_ARGS__); break;                                              \
+    case 5: MICRO(5, __VA_ARGS__); break;                                              \
+    default: MICRO(MR, __VA_ARGS__); break;                                            \
+    }
 #define FRBG_WGEMM(NAME, MICRO, T, VL, MR, ATTR)                                        \
 ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* C,     \
                       int ldc, T* bias, T* work) {                                     \
@@ -320,14 +330,8 @@ ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* 
             for (q = 0; q < nq; q++) {                                                 \
                 const T* Aq = work + ((size_t)q * K + k0) * MR;                        \
                 T* Cq = C + (size_t)(i0 + q * MR) * ldc + j0;                          \
-                switch (mc - q * MR < MR ? mc - q * MR : MR) {                         \
-                case 1: MICRO(1, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
-                case 2: MICRO(2, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
-                case 3: MICRO(3, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
-                case 4: MICRO(4, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
-                case 5: MICRO(5, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;              \
-                default: MICRO(MR, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-                }                                                                      \
+                FRBG_MICRO_ROWS(MICRO, MR, mc - q * MR < MR ? mc - q * MR : MR,         \
+                                kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL);                  \
             }                                                                          \
           }                                                                            \
         }                                                                              \
@@ -370,14 +374,7 @@ ATTR static void NAME(int nq, int nqg, int L, int gstride, int N, int K, const T
               int rows = L - qq * MR < MR ? L - qq * MR : MR;                          \
               const T* Aq = Ap + ((size_t)q * K + k0) * MR;                            \
               T* Cq = C + (size_t)(g * gstride + qq * MR) * ldc + j0;                  \
-              switch (rows) {                                                          \
-              case 1: MICRO(1, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-              case 2: MICRO(2, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-              case 3: MICRO(3, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-              case 4: MICRO(4, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-              case 5: MICRO(5, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;            \
-              default: MICRO(MR, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL); break;          \
-              }                                                                        \
+              FRBG_MICRO_ROWS(MICRO, MR, rows, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL);   \
             }                                                                          \
           }                                                                            \
         }                                                                              \
