@@ -791,8 +791,11 @@ static void frbg_barrier(int* bar, int n) {
     _Pragma("omp barrier")
 #endif
 }
-#define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
-static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,               \
+/* gate math of rows [0, n), units [u0, u1) of one training-forward step (bias, sigmoid /
+ * tanh, c and h); ISA variants because the outlined OpenMP body that calls it is built
+ * for the baseline ISA */
+#define FRBG_LSTM_FWD_ROWS(SUF, T, SIG, TANH, ATTR)                                    \
+ATTR static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,               \
         const T* bias, const T* cp, T* cs, T* ys, int ldy) {                           \
     int b, q, len = u1 - u0;                                                           \
     size_t j, L = (size_t)len;                                                         \
@@ -818,7 +821,16 @@ static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,       
         TANH(cb, yb, len);                                                             \
         for (j = 0; j < L; j++) yb[j] *= go[j];                                        \
     }                                                                                  \
-}                                                                                      \
+}
+#if FRBG_X86
+FRBG_LSTM_FWD_ROWS(f512, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A512)
+FRBG_LSTM_FWD_ROWS(f2, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A2)
+FRBG_LSTM_FWD_ROWS(fb, float, frbg_sigmoid_f, frbg_tanh_f, )
+FRBG_LSTM_FWD_ROWS(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)
+FRBG_LSTM_FWD_ROWS(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)
+FRBG_LSTM_FWD_ROWS(db, double, frbg_sigmoid_d, frbg_tanh_d, )
+#endif
+#define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
@@ -855,8 +867,8 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
             frbg_gemmu_##SUF(level, n, H, H, hp, s ? ldy : H, wh, gates + r * 4 * H,    \
                              4 * H, 1, p0, p1);                                        \
             if (u0 < u1)                                                               \
-                frbg_lstm_fwd_rows_##SUF(n, H, u0, u1, gates + r * 4 * H, bias, cp,     \
-                                         cs + r * H, y + r * ldy, ldy);                \
+                FRBG_PICK(frbg_lstm_fwd_rows, SUF, n, H, u0, u1, gates + r * 4 * H,     \
+                          bias, cp, cs + r * H, y + r * ldy, ldy);                     \
             frbg_barrier(bar, ntt);                                                    \
         }                                                                              \
     }                                                                                  \
