@@ -957,9 +957,11 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
     ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
     size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
     size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
-    int MR = frbg_mr(level), nqg = ((nph + nt - 1) / nt * nb + MR - 1) / MR;           \
-    size_t szk = ((size_t)4 * nqg * MR * N + 15) / 16 * 16;  /* packed dG, per thread */ \
-    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szk * nt + 64)); \
+    int MR = frbg_mr(level);                                                           \
+    /* packed dG: thread t (units [u0, u0 + L)) at 4N(u0 + t*MR), 4N(L + MR) values, so  \
+     * the regions never overlap whatever team size OpenMP grants (<= nt) */           \
+    size_t szk = (size_t)4 * N * ((size_t)nph * nb + (size_t)nt * MR);                 \
+    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szk + 64));  \
     if (!buf) return -1;                                                               \
     T* xp = buf;                  /* X packed (N x I), panels of nb */                 \
     T* hpk = xp + szx;            /* H_prev packed (N x H) */                          \
@@ -974,7 +976,7 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
         int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
         int nqt = (L + MR - 1) / MR;     /* micro-panels per gate */                   \
-        T* ap = work + szk * t;                                                        \
+        T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
         /* each thread packs its own W_hh panels, a share of the W_ih panels and of    \
          * the X / H_prev rows; the barriers of the time loop publish them */           \
         if (L > 0)                                                                     \
