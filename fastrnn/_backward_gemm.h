@@ -131,20 +131,27 @@ FRBG_PACK(frbg_pack_d, double)
 
 /* Pack B (k x n + ones) whose row kk starts at rows[kk] (contiguous n values); with
  * ones, B gets an extra last column of ones (so that A @ B also yields A's row sums). */
-#define FRBG_PACK_ROWS(NAME, T)                                                        \
-static T* NAME##_into(const T* const* rows, int k, int n, int nb, int ones, T* out) {  \
-    int nt = n + (ones ? 1 : 0);                                                       \
-    int np = (nt + nb - 1) / nb, p, kk, j;                                             \
-    for (kk = 0; kk < k; kk++) {                                                       \
-        const T* src = rows[kk];                                                       \
-        for (p = 0; p < np; p++) {                                                     \
-            T* row = out + ((size_t)p * k + kk) * nb;                                  \
-            int j0 = p * nb, w = n - j0 < nb ? n - j0 : nb;                            \
-            if (w < 0) w = 0;                                                          \
-            if (w > 0) memcpy(row, src + j0, sizeof(T) * w);                           \
-            for (j = w; j < nb; j++) row[j] = (ones && j0 + j == n) ? (T)1 : (T)0;     \
-        }                                                                              \
+/* Row kk of a packed B (K rows, panels of nb columns): the n values at src (with ones,
+ * a 1 after them: the extra column). */
+#define FRBG_PACK_ROW(SUF, T)                                                          \
+static void frbg_pack_row_##SUF(const T* src, int n, int nb, ptrdiff_t K, ptrdiff_t kk, \
+                                int ones, T* out) {                                    \
+    int np = (n + (ones ? 1 : 0) + nb - 1) / nb, p;                                    \
+    for (p = 0; p < np; p++) {                                                         \
+        T* row = out + ((size_t)p * K + kk) * nb;                                      \
+        int j0 = p * nb, w = n - j0 < nb ? n - j0 : nb;                                \
+        if (w < 0) w = 0;                                                              \
+        if (w > 0) memcpy(row, src + j0, sizeof(T) * w);                               \
+        if (w < nb) memset(row + w, 0, sizeof(T) * (nb - w));                          \
+        if (ones && n >= j0 && n < j0 + nb) row[n - j0] = (T)1;                        \
     }                                                                                  \
+}
+FRBG_PACK_ROW(f, float)
+FRBG_PACK_ROW(d, double)
+#define FRBG_PACK_ROWS(NAME, SUF, T)                                                   \
+static T* NAME##_into(const T* const* rows, int k, int n, int nb, int ones, T* out) {  \
+    int kk;                                                                            \
+    for (kk = 0; kk < k; kk++) frbg_pack_row_##SUF(rows[kk], n, nb, k, kk, ones, out); \
     return out;                                                                        \
 }                                                                                      \
 static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {                 \
@@ -153,8 +160,8 @@ static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {          
     if (!out) return NULL;                                                             \
     return NAME##_into(rows, k, n, nb, ones, out);                                     \
 }
-FRBG_PACK_ROWS(frbg_pack_rows_f, float)
-FRBG_PACK_ROWS(frbg_pack_rows_d, double)
+FRBG_PACK_ROWS(frbg_pack_rows_f, f, float)
+FRBG_PACK_ROWS(frbg_pack_rows_d, d, double)
 
 /* Pack B = W^T (k x 4H), W (4H x k, ldw) in PyTorch layout, in the unit-block layout of
  * frbg_gemmu_*: panel p, row kk = [i | f | g | o] of units p*U .. p*U+U-1 (zero past H). */
@@ -267,6 +274,65 @@ FRBG_GEMM(frbg_gemm_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
 FRBG_GEMM(frbg_gemm_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
 FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 
+/* the micro-kernel for `rows` (1..MR) rows, each count a compile-time constant */
+#define FRBG_MICRO_ROWS(MICRO, MR, rows, ...)                                           \
+    switch (rows) {                                                                    \
+    case 1: MICRO(1, __VA_ARGS__); break;                                              \
+    case 2: MICRO(2, __VA_ARGS__); break;                                              \
+    case 3: MICRO(3, __VA_ARGS__); break;                                              \
+    case 4: MICRO(4, __VA_ARGS__); break;                                              \
+    case 5: MICRO(5, __VA_ARGS__); break;                                              \
+    default: MICRO(MR, __VA_ARGS__); break;                                            \
+    }
+/* Weight-gradient GEMM over a pre-packed A: C rows += A^T B, B (K x N) packed by
+ * frbg_pack_rows (panels of 4 vectors), A given as nq micro-panels of MR columns (the
+ * values of micro-panel q for row kk at Ap[(q*K + kk)*MR ..]).  The columns of A come in
+ * groups of nqg micro-panels (one LSTM gate each, L valid columns, zero padded): micro-
+ * panel q = g*nqg + qq updates C rows g*gstride + qq*MR .. (at most L - qq*MR of them).
+ * Blocking (frbg_wgemmp_* picks it): a B panel of K rows small enough for L2 is walked
+ * whole by every micro-panel (the C tile stays in registers over all of K); otherwise
+ * blocks of 32 micro-panels x 8 panels x 128 rows (C block and A slice in L2, the B
+ * block in L1).  Measured on Zen 5 (one core): 255 GFLOP/s at K=1600, N=256; 210 at
+ * K=3200, N=512. */
+#define FRBG_WGEMMP(NAME, MICRO, T, VL, MR, ATTR)                                       \
+/* blocks of QB micro-panels x PB panels x KC rows */                                 \
+ATTR static void NAME##_blk(int nq, int nqg, int L, int gstride, int N, int K,         \
+                            const T* Ap, const T* Bp, T* C, int ldc, int QB, int PB,   \
+                            int KC) {                                                  \
+    int np = (N + 4 * VL - 1) / (4 * VL), q0, q1, pb, pe, k0, kc, p, q;                \
+    for (q0 = 0; q0 < nq; q0 += QB) {                                                  \
+      q1 = nq - q0 < QB ? nq : q0 + QB;                                                \
+      for (pb = 0; pb < np; pb += PB) {                                                \
+        pe = np - pb < PB ? np : pb + PB;                                              \
+        for (k0 = 0; k0 < K; k0 += KC) {                                               \
+          kc = K - k0 < KC ? K - k0 : KC;                                              \
+          for (p = pb; p < pe; p++) {                                                  \
+            int j0 = p * 4 * VL, w = N - j0 < 4 * VL ? N - j0 : 4 * VL;                \
+            const T* P = Bp + ((size_t)p * K + k0) * 4 * VL;                           \
+            for (q = q0; q < q1; q++) {                                                \
+              int g = q / nqg, qq = q - g * nqg;                                       \
+              int rows = L - qq * MR < MR ? L - qq * MR : MR;                          \
+              const T* Aq = Ap + ((size_t)q * K + k0) * MR;                            \
+              T* Cq = C + (size_t)(g * gstride + qq * MR) * ldc + j0;                  \
+              FRBG_MICRO_ROWS(MICRO, MR, rows, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL);   \
+            }                                                                          \
+          }                                                                            \
+        }                                                                              \
+      }                                                                                \
+    }                                                                                  \
+}                                                                                      \
+ATTR static void NAME(int nq, int nqg, int L, int gstride, int N, int K, const T* Ap,  \
+                      const T* Bp, T* C, int ldc) {                                    \
+    if ((size_t)K * 4 * VL * sizeof(T) <= ((size_t)512 << 10))                         \
+        NAME##_blk(nq, nqg, L, gstride, N, K, Ap, Bp, C, ldc, nq, 1, K);               \
+    else                                                                               \
+        NAME##_blk(nq, nqg, L, gstride, N, K, Ap, Bp, C, ldc, 32, 8, 128);             \
+}
+FRBG_WGEMMP(frbg_wgemmp_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
+FRBG_WGEMMP(frbg_wgemmp_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
+FRBG_WGEMMP(frbg_wgemmp_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
+FRBG_WGEMMP(frbg_wgemmp_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
+
 /* Weight-gradient GEMM, C (M x N, ldc) += A^T B, where A (K x M) is stored row-major
  * with leading dimension lda (the gate gradients dG: one row per (step, sequence)) and
  * B (K x N) was packed by frbg_pack_rows (panels of 4 vectors).  Blocks of MC columns of
@@ -280,21 +346,11 @@ FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 #ifndef FRBG_WKC
 #define FRBG_WKC 128
 #endif
-/* the micro-kernel for `rows` (1..MR) rows, each count a compile-time constant */
-#define FRBG_MICRO_ROWS(MICRO, MR, rows, ...)                                           \
-    switch (rows) {                                                                    \
-    case 1: MICRO(1, __VA_ARGS__); break;                                              \
-    case 2: MICRO(2, __VA_ARGS__); break;                                              \
-    case 3: MICRO(3, __VA_ARGS__); break;                                              \
-    case 4: MICRO(4, __VA_ARGS__); break;                                              \
-    case 5: MICRO(5, __VA_ARGS__); break;                                              \
-    default: MICRO(MR, __VA_ARGS__); break;                                            \
-    }
-#define FRBG_WGEMM(NAME, MICRO, T, VL, MR, ATTR)                                        \
+#define FRBG_WGEMM(NAME, PACKED, T, VL, MR, ATTR)                                       \
 ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* C,     \
                       int ldc, T* bias, T* work) {                                     \
     enum { MC = 8 * MR };                                                              \
-    int np = (N + 4 * VL - 1) / (4 * VL), i0, mc, kk, q, r, p, nq, k0, kc;                     \
+    int np = (N + 4 * VL - 1) / (4 * VL), i0, mc, kk, q, r, nq;                                \
     for (i0 = 0; i0 < M; i0 += MC) {                                                   \
         mc = M - i0 < MC ? M - i0 : MC;                                                \
         nq = (mc + MR - 1) / MR;                                                       \
@@ -322,69 +378,16 @@ ATTR static void NAME(int M, int N, int K, const T* A, int lda, const T* Bp, T* 
             }                                                                          \
             if (bias) for (r = 0; r < mc; r++) bias[i0 + r] += row[r];                 \
         }                                                                              \
-        for (k0 = 0; k0 < K; k0 += FRBG_WKC) {                                         \
-          kc = K - k0 < FRBG_WKC ? K - k0 : FRBG_WKC;                                  \
-          for (p = 0; p < np; p++) {                                                   \
-            int j0 = p * 4 * VL, w = N - j0 < 4 * VL ? N - j0 : 4 * VL;                \
-            const T* P = Bp + ((size_t)p * K + k0) * 4 * VL;                           \
-            for (q = 0; q < nq; q++) {                                                 \
-                const T* Aq = work + ((size_t)q * K + k0) * MR;                        \
-                T* Cq = C + (size_t)(i0 + q * MR) * ldc + j0;                          \
-                FRBG_MICRO_ROWS(MICRO, MR, mc - q * MR < MR ? mc - q * MR : MR,         \
-                                kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL);                  \
-            }                                                                          \
-          }                                                                            \
-        }                                                                              \
+        /* the packed block: one group of nq micro-panels, all panels, FRBG_WKC rows */ \
+        PACKED##_blk(nq, nq, mc, 0, N, K, work, Bp, C + (size_t)i0 * ldc, ldc, nq, np, \
+                     FRBG_WKC);                                                        \
     }                                                                                  \
 }
-FRBG_WGEMM(frbg_wgemm_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
-FRBG_WGEMM(frbg_wgemm_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
-FRBG_WGEMM(frbg_wgemm_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
-FRBG_WGEMM(frbg_wgemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
+FRBG_WGEMM(frbg_wgemm_f512, frbg_wgemmp_f512, float, 16, 6, FRBG_A512)
+FRBG_WGEMM(frbg_wgemm_d512, frbg_wgemmp_d512, double, 8, 6, FRBG_A512)
+FRBG_WGEMM(frbg_wgemm_f2, frbg_wgemmp_f2, float, 8, 3, FRBG_A2)
+FRBG_WGEMM(frbg_wgemm_d2, frbg_wgemmp_d2, double, 4, 3, FRBG_A2)
 
-/* Weight-gradient GEMM over a pre-packed A: C rows += A^T B, B (K x N) packed by
- * frbg_pack_rows (panels of 4 vectors), A given as nq micro-panels of MR columns (the
- * values of micro-panel q for row kk at Ap[(q*K + kk)*MR ..]).  The columns of A come in
- * groups of nqg micro-panels (one LSTM gate each, L valid columns, zero padded): micro-
- * panel q = g*nqg + qq updates C rows g*gstride + qq*MR .. (at most L - qq*MR of them).
- * Blocking (frbg_wgemmp_* picks it): a B panel of K rows small enough for L2 is walked
- * whole by every micro-panel (the C tile stays in registers over all of K); otherwise
- * blocks of 32 micro-panels x 8 panels x 128 rows (C block and A slice in L2, the B
- * block in L1).  Measured on Zen 5 (one core): 255 GFLOP/s at K=1600, N=256; 210 at
- * K=3200, N=512. */
-#define FRBG_WGEMMP(NAME, MICRO, T, VL, MR, ATTR)                                       \
-ATTR static void NAME(int nq, int nqg, int L, int gstride, int N, int K, const T* Ap,  \
-                      const T* Bp, T* C, int ldc) {                                    \
-    int np = (N + 4 * VL - 1) / (4 * VL), q0, q1, pb, pe, k0, kc, p, q;                \
-    int QB = 32, PB = 8, KC = 128;                                                     \
-    if ((size_t)K * 4 * VL * sizeof(T) <= ((size_t)512 << 10)) {                       \
-        QB = nq; PB = 1; KC = K;                                                       \
-    }                                                                                  \
-    for (q0 = 0; q0 < nq; q0 += QB) {                                                  \
-      q1 = nq - q0 < QB ? nq : q0 + QB;                                                \
-      for (pb = 0; pb < np; pb += PB) {                                                \
-        pe = np - pb < PB ? np : pb + PB;                                              \
-        for (k0 = 0; k0 < K; k0 += KC) {                                               \
-          kc = K - k0 < KC ? K - k0 : KC;                                              \
-          for (p = pb; p < pe; p++) {                                                  \
-            int j0 = p * 4 * VL, w = N - j0 < 4 * VL ? N - j0 : 4 * VL;                \
-            const T* P = Bp + ((size_t)p * K + k0) * 4 * VL;                           \
-            for (q = q0; q < q1; q++) {                                                \
-              int g = q / nqg, qq = q - g * nqg;                                       \
-              int rows = L - qq * MR < MR ? L - qq * MR : MR;                          \
-              const T* Aq = Ap + ((size_t)q * K + k0) * MR;                            \
-              T* Cq = C + (size_t)(g * gstride + qq * MR) * ldc + j0;                  \
-              FRBG_MICRO_ROWS(MICRO, MR, rows, kc, Aq, 1, MR, P, Cq, ldc, w, 1, VL);   \
-            }                                                                          \
-          }                                                                            \
-        }                                                                              \
-      }                                                                                \
-    }                                                                                  \
-}
-FRBG_WGEMMP(frbg_wgemmp_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
-FRBG_WGEMMP(frbg_wgemmp_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
-FRBG_WGEMMP(frbg_wgemmp_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
-FRBG_WGEMMP(frbg_wgemmp_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 static int frbg_mr(int level) { return level == 2 ? 6 : 3; }
 static void frbg_wgemmp_f(int level, int nq, int nqg, int L, int gstride, int N, int K,
                           const float* Ap, const float* Bp, float* C, int ldc) {
@@ -883,37 +886,6 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
 #endif
 /* threads in the current team (1 outside a parallel region or without OpenMP) */
 static int frbg_team_size(void) { int t, n; FRBG_OMP_IDS(t, n); (void)t; return n; }
-/* ------------------------------------------------ LSTM backward, split by units
- * Both threads run every step of the time loop, from the last step back: thread t owns a
- * range of units (whole panels of nb columns) and computes, per step, the gate gradients
- * of its units (it holds their dh, dc), then, after one barrier (every column of dG_s is
- * written), its columns of dh_{s-1} = dG_s @ W_hh: its packed slice of W_hh (4H x its
- * units) stays in its core's cache across steps.  After the loop each thread computes the
- * weight and bias gradients of its own gate rows (dW_ih = dG^T X, dW_hh = dG^T H_prev as
- * single GEMMs over every step: no per-thread accumulators to sum) and a share of the dX
- * rows.  No projection; float and double.  dh (B x H) / dc (B x H): on entry the gradient
- * reaching the final state, on exit the one reaching the initial state; dg: N x 4H
- * scratch; dx NULL when not wanted.  Returns -1 when memory ran out. */
-static void frbg_pack_row_f(const float* src, int n, int nb, ptrdiff_t K, ptrdiff_t kk,
-                            float* out) {
-    int np = (n + nb - 1) / nb, p, w;
-    for (p = 0; p < np; p++) {
-        float* row = out + ((size_t)p * K + kk) * nb;
-        w = n - p * nb < nb ? n - p * nb : nb;
-        memcpy(row, src + (size_t)p * nb, sizeof(float) * w);
-        if (w < nb) memset(row + w, 0, sizeof(float) * (nb - w));
-    }
-}
-static void frbg_pack_row_d(const double* src, int n, int nb, ptrdiff_t K, ptrdiff_t kk,
-                            double* out) {
-    int np = (n + nb - 1) / nb, p, w;
-    for (p = 0; p < np; p++) {
-        double* row = out + ((size_t)p * K + kk) * nb;
-        w = n - p * nb < nb ? n - p * nb : nb;
-        memcpy(row, src + (size_t)p * nb, sizeof(double) * w);
-        if (w < nb) memset(row + w, 0, sizeof(double) * (nb - w));
-    }
-}
 /* Rows [r, r + n) of the own dG columns (4 gates x L units at dg + q*gs, rows ld apart)
  * into the micro-panels of MR columns frbg_wgemmp reads (nqt per gate, zero padded), and
  * their sums into the bias gradient db (+ q*gs). */
@@ -945,6 +917,17 @@ static inline __attribute__((always_inline)) void frbg_packdg_##SUF(const int MR
 }
 FRBG_PACKDG(f, float)
 FRBG_PACKDG(d, double)
+/* ------------------------------------------------ LSTM backward, split by units
+ * Both threads run every step of the time loop, from the last step back: thread t owns a
+ * range of units (whole panels of nb columns) and computes, per step, the gate gradients
+ * of its units (it holds their dh, dc), then, after one barrier (every column of dG_s is
+ * written), its columns of dh_{s-1} = dG_s @ W_hh: its packed slice of W_hh (4H x its
+ * units) stays in its core's cache across steps.  After the loop each thread computes the
+ * weight and bias gradients of its own gate rows (dW_ih = dG^T X, dW_hh = dG^T H_prev as
+ * single GEMMs over every step: no per-thread accumulators to sum) and a share of the dX
+ * rows.  No projection; float and double.  dh (B x H) / dc (B x H): on entry the gradient
+ * reaching the final state, on exit the one reaching the initial state; dg: N x 4H
+ * scratch; dx NULL when not wanted.  Returns -1 when memory ran out. */
 #define FRBG_LSTM_BWDU(SUF, T)                                                         \
 static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* offsets, \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
@@ -991,9 +974,9 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
         for (s = t * S / ntt; s < (t + 1) * S / ntt; s++)                              \
             for (b = 0; b < (int)nsteps[s]; b++) {                                     \
                 ptrdiff_t kk = offsets[s] + b;                                         \
-                frbg_pack_row_##SUF(x + kk * I, I, nb, N, kk, xp);                     \
+                frbg_pack_row_##SUF(x + kk * I, I, nb, N, kk, 0, xp);                     \
                 frbg_pack_row_##SUF(s ? y + (offsets[s - 1] + b) * ldy                 \
-                                      : h0 + (size_t)b * H, H, nb, N, kk, hpk);        \
+                                      : h0 + (size_t)b * H, H, nb, N, kk, 0, hpk);        \
             }                                                                          \
         for (q = 0; q < 4 && L > 0; q++) {                                             \
             memset(dwih + (size_t)(q * H + u0) * I, 0, sizeof(T) * (size_t)L * I);     \
