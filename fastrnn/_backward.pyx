@@ -137,6 +137,40 @@ cdef extern from "_backward_gemm.h":
                         const double* hp, int ldhp, double* dh, double* dg, double* dnx,
                         const double* tmp, double* aux) nogil
 
+# float/double dispatch of the packing and weight-gradient helpers
+cdef inline void* _pack_rows(const floating* const* rows, int k, int n, int nb,
+                             int ones) noexcept nogil:
+    if floating is float:
+        return frbg_pack_rows_f(rows, k, n, nb, ones)
+    else:
+        return frbg_pack_rows_d(rows, k, n, nb, ones)
+
+
+cdef inline void _pack_rows_into(const floating* const* rows, int k, int n, int nb,
+                                 floating* out) noexcept nogil:
+    if floating is float:
+        frbg_pack_rows_f_into(rows, k, n, nb, 0, out)
+    else:
+        frbg_pack_rows_d_into(rows, k, n, nb, 0, out)
+
+
+cdef inline void _pack_into(const floating* W, int ldw, int k, int n, int nb,
+                            floating* out) noexcept nogil:
+    if floating is float:
+        frbg_pack_f_into(W, ldw, k, n, 0, nb, out)
+    else:
+        frbg_pack_d_into(W, ldw, k, n, 0, nb, out)
+
+
+cdef inline void _wgemm_packed(int level, int M, int N, int K, const floating* A, int lda,
+                               const floating* Bp, floating* C, int ldc, floating* bias,
+                               floating* work) noexcept nogil:
+    if floating is float:
+        frbg_wgemm_f(level, M, N, K, A, lda, Bp, C, ldc, bias, work)
+    else:
+        frbg_wgemm_d(level, M, N, K, A, lda, Bp, C, ldc, bias, work)
+
+
 # batches up to this size use the packed small-M kernel for the per-step products
 cdef enum:
     SMALL_GEMM_MAX_ROWS = 128
@@ -243,10 +277,7 @@ cdef bint _wgrad(int level, int m, int N, const floating* A, int aks,
     cdef floating* tmp
     cdef int r, j
     cdef int nb = frbg_nb(level, sizeof(floating))
-    if floating is float:
-        bp = frbg_pack_rows_f(rows, N, n, nb, 1)
-    else:
-        bp = frbg_pack_rows_d(rows, N, n, nb, 1)
+    bp = _pack_rows(rows, N, n, nb, 1)
     tmp = <floating*>malloc(sizeof(floating) * m * (n + 1) + 1)
     if bp == NULL or tmp == NULL:
         free(bp)
@@ -797,10 +828,7 @@ cdef bint _chunk_grads(Dims* d, int level, Py_ssize_t R0, Py_ssize_t R1,
             _pgemm(level, m, I, H, dnx + R0 * H, H, 1, wihp_n, dx + R0 * I, I, 1, 1)
         else:
             _pgemm(level, m, I, GH, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
-    if floating is float:
-        bp = frbg_pack_rows_f(xrows + R0, m, I, nb, 1)
-    else:
-        bp = frbg_pack_rows_d(xrows + R0, m, I, nb, 1)
+    bp = _pack_rows(xrows + R0, m, I, nb, 1)
     if bp == NULL:
         return False
     if gru_ra:
@@ -812,10 +840,7 @@ cdef bint _chunk_grads(Dims* d, int level, Py_ssize_t R0, Py_ssize_t R1,
         _pgemm(level, GH, I + 1, m, dg + R0 * GH, 1, GH, <const floating*>bp, accih, I + 1,
                1, 1)
     free(bp)
-    if floating is float:
-        bp = frbg_pack_rows_f(hrows + R0, m, P, nb, 1)
-    else:
-        bp = frbg_pack_rows_d(hrows + R0, m, P, nb, 1)
+    bp = _pack_rows(hrows + R0, m, P, nb, 1)
     if bp == NULL:
         return False
     _pgemm(level, ncols, P + 1, m, dg + R0 * GH, 1, GH, <const floating*>bp, acchh, P + 1,
@@ -857,27 +882,15 @@ cdef void _chunk_unit(Dims* d, int level, int kind, Py_ssize_t R0, Py_ssize_t R1
         return
     # kinds 0: dW_ih (and db), 1: dW_hh (and dW_hr), 2: the dX rows
     if kind == 0:
-        if floating is float:
-            frbg_pack_rows_f_into(xrows + R0, m, I, nb, 0, bp)
-            frbg_wgemm_f(level, GH, I, m, dg + R0 * GH, GH, bp, acc, I, accb, work)
-        else:
-            frbg_pack_rows_d_into(xrows + R0, m, I, nb, 0, bp)
-            frbg_wgemm_d(level, GH, I, m, dg + R0 * GH, GH, bp, acc, I, accb, work)
+        _pack_rows_into(xrows + R0, m, I, nb, bp)
+        _wgemm_packed(level, GH, I, m, dg + R0 * GH, GH, bp, acc, I, accb, work)
     elif kind == 1:
-        if floating is float:
-            frbg_pack_rows_f_into(hrows + R0, m, P, nb, 0, bp)
-            frbg_wgemm_f(level, GH, P, m, dg + R0 * GH, GH, bp, acc_hh, P, NULL, work)
-        else:
-            frbg_pack_rows_d_into(hrows + R0, m, P, nb, 0, bp)
-            frbg_wgemm_d(level, GH, P, m, dg + R0 * GH, GH, bp, acc_hh, P, NULL, work)
+        _pack_rows_into(hrows + R0, m, P, nb, bp)
+        _wgemm_packed(level, GH, P, m, dg + R0 * GH, GH, bp, acc_hh, P, NULL, work)
         if d.cell == 1 and d.proj:
             # dW_hr += dY^T (o * tanh(c)), dY the total gradient reaching each h
-            if floating is float:
-                frbg_pack_f_into(aux + R0 * H, H, m, H, 0, nb, bp)
-                frbg_wgemm_f(level, P, H, m, dy + R0 * P, P, bp, accx, H, NULL, work)
-            else:
-                frbg_pack_d_into(aux + R0 * H, H, m, H, 0, nb, bp)
-                frbg_wgemm_d(level, P, H, m, dy + R0 * P, P, bp, accx, H, NULL, work)
+            _pack_into(aux + R0 * H, H, m, H, nb, bp)
+            _wgemm_packed(level, P, H, m, dy + R0 * P, P, bp, accx, H, NULL, work)
     elif d.want_dx:
         _pgemm(level, m, I, GH, dg + R0 * GH, GH, 1, wihp, dx + R0 * I, I, 0, 1)
 
