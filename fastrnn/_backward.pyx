@@ -911,6 +911,18 @@ cdef void _sum_seg(const floating* acc, Py_ssize_t per, int nt, Py_ssize_t k0,
             out2[k - s0] = v
 
 
+cdef void _release_pipeline(void* scratch, void* acc, void* xrows, void* hrows,
+                            void* claimed, void* wihp, void* wihp_n) noexcept nogil:
+    """Return the pipelined backward's scratch slots (NULL-safe) and free its buffers."""
+    frbg_scratch_put(2, scratch)
+    frbg_scratch_put(1, acc)
+    free(xrows)
+    free(hrows)
+    free(claimed)
+    free(wihp)
+    free(wihp_n)
+
+
 cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec* R2,
                              const floating* x, const floating* wih,
                              const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
@@ -994,13 +1006,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                 wihp_n = frbg_pack_d(wih + 2 * H * I, I, H, I, 0, nb)
         ok = wihp != NULL and (wihp_n != NULL or not gru_ra)
     if not ok:
-        frbg_scratch_put(2, scratch)
-        frbg_scratch_put(1, acc)
-        free(xrows)
-        free(hrows)
-        free(claimed)
-        free(wihp)
-        free(wihp_n)
+        _release_pipeline(scratch, acc, xrows, hrows, claimed, wihp, wihp_n)
         return -1
     for k in range(N):
         xrows[k] = x + k * I
@@ -1082,13 +1088,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                 _sum_seg(acc, per, nt, k0, k1, o_x, tot, dwhr, NULL)
 
     if units:
-        frbg_scratch_put(2, scratch)
-        frbg_scratch_put(1, acc)
-        free(xrows)
-        free(hrows)
-        free(claimed)
-        free(wihp)
-        free(wihp_n)
+        _release_pipeline(scratch, acc, xrows, hrows, claimed, wihp, wihp_n)
         return -1 if failed else 0
     # sum the per-thread accumulators into thread 0's, then scatter
     for t in range(1, nt):
@@ -1110,12 +1110,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     elif d.cell == 1 and d.proj:
         for k in range(sz_x):
             dwhr[k] = acc[sz_ih + sz_hh + k]
-    frbg_scratch_put(1, acc)
-    free(xrows)
-    free(hrows)
-    free(claimed)
-    free(wihp)
-    free(wihp_n)
+    _release_pipeline(scratch, acc, xrows, hrows, claimed, wihp, wihp_n)
     return -1 if failed else 0
 
 
