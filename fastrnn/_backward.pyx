@@ -98,6 +98,19 @@ cdef extern from "_backward_gemm.h":
                               const double* gates, const double* cs, const double* dy,
                               double* dh, double* dc, double* dx, double* dwih,
                               double* dwhh, double* dbih, double* dbhh, double* dg) nogil
+    int frbg_gru_bwd_units_f(int level, int nt, int S, const Py_ssize_t* offsets,
+                             const Py_ssize_t* nsteps, int I, int H, const float* x,
+                             const float* wih, const float* whh, const float* h0,
+                             const float* y, int ldy, const float* gates, const float* hn,
+                             const float* dy, float* dh, float* dx, float* dwih,
+                             float* dwhh, float* dbih, float* dbhh, float* dg) nogil
+    int frbg_gru_bwd_units_d(int level, int nt, int S, const Py_ssize_t* offsets,
+                             const Py_ssize_t* nsteps, int I, int H, const double* x,
+                             const double* wih, const double* whh, const double* h0,
+                             const double* y, int ldy, const double* gates,
+                             const double* hn, const double* dy, double* dh, double* dx,
+                             double* dwih, double* dwhh, double* dbih, double* dbhh,
+                             double* dg) nogil
     size_t frbg_wgemm_work(int K) nogil
     void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
                       const float* Bp, float* C, int ldc, float* bias, float* work) nogil
@@ -1146,6 +1159,21 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int rc
     R1.bp = NULL
     R2.bp = NULL
+    if gru_ra and level > 0 and fr_can_pipeline():
+        # GRU (reset_after): the same split by units, dG rows of 4H (see the helper)
+        dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * 4 * H + 1)
+        if dg == NULL:
+            return -1
+        if floating is float:
+            rc = frbg_gru_bwd_units_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
+                                      y, ldy, gates, cs, dy, dh,
+                                      dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
+        else:
+            rc = frbg_gru_bwd_units_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
+                                      y, ldy, gates, cs, dy, dh,
+                                      dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
+        frbg_scratch_put(0, dg)
+        return rc
     dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * GH + 1)
     if d.cell == 1 and not d.proj and level > 0 and fr_can_pipeline():
         # LSTM: every thread through every step, split by units (one barrier per step),

@@ -654,6 +654,34 @@ ATTR static void frbg_gru_bwd_##SUF(int kind, int r0, int r1, int H, const T* gs
             }                                                                          \
         }                                                                              \
     }                                                                                  \
+}                                                                                      \
+/* GRU (reset_after) gate pass of rows [0, n), units [u0, u1), for the split-by-units      \
+ * backward: dG rows of 4H = [dr | dz | dn*r (W_hh side) | dn (W_ih side)]; dh *= z */    \
+ATTR static void frbg_gru_bwdu_##SUF(int n, int H, int u0, int u1, const T* gs,         \
+        const T* hn, const T* hp, int ldhp, T* dh, T* dg) {                             \
+    size_t L = (size_t)(u1 - u0), Hs = (size_t)H;                                      \
+    for (int b = 0; b < n; b++) {                                                      \
+        size_t bs = (size_t)b;                                                         \
+        const T* restrict gr = gs + bs * 3 * Hs + u0;                                  \
+        const T* restrict gz = gr + Hs;                                                \
+        const T* restrict gn = gr + 2 * Hs;                                            \
+        const T* restrict hnb = hn + bs * Hs + u0;                                     \
+        const T* restrict hb = hp + bs * (size_t)ldhp + u0;                            \
+        T* restrict dhb = dh + bs * Hs + u0;                                           \
+        T* restrict dr = dg + bs * 4 * Hs + u0;                                        \
+        T* restrict dz = dr + Hs;                                                      \
+        T* restrict dn = dr + 2 * Hs;                                                  \
+        T* restrict dx = dr + 3 * Hs;                                                  \
+        for (size_t j = 0; j < L; j++) {                                               \
+            T r = gr[j], z = gz[j], nn = gn[j], dhh = dhb[j];                          \
+            T dnp = dhh * ((T)1 - z) * ((T)1 - nn * nn);                               \
+            dr[j] = dnp * hnb[j] * r * ((T)1 - r);                                     \
+            dz[j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                               \
+            dn[j] = dnp * r;                                                           \
+            dx[j] = dnp;                                                               \
+            dhb[j] = dhh * z;                                                          \
+        }                                                                              \
+    }                                                                                  \
 }
 
 FRBG_BWD(fb, float, frbg_tanh_f, )
@@ -1028,11 +1056,134 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
     frbg_scratch_put(1, buf);                                                          \
     return 0;                                                                          \
 }
+/* ------------------------------------------------ GRU (reset_after) backward, split by units
+ * The LSTM scheme above with three gates: thread t owns whole panels of units; per step it
+ * runs the gate pass of its units (dG rows of 4H: [dr | dz | dn*r | dn], the first three
+ * the W_hh side, dr, dz, dn the W_ih side; dh *= z for its columns), packs its four dG
+ * blocks for the weight-gradient GEMMs (their column sums are the bias gradients), one
+ * barrier, then dh_{s-1}[:, own] += dG_s[:, :3H] @ W_hh[:, own] with its packed slice.
+ * After the loop: its own gate rows of dW_ih (r, z from dr, dz; n from dn) and dW_hh
+ * (from dr, dz, dn*r) over every step at once, and a share of the dX rows.  hn: the
+ * stored h W_hn + b_hn rows (N x H).  dg: N x 4H scratch. */
+#define FRBG_GRU_BWDU(SUF, T)                                                          \
+static int frbg_gru_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* offsets, \
+        const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
+        const T* h0, const T* y, int ldy, const T* gates, const T* hn, const T* dy,    \
+        T* dh, T* dx, T* dwih, T* dwhh, T* dbih, T* dbhh, T* dg) {                     \
+    int nb = frbg_nb(level, sizeof(T)), GH = 3 * H, G4 = 4 * H;                        \
+    int nph = (H + nb - 1) / nb, npx = (I + nb - 1) / nb;                              \
+    if (nt > nph) nt = nph;                                                            \
+    if (nt < 1) nt = 1;                                                                \
+    ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
+    size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
+    size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
+    size_t szb = (size_t)4 * H + 16;                                                   \
+    int MR = frbg_mr(level);                                                           \
+    size_t szk = (size_t)4 * N * ((size_t)nph * nb + (size_t)nt * MR);                 \
+    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szb + szk + 64)); \
+    if (!buf) return -1;                                                               \
+    T* xp = buf;                  /* X packed (N x I), panels of nb */                 \
+    T* hpk = xp + szx;            /* H_prev packed (N x H) */                          \
+    T* whp = hpk + szh;           /* W_hh (3H x H), panels of nb units */              \
+    T* wip = whp + szw;           /* W_ih r, z rows (2H x I) then n rows (H x I) */    \
+    T* wipn = wip + (size_t)npx * 2 * H * nb;                                          \
+    T* dbs = wip + szi;           /* column sums of the four dG blocks (4 x H) */       \
+    T* work = dbs + szb;          /* per thread: its dG columns, packed */              \
+    int bar[2] = {0, 0};                                                               \
+    _Pragma("omp parallel num_threads(nt)")                                            \
+    {                                                                                  \
+        int t = 0, ntt = 1, s, q, b;                                                   \
+        FRBG_OMP_IDS(t, ntt);                                                          \
+        int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
+        int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
+        int nqt = (L + MR - 1) / MR;                                                   \
+        T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
+        if (L > 0)                                                                     \
+            frbg_pack_##SUF##_into(whh + u0, H, GH, L, 0, nb, whp + (size_t)p0 * GH * nb); \
+        if (dx) {                                                                      \
+            int a0 = t * npx / ntt, a1 = (t + 1) * npx / ntt;                          \
+            int j0 = a0 * nb, j1 = a1 * nb < I ? a1 * nb : I;                          \
+            if (j1 > j0) {                                                             \
+                frbg_pack_##SUF##_into(wih + j0, I, 2 * H, j1 - j0, 0, nb,              \
+                                       wip + (size_t)a0 * 2 * H * nb);                 \
+                frbg_pack_##SUF##_into(wih + (size_t)2 * H * I + j0, I, H, j1 - j0, 0,  \
+                                       nb, wipn + (size_t)a0 * H * nb);                \
+            }                                                                          \
+        }                                                                              \
+        for (s = t * S / ntt; s < (t + 1) * S / ntt; s++)                              \
+            for (b = 0; b < (int)nsteps[s]; b++) {                                     \
+                ptrdiff_t kk = offsets[s] + b;                                         \
+                frbg_pack_row_##SUF(x + kk * I, I, nb, N, kk, 0, xp);                  \
+                frbg_pack_row_##SUF(s ? y + (offsets[s - 1] + b) * ldy                 \
+                                      : h0 + (size_t)b * H, H, nb, N, kk, 0, hpk);     \
+            }                                                                          \
+        for (q = 0; q < 3 && L > 0; q++) {                                             \
+            memset(dwih + (size_t)(q * H + u0) * I, 0, sizeof(T) * (size_t)L * I);     \
+            memset(dwhh + (size_t)(q * H + u0) * H, 0, sizeof(T) * (size_t)L * H);     \
+        }                                                                              \
+        for (q = 0; q < 4 && L > 0; q++)                                               \
+            memset(dbs + (size_t)q * H + u0, 0, sizeof(T) * L);                       \
+        for (s = S - 1; s >= 0; s--) {                                                 \
+            int n = (int)nsteps[s];                                                    \
+            ptrdiff_t r = offsets[s];                                                  \
+            if (L > 0) {                                                               \
+                for (b = 0; b < n; b++) {   /* + the gradient of the output h_s */      \
+                    T* restrict dhb = dh + (size_t)b * H + u0;                         \
+                    const T* restrict dyb = dy + (size_t)(r + b) * H + u0;             \
+                    size_t jj;                                                         \
+                    for (jj = 0; jj < (size_t)L; jj++) dhb[jj] += dyb[jj];             \
+                }                                                                      \
+                FRBG_PICK(frbg_gru_bwdu, SUF, n, H, u0, u1, gates + r * GH, hn + r * H, \
+                          s ? y + offsets[s - 1] * ldy : h0, s ? ldy : H, dh,          \
+                          dg + r * G4);                                                \
+                if (MR == 6)                                                           \
+                    frbg_packdg_##SUF(6, n, L, nqt, N, r, dg + r * G4 + u0, G4, H,      \
+                                      dbs + u0, ap);                                   \
+                else                                                                   \
+                    frbg_packdg_##SUF(3, n, L, nqt, N, r, dg + r * G4 + u0, G4, H,      \
+                                      dbs + u0, ap);                                   \
+            }                                                                          \
+            frbg_barrier(bar, ntt);                                                    \
+            if (L > 0)                                                                 \
+                frbg_gemm_##SUF(level, n, L, GH, dg + r * G4, G4, 1,                   \
+                                whp + (size_t)p0 * GH * nb, dh + u0, H, 1, 0, p1 - p0); \
+        }                                                                              \
+        if (L > 0) {                                                                   \
+            T* apn = ap + (size_t)3 * nqt * N * MR;                                    \
+            frbg_wgemmp_##SUF(level, 2 * nqt, nqt, L, H, I, (int)N, ap, xp,            \
+                              dwih + (size_t)u0 * I, I);                               \
+            frbg_wgemmp_##SUF(level, nqt, nqt, L, H, I, (int)N, apn, xp,               \
+                              dwih + (size_t)(2 * H + u0) * I, I);                     \
+            frbg_wgemmp_##SUF(level, 3 * nqt, nqt, L, H, H, (int)N, ap, hpk,           \
+                              dwhh + (size_t)u0 * H, H);                               \
+            for (q = 0; q < 3; q++)                                                    \
+                memcpy(dbhh + q * H + u0, dbs + (size_t)q * H + u0, sizeof(T) * L);   \
+            for (q = 0; q < 2; q++)                                                    \
+                memcpy(dbih + q * H + u0, dbs + (size_t)q * H + u0, sizeof(T) * L);   \
+            memcpy(dbih + 2 * H + u0, dbs + (size_t)3 * H + u0, sizeof(T) * L);       \
+        }                                                                              \
+        if (dx) {                                                                      \
+            /* the packed W_ih panels of every thread are published by the loop's     \
+             * barriers (S >= 1) */                                                    \
+            ptrdiff_t R0 = N * t / ntt, R1 = N * (t + 1) / ntt;                        \
+            if (R1 > R0) {                                                             \
+                frbg_gemm_##SUF(level, (int)(R1 - R0), I, 2 * H, dg + R0 * G4, G4, 1,  \
+                                wip, dx + R0 * I, I, 0, 0, npx);                       \
+                frbg_gemm_##SUF(level, (int)(R1 - R0), I, H, dg + R0 * G4 + 3 * H, G4, \
+                                1, wipn, dx + R0 * I, I, 1, 0, npx);                   \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+    frbg_scratch_put(1, buf);                                                          \
+    return 0;                                                                          \
+}
 #if FRBG_X86
 FRBG_LSTM_FWD(f, float, frbg_sigmoid_f, frbg_tanh_f)
 FRBG_LSTM_FWD(d, double, frbg_sigmoid_d, frbg_tanh_d)
 FRBG_LSTM_BWDU(f, float)
 FRBG_LSTM_BWDU(d, double)
+FRBG_GRU_BWDU(f, float)
+FRBG_GRU_BWDU(d, double)
 #else
 static int frbg_lstm_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
@@ -1052,6 +1203,16 @@ static int frbg_lstm_bwd_units_d(int level, int nt, int S, const ptrdiff_t* offs
         const double* whh, const double* h0, const double* c0, const double* y, int ldy,
         const double* gates, const double* cs, const double* dy, double* dh, double* dc,
         double* dx, double* dwih, double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
+static int frbg_gru_bwd_units_f(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
+        const float* whh, const float* h0, const float* y, int ldy, const float* gates,
+        const float* hn, const float* dy, float* dh, float* dx, float* dwih, float* dwhh,
+        float* dbih, float* dbhh, float* dg) { return -1; }
+static int frbg_gru_bwd_units_d(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
+        const double* whh, const double* h0, const double* y, int ldy, const double* gates,
+        const double* hn, const double* dy, double* dh, double* dx, double* dwih,
+        double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
 #endif
 
 /* ------------------------------------------------ pipeline flags between threads */

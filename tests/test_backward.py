@@ -351,14 +351,15 @@ def test_pipelined_many_chunks(kind, kw):
         np.testing.assert_allclose(res[1][k], res[0][k], rtol=1e-10, atol=1e-10, err_msg=k)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lstm_units_split_vs_torch(dtype):
-    """LSTM backward split by units over threads (H spans several kernel panels, uneven
-    shares, ragged lengths, initial states): every thread count agrees with torch."""
+def test_units_split_vs_torch(cell, dtype):
+    """LSTM and GRU backward split by units over threads (H spans several kernel panels,
+    uneven shares, ragged lengths, initial states): every thread count agrees with torch."""
     for nt in (1, 2, 3):
         fastrnn.set_num_threads(nt)
         try:
-            _run_case("lstm", 2, True, False, True, True, True, dtype, T=7, B=6, I=70,
+            _run_case(cell, 2, True, False, True, True, True, dtype, T=7, B=6, I=70,
                       H=130, seed=nt)
         finally:
             fastrnn.set_num_threads(None)
