@@ -111,6 +111,16 @@ cdef extern from "_backward_gemm.h":
                              const double* hn, const double* dy, double* dh, double* dx,
                              double* dwih, double* dwhh, double* dbih, double* dbhh,
                              double* dg) nogil
+    int frbg_gru_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
+                       const Py_ssize_t* nsteps, int I, int H, const float* x,
+                       const float* wih, const float* whh, const float* bias,
+                       const float* bhn, const float* h0, float* y, int ldy, float* gates,
+                       float* hn) nogil
+    int frbg_gru_fwd_d(int level, int nt, int S, const Py_ssize_t* offsets,
+                       const Py_ssize_t* nsteps, int I, int H, const double* x,
+                       const double* wih, const double* whh, const double* bias,
+                       const double* bhn, const double* h0, double* y, int ldy,
+                       double* gates, double* hn) nogil
     size_t frbg_wgemm_work(int K) nogil
     void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
                       const float* Bp, float* C, int ldc, float* bias, float* work) nogil
@@ -682,6 +692,18 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         else:
             rc = frbg_lstm_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, h0,
                                  c0, y, ldy, gates, cs)
+        if old_blas >= 0:
+            frb_blas_threads(old_blas)
+        return rc
+    if d.cell == 2 and d.reset_after and level > 0 and fr_can_pipeline():
+        # GRU (reset_after): the same split by units (hn: h W_hn + b_hn kept in cs)
+        old_blas = frb_blas_threads(nt)
+        if floating is float:
+            rc = frbg_gru_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, bhn,
+                                h0, y, ldy, gates, cs)
+        else:
+            rc = frbg_gru_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, bhn,
+                                h0, y, ldy, gates, cs)
         if old_blas >= 0:
             frb_blas_threads(old_blas)
         return rc

@@ -907,6 +907,109 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
     free(wh);                                                                          \
     return 0;                                                                          \
 }
+/* gate math of rows [0, n), units [u0, u1) of one GRU (reset_after) training-forward
+ * step: gs holds x W_i^T (+ h W_h^T for r, z), hn h W_hn^T; writes r, z, n into gs,
+ * hn + b_hn into hn, h' into ys.  bias: b_ir + b_hr, b_iz + b_hz, b_in. */
+#define FRBG_GRU_FWD_ROWS(SUF, T, SIG, TANH, ATTR)                                     \
+ATTR static void frbg_gru_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,           \
+        const T* bias, const T* bhn, const T* hp, int ldhp, T* hn, T* ys, int ldy) {   \
+    int b, len = u1 - u0;                                                              \
+    size_t j, L = (size_t)len;                                                         \
+    for (b = 0; b < n; b++) {                                                          \
+        T* g = gs + (size_t)b * 3 * H + u0;                                            \
+        T* restrict gr = g;                                                            \
+        T* restrict gz = g + (size_t)H;                                                \
+        T* restrict gn = g + (size_t)2 * H;                                            \
+        const T* restrict br = bias + u0;                                              \
+        const T* restrict bz = bias + (size_t)H + u0;                                  \
+        const T* restrict bn = bias + (size_t)2 * H + u0;                              \
+        const T* restrict bh = bhn + u0;                                               \
+        const T* restrict hb = hp + (size_t)b * ldhp + u0;                             \
+        T* restrict hnb = hn + (size_t)b * H + u0;                                     \
+        T* restrict yb = ys + (size_t)b * ldy + u0;                                    \
+        for (j = 0; j < L; j++) { gr[j] += br[j]; gz[j] += bz[j]; }                    \
+        SIG(gr, gr, len);                                                              \
+        SIG(gz, gz, len);                                                              \
+        for (j = 0; j < L; j++) {                                                      \
+            T h = hnb[j] + bh[j];                                                      \
+            hnb[j] = h;                                                                \
+            gn[j] += bn[j] + gr[j] * h;                                                \
+        }                                                                              \
+        TANH(gn, gn, len);                                                             \
+        for (j = 0; j < L; j++) yb[j] = ((T)1 - gz[j]) * gn[j] + gz[j] * hb[j];        \
+    }                                                                                  \
+}
+#if FRBG_X86
+FRBG_GRU_FWD_ROWS(f512, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A512)
+FRBG_GRU_FWD_ROWS(f2, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A2)
+FRBG_GRU_FWD_ROWS(fb, float, frbg_sigmoid_f, frbg_tanh_f, )
+FRBG_GRU_FWD_ROWS(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)
+FRBG_GRU_FWD_ROWS(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)
+FRBG_GRU_FWD_ROWS(db, double, frbg_sigmoid_d, frbg_tanh_d, )
+#endif
+/* GRU (reset_after) training forward split by units, as the LSTM's: each thread owns whole
+ * panels of nb units in each gate (W packed per gate), projects the inputs of its units
+ * a chunk of steps ahead, and per step computes its columns of h W_h^T (r, z added into
+ * the stored gates, n into hn), its units' gates and h; one barrier per step. */
+#define FRBG_GRU_FWD(SUF, T)                                                           \
+static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,       \
+        const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
+        const T* bias, const T* bhn, const T* h0, T* y, int ldy, T* gates, T* hn) {     \
+    int nb = frbg_nb(level, sizeof(T)), nph = (H + nb - 1) / nb, GH = 3 * H;           \
+    size_t szi = (size_t)3 * nph * (I > 0 ? I : 1) * nb;                               \
+    size_t szh = (size_t)3 * nph * H * nb;                                             \
+    T* wi = (T*)frbg_alloc(sizeof(T) * szi);                                           \
+    T* wh = (T*)frbg_alloc(sizeof(T) * szh);                                           \
+    if (!wi || !wh) { free(wi); free(wh); return -1; }                                 \
+    int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
+    if (ch < 1) ch = 1;                                                                \
+    if (nt > nph) nt = nph;                                                            \
+    if (nt < 1) nt = 1;                                                                \
+    int bar[2] = {0, 0};                                                               \
+    _Pragma("omp parallel num_threads(nt)")                                            \
+    {                                                                                  \
+        int t = 0, ntt = 1, s, g;                                                      \
+        FRBG_OMP_IDS(t, ntt);                                                          \
+        int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
+        int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
+        /* gate g, panel p at (g * nph + p) * K * nb: own panels, packed by the owner */\
+        for (g = 0; g < 3 && L > 0; g++) {                                             \
+            frbg_pack_##SUF##_into(wih + (size_t)(g * H + u0) * I, I, I, L, 1, nb,      \
+                                   wi + ((size_t)g * nph + p0) * I * nb);              \
+            frbg_pack_##SUF##_into(whh + (size_t)(g * H + u0) * H, H, H, L, 1, nb,      \
+                                   wh + ((size_t)g * nph + p0) * H * nb);              \
+        }                                                                              \
+        for (s = 0; s < S; s++) {                                                      \
+            int n = (int)nsteps[s];                                                    \
+            ptrdiff_t r = offsets[s];                                                  \
+            if (L > 0) {                                                               \
+                if (s % ch == 0) {   /* input projection of the next chunk of steps */  \
+                    int se = s + ch < S ? s + ch : S;                                  \
+                    ptrdiff_t R1 = offsets[se - 1] + nsteps[se - 1];                   \
+                    for (g = 0; g < 3; g++)                                            \
+                        frbg_gemm_##SUF(level, (int)(R1 - r), L, I, x + r * I, I, 1,    \
+                                        wi + ((size_t)g * nph + p0) * I * nb,          \
+                                        gates + r * GH + g * H + u0, GH, 0, 0, p1 - p0); \
+                }                                                                      \
+                const T* hp = s ? y + offsets[s - 1] * ldy : h0;                       \
+                int ldhp = s ? ldy : H;                                                \
+                for (g = 0; g < 2; g++)                                                \
+                    frbg_gemm_##SUF(level, n, L, H, hp, ldhp, 1,                       \
+                                    wh + ((size_t)g * nph + p0) * H * nb,              \
+                                    gates + r * GH + g * H + u0, GH, 1, 0, p1 - p0);   \
+                frbg_gemm_##SUF(level, n, L, H, hp, ldhp, 1,                           \
+                                wh + ((size_t)2 * nph + p0) * H * nb, hn + r * H + u0, \
+                                H, 0, 0, p1 - p0);                                     \
+                FRBG_PICK(frbg_gru_fwd_rows, SUF, n, H, u0, u1, gates + r * GH, bias,   \
+                          bhn, hp, ldhp, hn + r * H, y + r * ldy, ldy);                \
+            }                                                                          \
+            frbg_barrier(bar, ntt);                                                    \
+        }                                                                              \
+    }                                                                                  \
+    free(wi);                                                                          \
+    free(wh);                                                                          \
+    return 0;                                                                          \
+}
 #ifdef _OPENMP
 #define FRBG_OMP_IDS(t, n) do { t = omp_get_thread_num(); n = omp_get_num_threads(); } while (0)
 #else
@@ -1184,6 +1287,8 @@ FRBG_LSTM_BWDU(f, float)
 FRBG_LSTM_BWDU(d, double)
 FRBG_GRU_BWDU(f, float)
 FRBG_GRU_BWDU(d, double)
+FRBG_GRU_FWD(f, float)
+FRBG_GRU_FWD(d, double)
 #else
 static int frbg_lstm_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
@@ -1203,6 +1308,14 @@ static int frbg_lstm_bwd_units_d(int level, int nt, int S, const ptrdiff_t* offs
         const double* whh, const double* h0, const double* c0, const double* y, int ldy,
         const double* gates, const double* cs, const double* dy, double* dh, double* dc,
         double* dx, double* dwih, double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
+static int frbg_gru_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
+        const float* whh, const float* bias, const float* bhn, const float* h0, float* y,
+        int ldy, float* gates, float* hn) { return -1; }
+static int frbg_gru_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
+        const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
+        const double* whh, const double* bias, const double* bhn, const double* h0,
+        double* y, int ldy, double* gates, double* hn) { return -1; }
 static int frbg_gru_bwd_units_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* h0, const float* y, int ldy, const float* gates,
