@@ -861,18 +861,27 @@ FRBG_LSTM_FWD_ROWS(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)
 FRBG_LSTM_FWD_ROWS(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)
 FRBG_LSTM_FWD_ROWS(db, double, frbg_sigmoid_d, frbg_tanh_d, )
 #endif
+/* LSTM training forward.  Small batch: split by units (each thread packs and reads only
+ * its own panels of the weights, one barrier per step).  From FRBG_FWD_ROWSPLIT
+ * sequences on: split by batch rows (rows are independent through time: no barrier per
+ * step, each thread reads all the packed weights; one barrier per chunk of steps, whose
+ * input projection both threads share). */
+#ifndef FRBG_FWD_ROWSPLIT
+#define FRBG_FWD_ROWSPLIT 16
+#endif
 #define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
-    int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                 \
-    ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
+    int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
+    int rowsplit = nt > 1 && nsteps[0] >= FRBG_FWD_ROWSPLIT;                           \
     T* wi = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (I > 0 ? I : 1) * 4 * U);         \
     T* wh = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (H > 0 ? H : 1) * 4 * U);         \
     if (!wi || !wh) { free(wi); free(wh); return -1; }                                 \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
     if (ch < 1) ch = 1;                                                                \
-    if (nt > nbk) nt = nbk;                                                            \
+    if (!rowsplit && nt > nbk) nt = nbk;                                               \
+    if (rowsplit && nt > nsteps[0]) nt = (int)nsteps[0];                               \
     if (nt < 1) nt = 1;                                                                \
     int bar[2] = {0, 0};             /* spin barrier: arrivals, generation */          \
     _Pragma("omp parallel num_threads(nt)")                                            \
@@ -881,26 +890,53 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         FRBG_OMP_IDS(t, ntt);                                                          \
         int p0 = t * nbk / ntt, p1 = (t + 1) * nbk / ntt;                              \
         int u0 = p0 * U, u1 = p1 * U < H ? p1 * U : H;                                 \
-        /* each thread packs (and only ever reads) its own panels */                   \
+        /* each thread packs its share of the panels */                                \
         frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                            \
         frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                            \
-        for (s = 0; s < S; s++) {                                                      \
-            if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
-                int se = s + ch < S ? s + ch : S;                                      \
-                ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];      \
-                frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,        \
-                                 gates + R0 * 4 * H, 4 * H, 0, p0, p1);                \
-            }                                                                          \
-            int n = (int)nsteps[s];                                                    \
-            ptrdiff_t r = offsets[s];                                                  \
-            const T* hp = s ? y + offsets[s - 1] * ldy : h0;                           \
-            const T* cp = s ? cs + offsets[s - 1] * H : c0;                            \
-            frbg_gemmu_##SUF(level, n, H, H, hp, s ? ldy : H, wh, gates + r * 4 * H,    \
-                             4 * H, 1, p0, p1);                                        \
-            if (u0 < u1)                                                               \
-                FRBG_PICK(frbg_lstm_fwd_rows, SUF, n, H, u0, u1, gates + r * 4 * H,     \
+        if (rowsplit) {                                                                \
+            /* own rows [b0, b1) of every step; the whole weights */                   \
+            int b0 = (int)(t * nsteps[0] / ntt), b1 = (int)((t + 1) * nsteps[0] / ntt); \
+            for (s = 0; s < S; s++) {                                                  \
+                if (s % ch == 0) {   /* this chunk's projection, rows shared out */     \
+                    int se = s + ch < S ? s + ch : S;                                  \
+                    ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
+                    ptrdiff_t q0 = R0 + (R1 - R0) * t / ntt;                           \
+                    ptrdiff_t q1 = R0 + (R1 - R0) * (t + 1) / ntt;                     \
+                    if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
+                    if (q1 > q0)                                                       \
+                        frbg_gemmu_##SUF(level, (int)(q1 - q0), H, I, x + q0 * I, I,    \
+                                         wi, gates + q0 * 4 * H, 4 * H, 0, 0, nbk);    \
+                    frbg_barrier(bar, ntt);       /* the chunk is projected */         \
+                }                                                                      \
+                int n = (int)nsteps[s], e = b1 < n ? b1 : n;                           \
+                if (e <= b0) continue;                                                 \
+                ptrdiff_t r = offsets[s] + b0;                                         \
+                const T* hp = s ? y + (offsets[s - 1] + b0) * ldy : h0 + (size_t)b0 * H; \
+                const T* cp = s ? cs + (offsets[s - 1] + b0) * H : c0 + (size_t)b0 * H; \
+                frbg_gemmu_##SUF(level, e - b0, H, H, hp, s ? ldy : H, wh,              \
+                                 gates + r * 4 * H, 4 * H, 1, 0, nbk);                 \
+                FRBG_PICK(frbg_lstm_fwd_rows, SUF, e - b0, H, 0, H, gates + r * 4 * H,  \
                           bias, cp, cs + r * H, y + r * ldy, ldy);                     \
-            frbg_barrier(bar, ntt);                                                    \
+            }                                                                          \
+        } else {                                                                       \
+            for (s = 0; s < S; s++) {                                                  \
+                if (s % ch == 0) {   /* input projection of the next chunk of steps */  \
+                    int se = s + ch < S ? s + ch : S;                                  \
+                    ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
+                    frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
+                                     gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
+                }                                                                      \
+                int n = (int)nsteps[s];                                                \
+                ptrdiff_t r = offsets[s];                                              \
+                const T* hp = s ? y + offsets[s - 1] * ldy : h0;                       \
+                const T* cp = s ? cs + offsets[s - 1] * H : c0;                        \
+                frbg_gemmu_##SUF(level, n, H, H, hp, s ? ldy : H, wh, gates + r * 4 * H, \
+                                 4 * H, 1, p0, p1);                                    \
+                if (u0 < u1)                                                           \
+                    FRBG_PICK(frbg_lstm_fwd_rows, SUF, n, H, u0, u1, gates + r * 4 * H, \
+                              bias, cp, cs + r * H, y + r * ldy, ldy);                 \
+                frbg_barrier(bar, ntt);                                                \
+            }                                                                          \
         }                                                                              \
     }                                                                                  \
     free(wi);                                                                          \
