@@ -1084,6 +1084,31 @@ static inline __attribute__((always_inline)) void frbg_packdg_##SUF(const int MR
 }
 FRBG_PACKDG(f, float)
 FRBG_PACKDG(d, double)
+/* Per-step bookkeeping of the split-by-units backwards around the gate pass, in ISA
+ * variants (the outlined OpenMP body that calls them is built for the baseline ISA):
+ * dh[b, u0:u0+L] += dy[b, u0:u0+L] (rows of ld H), and the dG packing above. */
+#define FRBG_STEPV(SUF, TS, T, ATTR)                                                     \
+ATTR static void frbg_dyadd_##SUF(int n, int H, int u0, int L, const T* dy, T* dh) {   \
+    size_t b, j, Hs = (size_t)H, Ls = (size_t)L;                                       \
+    for (b = 0; b < (size_t)n; b++) {                                                  \
+        T* restrict d = dh + b * Hs + u0;                                              \
+        const T* restrict a = dy + b * Hs + u0;                                        \
+        for (j = 0; j < Ls; j++) d[j] += a[j];                                         \
+    }                                                                                  \
+}                                                                                      \
+ATTR static void frbg_packdgv_##SUF(int MR, int n, int L, int nqt, ptrdiff_t N,        \
+        ptrdiff_t r, const T* dg, int ld, int gs, T* db, T* ap) {                      \
+    if (MR == 6) frbg_packdg_##TS(6, n, L, nqt, N, r, dg, ld, gs, db, ap);             \
+    else frbg_packdg_##TS(3, n, L, nqt, N, r, dg, ld, gs, db, ap);                     \
+}
+#if FRBG_X86
+FRBG_STEPV(f512, f, float, FRBG_A512)
+FRBG_STEPV(f2, f, float, FRBG_A2)
+FRBG_STEPV(fb, f, float, )
+FRBG_STEPV(d512, d, double, FRBG_A512)
+FRBG_STEPV(d2, d, double, FRBG_A2)
+FRBG_STEPV(db, d, double, )
+#endif
 /* ------------------------------------------------ LSTM backward, split by units
  * Both threads run every step of the time loop, from the last step back: thread t owns a
  * range of units (whole panels of nb columns) and computes, per step, the gate gradients
@@ -1154,22 +1179,14 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
             if (L > 0) {                                                               \
-                for (b = 0; b < n; b++) {   /* + the gradient of the output h_s */      \
-                    T* restrict dhb = dh + (size_t)b * H + u0;                         \
-                    const T* restrict dyb = dy + (size_t)(r + b) * H + u0;             \
-                    size_t jj;                                                         \
-                    for (jj = 0; jj < (size_t)L; jj++) dhb[jj] += dyb[jj];             \
-                }                                                                      \
+                /* + the gradient of the output h_s */                                 \
+                FRBG_PICK(frbg_dyadd, SUF, n, H, u0, L, dy + r * H, dh);                \
                 frbg_lstm_bwdu_##SUF(0, n, H, u0, u1, gates + r * GH, cs + r * H,       \
                                      s ? cs + offsets[s - 1] * H : c0, dh, H, dc,      \
                                      dg + r * GH, NULL);                               \
                 /* own dG columns: into the bias gradient and, packed, for the GEMM */ \
-                if (MR == 6)                                                           \
-                    frbg_packdg_##SUF(6, n, L, nqt, N, r, dg + r * GH + u0, GH, H,      \
-                                      dbih + u0, ap);                                  \
-                else                                                                   \
-                    frbg_packdg_##SUF(3, n, L, nqt, N, r, dg + r * GH + u0, GH, H,      \
-                                      dbih + u0, ap);                                  \
+                FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dg + r * GH + u0, GH, \
+                          H, dbih + u0, ap);                                           \
             }                                                                          \
             frbg_barrier(bar, ntt);                                                    \
             if (L > 0)                                                                 \
@@ -1266,21 +1283,13 @@ static int frbg_gru_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* o
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
             if (L > 0) {                                                               \
-                for (b = 0; b < n; b++) {   /* + the gradient of the output h_s */      \
-                    T* restrict dhb = dh + (size_t)b * H + u0;                         \
-                    const T* restrict dyb = dy + (size_t)(r + b) * H + u0;             \
-                    size_t jj;                                                         \
-                    for (jj = 0; jj < (size_t)L; jj++) dhb[jj] += dyb[jj];             \
-                }                                                                      \
+                /* + the gradient of the output h_s */                                 \
+                FRBG_PICK(frbg_dyadd, SUF, n, H, u0, L, dy + r * H, dh);                \
                 FRBG_PICK(frbg_gru_bwdu, SUF, n, H, u0, u1, gates + r * GH, hn + r * H, \
                           s ? y + offsets[s - 1] * ldy : h0, s ? ldy : H, dh,          \
                           dg + r * G4);                                                \
-                if (MR == 6)                                                           \
-                    frbg_packdg_##SUF(6, n, L, nqt, N, r, dg + r * G4 + u0, G4, H,      \
-                                      dbs + u0, ap);                                   \
-                else                                                                   \
-                    frbg_packdg_##SUF(3, n, L, nqt, N, r, dg + r * G4 + u0, G4, H,      \
-                                      dbs + u0, ap);                                   \
+                FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dg + r * G4 + u0, G4, \
+                          H, dbs + u0, ap);                                            \
             }                                                                          \
             frbg_barrier(bar, ntt);                                                    \
             if (L > 0)                                                                 \
