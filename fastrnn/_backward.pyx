@@ -84,33 +84,6 @@ cdef extern from "_backward_gemm.h":
                         const double* wih, const double* whh, const double* bias,
                         const double* h0, const double* c0, double* y, int ldy,
                         double* gates, double* cs) nogil
-    int frbg_lstm_bwd_units_f(int level, int nt, int S, const Py_ssize_t* offsets,
-                              const Py_ssize_t* nsteps, int I, int H, const float* x,
-                              const float* wih, const float* whh, const float* h0,
-                              const float* c0, const float* y, int ldy, const float* gates,
-                              const float* cs, const float* dy, float* dh, float* dc,
-                              float* dx, float* dwih, float* dwhh, float* dbih, float* dbhh,
-                              float* dg) nogil
-    int frbg_lstm_bwd_units_d(int level, int nt, int S, const Py_ssize_t* offsets,
-                              const Py_ssize_t* nsteps, int I, int H, const double* x,
-                              const double* wih, const double* whh, const double* h0,
-                              const double* c0, const double* y, int ldy,
-                              const double* gates, const double* cs, const double* dy,
-                              double* dh, double* dc, double* dx, double* dwih,
-                              double* dwhh, double* dbih, double* dbhh, double* dg) nogil
-    int frbg_gru_bwd_units_f(int level, int nt, int S, const Py_ssize_t* offsets,
-                             const Py_ssize_t* nsteps, int I, int H, const float* x,
-                             const float* wih, const float* whh, const float* h0,
-                             const float* y, int ldy, const float* gates, const float* hn,
-                             const float* dy, float* dh, float* dx, float* dwih,
-                             float* dwhh, float* dbih, float* dbhh, float* dg) nogil
-    int frbg_gru_bwd_units_d(int level, int nt, int S, const Py_ssize_t* offsets,
-                             const Py_ssize_t* nsteps, int I, int H, const double* x,
-                             const double* wih, const double* whh, const double* h0,
-                             const double* y, int ldy, const double* gates,
-                             const double* hn, const double* dy, double* dh, double* dx,
-                             double* dwih, double* dwhh, double* dbih, double* dbhh,
-                             double* dg) nogil
     int frbg_gru_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
                        const Py_ssize_t* nsteps, int I, int H, const float* x,
                        const float* wih, const float* whh, const float* bias,
@@ -121,6 +94,20 @@ cdef extern from "_backward_gemm.h":
                        const double* wih, const double* whh, const double* bias,
                        const double* bhn, const double* h0, double* y, int ldy,
                        double* gates, double* hn) nogil
+    int frbg_bwd_units_f(int level, int cell, int nt, int S, const Py_ssize_t* offsets,
+                         const Py_ssize_t* nsteps, int I, int H, const float* x,
+                         const float* wih, const float* whh, const float* h0,
+                         const float* c0, const float* y, int ldy, const float* gates,
+                         const float* cs, const float* dy, float* dh, float* dc, float* dx,
+                         float* dwih, float* dwhh, float* dbih, float* dbhh,
+                         float* dg) nogil
+    int frbg_bwd_units_d(int level, int cell, int nt, int S, const Py_ssize_t* offsets,
+                         const Py_ssize_t* nsteps, int I, int H, const double* x,
+                         const double* wih, const double* whh, const double* h0,
+                         const double* c0, const double* y, int ldy, const double* gates,
+                         const double* cs, const double* dy, double* dh, double* dc,
+                         double* dx, double* dwih, double* dwhh, double* dbih,
+                         double* dbhh, double* dg) nogil
     size_t frbg_wgemm_work(int K) nogil
     void frbg_wgemm_f(int level, int M, int N, int K, const float* A, int lda,
                       const float* Bp, float* C, int ldc, float* bias, float* work) nogil
@@ -1181,37 +1168,24 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef int rc
     R1.bp = NULL
     R2.bp = NULL
-    if gru_ra and level > 0 and fr_can_pipeline():
-        # GRU (reset_after): the same split by units, dG rows of 4H (see the helper)
+    if (gru_ra or (d.cell == 1 and not d.proj)) and level > 0 and fr_can_pipeline():
+        # LSTM and GRU (reset_after): every thread through every step, split by units
+        # (one barrier per step), then each thread's own rows of the weight gradients;
+        # dG rows of 4H in both (see the helper)
         dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * 4 * H + 1)
         if dg == NULL:
             return -1
         if floating is float:
-            rc = frbg_gru_bwd_units_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
-                                      y, ldy, gates, cs, dy, dh,
-                                      dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
+            rc = frbg_bwd_units_f(level, d.cell, nt, S, offsets, nsteps, I, H, x, wih, whh,
+                                  h0, c0, y, ldy, gates, cs, dy, dh, dc,
+                                  dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
         else:
-            rc = frbg_gru_bwd_units_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
-                                      y, ldy, gates, cs, dy, dh,
-                                      dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
+            rc = frbg_bwd_units_d(level, d.cell, nt, S, offsets, nsteps, I, H, x, wih, whh,
+                                  h0, c0, y, ldy, gates, cs, dy, dh, dc,
+                                  dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
         frbg_scratch_put(0, dg)
         return rc
     dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * GH + 1)
-    if d.cell == 1 and not d.proj and level > 0 and fr_can_pipeline():
-        # LSTM: every thread through every step, split by units (one barrier per step),
-        # then each thread's own rows of the weight gradients
-        if dg == NULL:
-            return -1
-        if floating is float:
-            rc = frbg_lstm_bwd_units_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
-                                       c0, y, ldy, gates, cs, dy, dh, dc,
-                                       dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
-        else:
-            rc = frbg_lstm_bwd_units_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, h0,
-                                       c0, y, ldy, gates, cs, dy, dh, dc,
-                                       dx if d.want_dx else NULL, dwih, dwhh, dbih, dbhh, dg)
-        frbg_scratch_put(0, dg)
-        return rc
     ones = <floating*>malloc(sizeof(floating) * N + 1)
     ok = dg != NULL and ones != NULL
     if gru_ra:

@@ -1109,40 +1109,51 @@ FRBG_STEPV(d512, d, double, FRBG_A512)
 FRBG_STEPV(d2, d, double, FRBG_A2)
 FRBG_STEPV(db, d, double, )
 #endif
-/* ------------------------------------------------ LSTM backward, split by units
+/* ------------------------------------------------ LSTM and GRU backward, split by units
  * Both threads run every step of the time loop, from the last step back: thread t owns a
  * range of units (whole panels of nb columns) and computes, per step, the gate gradients
- * of its units (it holds their dh, dc), then, after one barrier (every column of dG_s is
- * written), its columns of dh_{s-1} = dG_s @ W_hh: its packed slice of W_hh (4H x its
- * units) stays in its core's cache across steps.  After the loop each thread computes the
- * weight and bias gradients of its own gate rows (dW_ih = dG^T X, dW_hh = dG^T H_prev as
- * single GEMMs over every step: no per-thread accumulators to sum) and a share of the dX
- * rows.  No projection; float and double.  dh (B x H) / dc (B x H): on entry the gradient
- * reaching the final state, on exit the one reaching the initial state; dg: N x 4H
- * scratch; dx NULL when not wanted.  Returns -1 when memory ran out. */
-#define FRBG_LSTM_BWDU(SUF, T)                                                         \
-static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* offsets, \
-        const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
-        const T* h0, const T* c0, const T* y, int ldy, const T* gates, const T* cs,    \
-        const T* dy, T* dh, T* dc, T* dx, T* dwih, T* dwhh, T* dbih, T* dbhh, T* dg) {  \
-    int nb = frbg_nb(level, sizeof(T)), GH = 4 * H;                                    \
+ * of its units (it holds their dh and, LSTM, dc), then, after one barrier (every column
+ * of dG_s is written), its columns of dh_{s-1} (+)= dG_s @ W_hh: its packed slice of W_hh
+ * (G*H x its units) stays in its core's cache across steps.  After the loop each thread
+ * computes the weight and bias gradients of its own gate rows (dW_ih = dG^T X, dW_hh =
+ * dG^T H_prev as single GEMMs over every step: no per-thread accumulators to sum) and a
+ * share of the dX rows.
+ * dG rows have 4H values in both cells: LSTM [di | df | dg | do] (both weight sides);
+ * GRU (reset_after) [dr | dz | dn*r | dn]: the first three the W_hh side, dr, dz, dn the
+ * W_ih side.  Their column sums (taken while packing) are the bias gradients.
+ * cell 1 LSTM (no projection; cs: c, c0, dc), cell 2 GRU (cs: the stored h W_hn + b_hn;
+ * c0, dc unused).  dh (B x H) / dc: on entry the gradient reaching the final state, on
+ * exit the one reaching the initial state; dg: N x 4H scratch; dx NULL when not wanted.
+ * Float and double.  Returns -1 when memory ran out. */
+#define FRBG_BWDU(SUF, T)                                                              \
+static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,                     \
+        const ptrdiff_t* offsets, const ptrdiff_t* nsteps, int I, int H, const T* x,   \
+        const T* wih, const T* whh, const T* h0, const T* c0, const T* y, int ldy,     \
+        const T* gates, const T* cs, const T* dy, T* dh, T* dc, T* dx, T* dwih,        \
+        T* dwhh, T* dbih, T* dbhh, T* dg) {                                            \
+    const int lstm = cell == 1, G = lstm ? 4 : 3, GH = G * H, G4 = 4 * H;              \
+    const int KX = lstm ? G4 : 2 * H;   /* dG columns [0, KX) meet W_ih rows [0, KX) */ \
+    int nb = frbg_nb(level, sizeof(T));                                                \
     int nph = (H + nb - 1) / nb, npx = (I + nb - 1) / nb;                              \
     if (nt > nph) nt = nph;                                                            \
     if (nt < 1) nt = 1;                                                                \
     ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
     size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
     size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
+    size_t szb = (size_t)G4 + 16;                                                      \
     int MR = frbg_mr(level);                                                           \
     /* packed dG: thread t (units [u0, u0 + L)) at 4N(u0 + t*MR), 4N(L + MR) values, so  \
      * the regions never overlap whatever team size OpenMP grants (<= nt) */           \
     size_t szk = (size_t)4 * N * ((size_t)nph * nb + (size_t)nt * MR);                 \
-    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szk + 64));  \
+    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szb + szk + 64)); \
     if (!buf) return -1;                                                               \
     T* xp = buf;                  /* X packed (N x I), panels of nb */                 \
     T* hpk = xp + szx;            /* H_prev packed (N x H) */                          \
-    T* whp = hpk + szh;           /* W_hh (4H x H), panels of nb units */              \
-    T* wip = whp + szw;           /* W_ih (4H x I), for dX */                          \
-    T* work = wip + szi;          /* per thread: its dG columns, packed for the GEMM */ \
+    T* whp = hpk + szh;           /* W_hh (G*H x H), panels of nb units */             \
+    T* wip = whp + szw;           /* W_ih rows [0, KX) (then GRU: the n rows), for dX */ \
+    T* wipn = wip + (size_t)npx * KX * nb;                                             \
+    T* dbs = wip + szi;           /* column sums of the four dG blocks (4H) */         \
+    T* work = dbs + szb;          /* per thread: its dG columns, packed for the GEMM */ \
     int bar[2] = {0, 0};                                                               \
     _Pragma("omp parallel num_threads(nt)")                                            \
     {                                                                                  \
@@ -1159,111 +1170,12 @@ static int frbg_lstm_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* 
         if (dx) {                                                                      \
             int a0 = t * npx / ntt, a1 = (t + 1) * npx / ntt;                          \
             int j0 = a0 * nb, j1 = a1 * nb < I ? a1 * nb : I;                          \
-            if (j1 > j0)                                                               \
-                frbg_pack_##SUF##_into(wih + j0, I, GH, j1 - j0, 0, nb,                 \
-                                       wip + (size_t)a0 * GH * nb);                    \
-        }                                                                              \
-        for (s = t * S / ntt; s < (t + 1) * S / ntt; s++)                              \
-            for (b = 0; b < (int)nsteps[s]; b++) {                                     \
-                ptrdiff_t kk = offsets[s] + b;                                         \
-                frbg_pack_row_##SUF(x + kk * I, I, nb, N, kk, 0, xp);                     \
-                frbg_pack_row_##SUF(s ? y + (offsets[s - 1] + b) * ldy                 \
-                                      : h0 + (size_t)b * H, H, nb, N, kk, 0, hpk);        \
-            }                                                                          \
-        for (q = 0; q < 4 && L > 0; q++) {                                             \
-            memset(dwih + (size_t)(q * H + u0) * I, 0, sizeof(T) * (size_t)L * I);     \
-            memset(dwhh + (size_t)(q * H + u0) * H, 0, sizeof(T) * (size_t)L * H);     \
-            memset(dbih + q * H + u0, 0, sizeof(T) * L);                               \
-        }                                                                              \
-        for (s = S - 1; s >= 0; s--) {                                                 \
-            int n = (int)nsteps[s];                                                    \
-            ptrdiff_t r = offsets[s];                                                  \
-            if (L > 0) {                                                               \
-                /* + the gradient of the output h_s */                                 \
-                FRBG_PICK(frbg_dyadd, SUF, n, H, u0, L, dy + r * H, dh);                \
-                frbg_lstm_bwdu_##SUF(0, n, H, u0, u1, gates + r * GH, cs + r * H,       \
-                                     s ? cs + offsets[s - 1] * H : c0, dh, H, dc,      \
-                                     dg + r * GH, NULL);                               \
-                /* own dG columns: into the bias gradient and, packed, for the GEMM */ \
-                FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dg + r * GH + u0, GH, \
-                          H, dbih + u0, ap);                                           \
-            }                                                                          \
-            frbg_barrier(bar, ntt);                                                    \
-            if (L > 0)                                                                 \
-                frbg_gemm_##SUF(level, n, L, GH, dg + r * GH, GH, 1,                   \
-                                whp + (size_t)p0 * GH * nb, dh + u0, H, 0, 0, p1 - p0); \
-        }                                                                              \
-        /* every dG row is written (the last barrier): weight gradients of own rows */ \
-        if (L > 0) {                                                                   \
-            frbg_wgemmp_##SUF(level, 4 * nqt, nqt, L, H, I, (int)N, ap, xp,            \
-                              dwih + (size_t)u0 * I, I);                               \
-            frbg_wgemmp_##SUF(level, 4 * nqt, nqt, L, H, H, (int)N, ap, hpk,           \
-                              dwhh + (size_t)u0 * H, H);                               \
-            for (q = 0; q < 4; q++)                                                    \
-                memcpy(dbhh + q * H + u0, dbih + q * H + u0, sizeof(T) * L);           \
-        }                                                                              \
-        if (dx) {                                                                      \
-            ptrdiff_t R0 = N * t / ntt, R1 = N * (t + 1) / ntt;                        \
-            if (R1 > R0)                                                               \
-                frbg_gemm_##SUF(level, (int)(R1 - R0), I, GH, dg + R0 * GH, GH, 1, wip, \
-                                dx + R0 * I, I, 0, 0, npx);                            \
-        }                                                                              \
-    }                                                                                  \
-    frbg_scratch_put(1, buf);                                                          \
-    return 0;                                                                          \
-}
-/* ------------------------------------------------ GRU (reset_after) backward, split by units
- * The LSTM scheme above with three gates: thread t owns whole panels of units; per step it
- * runs the gate pass of its units (dG rows of 4H: [dr | dz | dn*r | dn], the first three
- * the W_hh side, dr, dz, dn the W_ih side; dh *= z for its columns), packs its four dG
- * blocks for the weight-gradient GEMMs (their column sums are the bias gradients), one
- * barrier, then dh_{s-1}[:, own] += dG_s[:, :3H] @ W_hh[:, own] with its packed slice.
- * After the loop: its own gate rows of dW_ih (r, z from dr, dz; n from dn) and dW_hh
- * (from dr, dz, dn*r) over every step at once, and a share of the dX rows.  hn: the
- * stored h W_hn + b_hn rows (N x H).  dg: N x 4H scratch. */
-#define FRBG_GRU_BWDU(SUF, T)                                                          \
-static int frbg_gru_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* offsets, \
-        const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
-        const T* h0, const T* y, int ldy, const T* gates, const T* hn, const T* dy,    \
-        T* dh, T* dx, T* dwih, T* dwhh, T* dbih, T* dbhh, T* dg) {                     \
-    int nb = frbg_nb(level, sizeof(T)), GH = 3 * H, G4 = 4 * H;                        \
-    int nph = (H + nb - 1) / nb, npx = (I + nb - 1) / nb;                              \
-    if (nt > nph) nt = nph;                                                            \
-    if (nt < 1) nt = 1;                                                                \
-    ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
-    size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
-    size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
-    size_t szb = (size_t)4 * H + 16;                                                   \
-    int MR = frbg_mr(level);                                                           \
-    size_t szk = (size_t)4 * N * ((size_t)nph * nb + (size_t)nt * MR);                 \
-    T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szb + szk + 64)); \
-    if (!buf) return -1;                                                               \
-    T* xp = buf;                  /* X packed (N x I), panels of nb */                 \
-    T* hpk = xp + szx;            /* H_prev packed (N x H) */                          \
-    T* whp = hpk + szh;           /* W_hh (3H x H), panels of nb units */              \
-    T* wip = whp + szw;           /* W_ih r, z rows (2H x I) then n rows (H x I) */    \
-    T* wipn = wip + (size_t)npx * 2 * H * nb;                                          \
-    T* dbs = wip + szi;           /* column sums of the four dG blocks (4 x H) */       \
-    T* work = dbs + szb;          /* per thread: its dG columns, packed */              \
-    int bar[2] = {0, 0};                                                               \
-    _Pragma("omp parallel num_threads(nt)")                                            \
-    {                                                                                  \
-        int t = 0, ntt = 1, s, q, b;                                                   \
-        FRBG_OMP_IDS(t, ntt);                                                          \
-        int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
-        int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
-        int nqt = (L + MR - 1) / MR;                                                   \
-        T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
-        if (L > 0)                                                                     \
-            frbg_pack_##SUF##_into(whh + u0, H, GH, L, 0, nb, whp + (size_t)p0 * GH * nb); \
-        if (dx) {                                                                      \
-            int a0 = t * npx / ntt, a1 = (t + 1) * npx / ntt;                          \
-            int j0 = a0 * nb, j1 = a1 * nb < I ? a1 * nb : I;                          \
             if (j1 > j0) {                                                             \
-                frbg_pack_##SUF##_into(wih + j0, I, 2 * H, j1 - j0, 0, nb,              \
-                                       wip + (size_t)a0 * 2 * H * nb);                 \
-                frbg_pack_##SUF##_into(wih + (size_t)2 * H * I + j0, I, H, j1 - j0, 0,  \
-                                       nb, wipn + (size_t)a0 * H * nb);                \
+                frbg_pack_##SUF##_into(wih + j0, I, KX, j1 - j0, 0, nb,                 \
+                                       wip + (size_t)a0 * KX * nb);                    \
+                if (!lstm)                                                             \
+                    frbg_pack_##SUF##_into(wih + (size_t)2 * H * I + j0, I, H, j1 - j0, \
+                                           0, nb, wipn + (size_t)a0 * H * nb);         \
             }                                                                          \
         }                                                                              \
         for (s = t * S / ntt; s < (t + 1) * S / ntt; s++)                              \
@@ -1273,52 +1185,60 @@ static int frbg_gru_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* o
                 frbg_pack_row_##SUF(s ? y + (offsets[s - 1] + b) * ldy                 \
                                       : h0 + (size_t)b * H, H, nb, N, kk, 0, hpk);     \
             }                                                                          \
-        for (q = 0; q < 3 && L > 0; q++) {                                             \
+        for (q = 0; q < G && L > 0; q++) {                                             \
             memset(dwih + (size_t)(q * H + u0) * I, 0, sizeof(T) * (size_t)L * I);     \
             memset(dwhh + (size_t)(q * H + u0) * H, 0, sizeof(T) * (size_t)L * H);     \
         }                                                                              \
         for (q = 0; q < 4 && L > 0; q++)                                               \
-            memset(dbs + (size_t)q * H + u0, 0, sizeof(T) * L);                       \
+            memset(dbs + (size_t)q * H + u0, 0, sizeof(T) * L);                        \
         for (s = S - 1; s >= 0; s--) {                                                 \
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
             if (L > 0) {                                                               \
                 /* + the gradient of the output h_s */                                 \
                 FRBG_PICK(frbg_dyadd, SUF, n, H, u0, L, dy + r * H, dh);                \
-                FRBG_PICK(frbg_gru_bwdu, SUF, n, H, u0, u1, gates + r * GH, hn + r * H, \
-                          s ? y + offsets[s - 1] * ldy : h0, s ? ldy : H, dh,          \
-                          dg + r * G4);                                                \
+                if (lstm)                                                              \
+                    frbg_lstm_bwdu_##SUF(0, n, H, u0, u1, gates + r * G4, cs + r * H,   \
+                                         s ? cs + offsets[s - 1] * H : c0, dh, H, dc,  \
+                                         dg + r * G4, NULL);                           \
+                else                                                                   \
+                    FRBG_PICK(frbg_gru_bwdu, SUF, n, H, u0, u1, gates + r * GH,         \
+                              cs + r * H, s ? y + offsets[s - 1] * ldy : h0,           \
+                              s ? ldy : H, dh, dg + r * G4);                           \
+                /* own dG columns: into the bias sums and, packed, for the GEMMs */    \
                 FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dg + r * G4 + u0, G4, \
                           H, dbs + u0, ap);                                            \
             }                                                                          \
             frbg_barrier(bar, ntt);                                                    \
-            if (L > 0)                                                                 \
+            if (L > 0)   /* GRU: dh already holds dh * z */                            \
                 frbg_gemm_##SUF(level, n, L, GH, dg + r * G4, G4, 1,                   \
-                                whp + (size_t)p0 * GH * nb, dh + u0, H, 1, 0, p1 - p0); \
+                                whp + (size_t)p0 * GH * nb, dh + u0, H, !lstm, 0,      \
+                                p1 - p0);                                              \
         }                                                                              \
+        /* every dG row is written (the last barrier): weight gradients of own rows */ \
         if (L > 0) {                                                                   \
-            T* apn = ap + (size_t)3 * nqt * N * MR;                                    \
-            frbg_wgemmp_##SUF(level, 2 * nqt, nqt, L, H, I, (int)N, ap, xp,            \
+            frbg_wgemmp_##SUF(level, (KX / H) * nqt, nqt, L, H, I, (int)N, ap, xp,     \
                               dwih + (size_t)u0 * I, I);                               \
-            frbg_wgemmp_##SUF(level, nqt, nqt, L, H, I, (int)N, apn, xp,               \
-                              dwih + (size_t)(2 * H + u0) * I, I);                     \
-            frbg_wgemmp_##SUF(level, 3 * nqt, nqt, L, H, H, (int)N, ap, hpk,           \
+            if (!lstm)       /* GRU dW_in from the dn block */                         \
+                frbg_wgemmp_##SUF(level, nqt, nqt, L, H, I, (int)N,                    \
+                                  ap + (size_t)3 * nqt * N * MR, xp,                   \
+                                  dwih + (size_t)(2 * H + u0) * I, I);                 \
+            frbg_wgemmp_##SUF(level, G * nqt, nqt, L, H, H, (int)N, ap, hpk,           \
                               dwhh + (size_t)u0 * H, H);                               \
-            for (q = 0; q < 3; q++)                                                    \
-                memcpy(dbhh + q * H + u0, dbs + (size_t)q * H + u0, sizeof(T) * L);   \
-            for (q = 0; q < 2; q++)                                                    \
-                memcpy(dbih + q * H + u0, dbs + (size_t)q * H + u0, sizeof(T) * L);   \
-            memcpy(dbih + 2 * H + u0, dbs + (size_t)3 * H + u0, sizeof(T) * L);       \
+            for (q = 0; q < G; q++) {                                                  \
+                memcpy(dbhh + q * H + u0, dbs + (size_t)q * H + u0, sizeof(T) * L);    \
+                memcpy(dbih + q * H + u0, dbs + (size_t)(lstm || q < 2 ? q : 3) * H + u0, \
+                       sizeof(T) * L);                                                 \
+            }                                                                          \
         }                                                                              \
         if (dx) {                                                                      \
-            /* the packed W_ih panels of every thread are published by the loop's     \
-             * barriers (S >= 1) */                                                    \
             ptrdiff_t R0 = N * t / ntt, R1 = N * (t + 1) / ntt;                        \
             if (R1 > R0) {                                                             \
-                frbg_gemm_##SUF(level, (int)(R1 - R0), I, 2 * H, dg + R0 * G4, G4, 1,  \
-                                wip, dx + R0 * I, I, 0, 0, npx);                       \
-                frbg_gemm_##SUF(level, (int)(R1 - R0), I, H, dg + R0 * G4 + 3 * H, G4, \
-                                1, wipn, dx + R0 * I, I, 1, 0, npx);                   \
+                frbg_gemm_##SUF(level, (int)(R1 - R0), I, KX, dg + R0 * G4, G4, 1, wip, \
+                                dx + R0 * I, I, 0, 0, npx);                            \
+                if (!lstm)                                                             \
+                    frbg_gemm_##SUF(level, (int)(R1 - R0), I, H, dg + R0 * G4 + 3 * H, \
+                                    G4, 1, wipn, dx + R0 * I, I, 1, 0, npx);           \
             }                                                                          \
         }                                                                              \
     }                                                                                  \
@@ -1328,10 +1248,8 @@ static int frbg_gru_bwd_units_##SUF(int level, int nt, int S, const ptrdiff_t* o
 #if FRBG_X86
 FRBG_LSTM_FWD(f, float, frbg_sigmoid_f, frbg_tanh_f)
 FRBG_LSTM_FWD(d, double, frbg_sigmoid_d, frbg_tanh_d)
-FRBG_LSTM_BWDU(f, float)
-FRBG_LSTM_BWDU(d, double)
-FRBG_GRU_BWDU(f, float)
-FRBG_GRU_BWDU(d, double)
+FRBG_BWDU(f, float)
+FRBG_BWDU(d, double)
 FRBG_GRU_FWD(f, float)
 FRBG_GRU_FWD(d, double)
 #else
@@ -1343,16 +1261,6 @@ static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
         const double* whh, const double* bias, const double* h0, const double* c0,
         double* y, int ldy, double* gates, double* cs) { return -1; }
-static int frbg_lstm_bwd_units_f(int level, int nt, int S, const ptrdiff_t* offsets,
-        const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
-        const float* whh, const float* h0, const float* c0, const float* y, int ldy,
-        const float* gates, const float* cs, const float* dy, float* dh, float* dc,
-        float* dx, float* dwih, float* dwhh, float* dbih, float* dbhh, float* dg) { return -1; }
-static int frbg_lstm_bwd_units_d(int level, int nt, int S, const ptrdiff_t* offsets,
-        const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
-        const double* whh, const double* h0, const double* c0, const double* y, int ldy,
-        const double* gates, const double* cs, const double* dy, double* dh, double* dc,
-        double* dx, double* dwih, double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
 static int frbg_gru_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* bias, const float* bhn, const float* h0, float* y,
@@ -1361,16 +1269,16 @@ static int frbg_gru_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
         const double* whh, const double* bias, const double* bhn, const double* h0,
         double* y, int ldy, double* gates, double* hn) { return -1; }
-static int frbg_gru_bwd_units_f(int level, int nt, int S, const ptrdiff_t* offsets,
+static int frbg_bwd_units_f(int level, int cell, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
-        const float* whh, const float* h0, const float* y, int ldy, const float* gates,
-        const float* hn, const float* dy, float* dh, float* dx, float* dwih, float* dwhh,
-        float* dbih, float* dbhh, float* dg) { return -1; }
-static int frbg_gru_bwd_units_d(int level, int nt, int S, const ptrdiff_t* offsets,
+        const float* whh, const float* h0, const float* c0, const float* y, int ldy,
+        const float* gates, const float* cs, const float* dy, float* dh, float* dc,
+        float* dx, float* dwih, float* dwhh, float* dbih, float* dbhh, float* dg) { return -1; }
+static int frbg_bwd_units_d(int level, int cell, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
-        const double* whh, const double* h0, const double* y, int ldy, const double* gates,
-        const double* hn, const double* dy, double* dh, double* dx, double* dwih,
-        double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
+        const double* whh, const double* h0, const double* c0, const double* y, int ldy,
+        const double* gates, const double* cs, const double* dy, double* dh, double* dc,
+        double* dx, double* dwih, double* dwhh, double* dbih, double* dbhh, double* dg) { return -1; }
 #endif
 
 /* ------------------------------------------------ pipeline flags between threads */
