@@ -572,6 +572,18 @@ static void frbg_tanh_d(const double* in, double* out, int len) {
 /* ------------------------------------------------------ backward gate-gradient passes
  * Rows [r0, r1) of one step (see _backward.pyx for the formulas); restrict-qualified
  * loops the compiler vectorises, built for AVX-512, AVX2+FMA and the baseline. */
+/* GRU (reset_after) gate gradients of element j: from r, z, n (gr, gz, gn), hn = h W_hn +
+ * b_hn (hnb), h_prev (hb) and the incoming dh (dhb, becomes dh * z): dr, dz, dn = dn' * r
+ * (the W_hh side) and dx = dn' (the W_ih side). */
+#define FRBG_GRU_RA_GRAD(T, j) do {                                                    \
+    T r_ = gr[j], z_ = gz[j], n_ = gn[j], dh_ = dhb[j];                                \
+    T dnp_ = dh_ * ((T)1 - z_) * ((T)1 - n_ * n_);                                     \
+    dr[j] = dnp_ * hnb[j] * r_ * ((T)1 - r_);                                          \
+    dz[j] = dh_ * (hb[j] - n_) * z_ * ((T)1 - z_);                                     \
+    dn[j] = dnp_ * r_;                                                                 \
+    dx[j] = dnp_;                                                                      \
+    dhb[j] = dh_ * z_;                                                                 \
+} while (0)
 #define FRBG_BWD(SUF, T, TANH, ATTR)                                                    \
 ATTR static void frbg_lstm_bwd_##SUF(int r0, int r1, int H, int u0, int u1, const T* gs, \
         const T* cs, const T* cp, const T* src, int ldsrc, T* dc, T* dg, T* aux) {     \
@@ -627,15 +639,7 @@ ATTR static void frbg_gru_bwd_##SUF(int kind, int r0, int r1, int H, const T* gs
         if (kind == 2) {            /* reset_after */                                  \
             const T* restrict hnb = hn + (size_t)b * H;                                \
             T* restrict dx = dnx + (size_t)b * H;                                      \
-            for (size_t j = 0; j < (size_t)H; j++) {                                   \
-                T r = gr[j], z = gz[j], nn = gn[j], dhh = dhb[j];                      \
-                T dnp = dhh * ((T)1 - z) * ((T)1 - nn * nn);                           \
-                dr[j] = dnp * hnb[j] * r * ((T)1 - r);                                 \
-                dz[j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                           \
-                dn[j] = dnp * r;                                                       \
-                dx[j] = dnp;                                                           \
-                dhb[j] = dhh * z;                                                      \
-            }                                                                          \
+            for (size_t j = 0; j < (size_t)H; j++) FRBG_GRU_RA_GRAD(T, j);            \
         } else if (kind == 3) {     /* reset before: z, n */                           \
             for (size_t j = 0; j < (size_t)H; j++) {                                   \
                 T z = gz[j], nn = gn[j], dhh = dhb[j];                                 \
@@ -672,15 +676,7 @@ ATTR static void frbg_gru_bwdu_##SUF(int n, int H, int u0, int u1, const T* gs, 
         T* restrict dz = dr + Hs;                                                      \
         T* restrict dn = dr + 2 * Hs;                                                  \
         T* restrict dx = dr + 3 * Hs;                                                  \
-        for (size_t j = 0; j < L; j++) {                                               \
-            T r = gr[j], z = gz[j], nn = gn[j], dhh = dhb[j];                          \
-            T dnp = dhh * ((T)1 - z) * ((T)1 - nn * nn);                               \
-            dr[j] = dnp * hnb[j] * r * ((T)1 - r);                                     \
-            dz[j] = dhh * (hb[j] - nn) * z * ((T)1 - z);                               \
-            dn[j] = dnp * r;                                                           \
-            dx[j] = dnp;                                                               \
-            dhb[j] = dhh * z;                                                          \
-        }                                                                              \
+        for (size_t j = 0; j < L; j++) FRBG_GRU_RA_GRAD(T, j);                         \
     }                                                                                  \
 }
 
@@ -853,13 +849,16 @@ ATTR static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,  
         for (j = 0; j < L; j++) yb[j] *= go[j];                                        \
     }                                                                                  \
 }
+/* the ISA variants of a training-forward gate-rows macro (FRBG_PICK chooses one) */
+#define FRBG_FWD_ROWS_VARIANTS(M)                                                      \
+    M(f512, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A512)                             \
+    M(f2, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A2)                                 \
+    M(fb, float, frbg_sigmoid_f, frbg_tanh_f, )                                        \
+    M(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)                            \
+    M(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)                                \
+    M(db, double, frbg_sigmoid_d, frbg_tanh_d, )
 #if FRBG_X86
-FRBG_LSTM_FWD_ROWS(f512, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A512)
-FRBG_LSTM_FWD_ROWS(f2, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A2)
-FRBG_LSTM_FWD_ROWS(fb, float, frbg_sigmoid_f, frbg_tanh_f, )
-FRBG_LSTM_FWD_ROWS(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)
-FRBG_LSTM_FWD_ROWS(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)
-FRBG_LSTM_FWD_ROWS(db, double, frbg_sigmoid_d, frbg_tanh_d, )
+FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 #endif
 /* LSTM training forward.  Small batch: split by units (each thread packs and reads only
  * its own panels of the weights, one barrier per step).  From FRBG_FWD_ROWSPLIT
@@ -976,12 +975,7 @@ ATTR static void frbg_gru_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,   
     }                                                                                  \
 }
 #if FRBG_X86
-FRBG_GRU_FWD_ROWS(f512, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A512)
-FRBG_GRU_FWD_ROWS(f2, float, frbg_sigmoid_f, frbg_tanh_f, FRBG_A2)
-FRBG_GRU_FWD_ROWS(fb, float, frbg_sigmoid_f, frbg_tanh_f, )
-FRBG_GRU_FWD_ROWS(d512, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A512)
-FRBG_GRU_FWD_ROWS(d2, double, frbg_sigmoid_d, frbg_tanh_d, FRBG_A2)
-FRBG_GRU_FWD_ROWS(db, double, frbg_sigmoid_d, frbg_tanh_d, )
+FRBG_FWD_ROWS_VARIANTS(FRBG_GRU_FWD_ROWS)
 #endif
 /* GRU (reset_after) training forward split by units, as the LSTM's: each thread owns whole
  * panels of nb units in each gate (W packed per gate), projects the inputs of its units
