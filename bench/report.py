@@ -64,8 +64,8 @@ def main(argv=None):
                  f"{mi.get('cpu', {}).get('count', '?')} CPUs; statistic: {a.stat} of each "
                  f"benchmark; run {data.get('datetime', '?')}.")
     lines.append("Commands: `PYTHONPATH=. python -m pytest bench/bench_speed.py --benchmark-only "
-                 "--benchmark-group-by=group --benchmark-json=bench/results.json` then "
-                 f"`python bench/report.py bench/results.json --stat {a.stat}`.")
+                 f"--benchmark-group-by=group --benchmark-json={a.json}` then "
+                 f"`python bench/report.py {a.json} --stat {a.stat}`.")
     if peak:
         lines.append(f"SGEMM peak (numpy 2048^3, 2 threads, same run): **{peak:.0f} GFLOP/s**.")
     lines.append("")
