@@ -670,22 +670,20 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef int level = frbg_level()
     R1.bp = NULL
     R2.bp = NULL
-    if d.cell == 1 and not d.proj and level > 0 and fr_can_pipeline():
-        # LSTM: both threads through every step, split by units (one barrier per step)
+    if ((d.cell == 1 and not d.proj) or (d.cell == 2 and d.reset_after)) and level > 0 \
+            and fr_can_pipeline():
+        # LSTM, GRU (reset_after): both threads through every step, split by units (one
+        # barrier per step; LSTM from 16 sequences on: by batch rows); GRU keeps
+        # hn = h W_hn + b_hn in cs
         old_blas = frb_blas_threads(nt)
-        if floating is float:
-            rc = frbg_lstm_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, h0,
-                                 c0, y, ldy, gates, cs)
-        else:
-            rc = frbg_lstm_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, h0,
-                                 c0, y, ldy, gates, cs)
-        if old_blas >= 0:
-            frb_blas_threads(old_blas)
-        return rc
-    if d.cell == 2 and d.reset_after and level > 0 and fr_can_pipeline():
-        # GRU (reset_after): the same split by units (hn: h W_hn + b_hn kept in cs)
-        old_blas = frb_blas_threads(nt)
-        if floating is float:
+        if d.cell == 1:
+            if floating is float:
+                rc = frbg_lstm_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias,
+                                     h0, c0, y, ldy, gates, cs)
+            else:
+                rc = frbg_lstm_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias,
+                                     h0, c0, y, ldy, gates, cs)
+        elif floating is float:
             rc = frbg_gru_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, bhn,
                                 h0, y, ldy, gates, cs)
         else:

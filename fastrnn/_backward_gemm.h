@@ -892,50 +892,40 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         /* each thread packs its share of the panels */                                \
         frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                            \
         frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                            \
-        if (rowsplit) {                                                                \
-            /* own rows [b0, b1) of every step; the whole weights */                   \
-            int b0 = (int)(t * nsteps[0] / ntt), b1 = (int)((t + 1) * nsteps[0] / ntt); \
-            for (s = 0; s < S; s++) {                                                  \
-                if (s % ch == 0) {   /* this chunk's projection, rows shared out */     \
-                    int se = s + ch < S ? s + ch : S;                                  \
-                    ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
-                    ptrdiff_t q0 = R0 + (R1 - R0) * t / ntt;                           \
-                    ptrdiff_t q1 = R0 + (R1 - R0) * (t + 1) / ntt;                     \
+        /* this thread's rows [b0, b1) of every step and panels [q0, q1) (units [v0, v1)): \
+         * all rows of its own panels, or its own rows of all panels */               \
+        int b0 = rowsplit ? (int)(t * nsteps[0] / ntt) : 0;                            \
+        int b1 = rowsplit ? (int)((t + 1) * nsteps[0] / ntt) : (int)nsteps[0];         \
+        int q0 = rowsplit ? 0 : p0, q1 = rowsplit ? nbk : p1;                          \
+        int v0 = rowsplit ? 0 : u0, v1 = rowsplit ? H : u1;                            \
+        for (s = 0; s < S; s++) {                                                      \
+            if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
+                int se = s + ch < S ? s + ch : S;                                      \
+                ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];      \
+                if (rowsplit) {  /* rows shared out; every panel is needed by all */   \
+                    ptrdiff_t a0 = R0 + (R1 - R0) * t / ntt;                           \
+                    ptrdiff_t a1 = R0 + (R1 - R0) * (t + 1) / ntt;                     \
                     if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
-                    if (q1 > q0)                                                       \
-                        frbg_gemmu_##SUF(level, (int)(q1 - q0), H, I, x + q0 * I, I,    \
-                                         wi, gates + q0 * 4 * H, 4 * H, 0, 0, nbk);    \
+                    if (a1 > a0)                                                       \
+                        frbg_gemmu_##SUF(level, (int)(a1 - a0), H, I, x + a0 * I, I,    \
+                                         wi, gates + a0 * 4 * H, 4 * H, 0, 0, nbk);    \
                     frbg_barrier(bar, ntt);       /* the chunk is projected */         \
+                } else {                                                               \
+                    frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
+                                     gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
                 }                                                                      \
-                int n = (int)nsteps[s], e = b1 < n ? b1 : n;                           \
-                if (e <= b0) continue;                                                 \
+            }                                                                          \
+            int n = (int)nsteps[s], e = b1 < n ? b1 : n;                               \
+            if (e > b0 && v0 < v1) {                                                   \
                 ptrdiff_t r = offsets[s] + b0;                                         \
                 const T* hp = s ? y + (offsets[s - 1] + b0) * ldy : h0 + (size_t)b0 * H; \
                 const T* cp = s ? cs + (offsets[s - 1] + b0) * H : c0 + (size_t)b0 * H; \
                 frbg_gemmu_##SUF(level, e - b0, H, H, hp, s ? ldy : H, wh,              \
-                                 gates + r * 4 * H, 4 * H, 1, 0, nbk);                 \
-                FRBG_PICK(frbg_lstm_fwd_rows, SUF, e - b0, H, 0, H, gates + r * 4 * H,  \
+                                 gates + r * 4 * H, 4 * H, 1, q0, q1);                 \
+                FRBG_PICK(frbg_lstm_fwd_rows, SUF, e - b0, H, v0, v1, gates + r * 4 * H, \
                           bias, cp, cs + r * H, y + r * ldy, ldy);                     \
             }                                                                          \
-        } else {                                                                       \
-            for (s = 0; s < S; s++) {                                                  \
-                if (s % ch == 0) {   /* input projection of the next chunk of steps */  \
-                    int se = s + ch < S ? s + ch : S;                                  \
-                    ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
-                    frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
-                                     gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
-                }                                                                      \
-                int n = (int)nsteps[s];                                                \
-                ptrdiff_t r = offsets[s];                                              \
-                const T* hp = s ? y + offsets[s - 1] * ldy : h0;                       \
-                const T* cp = s ? cs + offsets[s - 1] * H : c0;                        \
-                frbg_gemmu_##SUF(level, n, H, H, hp, s ? ldy : H, wh, gates + r * 4 * H, \
-                                 4 * H, 1, p0, p1);                                    \
-                if (u0 < u1)                                                           \
-                    FRBG_PICK(frbg_lstm_fwd_rows, SUF, n, H, u0, u1, gates + r * 4 * H, \
-                              bias, cp, cs + r * H, y + r * ldy, ldy);                 \
-                frbg_barrier(bar, ntt);                                                \
-            }                                                                          \
+            if (!rowsplit) frbg_barrier(bar, ntt);   /* h_s complete for step s + 1 */ \
         }                                                                              \
     }                                                                                  \
     free(wi);                                                                          \
