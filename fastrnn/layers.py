@@ -456,6 +456,23 @@ class RNNBase:
                   else self._check_state("c0", c0, B, self.hidden_size, unbatched))
         return x, unbatched, h0, c0
 
+    def _time_major_mask(self, mask, T, B, unbatched):
+        """The user's mask, validated, as a bool ``(T, B)`` array."""
+        m = np.asarray(mask)
+        if m.dtype.kind not in "biu":
+            raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
+        want = (B, T) if (self.batch_first and not unbatched) else (T, B)
+        if unbatched:
+            want = (T,)
+        if m.shape != want:
+            raise ValueError(f"mask must have shape {want}, got {m.shape}")
+        m = m.astype(bool)
+        if unbatched:
+            m = m[:, None]
+        elif self.batch_first:
+            m = m.T
+        return m
+
     def _split_hx(self, hx):
         """(h0, c0-or-None) from the user's hx."""
         if hx is None:
@@ -552,19 +569,7 @@ class RNNBase:
         N = xin.shape[0]
 
         if mask is not None:
-            m = np.asarray(mask)
-            if m.dtype.kind not in "biu":
-                raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
-            want = (B, T) if (self.batch_first and not unbatched) else (T, B)
-            if unbatched:
-                want = (T,)
-            if m.shape != want:
-                raise ValueError(f"mask must have shape {want}, got {m.shape}")
-            m = m.astype(bool)
-            if unbatched:
-                m = m[:, None]
-            elif self.batch_first:
-                m = m.T
+            m = self._time_major_mask(mask, T, B, unbatched)
             if perm is not None:
                 pmask = np.ascontiguousarray(m[:Teff][:, perm][valid], dtype=np.uint8)
             else:
@@ -673,12 +678,14 @@ class RNNBase:
 
     # ------------------------------------------------------------------ training
     # (backward pass: methods added here delegate to fastrnn.train / fastrnn._backward)
-    def forward_train(self, x, hx=None, *, lengths=None, num_threads: int | None = None):
+    def forward_train(self, x, hx=None, *, lengths=None, mask=None,
+                      masked_output: str = "carry", num_threads: int | None = None):
         """Forward pass that keeps what :meth:`backward` needs: returns ``(output, h_n,
         cache)`` (LSTM: ``(output, (h_n, c_n), cache)``); same arguments and outputs as
-        calling the layer (no ``mask``).  See :mod:`fastrnn.train` for the memory kept."""
+        calling the layer.  See :mod:`fastrnn.train` for the memory kept."""
         from . import train
-        return train.forward_train(self, x, hx, lengths=lengths, num_threads=num_threads)
+        return train.forward_train(self, x, hx, lengths=lengths, mask=mask,
+                                   masked_output=masked_output, num_threads=num_threads)
 
     def backward(self, cache, grad_output=None, grad_state=None, *,
                  need_input_grad: bool = True, num_threads: int | None = None) -> dict:

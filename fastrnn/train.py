@@ -48,8 +48,10 @@ the weight gradients and ``dX`` (backward).  Everything runs without the GIL; th
 count is resolved like the forward's (call, layer, ``set_num_threads``,
 ``OMP_NUM_THREADS``) and OpenBLAS is limited to it.
 
-Not supported by the backward (``NotImplementedError``): masks, non-default activations
-(other than SimpleRNN relu), cell ``clip``, ``peepholes`` and ``input_forget``.
+Masks, activations other than PyTorch's (SimpleRNN tanh/relu, LSTM sigmoid/tanh/tanh,
+GRU sigmoid/tanh), cell ``clip``, ``peepholes`` and ``input_forget`` run on the NumPy
+path of :mod:`fastrnn._train_general` instead (same API and results; slower, and its
+cache keeps every gate's input and output per step).
 """
 from __future__ import annotations
 
@@ -84,33 +86,10 @@ def _hook_blas() -> None:
         _hooked = True
 
 
-def _check_supported(layer) -> None:
-    from .layers import parse_activation
-    why = []
-    if layer.clip is not None:
-        why.append("clip")
-    if getattr(layer, "peepholes", False):
-        why.append("peepholes")
-    if getattr(layer, "input_forget", False):
-        why.append("input_forget")
-    for per in layer._acts:
-        if layer._cell == "RNN":
-            ok = per[0][0] in ("tanh", "relu") and per[0] == parse_activation(per[0][0])
-        elif layer._cell == "LSTM":
-            ok = per == [parse_activation("sigmoid"), parse_activation("tanh"),
-                         parse_activation("tanh")]
-        else:
-            ok = per == [parse_activation("sigmoid"), parse_activation("tanh")]
-        if not ok:
-            why.append("non-default activations")
-            break
-    if why:
-        raise NotImplementedError(f"{type(layer).__name__}: the backward pass does not support "
-                                  + ", ".join(why) + " yet")
-
-
 class TrainCache:
     """What :func:`forward_train` keeps for :func:`backward` (opaque; see ``nbytes``)."""
+
+    general = False       # made by the NumPy path (fastrnn._train_general)
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -118,6 +97,8 @@ class TrainCache:
     @property
     def nbytes(self) -> int:
         """Bytes of activations held (inputs, outputs, gates)."""
+        if self.general:
+            return _nbytes(self.state)
         total = self.xin.nbytes + sum(o.nbytes for o in self.outs)
         for per in self.saved:
             for gates, cs in per:
@@ -126,6 +107,48 @@ class TrainCache:
 
     def __repr__(self) -> str:
         return f"<fastrnn TrainCache {self.nbytes / 1e6:.1f} MB>"
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the distinct arrays in a nest of dicts / lists / tuples."""
+    seen, total, todo = set(), 0, [obj]
+    while todo:
+        o = todo.pop()
+        if isinstance(o, np.ndarray):
+            if id(o) not in seen:
+                seen.add(id(o))
+                total += o.nbytes
+        elif isinstance(o, dict):
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo.extend(o)
+    return total
+
+
+def _forward_general(layer, x, unbatched, h0, c0, lengths, mask, zero_out):
+    """forward_train on the NumPy path (time-major x from ``layer._prepare``)."""
+    from . import _train_general
+    from .layers import sort_by_length
+    T, B = x.shape[0], x.shape[1]
+    if lengths is not None:
+        sort_by_length(lengths, B, T)            # validates
+        lengths = np.asarray(lengths).astype(np.intp)
+    m = layer._time_major_mask(mask, T, B, unbatched) if mask is not None else None
+    out, h_n, c_n, state = _train_general.forward(layer, x, h0, c0, lengths, m, zero_out)
+    if unbatched:
+        out, h_n = out[:, 0], h_n[:, 0]
+        c_n = c_n[:, 0] if c_n is not None else None
+    elif layer.batch_first:
+        out = out.transpose(1, 0, 2)
+    params, version = _snapshot(layer)
+    cache = TrainCache(
+        general=True, state=state, layer_id=id(layer), params=params, version=version,
+        T=T, B=B, unbatched=unbatched, batch_first=layer.batch_first, perm=None,
+        input_shape=(T, B, layer.input_size), used=False)
+    out = np.ascontiguousarray(out)
+    if c_n is not None:
+        return out, (np.ascontiguousarray(h_n), np.ascontiguousarray(c_n)), cache
+    return out, np.ascontiguousarray(h_n), cache
 
 
 def _weights(layer, layer_idx: int, d: int):
@@ -138,17 +161,24 @@ def _snapshot(layer):
     return ({k: v for k, v in layer._params.items()}, getattr(layer, "_train_version", 0))
 
 
-def forward_train(layer, x, hx=None, *, lengths=None, num_threads: int | None = None):
+def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
+                  masked_output: str = "carry", num_threads: int | None = None):
     """Forward pass that keeps the activations the backward needs.
 
-    Same arguments and results as calling the layer (no ``mask``), plus the cache:
-    returns ``(output, h_n, cache)`` (LSTM: ``(output, (h_n, c_n), cache)``).
+    Same arguments and results as calling the layer, plus the cache: returns
+    ``(output, h_n, cache)`` (LSTM: ``(output, (h_n, c_n), cache)``).  Default
+    activations without ``mask``, ``clip``, peepholes or ``input_forget`` run on the
+    Cython kernels; anything else on the NumPy path of :mod:`fastrnn._train_general`.
     """
-    from . import _backward
-    _check_supported(layer)
+    from . import _backward, _train_general
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
     x, unbatched, h0, c0 = layer._prepare(x, hx)
+    if masked_output not in ("carry", "zero"):
+        raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
+    if mask is not None or _train_general.needs_general(layer, None):
+        return _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
+                                masked_output == "zero")
     T, B = x.shape[0], x.shape[1]
     H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
     P = layer.proj_size
@@ -304,53 +334,30 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     G = layer.gate_count
     dt = layer.dtype
     lstm = layer._cell == "LSTM"
-    T, B, Teff = cache.T, cache.B, cache.Teff
+    T, B = cache.T, cache.B
+    go = _time_major_grad(layer, cache, grad_output)
+    dhs, dcs = _state_grads(layer, cache, grad_state)
+    if cache.general:
+        from . import _train_general
+        if go is None:
+            go = np.zeros((T, B, D * Hout), dt)
+        dxf, dh0, dc0, grads = _train_general.backward(layer, cache.state, go, dhs, dcs,
+                                                       need_input_grad)
+        return _package(layer, cache, dxf, dh0, dc0, grads, need_input_grad)
+
+    Teff = cache.Teff
     perm, valid, offsets, nsteps, ridx = (cache.perm, cache.valid, cache.offsets,
                                           cache.nsteps, cache.ridx)
     N = cache.xin.shape[0]
 
     # ---- output gradient into packed time order (N, D*Hout)
-    if cache.unbatched:
-        out_shape = (T, D * Hout)
-    elif cache.batch_first:
-        out_shape = (B, T, D * Hout)
-    else:
-        out_shape = (T, B, D * Hout)
-    if grad_output is None:
+    if go is None:
         dout = np.zeros((N, D * Hout), dt)
     else:
-        go = _grad_array("grad_output", grad_output, out_shape, dt)
-        if cache.unbatched:
-            go = go[:, None]
-        elif cache.batch_first:
-            go = go.transpose(1, 0, 2)
         if perm is not None:
             dout = np.ascontiguousarray(go[:Teff][:, perm][valid])
         else:
             dout = np.ascontiguousarray(go).reshape(N, D * Hout)
-
-    # ---- final-state gradients, sorted
-    def state_grad(name, g, size):
-        want = (L * D, size) if cache.unbatched else (L * D, B, size)
-        if g is None:
-            return np.zeros((L * D, B, size), dt)
-        g = _grad_array(name, g, want, dt)
-        if cache.unbatched:
-            g = g[:, None]
-        g = g[:, perm] if perm is not None else g
-        return np.array(g, dtype=dt, order="C", copy=True)
-
-    gh = gc = None
-    if grad_state is not None:
-        if lstm:
-            if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
-                raise TypeError("LSTM grad_state must be a tuple (dh_n, dc_n) (either may "
-                                "be None)")
-            gh, gc = grad_state
-        else:
-            gh = grad_state
-    dhs = state_grad("grad_state h", gh, Hout)
-    dcs = state_grad("grad_state c", gc, H) if lstm else None
 
     cell = _CELL_CODE[layer._cell]
     relu = int(layer._cell == "RNN" and layer._acts[0][0][0] == "relu")
@@ -429,6 +436,62 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         if need_input_grad:
             dxf = dout.reshape(T, B, I)
         dh0, dc0 = dhs, dcs
+    return _package(layer, cache, dxf, dh0, dc0, grads, need_input_grad)
+
+
+def _time_major_grad(layer, cache, grad_output):
+    """The output gradient as a time-major ``(T, B, D*H_out)`` array (None: zero)."""
+    if grad_output is None:
+        return None
+    T, B, F = cache.T, cache.B, layer.num_directions * layer.output_size
+    if cache.unbatched:
+        out_shape = (T, F)
+    elif cache.batch_first:
+        out_shape = (B, T, F)
+    else:
+        out_shape = (T, B, F)
+    go = _grad_array("grad_output", grad_output, out_shape, layer.dtype)
+    if cache.unbatched:
+        go = go[:, None]
+    elif cache.batch_first:
+        go = go.transpose(1, 0, 2)
+    return go
+
+
+def _state_grads(layer, cache, grad_state):
+    """Final-state gradients ``(L*D, B, .)`` in the cache's sequence order (sorted by
+    length on the packed path): ``(dh, dc)``, ``dc`` None but for LSTM."""
+    lstm = layer._cell == "LSTM"
+    LD, B, dt, perm = layer.num_layers * layer.num_directions, cache.B, layer.dtype, cache.perm
+
+    def state_grad(name, g, size):
+        want = (LD, size) if cache.unbatched else (LD, B, size)
+        if g is None:
+            return np.zeros((LD, B, size), dt)
+        g = _grad_array(name, g, want, dt)
+        if cache.unbatched:
+            g = g[:, None]
+        g = g[:, perm] if perm is not None else g
+        return np.array(g, dtype=dt, order="C", copy=True)
+
+    gh = gc = None
+    if grad_state is not None:
+        if lstm:
+            if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
+                raise TypeError("LSTM grad_state must be a tuple (dh_n, dc_n) (either may "
+                                "be None)")
+            gh, gc = grad_state
+        else:
+            gh = grad_state
+    dhs = state_grad("grad_state h", gh, layer.output_size)
+    dcs = state_grad("grad_state c", gc, layer.hidden_size) if lstm else None
+    return dhs, dcs
+
+
+def _package(layer, cache, dxf, dh0, dc0, grads, need_input_grad):
+    """The result dict in the caller's layout: ``input`` (time-major dxf), ``h0``,
+    ``c0``, then the weight gradients in ``state_dict`` order."""
+    lstm = layer._cell == "LSTM"
     if cache.unbatched:
         dh0 = dh0[:, 0]
         dc0 = dc0[:, 0] if lstm else None

@@ -128,8 +128,8 @@ def test_odd_sizes_vs_torch(cell, sizes, dtype):
 
 
 # ---------------------------------------------------------------- finite differences
-def _loss_fn(layer, x, hx, lengths, gy, gstate):
-    out, state = layer(x, hx, lengths=lengths)
+def _loss_fn(layer, x, hx, lengths, gy, gstate, mask=None, masked_output="carry"):
+    out, state = layer(x, hx, lengths=lengths, mask=mask, masked_output=masked_output)
     loss = float(np.vdot(out, gy))
     if layer._cell == "LSTM":
         loss += float(np.vdot(state[0], gstate[0]) + np.vdot(state[1], gstate[1]))
@@ -150,9 +150,40 @@ FD_CASES = [
 ]
 
 
+# options only the NumPy path (fastrnn._train_general) trains: ONNX / Keras activations,
+# clip, peepholes, the coupled input-forget gate, Keras masks
+FD_GENERAL_CASES = [
+    ("LSTM", dict(activations=["hard_sigmoid", "tanh", "tanh"])),
+    ("LSTM", dict(activations=[("hardsigmoid", 1 / 6, 0.5), "softsign", "elu"],
+                  bidirectional=True)),
+    ("LSTM", dict(clip=0.7, peepholes=True)),
+    ("LSTM", dict(input_forget=True, peepholes=True, proj_size=2, num_layers=2)),
+    ("GRU", dict(activations=["hard_sigmoid", "relu"], reset_after=False)),
+    ("GRU", dict(activations=[("scaledtanh", 0.8, 1.2), "softplus"], clip=1.5,
+                 bidirectional=True)),
+    ("SimpleRNN", dict(activations=[("leakyrelu", 0.1)], go_backwards=True)),
+    ("SimpleRNN", dict(activations=["affine"], num_layers=2, batch_first=True)),
+]
+
+
 @pytest.mark.parametrize("kind,kw", FD_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("use_len", [False, True])
 def test_finite_differences(kind, kw, use_len):
+    _fd_check(kind, kw, use_len, None)
+
+
+@pytest.mark.parametrize("kind,kw", FD_GENERAL_CASES + FD_CASES[:3] + FD_CASES[4:6],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("use_len,mask", [(False, None), (True, "carry"), (False, "zero")])
+def test_finite_differences_general(kind, kw, use_len, mask):
+    """The NumPy training path: every activation / clip / peephole / input-forget option
+    and Keras masks (carry and zero outputs), against central differences."""
+    if mask is None and not kw:
+        pytest.skip("default options without a mask run on the kernels (covered above)")
+    _fd_check(kind, kw, use_len, mask)
+
+
+def _fd_check(kind, kw, use_len, mask_mode):
     rng = np.random.default_rng(3)
     T, B, I, H = 4, 3, 2, 3
     layer = getattr(fastrnn, kind)(I, H, dtype="float64", seed=5, **kw)
@@ -167,7 +198,20 @@ def test_finite_differences(kind, kw, use_len):
     lstm = kind == "LSTM"
     hx = (h0, c0) if lstm else h0
     lengths = np.array([T, 2, 3]) if use_len else None
-    out, state, cache = layer.forward_train(x, hx, lengths=lengths)
+    mask = None
+    if mask_mode is not None:
+        # a masked first step, a hole, a masked tail (time-major (T, B))
+        mask = np.ones((T, B), bool)
+        mask[0, 1] = mask[2, 0] = mask[T - 1, 2] = mask[1, 2] = False
+        if layer.batch_first:
+            mask = mask.T
+    mo = mask_mode or "carry"
+    out, state, cache = layer.forward_train(x, hx, lengths=lengths, mask=mask,
+                                            masked_output=mo)
+    assert cache.general == (mask is not None or bool(kw.get("activations") or kw.get(
+        "clip") or kw.get("peepholes") or kw.get("input_forget")))
+    ref_out, ref_state = layer(x, hx, lengths=lengths, mask=mask, masked_output=mo)
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-12)
     gy = rng.standard_normal(out.shape)
     if lstm:
         gstate = (rng.standard_normal(state[0].shape), rng.standard_normal(state[1].shape))
@@ -182,10 +226,10 @@ def test_finite_differences(kind, kw, use_len):
             old = arr[idx]
             arr[idx] = old + eps
             setter()
-            lp = _loss_fn(layer, x, hx, lengths, gy, gstate)
+            lp = _loss_fn(layer, x, hx, lengths, gy, gstate, mask, mo)
             arr[idx] = old - eps
             setter()
-            lm = _loss_fn(layer, x, hx, lengths, gy, gstate)
+            lm = _loss_fn(layer, x, hx, lengths, gy, gstate, mask, mo)
             arr[idx] = old
             setter()
             g[idx] = (lp - lm) / (2 * eps)
@@ -262,11 +306,35 @@ def test_weights_changed_and_wrong_cache():
         layer.backward(cache, np.ones_like(out))
 
 
-def test_unsupported_options_raise():
-    for layer in (fastrnn.LSTM(2, 3, peepholes=True), fastrnn.LSTM(2, 3, clip=1.0),
-                  fastrnn.GRU(2, 3, activation="relu"), fastrnn.LSTM(2, 3, input_forget=True)):
-        with pytest.raises(NotImplementedError):
-            layer.forward_train(np.ones((2, 1, 2), np.float32))
+@pytest.mark.parametrize("kind,kw", [("LSTM", dict(num_layers=2, bidirectional=True)),
+                                     ("GRU", dict(reset_after=False, bidirectional=True)),
+                                     ("GRU", dict(num_layers=2)),
+                                     ("LSTM", dict(proj_size=3, go_backwards=True)),
+                                     ("SimpleRNN", dict(nonlinearity="relu"))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_general_path_matches_kernels(kind, kw, dtype):
+    """An all-true mask sends a default layer down the NumPy path: the same outputs and
+    gradients as the kernels (which test_grid_vs_torch checks against torch autograd)."""
+    rng = np.random.default_rng(4)
+    T, B, I, H = 6, 5, 4, 7
+    layer = getattr(fastrnn, kind)(I, H, dtype=dtype, seed=2, **kw)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = np.array([6, 3, 5, 1, 6])
+    out, st, cache = layer.forward_train(x, lengths=lengths)
+    gout, gst, gcache = layer.forward_train(x, lengths=lengths, mask=np.ones((T, B), bool))
+    assert not cache.general and gcache.general
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(gout, out, rtol=0, atol=tol)
+    gy = rng.standard_normal(out.shape).astype(dtype)
+    a = layer.backward(cache, gy)
+    b = layer.backward(gcache, gy)
+    assert list(a) == list(b)
+    for k in a:
+        scale = max(1.0, float(np.abs(a[k]).max()))
+        assert np.abs(a[k] - b[k]).max() <= tol * scale, k
+    c = layer.backward(gcache, gy, need_input_grad=False)
+    assert "input" not in c and all(np.array_equal(c[k], b[k]) for k in c)
+    assert gcache.nbytes > 0
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
