@@ -101,6 +101,12 @@ class _Clip:
         return g if self.c is None else g * ((x >= -self.c) & (x <= self.c))
 
 
+def _cell_fns(layer, d):
+    """Direction d's activations (f, g, h; None where the cell has fewer) and clip."""
+    acts = list(layer._acts[d]) + [None] * 2
+    return acts[0], acts[1], acts[2], _Clip(layer.clip, layer.dtype)
+
+
 def needs_general(layer, mask) -> bool:
     """Whether training this layer (with this mask) needs this module."""
     from .layers import parse_activation
@@ -152,11 +158,7 @@ def _dir_forward(layer, d, w, inp, h0, c0, tidx, act, valid, zero_out):
     """One direction of one layer: returns (out (T, B, Hout), h_n, c_n, saved)."""
     cell, H, dt = layer._cell, layer.hidden_size, layer.dtype
     T, B = inp.shape[0], inp.shape[1]
-    acts = layer._acts[d]
-    F = acts[0]
-    Gs = acts[1] if len(acts) > 1 else None
-    Hs = acts[2] if len(acts) > 2 else None
-    clip = _Clip(layer.clip, dt)
+    F, Gs, Hs, clip = _cell_fns(layer, d)
     rows = np.arange(B)
     xg = inp[np.maximum(tidx, 0), rows[None, :]]                 # (T, B, I) gathered
     xw = xg @ w["wih"].T + w["bih"]                              # (T, B, G*H)
@@ -263,11 +265,7 @@ def _dir_backward(layer, d, w, state, plan, dy, dh, dc, zero_out, want_dx):
     xg, saved = state
     tidx, act, valid = plan
     T, B = tidx.shape
-    acts = layer._acts[d]
-    F = acts[0]
-    Gs = acts[1] if len(acts) > 1 else None
-    Hs = acts[2] if len(acts) > 2 else None
-    clip = _Clip(layer.clip, dt)
+    F, Gs, Hs, clip = _cell_fns(layer, d)
     rows = np.arange(B)
     G = layer.gate_count
     whh = w["whh"]
