@@ -109,7 +109,7 @@ def _cell_fns(layer, d):
 
 def needs_general(layer, mask) -> bool:
     """Whether training this layer (with this mask) needs this module."""
-    from .layers import parse_activation
+    from .layers import _PLAIN_ACTS, parse_activation
     if mask is not None or layer.clip is not None:
         return True
     if getattr(layer, "peepholes", False) or getattr(layer, "input_forget", False):
@@ -117,8 +117,7 @@ def needs_general(layer, mask) -> bool:
     if layer._cell == "RNN":
         return any(per[0][0] not in ("tanh", "relu") or per[0] != parse_activation(per[0][0])
                    for per in layer._acts)
-    plain = [parse_activation("sigmoid")] + [parse_activation("tanh")] * (
-        2 if layer._cell == "LSTM" else 1)
+    plain = [parse_activation(a) for a in _PLAIN_ACTS[layer._cell]]
     return any(per != plain for per in layer._acts)
 
 
@@ -143,8 +142,8 @@ def step_plan(T, B, lengths, mask, reverse):
 
 # ------------------------------------------------------------------ forward
 def _params(layer, li, d):
-    sfx = f"_l{li}" + ("_reverse" if d else "")
-    p = layer._params
+    from .train import _weights
+    sfx, p = _weights(layer, li, d)
     G, H, dt = layer.gate_count, layer.hidden_size, layer.dtype
     zeros = np.zeros(G * H, dt)
     return sfx, {
@@ -379,7 +378,6 @@ def backward(layer, state, dout, dhs, dcs, want_input):
     names = {"wih": "weight_ih", "whh": "weight_hh", "bih": "bias_ih", "bhh": "bias_hh",
              "whr": "weight_hr", "wph": "weight_ph"}
     dh0, dc0 = np.empty_like(dhs), (np.empty_like(dcs) if lstm else None)
-    din = None
     for li in range(L - 1, -1, -1):
         din = None
         for d in range(D):
@@ -399,4 +397,4 @@ def backward(layer, state, dout, dhs, dcs, want_input):
                     continue
                 grads[names[key] + sfx] = val
         dout = din
-    return (din if want_input else None), dh0, dc0, grads
+    return din, dh0, dc0, grads          # din None for the first layer without want_input

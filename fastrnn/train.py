@@ -176,7 +176,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     x, unbatched, h0, c0 = layer._prepare(x, hx)
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
-    if mask is not None or _train_general.needs_general(layer, None):
+    if _train_general.needs_general(layer, mask):
         return _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
                                 masked_output == "zero")
     T, B = x.shape[0], x.shape[1]
