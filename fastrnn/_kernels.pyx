@@ -114,6 +114,7 @@ cdef extern from "fr_kern.h":
     void fr_act_array_f(int which, const float* x, float* y, Py_ssize_t n) nogil
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
     const char* fr_isa()
+    int fr_unit(int elsize)
     enum: FR_ROWSPLIT_MIN
     int fr_force_level
     long fr_min_par_work
@@ -765,9 +766,12 @@ def pack_recurrent(wh, int hidden_size, int gates, int cell, int reset_after):
 
 def pack_units(w, int hidden_size, int gates):
     """Unit-block packing of a transposed weight ``w`` (K, G*H) for the small-batch
-    kernel: ``(nb, K, G, U)`` with U = 16 (float32) / 8 (float64), zero padded."""
+    kernel: ``(nb, K, G, U)`` with U = :func:`unit_block` (the vector width of the ISA level
+    the kernels run now), zero padded."""
     w = np.asarray(w)
-    cdef int U = 16 if w.dtype == np.float32 else 8
+    if w.dtype != np.float32 and w.dtype != np.float64:
+        raise TypeError(f"pack_units: float32 or float64 weights required, got {w.dtype}")
+    cdef int U = fr_unit(w.dtype.itemsize)
     cdef int H = hidden_size, G = gates
     cdef int K = w.shape[0]
     cdef int nb = (H + U - 1) // U
@@ -775,6 +779,22 @@ def pack_units(w, int hidden_size, int gates):
     if nb * U != H:
         w3 = np.concatenate([w3, np.zeros((K, G, nb * U - H), w.dtype)], axis=2)
     return np.ascontiguousarray(w3.reshape(K, G, nb, U).transpose(2, 0, 1, 3)).reshape(-1)
+
+
+def unit_block(dtype):
+    """Units per packed block (the vector width of the current ISA level) for a dtype:
+    16/8/4 float32, 8/4/2 float64 (AVX-512 / AVX2 / baseline).  Packed weights are valid
+    only for the unit block they were packed with."""
+    return fr_unit(np.dtype(dtype).itemsize)
+
+
+cdef int _check_packed(Py_ssize_t n, int H, int K, int G, int U) except -1:
+    """Raise unless n values are a unit-block packing of (K, G*H) weights with U units."""
+    cdef Py_ssize_t want = <Py_ssize_t>((H + U - 1) // U) * K * G * U
+    if n != want:
+        raise ValueError(f"packed weights have {n} values, expected {want} for unit block "
+                         f"{U}: they were packed for another ISA level; pack them again")
+    return 0
 
 
 cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Acts* A,
@@ -985,10 +1005,13 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
                num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
     if d.T == 0 or d.nrows_max == 0:
         return
-    U = 16 if floating is float else 8
+    U = fr_unit(sizeof(floating))
     small = (wxp is not None and whp is not None and wxp.shape[0] > 0 and
              choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                          d.num_threads) == "small")
+    if small:
+        _check_packed(wxp.shape[0], d.H, d.I, d.G, U)
+        _check_packed(whp.shape[0], d.H, d.H, d.G, U)
     _fill_cell(&cl, cell, d.G, d.H, d.P if d.P > 0 else d.H, U, &A, use_peep, input_forget,
                reset_after, &whp[0] if small else NULL, &bias[0], &bhn[0],
                &peep[0] if use_peep else NULL)
@@ -1037,7 +1060,10 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
     if (wxp0.shape[0] == 0 or wxp1.shape[0] == 0 or whp0.shape[0] == 0
             or whp1.shape[0] == 0 or h1.shape[0] != h0.shape[0]):
         raise ValueError("run_pair: packed weights of both directions required")
-    U = 16 if floating is float else 8
+    U = fr_unit(sizeof(floating))
+    for wp_n, k_n in ((wxp0.shape[0], d0.I), (whp0.shape[0], d0.H), (wxp1.shape[0], d1.I),
+                      (whp1.shape[0], d1.H)):
+        _check_packed(wp_n, d0.H, k_n, d0.G, U)
     # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
     # input weights are re-read once per chunk, small next to the recurrent ones per step)
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
@@ -1123,7 +1149,7 @@ cdef class StepPlan:
         self.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
         self.is_double = np.dtype(dtype) == np.float64
         self.num_threads = num_threads if num_threads > 0 else 1
-        U = 8 if self.is_double else 16
+        U = fr_unit(8 if self.is_double else 4)
         (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
         A.clip = clip
         if cell == CELL_RNN:
@@ -1137,6 +1163,9 @@ cdef class StepPlan:
         self.keep = layers
         for l in range(self.L):
             wxp, whp, bias, bhn, peep = layers[l]
+            _check_packed(wxp.shape[0], hidden_size, input_size if l == 0 else hidden_size,
+                          self.G, U)
+            _check_packed(whp.shape[0], hidden_size, hidden_size, self.G, U)
             ptrs = []
             for a in (whp, bias, bhn, peep, wxp):
                 if self.is_double:

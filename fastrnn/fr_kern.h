@@ -1,17 +1,19 @@
 /* fastrnn C kernels: vectorised activations, packed small-batch recurrent kernels.
  *
- * Written with GCC vector extensions (64-byte vectors: 16 floats / 8 doubles).  On
- * x86-64 Linux with GCC the hot functions are compiled three times (AVX-512, AVX2+FMA,
- * baseline x86-64) and a dispatcher picks the best at run time, so
- * the binary runs on any x86-64 and is fast on the machine that runs it (no
- * instruction beyond the baseline runs unless the CPU reports it).
+ * Written with GCC vector extensions.  On x86-64 with GCC/Clang the kernels are compiled
+ * three times (AVX-512, AVX2+FMA, baseline x86-64), each with vectors of its own register
+ * width, and a dispatcher picks one at run time, so the binary runs on any x86-64 and is
+ * fast on the machine that runs it (no instruction beyond the baseline runs unless the
+ * CPU reports it).
  *
- * The float and double kernels are the same source, included twice (fr_kern_t.h).
+ * The kernel source (fr_kern_t.h) is included once per (level, float/double) through
+ * fr_kern_lvl.h.
  *
  * Packed recurrent weights ("unit-block" layout): units are grouped in blocks of U (U =
- * vector width: 16 float / 8 double).  Block ``ub`` holds, for k in 0..K, the G gate
- * columns of its U units: ``Wp[ub][k][g][u]`` = ``W^T[k][g*H + ub*U + u]`` (zero for
- * padding units past H).  A thread owning a range of blocks reads one contiguous slice.
+ * the level's vector width: 16/8/4 floats, 8/4/2 doubles for AVX-512/AVX2/baseline).
+ * Block ``ub`` holds, for k in 0..K, the G gate columns of its U units:
+ * ``Wp[ub][k][g][u]`` = ``W^T[k][g*H + ub*U + u]`` (zero for padding units past H).  A
+ * thread owning a range of blocks reads one contiguous slice.
  */
 #ifndef FR_KERN_H
 #define FR_KERN_H
@@ -27,18 +29,19 @@
 #define FR_CAT_(a, b) a##b
 #define FR_CAT(a, b) FR_CAT_(a, b)
 
-/* Runtime ISA dispatch: each hot function is written once as an always-inline body and
- * compiled three times (AVX-512, AVX2+FMA, baseline) under GCC/Clang on x86-64; a
- * dispatcher picks the version once per call from __builtin_cpu_supports. */
+/* Runtime ISA dispatch.  The kernels (fr_kern_t.h) are written once with GCC vector
+ * extensions over the native vector of the target and compiled once per ISA level under
+ * GCC/Clang on x86-64: level 2 AVX-512 (64-byte vectors), level 1 AVX2+FMA (32-byte),
+ * level 0 baseline x86-64 / any other CPU (16-byte).  Each level's vectors are exactly
+ * its register width: a vector wider than the registers (64-byte on AVX2) is kept in
+ * memory by GCC and every operation goes through the stack (measured: 10-30x slower).
+ * The unit block U of the packed weights is the vector width of the level that packed
+ * them (fr_unit), and fr_cell.U picks the kernel level at run time. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FR_NO_DISPATCH)
 #define FR_HAVE_CLONES 1
-#define FR_TGT_512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")))
-#define FR_TGT_256 __attribute__((target("avx2,fma,f16c")))
 static int fr_level_cache = -1;
 static int fr_force_level = -1;   /* tests: force a lower ISA level (-1: automatic) */
-static int fr_level(void) {
-    if (fr_force_level >= 0 && fr_level_cache >= 0 && fr_force_level < fr_level_cache)
-        return fr_force_level;
+static int fr_hw_level(void) {
     if (fr_level_cache < 0) {
         int l = 0;
         __builtin_cpu_init();
@@ -47,40 +50,42 @@ static int fr_level(void) {
             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) l = 2;
         fr_level_cache = l;
     }
-    if (fr_force_level >= 0 && fr_force_level < fr_level_cache) return fr_force_level;
     return fr_level_cache;
 }
-#define FR_MULTI(ret, name, impl, params, args)                                    \
-    FR_TGT_512 static ret FR_CAT(name, _l2) params { return impl args; }            \
-    FR_TGT_256 static ret FR_CAT(name, _l1) params { return impl args; }            \
-    static ret FR_CAT(name, _l0) params { return impl args; }                       \
-    static ret name params {                                                        \
-        int l_ = fr_level();                                                        \
-        if (l_ == 2) return FR_CAT(name, _l2) args;                                 \
-        if (l_ == 1) return FR_CAT(name, _l1) args;                                 \
-        return FR_CAT(name, _l0) args;                                              \
-    }
+static int fr_level(void) {
+    int l = fr_hw_level();
+    if (fr_force_level >= 0 && fr_force_level < l) return fr_force_level;
+    return l;
+}
 #else
 #define FR_HAVE_CLONES 0
 static int fr_force_level = -1;
+static int fr_hw_level(void) { return 0; }
 static int fr_level(void) { return 0; }
-#define FR_MULTI(ret, name, impl, params, args) \
-    static ret name params { return impl args; }
 #endif
 
+/* vector bytes of a level; units per packed block for an element size */
+static int fr_level_bytes(int level) { return level == 2 ? 64 : (level == 1 ? 32 : 16); }
+static int fr_unit(int elsize) { return fr_level_bytes(fr_level()) / elsize; }
+/* the level whose vectors hold U elements of elsize bytes (-1: none this CPU runs) */
+static int fr_level_of_unit(int U, int elsize) {
+    int l;
+    for (l = fr_hw_level(); l >= 0; l--)
+        if (fr_level_bytes(l) == U * elsize) return l;
+    return -1;
+}
+
 #define FR_INLINE static inline __attribute__((always_inline))
+/* one function of a level (the level is set by the enclosing target region) */
+#define FR_FN(ret, name, impl, params, args) static ret name params { return impl args; }
 
 #ifndef FR_PREFETCH
-#define FR_PREFETCH 32     /* vectors ahead in the single-row weight stream */
+#define FR_PREFETCH 2048   /* bytes ahead in the single-row weight stream */
 #endif
 
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 
-typedef float fr_vf __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int fr_vfi __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double fr_vd __attribute__((vector_size(64), aligned(8), may_alias));
-typedef long long fr_vdi __attribute__((vector_size(64), aligned(8), may_alias));
 
 /* activation codes (must match _kernels.pyx) */
 enum { FR_SIGMOID = 0, FR_TANH, FR_RELU, FR_HARDSIGMOID, FR_LEAKYRELU, FR_AFFINE,
@@ -119,35 +124,107 @@ FR_INLINE int fr_nthreads(void) {
 #endif
 }
 
-#define FR_T float
-#define FR_V fr_vf
-#define FR_VI fr_vfi
-#define FR_IT int
-#define FR_W 16
-#define FR_SFX(name) name##_f
-#include "fr_kern_t.h"
-#undef FR_T
-#undef FR_V
-#undef FR_VI
-#undef FR_IT
-#undef FR_W
-#undef FR_SFX
+/* The sequence descriptor of one small-kernel call (packed batch, see _kernels.pyx). */
+#define FR_SEQ_STRUCT(T)                                                                  \
+    struct {                                                                              \
+        int nT, B, I, reverse, varlen, chunk;                                             \
+        const ptrdiff_t* offsets;    /* (T) */                                            \
+        const ptrdiff_t* nsteps;     /* (T) */                                            \
+        const ptrdiff_t* lens;       /* (B) sorted lengths (varlen) */                    \
+        const T* x; ptrdiff_t x_ld;  /* packed input rows */                              \
+        const T* wxp;                /* packed input weights (nb, I, G, U) */             \
+        const unsigned char* mask;   /* packed mask or NULL */                            \
+        int mask_zero;                                                                    \
+        T* out; ptrdiff_t out_ld; ptrdiff_t out_col;   /* out NULL: outputs not written */\
+        T* h; T* c;                  /* (B, H) state in/out (c: LSTM) */                  \
+        /* scratch (caller-allocated) */                                                  \
+        T* xp;                       /* (chunk * B, G*H) */                               \
+        T* hbuf;                     /* (2, B, H) */                                      \
+        T* lastout;                  /* (B, H) mask only */                               \
+        int flip;                    /* single-step calls: traverse unit blocks backwards */\
+        T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */     \
+    }
+typedef FR_SEQ_STRUCT(float) fr_seq_f;
+typedef FR_SEQ_STRUCT(double) fr_seq_d;
 
-#define FR_DOUBLE 1
-#define FR_T double
-#define FR_V fr_vd
-#define FR_VI fr_vdi
-#define FR_IT long long
-#define FR_W 8
-#define FR_SFX(name) name##_d
-#include "fr_kern_t.h"
-#undef FR_T
-#undef FR_V
-#undef FR_VI
-#undef FR_IT
-#undef FR_W
-#undef FR_SFX
-#undef FR_DOUBLE
+/* One instantiation of the kernels per ISA level (fr_kern_lvl.h: float and double). */
+#if FR_HAVE_CLONES
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")
+#endif
+#define FR_VBYTES 64
+#define FR_NREG 32
+#define FR_LSFX _l2
+#include "fr_kern_lvl.h"
+#undef FR_VBYTES
+#undef FR_NREG
+#undef FR_LSFX
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define FR_VBYTES 32
+#define FR_NREG 16
+#define FR_LSFX _l1
+#include "fr_kern_lvl.h"
+#undef FR_VBYTES
+#undef FR_NREG
+#undef FR_LSFX
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+#define FR_VBYTES 16
+#define FR_NREG 16
+#define FR_LSFX _l0
+#include "fr_kern_lvl.h"
+#undef FR_VBYTES
+#undef FR_NREG
+#undef FR_LSFX
+
+/* Entry points.  The small-batch kernels run the level that matches the packing
+ * (cl->U); the caller checks that cl->U is a unit this CPU runs (fr_level_of_unit). */
+#if FR_HAVE_CLONES
+#define FR_BY_UNIT(lvl, name, args)                                                     \
+    do {                                                                                \
+        if ((lvl) == 2) { FR_CAT(name, _l2) args; return; }                             \
+        if ((lvl) == 1) { FR_CAT(name, _l1) args; return; }                             \
+        if ((lvl) == 0) { FR_CAT(name, _l0) args; return; }                             \
+    } while (0)
+#else
+#define FR_BY_UNIT(lvl, name, args)                                                     \
+    do { if ((lvl) == 0) { FR_CAT(name, _l0) args; return; } } while (0)
+#endif
+#define FR_ENTRIES(T, S)                                                                \
+static void FR_CAT(fr_small_layer, S)(const fr_cell* cl, FR_CAT(fr_seq, S)* q, int nt) { \
+    FR_BY_UNIT(fr_level_of_unit(cl->U, sizeof(T)), FR_CAT(fr_small_layer, S), (cl, q, nt)); \
+}                                                                                       \
+static void FR_CAT(fr_small_pair, S)(const fr_cell* cl0, FR_CAT(fr_seq, S)* q0,         \
+                                     const fr_cell* cl1, FR_CAT(fr_seq, S)* q1) {       \
+    FR_BY_UNIT(fr_level_of_unit(cl0->U, sizeof(T)), FR_CAT(fr_small_pair, S),           \
+               (cl0, q0, cl1, q1));                                                     \
+}                                                                                       \
+static void FR_CAT(fr_rows, S)(const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld, \
+                               T* const* xrows, const T* hprev, ptrdiff_t hp_ld, T* c,   \
+                               T* hout, ptrdiff_t ho_ld) {                              \
+    FR_BY_UNIT(fr_level(), FR_CAT(fr_rows, S),                                          \
+               (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld));              \
+}                                                                                       \
+static void FR_CAT(fr_act_array, S)(int which, const T* x, T* y, ptrdiff_t n) {         \
+    FR_BY_UNIT(fr_level(), FR_CAT(fr_act_array, S), (which, x, y, n));                  \
+}
+FR_ENTRIES(float, _f)
+FR_ENTRIES(double, _d)
+#undef FR_ENTRIES
 
 static int fr_have_clones(void) { return FR_HAVE_CLONES; }
 

@@ -1,6 +1,8 @@
-/* Type-generic part of fr_kern.h: included once with FR_T = float, once with double.
- * Macros in scope: FR_T (scalar), FR_V (64-byte vector), FR_VI (same-width integer
- * vector), FR_IT (its element), FR_W (lanes), FR_SFX(name) (type suffix). */
+/* Type- and ISA-generic part of fr_kern.h: included (by fr_kern_lvl.h) once per ISA level
+ * with FR_T = float and once with double.  Macros in scope: FR_T (scalar), FR_V (the
+ * level's native vector), FR_VI (same-width integer vector), FR_IT (its element), FR_W
+ * (lanes = units per packed block), FR_SEQ (sequence descriptor type), FR_NREG (vector
+ * registers of the level), FR_SFX(name) (type and level suffix). */
 
 #define V FR_V
 #define VI FR_VI
@@ -91,7 +93,8 @@ FR_INLINE V F(vexp)(V x) {
     q = q * rr + 2.27265548208155028766E-1;
     q = q * rr + 2.00000000000000000009E0;
     V e = 1.0 + 2.0 * (px / (q - px));
-    VI ni = __builtin_convertvector(n, VI);
+    /* n as int64 from t's bits (no packed double->int64 conversion before AVX-512) */
+    VI ni = (VI)t - (VI)F(vset1)(6755399441055744.0);
     V scale = (V)((ni + 1023) << 52);
     return e * scale;
 }
@@ -258,6 +261,10 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
     }
 }
 
+/* rows per register block of the packed matvec for G gates: RB * G accumulators (plus
+ * a broadcast and a weight) must fit the level's vector registers */
+#define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
+
 /* ------------------------------------------------------------------ packed matvec
  * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time). */
 FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, const T* Wb,
@@ -271,7 +278,7 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             const T* w0 = Wb + (size_t)k * G * W;
             const T* w1 = w0 + G * W;
             /* software prefetch ~2 KB ahead of the weight stream (measured ~10% at B=1) */
-            for (g = 0; g < 2 * G; g++) __builtin_prefetch(w0 + (FR_PREFETCH + g) * W);
+            for (g = 0; g < 2 * G; g++) __builtin_prefetch(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
             for (r = 0; r < RB; r++) {
                 T h0 = rows[r][k], h1 = rows[r][k + 1];
                 for (g = 0; g < G; g++) {
@@ -304,34 +311,14 @@ FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb
 }
 
 /* ------------------------------------------------------------------ small-batch layer */
-typedef struct {
-    /* sequence (packed, see _kernels.pyx) */
-    int nT, B, I, reverse, varlen, chunk;
-    const ptrdiff_t* offsets;    /* (T) */
-    const ptrdiff_t* nsteps;     /* (T) */
-    const ptrdiff_t* lens;       /* (B) sorted lengths (varlen) */
-    const T* x; ptrdiff_t x_ld;  /* packed input rows */
-    const T* wxp;                /* packed input weights (nb, I, G, U) */
-    const unsigned char* mask;   /* packed mask or NULL */
-    int mask_zero;
-    T* out; ptrdiff_t out_ld; ptrdiff_t out_col;   /* out NULL: outputs not written */
-    T* h; T* c;                  /* (B, H) state in/out (c: LSTM) */
-    /* scratch (caller-allocated) */
-    T* xp;                       /* (chunk * B, G*H) */
-    T* hbuf;                     /* (2, B, H) */
-    T* lastout;                  /* (B, H) mask only */
-    int flip;                    /* single-step calls: traverse unit blocks backwards */
-    T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */
-} F(fr_seq);
-
-FR_INLINE int F(in_time)(const F(fr_seq)* q, int s, int b) {
+FR_INLINE int F(in_time)(const FR_SEQ* q, int s, int b) {
     if (q->reverse && q->varlen) return (int)q->lens[b] - 1 - s;
     if (q->reverse) return q->nT - 1 - s;
     return s;
 }
 
 /* input projection of steps [s0, s1) for unit blocks [ub0, ub1) (no bias) */
-FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0,
+FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, int ub0,
                             int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
     const T* rows[4];
@@ -350,7 +337,7 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s
                 rows[nr] = q->x + (q->offsets[t] + b) * q->x_ld;
                 slot[nr] = (s - s0) * B + b;
                 nr++;
-                if (nr == 4) {
+                if (nr == FR_RB(G)) {
                     F(mv_any)(nr, G, rows, I, Wb, acc);
                     for (r = 0; r < nr; r++) {
                         T* dst = q->xp + (size_t)slot[r] * G * H + u0;
@@ -369,12 +356,12 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const F(fr_seq)* q, int s0, int s
         }
     }
 }
-FR_MULTI(void, F(proj), F(proj_impl), (const fr_cell* cl, const F(fr_seq)* q, int s0, int s1, int ub0, int ub1, int rlo, int rhi),
+FR_FN(void, F(proj), F(proj_impl), (const fr_cell* cl, const FR_SEQ* q, int s0, int s1, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s0, s1, ub0, ub1, rlo, rhi))
 
 /* GRU reset_after=False, first half of step s: r, z of rows [rlo, n) for unit blocks
  * [ub0, ub1); writes rh = r * h and zb = z */
-FR_INLINE void F(rz_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
+FR_INLINE void F(rz_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
                           int ub0, int ub1, int rlo, int rhi) {
     const int H = cl->H, U = W, K = cl->K, B = q->B, G = cl->G;
     const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
@@ -387,8 +374,8 @@ FR_INLINE void F(rz_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, 
         const int u0 = ub * U;
         const int nu = H - u0 < U ? H - u0 : U;
         const T* Wb = (const T*)cl->wp + (size_t)ub * K * 2 * U;
-        for (r0 = rlo; r0 < n; r0 += 4) {
-            rb = n - r0 < 4 ? n - r0 : 4;
+        for (r0 = rlo; r0 < n; r0 += FR_RB(2)) {
+            rb = n - r0 < FR_RB(2) ? n - r0 : FR_RB(2);
             for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
             F(mv_any)(rb, 2, rows, K, Wb, acc);
             for (r = 0; r < rb; r++) {
@@ -422,12 +409,12 @@ FR_INLINE void F(rz_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, 
         }
     }
 }
-FR_MULTI(void, F(rz), F(rz_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
+FR_FN(void, F(rz), F(rz_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
 
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
  * writes hbuf[1-cur] */
-FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur,
+FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
                             int ub0, int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
     const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
@@ -449,8 +436,8 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
             : (const T*)cl->wp + (size_t)ub * K * G * U;
         const T* src = cl->rz_split ? q->rh : hc;
         const int Gm = cl->rz_split ? 1 : G;
-        for (r0 = rlo; r0 < n; r0 += 4) {
-            rb = n - r0 < 4 ? n - r0 : 4;
+        for (r0 = rlo; r0 < n; r0 += FR_RB(Gm)) {
+            rb = n - r0 < FR_RB(Gm) ? n - r0 : FR_RB(Gm);
             for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
             F(mv_any)(rb, Gm, rows, K, Wb, acc);
             for (r = 0; r < rb; r++) {
@@ -483,7 +470,7 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const F(fr_seq)* q, int s, int s0
             memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
     }
 }
-FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
+FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
 
 /* The whole layer (one direction), on one thread or split between threads:
@@ -497,7 +484,7 @@ FR_MULTI(void, F(step), F(step_impl), (const fr_cell* cl, const F(fr_seq)* q, in
 #define FR_ROWSPLIT_MIN 16
 #endif
 
-static void F(run_range)(const fr_cell* cl, const F(fr_seq)* q, int ub0, int ub1, int rlo,
+static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
                          int rhi, int sync) {
     int s0 = 0, s, cur = 0, i;
     (void)sync;
@@ -536,7 +523,7 @@ static void F(run_range)(const fr_cell* cl, const F(fr_seq)* q, int ub0, int ub1
     }
 }
 
-static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
+static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     const int B = q->B, H = cl->H, nb = cl->nb;
     const int rowsplit = nt > 1 && B >= FR_ROWSPLIT_MIN;
     int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
@@ -568,8 +555,8 @@ static void F(fr_small_layer)(const fr_cell* cl, F(fr_seq)* q, int nt) {
  * each running its whole time loop alone (no barrier at all).  Pays when the unit split
  * would need a barrier every step (small batch); falls back to one after the other when
  * the runtime gives a single thread. */
-static void F(fr_small_pair)(const fr_cell* cl0, F(fr_seq)* q0, const fr_cell* cl1,
-                             F(fr_seq)* q1) {
+static void F(fr_small_pair)(const fr_cell* cl0, FR_SEQ* q0, const fr_cell* cl1,
+                             FR_SEQ* q1) {
 #ifdef _OPENMP
     #pragma omp parallel num_threads(2)
     {
@@ -609,7 +596,7 @@ FR_INLINE void F(rows_impl)(const fr_cell* cl, int n, const T* acc, ptrdiff_t ac
         }
     }
 }
-FR_MULTI(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld,
+FR_FN(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld,
                             T* const* xrows, const T* hprev, ptrdiff_t hp_ld, T* c, T* hout,
                             ptrdiff_t ho_ld),
          (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld))
@@ -624,10 +611,11 @@ FR_INLINE void F(act_array_impl)(int which, const T* x, T* y, ptrdiff_t n) {
         F(vstore)(y + i, v, nu);
     }
 }
-FR_MULTI(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
+FR_FN(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
 
 #undef V
 #undef VI
 #undef T
 #undef W
 #undef F
+#undef FR_RB

@@ -197,6 +197,7 @@ class RNNBase:
         self._acts = self._parse_activations(activations)
         self._params: dict[str, np.ndarray] = {}
         self._packed: list | None = None
+        self._packed_unit = 0
         self._init_params(seed)
 
     # ---------------------------------------------------------------- structure
@@ -317,9 +318,10 @@ class RNNBase:
 
     def _pack(self) -> list:
         """Kernel-ready weights per (layer, direction): transposed, biases fused."""
-        if self._packed is not None:
-            return self._packed
         from . import _kernels
+        unit = _kernels.unit_block(self.dtype)
+        if self._packed is not None and self._packed_unit == unit:
+            return self._packed
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
         dt = self.dtype
         packed = []
@@ -354,6 +356,7 @@ class RNNBase:
                 per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp))
             packed.append(per_dir)
         self._packed = packed
+        self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
         return packed
 
     # ---------------------------------------------------------------- config
