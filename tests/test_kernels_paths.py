@@ -149,6 +149,97 @@ def test_isa_levels(level, cell):
         _kernels._set_isa_level(-1)
 
 
+_LEVEL_OF_ISA = {"avx512": 2, "avx2+fma": 1, "x86-64 baseline": 0}
+
+
+def _levels():
+    """The ISA levels this CPU runs (0 .. its own)."""
+    return list(range(_LEVEL_OF_ISA[_kernels.isa()] + 1))
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
+@pytest.mark.parametrize("B", [1, 2, 4, 7, 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_isa_levels_register_blocks(level, cell, B, dtype):
+    """Each level's own vector width and register blocking (3 or 4 rows a block, two
+    k-steps in flight at small blocks, row split from 16 sequences), with unit-block tails
+    (H=37), both directions at once, lengths and one step at a time."""
+    if level not in _levels():
+        pytest.skip(f"this CPU does not run ISA level {level}")
+    rng = np.random.default_rng(B * 7 + level)
+    _kernels._set_isa_level(level)
+    try:
+        if cell == "GRU-reset-before":
+            layer = fastrnn.GRU(6, 37, reset_after=False, dtype=dtype, seed=B,
+                                bidirectional=True, num_threads=2)
+        else:
+            layer = CELLS[cell](6, 37, dtype=dtype, seed=B, bidirectional=True, num_threads=2)
+        x = rng.standard_normal((9, B, 6)).astype(dtype)
+        _check(layer, x)
+        _check(layer, x, lengths=rng.integers(0, 10, B))
+        uni = CELLS[cell.split("-")[0]](6, 37, dtype=dtype, seed=B, num_threads=2,
+                                        **({"reset_after": False} if "-" in cell else {}))
+        out, _ = uni(x)
+        h = np.zeros((1, B, 37), dtype)
+        c = np.zeros((1, B, 37), dtype) if cell == "LSTM" else None
+        for t in range(x.shape[0]):
+            y = uni._step_fast(np.ascontiguousarray(x[t]), h, c)
+            np.testing.assert_allclose(y, out[t], *_tol(dtype))
+    finally:
+        _kernels._set_isa_level(-1)
+
+
+def test_unit_block_is_the_level_vector_width():
+    width = {2: 64, 1: 32, 0: 16}
+    try:
+        for level in _levels():
+            _kernels._set_isa_level(level)
+            assert _kernels.unit_block(np.float32) == width[level] // 4
+            assert _kernels.unit_block(np.float64) == width[level] // 8
+            w = np.arange(5 * 3 * 20, dtype=np.float32).reshape(5, 60)
+            U = width[level] // 4
+            assert _kernels.pack_units(w, 20, 3).size == -(-20 // U) * U * 5 * 3
+    finally:
+        _kernels._set_isa_level(-1)
+
+
+@pytest.mark.parametrize("H", [32, 37])
+def test_layer_repacks_when_the_isa_level_changes(H):
+    """Packed weights belong to the unit block they were packed with: a layer used at one
+    level and then at another repacks (H=32 fills every block size, so a stale packing
+    would be read with the wrong layout; H=37 would not even have the right size)."""
+    if len(_levels()) < 2:
+        pytest.skip("one ISA level only")
+    rng = np.random.default_rng(H)
+    layer = fastrnn.LSTM(5, H, seed=3, num_threads=2)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    _check(layer, x)
+    packed_at_top = layer._pack()
+    try:
+        _kernels._set_isa_level(0)
+        _check(layer, x)
+        assert layer._pack() is not packed_at_top
+        assert layer._packed_unit == _kernels.unit_block(np.float32) == 4
+    finally:
+        _kernels._set_isa_level(-1)
+    _check(layer, x)
+
+
+def test_stale_packing_is_refused():
+    """The kernels refuse packed weights of another unit block (no out-of-bounds read)."""
+    if len(_levels()) < 2:
+        pytest.skip("one ISA level only")
+    layer = fastrnn.GRU(4, 18, seed=1)   # 18 units fill 24 (U=8, 16) or 20 (U=4)
+    stale = layer._pack()
+    try:
+        _kernels._set_isa_level(0)
+        with pytest.raises(ValueError, match="packed for another ISA level"):
+            layer._make_step_plan(stale, 1)
+    finally:
+        _kernels._set_isa_level(-1)
+
+
 def test_tiny_problems_stay_on_one_thread_and_agree():
     _kernels._set_min_parallel_work(16384)
     rng = np.random.default_rng(47)
