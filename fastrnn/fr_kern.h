@@ -76,7 +76,8 @@ static int fr_level_of_unit(int U, int elsize) {
 }
 
 #define FR_INLINE static inline __attribute__((always_inline))
-/* one function of a level (the level is set by the enclosing target region) */
+/* one out-of-line function of a level around an always-inline body (the hot loops stay
+ * in their own functions; the level is set by the enclosing target region) */
 #define FR_FN(ret, name, impl, params, args) static ret name params { return impl args; }
 
 #ifndef FR_PREFETCH

@@ -19,14 +19,7 @@ typedef long long FR_VDI __attribute__((vector_size(FR_VBYTES), aligned(8), may_
 #define FR_W (FR_VBYTES / 4)
 #define FR_SEQ fr_seq_f
 #define FR_SFX(name) FR_CAT(name##_f, FR_LSFX)
-#include "fr_kern_t.h"
-#undef FR_T
-#undef FR_V
-#undef FR_VI
-#undef FR_IT
-#undef FR_W
-#undef FR_SEQ
-#undef FR_SFX
+#include "fr_kern_t.h"   /* consumes (undefines) its FR_* parameters */
 
 #define FR_DOUBLE 1
 #define FR_T double
@@ -37,14 +30,6 @@ typedef long long FR_VDI __attribute__((vector_size(FR_VBYTES), aligned(8), may_
 #define FR_SEQ fr_seq_d
 #define FR_SFX(name) FR_CAT(name##_d, FR_LSFX)
 #include "fr_kern_t.h"
-#undef FR_T
-#undef FR_V
-#undef FR_VI
-#undef FR_IT
-#undef FR_W
-#undef FR_SEQ
-#undef FR_SFX
-#undef FR_DOUBLE
 
 #undef FR_VF
 #undef FR_VFI

@@ -2,7 +2,8 @@
  * with FR_T = float and once with double.  Macros in scope: FR_T (scalar), FR_V (the
  * level's native vector), FR_VI (same-width integer vector), FR_IT (its element), FR_W
  * (lanes = units per packed block), FR_SEQ (sequence descriptor type), FR_NREG (vector
- * registers of the level), FR_SFX(name) (type and level suffix). */
+ * registers of the level), FR_SFX(name) (type and level suffix); FR_DOUBLE for double.
+ * It undefines them all at its end. */
 
 #define V FR_V
 #define VI FR_VI
@@ -619,3 +620,12 @@ FR_FN(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, pt
 #undef W
 #undef F
 #undef FR_RB
+/* the parameters of this instantiation */
+#undef FR_T
+#undef FR_V
+#undef FR_VI
+#undef FR_IT
+#undef FR_W
+#undef FR_SEQ
+#undef FR_SFX
+#undef FR_DOUBLE
