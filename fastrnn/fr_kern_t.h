@@ -267,12 +267,33 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
 #define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
 
 /* ------------------------------------------------------------------ packed matvec
- * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time). */
+ * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time).
+ * Small blocks keep two or four k-steps in flight (independent FMA chains at one row). */
 FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, const T* Wb,
                      V* acc) {
-    V a[16], a2[16];
+    V a[16], a2[16], a3[16], a4[16];
     int r, g, k = 0;
-    for (r = 0; r < RB * G; r++) { a[r] = F(vset1)(0); a2[r] = F(vset1)(0); }
+    for (r = 0; r < RB * G; r++) {
+        a[r] = F(vset1)(0); a2[r] = F(vset1)(0); a3[r] = F(vset1)(0); a4[r] = F(vset1)(0);
+    }
+    if (RB * G < 3) {
+        /* four k-steps in flight: one or two gates at one row (SimpleRNN, GRU r/z) */
+        for (; k + 3 < K; k += 4) {
+            const T* w0 = Wb + (size_t)k * G * W;
+            for (g = 0; g < 4 * G; g++)
+                __builtin_prefetch(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
+            for (r = 0; r < RB; r++) {
+                const T h0 = rows[r][k], h1 = rows[r][k + 1];
+                const T h2 = rows[r][k + 2], h3 = rows[r][k + 3];
+                for (g = 0; g < G; g++) {
+                    a[r * G + g] += h0 * F(vld)(w0 + g * W);
+                    a2[r * G + g] += h1 * F(vld)(w0 + (G + g) * W);
+                    a3[r * G + g] += h2 * F(vld)(w0 + (2 * G + g) * W);
+                    a4[r * G + g] += h3 * F(vld)(w0 + (3 * G + g) * W);
+                }
+            }
+        }
+    }
     if (RB * G < 8) {
         /* two k-steps in flight: enough independent FMA chains at one row */
         for (; k + 1 < K; k += 2) {
@@ -296,7 +317,7 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             for (g = 0; g < G; g++) a[r * G + g] += h0 * F(vld)(w0 + g * W);
         }
     }
-    for (r = 0; r < RB * G; r++) acc[r] = a[r] + a2[r];
+    for (r = 0; r < RB * G; r++) acc[r] = (a[r] + a2[r]) + (a3[r] + a4[r]);
 }
 
 FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb, V* acc) {
