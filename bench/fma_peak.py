@@ -4,9 +4,10 @@
 
 Compiles a small C program (gcc, OpenMP) that runs independent chains of vector fused
 multiply-adds per thread (16 on AVX-512's 32 registers, 12 on AVX2's 16: more would
-spill to the stack), registers only (no memory traffic), and prints the GFLOP/s reached.  This is the ceiling any float32 matrix kernel can approach on the
-core; numpy's SGEMM figure (bench_speed.py) is lower here because scipy's/numpy's
-OpenBLAS detects this CPU as Haswell and runs AVX2 kernels.
+spill to the stack), registers only (no memory traffic), and prints the GFLOP/s
+reached.  This is the ceiling any float32 matrix kernel can approach on the core;
+numpy's SGEMM figure (bench_speed.py) is lower on AVX-512 machines because scipy's and
+numpy's OpenBLAS detect those CPUs as Haswell and run AVX2 kernels.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-
 
 SRC = r"""
 #include <immintrin.h>

@@ -317,7 +317,8 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             for (g = 0; g < G; g++) a[r * G + g] += h0 * F(vld)(w0 + g * W);
         }
     }
-    for (r = 0; r < RB * G; r++) acc[r] = (a[r] + a2[r]) + (a3[r] + a4[r]);
+    for (r = 0; r < RB * G; r++)
+        acc[r] = RB * G < 3 ? (a[r] + a2[r]) + (a3[r] + a4[r]) : a[r] + a2[r];
 }
 
 FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb, V* acc) {
