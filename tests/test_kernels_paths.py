@@ -162,7 +162,7 @@ def _levels():
 @pytest.mark.parametrize("B", [1, 2, 4, 7, 17])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_isa_levels_register_blocks(level, cell, B, dtype):
-    """Each level's own vector width and register blocking (3 or 4 rows a block, two
+    """Each level's own vector width and register blocking (3 or 4 rows a block, 2 or 4
     k-steps in flight at small blocks, row split from 16 sequences), with unit-block tails
     (H=37), both directions at once, lengths and one step at a time."""
     if level not in _levels():
