@@ -788,6 +788,11 @@ def unit_block(dtype):
     return fr_unit(np.dtype(dtype).itemsize)
 
 
+def unit_of_itemsize(int itemsize):
+    """:func:`unit_block` for an element size in bytes (4 or 8), without a dtype lookup."""
+    return fr_unit(itemsize)
+
+
 cdef int _check_packed(Py_ssize_t n, int H, int K, int G, int U) except -1:
     """Raise unless n values are a unit-block packing of (K, G*H) weights with U units."""
     cdef Py_ssize_t want = <Py_ssize_t>((H + U - 1) // U) * K * G * U

@@ -39,6 +39,16 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # projection GEMM chunk: about this many bytes of projected inputs live at once
 _CHUNK_BYTES = 4 << 20
 
+_KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
+
+
+def _kernels_module():
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _kernels
+        _KERNELS = _kernels
+    return _KERNELS
+
 
 def _step_threads(layer, nt: int) -> int:
     """Threads for one time step: a second thread pays only when the step's weights
@@ -318,8 +328,9 @@ class RNNBase:
 
     def _pack(self) -> list:
         """Kernel-ready weights per (layer, direction): transposed, biases fused."""
-        from . import _kernels
-        unit = _kernels.unit_block(self.dtype)
+        _kernels = _kernels_module()
+        # (an import statement costs ~0.6 us: too much for the per-step streaming path)
+        unit = _kernels.unit_of_itemsize(self.dtype.itemsize)
         if self._packed is not None and self._packed_unit == unit:
             return self._packed
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
