@@ -785,12 +785,8 @@ def unit_block(dtype):
     """Units per packed block (the vector width of the current ISA level) for a dtype:
     16/8/4 float32, 8/4/2 float64 (AVX-512 / AVX2 / baseline).  Packed weights are valid
     only for the unit block they were packed with."""
-    return fr_unit(np.dtype(dtype).itemsize)
-
-
-def unit_of_itemsize(int itemsize):
-    """:func:`unit_block` for an element size in bytes (4 or 8), without a dtype lookup."""
-    return fr_unit(itemsize)
+    # a layer asks on every call: skip the dtype conversion when it already is one
+    return fr_unit((dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)).itemsize)
 
 
 cdef int _check_packed(Py_ssize_t n, int H, int K, int G, int U) except -1:

@@ -195,33 +195,33 @@ typedef FR_SEQ_STRUCT(double) fr_seq_d;
 /* Entry points.  The small-batch kernels run the level that matches the packing
  * (cl->U); the caller checks that cl->U is a unit this CPU runs (fr_level_of_unit). */
 #if FR_HAVE_CLONES
-#define FR_BY_UNIT(lvl, name, args)                                                     \
+#define FR_AT_LEVEL(lvl, name, args)                                                     \
     do {                                                                                \
         if ((lvl) == 2) { FR_CAT(name, _l2) args; return; }                             \
         if ((lvl) == 1) { FR_CAT(name, _l1) args; return; }                             \
         if ((lvl) == 0) { FR_CAT(name, _l0) args; return; }                             \
     } while (0)
 #else
-#define FR_BY_UNIT(lvl, name, args)                                                     \
+#define FR_AT_LEVEL(lvl, name, args)                                                     \
     do { if ((lvl) == 0) { FR_CAT(name, _l0) args; return; } } while (0)
 #endif
 #define FR_ENTRIES(T, S)                                                                \
 static void FR_CAT(fr_small_layer, S)(const fr_cell* cl, FR_CAT(fr_seq, S)* q, int nt) { \
-    FR_BY_UNIT(fr_level_of_unit(cl->U, sizeof(T)), FR_CAT(fr_small_layer, S), (cl, q, nt)); \
+    FR_AT_LEVEL(fr_level_of_unit(cl->U, sizeof(T)), FR_CAT(fr_small_layer, S), (cl, q, nt)); \
 }                                                                                       \
 static void FR_CAT(fr_small_pair, S)(const fr_cell* cl0, FR_CAT(fr_seq, S)* q0,         \
                                      const fr_cell* cl1, FR_CAT(fr_seq, S)* q1) {       \
-    FR_BY_UNIT(fr_level_of_unit(cl0->U, sizeof(T)), FR_CAT(fr_small_pair, S),           \
+    FR_AT_LEVEL(fr_level_of_unit(cl0->U, sizeof(T)), FR_CAT(fr_small_pair, S),           \
                (cl0, q0, cl1, q1));                                                     \
 }                                                                                       \
 static void FR_CAT(fr_rows, S)(const fr_cell* cl, int n, const T* acc, ptrdiff_t acc_ld, \
                                T* const* xrows, const T* hprev, ptrdiff_t hp_ld, T* c,   \
                                T* hout, ptrdiff_t ho_ld) {                              \
-    FR_BY_UNIT(fr_level(), FR_CAT(fr_rows, S),                                          \
+    FR_AT_LEVEL(fr_level(), FR_CAT(fr_rows, S),                                          \
                (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld));              \
 }                                                                                       \
 static void FR_CAT(fr_act_array, S)(int which, const T* x, T* y, ptrdiff_t n) {         \
-    FR_BY_UNIT(fr_level(), FR_CAT(fr_act_array, S), (which, x, y, n));                  \
+    FR_AT_LEVEL(fr_level(), FR_CAT(fr_act_array, S), (which, x, y, n));                  \
 }
 FR_ENTRIES(float, _f)
 FR_ENTRIES(double, _d)

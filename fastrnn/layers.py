@@ -330,7 +330,7 @@ class RNNBase:
         """Kernel-ready weights per (layer, direction): transposed, biases fused."""
         _kernels = _kernels_module()
         # (an import statement costs ~0.6 us: too much for the per-step streaming path)
-        unit = _kernels.unit_of_itemsize(self.dtype.itemsize)
+        unit = _kernels.unit_block(self.dtype)
         if self._packed is not None and self._packed_unit == unit:
             return self._packed
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
@@ -537,7 +537,7 @@ class RNNBase:
         return h[-1]
 
     def _make_step_plan(self, packed, nt):
-        from . import _kernels
+        _kernels = _kernels_module()
         if self.bidirectional or self.go_backwards:
             raise ValueError("_step_fast: uni-directional layers only")
         if packed[0][0][6] is None:
@@ -553,7 +553,7 @@ class RNNBase:
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
-        from . import _kernels
+        _kernels = _kernels_module()
         _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
         x, unbatched, h0, c0 = self._prepare(x, hx)
