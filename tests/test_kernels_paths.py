@@ -94,6 +94,34 @@ def test_paths_mask(path, cell, masked_output):
     _check(layer, x, mask=mask, masked_output=masked_output)
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
+@pytest.mark.parametrize("steps_per_chunk", [1, 3])
+@pytest.mark.parametrize("case", ["dense", "lengths", "mask"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paths_projection_chunks(path, cell, steps_per_chunk, case, dtype, monkeypatch):
+    """The projected inputs live one chunk of steps at a time (layers._SMALL_CHUNK_BYTES,
+    _CHUNK_BYTES for the BLAS path): several chunks, a last one shorter than the others,
+    both directions, 1 and 2 threads, give the reference's numbers."""
+    from fastrnn import layers as L
+    rng = np.random.default_rng(17)
+    B, T, H = 5, 10, 13
+    G = {"RNN": 1, "LSTM": 4}.get(cell, 3)
+    kw = dict(reset_after=False) if cell == "GRU-reset-before" else {}
+    cls = CELLS["GRU" if cell.startswith("GRU") else cell]
+    nbytes = steps_per_chunk * B * G * H * np.dtype(dtype).itemsize
+    monkeypatch.setattr(L, "_SMALL_CHUNK_BYTES", nbytes)
+    monkeypatch.setattr(L, "_CHUNK_BYTES", nbytes)
+    x = rng.standard_normal((T, B, 6)).astype(dtype)
+    for nt in (1, 2):
+        layer = cls(6, H, bidirectional=True, dtype=dtype, seed=9, num_threads=nt, **kw)
+        if case == "lengths":
+            _check(layer, x, lengths=[10, 7, 7, 2, 0])
+        elif case == "mask":
+            _check(layer, x, mask=rng.random((T, B)) > 0.3)
+        else:
+            _check(layer, x)
+
+
 @pytest.mark.parametrize("kw", [
     dict(activations=["hardsigmoid", "elu", "softsign"]),
     dict(clip=0.7),
