@@ -1,7 +1,7 @@
 """A/B of two fastrnn build trees on a noisy machine: alternating fresh processes.
 
     python bench/ab_builds.py TREE_A TREE_B [--cases LSTM:16:100:256,GRU:1:100:256]
-                              [--rounds 6] [--reps 20] [--threads 2]
+                              [--rounds 6] [--reps 20] [--threads 2] [--isa-level L]
 
 TREE_A and TREE_B are checkouts with the extensions built in place (``git worktree add
 /tmp/a HEAD && cd /tmp/a && python setup.py build_ext --inplace``).  Each round runs one
@@ -31,6 +31,8 @@ sys.path.insert(0, tree)
 import fastrnn
 import torch
 assert fastrnn.__file__.startswith(tree), fastrnn.__file__
+from fastrnn import _kernels
+_kernels._set_isa_level(int(sys.argv[5]))   # -1: the best the CPU has
 out = []
 for case in cases.split(","):
     cell, B, T, H = case.split(":")
@@ -49,11 +51,11 @@ print("|".join(out))
 """
 
 
-def _run(tree, cases, reps, nt):
+def _run(tree, cases, reps, nt, level):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(tree), cases,
-                        str(reps), str(nt)], capture_output=True, text=True, env=env,
-                       check=True)
+                        str(reps), str(nt), str(level)], capture_output=True, text=True,
+                       env=env, check=True)
     line = r.stdout.strip().splitlines()[-1]
     return [[float(v) for v in c.split()] for c in line.split("|")]
 
@@ -66,15 +68,18 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa-level", type=int, default=-1,
+                    help="cap the kernels' ISA level (0 baseline, 1 AVX2, 2 AVX-512)")
     a = ap.parse_args(argv)
     res = {"A": [], "B": []}
     for i in range(a.rounds):
         for key, tree in (("A", a.tree_a), ("B", a.tree_b)):
-            res[key].append(_run(tree, a.cases, a.reps, a.threads))
+            res[key].append(_run(tree, a.cases, a.reps, a.threads, a.isa_level))
         print(f"round {i + 1}/{a.rounds} done", file=sys.stderr)
     A, B = np.array(res["A"]), np.array(res["B"])   # (rounds, cases, [min, median])
     print(f"{'case':<22} {'A min':>9} {'A med':>9} {'B min':>9} {'B med':>9} "
-          f"{'B/A min':>8} {'B/A med':>8}   (ms, {a.threads} threads)")
+          f"{'B/A min':>8} {'B/A med':>8}   (ms, {a.threads} threads, ISA level "
+          f"{a.isa_level})")
     for j, case in enumerate(a.cases.split(",")):
         amin, bmin = A[:, j, 0].min(), B[:, j, 0].min()
         amed, bmed = np.median(A[:, j, 1]), np.median(B[:, j, 1])

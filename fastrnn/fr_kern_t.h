@@ -262,6 +262,17 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
     }
 }
 
+/* Software prefetch of the weight stream in the one- and two-row matvec loops: AVX-512
+ * only (one prefetch per 64-byte line there; measured ~10% at B=1 on a Zen 5).  With
+ * 32- or 16-byte vectors it is two or four prefetches per line, and on an AVX2 EPYC
+ * (Zen 4, AVX-512 hidden) the loops ran faster without them: B=1 T=100 H=256 LSTM /
+ * GRU / SimpleRNN medians 0.82-0.90x at level 1, GRU and SimpleRNN 0.79-0.87x at level
+ * 0 (bench/ab_builds.py, alternating processes, both orders). */
+#if FR_VBYTES >= 64
+#define FR_SWPF(p) __builtin_prefetch(p)
+#else
+#define FR_SWPF(p) ((void)(p))
+#endif
 /* rows per register block of the packed matvec for G gates: RB * G accumulators (plus
  * a broadcast and a weight) must fit the level's vector registers */
 #define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
@@ -281,7 +292,7 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
         for (; k + 3 < K; k += 4) {
             const T* w0 = Wb + (size_t)k * G * W;
             for (g = 0; g < 4 * G; g++)
-                __builtin_prefetch(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
+                FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
             for (r = 0; r < RB; r++) {
                 const T h0 = rows[r][k], h1 = rows[r][k + 1];
                 const T h2 = rows[r][k + 2], h3 = rows[r][k + 3];
@@ -299,8 +310,8 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
         for (; k + 1 < K; k += 2) {
             const T* w0 = Wb + (size_t)k * G * W;
             const T* w1 = w0 + G * W;
-            /* software prefetch ~2 KB ahead of the weight stream (measured ~10% at B=1) */
-            for (g = 0; g < 2 * G; g++) __builtin_prefetch(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
+            /* software prefetch ~2 KB ahead of the weight stream (AVX-512 only, above) */
+            for (g = 0; g < 2 * G; g++) FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
             for (r = 0; r < RB; r++) {
                 T h0 = rows[r][k], h1 = rows[r][k + 1];
                 for (g = 0; g < G; g++) {
@@ -642,6 +653,7 @@ FR_FN(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, pt
 #undef W
 #undef F
 #undef FR_RB
+#undef FR_SWPF
 /* the parameters of this instantiation */
 #undef FR_T
 #undef FR_V
