@@ -88,6 +88,32 @@ def _onnx_bytes(tm, x):
     return f.getvalue()
 
 
+def ort_session(tm, x):
+    """ONNX Runtime session (NT intra-op threads) for the torch module exported on x; raises
+    when ORT cannot run the graph (its CPU LSTM/GRU kernels are float32 only)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = NT
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(_onnx_bytes(tm, x), so, providers=["CPUExecutionProvider"])
+    sess.run(None, {"x": x})
+    return sess
+
+
+def ov_request(tm, x):
+    """OpenVINO infer request (NT threads, float32) for the same ONNX graph."""
+    import tempfile
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.onnx")
+        with open(path, "wb") as f:
+            f.write(_onnx_bytes(tm, x))
+        # f32 explicitly: on CPUs with AVX512-BF16 OpenVINO would otherwise pick bf16
+        compiled = core.compile_model(core.read_model(path), "CPU",
+                                      {"INFERENCE_NUM_THREADS": NT,
+                                       "INFERENCE_PRECISION_HINT": "f32"})
+    return compiled.create_infer_request()
+
+
 def _extra(benchmark, case, impl, fl):
     benchmark.extra_info.update(case=case, impl=impl, flops=fl, threads=NT)
 
@@ -116,13 +142,8 @@ def test_speed(benchmark, case, impl):
     elif impl == "onnxruntime":
         if ort is None:
             pytest.skip("onnxruntime not installed")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = NT
-        so.inter_op_num_threads = 1
         try:
-            sess = ort.InferenceSession(_onnx_bytes(tm, x), so,
-                                        providers=["CPUExecutionProvider"])
-            sess.run(None, {"x": x})
+            sess = ort_session(tm, x)
         except Exception as e:  # ORT's CPU LSTM/GRU kernels are float32 only
             pytest.skip(f"onnxruntime cannot run this graph: {type(e).__name__}")
         benchmark.pedantic(sess.run, args=(None, {"x": x}), rounds=30, iterations=1,
@@ -132,17 +153,7 @@ def test_speed(benchmark, case, impl):
             pytest.skip("openvino not installed")
         if dtype != "float32":
             pytest.skip("OpenVINO CPU runs float32 only")
-        import tempfile
-        core = ov.Core()
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "m.onnx")
-            with open(path, "wb") as f:
-                f.write(_onnx_bytes(tm, x))
-            model = core.read_model(path)
-            # f32 explicitly: on CPUs with AVX512-BF16 OpenVINO would otherwise pick bf16
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": NT,
-                                                         "INFERENCE_PRECISION_HINT": "f32"})
-        req = compiled.create_infer_request()
+        req = ov_request(tm, x)
         benchmark.pedantic(req.infer, args=({0: x},), rounds=30, iterations=1, warmup_rounds=3)
 
 

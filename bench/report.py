@@ -1,4 +1,5 @@
-"""Turn a pytest-benchmark JSON from bench/bench_speed.py into a markdown table (+ PNG).
+"""Turn a pytest-benchmark JSON from bench/bench_speed.py (or the same layout from
+bench/bench_interleaved.py) into a markdown table (+ PNG).
 
     PYTHONPATH=. python -m pytest bench/bench_speed.py --benchmark-only \
         --benchmark-group-by=group --benchmark-json=bench/results.json
@@ -63,9 +64,11 @@ def main(argv=None):
     lines.append(f"Machine: {mi.get('cpu', {}).get('brand_raw', '?')}, "
                  f"{mi.get('cpu', {}).get('count', '?')} CPUs; statistic: {a.stat} of each "
                  f"benchmark; run {data.get('datetime', '?')}.")
-    lines.append("Commands: `PYTHONPATH=. python -m pytest bench/bench_speed.py --benchmark-only "
-                 f"--benchmark-group-by=group --benchmark-json={a.json}` then "
-                 f"`python bench/report.py {a.json} --stat {a.stat}`.")
+    made_by = data.get("command") or (
+        "PYTHONPATH=. python -m pytest bench/bench_speed.py --benchmark-only "
+        f"--benchmark-group-by=group --benchmark-json={a.json}")
+    lines.append(f"Commands: `{made_by}` then `python bench/report.py {a.json} --stat {a.stat}`."
+                 + (f" Samples: {data['statistic']}." if data.get("statistic") else ""))
     if peak:
         lines.append(f"SGEMM peak (numpy 2048^3, 2 threads, same run): **{peak:.0f} GFLOP/s**.")
     lines.append("")
