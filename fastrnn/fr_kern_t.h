@@ -265,9 +265,9 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
 /* Software prefetch of the weight stream in the one- and two-row matvec loops: AVX-512
  * only (one prefetch per 64-byte line there; measured ~10% at B=1 on a Zen 5).  With
  * 32- or 16-byte vectors it is two or four prefetches per line, and on an AVX2 EPYC
- * (Zen 4, AVX-512 hidden) the loops ran faster without them: B=1 T=100 H=256 LSTM /
- * GRU / SimpleRNN medians 0.82-0.90x at level 1, GRU and SimpleRNN 0.79-0.87x at level
- * 0 (bench/ab_builds.py, alternating processes, both orders). */
+ * (Zen 4, AVX-512 hidden) B=1 ran faster without them: LSTM / GRU / SimpleRNN H=256 and
+ * LSTM H=512 medians 0.82-1.05x (10 of 12 below 1) at level 1, 0.79-0.99x at level 0
+ * (bench/ab_builds.py, alternating processes, three runs, both orders). */
 #if FR_VBYTES >= 64
 #define FR_SWPF(p) __builtin_prefetch(p)
 #else

@@ -41,8 +41,8 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # to stay in the cores' L2 between projecting it and reading it back.  Measured on an
 # AVX2 EPYC (1 MiB L2 per core, 2 threads, in-process interleaved, 512 KiB vs 4 MiB):
 # LSTM B=16 T=100 H=256 min 0.87-0.95x, median 0.93-0.96x; GRU B=16 0.79x / 0.92x;
-# LSTM B=32 0.90x / 0.91x; SimpleRNN B=64 0.84x / 0.90x; B <= 8, B=64 H=512 and
-# SimpleRNN B=16 unchanged (within +-5%)
+# LSTM B=32 0.90x / 0.91x; SimpleRNN B=64 0.84x / 0.90x; B <= 8, B=64 H=512, float64
+# and SimpleRNN B=16 within +-8% with no consistent direction
 _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
 
