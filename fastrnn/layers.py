@@ -614,7 +614,9 @@ class RNNBase:
         G = self.gate_count
         out = xin
         if N > 0:
-            cbytes = _CHUNK_BYTES if self.proj_size else _SMALL_CHUNK_BYTES
+            small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
+                                         nt) == "small"
+            cbytes = _SMALL_CHUNK_BYTES if small else _CHUNK_BYTES
             chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
             for layer in range(L):
                 inp = out

@@ -105,15 +105,14 @@ def test_paths_projection_chunks(path, cell, steps_per_chunk, case, dtype, monke
     from fastrnn import layers as L
     rng = np.random.default_rng(17)
     B, T, H = 5, 10, 13
-    G = {"RNN": 1, "LSTM": 4}.get(cell, 3)
     kw = dict(reset_after=False) if cell == "GRU-reset-before" else {}
     cls = CELLS["GRU" if cell.startswith("GRU") else cell]
-    nbytes = steps_per_chunk * B * G * H * np.dtype(dtype).itemsize
-    monkeypatch.setattr(L, "_SMALL_CHUNK_BYTES", nbytes)
-    monkeypatch.setattr(L, "_CHUNK_BYTES", nbytes)
     x = rng.standard_normal((T, B, 6)).astype(dtype)
     for nt in (1, 2):
         layer = cls(6, H, bidirectional=True, dtype=dtype, seed=9, num_threads=nt, **kw)
+        nbytes = steps_per_chunk * B * layer.gate_count * H * np.dtype(dtype).itemsize
+        monkeypatch.setattr(L, "_SMALL_CHUNK_BYTES", nbytes)
+        monkeypatch.setattr(L, "_CHUNK_BYTES", nbytes)
         if case == "lengths":
             _check(layer, x, lengths=[10, 7, 7, 2, 0])
         elif case == "mask":
