@@ -19,6 +19,7 @@
 #define FR_KERN_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
@@ -84,6 +85,9 @@ static int fr_level_of_unit(int U, int elsize) {
 #define FR_PREFETCH 2048   /* bytes ahead in the single-row weight stream */
 #endif
 
+/* test hook: the batch-lane kernel splits by unit groups even where panels would do */
+static int fr_wide_force_groups = 0;
+
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 
@@ -144,6 +148,7 @@ FR_INLINE int fr_nthreads(void) {
         T* lastout;                  /* (B, H) mask only */                               \
         int flip;                    /* single-step calls: traverse unit blocks backwards */\
         T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */     \
+        T* xt; T* ht; T* ct;         /* batch-lane kernel scratch (fr_wide_t.h) */        \
     }
 typedef FR_SEQ_STRUCT(float) fr_seq_f;
 typedef FR_SEQ_STRUCT(double) fr_seq_d;
@@ -205,6 +210,21 @@ typedef FR_SEQ_STRUCT(double) fr_seq_d;
 #define FR_AT_LEVEL(lvl, name, args)                                                     \
     do { if ((lvl) == 0) { FR_CAT(name, _l0) args; return; } } while (0)
 #endif
+/* the batch-lane kernel runs the current level; its packing depends only on the rows
+ * per group (fr_wide_rows), which the caller checks */
+#if FR_HAVE_CLONES
+#define FR_WIDE_AT_LEVEL(name, args)                                                     \
+    do {                                                                                \
+        const int l_ = fr_level();                                                      \
+        if (l_ == 2) return FR_CAT(name, _l2) args;                                     \
+        if (l_ == 1) return FR_CAT(name, _l1) args;                                     \
+        return FR_CAT(name, _l0) args;                                                  \
+    } while (0)
+#else
+#define FR_WIDE_AT_LEVEL(name, args) do { return FR_CAT(name, _l0) args; } while (0)
+#endif
+/* accumulator rows per unit group of the batch-lane kernel at the current level */
+static int fr_wide_rows(void) { return fr_level() == 2 ? 24 : 12; }
 #define FR_ENTRIES(T, S)                                                                \
 static void FR_CAT(fr_small_layer, S)(const fr_cell* cl, FR_CAT(fr_seq, S)* q, int nt) { \
     FR_AT_LEVEL(fr_level_of_unit(cl->U, sizeof(T)), FR_CAT(fr_small_layer, S), (cl, q, nt)); \
@@ -219,6 +239,9 @@ static void FR_CAT(fr_rows, S)(const fr_cell* cl, int n, const T* acc, ptrdiff_t
                                T* hout, ptrdiff_t ho_ld) {                              \
     FR_AT_LEVEL(fr_level(), FR_CAT(fr_rows, S),                                          \
                (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld));              \
+}                                                                                       \
+static int FR_CAT(fr_wide_layer, S)(const fr_cell* cl, FR_CAT(fr_seq, S)* q, int nt) {  \
+    FR_WIDE_AT_LEVEL(FR_CAT(fr_wide_layer, S), (cl, q, nt));                             \
 }                                                                                       \
 static void FR_CAT(fr_act_array, S)(int which, const T* x, T* y, ptrdiff_t n) {         \
     FR_AT_LEVEL(fr_level(), FR_CAT(fr_act_array, S), (which, x, y, n));                  \

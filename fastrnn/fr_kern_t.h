@@ -635,6 +635,8 @@ FR_FN(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, p
                             ptrdiff_t ho_ld),
          (cl, n, acc, acc_ld, xrows, hprev, hp_ld, c, hout, ho_ld))
 
+#include "fr_wide_t.h"   /* the batch-lane kernel (B >= 8) */
+
 /* ------------------------------------------------------------------ test hooks */
 FR_INLINE void F(act_array_impl)(int which, const T* x, T* y, ptrdiff_t n) {
     ptrdiff_t i;

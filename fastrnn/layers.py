@@ -375,7 +375,29 @@ class RNNBase:
             packed.append(per_dir)
         self._packed = packed
         self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
+        self._wide = {}             # batch-lane packings, made on first use (_pack_wide)
         return packed
+
+    def _fast_acts(self, d: int) -> bool:
+        """Direction d has the default activations and no clip/peepholes/input_forget
+        (what the batch-lane kernel implements)."""
+        codes = [a[0] for a in self._acts[d]]
+        if self.clip or self.peepholes or self.input_forget:
+            return False
+        if self._cell == "RNN":
+            return codes[0] in ("tanh", "relu")
+        return codes[0] == "sigmoid" and all(c == "tanh" for c in codes[1:])
+
+    def _pack_wide(self, layer: int, d: int):
+        """The batch-lane packing of (layer, direction), cached with the other packings."""
+        key = (layer, d)
+        w = self._wide.get(key)
+        if w is None:
+            _kernels = _kernels_module()
+            wx, wh, bias, bhn = self._packed[layer][d][:4]
+            w = _kernels.pack_wide(wx, wh, bias, bhn, self.hidden_size, _CELL_CODE[self._cell])
+            self._wide[key] = w
+        return w
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -623,7 +645,8 @@ class RNNBase:
                 last_only = layer == L - 1 and not return_sequences
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
                 if D == 2 and _kernels.pair_applies(cell, B, Teff, H, self.proj_size,
-                                                    int(self.reset_after), nt, dt.itemsize):
+                                                    int(self.reset_after), nt, dt.itemsize,
+                                                    int(self._fast_acts(0))):
                     # both directions at the same time, one thread each (no barriers)
                     dirs = []
                     for d in range(2):
@@ -645,6 +668,11 @@ class RNNBase:
                 for d in range(D):
                     k = layer * D + d
                     wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
+                    fast = self._fast_acts(d)
+                    wdp = (self._pack_wide(layer, d)
+                           if _kernels.choose_path(cell, B, H, self.proj_size,
+                                                   int(self.reset_after), nt, fast) == "wide"
+                           else None)
                     acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
                     acts += [(1, 0.0, 0.0)] * (3 - len(acts))
                     reverse = (d == 1) != self.go_backwards
@@ -655,7 +683,7 @@ class RNNBase:
                         int(self.reset_after), int(self.input_forget), acts,
                         self.clip or 0.0, int(self.peepholes), has_mask,
                         int(masked_output == "zero"), nt, chunk, wxp, whp,
-                        int(not last_only))
+                        int(not last_only), wdp)
         else:
             out = np.zeros((0, D * Hout), dt)
 

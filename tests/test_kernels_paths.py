@@ -1,9 +1,11 @@
 """Every forward kernel path against the float64 NumPy reference.
 
 Paths (``fastrnn._kernels.choose_path``): "small" = packed unit-block kernel in one
-persistent parallel region (the default wherever it applies, any batch size); "blas" =
-per-step BLAS GEMM + vectorised gate pass (LSTM projection, GRU reset_after=False, and
-forced here for coverage).  Each is checked at several batch sizes, odd hidden sizes
+persistent parallel region (the default wherever it applies, any batch size); "wide" =
+the batch-lane kernel (fr_wide_t.h; SimpleRNN from 8 rows by default, forced here for
+every cell it supports, falling back to "small" elsewhere); "blas" = per-step BLAS GEMM +
+vectorised gate pass (LSTM projection, GRU reset_after=False, and forced here for
+coverage).  Each is checked at several batch sizes, odd hidden sizes
 (tails of the 16/8-unit blocks), uni/bi-directional, all cells, float32/float64, every
 ISA level the CPU has, 1 and 2 threads, variable lengths and masks.
 """
@@ -17,7 +19,7 @@ from reference import rnn_forward
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
 
 
-@pytest.fixture(params=[0, 1, 2], ids=["auto", "small", "blas"])
+@pytest.fixture(params=[0, 1, 2, 3], ids=["auto", "small", "blas", "wide"])
 def path(request):
     _kernels._set_path(request.param)
     yield request.param
@@ -278,6 +280,11 @@ def test_tiny_problems_stay_on_one_thread_and_agree():
 def test_path_choice_is_automatic():
     assert _kernels.choose_path(1, 1, 256, 0, 1, 2) == "small"
     assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
+    assert _kernels.choose_path(0, 7, 256, 0, 1, 2) == "small"
+    assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "wide"     # SimpleRNN from 8 rows
+    assert _kernels.choose_path(0, 64, 256, 0, 1, 2, 0) == "small"  # not the default acts
+    assert not _kernels.wide_path_applies(2, 0, 0)                # GRU reset_after=False
+    assert not _kernels.wide_path_applies(1, 4, 1)                # projection
     assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "blas"     # projection
     assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "small"    # GRU reset_after=False
     assert _kernels.isa() in ("avx512", "avx2+fma", "x86-64 baseline")
@@ -379,7 +386,12 @@ def test_pair_dense_lengths_mask(pair, cell, B, dtype):
     (one thread each); dense, variable lengths, masks (carry/zero), stacked."""
     rng = np.random.default_rng(B * 7 + len(cell))
     layer = _pair_layer(cell, 5, 19, dtype, num_layers=2, seed=B, num_threads=2)
-    if pair == 1 or B == 1:
+    code = {"RNN": 0, "LSTM": 1, "GRU": 2}[layer._cell]
+    if _kernels.choose_path(code, B, 19, 0, int(layer.reset_after), 2) == "wide":
+        # SimpleRNN from WIDE_MIN_BATCH rows: the batch-lane kernel, not the pair
+        assert code == 0 and B >= _kernels.WIDE_MIN_BATCH
+        assert not _pair_used(layer, B, 7)
+    elif pair == 1 or B == 1:
         assert _pair_used(layer, B, 7)
     x = rng.standard_normal((7, B, 5)).astype(dtype)
     _check(layer, x)
@@ -506,3 +518,151 @@ def test_pair_small_chunks(cell, dtype):
     finally:
         _kernels._set_pair_chunk_bytes(old_bytes)
         _kernels._set_pair(old_pair)
+
+
+# ------------------------------------------------ the batch-lane kernel (fr_wide_t.h)
+@pytest.fixture
+def wide():
+    """Force the batch-lane kernel wherever it applies; restore the defaults after."""
+    _kernels._set_path(3)
+    old_split = _kernels._set_wide_split(0)
+    old_chunk = _kernels._set_wide_chunk_bytes(256 << 10)
+    yield
+    _kernels._set_path(0)
+    _kernels._set_wide_split(old_split)
+    _kernels._set_wide_chunk_bytes(old_chunk)
+
+
+def _wide_layer(cell, I, H, dtype, **kw):
+    if cell == "RNN-relu":
+        return fastrnn.SimpleRNN(I, H, nonlinearity="relu", dtype=dtype, **kw)
+    return CELLS[cell](I, H, dtype=dtype, **kw)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "RNN-relu", "LSTM", "GRU"])
+@pytest.mark.parametrize("split", ["panels", "groups"])
+@pytest.mark.parametrize("B", [3, 8, 16, 17, 24, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_splits_lengths_masks(wide, cell, split, B, dtype):
+    """Threads split by panels of rows (no barrier; only when the panels divide evenly)
+    or by unit groups (a barrier a step), 1-3 threads; partly filled last panels, unit
+    group tails (H=13: groups of 3, 4 or 12 units), both directions, sorted lengths
+    (finished panels and rows, reverse within each length), masks carry/zero, initial
+    states."""
+    _kernels._set_wide_split(int(split == "groups"))
+    rng = np.random.default_rng(B * 3 + len(cell))
+    T, H = 7, 13
+    x = rng.standard_normal((T, B, 6)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    mask = rng.random((T, B)) > 0.3
+    for nt in (1, 2, 3):
+        layer = _wide_layer(cell, 6, H, dtype, bidirectional=True, seed=B + nt,
+                            num_threads=nt)
+        _check(layer, x)
+        _check(layer, x, lengths=lengths)
+        _check(layer, x, mask=mask)
+        _check(layer, x, mask=mask, masked_output="zero")
+    layer = _wide_layer(cell, 6, H, dtype, num_layers=2, seed=B, num_threads=2)
+    h0 = rng.standard_normal((2, B, H)).astype(dtype)
+    hx = (h0, rng.standard_normal((2, B, H)).astype(dtype)) if cell == "LSTM" else h0
+    out, st = layer(x, hx)
+    ref_out, ref_h, ref_c = rnn_forward(layer, x, hx=hx)
+    np.testing.assert_allclose(out, ref_out, *_tol(dtype))
+    np.testing.assert_allclose(st[0] if cell == "LSTM" else st, ref_h, *_tol(dtype))
+    if cell == "LSTM":
+        np.testing.assert_allclose(st[1], ref_c, *_tol(dtype))
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("steps_per_chunk", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_input_chunks(wide, cell, steps_per_chunk, dtype):
+    """The transposed inputs live one chunk of steps at a time: several chunks and a
+    shorter last one, both splits, lengths (a sequence of length 0) and masks."""
+    rng = np.random.default_rng(5)
+    B, T, I = 16, 10, 6
+    W = _kernels.unit_block(dtype)
+    _kernels._set_wide_chunk_bytes(steps_per_chunk * -(-B // W) * I * W * np.dtype(dtype).itemsize)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    for split in (0, 1):
+        _kernels._set_wide_split(split)
+        layer = CELLS[cell](I, 11, bidirectional=True, dtype=dtype, seed=2, num_threads=2)
+        _check(layer, x)
+        _check(layer, x, lengths=[10, 7, 7, 2, 0] + [5] * (B - 5))
+        _check(layer, x, mask=rng.random((T, B)) > 0.3)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_isa_levels(wide, level, cell, dtype):
+    """Each ISA level's lanes (4/8/16 floats) and rows per group (12, or 24 with 32
+    registers), and k blocks of the weights (H + I beyond one block)."""
+    if level not in _levels():
+        pytest.skip(f"this CPU does not run ISA level {level}")
+    rng = np.random.default_rng(level)
+    _kernels._set_isa_level(level)
+    try:
+        layer = CELLS[cell](300, 37, dtype=dtype, seed=4, num_threads=2)
+        x = rng.standard_normal((4, 19, 300)).astype(dtype)
+        _check(layer, x)
+        _check(layer, x, lengths=rng.integers(0, 5, 19))
+    finally:
+        _kernels._set_isa_level(-1)
+
+
+def test_wide_packing_layout():
+    """pack_wide's row-group layout, read back by index (see fr_wide_t.h)."""
+    rng = np.random.default_rng(0)
+    R = _kernels.wide_rows()
+    I, H = 3, 5
+    for cell, Gr in ((0, 1), (1, 4), (2, 3)):
+        wx = rng.standard_normal((I, Gr * H))
+        wh = rng.standard_normal((H, Gr * H))
+        bias = rng.standard_normal(Gr * H)
+        bhn = rng.standard_normal(H)
+        p = _kernels.pack_wide(wx, wh, bias, bhn, H, cell)
+        UG = R // Gr
+        nG = -(-H // UG)
+        p = p.reshape(nG, I + H + 2, R)
+        for g in range(nG):
+            for u in range(UG):
+                j = g * UG + u
+                for q in range(Gr):
+                    r = u * Gr + q
+                    if j >= H:
+                        assert not p[g, :, r].any()
+                        continue
+                    np.testing.assert_array_equal(p[g, :I, r], wx[:, q * H + j])
+                    np.testing.assert_array_equal(p[g, I:I + H, r], wh[:, q * H + j])
+                    assert p[g, I + H, r] == bias[q * H + j]
+                    assert p[g, I + H + 1, r] == (bhn[j] if cell == 2 and q == 2 else 0)
+
+
+def test_wide_refuses_a_packing_of_another_size():
+    """run_layer checks the batch-lane packing's size before the kernel reads it."""
+    layer = fastrnn.SimpleRNN(4, 10, seed=1)
+    x = np.zeros((3, 8, 4), np.float32)
+    layer(x)                                   # SimpleRNN at 8 rows: the wide path
+    assert layer._wide
+    key = next(iter(layer._wide))
+    layer._wide[key] = layer._wide[key][:-1]
+    with pytest.raises(ValueError, match="packed for another ISA level"):
+        layer(x)
+
+
+def test_wide_default_for_simple_rnn_and_fallbacks():
+    """Automatic choice: SimpleRNN at >= 8 rows packs for the batch-lane kernel; options
+    it does not implement (clip, other activations) stay on the packed kernel and agree."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 9, 4)).astype(np.float32)
+    layer = fastrnn.SimpleRNN(4, 10, seed=1, num_threads=2)
+    _check(layer, x)
+    assert layer._wide
+    other = fastrnn.SimpleRNN(4, 10, seed=1, num_threads=2, activations=["softsign"])
+    _check(other, x)
+    assert not other._wide
+    lstm = fastrnn.LSTM(4, 10, seed=1, num_threads=2)
+    _check(lstm, x)
+    assert not lstm._wide

@@ -1,0 +1,76 @@
+"""The forward kernel paths of one build side by side, in one process.
+
+    PYTHONPATH=. python bench/bench_paths.py                       # the default cases
+    PYTHONPATH=. python bench/bench_paths.py --cases RNN:16:100:256,LSTM:64:50:512 \
+        --rounds 25 --threads 2 --dtype float32
+
+For each case (CELL:B:T:H, I = H) the layer runs on the packed kernel ("small"), the
+batch-lane kernel split by panels of rows ("wide-panels") and split by unit groups
+("wide-groups"), one call each in turn, the order rotating every round, so a noisy
+minute slows all of them alike.  Prints per path the fastest call, its GFLOP/s and the
+median over rounds of (path time / small time) of the same round.  These are the
+figures behind ``_kernels.choose_path``'s choice of the batch-lane kernel.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import fastrnn
+from fastrnn import _kernels
+
+CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+PATHS = ("small", "wide-panels", "wide-groups")
+DEFAULT = ("RNN:8:100:256,RNN:16:100:256,RNN:64:50:512,LSTM:16:100:256,LSTM:64:50:512,"
+           "GRU:16:100:256,GRU:64:50:512")
+
+
+def _set(path: str) -> None:
+    _kernels._set_path(1 if path == "small" else 3)
+    _kernels._set_wide_split(1 if path == "wide-groups" else 0)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default=DEFAULT)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    a = ap.parse_args(argv)
+    dt = np.dtype(a.dtype)
+    print(f"isa {_kernels.isa()}, {a.threads} threads, {dt.name}, {a.rounds} rounds")
+    try:
+        for case in a.cases.split(","):
+            cell, B, T, H = case.split(":")
+            B, T, H = int(B), int(T), int(H)
+            layer = CELLS[cell](H, H, seed=0, num_threads=a.threads, dtype=dt)
+            x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
+            times = {p: [] for p in PATHS}
+            for p in PATHS:
+                _set(p)
+                layer(x)                      # warm-up (packing, pages)
+            for r in range(a.rounds):
+                k = r % len(PATHS)
+                for p in PATHS[k:] + PATHS[:k]:
+                    _set(p)
+                    t0 = time.perf_counter()
+                    layer(x)
+                    times[p].append(time.perf_counter() - t0)
+            flops = 2.0 * B * T * GATES[cell] * H * 2 * H
+            small = np.array(times["small"])
+            parts = []
+            for p in PATHS:
+                t = np.array(times[p])
+                parts.append(f"{p} {t.min() * 1e3:.2f} ms ({flops / t.min() / 1e9:.0f} GFLOP/s, "
+                             f"x{np.median(t / small):.2f})")
+            print(f"{cell} B={B} T={T} H={H}: " + "; ".join(parts))
+    finally:
+        _kernels._set_path(0)
+        _kernels._set_wide_split(0)
+
+
+if __name__ == "__main__":
+    main()
