@@ -158,6 +158,21 @@ FR_INLINE T F(sact)(int code, T a, T b, T x) {
 }
 FR_INLINE T F(sclip)(T x, T c) { return x > c ? c : (x < -c ? -c : x); }
 
+/* The default-activation cell updates on whole vectors, shared by the packed and the
+ * batch-lane kernel: LSTM c' = sig(f) c + sig(i) tanh(g), h' = sig(o) tanh(c'); GRU
+ * (reset_after) h' = n + z (h - n) with n = tanh(nx + r nh); SimpleRNN tanh or relu. */
+FR_INLINE V F(lstm_fast)(V pi, V pf, V pg, V po, V cp, V* cn) {
+    const V ct = F(vsigmoid)(pf) * cp + F(vsigmoid)(pi) * F(vtanh)(pg);
+    *cn = ct;
+    return F(vsigmoid)(po) * F(vtanh)(ct);
+}
+FR_INLINE V F(gru_fast)(V pr, V pz, V nx, V nh, V hp) {
+    const V r = F(vsigmoid)(pr), z = F(vsigmoid)(pz);
+    const V n = F(vtanh)(nx + r * nh);
+    return n + z * (hp - n);
+}
+FR_INLINE V F(rnn_fast)(int relu, V v) { return relu ? F(vmax)(v, F(vset1)(0)) : F(vtanh)(v); }
+
 /* ------------------------------------------------------------- fused gate math, one block
  * pre[g] holds the recurrent product of gate g for units u0..u0+nu of one row; xr the
  * row's projected input (G*H, gate-major); hprev the row's previous h (H); c the row's
@@ -191,24 +206,21 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
             V pf = pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
             V pg = pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
             V po = pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu);
-            V ct = F(vsigmoid)(pf) * F(vload)(c + u0, nu) + F(vsigmoid)(pi) * F(vtanh)(pg);
+            V ct, hv = F(lstm_fast)(pi, pf, pg, po, F(vload)(c + u0, nu), &ct);
             F(vstore)(c + u0, ct, nu);
-            F(vstore)(hout, F(vsigmoid)(po) * F(vtanh)(ct), nu);
+            F(vstore)(hout, hv, nu);
         } else if (cl->cell == 2) {
             const T* bhn = (const T*)cl->bhn;
-            V r = F(vsigmoid)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu));
-            V z = F(vsigmoid)(pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu));
-            V n = F(vtanh)(F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu)
-                           + r * (pre[2] + F(vload)(bhn + u0, nu)));
-            V hp = F(vload)(hprev + u0, nu);
-            F(vstore)(hout, n + z * (hp - n), nu);
+            F(vstore)(hout, F(gru_fast)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
+                                        pre[1] + F(vload)(xr + H + u0, nu)
+                                            + F(vload)(bias + H + u0, nu),
+                                        F(vload)(xr + 2 * H + u0, nu)
+                                            + F(vload)(bias + 2 * H + u0, nu),
+                                        pre[2] + F(vload)(bhn + u0, nu),
+                                        F(vload)(hprev + u0, nu)), nu);
         } else {
-            V v = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
-            if (cl->rnn_relu)
-                v = F(vmax)(v, F(vset1)(0));
-            else
-                v = F(vtanh)(v);
-            F(vstore)(hout, v, nu);
+            F(vstore)(hout, F(rnn_fast)(cl->rnn_relu, pre[0] + F(vload)(xr + u0, nu)
+                                                    + F(vload)(bias + u0, nu)), nu);
         }
         return;
     }

@@ -145,17 +145,14 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
                 V hv;
                 if (cl->cell == 1) {
                     const V cp = F(vld)(cz + j);
-                    const V ct = F(vsigmoid)(a[4 * u + 1]) * cp
-                               + F(vsigmoid)(a[4 * u]) * F(vtanh)(a[4 * u + 2]);
-                    hv = F(vsigmoid)(a[4 * u + 3]) * F(vtanh)(ct);
+                    V ct;
+                    hv = F(lstm_fast)(a[4 * u], a[4 * u + 1], a[4 * u + 2], a[4 * u + 3], cp, &ct);
                     F(vst)(cz + j, F(vsel)(m, ct, cp));
                 } else if (cl->cell == 2) {
-                    const V rg = F(vsigmoid)(a[3 * u] + a2[3 * u]);
-                    const V zg = F(vsigmoid)(a[3 * u + 1] + a2[3 * u + 1]);
-                    const V ng = F(vtanh)(a[3 * u + 2] + rg * a2[3 * u + 2]);
-                    hv = ng + zg * (hp - ng);
+                    hv = F(gru_fast)(a[3 * u] + a2[3 * u], a[3 * u + 1] + a2[3 * u + 1],
+                                     a[3 * u + 2], a2[3 * u + 2], hp);
                 } else {
-                    hv = cl->rnn_relu ? F(vmax)(a[u], F(vset1)(0)) : F(vtanh)(a[u]);
+                    hv = F(rnn_fast)(cl->rnn_relu, a[u]);
                 }
                 hv = F(vsel)(m, hv, hp);
                 F(vst)(hn + j, hv);
