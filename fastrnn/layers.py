@@ -451,6 +451,7 @@ class RNNBase:
         state = self.__dict__.copy()
         state["_packed"] = None
         state.pop("_step_plans", None)
+        state.pop("_wide", None)        # batch-lane packings: rebuilt with the others
         return state
 
     def save(self, path) -> None:
