@@ -44,7 +44,7 @@ for case in cases.split(","):
     torch.manual_seed(0)
     fm = fastrnn.from_torch(getattr(torch.nn, cell)(H, H), num_threads=nt)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
-    ones = np.ones((T, B, H), np.float32)
+    ones = np.ones((T, B, H), np.float32) if train else None
 
     def call():
         if train:
