@@ -418,31 +418,50 @@ static void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int ld
  * (panel p = units p*VL .. p*VL+VL-1, its 4 vectors the gates i, f, g, o of those units),
  * C in the gate layout [i | f | g | o] (H columns each): C[r][g*H + u] (+)= (A @ B).
  * Panels [p0, p1); A (m x k) element (r, kk) at A[r*lda + kk]. */
+/* NAME##_panel: rows [0, m) of panel p (k walked in blocks of FRBG_KC) */
 #define FRBG_GEMMU(NAME, MICRO, T, VL, MR, ATTR)                                        \
+ATTR static inline __attribute__((always_inline)) void NAME##_panel(int p, int m, int H, \
+        int k, const T* A, int lda, const T* Bp, T* C, int ldc, int beta) {            \
+    int i, k0, kc, bt;                                                                 \
+    int u0 = p * VL, wu = H - u0 < VL ? H - u0 : VL;                                   \
+    for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                                   \
+        const T* P = Bp + ((size_t)p * k + k0) * 4 * VL;                               \
+        const T* Ak = A + k0;                                                          \
+        T* Cp = C + u0;                                                                \
+        kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                      \
+        bt = beta || k0 > 0;                                                           \
+        for (i = 0; i + MR <= m; i += MR)                                              \
+            MICRO(MR, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); \
+        switch (m - i) {                                                               \
+        case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+        case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+        case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+        case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+        case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
+        default: break;                                                                \
+        }                                                                              \
+        if (k == 0) break;                                                             \
+    }                                                                                  \
+}                                                                                      \
 ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
                       int ldc, int beta, int p0, int p1) {                             \
-    int p, i, k0, kc, bt;                                                              \
-    for (p = p0; p < p1; p++) {                                                        \
-        int u0 = p * VL, wu = H - u0 < VL ? H - u0 : VL;                               \
-        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
-            const T* P = Bp + ((size_t)p * k + k0) * 4 * VL;                           \
-            const T* Ak = A + k0;                                                      \
-            T* Cp = C + u0;                                                            \
-            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
-            bt = beta || k0 > 0;                                                       \
-            for (i = 0; i + MR <= m; i += MR)                                          \
-                MICRO(MR, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); \
-            switch (m - i) {                                                           \
-            case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-            case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-            case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-            case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-            case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-            default: break;                                                            \
-            }                                                                          \
-            if (k == 0) break;                                                         \
+    int p;                                                                             \
+    for (p = p0; p < p1; p++) NAME##_panel(p, m, H, k, A, lda, Bp, C, ldc, beta);      \
+}                                                                                      \
+/* The same over steps [s0, s1) of a packed sequence batch, rows [b0, b1) of each (as   \
+ * many as the step has): A rows at x + (offsets[s] + b) * k, C rows at C + (offsets[s] \
+ * + b) * ldc; panel-major, so a panel serves every step's rows while it is in cache. */ \
+ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,                \
+        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
+        const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
+    int p, s;                                                                          \
+    for (p = p0; p < p1; p++)                                                          \
+        for (s = s0; s < s1; s++) {                                                    \
+            int e = b1 < (int)nsteps[s] ? b1 : (int)nsteps[s];                         \
+            if (e > b0)                                                                \
+                NAME##_panel(p, e - b0, H, k, x + (offsets[s] + b0) * k, k, Bp,        \
+                             C + (offsets[s] + b0) * ldc, ldc, 0);                     \
         }                                                                              \
-    }                                                                                  \
 }
 FRBG_GEMMU(frbg_gemmu_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
 FRBG_GEMMU(frbg_gemmu_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
@@ -458,6 +477,19 @@ static void frbg_gemmu_d(int level, int m, int H, int k, const double* A, int ld
     if (level == 2) frbg_gemmu_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else frbg_gemmu_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
 }
+#define FRBG_GEMMU_STEPS(SUF, T)                                                       \
+static void frbg_gemmu_steps_##SUF(int level, int s0, int s1, const ptrdiff_t* offsets, \
+        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
+        const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
+    if (level == 2)                                                                    \
+        frbg_gemmu_##SUF##512_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C,   \
+                                    ldc, p0, p1);                                      \
+    else                                                                               \
+        frbg_gemmu_##SUF##2_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C, ldc, \
+                                  p0, p1);                                             \
+}
+FRBG_GEMMU_STEPS(f, float)
+FRBG_GEMMU_STEPS(d, double)
 
 static void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                         const float* Bp, float* C, int ldc, int beta, int p0, int p1) {
@@ -862,9 +894,11 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 #endif
 /* LSTM training forward.  Small batch: split by units (each thread packs and reads only
  * its own panels of the weights, one barrier per step).  From FRBG_FWD_ROWSPLIT
- * sequences on: split by batch rows (rows are independent through time: no barrier per
- * step, each thread reads all the packed weights; one barrier per chunk of steps, whose
- * input projection both threads share). */
+ * sequences on: split by batch rows (rows are independent through time: each thread
+ * projects and runs its own rows of every step, reading all the packed weights; one
+ * barrier in all, after the packing).  Sharing each chunk's projection instead cost a
+ * barrier per chunk, and on a noisy VM the threads' drift summed over those barriers
+ * (measured on a Zen 3 VM, B=64 H=512: 10-30 ms of waiting in a ~100 ms forward). */
 #ifndef FRBG_FWD_ROWSPLIT
 #define FRBG_FWD_ROWSPLIT 16
 #endif
@@ -874,9 +908,11 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
     int rowsplit = nt > 1 && nsteps[0] >= FRBG_FWD_ROWSPLIT;                           \
-    T* wi = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (I > 0 ? I : 1) * 4 * U);         \
-    T* wh = (T*)frbg_alloc(sizeof(T) * (size_t)nbk * (H > 0 ? H : 1) * 4 * U);         \
-    if (!wi || !wh) { free(wi); free(wh); return -1; }                                 \
+    /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
+    size_t szi = (size_t)nbk * (I > 0 ? I : 1) * 4 * U + 16;                           \
+    T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + (size_t)nbk * (H > 0 ? H : 1) * 4 * U)); \
+    if (!wi) return -1;                                                                \
+    T* wh = wi + szi / 16 * 16;      /* 64-byte aligned for either type */             \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
     if (ch < 1) ch = 1;                                                                \
     if (!rowsplit && nt > nbk) nt = nbk;                                               \
@@ -902,14 +938,10 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
             if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
                 int se = s + ch < S ? s + ch : S;                                      \
                 ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];      \
-                if (rowsplit) {  /* rows shared out; every panel is needed by all */   \
-                    ptrdiff_t a0 = R0 + (R1 - R0) * t / ntt;                           \
-                    ptrdiff_t a1 = R0 + (R1 - R0) * (t + 1) / ntt;                     \
+                if (rowsplit) {  /* own rows of the chunk; every panel is needed */    \
                     if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
-                    if (a1 > a0)                                                       \
-                        frbg_gemmu_##SUF(level, (int)(a1 - a0), H, I, x + a0 * I, I,    \
-                                         wi, gates + a0 * 4 * H, 4 * H, 0, 0, nbk);    \
-                    frbg_barrier(bar, ntt);       /* the chunk is projected */         \
+                    frbg_gemmu_steps_##SUF(level, s, se, offsets, nsteps, b0, b1, H, I, \
+                                           x, wi, gates, 4 * H, 0, nbk);               \
                 } else {                                                               \
                     frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
                                      gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
@@ -928,8 +960,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
             if (!rowsplit) frbg_barrier(bar, ntt);   /* h_s complete for step s + 1 */ \
         }                                                                              \
     }                                                                                  \
-    free(wi);                                                                          \
-    free(wh);                                                                          \
+    frbg_scratch_put(3, wi);                                                           \
     return 0;                                                                          \
 }
 /* gate math of rows [0, n), units [u0, u1) of one GRU (reset_after) training-forward
@@ -978,9 +1009,9 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
     int nb = frbg_nb(level, sizeof(T)), nph = (H + nb - 1) / nb, GH = 3 * H;           \
     size_t szi = (size_t)3 * nph * (I > 0 ? I : 1) * nb;                               \
     size_t szh = (size_t)3 * nph * H * nb;                                             \
-    T* wi = (T*)frbg_alloc(sizeof(T) * szi);                                           \
-    T* wh = (T*)frbg_alloc(sizeof(T) * szh);                                           \
-    if (!wi || !wh) { free(wi); free(wh); return -1; }                                 \
+    T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + 16 + szh));  /* as the LSTM's */ \
+    if (!wi) return -1;                                                                \
+    T* wh = wi + (szi + 16) / 16 * 16;                                                 \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
     if (ch < 1) ch = 1;                                                                \
     if (nt > nph) nt = nph;                                                            \
@@ -1026,8 +1057,7 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
             frbg_barrier(bar, ntt);                                                    \
         }                                                                              \
     }                                                                                  \
-    free(wi);                                                                          \
-    free(wh);                                                                          \
+    frbg_scratch_put(3, wi);                                                           \
     return 0;                                                                          \
 }
 #ifdef _OPENMP
