@@ -902,6 +902,9 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 #ifndef FRBG_FWD_ROWSPLIT
 #define FRBG_FWD_ROWSPLIT 16
 #endif
+/* values up to a multiple of 16 (64 bytes for either type): where the second of two
+ * arrays in one scratch block starts */
+#define FRBG_ROUND16(n) (((n) + 15) / 16 * 16)
 #define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
@@ -909,10 +912,10 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
     int rowsplit = nt > 1 && nsteps[0] >= FRBG_FWD_ROWSPLIT;                           \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
-    size_t szi = (size_t)nbk * (I > 0 ? I : 1) * 4 * U + 16;                           \
+    size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \
     T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + (size_t)nbk * (H > 0 ? H : 1) * 4 * U)); \
     if (!wi) return -1;                                                                \
-    T* wh = wi + szi / 16 * 16;      /* 64-byte aligned for either type */             \
+    T* wh = wi + szi;                                                                  \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
     if (ch < 1) ch = 1;                                                                \
     if (!rowsplit && nt > nbk) nt = nbk;                                               \
@@ -937,12 +940,12 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         for (s = 0; s < S; s++) {                                                      \
             if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
                 int se = s + ch < S ? s + ch : S;                                      \
-                ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];      \
                 if (rowsplit) {  /* own rows of the chunk; every panel is needed */    \
                     if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
                     frbg_gemmu_steps_##SUF(level, s, se, offsets, nsteps, b0, b1, H, I, \
                                            x, wi, gates, 4 * H, 0, nbk);               \
                 } else {                                                               \
+                    ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
                     frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
                                      gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
                 }                                                                      \
@@ -1007,11 +1010,11 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* bhn, const T* h0, T* y, int ldy, T* gates, T* hn) {     \
     int nb = frbg_nb(level, sizeof(T)), nph = (H + nb - 1) / nb, GH = 3 * H;           \
-    size_t szi = (size_t)3 * nph * (I > 0 ? I : 1) * nb;                               \
+    size_t szi = FRBG_ROUND16((size_t)3 * nph * (I > 0 ? I : 1) * nb);                 \
     size_t szh = (size_t)3 * nph * H * nb;                                             \
-    T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + 16 + szh));  /* as the LSTM's */ \
+    T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + szh));   /* as the LSTM's */    \
     if (!wi) return -1;                                                                \
-    T* wh = wi + (szi + 16) / 16 * 16;                                                 \
+    T* wh = wi + szi;                                                                  \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
     if (ch < 1) ch = 1;                                                                \
     if (nt > nph) nt = nph;                                                            \
