@@ -1072,32 +1072,33 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
 static int frbg_team_size(void) { int t, n; FRBG_OMP_IDS(t, n); (void)t; return n; }
 /* Rows [r, r + n) of the own dG columns (4 gates x L units at dg + q*gs, rows ld apart)
  * into the micro-panels of MR columns frbg_wgemmp reads (nqt per gate, zero padded), and
- * their sums into the bias gradient db (+ q*gs). */
+ * their sums into the bias gradient db (+ q*gs).  Row by row: each dG row is read once,
+ * front to back, and its values go to the 4*nqt micro-panels (the next row's values land
+ * beside them, so the written lines stay in L1 across the rows of a step).  Walking the
+ * micro-panels in the outer loop instead read MR values from each of the n rows per
+ * micro-panel; with rows 4H values apart (a multiple of 4 KiB for H % 256 == 0) those all
+ * fall in one L1 set, and the packing took 1.5-1.8x as long (measured, AVX2 Zen 3). */
 #define FRBG_PACKDG(SUF, T)                                                            \
 static inline __attribute__((always_inline)) void frbg_packdg_##SUF(const int MR, int n, \
         int L, int nqt, ptrdiff_t N, ptrdiff_t r, const T* dg, int ld, int gs, T* db, \
         T* ap) {                                                                       \
     size_t q, qq, b, j, Ls = (size_t)L, ns = (size_t)n, lds = (size_t)ld;             \
-    size_t full = Ls / (size_t)MR;                                                     \
-    for (q = 0; q < 4; q++) {                                                          \
-        T* restrict dbq = db + q * (size_t)gs;                                         \
-        const T* restrict g = dg + q * (size_t)gs;                                     \
-        for (b = 0; b < ns; b++)                                                       \
-            for (j = 0; j < Ls; j++) dbq[j] += g[b * lds + j];                         \
-        /* constant-size copies of MR values per row (memcpy: no -fwrapv index math) */\
-        for (qq = 0; qq < full; qq++) {                                                \
-            T* restrict dst = ap + ((q * (size_t)nqt + qq) * (size_t)N + (size_t)r) * MR; \
-            for (b = 0; b < ns; b++)                                                   \
-                memcpy(dst + b * MR, g + b * lds + qq * MR, sizeof(T) * MR);           \
-        }                                                                              \
-        if (full < (size_t)nqt) {                 /* the last, partial micro-panel */  \
-            size_t w = Ls - full * MR, rr;                                             \
-            T* restrict dst = ap + ((q * (size_t)nqt + full) * (size_t)N + (size_t)r) * MR; \
-            for (b = 0; b < ns; b++)                                                   \
+    size_t full = Ls / (size_t)MR, ps = (size_t)N * MR;                                \
+    for (b = 0; b < ns; b++)                                                           \
+        for (q = 0; q < 4; q++) {                                                      \
+            T* restrict dbq = db + q * (size_t)gs;                                     \
+            const T* restrict g = dg + b * lds + q * (size_t)gs;                       \
+            T* restrict dst = ap + (q * (size_t)nqt * (size_t)N + (size_t)r + b) * MR; \
+            for (j = 0; j < Ls; j++) dbq[j] += g[j];                                   \
+            /* constant-size copies of MR values (memcpy: no -fwrapv index math) */    \
+            for (qq = 0; qq < full; qq++)                                              \
+                memcpy(dst + qq * ps, g + qq * MR, sizeof(T) * MR);                    \
+            if (full < (size_t)nqt) {             /* the last, partial micro-panel */  \
+                size_t w = Ls - full * MR, rr;                                         \
                 for (rr = 0; rr < (size_t)MR; rr++)                                    \
-                    dst[b * MR + rr] = rr < w ? g[b * lds + full * MR + rr] : (T)0;    \
+                    dst[full * ps + rr] = rr < w ? g[full * MR + rr] : (T)0;           \
+            }                                                                          \
         }                                                                              \
-    }                                                                                  \
 }
 FRBG_PACKDG(f, float)
 FRBG_PACKDG(d, double)
