@@ -38,6 +38,8 @@ from libc.stdint cimport intptr_t
 
 from fastrnn._blas cimport gemm_rm
 
+import numpy as np
+
 cdef extern from *:
     """
     typedef int (*frb_set_threads_t)(int);
@@ -52,6 +54,38 @@ cdef extern from *:
 def release_scratch():
     """Free the scratch blocks the backward keeps between calls; returns the bytes."""
     return frbg_scratch_release()
+
+
+def _act_test(int which, x, int level=-1):
+    """Test hook: the training kernels' vector activation ``which`` (0 sigmoid, 1 tanh) of
+    a 1-D float32/float64 array at ISA level ``level`` (-1: the best this CPU runs; 0, 1,
+    2 as ``small_gemm_level``; a level above the CPU's is refused)."""
+    global frbg_level_cache
+    cdef float[::1] xf, yf
+    cdef double[::1] xd, yd
+    cdef int best = small_gemm_level(), saved
+    if which not in (0, 1):
+        raise ValueError(f"which must be 0 (sigmoid) or 1 (tanh), got {which}")
+    if level > best:
+        raise ValueError(f"ISA level {level} is beyond this CPU's ({best})")
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    saved = frbg_level_cache
+    frbg_level_cache = best if level < 0 else level
+    try:
+        if x.dtype == np.float32:
+            xf, yf = x, y
+            if x.shape[0]:
+                frbg_act_f(which, &xf[0], &yf[0], <int>x.shape[0])
+        elif x.dtype == np.float64:
+            xd, yd = x, y
+            if x.shape[0]:
+                frbg_act_d(which, &xd[0], &yd[0], <int>x.shape[0])
+        else:
+            raise TypeError(f"float32 or float64 expected, got {x.dtype}")
+    finally:
+        frbg_level_cache = saved
+    return y
 
 
 def _set_blas_local_setter(intptr_t address):
@@ -122,6 +156,9 @@ cdef extern from "_backward_gemm.h":
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
     void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda, int aks,
                      const double* Bp, double* C, int ldc, int beta, int p0, int p1) nogil
+    void frbg_act_f(int act, const float* a, float* out, int n) nogil
+    void frbg_act_d(int act, const double* a, double* out, int n) nogil
+    int frbg_level_cache
     void frbg_sigmoid_f(const float* a, float* out, int n) nogil
     void frbg_tanh_f(const float* a, float* out, int n) nogil
     void frbg_sigmoid_d(const double* a, double* out, int n) nogil

@@ -514,92 +514,75 @@ static void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda
 #endif
 
 /* ------------------------------------------------------------ vector sigmoid / tanh
- * out[i] = sigmoid(in[i]) / tanh(in[i]) over an array (in == out allowed).  float:
- * Cephes expf / tanhf (polynomials, ~2 ulp) in AVX-512 or AVX2 vectors, chosen at run
- * time; the tail and machines without either use libm.  double: libm (exact to ~1 ulp).
- */
+ * out[i] = sigmoid(in[i]) / tanh(in[i]) over an array (in == out allowed), float and
+ * double: the inference kernels' activations (fr_act_t.h: Cephes expf / tanhf and exp /
+ * tanh in vectors, ~1-2 ulp, +-inf give the limits, never NaN), built here per ISA level
+ * (AVX-512, AVX2+FMA, baseline) and picked at run time like the GEMMs, so training and
+ * inference compute the same gate values. */
 #include <math.h>
-#if FRBG_X86
-#define FRBG_VACT(SUF, VF, VI, VL, ATTR)                                                 \
-ATTR static inline __attribute__((always_inline)) VF frbg_vexp_##SUF(VF x) {           \
-    VF hi = (VF){0} + 88.3762626647949f, lo = (VF){0} - 87.3365447504f;                \
-    x = (VF)(((VI)(x > hi) & (VI)hi) | (~(VI)(x > hi) & (VI)x));                       \
-    x = (VF)(((VI)(x < lo) & (VI)lo) | (~(VI)(x < lo) & (VI)x));                       \
-    VF fx = x * 1.44269504088896341f + 0.5f;                                           \
-    VI n = __builtin_convertvector(fx, VI);                                            \
-    VF fn = __builtin_convertvector(n, VF);                                            \
-    n = n - ((VI)(fn > fx) & 1);                 /* floor */                           \
-    fn = __builtin_convertvector(n, VF);                                               \
-    VF r = x - fn * 0.693359375f + fn * 2.12194440e-4f;                                \
-    VF p = (VF){0} + 1.9875691500E-4f;                                                 \
-    p = p * r + 1.3981999507E-3f;                                                      \
-    p = p * r + 8.3334519073E-3f;                                                      \
-    p = p * r + 4.1665795894E-2f;                                                      \
-    p = p * r + 1.6666665459E-1f;                                                      \
-    p = p * r + 5.0000001201E-1f;                                                      \
-    p = p * r * r + r + 1.0f;                                                          \
-    return p * (VF)((n + 127) << 23);                                                  \
-}                                                                                      \
-ATTR static void frbg_sigmoid_v##SUF(const float* in, float* out, int len) {          \
-    int i = 0;                                                                         \
-    for (; i + VL <= len; i += VL) {                                                   \
-        VF x; memcpy(&x, in + i, sizeof(VF));                                          \
-        VF y = 1.0f / (1.0f + frbg_vexp_##SUF(-x));                                    \
-        memcpy(out + i, &y, sizeof(VF));                                               \
-    }                                                                                  \
-    for (; i < len; i++) out[i] = 1.0f / (1.0f + expf(-in[i]));                        \
-}                                                                                      \
-ATTR static void frbg_tanh_v##SUF(const float* in, float* out, int len) {             \
-    int i = 0;                                                                         \
-    for (; i + VL <= len; i += VL) {                                                   \
-        VF x; memcpy(&x, in + i, sizeof(VF));                                          \
-        VI sbit = (VI){0} + (int)0x80000000u;                                          \
-        VI sign = (VI)x & sbit;                                                        \
-        VF ax = (VF)((VI)x & ~sbit);                                                   \
-        VF z = x * x;                                                                  \
-        VF ps = (VF){0} - 5.70498872745E-3f;                                           \
-        ps = ps * z + 2.06390887954E-2f;                                               \
-        ps = ps * z - 5.37397155531E-2f;                                               \
-        ps = ps * z + 1.33314422036E-1f;                                               \
-        ps = ps * z - 3.33332819422E-1f;                                               \
-        ps = ps * z * x + x;                                                           \
-        VF e = frbg_vexp_##SUF(ax + ax);                                               \
-        VF pl = 1.0f - 2.0f / (e + 1.0f);                                              \
-        pl = (VF)((VI)pl | sign);                                                      \
-        VI small = (VI)(ax < 0.625f);                                                  \
-        VF y = (VF)((small & (VI)ps) | (~small & (VI)pl));                             \
-        memcpy(out + i, &y, sizeof(VF));                                               \
-    }                                                                                  \
-    for (; i < len; i++) out[i] = tanhf(in[i]);                                        \
-}
-typedef int frbg_v16i __attribute__((vector_size(64)));
-typedef int frbg_v8i __attribute__((vector_size(32)));
-FRBG_VACT(512, frbg_v16f, frbg_v16i, 16, FRBG_A512)
-FRBG_VACT(2, frbg_v8f, frbg_v8i, 8, FRBG_A2)
+#ifndef FR_INLINE
+#define FR_INLINE static inline __attribute__((always_inline))
 #endif
-
-static void frbg_sigmoid_f(const float* in, float* out, int len) {
-#if FRBG_X86
-    int lv = frbg_level();
-    if (lv == 2) { frbg_sigmoid_v512(in, out, len); return; }
-    if (lv == 1) { frbg_sigmoid_v2(in, out, len); return; }
+#ifndef FR_CAT
+#define FR_CAT_(a, b) a##b
+#define FR_CAT(a, b) FR_CAT_(a, b)
 #endif
-    for (int i = 0; i < len; i++) out[i] = 1.0f / (1.0f + expf(-in[i]));
-}
-static void frbg_tanh_f(const float* in, float* out, int len) {
 #if FRBG_X86
-    int lv = frbg_level();
-    if (lv == 2) { frbg_tanh_v512(in, out, len); return; }
-    if (lv == 1) { frbg_tanh_v2(in, out, len); return; }
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
 #endif
-    for (int i = 0; i < len; i++) out[i] = tanhf(in[i]);
+#define FR_VBYTES 64
+#define FR_LSFX _l2
+#include "fr_act_lvl.h"
+#undef FR_VBYTES
+#undef FR_LSFX
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define FR_VBYTES 32
+#define FR_LSFX _l1
+#include "fr_act_lvl.h"
+#undef FR_VBYTES
+#undef FR_LSFX
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+#define FR_VBYTES 16
+#define FR_LSFX _l0
+#include "fr_act_lvl.h"
+#undef FR_VBYTES
+#undef FR_LSFX
+#if FRBG_X86
+#define FRBG_ACT(SUF, T)                                                               \
+static void frbg_act_##SUF(int act, const T* in, T* out, int len) {                    \
+    int lv = frbg_level();                                                             \
+    if (lv == 2) fr_act_arr_##SUF##_l2(act, in, out, len);                             \
+    else if (lv == 1) fr_act_arr_##SUF##_l1(act, in, out, len);                        \
+    else fr_act_arr_##SUF##_l0(act, in, out, len);                                     \
 }
-static void frbg_sigmoid_d(const double* in, double* out, int len) {
-    for (int i = 0; i < len; i++) out[i] = 1.0 / (1.0 + exp(-in[i]));
+#else
+#define FRBG_ACT(SUF, T)                                                               \
+static void frbg_act_##SUF(int act, const T* in, T* out, int len) {                    \
+    fr_act_arr_##SUF##_l0(act, in, out, len);                                          \
 }
-static void frbg_tanh_d(const double* in, double* out, int len) {
-    for (int i = 0; i < len; i++) out[i] = tanh(in[i]);
-}
+#endif
+FRBG_ACT(f, float)
+FRBG_ACT(d, double)
+static void frbg_sigmoid_f(const float* in, float* out, int len) { frbg_act_f(0, in, out, len); }
+static void frbg_tanh_f(const float* in, float* out, int len) { frbg_act_f(1, in, out, len); }
+static void frbg_sigmoid_d(const double* in, double* out, int len) { frbg_act_d(0, in, out, len); }
+static void frbg_tanh_d(const double* in, double* out, int len) { frbg_act_d(1, in, out, len); }
 
 /* ------------------------------------------------------ backward gate-gradient passes
  * Rows [r0, r1) of one step (see _backward.pyx for the formulas); restrict-qualified
@@ -730,7 +713,7 @@ FRBG_BWD(d2, double, frbg_tanh_d, FRBG_A2)
 #if FRBG_X86
 /* float LSTM pass in explicit vectors (the auto-vectorised loop above is versioned for
  * aliasing and, built with Python's -fwrapv, ran its scalar version) */
-#define FRBG_LSTM_BWD_V(SUF, VF, VL, ATTR)                                              \
+#define FRBG_LSTM_BWD_V(SUF, LV, VF, VL, ATTR)                                            \
 ATTR static void frbg_lstm_bwdv_##SUF(int r0, int r1, int H, int u0, int u1,          \
         const float* gs, const float* cs, const float* cp, const float* src, int ldsrc, \
         float* dc, float* dg, float* aux) {                                            \
@@ -741,7 +724,7 @@ ATTR static void frbg_lstm_bwdv_##SUF(int r0, int r1, int H, int u0, int u1,    
         const float* sb = src + (size_t)b * ldsrc + u0;                                \
         float* dcb = dc + (size_t)b * Hs + u0;                                         \
         float* d = dg + (size_t)b * 4 * Hs + u0;                                       \
-        frbg_tanh_v##SUF(cs + (size_t)b * Hs + u0, d + 3 * Hs, (int)L);  /* tanh(c) */ \
+        fr_act_arr_f_l##LV(1, cs + (size_t)b * Hs + u0, d + 3 * Hs, (int)L);  /* tanh(c) */ \
         for (j = 0; j + VL <= L; j += VL) {                                            \
             VF i, f, gg, o, tc, dh, dcv, cpv;                                          \
             memcpy(&i, g + j, sizeof(VF)); memcpy(&f, g + Hs + j, sizeof(VF));         \
@@ -772,13 +755,13 @@ ATTR static void frbg_lstm_bwdv_##SUF(int r0, int r1, int H, int u0, int u1,    
         }                                                                              \
         if (aux) {                                                                     \
             float* ab = aux + (size_t)b * Hs + u0;                                     \
-            frbg_tanh_v##SUF(cs + (size_t)b * Hs + u0, ab, (int)L);                    \
+            fr_act_arr_f_l##LV(1, cs + (size_t)b * Hs + u0, ab, (int)L);                 \
             for (j = 0; j < L; j++) ab[j] *= g[3 * Hs + j];                            \
         }                                                                              \
     }                                                                                  \
 }
-FRBG_LSTM_BWD_V(512, frbg_v16f, 16, FRBG_A512)
-FRBG_LSTM_BWD_V(2, frbg_v8f, 8, FRBG_A2)
+FRBG_LSTM_BWD_V(512, 2, frbg_v16f, 16, FRBG_A512)
+FRBG_LSTM_BWD_V(2, 1, frbg_v8f, 8, FRBG_A2)
 #endif
 /* LSTM gate gradients of rows [r0, r1), units [u0, u1) (see _brows in _backward.pyx) */
 static void frbg_lstm_bwdu_f(int r0, int r1, int H, int u0, int u1, const float* gs,

@@ -61,3 +61,52 @@ def test_exp_accuracy(dtype):
     y = _kernels._act_test(2, x)
     err = _ulp_err(y, np.exp(x.astype(np.float64)), dtype)
     assert err.max() <= 2.0, (err.max(), x[np.argmax(err)])
+
+
+def _levels():
+    from fastrnn import _backward
+    return list(range(_backward.small_gemm_level() + 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("which", [0, 1], ids=["sigmoid", "tanh"])
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_training_activation_accuracy(dtype, which, level):
+    """The training kernels' gate math (_backward_gemm.h) builds the same activations
+    (fr_act_t.h) per ISA level: same bound, every level this CPU runs, and the same
+    values as the inference kernels' at the best level."""
+    from fastrnn import _backward
+    if level not in _levels():
+        pytest.skip(f"ISA level {level} not available on this CPU")
+    x = _grid(dtype)
+    y = _backward._act_test(which, x, level)
+    with np.errstate(over="ignore"):
+        ref = REFS[which](x.astype(np.float64))
+    assert np.isfinite(y).all()
+    assert _ulp_err(y, ref, dtype).max() <= 3.0
+    lim = _backward._act_test(which, np.array([np.inf, -np.inf, 0.0], dtype), level)
+    if which == 0:    # sigmoid(-inf): the clamped exp gives a denormal-scale value
+        assert lim[0] == 1 and 0 <= lim[1] < 1e-37 and lim[2] == 0.5
+    else:
+        assert lim.tolist() == [1.0, -1.0, 0.0]
+    if level == _levels()[-1]:
+        np.testing.assert_array_equal(y, _kernels._act_test(which, x))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 17, 33])
+def test_training_activation_tails(n):
+    """Lengths around the vector width: the zero-padded tail gives the same values as
+    the full vectors (no lane read or written past n)."""
+    from fastrnn import _backward
+    rng = np.random.default_rng(n)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal(64).astype(dtype) * 4
+        full = _backward._act_test(1, x)
+        buf = np.full(n + 8, 7.0, dtype)
+        buf[:n] = x[:n]
+        out = _backward._act_test(1, buf[:n])
+        np.testing.assert_array_equal(out, full[:n])
+    with pytest.raises(ValueError, match="ISA level"):
+        _backward._act_test(0, np.zeros(3, np.float32), 9)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _backward._act_test(0, np.zeros(3, np.int32))
