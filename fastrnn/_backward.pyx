@@ -59,7 +59,8 @@ def release_scratch():
 def _act_test(int which, x, int level=-1):
     """Test hook: the training kernels' vector activation ``which`` (0 sigmoid, 1 tanh) of
     a 1-D float32/float64 array at ISA level ``level`` (-1: the best this CPU runs; 0, 1,
-    2 as ``small_gemm_level``; a level above the CPU's is refused)."""
+    2 as ``small_gemm_level``; a level above the CPU's is refused).  It switches the
+    module's ISA level for the call: not for use while another thread trains."""
     global frbg_level_cache
     cdef float[::1] xf, yf
     cdef double[::1] xd, yd
