@@ -519,7 +519,6 @@ static void frbg_gemm_d(int level, int m, int n, int k, const double* A, int lda
  * tanh in vectors, ~1-2 ulp, +-inf give the limits, never NaN), built here per ISA level
  * (AVX-512, AVX2+FMA, baseline) and picked at run time like the GEMMs, so training and
  * inference compute the same gate values. */
-#include <math.h>
 #ifndef FR_INLINE
 #define FR_INLINE static inline __attribute__((always_inline))
 #endif

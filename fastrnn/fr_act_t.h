@@ -95,23 +95,25 @@ FR_INLINE V F(vtanh)(V x) {
 #endif
 FR_INLINE V F(vsigmoid)(V x) { return 1 / (1 + F(vexp)(-x)); }
 
-/* y[i] = act(x[i]) for i < n (act 0: sigmoid, 1: tanh; x == y allowed): whole vectors,
- * then the tail through a zero-padded vector */
+/* y[i] = act(x[i]) for i < n (act 0: sigmoid, 1: tanh, 2: exp; x == y allowed): whole
+ * vectors, then the tail through a zero-padded vector */
 FR_INLINE void F(vact_array)(int act, const T* x, T* y, ptrdiff_t n) {
     ptrdiff_t i = 0;
     /* V is may_alias with element alignment: plain vector loads and stores (a memcpy
      * through a local went via the stack in 16-byte halves, 5x slower measured) */
     if (act == 0)
         for (; i + W <= n; i += W) *(V*)(y + i) = F(vsigmoid)(*(const V*)(x + i));
-    else
+    else if (act == 1)
         for (; i + W <= n; i += W) *(V*)(y + i) = F(vtanh)(*(const V*)(x + i));
+    else
+        for (; i + W <= n; i += W) *(V*)(y + i) = F(vexp)(*(const V*)(x + i));
     if (i < n) {
         T tmp[W];
         V v;
         ptrdiff_t j;
         for (j = 0; j < W; j++) tmp[j] = i + j < n ? x[i + j] : (T)0;
         v = *(const V*)tmp;
-        *(V*)tmp = act == 0 ? F(vsigmoid)(v) : F(vtanh)(v);
+        *(V*)tmp = act == 0 ? F(vsigmoid)(v) : (act == 1 ? F(vtanh)(v) : F(vexp)(v));
         for (j = 0; i + j < n; j++) y[i + j] = tmp[j];
     }
 }

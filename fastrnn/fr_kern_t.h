@@ -563,16 +563,7 @@ FR_FN(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, p
 #include "fr_wide_t.h"   /* the batch-lane kernel (B >= 8) */
 
 /* ------------------------------------------------------------------ test hooks */
-FR_INLINE void F(act_array_impl)(int which, const T* x, T* y, ptrdiff_t n) {
-    ptrdiff_t i;
-    for (i = 0; i < n; i += W) {
-        int nu = n - i < W ? (int)(n - i) : W;
-        V v = F(vload)(x + i, nu);
-        v = which == 0 ? F(vsigmoid)(v) : (which == 1 ? F(vtanh)(v) : F(vexp)(v));
-        F(vstore)(y + i, v, nu);
-    }
-}
-FR_FN(void, F(fr_act_array), F(act_array_impl), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
+FR_FN(void, F(fr_act_array), F(vact_array), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
 
 #undef V
 #undef VI
