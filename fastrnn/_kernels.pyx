@@ -128,6 +128,7 @@ cdef extern from "fr_kern.h":
     int fr_force_level
     int fr_wide_force_groups
     long fr_min_par_work
+    int fr_dgate_mode
 
 
 # Activation codes (ONNX names).  ACT_* values are part of the Python API of this module.
@@ -672,6 +673,15 @@ def _set_min_parallel_work(long n):
     global fr_min_par_work
     old = fr_min_par_work
     fr_min_par_work = n
+    return old
+
+
+def _set_gate_defer(int mode):
+    """Test hook: the packed kernel's LSTM / GRU gate math batched over several (row,
+    unit block) pairs (1, the default) or run per block (0).  Returns the previous value."""
+    global fr_dgate_mode
+    old = fr_dgate_mode
+    fr_dgate_mode = mode
     return old
 
 

@@ -88,6 +88,10 @@ static int fr_level_of_unit(int U, int elsize) {
 /* test hook: the batch-lane kernel splits by unit groups even where panels would do */
 static int fr_wide_force_groups = 0;
 
+/* test hook: LSTM / GRU gate math deferred and batched over (row, unit block) pairs (1), per
+ * block as the product finishes (0) */
+static int fr_dgate_mode = 1;
+
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 

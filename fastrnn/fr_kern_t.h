@@ -371,6 +371,61 @@ FR_INLINE void F(rz_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int
 FR_FN(void, F(rz), F(rz_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
 
+/* Deferred gate math (default activations, no mask; LSTM and GRU reset_after).
+ * gate_block runs one vector chain per (row, unit block): sigmoid, tanh and their
+ * divisions wait on each other, and the next block's product comes before the
+ * out-of-order window reaches the next chain.  Instead a step collects up to FR_DG_SLOTS
+ * (row, block) pairs (pre-activations with the projection and bias added) and runs each
+ * activation over all of them in one loop, so independent vectors are in flight; then
+ * it stores c, h and the output.  Same arithmetic as lstm_fast / gru_fast. */
+#define FR_DG_SLOTS 32
+typedef struct {
+    /* LSTM: pre-activations i, f, g, o; GRU: r, z, x_n + b_in, h W_hn^T + b_hn */
+    V g[4][FR_DG_SLOTS];
+    V c[FR_DG_SLOTS];        /* LSTM: previous cell state, then the new one; GRU: h */
+    T* cp[FR_DG_SLOTS];      /* LSTM: where c goes */
+    T* hn[FR_DG_SLOTS];      /* where h goes (next hbuf) */
+    T* out[FR_DG_SLOTS];     /* output row or NULL */
+    int nu[FR_DG_SLOTS];
+    int n;
+} F(dgate);
+
+FR_INLINE void F(dgate_flush)(F(dgate)* d, int lstm) {
+    const int n = d->n;
+    V* g0 = d->g[0];
+    V* g1 = d->g[1];
+    V* g2 = d->g[2];
+    V* g3 = d->g[3];
+    int j;
+    for (j = 0; j < n; j++) {
+        g0[j] = F(vsigmoid)(g0[j]);
+        g1[j] = F(vsigmoid)(g1[j]);
+    }
+    if (lstm) {
+        for (j = 0; j < n; j++) {
+            g2[j] = F(vtanh)(g2[j]);
+            g3[j] = F(vsigmoid)(g3[j]);
+        }
+        for (j = 0; j < n; j++) {
+            const V ct = g1[j] * d->c[j] + g0[j] * g2[j];
+            d->c[j] = ct;
+            g0[j] = g3[j] * F(vtanh)(ct);
+        }
+        for (j = 0; j < n; j++) F(vstore)(d->cp[j], d->c[j], d->nu[j]);
+    } else {
+        for (j = 0; j < n; j++) {
+            const V nv = F(vtanh)(g2[j] + g0[j] * g3[j]);
+            g0[j] = nv + g1[j] * (d->c[j] - nv);
+        }
+    }
+    for (j = 0; j < n; j++) {
+        const int nu = d->nu[j];
+        F(vstore)(d->hn[j], g0[j], nu);
+        if (d->out[j]) F(vstore)(d->out[j], g0[j], nu);
+    }
+    d->n = 0;
+}
+
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
  * writes hbuf[1-cur] */
 FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
@@ -386,6 +441,11 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
     /* ping-pong traversal: odd steps walk the blocks backwards, so the blocks the last
      * step touched (still in cache) come first when a slice slightly exceeds L2 */
     const int rev = (s & 1) ^ q->flip;
+    const int lstm = cl->cell == 1;
+    const int defer = fr_dgate_mode && cl->fast && !cl->rz_split && !q->mask
+                      && (lstm ? q->c != NULL : cl->cell == 2);
+    F(dgate) dg;
+    dg.n = 0;
     for (i = 0; i < ub1 - ub0; i++) {
         ub = rev ? ub1 - 1 - i : ub0 + i;
         const int u0 = ub * U;
@@ -399,6 +459,35 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
             rb = n - r0 < FR_RB(Gm) ? n - r0 : FR_RB(Gm);
             for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
             F(mv_any)(rb, Gm, rows, K, Wb, acc);
+            if (defer) {
+                /* gate_block's sums, in its order (GRU: the fourth is b_hn) */
+                const T* bias = (const T*)cl->bias;
+                const T* b3 = lstm ? bias + 3 * H : (const T*)cl->bhn;
+                const V bi = F(vload)(bias + u0, nu), bf = F(vload)(bias + H + u0, nu);
+                const V bg = F(vload)(bias + 2 * H + u0, nu), bo = F(vload)(b3 + u0, nu);
+                for (r = 0; r < rb; r++) {
+                    const int b = r0 + r, j = dg.n++;
+                    const ptrdiff_t prow = q->offsets[F(in_time)(q, s, b)] + b;
+                    const T* xr = q->xp + (size_t)((s - s0) * B + b) * G * H + u0;
+                    dg.g[0][j] = acc[Gm * r] + F(vload)(xr, nu) + bi;
+                    dg.g[1][j] = acc[Gm * r + 1] + F(vload)(xr + H, nu) + bf;
+                    if (lstm) {
+                        dg.g[2][j] = acc[Gm * r + 2] + F(vload)(xr + 2 * H, nu) + bg;
+                        dg.g[3][j] = acc[Gm * r + 3] + F(vload)(xr + 3 * H, nu) + bo;
+                        dg.cp[j] = q->c + (size_t)b * H + u0;
+                        dg.c[j] = F(vload)(dg.cp[j], nu);
+                    } else {
+                        dg.g[2][j] = F(vload)(xr + 2 * H, nu) + bg;
+                        dg.g[3][j] = acc[Gm * r + 2] + bo;
+                        dg.c[j] = F(vload)(hc + (size_t)b * H + u0, nu);
+                    }
+                    dg.hn[j] = hn + (size_t)b * H + u0;
+                    dg.out[j] = q->out ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
+                    dg.nu[j] = nu;
+                }
+                if (dg.n + FR_RB(Gm) > FR_DG_SLOTS) F(dgate_flush)(&dg, lstm);
+                continue;
+            }
             for (r = 0; r < rb; r++) {
                 const int b = r0 + r;
                 const int t = F(in_time)(q, s, b);
@@ -428,6 +517,7 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
         for (r = n > rlo ? n : rlo; r < rhi; r++)
             memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
     }
+    if (dg.n) F(dgate_flush)(&dg, lstm);
 }
 FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
          (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))

@@ -666,3 +666,44 @@ def test_wide_default_for_simple_rnn_and_fallbacks():
     lstm = fastrnn.LSTM(4, 10, seed=1, num_threads=2)
     _check(lstm, x)
     assert not lstm._wide
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("B", [1, 3, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deferred_gate_math(level, cell, B, dtype):
+    """The packed kernel's batched gate math (LSTM, GRU reset_after; the default) and the
+    per-block gate math (``_set_gate_defer(0)``) both match the reference, with unit-block
+    tails (H=37), unit and row splits, more (row, block) pairs per step than one batch of
+    slots holds (B=40: a flush in the middle of a step), lengths, reverse direction, the
+    final state only, and one step at a time."""
+    if level not in _levels():
+        pytest.skip(f"this CPU does not run ISA level {level}")
+    rng = np.random.default_rng(B * 3 + level)
+    x = rng.standard_normal((7, B, 5)).astype(dtype)
+    lengths = rng.integers(0, 8, B)
+    _kernels._set_isa_level(level)
+    results = {}
+    try:
+        for mode in (0, 1):
+            assert _kernels._set_gate_defer(mode) in (0, 1)
+            layer = CELLS[cell](5, 37, dtype=dtype, seed=B, bidirectional=True,
+                                num_threads=2)
+            _check(layer, x)
+            _check(layer, x, lengths=lengths)
+            _, st = layer(x, return_sequences=False)
+            uni = CELLS[cell](5, 37, dtype=dtype, seed=B, num_threads=2)
+            h = np.zeros((1, B, 37), dtype)
+            c = np.zeros((1, B, 37), dtype) if cell == "LSTM" else None
+            steps = [uni._step_fast(np.ascontiguousarray(x[t]), h, c).copy()
+                     for t in range(x.shape[0])]
+            np.testing.assert_allclose(np.stack(steps), uni(x)[0], *_tol(dtype))
+            results[mode] = (layer(x)[0], st[0] if cell == "LSTM" else st)
+    finally:
+        _kernels._set_gate_defer(1)
+        _kernels._set_isa_level(-1)
+    # the same arithmetic in another order of blocks: equal to rounding
+    for a, b in zip(results[0], results[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-14,
+                                   atol=1e-6 if dtype == np.float32 else 1e-14)
