@@ -124,7 +124,7 @@ cdef extern from "fr_kern.h":
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
     const char* fr_isa()
     int fr_unit(int elsize) nogil
-    enum: FR_ROWSPLIT_MIN
+    int fr_rowsplit_min
     int fr_force_level
     int fr_wide_force_groups
     long fr_min_par_work
@@ -676,6 +676,15 @@ def _set_min_parallel_work(long n):
     return old
 
 
+def _set_rowsplit_min(int n):
+    """Tuning hook: batch rows from which the packed kernel splits rows rather than
+    units between threads.  Returns the previous value."""
+    global fr_rowsplit_min
+    old = fr_rowsplit_min
+    fr_rowsplit_min = n
+    return old
+
+
 def _set_gate_defer(int mode):
     """Test hook: the packed kernel's LSTM / GRU gate math batched over several (row,
     unit block) pairs (1, the default) or run per block (0).  Returns the previous value."""
@@ -774,7 +783,7 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
         return False
     if _pair_mode == 1:
         return True
-    if batch >= FR_ROWSPLIT_MIN:
+    if batch >= fr_rowsplit_min:
         return False        # row split: already barrier-free
     # tiny layers: the thread start-up costs more than the second direction
     if G * hidden_size * hidden_size * batch * steps < fr_min_par_work:

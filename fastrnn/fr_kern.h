@@ -92,6 +92,9 @@ static int fr_wide_force_groups = 0;
  * block as the product finishes (0) */
 static int fr_dgate_mode = 1;
 
+/* batch rows from which the packed kernel splits rows instead of units between threads */
+static int fr_rowsplit_min = 16;
+
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 

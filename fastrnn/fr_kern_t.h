@@ -527,11 +527,8 @@ FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, i
  *   call, projects the inputs of its own units and runs its units' gates, so a step needs
  *   one barrier (the new h must be complete before the next step reads it) and each
  *   thread's weight slice stays in its core's cache;
- * - by batch rows (B >= FR_ROWSPLIT_MIN): rows are independent, so each thread runs its
+ * - by batch rows (B >= fr_rowsplit_min): rows are independent, so each thread runs its
  *   own rows through every step with no barrier at all (robust on a busy machine). */
-#ifndef FR_ROWSPLIT_MIN
-#define FR_ROWSPLIT_MIN 16
-#endif
 
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
                          int rhi, int sync) {
@@ -574,7 +571,7 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
 
 static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     const int B = q->B, H = cl->H, nb = cl->nb;
-    const int rowsplit = nt > 1 && B >= FR_ROWSPLIT_MIN;
+    const int rowsplit = nt > 1 && B >= fr_rowsplit_min;
     int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
     /* below ~16k multiply-adds per step a barrier costs more than the second thread
      * saves (measured: LSTM H=64 B=1 breaks even, GRU H=64 B=1 is faster on one) */

@@ -707,3 +707,25 @@ def test_deferred_gate_math(level, cell, B, dtype):
     for a, b in zip(results[0], results[1]):
         np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-14,
                                    atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
+@pytest.mark.parametrize("B", [16, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_and_unit_split_agree(cell, B, dtype):
+    """From ``_set_rowsplit_min`` rows on the packed kernel splits batch rows between the
+    threads, below it units: both match the reference at the same batch (lengths too)."""
+    rng = np.random.default_rng(B)
+    x = rng.standard_normal((6, B, 5)).astype(dtype)
+    lengths = rng.integers(0, 7, B)
+    kw = {"reset_after": False} if cell == "GRU-reset-before" else {}
+    layer = CELLS[cell.split("-")[0]](5, 37, dtype=dtype, seed=B, num_threads=2,
+                                      bidirectional=True, **kw)
+    old = _kernels._set_rowsplit_min(16)
+    try:
+        for split_from in (B, B + 1):      # rows, then units
+            _kernels._set_rowsplit_min(split_from)
+            _check(layer, x)
+            _check(layer, x, lengths=lengths)
+    finally:
+        _kernels._set_rowsplit_min(old)
