@@ -808,30 +808,9 @@ static void frbg_gru_bwd_d(int kind, int r0, int r1, int H, const double* gs,
 #endif
 /* rows of x projected at a time (a chunk of steps), just before the steps use them */
 #define FRBG_FWD_ROWS 256
-/* Barrier of the n threads of a team for the per-step hand-over: spin (the other thread is
- * a few microseconds away), yield the core after a while (a busy machine). */
-#include <sched.h>
-static void frbg_barrier(int* bar, int n) {
-#if defined(__GNUC__) || defined(__clang__)
-    int gen = __atomic_load_n(&bar[1], __ATOMIC_ACQUIRE), spins = 0;
-    if (n <= 1) return;
-    if (__atomic_add_fetch(&bar[0], 1, __ATOMIC_ACQ_REL) == n) {
-        __atomic_store_n(&bar[0], 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&bar[1], gen + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    while (__atomic_load_n(&bar[1], __ATOMIC_ACQUIRE) == gen) {
-#if FRBG_X86
-        if (++spins < 4000) __builtin_ia32_pause();
-        else sched_yield();
-#else
-        if (++spins >= 4000) sched_yield();
-#endif
-    }
-#else
-    _Pragma("omp barrier")
-#endif
-}
+/* Barrier of the n threads of a team for the per-step hand-over (fr_barrier.h) */
+#include "fr_barrier.h"
+#define frbg_barrier fr_barrier_wait
 /* gate math of rows [0, n), units [u0, u1) of one training-forward step (bias, sigmoid /
  * tanh, c and h); ISA variants because the outlined OpenMP body that calls it is built
  * for the baseline ISA */

@@ -129,6 +129,7 @@ cdef extern from "fr_kern.h":
     int fr_wide_force_groups
     long fr_min_par_work
     int fr_dgate_mode
+    int fr_barrier_spin
 
 
 # Activation codes (ONNX names).  ACT_* values are part of the Python API of this module.
@@ -682,6 +683,15 @@ def _set_rowsplit_min(int n):
     global fr_rowsplit_min
     old = fr_rowsplit_min
     fr_rowsplit_min = n
+    return old
+
+
+def _set_spin_barrier(int mode):
+    """Test hook: the packed kernel's per-step barrier (unit split) spins on counters (1,
+    the default) or is OpenMP's (0).  Returns the previous value."""
+    global fr_barrier_spin
+    old = fr_barrier_spin
+    fr_barrier_spin = mode
     return old
 
 

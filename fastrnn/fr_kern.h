@@ -92,6 +92,22 @@ static int fr_wide_force_groups = 0;
  * block as the product finishes (0) */
 static int fr_dgate_mode = 1;
 
+/* test hook: the unit split's per-step barrier spins on two counters (1, fr_barrier.h)
+ * or is OpenMP's (0) */
+static int fr_barrier_spin = 1;
+#include "fr_barrier.h"
+/* the unit split's per-step barrier; bar: arrivals, generation, team size */
+static void fr_step_barrier(int* bar) {
+    if (fr_barrier_spin) {
+        fr_barrier_wait(bar, bar[2]);
+        return;
+    }
+    (void)bar;
+#ifdef _OPENMP
+    _Pragma("omp barrier")
+#endif
+}
+
 /* batch rows from which the packed kernel splits rows instead of units between threads */
 static int fr_rowsplit_min = 16;
 

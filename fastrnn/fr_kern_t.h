@@ -531,7 +531,7 @@ FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, i
  *   own rows through every step with no barrier at all (robust on a busy machine). */
 
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
-                         int rhi, int sync) {
+                         int rhi, int* sync) {
     int s0 = 0, s, cur = 0, i;
     (void)sync;
     if (q->nT == 1) {
@@ -552,19 +552,11 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
         for (s = s0; s < s1; s++) {
             if (cl->rz_split) {
                 F(rz)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
-#ifdef _OPENMP
-                if (sync) {
-                    #pragma omp barrier
-                }
-#endif
+                if (sync) fr_step_barrier(sync);
             }
             F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
             cur = 1 - cur;
-#ifdef _OPENMP
-            if (sync) {
-                #pragma omp barrier
-            }
-#endif
+            if (sync) fr_step_barrier(sync);
         }
     }
 }
@@ -581,19 +573,22 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
 #ifdef _OPENMP
     if (nthr > 1) {
+        int bar[3] = {0, 0, 0};     /* fr_step_barrier: arrivals, generation, team size */
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            if (tid == 0) bar[2] = nth;
+            #pragma omp barrier
             if (rowsplit)
                 F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
                              (int)((long)(tid + 1) * B / nth), 0);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
-                             (int)((long)(tid + 1) * nb / nth), 0, B, 1);
+                             (int)((long)(tid + 1) * nb / nth), 0, B, bar);
         }
     } else
 #endif
-        F(run_range)(cl, q, 0, nb, 0, B, 0);
+        F(run_range)(cl, q, 0, nb, 0, B, NULL);
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 

@@ -729,3 +729,22 @@ def test_row_and_unit_split_agree(cell, B, dtype):
             _check(layer, x, lengths=lengths)
     finally:
         _kernels._set_rowsplit_min(old)
+
+
+@pytest.mark.parametrize("spin", [0, 1])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
+@pytest.mark.parametrize("nt", [2, 3])
+def test_unit_split_barriers(spin, cell, nt):
+    """The unit split's per-step barrier, the spinning one (default) and OpenMP's: same
+    results (GRU reset_before has two barriers a step), more threads than cores too."""
+    rng = np.random.default_rng(nt)
+    x = rng.standard_normal((12, 3, 5)).astype(np.float32)
+    kw = {"reset_after": False} if cell == "GRU-reset-before" else {}
+    layer = CELLS[cell.split("-")[0]](5, 40, seed=nt, num_threads=nt, bidirectional=True,
+                                      **kw)
+    old = _kernels._set_spin_barrier(spin)
+    try:
+        _check(layer, x)
+        _check(layer, x, lengths=[12, 5, 1])
+    finally:
+        _kernels._set_spin_barrier(old)
