@@ -96,13 +96,14 @@ static int fr_dgate_mode = 1;
  * or is OpenMP's (0) */
 static int fr_barrier_spin = 1;
 #include "fr_barrier.h"
-/* the unit split's per-step barrier; bar: arrivals, generation, team size */
-static void fr_step_barrier(int* bar) {
+/* the unit split's per-step barrier of a team of n; bar: arrivals, generation */
+static void fr_step_barrier(int* bar, int n) {
     if (fr_barrier_spin) {
-        fr_barrier_wait(bar, bar[2]);
+        fr_barrier_wait(bar, n);
         return;
     }
     (void)bar;
+    (void)n;
 #ifdef _OPENMP
     _Pragma("omp barrier")
 #endif

@@ -530,10 +530,12 @@ FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, i
  * - by batch rows (B >= fr_rowsplit_min): rows are independent, so each thread runs its
  *   own rows through every step with no barrier at all (robust on a busy machine). */
 
+/* bar: the unit split's barrier counters and nbar the team size (NULL: no barriers) */
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
-                         int rhi, int* sync) {
+                         int rhi, int* bar, int nbar) {
     int s0 = 0, s, cur = 0, i;
-    (void)sync;
+    (void)bar;
+    (void)nbar;
     if (q->nT == 1) {
         /* one step: projection and recurrence block by block (one pass over each
          * block's weights), alternate direction from call to call */
@@ -552,11 +554,11 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
         for (s = s0; s < s1; s++) {
             if (cl->rz_split) {
                 F(rz)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
-                if (sync) fr_step_barrier(sync);
+                if (bar) fr_step_barrier(bar, nbar);
             }
             F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
             cur = 1 - cur;
-            if (sync) fr_step_barrier(sync);
+            if (bar) fr_step_barrier(bar, nbar);
         }
     }
 }
@@ -573,22 +575,20 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
 #ifdef _OPENMP
     if (nthr > 1) {
-        int bar[3] = {0, 0, 0};     /* fr_step_barrier: arrivals, generation, team size */
+        int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-            if (tid == 0) bar[2] = nth;
-            #pragma omp barrier
             if (rowsplit)
                 F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
-                             (int)((long)(tid + 1) * B / nth), 0);
+                             (int)((long)(tid + 1) * B / nth), NULL, 0);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
-                             (int)((long)(tid + 1) * nb / nth), 0, B, bar);
+                             (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth);
         }
     } else
 #endif
-        F(run_range)(cl, q, 0, nb, 0, B, NULL);
+        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0);
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 
