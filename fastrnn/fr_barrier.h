@@ -32,7 +32,7 @@ static void fr_barrier_wait(int* bar, int n) {
     (void)bar;
     (void)n;
 #ifdef _OPENMP
-    _Pragma("omp barrier")
+#pragma omp barrier
 #endif
 #endif
 }

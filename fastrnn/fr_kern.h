@@ -105,7 +105,7 @@ static void fr_step_barrier(int* bar, int n) {
     (void)bar;
     (void)n;
 #ifdef _OPENMP
-    _Pragma("omp barrier")
+#pragma omp barrier
 #endif
 }
 
