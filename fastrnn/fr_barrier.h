@@ -8,9 +8,6 @@
 #ifndef FASTRNN_FR_BARRIER_H
 #define FASTRNN_FR_BARRIER_H
 #include <sched.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 static void fr_barrier_wait(int* bar, int n) {
 #if defined(__GNUC__) || defined(__clang__)
     int gen = __atomic_load_n(&bar[1], __ATOMIC_ACQUIRE), spins = 0;

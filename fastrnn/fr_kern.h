@@ -102,8 +102,6 @@ static void fr_step_barrier(int* bar, int n) {
         fr_barrier_wait(bar, n);
         return;
     }
-    (void)bar;
-    (void)n;
 #ifdef _OPENMP
 #pragma omp barrier
 #endif

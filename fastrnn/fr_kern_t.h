@@ -534,8 +534,6 @@ FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, i
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
                          int rhi, int* bar, int nbar) {
     int s0 = 0, s, cur = 0, i;
-    (void)bar;
-    (void)nbar;
     if (q->nT == 1) {
         /* one step: projection and recurrence block by block (one pass over each
          * block's weights), alternate direction from call to call */
