@@ -224,6 +224,19 @@ cdef enum:
     SMALL_GEMM_MAX_ROWS = 128
 
 
+cdef extern from "_backward_gemm.h":
+    int frbg_use43
+
+
+def _set_gemm43(int on):
+    """Tests / A-B runs: which AVX2 training kernels use the 4 x 3 micro-kernel (bit 1:
+    LSTM forward, bit 2: GRU forward and the backward's per-step product; 3, the default:
+    both; 0: the 3 x 4 kernel everywhere).  Module-global: not while another thread runs
+    a layer."""
+    global frbg_use43
+    frbg_use43 = on
+
+
 def small_gemm_level():
     """0: per-step products through BLAS; 1: AVX2+FMA kernel; 2: AVX-512 kernel."""
     return frbg_level()

@@ -182,6 +182,59 @@ static void NAME(const T* W, int ldw, int k, int H, int U, int p0, int p1, T* ou
 }
 FRBG_PACK_UNITS(frbg_pack_units_f, float)
 FRBG_PACK_UNITS(frbg_pack_units_d, double)
+/* vectors in the next group of a run of rem vector columns for the 4 x 3 micro-kernel:
+ * 3s, with 4 -> 2 + 2 (a lone vector needs 4 broadcasts per 4 FMAs) */
+static inline int frbg_m43_group(int rem) { return rem == 4 || rem == 2 ? 2 : rem < 3 ? rem : 3; }
+static int frbg_m43_ngroups(int n) { int g = 0; while (n > 0) { n -= frbg_m43_group(n); g++; } return g; }
+/* The same weights for the 4 x 3 kernel (AVX2): vector column c = gate c % 4 of unit
+ * block c / 4 (U units); the columns [c0, c1) grouped from c0 by frbg_m43_group, each
+ * group of nv columns dense (row kk: nv * U values) at out + c * U * k for its first
+ * column c; only groups [g0, g1) of the run are written (a share of the packing). */
+#define FRBG_PACK_UNITS43(NAME, T)                                                     \
+static void NAME(const T* W, int ldw, int k, int H, int U, int c0, int c1, int g0,     \
+                 int g1, T* out) {                                                     \
+    int c = c0, gi = 0, nv, v, u, kk;                                                  \
+    for (; c < c1; c += nv, gi++) {                                                    \
+        nv = frbg_m43_group(c1 - c);                                                   \
+        if (gi < g0 || gi >= g1) continue;                                             \
+        for (v = 0; v < nv; v++) {                                                     \
+            int p = (c + v) / 4, g = (c + v) % 4;                                      \
+            for (u = 0; u < U; u++) {                                                  \
+                int unit = p * U + u;                                                  \
+                T* dst = out + (size_t)c * U * k + (size_t)v * U + u;                  \
+                if (unit < H) {                                                        \
+                    const T* src = W + (size_t)(g * H + unit) * ldw;                   \
+                    for (kk = 0; kk < k; kk++) dst[(size_t)kk * nv * U] = src[kk];     \
+                } else                                                                 \
+                    for (kk = 0; kk < k; kk++) dst[(size_t)kk * nv * U] = 0;           \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_PACK_UNITS43(frbg_pack_units43_f, float)
+FRBG_PACK_UNITS43(frbg_pack_units43_d, double)
+/* B (k x n) for the 4 x 3 kernel: vector column c = columns c*VL .. c*VL+VL-1 (zero past
+ * n), the vector columns [c0, c1) grouped from c0 as above, dense, group at out + c*VL*k.
+ * trans as frbg_pack. */
+#define FRBG_PACK43(NAME, T)                                                           \
+static void NAME(const T* W, int ldw, int k, int n, int trans, int VL, int c0, int c1, \
+                 T* out) {                                                             \
+    int c, nv, v, j, kk;                                                               \
+    for (c = c0; c < c1; c += nv) {                                                    \
+        nv = frbg_m43_group(c1 - c);                                                   \
+        for (kk = 0; kk < k; kk++) {                                                   \
+            T* row = out + (size_t)c * VL * k + (size_t)kk * nv * VL;                  \
+            for (v = 0; v < nv; v++)                                                   \
+                for (j = 0; j < VL; j++) {                                             \
+                    int col = (c + v) * VL + j;                                        \
+                    row[v * VL + j] = col >= n ? (T)0 : trans ? W[(size_t)col * ldw + kk] \
+                                                               : W[(size_t)kk * ldw + col]; \
+                }                                                                      \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_PACK43(frbg_pack43_f, float)
+FRBG_PACK43(frbg_pack43_d, double)
 
 #if FRBG_X86
 /* micro-kernel: MR (compile-time constant after inlining) rows x 4 vectors */
@@ -273,6 +326,110 @@ FRBG_GEMM(frbg_gemm_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
 FRBG_GEMM(frbg_gemm_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
 FRBG_GEMM(frbg_gemm_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
 FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
+
+/* AVX2 (16 vector registers): a micro-kernel of 4 rows x 3 vectors (12 accumulators,
+ * 3 B vectors, 1 broadcast).  The 3 x 4 kernel above needs 17 registers there, so GCC
+ * reads two of each k's four B vectors from memory once per row (11 loads per 12 FMAs
+ * against 7 here).  Measured alone on a Zen 3 core (8 rows x 96 columns, K = 128..1024):
+ * 91-92 GFLOP/s (3 + 3 + 2 rows) -> 96-99; in the training forward (dense groups below)
+ * LSTM B=16 H=256 0.89-0.92x the time.  B vector v at bp[v] (the next k at + bks: the
+ * groups of frbg_pack43 / frbg_pack_units43 are dense, bks = nv * VL; reading three
+ * vectors out of the 4-vector panels instead was no faster in place), C column v at cp[v]
+ * (row r at + r * ldc), wv[v] of its lanes valid (the rest are padding).  Rows (mr) and
+ * vectors (nv) are compile-time constants after inlining (FRBG_M43 dispatches). */
+#define FRBG_MICRO43(NAME, T, VT, VTU, VL, ATTR)                                         \
+ATTR static inline __attribute__((always_inline)) void                                \
+NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,                  \
+     const T* const* bp, int bks, T* const* cp, const int* wv, int ldc, int beta) {    \
+    VT acc[4][3];                                                                      \
+    const T* b0 = bp[0];                                                               \
+    const T* b1 = nv > 1 ? bp[1] : bp[0];                                              \
+    const T* b2 = nv > 2 ? bp[2] : bp[0];                                              \
+    const T* a0 = A;                                                                   \
+    int r, v, kk, j;                                                                   \
+    for (r = 0; r < mr; r++)                                                           \
+        for (v = 0; v < nv; v++) acc[r][v] = (VT){0};                                  \
+    for (kk = 0; kk < k; kk++) {                                                       \
+        VT x0 = *(const VT*)b0, x1 = x0, x2 = x0;                                      \
+        if (nv > 1) x1 = *(const VT*)b1;                                               \
+        if (nv > 2) x2 = *(const VT*)b2;                                               \
+        for (r = 0; r < mr; r++) {                                                     \
+            VT a = a0[(size_t)r * lda] - (VT){0};  /* broadcast */                    \
+            acc[r][0] += a * x0;                                                       \
+            if (nv > 1) acc[r][1] += a * x1;                                           \
+            if (nv > 2) acc[r][2] += a * x2;                                           \
+        }                                                                              \
+        b0 += bks; b1 += bks; b2 += bks; a0 += aks;                                    \
+    }                                                                                  \
+    for (v = 0; v < nv; v++) {                                                         \
+        if (wv[v] == VL) {                                                             \
+            for (r = 0; r < mr; r++) {                                                 \
+                VTU* c = (VTU*)(cp[v] + (size_t)r * ldc);                              \
+                *c = beta ? *c + acc[r][v] : acc[r][v];                                \
+            }                                                                          \
+        } else {                                                                       \
+            T tmp[VL];                                                                 \
+            for (r = 0; r < mr; r++) {                                                 \
+                T* c = cp[v] + (size_t)r * ldc;                                        \
+                memcpy(tmp, &acc[r][v], sizeof(tmp));                                  \
+                for (j = 0; j < wv[v]; j++) c[j] = beta ? c[j] + tmp[j] : tmp[j];      \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
+}
+/* the 4 x 3 micro-kernel for mr (1..4) rows and nv (1..3) vectors, as constants */
+#define FRBG_M43_NV(MICRO, mr, nv, ...)                                                 \
+    switch (nv) {                                                                      \
+    case 1: MICRO(mr, 1, __VA_ARGS__); break;                                          \
+    case 2: MICRO(mr, 2, __VA_ARGS__); break;                                          \
+    default: MICRO(mr, 3, __VA_ARGS__); break;                                         \
+    }
+#define FRBG_M43(MICRO, mr, nv, ...)                                                    \
+    switch (mr) {                                                                      \
+    case 1: FRBG_M43_NV(MICRO, 1, nv, __VA_ARGS__) break;                              \
+    case 2: FRBG_M43_NV(MICRO, 2, nv, __VA_ARGS__) break;                              \
+    case 3: FRBG_M43_NV(MICRO, 3, nv, __VA_ARGS__) break;                              \
+    default: FRBG_M43_NV(MICRO, 4, nv, __VA_ARGS__) break;                             \
+    }
+/* AVX2 training kernels on the 4 x 3 micro-kernel (else the 3 x 4): bit 1 the LSTM
+ * forward (frbg_gemmu43), bit 2 the GRU forward and the split-by-units backward's
+ * per-step product (frbg_gemm43); default both, _backward._set_gemm43 (tests, A/B) */
+static int frbg_use43 = 3;
+FRBG_MICRO43(frbg_micro43_f2, float, frbg_v8f, frbg_v8f_u, 8, FRBG_A2)
+FRBG_MICRO43(frbg_micro43_d2, double, frbg_v4d, frbg_v4d_u, 4, FRBG_A2)
+/* C (m x n) [+]= A @ B over the vector columns [c0, c1) of B packed by frbg_pack43 with
+ * the same c0: rows in fours, each group of vector columns with k in blocks of KC. */
+#define FRBG_GEMM43(NAME, MICRO, T, VL, ATTR)                                           \
+ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T* Bp,  \
+                      T* C, int ldc, int beta, int c0, int c1) {                       \
+    int c, nv, v, i, k0, kc, bt;                                                       \
+    const T* bp[3];                                                                    \
+    T* cp[3];                                                                          \
+    int wv[3];                                                                         \
+    for (c = c0; c < c1; c += nv) {                                                    \
+        nv = frbg_m43_group(c1 - c);                                                   \
+        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
+            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
+            bt = beta || k0 > 0;                                                       \
+            for (v = 0; v < nv; v++) {                                                 \
+                int w = n - (c + v) * VL;                                              \
+                bp[v] = Bp + (size_t)c * VL * k + (size_t)k0 * nv * VL + (size_t)v * VL; \
+                cp[v] = C + (size_t)(c + v) * VL;                                      \
+                wv[v] = w < 0 ? 0 : w < VL ? w : VL;                                   \
+            }                                                                          \
+            for (i = 0; i < m; i += 4) {                                               \
+                int mr = m - i < 4 ? m - i : 4;                                        \
+                T* cpi[3] = {cp[0] + (size_t)i * ldc, cp[1] + (size_t)i * ldc,         \
+                             cp[2] + (size_t)i * ldc};                                 \
+                FRBG_M43(MICRO, mr, nv, kc, A + (size_t)i * lda + (size_t)k0 * aks,    \
+                         lda, aks, bp, nv * VL, cpi, wv, ldc, bt)                      \
+            }                                                                          \
+            if (k == 0) break;                                                         \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_GEMM43(frbg_gemm43_f2, frbg_micro43_f2, float, 8, FRBG_A2)
+FRBG_GEMM43(frbg_gemm43_d2, frbg_micro43_d2, double, 4, FRBG_A2)
 
 /* the micro-kernel for `rows` (1..MR) rows, each count a compile-time constant */
 #define FRBG_MICRO_ROWS(MICRO, MR, rows, ...)                                           \
@@ -467,22 +624,96 @@ FRBG_GEMMU(frbg_gemmu_f512, frbg_micro_f512, float, 16, 6, FRBG_A512)
 FRBG_GEMMU(frbg_gemmu_d512, frbg_micro_d512, double, 8, 6, FRBG_A512)
 FRBG_GEMMU(frbg_gemmu_f2, frbg_micro_f2, float, 8, 3, FRBG_A2)
 FRBG_GEMMU(frbg_gemmu_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
-static void frbg_gemmu_f(int level, int m, int H, int k, const float* A, int lda,
+/* The same two with the 4 x 3 kernel (AVX2): vector column c of panels [p0, p1) is gate
+ * c % 4 of panel p0 + c / 4 (C columns (c % 4) * H + p * VL ..); groups of 3 columns, and
+ * for _steps every step's rows per group while the group's B (3 vectors x k) is in L1. */
+#define FRBG_GEMMU43(NAME, MICRO, T, VL, ATTR)                                          \
+ATTR static inline __attribute__((always_inline)) void NAME##_cols(int c0, int nv,     \
+        int H, int k, int k0, const T* Bp, T* C, const T** bp, T** cp,         \
+        int* wv) {                                                                     \
+    int v;                                                                             \
+    for (v = 0; v < nv; v++) {                                                         \
+        int c = c0 + v, p = c / 4, g = c % 4, w = H - p * VL;                          \
+        bp[v] = Bp + (size_t)c0 * VL * k + (size_t)k0 * nv * VL + (size_t)v * VL;     \
+        cp[v] = C + (size_t)g * H + p * VL;                                            \
+        wv[v] = w < VL ? w : VL;                                                       \
+    }                                                                                  \
+}                                                                                      \
+ATTR static inline __attribute__((always_inline)) void NAME##_rows(int m, int nv,      \
+        int kc, const T* A, int lda, const T* const* bp, T* const* cp, const int* wv,  \
+        int ldc, int bt) {                                                             \
+    int i;                                                                             \
+    for (i = 0; i < m; i += 4) {                                                       \
+        int mr = m - i < 4 ? m - i : 4;                                                \
+        T* cpi[3] = {cp[0] + (size_t)i * ldc, cp[1] + (size_t)i * ldc,                 \
+                     cp[2] + (size_t)i * ldc};                                         \
+        FRBG_M43(MICRO, mr, nv, kc, A + (size_t)i * lda, lda, 1, bp, nv * VL, cpi, wv, \
+                 ldc, bt)                                                              \
+    }                                                                                  \
+}                                                                                      \
+ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
+                      int ldc, int beta, int p0, int p1) {                             \
+    int nvc = 4 * p1, c0, nv, k0, kc;                                                  \
+    const T* bp[3];                                                                    \
+    T* cp[3];                                                                          \
+    int wv[3];                                                                         \
+    for (c0 = 4 * p0; c0 < nvc; c0 += nv) {                                            \
+        nv = frbg_m43_group(nvc - c0);                                                 \
+        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
+            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
+            NAME##_cols(c0, nv, H, k, k0, Bp, C, bp, cp, wv);                          \
+            NAME##_rows(m, nv, kc, A + k0, lda, bp, cp, wv, ldc, beta || k0 > 0);      \
+            if (k == 0) break;                                                         \
+        }                                                                              \
+    }                                                                                  \
+}                                                                                      \
+ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,                \
+        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
+        const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
+    int nvc = 4 * p1, c0, nv, k0, kc, s, v;                                            \
+    const T* bp[3];                                                                    \
+    T* cp[3];                                                                          \
+    T* cps[3];                                                                         \
+    int wv[3];                                                                         \
+    for (c0 = 4 * p0; c0 < nvc; c0 += nv) {                                            \
+        nv = frbg_m43_group(nvc - c0);                                                 \
+        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
+            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
+            NAME##_cols(c0, nv, H, k, k0, Bp, C, bp, cp, wv);                          \
+            for (s = s0; s < s1; s++) {                                                \
+                int e = b1 < (int)nsteps[s] ? b1 : (int)nsteps[s];                     \
+                ptrdiff_t r = offsets[s] + b0;                                         \
+                if (e <= b0) continue;                                                 \
+                for (v = 0; v < 3; v++) cps[v] = cp[v] + r * ldc;                      \
+                NAME##_rows(e - b0, nv, kc, x + r * k + k0, k, bp, cps, wv, ldc, k0 > 0); \
+            }                                                                          \
+            if (k == 0) break;                                                         \
+        }                                                                              \
+    }                                                                                  \
+}
+FRBG_GEMMU43(frbg_gemmu43_f2, frbg_micro43_f2, float, 8, FRBG_A2)
+FRBG_GEMMU43(frbg_gemmu43_d2, frbg_micro43_d2, double, 4, FRBG_A2)
+static void frbg_gemmu_f(int level, int d43, int m, int H, int k, const float* A, int lda,
                          const float* Bp, float* C, int ldc, int beta, int p0, int p1) {
     if (level == 2) frbg_gemmu_f512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else if (d43) frbg_gemmu43_f2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else frbg_gemmu_f2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
 }
-static void frbg_gemmu_d(int level, int m, int H, int k, const double* A, int lda,
+static void frbg_gemmu_d(int level, int d43, int m, int H, int k, const double* A, int lda,
                          const double* Bp, double* C, int ldc, int beta, int p0, int p1) {
     if (level == 2) frbg_gemmu_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else if (d43) frbg_gemmu43_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else frbg_gemmu_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
 }
 #define FRBG_GEMMU_STEPS(SUF, T)                                                       \
-static void frbg_gemmu_steps_##SUF(int level, int s0, int s1, const ptrdiff_t* offsets, \
+static void frbg_gemmu_steps_##SUF(int level, int d43, int s0, int s1, const ptrdiff_t* offsets, \
         const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
         const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
     if (level == 2)                                                                    \
         frbg_gemmu_##SUF##512_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C,   \
+                                    ldc, p0, p1);                                      \
+    else if (d43)                                                                      \
+        frbg_gemmu43_##SUF##2_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C,   \
                                     ldc, p0, p1);                                      \
     else                                                                               \
         frbg_gemmu_##SUF##2_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C, ldc, \
@@ -866,12 +1097,20 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 /* values up to a multiple of 16 (64 bytes for either type): where the second of two
  * arrays in one scratch block starts */
 #define FRBG_ROUND16(n) (((n) + 15) / 16 * 16)
+/* m x L product of a thread's own packed columns (units): the 4 x 3 kernel over its nvl
+ * vector columns (d43, frbg_pack43 layout), else the 4-vector panels' kernel */
+#define FRBG_GEMMX(SUF, m, L, k, A, lda, Bp, C, ldc, beta)                             \
+    do {                                                                               \
+        if (d43) frbg_gemm43_##SUF##2(m, L, k, A, lda, 1, Bp, C, ldc, beta, 0, nvl);    \
+        else frbg_gemm_##SUF(level, m, L, k, A, lda, 1, Bp, C, ldc, beta, 0, p1 - p0);  \
+    } while (0)
 #define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
     int rowsplit = nt > 1 && nsteps[0] >= FRBG_FWD_ROWSPLIT;                           \
+    int d43 = level == 1 && (frbg_use43 & 1);    /* 4 x 3 kernel and its layout */ \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
     size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \
     T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + (size_t)nbk * (H > 0 ? H : 1) * 4 * U)); \
@@ -890,8 +1129,16 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         int p0 = t * nbk / ntt, p1 = (t + 1) * nbk / ntt;                              \
         int u0 = p0 * U, u1 = p1 * U < H ? p1 * U : H;                                 \
         /* each thread packs its share of the panels */                                \
-        frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                            \
-        frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                            \
+        if (!d43) {                                                                    \
+            frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                        \
+            frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                        \
+        } else {   /* groups for the 4 x 3 kernel: own units' run, or a share of all */ \
+            int ca = rowsplit ? 0 : 4 * p0, cz = rowsplit ? 4 * nbk : 4 * p1;          \
+            int ng = frbg_m43_ngroups(cz - ca);                                        \
+            int g0 = rowsplit ? t * ng / ntt : 0, g1 = rowsplit ? (t + 1) * ng / ntt : ng; \
+            frbg_pack_units43_##SUF(wih, I, I, H, U, ca, cz, g0, g1, wi);              \
+            frbg_pack_units43_##SUF(whh, H, H, H, U, ca, cz, g0, g1, wh);              \
+        }                                                                              \
         /* this thread's rows [b0, b1) of every step and panels [q0, q1) (units [v0, v1)): \
          * all rows of its own panels, or its own rows of all panels */               \
         int b0 = rowsplit ? (int)(t * nsteps[0] / ntt) : 0;                            \
@@ -903,11 +1150,11 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
                 int se = s + ch < S ? s + ch : S;                                      \
                 if (rowsplit) {  /* own rows of the chunk; every panel is needed */    \
                     if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
-                    frbg_gemmu_steps_##SUF(level, s, se, offsets, nsteps, b0, b1, H, I, \
+                    frbg_gemmu_steps_##SUF(level, d43, s, se, offsets, nsteps, b0, b1, H, I, \
                                            x, wi, gates, 4 * H, 0, nbk);               \
                 } else {                                                               \
                     ptrdiff_t R0 = offsets[s], R1 = offsets[se - 1] + nsteps[se - 1];  \
-                    frbg_gemmu_##SUF(level, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
+                    frbg_gemmu_##SUF(level, d43, (int)(R1 - R0), H, I, x + R0 * I, I, wi,    \
                                      gates + R0 * 4 * H, 4 * H, 0, p0, p1);            \
                 }                                                                      \
             }                                                                          \
@@ -916,7 +1163,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
                 ptrdiff_t r = offsets[s] + b0;                                         \
                 const T* hp = s ? y + (offsets[s - 1] + b0) * ldy : h0 + (size_t)b0 * H; \
                 const T* cp = s ? cs + (offsets[s - 1] + b0) * H : c0 + (size_t)b0 * H; \
-                frbg_gemmu_##SUF(level, e - b0, H, H, hp, s ? ldy : H, wh,              \
+                frbg_gemmu_##SUF(level, d43, e - b0, H, H, hp, s ? ldy : H, wh,              \
                                  gates + r * 4 * H, 4 * H, 1, q0, q1);                 \
                 FRBG_PICK(frbg_lstm_fwd_rows, SUF, e - b0, H, v0, v1, gates + r * 4 * H, \
                           bias, cp, cs + r * H, y + r * ldy, ldy);                     \
@@ -971,6 +1218,7 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* bhn, const T* h0, T* y, int ldy, T* gates, T* hn) {     \
     int nb = frbg_nb(level, sizeof(T)), nph = (H + nb - 1) / nb, GH = 3 * H;           \
+    int d43 = level == 1 && (frbg_use43 & 2), VLs = nb / 4;   /* 4 x 3 kernel, layout */ \
     size_t szi = FRBG_ROUND16((size_t)3 * nph * (I > 0 ? I : 1) * nb);                 \
     size_t szh = (size_t)3 * nph * H * nb;                                             \
     T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + szh));   /* as the LSTM's */    \
@@ -987,12 +1235,18 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
         FRBG_OMP_IDS(t, ntt);                                                          \
         int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
+        int nvl = (L + VLs - 1) / VLs;         /* own vector columns (4 x 3 kernel) */ \
         /* gate g, panel p at (g * nph + p) * K * nb: own panels, packed by the owner */\
         for (g = 0; g < 3 && L > 0; g++) {                                             \
-            frbg_pack_##SUF##_into(wih + (size_t)(g * H + u0) * I, I, I, L, 1, nb,      \
-                                   wi + ((size_t)g * nph + p0) * I * nb);              \
-            frbg_pack_##SUF##_into(whh + (size_t)(g * H + u0) * H, H, H, L, 1, nb,      \
-                                   wh + ((size_t)g * nph + p0) * H * nb);              \
+            T* wig = wi + ((size_t)g * nph + p0) * I * nb;                             \
+            T* whg = wh + ((size_t)g * nph + p0) * H * nb;                             \
+            if (d43) {   /* the own L units' vector columns, for the 4 x 3 kernel */   \
+                frbg_pack43_##SUF(wih + (size_t)(g * H + u0) * I, I, I, L, 1, VLs, 0, nvl, wig); \
+                frbg_pack43_##SUF(whh + (size_t)(g * H + u0) * H, H, H, L, 1, VLs, 0, nvl, whg); \
+            } else {                                                                   \
+                frbg_pack_##SUF##_into(wih + (size_t)(g * H + u0) * I, I, I, L, 1, nb, wig); \
+                frbg_pack_##SUF##_into(whh + (size_t)(g * H + u0) * H, H, H, L, 1, nb, whg); \
+            }                                                                          \
         }                                                                              \
         for (s = 0; s < S; s++) {                                                      \
             int n = (int)nsteps[s];                                                    \
@@ -1002,19 +1256,17 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
                     int se = s + ch < S ? s + ch : S;                                  \
                     ptrdiff_t R1 = offsets[se - 1] + nsteps[se - 1];                   \
                     for (g = 0; g < 3; g++)                                            \
-                        frbg_gemm_##SUF(level, (int)(R1 - r), L, I, x + r * I, I, 1,    \
-                                        wi + ((size_t)g * nph + p0) * I * nb,          \
-                                        gates + r * GH + g * H + u0, GH, 0, 0, p1 - p0); \
+                        FRBG_GEMMX(SUF, (int)(R1 - r), L, I, x + r * I, I,             \
+                                   wi + ((size_t)g * nph + p0) * I * nb,               \
+                                   gates + r * GH + g * H + u0, GH, 0);                \
                 }                                                                      \
                 const T* hp = s ? y + offsets[s - 1] * ldy : h0;                       \
                 int ldhp = s ? ldy : H;                                                \
                 for (g = 0; g < 2; g++)                                                \
-                    frbg_gemm_##SUF(level, n, L, H, hp, ldhp, 1,                       \
-                                    wh + ((size_t)g * nph + p0) * H * nb,              \
-                                    gates + r * GH + g * H + u0, GH, 1, 0, p1 - p0);   \
-                frbg_gemm_##SUF(level, n, L, H, hp, ldhp, 1,                           \
-                                wh + ((size_t)2 * nph + p0) * H * nb, hn + r * H + u0, \
-                                H, 0, 0, p1 - p0);                                     \
+                    FRBG_GEMMX(SUF, n, L, H, hp, ldhp, wh + ((size_t)g * nph + p0) * H * nb, \
+                               gates + r * GH + g * H + u0, GH, 1);                    \
+                FRBG_GEMMX(SUF, n, L, H, hp, ldhp, wh + ((size_t)2 * nph + p0) * H * nb, \
+                           hn + r * H + u0, H, 0);                                     \
                 FRBG_PICK(frbg_gru_fwd_rows, SUF, n, H, u0, u1, gates + r * GH, bias,   \
                           bhn, hp, ldhp, hn + r * H, y + r * ldy, ldy);                \
             }                                                                          \
@@ -1114,6 +1366,7 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     const int KX = lstm ? G4 : 2 * H;   /* dG columns [0, KX) meet W_ih rows [0, KX) */ \
     int nb = frbg_nb(level, sizeof(T));                                                \
     int nph = (H + nb - 1) / nb, npx = (I + nb - 1) / nb;                              \
+    int d43 = level == 1 && (frbg_use43 & 2), VLs = nb / 4;   /* 4 x 3 kernel, layout */ \
     if (nt > nph) nt = nph;                                                            \
     if (nt < 1) nt = 1;                                                                \
     ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
@@ -1141,10 +1394,13 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
         int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
         int nqt = (L + MR - 1) / MR;     /* micro-panels per gate */                   \
+        int nvl = (L + VLs - 1) / VLs;   /* own vector columns (4 x 3 kernel) */       \
         T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
         /* each thread packs its own W_hh panels, a share of the W_ih panels and of    \
          * the X / H_prev rows; the barriers of the time loop publish them */           \
-        if (L > 0)                                                                     \
+        if (L > 0 && d43)                                                              \
+            frbg_pack43_##SUF(whh + u0, H, GH, L, 0, VLs, 0, nvl, whp + (size_t)p0 * GH * nb); \
+        else if (L > 0)                                                                \
             frbg_pack_##SUF##_into(whh + u0, H, GH, L, 0, nb, whp + (size_t)p0 * GH * nb); \
         if (dx) {                                                                      \
             int a0 = t * npx / ntt, a1 = (t + 1) * npx / ntt;                          \
@@ -1190,9 +1446,8 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
             }                                                                          \
             frbg_barrier(bar, ntt);                                                    \
             if (L > 0)   /* GRU: dh already holds dh * z */                            \
-                frbg_gemm_##SUF(level, n, L, GH, dg + r * G4, G4, 1,                   \
-                                whp + (size_t)p0 * GH * nb, dh + u0, H, !lstm, 0,      \
-                                p1 - p0);                                              \
+                FRBG_GEMMX(SUF, n, L, GH, dg + r * G4, G4, whp + (size_t)p0 * GH * nb,  \
+                           dh + u0, H, !lstm);                                         \
         }                                                                              \
         /* every dG row is written (the last barrier): weight gradients of own rows */ \
         if (L > 0) {                                                                   \

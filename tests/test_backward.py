@@ -437,6 +437,30 @@ def test_units_split_vs_torch(cell, dtype):
             fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm43_kernels_vs_torch(cell, dtype):
+    """The AVX2 training kernels' 4 x 3 micro-kernel and its packing (bit 1: LSTM forward,
+    bit 2: GRU forward and the backward's per-step product; default both) against the
+    3 x 4 one and torch: 1-3 threads, unit and row splits (B >= 16), ragged lengths, and
+    vector-column counts that leave groups of 1, 2 and 3 (H = 7, 37, 130; 130 + 2 double
+    lanes).  On other CPUs the setting is ignored and the same checks run."""
+    from fastrnn import _backward as b
+    cases = [dict(T=3, B=1, I=5, H=7), dict(T=5, B=3, I=20, H=37),
+             dict(T=4, B=17, I=9, H=130), dict(T=6, B=40, I=33, H=37)]
+    try:
+        for mode in (0, 1, 2, 3):
+            b._set_gemm43(mode)
+            for nt in (1, 2, 3):
+                fastrnn.set_num_threads(nt)
+                for i, kw in enumerate(cases):
+                    _run_case(cell, 1, i % 2 == 1, False, True, True, True, dtype,
+                              seed=mode + nt + i, **kw)
+    finally:
+        b._set_gemm43(3)
+        fastrnn.set_num_threads(None)
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)
