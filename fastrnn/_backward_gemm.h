@@ -391,6 +391,20 @@ NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,           
     case 3: FRBG_M43_NV(MICRO, 3, nv, __VA_ARGS__) break;                              \
     default: FRBG_M43_NV(MICRO, 4, nv, __VA_ARGS__) break;                             \
     }
+/* rows [0, m) of C (cp[v] + r * ldc) in fours: A (m x kc) element (r, kk) at
+ * A[r * lda + kk * aks], B vectors bp[v] (bks apart per k) */
+#define FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, ldc, bt)          \
+    do {                                                                               \
+        int i_;                                                                        \
+        for (i_ = 0; i_ < (m); i_ += 4) {                                              \
+            int mr_ = (m) - i_ < 4 ? (m) - i_ : 4;                                     \
+            __typeof__((cp)[0]) cpi_[3] = {(cp)[0] + (size_t)i_ * (ldc),                \
+                                          (cp)[1] + (size_t)i_ * (ldc),                \
+                                          (cp)[2] + (size_t)i_ * (ldc)};               \
+            FRBG_M43(MICRO, mr_, nv, kc, (A) + (size_t)i_ * (lda), lda, aks, bp, bks,  \
+                     cpi_, wv, ldc, bt)                                                \
+        }                                                                              \
+    } while (0)
 /* AVX2 training kernels on the 4 x 3 micro-kernel (else the 3 x 4): bit 1 the LSTM
  * forward (frbg_gemmu43), bit 2 the GRU forward and the split-by-units backward's
  * per-step product (frbg_gemm43); default both, _backward._set_gemm43 (tests, A/B) */
@@ -402,7 +416,7 @@ FRBG_MICRO43(frbg_micro43_d2, double, frbg_v4d, frbg_v4d_u, 4, FRBG_A2)
 #define FRBG_GEMM43(NAME, MICRO, T, VL, ATTR)                                           \
 ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T* Bp,  \
                       T* C, int ldc, int beta, int c0, int c1) {                       \
-    int c, nv, v, i, k0, kc, bt;                                                       \
+    int c, nv, v, k0, kc, bt;                                                          \
     const T* bp[3];                                                                    \
     T* cp[3];                                                                          \
     int wv[3];                                                                         \
@@ -417,13 +431,8 @@ ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T
                 cp[v] = C + (size_t)(c + v) * VL;                                      \
                 wv[v] = w < 0 ? 0 : w < VL ? w : VL;                                   \
             }                                                                          \
-            for (i = 0; i < m; i += 4) {                                               \
-                int mr = m - i < 4 ? m - i : 4;                                        \
-                T* cpi[3] = {cp[0] + (size_t)i * ldc, cp[1] + (size_t)i * ldc,         \
-                             cp[2] + (size_t)i * ldc};                                 \
-                FRBG_M43(MICRO, mr, nv, kc, A + (size_t)i * lda + (size_t)k0 * aks,    \
-                         lda, aks, bp, nv * VL, cpi, wv, ldc, bt)                      \
-            }                                                                          \
+            FRBG_M43_ROWS(MICRO, m, nv, kc, A + (size_t)k0 * aks, lda, aks, bp, nv * VL, \
+                          cp, wv, ldc, bt);                                            \
             if (k == 0) break;                                                         \
         }                                                                              \
     }                                                                                  \
@@ -642,14 +651,7 @@ ATTR static inline __attribute__((always_inline)) void NAME##_cols(int c0, int n
 ATTR static inline __attribute__((always_inline)) void NAME##_rows(int m, int nv,      \
         int kc, const T* A, int lda, const T* const* bp, T* const* cp, const int* wv,  \
         int ldc, int bt) {                                                             \
-    int i;                                                                             \
-    for (i = 0; i < m; i += 4) {                                                       \
-        int mr = m - i < 4 ? m - i : 4;                                                \
-        T* cpi[3] = {cp[0] + (size_t)i * ldc, cp[1] + (size_t)i * ldc,                 \
-                     cp[2] + (size_t)i * ldc};                                         \
-        FRBG_M43(MICRO, mr, nv, kc, A + (size_t)i * lda, lda, 1, bp, nv * VL, cpi, wv, \
-                 ldc, bt)                                                              \
-    }                                                                                  \
+    FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, 1, bp, nv * VL, cp, wv, ldc, bt);          \
 }                                                                                      \
 ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
                       int ldc, int beta, int p0, int p1) {                             \
