@@ -45,6 +45,16 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # and SimpleRNN B=16 within +-8% with no consistent direction
 _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
+# Plain LSTM directions from this many sequences on (2+ threads, AVX2 4 x 3 training
+# kernel) run through the training forward (``_fused_lstm_dir``) while its scratch (gates,
+# cell states and outputs: 6H values a row) stays under the cap; 0 disables (tests).
+_FUSED_LSTM_MIN_B = 16
+_FUSED_LSTM_MAX_BYTES = 64 << 20
+
+
+def _fused_lstm_ok():
+    from . import _backward
+    return _FUSED_LSTM_MIN_B > 0 and _backward.fused_lstm_forward_fast()
 
 _KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
 
@@ -581,6 +591,33 @@ class RNNBase:
                                  int(self.input_forget), int(self.reset_after), self.dtype,
                                  _step_threads(self, nt))
 
+    def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, perm, slens, Teff,
+                        h_k, c_k, out, last_only, nt):
+        """One forward direction of a plain LSTM layer through the training forward
+        (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, both threads over
+        every step), which measured faster than the packed inference kernel from 16
+        sequences on; its gate and cell-state rows are scratch here.  Updates h_k, c_k
+        (final states, sorted order) and writes the outputs into out unless last_only."""
+        from . import _backward
+        dt, H, N = self.dtype, self.hidden_size, inp.shape[0]
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
+        whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
+        B = h_k.shape[0]
+        if last_only:
+            y, ycol = np.empty((N, H), dt), 0
+        else:
+            y, ycol = out, d * H
+        gates = np.empty((N, 4 * H), dt)
+        cs = np.empty((N, H), dt)
+        _backward.forward(1, inp, wih, whh, bias, np.zeros(H, dt), np.zeros((1, 1), dt),
+                          offsets, nsteps, h_k, c_k, y, ycol, gates, cs, H, 0, 0, 0, nt)
+        lens = slens if perm is not None else np.full(B, Teff, np.intp)
+        has = lens > 0
+        last = offsets[np.maximum(lens, 1) - 1] + np.arange(B)
+        h_k[has] = y[last[has], ycol:ycol + H]
+        c_k[has] = cs[last[has]]
+
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
         _kernels = _kernels_module()
@@ -670,13 +707,21 @@ class RNNBase:
                     k = layer * D + d
                     wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
                     fast = self._fast_acts(d)
+                    reverse = (d == 1) != self.go_backwards
+                    if (cell == 1 and not self.proj_size and fast and not has_mask
+                            and not reverse and nt >= 2 and B >= _FUSED_LSTM_MIN_B
+                            and N * 6 * H * dt.itemsize <= _FUSED_LSTM_MAX_BYTES
+                            and _fused_lstm_ok()):
+                        self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, perm,
+                                             slens, Teff, h_state[k], c_state[k], out,
+                                             last_only, nt)
+                        continue
                     wdp = (self._pack_wide(layer, d)
                            if _kernels.choose_path(cell, B, H, self.proj_size,
                                                    int(self.reset_after), nt, fast) == "wide"
                            else None)
                     acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
                     acts += [(1, 0.0, 0.0)] * (3 - len(acts))
-                    reverse = (d == 1) != self.go_backwards
                     _kernels.run_layer(
                         cell, inp, wx, wh, bias, bhn, wr, peep, offsets, nsteps, slens, pmask,
                         h_state[k], c_state[k] if c_state is not None else dummy_c,
