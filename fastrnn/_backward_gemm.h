@@ -653,25 +653,12 @@ ATTR static inline __attribute__((always_inline)) void NAME##_rows(int m, int nv
         int ldc, int bt) {                                                             \
     FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, 1, bp, nv * VL, cp, wv, ldc, bt);          \
 }                                                                                      \
-ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
-                      int ldc, int beta, int p0, int p1) {                             \
-    int nvc = 4 * p1, c0, nv, k0, kc;                                                  \
-    const T* bp[3];                                                                    \
-    T* cp[3];                                                                          \
-    int wv[3];                                                                         \
-    for (c0 = 4 * p0; c0 < nvc; c0 += nv) {                                            \
-        nv = frbg_m43_group(nvc - c0);                                                 \
-        for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                               \
-            kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
-            NAME##_cols(c0, nv, H, k, k0, Bp, C, bp, cp, wv);                          \
-            NAME##_rows(m, nv, kc, A + k0, lda, bp, cp, wv, ldc, beta || k0 > 0);      \
-            if (k == 0) break;                                                         \
-        }                                                                              \
-    }                                                                                  \
-}                                                                                      \
-ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,                \
-        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
-        const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
+/* rows [b0, b1) of steps [s0, s1) (as many as each step has): A rows at x + (offsets[s]  \
+ * + b) * lda, C rows at C + (offsets[s] + b) * ldc; group-major, so a group's B serves  \
+ * every step's rows while it is in L1 */                                              \
+ATTR static void NAME##_gen(int s0, int s1, const ptrdiff_t* offsets,                  \
+        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x, int lda,    \
+        const T* Bp, T* C, int ldc, int beta, int p0, int p1) {                        \
     int nvc = 4 * p1, c0, nv, k0, kc, s, v;                                            \
     const T* bp[3];                                                                    \
     T* cp[3];                                                                          \
@@ -687,11 +674,22 @@ ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,         
                 ptrdiff_t r = offsets[s] + b0;                                         \
                 if (e <= b0) continue;                                                 \
                 for (v = 0; v < 3; v++) cps[v] = cp[v] + r * ldc;                      \
-                NAME##_rows(e - b0, nv, kc, x + r * k + k0, k, bp, cps, wv, ldc, k0 > 0); \
+                NAME##_rows(e - b0, nv, kc, x + r * lda + k0, lda, bp, cps, wv, ldc,   \
+                            beta || k0 > 0);                                           \
             }                                                                          \
             if (k == 0) break;                                                         \
         }                                                                              \
     }                                                                                  \
+}                                                                                      \
+ATTR static void NAME(int m, int H, int k, const T* A, int lda, const T* Bp, T* C,     \
+                      int ldc, int beta, int p0, int p1) {                             \
+    const ptrdiff_t off0 = 0, nrows = m;                                               \
+    NAME##_gen(0, 1, &off0, &nrows, 0, m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);     \
+}                                                                                      \
+ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,                \
+        const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
+        const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
+    NAME##_gen(s0, s1, offsets, nsteps, b0, b1, H, k, x, k, Bp, C, ldc, 0, p0, p1);    \
 }
 FRBG_GEMMU43(frbg_gemmu43_f2, frbg_micro43_f2, float, 8, FRBG_A2)
 FRBG_GEMMU43(frbg_gemmu43_d2, frbg_micro43_d2, double, 4, FRBG_A2)
