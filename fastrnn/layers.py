@@ -56,6 +56,7 @@ def _fused_lstm_ok():
     from . import _backward
     return _FUSED_LSTM_MIN_B > 0 and _backward.fused_lstm_forward_fast()
 
+
 _KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
 
 
