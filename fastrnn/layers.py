@@ -45,9 +45,9 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # and SimpleRNN B=16 within +-8% with no consistent direction
 _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
-# Plain LSTM directions from this many sequences on (2+ threads, AVX2 4 x 3 training
-# kernel) run through the training forward (``_fused_lstm_dir``) while its scratch (gates,
-# cell states and outputs: 6H values a row) stays under the cap; 0 disables (tests).
+# Plain LSTM directions from this many sequences on (AVX2 4 x 3 training kernel) run
+# through the training forward (``_fused_lstm_dir``) while its scratch (gates, cell
+# states and outputs: 6H values a row) stays under the cap; 0 disables (tests).
 _FUSED_LSTM_MIN_B = 16
 _FUSED_LSTM_MAX_BYTES = 64 << 20
 
@@ -595,9 +595,9 @@ class RNNBase:
     def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, perm, slens, Teff,
                         h_k, c_k, out, last_only, nt):
         """One forward direction of a plain LSTM layer through the training forward
-        (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, both threads over
-        every step), which measured faster than the packed inference kernel from 16
-        sequences on; its gate and cell-state rows are scratch here.  Updates h_k, c_k
+        (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, rows or units
+        split over the threads), which measured faster than the packed inference kernel
+        from 16 sequences on (1 and 2 threads); its gate and cell-state rows are scratch here.  Updates h_k, c_k
         (final states, sorted order) and writes the outputs into out unless last_only."""
         from . import _backward
         dt, H, N = self.dtype, self.hidden_size, inp.shape[0]
@@ -710,7 +710,7 @@ class RNNBase:
                     fast = self._fast_acts(d)
                     reverse = (d == 1) != self.go_backwards
                     if (cell == 1 and not self.proj_size and fast and not has_mask
-                            and not reverse and nt >= 2 and B >= _FUSED_LSTM_MIN_B
+                            and not reverse and B >= _FUSED_LSTM_MIN_B
                             and N * 6 * H * dt.itemsize <= _FUSED_LSTM_MAX_BYTES
                             and _fused_lstm_ok()):
                         self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, perm,

@@ -753,11 +753,11 @@ def test_unit_split_barriers(spin, cell, nt):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [16, 17, 40])
 def test_fused_lstm_route(dtype, B):
-    """Plain LSTM directions from 16 sequences on (2+ threads, AVX2 4 x 3 training kernel)
-    run through the training forward: against the NumPy reference and the packed kernel
-    (route off), stacked and bidirectional (the reverse direction keeps the kernel),
-    lengths (zero-length sequences keep their initial state), initial states,
-    return_sequences=False, 2 and 3 threads; peepholes / a mask are never routed."""
+    """Plain LSTM directions from 16 sequences on (AVX2 4 x 3 training kernel) run through
+    the training forward: against the NumPy reference and the packed kernel (route off),
+    stacked and bidirectional (the reverse direction keeps the kernel), lengths
+    (zero-length sequences keep their initial state), initial states,
+    return_sequences=False, 1-3 threads; peepholes / a mask are never routed."""
     import fastrnn.layers as layers
     from fastrnn import _backward
     rng = np.random.default_rng(B)
@@ -776,7 +776,7 @@ def test_fused_lstm_route(dtype, B):
     old = layers._FUSED_LSTM_MIN_B
     try:
         fastrnn.LSTM._fused_lstm_dir = counted
-        for nt in (2, 3):
+        for nt in (1, 2, 3):
             layer = fastrnn.LSTM(5, 13, num_layers=2, bidirectional=True, dtype=dtype,
                                  seed=B + nt, num_threads=nt)
             for kw in (dict(), dict(lengths=lengths), dict(hx=hx, lengths=lengths)):
