@@ -226,6 +226,9 @@ cdef enum:
 
 cdef extern from "_backward_gemm.h":
     int frbg_use43
+    int frbg_fwd_rowsplit
+    int frbg_fwd_rowsplit_at(int nt, int B)
+    int frbg_rows3
 
 
 def _set_gemm43(int on):
@@ -237,10 +240,43 @@ def _set_gemm43(int on):
     frbg_use43 = on
 
 
+def _set_rows3(int on):
+    """Tests / A-B runs: the AVX2 4 x 3 training kernels end a block of rows with
+    three-row blocks instead of a lone one or two rows (1, the default) or not (0).
+    Module-global: not while another thread runs a layer."""
+    global frbg_rows3
+    frbg_rows3 = on
+
+
+def _set_fwd_rowsplit(int n):
+    """Tests / A-B runs: the LSTM training forward splits by batch rows (each thread its
+    own rows of every step) from n sequences on with 2+ threads, below that by units;
+    0 (the default): by the measured rule (rows from 11 sequences on with 2 threads, and
+    at 4 rows a thread).  Returns the previous value.  Module-global: not while another thread
+    runs a layer."""
+    global frbg_fwd_rowsplit
+    old = frbg_fwd_rowsplit
+    frbg_fwd_rowsplit = n
+    return old
+
+
 def fused_lstm_forward_fast():
     """True where the LSTM training forward (frbg_lstm_fwd) runs on the AVX2 4 x 3
     kernel: measured faster than the packed inference kernel from 16 sequences on."""
     return frbg_level() == 1 and (frbg_use43 & 1) != 0 and fr_can_pipeline() != 0
+
+
+def fused_lstm_route_at(int nt, int B):
+    """Whether a plain LSTM direction of B sequences on nt threads runs faster through
+    the training forward than through the packed inference kernel (where
+    fused_lstm_forward_fast()).  Measured on a Zen 3 VM, H = 128..512, in-process
+    alternating, routed / kernel time: 2 threads, wherever the training forward splits
+    by rows (B = 8: 0.81-0.93, 11-15: 0.84-0.96, 16-128: 0.80-0.92) and not where it
+    splits by units (B = 4, 6, 10: 1.10-1.22); 1 thread, B = 4: 0.81-0.90, 7-13:
+    0.84-0.95 (B = 1: 1.19, 2, 3, 5, 6: 0.96-1.03)."""
+    if nt <= 1:
+        return B == 4 or B >= 7
+    return B >= 16 or frbg_fwd_rowsplit_at(nt, B) != 0
 
 
 def small_gemm_level():

@@ -391,13 +391,23 @@ NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,           
     case 3: FRBG_M43_NV(MICRO, 3, nv, __VA_ARGS__) break;                              \
     default: FRBG_M43_NV(MICRO, 4, nv, __VA_ARGS__) break;                             \
     }
-/* rows [0, m) of C (cp[v] + r * ldc) in fours: A (m x kc) element (r, kk) at
- * A[r * lda + kk * aks], B vectors bp[v] (bks apart per k) */
+/* rows in the next block of m43 rows when rem are left: fours, but three-row blocks
+ * instead of a last block of one or two (13 = 4+3+3+3, 10 = 4+3+3, 5 = 3+2): a 1-row
+ * block does 3 FMAs per 4 loads.  Same sums per element (the k order is unchanged).
+ * Measured (Zen 3, LSTM training forward H=256): B = 5, 9, 10, 13 0.96-0.97, row split
+ * B = 10, 12, 20 (5, 6, 10 rows a thread) 0.94-0.95 of four-row blocks' time. */
+static int frbg_rows3 = 1;   /* 0: plain fours (_backward._set_rows3, A/B runs) */
+static inline int frbg_m43_rows(int rem) {
+    if (!frbg_rows3) return rem < 4 ? rem : 4;
+    return rem <= 4 ? rem : rem == 5 || rem == 6 || rem == 9 ? 3 : 4;
+}
+/* rows [0, m) of C (cp[v] + r * ldc) in blocks of frbg_m43_rows: A (m x kc) element
+ * (r, kk) at A[r * lda + kk * aks], B vectors bp[v] (bks apart per k) */
 #define FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, ldc, bt)          \
     do {                                                                               \
-        int i_;                                                                        \
-        for (i_ = 0; i_ < (m); i_ += 4) {                                              \
-            int mr_ = (m) - i_ < 4 ? (m) - i_ : 4;                                     \
+        int i_, mr_;                                                                   \
+        for (i_ = 0; i_ < (m); i_ += mr_) {                                            \
+            mr_ = frbg_m43_rows((m) - i_);                                             \
             __typeof__((cp)[0]) cpi_[3] = {(cp)[0] + (size_t)i_ * (ldc),                \
                                           (cp)[1] + (size_t)i_ * (ldc),                \
                                           (cp)[2] + (size_t)i_ * (ldc)};               \
@@ -1085,15 +1095,22 @@ ATTR static void frbg_lstm_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,  
 FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 #endif
 /* LSTM training forward.  Small batch: split by units (each thread packs and reads only
- * its own panels of the weights, one barrier per step).  From FRBG_FWD_ROWSPLIT
- * sequences on: split by batch rows (rows are independent through time: each thread
+ * its own panels of the weights, one barrier per step).  From about 5.5 sequences a
+ * thread on (frbg_fwd_rowsplit_at): split by batch rows (rows are independent through time: each thread
  * projects and runs its own rows of every step, reading all the packed weights; one
  * barrier in all, after the packing).  Sharing each chunk's projection instead cost a
  * barrier per chunk, and on a noisy VM the threads' drift summed over those barriers
  * (measured on a Zen 3 VM, B=64 H=512: 10-30 ms of waiting in a ~100 ms forward). */
-#ifndef FRBG_FWD_ROWSPLIT
-#define FRBG_FWD_ROWSPLIT 16
-#endif
+static int frbg_fwd_rowsplit = 0;   /* _backward._set_fwd_rowsplit (tests, A/B runs) */
+static int frbg_fwd_rowsplit_at(int nt, int B) {
+    if (nt < 2) return 0;
+    if (frbg_fwd_rowsplit > 0) return B >= frbg_fwd_rowsplit;
+    /* measured (Zen 3, 2 threads, H = 128..512, training forward with the 4 x 3 kernel):
+     * rows split from 5.5 rows a thread on (B = 11: 0.92, 12-15: 0.85-0.87, 16: 0.97 of
+     * the unit split's time) and at 4 rows a thread (B = 8: 0.85-0.95, one full row
+     * block); 3 or 5 rows a thread (B = 6, 7, 9, 10) 1.02-1.07 */
+    return 2 * B >= 11 * nt || (B >= 4 * nt && B % (4 * nt) == 0);
+}
 /* values up to a multiple of 16 (64 bytes for either type): where the second of two
  * arrays in one scratch block starts */
 #define FRBG_ROUND16(n) (((n) + 15) / 16 * 16)
@@ -1109,7 +1126,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
-    int rowsplit = nt > 1 && nsteps[0] >= FRBG_FWD_ROWSPLIT;                           \
+    int rowsplit = frbg_fwd_rowsplit_at(nt, (int)nsteps[0]);                           \
     int d43 = level == 1 && (frbg_use43 & 1);    /* 4 x 3 kernel and its layout */ \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
     size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \

@@ -45,16 +45,26 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # and SimpleRNN B=16 within +-8% with no consistent direction
 _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
-# Plain LSTM directions from this many sequences on (AVX2 4 x 3 training kernel) run
-# through the training forward (``_fused_lstm_dir``) while its scratch (gates, cell
-# states and outputs: 6H values a row) stays under the cap; 0 disables (tests).
-_FUSED_LSTM_MIN_B = 16
+# Plain LSTM directions run through the training forward (``_fused_lstm_dir``, AVX2
+# 4 x 3 kernel) at the batch sizes where it measured faster than the packed inference
+# kernel (``_backward.fused_lstm_route_at``), while its scratch (gates, cell states and
+# outputs: 6H values a row) stays under the cap.  -1: that rule; 0: never; n > 0: from
+# n sequences on (tests).
+_FUSED_LSTM_MIN_B = -1
 _FUSED_LSTM_MAX_BYTES = 64 << 20
 
 
-def _fused_lstm_ok():
+def _fused_lstm_ok(B, nt, ragged):
+    if _FUSED_LSTM_MIN_B == 0:
+        return False
     from . import _backward
-    return _FUSED_LSTM_MIN_B > 0 and _backward.fused_lstm_forward_fast()
+    if not _backward.fused_lstm_forward_fast():
+        return False
+    if _FUSED_LSTM_MIN_B > 0:
+        return B >= _FUSED_LSTM_MIN_B
+    # ragged batches split their rows unevenly between threads: from 16 sequences on
+    # (B = 8, lengths T/2..T, 2 threads: 1.03-1.05x the kernel's time)
+    return _backward.fused_lstm_route_at(nt, B) and (not ragged or B >= 16)
 
 
 _KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
@@ -593,11 +603,13 @@ class RNNBase:
                                  _step_threads(self, nt))
 
     def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, perm, slens, Teff,
-                        h_k, c_k, out, last_only, nt):
-        """One forward direction of a plain LSTM layer through the training forward
+                        h_k, c_k, out, last_only, nt, reverse):
+        """One direction of a plain LSTM layer through the training forward
         (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, rows or units
         split over the threads), which measured faster than the packed inference kernel
-        from 16 sequences on (1 and 2 threads); its gate and cell-state rows are scratch here.  Updates h_k, c_k
+        where ``_fused_lstm_ok`` says; its gate and cell-state rows are scratch here.
+        A reverse direction runs on its rows gathered in step order (each sequence
+        reversed within its length) and scatters its outputs back.  Updates h_k, c_k
         (final states, sorted order) and writes the outputs into out unless last_only."""
         from . import _backward
         dt, H, N = self.dtype, self.hidden_size, inp.shape[0]
@@ -605,7 +617,14 @@ class RNNBase:
         wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
         whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
         B = h_k.shape[0]
-        if last_only:
+        lens = slens if perm is not None else np.full(B, Teff, np.intp)
+        if reverse:
+            # step-order row k reads time-order row ridx[k] (an involution)
+            s_of = np.repeat(np.arange(len(nsteps), dtype=np.intp), nsteps)
+            b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
+            ridx = offsets[lens[b_of] - 1 - s_of] + b_of
+            inp = inp[ridx]
+        if last_only or reverse:
             y, ycol = np.empty((N, H), dt), 0
         else:
             y, ycol = out, d * H
@@ -613,11 +632,12 @@ class RNNBase:
         cs = np.empty((N, H), dt)
         _backward.forward(1, inp, wih, whh, bias, np.zeros(H, dt), np.zeros((1, 1), dt),
                           offsets, nsteps, h_k, c_k, y, ycol, gates, cs, H, 0, 0, 0, nt)
-        lens = slens if perm is not None else np.full(B, Teff, np.intp)
         has = lens > 0
         last = offsets[np.maximum(lens, 1) - 1] + np.arange(B)
         h_k[has] = y[last[has], ycol:ycol + H]
         c_k[has] = cs[last[has]]
+        if reverse and not last_only:
+            out[:, d * H:(d + 1) * H] = y[ridx]
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
@@ -679,13 +699,18 @@ class RNNBase:
                                          nt) == "small"
             cbytes = _SMALL_CHUNK_BYTES if small else _CHUNK_BYTES
             chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
+            # plain LSTM directions through the training forward (see _fused_lstm_ok)
+            routed = (cell == 1 and not self.proj_size and not has_mask
+                      and N * 6 * H * dt.itemsize <= _FUSED_LSTM_MAX_BYTES
+                      and all(self._fast_acts(d) for d in range(D))
+                      and _fused_lstm_ok(B, nt, perm is not None))
             for layer in range(L):
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
-                if D == 2 and _kernels.pair_applies(cell, B, Teff, H, self.proj_size,
-                                                    int(self.reset_after), nt, dt.itemsize,
-                                                    int(self._fast_acts(0))):
+                if D == 2 and not routed and _kernels.pair_applies(
+                        cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
+                        dt.itemsize, int(self._fast_acts(0))):
                     # both directions at the same time, one thread each (no barriers)
                     dirs = []
                     for d in range(2):
@@ -709,13 +734,10 @@ class RNNBase:
                     wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
                     fast = self._fast_acts(d)
                     reverse = (d == 1) != self.go_backwards
-                    if (cell == 1 and not self.proj_size and fast and not has_mask
-                            and not reverse and B >= _FUSED_LSTM_MIN_B
-                            and N * 6 * H * dt.itemsize <= _FUSED_LSTM_MAX_BYTES
-                            and _fused_lstm_ok()):
+                    if routed:
                         self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, perm,
                                              slens, Teff, h_state[k], c_state[k], out,
-                                             last_only, nt)
+                                             last_only, nt, reverse)
                         continue
                     wdp = (self._pack_wide(layer, d)
                            if _kernels.choose_path(cell, B, H, self.proj_size,

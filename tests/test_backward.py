@@ -461,6 +461,44 @@ def test_gemm43_kernels_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_blocks_and_splits_vs_torch(cell, dtype):
+    """The 4 x 3 kernels' row blocks (three-row blocks instead of a lone one or two rows,
+    on and off) and the LSTM training forward's split (the automatic rule, rows forced,
+    units forced) at batch sizes giving every block shape (5 = 3+2, 6 = 3+3, 9 = 3+3+3,
+    13 = 4+3+3+3, 14 = 4+4+3+3; halves of them in the row split), 1-3 threads, ragged
+    and dense, against torch; the row blocking leaves every sum unchanged, so its two
+    settings give identical bits."""
+    from fastrnn import _backward as b
+    try:
+        for nt in (1, 2, 3):
+            fastrnn.set_num_threads(nt)
+            for B in (5, 6, 9, 13, 14):
+                for split in (0, 1, 10 ** 6):
+                    b._set_fwd_rowsplit(split)
+                    for rows3 in (1, 0):
+                        b._set_rows3(rows3)
+                        _run_case(cell, 1, False, False, True, True, B % 2 == 1, dtype,
+                                  T=4, B=B, I=9, H=37, seed=B + nt)
+        layer = fastrnn.LSTM(9, 37, dtype=dtype, seed=0) if cell == "lstm" else \
+            fastrnn.GRU(9, 37, dtype=dtype, seed=0)
+        x = np.random.default_rng(0).standard_normal((6, 13, 9)).astype(dtype)
+        gy = np.random.default_rng(1).standard_normal((6, 13, 37)).astype(dtype)
+        res = []
+        for rows3 in (1, 0):
+            b._set_rows3(rows3)
+            out, _, cache = layer.forward_train(x)
+            res.append((out, layer.backward(cache, gy)))
+        np.testing.assert_array_equal(res[0][0], res[1][0])
+        for k in res[0][1]:
+            np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+    finally:
+        b._set_rows3(1)
+        b._set_fwd_rowsplit(0)
+        fastrnn.set_num_threads(None)
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)

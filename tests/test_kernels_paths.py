@@ -751,15 +751,18 @@ def test_unit_split_barriers(spin, cell, nt):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [16, 17, 40])
+@pytest.mark.parametrize("B", [4, 8, 11, 16, 17, 40])
 def test_fused_lstm_route(dtype, B):
-    """Plain LSTM directions from 16 sequences on (AVX2 4 x 3 training kernel) run through
-    the training forward: against the NumPy reference and the packed kernel (route off),
-    stacked and bidirectional (the reverse direction keeps the kernel), lengths
-    (zero-length sequences keep their initial state), initial states,
-    return_sequences=False, 1-3 threads; peepholes / a mask are never routed."""
+    """Plain LSTM directions run through the training forward (AVX2 4 x 3 kernel) where
+    ``_backward.fused_lstm_route_at`` says (and, ragged, from 16 sequences on): forced on
+    (every batch size) and by the automatic rule, against the NumPy reference and the
+    packed kernel (route off), stacked and bidirectional (the reverse direction gathers
+    its rows), go_backwards, lengths (zero-length sequences keep their initial state),
+    initial states, return_sequences=False, 1-3 threads; counts the routed directions;
+    peepholes / a mask are never routed."""
     import fastrnn.layers as layers
     from fastrnn import _backward
+    fast = _backward.fused_lstm_forward_fast()
     rng = np.random.default_rng(B)
     x = rng.standard_normal((7, B, 5)).astype(dtype)
     lengths = rng.integers(0, 8, B)
@@ -774,27 +777,32 @@ def test_fused_lstm_route(dtype, B):
         return orig(self, *a, **k)
 
     old = layers._FUSED_LSTM_MIN_B
+    rtol, atol = _tol(dtype)
     try:
         fastrnn.LSTM._fused_lstm_dir = counted
         for nt in (1, 2, 3):
             layer = fastrnn.LSTM(5, 13, num_layers=2, bidirectional=True, dtype=dtype,
                                  seed=B + nt, num_threads=nt)
+            back = fastrnn.LSTM(5, 13, go_backwards=True, dtype=dtype, seed=B, num_threads=nt)
             for kw in (dict(), dict(lengths=lengths), dict(hx=hx, lengths=lengths)):
-                layers._FUSED_LSTM_MIN_B = 16
-                n0 = len(calls)
-                a = layer(x, **kw)
-                assert len(calls) - n0 == (2 if _backward.fused_lstm_forward_fast() else 0)
-                if "hx" not in kw:            # (the reference starts from zero states)
-                    _check(layer, x, **kw)
-                a_last = layer(x, return_sequences=False, **kw)
-                layers._FUSED_LSTM_MIN_B = 0
-                b = layer(x, **kw)
-                b_last = layer(x, return_sequences=False, **kw)
-                rtol, atol = _tol(dtype)
-                for u, v in ((a[0], b[0]), (a[1][0], b[1][0]), (a[1][1], b[1][1]),
-                             (a_last[0], b_last[0]), (a_last[1][1], b_last[1][1])):
-                    np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
-        layers._FUSED_LSTM_MIN_B = 16
+                for mode in (1, -1):      # forced from one sequence on; the rule
+                    layers._FUSED_LSTM_MIN_B = mode
+                    want = fast and (mode == 1 or (_backward.fused_lstm_route_at(nt, B)
+                                                   and ("lengths" not in kw or B >= 16)))
+                    n0 = len(calls)
+                    a = layer(x, **kw)
+                    assert len(calls) - n0 == (4 if want else 0)
+                    if "hx" not in kw:            # (the reference starts from zero states)
+                        _check(layer, x, **kw)
+                        _check(back, x, **kw)
+                    a_last = layer(x, return_sequences=False, **kw)
+                    layers._FUSED_LSTM_MIN_B = 0
+                    b = layer(x, **kw)
+                    b_last = layer(x, return_sequences=False, **kw)
+                    for u, v in ((a[0], b[0]), (a[1][0], b[1][0]), (a[1][1], b[1][1]),
+                                 (a_last[0], b_last[0]), (a_last[1][1], b_last[1][1])):
+                        np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+        layers._FUSED_LSTM_MIN_B = 1
         n0 = len(calls)
         peep = fastrnn.LSTM(5, 13, peepholes=True, dtype=dtype, seed=1, num_threads=2)
         _check(peep, x)
