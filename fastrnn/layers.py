@@ -47,11 +47,11 @@ _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
 # Plain LSTM directions run through the training forward (``_fused_lstm_dir``, AVX2
 # 4 x 3 kernel) at the batch sizes where it measured faster than the packed inference
-# kernel (``_backward.fused_lstm_route_at``), while its scratch (gates, cell states and
-# outputs: 6H values a row) stays under the cap.  -1: that rule; 0: never; n > 0: from
-# n sequences on (tests).
+# kernel (``_backward.fused_lstm_route_at``), in chunks of steps with about
+# _FUSED_LSTM_CHUNK_BYTES of scratch (gates, cell states, outputs).  -1: that rule;
+# 0: never; n > 0: from n sequences on (tests).
 _FUSED_LSTM_MIN_B = -1
-_FUSED_LSTM_MAX_BYTES = 64 << 20
+_FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
 def _fused_lstm_ok(B, nt, ragged):
@@ -607,37 +607,63 @@ class RNNBase:
         """One direction of a plain LSTM layer through the training forward
         (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, rows or units
         split over the threads), which measured faster than the packed inference kernel
-        where ``_fused_lstm_ok`` says; its gate and cell-state rows are scratch here.
-        A reverse direction runs on its rows gathered in step order (each sequence
-        reversed within its length) and scatters its outputs back.  Updates h_k, c_k
-        (final states, sorted order) and writes the outputs into out unless last_only."""
+        where ``_fused_lstm_ok`` says.  Its gate and cell-state rows are scratch here, so
+        the steps go in chunks of about ``_FUSED_LSTM_CHUNK_BYTES`` of scratch, the state
+        carried from one to the next (memory O(B*H) however long the input).  A reverse
+        direction runs on its rows gathered in step order (each sequence reversed within
+        its length) and scatters its outputs back.  Updates h_k, c_k (final states,
+        sorted order) and writes the outputs into out unless last_only."""
         from . import _backward
-        dt, H, N = self.dtype, self.hidden_size, inp.shape[0]
+        dt, H, N, I = self.dtype, self.hidden_size, inp.shape[0], inp.shape[1]
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
         whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
         B = h_k.shape[0]
+        S = len(nsteps)
         lens = slens if perm is not None else np.full(B, Teff, np.intp)
         if reverse:
             # step-order row k reads time-order row ridx[k] (an involution)
-            s_of = np.repeat(np.arange(len(nsteps), dtype=np.intp), nsteps)
+            s_of = np.repeat(np.arange(S, dtype=np.intp), nsteps)
             b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
             ridx = offsets[lens[b_of] - 1 - s_of] + b_of
-            inp = inp[ridx]
-        if last_only or reverse:
-            y, ycol = np.empty((N, H), dt), 0
-        else:
-            y, ycol = out, d * H
-        gates = np.empty((N, 4 * H), dt)
-        cs = np.empty((N, H), dt)
-        _backward.forward(1, inp, wih, whh, bias, np.zeros(H, dt), np.zeros((1, 1), dt),
-                          offsets, nsteps, h_k, c_k, y, ycol, gates, cs, H, 0, 0, 0, nt)
-        has = lens > 0
-        last = offsets[np.maximum(lens, 1) - 1] + np.arange(B)
-        h_k[has] = y[last[has], ycol:ycol + H]
-        c_k[has] = cs[last[has]]
-        if reverse and not last_only:
-            out[:, d * H:(d + 1) * H] = y[ridx]
+        own_y = last_only or reverse
+        # scratch per row: gates 4H, cell states H, outputs H (own_y), input I (reverse)
+        row_bytes = (5 * H + (H if own_y else 0) + (I if reverse else 0)) * dt.itemsize
+        rows_max = max(int(nsteps[0]), _FUSED_LSTM_CHUNK_BYTES // max(1, row_bytes))
+        ends = offsets + nsteps                     # row after each step's last
+        dummy = np.zeros((1, 1), dt)
+        zeros_h = np.zeros(H, dt)
+        s0 = 0
+        scratch = None
+        while s0 < S:
+            # steps [s0, s1): as many as fit in rows_max rows (at least one)
+            r0 = int(offsets[s0])
+            s1 = max(s0 + 1, int(np.searchsorted(ends, r0 + rows_max, side="right")))
+            s1 = min(s1, S)
+            r1 = int(ends[s1 - 1])
+            n = r1 - r0
+            if scratch is None:
+                rows = n if s1 == S else rows_max
+                scratch = (np.empty((rows, 4 * H), dt), np.empty((rows, H), dt),
+                           np.empty((rows, H), dt) if own_y else None)
+            gates, cs = scratch[0][:n], scratch[1][:n]
+            if own_y:
+                y, ycol = scratch[2][:n], 0
+            else:
+                y, ycol = out[r0:r1], d * H
+            x = inp[ridx[r0:r1]] if reverse else inp[r0:r1]
+            offs = np.ascontiguousarray(offsets[s0:s1] - r0)
+            nst = np.ascontiguousarray(nsteps[s0:s1])
+            _backward.forward(1, x, wih, whh, bias, zeros_h, dummy, offs, nst, h_k, c_k,
+                              y, ycol, gates, cs, H, 0, 0, 0, nt)
+            # sequences active in the chunk: their state after their last step in it
+            act = int(nsteps[s0])
+            last = offsets[np.minimum(lens[:act], s1) - 1] + np.arange(act) - r0
+            h_k[:act] = y[last, ycol:ycol + H]
+            c_k[:act] = cs[last]
+            if reverse and not last_only:
+                out[ridx[r0:r1], d * H:(d + 1) * H] = y
+            s0 = s1
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
@@ -701,7 +727,6 @@ class RNNBase:
             chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
             # plain LSTM directions through the training forward (see _fused_lstm_ok)
             routed = (cell == 1 and not self.proj_size and not has_mask
-                      and N * 6 * H * dt.itemsize <= _FUSED_LSTM_MAX_BYTES
                       and all(self._fast_acts(d) for d in range(D))
                       and _fused_lstm_ok(B, nt, perm is not None))
             for layer in range(L):

@@ -756,7 +756,8 @@ def test_fused_lstm_route(dtype, B):
     """Plain LSTM directions run through the training forward (AVX2 4 x 3 kernel) where
     ``_backward.fused_lstm_route_at`` says (and, ragged, from 16 sequences on): forced on
     (every batch size) and by the automatic rule, against the NumPy reference and the
-    packed kernel (route off), stacked and bidirectional (the reverse direction gathers
+    packed kernel (route off), in one chunk of steps, a step per chunk and a few steps per
+    chunk (state carried), stacked and bidirectional (the reverse direction gathers
     its rows), go_backwards, lengths (zero-length sequences keep their initial state),
     initial states, return_sequences=False, 1-3 threads; counts the routed directions;
     peepholes / a mask are never routed."""
@@ -776,7 +777,7 @@ def test_fused_lstm_route(dtype, B):
         calls.append(1)
         return orig(self, *a, **k)
 
-    old = layers._FUSED_LSTM_MIN_B
+    old = layers._FUSED_LSTM_MIN_B, layers._FUSED_LSTM_CHUNK_BYTES
     rtol, atol = _tol(dtype)
     try:
         fastrnn.LSTM._fused_lstm_dir = counted
@@ -785,8 +786,10 @@ def test_fused_lstm_route(dtype, B):
                                  seed=B + nt, num_threads=nt)
             back = fastrnn.LSTM(5, 13, go_backwards=True, dtype=dtype, seed=B, num_threads=nt)
             for kw in (dict(), dict(lengths=lengths), dict(hx=hx, lengths=lengths)):
-                for mode in (1, -1):      # forced from one sequence on; the rule
+                for mode, chunk in ((1, 32 << 20), (-1, 32 << 20), (1, 1), (1, 5000)):
+                    # forced from one sequence on, the rule; chunks of one step, ~5 kB
                     layers._FUSED_LSTM_MIN_B = mode
+                    layers._FUSED_LSTM_CHUNK_BYTES = chunk
                     want = fast and (mode == 1 or (_backward.fused_lstm_route_at(nt, B)
                                                    and ("lengths" not in kw or B >= 16)))
                     n0 = len(calls)
@@ -811,4 +814,4 @@ def test_fused_lstm_route(dtype, B):
         assert len(calls) == n0
     finally:
         fastrnn.LSTM._fused_lstm_dir = orig
-        layers._FUSED_LSTM_MIN_B = old
+        layers._FUSED_LSTM_MIN_B, layers._FUSED_LSTM_CHUNK_BYTES = old
