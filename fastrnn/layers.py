@@ -51,6 +51,8 @@ _SMALL_CHUNK_BYTES = 512 << 10
 # _FUSED_LSTM_CHUNK_BYTES of scratch (gates, cell states, outputs).  -1: that rule;
 # 0: never; n > 0: from n sequences on (tests).
 _FUSED_LSTM_MIN_B = -1
+# prefix masks run as lengths (False: through the mask kernels; tests)
+_MASK_AS_LENGTHS = True
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
@@ -677,6 +679,21 @@ class RNNBase:
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
 
+        # a mask that is a prefix per sequence (right padding, as Keras's mask_zero on
+        # padded ids gives) means lengths: the padding is then not computed.  Masked
+        # steps carry the state, so only the outputs differ: "carry" repeats the last
+        # output of a forward direction (a reverse one starts in the padding: zeros)
+        carry_cols = ()
+        if mask is not None and lengths is None and _MASK_AS_LENGTHS:
+            m = self._time_major_mask(mask, T, B, unbatched)
+            mlens = m.sum(axis=0)
+            if B and mlens.min() == T:
+                mask = None                         # nothing masked: the dense call
+            elif np.array_equal(m, np.arange(T)[:, None] < mlens):
+                lengths, mask = mlens, None
+                if return_sequences and masked_output == "carry":
+                    carry_cols = [d for d in range(D) if (d == 1) == self.go_backwards]
+
         # ---- packing (sorted by length, longest first) or dense
         perm = None
         if lengths is not None:
@@ -802,6 +819,11 @@ class RNNBase:
             tmp[valid] = out
             output = np.zeros((T, B, D * Hout), dt)
             output[:Teff, perm] = tmp
+            if carry_cols:       # from the mask: step t >= length repeats length - 1
+                t_src = np.minimum(np.arange(T)[:, None], np.maximum(lengths - 1, 0))
+                for d in carry_cols:
+                    c = slice(d * Hout, (d + 1) * Hout)
+                    output[:, :, c] = output[t_src, np.arange(B), c]
             inv = np.empty_like(perm)
             inv[perm] = np.arange(B)
             h_state = h_state[:, inv]
@@ -809,7 +831,9 @@ class RNNBase:
                 c_state = c_state[:, inv]
         else:
             output = out.reshape(T, B, D * Hout)
-        if unbatched:
+        if not return_sequences:
+            pass                    # (B, D*Hout), or unbatched (D*Hout,): done above
+        elif unbatched:
             output = output[:, 0]
             h_state = h_state[:, 0]
             if c_state is not None:

@@ -342,3 +342,108 @@ def test_keras_wrapper_mask_follows_keras_definition(cell, go_backwards, zero_ou
     ref_out, ref_h, _ = _keras_rule(fwd, np.ascontiguousarray(xs), ms, zero_output=zero_output)
     np.testing.assert_allclose(seq, _bf(ref_out, True), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h, ref_h[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell,bi,layers,init,masked_output", MASK_CONFIGS)
+def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monkeypatch):
+    """A mask that is a prefix of each sequence (right padding) runs as lengths (the
+    padding is not computed): Keras's rule, and the mask kernels' results (the conversion
+    off), for the outputs (carry repeats a forward direction's last output) and the final
+    states; return_sequences=False, batch_first, go_backwards, unbatched; a mask that is
+    not a prefix keeps the mask kernels."""
+    import fastrnn.layers as layers_mod
+    calls = []
+    orig = layers_mod.sort_by_length
+    monkeypatch.setattr(layers_mod, "sort_by_length",
+                        lambda *a: calls.append(1) or orig(*a))
+    layer = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24)
+    x, hx = _inputs(layer, seed=25, dtype=np.float64)
+    hx = hx if init else None
+    lens = np.array([3, 9, 0, 5, 9, 2])
+    mask = np.arange(T)[:, None] < lens[None, :]
+    kw = dict(mask=mask, masked_output=masked_output)
+    out, hn = layer(x, hx, **kw)
+    assert len(calls) == 1
+    ref_out, ref_h, ref_c = _keras_rule(layer, x, mask, hx, zero_output=masked_output == "zero")
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    st = _states(hn)
+    np.testing.assert_allclose(st[0], ref_h, rtol=1e-10, atol=1e-12)
+    if ref_c is not None:
+        np.testing.assert_allclose(st[1], ref_c, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", False)
+    variants = [(layer, x, hx, mask, {}), (layer, x, hx, mask, dict(return_sequences=False))]
+    bf = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24,
+                     batch_first=True)
+    variants.append((bf, _bf(x, True), hx, mask.T, {}))
+    variants.append((bf, _bf(x, True), hx, mask.T, dict(return_sequences=False)))
+    gb = CELLS[cell](num_layers=layers, go_backwards=True, dtype=np.float64, seed=24)
+    variants.append((gb, x, None, mask, {}))
+    variants.append((layer, x[:, 0], None, mask[:, 0], {}))             # unbatched
+    variants.append((layer, x[:, 2], None, mask[:, 2], {}))             # all padding
+    for lay, xx, h, m, extra in variants:
+        monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", False)
+        a = lay(xx, h, mask=m, masked_output=masked_output, **extra)
+        monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", True)
+        n0 = len(calls)
+        b = lay(xx, h, mask=m, masked_output=masked_output, **extra)
+        assert len(calls) == n0 + 1
+        for u, v in zip([a[0]] + _states(a[1]), [b[0]] + _states(b[1])):
+            assert u.shape == v.shape
+            np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+    n0 = len(calls)
+    full = np.ones_like(mask)                            # nothing masked: the dense call
+    o2, h2 = layer(x, hx, mask=full, masked_output=masked_output)
+    o3, h3 = layer(x, hx)
+    assert len(calls) == n0
+    for u, v in zip([o2] + _states(h2), [o3] + _states(h3)):
+        np.testing.assert_array_equal(u, v)
+    holes = mask.copy()
+    holes[1, 1] = False                                  # not a prefix: the mask kernels
+    o1, _ = layer(x, hx, mask=holes, masked_output=masked_output)
+    assert len(calls) == n0
+    ref1, _, _ = _keras_rule(layer, x, holes, hx, zero_output=masked_output == "zero")
+    np.testing.assert_allclose(o1, ref1, rtol=1e-10, atol=1e-12)
+
+
+def test_prefix_mask_takes_the_lstm_route():
+    """A right-padded Keras-style mask on a plain LSTM batch of 16+ runs through the
+    training forward's route (lengths), with Keras's outputs."""
+    from fastrnn import _backward
+    calls = []
+    orig = fastrnn.LSTM._fused_lstm_dir
+    layer = fastrnn.LSTM(4, 6, bidirectional=True, seed=3, num_threads=2)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, 16, 4)).astype(np.float32)
+    lens = rng.integers(0, T + 1, 16)
+    mask = np.arange(T)[:, None] < lens[None, :]
+    try:
+        fastrnn.LSTM._fused_lstm_dir = lambda self, *a: calls.append(1) or orig(self, *a)
+        out, (h, c) = layer(x, mask=mask)
+    finally:
+        fastrnn.LSTM._fused_lstm_dir = orig
+    assert len(calls) == (2 if _backward.fused_lstm_forward_fast() else 0)
+    ref_out, ref_h, ref_c = _keras_rule(layer, x, mask)
+    np.testing.assert_allclose(out, ref_out, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(h, ref_h, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(c, ref_c, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_return_sequences_false_layouts(cell):
+    """return_sequences=False with batch_first and with unbatched input (both used to fail
+    in the unpacking): the last layer's final states, as from the full output."""
+    layer = CELLS[cell](num_layers=2, bidirectional=True, seed=5, batch_first=True)
+    x, _ = _inputs(layer, seed=6)
+    xb = _bf(x, True)
+    out, hn = layer(xb)
+    last, hn2 = layer(xb, return_sequences=False)
+    H = layer.output_size
+    assert last.shape == (B, 2 * H)
+    np.testing.assert_allclose(last[:, :H], out[:, -1, :H], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(last[:, H:], out[:, 0, H:], rtol=1e-6, atol=1e-7)
+    for u, v in zip(_states(hn), _states(hn2)):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    one, h1 = layer(xb[2], return_sequences=False)              # unbatched (T, I)
+    assert one.shape == (2 * H,)
+    np.testing.assert_allclose(one, last[2], rtol=1e-6, atol=1e-7)
+    assert _states(h1)[0].shape == (4, H)
