@@ -146,6 +146,35 @@ def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def carry_fill(output, lengths, cols, Hout):
+    """Time-major output (T, B, D*Hout), in place: in directions ``cols``, step t >= the
+    sequence's length repeats step length - 1 (zeros stay zeros for length 0)."""
+    if not len(cols):
+        return
+    T, B = output.shape[0], output.shape[1]
+    t_src = np.minimum(np.arange(T)[:, None], np.maximum(np.asarray(lengths) - 1, 0))
+    for d in cols:
+        c = slice(d * Hout, (d + 1) * Hout)
+        output[:, :, c] = output[t_src, np.arange(B), c]
+
+
+def carry_grad(go, lengths, cols, Hout):
+    """The output gradient for carry_fill's outputs: a copy of time-major ``go`` where, in
+    directions ``cols``, the gradients of steps >= a length are added to step length - 1
+    (and dropped for length 0, whose outputs are constant)."""
+    go = np.array(go, copy=True)
+    T, B = go.shape[0], go.shape[1]
+    lens = np.asarray(lengths)
+    after = np.arange(T)[:, None] >= lens[None, :]                     # (T, B)
+    has = np.nonzero(lens > 0)[0]
+    for d in cols:
+        c = slice(d * Hout, (d + 1) * Hout)
+        tail = np.where(after[:, :, None], go[:, :, c], 0).sum(axis=0)   # (B, Hout)
+        go[lens[has] - 1, has, c] += tail[has]
+        go[:, :, c][after] = 0
+    return go
+
+
 def sort_by_length(lengths, B: int, T: int):
     """Validate per-sequence ``lengths`` of a ``(T, B)`` batch and sort them longest
     first, as the packed kernels want.  Returns ``(perm, sorted_lengths, T_eff, valid,
@@ -523,6 +552,23 @@ class RNNBase:
                   else self._check_state("c0", c0, B, self.hidden_size, unbatched))
         return x, unbatched, h0, c0
 
+    def _mask_as_lengths(self, mask, lengths, T, B, unbatched, carry):
+        """``(lengths, mask, carry_cols)``: a mask that is a prefix of each sequence (right
+        padding) becomes lengths, an all-True one nothing; carry_cols: the directions
+        whose outputs past a length then repeat its last output (``carry``: the forward
+        ones; a reverse direction starts in the padding, where Keras's outputs are
+        zeros).  Anything else is returned as it came."""
+        if mask is None or lengths is not None or not _MASK_AS_LENGTHS:
+            return lengths, mask, ()
+        m = self._time_major_mask(mask, T, B, unbatched)
+        mlens = m.sum(axis=0)
+        if B and mlens.min() == T:
+            return None, None, ()                       # nothing masked: the dense call
+        if not np.array_equal(m, np.arange(T)[:, None] < mlens):
+            return lengths, mask, ()
+        cols = [d for d in range(self.num_directions) if (d == 1) == self.go_backwards]
+        return mlens, None, (cols if carry else ())
+
     def _time_major_mask(self, mask, T, B, unbatched):
         """The user's mask, validated, as a bool ``(T, B)`` array."""
         m = np.asarray(mask)
@@ -683,16 +729,8 @@ class RNNBase:
         # padded ids gives) means lengths: the padding is then not computed.  Masked
         # steps carry the state, so only the outputs differ: "carry" repeats the last
         # output of a forward direction (a reverse one starts in the padding: zeros)
-        carry_cols = ()
-        if mask is not None and lengths is None and _MASK_AS_LENGTHS:
-            m = self._time_major_mask(mask, T, B, unbatched)
-            mlens = m.sum(axis=0)
-            if B and mlens.min() == T:
-                mask = None                         # nothing masked: the dense call
-            elif np.array_equal(m, np.arange(T)[:, None] < mlens):
-                lengths, mask = mlens, None
-                if return_sequences and masked_output == "carry":
-                    carry_cols = [d for d in range(D) if (d == 1) == self.go_backwards]
+        lengths, mask, carry_cols = self._mask_as_lengths(
+            mask, lengths, T, B, unbatched, masked_output == "carry" and return_sequences)
 
         # ---- packing (sorted by length, longest first) or dense
         perm = None
@@ -819,11 +857,7 @@ class RNNBase:
             tmp[valid] = out
             output = np.zeros((T, B, D * Hout), dt)
             output[:Teff, perm] = tmp
-            if carry_cols:       # from the mask: step t >= length repeats length - 1
-                t_src = np.minimum(np.arange(T)[:, None], np.maximum(lengths - 1, 0))
-                for d in carry_cols:
-                    c = slice(d * Hout, (d + 1) * Hout)
-                    output[:, :, c] = output[t_src, np.arange(B), c]
+            carry_fill(output, lengths, carry_cols, Hout)
             inv = np.empty_like(perm)
             inv[perm] = np.arange(B)
             h_state = h_state[:, inv]

@@ -90,6 +90,7 @@ class TrainCache:
     """What :func:`forward_train` keeps for :func:`backward` (opaque; see ``nbytes``)."""
 
     general = False       # made by the NumPy path (fastrnn._train_general)
+    carry = None          # (lengths, directions) when a right-padding mask ran as lengths
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -176,10 +177,20 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     x, unbatched, h0, c0 = layer._prepare(x, hx)
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
-    if _train_general.needs_general(layer, mask):
-        return _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
-                                masked_output == "zero")
+    from .layers import carry_fill
     T, B = x.shape[0], x.shape[1]
+    # a right-padding mask runs as lengths (as in the layer call; see _mask_as_lengths)
+    lengths, mask, carry_cols = layer._mask_as_lengths(mask, lengths, T, B, unbatched,
+                                                       masked_output == "carry")
+    if _train_general.needs_general(layer, mask):
+        res = _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
+                               masked_output == "zero")
+        if carry_cols:
+            out = res[0][:, None] if unbatched else \
+                res[0].transpose(1, 0, 2) if layer.batch_first else res[0]
+            carry_fill(out, lengths, carry_cols, layer.output_size)
+            res[-1].carry = (lengths, carry_cols)
+        return res
     H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
     P = layer.proj_size
     G = layer.gate_count
@@ -273,6 +284,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         tmp[valid] = out
         output = np.zeros((T, B, D * Hout), dt)
         output[:Teff, perm] = tmp
+        carry_fill(output, lengths, carry_cols, Hout)
         inv = np.empty_like(perm)
         inv[perm] = np.arange(B)
         h_n = hT[:, inv]
@@ -292,7 +304,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         layer_id=id(layer), params=params, version=version, T=T, B=B, Teff=Teff,
         unbatched=unbatched, batch_first=layer.batch_first, perm=perm, valid=valid,
         nsteps=nsteps, offsets=offsets, ridx=ridx, xin=xin, outs=outs, saved=saved,
-        h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False)
+        h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False,
+        carry=(lengths, carry_cols) if carry_cols else None)
     if lstm:
         return output, (h_n, np.ascontiguousarray(c_n)), cache
     return output, h_n, cache
@@ -336,6 +349,9 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     lstm = layer._cell == "LSTM"
     T, B = cache.T, cache.B
     go = _time_major_grad(layer, cache, grad_output)
+    if go is not None and cache.carry is not None:    # outputs repeated past a length
+        from .layers import carry_grad
+        go = carry_grad(go, cache.carry[0], cache.carry[1], Hout)
     dhs, dcs = _state_grads(layer, cache, grad_state)
     if cache.general:
         from . import _train_general

@@ -509,3 +509,50 @@ def test_release_scratch():
     g2 = layer.backward(cache, np.ones_like(out))            # allocates again
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k])
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("masked_output", ["carry", "zero"])
+def test_prefix_mask_trains_as_lengths(cell, masked_output):
+    """forward_train / backward with a right-padding mask run as lengths on the kernels
+    (not the NumPy mask path): outputs, final states and every gradient equal the mask
+    path's (the conversion off; that path is checked against finite differences and
+    Keras), with the carried outputs' gradients folded into each last valid step; uni-
+    and bidirectional, go_backwards, batch_first, 2 layers, lengths 0..T; with ``clip``
+    (NumPy path either way) too."""
+    import fastrnn.layers as layers_mod
+    rng = np.random.default_rng(7)
+    T, B = 6, 4
+    lens = np.array([6, 3, 0, 1])
+    try:
+        for bi, gb, bf, clip in itertools.product((False, True), (False, True),
+                                                  (False, True), (None, 3.0)):
+            if clip and cell == "SimpleRNN":
+                continue
+            kw = dict(clip=clip) if clip else {}
+            layer = getattr(fastrnn, cell)(4, 5, bidirectional=bi, go_backwards=gb,
+                                           num_layers=2, seed=1, batch_first=bf,
+                                           dtype="float64", **kw)
+            x = rng.standard_normal((B, T, 4) if bf else (T, B, 4))
+            m = np.arange(T)[:, None] < lens
+            m = m.T if bf else m
+            res = []
+            for conv in (False, True):
+                layers_mod._MASK_AS_LENGTHS = conv
+                o, st, cache = layer.forward_train(x, mask=m, masked_output=masked_output)
+                assert cache.general == (not conv or clip is not None)
+                sts = list(st) if isinstance(st, tuple) else [st]
+                gy = np.random.default_rng(5).standard_normal(o.shape)
+                gs = [np.random.default_rng(6 + i).standard_normal(s.shape)
+                      for i, s in enumerate(sts)]
+                g = layer.backward(cache, gy, tuple(gs) if len(gs) == 2 else gs[0])
+                res.append((o, sts, g))
+            (o1, s1, g1), (o2, s2, g2) = res
+            np.testing.assert_allclose(o2, o1, rtol=1e-10, atol=1e-12)
+            for a, b in zip(s1, s2):
+                np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+            assert set(g1) == set(g2)
+            for k in g1:
+                np.testing.assert_allclose(g2[k], g1[k], rtol=1e-9, atol=1e-11, err_msg=k)
+    finally:
+        layers_mod._MASK_AS_LENGTHS = True
