@@ -1101,6 +1101,26 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
  * barrier in all, after the packing).  Sharing each chunk's projection instead cost a
  * barrier per chunk, and on a noisy VM the threads' drift summed over those barriers
  * (measured on a Zen 3 VM, B=64 H=512: 10-30 ms of waiting in a ~100 ms forward). */
+/* Where thread t's rows start in the row split: sequences sorted longest first (step s
+ * has rows [0, nsteps[s])), so the first b rows hold W(b) = sum_s min(nsteps[s], b) row
+ * steps; the bound is the smallest b with W(b) >= t * N / nt (N = all row steps): even
+ * work for ragged batches (the halves of the rows could differ 2x), t * B / nt rounded
+ * up for dense ones.  Binary search, O(S log B). */
+static int frbg_row_bound(int S, const ptrdiff_t* nsteps, int t, int nt) {
+    ptrdiff_t N = 0, target;
+    int s, lo = 0, hi = (int)nsteps[0];
+    if (t <= 0) return 0;
+    if (t >= nt) return hi;
+    for (s = 0; s < S; s++) N += nsteps[s];
+    target = (ptrdiff_t)((double)N * t / nt);
+    while (lo < hi) {            /* smallest b in [0, B] with W(b) >= target */
+        int mid = lo + (hi - lo) / 2;
+        ptrdiff_t w = 0;
+        for (s = 0; s < S && nsteps[s] > 0; s++) w += nsteps[s] < mid ? nsteps[s] : mid;
+        if (w >= target) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+}
 static int frbg_fwd_rowsplit = 0;   /* _backward._set_fwd_rowsplit (tests, A/B runs) */
 static int frbg_fwd_rowsplit_at(int nt, int B) {
     if (nt < 2) return 0;
@@ -1158,8 +1178,8 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         }                                                                              \
         /* this thread's rows [b0, b1) of every step and panels [q0, q1) (units [v0, v1)): \
          * all rows of its own panels, or its own rows of all panels */               \
-        int b0 = rowsplit ? (int)(t * nsteps[0] / ntt) : 0;                            \
-        int b1 = rowsplit ? (int)((t + 1) * nsteps[0] / ntt) : (int)nsteps[0];         \
+        int b0 = rowsplit ? frbg_row_bound(S, nsteps, t, ntt) : 0;                     \
+        int b1 = rowsplit ? frbg_row_bound(S, nsteps, t + 1, ntt) : (int)nsteps[0];    \
         int q0 = rowsplit ? 0 : p0, q1 = rowsplit ? nbk : p1;                          \
         int v0 = rowsplit ? 0 : u0, v1 = rowsplit ? H : u1;                            \
         for (s = 0; s < S; s++) {                                                      \
