@@ -266,6 +266,11 @@ def test_mask_equals_keras_rule(cell, bi, layers, init, masked_output):
     x, hx = _inputs(layer, seed=22, dtype=np.float64)
     hx = hx if init else None
     mask = _random_mask(23)
+    _assert_keras_rule(layer, x, hx, mask, masked_output)
+
+
+def _assert_keras_rule(layer, x, hx, mask, masked_output):
+    """The layer's masked call (float64) equals _keras_rule: outputs and final states."""
     out, hn = layer(x, hx, mask=mask, masked_output=masked_output)
     ref_out, ref_h, ref_c = _keras_rule(layer, x, mask, hx, zero_output=masked_output == "zero")
     np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
@@ -361,15 +366,8 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     hx = hx if init else None
     lens = np.array([3, 9, 0, 5, 9, 2])
     mask = np.arange(T)[:, None] < lens[None, :]
-    kw = dict(mask=mask, masked_output=masked_output)
-    out, hn = layer(x, hx, **kw)
+    _assert_keras_rule(layer, x, hx, mask, masked_output)
     assert len(calls) == 1
-    ref_out, ref_h, ref_c = _keras_rule(layer, x, mask, hx, zero_output=masked_output == "zero")
-    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
-    st = _states(hn)
-    np.testing.assert_allclose(st[0], ref_h, rtol=1e-10, atol=1e-12)
-    if ref_c is not None:
-        np.testing.assert_allclose(st[1], ref_c, rtol=1e-10, atol=1e-12)
     monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", False)
     variants = [(layer, x, hx, mask, {}), (layer, x, hx, mask, dict(return_sequences=False))]
     bf = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24,
