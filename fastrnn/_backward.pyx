@@ -252,8 +252,8 @@ def _set_fwd_rowsplit(int n):
     """Tests / A-B runs: the LSTM training forward splits by batch rows (each thread its
     own rows of every step) from n sequences on with 2+ threads, below that by units;
     0 (the default): by the measured rule (rows from 11 sequences on with 2 threads, and
-    at 4 rows a thread).  Returns the previous value.  Module-global: not while another thread
-    runs a layer."""
+    at 4 rows a thread).  Returns the previous value.  Module-global: not while another
+    thread runs a layer."""
     global frbg_fwd_rowsplit
     old = frbg_fwd_rowsplit
     frbg_fwd_rowsplit = n
@@ -262,7 +262,7 @@ def _set_fwd_rowsplit(int n):
 
 def fused_lstm_forward_fast():
     """True where the LSTM training forward (frbg_lstm_fwd) runs on the AVX2 4 x 3
-    kernel: measured faster than the packed inference kernel from 16 sequences on."""
+    kernel (plain LSTM inference then takes it where fused_lstm_route_at says)."""
     return frbg_level() == 1 and (frbg_use43 & 1) != 0 and fr_can_pipeline() != 0
 
 

@@ -64,8 +64,8 @@ def _fused_lstm_ok(B, nt, ragged):
         return False
     if _FUSED_LSTM_MIN_B > 0:
         return B >= _FUSED_LSTM_MIN_B
-    # ragged batches split their rows unevenly between threads: from 16 sequences on
-    # (B = 8, lengths T/2..T, 2 threads: 1.03-1.05x the kernel's time)
+    # ragged batches from 16 sequences on (routed / kernel with lengths T/2..T, 2
+    # threads: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
     return _backward.fused_lstm_route_at(nt, B) and (not ragged or B >= 16)
 
 

@@ -169,7 +169,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     Same arguments and results as calling the layer, plus the cache: returns
     ``(output, h_n, cache)`` (LSTM: ``(output, (h_n, c_n), cache)``).  Default
     activations without ``mask``, ``clip``, peepholes or ``input_forget`` run on the
-    Cython kernels; anything else on the NumPy path of :mod:`fastrnn._train_general`.
+    Cython kernels (a right-padding mask too: as lengths); anything else on the NumPy
+    path of :mod:`fastrnn._train_general`.
     """
     from . import _backward, _train_general
     _hook_blas()
