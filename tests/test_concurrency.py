@@ -120,3 +120,39 @@ def test_gil_released_during_compute():
     # a pure-Python loop does well over 1e5 increments per second when it gets the GIL
     assert elapsed > 0.02
     assert ticks[0] > 1000 * elapsed * 10, (ticks[0], elapsed)
+
+
+def test_lstm_route_and_masks_from_threads():
+    """Plain LSTM calls that take the training-forward route (B = 4 on one thread, 8 and
+    16+ on two; the reverse direction gathered; chunks of steps) and right-padding masks
+    run as lengths, from 4 Python threads at once: the same bits as one at a time."""
+    import fastrnn.layers as layers_mod
+    layer = fastrnn.LSTM(6, 24, bidirectional=True, num_layers=2, seed=7)
+    rng = np.random.default_rng(7)
+    calls = []
+    for i in range(24):
+        B = (4, 8, 16, 20)[i % 4]
+        nt = 1 if B == 4 else 2
+        x = rng.standard_normal((9, B, 6)).astype(np.float32)
+        lens = rng.integers(0, 10, B)
+        kw = [{}, {"lengths": lens}, {"mask": np.arange(9)[:, None] < lens}][i % 3]
+        calls.append((x, nt, kw))
+    old = layers_mod._FUSED_LSTM_CHUNK_BYTES
+    layers_mod._FUSED_LSTM_CHUNK_BYTES = 20000           # a few steps per chunk
+    try:
+        ref = [layer(x, num_threads=nt, **kw) for x, nt, kw in calls]
+        got = {}
+
+        def call(k, i):
+            j = (k * 6 + i) % len(calls)
+            x, nt, kw = calls[j]
+            got[k, i] = (j, layer(x, num_threads=nt, **kw))
+
+        _run_threads(call, 4, 12)
+    finally:
+        layers_mod._FUSED_LSTM_CHUNK_BYTES = old
+    assert len(got) == 48
+    for j, (out, (h, c)) in got.values():
+        np.testing.assert_array_equal(out, ref[j][0])
+        np.testing.assert_array_equal(h, ref[j][1][0])
+        np.testing.assert_array_equal(c, ref[j][1][1])
