@@ -1096,9 +1096,9 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_LSTM_FWD_ROWS)
 #endif
 /* LSTM training forward.  Small batch: split by units (each thread packs and reads only
  * its own panels of the weights, one barrier per step).  From about 5.5 sequences a
- * thread on (frbg_fwd_rowsplit_at): split by batch rows (rows are independent through time: each thread
- * projects and runs its own rows of every step, reading all the packed weights; one
- * barrier in all, after the packing).  Sharing each chunk's projection instead cost a
+ * thread on (frbg_fwd_rowsplit_at): split by batch rows (rows are independent through
+ * time: each thread projects and runs its own rows of every step (frbg_row_bound),
+ * reading all the packed weights; one barrier in all, after the packing).  Sharing each chunk's projection instead cost a
  * barrier per chunk, and on a noisy VM the threads' drift summed over those barriers
  * (measured on a Zen 3 VM, B=64 H=512: 10-30 ms of waiting in a ~100 ms forward). */
 /* Where thread t's rows start in the row split: sequences sorted longest first (step s

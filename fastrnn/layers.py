@@ -146,6 +146,19 @@ def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def reverse_rows(offsets, nsteps, lens):
+    """The rows of a reverse direction in the packed layout (steps at ``offsets``, step s
+    holding the ``nsteps[s]`` longest sequences; ``lens`` their sorted lengths): its
+    step-order row k reads time-order row ``ridx[k]`` (each sequence reversed within its
+    length; an involution)."""
+    N = int(np.sum(nsteps))
+    if N == 0:
+        return np.zeros(0, np.intp)
+    s_of = np.repeat(np.arange(len(nsteps), dtype=np.intp), nsteps)
+    b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
+    return offsets[lens[b_of] - 1 - s_of] + b_of
+
+
 def carry_fill(output, lengths, cols, Hout):
     """Time-major output (T, B, D*Hout), in place: in directions ``cols``, step t >= the
     sequence's length repeats step length - 1 (zeros stay zeros for length 0)."""
@@ -650,30 +663,25 @@ class RNNBase:
                                  int(self.input_forget), int(self.reset_after), self.dtype,
                                  _step_threads(self, nt))
 
-    def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, perm, slens, Teff,
-                        h_k, c_k, out, last_only, nt, reverse):
+    def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, lens, h_k, c_k, out,
+                        last_only, nt, ridx):
         """One direction of a plain LSTM layer through the training forward
         (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, rows or units
         split over the threads), which measured faster than the packed inference kernel
         where ``_fused_lstm_ok`` says.  Its gate and cell-state rows are scratch here, so
         the steps go in chunks of about ``_FUSED_LSTM_CHUNK_BYTES`` of scratch, the state
         carried from one to the next (memory O(B*H) however long the input).  A reverse
-        direction runs on its rows gathered in step order (each sequence reversed within
-        its length) and scatters its outputs back.  Updates h_k, c_k (final states,
-        sorted order) and writes the outputs into out unless last_only."""
+        direction (``ridx`` from ``reverse_rows``, else None) runs on its rows gathered
+        in step order and scatters its outputs back.  ``lens``: the sorted lengths.
+        Updates h_k, c_k (final states, sorted order) and writes the outputs into out
+        unless last_only."""
         from . import _backward
-        dt, H, N, I = self.dtype, self.hidden_size, inp.shape[0], inp.shape[1]
+        dt, H, I = self.dtype, self.hidden_size, inp.shape[1]
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
         whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
-        B = h_k.shape[0]
         S = len(nsteps)
-        lens = slens if perm is not None else np.full(B, Teff, np.intp)
-        if reverse:
-            # step-order row k reads time-order row ridx[k] (an involution)
-            s_of = np.repeat(np.arange(S, dtype=np.intp), nsteps)
-            b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
-            ridx = offsets[lens[b_of] - 1 - s_of] + b_of
+        reverse = ridx is not None
         own_y = last_only or reverse
         # scratch per row: gates 4H, cell states H, outputs H (own_y), input I (reverse)
         row_bytes = (5 * H + (H if own_y else 0) + (I if reverse else 0)) * dt.itemsize
@@ -784,6 +792,10 @@ class RNNBase:
             routed = (cell == 1 and not self.proj_size and not has_mask
                       and all(self._fast_acts(d) for d in range(D))
                       and _fused_lstm_ok(B, nt, perm is not None))
+            if routed:           # sorted lengths; the reverse directions' rows, once a call
+                lens = slens if perm is not None else np.full(B, Teff, np.intp)
+                ridx = (reverse_rows(offsets, nsteps, lens)
+                        if D == 2 or self.go_backwards else None)
             for layer in range(L):
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
@@ -815,9 +827,9 @@ class RNNBase:
                     fast = self._fast_acts(d)
                     reverse = (d == 1) != self.go_backwards
                     if routed:
-                        self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, perm,
-                                             slens, Teff, h_state[k], c_state[k], out,
-                                             last_only, nt, reverse)
+                        self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, lens,
+                                             h_state[k], c_state[k], out, last_only, nt,
+                                             ridx if reverse else None)
                         continue
                     wdp = (self._pack_wide(layer, d)
                            if _kernels.choose_path(cell, B, H, self.proj_size,

@@ -178,7 +178,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     x, unbatched, h0, c0 = layer._prepare(x, hx)
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
-    from .layers import carry_fill
+    from .layers import carry_fill, reverse_rows
     T, B = x.shape[0], x.shape[1]
     # a right-padding mask runs as lengths (as in the layer call; see _mask_as_lengths)
     lengths, mask, carry_cols = layer._mask_as_lengths(mask, lengths, T, B, unbatched,
@@ -187,9 +187,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         res = _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
                                masked_output == "zero")
         if carry_cols:
-            out = res[0][:, None] if unbatched else \
-                res[0].transpose(1, 0, 2) if layer.batch_first else res[0]
-            carry_fill(out, lengths, carry_cols, layer.output_size)
+            carry_fill(_time_major(res[0], unbatched, layer.batch_first), lengths,
+                       carry_cols, layer.output_size)
             res[-1].carry = (lengths, carry_cols)
         return res
     H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
@@ -214,10 +213,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     if Teff > 1:
         np.cumsum(nsteps[:-1], out=offsets[1:])
     N = xin.shape[0]
-    # step-order row k of a reverse direction reads time-order row ridx[k] (an involution)
-    s_of = np.repeat(np.arange(Teff, dtype=np.intp), nsteps)
-    b_of = np.arange(N, dtype=np.intp) - offsets[s_of]
-    ridx = offsets[slens[b_of] - 1 - s_of] + b_of if N else np.zeros(0, np.intp)
+    ridx = reverse_rows(offsets, nsteps, slens)    # rows of a reverse direction
     last = (offsets[np.maximum(slens, 1) - 1] + np.arange(B)) if Teff else np.zeros(B, np.intp)
     has_len = slens > 0
 
@@ -468,11 +464,15 @@ def _time_major_grad(layer, cache, grad_output):
     else:
         out_shape = (T, B, F)
     go = _grad_array("grad_output", grad_output, out_shape, layer.dtype)
-    if cache.unbatched:
-        go = go[:, None]
-    elif cache.batch_first:
-        go = go.transpose(1, 0, 2)
-    return go
+    return _time_major(go, cache.unbatched, cache.batch_first)
+
+
+def _time_major(a, unbatched, batch_first):
+    """A ``(T, B, F)`` view of an array in the caller's layout (``(T, F)`` unbatched,
+    ``(B, T, F)`` batch_first)."""
+    if unbatched:
+        return a[:, None]
+    return a.transpose(1, 0, 2) if batch_first else a
 
 
 def _state_grads(layer, cache, grad_state):
