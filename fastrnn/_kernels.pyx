@@ -120,6 +120,7 @@ cdef extern from "fr_kern.h":
     int fr_wide_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
     int fr_wide_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
     int fr_wide_rows() nogil
+    int fr_level() nogil
     void fr_act_array_f(int which, const float* x, float* y, Py_ssize_t n) nogil
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
     const char* fr_isa()
@@ -727,16 +728,39 @@ def wide_path_applies(int cell, int proj_size, int reset_after, int fast=1):
     return proj_size == 0 and bool(fast) and (cell != CELL_GRU or bool(reset_after))
 
 
+def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
+                  int itemsize=4):
+    """Whether an LSTM / GRU direction of ``batch`` rows runs faster on the batch-lane
+    kernel than on the packed one: with AVX-512 only (32 registers: 24 accumulators per
+    weight broadcast), from 16 rows with at most 1/8 of the lanes padding, and weights
+    (G*H*(I+H) values) of at least 1 MiB.  Measured on an Intel Xeon with AVX-512 (2
+    cores, 2 MiB L2 each; bench/bench_paths.py, batch-lane / packed time, 2 threads):
+    H=512 B=16..128 0.69-0.79 (B=72: 0.79), H=384 0.80-0.82, H=256 B=16/32/48 0.84-0.94,
+    LSTM H=192 0.95, one thread 0.79-0.88, float64 B=16/64 0.76-0.86; slower with padded
+    lanes (B=8, 12, 24: 1.07-1.58; float64 B=8 1.02) and small weights (GRU H=192 1.07,
+    H=128 1.0-1.16).  With AVX2 (16 registers) it measured 0.98-1.15 (Zen 3/4): not
+    taken there.  ``input_size`` < 0: the hidden size."""
+    cdef long G, lanes, padded, I = hidden_size if input_size < 0 else input_size
+    if cell == CELL_RNN or fr_level() != 2 or batch < 16 or itemsize <= 0:
+        return False
+    G = 4 if cell == CELL_LSTM else 3
+    lanes = 64 // itemsize
+    padded = (batch + lanes - 1) // lanes * lanes
+    return 8 * padded <= 9 * batch and G * hidden_size * (I + hidden_size) * itemsize >= (1 << 20)
+
+
 def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
-                int num_threads, int fast=1):
+                int num_threads, int fast=1, int input_size=-1, int itemsize=4):
     """'small', 'wide' or 'blas' for one layer direction with ``batch`` rows (``fast``:
-    default activations, no clip, peepholes or input_forget)."""
+    default activations, no clip, peepholes or input_forget; ``input_size`` < 0: the
+    hidden size)."""
     if not small_path_applies(cell, proj_size, reset_after) or _force_path == 2:
         return "blas"
     if _force_path == 1:
         return "small"
     if wide_path_applies(cell, proj_size, reset_after, fast) and (
-            _force_path == 3 or (cell == CELL_RNN and batch >= WIDE_MIN_BATCH)):
+            _force_path == 3 or (cell == CELL_RNN and batch >= WIDE_MIN_BATCH)
+            or wide_gates_at(cell, batch, hidden_size, input_size, itemsize)):
         return "wide"
     return "small"
 
@@ -789,7 +813,7 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     if _pair_mode == 2 or num_threads < 2 or batch <= 0:
         return False
     if choose_path(cell, batch, hidden_size, proj_size, reset_after, num_threads,
-                   fast) != "small":
+                   fast, -1, itemsize) != "small":
         return False
     if _pair_mode == 1:
         return True
@@ -1223,7 +1247,7 @@ def run_layer(int cell, floating[:, ::1] x, floating[:, ::1] wx, floating[:, ::1
     U = fr_unit(sizeof(floating))
     fast = A.is_default and A.clip <= 0 and not use_peep and not input_forget
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
-                       d.num_threads, fast)
+                       d.num_threads, fast, d.I, sizeof(floating))
     if path == "wide" and wdp is not None and wdp.shape[0] > 0:
         _check_wide(wdp.shape[0], cell, d.I, d.H)
         _fill_cell(&cl, cell, d.G, d.H, d.H, fr_wide_rows(), &A, use_peep, input_forget,

@@ -785,7 +785,7 @@ class RNNBase:
         out = xin
         if N > 0:
             small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
-                                         nt) == "small"
+                                         nt, 1, xin.shape[1], dt.itemsize) == "small"
             cbytes = _SMALL_CHUNK_BYTES if small else _CHUNK_BYTES
             chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
             # plain LSTM directions through the training forward (see _fused_lstm_ok)
@@ -833,7 +833,8 @@ class RNNBase:
                         continue
                     wdp = (self._pack_wide(layer, d)
                            if _kernels.choose_path(cell, B, H, self.proj_size,
-                                                   int(self.reset_after), nt, fast) == "wide"
+                                                   int(self.reset_after), nt, fast,
+                                                   inp.shape[1], dt.itemsize) == "wide"
                            else None)
                     acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
                     acts += [(1, 0.0, 0.0)] * (3 - len(acts))

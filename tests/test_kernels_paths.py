@@ -277,9 +277,45 @@ def test_tiny_problems_stay_on_one_thread_and_agree():
     _check(layer, x)
 
 
+def _gates_wide_rule(cell, B, H, I, itemsize):
+    """wide_gates_at's rule, written out: AVX-512, >= 16 rows, <= 1/8 padded lanes,
+    >= 1 MiB of weights."""
+    lanes = 64 // itemsize
+    padded = -(-B // lanes) * lanes
+    G = 4 if cell == 1 else 3
+    return (_kernels.isa() == "avx512" and B >= 16 and 8 * padded <= 9 * B
+            and G * H * (I + H) * itemsize >= 1 << 20)
+
+
 def test_path_choice_is_automatic():
     assert _kernels.choose_path(1, 1, 256, 0, 1, 2) == "small"
-    assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
+    avx512 = _kernels.isa() == "avx512"
+    # LSTM / GRU on the batch-lane kernel only with AVX-512, full lanes, large weights
+    assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == ("wide" if avx512 else "small")
+    for cell in (1, 2):
+        for B in (8, 12, 15, 16, 17, 24, 32, 40, 56, 64, 72, 128):
+            for H, I in ((128, 128), (192, 192), (256, 256), (256, 64), (512, 512)):
+                for itemsize in (4, 8):
+                    want = _gates_wide_rule(cell, B, H, I, itemsize)
+                    assert _kernels.wide_gates_at(cell, B, H, I, itemsize) == want
+                    got = _kernels.choose_path(cell, B, H, 0, 1, 2, 1, I, itemsize)
+                    assert got == ("wide" if want else "small"), (cell, B, H, I, itemsize)
+                    # not the default activations, GRU reset_after=False: packed kernel
+                    assert _kernels.choose_path(cell, B, H, 0, 1, 2, 0, I, itemsize) == "small"
+                    assert _kernels.choose_path(cell, B, H, 0, 0, 2, 1, I, itemsize) == \
+                        ("small" if cell == 2 else got)
+    if avx512:   # the rule's edges
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 4)
+        assert _kernels.wide_gates_at(1, 72, 512, 512, 4)      # 80 lanes for 72 rows
+        assert not _kernels.wide_gates_at(1, 24, 256, 256, 4)  # 32 lanes for 24 rows
+        assert not _kernels.wide_gates_at(2, 16, 128, 128, 4)  # 384 KiB of weights
+        assert not _kernels.wide_gates_at(1, 8, 256, 256, 8)   # one panel of 8 doubles
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 8)
+        _kernels._set_isa_level(1)
+        try:
+            assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
+        finally:
+            _kernels._set_isa_level(-1)
     assert _kernels.choose_path(0, 7, 256, 0, 1, 2) == "small"
     assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "wide"     # SimpleRNN from 8 rows
     assert _kernels.choose_path(0, 64, 256, 0, 1, 2, 0) == "small"  # not the default acts
@@ -666,6 +702,29 @@ def test_wide_default_for_simple_rnn_and_fallbacks():
     lstm = fastrnn.LSTM(4, 10, seed=1, num_threads=2)
     _check(lstm, x)
     assert not lstm._wide
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_default_for_large_gate_layers(cell, dtype):
+    """Automatic choice: LSTM / GRU layers with AVX-512, full lanes and >= 1 MiB of
+    weights pack for the batch-lane kernel (elsewhere they do not), and agree with the
+    reference: dense, lengths, masks, bidirectional and stacked."""
+    rng = np.random.default_rng(11)
+    H = 192 if cell == "LSTM" else 256        # 1.1 / 1.5 MiB of float32 weights
+    B, T = 16, 4
+    layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3,
+                        num_threads=2)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    _check(layer, x)
+    code = {"LSTM": 1, "GRU": 2}[cell]
+    want = _gates_wide_rule(code, B, H, H, np.dtype(dtype).itemsize)
+    assert bool(layer._wide) == want
+    _check(layer, x, lengths=rng.integers(0, T + 1, B))
+    _check(layer, x, mask=rng.random((T, B)) > 0.3)
+    small = CELLS[cell](H, H, dtype=dtype, seed=3, num_threads=2)
+    _check(small, rng.standard_normal((T, 12, H)).astype(dtype))   # 12 rows: packed
+    assert not small._wide
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
