@@ -113,12 +113,14 @@ cdef extern from "_backward_gemm.h":
                         const Py_ssize_t* nsteps, int I, int H, const float* x,
                         const float* wih, const float* whh, const float* bias,
                         const float* h0, const float* c0, float* y, int ldy, float* gates,
-                        float* cs) nogil
+                        float* cs, float* pre, int pack_only) nogil
     int frbg_lstm_fwd_d(int level, int nt, int S, const Py_ssize_t* offsets,
                         const Py_ssize_t* nsteps, int I, int H, const double* x,
                         const double* wih, const double* whh, const double* bias,
                         const double* h0, const double* c0, double* y, int ldy,
-                        double* gates, double* cs) nogil
+                        double* gates, double* cs, double* pre, int pack_only) nogil
+    size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize)
+    int frbg_lstm_fwd_layout()
     int frbg_gru_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
                        const Py_ssize_t* nsteps, int I, int H, const float* x,
                        const float* wih, const float* whh, const float* bias,
@@ -261,22 +263,45 @@ def _set_fwd_rowsplit(int n):
 
 
 def fused_lstm_forward_fast():
-    """True where the LSTM training forward (frbg_lstm_fwd) runs on the AVX2 4 x 3
-    kernel (plain LSTM inference then takes it where fused_lstm_route_at says)."""
-    return frbg_level() == 1 and (frbg_use43 & 1) != 0 and fr_can_pipeline() != 0
+    """True where the LSTM training forward (frbg_lstm_fwd) runs on its own kernels: the
+    AVX2 4 x 3 one or the AVX-512 one (plain LSTM inference then takes it where
+    fused_lstm_route_at says)."""
+    cdef int level = frbg_level()
+    return fr_can_pipeline() != 0 and (level == 2 or (level == 1 and (frbg_use43 & 1) != 0))
 
 
-def fused_lstm_route_at(int nt, int B):
+def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
+                        bint wide=False):
     """Whether a plain LSTM direction of B sequences on nt threads runs faster through
-    the training forward than through the packed inference kernel (where
-    fused_lstm_forward_fast()).  Measured on a Zen 3 VM, H = 128..512, in-process
-    alternating, routed / kernel time: 2 threads, wherever the training forward splits
-    by rows (B = 8: 0.81-0.93, 11-15: 0.84-0.96, 16-128: 0.80-0.92) and not where it
-    splits by units (B = 4, 6, 10: 1.10-1.22); 1 thread, B = 4: 0.81-0.90, 7-13:
-    0.84-0.95 (B = 1: 1.19, 2, 3, 5, 6: 0.96-1.03)."""
-    if nt <= 1:
-        return B == 4 or B >= 7
-    return B >= 16 or frbg_fwd_rowsplit_at(nt, B) != 0
+    the training forward than through the inference kernels (where
+    fused_lstm_forward_fast()); H, itemsize: its recurrent weights (4H x H values), l2:
+    the bytes of L2 a core has, wide: whether the batch-lane kernel would run it.
+
+    AVX2 (measured on a Zen 3 VM, H = 128..512, in-process alternating, routed / kernel
+    time, with the weights packed per call): 2 threads, wherever the training forward
+    splits by rows (B = 8: 0.81-0.93, 11-15: 0.84-0.96, 16-128: 0.80-0.92) and not where
+    it splits by units (B = 4, 6, 10: 1.10-1.22); 1 thread, B = 4: 0.81-0.90, 7-13:
+    0.84-0.95 (B = 1: 1.19, 2, 3, 5, 6: 0.96-1.03).
+
+    AVX-512 (measured on an Intel Xeon, 2 MiB L2 a core, T = 100 (H = 512: 50), weights
+    packed once per layer): where the recurrent weights take at most half of one core's
+    L2 (H = 256 float32; float64, all of it, B = 8: 1.12), 2 threads from B = 5
+    (0.65-0.94 of the packed kernel's time; B = 4: 1.11), 1 thread from B = 2
+    (0.75-1.00), but not where the batch-lane kernel runs 16 to 31 rows (B = 16:
+    0.94-1.04 of its time, B = 32: 0.84-0.86, B = 64: 0.98); where they do not (H = 384,
+    512), never where the batch-lane kernel runs (1.00-1.30 of its time), 2 threads
+    split by units from B = 6 (B = 6, 10: 0.76-0.92; B = 5 at H = 512: 1.13) and from
+    B = 12 (0.77-0.96; B = 8, four rows a thread each reading all the weights:
+    1.19-1.20), 1 thread from B = 12 (0.91-0.95; B = 6-8: 1.06-1.25)."""
+    if frbg_level() != 2:
+        if nt <= 1:
+            return B == 4 or B >= 7
+        return B >= 16 or frbg_fwd_rowsplit_at(nt, B) != 0
+    if <long>8 * H * H * itemsize <= l2:
+        return B >= (2 if nt <= 1 else 5) and (not wide or B >= 32)
+    if wide:
+        return False
+    return B >= 12 or (nt >= 2 and B >= 6 and frbg_fwd_rowsplit_at(nt, B) == 0)
 
 
 def small_gemm_level():
@@ -745,7 +770,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
                   const floating* bias, const floating* bhn, const floating* whr,
                   const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
                   const floating* h0, const floating* c0, floating* y, floating* gates,
-                  floating* cs) noexcept nogil:
+                  floating* cs, floating* pre) noexcept nogil:
     cdef int S = d.S, N = d.N, I = d.I, H = d.H, P = d.P, GH = d.G * d.H, B = d.B
     cdef int ldy = d.ldy, nt = d.nt, s, n, ldhp
     cdef Py_ssize_t r
@@ -772,10 +797,10 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         if d.cell == 1:
             if floating is float:
                 rc = frbg_lstm_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias,
-                                     h0, c0, y, ldy, gates, cs)
+                                     h0, c0, y, ldy, gates, cs, pre, 0)
             else:
                 rc = frbg_lstm_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias,
-                                     h0, c0, y, ldy, gates, cs)
+                                     h0, c0, y, ldy, gates, cs, pre, 0)
         elif floating is float:
             rc = frbg_gru_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, bhn,
                                 h0, y, ldy, gates, cs)
@@ -1432,27 +1457,81 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
             Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
             floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
             floating[:, ::1] gates, floating[:, ::1] cs, int hidden_size, int proj_size,
-            int reset_after, int relu, int num_threads):
+            int reset_after, int relu, int num_threads, floating[::1] prepacked=None):
     """Training forward of one direction of one layer, rows in step order.
 
     x (N, I); h0 (B, Hout), c0 (B, H) (LSTM); y (N, >= y_col + Hout) receives the
     outputs at columns ``y_col:``; gates (N, G*H) (unused for SimpleRNN) and cs (N, H)
     (LSTM: c, GRU reset_after: W_hn h + b_hn; unused otherwise) receive the cache.
     ``bias`` (G*H) is ``b_ih + b_hh`` except the GRU reset_after candidate block, which
-    holds ``b_in`` (``bhn`` holds ``b_hn``).  The caller validates every shape.
+    holds ``b_in`` (``bhn`` holds ``b_hn``).  ``prepacked``: a plain LSTM's weights from
+    :func:`pack_lstm_forward` (same weights, thread count and batch; the layout of
+    :func:`lstm_forward_layout` then), so they are not packed again.  The caller
+    validates every shape.
     """
     cdef Dims d
     cdef int rc
+    cdef floating* pre = NULL
     if offsets.shape[0] == 0 or x.shape[0] == 0:
         return
     _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
           offsets.shape[0])
+    if prepacked is not None:
+        if <size_t>prepacked.shape[0] != frbg_lstm_fwd_packed_size(
+                frbg_level(), d.I, d.H, sizeof(floating)):
+            raise ValueError("fastrnn: prepacked LSTM weights of another size")
+        pre = &prepacked[0]
+        if <intptr_t>pre % 64:
+            raise ValueError("fastrnn: prepacked LSTM weights not 64-byte aligned")
     with nogil:
         rc = _forward(&d, &x[0, 0], &wih[0, 0], &whh[0, 0], &bias[0], &bhn[0], &whr[0, 0],
                       &offsets[0], &nsteps[0], &h0[0, 0], &c0[0, 0], &y[0, y_col],
-                      &gates[0, 0], &cs[0, 0])
+                      &gates[0, 0], &cs[0, 0], pre)
+    if rc == -2:
+        raise ValueError("fastrnn: prepacked LSTM weights serve the row split only")
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the training forward")
+
+
+def forward_splits_rows(int nt, int B):
+    """Whether the LSTM training forward of B sequences (the first step's rows) on nt
+    threads splits by rows (else by units)."""
+    return frbg_fwd_rowsplit_at(nt, B) != 0
+
+
+def lstm_forward_layout():
+    """The layout (ISA level, 4 x 3 kernel or not) :func:`pack_lstm_forward` packs in
+    now; a packing is valid while this stays the same."""
+    return frbg_lstm_fwd_layout()
+
+
+def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_threads,
+                      int batch):
+    """A plain LSTM direction's weights (wih (4H, I), whh (4H, H), PyTorch layout)
+    packed as the training forward reads them when it splits ``batch`` rows over
+    ``num_threads`` threads by rows, for :func:`forward`'s ``prepacked``; None where the
+    forward would split by units or not run its fused kernel (those pack per call)."""
+    cdef int H = whh.shape[1], I = wih.shape[1], level = frbg_level(), rc
+    cdef Py_ssize_t nst = batch, off = 0
+    if not (level > 0 and fr_can_pipeline() and frbg_fwd_rowsplit_at(num_threads, batch)):
+        return None
+    dt = np.float32 if floating is float else np.float64
+    n = frbg_lstm_fwd_packed_size(level, I, H, sizeof(floating))
+    # 64-byte aligned, as the kernels' vector loads of the panels want
+    raw = np.empty(n + 64 // sizeof(floating), dt)
+    start = (-raw.ctypes.data % 64) // sizeof(floating)
+    out = raw[start:start + n]
+    cdef floating[::1] o = out
+    with nogil:
+        if floating is float:
+            rc = frbg_lstm_fwd_f(level, num_threads, 0, &off, &nst, I, H, NULL, &wih[0, 0],
+                                 &whh[0, 0], NULL, NULL, NULL, NULL, 0, NULL, NULL, &o[0], 1)
+        else:
+            rc = frbg_lstm_fwd_d(level, num_threads, 0, &off, &nst, I, H, NULL, &wih[0, 0],
+                                 &whh[0, 0], NULL, NULL, NULL, NULL, 0, NULL, NULL, &o[0], 1)
+    if rc != 0:
+        raise MemoryError("fastrnn: could not pack the LSTM weights")
+    return out
 
 
 def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,

@@ -600,6 +600,9 @@ ATTR static inline __attribute__((always_inline)) void NAME##_panel(int p, int m
         int k, const T* A, int lda, const T* Bp, T* C, int ldc, int beta) {            \
     int i, k0, kc, bt;                                                                 \
     int u0 = p * VL, wu = H - u0 < VL ? H - u0 : VL;                                   \
+    /* H == VL: the four gate vectors are adjacent in C, which the micro-kernel reads   \
+     * (vs == VL) as one contiguous panel: all 4 VL columns valid, not VL of them */   \
+    if (H == VL) wu = 4 * VL;                                                          \
     for (k0 = 0; k0 < k || k0 == 0; k0 += FRBG_KC) {                                   \
         const T* P = Bp + ((size_t)p * k + k0) * 4 * VL;                               \
         const T* Ak = A + k0;                                                          \
@@ -1141,16 +1144,36 @@ static int frbg_fwd_rowsplit_at(int nt, int B) {
         if (d43) frbg_gemm43_##SUF##2(m, L, k, A, lda, 1, Bp, C, ldc, beta, 0, nvl);    \
         else frbg_gemm_##SUF(level, m, L, k, A, lda, 1, Bp, C, ldc, beta, 0, p1 - p0);  \
     } while (0)
+#if FRBG_X86
+/* values of the LSTM training forward's packed weights (W_ih then W_hh, by
+ * frbg_pack_units or frbg_pack_units43) */
+static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) {
+    int U = frbg_nb(level, elsize) / 4, nbk = (H + U - 1) / U;
+    return FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U)
+           + (size_t)nbk * (H > 0 ? H : 1) * 4 * U;
+}
+/* the layout of those weights: the ISA level and whether the 4 x 3 kernel's (a packing
+ * made under one layout must not be read under another) */
+static int frbg_lstm_fwd_layout(void) {
+    int level = frbg_level();
+    return 2 * level + (level == 1 && (frbg_use43 & 1));
+}
+#endif
+/* pre: NULL, or weights packed by an earlier call with pack_only (the row split's layout,
+ * which does not depend on the team: each thread reads all of it; where the forward splits
+ * by units, returns -2 without computing).  pack_only: pack into pre and return. */
 #define FRBG_LSTM_FWD(SUF, T, SIG, TANH)                                               \
 static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets,      \
         const ptrdiff_t* nsteps, int I, int H, const T* x, const T* wih, const T* whh,  \
-        const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs) {      \
+        const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs,       \
+        T* pre, int pack_only) {                                                       \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
     int rowsplit = frbg_fwd_rowsplit_at(nt, (int)nsteps[0]);                           \
     int d43 = level == 1 && (frbg_use43 & 1);    /* 4 x 3 kernel and its layout */ \
+    if (pre && !rowsplit) return -2;                                                   \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
     size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \
-    T* wi = (T*)frbg_scratch_get(3, sizeof(T) * (szi + (size_t)nbk * (H > 0 ? H : 1) * 4 * U)); \
+    T* wi = pre ? pre : (T*)frbg_scratch_get(3, sizeof(T) * frbg_lstm_fwd_packed_size(level, I, H, sizeof(T))); \
     if (!wi) return -1;                                                                \
     T* wh = wi + szi;                                                                  \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
@@ -1166,7 +1189,8 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         int p0 = t * nbk / ntt, p1 = (t + 1) * nbk / ntt;                              \
         int u0 = p0 * U, u1 = p1 * U < H ? p1 * U : H;                                 \
         /* each thread packs its share of the panels */                                \
-        if (!d43) {                                                                    \
+        if (pre && !pack_only) {                                                       \
+        } else if (!d43) {                                                             \
             frbg_pack_units_##SUF(wih, I, I, H, U, p0, p1, wi);                        \
             frbg_pack_units_##SUF(whh, H, H, H, U, p0, p1, wh);                        \
         } else {   /* groups for the 4 x 3 kernel: own units' run, or a share of all */ \
@@ -1182,11 +1206,11 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         int b1 = rowsplit ? frbg_row_bound(S, nsteps, t + 1, ntt) : (int)nsteps[0];    \
         int q0 = rowsplit ? 0 : p0, q1 = rowsplit ? nbk : p1;                          \
         int v0 = rowsplit ? 0 : u0, v1 = rowsplit ? H : u1;                            \
-        for (s = 0; s < S; s++) {                                                      \
+        for (s = 0; s < (pack_only ? 0 : S); s++) {                                    \
             if (s % ch == 0) {   /* input projection of the next chunk of steps */      \
                 int se = s + ch < S ? s + ch : S;                                      \
                 if (rowsplit) {  /* own rows of the chunk; every panel is needed */    \
-                    if (s == 0) frbg_barrier(bar, ntt);   /* all panels packed */      \
+                    if (s == 0 && !pre) frbg_barrier(bar, ntt);   /* all packed */     \
                     frbg_gemmu_steps_##SUF(level, d43, s, se, offsets, nsteps, b0, b1, H, I, \
                                            x, wi, gates, 4 * H, 0, nbk);               \
                 } else {                                                               \
@@ -1208,7 +1232,7 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
             if (!rowsplit) frbg_barrier(bar, ntt);   /* h_s complete for step s + 1 */ \
         }                                                                              \
     }                                                                                  \
-    frbg_scratch_put(3, wi);                                                           \
+    if (!pre) frbg_scratch_put(3, wi);                                                 \
     return 0;                                                                          \
 }
 /* gate math of rows [0, n), units [u0, u1) of one GRU (reset_after) training-forward
@@ -1527,11 +1551,13 @@ FRBG_GRU_FWD(d, double)
 static int frbg_lstm_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* bias, const float* h0, const float* c0, float* y,
-        int ldy, float* gates, float* cs) { return -1; }
+        int ldy, float* gates, float* cs, float* pre, int pack_only) { return -1; }
 static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const double* x, const double* wih,
         const double* whh, const double* bias, const double* h0, const double* c0,
-        double* y, int ldy, double* gates, double* cs) { return -1; }
+        double* y, int ldy, double* gates, double* cs, double* pre, int pack_only) { return -1; }
+static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) { return 1; }
+static int frbg_lstm_fwd_layout(void) { return 0; }
 static int frbg_gru_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* bias, const float* bhn, const float* h0, float* y,

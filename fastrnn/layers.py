@@ -12,6 +12,7 @@ Layers own validation; the kernels in ``_kernels.pyx`` trust their arguments.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -56,7 +57,7 @@ _MASK_AS_LENGTHS = True
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
-def _fused_lstm_ok(B, nt, ragged):
+def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide):
     if _FUSED_LSTM_MIN_B == 0:
         return False
     from . import _backward
@@ -65,8 +66,37 @@ def _fused_lstm_ok(B, nt, ragged):
     if _FUSED_LSTM_MIN_B > 0:
         return B >= _FUSED_LSTM_MIN_B
     # ragged batches from 16 sequences on (routed / kernel with lengths T/2..T, 2
-    # threads: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
-    return _backward.fused_lstm_route_at(nt, B) and (not ragged or B >= 16)
+    # threads, AVX2: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
+    return (_backward.fused_lstm_route_at(nt, B, H, itemsize, _l2_bytes(), wide)
+            and (not ragged or B >= 16))
+
+
+_L2 = None
+
+
+def _l2_bytes():
+    """One core's L2 cache in bytes (Linux sysfs, else sysconf, else 1 MiB)."""
+    global _L2
+    if _L2 is None:
+        _L2 = 1 << 20
+        try:
+            import glob
+            for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+                with open(d + "/level") as f:
+                    if f.read().strip() != "2":
+                        continue
+                with open(d + "/size") as f:
+                    txt = f.read().strip().upper()
+                mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
+                _L2 = int(txt.rstrip("KM")) * mult
+                break
+            else:
+                n = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+                if n > 0:
+                    _L2 = n
+        except (OSError, ValueError, AttributeError):
+            pass
+    return _L2
 
 
 _KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
@@ -440,7 +470,7 @@ class RNNBase:
             packed.append(per_dir)
         self._packed = packed
         self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
-        self._wide = {}             # batch-lane packings, made on first use (_pack_wide)
+        self._wide = {}             # batch-lane and route packings, made on first use
         return packed
 
     def _fast_acts(self, d: int) -> bool:
@@ -461,6 +491,21 @@ class RNNBase:
             _kernels = _kernels_module()
             wx, wh, bias, bhn = self._packed[layer][d][:4]
             w = _kernels.pack_wide(wx, wh, bias, bhn, self.hidden_size, _CELL_CODE[self._cell])
+            self._wide[key] = w
+        return w
+
+    def _pack_route(self, layer, d, wih, whh, nt, B):
+        """The training forward's packing of (layer, direction) for the LSTM route
+        (``_fused_lstm_dir``) where it splits by rows (the layout then depends on
+        neither the team nor the batch), cached with the other packings; None where it
+        splits by units (it packs per call then)."""
+        from . import _backward
+        if not _backward.forward_splits_rows(nt, B):
+            return None
+        key = ("route", layer, d, _backward.lstm_forward_layout())
+        w = self._wide.get(key)
+        if w is None:
+            w = _backward.pack_lstm_forward(wih, whh, nt, B)
             self._wide[key] = w
         return w
 
@@ -516,7 +561,7 @@ class RNNBase:
         state = self.__dict__.copy()
         state["_packed"] = None
         state.pop("_step_plans", None)
-        state.pop("_wide", None)        # batch-lane packings: rebuilt with the others
+        state.pop("_wide", None)        # batch-lane / route packings: rebuilt with the others
         return state
 
     def save(self, path) -> None:
@@ -681,6 +726,7 @@ class RNNBase:
         wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
         whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
         S = len(nsteps)
+        pre = self._pack_route(layer, d, wih, whh, nt, int(nsteps[0]))
         reverse = ridx is not None
         own_y = last_only or reverse
         # scratch per row: gates 4H, cell states H, outputs H (own_y), input I (reverse)
@@ -711,7 +757,9 @@ class RNNBase:
             offs = np.ascontiguousarray(offsets[s0:s1] - r0)
             nst = np.ascontiguousarray(nsteps[s0:s1])
             _backward.forward(1, x, wih, whh, bias, zeros_h, dummy, offs, nst, h_k, c_k,
-                              y, ycol, gates, cs, H, 0, 0, 0, nt)
+                              y, ycol, gates, cs, H, 0, 0, 0, nt,
+                              pre if pre is not None and _backward.forward_splits_rows(
+                                  nt, int(nst[0])) else None)
             # sequences active in the chunk: their state after their last step in it
             act = int(nsteps[s0])
             last = offsets[np.minimum(lens[:act], s1) - 1] + np.arange(act) - r0
@@ -788,17 +836,21 @@ class RNNBase:
                                          nt, 1, xin.shape[1], dt.itemsize) == "small"
             cbytes = _SMALL_CHUNK_BYTES if small else _CHUNK_BYTES
             chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
-            # plain LSTM directions through the training forward (see _fused_lstm_ok)
-            routed = (cell == 1 and not self.proj_size and not has_mask
-                      and all(self._fast_acts(d) for d in range(D))
-                      and _fused_lstm_ok(B, nt, perm is not None))
-            if routed:           # sorted lengths; the reverse directions' rows, once a call
-                lens = slens if perm is not None else np.full(B, Teff, np.intp)
-                ridx = (reverse_rows(offsets, nsteps, lens)
-                        if D == 2 or self.go_backwards else None)
+            # plain LSTM layers through the training forward (see _fused_lstm_ok)
+            can_route = (cell == 1 and not self.proj_size and not has_mask
+                         and all(self._fast_acts(d) for d in range(D)))
+            lens = ridx = None
             for layer in range(L):
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
+                routed = can_route and _fused_lstm_ok(
+                    B, nt, perm is not None, H, dt.itemsize,
+                    _kernels.choose_path(cell, B, H, 0, 1, nt, 1, inp.shape[1],
+                                         dt.itemsize) == "wide")
+                if routed and lens is None:  # sorted lengths, the reverse rows: once a call
+                    lens = slens if perm is not None else np.full(B, Teff, np.intp)
+                    ridx = (reverse_rows(offsets, nsteps, lens)
+                            if D == 2 or self.go_backwards else None)
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
                 if D == 2 and not routed and _kernels.pair_applies(
                         cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,

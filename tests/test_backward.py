@@ -391,6 +391,12 @@ def test_other_kernel_paths(env):
         "        import fastrnn; fastrnn.set_num_threads(2)\n"
         "        t._run_case(cell, 2, True, False, True, True, True, dt, T=30, B=9, H=33, I=5)\n"
         "        fastrnn.set_num_threads(None)\n"
+        "        for g43 in (0, 3):\n"       # H = one vector of this level (t._VECTOR_H)
+        "            b._set_gemm43(g43)\n"
+        "            for H in t._VECTOR_H:\n"
+        "                t._run_case(cell, 1, True, False, True, True, False, dt, T=4, B=3,\n"
+        "                            H=H, I=5)\n"
+        "        b._set_gemm43(3)\n"
         "print('ok')\n" % os.path.dirname(__file__))
     env_vars = dict(os.environ, **{env: "1"})
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -435,6 +441,32 @@ def test_units_split_vs_torch(cell, dtype):
                       H=70, seed=nt)
         finally:
             fastrnn.set_num_threads(None)
+
+
+# hidden sizes of one vector of some ISA level (AVX-512 16 / 8, AVX2 8 / 4 floats /
+# doubles), where the four LSTM gate vectors of a unit block lie side by side
+_VECTOR_H = (4, 8, 16)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_width_hidden_sizes_vs_torch(cell, dtype):
+    """H equal to one vector of the kernels' width: the LSTM training forward's unit-block
+    product once wrote only the first gate there (AVX-512, H=16 float32 / 8 float64: wrong
+    outputs and gradients).  Both micro-kernels, unit and row splits, 1-2 threads."""
+    from fastrnn import _backward as b
+    try:
+        for g43 in (0, 3):
+            b._set_gemm43(g43)
+            for nt in (1, 2):
+                fastrnn.set_num_threads(nt)
+                for H in _VECTOR_H:
+                    for B in (3, 17):
+                        _run_case(cell, 1, True, False, True, True, B == 17, dtype, T=5,
+                                  B=B, I=6, H=H, seed=H + B + nt)
+    finally:
+        b._set_gemm43(3)
+        fastrnn.set_num_threads(None)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

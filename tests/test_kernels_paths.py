@@ -710,21 +710,27 @@ def test_wide_default_for_large_gate_layers(cell, dtype):
     """Automatic choice: LSTM / GRU layers with AVX-512, full lanes and >= 1 MiB of
     weights pack for the batch-lane kernel (elsewhere they do not), and agree with the
     reference: dense, lengths, masks, bidirectional and stacked."""
+    import fastrnn.layers as layers
     rng = np.random.default_rng(11)
     H = 192 if cell == "LSTM" else 256        # 1.1 / 1.5 MiB of float32 weights
     B, T = 16, 4
-    layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3,
-                        num_threads=2)
-    x = rng.standard_normal((T, B, H)).astype(dtype)
-    _check(layer, x)
-    code = {"LSTM": 1, "GRU": 2}[cell]
-    want = _gates_wide_rule(code, B, H, H, np.dtype(dtype).itemsize)
-    assert bool(layer._wide) == want
-    _check(layer, x, lengths=rng.integers(0, T + 1, B))
-    _check(layer, x, mask=rng.random((T, B)) > 0.3)
-    small = CELLS[cell](H, H, dtype=dtype, seed=3, num_threads=2)
-    _check(small, rng.standard_normal((T, 12, H)).astype(dtype))   # 12 rows: packed
-    assert not small._wide
+    old = layers._FUSED_LSTM_MIN_B
+    layers._FUSED_LSTM_MIN_B = 0              # (the LSTM route would take some of them)
+    try:
+        layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3,
+                            num_threads=2)
+        x = rng.standard_normal((T, B, H)).astype(dtype)
+        _check(layer, x)
+        code = {"LSTM": 1, "GRU": 2}[cell]
+        want = _gates_wide_rule(code, B, H, H, np.dtype(dtype).itemsize)
+        assert bool(layer._wide) == want
+        _check(layer, x, lengths=rng.integers(0, T + 1, B))
+        _check(layer, x, mask=rng.random((T, B)) > 0.3)
+        small = CELLS[cell](H, H, dtype=dtype, seed=3, num_threads=2)
+        _check(small, rng.standard_normal((T, 12, H)).astype(dtype))   # 12 rows: packed
+        assert not small._wide
+    finally:
+        layers._FUSED_LSTM_MIN_B = old
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
@@ -849,8 +855,10 @@ def test_fused_lstm_route(dtype, B):
                     # forced from one sequence on, the rule; chunks of one step, ~5 kB
                     layers._FUSED_LSTM_MIN_B = mode
                     layers._FUSED_LSTM_CHUNK_BYTES = chunk
-                    want = fast and (mode == 1 or (_backward.fused_lstm_route_at(nt, B)
-                                                   and ("lengths" not in kw or B >= 16)))
+                    want = fast and (mode == 1 or (
+                        _backward.fused_lstm_route_at(nt, B, 13, np.dtype(dtype).itemsize,
+                                                      layers._l2_bytes(), False)
+                        and ("lengths" not in kw or B >= 16)))
                     n0 = len(calls)
                     a = layer(x, **kw)
                     assert len(calls) - n0 == (4 if want else 0)
@@ -874,3 +882,94 @@ def test_fused_lstm_route(dtype, B):
     finally:
         fastrnn.LSTM._fused_lstm_dir = orig
         layers._FUSED_LSTM_MIN_B, layers._FUSED_LSTM_CHUNK_BYTES = old
+
+
+def test_lstm_route_packing_is_cached_and_follows_the_weights():
+    """The LSTM route packs a layer's weights once (where the training forward splits by
+    rows) and reuses them; changed weights (load_state_dict, mark_weights_changed) are
+    packed again; wrong packings are refused by name."""
+    import fastrnn.layers as layers
+    from fastrnn import _backward
+    if not _backward.fused_lstm_forward_fast():
+        pytest.skip("no fused LSTM training forward on this CPU")
+    rng = np.random.default_rng(8)
+    B = 24
+    x = rng.standard_normal((6, B, 7)).astype(np.float32)
+    old = layers._FUSED_LSTM_MIN_B
+    packs = []
+    orig = _backward.pack_lstm_forward
+
+    def counted(*a):
+        packs.append(1)
+        return orig(*a)
+    try:
+        layers._FUSED_LSTM_MIN_B = 1
+        _backward.pack_lstm_forward = counted
+        layer = fastrnn.LSTM(7, 40, num_layers=2, bidirectional=True, seed=1, num_threads=2)
+        assert _backward.forward_splits_rows(2, B)
+        _check(layer, x)
+        assert len(packs) == 4                      # 2 layers x 2 directions
+        _check(layer, x)
+        _check(layer, x, lengths=rng.integers(1, 7, B))   # ragged: later steps by units
+        assert len(packs) == 4
+        sd = layer.state_dict()
+        sd["weight_hh_l1_reverse"] = sd["weight_hh_l1_reverse"] * 0.5
+        layer.load_state_dict(sd)
+        _check(layer, x)
+        assert len(packs) == 8
+        layer.parameters()["weight_ih_l0"][:] *= -1.0
+        layer.mark_weights_changed()
+        _check(layer, x)
+        assert len(packs) == 12
+    finally:
+        _backward.pack_lstm_forward = orig
+        layers._FUSED_LSTM_MIN_B = old
+    # the kernel refuses packings of another size, misaligned ones, and the unit split's
+    H, I = 40, 7
+    wih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    whh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    pre = _backward.pack_lstm_forward(wih, whh, 2, B)
+    assert _backward.pack_lstm_forward(wih, whh, 2, 3) is None      # 3 rows: units
+    bias = np.zeros(4 * H, np.float32)
+    zh = np.zeros(H, np.float32)
+    d1 = np.zeros((1, 1), np.float32)
+    h0, c0 = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
+
+    def run(pack, nb=B):
+        xx = rng.standard_normal((nb, I)).astype(np.float32)
+        _backward.forward(1, xx, wih, whh, bias, zh, d1, np.zeros(1, np.intp),
+                          np.full(1, nb, np.intp), h0[:nb].copy(), c0[:nb].copy(),
+                          np.empty((nb, H), np.float32), 0, np.empty((nb, 4 * H), np.float32),
+                          np.empty((nb, H), np.float32), H, 0, 0, 0, 2, pack)
+    run(pre)
+    with pytest.raises(ValueError, match="another size"):
+        run(pre[:-1])
+    raw = np.empty(pre.size + 16, np.float32)
+    mis = raw[1:1 + pre.size] if raw[1:].ctypes.data % 64 else raw[2:2 + pre.size]
+    mis[:] = pre
+    with pytest.raises(ValueError, match="aligned"):
+        run(mis)
+    with pytest.raises(ValueError, match="row split only"):
+        run(pre, nb=3)
+
+
+def test_lstm_route_rule_by_isa():
+    """fused_lstm_route_at: the AVX2 rule (by rows, thread count) and, with AVX-512, the
+    rule by whether the recurrent weights fit in L2 and whether the batch-lane kernel
+    runs the layer."""
+    from fastrnn import _backward
+    r = _backward.fused_lstm_route_at
+    if _backward.small_gemm_level() == 2:
+        l2 = 2 << 20
+        assert not r(2, 4, 256, 4, l2) and r(2, 5, 256, 4, l2) and r(2, 64, 256, 4, l2, True)
+        assert not r(2, 16, 256, 4, l2, True) and r(2, 16, 256, 4, l2)
+        assert r(1, 2, 256, 4, l2) and not r(1, 1, 256, 4, l2)
+        assert not r(2, 16, 512, 4, l2, True)               # beyond L2: batch-lane kernel
+        assert r(2, 6, 512, 4, l2) and r(2, 10, 512, 4, l2)  # units
+        assert not r(2, 8, 512, 4, l2) and r(2, 12, 512, 4, l2)  # rows: from 6 a thread
+        assert not r(1, 8, 512, 4, l2) and r(1, 12, 512, 4, l2)
+        assert r(2, 8, 256, 4, l2) and not r(2, 8, 256, 8, l2)   # half the L2 at most
+        assert r(2, 8, 256, 8, 2 * l2)
+    else:
+        assert r(1, 4) and not r(1, 5) and r(1, 7)
+        assert not r(2, 6) and r(2, 8) and r(2, 16)
