@@ -5,11 +5,14 @@
         --rounds 25 --threads 2 --dtype float32
 
 For each case (CELL:B:T:H, I = H) the layer runs on the packed kernel ("small"), the
-batch-lane kernel split by panels of rows ("wide-panels") and split by unit groups
-("wide-groups"), one call each in turn, the order rotating every round, so a noisy
-minute slows all of them alike.  Prints per path the fastest call, its GFLOP/s and the
-median over rounds of (path time / small time) of the same round.  These are the
-figures behind ``_kernels.choose_path``'s choice of the batch-lane kernel.
+batch-lane kernel with its automatic split ("wide-panels": by panels of rows where each
+thread gets whole panels, else by groups) and split by unit groups ("wide-groups"), and
+an LSTM also through the training forward ("lstm-route", ``layers._fused_lstm_dir``),
+one call each in turn, the order rotating every round, so a noisy minute slows all of
+them alike.  Prints per path the fastest call, its GFLOP/s and the median over rounds of
+(path time / small time) of the same round.  These are the figures behind
+``_kernels.choose_path``'s choice of the batch-lane kernel (and, with
+``--cases LSTM:...``, ``_backward.fused_lstm_route_at``'s).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn import _kernels
+from fastrnn import _backward, _kernels, layers
 
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
@@ -29,8 +32,9 @@ DEFAULT = ("RNN:8:100:256,RNN:16:100:256,RNN:64:50:512,LSTM:16:100:256,LSTM:64:5
 
 
 def _set(path: str) -> None:
-    _kernels._set_path(1 if path == "small" else 3)
+    _kernels._set_path(1 if path in ("small", "lstm-route") else 3)
     _kernels._set_wide_split(1 if path == "wide-groups" else 0)
+    layers._FUSED_LSTM_MIN_B = 1 if path == "lstm-route" else 0
 
 
 def main(argv=None) -> None:
@@ -48,13 +52,15 @@ def main(argv=None) -> None:
             B, T, H = int(B), int(T), int(H)
             layer = CELLS[cell](H, H, seed=0, num_threads=a.threads, dtype=dt)
             x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
-            times = {p: [] for p in PATHS}
-            for p in PATHS:
+            paths = PATHS + (("lstm-route",) if cell == "LSTM"
+                             and _backward.fused_lstm_forward_fast() else ())
+            times = {p: [] for p in paths}
+            for p in paths:
                 _set(p)
                 layer(x)                      # warm-up (packing, pages)
             for r in range(a.rounds):
-                k = r % len(PATHS)
-                for p in PATHS[k:] + PATHS[:k]:
+                k = r % len(paths)
+                for p in paths[k:] + paths[:k]:
                     _set(p)
                     t0 = time.perf_counter()
                     layer(x)
@@ -62,7 +68,7 @@ def main(argv=None) -> None:
             flops = 2.0 * B * T * GATES[cell] * H * 2 * H
             small = np.array(times["small"])
             parts = []
-            for p in PATHS:
+            for p in paths:
                 t = np.array(times[p])
                 parts.append(f"{p} {t.min() * 1e3:.2f} ms ({flops / t.min() / 1e9:.0f} GFLOP/s, "
                              f"x{np.median(t / small):.2f})")
@@ -70,6 +76,7 @@ def main(argv=None) -> None:
     finally:
         _kernels._set_path(0)
         _kernels._set_wide_split(0)
+        layers._FUSED_LSTM_MIN_B = -1
 
 
 if __name__ == "__main__":

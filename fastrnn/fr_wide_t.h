@@ -220,8 +220,15 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     const int B = q->B, H = cl->H, nP = (B + W - 1) / W;
     const int Gr = cl->cell == 1 ? 4 : (cl->cell == 2 ? 3 : 1), UG = FR_WROWS / Gr;
     const int nG = (H + UG - 1) / UG;
-    /* split by panels when every thread gets as many (no barriers); else by groups */
-    const int bypanel = nt > 1 && nP >= nt && nP % nt == 0 && !fr_wide_force_groups;
+    /* split by panels when every thread gets as many (no barriers), LSTM / GRU only
+     * from two panels a thread; else by groups.  With one panel a thread, each thread
+     * streams all the gate weights for one panel of rows: measured (Intel Xeon, AVX-512,
+     * 2 threads, time / packed kernel's) float64 B=16 LSTM 1.05 by panels, 0.84 by
+     * groups, GRU 1.05 / 0.83, float32 B=32 GRU H=384 0.90 / 0.82, LSTM H=256 0.93 /
+     * 0.90; at two panels a thread even (LSTM B=64 H=512 0.70 / 0.69); SimpleRNN's
+     * panels win from one a thread (AVX2 B=16: 0.79 / 1.10) */
+    const int bypanel = nt > 1 && nP >= (cl->cell == 0 ? nt : 2 * nt) && nP % nt == 0
+                        && !fr_wide_force_groups;
     int nthr = bypanel ? nt : (nt < nG ? nt : nG), b, j;
     if ((long)cl->G * H * (cl->K + q->I) * B < fr_min_par_work) nthr = 1;
     if (nthr < 1) nthr = 1;
