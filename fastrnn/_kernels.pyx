@@ -128,6 +128,7 @@ cdef extern from "fr_kern.h":
     int fr_rowsplit_min
     int fr_force_level
     int fr_wide_force_groups
+    int fr_wide_pairs
     long fr_min_par_work
     int fr_dgate_mode
     int fr_barrier_spin
@@ -1079,6 +1080,16 @@ def _set_wide_split(int by_groups):
     global fr_wide_force_groups
     old = fr_wide_force_groups
     fr_wide_force_groups = by_groups
+    return old
+
+
+def _set_wide_pairs(int on):
+    """Test / A-B hook: 1 (the default) makes the batch-lane kernel run two panels of rows
+    at a time where a thread has two (each weight broadcast feeds both), 0 one at a time.
+    Returns the old value."""
+    global fr_wide_pairs
+    old = fr_wide_pairs
+    fr_wide_pairs = on
     return old
 
 

@@ -87,6 +87,8 @@ static int fr_level_of_unit(int U, int elsize) {
 
 /* test hook: the batch-lane kernel splits by unit groups even where panels would do */
 static int fr_wide_force_groups = 0;
+/* test / A-B hook: the batch-lane kernel runs panels two at a time (1) or one (0) */
+static int fr_wide_pairs = 1;
 
 /* test hook: LSTM / GRU gate math deferred and batched over (row, unit block) pairs (1), per
  * block as the product finishes (0) */

@@ -973,3 +973,34 @@ def test_lstm_route_rule_by_isa():
     else:
         assert r(1, 4) and not r(1, 5) and r(1, 7)
         assert not r(2, 6) and r(2, 8) and r(2, 16)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_panel_pairs(wide, cell, dtype):
+    """The batch-lane kernel runs a thread's panels of rows two at a time (each weight
+    broadcast feeding both): the same sums in the same order as one at a time, so
+    bit-identical, with an odd panel left over, both splits, lengths (panels finishing
+    early), and against the reference."""
+    rng = np.random.default_rng(21)
+    W = _kernels.unit_block(dtype)
+    B = 5 * W - 3                                 # five panels, the last partly filled
+    x = rng.standard_normal((6, B, 9)).astype(dtype)
+    lengths = rng.integers(0, 7, B)
+    lengths[0] = 6
+    for split in (0, 1):
+        _kernels._set_wide_split(split)
+        for nt in (1, 2):
+            layer = CELLS[cell](9, 30, bidirectional=True, dtype=dtype, seed=nt,
+                                num_threads=nt)
+            outs = []
+            for pairs in (1, 0):
+                old = _kernels._set_wide_pairs(pairs)
+                try:
+                    outs.append((layer(x), layer(x, lengths=lengths)))
+                finally:
+                    _kernels._set_wide_pairs(old)
+            for a, b in zip(outs[0], outs[1]):
+                np.testing.assert_array_equal(a[0], b[0])
+            _check(layer, x)
+            _check(layer, x, lengths=lengths)
