@@ -75,7 +75,9 @@ _L2 = None
 
 
 def _l2_bytes():
-    """One core's L2 cache in bytes (Linux sysfs, else sysconf, else 1 MiB)."""
+    """One core's L2 cache in bytes (Linux sysfs, else sysconf, else 1 MiB), for the
+    route's rule.  (``_kernels._L2_BYTES`` reads sysconf only, which some Pythons lack,
+    falling back to 1 MiB; the pair rule there was measured with those values.)"""
     global _L2
     if _L2 is None:
         _L2 = 1 << 20
