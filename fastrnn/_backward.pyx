@@ -231,6 +231,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_fwd_rowsplit
     int frbg_fwd_rowsplit_at(int nt, int B)
     int frbg_rows3
+    int frbg_rows6
 
 
 def _set_gemm43(int on):
@@ -248,6 +249,16 @@ def _set_rows3(int on):
     Module-global: not while another thread runs a layer."""
     global frbg_rows3
     frbg_rows3 = on
+
+
+def _set_rows6(int on):
+    """Tests / A-B runs: the AVX-512 6-row training kernels end a block of rows with two
+    near-equal blocks instead of a lone one or two rows (1, the default) or not (0).
+    Returns the previous value.  Module-global: not while another thread runs a layer."""
+    global frbg_rows6
+    old = frbg_rows6
+    frbg_rows6 = on
+    return old
 
 
 def _set_fwd_rowsplit(int n):

@@ -280,6 +280,33 @@ NAME(const int mr, int k, const T* A, int lda, int aks, const T* P, T* C, int ld
 /* C rows [0, m), panels [p0, p1); A (m x k) element (r, kk) at A[r*lda + kk*aks];
  * k is walked in blocks of KC so a block of a panel stays in L2 for large k. */
 #define FRBG_KC 1024
+/* rows in the next register block of an MR-row micro-kernel when rem rows are left:
+ * MR, but with MR = 6 (AVX-512) the last 7-12 rows go in two near-equal blocks instead
+ * of six and a lone one or two (32 = 6+6+6+6+4+4, 64 = 10 x 6 + 4, 8 = 4+4): a 1- or
+ * 2-row block does 4-8 FMAs per 4 weight loads.  The same sums per element. */
+static int frbg_rows6 = 1;   /* 0: plain sixes (_backward._set_rows6, tests, A/B runs) */
+static inline int frbg_mr_rows(int MR, int rem) {
+    if (rem <= MR) return rem;
+    if (MR == 6 && frbg_rows6 && rem <= 12) return (rem + 1) / 2;
+    return MR;
+}
+/* MICRO over rows [0, m) in blocks of frbg_mr_rows (i: the block's first row, used in
+ * the arguments after the row count) */
+#define FRBG_MICRO_BLOCKS(MICRO, MR, m, i, ...)                                         \
+    do {                                                                               \
+        int mr_;                                                                       \
+        for (i = 0; i < (m); i += mr_) {                                               \
+            mr_ = frbg_mr_rows(MR, (m) - i);                                           \
+            switch (mr_) {                                                             \
+            case 1: MICRO(1, __VA_ARGS__); break;                                      \
+            case 2: MICRO(2, __VA_ARGS__); break;                                      \
+            case 3: MICRO(3, __VA_ARGS__); break;                                      \
+            case 4: if (MR >= 4) MICRO(4, __VA_ARGS__); break;                         \
+            case 5: if (MR >= 5) MICRO(5, __VA_ARGS__); break;                         \
+            default: if (MR >= 6) MICRO(6, __VA_ARGS__); break;                        \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
 #define FRBG_GEMM(NAME, MICRO, T, VL, MR, ATTR)                                         \
 ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T* Bp,  \
                       T* C, int ldc, int beta, int p0, int p1) {                       \
@@ -291,16 +318,8 @@ ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T
             const T* Ak = A + (size_t)k0 * aks;                                        \
             kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                  \
             bt = beta || k0 > 0;                                                       \
-            for (i = 0; i + MR <= m; i += MR)                                          \
-                MICRO(MR, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); \
-            switch (m - i) {                                                           \
-            case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
-            case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
-            case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
-            case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
-            case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, aks, P, C + (size_t)i * ldc + j0, ldc, w, bt, VL); break; \
-            default: break;                                                            \
-            }                                                                          \
+            FRBG_MICRO_BLOCKS(MICRO, MR, m, i, kc, Ak + (size_t)i * lda, lda, aks, P,  \
+                              C + (size_t)i * ldc + j0, ldc, w, bt, VL);               \
             if (k == 0) break;                                                         \
         }                                                                              \
     }                                                                                  \
@@ -609,16 +628,8 @@ ATTR static inline __attribute__((always_inline)) void NAME##_panel(int p, int m
         T* Cp = C + u0;                                                                \
         kc = k - k0 < FRBG_KC ? k - k0 : FRBG_KC;                                      \
         bt = beta || k0 > 0;                                                           \
-        for (i = 0; i + MR <= m; i += MR)                                              \
-            MICRO(MR, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); \
-        switch (m - i) {                                                               \
-        case 1: MICRO(1, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-        case 2: MICRO(2, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-        case 3: MICRO(3, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-        case 4: MICRO(4, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-        case 5: MICRO(5, kc, Ak + (size_t)i * lda, lda, 1, P, Cp + (size_t)i * ldc, ldc, wu, bt, H); break; \
-        default: break;                                                                \
-        }                                                                              \
+        FRBG_MICRO_BLOCKS(MICRO, MR, m, i, kc, Ak + (size_t)i * lda, lda, 1, P,        \
+                          Cp + (size_t)i * ldc, ldc, wu, bt, H);                       \
         if (k == 0) break;                                                             \
     }                                                                                  \
 }                                                                                      \

@@ -531,6 +531,39 @@ def test_row_blocks_and_splits_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_six_row_blocks_vs_torch(cell, dtype):
+    """The AVX-512 6-row training kernels end a block of rows with two near-equal blocks
+    (8 = 4+4, 13 = 6+4+3, 20 = 6+6+4+4) instead of a lone one or two rows, on and off:
+    against torch, 1-2 threads, unit and row splits, ragged and dense; the same sums, so
+    the two settings give identical bits.  (Elsewhere the setting is ignored.)"""
+    from fastrnn import _backward as b
+    try:
+        for nt in (1, 2):
+            fastrnn.set_num_threads(nt)
+            for B in (7, 8, 13, 16, 20, 26):
+                for rows6 in (1, 0):
+                    b._set_rows6(rows6)
+                    _run_case(cell, 1, B % 2 == 0, False, True, True, B % 2 == 1, dtype,
+                              T=4, B=B, I=9, H=37, seed=B + nt)
+        layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(9, 37, dtype=dtype,
+                                                                  seed=0, num_threads=2)
+        x = np.random.default_rng(0).standard_normal((6, 20, 9)).astype(dtype)
+        gy = np.random.default_rng(1).standard_normal((6, 20, 37)).astype(dtype)
+        res = []
+        for rows6 in (1, 0):
+            b._set_rows6(rows6)
+            out, _, cache = layer.forward_train(x)
+            res.append((out, layer.backward(cache, gy)))
+        np.testing.assert_array_equal(res[0][0], res[1][0])
+        for k in res[0][1]:
+            np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+    finally:
+        b._set_rows6(1)
+        fastrnn.set_num_threads(None)
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)
