@@ -10,6 +10,8 @@
  * broadcast into FR_WROWS accumulators, so a weight is read once per panel of W rows
  * (a twelfth of a vector per FMA) and the input projection is fused into the step
  * (k runs over the input, then over h).  The loop is FMA-bound wherever the weights sit.
+ * Where a thread has two panels, half a group's rows run for both at once (wkb2): each
+ * broadcast feeds two FMAs, half the broadcast loads.
  *
  * Packed weights ("row-group" layout, pack_wide in _kernels.pyx): hidden units in groups
  * of UG = FR_WROWS / Gr (Gr rows per unit: 4 LSTM i f g o, 3 GRU r z n, 1 RNN); group g
@@ -18,9 +20,10 @@
  * accumulators (the fused bias is the x bias); GRU (reset_after) keeps them apart:
  * n = tanh(a_x + r * a_h), b_hn in the h bias.
  *
- * Threads own ranges of groups for the whole call; a step needs one barrier (the new h
- * complete before any thread reads it), a chunk of steps one more (its inputs
- * transposed by all threads first).  Finished sequences (packed lengths), masked steps
+ * Threads own ranges of panels (rows are independent: no barrier) or, where the panels
+ * do not divide evenly (LSTM / GRU: fewer than two a thread), ranges of groups for the
+ * whole call; then a step needs one barrier (the new h complete before any thread reads
+ * it), a chunk of steps one more (its inputs transposed by all threads first).  Finished sequences (packed lengths), masked steps
  * (Keras masking: state carried, output repeated or zero) and padding lanes are
  * blended per lane. */
 
