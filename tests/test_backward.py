@@ -493,6 +493,23 @@ def test_gemm43_kernels_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+def _same_bits_either_way(setter, cell, dtype, B, nt):
+    """forward_train + backward (T=6, I=9, H=37) with a kernel setting on (1) and off
+    (0): identical outputs and gradients (row blockings leave every sum unchanged)."""
+    layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(9, 37, dtype=dtype, seed=0,
+                                                              num_threads=nt)
+    x = np.random.default_rng(0).standard_normal((6, B, 9)).astype(dtype)
+    gy = np.random.default_rng(1).standard_normal((6, B, 37)).astype(dtype)
+    res = []
+    for on in (1, 0):
+        setter(on)
+        out, _, cache = layer.forward_train(x)
+        res.append((out, layer.backward(cache, gy)))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    for k in res[0][1]:
+        np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_blocks_and_splits_vs_torch(cell, dtype):
@@ -513,18 +530,7 @@ def test_row_blocks_and_splits_vs_torch(cell, dtype):
                         b._set_rows3(rows3)
                         _run_case(cell, 1, False, False, True, True, B % 2 == 1, dtype,
                                   T=4, B=B, I=9, H=37, seed=B + nt)
-        layer = fastrnn.LSTM(9, 37, dtype=dtype, seed=0) if cell == "lstm" else \
-            fastrnn.GRU(9, 37, dtype=dtype, seed=0)
-        x = np.random.default_rng(0).standard_normal((6, 13, 9)).astype(dtype)
-        gy = np.random.default_rng(1).standard_normal((6, 13, 37)).astype(dtype)
-        res = []
-        for rows3 in (1, 0):
-            b._set_rows3(rows3)
-            out, _, cache = layer.forward_train(x)
-            res.append((out, layer.backward(cache, gy)))
-        np.testing.assert_array_equal(res[0][0], res[1][0])
-        for k in res[0][1]:
-            np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+        _same_bits_either_way(b._set_rows3, cell, dtype, B=13, nt=3)
     finally:
         b._set_rows3(1)
         b._set_fwd_rowsplit(0)
@@ -547,18 +553,7 @@ def test_six_row_blocks_vs_torch(cell, dtype):
                     b._set_rows6(rows6)
                     _run_case(cell, 1, B % 2 == 0, False, True, True, B % 2 == 1, dtype,
                               T=4, B=B, I=9, H=37, seed=B + nt)
-        layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(9, 37, dtype=dtype,
-                                                                  seed=0, num_threads=2)
-        x = np.random.default_rng(0).standard_normal((6, 20, 9)).astype(dtype)
-        gy = np.random.default_rng(1).standard_normal((6, 20, 37)).astype(dtype)
-        res = []
-        for rows6 in (1, 0):
-            b._set_rows6(rows6)
-            out, _, cache = layer.forward_train(x)
-            res.append((out, layer.backward(cache, gy)))
-        np.testing.assert_array_equal(res[0][0], res[1][0])
-        for k in res[0][1]:
-            np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+        _same_bits_either_way(b._set_rows6, cell, dtype, B=20, nt=2)
     finally:
         b._set_rows6(1)
         fastrnn.set_num_threads(None)
