@@ -282,7 +282,7 @@ NAME(const int mr, int k, const T* A, int lda, int aks, const T* P, T* C, int ld
 #define FRBG_KC 1024
 /* rows in the next register block of an MR-row micro-kernel when rem rows are left:
  * MR, but with MR = 6 (AVX-512) the last 7-12 rows go in two near-equal blocks instead
- * of six and a lone one or two (32 = 6+6+6+6+4+4, 64 = 10 x 6 + 4, 8 = 4+4): a 1- or
+ * of six and a lone one or two (32 = 6+6+6+6+4+4, 64 = 9 x 6 + 5+5, 8 = 4+4): a 1- or
  * 2-row block does 4-8 FMAs per 4 weight loads.  The same sums per element. */
 static int frbg_rows6 = 1;   /* 0: plain sixes (_backward._set_rows6, tests, A/B runs) */
 static inline int frbg_mr_rows(int MR, int rem) {
