@@ -12,7 +12,6 @@ Layers own validation; the kernels in ``_kernels.pyx`` trust their arguments.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,12 +74,13 @@ _L2 = None
 
 
 def _l2_bytes():
-    """One core's L2 cache in bytes (Linux sysfs, else sysconf, else 1 MiB), for the
-    route's rule.  (``_kernels._L2_BYTES`` reads sysconf only, which some Pythons lack,
-    falling back to 1 MiB; the pair rule there was measured with those values.)"""
+    """One core's L2 cache in bytes for the route's rule: Linux sysfs, else
+    ``_kernels._L2_BYTES`` (sysconf, else 1 MiB).  (``_kernels._L2_BYTES`` alone reads
+    sysconf only, which some Pythons lack; the pair rule there was measured with those
+    values, so it stays as it is.)"""
     global _L2
     if _L2 is None:
-        _L2 = 1 << 20
+        size = None
         try:
             import glob
             for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
@@ -90,14 +90,11 @@ def _l2_bytes():
                 with open(d + "/size") as f:
                     txt = f.read().strip().upper()
                 mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
-                _L2 = int(txt.rstrip("KM")) * mult
+                size = int(txt.rstrip("KM")) * mult
                 break
-            else:
-                n = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-                if n > 0:
-                    _L2 = n
-        except (OSError, ValueError, AttributeError):
-            pass
+        except (OSError, ValueError):
+            size = None
+        _L2 = size if size else _kernels_module()._L2_BYTES
     return _L2
 
 
