@@ -303,6 +303,8 @@ def _st(header, data=b"", hlen=None):
     (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), "outside the data"),
     (_st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 8), "needs 8 bytes"),
     (_st({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}}, b"\0" * 4), "needs"),
+    (_st({"a": {"dtype": "F32", "shape": [0, 2**31, 2**31], "data_offsets": [0, 0]}}), "too large"),
+    (_st({"a": {"dtype": "F64", "shape": [2**60, 0], "data_offsets": [0, 0]}}), "too large"),
     (_st({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
     (_st({"a": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
     (_st({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),

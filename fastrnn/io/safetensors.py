@@ -86,13 +86,18 @@ def _parse_header(raw: bytes, data_len: int, name: str):
             raise _header_error(
                 name, f"tensor {key!r}: data_offsets [{begin}, {end}] outside the data section "
                 f"of {data_len} bytes")
-        numel = 1
+        numel = nominal = 1
         for s in shape:
             numel *= s
+            nominal *= max(s, 1)
         if numel * _ITEMSIZE[dtype] != end - begin:
             raise _header_error(
                 name, f"tensor {key!r}: shape {shape} of {dtype} needs {numel * _ITEMSIZE[dtype]} "
                 f"bytes but data_offsets span {end - begin}")
+        if nominal * _ITEMSIZE[dtype] >= 1 << 62:
+            # empty, but numpy refuses the shape (its size check multiplies the other
+            # dimensions)
+            raise _header_error(name, f"tensor {key!r}: shape {shape} is too large")
         entries.append((key, dtype, tuple(shape), begin, end))
     return entries, meta
 
