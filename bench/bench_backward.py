@@ -14,16 +14,29 @@ Groups ``train <cell> B=.. T=.. H=..`` (I = H, one layer, float32, 2 threads eac
 * ``fastrnn forward_train`` / ``fastrnn inference``: the forward halves, for scale.
 
 Run as a script for a ratio table from interleaved runs (robust on a busy machine):
-``PYTHONPATH=. python bench/bench_backward.py``.  Target: fastrnn <= 0.8x torch.
+``PYTHONPATH=. python bench/bench_backward.py [--rounds 9 --calls 3 --gap 0.15]``.  Every
+round visits every implementation as bench_interleaved.py does (``_interleave.visit``: a
+pause so the other library's spinning threads sleep, one warm-up call, then ``--calls``
+timed calls; the visit's sample is their median).  Until 2026-12-04 the script timed one
+call per visit, right after the previous implementation's (``--calls 1 --gap 0
+--no-warmup``): that call found the other library's thread pool still spinning on the
+two cores and its own data evicted, which costs whoever runs second.  Target: fastrnn <=
+0.8x torch.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
 
 import numpy as np
 import pytest
 
 import fastrnn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _interleave import visit  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -88,25 +101,53 @@ def test_train_step(benchmark, case, who):
     benchmark.pedantic(fn, rounds=7 if H == 256 else 4, warmup_rounds=1)
 
 
-def main(rounds=9):
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="forward + backward beside torch autograd, "
+                                             "interleaved")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--calls", type=int, default=3,
+                    help="timed calls per visit (their median is the visit's sample); "
+                         "1 with --gap 0 --no-warmup: the older protocol, one call "
+                         "right after another implementation's")
+    ap.add_argument("--gap", type=float, default=0.15,
+                    help="seconds of pause before each visit (spinning thread pools "
+                         "go to sleep)")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="no untimed call at the start of a visit")
+    ap.add_argument("--cases", default=None, help="substring filter, e.g. 'LSTM B=16'")
+    a = ap.parse_args(argv)
     for case in CASES:
+        cell, B, T, H = case
+        name = f"{cell} B={B} T={T} H={H}"
+        if a.cases is not None and a.cases not in name:
+            continue
         fns = _setup(*case)
-        times = {k: [] for k in fns}
+        med_s = {k: [] for k in fns}
+        best = dict.fromkeys(fns, float("inf"))
         for f in fns.values():
             f()
-        for _ in range(rounds):          # interleaved, so load changes hit everyone alike
+        for r in range(a.rounds):      # interleaved, so load changes hit everyone alike
             for k, f in fns.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-        best = {k: min(v) * 1e3 for k, v in times.items()}
-        med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-        cell, B, T, H = case
-        print(f"{cell} B={B} T={T} H={H}: " + ", ".join(
+                if a.no_warmup:
+                    time.sleep(a.gap)
+                    ts = []
+                    for _ in range(a.calls):
+                        t0 = time.perf_counter()
+                        f()
+                        ts.append(time.perf_counter() - t0)
+                    med, mn = float(np.median(ts)), min(ts)
+                else:
+                    med, mn = visit(f, a.calls, a.gap)
+                med_s[k].append(med)
+                best[k] = min(best[k], mn)
+        best = {k: v * 1e3 for k, v in best.items()}
+        med = {k: float(np.median(v)) * 1e3 for k, v in med_s.items()}
+        print(f"{name}: " + ", ".join(
             f"{k} {best[k]:.1f} ms (median {med[k]:.1f})" for k in fns)
             + f"; ratio fastrnn/torch min {best['fastrnn'] / best['torch autograd']:.2f}"
             f" median {med['fastrnn'] / med['torch autograd']:.2f}"
-            f"; +dX min {best['fastrnn +dX'] / best['torch autograd +dX']:.2f}")
+            f"; +dX min {best['fastrnn +dX'] / best['torch autograd +dX']:.2f}"
+            f" median {med['fastrnn +dX'] / med['torch autograd +dX']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ import json
 import os
 import platform
 import sys
-import time
-
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _interleave import visit  # noqa: E402
 from bench_speed import (CASES, NT, fastrnn, flops, models, ort, ort_session, ov,  # noqa: E402
                          ov_request, torch)
 
@@ -65,17 +64,6 @@ def _sgemm():
     return run
 
 
-def _visit(fn, calls, gap):
-    time.sleep(gap)
-    fn()
-    ts = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), min(ts)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -100,7 +88,7 @@ def main(argv=None):
             impls = list(rs)
             impls = impls[r % len(impls):] + impls[:r % len(impls)]
             for impl in impls:
-                med, mn = _visit(rs[impl], a.calls, a.gap)
+                med, mn = visit(rs[impl], a.calls, a.gap)
                 samples[(g, impl)].append(med)
                 mins[(g, impl)] = min(mins[(g, impl)], mn)
         print(f"round {r + 1}/{a.rounds}", file=sys.stderr)

@@ -232,6 +232,8 @@ cdef extern from "_backward_gemm.h":
     int frbg_fwd_rowsplit_at(int nt, int B)
     int frbg_rows3
     int frbg_rows6
+    int frbg_wgemm_mode
+    int frbg_wgemm_big(int MR)
 
 
 def _set_gemm43(int on):
@@ -259,6 +261,22 @@ def _set_rows6(int on):
     old = frbg_rows6
     frbg_rows6 = on
     return old
+
+
+def _set_wgemm_blocks(int mode):
+    """Tests / A-B runs: the AVX-512 weight-gradient GEMM's blocks where its B panel
+    outgrows L2 (more than 2048 rows of a step batch): -1 (the default) the larger
+    blocks where a core has 2 MiB of L2 or more, 0 the smaller, 1 the larger.  Returns
+    the previous value.  Module-global: not while another thread runs a layer."""
+    global frbg_wgemm_mode
+    old = frbg_wgemm_mode
+    frbg_wgemm_mode = mode
+    return old
+
+
+def wgemm_big_blocks():
+    """Whether the AVX-512 weight-gradient GEMM uses its larger blocks here."""
+    return bool(frbg_wgemm_big(6))
 
 
 def _set_fwd_rowsplit(int n):

@@ -559,6 +559,27 @@ def test_six_row_blocks_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_weight_gradients_vs_torch(cell, dtype):
+    """More than 2048 rows of a step batch (T*B = 2240: the weight-gradient GEMM's B
+    panel outgrows L2 and it runs in blocks), both block sizes of the AVX-512 kernel
+    (64 micro-panels x 512 rows: several row blocks, a partial last one, more than one
+    block of micro-panels at H=200 on one thread; 32 x 128), 1-2 threads, against torch.
+    (Where the kernel is not AVX-512 the setting is ignored.)"""
+    from fastrnn import _backward as b
+    try:
+        for mode in (1, 0):
+            b._set_wgemm_blocks(mode)
+            for nt in (1, 2):
+                fastrnn.set_num_threads(nt)
+                _run_case(cell, 1, False, False, True, True, nt == 2, dtype, T=70, B=32,
+                          I=11, H=200 if nt == 1 else 23, seed=mode + 2 * nt)
+    finally:
+        b._set_wgemm_blocks(-1)
+        fastrnn.set_num_threads(None)
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)
