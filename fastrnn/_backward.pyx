@@ -230,6 +230,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_use43
     int frbg_fwd_rowsplit
     int frbg_fwd_rowsplit_at(int nt, int B)
+    int frbg_bwd_rowsplit
     int frbg_rows3
     int frbg_rows6
     int frbg_wgemm_mode
@@ -277,6 +278,16 @@ def _set_wgemm_blocks(int mode):
 def wgemm_big_blocks():
     """Whether the AVX-512 weight-gradient GEMM uses its larger blocks here."""
     return bool(frbg_wgemm_big(6))
+
+
+def _set_bwd_rowsplit(int n):
+    """Tests / A-B runs: the LSTM / GRU backward's time loop split by batch rows (1), by
+    units (-1) or by the rule (0, the default).  Returns the previous value.
+    Module-global: not while another thread runs a layer."""
+    global frbg_bwd_rowsplit
+    old = frbg_bwd_rowsplit
+    frbg_bwd_rowsplit = n
+    return old
 
 
 def _set_fwd_rowsplit(int n):

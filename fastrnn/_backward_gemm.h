@@ -258,9 +258,8 @@ FRBG_PACK43(frbg_pack43_d, double)
  * measured there).  frbg_wgemm_mode: -1 by the L2 size, 0 / 1 forced (tests, A/B). */
 static int frbg_wgemm_mode = -1;
 static long frbg_l2_size = -1;
-static int frbg_wgemm_big(int MR) {
-    if (MR != 6) return 0;
-    if (frbg_wgemm_mode >= 0) return frbg_wgemm_mode;
+/* L2 bytes of a core (sysconf; 0 when unknown), read once */
+static long frbg_l2_bytes(void) {
     if (frbg_l2_size < 0) {
         long l2 = 0;
 #ifdef _SC_LEVEL2_CACHE_SIZE
@@ -268,7 +267,12 @@ static int frbg_wgemm_big(int MR) {
 #endif
         frbg_l2_size = l2 > 0 ? l2 : 0;
     }
-    return frbg_l2_size >= (2L << 20);
+    return frbg_l2_size;
+}
+static int frbg_wgemm_big(int MR) {
+    if (MR != 6) return 0;
+    if (frbg_wgemm_mode >= 0) return frbg_wgemm_mode;
+    return frbg_l2_bytes() >= (2L << 20);
 }
 #if FRBG_X86
 /* micro-kernel: MR (compile-time constant after inlining) rows x 4 vectors */
@@ -1181,6 +1185,25 @@ static int frbg_fwd_rowsplit_at(int nt, int B) {
      * block); 3 or 5 rows a thread (B = 6, 7, 9, 10) 1.02-1.07 */
     return 2 * B >= 11 * nt || (B >= 4 * nt && B % (4 * nt) == 0);
 }
+/* The split-by-units backward's time loop split by batch rows instead (each thread the
+ * gate pass, dG packing and dh product of its own rows of every step, reading all of
+ * W_hh: no barrier per step; the weight-gradient GEMMs after the loop stay split by
+ * units).  Measured (Intel Xeon, AVX-512, 2 MiB L2, 2 threads, backward time rows /
+ * units, in-process A/B): GRU float32 H=128 B=16 0.90, H=256 B=8..128 0.93-0.98 (W_hh
+ * 768 KiB), H=384 B=64 0.98, H=512 B=64..128 0.97-0.98 but B=16, 32, 48 1.18, 1.07,
+ * 1.02 (W_hh 3 MiB streamed by each thread for its rows: worth it from ~96 KiB of W_hh
+ * a row); float64 GRU H=256 B=16 1.02, H=512 B=64 1.01; LSTM float32 H=256 B=12..64
+ * 0.99-1.01, H=512 B=16 1.12, float64 H=256 B=16 1.09.  So: GRU, AVX-512, 4+ rows a
+ * thread, W_hh in half an L2 or at most 96 KiB of it a row.  frbg_bwd_rowsplit: 0 that
+ * rule, 1 rows, -1 units (tests, A/B runs). */
+static int frbg_bwd_rowsplit = 0;
+static int frbg_bwd_rowsplit_at(int level, int lstm, int nt, int B, int H, int elsize) {
+    size_t w = (size_t)3 * H * H * elsize;
+    if (nt < 2 || B < 2) return 0;
+    if (frbg_bwd_rowsplit) return frbg_bwd_rowsplit > 0;
+    if (level != 2 || lstm || B < 4 * nt) return 0;
+    return 2 * w <= (size_t)frbg_l2_bytes() || w * nt <= ((size_t)96 << 10) * B;
+}
 /* values up to a multiple of 16 (64 bytes for either type): where the second of two
  * arrays in one scratch block starts */
 #define FRBG_ROUND16(n) (((n) + 15) / 16 * 16)
@@ -1475,12 +1498,15 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     int nb = frbg_nb(level, sizeof(T));                                                \
     int nph = (H + nb - 1) / nb, npx = (I + nb - 1) / nb;                              \
     int d43 = level == 1 && (frbg_use43 & 2), VLs = nb / 4;   /* 4 x 3 kernel, layout */ \
+    /* rows: the time loop split by batch rows (see frbg_bwd_rowsplit_at) */            \
+    int rows = !d43 && frbg_bwd_rowsplit_at(level, lstm, nt, (int)nsteps[0], H, sizeof(T)); \
     if (nt > nph) nt = nph;                                                            \
+    if (rows && nt > (int)nsteps[0]) nt = (int)nsteps[0];                              \
     if (nt < 1) nt = 1;                                                                \
     ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
     size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
     size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
-    size_t szb = (size_t)G4 + 16;                                                      \
+    size_t szb = (size_t)nt * G4 + 16;   /* per thread in the row split */             \
     int MR = frbg_mr(level);                                                           \
     /* packed dG: thread t (units [u0, u0 + L)) at 4N(u0 + t*MR), 4N(L + MR) values, so  \
      * the regions never overlap whatever team size OpenMP grants (<= nt) */           \
@@ -1492,7 +1518,7 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     T* whp = hpk + szh;           /* W_hh (G*H x H), panels of nb units */             \
     T* wip = whp + szw;           /* W_ih rows [0, KX) (then GRU: the n rows), for dX */ \
     T* wipn = wip + (size_t)npx * KX * nb;                                             \
-    T* dbs = wip + szi;           /* column sums of the four dG blocks (4H) */         \
+    T* dbs = wip + szi;           /* column sums of the four dG blocks (4H; rows: nt) */ \
     T* work = dbs + szb;          /* per thread: its dG columns, packed for the GEMM */ \
     int bar[2] = {0, 0};                                                               \
     _Pragma("omp parallel num_threads(nt)")                                            \
@@ -1534,7 +1560,48 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
         }                                                                              \
         for (q = 0; q < 4 && L > 0; q++)                                               \
             memset(dbs + (size_t)q * H + u0, 0, sizeof(T) * L);                        \
-        for (s = S - 1; s >= 0; s--) {                                                 \
+        if (rows) {                                                                    \
+            int b0 = frbg_row_bound(S, nsteps, t, ntt);                                \
+            int b1 = frbg_row_bound(S, nsteps, t + 1, ntt), tt;                        \
+            T* dbt = dbs + (size_t)t * G4;    /* this thread's bias sums, all units */ \
+            if (t > 0) memset(dbt, 0, sizeof(T) * G4);                                 \
+            frbg_barrier(bar, ntt);        /* every panel of W_hh packed, sums zeroed */ \
+            for (s = S - 1; s >= 0; s--) {                                             \
+                int n = (int)nsteps[s], e = b1 < n ? b1 : n, m = e - b0;               \
+                ptrdiff_t r = offsets[s] + b0;                                         \
+                if (m <= 0) continue;                                                  \
+                FRBG_PICK(frbg_dyadd, SUF, m, H, 0, H, dy + r * H, dh + (size_t)b0 * H); \
+                if (lstm)                                                              \
+                    frbg_lstm_bwdu_##SUF(b0, e, H, 0, H, gates + offsets[s] * G4,       \
+                                         cs + offsets[s] * H,                          \
+                                         s ? cs + offsets[s - 1] * H : c0, dh, H, dc,  \
+                                         dg + offsets[s] * G4, NULL);                  \
+                else                                                                   \
+                    FRBG_PICK(frbg_gru_bwdu, SUF, m, H, 0, H, gates + r * GH,          \
+                              cs + r * H, s ? y + (offsets[s - 1] + b0) * ldy          \
+                                            : h0 + (size_t)b0 * H,                     \
+                              s ? ldy : H, dh + (size_t)b0 * H, dg + r * G4);          \
+                /* own rows into every thread's packed dG region (the weight-gradient  \
+                 * GEMMs below stay split by units) */                                 \
+                for (tt = 0; tt < ntt; tt++) {                                         \
+                    int a0 = tt * nph / ntt, a1 = (tt + 1) * nph / ntt;                \
+                    int w0 = a0 * nb, w1 = a1 * nb < H ? a1 * nb : H;                  \
+                    if (w1 > w0)                                                       \
+                        FRBG_PICK(frbg_packdgv, SUF, MR, m, w1 - w0,                   \
+                                  (w1 - w0 + MR - 1) / MR, N, r, dg + r * G4 + w0, G4, \
+                                  H, dbt + w0,                                         \
+                                  work + (size_t)4 * N * ((size_t)w0 + (size_t)tt * MR)); \
+                }                                                                      \
+                frbg_gemm_##SUF(level, m, H, GH, dg + r * G4, G4, 1, whp,              \
+                                dh + (size_t)b0 * H, H, !lstm, 0, nph);                \
+            }                                                                          \
+            frbg_barrier(bar, ntt);        /* every dG row packed, every sum taken */  \
+            for (tt = 1; tt < ntt; tt++)                                               \
+                for (q = 0; q < 4 && L > 0; q++)                                       \
+                    for (b = 0; b < L; b++)                                            \
+                        dbs[(size_t)q * H + u0 + b] += dbs[(size_t)tt * G4 + q * H + u0 + b]; \
+        }                                                                              \
+        for (s = rows ? -1 : S - 1; s >= 0; s--) {                                     \
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
             if (L > 0) {                                                               \

@@ -443,6 +443,26 @@ def test_units_split_vs_torch(cell, dtype):
             fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_row_split_vs_torch(cell, dtype):
+    """The backward's time loop split by batch rows (forced on, forced off, and by the
+    rule: GRU on AVX-512 where W_hh fits): ragged and dense batches, rows not a multiple
+    of the threads, uneven unit shares for the weight gradients, 2-3 threads, torch."""
+    from fastrnn import _backward as b
+    try:
+        for mode in (1, -1, 0):
+            b._set_bwd_rowsplit(mode)
+            for nt in (2, 3):
+                fastrnn.set_num_threads(nt)
+                for B, ragged in ((8, False), (13, True), (37, True)):
+                    _run_case(cell, 1, B == 13, False, True, True, ragged, dtype, T=6, B=B,
+                              I=11, H=70, seed=B + nt + mode)
+    finally:
+        b._set_bwd_rowsplit(0)
+        fastrnn.set_num_threads(None)
+
+
 # hidden sizes of one vector of some ISA level (AVX-512 16 / 8, AVX2 8 / 4 floats /
 # doubles), where the four LSTM gate vectors of a unit block lie side by side
 _VECTOR_H = (4, 8, 16)
