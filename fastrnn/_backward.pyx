@@ -120,7 +120,7 @@ cdef extern from "_backward_gemm.h":
                         const double* h0, const double* c0, double* y, int ldy,
                         double* gates, double* cs, double* pre, int pack_only) nogil
     size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize)
-    int frbg_lstm_fwd_layout()
+    int frbg_lstm_fwd_layout(int nt, int B)
     int frbg_gru_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
                        const Py_ssize_t* nsteps, int I, int H, const float* x,
                        const float* wih, const float* whh, const float* bias,
@@ -228,6 +228,7 @@ cdef enum:
 
 cdef extern from "_backward_gemm.h":
     int frbg_use43
+    int frbg_use83
     int frbg_fwd_rowsplit
     int frbg_fwd_rowsplit_at(int nt, int B)
     int frbg_bwd_rowsplit
@@ -244,6 +245,16 @@ def _set_gemm43(int on):
     a layer."""
     global frbg_use43
     frbg_use43 = on
+
+
+def _set_gemm83(int on):
+    """Tests / A-B runs: the AVX-512 LSTM training forward on the 8 x 3 micro-kernel by
+    its rule (1, the default: blocks of 7-8 rows), never (0) or always (2).  Returns the
+    previous value.  Module-global: not while another thread runs a layer."""
+    global frbg_use83
+    old = frbg_use83
+    frbg_use83 = on
+    return old
 
 
 def _set_rows3(int on):
@@ -1497,7 +1508,8 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
             Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
             floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
             floating[:, ::1] gates, floating[:, ::1] cs, int hidden_size, int proj_size,
-            int reset_after, int relu, int num_threads, floating[::1] prepacked=None):
+            int reset_after, int relu, int num_threads, floating[::1] prepacked=None,
+            int prepacked_layout=-1):
     """Training forward of one direction of one layer, rows in step order.
 
     x (N, I); h0 (B, Hout), c0 (B, H) (LSTM); y (N, >= y_col + Hout) receives the
@@ -1505,9 +1517,10 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
     (LSTM: c, GRU reset_after: W_hn h + b_hn; unused otherwise) receive the cache.
     ``bias`` (G*H) is ``b_ih + b_hh`` except the GRU reset_after candidate block, which
     holds ``b_in`` (``bhn`` holds ``b_hn``).  ``prepacked``: a plain LSTM's weights from
-    :func:`pack_lstm_forward` (same weights, thread count and batch; the layout of
-    :func:`lstm_forward_layout` then), so they are not packed again.  The caller
-    validates every shape.
+    :func:`pack_lstm_forward` (same weights), packed in ``prepacked_layout``
+    (:func:`lstm_forward_layout` of the packing's thread count and batch), so they are
+    not packed again; refused unless that is this call's layout.  The caller validates
+    every shape.
     """
     cdef Dims d
     cdef int rc
@@ -1517,6 +1530,8 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
     _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
           offsets.shape[0])
     if prepacked is not None:
+        if prepacked_layout != frbg_lstm_fwd_layout(num_threads, <int>nsteps[0]):
+            raise ValueError("fastrnn: prepacked LSTM weights of another layout")
         if <size_t>prepacked.shape[0] != frbg_lstm_fwd_packed_size(
                 frbg_level(), d.I, d.H, sizeof(floating)):
             raise ValueError("fastrnn: prepacked LSTM weights of another size")
@@ -1539,10 +1554,11 @@ def forward_splits_rows(int nt, int B):
     return frbg_fwd_rowsplit_at(nt, B) != 0
 
 
-def lstm_forward_layout():
-    """The layout (ISA level, 4 x 3 kernel or not) :func:`pack_lstm_forward` packs in
-    now; a packing is valid while this stays the same."""
-    return frbg_lstm_fwd_layout()
+def lstm_forward_layout(int nt, int B):
+    """The layout (ISA level; the 4 x 3 / 8 x 3 kernel's or the 4-vector panels')
+    :func:`pack_lstm_forward` packs in now for B sequences on nt threads; a packing is
+    valid for calls whose layout is the same."""
+    return frbg_lstm_fwd_layout(nt, B)
 
 
 def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_threads,

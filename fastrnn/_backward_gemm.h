@@ -398,7 +398,7 @@ FRBG_GEMM(frbg_gemm_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 ATTR static inline __attribute__((always_inline)) void                                \
 NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,                  \
      const T* const* bp, int bks, T* const* cp, const int* wv, int ldc, int beta) {    \
-    VT acc[4][3];                                                                      \
+    VT acc[8][3];                 /* (AVX2: mr <= 4; AVX-512: the 8 x 3 kernel) */      \
     const T* b0 = bp[0];                                                               \
     const T* b1 = nv > 1 ? bp[1] : bp[0];                                              \
     const T* b2 = nv > 2 ? bp[2] : bp[0];                                              \
@@ -448,6 +448,24 @@ NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,           
     case 3: FRBG_M43_NV(MICRO, 3, nv, __VA_ARGS__) break;                              \
     default: FRBG_M43_NV(MICRO, 4, nv, __VA_ARGS__) break;                             \
     }
+/* the 8 x 3 micro-kernel (AVX-512, 32 registers: 24 accumulators, 3 B vectors, 1
+ * broadcast) for mr (1..8) rows */
+#define FRBG_M83(MICRO, mr, nv, ...)                                                    \
+    switch (mr) {                                                                      \
+    case 1: FRBG_M43_NV(MICRO, 1, nv, __VA_ARGS__) break;                              \
+    case 2: FRBG_M43_NV(MICRO, 2, nv, __VA_ARGS__) break;                              \
+    case 3: FRBG_M43_NV(MICRO, 3, nv, __VA_ARGS__) break;                              \
+    case 4: FRBG_M43_NV(MICRO, 4, nv, __VA_ARGS__) break;                              \
+    case 5: FRBG_M43_NV(MICRO, 5, nv, __VA_ARGS__) break;                              \
+    case 6: FRBG_M43_NV(MICRO, 6, nv, __VA_ARGS__) break;                              \
+    case 7: FRBG_M43_NV(MICRO, 7, nv, __VA_ARGS__) break;                              \
+    default: FRBG_M43_NV(MICRO, 8, nv, __VA_ARGS__) break;                             \
+    }
+/* rows in the next block of m83 rows when rem are left: eights, the last 9-16 rows in
+ * two near-equal blocks */
+static inline int frbg_m83_rows(int rem) {
+    return rem <= 8 ? rem : rem <= 16 ? (rem + 1) / 2 : 8;
+}
 /* rows in the next block of m43 rows when rem are left: fours, but three-row blocks
  * instead of a last block of one or two (13 = 4+3+3+3, 10 = 4+3+3, 5 = 3+2): a 1-row
  * block does 3 FMAs per 4 loads.  Same sums per element (the k order is unchanged).
@@ -461,14 +479,21 @@ static inline int frbg_m43_rows(int rem) {
 /* rows [0, m) of C (cp[v] + r * ldc) in blocks of frbg_m43_rows: A (m x kc) element
  * (r, kk) at A[r * lda + kk * aks], B vectors bp[v] (bks apart per k) */
 #define FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, ldc, bt)          \
+    FRBG_MX3_ROWS(FRBG_M43, frbg_m43_rows, MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, \
+                  ldc, bt)
+#define FRBG_M83_ROWS(MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, ldc, bt)          \
+    FRBG_MX3_ROWS(FRBG_M83, frbg_m83_rows, MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv, \
+                  ldc, bt)
+#define FRBG_MX3_ROWS(DISPATCH, RULE, MICRO, m, nv, kc, A, lda, aks, bp, bks, cp, wv,    \
+                      ldc, bt)                                                         \
     do {                                                                               \
         int i_, mr_;                                                                   \
         for (i_ = 0; i_ < (m); i_ += mr_) {                                            \
-            mr_ = frbg_m43_rows((m) - i_);                                             \
+            mr_ = RULE((m) - i_);                                                      \
             __typeof__((cp)[0]) cpi_[3] = {(cp)[0] + (size_t)i_ * (ldc),                \
                                           (cp)[1] + (size_t)i_ * (ldc),                \
                                           (cp)[2] + (size_t)i_ * (ldc)};               \
-            FRBG_M43(MICRO, mr_, nv, kc, (A) + (size_t)i_ * (lda), lda, aks, bp, bks,  \
+            DISPATCH(MICRO, mr_, nv, kc, (A) + (size_t)i_ * (lda), lda, aks, bp, bks,  \
                      cpi_, wv, ldc, bt)                                                \
         }                                                                              \
     } while (0)
@@ -478,6 +503,18 @@ static inline int frbg_m43_rows(int rem) {
 static int frbg_use43 = 3;
 FRBG_MICRO43(frbg_micro43_f2, float, frbg_v8f, frbg_v8f_u, 8, FRBG_A2)
 FRBG_MICRO43(frbg_micro43_d2, double, frbg_v4d, frbg_v4d_u, 4, FRBG_A2)
+FRBG_MICRO43(frbg_micro83_f512, float, frbg_v16f, frbg_v16f_u, 16, FRBG_A512)
+FRBG_MICRO43(frbg_micro83_d512, double, frbg_v8d, frbg_v8d_u, 8, FRBG_A512)
+/* AVX-512 LSTM training forward on the 8 x 3 kernel (in the 4 x 3 kernel's layout) where
+ * its blocks of rows (a thread's rows of a step in the row split, all of a step's rows
+ * in the unit split) number 7 or 8: the 6 x 4 kernel runs those as 4 + 3 / 4 + 4 rows,
+ * streaming the weights twice.  Measured (Intel Xeon, forward_train time 8 x 3 / 6 x 4,
+ * in-process A/B, H = 256 unless said): 2 threads B = 14, 15, 16 0.76, 0.87, 0.96-0.97
+ * (H = 384 0.86, H = 512 0.99, H = 128 1.02, float64 0.93), B = 7 (unit split) 0.92;
+ * 1 thread B = 7, 8 0.85, 0.97.  Other block sizes lose with it (4, 6, 10 and 16 rows
+ * 1.04-1.07: 18 accumulators or two blocks against the 6 x 4's 24 in 6-row blocks).
+ * frbg_use83: 1 that rule, 0 never, 2 always (_backward._set_gemm83: tests, A/B). */
+static int frbg_use83 = 1;
 /* C (m x n) [+]= A @ B over the vector columns [c0, c1) of B packed by frbg_pack43 with
  * the same c0: rows in fours, each group of vector columns with k in blocks of KC. */
 #define FRBG_GEMM43(NAME, MICRO, T, VL, ATTR)                                           \
@@ -700,7 +737,7 @@ FRBG_GEMMU(frbg_gemmu_d2, frbg_micro_d2, double, 4, 3, FRBG_A2)
 /* The same two with the 4 x 3 kernel (AVX2): vector column c of panels [p0, p1) is gate
  * c % 4 of panel p0 + c / 4 (C columns (c % 4) * H + p * VL ..); groups of 3 columns, and
  * for _steps every step's rows per group while the group's B (3 vectors x k) is in L1. */
-#define FRBG_GEMMU43(NAME, MICRO, T, VL, ATTR)                                          \
+#define FRBG_GEMMU43(NAME, MICRO, T, VL, ATTR, ROWS)                                    \
 ATTR static inline __attribute__((always_inline)) void NAME##_cols(int c0, int nv,     \
         int H, int k, int k0, const T* Bp, T* C, const T** bp, T** cp,         \
         int* wv) {                                                                     \
@@ -715,7 +752,7 @@ ATTR static inline __attribute__((always_inline)) void NAME##_cols(int c0, int n
 ATTR static inline __attribute__((always_inline)) void NAME##_rows(int m, int nv,      \
         int kc, const T* A, int lda, const T* const* bp, T* const* cp, const int* wv,  \
         int ldc, int bt) {                                                             \
-    FRBG_M43_ROWS(MICRO, m, nv, kc, A, lda, 1, bp, nv * VL, cp, wv, ldc, bt);          \
+    ROWS(MICRO, m, nv, kc, A, lda, 1, bp, nv * VL, cp, wv, ldc, bt);                   \
 }                                                                                      \
 /* rows [b0, b1) of steps [s0, s1) (as many as each step has): A rows at x + (offsets[s]  \
  * + b) * lda, C rows at C + (offsets[s] + b) * ldc; group-major, so a group's B serves  \
@@ -755,17 +792,21 @@ ATTR static void NAME##_steps(int s0, int s1, const ptrdiff_t* offsets,         
         const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
     NAME##_gen(s0, s1, offsets, nsteps, b0, b1, H, k, x, k, Bp, C, ldc, 0, p0, p1);    \
 }
-FRBG_GEMMU43(frbg_gemmu43_f2, frbg_micro43_f2, float, 8, FRBG_A2)
-FRBG_GEMMU43(frbg_gemmu43_d2, frbg_micro43_d2, double, 4, FRBG_A2)
+FRBG_GEMMU43(frbg_gemmu43_f2, frbg_micro43_f2, float, 8, FRBG_A2, FRBG_M43_ROWS)
+FRBG_GEMMU43(frbg_gemmu43_d2, frbg_micro43_d2, double, 4, FRBG_A2, FRBG_M43_ROWS)
+FRBG_GEMMU43(frbg_gemmu83_f512, frbg_micro83_f512, float, 16, FRBG_A512, FRBG_M83_ROWS)
+FRBG_GEMMU43(frbg_gemmu83_d512, frbg_micro83_d512, double, 8, FRBG_A512, FRBG_M83_ROWS)
 static void frbg_gemmu_f(int level, int d43, int m, int H, int k, const float* A, int lda,
                          const float* Bp, float* C, int ldc, int beta, int p0, int p1) {
-    if (level == 2) frbg_gemmu_f512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    if (level == 2 && d43) frbg_gemmu83_f512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else if (level == 2) frbg_gemmu_f512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else if (d43) frbg_gemmu43_f2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else frbg_gemmu_f2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
 }
 static void frbg_gemmu_d(int level, int d43, int m, int H, int k, const double* A, int lda,
                          const double* Bp, double* C, int ldc, int beta, int p0, int p1) {
-    if (level == 2) frbg_gemmu_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    if (level == 2 && d43) frbg_gemmu83_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
+    else if (level == 2) frbg_gemmu_d512(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else if (d43) frbg_gemmu43_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
     else frbg_gemmu_d2(m, H, k, A, lda, Bp, C, ldc, beta, p0, p1);
 }
@@ -773,7 +814,10 @@ static void frbg_gemmu_d(int level, int d43, int m, int H, int k, const double* 
 static void frbg_gemmu_steps_##SUF(int level, int d43, int s0, int s1, const ptrdiff_t* offsets, \
         const ptrdiff_t* nsteps, int b0, int b1, int H, int k, const T* x,             \
         const T* Bp, T* C, int ldc, int p0, int p1) {                                  \
-    if (level == 2)                                                                    \
+    if (level == 2 && d43)                                                             \
+        frbg_gemmu83_##SUF##512_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C, \
+                                      ldc, p0, p1);                                    \
+    else if (level == 2)                                                               \
         frbg_gemmu_##SUF##512_steps(s0, s1, offsets, nsteps, b0, b1, H, k, x, Bp, C,   \
                                     ldc, p0, p1);                                      \
     else if (d43)                                                                      \
@@ -1176,6 +1220,15 @@ static int frbg_row_bound(int S, const ptrdiff_t* nsteps, int t, int nt) {
     return lo;
 }
 static int frbg_fwd_rowsplit = 0;   /* _backward._set_fwd_rowsplit (tests, A/B runs) */
+static int frbg_fwd_rowsplit_at(int nt, int B);
+/* the 8 x 3 kernel for the LSTM training forward of B sequences on nt threads (above) */
+static int frbg_lstm_fwd_d83(int level, int nt, int B) {
+    int mb;
+    if (level != 2 || !frbg_use83) return 0;
+    if (frbg_use83 == 2) return 1;
+    mb = frbg_fwd_rowsplit_at(nt, B) ? (B + nt - 1) / nt : B;
+    return mb >= 7 && mb <= 8;
+}
 static int frbg_fwd_rowsplit_at(int nt, int B) {
     if (nt < 2) return 0;
     if (frbg_fwd_rowsplit > 0) return B >= frbg_fwd_rowsplit;
@@ -1224,9 +1277,9 @@ static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) {
 }
 /* the layout of those weights: the ISA level and whether the 4 x 3 kernel's (a packing
  * made under one layout must not be read under another) */
-static int frbg_lstm_fwd_layout(void) {
+static int frbg_lstm_fwd_layout(int nt, int B) {
     int level = frbg_level();
-    return 2 * level + (level == 1 && (frbg_use43 & 1));
+    return 2 * level + ((level == 1 && (frbg_use43 & 1)) || frbg_lstm_fwd_d83(level, nt, B));
 }
 #endif
 /* pre: NULL, or weights packed by an earlier call with pack_only (the row split's layout,
@@ -1239,7 +1292,9 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         T* pre, int pack_only) {                                                       \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
     int rowsplit = frbg_fwd_rowsplit_at(nt, (int)nsteps[0]);                           \
-    int d43 = level == 1 && (frbg_use43 & 1);    /* 4 x 3 kernel and its layout */ \
+    /* the 4 x 3 (AVX2) / 8 x 3 (AVX-512) kernel and its layout */                    \
+    int d43 = (level == 1 && (frbg_use43 & 1))                                         \
+              || frbg_lstm_fwd_d83(level, nt, (int)nsteps[0]);                         \
     if (pre && !rowsplit) return -2;                                                   \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
     size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \
@@ -1671,7 +1726,7 @@ static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
         const double* whh, const double* bias, const double* h0, const double* c0,
         double* y, int ldy, double* gates, double* cs, double* pre, int pack_only) { return -1; }
 static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) { return 1; }
-static int frbg_lstm_fwd_layout(void) { return 0; }
+static int frbg_lstm_fwd_layout(int nt, int B) { return 0; }
 static int frbg_gru_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* bias, const float* bhn, const float* h0, float* y,

@@ -495,18 +495,20 @@ class RNNBase:
 
     def _pack_route(self, layer, d, wih, whh, nt, B):
         """The training forward's packing of (layer, direction) for the LSTM route
-        (``_fused_lstm_dir``) where it splits by rows (the layout then depends on
-        neither the team nor the batch), cached with the other packings; None where it
-        splits by units (it packs per call then)."""
+        (``_fused_lstm_dir``) where it splits by rows, and its layout (which kernel's:
+        ``_backward.lstm_forward_layout(nt, B)``; all panels whatever the team), cached
+        with the other packings per layout; (None, -1) where it splits by units (it
+        packs per call then)."""
         from . import _backward
         if not _backward.forward_splits_rows(nt, B):
-            return None
-        key = ("route", layer, d, _backward.lstm_forward_layout())
+            return None, -1
+        lay = _backward.lstm_forward_layout(nt, B)
+        key = ("route", layer, d, lay)
         w = self._wide.get(key)
         if w is None:
             w = _backward.pack_lstm_forward(wih, whh, nt, B)
             self._wide[key] = w
-        return w
+        return w, lay
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -725,7 +727,6 @@ class RNNBase:
         wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
         whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
         S = len(nsteps)
-        pre = self._pack_route(layer, d, wih, whh, nt, int(nsteps[0]))
         reverse = ridx is not None
         own_y = last_only or reverse
         # scratch per row: gates 4H, cell states H, outputs H (own_y), input I (reverse)
@@ -755,10 +756,10 @@ class RNNBase:
             x = inp[ridx[r0:r1]] if reverse else inp[r0:r1]
             offs = np.ascontiguousarray(offsets[s0:s1] - r0)
             nst = np.ascontiguousarray(nsteps[s0:s1])
+            # (a chunk's first step may hold fewer rows than the call's: its own layout)
+            pre, lay = self._pack_route(layer, d, wih, whh, nt, int(nst[0]))
             _backward.forward(1, x, wih, whh, bias, zeros_h, dummy, offs, nst, h_k, c_k,
-                              y, ycol, gates, cs, H, 0, 0, 0, nt,
-                              pre if pre is not None and _backward.forward_splits_rows(
-                                  nt, int(nst[0])) else None)
+                              y, ycol, gates, cs, H, 0, 0, 0, nt, pre, lay)
             # sequences active in the chunk: their state after their last step in it
             act = int(nsteps[s0])
             last = offsets[np.minimum(lens[:act], s1) - 1] + np.arange(act) - r0

@@ -600,6 +600,28 @@ def test_blocked_weight_gradients_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eight_row_kernel_vs_torch(dtype):
+    """The AVX-512 LSTM training forward on the 8 x 3 micro-kernel: by its rule (blocks of
+    7-8 rows: B = 7 unit split, 14-16 row split), always (every block shape 1-8 rows,
+    9-16 in halves, H not a multiple of the vector) and never, 1-2 threads, ragged and
+    dense, against torch; the same sums as the 6 x 4 kernel (identical bits).  (Without
+    AVX-512 the setting is ignored.)"""
+    from fastrnn import _backward as b
+    try:
+        for mode in (1, 2, 0):
+            b._set_gemm83(mode)
+            for nt in (1, 2):
+                fastrnn.set_num_threads(nt)
+                for B in (3, 7, 8, 13, 15, 16, 20, 33):
+                    _run_case("lstm", 1, B % 2 == 1, False, True, True, B % 3 == 0, dtype,
+                              T=4, B=B, I=9, H=37, seed=B + nt + mode)
+        _same_bits_either_way(b._set_gemm83, "lstm", dtype, B=16, nt=2)
+    finally:
+        b._set_gemm83(1)
+        fastrnn.set_num_threads(None)
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)

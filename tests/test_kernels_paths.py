@@ -816,7 +816,7 @@ def test_unit_split_barriers(spin, cell, nt):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B", [4, 8, 11, 16, 17, 40])
+@pytest.mark.parametrize("B", [4, 8, 11, 15, 16, 17, 40])
 def test_fused_lstm_route(dtype, B):
     """Plain LSTM directions run through the training forward (AVX2 4 x 3 kernel) where
     ``_backward.fused_lstm_route_at`` says (and, ragged, from 16 sequences on): forced on
@@ -935,13 +935,17 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
     d1 = np.zeros((1, 1), np.float32)
     h0, c0 = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
 
-    def run(pack, nb=B):
+    lay = _backward.lstm_forward_layout(2, B)
+
+    def run(pack, nb=B, layout=lay):
         xx = rng.standard_normal((nb, I)).astype(np.float32)
         _backward.forward(1, xx, wih, whh, bias, zh, d1, np.zeros(1, np.intp),
                           np.full(1, nb, np.intp), h0[:nb].copy(), c0[:nb].copy(),
                           np.empty((nb, H), np.float32), 0, np.empty((nb, 4 * H), np.float32),
-                          np.empty((nb, H), np.float32), H, 0, 0, 0, 2, pack)
+                          np.empty((nb, H), np.float32), H, 0, 0, 0, 2, pack, layout)
     run(pre)
+    with pytest.raises(ValueError, match="another layout"):
+        run(pre, layout=lay + 1)
     with pytest.raises(ValueError, match="another size"):
         run(pre[:-1])
     raw = np.empty(pre.size + 16, np.float32)
@@ -950,7 +954,7 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
     with pytest.raises(ValueError, match="aligned"):
         run(mis)
     with pytest.raises(ValueError, match="row split only"):
-        run(pre, nb=3)
+        run(pre, nb=3, layout=_backward.lstm_forward_layout(2, 3))
 
 
 def test_lstm_route_rule_by_isa():
