@@ -120,7 +120,7 @@ cdef extern from "_backward_gemm.h":
                         const double* h0, const double* c0, double* y, int ldy,
                         double* gates, double* cs, double* pre, int pack_only) nogil
     size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize)
-    int frbg_lstm_fwd_layout(int nt, int B)
+    int frbg_lstm_fwd_layout(int nt, int B, int I, int H, int elsize)
     int frbg_gru_fwd_f(int level, int nt, int S, const Py_ssize_t* offsets,
                        const Py_ssize_t* nsteps, int I, int H, const float* x,
                        const float* wih, const float* whh, const float* bias,
@@ -230,7 +230,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_use43
     int frbg_use83
     int frbg_fwd_rowsplit
-    int frbg_fwd_rowsplit_at(int nt, int B)
+    int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize)
     int frbg_bwd_rowsplit
     int frbg_rows3
     int frbg_rows6
@@ -343,16 +343,21 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     512), never where the batch-lane kernel runs (1.00-1.30 of its time), 2 threads
     split by units from B = 6 (B = 6, 10: 0.76-0.92; B = 5 at H = 512: 1.13) and from
     B = 12 (0.77-0.96; B = 8, four rows a thread each reading all the weights:
-    1.19-1.20), 1 thread from B = 12 (0.91-0.95; B = 6-8: 1.06-1.25)."""
+    1.19-1.20), 1 thread from B = 12 (0.91-0.95; B = 6-8: 1.06-1.25).  Since the
+    training forward splits weights beyond one L2 by units at every batch size there
+    (AVX-512, 2 MiB+ L2), B = 8 routes as well: ``bench_paths.py``, H = 512 B = 8, 12,
+    14: 0.93, 0.91, 0.84 of the packed kernel's time, H = 384 B = 8: 0.92; float64
+    H = 256 B = 6, 8, 12: 0.87, 1.02, 0.91.  (``H`` stands in for the input size in
+    that split's rule.)"""
     if frbg_level() != 2:
         if nt <= 1:
             return B == 4 or B >= 7
-        return B >= 16 or frbg_fwd_rowsplit_at(nt, B) != 0
+        return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
     if <long>8 * H * H * itemsize <= l2:
         return B >= (2 if nt <= 1 else 5) and (not wide or B >= 32)
     if wide:
         return False
-    return B >= 12 or (nt >= 2 and B >= 6 and frbg_fwd_rowsplit_at(nt, B) == 0)
+    return B >= 12 or (nt >= 2 and B >= 6 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) == 0)
 
 
 def small_gemm_level():
@@ -1530,7 +1535,8 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
     _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
           offsets.shape[0])
     if prepacked is not None:
-        if prepacked_layout != frbg_lstm_fwd_layout(num_threads, <int>nsteps[0]):
+        if prepacked_layout != frbg_lstm_fwd_layout(num_threads, <int>nsteps[0], d.I, d.H,
+                                                    sizeof(floating)):
             raise ValueError("fastrnn: prepacked LSTM weights of another layout")
         if <size_t>prepacked.shape[0] != frbg_lstm_fwd_packed_size(
                 frbg_level(), d.I, d.H, sizeof(floating)):
@@ -1548,17 +1554,17 @@ def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1]
         raise MemoryError("fastrnn: could not allocate scratch memory for the training forward")
 
 
-def forward_splits_rows(int nt, int B):
+def forward_splits_rows(int nt, int B, int I, int H, int itemsize):
     """Whether the LSTM training forward of B sequences (the first step's rows) on nt
-    threads splits by rows (else by units)."""
-    return frbg_fwd_rowsplit_at(nt, B) != 0
+    threads splits by rows (else by units), for input size I, hidden size H."""
+    return frbg_fwd_rowsplit_at(nt, B, I, H, itemsize) != 0
 
 
-def lstm_forward_layout(int nt, int B):
+def lstm_forward_layout(int nt, int B, int I, int H, int itemsize):
     """The layout (ISA level; the 4 x 3 / 8 x 3 kernel's or the 4-vector panels')
-    :func:`pack_lstm_forward` packs in now for B sequences on nt threads; a packing is
-    valid for calls whose layout is the same."""
-    return frbg_lstm_fwd_layout(nt, B)
+    :func:`pack_lstm_forward` packs in now for B sequences on nt threads (input size I,
+    hidden size H); a packing is valid for calls whose layout is the same."""
+    return frbg_lstm_fwd_layout(nt, B, I, H, itemsize)
 
 
 def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_threads,
@@ -1569,7 +1575,8 @@ def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_thread
     forward would split by units or not run its fused kernel (those pack per call)."""
     cdef int H = whh.shape[1], I = wih.shape[1], level = frbg_level(), rc
     cdef Py_ssize_t nst = batch, off = 0
-    if not (level > 0 and fr_can_pipeline() and frbg_fwd_rowsplit_at(num_threads, batch)):
+    if not (level > 0 and fr_can_pipeline()
+            and frbg_fwd_rowsplit_at(num_threads, batch, I, H, sizeof(floating))):
         return None
     dt = np.float32 if floating is float else np.float64
     n = frbg_lstm_fwd_packed_size(level, I, H, sizeof(floating))

@@ -1220,18 +1220,29 @@ static int frbg_row_bound(int S, const ptrdiff_t* nsteps, int t, int nt) {
     return lo;
 }
 static int frbg_fwd_rowsplit = 0;   /* _backward._set_fwd_rowsplit (tests, A/B runs) */
-static int frbg_fwd_rowsplit_at(int nt, int B);
+static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize);
 /* the 8 x 3 kernel for the LSTM training forward of B sequences on nt threads (above) */
-static int frbg_lstm_fwd_d83(int level, int nt, int B) {
+static int frbg_lstm_fwd_d83(int level, int nt, int B, int I, int H, int elsize) {
     int mb;
     if (level != 2 || !frbg_use83) return 0;
     if (frbg_use83 == 2) return 1;
-    mb = frbg_fwd_rowsplit_at(nt, B) ? (B + nt - 1) / nt : B;
+    mb = frbg_fwd_rowsplit_at(nt, B, I, H, elsize) ? (B + nt - 1) / nt : B;
     return mb >= 7 && mb <= 8;
 }
-static int frbg_fwd_rowsplit_at(int nt, int B) {
+/* I, H, elsize: the layer's sizes (W_ih and W_hh packed: 4H (I + H) values) */
+static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
+    long l2 = frbg_l2_bytes();
     if (nt < 2) return 0;
     if (frbg_fwd_rowsplit > 0) return B >= frbg_fwd_rowsplit;
+    /* AVX-512 with 2 MiB of L2 or more: weights beyond one L2 split by units (each
+     * thread streams half of them a step, not all).  Measured (Intel Xeon, 2 MiB L2,
+     * forward_train units / rows, in-process A/B): float32 H = 384 B = 32, 64: 0.87,
+     * 0.96; H = 512 B = 16, 32, 64, 128: 0.77, 0.83, 0.90, 0.97; H = 1024 B = 64: 0.91;
+     * float64 H = 256 B = 16, 64: 0.83, 0.96, H = 512 B = 64: 0.91; but float32 H = 256
+     * (2 MiB, one L2) B = 64, 128: 1.03, 1.10 (rows stay). */
+    if (frbg_level() == 2 && l2 >= (2L << 20)
+            && (double)4 * H * ((double)I + H) * elsize > (double)l2)
+        return 0;
     /* measured (Zen 3, 2 threads, H = 128..512, training forward with the 4 x 3 kernel):
      * rows split from 5.5 rows a thread on (B = 11: 0.92, 12-15: 0.85-0.87, 16: 0.97 of
      * the unit split's time) and at 4 rows a thread (B = 8: 0.85-0.95, one full row
@@ -1277,9 +1288,10 @@ static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) {
 }
 /* the layout of those weights: the ISA level and whether the 4 x 3 kernel's (a packing
  * made under one layout must not be read under another) */
-static int frbg_lstm_fwd_layout(int nt, int B) {
+static int frbg_lstm_fwd_layout(int nt, int B, int I, int H, int elsize) {
     int level = frbg_level();
-    return 2 * level + ((level == 1 && (frbg_use43 & 1)) || frbg_lstm_fwd_d83(level, nt, B));
+    return 2 * level + ((level == 1 && (frbg_use43 & 1))
+                        || frbg_lstm_fwd_d83(level, nt, B, I, H, elsize));
 }
 #endif
 /* pre: NULL, or weights packed by an earlier call with pack_only (the row split's layout,
@@ -1291,10 +1303,10 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
         const T* bias, const T* h0, const T* c0, T* y, int ldy, T* gates, T* cs,       \
         T* pre, int pack_only) {                                                       \
     int U = frbg_nb(level, sizeof(T)) / 4, nbk = (H + U - 1) / U;                      \
-    int rowsplit = frbg_fwd_rowsplit_at(nt, (int)nsteps[0]);                           \
+    int rowsplit = frbg_fwd_rowsplit_at(nt, (int)nsteps[0], I, H, sizeof(T));          \
     /* the 4 x 3 (AVX2) / 8 x 3 (AVX-512) kernel and its layout */                    \
     int d43 = (level == 1 && (frbg_use43 & 1))                                         \
-              || frbg_lstm_fwd_d83(level, nt, (int)nsteps[0]);                         \
+              || frbg_lstm_fwd_d83(level, nt, (int)nsteps[0], I, H, sizeof(T));        \
     if (pre && !rowsplit) return -2;                                                   \
     /* both packed weights in one kept scratch block (slot 3): no fresh pages per call */ \
     size_t szi = FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U);                  \
@@ -1726,7 +1738,7 @@ static int frbg_lstm_fwd_d(int level, int nt, int S, const ptrdiff_t* offsets,
         const double* whh, const double* bias, const double* h0, const double* c0,
         double* y, int ldy, double* gates, double* cs, double* pre, int pack_only) { return -1; }
 static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) { return 1; }
-static int frbg_lstm_fwd_layout(int nt, int B) { return 0; }
+static int frbg_lstm_fwd_layout(int nt, int B, int I, int H, int elsize) { return 0; }
 static int frbg_gru_fwd_f(int level, int nt, int S, const ptrdiff_t* offsets,
         const ptrdiff_t* nsteps, int I, int H, const float* x, const float* wih,
         const float* whh, const float* bias, const float* bhn, const float* h0, float* y,

@@ -500,9 +500,10 @@ class RNNBase:
         with the other packings per layout; (None, -1) where it splits by units (it
         packs per call then)."""
         from . import _backward
-        if not _backward.forward_splits_rows(nt, B):
+        sizes = (wih.shape[1], whh.shape[1], wih.dtype.itemsize)
+        if not _backward.forward_splits_rows(nt, B, *sizes):
             return None, -1
-        lay = _backward.lstm_forward_layout(nt, B)
+        lay = _backward.lstm_forward_layout(nt, B, *sizes)
         key = ("route", layer, d, lay)
         w = self._wide.get(key)
         if w is None:

@@ -622,6 +622,20 @@ def test_eight_row_kernel_vs_torch(dtype):
         fastrnn.set_num_threads(None)
 
 
+def test_forward_split_rule_by_weight_size():
+    """The LSTM training forward splits by rows from 11 sequences on 2 threads, except
+    with AVX-512 and 2 MiB of L2 or more, where weights beyond one L2 (W_ih and W_hh)
+    split by units at every batch size."""
+    from fastrnn import _backward as b
+    rows = b.forward_splits_rows
+    assert rows(2, 64, 256, 256, 4) and rows(2, 16, 128, 128, 4)     # 2 MiB, 0.5 MiB
+    assert not rows(1, 64, 256, 256, 4) and not rows(2, 10, 256, 256, 4)
+    big = b.small_gemm_level() == 2 and b.wgemm_big_blocks()
+    assert rows(2, 64, 512, 512, 4) == (not big)                      # 8 MiB
+    assert rows(2, 16, 256, 256, 8) == (not big)                      # 4 MiB (float64)
+    assert rows(2, 16, 256, 384, 4) == (not big)                      # 3.75 MiB
+
+
 def test_release_scratch():
     layer = fastrnn.LSTM(8, 70, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 3, 8)).astype(np.float32)

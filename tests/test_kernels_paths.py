@@ -906,7 +906,7 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
         layers._FUSED_LSTM_MIN_B = 1
         _backward.pack_lstm_forward = counted
         layer = fastrnn.LSTM(7, 40, num_layers=2, bidirectional=True, seed=1, num_threads=2)
-        assert _backward.forward_splits_rows(2, B)
+        assert _backward.forward_splits_rows(2, B, 7, 40, 4)
         _check(layer, x)
         assert len(packs) == 4                      # 2 layers x 2 directions
         _check(layer, x)
@@ -935,7 +935,7 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
     d1 = np.zeros((1, 1), np.float32)
     h0, c0 = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
 
-    lay = _backward.lstm_forward_layout(2, B)
+    lay = _backward.lstm_forward_layout(2, B, I, H, 4)
 
     def run(pack, nb=B, layout=lay):
         xx = rng.standard_normal((nb, I)).astype(np.float32)
@@ -954,7 +954,7 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
     with pytest.raises(ValueError, match="aligned"):
         run(mis)
     with pytest.raises(ValueError, match="row split only"):
-        run(pre, nb=3, layout=_backward.lstm_forward_layout(2, 3))
+        run(pre, nb=3, layout=_backward.lstm_forward_layout(2, 3, I, H, 4))
 
 
 def test_lstm_route_rule_by_isa():
@@ -970,9 +970,14 @@ def test_lstm_route_rule_by_isa():
         assert r(1, 2, 256, 4, l2) and not r(1, 1, 256, 4, l2)
         assert not r(2, 16, 512, 4, l2, True)               # beyond L2: batch-lane kernel
         assert r(2, 6, 512, 4, l2) and r(2, 10, 512, 4, l2)  # units
-        assert not r(2, 8, 512, 4, l2) and r(2, 12, 512, 4, l2)  # rows: from 6 a thread
+        # rows from 6 a thread; where the training forward splits these weights by
+        # units (AVX-512 with 2 MiB of L2 or more), from B = 6 on
+        units8 = not _backward.forward_splits_rows(2, 8, 512, 512, 4)
+        assert r(2, 8, 512, 4, l2) == units8 and r(2, 12, 512, 4, l2)
         assert not r(1, 8, 512, 4, l2) and r(1, 12, 512, 4, l2)
-        assert r(2, 8, 256, 4, l2) and not r(2, 8, 256, 8, l2)   # half the L2 at most
+        # half the L2 at most (float64: beyond it, so units as above)
+        assert r(2, 8, 256, 4, l2)
+        assert r(2, 8, 256, 8, l2) == (not _backward.forward_splits_rows(2, 8, 256, 256, 8))
         assert r(2, 8, 256, 8, 2 * l2)
     else:
         assert r(1, 4) and not r(1, 5) and r(1, 7)
