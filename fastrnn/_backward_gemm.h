@@ -1286,8 +1286,9 @@ static size_t frbg_lstm_fwd_packed_size(int level, int I, int H, int elsize) {
     return FRBG_ROUND16((size_t)nbk * (I > 0 ? I : 1) * 4 * U)
            + (size_t)nbk * (H > 0 ? H : 1) * 4 * U;
 }
-/* the layout of those weights: the ISA level and whether the 4 x 3 kernel's (a packing
- * made under one layout must not be read under another) */
+/* the layout of those weights: the ISA level and whether the 4 x 3 / 8 x 3 kernel's
+ * (with AVX-512 that depends on the rows of a block: the team and the batch); a packing
+ * made under one layout must not be read under another */
 static int frbg_lstm_fwd_layout(int nt, int B, int I, int H, int elsize) {
     int level = frbg_level();
     return 2 * level + ((level == 1 && (frbg_use43 & 1))
