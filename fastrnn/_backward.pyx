@@ -248,9 +248,10 @@ def _set_gemm43(int on):
 
 
 def _set_gemm83(int on):
-    """Tests / A-B runs: the AVX-512 LSTM training forward on the 8 x 3 micro-kernel by
-    its rule (1, the default: blocks of 7-8 rows), never (0) or always (2).  Returns the
-    previous value.  Module-global: not while another thread runs a layer."""
+    """Tests / A-B runs: the AVX-512 LSTM training forward and the row-split backward's
+    dh product on the 8 x 3 micro-kernel by its rule (1, the default: blocks of 7-8
+    rows), never (0) or always (2).  Returns the previous value.  Module-global: not
+    while another thread runs a layer."""
     global frbg_use83
     old = frbg_use83
     frbg_use83 = on

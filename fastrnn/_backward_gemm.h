@@ -517,7 +517,7 @@ FRBG_MICRO43(frbg_micro83_d512, double, frbg_v8d, frbg_v8d_u, 8, FRBG_A512)
 static int frbg_use83 = 1;
 /* C (m x n) [+]= A @ B over the vector columns [c0, c1) of B packed by frbg_pack43 with
  * the same c0: rows in fours, each group of vector columns with k in blocks of KC. */
-#define FRBG_GEMM43(NAME, MICRO, T, VL, ATTR)                                           \
+#define FRBG_GEMM43(NAME, MICRO, T, VL, ATTR, ROWS)                                     \
 ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T* Bp,  \
                       T* C, int ldc, int beta, int c0, int c1) {                       \
     int c, nv, v, k0, kc, bt;                                                          \
@@ -535,14 +535,16 @@ ATTR static void NAME(int m, int n, int k, const T* A, int lda, int aks, const T
                 cp[v] = C + (size_t)(c + v) * VL;                                      \
                 wv[v] = w < 0 ? 0 : w < VL ? w : VL;                                   \
             }                                                                          \
-            FRBG_M43_ROWS(MICRO, m, nv, kc, A + (size_t)k0 * aks, lda, aks, bp, nv * VL, \
-                          cp, wv, ldc, bt);                                            \
+            ROWS(MICRO, m, nv, kc, A + (size_t)k0 * aks, lda, aks, bp, nv * VL, cp, wv, \
+                 ldc, bt);                                                             \
             if (k == 0) break;                                                         \
         }                                                                              \
     }                                                                                  \
 }
-FRBG_GEMM43(frbg_gemm43_f2, frbg_micro43_f2, float, 8, FRBG_A2)
-FRBG_GEMM43(frbg_gemm43_d2, frbg_micro43_d2, double, 4, FRBG_A2)
+FRBG_GEMM43(frbg_gemm43_f2, frbg_micro43_f2, float, 8, FRBG_A2, FRBG_M43_ROWS)
+FRBG_GEMM43(frbg_gemm43_d2, frbg_micro43_d2, double, 4, FRBG_A2, FRBG_M43_ROWS)
+FRBG_GEMM43(frbg_gemm83_f512, frbg_micro83_f512, float, 16, FRBG_A512, FRBG_M83_ROWS)
+FRBG_GEMM43(frbg_gemm83_d512, frbg_micro83_d512, double, 8, FRBG_A512, FRBG_M83_ROWS)
 
 /* the micro-kernel for `rows` (1..MR) rows, each count a compile-time constant */
 #define FRBG_MICRO_ROWS(MICRO, MR, rows, ...)                                           \
@@ -1257,7 +1259,8 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
  * 768 KiB), H=384 B=64 0.98, H=512 B=64..128 0.97-0.98 but B=16, 32, 48 1.18, 1.07,
  * 1.02 (W_hh 3 MiB streamed by each thread for its rows: worth it from ~96 KiB of W_hh
  * a row); float64 GRU H=256 B=16 1.02, H=512 B=64 1.01; LSTM float32 H=256 B=12..64
- * 0.99-1.01, H=512 B=16 1.12, float64 H=256 B=16 1.09.  So: GRU, AVX-512, 4+ rows a
+ * 0.99-1.01 (with the 8 x 3 dh product at B=14-16 0.99-1.01 too), H=128 B=16 0.91,
+ * H=512 B=16 1.10-1.12, float64 H=256 B=16 1.09.  So: GRU, AVX-512, 4+ rows a
  * thread, W_hh in half an L2 or at most 96 KiB of it a row.  frbg_bwd_rowsplit: 0 that
  * rule, 1 rows, -1 units (tests, A/B runs). */
 static int frbg_bwd_rowsplit = 0;
@@ -1571,6 +1574,13 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     if (nt > nph) nt = nph;                                                            \
     if (rows && nt > (int)nsteps[0]) nt = (int)nsteps[0];                              \
     if (nt < 1) nt = 1;                                                                \
+    /* the row split's dh product on the 8 x 3 kernel (W_hh in its layout, all of it) \
+     * where a thread's rows are 7-8 (as the LSTM training forward): GRU H=256 backward \
+     * B=14 0.92x, B=16 0.98x the 6 x 4's 4+3 / 4+4 rows (Intel Xeon, in-process) */    \
+    int rpt = ((int)nsteps[0] + nt - 1) / nt;                                          \
+    int r83 = rows && level == 2                                                       \
+              && (frbg_use83 == 2 || (frbg_use83 == 1 && rpt >= 7 && rpt <= 8));       \
+    int nvc = (H + VLs - 1) / VLs;                                                     \
     ptrdiff_t N = offsets[S - 1] + nsteps[S - 1];                                      \
     size_t szx = (size_t)npx * N * nb, szh = (size_t)nph * N * nb;                     \
     size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
@@ -1600,7 +1610,14 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
         T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
         /* each thread packs its own W_hh panels, a share of the W_ih panels and of    \
          * the X / H_prev rows; the barriers of the time loop publish them */           \
-        if (L > 0 && d43)                                                              \
+        if (r83) {       /* a share of the groups of all vector columns */            \
+            int c_, gi_ = 0, nvg_;                                                     \
+            for (c_ = 0; c_ < nvc; c_ += nvg_, gi_++) {                                \
+                nvg_ = frbg_m43_group(nvc - c_);                                       \
+                if (gi_ % ntt == t)                                                    \
+                    frbg_pack43_##SUF(whh, H, GH, H, 0, VLs, c_, c_ + nvg_, whp);      \
+            }                                                                          \
+        } else if (L > 0 && d43)                                                       \
             frbg_pack43_##SUF(whh + u0, H, GH, L, 0, VLs, 0, nvl, whp + (size_t)p0 * GH * nb); \
         else if (L > 0)                                                                \
             frbg_pack_##SUF##_into(whh + u0, H, GH, L, 0, nb, whp + (size_t)p0 * GH * nb); \
@@ -1660,8 +1677,12 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
                                   H, dbt + w0,                                         \
                                   work + (size_t)4 * N * ((size_t)w0 + (size_t)tt * MR)); \
                 }                                                                      \
-                frbg_gemm_##SUF(level, m, H, GH, dg + r * G4, G4, 1, whp,              \
-                                dh + (size_t)b0 * H, H, !lstm, 0, nph);                \
+                if (r83)                                                               \
+                    frbg_gemm83_##SUF##512(m, H, GH, dg + r * G4, G4, 1, whp,          \
+                                           dh + (size_t)b0 * H, H, !lstm, 0, nvc);     \
+                else                                                                   \
+                    frbg_gemm_##SUF(level, m, H, GH, dg + r * G4, G4, 1, whp,          \
+                                    dh + (size_t)b0 * H, H, !lstm, 0, nph);            \
             }                                                                          \
             frbg_barrier(bar, ntt);        /* every dG row packed, every sum taken */  \
             for (tt = 1; tt < ntt; tt++)                                               \

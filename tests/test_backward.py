@@ -447,19 +447,23 @@ def test_units_split_vs_torch(cell, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_row_split_vs_torch(cell, dtype):
     """The backward's time loop split by batch rows (forced on, forced off, and by the
-    rule: GRU on AVX-512 where W_hh fits): ragged and dense batches, rows not a multiple
-    of the threads, uneven unit shares for the weight gradients, 2-3 threads, torch."""
+    rule: GRU on AVX-512 where W_hh fits), its dh product on the 8 x 3 kernel (AVX-512:
+    by its rule, 7-8 rows a thread as B=13 on 2 threads, and always): ragged and dense
+    batches, rows not a multiple of the threads, uneven unit shares for the weight
+    gradients, 2-3 threads, torch."""
     from fastrnn import _backward as b
     try:
-        for mode in (1, -1, 0):
+        for mode, k83 in ((1, 1), (1, 2), (-1, 1), (0, 1)):
             b._set_bwd_rowsplit(mode)
+            b._set_gemm83(k83)
             for nt in (2, 3):
                 fastrnn.set_num_threads(nt)
                 for B, ragged in ((8, False), (13, True), (37, True)):
                     _run_case(cell, 1, B == 13, False, True, True, ragged, dtype, T=6, B=B,
-                              I=11, H=70, seed=B + nt + mode)
+                              I=11, H=70, seed=B + nt + mode + k83)
     finally:
         b._set_bwd_rowsplit(0)
+        b._set_gemm83(1)
         fastrnn.set_num_threads(None)
 
 
