@@ -496,7 +496,7 @@ class RNNBase:
     def _pack_route(self, layer, d, wih, whh, nt, B):
         """The training forward's packing of (layer, direction) for the LSTM route
         (``_fused_lstm_dir``) where it splits by rows, and its layout (which kernel's:
-        ``_backward.lstm_forward_layout(nt, B)``; all panels whatever the team), cached
+        ``_backward.lstm_forward_layout``; all panels whatever the team), cached
         with the other packings per layout; (None, -1) where it splits by units (it
         packs per call then)."""
         from . import _backward
