@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -126,18 +125,9 @@ def main(argv=None):
         best = dict.fromkeys(fns, float("inf"))
         for f in fns.values():
             f()
-        for r in range(a.rounds):      # interleaved, so load changes hit everyone alike
+        for _ in range(a.rounds):      # interleaved, so load changes hit everyone alike
             for k, f in fns.items():
-                if a.no_warmup:
-                    time.sleep(a.gap)
-                    ts = []
-                    for _ in range(a.calls):
-                        t0 = time.perf_counter()
-                        f()
-                        ts.append(time.perf_counter() - t0)
-                    med, mn = float(np.median(ts)), min(ts)
-                else:
-                    med, mn = visit(f, a.calls, a.gap)
+                med, mn = visit(f, a.calls, a.gap, warmup=not a.no_warmup)
                 med_s[k].append(med)
                 best[k] = min(best[k], mn)
         best = {k: v * 1e3 for k, v in best.items()}
