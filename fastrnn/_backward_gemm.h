@@ -1558,6 +1558,11 @@ FRBG_STEPV(db, d, double, )
  * c0, dc unused).  dh (B x H) / dc: on entry the gradient reaching the final state, on
  * exit the one reaching the initial state; dg: N x 4H scratch; dx NULL when not wanted.
  * Float and double.  Returns -1 when memory ran out. */
+/* thread t's packed dG columns (its units from u0) in the split-by-units backward's
+ * scratch: the gate passes write them (every thread into every region in the row split),
+ * the weight-gradient GEMMs of thread t read them */
+#define FRBG_DG_REGION(work, N, u0, t, MR)                                              \
+    ((work) + (size_t)4 * (N) * ((size_t)(u0) + (size_t)(t) * (MR)))
 #define FRBG_BWDU(SUF, T)                                                              \
 static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,                     \
         const ptrdiff_t* offsets, const ptrdiff_t* nsteps, int I, int H, const T* x,   \
@@ -1586,8 +1591,9 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     size_t szw = (size_t)nph * GH * nb, szi = dx ? (size_t)npx * GH * nb : 0;          \
     size_t szb = (size_t)nt * G4 + 16;   /* per thread in the row split */             \
     int MR = frbg_mr(level);                                                           \
-    /* packed dG: thread t (units [u0, u0 + L)) at 4N(u0 + t*MR), 4N(L + MR) values, so  \
-     * the regions never overlap whatever team size OpenMP grants (<= nt) */           \
+    /* packed dG: thread t (units [u0, u0 + L)) at 4N(u0 + t*MR) (FRBG_DG_REGION),     \
+     * 4N(L + MR) values, so the regions never overlap whatever team size OpenMP grants \
+     * (<= nt) */                                                                      \
     size_t szk = (size_t)4 * N * ((size_t)nph * nb + (size_t)nt * MR);                 \
     T* buf = (T*)frbg_scratch_get(1, sizeof(T) * (szx + szh + szw + szi + szb + szk + 64)); \
     if (!buf) return -1;                                                               \
@@ -1607,7 +1613,7 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
         int nqt = (L + MR - 1) / MR;     /* micro-panels per gate */                   \
         int nvl = (L + VLs - 1) / VLs;   /* own vector columns (4 x 3 kernel) */       \
-        T* ap = work + (size_t)4 * N * ((size_t)u0 + (size_t)t * MR);                  \
+        T* ap = FRBG_DG_REGION(work, N, u0, t, MR);                                    \
         /* each thread packs its own W_hh panels, a share of the W_ih panels and of    \
          * the X / H_prev rows; the barriers of the time loop publish them */           \
         if (r83) {       /* a share of the groups of all vector columns */            \
@@ -1675,7 +1681,7 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
                         FRBG_PICK(frbg_packdgv, SUF, MR, m, w1 - w0,                   \
                                   (w1 - w0 + MR - 1) / MR, N, r, dg + r * G4 + w0, G4, \
                                   H, dbt + w0,                                         \
-                                  work + (size_t)4 * N * ((size_t)w0 + (size_t)tt * MR)); \
+                                  FRBG_DG_REGION(work, N, w0, tt, MR));                \
                 }                                                                      \
                 if (r83)                                                               \
                     frbg_gemm83_##SUF##512(m, H, GH, dg + r * G4, G4, 1, whp,          \
