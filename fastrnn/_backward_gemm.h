@@ -284,6 +284,7 @@ NAME(const int mr, int k, const T* A, int lda, int aks, const T* P, T* C, int ld
     int r, v, kk, j;                                                                   \
     for (r = 0; r < mr; r++)                                                           \
         for (v = 0; v < 4; v++) acc[r][v] = (VT){0};                                   \
+    _Pragma("GCC unroll 2")                                                            \
     for (kk = 0; kk < k; kk++) {                                                       \
         const VT* b = (const VT*)(P + (size_t)kk * 4 * VL);                            \
         VT b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];                                 \
@@ -406,6 +407,7 @@ NAME(const int mr, const int nv, int k, const T* A, int lda, int aks,           
     int r, v, kk, j;                                                                   \
     for (r = 0; r < mr; r++)                                                           \
         for (v = 0; v < nv; v++) acc[r][v] = (VT){0};                                  \
+    _Pragma("GCC unroll 2")                                                            \
     for (kk = 0; kk < k; kk++) {                                                       \
         VT x0 = *(const VT*)b0, x1 = x0, x2 = x0;                                      \
         if (nv > 1) x1 = *(const VT*)b1;                                               \
