@@ -246,6 +246,7 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             }
         }
     }
+#pragma GCC unroll 2
     for (; k < K; k++) {
         const T* w0 = Wb + (size_t)k * G * W;
         for (r = 0; r < RB; r++) {

@@ -37,6 +37,7 @@ FR_INLINE void F(wkb)(const int R, const T* pw, const T* z, int K, V* acc) {
     /* (unrolled early: as loops, GCC turns these copies into rep movsq) */
 #pragma GCC unroll 24
     for (r = 0; r < R; r++) a[r] = acc[r];
+#pragma GCC unroll 2
     for (k = 0; k < K; k++) {
         const V zv = F(vld)(z + (size_t)k * W);
         const T* wk = pw + (size_t)k * R;
