@@ -246,7 +246,9 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             }
         }
     }
+#if FR_NREG >= 32   /* AVX-512 only: the AVX2 build unrolled ran GRU B=16 1.2x slower */
 #pragma GCC unroll 2
+#endif
     for (; k < K; k++) {
         const T* w0 = Wb + (size_t)k * G * W;
         for (r = 0; r < RB; r++) {
