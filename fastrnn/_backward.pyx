@@ -236,6 +236,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_rows6
     int frbg_wgemm_mode
     int frbg_wgemm_big(int MR)
+    long frbg_l2_bytes()
 
 
 def _set_gemm43(int on):
@@ -290,6 +291,12 @@ def _set_wgemm_blocks(int mode):
 def wgemm_big_blocks():
     """Whether the AVX-512 weight-gradient GEMM uses its larger blocks here."""
     return bool(frbg_wgemm_big(6))
+
+
+def l2_bytes():
+    """One core's L2 in bytes as the training kernels' rules read it (C sysconf; 0 when
+    unknown)."""
+    return frbg_l2_bytes()
 
 
 def _set_bwd_rowsplit(int n):

@@ -1247,6 +1247,16 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
     if (frbg_level() == 2 && l2 >= (2L << 20)
             && (double)4 * H * ((double)I + H) * elsize > (double)l2)
         return 0;
+    /* AVX-512: weights within 0.6 of one L2 split by rows from two rows a thread (no
+     * barrier per step; each thread reads all of them from its own L2).  Measured
+     * (Intel Xeon, 2 MiB L2, forward_train rows / units, in-process A/B): float32 H = 64
+     * B = 4..10: 0.46-0.84; H = 128: 0.69-0.95; H = 160 B = 4, 6, 9: 0.76-0.87; H = 192
+     * (1.1 MiB): 0.81-1.04; float64 H = 64 B = 4..9: 0.60-0.74, H = 128 (1 MiB):
+     * 0.80-0.89; but H = 256 (2 MiB) B = 5, 6: 1.32, 1.21 (units stay), and one row a
+     * thread (B = 3) 1.11-1.12 at H = 128, 192. */
+    if (frbg_level() == 2 && l2 > 0 && B >= 2 * nt
+            && (double)4 * H * ((double)I + H) * elsize <= 0.6 * (double)l2)
+        return 1;
     /* measured (Zen 3, 2 threads, H = 128..512, training forward with the 4 x 3 kernel):
      * rows split from 5.5 rows a thread on (B = 11: 0.92, 12-15: 0.85-0.87, 16: 0.97 of
      * the unit split's time) and at 4 rows a thread (B = 8: 0.85-0.95, one full row

@@ -629,7 +629,8 @@ def test_eight_row_kernel_vs_torch(dtype):
 def test_forward_split_rule_by_weight_size():
     """The LSTM training forward splits by rows from 11 sequences on 2 threads, except
     with AVX-512 and 2 MiB of L2 or more, where weights beyond one L2 (W_ih and W_hh)
-    split by units at every batch size."""
+    split by units at every batch size, and with AVX-512, where weights within 0.6 of
+    an L2 split by rows from 4 sequences."""
     from fastrnn import _backward as b
     rows = b.forward_splits_rows
     assert rows(2, 64, 256, 256, 4) and rows(2, 16, 128, 128, 4)     # 2 MiB, 0.5 MiB
@@ -638,6 +639,12 @@ def test_forward_split_rule_by_weight_size():
     assert rows(2, 64, 512, 512, 4) == (not big)                      # 8 MiB
     assert rows(2, 16, 256, 256, 8) == (not big)                      # 4 MiB (float64)
     assert rows(2, 16, 256, 384, 4) == (not big)                      # 3.75 MiB
+    # AVX-512: weights within 0.6 of an L2 split by rows from two rows a thread
+    l2 = b.l2_bytes()
+    for B, H, isz in ((4, 64, 4), (10, 128, 4), (6, 128, 8), (9, 160, 4)):
+        small = b.small_gemm_level() == 2 and 0 < 4 * H * 2 * H * isz <= 0.6 * l2
+        assert rows(2, B, H, H, isz) == small, (B, H, isz)
+    assert not rows(2, 3, 64, 64, 4)                                  # one row a thread
 
 
 def test_release_scratch():

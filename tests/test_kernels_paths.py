@@ -701,7 +701,7 @@ def test_wide_default_for_simple_rnn_and_fallbacks():
     assert not other._wide
     lstm = fastrnn.LSTM(4, 10, seed=1, num_threads=2)
     _check(lstm, x)
-    assert not lstm._wide
+    assert not [k for k in lstm._wide if k[0] != "route"]   # (route packings aside)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
