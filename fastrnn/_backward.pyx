@@ -232,6 +232,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_fwd_rowsplit
     int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize)
     int frbg_bwd_rowsplit
+    int frbg_bwd_rowsplit_at(int level, int lstm, int nt, int B, int H, int elsize)
     int frbg_rows3
     int frbg_rows6
     int frbg_wgemm_mode
@@ -1566,6 +1567,12 @@ def forward_splits_rows(int nt, int B, int I, int H, int itemsize):
     """Whether the LSTM training forward of B sequences (the first step's rows) on nt
     threads splits by rows (else by units), for input size I, hidden size H."""
     return frbg_fwd_rowsplit_at(nt, B, I, H, itemsize) != 0
+
+
+def backward_splits_rows(bint lstm, int nt, int B, int H, int itemsize):
+    """Whether the LSTM (else GRU) backward of B sequences on nt threads splits its time
+    loop by batch rows (else by units), hidden size H."""
+    return frbg_bwd_rowsplit_at(frbg_level(), lstm, nt, B, H, itemsize) != 0
 
 
 def lstm_forward_layout(int nt, int B, int I, int H, int itemsize):

@@ -443,6 +443,23 @@ def test_units_split_vs_torch(cell, dtype):
             fastrnn.set_num_threads(None)
 
 
+def test_backward_split_rule():
+    """AVX-512: the backward's time loop splits by rows from 4 rows a thread for GRU
+    where W_hh fits half an L2 (or streams <= 96 KiB of it a row) and for LSTM where its
+    W_hh takes at most 0.4 of an L2; by units otherwise and on other ISA levels."""
+    from fastrnn import _backward as b
+    rows = b.backward_splits_rows
+    l2 = b.l2_bytes()
+    avx512 = b.small_gemm_level() == 2
+    for H, isz in ((128, 4), (160, 4), (224, 4), (256, 4), (128, 8), (512, 4)):
+        fits = 4 * H * H * isz <= 0.4 * l2
+        assert rows(True, 2, 8, H, isz) == (avx512 and fits), (H, isz)
+        assert rows(True, 2, 64, H, isz) == (avx512 and fits), (H, isz)
+        assert not rows(True, 2, 6, H, isz)                          # 3 rows a thread
+        assert not rows(True, 1, 64, H, isz)
+    assert rows(False, 2, 16, 256, 4) == (avx512 and 2 * 3 * 256 * 256 * 4 <= l2)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_row_split_vs_torch(cell, dtype):
