@@ -356,14 +356,18 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     training forward splits weights beyond one L2 by units at every batch size there
     (AVX-512, 2 MiB+ L2), B = 8 routes as well: ``bench_paths.py``, H = 512 B = 8, 12,
     14: 0.93, 0.91, 0.84 of the packed kernel's time, H = 384 B = 8: 0.92; float64
-    H = 256 B = 6, 8, 12: 0.87, 1.02, 0.91.  (``H`` stands in for the input size in
-    that split's rule.)"""
+    H = 256 B = 6, 8, 12: 0.87, 1.02, 0.91.  B = 4 on 2 threads where the training
+    forward splits such small weights by rows (within 0.6 of an L2; second session
+    there, ``bench_paths.py``): H = 64, 128, 192 0.79, 0.78, 0.87 (B = 3, units: 1.26).
+    (``H`` stands in for the input size in that split's rule.)"""
     if frbg_level() != 2:
         if nt <= 1:
             return B == 4 or B >= 7
         return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
     if <long>8 * H * H * itemsize <= l2:
-        return B >= (2 if nt <= 1 else 5) and (not wide or B >= 32)
+        return ((B >= (2 if nt <= 1 else 5)
+                 or (B == 4 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0))
+                and (not wide or B >= 32))
     if wide:
         return False
     return B >= 12 or (nt >= 2 and B >= 6 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) == 0)

@@ -968,6 +968,9 @@ def test_lstm_route_rule_by_isa():
         assert not r(2, 4, 256, 4, l2) and r(2, 5, 256, 4, l2) and r(2, 64, 256, 4, l2, True)
         assert not r(2, 16, 256, 4, l2, True) and r(2, 16, 256, 4, l2)
         assert r(1, 2, 256, 4, l2) and not r(1, 1, 256, 4, l2)
+        # B = 4 where the training forward splits the (small) weights by rows
+        assert r(2, 4, 128, 4, l2) == _backward.forward_splits_rows(2, 4, 128, 128, 4)
+        assert not r(2, 3, 128, 4, l2)
         assert not r(2, 16, 512, 4, l2, True)               # beyond L2: batch-lane kernel
         assert r(2, 6, 512, 4, l2) and r(2, 10, 512, 4, l2)  # units
         # rows from 6 a thread; where the training forward splits these weights by
