@@ -232,6 +232,8 @@ cdef extern from "_backward_gemm.h":
     int frbg_fwd_rowsplit
     int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize)
     int frbg_bwd_rowsplit
+    int frbg_gru_fwd_rowsplit
+    int frbg_gru_fwd_rowsplit_at(int level, int nt, int B, int I, int H, int elsize)
     int frbg_bwd_rowsplit_at(int level, int lstm, int nt, int B, int H, int elsize)
     int frbg_rows3
     int frbg_rows6
@@ -298,6 +300,22 @@ def l2_bytes():
     """One core's L2 in bytes as the training kernels' rules read it (C sysconf; 0 when
     unknown)."""
     return frbg_l2_bytes()
+
+
+def _set_gru_fwd_rowsplit(int n):
+    """Tests / A-B runs: the GRU training forward split by batch rows (1), by units (-1)
+    or by its rule (0, the default).  Returns the previous value.  Module-global: not
+    while another thread runs a layer."""
+    global frbg_gru_fwd_rowsplit
+    old = frbg_gru_fwd_rowsplit
+    frbg_gru_fwd_rowsplit = n
+    return old
+
+
+def gru_forward_splits_rows(int nt, int B, int I, int H, int itemsize):
+    """Whether the GRU training forward of B sequences on nt threads splits by batch rows
+    (else by units), input size I, hidden size H."""
+    return frbg_gru_fwd_rowsplit_at(frbg_level(), nt, B, I, H, itemsize) != 0
 
 
 def _set_bwd_rowsplit(int n):

@@ -1428,6 +1428,24 @@ ATTR static void frbg_gru_fwd_rows_##SUF(int n, int H, int u0, int u1, T* gs,   
 #if FRBG_X86
 FRBG_FWD_ROWS_VARIANTS(FRBG_GRU_FWD_ROWS)
 #endif
+/* The GRU training forward split by batch rows instead (each thread its rows of every
+ * step: input projection, the three h products over all panels, gate math; no barrier
+ * per step; the same sums as the unit split) where its weights (3H x (I + H)) fit one
+ * L2.  AVX-512 only (the AVX2 4 x 3 layout is packed per thread's units).  Measured
+ * (Intel Xeon, 2 MiB L2, 2 threads, forward_train rows / units, in-process A/B):
+ * H = 64 B = 6..32 0.69-0.91 (B = 3, 4: 0.94, 1.01), H = 128 B = 3..32 0.64-0.86,
+ * H = 192 (0.4 of the L2) B = 4..32 0.65-0.89 (B = 3: 1.05); H = 256 (0.75 of it)
+ * B = 12 0.92, 16 0.99, 32..128 0.85-0.88 but B = 3..6 1.29-1.68, 8 1.01; H = 512
+ * (beyond it) B = 32, 64 1.33, 1.13.  So: from two rows a thread within 0.6 of an L2,
+ * from six within one.  frbg_gru_fwd_rowsplit: 0 the rule, 1 rows, -1 units (tests,
+ * A/B runs). */
+static int frbg_gru_fwd_rowsplit = 0;
+static int frbg_gru_fwd_rowsplit_at(int level, int nt, int B, int I, int H, int elsize) {
+    double l2 = (double)frbg_l2_bytes(), w = (double)3 * H * ((double)I + H) * elsize;
+    if (level != 2 || nt < 2 || B < 2) return 0;
+    if (frbg_gru_fwd_rowsplit) return frbg_gru_fwd_rowsplit > 0;
+    return l2 > 0 && ((B >= 2 * nt && w <= 0.6 * l2) || (B >= 6 * nt && w <= l2));
+}
 /* GRU (reset_after) training forward split by units, as the LSTM's: each thread owns whole
  * panels of nb units in each gate (W packed per gate), projects the inputs of its units
  * a chunk of steps ahead, and per step computes its columns of h W_h^T (r, z added into
@@ -1444,8 +1462,10 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
     if (!wi) return -1;                                                                \
     T* wh = wi + szi;                                                                  \
     int ch = (int)((FRBG_FWD_ROWS + nsteps[0] - 1) / nsteps[0]);                       \
+    int rows = !d43 && frbg_gru_fwd_rowsplit_at(level, nt, (int)nsteps[0], I, H, sizeof(T)); \
     if (ch < 1) ch = 1;                                                                \
-    if (nt > nph) nt = nph;                                                            \
+    if (!rows && nt > nph) nt = nph;                                                   \
+    if (rows && nt > nsteps[0]) nt = (int)nsteps[0];                                   \
     if (nt < 1) nt = 1;                                                                \
     int bar[2] = {0, 0};                                                               \
     _Pragma("omp parallel num_threads(nt)")                                            \
@@ -1467,7 +1487,31 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
                 frbg_pack_##SUF##_into(whh + (size_t)(g * H + u0) * H, H, H, L, 1, nb, whg); \
             }                                                                          \
         }                                                                              \
-        for (s = 0; s < S; s++) {                                                      \
+        if (rows) {      /* own rows [b0, b1) of every step, all panels */             \
+            int b0 = frbg_row_bound(S, nsteps, t, ntt);                                \
+            int b1 = frbg_row_bound(S, nsteps, t + 1, ntt);                            \
+            frbg_barrier(bar, ntt);                        /* every panel packed */    \
+            for (s = 0; s < S; s++) {                                                  \
+                int n = (int)nsteps[s], m = (b1 < n ? b1 : n) - b0;                    \
+                ptrdiff_t r = offsets[s] + b0;                                         \
+                if (m <= 0) break;                    /* (lengths only fall) */        \
+                const T* hp = s ? y + (offsets[s - 1] + b0) * ldy : h0 + (size_t)b0 * H; \
+                int ldhp = s ? ldy : H;                                                \
+                for (g = 0; g < 3; g++)                                                \
+                    frbg_gemm_##SUF(level, m, H, I, x + r * I, I, 1,                   \
+                                    wi + (size_t)g * nph * I * nb, gates + r * GH + g * H, \
+                                    GH, 0, 0, nph);                                    \
+                for (g = 0; g < 2; g++)                                                \
+                    frbg_gemm_##SUF(level, m, H, H, hp, ldhp, 1,                       \
+                                    wh + (size_t)g * nph * H * nb, gates + r * GH + g * H, \
+                                    GH, 1, 0, nph);                                    \
+                frbg_gemm_##SUF(level, m, H, H, hp, ldhp, 1, wh + (size_t)2 * nph * H * nb, \
+                                hn + r * H, H, 0, 0, nph);                             \
+                FRBG_PICK(frbg_gru_fwd_rows, SUF, m, H, 0, H, gates + r * GH, bias, bhn, \
+                          hp, ldhp, hn + r * H, y + r * ldy, ldy);                     \
+            }                                                                          \
+        }                                                                              \
+        for (s = 0; s < (rows ? 0 : S); s++) {                                         \
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
             if (L > 0) {                                                               \

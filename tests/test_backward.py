@@ -443,6 +443,52 @@ def test_units_split_vs_torch(cell, dtype):
             fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_forward_row_split_vs_torch(dtype):
+    """The GRU training forward split by batch rows (forced, by the rule) and by units
+    (forced): outputs and gradients against torch, dense and ragged batches, rows not a
+    multiple of the threads, 2-3 threads; rows and units bit-identical."""
+    from fastrnn import _backward as b
+    rng = np.random.default_rng(5)
+    try:
+        for mode in (1, -1, 0):
+            b._set_gru_fwd_rowsplit(mode)
+            for nt in (2, 3):
+                fastrnn.set_num_threads(nt)
+                for B, ragged in ((8, False), (13, True), (37, True)):
+                    _run_case("gru", 1, B == 13, False, True, True, ragged, dtype, T=6,
+                              B=B, I=11, H=70, seed=B + nt + mode)
+        layer = fastrnn.GRU(9, 40, dtype=dtype, seed=2, num_threads=2)
+        x = rng.standard_normal((7, 11, 9)).astype(dtype)
+        lens = rng.integers(0, 8, 11)
+        outs = []
+        for mode in (1, -1):
+            b._set_gru_fwd_rowsplit(mode)
+            out, st, cache = layer.forward_train(x, lengths=lens)
+            outs.append((out, st, layer.backward(cache, np.ones_like(out))))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        for k in outs[0][2]:
+            np.testing.assert_array_equal(outs[0][2][k], outs[1][2][k], err_msg=k)
+    finally:
+        b._set_gru_fwd_rowsplit(0)
+        fastrnn.set_num_threads(None)
+
+
+def test_gru_forward_split_rule():
+    """AVX-512: the GRU training forward splits by rows from 2 rows a thread where its
+    weights take at most 0.6 of an L2, from 6 where they fit one; by units otherwise."""
+    from fastrnn import _backward as b
+    rows = b.gru_forward_splits_rows
+    l2 = b.l2_bytes()
+    avx512 = b.small_gemm_level() == 2
+    for H in (64, 128, 192, 256, 512):
+        w = 3 * H * 2 * H * 4
+        for B in (3, 4, 8, 12, 32):
+            want = avx512 and l2 > 0 and ((B >= 4 and w <= 0.6 * l2) or (B >= 12 and w <= l2))
+            assert rows(2, B, H, H, 4) == want, (H, B)
+        assert not rows(1, 32, H, H, 4)
+
+
 def test_backward_split_rule():
     """AVX-512: the backward's time loop splits by rows from 4 rows a thread for GRU
     where W_hh fits half an L2 (or streams <= 96 KiB of it a row) and for LSTM where its
