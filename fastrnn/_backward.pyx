@@ -375,7 +375,7 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     (AVX-512, 2 MiB+ L2), B = 8 routes as well: ``bench_paths.py``, H = 512 B = 8, 12,
     14: 0.93, 0.91, 0.84 of the packed kernel's time, H = 384 B = 8: 0.92; float64
     H = 256 B = 6, 8, 12: 0.87, 1.02, 0.91.  B = 4 on 2 threads where the training
-    forward splits such small weights by rows (within 0.6 of an L2; second session
+    forward splits such small weights by rows (within 0.6 of an L2; a later session
     there, ``bench_paths.py``): H = 64, 128, 192 0.79, 0.78, 0.87 (B = 3, units: 1.26).
     (``H`` stands in for the input size in that split's rule.)"""
     if frbg_level() != 2:

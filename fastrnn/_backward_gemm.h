@@ -1273,7 +1273,7 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
  * a row); float64 GRU H=256 B=16 1.02, H=512 B=64 1.01; LSTM float32 H=256 B=12..64
  * 0.99-1.01 (with the 8 x 3 dh product at B=14-16 0.99-1.01 too), H=128 B=16 0.91,
  * H=512 B=16 1.10-1.12, float64 H=256 B=16 1.09.  So: GRU, AVX-512, 4+ rows a
- * thread, W_hh in half an L2 or at most 96 KiB of it a row.  LSTM at smaller H (second
+ * thread, W_hh in half an L2 or at most 96 KiB of it a row.  LSTM at smaller H (a later
  * session there): H=128 B=8..16 0.88-0.90 (B=4, 6 0.94), H=160 B=8..32 0.84-0.90,
  * H=192 B=8..16 0.88-0.91 (B=4, 6 1.03), H=224 B=8..32 0.92-0.96, float64 H=128 B=8,
  * 16 0.93-0.94: so LSTM too, 4+ rows a thread, where W_hh (4H x H) takes at most 0.4
