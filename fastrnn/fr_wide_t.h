@@ -30,7 +30,10 @@
 #define FR_WROWS (FR_NREG >= 32 ? 24 : 12)
 
 /* acc[r] += sum_{k < K} pw[k*R + r] * z[k*W .. +W)  (R compile-time; acc in memory, a
- * panel's accumulators between blocks of k) */
+ * panel's accumulators between blocks of k).  Here and in wkb2 a software prefetch runs
+ * FR_PREFETCH bytes ahead in the weight stream (AVX-512 only, as the packed kernel's):
+ * GRU B=64 T=50 H=512 (6 MiB of weights from L3 every step) 0.92-0.96x on the Intel
+ * Xeon, H=256 (weights in L2) neutral (bench/ab_builds.py). */
 FR_INLINE void F(wkb)(const int R, const T* pw, const T* z, int K, V* acc) {
     V a[24];
     int k, r;
@@ -43,6 +46,7 @@ FR_INLINE void F(wkb)(const int R, const T* pw, const T* z, int K, V* acc) {
     for (k = 0; k < K; k++) {
         const V zv = F(vld)(z + (size_t)k * W);
         const T* wk = pw + (size_t)k * R;
+        FR_SWPF(wk + FR_PREFETCH / (int)sizeof(T));
 #pragma GCC unroll 24
         for (r = 0; r < R; r++) a[r] += wk[r] * zv;
     }
@@ -64,6 +68,7 @@ FR_INLINE void F(wkb2)(const T* pw, int R, int r0, const T* z0, const T* z1, int
     for (k = 0; k < K; k++) {
         const V z0v = F(vld)(z0 + (size_t)k * W), z1v = F(vld)(z1 + (size_t)k * W);
         const T* wk = pw + (size_t)k * R + r0;
+        FR_SWPF(wk + FR_PREFETCH / (int)sizeof(T));
 #pragma GCC unroll 12
         for (r = 0; r < H2; r++) {   /* (scalar * vector: a broadcast load, no add) */
             a[r] += wk[r] * z0v;
