@@ -1233,9 +1233,15 @@ static int frbg_lstm_fwd_d83(int level, int nt, int B, int I, int H, int elsize)
     mb = frbg_fwd_rowsplit_at(nt, B, I, H, elsize) ? (B + nt - 1) / nt : B;
     return mb >= 7 && mb <= 8;
 }
+/* the share of one core's L2 that G gates' weights take (W_ih and W_hh: G*H (I + H)
+ * values; I = 0: W_hh alone); past any bound where the L2 size is unknown */
+static double frbg_l2_share(int G, int I, int H, int elsize) {
+    long l2 = frbg_l2_bytes();
+    return l2 > 0 ? (double)G * H * ((double)I + H) * elsize / (double)l2 : 1e30;
+}
 /* I, H, elsize: the layer's sizes (W_ih and W_hh packed: 4H (I + H) values) */
 static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
-    long l2 = frbg_l2_bytes();
+    double share = frbg_l2_share(4, I, H, elsize);
     if (nt < 2) return 0;
     if (frbg_fwd_rowsplit > 0) return B >= frbg_fwd_rowsplit;
     /* AVX-512 with 2 MiB of L2 or more: weights beyond one L2 split by units (each
@@ -1244,8 +1250,7 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
      * 0.96; H = 512 B = 16, 32, 64, 128: 0.77, 0.83, 0.90, 0.97; H = 1024 B = 64: 0.91;
      * float64 H = 256 B = 16, 64: 0.83, 0.96, H = 512 B = 64: 0.91; but float32 H = 256
      * (2 MiB, one L2) B = 64, 128: 1.03, 1.10 (rows stay). */
-    if (frbg_level() == 2 && l2 >= (2L << 20)
-            && (double)4 * H * ((double)I + H) * elsize > (double)l2)
+    if (frbg_level() == 2 && frbg_l2_bytes() >= (2L << 20) && share > 1.0)
         return 0;
     /* AVX-512: weights within 0.6 of one L2 split by rows from two rows a thread (no
      * barrier per step; each thread reads all of them from its own L2).  Measured
@@ -1254,8 +1259,7 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
      * (1.1 MiB): 0.81-1.04; float64 H = 64 B = 4..9: 0.60-0.74, H = 128 (1 MiB):
      * 0.80-0.89; but H = 256 (2 MiB) B = 5, 6: 1.32, 1.21 (units stay), and one row a
      * thread (B = 3) 1.11-1.12 at H = 128, 192. */
-    if (frbg_level() == 2 && l2 > 0 && B >= 2 * nt
-            && (double)4 * H * ((double)I + H) * elsize <= 0.6 * (double)l2)
+    if (frbg_level() == 2 && B >= 2 * nt && share <= 0.6)
         return 1;
     /* measured (Zen 3, 2 threads, H = 128..512, training forward with the 4 x 3 kernel):
      * rows split from 5.5 rows a thread on (B = 11: 0.92, 12-15: 0.85-0.87, 16: 0.97 of
@@ -1281,11 +1285,11 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
  * rule, 1 rows, -1 units (tests, A/B runs). */
 static int frbg_bwd_rowsplit = 0;
 static int frbg_bwd_rowsplit_at(int level, int lstm, int nt, int B, int H, int elsize) {
-    size_t w = (size_t)(lstm ? 4 : 3) * H * H * elsize;
+    size_t w = (size_t)3 * H * H * elsize;   /* GRU's W_hh */
     if (nt < 2 || B < 2) return 0;
     if (frbg_bwd_rowsplit) return frbg_bwd_rowsplit > 0;
     if (level != 2 || B < 4 * nt) return 0;
-    if (lstm) return (double)w <= 0.4 * (double)frbg_l2_bytes();
+    if (lstm) return frbg_l2_share(4, 0, H, elsize) <= 0.4;
     return 2 * w <= (size_t)frbg_l2_bytes() || w * nt <= ((size_t)96 << 10) * B;
 }
 /* values up to a multiple of 16 (64 bytes for either type): where the second of two
@@ -1441,10 +1445,10 @@ FRBG_FWD_ROWS_VARIANTS(FRBG_GRU_FWD_ROWS)
  * A/B runs). */
 static int frbg_gru_fwd_rowsplit = 0;
 static int frbg_gru_fwd_rowsplit_at(int level, int nt, int B, int I, int H, int elsize) {
-    double l2 = (double)frbg_l2_bytes(), w = (double)3 * H * ((double)I + H) * elsize;
+    double share = frbg_l2_share(3, I, H, elsize);
     if (level != 2 || nt < 2 || B < 2) return 0;
     if (frbg_gru_fwd_rowsplit) return frbg_gru_fwd_rowsplit > 0;
-    return l2 > 0 && ((B >= 2 * nt && w <= 0.6 * l2) || (B >= 6 * nt && w <= l2));
+    return (B >= 2 * nt && share <= 0.6) || (B >= 6 * nt && share <= 1.0);
 }
 /* GRU (reset_after) training forward split by units, as the LSTM's: each thread owns whole
  * panels of nb units in each gate (W packed per gate), projects the inputs of its units
