@@ -1375,7 +1375,9 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         # LSTM and GRU (reset_after): every thread through every step, split by units
         # (one barrier per step), then each thread's own rows of the weight gradients;
         # dG rows of 4H in both (see the helper)
-        dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * 4 * H + 1)
+        # dG: every row where dX is wanted, else two steps' rows (the helper alternates)
+        dg = <floating*>frbg_scratch_get(
+            0, sizeof(floating) * <Py_ssize_t>(N if d.want_dx else min(N, 2 * B)) * 4 * H + 1)
         if dg == NULL:
             return -1
         if floating is float:

@@ -1621,13 +1621,19 @@ FRBG_STEPV(db, d, double, )
  * W_ih side.  Their column sums (taken while packing) are the bias gradients.
  * cell 1 LSTM (no projection; cs: c, c0, dc), cell 2 GRU (cs: the stored h W_hn + b_hn;
  * c0, dc unused).  dh (B x H) / dc: on entry the gradient reaching the final state, on
- * exit the one reaching the initial state; dg: N x 4H scratch; dx NULL when not wanted.
+ * exit the one reaching the initial state; dg: N x 4H scratch (2B x 4H where dx is NULL);
+ * dx NULL when not wanted.
  * Float and double.  Returns -1 when memory ran out. */
 /* thread t's packed dG columns (its units from u0) in the split-by-units backward's
  * scratch: the gate passes write them (every thread into every region in the row split),
  * the weight-gradient GEMMs of thread t read them */
 #define FRBG_DG_REGION(work, N, u0, t, MR)                                              \
     ((work) + (size_t)4 * (N) * ((size_t)(u0) + (size_t)(t) * (MR)))
+/* step s's rows of dG: all of dG (N x 4H) where dX is wanted (its GEMM reads every row
+ * after the loop), else two steps' rows, alternating (a thread writes step s - 2's rows
+ * only after the barrier of step s - 1, when every thread's dh product of step s has
+ * read them): 4H * N values the caches no longer have to write back */
+#define FRBG_DG_STEP(s) (dx ? dg + offsets[s] * G4 : dg + (size_t)((s) & 1) * nsteps[0] * G4)
 #define FRBG_BWDU(SUF, T)                                                              \
 static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,                     \
         const ptrdiff_t* offsets, const ptrdiff_t* nsteps, int I, int H, const T* x,   \
@@ -1725,18 +1731,19 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
             for (s = S - 1; s >= 0; s--) {                                             \
                 int n = (int)nsteps[s], e = b1 < n ? b1 : n, m = e - b0;               \
                 ptrdiff_t r = offsets[s] + b0;                                         \
+                T* dgs = FRBG_DG_STEP(s);   /* this step's dG rows */                  \
                 if (m <= 0) continue;                                                  \
                 FRBG_PICK(frbg_dyadd, SUF, m, H, 0, H, dy + r * H, dh + (size_t)b0 * H); \
                 if (lstm)                                                              \
                     frbg_lstm_bwdu_##SUF(b0, e, H, 0, H, gates + offsets[s] * G4,       \
                                          cs + offsets[s] * H,                          \
                                          s ? cs + offsets[s - 1] * H : c0, dh, H, dc,  \
-                                         dg + offsets[s] * G4, NULL);                  \
+                                         dgs, NULL);                                   \
                 else                                                                   \
                     FRBG_PICK(frbg_gru_bwdu, SUF, m, H, 0, H, gates + r * GH,          \
                               cs + r * H, s ? y + (offsets[s - 1] + b0) * ldy          \
                                             : h0 + (size_t)b0 * H,                     \
-                              s ? ldy : H, dh + (size_t)b0 * H, dg + r * G4);          \
+                              s ? ldy : H, dh + (size_t)b0 * H, dgs + (size_t)b0 * G4); \
                 /* own rows into every thread's packed dG region (the weight-gradient  \
                  * GEMMs below stay split by units) */                                 \
                 for (tt = 0; tt < ntt; tt++) {                                         \
@@ -1744,15 +1751,15 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
                     int w0 = a0 * nb, w1 = a1 * nb < H ? a1 * nb : H;                  \
                     if (w1 > w0)                                                       \
                         FRBG_PICK(frbg_packdgv, SUF, MR, m, w1 - w0,                   \
-                                  (w1 - w0 + MR - 1) / MR, N, r, dg + r * G4 + w0, G4, \
-                                  H, dbt + w0,                                         \
+                                  (w1 - w0 + MR - 1) / MR, N, r,                       \
+                                  dgs + (size_t)b0 * G4 + w0, G4, H, dbt + w0,         \
                                   FRBG_DG_REGION(work, N, w0, tt, MR));                \
                 }                                                                      \
                 if (r83)                                                               \
-                    frbg_gemm83_##SUF##512(m, H, GH, dg + r * G4, G4, 1, whp,          \
+                    frbg_gemm83_##SUF##512(m, H, GH, dgs + (size_t)b0 * G4, G4, 1, whp, \
                                            dh + (size_t)b0 * H, H, !lstm, 0, nvc);     \
                 else                                                                   \
-                    frbg_gemm_##SUF(level, m, H, GH, dg + r * G4, G4, 1, whp,          \
+                    frbg_gemm_##SUF(level, m, H, GH, dgs + (size_t)b0 * G4, G4, 1, whp,  \
                                     dh + (size_t)b0 * H, H, !lstm, 0, nph);            \
             }                                                                          \
             frbg_barrier(bar, ntt);        /* every dG row packed, every sum taken */  \
@@ -1764,24 +1771,25 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
         for (s = rows ? -1 : S - 1; s >= 0; s--) {                                     \
             int n = (int)nsteps[s];                                                    \
             ptrdiff_t r = offsets[s];                                                  \
+            T* dgs = FRBG_DG_STEP(s);   /* this step's dG rows */                      \
             if (L > 0) {                                                               \
                 /* + the gradient of the output h_s */                                 \
                 FRBG_PICK(frbg_dyadd, SUF, n, H, u0, L, dy + r * H, dh);                \
                 if (lstm)                                                              \
                     frbg_lstm_bwdu_##SUF(0, n, H, u0, u1, gates + r * G4, cs + r * H,   \
                                          s ? cs + offsets[s - 1] * H : c0, dh, H, dc,  \
-                                         dg + r * G4, NULL);                           \
+                                         dgs, NULL);                                   \
                 else                                                                   \
                     FRBG_PICK(frbg_gru_bwdu, SUF, n, H, u0, u1, gates + r * GH,         \
                               cs + r * H, s ? y + offsets[s - 1] * ldy : h0,           \
-                              s ? ldy : H, dh, dg + r * G4);                           \
+                              s ? ldy : H, dh, dgs);                                   \
                 /* own dG columns: into the bias sums and, packed, for the GEMMs */    \
-                FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dg + r * G4 + u0, G4, \
+                FRBG_PICK(frbg_packdgv, SUF, MR, n, L, nqt, N, r, dgs + u0, G4,        \
                           H, dbs + u0, ap);                                            \
             }                                                                          \
             frbg_barrier(bar, ntt);                                                    \
             if (L > 0)   /* GRU: dh already holds dh * z */                            \
-                FRBG_GEMMX(SUF, n, L, GH, dg + r * G4, G4, whp + (size_t)p0 * GH * nb,  \
+                FRBG_GEMMX(SUF, n, L, GH, dgs, G4, whp + (size_t)p0 * GH * nb,         \
                            dh + u0, H, !lstm);                                         \
         }                                                                              \
         /* every dG row is written (the last barrier): weight gradients of own rows */ \

@@ -530,6 +530,35 @@ def test_backward_row_split_vs_torch(cell, dtype):
         fastrnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_without_input_grad_same_gradients(kind, dtype):
+    """Without the input gradient the threaded backward keeps only two steps of gate
+    gradients (alternating) instead of every step's: the weight, bias and state
+    gradients must be the very same numbers as with it, whichever way the time loop is
+    split, on 1-3 threads, ragged batches and one step."""
+    from fastrnn import _backward as b
+    rng = np.random.default_rng(5)
+    layer = getattr(fastrnn, kind)(9, 40, dtype=dtype, seed=3)
+    try:
+        for mode in (1, -1, 0):
+            b._set_bwd_rowsplit(mode)
+            for nt in (1, 2, 3):
+                for T, B, lengths in ((7, 9, [7, 7, 6, 5, 5, 3, 2, 2, 1]), (1, 4, None),
+                                      (12, 16, None)):
+                    x = rng.standard_normal((T, B, 9)).astype(dtype)
+                    out, st, cache = layer.forward_train(x, lengths=lengths, num_threads=nt)
+                    assert not cache.general
+                    gy = rng.standard_normal(out.shape).astype(dtype)
+                    full = layer.backward(cache, gy, num_threads=nt)
+                    part = layer.backward(cache, gy, need_input_grad=False, num_threads=nt)
+                    assert set(part) == set(full) - {"input"}
+                    for k in part:
+                        np.testing.assert_array_equal(part[k], full[k], err_msg=f"{k} {mode} {nt} {T}")
+    finally:
+        b._set_bwd_rowsplit(0)
+
+
 # hidden sizes of one vector of some ISA level (AVX-512 16 / 8, AVX2 8 / 4 floats /
 # doubles), where the four LSTM gate vectors of a unit block lie side by side
 _VECTOR_H = (4, 8, 16)
