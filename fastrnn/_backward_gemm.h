@@ -1281,16 +1281,24 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
  * session there): H=128 B=8..16 0.88-0.90 (B=4, 6 0.94), H=160 B=8..32 0.84-0.90,
  * H=192 B=8..16 0.88-0.91 (B=4, 6 1.03), H=224 B=8..32 0.92-0.96, float64 H=128 B=8,
  * 16 0.93-0.94: so LSTM too, 4+ rows a thread, where W_hh (4H x H) takes at most 0.4
- * of an L2 (H=256 float32, half of it: 0.99-1.01 above).  frbg_bwd_rowsplit: 0 that
- * rule, 1 rows, -1 units (tests, A/B runs). */
+ * of an L2 (H=256 float32, half of it: 0.99-1.01 above).  Once the backward kept only
+ * two steps of dG where dX is not wanted (each thread's rows of them stay in its cache)
+ * the row split won further (same host, backward rows / units): LSTM float32 H=256
+ * B=8..128 0.91-0.98, H=288 B=16 0.90, H=320 B=8..32 0.96-0.97, float64 H=192 B=8..64
+ * 0.93-0.96; GRU float32 H=320 B=8, 16 0.94-0.95, H=352 B=16 0.97, float64 H=224 B=16
+ * 0.93, H=256 B=16, 64 1.00, 0.95; but LSTM H=384 B=16 1.09 (W_hh 1.1 L2s), H=512 B=16
+ * 1.15, float64 H=256 B=16 1.05 (one L2), GRU H=384 B=16 1.00, H=512 B=16, 32 1.13,
+ * 1.06; LSTM B=4 (2 rows a thread) 1.05.  So both cells: 4+ rows a thread where W_hh
+ * takes at most 0.8 of an L2, GRU also at most 96 KiB of it a row.  frbg_bwd_rowsplit:
+ * 0 that rule, 1 rows, -1 units (tests, A/B runs). */
 static int frbg_bwd_rowsplit = 0;
 static int frbg_bwd_rowsplit_at(int level, int lstm, int nt, int B, int H, int elsize) {
     size_t w = (size_t)3 * H * H * elsize;   /* GRU's W_hh */
     if (nt < 2 || B < 2) return 0;
     if (frbg_bwd_rowsplit) return frbg_bwd_rowsplit > 0;
     if (level != 2 || B < 4 * nt) return 0;
-    if (lstm) return frbg_l2_share(4, 0, H, elsize) <= 0.4;
-    return 2 * w <= (size_t)frbg_l2_bytes() || w * nt <= ((size_t)96 << 10) * B;
+    if (frbg_l2_share(lstm ? 4 : 3, 0, H, elsize) <= 0.8) return 1;
+    return !lstm && w * nt <= ((size_t)96 << 10) * B;
 }
 /* values up to a multiple of 16 (64 bytes for either type): where the second of two
  * arrays in one scratch block starts */
