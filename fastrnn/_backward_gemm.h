@@ -1640,7 +1640,8 @@ FRBG_STEPV(db, d, double, )
 /* step s's rows of dG: all of dG (N x 4H) where dX is wanted (its GEMM reads every row
  * after the loop), else two steps' rows, alternating (a thread writes step s - 2's rows
  * only after the barrier of step s - 1, when every thread's dh product of step s has
- * read them): 4H * N values the caches no longer have to write back */
+ * read them; the row split's threads touch only their own rows): 4H * N values the
+ * caches no longer have to write back */
 #define FRBG_DG_STEP(s) (dx ? dg + offsets[s] * G4 : dg + (size_t)((s) & 1) * nsteps[0] * G4)
 #define FRBG_BWDU(SUF, T)                                                              \
 static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,                     \
