@@ -257,18 +257,9 @@ FRBG_PACK43(frbg_pack43_d, double)
  * H=256 0.93x; float64 unchanged (1.00).  Smaller L2s keep the smaller blocks (not
  * measured there).  frbg_wgemm_mode: -1 by the L2 size, 0 / 1 forced (tests, A/B). */
 static int frbg_wgemm_mode = -1;
-static long frbg_l2_size = -1;
-/* L2 bytes of a core (sysconf; 0 when unknown), read once */
-static long frbg_l2_bytes(void) {
-    if (frbg_l2_size < 0) {
-        long l2 = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        frbg_l2_size = l2 > 0 ? l2 : 0;
-    }
-    return frbg_l2_size;
-}
+#include "fr_cache.h"
+/* L2 bytes of a core (0 when unknown) */
+static long frbg_l2_bytes(void) { return fr_l2_bytes(); }
 static int frbg_wgemm_big(int MR) {
     if (MR != 6) return 0;
     if (frbg_wgemm_mode >= 0) return frbg_wgemm_mode;

@@ -131,6 +131,10 @@ cdef extern from "fr_kern.h":
     int fr_wide_pairs
     long fr_min_par_work
     int fr_dgate_mode
+    int fr_step_overlap
+    int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
+                        int elsize) nogil
+    long fr_l2_bytes() nogil
     int fr_barrier_spin
 
 
@@ -695,6 +699,37 @@ def _set_spin_barrier(int mode):
     old = fr_barrier_spin
     fr_barrier_spin = mode
     return old
+
+
+def _set_step_overlap(int mode):
+    """Tuning / test hook: the packed kernel's unit split overlaps the wait for the other
+    threads' h with the product over the thread's own units (1), or ends every step at a
+    barrier (0); -1 (the default) chooses by the size of a thread's recurrent weights
+    against the L2 cache.  Returns the previous value."""
+    global fr_step_overlap
+    old = fr_step_overlap
+    fr_step_overlap = mode
+    return old
+
+
+def step_overlap_applies(int cell, int batch, int hidden_size, int num_threads,
+                         int itemsize=4):
+    """Whether the packed kernel's unit split (small batch, 2+ threads) overlaps each
+    step's wait for the other threads' h with the product over the thread's own units,
+    by the automatic rule (LSTM / GRU reset_after, recurrent weights of a thread between
+    an eighth (batch 1: any) and half of the L2 cache).  cell: CELL_* code."""
+    cdef int G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    cdef int U = fr_unit(itemsize)
+    cdef int nb = (hidden_size + U - 1) // U
+    cdef int nthr = num_threads if num_threads < nb else nb
+    if nthr < 2:
+        return False
+    return bool(fr_overlap_auto(cell, G, hidden_size, U, nb, nthr, batch, itemsize))
+
+
+def l2_bytes():
+    """The L2 cache of a core in bytes as the kernels read it (0: unknown)."""
+    return fr_l2_bytes()
 
 
 def _set_gate_defer(int mode):

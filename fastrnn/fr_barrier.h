@@ -33,4 +33,40 @@ static void fr_barrier_wait(int* bar, int n) {
 #endif
 #endif
 }
+/* Per-thread progress counters, one 64-byte line each (prog[t * FR_PROG_STRIDE]): a
+ * thread publishes how many steps it has finished and waits only for the counters it
+ * needs, so it can work on what is already its own in the meantime (the packed kernel's
+ * overlapped unit split, fr_kern_t.h).  Same spin-then-yield policy as the barrier. */
+#define FR_PROG_STRIDE 16
+#if defined(__GNUC__) || defined(__clang__)
+#define FR_PROG_OK 1   /* else the callers keep the barrier */
+#else
+#define FR_PROG_OK 0
+#endif
+static void fr_progress_publish(int* prog, int tid, int v) {
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_store_n(&prog[tid * FR_PROG_STRIDE], v, __ATOMIC_RELEASE);
+#else
+    prog[tid * FR_PROG_STRIDE] = v;
+#endif
+}
+/* until every other thread of n has published at least v */
+static void fr_progress_wait(int* prog, int tid, int n, int v) {
+#if defined(__GNUC__) || defined(__clang__)
+    int t, spins = 0;
+    for (t = 0; t < n; t++) {
+        if (t == tid) continue;
+        while (__atomic_load_n(&prog[t * FR_PROG_STRIDE], __ATOMIC_ACQUIRE) < v) {
+#if defined(__x86_64__) || defined(__i386__)
+            if (++spins < 4000) __builtin_ia32_pause();
+            else sched_yield();
+#else
+            if (++spins >= 4000) sched_yield();
+#endif
+        }
+    }
+#else
+    (void)prog; (void)tid; (void)n; (void)v;
+#endif
+}
 #endif

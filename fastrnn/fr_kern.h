@@ -109,6 +109,27 @@ static void fr_step_barrier(int* bar, int n) {
 #endif
 }
 
+/* tuning / test hook: the packed kernel's unit split overlaps each step's wait for the
+ * other threads' h with the product over the thread's own units (1), or ends every step
+ * at a barrier (0); -1: by the size of a thread's recurrent weights (fr_kern_t.h) */
+static int fr_step_overlap = -1;
+#include "fr_cache.h"
+/* The automatic rule: LSTM / GRU where a thread's recurrent weights (slice: its share of
+ * nb blocks of U units, G gates, K inputs) take at most half of its L2, and at B > 1 at
+ * least an eighth.  Measured (Intel Xeon, 2 MiB L2, 2 threads, T=100, overlapped /
+ * barrier): B=1 LSTM H=128-320 (0.26-0.8 MiB a thread) 0.92-0.98, float64 H=256 (1 MiB)
+ * 0.95, GRU H=96-384 0.94-0.98; B=2-4 H=256 0.93-0.98.  Beyond half of L2 the two passes
+ * over the weights (the own units' columns, then the others') lose them from L2 between
+ * steps: LSTM H=384 (1.15 MiB) 1.00, H=448 1.04, H=512 1.12, GRU H=512 1.04.  Small
+ * slices at B > 1 (GRU H=128 B=2-3, LSTM H=64 B=2) 1.01-1.04; SimpleRNN's step is too
+ * short for its own half to cover the wait (B=1 H=128-512 0.87-1.03, B=4 H=256 1.12). */
+static int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
+                           int elsize) {
+    const long l2 = fr_l2_bytes() > 0 ? fr_l2_bytes() : 1L << 20;
+    const long slice = (long)G * K * U * elsize * ((nb + nthr - 1) / nthr);
+    return cell != 0 && 2 * slice <= l2 && (B == 1 || 8 * slice >= l2);
+}
+
 /* batch rows from which the packed kernel splits rows instead of units between threads */
 static int fr_rowsplit_min = 16;
 

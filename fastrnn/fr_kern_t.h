@@ -272,6 +272,32 @@ FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb
 #undef FR_MVCASE
 }
 
+/* register blocks of rows in a batch of B (G gates) */
+FR_INLINE int F(nrb)(int B, int G) { return (B + FR_RB(G) - 1) / FR_RB(G); }
+
+/* the product over k in [k0, k1) only (rows and weights offset to k0) */
+FR_INLINE void F(mv_range)(int rb, int G, const T* const* rows, int k0, int k1,
+                           const T* Wb, V* acc) {
+    const T* rr[4];
+    int r;
+    for (r = 0; r < rb; r++) rr[r] = rows[r] + k0;
+    F(mv_any)(rb, G, rr, k1 - k0, Wb + (size_t)k0 * G * W, acc);
+}
+
+/* overlapped unit split, second half: acc = part (the product over the thread's own
+ * units [ka, kb), done before the wait) + the product over the other units */
+FR_INLINE void F(mv_rest)(int rb, int G, const T* const* rows, int K, int ka, int kb,
+                          const T* Wb, const V* part, V* acc) {
+    V lo[16];
+    int r;
+    if (ka > 0) F(mv_range)(rb, G, rows, 0, ka, Wb, lo);
+    if (kb < K) F(mv_range)(rb, G, rows, kb, K, Wb, acc);
+    for (r = 0; r < rb * G; r++) {
+        if (ka > 0 && kb < K) acc[r] = part[r] + (lo[r] + acc[r]);
+        else acc[r] = part[r] + (ka > 0 ? lo[r] : acc[r]);
+    }
+}
+
 /* ------------------------------------------------------------------ small-batch layer */
 FR_INLINE int F(in_time)(const FR_SEQ* q, int s, int b) {
     if (q->reverse && q->varlen) return (int)q->lens[b] - 1 - s;
@@ -430,9 +456,13 @@ FR_INLINE void F(dgate_flush)(F(dgate)* d, int lstm) {
 }
 
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
- * writes hbuf[1-cur] */
+ * writes hbuf[1-cur].  part (overlapped unit split, else NULL): the products over the
+ * thread's own units [ka, kb) of h, from step_own, FR_PART_V vectors per (block, row
+ * block); the rest of each product is done here. */
+#define FR_PART_V 16
 FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
-                            int ub0, int ub1, int rlo, int rhi) {
+                            int ub0, int ub1, int rlo, int rhi, const V* part, int ka,
+                            int kb) {
     const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
     const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
     const T* hc = q->hbuf + (size_t)cur * B * H;
@@ -461,7 +491,12 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
         for (r0 = rlo; r0 < n; r0 += FR_RB(Gm)) {
             rb = n - r0 < FR_RB(Gm) ? n - r0 : FR_RB(Gm);
             for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
-            F(mv_any)(rb, Gm, rows, K, Wb, acc);
+            if (part)
+                F(mv_rest)(rb, Gm, rows, K, ka, kb, Wb,
+                           part + ((size_t)(ub - ub0) * F(nrb)(B, Gm) + (r0 - rlo) / FR_RB(Gm))
+                                      * FR_PART_V, acc);
+            else
+                F(mv_any)(rb, Gm, rows, K, Wb, acc);
             if (defer) {
                 /* gate_block's sums, in its order (GRU: the fourth is b_hn) */
                 const T* bias = (const T*)cl->bias;
@@ -522,8 +557,33 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
     }
     if (dg.n) F(dgate_flush)(&dg, lstm);
 }
-FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi),
-         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi))
+FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi, const V* part, int ka, int kb),
+         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi, part, ka, kb))
+
+/* overlapped unit split, first half of step s: the products of the thread's blocks
+ * [ub0, ub1) over its own units [ka, kb) of h (written by this thread the step before,
+ * so no wait) into part */
+FR_INLINE void F(step_own_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int cur,
+                                int ub0, int ub1, int rlo, int rhi, V* part, int ka,
+                                int kb) {
+    const int G = cl->G, H = cl->H, K = cl->K, B = q->B;
+    const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
+    const T* hc = q->hbuf + (size_t)cur * B * H;
+    const T* rows[4];
+    int ub, r0, r, rb;
+    for (ub = ub0; ub < ub1; ub++) {
+        const T* Wb = (const T*)cl->wp + (size_t)ub * K * G * W;
+        for (r0 = rlo; r0 < n; r0 += FR_RB(G)) {
+            rb = n - r0 < FR_RB(G) ? n - r0 : FR_RB(G);
+            for (r = 0; r < rb; r++) rows[r] = hc + (size_t)(r0 + r) * H;
+            F(mv_range)(rb, G, rows, ka, kb, Wb,
+                        part + ((size_t)(ub - ub0) * F(nrb)(B, G) + (r0 - rlo) / FR_RB(G))
+                                   * FR_PART_V);
+        }
+    }
+}
+FR_FN(void, F(step_own), F(step_own_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int cur, int ub0, int ub1, int rlo, int rhi, V* part, int ka, int kb),
+         (cl, q, s, cur, ub0, ub1, rlo, rhi, part, ka, kb))
 
 /* The whole layer (one direction), on one thread or split between threads:
  * - by unit blocks (small batch): each thread owns a range of unit blocks for the whole
@@ -533,9 +593,19 @@ FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, i
  * - by batch rows (B >= fr_rowsplit_min): rows are independent, so each thread runs its
  *   own rows through every step with no barrier at all (robust on a busy machine). */
 
-/* bar: the unit split's barrier counters and nbar the team size (NULL: no barriers) */
+/* bar: the unit split's barrier counters and nbar the team size (NULL: no barriers).
+ * ov (overlapped unit split, else NULL): this thread's part scratch and the team's
+ * progress counters; a step then starts with the product over the thread's own units
+ * (its own h from the step before), waits only for the other threads' h, and needs no
+ * barrier. */
+typedef struct {
+    V* part;
+    int* prog;
+    int tid;
+} F(overlap);
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
-                         int rhi, int* bar, int nbar) {
+                         int rhi, int* bar, int nbar, const F(overlap)* ov) {
+    const int ka = ub0 * W, kb = ub1 * W < cl->H ? ub1 * W : cl->H;
     int s0 = 0, s, cur = 0, i;
     if (q->nT == 1) {
         /* one step: projection and recurrence block by block (one pass over each
@@ -544,7 +614,7 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
             for (i = 0; i < ub1 - ub0; i++) {
                 const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
                 F(proj)(cl, q, 0, 1, ub, ub + 1, rlo, rhi);
-                F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi);
+                F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi, NULL, 0, 0);
             }
             return;
         }
@@ -557,7 +627,15 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
                 F(rz)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
                 if (bar) fr_step_barrier(bar, nbar);
             }
-            F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi);
+            if (ov) {
+                F(step_own)(cl, q, s, cur, ub0, ub1, rlo, rhi, ov->part, ka, kb);
+                fr_progress_wait(ov->prog, ov->tid, nbar, s);
+                F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, ov->part, ka, kb);
+                fr_progress_publish(ov->prog, ov->tid, s + 1);
+                cur = 1 - cur;
+                continue;
+            }
+            F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, NULL, 0, 0);
             cur = 1 - cur;
             if (bar) fr_step_barrier(bar, nbar);
         }
@@ -577,19 +655,37 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
 #ifdef _OPENMP
     if (nthr > 1) {
         int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
+        /* overlapped unit split (see run_range; the rule: fr_overlap_auto) */
+        const int ovl = !rowsplit && FR_PROG_OK && !cl->rz_split && cl->K == H
+                        && (fr_step_overlap > 0
+                            || (fr_step_overlap < 0
+                                && fr_overlap_auto(cl->cell, cl->G, cl->K, W, nb, nthr, B,
+                                                   (int)sizeof(T))));
+        const size_t ownb = (size_t)nb / 2 + 1;   /* blocks a thread owns (2+ threads) */
+        const size_t partb = ownb * F(nrb)(B, cl->G) * FR_PART_V * sizeof(V);
+        unsigned char* mem = ovl ? (unsigned char*)calloc(
+            (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int) + 64, 1)
+                                 : NULL;
+        unsigned char* base = mem ? mem + ((64 - ((size_t)mem & 63)) & 63) : NULL;
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            F(overlap) ov;
+            ov.part = base ? (V*)(base + (size_t)tid * partb) : NULL;
+            ov.prog = base ? (int*)(base + (size_t)nthr * partb) : NULL;
+            ov.tid = tid;
             if (rowsplit)
                 F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
-                             (int)((long)(tid + 1) * B / nth), NULL, 0);
+                             (int)((long)(tid + 1) * B / nth), NULL, 0, NULL);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
-                             (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth);
+                             (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth,
+                             base && nth > 1 ? &ov : NULL);
         }
+        free(mem);
     } else
 #endif
-        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0);
+        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0, NULL);
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 

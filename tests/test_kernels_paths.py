@@ -815,6 +815,74 @@ def test_unit_split_barriers(spin, cell, nt):
         _kernels._set_spin_barrier(old)
 
 
+@pytest.mark.parametrize("mode", [0, 1, -1])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("nt", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unit_split_overlap(mode, cell, nt, dtype):
+    """The packed kernel's overlapped unit split (``_set_step_overlap``: each step first
+    multiplies by the thread's own units of h, then waits for the other threads' and
+    adds the rest) against the reference and the barrier version: 3-5 unit blocks so a
+    middle thread has other units on both sides (3 threads), batch 1 and 3, a chunk of
+    steps per step and several, bidirectional, lengths, a mask; repeated calls are
+    bit-identical."""
+    import fastrnn.layers as layers
+    rng = np.random.default_rng(nt * 7 + mode)
+    old_mode = _kernels._set_step_overlap(mode)
+    old_chunk = layers._SMALL_CHUNK_BYTES
+    _kernels._set_path(1)
+    try:
+        for B, chunk in ((1, 1), (3, 1 << 20)):
+            layers._SMALL_CHUNK_BYTES = chunk
+            x = rng.standard_normal((9, B, 6)).astype(dtype)
+            layer = CELLS[cell](6, 40, dtype=dtype, seed=B + nt, num_threads=nt,
+                                bidirectional=True)
+            _check(layer, x)
+            _check(layer, x, lengths=rng.integers(0, 10, B))
+            _check(layer, x, mask=rng.random((9, B)) > 0.3)
+            first = layer(x)[0]
+            for _ in range(3):
+                np.testing.assert_array_equal(layer(x)[0], first)
+            _kernels._set_step_overlap(0)
+            barrier = layer(x)[0]
+            _kernels._set_step_overlap(mode)
+            np.testing.assert_allclose(first, barrier,
+                                       rtol=1e-6 if dtype == np.float32 else 1e-14,
+                                       atol=1e-6 if dtype == np.float32 else 1e-14)
+    finally:
+        _kernels._set_step_overlap(old_mode)
+        _kernels._set_path(0)
+        layers._SMALL_CHUNK_BYTES = old_chunk
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_unit_split_overlap_rule(itemsize):
+    """The automatic rule: LSTM / GRU overlap where a thread's recurrent weights take at
+    most half of the L2 (and at batch > 1 at least an eighth); SimpleRNN never."""
+    l2 = _kernels.l2_bytes() or (1 << 20)
+    U = _kernels.unit_block(np.float32 if itemsize == 4 else np.float64)
+    applies = _kernels.step_overlap_applies
+
+    def slice_bytes(G, H):          # 2 threads, H a multiple of 2 U
+        return G * H * (H // 2) * itemsize
+
+    for cell, G in ((_kernels.CELL_LSTM, 4), (_kernels.CELL_GRU, 3)):
+        H = 2 * U
+        while slice_bytes(G, H + 2 * U) * 2 <= l2:
+            H += 2 * U
+        assert applies(cell, 1, H, 2, itemsize)              # largest within half
+        assert not applies(cell, 1, H + 2 * U, 2, itemsize)  # beyond half of L2
+        assert not applies(cell, 1, H, 1, itemsize)          # one thread: no split
+        assert not applies(_kernels.CELL_RNN, 1, H, 2, itemsize)
+        small = 2 * U
+        while slice_bytes(G, small + 2 * U) * 8 < l2:
+            small += 2 * U
+        assert applies(cell, 1, small, 2, itemsize)           # batch 1: any size
+        assert not applies(cell, 3, small, 2, itemsize)       # below an eighth
+        assert applies(cell, 3, small + 2 * U, 2, itemsize)
+        assert applies(cell, 3, H, 2, itemsize)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [4, 8, 11, 15, 16, 17, 40])
 def test_fused_lstm_route(dtype, B):
