@@ -656,7 +656,7 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     if (nthr > 1) {
         int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
         /* overlapped unit split (see run_range; the rule: fr_overlap_auto) */
-        const int ovl = !rowsplit && FR_PROG_OK && !cl->rz_split && cl->K == H
+        const int ovl = !rowsplit && FR_PROG_OK && !cl->rz_split && cl->K == H && q->nT > 1
                         && (fr_step_overlap > 0
                             || (fr_step_overlap < 0
                                 && fr_overlap_auto(cl->cell, cl->G, cl->K, W, nb, nthr, B,
