@@ -285,8 +285,10 @@ FR_INLINE void F(mv_range)(int rb, int G, const T* const* rows, int k0, int k1,
 }
 
 /* overlapped unit split, second half: acc = part (the product over the thread's own
- * units [ka, kb), done before the wait) + the product over the other units */
-FR_INLINE void F(mv_rest)(int rb, int G, const T* const* rows, int K, int ka, int kb,
+ * units [ka, kb), done before the wait) + the product over the other units.  Out of
+ * line: inlined, its two more copies of every matvec shape in step_impl made the
+ * barrier path's SimpleRNN B=1 1.07-1.09x slower (bench/ab_builds.py). */
+static __attribute__((noinline)) void F(mv_rest)(int rb, int G, const T* const* rows, int K, int ka, int kb,
                           const T* Wb, const V* part, V* acc) {
     V lo[16];
     int r;
