@@ -24,6 +24,7 @@ from libc.math cimport exp, expf, log1p, log1pf, fabs, fabsf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport intptr_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastrnn._blas cimport gemm_rm
 
@@ -1414,6 +1415,30 @@ def _act_test(int which, x):
     return y
 
 
+# A StepPlan whose previous step ended longer ago than this (ns) runs the next step on
+# one thread (unit split only: the same arithmetic on any thread count).  Measured (2-vCPU
+# KVM guest, LSTM H=256 B=1, first step after a pause, 2 threads / 1 thread): 1 ms 21 /
+# 58 us, 5 ms 65 / 70, 10 ms 77 / 53, 20 ms 128 / 87, 50 ms 5029 / 173, 100 ms 6256 /
+# 298: an OpenMP worker idle that long sleeps, and waking it costs milliseconds there
+# (back to back: 13 / 31 us).  -1: never.
+cdef long long _idle_single_ns = 10000000
+
+
+def _set_step_idle_single(long long ns):
+    """Tuning / test hook: nanoseconds since a StepPlan's previous step after which its
+    next step runs on one thread (-1: never; 0: always).  Returns the previous value."""
+    global _idle_single_ns
+    old = _idle_single_ns
+    _idle_single_ns = ns
+    return old
+
+
+cdef inline long long _monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
 cdef class StepPlan:
     """One time step of a stack of uni-directional layers, state carried in place.
 
@@ -1426,6 +1451,8 @@ cdef class StepPlan:
     cdef int num_threads, flip
     cdef object keep
     cdef const void** wxp
+    cdef long long last_ns
+    cdef readonly int last_threads     # threads the last step ran on (tests)
 
     def __cinit__(self):
         self.cells = NULL
@@ -1490,7 +1517,7 @@ cdef class StepPlan:
         cdef void* xp
         cdef void* hp
         cdef void* cp = NULL
-        cdef int B
+        cdef int B, nt, rc
         if self.is_double:
             xd = x
             hd = h
@@ -1520,14 +1547,21 @@ cdef class StepPlan:
         if B == 0:
             return
         with nogil:
+            # after a pause the team's worker is asleep: one thread (see _idle_single_ns)
+            nt = self.num_threads
+            if (nt > 1 and B < fr_rowsplit_min and _idle_single_ns >= 0
+                    and _monotonic_ns() - self.last_ns > _idle_single_ns):
+                nt = 1
             if self.is_double:
-                rc = self._run_d(<double*>xp, <double*>hp, <double*>cp, B)
+                rc = self._run_d(<double*>xp, <double*>hp, <double*>cp, B, nt)
             else:
-                rc = self._run_f(<float*>xp, <float*>hp, <float*>cp, B)
+                rc = self._run_f(<float*>xp, <float*>hp, <float*>cp, B, nt)
+            self.last_ns = _monotonic_ns()
+        self.last_threads = nt
         if rc != 0:
             raise MemoryError("fastrnn: could not allocate scratch memory for a step")
 
-    cdef int _run_f(self, float* x, float* h, float* c, int B) noexcept nogil:
+    cdef int _run_f(self, float* x, float* h, float* c, int B, int nt) noexcept nogil:
         cdef fr_seq_f q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
@@ -1561,11 +1595,11 @@ cdef class StepPlan:
             q.wxp = <const float*>self.wxp[l]
             q.h = h + <Py_ssize_t>l * B * H
             q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
-            fr_small_layer_f(&self.cells[l], &q, self.num_threads)
+            fr_small_layer_f(&self.cells[l], &q, nt)
         free(buf)
         return 0
 
-    cdef int _run_d(self, double* x, double* h, double* c, int B) noexcept nogil:
+    cdef int _run_d(self, double* x, double* h, double* c, int B, int nt) noexcept nogil:
         cdef fr_seq_d q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
@@ -1599,6 +1633,6 @@ cdef class StepPlan:
             q.wxp = <const double*>self.wxp[l]
             q.h = h + <Py_ssize_t>l * B * H
             q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
-            fr_small_layer_d(&self.cells[l], &q, self.num_threads)
+            fr_small_layer_d(&self.cells[l], &q, nt)
         free(buf)
         return 0

@@ -360,6 +360,48 @@ def test_step_fast_matches_sequence(cell, dtype, nt):
     np.testing.assert_allclose(np.array(outs), ref, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_after_pause_runs_on_one_thread(cell, dtype):
+    """A streaming step whose plan has been idle longer than ``_set_step_idle_single``
+    runs on one thread (a sleeping OpenMP worker costs milliseconds to wake on a VM):
+    bit-identical to the multi-thread step (unit split: the same arithmetic per block),
+    back-to-back steps keep the threads; the row split (B >= 16, arithmetic depends on
+    the rows a thread has) always keeps them."""
+    import time
+    old = _kernels._set_step_idle_single(0)
+    try:
+        for B, single in ((1, True), (3, True), (17, False)):
+            # (steps of smaller layers run on one thread anyway: layers._step_threads)
+            layer = CELLS[cell](256, 256, num_layers=2, dtype=dtype, seed=B, num_threads=3)
+            x = np.random.default_rng(B).standard_normal((6, B, 256)).astype(dtype)
+            runs = {}
+            for idle_ns in (0, -1, 50_000_000):
+                _kernels._set_step_idle_single(idle_ns)
+                h = np.zeros((2, B, 256), dtype)
+                c = np.zeros((2, B, 256), dtype) if cell == "LSTM" else None
+                outs, threads = [], []
+                for t in range(6):
+                    if idle_ns > 0 and t == 3:
+                        time.sleep(0.06)
+                    outs.append(layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy())
+                    threads.append(layer.__dict__["_step_plans"][1][3].last_threads)
+                runs[idle_ns] = np.array(outs)
+                if idle_ns == 0:
+                    assert threads == [1 if single else 3] * 6
+                elif idle_ns < 0:
+                    assert threads == [3] * 6
+                else:   # new plan, then 3 back to back (within 50 ms), a pause, ...
+                    assert threads[3] == (1 if single else 3)
+                    assert threads[4] == 3
+            np.testing.assert_array_equal(runs[0], runs[-1])
+            np.testing.assert_array_equal(runs[50_000_000], runs[-1])
+            rtol, atol = _tol(dtype)
+            np.testing.assert_allclose(runs[-1], layer(x)[0], rtol=rtol, atol=atol)
+    finally:
+        _kernels._set_step_idle_single(old)
+
+
 def test_step_fast_fallback_configs():
     rng = np.random.default_rng(41)
     for layer in (fastrnn.LSTM(4, 9, proj_size=3, seed=1), fastrnn.GRU(4, 9, reset_after=False, seed=1),
