@@ -192,25 +192,19 @@ def test_thread_scaling(benchmark, case, impl, nt):
         torch.set_num_threads(NT)
 
 
-@pytest.mark.parametrize("impl", ["fastrnn _step_fast", "fastrnn Stream.step", "torch",
-                                  "onnxruntime"])
-def test_one_step(benchmark, impl):
-    """One LSTM step, B=1, H=256, state carried, called from Python."""
-    benchmark.group = "one LSTM step B=1 H=256 (state carried)"
-    benchmark.extra_info.update(case=benchmark.group, impl=impl, threads=NT,
-                                flops=flops("LSTM", 1, False, 1, 1, 256))
+def _one_step_runner(impl):
+    """A callable running one LSTM step (B=1, H=256, state carried) from Python."""
     tm, fm = models("LSTM", 1, False, 256, "float32")
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
-    if impl == "fastrnn _step_fast":
+    if impl.startswith("fastrnn _step_fast"):
         fastrnn.set_num_threads(NT)
         h = np.zeros((1, 1, 256), np.float32)
         c = np.zeros((1, 1, 256), np.float32)
-        benchmark.pedantic(fm._step_fast, args=(x, h, c), rounds=3000, iterations=1,
-                           warmup_rounds=100)
-    elif impl == "fastrnn Stream.step":
+        return lambda: fm._step_fast(x, h, c)
+    if impl == "fastrnn Stream.step":
         s = fastrnn.Stream(fm, batch_size=1)
-        benchmark.pedantic(s.step, args=(x,), rounds=3000, iterations=1, warmup_rounds=100)
-    elif impl == "torch":
+        return lambda: s.step(x)
+    if impl == "torch":
         torch.set_num_threads(NT)
         cellm = torch.nn.LSTMCell(256, 256)
         xt = torch.from_numpy(x)
@@ -219,24 +213,88 @@ def test_one_step(benchmark, impl):
         def run():
             with torch.inference_mode():
                 st[:] = cellm(xt, tuple(st))
-        benchmark.pedantic(run, rounds=3000, iterations=1, warmup_rounds=100)
+        return run
+    if ort is None:
+        pytest.skip("onnxruntime not installed")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = NT
+    xs = x[None]
+    f = io.BytesIO()
+    h0 = torch.zeros(1, 1, 256)
+    torch.onnx.export(tm, (torch.from_numpy(xs), (h0, h0)), f, input_names=["x", "h0", "c0"],
+                      output_names=["y", "hn", "cn"], dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
+    st = {"h0": np.zeros((1, 1, 256), np.float32), "c0": np.zeros((1, 1, 256), np.float32)}
+
+    def run():
+        y, hn, cn = sess.run(None, {"x": xs, **st})
+        st["h0"], st["c0"] = hn, cn
+    return run
+
+
+@pytest.mark.parametrize("impl", ["fastrnn _step_fast", "fastrnn Stream.step", "torch",
+                                  "onnxruntime"])
+def test_one_step(benchmark, impl):
+    """One LSTM step, B=1, H=256, state carried, called from Python."""
+    benchmark.group = "one LSTM step B=1 H=256 (state carried)"
+    benchmark.extra_info.update(case=benchmark.group, impl=impl, threads=NT,
+                                flops=flops("LSTM", 1, False, 1, 1, 256))
+    benchmark.pedantic(_one_step_runner(impl), rounds=3000, iterations=1, warmup_rounds=100)
+
+
+@pytest.mark.parametrize("gap_ms", [2, 20, 100])
+@pytest.mark.parametrize("impl", ["fastrnn _step_fast", "fastrnn _step_fast (2 threads always)",
+                                  "torch", "onnxruntime"])
+def test_one_step_after_pause(benchmark, impl, gap_ms):
+    """One LSTM step (B=1, H=256) after a pause of gap_ms (a sensor stream, sporadic
+    requests): the pause lets the thread pools' workers go to sleep.  fastrnn runs a
+    step that follows a pause of more than 10 ms on one thread (the same arithmetic);
+    "2 threads always" turns that off."""
+    from fastrnn import _kernels
+    benchmark.group = f"one LSTM step B=1 H=256 after a {gap_ms} ms pause"
+    benchmark.extra_info.update(case=benchmark.group, impl=impl, threads=NT,
+                                flops=flops("LSTM", 1, False, 1, 1, 256))
+    run = _one_step_runner(impl)
+    for _ in range(50):
+        run()
+    old = _kernels._set_step_idle_single(-1 if "always" in impl else 10_000_000)
+    try:
+        benchmark.pedantic(run, setup=lambda: time.sleep(gap_ms / 1000), rounds=25,
+                           iterations=1)
+    finally:
+        _kernels._set_step_idle_single(old)
+
+
+@pytest.mark.parametrize("impl", ["fastrnn", "fastrnn num_threads=1", "torch", "onnxruntime"])
+def test_sequence_after_pause(benchmark, impl):
+    """LSTM B=1 T=100 H=256, one call after a 100 ms pause (sporadic requests): every
+    2-thread pool's worker has gone to sleep by then.  fastrnn keeps 2 threads for whole
+    sequences (one thread would change the rounding), hence the num_threads=1 row."""
+    benchmark.group = "LSTM B=1 T=100 H=256 after a 100 ms pause"
+    x = np.random.default_rng(0).standard_normal((100, 1, 256)).astype(np.float32)
+    tm, fm = models("LSTM", 1, False, 256, "float32")
+    _extra(benchmark, benchmark.group, impl, flops("LSTM", 1, False, 1, 100, 256))
+    if impl.startswith("fastrnn"):
+        fastrnn.set_num_threads(1 if impl.endswith("=1") else NT)
+        run = lambda: fm(x)  # noqa: E731
+    elif impl == "torch":
+        torch.set_num_threads(NT)
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.inference_mode():
+                return tm(xt)
     else:
         if ort is None:
             pytest.skip("onnxruntime not installed")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = NT
-        xs = x[None]
-        f = io.BytesIO()
-        h0 = torch.zeros(1, 1, 256)
-        torch.onnx.export(tm, (torch.from_numpy(xs), (h0, h0)), f, input_names=["x", "h0", "c0"],
-                          output_names=["y", "hn", "cn"], dynamo=False, opset_version=17)
-        sess = ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
-        st = {"h0": np.zeros((1, 1, 256), np.float32), "c0": np.zeros((1, 1, 256), np.float32)}
-
-        def run():
-            y, hn, cn = sess.run(None, {"x": xs, **st})
-            st["h0"], st["c0"] = hn, cn
-        benchmark.pedantic(run, rounds=3000, iterations=1, warmup_rounds=100)
+        sess = ort_session(tm, x)
+        run = lambda: sess.run(None, {"x": x})  # noqa: E731
+    for _ in range(3):
+        run()
+    try:
+        benchmark.pedantic(run, setup=lambda: time.sleep(0.1), rounds=20, iterations=1)
+    finally:
+        fastrnn.set_num_threads(NT)
 
 
 def _peak_rss_delta(fn):
