@@ -12,6 +12,7 @@ import ctypes
 import glob
 import os
 import threading
+import time
 
 _lock = threading.Lock()
 _default: int | None = None
@@ -97,3 +98,37 @@ def hook_blas() -> None:
         from . import _kernels
         _kernels._set_blas_local_setter(blas_local_setter_address())
         _blas_hooked = True
+
+
+# A call that follows more than IDLE_SINGLE_S seconds without a fastrnn call runs a
+# batch of one on one thread where the thread count does not change the arithmetic
+# (the packed kernel; layers.py decides).  An OpenMP worker idle that long has gone to
+# sleep, and on a virtual machine waking it costs milliseconds: LSTM B=1 T=100 H=256
+# after a 100 ms pause, 2 threads 7.8 ms, 1 thread 1.8 ms (ONNX Runtime 1.6 ms, whose
+# calling thread runs the work its pool's sleeping workers have not picked up);
+# back to back 0.7-0.9 / 1.2-1.5 ms.  Negative: never (test / tuning hook).
+IDLE_SINGLE_S = 0.010
+_last_end = [0.0]
+_scope = threading.local()
+
+
+class call_scope:
+    """Context of one top-level call (a layer, or a model with its layers): ``with
+    call_scope() as idle`` gives whether the process had no fastrnn call for
+    :data:`IDLE_SINGLE_S`; nested calls share the outermost call's answer, and the
+    outermost one's end is the new time of the last call."""
+    __slots__ = ("outer",)
+
+    def __enter__(self) -> bool:
+        depth = getattr(_scope, "depth", 0)
+        self.outer = depth == 0
+        if self.outer:
+            _scope.idle = (IDLE_SINGLE_S >= 0
+                           and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
+        _scope.depth = depth + 1
+        return _scope.idle
+
+    def __exit__(self, *exc) -> None:
+        _scope.depth -= 1
+        if self.outer:
+            _last_end[0] = time.monotonic()

@@ -284,19 +284,24 @@ FR_INLINE void F(mv_range)(int rb, int G, const T* const* rows, int k0, int k1,
     F(mv_any)(rb, G, rr, k1 - k0, Wb + (size_t)k0 * G * W, acc);
 }
 
-/* overlapped unit split, second half: acc = part (the product over the thread's own
- * units [ka, kb), done before the wait) + the product over the other units.  Out of
- * line: inlined, its two more copies of every matvec shape in step_impl made the
+/* The halves form of the recurrent product (the overlapped unit split's, fr_small_layer):
+ * acc = P[0, hm) + P[hm, K), P the product over those units of h, whatever the threads.
+ * part (the overlap, 2 threads: the thread's own half, done before the wait; own_lo: it
+ * is [0, hm)): acc = part + the other half (IEEE addition commutes: the same bits).
+ * Out of line: inlined, its two more copies of every matvec shape in step_impl made the
  * barrier path's SimpleRNN B=1 1.07-1.09x slower (bench/ab_builds.py). */
-static __attribute__((noinline)) void F(mv_rest)(int rb, int G, const T* const* rows, int K, int ka, int kb,
-                          const T* Wb, const V* part, V* acc) {
+static __attribute__((noinline)) void F(mv_halves)(int rb, int G, const T* const* rows,
+                                                   int K, int hm, const V* part,
+                                                   int own_lo, const T* Wb, V* acc) {
     V lo[16];
     int r;
-    if (ka > 0) F(mv_range)(rb, G, rows, 0, ka, Wb, lo);
-    if (kb < K) F(mv_range)(rb, G, rows, kb, K, Wb, acc);
-    for (r = 0; r < rb * G; r++) {
-        if (ka > 0 && kb < K) acc[r] = part[r] + (lo[r] + acc[r]);
-        else acc[r] = part[r] + (ka > 0 ? lo[r] : acc[r]);
+    if (part) {
+        F(mv_range)(rb, G, rows, own_lo ? hm : 0, own_lo ? K : hm, Wb, acc);
+        for (r = 0; r < rb * G; r++) acc[r] = part[r] + acc[r];
+    } else {
+        F(mv_range)(rb, G, rows, 0, hm, Wb, lo);
+        F(mv_range)(rb, G, rows, hm, K, Wb, acc);
+        for (r = 0; r < rb * G; r++) acc[r] = lo[r] + acc[r];
     }
 }
 
@@ -458,13 +463,12 @@ FR_INLINE void F(dgate_flush)(F(dgate)* d, int lstm) {
 }
 
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
- * writes hbuf[1-cur].  part (overlapped unit split, else NULL): the products over the
- * thread's own units [ka, kb) of h, from step_own, FR_PART_V vectors per (block, row
- * block); the rest of each product is done here. */
+ * writes hbuf[1-cur].  hm > 0: the recurrent product in halves (mv_halves); part
+ * (overlapped unit split, else NULL): the products over the thread's own half of h, from
+ * step_own, FR_PART_V vectors per (block, row block). */
 #define FR_PART_V 16
 FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
-                            int ub0, int ub1, int rlo, int rhi, const V* part, int ka,
-                            int kb) {
+                            int ub0, int ub1, int rlo, int rhi, const V* part, int hm) {
     const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
     const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
     const T* hc = q->hbuf + (size_t)cur * B * H;
@@ -493,10 +497,11 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
         for (r0 = rlo; r0 < n; r0 += FR_RB(Gm)) {
             rb = n - r0 < FR_RB(Gm) ? n - r0 : FR_RB(Gm);
             for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
-            if (part)
-                F(mv_rest)(rb, Gm, rows, K, ka, kb, Wb,
-                           part + ((size_t)(ub - ub0) * F(nrb)(B, Gm) + (r0 - rlo) / FR_RB(Gm))
-                                      * FR_PART_V, acc);
+            if (hm)
+                F(mv_halves)(rb, Gm, rows, K, hm,
+                             part ? part + ((size_t)(ub - ub0) * F(nrb)(B, Gm)
+                                            + (r0 - rlo) / FR_RB(Gm)) * FR_PART_V : NULL,
+                             ub0 * U < hm, Wb, acc);
             else
                 F(mv_any)(rb, Gm, rows, K, Wb, acc);
             if (defer) {
@@ -559,8 +564,8 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
     }
     if (dg.n) F(dgate_flush)(&dg, lstm);
 }
-FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi, const V* part, int ka, int kb),
-         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi, part, ka, kb))
+FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi, const V* part, int hm),
+         (cl, q, s, s0, cur, ub0, ub1, rlo, rhi, part, hm))
 
 /* overlapped unit split, first half of step s: the products of the thread's blocks
  * [ub0, ub1) over its own units [ka, kb) of h (written by this thread the step before,
@@ -606,7 +611,7 @@ typedef struct {
     int tid;
 } F(overlap);
 static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
-                         int rhi, int* bar, int nbar, const F(overlap)* ov) {
+                         int rhi, int* bar, int nbar, const F(overlap)* ov, int hm) {
     const int ka = ub0 * W, kb = ub1 * W < cl->H ? ub1 * W : cl->H;
     int s0 = 0, s, cur = 0, i;
     if (q->nT == 1) {
@@ -616,7 +621,7 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
             for (i = 0; i < ub1 - ub0; i++) {
                 const int ub = q->flip ? ub1 - 1 - i : ub0 + i;
                 F(proj)(cl, q, 0, 1, ub, ub + 1, rlo, rhi);
-                F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi, NULL, 0, 0);
+                F(step)(cl, q, 0, 0, 0, ub, ub + 1, rlo, rhi, NULL, 0);
             }
             return;
         }
@@ -632,12 +637,12 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
             if (ov) {
                 F(step_own)(cl, q, s, cur, ub0, ub1, rlo, rhi, ov->part, ka, kb);
                 fr_progress_wait(ov->prog, ov->tid, nbar, s);
-                F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, ov->part, ka, kb);
+                F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, ov->part, hm);
                 fr_progress_publish(ov->prog, ov->tid, s + 1);
                 cur = 1 - cur;
                 continue;
             }
-            F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, NULL, 0, 0);
+            F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, NULL, hm);
             cur = 1 - cur;
             if (bar) fr_step_barrier(bar, nbar);
         }
@@ -652,17 +657,23 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
      * saves (measured: LSTM H=64 B=1 breaks even, GRU H=64 B=1 is faster on one) */
     if ((long)cl->G * H * cl->K * B < fr_min_par_work) nthr = 1;
     if (nthr < 1) nthr = 1;
+    /* the recurrent product in halves (mv_halves) where the overlapped unit split
+     * applies on 2 threads (fr_overlap_auto), on any number of threads, so that the
+     * thread count does not change the arithmetic (B below the row split) */
+    const int hm = !cl->rz_split && cl->K == H && nb >= 2 && q->nT > 1
+                   && B < fr_rowsplit_min
+                   && (fr_step_overlap > 0
+                       || (fr_step_overlap < 0
+                           && fr_overlap_auto(cl->cell, cl->G, cl->K, W, nb, 2, B,
+                                              (int)sizeof(T))))
+                   ? (nb / 2) * W : 0;
     memcpy(q->hbuf, q->h, sizeof(T) * B * H);
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
 #ifdef _OPENMP
     if (nthr > 1) {
         int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
-        /* overlapped unit split (see run_range; the rule: fr_overlap_auto) */
-        const int ovl = !rowsplit && FR_PROG_OK && !cl->rz_split && cl->K == H && q->nT > 1
-                        && (fr_step_overlap > 0
-                            || (fr_step_overlap < 0
-                                && fr_overlap_auto(cl->cell, cl->G, cl->K, W, nb, nthr, B,
-                                                   (int)sizeof(T))));
+        /* overlapped unit split (see run_range): 2 threads, each owning one half */
+        const int ovl = hm && nthr == 2 && !rowsplit && FR_PROG_OK;
         const size_t ownb = (size_t)nb / 2 + 1;   /* blocks a thread owns (2+ threads) */
         const size_t partb = ownb * F(nrb)(B, cl->G) * FR_PART_V * sizeof(V);
         unsigned char* mem = ovl ? (unsigned char*)calloc(
@@ -678,16 +689,16 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
             ov.tid = tid;
             if (rowsplit)
                 F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
-                             (int)((long)(tid + 1) * B / nth), NULL, 0, NULL);
+                             (int)((long)(tid + 1) * B / nth), NULL, 0, NULL, hm);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
                              (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth,
-                             base && nth > 1 ? &ov : NULL);
+                             base && nth == 2 ? &ov : NULL, hm);
         }
         free(mem);
     } else
 #endif
-        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0, NULL);
+        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0, NULL, hm);
     memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
 }
 

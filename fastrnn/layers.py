@@ -772,6 +772,12 @@ class RNNBase:
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
+        with _threads.call_scope() as idle:
+            return self._call(x, hx, lengths, mask, masked_output, num_threads,
+                              return_sequences, idle)
+
+    def _call(self, x, hx, lengths, mask, masked_output, num_threads, return_sequences,
+              idle):
         _kernels = _kernels_module()
         _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
@@ -779,6 +785,12 @@ class RNNBase:
         T, B = x.shape[0], x.shape[1]
         H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
         dt = self.dtype
+        if idle and nt > 1 and B == 1 and _kernels.choose_path(
+                _CELL_CODE[self._cell], 1, H, self.proj_size, int(self.reset_after), nt, 1,
+                self.input_size, dt.itemsize) == "small":
+            # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a
+            # batch of one on the packed kernel does the same arithmetic on one thread
+            nt = 1
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
 

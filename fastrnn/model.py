@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import _threads
+
 __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "TimeDistributed", "KerasRNN", "Bidirectional", "activation_function",
@@ -569,6 +571,10 @@ class Model:
         self.name = name
 
     def __call__(self, x, mask=None):
+        with _threads.call_scope():      # its layers share one decision (see _threads)
+            return self._call(x, mask)
+
+    def _call(self, x, mask):
         n = len(self.layers)
         wanted = {} if self.outputs is None else {a for a, _ in self.outputs}
         kept = {}

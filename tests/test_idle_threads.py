@@ -1,0 +1,122 @@
+"""A call after a pause: the OpenMP worker of an idle team sleeps, and waking it costs
+milliseconds on a virtual machine, so a batch of one on the packed kernel (whose
+arithmetic does not depend on the thread count) runs on one thread after
+``_threads.IDLE_SINGLE_S`` without a call (streaming steps: ``_set_step_idle_single``)."""
+import time
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _kernels, _threads
+
+CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
+
+
+@pytest.fixture
+def idle_rule():
+    old = _threads.IDLE_SINGLE_S
+    old_work = _kernels._set_min_parallel_work(0)
+    yield
+    _threads.IDLE_SINGLE_S = old
+    _kernels._set_min_parallel_work(old_work)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [40, 256])
+def test_batch_of_one_same_bits_on_any_thread_count(idle_rule, cell, dtype, H):
+    """The property the rule relies on: B=1 on the packed kernel gives the same bits on 1,
+    2 and 3 threads (the overlapped unit split's halves included: H=256), stacked,
+    bidirectional, with lengths and a mask, T=1; and an idle call (rule forced) equals a
+    non-idle one."""
+    rng = np.random.default_rng(H)
+    layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3)
+    for T, kw in ((9, {}), (9, {"lengths": [6]}), (9, {"mask": rng.random((9, 1)) > 0.3}),
+                  (1, {})):
+        x = rng.standard_normal((T, 1, H)).astype(dtype)
+        _threads.IDLE_SINGLE_S = -1
+        runs = [layer(x, num_threads=nt, **kw) for nt in (1, 2, 3)]
+        _threads.IDLE_SINGLE_S = 0
+        runs.append(layer(x, num_threads=2, **kw))
+        for out, st in runs[1:]:
+            np.testing.assert_array_equal(out, runs[0][0])
+            for a, b in zip(st if isinstance(st, tuple) else (st,),
+                            runs[0][1] if isinstance(st, tuple) else (runs[0][1],)):
+                np.testing.assert_array_equal(a, b)
+
+
+def _kernel_threads(monkeypatch):
+    """Record the thread count each run_layer call is given."""
+    seen = []
+    real = _kernels.run_layer
+
+    def spy(*args, **kw):
+        seen.append(args[27])
+        return real(*args, **kw)
+    monkeypatch.setattr(_kernels, "run_layer", spy)
+    return seen
+
+
+def test_idle_call_runs_on_one_thread(idle_rule, monkeypatch):
+    seen = _kernel_threads(monkeypatch)
+    layer = fastrnn.GRU(64, 64, num_layers=2, seed=1, num_threads=2)
+    x = np.zeros((5, 1, 64), np.float32)
+    _threads.IDLE_SINGLE_S = 0.05
+    layer(x)
+    layer(x)                            # back to back: two threads
+    assert seen[-2:] == [2, 2]
+    time.sleep(0.08)
+    layer(x)                            # after a pause: one, for both layers
+    assert seen[-2:] == [1, 1]
+    time.sleep(0.08)
+    layer(np.zeros((5, 3, 64), np.float32))   # B > 1 keeps its threads
+    assert seen[-2:] == [2, 2]
+    _threads.IDLE_SINGLE_S = -1
+    time.sleep(0.08)
+    layer(x)
+    assert seen[-2:] == [2, 2]
+
+
+def test_model_layers_share_the_outer_decision(idle_rule, monkeypatch):
+    """A Keras-style model's layers follow the model call's decision: the second RNN
+    layer does not see the first one's end as a recent call."""
+    from fastrnn.model import KerasRNN, Model
+    seen = _kernel_threads(monkeypatch)
+    m = Model([KerasRNN(fastrnn.LSTM(16, 64, batch_first=True, seed=1, num_threads=2),
+                        return_sequences=True),
+               KerasRNN(fastrnn.GRU(64, 64, batch_first=True, seed=2, num_threads=2))])
+    _threads.IDLE_SINGLE_S = 0.05
+    x = np.zeros((1, 6, 16), np.float32)
+    m(x)
+    m(x)
+    assert seen[-2:] == [2, 2]
+    time.sleep(0.08)
+    m(x)
+    assert seen[-2:] == [1, 1]
+
+
+def test_call_scope():
+    old = _threads.IDLE_SINGLE_S
+    try:
+        _threads.IDLE_SINGLE_S = 0.05
+        with _threads.call_scope():
+            pass
+        with _threads.call_scope() as idle:
+            assert not idle
+            time.sleep(0.08)
+            with _threads.call_scope() as inner:     # nested: the outer answer
+                assert not inner
+        time.sleep(0.08)
+        with _threads.call_scope() as idle:
+            assert idle
+            with _threads.call_scope() as inner:
+                assert inner
+        with _threads.call_scope() as idle:          # the outer end counted
+            assert not idle
+        with pytest.raises(RuntimeError):
+            with _threads.call_scope():
+                raise RuntimeError("x")
+        assert _threads._scope.depth == 0
+    finally:
+        _threads.IDLE_SINGLE_S = old
