@@ -114,6 +114,17 @@ def ov_request(tm, x):
     return compiled.create_infer_request()
 
 
+def torch_runner(tm, x, nt=NT):
+    """The torch module on x (nt threads, inference mode)."""
+    torch.set_num_threads(nt)
+    xt = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return tm(xt)
+    return run
+
+
 def _extra(benchmark, case, impl, fl):
     benchmark.extra_info.update(case=case, impl=impl, flops=fl, threads=NT)
 
@@ -132,13 +143,7 @@ def test_speed(benchmark, case, impl):
         fastrnn.set_num_threads(NT)
         benchmark.pedantic(fm, args=(x,), rounds=30, iterations=1, warmup_rounds=3)
     elif impl == "torch":
-        torch.set_num_threads(NT)
-        xt = torch.from_numpy(x)
-
-        def run():
-            with torch.inference_mode():
-                return tm(xt)
-        benchmark.pedantic(run, rounds=30, iterations=1, warmup_rounds=3)
+        benchmark.pedantic(torch_runner(tm, x), rounds=30, iterations=1, warmup_rounds=3)
     elif impl == "onnxruntime":
         if ort is None:
             pytest.skip("onnxruntime not installed")
@@ -182,13 +187,7 @@ def test_thread_scaling(benchmark, case, impl, nt):
         benchmark.pedantic(fm, args=(x,), kwargs={"num_threads": nt}, rounds=20,
                            iterations=1, warmup_rounds=2)
     else:
-        torch.set_num_threads(nt)
-        xt = torch.from_numpy(x)
-
-        def run():
-            with torch.inference_mode():
-                return tm(xt)
-        benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
+        benchmark.pedantic(torch_runner(tm, x, nt), rounds=20, iterations=1, warmup_rounds=2)
         torch.set_num_threads(NT)
 
 
@@ -278,12 +277,7 @@ def test_sequence_after_pause(benchmark, impl):
         fastrnn.set_num_threads(1 if impl.endswith("=1") else NT)
         run = lambda: fm(x)  # noqa: E731
     elif impl == "torch":
-        torch.set_num_threads(NT)
-        xt = torch.from_numpy(x)
-
-        def run():
-            with torch.inference_mode():
-                return tm(xt)
+        run = torch_runner(tm, x)
     else:
         if ort is None:
             pytest.skip("onnxruntime not installed")

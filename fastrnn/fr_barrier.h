@@ -8,6 +8,17 @@
 #ifndef FASTRNN_FR_BARRIER_H
 #define FASTRNN_FR_BARRIER_H
 #include <sched.h>
+#if defined(__GNUC__) || defined(__clang__)
+/* one turn of a wait loop: pause, and after ~4000 turns give the core away */
+static inline void fr_spin(int* spins) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (++*spins < 4000) __builtin_ia32_pause();
+    else sched_yield();
+#else
+    if (++*spins >= 4000) sched_yield();
+#endif
+}
+#endif
 static void fr_barrier_wait(int* bar, int n) {
 #if defined(__GNUC__) || defined(__clang__)
     int gen = __atomic_load_n(&bar[1], __ATOMIC_ACQUIRE), spins = 0;
@@ -17,14 +28,7 @@ static void fr_barrier_wait(int* bar, int n) {
         __atomic_store_n(&bar[1], gen + 1, __ATOMIC_RELEASE);
         return;
     }
-    while (__atomic_load_n(&bar[1], __ATOMIC_ACQUIRE) == gen) {
-#if defined(__x86_64__) || defined(__i386__)
-        if (++spins < 4000) __builtin_ia32_pause();
-        else sched_yield();
-#else
-        if (++spins >= 4000) sched_yield();
-#endif
-    }
+    while (__atomic_load_n(&bar[1], __ATOMIC_ACQUIRE) == gen) fr_spin(&spins);
 #else
     (void)bar;
     (void)n;
@@ -56,14 +60,8 @@ static void fr_progress_wait(int* prog, int tid, int n, int v) {
     int t, spins = 0;
     for (t = 0; t < n; t++) {
         if (t == tid) continue;
-        while (__atomic_load_n(&prog[t * FR_PROG_STRIDE], __ATOMIC_ACQUIRE) < v) {
-#if defined(__x86_64__) || defined(__i386__)
-            if (++spins < 4000) __builtin_ia32_pause();
-            else sched_yield();
-#else
-            if (++spins >= 4000) sched_yield();
-#endif
-        }
+        while (__atomic_load_n(&prog[t * FR_PROG_STRIDE], __ATOMIC_ACQUIRE) < v)
+            fr_spin(&spins);
     }
 #else
     (void)prog; (void)tid; (void)n; (void)v;
