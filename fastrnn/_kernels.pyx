@@ -715,17 +715,18 @@ def _set_step_overlap(int mode):
 
 def step_overlap_applies(int cell, int batch, int hidden_size, int num_threads,
                          int itemsize=4):
-    """Whether the packed kernel's unit split (small batch, 2+ threads) overlaps each
-    step's wait for the other threads' h with the product over the thread's own units,
-    by the automatic rule (LSTM / GRU reset_after, recurrent weights of a thread between
-    an eighth (batch 1: any) and half of the L2 cache).  cell: CELL_* code."""
+    """Whether the packed kernel's unit split (batch below 16) overlaps each step's wait
+    for the other thread's h with the product over the thread's own half of the units,
+    by the automatic rule (LSTM / GRU reset_after, recurrent weights of one of 2 threads
+    between an eighth (batch 1: any) and half of the L2 cache).  Only on 2 threads;
+    where the rule holds, other thread counts sum the product in the same halves (same
+    bits) without overlapping.  cell: CELL_* code."""
     cdef int G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef int U = fr_unit(itemsize)
     cdef int nb = (hidden_size + U - 1) // U
-    cdef int nthr = num_threads if num_threads < nb else nb
-    if nthr < 2:
+    if num_threads != 2 or nb < 2 or batch >= fr_rowsplit_min:
         return False
-    return bool(fr_overlap_auto(cell, G, hidden_size, U, nb, nthr, batch, itemsize))
+    return bool(fr_overlap_auto(cell, G, hidden_size, U, nb, 2, batch, itemsize))
 
 
 def l2_bytes():

@@ -674,7 +674,7 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
         int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
         /* overlapped unit split (see run_range): 2 threads, each owning one half */
         const int ovl = hm && nthr == 2 && !rowsplit && FR_PROG_OK;
-        const size_t ownb = (size_t)nb / 2 + 1;   /* blocks a thread owns (2+ threads) */
+        const size_t ownb = (size_t)nb / 2 + 1;   /* blocks a thread owns (of 2) */
         const size_t partb = ownb * F(nrb)(B, cl->G) * FR_PART_V * sizeof(V);
         unsigned char* mem = ovl ? (unsigned char*)calloc(
             (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int) + 64, 1)

@@ -915,6 +915,8 @@ def test_unit_split_overlap_rule(itemsize):
         assert applies(cell, 1, H, 2, itemsize)              # largest within half
         assert not applies(cell, 1, H + 2 * U, 2, itemsize)  # beyond half of L2
         assert not applies(cell, 1, H, 1, itemsize)          # one thread: no split
+        assert not applies(cell, 1, H, 3, itemsize)          # halves, no overlap
+        assert not applies(cell, 16, H, 2, itemsize)         # row split
         assert not applies(_kernels.CELL_RNN, 1, H, 2, itemsize)
         small = 2 * U
         while slice_bytes(G, small + 2 * U) * 8 < l2:
