@@ -239,7 +239,7 @@ cdef extern from "_backward_gemm.h":
     int frbg_rows6
     int frbg_wgemm_mode
     int frbg_wgemm_big(int MR)
-    long frbg_l2_bytes()
+    long fr_l2_bytes()
 
 
 def _set_gemm43(int on):
@@ -299,7 +299,7 @@ def wgemm_big_blocks():
 def l2_bytes():
     """One core's L2 in bytes as the training kernels' rules read it (C sysconf; 0 when
     unknown)."""
-    return frbg_l2_bytes()
+    return fr_l2_bytes()
 
 
 def _set_gru_fwd_rowsplit(int n):

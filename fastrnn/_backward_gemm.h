@@ -257,13 +257,11 @@ FRBG_PACK43(frbg_pack43_d, double)
  * H=256 0.93x; float64 unchanged (1.00).  Smaller L2s keep the smaller blocks (not
  * measured there).  frbg_wgemm_mode: -1 by the L2 size, 0 / 1 forced (tests, A/B). */
 static int frbg_wgemm_mode = -1;
-#include "fr_cache.h"
-/* L2 bytes of a core (0 when unknown) */
-static long frbg_l2_bytes(void) { return fr_l2_bytes(); }
+#include "fr_cache.h"   /* fr_l2_bytes: L2 bytes of a core (0 when unknown) */
 static int frbg_wgemm_big(int MR) {
     if (MR != 6) return 0;
     if (frbg_wgemm_mode >= 0) return frbg_wgemm_mode;
-    return frbg_l2_bytes() >= (2L << 20);
+    return fr_l2_bytes() >= (2L << 20);
 }
 #if FRBG_X86
 /* micro-kernel: MR (compile-time constant after inlining) rows x 4 vectors */
@@ -1227,7 +1225,7 @@ static int frbg_lstm_fwd_d83(int level, int nt, int B, int I, int H, int elsize)
 /* the share of one core's L2 that G gates' weights take (W_ih and W_hh: G*H (I + H)
  * values; I = 0: W_hh alone); past any bound where the L2 size is unknown */
 static double frbg_l2_share(int G, int I, int H, int elsize) {
-    long l2 = frbg_l2_bytes();
+    long l2 = fr_l2_bytes();
     return l2 > 0 ? (double)G * H * ((double)I + H) * elsize / (double)l2 : 1e30;
 }
 /* I, H, elsize: the layer's sizes (W_ih and W_hh packed: 4H (I + H) values) */
@@ -1241,7 +1239,7 @@ static int frbg_fwd_rowsplit_at(int nt, int B, int I, int H, int elsize) {
      * 0.96; H = 512 B = 16, 32, 64, 128: 0.77, 0.83, 0.90, 0.97; H = 1024 B = 64: 0.91;
      * float64 H = 256 B = 16, 64: 0.83, 0.96, H = 512 B = 64: 0.91; but float32 H = 256
      * (2 MiB, one L2) B = 64, 128: 1.03, 1.10 (rows stay). */
-    if (frbg_level() == 2 && frbg_l2_bytes() >= (2L << 20) && share > 1.0)
+    if (frbg_level() == 2 && fr_l2_bytes() >= (2L << 20) && share > 1.0)
         return 0;
     /* AVX-512: weights within 0.6 of one L2 split by rows from two rows a thread (no
      * barrier per step; each thread reads all of them from its own L2).  Measured

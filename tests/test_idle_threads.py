@@ -47,7 +47,8 @@ def test_batch_of_one_same_bits_on_any_thread_count(idle_rule, cell, dtype, H):
 
 
 def _kernel_threads(monkeypatch):
-    """Record the thread count each run_layer call is given."""
+    """Record the thread count each run_layer call is given (its num_threads, the 28th
+    positional argument)."""
     seen = []
     real = _kernels.run_layer
 
