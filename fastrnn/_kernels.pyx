@@ -135,7 +135,6 @@ cdef extern from "fr_kern.h":
     int fr_step_overlap
     int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
                         int elsize) nogil
-    long fr_l2_bytes() nogil
     int fr_barrier_spin
 
 
@@ -727,11 +726,6 @@ def step_overlap_applies(int cell, int batch, int hidden_size, int num_threads,
     if num_threads != 2 or nb < 2 or batch >= fr_rowsplit_min:
         return False
     return bool(fr_overlap_auto(cell, G, hidden_size, U, nb, 2, batch, itemsize))
-
-
-def l2_bytes():
-    """The L2 cache of a core in bytes as the kernels read it (0: unknown)."""
-    return fr_l2_bytes()
 
 
 def _set_gate_defer(int mode):

@@ -901,7 +901,8 @@ def test_unit_split_overlap(mode, cell, nt, dtype):
 def test_unit_split_overlap_rule(itemsize):
     """The automatic rule: LSTM / GRU overlap where a thread's recurrent weights take at
     most half of the L2 (and at batch > 1 at least an eighth); SimpleRNN never."""
-    l2 = _kernels.l2_bytes() or (1 << 20)
+    from fastrnn import _backward
+    l2 = _backward.l2_bytes() or (1 << 20)    # fr_cache.h's reading, shared by both
     U = _kernels.unit_block(np.float32 if itemsize == 4 else np.float64)
     applies = _kernels.step_overlap_applies
 
