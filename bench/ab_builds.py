@@ -15,7 +15,8 @@ third from minute to minute, so only A/B measured close together means anything;
 process cannot hold two builds of the same extension.  No peers run here (their thread
 pools spin after a call and slow whatever runs next); bench_speed.py compares with them.
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32; weights of a
-torch module with seed 0, so torch 2.13 must be importable).  With ``--train`` a call is a
+torch module with seed 0, so torch 2.13 must be importable).  T=0 times streaming steps
+instead: a call is 1000 ``_step_fast`` steps (state carried), so its "ms" reads as us a step.  With ``--train`` a call is a
 training step instead of an inference call: ``forward_train`` then ``backward`` with
 gradients of ones for the outputs and no input gradient (bench_backward.py's "fastrnn").
 """
@@ -43,10 +44,17 @@ for case in cases.split(","):
     B, T, H = int(B), int(T), int(H)
     torch.manual_seed(0)
     fm = fastrnn.from_torch(getattr(torch.nn, cell)(H, H), num_threads=nt)
-    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((max(T, 1), B, H)).astype(np.float32)
+    if T == 0:
+        x1 = np.ascontiguousarray(x[0])
+        hc = [np.zeros((1, B, H), np.float32) for _ in range(2)]
     ones = np.ones((T, B, H), np.float32) if train else None
 
     def call():
+        if T == 0:
+            for _ in range(1000):
+                fm._step_fast(x1, hc[0], hc[1] if cell == "LSTM" else None)
+            return None
         if train:
             cache = fm.forward_train(x)[2]
             return fm.backward(cache, ones, need_input_grad=False)

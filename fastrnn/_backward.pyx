@@ -40,6 +40,8 @@ from fastrnn._blas cimport gemm_rm
 
 import numpy as np
 
+from fastrnn._mem import aligned_empty
+
 cdef extern from *:
     """
     typedef int (*frb_set_threads_t)(int);
@@ -150,7 +152,7 @@ cdef extern from "_backward_gemm.h":
                       const float* Bp, float* C, int ldc, float* bias, float* work) nogil
     void frbg_wgemm_d(int level, int M, int N, int K, const double* A, int lda,
                       const double* Bp, double* C, int ldc, double* bias, double* work) nogil
-    void* frbg_alloc(size_t bytes) nogil
+    void* fr_amalloc(size_t bytes) nogil
     void* frbg_scratch_get(int slot, size_t bytes) nogil
     void frbg_scratch_put(int slot, void* p) nogil
     size_t frbg_scratch_release() nogil
@@ -493,7 +495,7 @@ cdef bint _wgrad(int level, int m, int N, const floating* A, int aks,
     cdef int r, j
     cdef int nb = frbg_nb(level, sizeof(floating))
     bp = _pack_rows(rows, N, n, nb, 1)
-    tmp = <floating*>malloc(sizeof(floating) * m * (n + 1) + 1)
+    tmp = <floating*>fr_amalloc(sizeof(floating) * m * (n + 1) + 1)
     if bp == NULL or tmp == NULL:
         free(bp)
         free(tmp)
@@ -909,13 +911,13 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         ok = _rec_init(&R1, whh, H, H, 2 * H, True, small)
         ok = _rec_init(&R2, whh + 2 * H * H, H, H, H, True, small) and ok
     if d.cell == 2 and d.reset_after:
-        acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
+        acc = <floating*>fr_amalloc(sizeof(floating) * B * GH + 1)
         ok = ok and acc != NULL
     if d.cell == 2 and not d.reset_after:
-        rh = <floating*>malloc(sizeof(floating) * B * H + 1)
+        rh = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and rh != NULL
     if d.cell == 1 and d.proj:
-        hraw = <floating*>malloc(sizeof(floating) * B * H + 1)
+        hraw = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and hraw != NULL
     if not ok:
         free(acc)
@@ -1391,18 +1393,18 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         frbg_scratch_put(0, dg)
         return rc
     dg = <floating*>frbg_scratch_get(0, sizeof(floating) * <Py_ssize_t>N * GH + 1)
-    ones = <floating*>malloc(sizeof(floating) * N + 1)
+    ones = <floating*>fr_amalloc(sizeof(floating) * N + 1)
     ok = dg != NULL and ones != NULL
     if gru_ra:
-        dnx = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        dnx = <floating*>fr_amalloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
         ok = ok and dnx != NULL
     if gru_nra:
-        aux = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
-        tmp = <floating*>malloc(sizeof(floating) * B * H + 1)
+        aux = <floating*>fr_amalloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        tmp = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and aux != NULL and tmp != NULL
     if d.cell == 1 and d.proj:
-        aux = <floating*>malloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
-        dhr = <floating*>malloc(sizeof(floating) * B * H + 1)
+        aux = <floating*>fr_amalloc(sizeof(floating) * <Py_ssize_t>N * H + 1)
+        dhr = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and aux != NULL and dhr != NULL
     if d.cell == 0:
         ok = _rec_init(&R1, whh, H, H, H, False, small) and ok
@@ -1620,9 +1622,7 @@ def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_thread
     dt = np.float32 if floating is float else np.float64
     n = frbg_lstm_fwd_packed_size(level, I, H, sizeof(floating))
     # 64-byte aligned, as the kernels' vector loads of the panels want
-    raw = np.empty(n + 64 // sizeof(floating), dt)
-    start = (-raw.ctypes.data % 64) // sizeof(floating)
-    out = raw[start:start + n]
+    out = aligned_empty(n, dt)
     cdef floating[::1] o = out
     with nogil:
         if floating is float:

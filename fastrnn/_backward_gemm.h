@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <unistd.h>
+#include "fr_cache.h"   /* fr_l2_bytes (L2 bytes of a core), fr_amalloc */
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FRBG_X86 1
@@ -49,12 +50,6 @@ static int frbg_nb(int level, int elsize) {
     return 4 * (vbytes / elsize);
 }
 
-static void* frbg_alloc(size_t bytes) {
-    void* p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
-    return p;
-}
-
 /* Scratch blocks kept between calls (one per slot): a training step allocates the same
  * large buffers (dG: N x 4H values) every call, and fresh pages from the OS cost a page
  * fault each (measured: up to 15k faults, +50 ms, in a 60 ms LSTM backward).  get takes
@@ -70,7 +65,7 @@ static void* frbg_scratch_get(int slot, size_t bytes) {
 #endif
     if (p && *(size_t*)p >= bytes) return (char*)p + 64;
     free(p);
-    p = frbg_alloc(bytes + 64);
+    p = fr_amalloc(bytes + 64);
     if (!p) return NULL;
     *(size_t*)p = bytes;
     return (char*)p + 64;
@@ -123,7 +118,7 @@ static T* NAME##_into(const T* W, int ldw, int k, int n, int trans, int nb, T* o
     return out;                                                                        \
 }                                                                                      \
 static T* NAME(const T* W, int ldw, int k, int n, int trans, int nb) {                 \
-    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)((n + nb - 1) / nb) * k * nb);         \
+    T* out = (T*)fr_amalloc(sizeof(T) * (size_t)((n + nb - 1) / nb) * k * nb);         \
     if (!out) return NULL;                                                             \
     return NAME##_into(W, ldw, k, n, trans, nb, out);                                  \
 }
@@ -157,7 +152,7 @@ static T* NAME##_into(const T* const* rows, int k, int n, int nb, int ones, T* o
 }                                                                                      \
 static T* NAME(const T* const* rows, int k, int n, int nb, int ones) {                 \
     int np = (n + (ones ? 1 : 0) + nb - 1) / nb;                                       \
-    T* out = (T*)frbg_alloc(sizeof(T) * (size_t)np * k * nb);                          \
+    T* out = (T*)fr_amalloc(sizeof(T) * (size_t)np * k * nb);                          \
     if (!out) return NULL;                                                             \
     return NAME##_into(rows, k, n, nb, ones, out);                                     \
 }
@@ -257,7 +252,6 @@ FRBG_PACK43(frbg_pack43_d, double)
  * H=256 0.93x; float64 unchanged (1.00).  Smaller L2s keep the smaller blocks (not
  * measured there).  frbg_wgemm_mode: -1 by the L2 size, 0 / 1 forced (tests, A/B). */
 static int frbg_wgemm_mode = -1;
-#include "fr_cache.h"   /* fr_l2_bytes: L2 bytes of a core (0 when unknown) */
 static int frbg_wgemm_big(int MR) {
     if (MR != 6) return 0;
     if (frbg_wgemm_mode >= 0) return frbg_wgemm_mode;

@@ -30,6 +30,8 @@ from fastrnn._blas cimport gemm_rm
 
 import numpy as np
 
+from fastrnn._mem import aligned_copy
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -52,6 +54,7 @@ cdef extern from *:
 
 
 cdef extern from "fr_kern.h":
+    void* fr_amalloc(size_t bytes) nogil   # fr_cache.h: 64-byte aligned, free() releases
     ctypedef struct fr_cell:
         int cell, G, H, K, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -490,23 +493,23 @@ cdef int _run_layer(Dims* d, const floating* x, int x_ld, const floating* wx,
             maxrows = rr
         s0 = s1
 
-    xp = <floating*>malloc(sizeof(floating) * maxrows * GH + 1)
-    acc = <floating*>malloc(sizeof(floating) * B * GH + 1)
+    xp = <floating*>fr_amalloc(sizeof(floating) * maxrows * GH + 1)
+    acc = <floating*>fr_amalloc(sizeof(floating) * B * GH + 1)
     xrows = <floating**>malloc(sizeof(floating*) * B + 1)
     ok = xp != NULL and acc != NULL and xrows != NULL
     if gather:
-        stage = <floating*>malloc(sizeof(floating) * maxrows * I + 1)
+        stage = <floating*>fr_amalloc(sizeof(floating) * maxrows * I + 1)
         ok = ok and stage != NULL
     if d.cell == 1 and d.P > 0:
-        hraw = <floating*>malloc(sizeof(floating) * B * H + 1)
+        hraw = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and hraw != NULL
     if d.cell == 2 and not d.reset_after:
-        rh = <floating*>malloc(sizeof(floating) * B * H + 1)
+        rh = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
         ok = ok and rh != NULL
     if d.has_mask:
-        hprev = <floating*>malloc(sizeof(floating) * B * P + 1)
-        cprev = <floating*>malloc(sizeof(floating) * B * H + 1)
-        lastout = <floating*>malloc(sizeof(floating) * B * P + 1)
+        hprev = <floating*>fr_amalloc(sizeof(floating) * B * P + 1)
+        cprev = <floating*>fr_amalloc(sizeof(floating) * B * H + 1)
+        lastout = <floating*>fr_amalloc(sizeof(floating) * B * P + 1)
         ok = ok and hprev != NULL and cprev != NULL and lastout != NULL
         if lastout != NULL:
             memset(lastout, 0, sizeof(floating) * B * P)
@@ -877,15 +880,15 @@ def pack_recurrent(wh, int hidden_size, int gates, int cell, int reset_after):
     and n apart (n multiplies r*h, known only after r)."""
     if cell == CELL_GRU and not reset_after:
         H = hidden_size
-        return np.concatenate([pack_units(np.ascontiguousarray(wh[:, :2 * H]), H, 2),
-                               pack_units(np.ascontiguousarray(wh[:, 2 * H:]), H, 1)])
+        return aligned_copy(np.concatenate([pack_units(np.ascontiguousarray(wh[:, :2 * H]), H, 2),
+                                            pack_units(np.ascontiguousarray(wh[:, 2 * H:]), H, 1)]))
     return pack_units(wh, hidden_size, gates)
 
 
 def pack_units(w, int hidden_size, int gates):
     """Unit-block packing of a transposed weight ``w`` (K, G*H) for the small-batch
     kernel: ``(nb, K, G, U)`` with U = :func:`unit_block` (the vector width of the ISA level
-    the kernels run now), zero padded."""
+    the kernels run now), zero padded, flat and 64-byte aligned (fastrnn._mem)."""
     w = np.asarray(w)
     if w.dtype != np.float32 and w.dtype != np.float64:
         raise TypeError(f"pack_units: float32 or float64 weights required, got {w.dtype}")
@@ -896,7 +899,7 @@ def pack_units(w, int hidden_size, int gates):
     w3 = w.reshape(K, G, H)
     if nb * U != H:
         w3 = np.concatenate([w3, np.zeros((K, G, nb * U - H), w.dtype)], axis=2)
-    return np.ascontiguousarray(w3.reshape(K, G, nb, U).transpose(2, 0, 1, 3)).reshape(-1)
+    return aligned_copy(w3.reshape(K, G, nb, U).transpose(2, 0, 1, 3))
 
 
 def wide_rows():
@@ -932,7 +935,7 @@ def pack_wide(wx, wh, bias, bhn, int hidden_size, int cell):
                       .reshape(nG, R), 0)[:, None, :]
     else:
         bh = np.zeros((nG, 1, R), dt)
-    return np.ascontiguousarray(np.concatenate([px, ph, bx, bh], axis=1), dtype=dt).reshape(-1)
+    return aligned_copy(np.concatenate([px, ph, bx, bh], axis=1).astype(dt, copy=False))
 
 
 def unit_block(dtype):
@@ -1008,16 +1011,16 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
     (qf for float, qd for double).  Returns -1 (nothing left allocated) on failure."""
     cdef int B = d.nrows_max, H = d.H, GH = d.G * d.H
     cdef int chunk = d.chunk
-    cdef floating* xp = <floating*>malloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
-    cdef floating* hbuf = <floating*>malloc(sizeof(floating) * 2 * B * H + 64)
+    cdef floating* xp = <floating*>fr_amalloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
+    cdef floating* hbuf = <floating*>fr_amalloc(sizeof(floating) * 2 * B * H + 64)
     cdef floating* lastout = NULL
     cdef floating* rh = NULL
     cdef floating* zb = NULL
     if d.has_mask:
-        lastout = <floating*>malloc(sizeof(floating) * B * H + 64)
+        lastout = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
     if cl.rz_split:
-        rh = <floating*>malloc(sizeof(floating) * B * H + 64)
-        zb = <floating*>malloc(sizeof(floating) * B * H + 64)
+        rh = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
+        zb = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
     m.xp = xp
     m.hbuf = hbuf
     m.lastout = lastout
@@ -1163,9 +1166,9 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
         chunk = 1
     if chunk > d.T:
         chunk = d.T
-    cdef floating* xt = <floating*>malloc(sizeof(floating) * chunk * nP * I * W + 64)
-    cdef floating* ht = <floating*>malloc(sizeof(floating) * 2 * nP * H * W + 64)
-    cdef floating* ct = <floating*>malloc(sizeof(floating) * nP * H * W + 64)
+    cdef floating* xt = <floating*>fr_amalloc(sizeof(floating) * chunk * nP * I * W + 64)
+    cdef floating* ht = <floating*>fr_amalloc(sizeof(floating) * 2 * nP * H * W + 64)
+    cdef floating* ct = <floating*>fr_amalloc(sizeof(floating) * nP * H * W + 64)
     if xt == NULL or ht == NULL or ct == NULL:
         free(xt)
         free(ht)
@@ -1560,7 +1563,7 @@ cdef class StepPlan:
         cdef fr_seq_f q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
-        cdef float* buf = <float*>malloc(sizeof(float) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
+        cdef float* buf = <float*>fr_amalloc(sizeof(float) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
         q.nT = 1
@@ -1598,7 +1601,7 @@ cdef class StepPlan:
         cdef fr_seq_d q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
         cdef int l, GH = self.G * self.H, H = self.H
-        cdef double* buf = <double*>malloc(sizeof(double) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
+        cdef double* buf = <double*>fr_amalloc(sizeof(double) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
         q.nT = 1

@@ -1,9 +1,18 @@
-/* The L2 cache of a core in bytes (sysconf; 0 when unknown), read once.  Shared by the
- * inference kernels (fr_kern.h: the overlapped unit split) and the training kernels
- * (_backward_gemm.h: the weight-gradient blocking, the backward's row split). */
+/* Cache facts shared by the inference kernels (fr_kern.h) and the training kernels
+ * (_backward_gemm.h).
+ * fr_l2_bytes: the L2 cache of a core in bytes (sysconf; 0 when unknown), read once (the
+ * overlapped unit split; the weight-gradient blocking, the backward's row split).
+ * fr_amalloc: scratch that starts on a cache line (free() releases it): malloc's 16-byte
+ * alignment makes every 64-byte vector load or store of a buffer touch two lines. */
 #ifndef FASTRNN_FR_CACHE_H
 #define FASTRNN_FR_CACHE_H
+#include <stdlib.h>
 #include <unistd.h>
+static void* fr_amalloc(size_t bytes) {
+    void* p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
 static long fr_l2_size = -1;
 static long fr_l2_bytes(void) {
     if (fr_l2_size < 0) {
