@@ -16,9 +16,10 @@ process cannot hold two builds of the same extension.  No peers run here (their 
 pools spin after a call and slow whatever runs next); bench_speed.py compares with them.
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32; weights of a
 torch module with seed 0, so torch 2.13 must be importable).  T=0 times streaming steps
-instead: a call is 1000 ``_step_fast`` steps (state carried), so its "ms" reads as us a step.  With ``--train`` a call is a
-training step instead of an inference call: ``forward_train`` then ``backward`` with
-gradients of ones for the outputs and no input gradient (bench_backward.py's "fastrnn").
+instead: a call is 1000 ``_step_fast`` steps (state carried), so its "ms" reads as us a
+step.  With ``--train`` a call is a training step instead of an inference call:
+``forward_train`` then ``backward`` with gradients of ones for the outputs and no input
+gradient (bench_backward.py's "fastrnn").
 """
 import argparse
 import os

@@ -29,8 +29,11 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from fastrnn._blas cimport gemm_rm
 
 import numpy as np
+cimport numpy as cnp
 
 from fastrnn._mem import aligned_copy
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -1445,7 +1448,7 @@ cdef class StepPlan:
     buffers, no allocation of Python objects, the GIL released inside.
     """
     cdef fr_cell* cells
-    cdef int L, H, I, G, cell, is_double
+    cdef int L, H, I, G, U, cell, is_double
     cdef int num_threads, flip
     cdef object keep
     cdef const void** wxp
@@ -1471,6 +1474,7 @@ cdef class StepPlan:
         self.is_double = np.dtype(dtype) == np.float64
         self.num_threads = num_threads if num_threads > 0 else 1
         U = fr_unit(8 if self.is_double else 4)
+        self.U = U
         (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
         A.clip = clip
         if cell == CELL_RNN:
@@ -1505,45 +1509,46 @@ cdef class StepPlan:
         free(self.cells)
         free(self.wxp)
 
+    cdef void* _buf(self, a, int nd, int d0, int d1, int d2, str name) except NULL:
+        """The data of a, an ndarray of the plan's dtype, C-contiguous (and writeable
+        for the state), of shape (d0, d1[, d2]); raises naming what differs."""
+        cdef cnp.ndarray arr
+        cdef int want = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
+        cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS | (cnp.NPY_ARRAY_WRITEABLE if nd == 3 else 0)
+        if not cnp.PyArray_Check(a):
+            raise TypeError(f"StepPlan.step: {name} must be a numpy array, got {type(a).__name__}")
+        arr = <cnp.ndarray>a
+        if cnp.PyArray_TYPE(arr) != want:
+            raise TypeError(f"StepPlan.step: {name} has dtype {a.dtype}, the plan's is "
+                            f"{'float64' if self.is_double else 'float32'}")
+        if (cnp.PyArray_FLAGS(arr) & flags) != flags:
+            raise ValueError(f"StepPlan.step: {name} must be C-contiguous"
+                             + (" and writeable" if nd == 3 else ""))
+        if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_DIM(arr, 0) != d0
+                or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):
+            raise ValueError(f"StepPlan.step: {name} has shape {a.shape}, expected "
+                             f"{(d0, d1, d2)[:nd]}")
+        return cnp.PyArray_DATA(arr) if cnp.PyArray_SIZE(arr) else <void*>self
+
     def step(self, x, h, c=None):
         """x (B, I), h (L, B, H), c (L, B, H) (LSTM): C-contiguous arrays of the plan's
-        dtype.  h and c are updated in place; returns nothing (the output is h[-1])."""
-        cdef float[:, ::1] xf
-        cdef float[:, :, ::1] hf, cf
-        cdef double[:, ::1] xd
-        cdef double[:, :, ::1] hd, cd
+        dtype.  h and c are updated in place; returns True (False, nothing done: the
+        ISA level changed since the weights were packed; pack them again)."""
         cdef void* xp
         cdef void* hp
         cdef void* cp = NULL
         cdef int B, nt, rc
-        if self.is_double:
-            xd = x
-            hd = h
-            B = xd.shape[0]
-            if xd.shape[1] != self.I or hd.shape[0] != self.L or hd.shape[1] != B or hd.shape[2] != self.H:
-                raise ValueError("StepPlan.step: bad shapes")
-            xp = &xd[0, 0]
-            hp = &hd[0, 0, 0]
-            if self.cell == CELL_LSTM:
-                cd = c
-                if cd.shape[0] != self.L or cd.shape[1] != B or cd.shape[2] != self.H:
-                    raise ValueError("StepPlan.step: bad c shape")
-                cp = &cd[0, 0, 0]
-        else:
-            xf = x
-            hf = h
-            B = xf.shape[0]
-            if xf.shape[1] != self.I or hf.shape[0] != self.L or hf.shape[1] != B or hf.shape[2] != self.H:
-                raise ValueError("StepPlan.step: bad shapes")
-            xp = &xf[0, 0]
-            hp = &hf[0, 0, 0]
-            if self.cell == CELL_LSTM:
-                cf = c
-                if cf.shape[0] != self.L or cf.shape[1] != B or cf.shape[2] != self.H:
-                    raise ValueError("StepPlan.step: bad c shape")
-                cp = &cf[0, 0, 0]
+        if not cnp.PyArray_Check(x) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 2:
+            raise ValueError("StepPlan.step: x must be a 2-D numpy array (B, I)")
+        B = <int>cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+        xp = self._buf(x, 2, B, self.I, 0, "x")
+        hp = self._buf(h, 3, self.L, B, self.H, "h")
+        if self.cell == CELL_LSTM:
+            cp = self._buf(c, 3, self.L, B, self.H, "c")
+        if fr_unit(8 if self.is_double else 4) != self.U:
+            return False
         if B == 0:
-            return
+            return True
         with nogil:
             # after a pause the team's worker is asleep: one thread (see _idle_single_ns)
             nt = self.num_threads
@@ -1558,6 +1563,7 @@ cdef class StepPlan:
         self.last_threads = nt
         if rc != 0:
             raise MemoryError("fastrnn: could not allocate scratch memory for a step")
+        return True
 
     cdef int _run_f(self, float* x, float* h, float* c, int B, int nt) noexcept nogil:
         cdef fr_seq_f q

@@ -23,6 +23,10 @@
 #include <string.h>
 #include <math.h>
 
+/* _kernels.pyx cimports NumPy's C API, whose headers pull in <complex.h> and its macro I
+ * (the imaginary unit); the kernels name an input size I */
+#undef I
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif

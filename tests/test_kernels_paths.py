@@ -402,6 +402,54 @@ def test_step_after_pause_runs_on_one_thread(cell, dtype):
         _kernels._set_step_idle_single(old)
 
 
+def test_step_fast_checks_its_buffers_and_threads():
+    """The streaming step's kernel entry (StepPlan.step, raw NumPy buffers) names what is
+    wrong with a buffer instead of reading it; a kept plan does not let a bad thread count
+    through; a layer whose ISA level changed repacks and steps right."""
+    layer = fastrnn.LSTM(6, 20, num_layers=2, seed=2, num_threads=2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 6)).astype(np.float32)
+    ref, _ = layer(x)
+
+    def fresh():
+        return np.zeros((2, 3, 20), np.float32), np.zeros((2, 3, 20), np.float32)
+    h, c = fresh()
+    layer._step_fast(np.ascontiguousarray(x[0]), h, c)      # plan kept from here on
+    bad = [((x[0].astype(np.float64), h, c), TypeError, "x has dtype float64"),
+           ((x[0].tolist(), h, c), ValueError, "x must be a 2-D numpy array"),
+           ((np.ascontiguousarray(x[0][:, :5]), h, c), ValueError, r"x has shape \(3, 5\), expected \(3, 6\)"),
+           ((np.asfortranarray(rng.standard_normal((3, 6)), np.float32), h, c), ValueError,
+            "x must be C-contiguous"),
+           ((x[0], h[:, :2].copy(), c), ValueError, r"h has shape \(2, 2, 20\), expected \(2, 3, 20\)"),
+           ((x[0], h, c[:1]), ValueError, "c has shape"),
+           ((x[0], h, None), TypeError, "c must be a numpy array, got NoneType"),
+           ((x[0], h.swapaxes(0, 1).copy().swapaxes(0, 1), c), ValueError,
+            "h must be C-contiguous and writeable")]
+    ro = h.copy()
+    ro.flags.writeable = False
+    bad.append(((x[0], ro, c), ValueError, "h must be C-contiguous and writeable"))
+    for args, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            layer._step_fast(*args)
+    for nt in (0, True, 2.0, "2"):
+        with pytest.raises((TypeError, ValueError), match="num_threads"):
+            layer._step_fast(np.ascontiguousarray(x[0]), h, c, num_threads=nt)
+    h, c = fresh()
+    levels = _levels()
+    outs = []
+    try:
+        for t in range(4):
+            if len(levels) > 1:
+                _kernels._set_isa_level(levels[t % 2])
+            outs.append(layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy())
+            # the step ran the current level's kernel (a kept plan of another level would
+            # still be right, on the old kernel: the packed kernels follow the packing)
+            assert layer._packed_unit == _kernels.unit_block(np.float32)
+    finally:
+        _kernels._set_isa_level(-1)
+    np.testing.assert_allclose(np.array(outs), ref, rtol=2e-5, atol=2e-5)
+
+
 def test_step_fast_fallback_configs():
     rng = np.random.default_rng(41)
     for layer in (fastrnn.LSTM(4, 9, proj_size=3, seed=1), fastrnn.GRU(4, 9, reset_after=False, seed=1),
