@@ -1510,19 +1510,21 @@ cdef class StepPlan:
         free(self.wxp)
 
     cdef void* _buf(self, a, int nd, int d0, int d1, int d2, str name) except NULL:
-        """The data of a, an ndarray of the plan's dtype, C-contiguous (and writeable
-        for the state), of shape (d0, d1[, d2]); raises naming what differs."""
+        """The data of a, an ndarray of the plan's dtype in native byte order, aligned,
+        C-contiguous (and writeable for the state), of shape (d0, d1[, d2]); raises
+        naming what differs."""
         cdef cnp.ndarray arr
         cdef int want = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
-        cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS | (cnp.NPY_ARRAY_WRITEABLE if nd == 3 else 0)
+        cdef int flags = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+                          | (cnp.NPY_ARRAY_WRITEABLE if nd == 3 else 0))
         if not cnp.PyArray_Check(a):
             raise TypeError(f"StepPlan.step: {name} must be a numpy array, got {type(a).__name__}")
         arr = <cnp.ndarray>a
-        if cnp.PyArray_TYPE(arr) != want:
-            raise TypeError(f"StepPlan.step: {name} has dtype {a.dtype}, the plan's is "
-                            f"{'float64' if self.is_double else 'float32'}")
+        if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_ISNOTSWAPPED(arr):
+            raise TypeError(f"StepPlan.step: {name} has dtype {a.dtype.str}, the plan's is "
+                            f"{'float64' if self.is_double else 'float32'} (native byte order)")
         if (cnp.PyArray_FLAGS(arr) & flags) != flags:
-            raise ValueError(f"StepPlan.step: {name} must be C-contiguous"
+            raise ValueError(f"StepPlan.step: {name} must be C-contiguous, aligned"
                              + (" and writeable" if nd == 3 else ""))
         if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_DIM(arr, 0) != d0
                 or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):

@@ -84,7 +84,8 @@ def _validate_state(core, state, B: int, where: str):
 
 
 class _CoreRunner:
-    """Runs one core layer over a time-major chunk, carrying state and the last output."""
+    """Runs one core layer over a time-major chunk, carrying state and the last output
+    (``last_out``; None after a :meth:`Stream.step`: the state's top h is the output)."""
 
     def __init__(self, core, B: int):
         self.core = core
@@ -117,7 +118,10 @@ class _CoreRunner:
             if lead.any():
                 out = np.array(out, copy=True)
                 t_idx, b_idx = np.nonzero(lead)
-                out[t_idx, b_idx] = self.last_out[b_idx]
+                last = self.last_out
+                if last is None:        # after step(): the state's top h is the output
+                    last = (self.state[0] if type(self.state) is tuple else self.state)[-1]
+                out[t_idx, b_idx] = last[b_idx]
         self.state = state
         if out.shape[0]:
             self.last_out = np.array(out[-1], copy=True)
@@ -293,25 +297,29 @@ class Stream:
             layer = self.model
             fast = getattr(layer, "_step_fast", None)
             if fast is not None:
-                x = x_t
-                # the common case (a C-contiguous array of the layer's dtype and the
-                # stream's shape) goes straight to the kernel; anything else is
-                # converted or rejected below
-                if not (type(x) is np.ndarray and x.dtype == layer.dtype
-                        and x.shape == (self.batch_size, layer.input_size)
-                        and x.flags.c_contiguous):
+                r = self._runners[0]
+                st = r.state
+                h, c = (st[0], st[1]) if type(st) is tuple else (st, None)
+                y = None
+                if type(x_t) is np.ndarray:
+                    # the common case (a C-contiguous array of the layer's dtype and the
+                    # stream's shape) goes straight to the kernel, which checks it and
+                    # raises before touching the state when it is not
+                    try:
+                        y = fast(x_t, h, c, self.num_threads)
+                    except (TypeError, ValueError):
+                        y = None
+                if y is None:
                     x = np.asarray(x_t)
                     if not (x.ndim == 2 and x.dtype.kind == "f"
                             and x.shape == (self.batch_size, layer.input_size)):
                         return self._step_general(x)
                     x = np.ascontiguousarray(x, dtype=layer.dtype)
-                r = self._runners[0]
-                st = r.state
-                h, c = (st[0], st[1]) if type(st) is tuple else (st, None)
+                    y = fast(x, h, c, self.num_threads)
                 # the kernel's step entry (layer._step_fast) updates h/c in place and
-                # returns a view of h[-1]: the caller gets its own copy
-                y = fast(x, h, c, self.num_threads).copy()
-                r.last_out = y
+                # returns a view of h[-1] (the step's output: the runner reads it there,
+                # last_out None); the caller gets a copy
+                r.last_out = None
                 self.steps_seen += 1
                 return y.copy()
             return self._step_general(np.asarray(x_t))

@@ -415,19 +415,22 @@ def test_step_fast_checks_its_buffers_and_threads():
         return np.zeros((2, 3, 20), np.float32), np.zeros((2, 3, 20), np.float32)
     h, c = fresh()
     layer._step_fast(np.ascontiguousarray(x[0]), h, c)      # plan kept from here on
-    bad = [((x[0].astype(np.float64), h, c), TypeError, "x has dtype float64"),
+    bad = [((x[0].astype(np.float64), h, c), TypeError, "x has dtype <f8"),
+           ((x[0].astype(">f4"), h, c), TypeError, "x has dtype >f4"),
            ((x[0].tolist(), h, c), ValueError, "x must be a 2-D numpy array"),
            ((np.ascontiguousarray(x[0][:, :5]), h, c), ValueError, r"x has shape \(3, 5\), expected \(3, 6\)"),
            ((np.asfortranarray(rng.standard_normal((3, 6)), np.float32), h, c), ValueError,
             "x must be C-contiguous"),
+           ((np.frombuffer(bytes(73), np.float32, 18, 1).reshape(3, 6), h, c), ValueError,
+            "x must be C-contiguous, aligned"),
            ((x[0], h[:, :2].copy(), c), ValueError, r"h has shape \(2, 2, 20\), expected \(2, 3, 20\)"),
            ((x[0], h, c[:1]), ValueError, "c has shape"),
            ((x[0], h, None), TypeError, "c must be a numpy array, got NoneType"),
            ((x[0], h.swapaxes(0, 1).copy().swapaxes(0, 1), c), ValueError,
-            "h must be C-contiguous and writeable")]
+            "h must be C-contiguous, aligned and writeable")]
     ro = h.copy()
     ro.flags.writeable = False
-    bad.append(((x[0], ro, c), ValueError, "h must be C-contiguous and writeable"))
+    bad.append(((x[0], ro, c), ValueError, "h must be C-contiguous, aligned and writeable"))
     for args, exc, msg in bad:
         with pytest.raises(exc, match=msg):
             layer._step_fast(*args)

@@ -117,6 +117,28 @@ def test_layer_mask_chunks():
         _close(s.state, hn)
 
 
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
+def test_steps_then_masked_chunk(cls):
+    """A chunk after step() calls whose first steps are masked carries the last step's
+    output (the runner reads it from the state), whatever the caller did to the array
+    step() returned; steps given other dtypes / layouts are converted."""
+    layer = cls(5, 7, num_layers=2, seed=4)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 3, 5)).astype(np.float32)
+    mask = np.ones((8, 3), bool)
+    mask[3:6, 0] = False
+    mask[3, 2] = False
+    whole, hn = layer(x, mask=mask)
+    s = Stream(layer, batch_size=3)
+    outs = [s.step(x[0]), s.step(x[1].astype(np.float64)),
+            s.step(np.asfortranarray(x[2]))]
+    _close(np.array(outs), whole[:3])
+    outs[-1][...] = 99.0
+    got = s.feed(x[3:], mask=mask[3:])
+    _close(got, whole[3:])
+    _close(s.state, hn)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="bidirectional"):
         Stream(fastrnn.LSTM(3, 4, bidirectional=True))
