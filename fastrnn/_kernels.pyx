@@ -139,6 +139,8 @@ cdef extern from "fr_kern.h":
     long fr_min_par_work
     int fr_dgate_mode
     int fr_step_overlap
+    int fr_swpf_on
+    void fr_swpf_init()
     int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
                         int elsize) nogil
     int fr_barrier_spin
@@ -704,6 +706,22 @@ def _set_spin_barrier(int mode):
     global fr_barrier_spin
     old = fr_barrier_spin
     fr_barrier_spin = mode
+    return old
+
+
+fr_swpf_init()
+
+
+def _set_swpf(int mode):
+    """Tuning / test hook: the packed matvec's software prefetch at the AVX-512 level on
+    (1) or off (0); -1 chooses by the CPU again (AMD on, others off).  Returns the
+    previous setting (0 / 1).  The arithmetic is the same either way."""
+    global fr_swpf_on
+    old = fr_swpf_on
+    if mode < 0:
+        fr_swpf_init()
+    else:
+        fr_swpf_on = 1 if mode else 0
     return old
 
 

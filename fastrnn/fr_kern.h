@@ -62,8 +62,18 @@ static int fr_level(void) {
     if (fr_force_level >= 0 && fr_force_level < l) return fr_force_level;
     return l;
 }
+/* the packed matvec's software prefetch at the AVX-512 level (fr_kern_t.h FR_SWPF): on
+ * for AMD CPUs, off for the others; fr_swpf_init sets it (once, at import), tests and
+ * A/B runs force it through _kernels._set_swpf */
+static int fr_swpf_on = 0;
+static void fr_swpf_init(void) {
+    __builtin_cpu_init();
+    fr_swpf_on = __builtin_cpu_is("amd") ? 1 : 0;
+}
 #else
 #define FR_HAVE_CLONES 0
+static int fr_swpf_on = 0;
+static void fr_swpf_init(void) {}
 static int fr_force_level = -1;
 static int fr_hw_level(void) { return 0; }
 static int fr_level(void) { return 0; }

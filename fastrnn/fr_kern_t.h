@@ -188,15 +188,19 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
 }
 
 /* Software prefetch of the weight stream in the one- and two-row matvec loops: AVX-512
- * only (one prefetch per 64-byte line there; measured ~10% at B=1 on a Zen 5).  With
+ * only (one prefetch per 64-byte line there; measured ~10% at B=1 on a Zen 5), and there
+ * only where fr_swpf_on says (AMD; on an Intel Xeon, weights aligned, B=1 ran 0.88-0.93x
+ * the time without them: LSTM H=256 / 512, GRU and SimpleRNN H=256, one step).  With
  * 32- or 16-byte vectors it is two or four prefetches per line, and on an AVX2 EPYC
  * (Zen 4, AVX-512 hidden) B=1 ran faster without them: LSTM / GRU / SimpleRNN H=256 and
  * LSTM H=512 medians 0.82-1.05x (10 of 12 below 1) at level 1, 0.79-0.99x at level 0
  * (bench/ab_builds.py, alternating processes, three runs, both orders). */
 #if FR_VBYTES >= 64
 #define FR_SWPF(p) __builtin_prefetch(p)
+#define FR_SWPF_ON fr_swpf_on
 #else
 #define FR_SWPF(p) ((void)(p))
+#define FR_SWPF_ON 0
 #endif
 /* rows per register block of the packed matvec for G gates: RB * G accumulators (plus
  * a broadcast and a weight) must fit the level's vector registers */
@@ -212,40 +216,49 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
     for (r = 0; r < RB * G; r++) {
         a[r] = F(vset1)(0); a2[r] = F(vset1)(0); a3[r] = F(vset1)(0); a4[r] = F(vset1)(0);
     }
+    /* the k loops twice: with the weight prefetch and without (FR_SWPF_ON) */
+#define FR_MV_K4(PF)                                                                      \
+        for (; k + 3 < K; k += 4) {                                                       \
+            const T* w0 = Wb + (size_t)k * G * W;                                         \
+            if (PF)                                                                       \
+                for (g = 0; g < 4 * G; g++)                                               \
+                    FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);                   \
+            for (r = 0; r < RB; r++) {                                                    \
+                const T h0 = rows[r][k], h1 = rows[r][k + 1];                             \
+                const T h2 = rows[r][k + 2], h3 = rows[r][k + 3];                         \
+                for (g = 0; g < G; g++) {                                                 \
+                    a[r * G + g] += h0 * F(vld)(w0 + g * W);                              \
+                    a2[r * G + g] += h1 * F(vld)(w0 + (G + g) * W);                       \
+                    a3[r * G + g] += h2 * F(vld)(w0 + (2 * G + g) * W);                   \
+                    a4[r * G + g] += h3 * F(vld)(w0 + (3 * G + g) * W);                   \
+                }                                                                         \
+            }                                                                             \
+        }
+#define FR_MV_K2(PF)                                                                      \
+        for (; k + 1 < K; k += 2) {                                                       \
+            const T* w0 = Wb + (size_t)k * G * W;                                         \
+            const T* w1 = w0 + G * W;                                                     \
+            if (PF)                                                                       \
+                for (g = 0; g < 2 * G; g++)                                               \
+                    FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);                   \
+            for (r = 0; r < RB; r++) {                                                    \
+                T h0 = rows[r][k], h1 = rows[r][k + 1];                                   \
+                for (g = 0; g < G; g++) {                                                 \
+                    a[r * G + g] += h0 * F(vld)(w0 + g * W);                              \
+                    a2[r * G + g] += h1 * F(vld)(w1 + g * W);                             \
+                }                                                                         \
+            }                                                                             \
+        }
     if (RB * G < 3) {
         /* four k-steps in flight: one or two gates at one row (SimpleRNN, GRU r/z) */
-        for (; k + 3 < K; k += 4) {
-            const T* w0 = Wb + (size_t)k * G * W;
-            for (g = 0; g < 4 * G; g++)
-                FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
-            for (r = 0; r < RB; r++) {
-                const T h0 = rows[r][k], h1 = rows[r][k + 1];
-                const T h2 = rows[r][k + 2], h3 = rows[r][k + 3];
-                for (g = 0; g < G; g++) {
-                    a[r * G + g] += h0 * F(vld)(w0 + g * W);
-                    a2[r * G + g] += h1 * F(vld)(w0 + (G + g) * W);
-                    a3[r * G + g] += h2 * F(vld)(w0 + (2 * G + g) * W);
-                    a4[r * G + g] += h3 * F(vld)(w0 + (3 * G + g) * W);
-                }
-            }
-        }
+        if (FR_SWPF_ON) { FR_MV_K4(1) } else { FR_MV_K4(0) }
     }
     if (RB * G < 8) {
         /* two k-steps in flight: enough independent FMA chains at one row */
-        for (; k + 1 < K; k += 2) {
-            const T* w0 = Wb + (size_t)k * G * W;
-            const T* w1 = w0 + G * W;
-            /* software prefetch ~2 KB ahead of the weight stream (AVX-512 only, above) */
-            for (g = 0; g < 2 * G; g++) FR_SWPF(w0 + FR_PREFETCH / (int)sizeof(T) + g * W);
-            for (r = 0; r < RB; r++) {
-                T h0 = rows[r][k], h1 = rows[r][k + 1];
-                for (g = 0; g < G; g++) {
-                    a[r * G + g] += h0 * F(vld)(w0 + g * W);
-                    a2[r * G + g] += h1 * F(vld)(w1 + g * W);
-                }
-            }
-        }
+        if (FR_SWPF_ON) { FR_MV_K2(1) } else { FR_MV_K2(0) }
     }
+#undef FR_MV_K4
+#undef FR_MV_K2
 #if FR_NREG >= 32   /* AVX-512 only: the AVX2 build unrolled ran LSTM B=1 1.02-1.09x */
 #pragma GCC unroll 2
 #endif
@@ -764,6 +777,7 @@ FR_FN(void, F(fr_act_array), F(vact_array), (int which, const T* x, T* y, ptrdif
 #undef F
 #undef FR_RB
 #undef FR_SWPF
+#undef FR_SWPF_ON
 /* the parameters of this instantiation */
 #undef FR_T
 #undef FR_V

@@ -932,6 +932,34 @@ def test_unit_split_barriers(spin, cell, nt):
         _kernels._set_spin_barrier(old)
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRU-reset-before"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matvec_prefetch_on_and_off(cell, dtype):
+    """The packed matvec's software prefetch (``_set_swpf``, AVX-512 level; by the CPU
+    vendor) changes the memory traffic only: the same bits on and off, at the one- and
+    two-row loops (B=1, 2), the streaming step, and right against the reference."""
+    rng = np.random.default_rng(11)
+    try:
+        for B in (1, 2, 5):
+            kw = {"reset_after": False} if cell == "GRU-reset-before" else {}
+            layer = CELLS[cell.split("-")[0]](37, 45, dtype=dtype, seed=B, num_threads=2,
+                                               **kw)
+            x = rng.standard_normal((7, B, 37)).astype(dtype)
+            got = []
+            for mode in (0, 1):
+                _kernels._set_swpf(mode)
+                _check(layer, x)
+                got.append(layer(x)[0])
+                h = np.zeros((1, B, 45), dtype)
+                c = np.zeros((1, B, 45), dtype) if cell == "LSTM" else None
+                got.append(np.array([layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy()
+                                     for t in range(3)]))
+            np.testing.assert_array_equal(got[0], got[2])
+            np.testing.assert_array_equal(got[1], got[3])
+    finally:
+        _kernels._set_swpf(-1)
+
+
 @pytest.mark.parametrize("mode", [0, 1, -1])
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("nt", [2, 3])
