@@ -56,7 +56,20 @@ _MASK_AS_LENGTHS = True
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
-def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide):
+# The route costs ~20 us more a call than the packed kernel (its Python, per-call packing
+# where it splits by units), so short or tiny calls stay on the packed kernel: at least
+# _FUSED_LSTM_MIN_ROWS rows (steps x sequences) and _FUSED_LSTM_MIN_MACS multiply-adds.
+# Measured (Intel Xeon, 2 threads, route / packed): LSTM B=4 H=8 T=1 2.14x, B=8 H=256
+# T=1 2.10x, B=4 H=128 T=10 1.25x, B=8 H=16 T=64 1.46x, B=4 H=16 T=64 1.61x (all now
+# packed); B=4 H=32 T=100 0.82x, B=8 H=64 T=16 0.86x, B=12 H=256 T=16 0.89x (still
+# routed); near the line B=4 H=64 T=32 1.08x (routed), B=8 H=64 T=10 0.94x (packed).
+_FUSED_LSTM_MIN_ROWS = 128
+_FUSED_LSTM_MIN_MACS = 2_000_000
+
+
+def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
+    """Whether a plain LSTM direction of B sequences (T steps, input size I; None: not
+    counted) goes through the training forward (see _FUSED_LSTM_MIN_B)."""
     if _FUSED_LSTM_MIN_B == 0:
         return False
     from . import _backward
@@ -64,6 +77,9 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide):
         return False
     if _FUSED_LSTM_MIN_B > 0:
         return B >= _FUSED_LSTM_MIN_B
+    if T is not None and (T * B < _FUSED_LSTM_MIN_ROWS
+                          or T * B * 4 * H * (I + H) < _FUSED_LSTM_MIN_MACS):
+        return False
     # ragged batches from 16 sequences on (routed / kernel with lengths T/2..T, 2
     # threads, AVX2: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
     return (_backward.fused_lstm_route_at(nt, B, H, itemsize, _l2_bytes(), wide)
@@ -877,7 +893,7 @@ class RNNBase:
                 routed = can_route and _fused_lstm_ok(
                     B, nt, perm is not None, H, dt.itemsize,
                     _kernels.choose_path(cell, B, H, 0, 1, nt, 1, inp.shape[1],
-                                         dt.itemsize) == "wide")
+                                         dt.itemsize) == "wide", Teff, inp.shape[1])
                 if routed and lens is None:  # sorted lengths, the reverse rows: once a call
                     lens = slens if perm is not None else np.full(B, Teff, np.intp)
                     ridx = (reverse_rows(offsets, nsteps, lens)

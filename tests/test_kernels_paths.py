@@ -1059,9 +1059,12 @@ def test_fused_lstm_route(dtype, B):
         return orig(self, *a, **k)
 
     old = layers._FUSED_LSTM_MIN_B, layers._FUSED_LSTM_CHUNK_BYTES
+    old_size = layers._FUSED_LSTM_MIN_ROWS, layers._FUSED_LSTM_MIN_MACS
     rtol, atol = _tol(dtype)
     try:
         fastrnn.LSTM._fused_lstm_dir = counted
+        # (these calls are short: the size rule, test_fused_lstm_route_size_rule, off)
+        layers._FUSED_LSTM_MIN_ROWS = layers._FUSED_LSTM_MIN_MACS = 0
         for nt in (1, 2, 3):
             layer = fastrnn.LSTM(5, 13, num_layers=2, bidirectional=True, dtype=dtype,
                                  seed=B + nt, num_threads=nt)
@@ -1098,6 +1101,43 @@ def test_fused_lstm_route(dtype, B):
     finally:
         fastrnn.LSTM._fused_lstm_dir = orig
         layers._FUSED_LSTM_MIN_B, layers._FUSED_LSTM_CHUNK_BYTES = old
+        layers._FUSED_LSTM_MIN_ROWS, layers._FUSED_LSTM_MIN_MACS = old_size
+
+
+def test_fused_lstm_route_size_rule():
+    """Short or tiny LSTM calls stay on the packed kernel (the route's ~20 us of fixed
+    cost doubled them), long ones at the same batch size take the route; same results."""
+    import fastrnn.layers as layers
+    from fastrnn import _backward
+    if not _backward.fused_lstm_forward_fast():
+        pytest.skip("no fused LSTM training forward on this CPU")
+    B, H = 8, 64
+    if not _backward.fused_lstm_route_at(2, B, H, 4, layers._l2_bytes(), False):
+        pytest.skip("the batch rule does not route B=8 H=64 on this CPU")
+    calls = []
+    orig = fastrnn.LSTM._fused_lstm_dir
+
+    def counted(self, *a, **k):
+        calls.append(a[0])
+        return orig(self, *a, **k)
+    rng = np.random.default_rng(3)
+    layer = fastrnn.LSTM(H, H, num_layers=2, seed=1, num_threads=2)
+    try:
+        fastrnn.LSTM._fused_lstm_dir = counted
+        for T, routed in ((1, False), (10, False), (40, True)):
+            x = rng.standard_normal((T, B, H)).astype(np.float32)
+            n0 = len(calls)
+            _check(layer, x)
+            assert len(calls) - n0 == (2 if routed else 0), T
+        tiny = fastrnn.LSTM(8, 8, seed=1, num_threads=2)          # 200 rows, 0.1 M MACs
+        n0 = len(calls)
+        _check(tiny, rng.standard_normal((25, B, 8)).astype(np.float32))
+        assert len(calls) == n0
+        assert not layers._fused_lstm_ok(B, 2, False, 8, 4, False, 25, 8)
+        assert layers._fused_lstm_ok(B, 2, False, H, 4, False, 40, H)
+        assert not layers._fused_lstm_ok(B, 2, False, H, 4, False, 15, H)   # 120 rows
+    finally:
+        fastrnn.LSTM._fused_lstm_dir = orig
 
 
 def test_lstm_route_packing_is_cached_and_follows_the_weights():
