@@ -403,10 +403,14 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     np.testing.assert_allclose(o1, ref1, rtol=1e-10, atol=1e-12)
 
 
-def test_prefix_mask_takes_the_lstm_route():
+def test_prefix_mask_takes_the_lstm_route(monkeypatch):
     """A right-padded Keras-style mask on a plain LSTM batch of 16+ runs through the
-    training forward's route (lengths), with Keras's outputs."""
+    training forward's route (lengths), with Keras's outputs (the route's size rule off:
+    a small layer)."""
+    import fastrnn.layers as layers
     from fastrnn import _backward
+    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_ROWS", 0)
+    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_MACS", 0)
     calls = []
     orig = fastrnn.LSTM._fused_lstm_dir
     layer = fastrnn.LSTM(4, 6, bidirectional=True, seed=3, num_threads=2)
