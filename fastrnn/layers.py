@@ -11,6 +11,7 @@ Layers own validation; the kernels in ``_kernels.pyx`` trust their arguments.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Mapping
 
@@ -72,7 +73,7 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
     counted) goes through the training forward (see _FUSED_LSTM_MIN_B)."""
     if _FUSED_LSTM_MIN_B == 0:
         return False
-    from . import _backward
+    _backward = _ext("_backward")
     if not _backward.fused_lstm_forward_fast():
         return False
     if _FUSED_LSTM_MIN_B > 0:
@@ -114,15 +115,20 @@ def _l2_bytes():
     return _L2
 
 
-_KERNELS = None   # fastrnn._kernels, imported on first use (`import fastrnn` stays light)
+_EXT = {}   # fastrnn's compiled modules, imported on first use (`import fastrnn` stays light)
+
+
+def _ext(name):
+    """fastrnn._kernels or fastrnn._backward (an import statement costs ~0.3-0.6 us, too
+    much for a call's hot path)."""
+    m = _EXT.get(name)
+    if m is None:
+        m = _EXT[name] = importlib.import_module("fastrnn." + name)
+    return m
 
 
 def _kernels_module():
-    global _KERNELS
-    if _KERNELS is None:
-        from . import _kernels
-        _KERNELS = _kernels
-    return _KERNELS
+    return _ext("_kernels")
 
 
 def _step_threads(layer, nt: int) -> int:
@@ -492,12 +498,28 @@ class RNNBase:
     def _fast_acts(self, d: int) -> bool:
         """Direction d has the default activations and no clip/peepholes/input_forget
         (what the batch-lane kernel implements)."""
-        codes = [a[0] for a in self._acts[d]]
         if self.clip or self.peepholes or self.input_forget:
             return False
-        if self._cell == "RNN":
-            return codes[0] in ("tanh", "relu")
-        return codes[0] == "sigmoid" and all(c == "tanh" for c in codes[1:])
+        return self._act_codes()[d][1]
+
+    def _act_codes(self) -> list:
+        """Per direction: the kernels' activation triples (code, alpha, beta) for f, g,
+        h (padded to three) and whether they are the cell's defaults.  Made once (the
+        activations are fixed at construction; a call asks for them per direction)."""
+        per = self.__dict__.get("_act_codes_cache")
+        if per is None:
+            _kernels = _kernels_module()
+            per = []
+            for acts in self._acts:
+                codes = [a[0] for a in acts]
+                if self._cell == "RNN":
+                    plain = codes[0] in ("tanh", "relu")
+                else:
+                    plain = codes[0] == "sigmoid" and all(c == "tanh" for c in codes[1:])
+                triples = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in acts]
+                per.append((triples + [(1, 0.0, 0.0)] * (3 - len(triples)), plain))
+            self.__dict__["_act_codes_cache"] = per
+        return per
 
     def _pack_wide(self, layer: int, d: int):
         """The batch-lane packing of (layer, direction), cached with the other packings."""
@@ -737,8 +759,7 @@ class RNNBase:
             return False
         _threads.hook_blas()
         layers = [(p[0][6], p[0][7], p[0][2], p[0][3], p[0][5]) for p in packed]
-        acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[0]]
-        acts += [(1, 0.0, 0.0)] * (3 - len(acts))
+        acts = self._act_codes()[0][0]
         return _kernels.StepPlan(_CELL_CODE[self._cell], self.input_size, self.hidden_size,
                                  layers, acts, self.clip or 0.0, int(self.peepholes),
                                  int(self.input_forget), int(self.reset_after), self.dtype,
@@ -844,7 +865,8 @@ class RNNBase:
             Teff = T
             slens = np.zeros(1, np.intp)
             valid = None
-            nsteps = np.full(T, B, np.intp)
+            nsteps = np.empty(T, np.intp)
+            nsteps.fill(B)
             xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
             if xin is None:
                 xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
@@ -907,12 +929,10 @@ class RNNBase:
                     for d in range(2):
                         k = layer * D + d
                         _, _, bias, bhn, _, peep, wxp, whp = packed[layer][d]
-                        acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2])
-                                for a in self._acts[d]]
-                        acts += [(1, 0.0, 0.0)] * (3 - len(acts))
                         reverse = (d == 1) != self.go_backwards
                         dirs += [bias, bhn, peep, wxp, whp, h_state[k],
-                                 c_state[k] if c_state is not None else dummy_c, acts,
+                                 c_state[k] if c_state is not None else dummy_c,
+                                 self._act_codes()[d][0],
                                  int(reverse), d * Hout]
                     _kernels.run_pair(
                         cell, inp, offsets, nsteps, slens, pmask, out, int(perm is not None),
@@ -935,8 +955,7 @@ class RNNBase:
                                                    int(self.reset_after), nt, fast,
                                                    inp.shape[1], dt.itemsize) == "wide"
                            else None)
-                    acts = [(_kernels.ACTIVATION_CODES[a[0]], a[1], a[2]) for a in self._acts[d]]
-                    acts += [(1, 0.0, 0.0)] * (3 - len(acts))
+                    acts = self._act_codes()[d][0]
                     _kernels.run_layer(
                         cell, inp, wx, wh, bias, bhn, wr, peep, offsets, nsteps, slens, pmask,
                         h_state[k], c_state[k] if c_state is not None else dummy_c,
