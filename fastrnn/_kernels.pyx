@@ -1548,6 +1548,8 @@ cdef class StepPlan:
                 or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):
             raise ValueError(f"StepPlan.step: {name} has shape {a.shape}, expected "
                              f"{(d0, d1, d2)[:nd]}")
+        # (an empty array may have no data pointer: any non-NULL one, never read, since
+        # a step with no rows returns before the kernel)
         return cnp.PyArray_DATA(arr) if cnp.PyArray_SIZE(arr) else <void*>self
 
     def step(self, x, h, c=None):
