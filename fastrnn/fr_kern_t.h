@@ -205,6 +205,9 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
 /* rows per register block of the packed matvec for G gates: RB * G accumulators (plus
  * a broadcast and a weight) must fit the level's vector registers */
 #define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
+/* rows per register block of the input projection: GRU 5 with 32 registers (15
+ * accumulators), else FR_RB */
+#define FR_RBP(G) (FR_NREG >= 32 && (G) == 3 ? 5 : FR_RB(G))
 
 /* ------------------------------------------------------------------ packed matvec
  * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time).
@@ -325,12 +328,21 @@ FR_INLINE int F(in_time)(const FR_SEQ* q, int s, int b) {
     return s;
 }
 
+/* a projection block of nr <= FR_RBP(G) rows */
+FR_INLINE void F(mv_proj)(int nr, int G, const T* const* rows, int K, const T* Wb, V* acc) {
+    if (FR_RBP(3) == 5 && nr == 5 && G == 3) F(mv)(5, 3, rows, K, Wb, acc);
+    else if (nr > 4) {
+        F(mv_any)(4, G, rows, K, Wb, acc);
+        F(mv_any)(nr - 4, G, rows + 4, K, Wb, acc + 4 * G);
+    } else F(mv_any)(nr, G, rows, K, Wb, acc);
+}
+
 /* input projection of steps [s0, s1) for unit blocks [ub0, ub1) (no bias) */
 FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, int ub0,
                             int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
-    const T* rows[4];
-    int slot[4];
+    const T* rows[5];
+    int slot[5];
     V acc[16];
     int ub, s, b, r, g, nr;
     for (ub = ub0; ub < ub1; ub++) {
@@ -345,8 +357,8 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, 
                 rows[nr] = q->x + (q->offsets[t] + b) * q->x_ld;
                 slot[nr] = (s - s0) * B + b;
                 nr++;
-                if (nr == FR_RB(G)) {
-                    F(mv_any)(nr, G, rows, I, Wb, acc);
+                if (nr == FR_RBP(G)) {
+                    F(mv_proj)(nr, G, rows, I, Wb, acc);
                     for (r = 0; r < nr; r++) {
                         T* dst = q->xp + (size_t)slot[r] * G * H + u0;
                         for (g = 0; g < G; g++) F(vstore)(dst + (size_t)g * H, acc[r * G + g], nu);
@@ -356,7 +368,7 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, 
             }
         }
         if (nr) {
-            F(mv_any)(nr, G, rows, I, Wb, acc);
+            F(mv_proj)(nr, G, rows, I, Wb, acc);
             for (r = 0; r < nr; r++) {
                 T* dst = q->xp + (size_t)slot[r] * G * H + u0;
                 for (g = 0; g < G; g++) F(vstore)(dst + (size_t)g * H, acc[r * G + g], nu);
