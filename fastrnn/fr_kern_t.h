@@ -205,9 +205,12 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
 /* rows per register block of the packed matvec for G gates: RB * G accumulators (plus
  * a broadcast and a weight) must fit the level's vector registers */
 #define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
-/* rows per register block of the input projection: GRU 5 with 32 registers (15
- * accumulators), else FR_RB */
-#define FR_RBP(G) (FR_NREG >= 32 && (G) == 3 ? 5 : FR_RB(G))
+/* rows per register block of the input projection (one pass over a block's input
+ * weights serves that many rows): with 32 registers GRU 5 (15 accumulators) and
+ * SimpleRNN 8, else FR_RB.  Intel Xeon, bench/ab_builds.py both orders: GRU B=1-4
+ * H=256 0.91-0.99x the time, SimpleRNN B=1-4 0.96-0.98x; LSTM 5 (20 accumulators)
+ * was 1.02-1.05x slower and keeps 4 */
+#define FR_RBP(G) (FR_NREG >= 32 && (G) == 3 ? 5 : (FR_NREG >= 32 && (G) == 1 ? 8 : FR_RB(G)))
 
 /* ------------------------------------------------------------------ packed matvec
  * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time).
@@ -331,6 +334,7 @@ FR_INLINE int F(in_time)(const FR_SEQ* q, int s, int b) {
 /* a projection block of nr <= FR_RBP(G) rows */
 FR_INLINE void F(mv_proj)(int nr, int G, const T* const* rows, int K, const T* Wb, V* acc) {
     if (FR_RBP(3) == 5 && nr == 5 && G == 3) F(mv)(5, 3, rows, K, Wb, acc);
+    else if (FR_RBP(1) == 8 && nr == 8 && G == 1) F(mv)(8, 1, rows, K, Wb, acc);
     else if (nr > 4) {
         F(mv_any)(4, G, rows, K, Wb, acc);
         F(mv_any)(nr - 4, G, rows + 4, K, Wb, acc + 4 * G);
@@ -341,8 +345,8 @@ FR_INLINE void F(mv_proj)(int nr, int G, const T* const* rows, int K, const T* W
 FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, int ub0,
                             int ub1, int rlo, int rhi) {
     const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
-    const T* rows[5];
-    int slot[5];
+    const T* rows[8];
+    int slot[8];
     V acc[16];
     int ub, s, b, r, g, nr;
     for (ub = ub0; ub < ub1; ub++) {
