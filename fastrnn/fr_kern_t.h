@@ -792,6 +792,7 @@ FR_FN(void, F(fr_act_array), F(vact_array), (int which, const T* x, T* y, ptrdif
 #undef W
 #undef F
 #undef FR_RB
+#undef FR_RBP
 #undef FR_SWPF
 #undef FR_SWPF_ON
 /* the parameters of this instantiation */
