@@ -705,10 +705,9 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
         const int ovl = hm && nthr == 2 && !rowsplit && FR_PROG_OK;
         const size_t ownb = (size_t)nb / 2 + 1;   /* blocks a thread owns (of 2) */
         const size_t partb = ownb * F(nrb)(B, cl->G) * FR_PART_V * sizeof(V);
-        unsigned char* mem = ovl ? (unsigned char*)calloc(
-            (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int) + 64, 1)
-                                 : NULL;
-        unsigned char* base = mem ? mem + ((64 - ((size_t)mem & 63)) & 63) : NULL;
+        const size_t ovb = (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int);
+        unsigned char* base = ovl ? (unsigned char*)fr_amalloc(ovb) : NULL;
+        if (base) memset(base, 0, ovb);     /* the progress counters start at 0 */
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -724,7 +723,7 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
                              (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth,
                              base && nth == 2 ? &ov : NULL, hm);
         }
-        free(mem);
+        free(base);
     } else
 #endif
         F(run_range)(cl, q, 0, nb, 0, B, NULL, 0, NULL, hm);

@@ -298,10 +298,8 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
          * and active / seen / output flags */
         const size_t accb = (size_t)nP * 2 * FR_WROWS * sizeof(V);
         const size_t per = (accb + (sizeof(ptrdiff_t) + 3) * (size_t)B + 63) & ~(size_t)63;
-        unsigned char* mem = (unsigned char*)malloc((size_t)nthr * per + 64);
-        unsigned char* base;
-        if (mem == NULL) return -1;
-        base = mem + ((64 - ((size_t)mem & 63)) & 63);
+        unsigned char* base = (unsigned char*)fr_amalloc((size_t)nthr * per);
+        if (base == NULL) return -1;
         memset(base, 0, (size_t)nthr * per);
 #ifdef _OPENMP
         #pragma omp parallel num_threads(nthr) if (nthr > 1)
@@ -321,7 +319,7 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
             F(wide_run)(cl, q, g0, g1, p0, p1, tid, nth, nth > 1 && !bypanel,
                         (ptrdiff_t*)(ln + accb), fl, fl + B, fl + 2 * (size_t)B, (V*)ln);
         }
-        free(mem);
+        free(base);
     }
     {
         const T* hf = q->ht + (size_t)(q->nT & 1) * nP * H * W;
