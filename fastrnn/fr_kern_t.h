@@ -206,22 +206,28 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
  * a broadcast and a weight) must fit the level's vector registers */
 #define FR_RB(G) (FR_NREG >= 32 || (G) < 4 ? 4 : 3)
 /* rows per register block of the input projection (one pass over a block's input
- * weights serves that many rows): with 32 registers GRU 5 (15 accumulators) and
- * SimpleRNN 8, else FR_RB.  Intel Xeon, bench/ab_builds.py both orders: GRU B=1-4
- * H=256 0.91-0.99x the time, SimpleRNN B=1-4 0.96-0.98x; LSTM 5 (20 accumulators)
- * was 1.02-1.05x slower and keeps 4 */
-#define FR_RBP(G) (FR_NREG >= 32 && (G) == 3 ? 5 : (FR_NREG >= 32 && (G) == 1 ? 8 : FR_RB(G)))
+ * weights serves that many rows): with 32 registers LSTM 6 (24 accumulators), GRU 5
+ * (15) and SimpleRNN 8, else FR_RB.  Intel Xeon, bench/ab_builds.py both orders: GRU
+ * B=1-4 H=256 0.91-0.99x the time, SimpleRNN B=1-4 0.96-0.98x; LSTM 6 (once mv zeroed
+ * only the accumulators it uses: before, the unused ones were cleared in memory, rep
+ * stos, 10% of the projection's samples, and LSTM 5 / 6 measured slower) B=1 H=512
+ * 0.95-0.97x, B=4 H=256 0.91-0.96x, B=1 H=256 0.96-1.03x; a single-core C
+ * microbenchmark of the loop (weights from L2) gave 6 rows 1.12-1.34x the GFLOP/s of 4 */
+#define FR_RBP(G) (FR_NREG < 32 ? FR_RB(G) : (G) == 4 ? 6 : (G) == 3 ? 5 : (G) == 1 ? 8 : FR_RB(G))
 
 /* ------------------------------------------------------------------ packed matvec
  * acc[r*G + g] = sum_k rows[r][k] * Wb[k][g][0..W)  for r < RB (RB, G compile-time).
  * Small blocks keep two or four k-steps in flight (independent FMA chains at one row). */
 FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, const T* Wb,
                      V* acc) {
-    V a[16], a2[16], a3[16], a4[16];
+    /* a2 (two k-steps in flight) below 8 accumulators, a3 and a4 (four) below 3 */
+    V a[24], a2[8], a3[2], a4[2];
     int r, g, k = 0;
-    for (r = 0; r < RB * G; r++) {
-        a[r] = F(vset1)(0); a2[r] = F(vset1)(0); a3[r] = F(vset1)(0); a4[r] = F(vset1)(0);
-    }
+    for (r = 0; r < RB * G; r++) a[r] = F(vset1)(0);
+    if (RB * G < 8)
+        for (r = 0; r < RB * G; r++) a2[r] = F(vset1)(0);
+    if (RB * G < 3)
+        for (r = 0; r < RB * G; r++) { a3[r] = F(vset1)(0); a4[r] = F(vset1)(0); }
     /* the k loops twice: with the weight prefetch and without (FR_SWPF_ON) */
 #define FR_MV_K4(PF)                                                                      \
         for (; k + 3 < K; k += 4) {                                                       \
@@ -275,8 +281,11 @@ FR_INLINE void F(mv)(const int RB, const int G, const T* const* rows, int K, con
             for (g = 0; g < G; g++) a[r * G + g] += h0 * F(vld)(w0 + g * W);
         }
     }
-    for (r = 0; r < RB * G; r++)
-        acc[r] = RB * G < 3 ? (a[r] + a2[r]) + (a3[r] + a4[r]) : a[r] + a2[r];
+    for (r = 0; r < RB * G; r++) {
+        if (RB * G < 3) acc[r] = (a[r] + a2[r]) + (a3[r] + a4[r]);
+        else if (RB * G < 8) acc[r] = a[r] + a2[r];
+        else acc[r] = a[r];
+    }
 }
 
 FR_INLINE void F(mv_any)(int rb, int G, const T* const* rows, int K, const T* Wb, V* acc) {
@@ -333,7 +342,8 @@ FR_INLINE int F(in_time)(const FR_SEQ* q, int s, int b) {
 
 /* a projection block of nr <= FR_RBP(G) rows */
 FR_INLINE void F(mv_proj)(int nr, int G, const T* const* rows, int K, const T* Wb, V* acc) {
-    if (FR_RBP(3) == 5 && nr == 5 && G == 3) F(mv)(5, 3, rows, K, Wb, acc);
+    if (FR_RBP(4) == 6 && nr == 6 && G == 4) F(mv)(6, 4, rows, K, Wb, acc);
+    else if (FR_RBP(3) == 5 && nr == 5 && G == 3) F(mv)(5, 3, rows, K, Wb, acc);
     else if (FR_RBP(1) == 8 && nr == 8 && G == 1) F(mv)(8, 1, rows, K, Wb, acc);
     else if (nr > 4) {
         F(mv_any)(4, G, rows, K, Wb, acc);
@@ -347,7 +357,7 @@ FR_INLINE void F(proj_impl)(const fr_cell* cl, const FR_SEQ* q, int s0, int s1, 
     const int G = cl->G, H = cl->H, U = W, I = q->I, B = q->B;
     const T* rows[8];
     int slot[8];
-    V acc[16];
+    V acc[24];
     int ub, s, b, r, g, nr;
     for (ub = ub0; ub < ub1; ub++) {
         const int u0 = ub * U;
