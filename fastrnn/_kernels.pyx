@@ -58,6 +58,8 @@ cdef extern from *:
 
 cdef extern from "fr_kern.h":
     void* fr_amalloc(size_t bytes) nogil   # fr_cache.h: 64-byte aligned, free() releases
+    long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
+    long fr_l2_bytes() nogil
     ctypedef struct fr_cell:
         int cell, G, H, K, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -844,41 +846,36 @@ def _set_pair(int mode):
     return old
 
 
-def _cache_bytes(name, default):
-    import os
-    try:
-        n = os.sysconf(name)
-    except (ValueError, OSError, AttributeError):
-        n = 0
-    return n if n and n > 0 else default
-
-
 # per-core caches: one thread running a whole direction wants its recurrent weights in
-# L2; the unit split wins while each thread's half of them fits in L1
-_L1_BYTES = _cache_bytes("SC_LEVEL1_DCACHE_SIZE", 32 << 10)
-_L2_BYTES = _cache_bytes("SC_LEVEL2_CACHE_SIZE", 1 << 20)
+# L2; the unit split wins while each thread's half of them fits in L1.  Read by the C
+# library's sysconf: Python's os.sysconf lacks these names on some builds (this one
+# included), and the rule then saw 32 KiB / 1 MiB on every machine.
+_L1_BYTES = fr_l1d_bytes() or (32 << 10)
+_L2_BYTES = fr_l2_bytes() or (1 << 20)
 
 
 def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
                  int reset_after, int num_threads, int itemsize=4, int fast=1):
     """Whether a bidirectional layer runs its two directions at the same time
-    (:func:`run_pair`, one thread each) rather than one after the other.  Chosen when the
-    packed kernel would split the units of a small batch between threads (a barrier per
-    step): two independent single-thread loops have no barrier at all."""
+    (:func:`run_pair`, one thread each) rather than one after the other: 0 no, 1 yes
+    where the layer does not go through the LSTM route (layers._fused_lstm_ok), 2 yes,
+    before that route too.  Chosen when the packed kernel would split the units of a
+    small batch between threads (a barrier per step): two independent single-thread
+    loops have no barrier at all."""
     cdef long G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     if _pair_mode == 2 or num_threads < 2 or batch <= 0:
-        return False
+        return 0
     if choose_path(cell, batch, hidden_size, proj_size, reset_after, num_threads,
                    fast, -1, itemsize) != "small":
-        return False
+        return 0
     if _pair_mode == 1:
-        return True
+        return 1
     if batch >= fr_rowsplit_min:
-        return False        # row split: already barrier-free
+        return 0        # row split: already barrier-free
     # tiny layers: the thread start-up costs more than the second direction
     if G * hidden_size * hidden_size * batch * steps < fr_min_par_work:
-        return False
-    # Measured on a 2-vCPU EPYC (32 KiB L1d, 1 MiB L2 reported), fresh processes:
+        return 0
+    # Smaller L2: measured on a 2-vCPU EPYC (32 KiB L1d, 1 MiB L2), fresh processes:
     # * batch 1, one direction's recurrent weights in L2 but not half of them in L1: the
     #   per-step barrier dominates, pair wins (LSTM H=96/192 0.45-0.8x, GRU H=256 0.92x,
     #   RNN H=256 0.88x);
@@ -889,11 +886,27 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     #   H=64 B=8 1.4x (half the weights in L1), LSTM H=256 B=1 1.12x): one direction
     #   after the other, as before.
     cdef long wbytes = G * hidden_size * hidden_size * itemsize
+    if _L2_BYTES >= (2 << 20):
+        # Measured on an Intel Xeon (2 vCPUs, 48 KiB L1d, 2 MiB L2), 2-layer
+        # bidirectional T=100, in-process interleaved, pair / the automatic choice before
+        # this branch (unit split or the LSTM route): wherever one direction's recurrent
+        # weights fit in 3/4 of the L2 the pair won at every batch below the row split,
+        # route included (LSTM H=16-128 B=2-12 0.54-0.89x, H=192 0.77-0.93x, H=256
+        # 0.90-0.98x; GRU H=32-128 B=2-8 0.57-0.78x, H=256 0.90-0.92x); beyond it it lost
+        # (LSTM H=384 B=2-12 1.01-1.25x, H=512 1.17-1.46x; GRU H=384 0.99-1.12x).  At
+        # batch 1 it won small layers too (LSTM H=16-64 0.75-0.81x), tied at LSTM
+        # H=128-256 and GRU H=256 (0.99-1.01x), and lost from half the L2 on (GRU H=320
+        # 1.06x, LSTM H=320 1.13x).  2: before the LSTM route as well.  The EPYC below
+        # (1 MiB L2) had measured the opposite at batch 2-8; which property of the two
+        # machines decides is not known, so the rule keys on the L2 it can see.
+        if batch == 1:
+            return 2 if wbytes * 2 <= _L2_BYTES else 0
+        return 2 if wbytes * 4 <= 3 * _L2_BYTES else 0
     if batch == 1:
-        return wbytes > 2 * _L1_BYTES and wbytes * 4 <= 3 * _L2_BYTES
+        return int(wbytes > 2 * _L1_BYTES and wbytes * 4 <= 3 * _L2_BYTES)
     if batch >= 8:
-        return wbytes * 4 > 3 * _L2_BYTES
-    return False
+        return int(wbytes * 4 > 3 * _L2_BYTES)
+    return 0
 
 
 def pack_recurrent(wh, int hidden_size, int gates, int cell, int reset_after):
@@ -1382,6 +1395,9 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
         _check_packed(wp_n, d0.H, k_n, d0.G, U)
     # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
     # input weights are re-read once per chunk, small next to the recurrent ones per step)
+    # and small enough that the allocator keeps its pages: with layers' 4 MiB chunk for
+    # weights beyond L2 (2-layer BiLSTM B=8 H=256, layer 2) the two directions' blocks
+    # went back to the OS after every call, ~790 page faults (~2 ms) a call
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
     cdef Py_ssize_t cap = _pair_chunk_bytes // row_bytes if row_bytes > 0 else 1
     if cap < 1:

@@ -46,6 +46,28 @@ _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # and SimpleRNN B=16 within +-8% with no consistent direction
 _CHUNK_BYTES = 4 << 20
 _SMALL_CHUNK_BYTES = 512 << 10
+# ... except where a thread's share of a direction's weights (input and recurrent)
+# exceeds its L2: then every chunk's projection pass evicts the recurrent weights the
+# steps read next, and fewer, larger chunks pay that fewer times.  Measured on an Intel
+# Xeon (2 MiB L2, 2 threads, in-process interleaved, 4 MiB / 512 KiB): LSTM B=1 T=100
+# H=512 0.94-0.96x, B=2 0.95x, B=4 0.93-0.95x, B=8 0.98-0.99x, H=384 0.94-0.97x, GRU
+# H=512 0.95-0.96x; weights within the L2 (H=256, 320) 0.99-1.02x, so they keep
+# 512 KiB.  (The pair caps its chunk: _kernels.run_pair.)
+_SMALL_CHUNK_BYTES_BEYOND_L2 = 4 << 20
+
+
+def _chunk_steps(small, G, H, I, B, T, itemsize, nt):
+    """Time steps per chunk of projected inputs for one layer (input size I; nt
+    threads share a direction's weights)."""
+    if not small:
+        nbytes = _CHUNK_BYTES
+    elif G * H * (I + H) * itemsize > nt * _l2_bytes():
+        nbytes = _SMALL_CHUNK_BYTES_BEYOND_L2
+    else:
+        nbytes = _SMALL_CHUNK_BYTES
+    return max(1, min(T, nbytes // max(1, B * G * H * itemsize)))
+
+
 # Plain LSTM directions run through the training forward (``_fused_lstm_dir``, AVX2
 # 4 x 3 kernel) at the batch sizes where it measured faster than the packed inference
 # kernel (``_backward.fused_lstm_route_at``), in chunks of steps with about
@@ -91,10 +113,8 @@ _L2 = None
 
 
 def _l2_bytes():
-    """One core's L2 cache in bytes for the route's rule: Linux sysfs, else
-    ``_kernels._L2_BYTES`` (sysconf, else 1 MiB).  (``_kernels._L2_BYTES`` alone reads
-    sysconf only, which some Pythons lack; the pair rule there was measured with those
-    values, so it stays as it is.)"""
+    """One core's L2 cache in bytes for the route's rule and the chunk size: Linux
+    sysfs, else ``_kernels._L2_BYTES`` (the C library's sysconf, else 1 MiB)."""
     global _L2
     if _L2 is None:
         size = None
@@ -903,8 +923,6 @@ class RNNBase:
         if N > 0:
             small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
                                          nt, 1, xin.shape[1], dt.itemsize) == "small"
-            cbytes = _SMALL_CHUNK_BYTES if small else _CHUNK_BYTES
-            chunk = max(1, min(Teff, cbytes // max(1, B * G * H * dt.itemsize)))
             # plain LSTM layers through the training forward (see _fused_lstm_ok)
             can_route = (cell == 1 and not self.proj_size and not has_mask
                          and all(self._fast_acts(d) for d in range(D)))
@@ -912,18 +930,23 @@ class RNNBase:
             for layer in range(L):
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
-                routed = can_route and _fused_lstm_ok(
+                pair = D == 2 and _kernels.pair_applies(
+                    cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
+                    dt.itemsize, int(self._fast_acts(0)))
+                # (the pair first where the rule says 2; a route forced by the test
+                # hook _FUSED_LSTM_MIN_B > 0 before any pair)
+                routed = (can_route and (pair != 2 or _FUSED_LSTM_MIN_B > 0)
+                          and _fused_lstm_ok(
                     B, nt, perm is not None, H, dt.itemsize,
                     _kernels.choose_path(cell, B, H, 0, 1, nt, 1, inp.shape[1],
-                                         dt.itemsize) == "wide", Teff, inp.shape[1])
+                                         dt.itemsize) == "wide", Teff, inp.shape[1]))
+                chunk = _chunk_steps(small, G, H, inp.shape[1], B, Teff, dt.itemsize, nt)
                 if routed and lens is None:  # sorted lengths, the reverse rows: once a call
                     lens = slens if perm is not None else np.full(B, Teff, np.intp)
                     ridx = (reverse_rows(offsets, nsteps, lens)
                             if D == 2 or self.go_backwards else None)
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
-                if D == 2 and not routed and _kernels.pair_applies(
-                        cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
-                        dt.itemsize, int(self._fast_acts(0))):
+                if pair and not routed:
                     # both directions at the same time, one thread each (no barriers)
                     dirs = []
                     for d in range(2):

@@ -123,6 +123,34 @@ def test_paths_projection_chunks(path, cell, steps_per_chunk, case, dtype, monke
             _check(layer, x)
 
 
+def test_chunk_beyond_l2(monkeypatch):
+    """The packed kernel's chunk of projected inputs: 512 KiB while a thread's share of a
+    direction's weights fits its L2, 4 MiB beyond (layers._chunk_steps); the larger
+    chunk reaches the kernel and gives the reference's numbers."""
+    from fastrnn import layers as L
+    monkeypatch.setattr(L, "_L2", 2 << 20)
+    assert L._chunk_steps(True, 4, 256, 256, 1, 1000, 4, 2) == (512 << 10) // (4 << 10)
+    assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 2) == (4 << 20) // (8 << 10)
+    assert L._chunk_steps(True, 4, 512, 512, 1, 100, 4, 2) == 100
+    assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 4) == 64     # 4 shares fit
+    assert L._chunk_steps(False, 4, 256, 256, 1, 10 ** 6, 4, 2) == (4 << 20) // (4 << 10)
+    # a small layer "beyond" a tiny L2: the second chunk size, here three steps
+    B, H, I = 3, 13, 6
+    layer = fastrnn.LSTM(I, H, seed=2, num_threads=2)
+    x = np.random.default_rng(4).standard_normal((10, B, I)).astype(np.float32)
+    monkeypatch.setattr(L, "_L2", 1024)
+    monkeypatch.setattr(L, "_SMALL_CHUNK_BYTES_BEYOND_L2", 3 * B * 4 * H * 4)
+    monkeypatch.setattr(L, "_SMALL_CHUNK_BYTES", 1 << 20)
+    chunks = []
+    run_layer = _kernels.run_layer
+    def spy(*a):
+        chunks.append(a[28])
+        return run_layer(*a)
+    monkeypatch.setattr(_kernels, "run_layer", spy)
+    _check(layer, x)
+    assert chunks and set(chunks) == {3}
+
+
 @pytest.mark.parametrize("kw", [
     dict(activations=["hardsigmoid", "elu", "softsign"]),
     dict(clip=0.7),
@@ -605,28 +633,72 @@ def test_pair_matches_one_after_the_other():
         np.testing.assert_array_equal(a[0], b[0])
 
 
-def test_pair_choice_is_automatic():
+@pytest.mark.parametrize("caches", ["1MiB-L2", "2MiB-L2"])
+def test_pair_choice_is_automatic(caches, monkeypatch):
+    """The pair rule by the caches it sees (_kernels._L1_BYTES / _L2_BYTES): the rule
+    measured on an EPYC with 32 KiB / 1 MiB, and the one measured on an Intel Xeon with
+    48 KiB / 2 MiB (pair wherever one direction's recurrent weights fit 3/4 of the L2,
+    half of it at batch 1; 2: before the LSTM route too)."""
     _kernels._set_min_parallel_work(16384)
+    big = caches == "2MiB-L2"
+    monkeypatch.setattr(_kernels, "_L1_BYTES", (48 if big else 32) << 10)
+    monkeypatch.setattr(_kernels, "_L2_BYTES", (2 if big else 1) << 20)
     L, G, H = 1, 4, 256
-    assert _kernels.pair_applies(L, 8, 100, H, 0, 1, 2)        # BiLSTM B=8: pair
-    Hm = 8
-    while 4 * Hm * Hm * 4 <= 2 * _kernels._L1_BYTES:
-        Hm += 8
-    if 4 * Hm * Hm * 4 * 4 <= 3 * _kernels._L2_BYTES:
-        assert _kernels.pair_applies(L, 1, 100, Hm, 0, 1, 2)   # weights fit in L2
-    assert not _kernels.pair_applies(L, 1, 100, 16, 0, 1, 2)   # half fits in L1
-    assert not _kernels.pair_applies(L, 4, 100, H, 0, 1, 2)    # mid batch: as before
-    assert not _kernels.pair_applies(L, 1, 100, 2048, 0, 1, 2)  # they do not, B=1
-    assert _kernels.pair_applies(L, 8, 100, 2048, 0, 1, 2, 8)
+    assert _kernels.pair_applies(L, 8, 100, H, 0, 1, 2) == (2 if big else 1)  # BiLSTM B=8
+    assert not _kernels.pair_applies(L, 1, 100, 2048, 0, 1, 2)  # beyond L2, B=1
     assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 1)    # one thread
     assert not _kernels.pair_applies(L, 16, 100, H, 0, 1, 2)   # row split: no barrier
     assert not _kernels.pair_applies(L, 8, 100, H, 5, 1, 2)    # proj: BLAS path
     assert not _kernels.pair_applies(0, 1, 2, 8, 0, 1, 2)      # tiny
+    if big:
+        assert _kernels.pair_applies(L, 1, 100, 16, 0, 1, 2) == 2      # small layers too
+        assert _kernels.pair_applies(L, 4, 100, H, 0, 1, 2) == 2       # any batch below 16
+        assert _kernels.pair_applies(2, 1, 100, 256, 0, 1, 2) == 2     # GRU: 768 KiB
+        assert not _kernels.pair_applies(2, 1, 100, 320, 0, 1, 2)      # 1.2 MiB > L2 / 2
+        assert _kernels.pair_applies(2, 4, 100, 320, 0, 1, 2) == 2     # <= 3/4 L2, B > 1
+        assert not _kernels.pair_applies(L, 4, 100, 384, 0, 1, 2)      # 2.25 MiB
+        assert not _kernels.pair_applies(L, 8, 100, 2048, 0, 1, 2, 8)
+    else:
+        Hm = 8
+        while 4 * Hm * Hm * 4 <= 2 * _kernels._L1_BYTES:
+            Hm += 8
+        assert _kernels.pair_applies(L, 1, 100, Hm, 0, 1, 2) == 1   # weights fit in L2
+        assert not _kernels.pair_applies(L, 1, 100, 16, 0, 1, 2)   # half fits in L1
+        assert not _kernels.pair_applies(L, 4, 100, H, 0, 1, 2)    # mid batch: as before
+        assert _kernels.pair_applies(L, 8, 100, 2048, 0, 1, 2, 8) == 1
     old = _kernels._set_pair(2)
     try:
         assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 2)
     finally:
         _kernels._set_pair(old)
+
+
+@pytest.mark.parametrize("caches", ["1MiB-L2", "2MiB-L2"])
+def test_pair_before_route(caches, monkeypatch):
+    """A dense BiLSTM the LSTM route would take (B=8, 32 steps): where the rule says 2
+    (2 MiB L2) both directions run as the pair and the route is not called; with the
+    smaller caches the route keeps it.  Same numbers as the reference either way."""
+    from fastrnn import layers as L
+    big = caches == "2MiB-L2"
+    monkeypatch.setattr(_kernels, "_L1_BYTES", (48 if big else 32) << 10)
+    monkeypatch.setattr(_kernels, "_L2_BYTES", (2 if big else 1) << 20)
+    layer = fastrnn.LSTM(64, 64, bidirectional=True, seed=3, num_threads=2)
+    x = np.random.default_rng(5).standard_normal((32, 8, 64)).astype(np.float32)
+    if not L._fused_lstm_ok(8, 2, False, 64, 4, False, 32, 64):
+        pytest.skip("the LSTM route's rule does not take this layer on this CPU")
+    calls = {"pair": 0, "route": 0}
+    run_pair, route = _kernels.run_pair, L.LSTM._fused_lstm_dir
+    def spy_pair(*a, **k):
+        calls["pair"] += 1
+        return run_pair(*a, **k)
+    def spy_route(self, *a, **k):
+        calls["route"] += 1
+        return route(self, *a, **k)
+    monkeypatch.setattr(_kernels, "run_pair", spy_pair)
+    monkeypatch.setattr(L.LSTM, "_fused_lstm_dir", spy_route)
+    _check(layer, x)
+    assert (calls["pair"] > 0) == big
+    assert (calls["route"] > 0) == (not big)
 
 
 @pytest.mark.parametrize("cell", _PAIR_CELLS)
@@ -1077,7 +1149,10 @@ def test_fused_lstm_route(dtype, B):
                     want = fast and (mode == 1 or (
                         _backward.fused_lstm_route_at(nt, B, 13, np.dtype(dtype).itemsize,
                                                       layers._l2_bytes(), False)
-                        and ("lengths" not in kw or B >= 16)))
+                        and ("lengths" not in kw or B >= 16)
+                        # (the pair goes first where its rule says 2)
+                        and _kernels.pair_applies(1, B, 7, 13, 0, 1, nt,
+                                                  np.dtype(dtype).itemsize) != 2))
                     n0 = len(calls)
                     a = layer(x, **kw)
                     assert len(calls) - n0 == (4 if want else 0)
