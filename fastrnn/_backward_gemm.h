@@ -50,55 +50,14 @@ static int frbg_nb(int level, int elsize) {
     return 4 * (vbytes / elsize);
 }
 
-/* Scratch blocks kept between calls (one per slot): a training step allocates the same
- * large buffers (dG: N x 4H values) every call, and fresh pages from the OS cost a page
- * fault each (measured: up to 15k faults, +50 ms, in a 60 ms LSTM backward).  get takes
- * the slot's block when it is large enough (else allocates), put returns it to the slot
- * (or frees it when the slot is taken, e.g. by a concurrent call); blocks over 512 MiB are
- * never kept.  Lock-free (atomic exchange); the block's size is in its first 64 bytes. */
+/* Scratch blocks kept between calls (fr_keep_get, fr_cache.h), one per slot: a training
+ * step allocates the same large buffers (dG: N x 4H values) every call. */
 #define FRBG_SLOTS 4
 static void* frbg_slot[FRBG_SLOTS];
-static void* frbg_scratch_get(int slot, size_t bytes) {
-    void* p = NULL;
-#if defined(__GNUC__) || defined(__clang__)
-    p = __atomic_exchange_n(&frbg_slot[slot], (void*)NULL, __ATOMIC_ACQ_REL);
-#endif
-    if (p && *(size_t*)p >= bytes) return (char*)p + 64;
-    free(p);
-    p = fr_amalloc(bytes + 64);
-    if (!p) return NULL;
-    *(size_t*)p = bytes;
-    return (char*)p + 64;
-}
-static void frbg_scratch_put(int slot, void* q) {
-    void* p;
-    if (!q) return;
-    p = (char*)q - 64;
-#if defined(__GNUC__) || defined(__clang__)
-    if (*(size_t*)p <= ((size_t)512 << 20)) {
-        void* expected = NULL;
-        if (__atomic_compare_exchange_n(&frbg_slot[slot], &expected, p, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE))
-            return;
-    }
-#endif
-    free(p);
-}
-
-/* Free every kept block (those of calls running now are returned and kept later);
- * returns the bytes freed. */
-static size_t frbg_scratch_release(void) {
-    size_t total = 0;
-    int i;
-    for (i = 0; i < FRBG_SLOTS; i++) {
-        void* p = NULL;
-#if defined(__GNUC__) || defined(__clang__)
-        p = __atomic_exchange_n(&frbg_slot[i], (void*)NULL, __ATOMIC_ACQ_REL);
-#endif
-        if (p) { total += *(size_t*)p + 64; free(p); }
-    }
-    return total;
-}
+static void* frbg_scratch_get(int slot, size_t bytes) { return fr_keep_get(&frbg_slot[slot], bytes); }
+static void frbg_scratch_put(int slot, void* q) { fr_keep_put(&frbg_slot[slot], q); }
+/* Free every kept block; returns the bytes freed. */
+static size_t frbg_scratch_release(void) { return fr_keep_release(frbg_slot, FRBG_SLOTS); }
 
 /* Pack B (k x n) into panels of nb columns.  trans=0: B[kk][j] = W[kk*ldw + j];
  * trans=1: B[kk][j] = W[j*ldw + kk] (B = W^T).  Returns NULL when out of memory. */

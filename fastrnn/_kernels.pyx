@@ -58,6 +58,9 @@ cdef extern from *:
 
 cdef extern from "fr_kern.h":
     void* fr_amalloc(size_t bytes) nogil   # fr_cache.h: 64-byte aligned, free() releases
+    void* fr_keep_get(void** slot, size_t bytes) nogil   # fr_cache.h: kept scratch
+    void fr_keep_put(void** slot, void* q) nogil
+    size_t fr_keep_release(void** slots, int n) nogil
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
     ctypedef struct fr_cell:
@@ -1025,10 +1028,23 @@ cdef struct SmallScratch:
     void* lastout
     void* rh
     void* zb
+    int slot
+
+
+# The projected inputs of a packed-kernel call (up to a few MiB) kept between calls, one
+# block per direction of a pair (fr_keep_get): freed and allocated anew each call, glibc
+# gave a 2-layer BiLSTM B=8 H=256's blocks back to the OS every call (~790 page faults,
+# ~2 ms, a call).  release_scratch() frees them.
+cdef void* _xp_kept[2]
+
+
+def release_scratch():
+    """Free the packed kernel's kept scratch blocks; returns the bytes freed."""
+    return fr_keep_release(_xp_kept, 2)
 
 
 cdef void _free_scratch(SmallScratch* m) noexcept nogil:
-    free(m.xp)
+    fr_keep_put(&_xp_kept[m.slot], m.xp)
     free(m.hbuf)
     free(m.lastout)
     free(m.rh)
@@ -1040,12 +1056,15 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
                      const floating* wxp, const Py_ssize_t* offsets, const Py_ssize_t* nsteps,
                      const Py_ssize_t* lens, const unsigned char* mask, floating* h,
                      floating* c, floating* out, SmallScratch* m, fr_seq_f* qf,
-                     fr_seq_d* qd) noexcept nogil:
+                     fr_seq_d* qd, int slot) noexcept nogil:
     """Allocate the scratch of one small-kernel call and fill its sequence descriptor
-    (qf for float, qd for double).  Returns -1 (nothing left allocated) on failure."""
+    (qf for float, qd for double); slot: the kept block of projected inputs to take (0,
+    or 1 for a pair's second direction).  Returns -1 (nothing left allocated) on
+    failure."""
     cdef int B = d.nrows_max, H = d.H, GH = d.G * d.H
     cdef int chunk = d.chunk
-    cdef floating* xp = <floating*>fr_amalloc(sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
+    cdef floating* xp = <floating*>fr_keep_get(&_xp_kept[slot],
+                                               sizeof(floating) * <Py_ssize_t>chunk * B * GH + 64)
     cdef floating* hbuf = <floating*>fr_amalloc(sizeof(floating) * 2 * B * H + 64)
     cdef floating* lastout = NULL
     cdef floating* rh = NULL
@@ -1056,6 +1075,7 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
         rh = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
         zb = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
     m.xp = xp
+    m.slot = slot
     m.hbuf = hbuf
     m.lastout = lastout
     m.rh = rh
@@ -1129,7 +1149,7 @@ cdef int _run_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_
     cdef fr_seq_d qd
     cdef SmallScratch m
     if _prep_small(d, cl, x, x_ld, wxp, offsets, nsteps, lens, mask, h, c, out, &m,
-                   &qf, &qd) != 0:
+                   &qf, &qd, 0) != 0:
         return -1
     if floating is float:
         fr_small_layer_f(cl, &qf, d.num_threads)
@@ -1394,15 +1414,15 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
                       (whp1.shape[0], d1.H)):
         _check_packed(wp_n, d0.H, k_n, d0.G, U)
     # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
-    # input weights are re-read once per chunk, small next to the recurrent ones per step)
-    # and small enough that the allocator keeps its pages: with layers' 4 MiB chunk for
-    # weights beyond L2 (2-layer BiLSTM B=8 H=256, layer 2) the two directions' blocks
-    # went back to the OS after every call, ~790 page faults (~2 ms) a call
+    # input weights are re-read once per chunk, small next to the recurrent ones per
+    # step) while its weights fit its L2; beyond, each chunk's projection evicts the
+    # recurrent weights anyway, and the caller's larger chunk stands (layers._chunk_steps)
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
     cdef Py_ssize_t cap = _pair_chunk_bytes // row_bytes if row_bytes > 0 else 1
+    cdef Py_ssize_t wbytes = <Py_ssize_t>d0.G * d0.H * (d0.I + d0.H) * sizeof(floating)
     if cap < 1:
         cap = 1
-    if d0.chunk > cap:
+    if d0.chunk > cap and wbytes <= _L2_BYTES:
         d0.chunk = <int>cap
         d1.chunk = <int>cap
     _fill_cell(&cl0, cell, d0.G, d0.H, d0.H, U, &A0, use_peep, input_forget, reset_after,
@@ -1412,11 +1432,11 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
     with nogil:
         if _prep_small(&d0, &cl0, &x[0, 0], x.shape[1], &wxp0[0], &offsets[0], &nsteps[0],
                        &lens[0], &mask[0], &h0[0, 0], &c0[0, 0], &out[0, 0], &m0,
-                       &qf0, &qd0) != 0:
+                       &qf0, &qd0, 0) != 0:
             rc = -1
         elif _prep_small(&d1, &cl1, &x[0, 0], x.shape[1], &wxp1[0], &offsets[0], &nsteps[0],
                          &lens[0], &mask[0], &h1[0, 0], &c1[0, 0], &out[0, 0], &m1,
-                         &qf1, &qd1) != 0:
+                         &qf1, &qd1, 1) != 0:
             _free_scratch(&m0)
             rc = -1
         else:

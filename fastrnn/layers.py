@@ -52,16 +52,17 @@ _SMALL_CHUNK_BYTES = 512 << 10
 # Xeon (2 MiB L2, 2 threads, in-process interleaved, 4 MiB / 512 KiB): LSTM B=1 T=100
 # H=512 0.94-0.96x, B=2 0.95x, B=4 0.93-0.95x, B=8 0.98-0.99x, H=384 0.94-0.97x, GRU
 # H=512 0.95-0.96x; weights within the L2 (H=256, 320) 0.99-1.02x, so they keep
-# 512 KiB.  (The pair caps its chunk: _kernels.run_pair.)
+# 512 KiB.  The pair (one thread a direction): 2-layer BiLSTM B=8 H=256 (layer 2's
+# 3 MiB) ~0.96x; within the L2 it caps its chunk lower (_kernels.run_pair).
 _SMALL_CHUNK_BYTES_BEYOND_L2 = 4 << 20
 
 
-def _chunk_steps(small, G, H, I, B, T, itemsize, nt):
-    """Time steps per chunk of projected inputs for one layer (input size I; nt
-    threads share a direction's weights)."""
+def _chunk_steps(small, G, H, I, B, T, itemsize, share):
+    """Time steps per chunk of projected inputs for one layer (input size I); share:
+    the threads that split a direction's weights (1 for the pair)."""
     if not small:
         nbytes = _CHUNK_BYTES
-    elif G * H * (I + H) * itemsize > nt * _l2_bytes():
+    elif G * H * (I + H) * itemsize > share * _l2_bytes():
         nbytes = _SMALL_CHUNK_BYTES_BEYOND_L2
     else:
         nbytes = _SMALL_CHUNK_BYTES
@@ -940,7 +941,8 @@ class RNNBase:
                     B, nt, perm is not None, H, dt.itemsize,
                     _kernels.choose_path(cell, B, H, 0, 1, nt, 1, inp.shape[1],
                                          dt.itemsize) == "wide", Teff, inp.shape[1]))
-                chunk = _chunk_steps(small, G, H, inp.shape[1], B, Teff, dt.itemsize, nt)
+                chunk = _chunk_steps(small, G, H, inp.shape[1], B, Teff, dt.itemsize,
+                                     1 if pair and not routed else nt)
                 if routed and lens is None:  # sorted lengths, the reverse rows: once a call
                     lens = slens if perm is not None else np.full(B, Teff, np.intp)
                     ridx = (reverse_rows(offsets, nsteps, lens)

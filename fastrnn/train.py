@@ -529,11 +529,12 @@ def _package(layer, cache, dxf, dh0, dc0, grads, need_input_grad):
 
 
 def release_scratch() -> int:
-    """Free the scratch memory the backward pass keeps between calls (so repeated
-    training steps do not pay fresh pages; for LSTM B=64 T=50 H=512 about 70 MB) and
-    return how many bytes were freed.  The next backward allocates it again."""
-    from . import _backward
-    return int(_backward.release_scratch())
+    """Free the scratch memory the backward pass and the packed forward kernel keep
+    between calls (so repeated calls do not pay fresh pages; for an LSTM B=64 T=50
+    H=512 backward about 70 MB, a forward's projected inputs up to a few MB) and
+    return how many bytes were freed.  The next call allocates it again."""
+    from . import _backward, _kernels
+    return int(_backward.release_scratch()) + int(_kernels.release_scratch())
 
 
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,

@@ -123,6 +123,29 @@ def test_paths_projection_chunks(path, cell, steps_per_chunk, case, dtype, monke
             _check(layer, x)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_kept_projection_scratch(bidirectional):
+    """The packed kernel keeps its block of projected inputs between calls (one per
+    direction of a pair): a second call reuses it, release_scratch() frees it once, and
+    calls after the release give the same numbers."""
+    from fastrnn import train
+    _kernels.release_scratch()
+    B, T, H = 2, 12, 40
+    layer = fastrnn.LSTM(8, H, bidirectional=bidirectional, seed=6, num_threads=2)
+    x = np.random.default_rng(8).standard_normal((T, B, 8)).astype(np.float32)
+    _kernels._set_path(1)             # the packed kernel
+    try:
+        first = layer(x)[0]
+        np.testing.assert_array_equal(layer(x)[0], first)
+        freed = train.release_scratch()
+        assert freed >= T * B * 4 * H * 4               # at least one chunk of inputs
+        assert _kernels.release_scratch() == 0
+        np.testing.assert_array_equal(layer(x)[0], first)
+        _check(layer, x)
+    finally:
+        _kernels._set_path(0)
+
+
 def test_chunk_beyond_l2(monkeypatch):
     """The packed kernel's chunk of projected inputs: 512 KiB while a thread's share of a
     direction's weights fits its L2, 4 MiB beyond (layers._chunk_steps); the larger
