@@ -1415,14 +1415,15 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
         _check_packed(wp_n, d0.H, k_n, d0.G, U)
     # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
     # input weights are re-read once per chunk, small next to the recurrent ones per
-    # step) while its weights fit its L2; beyond, each chunk's projection evicts the
-    # recurrent weights anyway, and the caller's larger chunk stands (layers._chunk_steps)
+    # step) while its weights fit 3/4 of its L2; beyond, each chunk's projection evicts
+    # the recurrent weights anyway, and the caller's larger chunk stands
+    # (layers._chunk_steps)
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
     cdef Py_ssize_t cap = _pair_chunk_bytes // row_bytes if row_bytes > 0 else 1
     cdef Py_ssize_t wbytes = <Py_ssize_t>d0.G * d0.H * (d0.I + d0.H) * sizeof(floating)
     if cap < 1:
         cap = 1
-    if d0.chunk > cap and wbytes <= _L2_BYTES:
+    if d0.chunk > cap and wbytes * 4 <= 3 * _L2_BYTES:
         d0.chunk = <int>cap
         d1.chunk = <int>cap
     _fill_cell(&cl0, cell, d0.G, d0.H, d0.H, U, &A0, use_peep, input_forget, reset_after,

@@ -148,14 +148,15 @@ def test_kept_projection_scratch(bidirectional):
 
 def test_chunk_beyond_l2(monkeypatch):
     """The packed kernel's chunk of projected inputs: 512 KiB while a thread's share of a
-    direction's weights fits its L2, 4 MiB beyond (layers._chunk_steps); the larger
-    chunk reaches the kernel and gives the reference's numbers."""
+    direction's weights fits 3/4 of its L2, 4 MiB beyond (layers._chunk_steps); the
+    larger chunk reaches the kernel and gives the reference's numbers."""
     from fastrnn import layers as L
     monkeypatch.setattr(L, "_L2", 2 << 20)
     assert L._chunk_steps(True, 4, 256, 256, 1, 1000, 4, 2) == (512 << 10) // (4 << 10)
     assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 2) == (4 << 20) // (8 << 10)
     assert L._chunk_steps(True, 4, 512, 512, 1, 100, 4, 2) == 100
-    assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 4) == 64     # 4 shares fit
+    assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 6) == 64     # 6 shares fit
+    assert L._chunk_steps(True, 4, 512, 512, 1, 1000, 4, 5) == 512    # > 3/4 of 5 L2s
     assert L._chunk_steps(False, 4, 256, 256, 1, 10 ** 6, 4, 2) == (4 << 20) // (4 << 10)
     # a small layer "beyond" a tiny L2: the second chunk size, here three steps
     B, H, I = 3, 13, 6
