@@ -15,28 +15,29 @@ static void* fr_amalloc(size_t bytes) {
     if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
     return p;
 }
-static long fr_l2_size = -1, fr_l1d_size = -1;
-static long fr_l2_bytes(void) {
-    if (fr_l2_size < 0) {
-        long l2 = 0;
+/* a sysconf value read once into *cache (< 0: not read yet); name < 0 or a failed read:
+ * 0 (unknown) */
+static long fr_sysconf_once(long* cache, int name) {
+    if (*cache < 0) {
+        long v = name >= 0 ? sysconf(name) : 0;
+        *cache = v > 0 ? v : 0;
+    }
+    return *cache;
+}
 #ifdef _SC_LEVEL2_CACHE_SIZE
-        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#define FR_SC_L2 _SC_LEVEL2_CACHE_SIZE
+#else
+#define FR_SC_L2 (-1)
 #endif
-        fr_l2_size = l2 > 0 ? l2 : 0;
-    }
-    return fr_l2_size;
-}
-/* the L1 data cache of a core in bytes (sysconf; 0 when unknown), read once */
-static long fr_l1d_bytes(void) {
-    if (fr_l1d_size < 0) {
-        long l1 = 0;
 #ifdef _SC_LEVEL1_DCACHE_SIZE
-        l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+#define FR_SC_L1D _SC_LEVEL1_DCACHE_SIZE
+#else
+#define FR_SC_L1D (-1)
 #endif
-        fr_l1d_size = l1 > 0 ? l1 : 0;
-    }
-    return fr_l1d_size;
-}
+static long fr_l2_size = -1, fr_l1d_size = -1;
+static long fr_l2_bytes(void) { return fr_sysconf_once(&fr_l2_size, FR_SC_L2); }
+/* the L1 data cache of a core in bytes (sysconf; 0 when unknown), read once */
+static long fr_l1d_bytes(void) { return fr_sysconf_once(&fr_l1d_size, FR_SC_L1D); }
 
 /* Scratch blocks kept between calls, one per slot (a void* the caller owns): large
  * per-call buffers come back to the next call instead of fresh pages from the OS, a page
