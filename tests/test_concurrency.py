@@ -156,3 +156,33 @@ def test_lstm_route_and_masks_from_threads():
         np.testing.assert_array_equal(out, ref[j][0])
         np.testing.assert_array_equal(h, ref[j][1][0])
         np.testing.assert_array_equal(c, ref[j][1][1])
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_pair_and_kept_scratch_from_threads(cell):
+    """Bidirectional layers whose two directions run at once (the pair, 2 threads) from
+    4 Python threads, with shapes that change the size of the kept projected-input blocks
+    (fr_keep_get / fr_keep_put slots shared by all calls) from call to call, the packed
+    kernel forced: the same bits as one call at a time."""
+    from fastrnn import _kernels
+    layer = getattr(fastrnn, cell)(6, 40, bidirectional=True, num_layers=2, seed=5)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((3 + (i * 5) % 23, 1 + i % 6, 6)).astype(np.float32)
+          for i in range(18)]
+    old = _kernels._set_pair(1)
+    _kernels._set_path(1)
+    try:
+        ref = [layer(x, num_threads=2)[0] for x in xs]
+        got = {}
+
+        def call(k, i):
+            j = (k * 5 + i) % len(xs)
+            got[k, i] = (j, layer(xs[j], num_threads=2)[0])
+
+        _run_threads(call, 4, 30)
+    finally:
+        _kernels._set_pair(old)
+        _kernels._set_path(0)
+    assert len(got) == 120
+    for j, y in got.values():
+        np.testing.assert_array_equal(y, ref[j])
