@@ -51,8 +51,8 @@ _SMALL_CHUNK_BYTES = 512 << 10
 # the steps read next, and fewer, larger chunks pay that fewer times.  Measured on an Intel
 # Xeon (2 MiB L2, 2 threads, in-process interleaved, 4 MiB / 512 KiB): LSTM B=1 T=100
 # H=512 0.94-0.96x, B=2 0.95x, B=4 0.93-0.95x, B=8 0.98-0.99x, H=384 0.94-0.97x, GRU
-# H=512 0.95-0.96x; weights within the L2 (H=256, 320) 0.99-1.02x, so they keep
-# 512 KiB (H=320 B=1-2, 0.8 of the L2: 0.99-1.00x).  The pair (one thread a
+# H=512 0.95-0.96x; H=320 (0.8 of the L2) B=1-2 0.99-1.00x; weights in half the L2
+# (H=256) 1.00-1.02x, so they keep 512 KiB.  The pair (one thread a
 # direction): BiLSTM B=8 H=256 layer 1 (2 MiB) 0.985x, B=4 0.975x, 2 layers ~0.96x;
 # within 3/4 of the L2 it caps its chunk lower (_kernels.run_pair).
 _SMALL_CHUNK_BYTES_BEYOND_L2 = 4 << 20
