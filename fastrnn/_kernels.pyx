@@ -849,12 +849,29 @@ def _set_pair(int mode):
     return old
 
 
+def _sysfs_l2_bytes():
+    """cpu0's L2 cache in bytes from Linux sysfs, or 0."""
+    import glob
+    try:
+        for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+            with open(d + "/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(d + "/size") as f:
+                txt = f.read().strip().upper()
+            return int(txt.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 # per-core caches: one thread running a whole direction wants its recurrent weights in
 # L2; the unit split wins while each thread's half of them fits in L1.  Read by the C
-# library's sysconf: Python's os.sysconf lacks these names on some builds (this one
-# included), and the rule then saw 32 KiB / 1 MiB on every machine.
+# library's sysconf (Python's os.sysconf lacks these names on some builds, this one
+# included, and the pair rule then saw 32 KiB / 1 MiB on every machine), the L2 else
+# from sysfs; the layers' rules (route, chunk size) read the same value.
 _L1_BYTES = fr_l1d_bytes() or (32 << 10)
-_L2_BYTES = fr_l2_bytes() or (1 << 20)
+_L2_BYTES = fr_l2_bytes() or _sysfs_l2_bytes() or (1 << 20)
 
 
 def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,

@@ -115,25 +115,11 @@ _L2 = None
 
 
 def _l2_bytes():
-    """One core's L2 cache in bytes for the route's rule and the chunk size: Linux
-    sysfs, else ``_kernels._L2_BYTES`` (the C library's sysconf, else 1 MiB)."""
+    """One core's L2 cache in bytes for the route's rule and the chunk size: the value
+    the pair rule uses too (``_kernels._L2_BYTES``)."""
     global _L2
     if _L2 is None:
-        size = None
-        try:
-            import glob
-            for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-                with open(d + "/level") as f:
-                    if f.read().strip() != "2":
-                        continue
-                with open(d + "/size") as f:
-                    txt = f.read().strip().upper()
-                mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
-                size = int(txt.rstrip("KM")) * mult
-                break
-        except (OSError, ValueError):
-            size = None
-        _L2 = size if size else _kernels_module()._L2_BYTES
+        _L2 = _kernels_module()._L2_BYTES
     return _L2
 
 
@@ -929,12 +915,13 @@ class RNNBase:
             can_route = (cell == 1 and not self.proj_size and not has_mask
                          and all(self._fast_acts(d) for d in range(D)))
             lens = ridx = None
+            # both directions at once (the same answer for every layer)
+            pair = D == 2 and _kernels.pair_applies(
+                cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
+                dt.itemsize, int(self._fast_acts(0)))
             for layer in range(L):
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
-                pair = D == 2 and _kernels.pair_applies(
-                    cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
-                    dt.itemsize, int(self._fast_acts(0)))
                 # (the pair first where the rule says 2; a route forced by the test
                 # hook _FUSED_LSTM_MIN_B > 0 before any pair)
                 routed = (can_route and (pair != 2 or _FUSED_LSTM_MIN_B > 0)
