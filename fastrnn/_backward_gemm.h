@@ -1294,10 +1294,12 @@ static int frbg_lstm_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offset
     if (rowsplit && nt > nsteps[0]) nt = (int)nsteps[0];                               \
     if (nt < 1) nt = 1;                                                                \
     int bar[2] = {0, 0};             /* spin barrier: arrivals, generation */          \
+    fr_place* frbg_pl = fr_place_team(nt);                                             \
     _Pragma("omp parallel num_threads(nt)")                                            \
     {                                                                                  \
         int t = 0, ntt = 1, s;                                                         \
         FRBG_OMP_IDS(t, ntt);                                                          \
+        fr_place_join(frbg_pl, t);                                                     \
         int p0 = t * nbk / ntt, p1 = (t + 1) * nbk / ntt;                              \
         int u0 = p0 * U, u1 = p1 * U < H ? p1 * U : H;                                 \
         /* each thread packs its share of the panels */                                \
@@ -1422,10 +1424,12 @@ static int frbg_gru_fwd_##SUF(int level, int nt, int S, const ptrdiff_t* offsets
     if (rows && nt > nsteps[0]) nt = (int)nsteps[0];                                   \
     if (nt < 1) nt = 1;                                                                \
     int bar[2] = {0, 0};                                                               \
+    fr_place* frbg_pl = fr_place_team(nt);                                             \
     _Pragma("omp parallel num_threads(nt)")                                            \
     {                                                                                  \
         int t = 0, ntt = 1, s, g;                                                      \
         FRBG_OMP_IDS(t, ntt);                                                          \
+        fr_place_join(frbg_pl, t);                                                     \
         int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
         int nvl = (L + VLs - 1) / VLs;         /* own vector columns (4 x 3 kernel) */ \
@@ -1627,10 +1631,12 @@ static int frbg_bwd_units_##SUF(int level, int cell, int nt, int S,             
     T* dbs = wip + szi;           /* column sums of the four dG blocks (4H; rows: nt) */ \
     T* work = dbs + szb;          /* per thread: its dG columns, packed for the GEMM */ \
     int bar[2] = {0, 0};                                                               \
+    fr_place* frbg_pl = fr_place_team(nt);                                             \
     _Pragma("omp parallel num_threads(nt)")                                            \
     {                                                                                  \
         int t = 0, ntt = 1, s, q, b;                                                   \
         FRBG_OMP_IDS(t, ntt);                                                          \
+        fr_place_join(frbg_pl, t);                                                     \
         int p0 = t * nph / ntt, p1 = (t + 1) * nph / ntt;                              \
         int u0 = p0 * nb, u1 = p1 * nb < H ? p1 * nb : H, L = u1 - u0;                 \
         int nqt = (L + MR - 1) / MR;     /* micro-panels per gate */                   \

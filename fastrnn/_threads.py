@@ -107,13 +107,18 @@ def hook_blas() -> None:
 
 
 # A call that follows more than IDLE_SINGLE_S seconds without a fastrnn call runs a
-# batch of one on one thread where the thread count does not change the arithmetic
-# (the packed kernel; layers.py decides).  An OpenMP worker idle that long has gone to
-# sleep, and on a virtual machine waking it costs milliseconds: LSTM B=1 T=100 H=256
-# after a 100 ms pause, 2 threads 7.8 ms, 1 thread 1.8 ms (ONNX Runtime 1.6 ms, whose
-# calling thread runs the work its pool's sleeping workers have not picked up);
-# back to back 0.7-0.9 / 1.2-1.5 ms.  Negative: never (test / tuning hook).
+# batch of one of fewer than IDLE_SINGLE_MACS multiply-adds on one thread where the
+# thread count does not change the arithmetic (the packed kernel; layers.py decides).
+# An OpenMP worker idle that long has gone to sleep, and waking it (its vCPU) costs
+# ~0.2-0.5 ms on the benchmark VM once the worker keeps off its master's CPU (worker
+# placement, fr_barrier.h; before that the woken worker shared the master's vCPU and
+# the call took ~9 ms).  After a 100 ms pause, 2 threads / 1 thread, Intel Xeon KVM
+# guest, B=1 T=100: LSTM H=64 0.70 / 0.45 ms, H=96 0.73 / 0.56, H=128 0.84 / 0.66,
+# H=192 1.04 / 1.19, H=256 1.21 / 1.79, H=512 5.9 / 12.4; GRU H=128 0.80 / 0.59, H=192
+# 0.80 / 0.89, H=256 1.04 / 1.47: one thread up to ~13M multiply-adds (LSTM H=128),
+# two from ~22M (GRU H=192).  IDLE_SINGLE_S negative: never (test / tuning hook).
 IDLE_SINGLE_S = 0.010
+IDLE_SINGLE_MACS = 1 << 24
 _last_end = [0.0]
 _scope = threading.local()
 

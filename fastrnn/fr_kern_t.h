@@ -721,11 +721,13 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
         const size_t partb = ownb * F(nrb)(B, cl->G) * FR_PART_V * sizeof(V);
         const size_t ovb = (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int);
         unsigned char* base = ovl ? (unsigned char*)fr_amalloc(ovb) : NULL;
+        fr_place* pl = fr_place_team(nthr);
         if (base) memset(base, 0, ovb);     /* the progress counters start at 0 */
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
             F(overlap) ov;
+            fr_place_join(pl, tid);
             ov.part = base ? (V*)(base + (size_t)tid * partb) : NULL;
             ov.prog = base ? (int*)(base + (size_t)nthr * partb) : NULL;
             ov.tid = tid;
@@ -754,8 +756,10 @@ static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
 static void F(fr_small_pair)(const fr_cell* cl0, FR_SEQ* q0, const fr_cell* cl1,
                              FR_SEQ* q1) {
 #ifdef _OPENMP
+    fr_place* pl = fr_place_team(2);
     #pragma omp parallel num_threads(2)
     {
+        fr_place_join(pl, omp_get_thread_num());
         if (omp_get_num_threads() < 2) {
             F(small_layer_impl)(cl0, q0, 1, 1);
             F(small_layer_impl)(cl1, q1, 1, 1);

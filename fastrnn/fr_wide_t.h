@@ -302,10 +302,14 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
         if (base == NULL) return -1;
         memset(base, 0, (size_t)nthr * per);
 #ifdef _OPENMP
+        fr_place* pl = fr_place_team(nthr);
         #pragma omp parallel num_threads(nthr) if (nthr > 1)
 #endif
         {
             const int tid = fr_thread_id(), nth = fr_nthreads();
+#ifdef _OPENMP
+            fr_place_join(pl, tid);
+#endif
             unsigned char* ln = base + (size_t)tid * per;
             unsigned char* fl = ln + accb + sizeof(ptrdiff_t) * (size_t)B;
             int g0 = 0, g1 = nG, p0 = 0, p1 = nP;

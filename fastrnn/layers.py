@@ -710,6 +710,14 @@ class RNNBase:
         return self(x, hx, lengths=lengths, mask=mask, masked_output=masked_output,
                     num_threads=num_threads, return_sequences=return_sequences)
 
+    def _macs(self, T: int) -> int:
+        """Multiply-adds of T steps of one sequence through every layer (projections
+        and recurrent products)."""
+        G, H, D = self.gate_count, self.hidden_size, self.num_directions
+        K = self.proj_size or H
+        inputs = self.input_size + (self.num_layers - 1) * D * K
+        return T * D * G * H * (inputs + self.num_layers * K)
+
     def _step_fast(self, x_t, h, c=None, num_threads: int | None = None):
         """Lean one-time-step forward for streaming (internal API).
 
@@ -848,11 +856,13 @@ class RNNBase:
         T, B = x.shape[0], x.shape[1]
         H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
         dt = self.dtype
-        if idle and nt > 1 and B == 1 and _kernels.choose_path(
-                _CELL_CODE[self._cell], 1, H, self.proj_size, int(self.reset_after), nt, 1,
-                self.input_size, dt.itemsize) == "small":
+        if idle and nt > 1 and B == 1 and self._macs(T) < _threads.IDLE_SINGLE_MACS \
+                and _kernels.choose_path(_CELL_CODE[self._cell], 1, H, self.proj_size,
+                                         int(self.reset_after), nt, 1, self.input_size,
+                                         dt.itemsize) == "small":
             # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a
-            # batch of one on the packed kernel does the same arithmetic on one thread
+            # small batch of one on the packed kernel does the same arithmetic on one
+            # thread without waking it
             nt = 1
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")

@@ -77,6 +77,17 @@ def test_idle_call_runs_on_one_thread(idle_rule, monkeypatch):
     time.sleep(0.08)
     layer(x)
     assert seen[-2:] == [2, 2]
+    # from IDLE_SINGLE_MACS multiply-adds on, two threads after a pause too
+    _threads.IDLE_SINGLE_S = 0.05
+    macs = layer._macs(x.shape[0])
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", macs + 1)
+    time.sleep(0.08)
+    layer(x)
+    assert seen[-2:] == [1, 1]
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", macs)
+    time.sleep(0.08)
+    layer(x)
+    assert seen[-2:] == [2, 2]
 
 
 def test_model_layers_share_the_outer_decision(idle_rule, monkeypatch):

@@ -1,0 +1,119 @@
+"""Worker placement (fr_barrier.h): a parallel region's workers keep off the CPU their
+master runs on, so that a worker woken after a pause is not queued behind its master on
+one vCPU.  Checked through the affinity Linux reports for each thread."""
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _backward, _kernels, _threads
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _kernels.has_openmp()
+    or len(os.sched_getaffinity(0)) < 2,
+    reason="worker placement is for Linux builds with OpenMP on 2 or more CPUs")
+
+
+def _allowed(tid):
+    """The CPUs thread ``tid`` of this process may run on (/proc)."""
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                cpus = set()
+                for part in line.split(":", 1)[1].strip().split(","):
+                    lo, _, hi = part.partition("-")
+                    cpus.update(range(int(lo), int(hi or lo) + 1))
+                return cpus
+    raise AssertionError(f"no Cpus_allowed_list for thread {tid}")
+
+
+@pytest.fixture
+def two_threads_always():
+    old_idle, old_work = _threads.IDLE_SINGLE_S, _kernels._set_min_parallel_work(0)
+    _threads.IDLE_SINGLE_S = -1
+    yield
+    _threads.IDLE_SINGLE_S = old_idle
+    _kernels._set_min_parallel_work(old_work)
+
+
+def _in_fresh_thread(fn):
+    """Run fn in a new Python thread (a new OpenMP team, a new placement record)."""
+    out, err = [], []
+
+    def run():
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 (re-raised in the test's thread)
+            err.append(e)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]
+
+
+def test_workers_keep_off_the_master_cpu(two_threads_always):
+    """The worker of a 2-thread packed-kernel call may run anywhere but on the master's
+    CPU; when the master has moved (the test hook stands for the master's CPU), the next
+    call moves the same worker; the master's own affinity is left alone; the numbers
+    are those of an unplaced call; the training kernels' regions (their own record)
+    place their worker by the same rule."""
+    allowed = os.sched_getaffinity(0)
+    a, b = sorted(allowed)[:2]
+    layer = fastrnn.GRU(64, 64, seed=1, num_threads=2)
+    x = np.random.default_rng(0).standard_normal((5, 1, 64)).astype(np.float32)
+    old = _kernels._set_worker_placement(0)
+    ref = layer(x)[0]
+    _kernels._set_worker_placement(old)
+
+    def body():
+        seen = []
+        try:
+            for cpu in (a, b):
+                _kernels._set_placement_cpu(cpu)
+                np.testing.assert_array_equal(layer(x)[0], ref)
+                rec_cpu, tid, away = _kernels._placement_record(1)
+                assert (rec_cpu, away) == (cpu, cpu)
+                assert tid > 0 and tid != threading.get_native_id()
+                assert _allowed(tid) == allowed - {cpu}
+                assert _allowed(threading.get_native_id()) == allowed
+                seen.append(tid)
+        finally:
+            _kernels._set_placement_cpu(-1)
+        lstm = fastrnn.LSTM(128, 128, seed=2, num_threads=2)
+        out, _, cache = lstm.forward_train(np.ones((6, 8, 128), np.float32))
+        lstm.backward(cache, np.ones_like(out))
+        cpu, tid, away = _backward._placement_record(1)
+        assert cpu >= 0 and away == cpu and tid > 0
+        assert _allowed(tid) == allowed - {cpu}
+        return seen
+    tids = _in_fresh_thread(body)
+    assert tids[0] == tids[1]                   # the same worker, moved
+
+
+def test_placement_off_leaves_workers_alone(two_threads_always):
+    layer = fastrnn.GRU(64, 64, seed=1, num_threads=2)
+    x = np.ones((5, 1, 64), np.float32)
+    old = _kernels._set_worker_placement(0)
+    try:
+        def body():
+            layer(x)
+            return _kernels._placement_record(1)[:2]
+        assert _in_fresh_thread(body) == (-1, 0)
+    finally:
+        _kernels._set_worker_placement(old)
+
+
+def test_macs_counts_every_weight():
+    """``_macs`` (the pause rule's measure): T times the multiply-adds of one step, i.e.
+    the sizes of the input and recurrent weights of every layer and direction."""
+    for cls, kw in ((fastrnn.LSTM, {}), (fastrnn.GRU, {"bidirectional": True}),
+                    (fastrnn.SimpleRNN, {}), (fastrnn.LSTM, {"bidirectional": True})):
+        layer = cls(24, 40, num_layers=3, seed=0, **kw)
+        per_step = sum(v.size for k, v in layer.state_dict().items()
+                       if k.startswith(("weight_ih", "weight_hh")))
+        assert layer._macs(7) == 7 * per_step
