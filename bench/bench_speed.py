@@ -267,8 +267,9 @@ def test_one_step_after_pause(benchmark, impl, gap_ms):
 @pytest.mark.parametrize("impl", ["fastrnn", "fastrnn num_threads=1", "torch", "onnxruntime"])
 def test_sequence_after_pause(benchmark, impl):
     """LSTM B=1 T=100 H=256, one call after a 100 ms pause (sporadic requests): every
-    2-thread pool's worker has gone to sleep by then.  fastrnn keeps 2 threads for whole
-    sequences (one thread would change the rounding), hence the num_threads=1 row."""
+    2-thread pool's worker has gone to sleep by then.  fastrnn keeps 2 threads at this size
+    (above ``_threads.IDLE_SINGLE_MACS``; its workers keep off the caller's CPU), hence
+    the num_threads=1 row."""
     benchmark.group = "LSTM B=1 T=100 H=256 after a 100 ms pause"
     x = np.random.default_rng(0).standard_normal((100, 1, 256)).astype(np.float32)
     tm, fm = models("LSTM", 1, False, 256, "float32")
