@@ -53,26 +53,7 @@ cdef extern from *:
     int frb_blas_threads(int n) nogil
 
 
-def _set_worker_placement(int mode):
-    """Worker placement of this module's parallel regions (fr_barrier.h; see
-    ``fastrnn._kernels._set_worker_placement``).  Returns the previous mode."""
-    global fr_place_mode
-    old = fr_place_mode
-    fr_place_mode = mode
-    return old
-
-
-# FASTRNN_WORKER_PLACEMENT=0 turns the placement off (fr_barrier.h)
-if __import__("os").environ.get("FASTRNN_WORKER_PLACEMENT", "").strip() == "0":
-    _set_worker_placement(0)
-
-
-def _placement_record(int slot):
-    """Test hook: this module's placement record of the calling thread (see
-    ``fastrnn._kernels._placement_record``)."""
-    cdef int tid = 0, away = -1
-    cdef int cpu = fr_place_get(slot, &tid, &away)
-    return cpu, tid, away
+include "_place.pxi"
 
 
 def release_scratch():
@@ -120,8 +101,6 @@ def _set_blas_local_setter(intptr_t address):
 
 
 cdef extern from "_backward_gemm.h":
-    int fr_place_mode
-    int fr_place_get(int t, int* tid, int* away) nogil
     int frbg_level() nogil
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
