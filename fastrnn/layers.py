@@ -112,6 +112,9 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
 
 
 _L2 = None
+# the kernels' lengths and mask arguments of a call without them (never written)
+_NO_LENGTHS = np.zeros(1, np.intp)
+_NO_MASK = np.zeros(1, np.uint8)
 
 
 def _l2_bytes():
@@ -881,16 +884,19 @@ class RNNBase:
             xin = x[:Teff][:, perm][valid]                              # (N, I) packed
         else:
             Teff = T
-            slens = np.zeros(1, np.intp)
+            slens = _NO_LENGTHS
             valid = None
             nsteps = np.empty(T, np.intp)
             nsteps.fill(B)
             xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
             if xin is None:
                 xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
-        offsets = np.zeros(Teff, np.intp)
-        if Teff > 1:
-            np.cumsum(nsteps[:-1], out=offsets[1:])
+        if perm is None and B:
+            offsets = np.arange(0, T * B, B, dtype=np.intp)
+        else:
+            offsets = np.zeros(Teff, np.intp)
+            if Teff > 1:
+                np.cumsum(nsteps[:-1], out=offsets[1:])
         xin = np.ascontiguousarray(xin, dtype=dt)
         N = xin.shape[0]
 
@@ -902,13 +908,15 @@ class RNNBase:
                 pmask = np.ascontiguousarray(m, dtype=np.uint8).reshape(-1)
             has_mask = 1
         else:
-            pmask = np.zeros(1, np.uint8)
+            pmask = _NO_MASK
             has_mask = 0
 
         # sorted initial states, final states in the same order
         if perm is not None:
             h_state = np.ascontiguousarray(h0[:, perm])
             c_state = np.ascontiguousarray(c0[:, perm]) if c0 is not None else None
+        elif hx is None:
+            h_state, c_state = h0, c0      # _prepare's own zeros
         else:
             h_state = np.array(h0, dtype=dt, order="C", copy=True)
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None

@@ -277,3 +277,17 @@ def test_nan_input_propagates_without_crash():
     out, (h, c) = layer(x)
     assert np.isnan(out[1:, 0]).all()
     assert np.isfinite(out[:, 1]).all()
+
+
+def test_shared_empty_arguments_stay_zero():
+    """A call without lengths or mask hands every kernel (packed, batch-lane, pair, BLAS,
+    LSTM route) the same two one-element arrays (``layers._NO_LENGTHS`` / ``_NO_MASK``);
+    no kernel may write them."""
+    from fastrnn import layers
+    rng = np.random.default_rng(0)
+    for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.SimpleRNN):
+        for B, H, bi in ((1, 16, False), (3, 8, True), (8, 32, True), (20, 16, False),
+                         (64, 8, False)):
+            layer = cls(H, H, num_layers=2, bidirectional=bi, seed=1, num_threads=2)
+            layer(rng.standard_normal((5, B, H)).astype(np.float32))
+    assert layers._NO_LENGTHS.tolist() == [0] and layers._NO_MASK.tolist() == [0]
