@@ -57,9 +57,52 @@ def set_num_threads(n: int | None) -> None:
 
 def get_num_threads() -> int:
     """The number of threads a call uses when it is not told otherwise."""
+    if _fork_single:
+        return 1
     if _default is not None:
         return _default
     return _env_threads() or _cpu_count()
+
+
+# Fork.  GCC's OpenMP runtime (libgomp, which the wheels link) cannot start its threads
+# again in a child forked after the parent ran a parallel region: the child's first
+# region waits forever for workers that fork did not copy (measured: a multiprocessing
+# "fork" pool after a 2-thread GRU call hung; a gunicorn --preload worker after a
+# warm-up call is the same case).  So a process forked after a fastrnn call that could
+# use threads runs every fastrnn call on one thread, and warns once.
+_threads_used = False
+_fork_single = False
+_fork_warned = False
+
+
+def _after_fork_in_child() -> None:
+    global _fork_single, _fork_warned
+    if _threads_used:
+        _fork_single = True
+        _fork_warned = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _granted(n: int) -> int:
+    """The thread count a call gets for a wanted n (1 in a child forked after threads)."""
+    global _threads_used, _fork_warned
+    if n > 1:
+        if _fork_single:
+            if not _fork_warned:
+                _fork_warned = True
+                import warnings
+                warnings.warn(
+                    "fastrnn: this process was forked after fastrnn ran on several "
+                    "threads; the OpenMP runtime cannot start threads again after a fork, "
+                    "so fastrnn calls here run on one thread (for threads in child "
+                    "processes, use the 'spawn' or 'forkserver' start method, or make the "
+                    "first fastrnn call after the fork)", RuntimeWarning, stacklevel=3)
+            return 1
+        _threads_used = True
+    return n
 
 
 def _check_threads(n) -> int:
@@ -75,8 +118,8 @@ def resolve(*candidates) -> int:
     """First candidate that is not None (validated), else :func:`get_num_threads`."""
     for c in candidates:
         if c is not None:
-            return _check_threads(c)
-    return get_num_threads()
+            return _granted(_check_threads(c))
+    return _granted(get_num_threads())
 
 
 def blas_local_setter_address() -> int:

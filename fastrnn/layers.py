@@ -734,7 +734,7 @@ class RNNBase:
         thread count it was made for, and taken while both still hold.
         """
         nt = num_threads if num_threads is not None else self.num_threads
-        if nt is None:
+        if nt is None or _threads._fork_single:
             nt = _threads.get_num_threads()
         ent = self._step_entry
         if (ent is not None and ent[0] is self._packed and ent[1] == nt
@@ -745,7 +745,7 @@ class RNNBase:
     def _step_slow(self, x_t, h, c, nt):
         """_step_fast's way when its kept plan does not apply: (re)pack, validate the
         thread count, find or make the plan for it."""
-        nt = _threads._check_threads(nt)
+        nt = _threads._granted(_threads._check_threads(nt))
         packed = self._pack()
         plans = self.__dict__.get("_step_plans")
         if plans is None or plans[0] is not packed:
