@@ -55,16 +55,19 @@ def set_num_threads(n: int | None) -> None:
     _default = n
 
 
-def get_num_threads() -> int:
-    """The number of threads a call uses when it is not told otherwise."""
-    if _fork_single:
-        return 1
+def _wanted_default() -> int:
+    """The default thread count before the fork rule (below)."""
     if _default is not None:
         return _default
     return _env_threads() or _cpu_count()
 
 
-# Fork.  GCC's OpenMP runtime (libgomp, which the wheels link) cannot start its threads
+def get_num_threads() -> int:
+    """The number of threads a call uses when it is not told otherwise."""
+    return 1 if _fork_single else _wanted_default()
+
+
+# Fork.  GCC's OpenMP runtime (libgomp, which fastrnn links when built with GCC) cannot start its threads
 # again in a child forked after the parent ran a parallel region: the child's first
 # region waits forever for workers that fork did not copy (measured: a multiprocessing
 # "fork" pool after a 2-thread GRU call hung; a gunicorn --preload worker after a
@@ -119,7 +122,7 @@ def resolve(*candidates) -> int:
     for c in candidates:
         if c is not None:
             return _granted(_check_threads(c))
-    return _granted(get_num_threads())
+    return _granted(_wanted_default())     # (so the fork rule can warn here too)
 
 
 def blas_local_setter_address() -> int:

@@ -69,7 +69,7 @@ def test_child_forked_after_threads_runs_on_one_thread():
 
 def test_child_forked_before_any_threads_keeps_them():
     """The rule itself: a child only goes to one thread when the parent used threads."""
-    old = _threads._threads_used, _threads._fork_single
+    old = _threads._threads_used, _threads._fork_single, _threads._default
     try:
         _threads._threads_used = False
         _threads._after_fork_in_child()
@@ -79,5 +79,10 @@ def test_child_forked_before_any_threads_keeps_them():
         assert _threads._fork_single and _threads.get_num_threads() == 1
         with pytest.warns(RuntimeWarning, match="forked"):
             assert _threads.resolve(4) == 1
+        _threads._fork_warned = False       # a call with the default count warns too
+        _threads._default = 3
+        with pytest.warns(RuntimeWarning, match="forked"):
+            assert _threads.resolve(None, None) == 1
     finally:
-        _threads._threads_used, _threads._fork_single = old
+        _threads._threads_used, _threads._fork_single, _threads._default = old
+        _threads._fork_warned = False
