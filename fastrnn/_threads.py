@@ -117,12 +117,13 @@ def _check_threads(n) -> int:
     return n
 
 
-def resolve(*candidates) -> int:
-    """First candidate that is not None (validated), else :func:`get_num_threads`."""
-    for c in candidates:
-        if c is not None:
-            return _granted(_check_threads(c))
-    return _granted(_wanted_default())     # (so the fork rule can warn here too)
+def resolve(call=None, layer=None) -> int:
+    """The thread count of a call: ``call`` (the call's num_threads) unless None, else
+    ``layer`` (the layer's) unless None (validated), else :func:`get_num_threads`."""
+    c = call if call is not None else layer
+    n = _check_threads(c) if c is not None else (
+        _default if _default is not None else _wanted_default())
+    return _granted(n) if n > 1 else n     # (so the fork rule can warn here too)
 
 
 def blas_local_setter_address() -> int:

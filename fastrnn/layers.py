@@ -115,6 +115,25 @@ _L2 = None
 # the kernels' lengths and mask arguments of a call without them (never written)
 _NO_LENGTHS = np.zeros(1, np.intp)
 _NO_MASK = np.zeros(1, np.uint8)
+# the unused cell-state argument of a GRU / SimpleRNN direction, per dtype (never read)
+_NO_C = {np.dtype(np.float32): np.zeros((1, 1), np.float32),
+         np.dtype(np.float64): np.zeros((1, 1), np.float64)}
+# (offsets, nsteps) of a dense batch of B sequences of T steps, shared by the calls of
+# that shape (never written; making them cost ~1 us of a small layer's call)
+_DENSE_INDEX: dict = {}
+
+
+def _dense_index(T: int, B: int):
+    """Step offsets ``0, B, 2B, ...`` and step sizes (all B) of a dense (T, B) batch."""
+    ent = _DENSE_INDEX.get((T, B))
+    if ent is None:
+        if len(_DENSE_INDEX) >= 64:
+            _DENSE_INDEX.clear()
+        nsteps = np.empty(T, np.intp)
+        nsteps.fill(B)
+        ent = _DENSE_INDEX[(T, B)] = (np.arange(0, T * B, B, dtype=np.intp) if B
+                                      else np.zeros(T, np.intp), nsteps)
+    return ent
 
 
 def _l2_bytes():
@@ -139,7 +158,8 @@ def _ext(name):
 
 
 def _kernels_module():
-    return _ext("_kernels")
+    m = _EXT.get("_kernels")
+    return m if m is not None else _ext("_kernels")
 
 
 def _step_threads(layer, nt: int) -> int:
@@ -200,6 +220,8 @@ def _positive_int(name, v, minimum=1) -> int:
 
 def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
     """A real floating array from user input, cast to ``dtype``; clear errors otherwise."""
+    if type(a) is np.ndarray and a.dtype == dtype:
+        return a                                    # (the common case, ~0.1 us)
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, without importing torch
         a = a.detach().cpu().numpy()
     arr = np.asarray(a)
@@ -499,7 +521,8 @@ class RNNBase:
                                                   int(self.reset_after))
                 else:
                     wxp = whp = None
-                per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp))
+                per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp,
+                                _kernels.PackedDir(wx, wh, bias, bhn, wr, peep, wxp, whp)))
             packed.append(per_dir)
         self._packed = packed
         self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
@@ -886,14 +909,11 @@ class RNNBase:
             Teff = T
             slens = _NO_LENGTHS
             valid = None
-            nsteps = np.empty(T, np.intp)
-            nsteps.fill(B)
+            offsets, nsteps = _dense_index(T, B)
             xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
             if xin is None:
                 xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
-        if perm is None and B:
-            offsets = np.arange(0, T * B, B, dtype=np.intp)
-        else:
+        if perm is not None:
             offsets = np.zeros(Teff, np.intp)
             if Teff > 1:
                 np.cumsum(nsteps[:-1], out=offsets[1:])
@@ -920,7 +940,7 @@ class RNNBase:
         else:
             h_state = np.array(h0, dtype=dt, order="C", copy=True)
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
-        dummy_c = np.zeros((1, 1), dt)
+        dummy_c = _NO_C[dt]
 
         packed = self._pack()
         cell = _CELL_CODE[self._cell]
@@ -959,7 +979,7 @@ class RNNBase:
                     dirs = []
                     for d in range(2):
                         k = layer * D + d
-                        _, _, bias, bhn, _, peep, wxp, whp = packed[layer][d]
+                        _, _, bias, bhn, _, peep, wxp, whp, _ = packed[layer][d]
                         reverse = (d == 1) != self.go_backwards
                         dirs += [bias, bhn, peep, wxp, whp, h_state[k],
                                  c_state[k] if c_state is not None else dummy_c,
@@ -973,7 +993,7 @@ class RNNBase:
                     continue
                 for d in range(D):
                     k = layer * D + d
-                    wx, wh, bias, bhn, wr, peep, wxp, whp = packed[layer][d]
+                    bias, pw = packed[layer][d][2], packed[layer][d][8]
                     fast = self._fast_acts(d)
                     reverse = (d == 1) != self.go_backwards
                     if routed:
@@ -988,13 +1008,12 @@ class RNNBase:
                            else None)
                     acts = self._act_codes()[d][0]
                     _kernels.run_layer(
-                        cell, inp, wx, wh, bias, bhn, wr, peep, offsets, nsteps, slens, pmask,
+                        cell, inp, pw, offsets, nsteps, slens, pmask,
                         h_state[k], c_state[k] if c_state is not None else dummy_c,
                         out, d * Hout, int(reverse), int(perm is not None), H, self.proj_size,
                         int(self.reset_after), int(self.input_forget), acts,
                         self.clip or 0.0, int(self.peepholes), has_mask,
-                        int(masked_output == "zero"), nt, chunk, wxp, whp,
-                        int(not last_only), wdp)
+                        int(masked_output == "zero"), nt, chunk, int(not last_only), wdp)
         else:
             out = np.zeros((0, D * Hout), dt)
 

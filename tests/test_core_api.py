@@ -281,13 +281,43 @@ def test_nan_input_propagates_without_crash():
 
 def test_shared_empty_arguments_stay_zero():
     """A call without lengths or mask hands every kernel (packed, batch-lane, pair, BLAS,
-    LSTM route) the same two one-element arrays (``layers._NO_LENGTHS`` / ``_NO_MASK``);
-    no kernel may write them."""
+    LSTM route) the same two one-element arrays (``layers._NO_LENGTHS`` / ``_NO_MASK``),
+    a GRU / SimpleRNN direction the same unused cell state (``_NO_C``), and calls of one
+    dense shape the same step offsets and sizes (``_dense_index``); no kernel may write
+    them."""
     from fastrnn import layers
     rng = np.random.default_rng(0)
-    for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.SimpleRNN):
-        for B, H, bi in ((1, 16, False), (3, 8, True), (8, 32, True), (20, 16, False),
-                         (64, 8, False)):
-            layer = cls(H, H, num_layers=2, bidirectional=bi, seed=1, num_threads=2)
-            layer(rng.standard_normal((5, B, H)).astype(np.float32))
+    layers._DENSE_INDEX.clear()
+    for dt in (np.float32, np.float64):
+        for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.SimpleRNN):
+            for B, H, bi in ((1, 16, False), (3, 8, True), (8, 32, True), (20, 16, False),
+                             (64, 8, False)):
+                layer = cls(H, H, num_layers=2, bidirectional=bi, seed=1, num_threads=2,
+                            dtype=dt)
+                x = rng.standard_normal((5, B, H)).astype(dt)
+                y = layer(x)[0]
+                np.testing.assert_array_equal(layer(x)[0], y)   # the shared arrays again
     assert layers._NO_LENGTHS.tolist() == [0] and layers._NO_MASK.tolist() == [0]
+    assert all(not c.any() for c in layers._NO_C.values())
+    assert len(layers._DENSE_INDEX) == 5
+    for (T, B), (offsets, nsteps) in layers._DENSE_INDEX.items():
+        assert offsets.tolist() == list(range(0, T * B, B)) and nsteps.tolist() == [B] * T
+
+
+def test_run_layer_refuses_weights_of_another_dtype():
+    """run_layer takes a direction's weights as one PackedDir; weights of the other
+    float type than the input's are refused by name, not read as the wrong type."""
+    from fastrnn import _kernels
+    layer = fastrnn.GRU(4, 8, seed=0)
+    pw64 = fastrnn.GRU(4, 8, seed=0, dtype="float64")._pack()[0][0][8]
+    assert pw64.is_double and not layer._pack()[0][0][8].is_double
+    x = np.zeros((3, 4), np.float32)
+    h, out = np.zeros((1, 8), np.float32), np.zeros((3, 8), np.float32)
+    idx = np.arange(3, dtype=np.intp)
+    args = (np.ones(3, np.intp), np.zeros(1, np.intp), np.zeros(1, np.uint8), h,
+            np.zeros((1, 1), np.float32), out, 0, 0, 0, 8, 0, 1, 0,
+            layer._act_codes()[0][0], 0.0, 0, 0, 0, 1, 3)
+    with pytest.raises(TypeError, match="float64 weights for a float32 input"):
+        _kernels.run_layer(2, x, pw64, idx, *args)
+    _kernels.run_layer(2, x, layer._pack()[0][0][8], idx, *args)   # the right one runs
+    assert np.abs(out).sum() > 0

@@ -47,13 +47,13 @@ def test_batch_of_one_same_bits_on_any_thread_count(idle_rule, cell, dtype, H):
 
 
 def _kernel_threads(monkeypatch):
-    """Record the thread count each run_layer call is given (its num_threads, the 28th
+    """Record the thread count each run_layer call is given (its num_threads, the 23rd
     positional argument)."""
     seen = []
     real = _kernels.run_layer
 
     def spy(*args, **kw):
-        seen.append(args[27])
+        seen.append(args[22])
         return real(*args, **kw)
     monkeypatch.setattr(_kernels, "run_layer", spy)
     return seen
