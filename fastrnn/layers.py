@@ -94,7 +94,9 @@ _FUSED_LSTM_MIN_MACS = 2_000_000
 
 def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
     """Whether a plain LSTM direction of B sequences (T steps, input size I; None: not
-    counted) goes through the training forward (see _FUSED_LSTM_MIN_B)."""
+    counted) goes through the training forward (see _FUSED_LSTM_MIN_B).  ``wide``:
+    whether the batch-lane kernel would run it, or a function that says so (asked only
+    where the size rules leave the question open)."""
     if _FUSED_LSTM_MIN_B == 0:
         return False
     _backward = _ext("_backward")
@@ -107,9 +109,19 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
         return False
     # ragged batches from 16 sequences on (routed / kernel with lengths T/2..T, 2
     # threads, AVX2: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
+    if callable(wide):
+        wide = wide()
     return (_backward.fused_lstm_route_at(nt, B, H, itemsize, _l2_bytes(), wide)
             and (not ragged or B >= 16))
 
+
+# A call of at most _SMALL_CALL_MACS multiply-adds (all its steps, sequences and layers)
+# runs on one thread: starting the second costs more than it saves.  Measured (Intel
+# Xeon, B=1-8, 2 threads / 1 thread): T=1 LSTM H=64 B=1-4 1.07-1.10x, SimpleRNN H=128
+# B=1-4 1.03-1.10x, GRU H=64 B=2-4 1.07-1.13x, LSTM H=32 B=4-8 1.08-1.13x; at 2^17
+# SimpleRNN H=256 T=1 0.99x, LSTM H=128 T=1 1.00x; beyond, GRU H=128 T=2 (196k) 0.99x,
+# T=4 0.93x, GRU H=256 T=1 (393k) 0.58x.
+_SMALL_CALL_MACS = 1 << 17
 
 _L2 = None
 # the kernels' lengths and mask arguments of a call without them (never written)
@@ -882,6 +894,8 @@ class RNNBase:
         T, B = x.shape[0], x.shape[1]
         H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
         dt = self.dtype
+        if nt > 1 and B * self._macs(T) <= _SMALL_CALL_MACS:
+            nt = 1          # (_SMALL_CALL_MACS)
         if idle and nt > 1 and B == 1 and self._macs(T) < _threads.IDLE_SINGLE_MACS \
                 and _kernels.choose_path(_CELL_CODE[self._cell], 1, H, self.proj_size,
                                          int(self.reset_after), nt, 1, self.input_size,
@@ -950,8 +964,7 @@ class RNNBase:
             small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
                                          nt, 1, xin.shape[1], dt.itemsize) == "small"
             # plain LSTM layers through the training forward (see _fused_lstm_ok)
-            can_route = (cell == 1 and not self.proj_size and not has_mask
-                         and all(self._fast_acts(d) for d in range(D)))
+            can_route = cell == 1 and not self.proj_size and not has_mask
             lens = ridx = None
             # both directions at once (the same answer for every layer)
             pair = D == 2 and _kernels.pair_applies(
@@ -962,11 +975,13 @@ class RNNBase:
                 last_only = layer == L - 1 and not return_sequences
                 # (the pair first where the rule says 2; a route forced by the test
                 # hook _FUSED_LSTM_MIN_B > 0 before any pair)
+                I_l = inp.shape[1]
                 routed = (can_route and (pair != 2 or _FUSED_LSTM_MIN_B > 0)
                           and _fused_lstm_ok(
                     B, nt, perm is not None, H, dt.itemsize,
-                    _kernels.choose_path(cell, B, H, 0, 1, nt, 1, inp.shape[1],
-                                         dt.itemsize) == "wide", Teff, inp.shape[1]))
+                    lambda: _kernels.choose_path(cell, B, H, 0, 1, nt, 1, I_l,
+                                                 dt.itemsize) == "wide", Teff, I_l)
+                          and all(self._fast_acts(d) for d in range(D)))
                 chunk = _chunk_steps(small, G, H, inp.shape[1], B, Teff, dt.itemsize,
                                      1 if pair and not routed else nt)
                 if routed and lens is None:  # sorted lengths, the reverse rows: once a call

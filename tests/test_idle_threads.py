@@ -14,9 +14,11 @@ CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
 
 
 @pytest.fixture
-def idle_rule():
+def idle_rule(monkeypatch):
+    from fastrnn import layers
     old = _threads.IDLE_SINGLE_S
     old_work = _kernels._set_min_parallel_work(0)
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", -1)
     yield
     _threads.IDLE_SINGLE_S = old
     _kernels._set_min_parallel_work(old_work)
@@ -99,7 +101,7 @@ def test_model_layers_share_the_outer_decision(idle_rule, monkeypatch):
                         return_sequences=True),
                KerasRNN(fastrnn.GRU(64, 64, batch_first=True, seed=2, num_threads=2))])
     _threads.IDLE_SINGLE_S = 0.05
-    x = np.zeros((1, 6, 16), np.float32)
+    x = np.zeros((1, 12, 16), np.float32)    # (above the small-call rule's size)
     m(x)
     m(x)
     assert seen[-2:] == [2, 2]
@@ -132,3 +134,21 @@ def test_call_scope():
         assert _threads._scope.depth == 0
     finally:
         _threads.IDLE_SINGLE_S = old
+
+
+def test_small_call_runs_on_one_thread(monkeypatch):
+    """A call of at most layers._SMALL_CALL_MACS multiply-adds (steps x sequences x
+    every layer's products) runs on one thread, whatever the batch; one more runs on
+    the threads it was given."""
+    from fastrnn import layers
+    seen = _kernel_threads(monkeypatch)
+    layer = fastrnn.LSTM(16, 32, num_layers=2, seed=1, num_threads=2)
+    x = np.random.default_rng(0).standard_normal((3, 2, 16)).astype(np.float32)
+    macs = 2 * layer._macs(3)
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", macs)
+    y1 = layer(x)[0]
+    assert seen[-2:] == [1, 1]
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", macs - 1)
+    y2 = layer(x)[0]
+    assert seen[-2:] == [2, 2]
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)

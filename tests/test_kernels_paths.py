@@ -27,10 +27,13 @@ def path(request):
 
 
 @pytest.fixture(autouse=True)
-def tiny_shapes_use_threads():
-    """The kernels keep tiny problems on one thread; the tests' shapes are tiny, so
-    lift that limit to exercise the multi-thread code (unit and row splits)."""
+def tiny_shapes_use_threads(monkeypatch):
+    """The kernels (and layers._SMALL_CALL_MACS) keep tiny problems on one thread; the
+    tests' shapes are tiny, so lift those limits to exercise the multi-thread code
+    (unit and row splits)."""
+    from fastrnn import layers
     old = _kernels._set_min_parallel_work(0)
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", -1)
     yield
     _kernels._set_min_parallel_work(old)
 

@@ -31,9 +31,11 @@ def _allowed(tid):
 
 
 @pytest.fixture
-def two_threads_always():
+def two_threads_always(monkeypatch):
+    from fastrnn import layers
     old_idle, old_work = _threads.IDLE_SINGLE_S, _kernels._set_min_parallel_work(0)
     _threads.IDLE_SINGLE_S = -1
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", -1)
     yield
     _threads.IDLE_SINGLE_S = old_idle
     _kernels._set_min_parallel_work(old_work)

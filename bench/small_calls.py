@@ -1,0 +1,75 @@
+"""Small calls beside the peers: where a call's fixed cost decides.
+
+    PYTHONPATH=. python bench/small_calls.py [--cases GRU:1:1:32,LSTM:4:20:128]
+                                             [--rounds 5] [--threads 2]
+
+A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32, one layer,
+weights of a torch module with seed 0).  Each round times a burst of calls of fastrnn,
+ONNX Runtime (the module exported to ONNX) and PyTorch in turn, so a noisy minute slows
+all of them alike; the table gives each one's median over rounds of the per-burst
+median, and fastrnn's time over the faster peer's.  The interleaved suite
+(``bench_interleaved.py``) covers the issue's large cases; this one the small layers
+and short sequences (T = 1 to 20) where ~10 us of call overhead is most of the time.
+No timing thresholds.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_speed import fastrnn, models, ort_session, torch  # noqa: E402
+
+DEFAULT = ("GRU:1:1:32,GRU:1:20:32,GRU:4:1:32,LSTM:1:1:32,LSTM:1:20:32,LSTM:4:1:32,"
+           "LSTM:32:1:32,GRU:1:1:128,GRU:1:20:128,LSTM:1:1:128,LSTM:4:1:128,"
+           "RNN:1:1:128,RNN:1:20:128")
+
+
+def _median_call(fn, n):
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=DEFAULT)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    fastrnn.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
+    print(f"{'case':16s} {'fastrnn':>9s} {'ORT':>9s} {'PyTorch':>9s}  (us, medians)"
+          "  fastrnn / best peer")
+    for case in a.cases.split(","):
+        cell, B, T, H = case.split(":")
+        B, T, H = int(B), int(T), int(H)
+        tm, fm = models(cell, 1, False, H, "float32")
+        x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        sess = ort_session(tm, x)
+
+        def run_torch():
+            with torch.inference_mode():
+                return tm(xt)
+        fns = {"fastrnn": lambda: fm(x), "ORT": lambda: sess.run(None, {"x": x}),
+               "PyTorch": run_torch}
+        n = max(20, min(300, int(3e7 / (B * T * H * H))))
+        res = {k: [] for k in fns}
+        for _ in range(a.rounds):
+            for k, fn in fns.items():
+                fn()
+                res[k].append(_median_call(fn, n))
+        m = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
+        best = min(m["ORT"], m["PyTorch"])
+        print(f"{case:16s} {m['fastrnn']:9.1f} {m['ORT']:9.1f} {m['PyTorch']:9.1f}"
+              f"  {m['fastrnn'] / best:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
