@@ -702,8 +702,10 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
      * thread count does not change the arithmetic (B below the row split); but one
      * pass in the pair at B > 1 (no bits are promised across thread counts there, and
      * the pair's 2-layer BiLSTM B=8 H=256 took 0.96x the time; at B = 1 the pause rule
-     * relies on those bits: Threads in the README) */
+     * relies on those bits: Threads in the README); not below fr_min_par_work, where
+     * every thread count runs one thread (the halves cost GRU B=1 T=100 H=64 1.33x) */
     const int hm = !cl->rz_split && cl->K == H && nb >= 2 && q->nT > 1
+                   && (long)cl->G * H * cl->K * B >= fr_min_par_work
                    && B < fr_rowsplit_min && !(pair && B > 1)
                    && (fr_step_overlap > 0
                        || (fr_step_overlap < 0

@@ -1374,3 +1374,33 @@ def test_wide_panel_pairs(wide, cell, dtype):
                 np.testing.assert_array_equal(a[0], b[0])
             _check(layer, x)
             _check(layer, x, lengths=lengths)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_no_halves_below_the_parallel_work(cell):
+    """A layer whose step is below the kernel's parallel-work size runs on one thread
+    whatever it is given, so it sums the recurrent product in one pass, not in the
+    halves that keep a batch of one's bits equal across thread counts (they cost GRU
+    B=1 T=100 H=64 1.33x the time): forcing the overlapped split then changes nothing.
+    Above that size the halves are taken, and still give the same bits on 1 and 2
+    threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 1, 48)).astype(np.float32)
+    old_mode = _kernels._set_step_overlap(0)
+    _kernels._set_path(1)
+    try:
+        layer = CELLS[cell](48, 48, seed=3, num_threads=2)
+        G = layer.gate_count
+        old_work = _kernels._set_min_parallel_work(G * 48 * 48 + 1)
+        plain = layer(x)[0]
+        _kernels._set_step_overlap(1)
+        np.testing.assert_array_equal(layer(x)[0], plain)
+        _kernels._set_min_parallel_work(G * 48 * 48)          # halves from here on
+        halves = [layer(x, num_threads=n)[0] for n in (1, 2)]
+        np.testing.assert_array_equal(halves[0], halves[1])
+        assert not np.array_equal(halves[0], plain)          # (a different sum order)
+        np.testing.assert_allclose(halves[0], plain, rtol=1e-5, atol=1e-6)
+    finally:
+        _kernels._set_min_parallel_work(old_work)
+        _kernels._set_step_overlap(old_mode)
+        _kernels._set_path(0)
