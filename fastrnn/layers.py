@@ -63,11 +63,12 @@ def _chunk_steps(small, G, H, I, B, T, itemsize, share):
     the threads that split a direction's weights (1 for the pair)."""
     if not small:
         nbytes = _CHUNK_BYTES
-    elif G * H * (I + H) * itemsize * 4 > 3 * share * _l2_bytes():
+    elif G * H * (I + H) * itemsize * 4 > 3 * share * (_L2 or _l2_bytes()):
         nbytes = _SMALL_CHUNK_BYTES_BEYOND_L2
     else:
         nbytes = _SMALL_CHUNK_BYTES
-    return max(1, min(T, nbytes // max(1, B * G * H * itemsize)))
+    n = nbytes // (B * G * H * itemsize or 1)
+    return T if n >= T else (n if n > 1 else 1)
 
 
 # Plain LSTM directions run through the training forward (``_fused_lstm_dir``, AVX2
@@ -689,10 +690,11 @@ class RNNBase:
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         B = x.shape[1]
-        LD, dt = self.num_layers * self.num_directions, self.dtype
-        h0, c0 = self._split_hx(hx)
-        h0 = (np.zeros((LD, B, self.output_size), dt) if h0 is None
-              else self._check_state("h0", h0, B, self.output_size, unbatched))
+        LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
+        Hout = self.proj_size or self.hidden_size       # (output_size, without the call)
+        h0, c0 = self._split_hx(hx) if hx is not None else (None, None)
+        h0 = (np.zeros((LD, B, Hout), dt) if h0 is None
+              else self._check_state("h0", h0, B, Hout, unbatched))
         if self._cell == "LSTM":
             c0 = (np.zeros((LD, B, self.hidden_size), dt) if c0 is None
                   else self._check_state("c0", c0, B, self.hidden_size, unbatched))
@@ -751,10 +753,13 @@ class RNNBase:
     def _macs(self, T: int) -> int:
         """Multiply-adds of T steps of one sequence through every layer (projections
         and recurrent products)."""
-        G, H, D = self.gate_count, self.hidden_size, self.num_directions
-        K = self.proj_size or H
-        inputs = self.input_size + (self.num_layers - 1) * D * K
-        return T * D * G * H * (inputs + self.num_layers * K)
+        step = self.__dict__.get("_step_macs")
+        if step is None:        # (fixed by the configuration: counted once)
+            G, H, D = self.gate_count, self.hidden_size, self.num_directions
+            K = self.proj_size or H
+            inputs = self.input_size + (self.num_layers - 1) * D * K
+            step = self.__dict__["_step_macs"] = D * G * H * (inputs + self.num_layers * K)
+        return T * step
 
     def _step_fast(self, x_t, h, c=None, num_threads: int | None = None):
         """Lean one-time-step forward for streaming (internal API).
@@ -892,7 +897,8 @@ class RNNBase:
         nt = _threads.resolve(num_threads, self.num_threads)
         x, unbatched, h0, c0 = self._prepare(x, hx)
         T, B = x.shape[0], x.shape[1]
-        H, Hout, D, L = self.hidden_size, self.output_size, self.num_directions, self.num_layers
+        H, L = self.hidden_size, self.num_layers
+        Hout, D = self.proj_size or H, 2 if self.bidirectional else 1   # (no property calls)
         dt = self.dtype
         if nt > 1 and B * self._macs(T) <= _SMALL_CALL_MACS:
             nt = 1          # (_SMALL_CALL_MACS)
@@ -958,7 +964,7 @@ class RNNBase:
 
         packed = self._pack()
         cell = _CELL_CODE[self._cell]
-        G = self.gate_count
+        G = _GATES[self._cell]
         out = xin
         if N > 0:
             small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
