@@ -1365,10 +1365,30 @@ cdef class PackedDir:
                 self.wxp_f, self.whp_f = wxp, whp
 
 
-def run_layer(int cell, floating[:, ::1] x, PackedDir pw,
-              Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps, Py_ssize_t[::1] lens,
-              unsigned char[::1] mask, floating[:, ::1] h, floating[:, ::1] c,
-              floating[:, ::1] out, int out_col, int reverse, int varlen,
+cdef int _arr(object a, int typenum, int ndim, str name, void** data, Py_ssize_t* n0,
+              Py_ssize_t* n1) except -1:
+    """data, n0 (and n1 for 2 dims) of a, a writeable, aligned, C-contiguous ndarray
+    of typenum in native byte order with ndim dimensions; raises naming what differs.
+    (For run_layer's per-call arrays: a typed memoryview costs ~0.1 us each to take.)"""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"run_layer: {name} must be a numpy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"run_layer: {name} has dtype {a.dtype.str}, expected "
+                        f"{np.dtype(cnp.PyArray_TypeObjectFromType(typenum)).str}")
+    if cnp.PyArray_NDIM(arr) != ndim or not cnp.PyArray_ISCARRAY(arr):
+        raise ValueError(f"run_layer: {name} must be a writeable, aligned, C-contiguous "
+                         f"array of {ndim} dimension(s), got shape {a.shape}")
+    data[0] = cnp.PyArray_DATA(arr)
+    n0[0] = cnp.PyArray_DIM(arr, 0)
+    if ndim == 2:
+        n1[0] = cnp.PyArray_DIM(arr, 1)
+    return 0
+
+
+def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens, mask,
+              h, c, out, int out_col, int reverse, int varlen,
               int hidden_size, int proj_size, int reset_after, int input_forget,
               acts, double clip, int use_peep, int has_mask, int mask_zero_output,
               int num_threads, int chunk, int write_out=1, floating[::1] wdp=None):
@@ -1389,6 +1409,25 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw,
     cdef bint small
     cdef floating[:, ::1] wx, wh, wr
     cdef floating[::1] bias, bhn, peep, wxp, whp
+    cdef void* vp[7]
+    cdef Py_ssize_t nT, nst, nh, nout, ldout, n_, m_
+    cdef int ft = cnp.NPY_FLOAT64 if floating is double else cnp.NPY_FLOAT32
+    _arr(offsets, cnp.NPY_INTP, 1, "offsets", &vp[0], &nT, NULL)
+    _arr(nsteps, cnp.NPY_INTP, 1, "nsteps", &vp[1], &nst, NULL)
+    _arr(lens, cnp.NPY_INTP, 1, "lens", &vp[2], &n_, NULL)
+    _arr(mask, cnp.NPY_UINT8, 1, "mask", &vp[3], &n_, NULL)
+    _arr(h, ft, 2, "h", &vp[4], &nh, &m_)
+    _arr(c, ft, 2, "c", &vp[5], &n_, &m_)
+    _arr(out, ft, 2, "out", &vp[6], &nout, &ldout)
+    cdef Py_ssize_t* p_off = <Py_ssize_t*>vp[0]
+    cdef Py_ssize_t* p_nst = <Py_ssize_t*>vp[1]
+    cdef Py_ssize_t* p_len = <Py_ssize_t*>vp[2]
+    cdef unsigned char* p_msk = <unsigned char*>vp[3]
+    cdef floating* p_h = <floating*>vp[4]
+    cdef floating* p_c = <floating*>vp[5]
+    cdef floating* p_out = <floating*>vp[6]
+    if nst < nT:
+        raise ValueError("run_layer: fewer step sizes than step offsets")
     if floating is double:
         if not pw.is_double:
             raise TypeError("run_layer: float32 weights for a float64 input")
@@ -1401,8 +1440,8 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw,
         wx, wh, wr, bias, bhn, peep = pw.wx_f, pw.wh_f, pw.wr_f, pw.bias_f, pw.bhn_f, pw.peep_f
         if pw.small:
             wxp, whp = pw.wxp_f, pw.whp_f
-    _fill_dims(&d, &A, cell, offsets.shape[0], x.shape[1], hidden_size, proj_size,
-               h.shape[0], reverse, varlen, reset_after, input_forget, out.shape[1], out_col,
+    _fill_dims(&d, &A, cell, nT, x.shape[1], hidden_size, proj_size,
+               nh, reverse, varlen, reset_after, input_forget, ldout, out_col,
                num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
     if d.T == 0 or d.nrows_max == 0:
         return
@@ -1415,8 +1454,8 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw,
         _fill_cell(&cl, cell, d.G, d.H, d.H, fr_wide_rows(), &A, use_peep, input_forget,
                    reset_after, &wdp[0], &bias[0], &bhn[0], NULL)
         with nogil:
-            rc = _run_wide(&d, &cl, &x[0, 0], x.shape[1], &offsets[0], &nsteps[0], &lens[0],
-                           &mask[0], &h[0, 0], &c[0, 0], &out[0, 0])
+            rc = _run_wide(&d, &cl, &x[0, 0], x.shape[1], p_off, p_nst, p_len, p_msk, p_h,
+                           p_c, p_out)
         if rc != 0:
             raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
         return
@@ -1429,13 +1468,12 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw,
                &peep[0] if use_peep else NULL)
     with nogil:
         if small:
-            rc = _run_small(&d, &cl, &x[0, 0], x.shape[1], &wxp[0], &offsets[0], &nsteps[0],
-                            &lens[0], &mask[0], &h[0, 0], &c[0, 0], &out[0, 0])
+            rc = _run_small(&d, &cl, &x[0, 0], x.shape[1], &wxp[0], p_off, p_nst, p_len,
+                            p_msk, p_h, p_c, p_out)
         else:
             rc = _run_layer(&d, &x[0, 0], x.shape[1], &wx[0, 0], &wh[0, 0], &bias[0], &bhn[0],
-                            &wr[0, 0], &peep[0] if use_peep else NULL,
-                            &offsets[0], &nsteps[0], &lens[0], &mask[0], &h[0, 0], &c[0, 0],
-                            &out[0, 0], &A, &cl)
+                            &wr[0, 0], &peep[0] if use_peep else NULL, p_off, p_nst, p_len,
+                            p_msk, p_h, p_c, p_out, &A, &cl)
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
 

@@ -306,7 +306,8 @@ def test_shared_empty_arguments_stay_zero():
 
 def test_run_layer_refuses_weights_of_another_dtype():
     """run_layer takes a direction's weights as one PackedDir; weights of the other
-    float type than the input's are refused by name, not read as the wrong type."""
+    float type than the input's are refused by name, not read as the wrong type; so
+    are per-call arrays of another type, byte order or layout."""
     from fastrnn import _kernels
     layer = fastrnn.GRU(4, 8, seed=0)
     pw64 = fastrnn.GRU(4, 8, seed=0, dtype="float64")._pack()[0][0][8]
@@ -321,3 +322,22 @@ def test_run_layer_refuses_weights_of_another_dtype():
         _kernels.run_layer(2, x, pw64, idx, *args)
     _kernels.run_layer(2, x, layer._pack()[0][0][8], idx, *args)   # the right one runs
     assert np.abs(out).sum() > 0
+    # the per-call arrays are checked by name too (type, byte order, layout)
+    pw = layer._pack()[0][0][8]
+    with pytest.raises(TypeError, match="offsets has dtype <i4"):
+        _kernels.run_layer(2, x, pw, idx.astype(np.int32), *args)
+    bad = list(args)
+    bad[3] = np.zeros((1, 8), np.float64)
+    with pytest.raises(TypeError, match="h has dtype <f8"):
+        _kernels.run_layer(2, x, pw, idx, *bad)
+    bad[3] = np.zeros((8, 2), np.float32).T
+    with pytest.raises(ValueError, match="h must be a writeable, aligned, C-contiguous"):
+        _kernels.run_layer(2, x, pw, idx, *bad)
+    bad[3] = h
+    bad[5] = [[0.0] * 8] * 3
+    with pytest.raises(TypeError, match="out must be a numpy array, got list"):
+        _kernels.run_layer(2, x, pw, idx, *bad)
+    bad[5] = out
+    bad[0] = np.ones(2, np.intp)
+    with pytest.raises(ValueError, match="fewer step sizes than step offsets"):
+        _kernels.run_layer(2, x, pw, idx, *bad)
