@@ -10,7 +10,8 @@ all of them alike; the table gives each one's median over rounds of the per-burs
 median, and fastrnn's time over the faster peer's.  The interleaved suite
 (``bench_interleaved.py``) covers the issue's large cases; this one the small layers
 and short sequences (T = 1 to 20) where ~10 us of call overhead is most of the time.
-No timing thresholds.
+For T = 1 the last column times ``fastrnn.Stream.step`` (one step, state carried: the
+streaming API, which skips the layer call's checks and set-up).  No timing thresholds.
 """
 import argparse
 import os
@@ -22,9 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_speed import fastrnn, models, ort_session, torch  # noqa: E402
 
-DEFAULT = ("GRU:1:1:32,GRU:1:20:32,GRU:4:1:32,LSTM:1:1:32,LSTM:1:20:32,LSTM:4:1:32,"
+DEFAULT = ("GRU:1:1:32,GRU:1:20:32,GRU:4:1:32,LSTM:1:1:32,LSTM:1:5:64,LSTM:4:1:32,"
            "LSTM:32:1:32,GRU:1:1:128,GRU:1:20:128,LSTM:1:1:128,LSTM:4:1:128,"
-           "RNN:1:1:128,RNN:1:20:128")
+           "RNN:1:1:16,RNN:8:1:64,RNN:1:1:128,RNN:1:20:128")
 
 
 def _median_call(fn, n):
@@ -45,7 +46,7 @@ def main(argv=None):
     fastrnn.set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
     print(f"{'case':16s} {'fastrnn':>9s} {'ORT':>9s} {'PyTorch':>9s}  (us, medians)"
-          "  fastrnn / best peer")
+          "  fastrnn / best peer   Stream.step (T=1)")
     for case in a.cases.split(","):
         cell, B, T, H = case.split(":")
         B, T, H = int(B), int(T), int(H)
@@ -59,6 +60,9 @@ def main(argv=None):
                 return tm(xt)
         fns = {"fastrnn": lambda: fm(x), "ORT": lambda: sess.run(None, {"x": x}),
                "PyTorch": run_torch}
+        if T == 1:
+            stream, x1 = fastrnn.Stream(fm, batch_size=B), np.ascontiguousarray(x[0])
+            fns["stream"] = lambda: stream.step(x1)
         n = max(20, min(300, int(3e7 / (B * T * H * H))))
         res = {k: [] for k in fns}
         for _ in range(a.rounds):
@@ -67,8 +71,9 @@ def main(argv=None):
                 res[k].append(_median_call(fn, n))
         m = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
         best = min(m["ORT"], m["PyTorch"])
+        step = f"{m['stream']:9.1f}" if "stream" in m else ""
         print(f"{case:16s} {m['fastrnn']:9.1f} {m['ORT']:9.1f} {m['PyTorch']:9.1f}"
-              f"  {m['fastrnn'] / best:.2f}", flush=True)
+              f"  {m['fastrnn'] / best:19.2f}   {step}", flush=True)
 
 
 if __name__ == "__main__":
