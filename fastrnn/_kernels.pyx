@@ -1365,21 +1365,34 @@ cdef class PackedDir:
                 self.wxp_f, self.whp_f = wxp, whp
 
 
-cdef int _arr(object a, int typenum, int ndim, str name, void** data, Py_ssize_t* n0,
-              Py_ssize_t* n1) except -1:
-    """data, n0 (and n1 for 2 dims) of a, a writeable, aligned, C-contiguous ndarray
-    of typenum in native byte order with ndim dimensions; raises naming what differs.
-    (For run_layer's per-call arrays: a typed memoryview costs ~0.1 us each to take.)"""
+cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str name):
+    """a, an ndarray of typenum in native byte order, C-contiguous, aligned (and
+    writeable); raises naming who, the array and what differs.  For the hot entries'
+    arrays (run_layer, StepPlan.step): a typed memoryview costs ~0.1 us each to take."""
     cdef cnp.ndarray arr
+    cdef int flags = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+                      | (cnp.NPY_ARRAY_WRITEABLE if writeable else 0))
     if not cnp.PyArray_Check(a):
-        raise TypeError(f"run_layer: {name} must be a numpy array, got {type(a).__name__}")
+        raise TypeError(f"{who}: {name} must be a numpy array, got {type(a).__name__}")
     arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise TypeError(f"run_layer: {name} has dtype {a.dtype.str}, expected "
-                        f"{np.dtype(cnp.PyArray_TypeObjectFromType(typenum)).str}")
-    if cnp.PyArray_NDIM(arr) != ndim or not cnp.PyArray_ISCARRAY(arr):
-        raise ValueError(f"run_layer: {name} must be a writeable, aligned, C-contiguous "
-                         f"array of {ndim} dimension(s), got shape {a.shape}")
+        raise TypeError(f"{who}: {name} has dtype {a.dtype.str}, expected "
+                        f"{np.dtype(cnp.PyArray_TypeObjectFromType(typenum)).name} "
+                        "(native byte order)")
+    if (cnp.PyArray_FLAGS(arr) & flags) != flags:
+        raise ValueError(f"{who}: {name} must be C-contiguous, aligned"
+                         + (" and writeable" if writeable else ""))
+    return arr
+
+
+cdef int _arr(object a, int typenum, int ndim, str name, void** data, Py_ssize_t* n0,
+              Py_ssize_t* n1) except -1:
+    """data, n0 (and n1 for 2 dims) of run_layer's array a (``_checked``, writeable,
+    ndim dimensions)."""
+    cdef cnp.ndarray arr = _checked(a, typenum, True, "run_layer", name)
+    if cnp.PyArray_NDIM(arr) != ndim:
+        raise ValueError(f"run_layer: {name} must have {ndim} dimension(s), got shape "
+                         f"{a.shape}")
     data[0] = cnp.PyArray_DATA(arr)
     n0[0] = cnp.PyArray_DIM(arr, 0)
     if ndim == 2:
@@ -1669,19 +1682,9 @@ cdef class StepPlan:
         """The data of a, an ndarray of the plan's dtype in native byte order, aligned,
         C-contiguous (and writeable for the state), of shape (d0, d1[, d2]); raises
         naming what differs."""
-        cdef cnp.ndarray arr
-        cdef int want = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
-        cdef int flags = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
-                          | (cnp.NPY_ARRAY_WRITEABLE if nd == 3 else 0))
-        if not cnp.PyArray_Check(a):
-            raise TypeError(f"StepPlan.step: {name} must be a numpy array, got {type(a).__name__}")
-        arr = <cnp.ndarray>a
-        if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_ISNOTSWAPPED(arr):
-            raise TypeError(f"StepPlan.step: {name} has dtype {a.dtype.str}, the plan's is "
-                            f"{'float64' if self.is_double else 'float32'} (native byte order)")
-        if (cnp.PyArray_FLAGS(arr) & flags) != flags:
-            raise ValueError(f"StepPlan.step: {name} must be C-contiguous, aligned"
-                             + (" and writeable" if nd == 3 else ""))
+        cdef cnp.ndarray arr = _checked(
+            a, cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32, nd == 3,
+            "StepPlan.step", name)
         if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_DIM(arr, 0) != d0
                 or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):
             raise ValueError(f"StepPlan.step: {name} has shape {a.shape}, expected "

@@ -331,7 +331,7 @@ def test_run_layer_refuses_weights_of_another_dtype():
     with pytest.raises(TypeError, match="h has dtype <f8"):
         _kernels.run_layer(2, x, pw, idx, *bad)
     bad[3] = np.zeros((8, 2), np.float32).T
-    with pytest.raises(ValueError, match="h must be a writeable, aligned, C-contiguous"):
+    with pytest.raises(ValueError, match="h must be C-contiguous, aligned and writeable"):
         _kernels.run_layer(2, x, pw, idx, *bad)
     bad[3] = h
     bad[5] = [[0.0] * 8] * 3
