@@ -170,23 +170,35 @@ _last_end = [0.0]
 _scope = threading.local()
 
 
+def scope_enter() -> bool:
+    """Start of a call (a layer, or a model with its layers); pair it with
+    :func:`scope_leave` (``try`` / ``finally``).  Returns whether the process had no
+    fastrnn call for :data:`IDLE_SINGLE_S`; nested calls share the outermost call's
+    answer, and the outermost one's end is the new time of the last call.  (Two
+    functions rather than a context manager: 0.38 us a call instead of 0.58.)"""
+    depth = getattr(_scope, "depth", 0)
+    _scope.depth = depth + 1
+    if depth:
+        return _scope.idle
+    idle = _scope.idle = (IDLE_SINGLE_S >= 0
+                          and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
+    return idle
+
+
+def scope_leave() -> None:
+    depth = _scope.depth - 1
+    _scope.depth = depth
+    if not depth:
+        _last_end[0] = time.monotonic()
+
+
 class call_scope:
-    """Context of one top-level call (a layer, or a model with its layers): ``with
-    call_scope() as idle`` gives whether the process had no fastrnn call for
-    :data:`IDLE_SINGLE_S`; nested calls share the outermost call's answer, and the
-    outermost one's end is the new time of the last call."""
-    __slots__ = ("outer",)
+    """``with call_scope() as idle``: :func:`scope_enter` / :func:`scope_leave` as a
+    context manager."""
+    __slots__ = ()
 
     def __enter__(self) -> bool:
-        depth = getattr(_scope, "depth", 0)
-        self.outer = depth == 0
-        if self.outer:
-            _scope.idle = (IDLE_SINGLE_S >= 0
-                           and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
-        _scope.depth = depth + 1
-        return _scope.idle
+        return scope_enter()
 
     def __exit__(self, *exc) -> None:
-        _scope.depth -= 1
-        if self.outer:
-            _last_end[0] = time.monotonic()
+        scope_leave()

@@ -886,14 +886,18 @@ class RNNBase:
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
-        with _threads.call_scope() as idle:
+        idle = _threads.scope_enter()
+        try:
             return self._call(x, hx, lengths, mask, masked_output, num_threads,
                               return_sequences, idle)
+        finally:
+            _threads.scope_leave()
 
     def _call(self, x, hx, lengths, mask, masked_output, num_threads, return_sequences,
               idle):
         _kernels = _kernels_module()
-        _threads.hook_blas()
+        if not _threads._blas_hooked:
+            _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
         x, unbatched, h0, c0 = self._prepare(x, hx)
         T, B = x.shape[0], x.shape[1]

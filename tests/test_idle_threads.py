@@ -132,6 +132,15 @@ def test_call_scope():
             with _threads.call_scope():
                 raise RuntimeError("x")
         assert _threads._scope.depth == 0
+        # a layer call (scope_enter / scope_leave) that raises leaves the scope too,
+        # and its end counts as the last call
+        layer = fastrnn.GRU(4, 8, seed=0)
+        time.sleep(0.08)
+        with pytest.raises(ValueError, match="features"):
+            layer(np.zeros((3, 1, 5), np.float32))
+        assert _threads._scope.depth == 0
+        with _threads.call_scope() as idle:
+            assert not idle
     finally:
         _threads.IDLE_SINGLE_S = old
 
