@@ -206,6 +206,7 @@ FR_INLINE int fr_nthreads(void) {
         T* hbuf;                     /* (2, B, H) */                                      \
         T* lastout;                  /* (B, H) mask only */                               \
         int flip;                    /* single-step calls: traverse unit blocks backwards */\
+        int team;                    /* threads sharing a step's unit blocks (the kernel's) */\
         T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */     \
         T* xt; T* ht; T* ct;         /* batch-lane kernel scratch (fr_wide_t.h) */        \
     }

@@ -452,7 +452,12 @@ FR_FN(void, F(rz), F(rz_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s
  * out-of-order window reaches the next chain.  Instead a step collects up to FR_DG_SLOTS
  * (row, block) pairs (pre-activations with the projection and bias added) and runs each
  * activation over all of them in one loop, so independent vectors are in flight; then
- * it stores c, h and the output.  Same arithmetic as lstm_fast / gru_fast. */
+ * it stores c, h and the output.  Same arithmetic as lstm_fast / gru_fast.
+ * Only where one thread runs all of a step's unit blocks (q->team 1: one thread, the row
+ * split, the pair): in the unit split each block's gate math right after its product
+ * overlaps the next block's product from L2, which measured faster (Intel Xeon, 2
+ * threads, bench/ab_builds.py: GRU B=2-4 H=64-256 0.81-0.92x, LSTM B=1-4 0.89-0.97x),
+ * while one thread still gains from the batch at small H (GRU H=64 1.05-1.11x without). */
 #define FR_DG_SLOTS 32
 typedef struct {
     /* LSTM: pre-activations i, f, g, o; GRU: r, z, x_n + b_in, h W_hn^T + b_hn */
@@ -520,7 +525,7 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
      * step touched (still in cache) come first when a slice slightly exceeds L2 */
     const int rev = (s & 1) ^ q->flip;
     const int lstm = cl->cell == 1;
-    const int defer = fr_dgate_mode && cl->fast && !cl->rz_split && !q->mask
+    const int defer = fr_dgate_mode && q->team == 1 && cl->fast && !cl->rz_split && !q->mask
                       && (lstm ? q->c != NULL : cl->cell == 2);
     F(dgate) dg;
     dg.n = 0;
@@ -714,6 +719,7 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
                    ? (nb / 2) * W : 0;
     memcpy(q->hbuf, q->h, sizeof(T) * B * H);
     if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
+    q->team = nthr > 1 && !rowsplit ? nthr : 1;
 #ifdef _OPENMP
     if (nthr > 1) {
         int bar[2] = {0, 0};     /* fr_step_barrier: arrivals, generation */
