@@ -29,13 +29,15 @@ def idle_rule(monkeypatch):
 @pytest.mark.parametrize("H", [40, 256])
 def test_batch_of_one_same_bits_on_any_thread_count(idle_rule, cell, dtype, H):
     """The property the rule relies on: B=1 on the packed kernel gives the same bits on 1,
-    2 and 3 threads (the overlapped unit split's halves included: H=256), stacked,
-    bidirectional, with lengths and a mask, T=1; and an idle call (rule forced) equals a
-    non-idle one."""
+    2 and 3 threads (the overlapped unit split's halves included: H=256; the batched
+    gate math on one thread, per block on a team), stacked, bidirectional (both
+    directions at once) and not (the unit split), with lengths and a mask, T=1; and an
+    idle call (rule forced) equals a non-idle one."""
     rng = np.random.default_rng(H)
-    layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3)
-    for T, kw in ((9, {}), (9, {"lengths": [6]}), (9, {"mask": rng.random((9, 1)) > 0.3}),
-                  (1, {})):
+    for bi, T, kw in ((True, 9, {}), (True, 9, {"lengths": [6]}),
+                      (True, 9, {"mask": rng.random((9, 1)) > 0.3}), (True, 1, {}),
+                      (False, 9, {}), (False, 9, {"lengths": [6]})):
+        layer = CELLS[cell](H, H, num_layers=2, bidirectional=bi, dtype=dtype, seed=3)
         x = rng.standard_normal((T, 1, H)).astype(dtype)
         _threads.IDLE_SINGLE_S = -1
         runs = [layer(x, num_threads=nt, **kw) for nt in (1, 2, 3)]
