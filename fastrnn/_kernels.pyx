@@ -1343,14 +1343,12 @@ cdef class PackedDir:
     (about 1 us of a small layer's ~12 us call)."""
     cdef readonly bint is_double
     cdef readonly bint small
-    cdef readonly tuple arrays
     cdef float[:, ::1] wx_f, wh_f, wr_f
     cdef float[::1] bias_f, bhn_f, peep_f, wxp_f, whp_f
     cdef double[:, ::1] wx_d, wh_d, wr_d
     cdef double[::1] bias_d, bhn_d, peep_d, wxp_d, whp_d
 
     def __init__(self, wx, wh, bias, bhn, wr, peep, wxp=None, whp=None):
-        self.arrays = (wx, wh, bias, bhn, wr, peep, wxp, whp)
         self.is_double = np.asarray(wx).dtype == np.float64
         self.small = wxp is not None and whp is not None
         if self.is_double:

@@ -121,8 +121,7 @@ def resolve(call=None, layer=None) -> int:
     """The thread count of a call: ``call`` (the call's num_threads) unless None, else
     ``layer`` (the layer's) unless None (validated), else :func:`get_num_threads`."""
     c = call if call is not None else layer
-    n = _check_threads(c) if c is not None else (
-        _default if _default is not None else _wanted_default())
+    n = _check_threads(c) if c is not None else _wanted_default()
     return _granted(n) if n > 1 else n     # (so the fork rule can warn here too)
 
 

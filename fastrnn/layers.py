@@ -63,7 +63,7 @@ def _chunk_steps(small, G, H, I, B, T, itemsize, share):
     the threads that split a direction's weights (1 for the pair)."""
     if not small:
         nbytes = _CHUNK_BYTES
-    elif G * H * (I + H) * itemsize * 4 > 3 * share * (_L2 or _l2_bytes()):
+    elif G * H * (I + H) * itemsize * 4 > 3 * share * _l2_bytes():
         nbytes = _SMALL_CHUNK_BYTES_BEYOND_L2
     else:
         nbytes = _SMALL_CHUNK_BYTES
@@ -692,7 +692,7 @@ class RNNBase:
         B = x.shape[1]
         LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
         Hout = self.proj_size or self.hidden_size       # (output_size, without the call)
-        h0, c0 = self._split_hx(hx) if hx is not None else (None, None)
+        h0, c0 = self._split_hx(hx)
         h0 = (np.zeros((LD, B, Hout), dt) if h0 is None
               else self._check_state("h0", h0, B, Hout, unbatched))
         if self._cell == "LSTM":
@@ -904,9 +904,10 @@ class RNNBase:
         H, L = self.hidden_size, self.num_layers
         Hout, D = self.proj_size or H, 2 if self.bidirectional else 1   # (no property calls)
         dt = self.dtype
-        if nt > 1 and B * self._macs(T) <= _SMALL_CALL_MACS:
+        macs = self._macs(T)
+        if nt > 1 and B * macs <= _SMALL_CALL_MACS:
             nt = 1          # (_SMALL_CALL_MACS)
-        if idle and nt > 1 and B == 1 and self._macs(T) < _threads.IDLE_SINGLE_MACS \
+        if idle and nt > 1 and B == 1 and macs < _threads.IDLE_SINGLE_MACS \
                 and _kernels.choose_path(_CELL_CODE[self._cell], 1, H, self.proj_size,
                                          int(self.reset_after), nt, 1, self.input_size,
                                          dt.itemsize) == "small":
