@@ -761,12 +761,13 @@ class RNNBase:
             step = self.__dict__["_step_macs"] = D * G * H * (inputs + self.num_layers * K)
         return T * step
 
-    def _step_fast(self, x_t, h, c=None, num_threads: int | None = None):
+    def _step_fast(self, x_t, h, c=None, num_threads: int | None = None, copy: bool = False):
         """Lean one-time-step forward for streaming (internal API).
 
         ``x_t`` ``(B, I)``; ``h`` ``(num_layers, B, H_out)`` and, for LSTM, ``c``
         ``(num_layers, B, H)``: C-contiguous arrays of the layer's dtype, updated in place
-        to the state after this step.  Returns ``h[-1]`` (a view: the step's output).
+        to the state after this step.  Returns ``h[-1]`` (a view: the step's output;
+        with ``copy`` a new array holding it, made by the kernel's entry).
         Uni-directional layers only (not ``go_backwards``).  The kernel's entry checks the
         buffers' dtype, layout and shapes; the caller (e.g. :class:`fastrnn.Stream`) owns
         them.  About 0.3 us of Python on top of the kernel (vs tens of us for
@@ -777,10 +778,15 @@ class RNNBase:
         if nt is None or _threads._fork_single:
             nt = _threads.get_num_threads()
         ent = self._step_entry
-        if (ent is not None and ent[0] is self._packed and ent[1] == nt
-                and type(nt) is int and ent[2].step(x_t, h, c)):
-            return h[-1]
-        return self._step_slow(x_t, h, c, nt)
+        if ent is not None and ent[0] is self._packed and ent[1] == nt and type(nt) is int:
+            if copy:
+                y = ent[2].step_copy(x_t, h, c)
+                if y is not None:
+                    return y
+            elif ent[2].step(x_t, h, c):
+                return h[-1]
+        y = self._step_slow(x_t, h, c, nt)
+        return y.copy() if copy else y
 
     def _step_slow(self, x_t, h, c, nt):
         """_step_fast's way when its kept plan does not apply: (re)pack, validate the

@@ -306,7 +306,7 @@ class Stream:
                     # stream's shape) goes straight to the kernel, which checks it and
                     # raises before touching the state when it is not
                     try:
-                        y = fast(x_t, h, c, self.num_threads)
+                        y = fast(x_t, h, c, self.num_threads, True)
                     except (TypeError, ValueError):
                         y = None
                 if y is None:
@@ -315,13 +315,13 @@ class Stream:
                             and x.shape == (self.batch_size, layer.input_size)):
                         return self._step_general(x)
                     x = np.ascontiguousarray(x, dtype=layer.dtype)
-                    y = fast(x, h, c, self.num_threads)
+                    y = fast(x, h, c, self.num_threads, True)
                 # the kernel's step entry (layer._step_fast) updates h/c in place and
-                # returns a view of h[-1] (the step's output: the runner reads it there,
-                # last_out None); the caller gets a copy
+                # returns a copy of h[-1] (the step's output: the runner reads it in h,
+                # last_out None)
                 r.last_out = None
                 self.steps_seen += 1
-                return y.copy()
+                return y
             return self._step_general(np.asarray(x_t))
         return self._feed_model(np.asarray(x_t)[:, None])[:, 0]
 

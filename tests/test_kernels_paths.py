@@ -403,14 +403,23 @@ def test_return_sequences_false(path, cell, bidirectional):
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nt", [1, 2])
-def test_step_fast_matches_sequence(cell, dtype, nt):
+@pytest.mark.parametrize("copy", [False, True])
+def test_step_fast_matches_sequence(cell, dtype, nt, copy):
+    """Step by step equals the whole sequence; with ``copy`` each step's output is a
+    new array of the layer's dtype (StepPlan.step_copy), equal to the state's top h."""
     rng = np.random.default_rng(37)
     layer = CELLS[cell](6, 40, num_layers=2, dtype=dtype, seed=10, num_threads=nt)
     x = rng.standard_normal((5, 3, 6)).astype(dtype)
     ref, _ = layer(x)
     h = np.zeros((2, 3, 40), dtype)
     c = np.zeros((2, 3, 40), dtype) if cell == "LSTM" else None
-    outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(5)]
+    outs = []
+    for t in range(5):
+        y = layer._step_fast(np.ascontiguousarray(x[t]), h, c, None, copy)
+        if copy:
+            assert y.dtype == dtype and y.shape == (3, 40) and not np.shares_memory(y, h)
+            np.testing.assert_array_equal(y, h[-1])
+        outs.append(y.copy())
     rtol, atol = _tol(dtype)
     np.testing.assert_allclose(np.array(outs), ref, rtol=rtol, atol=atol)
 

@@ -316,7 +316,8 @@ def test_fast_step_hook_is_used(monkeypatch):
     want = layer(x)[0]
     calls = []
 
-    def fake(xt, h, c, num_threads):
+    def fake(xt, h, c, num_threads, copy=False):
+        assert copy             # the stream asks for a new array, not a view of h
         calls.append(1)
         y, (h2, c2) = layer(xt[None], (h, c), num_threads=num_threads)
         h[...] = h2
