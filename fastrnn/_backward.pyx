@@ -94,6 +94,13 @@ def _act_test(int which, x, int level=-1):
     return y
 
 
+def _hooks_changed():
+    """This module's hooks steer the layers' decisions too (the LSTM route): tell
+    fastrnn._kernels (``hooks_generation``)."""
+    from fastrnn import _kernels
+    _kernels._hooks_changed()
+
+
 def _set_blas_local_setter(intptr_t address):
     """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
     global frb_blas_set_local
@@ -251,9 +258,12 @@ def _set_gemm43(int on):
     """Tests / A-B runs: which AVX2 training kernels use the 4 x 3 micro-kernel (bit 1:
     LSTM forward, bit 2: GRU forward and the backward's per-step product; 3, the default:
     both; 0: the 3 x 4 kernel everywhere).  Module-global: not while another thread runs
-    a layer."""
+    a layer.  Returns the previous value."""
     global frbg_use43
+    _hooks_changed()
+    old = frbg_use43
     frbg_use43 = on
+    return old
 
 
 def _set_gemm83(int on):
@@ -262,6 +272,7 @@ def _set_gemm83(int on):
     rows), never (0) or always (2).  Returns the previous value.  Module-global: not
     while another thread runs a layer."""
     global frbg_use83
+    _hooks_changed()
     old = frbg_use83
     frbg_use83 = on
     return old
@@ -270,9 +281,12 @@ def _set_gemm83(int on):
 def _set_rows3(int on):
     """Tests / A-B runs: the AVX2 4 x 3 training kernels end a block of rows with
     three-row blocks instead of a lone one or two rows (1, the default) or not (0).
-    Module-global: not while another thread runs a layer."""
+    Returns the previous value.  Module-global: not while another thread runs a layer."""
     global frbg_rows3
+    _hooks_changed()
+    old = frbg_rows3
     frbg_rows3 = on
+    return old
 
 
 def _set_rows6(int on):
@@ -280,6 +294,7 @@ def _set_rows6(int on):
     near-equal blocks instead of a lone one or two rows (1, the default) or not (0).
     Returns the previous value.  Module-global: not while another thread runs a layer."""
     global frbg_rows6
+    _hooks_changed()
     old = frbg_rows6
     frbg_rows6 = on
     return old
@@ -291,6 +306,7 @@ def _set_wgemm_blocks(int mode):
     blocks where a core has 2 MiB of L2 or more, 0 the smaller, 1 the larger.  Returns
     the previous value.  Module-global: not while another thread runs a layer."""
     global frbg_wgemm_mode
+    _hooks_changed()
     old = frbg_wgemm_mode
     frbg_wgemm_mode = mode
     return old
@@ -312,6 +328,7 @@ def _set_gru_fwd_rowsplit(int n):
     or by its rule (0, the default).  Returns the previous value.  Module-global: not
     while another thread runs a layer."""
     global frbg_gru_fwd_rowsplit
+    _hooks_changed()
     old = frbg_gru_fwd_rowsplit
     frbg_gru_fwd_rowsplit = n
     return old
@@ -328,6 +345,7 @@ def _set_bwd_rowsplit(int n):
     units (-1) or by the rule (0, the default).  Returns the previous value.
     Module-global: not while another thread runs a layer."""
     global frbg_bwd_rowsplit
+    _hooks_changed()
     old = frbg_bwd_rowsplit
     frbg_bwd_rowsplit = n
     return old
@@ -340,6 +358,7 @@ def _set_fwd_rowsplit(int n):
     at 4 rows a thread).  Returns the previous value.  Module-global: not while another
     thread runs a layer."""
     global frbg_fwd_rowsplit
+    _hooks_changed()
     old = frbg_fwd_rowsplit
     frbg_fwd_rowsplit = n
     return old

@@ -35,6 +35,22 @@ from fastrnn._mem import aligned_copy
 
 cnp.import_array()
 
+# Bumped by every test / tuning hook (the ``_set_*`` functions here and in _backward):
+# a layer keeps the decisions of its calls per shape (layers.RNNBase._plan) and makes
+# them again when this changed, since the hooks steer them.
+cdef long _hooks_gen = 0
+
+
+def _hooks_changed():
+    """A hook changed a setting the kernels or a layer's decisions read."""
+    global _hooks_gen
+    _hooks_gen += 1
+
+
+def hooks_generation():
+    """How many times a hook changed a setting (see :func:`_hooks_changed`)."""
+    return _hooks_gen
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -664,10 +680,11 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
 # Path choice.  "small": packed per-thread matvec kernel in one persistent parallel region
 # (no BLAS in the time loop; units in the vector lanes); "wide": the batch-lane kernel
 # (fr_wide_t.h: batch rows in the lanes, weights broadcast, input projection fused into the
-# step), chosen for SimpleRNN at WIDE_MIN_BATCH rows and more; "blas": per-step BLAS GEMM +
+# step), chosen for SimpleRNN where wide_rnn_at says; "blas": per-step BLAS GEMM +
 # vectorised gate pass.
 # Measured on the 2-core AVX2 EPYC (in-process, paths alternating call by call, 12-25
-# rounds, ratio of medians wide/small): SimpleRNN B=8 0.76-0.83, B=16 0.79-0.80, B=64 H=512
+# rounds, ratio of medians wide/small; the rule with AVX2, WIDE_MIN_BATCH; AVX-512's in
+# wide_rnn_at): SimpleRNN B=8 0.76-0.83, B=16 0.79-0.80, B=64 H=512
 # 0.76, B=256 H=128 0.77, float64 B=8/16 0.76/0.80, B=4 1.5 (half the lanes empty), B=12
 # 0.97; LSTM B=8/16/32/64 1.07/1.01/0.98/1.06, GRU B=16/64 1.04/1.13 (the gate math, the
 # same in both, and two threads' memory traffic weigh more than the weight stream the
@@ -681,9 +698,13 @@ WIDE_MIN_BATCH = 8
 
 def _set_path(int mode):
     """Test hook: 0 automatic, 1 force the small-batch kernel (where it applies), 2 BLAS,
-    3 the batch-lane kernel (where it applies, else the small-batch one)."""
+    3 the batch-lane kernel (where it applies, else the small-batch one).  Returns the
+    previous value."""
     global _force_path
+    _hooks_changed()
+    old = _force_path
     _force_path = mode
+    return old
 
 
 include "_place.pxi"
@@ -694,6 +715,7 @@ def _set_min_parallel_work(long n):
     (default 16384; 0 makes every multi-thread path run on tiny test shapes).
     Returns the previous value."""
     global fr_min_par_work
+    _hooks_changed()
     old = fr_min_par_work
     fr_min_par_work = n
     return old
@@ -703,6 +725,7 @@ def _set_rowsplit_min(int n):
     """Tuning hook: batch rows from which the packed kernel splits rows rather than
     units between threads.  Returns the previous value."""
     global fr_rowsplit_min
+    _hooks_changed()
     old = fr_rowsplit_min
     fr_rowsplit_min = n
     return old
@@ -712,6 +735,7 @@ def _set_spin_barrier(int mode):
     """Test hook: the packed kernel's per-step barrier (unit split) spins on counters (1,
     the default) or is OpenMP's (0).  Returns the previous value."""
     global fr_barrier_spin
+    _hooks_changed()
     old = fr_barrier_spin
     fr_barrier_spin = mode
     return old
@@ -725,6 +749,7 @@ def _set_swpf(int mode):
     (1) or off (0); -1 chooses by the CPU again (AMD on, others off).  Returns the
     previous setting (0 / 1).  The arithmetic is the same either way."""
     global fr_swpf_on
+    _hooks_changed()
     old = fr_swpf_on
     if mode < 0:
         fr_swpf_init()
@@ -739,6 +764,7 @@ def _set_step_overlap(int mode):
     barrier (0); -1 (the default) chooses by the size of a thread's recurrent weights
     against the L2 cache.  Returns the previous value."""
     global fr_step_overlap
+    _hooks_changed()
     old = fr_step_overlap
     fr_step_overlap = mode
     return old
@@ -764,6 +790,7 @@ def _set_gate_defer(int mode):
     """Test hook: the packed kernel's LSTM / GRU gate math batched over several (row,
     unit block) pairs (1, the default) or run per block (0).  Returns the previous value."""
     global fr_dgate_mode
+    _hooks_changed()
     old = fr_dgate_mode
     fr_dgate_mode = mode
     return old
@@ -771,9 +798,12 @@ def _set_gate_defer(int mode):
 
 def _set_isa_level(int level):
     """Test hook: cap the ISA level of the C kernels (0 baseline, 1 AVX2+FMA, 2 AVX-512;
-    -1 automatic)."""
+    -1 automatic).  Returns the previous value."""
     global fr_force_level
+    _hooks_changed()
+    old = fr_force_level
     fr_force_level = level
+    return old
 
 
 def isa():
@@ -813,6 +843,35 @@ def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
     return 8 * padded <= 9 * batch and G * hidden_size * (I + hidden_size) * itemsize >= (1 << 20)
 
 
+def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input_size=-1,
+                int itemsize=4):
+    """Whether a SimpleRNN direction of ``batch`` rows on ``num_threads`` threads runs
+    faster on the batch-lane kernel than on the packed one.  With AVX2, from
+    WIDE_MIN_BATCH rows (see above).  With AVX-512 (16 float32 / 8 float64 lanes, the
+    kernel's panel of rows): lanes at most 1/8 padding, H >= 64, and each thread gets
+    the same number of panels, or the weights (H*(I+H) values) take at least 1 MiB.
+    Measured on an Intel Xeon (2 MiB L2 a core; ``bench_paths.py``, T = 100, batch-lane
+    / packed time), float32, 2 threads: B = 32, 64, 96, 128, 256 at H = 64..512
+    0.78-0.95 (B = 128 H = 64: 1.02), H = 32 1.09-1.23; one panel (B = 16) H = 512
+    0.83, H = 256 1.03, H = 64-128 1.28-1.66; three or five panels (B = 48, 80) H = 64-128
+    1.15-1.68, H = 256 0.99-1.04; half-empty lanes (B = 8) 1.57-2.63.  One thread: B = 16
+    H = 64-512 0.77-0.88, H = 32 1.03.  float64, 2 threads: B = 16, 32, 48, 64 H = 64-512
+    0.75-0.85 (B = 16 H = 512: 1.07); one panel (B = 8) H = 256, 512 0.93, 0.84, H = 32,
+    64 1.37, 1.21; three panels (B = 24) H = 256, 512 0.94, 0.81, H = 32, 64 1.44-1.48.
+    ``input_size`` < 0: the hidden size."""
+    cdef long lanes, panels, I = hidden_size if input_size < 0 else input_size
+    if cell != CELL_RNN or batch < 1 or itemsize <= 0:
+        return False
+    if fr_level() != 2:
+        return batch >= WIDE_MIN_BATCH
+    lanes = 64 // itemsize
+    panels = (batch + lanes - 1) // lanes
+    if 8 * panels * lanes > 9 * batch or hidden_size < 64:
+        return False
+    return (panels % max(1, num_threads) == 0
+            or <long>hidden_size * (I + hidden_size) * itemsize >= (1 << 20))
+
+
 def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
                 int num_threads, int fast=1, int input_size=-1, int itemsize=4):
     """'small', 'wide' or 'blas' for one layer direction with ``batch`` rows (``fast``:
@@ -823,7 +882,8 @@ def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_a
     if _force_path == 1:
         return "small"
     if wide_path_applies(cell, proj_size, reset_after, fast) and (
-            _force_path == 3 or (cell == CELL_RNN and batch >= WIDE_MIN_BATCH)
+            _force_path == 3
+            or wide_rnn_at(cell, batch, hidden_size, num_threads, input_size, itemsize)
             or wide_gates_at(cell, batch, hidden_size, input_size, itemsize)):
         return "wide"
     return "small"
@@ -838,6 +898,7 @@ cdef Py_ssize_t _pair_chunk_bytes = 256 << 10
 def _set_pair_chunk_bytes(Py_ssize_t n):
     """Tuning hook: bytes of projected input per direction and chunk in :func:`run_pair`."""
     global _pair_chunk_bytes
+    _hooks_changed()
     old = _pair_chunk_bytes
     _pair_chunk_bytes = n
     return old
@@ -847,6 +908,7 @@ def _set_pair(int mode):
     """Test hook: 0 automatic, 1 force :func:`run_pair` where it applies, 2 never.
     Returns the previous value."""
     global _pair_mode
+    _hooks_changed()
     old = _pair_mode
     _pair_mode = mode
     return old
@@ -1186,6 +1248,7 @@ def _set_wide_split(int by_groups):
     """Test hook: 1 makes the batch-lane kernel split its threads by unit groups (a barrier
     per step) even where whole panels of rows would do; 0 automatic.  Returns the old."""
     global fr_wide_force_groups
+    _hooks_changed()
     old = fr_wide_force_groups
     fr_wide_force_groups = by_groups
     return old
@@ -1196,6 +1259,7 @@ def _set_wide_pairs(int on):
     at a time where a thread has two (each weight broadcast feeds both), 0 one at a time.
     Returns the old value."""
     global fr_wide_pairs
+    _hooks_changed()
     old = fr_wide_pairs
     fr_wide_pairs = on
     return old
@@ -1205,6 +1269,7 @@ def _set_wide_chunk_bytes(Py_ssize_t n):
     """Tuning/test hook: bytes of transposed input per chunk of the batch-lane kernel.
     Returns the previous value."""
     global _wide_chunk_bytes
+    _hooks_changed()
     old = _wide_chunk_bytes
     _wide_chunk_bytes = n
     return old
@@ -1596,6 +1661,7 @@ def _set_step_idle_single(long long ns):
     """Tuning / test hook: nanoseconds since a StepPlan's previous step after which its
     next step runs on one thread (-1: never; 0: always).  Returns the previous value."""
     global _idle_single_ns
+    _hooks_changed()
     old = _idle_single_ns
     _idle_single_ns = ns
     return old

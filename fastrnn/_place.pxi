@@ -12,6 +12,7 @@ def _set_worker_placement(int mode):
     0 with the environment variable FASTRNN_WORKER_PLACEMENT=0), 0 off.  Returns the
     previous mode.  ``fastrnn._kernels`` and ``fastrnn._backward`` have one each."""
     global fr_place_mode
+    _hooks_changed()
     old = fr_place_mode
     fr_place_mode = mode
     return old
@@ -25,6 +26,7 @@ def _set_placement_cpu(int cpu):
     """Test hook: the CPU this module's placement takes for the master's (-1: the real
     one).  Returns the previous value."""
     global fr_place_cpu_test
+    _hooks_changed()
     old = fr_place_cpu_test
     fr_place_cpu_test = cpu
     return old

@@ -124,6 +124,20 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
 # T=4 0.93x, GRU H=256 T=1 (393k) 0.58x.
 _SMALL_CALL_MACS = 1 << 17
 
+# a layer call's plan (RNNBase._plan): per layer the packed kernel (one direction after
+# the other), both directions at once (run_pair) or the LSTM route; plans kept a layer
+_PACKED, _PAIR, _ROUTED = 0, 1, 2
+_PLANS_KEPT = 32
+
+
+def _plan_knobs():
+    """What a layer's kept plans were made under besides its own configuration: the
+    hooks' generation and this module's knobs (every int knob a plan reads: a test
+    checks that each one changes this)."""
+    return (_kernels_module().hooks_generation(), _CHUNK_BYTES, _SMALL_CHUNK_BYTES,
+            _SMALL_CHUNK_BYTES_BEYOND_L2, _FUSED_LSTM_MIN_B, _FUSED_LSTM_MIN_ROWS,
+            _FUSED_LSTM_MIN_MACS, _SMALL_CALL_MACS, _L2)
+
 _L2 = None
 # the kernels' lengths and mask arguments of a call without them (never written)
 _NO_LENGTHS = np.zeros(1, np.intp)
@@ -649,6 +663,7 @@ class RNNBase:
         state = self.__dict__.copy()
         state["_packed"] = None
         state.pop("_step_plans", None)
+        state.pop("_plans", None)
         state.pop("_step_entry", None)
         state.pop("_wide", None)        # batch-lane / route packings: rebuilt with the others
         return state
@@ -890,6 +905,83 @@ class RNNBase:
                 out[ridx[r0:r1], d * H:(d + 1) * H] = y
             s0 = s1
 
+    def _plan(self, T, Teff, B, nt, idle, ragged, has_mask, return_sequences):
+        """A call's decisions: ``(threads, per layer (kind, chunk, per direction what
+        its kernel takes from the packing))``, kind one of _PACKED, _PAIR, _ROUTED.
+        They follow from the arguments, the packing, the configuration and the knobs
+        (``_plan_knobs``) alone, so they are kept per arguments (up to _PLANS_KEPT)
+        with the packing and knobs they were made for: ~2 us of a small call."""
+        if idle:                # (the pause rule: not kept)
+            return self._make_plan(self._pack(), T, Teff, B, nt, idle, ragged, has_mask,
+                                   return_sequences)
+        knobs = (_plan_knobs(), self.clip, self.input_forget, self.peepholes)
+        store = self.__dict__.get("_plans")
+        # (a kept plan's packing is the current one: the unit block _pack checks changes
+        # only through a hook, i.e. with the knobs)
+        if store is None or store[0] is not self._packed or store[1] != knobs \
+                or len(store[2]) >= _PLANS_KEPT:
+            store = self.__dict__["_plans"] = (self._pack(), knobs, {})
+        key = (T, Teff, B, nt, ragged, has_mask, return_sequences)
+        plan = store[2].get(key)
+        if plan is None:
+            plan = store[2][key] = self._make_plan(store[0], T, Teff, B, nt, idle, ragged,
+                                                   has_mask, return_sequences)
+        return plan
+
+    def _make_plan(self, packed, T, Teff, B, nt, idle, ragged, has_mask, return_sequences):
+        """_plan's decisions, made."""
+        _kernels = _kernels_module()
+        H, L, P, dt = self.hidden_size, self.num_layers, self.proj_size, self.dtype
+        D = self.num_directions
+        cell, G = _CELL_CODE[self._cell], _GATES[self._cell]
+        macs = self._macs(T)
+        if nt > 1 and B * macs <= _SMALL_CALL_MACS:
+            nt = 1          # (_SMALL_CALL_MACS)
+        if idle and nt > 1 and B == 1 and macs < _threads.IDLE_SINGLE_MACS \
+                and _kernels.choose_path(cell, 1, H, P, int(self.reset_after), nt, 1,
+                                         self.input_size, dt.itemsize) == "small":
+            # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a
+            # small batch of one on the packed kernel does the same arithmetic on one
+            # thread without waking it
+            nt = 1
+        small = _kernels.choose_path(cell, B, H, P, int(self.reset_after), nt, 1,
+                                     self.input_size, dt.itemsize) == "small"
+        # plain LSTM layers through the training forward (see _fused_lstm_ok)
+        can_route = cell == 1 and not P and not has_mask
+        # both directions at once (the same answer for every layer)
+        pair = D == 2 and _kernels.pair_applies(
+            cell, B, Teff, H, P, int(self.reset_after), nt, dt.itemsize,
+            int(self._fast_acts(0)))
+        specs = []
+        for layer in range(L):
+            I_l = self.input_size if layer == 0 else D * (P or H)
+            # (the pair first where the rule says 2; a route forced by the test hook
+            # _FUSED_LSTM_MIN_B > 0 before any pair)
+            routed = (can_route and (pair != 2 or _FUSED_LSTM_MIN_B > 0)
+                      and _fused_lstm_ok(
+                B, nt, ragged, H, dt.itemsize,
+                lambda: _kernels.choose_path(cell, B, H, 0, 1, nt, 1, I_l,
+                                             dt.itemsize) == "wide", Teff, I_l)
+                      and all(self._fast_acts(d) for d in range(D)))
+            chunk = _chunk_steps(small, G, H, I_l, B, Teff, dt.itemsize,
+                                 1 if pair and not routed else nt)
+            if routed:
+                specs.append((_ROUTED, chunk, [packed[layer][d][2] for d in range(D)]))
+            elif pair:
+                specs.append((_PAIR, chunk, [
+                    (p[2], p[3], p[5], p[6], p[7], self._act_codes()[d][0])
+                    for d, p in enumerate(packed[layer])]))
+            else:
+                dirs = []
+                for d in range(D):
+                    wide = _kernels.choose_path(cell, B, H, P, int(self.reset_after), nt,
+                                                self._fast_acts(d), I_l,
+                                                dt.itemsize) == "wide"
+                    dirs.append((packed[layer][d][8], self._act_codes()[d][0],
+                                 self._pack_wide(layer, d) if wide else None))
+                specs.append((_PACKED, chunk, dirs))
+        return nt, specs
+
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
         idle = _threads.scope_enter()
@@ -910,17 +1002,6 @@ class RNNBase:
         H, L = self.hidden_size, self.num_layers
         Hout, D = self.proj_size or H, 2 if self.bidirectional else 1   # (no property calls)
         dt = self.dtype
-        macs = self._macs(T)
-        if nt > 1 and B * macs <= _SMALL_CALL_MACS:
-            nt = 1          # (_SMALL_CALL_MACS)
-        if idle and nt > 1 and B == 1 and macs < _threads.IDLE_SINGLE_MACS \
-                and _kernels.choose_path(_CELL_CODE[self._cell], 1, H, self.proj_size,
-                                         int(self.reset_after), nt, 1, self.input_size,
-                                         dt.itemsize) == "small":
-            # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a
-            # small batch of one on the packed kernel does the same arithmetic on one
-            # thread without waking it
-            nt = 1
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
 
@@ -973,79 +1054,51 @@ class RNNBase:
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
         dummy_c = _NO_C[dt]
 
-        packed = self._pack()
-        cell = _CELL_CODE[self._cell]
-        G = _GATES[self._cell]
         out = xin
         if N > 0:
-            small = _kernels.choose_path(cell, B, H, self.proj_size, int(self.reset_after),
-                                         nt, 1, xin.shape[1], dt.itemsize) == "small"
-            # plain LSTM layers through the training forward (see _fused_lstm_ok)
-            can_route = cell == 1 and not self.proj_size and not has_mask
+            nt, specs = self._plan(T, Teff, B, nt, idle, perm is not None, has_mask,
+                                   return_sequences)
+            cell = _CELL_CODE[self._cell]
+            ragged, zero = int(perm is not None), int(masked_output == "zero")
+            ra, ifg, clip, peep = (int(self.reset_after), int(self.input_forget),
+                                   self.clip or 0.0, int(self.peepholes))
             lens = ridx = None
-            # both directions at once (the same answer for every layer)
-            pair = D == 2 and _kernels.pair_applies(
-                cell, B, Teff, H, self.proj_size, int(self.reset_after), nt,
-                dt.itemsize, int(self._fast_acts(0)))
             for layer in range(L):
+                kind, chunk, dirs = specs[layer]
                 inp = out
                 last_only = layer == L - 1 and not return_sequences
-                # (the pair first where the rule says 2; a route forced by the test
-                # hook _FUSED_LSTM_MIN_B > 0 before any pair)
-                I_l = inp.shape[1]
-                routed = (can_route and (pair != 2 or _FUSED_LSTM_MIN_B > 0)
-                          and _fused_lstm_ok(
-                    B, nt, perm is not None, H, dt.itemsize,
-                    lambda: _kernels.choose_path(cell, B, H, 0, 1, nt, 1, I_l,
-                                                 dt.itemsize) == "wide", Teff, I_l)
-                          and all(self._fast_acts(d) for d in range(D)))
-                chunk = _chunk_steps(small, G, H, inp.shape[1], B, Teff, dt.itemsize,
-                                     1 if pair and not routed else nt)
-                if routed and lens is None:  # sorted lengths, the reverse rows: once a call
+                if kind == _ROUTED and lens is None:  # sorted lengths, the reverse rows: once a call
                     lens = slens if perm is not None else np.full(B, Teff, np.intp)
                     ridx = (reverse_rows(offsets, nsteps, lens)
                             if D == 2 or self.go_backwards else None)
                 out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
-                if pair and not routed:
+                if kind == _PAIR:
                     # both directions at the same time, one thread each (no barriers)
-                    dirs = []
+                    args = []
                     for d in range(2):
                         k = layer * D + d
-                        _, _, bias, bhn, _, peep, wxp, whp, _ = packed[layer][d]
-                        reverse = (d == 1) != self.go_backwards
-                        dirs += [bias, bhn, peep, wxp, whp, h_state[k],
-                                 c_state[k] if c_state is not None else dummy_c,
-                                 self._act_codes()[d][0],
-                                 int(reverse), d * Hout]
+                        bias, bhn, peepw, wxp, whp, acts = dirs[d]
+                        args += [bias, bhn, peepw, wxp, whp, h_state[k],
+                                 c_state[k] if c_state is not None else dummy_c, acts,
+                                 int((d == 1) != self.go_backwards), d * Hout]
                     _kernels.run_pair(
-                        cell, inp, offsets, nsteps, slens, pmask, out, int(perm is not None),
-                        H, int(self.reset_after), int(self.input_forget), self.clip or 0.0,
-                        int(self.peepholes), has_mask, int(masked_output == "zero"), chunk,
-                        int(not last_only), *dirs)
+                        cell, inp, offsets, nsteps, slens, pmask, out, ragged, H, ra, ifg,
+                        clip, peep, has_mask, zero, chunk, int(not last_only), *args)
                     continue
                 for d in range(D):
                     k = layer * D + d
-                    bias, pw = packed[layer][d][2], packed[layer][d][8]
-                    fast = self._fast_acts(d)
                     reverse = (d == 1) != self.go_backwards
-                    if routed:
-                        self._fused_lstm_dir(layer, d, inp, bias, offsets, nsteps, lens,
+                    if kind == _ROUTED:
+                        self._fused_lstm_dir(layer, d, inp, dirs[d], offsets, nsteps, lens,
                                              h_state[k], c_state[k], out, last_only, nt,
                                              ridx if reverse else None)
                         continue
-                    wdp = (self._pack_wide(layer, d)
-                           if _kernels.choose_path(cell, B, H, self.proj_size,
-                                                   int(self.reset_after), nt, fast,
-                                                   inp.shape[1], dt.itemsize) == "wide"
-                           else None)
-                    acts = self._act_codes()[d][0]
+                    pw, acts, wdp = dirs[d]
                     _kernels.run_layer(
                         cell, inp, pw, offsets, nsteps, slens, pmask,
                         h_state[k], c_state[k] if c_state is not None else dummy_c,
-                        out, d * Hout, int(reverse), int(perm is not None), H, self.proj_size,
-                        int(self.reset_after), int(self.input_forget), acts,
-                        self.clip or 0.0, int(self.peepholes), has_mask,
-                        int(masked_output == "zero"), nt, chunk, int(not last_only), wdp)
+                        out, d * Hout, int(reverse), ragged, H, self.proj_size, ra, ifg,
+                        acts, clip, peep, has_mask, zero, nt, chunk, int(not last_only), wdp)
         else:
             out = np.zeros((0, D * Hout), dt)
 

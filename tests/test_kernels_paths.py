@@ -342,6 +342,17 @@ def _gates_wide_rule(cell, B, H, I, itemsize):
             and G * H * (I + H) * itemsize >= 1 << 20)
 
 
+def _rnn_wide_rule(B, H, I, itemsize, nt):
+    """wide_rnn_at's rule, written out: with AVX2 from 8 rows; with AVX-512 <= 1/8
+    padded lanes, H >= 64, and panels of rows shared evenly or >= 1 MiB of weights."""
+    if _kernels.isa() != "avx512":
+        return B >= 8
+    lanes = 64 // itemsize
+    panels = -(-B // lanes)
+    return (8 * panels * lanes <= 9 * B and H >= 64
+            and (panels % nt == 0 or H * (I + H) * itemsize >= 1 << 20))
+
+
 def test_path_choice_is_automatic():
     assert _kernels.choose_path(1, 1, 256, 0, 1, 2) == "small"
     avx512 = _kernels.isa() == "avx512"
@@ -371,8 +382,33 @@ def test_path_choice_is_automatic():
             assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
         finally:
             _kernels._set_isa_level(-1)
+    # SimpleRNN: the batch-lane kernel by wide_rnn_at (with AVX2 from 8 rows)
+    for B in (1, 7, 8, 15, 16, 17, 24, 32, 48, 64, 72, 80, 96):
+        for H, I in ((32, 32), (48, 48), (64, 64), (256, 256), (256, 64), (512, 512)):
+            for itemsize in (4, 8):
+                for nt in (1, 2, 3):
+                    want = _rnn_wide_rule(B, H, I, itemsize, nt)
+                    assert _kernels.wide_rnn_at(0, B, H, nt, I, itemsize) == want
+                    got = _kernels.choose_path(0, B, H, 0, 1, nt, 1, I, itemsize)
+                    assert got == ("wide" if want else "small"), (B, H, I, itemsize, nt)
+                    assert not _kernels.wide_rnn_at(1, B, H, nt, I, itemsize)   # LSTM
+    if avx512:   # the rule's edges
+        assert _kernels.choose_path(0, 32, 64, 0, 1, 2) == "wide"     # a panel a thread
+        assert _kernels.choose_path(0, 32, 32, 0, 1, 2) == "small"    # H < 64
+        assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "small"    # half-empty lanes
+        assert _kernels.choose_path(0, 48, 256, 0, 1, 2) == "small"   # 3 panels, 512 KiB
+        assert _kernels.choose_path(0, 48, 512, 0, 1, 2) == "wide"    # 3 panels, 2 MiB
+        assert _kernels.choose_path(0, 16, 64, 0, 1, 1) == "wide"     # one thread
+        assert _kernels.choose_path(0, 8, 256, 0, 1, 2, 1, 256, 8) == "wide"  # 1 MiB
+        _kernels._set_isa_level(1)
+        try:
+            assert _kernels.choose_path(0, 8, 32, 0, 1, 2) == "wide"
+            assert _kernels.choose_path(0, 7, 256, 0, 1, 2) == "small"
+        finally:
+            _kernels._set_isa_level(-1)
+    else:
+        assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "wide"     # from 8 rows
     assert _kernels.choose_path(0, 7, 256, 0, 1, 2) == "small"
-    assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "wide"     # SimpleRNN from 8 rows
     assert _kernels.choose_path(0, 64, 256, 0, 1, 2, 0) == "small"  # not the default acts
     assert not _kernels.wide_path_applies(2, 0, 0)                # GRU reset_after=False
     assert not _kernels.wide_path_applies(1, 4, 1)                # projection
@@ -879,12 +915,13 @@ def test_wide_packing_layout():
 
 def test_wide_refuses_a_packing_of_another_size():
     """run_layer checks the batch-lane packing's size before the kernel reads it."""
-    layer = fastrnn.SimpleRNN(4, 10, seed=1)
-    x = np.zeros((3, 8, 4), np.float32)
-    layer(x)                                   # SimpleRNN at 8 rows: the wide path
+    layer = fastrnn.SimpleRNN(4, 64, seed=1, num_threads=2)
+    x = np.zeros((3, 32, 4), np.float32)
+    layer(x)                                   # SimpleRNN at 32 rows: the wide path
     assert layer._wide
     key = next(iter(layer._wide))
     layer._wide[key] = layer._wide[key][:-1]
+    del layer._plans                # (kept plans hold the packing they were made with)
     with pytest.raises(ValueError, match="packed for another ISA level"):
         layer(x)
 
@@ -914,14 +951,18 @@ def test_packed_weights_start_on_a_cache_line(dtype):
 
 
 def test_wide_default_for_simple_rnn_and_fallbacks():
-    """Automatic choice: SimpleRNN at >= 8 rows packs for the batch-lane kernel; options
-    it does not implement (clip, other activations) stay on the packed kernel and agree."""
+    """Automatic choice: SimpleRNN packs for the batch-lane kernel where wide_rnn_at
+    says (32 rows, H = 64: every ISA; 9 rows, H = 10: not with AVX-512); options it
+    does not implement (clip, other activations) stay on the packed kernel and agree."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((5, 9, 4)).astype(np.float32)
-    layer = fastrnn.SimpleRNN(4, 10, seed=1, num_threads=2)
+    x = rng.standard_normal((5, 32, 4)).astype(np.float32)
+    layer = fastrnn.SimpleRNN(4, 64, seed=1, num_threads=2)
     _check(layer, x)
     assert layer._wide
-    other = fastrnn.SimpleRNN(4, 10, seed=1, num_threads=2, activations=["softsign"])
+    narrow = fastrnn.SimpleRNN(4, 10, seed=1, num_threads=2)
+    _check(narrow, x[:, :9])
+    assert bool(narrow._wide) == _rnn_wide_rule(9, 10, 4, 4, 2)
+    other = fastrnn.SimpleRNN(4, 64, seed=1, num_threads=2, activations=["softsign"])
     _check(other, x)
     assert not other._wide
     lstm = fastrnn.LSTM(4, 10, seed=1, num_threads=2)
