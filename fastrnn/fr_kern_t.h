@@ -698,9 +698,25 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
     const int B = q->B, H = cl->H, nb = cl->nb;
     const int rowsplit = nt > 1 && B >= fr_rowsplit_min;
     int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
+    const long work = (long)cl->G * H * cl->K * B;
     /* below ~16k multiply-adds per step a barrier costs more than the second thread
      * saves (measured: LSTM H=64 B=1 breaks even, GRU H=64 B=1 is faster on one) */
-    if ((long)cl->G * H * cl->K * B < fr_min_par_work) nthr = 1;
+    if (work < fr_min_par_work) nthr = 1;
+    /* Units split at B >= 2 also want at least 4 unit blocks (2 a thread) and 2k
+     * vector multiply-adds a step in the recurrent product (W / 8 x fr_min_par_work:
+     * AVX-512 float32 32k multiply-adds, float64 and AVX2 float32 16k).
+     * Measured on an Intel Xeon (AVX-512, T=100, in-process alternating, 2 threads /
+     * 1 thread), float32: GRU H=32-56 B=2-12 1.06-1.38 (H=64 B=2 1.04, B=3 1.01, B=4-12
+     * 0.80-0.95), LSTM (packed) H=24-48 1.06-1.70 (H=64 B=3-12 0.75-0.90), SimpleRNN
+     * H=64 B=4-6 1.09-1.16, H=80 B=3-4 1.05-1.11, H=96 B=2 1.10 (B=3 0.95, H=128 B=2
+     * 0.87); float64 (blocks of 8): GRU H=24 B=12 1.21, H=32 1.0, H=48-96 B>=2
+     * 0.63-0.93, SimpleRNN H=64 B=4 0.92, H=96 B=2 0.83; AVX2 float32 (its kernels
+     * on the same CPU, blocks of 8): GRU H=24 B=12 1.21, H=32 B=8-12 0.89-0.94, H=64
+     * B=2 0.82, SimpleRNN H=64 B=4 0.91, H=96 B=2-3 0.77-0.80.  (Tests: fr_min_par_work
+     * 0 turns both rules off.) */
+    else if (nthr > 1 && !rowsplit && B > 1 && fr_min_par_work > 0
+             && (H < 4 * W || 8 * work < fr_min_par_work * W))
+        nthr = 1;
     if (nthr < 1) nthr = 1;
     /* the recurrent product in halves (mv_halves) where the overlapped unit split
      * applies on 2 threads (fr_overlap_auto), on any number of threads, so that the
@@ -710,7 +726,7 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
      * relies on those bits: Threads in the README); not below fr_min_par_work, where
      * every thread count runs one thread (the halves cost GRU B=1 T=100 H=64 1.33x) */
     const int hm = !cl->rz_split && cl->K == H && nb >= 2 && q->nT > 1
-                   && (long)cl->G * H * cl->K * B >= fr_min_par_work
+                   && work >= fr_min_par_work
                    && B < fr_rowsplit_min && !(pair && B > 1)
                    && (fr_step_overlap > 0
                        || (fr_step_overlap < 0

@@ -119,3 +119,37 @@ def test_macs_counts_every_weight():
         per_step = sum(v.size for k, v in layer.state_dict().items()
                        if k.startswith(("weight_ih", "weight_hh")))
         assert layer._macs(7) == 7 * per_step
+
+
+@pytest.mark.parametrize("cell,H,B,dtype", [
+    ("GRU", 48, 4, np.float32), ("GRU", 128, 4, np.float32), ("GRU", 48, 4, np.float64),
+    ("GRU", 64, 2, np.float32), ("SimpleRNN", 96, 2, np.float32),
+    ("SimpleRNN", 128, 2, np.float32), ("LSTM", 32, 6, np.float32),
+    ("LSTM", 64, 3, np.float32), ("GRU", 24, 12, np.float64)])
+def test_unit_split_of_a_small_batch_needs_blocks_and_work(monkeypatch, cell, H, B, dtype):
+    """The packed kernel splits the units of 2-15 rows between threads only with at
+    least 4 unit blocks and W / 8 x 16k multiply-adds a step in the recurrent product
+    (W: the unit block); the placement record says whether the call's region had a
+    second thread.  fr_min_par_work = 0 (the test hook) lifts the rule."""
+    from fastrnn import layers
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_S", -1.0)
+    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", -1)
+    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_B", 0)      # (LSTM: the packed kernel)
+    G = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1}[cell]
+    W = _kernels.unit_block(dtype)
+    work = G * H * H * B
+    want = 1 if (work < 16384 or H < 4 * W or 8 * work < 16384 * W) else 2
+    layer = getattr(fastrnn, cell)(H, H, seed=1, num_threads=2, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((5, B, H)).astype(dtype)
+    assert _kernels.choose_path({"SimpleRNN": 0, "LSTM": 1, "GRU": 2}[cell], B, H, 0, 1, 2,
+                                1, H, np.dtype(dtype).itemsize) == "small"
+
+    def threads():
+        layer(x)
+        return 2 if _kernels._placement_record(1)[0] >= 0 else 1
+    assert _in_fresh_thread(threads) == want
+    old = _kernels._set_min_parallel_work(0)
+    try:
+        assert _in_fresh_thread(threads) == 2
+    finally:
+        _kernels._set_min_parallel_work(old)
