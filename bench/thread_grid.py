@@ -5,7 +5,8 @@
 
 For each cell, hidden size H (input size H) and batch B, the layer runs T steps with
 ``num_threads=2`` and with ``num_threads=1`` in turn (the order alternating every round,
-so a noisy minute slows both alike) and the line prints the median over rounds of
+so a noisy minute slows both alike; each burst starts with an untimed call, which wakes a
+worker that slept through the other burst) and the line prints the median over rounds of
 (2-thread time / 1-thread time), with the multiply-adds of one step of the batch in
 brackets.  ``--isa 1`` caps the kernels at AVX2 (``_kernels._set_isa_level``);
 ``--packed`` keeps a plain LSTM off the training forward (``layers._FUSED_LSTM_MIN_B
@@ -55,7 +56,8 @@ def main(argv=None) -> None:
                 reps = min(50, max(3, int(3e5 / (B * H * H / 4 + 1))))
                 for r in range(a.rounds):
                     for nt in ((1, 2) if r % 2 else (2, 1)):
-                        t0 = time.perf_counter()
+                        layer(x, num_threads=nt)    # (wakes a worker asleep since the
+                        t0 = time.perf_counter()    # other burst: not timed)
                         for _ in range(reps):
                             layer(x, num_threads=nt)
                         times[nt].append((time.perf_counter() - t0) / reps)

@@ -705,11 +705,11 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
     /* Units split at B >= 2 also want at least 4 unit blocks (2 a thread) and 2k
      * vector multiply-adds a step in the recurrent product (W / 8 x fr_min_par_work:
      * AVX-512 float32 32k multiply-adds, float64 and AVX2 float32 16k).
-     * Measured on an Intel Xeon (AVX-512, T=100, in-process alternating, 2 threads /
-     * 1 thread), float32: GRU H=32-56 B=2-12 1.06-1.38 (H=64 B=2 1.04, B=3 1.01, B=4-12
-     * 0.80-0.95), LSTM (packed) H=24-48 1.06-1.70 (H=64 B=3-12 0.75-0.90), SimpleRNN
-     * H=64 B=4-6 1.09-1.16, H=80 B=3-4 1.05-1.11, H=96 B=2 1.10 (B=3 0.95, H=128 B=2
-     * 0.87); float64 (blocks of 8): GRU H=24 B=12 1.21, H=32 1.0, H=48-96 B>=2
+     * Measured on an Intel Xeon (AVX-512, T=100, bench/thread_grid.py, 2 threads / 1
+     * thread), float32: GRU H=32 B=6-12 1.11-1.24, H=48 B=3-12 1.09-1.30, H=56 B=2-3
+     * 1.19 (B=8-12 0.90), H=64 B=2-3 1.01-1.02 (B=4-12 0.82-0.91), LSTM (packed)
+     * H=24-48 1.06-1.70 (H=64 B=3-12 0.75-0.90), SimpleRNN H=48 B=8-12 1.15-1.20, H=64
+     * B=4-6 1.06-1.23, H=80 B=3 1.08, H=96 B=2 1.09 (B=3 0.96, H=128 B=2 0.87); float64 (blocks of 8): GRU H=24 B=12 1.21, H=32 1.0, H=48-96 B>=2
      * 0.63-0.93, SimpleRNN H=64 B=4 0.92, H=96 B=2 0.83; AVX2 float32 (its kernels
      * on the same CPU, blocks of 8): GRU H=24 B=12 1.21, H=32 B=8-12 0.89-0.94, H=64
      * B=2 0.82, SimpleRNN H=64 B=4 0.91, H=96 B=2-3 0.77-0.80.  (Tests: fr_min_par_work
