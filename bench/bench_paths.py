@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_paths.py                       # the default cases
     PYTHONPATH=. python bench/bench_paths.py --cases RNN:16:100:256,LSTM:64:50:512 \
-        --rounds 25 --threads 2 --dtype float32
+        --rounds 25 --threads 2 --dtype float32 [--ragged]
 
 For each case (CELL:B:T:H, I = H) the layer runs on the packed kernel ("small"), the
 batch-lane kernel with its automatic split ("wide-panels": by panels of rows where each
@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--ragged", action="store_true",
+                    help="lengths T/2..T (the first T) instead of a dense batch")
     a = ap.parse_args(argv)
     dt = np.dtype(a.dtype)
     print(f"isa {_kernels.isa()}, {a.threads} threads, {dt.name}, {a.rounds} rounds")
@@ -52,18 +54,22 @@ def main(argv=None) -> None:
             B, T, H = int(B), int(T), int(H)
             layer = CELLS[cell](H, H, seed=0, num_threads=a.threads, dtype=dt)
             x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
+            kw = {}
+            if a.ragged:
+                kw["lengths"] = np.random.default_rng(1).integers(T // 2, T + 1, B)
+                kw["lengths"][0] = T
             paths = PATHS + (("lstm-route",) if cell == "LSTM"
                              and _backward.fused_lstm_forward_fast() else ())
             times = {p: [] for p in paths}
             for p in paths:
                 _set(p)
-                layer(x)                      # warm-up (packing, pages)
+                layer(x, **kw)                # warm-up (packing, pages)
             for r in range(a.rounds):
                 k = r % len(paths)
                 for p in paths[k:] + paths[:k]:
                     _set(p)
                     t0 = time.perf_counter()
-                    layer(x)
+                    layer(x, **kw)
                     times[p].append(time.perf_counter() - t0)
             flops = 2.0 * B * T * GATES[cell] * H * 2 * H
             small = np.array(times["small"])

@@ -373,11 +373,25 @@ def fused_lstm_forward_fast():
 
 
 def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
-                        bint wide=False):
+                        bint wide=False, bint ragged=False):
     """Whether a plain LSTM direction of B sequences on nt threads runs faster through
     the training forward than through the inference kernels (where
     fused_lstm_forward_fast()); H, itemsize: its recurrent weights (4H x H values), l2:
-    the bytes of L2 a core has, wide: whether the batch-lane kernel would run it.
+    the bytes of L2 a core has, wide: whether the batch-lane kernel would run it,
+    ragged: sequences of different lengths (layers takes the route for those only from
+    16 sequences on).
+
+    AVX-512, re-measured after the packed kernel's later changes (Intel Xeon, 2 MiB L2,
+    T = 50, in-process alternating, automatic / route off; the figures below this
+    paragraph are the earlier ones): dense batches route only on 2+ threads, from 8 to
+    15 sequences, H >= 64 and recurrent weights within 0.3 of an L2 (float32 H = 64-192
+    B = 8-14 0.86-0.97, float64 H = 64-128 B = 10-14 0.89-0.96).  Elsewhere the route
+    had become slower: one thread 1.02-1.44 (B = 3-32, H = 32-384), B <= 6 1.03-1.43
+    (H = 64 B = 6: 0.93), H = 32 1.04-1.53, B = 16-64 1.00-1.53 (B = 24-32 at H >= 128
+    0.92-0.99), H = 256 B = 5-10 1.04-1.26, H = 384 and 512 B = 6-14 1.04-1.32, float64
+    H = 192-256 1.07-1.27.  Ragged batches (lengths T/2..T, T = 100) keep the earlier
+    rule: B = 16-64 at H = 128, 256 0.81-0.91 (where the batch-lane kernel runs B = 16:
+    1.00).
 
     AVX2 (measured on a Zen 3 VM, H = 128..512, in-process alternating, routed / kernel
     time, with the weights packed per call): 2 threads, wherever the training forward
@@ -406,6 +420,9 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
         if nt <= 1:
             return B == 4 or B >= 7
         return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
+    if not ragged:
+        return (nt >= 2 and 8 <= B < 16 and H >= 64
+                and <long>40 * H * H * itemsize <= 3 * l2)
     if <long>8 * H * H * itemsize <= l2:
         return ((B >= (2 if nt <= 1 else 5)
                  or (B == 4 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0))

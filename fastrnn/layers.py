@@ -112,7 +112,7 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
     # threads, AVX2: B = 8 and 12 1.03-1.07x, B = 16 0.81x, B = 32 0.85x)
     if callable(wide):
         wide = wide()
-    return (_backward.fused_lstm_route_at(nt, B, H, itemsize, _l2_bytes(), wide)
+    return (_backward.fused_lstm_route_at(nt, B, H, itemsize, _l2_bytes(), wide, ragged)
             and (not ragged or B >= 16))
 
 

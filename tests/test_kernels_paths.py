@@ -1225,7 +1225,8 @@ def test_fused_lstm_route(dtype, B):
                     layers._FUSED_LSTM_CHUNK_BYTES = chunk
                     want = fast and (mode == 1 or (
                         _backward.fused_lstm_route_at(nt, B, 13, np.dtype(dtype).itemsize,
-                                                      layers._l2_bytes(), False)
+                                                      layers._l2_bytes(), False,
+                                                      "lengths" in kw)
                         and ("lengths" not in kw or B >= 16)
                         # (the pair goes first where its rule says 2)
                         and _kernels.pair_applies(1, B, 7, 13, 0, 1, nt,
@@ -1367,29 +1368,29 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
 
 def test_lstm_route_rule_by_isa():
     """fused_lstm_route_at: the AVX2 rule (by rows, thread count) and, with AVX-512, the
-    rule by whether the recurrent weights fit in L2 and whether the batch-lane kernel
-    runs the layer."""
+    dense rule (threads, 8-15 sequences, size) and the ragged one (by whether the
+    recurrent weights fit in L2 and whether the batch-lane kernel runs the layer)."""
     from fastrnn import _backward
     r = _backward.fused_lstm_route_at
     if _backward.small_gemm_level() == 2:
         l2 = 2 << 20
-        assert not r(2, 4, 256, 4, l2) and r(2, 5, 256, 4, l2) and r(2, 64, 256, 4, l2, True)
-        assert not r(2, 16, 256, 4, l2, True) and r(2, 16, 256, 4, l2)
-        assert r(1, 2, 256, 4, l2) and not r(1, 1, 256, 4, l2)
-        # B = 4 where the training forward splits the (small) weights by rows
-        assert r(2, 4, 128, 4, l2) == _backward.forward_splits_rows(2, 4, 128, 128, 4)
-        assert not r(2, 3, 128, 4, l2)
-        assert not r(2, 16, 512, 4, l2, True)               # beyond L2: batch-lane kernel
-        assert r(2, 6, 512, 4, l2) and r(2, 10, 512, 4, l2)  # units
-        # rows from 6 a thread; where the training forward splits these weights by
-        # units (AVX-512 with 2 MiB of L2 or more), from B = 6 on
-        units8 = not _backward.forward_splits_rows(2, 8, 512, 512, 4)
-        assert r(2, 8, 512, 4, l2) == units8 and r(2, 12, 512, 4, l2)
-        assert not r(1, 8, 512, 4, l2) and r(1, 12, 512, 4, l2)
-        # half the L2 at most (float64: beyond it, so units as above)
-        assert r(2, 8, 256, 4, l2)
-        assert r(2, 8, 256, 8, l2) == (not _backward.forward_splits_rows(2, 8, 256, 256, 8))
-        assert r(2, 8, 256, 8, 2 * l2)
+        # dense: 2+ threads, 8-15 sequences, H >= 64, weights within 0.3 of an L2
+        for nt in (1, 2, 3):
+            for B in (1, 4, 5, 7, 8, 12, 15, 16, 32, 64):
+                for H, itemsize in ((32, 4), (64, 4), (192, 4), (256, 4), (512, 4),
+                                    (128, 8), (192, 8)):
+                    want = (nt >= 2 and 8 <= B <= 15 and H >= 64
+                            and 40 * H * H * itemsize <= 3 * l2)
+                    assert r(nt, B, H, itemsize, l2) == want, (nt, B, H, itemsize)
+        assert r(2, 8, 192, 4, l2) and not r(2, 8, 256, 4, l2) and not r(1, 8, 192, 4, l2)
+        assert r(2, 12, 128, 8, l2) and not r(2, 12, 192, 8, l2)
+        # ragged (layers asks from 16 sequences on): the earlier rule
+        assert r(2, 16, 256, 4, l2, False, True) and r(2, 64, 256, 4, l2, True, True)
+        assert not r(2, 16, 256, 4, l2, True, True)          # batch-lane kernel, 16 rows
+        assert not r(2, 16, 512, 4, l2, True, True)          # beyond L2: batch-lane kernel
+        assert not r(2, 4, 256, 4, l2, False, True) and r(2, 5, 256, 4, l2, False, True)
+        assert r(2, 12, 512, 4, l2, False, True) and r(1, 12, 512, 4, l2, False, True)
+        assert r(1, 2, 256, 4, l2, False, True) and not r(1, 1, 256, 4, l2, False, True)
     else:
         assert r(1, 4) and not r(1, 5) and r(1, 7)
         assert not r(2, 6) and r(2, 8) and r(2, 16)
