@@ -19,12 +19,21 @@ def _h(state):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blas_shim_matches_numpy(dtype):
+    """The row-major shim: GEMM, and up to 4 rows one matrix-vector product a row; every
+    transpose, accumulating into C (beta), k = 0."""
     rng = np.random.default_rng(0)
-    for m, k, n in [(1, 1, 1), (3, 5, 7), (64, 33, 129)]:
+    tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    for m, k, n in [(1, 1, 1), (1, 37, 129), (2, 5, 7), (3, 5, 7), (4, 64, 200),
+                    (5, 16, 9), (64, 33, 129), (2, 0, 3)]:
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
-        np.testing.assert_allclose(_blas._gemm_check(a, b), a @ b,
-                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        np.testing.assert_allclose(_blas._gemm_check(a, b), a @ b, **tol)
+        for ta in (False, True):
+            for tb in (False, True):
+                got = _blas._gemm_check(a.T.copy() if ta else a, b.T.copy() if tb else b,
+                                        ta, tb, c0, 0.5)
+                np.testing.assert_allclose(got, a @ b + 0.5 * c0, **tol)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
