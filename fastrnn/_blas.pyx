@@ -17,11 +17,14 @@ cdef void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alph
     cdef const floating* ai
     if m <= 0 or n <= 0:
         return
-    if m <= 4 and k > 0:
-        # up to 4 rows: a matrix-vector product per row.  scipy's OpenBLAS runs a GEMM
-        # of so few rows as a whole GEMM, packing the other operand every call: on the
-        # Intel Xeon (2 threads) 1 x 256 by 256 x 2048 took 50 us against sgemv's 17,
-        # 2-4 rows 123-133 us against 2-4 sgemv calls' 34-68 (8 rows: 130 / 136, even)
+    if k > 0 and (m == 1 or (m <= 4 and <long>m * k * n >= (1 << 20))):
+        # one row, or up to 4 rows of a large product: a matrix-vector product per row.
+        # scipy's OpenBLAS runs a GEMM of so few rows as a whole GEMM, packing the other
+        # operand every call.  On the Intel Xeon (2 threads; gemm / gemv per row, us):
+        # one row by 128 x 1024 8.8 / 5.2, 256 x 2048 48 / 14, 512 x 2048 249 / 59; 2-4
+        # rows by 256 x 2048 118-137 / 24-50, 512 x 2048 275-310 / 113-211; but small
+        # products of 2-4 rows were as fast or faster as a GEMM (128 x 1024 by 4 rows:
+        # 9.7 / 23.5, 256 x 1024 by 2 rows: 18 / 23), and 8 rows even at 256 x 2048
         for i in range(m):
             ai = a + (i if trans_a else <Py_ssize_t>i * lda)
             if floating is float:
