@@ -15,7 +15,8 @@ third from minute to minute, so only A/B measured close together means anything;
 process cannot hold two builds of the same extension.  No peers run here (their thread
 pools spin after a call and slow whatever runs next); bench_speed.py compares with them.
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32; weights of a
-torch module with seed 0, so torch 2.13 must be importable).  T=0 times streaming steps
+torch module with seed 0, so torch 2.13 must be importable), or LSTM:B:T:H:P with
+proj_size P.  T=0 times streaming steps
 instead: a call is 1000 ``_step_fast`` steps (state carried), so its "ms" reads as us a
 step.  With ``--train`` a call is a training step instead of an inference call:
 ``forward_train`` then ``backward`` with gradients of ones for the outputs and no input
@@ -41,10 +42,11 @@ from fastrnn import _kernels
 _kernels._set_isa_level(int(sys.argv[5]))   # -1: the best the CPU has
 out = []
 for case in cases.split(","):
-    cell, B, T, H = case.split(":")
+    cell, B, T, H, *P = case.split(":")
     B, T, H = int(B), int(T), int(H)
     torch.manual_seed(0)
-    fm = fastrnn.from_torch(getattr(torch.nn, cell)(H, H), num_threads=nt)
+    kw = {"proj_size": int(P[0])} if P else {}
+    fm = fastrnn.from_torch(getattr(torch.nn, cell)(H, H, **kw), num_threads=nt)
     x = np.random.default_rng(0).standard_normal((max(T, 1), B, H)).astype(np.float32)
     if T == 0:
         x1 = np.ascontiguousarray(x[0])

@@ -4,7 +4,8 @@
                                              [--rounds 5] [--threads 2]
 
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32, one layer,
-weights of a torch module with seed 0).  Each round times a burst of calls of fastrnn,
+weights of a torch module with seed 0), or LSTM:B:T:H:P for an LSTM with proj_size P
+(no ONNX Runtime column: ONNX's LSTM has no projection).  Each round times a burst of calls of fastrnn,
 ONNX Runtime (the module exported to ONNX) and PyTorch in turn, so a noisy minute slows
 all of them alike; the table gives each one's median over rounds of the per-burst
 median, and fastrnn's time over the faster peer's.  The interleaved suite
@@ -48,18 +49,24 @@ def main(argv=None):
     print(f"{'case':16s} {'fastrnn':>9s} {'ORT':>9s} {'PyTorch':>9s}  (us, medians)"
           "  fastrnn / best peer   Stream.step (T=1)")
     for case in a.cases.split(","):
-        cell, B, T, H = case.split(":")
+        cell, B, T, H, *P = case.split(":")
         B, T, H = int(B), int(T), int(H)
-        tm, fm = models(cell, 1, False, H, "float32")
+        if P:               # LSTM:B:T:H:P, proj_size P (ONNX has no projection: no ORT)
+            torch.manual_seed(0)
+            tm = torch.nn.LSTM(H, H, proj_size=int(P[0])).eval()
+            fm = fastrnn.from_torch(tm)
+        else:
+            tm, fm = models(cell, 1, False, H, "float32")
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
         xt = torch.from_numpy(x)
-        sess = ort_session(tm, x)
+        sess = None if P else ort_session(tm, x)
 
         def run_torch():
             with torch.inference_mode():
                 return tm(xt)
-        fns = {"fastrnn": lambda: fm(x), "ORT": lambda: sess.run(None, {"x": x}),
-               "PyTorch": run_torch}
+        fns = {"fastrnn": lambda: fm(x), "PyTorch": run_torch}
+        if sess is not None:
+            fns["ORT"] = lambda: sess.run(None, {"x": x})
         if T == 1:
             stream, x1 = fastrnn.Stream(fm, batch_size=B), np.ascontiguousarray(x[0])
             fns["stream"] = lambda: stream.step(x1)
@@ -70,7 +77,8 @@ def main(argv=None):
                 fn()
                 res[k].append(_median_call(fn, n))
         m = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
-        best = min(m["ORT"], m["PyTorch"])
+        m.setdefault("ORT", float("nan"))
+        best = min(m["PyTorch"], m["ORT"]) if sess is not None else m["PyTorch"]
         step = f"{m['stream']:9.1f}" if "stream" in m else ""
         print(f"{case:16s} {m['fastrnn']:9.1f} {m['ORT']:9.1f} {m['PyTorch']:9.1f}"
               f"  {m['fastrnn'] / best:19.2f}   {step}", flush=True)

@@ -17,14 +17,15 @@ cdef void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alph
     cdef const floating* ai
     if m <= 0 or n <= 0:
         return
-    if k > 0 and (m == 1 or (m <= 4 and <long>m * k * n >= (1 << 20))):
-        # one row, or up to 4 rows of a large product: a matrix-vector product per row.
-        # scipy's OpenBLAS runs a GEMM of so few rows as a whole GEMM, packing the other
-        # operand every call.  On the Intel Xeon (2 threads; gemm / gemv per row, us):
-        # one row by 128 x 1024 8.8 / 5.2, 256 x 2048 48 / 14, 512 x 2048 249 / 59; 2-4
-        # rows by 256 x 2048 118-137 / 24-50, 512 x 2048 275-310 / 113-211; but small
-        # products of 2-4 rows were as fast or faster as a GEMM (128 x 1024 by 4 rows:
-        # 9.7 / 23.5, 256 x 1024 by 2 rows: 18 / 23), and 8 rows even at 256 x 2048
+    if 0 < m <= 4 and k > 0 and <long>k * n >= (1 << 19):
+        # up to 4 rows by a large matrix (2^19 values or more): a matrix-vector product
+        # per row.  scipy's OpenBLAS runs a GEMM of so few rows as a whole GEMM, packing
+        # the large operand at every call.  On the Intel Xeon (2 threads; gemm / gemv per
+        # row, us): 1-4 rows by 256 x 2048 48-137 / 14-50, by 512 x 2048 249-310 /
+        # 59-211; 8 rows 130 / 136.  Smaller matrices stay on GEMM: 256 x 1024 by 2 rows
+        # 18 / 23, 128 x 1024 by 4 rows 9.7 / 23.5, and in a layer (bench/ab_builds.py,
+        # LSTM proj_size B=1 T=100) H=256 P=128 1.05x, H=128 P=64 1.09-1.20x the time
+        # with the matrix-vector products, H=512 P=256 0.38x
         for i in range(m):
             ai = a + (i if trans_a else <Py_ssize_t>i * lda)
             if floating is float:
