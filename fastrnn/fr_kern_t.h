@@ -709,8 +709,9 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
      * thread), float32: GRU H=32 B=6-12 1.11-1.24, H=48 B=3-12 1.09-1.30, H=56 B=2-3
      * 1.19 (B=8-12 0.90), H=64 B=2-3 1.01-1.02 (B=4-12 0.82-0.91), LSTM (packed)
      * H=24-48 1.06-1.70 (H=64 B=3-12 0.75-0.90), SimpleRNN H=48 B=8-12 1.15-1.20, H=64
-     * B=4-6 1.06-1.23, H=80 B=3 1.08, H=96 B=2 1.09 (B=3 0.96, H=128 B=2 0.87); float64 (blocks of 8): GRU H=24 B=12 1.21, H=32 1.0, H=48-96 B>=2
-     * 0.63-0.93, SimpleRNN H=64 B=4 0.92, H=96 B=2 0.83; AVX2 float32 (its kernels
+     * B=4-6 1.06-1.23, H=80 B=3 1.08, H=96 B=2 1.09 (B=3 0.96, H=128 B=2 0.87);
+     * float64 (blocks of 8): GRU H=24 B=12 1.21, H=32 1.0, H=48-96 B>=2 0.63-0.93,
+     * SimpleRNN H=64 B=4 0.92, H=96 B=2 0.83; AVX2 float32 (its kernels
      * on the same CPU, blocks of 8): GRU H=24 B=12 1.21, H=32 B=8-12 0.89-0.94, H=64
      * B=2 0.82, SimpleRNN H=64 B=4 0.91, H=96 B=2-3 0.77-0.80.  (Tests: fr_min_par_work
      * 0 turns both rules off.) */
