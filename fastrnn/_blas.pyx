@@ -13,6 +13,10 @@ cdef void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alph
                   floating beta, floating* c, int ldc) noexcept nogil:
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
+    # the row-vector product below (C row i = a_i op(B)) takes op(B)^T, i.e. B seen
+    # column-major, with ta: a row-major B (k, n) is the column-major (n, k) matrix
+    # B^T ('N'), a row-major B (n, k) with trans_b the column-major (k, n) one ('T')
+    cdef int rows = k if trans_b else n, cols = n if trans_b else k
     cdef int incx = lda if trans_a else 1, one = 1, i
     cdef const floating* ai
     if m <= 0 or n <= 0:
@@ -29,19 +33,11 @@ cdef void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alph
         for i in range(m):
             ai = a + (i if trans_a else <Py_ssize_t>i * lda)
             if floating is float:
-                if trans_b:   # C row i = a_i op(B), B row-major (n, k): B^T col-major
-                    sgemv(b'T', &k, &n, &alpha, <float*>b, &ldb, <float*>ai, &incx, &beta,
-                          c + <Py_ssize_t>i * ldc, &one)
-                else:         # B row-major (k, n) is B^T col-major (n, k)
-                    sgemv(b'N', &n, &k, &alpha, <float*>b, &ldb, <float*>ai, &incx, &beta,
-                          c + <Py_ssize_t>i * ldc, &one)
+                sgemv(&ta, &rows, &cols, &alpha, <float*>b, &ldb, <float*>ai, &incx, &beta,
+                      c + <Py_ssize_t>i * ldc, &one)
             else:
-                if trans_b:
-                    dgemv(b'T', &k, &n, &alpha, <double*>b, &ldb, <double*>ai, &incx, &beta,
-                          c + <Py_ssize_t>i * ldc, &one)
-                else:
-                    dgemv(b'N', &n, &k, &alpha, <double*>b, &ldb, <double*>ai, &incx, &beta,
-                          c + <Py_ssize_t>i * ldc, &one)
+                dgemv(&ta, &rows, &cols, &alpha, <double*>b, &ldb, <double*>ai, &incx, &beta,
+                      c + <Py_ssize_t>i * ldc, &one)
         return
     if floating is float:
         sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
