@@ -80,13 +80,14 @@ cdef extern from "fr_kern.h":
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
     ctypedef struct fr_cell:
-        int cell, G, H, K, U, nb, fast, rnn_relu, f, g, h
+        int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
         int input_forget, reset_after, rz_split
         const void* wp
         const void* bias
         const void* bhn
         const void* peep
+        const void* wrp
     ctypedef struct fr_seq_f:
         int nT, B, I, reverse, varlen, chunk
         const Py_ssize_t* offsets
@@ -104,6 +105,7 @@ cdef extern from "fr_kern.h":
         float* xp
         float* hbuf
         float* lastout
+        float* hraw
         int flip
         float* rh
         float* zb
@@ -127,6 +129,7 @@ cdef extern from "fr_kern.h":
         double* xp
         double* hbuf
         double* lastout
+        double* hraw
         int flip
         double* rh
         double* zb
@@ -812,8 +815,9 @@ def isa():
 
 
 def small_path_applies(int cell, int proj_size, int reset_after):
-    """Whether the packed kernel supports this configuration at all."""
-    return proj_size == 0
+    """Whether the packed kernel supports this configuration at all (every one: a
+    projection only on LSTM, which is the only cell with one)."""
+    return proj_size == 0 or cell == CELL_LSTM
 
 
 def wide_path_applies(int cell, int proj_size, int reset_after, int fast=1):
@@ -948,8 +952,8 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     small batch between threads (a barrier per step): two independent single-thread
     loops have no barrier at all."""
     cdef long G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
-    if _pair_mode == 2 or num_threads < 2 or batch <= 0:
-        return 0
+    if _pair_mode == 2 or num_threads < 2 or batch <= 0 or proj_size:
+        return 0        # (run_pair takes no projection)
     if choose_path(cell, batch, hidden_size, proj_size, reset_after, num_threads,
                    fast, -1, itemsize) != "small":
         return 0
@@ -1102,6 +1106,8 @@ cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Ac
     cl.bias = bias
     cl.bhn = bhn
     cl.peep = peep if use_peep else NULL
+    cl.P = 0            # (run_layer sets the projection)
+    cl.wrp = NULL
 
 
 cdef struct SmallScratch:
@@ -1110,6 +1116,7 @@ cdef struct SmallScratch:
     void* lastout
     void* rh
     void* zb
+    void* hraw
     int slot
 
 
@@ -1131,7 +1138,8 @@ cdef void _free_scratch(SmallScratch* m) noexcept nogil:
     free(m.lastout)
     free(m.rh)
     free(m.zb)
-    m.xp = m.hbuf = m.lastout = m.rh = m.zb = NULL
+    free(m.hraw)
+    m.xp = m.hbuf = m.lastout = m.rh = m.zb = m.hraw = NULL
 
 
 cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_ld,
@@ -1151,6 +1159,9 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
     cdef floating* lastout = NULL
     cdef floating* rh = NULL
     cdef floating* zb = NULL
+    cdef floating* hraw = NULL
+    if cl.P > 0:
+        hraw = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
     if d.has_mask:
         lastout = <floating*>fr_amalloc(sizeof(floating) * B * H + 64)
     if cl.rz_split:
@@ -1162,8 +1173,9 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
     m.lastout = lastout
     m.rh = rh
     m.zb = zb
+    m.hraw = hraw
     if (xp == NULL or hbuf == NULL or (d.has_mask and lastout == NULL)
-            or (cl.rz_split and (rh == NULL or zb == NULL))):
+            or (cl.rz_split and (rh == NULL or zb == NULL)) or (cl.P > 0 and hraw == NULL)):
         _free_scratch(m)
         return -1
     if floating is float:
@@ -1189,6 +1201,7 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
         qf.xp = xp
         qf.hbuf = hbuf
         qf.lastout = lastout
+        qf.hraw = hraw
         qf.flip = 0
         qf.rh = rh
         qf.zb = zb
@@ -1216,6 +1229,7 @@ cdef int _prep_small(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x
         qd.xp = xp
         qd.hbuf = hbuf
         qd.lastout = lastout
+        qd.hraw = hraw
         qd.flip = 0
         qd.rh = rh
         qd.zb = zb
@@ -1403,29 +1417,36 @@ cdef int _fill_dims(Dims* d, Acts* A, int cell, int T, int I, int hidden_size,
 cdef class PackedDir:
     """One direction's kernel-ready weights for :func:`run_layer`: wx (I, G*H), wh (K,
     G*H), bias, bhn, wr, peep, and wxp / whp (:func:`pack_units` / :func:`pack_recurrent`
-    of wx / wh, enabling the small-batch kernel) or None.  Their typed memoryviews are
+    of wx / wh, enabling the small-batch kernel) or None; with a projection (wr (H, P))
+    also wrp (``pack_units(wr, P, 1)``), else the small-batch kernel is not enabled.  Their typed memoryviews are
     taken once per packing: taken from the arrays at every call they cost ~0.1 us each
     (about 1 us of a small layer's ~12 us call)."""
     cdef readonly bint is_double
     cdef readonly bint small
+    cdef readonly bint has_wrp
     cdef float[:, ::1] wx_f, wh_f, wr_f
-    cdef float[::1] bias_f, bhn_f, peep_f, wxp_f, whp_f
+    cdef float[::1] bias_f, bhn_f, peep_f, wxp_f, whp_f, wrp_f
     cdef double[:, ::1] wx_d, wh_d, wr_d
-    cdef double[::1] bias_d, bhn_d, peep_d, wxp_d, whp_d
+    cdef double[::1] bias_d, bhn_d, peep_d, wxp_d, whp_d, wrp_d
 
-    def __init__(self, wx, wh, bias, bhn, wr, peep, wxp=None, whp=None):
+    def __init__(self, wx, wh, bias, bhn, wr, peep, wxp=None, whp=None, wrp=None):
         self.is_double = np.asarray(wx).dtype == np.float64
         self.small = wxp is not None and whp is not None
+        self.has_wrp = self.small and wrp is not None
         if self.is_double:
             self.wx_d, self.wh_d, self.wr_d = wx, wh, wr
             self.bias_d, self.bhn_d, self.peep_d = bias, bhn, peep
             if self.small:
                 self.wxp_d, self.whp_d = wxp, whp
+                if wrp is not None:
+                    self.wrp_d = wrp
         else:
             self.wx_f, self.wh_f, self.wr_f = wx, wh, wr
             self.bias_f, self.bhn_f, self.peep_f = bias, bhn, peep
             if self.small:
                 self.wxp_f, self.whp_f = wxp, whp
+                if wrp is not None:
+                    self.wrp_f = wrp
 
 
 cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str name):
@@ -1484,7 +1505,7 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
     cdef int rc, U
     cdef bint small
     cdef floating[:, ::1] wx, wh, wr
-    cdef floating[::1] bias, bhn, peep, wxp, whp
+    cdef floating[::1] bias, bhn, peep, wxp, whp, wrp
     cdef void* vp[7]
     cdef Py_ssize_t nT, nst, nh, nout, ldout, n_, m_
     cdef int ft = cnp.NPY_FLOAT64 if floating is double else cnp.NPY_FLOAT32
@@ -1509,13 +1530,13 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
             raise TypeError("run_layer: float32 weights for a float64 input")
         wx, wh, wr, bias, bhn, peep = pw.wx_d, pw.wh_d, pw.wr_d, pw.bias_d, pw.bhn_d, pw.peep_d
         if pw.small:
-            wxp, whp = pw.wxp_d, pw.whp_d
+            wxp, whp, wrp = pw.wxp_d, pw.whp_d, pw.wrp_d
     else:
         if pw.is_double:
             raise TypeError("run_layer: float64 weights for a float32 input")
         wx, wh, wr, bias, bhn, peep = pw.wx_f, pw.wh_f, pw.wr_f, pw.bias_f, pw.bhn_f, pw.peep_f
         if pw.small:
-            wxp, whp = pw.wxp_f, pw.whp_f
+            wxp, whp, wrp = pw.wxp_f, pw.whp_f, pw.wrp_f
     _fill_dims(&d, &A, cell, nT, x.shape[1], hidden_size, proj_size,
                nh, reverse, varlen, reset_after, input_forget, ldout, out_col,
                num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
@@ -1535,13 +1556,19 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
         if rc != 0:
             raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
         return
-    small = pw.small and wxp.shape[0] > 0 and path != "blas"
+    small = (pw.small and wxp.shape[0] > 0 and path != "blas"
+             and (d.P == 0 or (pw.has_wrp and wrp.shape[0] > 0)))
     if small:
         _check_packed(wxp.shape[0], d.H, d.I, d.G, U)
-        _check_packed(whp.shape[0], d.H, d.H, d.G, U)
+        _check_packed(whp.shape[0], d.H, d.P if d.P > 0 else d.H, d.G, U)
+        if d.P > 0:
+            _check_packed(wrp.shape[0], d.P, d.H, 1, U)
     _fill_cell(&cl, cell, d.G, d.H, d.P if d.P > 0 else d.H, U, &A, use_peep, input_forget,
                reset_after, &whp[0] if small else NULL, &bias[0], &bhn[0],
                &peep[0] if use_peep else NULL)
+    if small and d.P > 0:
+        cl.P = d.P
+        cl.wrp = &wrp[0]
     with nogil:
         if small:
             rc = _run_small(&d, &cl, &x[0, 0], x.shape[1], &wxp[0], p_off, p_nst, p_len,
@@ -1835,6 +1862,7 @@ cdef class StepPlan:
         q.out_col = 0
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
+        q.hraw = NULL
         q.lastout = NULL
         q.rh = q.hbuf + 2 * B * H
         q.zb = q.hbuf + 3 * B * H
@@ -1873,6 +1901,7 @@ cdef class StepPlan:
         q.out_col = 0
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
+        q.hraw = NULL
         q.lastout = NULL
         q.rh = q.hbuf + 2 * B * H
         q.zb = q.hbuf + 3 * B * H

@@ -159,6 +159,7 @@ enum { FR_SIGMOID = 0, FR_TANH, FR_RELU, FR_HARDSIGMOID, FR_LEAKYRELU, FR_AFFINE
 typedef struct {
     int cell;            /* 0 RNN, 1 LSTM, 2 GRU */
     int G, H, K;         /* gates, hidden units, recurrent input size (K == H: no proj) */
+    int P;               /* LSTM projection size (K == P), 0 without a projection */
     int U, nb;           /* units per block, number of blocks */
     int fast;            /* default activations, no clip/peepholes/input_forget */
     int rnn_relu;        /* RNN fast path with relu instead of tanh */
@@ -170,6 +171,7 @@ typedef struct {
     const void* bias;    /* (G*H) fused biases */
     const void* bhn;     /* (H) GRU reset_after b_hn */
     const void* peep;    /* (3H) or NULL */
+    const void* wrp;     /* P > 0: packed projection weights (nbp, H, 1, U), W_hr^T */
 } fr_cell;
 
 
@@ -200,11 +202,12 @@ FR_INLINE int fr_nthreads(void) {
         const unsigned char* mask;   /* packed mask or NULL */                            \
         int mask_zero;                                                                    \
         T* out; ptrdiff_t out_ld; ptrdiff_t out_col;   /* out NULL: outputs not written */\
-        T* h; T* c;                  /* (B, H) state in/out (c: LSTM) */                  \
+        T* h; T* c;                  /* (B, K) h and (B, H) c state in/out (c: LSTM) */   \
         /* scratch (caller-allocated) */                                                  \
         T* xp;                       /* (chunk * B, G*H) */                               \
-        T* hbuf;                     /* (2, B, H) */                                      \
-        T* lastout;                  /* (B, H) mask only */                               \
+        T* hbuf;                     /* (2, B, K) */                                      \
+        T* lastout;                  /* (B, K) mask only */                               \
+        T* hraw;                     /* (B, H) LSTM with a projection: h before it */     \
         int flip;                    /* single-step calls: traverse unit blocks backwards */\
         int team;                    /* threads sharing a step's unit blocks (the kernel's) */\
         T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */     \

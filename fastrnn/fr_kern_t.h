@@ -507,16 +507,17 @@ FR_INLINE void F(dgate_flush)(F(dgate)* d, int lstm) {
 }
 
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
- * writes hbuf[1-cur].  hm > 0: the recurrent product in halves (mv_halves); part
+ * writes hbuf[1-cur] (rows of K: H, or P with a projection, where h' goes to hraw
+ * instead and rproj writes hbuf[1-cur], the outputs and the masked rows).  hm > 0: the recurrent product in halves (mv_halves); part
  * (overlapped unit split, else NULL): the products over the thread's own half of h, from
  * step_own, FR_PART_V vectors per (block, row block). */
 #define FR_PART_V 16
 FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
                             int ub0, int ub1, int rlo, int rhi, const V* part, int hm) {
-    const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B;
+    const int G = cl->G, H = cl->H, U = W, K = cl->K, B = q->B, pj = cl->P > 0;
     const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
-    const T* hc = q->hbuf + (size_t)cur * B * H;
-    T* hn = q->hbuf + (size_t)(1 - cur) * B * H;
+    const T* hc = q->hbuf + (size_t)cur * B * K;
+    T* hn = q->hbuf + (size_t)(1 - cur) * B * K;
     const T* rows[4];
     V acc[16];
     T hv[W];
@@ -540,7 +541,7 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
         const int Gm = cl->rz_split ? 1 : G;
         for (r0 = rlo; r0 < n; r0 += FR_RB(Gm)) {
             rb = n - r0 < FR_RB(Gm) ? n - r0 : FR_RB(Gm);
-            for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * H;
+            for (r = 0; r < rb; r++) rows[r] = src + (size_t)(r0 + r) * K;
             if (hm)
                 F(mv_halves)(rb, Gm, rows, K, hm,
                              part ? part + ((size_t)(ub - ub0) * F(nrb)(B, Gm)
@@ -570,8 +571,9 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
                         dg.g[3][j] = acc[Gm * r + 2] + bo;
                         dg.c[j] = F(vload)(hc + (size_t)b * H + u0, nu);
                     }
-                    dg.hn[j] = hn + (size_t)b * H + u0;
-                    dg.out[j] = q->out ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
+                    dg.hn[j] = pj ? q->hraw + (size_t)b * H + u0 : hn + (size_t)b * K + u0;
+                    dg.out[j] = q->out && !pj ? q->out + prow * q->out_ld + q->out_col + u0
+                                              : NULL;
                     dg.nu[j] = nu;
                 }
                 if (dg.n + FR_RB(Gm) > FR_DG_SLOTS) F(dgate_flush)(&dg, lstm);
@@ -581,10 +583,11 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
                 const int b = r0 + r;
                 const int t = F(in_time)(q, s, b);
                 const ptrdiff_t prow = q->offsets[t] + b;
-                const T* hp = hc + (size_t)b * H;
-                T* hnb = hn + (size_t)b * H + u0;
-                T* o = q->out ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
+                const T* hp = hc + (size_t)b * K;
+                T* hnb = pj ? q->hraw + (size_t)b * H + u0 : hn + (size_t)b * K + u0;
+                T* o = q->out && !pj ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
                 if (q->mask && !q->mask[prow]) {
+                    if (pj) continue;   /* c carries; rproj carries h and the output */
                     /* Keras masking: carry the state, repeat (or zero) the output */
                     memcpy(hnb, hp + u0, sizeof(T) * nu);
                     if (o) {
@@ -599,17 +602,62 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
                               q->zb ? q->zb + (size_t)b * H : NULL);
                 memcpy(hnb, hv, sizeof(T) * nu);
                 if (o) memcpy(o, hv, sizeof(T) * nu);
-                if (q->mask) memcpy(q->lastout + (size_t)b * H + u0, hv, sizeof(T) * nu);
+                if (q->mask && !pj) memcpy(q->lastout + (size_t)b * H + u0, hv, sizeof(T) * nu);
             }
         }
-        /* finished sequences keep their state */
-        for (r = n > rlo ? n : rlo; r < rhi; r++)
+        /* finished sequences keep their state (with a projection: rproj) */
+        for (r = n > rlo ? n : rlo; r < rhi && !pj; r++)
             memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
     }
     if (dg.n) F(dgate_flush)(&dg, lstm);
 }
 FR_FN(void, F(step), F(step_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur, int ub0, int ub1, int rlo, int rhi, const V* part, int hm),
          (cl, q, s, s0, cur, ub0, ub1, rlo, rhi, part, hm))
+
+/* LSTM with a projection, second half of step s: h' = hraw W_hr^T for the projection's
+ * unit blocks [pb0, pb1) of rows [rlo, rhi) into hbuf[1-cur] (rows of P) and the
+ * outputs; masked rows carry h (and repeat or zero the output), finished rows keep it */
+FR_INLINE void F(rproj_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int cur, int pb0,
+                             int pb1, int rlo, int rhi) {
+    const int H = cl->H, P = cl->P, B = q->B;
+    const int n = (int)q->nsteps[s] < rhi ? (int)q->nsteps[s] : rhi;
+    const T* hc = q->hbuf + (size_t)cur * B * P;
+    T* hn = q->hbuf + (size_t)(1 - cur) * B * P;
+    const T* rows[4];
+    V acc[4];
+    int pb, r0, r, rb;
+    for (pb = pb0; pb < pb1; pb++) {
+        const int p0 = pb * W;
+        const int np = P - p0 < W ? P - p0 : W;
+        const T* Wb = (const T*)cl->wrp + (size_t)pb * H * W;
+        for (r0 = rlo; r0 < n; r0 += FR_RB(1)) {
+            rb = n - r0 < FR_RB(1) ? n - r0 : FR_RB(1);
+            for (r = 0; r < rb; r++) rows[r] = q->hraw + (size_t)(r0 + r) * H;
+            F(mv_any)(rb, 1, rows, H, Wb, acc);
+            for (r = 0; r < rb; r++) {
+                const int b = r0 + r;
+                const ptrdiff_t prow = q->offsets[F(in_time)(q, s, b)] + b;
+                T* hnb = hn + (size_t)b * P + p0;
+                T* o = q->out ? q->out + prow * q->out_ld + q->out_col + p0 : NULL;
+                if (q->mask && !q->mask[prow]) {
+                    memcpy(hnb, hc + (size_t)b * P + p0, sizeof(T) * np);
+                    if (o) {
+                        if (q->mask_zero) memset(o, 0, sizeof(T) * np);
+                        else memcpy(o, q->lastout + (size_t)b * P + p0, sizeof(T) * np);
+                    }
+                    continue;
+                }
+                F(vstore)(hnb, acc[r], np);
+                if (o) F(vstore)(o, acc[r], np);
+                if (q->mask) F(vstore)(q->lastout + (size_t)b * P + p0, acc[r], np);
+            }
+        }
+        for (r = n > rlo ? n : rlo; r < rhi; r++)
+            memcpy(hn + (size_t)r * P + p0, hc + (size_t)r * P + p0, sizeof(T) * np);
+    }
+}
+FR_FN(void, F(rproj), F(rproj_impl), (const fr_cell* cl, const FR_SEQ* q, int s, int cur, int pb0, int pb1, int rlo, int rhi),
+         (cl, q, s, cur, pb0, pb1, rlo, rhi))
 
 /* overlapped unit split, first half of step s: the products of the thread's blocks
  * [ub0, ub1) over its own units [ka, kb) of h (written by this thread the step before,
@@ -654,11 +702,12 @@ typedef struct {
     int* prog;
     int tid;
 } F(overlap);
-static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int rlo,
-                         int rhi, int* bar, int nbar, const F(overlap)* ov, int hm) {
+static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, int pb0,
+                         int pb1, int rlo, int rhi, int* bar, int nbar,
+                         const F(overlap)* ov, int hm) {
     const int ka = ub0 * W, kb = ub1 * W < cl->H ? ub1 * W : cl->H;
     int s0 = 0, s, cur = 0, i;
-    if (q->nT == 1) {
+    if (q->nT == 1 && !cl->P) {
         /* one step: projection and recurrence block by block (one pass over each
          * block's weights), alternate direction from call to call */
         if (!cl->rz_split) {
@@ -687,6 +736,11 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
                 continue;
             }
             F(step)(cl, q, s, s0, cur, ub0, ub1, rlo, rhi, NULL, hm);
+            if (cl->P) {
+                /* the projection reads every unit of hraw */
+                if (bar) fr_step_barrier(bar, nbar);
+                F(rproj)(cl, q, s, cur, pb0, pb1, rlo, rhi);
+            }
             cur = 1 - cur;
             if (bar) fr_step_barrier(bar, nbar);
         }
@@ -695,10 +749,11 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
 
 /* pair: one direction of the pair (fr_small_pair), on one thread */
 static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) {
-    const int B = q->B, H = cl->H, nb = cl->nb;
+    const int B = q->B, H = cl->H, K = cl->K, nb = cl->nb;
+    const int nbp = (cl->P + W - 1) / W;       /* the projection's unit blocks */
     const int rowsplit = nt > 1 && B >= fr_rowsplit_min;
     int nthr = rowsplit ? (nt < B / 4 ? nt : B / 4) : (nt < nb ? nt : nb);
-    const long work = (long)cl->G * H * cl->K * B;
+    const long work = ((long)cl->G * K + cl->P) * H * B;
     /* below ~16k multiply-adds per step a barrier costs more than the second thread
      * saves (measured: LSTM H=64 B=1 breaks even, GRU H=64 B=1 is faster on one) */
     if (work < fr_min_par_work) nthr = 1;
@@ -734,8 +789,9 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
                            && fr_overlap_auto(cl->cell, cl->G, cl->K, W, nb, 2, B,
                                               (int)sizeof(T))))
                    ? (nb / 2) * W : 0;
-    memcpy(q->hbuf, q->h, sizeof(T) * B * H);
-    if (q->mask) memset(q->lastout, 0, sizeof(T) * B * H);
+    memcpy(q->hbuf, q->h, sizeof(T) * B * K);
+    if (q->mask) memset(q->lastout, 0, sizeof(T) * B * K);
+    if (cl->P) memset(q->hraw, 0, sizeof(T) * B * H);   /* masked rows' (unused) products */
     q->team = nthr > 1 && !rowsplit ? nthr : 1;
 #ifdef _OPENMP
     if (nthr > 1) {
@@ -757,18 +813,19 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
             ov.prog = base ? (int*)(base + (size_t)nthr * partb) : NULL;
             ov.tid = tid;
             if (rowsplit)
-                F(run_range)(cl, q, 0, nb, (int)((long)tid * B / nth),
+                F(run_range)(cl, q, 0, nb, 0, nbp, (int)((long)tid * B / nth),
                              (int)((long)(tid + 1) * B / nth), NULL, 0, NULL, hm);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
-                             (int)((long)(tid + 1) * nb / nth), 0, B, bar, nth,
-                             base && nth == 2 ? &ov : NULL, hm);
+                             (int)((long)(tid + 1) * nb / nth),
+                             (int)((long)tid * nbp / nth), (int)((long)(tid + 1) * nbp / nth),
+                             0, B, bar, nth, base && nth == 2 ? &ov : NULL, hm);
         }
         free(base);
     } else
 #endif
-        F(run_range)(cl, q, 0, nb, 0, B, NULL, 0, NULL, hm);
-    memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * H, sizeof(T) * B * H);
+        F(run_range)(cl, q, 0, nb, 0, nbp, 0, B, NULL, 0, NULL, hm);
+    memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * K, sizeof(T) * B * K);
 }
 static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     F(small_layer_impl)(cl, q, nt, 0);

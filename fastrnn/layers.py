@@ -546,10 +546,12 @@ class RNNBase:
                     wxp = _kernels.pack_units(wx, H, G)
                     whp = _kernels.pack_recurrent(wh, H, G, _CELL_CODE[self._cell],
                                                   int(self.reset_after))
+                    wrp = _kernels.pack_units(wr, P, 1) if P else None
                 else:
-                    wxp = whp = None
+                    wxp = whp = wrp = None
                 per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp,
-                                _kernels.PackedDir(wx, wh, bias, bhn, wr, peep, wxp, whp)))
+                                _kernels.PackedDir(wx, wh, bias, bhn, wr, peep, wxp, whp,
+                                                   wrp)))
             packed.append(per_dir)
         self._packed = packed
         self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
@@ -835,8 +837,8 @@ class RNNBase:
         _kernels = _kernels_module()
         if self.bidirectional or self.go_backwards:
             raise ValueError("_step_fast: uni-directional layers only")
-        if packed[0][0][6] is None:
-            return False
+        if packed[0][0][6] is None or self.proj_size:
+            return False        # (StepPlan takes no projection)
         _threads.hook_blas()
         layers = [(p[0][6], p[0][7], p[0][2], p[0][3], p[0][5]) for p in packed]
         acts = self._act_codes()[0][0]

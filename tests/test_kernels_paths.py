@@ -197,6 +197,59 @@ def test_paths_lstm_options(path, kw):
     _check(layer, x)
 
 
+# LSTM with a projection (proj_size): the packed kernel's projection phase (its own
+# unit blocks of P, a second barrier a step in the unit split), the BLAS path forced
+_PROJ_SIZES = [(2, 1), (7, 3), (33, 16), (40, 17)]
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 16, 17])
+@pytest.mark.parametrize("HP", _PROJ_SIZES, ids=[f"H{h}P{p}" for h, p in _PROJ_SIZES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_paths_projection_sizes(path, B, HP, dtype, nt):
+    H, P = HP
+    rng = np.random.default_rng(B * 31 + H)
+    layer = fastrnn.LSTM(5, H, proj_size=P, dtype=dtype, seed=B + H, num_threads=nt)
+    _check(layer, rng.standard_normal((6, B, 5)).astype(dtype))
+    _check(layer, rng.standard_normal((1, B, 5)).astype(dtype))       # one step
+    # given states, last output only
+    hx = (rng.standard_normal((1, B, P)).astype(dtype),
+          rng.standard_normal((1, B, H)).astype(dtype))
+    x = rng.standard_normal((4, B, 5)).astype(dtype)
+    y, (h, c) = layer(x, hx, return_sequences=False)
+    ref, ref_h, ref_c = rnn_forward(layer, x, hx)
+    rtol, atol = _tol(dtype)
+    np.testing.assert_allclose(y, ref[-1], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(h, ref_h, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(c, ref_c, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("B", [3, 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 2, 3])
+@pytest.mark.parametrize("masked_output", ["carry", "zero"])
+def test_paths_projection_lengths_mask(path, B, dtype, nt, masked_output):
+    """Stacked, bidirectional, go_backwards; variable lengths (finished rows keep h),
+    masks (masked rows carry h and c, repeat or zero the output)."""
+    rng = np.random.default_rng(B + nt)
+    x = rng.standard_normal((9, B, 4)).astype(dtype)
+    for kw in (dict(num_layers=2, bidirectional=True), dict(go_backwards=True)):
+        layer = fastrnn.LSTM(4, 37, proj_size=18, dtype=dtype, seed=nt, num_threads=nt, **kw)
+        _check(layer, x, lengths=rng.integers(0, 10, B))
+        _check(layer, x, mask=rng.random((9, B)) > 0.3, masked_output=masked_output)
+
+
+def test_projection_takes_packed_kernel():
+    """An LSTM with a projection runs on the packed kernel by default (any batch), and
+    its packing carries the projection's weights."""
+    assert _kernels.small_path_applies(1, 5, 1)
+    for B in (1, 4, 16, 64, 256):
+        assert _kernels.choose_path(1, B, 256, 128, 1, 2) == "small"
+    layer = fastrnn.LSTM(4, 9, proj_size=3)
+    pw = layer._pack()[0][0][8]
+    assert pw.small and pw.has_wrp
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("kw", [dict(), dict(activations=["hardsigmoid", "softsign"]),
                                 dict(clip=0.5)], ids=["default", "acts", "clip"])
@@ -270,6 +323,28 @@ def test_isa_levels_register_blocks(level, cell, B, dtype):
         for t in range(x.shape[0]):
             y = uni._step_fast(np.ascontiguousarray(x[t]), h, c)
             np.testing.assert_allclose(y, out[t], *_tol(dtype))
+    finally:
+        _kernels._set_isa_level(-1)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("B", [1, 2, 7, 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_isa_levels_projection(level, B, dtype):
+    """The projection phase at each level's unit block (P=19: a tail at every width;
+    packed again when the level changes), unit and row split, lengths."""
+    if level not in _levels():
+        pytest.skip(f"this CPU does not run ISA level {level}")
+    rng = np.random.default_rng(B * 5 + level)
+    layer = fastrnn.LSTM(6, 37, proj_size=19, dtype=dtype, seed=B, bidirectional=True,
+                         num_threads=2)
+    x = rng.standard_normal((9, B, 6)).astype(dtype)
+    layer(x)            # packed at the CPU's own level first
+    _kernels._set_isa_level(level)
+    try:
+        _check(layer, x)
+        _check(layer, x, lengths=rng.integers(0, 10, B))
+        assert layer._packed_unit == _kernels.unit_block(dtype)
     finally:
         _kernels._set_isa_level(-1)
 
@@ -412,7 +487,7 @@ def test_path_choice_is_automatic():
     assert _kernels.choose_path(0, 64, 256, 0, 1, 2, 0) == "small"  # not the default acts
     assert not _kernels.wide_path_applies(2, 0, 0)                # GRU reset_after=False
     assert not _kernels.wide_path_applies(1, 4, 1)                # projection
-    assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "blas"     # projection
+    assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "small"    # projection
     assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "small"    # GRU reset_after=False
     assert _kernels.isa() in ("avx512", "avx2+fma", "x86-64 baseline")
 
