@@ -1708,7 +1708,7 @@ cdef class StepPlan:
     buffers, no allocation of Python objects, the GIL released inside.
     """
     cdef fr_cell* cells
-    cdef int L, H, I, G, U, cell, is_double
+    cdef int L, H, K, I, G, U, cell, is_double
     cdef int num_threads, flip
     cdef object keep
     cdef const void** wxp
@@ -1721,13 +1721,14 @@ cdef class StepPlan:
 
     def __init__(self, int cell, int input_size, int hidden_size, list layers, acts,
                  double clip, int use_peep, int input_forget, int reset_after, dtype,
-                 int num_threads):
+                 int num_threads, int proj_size=0):
         cdef Acts A
         cdef int l, U
         cdef float[::1] f1
         cdef double[::1] d1
         self.L = len(layers)
         self.H = hidden_size
+        self.K = proj_size if proj_size > 0 else hidden_size    # size of h
         self.I = input_size
         self.cell = cell
         self.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
@@ -1747,22 +1748,29 @@ cdef class StepPlan:
             raise MemoryError()
         self.keep = layers
         for l in range(self.L):
-            wxp, whp, bias, bhn, peep = layers[l]
-            _check_packed(wxp.shape[0], hidden_size, input_size if l == 0 else hidden_size,
+            wxp, whp, bias, bhn, peep, wrp = layers[l]
+            _check_packed(wxp.shape[0], hidden_size, input_size if l == 0 else self.K,
                           self.G, U)
-            _check_packed(whp.shape[0], hidden_size, hidden_size, self.G, U)
+            _check_packed(whp.shape[0], hidden_size, self.K, self.G, U)
+            if proj_size > 0:
+                _check_packed(wrp.shape[0], proj_size, hidden_size, 1, U)
+            else:
+                wrp = wxp       # (not read)
             ptrs = []
-            for a in (whp, bias, bhn, peep, wxp):
+            for a in (whp, bias, bhn, peep, wxp, wrp):
                 if self.is_double:
                     d1 = a
                     ptrs.append(<Py_ssize_t>&d1[0])
                 else:
                     f1 = a
                     ptrs.append(<Py_ssize_t>&f1[0])
-            _fill_cell(&self.cells[l], cell, self.G, hidden_size, hidden_size, U, &A, use_peep,
+            _fill_cell(&self.cells[l], cell, self.G, hidden_size, self.K, U, &A, use_peep,
                        input_forget, reset_after, <const void*><Py_ssize_t>ptrs[0],
                        <const void*><Py_ssize_t>ptrs[1], <const void*><Py_ssize_t>ptrs[2],
                        <const void*><Py_ssize_t>ptrs[3])
+            if proj_size > 0:
+                self.cells[l].P = proj_size
+                self.cells[l].wrp = <const void*><Py_ssize_t>ptrs[5]
             self.wxp[l] = <const void*><Py_ssize_t>ptrs[4]
 
     def __dealloc__(self):
@@ -1798,7 +1806,7 @@ cdef class StepPlan:
         if self._step(x, h, c) == 0:
             return None
         dims[0] = cnp.PyArray_DIM(<cnp.ndarray>h, 1)
-        dims[1] = self.H
+        dims[1] = self.K
         y = cnp.PyArray_SimpleNew(2, dims, cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32)
         if dims[0]:
             memcpy(cnp.PyArray_DATA(<cnp.ndarray>y),
@@ -1817,7 +1825,7 @@ cdef class StepPlan:
             raise ValueError("StepPlan.step: x must be a 2-D numpy array (B, I)")
         B = <int>cnp.PyArray_DIM(<cnp.ndarray>x, 0)
         xp = self._buf(x, 2, B, self.I, 0, "x")
-        hp = self._buf(h, 3, self.L, B, self.H, "h")
+        hp = self._buf(h, 3, self.L, B, self.K, "h")
         if self.cell == CELL_LSTM:
             cp = self._buf(c, 3, self.L, B, self.H, "c")
         if fr_unit(8 if self.is_double else 4) != self.U:
@@ -1843,7 +1851,7 @@ cdef class StepPlan:
     cdef int _run_f(self, float* x, float* h, float* c, int B, int nt) noexcept nogil:
         cdef fr_seq_f q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
-        cdef int l, GH = self.G * self.H, H = self.H
+        cdef int l, GH = self.G * self.H, H = self.H, K = self.K
         cdef float* buf = <float*>fr_amalloc(sizeof(float) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
@@ -1862,18 +1870,18 @@ cdef class StepPlan:
         q.out_col = 0
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
-        q.hraw = NULL
         q.lastout = NULL
         q.rh = q.hbuf + 2 * B * H
         q.zb = q.hbuf + 3 * B * H
+        q.hraw = q.rh       # (LSTM: rh and zb are GRU's)
         q.flip = self.flip
         self.flip = 1 - self.flip
         for l in range(self.L):
-            q.I = self.I if l == 0 else H
-            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * H
+            q.I = self.I if l == 0 else K
+            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * K
             q.x_ld = q.I
             q.wxp = <const float*>self.wxp[l]
-            q.h = h + <Py_ssize_t>l * B * H
+            q.h = h + <Py_ssize_t>l * B * K
             q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
             fr_small_layer_f(&self.cells[l], &q, nt)
         free(buf)
@@ -1882,7 +1890,7 @@ cdef class StepPlan:
     cdef int _run_d(self, double* x, double* h, double* c, int B, int nt) noexcept nogil:
         cdef fr_seq_d q
         cdef Py_ssize_t off = 0, nst = B, lens0 = 0
-        cdef int l, GH = self.G * self.H, H = self.H
+        cdef int l, GH = self.G * self.H, H = self.H, K = self.K
         cdef double* buf = <double*>fr_amalloc(sizeof(double) * (<Py_ssize_t>B * GH + 4 * B * H) + 64)
         if buf == NULL:
             return -1
@@ -1901,18 +1909,18 @@ cdef class StepPlan:
         q.out_col = 0
         q.xp = buf
         q.hbuf = buf + <Py_ssize_t>B * GH
-        q.hraw = NULL
         q.lastout = NULL
         q.rh = q.hbuf + 2 * B * H
         q.zb = q.hbuf + 3 * B * H
+        q.hraw = q.rh       # (LSTM: rh and zb are GRU's)
         q.flip = self.flip
         self.flip = 1 - self.flip
         for l in range(self.L):
-            q.I = self.I if l == 0 else H
-            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * H
+            q.I = self.I if l == 0 else K
+            q.x = x if l == 0 else h + <Py_ssize_t>(l - 1) * B * K
             q.x_ld = q.I
             q.wxp = <const double*>self.wxp[l]
-            q.h = h + <Py_ssize_t>l * B * H
+            q.h = h + <Py_ssize_t>l * B * K
             q.c = c + <Py_ssize_t>l * B * H if c != NULL else NULL
             fr_small_layer_d(&self.cells[l], &q, nt)
         free(buf)

@@ -551,7 +551,7 @@ class RNNBase:
                     wxp = whp = wrp = None
                 per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp,
                                 _kernels.PackedDir(wx, wh, bias, bhn, wr, peep, wxp, whp,
-                                                   wrp)))
+                                                   wrp), wrp))
             packed.append(per_dir)
         self._packed = packed
         self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
@@ -837,15 +837,15 @@ class RNNBase:
         _kernels = _kernels_module()
         if self.bidirectional or self.go_backwards:
             raise ValueError("_step_fast: uni-directional layers only")
-        if packed[0][0][6] is None or self.proj_size:
-            return False        # (StepPlan takes no projection)
+        if packed[0][0][6] is None:
+            return False
         _threads.hook_blas()
-        layers = [(p[0][6], p[0][7], p[0][2], p[0][3], p[0][5]) for p in packed]
+        layers = [(p[0][6], p[0][7], p[0][2], p[0][3], p[0][5], p[0][9]) for p in packed]
         acts = self._act_codes()[0][0]
         return _kernels.StepPlan(_CELL_CODE[self._cell], self.input_size, self.hidden_size,
                                  layers, acts, self.clip or 0.0, int(self.peepholes),
                                  int(self.input_forget), int(self.reset_after), self.dtype,
-                                 _step_threads(self, nt))
+                                 _step_threads(self, nt), self.proj_size)
 
     def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, lens, h_k, c_k, out,
                         last_only, nt, ridx):

@@ -345,6 +345,12 @@ def test_isa_levels_projection(level, B, dtype):
         _check(layer, x)
         _check(layer, x, lengths=rng.integers(0, 10, B))
         assert layer._packed_unit == _kernels.unit_block(dtype)
+        uni = fastrnn.LSTM(6, 37, proj_size=19, dtype=dtype, seed=B, num_threads=2)
+        out, _ = uni(x)
+        h, c = np.zeros((1, B, 19), dtype), np.zeros((1, B, 37), dtype)
+        for t in range(x.shape[0]):
+            np.testing.assert_allclose(uni._step_fast(np.ascontiguousarray(x[t]), h, c),
+                                       out[t], *_tol(dtype))
     finally:
         _kernels._set_isa_level(-1)
 
@@ -639,6 +645,30 @@ def test_step_fast_fallback_configs():
         c = np.zeros((1, 2, 9), np.float32) if layer._cell == "LSTM" else None
         outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c).copy() for t in range(4)]
         np.testing.assert_allclose(np.array(outs), ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("B", [1, 3, 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_step_fast_projection(B, dtype, nt):
+    """A stacked LSTM with a projection steps on the packed kernel's step plan (h of
+    P per layer, the projection phase after the gates), equal to the whole sequence."""
+    rng = np.random.default_rng(B + nt)
+    layer = fastrnn.LSTM(5, 37, proj_size=19, num_layers=2, dtype=dtype, seed=B,
+                         num_threads=nt)
+    x = rng.standard_normal((6, B, 5)).astype(dtype)
+    ref, (ref_h, ref_c) = layer(x)
+    h = np.zeros((2, B, 19), dtype)
+    c = np.zeros((2, B, 37), dtype)
+    outs = [layer._step_fast(np.ascontiguousarray(x[t]), h, c, copy=t % 2 == 1).copy()
+            for t in range(6)]
+    assert isinstance(layer._step_entry[2], _kernels.StepPlan)
+    rtol, atol = _tol(dtype)
+    np.testing.assert_allclose(np.array(outs), ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(h, ref_h, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(c, ref_c, rtol=rtol, atol=atol)
+    with pytest.raises(ValueError, match="h has shape"):
+        layer._step_entry[2].step(np.ascontiguousarray(x[0]), np.zeros((2, B, 37), dtype), c)
 
 
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
