@@ -952,8 +952,11 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     small batch between threads (a barrier per step): two independent single-thread
     loops have no barrier at all."""
     cdef long G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
-    if _pair_mode == 2 or num_threads < 2 or batch <= 0 or proj_size:
-        return 0        # (run_pair takes no projection)
+    # recurrent multiply-adds a row and step (with a projection: the gates' over P
+    # inputs and the projection's)
+    cdef long rec = (G * (proj_size or hidden_size) + proj_size) * hidden_size
+    if _pair_mode == 2 or num_threads < 2 or batch <= 0:
+        return 0
     if choose_path(cell, batch, hidden_size, proj_size, reset_after, num_threads,
                    fast, -1, itemsize) != "small":
         return 0
@@ -962,7 +965,7 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     if batch >= fr_rowsplit_min:
         return 0        # row split: already barrier-free
     # tiny layers: the thread start-up costs more than the second direction
-    if G * hidden_size * hidden_size * batch * steps < fr_min_par_work:
+    if rec * batch * steps < fr_min_par_work:
         return 0
     # Smaller L2: measured on a 2-vCPU EPYC (32 KiB L1d, 1 MiB L2), fresh processes:
     # * batch 1, one direction's recurrent weights in L2 but not half of them in L1: the
@@ -974,7 +977,7 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     # * otherwise mixed or slower (LSTM H=192 B=2 0.9-1.15x, GRU H=128 B=4 1.35x, LSTM
     #   H=64 B=8 1.4x (half the weights in L1), LSTM H=256 B=1 1.12x): one direction
     #   after the other, as before.
-    cdef long wbytes = G * hidden_size * hidden_size * itemsize
+    cdef long wbytes = rec * itemsize
     if _L2_BYTES >= (2 << 20):
         # Measured on an Intel Xeon (2 vCPUs, 48 KiB L1d, 2 MiB L2), 2-layer
         # bidirectional T=100, in-process interleaved, pair / the automatic choice before
@@ -1584,39 +1587,43 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
 def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
              Py_ssize_t[::1] lens, unsigned char[::1] mask, floating[:, ::1] out, int varlen,
              int hidden_size, int reset_after, int input_forget, double clip, int use_peep,
-             int has_mask, int mask_zero_output, int chunk, int write_out,
+             int has_mask, int mask_zero_output, int chunk, int write_out, int proj_size,
              floating[::1] bias0, floating[::1] bhn0, floating[::1] peep0, floating[::1] wxp0,
-             floating[::1] whp0, floating[:, ::1] h0, floating[:, ::1] c0, acts0,
-             int reverse0, int out_col0,
+             floating[::1] whp0, floating[::1] wrp0, floating[:, ::1] h0,
+             floating[:, ::1] c0, acts0, int reverse0, int out_col0,
              floating[::1] bias1, floating[::1] bhn1, floating[::1] peep1, floating[::1] wxp1,
-             floating[::1] whp1, floating[:, ::1] h1, floating[:, ::1] c1, acts1,
-             int reverse1, int out_col1):
+             floating[::1] whp1, floating[::1] wrp1, floating[:, ::1] h1,
+             floating[:, ::1] c1, acts1, int reverse1, int out_col1):
     """Both directions of one bidirectional layer at the same time, one thread each, on
-    the packed small-batch kernel (no proj_size): the same arguments as two
-    :func:`run_layer` calls sharing input, lengths, mask and output.  Use only where
-    :func:`pair_applies` says so."""
+    the packed small-batch kernel: the same arguments as two :func:`run_layer` calls
+    sharing input, lengths, mask and output (wrp: the packed projection, with
+    ``proj_size``; else None).  Use only where :func:`pair_applies` says so."""
     cdef Dims d0, d1
     cdef Acts A0, A1
     cdef fr_cell cl0, cl1
     cdef SmallScratch m0, m1
     cdef fr_seq_f qf0, qf1
     cdef fr_seq_d qd0, qd1
-    cdef int rc = 0, U
-    _fill_dims(&d0, &A0, cell, offsets.shape[0], x.shape[1], hidden_size, 0, h0.shape[0],
+    cdef int rc = 0, U, K = proj_size if proj_size > 0 else hidden_size
+    _fill_dims(&d0, &A0, cell, offsets.shape[0], x.shape[1], hidden_size, proj_size, h0.shape[0],
                reverse0, varlen, reset_after, input_forget, out.shape[1], out_col0, 2,
                has_mask, mask_zero_output, chunk, write_out, acts0, clip)
-    _fill_dims(&d1, &A1, cell, offsets.shape[0], x.shape[1], hidden_size, 0, h1.shape[0],
+    _fill_dims(&d1, &A1, cell, offsets.shape[0], x.shape[1], hidden_size, proj_size, h1.shape[0],
                reverse1, varlen, reset_after, input_forget, out.shape[1], out_col1, 2,
                has_mask, mask_zero_output, chunk, write_out, acts1, clip)
     if d0.T == 0 or d0.nrows_max == 0:
         return
     if (wxp0.shape[0] == 0 or wxp1.shape[0] == 0 or whp0.shape[0] == 0
-            or whp1.shape[0] == 0 or h1.shape[0] != h0.shape[0]):
+            or whp1.shape[0] == 0 or h1.shape[0] != h0.shape[0]
+            or (proj_size > 0 and (wrp0 is None or wrp1 is None))):
         raise ValueError("run_pair: packed weights of both directions required")
     U = fr_unit(sizeof(floating))
-    for wp_n, k_n in ((wxp0.shape[0], d0.I), (whp0.shape[0], d0.H), (wxp1.shape[0], d1.I),
-                      (whp1.shape[0], d1.H)):
+    for wp_n, k_n in ((wxp0.shape[0], d0.I), (whp0.shape[0], K), (wxp1.shape[0], d1.I),
+                      (whp1.shape[0], K)):
         _check_packed(wp_n, d0.H, k_n, d0.G, U)
+    if proj_size > 0:
+        _check_packed(wrp0.shape[0], proj_size, d0.H, 1, U)
+        _check_packed(wrp1.shape[0], proj_size, d0.H, 1, U)
     # one thread runs a whole direction: keep its projected-input chunk cache-sized (the
     # input weights are re-read once per chunk, small next to the recurrent ones per
     # step) while its weights fit 3/4 of its L2; beyond, each chunk's projection evicts
@@ -1624,16 +1631,21 @@ def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[:
     # (layers._chunk_steps)
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d0.nrows_max * d0.G * d0.H * sizeof(floating)
     cdef Py_ssize_t cap = _pair_chunk_bytes // row_bytes if row_bytes > 0 else 1
-    cdef Py_ssize_t wbytes = <Py_ssize_t>d0.G * d0.H * (d0.I + d0.H) * sizeof(floating)
+    cdef Py_ssize_t wbytes = (<Py_ssize_t>d0.G * d0.H * (d0.I + K)
+                              + <Py_ssize_t>proj_size * d0.H) * sizeof(floating)
     if cap < 1:
         cap = 1
     if d0.chunk > cap and wbytes * 4 <= 3 * _L2_BYTES:
         d0.chunk = <int>cap
         d1.chunk = <int>cap
-    _fill_cell(&cl0, cell, d0.G, d0.H, d0.H, U, &A0, use_peep, input_forget, reset_after,
+    _fill_cell(&cl0, cell, d0.G, d0.H, K, U, &A0, use_peep, input_forget, reset_after,
                &whp0[0], &bias0[0], &bhn0[0], &peep0[0] if use_peep else NULL)
-    _fill_cell(&cl1, cell, d1.G, d1.H, d1.H, U, &A1, use_peep, input_forget, reset_after,
+    _fill_cell(&cl1, cell, d1.G, d1.H, K, U, &A1, use_peep, input_forget, reset_after,
                &whp1[0], &bias1[0], &bhn1[0], &peep1[0] if use_peep else NULL)
+    if proj_size > 0:
+        cl0.P = cl1.P = proj_size
+        cl0.wrp = &wrp0[0]
+        cl1.wrp = &wrp1[0]
     with nogil:
         if _prep_small(&d0, &cl0, &x[0, 0], x.shape[1], &wxp0[0], &offsets[0], &nsteps[0],
                        &lens[0], &mask[0], &h0[0, 0], &c0[0, 0], &out[0, 0], &m0,

@@ -970,7 +970,7 @@ class RNNBase:
                 specs.append((_ROUTED, chunk, [packed[layer][d][2] for d in range(D)]))
             elif pair:
                 specs.append((_PAIR, chunk, [
-                    (p[2], p[3], p[5], p[6], p[7], self._act_codes()[d][0])
+                    (p[2], p[3], p[5], p[6], p[7], p[9], self._act_codes()[d][0])
                     for d, p in enumerate(packed[layer])]))
             else:
                 dirs = []
@@ -1077,13 +1077,14 @@ class RNNBase:
                     args = []
                     for d in range(2):
                         k = layer * D + d
-                        bias, bhn, peepw, wxp, whp, acts = dirs[d]
-                        args += [bias, bhn, peepw, wxp, whp, h_state[k],
+                        bias, bhn, peepw, wxp, whp, wrp, acts = dirs[d]
+                        args += [bias, bhn, peepw, wxp, whp, wrp, h_state[k],
                                  c_state[k] if c_state is not None else dummy_c, acts,
                                  int((d == 1) != self.go_backwards), d * Hout]
                     _kernels.run_pair(
                         cell, inp, offsets, nsteps, slens, pmask, out, ragged, H, ra, ifg,
-                        clip, peep, has_mask, zero, chunk, int(not last_only), *args)
+                        clip, peep, has_mask, zero, chunk, int(not last_only), self.proj_size,
+                        *args)
                     continue
                 for d in range(D):
                     k = layer * D + d

@@ -697,10 +697,12 @@ def pair(request):
     _kernels._set_pair(old)
 
 
-_PAIR_CELLS = ["RNN", "LSTM", "GRU", "GRU-reset-before"]
+_PAIR_CELLS = ["RNN", "LSTM", "GRU", "GRU-reset-before", "LSTM-proj"]
 
 
 def _pair_layer(cell, I, H, dtype=np.float32, **kw):
+    if cell == "LSTM-proj":
+        return fastrnn.LSTM(I, H, bidirectional=True, dtype=dtype, proj_size=H // 2, **kw)
     if cell == "GRU-reset-before":
         return fastrnn.GRU(I, H, bidirectional=True, dtype=dtype, reset_after=False, **kw)
     return CELLS[cell](I, H, bidirectional=True, dtype=dtype, **kw)
@@ -825,7 +827,9 @@ def test_pair_choice_is_automatic(caches, monkeypatch):
     assert not _kernels.pair_applies(L, 1, 100, 2048, 0, 1, 2)  # beyond L2, B=1
     assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 1)    # one thread
     assert not _kernels.pair_applies(L, 16, 100, H, 0, 1, 2)   # row split: no barrier
-    assert not _kernels.pair_applies(L, 8, 100, H, 5, 1, 2)    # proj: BLAS path
+    # a projection: the recurrent weights per step are (G P + P) H
+    assert _kernels.pair_applies(L, 8, 100, 512, 64, 1, 2) == (2 if big else 0)
+    assert _kernels.pair_applies(L, 8, 100, 512, 0, 1, 2) == (0 if big else 1)
     assert not _kernels.pair_applies(0, 1, 2, 8, 0, 1, 2)      # tiny
     if big:
         assert _kernels.pair_applies(L, 1, 100, 16, 0, 1, 2) == 2      # small layers too
