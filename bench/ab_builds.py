@@ -50,7 +50,8 @@ for case in cases.split(","):
     x = np.random.default_rng(0).standard_normal((max(T, 1), B, H)).astype(np.float32)
     if T == 0:
         x1 = np.ascontiguousarray(x[0])
-        hc = [np.zeros((1, B, H), np.float32) for _ in range(2)]
+        hc = [np.zeros((1, B, int(P[0]) if P else H), np.float32),
+              np.zeros((1, B, H), np.float32)]
     ones = np.ones((T, B, H), np.float32) if train else None
 
     def call():

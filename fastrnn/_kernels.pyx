@@ -13,10 +13,14 @@ Layout conventions (all C-ordered, float32 or float64):
 * The reverse direction reads each sequence backwards within its own length; outputs
   are written at the input's time index.
 
-Per call: the input projection of a chunk of time steps is one GEMM (bounded memory),
-then each step does one recurrent GEMM (BLAS) and one fused pass for the gate math.
-Everything after argument checking runs without the GIL.  Scratch memory is allocated
-per call, so concurrent calls never share it.
+Paths (``choose_path``): the packed kernel (fr_kern_t.h: weights in unit blocks, a
+persistent parallel region over the time loop, every cell and option, LSTM projection
+included), the batch-lane kernel (fr_wide_t.h, larger batches where its rules say) and
+the BLAS path (``_run_layer``: per chunk of time steps one GEMM for the input
+projection, then per step one recurrent GEMM and a fused gate pass), which only the test
+hook ``_set_path(2)`` selects now: the tests check the kernels against it.  Everything
+after argument checking runs without the GIL.  Scratch memory is allocated per call, so
+concurrent calls never share it.
 """
 from cython cimport floating
 from cython.parallel cimport prange

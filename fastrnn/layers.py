@@ -38,7 +38,8 @@ _GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 # the activations PyTorch uses (a repr names any others)
 _PLAIN_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 # about this many bytes of projected inputs live at once: the BLAS path's projection
-# GEMM (LSTM with proj_size) wants many rows per GEMM; the packed kernel wants its chunk
+# GEMM (now only behind the test hook _kernels._set_path(2)) wants many rows per GEMM;
+# the packed kernel wants its chunk
 # to stay in the cores' L2 between projecting it and reading it back.  Measured on an
 # AVX2 EPYC (1 MiB L2 per core, 2 threads, in-process interleaved, 512 KiB vs 4 MiB):
 # LSTM B=16 T=100 H=256 min 0.87-0.95x, median 0.93-0.96x; GRU B=16 0.79x / 0.92x;
