@@ -84,7 +84,7 @@ cdef extern from "fr_kern.h":
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
     ctypedef struct fr_cell:
-        int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
+        int cell, G, H, K, P, U, nb, fast, dacts, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
         int input_forget, reset_after, rz_split
         const void* wp
@@ -826,7 +826,8 @@ def small_path_applies(int cell, int proj_size, int reset_after):
 
 def wide_path_applies(int cell, int proj_size, int reset_after, int fast=1):
     """Whether the batch-lane kernel supports this configuration: no projection, the
-    default activations without clip/peepholes/input_forget (``fast``), GRU reset_after."""
+    default activations (``fast``; clip, peepholes and input_forget allowed), GRU
+    reset_after."""
     return proj_size == 0 and bool(fast) and (cell != CELL_GRU or bool(reset_after))
 
 
@@ -883,8 +884,8 @@ def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input
 def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
                 int num_threads, int fast=1, int input_size=-1, int itemsize=4):
     """'small', 'wide' or 'blas' for one layer direction with ``batch`` rows (``fast``:
-    default activations, no clip, peepholes or input_forget; ``input_size`` < 0: the
-    hidden size)."""
+    the cell's default activations, whatever clip, peepholes or input_forget;
+    ``input_size`` < 0: the hidden size)."""
     if not small_path_applies(cell, proj_size, reset_after) or _force_path == 2:
         return "blas"
     if _force_path == 1:
@@ -1095,6 +1096,7 @@ cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Ac
     cl.U = U
     cl.nb = (H + U - 1) // U
     cl.fast = A.is_default and A.clip <= 0 and not use_peep and not input_forget
+    cl.dacts = A.is_default
     cl.rnn_relu = cell == 0 and A.f == A_RELU
     cl.f = A.f
     cl.g = A.g
@@ -1550,13 +1552,12 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
     if d.T == 0 or d.nrows_max == 0:
         return
     U = fr_unit(sizeof(floating))
-    fast = A.is_default and A.clip <= 0 and not use_peep and not input_forget
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
-                       d.num_threads, fast, d.I, sizeof(floating))
+                       d.num_threads, A.is_default, d.I, sizeof(floating))
     if path == "wide" and wdp is not None and wdp.shape[0] > 0:
         _check_wide(wdp.shape[0], cell, d.I, d.H)
         _fill_cell(&cl, cell, d.G, d.H, d.H, fr_wide_rows(), &A, use_peep, input_forget,
-                   reset_after, &wdp[0], &bias[0], &bhn[0], NULL)
+                   reset_after, &wdp[0], &bias[0], &bhn[0], &peep[0] if use_peep else NULL)
         with nogil:
             rc = _run_wide(&d, &cl, &x[0, 0], x.shape[1], p_off, p_nst, p_len, p_msk, p_h,
                            p_c, p_out)

@@ -86,6 +86,35 @@ FR_INLINE V F(gru_fast)(V pr, V pz, V nx, V nh, V hp) {
 }
 FR_INLINE V F(rnn_fast)(int relu, V v) { return relu ? F(vmax)(v, F(vset1)(0)) : F(vtanh)(v); }
 
+/* The same cells with the default activations and ONNX's options: pre-activations
+ * clipped to [-clip, clip] (clip > 0), LSTM peepholes (pe_i, pe_f on the previous c,
+ * pe_o on the new one; peep 0: none) and input_forget (f = 1 - i); ONNX's order, as the
+ * scalar branch of gate_block. */
+FR_INLINE V F(vclip)(V v, T clip) {
+    if (clip > 0) return F(vmin)(F(vmax)(v, F(vset1)(-clip)), F(vset1)(clip));
+    return v;
+}
+FR_INLINE V F(lstm_opt)(V pi, V pf, V pg, V po, V cp, V* cn, int peep, V pe_i, V pe_f,
+                        V pe_o, int input_forget, T clip) {
+    V gi, gf, ct;
+    if (peep) {
+        pi += pe_i * cp;
+        pf += pe_f * cp;
+    }
+    gi = F(vsigmoid)(F(vclip)(pi, clip));
+    if (input_forget) gf = F(vset1)(1) - gi;
+    else gf = F(vsigmoid)(F(vclip)(pf, clip));
+    ct = gf * cp + gi * F(vtanh)(F(vclip)(pg, clip));
+    if (peep) po += pe_o * ct;
+    *cn = ct;
+    return F(vsigmoid)(F(vclip)(po, clip)) * F(vtanh)(ct);
+}
+FR_INLINE V F(gru_opt)(V pr, V pz, V nx, V nh, V hp, T clip) {
+    const V r = F(vsigmoid)(F(vclip)(pr, clip)), z = F(vsigmoid)(F(vclip)(pz, clip));
+    const V n = F(vtanh)(F(vclip)(nx + r * nh, clip));
+    return (F(vset1)(1) - z) * n + z * hp;
+}
+
 /* ------------------------------------------------------------- fused gate math, one block
  * pre[g] holds the recurrent product of gate g for units u0..u0+nu of one row; xr the
  * row's projected input (G*H, gate-major); hprev the row's previous h (H); c the row's
@@ -101,7 +130,7 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         V hp = F(vload)(hprev + u0, nu), n;
         if (cl->clip > 0)
             pn = F(vmin)(F(vmax)(pn, F(vset1)((T)-cl->clip)), F(vset1)((T)cl->clip));
-        if (cl->fast) {
+        if (cl->dacts) {
             n = F(vtanh)(pn);
         } else {
             T a[W];
@@ -134,6 +163,40 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         } else {
             F(vstore)(hout, F(rnn_fast)(cl->rnn_relu, pre[0] + F(vload)(xr + u0, nu)
                                                     + F(vload)(bias + u0, nu)), nu);
+        }
+        return;
+    }
+    if (cl->dacts) {
+        /* the default activations with clip, peepholes or input_forget, in vectors */
+        const T* peep = (const T*)cl->peep;
+        const T clip = (T)cl->clip;
+        if (cl->cell == 1) {
+            V pe[3], ct, hv;
+            int g;
+            for (g = 0; g < 3; g++)
+                pe[g] = peep ? F(vload)(peep + g * H + u0, nu) : F(vset1)(0);
+            hv = F(lstm_opt)(
+                pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
+                pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu),
+                pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu),
+                pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu),
+                F(vload)(c + u0, nu), &ct, peep != NULL, pe[0], pe[1], pe[2],
+                cl->input_forget, clip);
+            F(vstore)(c + u0, ct, nu);
+            F(vstore)(hout, hv, nu);
+        } else if (cl->cell == 2) {
+            const T* bhn = (const T*)cl->bhn;
+            F(vstore)(hout, F(gru_opt)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
+                                       pre[1] + F(vload)(xr + H + u0, nu)
+                                           + F(vload)(bias + H + u0, nu),
+                                       F(vload)(xr + 2 * H + u0, nu)
+                                           + F(vload)(bias + 2 * H + u0, nu),
+                                       pre[2] + F(vload)(bhn + u0, nu),
+                                       F(vload)(hprev + u0, nu), clip), nu);
+        } else {
+            F(vstore)(hout, F(rnn_fast)(cl->rnn_relu,
+                                        F(vclip)(pre[0] + F(vload)(xr + u0, nu)
+                                                 + F(vload)(bias + u0, nu), clip)), nu);
         }
         return;
     }

@@ -561,7 +561,7 @@ class RNNBase:
 
     def _fast_acts(self, d: int) -> bool:
         """Direction d has the default activations and no clip/peepholes/input_forget
-        (what the batch-lane kernel implements)."""
+        (what the LSTM route implements; the batch-lane kernel takes those options)."""
         if self.clip or self.peepholes or self.input_forget:
             return False
         return self._act_codes()[d][1]
@@ -953,7 +953,7 @@ class RNNBase:
         # both directions at once (the same answer for every layer)
         pair = D == 2 and _kernels.pair_applies(
             cell, B, Teff, H, P, int(self.reset_after), nt, dt.itemsize,
-            int(self._fast_acts(0)))
+            int(self._act_codes()[0][1]))
         specs = []
         for layer in range(L):
             I_l = self.input_size if layer == 0 else D * (P or H)
@@ -977,7 +977,7 @@ class RNNBase:
                 dirs = []
                 for d in range(D):
                     wide = _kernels.choose_path(cell, B, H, P, int(self.reset_after), nt,
-                                                self._fast_acts(d), I_l,
+                                                self._act_codes()[d][1], I_l,
                                                 dt.itemsize) == "wide"
                     dirs.append((packed[layer][d][8], self._act_codes()[d][0],
                                  self._pack_wide(layer, d) if wide else None))

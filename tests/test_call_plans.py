@@ -96,10 +96,11 @@ def test_kept_plan_is_reused_and_remade(monkeypatch):
     layer(x)
     assert calls[-1][22] == 2
 
-    # an option outside the packing: clip (which the batch-lane kernel does not do)
+    # an option outside the packing: clip (which the LSTM route does not do)
     layer.clip = 0.5
     got = layer(x)[0]
-    assert calls[-1][-1] is None
+    assert layer.__dict__["_plans"][1][1] == 0.5        # plans made for it
+    assert not np.array_equal(got, want)
     layer.clip = None
     np.testing.assert_array_equal(layer(x)[0], want)
 

@@ -265,9 +265,11 @@ def test_paths_gru_options(path, reset_after, kw, B):
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_paths_rnn_relu(path, nonlinearity):
+@pytest.mark.parametrize("clip", [None, 0.3])
+def test_paths_rnn_relu(path, nonlinearity, clip):
     rng = np.random.default_rng(23)
-    layer = fastrnn.SimpleRNN(5, 30, nonlinearity=nonlinearity, seed=1, num_threads=2)
+    layer = fastrnn.SimpleRNN(5, 30, nonlinearity=nonlinearity, seed=1, num_threads=2,
+                              clip=clip)
     x = rng.standard_normal((10, 3, 5)).astype(np.float32)
     _check(layer, x)
 
