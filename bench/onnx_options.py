@@ -6,7 +6,8 @@
 A case is OP:B:T:H[:opt...] (OP one of LSTM, GRU, RNN; input size = H; float32; one
 forward layer), opts: ``peep`` (LSTM peepholes, input P), ``clip=C`` (the clip
 attribute), ``ifg`` (LSTM input_forget), ``lbr0`` / ``lbr1`` (GRU linear_before_reset;
-0 is ONNX's default, fastrnn's ``reset_after=False``), ``bi`` (bidirectional).  The
+0 is ONNX's default, fastrnn's ``reset_after=False``), ``hs`` (HardSigmoid for the
+gates: the activations old Keras models use), ``bi`` (bidirectional).  The
 weights are random (seed 0, scale 0.1); fastrnn loads the same serialized model with
 ``fastrnn.load`` (an ``OnnxModel``: a dict of the graph's outputs), and the script
 checks both give the same Y before timing.  Each
@@ -28,7 +29,7 @@ import fastrnn
 DEFAULT = ("LSTM:1:100:256:peep,LSTM:16:100:256:peep,LSTM:1:100:256:clip=3,"
            "LSTM:16:100:256:clip=3,LSTM:1:100:256:ifg,GRU:1:100:256:lbr0,"
            "GRU:16:100:256:lbr0,GRU:64:50:512:lbr0,GRU:1:100:256:lbr1:clip=3,"
-           "RNN:1:100:256:clip=3")
+           "RNN:1:100:256:clip=3,LSTM:1:100:256:hs,LSTM:16:100:256:hs,GRU:1:100:256:lbr1:hs")
 
 
 def onnx_model(op, H, opts, seed=0):
@@ -52,6 +53,9 @@ def onnx_model(op, H, opts, seed=0):
             attrs["linear_before_reset"] = int(o[3])
         elif o == "ifg":
             attrs["input_forget"] = 1
+        elif o == "hs":     # HardSigmoid gates (alpha 0.2, beta 0.5: old Keras's default)
+            acts = ["HardSigmoid", "Tanh", "Tanh"][:{"LSTM": 3, "GRU": 2}.get(op, 1)]
+            attrs["activations"] = acts * D
     if "peep" in opts:
         inits.append(numpy_helper.from_array(rnd(D, 3 * H), "P"))
         inputs += ["", "", "", "P"]

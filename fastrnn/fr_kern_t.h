@@ -71,6 +71,32 @@ FR_INLINE T F(sact)(int code, T a, T b, T x) {
 }
 FR_INLINE T F(sclip)(T x, T c) { return x > c ? c : (x < -c ? -c : x); }
 
+/* the activation code (alpha a, beta b) on a vector: sact's formulas, softplus (no
+ * vector log here) lane by lane */
+FR_INLINE V F(vact)(int code, T a, T b, V x) {
+    const V zero = F(vset1)(0);
+    switch (code) {
+    case FR_SIGMOID: return F(vsigmoid)(x);
+    case FR_TANH: return F(vtanh)(x);
+    case FR_RELU: return F(vmax)(x, zero);
+    case FR_HARDSIGMOID: return F(vmin)(F(vmax)(a * x + b, zero), F(vset1)(1));
+    case FR_LEAKYRELU: return F(vsel)(x >= zero, x, a * x);
+    case FR_AFFINE: return a * x + b;
+    case FR_SCALEDTANH: return a * F(vtanh)(b * x);
+    case FR_ELU: return F(vsel)(x >= zero, x, a * (F(vexp)(x) - 1));
+    case FR_SOFTSIGN: return x / (1 + F(vmax)(x, -x));
+    case FR_THRESHOLDEDRELU: return F(vsel)(x > F(vset1)(a), x, zero);
+    case FR_SOFTPLUS: {
+        T t[W];
+        int j;
+        *(V*)t = x;
+        for (j = 0; j < W; j++) t[j] = F(sact)(code, a, b, t[j]);
+        return *(V*)t;
+    }
+    default: return x;
+    }
+}
+
 /* The default-activation cell updates on whole vectors, shared by the packed and the
  * batch-lane kernel: LSTM c' = sig(f) c + sig(i) tanh(g), h' = sig(o) tanh(c'); GRU
  * (reset_after) h' = n + z (h - n) with n = tanh(nx + r nh); SimpleRNN tanh or relu. */
@@ -86,32 +112,36 @@ FR_INLINE V F(gru_fast)(V pr, V pz, V nx, V nh, V hp) {
 }
 FR_INLINE V F(rnn_fast)(int relu, V v) { return relu ? F(vmax)(v, F(vset1)(0)) : F(vtanh)(v); }
 
-/* The same cells with the default activations and ONNX's options: pre-activations
- * clipped to [-clip, clip] (clip > 0), LSTM peepholes (pe_i, pe_f on the previous c,
- * pe_o on the new one; peep 0: none) and input_forget (f = 1 - i); ONNX's order, as the
- * scalar branch of gate_block. */
+/* The same cells with the cell's activations (f, g, h: ONNX codes) and ONNX's options:
+ * pre-activations clipped to [-clip, clip] (clip > 0), LSTM peepholes (pe_i, pe_f on
+ * the previous c, pe_o on the new one; peep 0: none) and input_forget (f = 1 - i);
+ * ONNX's order of operations. */
 FR_INLINE V F(vclip)(V v, T clip) {
     if (clip > 0) return F(vmin)(F(vmax)(v, F(vset1)(-clip)), F(vset1)(clip));
     return v;
 }
-FR_INLINE V F(lstm_opt)(V pi, V pf, V pg, V po, V cp, V* cn, int peep, V pe_i, V pe_f,
-                        V pe_o, int input_forget, T clip) {
+#define FR_ACT_F(cl, x) F(vact)((cl)->f, (T)(cl)->fa, (T)(cl)->fb, (x))
+#define FR_ACT_G(cl, x) F(vact)((cl)->g, (T)(cl)->ga, (T)(cl)->gb, (x))
+FR_INLINE V F(lstm_opt)(const fr_cell* cl, V pi, V pf, V pg, V po, V cp, V* cn, int peep,
+                        V pe_i, V pe_f, V pe_o) {
+    const T clip = (T)cl->clip;
     V gi, gf, ct;
     if (peep) {
         pi += pe_i * cp;
         pf += pe_f * cp;
     }
-    gi = F(vsigmoid)(F(vclip)(pi, clip));
-    if (input_forget) gf = F(vset1)(1) - gi;
-    else gf = F(vsigmoid)(F(vclip)(pf, clip));
-    ct = gf * cp + gi * F(vtanh)(F(vclip)(pg, clip));
+    gi = FR_ACT_F(cl, F(vclip)(pi, clip));
+    if (cl->input_forget) gf = F(vset1)(1) - gi;
+    else gf = FR_ACT_F(cl, F(vclip)(pf, clip));
+    ct = gf * cp + gi * FR_ACT_G(cl, F(vclip)(pg, clip));
     if (peep) po += pe_o * ct;
     *cn = ct;
-    return F(vsigmoid)(F(vclip)(po, clip)) * F(vtanh)(ct);
+    return FR_ACT_F(cl, F(vclip)(po, clip)) * F(vact)(cl->h, (T)cl->ha, (T)cl->hb, ct);
 }
-FR_INLINE V F(gru_opt)(V pr, V pz, V nx, V nh, V hp, T clip) {
-    const V r = F(vsigmoid)(F(vclip)(pr, clip)), z = F(vsigmoid)(F(vclip)(pz, clip));
-    const V n = F(vtanh)(F(vclip)(nx + r * nh, clip));
+FR_INLINE V F(gru_opt)(const fr_cell* cl, V pr, V pz, V nx, V nh, V hp) {
+    const T clip = (T)cl->clip;
+    const V r = FR_ACT_F(cl, F(vclip)(pr, clip)), z = FR_ACT_F(cl, F(vclip)(pz, clip));
+    const V n = FR_ACT_G(cl, F(vclip)(nx + r * nh, clip));
     return (F(vset1)(1) - z) * n + z * hp;
 }
 
@@ -130,15 +160,7 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         V hp = F(vload)(hprev + u0, nu), n;
         if (cl->clip > 0)
             pn = F(vmin)(F(vmax)(pn, F(vset1)((T)-cl->clip)), F(vset1)((T)cl->clip));
-        if (cl->dacts) {
-            n = F(vtanh)(pn);
-        } else {
-            T a[W];
-            int j;
-            *(V*)a = pn;
-            for (j = 0; j < nu; j++) a[j] = F(sact)(cl->g, (T)cl->ga, (T)cl->gb, a[j]);
-            n = *(V*)a;
-        }
+        n = FR_ACT_G(cl, pn);
         F(vstore)(hout, n + z * (hp - n), nu);
         return;
     }
@@ -166,86 +188,36 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         }
         return;
     }
-    if (cl->dacts) {
-        /* the default activations with clip, peepholes or input_forget, in vectors */
+    {
+        /* other activations, clip, peepholes, input_forget */
         const T* peep = (const T*)cl->peep;
-        const T clip = (T)cl->clip;
         if (cl->cell == 1) {
             V pe[3], ct, hv;
             int g;
             for (g = 0; g < 3; g++)
                 pe[g] = peep ? F(vload)(peep + g * H + u0, nu) : F(vset1)(0);
             hv = F(lstm_opt)(
-                pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
+                cl, pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
                 pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu),
                 pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu),
                 pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu),
-                F(vload)(c + u0, nu), &ct, peep != NULL, pe[0], pe[1], pe[2],
-                cl->input_forget, clip);
+                F(vload)(c + u0, nu), &ct, peep != NULL, pe[0], pe[1], pe[2]);
             F(vstore)(c + u0, ct, nu);
             F(vstore)(hout, hv, nu);
         } else if (cl->cell == 2) {
             const T* bhn = (const T*)cl->bhn;
-            F(vstore)(hout, F(gru_opt)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
+            F(vstore)(hout, F(gru_opt)(cl, pre[0] + F(vload)(xr + u0, nu)
+                                               + F(vload)(bias + u0, nu),
                                        pre[1] + F(vload)(xr + H + u0, nu)
                                            + F(vload)(bias + H + u0, nu),
                                        F(vload)(xr + 2 * H + u0, nu)
                                            + F(vload)(bias + 2 * H + u0, nu),
                                        pre[2] + F(vload)(bhn + u0, nu),
-                                       F(vload)(hprev + u0, nu), clip), nu);
+                                       F(vload)(hprev + u0, nu)), nu);
         } else {
-            F(vstore)(hout, F(rnn_fast)(cl->rnn_relu,
-                                        F(vclip)(pre[0] + F(vload)(xr + u0, nu)
-                                                 + F(vload)(bias + u0, nu), clip)), nu);
-        }
-        return;
-    }
-    {
-        /* generic: ONNX activations, clip, peepholes, input_forget (scalar) */
-        T a[4][W];
-        int g, j;
-        const T* peep = (const T*)cl->peep;
-        const T* bhn = (const T*)cl->bhn;
-        const T clip = (T)cl->clip;
-        const int doclip = cl->clip > 0;
-        const T fa = (T)cl->fa, fb = (T)cl->fb, ga = (T)cl->ga, gb = (T)cl->gb;
-        const T ha = (T)cl->ha, hb = (T)cl->hb;
-        for (g = 0; g < cl->G; g++) *(V*)a[g] = pre[g];
-        for (j = 0; j < nu; j++) {
-            int u = u0 + j;
-            if (cl->cell == 1) {
-                T gi = a[0][j] + xr[u] + bias[u];
-                T gf = a[1][j] + xr[H + u] + bias[H + u];
-                T gg = a[2][j] + xr[2 * H + u] + bias[2 * H + u];
-                T go = a[3][j] + xr[3 * H + u] + bias[3 * H + u];
-                T cp = c[u], ct;
-                if (peep) { gi += peep[u] * cp; gf += peep[H + u] * cp; }
-                if (doclip) { gi = F(sclip)(gi, clip); gf = F(sclip)(gf, clip); gg = F(sclip)(gg, clip); }
-                gi = F(sact)(cl->f, fa, fb, gi);
-                gf = cl->input_forget ? 1 - gi : F(sact)(cl->f, fa, fb, gf);
-                gg = F(sact)(cl->g, ga, gb, gg);
-                ct = gf * cp + gi * gg;
-                if (peep) go += peep[2 * H + u] * ct;
-                if (doclip) go = F(sclip)(go, clip);
-                go = F(sact)(cl->f, fa, fb, go);
-                c[u] = ct;
-                hout[j] = go * F(sact)(cl->h, ha, hb, ct);
-            } else if (cl->cell == 2) {
-                T r = a[0][j] + xr[u] + bias[u];
-                T z = a[1][j] + xr[H + u] + bias[H + u];
-                T n;
-                if (doclip) { r = F(sclip)(r, clip); z = F(sclip)(z, clip); }
-                r = F(sact)(cl->f, fa, fb, r);
-                z = F(sact)(cl->f, fa, fb, z);
-                n = xr[2 * H + u] + bias[2 * H + u] + r * (a[2][j] + bhn[u]);
-                if (doclip) n = F(sclip)(n, clip);
-                n = F(sact)(cl->g, ga, gb, n);
-                hout[j] = (1 - z) * n + z * hprev[u];
-            } else {
-                T v = a[0][j] + xr[u] + bias[u];
-                if (doclip) v = F(sclip)(v, clip);
-                hout[j] = F(sact)(cl->f, fa, fb, v);
-            }
+            F(vstore)(hout, FR_ACT_F(cl, F(vclip)(pre[0] + F(vload)(xr + u0, nu)
+                                                  + F(vload)(bias + u0, nu), (T)cl->clip)),
+                      nu);
         }
     }
 }
@@ -466,7 +438,7 @@ FR_INLINE void F(rz_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int
     const T* bias = (const T*)cl->bias;
     const T* rows[4];
     V acc[16];
-    int ub, r0, r, rb, j;
+    int ub, r0, r, rb;
     for (ub = ub0; ub < ub1; ub++) {
         const int u0 = ub * U;
         const int nu = H - u0 < U ? H - u0 : U;
@@ -478,28 +450,11 @@ FR_INLINE void F(rz_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int
             for (r = 0; r < rb; r++) {
                 const int b = r0 + r;
                 const T* xr = q->xp + (size_t)((s - s0) * B + b) * G * H;
-                V pr = acc[2 * r] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
-                V pz = acc[2 * r + 1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
-                V rv, zv;
-                if (cl->clip > 0) {
-                    V lo = F(vset1)((T)-cl->clip), hi = F(vset1)((T)cl->clip);
-                    pr = F(vmin)(F(vmax)(pr, lo), hi);
-                    pz = F(vmin)(F(vmax)(pz, lo), hi);
-                }
-                if (cl->f == FR_SIGMOID) {
-                    rv = F(vsigmoid)(pr);
-                    zv = F(vsigmoid)(pz);
-                } else {
-                    T a[W], z[W];
-                    *(V*)a = pr;
-                    *(V*)z = pz;
-                    for (j = 0; j < nu; j++) {
-                        a[j] = F(sact)(cl->f, (T)cl->fa, (T)cl->fb, a[j]);
-                        z[j] = F(sact)(cl->f, (T)cl->fa, (T)cl->fb, z[j]);
-                    }
-                    rv = *(V*)a;
-                    zv = *(V*)z;
-                }
+                const T clip = (T)cl->clip;
+                const V rv = FR_ACT_F(cl, F(vclip)(acc[2 * r] + F(vload)(xr + u0, nu)
+                                                   + F(vload)(bias + u0, nu), clip));
+                const V zv = FR_ACT_F(cl, F(vclip)(acc[2 * r + 1] + F(vload)(xr + H + u0, nu)
+                                                   + F(vload)(bias + H + u0, nu), clip));
                 F(vstore)(q->rh + (size_t)b * H + u0, rv * F(vload)(hc + (size_t)b * H + u0, nu), nu);
                 F(vstore)(q->zb + (size_t)b * H + u0, zv, nu);
             }
@@ -956,6 +911,8 @@ FR_FN(void, F(fr_act_array), F(vact_array), (int which, const T* x, T* y, ptrdif
 #undef T
 #undef W
 #undef F
+#undef FR_ACT_F
+#undef FR_ACT_G
 #undef FR_RB
 #undef FR_RBP
 #undef FR_SWPF

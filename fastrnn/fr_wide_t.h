@@ -203,11 +203,11 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
                         /* clip, peepholes (one unit's weights, broadcast), input_forget */
                         const T* pe = (const T*)cl->peep;
                         const int k = j0 + u;
-                        hv = F(lstm_opt)(a[4 * u], a[4 * u + 1], a[4 * u + 2], a[4 * u + 3],
-                                         cp, &ct, pe != NULL, F(vset1)(pe ? pe[k] : 0),
+                        hv = F(lstm_opt)(cl, a[4 * u], a[4 * u + 1], a[4 * u + 2],
+                                         a[4 * u + 3], cp, &ct, pe != NULL,
+                                         F(vset1)(pe ? pe[k] : 0),
                                          F(vset1)(pe ? pe[H + k] : 0),
-                                         F(vset1)(pe ? pe[2 * H + k] : 0),
-                                         cl->input_forget, (T)cl->clip);
+                                         F(vset1)(pe ? pe[2 * H + k] : 0));
                     }
                     F(vst)(cz + j, F(vsel)(m, ct, cp));
                 } else if (cl->cell == 2) {
@@ -215,8 +215,8 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
                         hv = F(gru_fast)(a[3 * u] + a2[3 * u], a[3 * u + 1] + a2[3 * u + 1],
                                          a[3 * u + 2], a2[3 * u + 2], hp);
                     else
-                        hv = F(gru_opt)(a[3 * u] + a2[3 * u], a[3 * u + 1] + a2[3 * u + 1],
-                                        a[3 * u + 2], a2[3 * u + 2], hp, (T)cl->clip);
+                        hv = F(gru_opt)(cl, a[3 * u] + a2[3 * u], a[3 * u + 1] + a2[3 * u + 1],
+                                        a[3 * u + 2], a2[3 * u + 2], hp);
                 } else {
                     hv = F(rnn_fast)(cl->rnn_relu, F(vclip)(a[u], (T)cl->clip));
                 }
