@@ -826,9 +826,8 @@ def small_path_applies(int cell, int proj_size, int reset_after):
 
 def wide_path_applies(int cell, int proj_size, int reset_after, int fast=1):
     """Whether the batch-lane kernel supports this configuration: no projection, the
-    default activations (``fast``; clip, peepholes and input_forget allowed), GRU
-    reset_after."""
-    return proj_size == 0 and bool(fast) and (cell != CELL_GRU or bool(reset_after))
+    default activations (``fast``; clip, peepholes and input_forget allowed)."""
+    return proj_size == 0 and bool(fast)
 
 
 def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
@@ -1039,34 +1038,47 @@ def wide_rows():
     return fr_wide_rows()
 
 
-def pack_wide(wx, wh, bias, bhn, int hidden_size, int cell):
+def _wide_groups(wx, wh, bias, bhn, int H, int Gr, int gate0, int R):
+    """pack_wide's groups of gates gate0 .. gate0 + Gr - 1 (bhn: the h bias of a
+    reset_after GRU's n gate, else None)."""
+    cdef int UG = R // Gr
+    cdef int nG = (H + UG - 1) // UG
+    j = np.arange(nG * UG).reshape(nG, UG, 1)
+    q = np.arange(Gr).reshape(1, 1, Gr)
+    valid = np.broadcast_to(j < H, (nG, UG, Gr)).reshape(nG, R)
+    cols = ((gate0 + q) * H + np.minimum(j, H - 1)).reshape(nG, R)
+    px = np.where(valid[:, None, :], wx[:, cols].transpose(1, 0, 2), 0)      # (nG, I, R)
+    ph = np.where(valid[:, None, :], wh[:, cols].transpose(1, 0, 2), 0)      # (nG, H, R)
+    bx = np.where(valid, np.asarray(bias)[cols], 0)[:, None, :]
+    if bhn is not None:
+        bh = np.where(valid & (np.broadcast_to(q, (nG, UG, Gr)).reshape(nG, R) == 2),
+                      np.asarray(bhn)[np.minimum(j, H - 1)].reshape(nG, UG, 1).repeat(Gr, 2)
+                      .reshape(nG, R), 0)[:, None, :]
+    else:
+        bh = np.zeros((nG, 1, R), wx.dtype)
+    return np.concatenate([px, ph, bx, bh], axis=1)
+
+
+def pack_wide(wx, wh, bias, bhn, int hidden_size, int cell, int reset_after=1):
     """Row-group packing for the batch-lane kernel (see fr_wide_t.h): per group of
     UG = rows / Gr hidden units ``[x panel (I, R)][h panel (H, R)][x bias (R)][h bias (R)]``
     with row ``u * Gr + q`` = gate q of unit ``g * UG + u`` (zero past H).  ``wx`` (I, G*H),
-    ``wh`` (H, G*H) transposed weights, ``bias`` (G*H) fused, ``bhn`` (H) GRU b_hn."""
+    ``wh`` (H, G*H) transposed weights, ``bias`` (G*H) fused, ``bhn`` (H) GRU b_hn.  A GRU
+    with reset_after=False has the r, z groups (Gr 2) and then the n groups (Gr 1)."""
     wx = np.asarray(wx)
     wh = np.asarray(wh)
     dt = wx.dtype
     if dt != np.float32 and dt != np.float64:
         raise TypeError(f"pack_wide: float32 or float64 weights required, got {dt}")
     cdef int R = fr_wide_rows(), H = hidden_size
-    cdef int Gr = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
-    cdef int UG = R // Gr
-    cdef int nG = (H + UG - 1) // UG
-    j = np.arange(nG * UG).reshape(nG, UG, 1)
-    q = np.arange(Gr).reshape(1, 1, Gr)
-    valid = np.broadcast_to(j < H, (nG, UG, Gr)).reshape(nG, R)
-    cols = (q * H + np.minimum(j, H - 1)).reshape(nG, R)
-    px = np.where(valid[:, None, :], wx[:, cols].transpose(1, 0, 2), 0)      # (nG, I, R)
-    ph = np.where(valid[:, None, :], wh[:, cols].transpose(1, 0, 2), 0)      # (nG, H, R)
-    bx = np.where(valid, np.asarray(bias)[cols], 0)[:, None, :]
-    if cell == CELL_GRU:
-        bh = np.where(valid & (np.broadcast_to(q, (nG, UG, Gr)).reshape(nG, R) == 2),
-                      np.asarray(bhn)[np.minimum(j, H - 1)].reshape(nG, UG, 1).repeat(Gr, 2)
-                      .reshape(nG, R), 0)[:, None, :]
+    if cell == CELL_GRU and not reset_after:
+        packed = np.concatenate([_wide_groups(wx, wh, bias, None, H, 2, 0, R),
+                                 _wide_groups(wx, wh, bias, None, H, 1, 2, R)])
     else:
-        bh = np.zeros((nG, 1, R), dt)
-    return aligned_copy(np.concatenate([px, ph, bx, bh], axis=1).astype(dt, copy=False))
+        packed = _wide_groups(wx, wh, bias, bhn if cell == CELL_GRU else None, H,
+                              4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1),
+                              0, R)
+    return aligned_copy(packed.astype(dt, copy=False))
 
 
 def unit_block(dtype):
@@ -1298,12 +1310,15 @@ def _set_wide_chunk_bytes(Py_ssize_t n):
     return old
 
 
-cdef int _check_wide(Py_ssize_t n, int cell, int I, int H) except -1:
+cdef int _check_wide(Py_ssize_t n, int cell, int I, int H, int reset_after) except -1:
     """Raise unless n values are a :func:`pack_wide` packing for this level's rows."""
     cdef int R = fr_wide_rows()
     cdef int Gr = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef int UG = R // Gr
-    cdef Py_ssize_t want = <Py_ssize_t>((H + UG - 1) // UG) * (I + H + 2) * R
+    cdef Py_ssize_t groups = (H + UG - 1) // UG
+    if cell == CELL_GRU and not reset_after:
+        groups = (H + R // 2 - 1) // (R // 2) + (H + R - 1) // R
+    cdef Py_ssize_t want = groups * (I + H + 2) * R
     if n != want:
         raise ValueError(f"batch-lane packed weights have {n} values, expected {want} for "
                          f"{R} rows per group: they were packed for another ISA level; "
@@ -1331,10 +1346,16 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
     cdef floating* xt = <floating*>fr_amalloc(sizeof(floating) * chunk * nP * I * W + 64)
     cdef floating* ht = <floating*>fr_amalloc(sizeof(floating) * 2 * nP * H * W + 64)
     cdef floating* ct = <floating*>fr_amalloc(sizeof(floating) * nP * H * W + 64)
-    if xt == NULL or ht == NULL or ct == NULL:
+    cdef floating* rh = NULL
+    cdef floating* zb = NULL
+    if cl.rz_split:     # GRU reset_after=False: r * h and z in the lane layout
+        rh = <floating*>fr_amalloc(sizeof(floating) * 2 * nP * H * W + 64)
+        zb = rh + nP * H * W if rh != NULL else NULL
+    if xt == NULL or ht == NULL or ct == NULL or (cl.rz_split and rh == NULL):
         free(xt)
         free(ht)
         free(ct)
+        free(rh)
         return -1
     if floating is float:
         memset(&qf, 0, sizeof(qf))
@@ -1359,6 +1380,8 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
         qf.xt = xt
         qf.ht = ht
         qf.ct = ct
+        qf.rh = rh
+        qf.zb = zb
         rc = fr_wide_layer_f(cl, &qf, d.num_threads)
     else:
         memset(&qd, 0, sizeof(qd))
@@ -1383,10 +1406,13 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
         qd.xt = xt
         qd.ht = ht
         qd.ct = ct
+        qd.rh = rh
+        qd.zb = zb
         rc = fr_wide_layer_d(cl, &qd, d.num_threads)
     free(xt)
     free(ht)
     free(ct)
+    free(rh)
     return rc
 
 
@@ -1555,7 +1581,7 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, A.is_default, d.I, sizeof(floating))
     if path == "wide" and wdp is not None and wdp.shape[0] > 0:
-        _check_wide(wdp.shape[0], cell, d.I, d.H)
+        _check_wide(wdp.shape[0], cell, d.I, d.H, reset_after)
         _fill_cell(&cl, cell, d.G, d.H, d.H, fr_wide_rows(), &A, use_peep, input_forget,
                    reset_after, &wdp[0], &bias[0], &bhn[0], &peep[0] if use_peep else NULL)
         with nogil:

@@ -126,20 +126,33 @@ static void F(wide_transpose)(const FR_SEQ* q, int s0, int i0, int i1, int nP) {
     }
 }
 
+/* rows per unit of the batch-lane packing's groups: 4 LSTM, 3 GRU, 1 SimpleRNN; GRU
+ * reset_after=False (rz_split) has two sets of groups, r and z (2), then n (1) */
+FR_INLINE int F(wide_gr)(const fr_cell* cl, int phase) {
+    if (cl->rz_split) return phase == 1 ? 2 : 1;
+    return cl->cell == 1 ? 4 : (cl->cell == 2 ? 3 : 1);
+}
+
 /* one step s for unit groups [g0, g1) and panels [p0, p1): reads ht[cur], writes
- * ht[1 - cur].  acc: scratch of (p1 - p0) * 2 * FR_WROWS vectors. */
+ * ht[1 - cur].  acc: scratch of (p1 - p0) * 2 * FR_WROWS vectors.  GRU reset_after=False
+ * runs it twice a step: phase 1 over the r, z groups (writes r * h and z, in the lane
+ * layout, to q->rh and q->zb), then (every unit's r * h complete) phase 2 over the n
+ * groups, whose h panel multiplies r * h; phase 0 otherwise. */
 static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int cur,
                          int g0, int g1, int p0, int p1, const ptrdiff_t* rows,
-                         const unsigned char* act, const unsigned char* oflag, V* acc) {
+                         const unsigned char* act, const unsigned char* oflag, V* acc,
+                         int phase) {
     const int R = FR_WROWS, KB = FR_WKB;
-    const int Gr = cl->cell == 1 ? 4 : (cl->cell == 2 ? 3 : 1), UG = R / Gr;
+    const int Gr = F(wide_gr)(cl, phase), UG = R / Gr;
     const int H = cl->H, I = q->I, B = q->B, nP = (B + W - 1) / W;
     const int n = (int)q->nsteps[s];
-    const int split = cl->cell == 2;
+    const int split = cl->cell == 2 && !cl->rz_split;
     /* panels with a running row: [p0, pe) */
     const int pe = (n + W - 1) / W < p1 ? (n + W - 1) / W : p1;
     const size_t S = (size_t)(I + H + 2) * R;
-    const T* wp = (const T*)cl->wp;
+    /* phase 2: the n groups follow the r, z groups */
+    const T* wp = (const T*)cl->wp + (phase == 2 ? (size_t)((H + R / 2 - 1) / (R / 2)) * S : 0);
+    const T* hsrc = phase == 2 ? q->rh : q->ht + (size_t)cur * nP * H * W;
     const T* xt = q->xt + (size_t)(s - s0) * nP * I * W;
     int g, p, u, l, r, k0;
     for (g = g0; g < g1; g++) {
@@ -147,7 +160,7 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
         const T* bx = pk + (size_t)(I + H) * R;
         const int j0 = g * UG, nu = H - j0 < UG ? H - j0 : UG;
         /* panels whose rows have all finished: carry h */
-        for (p = pe > p0 ? pe : p0; p < p1; p++) {
+        for (p = pe > p0 ? pe : p0; p < p1 && phase != 1; p++) {
             const T* hz = q->ht + ((size_t)cur * nP + p) * H * W;
             T* hn = q->ht + ((size_t)(1 - cur) * nP + p) * H * W;
             memcpy(hn + (size_t)j0 * W, hz + (size_t)j0 * W, sizeof(T) * nu * W);
@@ -171,9 +184,8 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
             const int kn = H - k0 < KB ? H - k0 : KB;
             for (p = p0; p < pe; p += 2)
                 F(wkb_panels)(pk + (size_t)(I + k0) * R,
-                              q->ht + (((size_t)cur * nP + p) * H + k0) * W,
-                              p + 1 < pe ? q->ht + (((size_t)cur * nP + p + 1) * H + k0) * W
-                                         : NULL, kn,
+                              hsrc + ((size_t)p * H + k0) * W,
+                              p + 1 < pe ? hsrc + ((size_t)(p + 1) * H + k0) * W : NULL, kn,
                               acc + (size_t)(p - p0) * 2 * R + (split ? R : 0),
                               acc + (size_t)(p + 1 - p0) * 2 * R + (split ? R : 0));
         }
@@ -189,11 +201,25 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
                 const int b = p * W + l;
                 m[l] = (b < n && act[b]) ? -1 : 0;
             }
+            if (phase == 1) {
+                /* r * h and z of the step's lanes (the masked ones are blended in phase 2) */
+                for (u = 0; u < nu; u++) {
+                    const size_t j = ((size_t)p * H + j0 + u) * W;
+                    const V rv = FR_ACT_F(cl, F(vclip)(a[2 * u], (T)cl->clip));
+                    F(vst)(q->rh + j, rv * F(vld)(hz + (size_t)(j0 + u) * W));
+                    F(vst)(q->zb + j, FR_ACT_F(cl, F(vclip)(a[2 * u + 1], (T)cl->clip)));
+                }
+                continue;
+            }
             for (u = 0; u < nu; u++) {
                 const size_t j = (size_t)(j0 + u) * W;
                 const V hp = F(vld)(hz + j);
                 V hv;
-                if (cl->cell == 1) {
+                if (phase == 2) {
+                    const V z = F(vld)(q->zb + (size_t)p * H * W + j);
+                    const V nv = FR_ACT_G(cl, F(vclip)(a[u], (T)cl->clip));
+                    hv = (F(vset1)(1) - z) * nv + z * hp;
+                } else if (cl->cell == 1) {
                     const V cp = F(vld)(cz + j);
                     V ct;
                     if (cl->fast) {
@@ -242,9 +268,10 @@ static void F(wide_step)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, int 
 /* the steps of one thread: groups [g0, g1) of panels [p0, p1).  Split by groups (sync):
  * every thread reads every panel, so the inputs are transposed by all threads and each
  * step ends at a barrier; split by panels (rows are independent): no barrier at all. */
-static void F(wide_run)(const fr_cell* cl, FR_SEQ* q, int g0, int g1, int p0, int p1,
-                        int tid, int nth, int sync, ptrdiff_t* rows, unsigned char* act,
-                        unsigned char* seen, unsigned char* oflag, V* acc) {
+static void F(wide_run)(const fr_cell* cl, FR_SEQ* q, int g0, int g1, int gn0, int gn1,
+                        int p0, int p1, int tid, int nth, int sync, ptrdiff_t* rows,
+                        unsigned char* act, unsigned char* seen, unsigned char* oflag,
+                        V* acc) {
     const int nP = (q->B + W - 1) / W;
     int s0, s, b, cur = 0;
     for (s0 = 0; s0 < q->nT; s0 += q->chunk) {
@@ -268,7 +295,18 @@ static void F(wide_run)(const fr_cell* cl, FR_SEQ* q, int g0, int g1, int p0, in
                 seen[b] |= act[b];
                 oflag[b] = act[b] || (!q->mask_zero && seen[b]);
             }
-            F(wide_step)(cl, q, s, s0, cur, g0, g1, p0, p1, rows, act, oflag, acc);
+            if (cl->rz_split) {
+                /* [g0, g1): r, z groups; [gn0, gn1): n groups */
+                F(wide_step)(cl, q, s, s0, cur, g0, g1, p0, p1, rows, act, oflag, acc, 1);
+#ifdef _OPENMP
+                if (sync) {
+                    #pragma omp barrier
+                }
+#endif
+                F(wide_step)(cl, q, s, s0, cur, gn0, gn1, p0, p1, rows, act, oflag, acc, 2);
+            } else {
+                F(wide_step)(cl, q, s, s0, cur, g0, g1, p0, p1, rows, act, oflag, acc, 0);
+            }
             cur = 1 - cur;
 #ifdef _OPENMP
             if (sync) {
@@ -284,8 +322,9 @@ static void F(wide_run)(const fr_cell* cl, FR_SEQ* q, int g0, int g1, int p0, in
  * lane arrays cannot be allocated. */
 static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     const int B = q->B, H = cl->H, nP = (B + W - 1) / W;
-    const int Gr = cl->cell == 1 ? 4 : (cl->cell == 2 ? 3 : 1), UG = FR_WROWS / Gr;
+    const int UG = FR_WROWS / F(wide_gr)(cl, 1);
     const int nG = (H + UG - 1) / UG;
+    const int nGn = (H + FR_WROWS - 1) / FR_WROWS;     /* rz_split: the n groups */
     /* split by panels when every thread gets as many (no barriers), LSTM / GRU only
      * from two panels a thread; else by groups.  With one panel a thread, each thread
      * streams all the gate weights for one panel of rows: measured (Intel Xeon, AVX-512,
@@ -328,15 +367,17 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
 #endif
             unsigned char* ln = base + (size_t)tid * per;
             unsigned char* fl = ln + accb + sizeof(ptrdiff_t) * (size_t)B;
-            int g0 = 0, g1 = nG, p0 = 0, p1 = nP;
+            int g0 = 0, g1 = nG, gn0 = 0, gn1 = nGn, p0 = 0, p1 = nP;
             if (nth > 1 && bypanel) {
                 p0 = (int)((long)tid * nP / nth);
                 p1 = (int)((long)(tid + 1) * nP / nth);
             } else if (nth > 1) {
                 g0 = (int)((long)tid * nG / nth);
                 g1 = (int)((long)(tid + 1) * nG / nth);
+                gn0 = (int)((long)tid * nGn / nth);
+                gn1 = (int)((long)(tid + 1) * nGn / nth);
             }
-            F(wide_run)(cl, q, g0, g1, p0, p1, tid, nth, nth > 1 && !bypanel,
+            F(wide_run)(cl, q, g0, g1, gn0, gn1, p0, p1, tid, nth, nth > 1 && !bypanel,
                         (ptrdiff_t*)(ln + accb), fl, fl + B, fl + 2 * (size_t)B, (V*)ln);
         }
         free(base);

@@ -592,7 +592,8 @@ class RNNBase:
         if w is None:
             _kernels = _kernels_module()
             wx, wh, bias, bhn = self._packed[layer][d][:4]
-            w = _kernels.pack_wide(wx, wh, bias, bhn, self.hidden_size, _CELL_CODE[self._cell])
+            w = _kernels.pack_wide(wx, wh, bias, bhn, self.hidden_size,
+                                   _CELL_CODE[self._cell], int(self.reset_after))
             self._wide[key] = w
         return w
 

@@ -4,8 +4,7 @@ Paths (``fastrnn._kernels.choose_path``): "small" = packed unit-block kernel in 
 persistent parallel region (the default wherever it applies, any batch size); "wide" =
 the batch-lane kernel (fr_wide_t.h; SimpleRNN from 8 rows by default, forced here for
 every cell it supports, falling back to "small" elsewhere); "blas" = per-step BLAS GEMM +
-vectorised gate pass (LSTM projection, GRU reset_after=False, and forced here for
-coverage).  Each is checked at several batch sizes, odd hidden sizes
+vectorised gate pass (only forced, here for coverage).  Each is checked at several batch sizes, odd hidden sizes
 (tails of the 16/8-unit blocks), uni/bi-directional, all cells, float32/float64, every
 ISA level the CPU has, 1 and 2 threads, variable lengths and masks.
 """
@@ -449,10 +448,10 @@ def test_path_choice_is_automatic():
                     assert _kernels.wide_gates_at(cell, B, H, I, itemsize) == want
                     got = _kernels.choose_path(cell, B, H, 0, 1, 2, 1, I, itemsize)
                     assert got == ("wide" if want else "small"), (cell, B, H, I, itemsize)
-                    # not the default activations, GRU reset_after=False: packed kernel
+                    # not the default activations: packed kernel; GRU reset_after=False
+                    # (two phases a step on the batch-lane kernel): the same rule
                     assert _kernels.choose_path(cell, B, H, 0, 1, 2, 0, I, itemsize) == "small"
-                    assert _kernels.choose_path(cell, B, H, 0, 0, 2, 1, I, itemsize) == \
-                        ("small" if cell == 2 else got)
+                    assert _kernels.choose_path(cell, B, H, 0, 0, 2, 1, I, itemsize) == got
     if avx512:   # the rule's edges
         assert _kernels.wide_gates_at(1, 16, 256, 256, 4)
         assert _kernels.wide_gates_at(1, 72, 512, 512, 4)      # 80 lanes for 72 rows
@@ -493,7 +492,7 @@ def test_path_choice_is_automatic():
         assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "wide"     # from 8 rows
     assert _kernels.choose_path(0, 7, 256, 0, 1, 2) == "small"
     assert _kernels.choose_path(0, 64, 256, 0, 1, 2, 0) == "small"  # not the default acts
-    assert not _kernels.wide_path_applies(2, 0, 0)                # GRU reset_after=False
+    assert _kernels.wide_path_applies(2, 0, 0)                    # GRU reset_after=False
     assert not _kernels.wide_path_applies(1, 4, 1)                # projection
     assert _kernels.choose_path(1, 1, 256, 5, 1, 2) == "small"    # projection
     assert _kernels.choose_path(2, 1, 256, 0, 0, 2) == "small"    # GRU reset_after=False
