@@ -4,7 +4,8 @@
     PYTHONPATH=. python bench/bench_paths.py --cases RNN:16:100:256,LSTM:64:50:512 \
         --rounds 25 --threads 2 --dtype float32 [--ragged]
 
-For each case (CELL:B:T:H, I = H) the layer runs on the packed kernel ("small"), the
+For each case (CELL:B:T:H, I = H; CELL one of RNN, LSTM, GRU, GRU0 = GRU with
+reset_after=False) the layer runs on the packed kernel ("small"), the
 batch-lane kernel with its automatic split ("wide-panels": by panels of rows where each
 thread gets whole panels, else by groups) and split by unit groups ("wide-groups"), and
 an LSTM also through the training forward ("lstm-route", ``layers._fused_lstm_dir``),
@@ -24,8 +25,9 @@ import numpy as np
 import fastrnn
 from fastrnn import _backward, _kernels, layers
 
-CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
-GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU,
+         "GRU0": lambda *a, **k: fastrnn.GRU(*a, reset_after=False, **k)}
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3, "GRU0": 3}
 PATHS = ("small", "wide-panels", "wide-groups")
 DEFAULT = ("RNN:8:100:256,RNN:16:100:256,RNN:64:50:512,LSTM:16:100:256,LSTM:64:50:512,"
            "GRU:16:100:256,GRU:64:50:512")
