@@ -18,13 +18,13 @@ options PyTorch has no layer for, so ONNX Runtime is the only peer.  No threshol
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import fastrnn
+from _timing import median_call   # (bench/ is the script's directory)
 
 DEFAULT = ("LSTM:1:100:256:peep,LSTM:16:100:256:peep,LSTM:1:100:256:clip=3,"
            "LSTM:16:100:256:clip=3,LSTM:1:100:256:ifg,GRU:1:100:256:lbr0,"
@@ -67,15 +67,6 @@ def onnx_model(op, H, opts, seed=0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-def _median_call(fn, n):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=DEFAULT)
@@ -98,11 +89,11 @@ def main(argv=None):
             x = np.random.default_rng(1).standard_normal((T, B, H)).astype(np.float32)
             y_ort = sess.run(None, {"X": x})[0]
             np.testing.assert_allclose(fm(x)["Y"], y_ort, rtol=1e-4, atol=1e-5)
-            n = max(3, min(50, int(0.2 / max(1e-6, _median_call(lambda: fm(x), 3)))))
+            n = max(3, min(50, int(0.2 / max(1e-6, median_call(lambda: fm(x), 3)))))
             res = {"fastrnn": [], "ort": []}
             for _ in range(a.rounds):
-                res["fastrnn"].append(_median_call(lambda: fm(x), n))
-                res["ort"].append(_median_call(lambda: sess.run(None, {"X": x}), n))
+                res["fastrnn"].append(median_call(lambda: fm(x), n))
+                res["ort"].append(median_call(lambda: sess.run(None, {"X": x}), n))
             f_ms, o_ms = (np.median(res[k]) * 1e3 for k in ("fastrnn", "ort"))
             print(f"{case:28s} {f_ms:10.3f} {o_ms:10.3f}  {f_ms / o_ms:13.2f}", flush=True)
 

@@ -22,20 +22,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import median_call  # noqa: E402
 from bench_speed import fastrnn, models, ort_session, torch  # noqa: E402
 
 DEFAULT = ("GRU:1:1:32,GRU:1:20:32,GRU:4:1:32,LSTM:1:1:32,LSTM:1:5:64,LSTM:4:1:32,"
            "LSTM:32:1:32,GRU:1:1:128,GRU:1:20:128,LSTM:1:1:128,LSTM:4:1:128,"
            "RNN:1:1:16,RNN:8:1:64,RNN:1:1:128,RNN:1:20:128")
-
-
-def _median_call(fn, n):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
 
 
 def main(argv=None):
@@ -75,7 +67,7 @@ def main(argv=None):
         for _ in range(a.rounds):
             for k, fn in fns.items():
                 fn()
-                res[k].append(_median_call(fn, n))
+                res[k].append(median_call(fn, n))
         m = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
         m.setdefault("ORT", float("nan"))
         best = min(m["PyTorch"], m["ORT"]) if sess is not None else m["PyTorch"]
