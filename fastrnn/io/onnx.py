@@ -649,10 +649,10 @@ class _RecurrentNode:
             self._get_layer(*[consts.get(n) if n else None for n in wnames])
 
     def _get_layer(self, W, R, B, P):
-        from ..layers import GRU, LSTM, SimpleRNN
         key = (id(W), id(R), id(B), id(P))
         if key == self._key:
             return self._layer
+        from ..layers import GRU, LSTM, SimpleRNN     # (an import statement costs ~0.6 us)
         op, D, where = self.op, self.D, self.where
         if W is None or R is None:
             raise LoadError(f"{where}: inputs W and R are required")
@@ -814,6 +814,8 @@ class OnnxModel:
         init_names = set(consts)
         self.input_names = [v.name for v in g.input if v.name not in init_names]
         self._input_info = {v.name: v for v in g.input if v.name not in init_names}
+        self._in_dtypes: dict = {}      # declared input dtypes, looked up once (_feeds)
+        self._live: dict = {}           # steps each tuple of wanted outputs needs (run)
         # initializers that are also listed as inputs (IR < 4): optional overrides
         self._overridable = [v.name for v in g.input if v.name in init_names]
         self.output_names = [v.name for v in g.output]
@@ -907,8 +909,9 @@ class OnnxModel:
                                  f"{self.input_names}: pass a dict")
             feeds = {self.input_names[0]: inputs}
         feeds.update(kwargs)
-        unknown = sorted(set(feeds) - set(self.input_names) - set(self._overridable))
+        unknown = [n for n in feeds if n not in self._input_info and n not in self._overridable]
         if unknown:
+            unknown.sort()
             raise ValueError(f"unknown input(s) {unknown}; the model's inputs are "
                              f"{self.input_names}")
         missing = [n for n in self.input_names if n not in feeds]
@@ -919,16 +922,20 @@ class OnnxModel:
             if hasattr(v, "detach") and hasattr(v, "numpy"):
                 v = v.detach().cpu().numpy()
             v = np.asarray(v)
-            info = self._input_info.get(n)
-            if info is not None and info.type.HasField("tensor_type"):
-                et = info.type.tensor_type.elem_type
-                if et:
-                    want = _np_dtype(et)
-                    if v.dtype != want:
-                        if v.dtype.kind == want.kind or (v.dtype.kind in "iu" and want.kind in "iu"):
-                            v = v.astype(want)
-                        else:
-                            raise TypeError(f"input {n!r} must have dtype {want}, got {v.dtype}")
+            want = self._in_dtypes.get(n, False)
+            if want is False:
+                want = None
+                info = self._input_info.get(n)
+                if info is not None and info.type.HasField("tensor_type"):
+                    et = info.type.tensor_type.elem_type
+                    if et:
+                        want = _np_dtype(et)
+                self._in_dtypes[n] = want
+            if want is not None and v.dtype != want:
+                if v.dtype.kind == want.kind or (v.dtype.kind in "iu" and want.kind in "iu"):
+                    v = v.astype(want)
+                else:
+                    raise TypeError(f"input {n!r} must have dtype {want}, got {v.dtype}")
             out[n] = v
         return out
 
@@ -943,14 +950,18 @@ class OnnxModel:
                and not any(w in s[3] for s in self._steps)]
         if bad:
             raise ValueError(f"unknown output(s) {bad}; the model's outputs are {self.output_names}")
-        # only the steps the wanted outputs need
-        need = set(want)
-        live = []
-        for s in reversed(self._steps):
-            if any(o in need for o in s[3] if o):
-                live.append(s)
-                need.update(n for n in s[2] if n)
-        for kind, obj, ins, outs, where in reversed(live):
+        # only the steps the wanted outputs need (found once per tuple of outputs)
+        key = tuple(want)
+        live = self._live.get(key)
+        if live is None:
+            need = set(want)
+            live = []
+            for s in reversed(self._steps):
+                if any(o in need for o in s[3] if o):
+                    live.append(s)
+                    need.update(n for n in s[2] if n)
+            live = self._live[key] = live[::-1]
+        for kind, obj, ins, outs, where in live:
             vals = [env[n] if n else None for n in ins]
             try:
                 if kind == "rnn":
