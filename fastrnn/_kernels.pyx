@@ -84,7 +84,7 @@ cdef extern from "fr_kern.h":
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
     ctypedef struct fr_cell:
-        int cell, G, H, K, P, U, nb, fast, dacts, rnn_relu, f, g, h
+        int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
         int input_forget, reset_after, rz_split
         const void* wp
@@ -1108,7 +1108,6 @@ cdef void _fill_cell(fr_cell* cl, int cell, int G, int H, int K, int U, const Ac
     cl.U = U
     cl.nb = (H + U - 1) // U
     cl.fast = A.is_default and A.clip <= 0 and not use_peep and not input_forget
-    cl.dacts = A.is_default
     cl.rnn_relu = cell == 0 and A.f == A_RELU
     cl.f = A.f
     cl.g = A.g

@@ -162,7 +162,6 @@ typedef struct {
     int P;               /* LSTM projection size (K == P), 0 without a projection */
     int U, nb;           /* units per block, number of blocks */
     int fast;            /* default activations, no clip/peepholes/input_forget */
-    int dacts;           /* default activations (clip, peepholes, input_forget allowed) */
     int rnn_relu;        /* RNN fast path with relu instead of tanh */
     int f, g, h;         /* ONNX activation codes */
     double fa, fb, ga, gb, ha, hb, clip;
