@@ -162,63 +162,40 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         F(vstore)(hout, n + z * (hp - n), nu);
         return;
     }
-    if (cl->fast) {
-        if (cl->cell == 1) {
-            V pi = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
-            V pf = pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
-            V pg = pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
-            V po = pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu);
-            V ct, hv = F(lstm_fast)(pi, pf, pg, po, F(vload)(c + u0, nu), &ct);
-            F(vstore)(c + u0, ct, nu);
-            F(vstore)(hout, hv, nu);
-        } else if (cl->cell == 2) {
-            const T* bhn = (const T*)cl->bhn;
-            F(vstore)(hout, F(gru_fast)(pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
-                                        pre[1] + F(vload)(xr + H + u0, nu)
-                                            + F(vload)(bias + H + u0, nu),
-                                        F(vload)(xr + 2 * H + u0, nu)
-                                            + F(vload)(bias + 2 * H + u0, nu),
-                                        pre[2] + F(vload)(bhn + u0, nu),
-                                        F(vload)(hprev + u0, nu)), nu);
+    /* per cell: the pre-activations (recurrent product + projected input + bias, in
+     * that order, as the deferred gate math sums them), then the default activations
+     * (fast) or the cell's activations with clip, peepholes, input_forget */
+    if (cl->cell == 1) {
+        const V pi = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+        const V pf = pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
+        const V pg = pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
+        const V po = pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu);
+        const V cp = F(vload)(c + u0, nu);
+        V ct, hv;
+        if (cl->fast) {
+            hv = F(lstm_fast)(pi, pf, pg, po, cp, &ct);
         } else {
-            F(vstore)(hout, F(rnn_fast)(cl->rnn_relu, pre[0] + F(vload)(xr + u0, nu)
-                                                    + F(vload)(bias + u0, nu)), nu);
-        }
-        return;
-    }
-    {
-        /* other activations, clip, peepholes, input_forget (the sums as above; the
-         * fast branch stays apart: folded into one loop over the gates, SimpleRNN B=1-4
-         * read 1.03-1.05x in one A/B, 1.00-1.03x is this machine's noise) */
-        const T* peep = (const T*)cl->peep;
-        if (cl->cell == 1) {
-            V pe[3], ct, hv;
+            const T* peep = (const T*)cl->peep;
+            V pe[3];
             int g;
             for (g = 0; g < 3; g++)
                 pe[g] = peep ? F(vload)(peep + g * H + u0, nu) : F(vset1)(0);
-            hv = F(lstm_opt)(
-                cl, pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu),
-                pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu),
-                pre[2] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu),
-                pre[3] + F(vload)(xr + 3 * H + u0, nu) + F(vload)(bias + 3 * H + u0, nu),
-                F(vload)(c + u0, nu), &ct, peep != NULL, pe[0], pe[1], pe[2]);
-            F(vstore)(c + u0, ct, nu);
-            F(vstore)(hout, hv, nu);
-        } else if (cl->cell == 2) {
-            const T* bhn = (const T*)cl->bhn;
-            F(vstore)(hout, F(gru_opt)(cl, pre[0] + F(vload)(xr + u0, nu)
-                                               + F(vload)(bias + u0, nu),
-                                       pre[1] + F(vload)(xr + H + u0, nu)
-                                           + F(vload)(bias + H + u0, nu),
-                                       F(vload)(xr + 2 * H + u0, nu)
-                                           + F(vload)(bias + 2 * H + u0, nu),
-                                       pre[2] + F(vload)(bhn + u0, nu),
-                                       F(vload)(hprev + u0, nu)), nu);
-        } else {
-            F(vstore)(hout, FR_ACT_F(cl, F(vclip)(pre[0] + F(vload)(xr + u0, nu)
-                                                  + F(vload)(bias + u0, nu), (T)cl->clip)),
-                      nu);
+            hv = F(lstm_opt)(cl, pi, pf, pg, po, cp, &ct, peep != NULL, pe[0], pe[1], pe[2]);
         }
+        F(vstore)(c + u0, ct, nu);
+        F(vstore)(hout, hv, nu);
+    } else if (cl->cell == 2) {
+        const V pr = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+        const V pz = pre[1] + F(vload)(xr + H + u0, nu) + F(vload)(bias + H + u0, nu);
+        const V nx = F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
+        const V nh = pre[2] + F(vload)((const T*)cl->bhn + u0, nu);
+        const V hp = F(vload)(hprev + u0, nu);
+        if (cl->fast) F(vstore)(hout, F(gru_fast)(pr, pz, nx, nh, hp), nu);
+        else F(vstore)(hout, F(gru_opt)(cl, pr, pz, nx, nh, hp), nu);
+    } else {
+        const V v = pre[0] + F(vload)(xr + u0, nu) + F(vload)(bias + u0, nu);
+        if (cl->fast) F(vstore)(hout, F(rnn_fast)(cl->rnn_relu, v), nu);
+        else F(vstore)(hout, FR_ACT_F(cl, F(vclip)(v, (T)cl->clip)), nu);
     }
 }
 
@@ -524,6 +501,16 @@ FR_INLINE void F(dgate_flush)(F(dgate)* d, int lstm) {
     d->n = 0;
 }
 
+/* a masked row (Keras masking) of n values: carry the state hp into hn, repeat the
+ * last output (or zero it) into the output o (NULL: not written) */
+FR_INLINE void F(mask_carry)(const FR_SEQ* q, T* hn, const T* hp, T* o, const T* last, int n) {
+    memcpy(hn, hp, sizeof(T) * n);
+    if (o) {
+        if (q->mask_zero) memset(o, 0, sizeof(T) * n);
+        else memcpy(o, last, sizeof(T) * n);
+    }
+}
+
 /* one time step s (chunk starts at s0) for unit blocks [ub0, ub1); reads hbuf[cur],
  * writes hbuf[1-cur] (rows of K: H, or P with a projection, where h' goes to hraw
  * instead and rproj writes hbuf[1-cur], the outputs and the masked rows).  hm > 0: the recurrent product in halves (mv_halves); part
@@ -605,13 +592,8 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
                 T* hnb = pj ? q->hraw + (size_t)b * H + u0 : hn + (size_t)b * K + u0;
                 T* o = q->out && !pj ? q->out + prow * q->out_ld + q->out_col + u0 : NULL;
                 if (q->mask && !q->mask[prow]) {
-                    if (pj) continue;   /* c carries; rproj carries h and the output */
-                    /* Keras masking: carry the state, repeat (or zero) the output */
-                    memcpy(hnb, hp + u0, sizeof(T) * nu);
-                    if (o) {
-                        if (q->mask_zero) memset(o, 0, sizeof(T) * nu);
-                        else memcpy(o, q->lastout + (size_t)b * H + u0, sizeof(T) * nu);
-                    }
+                    /* (with a projection c carries here, rproj carries h and the output) */
+                    if (!pj) F(mask_carry)(q, hnb, hp + u0, o, q->lastout + (size_t)b * H + u0, nu);
                     continue;
                 }
                 F(gate_block)(cl, u0, nu, acc + r * Gm,
@@ -658,11 +640,8 @@ FR_INLINE void F(rproj_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int cur,
                 T* hnb = hn + (size_t)b * P + p0;
                 T* o = q->out ? q->out + prow * q->out_ld + q->out_col + p0 : NULL;
                 if (q->mask && !q->mask[prow]) {
-                    memcpy(hnb, hc + (size_t)b * P + p0, sizeof(T) * np);
-                    if (o) {
-                        if (q->mask_zero) memset(o, 0, sizeof(T) * np);
-                        else memcpy(o, q->lastout + (size_t)b * P + p0, sizeof(T) * np);
-                    }
+                    F(mask_carry)(q, hnb, hc + (size_t)b * P + p0, o,
+                                  q->lastout + (size_t)b * P + p0, np);
                     continue;
                 }
                 F(vstore)(hnb, acc[r], np);
