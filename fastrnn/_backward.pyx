@@ -109,6 +109,7 @@ def _set_blas_local_setter(intptr_t address):
 
 cdef extern from "_backward_gemm.h":
     int frbg_level() nogil
+    int fr_avx512_half() nogil      # fr_cache.h: AVX-512 run as two halves (Zen 4)
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
@@ -373,7 +374,7 @@ def fused_lstm_forward_fast():
 
 
 def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
-                        bint wide=False, bint ragged=False):
+                        bint wide=False, bint ragged=False, int half=-1):
     """Whether a plain LSTM direction of B sequences on nt threads runs faster through
     the training forward than through the inference kernels (where
     fused_lstm_forward_fast()); H, itemsize: its recurrent weights (4H x H values), l2:
@@ -415,11 +416,27 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     H = 256 B = 6, 8, 12: 0.87, 1.02, 0.91.  B = 4 on 2 threads where the training
     forward splits such small weights by rows (within 0.6 of an L2; a later session
     there, ``bench_paths.py``): H = 64, 128, 192 0.79, 0.78, 0.87 (B = 3, units: 1.26).
-    (``H`` stands in for the input size in that split's rule.)"""
+    (``H`` stands in for the input size in that split's rule.)
+
+    Half-width AVX-512 (``half``; < 0: whether this CPU runs it, ``_kernels.avx512_half``),
+    dense batches, measured on a Zen 4 EPYC (1 MiB L2 a core; ``bench_paths.py``, T = 50
+    and 100, route / packed kernel): 2 threads where the training forward splits by rows,
+    H = 128-512 B = 8-32 0.85-0.99 (H = 128 B = 4, 6: 0.81-0.97), B = 40 0.98-1.03, B = 48
+    1.00-1.19, B = 64, 128 1.00-1.08; where it splits by units (H >= 192, B = 4, 6)
+    1.24-1.43; H = 64 0.99-1.17; one thread 0.98-1.68.  So there: 2+ threads, H >= 128,
+    fewer than 40 sequences, split by rows.  Ragged batches there (lengths T/2..T, 2
+    threads): B = 16-64 at H = 128-512 0.85-1.01 of the packed kernel's time, where the
+    batch-lane kernel took 1.05-1.36 of it: routed from 16 sequences at every size."""
+    cdef bint hw = (fr_avx512_half() if half < 0 else half) != 0
     if frbg_level() != 2:
         if nt <= 1:
             return B == 4 or B >= 7
         return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
+    if hw and not ragged:
+        return (nt >= 2 and H >= 128 and B < 40
+                and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0)
+    if hw and nt >= 2:
+        return True         # ragged: layers asks from 16 sequences on
     if not ragged:
         return (nt >= 2 and 8 <= B < 16 and H >= 64
                 and <long>40 * H * H * itemsize <= 3 * l2)

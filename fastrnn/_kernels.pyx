@@ -83,6 +83,7 @@ cdef extern from "fr_kern.h":
     size_t fr_keep_release(void** slots, int n) nogil
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
+    int fr_avx512_half() nogil             # fr_cache.h: AVX-512 run as two halves (Zen 4)
     ctypedef struct fr_cell:
         int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -830,8 +831,20 @@ def wide_path_applies(int cell, int proj_size, int reset_after, int fast=1):
     return proj_size == 0 and bool(fast)
 
 
+def avx512_half():
+    """Whether the C kernels run AVX-512 on a CPU that executes each 512-bit instruction
+    as two 256-bit halves (AMD Zen 4): the 32 registers without the doubled FMA
+    throughput, where the batch-lane kernel and the LSTM route have their own rules."""
+    return fr_level() == 2 and bool(fr_avx512_half())
+
+
+cdef inline bint _half(int half):
+    """half < 0: this CPU's avx512_half(); else the caller's value (tests)."""
+    return bool(fr_avx512_half()) if half < 0 else half != 0
+
+
 def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
-                  int itemsize=4):
+                  int itemsize=4, int num_threads=2, int half=-1):
     """Whether an LSTM / GRU direction of ``batch`` rows runs faster on the batch-lane
     kernel than on the packed one: with AVX-512 only (32 registers: 24 accumulators per
     weight broadcast), from 16 rows with at most 1/8 of the lanes padding, and weights
@@ -841,18 +854,30 @@ def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
     LSTM H=192 0.95, one thread 0.79-0.88, float64 B=16/64 0.76-0.86; slower with padded
     lanes (B=8, 12, 24: 1.07-1.58; float64 B=8 1.02) and small weights (GRU H=192 1.07,
     H=128 1.0-1.16).  With AVX2 (16 registers) it measured 0.98-1.15 (Zen 3/4): not
-    taken there.  ``input_size`` < 0: the hidden size."""
+    taken there.
+
+    Half-width AVX-512 (``half``; < 0: this CPU's :func:`avx512_half`), measured on a
+    Zen 4 EPYC (2 cores, 1 MiB L2 each, T = 50, 2 threads): the packed kernel already
+    runs at 85-90% of the FMA ceiling there, and the batch-lane kernel loses where a
+    thread has one or two panels of rows (float32 B = 16, 32, 48 at H = 192-512:
+    1.03-1.17; float64 GRU B = 16: 1.25) and wins a little from 32 rows a thread with
+    the panels shared evenly (B = 64, 128 at H = 192-512: 0.97-1.00; float64 B = 64
+    0.98-0.99; one thread B = 32 0.93-0.98).  So there: at least 32 rows a thread and
+    the panels a multiple of the threads.  ``input_size`` < 0: the hidden size."""
     cdef long G, lanes, padded, I = hidden_size if input_size < 0 else input_size
+    cdef long nt = max(1, num_threads)
     if cell == CELL_RNN or fr_level() != 2 or batch < 16 or itemsize <= 0:
         return False
     G = 4 if cell == CELL_LSTM else 3
     lanes = 64 // itemsize
     padded = (batch + lanes - 1) // lanes * lanes
+    if _half(half) and (batch < 32 * nt or (padded // lanes) % nt != 0):
+        return False
     return 8 * padded <= 9 * batch and G * hidden_size * (I + hidden_size) * itemsize >= (1 << 20)
 
 
 def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input_size=-1,
-                int itemsize=4):
+                int itemsize=4, int half=-1):
     """Whether a SimpleRNN direction of ``batch`` rows on ``num_threads`` threads runs
     faster on the batch-lane kernel than on the packed one.  With AVX2, from
     WIDE_MIN_BATCH rows (see above).  With AVX-512 (16 float32 / 8 float64 lanes, the
@@ -866,7 +891,11 @@ def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input
     H = 64-512 0.77-0.88, H = 32 1.03.  float64, 2 threads: B = 16, 32, 48, 64 H = 64-512
     0.75-0.85 (B = 16 H = 512: 1.07); one panel (B = 8) H = 256, 512 0.93, 0.84, H = 32,
     64 1.37, 1.21; three panels (B = 24) H = 256, 512 0.94, 0.81, H = 32, 64 1.44-1.48.
-    ``input_size`` < 0: the hidden size."""
+    Half-width AVX-512 (``half``, as in :func:`wide_gates_at`; Zen 4, 2 threads): the
+    panels shared evenly still win (B = 32, 64, 128 at H = 64-512 0.83-1.03, float64
+    B = 16-64 0.92-0.97; one thread B = 16-48 0.97-0.98) but large weights no longer
+    make up for an uneven share (B = 16, 48 at H = 256, 512: 1.07-1.11), so there only
+    the even share counts.  ``input_size`` < 0: the hidden size."""
     cdef long lanes, panels, I = hidden_size if input_size < 0 else input_size
     if cell != CELL_RNN or batch < 1 or itemsize <= 0:
         return False
@@ -877,7 +906,8 @@ def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input
     if 8 * panels * lanes > 9 * batch or hidden_size < 64:
         return False
     return (panels % max(1, num_threads) == 0
-            or <long>hidden_size * (I + hidden_size) * itemsize >= (1 << 20))
+            or (not _half(half)
+                and <long>hidden_size * (I + hidden_size) * itemsize >= (1 << 20)))
 
 
 def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_after,
@@ -892,7 +922,8 @@ def choose_path(int cell, int batch, int hidden_size, int proj_size, int reset_a
     if wide_path_applies(cell, proj_size, reset_after, fast) and (
             _force_path == 3
             or wide_rnn_at(cell, batch, hidden_size, num_threads, input_size, itemsize)
-            or wide_gates_at(cell, batch, hidden_size, input_size, itemsize)):
+            or wide_gates_at(cell, batch, hidden_size, input_size, itemsize,
+                             num_threads)):
         return "wide"
     return "small"
 

@@ -414,25 +414,33 @@ def test_tiny_problems_stay_on_one_thread_and_agree():
     _check(layer, x)
 
 
-def _gates_wide_rule(cell, B, H, I, itemsize):
+def _gates_wide_rule(cell, B, H, I, itemsize, nt=2, half=None):
     """wide_gates_at's rule, written out: AVX-512, >= 16 rows, <= 1/8 padded lanes,
-    >= 1 MiB of weights."""
+    >= 1 MiB of weights; half-width AVX-512 (Zen 4) also >= 32 rows a thread and the
+    panels shared evenly.  half None: this CPU's."""
+    if half is None:
+        half = _kernels.avx512_half()
     lanes = 64 // itemsize
     padded = -(-B // lanes) * lanes
     G = 4 if cell == 1 else 3
+    if half and (B < 32 * nt or (padded // lanes) % nt):
+        return False
     return (_kernels.isa() == "avx512" and B >= 16 and 8 * padded <= 9 * B
             and G * H * (I + H) * itemsize >= 1 << 20)
 
 
-def _rnn_wide_rule(B, H, I, itemsize, nt):
+def _rnn_wide_rule(B, H, I, itemsize, nt, half=None):
     """wide_rnn_at's rule, written out: with AVX2 from 8 rows; with AVX-512 <= 1/8
-    padded lanes, H >= 64, and panels of rows shared evenly or >= 1 MiB of weights."""
+    padded lanes, H >= 64, and panels of rows shared evenly or (not half-width) >= 1 MiB
+    of weights.  half None: this CPU's."""
+    if half is None:
+        half = _kernels.avx512_half()
     if _kernels.isa() != "avx512":
         return B >= 8
     lanes = 64 // itemsize
     panels = -(-B // lanes)
     return (8 * panels * lanes <= 9 * B and H >= 64
-            and (panels % nt == 0 or H * (I + H) * itemsize >= 1 << 20))
+            and (panels % nt == 0 or (not half and H * (I + H) * itemsize >= 1 << 20)))
 
 
 def test_path_choice_is_automatic():
@@ -446,19 +454,31 @@ def test_path_choice_is_automatic():
                 for itemsize in (4, 8):
                     want = _gates_wide_rule(cell, B, H, I, itemsize)
                     assert _kernels.wide_gates_at(cell, B, H, I, itemsize) == want
+                    for nt in (1, 2, 3):        # both AVX-512 rules on any AVX-512 CPU
+                        for half in (0, 1):
+                            assert (_kernels.wide_gates_at(cell, B, H, I, itemsize, nt, half)
+                                    == _gates_wide_rule(cell, B, H, I, itemsize, nt, half))
                     got = _kernels.choose_path(cell, B, H, 0, 1, 2, 1, I, itemsize)
                     assert got == ("wide" if want else "small"), (cell, B, H, I, itemsize)
                     # not the default activations: packed kernel; GRU reset_after=False
                     # (two phases a step on the batch-lane kernel): the same rule
                     assert _kernels.choose_path(cell, B, H, 0, 1, 2, 0, I, itemsize) == "small"
                     assert _kernels.choose_path(cell, B, H, 0, 0, 2, 1, I, itemsize) == got
-    if avx512:   # the rule's edges
-        assert _kernels.wide_gates_at(1, 16, 256, 256, 4)
-        assert _kernels.wide_gates_at(1, 72, 512, 512, 4)      # 80 lanes for 72 rows
-        assert not _kernels.wide_gates_at(1, 24, 256, 256, 4)  # 32 lanes for 24 rows
-        assert not _kernels.wide_gates_at(2, 16, 128, 128, 4)  # 384 KiB of weights
-        assert not _kernels.wide_gates_at(1, 8, 256, 256, 8)   # one panel of 8 doubles
-        assert _kernels.wide_gates_at(1, 16, 256, 256, 8)
+    if avx512:   # the rule's edges (full-width AVX-512)
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 4, 2, 0)
+        assert _kernels.wide_gates_at(1, 72, 512, 512, 4, 2, 0)      # 80 lanes, 72 rows
+        assert not _kernels.wide_gates_at(1, 24, 256, 256, 4, 2, 0)  # 32 lanes, 24 rows
+        assert not _kernels.wide_gates_at(2, 16, 128, 128, 4, 2, 0)  # 384 KiB of weights
+        assert not _kernels.wide_gates_at(1, 8, 256, 256, 8, 2, 0)   # one panel, 8 doubles
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 8, 2, 0)
+        # half-width (Zen 4): 32 rows a thread, panels shared evenly
+        assert not _kernels.wide_gates_at(1, 16, 256, 256, 4, 2, 1)
+        assert not _kernels.wide_gates_at(1, 32, 512, 512, 4, 2, 1)
+        assert _kernels.wide_gates_at(1, 64, 512, 512, 4, 2, 1)
+        assert _kernels.wide_gates_at(1, 32, 512, 512, 4, 1, 1)
+        assert not _kernels.wide_gates_at(1, 96, 512, 512, 4, 4, 1)  # 6 panels, 4 threads
+        assert not _kernels.wide_gates_at(2, 32, 256, 256, 8, 2, 1)  # float64: 16 a thread
+        assert _kernels.wide_gates_at(2, 64, 256, 256, 8, 2, 1)
         _kernels._set_isa_level(1)
         try:
             assert _kernels.choose_path(1, 64, 512, 0, 1, 2) == "small"
@@ -471,6 +491,9 @@ def test_path_choice_is_automatic():
                 for nt in (1, 2, 3):
                     want = _rnn_wide_rule(B, H, I, itemsize, nt)
                     assert _kernels.wide_rnn_at(0, B, H, nt, I, itemsize) == want
+                    for half in (0, 1):
+                        assert (_kernels.wide_rnn_at(0, B, H, nt, I, itemsize, half)
+                                == _rnn_wide_rule(B, H, I, itemsize, nt, half))
                     got = _kernels.choose_path(0, B, H, 0, 1, nt, 1, I, itemsize)
                     assert got == ("wide" if want else "small"), (B, H, I, itemsize, nt)
                     assert not _kernels.wide_rnn_at(1, B, H, nt, I, itemsize)   # LSTM
@@ -478,10 +501,15 @@ def test_path_choice_is_automatic():
         assert _kernels.choose_path(0, 32, 64, 0, 1, 2) == "wide"     # a panel a thread
         assert _kernels.choose_path(0, 32, 32, 0, 1, 2) == "small"    # H < 64
         assert _kernels.choose_path(0, 8, 256, 0, 1, 2) == "small"    # half-empty lanes
+        # one panel on 2 threads, 2 MiB of weights: full width only
+        assert _kernels.wide_rnn_at(0, 16, 512, 2, 512, 4, 0)
+        assert not _kernels.wide_rnn_at(0, 16, 512, 2, 512, 4, 1)
         assert _kernels.choose_path(0, 48, 256, 0, 1, 2) == "small"   # 3 panels, 512 KiB
-        assert _kernels.choose_path(0, 48, 512, 0, 1, 2) == "wide"    # 3 panels, 2 MiB
+        # 3 panels, 2 MiB; float64 one panel, 1 MiB: full width only
+        full = not _kernels.avx512_half()
+        assert (_kernels.choose_path(0, 48, 512, 0, 1, 2) == "wide") == full
+        assert (_kernels.choose_path(0, 8, 256, 0, 1, 2, 1, 256, 8) == "wide") == full
         assert _kernels.choose_path(0, 16, 64, 0, 1, 1) == "wide"     # one thread
-        assert _kernels.choose_path(0, 8, 256, 0, 1, 2, 1, 256, 8) == "wide"  # 1 MiB
         _kernels._set_isa_level(1)
         try:
             assert _kernels.choose_path(0, 8, 32, 0, 1, 2) == "wide"
@@ -864,10 +892,13 @@ def test_pair_before_route(caches, monkeypatch):
     big = caches == "2MiB-L2"
     monkeypatch.setattr(_kernels, "_L1_BYTES", (48 if big else 32) << 10)
     monkeypatch.setattr(_kernels, "_L2_BYTES", (2 if big else 1) << 20)
-    layer = fastrnn.LSTM(64, 64, bidirectional=True, seed=3, num_threads=2)
-    x = np.random.default_rng(5).standard_normal((32, 8, 64)).astype(np.float32)
-    if not L._fused_lstm_ok(8, 2, False, 64, 4, False, 32, 64):
+    # a size the route takes on this CPU (half-width AVX-512: from H = 128)
+    H = next((h for h in (64, 128) if L._fused_lstm_ok(8, 2, False, h, 4, False, 32, h)),
+             None)
+    if H is None:
         pytest.skip("the LSTM route's rule does not take this layer on this CPU")
+    layer = fastrnn.LSTM(H, H, bidirectional=True, seed=3, num_threads=2)
+    x = np.random.default_rng(5).standard_normal((32, 8, H)).astype(np.float32)
     calls = {"pair": 0, "route": 0}
     run_pair, route = _kernels.run_pair, L.LSTM._fused_lstm_dir
     def spy_pair(*a, **k):
@@ -1374,9 +1405,11 @@ def test_fused_lstm_route_size_rule():
     from fastrnn import _backward
     if not _backward.fused_lstm_forward_fast():
         pytest.skip("no fused LSTM training forward on this CPU")
-    B, H = 8, 64
-    if not _backward.fused_lstm_route_at(2, B, H, 4, layers._l2_bytes(), False):
-        pytest.skip("the batch rule does not route B=8 H=64 on this CPU")
+    B = 8       # H: a size the batch rule routes on this CPU (half-width AVX-512: 128)
+    H = next((h for h in (64, 128)
+              if _backward.fused_lstm_route_at(2, B, h, 4, layers._l2_bytes(), False)), None)
+    if H is None:
+        pytest.skip("the batch rule does not route B=8 H=64 or 128 on this CPU")
     calls = []
     orig = fastrnn.LSTM._fused_lstm_dir
 
@@ -1491,16 +1524,30 @@ def test_lstm_route_rule_by_isa():
                                     (128, 8), (192, 8)):
                     want = (nt >= 2 and 8 <= B <= 15 and H >= 64
                             and 40 * H * H * itemsize <= 3 * l2)
-                    assert r(nt, B, H, itemsize, l2) == want, (nt, B, H, itemsize)
-        assert r(2, 8, 192, 4, l2) and not r(2, 8, 256, 4, l2) and not r(1, 8, 192, 4, l2)
-        assert r(2, 12, 128, 8, l2) and not r(2, 12, 192, 8, l2)
+                    assert r(nt, B, H, itemsize, l2, half=0) == want, (nt, B, H, itemsize)
+                    # half-width AVX-512 (Zen 4): 2+ threads, H >= 128, B < 40, where
+                    # the training forward splits by rows
+                    want = (nt >= 2 and H >= 128 and B < 40
+                            and _backward.forward_splits_rows(nt, B, H, H, itemsize))
+                    assert r(nt, B, H, itemsize, l2, half=1) == want, (nt, B, H, itemsize)
+        assert (r(2, 8, 192, 4, l2, half=0) and not r(2, 8, 256, 4, l2, half=0)
+                and not r(1, 8, 192, 4, l2, half=0))
+        assert r(2, 12, 128, 8, l2, half=0) and not r(2, 12, 192, 8, l2, half=0)
+        assert r(2, 16, 256, 4, l2, half=1) and not r(2, 40, 256, 4, l2, half=1)
+        assert not r(2, 16, 64, 4, l2, half=1) and not r(1, 16, 256, 4, l2, half=1)
+        assert r(2, 32, 512, 4, l2, half=1)
+        # half-width, ragged, 2+ threads: every size, batch-lane kernel or not
+        assert r(2, 16, 64, 4, l2, True, True, 1) and r(3, 64, 512, 8, l2, True, True, 1)
+        assert r(1, 12, 512, 4, l2, False, True, 1) and not r(1, 1, 256, 4, l2, False, True, 1)
+        # the machine's own rule
+        assert r(2, 16, 256, 4, l2) == r(2, 16, 256, 4, l2, half=int(_kernels.avx512_half()))
         # ragged (layers asks from 16 sequences on): the earlier rule
-        assert r(2, 16, 256, 4, l2, False, True) and r(2, 64, 256, 4, l2, True, True)
-        assert not r(2, 16, 256, 4, l2, True, True)          # batch-lane kernel, 16 rows
-        assert not r(2, 16, 512, 4, l2, True, True)          # beyond L2: batch-lane kernel
-        assert not r(2, 4, 256, 4, l2, False, True) and r(2, 5, 256, 4, l2, False, True)
-        assert r(2, 12, 512, 4, l2, False, True) and r(1, 12, 512, 4, l2, False, True)
-        assert r(1, 2, 256, 4, l2, False, True) and not r(1, 1, 256, 4, l2, False, True)
+        assert r(2, 16, 256, 4, l2, False, True, 0) and r(2, 64, 256, 4, l2, True, True, 0)
+        assert not r(2, 16, 256, 4, l2, True, True, 0)          # batch-lane kernel, 16 rows
+        assert not r(2, 16, 512, 4, l2, True, True, 0)          # beyond L2: batch-lane kernel
+        assert not r(2, 4, 256, 4, l2, False, True, 0) and r(2, 5, 256, 4, l2, False, True, 0)
+        assert r(2, 12, 512, 4, l2, False, True, 0) and r(1, 12, 512, 4, l2, False, True, 0)
+        assert r(1, 2, 256, 4, l2, False, True, 0) and not r(1, 1, 256, 4, l2, False, True, 0)
     else:
         assert r(1, 4) and not r(1, 5) and r(1, 7)
         assert not r(2, 6) and r(2, 8) and r(2, 16)
