@@ -109,7 +109,7 @@ def _set_blas_local_setter(intptr_t address):
 
 cdef extern from "_backward_gemm.h":
     int frbg_level() nogil
-    int fr_avx512_half() nogil      # fr_cache.h: AVX-512 run as two halves (Zen 4)
+    int fr_amd_f19() nogil          # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
@@ -427,7 +427,7 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     fewer than 40 sequences, split by rows.  Ragged batches there (lengths T/2..T, 2
     threads): B = 16-64 at H = 128-512 0.85-1.01 of the packed kernel's time, where the
     batch-lane kernel took 1.05-1.36 of it: routed from 16 sequences at every size."""
-    cdef bint hw = (fr_avx512_half() if half < 0 else half) != 0
+    cdef bint hw = (fr_amd_f19() if half < 0 else half) != 0
     if frbg_level() != 2:
         if nt <= 1:
             return B == 4 or B >= 7

@@ -83,7 +83,8 @@ cdef extern from "fr_kern.h":
     size_t fr_keep_release(void** slots, int n) nogil
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
-    int fr_avx512_half() nogil             # fr_cache.h: AVX-512 run as two halves (Zen 4)
+    int fr_amd_f19() nogil                 # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
+    int fr_f19_cache
     ctypedef struct fr_cell:
         int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -783,9 +784,10 @@ def step_overlap_applies(int cell, int batch, int hidden_size, int num_threads,
     """Whether the packed kernel's unit split (batch below 16) overlaps each step's wait
     for the other thread's h with the product over the thread's own half of the units,
     by the automatic rule (LSTM / GRU reset_after, recurrent weights of one of 2 threads
-    between an eighth (batch 1: any) and half of the L2 cache).  Only on 2 threads;
-    where the rule holds, other thread counts sum the product in the same halves (same
-    bits) without overlapping.  cell: CELL_* code."""
+    between an eighth (batch 1: any) and half of the L2 cache; never on an AMD of family
+    0x19, :func:`amd_f19`).  Only on 2 threads; where the rule holds, other thread counts
+    sum the product in the same halves (same bits) without overlapping.  cell: CELL_*
+    code."""
     cdef int G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef int U = fr_unit(itemsize)
     cdef int nb = (hidden_size + U - 1) // U
@@ -835,12 +837,29 @@ def avx512_half():
     """Whether the C kernels run AVX-512 on a CPU that executes each 512-bit instruction
     as two 256-bit halves (AMD Zen 4): the 32 registers without the doubled FMA
     throughput, where the batch-lane kernel and the LSTM route have their own rules."""
-    return fr_level() == 2 and bool(fr_avx512_half())
+    return fr_level() == 2 and bool(fr_amd_f19())
+
+
+def amd_f19():
+    """Whether this CPU is an AMD of family 0x19 (Zen 3, Zen 4): the packed kernel's
+    unit split never overlaps there (:func:`step_overlap_applies`)."""
+    return bool(fr_amd_f19())
+
+
+def _set_amd_f19(int mode):
+    """Test hook: treat this CPU as an AMD family 0x19 (1) or not (0) in this module's
+    rules (the batch-lane kernel's, the overlapped unit split's); -1 reads CPUID again.
+    Returns the previous value."""
+    global fr_f19_cache
+    _hooks_changed()
+    old = fr_amd_f19()
+    fr_f19_cache = -1 if mode < 0 else (1 if mode else 0)
+    return old
 
 
 cdef inline bint _half(int half):
     """half < 0: this CPU's avx512_half(); else the caller's value (tests)."""
-    return bool(fr_avx512_half()) if half < 0 else half != 0
+    return bool(fr_amd_f19()) if half < 0 else half != 0
 
 
 def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,

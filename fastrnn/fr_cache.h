@@ -38,31 +38,35 @@ static long fr_l2_size = -1, fr_l1d_size = -1;
 static long fr_l2_bytes(void) { return fr_sysconf_once(&fr_l2_size, FR_SC_L2); }
 /* the L1 data cache of a core in bytes (sysconf; 0 when unknown), read once */
 static long fr_l1d_bytes(void) { return fr_sysconf_once(&fr_l1d_size, FR_SC_L1D); }
-/* 1 where the CPU runs a 512-bit vector instruction as two 256-bit halves: AMD family
- * 0x19 (Zen 4; the Zen 3 of that family has no AVX-512; Zen 5 server parts, family 0x1A,
- * run full width), read once by CPUID.  Half-width AVX-512 keeps the 32 registers but
- * not the doubled FMA throughput, so the kernel choices measured on full-width AVX-512
- * (the batch-lane kernel's, the LSTM route's) take their own rules there. */
+/* 1 on an AMD CPU of family 0x19 (Zen 3, Zen 4), read once by CPUID.  Its Zen 4 runs a
+ * 512-bit vector instruction as two 256-bit halves (Zen 5 server parts, family 0x1A, run
+ * it full width; Zen 3 has no AVX-512): the 32 registers without the doubled FMA
+ * throughput, so the kernel choices measured on full-width AVX-512 (the batch-lane
+ * kernel's, the LSTM route's) take their own rules there; and the packed kernel's
+ * overlapped unit split (fr_overlap_auto) measured slower there at every size. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
-static int fr_half512_cache = -1;
-static int fr_avx512_half(void) {
-    if (fr_half512_cache < 0) {
+#define FR_HAVE_CPUID 1
+#else
+#define FR_HAVE_CPUID 0
+#endif
+static int fr_f19_cache = -1;      /* < 0: not read yet; _kernels._set_amd_f19 (tests) */
+static int fr_amd_f19(void) {
+    if (fr_f19_cache < 0) {
+        fr_f19_cache = 0;
+#if FR_HAVE_CPUID
         unsigned a = 0, b = 0, c = 0, d = 0, fam;
-        fr_half512_cache = 0;
         /* vendor "AuthenticAMD": ebx "Auth" */
         if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u
                 && __get_cpuid(1, &a, &b, &c, &d)) {
             fam = (a >> 8) & 0xfu;
             if (fam == 0xfu) fam += (a >> 20) & 0xffu;
-            fr_half512_cache = fam == 0x19u;
+            fr_f19_cache = fam == 0x19u;
         }
-    }
-    return fr_half512_cache;
-}
-#else
-static int fr_avx512_half(void) { return 0; }
 #endif
+    }
+    return fr_f19_cache;
+}
 
 /* Scratch blocks kept between calls, one per slot (a void* the caller owns): large
  * per-call buffers come back to the next call instead of fresh pages from the OS, a page

@@ -1290,8 +1290,17 @@ def test_unit_split_overlap(mode, cell, nt, dtype):
         layers._SMALL_CHUNK_BYTES = old_chunk
 
 
+@pytest.fixture
+def not_f19():
+    """This module's rules as on a CPU other than AMD family 0x19."""
+    old = _kernels._set_amd_f19(0)
+    yield
+    _kernels._set_amd_f19(-1)
+    assert _kernels.amd_f19() == old
+
+
 @pytest.mark.parametrize("itemsize", [4, 8])
-def test_unit_split_overlap_rule(itemsize):
+def test_unit_split_overlap_rule(itemsize, not_f19):
     """The automatic rule: LSTM / GRU overlap where a thread's recurrent weights take at
     most half of the L2 (and at batch > 1 at least an eighth); SimpleRNN never."""
     from fastrnn import _backward
@@ -1319,6 +1328,13 @@ def test_unit_split_overlap_rule(itemsize):
         assert not applies(cell, 3, small, 2, itemsize)       # below an eighth
         assert applies(cell, 3, small + 2 * U, 2, itemsize)
         assert applies(cell, 3, H, 2, itemsize)
+        _kernels._set_amd_f19(1)                              # AMD Zen 3 / 4: never
+        try:
+            for h in (small, H):
+                for B in (1, 3):
+                    assert not applies(cell, B, h, 2, itemsize)
+        finally:
+            _kernels._set_amd_f19(0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
