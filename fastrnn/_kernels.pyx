@@ -755,8 +755,8 @@ fr_swpf_init()
 
 def _set_swpf(int mode):
     """Tuning / test hook: the packed matvec's software prefetch at the AVX-512 level on
-    (1) or off (0); -1 chooses by the CPU again (AMD on, others off).  Returns the
-    previous setting (0 / 1).  The arithmetic is the same either way."""
+    (1) or off (0); -1 chooses by the CPU again (AMD on but family 0x19, others off).
+    Returns the previous setting (0 / 1).  The arithmetic is the same either way."""
     global fr_swpf_on
     _hooks_changed()
     old = fr_swpf_on

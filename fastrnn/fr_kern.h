@@ -63,12 +63,16 @@ static int fr_level(void) {
     return l;
 }
 /* the packed matvec's software prefetch at the AVX-512 level (fr_kern_t.h FR_SWPF): on
- * for AMD CPUs, off for the others; fr_swpf_init sets it (once, at import), tests and
- * A/B runs force it through _kernels._set_swpf */
+ * for AMD CPUs but family 0x19, off for the others; fr_swpf_init sets it (once, at
+ * import), tests and A/B runs force it through _kernels._set_swpf.  Zen 4 (family 0x19,
+ * 1 MiB L2; in-process alternating, B=1 T=100, without / with): weights within L2 LSTM
+ * H=128-384, GRU H=256-384 0.99-1.02, beyond it LSTM H=512 0.92-0.94, H=768 0.88, GRU
+ * H=640 1.00, SimpleRNN H=1024 0.93. */
+#include "fr_cache.h"
 static int fr_swpf_on = 0;
 static void fr_swpf_init(void) {
     __builtin_cpu_init();
-    fr_swpf_on = __builtin_cpu_is("amd") ? 1 : 0;
+    fr_swpf_on = __builtin_cpu_is("amd") && !fr_amd_f19() ? 1 : 0;
 }
 #else
 #define FR_HAVE_CLONES 0
