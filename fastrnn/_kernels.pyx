@@ -997,6 +997,21 @@ _L1_BYTES = fr_l1d_bytes() or (32 << 10)
 _L2_BYTES = fr_l2_bytes() or _sysfs_l2_bytes() or (1 << 20)
 
 
+def _zen4():
+    """AMD family 0x19 with 1 MiB of L2 a core or more: Zen 4 (Zen 3 has 512 KiB), where
+    the pair rule and the row split have their own measurements."""
+    return bool(fr_amd_f19()) and _L2_BYTES >= (1 << 20)
+
+
+# Zen 4: the packed kernel splits rows between threads from 8 rows (each thread 4+ rows
+# and all the weights) rather than 16.  Measured there (2 threads, T=100, in-process
+# alternating, rows from 8 / from 16): SimpleRNN B=8-12 H=64-1024 0.58-0.95, GRU B=8
+# H=64-512 0.74-1.00, B=10-12 H=128-512 0.90-1.04, LSTM H=64-96 (larger ones take the
+# LSTM route there) B=8-12 0.94-1.03.
+if _zen4():
+    fr_rowsplit_min = 8
+
+
 def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
                  int reset_after, int num_threads, int itemsize=4, int fast=1):
     """Whether a bidirectional layer runs its two directions at the same time
@@ -1004,7 +1019,7 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     where the layer does not go through the LSTM route (layers._fused_lstm_ok), 2 yes,
     before that route too.  Chosen when the packed kernel would split the units of a
     small batch between threads (a barrier per step): two independent single-thread
-    loops have no barrier at all."""
+    loops have no barrier at all; on Zen 4 (``_zen4``) below 16 rows whatever the split."""
     cdef long G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     # recurrent multiply-adds a row and step (with a projection: the gates' over P
     # inputs and the projection's)
@@ -1016,11 +1031,23 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
         return 0
     if _pair_mode == 1:
         return 1
-    if batch >= fr_rowsplit_min:
-        return 0        # row split: already barrier-free
     # tiny layers: the thread start-up costs more than the second direction
     if rec * batch * steps < fr_min_par_work:
         return 0
+    cdef long wbytes = rec * itemsize
+    if _zen4():
+        # Measured on a Zen 4 EPYC (1 MiB L2, 2 threads), 2-layer bidirectional T=100,
+        # in-process alternating, pair (before the LSTM route) / the choice before this
+        # branch (unit split, row split or the route): B=1-8 at H=64-512 0.55-0.99
+        # (LSTM 0.55-0.97, GRU 0.56-0.99, SimpleRNN H=128-1024 0.55-0.97); against the
+        # LSTM route B=4-12 0.61-0.93, B=15 H=256 0.86; GRU B=12 H=256 0.87, SimpleRNN
+        # 0.80, GRU B=15 H=512 1.00; at batch 1 beyond two L2s GRU H=512 (3 MiB)
+        # 1.05-1.06, LSTM H=512 (4 MiB) 0.97-0.99.
+        if batch >= 16:
+            return 0
+        return 0 if batch == 1 and wbytes > 2 * _L2_BYTES else 2
+    if batch >= fr_rowsplit_min:
+        return 0        # row split: already barrier-free
     # Smaller L2: measured on a 2-vCPU EPYC (32 KiB L1d, 1 MiB L2), fresh processes:
     # * batch 1, one direction's recurrent weights in L2 but not half of them in L1: the
     #   per-step barrier dominates, pair wins (LSTM H=96/192 0.45-0.8x, GRU H=256 0.92x,
@@ -1031,7 +1058,6 @@ def pair_applies(int cell, int batch, int steps, int hidden_size, int proj_size,
     # * otherwise mixed or slower (LSTM H=192 B=2 0.9-1.15x, GRU H=128 B=4 1.35x, LSTM
     #   H=64 B=8 1.4x (half the weights in L1), LSTM H=256 B=1 1.12x): one direction
     #   after the other, as before.
-    cdef long wbytes = rec * itemsize
     if _L2_BYTES >= (2 << 20):
         # Measured on an Intel Xeon (2 vCPUs, 48 KiB L1d, 2 MiB L2), 2-layer
         # bidirectional T=100, in-process interleaved, pair / the automatic choice before

@@ -841,8 +841,47 @@ def test_pair_matches_one_after_the_other():
         np.testing.assert_array_equal(a[0], b[0])
 
 
+@pytest.fixture
+def not_f19():
+    """This module's rules as on a CPU other than AMD family 0x19 (Zen 3 / 4): its own
+    rules off, the packed kernel's row split from 16 rows."""
+    old = _kernels._set_amd_f19(0)
+    old_rows = _kernels._set_rowsplit_min(16)
+    yield
+    _kernels._set_rowsplit_min(old_rows)
+    _kernels._set_amd_f19(-1)
+    assert _kernels.amd_f19() == old
+
+
+def test_pair_choice_zen4(monkeypatch):
+    """Zen 4 (AMD family 0x19, 1 MiB L2): the pair below 16 rows, before the LSTM route
+    too, but at batch 1 not beyond two L2s; not for tiny layers or on one thread."""
+    _kernels._set_min_parallel_work(16384)
+    monkeypatch.setattr(_kernels, "_L2_BYTES", 1 << 20)
+    old = _kernels._set_amd_f19(1)
+    try:
+        assert _kernels._zen4()
+        p = _kernels.pair_applies
+        for B in (1, 2, 4, 8, 12, 15):
+            assert p(1, B, 100, 256, 0, 1, 2) == 2, B       # LSTM, 1 MiB: any batch
+            assert p(2, B, 100, 128, 0, 1, 2, 8) == 2, B    # GRU float64
+        assert p(0, 8, 100, 64, 0, 1, 2) == 2                # SimpleRNN
+        assert not p(1, 16, 100, 256, 0, 1, 2)               # 16 rows: the row split
+        assert not p(2, 1, 100, 512, 0, 1, 2)                # GRU 3 MiB at batch 1
+        assert p(2, 2, 100, 512, 0, 1, 2) == 2               # ... at batch 2
+        assert p(1, 1, 100, 362, 0, 1, 2) == 2               # 4 x 362^2 x 4 < 2 MiB
+        assert not p(1, 1, 100, 363, 0, 1, 2)
+        assert not p(1, 8, 100, 256, 0, 1, 1)                # one thread
+        assert not p(0, 1, 2, 8, 0, 1, 2)                    # tiny
+        monkeypatch.setattr(_kernels, "_L2_BYTES", 512 << 10)  # Zen 3: not this rule
+        assert not _kernels._zen4()
+    finally:
+        _kernels._set_amd_f19(-1)
+    assert _kernels.amd_f19() == old
+
+
 @pytest.mark.parametrize("caches", ["1MiB-L2", "2MiB-L2"])
-def test_pair_choice_is_automatic(caches, monkeypatch):
+def test_pair_choice_is_automatic(caches, monkeypatch, not_f19):
     """The pair rule by the caches it sees (_kernels._L1_BYTES / _L2_BYTES): the rule
     measured on an EPYC with 32 KiB / 1 MiB, and the one measured on an Intel Xeon with
     48 KiB / 2 MiB (pair wherever one direction's recurrent weights fit 3/4 of the L2,
@@ -884,7 +923,7 @@ def test_pair_choice_is_automatic(caches, monkeypatch):
 
 
 @pytest.mark.parametrize("caches", ["1MiB-L2", "2MiB-L2"])
-def test_pair_before_route(caches, monkeypatch):
+def test_pair_before_route(caches, monkeypatch, not_f19):
     """A dense BiLSTM the LSTM route would take (B=8, 32 steps): where the rule says 2
     (2 MiB L2) both directions run as the pair and the route is not called; with the
     smaller caches the route keeps it.  Same numbers as the reference either way."""
@@ -1288,15 +1327,6 @@ def test_unit_split_overlap(mode, cell, nt, dtype):
         _kernels._set_step_overlap(old_mode)
         _kernels._set_path(0)
         layers._SMALL_CHUNK_BYTES = old_chunk
-
-
-@pytest.fixture
-def not_f19():
-    """This module's rules as on a CPU other than AMD family 0x19."""
-    old = _kernels._set_amd_f19(0)
-    yield
-    _kernels._set_amd_f19(-1)
-    assert _kernels.amd_f19() == old
 
 
 @pytest.mark.parametrize("itemsize", [4, 8])

@@ -126,12 +126,15 @@ def test_macs_counts_every_weight():
     ("GRU", 64, 2, np.float32), ("SimpleRNN", 96, 2, np.float32),
     ("SimpleRNN", 128, 2, np.float32), ("LSTM", 32, 6, np.float32),
     ("LSTM", 64, 3, np.float32), ("GRU", 24, 12, np.float64)])
-def test_unit_split_of_a_small_batch_needs_blocks_and_work(monkeypatch, cell, H, B, dtype):
+def test_unit_split_of_a_small_batch_needs_blocks_and_work(monkeypatch, request, cell, H,
+                                                           B, dtype):
     """The packed kernel splits the units of 2-15 rows between threads only with at
     least 4 unit blocks and W / 8 x 16k multiply-adds a step in the recurrent product
     (W: the unit block); the placement record says whether the call's region had a
     second thread.  fr_min_par_work = 0 (the test hook) lifts the rule."""
     from fastrnn import layers
+    old_rows = _kernels._set_rowsplit_min(16)      # (Zen 4 splits rows from 8 rows)
+    request.addfinalizer(lambda: _kernels._set_rowsplit_min(old_rows))
     monkeypatch.setattr(_threads, "IDLE_SINGLE_S", -1.0)
     monkeypatch.setattr(layers, "_SMALL_CALL_MACS", -1)
     monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_B", 0)      # (LSTM: the packed kernel)
