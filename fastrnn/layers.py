@@ -122,19 +122,8 @@ def _fused_lstm_ok(B, nt, ragged, H, itemsize, wide, T=None, I=None):
 # Xeon, B=1-8, 2 threads / 1 thread): T=1 LSTM H=64 B=1-4 1.07-1.10x, SimpleRNN H=128
 # B=1-4 1.03-1.10x, GRU H=64 B=2-4 1.07-1.13x, LSTM H=32 B=4-8 1.08-1.13x; at 2^17
 # SimpleRNN H=256 T=1 0.99x, LSTM H=128 T=1 1.00x; beyond, GRU H=128 T=2 (196k) 0.99x,
-# T=4 0.93x, GRU H=256 T=1 (393k) 0.58x.  On Zen 4 (``_kernels._zen4``) the second thread
-# pays off sooner: 2 threads / 1 thread, B=1, in-process: at 2^17 LSTM H=128 T=1 and
-# SimpleRNN H=256 T=1 0.82x, at 98k GRU H=128 T=1 0.88x, SimpleRNN H=128 T=3 0.96x; at
-# 2^16 SimpleRNN H=128 T=2 1.01x, LSTM H=64 T=2 1.05x: one thread up to 2^16 there.
-# None: by the CPU (_small_call_macs); tests set a number.
-_SMALL_CALL_MACS = None
-
-
-def _small_call_macs():
-    """The multiply-adds up to which a call runs on one thread (_SMALL_CALL_MACS)."""
-    if _SMALL_CALL_MACS is not None:
-        return _SMALL_CALL_MACS
-    return 1 << 16 if _kernels_module()._zen4() else 1 << 17
+# T=4 0.93x, GRU H=256 T=1 (393k) 0.58x.
+_SMALL_CALL_MACS = 1 << 17
 
 # a layer call's plan (RNNBase._plan): per layer the packed kernel (one direction after
 # the other), both directions at once (run_pair) or the LSTM route; plans kept a layer
@@ -949,7 +938,7 @@ class RNNBase:
         D = self.num_directions
         cell, G = _CELL_CODE[self._cell], _GATES[self._cell]
         macs = self._macs(T)
-        if nt > 1 and B * macs <= _small_call_macs():
+        if nt > 1 and B * macs <= _SMALL_CALL_MACS:
             nt = 1          # (_SMALL_CALL_MACS)
         if idle and nt > 1 and B == 1 and macs < _threads.IDLE_SINGLE_MACS \
                 and _kernels.choose_path(cell, 1, H, P, int(self.reset_after), nt, 1,

@@ -163,21 +163,3 @@ def test_small_call_runs_on_one_thread(monkeypatch):
     y2 = layer(x)[0]
     assert seen[-2:] == [2, 2]
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
-
-
-def test_small_call_threshold_by_cpu(monkeypatch):
-    """_SMALL_CALL_MACS None: 2^17 multiply-adds, 2^16 on Zen 4 (AMD family 0x19 with
-    1 MiB of L2), where the second thread pays off sooner; a number set wins."""
-    from fastrnn import _kernels, layers
-    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", None)
-    monkeypatch.setattr(_kernels, "_L2_BYTES", 1 << 20)
-    old = _kernels._set_amd_f19(1)
-    try:
-        assert layers._small_call_macs() == 1 << 16
-        _kernels._set_amd_f19(0)
-        assert layers._small_call_macs() == 1 << 17
-    finally:
-        _kernels._set_amd_f19(-1)
-    assert _kernels.amd_f19() == old
-    monkeypatch.setattr(layers, "_SMALL_CALL_MACS", 12345)
-    assert layers._small_call_macs() == 12345
