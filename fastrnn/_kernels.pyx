@@ -858,7 +858,8 @@ def _set_amd_f19(int mode):
 
 
 cdef inline bint _half(int half):
-    """half < 0: this CPU's avx512_half(); else the caller's value (tests)."""
+    """half < 0: whether this CPU is an AMD of family 0x19 (the callers have checked
+    that the kernels run AVX-512, so this is avx512_half()); else the caller's value."""
     return bool(fr_amd_f19()) if half < 0 else half != 0
 
 

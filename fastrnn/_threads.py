@@ -163,10 +163,25 @@ def hook_blas() -> None:
 # H=192 1.04 / 1.19, H=256 1.21 / 1.79, H=512 5.9 / 12.4; GRU H=128 0.80 / 0.59, H=192
 # 0.80 / 0.89, H=256 1.04 / 1.47: one thread up to ~13M multiply-adds (LSTM H=128),
 # two from ~22M (GRU H=192).  IDLE_SINGLE_S negative: never (test / tuning hook).
+# On Zen 4 (``_kernels._zen4``) waking the worker costs less: after 150 ms, first call,
+# one process per setting, 2 threads / 1 thread: LSTM H=64 (3.3M) 0.35-0.42 / 0.32 ms,
+# GRU H=96 (5.5M) 0.36-0.38 / 0.38, LSTM H=96 (7.4M) 0.41-0.43 / 0.46-0.47, GRU H=128
+# (9.8M) 0.43-0.45 / 0.52-0.54, LSTM H=128 (13M) 0.52-0.65 / 0.65-0.70, SimpleRNN
+# H=256 (13M) 0.52-0.62 / 0.63-0.67, LSTM H=192 (29M) 0.77-0.87 / 1.17: one thread only
+# below 4M there (idle_single_macs).  IDLE_SINGLE_MACS None: by the CPU.
 IDLE_SINGLE_S = 0.010
-IDLE_SINGLE_MACS = 1 << 24
+IDLE_SINGLE_MACS = None
 _last_end = [0.0]
 _scope = threading.local()
+
+
+def idle_single_macs():
+    """The multiply-adds below which a batch of one after a pause runs on one thread
+    (:data:`IDLE_SINGLE_MACS`, or by the CPU where that is None)."""
+    if IDLE_SINGLE_MACS is not None:
+        return IDLE_SINGLE_MACS
+    from . import _kernels
+    return 1 << 22 if _kernels._zen4() else 1 << 24
 
 
 def scope_enter() -> bool:

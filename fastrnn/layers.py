@@ -940,7 +940,7 @@ class RNNBase:
         macs = self._macs(T)
         if nt > 1 and B * macs <= _SMALL_CALL_MACS:
             nt = 1          # (_SMALL_CALL_MACS)
-        if idle and nt > 1 and B == 1 and macs < _threads.IDLE_SINGLE_MACS \
+        if idle and nt > 1 and B == 1 and macs < _threads.idle_single_macs() \
                 and _kernels.choose_path(cell, 1, H, P, int(self.reset_after), nt, 1,
                                          self.input_size, dt.itemsize) == "small":
             # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a

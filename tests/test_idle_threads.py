@@ -163,3 +163,20 @@ def test_small_call_runs_on_one_thread(monkeypatch):
     y2 = layer(x)[0]
     assert seen[-2:] == [2, 2]
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+
+
+def test_idle_threshold_by_cpu(monkeypatch):
+    """IDLE_SINGLE_MACS None: 2^24 multiply-adds, 2^22 on Zen 4 (AMD family 0x19 with
+    1 MiB of L2), whose worker wakes sooner; a number set wins."""
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", None)
+    monkeypatch.setattr(_kernels, "_L2_BYTES", 1 << 20)
+    old = _kernels._set_amd_f19(1)
+    try:
+        assert _threads.idle_single_macs() == 1 << 22
+        _kernels._set_amd_f19(0)
+        assert _threads.idle_single_macs() == 1 << 24
+    finally:
+        _kernels._set_amd_f19(-1)
+    assert _kernels.amd_f19() == old
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", 12345)
+    assert _threads.idle_single_macs() == 12345
