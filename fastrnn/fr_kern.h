@@ -142,9 +142,11 @@ static int fr_step_overlap = -1;
  * slices at B > 1 (GRU H=128 B=2-3, LSTM H=64 B=2) 1.01-1.04; SimpleRNN's step is too
  * short for its own half to cover the wait (B=1 H=128-512 0.87-1.03, B=4 H=256 1.12).
  * AMD family 0x19 (fr_amd_f19): never.  Measured on a Zen 4 EPYC (1 MiB L2, 2 threads,
- * T=100, barrier / overlapped): B=1 LSTM H=128-256 0.88-0.99, GRU H=128-320 0.87-1.00,
- * B=2-4 LSTM H=192-256 0.86-0.96, GRU H=256 0.92; beyond half of L2 overlapping
- * measured 1.06-1.13 as on the Xeon. */
+ * T=100, in-process alternating, barrier / overlapped): B=1 LSTM H=128-256 0.88-0.99,
+ * GRU H=128-320 0.87-1.00, B=2-4 LSTM H=192-256 0.86-0.96, GRU H=256 0.92; beyond half
+ * of L2 overlapping measured 1.06-1.13 as on the Xeon.  Against the build before (this
+ * and the prefetch change, bench/ab_builds.py, separate processes): LSTM B=1 H=256
+ * 0.93, B=4 0.97, GRU B=1 0.98; streaming steps unchanged (1.00-1.02). */
 static int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
                            int elsize) {
     const long l2 = fr_l2_bytes() > 0 ? fr_l2_bytes() : 1L << 20;
@@ -153,7 +155,8 @@ static int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int 
     return cell != 0 && 2 * slice <= l2 && (B == 1 || 8 * slice >= l2);
 }
 
-/* batch rows from which the packed kernel splits rows instead of units between threads */
+/* batch rows from which the packed kernel splits rows instead of units between threads
+ * (_kernels sets 8 at import on Zen 4: _kernels._zen4) */
 static int fr_rowsplit_min = 16;
 
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
