@@ -1658,3 +1658,61 @@ def test_no_halves_below_the_parallel_work(cell):
         _kernels._set_min_parallel_work(old_work)
         _kernels._set_step_overlap(old_mode)
         _kernels._set_path(0)
+
+
+def test_wide_fills_lanes_rule():
+    """A ragged batch stays on the batch-lane kernel only where its panels, summed over
+    the steps, carry at most 1/8 padding (the dense rule's bound)."""
+    L = _kernels.unit_block(np.float32)
+    dense = np.full(50, 4 * L)
+    assert _kernels.wide_fills_lanes(dense)
+    assert _kernels.wide_fills_lanes(np.full(50, 4 * L - 1))      # 1/64 padding
+    assert not _kernels.wide_fills_lanes(np.full(50, 4 * L - L // 2 - 1))
+    # lengths mostly 10-20 and one of 200 (bench_varlen's skewed batch)
+    lens = np.r_[200, np.full(63, 15)]
+    skew = np.array([(lens > s).sum() for s in range(200)])
+    assert not _kernels.wide_fills_lanes(skew)
+    # lengths spread evenly over T/2..T, sorted: each panel's rows end close together
+    spread = np.sort(np.linspace(50, 100, 64).astype(int))[::-1]
+    assert _kernels.wide_fills_lanes(np.array([(spread > s).sum() for s in range(100)]))
+    # float64: panels of half as many rows (7 full ones here)
+    half = np.full(50, 4 * L - L // 2)
+    assert not _kernels.wide_fills_lanes(half) and _kernels.wide_fills_lanes(half, 8)
+    assert _kernels.wide_fills_lanes(np.zeros(0, np.intp))
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_skewed_ragged_batch_any_path(cell, dtype):
+    """A skewed ragged batch (one long sequence among short ones) gives the reference's
+    numbers on the automatic choice (the packed kernel where the lanes would be mostly
+    empty) and on the batch-lane kernel forced."""
+    rng = np.random.default_rng(61)
+    W = _kernels.unit_block(dtype)
+    B, T = 4 * W, 40
+    layer = CELLS[cell](9, 70, dtype=dtype, seed=3, num_threads=2)
+    x = rng.standard_normal((T, B, 9)).astype(dtype)
+    lengths = np.r_[T, rng.integers(1, 6, B - 1)]
+    _check(layer, x, lengths=lengths)
+    old = _kernels._set_path(3)
+    try:
+        _check(layer, x, lengths=lengths)
+    finally:
+        _kernels._set_path(old)
+
+
+def test_skewed_ragged_batch_leaves_the_batch_lane_kernel():
+    """Where the size rules choose the batch-lane kernel (SimpleRNN, 64 rows, H=256), a
+    dense batch and an evenly ragged one run on it, a skewed one (one long sequence) on
+    the packed kernel; the same numbers as the reference each time."""
+    rng = np.random.default_rng(67)
+    B, T, H = 64, 30, 256
+    layer = fastrnn.SimpleRNN(H, H, seed=4, num_threads=2)
+    assert _kernels.choose_path(0, B, H, 0, 1, 2) == "wide"
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    cases = ((None, True), (np.sort(rng.integers(T // 2, T + 1, B))[::-1], True),
+             (np.r_[T, rng.integers(1, 4, B - 1)], False))
+    for lengths, wide in cases:
+        n0 = _kernels._wide_run_count()
+        _check(layer, x, lengths=lengths)
+        assert (_kernels._wide_run_count() > n0) == wide, lengths
