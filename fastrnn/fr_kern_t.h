@@ -605,9 +605,9 @@ FR_INLINE void F(step_impl)(const fr_cell* cl, const FR_SEQ* q, int s, int s0, i
                 if (q->mask && !pj) memcpy(q->lastout + (size_t)b * H + u0, hv, sizeof(T) * nu);
             }
         }
-        /* finished sequences keep their state (with a projection: rproj) */
-        for (r = n > rlo ? n : rlo; r < rhi && !pj; r++)
-            memcpy(hn + (size_t)r * H + u0, hc + (size_t)r * H + u0, sizeof(T) * nu);
+        /* finished sequences keep their state: with a projection rproj carries it step
+         * by step; without, their rows are left alone in both buffers and the layer's
+         * end takes each from the buffer of its own last step (F(final_h)) */
     }
     if (dg.n) F(dgate_flush)(&dg, lstm);
 }
@@ -744,6 +744,28 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
     }
 }
 
+/* The final state: h after the last step, but a row that finished earlier (rows sorted
+ * longest first: step s runs rows [0, nsteps[s])) keeps the h of its own last step: a
+ * row that ran L steps ends in buffer L & 1 (step s writes buffer (s + 1) & 1), which
+ * no later step touches (without a projection the steps do not carry finished rows:
+ * copying them every step cost a skewed batch, B=64 with one long sequence, ~2.5x the
+ * time of its real steps); a row of length 0 keeps the initial h in buffer 0. */
+static void F(final_h)(const fr_cell* cl, const FR_SEQ* q) {
+    const int B = q->B, K = cl->K, last = (int)(q->nT & 1);
+    const T* buf[2] = {q->hbuf, q->hbuf + (size_t)B * K};
+    int s, r, lo, hi;
+    memcpy(q->h, buf[last], sizeof(T) * B * K);
+    if (cl->P) return;
+    for (s = -1; s < q->nT - 1; s++) {
+        /* rows that ran s + 1 steps: [nsteps[s + 1], nsteps[s]) (s = -1: up to B) */
+        hi = s < 0 ? B : (int)q->nsteps[s];
+        lo = (int)q->nsteps[s + 1];
+        if (((s + 1) & 1) == last || lo >= hi) continue;
+        for (r = lo; r < hi; r++)
+            memcpy(q->h + (size_t)r * K, buf[(s + 1) & 1] + (size_t)r * K, sizeof(T) * K);
+    }
+}
+
 /* pair: one direction of the pair (fr_small_pair), on one thread */
 static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) {
     const int B = q->B, H = cl->H, K = cl->K, nb = cl->nb;
@@ -822,7 +844,7 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
     } else
 #endif
         F(run_range)(cl, q, 0, nb, 0, nbp, 0, B, NULL, 0, NULL, hm);
-    memcpy(q->h, q->hbuf + (size_t)(q->nT & 1) * B * K, sizeof(T) * B * K);
+    F(final_h)(cl, q);
 }
 static void F(fr_small_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
     F(small_layer_impl)(cl, q, nt, 0);

@@ -1019,7 +1019,13 @@ class RNNBase:
         perm = None
         if lengths is not None:
             perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
-            xin = x[:Teff][:, perm][valid]                              # (N, I) packed
+            # the packed rows' places in the padded (T*B) rows: step-major, longest
+            # first within a step (gathering them, not x[:Teff][:, perm][valid], whose
+            # fancy index copies every padded row first: a B=64 T=200 H=256 batch with
+            # one long sequence spent ~3.7 ms of 6.3 in such copies)
+            ts, bs = np.nonzero(valid)
+            rows = ts * B + perm[bs]
+            xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
         else:
             Teff = T
             slens = _NO_LENGTHS
@@ -1038,7 +1044,7 @@ class RNNBase:
         if mask is not None:
             m = self._time_major_mask(mask, T, B, unbatched)
             if perm is not None:
-                pmask = np.ascontiguousarray(m[:Teff][:, perm][valid], dtype=np.uint8)
+                pmask = np.ascontiguousarray(m.reshape(T * B)[rows], dtype=np.uint8)
             else:
                 pmask = np.ascontiguousarray(m, dtype=np.uint8).reshape(-1)
             has_mask = 1
@@ -1122,10 +1128,8 @@ class RNNBase:
                 if c_state is not None:
                     c_state = c_state[:, 0]
         elif perm is not None:
-            tmp = np.zeros((Teff, B, D * Hout), dt)
-            tmp[valid] = out
             output = np.zeros((T, B, D * Hout), dt)
-            output[:Teff, perm] = tmp
+            output.reshape(T * B, D * Hout)[rows] = out
             carry_fill(output, lengths, carry_cols, Hout)
             inv = np.empty_like(perm)
             inv[perm] = np.arange(B)
