@@ -748,8 +748,9 @@ static void F(run_range)(const fr_cell* cl, const FR_SEQ* q, int ub0, int ub1, i
  * longest first: step s runs rows [0, nsteps[s])) keeps the h of its own last step: a
  * row that ran L steps ends in buffer L & 1 (step s writes buffer (s + 1) & 1), which
  * no later step touches (without a projection the steps do not carry finished rows:
- * copying them every step cost a skewed batch, B=64 with one long sequence, ~2.5x the
- * time of its real steps); a row of length 0 keeps the initial h in buffer 0. */
+ * a skewed batch, B=64 GRU H=256 with one sequence of 200 steps and 63 of none, copied
+ * 63 rows every step, 6.5 -> 6.1 ms of its call); a row of length 0 keeps the initial
+ * h in buffer 0. */
 static void F(final_h)(const fr_cell* cl, const FR_SEQ* q) {
     const int B = q->B, K = cl->K, last = (int)(q->nT & 1);
     const T* buf[2] = {q->hbuf, q->hbuf + (size_t)B * K};
