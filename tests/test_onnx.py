@@ -481,3 +481,61 @@ def test_initializers_listed_as_inputs():
     for k in ref2:
         np.testing.assert_allclose(got2[k], ref2[k], rtol=TOL, atol=TOL)
     assert not np.allclose(got2[m.output_names[0]], got[m.output_names[0]])
+
+
+# ----------------------------------------------------- values from the inputs' shapes
+def test_shape_only_values_computed_once_per_shape(monkeypatch):
+    """PyTorch's exports build their zero initial states from the input's shape (Shape,
+    Gather, Unsqueeze, Concat, ConstantOfShape or Expand): those nodes run once per
+    feeds' shapes, and the
+    answers stay those of ONNX Runtime as the batch size changes back and forth."""
+    from fastrnn.io import onnx as fonnx
+    calls = []
+    real = fonnx._SIMPLE_OPS["Shape"]
+    monkeypatch.setitem(fonnx._SIMPLE_OPS, "Shape", lambda *a: calls.append(1) or real(*a))
+    with open(os.path.join(FIX, "lstm_bi_2l_op11.onnx"), "rb") as f:
+        data = f.read()
+    m = load_onnx(data)
+    ops = {s[1][1] for s in m._steps if s[0] == "op" and set(s[3]) & m._shaped}
+    assert {"Shape", "ConstantOfShape", "Slice"} <= ops and "Transpose" not in ops  # (reads Y)
+    rng = np.random.default_rng(3)
+    seen = []
+    for B in (2, 5, 2, 5, 1):
+        x = rng.standard_normal((4, B, 5)).astype(np.float32)
+        ref = _ort(data, {"input": x} if "input" in m.input_names else {m.input_names[0]: x})
+        got = m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+        seen.append(len(calls))
+    n = seen[0]
+    assert n > 0 and seen == [n, 2 * n, 2 * n, 2 * n, 3 * n]
+    assert len(m._shape_vals) == 3
+
+
+def test_shape_of_a_value_sized_by_values_is_not_kept():
+    """Shape of a value whose shape depends on the input's values (Range up to the
+    input's maximum) is computed every call; a graph output that depends on shapes only
+    comes back writeable and changing it changes nothing kept."""
+    nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+             helper.make_node("Cast", ["mx"], ["lim"], to=TensorProto.INT64),
+             helper.make_node("Range", ["zero", "lim", "one"], ["r"]),
+             helper.make_node("Shape", ["r"], ["n"]),
+             helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Mul", ["xs", "two"], ["xs2"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k)
+             for k, v in (("zero", 0), ("one", 1), ("two", 2))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N"])], [onnx.ValueInfoProto(name="n"),
+                                          onnx.ValueInfoProto(name="xs2")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = load_onnx(model)
+    assert m._shaped == {"xs", "xs2"}
+    for top in (3.0, 7.0, 2.0):
+        x = np.array([1.0, top, 0.5], np.float32)
+        ref = _ort(model.SerializeToString(), {"x": x})
+        got = m.run({"x": x})
+        np.testing.assert_array_equal(got["n"], ref["n"])
+        np.testing.assert_array_equal(got["xs2"], ref["xs2"])
+        assert got["xs2"].flags.writeable
+        got["xs2"][0] = 99
+    assert m.run({"x": x})["xs2"].tolist() == [6]
