@@ -989,21 +989,147 @@ class RNNBase:
                  num_threads: int | None = None, return_sequences: bool = True):
         idle = _threads.scope_enter()
         try:
+            if (lengths is None and mask is None and num_threads is None
+                    and type(x) is np.ndarray and masked_output == "carry"):
+                res = self._dense_call(x, hx, return_sequences, idle)
+                if res is not None:
+                    return res
             return self._call(x, hx, lengths, mask, masked_output, num_threads,
                               return_sequences, idle)
         finally:
             _threads.scope_leave()
 
+    def _dense_call(self, x, hx, return_sequences, idle):
+        """The common call, lean: a batched (3-D) array of the layer's dtype and input
+        size, without lengths, mask or a per-call thread count; None where x is not such
+        an array (then :meth:`_call` runs, and raises where it must).  The same plan,
+        kernels and arithmetic as _call, without its checks and branches for the rest
+        (a tiny layer's call ~8 -> ~4 us)."""
+        if x.ndim != 3 or x.dtype != self.dtype or x.shape[2] != self.input_size:
+            return None
+        if self.batch_first:
+            B, T = x.shape[0], x.shape[1]
+            x = x.transpose(1, 0, 2)
+        else:
+            T, B = x.shape[0], x.shape[1]
+        if not T or not B:
+            return None
+        if not _threads._blas_hooked:
+            _threads.hook_blas()
+        if hx is None:
+            LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
+            h_state = np.zeros((LD, B, self.proj_size or self.hidden_size), dt)
+            c_state = (np.zeros((LD, B, self.hidden_size), dt) if self._cell == "LSTM"
+                       else None)
+        else:
+            h_state, c_state = self._given_state(hx, B, False)
+        xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
+            np.ascontiguousarray(x).reshape(T * B, self.input_size)
+        offsets, nsteps = _dense_index(T, B)
+        nt, specs = self._plan(T, T, B, _threads.resolve(None, self.num_threads), idle,
+                               False, 0)
+        out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS, _NO_MASK, 0,
+                              h_state, c_state, 0, B, T, return_sequences)
+        return self._finish(out.reshape(T, B, -1) if return_sequences else None,
+                            h_state, c_state, B, False)
+
+    def _given_state(self, hx, B, unbatched):
+        """Copies of the user's initial states (h0, c0-or-None), validated, (L*D, B, .)."""
+        h0, c0 = self._split_hx(hx)
+        h0 = self._check_state("h0", h0, B, self.proj_size or self.hidden_size, unbatched)
+        h_state = np.array(h0, dtype=self.dtype, order="C", copy=True)
+        if self._cell != "LSTM":
+            return h_state, None
+        c0 = self._check_state("c0", c0, B, self.hidden_size, unbatched)
+        return h_state, np.array(c0, dtype=self.dtype, order="C", copy=True)
+
+    def _run_stack(self, nt, specs, xin, offsets, nsteps, slens, pmask, has_mask, h_state,
+                   c_state, zero, B, Teff, return_sequences):
+        """Run the layers of a plan (:meth:`_plan`) over the packed rows ``xin`` (N, I);
+        h_state / c_state hold the initial states (sorted like the rows) and receive the
+        final ones; returns the last layer's outputs (N, D*Hout), or (1, D*Hout) unused
+        without return_sequences."""
+        _kernels = _kernels_module()
+        H, L, D = self.hidden_size, self.num_layers, 2 if self.bidirectional else 1
+        Hout, dt = self.proj_size or H, self.dtype
+        N = xin.shape[0]
+        cell = _CELL_CODE[self._cell]
+        ragged = int(slens is not _NO_LENGTHS)
+        ra, ifg, clip, peep = (int(self.reset_after), int(self.input_forget),
+                               self.clip or 0.0, int(self.peepholes))
+        dummy_c = _NO_C[dt]
+        out = xin
+        lens = ridx = None
+        for layer in range(L):
+            kind, chunk, dirs = specs[layer]
+            inp = out
+            last_only = layer == L - 1 and not return_sequences
+            if kind == _ROUTED and lens is None:  # sorted lengths, the reverse rows: once a call
+                lens = slens if ragged else np.full(B, Teff, np.intp)
+                ridx = (reverse_rows(offsets, nsteps, lens)
+                        if D == 2 or self.go_backwards else None)
+            out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
+            if kind == _PAIR:
+                # both directions at the same time, one thread each (no barriers)
+                args = []
+                for d in range(2):
+                    k = layer * D + d
+                    bias, bhn, peepw, wxp, whp, wrp, acts = dirs[d]
+                    args += [bias, bhn, peepw, wxp, whp, wrp, h_state[k],
+                             c_state[k] if c_state is not None else dummy_c, acts,
+                             int((d == 1) != self.go_backwards), d * Hout]
+                _kernels.run_pair(
+                    cell, inp, offsets, nsteps, slens, pmask, out, ragged, H, ra, ifg,
+                    clip, peep, has_mask, zero, chunk, int(not last_only), self.proj_size,
+                    *args)
+                continue
+            for d in range(D):
+                k = layer * D + d
+                reverse = (d == 1) != self.go_backwards
+                if kind == _ROUTED:
+                    self._fused_lstm_dir(layer, d, inp, dirs[d], offsets, nsteps, lens,
+                                         h_state[k], c_state[k], out, last_only, nt,
+                                         ridx if reverse else None)
+                    continue
+                pw, acts, wdp = dirs[d]
+                _kernels.run_layer(
+                    cell, inp, pw, offsets, nsteps, slens, pmask,
+                    h_state[k], c_state[k] if c_state is not None else dummy_c,
+                    out, d * Hout, int(reverse), ragged, H, self.proj_size, ra, ifg,
+                    acts, clip, peep, has_mask, zero, nt, chunk, int(not last_only), wdp)
+        return out
+
+    def _finish(self, output, h_state, c_state, B, unbatched):
+        """A call's result from the outputs (T, B, D*Hout) time-major, or None without
+        return_sequences (then the last layer's final states), and the final states."""
+        if output is None:
+            # last layer's final state per direction, concatenated: (B, D*Hout)
+            D = 2 if self.bidirectional else 1
+            output = np.ascontiguousarray(
+                h_state[(self.num_layers - 1) * D:].transpose(1, 0, 2).reshape(B, -1))
+            if unbatched:
+                output = output[0]
+        elif unbatched:
+            output = output[:, 0]
+        elif self.batch_first:
+            output = np.ascontiguousarray(output.transpose(1, 0, 2))
+        if unbatched:
+            h_state = h_state[:, 0]
+            if c_state is not None:
+                c_state = c_state[:, 0]
+        h_state = np.ascontiguousarray(h_state)
+        if self._cell == "LSTM":
+            return output, (h_state, np.ascontiguousarray(c_state))
+        return output, h_state
+
     def _call(self, x, hx, lengths, mask, masked_output, num_threads, return_sequences,
               idle):
-        _kernels = _kernels_module()
         if not _threads._blas_hooked:
             _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
         x, unbatched, h0, c0 = self._prepare(x, hx)
         T, B = x.shape[0], x.shape[1]
-        H, L = self.hidden_size, self.num_layers
-        Hout, D = self.proj_size or H, 2 if self.bidirectional else 1   # (no property calls)
+        Hout, D = self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
         dt = self.dtype
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
@@ -1026,18 +1152,16 @@ class RNNBase:
             ts, bs = np.nonzero(valid)
             rows = ts * B + perm[bs]
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
+            offsets = np.zeros(Teff, np.intp)
+            if Teff > 1:
+                np.cumsum(nsteps[:-1], out=offsets[1:])
         else:
             Teff = T
             slens = _NO_LENGTHS
-            valid = None
             offsets, nsteps = _dense_index(T, B)
             xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
             if xin is None:
                 xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
-        if perm is not None:
-            offsets = np.zeros(Teff, np.intp)
-            if Teff > 1:
-                np.cumsum(nsteps[:-1], out=offsets[1:])
         xin = np.ascontiguousarray(xin, dtype=dt)
         N = xin.shape[0]
 
@@ -1061,97 +1185,30 @@ class RNNBase:
         else:
             h_state = np.array(h0, dtype=dt, order="C", copy=True)
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
-        dummy_c = _NO_C[dt]
 
-        out = xin
         if N > 0:
             nt, specs = self._plan(T, Teff, B, nt, idle, perm is not None, has_mask)
-            cell = _CELL_CODE[self._cell]
-            ragged, zero = int(perm is not None), int(masked_output == "zero")
-            ra, ifg, clip, peep = (int(self.reset_after), int(self.input_forget),
-                                   self.clip or 0.0, int(self.peepholes))
-            lens = ridx = None
-            for layer in range(L):
-                kind, chunk, dirs = specs[layer]
-                inp = out
-                last_only = layer == L - 1 and not return_sequences
-                if kind == _ROUTED and lens is None:  # sorted lengths, the reverse rows: once a call
-                    lens = slens if perm is not None else np.full(B, Teff, np.intp)
-                    ridx = (reverse_rows(offsets, nsteps, lens)
-                            if D == 2 or self.go_backwards else None)
-                out = np.empty((1, D * Hout) if last_only else (N, D * Hout), dt)
-                if kind == _PAIR:
-                    # both directions at the same time, one thread each (no barriers)
-                    args = []
-                    for d in range(2):
-                        k = layer * D + d
-                        bias, bhn, peepw, wxp, whp, wrp, acts = dirs[d]
-                        args += [bias, bhn, peepw, wxp, whp, wrp, h_state[k],
-                                 c_state[k] if c_state is not None else dummy_c, acts,
-                                 int((d == 1) != self.go_backwards), d * Hout]
-                    _kernels.run_pair(
-                        cell, inp, offsets, nsteps, slens, pmask, out, ragged, H, ra, ifg,
-                        clip, peep, has_mask, zero, chunk, int(not last_only), self.proj_size,
-                        *args)
-                    continue
-                for d in range(D):
-                    k = layer * D + d
-                    reverse = (d == 1) != self.go_backwards
-                    if kind == _ROUTED:
-                        self._fused_lstm_dir(layer, d, inp, dirs[d], offsets, nsteps, lens,
-                                             h_state[k], c_state[k], out, last_only, nt,
-                                             ridx if reverse else None)
-                        continue
-                    pw, acts, wdp = dirs[d]
-                    _kernels.run_layer(
-                        cell, inp, pw, offsets, nsteps, slens, pmask,
-                        h_state[k], c_state[k] if c_state is not None else dummy_c,
-                        out, d * Hout, int(reverse), ragged, H, self.proj_size, ra, ifg,
-                        acts, clip, peep, has_mask, zero, nt, chunk, int(not last_only), wdp)
+            out = self._run_stack(nt, specs, xin, offsets, nsteps, slens, pmask, has_mask,
+                                  h_state, c_state, int(masked_output == "zero"), B, Teff,
+                                  return_sequences)
         else:
             out = np.zeros((0, D * Hout), dt)
 
         # ---- unpack
-        if not return_sequences:
-            if perm is not None:
-                inv = np.empty_like(perm)
-                inv[perm] = np.arange(B)
-                h_state = h_state[:, inv]
-                if c_state is not None:
-                    c_state = c_state[:, inv]
-            # last layer's final state per direction, concatenated: (B, D*Hout)
-            output = np.ascontiguousarray(
-                h_state[(L - 1) * D:].transpose(1, 0, 2).reshape(B, D * Hout))
-            if unbatched:
-                output = output[0]
-                h_state = h_state[:, 0]
-                if c_state is not None:
-                    c_state = c_state[:, 0]
-        elif perm is not None:
-            output = np.zeros((T, B, D * Hout), dt)
-            output.reshape(T * B, D * Hout)[rows] = out
-            carry_fill(output, lengths, carry_cols, Hout)
+        if perm is not None:
+            if return_sequences:
+                output = np.zeros((T, B, D * Hout), dt)
+                output.reshape(T * B, D * Hout)[rows] = out
+                carry_fill(output, lengths, carry_cols, Hout)
             inv = np.empty_like(perm)
             inv[perm] = np.arange(B)
             h_state = h_state[:, inv]
             if c_state is not None:
                 c_state = c_state[:, inv]
-        else:
+        elif return_sequences:
             output = out.reshape(T, B, D * Hout)
-        if not return_sequences:
-            pass                    # (B, D*Hout), or unbatched (D*Hout,): done above
-        elif unbatched:
-            output = output[:, 0]
-            h_state = h_state[:, 0]
-            if c_state is not None:
-                c_state = c_state[:, 0]
-        elif self.batch_first:
-            output = np.ascontiguousarray(output.transpose(1, 0, 2))
-        h_state = np.ascontiguousarray(h_state)
-        if self._cell == "LSTM":
-            return output, (h_state, np.ascontiguousarray(c_state))
-        return output, h_state
-
+        return self._finish(output if return_sequences else None, h_state, c_state, B,
+                            unbatched)
 
     # ------------------------------------------------------------------ training
     # (backward pass: methods added here delegate to fastrnn.train / fastrnn._backward)

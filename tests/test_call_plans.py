@@ -139,3 +139,70 @@ def test_pickled_layer_leaves_its_plans():
     copy = pickle.loads(pickle.dumps(layer))
     assert "_plans" not in vars(copy)
     np.testing.assert_array_equal(copy(x)[0], want)
+
+
+@pytest.mark.parametrize("make,B,bf", [
+    (lambda: fastrnn.LSTM(6, 7, num_layers=2, bidirectional=True, seed=1), 3, False),
+    (lambda: fastrnn.GRU(6, 7, batch_first=True, seed=2), 1, True),
+    (lambda: fastrnn.GRU(6, 9, num_layers=2, batch_first=True, reset_after=False, seed=3), 5, True),
+    (lambda: fastrnn.SimpleRNN(6, 7, bidirectional=True, batch_first=True, seed=4), 2, True),
+    (lambda: fastrnn.LSTM(6, 8, proj_size=3, seed=5), 4, False),
+    (lambda: fastrnn.LSTM(6, 7, seed=6, dtype="float64"), 20, False),
+])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_dense_call_is_the_general_call(make, B, bf, with_state, return_sequences):
+    """A plain call (``_dense_call``) gives exactly what the general path (``_call``)
+    gives for the same arguments: batch-first and time-major inputs, given or zero
+    states, all outputs or the last, projections, float64; and it leaves the arrays it
+    was given alone."""
+    layer = make()
+    rng = np.random.default_rng(B)
+    T = 5
+    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
+    Hout = layer.proj_size or layer.hidden_size
+    LD = layer.num_layers * layer.num_directions
+    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
+    hx = None
+    if with_state:
+        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
+            if isinstance(layer, fastrnn.LSTM) else h
+    keep = [np.copy(a) for a in (x, h)]
+    got = layer(x, hx, return_sequences=return_sequences)
+    ref = layer._call(x, hx, None, None, "carry", None, return_sequences, False)
+    flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])
+    for a, b in zip(flat(got), flat(ref)):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(x, keep[0])
+    np.testing.assert_array_equal(h, keep[1])
+    if bf and return_sequences:
+        assert got[0].shape[:2] == (B, T)
+
+
+def test_dense_call_only_for_plain_calls(monkeypatch):
+    """Calls with lengths, a mask, a thread count, masked_output="zero", an unbatched or
+    non-contiguous input of another dtype go the general way (and still answer)."""
+    layer = fastrnn.GRU(4, 5, seed=0)
+    seen = []
+    real = layer._dense_call
+
+    def spy(*a):
+        r = real(*a)
+        seen.append(r is not None)
+        return r
+    monkeypatch.setattr(layer, "_dense_call", spy)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    ref = layer(x)[0]
+    assert seen == [True]
+    seen.clear()
+    for kw in (dict(lengths=[3, 3]), dict(mask=np.ones((3, 2), bool)), dict(num_threads=1),
+               dict(masked_output="zero")):
+        np.testing.assert_array_equal(layer(x, **kw)[0], ref)
+    assert seen == []
+    # unbatched, another dtype, a list, no steps: declined (None), run by _call
+    np.testing.assert_array_equal(layer(x[:, 0])[0], ref[:, 0])
+    np.testing.assert_array_equal(layer(x.astype(np.float64))[0], ref)
+    np.testing.assert_array_equal(layer(x.tolist())[0], ref)
+    assert layer(x[:0])[0].shape == (0, 2, 5)
+    assert seen == [False, False, False]
