@@ -1636,6 +1636,122 @@ def wide_fills_lanes(nsteps, int itemsize=4):
     return _lanes_filled(&n[0], n.shape[0], fr_unit(itemsize))
 
 
+# one direction of one layer, set up (_dir_setup) for its kernel (_dir_exec)
+cdef enum:
+    _DIR_NONE = 0       # nothing to run (no steps or no rows)
+    _DIR_SMALL = 1      # the packed small-batch kernel
+    _DIR_WIDE = 2       # the batch-lane kernel
+    _DIR_BLAS = 3       # BLAS products and the gate pass
+
+
+cdef struct DirRun:
+    Dims d
+    Acts A
+    fr_cell cl
+    int mode            # _DIR_*
+    Py_ssize_t x_ld
+    const void* wxp     # packed input weights (_DIR_SMALL)
+    const void* wx      # (_DIR_BLAS:)
+    const void* wh
+    const void* bias
+    const void* bhn
+    const void* wr
+    const void* peep
+
+
+cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t nT,
+                    const Py_ssize_t* p_nst, Py_ssize_t nh, Py_ssize_t ldout, int out_col,
+                    int reverse, int varlen, int hidden_size, int proj_size,
+                    int reset_after, int input_forget, acts, double clip, int use_peep,
+                    int has_mask, int mask_zero_output, int num_threads, int chunk,
+                    int write_out, const void* wdp, Py_ssize_t wdp_n, bint dbl) except -1:
+    """run_layer's decisions and descriptors for one direction (the kernel, its cell,
+    the weights' addresses), from everything but the call's arrays (p_nst: the step
+    sizes, which a ragged batch's kernel choice reads)."""
+    cdef Dims* d = &e.d
+    cdef int U, isz = 8 if dbl else 4
+    cdef bint small
+    cdef Py_ssize_t nwxp = 0, nwhp = 0, nwrp = 0
+    cdef const void* whp = NULL
+    cdef const void* wrp = NULL
+    if dbl and not pw.is_double:
+        raise TypeError("run_layer: float32 weights for a float64 input")
+    if not dbl and pw.is_double:
+        raise TypeError("run_layer: float64 weights for a float32 input")
+    e.mode = _DIR_NONE
+    e.x_ld = I
+    _fill_dims(d, &e.A, cell, nT, I, hidden_size, proj_size,
+               nh, reverse, varlen, reset_after, input_forget, ldout, out_col,
+               num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
+    if d.T == 0 or d.nrows_max == 0:
+        return 0
+    if dbl:
+        e.wx, e.wh, e.wr = &pw.wx_d[0, 0], &pw.wh_d[0, 0], &pw.wr_d[0, 0]
+        e.bias, e.bhn = &pw.bias_d[0], &pw.bhn_d[0]
+        e.peep = &pw.peep_d[0] if use_peep else NULL
+        if pw.small:
+            nwxp, nwhp = pw.wxp_d.shape[0], pw.whp_d.shape[0]
+            e.wxp = &pw.wxp_d[0] if nwxp else NULL
+            whp = &pw.whp_d[0] if nwhp else NULL
+            if pw.has_wrp:
+                nwrp = pw.wrp_d.shape[0]
+                wrp = &pw.wrp_d[0] if nwrp else NULL
+    else:
+        e.wx, e.wh, e.wr = &pw.wx_f[0, 0], &pw.wh_f[0, 0], &pw.wr_f[0, 0]
+        e.bias, e.bhn = &pw.bias_f[0], &pw.bhn_f[0]
+        e.peep = &pw.peep_f[0] if use_peep else NULL
+        if pw.small:
+            nwxp, nwhp = pw.wxp_f.shape[0], pw.whp_f.shape[0]
+            e.wxp = &pw.wxp_f[0] if nwxp else NULL
+            whp = &pw.whp_f[0] if nwhp else NULL
+            if pw.has_wrp:
+                nwrp = pw.wrp_f.shape[0]
+                wrp = &pw.wrp_f[0] if nwrp else NULL
+    U = fr_unit(isz)
+    path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
+                       d.num_threads, e.A.is_default, d.I, isz)
+    if path == "wide" and varlen and _force_path != 3 and not _lanes_filled(p_nst, d.T, U):
+        path = "small"          # a skewed ragged batch: mostly empty lanes
+    if path == "wide" and wdp != NULL and wdp_n > 0:
+        _check_wide(wdp_n, cell, d.I, d.H, reset_after)
+        _fill_cell(&e.cl, cell, d.G, d.H, d.H, fr_wide_rows(), &e.A, use_peep, input_forget,
+                   reset_after, wdp, e.bias, e.bhn, e.peep)
+        e.mode = _DIR_WIDE
+        return 0
+    small = (pw.small and nwxp > 0 and path != "blas"
+             and (d.P == 0 or (pw.has_wrp and nwrp > 0)))
+    if small:
+        _check_packed(nwxp, d.H, d.I, d.G, U)
+        _check_packed(nwhp, d.H, d.P if d.P > 0 else d.H, d.G, U)
+        if d.P > 0:
+            _check_packed(nwrp, d.P, d.H, 1, U)
+    _fill_cell(&e.cl, cell, d.G, d.H, d.P if d.P > 0 else d.H, U, &e.A, use_peep,
+               input_forget, reset_after, whp if small else NULL, e.bias, e.bhn, e.peep)
+    if small and d.P > 0:
+        e.cl.P = d.P
+        e.cl.wrp = wrp
+    e.mode = _DIR_SMALL if small else _DIR_BLAS
+    return 0
+
+
+cdef int _dir_exec(const DirRun* e, const floating* x, const Py_ssize_t* off,
+                   const Py_ssize_t* nst, const Py_ssize_t* lens, const unsigned char* msk,
+                   floating* h, floating* c, floating* out) noexcept nogil:
+    """Run a direction set up by _dir_setup on the call's arrays (0, or -1: no memory)."""
+    cdef Dims d = e.d       # (the kernels take a Dims of their own)
+    if e.mode == _DIR_WIDE:
+        return _run_wide(&d, &e.cl, x, e.x_ld, off, nst, lens, msk, h, c, out)
+    if e.mode == _DIR_SMALL:
+        return _run_small(&d, &e.cl, x, e.x_ld, <const floating*>e.wxp, off, nst, lens,
+                          msk, h, c, out)
+    if e.mode == _DIR_BLAS:
+        return _run_layer(&d, x, <int>e.x_ld, <const floating*>e.wx, <const floating*>e.wh,
+                          <const floating*>e.bias, <const floating*>e.bhn,
+                          <const floating*>e.wr, <const floating*>e.peep, off, nst, lens,
+                          msk, h, c, out, &e.A, &e.cl)
+    return 0
+
+
 def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens, mask,
               h, c, out, int out_col, int reverse, int varlen,
               int hidden_size, int proj_size, int reset_after, int input_forget,
@@ -1651,13 +1767,8 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
     the batch-lane kernel (each chosen by :func:`choose_path`).  The caller validates
     shapes.
     """
-    cdef Dims d
-    cdef Acts A
-    cdef fr_cell cl
-    cdef int rc, U
-    cdef bint small
-    cdef floating[:, ::1] wx, wh, wr
-    cdef floating[::1] bias, bhn, peep, wxp, whp, wrp
+    cdef DirRun e
+    cdef int rc
     cdef void* vp[7]
     cdef Py_ssize_t nT, nst, nh, nout, ldout, n_, m_
     cdef int ft = cnp.NPY_FLOAT64 if floating is double else cnp.NPY_FLOAT32
@@ -1668,72 +1779,173 @@ def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens,
     _arr(h, ft, 2, "h", &vp[4], &nh, &m_)
     _arr(c, ft, 2, "c", &vp[5], &n_, &m_)
     _arr(out, ft, 2, "out", &vp[6], &nout, &ldout)
-    cdef Py_ssize_t* p_off = <Py_ssize_t*>vp[0]
-    cdef Py_ssize_t* p_nst = <Py_ssize_t*>vp[1]
-    cdef Py_ssize_t* p_len = <Py_ssize_t*>vp[2]
-    cdef unsigned char* p_msk = <unsigned char*>vp[3]
-    cdef floating* p_h = <floating*>vp[4]
-    cdef floating* p_c = <floating*>vp[5]
-    cdef floating* p_out = <floating*>vp[6]
     if nst < nT:
         raise ValueError("run_layer: fewer step sizes than step offsets")
-    if floating is double:
-        if not pw.is_double:
-            raise TypeError("run_layer: float32 weights for a float64 input")
-        wx, wh, wr, bias, bhn, peep = pw.wx_d, pw.wh_d, pw.wr_d, pw.bias_d, pw.bhn_d, pw.peep_d
-        if pw.small:
-            wxp, whp, wrp = pw.wxp_d, pw.whp_d, pw.wrp_d
-    else:
-        if pw.is_double:
-            raise TypeError("run_layer: float64 weights for a float32 input")
-        wx, wh, wr, bias, bhn, peep = pw.wx_f, pw.wh_f, pw.wr_f, pw.bias_f, pw.bhn_f, pw.peep_f
-        if pw.small:
-            wxp, whp, wrp = pw.wxp_f, pw.whp_f, pw.wrp_f
-    _fill_dims(&d, &A, cell, nT, x.shape[1], hidden_size, proj_size,
-               nh, reverse, varlen, reset_after, input_forget, ldout, out_col,
-               num_threads, has_mask, mask_zero_output, chunk, write_out, acts, clip)
-    if d.T == 0 or d.nrows_max == 0:
+    _dir_setup(&e, cell, x.shape[1], pw, nT, <Py_ssize_t*>vp[1], nh, ldout, out_col,
+               reverse, varlen, hidden_size, proj_size, reset_after, input_forget, acts,
+               clip, use_peep, has_mask, mask_zero_output, num_threads, chunk, write_out,
+               &wdp[0] if wdp is not None and wdp.shape[0] > 0 else NULL,
+               wdp.shape[0] if wdp is not None else 0, floating is double)
+    if e.mode == _DIR_NONE:
         return
-    U = fr_unit(sizeof(floating))
-    path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
-                       d.num_threads, A.is_default, d.I, sizeof(floating))
-    if path == "wide" and varlen and _force_path != 3 and not _lanes_filled(p_nst, d.T, U):
-        path = "small"          # a skewed ragged batch: mostly empty lanes
-    if path == "wide" and wdp is not None and wdp.shape[0] > 0:
+    if e.mode == _DIR_WIDE:
         global _wide_runs
         _wide_runs += 1
-        _check_wide(wdp.shape[0], cell, d.I, d.H, reset_after)
-        _fill_cell(&cl, cell, d.G, d.H, d.H, fr_wide_rows(), &A, use_peep, input_forget,
-                   reset_after, &wdp[0], &bias[0], &bhn[0], &peep[0] if use_peep else NULL)
-        with nogil:
-            rc = _run_wide(&d, &cl, &x[0, 0], x.shape[1], p_off, p_nst, p_len, p_msk, p_h,
-                           p_c, p_out)
-        if rc != 0:
-            raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
-        return
-    small = (pw.small and wxp.shape[0] > 0 and path != "blas"
-             and (d.P == 0 or (pw.has_wrp and wrp.shape[0] > 0)))
-    if small:
-        _check_packed(wxp.shape[0], d.H, d.I, d.G, U)
-        _check_packed(whp.shape[0], d.H, d.P if d.P > 0 else d.H, d.G, U)
-        if d.P > 0:
-            _check_packed(wrp.shape[0], d.P, d.H, 1, U)
-    _fill_cell(&cl, cell, d.G, d.H, d.P if d.P > 0 else d.H, U, &A, use_peep, input_forget,
-               reset_after, &whp[0] if small else NULL, &bias[0], &bhn[0],
-               &peep[0] if use_peep else NULL)
-    if small and d.P > 0:
-        cl.P = d.P
-        cl.wrp = &wrp[0]
     with nogil:
-        if small:
-            rc = _run_small(&d, &cl, &x[0, 0], x.shape[1], &wxp[0], p_off, p_nst, p_len,
-                            p_msk, p_h, p_c, p_out)
-        else:
-            rc = _run_layer(&d, &x[0, 0], x.shape[1], &wx[0, 0], &wh[0, 0], &bias[0], &bhn[0],
-                            &wr[0, 0], &peep[0] if use_peep else NULL, p_off, p_nst, p_len,
-                            p_msk, p_h, p_c, p_out, &A, &cl)
+        rc = _dir_exec(&e, &x[0, 0], <Py_ssize_t*>vp[0], <Py_ssize_t*>vp[1],
+                       <Py_ssize_t*>vp[2], <unsigned char*>vp[3], <floating*>vp[4],
+                       <floating*>vp[5], <floating*>vp[6])
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the forward pass")
+
+
+# a dense call's lengths, mask and non-LSTM cell state as the kernels see them (never
+# read or written there: varlen, has_mask 0, the cell state LSTM's only), as run_layer
+# passes its callers' one-element arrays
+cdef Py_ssize_t _no_lens[1]
+cdef unsigned char _no_mask[1]
+cdef double _no_c[1]
+
+
+cdef class DenseRun:
+    """The kernels of one plain call shape of a stack of layers: every layer on the
+    packed, batch-lane or BLAS kernel, one direction after the other (a plan of
+    layers.py made only of _PACKED layers), on a dense batch of B rows and T steps.
+    :func:`run_layer`'s set-up of each direction is done once here; :meth:`run` takes
+    the call's arrays and runs them (a small layer's call ~1 us less per direction).
+
+    ``layers``: per layer ``(chunk, [(PackedDir, acts, wdp or None) per direction])``;
+    offsets / nsteps: the dense batch's (kept)."""
+    cdef DirRun* runs
+    cdef int L, D, Hout, H, I, is_double, last_only, cell
+    cdef Py_ssize_t B, N
+    cdef object keep
+    cdef const Py_ssize_t* off
+    cdef const Py_ssize_t* nst
+
+    def __cinit__(self):
+        self.runs = NULL
+
+    def __init__(self, int cell, list layers, offsets, nsteps, Py_ssize_t B, int input_size,
+                 int hidden_size, int proj_size, int reset_after, int input_forget,
+                 double clip, int use_peep, int num_threads, int go_backwards,
+                 int directions, dtype, bint return_sequences):
+        cdef void* vp[2]
+        cdef Py_ssize_t nT, nst, n_
+        cdef int l, d, k, I_l
+        cdef const void* wp
+        cdef Py_ssize_t wn
+        cdef float[::1] f1
+        cdef double[::1] d1
+        _arr(offsets, cnp.NPY_INTP, 1, "offsets", &vp[0], &nT, NULL)
+        _arr(nsteps, cnp.NPY_INTP, 1, "nsteps", &vp[1], &nst, NULL)
+        if nst < nT:
+            raise ValueError("DenseRun: fewer step sizes than step offsets")
+        self.off = <const Py_ssize_t*>vp[0]
+        self.nst = <const Py_ssize_t*>vp[1]
+        self.cell = cell
+        self.L = len(layers)
+        self.D = directions
+        self.H = hidden_size
+        self.Hout = proj_size if proj_size > 0 else hidden_size
+        self.I = input_size
+        self.B = B
+        self.N = nT * B
+        self.is_double = np.dtype(dtype) == np.float64
+        self.last_only = not return_sequences
+        self.keep = (layers, offsets, nsteps)
+        self.runs = <DirRun*>malloc(sizeof(DirRun) * self.L * self.D)
+        if self.runs == NULL:
+            raise MemoryError()
+        for l in range(self.L):
+            chunk, dirs = layers[l]
+            I_l = input_size if l == 0 else self.D * self.Hout
+            for d in range(self.D):
+                pw, acts, wdp = dirs[d]
+                wp, wn = NULL, 0
+                if wdp is not None and len(wdp):
+                    if self.is_double:
+                        d1 = wdp
+                        wp = &d1[0]
+                    else:
+                        f1 = wdp
+                        wp = &f1[0]
+                    wn = len(wdp)
+                k = l * self.D + d
+                _dir_setup(&self.runs[k], cell, I_l, pw, nT, self.nst, B,
+                           self.D * self.Hout, d * self.Hout,
+                           int((d == 1) != go_backwards), 0, hidden_size, proj_size,
+                           reset_after, input_forget, acts, clip, use_peep, 0, 0,
+                           num_threads, chunk,
+                           int(not (self.last_only and l == self.L - 1)), wp, wn,
+                           self.is_double)
+
+    def __dealloc__(self):
+        free(self.runs)
+
+    def run(self, x, h, c):
+        """x (T*B, I) time-major rows; h (L*D, B, Hout) and c (L*D, B, H, LSTM; else
+        None) the initial states, replaced by the final ones.  Returns the last layer's
+        outputs (T*B, D*Hout) (without return_sequences a (1, D*Hout) array, unused)."""
+        cdef int ft = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
+        cdef cnp.ndarray xa = _checked(x, ft, False, "DenseRun.run", "x")
+        cdef cnp.ndarray ha = _checked(h, ft, True, "DenseRun.run", "h")
+        cdef cnp.ndarray ca = None
+        cdef cnp.npy_intp dims[2]
+        cdef char* xp
+        cdef char* hp
+        cdef char* cp = NULL
+        cdef char* op
+        cdef int l, d, k, rc = 0
+        cdef Py_ssize_t isz = 8 if self.is_double else 4
+        cdef Py_ssize_t LD = <Py_ssize_t>self.L * self.D
+        if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_DIM(xa, 0) != self.N
+                or cnp.PyArray_DIM(xa, 1) != self.I):
+            raise ValueError(f"DenseRun.run: x has shape {x.shape}, expected "
+                             f"{(self.N, self.I)}")
+        if (cnp.PyArray_NDIM(ha) != 3 or cnp.PyArray_DIM(ha, 0) != LD
+                or cnp.PyArray_DIM(ha, 1) != self.B or cnp.PyArray_DIM(ha, 2) != self.Hout):
+            raise ValueError(f"DenseRun.run: h has shape {h.shape}, expected "
+                             f"{(LD, self.B, self.Hout)}")
+        if self.cell == CELL_LSTM:
+            ca = _checked(c, ft, True, "DenseRun.run", "c")
+            if (cnp.PyArray_NDIM(ca) != 3 or cnp.PyArray_DIM(ca, 0) != LD
+                    or cnp.PyArray_DIM(ca, 1) != self.B or cnp.PyArray_DIM(ca, 2) != self.H):
+                raise ValueError(f"DenseRun.run: c has shape {c.shape}, expected "
+                                 f"{(LD, self.B, self.H)}")
+            cp = <char*>cnp.PyArray_DATA(ca)
+        xp = <char*>cnp.PyArray_DATA(xa)
+        hp = <char*>cnp.PyArray_DATA(ha)
+        inp = x
+        for l in range(self.L):
+            dims[0] = 1 if (self.last_only and l == self.L - 1) else self.N
+            dims[1] = self.D * self.Hout
+            out = cnp.PyArray_EMPTY(2, dims, ft, 0)
+            op = <char*>cnp.PyArray_DATA(<cnp.ndarray>out)
+            for d in range(self.D):
+                k = l * self.D + d
+                if self.runs[k].mode == _DIR_WIDE:
+                    global _wide_runs
+                    _wide_runs += 1
+                with nogil:
+                    if self.is_double:
+                        rc = _dir_exec(&self.runs[k], <const double*>xp, self.off, self.nst,
+                                       _no_lens, _no_mask,
+                                       <double*>(hp + k * self.B * self.Hout * isz),
+                                       <double*>(cp + k * self.B * self.H * isz)
+                                       if cp != NULL else _no_c, <double*>op)
+                    else:
+                        rc = _dir_exec(&self.runs[k], <const float*>xp, self.off, self.nst,
+                                       _no_lens, _no_mask,
+                                       <float*>(hp + k * self.B * self.Hout * isz),
+                                       <float*>(cp + k * self.B * self.H * isz)
+                                       if cp != NULL else <float*>_no_c, <float*>op)
+                if rc != 0:
+                    raise MemoryError("fastrnn: could not allocate scratch memory for the "
+                                      "forward pass")
+            inp = out
+            xp = op
+        return inp
 
 
 def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,

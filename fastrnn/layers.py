@@ -140,6 +140,9 @@ def _plan_knobs():
             _FUSED_LSTM_MIN_MACS, _SMALL_CALL_MACS, _L2)
 
 _L2 = None
+# plain calls of packed layers through one DenseRun (0: layer by layer through
+# run_layer, as every other call: tests that watch run_layer's arguments)
+_DENSE_RUN = 1
 # the kernels' lengths and mask arguments of a call without them (never written)
 _NO_LENGTHS = np.zeros(1, np.intp)
 _NO_MASK = np.zeros(1, np.uint8)
@@ -911,7 +914,8 @@ class RNNBase:
 
     def _plan(self, T, Teff, B, nt, idle, ragged, has_mask):
         """A call's decisions: ``(threads, per layer (kind, chunk, per direction what
-        its kernel takes from the packing))``, kind one of _PACKED, _PAIR, _ROUTED.
+        its kernel takes from the packing), the plan's DenseRuns (_dense_call: per
+        return_sequences and go_backwards))``, kind one of _PACKED, _PAIR, _ROUTED.
         They follow from the arguments, the packing, the configuration and the knobs
         (``_plan_knobs``) alone, so they are kept per arguments (up to _PLANS_KEPT)
         with the packing and knobs they were made for: ~1.5 us of a small call."""
@@ -983,7 +987,7 @@ class RNNBase:
                     dirs.append((packed[layer][d][8], self._act_codes()[d][0],
                                  self._pack_wide(layer, d) if wide else None))
                 specs.append((_PACKED, chunk, dirs))
-        return nt, specs
+        return nt, specs, {}
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
@@ -1026,10 +1030,23 @@ class RNNBase:
         xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
             np.ascontiguousarray(x).reshape(T * B, self.input_size)
         offsets, nsteps = _dense_index(T, B)
-        nt, specs = self._plan(T, T, B, _threads.resolve(None, self.num_threads), idle,
-                               False, 0)
-        out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS, _NO_MASK, 0,
-                              h_state, c_state, 0, B, T, return_sequences)
+        nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
+                                     idle, False, 0)
+        # a plan of packed layers only runs as one DenseRun, kept with the plan
+        key = (return_sequences, self.go_backwards)
+        run = runs.get(key) if _DENSE_RUN else False
+        if run is None:
+            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
+            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
+                       self.input_size, self.hidden_size, self.proj_size,
+                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
+                       int(self.peepholes), nt, int(self.go_backwards),
+                       2 if self.bidirectional else 1, self.dtype, return_sequences)
+        if run:
+            out = run.run(xin, h_state, c_state)
+        else:
+            out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS, _NO_MASK, 0,
+                                  h_state, c_state, 0, B, T, return_sequences)
         return self._finish(out.reshape(T, B, -1) if return_sequences else None,
                             h_state, c_state, B, False)
 
@@ -1187,7 +1204,7 @@ class RNNBase:
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
 
         if N > 0:
-            nt, specs = self._plan(T, Teff, B, nt, idle, perm is not None, has_mask)
+            nt, specs, _ = self._plan(T, Teff, B, nt, idle, perm is not None, has_mask)
             out = self._run_stack(nt, specs, xin, offsets, nsteps, slens, pmask, has_mask,
                                   h_state, c_state, int(masked_output == "zero"), B, Teff,
                                   return_sequences)

@@ -14,6 +14,7 @@ NOT_PLAN_KNOBS = {
     "_MASK_AS_LENGTHS",           # read before the plan (whether a mask becomes lengths)
     "_FUSED_LSTM_CHUNK_BYTES",    # read by the LSTM route's run, not its choice
     "_PACKED", "_PAIR", "_ROUTED", "_PLANS_KEPT",    # the plans' own constants
+    "_DENSE_RUN",                 # read by the lean call, beside its plan
 }
 
 
@@ -27,6 +28,7 @@ def never_idle(monkeypatch):
 def _spy(monkeypatch):
     calls = []
     real = _kernels.run_layer
+    monkeypatch.setattr(layers, "_DENSE_RUN", 0)     # (every call through run_layer)
 
     def spy(*a):
         calls.append(a)
@@ -206,3 +208,41 @@ def test_dense_call_only_for_plain_calls(monkeypatch):
     np.testing.assert_array_equal(layer(x.tolist())[0], ref)
     assert layer(x[:0])[0].shape == (0, 2, 5)
     assert seen == [False, False, False]
+
+
+def test_dense_run_kept_with_the_plan_and_checked():
+    """A plain call of packed layers runs as one DenseRun kept with its plan (per
+    return_sequences): the same answers as layer by layer (run_layer), and the runner
+    names any array of the wrong shape, dtype or layout."""
+    layer = fastrnn.GRU(6, 7, num_layers=2, seed=3, num_threads=1)
+    x = np.random.default_rng(1).standard_normal((4, 3, 6)).astype(np.float32)
+    layer(x[:1])            # (the process's first plan reads the L2 size: a knob)
+    got = layer(x)
+    got_last = layer(x, return_sequences=False)
+    runs = layer._plans[2][(4, 4, 3, 1, False, 0)][2]
+    run = runs[(True, False)]
+    assert isinstance(run, _kernels.DenseRun) and isinstance(runs[(False, False)],
+                                                              _kernels.DenseRun)
+    ref = layer._call(x, None, None, None, "carry", None, True, False)
+    ref_last = layer._call(x, None, None, None, "carry", None, False, False)
+    for a, b in zip((got[0], got[1], got_last[0], got_last[1]),
+                    (ref[0], ref[1], ref_last[0], ref_last[1])):
+        np.testing.assert_array_equal(a, b)
+    xin = x.reshape(12, 6)
+    h = np.zeros((2, 3, 7), np.float32)
+    with pytest.raises(ValueError, match="x has shape"):
+        run.run(xin[:11], h, None)
+    with pytest.raises(ValueError, match="h has shape"):
+        run.run(xin, h[:1], None)
+    with pytest.raises(TypeError, match="x has dtype"):
+        run.run(xin.astype(np.float64), h, None)
+    with pytest.raises(ValueError, match="h must be C-contiguous"):
+        run.run(xin, np.zeros((2, 7, 3), np.float32).transpose(0, 2, 1), None)
+    out = run.run(xin, h, None)
+    np.testing.assert_array_equal(out.reshape(4, 3, 7), ref[0])
+    np.testing.assert_array_equal(h, ref[1])
+    lstm = fastrnn.LSTM(6, 5, seed=1, num_threads=1)
+    lstm(x)
+    lrun = lstm._plans[2][(4, 4, 3, 1, False, 0)][2][(True, False)]
+    with pytest.raises(ValueError, match="c has shape"):
+        lrun.run(xin, np.zeros((1, 3, 5), np.float32), np.zeros((1, 3, 4), np.float32))

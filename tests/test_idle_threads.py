@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _kernels, _threads
+from fastrnn import _kernels, _threads, layers
 
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
 
@@ -60,6 +60,7 @@ def _kernel_threads(monkeypatch):
         seen.append(args[22])
         return real(*args, **kw)
     monkeypatch.setattr(_kernels, "run_layer", spy)
+    monkeypatch.setattr(layers, "_DENSE_RUN", 0)     # (every call through run_layer)
     return seen
 
 

@@ -173,6 +173,7 @@ def test_chunk_beyond_l2(monkeypatch):
         chunks.append(a[23])
         return run_layer(*a)
     monkeypatch.setattr(_kernels, "run_layer", spy)
+    monkeypatch.setattr(L, "_DENSE_RUN", 0)     # (every call through run_layer)
     _check(layer, x)
     assert chunks and set(chunks) == {3}
 

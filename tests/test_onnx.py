@@ -539,3 +539,36 @@ def test_shape_of_a_value_sized_by_values_is_not_kept():
         assert got["xs2"].flags.writeable
         got["xs2"][0] = 99
     assert m.run({"x": x})["xs2"].tolist() == [6]
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5])
+def test_initial_state_from_shapes_zero_or_not(fill):
+    """An initial state built from the input's shape (Expand of a constant to (1, B, H))
+    is kept per shapes; a zero one runs as an absent state, any other value is used:
+    both match ONNX Runtime on every call, the kept ones too."""
+    H, I = 4, 3
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (1, H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (1, H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array(fill, np.float32), "v"),
+             numpy_helper.from_array(np.array([1], np.int64), "i1"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([H], np.int64), "h")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i1"], ["b"]),
+             helper.make_node("Concat", ["one", "b", "h"], ["shp"], axis=0),
+             helper.make_node("Expand", ["v", "shp"], ["h0"]),
+             helper.make_node("RNN", ["x", "W", "R", "", "", "h0"], ["Y", "Yh"], hidden_size=H)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["T", "B", I])], [onnx.ValueInfoProto(name="Y"),
+                                                  onnx.ValueInfoProto(name="Yh")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    assert "h0" in m._shaped
+    for B in (2, 2, 3, 2):
+        x = rng.standard_normal((5, B, I)).astype(np.float32)
+        ref, got = _ort(data, {"x": x}), m.run(x)
+        for k in ("Y", "Yh"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert [bool(z) for _, z in m._shape_vals.values()] == [fill == 0.0] * 2
