@@ -89,7 +89,9 @@ def _np_dtype(onnx_type: int):
 
 
 def _axis_list(axes, rank):
-    return sorted(int(a) % rank if rank else 0 for a in axes)
+    if not rank:
+        return [0] * len(axes)
+    return sorted([int(a) % rank for a in axes])
 
 
 def _softmax(x, axis, log=False, legacy=False):
@@ -1006,10 +1008,12 @@ class OnnxModel:
         want = self.output_names if outputs is None else list(outputs)
         if isinstance(outputs, str):
             want = [outputs]
-        bad = [w for w in want if w not in self.output_names and w not in self._consts
-               and w not in feeds and not any(w in s[3] for s in self._steps)]
-        if bad:
-            raise ValueError(f"unknown output(s) {bad}; the model's outputs are {self.output_names}")
+        if outputs is not None:
+            bad = [w for w in want if w not in self.output_names and w not in self._consts
+                   and w not in feeds and not any(w in s[3] for s in self._steps)]
+            if bad:
+                raise ValueError(f"unknown output(s) {bad}; the model's outputs are "
+                                 f"{self.output_names}")
         key = tuple(want)
         live = self._live.get(key)        # (found once per tuple of outputs)
         if live is None:
