@@ -12,7 +12,10 @@ median, and fastrnn's time over the faster peer's.  The interleaved suite
 (``bench_interleaved.py``) covers the issue's large cases; this one the small layers
 and short sequences (T = 1 to 20) where ~10 us of call overhead is most of the time.
 For T = 1 the last column times ``fastrnn.Stream.step`` (one step, state carried: the
-streaming API, which skips the layer call's checks and set-up).  No timing thresholds.
+streaming API, which skips the layer call's checks and set-up).  The "fastrnn ONNX"
+column runs the same exported ONNX model ONNX Runtime runs, loaded with
+``fastrnn.load`` (its shape nodes, the recurrent node, the Squeeze after it), beside
+its time over ONNX Runtime's.  No timing thresholds.
 """
 import argparse
 import os
@@ -23,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import median_call  # noqa: E402
-from bench_speed import fastrnn, models, ort_session, torch  # noqa: E402
+from bench_speed import _onnx_bytes, fastrnn, models, ort_session, torch  # noqa: E402
 
 DEFAULT = ("GRU:1:1:32,GRU:1:20:32,GRU:4:1:32,LSTM:1:1:32,LSTM:1:5:64,LSTM:4:1:32,"
            "LSTM:32:1:32,GRU:1:1:128,GRU:1:20:128,LSTM:1:1:128,LSTM:4:1:128,"
@@ -39,7 +42,7 @@ def main(argv=None):
     fastrnn.set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
     print(f"{'case':16s} {'fastrnn':>9s} {'ORT':>9s} {'PyTorch':>9s}  (us, medians)"
-          "  fastrnn / best peer   Stream.step (T=1)")
+          "  fastrnn / best peer   Stream.step (T=1)   fastrnn ONNX  / ORT")
     for case in a.cases.split(","):
         cell, B, T, H, *P = case.split(":")
         B, T, H = int(B), int(T), int(H)
@@ -59,6 +62,10 @@ def main(argv=None):
         fns = {"fastrnn": lambda: fm(x), "PyTorch": run_torch}
         if sess is not None:
             fns["ORT"] = lambda: sess.run(None, {"x": x})
+            om = fastrnn.load(_onnx_bytes(tm, x))
+            for r, f in zip(sess.run(None, {"x": x}), om.run({"x": x}).values()):
+                np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-5)
+            fns["onnx"] = lambda: om.run({"x": x})
         if T == 1:
             stream, x1 = fastrnn.Stream(fm, batch_size=B), np.ascontiguousarray(x[0])
             fns["stream"] = lambda: stream.step(x1)
@@ -71,9 +78,10 @@ def main(argv=None):
         m = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
         m.setdefault("ORT", float("nan"))
         best = min(m["PyTorch"], m["ORT"]) if sess is not None else m["PyTorch"]
-        step = f"{m['stream']:9.1f}" if "stream" in m else ""
+        step = f"{m['stream']:9.1f}" if "stream" in m else " " * 9
+        onnx = (f"{m['onnx']:21.1f}  {m['onnx'] / m['ORT']:5.2f}" if "onnx" in m else "")
         print(f"{case:16s} {m['fastrnn']:9.1f} {m['ORT']:9.1f} {m['PyTorch']:9.1f}"
-              f"  {m['fastrnn'] / best:19.2f}   {step}", flush=True)
+              f"  {m['fastrnn'] / best:19.2f}   {step}{onnx}", flush=True)
 
 
 if __name__ == "__main__":
