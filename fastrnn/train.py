@@ -200,13 +200,14 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     # ---- packing: sorted by length, longest first (a dense batch needs no sorting)
     perm = None
     if lengths is not None:
-        from .layers import sort_by_length
+        from .layers import packed_rows, sort_by_length
         perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
-        xin = np.ascontiguousarray(x[:Teff][:, perm][valid], dtype=dt)
+        rows = packed_rows(perm, valid, B)
+        xin = np.ascontiguousarray(x.reshape(T * B, layer.input_size)[rows], dtype=dt)
     else:
         Teff = T
         slens = np.full(B, T, np.intp)
-        valid = None
+        rows = None
         nsteps = np.full(T, B, np.intp)
         xin = np.ascontiguousarray(x, dtype=dt).reshape(T * B, layer.input_size)
     offsets = np.zeros(Teff, np.intp)
@@ -277,10 +278,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     # ---- unpack to the caller's layout
     out = outs[-1] if L else xin
     if perm is not None:
-        tmp = np.zeros((Teff, B, D * Hout), dt)
-        tmp[valid] = out
         output = np.zeros((T, B, D * Hout), dt)
-        output[:Teff, perm] = tmp
+        output.reshape(T * B, D * Hout)[rows] = out
         carry_fill(output, lengths, carry_cols, Hout)
         inv = np.empty_like(perm)
         inv[perm] = np.arange(B)
@@ -299,7 +298,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     params, version = _snapshot(layer)
     cache = TrainCache(
         layer_id=id(layer), params=params, version=version, T=T, B=B, Teff=Teff,
-        unbatched=unbatched, batch_first=layer.batch_first, perm=perm, valid=valid,
+        unbatched=unbatched, batch_first=layer.batch_first, perm=perm, rows=rows,
         nsteps=nsteps, offsets=offsets, ridx=ridx, xin=xin, outs=outs, saved=saved,
         h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False,
         carry=(lengths, carry_cols) if carry_cols else None)
@@ -358,9 +357,8 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
                                                        need_input_grad)
         return _package(layer, cache, dxf, dh0, dc0, grads, need_input_grad)
 
-    Teff = cache.Teff
-    perm, valid, offsets, nsteps, ridx = (cache.perm, cache.valid, cache.offsets,
-                                          cache.nsteps, cache.ridx)
+    perm, rows, offsets, nsteps, ridx = (cache.perm, cache.rows, cache.offsets,
+                                         cache.nsteps, cache.ridx)
     N = cache.xin.shape[0]
 
     # ---- output gradient into packed time order (N, D*Hout)
@@ -368,7 +366,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         dout = np.zeros((N, D * Hout), dt)
     else:
         if perm is not None:
-            dout = np.ascontiguousarray(go[:Teff][:, perm][valid])
+            dout = np.ascontiguousarray(go.reshape(T * B, D * Hout)[rows])
         else:
             dout = np.ascontiguousarray(go).reshape(N, D * Hout)
 
@@ -437,10 +435,8 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     dxf = None
     if perm is not None:
         if need_input_grad:
-            tmp = np.zeros((Teff, B, I), dt)
-            tmp[valid] = dout
             dxf = np.zeros((T, B, I), dt)
-            dxf[:Teff, perm] = tmp
+            dxf.reshape(T * B, I)[rows] = dout
         inv = np.empty_like(perm)
         inv[perm] = np.arange(B)
         dh0 = dhs[:, inv]
