@@ -1659,6 +1659,26 @@ cdef struct DirRun:
     const void* peep
 
 
+cdef void _dir_weights(DirRun* e, floating[:, ::1] wx, floating[:, ::1] wh,
+                       floating[:, ::1] wr, floating[::1] bias, floating[::1] bhn,
+                       floating[::1] peep, floating[::1] wxp, floating[::1] whp,
+                       floating[::1] wrp, bint small, bint has_wrp, int use_peep,
+                       const void** whp_p, const void** wrp_p, Py_ssize_t* nwxp,
+                       Py_ssize_t* nwhp, Py_ssize_t* nwrp):
+    """A direction's weight addresses (one dtype's views of a PackedDir); the packed
+    ones (and their lengths) only where the packing made them (small, has_wrp)."""
+    e.wx, e.wh, e.wr = &wx[0, 0], &wh[0, 0], &wr[0, 0]
+    e.bias, e.bhn = &bias[0], &bhn[0]
+    e.peep = &peep[0] if use_peep else NULL
+    if small:
+        nwxp[0], nwhp[0] = wxp.shape[0], whp.shape[0]
+        e.wxp = &wxp[0] if nwxp[0] else NULL
+        whp_p[0] = &whp[0] if nwhp[0] else NULL
+        if has_wrp:
+            nwrp[0] = wrp.shape[0]
+            wrp_p[0] = &wrp[0] if nwrp[0] else NULL
+
+
 cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t nT,
                     const Py_ssize_t* p_nst, Py_ssize_t nh, Py_ssize_t ldout, int out_col,
                     int reverse, int varlen, int hidden_size, int proj_size,
@@ -1686,27 +1706,13 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     if d.T == 0 or d.nrows_max == 0:
         return 0
     if dbl:
-        e.wx, e.wh, e.wr = &pw.wx_d[0, 0], &pw.wh_d[0, 0], &pw.wr_d[0, 0]
-        e.bias, e.bhn = &pw.bias_d[0], &pw.bhn_d[0]
-        e.peep = &pw.peep_d[0] if use_peep else NULL
-        if pw.small:
-            nwxp, nwhp = pw.wxp_d.shape[0], pw.whp_d.shape[0]
-            e.wxp = &pw.wxp_d[0] if nwxp else NULL
-            whp = &pw.whp_d[0] if nwhp else NULL
-            if pw.has_wrp:
-                nwrp = pw.wrp_d.shape[0]
-                wrp = &pw.wrp_d[0] if nwrp else NULL
+        _dir_weights(e, pw.wx_d, pw.wh_d, pw.wr_d, pw.bias_d, pw.bhn_d, pw.peep_d,
+                     pw.wxp_d, pw.whp_d, pw.wrp_d, pw.small, pw.has_wrp, use_peep, &whp,
+                     &wrp, &nwxp, &nwhp, &nwrp)
     else:
-        e.wx, e.wh, e.wr = &pw.wx_f[0, 0], &pw.wh_f[0, 0], &pw.wr_f[0, 0]
-        e.bias, e.bhn = &pw.bias_f[0], &pw.bhn_f[0]
-        e.peep = &pw.peep_f[0] if use_peep else NULL
-        if pw.small:
-            nwxp, nwhp = pw.wxp_f.shape[0], pw.whp_f.shape[0]
-            e.wxp = &pw.wxp_f[0] if nwxp else NULL
-            whp = &pw.whp_f[0] if nwhp else NULL
-            if pw.has_wrp:
-                nwrp = pw.wrp_f.shape[0]
-                wrp = &pw.wrp_f[0] if nwrp else NULL
+        _dir_weights(e, pw.wx_f, pw.wh_f, pw.wr_f, pw.bias_f, pw.bhn_f, pw.peep_f,
+                     pw.wxp_f, pw.whp_f, pw.wrp_f, pw.small, pw.has_wrp, use_peep, &whp,
+                     &wrp, &nwxp, &nwhp, &nwrp)
     U = fr_unit(isz)
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, e.A.is_default, d.I, isz)
