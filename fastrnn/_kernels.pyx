@@ -1567,12 +1567,16 @@ cdef class PackedDir:
                     self.wrp_f = wrp
 
 
-cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str name):
-    """a, an ndarray of typenum in native byte order, C-contiguous, aligned (and
-    writeable); raises naming who, the array and what differs.  For the hot entries'
-    arrays (run_layer, StepPlan.step): a typed memoryview costs ~0.1 us each to take."""
+cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str name,
+                          bint aligned=True):
+    """a, an ndarray of typenum in native byte order, C-contiguous, aligned (unless
+    ``aligned`` is 0: an input the kernels read element by element, as run_layer's typed
+    memoryview takes it) and writeable (if ``writeable``); raises naming who, the array
+    and what differs.  For the hot entries' arrays (run_layer, StepPlan.step, DenseRun):
+    a typed memoryview costs ~0.1 us each to take."""
     cdef cnp.ndarray arr
-    cdef int flags = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    cdef int flags = (cnp.NPY_ARRAY_C_CONTIGUOUS
+                      | (cnp.NPY_ARRAY_ALIGNED if aligned else 0)
                       | (cnp.NPY_ARRAY_WRITEABLE if writeable else 0))
     if not cnp.PyArray_Check(a):
         raise TypeError(f"{who}: {name} must be a numpy array, got {type(a).__name__}")
@@ -1582,7 +1586,8 @@ cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str na
                         f"{np.dtype(cnp.PyArray_TypeObjectFromType(typenum)).name} "
                         "(native byte order)")
     if (cnp.PyArray_FLAGS(arr) & flags) != flags:
-        raise ValueError(f"{who}: {name} must be C-contiguous, aligned"
+        raise ValueError(f"{who}: {name} must be C-contiguous"
+                         + (", aligned" if aligned else "")
                          + (" and writeable" if writeable else ""))
     return arr
 
@@ -1894,7 +1899,7 @@ cdef class DenseRun:
         None) the initial states, replaced by the final ones.  Returns the last layer's
         outputs (T*B, D*Hout) (without return_sequences a (1, D*Hout) array, unused)."""
         cdef int ft = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
-        cdef cnp.ndarray xa = _checked(x, ft, False, "DenseRun.run", "x")
+        cdef cnp.ndarray xa = _checked(x, ft, False, "DenseRun.run", "x", False)
         cdef cnp.ndarray ha = _checked(h, ft, True, "DenseRun.run", "h")
         cdef cnp.ndarray ca = None
         cdef cnp.npy_intp dims[2]

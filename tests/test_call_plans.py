@@ -246,3 +246,17 @@ def test_dense_run_kept_with_the_plan_and_checked():
     lrun = lstm._plans[2][(4, 4, 3, 1, False, 0)][2][(True, False)]
     with pytest.raises(ValueError, match="c has shape"):
         lrun.run(xin, np.zeros((1, 3, 5), np.float32), np.zeros((1, 3, 4), np.float32))
+
+
+def test_dense_call_takes_a_misaligned_input():
+    """A C-contiguous input at an odd address (np.frombuffer at an offset) gives what its
+    aligned copy gives, on the lean path as before it (run_layer takes it as it is)."""
+    for layer in (fastrnn.GRU(4, 5, seed=0), fastrnn.LSTM(16, 16, seed=0, num_layers=2)):
+        n = 3 * 2 * layer.input_size
+        xa = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        buf = np.zeros(4 * n + 1, np.uint8)
+        buf[1:] = np.frombuffer(xa.tobytes(), np.uint8)
+        xm = np.frombuffer(buf.data, np.float32, n, 1).reshape(3, 2, layer.input_size)
+        assert not xm.flags.aligned and xm.flags.c_contiguous
+        got, ref = layer(xm), layer(xa.reshape(3, 2, layer.input_size))
+        np.testing.assert_array_equal(got[0], ref[0])
