@@ -903,19 +903,17 @@ class OnnxModel:
         for kind, obj, ins, outs, _ in steps:
             op = obj.op if kind == "rnn" else obj[1]
             args = [n for n in ins if n]
-            if kind == "op" and op in ("Shape", "Size") and args and args[0] in known:
-                shaped.update(o for o in outs if o)
-            elif (kind == "op" and op not in _NO_FOLD and any(n in shaped for n in args)
-                  and all(n in shaped or n in fixed for n in args)):
-                shaped.update(o for o in outs if o)
+            new = [o for o in outs if o]
+            if kind == "op" and (
+                    (op in ("Shape", "Size") and args and args[0] in known)
+                    or (op not in _NO_FOLD and any(n in shaped for n in args)
+                        and all(n in shaped or n in fixed for n in args))):
+                shaped.update(new)              # (their values, so their shapes too)
+                known.update(new)
             elif all(n in known for n in args) and all(
                     k >= len(ins) or not ins[k] or ins[k] in shaped or ins[k] in fixed
                     for k in _SHAPE_ARGS.get(op, ())):
-                known.update(o for o in outs if o)
-                continue
-            else:
-                continue
-            known.update(o for o in outs if o)
+                known.update(new)
         return frozenset(shaped)
 
     def _call(self, fn, op_type, vals, attrs, nout):
