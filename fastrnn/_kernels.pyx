@@ -1592,6 +1592,23 @@ cdef cnp.ndarray _checked(object a, int typenum, bint writeable, str who, str na
     return arr
 
 
+cdef char _no_data[1]
+
+
+cdef void* _shaped_data(object a, int typenum, bint writeable, bint aligned, int nd,
+                        Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2, str who,
+                        str name) except NULL:
+    """The data of a (``_checked``), an array of shape (d0, d1[, d2]) (nd 2 or 3);
+    raises naming who, the array and what differs.  An empty array may have no data
+    pointer: then any non-NULL one, never read (a call with no rows returns before the
+    kernel)."""
+    cdef cnp.ndarray arr = _checked(a, typenum, writeable, who, name, aligned)
+    if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_DIM(arr, 0) != d0
+            or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):
+        raise ValueError(f"{who}: {name} has shape {a.shape}, expected {(d0, d1, d2)[:nd]}")
+    return cnp.PyArray_DATA(arr) if cnp.PyArray_SIZE(arr) else <void*>_no_data
+
+
 cdef int _arr(object a, int typenum, int ndim, str name, void** data, Py_ssize_t* n0,
               Py_ssize_t* n1) except -1:
     """data, n0 (and n1 for 2 dims) of run_layer's array a (``_checked``, writeable,
@@ -1899,34 +1916,20 @@ cdef class DenseRun:
         None) the initial states, replaced by the final ones.  Returns the last layer's
         outputs (T*B, D*Hout) (without return_sequences a (1, D*Hout) array, unused)."""
         cdef int ft = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
-        cdef cnp.ndarray xa = _checked(x, ft, False, "DenseRun.run", "x", False)
-        cdef cnp.ndarray ha = _checked(h, ft, True, "DenseRun.run", "h")
-        cdef cnp.ndarray ca = None
         cdef cnp.npy_intp dims[2]
-        cdef char* xp
-        cdef char* hp
         cdef char* cp = NULL
         cdef char* op
         cdef int l, d, k, rc = 0
         cdef Py_ssize_t isz = 8 if self.is_double else 4
         cdef Py_ssize_t LD = <Py_ssize_t>self.L * self.D
-        if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_DIM(xa, 0) != self.N
-                or cnp.PyArray_DIM(xa, 1) != self.I):
-            raise ValueError(f"DenseRun.run: x has shape {x.shape}, expected "
-                             f"{(self.N, self.I)}")
-        if (cnp.PyArray_NDIM(ha) != 3 or cnp.PyArray_DIM(ha, 0) != LD
-                or cnp.PyArray_DIM(ha, 1) != self.B or cnp.PyArray_DIM(ha, 2) != self.Hout):
-            raise ValueError(f"DenseRun.run: h has shape {h.shape}, expected "
-                             f"{(LD, self.B, self.Hout)}")
+        # (x read element by element: any alignment, as run_layer's typed memoryview)
+        cdef char* xp = <char*>_shaped_data(x, ft, False, False, 2, self.N, self.I, 0,
+                                            "DenseRun.run", "x")
+        cdef char* hp = <char*>_shaped_data(h, ft, True, True, 3, LD, self.B, self.Hout,
+                                            "DenseRun.run", "h")
         if self.cell == CELL_LSTM:
-            ca = _checked(c, ft, True, "DenseRun.run", "c")
-            if (cnp.PyArray_NDIM(ca) != 3 or cnp.PyArray_DIM(ca, 0) != LD
-                    or cnp.PyArray_DIM(ca, 1) != self.B or cnp.PyArray_DIM(ca, 2) != self.H):
-                raise ValueError(f"DenseRun.run: c has shape {c.shape}, expected "
-                                 f"{(LD, self.B, self.H)}")
-            cp = <char*>cnp.PyArray_DATA(ca)
-        xp = <char*>cnp.PyArray_DATA(xa)
-        hp = <char*>cnp.PyArray_DATA(ha)
+            cp = <char*>_shaped_data(c, ft, True, True, 3, LD, self.B, self.H,
+                                     "DenseRun.run", "c")
         inp = x
         for l in range(self.L):
             dims[0] = 1 if (self.last_only and l == self.L - 1) else self.N
@@ -2165,19 +2168,10 @@ cdef class StepPlan:
         free(self.wxp)
 
     cdef void* _buf(self, a, int nd, int d0, int d1, int d2, str name) except NULL:
-        """The data of a, an ndarray of the plan's dtype in native byte order, aligned,
-        C-contiguous (and writeable for the state), of shape (d0, d1[, d2]); raises
-        naming what differs."""
-        cdef cnp.ndarray arr = _checked(
-            a, cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32, nd == 3,
-            "StepPlan.step", name)
-        if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_DIM(arr, 0) != d0
-                or cnp.PyArray_DIM(arr, 1) != d1 or (nd == 3 and cnp.PyArray_DIM(arr, 2) != d2)):
-            raise ValueError(f"StepPlan.step: {name} has shape {a.shape}, expected "
-                             f"{(d0, d1, d2)[:nd]}")
-        # (an empty array may have no data pointer: any non-NULL one, never read, since
-        # a step with no rows returns before the kernel)
-        return cnp.PyArray_DATA(arr) if cnp.PyArray_SIZE(arr) else <void*>self
+        """The data of a, an ndarray of the plan's dtype (_shaped_data; writeable for
+        the state)."""
+        return _shaped_data(a, cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32,
+                            nd == 3, True, nd, d0, d1, d2, "StepPlan.step", name)
 
     def step(self, x, h, c=None):
         """x (B, I), h (L, B, H), c (L, B, H) (LSTM): C-contiguous arrays of the plan's
