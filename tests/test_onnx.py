@@ -68,7 +68,9 @@ def test_fixture_live_vs_ort_and_torch_other_sizes(name, T, B):
     with open(os.path.join(FIX, name + ".onnx"), "rb") as f:
         data = f.read()
     ref = _ort(data, feeds)
-    got = load_onnx(data).run(feeds)
+    m = load_onnx(data)
+    m.run({k: np.ones_like(v) for k, v in feeds.items()})
+    got = m.run(feeds)          # (the model's kept program for these shapes)
     tref = make_onnx.torch_outputs(model, feeds)
     for i, k in enumerate(ref):
         assert got[k].shape == ref[k].shape
@@ -91,7 +93,6 @@ def test_live_torch_export_matrix(cls, kw, opset, with_state):
     and compare fastrnn with ONNX Runtime and torch to 1e-5."""
     torch.manual_seed(opset + len(kw))
     rnn = getattr(torch.nn, cls)(4, 6, **kw).eval()
-    Wrap = type("Wrap", (torch.nn.Module,), {})
 
     class Wrap(torch.nn.Module):
         def __init__(self):
@@ -127,7 +128,10 @@ def test_live_torch_export_matrix(cls, kw, opset, with_state):
     feeds2["x"] = rng.standard_normal(feeds["x"].shape).astype(np.float32)
     ref = _ort(data, feeds2)
     m = load_onnx(data)
-    got = m.run(feeds2)
+    ref1 = _ort(data, feeds)
+    for k, v in m.run(feeds).items():
+        np.testing.assert_allclose(v, ref1[k], rtol=TOL, atol=TOL)
+    got = m.run(feeds2)         # (the model's kept program for these shapes)
     with torch.no_grad():
         tout = Wrap().eval()(*(torch.from_numpy(v) for v in feeds2.values()))
     for i, k in enumerate(ref):
@@ -481,6 +485,12 @@ def test_initializers_listed_as_inputs():
     for k in ref2:
         np.testing.assert_allclose(got2[k], ref2[k], rtol=TOL, atol=TOL)
     assert not np.allclose(got2[m.output_names[0]], got[m.output_names[0]])
+    # another value of the same shape next call: honoured too (not kept with the shapes)
+    feeds[wname] = (w * 0.5).astype(w.dtype)
+    ref3, got3 = _ort(f.getvalue(), feeds), m.run(feeds)
+    for k in ref3:
+        np.testing.assert_allclose(got3[k], ref3[k], rtol=TOL, atol=TOL)
+    assert not np.allclose(got3[m.output_names[0]], got2[m.output_names[0]])
 
 
 # ----------------------------------------------------- values from the inputs' shapes
@@ -509,7 +519,7 @@ def test_shape_only_values_computed_once_per_shape(monkeypatch):
         seen.append(len(calls))
     n = seen[0]
     assert n > 0 and seen == [n, 2 * n, 2 * n, 2 * n, 3 * n]
-    assert len(m._shape_vals) == 3
+    assert len(m._progs) == 3
 
 
 def test_shape_of_a_value_sized_by_values_is_not_kept():
@@ -539,6 +549,125 @@ def test_shape_of_a_value_sized_by_values_is_not_kept():
         assert got["xs2"].flags.writeable
         got["xs2"][0] = 99
     assert m.run({"x": x})["xs2"].tolist() == [6]
+
+
+# ------------------------------------------------------------------- kept programs
+def test_kept_program_runs_layers_lean(monkeypatch):
+    """From the second call with the same feeds' shapes, a PyTorch export runs its
+    layers' lean calls directly (no _RecurrentNode.run) and its bidirectional Y comes
+    out already transposed (no Transpose node); answers stay ONNX Runtime's for fresh
+    values, and other shapes take the full path once, then their own program."""
+    from fastrnn.io import onnx as fonnx
+    calls = {"rnn": 0, "Transpose": 0}
+    real_run, real_t = fonnx._RecurrentNode.run, fonnx._SIMPLE_OPS["Transpose"]
+
+    def rnn_run(self, vals):
+        calls["rnn"] += 1
+        return real_run(self, vals)
+
+    def transpose(*a):
+        calls["Transpose"] += 1
+        return real_t(*a)
+    monkeypatch.setattr(fonnx._RecurrentNode, "run", rnn_run)
+    monkeypatch.setitem(fonnx._SIMPLE_OPS, "Transpose", transpose)
+    with open(os.path.join(FIX, "lstm_bi_2l_op11.onnx"), "rb") as f:
+        data = f.read()
+    m = load_onnx(data)
+    rng = np.random.default_rng(11)
+    seen = []
+    for B in (3, 3, 3, 1, 1, 3):
+        x = rng.standard_normal((4, B, 5)).astype(np.float32)
+        ref, got = _ort(data, {m.input_names[0]: x}), m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+            assert got[k].flags.writeable and got[k].flags.c_contiguous
+        seen.append(dict(calls))
+    first = seen[0]
+    assert first["rnn"] == 2 and first["Transpose"] == 2
+    assert seen[1] == seen[2] == first                  # B=3 again: the program
+    assert seen[3] == {k: 2 * v for k, v in first.items()} == seen[4] == seen[5]
+
+
+@pytest.mark.parametrize("D", [1, 2])
+def test_kept_program_input_sized_by_values(D):
+    """Within one set of feeds' shapes a recurrent node's input may still change shape
+    (sliced to a length given as a feed): the kept program's lean runner, its
+    Squeeze-as-reshape and its Y made (T, B, D, H) for the Transpose fall back to the
+    full path then, still ONNX Runtime's answers."""
+    H, I = 4, 3
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (D, H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (D, H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([0, 0, -1], np.int64), "tbh")]
+    nodes = [helper.make_node("Slice", ["x", "zero", "n", "zero"], ["xs"]),
+             helper.make_node("RNN", ["xs", "W", "R"], ["Y", "Yh"], hidden_size=H,
+                              direction="bidirectional" if D == 2 else "forward")]
+    if D == 1:
+        nodes.append(helper.make_node("Squeeze", ["Y", "one"], ["y"]))
+    else:
+        nodes += [helper.make_node("Transpose", ["Y"], ["Yt"], perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", ["Yt", "tbh"], ["y"])]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I]),
+        helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [onnx.ValueInfoProto(name="y"), onnx.ValueInfoProto(name="Yh")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    x = rng.standard_normal((6, 2, I)).astype(np.float32)
+    for n in (4, 4, 2, 6, 1, 4):
+        feeds = {"x": x, "n": np.array([n], np.int64)}
+        ref, got = _ort(data, feeds), m.run(feeds)
+        assert got["y"].shape == (n, 2, D * H)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(m._progs) == 1
+
+
+def test_kept_program_only_final_state_wanted():
+    """A graph that reads only Y_h of a recurrent node (Y unused) runs the layer without
+    per-step outputs in its program; Y_h is ONNX Runtime's, B=1 and B=3, both layouts'
+    exports."""
+    for bf in (False, True):
+        torch.manual_seed(2)
+        net = torch.nn.GRU(4, 6, num_layers=2, bidirectional=True, batch_first=bf).eval()
+
+        class Last(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x)[1]
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Last().eval(), (torch.zeros(2, 5, 4) if bf else torch.zeros(5, 2, 4),),
+                              f, dynamo=False, opset_version=14, input_names=["x"],
+                              dynamic_axes={"x": {0: "b", 1: "t"} if bf else {0: "t", 1: "b"}})
+        data = f.getvalue()
+        m = load_onnx(data)
+        rng = np.random.default_rng(bf)
+        for B in (1, 1, 3, 3):
+            x = rng.standard_normal((B, 5, 4) if bf else (5, B, 4)).astype(np.float32)
+            ref, got = _ort(data, {"x": x}), m.run(x)
+            for k in ref:
+                np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+
+
+def test_kept_program_errors_name_the_node():
+    """A failure inside a kept program (an index out of range in the second call with
+    the same shapes) names the model and the node, like the first call's."""
+    m = load_onnx(os.path.join(FIX, "embed_lstm_linear.onnx"))
+    name = m.input_names[0]
+    ids = np.ones((3, 4), np.int64)
+    m.run({name: ids})
+    assert m._progs
+    ids[1, 2] = 10 ** 6
+    with pytest.raises(IndexError, match="Gather"):
+        m.run({name: ids})
 
 
 @pytest.mark.parametrize("fill", [0.0, 0.5])
@@ -571,4 +700,4 @@ def test_initial_state_from_shapes_zero_or_not(fill):
         ref, got = _ort(data, {"x": x}), m.run(x)
         for k in ("Y", "Yh"):
             np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
-    assert [bool(z) for _, z in m._shape_vals.values()] == [fill == 0.0] * 2
+    assert [bool(z) for _, z, _ in m._progs.values()] == [fill == 0.0] * 2

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import LoadError
+from .._threads import scope_enter, scope_leave
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
 
@@ -789,18 +790,58 @@ class _RecurrentNode:
             hn[:, z] = 0
             if cn is not None:
                 cn[:, z] = 0
-        # Y (T, D, B, H) or, layout 1, (B, T, D, H); one direction needs no transpose
-        if self.layout == 0:
-            Y = out.reshape(T, 1, Bsz, H) if D == 1 else \
-                np.ascontiguousarray(out.reshape(T, Bsz, D, H).transpose(0, 2, 1, 3))
-        else:
-            Y = out.reshape(Bsz, T, D, H)
-            hn = np.ascontiguousarray(hn.transpose(1, 0, 2))
-            cn = np.ascontiguousarray(cn.transpose(1, 0, 2)) if cn is not None else None
+        res = self._outputs(out, hn, cn, T, Bsz, H)
         if out_dtype != dt:
-            return [Y.astype(out_dtype), hn.astype(out_dtype),
-                    None if cn is None else cn.astype(out_dtype)]
+            return [None if v is None else v.astype(out_dtype) for v in res]
+        return res
+
+    def _outputs(self, out, hn, cn, T, Bsz, H):
+        """[Y, Y_h, Y_c] in the node's layout from the layer's time-major outputs:
+        Y (T, D, B, H) or, layout 1, (B, T, D, H) (None if ``out`` is); one direction
+        needs no transpose."""
+        D = self.D
+        if self.layout == 0:
+            Y = None if out is None else out.reshape(T, 1, Bsz, H) if D == 1 else \
+                np.ascontiguousarray(out.reshape(T, Bsz, D, H).transpose(0, 2, 1, 3))
+            return [Y, hn, cn]
+        Y = None if out is None else out.reshape(Bsz, T, D, H)
+        hn = np.ascontiguousarray(hn.transpose(1, 0, 2))
+        cn = np.ascontiguousarray(cn.transpose(1, 0, 2)) if cn is not None else None
         return [Y, hn, cn]
+
+    def compiled(self, xshape, consts: list, y):
+        """A runner of this node for an input X of shape ``xshape`` and the node's own
+        dtype, fixed weights ``consts`` (vals[1:] as :meth:`run` takes them) and no
+        initial states or sequence lengths: the layer's lean call and the reshape, nothing
+        checked again (OnnxModel's kept programs).  ``y``: None (Y not needed: the layer
+        keeps no per-step outputs), "Y", or "TBDH" (layout 0: Y transposed to (T, B, D,
+        H), as PyTorch's exports do next: a view of the layer's output).  Any other X
+        runs :meth:`run`."""
+        layer = self.layer
+        dt, H, D, lstm = layer.dtype, layer.hidden_size, self.D, self.op == "LSTM"
+        T, Bsz = (xshape[0], xshape[1]) if self.layout == 0 else (xshape[1], xshape[0])
+        outputs, slow, seq = self._outputs, self.run, y is not None
+        tbdh = (T, Bsz, D, H) if y == "TBDH" else None
+        from .. import _threads
+        dense, scope = layer._dense_call, _threads._scope
+
+        def run(X):             # (inside the model call's scope: OnnxModel._exec)
+            res = dense(X, None, seq, scope.idle) if (
+                type(X) is np.ndarray and X.shape == xshape and X.dtype == dt) else None
+            if res is None:
+                res = slow([X] + consts)
+                if tbdh:
+                    res[0] = res[0].transpose(0, 2, 1, 3)
+                return res
+            out, hn = res
+            if lstm:
+                hn, cn = hn
+            else:
+                cn = None
+            if tbdh:
+                return [out.reshape(tbdh), hn, cn]
+            return outputs(out if seq else None, hn, cn, T, Bsz, H)
+        return run
 
 
 # ------------------------------------------------------------------------ the model
@@ -890,7 +931,8 @@ class OnnxModel:
         self._consts = consts
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
-        self._shape_vals: dict = {}     # per wanted outputs and feeds' shapes: their values
+        self._progs: dict = {}          # per wanted outputs and feeds' shapes: _program
+        self._out_key = tuple(self.output_names)
 
     def _shape_only(self, steps, consts) -> frozenset:
         """The values that follow from the inputs' shapes alone: Shape / Size of a value
@@ -1000,8 +1042,31 @@ class OnnxModel:
         consts.update(w for w in want if w in self._consts)
         return live, dyn, consts
 
+    @staticmethod
+    def _sig(want: tuple, feeds: dict) -> tuple:
+        """The key of a kept program: wanted outputs, feeds' names, types, shapes, dtypes
+        (AttributeError for a feed that is not an array)."""
+        return (want, *[(n, type(v), v.shape, v.dtype) for n, v in feeds.items()])
+
     def run(self, inputs=None, outputs=None, **kwargs) -> dict[str, np.ndarray]:
         """Run the graph.  ``outputs``: names to return (default all graph outputs)."""
+        if not kwargs and self._progs:
+            # arrays of the dtypes, names and shapes of an earlier call: its kept program
+            if type(inputs) is dict:
+                feeds = inputs
+            elif type(inputs) is np.ndarray and len(self.input_names) == 1:
+                feeds = {self.input_names[0]: inputs}
+            else:
+                feeds = None
+            if feeds is not None:
+                try:
+                    want = (self._out_key if outputs is None else (outputs,)
+                            if type(outputs) is str else tuple(outputs))
+                    prog = self._progs.get(self._sig(want, feeds))
+                except (AttributeError, TypeError):   # (run below says what is wrong)
+                    prog = None
+                if prog is not None:
+                    return self._exec(prog, feeds, want)
         feeds = self._feeds(inputs, kwargs)
         want = self.output_names if outputs is None else list(outputs)
         if isinstance(outputs, str):
@@ -1013,64 +1078,149 @@ class OnnxModel:
                 raise ValueError(f"unknown output(s) {bad}; the model's outputs are "
                                  f"{self.output_names}")
         key = tuple(want)
+        sig = self._sig(key, feeds)
+        prog = self._progs.get(sig)
+        if prog is not None:
+            return self._exec(prog, feeds, key)
         live = self._live.get(key)        # (found once per tuple of outputs)
         if live is None:
             live = self._live[key] = self._live_steps(want)
-        steps = live[0]
-        # the values that follow from the feeds' shapes, once per shapes (_shape_only):
-        # kept with the constants the other steps read, and which of them are zeros
-        kept = None
-        zero = ()
-        if self._shaped:
-            sig = (key, tuple((n, v.shape, v.dtype.str) for n, v in feeds.items()))
-            kept = self._shape_vals.get(sig)
-        if kept is not None:
-            env = dict(kept[0])
-            zero = kept[1]
-            steps = live[1]
-        else:
-            env = dict(self._consts)
+        env = dict(self._consts)
         env.update(feeds)
-        for kind, obj, ins, outs, where in steps:
-            vals = [env[n] if n else None for n in ins]
-            try:
+        where = None
+        try:
+            for kind, obj, ins, outs, where in live[0]:
+                vals = [env[n] if n else None for n in ins]
                 if kind == "rnn":
-                    if zero:
-                        # zero initial states as absent ones (ONNX: the same zeros): the
-                        # layer starts from its own zeros, without copying these
-                        for k in (5, 6):
-                            if k < len(ins) and ins[k] in zero:
-                                vals[k] = None
                     res = obj.run(vals)
                 else:
                     fn, op_type, attrs = obj
                     res = self._call(fn, op_type, vals, attrs, len(outs))
-            except LoadError:
-                raise
-            except Exception as e:
-                raise type(e)(f"{self.name}: {where}: {e}") if type(e) in (
-                    ValueError, TypeError, IndexError) else e
-            for n, v in zip(outs, res):
-                if n:
-                    env[n] = v
-        if kept is None and self._shaped:
-            # kept read-only (an output that is one, or a view of one, is copied below)
-            known = {n: env[n] for n in self._shaped if n in env}
-            for v in known.values():
-                if isinstance(v, np.ndarray):
-                    v.flags.writeable = False
-            base = {n: self._consts[n] for n in live[2]}
-            base.update(known)
-            zero = frozenset(n for n, v in known.items() if isinstance(v, np.ndarray)
-                             and v.dtype.kind == "f" and not v.any())
-            if len(self._shape_vals) >= _SHAPES_KEPT:
-                self._shape_vals.clear()
-            self._shape_vals[sig] = (base, zero)
+                for n, v in zip(outs, res):
+                    if n:
+                        env[n] = v
+        except LoadError:
+            raise
+        except Exception as e:
+            raise self._located(e, where)
+        if len(self._progs) >= _SHAPES_KEPT:
+            self._progs.clear()
+        self._progs[sig] = self._program(live, env, key)
+        return self._results(env, key)
+
+    def _located(self, e, where):
+        """``e`` with the model's name and the failing node in its message (value, type
+        and index errors; the rest as they are)."""
+        if type(e) in (ValueError, TypeError, IndexError):
+            return type(e)(f"{self.name}: {where}: {e}")
+        return e
+
+    @staticmethod
+    def _results(env, want) -> dict:
         res = {w: env[w] for w in want}
         for w, v in res.items():
             if isinstance(v, np.ndarray) and not v.flags.writeable:
-                res[w] = v.copy()
+                res[w] = v.copy()       # (a kept value, or a view of one)
         return res
+
+    def _program(self, live, env, want) -> tuple:
+        """What later calls with the same feeds' names, shapes and dtypes (and wanted
+        outputs) run, from this first call's values ``env``: (the values that follow
+        from the shapes alone (_shape_only), kept read-only, with the constants the
+        other steps read; which of those are float zeros; the other steps, each as
+        (runner, getter, outputs, where)).  Recurrent nodes with fixed weights and zero
+        or absent initial states run the layer's lean call (_RecurrentNode.compiled);
+        Squeeze / Unsqueeze / Reshape / Flatten / Identity of an input whose shape is
+        the first call's are one reshape; the rest run as in the first call."""
+        from operator import itemgetter
+        known = {n: env[n] for n in self._shaped if n in env}
+        for v in known.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        base = {n: self._consts[n] for n in live[2]}
+        base.update(known)
+        zero = frozenset(n for n, v in known.items() if isinstance(v, np.ndarray)
+                         and v.dtype.kind == "f" and not v.any())
+
+        def fixed(n):           # (the same value in every call with these shapes)
+            return not n or ((n in base or n in self._consts) and n not in self._overridable)
+        readers: dict = {}
+        for k, s in enumerate(live[1]):
+            for n in s[2]:
+                readers.setdefault(n, []).append(k)
+        steps, skip = [], set()
+        for j, (kind, obj, ins, outs, where) in enumerate(live[1]):
+            if j in skip:
+                continue
+            ins = ins + [""] * (8 - len(ins)) if kind == "rnn" else ins
+            outs = [o or "\0" for o in outs]
+            x = env.get(ins[0]) if ins and ins[0] else None
+            run, single = None, False        # single: the runner takes the first input
+            if kind == "rnn":
+                vals = [env[n] if n else None for n in ins]
+                if (isinstance(x, np.ndarray) and obj.layer is not None
+                        and x.dtype == obj.layer.dtype and all(fixed(n) for n in ins[1:])
+                        and not ins[4] and all(not ins[k] or ins[k] in zero for k in (5, 6))):
+                    consts = [vals[1], vals[2], vals[3], None, None, None, vals[7]]
+                    y = "Y" if outs[0] in want or outs[0] in readers else None
+                    r = readers.get(outs[0], ())
+                    nxt = live[1][r[0]] if len(r) == 1 and outs[0] not in want else None
+                    if (nxt and obj.layout == 0 and nxt[0] == "op" and nxt[1][1] == "Transpose"
+                            and _ints(nxt[1][2].get("perm", ())) == [0, 2, 1, 3]):
+                        # Y read only by the (T, B, D, H) transpose: made so at once
+                        y, outs[0] = "TBDH", nxt[3][0]
+                        skip.add(r[0])
+                    run, single = obj.compiled(x.shape, consts, y), True
+                else:
+                    # zero initial states as absent ones (ONNX: the same zeros): the
+                    # layer starts from its own zeros, without copying these
+                    zk = [k for k in (5, 6) if ins[k] in zero]
+
+                    def run(vals, obj=obj, zk=zk):
+                        for k in zk:
+                            vals[k] = None
+                        return obj.run(vals)
+            elif (obj[1] in ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
+                  and isinstance(x, np.ndarray) and isinstance(env.get(outs[0]), np.ndarray)
+                  and all(fixed(n) for n in ins[1:])):
+                rest = [env[n] if n else None for n in ins[1:]]
+                single = True
+
+                def run(v, call=self._call, obj=obj, rest=rest, shape=x.shape,
+                        to=env[outs[0]].shape):
+                    if type(v) is np.ndarray and v.shape == shape:
+                        return (v.reshape(to),)
+                    return call(obj[0], obj[1], [v] + rest, obj[2], 1)
+            if run is None:
+                fn, op_type, attrs = obj
+
+                def run(vals, call=self._call, fn=fn, op_type=op_type, attrs=attrs,
+                        nout=len(outs)):
+                    return call(fn, op_type, vals, attrs, nout)
+            if single:
+                get = itemgetter(ins[0])
+            else:
+                def get(env, ins=ins):
+                    return [env[n] if n else None for n in ins]
+            steps.append((run, get, tuple(outs), where))
+        return base, zero, steps
+
+    def _exec(self, prog, feeds, want) -> dict:
+        """Run a kept program (_program) on feeds of its names, shapes and dtypes."""
+        env = dict(prog[0])
+        env.update(feeds)
+        where = None
+        scope_enter()   # (one call of the layers' pause rule for the whole model)
+        try:
+            for run, get, outs, where in prog[2]:
+                env.update(zip(outs, run(get(env))))
+        except LoadError:
+            raise
+        except Exception as e:
+            raise self._located(e, where)
+        finally:
+            scope_leave()
+        return self._results(env, want)
 
     __call__ = run
 
