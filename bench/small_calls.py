@@ -4,7 +4,8 @@
                                              [--rounds 5] [--threads 2]
 
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN; input size = H; float32, one layer,
-weights of a torch module with seed 0), or LSTM:B:T:H:P for an LSTM with proj_size P
+weights of a torch module with seed 0), optionally followed by ``:L2`` (two layers, or
+any count) and ``:bi`` (bidirectional), or LSTM:B:T:H:P for an LSTM with proj_size P
 (no ONNX Runtime column: ONNX's LSTM has no projection).  Each round times a burst of calls of fastrnn,
 ONNX Runtime (the module exported to ONNX) and PyTorch in turn, so a noisy minute slows
 all of them alike; the table gives each one's median over rounds of the per-burst
@@ -44,14 +45,16 @@ def main(argv=None):
     print(f"{'case':16s} {'fastrnn':>9s} {'ORT':>9s} {'PyTorch':>9s}  (us, medians)"
           "  fastrnn / best peer   Stream.step (T=1)   fastrnn ONNX  / ORT")
     for case in a.cases.split(","):
-        cell, B, T, H, *P = case.split(":")
+        cell, B, T, H, *opts = case.split(":")
         B, T, H = int(B), int(T), int(H)
+        P = [o for o in opts if o.isdigit()]
         if P:               # LSTM:B:T:H:P, proj_size P (ONNX has no projection: no ORT)
             torch.manual_seed(0)
             tm = torch.nn.LSTM(H, H, proj_size=int(P[0])).eval()
             fm = fastrnn.from_torch(tm)
         else:
-            tm, fm = models(cell, 1, False, H, "float32")
+            layers = int(next((o[1:] for o in opts if o.startswith("L")), 1))
+            tm, fm = models(cell, layers, "bi" in opts, H, "float32")
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
         xt = torch.from_numpy(x)
         sess = None if P else ort_session(tm, x)

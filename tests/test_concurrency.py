@@ -186,3 +186,25 @@ def test_pair_and_kept_scratch_from_threads(cell):
     assert len(got) == 120
     for j, y in got.values():
         np.testing.assert_array_equal(y, ref[j])
+
+
+def test_onnx_model_kept_programs_from_threads():
+    """One ONNX model (a PyTorch export: shape nodes, two bidirectional LSTM layers)
+    called from 6 threads at once, each with its own inputs in two batch sizes: every
+    answer is the one a single thread gets (the kept programs are shared, read-only)."""
+    import os
+    pytest.importorskip("onnx")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "onnx",
+                        "lstm_bi_2l_op11.onnx")
+    m = fastrnn.load(path)
+    rng = np.random.default_rng(4)
+    inputs = {(k, i): rng.standard_normal((4, 2 + (k + i) % 2, 5)).astype(np.float32)
+              for k in range(6) for i in range(40)}
+    solo = fastrnn.load(path)
+    expected = {key: solo.run(x) for key, x in inputs.items()}
+    got = {}
+    _run_threads(lambda k, i: got.__setitem__((k, i), m.run(inputs[(k, i)])), 6, 40)
+    assert len(m._progs) == 2
+    for key, res in got.items():
+        for name, v in res.items():
+            np.testing.assert_array_equal(v, expected[key][name])
