@@ -1039,13 +1039,13 @@ class RNNBase:
             h_state, c_state = self._given_state(hx, B, False)
         xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
             np.ascontiguousarray(x).reshape(T * B, self.input_size)
-        offsets, nsteps = _dense_index(T, B)
         nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
                                      idle, False, 0)
         # a plan of packed layers only runs as one DenseRun, kept with the plan
         key = (return_sequences, self.go_backwards)
         run = runs.get(key) if _DENSE_RUN else False
         if run is None:
+            offsets, nsteps = _dense_index(T, B)
             run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
             ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
                        self.input_size, self.hidden_size, self.proj_size,
@@ -1054,7 +1054,12 @@ class RNNBase:
                        2 if self.bidirectional else 1, self.dtype, return_sequences)
         if run:
             out = run.run(xin, h_state, c_state)
+            if return_sequences and not self.batch_first:
+                # (_finish's common case: the states are this call's own C arrays)
+                out = out.reshape(T, B, -1)
+                return (out, h_state) if c_state is None else (out, (h_state, c_state))
         else:
+            offsets, nsteps = _dense_index(T, B)
             out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS, _NO_MASK, 0,
                                   h_state, c_state, 0, B, T, return_sequences)
         return self._finish(out.reshape(T, B, -1) if return_sequences else None,

@@ -1116,11 +1116,14 @@ class OnnxModel:
         return e
 
     @staticmethod
-    def _results(env, want) -> dict:
+    def _results(env, want, check=None) -> dict:
+        """The wanted values; those of them (of ``check``, default all) that are
+        read-only (a kept value, or a view of one) as copies."""
         res = {w: env[w] for w in want}
-        for w, v in res.items():
+        for w in want if check is None else check:
+            v = res[w]
             if isinstance(v, np.ndarray) and not v.flags.writeable:
-                res[w] = v.copy()       # (a kept value, or a view of one)
+                res[w] = v.copy()
         return res
 
     def _program(self, live, env, want) -> tuple:
@@ -1149,6 +1152,7 @@ class OnnxModel:
             for n in s[2]:
                 readers.setdefault(n, []).append(k)
         steps, skip = [], set()
+        fresh = set()       # values each call makes anew (writeable): _results skips them
         for j, (kind, obj, ins, outs, where) in enumerate(live[1]):
             if j in skip:
                 continue
@@ -1171,6 +1175,7 @@ class OnnxModel:
                         y, outs[0] = "TBDH", nxt[3][0]
                         skip.add(r[0])
                     run, single = obj.compiled(x.shape, consts, y), True
+                    fresh.update(outs)
                 else:
                     # zero initial states as absent ones (ONNX: the same zeros): the
                     # layer starts from its own zeros, without copying these
@@ -1185,6 +1190,8 @@ class OnnxModel:
                   and all(fixed(n) for n in ins[1:])):
                 rest = [env[n] if n else None for n in ins[1:]]
                 single = True
+                if ins[0] in fresh:
+                    fresh.add(outs[0])
 
                 def run(v, call=self._call, obj=obj, rest=rest, shape=x.shape,
                         to=env[outs[0]].shape):
@@ -1203,7 +1210,7 @@ class OnnxModel:
                 def get(env, ins=ins):
                     return [env[n] if n else None for n in ins]
             steps.append((run, get, tuple(outs), where))
-        return base, zero, steps
+        return base, zero, steps, tuple(w for w in want if w not in fresh)
 
     def _exec(self, prog, feeds, want) -> dict:
         """Run a kept program (_program) on feeds of its names, shapes and dtypes."""
@@ -1220,7 +1227,7 @@ class OnnxModel:
             raise self._located(e, where)
         finally:
             scope_leave()
-        return self._results(env, want)
+        return self._results(env, want, prog[3])
 
     __call__ = run
 
