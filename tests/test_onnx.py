@@ -700,4 +700,4 @@ def test_initial_state_from_shapes_zero_or_not(fill):
         ref, got = _ort(data, {"x": x}), m.run(x)
         for k in ("Y", "Yh"):
             np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
-    assert [bool(z) for _, z, _, _ in m._progs.values()] == [fill == 0.0] * 2
+    assert [bool(z) for z in (p.zero for p in m._progs.values())] == [fill == 0.0] * 2

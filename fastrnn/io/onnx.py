@@ -17,6 +17,7 @@ Recurrent node attributes supported: ``direction`` (forward, reverse, bidirectio
 from __future__ import annotations
 
 import os
+from operator import itemgetter
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -1105,7 +1106,7 @@ class OnnxModel:
             raise self._located(e, where)
         if len(self._progs) >= _SHAPES_KEPT:
             self._progs.clear()
-        self._progs[sig] = self._program(live, env, key)
+        self._progs[sig] = _Program(self, live, env, key)
         return self._results(env, key)
 
     def _located(self, e, where):
@@ -1126,100 +1127,14 @@ class OnnxModel:
                 res[w] = v.copy()
         return res
 
-    def _program(self, live, env, want) -> tuple:
-        """What later calls with the same feeds' names, shapes and dtypes (and wanted
-        outputs) run, from this first call's values ``env``: (the values that follow
-        from the shapes alone (_shape_only), kept read-only, with the constants the
-        other steps read; which of those are float zeros; the other steps, each as
-        (runner, getter, outputs, where)).  Recurrent nodes with fixed weights and zero
-        or absent initial states run the layer's lean call (_RecurrentNode.compiled);
-        Squeeze / Unsqueeze / Reshape / Flatten / Identity of an input whose shape is
-        the first call's are one reshape; the rest run as in the first call."""
-        from operator import itemgetter
-        known = {n: env[n] for n in self._shaped if n in env}
-        for v in known.values():
-            if isinstance(v, np.ndarray):
-                v.flags.writeable = False
-        base = {n: self._consts[n] for n in live[2]}
-        base.update(known)
-        zero = frozenset(n for n, v in known.items() if isinstance(v, np.ndarray)
-                         and v.dtype.kind == "f" and not v.any())
-
-        def fixed(n):           # (the same value in every call with these shapes)
-            return not n or ((n in base or n in self._consts) and n not in self._overridable)
-        readers: dict = {}
-        for k, s in enumerate(live[1]):
-            for n in s[2]:
-                readers.setdefault(n, []).append(k)
-        steps, skip = [], set()
-        fresh = set()       # values each call makes anew (writeable): _results skips them
-        for j, (kind, obj, ins, outs, where) in enumerate(live[1]):
-            if j in skip:
-                continue
-            ins = ins + [""] * (8 - len(ins)) if kind == "rnn" else ins
-            outs = [o or "\0" for o in outs]
-            x = env.get(ins[0]) if ins and ins[0] else None
-            run, single = None, False        # single: the runner takes the first input
-            if kind == "rnn":
-                vals = [env[n] if n else None for n in ins]
-                if (isinstance(x, np.ndarray) and obj.layer is not None
-                        and x.dtype == obj.layer.dtype and all(fixed(n) for n in ins[1:])
-                        and not ins[4] and all(not ins[k] or ins[k] in zero for k in (5, 6))):
-                    consts = [vals[1], vals[2], vals[3], None, None, None, vals[7]]
-                    y = "Y" if outs[0] in want or outs[0] in readers else None
-                    r = readers.get(outs[0], ())
-                    nxt = live[1][r[0]] if len(r) == 1 and outs[0] not in want else None
-                    if (nxt and obj.layout == 0 and nxt[0] == "op" and nxt[1][1] == "Transpose"
-                            and _ints(nxt[1][2].get("perm", ())) == [0, 2, 1, 3]):
-                        # Y read only by the (T, B, D, H) transpose: made so at once
-                        y, outs[0] = "TBDH", nxt[3][0]
-                        skip.add(r[0])
-                    run, single = obj.compiled(x.shape, consts, y), True
-                    fresh.update(outs)
-                else:
-                    # zero initial states as absent ones (ONNX: the same zeros): the
-                    # layer starts from its own zeros, without copying these
-                    zk = [k for k in (5, 6) if ins[k] in zero]
-
-                    def run(vals, obj=obj, zk=zk):
-                        for k in zk:
-                            vals[k] = None
-                        return obj.run(vals)
-            elif (obj[1] in ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
-                  and isinstance(x, np.ndarray) and isinstance(env.get(outs[0]), np.ndarray)
-                  and all(fixed(n) for n in ins[1:])):
-                rest = [env[n] if n else None for n in ins[1:]]
-                single = True
-                if ins[0] in fresh:
-                    fresh.add(outs[0])
-
-                def run(v, call=self._call, obj=obj, rest=rest, shape=x.shape,
-                        to=env[outs[0]].shape):
-                    if type(v) is np.ndarray and v.shape == shape:
-                        return (v.reshape(to),)
-                    return call(obj[0], obj[1], [v] + rest, obj[2], 1)
-            if run is None:
-                fn, op_type, attrs = obj
-
-                def run(vals, call=self._call, fn=fn, op_type=op_type, attrs=attrs,
-                        nout=len(outs)):
-                    return call(fn, op_type, vals, attrs, nout)
-            if single:
-                get = itemgetter(ins[0])
-            else:
-                def get(env, ins=ins):
-                    return [env[n] if n else None for n in ins]
-            steps.append((run, get, tuple(outs), where))
-        return base, zero, steps, tuple(w for w in want if w not in fresh)
-
     def _exec(self, prog, feeds, want) -> dict:
-        """Run a kept program (_program) on feeds of its names, shapes and dtypes."""
-        env = dict(prog[0])
+        """Run a kept program (_Program) on feeds of its names, shapes and dtypes."""
+        env = dict(prog.base)
         env.update(feeds)
         where = None
         scope_enter()   # (one call of the layers' pause rule for the whole model)
         try:
-            for run, get, outs, where in prog[2]:
+            for run, get, outs, where in prog.steps:
                 env.update(zip(outs, run(get(env))))
         except LoadError:
             raise
@@ -1227,7 +1142,7 @@ class OnnxModel:
             raise self._located(e, where)
         finally:
             scope_leave()
-        return self._results(env, want, prog[3])
+        return self._results(env, want, prog.check)
 
     __call__ = run
 
@@ -1235,6 +1150,120 @@ class OnnxModel:
         """The first graph output for ``inputs``."""
         first = self.output_names[0]
         return self.run(inputs, outputs=[first], **kwargs)[first]
+
+
+_RESHAPES = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
+
+
+class _Program:
+    """What an OnnxModel's later calls with the same feeds' names, shapes and dtypes
+    (and wanted outputs) run, made from the first such call's values ``env``.
+
+    ``base``: the values that follow from the shapes alone (_shape_only), kept
+    read-only, with the constants the other steps read; ``zero``: which of those are
+    float zeros; ``steps``: the other steps, each (runner, getter, outputs, where);
+    ``check``: the wanted outputs that may be read-only (_results copies those).
+    Recurrent nodes with fixed weights and zero or absent initial states call their
+    layer's lean path (_RecurrentNode.compiled); Squeeze / Unsqueeze / Reshape / Flatten /
+    Identity of an input of the first call's shape is one reshape; the rest runs as in
+    the first call."""
+    __slots__ = ("base", "zero", "steps", "check")
+
+    def __init__(self, model: "OnnxModel", live, env: dict, want: tuple):
+        known = {n: env[n] for n in model._shaped if n in env}
+        for v in known.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        self.base = {n: model._consts[n] for n in live[2]}
+        self.base.update(known)
+        self.zero = frozenset(n for n, v in known.items() if isinstance(v, np.ndarray)
+                              and v.dtype.kind == "f" and not v.any())
+        dyn = live[1]
+        readers: dict = {}
+        for k, step in enumerate(dyn):
+            for n in step[2]:
+                readers.setdefault(n, []).append(k)
+        self.steps, skip = [], set()
+        fresh: set = set()      # values each call makes anew (writeable)
+        for j, (kind, obj, ins, outs, where) in enumerate(dyn):
+            if j in skip:
+                continue
+            outs = [o or "\0" for o in outs]
+            if kind == "rnn":
+                ins = ins + [""] * (8 - len(ins))
+                run = self._rnn(model, obj, ins, outs, env, want, readers, dyn, skip)
+                if run is not None:
+                    fresh.update(outs)
+            else:
+                run = self._reshape(model, obj, ins, outs, env)
+                if run is not None and ins[0] in fresh:
+                    fresh.add(outs[0])
+            if run is not None:     # (these take the first input)
+                get = itemgetter(ins[0])
+            else:
+                run = self._generic(model, kind, obj, ins, outs)
+
+                def get(env, ins=ins):
+                    return [env[n] if n else None for n in ins]
+            self.steps.append((run, get, tuple(outs), where))
+        self.check = tuple(w for w in want if w not in fresh)
+
+    def _fixed(self, model, n) -> bool:
+        """Whether input ``n`` has the same value in every call with these shapes."""
+        return not n or ((n in self.base or n in model._consts)
+                         and n not in model._overridable)
+
+    def _rnn(self, model, obj, ins, outs, env, want, readers, dyn, skip):
+        """The lean runner of a recurrent node, or None where it does not apply.  Its
+        Y is computed only if read or wanted; read only by PyTorch's (T, B, D, H)
+        Transpose, it is made so at once and that step skipped (``outs``, ``skip``
+        updated)."""
+        x, layer = env.get(ins[0]), obj.layer
+        if not (isinstance(x, np.ndarray) and layer is not None and x.dtype == layer.dtype
+                and all(self._fixed(model, n) for n in ins[1:4] + ins[7:])
+                and not ins[4] and all(not ins[k] or ins[k] in self.zero for k in (5, 6))):
+            return None
+        y = "Y" if outs[0] in want or outs[0] in readers else None
+        r = readers.get(outs[0], ())
+        nxt = dyn[r[0]] if len(r) == 1 and outs[0] not in want else None
+        if (nxt and obj.layout == 0 and nxt[0] == "op" and nxt[1][1] == "Transpose"
+                and _ints(nxt[1][2].get("perm", ())) == [0, 2, 1, 3]):
+            y, outs[0] = "TBDH", nxt[3][0]
+            skip.add(r[0])
+        consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, None, None, env.get(ins[7])]
+        return obj.compiled(x.shape, consts, y)
+
+    def _reshape(self, model, obj, ins, outs, env):
+        """A reshape-like op's runner: one reshape where the input has the first call's
+        shape (else the op), or None where it does not apply."""
+        x, y = env.get(ins[0]), env.get(outs[0])
+        if not (obj[1] in _RESHAPES and isinstance(x, np.ndarray)
+                and isinstance(y, np.ndarray) and all(self._fixed(model, n) for n in ins[1:])):
+            return None
+        fn, op_type, attrs = obj
+        rest = [env[n] if n else None for n in ins[1:]]
+        call, shape, to = model._call, x.shape, y.shape
+
+        def run(v):
+            if type(v) is np.ndarray and v.shape == shape:
+                return (v.reshape(to),)
+            return call(fn, op_type, [v] + rest, attrs, 1)
+        return run
+
+    def _generic(self, model, kind, obj, ins, outs):
+        """A step as the first call ran it (a recurrent node's zero initial states from
+        the shapes as absent ones: the layer starts from its own zeros)."""
+        if kind == "rnn":
+            zk = [k for k in (5, 6) if ins[k] in self.zero]
+
+            def run(vals):
+                for k in zk:
+                    vals[k] = None
+                return obj.run(vals)
+            return run
+        fn, op_type, attrs = obj
+        call, nout = model._call, len(outs)
+        return lambda vals: call(fn, op_type, vals, attrs, nout)
 
 
 def load_onnx(model, *, num_threads: int | None = None) -> OnnxModel:
