@@ -5,6 +5,12 @@ bench/bench_interleaved.py) into a markdown table (+ PNG).
         --benchmark-group-by=group --benchmark-json=bench/results.json
     python bench/report.py bench/results.json [--stat median|min] [--out bench/speed.md]
         [--png bench/speed.png]
+    python bench/report.py run1.json run2.json ... [--stat median] [--out spread.md]
+
+With several JSON files (runs of the same suite, e.g. at different hours or with
+``bench_interleaved.py --alone``), one table of each target's ratio in every run, their
+median and range, and in how many runs it was met: on a noisy machine one run's ratio
+can move by a third.
 
 Ratios are fastrnn / best peer of the same group in the same run (below 1: fastrnn is
 faster).  GFLOP/s counts the input and recurrent products; "peak" is numpy's sgemm
@@ -13,6 +19,7 @@ faster).  GFLOP/s counts the input and recurrent products; "peak" is numpy's sge
 import argparse
 import json
 import os
+import statistics
 import sys
 
 # case -> (peer the target is relative to: "best" / "onnxruntime" / "torch", max ratio)
@@ -43,17 +50,61 @@ def load(path, stat):
     return data, groups
 
 
+def case_ratios(rows, ref):
+    """For one case's rows {impl: row}: (best peer (name, row) or None, fastrnn / best
+    peer, fastrnn / the target's peer ("best" or an implementation))."""
+    fr = rows["fastrnn"]
+    peers = {k: v for k, v in rows.items() if k != "fastrnn"}
+    best = min(peers.items(), key=lambda kv: kv[1]["t"]) if peers else None
+    refrow = best[1] if ref == "best" and best else peers.get(ref)
+    return (best, fr["t"] / best[1]["t"] if best else float("nan"),
+            fr["t"] / refrow["t"] if refrow else float("nan"))
+
+
+def spread(paths, stat):
+    """The several-runs table (module docstring)."""
+    runs = [load(p, stat)[1] for p in paths]
+    lines = [f"Target ratios in {len(runs)} runs ({stat} of each benchmark): "
+             + ", ".join(f"`{p}`" for p in paths) + ".", "",
+             "| case | target | " + " | ".join(f"run {i + 1}" for i in range(len(runs)))
+             + " | median | range | met in |",
+             "|---|---|" + "---|" * len(runs) + "---|---|---|"]
+    for case, (ref, lim) in TARGETS.items():
+        rs = []
+        for groups in runs:
+            rows = {r["impl"]: r for r in groups.get(case, [])}
+            rs.append(case_ratios(rows, ref)[2] if "fastrnn" in rows else float("nan"))
+        ok = [r for r in rs if r == r]
+        if not ok:
+            continue
+        med = statistics.median(ok)
+        who = "best peer" if ref == "best" else ref
+        lines.append(f"| {case} | <= {lim}x {who} | " + " | ".join(
+            f"{r:.2f}" if r == r else "-" for r in rs)
+            + f" | {med:.2f} | {min(ok):.2f}-{max(ok):.2f} | "
+            f"{sum(r <= lim for r in ok)} of {len(ok)} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt_t(t):
     return f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+")
     ap.add_argument("--stat", default="median", choices=["median", "min", "mean"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--png", default=None)
     a = ap.parse_args(argv)
+    if len(a.json) > 1:
+        text = spread(a.json, a.stat)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(text)
+        sys.stdout.write(text)
+        return
+    a.json = a.json[0]
     data, groups = load(a.json, a.stat)
     peak = None
     for g, rows in groups.items():
@@ -82,10 +133,7 @@ def main(argv=None):
             continue
         fr = rows["fastrnn"]
         peers = {k: v for k, v in rows.items() if k != "fastrnn"}
-        best = min(peers.items(), key=lambda kv: kv[1]["t"]) if peers else None
-        refrow = best[1] if ref == "best" else peers.get(ref)
-        ratio_best = fr["t"] / best[1]["t"] if best else float("nan")
-        ratio_ref = fr["t"] / refrow["t"] if refrow else float("nan")
+        best, ratio_best, ratio_ref = case_ratios(rows, ref)
         met = "yes" if ratio_ref <= lim else "**no**"
         gf = fr["flops"] / fr["t"] / 1e9
         cell = lambda k: fmt_t(peers[k]["t"]) if k in peers else "-"  # noqa: E731
