@@ -3,7 +3,10 @@
 Contract checked: ``fastrnn.io.load`` on any bytes either returns a model or raises
 ``fastrnn.io.LoadError`` (or a subclass) — or ``ImportError`` when an optional dependency
 (onnx) is missing; Keras files need none (fastrnn reads HDF5 itself).  No other
-exception, no crash, no hang, no large allocation.
+exception, no crash, no hang, no large allocation.  A model that loads is then run on a
+small input (an ONNX model three times, its kept program included, on inputs of its
+declared shapes): a Python error naming the problem (an ONNX model's: the model and the
+node) or an answer, nothing else.
 
 Cases run in a child process under ``RLIMIT_AS`` (2 GiB) with a per-case time limit, so a
 segfault, a hang or a huge allocation is caught and reported with the input that caused
@@ -298,7 +301,9 @@ def generated(fmt: str, rng: random.Random) -> bytes:
 
 
 def exercise(obj) -> None:
-    """Run a loaded object once on a small input: a file that loads must also run."""
+    """Run a loaded object on a small input: a file that loads must also run (an ONNX
+    model three times: the first call, then its kept program twice) or raise a Python
+    error naming the problem."""
     from fastrnn.layers import RNNBase
     if isinstance(obj, RNNBase):
         if obj.input_size <= 4096 and obj.hidden_size <= 4096:
@@ -306,6 +311,26 @@ def exercise(obj) -> None:
                 obj(np.zeros((2, 1, obj.input_size), obj.dtype))
             except (ValueError, TypeError):
                 pass
+    from fastrnn.io.onnx import OnnxModel, _np_dtype
+    if isinstance(obj, OnnxModel):
+        feeds = {}
+        for n in obj.input_names:
+            tt = obj._input_info[n].type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") and 0 < d.dim_value <= 8 else 2
+                    for d in tt.shape.dim]
+            try:
+                dt = _np_dtype(tt.elem_type) if tt.elem_type else np.float32
+            except Exception:   # noqa: BLE001 - an unknown element type: float32 feeds
+                dt = np.float32
+            feeds[n] = np.ones(dims, dt)
+        for _ in range(3):
+            try:
+                obj.run(feeds)
+            except (ValueError, TypeError, IndexError, MemoryError) as e:
+                # a node's error names the model and the node (MemoryError: a shape too
+                # large to allocate); the feeds' checks name the input
+                assert str(e).startswith(obj.name) or "input" in str(e), e
+                return
 
 
 def run_fuzz(fmt: str, n: int, seed: int, outdir: str, total_timeout: float = 900.0) -> dict:

@@ -256,6 +256,53 @@ def test_index_errors_are_clear():
         m.run({"ids": np.full((2, 3), 25, np.int64)})
 
 
+def _one_node_model(node, inputs, out="y", inits=()):
+    g = helper.make_graph([node], "g", inputs, [onnx.ValueInfoProto(name=out)], list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_malformed_nodes_are_load_errors():
+    """A node without an attribute its op requires, or with a tensor attribute that does
+    not read, is refused at load naming the node and the attribute, and an input of an
+    unsupported element type naming the input (a KeyError / an error from inside the
+    run before; found by the fuzz test running the models that load)."""
+    x3 = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    with pytest.raises(LoadError, match=r"Concat.*'axis'"):
+        load_onnx(_one_node_model(helper.make_node("Concat", ["x", "x"], ["y"]), [x3]))
+    bad = onnx.TensorProto(data_type=TensorProto.FLOAT, dims=[3])
+    bad.float_data.extend([1.0, 2.0])   # (2 values for a tensor of 3)
+    shp = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
+    with pytest.raises(LoadError, match=r"attribute 'value'"):
+        load_onnx(_one_node_model(helper.make_node("ConstantOfShape", ["s"], ["y"], value=bad),
+                                  [shp]))
+    node = helper.make_node("ConstantOfShape", ["s"], ["y"])
+    node.attribute.add(name="value")    # (type UNDEFINED: no value)
+    with pytest.raises(LoadError, match=r"attribute 'value' has no value"):
+        load_onnx(_one_node_model(node, [shp]))
+    # an input of an element type NumPy has no dtype for (float8): at load, not at run
+    f8 = helper.make_tensor_value_info("x", 17, [2])
+    with pytest.raises(LoadError, match=r"input 'x'.*type 17"):
+        load_onnx(_one_node_model(helper.make_node("Identity", ["x"], ["y"]), [f8]))
+
+
+def test_run_time_errors_name_model_and_node():
+    """Errors NumPy raises inside a node come back naming the model and the node, on the
+    first call and from the kept program: an axis out of range (NumPy's AxisError, as a
+    ValueError) and a shape too large to allocate (a MemoryError)."""
+    x3 = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    m = load_onnx(_one_node_model(helper.make_node("Concat", ["x", "x"], ["y"], axis=33),
+                                  [x3]))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"Concat.*axis 33"):
+            m.run(np.ones((2, 3), np.float32))
+    shp = helper.make_tensor_value_info("s", TensorProto.INT64, [3])
+    m = load_onnx(_one_node_model(helper.make_node("ConstantOfShape", ["s"], ["y"]), [shp]))
+    np.testing.assert_array_equal(m.run(np.array([2, 1, 3]))["y"], np.zeros((2, 1, 3)))
+    for _ in range(2):
+        with pytest.raises(MemoryError, match=r"ConstantOfShape"):
+            m.run(np.array([2 ** 20, 2 ** 20, 2 ** 20]))
+
+
 def test_num_threads_passed_to_layers():
     m = load_onnx(os.path.join(FIX, "lstm_bi_2l_op11.onnx"), num_threads=1)
     assert all(layer.num_threads == 1 for layer in m.recurrent_layers)

@@ -46,6 +46,13 @@ def _attrs(node) -> dict[str, Any]:
         if a.type in (a.GRAPH, a.GRAPHS):
             out[a.name] = a  # never executed; the op that needs it is unsupported
             continue
+        if a.type == a.TENSOR:      # (read here, at load: Constant, ConstantOfShape)
+            try:
+                out[a.name] = _tensor(a.t)
+            except LoadError as e:
+                raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r}: "
+                                f"{e}") from None
+            continue
         try:
             v = helper.get_attribute_value(a)
             if isinstance(v, bytes):
@@ -55,6 +62,9 @@ def _attrs(node) -> dict[str, Any]:
         except (ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
             raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r} "
                             f"cannot be read ({type(e).__name__}: {e})") from None
+        if v is None:           # (type UNDEFINED)
+            raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r} "
+                            "has no value")
         out[a.name] = v
     return out
 
@@ -128,7 +138,7 @@ def _op_identity(i, a, o):
 
 def _op_constant(i, a, o):
     if "value" in a:
-        return [_tensor(a["value"])]
+        return [a["value"]]
     for k, dt in (("value_float", np.float32), ("value_floats", np.float32),
                   ("value_int", np.int64), ("value_ints", np.int64)):
         if k in a:
@@ -137,7 +147,7 @@ def _op_constant(i, a, o):
 
 
 def _op_constant_of_shape(i, a, o):
-    v = _tensor(a["value"]) if "value" in a else np.zeros(1, np.float32)
+    v = a["value"] if "value" in a else np.zeros(1, np.float32)
     return [np.full(_ints(i[0]), v.reshape(-1)[0], dtype=v.dtype)]
 
 
@@ -566,6 +576,10 @@ _SIMPLE_OPS: dict[str, Callable] = {
 }
 # ops whose value depends on nothing but their inputs (safe to fold at load time)
 _NO_FOLD = {"Dropout"}
+# attributes an op needs (up to the opset where an input took their place):
+# (name, first opset without it)
+_REQUIRED_ATTRS = {"Concat": (("axis", 10 ** 9),), "Cast": (("to", 10 ** 9),),
+                   "Reshape": (("shape", 5),), "Slice": (("starts", 10), ("ends", 10))}
 
 _RECURRENT = ("LSTM", "GRU", "RNN")
 # the inputs whose values, not only their shapes, decide an op's output shape (every
@@ -847,6 +861,7 @@ class _RecurrentNode:
 
 # ------------------------------------------------------------------------ the model
 _SHAPES_KEPT = 32   # feeds' shapes whose shape-only values a model keeps (OnnxModel.run)
+_LOCATED = (ValueError, TypeError, IndexError, MemoryError)     # (OnnxModel._located)
 
 
 class OnnxModel:
@@ -874,7 +889,14 @@ class OnnxModel:
         init_names = set(consts)
         self.input_names = [v.name for v in g.input if v.name not in init_names]
         self._input_info = {v.name: v for v in g.input if v.name not in init_names}
-        self._in_dtypes: dict = {}      # declared input dtypes, looked up once (_feeds)
+        self._in_dtypes: dict = {}      # declared input dtypes (_feeds converts to them)
+        for n, info in self._input_info.items():
+            et = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+            if et:
+                try:
+                    self._in_dtypes[n] = _np_dtype(et)
+                except LoadError as e:
+                    raise LoadError(f"{self.name}: input {n!r}: {e}") from None
         self._live: dict = {}           # per tuple of wanted outputs: _live_steps
         # initializers that are also listed as inputs (IR < 4): optional overrides
         self._overridable = [v.name for v in g.input if v.name in init_names]
@@ -904,6 +926,10 @@ class OnnxModel:
                     raise LoadError(f"{self.name}: {where} reads {inp!r}, which no earlier node, "
                                     "input or initializer defines (graph not topologically sorted?)")
             attrs = _attrs(node)
+            for need, since in _REQUIRED_ATTRS.get(node.op_type, ()):
+                if need not in attrs and self.opset < since:
+                    raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
+                                    "(required)")
             outs = list(node.output)
             if node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, num_threads)
@@ -1010,15 +1036,7 @@ class OnnxModel:
                 if hasattr(v, "detach") and hasattr(v, "numpy"):
                     v = v.detach().cpu().numpy()
                 v = np.asarray(v)
-            want = self._in_dtypes.get(n, False)
-            if want is False:
-                want = None
-                info = self._input_info.get(n)
-                if info is not None and info.type.HasField("tensor_type"):
-                    et = info.type.tensor_type.elem_type
-                    if et:
-                        want = _np_dtype(et)
-                self._in_dtypes[n] = want
+            want = self._in_dtypes.get(n)
             if want is not None and v.dtype != want:
                 if v.dtype.kind == want.kind or (v.dtype.kind in "iu" and want.kind in "iu"):
                     v = v.astype(want)
@@ -1110,10 +1128,13 @@ class OnnxModel:
         return self._results(env, key)
 
     def _located(self, e, where):
-        """``e`` with the model's name and the failing node in its message (value, type
-        and index errors; the rest as they are)."""
-        if type(e) in (ValueError, TypeError, IndexError):
-            return type(e)(f"{self.name}: {where}: {e}")
+        """``e`` with the model's name and the failing node in its message (value, type,
+        index and memory errors, e.g. a ConstantOfShape of a shape too large to allocate;
+        the rest as they are)."""
+        for kind in _LOCATED:
+            # (NumPy's own subclasses, e.g. AxisError, as their first such base)
+            if isinstance(e, kind):
+                return (type(e) if type(e) in _LOCATED else kind)(f"{self.name}: {where}: {e}")
         return e
 
     @staticmethod
