@@ -311,6 +311,25 @@ def exercise(obj) -> None:
                 obj(np.zeros((2, 1, obj.input_size), obj.dtype))
             except (ValueError, TypeError):
                 pass
+    from fastrnn.model import Embedding, Model
+    if isinstance(obj, Model):
+        first, size = obj.layers[0], None
+        for layer in obj.layers:
+            core = getattr(layer, "core", None) or getattr(getattr(layer, "forward", None),
+                                                           "core", None)
+            if core is not None:
+                size = core.input_size
+                break
+        if isinstance(first, Embedding):
+            x = np.full((2, 3), min(1, first.input_dim - 1), np.int64)
+        elif size is not None and size <= 4096:
+            x = np.ones((2, 3, size), np.float32)
+        else:
+            return
+        try:
+            obj.predict(x)
+        except (ValueError, TypeError, IndexError):
+            pass
     from fastrnn.io.onnx import OnnxModel, _np_dtype
     if isinstance(obj, OnnxModel):
         feeds = {}
