@@ -41,6 +41,25 @@ def test_100k_calls():
     assert after - before < 16, (before, after)
 
 
+def test_onnx_model_calls_over_many_shapes():
+    """An ONNX model called with many batch sizes and lengths (its kept programs, at most
+    32 sets of shapes, replaced as new ones come) stays flat."""
+    pytest.importorskip("onnx")
+    m = fastrnn.io.load(os.path.join(FIX, "onnx", "lstm_bi_2l_op11.onnx"))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1 + k % 7, 1 + k % 5, 5)).astype(np.float32) for k in range(40)]
+    for _ in range(20):
+        for x in xs:
+            m.run(x)
+    before = rss_mb()
+    for _ in range(250):
+        for x in xs:
+            m.run(x)
+    after = rss_mb()
+    assert len(m._progs) <= 32
+    assert after - before < 16, (before, after)
+
+
 def test_1000_loads(tmp_path):
     p = str(tmp_path / "m.safetensors")
     fastrnn.LSTM(8, 16, num_layers=2, seed=1).save(p)
