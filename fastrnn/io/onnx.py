@@ -870,6 +870,10 @@ class OnnxModel:
     ``model.run(inputs)`` takes a dict ``{input name: array}`` (or one array, or a list
     in :attr:`input_names` order) and returns a dict ``{output name: array}``;
     ``model(inputs)`` is the same; ``model.predict(inputs)`` returns the first output.
+    The first call with feeds of given names, shapes and dtypes (and wanted outputs)
+    runs every node and keeps a program for them (:class:`_Program`: the values that
+    follow from the shapes, recurrent nodes calling their layers directly); later such
+    calls run that program (up to 32 kept a model).
     """
 
     def __init__(self, proto, *, num_threads: int | None = None, name: str | None = None):
