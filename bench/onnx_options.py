@@ -7,7 +7,8 @@ A case is OP:B:T:H[:opt...] (OP one of LSTM, GRU, RNN; input size = H; float32; 
 forward layer), opts: ``peep`` (LSTM peepholes, input P), ``clip=C`` (the clip
 attribute), ``ifg`` (LSTM input_forget), ``lbr0`` / ``lbr1`` (GRU linear_before_reset;
 0 is ONNX's default, fastrnn's ``reset_after=False``), ``hs`` (HardSigmoid for the
-gates: the activations old Keras models use), ``bi`` (bidirectional).  The
+gates: the activations old Keras models use), ``bi`` (bidirectional), ``seq=5/2/3``
+(input sequence_lens, one length per sequence).  The
 weights are random (seed 0, scale 0.1); fastrnn loads the same serialized model with
 ``fastrnn.load`` (an ``OnnxModel``: a dict of the graph's outputs), and the script
 checks both give the same Y before timing.  Each
@@ -56,13 +57,17 @@ def onnx_model(op, H, opts, seed=0):
         elif o == "hs":     # HardSigmoid gates (alpha 0.2, beta 0.5: old Keras's default)
             acts = ["HardSigmoid", "Tanh", "Tanh"][:{"LSTM": 3, "GRU": 2}.get(op, 1)]
             attrs["activations"] = acts * D
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", H])]
+    if any(o.startswith("seq=") for o in opts):
+        inputs.append("seq")
+        graph_inputs.append(helper.make_tensor_value_info("seq", TensorProto.INT32, ["B"]))
     if "peep" in opts:
         inits.append(numpy_helper.from_array(rnd(D, 3 * H), "P"))
-        inputs += ["", "", "", "P"]
+        inputs += [""] * (7 - len(inputs)) + ["P"]
     node = helper.make_node(op, inputs, ["Y", "Yh"] + (["Yc"] if op == "LSTM" else []),
                             **attrs)
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", H])],
+        [node], "g", graph_inputs,
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
@@ -87,15 +92,19 @@ def main(argv=None):
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             fm = fastrnn.load(path)
             x = np.random.default_rng(1).standard_normal((T, B, H)).astype(np.float32)
-            y_ort = sess.run(None, {"X": x})[0]
-            np.testing.assert_allclose(fm(x)["Y"], y_ort, rtol=1e-4, atol=1e-5)
-            n = max(3, min(50, int(0.2 / max(1e-6, median_call(lambda: fm(x), 3)))))
+            feeds = {"X": x}
+            for o in opts:
+                if o.startswith("seq="):
+                    feeds["seq"] = np.array([int(v) for v in o[4:].split("/")], np.int32)
+            y_ort = sess.run(None, feeds)[0]
+            np.testing.assert_allclose(fm(feeds)["Y"], y_ort, rtol=1e-4, atol=1e-5)
+            n = max(3, min(2000, int(0.2 / max(1e-6, median_call(lambda: fm(feeds), 3)))))
             res = {"fastrnn": [], "ort": []}
             for _ in range(a.rounds):
-                res["fastrnn"].append(median_call(lambda: fm(x), n))
-                res["ort"].append(median_call(lambda: sess.run(None, {"X": x}), n))
+                res["fastrnn"].append(median_call(lambda: fm(feeds), n))
+                res["ort"].append(median_call(lambda: sess.run(None, feeds), n))
             f_ms, o_ms = (np.median(res[k]) * 1e3 for k in ("fastrnn", "ort"))
-            print(f"{case:28s} {f_ms:10.3f} {o_ms:10.3f}  {f_ms / o_ms:13.2f}", flush=True)
+            print(f"{case:28s} {f_ms:10.4f} {o_ms:10.4f}  {f_ms / o_ms:13.2f}", flush=True)
 
 
 if __name__ == "__main__":

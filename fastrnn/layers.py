@@ -338,6 +338,50 @@ def sort_by_length(lengths, B: int, T: int):
     return perm, slens, Teff, valid, nsteps
 
 
+_RAGGED_INDEX: dict = {}    # ragged_index's kept answers (at most 64)
+
+
+def ragged_index(lengths, B: int, T: int):
+    """:func:`sort_by_length` and the packing a call builds on it, kept per lengths
+    (their bytes, with B and T; at most 64): ``(perm, slens, Teff, nsteps, rows,
+    offsets, inv)``, ``rows`` from :func:`packed_rows`, ``offsets`` each step's first
+    packed row, ``inv`` the inverse of ``perm``.  The arrays are shared by the calls
+    with these lengths and never written.  (A small call with lengths spent ~20 us
+    building them.)"""
+    lens = lengths if type(lengths) is np.ndarray else np.asarray(lengths)
+    key = (B, T, lens.dtype.str, lens.shape, lens.tobytes()) if lens.dtype.kind in "iu" \
+        else None
+    ent = _RAGGED_INDEX.get(key) if key is not None else None
+    if ent is None:
+        perm, slens, Teff, valid, nsteps = sort_by_length(lens, B, T)   # (validates)
+        rows = packed_rows(perm, valid, B)
+        offsets = np.zeros(Teff, np.intp)
+        if Teff > 1:
+            np.cumsum(nsteps[:-1], out=offsets[1:])
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(B)
+        ent = (perm, slens, Teff, nsteps, rows, offsets, inv)
+        if key is not None:
+            if len(_RAGGED_INDEX) >= 64:
+                _RAGGED_INDEX.clear()
+            _RAGGED_INDEX[key] = ent
+    return ent
+
+
+def _equal_length(lengths, B: int, T: int) -> int:
+    """L where every one of the B ``lengths`` is the same L in 1..T (integers of shape
+    (B,)), else 0."""
+    lens = lengths if type(lengths) is np.ndarray else np.asarray(lengths)
+    if not B or lens.shape != (B,) or lens.dtype.kind not in "iu":
+        return 0
+    L = int(lens[0])
+    if not 0 < L <= T:
+        return 0
+    if B <= 64:         # (a few values: quicker in Python than a NumPy comparison)
+        return L if all(v == L for v in lens.tolist()) else 0
+    return 0 if (lens != L).any() else L
+
+
 class RNNBase:
     """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
     or :class:`GRU`.
@@ -1003,15 +1047,50 @@ class RNNBase:
                  num_threads: int | None = None, return_sequences: bool = True):
         idle = _threads.scope_enter()
         try:
-            if (lengths is None and mask is None and num_threads is None
-                    and type(x) is np.ndarray and masked_output == "carry"):
-                res = self._dense_call(x, hx, return_sequences, idle)
+            if (num_threads is None and type(x) is np.ndarray and masked_output == "carry"):
+                res = (self._dense_call(x, hx, return_sequences, idle)
+                       if lengths is None and mask is None else
+                       self._prefix_call(x, hx, lengths, mask, return_sequences, idle))
                 if res is not None:
                     return res
             return self._call(x, hx, lengths, mask, masked_output, num_threads,
                               return_sequences, idle)
         finally:
             _threads.scope_leave()
+
+    def _prefix_call(self, x, hx, lengths, mask, return_sequences, idle):
+        """A call whose sequences all have one length L (``lengths``, or a mask that is
+        the same prefix of each; a batch of one always): the lean call (_dense_call)
+        over the first L steps, the outputs after them filled as _call fills them
+        (zeros; with a mask, a forward direction's last output repeated).  None where
+        that does not apply (then _call runs)."""
+        if x.ndim != 3:
+            return None
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        cols = ()
+        if mask is not None:
+            if lengths is not None:
+                return None
+            lengths, mask, cols = self._mask_as_lengths(mask, None, T, B, False,
+                                                        return_sequences)
+            if mask is not None:
+                return None
+        L = T if lengths is None else _equal_length(lengths, B, T)
+        if not L:
+            return None
+        res = self._dense_call((x[:, :L] if self.batch_first else x[:L]) if L < T else x,
+                               hx, return_sequences, idle)
+        if res is None or L == T or not return_sequences:
+            return res
+        out, states = res
+        full = np.zeros((B, T, out.shape[2]) if self.batch_first else (T, B, out.shape[2]),
+                        out.dtype)
+        tm = full.transpose(1, 0, 2) if self.batch_first else full     # (time-major view)
+        tm[:L] = out.transpose(1, 0, 2) if self.batch_first else out
+        Hout = self.proj_size or self.hidden_size
+        for d in cols:          # (carry_fill, all of length L)
+            tm[L:, :, d * Hout:(d + 1) * Hout] = tm[L - 1, :, d * Hout:(d + 1) * Hout]
+        return full, states
 
     def _dense_call(self, x, hx, return_sequences, idle):
         """The common call, lean: a batched (3-D) array of the layer's dtype and input
@@ -1173,22 +1252,25 @@ class RNNBase:
         lengths, mask, carry_cols = self._mask_as_lengths(
             mask, lengths, T, B, unbatched, masked_output == "carry" and return_sequences)
 
-        # ---- packing (sorted by length, longest first) or dense
+        # ---- packing (sorted by length, longest first) or dense; every sequence of one
+        # length L: dense over the first L steps (B=1 always), the rest filled as the
+        # packed call would (zeros, or the carried outputs)
         perm = None
+        Teff = T
+        if lengths is not None and mask is None:
+            L = _equal_length(lengths, B, T)
+            if L:
+                Teff, equal, lengths = L, lengths, None
         if lengths is not None:
-            perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
-            rows = packed_rows(perm, valid, B)
+            perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T)
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
-            offsets = np.zeros(Teff, np.intp)
-            if Teff > 1:
-                np.cumsum(nsteps[:-1], out=offsets[1:])
         else:
-            Teff = T
             slens = _NO_LENGTHS
-            offsets, nsteps = _dense_index(T, B)
-            xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else None
+            offsets, nsteps = _dense_index(Teff, B)
+            xd = x[:Teff] if Teff < T else x
+            xin = xd.reshape(Teff * B, self.input_size) if xd.flags.c_contiguous else None
             if xin is None:
-                xin = np.ascontiguousarray(x).reshape(T * B, self.input_size)
+                xin = np.ascontiguousarray(xd).reshape(Teff * B, self.input_size)
         xin = np.ascontiguousarray(xin, dtype=dt)
         N = xin.shape[0]
 
@@ -1214,7 +1296,9 @@ class RNNBase:
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
 
         if N > 0:
-            nt, specs, _ = self._plan(T, Teff, B, nt, idle, perm is not None, has_mask)
+            # (one length: the plan of a dense call of that many steps)
+            nt, specs, _ = self._plan(T if perm is not None else Teff, Teff, B, nt, idle,
+                                      perm is not None, has_mask)
             out = self._run_stack(nt, specs, xin, offsets, nsteps, slens, pmask, has_mask,
                                   h_state, c_state, int(masked_output == "zero"), B, Teff,
                                   return_sequences)
@@ -1227,11 +1311,13 @@ class RNNBase:
                 output = np.zeros((T, B, D * Hout), dt)
                 output.reshape(T * B, D * Hout)[rows] = out
                 carry_fill(output, lengths, carry_cols, Hout)
-            inv = np.empty_like(perm)
-            inv[perm] = np.arange(B)
             h_state = h_state[:, inv]
             if c_state is not None:
                 c_state = c_state[:, inv]
+        elif return_sequences and Teff < T:
+            output = np.zeros((T, B, D * Hout), dt)
+            output[:Teff] = out.reshape(Teff, B, D * Hout)
+            carry_fill(output, equal, carry_cols, Hout)
         elif return_sequences:
             output = out.reshape(T, B, D * Hout)
         return self._finish(output if return_sequences else None, h_state, c_state, B,

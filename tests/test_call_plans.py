@@ -183,8 +183,10 @@ def test_dense_call_is_the_general_call(make, B, bf, with_state, return_sequence
 
 
 def test_dense_call_only_for_plain_calls(monkeypatch):
-    """Calls with lengths, a mask, a thread count, masked_output="zero", an unbatched or
-    non-contiguous input of another dtype go the general way (and still answer)."""
+    """Calls with lengths that differ, a mask that is not one prefix, a thread count,
+    masked_output="zero", an unbatched or non-contiguous input of another dtype go the
+    general way (and still answer); lengths all T and an all-True mask are plain calls
+    (through _prefix_call)."""
     layer = fastrnn.GRU(4, 5, seed=0)
     seen = []
     real = layer._dense_call
@@ -198,9 +200,16 @@ def test_dense_call_only_for_plain_calls(monkeypatch):
     ref = layer(x)[0]
     assert seen == [True]
     seen.clear()
-    for kw in (dict(lengths=[3, 3]), dict(mask=np.ones((3, 2), bool)), dict(num_threads=1),
-               dict(masked_output="zero")):
+    for kw in (dict(lengths=[3, 3]), dict(mask=np.ones((3, 2), bool))):
         np.testing.assert_array_equal(layer(x, **kw)[0], ref)
+    assert seen == [True, True]
+    seen.clear()
+    for kw in (dict(num_threads=1), dict(masked_output="zero")):
+        np.testing.assert_array_equal(layer(x, **kw)[0], ref)
+    holes = np.ones((3, 2), bool)
+    holes[1, 0] = False
+    layer(x, lengths=[3, 1])
+    layer(x, mask=holes)
     assert seen == []
     # unbatched, another dtype, a list, no steps: declined (None), run by _call
     np.testing.assert_array_equal(layer(x[:, 0])[0], ref[:, 0])

@@ -203,6 +203,18 @@ def test_layout_1_equals_layout_0(op, direction, state):
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("B,seq", [(1, [3]), (2, [4, 4]), (1, [5])])
+def test_sequence_lens_all_equal(op, direction, B, seq):
+    """sequence_lens of one value (a batch of one always): fastrnn runs the first L steps
+    dense and pads; ONNX Runtime's answers, with and without initial states."""
+    for state in (False, True):
+        model, feeds = make_node_model(op, direction=direction, B=B, h0=state, c0=state,
+                                       seq=seq, seed=B + len(direction))
+        assert_matches_ort(model, feeds)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_clip(op):
     for clip in (0.1, 0.7, 3.0):
         model, feeds = make_node_model(op, direction="bidirectional", attrs=dict(clip=clip),

@@ -357,10 +357,17 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     states; return_sequences=False, batch_first, go_backwards, unbatched; a mask that is
     not a prefix keeps the mask kernels."""
     import fastrnn.layers as layers_mod
-    calls = []
-    orig = layers_mod.sort_by_length
-    monkeypatch.setattr(layers_mod, "sort_by_length",
+    calls = []      # calls that ran as lengths: packed, or all of one length (a prefix)
+    orig, orig_eq = layers_mod.ragged_index, layers_mod._equal_length
+    monkeypatch.setattr(layers_mod, "ragged_index",
                         lambda *a: calls.append(1) or orig(*a))
+
+    def equal(*a):
+        L = orig_eq(*a)
+        if L and L < a[2]:
+            calls.append(1)
+        return L
+    monkeypatch.setattr(layers_mod, "_equal_length", equal)
     layer = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24)
     x, hx = _inputs(layer, seed=25, dtype=np.float64)
     hx = hx if init else None
@@ -449,3 +456,71 @@ def test_return_sequences_false_layouts(cell):
     assert one.shape == (2 * H,)
     np.testing.assert_allclose(one, last[2], rtol=1e-6, atol=1e-7)
     assert _states(h1)[0].shape == (4, H)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("bi,batch_first,go_backwards", [(False, False, False),
+                                                         (True, False, False),
+                                                         (True, True, False),
+                                                         (False, True, True)])
+@pytest.mark.parametrize("B,init,dtype", [(1, False, np.float32), (3, True, np.float64),
+                                          (4, False, np.float32), (70, True, np.float32)])
+def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backwards, B,
+                                                  init, dtype, monkeypatch):
+    """Lengths all equal to one L < T (a batch of one always) run as a dense call over the
+    first L steps (the lean call, or _call's own with num_threads), the rest of the
+    outputs filled as the packed call fills them (zeros with lengths; a prefix mask with
+    "carry" repeats a forward direction's last output): the same outputs and final
+    states as the packed call (the shortcut off), which never runs; lengths of T are the
+    dense call."""
+    import fastrnn.layers as layers_mod
+    layer = CELLS[cell](bidirectional=bi, batch_first=batch_first, go_backwards=go_backwards,
+                        num_layers=2 if bi else 1, dtype=dtype, seed=31)
+    x, hx = _inputs(layer, seed=32, B_=B, dtype=dtype)
+    hx = hx if init else None
+    xx = _bf(x, batch_first)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    packed = []
+    real = layers_mod.ragged_index
+    for L in (1, 4, T):
+        lens = np.full(B, L)
+        mask = np.arange(T)[:, None] < lens[None, :]
+        mask = mask.T if batch_first else mask
+        for kw in (dict(lengths=lens), dict(mask=mask), dict(mask=mask, masked_output="zero"),
+                   dict(lengths=lens, return_sequences=False), dict(lengths=lens, num_threads=1),
+                   dict(mask=mask, num_threads=2)):
+            monkeypatch.setattr(layers_mod, "ragged_index",
+                                lambda *a: packed.append(1) or real(*a))
+            got = layer(xx, hx, **kw)
+            assert not packed
+            monkeypatch.setattr(layers_mod, "_equal_length", lambda *a: 0)
+            ref = layer(xx, hx, **kw)
+            monkeypatch.undo()
+            packed.clear()
+            for u, v in zip([got[0]] + _states(got[1]), [ref[0]] + _states(ref[1])):
+                assert u.shape == v.shape
+                np.testing.assert_allclose(u, v, **tol)
+            if L < T and "lengths" in kw and kw.get("return_sequences", True):
+                tail = got[0][:, L:] if batch_first else got[0][L:]
+                assert not tail.any()
+
+
+@pytest.mark.parametrize("B", [2, 3, 70])
+def test_nearly_equal_lengths_are_packed(B, monkeypatch):
+    """One length differing from the rest (first, or last) is not one length: the call
+    is packed, and that sequence's final state and outputs are those of its own prefix."""
+    import fastrnn.layers as layers_mod
+    layer = fastrnn.GRU(4, 6, seed=33)
+    x, _ = _inputs(layer, seed=34, B_=B)
+    packed = []
+    real = layers_mod.ragged_index
+    monkeypatch.setattr(layers_mod, "ragged_index", lambda *a: packed.append(1) or real(*a))
+    for k in (0, B - 1):
+        lens = np.full(B, 7)
+        lens[k] = 5
+        out, h = layer(x, lengths=lens)
+        ref_out, ref_h = layer(np.ascontiguousarray(x[:5, k:k + 1]))
+        np.testing.assert_allclose(h[:, k], ref_h[:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[:5, k], ref_out[:, 0], rtol=1e-5, atol=1e-6)
+        assert not out[5:, k].any()
+    assert len(packed) == 2

@@ -773,13 +773,16 @@ class _RecurrentNode:
         if c0 is not None:
             c0 = self._state(c0, "initial_c", Bsz, H, dt)
         lengths = None
+        empty = False           # (a sequence of length 0)
         if seq is not None:
             seq = np.asarray(seq)
             if seq.shape != (Bsz,):
                 raise ValueError(f"{self.where}: sequence_lens must have shape ({Bsz},), "
                                  f"got {seq.shape}")
-            if not np.all(seq == T):
+            sl = seq.tolist()   # (a few values: quicker in Python than two NumPy reductions)
+            if any(v != T for v in sl):
                 lengths = seq.astype(np.int64)
+                empty = 0 in sl
         if self.op == "LSTM":
             if h0 is not None or c0 is not None:
                 z = np.zeros((D, Bsz, H), dt)
@@ -799,7 +802,7 @@ class _RecurrentNode:
             hn, cn = hn
         else:
             cn = None
-        if lengths is not None and np.any(lengths == 0):
+        if empty:
             # ONNX Runtime: a sequence of length 0 has zero final states (not initial ones)
             z = lengths == 0
             hn[:, z] = 0
