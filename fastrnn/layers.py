@@ -1286,11 +1286,11 @@ class RNNBase:
             has_mask = 0
 
         # sorted initial states, final states in the same order
-        if perm is not None:
+        if hx is None:
+            h_state, c_state = h0, c0      # _prepare's own zeros (in any order)
+        elif perm is not None:
             h_state = np.ascontiguousarray(h0[:, perm])
             c_state = np.ascontiguousarray(c0[:, perm]) if c0 is not None else None
-        elif hx is None:
-            h_state, c_state = h0, c0      # _prepare's own zeros
         else:
             h_state = np.array(h0, dtype=dt, order="C", copy=True)
             c_state = np.array(c0, dtype=dt, order="C", copy=True) if c0 is not None else None
