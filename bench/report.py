@@ -18,7 +18,6 @@ faster).  GFLOP/s counts the input and recurrent products; "peak" is numpy's sge
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 

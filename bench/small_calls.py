@@ -21,7 +21,6 @@ its time over ONNX Runtime's.  No timing thresholds.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 

@@ -291,7 +291,7 @@ def carry_grad(go, lengths, cols, Hout):
     directions ``cols``, the gradients of steps >= a length are added to step length - 1
     (and dropped for length 0, whose outputs are constant)."""
     go = np.array(go, copy=True)
-    T, B = go.shape[0], go.shape[1]
+    T = go.shape[0]
     lens = np.asarray(lengths)
     after = np.arange(T)[:, None] >= lens[None, :]                     # (T, B)
     has = np.nonzero(lens > 0)[0]
