@@ -85,6 +85,14 @@ def spread(paths, stat):
     return "\n".join(lines) + "\n"
 
 
+def emit(text, out):
+    """Print the table, and write it to ``out`` if given."""
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    sys.stdout.write(text)
+
+
 def fmt_t(t):
     return f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"
 
@@ -97,11 +105,7 @@ def main(argv=None):
     ap.add_argument("--png", default=None)
     a = ap.parse_args(argv)
     if len(a.json) > 1:
-        text = spread(a.json, a.stat)
-        if a.out:
-            with open(a.out, "w") as f:
-                f.write(text)
-        sys.stdout.write(text)
+        emit(spread(a.json, a.stat), a.out)
         return
     a.json = a.json[0]
     data, groups = load(a.json, a.stat)
@@ -165,11 +169,7 @@ def main(argv=None):
             lines.append(f"{g}: extra peak RSS {info['extra_peak_bytes'] / 2**20:.1f} MiB "
                          f"(input itself {info['input_bytes'] / 2**20:.0f} MiB, not counted), "
                          f"time {fmt_t(rows[0]['t'])}.")
-    text = "\n".join(lines) + "\n"
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
-    sys.stdout.write(text)
+    emit("\n".join(lines) + "\n", a.out)
     if a.png:
         try:
             import matplotlib
