@@ -178,7 +178,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     x, unbatched, h0, c0 = layer._prepare(x, hx)
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
-    from .layers import carry_fill, reverse_rows
+    from .layers import _dense_index, carry_fill, ragged_index, reverse_rows
     T, B = x.shape[0], x.shape[1]
     # a right-padding mask runs as lengths (as in the layer call; see _mask_as_lengths)
     lengths, mask, carry_cols = layer._mask_as_lengths(mask, lengths, T, B, unbatched,
@@ -198,21 +198,17 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     lstm = layer._cell == "LSTM"
 
     # ---- packing: sorted by length, longest first (a dense batch needs no sorting)
-    perm = None
+    # (the packing's arrays are the inference calls', kept per lengths and only read)
+    perm = inv = None
     if lengths is not None:
-        from .layers import packed_rows, sort_by_length
-        perm, slens, Teff, valid, nsteps = sort_by_length(lengths, B, T)
-        rows = packed_rows(perm, valid, B)
+        perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T)
         xin = np.ascontiguousarray(x.reshape(T * B, layer.input_size)[rows], dtype=dt)
     else:
         Teff = T
         slens = np.full(B, T, np.intp)
         rows = None
-        nsteps = np.full(T, B, np.intp)
+        offsets, nsteps = _dense_index(T, B)
         xin = np.ascontiguousarray(x, dtype=dt).reshape(T * B, layer.input_size)
-    offsets = np.zeros(Teff, np.intp)
-    if Teff > 1:
-        np.cumsum(nsteps[:-1], out=offsets[1:])
     N = xin.shape[0]
     ridx = reverse_rows(offsets, nsteps, slens)    # rows of a reverse direction
     last = (offsets[np.maximum(slens, 1) - 1] + np.arange(B)) if Teff else np.zeros(B, np.intp)
@@ -281,8 +277,6 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         output = np.zeros((T, B, D * Hout), dt)
         output.reshape(T * B, D * Hout)[rows] = out
         carry_fill(output, lengths, carry_cols, Hout)
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(B)
         h_n = hT[:, inv]
         c_n = cT[:, inv] if lstm else None
     else:
@@ -298,7 +292,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     params, version = _snapshot(layer)
     cache = TrainCache(
         layer_id=id(layer), params=params, version=version, T=T, B=B, Teff=Teff,
-        unbatched=unbatched, batch_first=layer.batch_first, perm=perm, rows=rows,
+        unbatched=unbatched, batch_first=layer.batch_first, perm=perm, inv=inv, rows=rows,
         nsteps=nsteps, offsets=offsets, ridx=ridx, xin=xin, outs=outs, saved=saved,
         h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False,
         carry=(lengths, carry_cols) if carry_cols else None)
@@ -437,10 +431,8 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         if need_input_grad:
             dxf = np.zeros((T, B, I), dt)
             dxf.reshape(T * B, I)[rows] = dout
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(B)
-        dh0 = dhs[:, inv]
-        dc0 = dcs[:, inv] if lstm else None
+        dh0 = dhs[:, cache.inv]
+        dc0 = dcs[:, cache.inv] if lstm else None
     else:
         if need_input_grad:
             dxf = dout.reshape(T, B, I)
