@@ -286,6 +286,20 @@ def carry_fill(output, lengths, cols, Hout):
         output[:, :, c] = output[t_src, np.arange(B), c]
 
 
+def pad_steps(out, T: int, cols, Hout: int, batch_first: bool = False):
+    """Outputs ``out`` (L, B, F) of sequences that all have L < T steps (time-major; a
+    view will do) padded to T steps as a packed call pads them: zeros, but in directions
+    ``cols`` step L - 1 repeated (carry_fill for one length).  (T, B, F), or (B, T, F)
+    with ``batch_first``."""
+    L, B, F = out.shape
+    full = np.zeros((B, T, F) if batch_first else (T, B, F), out.dtype)
+    tm = full.transpose(1, 0, 2) if batch_first else full      # (time-major view)
+    tm[:L] = out
+    for d in cols:
+        tm[L:, :, d * Hout:(d + 1) * Hout] = tm[L - 1, :, d * Hout:(d + 1) * Hout]
+    return full
+
+
 def carry_grad(go, lengths, cols, Hout):
     """The output gradient for carry_fill's outputs: a copy of time-major ``go`` where, in
     directions ``cols``, the gradients of steps >= a length are added to step length - 1
@@ -1083,14 +1097,8 @@ class RNNBase:
         if res is None or L == T or not return_sequences:
             return res
         out, states = res
-        full = np.zeros((B, T, out.shape[2]) if self.batch_first else (T, B, out.shape[2]),
-                        out.dtype)
-        tm = full.transpose(1, 0, 2) if self.batch_first else full     # (time-major view)
-        tm[:L] = out.transpose(1, 0, 2) if self.batch_first else out
-        Hout = self.proj_size or self.hidden_size
-        for d in cols:          # (carry_fill, all of length L)
-            tm[L:, :, d * Hout:(d + 1) * Hout] = tm[L - 1, :, d * Hout:(d + 1) * Hout]
-        return full, states
+        return pad_steps(out.transpose(1, 0, 2) if self.batch_first else out, T, cols,
+                         self.proj_size or self.hidden_size, self.batch_first), states
 
     def _dense_call(self, x, hx, return_sequences, idle):
         """The common call, lean: a batched (3-D) array of the layer's dtype and input
@@ -1260,7 +1268,7 @@ class RNNBase:
         if lengths is not None and mask is None:
             L = _equal_length(lengths, B, T)
             if L:
-                Teff, equal, lengths = L, lengths, None
+                Teff, lengths = L, None
         if lengths is not None:
             perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T)
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
@@ -1315,9 +1323,7 @@ class RNNBase:
             if c_state is not None:
                 c_state = c_state[:, inv]
         elif return_sequences and Teff < T:
-            output = np.zeros((T, B, D * Hout), dt)
-            output[:Teff] = out.reshape(Teff, B, D * Hout)
-            carry_fill(output, equal, carry_cols, Hout)
+            output = pad_steps(out.reshape(Teff, B, D * Hout), T, carry_cols, Hout)
         elif return_sequences:
             output = out.reshape(T, B, D * Hout)
         return self._finish(output if return_sequences else None, h_state, c_state, B,

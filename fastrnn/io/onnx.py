@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import LoadError
-from .._threads import scope_enter, scope_leave
+from .._threads import _scope, scope_enter, scope_leave
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
 
@@ -840,8 +840,7 @@ class _RecurrentNode:
         T, Bsz = (xshape[0], xshape[1]) if self.layout == 0 else (xshape[1], xshape[0])
         outputs, slow, seq = self._outputs, self.run, y is not None
         tbdh = (T, Bsz, D, H) if y == "TBDH" else None
-        from .. import _threads
-        dense, scope = layer._dense_call, _threads._scope
+        dense, scope = layer._dense_call, _scope
 
         def run(X):             # (inside the model call's scope: OnnxModel._exec)
             res = dense(X, None, seq, scope.idle) if (
@@ -863,7 +862,7 @@ class _RecurrentNode:
 
 
 # ------------------------------------------------------------------------ the model
-_SHAPES_KEPT = 32   # feeds' shapes whose shape-only values a model keeps (OnnxModel.run)
+_SHAPES_KEPT = 32   # sets of feeds' shapes whose _Program a model keeps (OnnxModel.run)
 _LOCATED = (ValueError, TypeError, IndexError, MemoryError)     # (OnnxModel._located)
 
 
@@ -965,7 +964,7 @@ class OnnxModel:
         self._consts = consts
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
-        self._progs: dict = {}          # per wanted outputs and feeds' shapes: _program
+        self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
         self._out_key = tuple(self.output_names)
 
     def _shape_only(self, steps, consts) -> frozenset:
