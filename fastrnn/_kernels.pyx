@@ -1843,13 +1843,16 @@ cdef class DenseRun:
     the call's arrays and runs them (a small layer's call ~1 us less per direction).
 
     ``layers``: per layer ``(chunk, [(PackedDir, acts, wdp or None) per direction])``;
-    offsets / nsteps: the dense batch's (kept)."""
+    offsets / nsteps: the dense batch's (kept); with ``lens`` (the sorted lengths of a
+    packed ragged batch, as run_layer's ``lens`` with ``varlen``) the packed batch's
+    offsets / nsteps, of sum(nsteps) rows."""
     cdef DirRun* runs
     cdef int L, D, Hout, H, I, is_double, last_only, cell
     cdef Py_ssize_t B, N
     cdef object keep
     cdef const Py_ssize_t* off
     cdef const Py_ssize_t* nst
+    cdef const Py_ssize_t* lens
 
     def __cinit__(self):
         self.runs = NULL
@@ -1857,9 +1860,9 @@ cdef class DenseRun:
     def __init__(self, int cell, list layers, offsets, nsteps, Py_ssize_t B, int input_size,
                  int hidden_size, int proj_size, int reset_after, int input_forget,
                  double clip, int use_peep, int num_threads, int go_backwards,
-                 int directions, dtype, bint return_sequences):
-        cdef void* vp[2]
-        cdef Py_ssize_t nT, nst, n_
+                 int directions, dtype, bint return_sequences, lens=None):
+        cdef void* vp[3]
+        cdef Py_ssize_t nT, nst, n_, s
         cdef int l, d, k, I_l
         cdef const void* wp
         cdef Py_ssize_t wn
@@ -1871,6 +1874,23 @@ cdef class DenseRun:
             raise ValueError("DenseRun: fewer step sizes than step offsets")
         self.off = <const Py_ssize_t*>vp[0]
         self.nst = <const Py_ssize_t*>vp[1]
+        self.lens = _no_lens
+        self.N = nT * B
+        if lens is not None:
+            _arr(lens, cnp.NPY_INTP, 1, "lens", &vp[2], &n_, NULL)
+            if n_ < B:
+                raise ValueError("DenseRun: fewer lengths than sequences")
+            self.lens = <const Py_ssize_t*>vp[2]
+            self.N = 0
+            for s in range(nT):
+                self.N += self.nst[s]
+            for s in range(B):
+                if not 0 <= self.lens[s] <= nT:
+                    raise ValueError("DenseRun: a length outside [0, T]")
+        for s in range(nT):     # (the kernels trust these: rows inside the batch's)
+            if not (0 <= self.nst[s] <= B and 0 <= self.off[s]
+                    and self.off[s] + self.nst[s] <= self.N):
+                raise ValueError("DenseRun: a step's rows outside the batch")
         self.cell = cell
         self.L = len(layers)
         self.D = directions
@@ -1878,10 +1898,9 @@ cdef class DenseRun:
         self.Hout = proj_size if proj_size > 0 else hidden_size
         self.I = input_size
         self.B = B
-        self.N = nT * B
         self.is_double = np.dtype(dtype) == np.float64
         self.last_only = not return_sequences
-        self.keep = (layers, offsets, nsteps)
+        self.keep = (layers, offsets, nsteps, lens)
         self.runs = <DirRun*>malloc(sizeof(DirRun) * self.L * self.D)
         if self.runs == NULL:
             raise MemoryError()
@@ -1902,7 +1921,8 @@ cdef class DenseRun:
                 k = l * self.D + d
                 _dir_setup(&self.runs[k], cell, I_l, pw, nT, self.nst, B,
                            self.D * self.Hout, d * self.Hout,
-                           int((d == 1) != go_backwards), 0, hidden_size, proj_size,
+                           int((d == 1) != go_backwards), int(lens is not None),
+                           hidden_size, proj_size,
                            reset_after, input_forget, acts, clip, use_peep, 0, 0,
                            num_threads, chunk,
                            int(not (self.last_only and l == self.L - 1)), wp, wn,
@@ -1944,13 +1964,13 @@ cdef class DenseRun:
                 with nogil:
                     if self.is_double:
                         rc = _dir_exec(&self.runs[k], <const double*>xp, self.off, self.nst,
-                                       _no_lens, _no_mask,
+                                       self.lens, _no_mask,
                                        <double*>(hp + k * self.B * self.Hout * isz),
                                        <double*>(cp + k * self.B * self.H * isz)
                                        if cp != NULL else _no_c, <double*>op)
                     else:
                         rc = _dir_exec(&self.runs[k], <const float*>xp, self.off, self.nst,
-                                       _no_lens, _no_mask,
+                                       self.lens, _no_mask,
                                        <float*>(hp + k * self.B * self.Hout * isz),
                                        <float*>(cp + k * self.B * self.H * isz)
                                        if cp != NULL else <float*>_no_c, <float*>op)

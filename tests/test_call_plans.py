@@ -269,3 +269,148 @@ def test_dense_call_takes_a_misaligned_input():
         assert not xm.flags.aligned and xm.flags.c_contiguous
         got, ref = layer(xm), layer(xa.reshape(3, 2, layer.input_size))
         np.testing.assert_array_equal(got[0], ref[0])
+
+
+RAGGED_MAKES = [
+    (lambda: fastrnn.LSTM(6, 7, num_layers=2, bidirectional=True, seed=1), 3, False),
+    (lambda: fastrnn.GRU(6, 7, batch_first=True, seed=2), 2, True),
+    (lambda: fastrnn.GRU(6, 9, num_layers=2, batch_first=True, reset_after=False, seed=3), 5, True),
+    (lambda: fastrnn.SimpleRNN(6, 7, bidirectional=True, batch_first=True, seed=4), 4, True),
+    (lambda: fastrnn.LSTM(6, 8, proj_size=3, go_backwards=True, seed=5), 4, False),
+    (lambda: fastrnn.LSTM(6, 7, seed=6, dtype="float64"), 20, False),
+]
+
+
+def _ragged_lengths(B, T, rng):
+    lens = rng.integers(0, T + 1, B)
+    lens[0], lens[-1] = T, 1            # (never one length)
+    return lens
+
+
+@pytest.mark.parametrize("make,B,bf", RAGGED_MAKES)
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("by", ["lengths", "mask"])
+def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequences, by,
+                                         monkeypatch):
+    """A call of sequences of different lengths (``lengths``, or a mask that is a prefix
+    of each) takes the lean ragged call, which gives exactly what the general path
+    (``_call``) gives: batch-first and time-major, given or zero states, all outputs or
+    the last, projections, go_backwards, float64, zero lengths; a DenseRun kept per
+    lengths with the plan; the arrays given are left alone."""
+    layer = make()
+    rng = np.random.default_rng(B)
+    T = 6
+    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
+    Hout = layer.proj_size or layer.hidden_size
+    LD = layer.num_layers * layer.num_directions
+    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
+    hx = None
+    if with_state:
+        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
+            if isinstance(layer, fastrnn.LSTM) else h
+    lens = _ragged_lengths(B, T, rng)
+    mask = np.arange(T)[:, None] < lens[None, :]
+    kw = dict(lengths=lens) if by == "lengths" else dict(mask=mask.T if bf else mask)
+    keep = [np.copy(a) for a in (x, h, lens, mask)]
+    taken = []
+    real = layer._ragged_call
+    monkeypatch.setattr(layer, "_ragged_call", lambda *a: taken.append(1) or real(*a))
+    got = layer(x, hx, return_sequences=return_sequences, **kw)
+    assert taken == [1]
+    ref = layer._call(x, hx, kw.get("lengths"), kw.get("mask"), "carry", None,
+                      return_sequences, False)
+    flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])
+    for a, b in zip(flat(got), flat(ref)):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip((x, h, lens, mask), keep):
+        np.testing.assert_array_equal(a, b)
+    if by == "lengths" and return_sequences:     # zeros past each length
+        tm = got[0].transpose(1, 0, 2) if bf else got[0]
+        assert not (tm * (~mask)[:, :, None]).any()
+    if not layer.bidirectional or layer.num_layers == 1:      # (packed layers)
+        runs = [r for plan in layer._plans[2].values() for k, r in plan[2].items()
+                if len(k) == 3]
+        assert len(runs) == 1 and isinstance(runs[0], _kernels.DenseRun)
+
+
+def test_ragged_runs_stay_few_and_remade():
+    """The runs kept per lengths stay at most _PLANS_KEPT a plan; lengths seen again after
+    their run was dropped get the same answers."""
+    layer = fastrnn.GRU(3, 4, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 3, 3)).astype(np.float32)
+    sets = [np.array([5, a, b]) for a in range(1, 6) for b in range(0, 6)
+            if not a == b == 5]
+    first = [layer(x, lengths=s) for s in sets]
+    for plan in layer._plans[2].values():
+        assert len(plan[2]) <= layers._PLANS_KEPT
+    for s, (out, h) in zip(sets, first):
+        ref = layer._call(x, None, s, None, "carry", None, True, False)
+        again = layer(x, lengths=s)
+        for a, b in ((out, ref[0]), (h, ref[1]), (again[0], ref[0]), (again[1], ref[1])):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_ragged_dense_run_checks_its_packing():
+    """A DenseRun for a packed batch names lengths and step sizes that do not fit the
+    batch (the kernels trust them) and runs a valid packing as run_layer does."""
+    layer = fastrnn.GRU(3, 4, seed=0, num_threads=1)
+    x = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(np.float32)
+    lens = np.array([4, 1, 2])
+    got = layer(x, lengths=lens)
+    perm, slens, Teff, nsteps, rows, offsets, inv = layers.ragged_index(lens, 3, 4)
+    nt, specs, _ = layer._plan(4, Teff, 3, 1, 0, True, 0)
+    args = lambda off, nst, ls: (layers._CELL_CODE["GRU"], [s[1:] for s in specs], off, nst,
+                                 3, 3, 4, 0, 1, 0,
+                                 0.0, 0, 1, 0, 1, np.float32, True, ls)
+    DenseRun = _kernels.DenseRun
+    run = DenseRun(*args(offsets, nsteps, slens))
+    h = np.zeros((1, 3, 4), np.float32)
+    out = run.run(x.reshape(12, 3)[rows], h, None)
+    full = np.zeros((12, 4), np.float32)
+    full[rows] = out
+    np.testing.assert_array_equal(full.reshape(4, 3, 4), got[0])
+    np.testing.assert_array_equal(h[:, inv], got[1])
+    with pytest.raises(ValueError, match="length outside"):
+        DenseRun(*args(offsets, nsteps, np.array([5, 2, 1])))
+    with pytest.raises(ValueError, match="fewer lengths"):
+        DenseRun(*args(offsets, nsteps, slens[:2]))
+    with pytest.raises(ValueError, match="rows outside"):
+        DenseRun(*args(offsets, np.array([3, 2, 1, 4]), slens))
+    with pytest.raises(ValueError, match="rows outside"):
+        DenseRun(*args(offsets + 1, nsteps, slens))
+    with pytest.raises(ValueError, match="x has shape"):
+        run.run(x.reshape(12, 3), h, None)
+
+
+def test_ragged_calls_from_threads():
+    """Lean ragged calls of many different lengths (more than a plan keeps runs for)
+    from 6 Python threads at once: the same bits as one at a time."""
+    import threading
+    layer = fastrnn.LSTM(5, 12, seed=3, bidirectional=True)
+    rng = np.random.default_rng(3)
+    calls = []
+    for i in range(2 * layers._PLANS_KEPT):
+        x = rng.standard_normal((7, 4, 5)).astype(np.float32)
+        calls.append((x, _ragged_lengths(4, 7, rng)))
+    ref = [layer(x, lengths=lens) for x, lens in calls]
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            for i in range(len(calls)):
+                j = (i * 5 + k) % len(calls)
+                got[k, i] = (j, layer(calls[j][0], lengths=calls[j][1]))
+        except Exception as e:          # pragma: no cover (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 6 * len(calls)
+    for j, (out, (h, c)) in got.values():
+        np.testing.assert_array_equal(out, ref[j][0])
+        np.testing.assert_array_equal(h, ref[j][1][0])
+        np.testing.assert_array_equal(c, ref[j][1][1])

@@ -48,6 +48,13 @@ def _states(hn):
     return list(hn) if isinstance(hn, tuple) else [hn]
 
 
+def _packed_plans(layer):
+    """Whether the layer keeps a plan of a packed (ragged) call: its calls since its
+    plans were dropped packed their sequences (plans are kept when calls never pause)."""
+    plans = vars(layer).get("_plans")
+    return bool(plans) and any(key[4] for key in plans[2])
+
+
 def _sel(hx, b):
     if hx is None:
         return None
@@ -358,16 +365,9 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     not a prefix keeps the mask kernels."""
     import fastrnn.layers as layers_mod
     calls = []      # calls that ran as lengths: packed, or all of one length (a prefix)
-    orig, orig_eq = layers_mod.ragged_index, layers_mod._equal_length
+    orig = layers_mod.ragged_index
     monkeypatch.setattr(layers_mod, "ragged_index",
                         lambda *a: calls.append(1) or orig(*a))
-
-    def equal(*a):
-        L = orig_eq(*a)
-        if L and L < a[2]:
-            calls.append(1)
-        return L
-    monkeypatch.setattr(layers_mod, "_equal_length", equal)
     layer = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24)
     x, hx = _inputs(layer, seed=25, dtype=np.float64)
     hx = hx if init else None
@@ -480,8 +480,7 @@ def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backw
     hx = hx if init else None
     xx = _bf(x, batch_first)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
-    packed = []
-    real = layers_mod.ragged_index
+    monkeypatch.setattr(fastrnn._threads, "IDLE_SINGLE_S", -1.0)   # (plans kept)
     for L in (1, 4, T):
         lens = np.full(B, L)
         mask = np.arange(T)[:, None] < lens[None, :]
@@ -489,14 +488,13 @@ def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backw
         for kw in (dict(lengths=lens), dict(mask=mask), dict(mask=mask, masked_output="zero"),
                    dict(lengths=lens, return_sequences=False), dict(lengths=lens, num_threads=1),
                    dict(mask=mask, num_threads=2)):
-            monkeypatch.setattr(layers_mod, "ragged_index",
-                                lambda *a: packed.append(1) or real(*a))
+            vars(layer).pop("_plans", None)
             got = layer(xx, hx, **kw)
-            assert not packed
-            monkeypatch.setattr(layers_mod, "_equal_length", lambda *a: 0)
-            ref = layer(xx, hx, **kw)
-            monkeypatch.undo()
-            packed.clear()
+            assert not _packed_plans(layer)
+            with monkeypatch.context() as m:
+                m.setattr(layers_mod, "_one_length", lambda ent: 0)
+                ref = layer(xx, hx, **kw)
+            assert _packed_plans(layer) == (L < T or "lengths" in kw)
             for u, v in zip([got[0]] + _states(got[1]), [ref[0]] + _states(ref[1])):
                 assert u.shape == v.shape
                 np.testing.assert_allclose(u, v, **tol)
@@ -509,18 +507,16 @@ def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backw
 def test_nearly_equal_lengths_are_packed(B, monkeypatch):
     """One length differing from the rest (first, or last) is not one length: the call
     is packed, and that sequence's final state and outputs are those of its own prefix."""
-    import fastrnn.layers as layers_mod
     layer = fastrnn.GRU(4, 6, seed=33)
     x, _ = _inputs(layer, seed=34, B_=B)
-    packed = []
-    real = layers_mod.ragged_index
-    monkeypatch.setattr(layers_mod, "ragged_index", lambda *a: packed.append(1) or real(*a))
+    monkeypatch.setattr(fastrnn._threads, "IDLE_SINGLE_S", -1.0)   # (plans kept)
     for k in (0, B - 1):
         lens = np.full(B, 7)
         lens[k] = 5
+        vars(layer).pop("_plans", None)
         out, h = layer(x, lengths=lens)
+        assert _packed_plans(layer)
         ref_out, ref_h = layer(np.ascontiguousarray(x[:5, k:k + 1]))
         np.testing.assert_allclose(h[:, k], ref_h[:, 0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out[:5, k], ref_out[:, 0], rtol=1e-5, atol=1e-6)
         assert not out[5:, k].any()
-    assert len(packed) == 2
