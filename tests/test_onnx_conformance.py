@@ -215,6 +215,41 @@ def test_sequence_lens_all_equal(op, direction, B, seq):
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout,outs", [(0, ("Y", "Y_h", "Y_c")), (0, ("", "Y_h")),
+                                         (1, ("Y", "Y_h", "Y_c"))])
+def test_sequence_lens_change_within_a_program(op, direction, layout, outs, monkeypatch):
+    """sequence_lens fed anew on each call with the same shapes: the kept program's lean
+    runner (never the node's full run after the first call) gives ONNX Runtime's answers
+    for different lengths, all T, one length, zeros among them (zero final states), int64
+    lengths; lengths past T raise naming the node.  (layout 1: ORT's CPU provider rejects
+    it; compared on the layout-0 twin.)"""
+    from fastrnn.io import onnx as fonnx
+    kw = dict(direction=direction, T=6, B=4, seq=[6, 2, 5, 3], outs=outs, seed=21)
+    model, feeds = make_node_model(op, layout=layout, **kw)
+    twin = make_node_model(op, layout=0, **kw)[0] if layout else model
+    runs = []
+    real = fonnx._RecurrentNode.run
+    monkeypatch.setattr(fonnx._RecurrentNode, "run",
+                        lambda self, vals: runs.append(1) or real(self, vals))
+    m = load_onnx(model)
+    tm = (lambda a: a.transpose(1, 0, 2)) if layout else (lambda a: a)
+    for seq in ([6, 2, 5, 3], [6, 6, 6, 6], [4, 4, 4, 4], [0, 6, 1, 0], [2, 6, 1, 3],
+                [1, 1, 1, 1]):
+        for dt in (np.int32, np.int64):
+            f = dict(feeds, seq=np.array(seq, dt))
+            ref = ort_run(twin, dict(f, X=tm(f["X"]), seq=f["seq"].astype(np.int32)))
+            got = m.run(f)
+            for k, r in ref.items():
+                if layout:
+                    r = r.transpose(2, 0, 1, 3) if k == "Y" else r.transpose(1, 0, 2)
+                np.testing.assert_allclose(got[k], r, rtol=1e-5, atol=1e-5, err_msg=k)
+    assert len(runs) == 1 and len(m._progs) == 1
+    with pytest.raises(ValueError, match=f"{op}.*lengths must lie in"):
+        m.run(dict(feeds, seq=np.array([7, 2, 5, 3], np.int32)))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_clip(op):
     for clip in (0.1, 0.7, 3.0):
         model, feeds = make_node_model(op, direction="bidirectional", attrs=dict(clip=clip),

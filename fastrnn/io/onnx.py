@@ -827,29 +827,24 @@ class _RecurrentNode:
         cn = np.ascontiguousarray(cn.transpose(1, 0, 2)) if cn is not None else None
         return [Y, hn, cn]
 
-    def compiled(self, xshape, consts: list, y):
+    def compiled(self, xshape, consts: list, y, lens: bool = False):
         """A runner of this node for an input X of shape ``xshape`` and the node's own
         dtype, fixed weights ``consts`` (vals[1:] as :meth:`run` takes them) and no
-        initial states or sequence lengths: the layer's lean call and the reshape, nothing
-        checked again (OnnxModel's kept programs).  ``y``: None (Y not needed: the layer
-        keeps no per-step outputs), "Y", or "TBDH" (layout 0: Y transposed to (T, B, D,
-        H), as PyTorch's exports do next: a view of the layer's output).  Any other X
-        runs :meth:`run`."""
+        initial states: the layer's lean call and the reshape, nothing checked again
+        (OnnxModel's kept programs).  ``y``: None (Y not needed: the layer keeps no
+        per-step outputs), "Y", or "TBDH" (layout 0: Y transposed to (T, B, D, H), as
+        PyTorch's exports do next: a view of the layer's output).  ``lens``: the runner
+        takes ``(X, sequence_lens)``, integers of shape (B,) (all T: the dense call; else
+        the layer's lean call with lengths), else X alone.  Anything else runs
+        :meth:`run`."""
         layer = self.layer
         dt, H, D, lstm = layer.dtype, layer.hidden_size, self.D, self.op == "LSTM"
         T, Bsz = (xshape[0], xshape[1]) if self.layout == 0 else (xshape[1], xshape[0])
         outputs, slow, seq = self._outputs, self.run, y is not None
         tbdh = (T, Bsz, D, H) if y == "TBDH" else None
-        dense, scope = layer._dense_call, _scope
+        dense, prefix, scope = layer._dense_call, layer._prefix_call, _scope
 
-        def run(X):             # (inside the model call's scope: OnnxModel._exec)
-            res = dense(X, None, seq, scope.idle) if (
-                type(X) is np.ndarray and X.shape == xshape and X.dtype == dt) else None
-            if res is None:
-                res = slow([X] + consts)
-                if tbdh:
-                    res[0] = res[0].transpose(0, 2, 1, 3)
-                return res
+        def finish(res):
             out, hn = res
             if lstm:
                 hn, cn = hn
@@ -858,7 +853,35 @@ class _RecurrentNode:
             if tbdh:
                 return [out.reshape(tbdh), hn, cn]
             return outputs(out if seq else None, hn, cn, T, Bsz, H)
-        return run
+
+        def fallback(vals):
+            res = slow(vals)
+            if tbdh:
+                res[0] = res[0].transpose(0, 2, 1, 3)
+            return res
+
+        if not lens:
+            def run(X):             # (inside the model call's scope: OnnxModel._exec)
+                res = dense(X, None, seq, scope.idle) if (
+                    type(X) is np.ndarray and X.shape == xshape and X.dtype == dt) else None
+                return fallback([X] + consts) if res is None else finish(res)
+            return run
+
+        def run_lens(args):
+            X, S = args
+            res = None
+            if (type(X) is np.ndarray and X.shape == xshape and X.dtype == dt
+                    and type(S) is np.ndarray and S.shape == (Bsz,) and S.dtype.kind in "iu"):
+                sl = S.tolist()
+                if all(v == T for v in sl):
+                    res = dense(X, None, seq, scope.idle)
+                else:
+                    # (the lengths checked there; zero initial states: a sequence of
+                    # length 0 ends with zero states, as ONNX Runtime's, with nothing done)
+                    res = prefix(X, None, S, None, seq, scope.idle)
+            return fallback([X] + consts[:3] + [S] + consts[4:]) if res is None else \
+                finish(res)
+        return run_lens
 
 
 # ------------------------------------------------------------------------ the model
@@ -1225,8 +1248,9 @@ class _Program:
                 run = self._reshape(model, obj, ins, outs, env)
                 if run is not None and ins[0] in fresh:
                     fresh.add(outs[0])
-            if run is not None:     # (these take the first input)
-                get = itemgetter(ins[0])
+            if run is not None:     # (these take the first input; X, sequence_lens)
+                get = itemgetter(ins[0], ins[4]) if kind == "rnn" and ins[4] else \
+                    itemgetter(ins[0])
             else:
                 run = self._generic(model, kind, obj, ins, outs)
 
@@ -1246,9 +1270,11 @@ class _Program:
         Transpose, it is made so at once and that step skipped (``outs``, ``skip``
         updated)."""
         x, layer = env.get(ins[0]), obj.layer
+        seq = env.get(ins[4]) if ins[4] else None
         if not (isinstance(x, np.ndarray) and layer is not None and x.dtype == layer.dtype
                 and all(self._fixed(model, n) for n in ins[1:4] + ins[7:])
-                and not ins[4] and all(not ins[k] or ins[k] in self.zero for k in (5, 6))):
+                and (seq is None or (isinstance(seq, np.ndarray) and seq.dtype.kind in "iu"))
+                and all(not ins[k] or ins[k] in self.zero for k in (5, 6))):
             return None
         y = "Y" if outs[0] in want or outs[0] in readers else None
         r = readers.get(outs[0], ())
@@ -1258,7 +1284,7 @@ class _Program:
             y, outs[0] = "TBDH", nxt[3][0]
             skip.add(r[0])
         consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, None, None, env.get(ins[7])]
-        return obj.compiled(x.shape, consts, y)
+        return obj.compiled(x.shape, consts, y, seq is not None)
 
     def _reshape(self, model, obj, ins, outs, env):
         """A reshape-like op's runner: one reshape where the input has the first call's
