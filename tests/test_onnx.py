@@ -717,6 +717,197 @@ def test_kept_program_errors_name_the_node():
         m.run({name: ids})
 
 
+def _export(net, x, opset=14):
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(x),), f, dynamo=False, opset_version=opset,
+                          input_names=["x"],
+                          dynamic_axes={"x": {0: "b", 1: "t"} if net.batch_first
+                                        else {0: "t", 1: "b"}})
+    return f.getvalue()
+
+
+def _count_node_runs(monkeypatch):
+    from fastrnn.io import onnx as fonnx
+    runs = []
+    real = fonnx._RecurrentNode.run
+    monkeypatch.setattr(fonnx._RecurrentNode, "run",
+                        lambda self, vals: runs.append(self.where) or real(self, vals))
+    return runs
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("layers,bi,bf", [(2, False, False), (3, False, True),
+                                          (2, True, False), (3, True, True)])
+def test_kept_program_runs_stacked_nodes_as_one_layer(cell, layers, bi, bf, monkeypatch):
+    """PyTorch's export of a stacked layer (one ONNX node a layer, Y reshaped for the
+    next, the final states concatenated) runs in the kept program as one multi-layer
+    layer, kept by the model: no node's own run after the first call, ONNX Runtime's
+    answers for fresh inputs, B = 1 and 3, both layouts of the export; outputs writeable
+    and not shared between calls."""
+    torch.manual_seed(layers + 3 * bi)
+    net = getattr(torch.nn, cell)(5, 6, num_layers=layers, bidirectional=bi,
+                                  batch_first=bf).eval()
+    rng = np.random.default_rng(layers)
+    shape = lambda B: (B, 4, 5) if bf else (4, B, 5)
+    data = _export(net, rng.standard_normal(shape(2)).astype(np.float32))
+    runs = _count_node_runs(monkeypatch)
+    m = load_onnx(data)
+    got_before = None
+    for B in (3, 3, 1, 1, 3):
+        x = rng.standard_normal(shape(B)).astype(np.float32)
+        ref, got = _ort(data, {"x": x}), m.run(x)
+        assert list(got) == list(ref)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+            assert got[k].flags.writeable
+        if got_before is not None:
+            for v in got.values():
+                assert not any(np.shares_memory(v, w) for w in got_before.values())
+        got_before = got
+    assert len(runs) == 2 * layers          # (the first call of each shape)
+    assert len(m._stacks) == 1
+    fused = next(iter(m._stacks.values()))[0]
+    assert fused.num_layers == layers and fused.bidirectional == bi
+
+
+def _two_rnns(outputs, H=4, I=3, x_from=None, cat=("Yh0", "Yh1"), attrs1=None,
+              link="squeeze", direction="forward"):
+    """Two stacked RNN nodes as PyTorch exports them (Squeeze between, or for two
+    directions, ``link="transpose"``, Transpose(perm=[0, 2, 1, 3]) and Reshape; "reshape":
+    a Reshape alone, which is not the same), the final states concatenated (``cat``),
+    with graph ``outputs`` among y, Y0, Yh0, Yh1, hn."""
+    rng = np.random.default_rng(9)
+    D = 1 if link == "squeeze" else 2
+    w = lambda *s: numpy_helper.from_array(rng.uniform(-.5, .5, s).astype(np.float32))
+    inits = [w(D, H, I), w(D, H, H), w(D, H, D * H), w(D, H, H),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([0, 0, -1], np.int64), "tbh")]
+    for t, n in zip(inits, ("W0", "R0", "W1", "R1")):
+        t.name = n
+    kw = dict(hidden_size=H, direction=direction if D == 1 else "bidirectional")
+    between = {"squeeze": [helper.make_node("Squeeze", ["Y0", "one"], ["s0"])],
+               "transpose": [helper.make_node("Transpose", ["Y0"], ["t0"], perm=[0, 2, 1, 3]),
+                             helper.make_node("Reshape", ["t0", "tbh"], ["s0"])],
+               "reshape": [helper.make_node("Reshape", ["Y0", "tbh"], ["s0"])]}[link]
+    nodes = [helper.make_node("RNN", ["x", "W0", "R0"], ["Y0", "Yh0"], **kw)] + between + [
+        helper.make_node("RNN", ["s0", "W1", "R1"], ["Y1", "Yh1"], **kw, **(attrs1 or {})),
+        helper.make_node("Transpose", ["Y1"], ["y"], perm=[0, 2, 1, 3]),
+        helper.make_node("Concat", list(cat), ["hn"], axis=0)]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])]
+    if x_from is not None:          # x = the input sliced to n steps (n a feed)
+        nodes.insert(0, helper.make_node("Slice", ["xx", "zero", "n", "zero"], ["x"]))
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), "zero"))
+        ins = [helper.make_tensor_value_info("xx", TensorProto.FLOAT, ["T", "B", I]),
+               helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+    g = helper.make_graph(nodes, "g", ins, [onnx.ValueInfoProto(name=n) for n in outputs],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.parametrize("outputs,kw,fused", [
+    (["y", "hn"], {}, True), (["y"], {}, True), (["hn"], {}, True),
+    (["y", "Yh0"], {}, True),           # (a node's own final state: not the Concat's)
+    (["y", "hn"], dict(link="transpose"), True),
+    (["y", "hn"], dict(cat=("Yh1", "Yh0")), True),      # (the Concat not the layer's)
+    (["y", "Y0"], {}, False),           # (the first node's Y is an output)
+    (["y", "hn"], dict(attrs1=dict(clip=0.3)), False),  # (configurations differ)
+    (["y", "hn"], dict(link="reshape"), False),     # (directions not made (T, B, 2H))
+    (["y", "hn"], dict(direction="reverse"), True),     # (go_backwards every layer)
+])
+def test_stacked_nodes_outputs(outputs, kw, fused, monkeypatch):
+    """Which graphs a stacked chain is fused in: with the last Y, one node's final
+    state, the concatenated final states (in either order), two directions; a first
+    node's Y that is itself an output, nodes of different configurations, or two
+    directions reshaped without PyTorch's Transpose keep the nodes apart.  ONNX
+    Runtime's answers in every call either way."""
+    model = _two_rnns(outputs, **kw)
+    data = model.SerializeToString()
+    runs = _count_node_runs(monkeypatch)
+    m = load_onnx(model)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+        ref, got = _ort(data, {"x": x}), m.run(x)
+        assert all(got[k].flags.writeable for k in outputs)
+        for k in outputs:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    assert bool(m._stacks) == fused
+    assert len(runs) == 2           # (fused or not, lean after the first call)
+
+
+def test_stacked_nodes_input_sized_by_values(monkeypatch):
+    """A stacked chain whose input changes shape within one set of feeds' shapes (sliced
+    to a length given as a feed) runs the nodes' own steps then: ONNX Runtime's answers."""
+    model = _two_rnns(["y", "hn"], x_from="n")
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    xx = np.random.default_rng(3).standard_normal((6, 2, 3)).astype(np.float32)
+    for n in (4, 4, 2, 6, 4):
+        feeds = {"xx": xx, "n": np.array([n], np.int64)}
+        ref, got = _ort(data, feeds), m.run(feeds)
+        assert got["y"].shape == (n, 2, 1, 4)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    assert m._stacks and len(m._progs) == 1
+
+
+def test_stacked_nodes_follow_changed_layers(monkeypatch):
+    """After a stacked chain was fused, new weights or a thread count set on a node's
+    layer (``recurrent_layers``) are used: the same answers as a model that never fuses,
+    in the kept program and in a new one."""
+    from fastrnn.io import onnx as fonnx
+    model = _two_rnns(["y", "hn"], link="transpose")
+    m, apart = load_onnx(model), load_onnx(model)
+
+    def run_apart(x):
+        with monkeypatch.context() as mp:
+            mp.setattr(fonnx, "_STACK_BYTES", 0)
+            return apart.run(x)
+    x = np.random.default_rng(6).standard_normal((5, 2, 3)).astype(np.float32)
+    m.run(x)
+    m.run(x)
+    run_apart(x)
+    assert m._stacks and not apart._stacks
+    for mm in (m, apart):
+        lay = mm.recurrent_layers[1]
+        lay.load_state_dict({k: v * 0.5 for k, v in lay.state_dict().items()})
+    got, ref = m.run(x), run_apart(x)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+    assert not np.allclose(got["hn"], _ort(model.SerializeToString(), {"x": x})["hn"])
+    x3 = np.random.default_rng(7).standard_normal((5, 3, 3)).astype(np.float32)
+    for _ in range(2):      # (other shapes: a new program fuses the new weights)
+        got, ref3 = m.run(x3), run_apart(x3)
+        for k in ref3:
+            np.testing.assert_allclose(got[k], ref3[k], rtol=TOL, atol=TOL)
+    assert len(m._stacks) == 2
+    m.recurrent_layers[0].num_threads = 1
+    seen = []
+    real = m.recurrent_layers[0]._dense_call
+    monkeypatch.setattr(m.recurrent_layers[0], "_dense_call",
+                        lambda *a: seen.append(1) or real(*a))
+    np.testing.assert_array_equal(m.run(x)["hn"], ref["hn"])
+    assert seen
+
+
+def test_stacked_nodes_of_large_layers_stay_apart(monkeypatch):
+    """Weights over _STACK_BYTES (the fused layer holds a copy) are not fused: each
+    node's lean call, the same answers."""
+    from fastrnn.io import onnx as fonnx
+    monkeypatch.setattr(fonnx, "_STACK_BYTES", 64)
+    model = _two_rnns(["y", "hn"])
+    m = load_onnx(model)
+    x = np.random.default_rng(4).standard_normal((5, 2, 3)).astype(np.float32)
+    ref = _ort(model.SerializeToString(), {"x": x})
+    for _ in range(2):
+        got = m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    assert not m._stacks
+
+
 @pytest.mark.parametrize("fill", [0.0, 0.5])
 def test_initial_state_from_shapes_zero_or_not(fill):
     """An initial state built from the input's shape (Expand of a constant to (1, B, H))

@@ -988,6 +988,7 @@ class OnnxModel:
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
+        self._stacks: dict = {}         # stacked nodes run as one layer: _Program._stack
         self._out_key = tuple(self.output_names)
 
     def _shape_only(self, steps, consts) -> frozenset:
@@ -1203,6 +1204,21 @@ class OnnxModel:
 
 
 _RESHAPES = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
+# weights of stacked recurrent nodes a program runs as one layer (_Program._stack), at
+# most: the layer holds its own copy (a small layer's call saves a few us of ~10; a
+# large one's would save nothing worth the memory)
+_STACK_BYTES = 1 << 20
+
+
+def _config(layer) -> dict:
+    """A layer's configuration but its input size (_Program._chain)."""
+    cfg = layer.get_config()
+    cfg.pop("input_size")
+    return cfg
+
+
+def _env_itself(env):
+    return env
 
 
 class _Program:
@@ -1240,6 +1256,11 @@ class _Program:
                 continue
             outs = [o or "\0" for o in outs]
             if kind == "rnn":
+                stack = self._stack(model, j, env, want, readers, dyn, skip)
+                if stack is not None:
+                    self.steps.append(stack)
+                    fresh.update(stack[2])
+                    continue
                 ins = ins + [""] * (8 - len(ins))
                 run = self._rnn(model, obj, ins, outs, env, want, readers, dyn, skip)
                 if run is not None:
@@ -1264,27 +1285,168 @@ class _Program:
         return not n or ((n in self.base or n in model._consts)
                          and n not in model._overridable)
 
+    def _lean(self, model, obj, ins, env) -> bool:
+        """Whether a recurrent node (``ins`` padded to 8) can call its layer's lean path:
+        an input of the layer's dtype, fixed weights, zero or absent initial states,
+        sequence_lens absent or integers."""
+        x, layer = env.get(ins[0]), obj.layer
+        seq = env.get(ins[4]) if ins[4] else None
+        return (isinstance(x, np.ndarray) and layer is not None and x.dtype == layer.dtype
+                and all(self._fixed(model, n) for n in ins[1:4] + ins[7:])
+                and (seq is None or (isinstance(seq, np.ndarray) and seq.dtype.kind in "iu"))
+                and all(not ins[k] or ins[k] in self.zero for k in (5, 6)))
+
+    def _y_use(self, obj, y, want, readers, dyn):
+        """How a recurrent node's Y is used: (None: not at all; "Y"; "TBDH": read only
+        by PyTorch's Transpose(perm=[0, 2, 1, 3]), then also that step's index)."""
+        r = readers.get(y, ())
+        nxt = dyn[r[0]] if len(r) == 1 and y not in want else None
+        if (nxt and obj.layout == 0 and nxt[0] == "op" and nxt[1][1] == "Transpose"
+                and _ints(nxt[1][2].get("perm", ())) == [0, 2, 1, 3]):
+            return "TBDH", r[0]
+        return ("Y" if y in want or y in readers else None), None
+
     def _rnn(self, model, obj, ins, outs, env, want, readers, dyn, skip):
         """The lean runner of a recurrent node, or None where it does not apply.  Its
         Y is computed only if read or wanted; read only by PyTorch's (T, B, D, H)
         Transpose, it is made so at once and that step skipped (``outs``, ``skip``
         updated)."""
-        x, layer = env.get(ins[0]), obj.layer
-        seq = env.get(ins[4]) if ins[4] else None
-        if not (isinstance(x, np.ndarray) and layer is not None and x.dtype == layer.dtype
-                and all(self._fixed(model, n) for n in ins[1:4] + ins[7:])
-                and (seq is None or (isinstance(seq, np.ndarray) and seq.dtype.kind in "iu"))
-                and all(not ins[k] or ins[k] in self.zero for k in (5, 6))):
+        if not self._lean(model, obj, ins, env):
             return None
-        y = "Y" if outs[0] in want or outs[0] in readers else None
-        r = readers.get(outs[0], ())
-        nxt = dyn[r[0]] if len(r) == 1 and outs[0] not in want else None
-        if (nxt and obj.layout == 0 and nxt[0] == "op" and nxt[1][1] == "Transpose"
-                and _ints(nxt[1][2].get("perm", ())) == [0, 2, 1, 3]):
-            y, outs[0] = "TBDH", nxt[3][0]
-            skip.add(r[0])
+        y, t = self._y_use(obj, outs[0], want, readers, dyn)
+        if t is not None:
+            outs[0] = dyn[t][3][0]
+            skip.add(t)
         consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, None, None, env.get(ins[7])]
-        return obj.compiled(x.shape, consts, y, seq is not None)
+        return obj.compiled(env[ins[0]].shape, consts, y, bool(ins[4]))
+
+    def _chain(self, model, j, env, want, readers, dyn):
+        """The recurrent nodes PyTorch's export of a stacked layer makes, from step
+        ``j`` on: each node's Y read only through a reshape to (T, B, D*H) (two
+        directions: Transpose(perm=[0, 2, 1, 3]) first), read only by the next node as
+        its X; every node lean (_lean, no sequence_lens, layout 0), all of one
+        configuration but the first's input size.  (node steps, in-between steps)."""
+        nodes, links = [j], []
+        while True:
+            kind, obj, ins, outs, _ = dyn[nodes[-1]]
+            H, D = obj.layer.hidden_size, obj.D
+            T, Bsz = env[ins[0]].shape[:2]
+            cur, path = outs[0], []
+            while len(path) < 3:
+                r = readers.get(cur, ())
+                if not cur or cur in want or len(r) != 1 or dyn[r[0]][0] != "op":
+                    break
+                _, (fn, op_type, attrs), o_ins, o_outs, _ = dyn[r[0]]
+                if op_type == "Transpose" and not path and \
+                        _ints(attrs.get("perm", ())) == [0, 2, 1, 3]:
+                    pass
+                elif not (op_type in _RESHAPES and o_ins[0] == cur and (path or D == 1)
+                          and all(self._fixed(model, n) for n in o_ins[1:])):
+                    break
+                path.append(r[0])
+                cur = o_outs[0]
+            r = readers.get(cur, ())
+            if not (path and len(r) == 1 and cur not in want and dyn[r[0]][0] == "rnn"
+                    and dyn[path[-1]][1][1] != "Transpose"
+                    and getattr(env.get(cur), "shape", None) == (T, Bsz, D * H)):
+                break
+            nxt = dyn[r[0]]
+            nins = list(nxt[2]) + [""] * (8 - len(nxt[2]))
+            if not (nins[0] == cur and nxt[1].layer is not None and nxt[1].op == obj.op
+                    and nxt[1].layout == 0 and nxt[1].D == D and not nins[4]
+                    and nxt[1].layer.input_size == D * H
+                    and nxt[1].layer.num_threads == obj.layer.num_threads
+                    and _config(nxt[1].layer) == _config(obj.layer)
+                    and self._lean(model, nxt[1], nins, env)):
+                break
+            nodes.append(r[0])
+            links += path
+        return nodes, links
+
+    def _stack(self, model, j, env, want, readers, dyn, skip):
+        """A step running a chain of stacked recurrent nodes (_chain, at least two;
+        weights of at most _STACK_BYTES, copied into one layer kept by the model) as one
+        multi-layer layer's lean call: outputs the nodes' Y_h / Y_c and the last one's Y
+        (as _rnn makes it); a first input of another shape or dtype runs the chain's
+        own steps.  None where it does not apply."""
+        obj, ins = dyn[j][1], list(dyn[j][2]) + [""] * (8 - len(dyn[j][2]))
+        if not (obj.layout == 0 and not ins[4] and self._lean(model, obj, ins, env)):
+            return None
+        nodes, links = self._chain(model, j, env, want, readers, dyn)
+        objs = [dyn[k][1] for k in nodes]
+        if len(nodes) < 2 or sum(a.nbytes for o in objs for a in o.layer.parameters().values()
+                                 ) > _STACK_BYTES:
+            return None
+        # (the nodes' layers as fused; where they change later (recurrent_layers): new
+        # weights, a thread count or clip, their own steps run, and a new program fuses
+        # them again)
+        stamp = [(o.layer, o.layer._packed, o.layer.num_threads, o.layer.clip) for o in objs]
+        key = tuple((id(lay), id(p), n, c) for lay, p, n, c in stamp)
+        ent = model._stacks.get(key)
+        if ent is None:
+            from ..layers import layer_from_config
+            sd = {}
+            for i, o in enumerate(objs):
+                sd.update((k.replace("_l0", f"_l{i}"), v)
+                          for k, v in o.layer.state_dict().items())
+            fused = layer_from_config(dict(obj.layer.get_config(), num_layers=len(objs)), sd)
+            fused.num_threads = obj.layer.num_threads
+            if len(model._stacks) >= _SHAPES_KEPT:
+                model._stacks.clear()
+            ent = model._stacks[key] = (fused, stamp)     # (keeps the ids' objects)
+        fused, last = ent[0], dyn[nodes[-1]]
+        y, t = self._y_use(last[1], last[3][0], want, readers, dyn)
+        lstm = obj.op == "LSTM"
+        own = nodes + links + ([t] if t is not None else [])
+        # the final states, (name, 0 h / 1 c, node or None): one node's (a slice of the
+        # layer's), or all of them where one Concat(axis=0) reads them, in order, and
+        # nothing else does (the layer's own)
+        states = []
+        for s in ((1, 2) if lstm else (1,)):
+            per = [(list(dyn[k][3]) + ["", ""])[s] for k in nodes]
+            r = readers.get(per[0], ()) if per[0] else ()
+            cat = dyn[r[0]] if len(r) == 1 else None
+            if (cat and all(per) and cat[0] == "op" and cat[1][1] == "Concat"
+                    and list(cat[2]) == per and int(cat[1][2].get("axis", 1)) in (0, -3)
+                    and all(readers.get(n) == [r[0]] and n not in want for n in per)):
+                states.append((cat[3][0], s - 1, None))
+                own.append(r[0])
+            else:
+                states += [(n, s - 1, i) for i, n in enumerate(per) if n]
+        own.sort()
+        skip.update(own)
+        names = [dyn[t][3][0] if t is not None else (last[3][0] or "\0")]
+        names += [n for n, _, _ in states]
+        steps = []          # the chain's own steps (as __init__ makes generic ones)
+        for k in own:
+            kind, o, k_ins, k_outs, _ = dyn[k]
+            k_ins = list(k_ins) + [""] * (8 - len(k_ins)) if kind == "rnn" else k_ins
+            steps.append((self._generic(model, kind, o, k_ins, k_outs), k_ins,
+                          [n or "\0" for n in k_outs]))
+        xname, xshape, dt = ins[0], env[ins[0]].shape, fused.dtype
+        T, Bsz, D, H = xshape[0], xshape[1], obj.D, obj.layer.hidden_size
+        tbdh, seq = (T, Bsz, D, H) if y == "TBDH" else None, y is not None
+        dense, scope = fused._dense_call, _scope
+        parts = [(s, None if i is None else slice(i * D, (i + 1) * D)) for _, s, i in states]
+
+        def run(env):
+            X = env[xname]
+            res = dense(X, None, seq, scope.idle) if (
+                type(X) is np.ndarray and X.shape == xshape and X.dtype == dt
+                and all(lay._packed is p and lay.num_threads == n and lay.clip == c
+                        for lay, p, n, c in stamp)) else None
+            if res is None:         # (the chain's own steps, on a copy of the values)
+                local = dict(env)
+                for r, k_ins, k_outs in steps:
+                    local.update(zip(k_outs, r([local[n] if n else None for n in k_ins])))
+                return [local.get(n) for n in names]
+            out, hc = res
+            if not lstm:
+                hc = (hc,)
+            return [None if not seq else out.reshape(tbdh) if tbdh else
+                    last[1]._outputs(out, None, None, T, Bsz, H)[0]] + [
+                hc[s] if part is None else hc[s][part] for s, part in parts]
+        return run, _env_itself, tuple(names), dyn[j][4]
 
     def _reshape(self, model, obj, ins, outs, env):
         """A reshape-like op's runner: one reshape where the input has the first call's
