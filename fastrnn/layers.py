@@ -140,6 +140,9 @@ def _plan_knobs():
             _FUSED_LSTM_MIN_MACS, _SMALL_CALL_MACS, _L2)
 
 _L2 = None
+# masks of at most this many steps x sequences are checked for being a prefix in Python
+# (_mask_as_lengths), larger ones with NumPy
+_MASK_BYTES_PY = 4096
 # plain calls of packed layers through one DenseRun (0: layer by layer through
 # run_layer, as every other call: tests that watch run_layer's arguments)
 _DENSE_RUN = 1
@@ -274,16 +277,45 @@ def reverse_rows(offsets, nsteps, lens):
     return offsets[lens[b_of] - 1 - s_of] + b_of
 
 
+_CARRY_ROWS: dict = {}      # _carry_rows's kept answers (at most 64)
+
+
+def _carry_rows(lengths, T: int, B: int):
+    """The rows ``t*B + b`` of a time-major (T, B) batch at or after a sequence's length
+    (of sequences of length > 0) and the rows they repeat (``(L-1)*B + b``), kept per
+    lengths (their bytes, with T and B; at most 64; never written)."""
+    lens = lengths if type(lengths) is np.ndarray else np.asarray(lengths)
+    key = (T, B, lens.dtype.str, lens.shape, lens.tobytes())
+    ent = _CARRY_ROWS.get(key)
+    if ent is None:
+        lens = lens.astype(np.intp)
+        dst = np.flatnonzero((np.arange(T)[:, None] >= lens) & (lens > 0))
+        b = dst % B if len(dst) else dst
+        ent = (dst, (lens[b] - 1) * B + b)
+        if len(_CARRY_ROWS) >= 64:
+            _CARRY_ROWS.clear()
+        _CARRY_ROWS[key] = ent
+    return ent
+
+
 def carry_fill(output, lengths, cols, Hout):
     """Time-major output (T, B, D*Hout), in place: in directions ``cols``, step t >= the
     sequence's length repeats step length - 1 (zeros stay zeros for length 0)."""
     if not len(cols):
         return
-    T, B = output.shape[0], output.shape[1]
-    t_src = np.minimum(np.arange(T)[:, None], np.maximum(np.asarray(lengths) - 1, 0))
+    T, B, F = output.shape
+    dst, src = _carry_rows(lengths, T, B)
+    if not len(dst):
+        return
+    flat = output.reshape(T * B, F) if output.flags.c_contiguous else None
     for d in cols:
         c = slice(d * Hout, (d + 1) * Hout)
-        output[:, :, c] = output[t_src, np.arange(B), c]
+        if flat is None:        # (a view: indexed by step and sequence)
+            output[dst // B, dst % B, c] = output[src // B, src % B, c]
+        elif F == Hout:
+            flat[dst] = flat.take(src, axis=0)
+        else:
+            flat[dst, c] = flat[src, c]
 
 
 def pad_steps(out, T: int, cols, Hout: int, batch_first: bool = False):
@@ -792,11 +824,28 @@ class RNNBase:
         if mask is None or lengths is not None or not _MASK_AS_LENGTHS:
             return lengths, mask, ()
         m = self._time_major_mask(mask, T, B, unbatched)
-        mlens = m.sum(axis=0)
-        if B and mlens.min() == T:
-            return None, None, ()                       # nothing masked: the dense call
-        if not np.array_equal(m, np.arange(T)[:, None] < mlens):
-            return lengths, mask, ()
+        if not T or not B:
+            return None, None, ()                       # (no step to mask)
+        if B * T <= _MASK_BYTES_PY:
+            # (a few bytes: quicker in Python than NumPy's reductions, ~1 us of a small
+            # call's ~6): each sequence's length where it is a prefix
+            seqs, lens = m.T.tobytes(), []
+            for k in range(0, B * T, T):
+                L = seqs.find(0, k, k + T)
+                if L < 0:
+                    L = k + T
+                elif seqs.find(1, L, k + T) >= 0:
+                    return lengths, mask, ()            # not a prefix
+                lens.append(L - k)
+            if min(lens) == T:
+                return None, None, ()                   # nothing masked: the dense call
+            mlens = np.array(lens, np.intp)
+        else:
+            if T > 1 and np.greater(m[1:], m[:-1]).any():
+                return lengths, mask, ()                # a step unmasked after a masked one
+            if m[-1].all():
+                return None, None, ()
+            mlens = m.sum(axis=0)
         cols = [d for d in range(self.num_directions) if (d == 1) == self.go_backwards]
         return mlens, None, (cols if carry else ())
 
@@ -1080,8 +1129,9 @@ class RNNBase:
                 return None
             lengths, mask, cols = self._mask_as_lengths(mask, None, T, B, False,
                                                         return_sequences)
-            if mask is not None:
-                return None
+            if mask is not None:        # (not a prefix: the mask kernels, not converted again)
+                return self._call(x, hx, None, mask, "carry", None, return_sequences, idle,
+                                  True)
         L = T
         if lengths is not None:
             if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:
@@ -1295,7 +1345,9 @@ class RNNBase:
         return output, h_state
 
     def _call(self, x, hx, lengths, mask, masked_output, num_threads, return_sequences,
-              idle):
+              idle, mask_checked=False):
+        """The general call (``mask_checked``: the mask is known not to be a prefix, as
+        _mask_as_lengths found)."""
         if not _threads._blas_hooked:
             _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
@@ -1310,8 +1362,9 @@ class RNNBase:
         # padded ids gives) means lengths: the padding is then not computed.  Masked
         # steps carry the state, so only the outputs differ: "carry" repeats the last
         # output of a forward direction (a reverse one starts in the padding: zeros)
-        lengths, mask, carry_cols = self._mask_as_lengths(
-            mask, lengths, T, B, unbatched, masked_output == "carry" and return_sequences)
+        lengths, mask, carry_cols = (lengths, mask, ()) if mask_checked else \
+            self._mask_as_lengths(mask, lengths, T, B, unbatched,
+                                  masked_output == "carry" and return_sequences)
 
         # ---- packing (sorted by length, longest first) or dense; every sequence of one
         # length L: dense over the first L steps (B=1 always), the rest filled as the

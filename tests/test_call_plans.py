@@ -12,6 +12,7 @@ from fastrnn import _backward, _kernels, layers
 # go into layers._plan_knobs; this list says which ones may stay out, and why)
 NOT_PLAN_KNOBS = {
     "_MASK_AS_LENGTHS",           # read before the plan (whether a mask becomes lengths)
+    "_MASK_BYTES_PY",             # read before the plan (how a mask is checked)
     "_FUSED_LSTM_CHUNK_BYTES",    # read by the LSTM route's run, not its choice
     "_PACKED", "_PAIR", "_ROUTED", "_PLANS_KEPT",    # the plans' own constants
     "_DENSE_RUN",                 # read by the lean call, beside its plan

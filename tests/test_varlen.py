@@ -520,3 +520,95 @@ def test_nearly_equal_lengths_are_packed(B, monkeypatch):
         np.testing.assert_allclose(h[:, k], ref_h[:, 0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out[:5, k], ref_out[:, 0], rtol=1e-5, atol=1e-6)
         assert not out[5:, k].any()
+
+
+def _prefix_rule(m):
+    """Reference: (lengths or None) of a time-major bool mask (T, B) that is a prefix
+    of each sequence; "dense" when nothing is masked; None when it is not a prefix."""
+    T, B = m.shape
+    lens = m.sum(axis=0)
+    if not np.array_equal(m, np.arange(T)[:, None] < lens[None, :]):
+        return None
+    return "dense" if B == 0 or (lens == T).all() else lens
+
+
+@pytest.mark.parametrize("py_limit", [0, 1 << 20])
+def test_mask_as_lengths_both_checks(py_limit, monkeypatch):
+    """A mask is converted to lengths exactly when it is a prefix of each sequence, by
+    the Python check of small masks and the NumPy check of large ones alike: random
+    right padding, holes, left padding, all True, all False, T = 0 and 1, B = 0,
+    batch_first and unbatched."""
+    import fastrnn.layers as layers_mod
+    monkeypatch.setattr(layers_mod, "_MASK_BYTES_PY", py_limit)
+    rng = np.random.default_rng(40)
+    lay, lay_bf = fastrnn.GRU(2, 3), fastrnn.GRU(2, 3, batch_first=True, bidirectional=True)
+    for T, B in [(7, 3), (1, 4), (5, 1), (0, 3), (4, 0), (9, 70)]:
+        for kind in ("prefix", "holes", "left", "true", "false"):
+            lens = rng.integers(0, T + 1, B)
+            m = np.arange(T)[:, None] < lens[None, :]
+            if kind == "holes" and T > 2 and B:
+                m = m.copy()
+                m[rng.integers(0, T - 1), rng.integers(0, B)] ^= True
+            elif kind == "left":
+                m = m[::-1]
+            elif kind in ("true", "false"):
+                m = np.full((T, B), kind == "true")
+            want = _prefix_rule(m)
+            for layer, mm, carry in ((lay, m, True), (lay_bf, m.T.astype(np.uint8), False)):
+                lengths, mask, cols = layer._mask_as_lengths(mm, None, T, B, False, carry)
+                if want is None:
+                    assert lengths is None and mask is mm and cols == ()
+                elif isinstance(want, str):
+                    assert lengths is None and mask is None and cols == ()
+                else:
+                    assert mask is None and lengths.dtype == np.intp
+                    np.testing.assert_array_equal(lengths, want)
+                    assert list(cols) == ([0] if carry else [])
+            if B == 1:          # unbatched (T,)
+                lengths, mask, _ = lay._mask_as_lengths(m[:, 0], None, T, 1, True, True)
+                if want is None:
+                    assert mask is not None
+                elif not isinstance(want, str):
+                    np.testing.assert_array_equal(lengths, want)
+
+
+def test_carry_fill_as_the_rule():
+    """carry_fill repeats a sequence's last output in the directions asked, after its
+    length, in a C-contiguous output and in a strided view alike (NumPy's rule beside,
+    written out here), keeping the outputs of length-0 sequences zero."""
+    from fastrnn.layers import carry_fill
+    rng = np.random.default_rng(41)
+    for T, B, D in [(7, 3, 2), (7, 3, 1), (1, 1, 1), (9, 70, 2), (5, 4, 1), (0, 3, 1),
+                    (4, 0, 2)]:
+        for _ in range(4):
+            lens = rng.integers(0, T + 1, B)
+            for cols in ([0], [1], [0, 1]) if D == 2 else ([0],):
+                o = rng.standard_normal((T, B, D * 3))
+                o[np.arange(T)[:, None] >= lens] = 0
+                want = o.copy()
+                t_src = np.minimum(np.arange(T)[:, None], np.maximum(lens - 1, 0))
+                for d in cols:
+                    c = slice(d * 3, d * 3 + 3)
+                    want[:, :, c] = o[t_src, np.arange(B), c]
+                got = o.copy()
+                carry_fill(got, lens, cols, 3)
+                np.testing.assert_array_equal(got, want)
+                view = np.ascontiguousarray(o.transpose(1, 0, 2)).transpose(1, 0, 2)
+                carry_fill(view, list(lens), cols, 3)
+                np.testing.assert_array_equal(view, want)
+
+
+def test_mask_not_a_prefix_checked_once(monkeypatch):
+    """A plain call with a mask that is not a prefix checks it once (then the mask
+    kernels), with Keras's rule's answers."""
+    layer = fastrnn.LSTM(4, 6, seed=42)
+    x, _ = _inputs(layer, seed=43)
+    mask = np.arange(T)[:, None] < LENS[None, :]
+    mask[1, 1] = False
+    seen = []
+    real = layer._mask_as_lengths
+    monkeypatch.setattr(layer, "_mask_as_lengths", lambda *a: seen.append(1) or real(*a))
+    out, _ = layer(x, mask=mask)
+    assert seen == [1]
+    ref, _, _ = _keras_rule(layer, x, mask, None)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
