@@ -30,14 +30,17 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- activations
 
+_expit = None
+
+
 def _sigmoid(x):
-    # stable for large |x|
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
+    # scipy's ufunc: stable for large |x|, in x's dtype (a small array's sigmoid by
+    # masked halves took ~7 us of a ~20 us Keras model call; this ~1 us)
+    global _expit
+    if _expit is None:
+        from scipy.special import expit
+        _expit = expit
+    return _expit(x)
 
 
 def _softmax(x):
