@@ -1103,10 +1103,12 @@ class RNNBase:
                  num_threads: int | None = None, return_sequences: bool = True):
         idle = _threads.scope_enter()
         try:
-            if (num_threads is None and type(x) is np.ndarray and masked_output == "carry"):
+            if num_threads is None and type(x) is np.ndarray and (
+                    masked_output == "carry" or masked_output == "zero"):
                 res = (self._dense_call(x, hx, return_sequences, idle)
                        if lengths is None and mask is None else
-                       self._prefix_call(x, hx, lengths, mask, return_sequences, idle))
+                       self._prefix_call(x, hx, lengths, mask, return_sequences, idle,
+                                         masked_output))
                 if res is not None:
                     return res
             return self._call(x, hx, lengths, mask, masked_output, num_threads,
@@ -1114,12 +1116,14 @@ class RNNBase:
         finally:
             _threads.scope_leave()
 
-    def _prefix_call(self, x, hx, lengths, mask, return_sequences, idle):
-        """A call whose sequences all have one length L (``lengths``, or a mask that is
-        the same prefix of each; a batch of one always): the lean call (_dense_call)
-        over the first L steps, the outputs after them filled as _call fills them
-        (zeros; with a mask, a forward direction's last output repeated).  None where
-        that does not apply (then _call runs)."""
+    def _prefix_call(self, x, hx, lengths, mask, return_sequences, idle,
+                     masked_output="carry"):
+        """A call with ``lengths``, or a ``mask`` that is a prefix of each sequence:
+        where they all have one length L (a batch of one always), the lean call
+        (_dense_call) over the first L steps, the outputs after them filled as _call
+        fills them (zeros; with a mask and "carry", a forward direction's last output
+        repeated); lengths that differ, _ragged_call; a mask that is not a prefix, _call
+        (its mask kernels).  None where none of this applies (then _call runs)."""
         if x.ndim != 3:
             return None
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
@@ -1127,11 +1131,11 @@ class RNNBase:
         if mask is not None:
             if lengths is not None:
                 return None
-            lengths, mask, cols = self._mask_as_lengths(mask, None, T, B, False,
-                                                        return_sequences)
+            lengths, mask, cols = self._mask_as_lengths(
+                mask, None, T, B, False, return_sequences and masked_output == "carry")
             if mask is not None:        # (not a prefix: the mask kernels, not converted again)
-                return self._call(x, hx, None, mask, "carry", None, return_sequences, idle,
-                                  True)
+                return self._call(x, hx, None, mask, masked_output, None, return_sequences,
+                                  idle, True)
         L = T
         if lengths is not None:
             if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:

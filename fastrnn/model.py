@@ -404,24 +404,35 @@ class KerasRNN(Layer):
     def units(self):
         return self.core.hidden_size
 
-    def run(self, x, mask=None):
-        """(sequence output in Keras order (B, T, H), list of final states)."""
+    def _last_only(self, mask) -> bool:
+        """Whether the last output is the final state h (no masked step's output made
+        zero), so the core need not keep per-step outputs."""
+        return not self.return_sequences and (mask is None or not self.zero_output_for_mask)
+
+    def run(self, x, mask=None, last=False):
+        """(sequence output in Keras order (B, T, H), list of final states); ``last``:
+        the last output (B, H) instead, as the final h (see _last_only)."""
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
         m = None if mask is None else np.asarray(mask, dtype=bool)
         out, state = self.core(x, mask=m,
-                               masked_output="zero" if self.zero_output_for_mask else "carry")
+                               masked_output="zero" if self.zero_output_for_mask else "carry",
+                               return_sequences=not last)
         states = [state[0][0], state[1][0]] if isinstance(state, tuple) else [state[0]]
-        if self.core.go_backwards:
+        if self.core.go_backwards and not last:
             out = out[:, ::-1]
         return out, states
 
     def call(self, x, mask=None):
-        seq, states = self.run(x, mask)
-        if self.return_sequences:
+        if self._last_only(mask):
+            y, states = self.run(x, mask, last=True)
+            out_mask = None
+        elif self.return_sequences:
+            seq, states = self.run(x, mask)
             y, out_mask = np.ascontiguousarray(seq), mask
         else:
+            seq, states = self.run(x, mask)
             y, out_mask = _last(seq, x), None
         if self.return_state:
             return [y] + states, out_mask
@@ -490,32 +501,37 @@ class Bidirectional(Layer):
             raise ValueError("both directions must treat masked outputs alike to be fused")
         self._fused = core
 
-    def _run_both(self, x, mask):
+    def _run_both(self, x, mask, last=False):
+        """(forward output, backward output in the backward layer's Keras order, the
+        states); ``last``: each direction's last output (B, H) instead (_last_only)."""
         if self._fused is None:
-            y, s1 = self.forward.run(x, mask)
-            yb, s2 = self.backward.run(x, mask)
+            y, s1 = self.forward.run(x, mask, last)
+            yb, s2 = self.backward.run(x, mask, last)
             return y, yb, s1 + s2
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
         m = None if mask is None else np.asarray(mask, dtype=bool)
         out, state = self._fused(x, mask=m, masked_output="zero"
-                                 if self.forward.zero_output_for_mask else "carry")
+                                 if self.forward.zero_output_for_mask else "carry",
+                                 return_sequences=not last)
         H = self._fused.hidden_size
         y, yb_aligned = out[..., :H], out[..., H:]
         if isinstance(state, tuple):
             s1, s2 = [state[0][0], state[1][0]], [state[0][1], state[1][1]]
         else:
             s1, s2 = [state[0]], [state[1]]
-        return y, yb_aligned[:, ::-1], s1 + s2
+        return y, (yb_aligned if last else yb_aligned[:, ::-1]), s1 + s2
 
     def call(self, x, mask=None):
-        y, yb, states = self._run_both(x, mask)       # yb in Keras order of the backward layer
+        last = self.forward._last_only(mask) and self.backward._last_only(mask)
+        y, yb, states = self._run_both(x, mask, last)  # yb in Keras order of the backward layer
         if self.return_sequences:
             y, yb = y, yb[:, ::-1]                       # back to input order
             out_mask = mask
         else:
-            y, yb = _last(y, x), _last(yb, x)
+            if not last:
+                y, yb = _last(y, x), _last(yb, x)
             out_mask = None
         mm = self.merge_mode
         if mm == "concat":

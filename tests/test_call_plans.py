@@ -185,9 +185,9 @@ def test_dense_call_is_the_general_call(make, B, bf, with_state, return_sequence
 
 def test_dense_call_only_for_plain_calls(monkeypatch):
     """Calls with lengths that differ, a mask that is not one prefix, a thread count,
-    masked_output="zero", an unbatched or non-contiguous input of another dtype go the
-    general way (and still answer); lengths all T and an all-True mask are plain calls
-    (through _prefix_call)."""
+    an unbatched or non-contiguous input of another dtype go the general way (and still
+    answer); lengths all T, an all-True mask (either masked_output) and masked_output
+    "zero" without a mask are plain calls (through _prefix_call)."""
     layer = fastrnn.GRU(4, 5, seed=0)
     seen = []
     real = layer._dense_call
@@ -201,11 +201,13 @@ def test_dense_call_only_for_plain_calls(monkeypatch):
     ref = layer(x)[0]
     assert seen == [True]
     seen.clear()
-    for kw in (dict(lengths=[3, 3]), dict(mask=np.ones((3, 2), bool))):
+    for kw in (dict(lengths=[3, 3]), dict(mask=np.ones((3, 2), bool)),
+               dict(mask=np.ones((3, 2), bool), masked_output="zero"),
+               dict(masked_output="zero")):
         np.testing.assert_array_equal(layer(x, **kw)[0], ref)
-    assert seen == [True, True]
+    assert seen == [True] * 4
     seen.clear()
-    for kw in (dict(num_threads=1), dict(masked_output="zero")):
+    for kw in (dict(num_threads=1),):
         np.testing.assert_array_equal(layer(x, **kw)[0], ref)
     holes = np.ones((3, 2), bool)
     holes[1, 0] = False
@@ -291,14 +293,14 @@ def _ragged_lengths(B, T, rng):
 @pytest.mark.parametrize("make,B,bf", RAGGED_MAKES)
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
-@pytest.mark.parametrize("by", ["lengths", "mask"])
+@pytest.mark.parametrize("by", ["lengths", "mask", "mask_zero"])
 def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequences, by,
                                          monkeypatch):
     """A call of sequences of different lengths (``lengths``, or a mask that is a prefix
-    of each) takes the lean ragged call, which gives exactly what the general path
-    (``_call``) gives: batch-first and time-major, given or zero states, all outputs or
-    the last, projections, go_backwards, float64, zero lengths; a DenseRun kept per
-    lengths with the plan; the arrays given are left alone."""
+    of each, either masked_output) takes the lean ragged call, which gives exactly what
+    the general path (``_call``) gives: batch-first and time-major, given or zero
+    states, all outputs or the last, projections, go_backwards, float64, zero lengths;
+    a DenseRun kept per lengths with the plan; the arrays given are left alone."""
     layer = make()
     rng = np.random.default_rng(B)
     T = 6
@@ -317,9 +319,10 @@ def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequenc
     taken = []
     real = layer._ragged_call
     monkeypatch.setattr(layer, "_ragged_call", lambda *a: taken.append(1) or real(*a))
-    got = layer(x, hx, return_sequences=return_sequences, **kw)
+    mo = "zero" if by == "mask_zero" else "carry"
+    got = layer(x, hx, return_sequences=return_sequences, masked_output=mo, **kw)
     assert taken == [1]
-    ref = layer._call(x, hx, kw.get("lengths"), kw.get("mask"), "carry", None,
+    ref = layer._call(x, hx, kw.get("lengths"), kw.get("mask"), mo, None,
                       return_sequences, False)
     flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])
     for a, b in zip(flat(got), flat(ref)):

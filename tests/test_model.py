@@ -61,6 +61,40 @@ def test_keras_rnn_masking_semantics(go_backwards, zero_output):
     assert m is None
 
 
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_last_output_only_asks_the_core_for_final_states(go_backwards):
+    """Without return_sequences (and no masked output made zero), a KerasRNN and a fused
+    Bidirectional ask their core for the final states only (no per-step outputs), with
+    the Keras rule's last outputs; with zero_output_for_mask and a mask they keep the
+    sequence (its last step may be a zero)."""
+    x = rng.normal(size=(4, 6, 3)).astype("f4")
+    mask = np.ones((4, 6), bool)
+    mask[0, 3:] = False
+    mask[1, 1] = False
+    mask[2] = False
+    core = simple_rnn(3, 5, go_backwards)
+    asked = []
+    real = core.__call__
+
+    def spy(*a, **kw):
+        asked.append(kw.get("return_sequences", True))
+        return real(*a, **kw)
+    layer = KerasRNN(core)
+    layer.core = type("Spy", (), {"__call__": staticmethod(spy),
+                                  "go_backwards": go_backwards,
+                                  "hidden_size": 5})()
+    for m in (None, mask):
+        y, _ = layer.call(x, m)
+        ref_seq, _ = keras_reference(core, x, m, False, go_backwards)
+        np.testing.assert_allclose(y, ref_seq[:, -1], atol=1e-5)
+    assert asked == [False, False]
+    layer.zero_output_for_mask = True
+    y, _ = layer.call(x, mask)
+    np.testing.assert_allclose(y, keras_reference(core, x, mask, True, go_backwards)[0][:, -1],
+                               atol=1e-5)
+    assert asked == [False, False, True]
+
+
 def test_bidirectional_merge_modes_and_fusion():
     x = rng.normal(size=(3, 6, 4)).astype("f4")
     mask = np.ones((3, 6), bool)
