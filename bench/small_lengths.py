@@ -5,7 +5,8 @@
 
 A case is CELL:B:T:H:LENGTHS (CELL one of LSTM, GRU, RNN; input size = H; float32; one
 layer; LENGTHS slash-separated, B of them), optionally followed by ``:bf``
-(batch_first) and ``:bi`` (bidirectional).  Each round times a burst of calls with
+(batch_first), ``:bi`` (bidirectional), ``:mask`` (the lengths given as a Keras-style
+mask, right padding) and ``:zero`` (with the mask, ``masked_output="zero"``).  Each round times a burst of calls with
 ``lengths=`` and a burst of plain calls (the padding computed), in turn; the table gives
 each one's median over rounds of the per-burst median.  Only fastrnn: the peers' ONNX
 models with ``sequence_lens`` are in ``onnx_options.py`` (``seq=``).  For a before /
@@ -42,7 +43,12 @@ def main(argv=None):
         bf = "bf" in opts
         layer = CELLS[cell](H, H, batch_first=bf, bidirectional="bi" in opts, seed=0)
         x = rng.standard_normal((B, T, H) if bf else (T, B, H)).astype(np.float32)
-        calls = [lambda: layer(x, lengths=lengths), lambda: layer(x)]
+        kw = dict(lengths=lengths)
+        if "mask" in opts:
+            mask = np.arange(T)[:, None] < lengths[None, :]
+            kw = dict(mask=mask.T if bf else mask,
+                      masked_output="zero" if "zero" in opts else "carry")
+        calls = [lambda: layer(x, **kw), lambda: layer(x)]
         for f in calls:
             for _ in range(50):
                 f()
