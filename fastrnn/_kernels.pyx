@@ -1847,8 +1847,8 @@ cdef class DenseRun:
     packed ragged batch, as run_layer's ``lens`` with ``varlen``) the packed batch's
     offsets / nsteps, of sum(nsteps) rows."""
     cdef DirRun* runs
-    cdef int L, D, Hout, H, I, is_double, last_only, cell
-    cdef Py_ssize_t B, N
+    cdef int L, D, Hout, H, I, is_double, last_only, cell, has_mask
+    cdef Py_ssize_t B, N, T
     cdef object keep
     cdef const Py_ssize_t* off
     cdef const Py_ssize_t* nst
@@ -1860,7 +1860,8 @@ cdef class DenseRun:
     def __init__(self, int cell, list layers, offsets, nsteps, Py_ssize_t B, int input_size,
                  int hidden_size, int proj_size, int reset_after, int input_forget,
                  double clip, int use_peep, int num_threads, int go_backwards,
-                 int directions, dtype, bint return_sequences, lens=None):
+                 int directions, dtype, bint return_sequences, lens=None,
+                 int has_mask=0, int mask_zero=0):
         cdef void* vp[3]
         cdef Py_ssize_t nT, nst, n_, s
         cdef int l, d, k, I_l
@@ -1876,6 +1877,10 @@ cdef class DenseRun:
         self.nst = <const Py_ssize_t*>vp[1]
         self.lens = _no_lens
         self.N = nT * B
+        self.T = nT
+        self.has_mask = has_mask != 0
+        if lens is not None and has_mask:
+            raise ValueError("DenseRun: lengths and a mask together")
         if lens is not None:
             _arr(lens, cnp.NPY_INTP, 1, "lens", &vp[2], &n_, NULL)
             if n_ < B:
@@ -1923,18 +1928,21 @@ cdef class DenseRun:
                            self.D * self.Hout, d * self.Hout,
                            int((d == 1) != go_backwards), int(lens is not None),
                            hidden_size, proj_size,
-                           reset_after, input_forget, acts, clip, use_peep, 0, 0,
-                           num_threads, chunk,
+                           reset_after, input_forget, acts, clip, use_peep,
+                           self.has_mask, mask_zero, num_threads, chunk,
                            int(not (self.last_only and l == self.L - 1)), wp, wn,
                            self.is_double)
 
     def __dealloc__(self):
         free(self.runs)
 
-    def run(self, x, h, c):
+    def run(self, x, h, c, mask=None):
         """x (T*B, I) time-major rows; h (L*D, B, Hout) and c (L*D, B, H, LSTM; else
-        None) the initial states, replaced by the final ones.  Returns the last layer's
-        outputs (T*B, D*Hout) (without return_sequences a (1, D*Hout) array, unused)."""
+        None) the initial states, replaced by the final ones; ``mask`` (T, B) uint8, a
+        run made with ``has_mask`` only (Keras's rule: run_layer's mask).  Returns the
+        last layer's outputs (T*B, D*Hout) (without return_sequences a (1, D*Hout)
+        array, unused)."""
+        cdef const unsigned char* mp = _no_mask
         cdef int ft = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
         cdef cnp.npy_intp dims[2]
         cdef char* cp = NULL
@@ -1950,6 +1958,12 @@ cdef class DenseRun:
         if self.cell == CELL_LSTM:
             cp = <char*>_shaped_data(c, ft, True, True, 3, LD, self.B, self.H,
                                      "DenseRun.run", "c")
+        if self.has_mask:
+            mp = <const unsigned char*>_shaped_data(mask, cnp.NPY_UINT8, False, False, 2,
+                                                    self.T, self.B, 0, "DenseRun.run",
+                                                    "mask")
+        elif mask is not None:
+            raise ValueError("DenseRun.run: a mask for a run made without one")
         inp = x
         for l in range(self.L):
             dims[0] = 1 if (self.last_only and l == self.L - 1) else self.N
@@ -1964,13 +1978,13 @@ cdef class DenseRun:
                 with nogil:
                     if self.is_double:
                         rc = _dir_exec(&self.runs[k], <const double*>xp, self.off, self.nst,
-                                       self.lens, _no_mask,
+                                       self.lens, mp,
                                        <double*>(hp + k * self.B * self.Hout * isz),
                                        <double*>(cp + k * self.B * self.H * isz)
                                        if cp != NULL else _no_c, <double*>op)
                     else:
                         rc = _dir_exec(&self.runs[k], <const float*>xp, self.off, self.nst,
-                                       self.lens, _no_mask,
+                                       self.lens, mp,
                                        <float*>(hp + k * self.B * self.Hout * isz),
                                        <float*>(cp + k * self.B * self.H * isz)
                                        if cp != NULL else <float*>_no_c, <float*>op)

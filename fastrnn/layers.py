@@ -1133,9 +1133,8 @@ class RNNBase:
                 return None
             lengths, mask, cols = self._mask_as_lengths(
                 mask, None, T, B, False, return_sequences and masked_output == "carry")
-            if mask is not None:        # (not a prefix: the mask kernels, not converted again)
-                return self._call(x, hx, None, mask, masked_output, None, return_sequences,
-                                  idle, True)
+            if mask is not None:        # (not a prefix: the mask kernels, not checked again)
+                return self._masked_call(x, hx, mask, masked_output, return_sequences, idle)
         L = T
         if lengths is not None:
             if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:
@@ -1206,6 +1205,55 @@ class RNNBase:
         return self._finish(output, h_state.take(inv, axis=1),
                             c_state.take(inv, axis=1) if c_state is not None else None, B,
                             False)
+
+    def _masked_call(self, x, hx, mask, masked_output, return_sequences, idle):
+        """_prefix_call's call with a mask that is not a prefix (holes, left padding):
+        on a batched array of the layer's dtype and input size, lean (the layers run as
+        one DenseRun with the mask, kept with the plan); else _call.  The same kernels
+        and arithmetic as _call."""
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:
+            return self._call(x, hx, None, mask, masked_output, None, return_sequences,
+                              idle, True)
+        if not _threads._blas_hooked:
+            _threads.hook_blas()
+        pmask = self._time_major_mask(mask, T, B, False).view(np.uint8)
+        if not pmask.flags.c_contiguous:
+            pmask = np.ascontiguousarray(pmask)
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
+            np.ascontiguousarray(x).reshape(T * B, self.input_size)
+        if hx is None:
+            LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
+            h_state = np.zeros((LD, B, self.proj_size or self.hidden_size), dt)
+            c_state = (np.zeros((LD, B, self.hidden_size), dt) if self._cell == "LSTM"
+                       else None)
+        else:
+            h_state, c_state = self._given_state(hx, B, False)
+        nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
+                                     idle, False, 1)
+        zero = int(masked_output == "zero")
+        key = (return_sequences, self.go_backwards, "mask", zero)
+        run = runs.get(key) if _DENSE_RUN else False
+        if run is None:
+            offsets, nsteps = _dense_index(T, B)
+            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
+            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
+                       self.input_size, self.hidden_size, self.proj_size,
+                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
+                       int(self.peepholes), nt, int(self.go_backwards),
+                       2 if self.bidirectional else 1, self.dtype, return_sequences, None,
+                       1, zero)
+        if run:
+            out = run.run(xin, h_state, c_state, pmask)
+        else:
+            offsets, nsteps = _dense_index(T, B)
+            out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS,
+                                  pmask.reshape(-1), 1, h_state, c_state, zero, B, T,
+                                  return_sequences)
+        return self._finish(out.reshape(T, B, -1) if return_sequences else None,
+                            h_state, c_state, B, False)
 
     def _dense_call(self, x, hx, return_sequences, idle):
         """The common call, lean: a batched (3-D) array of the layer's dtype and input

@@ -418,3 +418,87 @@ def test_ragged_calls_from_threads():
         np.testing.assert_array_equal(out, ref[j][0])
         np.testing.assert_array_equal(h, ref[j][1][0])
         np.testing.assert_array_equal(c, ref[j][1][1])
+
+
+@pytest.mark.parametrize("make,B,bf", RAGGED_MAKES)
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("kind", ["holes", "left"])
+def test_masked_call_is_the_general_call(make, B, bf, with_state, return_sequences, kind,
+                                         monkeypatch):
+    """A call with a mask that is not a prefix (holes; left padding, Keras's
+    pad_sequences default) takes the lean masked call, which gives exactly what the
+    general path (``_call``, the same mask kernels) gives, for both masked outputs in
+    turn on one layer: batch-first and time-major, given or zero states, all outputs or
+    the last, projections, go_backwards, float64; a DenseRun with the mask kept per
+    masked output where the plan is of packed layers; the arrays given are left alone."""
+    layers._l2_bytes()      # (the process's first plan reads the L2 size: a knob)
+    layer = make()
+    rng = np.random.default_rng(B + 7)
+    T = 6
+    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
+    Hout = layer.proj_size or layer.hidden_size
+    LD = layer.num_layers * layer.num_directions
+    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
+    hx = None
+    if with_state:
+        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
+            if isinstance(layer, fastrnn.LSTM) else h
+    lens = _ragged_lengths(B, T, rng)
+    mask = np.arange(T)[:, None] < lens[None, :]                    # (T, B)
+    if kind == "holes":
+        mask[rng.integers(0, T, B), np.arange(B)] ^= True
+        mask[1, 0], mask[0, 0] = True, False
+    else:
+        mask = mask[::-1].copy()
+    mask = mask.T.copy() if bf else mask
+    keep = [np.copy(a) for a in (x, h, mask)]
+    taken = []
+    real = layer._masked_call
+    monkeypatch.setattr(layer, "_masked_call", lambda *a: taken.append(1) or real(*a))
+    flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])
+    for mo in ("carry", "zero"):
+        got = layer(x, hx, mask=mask, masked_output=mo, return_sequences=return_sequences)
+        ref = layer._call(x, hx, None, mask, mo, None, return_sequences, False)
+        for a, b in zip(flat(got), flat(ref)):
+            assert a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous
+            np.testing.assert_array_equal(a, b)
+    assert taken == [1, 1]
+    for a, b in zip((x, h, mask), keep):
+        np.testing.assert_array_equal(a, b)
+    runs = {k: r for plan in layer._plans[2].values() for k, r in plan[2].items()
+            if len(k) == 4}
+    assert sorted(k[3] for k in runs) == [0, 1]
+    assert all(r is False or isinstance(r, _kernels.DenseRun) for r in runs.values())
+    if not layer.bidirectional:     # (two directions may run as the pair: no DenseRun)
+        assert all(isinstance(r, _kernels.DenseRun) for r in runs.values())
+
+
+def test_masked_dense_run_checks_its_mask():
+    """A DenseRun made with a mask wants one (uint8, (T, B)); one made without refuses
+    one; lengths and a mask together are refused."""
+    layer = fastrnn.GRU(3, 4, seed=0, num_threads=1)
+    x = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(np.float32)
+    nt, specs, _ = layer._plan(4, 4, 3, 1, 0, False, 1)
+    offsets, nsteps = layers._dense_index(4, 3)
+    args = (layers._CELL_CODE["GRU"], [s[1:] for s in specs], offsets, nsteps, 3, 3, 4, 0,
+            1, 0, 0.0, 0, 1, 0, 1, np.float32, True)
+    run = _kernels.DenseRun(*args, None, 1, 0)
+    h = np.zeros((1, 3, 4), np.float32)
+    m = np.ones((4, 3), np.uint8)
+    m[1, 2] = 0
+    out = run.run(x.reshape(12, 3), h, None, m)
+    ref = layer._call(x, None, None, m.astype(bool), "carry", None, True, False)
+    np.testing.assert_array_equal(out.reshape(4, 3, 4), ref[0])
+    np.testing.assert_array_equal(h, ref[1])
+    with pytest.raises(TypeError, match="mask"):
+        run.run(x.reshape(12, 3), h, None, m.astype(bool))
+    with pytest.raises(ValueError, match="mask has shape"):
+        run.run(x.reshape(12, 3), h, None, m[:3])
+    with pytest.raises((TypeError, ValueError), match="mask"):
+        run.run(x.reshape(12, 3), h, None)
+    plain = _kernels.DenseRun(*args)
+    with pytest.raises(ValueError, match="without one"):
+        plain.run(x.reshape(12, 3), h, None, m)
+    with pytest.raises(ValueError, match="lengths and a mask"):
+        _kernels.DenseRun(*args, np.array([4, 3, 2]), 1, 0)
