@@ -6,7 +6,8 @@
 A case is CELL:B:T:H:LENGTHS (CELL one of LSTM, GRU, RNN; input size = H; float32; one
 layer; LENGTHS slash-separated, B of them), optionally followed by ``:bf``
 (batch_first), ``:bi`` (bidirectional), ``:mask`` (the lengths given as a Keras-style
-mask, right padding) and ``:zero`` (with the mask, ``masked_output="zero"``).  Each round times a burst of calls with
+mask, right padding), ``:left`` (with the mask, left padding instead: Keras's
+``pad_sequences`` default) and ``:zero`` (with the mask, ``masked_output="zero"``).  Each round times a burst of calls with
 ``lengths=`` and a burst of plain calls (the padding computed), in turn; the table gives
 each one's median over rounds of the per-burst median.  Only fastrnn: the peers' ONNX
 models with ``sequence_lens`` are in ``onnx_options.py`` (``seq=``).  For a before /
@@ -46,6 +47,8 @@ def main(argv=None):
         kw = dict(lengths=lengths)
         if "mask" in opts:
             mask = np.arange(T)[:, None] < lengths[None, :]
+            if "left" in opts:
+                mask = mask[::-1]
             kw = dict(mask=mask.T if bf else mask,
                       masked_output="zero" if "zero" in opts else "carry")
         calls = [lambda: layer(x, **kw), lambda: layer(x)]
