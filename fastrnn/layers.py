@@ -1169,29 +1169,16 @@ class RNNBase:
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         xin = x.reshape(T * B, self.input_size).take(rows, axis=0)      # (N, I) packed
-        if hx is None:
-            h_state = np.zeros((self.num_layers * D, B, Hout), dt)
-            c_state = (np.zeros((self.num_layers * D, B, self.hidden_size), dt)
-                       if self._cell == "LSTM" else None)
-        else:
-            h_state, c_state = self._given_state(hx, B, False)
+        h_state, c_state = self._start_states(hx, B)
+        if hx is not None:
             h_state = np.ascontiguousarray(h_state[:, perm])
             c_state = np.ascontiguousarray(c_state[:, perm]) if c_state is not None else None
         nt, specs, runs = self._plan(T, Teff, B, _threads.resolve(None, self.num_threads),
                                      idle, True, 0)
         # a DenseRun per lengths (their packing's arrays: kept alive by the run, so
         # their id names them while it is kept)
-        key = (return_sequences, self.go_backwards, id(offsets))
-        run = runs.get(key) if _DENSE_RUN else False
-        if run is None:
-            if len(runs) >= _PLANS_KEPT:
-                runs.clear()
-            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
-            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
-                       self.input_size, self.hidden_size, self.proj_size,
-                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
-                       int(self.peepholes), nt, int(self.go_backwards), D, dt,
-                       return_sequences, slens)
+        run = self._kept_run(runs, (return_sequences, self.go_backwards, id(offsets)), nt,
+                             specs, offsets, nsteps, B, return_sequences, slens)
         if run:
             out = run.run(xin, h_state, c_state)
         else:
@@ -1224,31 +1211,16 @@ class RNNBase:
             x = x.transpose(1, 0, 2)
         xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
             np.ascontiguousarray(x).reshape(T * B, self.input_size)
-        if hx is None:
-            LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
-            h_state = np.zeros((LD, B, self.proj_size or self.hidden_size), dt)
-            c_state = (np.zeros((LD, B, self.hidden_size), dt) if self._cell == "LSTM"
-                       else None)
-        else:
-            h_state, c_state = self._given_state(hx, B, False)
+        h_state, c_state = self._start_states(hx, B)
         nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
                                      idle, False, 1)
         zero = int(masked_output == "zero")
-        key = (return_sequences, self.go_backwards, "mask", zero)
-        run = runs.get(key) if _DENSE_RUN else False
-        if run is None:
-            offsets, nsteps = _dense_index(T, B)
-            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
-            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
-                       self.input_size, self.hidden_size, self.proj_size,
-                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
-                       int(self.peepholes), nt, int(self.go_backwards),
-                       2 if self.bidirectional else 1, self.dtype, return_sequences, None,
-                       1, zero)
+        offsets, nsteps = _dense_index(T, B)
+        run = self._kept_run(runs, (return_sequences, self.go_backwards, "mask", zero), nt,
+                             specs, offsets, nsteps, B, return_sequences, None, zero)
         if run:
             out = run.run(xin, h_state, c_state, pmask)
         else:
-            offsets, nsteps = _dense_index(T, B)
             out = self._run_stack(nt, specs, xin, offsets, nsteps, _NO_LENGTHS,
                                   pmask.reshape(-1), 1, h_state, c_state, zero, B, T,
                                   return_sequences)
@@ -1272,13 +1244,7 @@ class RNNBase:
             return None
         if not _threads._blas_hooked:
             _threads.hook_blas()
-        if hx is None:
-            LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
-            h_state = np.zeros((LD, B, self.proj_size or self.hidden_size), dt)
-            c_state = (np.zeros((LD, B, self.hidden_size), dt) if self._cell == "LSTM"
-                       else None)
-        else:
-            h_state, c_state = self._given_state(hx, B, False)
+        h_state, c_state = self._start_states(hx, B)
         xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
             np.ascontiguousarray(x).reshape(T * B, self.input_size)
         nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
@@ -1288,12 +1254,7 @@ class RNNBase:
         run = runs.get(key) if _DENSE_RUN else False
         if run is None:
             offsets, nsteps = _dense_index(T, B)
-            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
-            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
-                       self.input_size, self.hidden_size, self.proj_size,
-                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
-                       int(self.peepholes), nt, int(self.go_backwards),
-                       2 if self.bidirectional else 1, self.dtype, return_sequences)
+            run = self._kept_run(runs, key, nt, specs, offsets, nsteps, B, return_sequences)
         if run:
             out = run.run(xin, h_state, c_state)
             if return_sequences and not self.batch_first:
@@ -1306,6 +1267,33 @@ class RNNBase:
                                   h_state, c_state, 0, B, T, return_sequences)
         return self._finish(out.reshape(T, B, -1) if return_sequences else None,
                             h_state, c_state, B, False)
+
+    def _start_states(self, hx, B):
+        """A lean call's initial states (L*D, B, .): zeros, or copies of the user's."""
+        if hx is not None:
+            return self._given_state(hx, B, False)
+        LD, dt = self.num_layers * (2 if self.bidirectional else 1), self.dtype
+        return (np.zeros((LD, B, self.proj_size or self.hidden_size), dt),
+                np.zeros((LD, B, self.hidden_size), dt) if self._cell == "LSTM" else None)
+
+    def _kept_run(self, runs, key, nt, specs, offsets, nsteps, B, return_sequences,
+                  lens=None, mask_zero=None):
+        """The plan's DenseRun for ``key`` (made and kept in ``runs`` the first time:
+        False where the plan is not of packed layers only, or _DENSE_RUN is off);
+        ``lens``: a packed ragged batch's sorted lengths; ``mask_zero`` (0 / 1): a run
+        with a mask and that masked output."""
+        run = runs.get(key) if _DENSE_RUN else False
+        if run is None:
+            if len(runs) >= _PLANS_KEPT:
+                runs.clear()
+            run = runs[key] = all(s[0] == _PACKED for s in specs) and _kernels_module(
+            ).DenseRun(_CELL_CODE[self._cell], [s[1:] for s in specs], offsets, nsteps, B,
+                       self.input_size, self.hidden_size, self.proj_size,
+                       int(self.reset_after), int(self.input_forget), self.clip or 0.0,
+                       int(self.peepholes), nt, int(self.go_backwards),
+                       2 if self.bidirectional else 1, self.dtype, return_sequences, lens,
+                       int(mask_zero is not None), mask_zero or 0)
+        return run
 
     def _given_state(self, hx, B, unbatched):
         """Copies of the user's initial states (h0, c0-or-None), validated, (L*D, B, .)."""

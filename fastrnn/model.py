@@ -427,6 +427,8 @@ class KerasRNN(Layer):
     def call(self, x, mask=None):
         if self._last_only(mask):
             y, states = self.run(x, mask, last=True)
+            if self.return_state:       # (the layer's last output may be a view of h)
+                y = y.copy()
             out_mask = None
         elif self.return_sequences:
             seq, states = self.run(x, mask)

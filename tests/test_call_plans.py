@@ -144,6 +144,18 @@ def test_pickled_layer_leaves_its_plans():
     np.testing.assert_array_equal(copy(x)[0], want)
 
 
+def _call_inputs(layer, rng, B, T, bf, with_state):
+    """An input (6 features), an initial h and the hx of a call (None without a state)."""
+    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
+    LD = layer.num_layers * layer.num_directions
+    h = rng.standard_normal((LD, B, layer.proj_size or layer.hidden_size)).astype(layer.dtype)
+    hx = None
+    if with_state:
+        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
+            if isinstance(layer, fastrnn.LSTM) else h
+    return x, h, hx
+
+
 @pytest.mark.parametrize("make,B,bf", [
     (lambda: fastrnn.LSTM(6, 7, num_layers=2, bidirectional=True, seed=1), 3, False),
     (lambda: fastrnn.GRU(6, 7, batch_first=True, seed=2), 1, True),
@@ -162,14 +174,7 @@ def test_dense_call_is_the_general_call(make, B, bf, with_state, return_sequence
     layer = make()
     rng = np.random.default_rng(B)
     T = 5
-    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
-    Hout = layer.proj_size or layer.hidden_size
-    LD = layer.num_layers * layer.num_directions
-    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
-    hx = None
-    if with_state:
-        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
-            if isinstance(layer, fastrnn.LSTM) else h
+    x, h, hx = _call_inputs(layer, rng, B, T, bf, with_state)
     keep = [np.copy(a) for a in (x, h)]
     got = layer(x, hx, return_sequences=return_sequences)
     ref = layer._call(x, hx, None, None, "carry", None, return_sequences, False)
@@ -304,14 +309,7 @@ def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequenc
     layer = make()
     rng = np.random.default_rng(B)
     T = 6
-    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
-    Hout = layer.proj_size or layer.hidden_size
-    LD = layer.num_layers * layer.num_directions
-    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
-    hx = None
-    if with_state:
-        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
-            if isinstance(layer, fastrnn.LSTM) else h
+    x, h, hx = _call_inputs(layer, rng, B, T, bf, with_state)
     lens = _ragged_lengths(B, T, rng)
     mask = np.arange(T)[:, None] < lens[None, :]
     kw = dict(lengths=lens) if by == "lengths" else dict(mask=mask.T if bf else mask)
@@ -436,14 +434,7 @@ def test_masked_call_is_the_general_call(make, B, bf, with_state, return_sequenc
     layer = make()
     rng = np.random.default_rng(B + 7)
     T = 6
-    x = rng.standard_normal((B, T, 6) if bf else (T, B, 6)).astype(layer.dtype)
-    Hout = layer.proj_size or layer.hidden_size
-    LD = layer.num_layers * layer.num_directions
-    h = rng.standard_normal((LD, B, Hout)).astype(layer.dtype)
-    hx = None
-    if with_state:
-        hx = (h, rng.standard_normal((LD, B, layer.hidden_size)).astype(layer.dtype)) \
-            if isinstance(layer, fastrnn.LSTM) else h
+    x, h, hx = _call_inputs(layer, rng, B, T, bf, with_state)
     lens = _ragged_lengths(B, T, rng)
     mask = np.arange(T)[:, None] < lens[None, :]                    # (T, B)
     if kind == "holes":

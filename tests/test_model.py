@@ -87,12 +87,17 @@ def test_last_output_only_asks_the_core_for_final_states(go_backwards):
         y, _ = layer.call(x, m)
         ref_seq, _ = keras_reference(core, x, m, False, go_backwards)
         np.testing.assert_allclose(y, ref_seq[:, -1], atol=1e-5)
-    assert asked == [False, False]
+    layer.return_state = True       # (the output and the state: separate arrays)
+    (y, h), _ = layer.call(x, mask)
+    assert not np.shares_memory(y, h)
+    np.testing.assert_array_equal(y, h)
+    assert asked == [False, False, False]
+    layer.return_state = False
     layer.zero_output_for_mask = True
     y, _ = layer.call(x, mask)
     np.testing.assert_allclose(y, keras_reference(core, x, mask, True, go_backwards)[0][:, -1],
                                atol=1e-5)
-    assert asked == [False, False, True]
+    assert asked[3:] == [True]
 
 
 def test_bidirectional_merge_modes_and_fusion():
