@@ -387,23 +387,30 @@ def test_ragged_dense_run_checks_its_packing():
 
 
 def test_ragged_calls_from_threads():
-    """Lean ragged calls of many different lengths (more than a plan keeps runs for)
-    from 6 Python threads at once: the same bits as one at a time."""
+    """Lean ragged and masked calls of many different lengths and masks (more than a
+    plan keeps runs for; holes and left padding, both masked outputs) from 6 Python
+    threads at once: the same bits as one at a time."""
     import threading
     layer = fastrnn.LSTM(5, 12, seed=3, bidirectional=True)
     rng = np.random.default_rng(3)
     calls = []
     for i in range(2 * layers._PLANS_KEPT):
         x = rng.standard_normal((7, 4, 5)).astype(np.float32)
-        calls.append((x, _ragged_lengths(4, 7, rng)))
-    ref = [layer(x, lengths=lens) for x, lens in calls]
+        lens = _ragged_lengths(4, 7, rng)
+        kw = dict(lengths=lens)
+        if i % 3 == 1:
+            kw = dict(mask=(np.arange(7)[:, None] < lens)[::-1].copy())
+        elif i % 3 == 2:
+            kw = dict(mask=rng.random((7, 4)) < 0.7, masked_output="zero")
+        calls.append((x, kw))
+    ref = [layer(x, **kw) for x, kw in calls]
     got, errors = {}, []
 
     def work(k):
         try:
             for i in range(len(calls)):
                 j = (i * 5 + k) % len(calls)
-                got[k, i] = (j, layer(calls[j][0], lengths=calls[j][1]))
+                got[k, i] = (j, layer(calls[j][0], **calls[j][1]))
         except Exception as e:          # pragma: no cover (reported below)
             errors.append(e)
     threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
