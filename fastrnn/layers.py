@@ -1122,8 +1122,9 @@ class RNNBase:
         where they all have one length L (a batch of one always), the lean call
         (_dense_call) over the first L steps, the outputs after them filled as _call
         fills them (zeros; with a mask and "carry", a forward direction's last output
-        repeated); lengths that differ, _ragged_call; a mask that is not a prefix, _call
-        (its mask kernels).  None where none of this applies (then _call runs)."""
+        repeated); lengths that differ, _ragged_call; a mask that is not a prefix,
+        _masked_call (the mask kernels).  None where none of this applies (then _call
+        runs)."""
         if x.ndim != 3:
             return None
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
