@@ -170,6 +170,13 @@ def _dense_index(T: int, B: int):
     return ent
 
 
+def _rows(x, n: int, width: int):
+    """The ``n`` rows of ``width`` of a time-major (T, B, width) array, C-contiguous (the
+    kernels' layout): a view where ``x`` is C-contiguous, else a copy."""
+    return x.reshape(n, width) if x.flags.c_contiguous else \
+        np.ascontiguousarray(x).reshape(n, width)
+
+
 def _l2_bytes():
     """One core's L2 cache in bytes for the route's rule and the chunk size: the value
     the pair rule uses too (``_kernels._L2_BYTES``)."""
@@ -1210,8 +1217,7 @@ class RNNBase:
             pmask = np.ascontiguousarray(pmask)
         if self.batch_first:
             x = x.transpose(1, 0, 2)
-        xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
-            np.ascontiguousarray(x).reshape(T * B, self.input_size)
+        xin = _rows(x, T * B, self.input_size)
         h_state, c_state = self._start_states(hx, B)
         nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
                                      idle, False, 1)
@@ -1246,8 +1252,7 @@ class RNNBase:
         if not _threads._blas_hooked:
             _threads.hook_blas()
         h_state, c_state = self._start_states(hx, B)
-        xin = x.reshape(T * B, self.input_size) if x.flags.c_contiguous else \
-            np.ascontiguousarray(x).reshape(T * B, self.input_size)
+        xin = _rows(x, T * B, self.input_size)
         nt, specs, runs = self._plan(T, T, B, _threads.resolve(None, self.num_threads),
                                      idle, False, 0)
         # a plan of packed layers only runs as one DenseRun, kept with the plan
@@ -1422,10 +1427,7 @@ class RNNBase:
         else:
             slens = _NO_LENGTHS
             offsets, nsteps = _dense_index(Teff, B)
-            xd = x[:Teff] if Teff < T else x
-            xin = xd.reshape(Teff * B, self.input_size) if xd.flags.c_contiguous else None
-            if xin is None:
-                xin = np.ascontiguousarray(xd).reshape(Teff * B, self.input_size)
+            xin = _rows(x[:Teff] if Teff < T else x, Teff * B, self.input_size)
         xin = np.ascontiguousarray(xin, dtype=dt)
         N = xin.shape[0]
 

@@ -962,7 +962,7 @@ class OnnxModel:
             outs = list(node.output)
             if node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, num_threads)
-                steps.append(("rnn", rec, list(node.input), outs, where))
+                steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
             else:
                 fn = _SIMPLE_OPS[node.op_type]
                 ins = list(node.input)
@@ -1261,7 +1261,6 @@ class _Program:
                     self.steps.append(stack)
                     fresh.update(stack[2])
                     continue
-                ins = ins + [""] * (8 - len(ins))
                 run = self._rnn(model, obj, ins, outs, env, want, readers, dyn, skip)
                 if run is not None:
                     fresh.update(outs)
@@ -1351,7 +1350,7 @@ class _Program:
                     and getattr(env.get(cur), "shape", None) == (T, Bsz, D * H)):
                 break
             nxt = dyn[r[0]]
-            nins = list(nxt[2]) + [""] * (8 - len(nxt[2]))
+            nins = nxt[2]
             if not (nins[0] == cur and nxt[1].layer is not None and nxt[1].op == obj.op
                     and nxt[1].layout == 0 and nxt[1].D == D and not nins[4]
                     and nxt[1].layer.input_size == D * H
@@ -1369,7 +1368,7 @@ class _Program:
         multi-layer layer's lean call: outputs the nodes' Y_h / Y_c and the last one's Y
         (as _rnn makes it); a first input of another shape or dtype runs the chain's
         own steps.  None where it does not apply."""
-        obj, ins = dyn[j][1], list(dyn[j][2]) + [""] * (8 - len(dyn[j][2]))
+        obj, ins = dyn[j][1], dyn[j][2]
         if not (obj.layout == 0 and not ins[4] and self._lean(model, obj, ins, env)):
             return None
         nodes, links = self._chain(model, j, env, want, readers, dyn)
@@ -1420,7 +1419,6 @@ class _Program:
         steps = []          # the chain's own steps (as __init__ makes generic ones)
         for k in own:
             kind, o, k_ins, k_outs, _ = dyn[k]
-            k_ins = list(k_ins) + [""] * (8 - len(k_ins)) if kind == "rnn" else k_ins
             steps.append((self._generic(model, kind, o, k_ins, k_outs), k_ins,
                           [n or "\0" for n in k_outs]))
         xname, xshape, dt = ins[0], env[ins[0]].shape, fused.dtype
