@@ -426,7 +426,10 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     1.24-1.43; H = 64 0.99-1.17; one thread 0.98-1.68.  So there: 2+ threads, H >= 128,
     fewer than 40 sequences, split by rows.  Ragged batches there (lengths T/2..T, 2
     threads): B = 16-64 at H = 128-512 0.85-1.01 of the packed kernel's time, where the
-    batch-lane kernel took 1.05-1.36 of it: routed from 16 sequences at every size."""
+    batch-lane kernel took 1.05-1.36 of it: routed from 16 sequences, H >= 96 (smaller
+    ones re-measured there later: lengths T/2..T, T = 50, B = 16-64, 9 alternating
+    rounds, route / packed kernel: H = 32 1.15-1.27, H = 64 1.01-1.07, H = 96 0.94-0.98,
+    H = 128 0.94-0.96)."""
     cdef bint hw = (fr_amd_f19() if half < 0 else half) != 0
     if frbg_level() != 2:
         if nt <= 1:
@@ -436,7 +439,7 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
         return (nt >= 2 and H >= 128 and B < 40
                 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0)
     if hw and nt >= 2:
-        return True         # ragged: layers asks from 16 sequences on
+        return H >= 96      # ragged: layers asks from 16 sequences on
     if not ragged:
         return (nt >= 2 and 8 <= B < 16 and H >= 64
                 and <long>40 * H * H * itemsize <= 3 * l2)

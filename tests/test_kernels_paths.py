@@ -1559,7 +1559,8 @@ def test_lstm_route_packing_is_cached_and_follows_the_weights():
 def test_lstm_route_rule_by_isa():
     """fused_lstm_route_at: the AVX2 rule (by rows, thread count) and, with AVX-512, the
     dense rule (threads, 8-15 sequences, size) and the ragged one (by whether the
-    recurrent weights fit in L2 and whether the batch-lane kernel runs the layer)."""
+    recurrent weights fit in L2 and whether the batch-lane kernel runs the layer;
+    half-width AVX-512: by H)."""
     from fastrnn import _backward
     r = _backward.fused_lstm_route_at
     if _backward.small_gemm_level() == 2:
@@ -1583,8 +1584,9 @@ def test_lstm_route_rule_by_isa():
         assert r(2, 16, 256, 4, l2, half=1) and not r(2, 40, 256, 4, l2, half=1)
         assert not r(2, 16, 64, 4, l2, half=1) and not r(1, 16, 256, 4, l2, half=1)
         assert r(2, 32, 512, 4, l2, half=1)
-        # half-width, ragged, 2+ threads: every size, batch-lane kernel or not
-        assert r(2, 16, 64, 4, l2, True, True, 1) and r(3, 64, 512, 8, l2, True, True, 1)
+        # half-width, ragged, 2+ threads: H >= 96, batch-lane kernel or not
+        assert r(2, 16, 96, 4, l2, True, True, 1) and r(3, 64, 512, 8, l2, True, True, 1)
+        assert not r(2, 16, 64, 4, l2, True, True, 1) and not r(2, 64, 32, 4, l2, False, True, 1)
         assert r(1, 12, 512, 4, l2, False, True, 1) and not r(1, 1, 256, 4, l2, False, True, 1)
         # the machine's own rule
         assert r(2, 16, 256, 4, l2) == r(2, 16, 256, 4, l2, half=int(_kernels.avx512_half()))
