@@ -80,6 +80,16 @@ def _chunk_steps(small, G, H, I, B, T, itemsize, share):
 _FUSED_LSTM_MIN_B = -1
 # prefix masks run as lengths (False: through the mask kernels; tests)
 _MASK_AS_LENGTHS = True
+# A call's mask of spans of different lengths or first steps runs as packed lengths
+# (_mask_as_spans) only with at least _SPAN_MIN_MACS multiply-adds (all steps,
+# sequences, layers) and _SPAN_MIN_SKIP of its steps masked; else the mask kernels,
+# which compute the padding too but skip the packing, gathers and fills (~8-12 us) and
+# run dense rows (the packed kernels took ~1.0-1.25x their time a row).  Measured (Zen 4,
+# 2 threads, T = 50, B = 4-64, H = 32-256, left padding, spans / mask kernels, median of
+# 7 alternating rounds): 10% masked 0.94-1.25, 30% 0.78-1.29 (H = 32 0.92-1.29), 50%
+# 0.55-0.86 (H = 32 0.81-1.38); tiny calls (T = 7, B = 3, H = 16) 1.9-2.2.
+_SPAN_MIN_MACS = 1 << 21
+_SPAN_MIN_SKIP = 0.2
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
@@ -287,55 +297,68 @@ def reverse_rows(offsets, nsteps, lens):
 _CARRY_ROWS: dict = {}      # _carry_rows's kept answers (at most 64)
 
 
-def _carry_rows(lengths, T: int, B: int):
-    """The rows ``t*B + b`` of a time-major (T, B) batch at or after a sequence's length
-    (of sequences of length > 0) and the rows they repeat (``(L-1)*B + b``), kept per
-    lengths (their bytes, with T and B; at most 64; never written)."""
+def _carry_rows(lengths, T: int, B: int, begin=None, before=False):
+    """The rows ``t*B + b`` of a time-major (T, B) batch outside the span of a sequence
+    of length L > 0 (steps ``begin`` .. ``begin + L - 1``; begin 0 where None): those
+    after it and the rows they repeat (its last), or with ``before`` those before it and
+    its first; kept per lengths and begin (their bytes, with T and B; at most 64; never
+    written)."""
     lens = lengths if type(lengths) is np.ndarray else np.asarray(lengths)
-    key = (T, B, lens.dtype.str, lens.shape, lens.tobytes())
+    key = (T, B, before, lens.dtype.str, lens.shape, lens.tobytes(),
+           None if begin is None else begin.tobytes())
     ent = _CARRY_ROWS.get(key)
     if ent is None:
         lens = lens.astype(np.intp)
-        dst = np.flatnonzero((np.arange(T)[:, None] >= lens) & (lens > 0))
+        b0 = np.zeros_like(lens) if begin is None else begin.astype(np.intp)
+        t = np.arange(T)[:, None]
+        dst = np.flatnonzero(((t < b0) if before else (t >= b0 + lens)) & (lens > 0))
         b = dst % B if len(dst) else dst
-        ent = (dst, (lens[b] - 1) * B + b)
+        ent = (dst, (b0[b] if before else b0[b] + lens[b] - 1) * B + b)
         if len(_CARRY_ROWS) >= 64:
             _CARRY_ROWS.clear()
         _CARRY_ROWS[key] = ent
     return ent
 
 
-def carry_fill(output, lengths, cols, Hout):
+def carry_fill(output, lengths, cols, Hout, begin=None, rcols=()):
     """Time-major output (T, B, D*Hout), in place: in directions ``cols``, step t >= the
-    sequence's length repeats step length - 1 (zeros stay zeros for length 0)."""
-    if not len(cols):
-        return
+    end of a sequence's span (``begin`` + length; begin 0 where None) repeats its last
+    step; in directions ``rcols``, step t < begin repeats step begin (zeros stay zeros
+    for length 0)."""
     T, B, F = output.shape
-    dst, src = _carry_rows(lengths, T, B)
-    if not len(dst):
-        return
-    flat = output.reshape(T * B, F) if output.flags.c_contiguous else None
-    for d in cols:
-        c = slice(d * Hout, (d + 1) * Hout)
-        if flat is None:        # (a view: indexed by step and sequence)
-            output[dst // B, dst % B, c] = output[src // B, src % B, c]
-        elif F == Hout:
-            flat[dst] = flat.take(src, axis=0)
-        else:
-            flat[dst, c] = flat[src, c]
+    for cs, before in ((cols, False), (rcols, True)):
+        if not len(cs):
+            continue
+        dst, src = _carry_rows(lengths, T, B, begin, before)
+        if not len(dst):
+            continue
+        flat = output.reshape(T * B, F) if output.flags.c_contiguous else None
+        for d in cs:
+            c = slice(d * Hout, (d + 1) * Hout)
+            if flat is None:        # (a view: indexed by step and sequence)
+                output[dst // B, dst % B, c] = output[src // B, src % B, c]
+            elif F == Hout:
+                flat[dst] = flat.take(src, axis=0)
+            else:
+                flat[dst, c] = flat[src, c]
 
 
-def pad_steps(out, T: int, cols, Hout: int, batch_first: bool = False):
-    """Outputs ``out`` (L, B, F) of sequences that all have L < T steps (time-major; a
-    view will do) padded to T steps as a packed call pads them: zeros, but in directions
-    ``cols`` step L - 1 repeated (carry_fill for one length).  (T, B, F), or (B, T, F)
-    with ``batch_first``."""
+def pad_steps(out, T: int, cols, Hout: int, batch_first: bool = False, start: int = 0,
+              rcols=()):
+    """Outputs ``out`` (L, B, F) of sequences that all have the same L < T steps from
+    step ``start`` (time-major; a view will do) placed in T steps as a packed call
+    places them: zeros around, but in directions ``cols`` step start + L - 1 repeated
+    after, in ``rcols`` step start repeated before (carry_fill for one span).
+    (T, B, F), or (B, T, F) with ``batch_first``."""
     L, B, F = out.shape
     full = np.zeros((B, T, F) if batch_first else (T, B, F), out.dtype)
     tm = full.transpose(1, 0, 2) if batch_first else full      # (time-major view)
-    tm[:L] = out
+    end = start + L
+    tm[start:end] = out
     for d in cols:
-        tm[L:, :, d * Hout:(d + 1) * Hout] = tm[L - 1, :, d * Hout:(d + 1) * Hout]
+        tm[end:, :, d * Hout:(d + 1) * Hout] = tm[end - 1, :, d * Hout:(d + 1) * Hout]
+    for d in rcols:
+        tm[:start, :, d * Hout:(d + 1) * Hout] = tm[start, :, d * Hout:(d + 1) * Hout]
     return full
 
 
@@ -394,13 +417,30 @@ def sort_by_length(lengths, B: int, T: int):
 _RAGGED_INDEX: dict = {}    # ragged_index's kept answers (at most 64)
 
 
-def ragged_index(lengths, B: int, T: int):
+def ragged_index(lengths, B: int, T: int, begin=None):
     """:func:`sort_by_length` and the packing a call builds on it, kept per lengths
     (their bytes, with B and T; at most 64): ``(perm, slens, Teff, nsteps, rows,
     offsets, inv)``, ``rows`` from :func:`packed_rows`, ``offsets`` each step's first
     packed row, ``inv`` the inverse of ``perm``.  The arrays are shared by the calls
     with these lengths and never written.  (A small call with lengths spent ~20 us
-    building them.)"""
+    building them.)  ``begin`` (intp, B): the sequences start at these steps (a mask's
+    spans, _mask_as_spans): the rows move by them, the rest is the lengths' own."""
+    if begin is None:
+        return _lengths_index(lengths, B, T)
+    key = ("begin", B, T, lengths.tobytes(), begin.tobytes())
+    ent = _RAGGED_INDEX.get(key)
+    if ent is None:
+        if len(_RAGGED_INDEX) >= 63:
+            _RAGGED_INDEX.clear()       # (before: the lengths' own entry stays with this)
+        ent = _lengths_index(lengths, B, T)
+        rows = ent[4]
+        ent = ent[:4] + (rows + begin.take(rows % B) * B,) + ent[5:]
+        _RAGGED_INDEX[key] = ent
+    return ent
+
+
+def _lengths_index(lengths, B: int, T: int):
+    """ragged_index of sequences from step 0."""
     lens = lengths if type(lengths) is np.ndarray else np.asarray(lengths)
     key = (B, T, lens.dtype.str, lens.shape, lens.tobytes()) if lens.dtype.kind in "iu" \
         else None
@@ -827,34 +867,89 @@ class RNNBase:
         padding) becomes lengths, an all-True one nothing; carry_cols: the directions
         whose outputs past a length then repeat its last output (``carry``: the forward
         ones; a reverse direction starts in the padding, where Keras's outputs are
-        zeros).  Anything else is returned as it came."""
+        zeros).  Anything else is returned as it came.  (The training forward's; a
+        call's is _mask_as_spans.)"""
         if mask is None or lengths is not None or not _MASK_AS_LENGTHS:
             return lengths, mask, ()
+        lens, begin, rest = self._mask_spans(mask, T, B, unbatched, False)
+        if rest is not None:
+            return lengths, mask, ()
+        return lens, None, (self._carry_dirs(carry)[0] if lens is not None else ())
+
+    def _mask_as_spans(self, mask, T, B, unbatched, carry):
+        """A call's mask as ``(lengths, begin, mask, cols, rcols)``: where each sequence's
+        unmasked steps are one span (right padding, left padding (Keras's
+        ``pad_sequences`` default), or both), its ``lengths`` and the steps they
+        ``begin`` at (None where all begin at step 0: a prefix), then run as packed
+        lengths whose rows start there: a masked step only carries the state.  The
+        outputs outside a span (``carry``): in the directions ``cols`` (forward) the
+        steps after it repeat its last output, in ``rcols`` (reverse; only with
+        ``begin``) the steps before it repeat its first; else zeros, as Keras's rule
+        gives.  An all-True mask: all None.  Any other mask, and spans of different
+        lengths or first steps where packing does not pay (_SPAN_MIN_MACS), come back
+        as ``mask`` (the mask kernels)."""
+        if not _MASK_AS_LENGTHS:
+            return None, None, mask, (), ()
+        lens, begin, rest = self._mask_spans(mask, T, B, unbatched, True)
+        if lens is None:
+            return None, None, rest, (), ()
+        if B > 1 and (B * self._macs(T) < _SPAN_MIN_MACS       # (B = 1: one span)
+                      or T * B - int(lens.sum()) < _SPAN_MIN_SKIP * T * B) and (
+                (lens != lens[0]).any() or (begin is not None and (begin != begin[0]).any())):
+            return None, None, mask, (), ()     # (packing would not pay: _SPAN_MIN_MACS)
+        cols, rcols = self._carry_dirs(carry)
+        return lens, begin, None, cols, (rcols if begin is not None else ())
+
+    def _carry_dirs(self, carry):
+        """The directions processed forward and those processed in reverse (go_backwards
+        swaps them); both empty without ``carry``."""
+        if not carry:
+            return (), ()
+        fwd = [d for d in range(self.num_directions) if (d == 1) == self.go_backwards]
+        return fwd, [d for d in range(self.num_directions) if d not in fwd]
+
+    def _mask_spans(self, mask, T, B, unbatched, spans):
+        """The user's mask checked for one span of unmasked steps per sequence (with
+        ``spans``; else a prefix): ``(lengths, begin, None)`` (``begin`` None where
+        every span starts at step 0), ``(None, None, None)`` where nothing is masked
+        (or T or B is 0), ``(None, None, mask)`` where a sequence's steps are not so."""
         m = self._time_major_mask(mask, T, B, unbatched)
         if not T or not B:
-            return None, None, ()                       # (no step to mask)
+            return None, None, None                     # (no step to mask)
         if B * T <= _MASK_BYTES_PY:
             # (a few bytes: quicker in Python than NumPy's reductions, ~1 us of a small
-            # call's ~6): each sequence's length where it is a prefix
-            seqs, lens = m.T.tobytes(), []
+            # call's ~6): each sequence's span
+            seqs, lens, starts = m.T.tobytes(), [], []
             for k in range(0, B * T, T):
-                L = seqs.find(0, k, k + T)
-                if L < 0:
-                    L = k + T
-                elif seqs.find(1, L, k + T) >= 0:
-                    return lengths, mask, ()            # not a prefix
-                lens.append(L - k)
+                s = seqs.find(1, k, k + T)
+                if s < 0:
+                    lens.append(0)
+                    starts.append(0)
+                    continue
+                if s > k and not spans:
+                    return None, None, mask             # not a prefix
+                e = seqs.find(0, s, k + T)
+                if e < 0:
+                    e = k + T
+                elif seqs.find(1, e, k + T) >= 0:
+                    return None, None, mask             # a step unmasked after a masked one
+                lens.append(e - s)
+                starts.append(s - k)
             if min(lens) == T:
-                return None, None, ()                   # nothing masked: the dense call
-            mlens = np.array(lens, np.intp)
-        else:
-            if T > 1 and np.greater(m[1:], m[:-1]).any():
-                return lengths, mask, ()                # a step unmasked after a masked one
-            if m[-1].all():
-                return None, None, ()
-            mlens = m.sum(axis=0)
-        cols = [d for d in range(self.num_directions) if (d == 1) == self.go_backwards]
-        return mlens, None, (cols if carry else ())
+                return None, None, None                 # nothing masked: the dense call
+            return (np.array(lens, np.intp),
+                    np.array(starts, np.intp) if any(starts) else None, None)
+        rises = np.greater(m[1:], m[:-1])               # (unmasked after masked)
+        if spans:
+            if (rises.sum(axis=0) + m[0]).max() > 1:
+                return None, None, mask
+        elif rises.any():
+            return None, None, mask
+        mlens = m.sum(axis=0)
+        if mlens.min() == T:
+            return None, None, None
+        begin = m.argmax(axis=0) if spans else None     # (0 for an all-masked sequence)
+        return mlens, (begin if begin is not None and begin.any() else None), None
 
     def _time_major_mask(self, mask, T, B, unbatched):
         """The user's mask, validated, as a bool ``(T, B)`` array."""
@@ -1125,47 +1220,55 @@ class RNNBase:
 
     def _prefix_call(self, x, hx, lengths, mask, return_sequences, idle,
                      masked_output="carry"):
-        """A call with ``lengths``, or a ``mask`` that is a prefix of each sequence:
-        where they all have one length L (a batch of one always), the lean call
-        (_dense_call) over the first L steps, the outputs after them filled as _call
-        fills them (zeros; with a mask and "carry", a forward direction's last output
-        repeated); lengths that differ, _ragged_call; a mask that is not a prefix,
-        _masked_call (the mask kernels).  None where none of this applies (then _call
-        runs)."""
+        """A call with ``lengths``, or a ``mask`` whose unmasked steps are one span of
+        each sequence (_mask_as_spans): where they all have one length L from one step
+        s (a batch of one always), the lean call (_dense_call) over those steps, the
+        outputs around them filled as _call fills them (zeros; with a mask and "carry",
+        a forward direction's last output repeated after, a reverse one's first before);
+        spans that differ, _ragged_call; any other mask, _masked_call (the mask
+        kernels).  None where none of this applies (then _call runs)."""
         if x.ndim != 3:
             return None
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
-        cols = ()
+        cols = rcols = ()
+        begin = None
         if mask is not None:
             if lengths is not None:
                 return None
-            lengths, mask, cols = self._mask_as_lengths(
-                mask, None, T, B, False, return_sequences and masked_output == "carry")
-            if mask is not None:        # (not a prefix: the mask kernels, not checked again)
+            lengths, begin, mask, cols, rcols = self._mask_as_spans(
+                mask, T, B, False, return_sequences and masked_output == "carry")
+            if mask is not None:        # (not spans: the mask kernels, not checked again)
                 return self._masked_call(x, hx, mask, masked_output, return_sequences, idle)
-        L = T
+        L, s = T, 0
         if lengths is not None:
             if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:
                 return None     # (_call: its checks, in its order)
-            ent = ragged_index(lengths, B, T)           # (validates the lengths)
+            ent = ragged_index(lengths, B, T, begin)    # (validates the lengths)
             L = _one_length(ent)
+            if L and begin is not None:
+                s = int(begin[0])
+                if B > 1 and (begin != s).any():
+                    L = 0               # (one length from different steps: packed)
             if not L and ent[2]:
-                return self._ragged_call(x, hx, ent, lengths, cols, return_sequences, idle)
+                return self._ragged_call(x, hx, ent, lengths, cols, return_sequences, idle,
+                                         begin, rcols)
         if not L:
             return None
-        res = self._dense_call((x[:, :L] if self.batch_first else x[:L]) if L < T else x,
-                               hx, return_sequences, idle)
+        res = self._dense_call((x[:, s:s + L] if self.batch_first else x[s:s + L])
+                               if L < T else x, hx, return_sequences, idle)
         if res is None or L == T or not return_sequences:
             return res
         out, states = res
         return pad_steps(out.transpose(1, 0, 2) if self.batch_first else out, T, cols,
-                         self.proj_size or self.hidden_size, self.batch_first), states
+                         self.proj_size or self.hidden_size, self.batch_first, s,
+                         rcols), states
 
-    def _ragged_call(self, x, hx, ent, lengths, cols, return_sequences, idle):
+    def _ragged_call(self, x, hx, ent, lengths, cols, return_sequences, idle, begin=None,
+                     rcols=()):
         """_prefix_call's call of sequences of different ``lengths`` (``ent``: their
-        ragged_index; ``cols``: the directions whose outputs past a length repeat its
-        last output, from a prefix mask) on a batched array of the layer's dtype and
-        input size, lean: the packing kept per lengths, the layers run as one DenseRun
+        ragged_index, from steps ``begin``; ``cols`` / ``rcols``: the directions whose
+        outputs after / before a span repeat its last / first output, from a mask) on a
+        batched array of the layer's dtype and input size, lean: the packing kept per lengths, the layers run as one DenseRun
         kept with the plan per lengths; the same kernels and arithmetic as _call (a
         tiny call ~19 -> ~10 us)."""
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
@@ -1196,13 +1299,13 @@ class RNNBase:
         if return_sequences:
             output = np.zeros((T, B, D * Hout), dt)
             output.reshape(T * B, D * Hout)[rows] = out
-            carry_fill(output, lengths, cols, Hout)
+            carry_fill(output, lengths, cols, Hout, begin, rcols)
         return self._finish(output, h_state.take(inv, axis=1),
                             c_state.take(inv, axis=1) if c_state is not None else None, B,
                             False)
 
     def _masked_call(self, x, hx, mask, masked_output, return_sequences, idle):
-        """_prefix_call's call with a mask that is not a prefix (holes, left padding):
+        """_prefix_call's call with a mask that is not one span a sequence (holes):
         on a batched array of the layer's dtype and input size, lean (the layers run as
         one DenseRun with the mask, kept with the plan); else _call.  The same kernels
         and arithmetic as _call."""
@@ -1392,8 +1495,8 @@ class RNNBase:
 
     def _call(self, x, hx, lengths, mask, masked_output, num_threads, return_sequences,
               idle, mask_checked=False):
-        """The general call (``mask_checked``: the mask is known not to be a prefix, as
-        _mask_as_lengths found)."""
+        """The general call (``mask_checked``: the mask is known not to be spans, as
+        _mask_as_spans found)."""
         if not _threads._blas_hooked:
             _threads.hook_blas()
         nt = _threads.resolve(num_threads, self.num_threads)
@@ -1404,30 +1507,35 @@ class RNNBase:
         if masked_output not in ("carry", "zero"):
             raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
 
-        # a mask that is a prefix per sequence (right padding, as Keras's mask_zero on
-        # padded ids gives) means lengths: the padding is then not computed.  Masked
+        # a mask whose unmasked steps are one span per sequence (right padding, as
+        # Keras's mask_zero on padded ids gives; left padding, pad_sequences' default)
+        # means lengths from those steps: the padding is then not computed.  Masked
         # steps carry the state, so only the outputs differ: "carry" repeats the last
-        # output of a forward direction (a reverse one starts in the padding: zeros)
-        lengths, mask, carry_cols = (lengths, mask, ()) if mask_checked else \
-            self._mask_as_lengths(mask, lengths, T, B, unbatched,
-                                  masked_output == "carry" and return_sequences)
+        # output of a forward direction after a span, the first output of a reverse one
+        # before it (each starts in its padding: zeros)
+        begin, rcols, carry_cols = None, (), ()
+        if mask is not None and lengths is None and not mask_checked:
+            lengths, begin, mask, carry_cols, rcols = self._mask_as_spans(
+                mask, T, B, unbatched, masked_output == "carry" and return_sequences)
 
         # ---- packing (sorted by length, longest first) or dense; every sequence of one
-        # length L: dense over the first L steps (B=1 always), the rest filled as the
-        # packed call would (zeros, or the carried outputs)
+        # length L from one step s: dense over those steps (B=1 always), the rest filled
+        # as the packed call would (zeros, or the carried outputs)
         perm = None
-        Teff = T
+        Teff, s0 = T, 0
         if lengths is not None:
-            ent = ragged_index(lengths, B, T)           # (validates the lengths)
-            if mask is None and _one_length(ent):
+            ent = ragged_index(lengths, B, T, begin)    # (validates the lengths)
+            if mask is None and _one_length(ent) and (
+                    begin is None or not (begin != begin[0]).any()):
                 Teff, lengths = ent[2], None
+                s0 = 0 if begin is None else int(begin[0])
         if lengths is not None:
             perm, slens, Teff, nsteps, rows, offsets, inv = ent
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
         else:
             slens = _NO_LENGTHS
             offsets, nsteps = _dense_index(Teff, B)
-            xin = _rows(x[:Teff] if Teff < T else x, Teff * B, self.input_size)
+            xin = _rows(x[s0:s0 + Teff] if Teff < T else x, Teff * B, self.input_size)
         xin = np.ascontiguousarray(xin, dtype=dt)
         N = xin.shape[0]
 
@@ -1467,12 +1575,13 @@ class RNNBase:
             if return_sequences:
                 output = np.zeros((T, B, D * Hout), dt)
                 output.reshape(T * B, D * Hout)[rows] = out
-                carry_fill(output, lengths, carry_cols, Hout)
+                carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
             h_state = h_state[:, inv]
             if c_state is not None:
                 c_state = c_state[:, inv]
         elif return_sequences and Teff < T:
-            output = pad_steps(out.reshape(Teff, B, D * Hout), T, carry_cols, Hout)
+            output = pad_steps(out.reshape(Teff, B, D * Hout), T, carry_cols, Hout, False,
+                               s0, rcols)
         elif return_sequences:
             output = out.reshape(T, B, D * Hout)
         return self._finish(output if return_sequences else None, h_state, c_state, B,

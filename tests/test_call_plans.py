@@ -13,6 +13,7 @@ from fastrnn import _backward, _kernels, layers
 NOT_PLAN_KNOBS = {
     "_MASK_AS_LENGTHS",           # read before the plan (whether a mask becomes lengths)
     "_MASK_BYTES_PY",             # read before the plan (how a mask is checked)
+    "_SPAN_MIN_MACS",             # read before the plan (whether spans are packed)
     "_FUSED_LSTM_CHUNK_BYTES",    # read by the LSTM route's run, not its choice
     "_PACKED", "_PAIR", "_ROUTED", "_PLANS_KEPT",    # the plans' own constants
     "_DENSE_RUN",                 # read by the lean call, beside its plan
@@ -21,9 +22,13 @@ NOT_PLAN_KNOBS = {
 
 @pytest.fixture(autouse=True)
 def never_idle(monkeypatch):
-    """(A call after a pause makes a plan it does not keep: the pause rule.)"""
+    """(A call after a pause makes a plan it does not keep: the pause rule.  Masks of
+    spans packed at any size: these calls are small; the size rule has its own test in
+    test_varlen.py.)"""
     from fastrnn import _threads
     monkeypatch.setattr(_threads, "IDLE_SINGLE_S", -1.0)
+    monkeypatch.setattr(layers, "_SPAN_MIN_MACS", 0)
+    monkeypatch.setattr(layers, "_SPAN_MIN_SKIP", 0.0)
 
 
 def _spy(monkeypatch):
@@ -298,26 +303,38 @@ def _ragged_lengths(B, T, rng):
 @pytest.mark.parametrize("make,B,bf", RAGGED_MAKES)
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
-@pytest.mark.parametrize("by", ["lengths", "mask", "mask_zero"])
+@pytest.mark.parametrize("by", ["lengths", "mask", "mask_zero", "left", "left_zero", "spans",
+                                "spans_one_length"])
 def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequences, by,
                                          monkeypatch):
-    """A call of sequences of different lengths (``lengths``, or a mask that is a prefix
-    of each, either masked_output) takes the lean ragged call, which gives exactly what
-    the general path (``_call``) gives: batch-first and time-major, given or zero
-    states, all outputs or the last, projections, go_backwards, float64, zero lengths;
-    a DenseRun kept per lengths with the plan; the arrays given are left alone."""
+    """A call of sequences of different lengths (``lengths``, or a mask whose unmasked
+    steps are one span of each sequence: right padding, left padding, both; either
+    masked_output) takes the lean ragged call, which gives exactly what the general
+    path (``_call``) gives: batch-first and time-major, given or zero states, all
+    outputs or the last, projections, go_backwards, float64, zero lengths, one length
+    from different steps; a DenseRun kept per lengths with the plan (spans of the same
+    lengths share it); the arrays given are left alone."""
     layer = make()
     rng = np.random.default_rng(B)
     T = 6
     x, h, hx = _call_inputs(layer, rng, B, T, bf, with_state)
     lens = _ragged_lengths(B, T, rng)
-    mask = np.arange(T)[:, None] < lens[None, :]
+    if by == "spans_one_length":
+        lens[:] = 3
+    begin = np.zeros(B, np.intp)
+    if by.startswith("left"):
+        begin = T - lens
+    elif by.startswith("spans"):
+        begin = rng.integers(0, T - lens + 1)
+        begin[-1], begin[0] = T - lens[-1] - 1, 0       # (a sequence in the middle)
+    t = np.arange(T)[:, None]
+    mask = (t >= begin) & (t < begin + lens)
     kw = dict(lengths=lens) if by == "lengths" else dict(mask=mask.T if bf else mask)
     keep = [np.copy(a) for a in (x, h, lens, mask)]
     taken = []
     real = layer._ragged_call
     monkeypatch.setattr(layer, "_ragged_call", lambda *a: taken.append(1) or real(*a))
-    mo = "zero" if by == "mask_zero" else "carry"
+    mo = "zero" if by.endswith("zero") else "carry"
     got = layer(x, hx, return_sequences=return_sequences, masked_output=mo, **kw)
     assert taken == [1]
     ref = layer._call(x, hx, kw.get("lengths"), kw.get("mask"), mo, None,
@@ -335,6 +352,10 @@ def test_ragged_call_is_the_general_call(make, B, bf, with_state, return_sequenc
         runs = [r for plan in layer._plans[2].values() for k, r in plan[2].items()
                 if len(k) == 3]
         assert len(runs) == 1 and isinstance(runs[0], _kernels.DenseRun)
+        if by != "lengths":         # the same lengths from step 0: the same run
+            layer(x, hx, lengths=lens, return_sequences=return_sequences)
+            assert [r for plan in layer._plans[2].values() for k, r in plan[2].items()
+                    if len(k) == 3] == runs
 
 
 def test_ragged_runs_stay_few_and_remade():
@@ -428,13 +449,12 @@ def test_ragged_calls_from_threads():
 @pytest.mark.parametrize("make,B,bf", RAGGED_MAKES)
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
-@pytest.mark.parametrize("kind", ["holes", "left"])
+@pytest.mark.parametrize("kind", ["holes", "hole_at_1"])
 def test_masked_call_is_the_general_call(make, B, bf, with_state, return_sequences, kind,
                                          monkeypatch):
-    """A call with a mask that is not a prefix (holes; left padding, Keras's
-    pad_sequences default) takes the lean masked call, which gives exactly what the
-    general path (``_call``, the same mask kernels) gives, for both masked outputs in
-    turn on one layer: batch-first and time-major, given or zero states, all outputs or
+    """A call with a mask that is not one span a sequence (holes) takes the lean masked
+    call, which gives exactly what the general path (``_call``, the same mask kernels)
+    gives, for both masked outputs in turn on one layer: batch-first and time-major, given or zero states, all outputs or
     the last, projections, go_backwards, float64; a DenseRun with the mask kept per
     masked output where the plan is of packed layers; the arrays given are left alone."""
     layers._l2_bytes()      # (the process's first plan reads the L2 size: a knob)
@@ -444,11 +464,11 @@ def test_masked_call_is_the_general_call(make, B, bf, with_state, return_sequenc
     x, h, hx = _call_inputs(layer, rng, B, T, bf, with_state)
     lens = _ragged_lengths(B, T, rng)
     mask = np.arange(T)[:, None] < lens[None, :]                    # (T, B)
-    if kind == "holes":
-        mask[rng.integers(0, T, B), np.arange(B)] ^= True
-        mask[1, 0], mask[0, 0] = True, False
-    else:
-        mask = mask[::-1].copy()
+    mask[rng.integers(0, T, B), np.arange(B)] ^= True
+    mask[:, 0] = True
+    mask[1, 0] = False                  # (a hole in a sequence)
+    if kind == "hole_at_1":
+        mask[:, 1:] = True
     mask = mask.T.copy() if bf else mask
     keep = [np.copy(a) for a in (x, h, mask)]
     taken = []

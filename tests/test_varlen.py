@@ -30,6 +30,15 @@ T, B = 9, 6
 LENS = np.array([3, 9, 1, 5, 9, 2])
 
 
+@pytest.fixture(autouse=True)
+def spans_packed_at_any_size(monkeypatch):
+    """Masks of spans run as packed lengths at these small sizes too (the size rule,
+    _SPAN_MIN_MACS, has its own test: test_span_packing_rule)."""
+    import fastrnn.layers as layers_mod
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_MACS", 0)
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.0)
+
+
 def _inputs(layer, seed, T_=T, B_=B, dtype=np.float32):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T_, B_, layer.input_size)).astype(dtype)
@@ -356,13 +365,25 @@ def test_keras_wrapper_mask_follows_keras_definition(cell, go_backwards, zero_ou
     np.testing.assert_allclose(h, ref_h[0], rtol=1e-10, atol=1e-12)
 
 
+def _span_mask(pad):
+    """(T, B) masks of the lengths [3, 9, 0, 5, 9, 2] padded on the right, the left, or
+    both sides (one span of each sequence)."""
+    lens = np.array([3, 9, 0, 5, 9, 2])
+    begin = {"right": 0 * lens, "left": T - lens, "both": np.array([4, 0, 3, 2, 0, 1])}[pad]
+    t = np.arange(T)[:, None]
+    return (t >= begin) & (t < begin + lens)
+
+
 @pytest.mark.parametrize("cell,bi,layers,init,masked_output", MASK_CONFIGS)
-def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monkeypatch):
-    """A mask that is a prefix of each sequence (right padding) runs as lengths (the
-    padding is not computed): Keras's rule, and the mask kernels' results (the conversion
-    off), for the outputs (carry repeats a forward direction's last output) and the final
-    states; return_sequences=False, batch_first, go_backwards, unbatched; a mask that is
-    not a prefix keeps the mask kernels."""
+@pytest.mark.parametrize("pad", ["right", "left", "both"])
+def test_span_mask_runs_as_lengths(cell, bi, layers, init, masked_output, pad, monkeypatch):
+    """A mask whose unmasked steps are one span of each sequence (right padding, left
+    padding (Keras's pad_sequences default), both) runs as lengths from those steps
+    (the padding is not computed): Keras's rule, and the mask kernels' results (the
+    conversion off), for the outputs (carry repeats a forward direction's last output
+    after a span, a reverse one's first before it) and the final states;
+    return_sequences=False, batch_first, go_backwards, unbatched; a mask that is not
+    spans keeps the mask kernels."""
     import fastrnn.layers as layers_mod
     calls = []      # calls that ran as lengths: packed, or all of one length (a prefix)
     orig = layers_mod.ragged_index
@@ -371,8 +392,7 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     layer = CELLS[cell](num_layers=layers, bidirectional=bi, dtype=np.float64, seed=24)
     x, hx = _inputs(layer, seed=25, dtype=np.float64)
     hx = hx if init else None
-    lens = np.array([3, 9, 0, 5, 9, 2])
-    mask = np.arange(T)[:, None] < lens[None, :]
+    mask = _span_mask(pad)
     _assert_keras_rule(layer, x, hx, mask, masked_output)
     assert len(calls) == 1
     monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", False)
@@ -385,6 +405,8 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     variants.append((gb, x, None, mask, {}))
     variants.append((layer, x[:, 0], None, mask[:, 0], {}))             # unbatched
     variants.append((layer, x[:, 2], None, mask[:, 2], {}))             # all padding
+    variants.append((layer, x[:, 3], None, mask[:, 3], {}))             # unbatched
+    variants.append((gb, x[:, :1], None, mask[:, 3:4], {}))             # one sequence
     for lay, xx, h, m, extra in variants:
         monkeypatch.setattr(layers_mod, "_MASK_AS_LENGTHS", False)
         a = lay(xx, h, mask=m, masked_output=masked_output, **extra)
@@ -403,7 +425,7 @@ def test_prefix_mask_runs_as_lengths(cell, bi, layers, init, masked_output, monk
     for u, v in zip([o2] + _states(h2), [o3] + _states(h3)):
         np.testing.assert_array_equal(u, v)
     holes = mask.copy()
-    holes[1, 1] = False                                  # not a prefix: the mask kernels
+    holes[1, 1] = False                                  # not spans: the mask kernels
     o1, _ = layer(x, hx, mask=holes, masked_output=masked_output)
     assert len(calls) == n0
     ref1, _, _ = _keras_rule(layer, x, holes, hx, zero_output=masked_output == "zero")
@@ -472,7 +494,8 @@ def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backw
     outputs filled as the packed call fills them (zeros with lengths; a prefix mask with
     "carry" repeats a forward direction's last output): the same outputs and final
     states as the packed call (the shortcut off), which never runs; lengths of T are the
-    dense call."""
+    dense call.  Masks of L steps from one later step (left padding, a span in the
+    middle) alike (a reverse direction's first output repeated before them)."""
     import fastrnn.layers as layers_mod
     layer = CELLS[cell](bidirectional=bi, batch_first=batch_first, go_backwards=go_backwards,
                         num_layers=2 if bi else 1, dtype=dtype, seed=31)
@@ -484,10 +507,14 @@ def test_equal_lengths_run_dense_over_the_prefix(cell, bi, batch_first, go_backw
     for L in (1, 4, T):
         lens = np.full(B, L)
         mask = np.arange(T)[:, None] < lens[None, :]
-        mask = mask.T if batch_first else mask
+        left = mask[::-1]                               # (the last L steps)
+        mid = np.roll(mask, (T - L) // 2, axis=0)       # (L steps in the middle)
+        mask, left, mid = (m.T if batch_first else m for m in (mask, left, mid))
         for kw in (dict(lengths=lens), dict(mask=mask), dict(mask=mask, masked_output="zero"),
                    dict(lengths=lens, return_sequences=False), dict(lengths=lens, num_threads=1),
-                   dict(mask=mask, num_threads=2)):
+                   dict(mask=mask, num_threads=2), dict(mask=left), dict(mask=mid),
+                   dict(mask=left, masked_output="zero"), dict(mask=mid, num_threads=2),
+                   dict(mask=left, return_sequences=False)):
             vars(layer).pop("_plans", None)
             got = layer(xx, hx, **kw)
             assert not _packed_plans(layer)
@@ -532,6 +559,23 @@ def _prefix_rule(m):
     return "dense" if B == 0 or (lens == T).all() else lens
 
 
+def _span_rule(m):
+    """None where a column of the (T, B) mask ``m`` is not one run of True; "dense" where
+    all is True (or T or B is 0); else each column's (length, first True step) (0, 0
+    where all False)."""
+    T, B = m.shape
+    if B == 0 or T == 0 or m.all():
+        return "dense"
+    lens, begin = np.zeros(B, np.intp), np.zeros(B, np.intp)
+    for b in range(B):
+        idx = np.flatnonzero(m[:, b])
+        if len(idx):
+            if idx[-1] - idx[0] + 1 != len(idx):
+                return None
+            lens[b], begin[b] = len(idx), idx[0]
+    return lens, begin
+
+
 @pytest.mark.parametrize("py_limit", [0, 1 << 20])
 def test_mask_as_lengths_both_checks(py_limit, monkeypatch):
     """A mask is converted to lengths exactly when it is a prefix of each sequence, by
@@ -572,10 +616,104 @@ def test_mask_as_lengths_both_checks(py_limit, monkeypatch):
                     np.testing.assert_array_equal(lengths, want)
 
 
+@pytest.mark.parametrize("py_limit", [0, 1 << 20])
+def test_mask_as_spans_both_checks(py_limit, monkeypatch):
+    """A call's mask becomes lengths and first steps exactly when each sequence's
+    unmasked steps are one span, by the Python check of small masks and the NumPy check
+    of large ones alike (first steps None where all are 0): right, left and both-sides
+    padding, holes, all True, all False, T = 0 and 1, B = 0, batch_first and unbatched;
+    the carried directions: forward ones after a span, reverse ones before it (only
+    with first steps), none without carry, go_backwards swapping them."""
+    import fastrnn.layers as layers_mod
+    monkeypatch.setattr(layers_mod, "_MASK_BYTES_PY", py_limit)
+    rng = np.random.default_rng(44)
+    lay, lay_bf = fastrnn.GRU(2, 3), fastrnn.GRU(2, 3, batch_first=True, bidirectional=True)
+    lay_gb = fastrnn.GRU(2, 3, bidirectional=True, go_backwards=True)
+    for T, B in [(7, 3), (1, 4), (5, 1), (0, 3), (4, 0), (9, 70), (2, 5)]:
+        for kind in ("right", "left", "both", "holes", "true", "false"):
+            lens = rng.integers(0, T + 1, B)
+            begin = {"right": 0 * lens, "left": T - lens}.get(kind)
+            if begin is None:
+                begin = rng.integers(0, T - lens + 1)
+            t = np.arange(T)[:, None]
+            m = (t >= begin) & (t < begin + lens)
+            if kind == "holes" and T > 2 and B:
+                m[:, 0] = True
+                m[rng.integers(1, T - 1), 0] = False
+            elif kind in ("true", "false"):
+                m = np.full((T, B), kind == "true")
+            want = _span_rule(m)
+            for layer, mm, carry in ((lay, m, True), (lay_bf, m.T.astype(np.uint8), False),
+                                     (lay_gb, m, True)):
+                lengths, first, mask, cols, rcols = layer._mask_as_spans(mm, T, B, False, carry)
+                if want is None:
+                    assert lengths is None and first is None and mask is mm
+                    assert cols == rcols == ()
+                    continue
+                assert mask is None
+                if isinstance(want, str):
+                    assert lengths is None and first is None and cols == rcols == ()
+                    continue
+                assert lengths.dtype == np.intp
+                np.testing.assert_array_equal(lengths, want[0])
+                if not want[1].any():
+                    assert first is None
+                else:
+                    assert first.dtype == np.intp
+                    np.testing.assert_array_equal(first, want[1])
+                fwd = {lay: [0], lay_bf: [], lay_gb: [1]}[layer]
+                assert list(cols) == fwd
+                assert list(rcols) == ([] if first is None or not carry
+                                       else [d for d in range(layer.num_directions)
+                                             if d not in fwd])
+            if B == 1 and not isinstance(want, str):          # unbatched (T,)
+                lengths, first, mask, _, _ = lay._mask_as_spans(m[:, 0], T, 1, True, True)
+                if want is None:
+                    assert mask is not None
+                else:
+                    np.testing.assert_array_equal(lengths, want[0])
+                    assert (first is None) == (not want[1].any())
+
+
+def test_span_packing_rule(monkeypatch):
+    """Spans of different lengths or first steps run packed only in a call of at least
+    _SPAN_MIN_MACS multiply-adds with at least _SPAN_MIN_SKIP of its steps masked (else
+    the mask kernels, Keras's rule's answers either way); spans of one length from one
+    step (a batch of one always) always run as lengths (dense over them)."""
+    import fastrnn.layers as layers_mod
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.2)
+    layer = fastrnn.GRU(4, 6, bidirectional=True, dtype=np.float64, seed=50)
+    x, _ = _inputs(layer, seed=51, dtype=np.float64)
+    macs = B * layer._macs(T)
+    t = np.arange(T)[:, None]
+
+    def spans(lens, begin):
+        return (t >= begin) & (t < begin + lens)
+    differ = spans(np.array([9, 8, 7, 9, 6, 5]), np.array([0, 1, 2, 0, 3, 3]))   # 10/54 masked
+    more = spans(np.array([9, 8, 7, 9, 5, 5]), np.array([0, 1, 2, 0, 3, 3]))     # 11/54
+    one = spans(np.full(B, 4), np.full(B, 3))
+    apart = spans(np.full(B, 4), np.arange(B) % 5)
+    for limit, m, packed in ((macs, more, True), (macs + 1, more, False),
+                             (macs, differ, False), (1 << 40, one, True),
+                             (1 << 40, apart, False), (macs, apart, True),
+                             (1 << 40, more[:, 4:5], True)):
+        monkeypatch.setattr(layers_mod, "_SPAN_MIN_MACS", limit)
+        Bm = m.shape[1]
+        lengths, begin, rest, _, _ = layer._mask_as_spans(m, T, Bm, False, True)
+        assert (rest is None) == packed and (lengths is not None) == packed
+        if packed:
+            np.testing.assert_array_equal(lengths, m.sum(axis=0))
+        else:
+            assert rest is m
+        _assert_keras_rule(layer, np.ascontiguousarray(x[:, :Bm]), None, m, "carry")
+
+
 def test_carry_fill_as_the_rule():
     """carry_fill repeats a sequence's last output in the directions asked, after its
     length, in a C-contiguous output and in a strided view alike (NumPy's rule beside,
-    written out here), keeping the outputs of length-0 sequences zero."""
+    written out here), keeping the outputs of length-0 sequences zero; with first steps
+    (spans), after each span, and its first output before it in the reverse directions
+    asked."""
     from fastrnn.layers import carry_fill
     rng = np.random.default_rng(41)
     for T, B, D in [(7, 3, 2), (7, 3, 1), (1, 1, 1), (9, 70, 2), (5, 4, 1), (0, 3, 1),
@@ -596,18 +734,36 @@ def test_carry_fill_as_the_rule():
                 view = np.ascontiguousarray(o.transpose(1, 0, 2)).transpose(1, 0, 2)
                 carry_fill(view, list(lens), cols, 3)
                 np.testing.assert_array_equal(view, want)
+            begin = rng.integers(0, T - lens + 1) if B else lens
+            for cols, rcols in (([0], []), ([], [0]), ([0], [1]), ([1], [0]), ([], [0, 1])):
+                if D == 1 and (1 in cols or 1 in rcols):
+                    continue
+                o = rng.standard_normal((T, B, D * 3))
+                t = np.arange(T)[:, None]
+                o[(t < begin) | (t >= begin + lens)] = 0
+                want = o.copy()
+                end = begin + lens
+                for dirs, t_src in ((cols, np.where(t >= end, end - 1, t)),
+                                    (rcols, np.where(t < begin, begin, t))):
+                    for d in dirs:
+                        c = slice(d * 3, d * 3 + 3)
+                        keep = lens > 0
+                        want[:, keep, c] = o[t_src[:, keep], np.arange(B)[keep], c]
+                for arr in (o.copy(), np.ascontiguousarray(o.transpose(1, 0, 2)).transpose(1, 0, 2)):
+                    carry_fill(arr, lens, cols, 3, begin.astype(np.intp), rcols)
+                    np.testing.assert_array_equal(arr, want)
 
 
 def test_mask_not_a_prefix_checked_once(monkeypatch):
-    """A plain call with a mask that is not a prefix checks it once (then the mask
-    kernels), with Keras's rule's answers."""
+    """A plain call with a mask that is not one span a sequence (a hole) checks it once
+    (then the mask kernels), with Keras's rule's answers."""
     layer = fastrnn.LSTM(4, 6, seed=42)
     x, _ = _inputs(layer, seed=43)
     mask = np.arange(T)[:, None] < LENS[None, :]
     mask[1, 1] = False
     seen = []
-    real = layer._mask_as_lengths
-    monkeypatch.setattr(layer, "_mask_as_lengths", lambda *a: seen.append(1) or real(*a))
+    real = layer._mask_spans
+    monkeypatch.setattr(layer, "_mask_spans", lambda *a: seen.append(1) or real(*a))
     out, _ = layer(x, mask=mask)
     assert seen == [1]
     ref, _, _ = _keras_rule(layer, x, mask, None)
