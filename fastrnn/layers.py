@@ -82,14 +82,19 @@ _FUSED_LSTM_MIN_B = -1
 _MASK_AS_LENGTHS = True
 # A call's mask of spans of different lengths or first steps runs as packed lengths
 # (_mask_as_spans) only with at least _SPAN_MIN_MACS multiply-adds (all steps,
-# sequences, layers) and _SPAN_MIN_SKIP of its steps masked; else the mask kernels,
-# which compute the padding too but skip the packing, gathers and fills (~8-12 us) and
-# run dense rows (the packed kernels took ~1.0-1.25x their time a row).  Measured (Zen 4,
-# 2 threads, T = 50, B = 4-64, H = 32-256, left padding, spans / mask kernels, median of
-# 7 alternating rounds): 10% masked 0.94-1.25, 30% 0.78-1.29 (H = 32 0.92-1.29), 50%
-# 0.55-0.86 (H = 32 0.81-1.38); tiny calls (T = 7, B = 3, H = 16) 1.9-2.2.
-_SPAN_MIN_MACS = 1 << 21
+# sequences, layers) and _SPAN_MIN_SKIP of its steps masked (_SPAN_MIN_SKIP_NARROW
+# where hidden_size < 64); else the mask kernels, which compute the padding too but
+# skip the packing, gathers and fills (~8-12 us) and run dense rows, which the packed
+# kernels run slower the narrower they are.  A smaller call checks only whether its
+# sequences are masked alike (one span for all: dense over it).  Measured (Zen 4, 2
+# threads, left padding, lengths spread evenly, packed spans / mask kernels, median of
+# 7 alternating rounds, bench-style scratch runs): T = 50, B = 4-64, H = 128-256: 10%
+# masked 0.94-1.07, 30% 0.78-0.99, 50% 0.55-0.86; H = 64 (T = 20-50, B = 4-64) 30%
+# 0.90-1.02 from 8M multiply-adds, 1.02-1.19 below; H = 32 30-45% 0.87-1.48 (1.03-1.16
+# at B = 64), 50% 0.81-1.07; tiny calls (T = 7, B = 3, H = 16) 1.5-2.3.
+_SPAN_MIN_MACS = 1 << 23
 _SPAN_MIN_SKIP = 0.2
+_SPAN_MIN_SKIP_NARROW = 0.5
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
@@ -890,13 +895,15 @@ class RNNBase:
         as ``mask`` (the mask kernels)."""
         if not _MASK_AS_LENGTHS:
             return None, None, mask, (), ()
-        lens, begin, rest = self._mask_spans(mask, T, B, unbatched, True)
+        # a small call: only one span for all (dense over it), checked on one sequence
+        small = B > 1 and B * self._macs(T) < _SPAN_MIN_MACS
+        lens, begin, rest = self._mask_spans(mask, T, B, unbatched, True, small)
         if lens is None:
             return None, None, rest, (), ()
-        if B > 1 and (B * self._macs(T) < _SPAN_MIN_MACS       # (B = 1: one span)
-                      or T * B - int(lens.sum()) < _SPAN_MIN_SKIP * T * B) and (
+        skip = _SPAN_MIN_SKIP if self.hidden_size >= 64 else _SPAN_MIN_SKIP_NARROW
+        if not small and B > 1 and T * B - int(lens.sum()) < skip * T * B and (
                 (lens != lens[0]).any() or (begin is not None and (begin != begin[0]).any())):
-            return None, None, mask, (), ()     # (packing would not pay: _SPAN_MIN_MACS)
+            return None, None, mask, (), ()     # (packing would not pay: _SPAN_MIN_SKIP)
         cols, rcols = self._carry_dirs(carry)
         return lens, begin, None, cols, (rcols if begin is not None else ())
 
@@ -908,19 +915,22 @@ class RNNBase:
         fwd = [d for d in range(self.num_directions) if (d == 1) == self.go_backwards]
         return fwd, [d for d in range(self.num_directions) if d not in fwd]
 
-    def _mask_spans(self, mask, T, B, unbatched, spans):
+    def _mask_spans(self, mask, T, B, unbatched, spans, same=False):
         """The user's mask checked for one span of unmasked steps per sequence (with
-        ``spans``; else a prefix): ``(lengths, begin, None)`` (``begin`` None where
-        every span starts at step 0), ``(None, None, None)`` where nothing is masked
-        (or T or B is 0), ``(None, None, mask)`` where a sequence's steps are not so."""
+        ``spans``; else a prefix; with ``same``, one span for all sequences):
+        ``(lengths, begin, None)`` (``begin`` None where every span starts at step 0),
+        ``(None, None, None)`` where nothing is masked (or T or B is 0),
+        ``(None, None, mask)`` where the sequences' steps are not so."""
         m = self._time_major_mask(mask, T, B, unbatched)
         if not T or not B:
             return None, None, None                     # (no step to mask)
         if B * T <= _MASK_BYTES_PY:
             # (a few bytes: quicker in Python than NumPy's reductions, ~1 us of a small
-            # call's ~6): each sequence's span
+            # call's ~6): each sequence's span (the first one's, where all are alike)
             seqs, lens, starts = m.T.tobytes(), [], []
-            for k in range(0, B * T, T):
+            if same and seqs != seqs[:T] * B:
+                return None, None, mask
+            for k in range(0, T if same else B * T, T):
                 s = seqs.find(1, k, k + T)
                 if s < 0:
                     lens.append(0)
@@ -935,10 +945,14 @@ class RNNBase:
                     return None, None, mask             # a step unmasked after a masked one
                 lens.append(e - s)
                 starts.append(s - k)
+            if same:
+                lens, starts = lens * B, starts * B
             if min(lens) == T:
                 return None, None, None                 # nothing masked: the dense call
             return (np.array(lens, np.intp),
                     np.array(starts, np.intp) if any(starts) else None, None)
+        if same and not (m == m[:, :1]).all():
+            return None, None, mask
         rises = np.greater(m[1:], m[:-1])               # (unmasked after masked)
         if spans:
             if (rises.sum(axis=0) + m[0]).max() > 1:

@@ -29,6 +29,7 @@ def never_idle(monkeypatch):
     monkeypatch.setattr(_threads, "IDLE_SINGLE_S", -1.0)
     monkeypatch.setattr(layers, "_SPAN_MIN_MACS", 0)
     monkeypatch.setattr(layers, "_SPAN_MIN_SKIP", 0.0)
+    monkeypatch.setattr(layers, "_SPAN_MIN_SKIP_NARROW", 0.0)
 
 
 def _spy(monkeypatch):

@@ -37,6 +37,7 @@ def spans_packed_at_any_size(monkeypatch):
     import fastrnn.layers as layers_mod
     monkeypatch.setattr(layers_mod, "_SPAN_MIN_MACS", 0)
     monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.0)
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP_NARROW", 0.0)
 
 
 def _inputs(layer, seed, T_=T, B_=B, dtype=np.float32):
@@ -675,14 +676,20 @@ def test_mask_as_spans_both_checks(py_limit, monkeypatch):
                     assert (first is None) == (not want[1].any())
 
 
-def test_span_packing_rule(monkeypatch):
+@pytest.mark.parametrize("py_limit", [0, 1 << 20])
+@pytest.mark.parametrize("hidden", [6, 64])
+def test_span_packing_rule(py_limit, hidden, monkeypatch):
     """Spans of different lengths or first steps run packed only in a call of at least
-    _SPAN_MIN_MACS multiply-adds with at least _SPAN_MIN_SKIP of its steps masked (else
-    the mask kernels, Keras's rule's answers either way); spans of one length from one
-    step (a batch of one always) always run as lengths (dense over them)."""
+    _SPAN_MIN_MACS multiply-adds with at least _SPAN_MIN_SKIP of its steps masked
+    (_SPAN_MIN_SKIP_NARROW below 64 units; else the mask kernels, Keras's rule's
+    answers either way); spans of one length from one step (a batch of one always)
+    always run as lengths (dense over them); a smaller call's check (sequences masked
+    alike), in Python and with NumPy alike."""
     import fastrnn.layers as layers_mod
-    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.2)
-    layer = fastrnn.GRU(4, 6, bidirectional=True, dtype=np.float64, seed=50)
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.2 if hidden >= 64 else 0.9)
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP_NARROW", 0.2 if hidden < 64 else 0.9)
+    monkeypatch.setattr(layers_mod, "_MASK_BYTES_PY", py_limit)
+    layer = fastrnn.GRU(4, hidden, bidirectional=True, dtype=np.float64, seed=50)
     x, _ = _inputs(layer, seed=51, dtype=np.float64)
     macs = B * layer._macs(T)
     t = np.arange(T)[:, None]
@@ -693,13 +700,20 @@ def test_span_packing_rule(monkeypatch):
     more = spans(np.array([9, 8, 7, 9, 5, 5]), np.array([0, 1, 2, 0, 3, 3]))     # 11/54
     one = spans(np.full(B, 4), np.full(B, 3))
     apart = spans(np.full(B, 4), np.arange(B) % 5)
+    holes = one.copy()
+    holes[5] = False                                    # (alike, but not a span)
     for limit, m, packed in ((macs, more, True), (macs + 1, more, False),
                              (macs, differ, False), (1 << 40, one, True),
                              (1 << 40, apart, False), (macs, apart, True),
+                             (1 << 40, holes, False), (macs, holes, False),
+                             (1 << 40, np.ones_like(one), None),
                              (1 << 40, more[:, 4:5], True)):
         monkeypatch.setattr(layers_mod, "_SPAN_MIN_MACS", limit)
         Bm = m.shape[1]
         lengths, begin, rest, _, _ = layer._mask_as_spans(m, T, Bm, False, True)
+        if packed is None:                              # (all True: the dense call)
+            assert lengths is None and rest is None
+            continue
         assert (rest is None) == packed and (lengths is not None) == packed
         if packed:
             np.testing.assert_array_equal(lengths, m.sum(axis=0))
