@@ -7,9 +7,11 @@ A case is CELL:B:T:H:LENGTHS (CELL one of LSTM, GRU, RNN; input size = H; float3
 layer; LENGTHS slash-separated, B of them), optionally followed by ``:bf``
 (batch_first), ``:bi`` (bidirectional), ``:mask`` (the lengths given as a Keras-style
 mask, right padding), ``:left`` (with the mask, left padding instead: Keras's
-``pad_sequences`` default) and ``:zero`` (with the mask, ``masked_output="zero"``).  Each round times a burst of calls with
-``lengths=`` and a burst of plain calls (the padding computed), in turn; the table gives
-each one's median over rounds of the per-burst median.  Only fastrnn: the peers' ONNX
+``pad_sequences`` default), ``:zero`` (with the mask, ``masked_output="zero"``) and
+``:train`` (a training step instead of a call: ``forward_train`` and ``backward`` of
+ones).  Each round times a burst of calls with ``lengths=`` and a burst of plain calls
+(the padding computed), in turn; the table gives each one's median over rounds of the
+per-burst median.  Only fastrnn: the peers' ONNX
 models with ``sequence_lens`` are in ``onnx_options.py`` (``seq=``).  For a before /
 after of two builds run this file of each checkout (it imports the fastrnn on
 PYTHONPATH).  No timing thresholds.
@@ -52,6 +54,11 @@ def main(argv=None):
             kw = dict(mask=mask.T if bf else mask,
                       masked_output="zero" if "zero" in opts else "carry")
         calls = [lambda: layer(x, **kw), lambda: layer(x)]
+        if "train" in opts:
+            def train(**kw):
+                out, _, cache = layer.forward_train(x, **kw)
+                layer.backward(cache, np.ones_like(out))
+            calls = [lambda: train(**kw), lambda: train()]
         for f in calls:
             for _ in range(50):
                 f()

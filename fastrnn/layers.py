@@ -367,20 +367,24 @@ def pad_steps(out, T: int, cols, Hout: int, batch_first: bool = False, start: in
     return full
 
 
-def carry_grad(go, lengths, cols, Hout):
+def carry_grad(go, lengths, cols, Hout, begin=None, rcols=()):
     """The output gradient for carry_fill's outputs: a copy of time-major ``go`` where, in
-    directions ``cols``, the gradients of steps >= a length are added to step length - 1
-    (and dropped for length 0, whose outputs are constant)."""
+    directions ``cols``, the gradients of steps after a sequence's span (``begin`` +
+    length; begin 0 where None) are added to its last step, and in directions
+    ``rcols`` those of steps before it to its first (dropped for length 0, whose outputs
+    are constant)."""
     go = np.array(go, copy=True)
     T = go.shape[0]
     lens = np.asarray(lengths)
-    after = np.arange(T)[:, None] >= lens[None, :]                     # (T, B)
+    b0 = np.zeros_like(lens) if begin is None else begin
+    t = np.arange(T)[:, None]
     has = np.nonzero(lens > 0)[0]
-    for d in cols:
-        c = slice(d * Hout, (d + 1) * Hout)
-        tail = np.where(after[:, :, None], go[:, :, c], 0).sum(axis=0)   # (B, Hout)
-        go[lens[has] - 1, has, c] += tail[has]
-        go[:, :, c][after] = 0
+    for dirs, outside, src in ((cols, t >= b0 + lens, b0 + lens - 1), (rcols, t < b0, b0)):
+        for d in dirs:
+            c = slice(d * Hout, (d + 1) * Hout)
+            tail = np.where(outside[:, :, None], go[:, :, c], 0).sum(axis=0)   # (B, Hout)
+            go[src[has], has, c] += tail[has]
+            go[:, :, c][outside] = 0
     return go
 
 
@@ -881,7 +885,7 @@ class RNNBase:
             return lengths, mask, ()
         return lens, None, (self._carry_dirs(carry)[0] if lens is not None else ())
 
-    def _mask_as_spans(self, mask, T, B, unbatched, carry):
+    def _mask_as_spans(self, mask, T, B, unbatched, carry, always=False):
         """A call's mask as ``(lengths, begin, mask, cols, rcols)``: where each sequence's
         unmasked steps are one span (right padding, left padding (Keras's
         ``pad_sequences`` default), or both), its ``lengths`` and the steps they
@@ -891,17 +895,18 @@ class RNNBase:
         steps after it repeat its last output, in ``rcols`` (reverse; only with
         ``begin``) the steps before it repeat its first; else zeros, as Keras's rule
         gives.  An all-True mask: all None.  Any other mask, and spans of different
-        lengths or first steps where packing does not pay (_SPAN_MIN_MACS), come back
-        as ``mask`` (the mask kernels)."""
+        lengths or first steps where packing does not pay (_SPAN_MIN_MACS; not
+        ``always``: the training forward, whose other path is NumPy's), come back as
+        ``mask`` (the mask kernels)."""
         if not _MASK_AS_LENGTHS:
             return None, None, mask, (), ()
         # a small call: only one span for all (dense over it), checked on one sequence
-        small = B > 1 and B * self._macs(T) < _SPAN_MIN_MACS
+        small = not always and B > 1 and B * self._macs(T) < _SPAN_MIN_MACS
         lens, begin, rest = self._mask_spans(mask, T, B, unbatched, True, small)
         if lens is None:
             return None, None, rest, (), ()
         skip = _SPAN_MIN_SKIP if self.hidden_size >= 64 else _SPAN_MIN_SKIP_NARROW
-        if not small and B > 1 and T * B - int(lens.sum()) < skip * T * B and (
+        if not always and not small and B > 1 and T * B - int(lens.sum()) < skip * T * B and (
                 (lens != lens[0]).any() or (begin is not None and (begin != begin[0]).any())):
             return None, None, mask, (), ()     # (packing would not pay: _SPAN_MIN_SKIP)
         cols, rcols = self._carry_dirs(carry)

@@ -169,8 +169,9 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     Same arguments and results as calling the layer, plus the cache: returns
     ``(output, h_n, cache)`` (LSTM: ``(output, (h_n, c_n), cache)``).  Default
     activations without ``mask``, ``clip``, peepholes or ``input_forget`` run on the
-    Cython kernels (a right-padding mask too: as lengths); anything else on the NumPy
-    path of :mod:`fastrnn._train_general`.
+    Cython kernels (a mask of one span a sequence too: right, left or both-sides
+    padding, as lengths from those steps); anything else on the NumPy path of
+    :mod:`fastrnn._train_general`.
     """
     from . import _backward, _train_general
     _hook_blas()
@@ -180,16 +181,23 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
     from .layers import _dense_index, carry_fill, ragged_index, reverse_rows
     T, B = x.shape[0], x.shape[1]
-    # a right-padding mask runs as lengths (as in the layer call; see _mask_as_lengths)
-    lengths, mask, carry_cols = layer._mask_as_lengths(mask, lengths, T, B, unbatched,
-                                                       masked_output == "carry")
+    # a mask of one span a sequence (right, left or both-sides padding) runs as lengths
+    # from those steps on the kernels (as in the layer call, without its size rule: the
+    # other path is NumPy's); on the NumPy path, a right-padding mask (_mask_as_lengths)
+    begin, rcols = None, ()
+    if mask is not None and lengths is None and not _train_general.needs_general(layer, None):
+        lengths, begin, mask, carry_cols, rcols = layer._mask_as_spans(
+            mask, T, B, unbatched, masked_output == "carry", always=True)
+    else:
+        lengths, mask, carry_cols = layer._mask_as_lengths(mask, lengths, T, B, unbatched,
+                                                           masked_output == "carry")
     if _train_general.needs_general(layer, mask):
         res = _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
                                masked_output == "zero")
         if carry_cols:
             carry_fill(_time_major(res[0], unbatched, layer.batch_first), lengths,
                        carry_cols, layer.output_size)
-            res[-1].carry = (lengths, carry_cols)
+            res[-1].carry = (lengths, carry_cols, None, ())
         return res
     H, Hout, D, L = layer.hidden_size, layer.output_size, layer.num_directions, layer.num_layers
     P = layer.proj_size
@@ -201,7 +209,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     # (the packing's arrays are the inference calls', kept per lengths and only read)
     perm = inv = None
     if lengths is not None:
-        perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T)
+        perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T, begin)
         xin = np.ascontiguousarray(x.reshape(T * B, layer.input_size)[rows], dtype=dt)
     else:
         Teff = T
@@ -276,7 +284,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     if perm is not None:
         output = np.zeros((T, B, D * Hout), dt)
         output.reshape(T * B, D * Hout)[rows] = out
-        carry_fill(output, lengths, carry_cols, Hout)
+        carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
         h_n = hT[:, inv]
         c_n = cT[:, inv] if lstm else None
     else:
@@ -295,7 +303,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         unbatched=unbatched, batch_first=layer.batch_first, perm=perm, inv=inv, rows=rows,
         nsteps=nsteps, offsets=offsets, ridx=ridx, xin=xin, outs=outs, saved=saved,
         h0s=h0s, c0s=c0s, input_shape=(T, B, layer.input_size), used=False,
-        carry=(lengths, carry_cols) if carry_cols else None)
+        carry=(lengths, carry_cols, begin, rcols) if carry_cols or rcols else None)
     if lstm:
         return output, (h_n, np.ascontiguousarray(c_n)), cache
     return output, h_n, cache
@@ -341,7 +349,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     go = _time_major_grad(layer, cache, grad_output)
     if go is not None and cache.carry is not None:    # outputs repeated past a length
         from .layers import carry_grad
-        go = carry_grad(go, cache.carry[0], cache.carry[1], Hout)
+        go = carry_grad(go, *cache.carry[:2], Hout, *cache.carry[2:])
     dhs, dcs = _state_grads(layer, cache, grad_state)
     if cache.general:
         from . import _train_general

@@ -760,17 +760,20 @@ def test_release_scratch():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
 @pytest.mark.parametrize("masked_output", ["carry", "zero"])
-def test_prefix_mask_trains_as_lengths(cell, masked_output):
-    """forward_train / backward with a right-padding mask run as lengths on the kernels
-    (not the NumPy mask path): outputs, final states and every gradient equal the mask
-    path's (the conversion off; that path is checked against finite differences and
-    Keras), with the carried outputs' gradients folded into each last valid step; uni-
-    and bidirectional, go_backwards, batch_first, 2 layers, lengths 0..T; with ``clip``
-    (NumPy path either way) too."""
+@pytest.mark.parametrize("pad", ["right", "left", "both"])
+def test_span_mask_trains_as_lengths(cell, masked_output, pad):
+    """forward_train / backward with a mask of one span a sequence (right, left or
+    both-sides padding) run as lengths from those steps on the kernels (not the NumPy
+    mask path): outputs, final states and every gradient equal the mask path's (the
+    conversion off; that path is checked against finite differences and Keras), with
+    the carried outputs' gradients folded into each span's last (forward) or first
+    (reverse) step; uni- and bidirectional, go_backwards, batch_first, 2 layers,
+    lengths 0..T; with ``clip`` (NumPy path either way; right padding as lengths) too."""
     import fastrnn.layers as layers_mod
     rng = np.random.default_rng(7)
     T, B = 6, 4
     lens = np.array([6, 3, 0, 1])
+    begin = {"right": 0 * lens, "left": T - lens, "both": np.array([0, 2, 0, 4])}[pad]
     try:
         for bi, gb, bf, clip in itertools.product((False, True), (False, True),
                                                   (False, True), (None, 3.0)):
@@ -781,7 +784,8 @@ def test_prefix_mask_trains_as_lengths(cell, masked_output):
                                            num_layers=2, seed=1, batch_first=bf,
                                            dtype="float64", **kw)
             x = rng.standard_normal((B, T, 4) if bf else (T, B, 4))
-            m = np.arange(T)[:, None] < lens
+            t = np.arange(T)[:, None]
+            m = (t >= begin) & (t < begin + lens)
             m = m.T if bf else m
             res = []
             for conv in (False, True):
