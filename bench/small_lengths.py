@@ -4,7 +4,9 @@
                                                [--rounds 7] [--threads 2]
 
 A case is CELL:B:T:H:LENGTHS (CELL one of LSTM, GRU, RNN; input size = H; float32; one
-layer; LENGTHS slash-separated, B of them), optionally followed by ``:bf``
+layer; LENGTHS slash-separated, B of them, or ``LO-HI@SEED``: B random lengths in
+[LO, HI], ``numpy.random.default_rng(SEED).integers(LO, HI + 1, B)``), optionally
+followed by ``:bf``
 (batch_first), ``:bi`` (bidirectional), ``:mask`` (the lengths given as a Keras-style
 mask, right padding), ``:left`` (with the mask, left padding instead: Keras's
 ``pad_sequences`` default), ``:zero`` (with the mask, ``masked_output="zero"``) and
@@ -40,7 +42,12 @@ def main(argv=None):
     for case in a.cases.split(","):
         cell, B, T, H, lens, *opts = case.split(":")
         B, T, H = int(B), int(T), int(H)
-        lengths = np.array([int(v) for v in lens.split("/")])
+        if "@" in lens:
+            span, seed = lens.split("@")
+            lo, hi = (int(v) for v in span.split("-"))
+            lengths = np.random.default_rng(int(seed)).integers(lo, hi + 1, B)
+        else:
+            lengths = np.array([int(v) for v in lens.split("/")])
         if lengths.shape != (B,):
             raise SystemExit(f"{case}: {len(lengths)} lengths for B={B}")
         bf = "bf" in opts

@@ -427,9 +427,10 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     fewer than 40 sequences, split by rows.  Ragged batches there (lengths T/2..T, 2
     threads): B = 16-64 at H = 128-512 0.85-1.01 of the packed kernel's time, where the
     batch-lane kernel took 1.05-1.36 of it: routed from 16 sequences, H >= 96 (smaller
-    ones re-measured there later: lengths T/2..T, T = 50, B = 16-64, 9 alternating
-    rounds, route / packed kernel: H = 32 1.15-1.27, H = 64 1.01-1.07, H = 96 0.94-0.98,
-    H = 128 0.94-0.96)."""
+    ones re-measured there later, route / packed kernel, T = 50, B = 16 and 64:
+    ``bench_paths.py --ragged``, 15 rounds, H = 32 1.00-1.14, H = 64 0.96-0.99, H = 96
+    0.93, H = 128 0.91-0.97; a scratch A/B of 9 rounds, H = 32 1.15-1.27, H = 64
+    1.01-1.07)."""
     cdef bint hw = (fr_amd_f19() if half < 0 else half) != 0
     if frbg_level() != 2:
         if nt <= 1:

@@ -87,11 +87,11 @@ _MASK_AS_LENGTHS = True
 # skip the packing, gathers and fills (~8-12 us) and run dense rows, which the packed
 # kernels run slower the narrower they are.  A smaller call checks only whether its
 # sequences are masked alike (one span for all: dense over it).  Measured (Zen 4, 2
-# threads, left padding, lengths spread evenly, packed spans / mask kernels, median of
-# 7 alternating rounds, bench-style scratch runs): T = 50, B = 4-64, H = 128-256: 10%
-# masked 0.94-1.07, 30% 0.78-0.99, 50% 0.55-0.86; H = 64 (T = 20-50, B = 4-64) 30%
-# 0.90-1.02 from 8M multiply-adds, 1.02-1.19 below; H = 32 30-45% 0.87-1.48 (1.03-1.16
-# at B = 64), 50% 0.81-1.07; tiny calls (T = 7, B = 3, H = 16) 1.5-2.3.
+# threads, ``bench/span_rule.py``: left padding, packed spans / mask kernels, median of
+# 7 alternating rounds): where this rule packs 0.54-1.00; T = 50, B = 4-64, H = 128-256
+# with 10% masked 0.93-1.08, 30% 0.77-0.98, 50% 0.54-0.85; H = 64 30% 0.91-1.00 from
+# 8M multiply-adds, 0.86-1.20 below; H = 32 at 50% 0.79-1.17 (GRU 0.89-1.17); T = 7,
+# B = 3, H = 16-64 1.33-2.36; T = 20, B = 8, H = 16-32 1.07-1.65.
 _SPAN_MIN_MACS = 1 << 23
 _SPAN_MIN_SKIP = 0.2
 _SPAN_MIN_SKIP_NARROW = 0.5
