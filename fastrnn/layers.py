@@ -477,6 +477,16 @@ def _one_length(ent) -> int:
     return Teff if len(slens) and slens[-1] == Teff else 0
 
 
+def _one_span(ent, begin):
+    """``(L, s)``: the sequences of a :func:`ragged_index` answer all have one length
+    L > 0 from one step s (``begin``; 0 where None); ``(0, 0)`` where not."""
+    L = _one_length(ent)
+    if not L or begin is None:
+        return L, 0
+    s = int(begin[0])
+    return (0, 0) if (begin != s).any() else (L, s)
+
+
 class RNNBase:
     """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
     or :class:`GRU`.
@@ -880,7 +890,7 @@ class RNNBase:
         call's is _mask_as_spans.)"""
         if mask is None or lengths is not None or not _MASK_AS_LENGTHS:
             return lengths, mask, ()
-        lens, begin, rest = self._mask_spans(mask, T, B, unbatched, False)
+        lens, _, rest = self._mask_spans(mask, T, B, unbatched, False)
         if rest is not None:
             return lengths, mask, ()
         return lens, None, (self._carry_dirs(carry)[0] if lens is not None else ())
@@ -906,8 +916,9 @@ class RNNBase:
         if lens is None:
             return None, None, rest, (), ()
         skip = _SPAN_MIN_SKIP if self.hidden_size >= 64 else _SPAN_MIN_SKIP_NARROW
-        if not always and not small and B > 1 and T * B - int(lens.sum()) < skip * T * B and (
-                (lens != lens[0]).any() or (begin is not None and (begin != begin[0]).any())):
+        if (not always and not small and B > 1 and T * B - int(lens.sum()) < skip * T * B
+                and ((lens != lens[0]).any()
+                     or (begin is not None and (begin != begin[0]).any()))):
             return None, None, mask, (), ()     # (packing would not pay: _SPAN_MIN_SKIP)
         cols, rcols = self._carry_dirs(carry)
         return lens, begin, None, cols, (rcols if begin is not None else ())
@@ -1263,11 +1274,7 @@ class RNNBase:
             if x.dtype != self.dtype or x.shape[2] != self.input_size or not T or not B:
                 return None     # (_call: its checks, in its order)
             ent = ragged_index(lengths, B, T, begin)    # (validates the lengths)
-            L = _one_length(ent)
-            if L and begin is not None:
-                s = int(begin[0])
-                if B > 1 and (begin != s).any():
-                    L = 0               # (one length from different steps: packed)
+            L, s = _one_span(ent, begin)
             if not L and ent[2]:
                 return self._ragged_call(x, hx, ent, lengths, cols, return_sequences, idle,
                                          begin, rcols)
@@ -1287,9 +1294,9 @@ class RNNBase:
         """_prefix_call's call of sequences of different ``lengths`` (``ent``: their
         ragged_index, from steps ``begin``; ``cols`` / ``rcols``: the directions whose
         outputs after / before a span repeat its last / first output, from a mask) on a
-        batched array of the layer's dtype and input size, lean: the packing kept per lengths, the layers run as one DenseRun
-        kept with the plan per lengths; the same kernels and arithmetic as _call (a
-        tiny call ~19 -> ~10 us)."""
+        batched array of the layer's dtype and input size, lean: the packing kept per
+        lengths, the layers run as one DenseRun kept with the plan per lengths; the same
+        kernels and arithmetic as _call (a tiny call ~19 -> ~10 us)."""
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
         perm, slens, Teff, nsteps, rows, offsets, inv = ent
         if not _threads._blas_hooked:
@@ -1544,10 +1551,9 @@ class RNNBase:
         Teff, s0 = T, 0
         if lengths is not None:
             ent = ragged_index(lengths, B, T, begin)    # (validates the lengths)
-            if mask is None and _one_length(ent) and (
-                    begin is None or not (begin != begin[0]).any()):
-                Teff, lengths = ent[2], None
-                s0 = 0 if begin is None else int(begin[0])
+            L, s = _one_span(ent, begin)
+            if mask is None and L:
+                Teff, lengths, s0 = L, None, s
         if lengths is not None:
             perm, slens, Teff, nsteps, rows, offsets, inv = ent
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed

@@ -455,9 +455,10 @@ def test_masked_call_is_the_general_call(make, B, bf, with_state, return_sequenc
                                          monkeypatch):
     """A call with a mask that is not one span a sequence (holes) takes the lean masked
     call, which gives exactly what the general path (``_call``, the same mask kernels)
-    gives, for both masked outputs in turn on one layer: batch-first and time-major, given or zero states, all outputs or
-    the last, projections, go_backwards, float64; a DenseRun with the mask kept per
-    masked output where the plan is of packed layers; the arrays given are left alone."""
+    gives, for both masked outputs in turn on one layer: batch-first and time-major,
+    given or zero states, all outputs or the last, projections, go_backwards, float64;
+    a DenseRun with the mask kept per masked output where the plan is of packed layers;
+    the arrays given are left alone."""
     layers._l2_bytes()      # (the process's first plan reads the L2 size: a knob)
     layer = make()
     rng = np.random.default_rng(B + 7)

@@ -646,7 +646,8 @@ def test_mask_as_spans_both_checks(py_limit, monkeypatch):
             want = _span_rule(m)
             for layer, mm, carry in ((lay, m, True), (lay_bf, m.T.astype(np.uint8), False),
                                      (lay_gb, m, True)):
-                lengths, first, mask, cols, rcols = layer._mask_as_spans(mm, T, B, False, carry)
+                lengths, first, mask, cols, rcols = layer._mask_as_spans(mm, T, B, False,
+                                                                         carry)
                 if want is None:
                     assert lengths is None and first is None and mask is mm
                     assert cols == rcols == ()
@@ -763,7 +764,8 @@ def test_carry_fill_as_the_rule():
                         c = slice(d * 3, d * 3 + 3)
                         keep = lens > 0
                         want[:, keep, c] = o[t_src[:, keep], np.arange(B)[keep], c]
-                for arr in (o.copy(), np.ascontiguousarray(o.transpose(1, 0, 2)).transpose(1, 0, 2)):
+                view = np.ascontiguousarray(o.transpose(1, 0, 2)).transpose(1, 0, 2)
+                for arr in (o.copy(), view):
                     carry_fill(arr, lens, cols, 3, begin.astype(np.intp), rcols)
                     np.testing.assert_array_equal(arr, want)
 
