@@ -64,7 +64,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 27
+    assert len(NAMES) == 28
     for n in NAMES:
         model_path(n)
 
@@ -74,6 +74,34 @@ def test_fixture_matches_keras(name):
     model = load_keras(model_path(name), architecture(name))
     assert_matches(model, name)
     assert_matches(model, name, batch_size=2)  # chunked predict gives the same
+
+
+def test_span_masks_match_keras(monkeypatch):
+    """A model whose masks are one span a sequence (pre-, post- and both-sides padding of
+    Embedding(mask_zero=True) ids; Bidirectional LSTM, go_backwards GRU, SimpleRNN with
+    its state): Keras's outputs on the mask kernels (this small call's rule), packed
+    from each span (the rule off: the lean ragged call runs), and one sequence at a
+    time (dense over its span)."""
+    import fastrnn.layers as layers_mod
+    from fastrnn.layers import RNNBase
+    name = "k3_spans_embed"
+    model = load_keras(model_path(name))
+    x, ys = reference(name)
+    taken = []
+    real = RNNBase._ragged_call
+    monkeypatch.setattr(RNNBase, "_ragged_call",
+                        lambda *a, **k: taken.append(1) or real(*a, **k))
+    assert_matches(model, name)
+    assert not taken
+    for knob in ("_SPAN_MIN_MACS", "_SPAN_MIN_SKIP", "_SPAN_MIN_SKIP_NARROW"):
+        monkeypatch.setattr(layers_mod, knob, 0)
+    assert_matches(model, name)
+    assert len(taken) == 3                      # (each recurrent layer once)
+    for b in range(len(x)):
+        out = as_list(model.predict(x[b:b + 1]))
+        for a, y in zip(out, ys):
+            assert float(np.max(np.abs(a - y[b:b + 1]))) <= TOL
+    assert len(taken) == 3
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if architecture(n) is None])
