@@ -4,14 +4,17 @@ _SPAN_MIN_SKIP_NARROW).
 
     PYTHONPATH=. python bench/span_rule.py [--cells LSTM,GRU] [--sizes 4:50,16:50,64:50]
                                            [--hidden 32,64,128,256] [--masked 0.1,0.3,0.5]
-                                           [--rounds 7] [--threads 2]
+                                           [--rounds 7] [--threads 2] [--lengths]
 
 For each cell, batch:steps size, hidden size (= input size), direction count and
 masked share f, a left-padded mask with lengths spread evenly so that f of the steps
 are masked; each round times a burst of calls packed (the rule off: every mask of
 spans packed) and a burst on the mask kernels (the conversion off), in turn.  Prints
 the median over rounds of packed / mask kernels (below 1: packing pays), the call's
-multiply-adds and whether the rule packs it.  Only fastrnn; no timing thresholds.
+multiply-adds and whether the rule packs it.  ``--lengths``: calls with ``lengths=``
+(right padding, PyTorch's packed sequences) against the same lengths as a mask with
+``masked_output="zero"`` on the mask kernels (the same results).  Only fastrnn; no
+timing thresholds.
 """
 import argparse
 
@@ -33,6 +36,7 @@ def main(argv=None):
     ap.add_argument("--masked", default="0.1,0.3,0.5")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lengths", action="store_true")
     a = ap.parse_args(argv)
     fastrnn.set_num_threads(a.threads)
     rule = {k: getattr(layers, k) for k in RULE}
@@ -50,23 +54,30 @@ def main(argv=None):
                         lens = lens.clip(1, T)
                         rng.shuffle(lens)
                         mask = (np.arange(T)[:, None] >= T - lens)      # left padding
+                        if a.lengths:
+                            mask = mask[::-1].copy()                    # right padding
                         packs = layers.RNNBase._mask_as_spans(
                             layer, mask, T, B, False, True)[0] is not None
                         for k in RULE:
                             setattr(layers, k, 0)
-                        call = lambda: layer(x, mask=mask)            # noqa: E731
+                        if a.lengths:
+                            packed = lambda: layer(x, lengths=lens)     # noqa: E731
+                            kernels = lambda: layer(x, mask=mask,       # noqa: E731
+                                                    masked_output="zero")
+                        else:
+                            packed = kernels = lambda: layer(x, mask=mask)  # noqa: E731
                         try:
-                            for conv in (True, False):
+                            for conv, call in ((True, packed), (False, kernels)):
                                 layers._MASK_AS_LENGTHS = conv
                                 for _ in range(5):
                                     call()
-                            per = max(3, int(2e-3 / max(median_call(call, 5), 1e-7)))
+                            per = max(3, int(2e-3 / max(median_call(packed, 5), 1e-7)))
                             ratios = []
                             for _ in range(a.rounds):
                                 layers._MASK_AS_LENGTHS = True
-                                p = median_call(call, per)
+                                p = median_call(packed, per)
                                 layers._MASK_AS_LENGTHS = False
-                                ratios.append(p / median_call(call, per))
+                                ratios.append(p / median_call(kernels, per))
                         finally:
                             layers._MASK_AS_LENGTHS = True
                             for k, v in rule.items():

@@ -95,6 +95,13 @@ _MASK_AS_LENGTHS = True
 _SPAN_MIN_MACS = 1 << 23
 _SPAN_MIN_SKIP = 0.2
 _SPAN_MIN_SKIP_NARROW = 0.5
+# Calls with lengths that differ (PyTorch's packed sequences) with less than
+# _SPAN_MIN_SKIP of their steps padding run on the mask kernels with the lengths as a
+# mask and masked_output "zero" (the same results: zero outputs past a length, the final
+# state at a sequence's last step, a reverse direction from it); else packed.  Measured
+# (``bench/span_rule.py --lengths``, packed / mask kernels, T = 50, B = 4-64, H = 32-256):
+# 5% padding 0.94-1.25 (narrow GRUs 1.15-1.25), 10% 0.94-1.22, 30% 0.77-1.10 (mostly
+# below 1), 50% 0.55-0.86.
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
@@ -475,6 +482,18 @@ def _one_length(ent) -> int:
     (they differ, or are all 0)."""
     slens, Teff = ent[1], ent[2]
     return Teff if len(slens) and slens[-1] == Teff else 0
+
+
+def _lengths_on_mask(ent, T: int, B: int) -> bool:
+    """Whether a call with these lengths (a :func:`ragged_index` answer) runs on the mask
+    kernels: less than _SPAN_MIN_SKIP of its steps are padding."""
+    return T * B - len(ent[4]) < _SPAN_MIN_SKIP * T * B
+
+
+def _length_mask(lengths, T: int, batch_first: bool):
+    """Lengths as a mask: (T, B) bool, (B, T) with ``batch_first``."""
+    m = np.arange(T)[:, None] < np.asarray(lengths)
+    return m.T if batch_first else m
 
 
 def _one_span(ent, begin):
@@ -1261,7 +1280,7 @@ class RNNBase:
             return None
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
         cols = rcols = ()
-        begin = None
+        begin, mask_given = None, mask
         if mask is not None:
             if lengths is not None:
                 return None
@@ -1275,6 +1294,9 @@ class RNNBase:
                 return None     # (_call: its checks, in its order)
             ent = ragged_index(lengths, B, T, begin)    # (validates the lengths)
             L, s = _one_span(ent, begin)
+            if not L and mask_given is None and _lengths_on_mask(ent, T, B):
+                return self._masked_call(x, hx, _length_mask(lengths, T, self.batch_first),
+                                         "zero", return_sequences, idle)
             if not L and ent[2]:
                 return self._ragged_call(x, hx, ent, lengths, cols, return_sequences, idle,
                                          begin, rcols)
@@ -1539,7 +1561,7 @@ class RNNBase:
         # steps carry the state, so only the outputs differ: "carry" repeats the last
         # output of a forward direction after a span, the first output of a reverse one
         # before it (each starts in its padding: zeros)
-        begin, rcols, carry_cols = None, (), ()
+        begin, rcols, carry_cols, mask_given = None, (), (), mask
         if mask is not None and lengths is None and not mask_checked:
             lengths, begin, mask, carry_cols, rcols = self._mask_as_spans(
                 mask, T, B, unbatched, masked_output == "carry" and return_sequences)
@@ -1554,6 +1576,11 @@ class RNNBase:
             L, s = _one_span(ent, begin)
             if mask is None and L:
                 Teff, lengths, s0 = L, None, s
+            elif (mask is None and begin is None and not carry_cols and ent[2]
+                  and mask_given is None and _lengths_on_mask(ent, T, B)):
+                # (little padding: the mask kernels; _lengths_on_mask)
+                mask = _length_mask(lengths, T, self.batch_first and not unbatched)
+                lengths, masked_output = None, "zero"
         if lengths is not None:
             perm, slens, Teff, nsteps, rows, offsets, inv = ent
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed

@@ -723,6 +723,59 @@ def test_span_packing_rule(py_limit, hidden, monkeypatch):
         _assert_keras_rule(layer, np.ascontiguousarray(x[:, :Bm]), None, m, "carry")
 
 
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("bi,batch_first,go_backwards,layers", [
+    (False, False, False, 1), (True, True, False, 2), (False, True, True, 1),
+    (True, False, True, 1)])
+def test_lengths_with_little_padding_run_on_the_mask_kernels(cell, bi, batch_first,
+                                                             go_backwards, layers,
+                                                             monkeypatch):
+    """Lengths that differ with less than _SPAN_MIN_SKIP of the steps padding run on the
+    mask kernels (the lengths as a mask, masked_output "zero"), with the packed call's
+    results (the rule off) and PyTorch's semantics: zero outputs past a length, final
+    states at each sequence's last step; the lean call and the general one (a thread
+    count) alike and bit for bit; given states, return_sequences=False, float32; more
+    padding stays packed."""
+    import fastrnn.layers as layers_mod
+    from fastrnn.layers import RNNBase
+    monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.2)
+    layer = CELLS[cell](bidirectional=bi, batch_first=batch_first, go_backwards=go_backwards,
+                        num_layers=layers, dtype=np.float64, seed=52)
+    x, hx = _inputs(layer, seed=53, dtype=np.float64)
+    xx = _bf(x, batch_first)
+    taken = {"mask": 0, "ragged": 0}
+    for name, attr in (("mask", "_masked_call"), ("ragged", "_ragged_call")):
+        real = getattr(RNNBase, attr)
+        monkeypatch.setattr(RNNBase, attr, lambda *a, _r=real, _n=name, **k:
+                            taken.__setitem__(_n, taken[_n] + 1) or _r(*a, **k))
+    flat = lambda r: [r[0]] + _states(r[1])
+    little = np.array([9, 8, 9, 9, 7, 9])          # 4 of 54 steps padding
+    much = np.array([9, 3, 9, 5, 2, 9])            # 26 of 54
+    for lens, on_mask in ((little, True), (much, False)):
+        for h, extra in ((None, {}), (hx, {}), (hx, dict(return_sequences=False))):
+            taken.update(mask=0, ragged=0)
+            got = layer(xx, h, lengths=lens, **extra)
+            general = layer(xx, h, lengths=lens, num_threads=layer.num_threads or 2, **extra)
+            assert taken == ({"mask": 1, "ragged": 0} if on_mask else
+                             {"mask": 0, "ragged": 1})
+            with monkeypatch.context() as m:
+                m.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.0)
+                packed = layer(xx, h, lengths=lens, **extra)
+            for a, b, c in zip(flat(got), flat(general), flat(packed)):
+                assert a.shape == b.shape == c.shape
+                np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-13)
+                if layer.num_threads is None:
+                    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+            if not extra:
+                tm = _bf(got[0], batch_first)      # (time-major)
+                assert not tm[np.arange(T)[:, None] >= lens].any()
+    lay32 = CELLS[cell](bidirectional=bi, num_layers=layers, seed=52)
+    a = lay32(x.astype(np.float32), lengths=little)
+    b = lay32._call(x.astype(np.float32), None, little, None, "carry", None, True, False)
+    for u, v in zip(flat(a), flat(b)):
+        np.testing.assert_array_equal(u, v)
+
+
 def test_carry_fill_as_the_rule():
     """carry_fill repeats a sequence's last output in the directions asked, after its
     length, in a C-contiguous output and in a strided view alike (NumPy's rule beside,
