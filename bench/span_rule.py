@@ -12,9 +12,10 @@ are masked; each round times a burst of calls packed (the rule off: every mask o
 spans packed) and a burst on the mask kernels (the conversion off), in turn.  Prints
 the median over rounds of packed / mask kernels (below 1: packing pays), the call's
 multiply-adds and whether the rule packs it.  ``--lengths``: calls with ``lengths=``
-(right padding, PyTorch's packed sequences) against the same lengths as a mask with
-``masked_output="zero"`` on the mask kernels (the same results).  Only fastrnn; no
-timing thresholds.
+(right padding, PyTorch's packed sequences) packed against the same calls on the mask
+kernels (the lengths as a mask, masked_output "zero": the same results; the route the
+call takes with less than _SPAN_MIN_SKIP padding, mask construction included).  Only
+fastrnn; no timing thresholds.
 """
 import argparse
 
@@ -56,14 +57,19 @@ def main(argv=None):
                         mask = (np.arange(T)[:, None] >= T - lens)      # left padding
                         if a.lengths:
                             mask = mask[::-1].copy()                    # right padding
-                        packs = layers.RNNBase._mask_as_spans(
-                            layer, mask, T, B, False, True)[0] is not None
+                        packs = (T * B - lens.sum() >= rule["_SPAN_MIN_SKIP"] * T * B
+                                 if a.lengths else layers.RNNBase._mask_as_spans(
+                                     layer, mask, T, B, False, True)[0] is not None)
                         for k in RULE:
                             setattr(layers, k, 0)
                         if a.lengths:
-                            packed = lambda: layer(x, lengths=lens)     # noqa: E731
-                            kernels = lambda: layer(x, mask=mask,       # noqa: E731
-                                                    masked_output="zero")
+                            def packed():
+                                layers._SPAN_MIN_SKIP = 0.0
+                                return layer(x, lengths=lens)
+
+                            def kernels():
+                                layers._SPAN_MIN_SKIP = 1.0     # (every lengths call)
+                                return layer(x, lengths=lens)
                         else:
                             packed = kernels = lambda: layer(x, mask=mask)  # noqa: E731
                         try:

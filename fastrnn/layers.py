@@ -95,13 +95,15 @@ _MASK_AS_LENGTHS = True
 _SPAN_MIN_MACS = 1 << 23
 _SPAN_MIN_SKIP = 0.2
 _SPAN_MIN_SKIP_NARROW = 0.5
-# Calls with lengths that differ (PyTorch's packed sequences) with less than
-# _SPAN_MIN_SKIP of their steps padding run on the mask kernels with the lengths as a
-# mask and masked_output "zero" (the same results: zero outputs past a length, the final
-# state at a sequence's last step, a reverse direction from it); else packed.  Measured
-# (``bench/span_rule.py --lengths``, packed / mask kernels, T = 50, B = 4-64, H = 32-256):
-# 5% padding 0.94-1.25 (narrow GRUs 1.15-1.25), 10% 0.94-1.22, 30% 0.77-1.10 (mostly
-# below 1), 50% 0.55-0.86.
+# Calls of at least _LENGTHS_ON_MASK_MIN_B sequences with lengths that differ
+# (PyTorch's packed sequences) and less than _SPAN_MIN_SKIP of their steps padding run
+# on the mask kernels with the lengths as a mask and masked_output "zero" (the same
+# results: zero outputs past a length, the final state at a sequence's last step, a
+# reverse direction from it); else packed.  Measured (``bench/span_rule.py --lengths``,
+# the call packed / on the mask kernels, T = 50, H = 32-256, 5-10% padding): B = 16
+# LSTM 0.92-1.08, GRU 0.94-1.05, B = 64 LSTM 0.93-1.10, GRU 0.96-1.28 (H = 32-64
+# 0.98-1.28); B = 4 0.85-1.25 (LSTM 0.85-1.07: packed); 30% padding 0.75-0.98.
+_LENGTHS_ON_MASK_MIN_B = 16
 _FUSED_LSTM_CHUNK_BYTES = 32 << 20
 
 
@@ -486,8 +488,9 @@ def _one_length(ent) -> int:
 
 def _lengths_on_mask(ent, T: int, B: int) -> bool:
     """Whether a call with these lengths (a :func:`ragged_index` answer) runs on the mask
-    kernels: less than _SPAN_MIN_SKIP of its steps are padding."""
-    return T * B - len(ent[4]) < _SPAN_MIN_SKIP * T * B
+    kernels: at least _LENGTHS_ON_MASK_MIN_B sequences, less than _SPAN_MIN_SKIP of its
+    steps padding."""
+    return B >= _LENGTHS_ON_MASK_MIN_B and T * B - len(ent[4]) < _SPAN_MIN_SKIP * T * B
 
 
 def _length_mask(lengths, T: int, batch_first: bool):

@@ -14,6 +14,7 @@ NOT_PLAN_KNOBS = {
     "_MASK_AS_LENGTHS",           # read before the plan (whether a mask becomes lengths)
     "_MASK_BYTES_PY",             # read before the plan (how a mask is checked)
     "_SPAN_MIN_MACS",             # read before the plan (whether spans are packed)
+    "_LENGTHS_ON_MASK_MIN_B",     # read before the plan (whether lengths are a mask)
     "_FUSED_LSTM_CHUNK_BYTES",    # read by the LSTM route's run, not its choice
     "_PACKED", "_PAIR", "_ROUTED", "_PLANS_KEPT",    # the plans' own constants
     "_DENSE_RUN",                 # read by the lean call, beside its plan

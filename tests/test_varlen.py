@@ -735,10 +735,11 @@ def test_lengths_with_little_padding_run_on_the_mask_kernels(cell, bi, batch_fir
     results (the rule off) and PyTorch's semantics: zero outputs past a length, final
     states at each sequence's last step; the lean call and the general one (a thread
     count) alike and bit for bit; given states, return_sequences=False, float32; more
-    padding stays packed."""
+    padding, or fewer sequences than _LENGTHS_ON_MASK_MIN_B, stays packed."""
     import fastrnn.layers as layers_mod
     from fastrnn.layers import RNNBase
     monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.2)
+    monkeypatch.setattr(layers_mod, "_LENGTHS_ON_MASK_MIN_B", B)
     layer = CELLS[cell](bidirectional=bi, batch_first=batch_first, go_backwards=go_backwards,
                         num_layers=layers, dtype=np.float64, seed=52)
     x, hx = _inputs(layer, seed=53, dtype=np.float64)
@@ -751,7 +752,11 @@ def test_lengths_with_little_padding_run_on_the_mask_kernels(cell, bi, batch_fir
     flat = lambda r: [r[0]] + _states(r[1])
     little = np.array([9, 8, 9, 9, 7, 9])          # 4 of 54 steps padding
     much = np.array([9, 3, 9, 5, 2, 9])            # 26 of 54
-    for lens, on_mask in ((little, True), (much, False)):
+    few = np.array([9, 8, 9, 9, 7])                # fewer sequences than the rule's
+    for lens, on_mask in ((little, True), (much, False), (few, False)):
+        if len(lens) < B:
+            xx = np.ascontiguousarray(xx[:5] if batch_first else xx[:, :5])
+            hx = tuple(h[:, :5] for h in hx) if isinstance(hx, tuple) else hx[:, :5]
         for h, extra in ((None, {}), (hx, {}), (hx, dict(return_sequences=False))):
             taken.update(mask=0, ragged=0)
             got = layer(xx, h, lengths=lens, **extra)
@@ -769,6 +774,7 @@ def test_lengths_with_little_padding_run_on_the_mask_kernels(cell, bi, batch_fir
             if not extra:
                 tm = _bf(got[0], batch_first)      # (time-major)
                 assert not tm[np.arange(T)[:, None] >= lens].any()
+    xx = _bf(x, batch_first)
     lay32 = CELLS[cell](bidirectional=bi, num_layers=layers, seed=52)
     a = lay32(x.astype(np.float32), lengths=little)
     b = lay32._call(x.astype(np.float32), None, little, None, "carry", None, True, False)
