@@ -1579,10 +1579,10 @@ class RNNBase:
             L, s = _one_span(ent, begin)
             if mask is None and L:
                 Teff, lengths, s0 = L, None, s
-            elif (mask is None and begin is None and not carry_cols and ent[2]
-                  and mask_given is None and _lengths_on_mask(ent, T, B)):
-                # (little padding: the mask kernels; _lengths_on_mask)
-                mask = _length_mask(lengths, T, self.batch_first and not unbatched)
+            elif mask_given is None and _lengths_on_mask(ent, T, B):
+                # (the user's lengths, little padding: the mask kernels; a batch of one
+                # is one length, never here)
+                mask = _length_mask(lengths, T, self.batch_first)
                 lengths, masked_output = None, "zero"
         if lengths is not None:
             perm, slens, Teff, nsteps, rows, offsets, inv = ent
