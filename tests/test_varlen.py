@@ -32,8 +32,9 @@ LENS = np.array([3, 9, 1, 5, 9, 2])
 
 @pytest.fixture(autouse=True)
 def spans_packed_at_any_size(monkeypatch):
-    """Masks of spans run as packed lengths at these small sizes too (the size rule,
-    _SPAN_MIN_MACS, has its own test: test_span_packing_rule)."""
+    """Masks of spans run as packed lengths at these small sizes too, and lengths stay
+    packed whatever their padding (the rules have their own tests:
+    test_span_packing_rule, test_lengths_with_little_padding_run_on_the_mask_kernels)."""
     import fastrnn.layers as layers_mod
     monkeypatch.setattr(layers_mod, "_SPAN_MIN_MACS", 0)
     monkeypatch.setattr(layers_mod, "_SPAN_MIN_SKIP", 0.0)
