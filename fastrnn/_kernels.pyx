@@ -84,6 +84,7 @@ cdef extern from "fr_kern.h":
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
     long fr_l2_bytes() nogil
     int fr_amd_f19() nogil                 # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
+    int fr_row_cut(const Py_ssize_t* lens, int B, int varlen, int tid, int nth) nogil
     int fr_f19_cache
     ctypedef struct fr_cell:
         int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
@@ -1642,6 +1643,15 @@ cdef long _wide_runs = 0      # run_layer calls that took the batch-lane kernel 
 def _wide_run_count():
     """Test hook: how many :func:`run_layer` calls ran the batch-lane kernel so far."""
     return _wide_runs
+
+
+def _row_cuts(lens, int nth, bint varlen=True):
+    """Test hook: the packed kernel's row split of a batch with these (sorted) lengths
+    between nth threads, as the nth + 1 row boundaries (fr_row_cut)."""
+    cdef Py_ssize_t[::1] n = np.ascontiguousarray(lens, dtype=np.intp)
+    cdef int B = n.shape[0], t
+    cdef const Py_ssize_t* p = &n[0] if B else NULL
+    return [fr_row_cut(p, B, varlen, t, nth) for t in range(nth + 1)]
 
 
 def wide_fills_lanes(nsteps, int itemsize=4):

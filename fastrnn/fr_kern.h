@@ -162,6 +162,24 @@ static int fr_rowsplit_min = 16;
 /* multiply-adds per step below which a layer runs on one thread (tests set 0) */
 static long fr_min_par_work = 16384;
 
+/* The first row of thread tid of nth in the packed kernel's row split: by count, or in
+ * a packed ragged batch (``lens``: its B lengths, sorted longest first, where by count
+ * the first thread would get the long sequences) where the running sum of the lengths
+ * reaches tid/nth of their total, so that the threads run about the same number of row
+ * steps (measured on Zen 4, lengths T/2..T, 2 threads: GRU / LSTM B=16-64 calls
+ * 0.87-0.94x their time). */
+static int fr_row_cut(const ptrdiff_t* lens, int B, int varlen, int tid, int nth) {
+    long total = 0, acc = 0, goal;
+    int r;
+    if (tid <= 0) return 0;
+    if (tid >= nth) return B;
+    if (!varlen) return (int)((long)tid * B / nth);
+    for (r = 0; r < B; r++) total += (long)lens[r];
+    goal = (total * tid + nth / 2) / nth;
+    for (r = 0; r < B && acc < goal; r++) acc += (long)lens[r];
+    return r;
+}
+
 
 /* activation codes (must match _kernels.pyx) */
 enum { FR_SIGMOID = 0, FR_TANH, FR_RELU, FR_HARDSIGMOID, FR_LEAKYRELU, FR_AFFINE,

@@ -1720,3 +1720,31 @@ def test_skewed_ragged_batch_leaves_the_batch_lane_kernel():
         n0 = _kernels._wide_run_count()
         _check(layer, x, lengths=lengths)
         assert (_kernels._wide_run_count() > n0) == wide, lengths
+
+
+def test_row_split_balances_ragged_batches():
+    """The packed kernel's row split (fr_row_cut): a dense batch by count; a packed
+    ragged batch (lengths sorted longest first) where the lengths' running sum reaches
+    each thread's share, so every thread gets about the same row steps (within the
+    longest sequence); the cuts always partition the rows."""
+    cuts = _kernels._row_cuts
+    assert cuts([7] * 10, 2, False) == [0, 5, 10]
+    assert cuts([7] * 9, 3, False) == [0, 3, 6, 9]
+    assert cuts([10, 10, 10, 10], 2) == [0, 2, 4]
+    assert cuts([100] + [10] * 9, 2) == [0, 1, 10]
+    assert cuts([5, 3, 0, 0], 2) == [0, 1, 4]
+    assert cuts([], 2) == [0, 0, 0]
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        B, nth = int(rng.integers(1, 80)), int(rng.integers(1, 5))
+        lens = np.sort(rng.integers(0, 200, B))[::-1]
+        c = cuts(lens, nth)
+        assert c[0] == 0 and c[-1] == B and all(a <= b for a, b in zip(c, c[1:]))
+        work = [int(lens[a:b].sum()) for a, b in zip(c, c[1:])]
+        assert max(work) - min(work) <= 2 * int(lens[0]) + 1, (lens, c, work)
+    # by count, the first of two threads gets the long half of lengths T/2..T
+    lens = np.arange(100, 50, -1)
+    by_count = cuts(lens, 2, False)
+    assert lens[:by_count[1]].sum() > 1.15 * lens[by_count[1]:].sum()
+    c = cuts(lens, 2)
+    assert abs(int(lens[:c[1]].sum()) - int(lens[c[1]:].sum())) <= int(lens[0])
