@@ -167,7 +167,7 @@ static long fr_min_par_work = 16384;
  * the first thread would get the long sequences) where the running sum of the lengths
  * reaches tid/nth of their total, so that the threads run about the same number of row
  * steps (measured on Zen 4, lengths T/2..T, 2 threads: GRU / LSTM B=16-64 calls
- * 0.87-0.94x their time). */
+ * 0.86-0.95x their time, bench/small_lengths.py on two builds). */
 static int fr_row_cut(const ptrdiff_t* lens, int B, int varlen, int tid, int nth) {
     long total = 0, acc = 0, goal;
     int r;
