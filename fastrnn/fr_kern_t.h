@@ -832,10 +832,11 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
             ov.part = base ? (V*)(base + (size_t)tid * partb) : NULL;
             ov.prog = base ? (int*)(base + (size_t)nthr * partb) : NULL;
             ov.tid = tid;
-            if (rowsplit)
-                F(run_range)(cl, q, 0, nb, 0, nbp, fr_row_cut(q->lens, B, q->varlen, tid, nth),
-                             fr_row_cut(q->lens, B, q->varlen, tid + 1, nth), NULL, 0, NULL,
-                             hm);
+            if (rowsplit)   /* (a ragged batch's rows by work: fr_row_cut) */
+                F(run_range)(cl, q, 0, nb, 0, nbp,
+                             fr_row_cut(q->lens, B, q->varlen, tid, nth),
+                             fr_row_cut(q->lens, B, q->varlen, tid + 1, nth),
+                             NULL, 0, NULL, hm);
             else
                 F(run_range)(cl, q, (int)((long)tid * nb / nth),
                              (int)((long)(tid + 1) * nb / nth),
