@@ -164,8 +164,8 @@ def _plan_knobs():
             _FUSED_LSTM_MIN_MACS, _SMALL_CALL_MACS, _L2)
 
 _L2 = None
-# masks of at most this many steps x sequences are checked for being a prefix in Python
-# (_mask_as_lengths), larger ones with NumPy
+# masks of at most this many steps x sequences are checked for spans (or a prefix) in
+# Python (_mask_spans), larger ones with NumPy
 _MASK_BYTES_PY = 4096
 # plain calls of packed layers through one DenseRun (0: layer by layer through
 # run_layer, as every other call: tests that watch run_layer's arguments)
