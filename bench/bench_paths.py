@@ -9,7 +9,8 @@ reset_after=False) the layer runs on the packed kernel ("small"), the
 batch-lane kernel with its automatic split ("wide-panels": by panels of rows where each
 thread gets whole panels, else by groups) and split by unit groups ("wide-groups"), and
 an LSTM also through the training forward ("lstm-route", ``layers._fused_lstm_dir``),
-one call each in turn, the order rotating every round, so a noisy minute slows all of
+and the automatic choice ("auto": whichever of these a user's call takes), one call each
+in turn, the order rotating every round, so a noisy minute slows all of
 them alike.  Prints per path the fastest call, its GFLOP/s and the median over rounds of
 (path time / small time) of the same round.  These are the figures behind
 ``_kernels.choose_path``'s choice of the batch-lane kernel (and, with
@@ -28,12 +29,17 @@ from fastrnn import _backward, _kernels, layers
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU,
          "GRU0": lambda *a, **k: fastrnn.GRU(*a, reset_after=False, **k)}
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3, "GRU0": 3}
-PATHS = ("small", "wide-panels", "wide-groups")
+PATHS = ("small", "wide-panels", "wide-groups", "auto")
 DEFAULT = ("RNN:8:100:256,RNN:16:100:256,RNN:64:50:512,LSTM:16:100:256,LSTM:64:50:512,"
            "GRU:16:100:256,GRU:64:50:512")
 
 
 def _set(path: str) -> None:
+    if path == "auto":          # the automatic choice (as a user's call)
+        _kernels._set_path(0)
+        _kernels._set_wide_split(0)
+        layers._FUSED_LSTM_MIN_B = -1
+        return
     _kernels._set_path(1 if path in ("small", "lstm-route") else 3)
     _kernels._set_wide_split(1 if path == "wide-groups" else 0)
     layers._FUSED_LSTM_MIN_B = 1 if path == "lstm-route" else 0

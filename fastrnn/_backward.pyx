@@ -430,7 +430,8 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     ones re-measured there later, route / packed kernel, T = 50, B = 16 and 64:
     ``bench_paths.py --ragged``, 15 rounds, H = 32 1.00-1.14, H = 64 0.96-0.99, H = 96
     0.93, H = 128 0.91-0.97; a scratch A/B of 9 rounds, H = 32 1.15-1.27, H = 64
-    1.01-1.07)."""
+    1.01-1.07); on one thread never (``bench_paths.py --ragged --threads 1``, 9-11
+    rounds: float32 B = 16-64, H = 32-512 1.03-1.24, float64 H = 32-256 0.99-1.09)."""
     cdef bint hw = (fr_amd_f19() if half < 0 else half) != 0
     if frbg_level() != 2:
         if nt <= 1:
@@ -439,8 +440,8 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     if hw and not ragged:
         return (nt >= 2 and H >= 128 and B < 40
                 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0)
-    if hw and nt >= 2:
-        return H >= 96      # ragged: layers asks from 16 sequences on
+    if hw:
+        return nt >= 2 and H >= 96      # ragged: layers asks from 16 sequences on
     if not ragged:
         return (nt >= 2 and 8 <= B < 16 and H >= 64
                 and <long>40 * H * H * itemsize <= 3 * l2)

@@ -1173,7 +1173,7 @@ class RNNBase:
             h_k[:act] = y[last, ycol:ycol + H]
             c_k[:act] = cs[last]
             if reverse and not last_only:
-                out[ridx[r0:r1], d * H:(d + 1) * H] = y
+                _kernels_module().put_rows(out[:, d * H:(d + 1) * H], ridx[r0:r1], y)
             s0 = s1
 
     def _plan(self, T, Teff, B, nt, idle, ragged, has_mask):
@@ -1349,7 +1349,7 @@ class RNNBase:
         output = None
         if return_sequences:
             output = np.zeros((T, B, D * Hout), dt)
-            output.reshape(T * B, D * Hout)[rows] = out
+            _kernels_module().put_rows(output.reshape(T * B, D * Hout), rows, out)
             carry_fill(output, lengths, cols, Hout, begin, rcols)
         return self._finish(output, h_state.take(inv, axis=1),
                             c_state.take(inv, axis=1) if c_state is not None else None, B,
@@ -1629,7 +1629,7 @@ class RNNBase:
         if perm is not None:
             if return_sequences:
                 output = np.zeros((T, B, D * Hout), dt)
-                output.reshape(T * B, D * Hout)[rows] = out
+                _kernels_module().put_rows(output.reshape(T * B, D * Hout), rows, out)
                 carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
             h_state = h_state[:, inv]
             if c_state is not None:

@@ -173,7 +173,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     padding, as lengths from those steps); anything else on the NumPy path of
     :mod:`fastrnn._train_general`.
     """
-    from . import _backward, _train_general
+    from . import _backward, _kernels, _train_general
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
     x, unbatched, h0, c0 = layer._prepare(x, hx)
@@ -283,7 +283,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     out = outs[-1] if L else xin
     if perm is not None:
         output = np.zeros((T, B, D * Hout), dt)
-        output.reshape(T * B, D * Hout)[rows] = out
+        _kernels.put_rows(output.reshape(T * B, D * Hout), rows, out)
         carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
         h_n = hT[:, inv]
         c_n = cT[:, inv] if lstm else None
@@ -329,7 +329,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     input without ``requires_grad``.  The cache may be used again (it is not consumed),
     as long as the weights did not change since the forward.
     """
-    from . import _backward
+    from . import _backward, _kernels
     if not isinstance(cache, TrainCache):
         raise TypeError("backward needs the cache returned by forward_train")
     if cache.layer_id != id(layer):
@@ -438,7 +438,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     if perm is not None:
         if need_input_grad:
             dxf = np.zeros((T, B, I), dt)
-            dxf.reshape(T * B, I)[rows] = dout
+            _kernels.put_rows(dxf.reshape(T * B, I), rows, dout)
         dh0 = dhs[:, cache.inv]
         dc0 = dcs[:, cache.inv] if lstm else None
     else:

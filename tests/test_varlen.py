@@ -436,12 +436,11 @@ def test_span_mask_runs_as_lengths(cell, bi, layers, init, masked_output, pad, m
 
 def test_prefix_mask_takes_the_lstm_route(monkeypatch):
     """A right-padded Keras-style mask on a plain LSTM batch of 16+ runs through the
-    training forward's route (lengths), with Keras's outputs (the route's size rule off:
-    a small layer)."""
+    training forward's route (lengths), with Keras's outputs (the route taken from 16
+    sequences whatever the size and thread rules say: a small layer)."""
     import fastrnn.layers as layers
     from fastrnn import _backward
-    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_ROWS", 0)
-    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_MACS", 0)
+    monkeypatch.setattr(layers, "_FUSED_LSTM_MIN_B", 16)
     calls = []
     orig = fastrnn.LSTM._fused_lstm_dir
     layer = fastrnn.LSTM(4, 6, bidirectional=True, seed=3, num_threads=2)
