@@ -1782,8 +1782,14 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     U = fr_unit(isz)
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, e.A.is_default, d.I, isz)
-    if path == "wide" and varlen and _force_path != 3 and not _lanes_filled(p_nst, d.T, U):
-        path = "small"          # a skewed ragged batch: mostly empty lanes
+    if path == "wide" and varlen and _force_path != 3 and (
+            (fr_level() == 2 and _half(-1)) or not _lanes_filled(p_nst, d.T, U)):
+        # a skewed ragged batch: mostly empty lanes; on half-width AVX-512 any ragged
+        # batch (Zen 4, bench_paths.py --ragged, lengths T/2..T, batch-lane / packed
+        # time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.23, SimpleRNN B = 64
+        # H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense batches there
+        # 0.97-1.01)
+        path = "small"
     if path == "wide" and wdp != NULL and wdp_n > 0:
         _check_wide(wdp_n, cell, d.I, d.H, reset_after)
         _fill_cell(&e.cl, cell, d.G, d.H, d.H, fr_wide_rows(), &e.A, use_peep, input_forget,
