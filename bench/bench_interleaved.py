@@ -3,6 +3,8 @@
     PYTHONPATH=. python bench/bench_interleaved.py --json bench/results_interleaved.json
     python bench/report.py bench/results_interleaved.json --out bench/speed_interleaved.md
 
+(``FASTRNN_BENCH_THREADS=1`` in the environment: every implementation on one thread.)
+
 pytest-benchmark (bench_speed.py) times all rounds of one implementation, then all of the
 next; on a shared VM whose speed drifts from minute to minute (steal time, neighbours on
 the memory system) a slow phase then lands on one implementation only, and a ratio from
@@ -170,7 +172,8 @@ def _write(a, argv, samples, mins, fl):
                             stats=dict(median=float(np.median(v)), min=mins[(g, impl)],
                                        mean=float(np.mean(v)), rounds=len(v)),
                             extra_info=dict(case=g, impl=impl, flops=fl[g], threads=NT)))
-    cmd = "PYTHONPATH=. python bench/bench_interleaved.py " + " ".join(
+    cmd = ("" if NT == 2 else f"FASTRNN_BENCH_THREADS={NT} ") + \
+        "PYTHONPATH=. python bench/bench_interleaved.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     data = dict(benchmarks=benches, datetime=datetime.datetime.now(
         datetime.timezone.utc).isoformat(), command=cmd,

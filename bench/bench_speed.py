@@ -25,7 +25,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 import fastrnn  # noqa: E402
 
-NT = 2
+# threads of every implementation (the table: 2; FASTRNN_BENCH_THREADS=1 for the
+# one-thread comparison a process-per-core deployment sees)
+NT = int(os.environ.get("FASTRNN_BENCH_THREADS", "2"))
 torch = pytest.importorskip("torch")
 try:
     import onnxruntime as ort

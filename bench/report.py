@@ -109,10 +109,11 @@ def main(argv=None):
         return
     a.json = a.json[0]
     data, groups = load(a.json, a.stat)
-    peak = None
+    peak, nt = None, 2
     for g, rows in groups.items():
         if g.startswith("SGEMM"):
             peak = rows[0]["flops"] / rows[0]["t"] / 1e9
+            nt = rows[0].get("threads") or nt
     lines = []
     mi = data.get("machine_info", {})
     lines.append(f"Machine: {mi.get('cpu', {}).get('brand_raw', '?')}, "
@@ -124,7 +125,8 @@ def main(argv=None):
     lines.append(f"Commands: `{made_by}` then `python bench/report.py {a.json} --stat {a.stat}`."
                  + (f" Samples: {data['statistic']}." if data.get("statistic") else ""))
     if peak:
-        lines.append(f"SGEMM peak (numpy 2048^3, 2 threads, same run): **{peak:.0f} GFLOP/s**.")
+        lines.append(f"SGEMM peak (numpy 2048^3, {nt} thread{'s' * (nt > 1)}, same run): "
+                     f"**{peak:.0f} GFLOP/s**.")
     lines.append("")
     lines.append("| case | fastrnn | PyTorch | ONNX Runtime | OpenVINO | best peer | "
                  "ratio vs best | target | met | fastrnn GFLOP/s (% of peak) |")
@@ -191,7 +193,8 @@ def main(argv=None):
         ax.set_xticks(range(len(chart)))
         ax.set_xticklabels([c for c, _ in chart], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("speed relative to fastrnn (fastrnn = 1, lower is slower)")
-        ax.set_title(f"fastrnn vs peers, 2 threads ({a.stat}); higher = faster")
+        ax.set_title(f"fastrnn vs peers, {nt} thread{'s' * (nt > 1)} ({a.stat}); "
+                     "higher = faster")
         ax.legend()
         fig.tight_layout()
         fig.savefig(a.png, dpi=110)
