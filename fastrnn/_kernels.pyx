@@ -1786,7 +1786,7 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
             (fr_level() == 2 and _half(-1)) or not _lanes_filled(p_nst, d.T, U)):
         # a skewed ragged batch: mostly empty lanes; on half-width AVX-512 any ragged
         # batch (Zen 4, bench_paths.py --ragged, lengths T/2..T, batch-lane / packed
-        # time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.23, SimpleRNN B = 64
+        # time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24, SimpleRNN B = 64
         # H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense batches there
         # 0.97-1.01)
         path = "small"
