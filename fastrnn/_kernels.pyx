@@ -1670,18 +1670,19 @@ def put_rows(dst, rows, src):
         raise ValueError(f"put_rows: {n} row indices for {s.shape[0]} rows")
     if not d.flags.writeable:
         raise ValueError("put_rows: the destination is read-only")
+    m = d.shape[0]
+    for i in range(n):
+        if not 0 <= r[i] < m:
+            raise IndexError(f"put_rows: row {r[i]} outside the {m} rows of dst")
     width = d.shape[1] * d.itemsize
     if width == 0 or n == 0:
         return
     if d.strides[1] != d.itemsize or s.strides[1] != s.itemsize:
         dst[rows] = src             # (rows with gaps between their values)
         return
-    m, sd, ss = d.shape[0], d.strides[0], s.strides[0]
+    sd, ss = d.strides[0], s.strides[0]
     cdef char* dp = <char*>cnp.PyArray_DATA(d)
     cdef const char* sp = <const char*>cnp.PyArray_DATA(s)
-    for i in range(n):
-        if not 0 <= r[i] < m:
-            raise IndexError(f"put_rows: row {r[i]} outside the {m} rows of dst")
     with nogil:
         for i in range(n):
             k = r[i]

@@ -1775,6 +1775,13 @@ def test_put_rows_matches_numpy_scatter(dtype):
         want[rows, width:2 * width] = src
         _kernels.put_rows(wide[:, width:2 * width], rows, src)
         assert np.array_equal(wide, want)
+    # rows in reverse order (a negative row stride)
+    dst = np.zeros((5, 4), dtype)
+    src = rng.standard_normal((2, 4)).astype(dtype)
+    want = dst.copy()
+    want[::-1][[0, 3]] = src
+    _kernels.put_rows(dst[::-1], np.array([0, 3], np.intp), src)
+    assert np.array_equal(dst, want)
     # values with gaps between them: NumPy's assignment, the same result
     dst = np.zeros((6, 8), dtype)
     src = rng.standard_normal((3, 8)).astype(dtype)
@@ -1790,6 +1797,11 @@ def test_put_rows_matches_numpy_scatter(dtype):
     with pytest.raises(IndexError, match="row -1 outside"):
         _kernels.put_rows(dst, np.array([1, -1], np.intp), src)
     assert not dst.any()
+    with pytest.raises(IndexError, match="row 3 outside the 0 rows"):
+        _kernels.put_rows(np.zeros((0, 3), dtype), np.array([3], np.intp), src[:1])
+    with pytest.raises(IndexError, match="row 5 outside the 4 rows"):
+        _kernels.put_rows(np.zeros((4, 0), dtype), np.array([5], np.intp),
+                          np.zeros((1, 0), dtype))
     with pytest.raises(ValueError, match="3 row indices for 2 rows"):
         _kernels.put_rows(dst, np.array([0, 1, 2], np.intp), src)
     with pytest.raises(ValueError, match="one dtype and width"):
