@@ -39,7 +39,7 @@ from _interleave import visit  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-THREADS = 2
+THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", "2"))     # (as bench_speed.py)
 CASES = [("LSTM", 16, 100, 256), ("GRU", 16, 100, 256),
          ("LSTM", 64, 50, 512), ("GRU", 64, 50, 512)]
 

@@ -1,0 +1,60 @@
+"""A fresh process's cold start: ``import numpy``, ``import fastrnn``, the first layer
+call (the kernels' extension modules and scipy's BLAS loaded, the weights packed) and the
+second, in new Python processes.
+
+    PYTHONPATH=. python bench/cold_start.py [--runs 7] [--cell LSTM] [--hidden 256]
+
+Prints each phase's median over the runs (one process each, run one after another,
+byte-code caches written by the first).  Only fastrnn; no timing thresholds.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+t1 = time.perf_counter()
+import fastrnn
+t2 = time.perf_counter()
+layer = getattr(fastrnn, sys.argv[1])(int(sys.argv[2]), int(sys.argv[2]), seed=0)
+x = np.zeros((100, 1, int(sys.argv[2])), np.float32)
+t3 = time.perf_counter()
+layer(x)
+t4 = time.perf_counter()
+layer(x)
+t5 = time.perf_counter()
+print(json.dumps(dict(numpy=t1 - t0, fastrnn=t2 - t1, layer=t3 - t2, first=t4 - t3,
+                      second=t5 - t4, linalg="scipy.linalg" in sys.modules)))
+"""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--cell", default="LSTM")
+    ap.add_argument("--hidden", type=int, default=256)
+    a = ap.parse_args(argv)
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)       # (as an installed package: cached)
+    runs = []
+    for _ in range(a.runs + 1):
+        r = subprocess.run([sys.executable, "-c", PROBE, a.cell, str(a.hidden)],
+                           capture_output=True, text=True, env=env, check=True)
+        runs.append(json.loads(r.stdout))
+    runs = runs[1:]                                 # (the first wrote the caches)
+    parts = [f"{k} {np.median([r[k] for r in runs]) * 1e3:.1f} ms"
+             for k in ("numpy", "fastrnn", "layer", "first", "second")]
+    print(f"{a.cell}({a.hidden}) B=1 T=100, median of {a.runs} processes: import "
+          + ", import ".join(parts[:2]) + f", make the layer {parts[2].split(' ', 1)[1]}"
+          + f", first call {parts[3].split(' ', 1)[1]}, second call {parts[4].split(' ', 1)[1]}"
+          + f"; scipy.linalg imported: {runs[0]['linalg']}")
+
+
+if __name__ == "__main__":
+    main()
