@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import GRU, LSTM, SimpleRNN
+from .layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN
 
 
 def from_torch(module, *, dtype=None, num_threads=None):
@@ -22,7 +22,8 @@ def from_torch(module, *, dtype=None, num_threads=None):
         dtype = np.float64 if first.dtype == np.float64 else np.float32
     common = dict(num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, bidirectional=module.bidirectional,
-                  dtype=dtype, num_threads=num_threads)
+                  dtype=dtype, num_threads=num_threads,
+                  seed=_WEIGHTS_FOLLOW)            # (loaded below, strict)
     if mode == "LSTM":
         layer = LSTM(module.input_size, module.hidden_size,
                      proj_size=getattr(module, "proj_size", 0), **common)

@@ -352,3 +352,39 @@ def test_run_layer_refuses_weights_of_another_dtype():
     bad[0] = np.ones(2, np.intp)
     with pytest.raises(ValueError, match="fewer step sizes than step offsets"):
         _kernels.run_layer(2, x, pw, idx, *bad)
+
+
+def test_loaders_make_layers_without_drawing_random_weights(monkeypatch, tmp_path):
+    """Every loader makes its layers without the random initialisation (the weights are
+    all loaded right after, strict: the draw was ~55% of loading a large checkpoint):
+    with numpy's generator unavailable, PyTorch .pt and safetensors files (both
+    writers), ONNX models, Keras files (a fused Bidirectional too), live torch-like
+    modules (torch's) and configs with weights load, with the saved weights; a layer made by the
+    user still draws them (and ``layer_from_config`` without weights too)."""
+    import fastrnn.layers as layers_mod
+    from fastrnn.io import safetensors as st
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+    lstm = fastrnn.LSTM(5, 7, num_layers=2, bidirectional=True, seed=1)
+    st.save(lstm, str(tmp_path / "own.safetensors"))
+    want = lstm.state_dict()
+
+    def no_rng(*a, **k):
+        raise AssertionError("a loader drew random weights")
+    monkeypatch.setattr(layers_mod.np.random, "default_rng", no_rng)
+    got = fastrnn.load(str(tmp_path / "own.safetensors")).state_dict()
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    again = fastrnn.layers.layer_from_config(lstm.get_config(), want).state_dict()
+    assert all(np.array_equal(again[k], want[k]) for k in want)
+    for name in ("torch/checkpoint.pt", "torch/gru2.safetensors", "torch/gru_bi2.pt",
+                 "onnx/lstm_bi_2l_bf_h0.onnx", "onnx/gru_3l.onnx",
+                 "keras/k3_bi_concat_lstm_embed.keras", "keras/k2_bi_modes_embed.h5"):
+        fastrnn.load(os.path.join(fix, name))
+
+    import torch
+    m = torch.nn.GRU(3, 4)
+    g = fastrnn.from_torch(m)
+    assert np.array_equal(g.state_dict()["weight_hh_l0"], m.weight_hh_l0.detach().numpy())
+    with pytest.raises(AssertionError, match="drew random"):
+        fastrnn.GRU(3, 4)
+    with pytest.raises(AssertionError, match="drew random"):
+        fastrnn.layers.layer_from_config(lstm.get_config())

@@ -853,7 +853,8 @@ class _Builder:
         act = _act_spec(c.get("activation", "tanh"), self.major, where)
         ract = _act_spec(c.get("recurrent_activation", "sigmoid"), self.major, where)
         kw = dict(bias=use_bias, batch_first=True, dtype=self.dtype, num_threads=self.nt,
-                  go_backwards=_cbool(c, "go_backwards", False, fwhere))
+                  go_backwards=_cbool(c, "go_backwards", False, fwhere),
+                  seed=core._WEIGHTS_FOLLOW)        # (loaded below, strict)
         Wih, Whh = k.T, rk.T
         bih = bhh = None
         if cls in ("LSTM", "CuDNNLSTM"):
@@ -1045,8 +1046,9 @@ def _try_fuse(layer, b):
         return
     cfg = f.get_config()
     cfg.update(bidirectional=True, go_backwards=False)
+    from .. import layers as core
+    cfg["seed"] = core._WEIGHTS_FOLLOW             # (loaded below, strict)
     try:
-        from .. import layers as core
         fused = core.layer_from_config(cfg)
     except Exception:  # pragma: no cover - any mismatch: keep the two-layer path
         return

@@ -678,7 +678,7 @@ class _RecurrentNode:
         key = (id(W), id(R), id(B), id(P))
         if key == self._key:
             return self._layer
-        from ..layers import GRU, LSTM, SimpleRNN     # (an import statement costs ~0.6 us)
+        from ..layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN   # (import: ~0.6 us)
         op, D, where = self.op, self.D, self.where
         if W is None or R is None:
             raise LoadError(f"{where}: inputs W and R are required")
@@ -706,7 +706,8 @@ class _RecurrentNode:
                 raise LoadError(f"{where}: P must have shape {(D, 3 * H)}, got {P.shape}")
         kw = dict(bidirectional=D == 2, batch_first=self.layout == 1, dtype=dt,
                   activations=self.acts, clip=self.clip, num_threads=self.num_threads,
-                  go_backwards=self.direction == "reverse")
+                  go_backwards=self.direction == "reverse",
+                  seed=_WEIGHTS_FOLLOW)             # (loaded below, strict)
         try:
             if op == "LSTM":
                 layer = LSTM(I, H, input_forget=self.input_forget, peepholes=P is not None, **kw)

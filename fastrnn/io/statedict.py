@@ -309,7 +309,8 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
     hints = hints or {}
     kw: dict[str, Any] = dict(num_layers=spec.num_layers, bias=spec.bias,
                               bidirectional=spec.bidirectional, dtype=spec.dtype,
-                              batch_first=bool(hints.get("batch_first", False)))
+                              batch_first=bool(hints.get("batch_first", False)),
+                              seed=_layers._WEIGHTS_FOLLOW)    # (loaded below, strict)
     if spec.cell == "RNN":
         kw["nonlinearity"] = spec.nonlinearity or "tanh"
     kw.update(overrides)

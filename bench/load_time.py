@@ -1,0 +1,50 @@
+"""Loading a checkpoint: ``fastrnn.load`` of a safetensors file written by fastrnn and of
+a PyTorch ``state_dict`` .pt file, for a stacked bidirectional LSTM.
+
+    PYTHONPATH=. python bench/load_time.py [--hidden 1024] [--layers 2] [--runs 5]
+
+Writes both files (the .pt one only where torch is installed) to a temporary directory
+and prints, per file, its size and the fastest of ``--runs`` loads in this process (the
+file in the page cache after the first).  Only fastrnn; no timing thresholds.
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import fastrnn
+from fastrnn.io import safetensors
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args(argv)
+    H, L = a.hidden, a.layers
+    with tempfile.TemporaryDirectory() as d:
+        files = [os.path.join(d, "lstm.safetensors")]
+        safetensors.save(fastrnn.LSTM(H, H, num_layers=L, bidirectional=True, seed=0),
+                         files[0])
+        try:
+            import torch
+            torch.manual_seed(0)
+            files.append(os.path.join(d, "lstm.pt"))
+            torch.save(torch.nn.LSTM(H, H, num_layers=L, bidirectional=True).state_dict(),
+                       files[1])
+        except ImportError:
+            pass
+        for f in files:
+            best = float("inf")
+            for _ in range(a.runs):
+                t0 = time.perf_counter()
+                fastrnn.load(f)
+                best = min(best, time.perf_counter() - t0)
+            print(f"LSTM({H}, {H}, num_layers={L}, bidirectional=True) "
+                  f"{os.path.basename(f)} {os.path.getsize(f) / 1e6:.1f} MB: "
+                  f"load {best * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
