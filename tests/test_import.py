@@ -116,3 +116,16 @@ def test_cli_help_does_not_import_heavy_modules():
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
+
+
+def test_keras_model_call_imports_no_scipy_package():
+    """A fresh process's first call of a Keras model (Embedding, Bidirectional layers,
+    Dense with a sigmoid) imports neither scipy.special (its sigmoid is the kernels') nor
+    scipy.linalg: ~100-200 ms each of a first request."""
+    fix = os.path.join(ROOT, "tests", "fixtures", "keras", "k2_bi_modes_embed")
+    code = ("import sys, numpy as np, fastrnn\n"
+            f"m = fastrnn.load({fix + '.h5'!r})\n"
+            f"y = m.predict(np.load({fix + '.npz'!r})['x'])\n"
+            "print(sorted(k for k in sys.modules if k.startswith(('scipy.special', "
+            "'scipy.linalg'))))")
+    assert _run(code).strip() == "[]"

@@ -241,3 +241,32 @@ def test_model_mask_flow_and_outputs():
     with pytest.raises(TypeError):
         TimeDistributed(r1)
     assert Activation("relu")(np.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
+
+
+def test_sigmoid_of_the_kernels_for_model_layers():
+    """The Keras layers' sigmoid (``_kernels.sigmoid``, the recurrent kernels' vectorised
+    one): within 4 ulp of scipy's expit over float32 / float64's range, the limits at
+    +-inf, NaN kept, any shape and memory order, its dtype kept; other dtypes refused by
+    the kernel and computed by NumPy's formula in the model's activation."""
+    from scipy.special import expit
+    from fastrnn import _kernels
+    from fastrnn.model import activation_function
+    sig = activation_function("sigmoid")
+    for dt, lo in ((np.float32, -80.0), (np.float64, -700.0)):
+        x = np.linspace(lo, 80.0, 200001).astype(dt)
+        got, want = _kernels.sigmoid(x), expit(x)
+        assert got.dtype == dt and got.shape == x.shape
+        ulp = np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(dt))
+        assert ulp.max() <= 4, (dt, float(ulp.max()), x[ulp.argmax()])
+        ends = _kernels.sigmoid(np.array([np.inf, -np.inf, np.nan, 0.0, -1e30, 1e30], dt))
+        assert ends[0] == 1 and 0 <= ends[1] < 1e-37 and np.isnan(ends[2])
+        assert ends[3] == 0.5 and 0 <= ends[4] < 1e-37 and ends[5] == 1
+        cube = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(dt)
+        for arr in (cube, cube.transpose(2, 0, 1), cube[:, ::2], cube[:0]):
+            out = sig(arr)
+            assert out.shape == arr.shape and out.dtype == dt
+            np.testing.assert_allclose(out, expit(arr), rtol=1e-6 if dt == np.float32 else 1e-14)
+    with pytest.raises(TypeError, match="float32 or float64 only"):
+        _kernels.sigmoid(np.zeros(3, np.float16))
+    h = sig(np.array([-2.0, 0.0, 3.0], np.float16))
+    np.testing.assert_allclose(h, expit(np.array([-2.0, 0.0, 3.0])), rtol=1e-3)
