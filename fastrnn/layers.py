@@ -483,6 +483,14 @@ def _lengths_index(lengths, B: int, T: int):
     return ent
 
 
+def unpack_rows(packed, rows, T: int, B: int):
+    """The (T, B, width) array, zeros but for the packed rows ``packed`` (N, width) put at
+    ``rows`` (their flat time-major indices, :func:`ragged_index`; the same dtype)."""
+    out = np.zeros((T, B, packed.shape[1]), packed.dtype)
+    _kernels_module().put_rows(out.reshape(T * B, packed.shape[1]), rows, packed)
+    return out
+
+
 def _one_length(ent) -> int:
     """L where the lengths of a :func:`ragged_index` answer are all one L > 0, else 0
     (they differ, or are all 0)."""
@@ -1337,7 +1345,6 @@ class RNNBase:
         perm, slens, Teff, nsteps, rows, offsets, inv = ent
         if not _threads._blas_hooked:
             _threads.hook_blas()
-        dt, D = self.dtype, 2 if self.bidirectional else 1
         Hout = self.proj_size or self.hidden_size
         if self.batch_first:
             x = x.transpose(1, 0, 2)
@@ -1359,8 +1366,7 @@ class RNNBase:
                                   h_state, c_state, 0, B, Teff, return_sequences)
         output = None
         if return_sequences:
-            output = np.zeros((T, B, D * Hout), dt)
-            _kernels_module().put_rows(output.reshape(T * B, D * Hout), rows, out)
+            output = unpack_rows(out, rows, T, B)
             carry_fill(output, lengths, cols, Hout, begin, rcols)
         return self._finish(output, h_state.take(inv, axis=1),
                             c_state.take(inv, axis=1) if c_state is not None else None, B,
@@ -1639,8 +1645,7 @@ class RNNBase:
         # ---- unpack
         if perm is not None:
             if return_sequences:
-                output = np.zeros((T, B, D * Hout), dt)
-                _kernels_module().put_rows(output.reshape(T * B, D * Hout), rows, out)
+                output = unpack_rows(out, rows, T, B)
                 carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
             h_state = h_state[:, inv]
             if c_state is not None:

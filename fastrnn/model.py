@@ -44,7 +44,8 @@ def _sigmoid(x):
         _sig = _kernels.sigmoid
     if isinstance(x, np.ndarray) and (x.dtype == np.float32 or x.dtype == np.float64):
         return _sig(x)
-    return 1.0 / (1.0 + np.exp(-np.asarray(x)))
+    with np.errstate(over="ignore"):        # (exp(-x) -> inf: sigmoid 0)
+        return 1.0 / (1.0 + np.exp(-np.asarray(x)))
 
 
 def _softmax(x):

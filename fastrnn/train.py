@@ -173,7 +173,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     padding, as lengths from those steps); anything else on the NumPy path of
     :mod:`fastrnn._train_general`.
     """
-    from . import _backward, _kernels, _train_general
+    from . import _backward, _train_general
+    from .layers import unpack_rows
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
     x, unbatched, h0, c0 = layer._prepare(x, hx)
@@ -282,8 +283,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     # ---- unpack to the caller's layout
     out = outs[-1] if L else xin
     if perm is not None:
-        output = np.zeros((T, B, D * Hout), dt)
-        _kernels.put_rows(output.reshape(T * B, D * Hout), rows, out)
+        output = unpack_rows(out, rows, T, B)
         carry_fill(output, lengths, carry_cols, Hout, begin, rcols)
         h_n = hT[:, inv]
         c_n = cT[:, inv] if lstm else None
@@ -329,7 +329,8 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     input without ``requires_grad``.  The cache may be used again (it is not consumed),
     as long as the weights did not change since the forward.
     """
-    from . import _backward, _kernels
+    from . import _backward
+    from .layers import unpack_rows
     if not isinstance(cache, TrainCache):
         raise TypeError("backward needs the cache returned by forward_train")
     if cache.layer_id != id(layer):
@@ -437,8 +438,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
     dxf = None
     if perm is not None:
         if need_input_grad:
-            dxf = np.zeros((T, B, I), dt)
-            _kernels.put_rows(dxf.reshape(T * B, I), rows, dout)
+            dxf = unpack_rows(dout, rows, T, B)
         dh0 = dhs[:, cache.inv]
         dc0 = dcs[:, cache.inv] if lstm else None
     else:
