@@ -8,8 +8,9 @@ second, in new Python processes.
 Prints each phase's median over the runs (one process each, run one after another,
 byte-code caches written by the first).  ``--model FILE``: instead of a layer made in
 the process, ``fastrnn.load(FILE)`` and two ``predict`` calls on the input stored beside
-it (``FILE`` with ``.npz`` for its suffix, array ``x``: the test fixtures' layout).  Only
-fastrnn; no timing thresholds.
+it (``FILE`` with ``.npz`` for its suffix, array ``x``: the test fixtures' layout).
+``--train``: the calls are training steps (``forward_train`` + ``backward`` of ones).
+Only fastrnn; no timing thresholds.
 """
 import argparse
 import json
@@ -32,6 +33,13 @@ if sys.argv[1] == "--model":
 else:
     layer = getattr(fastrnn, sys.argv[1])(int(sys.argv[2]), int(sys.argv[2]), seed=0)
     x = np.zeros((100, 1, int(sys.argv[2])), np.float32)
+    if sys.argv[3:] == ["train"]:
+        from fastrnn import train
+        lay = layer
+
+        def layer(x):
+            out, _, cache = train.forward_train(lay, x)
+            train.backward(lay, cache, np.ones_like(out))
 t3 = time.perf_counter()
 layer(x)
 t4 = time.perf_counter()
@@ -49,12 +57,14 @@ def main(argv=None):
     ap.add_argument("--cell", default="LSTM")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--train", action="store_true")
     a = ap.parse_args(argv)
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)       # (as an installed package: cached)
     runs = []
     for _ in range(a.runs + 1):
-        args = ["--model", a.model] if a.model else [a.cell, str(a.hidden)]
+        args = (["--model", a.model] if a.model
+                else [a.cell, str(a.hidden)] + (["train"] if a.train else []))
         r = subprocess.run([sys.executable, "-c", PROBE] + args,
                            capture_output=True, text=True, env=env, check=True)
         runs.append(json.loads(r.stdout))
@@ -62,7 +72,8 @@ def main(argv=None):
     parts = [f"{k} {np.median([r[k] for r in runs]) * 1e3:.1f} ms"
              for k in ("numpy", "fastrnn", "layer", "first", "second")]
     what = (f"{os.path.basename(a.model)} (load, predict)" if a.model
-            else f"{a.cell}({a.hidden}) B=1 T=100 (make the layer, call)")
+            else f"{a.cell}({a.hidden}) B=1 T=100 (make the layer, "
+                 f"{'training step' if a.train else 'call'})")
     val = [p.split(" ", 1)[1] for p in parts]
     print(f"{what}, median of {a.runs} processes: import numpy {val[0]}, import fastrnn "
           f"{val[1]}, {'load' if a.model else 'make the layer'} {val[2]}, first call "
