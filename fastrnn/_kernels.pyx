@@ -1785,7 +1785,7 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, e.A.is_default, d.I, isz)
     if path == "wide" and varlen and _force_path != 3 and (
-            (fr_level() == 2 and _half(-1)) or not _lanes_filled(p_nst, d.T, U)):
+            avx512_half() or not _lanes_filled(p_nst, d.T, U)):
         # a skewed ragged batch: mostly empty lanes; on half-width AVX-512 any ragged
         # batch (Zen 4, bench_paths.py --ragged, lengths T/2..T, batch-lane / packed
         # time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24, SimpleRNN B = 64
@@ -2144,8 +2144,9 @@ def sigmoid(x):
 
 
 def _act_test(int which, x):
-    """Test hook: the vectorised activation ``which`` (0 sigmoid, 1 tanh, 2 exp) of a 1-D
-    float32/float64 array, through the ISA-dispatched C kernel."""
+    """The vectorised activation ``which`` (0 sigmoid, 1 tanh, 2 exp) of a 1-D
+    float32/float64 array, through the ISA-dispatched C kernel (the activations' test
+    hook, and :func:`sigmoid`'s worker)."""
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     cdef float[::1] xf, yf
