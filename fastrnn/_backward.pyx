@@ -45,11 +45,19 @@ from fastrnn._mem import aligned_empty
 cdef extern from *:
     """
     typedef int (*frb_set_threads_t)(int);
+    typedef int (*frb_get_threads_t)(void);
     static frb_set_threads_t frb_blas_set_local = 0;
-    static int frb_blas_threads(int n) { return frb_blas_set_local ? frb_blas_set_local(n) : -1; }
+    static frb_get_threads_t frb_blas_get = 0;
+    /* as _kernels' fr_blas_threads: -1 where nothing was set */
+    static int frb_blas_threads(int n) {
+        if (!frb_blas_set_local || (frb_blas_get && frb_blas_get() == n)) return -1;
+        return frb_blas_set_local(n);
+    }
     """
     ctypedef int (*frb_set_threads_t)(int) noexcept nogil
+    ctypedef int (*frb_get_threads_t)() noexcept nogil
     frb_set_threads_t frb_blas_set_local
+    frb_get_threads_t frb_blas_get
     int frb_blas_threads(int n) nogil
 
 
@@ -101,10 +109,11 @@ def _hooks_changed():
     _kernels._hooks_changed()
 
 
-def _set_blas_local_setter(intptr_t address):
-    """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
-    global frb_blas_set_local
+def _set_blas_local_setter(intptr_t address, intptr_t getter=0):
+    """As ``_kernels._set_blas_local_setter``."""
+    global frb_blas_set_local, frb_blas_get
     frb_blas_set_local = <frb_set_threads_t>address
+    frb_blas_get = <frb_get_threads_t>getter
 
 
 cdef extern from "_backward_gemm.h":

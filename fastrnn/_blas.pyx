@@ -5,7 +5,97 @@
 matrices, where ``op`` transposes when asked.  A row-major matrix is the transpose of
 a column-major one, so the call is forwarded as ``C^T = op(B)^T op(A)^T``.
 """
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+# scipy.linalg.cython_blas's functions, as its capsules give them (_bind, at import)
+ctypedef void (*_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                          float*, float*, int*) noexcept nogil
+ctypedef void (*_dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*,
+                          int*, double*, double*, int*) noexcept nogil
+ctypedef void (*_sgemv_t)(char*, int*, int*, float*, float*, int*, float*, int*, float*,
+                          float*, int*) noexcept nogil
+ctypedef void (*_dgemv_t)(char*, int*, int*, double*, double*, int*, double*, int*, double*,
+                          double*, int*) noexcept nogil
+cdef _sgemm_t sgemm
+cdef _dgemm_t dgemm
+cdef _sgemv_t sgemv
+cdef _dgemv_t dgemv
+
+
+def _cython_blas():
+    """scipy.linalg.cython_blas, and where that loads scipy's OpenBLAS into the process,
+    that library's just-made worker threads ended (``_threads.end_fresh_blas_workers``)."""
+    from fastrnn import _threads
+    libs = _threads.scipy_openblas_paths()
+    fresh = [p for p in libs if p not in _threads.loaded_libraries(libs)]
+    m = _load_cython_blas()
+    if fresh:
+        _threads.end_fresh_blas_workers(_threads.loaded_libraries(fresh))
+    return m
+
+
+def _load_cython_blas():
+    """scipy.linalg.cython_blas.  ``cimport`` of it imports the module as a submodule,
+    which runs scipy.linalg's package ``__init__`` first: LAPACK wrappers and array-API
+    shims fastrnn never uses, ~110 ms of a process's first fastrnn call (the module
+    itself: ~20 ms).  So where scipy.linalg is not imported yet the module is loaded from
+    its file; it is the module a later ``import scipy.linalg.cython_blas`` gives (a
+    Cython extension module is made once a process), so it is left out of sys.modules
+    for that import to bind it to its package.  Elsewhere, or where that fails, the
+    plain import."""
+    import importlib
+    import sys
+    name = "scipy.linalg.cython_blas"
+    m = sys.modules.get(name)
+    if m is not None:
+        return m
+    if "scipy.linalg" not in sys.modules:
+        try:
+            import os
+            import importlib.machinery as mach
+            import importlib.util
+            import scipy
+            spec = mach.FileFinder(os.path.join(os.path.dirname(scipy.__file__), "linalg"),
+                                   (mach.ExtensionFileLoader, mach.EXTENSION_SUFFIXES)
+                                   ).find_spec(name)
+            if spec is not None and spec.loader is not None:
+                m = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(m)
+                if sys.modules.get(name) is m:
+                    del sys.modules[name]
+                return m
+        except Exception:
+            pass
+    return importlib.import_module(name)
+
+
+cdef void* _fn(dict capi, str fname, str sig) except NULL:
+    """The C function ``fname`` of cython_blas's capsules, whose name is its C signature
+    as scipy's Cython wrote it: a different one raises (as a cimport would)."""
+    cap = capi.get(fname)
+    if cap is None:
+        raise ImportError(f"fastrnn: scipy.linalg.cython_blas has no {fname}")
+    try:
+        return PyCapsule_GetPointer(cap, sig.encode())
+    except ValueError:
+        raise ImportError(f"fastrnn: scipy.linalg.cython_blas's {fname} has another "
+                          f"signature than {sig!r}") from None
+
+
+def _bind():
+    global sgemm, dgemm, sgemv, dgemv
+    capi = _cython_blas().__pyx_capi__
+    gemm = ("void (char *, char *, int *, int *, int *, {0} *, {0} *, int *, {0} *, int *, "
+            "{0} *, {0} *, int *)")
+    gemv = "void (char *, int *, int *, {0} *, {0} *, int *, {0} *, int *, {0} *, {0} *, int *)"
+    s, d = ("__pyx_t_5scipy_6linalg_11cython_blas_" + t for t in "sd")
+    sgemm = <_sgemm_t>_fn(capi, "sgemm", gemm.format(s))
+    dgemm = <_dgemm_t>_fn(capi, "dgemm", gemm.format(d))
+    sgemv = <_sgemv_t>_fn(capi, "sgemv", gemv.format(s))
+    dgemv = <_dgemv_t>_fn(capi, "dgemv", gemv.format(d))
+
+
+_bind()
 
 
 cdef void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,

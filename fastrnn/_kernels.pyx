@@ -66,13 +66,23 @@ cdef extern from *:
     static int fr_has_openmp(void) { return 0; }
     #endif
     typedef int (*fr_set_threads_t)(int);
+    typedef int (*fr_get_threads_t)(void);
     static fr_set_threads_t fr_blas_set_local = 0;
-    static int fr_blas_threads(int n) { return fr_blas_set_local ? fr_blas_set_local(n) : -1; }
+    static fr_get_threads_t fr_blas_get = 0;
+    /* OpenBLAS's thread count to n; the old count to restore, or -1: nothing set (no
+       setter, or the count is n already: a set would also make OpenBLAS's workers again
+       where they were ended, _threads.end_fresh_blas_workers) */
+    static int fr_blas_threads(int n) {
+        if (!fr_blas_set_local || (fr_blas_get && fr_blas_get() == n)) return -1;
+        return fr_blas_set_local(n);
+    }
     """
     int fr_omp_max_threads() nogil
     int fr_has_openmp() nogil
     ctypedef int (*fr_set_threads_t)(int) noexcept nogil
+    ctypedef int (*fr_get_threads_t)() noexcept nogil
     fr_set_threads_t fr_blas_set_local
+    fr_get_threads_t fr_blas_get
     int fr_blas_threads(int n) nogil
 
 
@@ -213,10 +223,12 @@ def omp_max_threads():
     return fr_omp_max_threads()
 
 
-def _set_blas_local_setter(intptr_t address):
-    """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable)."""
-    global fr_blas_set_local
+def _set_blas_local_setter(intptr_t address, intptr_t getter=0):
+    """Install OpenBLAS's ``openblas_set_num_threads_local`` (0 to disable) and its
+    ``openblas_get_num_threads`` (``getter``; 0: none)."""
+    global fr_blas_set_local, fr_blas_get
     fr_blas_set_local = <fr_set_threads_t>address
+    fr_blas_get = <fr_get_threads_t>getter
 
 
 # ----------------------------------------------------------------------------- math

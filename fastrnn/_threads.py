@@ -125,18 +125,70 @@ def resolve(call=None, layer=None) -> int:
     return _granted(n) if n > 1 else n     # (so the fork rule can warn here too)
 
 
-def blas_local_setter_address() -> int:
-    """Address of scipy's ``openblas_set_num_threads_local`` (0 when not found)."""
+def scipy_openblas_paths() -> list:
+    """The OpenBLAS libraries of scipy's wheel (``scipy.libs``; none for other builds)."""
     try:
         import scipy
-        libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
-        for path in glob.glob(os.path.join(libdir, "*openblas*")):
-            fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-            if fn is not None:
-                return ctypes.cast(fn, ctypes.c_void_p).value or 0
+    except ImportError:
+        return []
+    libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
+    return sorted(glob.glob(os.path.join(libdir, "*openblas*")))
+
+
+def blas_thread_functions() -> tuple:
+    """Addresses of scipy's ``openblas_set_num_threads_local`` and of the same library's
+    ``openblas_get_num_threads`` (0 where not found)."""
+    def addr(f):
+        return (ctypes.cast(f, ctypes.c_void_p).value or 0) if f is not None else 0
+    try:
+        for path in scipy_openblas_paths():
+            lib = ctypes.CDLL(path)
+            setter = getattr(lib, "openblas_set_num_threads_local", None)
+            if setter is not None:
+                getter = (getattr(lib, "openblas_get_num_threads", None)
+                          or getattr(lib, "scipy_openblas_get_num_threads", None))
+                return addr(setter), addr(getter)
     except OSError:
         pass
-    return 0
+    return 0, 0
+
+
+def loaded_libraries(paths) -> list:
+    """Those of ``paths`` this process has loaded already (``RTLD_NOLOAD``: none is
+    loaded by asking; where the platform lacks it, every path counts as loaded)."""
+    noload = getattr(os, "RTLD_NOLOAD", None)
+    if noload is None:
+        return list(paths)
+    out = []
+    for path in paths:
+        try:
+            ctypes.CDLL(path, mode=noload | getattr(os, "RTLD_LAZY", 1))
+            out.append(path)
+        except OSError:
+            pass
+    return out
+
+
+def end_fresh_blas_workers(paths) -> None:
+    """End the worker threads of OpenBLAS libraries (``paths``) this process has just
+    loaded, before anything used them.  OpenBLAS (pthreads build) makes its workers when
+    it is loaded, and a worker with no work spins on ``sched_yield`` for ~0.1 s before
+    it sleeps: on two CPUs, a just-loaded library's worker took turns of a few ms with
+    the kernels' OpenMP threads, so in the first ~0.1 s after the kernels' first call one
+    batch-1 call in four or five took ~5 ms instead of ~0.8 (LSTM(256) T=100, Zen 4 VM;
+    ``bench/cold_start.py --calls``).  ``blas_thread_shutdown_`` (what OpenBLAS runs
+    before a fork) joins them; OpenBLAS makes them again at its next threaded call.
+    Called with the GIL held (``PyDLL``), so no Python thread starts a BLAS call
+    meanwhile."""
+    for path in paths:
+        try:
+            lib = ctypes.PyDLL(path)
+        except OSError:
+            continue
+        fn = getattr(lib, "blas_thread_shutdown_", None)
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            fn()
 
 
 def hook_blas() -> None:
@@ -148,7 +200,7 @@ def hook_blas() -> None:
         if _blas_hooked:
             return
         from . import _kernels
-        _kernels._set_blas_local_setter(blas_local_setter_address())
+        _kernels._set_blas_local_setter(*blas_thread_functions())
         _blas_hooked = True
 
 

@@ -19,7 +19,7 @@ carries the state; its output repeats the last output (zero before any) or is ze
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from .model import _sigmoid as expit   # (the kernels' sigmoid: no scipy.special import)
 
 __all__ = ["forward", "backward", "needs_general"]
 

@@ -82,7 +82,7 @@ def _hook_blas() -> None:
             return
         from . import _backward
         _threads.hook_blas()
-        _backward._set_blas_local_setter(_threads.blas_local_setter_address())
+        _backward._set_blas_local_setter(*_threads.blas_thread_functions())
         _hooked = True
 
 
