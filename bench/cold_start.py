@@ -7,8 +7,9 @@ calls after it, in new Python processes.
 
 Prints each phase's median over the runs (one process each, run one after another,
 byte-code caches written by the first).  ``--model FILE``: instead of a layer made in
-the process, ``fastrnn.load(FILE)`` and two ``predict`` calls on the input stored beside
-it (``FILE`` with ``.npz`` for its suffix, array ``x``: the test fixtures' layout).
+the process, ``fastrnn.load(FILE)`` and its ``predict`` (a PyTorch checkpoint: the layer)
+on the input stored beside it (``FILE`` with ``.npz`` for its suffix, array ``x`` or the
+first ``in:`` one: the test fixtures' layouts).
 ``--train``: the calls are training steps (``forward_train`` + ``backward`` of ones).
 ``--calls N``: after the first call, N more back to back: the second's time, their
 median, total and how many took over twice their median (a process's first ~0.1 s, while
@@ -31,8 +32,10 @@ import fastrnn
 t2 = time.perf_counter()
 calls, argv = int(sys.argv[1]), sys.argv[2:]
 if argv[0] == "--model":
-    layer = fastrnn.load(argv[1]).predict
-    x = np.load(argv[1].rsplit(".", 1)[0] + ".npz")["x"]
+    m = fastrnn.load(argv[1])
+    layer = getattr(m, "predict", m)              # (a PyTorch checkpoint: its layer)
+    npz = np.load(argv[1].rsplit(".", 1)[0] + ".npz")
+    x = npz["x"] if "x" in npz.files else npz[[k for k in npz.files if k[:3] == "in:"][0]]
 else:
     layer = getattr(fastrnn, argv[0])(int(argv[1]), int(argv[1]), seed=0)
     x = np.zeros((100, 1, int(argv[1])), np.float32)

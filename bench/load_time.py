@@ -1,9 +1,10 @@
-"""Loading a checkpoint: ``fastrnn.load`` of a safetensors file written by fastrnn and of
-a PyTorch ``state_dict`` .pt file, for a stacked bidirectional LSTM.
+"""Loading a checkpoint: ``fastrnn.load`` of a safetensors file written by fastrnn, of a
+PyTorch ``state_dict`` .pt file and of PyTorch's ONNX export, for a stacked bidirectional
+LSTM.
 
     PYTHONPATH=. python bench/load_time.py [--hidden 1024] [--layers 2] [--runs 5]
 
-Writes both files (the .pt one only where torch is installed) to a temporary directory
+Writes the files (the .pt and .onnx ones only where torch is installed) to a temporary directory
 and prints, per file, its size and the fastest of ``--runs`` loads in this process (the
 file in the page cache after the first).  Only fastrnn; no timing thresholds.
 """
@@ -11,6 +12,7 @@ import argparse
 import os
 import tempfile
 import time
+import warnings
 
 import fastrnn
 from fastrnn.io import safetensors
@@ -31,8 +33,13 @@ def main(argv=None):
             import torch
             torch.manual_seed(0)
             files.append(os.path.join(d, "lstm.pt"))
-            torch.save(torch.nn.LSTM(H, H, num_layers=L, bidirectional=True).state_dict(),
-                       files[1])
+            mod = torch.nn.LSTM(H, H, num_layers=L, bidirectional=True)
+            torch.save(mod.state_dict(), files[1])
+            files.append(os.path.join(d, "lstm.onnx"))
+            with warnings.catch_warnings():     # (the exporter's notes on batch sizes)
+                warnings.simplefilter("ignore")
+                torch.onnx.export(mod, (torch.zeros(3, 1, H),), files[2], dynamo=False,
+                                  input_names=["x"])
         except ImportError:
             pass
         for f in files:

@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, KeyError):
             msg = str(e.args[0]) if e.args else "KeyError"
         if isinstance(e, ImportError) and "fastrnn" not in msg:
-            msg += " (install the optional dependency, e.g. pip install 'fastrnn[keras]' / '[onnx]')"
+            msg += " (install the optional dependency, e.g. pip install 'fastrnn[cli]' / '[dask]')"
         print(f"fastrnn: error: {type(e).__name__}: {msg}" if not isinstance(e, (ValueError, OSError))
               else f"fastrnn: error: {msg}", file=sys.stderr)
         return 1

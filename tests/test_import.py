@@ -196,3 +196,17 @@ def test_training_steps_import_no_scipy_package():
             "print(sorted(k for k in sys.modules if k.startswith(('scipy.special', "
             "'scipy.linalg', 'fastrnn._train_general'))))")
     assert _run(code).strip() == "['fastrnn._train_general']"
+
+
+def test_onnx_model_loads_and_runs_without_importing_onnx():
+    """fastrnn reads ONNX's protobuf itself: a fresh process loading and running an ONNX
+    model imports neither ``onnx`` (~0.6 s of imports) nor ``google.protobuf``."""
+    fix = os.path.join(ROOT, "tests", "fixtures", "onnx", "lstm_1l")
+    code = ("import sys, numpy as np, fastrnn\n"
+            f"m = fastrnn.load({fix + '.onnx'!r})\n"
+            f"ref = np.load({fix + '.npz'!r})\n"
+            "y = m.run({'x': ref['in:x']})\n"
+            "assert np.allclose(y['y'], ref['ort:y'], atol=1e-5)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('onnx', 'google', "
+            "'onnxruntime', 'ml_dtypes')))")
+    assert _run(code).strip() == "[]"
