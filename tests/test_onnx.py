@@ -5,8 +5,8 @@ Fixtures come from tests/fixtures/make_onnx.py (TorchScript exporter, ``dynamo=F
 """
 from __future__ import annotations
 
-import io
 import importlib
+import io
 import os
 import sys
 import warnings

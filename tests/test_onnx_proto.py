@@ -109,6 +109,12 @@ def test_attributes_as_onnx_helper_reads_them():
     undefined = onnx.AttributeProto(name="u")
     data = undefined.SerializeToString()
     assert P.Attribute(data, (0, len(data))).value() is None
+    # a TENSOR attribute without its tensor (a fuzz finding): a LoadError naming it
+    node = helper.make_node("Constant", [], ["y"])
+    node.attribute.add(name="value", type=onnx.AttributeProto.TENSOR)
+    m = helper.make_model(helper.make_graph([node], "g", [], [onnx.ValueInfoProto(name="y")]))
+    with pytest.raises(LoadError, match="attribute 'value' has no value"):
+        load_onnx(m)
 
 
 def test_model_graph_nodes_inputs_as_onnx_reads_them():
@@ -243,3 +249,78 @@ def test_malformed_wire_data():
                       (b"\x00", "field number 0"), (b"\x3a\x02\x12\x05", "past the end")):
         with pytest.raises(LoadError, match=msg):
             load_onnx(data)
+
+
+def _key(num, wt):
+    return _enc_varint(num << 3 | wt)
+
+
+def _enc_varint(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _random_message(rng, depth):
+    """Wire-valid bytes: random fields (numbers ONNX uses and others) of random wire
+    types, length-delimited ones holding random messages, strings or packed numbers."""
+    out = bytearray()
+    for _ in range(rng.integers(0, 6)):
+        num = int(rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 20, 99]))
+        wt = int(rng.choice([0, 0, 1, 2, 2, 2, 5]))
+        out += _key(num, wt)
+        if wt == 0:
+            out += _enc_varint(int(rng.choice([0, 1, 7, 300, 2 ** 63, 2 ** 64 - 1])))
+        elif wt == 1:
+            out += rng.bytes(8)
+        elif wt == 5:
+            out += rng.bytes(4)
+        else:
+            kind = rng.integers(0, 3)
+            body = (_random_message(rng, depth + 1) if kind == 0 and depth < 5
+                    else rng.bytes(int(rng.integers(0, 12))) if kind == 1
+                    else b"".join(_enc_varint(int(x)) for x in rng.integers(0, 2 ** 40, 3)))
+            out += _enc_varint(len(body)) + body
+    return bytes(out)
+
+
+def test_random_wire_valid_messages_load_or_raise_load_errors():
+    """2000 random, wire-valid messages (nested, fields of every wire type where ONNX's
+    have another): each loads or raises LoadError, nothing else, in this process."""
+    rng = np.random.default_rng(77)
+    outcomes = {"loaded": 0, "error": 0}
+    for _ in range(2000):
+        data = _random_message(rng, 0)
+        try:
+            load_onnx(data)
+            outcomes["loaded"] += 1
+        except LoadError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100, outcomes
+
+
+def test_constant_value_attributes_of_another_type_are_named_errors():
+    """Fuzz findings: a ConstantOfShape / Constant whose 'value' is not a tensor (ints, a
+    graph) or a ConstantOfShape value of several values: a TypeError / ValueError naming
+    the model and node (at run, the shape coming from the input), never AttributeError."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    shape = helper.make_node("Shape", ["x"], ["s"])
+    for value, err, msg in (([1, 2], TypeError, "not a tensor"),
+                            (numpy_helper.from_array(np.ones(2, np.float32)), ValueError,
+                             "2 values, not one")):
+        node = helper.make_node("ConstantOfShape", ["s"], ["y"], value=value)
+        m = load_onnx(helper.make_model(helper.make_graph(
+            [shape, node], "cos", [x], [onnx.ValueInfoProto(name="y")])))
+        with pytest.raises(err, match=rf"^cos: node 1 ConstantOfShape.*{msg}"):
+            m.run({"x": np.ones((2, 3), np.float32)})
+    node = helper.make_node("Constant", [], ["y"], value=[1, 2])
+    node.attribute[0].name = "value"
+    with pytest.raises(LoadError, match="not a tensor"):
+        load_onnx(helper.make_model(helper.make_graph(
+            [node], "c", [], [onnx.ValueInfoProto(name="y")])))

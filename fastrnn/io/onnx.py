@@ -49,6 +49,9 @@ def _attrs(node) -> dict[str, Any]:
             out[a.name] = a  # never executed; the op that needs it is unsupported
             continue
         if a.type == a.TENSOR:      # (read here, at load: Constant, ConstantOfShape)
+            if a.t is None:
+                raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r} "
+                                "has no value")
             try:
                 out[a.name] = _tensor(a.t)
             except LoadError as e:
@@ -130,9 +133,16 @@ def _op_identity(i, a, o):
     return [i[0]]
 
 
+def _tensor_attr(a, op):
+    v = a["value"]
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{op}: attribute 'value' is not a tensor ({type(v).__name__})")
+    return v
+
+
 def _op_constant(i, a, o):
     if "value" in a:
-        return [a["value"]]
+        return [_tensor_attr(a, "Constant")]
     for k, dt in (("value_float", np.float32), ("value_floats", np.float32),
                   ("value_int", np.int64), ("value_ints", np.int64)):
         if k in a:
@@ -141,7 +151,9 @@ def _op_constant(i, a, o):
 
 
 def _op_constant_of_shape(i, a, o):
-    v = a["value"] if "value" in a else np.zeros(1, np.float32)
+    v = _tensor_attr(a, "ConstantOfShape") if "value" in a else np.zeros(1, np.float32)
+    if v.size != 1:
+        raise ValueError(f"ConstantOfShape: 'value' has {v.size} values, not one")
     return [np.full(_ints(i[0]), v.reshape(-1)[0], dtype=v.dtype)]
 
 
