@@ -44,21 +44,21 @@ from fastrnn._mem import aligned_empty
 
 cdef extern from *:
     """
-    typedef int (*frb_set_threads_t)(int);
-    typedef int (*frb_get_threads_t)(void);
-    static frb_set_threads_t frb_blas_set_local = 0;
-    static frb_get_threads_t frb_blas_get = 0;
-    /* as _kernels' fr_blas_threads: -1 where nothing was set */
-    static int frb_blas_threads(int n) {
-        if (!frb_blas_set_local || (frb_blas_get && frb_blas_get() == n)) return -1;
-        return frb_blas_set_local(n);
-    }
+    typedef int (*frb_enter_t)(int);
+    typedef void (*frb_leave_t)(int);
+    static frb_enter_t frb_blas_enter_fn = 0;
+    static frb_leave_t frb_blas_leave_fn = 0;
+    /* _kernels' fr_blas_enter / fr_blas_leave (one OpenBLAS thread count shared by
+       every kernel call; see there) */
+    static int frb_blas_enter(int n) { return frb_blas_enter_fn ? frb_blas_enter_fn(n) : -1; }
+    static void frb_blas_leave(int t) { if (frb_blas_leave_fn && t >= 0) frb_blas_leave_fn(t); }
     """
-    ctypedef int (*frb_set_threads_t)(int) noexcept nogil
-    ctypedef int (*frb_get_threads_t)() noexcept nogil
-    frb_set_threads_t frb_blas_set_local
-    frb_get_threads_t frb_blas_get
-    int frb_blas_threads(int n) nogil
+    int frb_blas_enter(int n) nogil
+    void frb_blas_leave(int t) nogil
+    ctypedef int (*frb_enter_t)(int) noexcept nogil
+    ctypedef void (*frb_leave_t)(int) noexcept nogil
+    frb_enter_t frb_blas_enter_fn
+    frb_leave_t frb_blas_leave_fn
 
 
 include "_place.pxi"
@@ -109,11 +109,11 @@ def _hooks_changed():
     _kernels._hooks_changed()
 
 
-def _set_blas_local_setter(intptr_t address, intptr_t getter=0):
-    """As ``_kernels._set_blas_local_setter``."""
-    global frb_blas_set_local, frb_blas_get
-    frb_blas_set_local = <frb_set_threads_t>address
-    frb_blas_get = <frb_get_threads_t>getter
+def _set_blas_hooks(intptr_t enter, intptr_t leave):
+    """Install ``_kernels``' ``fr_blas_enter`` / ``fr_blas_leave`` (0, 0 to disable)."""
+    global frb_blas_enter_fn, frb_blas_leave_fn
+    frb_blas_enter_fn = <frb_enter_t>enter
+    frb_blas_leave_fn = <frb_leave_t>leave
 
 
 cdef extern from "_backward_gemm.h":
@@ -940,7 +940,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef floating* acc = NULL
     cdef floating* hraw = NULL
     cdef floating* rh = NULL
-    cdef int old_blas, rc
+    cdef int blas_tok, rc
     cdef bint ok = True
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
@@ -952,7 +952,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         # LSTM, GRU (reset_after): both threads through every step, split by units (one
         # barrier per step; LSTM from 16 sequences on: by batch rows); GRU keeps
         # hn = h W_hn + b_hn in cs
-        old_blas = frb_blas_threads(nt)
+        blas_tok = frb_blas_enter(nt)
         if d.cell == 1:
             if floating is float:
                 rc = frbg_lstm_fwd_f(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias,
@@ -966,8 +966,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         else:
             rc = frbg_gru_fwd_d(level, nt, S, offsets, nsteps, I, H, x, wih, whh, bias, bhn,
                                 h0, y, ldy, gates, cs)
-        if old_blas >= 0:
-            frb_blas_threads(old_blas)
+        frb_blas_leave(blas_tok)
         return rc
     if d.cell == 0:
         ok = _rec_init(&R1, whh, H, H, H, True, small)
@@ -996,12 +995,11 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         free(R1.bp)
         free(R2.bp)
         return -1
-    old_blas = frb_blas_threads(nt)
+    blas_tok = frb_blas_enter(nt)
     if level > 0 and nt >= 2 and S > 1 and fr_can_pipeline():
         rc = _forward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0,
                                 bias, bhn, y, gates, cs, acc, hraw, rh)
-        if old_blas >= 0:
-            frb_blas_threads(old_blas)
+        frb_blas_leave(blas_tok)
         free(acc)
         free(rh)
         free(hraw)
@@ -1016,8 +1014,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     for s in range(S):
         _fwd_step(d, s, nt, &R1, &R2, offsets, nsteps, h0, c0, bias, bhn, y, gates, cs, acc,
                   hraw, rh)
-    if old_blas >= 0:
-        frb_blas_threads(old_blas)
+    frb_blas_leave(blas_tok)
     free(acc)
     free(rh)
     free(hraw)
@@ -1433,7 +1430,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef floating* src
     cdef floating* dys
     cdef int ldsrc
-    cdef int old_blas
+    cdef int blas_tok
     cdef bint ok
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
@@ -1497,7 +1494,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         free(tmp)
         free(dhr)
         return -1
-    old_blas = frb_blas_threads(nt)
+    blas_tok = frb_blas_enter(nt)
     for k in range(N):
         ones[k] = 1
     kind = d.cell
@@ -1505,8 +1502,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         rc = _backward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0, y,
                                  gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr,
                                  dg, dnx, dhr, aux, tmp)
-        if old_blas >= 0:
-            frb_blas_threads(old_blas)
+        frb_blas_leave(blas_tok)
         free(R1.bp)
         free(R2.bp)
         frbg_scratch_put(0, dg)
@@ -1582,8 +1578,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         _wgemm(level, H, H, N, dg + 2 * H, 1, GH, aux, H, False, dwhh + 2 * H * H, H, 0, nt)
     if d.cell == 1 and d.proj:
         _wgemm(level, P, H, N, dy, 1, P, aux, H, False, dwhr, H, 0, nt)
-    if old_blas >= 0:
-        frb_blas_threads(old_blas)
+    frb_blas_leave(blas_tok)
     free(R1.bp)
     free(R2.bp)
     frbg_scratch_put(0, dg)

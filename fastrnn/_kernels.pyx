@@ -69,13 +69,55 @@ cdef extern from *:
     typedef int (*fr_get_threads_t)(void);
     static fr_set_threads_t fr_blas_set_local = 0;
     static fr_get_threads_t fr_blas_get = 0;
-    /* OpenBLAS's thread count to n; the old count to restore, or -1: nothing set (no
-       setter, or the count is n already: a set would also make OpenBLAS's workers again
-       where they were ended, _threads.end_fresh_blas_workers) */
-    static int fr_blas_threads(int n) {
-        if (!fr_blas_set_local || (fr_blas_get && fr_blas_get() == n)) return -1;
-        return fr_blas_set_local(n);
+    /* OpenBLAS's thread count while kernel calls run (the training kernels use these
+       too, _backward gets their addresses).  scipy's OpenBLAS (pthreads build) keeps
+       one count a process, so calls that overlap (Python threads) share it: while any
+       runs it is the smallest count a running call wants (never more threads than a
+       call asked for), and when the last one leaves, the count found before the first
+       (a save / restore a call would leave at another call's count, e.g. 1 after calls
+       of 1 and 2 threads overlapped).  It is set only where it differs: a set also
+       makes OpenBLAS's workers again where they were ended
+       (_threads.end_fresh_blas_workers).  fr_blas_enter returns the token for
+       fr_blas_leave, -1 where there is no setter. */
+    #define FR_BLAS_MAXN 256
+    static int fr_blas_mu = 0, fr_blas_users = 0, fr_blas_saved = -1;
+    static int fr_blas_count[FR_BLAS_MAXN + 1];
+    static void fr_blas_lock(void) {
+        while (__atomic_exchange_n(&fr_blas_mu, 1, __ATOMIC_ACQUIRE)) {
+            while (__atomic_load_n(&fr_blas_mu, __ATOMIC_RELAXED)) { }
+        }
     }
+    static void fr_blas_unlock(void) { __atomic_store_n(&fr_blas_mu, 0, __ATOMIC_RELEASE); }
+    static void fr_blas_apply(void) {       /* (under the lock) */
+        int want = fr_blas_saved, k;
+        for (k = 1; k <= FR_BLAS_MAXN; k++)
+            if (fr_blas_count[k]) { want = k; break; }
+        if (want < 1 || (fr_blas_get && fr_blas_get() == want)) return;
+        fr_blas_set_local(want);
+    }
+    static int fr_blas_enter(int n) {
+        if (!fr_blas_set_local) return -1;
+        if (n < 1) n = 1;
+        if (n > FR_BLAS_MAXN) n = FR_BLAS_MAXN;
+        fr_blas_lock();
+        if (fr_blas_users++ == 0)
+            fr_blas_saved = fr_blas_get ? fr_blas_get() : fr_blas_set_local(n);
+        fr_blas_count[n]++;
+        fr_blas_apply();
+        fr_blas_unlock();
+        return n;
+    }
+    static void fr_blas_leave(int n) {
+        if (n < 1 || n > FR_BLAS_MAXN) return;
+        fr_blas_lock();
+        fr_blas_count[n]--;
+        fr_blas_users--;
+        fr_blas_apply();
+        if (fr_blas_users == 0) fr_blas_saved = -1;
+        fr_blas_unlock();
+    }
+    static intptr_t fr_blas_enter_addr(void) { return (intptr_t)&fr_blas_enter; }
+    static intptr_t fr_blas_leave_addr(void) { return (intptr_t)&fr_blas_leave; }
     """
     int fr_omp_max_threads() nogil
     int fr_has_openmp() nogil
@@ -83,7 +125,10 @@ cdef extern from *:
     ctypedef int (*fr_get_threads_t)() noexcept nogil
     fr_set_threads_t fr_blas_set_local
     fr_get_threads_t fr_blas_get
-    int fr_blas_threads(int n) nogil
+    int fr_blas_enter(int n) nogil
+    void fr_blas_leave(int n) nogil
+    intptr_t fr_blas_enter_addr()
+    intptr_t fr_blas_leave_addr()
 
 
 cdef extern from "fr_kern.h":
@@ -229,6 +274,22 @@ def _set_blas_local_setter(intptr_t address, intptr_t getter=0):
     global fr_blas_set_local, fr_blas_get
     fr_blas_set_local = <fr_set_threads_t>address
     fr_blas_get = <fr_get_threads_t>getter
+
+
+def _blas_hooks():
+    """Addresses of ``fr_blas_enter`` / ``fr_blas_leave`` (the training kernels call
+    them: one shared OpenBLAS thread count, see their comment)."""
+    return fr_blas_enter_addr(), fr_blas_leave_addr()
+
+
+def _blas_enter(int n):
+    """Test hook: ``fr_blas_enter(n)`` (the token)."""
+    return fr_blas_enter(n)
+
+
+def _blas_leave(int token):
+    """Test hook: ``fr_blas_leave(token)``."""
+    fr_blas_leave(token)
 
 
 # ----------------------------------------------------------------------------- math
@@ -594,8 +655,7 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
     cdef int s, s0, s1, b, n, t, kind
     cdef Py_ssize_t row0, nrows, dst
     cdef bint gather = d.reverse and d.varlen
-    cdef int old_blas = -1
-    old_blas = fr_blas_threads(nt)
+    cdef int blas_tok = fr_blas_enter(nt)
     if d.cell == 0:
         kind = 0
     elif d.cell == 1:
@@ -695,8 +755,8 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
                         memcpy(lastout + <Py_ssize_t>b * P, h + <Py_ssize_t>b * P,
                                sizeof(floating) * P)
         s0 = s1
-    if old_blas >= 0:
-        fr_blas_threads(old_blas)
+    if blas_tok >= 0:
+        fr_blas_leave(blas_tok)
 
 
 # Path choice.  "small": packed per-thread matvec kernel in one persistent parallel region

@@ -72,17 +72,17 @@ _hooked = False
 
 
 def _hook_blas() -> None:
-    """Give the training kernels scipy's ``openblas_set_num_threads_local`` (once), the
-    same function the forward kernels use (see :mod:`fastrnn._threads`)."""
+    """Give the training kernels the forward kernels' OpenBLAS thread-count functions
+    (once; one count shared by every kernel call, see :mod:`fastrnn._threads`)."""
     global _hooked
     if _hooked:
         return
     with _hook_lock:
         if _hooked:
             return
-        from . import _backward
+        from . import _backward, _kernels
         _threads.hook_blas()
-        _backward._set_blas_local_setter(*_threads.blas_thread_functions())
+        _backward._set_blas_hooks(*_kernels._blas_hooks())
         _hooked = True
 
 

@@ -208,3 +208,58 @@ def test_onnx_model_kept_programs_from_threads():
     for key, res in got.items():
         for name, v in res.items():
             np.testing.assert_array_equal(v, expected[key][name])
+
+
+def _openblas_count():
+    import ctypes
+    from fastrnn import _threads
+    paths = _threads.loaded_libraries(_threads.scipy_openblas_paths())
+    if not paths:
+        pytest.skip("scipy here has no OpenBLAS of its own (not a wheel)")
+    lib = ctypes.CDLL(paths[0])
+    get = getattr(lib, "scipy_openblas_get_num_threads", None) or lib.openblas_get_num_threads
+    return get
+
+
+def test_openblas_thread_count_shared_by_overlapping_calls():
+    """scipy's OpenBLAS keeps one thread count a process: while kernel calls overlap it
+    is the smallest count a running call wants, and when the last leaves, the count
+    found before the first (a save / restore per call left it at 1 after calls of 1
+    and 2 threads overlapped)."""
+    from fastrnn import _kernels, _threads
+    _threads.hook_blas()
+    get = _openblas_count()
+    base = get()
+    if base < 2:
+        pytest.skip("OpenBLAS runs one thread here")
+    a = _kernels._blas_enter(2)
+    assert get() == 2
+    b = _kernels._blas_enter(1)
+    assert get() == 1                   # the smallest wanted
+    _kernels._blas_leave(a)
+    assert get() == 1
+    c = _kernels._blas_enter(2)
+    _kernels._blas_leave(b)
+    assert get() == 2                   # the 2-thread call left alone
+    _kernels._blas_leave(c)
+    assert get() == base
+
+
+def test_openblas_thread_count_restored_after_threads_of_different_counts():
+    """Training steps of 1 and 2 threads from four Python threads at once, five times:
+    scipy's OpenBLAS count is the process's again after each round."""
+    from fastrnn import train
+    x = np.ones((20, 8, 32), np.float32)
+    layers = {nt: fastrnn.LSTM(32, 32, num_threads=nt, seed=0) for nt in (1, 2)}
+
+    def step(k, i):
+        lay = layers[1 + k % 2]
+        out, _, cache = train.forward_train(lay, x)
+        train.backward(lay, cache, np.ones_like(out))
+
+    step(1, 0)
+    get = _openblas_count()
+    base = get()
+    for _ in range(5):
+        _run_threads(step, 4, 15)
+        assert get() == base
