@@ -116,6 +116,13 @@ cdef extern from *:
         if (fr_blas_users == 0) fr_blas_saved = -1;
         fr_blas_unlock();
     }
+    static void fr_blas_after_fork(void) {  /* (a child: no other thread runs) */
+        int k;
+        for (k = 0; k <= FR_BLAS_MAXN; k++) fr_blas_count[k] = 0;
+        fr_blas_users = 0;
+        fr_blas_saved = -1;
+        __atomic_store_n(&fr_blas_mu, 0, __ATOMIC_RELEASE);
+    }
     static intptr_t fr_blas_enter_addr(void) { return (intptr_t)&fr_blas_enter; }
     static intptr_t fr_blas_leave_addr(void) { return (intptr_t)&fr_blas_leave; }
     """
@@ -127,6 +134,9 @@ cdef extern from *:
     fr_get_threads_t fr_blas_get
     int fr_blas_enter(int n) nogil
     void fr_blas_leave(int n) nogil
+    void fr_blas_after_fork() nogil
+    void fr_blas_lock() nogil
+    void fr_blas_unlock() nogil
     intptr_t fr_blas_enter_addr()
     intptr_t fr_blas_leave_addr()
 
@@ -280,6 +290,20 @@ def _blas_hooks():
     """Addresses of ``fr_blas_enter`` / ``fr_blas_leave`` (the training kernels call
     them: one shared OpenBLAS thread count, see their comment)."""
     return fr_blas_enter_addr(), fr_blas_leave_addr()
+
+
+def _blas_after_fork():
+    """In a forked child: the shared OpenBLAS count's state as if no call ran (a call of
+    another thread may have held its lock at the fork: that thread is not in the child)."""
+    fr_blas_after_fork()
+
+
+def _blas_hold(bint hold):
+    """Test hook: take (True) or give back (False) the shared OpenBLAS count's lock."""
+    if hold:
+        fr_blas_lock()
+    else:
+        fr_blas_unlock()
 
 
 def _blas_enter(int n):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import sys
 import threading
 import time
 
@@ -83,6 +84,9 @@ def _after_fork_in_child() -> None:
     if _threads_used:
         _fork_single = True
         _fork_warned = False
+    kern = sys.modules.get("fastrnn._kernels")
+    if kern is not None:
+        kern._blas_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

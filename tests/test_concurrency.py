@@ -263,3 +263,40 @@ def test_openblas_thread_count_restored_after_threads_of_different_counts():
     for _ in range(5):
         _run_threads(step, 4, 15)
         assert get() == base
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_openblas_count_lock():
+    """A child forked while another thread held the shared OpenBLAS count's lock (in a
+    call's enter / leave) starts with the count's state as if no call ran: its training
+    step does not wait for a thread that is not in the child."""
+    import os
+    import time
+    from fastrnn import _kernels, _threads, train
+    _threads.hook_blas()
+    train._hook_blas()
+    _kernels._blas_hold(True)
+    try:
+        pid = os.fork()
+        if pid == 0:                                    # child
+            code = 1
+            try:
+                lay = fastrnn.LSTM(8, 8, num_threads=1)
+                out, _, cache = train.forward_train(lay, np.ones((4, 2, 8), np.float32))
+                train.backward(lay, cache, np.ones_like(out))
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        _kernels._blas_hold(False)
+    t_end = time.time() + 30
+    while time.time() < t_end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the OpenBLAS count's lock")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
