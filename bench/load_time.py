@@ -5,13 +5,17 @@ LSTM.
     PYTHONPATH=. python bench/load_time.py [--hidden 1024] [--layers 2] [--runs 5]
 
 Writes the files (the .pt and .onnx ones only where torch is installed) to a temporary directory
-and prints, per file, its size and the fastest of ``--runs`` loads in this process (the
-file in the page cache after the first).  Only fastrnn; no timing thresholds.
+and prints, per file, its size, the fastest of ``--runs`` loads in this process (the
+file in the page cache after the first) and what one more load holds once done (Python
+allocations, ``tracemalloc``: the model's arrays and anything kept with them).  Only
+fastrnn; no timing thresholds.
 """
 import argparse
+import gc
 import os
 import tempfile
 import time
+import tracemalloc
 import warnings
 
 import fastrnn
@@ -48,9 +52,16 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 fastrnn.load(f)
                 best = min(best, time.perf_counter() - t0)
+            gc.collect()
+            tracemalloc.start()
+            m = fastrnn.load(f)
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            del m
             print(f"LSTM({H}, {H}, num_layers={L}, bidirectional=True) "
                   f"{os.path.basename(f)} {os.path.getsize(f) / 1e6:.1f} MB: "
-                  f"load {best * 1e3:.1f} ms")
+                  f"load {best * 1e3:.1f} ms, holds {held / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

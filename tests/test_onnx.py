@@ -269,6 +269,38 @@ def test_loads_and_runs_without_the_onnx_package(monkeypatch):
                                                err_msg=f"{fname} {k}")
 
 
+def test_recurrent_weights_are_not_kept_twice(tmp_path):
+    """An exported model's W / R / B initializers become its layers' weights at load and
+    are not also kept as ONNX arrays: what loading holds is about the file's size (it
+    was twice that); results unchanged; asking for such an initializer as an output is
+    a clear error."""
+    import gc
+    import tracemalloc
+    mod = torch.nn.LSTM(96, 96, num_layers=2, bidirectional=True)
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(mod, (torch.zeros(3, 1, 96),), path, dynamo=False,
+                          input_names=["x"])
+    size = os.path.getsize(path)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        m = load_onnx(path)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 1.3 * size, (held, size)
+    x = np.random.default_rng(0).standard_normal((5, 2, 96)).astype(np.float32)
+    with torch.no_grad():
+        want = mod(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(m.run({"x": x})[m.output_names[0]], want, rtol=1e-4, atol=1e-5)
+    wname = [s[1].inputs[1] for s in m._steps if s[0] == "rnn"][0]
+    with pytest.raises(ValueError, match="became recurrent layers' weights"):
+        m.run({"x": x}, outputs=[wname])
+
+
 def test_index_errors_are_clear():
     m = load_onnx(os.path.join(FIX, "embed_lstm_linear.onnx"))
     with pytest.raises(IndexError, match="Gather"):
