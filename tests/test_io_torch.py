@@ -449,3 +449,172 @@ def test_whole_module_pickle_keeps_rnn_settings(tmp_path):
     d = read_torch_file(tmp_path / "seq.pt")
     assert set(d) == set(seq.state_dict())
     assert [s.prefix for s in fio.list_modules(tmp_path / "seq.pt")] == ["0"]
+
+
+# --------------------------------------------------------------------------
+# TorchScript archives (torch.jit.save), made here with the real PyTorch: their
+# TorchScript serialisation is not byte-reproducible (a random serialization id, code
+# lines in hash order), so they are not committed fixtures
+
+
+def _ts_case(kind):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(21)
+
+    class Head(torch.nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+            out = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
+            self.fc = torch.nn.Linear(out * (2 if rnn.bidirectional else 1), 2)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.fc(y)
+
+    rnn = {"lstm_bi_bf": lambda: torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True,
+                                               batch_first=True),
+           "gru_bf": lambda: torch.nn.GRU(4, 6, batch_first=True),
+           "rnn_relu": lambda: torch.nn.RNN(3, 4, nonlinearity="relu"),
+           "lstm_proj": lambda: torch.nn.LSTM(4, 6, proj_size=3)}[kind]().eval()
+    bf = rnn.batch_first
+    x = np.random.default_rng(3).standard_normal((2, 7, rnn.input_size) if bf else
+                                                (7, 2, rnn.input_size)).astype(np.float32)
+    with torch.no_grad():
+        want = rnn(torch.from_numpy(x))
+    return torch, rnn, Head(rnn).eval(), x, want
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+@pytest.mark.filterwarnings("ignore:Converting a tensor")      # (tracing torch.nn RNNs)
+@pytest.mark.parametrize("kind", ["lstm_bi_bf", "gru_bf", "rnn_relu", "lstm_proj"])
+@pytest.mark.parametrize("how", ["script", "trace", "script_net", "trace_net"])
+def test_torchscript_archives_load_and_match_torch(kind, how, tmp_path):
+    """``torch.jit.save`` of a scripted or traced torch.nn RNN, alone or inside a model
+    with a head: the recurrent layer, its settings (batch_first, bidirectional,
+    nonlinearity, proj_size: from the archive's code, read as text) and its outputs
+    match PyTorch's; nothing from the archive's code is run."""
+    import fastrnn
+    torch, rnn, net, x, want = _ts_case(kind)
+    mod = net if how.endswith("_net") else rnn
+    with torch.no_grad():
+        ts = (torch.jit.script(mod) if how.startswith("script")
+              else torch.jit.trace(mod, torch.from_numpy(x)))
+    path = str(tmp_path / "m.pt")
+    ts.save(path)
+    layer = fastrnn.load(path)
+    assert layer.batch_first == rnn.batch_first
+    assert layer.bidirectional == rnn.bidirectional and layer.num_layers == rnn.num_layers
+    out, h = layer(x)
+    np.testing.assert_allclose(out, want[0].numpy(), rtol=1e-5, atol=1e-5)
+    wh = want[1]
+    if isinstance(wh, tuple):
+        np.testing.assert_allclose(h[0], wh[0].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(h[1], wh[1].numpy(), rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(h, wh.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+def test_torchscript_archive_modules_and_prefix(tmp_path):
+    """A TorchScript model with two recurrent modules: both listed under their dotted
+    names (as a state dict's), each loaded by its prefix."""
+    torch = pytest.importorskip("torch")
+    import fastrnn
+    from fastrnn.io import statedict
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.LSTM(3, 4)
+            self.dec = torch.nn.GRU(4, 5)
+
+        def forward(self, x):
+            return self.dec(self.enc(x)[0])[0]
+
+    torch.manual_seed(5)
+    m = Two().eval()
+    path = str(tmp_path / "two.pt")
+    torch.jit.script(m).save(path)
+    names = sorted(s.prefix for s in statedict.list_modules(path))
+    assert names == ["dec", "enc"]
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = m.enc(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(fastrnn.load(path, prefix="enc")(x)[0], want, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+def test_torchscript_code_is_never_run(tmp_path):
+    """The archive's code is read as text for the RNNs' settings only: code that would
+    run something (a forward calling os.system) loads as the same inert parameters, and
+    a pickle global outside TorchScript's classes and type tags is still refused."""
+    torch = pytest.importorskip("torch")
+    import fastrnn
+    from fastrnn.io import UnsafeFileError
+
+    class Evil(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(2, 3)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    path = str(tmp_path / "evil.pt")
+    torch.jit.script(Evil().eval()).save(path)
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        items = {i.filename: z.read(i) for i in z.infolist()}
+    marker = tmp_path / "ran"
+    code = [k for k in items if "/code/" in k and k.endswith(".py")][0]
+    items[code] = items[code] + f"\nimport os\nos.system('touch {marker}')\n".encode()
+    pkl = [k for k in items if k.endswith("/data.pkl")][0]
+    with zipfile.ZipFile(tmp_path / "evil2.pt", "w", zipfile.ZIP_STORED) as z:
+        for k, v in items.items():
+            z.writestr(k, v)
+    layer = fastrnn.load(str(tmp_path / "evil2.pt"))
+    assert isinstance(layer, fastrnn.GRU) and not marker.exists()
+    # a global that is not a TorchScript class, type tag or tensor builder: refused
+    assert b"ccollections\nOrderedDict\n" in items[pkl]
+    items[pkl] = items[pkl].replace(b"ccollections\nOrderedDict\n", b"cposix\nsystem\n")
+    with zipfile.ZipFile(tmp_path / "evil3.pt", "w", zipfile.ZIP_STORED) as z:
+        for k, v in items.items():
+            z.writestr(k, v)
+    with pytest.raises(UnsafeFileError):
+        fastrnn.load(str(tmp_path / "evil3.pt"))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+def test_torchscript_archives_mutated_are_load_errors(tmp_path):
+    """400 random byte changes of a TorchScript archive's data.pkl or its RNN's code
+    text: each loads or raises LoadError, nothing else (in this process)."""
+    torch = pytest.importorskip("torch")
+    import zipfile
+
+    import fastrnn
+    from fastrnn.io import LoadError
+    torch.manual_seed(1)
+    path = str(tmp_path / "m.pt")
+    torch.jit.script(torch.nn.LSTM(3, 4, batch_first=True).eval()).save(path)
+    with zipfile.ZipFile(path) as z:
+        items = {i.filename: z.read(i) for i in z.infolist()}
+    targets = [k for k in items if k.endswith(("/data.pkl", "/nn/modules/rnn.py"))]
+    assert len(targets) == 2
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for k in range(400):
+        name = targets[k % 2]
+        data = bytearray(items[name])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        out = tmp_path / f"mut{k % 4}.pt"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for n, v in items.items():
+                z.writestr(n, bytes(data) if n == name else v)
+        try:
+            fastrnn.load(str(out))
+            kinds.add("loaded")
+        except LoadError:
+            kinds.add("error")
+    assert kinds == {"loaded", "error"}

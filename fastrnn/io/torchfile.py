@@ -33,6 +33,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import struct
 import warnings
 import zipfile
@@ -313,6 +314,16 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "Size"): _SafeFn(_torch_size),
     ("torch", "device"): _SafeFn(_torch_device),
 }
+def _same(value, *_tag):
+    return value
+
+
+# TorchScript archives' data.pkl: type tags on typed lists / dicts (the value itself)
+_TS_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch.jit._pickle", n): _SafeFn(_same)
+    for n in ("restore_type_tag", "build_intlist", "build_tensorlist", "build_doublelist",
+              "build_boollist")
+}
 # only inside whole-module pickles (module stubs), harmless builtins
 _MODULE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
@@ -323,16 +334,26 @@ _MODULE_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, reader, module_classes: Iterable[str] = ()):
+    def __init__(self, file, reader, module_classes: Iterable[str] = (),
+                 torchscript: bool = False):
         super().__init__(file, encoding="utf-8")
         self._reader = reader
         self._module_classes = frozenset(module_classes)
+        self._torchscript = torchscript
         self._stubs: dict[str, type] = {}
 
     def find_class(self, module, name):
         key = (module, name)
         if key in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[key]
+        if self._torchscript:
+            # a TorchScript archive: its modules' classes (``__torch__.*``, compiled code
+            # the file carries: never run, the modules read as inert containers) and the
+            # type tags of its typed lists and dicts
+            if key in _TS_GLOBALS:
+                return _TS_GLOBALS[key]
+            if (module == "__torch__" or module.startswith("__torch__.")) and name.isidentifier():
+                return self._stub(f"{module}.{name}")
         if key in _MODULE_GLOBALS:
             return _MODULE_GLOBALS[key]
         if module == "torch" and name in _TORCH_ATTRS:
@@ -342,10 +363,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             (module.startswith("torch.nn.modules.") and name[:1].isupper() and "." not in name)
             or full in self._module_classes
         ):
-            stub = self._stubs.get(full)
-            if stub is None:
-                stub = self._stubs[full] = _stub_factory(full)
-            return stub
+            return self._stub(full)
         if module == "__main__" or not module.startswith(("torch", "builtins", "__builtin__",
                                                           "collections", "numpy", "os",
                                                           "posix", "nt", "subprocess", "sys")):
@@ -361,6 +379,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load global {full!r} from the pickle: it is not on fastrnn's "
             f"allow-list of tensor-building functions, and nothing from the file was run.{hint}"
         )
+
+    def _stub(self, full):
+        stub = self._stubs.get(full)
+        if stub is None:
+            stub = self._stubs[full] = _stub_factory(full)
+        return stub
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -599,10 +623,10 @@ def _prescan(f, name):
     f.seek(start)
 
 
-def _unpickle(data_file, reader, module_classes, name):
+def _unpickle(data_file, reader, module_classes, name, torchscript=False):
     _prescan(data_file, name)
     try:
-        return _RestrictedUnpickler(data_file, reader, module_classes).load()
+        return _RestrictedUnpickler(data_file, reader, module_classes, torchscript).load()
     except LoadError:
         raise
     except RecursionError as e:
@@ -638,7 +662,11 @@ def _read_zip(f, name, module_classes):
             raise
         except Exception as e:  # bad CRC, bad local header, unsupported compression, ...
             raise LoadError(f"{name}: corrupt zip archive ({type(e).__name__}: {e})"[:400]) from e
-        return _unpickle(io.BytesIO(pkl), reader, module_classes, name)
+        code = prefix + "code/"
+        if not any(i.filename.startswith(code) for i in zf.infolist()):
+            return _unpickle(io.BytesIO(pkl), reader, module_classes, name)
+        obj = _unpickle(io.BytesIO(pkl), reader, module_classes, name, torchscript=True)
+        return _from_torchscript(obj, _CodeText(zf, code, name), name)
 
 
 def _read_legacy(f, name, module_classes):
@@ -856,3 +884,131 @@ def read_torch_file(path_or_fileobj, *, module_classes: Iterable[str] = ()) -> d
     pickles that reference anything outside the allow-list.
     """
     return flatten_tensors(read_torch_object(path_or_fileobj, module_classes=module_classes))
+
+
+# --------------------------------------------------------------------------
+# TorchScript archives (torch.jit.save of a scripted or traced module)
+#
+# Their data.pkl holds each module as an object of its compiled class
+# (``__torch__.torch.nn.modules.rnn.LSTM``, ``__torch__.MyNet``, mangled
+# ``__torch__.torch.nn.modules.rnn.___torch_mangle_3.GRU``) whose state is one
+# flat dict: parameters, submodules and flags side by side.  The hyperparameters
+# are not in the pickle but in the archive's code: a scripted torch.nn RNN keeps
+# them as ``name : Final[type] = value`` class lines, a traced one passes them to
+# ``torch.lstm / gru / rnn_tanh / rnn_relu(...)`` in its forward.  Both are read
+# as text with fixed patterns (nothing is compiled or run); each module becomes
+# the stub a ``torch.save(module)`` pickle gives, so the rest is that path's.
+
+_TS_FINAL = re.compile(r"^  (\w+) : Final\[(int|bool|str|float)\] = (.+?)\s*$", re.M)
+_TS_CALL = re.compile(r"torch\.(lstm|gru|rnn_tanh|rnn_relu)\(([^()]*)\)")
+_TS_RNN = {"LSTM", "GRU", "RNN"}
+
+
+class _CodeText:
+    """The text of a TorchScript archive's code files (``code/<module path>.py``)."""
+
+    def __init__(self, zf, code_prefix, name):
+        self._zf, self._prefix, self._name = zf, code_prefix, name
+        self._cache: dict = {}
+
+    def get(self, module_path: str) -> str:
+        if module_path in self._cache:
+            return self._cache[module_path]
+        fname = self._prefix + module_path.replace(".", "/") + ".py"
+        text = ""
+        try:
+            info = self._zf.getinfo(fname)
+        except KeyError:
+            info = None
+        if info is not None:
+            if info.file_size > (16 << 20):
+                raise LoadError(f"{self._name}: {fname} is implausibly large")
+            _check_ratio(info)
+            try:
+                with self._zf.open(info) as f:
+                    text = f.read(info.file_size + 1).decode("utf-8", "replace")
+            except Exception as e:  # bad CRC, ... on damaged archives
+                raise LoadError(f"{self._name}: corrupt zip archive ({type(e).__name__}: "
+                                f"{e})"[:400]) from e
+        self._cache[module_path] = text
+        return text
+
+
+def _class_block(text: str, cls: str) -> str:
+    """The lines of ``class <cls>(...):`` in a code file (up to the next class)."""
+    m = re.search(rf"^class {re.escape(cls)}\(", text, re.M)
+    if m is None:
+        return ""
+    end = re.search(r"^class \w", text[m.end():], re.M)
+    return text[m.start(): m.end() + end.start() if end else len(text)]
+
+
+def _ts_literal(kind: str, v: str):
+    if kind == "bool":
+        return {"True": True, "False": False}.get(v)
+    if kind == "int":
+        return int(v) if re.fullmatch(r"-?\d{1,9}", v) else None
+    if kind == "str":
+        return v[1:-1] if len(v) >= 2 and v[0] == v[-1] == '"' and '"' not in v[1:-1] else None
+    try:
+        return float(v.rstrip("."))
+    except ValueError:
+        return None
+
+
+def _ts_hints(block: str, cls: str) -> dict:
+    """A torch.nn RNN's hyperparameters from its class's code: the ``Final`` lines of a
+    scripted module, else the arguments of a traced module's ``torch.<op>(...)`` call
+    (..., has_biases, num_layers, dropout, train, bidirectional, batch_first)."""
+    out: dict = {}
+    for name, kind, v in _TS_FINAL.findall(block):
+        if name in ("mode", "batch_first", "bidirectional", "num_layers", "hidden_size",
+                    "input_size", "proj_size", "bias", "nonlinearity"):
+            val = _ts_literal(kind, v)
+            if val is not None:
+                out[name] = val
+    if "batch_first" not in out:
+        calls = {(op, args) for op, args in _TS_CALL.findall(block)}
+        if len(calls) == 1:
+            op, args = calls.pop()
+            a = [t.strip() for t in args.split(",")]
+            if len(a) >= 6 and a[-1] in ("True", "False") and a[-2] in ("True", "False"):
+                out["batch_first"] = a[-1] == "True"
+                out["bidirectional"] = a[-2] == "True"
+                if re.fullmatch(r"\d{1,4}", a[-5]):
+                    out["num_layers"] = int(a[-5])
+            if op in ("rnn_tanh", "rnn_relu"):
+                out["nonlinearity"] = op[4:]
+    mode = out.get("mode")
+    if isinstance(mode, str) and mode.startswith("RNN_"):
+        out.setdefault("nonlinearity", mode[4:].lower())
+    return out
+
+
+def _from_torchscript(obj, code: _CodeText, name):
+    """TorchScript module objects as the stubs of ``torch.save(module)`` pickles:
+    ``_parameters`` (the state's arrays), ``_modules`` (its modules), and for torch.nn
+    RNNs the hyperparameters their code gives."""
+    done: dict = {}
+
+    def conv(stub, depth):
+        if depth > _MAX_NESTING:
+            raise LoadError(f"{name}: modules nested too deeply")
+        if id(stub) in done:
+            return done[id(stub)]
+        mod_path, _, cls = stub.cls.rpartition(".")
+        parts = [p for p in mod_path.split(".")[1:] if not p.startswith("___torch_mangle")]
+        out = ModuleStub(".".join(parts + [cls]))
+        done[id(stub)] = out
+        st = stub.state if isinstance(stub.state, dict) else {}
+        params = {k: v for k, v in st.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
+        mods = {k: conv(v, depth + 1) for k, v in st.items()
+                if isinstance(k, str) and isinstance(v, ModuleStub)}
+        out.state = {"_parameters": params, "_modules": mods}
+        if parts[:4] == ["torch", "nn", "modules", "rnn"] and cls in _TS_RNN:
+            out.state.update(_ts_hints(_class_block(code.get(mod_path), cls), cls))
+        return out
+
+    if isinstance(obj, ModuleStub):
+        return conv(obj, 0)
+    return obj
