@@ -618,3 +618,36 @@ def test_torchscript_archives_mutated_are_load_errors(tmp_path):
         except LoadError:
             kinds.add("error")
     assert kinds == {"loaded", "error"}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_two_modules_of_one_class_with_different_settings(how, tmp_path):
+    """Two GRUs of different settings in one archive: TorchScript gives the second its
+    own (mangled) class and code file; each gets its own settings."""
+    torch = pytest.importorskip("torch")
+    import fastrnn
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.GRU(3, 4, batch_first=True)
+            self.b = torch.nn.GRU(4, 5, bidirectional=True)
+
+        def forward(self, x):
+            return self.b(self.a(x)[0].transpose(0, 1))[0]
+
+    torch.manual_seed(0)
+    m = Two().eval()
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    xb = np.random.default_rng(1).standard_normal((6, 2, 4)).astype(np.float32)
+    with torch.no_grad():
+        ts = torch.jit.script(m) if how == "script" else torch.jit.trace(m, torch.from_numpy(x))
+    path = str(tmp_path / "two.pt")
+    ts.save(path)
+    for prefix, sub, xx, bf in (("a", m.a, x, True), ("b", m.b, xb, False)):
+        lay = fastrnn.load(path, prefix=prefix)
+        assert lay.batch_first == bf and lay.bidirectional == (not bf)
+        with torch.no_grad():
+            want = sub(torch.from_numpy(xx))[0].numpy()
+        np.testing.assert_allclose(lay(xx)[0], want, rtol=1e-5, atol=1e-5)
