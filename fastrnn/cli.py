@@ -85,7 +85,7 @@ def cmd_inspect(args) -> int:
     fmt = fio.sniff_format(path)
     _print(f"file:    {path}")
     _print(f"format:  {fmt}  ({os.path.getsize(path):,} bytes)")
-    if fmt in ("torch-zip", "torch-legacy", "safetensors"):
+    if fmt in ("torch-zip", "torch-legacy", "torch-export", "safetensors"):
         meta = {}
         if fmt == "safetensors":
             meta = fio.read_safetensors_metadata(path)

@@ -651,3 +651,69 @@ def test_torchscript_two_modules_of_one_class_with_different_settings(how, tmp_p
         with torch.no_grad():
             want = sub(torch.from_numpy(xx))[0].numpy()
         np.testing.assert_allclose(lay(xx)[0], want, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# torch.export archives (.pt2), made here with the real PyTorch
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", ["lstm_bi_bf", "gru_bf", "rnn_relu", "lstm_proj"])
+@pytest.mark.parametrize("net", [False, True])
+def test_torch_export_archives_load_and_match_torch(kind, net, tmp_path):
+    """``torch.export.save`` of a torch.nn RNN, alone or inside a model with a head: the
+    layer, its settings (read from the exported graph's aten.lstm / gru / rnn_* node,
+    never run) and its outputs match PyTorch's."""
+    import fastrnn
+    torch, rnn, head, x, want = _ts_case(kind)
+    mod = head if net else rnn
+    ep = torch.export.export(mod, (torch.from_numpy(x),))
+    path = str(tmp_path / "m.pt2")
+    torch.export.save(ep, path)
+    assert fastrnn.io.sniff_format(path) == "torch-export"
+    layer = fastrnn.load(path)
+    assert layer.batch_first == rnn.batch_first
+    assert layer.bidirectional == rnn.bidirectional and layer.num_layers == rnn.num_layers
+    out, h = layer(x)
+    np.testing.assert_allclose(out, want[0].numpy(), rtol=1e-5, atol=1e-5)
+    wh = want[1]
+    hs = h if isinstance(wh, tuple) else (h,)
+    for a, b in zip(hs, wh if isinstance(wh, tuple) else (wh,)):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_torch_export_archives_mutated_are_load_errors(tmp_path):
+    """400 random byte changes of a .pt2 archive's weight config, a weight file or its
+    graph: each loads or raises LoadError, nothing else."""
+    torch = pytest.importorskip("torch")
+    import zipfile
+
+    import fastrnn
+    from fastrnn.io import LoadError
+    torch.manual_seed(2)
+    m = torch.nn.GRU(3, 4, batch_first=True).eval()
+    path = str(tmp_path / "m.pt2")
+    torch.export.save(torch.export.export(m, (torch.zeros(2, 5, 3),)), path)
+    with zipfile.ZipFile(path) as z:
+        items = {i.filename: z.read(i) for i in z.infolist()}
+    targets = [k for k in items if k.endswith(("model_weights_config.json", "weights/weight_0",
+                                               "models/model.json"))]
+    assert len(targets) == 3
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for k in range(400):
+        name = targets[k % 3]
+        data = bytearray(items[name])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(32, 127))
+        out = tmp_path / f"mut{k % 4}.pt2"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for n, v in items.items():
+                z.writestr(n, bytes(data) if n == name else v)
+        try:
+            fastrnn.load(str(out))
+            kinds.add("loaded")
+        except LoadError:
+            kinds.add("error")
+    assert kinds == {"loaded", "error"}

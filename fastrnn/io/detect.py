@@ -12,7 +12,8 @@ from . import LoadError
 
 __all__ = ["sniff_format", "load", "FORMATS"]
 
-FORMATS = ("torch-zip", "torch-legacy", "safetensors", "keras-zip", "hdf5", "onnx", "npz")
+FORMATS = ("torch-zip", "torch-legacy", "torch-export", "safetensors", "keras-zip", "hdf5",
+           "onnx", "npz")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -52,6 +53,9 @@ def _zip_kind(f, name: str) -> str:
     except Exception as e:  # BadZipFile, NotImplementedError, OSError, ... on damaged archives
         raise LoadError(f"{name}: looks like a zip archive but cannot be read "
                         f"({type(e).__name__}: {e})"[:400]) from e
+    from .pt2 import is_pt2
+    if is_pt2(names):
+        return "torch-export"
     if any((n == "data.pkl" or n.endswith("/data.pkl")) and n.count("/") <= 1 for n in names):
         return "torch-zip"
     if "config.json" in names and "model.weights.h5" in names:
@@ -64,7 +68,8 @@ def _zip_kind(f, name: str) -> str:
 
 
 def sniff_format(path_or_fileobj) -> str:
-    """One of ``'torch-zip'``, ``'torch-legacy'``, ``'safetensors'``, ``'keras-zip'``,
+    """One of ``'torch-zip'``, ``'torch-legacy'``, ``'torch-export'`` (``.pt2``),
+    ``'safetensors'``, ``'keras-zip'``,
     ``'hdf5'``, ``'onnx'``, ``'npz'``; :class:`LoadError` naming the file otherwise.
 
     File objects are left at the position they had."""
@@ -140,7 +145,7 @@ def load(path, *args, **kwargs):
     Keras (``.keras`` zip, ``.h5``) and ONNX files go to their loaders.
     """
     fmt = sniff_format(path)
-    if fmt in ("torch-zip", "torch-legacy", "safetensors"):
+    if fmt in ("torch-zip", "torch-legacy", "torch-export", "safetensors"):
         from .statedict import load_any_torchlike
 
         return load_any_torchlike(path, *args, **kwargs)

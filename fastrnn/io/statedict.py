@@ -224,6 +224,10 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
 
         obj = read_torch_object(path_or_mapping, module_classes=kw.get("module_classes", ()))
         return flatten_tensors(obj), module_hints(obj)
+    if fmt == "torch-export":
+        from .pt2 import read_pt2
+
+        return read_pt2(path_or_mapping, _display(path_or_mapping))
     if fmt == "safetensors":
         from .safetensors import read_safetensors
 
@@ -331,7 +335,8 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
 
 
 def load_any_torchlike(path, prefix: str | None = None, **kw):
-    """Dispatcher entry for ``torch-zip``, ``torch-legacy`` and ``safetensors`` files.
+    """Dispatcher entry for ``torch-zip``, ``torch-legacy``, ``torch-export`` and
+    ``safetensors`` files.
 
     A safetensors file written by fastrnn itself (config in its metadata) is
     rebuilt exactly; anything else goes through :func:`load_state_dict`.
