@@ -717,3 +717,48 @@ def test_torch_export_archives_mutated_are_load_errors(tmp_path):
         except LoadError:
             kinds.add("error")
     assert kinds == {"loaded", "error"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_torch_export_archive_bad_tensor_descriptions(tmp_path):
+    """A .pt2 weight config whose sizes, strides or offset reach past the stored values,
+    repeat them without end (stride 0), or name a path outside the weights folder: a
+    LoadError naming the weight, before anything large is allocated."""
+    torch = pytest.importorskip("torch")
+    import json
+    import zipfile
+
+    import fastrnn
+    from fastrnn.io import LoadError
+    path = str(tmp_path / "m.pt2")
+    torch.export.save(torch.export.export(torch.nn.GRU(3, 4).eval(), (torch.zeros(5, 2, 3),)),
+                      path)
+    with zipfile.ZipFile(path) as z:
+        items = {i.filename: z.read(i) for i in z.infolist()}
+    cname = [k for k in items if k.endswith("model_weights_config.json")][0]
+
+    def with_meta(change):
+        cfg = json.loads(items[cname])
+        change(cfg["config"]["weight_ih_l0"])
+        out = tmp_path / "bad.pt2"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for n, v in items.items():
+                z.writestr(n, json.dumps(cfg).encode() if n == cname else v)
+        return str(out)
+
+    def sizes(v):
+        return lambda e: e["tensor_meta"].__setitem__("sizes", [{"as_int": n} for n in v])
+
+    def strides(v):
+        return lambda e: e["tensor_meta"].__setitem__("strides", [{"as_int": n} for n in v])
+
+    cases = [(sizes([12, 4]), "reaches past"),
+             (lambda e: (sizes([10 ** 12, 3])(e), strides([0, 1])(e)), "values from 36 stored"),
+             (lambda e: e["tensor_meta"].__setitem__("storage_offset", {"as_int": 30}),
+              "reaches past"),
+             (lambda e: e.__setitem__("path_name", "../../x"), "no valid path_name"),
+             (lambda e: e["tensor_meta"].__setitem__("dtype", 99), "unsupported dtype"),
+             (lambda e: e.__setitem__("use_pickle", True), "pickle")]
+    for change, msg in cases:
+        with pytest.raises(LoadError, match=rf"'weight_ih_l0'.*{msg}|{msg}.*'weight_ih_l0'"):
+            fastrnn.load(with_meta(change))

@@ -102,6 +102,9 @@ def _tensor(zf, base, fqn, entry, what):
     numel = 1
     for n in sizes:
         numel *= n
+    if numel > 16 * max(storage.size, 1):
+        # (strides of 0 repeat values: a real weight never has 16 times its stored values)
+        raise LoadError(f"{what}: {fqn!r} has {numel} values from {storage.size} stored ones")
     if numel:
         last = off + sum((n - 1) * s for n, s in zip(sizes, strides))
         if last >= storage.size:
