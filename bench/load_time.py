@@ -8,7 +8,7 @@ Writes the files (the .pt and .onnx ones only where torch is installed) to a tem
 and prints, per file, its size, the fastest of ``--runs`` loads in this process (the
 file in the page cache after the first) and what one more load holds once done (Python
 allocations, ``tracemalloc``: the model's arrays and anything kept with them).  Only
-fastrnn; no timing thresholds.
+fastrnn; no timing thresholds.  ``--files F ...``: those files instead.
 """
 import argparse
 import gc
@@ -27,8 +27,14 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--files", nargs="+", default=None,
+                    help="measure these model files instead (e.g. a Keras .keras / .h5)")
     a = ap.parse_args(argv)
     H, L = a.hidden, a.layers
+    if a.files:
+        for f in a.files:
+            _measure(f, a.runs, os.path.basename(f))
+        return
     with tempfile.TemporaryDirectory() as d:
         files = [os.path.join(d, "lstm.safetensors")]
         safetensors.save(fastrnn.LSTM(H, H, num_layers=L, bidirectional=True, seed=0),
@@ -47,21 +53,25 @@ def main(argv=None):
         except ImportError:
             pass
         for f in files:
-            best = float("inf")
-            for _ in range(a.runs):
-                t0 = time.perf_counter()
-                fastrnn.load(f)
-                best = min(best, time.perf_counter() - t0)
-            gc.collect()
-            tracemalloc.start()
-            m = fastrnn.load(f)
-            gc.collect()
-            held = tracemalloc.get_traced_memory()[0]
-            tracemalloc.stop()
-            del m
-            print(f"LSTM({H}, {H}, num_layers={L}, bidirectional=True) "
-                  f"{os.path.basename(f)} {os.path.getsize(f) / 1e6:.1f} MB: "
-                  f"load {best * 1e3:.1f} ms, holds {held / 1e6:.1f} MB")
+            _measure(f, a.runs, f"LSTM({H}, {H}, num_layers={L}, bidirectional=True) "
+                                f"{os.path.basename(f)}")
+
+
+def _measure(f, runs, label):
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fastrnn.load(f)
+        best = min(best, time.perf_counter() - t0)
+    gc.collect()
+    tracemalloc.start()
+    m = fastrnn.load(f)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del m
+    print(f"{label} {os.path.getsize(f) / 1e6:.1f} MB: load {best * 1e3:.1f} ms, "
+          f"holds {held / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -508,6 +508,20 @@ class Bidirectional(Layer):
             raise ValueError("both directions must treat masked outputs alike to be fused")
         self._fused = core
 
+    def _share_fused_weights(self) -> None:
+        """Loaders: the directions' layers hold the fused core's arrays (made from their
+        weights) instead of their own copies, so a loaded model keeps each weight once
+        (a Keras Bidirectional LSTM(512) of 12.6 MB held 26.5 MB).  ``load_state_dict``
+        on a direction still replaces its arrays, as before."""
+        for name, arr in self._fused._params.items():
+            rev = name.endswith("_reverse")
+            core = (self.backward if rev else self.forward).core
+            own = name[:-len("_reverse")] if rev else name
+            mine = core._params.get(own)
+            if mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype:
+                core._params[own] = arr
+                core._packed = None
+
     def _run_both(self, x, mask, last=False):
         """(forward output, backward output in the backward layer's Keras order, the
         states); ``last``: each direction's last output (B, H) instead (_last_only)."""
@@ -771,6 +785,7 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
             fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
                                        "go_backwards": False}, sd)
             layer.fuse(fused)
+            layer._share_fused_weights()
         return layer
     raise ValueError(f"unknown model layer class {kind!r}")
 

@@ -195,6 +195,29 @@ def test_bidirectional_fused_equals_two_layers():
     assert model.layers[1]._fused is None
 
 
+def test_fused_bidirectional_keeps_each_weight_once(tmp_path):
+    """A loaded fused Bidirectional's direction layers hold the fused core's arrays, not
+    copies (the model kept every weight twice), from the Keras file and from fastrnn's
+    own save of the model; the unfused path still gives the same outputs."""
+    name = "k2_bi_modes_embed"
+    model = load_keras(model_path(name))
+    path = str(tmp_path / "m.safetensors")
+    model.save(path)
+    x, _ = reference(name)
+    for m in (model, fastrnn.load(path)):
+        bis = [l for l in m.layers if isinstance(l, Bidirectional) and l._fused is not None]
+        assert bis
+        for b in bis:
+            for k, arr in b._fused._params.items():
+                core = b.backward.core if k.endswith("_reverse") else b.forward.core
+                assert core._params[k.replace("_reverse", "")] is arr, k
+        fused = as_list(m.predict(x))
+        for b in bis:
+            b._fused = None
+        for a, c in zip(fused, as_list(m.predict(x))):
+            np.testing.assert_allclose(a, c, atol=1e-6)
+
+
 # ---------------------------------------------------------------- weights-only + architecture
 
 def _specs_k3():

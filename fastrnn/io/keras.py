@@ -1057,6 +1057,7 @@ def _try_fuse(layer, b):
     fused.load_state_dict(sd)
     fused.num_threads = f.num_threads
     layer.fuse(fused)
+    layer._share_fused_weights()
 
 
 def _from_cudnn(d, b, k, rk, bias, G, H, cls):
