@@ -451,6 +451,39 @@ def test_whole_module_pickle_keeps_rnn_settings(tmp_path):
     assert [s.prefix for s in fio.list_modules(tmp_path / "seq.pt")] == ["0"]
 
 
+def _zip_items(path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def _write_zip(out, items) -> str:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for n, v in items.items():
+            z.writestr(n, v)
+    return str(out)
+
+
+def _mutated_loads(items, targets, tmp_path, suffix, byte_range, n=400):
+    """Load ``n`` copies of an archive with 1-3 random bytes of one of ``targets``
+    changed: the set of outcomes ("loaded", "error": a LoadError); anything else raises."""
+    import fastrnn
+    from fastrnn.io import LoadError
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for k in range(n):
+        name = targets[k % len(targets)]
+        data = bytearray(items[name])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(*byte_range))
+        out = _write_zip(tmp_path / f"mut{k % 4}{suffix}", {**items, name: bytes(data)})
+        try:
+            fastrnn.load(out)
+            kinds.add("loaded")
+        except LoadError:
+            kinds.add("error")
+    return kinds
+
+
 # --------------------------------------------------------------------------
 # TorchScript archives (torch.jit.save), made here with the real PyTorch: their
 # TorchScript serialisation is not byte-reproducible (a random serialization id, code
@@ -485,6 +518,17 @@ def _ts_case(kind):
     return torch, rnn, Head(rnn).eval(), x, want
 
 
+def _same_as_torch(layer, rnn, x, want):
+    """The loaded layer has the torch module's settings and gives its outputs."""
+    assert layer.batch_first == rnn.batch_first
+    assert layer.bidirectional == rnn.bidirectional and layer.num_layers == rnn.num_layers
+    out, h = layer(x)
+    np.testing.assert_allclose(out, want[0].numpy(), rtol=1e-5, atol=1e-5)
+    wh = want[1] if isinstance(want[1], tuple) else (want[1],)
+    for a, b in zip(h if isinstance(h, tuple) else (h,), wh, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
 @pytest.mark.filterwarnings("ignore:Converting a tensor")      # (tracing torch.nn RNNs)
 @pytest.mark.parametrize("kind", ["lstm_bi_bf", "gru_bf", "rnn_relu", "lstm_proj"])
@@ -502,17 +546,7 @@ def test_torchscript_archives_load_and_match_torch(kind, how, tmp_path):
               else torch.jit.trace(mod, torch.from_numpy(x)))
     path = str(tmp_path / "m.pt")
     ts.save(path)
-    layer = fastrnn.load(path)
-    assert layer.batch_first == rnn.batch_first
-    assert layer.bidirectional == rnn.bidirectional and layer.num_layers == rnn.num_layers
-    out, h = layer(x)
-    np.testing.assert_allclose(out, want[0].numpy(), rtol=1e-5, atol=1e-5)
-    wh = want[1]
-    if isinstance(wh, tuple):
-        np.testing.assert_allclose(h[0], wh[0].numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(h[1], wh[1].numpy(), rtol=1e-5, atol=1e-5)
-    else:
-        np.testing.assert_allclose(h, wh.numpy(), rtol=1e-5, atol=1e-5)
+    _same_as_torch(fastrnn.load(path), rnn, x, want)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
@@ -563,26 +597,18 @@ def test_torchscript_code_is_never_run(tmp_path):
 
     path = str(tmp_path / "evil.pt")
     torch.jit.script(Evil().eval()).save(path)
-    import zipfile
-    with zipfile.ZipFile(path) as z:
-        items = {i.filename: z.read(i) for i in z.infolist()}
+    items = _zip_items(path)
     marker = tmp_path / "ran"
     code = [k for k in items if "/code/" in k and k.endswith(".py")][0]
     items[code] = items[code] + f"\nimport os\nos.system('touch {marker}')\n".encode()
     pkl = [k for k in items if k.endswith("/data.pkl")][0]
-    with zipfile.ZipFile(tmp_path / "evil2.pt", "w", zipfile.ZIP_STORED) as z:
-        for k, v in items.items():
-            z.writestr(k, v)
-    layer = fastrnn.load(str(tmp_path / "evil2.pt"))
+    layer = fastrnn.load(_write_zip(tmp_path / "evil2.pt", items))
     assert isinstance(layer, fastrnn.GRU) and not marker.exists()
     # a global that is not a TorchScript class, type tag or tensor builder: refused
     assert b"ccollections\nOrderedDict\n" in items[pkl]
     items[pkl] = items[pkl].replace(b"ccollections\nOrderedDict\n", b"cposix\nsystem\n")
-    with zipfile.ZipFile(tmp_path / "evil3.pt", "w", zipfile.ZIP_STORED) as z:
-        for k, v in items.items():
-            z.writestr(k, v)
     with pytest.raises(UnsafeFileError):
-        fastrnn.load(str(tmp_path / "evil3.pt"))
+        fastrnn.load(_write_zip(tmp_path / "evil3.pt", items))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
@@ -590,34 +616,13 @@ def test_torchscript_archives_mutated_are_load_errors(tmp_path):
     """400 random byte changes of a TorchScript archive's data.pkl or its RNN's code
     text: each loads or raises LoadError, nothing else (in this process)."""
     torch = pytest.importorskip("torch")
-    import zipfile
-
-    import fastrnn
-    from fastrnn.io import LoadError
     torch.manual_seed(1)
     path = str(tmp_path / "m.pt")
     torch.jit.script(torch.nn.LSTM(3, 4, batch_first=True).eval()).save(path)
-    with zipfile.ZipFile(path) as z:
-        items = {i.filename: z.read(i) for i in z.infolist()}
+    items = _zip_items(path)
     targets = [k for k in items if k.endswith(("/data.pkl", "/nn/modules/rnn.py"))]
     assert len(targets) == 2
-    rng = np.random.default_rng(0)
-    kinds = set()
-    for k in range(400):
-        name = targets[k % 2]
-        data = bytearray(items[name])
-        for _ in range(int(rng.integers(1, 4))):
-            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
-        out = tmp_path / f"mut{k % 4}.pt"
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-            for n, v in items.items():
-                z.writestr(n, bytes(data) if n == name else v)
-        try:
-            fastrnn.load(str(out))
-            kinds.add("loaded")
-        except LoadError:
-            kinds.add("error")
-    assert kinds == {"loaded", "error"}
+    assert _mutated_loads(items, targets, tmp_path, ".pt", (0, 256)) == {"loaded", "error"}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
@@ -671,15 +676,7 @@ def test_torch_export_archives_load_and_match_torch(kind, net, tmp_path):
     path = str(tmp_path / "m.pt2")
     torch.export.save(ep, path)
     assert fastrnn.io.sniff_format(path) == "torch-export"
-    layer = fastrnn.load(path)
-    assert layer.batch_first == rnn.batch_first
-    assert layer.bidirectional == rnn.bidirectional and layer.num_layers == rnn.num_layers
-    out, h = layer(x)
-    np.testing.assert_allclose(out, want[0].numpy(), rtol=1e-5, atol=1e-5)
-    wh = want[1]
-    hs = h if isinstance(wh, tuple) else (h,)
-    for a, b in zip(hs, wh if isinstance(wh, tuple) else (wh,)):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+    _same_as_torch(fastrnn.load(path), rnn, x, want)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -687,36 +684,15 @@ def test_torch_export_archives_mutated_are_load_errors(tmp_path):
     """400 random byte changes of a .pt2 archive's weight config, a weight file or its
     graph: each loads or raises LoadError, nothing else."""
     torch = pytest.importorskip("torch")
-    import zipfile
-
-    import fastrnn
-    from fastrnn.io import LoadError
     torch.manual_seed(2)
     m = torch.nn.GRU(3, 4, batch_first=True).eval()
     path = str(tmp_path / "m.pt2")
     torch.export.save(torch.export.export(m, (torch.zeros(2, 5, 3),)), path)
-    with zipfile.ZipFile(path) as z:
-        items = {i.filename: z.read(i) for i in z.infolist()}
+    items = _zip_items(path)
     targets = [k for k in items if k.endswith(("model_weights_config.json", "weights/weight_0",
                                                "models/model.json"))]
     assert len(targets) == 3
-    rng = np.random.default_rng(0)
-    kinds = set()
-    for k in range(400):
-        name = targets[k % 3]
-        data = bytearray(items[name])
-        for _ in range(int(rng.integers(1, 4))):
-            data[int(rng.integers(0, len(data)))] = int(rng.integers(32, 127))
-        out = tmp_path / f"mut{k % 4}.pt2"
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-            for n, v in items.items():
-                z.writestr(n, bytes(data) if n == name else v)
-        try:
-            fastrnn.load(str(out))
-            kinds.add("loaded")
-        except LoadError:
-            kinds.add("error")
-    assert kinds == {"loaded", "error"}
+    assert _mutated_loads(items, targets, tmp_path, ".pt2", (32, 127)) == {"loaded", "error"}
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -726,25 +702,19 @@ def test_torch_export_archive_bad_tensor_descriptions(tmp_path):
     LoadError naming the weight, before anything large is allocated."""
     torch = pytest.importorskip("torch")
     import json
-    import zipfile
 
     import fastrnn
     from fastrnn.io import LoadError
     path = str(tmp_path / "m.pt2")
     torch.export.save(torch.export.export(torch.nn.GRU(3, 4).eval(), (torch.zeros(5, 2, 3),)),
                       path)
-    with zipfile.ZipFile(path) as z:
-        items = {i.filename: z.read(i) for i in z.infolist()}
+    items = _zip_items(path)
     cname = [k for k in items if k.endswith("model_weights_config.json")][0]
 
     def with_meta(change):
         cfg = json.loads(items[cname])
         change(cfg["config"]["weight_ih_l0"])
-        out = tmp_path / "bad.pt2"
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-            for n, v in items.items():
-                z.writestr(n, json.dumps(cfg).encode() if n == cname else v)
-        return str(out)
+        return _write_zip(tmp_path / "bad.pt2", {**items, cname: json.dumps(cfg).encode()})
 
     def sizes(v):
         return lambda e: e["tensor_meta"].__setitem__("sizes", [{"as_int": n} for n in v])
