@@ -732,3 +732,28 @@ def test_torch_export_archive_bad_tensor_descriptions(tmp_path):
     for change, msg in cases:
         with pytest.raises(LoadError, match=rf"'weight_ih_l0'.*{msg}|{msg}.*'weight_ih_l0'"):
             fastrnn.load(with_meta(change))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # (torch.jit, deprecated in 2.13)
+def test_torchscript_code_text_cannot_stall_the_reader(tmp_path):
+    """An archive whose RNN code has a 3-million-space line where a setting is read:
+    loaded at once in a child process (a pattern with a lazy group before trailing
+    spaces took time quadratic in such a line: hours here)."""
+    import subprocess
+    import sys
+    torch = pytest.importorskip("torch")
+    path = str(tmp_path / "m.pt")
+    torch.jit.script(torch.nn.LSTM(3, 4, batch_first=True).eval()).save(path)
+    items = _zip_items(path)
+    code = [k for k in items if k.endswith("/nn/modules/rnn.py")][0]
+    text = items[code].decode()
+    text = text.replace("  hidden_size : Final[int]",
+                        "  mode : Final[str] = " + " " * 3_000_000 + "x\n  hidden_size : Final[int]", 1)
+    out = _write_zip(tmp_path / "long.pt", {**items, code: text.encode()})
+    prog = ("import fastrnn, sys; l = fastrnn.load(sys.argv[1]); "
+            "print(l.batch_first, l.hidden_size)")
+    r = subprocess.run([sys.executable, "-c", prog, out], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                           os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "4"]

@@ -899,7 +899,7 @@ def read_torch_file(path_or_fileobj, *, module_classes: Iterable[str] = ()) -> d
 # as text with fixed patterns (nothing is compiled or run); each module becomes
 # the stub a ``torch.save(module)`` pickle gives, so the rest is that path's.
 
-_TS_FINAL = re.compile(r"^  (\w+) : Final\[(int|bool|str|float)\] = (.+?)\s*$", re.M)
+_TS_FINAL = re.compile(r"^  (\w+) : Final\[(int|bool|str|float)\] = ([^\n]*)", re.M)
 _TS_CALL = re.compile(r"torch\.(lstm|gru|rnn_tanh|rnn_relu)\(([^()]*)\)")
 _TS_RNN = {"LSTM", "GRU", "RNN"}
 
@@ -962,6 +962,7 @@ def _ts_hints(block: str, cls: str) -> dict:
     (..., has_biases, num_layers, dropout, train, bidirectional, batch_first)."""
     out: dict = {}
     for name, kind, v in _TS_FINAL.findall(block):
+        v = v.strip()
         if name in ("mode", "batch_first", "bidirectional", "num_layers", "hidden_size",
                     "input_size", "proj_size", "bias", "nonlinearity"):
             val = _ts_literal(kind, v)
