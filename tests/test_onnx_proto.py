@@ -222,6 +222,13 @@ def test_external_data_beside_the_model(tmp_path):
         load_onnx(with_location("nope.bin"))
     with pytest.raises(LoadError, match="outside 'w.bin'"):
         load_onnx(with_location("w.bin", offset="999999"))
+    # a length other than the tensor's (its own 'length' entry replaced)
+    p = onnx.load(str(d / "m.onnx"), load_external_data=False)
+    t = next(t for t in p.graph.initializer if t.name == "R")
+    next(e for e in t.external_data if e.key == "length").value = "8"
+    (d / "short.onnx").write_bytes(p.SerializeToString())
+    with pytest.raises(LoadError, match=r"'R'.*has 8 bytes from offset \d+ for the tensor's 256"):
+        load_onnx(str(d / "short.onnx"))
     if hasattr(os, "symlink"):
         os.symlink(tmp_path / "secret.bin", d / "link.bin")
         with pytest.raises(LoadError, match="outside the model's folder"):

@@ -188,7 +188,7 @@ class Tensor:
         return tensor_to_array(self)
 
 
-def _external_bytes(t: Tensor):
+def _external_bytes(t: Tensor, nbytes: int):
     """The bytes of a tensor stored in a file beside the model: ``location`` relative to
     the model's folder and inside it (no absolute paths, no way out through ``..`` or a
     link), ``offset`` / ``length`` inside the file."""
@@ -220,9 +220,13 @@ def _external_bytes(t: Tensor):
                                        (length < 0 or offset + length > size)):
         raise ProtoError(f"tensor {t.name!r}: external data offset {offset} / length "
                          f"{length} outside {loc!r} ({size} bytes)")
-    with open(path, "rb") as f:
+    have = size - offset if length is None else length
+    if have < nbytes or (length is not None and length != nbytes):
+        raise ProtoError(f"tensor {t.name!r}: {loc!r} has {have} bytes from offset "
+                         f"{offset} for the tensor's {nbytes}")
+    with open(path, "rb") as f:         # (only the tensor's bytes: never a whole large file)
         f.seek(offset)
-        return f.read(size - offset if length is None else length)
+        return f.read(nbytes)
 
 
 def tensor_to_array(t: Tensor) -> np.ndarray:
@@ -240,7 +244,9 @@ def tensor_to_array(t: Tensor) -> np.ndarray:
     for d in dims:
         n *= d
     if t.location == 1:
-        raw = _external_bytes(t)
+        if t.data_type == 8:
+            raise ProtoError(f"tensor {t.name!r}: external string data is not supported")
+        raw = _external_bytes(t, n * dt.itemsize)
     elif t.location != 0:
         raise ProtoError(f"tensor {t.name!r}: unknown data_location {t.location}")
     else:

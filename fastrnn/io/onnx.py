@@ -1,12 +1,12 @@
 """Run ONNX graphs whose recurrent nodes are LSTM, GRU or RNN, without ONNX Runtime.
 
 ``load_onnx(path | bytes | ModelProto)`` reads the model's protobuf itself
-(:mod:`fastrnn.io._onnx_proto`: no ``onnx`` package needed), converts every recurrent node's weights
-once into a :mod:`fastrnn.layers` layer (ONNX gate order LSTM i o f c -> i f g o, GRU
-z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the graph (the small ops
-exporters put around recurrent nodes: Transpose, Squeeze, Reshape, Gather, MatMul, Gemm,
-Shape arithmetic, activations, Softmax, ...) with NumPy.  Anything else is refused at
-load time with a :class:`fastrnn.io.LoadError` naming every unsupported op type.
+(:mod:`fastrnn.io._onnx_proto`: no ``onnx`` package needed), converts every recurrent
+node's weights once into a :mod:`fastrnn.layers` layer (ONNX gate order LSTM i o f c ->
+i f g o, GRU z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the graph
+(the small ops exporters put around recurrent nodes: Transpose, Squeeze, Reshape, Gather,
+MatMul, Gemm, Shape arithmetic, activations, Softmax, ...) with NumPy.  Anything else is
+refused at load time with a :class:`fastrnn.io.LoadError` naming every unsupported op type.
 
 Recurrent node attributes supported: ``direction`` (forward, reverse, bidirectional),
 ``activations`` with ``activation_alpha``/``activation_beta``, ``clip``,
