@@ -120,7 +120,7 @@ def _tensor(zf, base, fqn, entry, what):
     return arr.astype(dt.newbyteorder("="))
 
 
-def _hints(model: dict, what) -> dict:
+def _hints(model: dict) -> dict:
     """``{module prefix: settings}`` of the graph's recurrent nodes."""
     try:
         gm = model["graph_module"]
@@ -201,5 +201,5 @@ def read_pt2(path_or_fileobj, name=None) -> tuple[dict, dict]:
         if model_json:
             model = _json(zf, sorted(model_json)[0], what)
             if isinstance(model, dict):
-                hints = _hints(model, what)
+                hints = _hints(model)
     return tensors, hints

@@ -956,7 +956,7 @@ def _ts_literal(kind: str, v: str):
         return None
 
 
-def _ts_hints(block: str, cls: str) -> dict:
+def _ts_hints(block: str) -> dict:
     """A torch.nn RNN's hyperparameters from its class's code: the ``Final`` lines of a
     scripted module, else the arguments of a traced module's ``torch.<op>(...)`` call
     (..., has_biases, num_layers, dropout, train, bidirectional, batch_first)."""
@@ -1007,7 +1007,7 @@ def _from_torchscript(obj, code: _CodeText, name):
                 if isinstance(k, str) and isinstance(v, ModuleStub)}
         out.state = {"_parameters": params, "_modules": mods}
         if parts[:4] == ["torch", "nn", "modules", "rnn"] and cls in _TS_RNN:
-            out.state.update(_ts_hints(_class_block(code.get(mod_path), cls), cls))
+            out.state.update(_ts_hints(_class_block(code.get(mod_path), cls)))
         return out
 
     if isinstance(obj, ModuleStub):
