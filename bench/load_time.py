@@ -7,7 +7,8 @@ LSTM.
 Writes the files (the .pt and .onnx ones only where torch is installed) to a temporary directory
 and prints, per file, its size, the fastest of ``--runs`` loads in this process (the
 file in the page cache after the first) and what one more load holds once done (Python
-allocations, ``tracemalloc``: the model's arrays and anything kept with them).  Only
+allocations, ``tracemalloc``: the model's arrays and anything kept with them) and at
+most while it ran (peak).  Only
 fastrnn; no timing thresholds.  ``--files F ...``: those files instead.
 """
 import argparse
@@ -67,11 +68,11 @@ def _measure(f, runs, label):
     tracemalloc.start()
     m = fastrnn.load(f)
     gc.collect()
-    held = tracemalloc.get_traced_memory()[0]
+    held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del m
     print(f"{label} {os.path.getsize(f) / 1e6:.1f} MB: load {best * 1e3:.1f} ms, "
-          f"holds {held / 1e6:.1f} MB")
+          f"holds {held / 1e6:.1f} MB (peak {peak / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -780,8 +780,8 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
         bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."))
         layer = Bidirectional(fwd, bwd, cfg.get("merge_mode", "concat"), name=name)
         if cfg.get("fused"):
-            sd = fwd.core.state_dict()
-            sd.update({k + "_reverse": v for k, v in bwd.core.state_dict().items()})
+            sd = dict(fwd.core.parameters())        # (layer_from_config copies them)
+            sd.update({k + "_reverse": v for k, v in bwd.core.parameters().items()})
             fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
                                        "go_backwards": False}, sd)
             layer.fuse(fused)

@@ -1052,8 +1052,8 @@ def _try_fuse(layer, b):
         fused = core.layer_from_config(cfg)
     except Exception:  # pragma: no cover - any mismatch: keep the two-layer path
         return
-    sd = dict(f.state_dict())
-    sd.update({k + "_reverse": v for k, v in r.state_dict().items()})
+    sd = dict(f.parameters())                       # (load_state_dict copies them)
+    sd.update({k + "_reverse": v for k, v in r.parameters().items()})
     fused.load_state_dict(sd)
     fused.num_threads = f.num_threads
     layer.fuse(fused)
