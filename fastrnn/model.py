@@ -508,14 +508,29 @@ class Bidirectional(Layer):
             raise ValueError("both directions must treat masked outputs alike to be fused")
         self._fused = core
 
-    def _share_fused_weights(self) -> None:
-        """Loaders: the directions' layers hold the fused core's arrays (made from their
-        weights) instead of their own copies, so a loaded model keeps each weight once
-        (a Keras Bidirectional LSTM(512) of 12.6 MB held 26.5 MB).  ``load_state_dict``
-        on a direction still replaces its arrays, as before."""
-        for name, arr in self._fused._params.items():
+    def _fused_config(self) -> dict:
+        """The config of the one bidirectional core that runs both directions (the
+        forward layer's, both ways; weights to follow: :meth:`_fuse_with`)."""
+        from .layers import _WEIGHTS_FOLLOW
+        return {**self.forward.core.get_config(), "bidirectional": True,
+                "go_backwards": False, "seed": _WEIGHTS_FOLLOW}
+
+    def _fuse_with(self, fused) -> None:
+        """Loaders: load the directions' weights into ``fused`` (made from
+        :meth:`_fused_config`; its ``load_state_dict`` copies them once), :meth:`fuse`
+        it, and let the directions' layers hold its arrays instead of their own copies,
+        so a loaded model keeps each weight once (a Keras Bidirectional LSTM(512) of
+        12.6 MB held 26.5 MB).  ``load_state_dict`` on a direction still replaces its
+        arrays, as before."""
+        f, r = self.forward.core, self.backward.core
+        sd = dict(f.parameters())
+        sd.update({k + "_reverse": v for k, v in r.parameters().items()})
+        fused.load_state_dict(sd)
+        fused.num_threads = f.num_threads
+        self.fuse(fused)
+        for name, arr in fused._params.items():
             rev = name.endswith("_reverse")
-            core = (self.backward if rev else self.forward).core
+            core = r if rev else f
             own = name[:-len("_reverse")] if rev else name
             mine = core._params.get(own)
             if mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype:
@@ -780,12 +795,7 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
         bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."))
         layer = Bidirectional(fwd, bwd, cfg.get("merge_mode", "concat"), name=name)
         if cfg.get("fused"):
-            sd = dict(fwd.core.parameters())        # (layer_from_config copies them)
-            sd.update({k + "_reverse": v for k, v in bwd.core.parameters().items()})
-            fused = layer_from_config({**fwd.core.get_config(), "bidirectional": True,
-                                       "go_backwards": False}, sd)
-            layer.fuse(fused)
-            layer._share_fused_weights()
+            layer._fuse_with(layer_from_config(layer._fused_config()))
         return layer
     raise ValueError(f"unknown model layer class {kind!r}")
 

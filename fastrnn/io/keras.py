@@ -1044,20 +1044,12 @@ def _try_fuse(layer, b):
     if (f.input_size, f.hidden_size, f.bias, f.reset_after, f._acts) != \
             (r.input_size, r.hidden_size, r.bias, r.reset_after, r._acts):
         return
-    cfg = f.get_config()
-    cfg.update(bidirectional=True, go_backwards=False)
-    from .. import layers as core
-    cfg["seed"] = core._WEIGHTS_FOLLOW             # (loaded below, strict)
+    from ..layers import layer_from_config
     try:
-        fused = core.layer_from_config(cfg)
+        fused = layer_from_config(layer._fused_config())
     except Exception:  # pragma: no cover - any mismatch: keep the two-layer path
         return
-    sd = dict(f.parameters())                       # (load_state_dict copies them)
-    sd.update({k + "_reverse": v for k, v in r.parameters().items()})
-    fused.load_state_dict(sd)
-    fused.num_threads = f.num_threads
-    layer.fuse(fused)
-    layer._share_fused_weights()
+    layer._fuse_with(fused)                         # (its weights loaded there, strict)
 
 
 def _from_cudnn(d, b, k, rk, bias, G, H, cls):
