@@ -9,7 +9,9 @@ and prints, per file, its size, the fastest of ``--runs`` loads in this process 
 file in the page cache after the first) and what one more load holds once done (Python
 allocations, ``tracemalloc``: the model's arrays and anything kept with them) and at
 most while it ran (peak).  Only
-fastrnn; no timing thresholds.  ``--files F ...``: those files instead.
+fastrnn; no timing thresholds.  ``--files F ...``: those files instead.  ``--calls``:
+also what the model holds after calls at batch 1, 16 and 64 (T=10; the kernels'
+packings of the weights, made on first use; layers only).
 """
 import argparse
 import gc
@@ -28,13 +30,15 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--calls", action="store_true",
+                    help="also report what the model holds after calls at B = 1, 16, 64")
     ap.add_argument("--files", nargs="+", default=None,
                     help="measure these model files instead (e.g. a Keras .keras / .h5)")
     a = ap.parse_args(argv)
     H, L = a.hidden, a.layers
     if a.files:
         for f in a.files:
-            _measure(f, a.runs, os.path.basename(f))
+            _measure(f, a.runs, os.path.basename(f), a.calls)
         return
     with tempfile.TemporaryDirectory() as d:
         files = [os.path.join(d, "lstm.safetensors")]
@@ -55,10 +59,10 @@ def main(argv=None):
             pass
         for f in files:
             _measure(f, a.runs, f"LSTM({H}, {H}, num_layers={L}, bidirectional=True) "
-                                f"{os.path.basename(f)}")
+                                f"{os.path.basename(f)}", a.calls)
 
 
-def _measure(f, runs, label):
+def _measure(f, runs, label, calls=False):
     best = float("inf")
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -69,10 +73,19 @@ def _measure(f, runs, label):
     m = fastrnn.load(f)
     gc.collect()
     held, peak = tracemalloc.get_traced_memory()
+    after = []
+    if calls and hasattr(m, "input_size"):
+        import numpy as np
+        for B in (1, 16, 64):
+            x = np.ones((10, B, m.input_size), m.dtype)
+            m(x.transpose(1, 0, 2) if m.batch_first else x)
+            gc.collect()
+            after.append(f"B={B} {tracemalloc.get_traced_memory()[0] / 1e6:.1f}")
     tracemalloc.stop()
     del m
     print(f"{label} {os.path.getsize(f) / 1e6:.1f} MB: load {best * 1e3:.1f} ms, "
-          f"holds {held / 1e6:.1f} MB (peak {peak / 1e6:.1f} MB)")
+          f"holds {held / 1e6:.1f} MB (peak {peak / 1e6:.1f} MB)"
+          + (f"; after a call at {', '.join(after)} MB" if after else ""))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Layout conventions (all C-ordered, float32 or float64):
   longest first, and the rows of time step ``t`` are the ``n_t`` first sequences, stored
   at rows ``offsets[t] .. offsets[t] + n_t`` of a 2-D array.  A dense (T, B) batch is the
   special case ``n_t = B``, ``offsets[t] = t * B``, which costs nothing to build.
-* ``wx`` is ``W_ih^T`` (I, G*H) and ``wh`` is ``W_hh^T`` (Hrec, G*H), gate blocks in
-  PyTorch order (LSTM i f g o, GRU r z n).  ``bias`` (G*H) holds ``b_ih + b_hh`` except
+* ``wx`` is ``W_ih`` (G*H, I) and ``wh`` is ``W_hh`` (G*H, Hrec), PyTorch's layout and
+  gate order (LSTM i f g o, GRU r z n): the layer's own arrays, no copy (the kernels
+  that stream weights take unit-block / batch-lane packings of them instead; the BLAS
+  path multiplies by their transposes).  ``bias`` (G*H) holds ``b_ih + b_hh`` except
   for the GRU candidate gate with ``reset_after`` where ``bhn`` keeps ``b_hn`` apart.
 * The reverse direction reads each sequence backwards within its own length; outputs
   are written at the input's time index.
@@ -701,19 +703,19 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
                     t = <int>lens[b] - 1 - s
                     memcpy(stage + dst * I, x + (offsets[t] + b) * x_ld, sizeof(floating) * I)
                     dst += 1
-            gemm_rm(False, False, <int>dst, GH, I, <floating>1, stage, I, wx, GH,
+            gemm_rm(False, True, <int>dst, GH, I, <floating>1, stage, I, wx, I,
                     <floating>0, xp, GH)
         elif d.reverse:
             # dense reverse: steps [s0, s1) are input times (T-s1 .. T-1-s0), contiguous
             row0 = offsets[T - s1]
             nrows = offsets[T - 1 - s0] + nsteps[T - 1 - s0] - row0
-            gemm_rm(False, False, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
-                    wx, GH, <floating>0, xp, GH)
+            gemm_rm(False, True, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
+                    wx, I, <floating>0, xp, GH)
         else:
             row0 = offsets[s0]
             nrows = offsets[s1 - 1] + nsteps[s1 - 1] - row0
-            gemm_rm(False, False, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
-                    wx, GH, <floating>0, xp, GH)
+            gemm_rm(False, True, <int>nrows, GH, I, <floating>1, x + row0 * x_ld, x_ld,
+                    wx, I, <floating>0, xp, GH)
 
         # ---- time steps
         for s in range(s0, s1):
@@ -733,20 +735,20 @@ cdef void _time_loop(Dims* d, const floating* x, int x_ld, const floating* wx,
             # recurrent GEMM (BLAS, nt threads), then a serial vectorised gate pass: no
             # OpenMP region here, so OpenBLAS's threads have the cores to themselves
             if kind == 2 and not d.reset_after:
-                gemm_rm(False, False, n, 2 * H, P, <floating>1, h, P, wh, GH,
+                gemm_rm(False, True, n, 2 * H, P, <floating>1, h, P, wh, P,
                         <floating>0, acc, GH)
                 _parallel_rows(3, n, 1, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
                                peep, d.input_forget, d.reset_after, A)
-                gemm_rm(False, False, n, H, H, <floating>1, rh, H, wh + 2 * H, GH,
+                gemm_rm(False, True, n, H, H, <floating>1, rh, H, wh + 2 * H * P, P,
                         <floating>0, acc + 2 * H, GH)
                 _parallel_rows(2, n, 1, H, acc, GH, xrows, bias, bhn, h, c, hraw, H, rh,
                                peep, d.input_forget, d.reset_after, A)
             else:
-                gemm_rm(False, False, n, GH, P, <floating>1, h, P, wh, GH,
+                gemm_rm(False, True, n, GH, P, <floating>1, h, P, wh, P,
                         <floating>0, acc, GH)
                 if kind == 1 and d.P > 0:
                     _rows_c(cl, n, acc, GH, xrows, <floating*>NULL, 0, c, hraw, H)
-                    gemm_rm(False, False, n, P, H, <floating>1, hraw, H, wr, P,
+                    gemm_rm(False, True, n, P, H, <floating>1, hraw, H, wr, H,
                             <floating>0, h, P)
                 elif kind == 1:
                     _rows_c(cl, n, acc, GH, xrows, <floating*>NULL, 0, c, h, H)
@@ -1630,12 +1632,13 @@ cdef int _fill_dims(Dims* d, Acts* A, int cell, int T, int I, int hidden_size,
 
 
 cdef class PackedDir:
-    """One direction's kernel-ready weights for :func:`run_layer`: wx (I, G*H), wh (K,
-    G*H), bias, bhn, wr, peep, and wxp / whp (:func:`pack_units` / :func:`pack_recurrent`
-    of wx / wh, enabling the small-batch kernel) or None; with a projection (wr (H, P))
-    also wrp (``pack_units(wr, P, 1)``), else the small-batch kernel is not enabled.  Their typed memoryviews are
-    taken once per packing: taken from the arrays at every call they cost ~0.1 us each
-    (about 1 us of a small layer's ~12 us call)."""
+    """One direction's kernel-ready weights for :func:`run_layer`: wx = W_ih (G*H, I),
+    wh = W_hh (G*H, K), bias, bhn, wr = W_hr (P, H) (PyTorch's layout: the layer's own
+    arrays, not copies), peep, and wxp / whp (:func:`pack_units` / :func:`pack_recurrent`
+    of wx.T / wh.T, enabling the small-batch kernel) or None; with a projection also wrp
+    (``pack_units(wr.T, P, 1)``), else the small-batch kernel is not enabled.  Their
+    typed memoryviews are taken once per packing: taken from the arrays at every call
+    they cost ~0.1 us each (about 1 us of a small layer's ~12 us call)."""
     cdef readonly bint is_double
     cdef readonly bint small
     cdef readonly bint has_wrp

@@ -4,8 +4,8 @@ Weights are held in PyTorch's layout and naming (``weight_ih_l0`` ``(G*H, I)``,
 ``weight_hh_l0`` ``(G*H, H)``, ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0`` for the
 LSTM projection, ``_reverse`` for the second direction; gate order LSTM i f g o, GRU
 r z n).  Every source format is converted to this layout by its loader.  When weights
-change they are validated once and packed once for the kernels (transposed, biases
-fused); a call never converts weights.
+change they are validated once and packed once for the kernels (unit blocks, biases
+fused; the matrices themselves are not copied); a call never converts weights.
 
 Layers own validation; the kernels in ``_kernels.pyx`` trust their arguments.
 """
@@ -715,7 +715,12 @@ class RNNBase:
         self._packed = None
 
     def _pack(self) -> list:
-        """Kernel-ready weights per (layer, direction): transposed, biases fused."""
+        """Kernel-ready weights per (layer, direction): the weight matrices themselves
+        (PyTorch's layout, the arrays :meth:`parameters` returns: no copy), biases fused,
+        and the small-batch kernel's unit-block packings of them.  A transposed copy
+        of every matrix was kept here too until the BLAS path (the only one reading it)
+        learnt to multiply by the transposes: a layer held its weights three times
+        after a first call (``bench/load_time.py --calls``)."""
         _kernels = _kernels_module()
         # (an import statement costs ~0.6 us: too much for the per-step streaming path)
         unit = _kernels.unit_block(self.dtype)
@@ -729,8 +734,10 @@ class RNNBase:
             for d in range(self.num_directions):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 p = self._params
-                wx = np.ascontiguousarray(p["weight_ih" + sfx].T)
-                wh = np.ascontiguousarray(p["weight_hh" + sfx].T)
+                # (C-ordered in this dtype already, as load_state_dict keeps them:
+                # these are the same arrays)
+                wx = np.ascontiguousarray(p["weight_ih" + sfx], dtype=dt)
+                wh = np.ascontiguousarray(p["weight_hh" + sfx], dtype=dt)
                 if self.bias:
                     b_ih, b_hh = p["bias_ih" + sfx], p["bias_hh" + sfx]
                 else:
@@ -740,17 +747,17 @@ class RNNBase:
                 if self._cell == "GRU" and self.reset_after:
                     bias[2 * H:] = b_ih[2 * H:]
                     bhn = np.ascontiguousarray(b_hh[2 * H:])
-                wr = (np.ascontiguousarray(p["weight_hr" + sfx].T) if P
+                wr = (np.ascontiguousarray(p["weight_hr" + sfx], dtype=dt) if P
                       else np.zeros((1, 1), dt))
                 peep = (np.ascontiguousarray(p["weight_ph" + sfx]) if self.peepholes
                         else np.zeros(1, dt))
                 # unit-block packing for the small-batch kernel (where it applies)
                 if _kernels.small_path_applies(_CELL_CODE[self._cell], P,
                                                int(self.reset_after)):
-                    wxp = _kernels.pack_units(wx, H, G)
-                    whp = _kernels.pack_recurrent(wh, H, G, _CELL_CODE[self._cell],
+                    wxp = _kernels.pack_units(wx.T, H, G)
+                    whp = _kernels.pack_recurrent(wh.T, H, G, _CELL_CODE[self._cell],
                                                   int(self.reset_after))
-                    wrp = _kernels.pack_units(wr, P, 1) if P else None
+                    wrp = _kernels.pack_units(wr.T, P, 1) if P else None
                 else:
                     wxp = whp = wrp = None
                 per_dir.append((wx, wh, bias, bhn, wr, peep, wxp, whp,
@@ -795,7 +802,7 @@ class RNNBase:
         if w is None:
             _kernels = _kernels_module()
             wx, wh, bias, bhn = self._packed[layer][d][:4]
-            w = _kernels.pack_wide(wx, wh, bias, bhn, self.hidden_size,
+            w = _kernels.pack_wide(wx.T, wh.T, bias, bhn, self.hidden_size,
                                    _CELL_CODE[self._cell], int(self.reset_after))
             self._wide[key] = w
         return w

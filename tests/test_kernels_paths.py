@@ -1094,8 +1094,11 @@ def test_wide_packing_layout():
                     assert p[g, I + H + 1, r] == (bhn[j] if cell == 2 and q == 2 else 0)
 
 
-def test_wide_refuses_a_packing_of_another_size():
+def test_wide_refuses_a_packing_of_another_size(monkeypatch):
     """run_layer checks the batch-lane packing's size before the kernel reads it."""
+    from fastrnn import _threads
+    # (a first call after a pause keeps no plan: the test would depend on its neighbours)
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_S", -1.0)
     layer = fastrnn.SimpleRNN(4, 64, seed=1, num_threads=2)
     x = np.zeros((3, 32, 4), np.float32)
     layer(x)                                   # SimpleRNN at 32 rows: the wide path
