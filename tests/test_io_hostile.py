@@ -274,6 +274,27 @@ def test_deep_nesting_and_cycles():
     assert read_torch_file(torch_zip(cyc)) == {}
 
 
+def test_shared_subtrees_walked_within_a_budget(tmp_path):
+    """A pickle stores a shared object once: 40 levels of a list holding the level below
+    twice are ~2 KB but 2^40 paths.  Naming tensors walks paths, so it is capped (a
+    LoadError in well under a second; it was a hang growing to gigabytes), while
+    objects shared by a few paths keep every name."""
+    node = [0]
+    for _ in range(40):
+        node = [node, node]
+    pkl = pickle.dumps({"a": node}, protocol=2)
+    assert len(pkl) < 4096
+    path = tmp_path / "dag.pt"
+    path.write_bytes(torch_zip(pkl))
+    for read in (read_torch_file, fio.list_modules, fio.load):
+        with pytest.raises(LoadError, match="too large"):
+            read(str(path))
+    shared = b"\x80\x02}(" + P("a") + b"}(" + P("w") + tensor_op() + b"uq\x01" + P("b") \
+        + b"h\x01u."
+    d = read_torch_file(torch_zip(shared, {"0": bytes(16)}))
+    assert sorted(d) == ["a.w", "b.w"] and d["a.w"] is d["b.w"]
+
+
 def test_bad_persistent_ids():
     for pid in (P("storage") + b"Q", b"(" + P("storage") + b"tQ", b"(" + P("storage") + P(1) + P("0") + P("cpu")
                 + P(4) + b"tQ", b"(" + P("other") + P(1) + b"tQ", P(("storage",) * 7) + b"Q"):

@@ -781,12 +781,36 @@ def flatten_tensors(obj, prefix: str = "") -> dict[str, np.ndarray]:
     (epoch numbers, strings, None, ...) are dropped.
     """
     out: dict[str, np.ndarray] = {}
-    _flatten(obj, prefix, out, set(), 0)
+    _flatten(obj, prefix, out, _Walk(), 0)
     return out
 
 
 def _join(prefix, key):
     return f"{prefix}.{key}" if prefix else str(key)
+
+
+# A pickle stores a shared object once and may refer to it from many places: a few
+# KB can describe a tree of 2^40 paths (a list holding the level below twice, 40
+# levels).  The walks below name every path, so they count the containers they enter
+# and stop at this many (a checkpoint with its optimizer state enters a few per
+# tensor; the largest model files hold thousands of tensors).
+_MAX_VISITS = 1 << 18
+
+
+class _Walk(set):
+    """The containers on the current path (a cycle is not followed again) and the
+    number entered so far (at most _MAX_VISITS)."""
+    visits = 0
+
+    def enter(self, obj) -> bool:
+        if id(obj) in self:
+            return False
+        self.visits += 1
+        if self.visits > _MAX_VISITS:
+            raise LoadError(f"object tree too large: over {_MAX_VISITS} containers to walk "
+                            "(objects shared by many paths)")
+        self.add(id(obj))
+        return True
 
 
 def _flatten(obj, prefix, out, active, depth):
@@ -798,9 +822,8 @@ def _flatten(obj, prefix, out, active, depth):
     if depth > _MAX_NESTING:
         raise LoadError("object tree nested too deeply")
     if isinstance(obj, (dict, list, tuple, ModuleStub)):
-        if id(obj) in active:
+        if not active.enter(obj):
             return  # a cycle: its tensors are already reachable by a shorter name
-        active.add(id(obj))
         try:
             if isinstance(obj, dict):
                 for k, v in obj.items():
@@ -837,7 +860,7 @@ def module_hints(obj, prefix: str = "") -> dict[str, dict]:
     """For whole-module pickles: ``{dotted prefix: attrs}`` of each pickled
     torch RNN/LSTM/GRU (mode, nonlinearity, batch_first, ...)."""
     out: dict[str, dict] = {}
-    _hints(obj, prefix, out, set(), 0)
+    _hints(obj, prefix, out, _Walk(), 0)
     return out
 
 
@@ -845,19 +868,17 @@ _RNN_CLASSES = {"torch.nn.modules.rnn.RNN", "torch.nn.modules.rnn.LSTM", "torch.
 
 
 def _hints(obj, prefix, out, active, depth):
-    if depth > _MAX_NESTING or id(obj) in active:
+    if depth > _MAX_NESTING or not isinstance(obj, (dict, list, tuple, ModuleStub)) \
+            or not active.enter(obj):
         return
     if isinstance(obj, dict):
-        active.add(id(obj))
         for k, v in obj.items():
             if isinstance(k, (str, int)) and not isinstance(k, bool):
                 _hints(v, _join(prefix, k), out, active, depth + 1)
     elif isinstance(obj, (list, tuple)):
-        active.add(id(obj))
         for i, v in enumerate(obj):
             _hints(v, _join(prefix, i), out, active, depth + 1)
-    elif isinstance(obj, ModuleStub):
-        active.add(id(obj))
+    else:
         st = obj.state
         if obj.cls in _RNN_CLASSES:
             keep = {}
