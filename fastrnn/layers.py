@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -521,6 +522,19 @@ def _one_span(ent, begin):
     return (0, 0) if (begin != s).any() else (L, s)
 
 
+_PACK_LOCK = threading.Lock()   # (a layer's packing kept / its weights changed)
+
+
+class _Packing(list):
+    """Kernel-ready weights per (layer, direction) (:meth:`RNNBase._pack`) and, in
+    ``wide``, the batch-lane and route packings made from them on first use."""
+    __slots__ = ("wide",)
+
+    def __init__(self):
+        super().__init__()
+        self.wide = {}
+
+
 class RNNBase:
     """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
     or :class:`GRU`.
@@ -548,6 +562,8 @@ class RNNBase:
     Keras's last output; the per-step outputs of the last layer are never materialised,
     so a long sequence costs no output memory.
     """
+
+    _weights_version = 0     # (mark_weights_changed counts; kept per instance from then)
 
     _cell = "RNN"
     _step_entry = None          # _step_fast's last (packing, thread count, plan)
@@ -587,7 +603,7 @@ class RNNBase:
         self.num_threads = None if num_threads is None else _threads._check_threads(num_threads)
         self._acts = self._parse_activations(activations)
         self._params: dict[str, np.ndarray] = {}
-        self._packed: list | None = None
+        self._packed: _Packing | None = None
         self._packed_unit = 0
         self._init_params(seed)
 
@@ -652,7 +668,7 @@ class RNNBase:
         if seed is _WEIGHTS_FOLLOW:
             for name, shape in self._param_shapes().items():
                 self._params[name] = np.zeros(shape, self.dtype)
-            self._packed = None
+            self.mark_weights_changed()
             return
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.hidden_size)
@@ -661,7 +677,7 @@ class RNNBase:
                 self._params[name] = np.zeros(shape, self.dtype)
             else:
                 self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
-        self._packed = None
+        self.mark_weights_changed()
 
     # ---------------------------------------------------------------- weights
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -674,8 +690,15 @@ class RNNBase:
         return self._params
 
     def mark_weights_changed(self) -> None:
-        """Re-pack after the arrays returned by :meth:`parameters` were modified in place."""
-        self._packed = None
+        """Re-pack after the arrays returned by :meth:`parameters` were modified in place.
+
+        A packing made by a call that overlapped the change is used by that call only,
+        never kept (each change counts in ``_weights_version``, read before the weights
+        and compared before keeping: a call packing while another thread loaded weights
+        kept a half-old packing for good)."""
+        with _PACK_LOCK:
+            self._weights_version += 1
+            self._packed = None
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Set weights from arrays in PyTorch naming; validated (names, shapes, dtype, finite).
@@ -712,7 +735,7 @@ class RNNBase:
                 raise ValueError(f"weight {name!r} contains NaN or infinite values")
             new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
         self._params.update(new)
-        self._packed = None
+        self.mark_weights_changed()
 
     def _pack(self) -> list:
         """Kernel-ready weights per (layer, direction): the weight matrices themselves
@@ -726,9 +749,10 @@ class RNNBase:
         unit = _kernels.unit_block(self.dtype)
         if self._packed is not None and self._packed_unit == unit:
             return self._packed
+        version = self._weights_version          # (before the weights: see mark_weights_changed)
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
         dt = self.dtype
-        packed = []
+        packed = _Packing()
         for layer in range(self.num_layers):
             per_dir = []
             for d in range(self.num_directions):
@@ -764,10 +788,16 @@ class RNNBase:
                                 _kernels.PackedDir(wx, wh, bias, bhn, wr, peep, wxp, whp,
                                                    wrp), wrp))
             packed.append(per_dir)
-        self._packed = packed
-        self._packed_unit = unit    # the unit block is the ISA level's (tests can lower it)
-        self._wide = {}             # batch-lane and route packings, made on first use
+        with _PACK_LOCK:
+            if self._weights_version == version:
+                self._packed = packed
+                self._packed_unit = unit   # the ISA level's unit block (tests can lower it)
         return packed
+
+    @property
+    def _wide(self) -> dict:
+        """The kept packing's batch-lane and route packings (tests look at them)."""
+        return {} if self._packed is None else self._packed.wide
 
     def _fast_acts(self, d: int) -> bool:
         """Direction d has the default activations and no clip/peepholes/input_forget
@@ -795,34 +825,35 @@ class RNNBase:
             self.__dict__["_act_codes_cache"] = per
         return per
 
-    def _pack_wide(self, layer: int, d: int):
-        """The batch-lane packing of (layer, direction), cached with the other packings."""
+    def _pack_wide(self, packed: "_Packing", layer: int, d: int):
+        """The batch-lane packing of (layer, direction) of ``packed``, kept with it."""
         key = (layer, d)
-        w = self._wide.get(key)
+        w = packed.wide.get(key)
         if w is None:
             _kernels = _kernels_module()
-            wx, wh, bias, bhn = self._packed[layer][d][:4]
+            wx, wh, bias, bhn = packed[layer][d][:4]
             w = _kernels.pack_wide(wx.T, wh.T, bias, bhn, self.hidden_size,
                                    _CELL_CODE[self._cell], int(self.reset_after))
-            self._wide[key] = w
+            packed.wide[key] = w
         return w
 
-    def _pack_route(self, layer, d, wih, whh, nt, B):
+    def _pack_route(self, packed: "_Packing", layer, d, nt, B):
         """The training forward's packing of (layer, direction) for the LSTM route
         (``_fused_lstm_dir``) where it splits by rows, and its layout (which kernel's:
         ``_backward.lstm_forward_layout``; all panels whatever the team), cached
         with the other packings per layout; (None, -1) where it splits by units (it
         packs per call then)."""
         from . import _backward
+        wih, whh = packed[layer][d][:2]
         sizes = (wih.shape[1], whh.shape[1], wih.dtype.itemsize)
         if not _backward.forward_splits_rows(nt, B, *sizes):
             return None, -1
         lay = _backward.lstm_forward_layout(nt, B, *sizes)
         key = ("route", layer, d, lay)
-        w = self._wide.get(key)
+        w = packed.wide.get(key)
         if w is None:
             w = _backward.pack_lstm_forward(wih, whh, nt, B)
-            self._wide[key] = w
+            packed.wide[key] = w
         return w, lay
 
     # ---------------------------------------------------------------- config
@@ -879,7 +910,7 @@ class RNNBase:
         state.pop("_step_plans", None)
         state.pop("_plans", None)
         state.pop("_step_entry", None)
-        state.pop("_wide", None)        # batch-lane / route packings: rebuilt with the others
+        state.pop("_wide", None)        # (an older version's batch-lane / route packings)
         return state
 
     def save(self, path) -> None:
@@ -1142,7 +1173,7 @@ class RNNBase:
                                  int(self.input_forget), int(self.reset_after), self.dtype,
                                  _step_threads(self, nt), self.proj_size)
 
-    def _fused_lstm_dir(self, layer, d, inp, bias, offsets, nsteps, lens, h_k, c_k, out,
+    def _fused_lstm_dir(self, packed, layer, d, inp, offsets, nsteps, lens, h_k, c_k, out,
                         last_only, nt, ridx):
         """One direction of a plain LSTM layer through the training forward
         (``_backward.forward``: weights packed for the AVX2 4 x 3 kernel, rows or units
@@ -1156,9 +1187,7 @@ class RNNBase:
         unless last_only."""
         from . import _backward
         dt, H, I = self.dtype, self.hidden_size, inp.shape[1]
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        wih = np.ascontiguousarray(self._params["weight_ih" + sfx], dtype=dt)
-        whh = np.ascontiguousarray(self._params["weight_hh" + sfx], dtype=dt)
+        wih, whh, bias = packed[layer][d][:3]       # (the packing's: see _pack)
         S = len(nsteps)
         reverse = ridx is not None
         own_y = last_only or reverse
@@ -1190,7 +1219,7 @@ class RNNBase:
             offs = np.ascontiguousarray(offsets[s0:s1] - r0)
             nst = np.ascontiguousarray(nsteps[s0:s1])
             # (a chunk's first step may hold fewer rows than the call's: its own layout)
-            pre, lay = self._pack_route(layer, d, wih, whh, nt, int(nst[0]))
+            pre, lay = self._pack_route(packed, layer, d, nt, int(nst[0]))
             _backward.forward(1, x, wih, whh, bias, zeros_h, dummy, offs, nst, h_k, c_k,
                               y, ycol, gates, cs, H, 0, 0, 0, nt, pre, lay)
             # sequences active in the chunk: their state after their last step in it
@@ -1263,7 +1292,7 @@ class RNNBase:
             chunk = _chunk_steps(small, G, H, I_l, B, Teff, dt.itemsize,
                                  1 if pair and not routed else nt)
             if routed:
-                specs.append((_ROUTED, chunk, [packed[layer][d][2] for d in range(D)]))
+                specs.append((_ROUTED, chunk, [(packed, layer, d) for d in range(D)]))
             elif pair:
                 specs.append((_PAIR, chunk, [
                     (p[2], p[3], p[5], p[6], p[7], p[9], self._act_codes()[d][0])
@@ -1275,7 +1304,7 @@ class RNNBase:
                                                 self._act_codes()[d][1], I_l,
                                                 dt.itemsize) == "wide"
                     dirs.append((packed[layer][d][8], self._act_codes()[d][0],
-                                 self._pack_wide(layer, d) if wide else None))
+                                 self._pack_wide(packed, layer, d) if wide else None))
                 specs.append((_PACKED, chunk, dirs))
         return nt, specs, {}
 
@@ -1533,7 +1562,7 @@ class RNNBase:
                 k = layer * D + d
                 reverse = (d == 1) != self.go_backwards
                 if kind == _ROUTED:
-                    self._fused_lstm_dir(layer, d, inp, dirs[d], offsets, nsteps, lens,
+                    self._fused_lstm_dir(*dirs[d], inp, offsets, nsteps, lens,
                                          h_state[k], c_state[k], out, last_only, nt,
                                          ridx if reverse else None)
                     continue
