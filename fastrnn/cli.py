@@ -11,6 +11,7 @@ Errors print one line on stderr and exit with status 1 (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -190,10 +191,47 @@ def _read_input(path):
     return data
 
 
-def cmd_run(args) -> int:
+@contextlib.contextmanager
+def _default_threads(n):
+    """fastrnn's default thread count ``n`` (None: as it is) inside the block: how
+    ``--threads`` reaches every layer of an ONNX graph or a Keras-style model (their
+    layers, loaded without a thread count of their own, use the default)."""
+    from . import _threads
+    before = _threads._default
+    if n is not None:
+        _threads.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _threads.set_num_threads(before)
+
+
+def _save_output(path, outputs) -> str:
+    """Write ``outputs`` to exactly ``path`` (NumPy's savers add a suffix to a name that
+    lacks theirs): all of them (.npz) or the first (.npy format, any other name); what
+    was written."""
     import numpy as np
+    with open(path, "wb") as f:
+        if path.lower().endswith(".npz"):
+            np.savez(f, **outputs)
+            return ", ".join(f"{k} {_fmt_shape(v.shape)}" for k, v in outputs.items())
+        name, first = next(iter(outputs.items()))
+        np.save(f, first)
+        return f"{name} {_fmt_shape(first.shape)}"
+
+
+def cmd_run(args) -> int:
+    from . import _threads
+    if args.threads is not None:    # (checked before the model is loaded)
+        _threads._check_threads(args.threads)
     obj = _load(args.file, args.prefix)
     x = _read_input(args.input)
+    with _default_threads(args.threads):
+        return _run(args, obj, x)
+
+
+def _run(args, obj, x) -> int:
+    import numpy as np
     kind = _kind(obj)
     extra = {}
     t0 = time.perf_counter()
@@ -233,13 +271,7 @@ def cmd_run(args) -> int:
             outputs["output"] = np.ascontiguousarray(np.swapaxes(o, 0, 1))
         extra["layout"] = "batch first" if want_bf else "time major"
     elapsed = time.perf_counter() - t0
-    if args.output.endswith(".npz"):
-        np.savez(args.output, **outputs)
-        written = ", ".join(f"{k} {_fmt_shape(v.shape)}" for k, v in outputs.items())
-    else:
-        first = next(iter(outputs.values()))
-        np.save(args.output, first)
-        written = f"{next(iter(outputs))} {_fmt_shape(first.shape)}"
+    written = _save_output(args.output, outputs)
     lay = f" ({extra['layout']})" if extra else ""
     _print(f"wrote {args.output}: {written}{lay} in {elapsed * 1e3:.2f} ms")
     return 0
@@ -505,18 +537,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a model on inputs saved with numpy.save",
                        description="Run a model on an input array (.npy, or .npz for ONNX "
-                       "graphs with named inputs) and save the output (.npy: the output; "
-                       ".npz: output and final states).")
+                       "graphs with named inputs) and save the output to the file named "
+                       "by --output, exactly (no suffix added): a name ending in .npz "
+                       "gets every output (output and final states; an ONNX graph's "
+                       "outputs by name), any other name the first output in .npy "
+                       "format.")
     r.add_argument("file", help="model file")
     r.add_argument("--input", "-i", required=True, help="input .npy/.npz")
-    r.add_argument("--output", "-o", required=True, help="output .npy/.npz")
+    r.add_argument("--output", "-o", required=True,
+                   help="output file, written under exactly this name: .npz for every "
+                   "output, else the first one (.npy format)")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--batch-first", action="store_true",
                    help="the input is (B, T, features) (output written the same way)")
     g.add_argument("--time-major", action="store_true",
                    help="the input is (T, B, features) (output written the same way)")
     r.add_argument("--prefix", help="module to run when the file holds several")
-    r.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="threads (>= 1) for every recurrent layer of the model, whatever "
+                   "its format (default: all cores)")
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("bench", help="speed comparison on this machine (PyTorch and ONNX "

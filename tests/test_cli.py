@@ -172,6 +172,83 @@ def test_run_keras_and_onnx(capsys, tmp_path):
         np.testing.assert_array_equal(z[k], want[k])
 
 
+def _run_files(tmp_path):
+    """(model file, input .npy) of each kind `fastrnn run` takes: layer, Keras, ONNX."""
+    layer = fastrnn.GRU(5, 6, seed=0)
+    layer.save(str(tmp_path / "l.safetensors"))
+    x = np.random.default_rng(0).standard_normal((6, 2, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    files = [(str(tmp_path / "l.safetensors"), str(tmp_path / "x.npy"))]
+    keras = os.path.join(FIX, "keras", "k3_lstm_basic.keras")
+    try:
+        import h5py  # noqa: F401
+        np.save(tmp_path / "xk.npy", np.load(os.path.join(FIX, "keras", "k3_lstm_basic.npz"))["x"])
+        files.append((keras, str(tmp_path / "xk.npy")))
+    except ImportError:
+        pass
+    onnx_path = os.path.join(FIX, "onnx", "lstm_1l.onnx")
+    if os.path.exists(onnx_path):
+        files.append((onnx_path, str(tmp_path / "x.npy")))
+    return files
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_run_threads_reach_every_format(capsys, tmp_path, monkeypatch, threads):
+    """--threads N is the thread count of every layer call, for a layer file, a Keras
+    model and an ONNX graph (those two ran on the default count), and the default is
+    as it was afterwards."""
+    import fastrnn._threads as th
+    seen = []
+    resolve = th.resolve
+
+    def spy(*a, **k):
+        seen.append(resolve(*a, **k))
+        return seen[-1]
+    monkeypatch.setattr(th, "resolve", spy)
+    before = th._default
+    for model, x in _run_files(tmp_path):
+        seen.clear()
+        code, out, err = run(capsys, "run", model, "-i", x, "-o", str(tmp_path / "y.npz"),
+                             "--threads", str(threads))
+        assert code == 0, err
+        assert seen and set(seen) == {threads}, (model, seen)
+        assert th._default == before
+
+
+@pytest.mark.parametrize("threads", ["0", "-3"])
+def test_run_bad_thread_counts_refused(capsys, tmp_path, threads):
+    """--threads below 1 is refused for every kind of model, as for layer files (an ONNX
+    graph or a Keras model ran with the default count)."""
+    for model, x in _run_files(tmp_path):
+        code, _, err = run(capsys, "run", model, "-i", x, "-o", str(tmp_path / "y.npy"),
+                           "--threads", threads)
+        _one_line_error(code, err)
+        assert f"num_threads must be >= 1, got {threads}" in err
+        assert not os.path.exists(tmp_path / "y.npy")
+
+
+def test_run_writes_exactly_the_named_file(capsys, tmp_path):
+    """-o NAME writes NAME, whatever its suffix (it wrote NAME.npy, saying NAME): .npz
+    (any case) every output, any other name the first one in .npy format."""
+    model, x = _run_files(tmp_path)[0]
+    layer = fastrnn.load(model)
+    want = layer(np.load(x))
+    files = set(os.listdir(tmp_path))
+    for name in ("out.txt", "out", "out.npy", "OUT.NPZ", "out.npz"):
+        path = tmp_path / name
+        code, out, err = run(capsys, "run", model, "-i", x, "-o", str(path))
+        assert code == 0, err
+        assert f"wrote {path}:" in out
+        assert set(os.listdir(tmp_path)) - files == {name}
+        if name.lower().endswith(".npz"):
+            with np.load(path) as z:
+                np.testing.assert_array_equal(z["output"], want[0])
+                np.testing.assert_array_equal(z["h_n"], want[1])
+        else:
+            np.testing.assert_array_equal(np.load(path), want[0])
+        os.remove(path)
+
+
 @pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "badinput", "wrongsize",
                                   "dir", "multi"])
 def test_errors_are_one_line(capsys, tmp_path, kind):

@@ -197,6 +197,119 @@ def test_run_input_forms_and_outputs_selection():
         m.run([x.astype(np.int32), h0, c0])
 
 
+def test_onnx_runtime_calling_convention():
+    """``run(output_names, input_feed)`` in ONNX Runtime's order (None or a list / tuple
+    of names, then a mapping) returns ORT's list; fastrnn's own order still returns a
+    dict (an ORT-style call was a "missing input" / dtype error about the names)."""
+    path = os.path.join(FIX, "lstm_bi_2l_bf_h0.onnx")
+    d = np.load(os.path.join(FIX, "lstm_bi_2l_bf_h0.npz"))
+    feeds = {k[3:]: d[k] for k in d.files if k.startswith("in:")}
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    m = load_onnx(path)
+    for _ in range(2):      # (the first call, then the kept program)
+        for names in (None, ["c_n", "y"], ("h_n",)):
+            ref = s.run(names, feeds)
+            got = m.run(names, feeds)
+            assert isinstance(got, list) and len(got) == len(ref)
+            for a, b in zip(got, ref):
+                np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+        assert isinstance(m.run(feeds), dict)
+        assert list(m.run(feeds, ["c_n"])) == ["c_n"]
+        assert list(m([feeds["x"], feeds["h0"], feeds["c0"]])) == m.output_names
+    with pytest.raises(ValueError, match="unknown output"):
+        m.run(["nope"], feeds)
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset=14):
+    g = helper.make_graph(nodes, "g", inputs, [onnx.ValueInfoProto(name=o) for o in outputs],
+                          list(inits))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_constant_outputs_are_copies():
+    """A graph output that is a constant (an initializer, an Identity of one folded at
+    load) is the caller's own array, on the first call too: writing into it changes
+    nothing later calls compute (it was the model's array: later calls, and the nodes
+    reading it, saw the caller's writes)."""
+    rng = np.random.default_rng(0)
+    I, H = 3, 4
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 4 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.ones(H, np.float32), "c")]
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], hidden_size=H),
+             helper.make_node("Identity", ["c"], ["bias"]),
+             helper.make_node("Add", ["Y_h", "bias"], ["out"])]
+    data = _graph(nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["t", "b", I])],
+                  ["out", "bias", "c"], inits)
+    m = load_onnx(data)
+    for T, B in ((5, 2), (5, 2), (5, 2), (2, 3)):   # (first call, kept program, new shape)
+        feeds = {"X": rng.standard_normal((T, B, I)).astype(np.float32)}
+        ref = _ort(data, feeds)
+        got = m.run(feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+            got[k] *= 1000      # (writeable, the caller's)
+
+
+def test_outputs_never_share_memory_with_feeds():
+    """Outputs that are an input, or a view of one (Identity, Reshape, Squeeze), are
+    copies, as ONNX Runtime's: writing into a result leaves the caller's input as it
+    was (on the first call and from the kept program)."""
+    nodes = [helper.make_node("Identity", ["x"], ["xi"]),
+             helper.make_node("Reshape", ["x", "s"], ["xr"]),
+             helper.make_node("Squeeze", ["x", "ax"], ["xs"]),
+             helper.make_node("Relu", ["x"], ["y"])]
+    data = _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, "n"])],
+                  ["xi", "xr", "xs", "y", "x"],
+                  [numpy_helper.from_array(I64(-1), "s"), numpy_helper.from_array(I64(1), "ax")])
+    m = load_onnx(data)
+    x = np.random.default_rng(1).standard_normal((2, 1, 3)).astype(np.float32)
+    x0 = x.copy()
+    ref = _ort(data, {"x": x})
+    for feeds in ({"x": x}, {"x": x}, [x], {"x": torch.from_numpy(x)}):
+        got = m.run(feeds)
+        for k, v in got.items():
+            np.testing.assert_array_equal(v, ref[k])
+            assert not np.shares_memory(v, x), k
+            v[...] = 42
+        np.testing.assert_array_equal(x, x0)
+
+
+def test_declared_static_input_dims_are_checked():
+    """A feed whose size differs from a fixed (integer) size the model declares for that
+    input, or of another rank than the declared shape, is refused naming the input, the
+    axis and both sizes, as ONNX Runtime refuses it; named and unknown sizes, and inputs
+    of no declared shape, take any size."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "t", 4])
+    x.type.tensor_type.shape.dim[1].Clear()          # (and an unknown size)
+    free = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["z"], ["w"])]
+    data = _graph(nodes, [x, helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, "t", 4]),
+                          free], ["y", "w", "v"])
+    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    m = load_onnx(data)
+    ok = np.ones((2, 7, 4), np.float32)
+    for z in (np.ones(3, np.float32), np.ones((5, 1, 2), np.float32)):
+        for feeds in ({"x": ok, "v": ok, "z": z}, {"x": ok[:, :1], "v": ok[:, :3], "z": z}):
+            ref = s.run(None, feeds)
+            for a, b in zip(m.run(feeds).values(), ref):
+                np.testing.assert_array_equal(a, b)
+    for name, bad, match in [
+            ("x", np.ones((3, 7, 4), np.float32),
+             r"input 'x': axis 0 has size 3, but the model declares size 2 .*\(2, \?, 4\)"),
+            ("v", np.ones((2, 7, 5), np.float32), r"input 'v': axis 2 has size 5.*size 4"),
+            ("x", np.ones((2, 7), np.float32), r"input 'x' must have rank 3"),
+            ("v", np.ones((1, 2, 7, 4), np.float32), r"input 'v' must have rank 3")]:
+        feeds = {"x": ok, "v": ok, "z": ok, name: bad}
+        with pytest.raises(Exception, match="dimensions|rank"):
+            s.run(None, feeds)
+        for _ in range(2):      # (a kept program for the good shapes exists)
+            with pytest.raises(ValueError, match=match):
+                m.run(feeds)
+
+
 def test_repr_names_layers_and_ops():
     m = load_onnx(os.path.join(FIX, "embed_lstm_linear.onnx"))
     r = repr(m)
@@ -292,7 +405,8 @@ def test_recurrent_weights_are_not_kept_twice(tmp_path):
     finally:
         tracemalloc.stop()
     assert held < 1.3 * size, (held, size)
-    x = np.random.default_rng(0).standard_normal((5, 2, 96)).astype(np.float32)
+    # (the shape the export declares: no dynamic axes; another is refused, as by ORT)
+    x = np.random.default_rng(0).standard_normal((3, 1, 96)).astype(np.float32)
     with torch.no_grad():
         want = mod(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(m.run({"x": x})[m.output_names[0]], want, rtol=1e-4, atol=1e-5)
@@ -401,6 +515,10 @@ OP_CASES = [
     ("Reshape", [X234, I64(0, -1)], {}, 17, (1,)),
     ("Reshape", [X234, I64(4, 0, 2)], {}, 17, (1,)),
     ("Flatten", [X234], dict(axis=2), 17, ()),
+    ("Flatten", [X234], dict(axis=0), 17, ()),
+    ("Flatten", [X234], dict(axis=-1), 17, ()),     # negative: axis + rank
+    ("Flatten", [X234], dict(axis=-2), 17, ()),
+    ("Flatten", [X234], dict(axis=-3), 17, ()),
     ("Concat", [X34, X34 * 2], dict(axis=-1), 17, ()),
     ("Split", [X234, I64(1, 3)], dict(axis=2), 17, (1,)),
     ("Split", [X234], dict(axis=1, split=[1, 2]), 11, ()),
@@ -483,6 +601,31 @@ def test_simple_op_matches_ort(case):
         assert got[k].shape == ref[k].shape, (k, got[k].shape, ref[k].shape)
         assert got[k].dtype == ref[k].dtype, (k, got[k].dtype, ref[k].dtype)
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [
+    ("Flatten", [X234], dict(axis=4), 17, ()),
+    ("Flatten", [X234], dict(axis=-4), 17, ()),
+    ("Unsqueeze", [X34, I64(3)], {}, 13, (1,)),
+    ("ReduceSum", [X234, I64(-4)], {}, 17, (1,)),
+    ("Squeeze", [X234[:, :1], I64(-4)], {}, 13, (1,)),
+], ids=lambda c: f"{c[0]}-{c[2] or c[1][1].tolist()}")
+def test_axes_out_of_range_are_errors(case):
+    """An axis outside [-rank, rank - 1] ([-rank, rank] for Flatten) is an error naming
+    the op, as ONNX Runtime's (they were taken modulo the rank: wrong shapes)."""
+    op, inputs, attrs, opset, consts = case
+    model, feeds = _op_model(op, inputs, attrs, opset, consts=consts)
+    with pytest.raises(Exception):
+        _ort(model.SerializeToString(), feeds)
+    m = load_onnx(model)
+    with pytest.raises(ValueError, match=f"{op}.*out of range"):
+        m.run(feeds)
+    # all inputs constant: folded at load, refused there
+    g = model.graph
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in feeds.items())
+    del g.input[:]
+    with pytest.raises(LoadError, match=f"{op}.*out of range"):
+        load_onnx(model)
 
 
 def test_constant_folding_at_load():

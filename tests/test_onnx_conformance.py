@@ -369,6 +369,24 @@ def test_zero_length_sequence_like_ort(op, direction):
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_no_time_steps_like_ort(op, direction, seq):
+    """T = 0: zero final states, whatever the initial ones (fastrnn gave the initial
+    states back), as ORT gives sequences of length 0.  (The reference is ORT with
+    sequence_lens 0: at T = 0 without them ORT's GRU aborts the process and its LSTM's
+    Y_c is uninitialised memory; its LSTM / RNN Y_h are zeros.)"""
+    kw = dict(direction=direction, T=0, h0=True, c0=True, seed=17)
+    model, feeds = make_node_model(op, seq=[0, 0, 0] if seq else None, **kw)
+    twin, _ = make_node_model(op, seq=[0, 0, 0], **kw)
+    got = assert_matches_ort(model, feeds,
+                             ref=lambda f: ort_run(twin, dict(f, seq=np.zeros(3, np.int32))))
+    assert got["Y"].shape[0] == 0
+    assert np.abs(feeds["h0"]).max() > 0 and not got["Y_h"].any()
+    assert op != "LSTM" or not got["Y_c"].any()
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_float64_model(op):
     """ORT's CPU RNN kernels are float32 only: compare fp64 with ORT on the fp32 twin."""
     m64, f64 = make_node_model(op, direction="bidirectional", dtype=np.float64, h0=True,
@@ -403,6 +421,32 @@ def test_weights_fed_as_graph_inputs():
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)
     assert m.recurrent_layers[0] is not None
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_weights_fed_as_graph_inputs_changed_in_place(op):
+    """Weights fed as graph inputs and changed in place between calls (one buffer of
+    weights refreshed): each call uses the values fed (the layer was kept by the arrays'
+    ids, so the old weights were used); the same values in other arrays keep the layer."""
+    model, feeds = make_node_model(op, direction="bidirectional", peep=op == "LSTM", seed=18)
+    g = model.graph
+    for t in list(g.initializer):
+        feeds[t.name] = numpy_helper.to_array(t).copy()
+        g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del g.initializer[:]
+    m = load_onnx(model)
+    names = [t for t in ("W", "R", "B", "P") if t in feeds]
+    for k in range(2 * len(names) + 2):
+        if k:       # (one weight changed in place each call, each one twice)
+            w = feeds[names[k % len(names)]]
+            w *= -0.9 if k % 2 else 1.1
+        ref = ort_run(model, feeds)
+        got = m.run(feeds)
+        for n in ref:
+            np.testing.assert_allclose(got[n], ref[n], rtol=1e-5, atol=1e-5, err_msg=f"{k} {n}")
+    layer = m.recurrent_layers[0]
+    m.run({n: v.copy() for n, v in feeds.items()})
+    assert m.recurrent_layers[0] is layer
 
 
 def test_bad_recurrent_attributes_are_load_errors():

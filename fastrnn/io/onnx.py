@@ -100,6 +100,9 @@ def _np_dtype(onnx_type: int):
 def _axis_list(axes, rank):
     if not rank:
         return [0] * len(axes)
+    bad = [int(a) for a in axes if not -rank <= int(a) < rank]
+    if bad:     # (ONNX: axes in [-rank, rank - 1])
+        raise ValueError(f"axes {bad} out of range [{-rank}, {rank - 1}]")
     return sorted([int(a) % rank for a in axes])
 
 
@@ -124,6 +127,12 @@ def _sigmoid(x):
 
 def _same(x, y):
     return np.asarray(y).astype(x.dtype, copy=False)
+
+
+def _same_values(a, b) -> bool:
+    """Whether arrays ``a`` and ``b`` have the same dtype, shape and values."""
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+            and a.shape == b.shape and np.array_equal(a, b))
 
 
 # ----------------------------------------------------------------------- simple ops
@@ -210,7 +219,10 @@ def _op_reshape(i, a, o):
 
 def _op_flatten(i, a, o):
     x = i[0]
-    axis = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = a.get("axis", 1) if x.ndim else 0
+    if not -x.ndim <= axis <= x.ndim:
+        raise ValueError(f"Flatten: axis {axis} out of range [{-x.ndim}, {x.ndim}]")
+    axis = axis + x.ndim if axis < 0 else axis     # (ONNX: a negative axis counts from the end)
     lead = int(np.prod(x.shape[:axis], dtype=np.int64))
     return [x.reshape(lead, -1) if x.size else x.reshape(lead, int(np.prod(x.shape[axis:])))]
 
@@ -675,23 +687,29 @@ class _RecurrentNode:
         if self.input_forget and self.op != "LSTM":
             raise LoadError(f"{where}: input_forget is an LSTM attribute")
         self._layers: dict = {}
-        self._key = None
+        self._made = None       # (the weights the layer was made from, the layer): _get_layer
         wnames = [self.inputs[k] for k in (1, 2, 3)] + [self.inputs[7] if self.op == "LSTM" else ""]
         self._wnames = wnames
         if all((not n) or n in consts for n in wnames):
-            self._get_layer(*[consts.get(n) if n else None for n in wnames])
+            self._get_layer(*[consts.get(n) if n else None for n in wnames], own=True)
 
     def rekey(self, consts: Mapping) -> None:
         """Key the layer made at load by the objects now in ``consts`` for its weights
-        (OnnxModel._drop_converted puts placeholders there)."""
+        (OnnxModel._drop_converted puts placeholders there): the model's own constants,
+        read-only, stand for themselves."""
         vals = tuple(consts.get(n) if n else None for n in self._wnames)
-        self._key = tuple(id(v) for v in vals)
-        self._keep = vals
+        self._made = (vals, self._made[1])
 
-    def _get_layer(self, W, R, B, P):
-        key = (id(W), id(R), id(B), id(P))
-        if key == self._key:
-            return self._layer
+    def _get_layer(self, W, R, B, P, own=False):
+        """The layer of weights W, R, B, P: the one made last if they are the objects it
+        was keyed by (rekey) or arrays of the same values (a fed array may have been
+        changed in place since: its values are compared with a copy kept), else a new
+        one.  (Comparing costs a fraction of making a layer.)  ``own``: the model's
+        constants (at load), kept as they are, not copied."""
+        made = self._made       # (one read: another thread may replace it)
+        if made is not None and all(v is k or _same_values(v, k)
+                                    for v, k in zip((W, R, B, P), made[0])):
+            return made[1]
         from ..layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN   # (import: ~0.6 us)
         op, D, where = self.op, self.D, self.where
         if W is None or R is None:
@@ -749,14 +767,14 @@ class _RecurrentNode:
             layer.load_state_dict(sd)
         except (ValueError, TypeError, KeyError) as e:
             raise LoadError(f"{where}: {e}") from None
-        self._layer = layer
-        self._key = key
-        self._keep = (W, R, B, P)   # keep ids alive
+        self._made = (tuple(v if v is None or own else np.array(v) for v in (W, R, B, P)),
+                      layer)
         return layer
 
     @property
     def layer(self):
-        return getattr(self, "_layer", None)
+        made = self._made
+        return None if made is None else made[1]
 
     def _state(self, s, name, Bsz, H, dtype):
         """An initial state (initial_h / initial_c) as (D, B, H) of the layer's dtype."""
@@ -787,6 +805,10 @@ class _RecurrentNode:
             h0 = self._state(h0, "initial_h", Bsz, H, dt)
         if c0 is not None:
             c0 = self._state(c0, "initial_c", Bsz, H, dt)
+        if T == 0:
+            # ONNX Runtime: no time steps end with zero final states, whatever the initial
+            # ones (as a sequence of length 0 does, below)
+            h0 = c0 = None
         lengths = None
         empty = False           # (a sequence of length 0)
         if seq is not None:
@@ -954,6 +976,15 @@ class OnnxModel:
                     self._in_dtypes[n] = _np_dtype(et)
                 except LoadError as e:
                     raise LoadError(f"{self.name}: input {n!r}: {e}") from None
+        # declared input shapes and their fixed sizes: {name: (shape, ((axis, size), ...))}
+        # (_feeds checks them; dimension names, unknown sizes, negative ones (invalid,
+        # written by some exporters for unknown ones) and no shape are free, as in ORT)
+        self._in_shapes = {}
+        for n, info in self._input_info.items():
+            if info.shape is not None:
+                fixed = tuple((k, d) for k, d in enumerate(info.shape)
+                              if isinstance(d, int) and d >= 0)
+                self._in_shapes[n] = (tuple(info.shape), fixed)
         self._live: dict = {}           # per tuple of wanted outputs: _live_steps
         # initializers that are also listed as inputs (IR < 4): optional overrides
         self._overridable = [v.name for v in g.input if v.name in init_names]
@@ -1016,6 +1047,9 @@ class OnnxModel:
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
         self._dropped = self._drop_converted(steps, consts)
+        for v in consts.values():      # (so an output that is one, or a view of one, is
+            if isinstance(v, np.ndarray):   # returned as a copy: _results)
+                v.flags.writeable = False
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
         self._stacks: dict = {}         # stacked nodes run as one layer: _Program._stack
         self._out_key = tuple(self.output_names)
@@ -1124,8 +1158,26 @@ class OnnxModel:
                     v = v.astype(want)
                 else:
                     raise TypeError(f"input {n!r} must have dtype {want}, got {v.dtype}")
+            decl = self._in_shapes.get(n)
+            if decl is not None:
+                self._check_shape(n, v.shape, *decl)
             out[n] = v
         return out
+
+    @staticmethod
+    def _check_shape(n, got, shape, fixed):
+        """A ValueError where a feed's shape ``got`` differs from input ``n``'s declared
+        ``shape`` in rank or in a fixed size (as ONNX Runtime's "invalid rank" / "invalid
+        dimensions")."""
+        decl = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        if len(got) != len(shape):
+            raise ValueError(f"input {n!r} must have rank {len(shape)} (declared shape "
+                             f"{decl}), got shape {got}")
+        for k, d in fixed:
+            if got[k] != d:
+                raise ValueError(f"input {n!r}: axis {k} has size {got[k]}, but the model "
+                                 f"declares size {d} there (declared shape {decl}, got "
+                                 f"shape {got})")
 
     def _live_steps(self, want):
         """The steps the wanted outputs need, in order; those of them whose outputs do not
@@ -1150,7 +1202,17 @@ class OnnxModel:
         return (want, *[(n, type(v), v.shape, v.dtype) for n, v in feeds.items()])
 
     def run(self, inputs=None, outputs=None, **kwargs) -> dict[str, np.ndarray]:
-        """Run the graph.  ``outputs``: names to return (default all graph outputs)."""
+        """Run the graph.  ``outputs``: names to return (default all graph outputs).
+
+        ONNX Runtime's order is accepted too: ``run(output_names, input_feed)``, with
+        ``output_names`` None (all graph outputs) or a list / tuple of names and
+        ``input_feed`` a mapping, returns a list of arrays in that order, as
+        ``InferenceSession.run`` does."""
+        if outputs is not None and isinstance(outputs, Mapping) and (
+                inputs is None or isinstance(inputs, (list, tuple))):
+            names = self.output_names if inputs is None else list(inputs)
+            res = self.run(outputs, names, **kwargs)
+            return [res[n] for n in names]
         if not kwargs and self._progs:
             # arrays of the dtypes, names and shapes of an earlier call: its kept program
             if type(inputs) is dict:
@@ -1211,7 +1273,7 @@ class OnnxModel:
         if len(self._progs) >= _SHAPES_KEPT:
             self._progs.clear()
         self._progs[sig] = _Program(self, live, env, key)
-        return self._results(env, key)
+        return self._results(env, key, feeds.values())
 
     def _located(self, e, where):
         """``e`` with the model's name and the failing node in its message (value, type,
@@ -1224,13 +1286,16 @@ class OnnxModel:
         return e
 
     @staticmethod
-    def _results(env, want, check=None) -> dict:
+    def _results(env, want, feeds, check=None) -> dict:
         """The wanted values; those of them (of ``check``, default all) that are
-        read-only (a kept value, or a view of one) as copies."""
+        read-only (a constant, a kept value, or a view of one) or may share memory with
+        one of ``feeds`` (an Identity / Reshape of an input) as copies: as ONNX
+        Runtime's, a result is the caller's own."""
         res = {w: env[w] for w in want}
         for w in want if check is None else check:
             v = res[w]
-            if isinstance(v, np.ndarray) and not v.flags.writeable:
+            if isinstance(v, np.ndarray) and (not v.flags.writeable or any(
+                    np.may_share_memory(v, f) for f in feeds)):
                 res[w] = v.copy()
         return res
 
@@ -1249,7 +1314,7 @@ class OnnxModel:
             raise self._located(e, where)
         finally:
             scope_leave()
-        return self._results(env, want, prog.check)
+        return self._results(env, want, feeds.values(), prog.check)
 
     __call__ = run
 
@@ -1284,7 +1349,8 @@ class _Program:
     ``base``: the values that follow from the shapes alone (_shape_only), kept
     read-only, with the constants the other steps read; ``zero``: which of those are
     float zeros; ``steps``: the other steps, each (runner, getter, outputs, where);
-    ``check``: the wanted outputs that may be read-only (_results copies those).
+    ``check``: the wanted outputs that may be read-only or views of a feed (_results
+    copies those).
     Recurrent nodes with fixed weights and zero or absent initial states call their
     layer's lean path (_RecurrentNode.compiled); Squeeze / Unsqueeze / Reshape / Flatten /
     Identity of an input of the first call's shape is one reshape; the rest runs as in
