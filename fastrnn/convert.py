@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN
+from .layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN, _torch_numpy
 
 
 def from_torch(module, *, dtype=None, num_threads=None):
@@ -16,12 +16,13 @@ def from_torch(module, *, dtype=None, num_threads=None):
     mode = getattr(module, "mode", None)
     if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         raise TypeError(f"from_torch expects torch.nn.RNN, LSTM or GRU, got {kind}")
-    sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    sd = {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
     if dtype is None:
         first = next(iter(sd.values()))
         dtype = np.float64 if first.dtype == np.float64 else np.float32
     common = dict(num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, bidirectional=module.bidirectional,
+                  dropout=float(getattr(module, "dropout", 0.0)),
                   dtype=dtype, num_threads=num_threads,
                   seed=_WEIGHTS_FOLLOW)            # (loaded below, strict)
     if mode == "LSTM":

@@ -284,12 +284,44 @@ def _positive_int(name, v, minimum=1) -> int:
     return int(v)
 
 
+def _flag(name, v) -> bool:
+    """A True/False argument: bool (NumPy's too) or the ints 0 / 1; anything else (a
+    string, a float such as a dropout given where PyTorch's order puts it) a TypeError,
+    not a truthy surprise."""
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise TypeError(f"{name} must be True or False, got {v!r}")
+
+
+def _dropout(v) -> float:
+    """PyTorch's ``dropout`` argument: a number in [0, 1]."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                              np.floating)):
+        raise TypeError(f"dropout must be a number in [0, 1], got {v!r} (the arguments "
+                        "follow torch.nn's order: ..., batch_first, dropout, bidirectional)")
+    if not 0 <= v <= 1:
+        raise ValueError(f"dropout must be in [0, 1], got {v}")
+    return float(v)
+
+
+def _torch_numpy(t, name: str = "tensor") -> np.ndarray:
+    """A torch tensor's values as a NumPy array (torch is not imported): floating types
+    NumPy has no dtype for (bfloat16, float8) as float32."""
+    t = t.detach().cpu()
+    try:
+        return t.numpy()
+    except TypeError:
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}") from None
+        return t.float().numpy()
+
+
 def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
     """A real floating array from user input, cast to ``dtype``; clear errors otherwise."""
     if type(a) is np.ndarray and a.dtype == dtype:
         return a                                    # (the common case, ~0.1 us)
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, without importing torch
-        a = a.detach().cpu().numpy()
+        a = _torch_numpy(a, name)
     arr = np.asarray(a)
     if arr.dtype.kind not in "f":
         raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
@@ -539,6 +571,13 @@ class RNNBase:
     """Common machinery of the recurrent layers; use :class:`SimpleRNN`, :class:`LSTM`
     or :class:`GRU`.
 
+    The constructors take torch.nn.RNN / LSTM / GRU's arguments in torch's order
+    (``input_size, hidden_size, num_layers, [nonlinearity,] bias, batch_first, dropout,
+    bidirectional, [proj_size]``); the rest by keyword (``dtype``, ...).  Flags must be
+    True / False (or 0 / 1).  ``dropout`` is kept (config, repr) but never applied:
+    calls are inference, as a torch module in ``eval()``, and :mod:`fastrnn.train`
+    does not drop between layers (it warns where dropout is set).
+
     Call ``layer(x, hx=None, *, lengths=None, mask=None)``:
 
     * ``x``: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``) or unbatched ``(T, I)``;
@@ -564,22 +603,25 @@ class RNNBase:
     """
 
     _weights_version = 0     # (mark_weights_changed counts; kept per instance from then)
+    dropout = 0.0            # (layers pickled before the argument existed)
 
     _cell = "RNN"
     _step_entry = None          # _step_fast's last (packing, thread count, plan)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
-                 dtype="float32", *, proj_size: int = 0, go_backwards: bool = False,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, dtype="float32", proj_size: int = 0,
+                 go_backwards: bool = False,
                  activations=None, clip: float | None = None, input_forget: bool = False,
                  reset_after: bool = True, peepholes: bool = False,
                  num_threads: int | None = None, seed: int | None = None) -> None:
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = _flag("bias", bias)
+        self.batch_first = _flag("batch_first", batch_first)
+        self.dropout = _dropout(dropout)
+        self.bidirectional = _flag("bidirectional", bidirectional)
         self.dtype = _as_dtype(dtype)
         self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
         if self.proj_size and self._cell != "LSTM":
@@ -873,6 +915,8 @@ class RNNBase:
                        peepholes=self.peepholes)
         if self._cell == "GRU":
             cfg["reset_after"] = self.reset_after
+        if self.dropout:
+            cfg["dropout"] = self.dropout
         return cfg
 
     def __repr__(self) -> str:
@@ -883,6 +927,8 @@ class RNNBase:
             parts.append("bias=False")
         if self.batch_first:
             parts.append("batch_first=True")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout:g}")
         if self.bidirectional:
             parts.append("bidirectional=True")
         if self._cell == "RNN" and self.nonlinearity != "tanh":
@@ -1725,12 +1771,12 @@ class SimpleRNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 bidirectional: bool = False, dtype="float32", **kwargs) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, **kwargs) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
-                         bidirectional, dtype, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)
 
     def _default_activations(self):
         return [parse_activation(self.nonlinearity)]
@@ -1751,14 +1797,15 @@ class LSTM(RNNBase):
     _cell = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
-                 dtype="float32", proj_size: int = 0, *, gate_activation="sigmoid",
-                 cell_activation="tanh", hidden_activation="tanh", **kwargs) -> None:
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 gate_activation="sigmoid", cell_activation="tanh",
+                 hidden_activation="tanh", **kwargs) -> None:
         self._default_acts = [parse_activation(gate_activation),
                               parse_activation(cell_activation),
                               parse_activation(hidden_activation)]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
-                         bidirectional, dtype, proj_size=proj_size, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size=proj_size, **kwargs)
 
     def _default_activations(self):
         return list(self._default_acts)
@@ -1772,12 +1819,12 @@ class GRU(RNNBase):
     _cell = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
-                 dtype="float32", *, reset_after: bool = True, gate_activation="sigmoid",
-                 activation="tanh", **kwargs) -> None:
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, reset_after: bool = True,
+                 gate_activation="sigmoid", activation="tanh", **kwargs) -> None:
         self._default_acts = [parse_activation(gate_activation), parse_activation(activation)]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first,
-                         bidirectional, dtype, reset_after=reset_after, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, reset_after=reset_after, **kwargs)
 
     def _default_activations(self):
         return list(self._default_acts)

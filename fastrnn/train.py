@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -177,6 +178,11 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     from .layers import unpack_rows
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
+    if layer.dropout and layer.num_layers > 1 and not layer.__dict__.get("_dropout_warned"):
+        layer.__dict__["_dropout_warned"] = True
+        warnings.warn(f"{type(layer).__name__}(dropout={layer.dropout:g}): fastrnn's training "
+                      "does not drop between layers (torch.nn does in train mode)",
+                      stacklevel=2)
     x, unbatched, h0, c0 = layer._prepare(x, hx)
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")

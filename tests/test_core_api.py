@@ -203,6 +203,70 @@ def test_cell_specific_options_validated():
         fastrnn.LSTM(3, 4, activations=["sigmoid", "tanh"])
 
 
+def test_arguments_in_torch_order():
+    """Positional arguments mean what they mean to torch.nn (dropout 6th, bidirectional
+    7th, LSTM's proj_size 8th; SimpleRNN's nonlinearity 4th), checked against torch's
+    own modules; a flag given anything but True / False (0 / 1) is a TypeError, not a
+    truthy surprise (a dropout where fastrnn once took bidirectional built a
+    bidirectional layer)."""
+    torch = pytest.importorskip("torch")
+    cases = [(fastrnn.LSTM, torch.nn.LSTM, (8, 16, 2, True, False, 0.2)),
+             (fastrnn.LSTM, torch.nn.LSTM, (8, 16, 2, False, True, 0.0, True, 4)),
+             (fastrnn.GRU, torch.nn.GRU, (8, 16, 3, True, True, 0.5, True)),
+             (fastrnn.SimpleRNN, torch.nn.RNN, (8, 16, 2, "relu", True, False, 0.1, True))]
+    for ours, theirs, args in cases:
+        a, b = ours(*args), theirs(*args)
+        for k in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                  "dropout", "bidirectional", "proj_size", "nonlinearity"):
+            if hasattr(b, k):
+                assert getattr(a, k) == getattr(b, k), (ours.__name__, args, k)
+        assert sorted(a.state_dict()) == sorted(b.state_dict())
+        assert a.get_config()["dropout"] == b.dropout if b.dropout else "dropout" not in \
+            a.get_config()
+        clone = fastrnn.layer_from_config(a.get_config())
+        assert clone.dropout == a.dropout and repr(clone) == repr(a)
+    assert "dropout=0.2" in repr(fastrnn.LSTM(8, 16, 2, True, False, 0.2))
+    with pytest.raises(TypeError, match="dropout must be a number"):
+        fastrnn.LSTM(8, 16, 1, True, False, True)          # fastrnn's old order
+    with pytest.raises(ValueError, match="dropout"):
+        fastrnn.GRU(8, 16, dropout=1.5)
+    for kw in (dict(batch_first="no"), dict(bidirectional=2), dict(bias=0.5)):
+        with pytest.raises(TypeError, match="must be True or False"):
+            fastrnn.GRU(8, 16, **kw)
+    assert fastrnn.GRU(8, 16, batch_first=1, bidirectional=np.bool_(True)).bidirectional
+    with pytest.raises(TypeError):
+        fastrnn.GRU(8, 16, 1, True, False, 0.0, False, "float64")   # dtype: a keyword
+
+
+def test_training_warns_that_dropout_is_not_applied():
+    from fastrnn import train
+    x = np.ones((3, 2, 4), np.float32)
+    with pytest.warns(UserWarning, match="does not drop"):
+        train.forward_train(fastrnn.LSTM(4, 5, 2, dropout=0.3), x)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.forward_train(fastrnn.LSTM(4, 5, 2), x)
+        train.forward_train(fastrnn.LSTM(4, 5, 1, dropout=0.3), x)   # (nothing to drop)
+
+
+def test_bfloat16_torch_modules_and_tensors():
+    """A bfloat16 module (mixed-precision training) converts as float32 (NumPy has no
+    bfloat16), its numbers those of torch run in float32 on the same weights; a
+    bfloat16 tensor as input too.  Both failed inside torch's .numpy()."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = torch.nn.GRU(4, 5, num_layers=2).to(torch.bfloat16)
+    layer = fastrnn.from_torch(m)
+    assert layer.dtype == np.float32
+    x = torch.randn(6, 3, 4).to(torch.bfloat16)
+    with torch.no_grad():
+        want = m.float()(x.float())[0].numpy()
+    np.testing.assert_allclose(layer(x)[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.zeros(6, 3, 4, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 def test_weights_packed_once(cls):
     layer = cls(3, 4)
