@@ -414,14 +414,15 @@ class KerasRNN(Layer):
         zero), so the core need not keep per-step outputs."""
         return not self.return_sequences and (mask is None or not self.zero_output_for_mask)
 
-    def run(self, x, mask=None, last=False):
+    def run(self, x, mask=None, last=False, initial_state=None):
         """(sequence output in Keras order (B, T, H), list of final states); ``last``:
-        the last output (B, H) instead, as the final h (see _last_only)."""
+        the last output (B, H) instead, as the final h (see _last_only).
+        ``initial_state``: Keras's list of (B, H) states (LSTM ``[h, c]``), or None."""
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
         m = None if mask is None else np.asarray(mask, dtype=bool)
-        out, state = self.core(x, mask=m,
+        out, state = self.core(x, self._hx(initial_state, 1), mask=m,
                                masked_output="zero" if self.zero_output_for_mask else "carry",
                                return_sequences=not last)
         states = [state[0][0], state[1][0]] if isinstance(state, tuple) else [state[0]]
@@ -429,17 +430,33 @@ class KerasRNN(Layer):
             out = out[:, ::-1]
         return out, states
 
-    def call(self, x, mask=None):
+    def n_states(self) -> int:
+        """How many state tensors the layer takes and returns (LSTM 2, else 1)."""
+        return 2 if self.core._cell == "LSTM" else 1
+
+    def _hx(self, initial_state, D):
+        """Keras's initial states (``D`` directions' lists, one after the other, each
+        ``n_states()`` (B, H) arrays) as the core's ``hx`` (None: zeros)."""
+        if initial_state is None:
+            return None
+        n = self.n_states()
+        st = list(initial_state)
+        if len(st) != n * D:
+            raise ValueError(f"{self.name}: expected {n * D} initial state(s), got {len(st)}")
+        hs = [np.stack([np.asarray(st[d * n + k]) for d in range(D)]) for k in range(n)]
+        return tuple(hs) if n == 2 else hs[0]
+
+    def call(self, x, mask=None, initial_state=None):
         if self._last_only(mask):
-            y, states = self.run(x, mask, last=True)
+            y, states = self.run(x, mask, last=True, initial_state=initial_state)
             if self.return_state:       # (the layer's last output may be a view of h)
                 y = y.copy()
             out_mask = None
         elif self.return_sequences:
-            seq, states = self.run(x, mask)
+            seq, states = self.run(x, mask, initial_state=initial_state)
             y, out_mask = np.ascontiguousarray(seq), mask
         else:
-            seq, states = self.run(x, mask)
+            seq, states = self.run(x, mask, initial_state=initial_state)
             y, out_mask = _last(seq, x), None
         if self.return_state:
             return [y] + states, out_mask
@@ -535,20 +552,29 @@ class Bidirectional(Layer):
             mine = core._params.get(own)
             if mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype:
                 core._params[own] = arr
-                core._packed = None
+                core.mark_weights_changed()
 
-    def _run_both(self, x, mask, last=False):
+    def _run_both(self, x, mask, last=False, initial_state=None):
         """(forward output, backward output in the backward layer's Keras order, the
-        states); ``last``: each direction's last output (B, H) instead (_last_only)."""
+        states); ``last``: each direction's last output (B, H) instead (_last_only).
+        ``initial_state``: Keras's list, the forward states then the backward ones."""
+        init_f = init_b = None
+        if initial_state is not None:
+            st = list(initial_state)
+            n = self.forward.n_states()
+            if len(st) != 2 * n:
+                raise ValueError(f"{self.name}: expected {2 * n} initial states, got {len(st)}")
+            init_f, init_b = st[:n], st[n:]
         if self._fused is None:
-            y, s1 = self.forward.run(x, mask, last)
-            yb, s2 = self.backward.run(x, mask, last)
+            y, s1 = self.forward.run(x, mask, last, init_f)
+            yb, s2 = self.backward.run(x, mask, last, init_b)
             return y, yb, s1 + s2
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
         m = None if mask is None else np.asarray(mask, dtype=bool)
-        out, state = self._fused(x, mask=m, masked_output="zero"
+        hx = None if initial_state is None else self.forward._hx(init_f + init_b, 2)
+        out, state = self._fused(x, hx, mask=m, masked_output="zero"
                                  if self.forward.zero_output_for_mask else "carry",
                                  return_sequences=not last)
         H = self._fused.hidden_size
@@ -559,9 +585,9 @@ class Bidirectional(Layer):
             s1, s2 = [state[0]], [state[1]]
         return y, (yb_aligned if last else yb_aligned[:, ::-1]), s1 + s2
 
-    def call(self, x, mask=None):
+    def call(self, x, mask=None, initial_state=None):
         last = self.forward._last_only(mask) and self.backward._last_only(mask)
-        y, yb, states = self._run_both(x, mask, last)  # yb in Keras order of the backward layer
+        y, yb, states = self._run_both(x, mask, last, initial_state)  # yb in Keras order of the backward layer
         if self.return_sequences:
             y, yb = y, yb[:, ::-1]                       # back to input order
             out_mask = mask
@@ -608,9 +634,15 @@ class Model:
     (a layer with ``return_state`` or ``merge_mode=None`` produces several tensors); by
     default everything the last layer produces.  ``predict``/``__call__`` return an array
     when there is one output, else a list.
+
+    ``initial_states``: ``{layer_index: [(layer_index, tensor_index), ...]}``: a recurrent
+    layer (:class:`KerasRNN`, :class:`Bidirectional`) that starts from states an earlier
+    layer returned (Keras's ``initial_state=[h, c]`` of an encoder-decoder chain), in
+    Keras's order; the others start from zeros.
     """
 
-    def __init__(self, layers: Sequence[Layer], outputs=None, name: str = "model"):
+    def __init__(self, layers: Sequence[Layer], outputs=None, name: str = "model",
+                 initial_states=None):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a Model needs at least one layer")
@@ -624,6 +656,7 @@ class Model:
                     raise ValueError(f"bad output reference {(a, b)}")
         self.outputs = outputs
         self.name = name
+        self.initial_states = _check_initial_states(self.layers, initial_states)
 
     def __call__(self, x, mask=None):
         with _threads.call_scope():      # its layers share one decision (see _threads)
@@ -631,28 +664,35 @@ class Model:
 
     def _call(self, x, mask):
         n = len(self.layers)
-        wanted = {} if self.outputs is None else {a for a, _ in self.outputs}
+        wanted = set() if self.outputs is None else {a for a, _ in self.outputs}
+        inits = getattr(self, "initial_states", None)  # (pickles of older versions)
+        if inits:
+            wanted |= {a for refs in inits.values() for a, _ in refs}
         kept = {}
         h = x
         for i, layer in enumerate(self.layers):
-            out, mask = layer.call(h, mask)
+            refs = inits.get(i) if inits else None
+            if refs:
+                out, mask = layer.call(h, mask, initial_state=[self._pick(kept, a, b)
+                                                               for a, b in refs])
+            else:
+                out, mask = layer.call(h, mask)
             if i in wanted or i == n - 1:
                 kept[i] = out
             h = out[0] if isinstance(out, list) else out
         if self.outputs is None:
             res = kept[n - 1]
             return res
-        res = []
-        for a, b in self.outputs:
-            o = kept[a]
-            if isinstance(o, list):
-                res.append(o[b])
-            elif b == 0:
-                res.append(o)
-            else:
-                raise ValueError(f"layer {self.layers[a].name!r} has one output, "
-                                 f"asked for output {b}")
+        res = [self._pick(kept, a, b) for a, b in self.outputs]
         return res[0] if len(res) == 1 else res
+
+    def _pick(self, kept, a, b):
+        o = kept[a]
+        if isinstance(o, list):
+            return o[b]
+        if b == 0:
+            return o
+        raise ValueError(f"layer {self.layers[a].name!r} has one output, asked for output {b}")
 
     def predict(self, x, batch_size: int | None = None):
         """Run the model on ``x`` (batch first), in chunks of ``batch_size`` if given."""
@@ -670,8 +710,11 @@ class Model:
         return sum(l.count_params() for l in self.layers)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "layers": [l.get_config() for l in self.layers],
-                "outputs": self.outputs}
+        cfg = {"name": self.name, "layers": [l.get_config() for l in self.layers],
+               "outputs": self.outputs}
+        if getattr(self, "initial_states", None):
+            cfg["initial_states"] = _initial_states_json(self.initial_states)
+        return cfg
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every array of the model, named ``"<layer index>.<path>"``."""
@@ -701,6 +744,31 @@ class Model:
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(l) for l in self.layers)
         return f"Model(name={self.name!r}, layers=[\n{inner}\n])"
+
+
+def _check_initial_states(layers, initial_states):
+    """Validated ``{layer index: [(layer index, tensor index), ...]}`` (empty: {})."""
+    if not initial_states:
+        return {}
+    items = (initial_states.items() if isinstance(initial_states, dict)
+             else initial_states)           # (also the JSON form [[i, [[a, b], ...]], ...])
+    out = {}
+    for i, refs in items:
+        i = int(i)
+        if not 0 <= i < len(layers) or not isinstance(layers[i], (KerasRNN, Bidirectional)):
+            raise ValueError(f"initial_states: layer {i} is not a recurrent layer")
+        refs = [(int(a), int(b)) for a, b in refs]
+        for a, b in refs:
+            if not 0 <= a < i or b < 0:
+                raise ValueError(f"initial_states of layer {i}: bad reference {(a, b)} "
+                                 "(must be an earlier layer's output)")
+        if refs:
+            out[i] = refs
+    return out
+
+
+def _initial_states_json(initial_states):
+    return [[i, [[a, b] for a, b in refs]] for i, refs in sorted(initial_states.items())]
 
 
 # ----------------------------------------------------------------------------- save / restore
@@ -805,6 +873,8 @@ def _model_state(model: "Model") -> tuple[dict, dict]:
     layers = [_layer_state(l, f"{i}.", tensors) for i, l in enumerate(model.layers)]
     cfg = {"class_name": "Model", "name": model.name, "layers": layers,
            "outputs": model.outputs}
+    if getattr(model, "initial_states", None):
+        cfg["initial_states"] = _initial_states_json(model.initial_states)
     return cfg, tensors
 
 
@@ -816,4 +886,5 @@ def model_from_config(cfg: dict, tensors: dict) -> "Model":
     if not isinstance(layers_cfg, list) or not layers_cfg:
         raise ValueError("a Model config needs a non-empty 'layers' list")
     layers = [_layer_from_state(c, _sub(tensors, f"{i}.")) for i, c in enumerate(layers_cfg)]
-    return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"))
+    return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"),
+                 initial_states=cfg.get("initial_states"))

@@ -172,6 +172,13 @@ class Stream:
         if model.outputs is not None and [tuple(o) for o in model.outputs] != [(n - 1, 0)]:
             raise ValueError("Stream supports models with one output (the last layer's); "
                              f"this model returns {model.outputs}")
+        starts = getattr(model, "initial_states", None)
+        if starts:
+            i = min(starts)
+            raise ValueError(f"cannot stream model {model.name!r}: layer "
+                             f"{model.layers[i].name!r} starts from the final states of "
+                             f"layer {model.layers[starts[i][0][0]].name!r}, known only "
+                             "after the whole sequence")
         plan, runners = [], []
         for layer in model.layers:
             if isinstance(layer, Bidirectional):

@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 28
+    assert len(FIXTURES) == 37
 
 
 # ----------------------------------------------------------------------------- vs h5py

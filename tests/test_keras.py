@@ -21,7 +21,10 @@ from fastrnn.model import Bidirectional, KerasRNN  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "fixtures", "keras")
-NAMES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIX, "*.npz")))
+ALL_NAMES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIX, "*.npz")))
+# models fastrnn must refuse (npz: what Keras computes)
+REFUSED = [n for n in ALL_NAMES if n.startswith("k3_refused_")]
+NAMES = [n for n in ALL_NAMES if n not in REFUSED]
 TOL = 1e-5
 
 
@@ -57,14 +60,14 @@ def assert_matches(model, name, batch_size=None):
     assert len(out) == len(ys)
     for a, b in zip(out, ys):
         assert a.shape == b.shape
-        assert a.dtype == np.float32
+        assert a.dtype == b.dtype            # float32, float64 for k3_float64
         err = float(np.max(np.abs(a - b)))
         assert err <= TOL, f"{name}: max abs error {err}"
 
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 28
+    assert len(NAMES) == 33 and len(REFUSED) == 4
     for n in NAMES:
         model_path(n)
 
@@ -556,3 +559,161 @@ def test_weights_of_wrong_kind(tmp_path):
                 break
     with pytest.raises(LoadError, match="numeric array"):
         load_keras(str(p))
+
+
+# ----------------------------------------------------------------------------- call arguments
+
+def test_initial_state_from_earlier_rnn():
+    """Encoder-decoder chains (an RNN started from an earlier RNN's return_state outputs,
+    Keras 3's node kwargs): run with those states, as Keras does; not from zeros."""
+    for name, want in (("k3_init_state_bi_lstm", {1: [(0, 1), (0, 2), (0, 3), (0, 4)]}),
+                       ("k3_init_state_gru", {1: [(0, 1)], 2: [(1, 1)]})):
+        model = load_keras(model_path(name))
+        assert model.initial_states == want
+        assert_matches(model, name)
+        x, ys = reference(name)
+        model.initial_states = {}                   # what fastrnn computed before
+        assert np.max(np.abs(model.predict(x) - ys[0])) > 1e-3
+    # the legacy .h5 of the GRU chain, fused bidirectional path and two-layer path
+    model = load_keras(model_path("k3_init_state_bi_lstm"))
+    assert model.layers[1]._fused is not None
+    model.layers[1]._fused = None
+    assert_matches(model, "k3_init_state_bi_lstm")
+    # a stream cannot know the encoder's final states before the sequence ends
+    with pytest.raises(ValueError, match="starts from the final states of layer"):
+        fastrnn.Stream(load_keras(model_path("k3_init_state_gru")))
+
+
+def test_initial_state_keras2_inbound_form(tmp_path):
+    """tf.keras 2 records an RNN's initial_state tensors as further inbound entries
+    ([[name, node, tensor, kwargs], ...]): the same chain in that form gives the same."""
+    p = tmp_path / "k2form.h5"
+    shutil.copy(model_path("k3_init_state_gru"), p)
+
+    def k2(ref):
+        h = ref["config"]["keras_history"]
+        return [h[0], h[1], h[2], {}]
+    with h5py.File(p, "r+") as f:
+        c = json.loads(f.attrs["model_config"])
+        for l in c["config"]["layers"]:
+            nodes = l.get("inbound_nodes") or []
+            if not nodes:
+                continue
+            node = nodes[0]
+            st = node.get("kwargs", {}).get("initial_state")
+            st = [] if st is None else st if isinstance(st, list) else [st]
+            l["inbound_nodes"] = [[k2(node["args"][0])] + [k2(t) for t in st]]
+        f.attrs["model_config"] = json.dumps(c)
+        f.attrs["keras_version"] = "2.15.0"
+    assert_matches(load_keras(str(p)), "k3_init_state_gru")
+
+
+def test_initial_state_survives_save(tmp_path):
+    model = load_keras(model_path("k3_init_state_gru"))
+    path = str(tmp_path / "m.safetensors")
+    model.save(path)
+    again = fastrnn.load(path)
+    assert again.initial_states == model.initial_states
+    assert_matches(again, "k3_init_state_gru")
+
+
+@pytest.mark.parametrize("name,match", [
+    ("k3_refused_mask_ops", r"layer 'lstm_\d+' \(LSTM\) is called with mask=any\(not_equal"
+                            r".*0\.5\), axis=-1\): not supported.*give no mask"),
+    ("k3_refused_mask_other", r"layer 'lstm_\d+' \(LSTM\) is called with mask=not_equal\(.*, 3\)"
+                              r": not supported.*give not_equal\(.*, 0\)"),
+    ("k3_refused_init_state_nomask", r"layer 'gru_\d+' \(GRU\) is called with initial_state, so "
+                                     r"Keras 3 runs it without the mask"),
+    ("k3_refused_init_state_mask", r"layer 'lstm_\d+' \(LSTM\) is called with both "
+                                   r"initial_state and a mask: not supported"),
+])
+def test_call_arguments_fastrnn_cannot_honour_are_refused(name, match):
+    # (Keras computed these models; fastrnn used to load them and compute something else)
+    with pytest.raises(LoadError, match=match):
+        load_keras(model_path(name))
+    with pytest.raises(LoadError, match=match):
+        fastrnn.load(model_path(name))
+
+
+def _set_kwargs(layer_name, **kw):
+    def fn(c):
+        for l in c["config"]["layers"]:
+            if l["name"] == layer_name:
+                l["inbound_nodes"][0].setdefault("kwargs", {}).update(kw)
+    return fn
+
+
+def test_other_call_kwargs_are_refused_or_harmless(tmp_path):
+    name = "k3_state_lstm_embed"
+    c = json.loads(zipfile.ZipFile(model_path(name)).read("config.json"))
+    lstm = [l["name"] for l in c["config"]["layers"] if l["class_name"] == "LSTM"][0]
+    ref = {"class_name": "__keras_tensor__", "config": {"keras_history": [lstm, 0, 1]}}
+    for kw, match in ((dict(training=True), r"is called with training=True: not supported"),
+                      (dict(constants=[ref]), r"is called with constants=\[<output 1 of"),
+                      (dict(mask=None), r"is called with mask=None: not supported.*"
+                                        r"give not_equal")):
+        p = _edit_config(name, tmp_path, _set_kwargs(lstm, **kw))
+        with pytest.raises(LoadError, match=rf"layer '{lstm}' \(LSTM\) " + match):
+            load_keras(p)
+    for kw in (dict(training=False), dict(training=None), dict(constants=None)):
+        p = _edit_config(name, tmp_path, _set_kwargs(lstm, **kw))
+        assert_matches(load_keras(p), name)
+    # initial_state from something else than an earlier RNN's states
+    emb = [l["name"] for l in c["config"]["layers"] if l["class_name"] == "Embedding"][0]
+    bad = {"class_name": "__keras_tensor__", "config": {"keras_history": [emb, 0, 0]}}
+    p = _edit_config(name, tmp_path, _set_kwargs(lstm, initial_state=[bad, bad]))
+    with pytest.raises(LoadError, match=rf"'{lstm}' \(LSTM\) is called with "
+                                        rf"initial_state=<output 0 of '{emb}'>: not supported"):
+        load_keras(p)
+
+
+def test_dict_inputs_and_outputs():
+    model = load_keras(model_path("k3_dict_io"))
+    assert model.outputs == [(0, 0), (1, 0)]        # sorted keys: "seq", "y"
+    assert_matches(model, "k3_dict_io")
+
+
+# ----------------------------------------------------------------------------- Keras version, dtype
+
+def _specs_hsig():
+    return [("LSTM", {"units": 4, "recurrent_activation": "hard_sigmoid",
+                      "return_sequences": True}),
+            ("GRU", {"units": 3, "recurrent_activation": "hard_sigmoid"}),
+            ("Dense", {"units": 2})]
+
+
+def test_keras3_weights_file_with_specs_uses_keras3_hard_sigmoid():
+    """A Keras 3 .weights.h5 (no version recorded) + a list of specs: Keras 3's
+    hard_sigmoid; a tf-keras .weights.h5 (same layout, no name attributes) stays Keras 2."""
+    path = model_path("k3_weights_hsig")
+    assert_matches(load_keras(path, _specs_hsig()), "k3_weights_hsig")
+    assert_matches(load_keras(path, architecture("k3_weights_hsig")), "k3_weights_hsig")
+    x, ys = reference("k3_weights_hsig")
+    bad = load_keras(path, _specs_hsig(), hard_sigmoid="keras2").predict(x)
+    assert np.max(np.abs(bad - ys[0])) > 1e-3
+    assert_matches(load_keras(model_path("k2_weights_newfmt"), _specs_k2_newfmt()),
+                   "k2_weights_newfmt")
+
+
+def test_float64_model_loads_as_float64(recwarn):
+    name = "k3_float64"
+    x, ys = reference(name)
+    assert ys[0].dtype == np.float64
+    model = load_keras(model_path(name))
+    out = model.predict(x)
+    assert out.dtype == np.float64
+    assert np.max(np.abs(out - ys[0])) <= 1e-7   # (Keras/JAX float64 on CPU: ~5e-9)
+    assert_matches(fastrnn.load(model_path(name)), name)
+    f32 = load_keras(model_path(name), dtype="float32").predict(x)
+    assert f32.dtype == np.float32 and np.max(np.abs(f32 - ys[0])) <= TOL
+    assert not [w for w in recwarn if "float64" in str(w.message)]
+
+
+def test_partly_float64_model_warns(tmp_path):
+    def one_layer(c):
+        c["config"]["layers"][-1]["config"]["dtype"] = "float32"
+    p = _edit_config("k3_float64", tmp_path, one_layer)
+    with pytest.warns(UserWarning, match="some layers of the Keras model are float64"):
+        model = load_keras(p)
+    x, ys = reference("k3_float64")
+    assert model.predict(x).dtype == np.float32

@@ -71,7 +71,7 @@ _MAX_H5 = 8 << 30
 
 
 def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
-               dtype="float32", num_threads: int | None = None):
+               dtype=None, num_threads: int | None = None):
     """Load a Keras model file into a :class:`fastrnn.model.Model`.
 
     ``path``: a ``.keras`` zip (Keras 3), a full-model ``.h5`` (Keras 2 / tf.keras / Keras 3
@@ -82,7 +82,20 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     keys take Keras's defaults).  ``architecture`` also overrides the config stored in a file.
 
     ``hard_sigmoid``: ``"keras2"`` (``0.2 x + 0.5``) or ``"keras3"`` (``x / 6 + 0.5``);
-    by default taken from the file's Keras version (Keras 2 when the file says nothing).
+    by default taken from the file's Keras version; a file that records none is taken as
+    Keras 3 when Keras 3 wrote its weights (``layers/.../vars`` groups with a ``name``
+    attribute, as Keras 3 writes them), else as Keras 2.
+
+    ``dtype``: the dtype of the loaded model's weights and outputs.  By default
+    (``None``) float64 when every layer of the Keras config has dtype (policy) float64,
+    else float32.
+
+    Functional models may be chains with an RNN started from an earlier RNN's returned
+    states (``initial_state=[h, c]``, encoder-decoder style) and a dict as input (of one
+    tensor) or output: dict outputs come back as a list in sorted key order (Keras's own
+    ``model.outputs`` order).  Call arguments fastrnn cannot honour (a ``mask=`` other than
+    the one the Embedding / Masking layers give, ``training=True``, other tensors) are
+    refused, never ignored.
 
     Any malformed, truncated or unsupported file raises :class:`fastrnn.io.LoadError`.
     """
@@ -164,7 +177,7 @@ def _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx):
 
 
 def model_from_keras_config(architecture, weights, *, keras_version="3", hard_sigmoid=None,
-                            dtype="float32", num_threads=None):
+                            dtype=None, num_threads=None):
     """Build a model from a Keras config and weights given as ``{layer_name: [arrays]}``
     (each layer's arrays in Keras's own order, as ``layer.get_weights()`` returns them)."""
     return _build(_parse_architecture(architecture, "architecture"), _DictStore(weights),
@@ -304,6 +317,7 @@ class _LayerDesc:
         self.class_name = class_name
         self.config = config
         self.name = name
+        self.states = None      # [(chain index, tensor index)]: initial_state (functional)
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -413,33 +427,130 @@ def _history(t):
     return None
 
 
+class _Call:
+    """A functional layer's single call: its data inputs (tensor references), the
+    tensors given as ``initial_state`` (or None) and its ``mask`` argument: ``_NO_MASK``
+    when the call does not record one, else None or the mask tensor's reference."""
+
+    def __init__(self):
+        self.data = []
+        self.states = None
+        self.mask = _NO_MASK
+        self.keras3 = False         # a Keras 3 node (args / kwargs)
+
+
+_NO_MASK = object()
+# call arguments that change nothing at inference: training=False/None only
+_RNN_LIKE = _RNN_CLASSES + ("Bidirectional",)
+
+
+def _tensor_refs(v, what, depth=0):
+    """References of a tensor argument (one tensor or a list of them)."""
+    r = _history(v)
+    if r is not None:
+        return [r]
+    if isinstance(v, (list, tuple)) and depth < 2:
+        return [x for item in v for x in _tensor_refs(item, what, depth + 1)]
+    raise LoadError(f"{what} must be a tensor or a list of tensors, got {v!r}"[:300])
+
+
+def _show(v):
+    """A short text for a call argument in an error message."""
+    r = _history(v)
+    if r is not None:
+        return f"<output {r[2]} of {r[0]!r}>"
+    if isinstance(v, (list, tuple)) and v and all(_history(x) for x in v):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return repr(v)[:80]
+
+
+def _call_kwargs(call, kw, name, cls):
+    """Check a call's keyword arguments (Keras 3 node kwargs / Keras 2 inbound kwargs):
+    every one that can change the result is either understood (initial_state, mask) or
+    refused, never dropped."""
+    kw = _need_dict(kw, f"layer {name!r} call arguments")
+    for k, v in kw.items():
+        if k == "training":
+            if v is None or v is False or v == 0:
+                continue
+            raise LoadError(f"layer {name!r} ({cls}) is called with training={v!r}: not "
+                            "supported (fastrnn runs inference; training-mode dropout / "
+                            "noise cannot be reproduced)"[:400])
+        if k == "mask":
+            if v is None:
+                call.mask = None
+                continue
+            refs = _tensor_refs(v, f"layer {name!r} mask argument")
+            if len(refs) != 1:
+                raise LoadError(f"layer {name!r} ({cls}) is called with mask={_show(v)}: "
+                                "not supported (one mask tensor expected)"[:400])
+            call.mask = refs[0]
+            continue
+        if k == "initial_state" and v is not None:
+            if cls not in _RNN_LIKE:
+                raise LoadError(f"layer {name!r} ({cls}) is called with "
+                                f"initial_state={_show(v)}: not supported"[:400])
+            refs = _tensor_refs(v, f"layer {name!r} initial_state")
+            if call.states is not None and call.states != refs:
+                raise LoadError(f"layer {name!r} ({cls}) is given two different initial "
+                                "states")
+            call.states = refs
+            continue
+        if v is None:               # (an optional argument left at its default)
+            continue
+        raise LoadError(f"layer {name!r} ({cls}) is called with {k}={_show(v)}: not "
+                        "supported (fastrnn would ignore it and compute something else)"[:400])
+
+
 def _inbound(l, name):
-    """Data inputs (tensor references) of a functional layer's single call."""
+    """The :class:`_Call` of a functional layer (used once: a simple chain)."""
+    call = _Call()
+    cls = l.get("class_name")
     nodes = l.get("inbound_nodes", [])
     if nodes is None:
-        return []
+        return call
     nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
     if len(nodes) > 1:
         raise LoadError(f"layer {name!r} is called {len(nodes)} times; fastrnn "
                         "supports each layer used once (a simple chain)")
     if not nodes:
-        return []
+        return call
     node = nodes[0]
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        refs = []
-        for a in _need_list(node.get("args", []), f"layer {name!r} inbound args"):
+        call.keras3 = True
+        for i, a in enumerate(_need_list(node.get("args", []), f"layer {name!r} inbound args")):
             if isinstance(a, list) and a and _history(a) is None:
-                refs.extend(r for r in (_history(x) for x in a) if r)
+                call.data.extend(r for r in (_history(x) for x in a) if r)
             else:
                 r = _history(a)
                 if r:
-                    refs.append(r)
-        return refs
-    node = _need_list(node, f"layer {name!r} inbound node")   # Keras 2: [[name, node, tensor, kw]]
-    return [r for r in (_history(t) for t in node) if r]
+                    call.data.append(r)
+                elif i > 0 and a is not None and cls not in _MASK_OPS:
+                    raise LoadError(f"layer {name!r} ({cls}) is called with an extra "
+                                    f"argument {a!r}: not supported"[:300])
+        _call_kwargs(call, node.get("kwargs") or {}, name, cls)
+        return call
+    # Keras 2: [[name, node, tensor, kwargs], ...]: an RNN called with initial_state has
+    # the states as further entries (tf.keras adds them to the layer's inputs)
+    node = _need_list(node, f"layer {name!r} inbound node")
+    for t in node:
+        r = _history(t)
+        if r is None:
+            continue
+        call.data.append(r)
+        if len(t) > 3 and t[3]:
+            _call_kwargs(call, t[3], name, cls)
+    if cls in _RNN_LIKE and len(call.data) > 1:
+        if call.states is not None:
+            raise LoadError(f"layer {name!r} ({cls}) is given two different initial states")
+        call.data, call.states = call.data[:1], call.data[1:]
+    return call
 
 
 def _refs(v, depth=0):
+    """Tensor references of model inputs / outputs: a tensor, a list of them, or a dict
+    (Keras 3 ``keras.Model({"a": x}, {"y": out, ...})``): its values in sorted key order,
+    the order Keras itself flattens a dict in (``model.outputs``)."""
     if v is None:
         return []
     if depth > _MAX_NEST:
@@ -447,8 +558,13 @@ def _refs(v, depth=0):
     r = _history(v)
     if r is not None:
         return [r]
+    if isinstance(v, dict) and v.get("class_name") != "__keras_tensor__":
+        if not all(isinstance(k, str) for k in v):
+            raise LoadError("model inputs/outputs: dict keys must be strings")
+        return [x for k in sorted(v) for x in _refs(v[k], depth + 1)]
     if not isinstance(v, (list, tuple)):
-        raise LoadError(f"model inputs/outputs: unexpected entry {v!r}"[:200])
+        raise LoadError(f"model inputs/outputs: unexpected entry {v!r} (expected a Keras "
+                        "tensor reference, or a list or dict of them)"[:300])
     return [x for item in v for x in _refs(item, depth + 1)]
 
 
@@ -470,6 +586,7 @@ def _functional(cfg, what="architecture"):
     # walk back from each output to the input (iteratively: chains can be long);
     # prev[name] = (layer feeding it or None, chain length)
     prev = {}
+    calls = {}
 
     def walk(name):
         path = []
@@ -481,7 +598,8 @@ def _functional(cfg, what="architecture"):
             l = by_name.get(cur)
             if l is None:
                 raise LoadError(f"functional config refers to unknown layer {cur!r}"[:300])
-            refs = _inbound(l, cur)
+            call = calls[cur] = _inbound(l, cur)
+            refs = call.data
             if not refs:
                 prev[path.pop()] = (None, 1)
                 break
@@ -511,6 +629,9 @@ def _functional(cfg, what="architecture"):
         if longest[:len(c)] != c:
             raise LoadError("the model's outputs are not on one chain of layers")
     on_chain = set(longest)
+    index = {n: i for i, n in enumerate(longest)}
+    states = _chain_states(longest, calls, by_name, index)
+    _check_masks(longest, calls, by_name)
     for i, l in enumerate(layers):
         n = _layer_name(l, i)
         if n not in on_chain and l["class_name"] not in _MASK_OPS:
@@ -519,8 +640,129 @@ def _functional(cfg, what="architecture"):
     descs = [_desc(by_name[n], i, what) for i, n in enumerate(longest)]
     for d, n in zip(descs, longest):
         d.name = n
-    index = {n: i for i, n in enumerate(longest)}
+        d.states = states.get(n)
     return descs, [(index[o[0]], o[2]) for o in outputs]
+
+
+def _chain_states(chain, calls, by_name, index):
+    """{layer name: [(chain index, tensor index), ...]} of the layers called with
+    ``initial_state``: fastrnn runs it when the states are outputs of an earlier layer of
+    the chain (an encoder's ``return_state``), and refuses it otherwise."""
+    out = {}
+    for i, n in enumerate(chain):
+        call = calls.get(n)
+        if call is None or call.states is None:
+            continue
+        cls = by_name[n]["class_name"]
+        refs = []
+        for src, node, t in call.states:
+            j = index.get(src)
+            if j is None or j >= i or node != 0 or \
+                    by_name[src]["class_name"] not in _RNN_LIKE:
+                raise LoadError(
+                    f"layer {n!r} ({cls}) is called with initial_state=<output {t} of "
+                    f"{src!r}>: not supported (fastrnn supports initial states returned "
+                    "by an earlier recurrent layer of the chain, return_state=True)"[:400])
+            refs.append((j, t))
+        out[n] = refs
+    return out
+
+
+def _mask_expr(ref, by_name, depth=0):
+    """A mask tensor made by Keras ops, as an expression fastrnn can compare with the mask
+    it computes: ("ne", tensor, value) for ``not_equal(tensor, value)``, ("any", e) for
+    ``any(e, axis=-1)``; None for anything else."""
+    l = by_name.get(ref[0])
+    if l is None or depth > 4 or ref[2] != 0:
+        return None
+    cls = l.get("class_name")
+    nodes = l.get("inbound_nodes")
+    if not isinstance(nodes, list) or not 0 <= ref[1] < len(nodes) or \
+            not isinstance(nodes[ref[1]], dict):
+        return None
+    node = nodes[ref[1]]
+    args, kw = node.get("args"), node.get("kwargs") or {}
+    cfg = l.get("config") if isinstance(l.get("config"), dict) else {}
+    if not isinstance(args, list):
+        return None
+    if cls == "NotEqual" and len(args) == 2 and not kw:
+        a, b = args
+        if _history(b) is not None:
+            a, b = b, a
+        r = _history(a)
+        if r is None or isinstance(b, bool) or not isinstance(b, (int, float)):
+            return None
+        return ("ne", r, float(b))
+    if cls == "Any" and len(args) == 1 and not kw and cfg.get("axis") in (-1, [-1]) \
+            and not cfg.get("keepdims"):
+        r = _history(args[0])
+        inner = None if r is None else _mask_expr(r, by_name, depth + 1)
+        return None if inner is None else ("any", inner)
+    return None
+
+
+def _show_mask(e):
+    if e is None:
+        return "no mask"
+    if e[0] == "any":
+        return f"any({_show_mask(e[1])}, axis=-1)"
+    return f"not_equal(<output {e[1][2]} of {e[1][0]!r}>, {e[2]:g})"
+
+
+def _check_masks(chain, calls, by_name):
+    """Keras 3 records the mask each layer is called with (computed by ops such as
+    not_equal / any from the Embedding / Masking layers, or given by the user): accept it
+    only when it is exactly the mask fastrnn computes there, else refuse."""
+    fast = None                     # fastrnn's mask at the current point, as an expression
+    for n in chain:
+        l = by_name[n]
+        cls = l["class_name"]
+        call = calls.get(n)
+        src = call.data[0] if call is not None and call.data else None
+        mask = _NO_MASK if call is None else call.mask
+        if mask is _NO_MASK and call is not None and call.keras3 and cls in _RNN_LIKE \
+                and call.states:
+            # Keras 3 passes a layer its input's mask only when that input is its one
+            # tensor argument: an RNN given initial_state tensors runs without one.  (A
+            # call that records no mask otherwise runs masked as before: Keras versions
+            # may not record the mask they pass.)
+            if fast is not None:
+                raise LoadError(
+                    f"layer {n!r} ({cls}) is called with initial_state, so Keras 3 runs it "
+                    f"without the mask ({_show_mask(fast)}) of its input: not supported "
+                    "(fastrnn would apply it; pass the mask explicitly, mask=..., to run "
+                    "it masked)"[:500])
+        elif mask is not _NO_MASK:
+            given = None if mask is None else _mask_expr(mask, by_name)
+            if given != fast or (mask is not None and given is None):
+                what = ("None" if mask is None else _show_mask(given) if given is not None
+                        else f"<output {mask[2]} of {mask[0]!r}>")
+                raise LoadError(
+                    f"layer {n!r} ({cls}) is called with mask={what}: not supported; "
+                    "fastrnn computes masks only from Embedding(mask_zero=True) and Masking "
+                    f"layers, which here give {_show_mask(fast)}"[:500])
+        if call is not None and call.states is not None and fast is not None:
+            # a masked step before the first unmasked one outputs the initial h with
+            # Keras 3's JAX backend, zeros with TensorFlow / PyTorch (and fastrnn)
+            raise LoadError(
+                f"layer {n!r} ({cls}) is called with both initial_state and a mask: not "
+                "supported (Keras's outputs at leading masked steps then depend on the "
+                "backend that ran the model)")
+        c = l.get("config") if isinstance(l.get("config"), dict) else {}
+        if cls == "InputLayer":
+            fast = None
+        elif cls == "Embedding" and c.get("mask_zero") and src is not None:
+            fast = ("ne", src, 0.0)
+        elif cls == "Masking" and src is not None:
+            v = c.get("mask_value", 0.0)
+            fast = ("any", ("ne", src, float(v) if isinstance(v, (int, float)) else v))
+        elif cls in _RNN_CLASSES and not c.get("return_sequences"):
+            fast = None
+        elif cls == "Bidirectional":
+            inner = c.get("layer")
+            ic = inner.get("config") if isinstance(inner, dict) else None
+            if not (isinstance(ic, dict) and ic.get("return_sequences")):
+                fast = None
 
 
 # ============================================================================ weight stores
@@ -557,6 +799,18 @@ class _Keras3Store:
             n = counts.get(s, -1) + 1
             counts[s] = n
             self.paths[d.name] = s if n == 0 else f"{s}_{n}"
+
+    def by_keras3(self):
+        """Whether Keras 3 wrote the file: its ``vars`` groups carry the object's name
+        (attribute ``name``).  tf-keras 2's ``.weights.h5`` has the same layout but no
+        attributes (and neither do files of early Keras 3 versions: those stay Keras 2)."""
+        groups = [self.f] + ([self.root[k] for k in self.root.keys()][:64]
+                             if self.root is not None else [])
+        for g in groups:
+            v = g["vars"] if isinstance(g, hdf5.Group) and "vars" in g else None
+            if isinstance(v, hdf5.Group) and "name" in v.attrs:
+                return True
+        return False
 
     def _sub(self, g, key):
         """Subgroup ``key`` of ``g`` or None."""
@@ -1027,7 +1281,78 @@ class _Builder:
                 outs.append((index_map[a], t))
             if outs == [(len(layers) - 1, 0)] and not _multi(layers[-1]):
                 outs = None
-        return Model(layers, outputs=outs)
+        inits = {}
+        for i, d in enumerate(descs):
+            if d.states:
+                inits[index_map[i]] = self.initial_states(d, layers, index_map, descs)
+        return Model(layers, outputs=outs, initial_states=inits or None)
+
+    def initial_states(self, d, layers, index_map, descs):
+        """Model references of the states layer ``d`` starts from, checked: states an
+        earlier recurrent layer returns, as many as ``d`` takes, of its sizes."""
+        self.ctx.layer = f"{d.name!r} ({d.class_name})"
+        where = f"{self.fname}: layer {d.name!r} ({d.class_name}) is called with initial_state"
+        layer = layers[index_map[descs.index(d)]]
+        want = _state_sizes(layer)
+        if len(d.states) != len(want):
+            raise LoadError(f"{where} of {len(d.states)} tensors; it takes {len(want)}")
+        refs = []
+        for (j, t), size in zip(d.states, want):
+            src = layers[index_map[j]] if j in index_map else None
+            have = (_state_sizes(src) if getattr(src, "return_state", False) else [])
+            first = _n_outputs(src) - len(have) if have else 0
+            if not have or not first <= t < first + len(have):
+                raise LoadError(f"{where}=<output {t} of {descs[j].name!r}>: only states a "
+                                "recurrent layer returns with return_state=True are supported")
+            if have[t - first] != size:
+                raise LoadError(f"{where}=<output {t} of {descs[j].name!r}> of size "
+                                f"{have[t - first]}; it needs size {size}")
+            refs.append((index_map[j], t))
+        return refs
+
+
+def _state_sizes(layer):
+    """Sizes of the states a recurrent layer takes (and returns with return_state), in
+    Keras's order (Bidirectional: the forward layer's, then the backward layer's)."""
+    from ..model import Bidirectional
+    rnns = [layer.forward, layer.backward] if isinstance(layer, Bidirectional) else [layer]
+    return [r.units for r in rnns for _ in range(r.n_states())]
+
+
+def _n_outputs(layer):
+    """How many tensors a model layer produces."""
+    from ..model import Bidirectional, KerasRNN
+    if isinstance(layer, Bidirectional):
+        n = 2 if layer.merge_mode is None else 1
+    elif isinstance(layer, KerasRNN):
+        n = 1
+    else:
+        return 1
+    return n + (len(_state_sizes(layer)) if layer.return_state else 0)
+
+
+def _policy_name(v):
+    """A layer config's dtype: a name, or a (Keras 3 DTypePolicy / Keras 2 Policy) dict."""
+    if isinstance(v, dict):
+        c = v.get("config")
+        v = c.get("name") if isinstance(c, dict) else None
+    return v if isinstance(v, str) else None
+
+
+def _config_dtype(descs, fname):
+    """float64 when every layer's dtype in the config is float64, else float32 (with a
+    warning when only some are)."""
+    names = [_policy_name(d.config.get("dtype")) for d in descs
+             if d.class_name != "InputLayer"]
+    names = [n for n in names if n is not None]
+    f64 = [n == "float64" for n in names]
+    if f64 and all(f64):
+        return "float64"
+    if any(f64):
+        warnings.warn(f"{fname}: some layers of the Keras model are float64, others "
+                      f"{sorted(set(n for n in names if n != 'float64'))}; loading it as "
+                      "float32 (pass dtype= to choose)", stacklevel=4)
+    return "float32"
 
 
 def _multi(layer):
@@ -1068,9 +1393,13 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
 
 def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=None):
     descs, outputs, (hint, name) = parsed
+    if not version and isinstance(store, _Keras3Store) and store.by_keras3():
+        version = "3"
     version = version or hint
     major = _keras_major(version, hard_sigmoid)
     ctx = ctx if ctx is not None else _Ctx(fname)
+    if dtype is None:
+        dtype = _config_dtype(descs, fname)
     try:
         model = _Builder(store, major, dtype, num_threads, fname, ctx).build(descs, outputs)
     except LoadError:
