@@ -413,7 +413,9 @@ def cmd_bench(args) -> int:
     import numpy as np
     import fastrnn
     cases = [_parse_case(c) for c in (args.cases or (_QUICK_CASES if args.quick else _DEFAULT_CASES))]
-    threads = args.threads or fastrnn.get_num_threads()
+    from . import _threads
+    threads = (fastrnn.get_num_threads() if args.threads is None
+               else _threads._check_threads(args.threads))
     repeat = 3 if args.quick else args.repeat
     min_time = 0.05 if args.quick else args.min_time
     peers = []

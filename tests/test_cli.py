@@ -227,6 +227,13 @@ def test_run_bad_thread_counts_refused(capsys, tmp_path, threads):
         assert not os.path.exists(tmp_path / "y.npy")
 
 
+@pytest.mark.parametrize("threads", ["0", "-3"])
+def test_bench_bad_thread_counts_refused(capsys, threads):
+    code, _, err = run(capsys, "bench", "--quick", "--threads", threads)
+    _one_line_error(code, err)
+    assert f"num_threads must be >= 1, got {threads}" in err
+
+
 def test_run_writes_exactly_the_named_file(capsys, tmp_path):
     """-o NAME writes NAME, whatever its suffix (it wrote NAME.npy, saying NAME): .npz
     (any case) every output, any other name the first one in .npy format."""
