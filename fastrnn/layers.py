@@ -706,10 +706,13 @@ class RNNBase:
     def _init_params(self, seed) -> None:
         """PyTorch's default initialisation: U(-1/sqrt(H), 1/sqrt(H)); peepholes zero.
         ``seed`` _WEIGHTS_FOLLOW (the loaders, which load every weight next, strict): zeros
-        instead, no draw (the draw was ~55% of loading a 168 MB checkpoint)."""
+        (views of one) instead, no draw (the draw was ~55% of loading a 168 MB checkpoint)."""
         if seed is _WEIGHTS_FOLLOW:
+            # (read-only views of one zero: nothing allocated for weights about to be
+            # replaced, so a load's peak is the loaded weights alone)
+            zero = np.zeros((), self.dtype)
             for name, shape in self._param_shapes().items():
-                self._params[name] = np.zeros(shape, self.dtype)
+                self._params[name] = np.broadcast_to(zero, shape)
             self.mark_weights_changed()
             return
         rng = np.random.default_rng(seed)
@@ -742,11 +745,16 @@ class RNNBase:
             self._weights_version += 1
             self._packed = None
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
+                        _adopt: set | None = None) -> None:
         """Set weights from arrays in PyTorch naming; validated (names, shapes, dtype, finite).
 
         With ``strict=False`` missing names keep their values and unknown names are ignored.
-        Nothing changes when any array is rejected.
+        Nothing changes when any array is rejected.  The layer keeps copies (``_adopt``,
+        for loaders whose arrays nobody else holds: the ids of arrays kept so far in
+        this load; an array that owns its data, C-ordered, writeable, of the layer's
+        dtype and not kept yet (a file may name one tensor twice) is kept as it is, so
+        a load's peak is the weights once).
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to arrays, "
@@ -775,7 +783,11 @@ class RNNBase:
                 raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"weight {name!r} contains NaN or infinite values")
-            new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+            own = (_adopt is not None and id(arr) not in _adopt and arr.dtype == self.dtype
+                   and arr.flags.c_contiguous and arr.flags.writeable and arr.flags.owndata)
+            new[name] = arr if own else np.array(arr, dtype=self.dtype, order="C", copy=True)
+            if own:
+                _adopt.add(id(arr))
         self._params.update(new)
         self.mark_weights_changed()
 
@@ -1858,11 +1870,11 @@ def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[st
                          f"{shape('weight_ih_l0')}, config says {(gates * H, I)}")
 
 
-def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None
-                      ) -> RNNBase:
+def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None,
+                      *, _adopt: set | None = None) -> RNNBase:
     """Rebuild a layer from :meth:`RNNBase.get_config`; with ``state_dict`` the config is
     first checked against the weights' shapes (for configs read from files), then the
-    weights are loaded (strict)."""
+    weights are loaded (strict; ``_adopt``: see :meth:`RNNBase.load_state_dict`)."""
     if not isinstance(cfg, Mapping):
         raise ValueError(f"layer config must be a mapping, got {type(cfg).__name__}")
     cfg = dict(cfg)
@@ -1883,5 +1895,5 @@ def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | No
     except TypeError as e:
         raise ValueError(f"bad config for {name}: {e}") from None
     if state_dict is not None:
-        layer.load_state_dict(state_dict)
+        layer.load_state_dict(state_dict, _adopt=_adopt)
     return layer

@@ -140,3 +140,34 @@ def test_writer_to_file_object():
     got, meta = read_safetensors(buf.getvalue())
     np.testing.assert_array_equal(got["w"], np.arange(6).reshape(2, 3))
     assert meta == {}
+
+
+def test_layer_load_holds_the_weights_once_at_its_peak(tmp_path):
+    """A fastrnn safetensors file's tensors are read each into an array of its own, and
+    the layer keeps those arrays (nobody else holds them): a load's peak is about the
+    weights once (it was twice: the data section beside the arrays, then the arrays
+    beside the layer's copies).  A caller's own arrays are still copied."""
+    import gc
+    import tracemalloc
+    import fastrnn
+    layer = fastrnn.LSTM(64, 128, num_layers=2, bidirectional=True, seed=0)
+    weights = sum(a.nbytes for a in layer.state_dict().values())
+    path = str(tmp_path / "l.safetensors")
+    layer.save(path)
+    tensors, _ = read_safetensors(path)
+    assert all(a.flags.owndata and a.flags.writeable for a in tensors.values())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        again = fastrnn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * weights, (peak, weights)
+    x = np.random.default_rng(0).standard_normal((4, 2, 64)).astype(np.float32)
+    np.testing.assert_array_equal(again(x)[0], layer(x)[0])
+    mine = layer.state_dict()
+    again.load_state_dict(mine)
+    assert not any(a is mine[k] for k, a in again.parameters().items())
+    mine["weight_ih_l0"][:] = 0                     # (the layer's copy is not changed)
+    np.testing.assert_array_equal(again(x)[0], layer(x)[0])

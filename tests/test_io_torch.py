@@ -757,3 +757,48 @@ def test_torchscript_code_text_cannot_stall_the_reader(tmp_path):
                            os.path.dirname(os.path.abspath(__file__)))))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "4"]
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_load_holds_the_weights_once_at_its_peak(tmp_path, zipped):
+    """A tensor that is its whole storage is read straight into its own array, which the
+    layer keeps: a .pt load's peak is about the weights once (it was ~3x: the storages,
+    the tensors copied from them, the layer's copies).  One tensor named twice (tied
+    weights) still gives the layer two arrays."""
+    import gc
+    import tracemalloc
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    mod = torch.nn.GRU(48, 96, num_layers=2, bidirectional=True)
+    sd = mod.state_dict()
+    weights = sum(t.numel() * 4 for t in sd.values())
+    path = str(tmp_path / "m.pt")
+    torch.save(sd, path, _use_new_zipfile_serialization=zipped)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        layer = fio.load_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * weights, (peak, weights)
+    x = torch.randn(5, 3, 48)
+    with torch.no_grad():
+        want = mod(x)[0].numpy()
+    np.testing.assert_allclose(layer(x.numpy())[0], want, rtol=1e-5, atol=1e-6)
+    tied = dict(sd)
+    tied["weight_hh_l0_reverse"] = tied["weight_hh_l0"]
+    torch.save(tied, path, _use_new_zipfile_serialization=zipped)
+    layer = fio.load_state_dict(path)
+    p = layer.parameters()
+    assert p["weight_hh_l0"] is not p["weight_hh_l0_reverse"]
+    np.testing.assert_array_equal(p["weight_hh_l0"], p["weight_hh_l0_reverse"])
+    # a view of a storage read first keeps the right values (transposed, offset)
+    view = {k: v.clone() for k, v in sd.items()}
+    big = torch.randn(2, *sd["weight_ih_l0"].shape)
+    view["weight_ih_l0"] = big[1]
+    view["weight_ih_l0_reverse"] = big[0]
+    torch.save(view, path, _use_new_zipfile_serialization=zipped)
+    p = fio.load_state_dict(path).parameters()
+    np.testing.assert_array_equal(p["weight_ih_l0"], big[1].numpy())
+    np.testing.assert_array_equal(p["weight_ih_l0_reverse"], big[0].numpy())

@@ -113,6 +113,30 @@ def _to_array(buf, dtype, shape, begin, end):
     return arr.reshape(shape)
 
 
+def _read_array(f, pos, dtype, shape, begin, end, name):
+    """The tensor at file position ``pos`` (bytes ``begin`` .. ``end`` of the data
+    section), read into an array of its own, as :func:`_to_array` makes it."""
+    dt = np.dtype("<u2" if dtype == "BF16" else SAFETENSORS_DTYPES[dtype])
+    arr = np.empty(shape, dt)               # (its own memory: a loader may keep it)
+    view = memoryview(arr.reshape(-1)).cast("B")    # (a view: 0 in a shape)
+    f.seek(pos)
+    got = 0
+    while got < len(view):
+        k = f.readinto(view[got:]) if hasattr(f, "readinto") else None
+        if k is None:                       # (a file object without readinto)
+            chunk = f.read(len(view) - got)
+            k = len(chunk)
+            view[got:got + k] = chunk
+        if not k:
+            raise LoadError(f"{name}: file truncated while reading tensor data")
+        got += k
+    if dtype == "BF16":
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    elif not dt.isnative:
+        arr = arr.astype(dt.newbyteorder("="))
+    return arr
+
+
 def read_safetensors_metadata(path_or_bytes) -> dict[str, str]:
     """Only the ``__metadata__`` of a safetensors file (the header is still
     fully validated; tensor data is not read)."""
@@ -168,12 +192,11 @@ def read_safetensors(path_or_bytes, *, _header_only=False) -> tuple[dict[str, np
         entries, meta = _parse_header(raw, data_len, name)
         if _header_only:
             return {}, meta
-        # read only up to the furthest byte any tensor uses
-        needed = max((e for *_, e in entries), default=0)
-        data = f.read(needed)
-        if len(data) != needed:
-            raise LoadError(f"{name}: file truncated while reading tensor data")
-        return {k: _to_array(data, dt, shp, b, e) for k, dt, shp, b, e in entries}, meta
+        # each tensor read straight into its own array (no copy of the whole data
+        # section beside them: a load's peak is the weights once, not twice)
+        at = start + 8 + n
+        return {k: _read_array(f, at + b, dt, shp, b, e, name)
+                for k, dt, shp, b, e in entries}, meta
     finally:
         if close:
             f.close()
@@ -278,7 +301,7 @@ def load_fastrnn_safetensors(path):
         if cfg.get("class_name") == "Model":
             from ..model import model_from_config
             return model_from_config(cfg, tensors)
-        layer = layer_from_config(cfg, tensors)
+        layer = layer_from_config(cfg, tensors, _adopt=set())   # (the arrays are ours alone)
     except LoadError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:

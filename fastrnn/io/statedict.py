@@ -297,11 +297,16 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
             raise LoadError(f"{name}: no recurrent module with prefix {want!r} "
                             f"(found: {', '.join(repr(s.prefix) for s in specs) or 'none'})")
         spec = matches[0]
-    return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix), **overrides)
+    # (arrays read from a file here are nobody else's: the layer keeps them, no copy)
+    return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix),
+                       _adopt=None if isinstance(path_or_mapping, Mapping) else set(),
+                       **overrides)
 
 
-def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None = None, **overrides):
-    """A fastrnn layer for ``spec`` with ``weights`` (local names) loaded."""
+def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None = None, *,
+                _adopt: set | None = None, **overrides):
+    """A fastrnn layer for ``spec`` with ``weights`` (local names) loaded (``_adopt``: see
+    ``RNNBase.load_state_dict``)."""
     from .. import layers as _layers  # lazy: the io package never imports the core at import time
 
     cell = overrides.pop("cell", None)
@@ -328,7 +333,7 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
     except (ValueError, TypeError) as e:
         raise LoadError(f"module {spec.prefix!r}: cannot build a {spec.cell}: {e}") from e
     try:
-        layer.load_state_dict(dict(weights), strict=True)
+        layer.load_state_dict(dict(weights), strict=True, _adopt=_adopt)
     except (KeyError, ValueError, TypeError) as e:
         raise LoadError(f"module {spec.prefix!r}: {e}") from e
     return layer

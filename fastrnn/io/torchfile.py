@@ -434,6 +434,11 @@ class _ReaderBase:
     def raw(self, key, nbytes) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_into(self, key, buf) -> None:
+        """Storage ``key``'s first ``len(buf)`` bytes into ``buf`` (readers with a file
+        read in pieces: no whole copy of the storage beside ``buf``)."""
+        buf[:] = self.raw(key, len(buf))
+
     def storage_array(self, ref: _StorageRef) -> np.ndarray:
         arr = self._arrays.get(ref.key)
         if arr is None:
@@ -450,6 +455,18 @@ class _ReaderBase:
     def make_tensor(self, ref, off, size, stride, numel):
         itemsize = 4 if ref.dtype.np_name == "bf16" else ref.dtype.itemsize
         self.budget.charge(numel * itemsize, f"storage {ref.key!r}")
+        if (numel and off == 0 and numel == ref.numel and ref.key not in self._arrays
+                and ref.dtype.np_name != "bf16" and _c_strides(size, stride)):
+            dt = _np_dtype(ref.dtype, self.byteorder)
+            if dt.isnative:
+                # a tensor that is its whole storage, read first (a state dict's usual
+                # case): read straight into the tensor's own array, which is also the
+                # storage's for any later view of it (no storage copy beside the tensors:
+                # a load's peak is the weights once)
+                arr = np.empty(size, dt)
+                self.read_into(ref.key, memoryview(arr.reshape(-1)).cast("B"))
+                self._arrays[ref.key] = arr.reshape(-1)
+                return arr
         base = self.storage_array(ref)
         if numel == 0:
             return np.zeros(size, dtype=base.dtype)
@@ -505,6 +522,16 @@ class _ZipReader(_ReaderBase):
             raise LoadError(f"storage {key!r} is truncated")
         return data
 
+    def read_into(self, key, buf):
+        info = self._info(key)
+        try:
+            with self.zf.open(info) as f:
+                _fill(f, buf, key)
+        except LoadError:
+            raise
+        except Exception as e:
+            raise LoadError(f"storage {key!r}: corrupt zip entry ({type(e).__name__}: {e})"[:400]) from e
+
 
 class _LegacyReader(_ReaderBase):
     def __init__(self, f: BinaryIO, size: int):
@@ -551,6 +578,37 @@ class _LegacyReader(_ReaderBase):
         if len(data) != nbytes:
             raise LoadError(f"storage {key!r} is truncated")
         return data
+
+    def read_into(self, key, buf):
+        self.f.seek(self.offsets[key][0])
+        _fill(self.f, buf, key)
+
+
+def _fill(f, buf, key):
+    """Fill memoryview ``buf`` from file ``f`` in pieces of at most 1 MiB (a piece is
+    what a zip member's reader allocates beside it)."""
+    got, n = 0, len(buf)
+    while got < n:
+        piece = buf[got:min(n, got + (1 << 20))]
+        if hasattr(f, "readinto"):
+            k = f.readinto(piece)
+        else:                               # (a file object without readinto)
+            data = f.read(len(piece))
+            k = len(data)
+            piece[:k] = data
+        if not k:
+            raise LoadError(f"storage {key!r} is truncated")
+        got += k
+
+
+def _c_strides(size, stride) -> bool:
+    """Whether ``stride`` (elements) is the C order of ``size``."""
+    want = 1
+    for n, st in zip(reversed(size), reversed(stride)):
+        if n != 1 and st != want:
+            return False
+        want *= n
+    return True
 
 
 def _check_ratio(info: zipfile.ZipInfo):
