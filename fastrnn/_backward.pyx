@@ -1608,7 +1608,7 @@ cdef void _dims(Dims* d, int cell, x, h0, y, int hidden_size, int proj_size,
     d.want_dx = 1
 
 
-def forward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
+def forward(int cell, const floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
             floating[::1] bias, floating[::1] bhn, floating[:, ::1] whr,
             Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
             floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
@@ -1701,7 +1701,7 @@ def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_thread
     return out
 
 
-def backward(int cell, floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
+def backward(int cell, const floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
              floating[:, ::1] whr, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
              floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
              floating[:, ::1] gates, floating[:, ::1] cs, floating[:, ::1] dy,

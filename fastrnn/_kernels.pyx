@@ -1931,7 +1931,7 @@ cdef int _dir_exec(const DirRun* e, const floating* x, const Py_ssize_t* off,
     return 0
 
 
-def run_layer(int cell, floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens, mask,
+def run_layer(int cell, const floating[:, ::1] x, PackedDir pw, offsets, nsteps, lens, mask,
               h, c, out, int out_col, int reverse, int varlen,
               int hidden_size, int proj_size, int reset_after, int input_forget,
               acts, double clip, int use_peep, int has_mask, int mask_zero_output,
@@ -2147,7 +2147,7 @@ cdef class DenseRun:
         return inp
 
 
-def run_pair(int cell, floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
+def run_pair(int cell, const floating[:, ::1] x, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
              Py_ssize_t[::1] lens, unsigned char[::1] mask, floating[:, ::1] out, int varlen,
              int hidden_size, int reset_after, int input_forget, double clip, int use_peep,
              int has_mask, int mask_zero_output, int chunk, int write_out, int proj_size,

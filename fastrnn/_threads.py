@@ -44,7 +44,7 @@ def _env_threads() -> int | None:
     global _env
     if not _env:
         v = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-        _env = (int(v) if v.isdigit() and int(v) > 0 else None,)
+        _env = (int(v) if v.isdigit() and 0 < int(v) <= _MAX_THREADS else None,)
     return _env[0]
 
 
@@ -112,12 +112,17 @@ def _granted(n: int) -> int:
     return n
 
 
+_MAX_THREADS = 1 << 16      # (the kernels take a C int; OpenMP teams are far smaller)
+
+
 def _check_threads(n) -> int:
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise TypeError(f"num_threads must be a positive int, got {n!r}")
     n = int(n)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
+    if n > _MAX_THREADS:
+        raise ValueError(f"num_threads must be <= {_MAX_THREADS}, got {n}")
     return n
 
 

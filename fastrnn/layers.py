@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 import threading
+import weakref
 from typing import Any, Mapping
 
 import numpy as np
@@ -557,6 +558,21 @@ def _one_span(ent, begin):
 _PACK_LOCK = threading.Lock()   # (a layer's packing kept / its weights changed)
 
 
+class _Params(dict):
+    """A layer's weights by name (what :meth:`RNNBase.parameters` returns), knowing its
+    layer: an optimizer given this dict re-packs the layer after each step, as when
+    given the layer (inference calls went on with the old weights).  Pickled and
+    copied as a plain dict."""
+    __slots__ = ("owner",)
+
+    def __init__(self, owner, items=()):
+        super().__init__(items)
+        self.owner = weakref.ref(owner)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
 class _Packing(list):
     """Kernel-ready weights per (layer, direction) (:meth:`RNNBase._pack`) and, in
     ``wide``, the batch-lane and route packings made from them on first use."""
@@ -644,7 +660,7 @@ class RNNBase:
             raise ValueError("peepholes are only supported by LSTM")
         self.num_threads = None if num_threads is None else _threads._check_threads(num_threads)
         self._acts = self._parse_activations(activations)
-        self._params: dict[str, np.ndarray] = {}
+        self._params: dict[str, np.ndarray] = _Params(self)
         self._packed: _Packing | None = None
         self._packed_unit = 0
         self._init_params(seed)
@@ -804,6 +820,9 @@ class RNNBase:
         if self._packed is not None and self._packed_unit == unit:
             return self._packed
         version = self._weights_version          # (before the weights: see mark_weights_changed)
+        # one set of weights: a load_state_dict in another thread replaces them all at
+        # once (one dict update), so a packing is of the old ones or of the new ones
+        p = dict(self._params)
         G, H, P = self.gate_count, self.hidden_size, self.proj_size
         dt = self.dtype
         packed = _Packing()
@@ -811,7 +830,6 @@ class RNNBase:
             per_dir = []
             for d in range(self.num_directions):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                p = self._params
                 # (C-ordered in this dtype already, as load_state_dict keeps them:
                 # these are the same arrays)
                 wx = np.ascontiguousarray(p["weight_ih" + sfx], dtype=dt)
@@ -962,6 +980,10 @@ class RNNBase:
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # pickling: weights travel, packed copies are rebuilt on first use
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._params = _Params(self, self._params)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_packed"] = None

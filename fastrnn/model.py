@@ -189,6 +189,10 @@ class Layer:
     def count_params(self) -> int:
         return int(sum(np.size(w) for w in self.get_weights()))
 
+    def n_outputs(self) -> int:
+        """How many tensors ``call`` returns (a list where more than one)."""
+        return 1
+
     def get_weights(self) -> list:
         return []
 
@@ -434,6 +438,9 @@ class KerasRNN(Layer):
         """How many state tensors the layer takes and returns (LSTM 2, else 1)."""
         return 2 if self.core._cell == "LSTM" else 1
 
+    def n_outputs(self) -> int:
+        return 1 + self.n_states() if self.return_state else 1
+
     def _hx(self, initial_state, D):
         """Keras's initial states (``D`` directions' lists, one after the other, each
         ``n_states()`` (B, H) arrays) as the core's ``hx`` (None: zeros)."""
@@ -524,6 +531,12 @@ class Bidirectional(Layer):
         if self.forward.zero_output_for_mask != self.backward.zero_output_for_mask:
             raise ValueError("both directions must treat masked outputs alike to be fused")
         self._fused = core
+        self._fused_from = self._versions()
+
+    def _versions(self):
+        """The directions' weights versions (a fused core made from other ones is
+        brought up to date before a call: _run_both)."""
+        return self.forward.core._weights_version, self.backward.core._weights_version
 
     def _fused_config(self) -> dict:
         """The config of the one bidirectional core that runs both directions (the
@@ -553,6 +566,7 @@ class Bidirectional(Layer):
             if mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype:
                 core._params[own] = arr
                 core.mark_weights_changed()
+        self._fused_from = self._versions()
 
     def _run_both(self, x, mask, last=False, initial_state=None):
         """(forward output, backward output in the backward layer's Keras order, the
@@ -569,6 +583,11 @@ class Bidirectional(Layer):
             y, s1 = self.forward.run(x, mask, last, init_f)
             yb, s2 = self.backward.run(x, mask, last, init_b)
             return y, yb, s1 + s2
+        if getattr(self, "_fused_from", None) != self._versions():
+            # a direction's weights changed (load_state_dict, an optimizer step, an edit
+            # announced by mark_weights_changed): the fused core takes them again (it
+            # ran the old ones: an audit)
+            self._fuse_with(self._fused)
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
@@ -614,6 +633,10 @@ class Bidirectional(Layer):
     def get_weights(self):
         return self.forward.get_weights() + self.backward.get_weights()
 
+    def n_outputs(self) -> int:
+        return ((1 if self.merge_mode is not None else 2)
+                + (2 * self.forward.n_states() if self.return_state else 0))
+
     def get_config(self):
         return {**super().get_config(), "merge_mode": self.merge_mode,
                 "forward": self.forward.get_config(), "backward": self.backward.get_config()}
@@ -650,10 +673,7 @@ class Model:
             if not isinstance(l, Layer):
                 raise TypeError(f"Model layers must be fastrnn.model.Layer objects, got {l!r}")
         if outputs is not None:
-            outputs = [(int(a), int(b)) for a, b in outputs]
-            for a, b in outputs:
-                if not 0 <= a < len(self.layers) or b < 0:
-                    raise ValueError(f"bad output reference {(a, b)}")
+            outputs = [_ref(self.layers, r, len(self.layers), "output") for r in outputs]
         self.outputs = outputs
         self.name = name
         self.initial_states = _check_initial_states(self.layers, initial_states)
@@ -754,17 +774,34 @@ def _check_initial_states(layers, initial_states):
              else initial_states)           # (also the JSON form [[i, [[a, b], ...]], ...])
     out = {}
     for i, refs in items:
-        i = int(i)
+        i = _index(i, "initial_states layer")
         if not 0 <= i < len(layers) or not isinstance(layers[i], (KerasRNN, Bidirectional)):
             raise ValueError(f"initial_states: layer {i} is not a recurrent layer")
-        refs = [(int(a), int(b)) for a, b in refs]
-        for a, b in refs:
-            if not 0 <= a < i or b < 0:
-                raise ValueError(f"initial_states of layer {i}: bad reference {(a, b)} "
-                                 "(must be an earlier layer's output)")
+        refs = [_ref(layers, r, i, f"initial_states of layer {i}: reference") for r in refs]
         if refs:
             out[i] = refs
     return out
+
+
+def _index(v, what) -> int:
+    """An int index from a config (a file's: anything may be there)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{what} must be an int, got {v!r}"[:200])
+    return int(v)
+
+
+def _ref(layers, r, below, what):
+    """A checked ``(layer index, tensor index)``: the layer before ``below``, the tensor
+    one it returns."""
+    try:
+        a, b = r
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {r!r} must be a (layer, tensor) pair"[:200]) from None
+    a, b = _index(a, what), _index(b, what)
+    if not 0 <= a < below or not 0 <= b < layers[a].n_outputs():
+        raise ValueError(f"bad {what} {(a, b)}: layer {a} must come before {below} and "
+                         f"return tensor {b}"[:300])
+    return a, b
 
 
 def _initial_states_json(initial_states):

@@ -160,7 +160,10 @@ def _weights(layer, layer_idx: int, d: int):
 
 
 def _snapshot(layer):
-    return ({k: v for k, v in layer._params.items()}, getattr(layer, "_train_version", 0))
+    # (the weights' version counts every change made through load_state_dict, an
+    # optimizer step or mark_weights_changed: an in-place edit announced the documented
+    # way was not seen when only the optimizers counted)
+    return dict(layer._params), layer._weights_version     # (one atomic copy)
 
 
 def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
@@ -341,7 +344,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         raise TypeError("backward needs the cache returned by forward_train")
     if cache.layer_id != id(layer):
         raise ValueError("this cache was made by another layer")
-    if (getattr(layer, "_train_version", 0) != cache.version
+    if (layer._weights_version != cache.version
             or any(layer._params.get(k) is not v for k, v in cache.params.items())):
         raise RuntimeError("the layer's weights changed since forward_train; run "
                            "forward_train again (gradients must use the forward's weights)")
@@ -560,7 +563,9 @@ class _Optimizer:
             self._layer = params
             self.params = params.parameters()
         elif isinstance(params, Mapping):
-            self._layer = None
+            # (a layer's own parameters() dict: its layer, re-packed after each step)
+            owner = getattr(params, "owner", None)
+            self._layer = owner() if callable(owner) else None
             self.params = params
         else:
             raise TypeError("optimizer needs a layer or a dict of name -> array")
@@ -583,7 +588,6 @@ class _Optimizer:
                 raise ValueError(f"gradient {name!r} has shape {g.shape}, parameter {p.shape}")
             self._update(name, p, g.astype(p.dtype, copy=False))
         if self._layer is not None:
-            self._layer._train_version = getattr(self._layer, "_train_version", 0) + 1
             self._layer.mark_weights_changed()
 
     def _update(self, name, p, g):

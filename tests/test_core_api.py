@@ -452,3 +452,51 @@ def test_loaders_make_layers_without_drawing_random_weights(monkeypatch, tmp_pat
         fastrnn.GRU(3, 4)
     with pytest.raises(AssertionError, match="drew random"):
         fastrnn.layers.layer_from_config(lstm.get_config())
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_read_only_and_memory_mapped_inputs(cls, tmp_path):
+    """Inputs are never written: read-only arrays (np.frombuffer, a np.load memory map)
+    work on every path — packed, batch-lane, both directions at once, LSTM route, one
+    thread, last output only, lengths, training (the kernels took writable buffers:
+    'buffer source array is read-only')."""
+    from fastrnn import train
+    rng = np.random.default_rng(0)
+    for B in (1, 3, 64):
+        x = rng.standard_normal((6, B, 8)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        inputs = [np.frombuffer(x.tobytes(), np.float32).reshape(x.shape),
+                  np.load(tmp_path / "x.npy", mmap_mode="r")]
+        for layer in (cls(8, 16, seed=1), cls(8, 16, num_layers=2, bidirectional=True,
+                                              seed=1)):
+            want = layer(x)[0]
+            for ro in inputs:
+                assert not ro.flags.writeable
+                np.testing.assert_array_equal(layer(ro)[0], want)
+                np.testing.assert_allclose(layer(ro, num_threads=1)[0], want, rtol=1e-6,
+                                           atol=1e-6)      # (another path: rounding)
+                np.testing.assert_array_equal(layer(ro, return_sequences=False)[0],
+                                              want[-1, :, :16] if not layer.bidirectional
+                                              else layer(x, return_sequences=False)[0])
+                layer(ro, lengths=np.full(B, 4))
+                out, _, cache = train.forward_train(layer, ro)
+                np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+                g = train.backward(layer, cache, np.ones_like(out))
+                assert g["input"].shape == x.shape
+
+
+def test_thread_counts_beyond_a_c_int_refused():
+    """num_threads past what the kernels take is a ValueError (it was an OverflowError
+    deep in a call); such an OMP_NUM_THREADS is ignored, as libgomp ignores it."""
+    layer = fastrnn.LSTM(8, 300)
+    x = np.zeros((20, 16, 8), np.float32)
+    for n in (2 ** 31, 2 ** 17):
+        with pytest.raises(ValueError, match="num_threads must be <="):
+            layer(x, num_threads=n)
+        with pytest.raises(ValueError, match="num_threads must be <="):
+            fastrnn.set_num_threads(n)
+    code = ("import numpy as np, fastrnn; "
+            "print(fastrnn.LSTM(8, 300)(np.zeros((20, 16, 8), np.float32))[0].shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "99999999999999999999"})
+    assert r.returncode == 0 and "(20, 16, 300)" in r.stdout, r.stderr[-500:]

@@ -717,3 +717,40 @@ def test_partly_float64_model_warns(tmp_path):
         model = load_keras(p)
     x, ys = reference("k3_float64")
     assert model.predict(x).dtype == np.float32
+
+
+def test_fused_bidirectional_follows_its_directions_weights():
+    """A loaded Bidirectional runs one fused core made from its directions: new
+    weights given to a direction (load_state_dict, an optimizer step on its core) reach
+    the fused core before the next call (predict kept the old ones)."""
+    from fastrnn import train
+    name = "k3_bi_concat_lstm_embed"
+    x = reference(name)[0]
+
+    def bi_of(m):
+        return [l for l in m.layers if type(l).__name__ == "Bidirectional"][0]
+
+    def unfused_twin(m):
+        twin = load_keras(model_path(name))
+        b, tb = bi_of(m), bi_of(twin)
+        tb._fused = None
+        tb.forward.core.load_state_dict(b.forward.core.state_dict())
+        tb.backward.core.load_state_dict(b.backward.core.state_dict())
+        return twin.predict(x)
+
+    model = load_keras(model_path(name))
+    bi = bi_of(model)
+    assert bi._fused is not None
+    before = model.predict(x)
+    sd = {k: v * 0.5 for k, v in bi.backward.core.state_dict().items()}
+    bi.backward.core.load_state_dict(sd)
+    after = model.predict(x)
+    assert np.max(np.abs(after - before)) > 1e-4
+    np.testing.assert_array_equal(after, unfused_twin(model))
+    core = bi.forward.core
+    xi = np.random.default_rng(0).standard_normal((3, 4, core.input_size)).astype(np.float32)
+    out, _, cache = train.forward_train(core, xi)
+    train.Adam(core, lr=0.05).step(train.backward(core, cache, np.ones_like(out)))
+    stepped = model.predict(x)
+    assert np.max(np.abs(stepped - after)) > 1e-4
+    np.testing.assert_array_equal(stepped, unfused_twin(model))

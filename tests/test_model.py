@@ -270,3 +270,24 @@ def test_sigmoid_of_the_kernels_for_model_layers():
         _kernels.sigmoid(np.zeros(3, np.float16))
     h = sig(np.array([-2.0, 0.0, 3.0], np.float16))
     np.testing.assert_allclose(h, expit(np.array([-2.0, 0.0, 3.0])), rtol=1e-3)
+
+
+def test_bad_tensor_references_refused_at_construction():
+    """An output or initial-state reference to a tensor its layer does not return (or
+    not an int) is a ValueError when the Model is made — a config read from a file fails
+    at load, not with an IndexError at predict."""
+    from fastrnn.model import Dense, KerasRNN, Model
+    enc = KerasRNN(fastrnn.LSTM(3, 4, batch_first=True, seed=0), return_sequences=True,
+                   return_state=True, name="enc")
+    dec = KerasRNN(fastrnn.LSTM(4, 4, batch_first=True, seed=1), name="dec")
+    head = Dense(np.ones((4, 2), np.float32), None, "linear", name="head")
+    ok = Model([enc, dec, head], initial_states={1: [(0, 1), (0, 2)]})
+    assert ok.predict(np.ones((2, 5, 3), np.float32)).shape == (2, 2)
+    for bad in ({1: [(0, 3)]}, {1: [(0, 99)]}, {1: [(1, 0)]}, {1: [(0, 2 ** 31)]},
+                {1: [(0, float("inf"))]}, {1: [(0,)]}, {0: [(0, 1)]}, {2: [(0, 1)]}):
+        with pytest.raises(ValueError):
+            Model([enc, dec, head], initial_states=bad)
+    for bad in ([(2, 1)], [(0, 3)], [(3, 0)], [("a", 0)]):
+        with pytest.raises(ValueError):
+            Model([enc, dec, head], outputs=bad)
+    assert Model([enc, dec, head], outputs=[(0, 2), (2, 0)]).outputs == [(0, 2), (2, 0)]

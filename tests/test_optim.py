@@ -90,3 +90,36 @@ def test_training_trajectory_matches_torch(kind):
                                    atol=1e-10, err_msg=name)
     # the packed copies were refreshed: inference sees the new weights
     np.testing.assert_allclose(layer(x)[0], m(torch.tensor(x))[0].detach().numpy(), atol=1e-10)
+
+
+def test_optimizer_on_a_layers_parameters_dict_repacks_it():
+    """SGD(layer.parameters()) (torch's idiom) steps the layer's own arrays and re-packs
+    it, as SGD(layer) does: inference calls used the old weights after such steps."""
+    x = np.random.default_rng(0).standard_normal((5, 4, 3)).astype(np.float32)
+    for B in (1, 4):
+        layer = fastrnn.GRU(3, 8, seed=0)
+        layer(x[:, :B])                                   # (packed before the step)
+        opt = train.SGD(layer.parameters(), lr=0.5)
+        out, _, cache = train.forward_train(layer, x[:, :B])
+        opt.step(train.backward(layer, cache, np.ones_like(out)))
+        fresh = fastrnn.GRU(3, 8, seed=0)
+        fresh.load_state_dict(layer.state_dict())
+        np.testing.assert_array_equal(layer(x[:, :B])[0], fresh(x[:, :B])[0])
+        with pytest.raises(RuntimeError, match="changed since forward_train"):
+            train.backward(layer, cache, np.ones_like(out))
+    plain = {"w": np.ones(3)}                             # (any dict still works)
+    train.SGD(plain, lr=1.0).step({"w": np.ones(3)})
+    np.testing.assert_array_equal(plain["w"], np.zeros(3))
+
+
+def test_cache_refused_after_an_announced_in_place_edit():
+    """parameters() edited in place then mark_weights_changed() (the documented way):
+    a cache from before is refused (it mixed old activations with new weights)."""
+    layer = fastrnn.LSTM(4, 6, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    out, _, cache = train.forward_train(layer, x)
+    train.backward(layer, cache, np.ones_like(out))       # (fine: unchanged)
+    layer.parameters()["weight_hh_l0"] += 0.5
+    layer.mark_weights_changed()
+    with pytest.raises(RuntimeError, match="changed since forward_train"):
+        train.backward(layer, cache, np.ones_like(out))
