@@ -941,6 +941,7 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
     cdef floating* hraw = NULL
     cdef floating* rh = NULL
     cdef int blas_tok, rc
+    cdef bint pipe
     cdef bint ok = True
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
@@ -995,8 +996,12 @@ cdef int _forward(Dims* d, const floating* x, const floating* wih, const floatin
         free(R1.bp)
         free(R2.bp)
         return -1
-    blas_tok = frb_blas_enter(nt)
-    if level > 0 and nt >= 2 and S > 1 and fr_can_pipeline():
+    pipe = level > 0 and nt >= 2 and S > 1 and fr_can_pipeline()
+    # (pipelined: thread 0 multiplies inside the OpenMP region, so OpenBLAS on one
+    # thread there; with more it oversubscribed the cores, and OpenBLAS warned "Detect
+    # OpenMP Loop and this application may hang" where libgomp was loaded globally)
+    blas_tok = frb_blas_enter(1 if pipe else nt)
+    if pipe:
         rc = _forward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0,
                                 bias, bhn, y, gates, cs, acc, hraw, rh)
         frb_blas_leave(blas_tok)
@@ -1431,6 +1436,7 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
     cdef floating* dys
     cdef int ldsrc
     cdef int blas_tok
+    cdef bint pipe
     cdef bint ok
     cdef Rec R1, R2
     cdef int small = d.B <= SMALL_GEMM_MAX_ROWS
@@ -1494,11 +1500,12 @@ cdef int _backward(Dims* d, const floating* x, const floating* wih, const floati
         free(tmp)
         free(dhr)
         return -1
-    blas_tok = frb_blas_enter(nt)
+    pipe = level > 0 and nt >= 2 and fr_can_pipeline()
+    blas_tok = frb_blas_enter(1 if pipe else nt)    # (as in _forward)
     for k in range(N):
         ones[k] = 1
     kind = d.cell
-    if level > 0 and nt >= 2 and fr_can_pipeline():
+    if pipe:
         rc = _backward_pipelined(d, level, nt, &R1, &R2, x, wih, offsets, nsteps, h0, c0, y,
                                  gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr,
                                  dg, dnx, dhr, aux, tmp)

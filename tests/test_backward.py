@@ -807,3 +807,31 @@ def test_span_mask_trains_as_lengths(cell, masked_output, pad):
                 np.testing.assert_allclose(g2[k], g1[k], rtol=1e-9, atol=1e-11, err_msg=k)
     finally:
         layers_mod._MASK_AS_LENGTHS = True
+
+
+def test_training_never_runs_threaded_openblas_inside_its_openmp_region():
+    """The pipelined training kernels multiply on thread 0 inside an OpenMP region:
+    OpenBLAS must run on one thread there (it ran on the call's count, oversubscribing
+    the cores: SimpleRNN B=256 H=128 training step 36-40 -> 18 ms; and with libgomp
+    loaded globally, as `import torch` does, OpenBLAS printed "Detect OpenMP Loop and
+    this application may hang")."""
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    code = """
+import torch
+import numpy as np, fastrnn
+from fastrnn import train
+rng = np.random.default_rng(0)
+for cls, kw in [(fastrnn.SimpleRNN, {}), (fastrnn.GRU, dict(reset_after=False)),
+                (fastrnn.LSTM, dict(proj_size=16))]:
+    layer = cls(40, 64, seed=0, **kw)
+    x = rng.standard_normal((3, 256, 40)).astype(np.float32)
+    out, _, cache = train.forward_train(layer, x, num_threads=2)
+    train.backward(layer, cache, out, num_threads=2)
+print("done")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "done" in r.stdout, r.stderr[-2000:]
+    assert "OpenMP Loop" not in r.stderr, r.stderr[-2000:]
