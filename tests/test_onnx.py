@@ -650,6 +650,101 @@ def test_constant_folding_at_load():
                                   1 + np.arange(6, dtype=np.float32).reshape(2, 3).T ** 2)
 
 
+def _folding_model(nodes, inits, out="big"):
+    """An LSTM on x and a constant sub-graph ``nodes`` on initializers {name: array}."""
+    W, R = np.zeros((1, 16, 2), np.float32), np.zeros((1, 16, 4), np.float32)
+    inits = dict(inits, W=W, R=R)
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)] + nodes
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 2])
+    return _graph(nodes, [X], ["y", out], [numpy_helper.from_array(np.asarray(v), k)
+                                           for k, v in inits.items()], opset=17)
+
+
+_N = 2 ** 24 + 1    # (one more than load-time folding may make in a small model)
+_I64 = np.int64
+_BIG_FOLDS = {
+    "ConstantOfShape": ([helper.make_node("ConstantOfShape", ["n"], ["big"])],
+                        {"n": np.array([_N], _I64)}, _N),
+    "Range": ([helper.make_node("Range", ["a", "b", "c"], ["big"])],
+              {"a": _I64(0), "b": _I64(_N), "c": _I64(1)}, _N),
+    "Tile": ([helper.make_node("Tile", ["one", "n"], ["big"])],
+             {"one": np.ones(1, np.float32), "n": np.array([_N], _I64)}, _N),
+    "Expand": ([helper.make_node("Expand", ["one", "n"], ["big"])],
+               {"one": np.ones(1, np.float32), "n": np.array([_N], _I64)}, _N),
+    "OneHot": ([helper.make_node("OneHot", ["i", "n", "v"], ["big"])],
+               {"i": np.zeros(1, _I64), "n": np.array([_N], _I64),
+                "v": np.array([0, 1], np.float32)}, _N),
+    "Gather": ([helper.make_node("ConstantOfShape", ["n"], ["c"]),
+                helper.make_node("Gather", ["c", "i"], ["big"])],
+               {"n": np.array([2, 8193], _I64), "i": np.zeros(2048, _I64)}, 2048 * 8193),
+    "Add": ([helper.make_node("ConstantOfShape", ["n"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["t"]),
+             helper.make_node("Add", ["c", "t"], ["big"])],
+            {"n": np.array([4097, 1], _I64)}, 4097 ** 2),
+    "MatMul": ([helper.make_node("ConstantOfShape", ["n"], ["c"]),
+                helper.make_node("Transpose", ["c"], ["t"]),
+                helper.make_node("MatMul", ["c", "t"], ["big"])],
+               {"n": np.array([4097, 1], _I64)}, 4097 ** 2),
+    "Gemm": ([helper.make_node("ConstantOfShape", ["n"], ["c"]),
+              helper.make_node("Gemm", ["c", "c"], ["big"], transA=1)],
+             {"n": np.array([1, 4097], _I64)}, 4097 ** 2),
+    # each op within the bound, not all of them: a Concat of a value with itself, again
+    "Concat": ([helper.make_node("ConstantOfShape", ["n"], ["c0"])]
+               + [helper.make_node("Concat", [f"c{k}", f"c{k}"], [f"c{k + 1}"], axis=0)
+                  for k in range(4)] + [helper.make_node("Identity", ["c4"], ["big"])],
+               {"n": np.array([2 ** 20], _I64)}, 2 ** 24),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_BIG_FOLDS))
+def test_load_time_folding_is_bounded(op):
+    """A small model whose constant sub-graph, computed at load, is large (an audit
+    finding: a 1.8 KB model's ConstantOfShape / Range / Tile / Expand of [4e8] made 1.5 GB
+    while loading) is refused before the op runs, naming the node and the size: the
+    values folded at load may hold 2**24 elements in all, or 4 times the initializers'
+    elements where that is more."""
+    import tracemalloc
+    nodes, inits, size = _BIG_FOLDS[op]
+    data = _folding_model(nodes, inits)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoadError, match=rf"node \d+ {op} '': its constant output would "
+                                            rf"have {size} elements, more than the \d+ left"):
+            load_onnx(data)
+        # (the Concats: up to the bound's 2**24 float32 values in all; 1.5 GB before)
+        assert tracemalloc.get_traced_memory()[1] < (80 if op == "Concat" else 16) << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_load_time_folding_bound_follows_the_initializers(monkeypatch):
+    """The bound grows with the model's initializers (4 times their elements); what
+    folding makes within it is kept, and run-time ops of huge shapes fed by the caller
+    are errors naming the node, never crashes (an infinite repeat count, an
+    OverflowError, was raised as it was)."""
+    import fastrnn.io.onnx as fo
+    monkeypatch.setattr(fo, "_FOLD_ELEMENTS", 1000)
+    cos = [helper.make_node("ConstantOfShape", ["n"], ["big"])]
+    w = {"w": np.zeros(400, np.float32)}
+    m = load_onnx(_folding_model(cos, dict(w, n=np.array([1000], np.int64))))
+    assert m.run(np.zeros((1, 1, 2), np.float32))["big"].shape == (1000,)
+    with pytest.raises(LoadError, match=r"ConstantOfShape.*1001 elements.*1000 left"):
+        load_onnx(_folding_model(cos, {"n": np.array([1001], np.int64)}))
+    # (W, R: 96 elements; w 400; n 1: 497 * 4 = 1988)
+    load_onnx(_folding_model(cos, dict(w, n=np.array([1988], np.int64))))
+    with pytest.raises(LoadError, match=r"1989 elements, more than the 1988 left"):
+        load_onnx(_folding_model(cos, dict(w, n=np.array([1989], np.int64))))
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    one = numpy_helper.from_array(np.ones(1, np.float32), "one")
+    for op, feed, err in (("Tile", [2.0 ** 62], ValueError), ("Tile", [np.inf], OverflowError),
+                          ("Expand", [2.0 ** 62], ValueError)):
+        nodes = [helper.make_node("Cast", ["x"], ["n"], to=TensorProto.INT64),
+                 helper.make_node(op, ["one", "n" if feed[0] < np.inf else "x"], ["y"])]
+        m = load_onnx(_graph(nodes, [X], ["y"], [one]))
+        with pytest.raises(err, match=rf"^g: node 1 {op}"):
+            m.run(np.array(feed, np.float32))
+
+
 def test_sequence_lens_computed_from_padding_ids():
     """A Keras/tf2onnx-style graph: ids -> embedding; lengths = ReduceSum(Cast(ids != 0));
     a bidirectional LSTM reads sequence_lens from that; Y_h -> Gemm -> Softmax."""

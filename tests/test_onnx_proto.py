@@ -81,6 +81,31 @@ def test_string_tensors_and_unsupported_types():
         _parse_tensor(bad)
 
 
+def test_dims_claiming_more_than_the_data_allocate_nothing(tmp_path):
+    """A shape of 2**40 values over a few values of data, in every storage (raw, typed,
+    varints, external), is refused before anything of the shape's size is made."""
+    import tracemalloc
+    raw = numpy_helper.from_array(np.ones(4, np.float32), "r")
+    typed = [helper.make_tensor(n, c, [2], v, raw=False) for n, c, v in (
+        ("f", TensorProto.FLOAT, [1.0, 2.0]), ("i", TensorProto.INT64, [1, 2]),
+        ("h", TensorProto.FLOAT16, [1.0, 2.0]), ("u", TensorProto.UINT64, [1, 2]))]
+    (tmp_path / "w.bin").write_bytes(b"\0" * 16)
+    ext = _external("e", "w.bin", 0, 16, 4)
+    del ext.external_data[2]            # (no length: the rest of the file)
+    for t in [raw, ext] + typed:
+        t.dims[:] = [2 ** 20, 2 ** 20]
+        m = helper.make_model(helper.make_graph([], "g", [], [onnx.ValueInfoProto(name=t.name)],
+                                                [t]))
+        (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+        tracemalloc.start()
+        try:
+            with pytest.raises(LoadError, match=rf"'{t.name}'.*(bytes|values)"):
+                load_onnx(str(tmp_path / "m.onnx"))
+            assert tracemalloc.get_traced_memory()[1] < 1 << 20, t.name
+        finally:
+            tracemalloc.stop()
+
+
 def _attr(name, value, **kw):
     a = helper.make_attribute(name, value, **kw)
     data = a.SerializeToString()
@@ -233,6 +258,52 @@ def test_external_data_beside_the_model(tmp_path):
         os.symlink(tmp_path / "secret.bin", d / "link.bin")
         with pytest.raises(LoadError, match="outside the model's folder"):
             load_onnx(with_location("link.bin"))
+
+
+def _external(name, loc, offset, length, n):
+    """A float tensor of ``n`` values stored at ``offset`` of external file ``loc``."""
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[n],
+                    data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", loc), ("offset", str(offset)), ("length", str(length))):
+        t.external_data.add(key=k, value=v)
+    return t
+
+
+def test_external_data_read_once(tmp_path):
+    """Tensors pointing at the same bytes of an external file (an audit finding: 1000
+    unused initializers at offset 0 of one 1 MiB file made 1 GB of arrays from a 67 KB
+    model) are refused: a file's tensors may read no more bytes in all than it holds,
+    whatever the path naming it (another spelling, a hard link) and whether an
+    initializer or a node's tensor attribute reads them.  Disjoint ranges load, each
+    load of the model with its own count."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "w.bin").write_bytes(np.arange(64, dtype=np.float32).tobytes())
+    if hasattr(os, "link"):
+        os.link(d / "w.bin", d / "hard.bin")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [32])
+
+    def save(inits, nodes=(), out="y"):
+        nodes = list(nodes) or [helper.make_node("Add", ["x", inits[0].name], ["y"])]
+        g = helper.make_graph(nodes, "g", [x], [onnx.ValueInfoProto(name=out)], inits)
+        (d / "m.onnx").write_bytes(helper.make_model(g).SerializeToString())
+        return str(d / "m.onnx")
+
+    halves = [_external("a", "w.bin", 0, 128, 32), _external("b", "w.bin", 128, 128, 32)]
+    for _ in range(2):
+        m = load_onnx(save(halves))
+        np.testing.assert_array_equal(m.run(np.zeros(32, np.float32))["y"], np.arange(32))
+    for locs in (["w.bin"] * 1000, ["w.bin", "./w.bin"], ["w.bin", "hard.bin"]):
+        if "hard.bin" in locs and not hasattr(os, "link"):
+            continue
+        inits = [_external(f"e{k}", loc, 0, 256, 64) for k, loc in enumerate(locs)]
+        with pytest.raises(LoadError, match=r"'e1'.*read 512 bytes from it, more than "
+                                            r"its 256 \(tensors sharing the same bytes"):
+            load_onnx(save(inits))
+    # a Constant node's value and an initializer on the same bytes
+    const = helper.make_node("Constant", [], ["k"], value=_external("v", "w.bin", 0, 256, 64))
+    with pytest.raises(LoadError, match=r"attribute 'value'.*'v'.*sharing"):
+        load_onnx(save([_external("e", "w.bin", 0, 256, 64)], [const], out="k"))
 
 
 def test_every_truncation_of_a_model_is_a_load_error():

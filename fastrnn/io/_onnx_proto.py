@@ -188,10 +188,24 @@ class Tensor:
         return tensor_to_array(self)
 
 
+class _Folder:
+    """The folder a model's external data files are in, and how many bytes its tensors
+    have read from each file (by device and inode: whatever the path naming it).  A
+    file's tensors may read no more bytes in all than it holds: tensors pointing at the
+    same bytes (which ONNX's exporters never write) would otherwise multiply them, a
+    small model and data file making gigabytes of arrays."""
+    __slots__ = ("path", "read")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.read: dict = {}
+
+
 def _external_bytes(t: Tensor, nbytes: int):
     """The bytes of a tensor stored in a file beside the model: ``location`` relative to
     the model's folder and inside it (no absolute paths, no way out through ``..`` or a
-    link), ``offset`` / ``length`` inside the file."""
+    link), ``offset`` / ``length`` inside the file, the file's tensors reading no more
+    than its size in all (_Folder)."""
     loc = t.external.get("location")
     if not loc:
         raise ProtoError(f"tensor {t.name!r}: external data without a location")
@@ -201,7 +215,7 @@ def _external_bytes(t: Tensor, nbytes: int):
     if os.path.isabs(loc) or "\x00" in loc:
         raise ProtoError(f"tensor {t.name!r}: external data location {loc!r} is not a "
                          "relative path")
-    base = os.path.realpath(t.base)
+    base = os.path.realpath(t.base.path)
     path = os.path.realpath(os.path.join(base, loc))
     if os.path.commonpath([base, path]) != base:
         raise ProtoError(f"tensor {t.name!r}: external data location {loc!r} is outside "
@@ -215,7 +229,8 @@ def _external_bytes(t: Tensor, nbytes: int):
     except ValueError:
         raise ProtoError(f"tensor {t.name!r}: external data offset / length not "
                          "integers") from None
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    size = st.st_size
     if offset < 0 or offset > size or (length is not None and
                                        (length < 0 or offset + length > size)):
         raise ProtoError(f"tensor {t.name!r}: external data offset {offset} / length "
@@ -224,6 +239,13 @@ def _external_bytes(t: Tensor, nbytes: int):
     if have < nbytes or (length is not None and length != nbytes):
         raise ProtoError(f"tensor {t.name!r}: {loc!r} has {have} bytes from offset "
                          f"{offset} for the tensor's {nbytes}")
+    key = (st.st_dev, st.st_ino)
+    total = t.base.read.get(key, 0) + nbytes
+    if total > size:
+        raise ProtoError(f"tensor {t.name!r}: the tensors stored in {loc!r} would read "
+                         f"{total} bytes from it, more than its {size} (tensors sharing "
+                         "the same bytes?)")
+    t.base.read[key] = total
     with open(path, "rb") as f:         # (only the tensor's bytes: never a whole large file)
         f.seek(offset)
         return f.read(nbytes)
@@ -488,8 +510,10 @@ class Model:
 
 def parse_model(data, base: str | None = None) -> Model:
     """A model from its serialized bytes; ``base``: the folder its external data files
-    are in (the model file's), None where it has none (bytes, a file object)."""
+    are in (the model file's), None where it has none (bytes, a file object).  (Each
+    read of an external tensor counts against its file's size, _Folder: the tensors of
+    one parsed model are read once, as load_onnx does, parsing the model each time.)"""
     buf = memoryview(data)          # (raw tensor data: read in place, copied once)
     if buf.format != "B" or buf.ndim != 1:
         buf = buf.cast("B")
-    return Model(buf, base)
+    return Model(buf, None if base is None else _Folder(base))

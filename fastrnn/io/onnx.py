@@ -16,6 +16,7 @@ Recurrent node attributes supported: ``direction`` (forward, reverse, bidirectio
 """
 from __future__ import annotations
 
+import math
 import os
 from operator import itemgetter
 from typing import Any, Callable, Mapping
@@ -315,13 +316,19 @@ def _op_gemm(i, a, o):
     return [y]
 
 
+def _legacy_y(x, y, a, o):
+    """A binary op's second input as it broadcasts: before opset 7, ``broadcast`` with
+    ``axis`` lines its axes up with x's from ``axis`` on."""
+    if o < 7 and a.get("broadcast", 0) and "axis" in a and y.ndim:
+        ax = a["axis"] % x.ndim
+        y = y.reshape(y.shape + (1,) * (x.ndim - ax - y.ndim))
+    return y
+
+
 def _binary(fn):
     def op(i, a, o):
         x, y = i[0], i[1]
-        if o < 7 and a.get("broadcast", 0) and "axis" in a and y.ndim:
-            ax = a["axis"] % x.ndim
-            y = y.reshape(y.shape + (1,) * (x.ndim - ax - y.ndim))
-        return [np.asarray(fn(x, y))]
+        return [np.asarray(fn(x, _legacy_y(x, y, a, o)))]
     return op
 
 
@@ -607,6 +614,70 @@ _SHAPE_ARGS = {"Squeeze": (1,), "Unsqueeze": (1,), "Reshape": (1,), "Expand": (1
                "Range": (0, 1, 2), "OneHot": (1,), "ReduceMean": (1,), "ReduceSum": (1,),
                "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,)}
 SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
+
+# Load-time constant folding (OnnxModel.__init__) makes at most this many elements in all
+# (64 MiB of float32), or _FOLD_PER_ELEMENT times the initializers' elements where that is
+# more: the size of every folded op's output is found first (_fold_size), and an op that
+# would pass the rest of it is refused, naming it.  Without a bound a 2 KB file (a
+# ConstantOfShape, Range, Tile or Expand of [4e8]; a Concat of a value with itself, again
+# and again) filled gigabytes while loading.  PyTorch's exports fold their constants
+# themselves: what is left to fold at load is shape arithmetic and small constants, far
+# below the floor; a bound growing with the initializers (which are in the model's files,
+# so cost their size on disk) leaves room for an exporter folding nothing (a transposed
+# or cast copy of each weight: 4 times the weights' elements).
+_FOLD_ELEMENTS = 1 << 24
+_FOLD_PER_ELEMENT = 4
+
+
+def _prod(dims) -> int:
+    """The elements of an array of shape ``dims`` (negative sizes as 0: the op refuses
+    them)."""
+    n = 1
+    for d in dims:
+        n *= max(int(d), 0)
+    return n
+
+
+def _max_shape(shapes) -> list:
+    """The largest size of each axis of ``shapes`` lined up at their last axes (at least
+    1): no smaller than the shape they broadcast to, nor than any of them."""
+    out = [1] * max((len(s) for s in shapes), default=0)
+    for s in shapes:
+        for k, d in enumerate(s, len(out) - len(s)):
+            out[k] = max(out[k], int(d))
+    return out
+
+
+def _fold_size(op_type, vals, attrs, opset) -> int:
+    """Without running it, a bound of the elements of op ``op_type``'s largest output on
+    the constant inputs ``vals``: from the values that set it (ConstantOfShape, Tile,
+    Expand, Range, OneHot, Gather) or the inputs' shapes (a Concat: their sum; a Gemm:
+    its product's; the rest make at most the shape their inputs broadcast to)."""
+    arrs = [v for v in vals if isinstance(v, np.ndarray)]
+    if op_type == "ConstantOfShape":
+        return _prod(_ints(vals[0]))
+    if op_type == "Tile":
+        return vals[0].size * _prod(_ints(vals[1]))
+    if op_type == "Expand":
+        return _prod(_max_shape([vals[0].shape, _ints(vals[1])]))
+    if op_type == "Range":
+        start, limit, delta = (np.asarray(v).reshape(()).item() for v in vals[:3])
+        return max(math.ceil((limit - start) / delta), 0) if delta else 0
+    if op_type == "OneHot":
+        return vals[0].size * max(_ints(vals[1])[0], 0)
+    if op_type == "Gather":
+        x, axis = vals[0], attrs.get("axis", 0)
+        ok = -x.ndim <= axis < x.ndim and x.shape[axis]     # (else the op refuses it)
+        return vals[1].size * (x.size // x.shape[axis]) if ok else 0
+    if op_type == "Concat":
+        return sum(v.size for v in arrs)
+    shapes = [v.shape for v in arrs]
+    if op_type == "Gemm" and arrs[0].ndim == arrs[1].ndim == 2:
+        shapes[:2] = [(arrs[0].shape[1 if attrs.get("transA", 0) else 0],
+                       arrs[1].shape[0 if attrs.get("transB", 0) else 1])]
+    elif len(arrs) == 2:        # (and as _binary's legacy broadcast lines them up)
+        shapes.append(_legacy_y(arrs[0], arrs[1], attrs, opset).shape)
+    return _prod(_max_shape(shapes))
 
 
 # ------------------------------------------------------------------- recurrent nodes
@@ -923,7 +994,8 @@ class _RecurrentNode:
 
 # ------------------------------------------------------------------------ the model
 _SHAPES_KEPT = 32   # sets of feeds' shapes whose _Program a model keeps (OnnxModel.run)
-_LOCATED = (ValueError, TypeError, IndexError, MemoryError)     # (OnnxModel._located)
+_LOCATED = (ValueError, TypeError, IndexError, MemoryError,     # (OnnxModel._located)
+            OverflowError)
 
 
 class _Converted:
@@ -1007,6 +1079,9 @@ class OnnxModel:
 
         steps = []
         known = set(consts) | set(self.input_names)
+        # elements load-time folding may still make (_FOLD_ELEMENTS)
+        left = max(_FOLD_ELEMENTS, _FOLD_PER_ELEMENT * sum(
+            v.size for v in consts.values()))
         for k, node in enumerate(g.node):
             where = f"node {k} {node.op_type} {node.name!r}"
             for inp in node.input:
@@ -1029,11 +1104,21 @@ class OnnxModel:
                             all((not n) or (n in consts and n not in self._overridable)
                                 for n in ins))
                 if foldable:
+                    vals = [consts[n] if n else None for n in ins]
                     try:
-                        vals = self._call(fn, node.op_type, [consts[n] if n else None for n in ins],
-                                          attrs, len(outs))
+                        size = _fold_size(node.op_type, vals, attrs, self.opset)
+                        if size <= left:
+                            vals = self._call(fn, node.op_type, vals, attrs, len(outs))
                     except Exception as e:
                         raise LoadError(f"{self.name}: {where}: {type(e).__name__}: {e}") from None
+                    if size > left:
+                        raise LoadError(
+                            f"{self.name}: {where}: its constant output would have {size} "
+                            f"elements, more than the {left} left of what the model may "
+                            "compute at load (the larger of 2**24 and "
+                            f"{_FOLD_PER_ELEMENT} times its initializers' elements)")
+                    if node.op_type != "Constant":     # (its value is the file's)
+                        left -= sum(v.size for v in vals if isinstance(v, np.ndarray))
                     for n, v in zip(outs, vals):
                         if n:
                             consts[n] = v
@@ -1277,8 +1362,8 @@ class OnnxModel:
 
     def _located(self, e, where):
         """``e`` with the model's name and the failing node in its message (value, type,
-        index and memory errors, e.g. a ConstantOfShape of a shape too large to allocate;
-        the rest as they are)."""
+        index, memory and overflow errors, e.g. a ConstantOfShape of a shape too large to
+        allocate; the rest as they are)."""
         for kind in _LOCATED:
             # (NumPy's own subclasses, e.g. AxisError, as their first such base)
             if isinstance(e, kind):
