@@ -503,6 +503,9 @@ def _state_grads(layer, cache, grad_state):
                 raise TypeError("LSTM grad_state must be a tuple (dh_n, dc_n) (either may "
                                 "be None)")
             gh, gc = grad_state
+        elif isinstance(grad_state, tuple):
+            raise TypeError(f"{type(layer).__name__} grad_state must be one array dh_n "
+                            "(a tuple (dh_n, dc_n) is LSTM's)")
         else:
             gh = grad_state
     dhs = state_grad("grad_state h", gh, layer.output_size)
@@ -579,6 +582,9 @@ class _Optimizer:
         """Update the parameters in place from ``grads`` (names as the parameters;
         other entries such as ``input`` are ignored; a parameter without gradient is
         left alone)."""
+        if not isinstance(grads, Mapping):
+            raise TypeError("step needs the gradients as a mapping of names to arrays "
+                            f"(what backward returns), got {type(grads).__name__}")
         for name, p in self.params.items():
             g = grads.get(name)
             if g is None:

@@ -123,3 +123,14 @@ def test_cache_refused_after_an_announced_in_place_edit():
     layer.mark_weights_changed()
     with pytest.raises(RuntimeError, match="changed since forward_train"):
         train.backward(layer, cache, np.ones_like(out))
+
+
+def test_misuse_gives_clear_errors():
+    layer = fastrnn.GRU(3, 4, seed=0)
+    out, _, cache = train.forward_train(layer, np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(TypeError, match="tuple .* is LSTM's"):
+        train.backward(layer, cache, None, (np.ones((1, 2, 4), np.float32), None))
+    opt = train.SGD(layer, lr=0.1)
+    for bad in (None, [np.ones(3)]):
+        with pytest.raises(TypeError, match="mapping of names to arrays"):
+            opt.step(bad)
