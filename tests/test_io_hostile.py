@@ -163,11 +163,67 @@ def test_memo_bomb_refused_quickly():
         read_torch_file(torch_zip(b"\x80\x02" + P(1) + b"p99999999999\n."))
 
 
+def _keyed(keys, protocol=2) -> bytes:
+    """data.pkl of one dict (or, protocol 4, frozenset) holding ``keys``, values 0."""
+    if protocol == 4:
+        return b"\x80\x04(" + b"".join(pickle.dumps(k, 4)[2:-1] for k in keys) + b"\x91."
+    return b"\x80\x02}(" + b"".join(P(k) + b"K\x00" for k in keys) + b"u."
+
+
+@pytest.mark.parametrize("keys, protocol, match", [
+    ([k * (2**61 - 1) for k in range(1, 600)], 2, "2\\*\\*61 - 1 or more"),   # all hash to 0
+    ([(i, i) for i in range(1001)], 2, "keys built from numbers"),   # tuple hashes can be made equal
+    ([((i, 0.5),) for i in range(1001)], 4, "keys built from numbers"),
+])
+def test_hash_flooding_refused_before_unpickling(keys, protocol, match):
+    with pytest.raises(LoadError, match=match):
+        read_torch_object(torch_zip(_keyed(keys, protocol)))
+
+
+def test_numeric_keys_of_real_checkpoints_load():
+    # optimizer states are keyed by small ints, numpy's PCG64 state holds two 128-bit ints
+    pcg = {"bit_generator": "PCG64", "state": {"state": 2**127 + 12345, "inc": 2**126 + 1}}
+    obj = {"state": {i: {"step": i} for i in range(5000)}, "rng": [pcg] * 50, "pairs": {(i, 1): i for i in range(100)}}
+    got = read_torch_object(torch_zip(pickle.dumps(obj, protocol=2)))
+    assert got["state"][4999] == {"step": 4999} and got["rng"][0] == pcg and got["pairs"][(99, 1)] == 99
+    assert read_torch_object(torch_zip(_keyed([(i, i) for i in range(1000)], 4))) == \
+        frozenset((i, i) for i in range(1000))
+
+
 # ---------------------------------------------------------------- corrupt torch files
 
 def _good_zip_bytes():
     with open(os.path.join(FIX, "lstm.pt"), "rb") as f:
         return f.read()
+
+
+def _deflated(raw: bytes) -> bytes:
+    bio = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin, zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    return bio.getvalue()
+
+
+def test_deflate_bomb_total_refused_before_reading():
+    """Many small members of zeros, each within the per-member ratio: their total is bounded."""
+    n, numel = 300, 1 << 14                         # 300 storages of 64 KiB of zeros
+    sd = state_dict_pickle(*((f"w{i}", tensor_op(str(i), numel, size=(numel,))) for i in range(n)))
+    raw = _deflated(torch_zip(sd, {str(i): bytes(4 * numel) for i in range(n)}))
+    assert len(raw) < 100 << 10
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoadError, match="inflate"):
+            read_torch_file(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    # a checkpoint of ordinary weights zipped again with DEFLATE still reads
+    w = np.random.default_rng(0).standard_normal((n, numel // 64)).astype("<f4")
+    sd = state_dict_pickle(*((f"w{i}", tensor_op(str(i), numel // 64, size=(numel // 64,))) for i in range(n)))
+    got = read_torch_file(_deflated(torch_zip(sd, {str(i): w[i].tobytes() for i in range(n)})))
+    np.testing.assert_array_equal(got["w7"], w[7])
 
 
 def test_truncated_zip():
@@ -342,6 +398,13 @@ def _st(header, data=b"", hlen=None):
     (_st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
          b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4), "duplicate"),
     (_st(b"[" * 100000 + b"]" * 100000), "JSON"),
+    # byte ranges shared by several tensors (each would be read into its own array)
+    (_st({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+          "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}, b"\0" * 8), "'a' and 'b' overlap"),
+    (_st({"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]},
+          "b": {"dtype": "U8", "shape": [2], "data_offsets": [4, 6]}}, b"\0" * 8), "'a' and 'b' overlap"),
+    (_st({f"t{i}": {"dtype": "F32", "shape": [1 << 18], "data_offsets": [0, 1 << 20]}
+          for i in range(100)}, bytes(1 << 20)), "'t0' and 't1' overlap"),
 ])
 def test_safetensors_corrupt(raw, match):
     tracemalloc.start()
@@ -352,6 +415,14 @@ def test_safetensors_corrupt(raw, match):
     finally:
         tracemalloc.stop()
     assert peak < 20 << 20
+
+
+def test_safetensors_ranges_not_shared_by_tensors_load():
+    """Empty tensors may sit anywhere; gaps and trailing bytes are accepted."""
+    u8 = lambda b, e: {"dtype": "U8", "shape": [e - b], "data_offsets": [b, e]}
+    raw = _st({"a": u8(0, 4), "z": u8(0, 0), "y": u8(2, 2), "x": u8(4, 4), "b": u8(6, 8)}, bytes(range(10)))
+    t = read_safetensors(raw)[0]
+    assert t["a"].tolist() == [0, 1, 2, 3] and t["b"].tolist() == [6, 7] and t["z"].size == 0
 
 
 def test_safetensors_corrupt_file_on_disk(tmp_path):

@@ -99,6 +99,17 @@ def _parse_header(raw: bytes, data_len: int, name: str):
             # dimensions)
             raise _header_error(name, f"tensor {key!r}: shape {shape} is too large")
         entries.append((key, dtype, tuple(shape), begin, end))
+    # Each tensor is read into an array of its own, so byte ranges shared by many
+    # entries would make a small file allocate many times its size.  Overlaps are
+    # refused (as the reference reader does; empty tensors take no bytes).  Gaps
+    # and trailing bytes, which it also refuses, are accepted: they cost nothing,
+    # and the tensors' total then stays within the data section.
+    prev = None
+    for e in sorted((e for e in entries if e[4] > e[3]), key=lambda e: e[3]):
+        if prev is not None and e[3] < prev[4]:
+            raise _header_error(name, f"tensors {prev[0]!r} and {e[0]!r} overlap (data_offsets "
+                                      f"[{prev[3]}, {prev[4]}] and [{e[3]}, {e[4]}])")
+        prev = e
     return entries, meta
 
 

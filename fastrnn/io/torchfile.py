@@ -616,6 +616,23 @@ def _check_ratio(info: zipfile.ZipInfo):
         raise LoadError(f"{info.filename}: implausible compression ratio (zip bomb?)")
 
 
+# torch.save never compresses.  A checkpoint zipped again with DEFLATE shrinks its
+# weights less than 2:1 (8:1 for 90% zeros, 60:1 for 99%); only all-zero tensors come
+# near DEFLATE's 1032:1, and they are a small part of a real checkpoint.  So all the
+# compressed members together may inflate to at most 100 times the archive's bytes
+# (the .pt2 reader's rule, there per member) plus 1 MiB for small files: what a file
+# can make the reader allocate stays proportional to its size, however many members
+# it has (1000 members of 1 MiB of zeros make a 1 MB file).
+_MAX_INFLATION = 100
+
+
+def _check_inflation(zf: zipfile.ZipFile, archive_bytes: int, name: str):
+    total = sum(i.file_size for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED)
+    if total > _MAX_INFLATION * archive_bytes + (1 << 20):
+        raise LoadError(f"{name}: compressed members inflate to {total} bytes, over "
+                        f"{_MAX_INFLATION} times the {archive_bytes} bytes of the archive (zip bomb?)")
+
+
 # --------------------------------------------------------------------------
 # entry points
 
@@ -648,14 +665,83 @@ _REFUSED_OPS = {"EXT1", "EXT2", "EXT4", "BYTEARRAY8", "NEXT_BUFFER", "READONLY_B
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 
 
+# Hash flooding: a dict or set whose keys all hash alike takes quadratic time to build
+# (80k keys: a 1 MB file, 50 s).  str and bytes hashes are salted; an int's hash is its
+# value modulo 2**61 - 1, so only ints that large can share one (k * (2**61 - 1) all hash
+# to 0): they may take at most _MAX_BIG_INT_BYTES in all (each compare walks their
+# digits; a numpy PCG64 RNG state holds two ints of 17 bytes).  Floats share a hash only
+# by a few dozen (powers of two 2**61 apart in exponent).  Tuples (and frozensets) of
+# ints, however small, can be made to collide at will (their hash mixes the items'), so
+# dict / set keys built from numbers are counted (state dicts are keyed by str,
+# optimizer states by small ints): at most _MAX_NUMERIC_KEYS, which even all colliding
+# cost milliseconds.
+_HASH_MODULUS = (1 << 61) - 1
+_MAX_BIG_INT_BYTES = 4096
+_MAX_NUMERIC_KEYS = 1000
+_NUMBER_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"}
+_KEYED_OPS = {"SETITEM": slice(-2, -1), "SETITEMS": slice(0, None, 2), "DICT": slice(0, None, 2),
+              "ADDITEMS": slice(None), "FROZENSET": slice(None)}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+# opcode -> (items it pops, or how many below its MARK; whether it pops to a MARK; pushes)
+_EFFECT = {op.name: (op.stack_before.index(pickletools.markobject) if pickletools.markobject in op.stack_before
+                     else len(op.stack_before), pickletools.markobject in op.stack_before, len(op.stack_after))
+           for op in pickletools.opcodes}
+
+
 def _scan_ops(f, name):
     n = 0
+    big = keys = 0
+    # the unpickler's stack, each item tagged 1 if a number, 2 if built from numbers
+    # (a tuple holding one, a call's result), else 0; and where its marks are
+    stack: list = []
+    marks: list = []
+    memo: dict = {}
     for op, arg, _pos in pickletools.genops(f):
         n += 1
-        if op.name in _REFUSED_OPS:
-            raise LoadError(f"{name}: pickle opcode {op.name} is not supported")
-        if op.name in _PUT_OPS and not (isinstance(arg, int) and 0 <= arg <= n):
+        opname = op.name
+        if opname in _REFUSED_OPS:
+            raise LoadError(f"{name}: pickle opcode {opname} is not supported")
+        if opname in _PUT_OPS and not (isinstance(arg, int) and 0 <= arg <= n):
             raise LoadError(f"{name}: corrupt pickle (memo index {arg!r:.30})")
+        if type(arg) is int and abs(arg) >= _HASH_MODULUS:
+            big += arg.bit_length() // 8 + 1
+            if big > _MAX_BIG_INT_BYTES:
+                raise LoadError(f"{name}: pickle holds over {_MAX_BIG_INT_BYTES} bytes of integers "
+                                f"of 2**61 - 1 or more (hash flooding?)")
+        pops, to_mark, pushes = _EFFECT[opname]
+        fence = marks[-1] if marks else 0
+        if to_mark:
+            if not marks:
+                raise LoadError(f"{name}: corrupt pickle ({opname} without a MARK)")
+            items = stack[marks.pop():]
+            below = fence - pops
+            fence = marks[-1] if marks else 0
+        elif opname == "POP" and marks and len(stack) == fence:
+            marks.pop()                     # (POP at a mark removes the mark)
+            continue
+        else:
+            below = len(stack) - pops
+            items = stack[below:]
+        if below < fence:
+            raise LoadError(f"{name}: corrupt pickle (stack underflow at {op.name})")
+        del stack[below:]
+        keyed = _KEYED_OPS.get(opname)
+        if keyed is not None:
+            keys += sum(t == 2 for t in items[keyed])
+            if keys > _MAX_NUMERIC_KEYS:
+                raise LoadError(f"{name}: pickle has over {_MAX_NUMERIC_KEYS} dict or set keys "
+                                f"built from numbers (hash flooding?)")
+        if opname == "MARK":
+            marks.append(len(stack))
+        elif opname in _PUT_OPS or opname == "MEMOIZE":
+            stack += items                  # (MEMOIZE "pops and pushes" its item)
+            memo[arg if opname in _PUT_OPS else len(memo)] = stack[-1] if stack else 0
+        elif opname in _GET_OPS:
+            stack.append(memo.get(arg, 0))
+        elif opname == "DUP":
+            stack += items * 2
+        elif pushes:
+            stack += [1 if opname in _NUMBER_OPS else 2 if any(items) else 0] * pushes
 
 
 def _prescan(f, name):
@@ -696,11 +782,13 @@ def _unpickle(data_file, reader, module_classes, name, torchscript=False):
 
 
 def _read_zip(f, name, module_classes):
+    size = _file_size(f)
     try:
         zf = zipfile.ZipFile(f)
     except Exception as e:  # BadZipFile, NotImplementedError, OSError, ... on damaged archives
         raise LoadError(f"{name}: not a readable zip archive ({type(e).__name__}: {e})"[:400]) from e
     with zf:
+        _check_inflation(zf, size, name)
         pkls = [i for i in zf.infolist() if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
         pkls = [i for i in pkls if i.filename.count("/") <= 1]
         if len(pkls) != 1:
