@@ -3,6 +3,7 @@ nothing hangs, nothing allocates more than the file justifies."""
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
@@ -190,6 +191,34 @@ def test_numeric_keys_of_real_checkpoints_load():
         frozenset((i, i) for i in range(1000))
 
 
+def _calls(module, name, items, times=1, before=b"") -> bytes:
+    """data.pkl of a list: ``module.name(items)`` called ``times`` times on one (memoized)
+    list, as protocol-2 pickles of sets are written, after the opcodes ``before``."""
+    lst = b"]" + b"".join(P(k) + b"a" for k in items) + b"q\x00"
+    calls = [G(module, name) + (lst if i == 0 else b"h\x00") + b"\x85R" for i in range(times)]
+    return b"\x80\x02](" + before + b"".join(calls) + b"e."
+
+
+@pytest.mark.parametrize("pkl, match", [
+    (_calls("__builtin__", "set", [(i, i) for i in range(1001)]), "keys built from numbers"),
+    (_calls("builtins", "frozenset", [(i, i) for i in range(600)], 2), "keys built from numbers"),
+    (_calls("builtins", "set", [(i, i) for i in range(600)], 1,
+            _keyed([(i, 1) for i in range(600)])[2:-1]),   # counted with dict opcodes' keys
+     "keys built from numbers"),
+    (_calls("collections", "OrderedDict", [((0, 0), 0)]), "calls OrderedDict on a list"),
+], ids=["set", "frozenset-twice", "after-dict-keys", "OrderedDict"])
+def test_hash_flooding_through_set_calls_refused(pkl, match):
+    """set / frozenset / OrderedDict called on tuples (which can all share one hash) hash
+    them all, past the opcodes' key count: their tuples count too; torch.save calls
+    OrderedDict on nothing (its items set after), so items are refused."""
+    with pytest.raises(LoadError, match=match):
+        read_torch_object(torch_zip(pkl))
+    ok = {"s": {"a", "b"}, "f": frozenset([(1, 2)]), "o": collections.OrderedDict(a=1)}
+    assert read_torch_object(torch_zip(pickle.dumps(ok, protocol=2))) == ok
+    pairs = [(i, i) for i in range(1000)]
+    assert read_torch_object(torch_zip(_calls("__builtin__", "set", pairs))) == [set(pairs)]
+
+
 # ---------------------------------------------------------------- corrupt torch files
 
 def _good_zip_bytes():
@@ -316,6 +345,36 @@ def test_repeated_rebuild_budget():
     finally:
         tracemalloc.stop()
     assert peak < 200 << 20, peak
+
+
+def test_pt2_weights_sharing_one_file_budget(monkeypatch):
+    """A .pt2 config pointing many weights at one 1 MiB file (torch does so for tied
+    weights): the file is read once and the copies are capped as for .pt storages."""
+    from fastrnn.io import pt2 as pt2_mod
+    numel, member, reads = 1 << 18, pt2_mod._member, []
+    monkeypatch.setattr(pt2_mod, "_member", lambda zf, n, *a: reads.append(n) or member(zf, n, *a))
+    meta = {"dtype": 7, "sizes": [{"as_int": numel}], "strides": [{"as_int": 1}]}
+
+    def pt2(n):
+        bio = io.BytesIO()
+        with zipfile.ZipFile(bio, "w") as z:
+            z.writestr("a/archive_format", b"pt2")
+            z.writestr("a/data/weights/model_weights_config.json", json.dumps({"config": {
+                f"w{i}": {"path_name": "weight_0", "tensor_meta": meta} for i in range(n)}}))
+            z.writestr("a/data/weights/weight_0", np.arange(numel, dtype="<f4").tobytes())
+        return io.BytesIO(bio.getvalue())
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoadError, match="far more than"):
+            pt2_mod.read_pt2(pt2(100))              # 100 MiB if all were materialised
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 << 20, peak
+    assert reads.count("a/data/weights/weight_0") == 1
+    t, _ = pt2_mod.read_pt2(pt2(2))
+    assert t["w0"] is not t["w1"] and t["w1"][-1] == numel - 1
 
 
 def test_deep_nesting_and_cycles():

@@ -12,12 +12,14 @@ offset is checked against its file before anything is read.
 """
 from __future__ import annotations
 
+import collections
 import json
 import zipfile
 
 import numpy as np
 
 from . import LoadError
+from .torchfile import _Budget
 
 __all__ = ["read_pt2", "is_pt2"]
 
@@ -76,7 +78,7 @@ def _ints(v, what):
     return out
 
 
-def _tensor(zf, base, fqn, entry, what):
+def _tensor(zf, base, fqn, entry, what, budget, shared):
     if not isinstance(entry, dict) or not isinstance(entry.get("tensor_meta"), dict):
         raise LoadError(f"{what}: {fqn!r} has no tensor description")
     if entry.get("use_pickle"):
@@ -94,7 +96,12 @@ def _tensor(zf, base, fqn, entry, what):
     path = entry.get("path_name")
     if not isinstance(path, str) or not path or "/" in path or path.startswith("."):
         raise LoadError(f"{what}: {fqn!r} has no valid path_name")
-    raw = _member(zf, base + path, what, 1 << 40)
+    raw = shared.get(base + path)
+    if raw is None:
+        raw = _member(zf, base + path, what, 1 << 40)
+        budget.storage_bytes += len(raw)
+        if base + path in shared:           # (a file several weights point at: read once)
+            shared[base + path] = raw
     dt = np.dtype(np.uint16 if code == _BF16 else _DTYPES[code]).newbyteorder("<")
     if len(raw) % dt.itemsize:
         raise LoadError(f"{what}: {fqn!r}: {len(raw)} bytes, not whole {dt.name} values")
@@ -110,6 +117,7 @@ def _tensor(zf, base, fqn, entry, what):
         if last >= storage.size:
             raise LoadError(f"{what}: {fqn!r} (sizes {sizes}, strides {strides}, offset {off}) "
                             f"reaches past its {storage.size} stored values")
+        budget.charge(numel * (4 if code == _BF16 else dt.itemsize), f"{what}: {fqn!r}")
         arr = np.lib.stride_tricks.as_strided(
             storage[off:], shape=sizes, strides=[s * dt.itemsize for s in strides],
             writeable=False).copy()
@@ -180,6 +188,10 @@ def read_pt2(path_or_fileobj, name=None) -> tuple[dict, dict]:
         if order != b"little":
             raise LoadError(f"{what}: byte order {order[:20]!r} (only little-endian archives)")
         tensors: dict = {}
+        # torch points tied weights at one file: each file is read once, and the copies
+        # all weights make of the files are bounded by the files' bytes (a config may
+        # point any number of weights at one file)
+        budget, shared = _Budget(), {}
         for cfg_name, sub in (("data/weights/model_weights_config.json", "data/weights/"),
                               ("data/constants/model_constants_config.json", "data/constants/")):
             if root + cfg_name not in names:
@@ -188,6 +200,9 @@ def read_pt2(path_or_fileobj, name=None) -> tuple[dict, dict]:
             cfg = cfg.get("config") if isinstance(cfg, dict) else None
             if not isinstance(cfg, dict):
                 raise LoadError(f"{what}: {cfg_name} has no 'config' mapping")
+            uses = collections.Counter(e["path_name"] for e in cfg.values() if isinstance(e, dict)
+                                       and isinstance(e.get("path_name"), str))
+            shared.update((root + sub + p, None) for p, n in uses.items() if n > 1)
             for fqn, entry in cfg.items():
                 if not isinstance(fqn, str) or not fqn or len(fqn) > 1024:
                     raise LoadError(f"{what}: a weight name in {cfg_name} is not a string")
@@ -195,7 +210,7 @@ def read_pt2(path_or_fileobj, name=None) -> tuple[dict, dict]:
                     raise LoadError(f"{what}: {fqn!r} is stored twice")
                 if isinstance(entry, dict) and "tensor_meta" not in entry:
                     continue            # (a constant that is not a tensor)
-                tensors[fqn] = _tensor(zf, root + sub, fqn, entry, what)
+                tensors[fqn] = _tensor(zf, root + sub, fqn, entry, what, budget, shared)
         hints = {}
         model_json = [n for n in names if n.startswith(root + "models/") and n.endswith(".json")]
         if model_json:

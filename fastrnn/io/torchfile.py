@@ -302,7 +302,6 @@ _SAFE_REBUILD_PARAMETER = _SafeFn(_rebuild_parameter)
 
 # (module, name) -> immutable stand-in; nothing here can be modified by a pickle
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,  # a builtin (immutable) type
     ("torch._utils", "_rebuild_tensor"): _SAFE_REBUILD_TENSOR,
     ("torch._utils", "_rebuild_tensor_v2"): _SAFE_REBUILD_TENSOR,
     ("torch._utils", "_rebuild_parameter"): _SAFE_REBUILD_PARAMETER,
@@ -324,8 +323,11 @@ _TS_GLOBALS: dict[tuple[str, str], Any] = {
     for n in ("restore_type_tag", "build_intlist", "build_tensorlist", "build_doublelist",
               "build_boollist")
 }
-# only inside whole-module pickles (module stubs), harmless builtins
-_MODULE_GLOBALS: dict[tuple[str, str], Any] = {
+# the callables that hash their argument's items (OrderedDict in state dicts and tensors'
+# hooks, set / frozenset in whole-module pickles): handed to the unpickler wrapped, to
+# count those items as _scan_ops counts the keys of dict and set opcodes
+_HASHING_GLOBALS: dict[tuple[str, str], type] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset,
@@ -335,12 +337,14 @@ _MODULE_GLOBALS: dict[tuple[str, str], Any] = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, reader, module_classes: Iterable[str] = (),
-                 torchscript: bool = False):
+                 torchscript: bool = False, numeric_keys: int = 0):
         super().__init__(file, encoding="utf-8")
         self._reader = reader
         self._module_classes = frozenset(module_classes)
         self._torchscript = torchscript
         self._stubs: dict[str, type] = {}
+        self._numeric_keys = numeric_keys       # (those _scan_ops counted in this pickle)
+        self._hashing = {key: _SafeFn(self._hashed(cls)) for key, cls in _HASHING_GLOBALS.items()}
 
     def find_class(self, module, name):
         key = (module, name)
@@ -354,8 +358,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 return _TS_GLOBALS[key]
             if (module == "__torch__" or module.startswith("__torch__.")) and name.isidentifier():
                 return self._stub(f"{module}.{name}")
-        if key in _MODULE_GLOBALS:
-            return _MODULE_GLOBALS[key]
+        if key in self._hashing:
+            return self._hashing[key]
         if module == "torch" and name in _TORCH_ATTRS:
             return _TORCH_ATTRS[name]
         full = f"{module}.{name}"
@@ -379,6 +383,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load global {full!r} from the pickle: it is not on fastrnn's "
             f"allow-list of tensor-building functions, and nothing from the file was run.{hint}"
         )
+
+    def _hashed(self, cls):
+        """``cls`` called on a list (as pickles of sets call set / frozenset; OrderedDict
+        is pickled called on nothing, its items set after): the items that are tuples or
+        frozensets, whose hashes a pickle can make collide at will, count against
+        _MAX_NUMERIC_KEYS with the keys _scan_ops counted (see there)."""
+        def build(items=()):
+            if not isinstance(items, (list, tuple)) or (items and cls is collections.OrderedDict):
+                raise LoadError(f"pickle calls {cls.__name__} on a {type(items).__name__} "
+                                "(torch.save never does)")
+            self._numeric_keys += sum(isinstance(v, (tuple, frozenset)) for v in items)
+            if self._numeric_keys > _MAX_NUMERIC_KEYS:
+                raise LoadError(f"pickle has over {_MAX_NUMERIC_KEYS} dict or set keys built "
+                                "from numbers (hash flooding?)")
+            return cls(items)
+
+        build.__name__ = cls.__name__
+        return build
 
     def _stub(self, full):
         stub = self._stubs.get(full)
@@ -673,7 +695,8 @@ _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 # by a few dozen (powers of two 2**61 apart in exponent).  Tuples (and frozensets) of
 # ints, however small, can be made to collide at will (their hash mixes the items'), so
 # dict / set keys built from numbers are counted (state dicts are keyed by str,
-# optimizer states by small ints): at most _MAX_NUMERIC_KEYS, which even all colliding
+# optimizer states by small ints), with the tuples set / frozenset are called on
+# (_RestrictedUnpickler._hashed): at most _MAX_NUMERIC_KEYS, which even all colliding
 # cost milliseconds.
 _HASH_MODULUS = (1 << 61) - 1
 _MAX_BIG_INT_BYTES = 4096
@@ -742,6 +765,7 @@ def _scan_ops(f, name):
             stack += items * 2
         elif pushes:
             stack += [1 if opname in _NUMBER_OPS else 2 if any(items) else 0] * pushes
+    return keys
 
 
 def _prescan(f, name):
@@ -751,13 +775,14 @@ def _prescan(f, name):
     is given and clears every slot, so ``LONG_BINPUT 0xfffffff0`` in a 1 kB
     file would make it allocate and touch tens of GB.  A pickler assigns memo
     indices sequentially, so an index larger than the number of opcodes read
-    so far is refused here.
+    so far is refused here.  Returns the number of dict / set keys built from numbers
+    it counted (the unpickler counts on from there).
     """
     start = f.tell()
     try:
         with warnings.catch_warnings():  # pickletools warns on odd string escapes
             warnings.simplefilter("ignore")
-            _scan_ops(f, name)
+            keys = _scan_ops(f, name)
     except LoadError:
         raise
     except RecursionError as e:
@@ -765,12 +790,13 @@ def _prescan(f, name):
     except Exception as e:  # ValueError from genops on truncated or unknown opcodes
         raise LoadError(f"{name}: corrupt pickle ({type(e).__name__}: {e})"[:400]) from e
     f.seek(start)
+    return keys
 
 
 def _unpickle(data_file, reader, module_classes, name, torchscript=False):
-    _prescan(data_file, name)
+    keys = _prescan(data_file, name)
     try:
-        return _RestrictedUnpickler(data_file, reader, module_classes, torchscript).load()
+        return _RestrictedUnpickler(data_file, reader, module_classes, torchscript, keys).load()
     except LoadError:
         raise
     except RecursionError as e:
@@ -821,16 +847,13 @@ def _read_legacy(f, name, module_classes):
     reader = _LegacyReader(f, start + size)
     simple = _RestrictedUnpickler  # the three header pickles hold only builtins
     try:
-        _prescan(f, name)
-        magic = simple(f, reader).load()
+        magic = simple(f, reader, numeric_keys=_prescan(f, name)).load()
         if magic != LEGACY_MAGIC:
             raise LoadError(f"{name}: wrong magic number, not a torch.save file")
-        _prescan(f, name)
-        proto = simple(f, reader).load()
+        proto = simple(f, reader, numeric_keys=_prescan(f, name)).load()
         if proto != 1001:
             raise LoadError(f"{name}: unsupported legacy protocol version {proto!r:.40}")
-        _prescan(f, name)
-        sysinfo = simple(f, reader).load()
+        sysinfo = simple(f, reader, numeric_keys=_prescan(f, name)).load()
     except LoadError:
         raise
     except Exception as e:
