@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, auto_pickle=False
 """Forward kernels for SimpleRNN, LSTM and GRU layers (one direction of one layer a call).
 
 Layout conventions (all C-ordered, float32 or float64):

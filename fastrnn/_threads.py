@@ -128,8 +128,10 @@ def _check_threads(n) -> int:
 
 def resolve(call=None, layer=None) -> int:
     """The thread count of a call: ``call`` (the call's num_threads) unless None, else
-    ``layer`` (the layer's) unless None (validated), else :func:`get_num_threads`."""
-    c = call if call is not None else layer
+    ``layer`` (the layer's) unless None (validated), else the count of an enclosing
+    model call on this thread (:class:`threads_for_calls`), else :func:`get_num_threads`."""
+    c = call if call is not None else layer if layer is not None else \
+        getattr(_scope, "threads", None)
     n = _check_threads(c) if c is not None else _wanted_default()
     return _granted(n) if n > 1 else n     # (so the fork rule can warn here too)
 
@@ -258,6 +260,25 @@ def scope_enter() -> bool:
     idle = _scope.idle = (IDLE_SINGLE_S >= 0
                           and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
     return idle
+
+
+class threads_for_calls:
+    """``with threads_for_calls(n):`` the layer calls this thread makes inside run on
+    ``n`` threads where neither the call nor the layer says (a model's
+    ``num_threads``; None: as they are).  Per thread, so concurrent tasks sharing one
+    model each keep their own."""
+    __slots__ = ("n", "before")
+
+    def __init__(self, n):
+        self.n = None if n is None else _check_threads(n)
+
+    def __enter__(self):
+        self.before = getattr(_scope, "threads", None)
+        if self.n is not None:
+            _scope.threads = self.n
+
+    def __exit__(self, *exc):
+        _scope.threads = self.before
 
 
 def scope_leave() -> None:

@@ -253,7 +253,10 @@ def _run(args, obj, x) -> int:
         else:
             raise CLIError(f"cannot run {obj!r}")
         want_bf = True if args.batch_first else False if args.time_major else native_bf
-        if x.ndim >= 2 and want_bf != native_bf:
+        # (a layer's 2-D input is one unbatched sequence (T, I): no batch axis to move; a
+        # model's is (B, T) ids)
+        swap = want_bf != native_bf and x.ndim >= (3 if kind == "layer" else 2)
+        if swap:
             x = np.swapaxes(x, 0, 1)
         if kind == "layer":
             out, state = obj(x, num_threads=args.threads)
@@ -266,9 +269,11 @@ def _run(args, obj, x) -> int:
             y = obj.predict(x)
             ys = y if isinstance(y, list) else [y]
             outputs = {f"output_{i}" if i else "output": v for i, v in enumerate(ys)}
-        o = outputs["output"]
-        if o.ndim >= 3 and want_bf != native_bf:
-            outputs["output"] = np.ascontiguousarray(np.swapaxes(o, 0, 1))
+        # every sequence output back to the input's layout (a model's 3-D outputs; a
+        # layer's output, not its final states (layers, B, H))
+        for k in (outputs if kind == "model" else ["output"]):
+            if swap and outputs[k].ndim >= 3:
+                outputs[k] = np.ascontiguousarray(np.swapaxes(outputs[k], 0, 1))
         extra["layout"] = "batch first" if want_bf else "time major"
     elapsed = time.perf_counter() - t0
     written = _save_output(args.output, outputs)

@@ -73,7 +73,7 @@ def apply_block(model, block: np.ndarray, *, batch_axis: int = 0, output: str = 
         return np.ascontiguousarray(out)
     if batch_axis != 0:
         raise ValueError("a Model's input is batch first (batch_axis=0)")
-    y = model(block)
+    y = model(block, num_threads=num_threads)
     if isinstance(y, list):
         raise ValueError("map_sequences supports models with one output")
     if output == "final" and y.ndim == 3:

@@ -678,8 +678,11 @@ class Model:
         self.name = name
         self.initial_states = _check_initial_states(self.layers, initial_states)
 
-    def __call__(self, x, mask=None):
-        with _threads.call_scope():      # its layers share one decision (see _threads)
+    def __call__(self, x, mask=None, num_threads: int | None = None):
+        """``num_threads``: for every layer of this call that has no count of its own
+        (default: the process's; see :mod:`fastrnn._threads`)."""
+        with _threads.call_scope(), _threads.threads_for_calls(num_threads):
+            # (its layers share one decision: see _threads)
             return self._call(x, mask)
 
     def _call(self, x, mask):
@@ -714,14 +717,16 @@ class Model:
             return o
         raise ValueError(f"layer {self.layers[a].name!r} has one output, asked for output {b}")
 
-    def predict(self, x, batch_size: int | None = None):
-        """Run the model on ``x`` (batch first), in chunks of ``batch_size`` if given."""
+    def predict(self, x, batch_size: int | None = None, num_threads: int | None = None):
+        """Run the model on ``x`` (batch first), in chunks of ``batch_size`` if given
+        (``num_threads``: as for a call)."""
         x = np.asarray(x)
         if batch_size is None or x.shape[0] <= batch_size:
-            return self(x)
+            return self(x, num_threads=num_threads)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        parts = [self(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        parts = [self(x[i:i + batch_size], num_threads=num_threads)
+                 for i in range(0, x.shape[0], batch_size)]
         if isinstance(parts[0], list):
             return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         return np.concatenate(parts)

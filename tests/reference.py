@@ -142,3 +142,17 @@ def rnn_forward(layer, x, hx=None, lengths=None, mask=None, masked_output="carry
                     cn[k, b] = c
         inp = out
     return inp, hn, (cn if cell == "LSTM" else None)
+
+
+def allocation_peak(fn):
+    """``(fn(), the peak of Python allocations while it ran)`` (tracemalloc; NumPy's
+    arrays are counted), after a garbage collection."""
+    import gc
+    import tracemalloc
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -180,12 +180,9 @@ def _run_files(tmp_path):
     np.save(tmp_path / "x.npy", x)
     files = [(str(tmp_path / "l.safetensors"), str(tmp_path / "x.npy"))]
     keras = os.path.join(FIX, "keras", "k3_lstm_basic.keras")
-    try:
-        import h5py  # noqa: F401
-        np.save(tmp_path / "xk.npy", np.load(os.path.join(FIX, "keras", "k3_lstm_basic.npz"))["x"])
-        files.append((keras, str(tmp_path / "xk.npy")))
-    except ImportError:
-        pass
+    # (fastrnn reads Keras files without h5py)
+    np.save(tmp_path / "xk.npy", np.load(os.path.join(FIX, "keras", "k3_lstm_basic.npz"))["x"])
+    files.append((keras, str(tmp_path / "xk.npy")))
     onnx_path = os.path.join(FIX, "onnx", "lstm_1l.onnx")
     if os.path.exists(onnx_path):
         files.append((onnx_path, str(tmp_path / "x.npy")))
@@ -308,3 +305,32 @@ def test_python_dash_m(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_run_time_major_writes_every_sequence_output_time_major(capsys, tmp_path):
+    """--time-major: every sequence output of a model comes back time-major (only the
+    first did: a Bidirectional with merge_mode=None has two), equal to Keras's."""
+    base = os.path.join(FIX, "keras", "k3_bi_none_lstm_masking")
+    with np.load(base + ".npz") as z:
+        x, ys = z["x"], [z["y0"], z["y1"]]
+    np.save(tmp_path / "x.npy", np.ascontiguousarray(np.swapaxes(x, 0, 1)))
+    code, _, _ = run(capsys, "run", base + ".keras", "-i", str(tmp_path / "x.npy"),
+                     "-o", str(tmp_path / "y.npz"), "--time-major")
+    assert code == 0
+    with np.load(tmp_path / "y.npz") as z:
+        for got, want in zip((z["output"], z["output_1"]), ys):
+            np.testing.assert_allclose(got, np.swapaxes(want, 0, 1), atol=1e-5)
+
+
+def test_run_leaves_an_unbatched_sequence_alone(capsys, tmp_path):
+    """A layer's 2-D input is one sequence (T, I): a layout flag has no batch axis to
+    move (it was transposed: wrong numbers, or a wrong feature-size error)."""
+    layer = fastrnn.LSTM(8, 16, batch_first=True, seed=0)
+    layer.save(str(tmp_path / "m.safetensors"))
+    x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for flag in ("--time-major", "--batch-first"):
+        code, _, _ = run(capsys, "run", str(tmp_path / "m.safetensors"), "-i",
+                         str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"), flag)
+        assert code == 0
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), layer(x)[0], atol=1e-6)

@@ -99,3 +99,39 @@ def test_local_paths_and_errors():
         map_sequences(layer, "not data")
     with pytest.raises(TypeError):
         map_sequences(object(), x)
+
+
+def test_model_tasks_run_their_layers_on_the_tasks_thread_count(monkeypatch):
+    """apply_block / apply_sequences give a Keras-style model's layers the task's
+    num_threads (default 1), per thread: the layers ran on the process default (all
+    cores a task), oversubscribing under a threaded scheduler.  Model calls take
+    num_threads too."""
+    from concurrent.futures import ThreadPoolExecutor
+    from fastrnn import _threads
+    from fastrnn.distributed import apply_block
+    fastrnn.set_num_threads(2)
+    try:
+        core = fastrnn.GRU(3, 5, batch_first=True, seed=0)
+        model = Model([KerasRNN(core, return_sequences=True, name="g")])
+        seen = []
+        call = type(core).__call__
+
+        def spy(self, *a, **kw):
+            seen.append(_threads.resolve(kw.get("num_threads"), self.num_threads))
+            return call(self, *a, **kw)
+
+        monkeypatch.setattr(type(core), "__call__", spy)
+        x = np.ones((2, 4, 3), np.float32)
+        want = model(x)
+        np.testing.assert_array_equal(apply_block(model, x), want)
+        apply_sequences(model, [x[0], x[1, :2]])
+        assert seen[1:] and set(seen[1:]) == {1}, seen
+        seen.clear()
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(lambda n: model(x, num_threads=n), [1, 2, 1, 2]))
+        assert sorted(seen) == [1, 1, 2, 2]
+        seen.clear()
+        model.predict(x)
+        assert seen == [2]                  # (none given: the process default)
+    finally:
+        fastrnn.set_num_threads(None)

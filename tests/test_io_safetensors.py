@@ -147,22 +147,15 @@ def test_layer_load_holds_the_weights_once_at_its_peak(tmp_path):
     the layer keeps those arrays (nobody else holds them): a load's peak is about the
     weights once (it was twice: the data section beside the arrays, then the arrays
     beside the layer's copies).  A caller's own arrays are still copied."""
-    import gc
-    import tracemalloc
     import fastrnn
+    from reference import allocation_peak
     layer = fastrnn.LSTM(64, 128, num_layers=2, bidirectional=True, seed=0)
     weights = sum(a.nbytes for a in layer.state_dict().values())
     path = str(tmp_path / "l.safetensors")
     layer.save(path)
     tensors, _ = read_safetensors(path)
     assert all(a.flags.owndata and a.flags.writeable for a in tensors.values())
-    gc.collect()
-    tracemalloc.start()
-    try:
-        again = fastrnn.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    again, peak = allocation_peak(lambda: fastrnn.load(path))
     assert peak < 1.3 * weights, (peak, weights)
     x = np.random.default_rng(0).standard_normal((4, 2, 64)).astype(np.float32)
     np.testing.assert_array_equal(again(x)[0], layer(x)[0])

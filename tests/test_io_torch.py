@@ -765,8 +765,7 @@ def test_load_holds_the_weights_once_at_its_peak(tmp_path, zipped):
     layer keeps: a .pt load's peak is about the weights once (it was ~3x: the storages,
     the tensors copied from them, the layer's copies).  One tensor named twice (tied
     weights) still gives the layer two arrays."""
-    import gc
-    import tracemalloc
+    from reference import allocation_peak
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     mod = torch.nn.GRU(48, 96, num_layers=2, bidirectional=True)
@@ -774,13 +773,7 @@ def test_load_holds_the_weights_once_at_its_peak(tmp_path, zipped):
     weights = sum(t.numel() * 4 for t in sd.values())
     path = str(tmp_path / "m.pt")
     torch.save(sd, path, _use_new_zipfile_serialization=zipped)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        layer = fio.load_state_dict(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    layer, peak = allocation_peak(lambda: fio.load_state_dict(path))
     assert peak < 1.3 * weights, (peak, weights)
     x = torch.randn(5, 3, 48)
     with torch.no_grad():

@@ -134,3 +134,27 @@ def test_stream_pickles_with_state():
     s.feed(x[:3])
     s2 = pickle.loads(pickle.dumps(s))
     np.testing.assert_array_equal(s2.feed(x[3:]), s.feed(x[3:]))
+
+
+def test_onnx_model_pickles_and_copies_after_calls():
+    """An ONNX model pickles and deep-copies after it has run as before (its kept
+    programs are made again; pickling failed, and deep-copying one crashed the process:
+    the kernels' objects had Cython's default pickling, which does not cover their
+    buffers — they now refuse to pickle, with a TypeError)."""
+    import copy
+    from fastrnn import _kernels
+    path = os.path.join(FIXTURES, "onnx", "lstm_bi_2l_op11.onnx")
+    model = fastrnn.load(path)
+    with np.load(path.replace(".onnx", ".npz")) as z:
+        feeds = {k[3:]: z[k] for k in z.files if k.startswith("in:")}
+    want = model.run(feeds)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        got = other.run(feeds)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    pw = fastrnn.GRU(3, 4, seed=0)._pack()[0][0][8]
+    with pytest.raises(TypeError, match="pickle"):
+        pickle.dumps(pw)
+    with pytest.raises(TypeError, match="pickle"):
+        copy.deepcopy(pw)
+    assert isinstance(pw, _kernels.PackedDir)

@@ -1403,6 +1403,14 @@ class OnnxModel:
 
     __call__ = run
 
+    def __getstate__(self):
+        """Pickled and copied without what calls keep (programs, stacked layers, live
+        steps: made again by the next call; a kept program holds kernel objects that
+        do not pickle, and copying one crashed the process)."""
+        state = self.__dict__.copy()
+        state.update(_progs={}, _stacks={}, _live={})
+        return state
+
     def predict(self, inputs=None, **kwargs) -> np.ndarray:
         """The first graph output for ``inputs``."""
         first = self.output_names[0]
