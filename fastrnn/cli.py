@@ -503,6 +503,19 @@ def cmd_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+def _count(minimum):
+    """An argparse type: an int of at least ``minimum`` (else a usage error, status 2)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastrnn", description="Fast CPU recurrent networks: run, inspect and convert "
@@ -515,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the bundled demo model (works with numpy + scipy only)",
                        description="Load the small LSTM shipped with fastrnn, run it on a fixed "
                        "input, print outputs, timing and a check against a NumPy reference.")
-    d.add_argument("--steps", type=int, default=100, help="time steps T (default 100)")
-    d.add_argument("--batch", type=int, default=4, help="batch size B (default 4)")
-    d.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    d.add_argument("--steps", type=_count(1), default=100, help="time steps T (default 100)")
+    d.add_argument("--batch", type=_count(1), default=4, help="batch size B (default 4)")
+    d.add_argument("--repeat", type=_count(1), default=20, help="timed runs (default 20)")
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="show a model file's format, layers, shapes, "
@@ -527,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="a .pt/.pth/.bin, .safetensors, .keras, .h5 or .onnx file")
     i.add_argument("--prefix", help="(torch/safetensors) treat the file as a state dict even "
                    "if written by fastrnn")
-    i.add_argument("--max-tensors", type=int, default=50, help="tensors listed (default 50)")
+    i.add_argument("--max-tensors", type=_count(0), default=50,
+                   help="tensors listed (default 50)")
     i.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("convert", help="convert a model file to fastrnn's own .safetensors",
@@ -573,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cases", nargs="+", metavar="CELL:B:T:H",
                    help=f"cases to run (default: {' '.join(_DEFAULT_CASES)})")
     b.add_argument("--threads", type=int, default=None, help="threads for every library")
-    b.add_argument("--repeat", type=int, default=10, help="minimum timed runs (default 10)")
+    b.add_argument("--repeat", type=_count(1), default=10,
+                   help="minimum timed runs (default 10)")
     b.add_argument("--min-time", type=float, default=0.3,
                    help="minimum seconds per measurement (default 0.3)")
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch")

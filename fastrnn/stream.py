@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _threads
+
 __all__ = ["Stream"]
 
 
@@ -149,7 +151,8 @@ class Stream:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = model
         self.batch_size = int(batch_size)
-        self.num_threads = num_threads
+        # (checked now, not at the first step)
+        self.num_threads = None if num_threads is None else _threads._check_threads(num_threads)
         self.steps_seen = 0
         if _is_core(model):
             _check_core(model)

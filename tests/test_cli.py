@@ -334,3 +334,13 @@ def test_run_leaves_an_unbatched_sequence_alone(capsys, tmp_path):
                          str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"), flag)
         assert code == 0
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), layer(x)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("argv", [["demo", "--steps", "0"], ["demo", "--batch", "0"],
+                                  ["demo", "--repeat", "0"], ["bench", "--repeat", "0"],
+                                  ["inspect", "--max-tensors", "-1", "x.safetensors"]])
+def test_counts_below_their_minimum_are_usage_errors(capsys, argv):
+    """(they failed inside the command with NumPy's messages, status 1, after printing
+    half a report; inspect --max-tensors -1 listed all but one)"""
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "must be >=" in err and not out

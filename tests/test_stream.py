@@ -350,3 +350,8 @@ def test_step_fast_path_equals_whole(cls, kw):
     got = s.state[0] if isinstance(s.state, tuple) else s.state
     _close(got, h)
     assert not np.shares_memory(ys[-1], got)
+
+
+def test_bad_thread_count_refused_when_the_stream_is_made():
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        fastrnn.Stream(fastrnn.LSTM(3, 4), num_threads=0)
