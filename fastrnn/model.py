@@ -681,9 +681,11 @@ class Model:
     def __call__(self, x, mask=None, num_threads: int | None = None):
         """``num_threads``: for every layer of this call that has no count of its own
         (default: the process's; see :mod:`fastrnn._threads`)."""
-        with _threads.call_scope(), _threads.threads_for_calls(num_threads):
-            # (its layers share one decision: see _threads)
-            return self._call(x, mask)
+        with _threads.call_scope():      # its layers share one decision (see _threads)
+            if num_threads is None:       # (the common case: no thread-local count to set)
+                return self._call(x, mask)
+            with _threads.threads_for_calls(num_threads):
+                return self._call(x, mask)
 
     def _call(self, x, mask):
         n = len(self.layers)
