@@ -547,15 +547,18 @@ class Bidirectional(Layer):
 
     def _fuse_with(self, fused) -> None:
         """Loaders: load the directions' weights into ``fused`` (made from
-        :meth:`_fused_config`; its ``load_state_dict`` copies them once), :meth:`fuse`
-        it, and let the directions' layers hold its arrays instead of their own copies,
-        so a loaded model keeps each weight once (a Keras Bidirectional LSTM(512) of
-        12.6 MB held 26.5 MB).  ``load_state_dict`` on a direction still replaces its
-        arrays, as before."""
+        :meth:`_fused_config`; it keeps the directions' arrays where they are its
+        layout, else copies them once), :meth:`fuse` it, and let the directions' layers
+        hold its arrays, so a loaded model keeps each weight once (a Keras Bidirectional
+        LSTM(512) of 12.6 MB held 26.5 MB).  ``load_state_dict`` on a direction still
+        replaces its arrays, as before (the fused core takes them again before the next
+        call: _run_both)."""
         f, r = self.forward.core, self.backward.core
         sd = dict(f.parameters())
         sd.update({k + "_reverse": v for k, v in r.parameters().items()})
-        fused.load_state_dict(sd)
+        # (the fused core keeps the directions' own arrays where it can: they share
+        # them from here on anyway, so no copy is made)
+        fused.load_state_dict(sd, _adopt=set())
         fused.num_threads = f.num_threads
         self.fuse(fused)
         for name, arr in fused._params.items():
@@ -877,7 +880,9 @@ def _need(tensors: dict, key: str, where: str):
     return tensors[key]
 
 
-def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
+def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Layer:
+    """A model layer from its saved config and arrays (``adopt``: the recurrent cores
+    keep arrays nobody else holds, as ``RNNBase.load_state_dict``'s ``_adopt``)."""
     from .layers import layer_from_config
     if not isinstance(cfg, dict):
         raise ValueError(f"layer config must be an object, got {cfg!r}")
@@ -896,15 +901,15 @@ def _layer_from_state(cfg: dict, tensors: dict) -> Layer:
     if kind == "Activation":
         return Activation(_spec_from_json(cfg.get("activation")), name=name)
     if kind == "TimeDistributed":
-        return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer.")),
-                               name=name)
+        return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
+                                                 adopt), name=name)
     if kind == "KerasRNN":
-        core = layer_from_config(cfg["core"], _sub(tensors, "core."))
+        core = layer_from_config(cfg["core"], _sub(tensors, "core."), _adopt=adopt)
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),
                         cfg.get("zero_output_for_mask", False), name=name)
     if kind == "Bidirectional":
-        fwd = _layer_from_state(cfg["forward"], _sub(tensors, "forward."))
-        bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."))
+        fwd = _layer_from_state(cfg["forward"], _sub(tensors, "forward."), adopt)
+        bwd = _layer_from_state(cfg["backward"], _sub(tensors, "backward."), adopt)
         layer = Bidirectional(fwd, bwd, cfg.get("merge_mode", "concat"), name=name)
         if cfg.get("fused"):
             layer._fuse_with(layer_from_config(layer._fused_config()))
@@ -922,13 +927,15 @@ def _model_state(model: "Model") -> tuple[dict, dict]:
     return cfg, tensors
 
 
-def model_from_config(cfg: dict, tensors: dict) -> "Model":
-    """Rebuild a :class:`Model` from ``Model.save_config()`` and ``Model.state_dict()``."""
+def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) -> "Model":
+    """Rebuild a :class:`Model` from ``Model.save_config()`` and ``Model.state_dict()``
+    (``_adopt``: see :func:`_layer_from_state`)."""
     if not isinstance(cfg, dict) or cfg.get("class_name") != "Model":
         raise ValueError("not a fastrnn Model config")
     layers_cfg = cfg.get("layers")
     if not isinstance(layers_cfg, list) or not layers_cfg:
         raise ValueError("a Model config needs a non-empty 'layers' list")
-    layers = [_layer_from_state(c, _sub(tensors, f"{i}.")) for i, c in enumerate(layers_cfg)]
+    layers = [_layer_from_state(c, _sub(tensors, f"{i}."), _adopt)
+              for i, c in enumerate(layers_cfg)]
     return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"),
                  initial_states=cfg.get("initial_states"))

@@ -311,7 +311,7 @@ def load_fastrnn_safetensors(path):
     try:
         if cfg.get("class_name") == "Model":
             from ..model import model_from_config
-            return model_from_config(cfg, tensors)
+            return model_from_config(cfg, tensors, _adopt=set())   # (ours alone too)
         layer = layer_from_config(cfg, tensors, _adopt=set())   # (the arrays are ours alone)
     except LoadError:
         raise
