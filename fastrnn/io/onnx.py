@@ -835,7 +835,7 @@ class _RecurrentNode:
             if P is not None:
                 sd["weight_ph" + sfx] = _reorder(P[d], _PEEP_PERM, H)
         try:
-            layer.load_state_dict(sd)
+            layer.load_state_dict(sd, _adopt=set())   # (sd's arrays: new, the layer's alone)
         except (ValueError, TypeError, KeyError) as e:
             raise LoadError(f"{where}: {e}") from None
         self._made = (tuple(v if v is None or own else np.array(v) for v in (W, R, B, P)),
