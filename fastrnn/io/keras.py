@@ -1304,7 +1304,7 @@ class _Builder:
         for (j, t), size in zip(d.states, want):
             src = layers[index_map[j]] if j in index_map else None
             have = (_state_sizes(src) if getattr(src, "return_state", False) else [])
-            first = _n_outputs(src) - len(have) if have else 0
+            first = src.n_outputs() - len(have) if have else 0
             if not have or not first <= t < first + len(have):
                 raise LoadError(f"{where}=<output {t} of {descs[j].name!r}>: only states a "
                                 "recurrent layer returns with return_state=True are supported")
@@ -1321,18 +1321,6 @@ def _state_sizes(layer):
     from ..model import Bidirectional
     rnns = [layer.forward, layer.backward] if isinstance(layer, Bidirectional) else [layer]
     return [r.units for r in rnns for _ in range(r.n_states())]
-
-
-def _n_outputs(layer):
-    """How many tensors a model layer produces."""
-    from ..model import Bidirectional, KerasRNN
-    if isinstance(layer, Bidirectional):
-        n = 2 if layer.merge_mode is None else 1
-    elif isinstance(layer, KerasRNN):
-        n = 1
-    else:
-        return 1
-    return n + (len(_state_sizes(layer)) if layer.return_state else 0)
 
 
 def _policy_name(v):
