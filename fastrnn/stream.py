@@ -62,7 +62,10 @@ def _copy_state(s):
 
 
 def _validate_state(core, state, B: int, where: str):
-    """A state for ``core`` at batch ``B`` from user input (copied, layer dtype)."""
+    """A state for ``core`` at batch ``B`` from user input (copied, layer dtype);
+    None is the zero state (as ``hx=None`` is for a layer)."""
+    if state is None:
+        return _zero_state(core, B)
     L = core.num_layers
     if core._cell == "LSTM":
         if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -207,13 +210,16 @@ class Stream:
     def state(self):
         """A copy of the carried state: for a layer, what the layer takes as ``hx``
         (``h`` ``(L, B, H)``; LSTM ``(h, c)``); for a model, a list of those, one per
-        recurrent layer in order."""
+        recurrent layer in order.  Setting ``None`` (or ``None`` for one layer of a
+        model) zeroes it, keeping :attr:`steps_seen` (:meth:`reset` zeroes both)."""
         states = [_copy_state(r.state) for r in self._runners]
         return states[0] if self._kind == "layer" else states
 
     @state.setter
     def state(self, value) -> None:
-        if self._kind == "layer":
+        if value is None:
+            value = [None] * len(self._runners)
+        elif self._kind == "layer":
             value = [value]
         elif not isinstance(value, (list, tuple)) or len(value) != len(self._runners):
             raise ValueError(f"model state must be a list of {len(self._runners)} states "

@@ -546,16 +546,22 @@ def release_scratch() -> int:
 
 
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
-                   names=None) -> float:
+                   names=None, error_if_nonfinite: bool = False) -> float:
     """Scale the weight gradients in place so their global L2 norm is at most
     ``max_norm`` (like ``torch.nn.utils.clip_grad_norm_``); returns the norm before.
-    ``names``: which entries count (default: all but ``input``, ``h0``, ``c0``)."""
+    ``names``: which entries count (default: all but ``input``, ``h0``, ``c0``).
+    A NaN or infinite norm makes the gradients NaN (as torch's does), or with
+    ``error_if_nonfinite=True`` raises ``RuntimeError`` leaving them unchanged."""
     keys = [k for k in grads if k not in ("input", "h0", "c0")] if names is None else list(names)
     total = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of the gradients is {total}: non-finite, "
+                           "so they cannot be clipped")
     coef = max_norm / (total + 1e-6)
-    if coef < 1:
-        for k in keys:
-            grads[k] *= grads[k].dtype.type(coef)
+    if not coef >= 1:             # NaN too: the gradients become NaN, as in torch
+        with np.errstate(invalid="ignore"):
+            for k in keys:
+                grads[k] *= grads[k].dtype.type(coef)
     return total
 
 

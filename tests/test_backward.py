@@ -360,6 +360,23 @@ def test_clip_grad_norm():
     assert np.all(g["input"] == 100.0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_grad_norm_nonfinite_as_torch(bad):
+    # torch.nn.utils.clip_grad_norm_: a NaN norm makes every gradient NaN, an infinite
+    # one zeroes the finite entries (inf * 0 = NaN for the rest); the norm is returned
+    g = {"a": np.array([1.0, bad, 2.0]), "b": np.array([3.0, 4.0])}
+    n = train.clip_grad_norm(g, 1.0)
+    assert not np.isfinite(n)
+    if np.isnan(bad):
+        assert np.isnan(g["a"]).all() and np.isnan(g["b"]).all()
+    else:
+        assert np.isnan(g["a"][1]) and not g["a"][[0, 2]].any() and not g["b"].any()
+    g = {"a": np.array([1.0, bad])}
+    with pytest.raises(RuntimeError, match="non-finite"):
+        train.clip_grad_norm(g, 1.0, error_if_nonfinite=True)
+    assert g["a"][0] == 1.0
+
+
 def test_need_input_grad_false():
     layer = fastrnn.GRU(3, 4, num_layers=2, bidirectional=True, seed=0, dtype="float64")
     x = np.random.default_rng(0).standard_normal((5, 2, 3))

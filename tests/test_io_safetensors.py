@@ -129,6 +129,8 @@ def test_writer_rejects_bad_input(tmp_path):
         write_safetensors(tmp_path / "o.st", {"o": np.array([None, 1], dtype=object)})
     with pytest.raises(TypeError):
         write_safetensors(tmp_path / "m.st", {"a": np.zeros(1)}, {"k": 1})
+    with pytest.raises(TypeError, match="mapping of str to str, got str"):
+        write_safetensors(tmp_path / "s.st", {"a": np.zeros(1)}, "note")
     with pytest.raises(ValueError):
         write_safetensors(tmp_path / "n.st", {"__metadata__": np.zeros(1)})
     assert not list(tmp_path.iterdir())  # nothing half-written left behind

@@ -100,6 +100,28 @@ def test_initial_state_and_reset():
     s.reset(batch_size=4)
     assert s.step(np.zeros((4, 5), np.float32)).shape == (4, 7)
     assert "batch_size=4" in repr(s)
+    # None is the zero state (as hx=None), keeping the batch size and steps seen
+    s.reset(batch_size=1)
+    s.feed(x[:5])
+    s.state = None
+    assert s.steps_seen == 5
+    assert all(not a.any() for a in s.state)
+    _close(s.feed(x), layer(x)[0])
+
+
+def test_model_state_none_zeroes_one_layer():
+    m1, _ = _models()
+    ids = np.array([[3, 4, 0, 5, 9, 1]])
+    s = Stream(m1)
+    s.feed(ids)
+    kept = s.state
+    s.state = [None, kept[1]]
+    st = s.state
+    assert not st[0][0].any() and not st[0][1].any()
+    np.testing.assert_array_equal(st[1][0], kept[1][0])
+    s.state = None
+    assert not any(a.any() for layer_state in s.state for a in layer_state)
+    _close(s.feed(ids), Stream(m1).feed(ids))
 
 
 def test_layer_mask_chunks():

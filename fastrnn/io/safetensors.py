@@ -13,7 +13,7 @@ import json
 import os
 import struct
 import tempfile
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -232,6 +232,9 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray],
     are written atomically (temporary file + rename) when given a path.
     """
     header: dict = {}
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError("safetensors metadata must be a mapping of str to str, got "
+                        f"{type(metadata).__name__}")
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("safetensors metadata must map str to str")
