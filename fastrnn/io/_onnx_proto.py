@@ -281,7 +281,9 @@ def tensor_to_array(t: Tensor) -> np.ndarray:
         if len(raw) != n * dt.itemsize:
             raise ProtoError(f"tensor {t.name!r}: {len(raw)} bytes of raw data for "
                              f"{n} values of {dt.name} (shape {dims})")
-        vals = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt)
+        # (native little-endian: a read-only view of the file's bytes, no copy; the
+        # model copies the constants it keeps: OnnxModel._own_constants)
+        vals = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
     elif code in (1, 14):
         vals = np.concatenate(t.floats) if t.floats else np.zeros(0, np.float32)
         vals = vals.view(np.complex64) if code == 14 and len(vals) % 2 == 0 else vals

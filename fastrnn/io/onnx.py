@@ -54,7 +54,8 @@ def _attrs(node) -> dict[str, Any]:
                 raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r} "
                                 "has no value")
             try:
-                out[a.name] = _tensor(a.t)
+                v = _tensor(a.t)
+                out[a.name] = v.copy() if _views_file(v) else v   # (never pin the file)
             except LoadError as e:
                 raise LoadError(f"node {node.name or node.op_type!r}: attribute {a.name!r}: "
                                 f"{e}") from None
@@ -998,6 +999,24 @@ _LOCATED = (ValueError, TypeError, IndexError, MemoryError,     # (OnnxModel._lo
             OverflowError)
 
 
+def _views_file(a: np.ndarray) -> bool:
+    """Whether ``a`` is a view of a model file's bytes (tensor_to_array's read-only view
+    of the raw data, or of a view of it)."""
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a, (memoryview, bytes))
+
+
+def _own_constants(consts: dict) -> None:
+    """Copy the constants a loaded model keeps that are views of the file's bytes, so the
+    bytes are freed after loading.  (Initializers are read as views: those that became a
+    recurrent layer's weights were converted from them without a copy in between, so a
+    load needs the file's bytes and the layers' arrays, not a third copy.)"""
+    for k, v in consts.items():
+        if isinstance(v, np.ndarray) and _views_file(v):
+            consts[k] = v.copy()
+
+
 class _Converted:
     """In an OnnxModel's constants: an initializer converted into a recurrent node's
     layer at load and not kept (OnnxModel._drop_converted)."""
@@ -1132,6 +1151,10 @@ class OnnxModel:
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
         self._dropped = self._drop_converted(steps, consts)
+        _own_constants(consts)
+        for kind, obj, *_ in steps:     # (the layers made at load: keyed by what is kept)
+            if kind == "rnn" and obj.layer is not None:
+                obj.rekey(consts)
         for v in consts.values():      # (so an output that is one, or a view of one, is
             if isinstance(v, np.ndarray):   # returned as a copy: _results)
                 v.flags.writeable = False
@@ -1144,7 +1167,7 @@ class OnnxModel:
         layers were made at load: those layers hold them, converted, so the ONNX arrays
         are not kept (they doubled a model's memory: a PyTorch export of a 2-layer
         bidirectional LSTM(512), 42 MB, held 84 MB after loading).  Each is replaced by a
-        placeholder, the object its node's layer is keyed by."""
+        placeholder, the object its node's layer is keyed by (rekeyed by the caller)."""
         keep = set(self.output_names) | set(self._overridable)
         weights = set()
         for kind, obj, ins, outs, _ in steps:
@@ -1157,9 +1180,6 @@ class OnnxModel:
         drop = frozenset(n for n in weights - keep if n in consts)
         for n in drop:
             consts[n] = _Converted(n)
-        for kind, obj, *_ in steps:
-            if kind == "rnn" and obj.layer is not None:
-                obj.rekey(consts)
         return drop
 
     def _shape_only(self, steps, consts) -> frozenset:
