@@ -1137,7 +1137,11 @@ class _Builder:
         sd = {"weight_ih_l0": Wih, "weight_hh_l0": Whh}
         if use_bias:
             sd.update(bias_ih_l0=bih, bias_hh_l0=bhh)
-        layer.load_state_dict({n: np.ascontiguousarray(v) for n, v in sd.items()})
+        # (a file's arrays are this load's alone: the layer keeps them, transposed or
+        # not, instead of copying; a caller's dict of arrays is copied)
+        adopt = None if isinstance(self.store, _DictStore) else set()
+        layer.load_state_dict({n: np.ascontiguousarray(v) for n, v in sd.items()},
+                              _adopt=adopt)
         zo = (_cbool(c, "zero_output_for_mask", False, fwhere) if zero_output is None
               else zero_output)
         return KerasRNN(layer, return_sequences=_cbool(c, "return_sequences", False, fwhere),
