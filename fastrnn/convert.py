@@ -1,29 +1,96 @@
 """Build fastrnn layers from live framework objects (torch is never imported here)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN, _torch_numpy
+
+_TORCH_RNN = ("RNN", "LSTM", "GRU")
+
+
+def _torch_base(cls):
+    """The torch.nn.RNN / LSTM / GRU class ``cls`` derives from, or None."""
+    for c in cls.__mro__:
+        if c.__module__ == "torch.nn.modules.rnn" and c.__name__ in _TORCH_RNN:
+            return c
+    return None
+
+
+def _behaviour_beyond_weights(module) -> list:
+    """What a module does besides torch's computation on its weights, which a copy of
+    the weights leaves out: a ``forward`` of its own, forward hooks (weight_norm's and
+    pruning's pre-hooks only refresh the weights read here: they are fine)."""
+    found = []
+    base = _torch_base(type(module))
+    if base is not None:
+        for c in type(module).__mro__:
+            if c is base:
+                break
+            if "forward" in c.__dict__:
+                found.append(f"{c.__name__} overrides forward()")
+                break
+    for what in ("_forward_pre_hooks", "_forward_hooks"):
+        for hook in dict(getattr(module, what, None) or {}).values():
+            kind = type(hook)
+            if kind.__name__ == "WeightNorm" or kind.__module__.startswith("torch.nn.utils.prune"):
+                continue
+            found.append(f"a forward {'pre-' if 'pre' in what else ''}hook "
+                         f"({getattr(hook, '__name__', kind.__name__)})")
+    return found
+
+
+def _weights(module) -> dict:
+    """The weights torch's forward uses, by name: read as attributes (so parametrized,
+    weight-normed and pruned modules give their effective weights, not the stored
+    factors), else from the state dict."""
+    names = getattr(module, "_flat_weights_names", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        try:
+            return {n: _torch_numpy(getattr(module, n), n) for n in names}
+        except AttributeError:
+            pass
+    return {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
 
 
 def from_torch(module, *, dtype=None, num_threads=None):
     """The fastrnn equivalent of a live ``torch.nn.RNN``, ``LSTM`` or ``GRU`` module.
 
     Weights are copied; the result does not depend on torch.  ``dtype`` defaults to the
-    module's (float64 stays float64, anything else becomes float32).
+    module's (float64 stays float64, anything else becomes float32).  A module made by
+    ``torch.compile`` is unwrapped; parametrized, weight-normed or pruned modules give
+    the weights their forward uses.  fastrnn computes torch's RNN on those weights and
+    nothing else: a subclass's own ``forward`` or a forward hook is left out (a
+    warning says so), as is dropout (a module in training mode with dropout warns).
+    Dynamically quantized modules are refused (convert the float module).
     """
+    if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+        module = module._orig_mod                  # torch.compile's wrapper
     kind = type(module).__name__
+    if "quantized" in type(module).__module__:
+        raise TypeError(f"from_torch: {type(module).__module__}.{kind} is a quantized module; "
+                        "convert the float module (before quantize_dynamic) instead")
     mode = getattr(module, "mode", None)
     if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         raise TypeError(f"from_torch expects torch.nn.RNN, LSTM or GRU, got {kind}")
-    sd = {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
+    extra = _behaviour_beyond_weights(module)
+    if extra:
+        warnings.warn(f"from_torch: {kind}: {', '.join(extra)}; fastrnn copies the weights "
+                      "only and computes torch.nn's recurrence on them, so its outputs "
+                      "differ wherever that code changes them", stacklevel=2)
+    drop = float(getattr(module, "dropout", 0.0) or 0.0)
+    if getattr(module, "training", False) and drop and module.num_layers > 1:
+        warnings.warn(f"from_torch: {kind} is in training mode with dropout={drop:g}; "
+                      "fastrnn computes what the module does in eval() (no dropout)",
+                      stacklevel=2)
+    sd = _weights(module)
     if dtype is None:
         first = next(iter(sd.values()))
         dtype = np.float64 if first.dtype == np.float64 else np.float32
     common = dict(num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, bidirectional=module.bidirectional,
-                  dropout=float(getattr(module, "dropout", 0.0)),
-                  dtype=dtype, num_threads=num_threads,
+                  dropout=drop, dtype=dtype, num_threads=num_threads,
                   seed=_WEIGHTS_FOLLOW)            # (loaded below, strict)
     if mode == "LSTM":
         layer = LSTM(module.input_size, module.hidden_size,

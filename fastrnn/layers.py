@@ -15,7 +15,7 @@ import importlib
 import math
 import threading
 import weakref
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -268,6 +268,8 @@ def parse_activation(spec) -> tuple[str, float, float]:
 
 
 def _as_dtype(dtype) -> np.dtype:
+    if type(dtype).__name__ == "dtype" and type(dtype).__module__ == "torch":
+        dtype = str(dtype).rpartition(".")[2]       # torch.float64 -> "float64"
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
@@ -323,6 +325,10 @@ def _float_array(name: str, a, dtype: np.dtype) -> np.ndarray:
         return a                                    # (the common case, ~0.1 us)
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, without importing torch
         a = _torch_numpy(a, name)
+    elif type(a).__name__ == "PackedSequence" and hasattr(a, "batch_sizes"):
+        raise TypeError(f"{name}: a torch PackedSequence is not taken; pass the padded "
+                        "batch and its lengths: layer(padded, lengths=lengths) gives what "
+                        "the packed call gives (outputs past each length are zero)")
     arr = np.asarray(a)
     if arr.dtype.kind not in "f":
         raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
@@ -573,6 +579,12 @@ class _Params(dict):
         return dict, (dict(self),)
 
 
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`RNNBase.load_state_dict` did not match (torch's ``_IncompatibleKeys``)."""
+    missing_keys: list
+    unexpected_keys: list
+
+
 class _Packing(list):
     """Kernel-ready weights per (layer, direction) (:meth:`RNNBase._pack`) and, in
     ``wide``, the batch-lane and route packings made from them on first use."""
@@ -645,17 +657,17 @@ class RNNBase:
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size ({self.proj_size}) must be smaller than hidden_size "
                              f"({self.hidden_size})")
-        self.go_backwards = bool(go_backwards)
+        self.go_backwards = _flag("go_backwards", go_backwards)
         if clip is not None:
             clip = float(clip)
             if not clip > 0 or not math.isfinite(clip):
                 raise ValueError(f"clip must be a positive finite number, got {clip}")
         self.clip = clip
-        self.input_forget = bool(input_forget)
+        self.input_forget = _flag("input_forget", input_forget)
         if self.input_forget and self._cell != "LSTM":
             raise ValueError("input_forget is only supported by LSTM")
-        self.reset_after = bool(reset_after)
-        self.peepholes = bool(peepholes)
+        self.reset_after = _flag("reset_after", reset_after)
+        self.peepholes = _flag("peepholes", peepholes)
         if self.peepholes and self._cell != "LSTM":
             raise ValueError("peepholes are only supported by LSTM")
         self.num_threads = None if num_threads is None else _threads._check_threads(num_threads)
@@ -698,6 +710,13 @@ class RNNBase:
             else:
                 raise ValueError(f"{self._cell} takes {n} activations per direction "
                                  f"({n} or {n * D} in all), got {len(acts)}")
+            names = ["tanh"] if self._cell == "RNN" else _PLAIN_ACTS[self._cell]
+            if default != [parse_activation(a) for a in names] and any(
+                    per != default for per in per_dir):
+                what = ("nonlinearity" if self._cell == "RNN" else
+                        "gate_activation / activation" if self._cell == "GRU" else
+                        "gate_activation / cell_activation / hidden_activation")
+                raise ValueError(f"activations= and {what} disagree: give one of them")
         return per_dir
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -761,11 +780,106 @@ class RNNBase:
             self._weights_version += 1
             self._packed = None
 
+    # ------------------------------------------------ torch.nn.Module's idioms
+    def __getattr__(self, name):
+        # (only for names not found the usual way: the weights, as torch's attributes)
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        # ``layer.weight_ih_l0 = w`` (and ``layer.weight_ih_l0 *= 0.5``) loads that weight
+        # (validated, re-packed), as assigning a torch module's parameter changes it
+        if name[:2] in ("we", "bi") and name in self.__dict__.get("_params", ()):
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            object.__setattr__(self, name, value)
+
+    def named_parameters(self):
+        """``(name, array)`` pairs of the weights themselves, in torch's order (as
+        ``torch.nn.Module.named_parameters``; see :meth:`parameters` on in-place edits)."""
+        return iter(list(self._params.items()))
+
+    @property
+    def all_weights(self) -> list:
+        """The weights per layer and direction, as ``torch.nn.LSTM.all_weights``."""
+        out, per = [], []
+        for name, arr in self._params.items():
+            if name.startswith("weight_ih") and per:
+                out.append(per)
+                per = []
+            per.append(arr)
+        return out + [per]
+
+    training = False
+
+    def eval(self):
+        """Returns the layer (calls are always inference, as a torch module in eval())."""
+        object.__setattr__(self, "training", False)
+        return self
+
+    def train(self, mode: bool = True):
+        """Sets ``training`` and returns the layer.  Calls compute the same either way:
+        fastrnn never applies dropout (training is :meth:`forward_train` /
+        :meth:`backward`)."""
+        object.__setattr__(self, "training", _flag("mode", mode))
+        return self
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (torch's cuDNN idiom; the weights are packed on first use)."""
+
+    def to(self, *args, dtype=None, **kwargs):
+        """Torch's ``module.to(...)``: a dtype (NumPy's or torch's float32 / float64)
+        converts the weights in place; a device other than the CPU is refused; returns
+        the layer."""
+        for a in args + tuple(kwargs.values()):
+            text = str(a)
+            if text in ("cpu", "cpu:0") or type(a).__name__ == "device" and text.startswith("cpu"):
+                continue
+            if isinstance(a, bool):
+                continue                # (non_blocking / copy)
+            if dtype is None:
+                try:
+                    dtype = _as_dtype(a)
+                    continue
+                except TypeError:
+                    pass
+            raise ValueError(f"fastrnn layers run on the CPU; cannot move to {a!r}")
+        if dtype is not None:
+            self._set_dtype(_as_dtype(dtype))
+        return self
+
+    def float(self):
+        """Converts the weights to float32 in place (as torch's); returns the layer."""
+        return self.to(np.float32)
+
+    def double(self):
+        """Converts the weights to float64 in place (as torch's); returns the layer."""
+        return self.to(np.float64)
+
+    def _set_dtype(self, dt: np.dtype) -> None:
+        if dt == self.dtype:
+            return
+        cfg = self.get_config()
+        cfg["dtype"] = dt.name
+        new = layer_from_config(cfg, {k: v.astype(dt) for k, v in self._params.items()},
+                                _adopt=set())
+        new.num_threads = self.num_threads
+        training = self.training
+        self.__dict__.clear()           # (every cache of the old dtype goes with it)
+        self.__dict__.update(new.__dict__)
+        object.__setattr__(self, "_params", _Params(self, new._params))
+        object.__setattr__(self, "training", training)
+        self.mark_weights_changed()
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
-                        _adopt: set | None = None) -> None:
+                        _adopt: set | None = None) -> "IncompatibleKeys":
         """Set weights from arrays in PyTorch naming; validated (names, shapes, dtype, finite).
 
         With ``strict=False`` missing names keep their values and unknown names are ignored.
+        Returns ``(missing_keys, unexpected_keys)`` as a named tuple, as torch's does
+        (with ``strict``, a mismatch is a ``KeyError`` naming the keys).
         Nothing changes when any array is rejected.  The layer keeps copies (``_adopt``,
         for loaders whose arrays nobody else holds: the ids of arrays kept so far in
         this load; an array that owns its data, C-ordered, writeable, of the layer's
@@ -806,6 +920,8 @@ class RNNBase:
                 _adopt.add(id(arr))
         self._params.update(new)
         self.mark_weights_changed()
+        return IncompatibleKeys(sorted(set(shapes) - set(state_dict)),
+                                sorted(set(state_dict) - set(shapes)))
 
     def _pack(self) -> list:
         """Kernel-ready weights per (layer, direction): the weight matrices themselves
@@ -842,7 +958,7 @@ class RNNBase:
                 bhn = np.zeros(H, dt)
                 if self._cell == "GRU" and self.reset_after:
                     bias[2 * H:] = b_ih[2 * H:]
-                    bhn = np.ascontiguousarray(b_hh[2 * H:])
+                    bhn = b_hh[2 * H:].copy()   # (packed: never the live array)
                 wr = (np.ascontiguousarray(p["weight_hr" + sfx], dtype=dt) if P
                       else np.zeros((1, 1), dt))
                 peep = (np.ascontiguousarray(p["weight_ph" + sfx]) if self.peepholes

@@ -1,0 +1,82 @@
+"""Per-call time of fastrnn's cells against torch.nn's, one decoder step at a time.
+
+    python bench/cells_step.py                       # LSTMCell(256, 256), B=1
+    python bench/cells_step.py --cell gru --batch 8 --hidden 512
+
+Each call carries its state into the next (``h, c = cell(x, (h, c))``, a decoder
+loop).  Prints the minimum and the median over ``--calls`` calls (after 200 warm-up
+calls), in microseconds, for: the fastrnn cell, ``torch.nn.<Cell>`` under
+``torch.inference_mode()`` with ``torch.set_num_threads(--threads)``, and, for
+reference, ``fastrnn.Stream.step`` on the cell's own one-layer module (the same kernel
+entry without the cell's argument checks and fresh output arrays).  Both libraries run
+on ``--threads`` threads.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _times(fn, n, warm=200):
+    for _ in range(warm):
+        fn()
+    ts = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter()
+        fn()
+        ts[i] = time.perf_counter() - t
+    return ts.min() * 1e6, float(np.median(ts)) * 1e6
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    ap.add_argument("--input", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    import fastrnn
+    from fastrnn.cells import from_torch_cell
+
+    torch.set_num_threads(a.threads)
+    fastrnn.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    tcls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[a.cell]
+    tcell = tcls(a.input, a.hidden).to(getattr(torch, a.dtype)).eval()
+    cell = from_torch_cell(tcell)
+    lstm = a.cell == "lstm"
+
+    x = np.random.default_rng(0).standard_normal((a.batch, a.input)).astype(a.dtype)
+    xt = torch.from_numpy(x)
+    st = {"f": cell(x), "t": None}
+
+    def f_cell():
+        st["f"] = cell(x, st["f"])
+
+    with torch.inference_mode():
+        st["t"] = tcell(xt)
+
+        def t_cell():
+            st["t"] = tcell(xt, st["t"])
+
+        stream = fastrnn.Stream(cell.layer, batch_size=a.batch)
+        rows = [("fastrnn." + type(cell).__name__, _times(f_cell, a.calls)),
+                (f"torch.nn.{tcls.__name__}", _times(t_cell, a.calls)),
+                ("fastrnn.Stream.step", _times(lambda: stream.step(x), a.calls))]
+    print(f"{type(cell).__name__}({a.input}, {a.hidden}) B={a.batch} {a.dtype}, "
+          f"{a.threads} threads, {a.calls} calls (us per call)")
+    for name, (mn, med) in rows:
+        print(f"  {name:<24} min {mn:8.2f}   median {med:8.2f}")
+    return 0 if lstm or True else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
