@@ -64,8 +64,8 @@ import numpy as np
 
 from . import _threads
 
-__all__ = ["forward_train", "backward", "TrainCache", "SGD", "Adam", "clip_grad_norm",
-           "release_scratch"]
+__all__ = ["forward_train", "backward", "TrainCache", "SGD", "Adam", "AdamW",
+           "clip_grad_norm", "clip_grad_value", "release_scratch"]
 
 _CELL_CODE = {"RNN": 0, "LSTM": 1, "GRU": 2}
 _hook_lock = threading.Lock()
@@ -236,8 +236,10 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         h0s = np.ascontiguousarray(h0[:, perm])
         c0s = np.ascontiguousarray(c0[:, perm]) if lstm else None
     else:
-        h0s = np.ascontiguousarray(h0)
-        c0s = np.ascontiguousarray(c0) if lstm else None
+        # (the kernels take writeable buffers: a read-only or memory-mapped state is
+        # copied, as one in another order is)
+        h0s = np.require(h0, requirements=("C", "W"))
+        c0s = np.require(c0, requirements=("C", "W")) if lstm else None
     hT = h0s.copy()
     cT = c0s.copy() if lstm else None
 
@@ -380,7 +382,7 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         if perm is not None:
             dout = np.ascontiguousarray(go.reshape(T * B, D * Hout)[rows])
         else:
-            dout = np.ascontiguousarray(go).reshape(N, D * Hout)
+            dout = np.require(go, requirements=("C", "W")).reshape(N, D * Hout)  # (as h0s)
 
     cell = _CELL_CODE[layer._cell]
     relu = int(layer._cell == "RNN" and layer._acts[0][0][0] == "relu")
@@ -545,15 +547,34 @@ def release_scratch() -> int:
     return int(_backward.release_scratch()) + int(_kernels.release_scratch())
 
 
+_NOT_WEIGHTS = ("input", "h0", "c0")     # (backward's other entries)
+
+
+def _grad_keys(grads, names):
+    return [k for k in grads if k not in _NOT_WEIGHTS] if names is None else list(names)
+
+
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
-                   names=None, error_if_nonfinite: bool = False) -> float:
-    """Scale the weight gradients in place so their global L2 norm is at most
-    ``max_norm`` (like ``torch.nn.utils.clip_grad_norm_``); returns the norm before.
-    ``names``: which entries count (default: all but ``input``, ``h0``, ``c0``).
-    A NaN or infinite norm makes the gradients NaN (as torch's does), or with
-    ``error_if_nonfinite=True`` raises ``RuntimeError`` leaving them unchanged."""
-    keys = [k for k in grads if k not in ("input", "h0", "c0")] if names is None else list(names)
-    total = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+                   names=None, error_if_nonfinite: bool = False,
+                   norm_type: float = 2.0) -> float:
+    """Scale the weight gradients in place so their global norm is at most ``max_norm``
+    (like ``torch.nn.utils.clip_grad_norm_``); returns the norm before.  ``names``:
+    which entries count (default: all but ``input``, ``h0``, ``c0``); ``norm_type``: p
+    of the p-norm (``inf``: the largest magnitude).  A NaN or infinite norm makes the
+    gradients NaN (as torch's does), or with ``error_if_nonfinite=True`` raises
+    ``RuntimeError`` leaving them unchanged."""
+    keys = _grad_keys(grads, names)
+    p = float(norm_type)
+    if not p > 0:
+        raise ValueError(f"norm_type must be > 0, got {norm_type}")
+    if p == 2.0:
+        total = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+    elif math.isinf(p):
+        total = max((float(np.abs(grads[k]).max()) for k in keys if grads[k].size),
+                    default=0.0)
+    else:
+        total = sum(float((np.abs(grads[k], dtype=np.float64) ** p).sum())
+                    for k in keys) ** (1.0 / p)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"the total norm of the gradients is {total}: non-finite, "
                            "so they cannot be clipped")
@@ -565,17 +586,32 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
     return total
 
 
+def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float, names=None) -> None:
+    """Clamp the weight gradients in place to ``[-clip_value, clip_value]`` (like
+    ``torch.nn.utils.clip_grad_value_``; ``names`` as in :func:`clip_grad_norm`)."""
+    c = float(clip_value)
+    if not c >= 0:
+        raise ValueError(f"clip_value must be >= 0, got {clip_value}")
+    for k in _grad_keys(grads, names):
+        np.clip(grads[k], -c, c, out=grads[k])
+
+
 # ------------------------------------------------------------------ optimizers
 class _Optimizer:
+    """Base of the optimizers: ``step(grads)``, ``state_dict()`` / ``load_state_dict()``
+    (resume training: the per-parameter state and the hyperparameters, by parameter
+    name)."""
+    _hyper: tuple = ("lr",)
+
     def __init__(self, params, lr: float):
         if hasattr(params, "parameters") and hasattr(params, "mark_weights_changed"):
             self._layer = params
-            self.params = params.parameters()
+            self._dict = None
         elif isinstance(params, Mapping):
             # (a layer's own parameters() dict: its layer, re-packed after each step)
             owner = getattr(params, "owner", None)
             self._layer = owner() if callable(owner) else None
-            self.params = params
+            self._dict = None if self._layer is not None else params
         else:
             raise TypeError("optimizer needs a layer or a dict of name -> array")
         lr = float(lr)
@@ -584,20 +620,35 @@ class _Optimizer:
         self.lr = lr
         self.state: dict[str, dict[str, Any]] = {}
 
+    @property
+    def params(self) -> Mapping[str, np.ndarray]:
+        """The parameters updated: the layer's own dict, read at each step (a restored
+        pickle's or a reloaded layer's current arrays), or the dict given."""
+        return self._layer.parameters() if self._layer is not None else self._dict
+
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         """Update the parameters in place from ``grads`` (names as the parameters;
-        other entries such as ``input`` are ignored; a parameter without gradient is
-        left alone)."""
+        ``input``, ``h0``, ``c0`` are ignored; a parameter without gradient is left
+        alone; a name that is no parameter's is a ``KeyError``, before anything
+        changes: a wrapper's prefixed names or a typo would otherwise update nothing)."""
         if not isinstance(grads, Mapping):
             raise TypeError("step needs the gradients as a mapping of names to arrays "
                             f"(what backward returns), got {type(grads).__name__}")
-        for name, p in self.params.items():
+        params = self.params
+        unknown = [k for k in grads if k not in params and k not in _NOT_WEIGHTS]
+        if unknown:
+            raise KeyError(f"gradients for unknown parameters {sorted(map(str, unknown))[:8]}; "
+                           f"the parameters are {list(params)[:8]}"[:600])
+        todo = []
+        for name, p in params.items():
             g = grads.get(name)
             if g is None:
                 continue
             g = np.asarray(g)
             if g.shape != p.shape:
                 raise ValueError(f"gradient {name!r} has shape {g.shape}, parameter {p.shape}")
+            todo.append((name, p, g))
+        for name, p, g in todo:
             self._update(name, p, g.astype(p.dtype, copy=False))
         if self._layer is not None:
             self._layer.mark_weights_changed()
@@ -605,18 +656,61 @@ class _Optimizer:
     def _update(self, name, p, g):
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """A copy of the optimizer's state: ``{"state": {name: {...}}, "hyper": {...}}``
+        (``torch.optim``'s by parameter name; save it with the layer's weights, e.g. by
+        ``np.savez`` or pickle, and restore with :meth:`load_state_dict`)."""
+        state = {n: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                 for n, st in self.state.items()}
+        return {"state": state, "hyper": {k: getattr(self, k) for k in self._hyper}}
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore :meth:`state_dict`'s result (validated: parameter names and shapes,
+        hyperparameter names; nothing changes on an error)."""
+        if not isinstance(sd, Mapping) or set(sd) != {"state", "hyper"}:
+            raise ValueError("an optimizer state dict has the keys 'state' and 'hyper'")
+        params = self.params
+        hyper = dict(sd["hyper"])
+        if set(hyper) != set(self._hyper):
+            raise ValueError(f"{type(self).__name__} hyperparameters are {list(self._hyper)}, "
+                             f"got {sorted(hyper)}")
+        state = {}
+        for name, st in dict(sd["state"]).items():
+            if name not in params:
+                raise KeyError(f"optimizer state for unknown parameter {name!r}")
+            new = {}
+            for k, v in dict(st).items():
+                if isinstance(v, np.ndarray) or np.ndim(v):
+                    v = np.array(v, dtype=params[name].dtype, copy=True)
+                    if v.shape != params[name].shape:
+                        raise ValueError(f"optimizer state {name!r}/{k!r} has shape {v.shape}, "
+                                         f"parameter {params[name].shape}")
+                new[k] = v
+            state[name] = new
+        for k, v in hyper.items():
+            setattr(self, k, type(getattr(self, k))(v))
+        self.state = state
+
+    def __setstate__(self, state):
+        if "params" in state:           # (pickled before params became the layer's own)
+            params = state.pop("params")
+            state.setdefault("_dict", None if state.get("_layer") is not None else params)
+        self.__dict__.update(state)
+
 
 class SGD(_Optimizer):
     """Stochastic gradient descent, ``torch.optim.SGD``'s formulas::
 
-        g = grad + weight_decay * p
+        g = grad (-grad with maximize) + weight_decay * p
         buf = g (first step) | momentum * buf + (1 - dampening) * g
         g = g + momentum * buf (nesterov) | buf
         p -= lr * g
     """
+    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 *, maximize: bool = False):
         super().__init__(params, lr)
         if momentum < 0 or weight_decay < 0:
             raise ValueError("momentum and weight_decay must be >= 0")
@@ -624,8 +718,11 @@ class SGD(_Optimizer):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.maximize = bool(maximize)
 
     def _update(self, name, p, g):
+        if self.maximize:
+            g = -g
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -644,12 +741,14 @@ class Adam(_Optimizer):
     """Adam, ``torch.optim.Adam``'s formulas (L2 ``weight_decay`` added to the gradient;
     ``decoupled=True`` gives AdamW: ``p *= 1 - lr * weight_decay`` instead)::
 
-        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2  (amsgrad: v_max = max(v_max, v))
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     """
+    _hyper = ("lr", "betas", "eps", "weight_decay", "decoupled", "amsgrad", "maximize")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled: bool = False):
+                 weight_decay: float = 0.0, decoupled: bool = False, *,
+                 amsgrad: bool = False, maximize: bool = False):
         super().__init__(params, lr)
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
@@ -658,14 +757,19 @@ class Adam(_Optimizer):
             raise ValueError("eps and weight_decay must be >= 0")
         self.betas, self.eps = (b1, b2), float(eps)
         self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
+        self.amsgrad, self.maximize = bool(amsgrad), bool(maximize)
 
     def _update(self, name, p, g):
         b1, b2 = self.betas
+        if self.maximize:
+            g = -g
         st = self.state.setdefault(name, {})
         if not st:
             st["step"] = 0
             st["exp_avg"] = np.zeros_like(p)
             st["exp_avg_sq"] = np.zeros_like(p)
+            if self.amsgrad:
+                st["max_exp_avg_sq"] = np.zeros_like(p)
         st["step"] += 1
         t = st["step"]
         if self.weight_decay:
@@ -678,7 +782,20 @@ class Adam(_Optimizer):
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * (g * g)
+        if self.amsgrad:
+            vmax = st.setdefault("max_exp_avg_sq", np.zeros_like(p))
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
         bc1 = 1 - b1 ** t
         bc2_sqrt = math.sqrt(1 - b2 ** t)
         denom = np.sqrt(v) / bc2_sqrt + self.eps
         p -= (self.lr / bc1) * (m / denom)
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay, default 0.01 as torch's."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, *, amsgrad: bool = False, maximize: bool = False):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled=True,
+                         amsgrad=amsgrad, maximize=maximize)

@@ -49,6 +49,133 @@ def test_adam_matches_torch(kw):
 def test_adamw_matches_torch():
     _run_both(lambda p: train.Adam(p, lr=1e-2, weight_decay=0.1, decoupled=True),
               lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), steps=7)
+    # AdamW's own default decay is torch's (0.01), and its options
+    _run_both(lambda p: train.AdamW(p, lr=1e-2), lambda p: torch.optim.AdamW(p, lr=1e-2),
+              steps=7)
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda p: train.Adam(p, lr=3e-2, amsgrad=True),
+     lambda p: torch.optim.Adam(p, lr=3e-2, amsgrad=True)),
+    (lambda p: train.AdamW(p, lr=3e-2, amsgrad=True, maximize=True),
+     lambda p: torch.optim.AdamW(p, lr=3e-2, amsgrad=True, maximize=True)),
+    (lambda p: train.SGD(p, lr=0.05, momentum=0.9, maximize=True),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, maximize=True)),
+], ids=["adam_amsgrad", "adamw_amsgrad_maximize", "sgd_maximize"])
+def test_optimizer_options_match_torch(ours, theirs):
+    _run_both(ours, theirs, steps=9)
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 3.0, float("inf")])
+def test_clip_grad_norm_types_and_value_match_torch(norm_type):
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.standard_normal((4, 3)), "b": rng.standard_normal(5) * 3,
+             "input": rng.standard_normal(2) * 100}
+    ts = [torch.tensor(grads[k].copy(), requires_grad=True) for k in ("a", "b")]
+    for t, k in zip(ts, ("a", "b")):
+        t.grad = torch.tensor(grads[k].copy())
+    total = train.clip_grad_norm(grads, 0.5, norm_type=norm_type)
+    ref = torch.nn.utils.clip_grad_norm_(ts, 0.5, norm_type=norm_type)
+    assert total == pytest.approx(float(ref), rel=1e-12)
+    for t, k in zip(ts, ("a", "b")):
+        np.testing.assert_allclose(grads[k], t.grad.numpy(), rtol=1e-12)
+    for t, k in zip(ts, ("a", "b")):
+        t.grad = torch.tensor(grads[k] * 10)
+        grads[k] = grads[k] * 10
+    train.clip_grad_value(grads, 0.3)
+    torch.nn.utils.clip_grad_value_(ts, 0.3)
+    for t, k in zip(ts, ("a", "b")):
+        np.testing.assert_array_equal(grads[k], t.grad.numpy())
+    assert np.abs(grads["input"]).max() > 1      # (not a weight: left alone)
+
+
+def _training_steps(layer, opt, data, steps):
+    for x, y in data[:steps]:
+        out, _, cache = layer.forward_train(x)
+        g = layer.backward(cache, 2 * (out - y) / out.size)
+        opt.step(g)
+
+
+@pytest.mark.parametrize("make", [lambda l: train.Adam(l, lr=1e-2, amsgrad=True),
+                                  lambda l: train.SGD(l.parameters(), lr=0.1, momentum=0.9)],
+                         ids=["adam_layer", "sgd_params_dict"])
+def test_resume_from_state_dicts_follows_the_same_trajectory(make):
+    import pickle
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))) for _ in range(6)]
+    whole = fastrnn.GRU(3, 4, seed=1, dtype="float64")
+    _training_steps(whole, make(whole), data, 6)
+    first = fastrnn.GRU(3, 4, seed=1, dtype="float64")
+    opt = make(first)
+    _training_steps(first, opt, data, 3)
+    saved = pickle.dumps((first.state_dict(), opt.state_dict()))
+    weights, opt_state = pickle.loads(saved)
+    again = fastrnn.GRU(3, 4, seed=7, dtype="float64")
+    again.load_state_dict(weights)
+    opt2 = make(again)
+    opt2.load_state_dict(opt_state)
+    _training_steps(again, opt2, data[3:], 3)
+    for k, v in whole.state_dict().items():
+        np.testing.assert_allclose(again.state_dict()[k], v, rtol=1e-13, atol=1e-14, err_msg=k)
+    with pytest.raises(ValueError, match="hyperparameters"):
+        opt2.load_state_dict({"state": {}, "hyper": {"lr": 1.0}})
+    bad = opt.state_dict()
+    name = next(iter(bad["state"]))
+    bad["state"]["nope"] = bad["state"].pop(name)
+    with pytest.raises(KeyError, match="nope"):
+        opt2.load_state_dict(bad)
+
+
+def test_pickled_layer_and_optimizer_keep_training_after_a_reload():
+    """A (layer, optimizer) pair restored from a pickle: the optimizer updates the
+    layer's current weights (it kept a dict of its own, which a later load_state_dict
+    left behind: steps changed nothing)."""
+    import pickle
+    layer = fastrnn.LSTM(3, 4, seed=0)
+    opt = train.Adam(layer, lr=1e-2)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    layer2, opt2 = pickle.loads(pickle.dumps((layer, opt)))
+    layer2.load_state_dict(layer.state_dict())
+    before = layer2.state_dict()
+    out, _, cache = layer2.forward_train(x)
+    opt2.step(layer2.backward(cache, np.ones_like(out)))
+    assert np.abs(layer2.state_dict()["weight_hh_l0"] - before["weight_hh_l0"]).max() > 1e-3
+
+
+def test_step_refuses_unknown_gradient_names():
+    layer = fastrnn.GRU(3, 4, seed=0)
+    opt = train.SGD(layer, lr=0.1)
+    before = layer.state_dict()
+    grads = {"rnn." + k: np.ones_like(v) for k, v in before.items()}
+    grads["weight_ih_l0"] = np.ones_like(before["weight_ih_l0"])
+    with pytest.raises(KeyError, match="rnn.weight_ih_l0"):
+        opt.step(grads)
+    for k, v in layer.state_dict().items():     # nothing changed
+        np.testing.assert_array_equal(v, before[k])
+    opt.step({"weight_ih_l0": np.ones_like(before["weight_ih_l0"]), "input": np.ones(3),
+              "h0": np.ones(3)})
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_training_takes_read_only_states_and_gradients(cell):
+    layer = getattr(fastrnn, cell)(3, 4, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h0 = rng.standard_normal((1, 2, 4)).astype(np.float32)
+    hx = (h0, h0 * 0.5) if cell == "LSTM" else h0
+    gy = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    ref_out, _, cache = layer.forward_train(x, hx)
+    ref = layer.backward(cache, gy)
+    for a in (h0, gy, x):
+        a.flags.writeable = False
+    hx = (h0, (h0 * 0.5).copy()) if cell == "LSTM" else h0
+    if cell == "LSTM":
+        hx[1].flags.writeable = False
+    out, _, cache = layer.forward_train(x, hx)
+    got = layer.backward(cache, gy)
+    np.testing.assert_array_equal(out, ref_out)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
 
 
 def test_bad_arguments():
