@@ -19,8 +19,11 @@ __all__ = [
 def load(path, *args, **kwargs):
     """Load a model or layer from a file, recognising the format from its content.
 
-    Supported: PyTorch ``torch.save`` zip files, safetensors (PyTorch state dicts and
-    fastrnn's own files), Keras ``.keras`` / ``.h5`` and ONNX models (see the README).
+    Supported: PyTorch ``torch.save`` files (zip and legacy; state dicts, checkpoints,
+    pickled ``torch.nn`` modules), TorchScript archives, ``torch.export`` ``.pt2``
+    archives, safetensors (PyTorch state dicts and fastrnn's own files), Keras
+    ``.keras`` / ``.h5`` (a weights-only file with ``architecture=``) and ONNX models;
+    other arguments go to the format's loader (see the README, "Loading models").
     """
     from .io import load as _load
     return _load(path, *args, **kwargs)

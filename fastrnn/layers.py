@@ -456,6 +456,8 @@ def sort_by_length(lengths, B: int, T: int):
     if lens.dtype.kind not in "iu":
         if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
             lens = lens.astype(np.int64)
+        elif lens.dtype.kind == "f" and lens.size:
+            raise TypeError(f"lengths must be whole numbers, got {lens[lens != np.round(lens)][:3]}")
         else:
             raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
     if lens.shape != (B,):
@@ -906,9 +908,9 @@ class RNNBase:
                 continue
             arr = state_dict[name]
             try:
-                arr = _float_array(name, arr, self.dtype)
+                arr = _float_array(f"weight {name!r}", arr, self.dtype)
             except TypeError as e:
-                raise TypeError(f"weight {name!r}: {e}") from None
+                raise TypeError(str(e)) from None
             if arr.shape != shape:
                 raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
             if not np.isfinite(arr).all():

@@ -1,4 +1,4 @@
-"""Training: gradients through time for SimpleRNN / LSTM / GRU layers, and two optimizers.
+"""Training: gradients through time for SimpleRNN / LSTM / GRU layers, and optimizers.
 
 Usage (the layer methods delegate here)::
 
@@ -42,16 +42,20 @@ register-blocked kernel chosen at run time (BLAS through ``fastrnn._blas`` on ot
 CPUs).  The weight gradients are one GEMM over all time steps per weight (``dW_ih =
 dG^T X``, ``dW_hh = dG^T H_prev``, the bias gradients as an extra column of ones); per
 step only the recurrent ``dh_{t-1} = dG_t W_hh`` and one fused elementwise pass run.
-With two or more threads the time loop runs on one thread without a barrier per step
-while the others compute, chunk by finished chunk, the input projections (forward) or
-the weight gradients and ``dX`` (backward).  Everything runs without the GIL; the thread
+With two or more threads, the LSTM (without projection) and GRU (``reset_after=True``)
+time loops split the units over the threads (a barrier per step) or, where the shapes
+favour it (README, Training and gradients), the batch rows; for SimpleRNN, GRU
+``reset_after=False`` and LSTM with ``proj_size`` one thread runs the recurrence while
+the others compute, chunk by finished chunk, the input projections (forward) or the
+weight gradients and ``dX`` (backward).  Everything runs without the GIL; the thread
 count is resolved like the forward's (call, layer, ``set_num_threads``,
 ``OMP_NUM_THREADS``) and OpenBLAS is limited to it.
 
-Masks, activations other than PyTorch's (SimpleRNN tanh/relu, LSTM sigmoid/tanh/tanh,
-GRU sigmoid/tanh), cell ``clip``, ``peepholes`` and ``input_forget`` run on the NumPy
-path of :mod:`fastrnn._train_general` instead (same API and results; slower, and its
-cache keeps every gate's input and output per step).
+Masks other than one span of steps a sequence (right or left padding, which runs as
+lengths on the kernels), activations other than PyTorch's (SimpleRNN tanh/relu, LSTM
+sigmoid/tanh/tanh, GRU sigmoid/tanh), cell ``clip``, ``peepholes`` and ``input_forget``
+run on the NumPy path of :mod:`fastrnn._train_general` instead (same API and results;
+slower, and its cache keeps every gate's input and output per step).
 """
 from __future__ import annotations
 

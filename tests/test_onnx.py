@@ -1269,3 +1269,41 @@ def test_initial_state_from_shapes_zero_or_not(fill):
         for k in ("Y", "Yh"):
             np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
     assert [bool(z) for z in (p.zero for p in m._progs.values())] == [fill == 0.0] * 2
+
+
+def test_run_takes_a_per_call_thread_count(monkeypatch):
+    """``model(x, num_threads=n)`` / ``predict(x, num_threads=n)``: the recurrent nodes
+    run on n threads (it was taken for an input name: "unknown input(s)"), the same
+    numbers; kept programs too; a bad count is a ValueError."""
+    from fastrnn import _threads
+    net = torch.nn.GRU(5, 7, num_layers=2)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(4, 3, 5),), buf, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "t", 1: "b"}})
+    m = load_onnx(buf.getvalue())
+    x = np.random.default_rng(0).standard_normal((6, 3, 5)).astype(np.float32)
+    want = m.predict(x)
+    seen = []
+    resolve = _threads.resolve
+
+    def spy(call=None, layer=None):
+        n = resolve(call, layer)
+        seen.append(n)
+        return n
+
+    monkeypatch.setattr(_threads, "resolve", spy)
+    fastrnn.set_num_threads(2)
+    try:
+        for _ in range(2):              # (the second call runs the kept program)
+            np.testing.assert_array_equal(m.predict(x, num_threads=1), want)
+            assert seen and set(seen) == {1}, seen
+            seen.clear()
+        m.run({"x": x})
+        assert seen and set(seen) == {2}, seen
+        assert set(m(x, num_threads=1)) == set(m.output_names)
+    finally:
+        fastrnn.set_num_threads(None)
+    with pytest.raises(ValueError, match="num_threads"):
+        m.predict(x, num_threads=0)

@@ -35,10 +35,16 @@ __all__ = ["load_keras", "LoadError", "model_from_keras_config", "is_keras_file"
 
 _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _RNN_CLASSES = ("SimpleRNN", "LSTM", "GRU", "CuDNNLSTM", "CuDNNGRU")
+# keras.layers.RNN(cell): the cells it may hold, and the layer each one is the cell of
+_CELL_CLASSES = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "SimpleRNN"}
+# RNN(cell)'s own config keys (the cell's config holds the rest)
+_WRAPPER_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
+                 "time_major", "zero_output_for_mask")
+_RECURRENT = _RNN_CLASSES + ("RNN",)
 _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
                  "AlphaDropout", "ActivityRegularization")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RNN_CLASSES + _NOOP_CLASSES
+              "Bidirectional") + _RECURRENT + _NOOP_CLASSES
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking compute
 # their masks; off the data chain they only feed `mask=` arguments, which fastrnn
 # recomputes with Keras's own propagation rules
@@ -445,7 +451,7 @@ class _Call:
 
 _NO_MASK = object()
 # call arguments that change nothing at inference: training=False/None only
-_RNN_LIKE = _RNN_CLASSES + ("Bidirectional",)
+_RNN_LIKE = _RECURRENT + ("Bidirectional",)
 
 
 def _tensor_refs(v, what, depth=0):
@@ -760,7 +766,7 @@ def _check_masks(chain, calls, by_name):
         elif cls == "Masking" and src is not None:
             v = c.get("mask_value", 0.0)
             fast = ("any", ("ne", src, float(v) if isinstance(v, (int, float)) else v))
-        elif cls in _RNN_CLASSES and not c.get("return_sequences"):
+        elif cls in _RECURRENT and not c.get("return_sequences"):
             fast = None
         elif cls == "Bidirectional":
             inner = c.get("layer")
@@ -834,6 +840,26 @@ class _Keras3Store:
         c = self._sub(g, "cell")
         return self._vars(c if c is not None else g)
 
+    def _rnn_vars(self, g, spec, where):
+        """A recurrent layer's arrays: ``cell/vars`` (LSTM, ..., RNN(cell)); for
+        RNN(StackedRNNCells) each cell's, in the config's order of the cells, from
+        ``cell/cells/<snake_case cell class>[_n]/vars`` (Keras 3 names a list's items by
+        class, counting from the second of a class, as it names a model's layers)."""
+        c = self._sub(g, "cell")
+        if c is None or "cells" not in c or not isinstance(spec, dict) or \
+                spec.get("class_name") != "RNN":
+            return self._cell_vars(g)
+        cells, _ = _rnn_cells(_cdict(spec, "config", where), where)
+        group = self._sub(c, "cells")
+        counts: dict[str, int] = {}
+        out = []
+        for cls, _ in cells:
+            s = _snake(cls)
+            n = counts.get(s, -1) + 1
+            counts[s] = n
+            out += self._vars(self._sub(group, s if n == 0 else f"{s}_{n}"))
+        return out
+
     def get(self, desc):
         if self.root is None:
             return None
@@ -842,15 +868,18 @@ class _Keras3Store:
         if g is None:
             return None
         cls = desc.class_name
-        if cls in _RNN_CLASSES:
-            return self._cell_vars(g)
+        where = f"{self.fname}: layer {desc.name!r} ({cls})"
+        if cls in _RECURRENT:
+            return self._rnn_vars(g, {"class_name": cls, "config": desc.config}, where)
         if cls == "Bidirectional":
             out = []
-            for side in ("forward_layer", "backward_layer"):
+            inner = desc.config.get("layer")
+            for side, spec in (("forward_layer", inner),
+                               ("backward_layer", desc.config.get("backward_layer") or inner)):
                 sg = self._sub(g, side)
                 if sg is None:
                     return None
-                out += self._cell_vars(sg)
+                out += self._rnn_vars(sg, spec, where)
             return out
         if cls == "TimeDistributed":
             return self._vars(self._sub(g, "layer"))
@@ -919,7 +948,7 @@ class _DictStore:
 
 def _has_weights(d):
     c = d.class_name
-    if c in _RNN_CLASSES or c in ("Embedding", "Dense", "Bidirectional"):
+    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional"):
         return True
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
@@ -1049,6 +1078,87 @@ def _dense_act(a, major, where):
     return a
 
 
+# ============================================================================ RNN(cell)
+
+def _cell_spec(v, where):
+    """One cell of an RNN(cell) config (a Keras config dict; in a user's spec also a flat
+    dict or a (class_name, config) pair) -> (class name, config dict)."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str):
+        v = {"class_name": v[0], "config": v[1]}
+    if not isinstance(v, dict):
+        raise LoadError(f"{where}: cell must be a Keras cell config (a JSON object), "
+                        f"got {v!r}"[:300])
+    cls = v.get("class_name")
+    if not isinstance(cls, str):
+        raise LoadError(f"{where}: cell class_name must be a string, got {cls!r}"[:300])
+    reg = v.get("registered_name")
+    if reg is not None and reg != cls:      # a custom class, whatever its name
+        raise LoadError(f"{where}: custom cell {reg!r} is not supported (fastrnn runs the "
+                        "Keras cells LSTMCell, GRUCell, SimpleRNNCell)"[:400])
+    if "config" in v:
+        c = _cdict(v, "config", f"{where} cell {cls!r}")
+    else:                                   # flat form {"class_name": "LSTMCell", "units": 4}
+        c = {k: x for k, x in v.items() if k not in ("class_name", "module", "registered_name")}
+    return cls, c
+
+
+def _rnn_cells(c, where):
+    """The cells of a keras.layers.RNN config, [(cell class, cell config)], and whether
+    they are stacked (a StackedRNNCells, or a list of cells in a user's spec)."""
+    cell = c.get("cell")
+    if cell is None:
+        raise LoadError(f"{where}: config has no 'cell'")
+    if isinstance(cell, (list, tuple)) and not (len(cell) == 2 and isinstance(cell[0], str)):
+        items, stacked = _need_list(cell, f"{where}: cell"), True
+    else:
+        cls, cc = _cell_spec(cell, where)
+        if cls == "StackedRNNCells":
+            items, stacked = _need_list(cc.get("cells"), f"{where}: StackedRNNCells cells"), True
+        else:
+            items, stacked = [cell], False
+    cells = [_cell_spec(v, where) for v in items]
+    if not cells:
+        raise LoadError(f"{where}: StackedRNNCells holds no cells")
+    for cls, _ in cells:
+        if cls not in _CELL_CLASSES:
+            raise LoadError(f"{where}: unsupported cell {cls!r}; fastrnn runs RNN(cell) with "
+                            "LSTMCell, GRUCell, SimpleRNNCell, or a StackedRNNCells (or list) "
+                            "of them"[:400])
+    return cells, stacked
+
+
+def _cell_layers(c, where):
+    """A keras.layers.RNN config -> the configs of the plain layers (LSTM, GRU,
+    SimpleRNN: same maths as their cells) it computes, one per cell, and whether the
+    cells are stacked.  Each takes its cell's config and the RNN's own keys
+    (return_sequences, go_backwards, ...); of stacked cells, which Keras runs in one
+    loop, each cell a step of the sequence after the one below it, every cell but the
+    last returns its sequences, and only the first reads the input backwards
+    (go_backwards: the layers above read its outputs, already in reading order)."""
+    cells, stacked = _rnn_cells(c, where)
+    out = []
+    for i, (cls, cc) in enumerate(cells):
+        cfg = {k: v for k, v in cc.items() if k not in _WRAPPER_KEYS}
+        cfg.update({k: c[k] for k in _WRAPPER_KEYS if k in c})
+        if i < len(cells) - 1:
+            cfg.update(return_sequences=True, return_state=False, zero_output_for_mask=False)
+        if i > 0:
+            cfg.update(go_backwards=False, stateful=False)
+        out.append({"class_name": _CELL_CLASSES[cls], "config": cfg, "cell": cls,
+                    "name": cc.get("name")})
+    return out, stacked
+
+
+def _n_weights(spec, where):
+    """How many arrays Keras keeps for a recurrent layer config (RNN: all its cells')."""
+    cls, c = spec["class_name"], spec["config"]
+    if cls == "RNN":
+        return sum(_n_weights(s, where) for s in _cell_layers(c, where)[0])
+    if cls.startswith("CuDNN"):
+        return 3
+    return 3 if _cbool(c, "use_bias", True, where) else 2
+
+
 class _Builder:
     def __init__(self, store, major, dtype, num_threads, fname, ctx=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
@@ -1071,12 +1181,12 @@ class _Builder:
                             f"{tuple(arr.shape)}, expected {tuple(shape)}")
 
     # ---- recurrent
-    def rnn(self, d, cfg, weights, in_dim, zero_output=None, name=None):
+    def rnn(self, d, cfg, weights, in_dim, zero_output=None, name=None, label=None):
         from .. import layers as core
         from ..model import KerasRNN
         cls = d.class_name if cfg is None else cfg["class_name"]
         c = d.config if cfg is None else cfg["config"]
-        where = f"layer {d.name!r} ({cls})"
+        where = f"layer {d.name!r} ({label or cls})"
         fwhere = f"{self.fname}: {where}"
         if c.get("time_major"):
             raise LoadError(f"{self.fname}: {where}: time_major=True is not supported")
@@ -1148,10 +1258,59 @@ class _Builder:
                         return_state=_cbool(c, "return_state", False, fwhere),
                         zero_output_for_mask=zo, name=name or d.name), H
 
+    def rnn_cells(self, d, in_dim, masked):
+        """keras.layers.RNN(cell): one layer (LSTMCell, GRUCell, SimpleRNNCell: the
+        LSTM, GRU, SimpleRNN layer), or for stacked cells a list of layers, one per cell.
+        ``masked``: whether a mask reaches the layer (Embedding / Masking before it)."""
+        where = f"{self.fname}: layer {d.name!r} (RNN)"
+        specs, stacked = _cell_layers(d.config, where)
+        counts = [_n_weights(s, where) for s in specs]
+        w = self.weights(d, (sum(counts),))
+        if not stacked:
+            return self.rnn(d, specs[0], w, in_dim, label=f"RNN({specs[0]['cell']})")
+        what = f"{where} of StackedRNNCells ({', '.join(s['cell'] for s in specs)})"
+        if _cbool(d.config, "return_state", False, where):
+            raise LoadError(f"{what}: return_state=True is not supported (Keras returns "
+                            "each cell's states, nested)")
+        if d.states:
+            raise LoadError(f"{what} is called with initial_state: not supported")
+        if masked and len(specs) > 1 and _cbool(d.config, "go_backwards", False, where):
+            raise LoadError(f"{what}: go_backwards=True on a masked input is not supported "
+                            "(fastrnn runs stacked cells as a stack of layers, and the mask "
+                            "reaches the layers above the first in input order, not in the "
+                            "reversed order they read)")
+        names = [s["name"] for s in specs]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+            names = [f"cell_{i}" for i in range(len(specs))]
+        layers, dim, pos = [], in_dim, 0
+        for s, n, cname in zip(specs, counts, names):
+            sub = _LayerDesc(s["cell"], s["config"], f"{d.name}/{cname}")
+            layer, dim = self.rnn(sub, s, w[pos:pos + n], dim, label=s["cell"])
+            layers.append(layer)
+            pos += n
+        return layers, dim
+
+    def _plain(self, d, spec, key):
+        """A Bidirectional's RNN(cell) layer config as its plain layer's (one cell)."""
+        where = f"{self.fname}: layer {d.name!r} (Bidirectional) {key}"
+        specs, stacked = _cell_layers(_cdict(spec, "config", where), where)
+        if len(specs) != 1:
+            raise LoadError(f"{where}: Bidirectional of StackedRNNCells "
+                            f"({', '.join(s['cell'] for s in specs)}) is not supported; "
+                            "stack Bidirectional layers of single cells instead")
+        if stacked and _cbool(specs[0]["config"], "return_state", False, where):
+            raise LoadError(f"{where} (StackedRNNCells): return_state=True is not supported")
+        return {"class_name": specs[0]["class_name"], "config": specs[0]["config"]}
+
     def bidirectional(self, d, in_dim):
         from ..model import Bidirectional
         c = d.config
         inner = c.get("layer")
+        if isinstance(inner, dict) and inner.get("class_name") == "RNN":
+            inner = self._plain(d, inner, "layer")
+        if isinstance(c.get("backward_layer"), dict) and \
+                c["backward_layer"].get("class_name") == "RNN":
+            c = {**c, "backward_layer": self._plain(d, c["backward_layer"], "backward_layer")}
         if not isinstance(inner, dict) or inner.get("class_name") not in _RNN_CLASSES:
             cls = inner.get("class_name") if isinstance(inner, dict) else inner
             raise LoadError(f"{self.fname}: layer {d.name!r} (Bidirectional) wraps unsupported "
@@ -1207,8 +1366,8 @@ class _Builder:
                      dtype=self.dtype), units
 
     def build(self, descs, outputs):
-        from ..model import (Activation, Dropout, Embedding, Masking, Model,
-                             TimeDistributed)
+        from ..model import (Activation, Bidirectional, Dropout, Embedding, KerasRNN,
+                             Masking, Model, TimeDistributed)
         unsupported = [d for d in descs if d.class_name not in _SUPPORTED]
         if unsupported:
             raise LoadError(f"{self.fname}: unsupported Keras layer(s): " + ", ".join(
@@ -1217,6 +1376,7 @@ class _Builder:
         self.store.assign(descs)
         layers, index_map = [], {}
         dim = None
+        masked = False          # whether a mask reaches the current layer
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
             self.ctx.layer = f"{d.name!r} ({cls})"
@@ -1228,7 +1388,6 @@ class _Builder:
                 continue
             if dim is None:
                 dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
-            index_map[i] = len(layers)
             if cls == "Embedding":
                 w = self.weights(d, (1,))
                 V, E = c.get("input_dim"), c.get("output_dim")
@@ -1272,10 +1431,19 @@ class _Builder:
                 layer = TimeDistributed(il, name=d.name)
             elif cls == "Bidirectional":
                 layer, dim = self.bidirectional(d, dim)
+            elif cls == "RNN":
+                layer, dim = self.rnn_cells(d, dim, masked)
             else:  # recurrent
                 w = self.weights(d, (2, 3))
                 layer, dim = self.rnn(d, None, w, dim)
-            layers.append(layer)
+            new = layer if isinstance(layer, list) else [layer]
+            layers.extend(new)
+            index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
+            for l in new:
+                if isinstance(l, Masking) or (isinstance(l, Embedding) and l.mask_zero):
+                    masked = True
+                elif isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences:
+                    masked = False
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
         outs = None

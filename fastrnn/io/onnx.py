@@ -25,7 +25,7 @@ import numpy as np
 
 from . import LoadError
 from . import _onnx_proto as _proto
-from .._threads import _scope, scope_enter, scope_leave
+from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
 
@@ -1312,7 +1312,12 @@ class OnnxModel:
         ONNX Runtime's order is accepted too: ``run(output_names, input_feed)``, with
         ``output_names`` None (all graph outputs) or a list / tuple of names and
         ``input_feed`` a mapping, returns a list of arrays in that order, as
-        ``InferenceSession.run`` does."""
+        ``InferenceSession.run`` does.  ``num_threads=n`` (unless the graph has an input
+        of that name): the recurrent nodes' thread count for this call, where
+        ``load_onnx(num_threads=)`` set none (as a Keras-style model's call)."""
+        if "num_threads" in kwargs and "num_threads" not in self._input_info:
+            with threads_for_calls(kwargs.pop("num_threads")):
+                return self.run(inputs, outputs, **kwargs)
         if outputs is not None and isinstance(outputs, Mapping) and (
                 inputs is None or isinstance(inputs, (list, tuple))):
             names = self.output_names if inputs is None else list(inputs)

@@ -335,6 +335,19 @@ _HASHING_GLOBALS: dict[tuple[str, str], type] = {
 }
 
 
+
+# tensor kinds torch pickles with a rebuild function of their own, which fastrnn does not
+# read: a clear LoadError naming the kind (not "unsafe": they are tensors)
+_UNSUPPORTED_TENSORS = {
+    ("torch._utils", "_rebuild_qtensor"): "quantized",
+    ("torch._utils", "_rebuild_sparse_tensor"): "sparse",
+    ("torch._utils", "_rebuild_sparse_csr"): "sparse",
+    ("torch._utils", "_rebuild_nested_tensor"): "nested",
+    ("torch._utils", "_rebuild_mkldnn_tensor"): "MKL-DNN",
+    ("torch._utils", "_rebuild_wrapper_subclass"): "tensor-subclass",
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, reader, module_classes: Iterable[str] = (),
                  torchscript: bool = False, numeric_keys: int = 0):
@@ -363,6 +376,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _TORCH_ATTRS:
             return _TORCH_ATTRS[name]
         full = f"{module}.{name}"
+        kind = _UNSUPPORTED_TENSORS.get(key)
+        if kind is not None:
+            raise LoadError(f"the file holds {kind} tensors ({full}), which fastrnn does not "
+                            "read; save the float tensors (e.g. dequantize() / to_dense() "
+                            "before torch.save)")
         if (
             (module.startswith("torch.nn.modules.") and name[:1].isupper() and "." not in name)
             or full in self._module_classes
