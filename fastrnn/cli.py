@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import Sequence
@@ -33,14 +34,40 @@ def _print(*a, **k):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _load(path, prefix=None):
+def _load(path, prefix=None, args=None):
+    """``fastrnn.io.load(path)`` with the command's loading options: ``--prefix``,
+    ``--architecture`` (a weights-only Keras file's model JSON, read from a file) and
+    ``--module-class`` (a pickled model's own classes, read as inert containers)."""
     import fastrnn.io
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a directory, not a model file")
     kw = {"prefix": prefix} if prefix else {}
+    arch = getattr(args, "architecture", None)
+    if arch:
+        try:
+            with open(arch, encoding="utf-8") as f:
+                kw["architecture"] = f.read(1 << 24)
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"cannot read --architecture {arch}: {e}") from None
+    classes = getattr(args, "module_class", None)
+    if classes:
+        kw["module_classes"] = list(classes)
     return fastrnn.io.load(path, **kw)
+
+
+# loaders' advice in Python terms, said in the command line's
+_CLI_WORDS = [(re.compile(r"pass prefix="), "pass --prefix"),
+              (re.compile(r"pass architecture="), "pass --architecture FILE.json"),
+              (re.compile(r"pass module_classes=\[('[^']*')(, '[^']*')*\]"),
+               lambda m: "pass --module-class " + m.group(1).strip("'"))]
+
+
+def _cli_words(msg: str) -> str:
+    for pat, rep in _CLI_WORDS:
+        msg = pat.sub(rep, msg)
+    return msg
 
 
 def _kind(obj) -> str:
@@ -92,8 +119,9 @@ def cmd_inspect(args) -> int:
             meta = fio.read_safetensors_metadata(path)
         if "fastrnn" in meta and not args.prefix:
             _print("content: fastrnn file (config in the safetensors metadata)")
-            return _describe(fio.load(path))
-        tensors, _ = fio.read_state_dict(path)
+            return _describe(_load(path, None, args))
+        kw = {"module_classes": list(args.module_class)} if args.module_class else {}
+        tensors, _ = fio.read_state_dict(path, **kw)
         total = sum(int(getattr(v, "size", 0)) for v in tensors.values())
         dtypes = sorted({str(getattr(v, "dtype", "?")) for v in tensors.values()})
         _print(f"tensors: {len(tensors)}, {total:,} values, dtype {', '.join(dtypes) or '-'}")
@@ -101,7 +129,7 @@ def cmd_inspect(args) -> int:
             _print(f"  {k:<40} {_fmt_shape(v.shape):<16} {v.dtype}")
         if len(tensors) > args.max_tensors:
             _print(f"  ... {len(tensors) - args.max_tensors} more (--max-tensors)")
-        specs = fio.list_modules(path)
+        specs = fio.list_modules(path, **kw)
         _print(f"recurrent modules: {len(specs)}")
         for s in specs:
             extra = f", proj_size={s.proj_size}" if s.proj_size else ""
@@ -111,7 +139,7 @@ def cmd_inspect(args) -> int:
         if len(specs) > 1:
             _print("  (pass --prefix NAME to `fastrnn run`/`convert` to pick one)")
         return 0
-    return _describe(fio.load(path))
+    return _describe(_load(path, None, args))
 
 
 def _describe(obj) -> int:
@@ -150,7 +178,7 @@ def _describe(obj) -> int:
 
 def cmd_convert(args) -> int:
     import fastrnn.io as fio
-    obj = _load(args.input, args.prefix)
+    obj = _load(args.input, args.prefix, args)
     if _kind(obj) not in ("layer", "model"):
         what = {"onnx": "an ONNX graph"}.get(_kind(obj), repr(obj))
         raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes recurrent layers "
@@ -221,10 +249,7 @@ def _save_output(path, outputs) -> str:
 
 
 def cmd_run(args) -> int:
-    from . import _threads
-    if args.threads is not None:    # (checked before the model is loaded)
-        _threads._check_threads(args.threads)
-    obj = _load(args.file, args.prefix)
+    obj = _load(args.file, args.prefix, args)
     x = _read_input(args.input)
     with _default_threads(args.threads):
         return _run(args, obj, x)
@@ -516,6 +541,15 @@ def _count(minimum):
     return parse
 
 
+def _loading_options(p) -> None:
+    p.add_argument("--architecture", metavar="FILE.json",
+                   help="(Keras weights-only .h5) the model's config: model.to_json() saved "
+                   "to a file")
+    p.add_argument("--module-class", action="append", metavar="MODULE.CLASS",
+                   help="(torch.save(model) of your own nn.Module class) read that class's "
+                   "objects as inert containers; repeat for several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastrnn", description="Fast CPU recurrent networks: run, inspect and convert "
@@ -542,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "if written by fastrnn")
     i.add_argument("--max-tensors", type=_count(0), default=50,
                    help="tensors listed (default 50)")
+    _loading_options(i)
     i.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("convert", help="convert a model file to fastrnn's own .safetensors",
@@ -554,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. encoder.lstm)")
     c.add_argument("--dtype", choices=["float32", "float64"], help="convert the weights")
     c.add_argument("--force", action="store_true", help="overwrite / allow another suffix")
+    _loading_options(c)
     c.set_defaults(func=cmd_convert)
 
     r = sub.add_parser("run", help="run a model on inputs saved with numpy.save",
@@ -574,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-major", action="store_true",
                    help="the input is (T, B, features) (output written the same way)")
     r.add_argument("--prefix", help="module to run when the file holds several")
-    r.add_argument("--threads", type=int, default=None,
+    _loading_options(r)
+    r.add_argument("--threads", type=_count(1), default=None,
                    help="threads (>= 1) for every recurrent layer of the model, whatever "
                    "its format (default: all cores)")
     r.set_defaults(func=cmd_run)
@@ -586,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="two small cases, few repeats")
     b.add_argument("--cases", nargs="+", metavar="CELL:B:T:H",
                    help=f"cases to run (default: {' '.join(_DEFAULT_CASES)})")
-    b.add_argument("--threads", type=int, default=None, help="threads for every library")
+    b.add_argument("--threads", type=_count(1), default=None, help="threads for every library")
     b.add_argument("--repeat", type=_count(1), default=10,
                    help="minimum timed runs (default 10)")
     b.add_argument("--min-time", type=float, default=0.3,
@@ -610,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:         # `fastrnn inspect f.pt | head`: the reader left
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
     except KeyboardInterrupt:
         print("fastrnn: interrupted", file=sys.stderr)
         return 130
@@ -622,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = str(e.args[0]) if e.args else "KeyError"
         if isinstance(e, ImportError) and "fastrnn" not in msg:
             msg += " (install the optional dependency, e.g. pip install 'fastrnn[cli]' / '[dask]')"
+        msg = _cli_words(msg)
         print(f"fastrnn: error: {type(e).__name__}: {msg}" if not isinstance(e, (ValueError, OSError))
               else f"fastrnn: error: {msg}", file=sys.stderr)
         return 1
