@@ -1069,6 +1069,8 @@ class RNNBase:
 
     def __repr__(self) -> str:
         parts = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.proj_size:                  # (torch's order)
+            parts.append(f"proj_size={self.proj_size}")
         if self.num_layers != 1:
             parts.append(f"num_layers={self.num_layers}")
         if not self.bias:
@@ -1081,8 +1083,6 @@ class RNNBase:
             parts.append("bidirectional=True")
         if self._cell == "RNN" and self.nonlinearity != "tanh":
             parts.append(f"nonlinearity={self.nonlinearity!r}")
-        if self.proj_size:
-            parts.append(f"proj_size={self.proj_size}")
         if self._cell == "GRU" and not self.reset_after:
             parts.append("reset_after=False")
         if self.go_backwards:

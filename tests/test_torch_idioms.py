@@ -180,3 +180,10 @@ def test_from_torch_refuses_quantized():
                                                {torch.nn.LSTM}, dtype=torch.qint8)
     with pytest.raises(TypeError, match="quantized"):
         fastrnn.from_torch(q[0])
+
+
+def test_repr_in_torch_order():
+    kw = dict(num_layers=2, proj_size=5, bidirectional=True, batch_first=True, dropout=0.1,
+              bias=False)
+    assert repr(fastrnn.LSTM(10, 20, **kw)) == repr(torch.nn.LSTM(10, 20, **kw))
+    assert repr(fastrnn.GRU(3, 4, 2, False, True)) == repr(torch.nn.GRU(3, 4, 2, False, True))
