@@ -875,6 +875,18 @@ class RNNBase:
         object.__setattr__(self, "training", training)
         self.mark_weights_changed()
 
+    def release_packings(self) -> None:
+        """Drop what calls keep besides the weights: the kernels' packed copies of them
+        (per path, each made on the path's first call) and the kept call plans.  The next
+        call makes what it needs again (a packing costs about one pass over the weights).
+        For a long-running process that called a layer at many shapes once; the weights,
+        and training caches made before, stay valid.  (The kernels' scratch buffers are
+        per thread: :func:`fastrnn.train.release_scratch`.)"""
+        with _PACK_LOCK:
+            self._packed = None
+            for key in ("_plans", "_step_plans", "_step_entry"):
+                self.__dict__.pop(key, None)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
                         _adopt: set | None = None) -> "IncompatibleKeys":
         """Set weights from arrays in PyTorch naming; validated (names, shapes, dtype, finite).

@@ -88,3 +88,33 @@ def test_rejected_loads_do_not_leak(tmp_path):
         with pytest.raises(fastrnn.io.LoadError):
             fastrnn.io.load(str(bad))
     assert rss_mb() - before < 16
+
+
+def test_release_packings_frees_what_calls_keep():
+    """After calls on several paths a layer holds its packings (several times its
+    weights); release_packings drops them (the weights and a training cache made before
+    stay valid) and the next call packs again, with the same numbers."""
+    import gc
+    import tracemalloc
+    layer = fastrnn.LSTM(128, 128, num_layers=2, bidirectional=True, seed=0)
+    weights = sum(v.nbytes for v in layer.parameters().values())
+    x = np.random.default_rng(0).standard_normal((6, 16, 128)).astype(np.float32)
+    want = layer(x)[0]
+    out, _, cache = layer.forward_train(x[:, :2])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for B in (1, 16, 64):
+            layer(np.zeros((10, B, 128), np.float32))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        layer.release_packings()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held > 0.5 * weights and after < 0.05 * weights, (held, after, weights)
+    np.testing.assert_array_equal(layer(x)[0], want)
+    grads = layer.backward(cache, np.ones_like(out))          # (still valid)
+    assert grads["weight_ih_l0"].shape == (512, 128)
