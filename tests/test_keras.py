@@ -67,7 +67,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 33 and len(REFUSED) == 4
+    assert len(NAMES) == 42 and len(REFUSED) == 7
     for n in NAMES:
         model_path(n)
 
@@ -785,3 +785,250 @@ def test_file_weights_are_kept_not_copied(tmp_path):
                          "bias_ih_l0": b, "bias_hh_l0": np.zeros_like(b)})
     x = rng.standard_normal((2, 5, I)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), ref(x)[1][0][-1], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- RNN(cell)
+
+CELLS = [n for n in NAMES if n.startswith("k3_cell_")]
+
+
+def _core_kind(r):
+    return type(r.core).__name__
+
+
+def test_rnn_cell_fixtures_load_as_plain_layers():
+    """keras.layers.RNN(LSTMCell / GRUCell / SimpleRNNCell) is the LSTM / GRU / SimpleRNN
+    layer: options from the cell's config, flags from the RNN's."""
+    assert len(CELLS) == 9
+    ls = _layers("k3_cell_basic")
+    rnns = [l for l in ls if isinstance(l, KerasRNN)]
+    assert [_core_kind(r) for r in rnns] == ["LSTM", "GRU", "SimpleRNN"]
+    lstm, gru, srnn = rnns
+    assert lstm.return_sequences and not lstm.go_backwards
+    assert lstm.core._acts[0][0] == ("hardsigmoid", 1.0 / 6.0, 0.5)      # Keras 3's
+    assert gru.core._acts[0][1][0] == "softsign" and srnn.core._acts[0][0][0] == "tanh"
+    assert gru.go_backwards and gru.return_sequences and not gru.core.reset_after
+    assert not srnn.return_sequences and not srnn.core.bias
+    assert [r.name for r in rnns] == [l["config"]["name"] for l in json.loads(
+        zipfile.ZipFile(model_path("k3_cell_basic")).read("config.json"))["config"]["layers"]
+        if l["class_name"] == "RNN"]
+    for name, diff in (("k3_cell_basic", 1e-3), ("k3_cell_legacy", 1e-4)):
+        x, ys = reference(name)             # the file's Keras version: x / 6 + 0.5
+        bad = load_keras(model_path(name), hard_sigmoid="keras2").predict(x)
+        assert np.max(np.abs(bad - ys[0])) > diff
+    ls = _layers("k3_cell_masking")
+    assert ls[1].zero_output_for_mask and not ls[2].core.bias and ls[2].go_backwards
+    model = load_keras(model_path("k3_cell_state"))
+    assert model.initial_states == {1: [(0, 1), (0, 2)]}
+    assert_matches(model, "k3_cell_state")
+    x, ys = reference("k3_cell_state")
+    model.initial_states = {}                   # from zeros: not what Keras computed
+    assert np.max(np.abs(model.predict(x)[0] - ys[0])) > 1e-3
+
+
+def test_rnn_cell_bidirectional():
+    model = load_keras(model_path("k3_cell_bi_embed"))
+    bis = [l for l in model.layers if isinstance(l, Bidirectional)]
+    assert [b.merge_mode for b in bis] == ["concat", "ave"]
+    assert [_core_kind(b.forward) for b in bis] == ["LSTM", "GRU"]
+    assert all(b._fused is not None for b in bis)           # same cell both ways: fused
+    x, ys = reference("k3_cell_bi_embed")
+    for b in bis:
+        b._fused = None
+    assert_matches(model, "k3_cell_bi_embed")               # and the two-layer path
+    bi = _layers("k3_cell_bi_none_masking")[1]
+    assert bi.merge_mode is None and bi._fused is None
+    assert (_core_kind(bi.forward), _core_kind(bi.backward)) == ("GRU", "SimpleRNN")
+    assert bi.backward.go_backwards and bi.backward.core._acts[0][0][0] == "relu"
+
+
+def test_stacked_cells_load_as_a_stack_of_layers():
+    """RNN([cells]) / RNN(StackedRNNCells(cells)): one layer per cell, named
+    '<rnn>/<cell>'; every cell but the last returns sequences; go_backwards: only the
+    first reads backwards (the others read its outputs, already reversed)."""
+    ls = _layers("k3_cell_stacked")
+    rnns = [l for l in ls if isinstance(l, KerasRNN)]
+    assert [_core_kind(r) for r in rnns] == ["LSTM", "GRU", "SimpleRNN", "LSTM"]
+    assert [r.return_sequences for r in rnns] == [True, True, True, False]
+    assert [r.go_backwards for r in rnns] == [True, False, False, False]
+    assert [r.units for r in rnns] == [5, 4, 3, 4]
+    assert not rnns[3].core.bias and rnns[2].core._acts[0][0][0] == "elu"
+    c = json.loads(zipfile.ZipFile(model_path("k3_cell_stacked")).read("config.json"))
+    rnn_names = [l["config"]["name"] for l in c["config"]["layers"] if l["class_name"] == "RNN"]
+    assert rnns[0].name.startswith(rnn_names[0] + "/lstm_cell")
+    assert rnns[3].name.startswith(rnn_names[1] + "/lstm_cell")
+    ls = _layers("k3_cell_stacked_masking")
+    rnns = [l for l in ls if isinstance(l, KerasRNN)]
+    assert [_core_kind(r) for r in rnns] == ["GRU", "LSTM", "LSTM", "SimpleRNN"]
+    assert [r.zero_output_for_mask for r in rnns] == [False, True, False, False]
+    assert not rnns[0].core.reset_after
+
+
+def test_stacked_cells_weights_in_config_order(tmp_path):
+    """Keras 3 stores stacked cells' weights by class name (cell/cells/gru_cell,
+    cell/cells/lstm_cell, lstm_cell_1, ...), which does not sort in the cells' order:
+    fastrnn follows the config.  A missing cell's group is an error naming the layer."""
+    with zipfile.ZipFile(model_path("k3_cell_stacked")) as z:
+        with h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+            assert sorted(f["layers/rnn/cell/cells"]) == ["gru_cell", "lstm_cell"]
+            assert sorted(f["layers/rnn_1/cell/cells"]) == ["lstm_cell", "simple_rnn_cell"]
+    p = tmp_path / "k.keras"
+
+    def edit(n, d):
+        if n != "model.weights.h5":
+            return d
+        buf = io.BytesIO(d)
+        with h5py.File(buf, "r+") as f:
+            del f["layers/rnn/cell/cells/gru_cell"]
+        return buf.getvalue()
+    _rewrite_zip(model_path("k3_cell_stacked"), p, edit)
+    with pytest.raises(LoadError, match=r"layer 'rnn_\d+' \(RNN\) has 3 weight arrays, "
+                                        r"expected 6"):
+        load_keras(str(p))
+    # a cell's weight of the wrong shape names the cell
+    p2 = tmp_path / "w.h5"
+    shutil.copy(model_path("k3_cell_legacy"), p2)
+    with h5py.File(p2, "r+") as f:
+        names = []
+        f["model_weights"].visititems(
+            lambda n, o: names.append(n) if n.endswith("/recurrent_kernel")
+            and n.split("/")[-2].startswith("simple_rnn_cell") else None)
+        assert len(names) == 1
+        del f["model_weights"][names[0]]
+        f["model_weights"][names[0]] = np.zeros((3, 2), np.float32)
+    with pytest.raises(LoadError, match=r"layer 'rnn_\d+/simple_rnn_cell\w*' \(SimpleRNNCell\): "
+                                        r"recurrent_kernel has shape \(3, 2\), expected \(2, 2\)"):
+        load_keras(str(p2))
+
+
+def _specs_cells():
+    return [("InputLayer", {"batch_shape": [None, 6, 4]}),
+            ("RNN", {"return_sequences": True,
+                     "cell": {"class_name": "StackedRNNCells", "config": {"cells": [
+                         {"class_name": "LSTMCell", "config": {"units": 4}},
+                         {"class_name": "GRUCell", "config": {"units": 3}}]}}}),
+            ("Bidirectional", {"layer": {"class_name": "RNN", "config": {
+                "cell": {"class_name": "SimpleRNNCell", "config": {"units": 3}}}}}),
+            ("Dense", {"units": 2})]
+
+
+def _specs_cells_short():
+    # a list of cells, cells as (class_name, config) pairs and flat dicts
+    return [("RNN", {"return_sequences": True,
+                     "cell": [("LSTMCell", {"units": 4}), {"class_name": "GRUCell", "units": 3}]}),
+            ("Bidirectional", {"layer": {"class_name": "RNN",
+                                         "config": {"cell": ("SimpleRNNCell", {"units": 3})}}}),
+            ("Dense", {"units": 2})]
+
+
+def test_rnn_cell_weights_only_with_architecture():
+    path = model_path("k3_cell_weights")
+    assert_matches(load_keras(path, architecture("k3_cell_weights")), "k3_cell_weights")
+    assert_matches(load_keras(path, _specs_cells()), "k3_cell_weights")
+    assert_matches(load_keras(path, _specs_cells_short()), "k3_cell_weights")
+    bad = _specs_cells_short()
+    bad[0][1]["cell"] = bad[0][1]["cell"][::-1]                  # the cells' order matters
+    with pytest.raises(LoadError, match=r"'layer_0/cell_1' \(LSTMCell\): kernel has shape "
+                                        r"\(4, 16\), expected \(3, 16\)"):
+        load_keras(path, bad)
+
+
+def test_rnn_cell_model_survives_save(tmp_path):
+    for name in ("k3_cell_stacked", "k3_cell_state"):
+        model = load_keras(model_path(name))
+        path = str(tmp_path / (name + ".safetensors"))
+        model.save(path)
+        assert_matches(fastrnn.load(path), name)
+
+
+@pytest.mark.parametrize("name,match", [
+    ("k3_refused_cell_stacked_gobw_masking",
+     r"layer 'rnn_\d+' \(RNN\) of StackedRNNCells \(GRUCell, LSTMCell\): go_backwards=True "
+     r"on a masked input is not supported"),
+    ("k3_refused_cell_bi_stacked",
+     r"layer 'bidirectional_\d+' \(Bidirectional\) layer: Bidirectional of StackedRNNCells "
+     r"\(LSTMCell, LSTMCell\) is not supported"),
+    ("k3_refused_cell_stacked_state",
+     r"layer 'rnn_\d+' \(RNN\) of StackedRNNCells \(LSTMCell, GRUCell\): return_state=True "
+     r"is not supported"),
+])
+def test_rnn_cell_refusals(name, match):
+    with pytest.raises(LoadError, match=match):
+        load_keras(model_path(name))
+    with pytest.raises(LoadError, match=match):
+        fastrnn.load(model_path(name))
+
+
+def _rnn_layer(c, i=0):
+    return [l for l in c["config"]["layers"] if l["class_name"] == "RNN"][i]
+
+
+def test_rnn_cell_config_refusals_and_options(tmp_path):
+    def cell_class(cls, reg=None):
+        def fn(c):
+            cell = _rnn_layer(c)["config"]["cell"]
+            cell["class_name"] = cls
+            cell["registered_name"] = reg
+        return fn
+    for fn, match in (
+            (cell_class("PeepholeLSTMCell"), r"layer 'rnn' \(RNN\): unsupported cell "
+                                             r"'PeepholeLSTMCell'"),
+            (cell_class("LSTMCell", "my_pkg>LSTMCell"), r"custom cell 'my_pkg>LSTMCell'"),
+            (cell_class("StackedRNNCells"), r"'rnn'.*StackedRNNCells cells must be a JSON list"),
+            (lambda c: _rnn_layer(c)["config"].pop("cell"), r"'rnn' \(RNN\): config has no 'cell'"),
+            (lambda c: _rnn_layer(c)["config"].update(time_major=True),
+             r"'rnn' \(RNN\(LSTMCell\)\): time_major=True is not supported"),
+            (lambda c: _rnn_layer(c)["config"]["cell"]["config"].update(units="x"),
+             r"'rnn' \(RNN\(LSTMCell\)\).*'units'"),
+            (lambda c: _rnn_layer(c)["config"]["cell"]["config"].update(activation="selu"),
+             r"'rnn' \(RNN\(LSTMCell\)\): activation 'selu'")):
+        p = _edit_config("k3_cell_basic", tmp_path, fn)
+        with pytest.raises(LoadError, match=match):
+            load_keras(p)
+    # a nested StackedRNNCells is refused, naming it
+    def nested(c):
+        cells = _rnn_layer(c)["config"]["cell"]["config"]["cells"]
+        cells[1] = {"class_name": "StackedRNNCells", "config": {"cells": [cells[1]]}}
+    p = _edit_config("k3_cell_stacked", tmp_path, nested)
+    with pytest.raises(LoadError, match=r"unsupported cell 'StackedRNNCells'"):
+        load_keras(p)
+    # initial_state given to stacked cells (a stack of one LSTMCell here)
+    def stacked_decoder(c):
+        dec = _rnn_layer(c, 1)["config"]
+        dec["cell"] = {"class_name": "StackedRNNCells", "config": {"cells": [dec["cell"]]}}
+    p = _edit_config("k3_cell_state", tmp_path, stacked_decoder)
+    with pytest.raises(LoadError, match=r"of StackedRNNCells \(LSTMCell\) is called with "
+                                        r"initial_state: not supported"):
+        load_keras(p)
+    # stateful: a warning, as for the plain layers (once for stacked cells); unroll and
+    # the cells' dropout change nothing at inference
+    def stateful(c):
+        _rnn_layer(c)["config"].update(stateful=True, unroll=True)
+        _rnn_layer(c)["config"]["cell"]["config"]["cells"][0]["config"].update(
+            dropout=0.5, recurrent_dropout=0.3)
+    p = _edit_config("k3_cell_stacked", tmp_path, stateful)
+    with pytest.warns(UserWarning, match="stateful") as rec:
+        model = load_keras(p)
+    assert len([w for w in rec if "stateful" in str(w.message)]) == 1
+    assert_matches(model, "k3_cell_stacked")
+
+
+def test_stacked_cells_backwards_without_mask_after_masked_layers(tmp_path):
+    # the mask stops at an RNN returning its last output only: stacked cells read
+    # backwards after it load (their input is not masked)
+    specs = [("Masking", {"mask_value": 0.0}),
+             ("RNN", {"cell": ("GRUCell", {"units": 3})}),
+             ("RNN", {"go_backwards": True, "cell": [("LSTMCell", {"units": 2}),
+                                                     ("GRUCell", {"units": 2})]})]
+    w = {"rnn": [np.zeros((4, 9), np.float32), np.zeros((3, 9), np.float32),
+                 np.zeros((2, 9), np.float32)],
+         "rnn_1": [np.zeros((3, 8), np.float32), np.zeros((2, 8), np.float32),
+                   np.zeros(8, np.float32), np.zeros((2, 6), np.float32),
+                   np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32)]}
+    from fastrnn.io.keras import model_from_keras_config
+    with pytest.raises(LoadError, match="go_backwards=True on a masked input"):
+        model_from_keras_config([specs[0], ("RNN", dict(specs[1][1], return_sequences=True)),
+                                 specs[2]], {"layer_0": [], "layer_1": w["rnn"],
+                                             "layer_2": w["rnn_1"]})
+    m = model_from_keras_config(specs, {"layer_1": w["rnn"], "layer_2": w["rnn_1"]})
+    assert [type(l).__name__ for l in m.layers] == ["Masking", "KerasRNN", "KerasRNN", "KerasRNN"]

@@ -11,6 +11,10 @@ Keras LSTM gates i, f, c, o are PyTorch's i, f, g, o; Keras GRU gates z, r, h be
 kernels are transposed.  Old CuDNNLSTM / CuDNNGRU weights (bias 8H / 6H) are converted as
 Keras 2's own loader does.  hard_sigmoid follows the file's Keras version: Keras 2's
 ``clip(0.2 x + 0.5, 0, 1)``, Keras 3's ``clip(x / 6 + 0.5, 0, 1)``.
+
+``keras.layers.RNN(cell)`` with an LSTMCell, GRUCell or SimpleRNNCell is the LSTM, GRU or
+SimpleRNN layer (the cell's config, the RNN's flags); stacked cells (``RNN([cells])``,
+``RNN(StackedRNNCells(...))``) become a stack of such layers, one per cell.
 """
 from __future__ import annotations
 
@@ -1265,8 +1269,8 @@ class _Builder:
         where = f"{self.fname}: layer {d.name!r} (RNN)"
         specs, stacked = _cell_layers(d.config, where)
         counts = [_n_weights(s, where) for s in specs]
-        w = self.weights(d, (sum(counts),))
         if not stacked:
+            w = self.weights(d, (sum(counts),))
             return self.rnn(d, specs[0], w, in_dim, label=f"RNN({specs[0]['cell']})")
         what = f"{where} of StackedRNNCells ({', '.join(s['cell'] for s in specs)})"
         if _cbool(d.config, "return_state", False, where):
@@ -1279,6 +1283,7 @@ class _Builder:
                             "(fastrnn runs stacked cells as a stack of layers, and the mask "
                             "reaches the layers above the first in input order, not in the "
                             "reversed order they read)")
+        w = self.weights(d, (sum(counts),))
         names = [s["name"] for s in specs]
         if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
             names = [f"cell_{i}" for i in range(len(specs))]
