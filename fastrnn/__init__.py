@@ -5,13 +5,17 @@ Public API only; see the README for a tour.
 """
 from ._threads import get_num_threads, set_num_threads
 from .layers import GRU, LSTM, SimpleRNN, layer_from_config
+from .cells import GRUCell, LSTMCell, RNNCell, from_torch_cell
 from .convert import from_torch
 from .stream import Stream
+
+RNN = SimpleRNN     # (torch.nn's name: the same arguments in the same order)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SimpleRNN", "LSTM", "GRU", "Stream", "from_torch", "layer_from_config",
+    "SimpleRNN", "RNN", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell", "Stream",
+    "from_torch", "from_torch_cell", "layer_from_config",
     "set_num_threads", "get_num_threads", "load", "__version__",
 ]
 

@@ -1,7 +1,8 @@
 """Single-step recurrent cells: torch.nn.LSTMCell, GRUCell and RNNCell equivalents.
 
->>> import numpy as np, fastrnn
->>> cell = fastrnn.LSTMCell(8, 16)
+>>> import numpy as np
+>>> from fastrnn.cells import LSTMCell
+>>> cell = LSTMCell(8, 16)
 >>> h, c = cell(np.ones((3, 8), np.float32))         # hx=None: zero state
 >>> h, c = cell(np.ones((3, 8), np.float32), (h, c))  # carry it, as in a decoder loop
 
@@ -36,8 +37,8 @@ _TO_LAYER = {k: k + "_l0" for k in _NAMES}
 # (layers._step_threads: G*H*(I+H) < 2^17 multiply-adds), whatever B.  A step of at
 # least _LAYER_CALL_MACS multiply-adds (all B sequences; _LAYER_CALL_MACS_WIDE from
 # _LAYER_CALL_WIDE_H units on, which split better) that may use more threads runs as a
-# one-step layer call instead, whose plan splits it.  Measured (2 threads, AVX2 Xeon,
-# busy machine; step entry / layer call, min of 400 calls): LSTMCell H=64 B=64 (2.1M)
+# one-step layer call instead, whose plan splits it.  Measured (2 threads, AMD EPYC
+# Zen 4, busy machine; step entry / layer call, min of 400 calls): LSTMCell H=64 B=64 (2.1M)
 # 1.08, B=256 1.30; H=32 B=256 (2.1M) 1.02, B=128 (1.0M) 0.88; GRUCell H=64 B=64 1.10,
 # B=256 1.67; H=128 B=8 (0.8M) 1.18, B=64 1.69; RNNCell H=64 B=256 1.13; H=128 B=16
 # (0.5M) 1.07, B=64 1.24; H=192 B=8 (0.6M) 1.08, B=64 1.51; below these: 0.4-0.94
@@ -71,10 +72,12 @@ class RNNCellBase:
         dt = _as_dtype("float32" if dtype is None else dtype)
         self._layer = self._layer_cls(input_size, hidden_size, 1, bias=bias, dtype=dt,
                                       num_threads=num_threads, seed=seed, **(_layer_kw or {}))
-        # batches from this size on may run as a one-step layer call (_layer_call)
+        # batches from this size on may run as a one-step layer call (_layer_call); never
+        # where the step entry splits the step's weights over the threads already
         work = self._layer.gate_count * hidden_size * (input_size + hidden_size)
-        self._layer_call_b = -(-(_LAYER_CALL_MACS if hidden_size < _LAYER_CALL_WIDE_H
-                                 else _LAYER_CALL_MACS_WIDE) // work)
+        self._layer_call_b = (-(-(_LAYER_CALL_MACS if hidden_size < _LAYER_CALL_WIDE_H
+                                  else _LAYER_CALL_MACS_WIDE) // work)
+                              if _layers._step_threads(self._layer, 2) == 1 else 1 << 62)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -397,7 +400,12 @@ def from_torch_cell(module, *, dtype=None, num_threads: int | None = None):
     if kind is None:
         raise TypeError("from_torch_cell expects torch.nn.LSTMCell, GRUCell or RNNCell, "
                         f"got {type(module).__name__}")
-    sd = {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
+    # (read as attributes: a parametrized, weight-normed or pruned cell's effective ones)
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if module.bias else [])
+    try:
+        sd = {n: _torch_numpy(getattr(module, n), n) for n in names}
+    except AttributeError:
+        sd = {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
     if dtype is None:
         w = sd.get("weight_ih")
         dtype = np.float64 if w is not None and w.dtype == np.float64 else np.float32

@@ -7,7 +7,7 @@ import numpy as np
 
 from .layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN, _torch_numpy
 
-_TORCH_RNN = ("RNN", "LSTM", "GRU")
+_TORCH_RNN = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
 
 
 def _torch_base(cls):
@@ -55,7 +55,8 @@ def _weights(module) -> dict:
 
 
 def from_torch(module, *, dtype=None, num_threads=None):
-    """The fastrnn equivalent of a live ``torch.nn.RNN``, ``LSTM`` or ``GRU`` module.
+    """The fastrnn equivalent of a live ``torch.nn.RNN``, ``LSTM`` or ``GRU`` module (or
+    ``RNNCell`` / ``LSTMCell`` / ``GRUCell``: :func:`fastrnn.cells.from_torch_cell`).
 
     Weights are copied; the result does not depend on torch.  ``dtype`` defaults to the
     module's (float64 stays float64, anything else becomes float32).  A module made by
@@ -71,14 +72,19 @@ def from_torch(module, *, dtype=None, num_threads=None):
     if "quantized" in type(module).__module__:
         raise TypeError(f"from_torch: {type(module).__module__}.{kind} is a quantized module; "
                         "convert the float module (before quantize_dynamic) instead")
+    from .cells import _torch_cell_kind, from_torch_cell
+    cell = _torch_cell_kind(module)
     mode = getattr(module, "mode", None)
-    if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
-        raise TypeError(f"from_torch expects torch.nn.RNN, LSTM or GRU, got {kind}")
+    if cell is None and mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        raise TypeError(f"from_torch expects torch.nn.RNN, LSTM, GRU or their cells, "
+                        f"got {kind}")
     extra = _behaviour_beyond_weights(module)
     if extra:
         warnings.warn(f"from_torch: {kind}: {', '.join(extra)}; fastrnn copies the weights "
                       "only and computes torch.nn's recurrence on them, so its outputs "
                       "differ wherever that code changes them", stacklevel=2)
+    if cell is not None:
+        return from_torch_cell(module, dtype=dtype, num_threads=num_threads)
     drop = float(getattr(module, "dropout", 0.0) or 0.0)
     if getattr(module, "training", False) and drop and module.num_layers > 1:
         warnings.warn(f"from_torch: {kind} is in training mode with dropout={drop:g}; "

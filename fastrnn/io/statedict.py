@@ -12,6 +12,13 @@ read from these names and shapes:
 * ``proj_size``: rows of ``weight_hr`` (then ``weight_hh`` is ``(4H, P)``);
 * ``input_size``: columns of ``weight_ih_l0``; deeper layers must take
   ``D * (P or H)`` inputs.
+
+A ``torch.nn.LSTMCell/GRUCell/RNNCell`` stores ``weight_ih`` ``(G*H, I)``,
+``weight_hh`` ``(G*H, H)`` and optionally ``bias_ih``, ``bias_hh`` (no layer
+suffix); ``G`` is again rows over columns of ``weight_hh`` (4 LSTMCell, 3 GRUCell,
+1 RNNCell, tanh unless told).  Cells are looked for only where no layer module
+answers: a file without any (or ``prefix=`` naming a cell), so files that loaded a
+layer before still load it.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import numpy as np
 
 from . import LoadError
 
-__all__ = ["RNNSpec", "find_rnn_modules", "extract_module", "read_state_dict",
-           "load_state_dict", "list_modules", "load_any_torchlike"]
+__all__ = ["RNNSpec", "find_rnn_modules", "find_rnn_cells", "extract_module",
+           "read_state_dict", "load_state_dict", "list_modules", "load_any_torchlike",
+           "build_layer", "build_cell"]
 
 _KEY = re.compile(
     r"^(?:(?P<prefix>.*)\.)?(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -34,6 +42,11 @@ _KEY = re.compile(
 )
 _CELLS = {4: "LSTM", 3: "GRU", 1: "RNN"}
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+# a torch.nn cell's parameters (no layer suffix)
+_CELL_KEY = re.compile(
+    r"^(?:(?P<prefix>.*)\.)?(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)$"
+)
+_CELL_CLASSES = {4: "LSTMCell", 3: "GRUCell", 1: "RNNCell"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,9 @@ class RNNSpec:
     ``prefix`` is the dotted module path without a trailing dot (``""`` for a
     bare ``nn.LSTM`` state dict).  ``nonlinearity`` (RNN only) cannot be
     read from weights: it is ``"tanh"`` unless the file recorded it (whole
-    module pickles) or the caller overrides it.
+    module pickles) or the caller overrides it.  ``cell`` is ``"LSTMCell"``,
+    ``"GRUCell"`` or ``"RNNCell"`` for a torch.nn cell (:func:`find_rnn_cells`;
+    one layer, one direction).
     """
 
     prefix: str
@@ -61,6 +76,10 @@ class RNNSpec:
     @property
     def torch_class(self) -> str:
         return "RNN" if self.cell == "RNN" else self.cell
+
+    @property
+    def is_cell(self) -> bool:
+        return self.cell.endswith("Cell")
 
 
 def _shape(a) -> tuple[int, ...]:
@@ -190,6 +209,73 @@ def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
     return [_infer(p, d) for p, d in _group(state_dict).items()]
 
 
+def _group_cells(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The torch.nn cells' parameters by prefix: groups holding ``weight_ih`` or
+    ``weight_hh`` (a module's other parameters named ``bias_ih`` alone are no cell)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, val in state_dict.items():
+        if not isinstance(key, str):
+            continue
+        m = _CELL_KEY.match(key)
+        if m is None:
+            continue
+        prefix = m.group("prefix") or ""
+        groups.setdefault(prefix, {})[m.group("kind")] = val
+    return {p: d for p, d in groups.items() if "weight_ih" in d or "weight_hh" in d}
+
+
+def _infer_cell(prefix: str, d: Mapping[str, Any]) -> RNNSpec:
+    """The spec of the cell whose parameters (local names) are ``d``; LoadError naming
+    the key where they do not make one."""
+    def err(local, msg):
+        return LoadError(f"state dict key {_full(prefix, local)!r}: {msg}")
+
+    for w in ("weight_ih", "weight_hh"):
+        if w not in d:
+            other = "weight_hh" if w == "weight_ih" else "weight_ih"
+            raise err(w, f"missing although {_full(prefix, other)!r} exists (a torch.nn "
+                         "cell's weights)")
+    for local, v in d.items():
+        want_ndim = 1 if local.startswith("bias") else 2
+        if len(_shape(v)) != want_ndim:
+            raise err(local, f"expected a {want_ndim}-D array, got shape {_shape(v)}")
+    has_bias = "bias_ih" in d or "bias_hh" in d
+    for b in ("bias_ih", "bias_hh") if has_bias else ():
+        if b not in d:
+            other = "bias_hh" if b == "bias_ih" else "bias_ih"
+            raise err(b, f"missing although {_full(prefix, other)!r} exists")
+    rows, H = _shape(d["weight_hh"])
+    if H < 1 or rows % H or rows // H not in _CELL_CLASSES:
+        raise err("weight_hh", f"shape {(rows, H)}: rows must be 1, 3 or 4 times the "
+                               "columns (RNNCell, GRUCell, LSTMCell)")
+    cell = _CELL_CLASSES[rows // H]
+    I = _shape(d["weight_ih"])[1]
+    if I < 1:
+        raise err("weight_ih", "has zero input columns")
+    expect = {"weight_ih": (rows, I), "weight_hh": (rows, H)}
+    if has_bias:
+        expect["bias_ih"] = expect["bias_hh"] = (rows,)
+    for local, shp in expect.items():
+        got = _shape(d[local])
+        if got != shp:
+            raise err(local, f"shape {got}, expected {shp} for a {cell} with "
+                             f"input_size={I}, hidden_size={H}")
+    dtypes = {np.asarray(v).dtype for v in d.values()}
+    dtype = "float64" if dtypes == {np.dtype(np.float64)} else "float32"
+    return RNNSpec(prefix=prefix, cell=cell, input_size=I, hidden_size=H, num_layers=1,
+                   bidirectional=False, bias=has_bias, proj_size=0,
+                   nonlinearity="tanh" if cell == "RNNCell" else None, dtype=dtype,
+                   keys=tuple(_full(prefix, x) for x in d))
+
+
+def find_rnn_cells(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
+    """The ``torch.nn.LSTMCell / GRUCell / RNNCell`` modules in ``state_dict`` (keys
+    ``[prefix.]weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), in order of first
+    appearance; :class:`LoadError` naming the key where a cell's parameters are
+    inconsistent."""
+    return [_infer_cell(p, d) for p, d in _group_cells(state_dict).items()]
+
+
 def _norm_prefix(prefix: str | None) -> str:
     return (prefix or "").rstrip(".")
 
@@ -223,7 +309,10 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
         from .torchfile import flatten_tensors, module_hints, read_torch_object
 
         obj = read_torch_object(path_or_mapping, module_classes=kw.get("module_classes", ()))
-        return flatten_tensors(obj), module_hints(obj)
+        hints = module_hints(obj)
+        for k, v in _cell_hints(obj).items():
+            hints.setdefault(k, v)
+        return flatten_tensors(obj), hints
     if fmt == "torch-export":
         from .pt2 import read_pt2
 
@@ -235,6 +324,44 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
         return tensors, {}
     raise LoadError(f"{_display(path_or_mapping)}: a {fmt} file, not a PyTorch state dict "
                     "(use fastrnn.load for other formats)")
+
+
+_TORCH_CELLS = {"torch.nn.modules.rnn.RNNCell", "torch.nn.modules.rnn.LSTMCell",
+                "torch.nn.modules.rnn.GRUCell"}
+
+
+def _cell_hints(obj) -> dict[str, dict]:
+    """For whole-module pickles: ``{dotted prefix: {"nonlinearity": ...}}`` of each
+    pickled torch.nn RNNCell / LSTMCell / GRUCell (torchfile.module_hints does the
+    layers)."""
+    from .torchfile import _MAX_NESTING, ModuleStub, _join, _Walk
+
+    out: dict[str, dict] = {}
+    walk = _Walk()
+
+    def visit(o, prefix, depth):
+        if depth > _MAX_NESTING or not isinstance(o, (dict, list, tuple, ModuleStub)) \
+                or not walk.enter(o):
+            return
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if isinstance(k, (str, int)) and not isinstance(k, bool):
+                    visit(v, _join(prefix, k), depth + 1)
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                visit(v, _join(prefix, i), depth + 1)
+        else:
+            if o.cls in _TORCH_CELLS:
+                nl = o.state.get("nonlinearity")
+                out[prefix] = {"nonlinearity": nl} if isinstance(nl, str) else {}
+            mods = o.state.get("_modules")
+            if isinstance(mods, dict):
+                for k, v in mods.items():
+                    if isinstance(k, str):
+                        visit(v, _join(prefix, k), depth + 1)
+
+    visit(obj, "", 0)
+    return out
 
 
 def _display(p):
@@ -249,7 +376,7 @@ def list_modules(path_or_mapping, **kw) -> list[RNNSpec]:
 
 def _apply_hints(spec: RNNSpec, hints) -> RNNSpec:
     h = hints.get(spec.prefix)
-    if not h or spec.cell != "RNN":
+    if not h or spec.cell not in ("RNN", "RNNCell"):
         return spec
     mode = h.get("mode")
     nl = h.get("nonlinearity")
@@ -272,7 +399,13 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     legacy, safetensors) or a mapping of arrays.
 
     ``prefix`` selects the module when the file holds several (``"encoder.lstm"``);
-    without it the file must hold exactly one.  ``overrides`` go to the layer:
+    without it the file must hold exactly one.  A file without any layer module
+    (``weight_ih_l0`` ...) may hold one ``torch.nn.LSTMCell / GRUCell / RNNCell``
+    (``weight_ih``, ``weight_hh`` ...; a cell is also picked by its prefix,
+    ``"decoder.cell"``): then a :mod:`fastrnn.cells` cell is built, the kind from the
+    shapes (rows of ``weight_ih`` over columns of ``weight_hh``: 4 LSTMCell, 3
+    GRUCell, 1 RNNCell; ``nonlinearity="relu"`` for an ``RNNCell(nonlinearity="relu")``
+    whose weights are all the file holds).  ``overrides`` go to the layer:
     ``nonlinearity="relu"`` for an ``nn.RNN(nonlinearity="relu")`` (weights cannot
     tell), ``batch_first=True``, ``dtype="float64"``, ``num_threads``; ``cell=`` asserts
     the expected cell type.  ``module_classes`` is passed to the torch reader.
@@ -281,9 +414,21 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
     specs = [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
+    adopt = None if isinstance(path_or_mapping, Mapping) else set()
     if prefix is None:
         if not specs:
-            raise LoadError(f"{name}: no recurrent module (weight_ih_l0/weight_hh_l0 ...) found")
+            # no layer module: a torch.nn cell, if the file holds one
+            cells = [_apply_hints(s, hints) for s in find_rnn_cells(tensors)]
+            if not cells:
+                raise LoadError(f"{name}: no recurrent module (weight_ih_l0/weight_hh_l0 ...) "
+                                "found, nor a cell (weight_ih/weight_hh)")
+            if len(cells) > 1:
+                listing = "; ".join(f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size})"
+                                    for s in cells)
+                raise LoadError(f"{name}: holds {len(cells)} recurrent cells, pass prefix= one "
+                                f"of: {listing}")
+            return build_cell(cells[0], _group_cells(tensors)[cells[0].prefix],
+                              hints.get(cells[0].prefix), _adopt=adopt, **overrides)
         if len(specs) > 1:
             listing = "; ".join(f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size}, "
                                 f"{s.num_layers} layer(s){', bidirectional' if s.bidirectional else ''})"
@@ -294,13 +439,18 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
         want = _norm_prefix(prefix)
         matches = [s for s in specs if s.prefix == want]
         if not matches:
+            cells = _group_cells(tensors)
+            if want in cells:
+                spec = _apply_hints(_infer_cell(want, cells[want]), hints)
+                return build_cell(spec, cells[want], hints.get(want), _adopt=adopt,
+                                  **overrides)
+            found = [repr(s.prefix) for s in specs] + [f"{p!r} (cell)" for p in cells]
             raise LoadError(f"{name}: no recurrent module with prefix {want!r} "
-                            f"(found: {', '.join(repr(s.prefix) for s in specs) or 'none'})")
+                            f"(found: {', '.join(found) or 'none'})")
         spec = matches[0]
     # (arrays read from a file here are nobody else's: the layer keeps them, no copy)
     return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix),
-                       _adopt=None if isinstance(path_or_mapping, Mapping) else set(),
-                       **overrides)
+                       _adopt=adopt, **overrides)
 
 
 def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None = None, *,
@@ -337,6 +487,44 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
     except (KeyError, ValueError, TypeError) as e:
         raise LoadError(f"module {spec.prefix!r}: {e}") from e
     return layer
+
+
+_CELL_KIND = {"LSTMCELL": "LSTMCell", "LSTM": "LSTMCell", "GRUCELL": "GRUCell",
+              "GRU": "GRUCell", "RNNCELL": "RNNCell", "RNN": "RNNCell",
+              "SIMPLERNN": "RNNCell"}
+
+
+def build_cell(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None = None, *,
+               _adopt: set | None = None, **overrides):
+    """A fastrnn cell (:mod:`fastrnn.cells`) for a cell ``spec`` with ``weights``
+    (local names ``weight_ih`` ...) loaded.  ``overrides``: ``nonlinearity`` (RNNCell),
+    ``dtype``, ``num_threads``; ``cell=`` asserts the kind (``"LSTMCell"`` or
+    ``"LSTM"``, ...)."""
+    from .. import cells as _cells, layers as _layers   # lazy, as build_layer
+
+    cell = overrides.pop("cell", None)
+    if cell is not None and _CELL_KIND.get(str(cell).upper()) != spec.cell:
+        raise LoadError(f"module {spec.prefix!r} is a {spec.cell} (from its weight shapes), "
+                        f"not a {cell}")
+    kw: dict[str, Any] = dict(bias=spec.bias, dtype=spec.dtype,
+                              seed=_layers._WEIGHTS_FOLLOW)     # (loaded below, strict)
+    if spec.cell == "RNNCell":
+        kw["nonlinearity"] = spec.nonlinearity or "tanh"
+    allowed = {"dtype", "num_threads"} | ({"nonlinearity"} if spec.cell == "RNNCell" else set())
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise LoadError(f"module {spec.prefix!r} is a {spec.cell}: {', '.join(bad)} does not "
+                        f"apply (a {spec.cell} takes {', '.join(sorted(allowed))})")
+    kw.update(overrides)
+    try:
+        obj = _cells._CLASSES[spec.cell](spec.input_size, spec.hidden_size, **kw)
+    except (ValueError, TypeError) as e:
+        raise LoadError(f"module {spec.prefix!r}: cannot build a {spec.cell}: {e}") from e
+    try:
+        obj.load_state_dict(dict(weights), strict=True, _adopt=_adopt)
+    except (KeyError, ValueError, TypeError) as e:
+        raise LoadError(f"module {spec.prefix!r}: {e}") from e
+    return obj
 
 
 def load_any_torchlike(path, prefix: str | None = None, **kw):
