@@ -85,12 +85,77 @@ def _after_fork_in_child() -> None:
         _fork_single = True
         _fork_warned = False
     kern = sys.modules.get("fastrnn._kernels")
-    if kern is not None:
-        kern._blas_after_fork()
+    hook = getattr(kern, "_blas_after_fork", None)     # (None: a half-done import)
+    if hook is not None:
+        hook()
+
+
+_LAZY = ("fastrnn", "scipy", "numpy")       # (what a first call imports)
+
+
+def _before_fork() -> None:
+    """Let imports that another thread has under way (a first call loads the kernels,
+    scipy, the training module) finish before the fork: a child inherits a module's
+    import lock held by a thread it does not have, and its next import of that module
+    waits forever (a process forked while another thread made its first fastrnn call
+    hung).  Waits on each such lock held by another thread, again until a pass finds
+    none (that thread may go on to its next import meanwhile); CPython's per-module
+    import locks: where they are not found, nothing is done."""
+    try:
+        from importlib import _bootstrap
+        table = _bootstrap._module_locks
+    except Exception:
+        return
+    me = threading.get_ident()
+    for _ in range(1000):
+        waited = False
+        for name, ref in list(table.items()):
+            if not name.startswith(_LAZY):
+                continue
+            lock = ref() if callable(ref) else None
+            owner = getattr(lock, "owner", None)
+            if lock is None or not owner or owner == me:
+                continue
+            try:
+                lock.acquire()              # (until the importing thread is done)
+                lock.release()
+                waited = True
+            except Exception:
+                pass
+        if not waited:
+            return
+
+
+# Module-level locks a thread may hold across an import or a first-call set-up: taken
+# before a fork and released after it in both processes, so a child never inherits one
+# held by a thread it does not have (a process forked while another thread made its
+# first call hung on _lock, or on train's hook lock).  All made here, at import, so the
+# set is fixed before any fork; taken outer first where two nest (train's hook lock,
+# then _lock in hook_blas).
+train_hook_lock = threading.Lock()  # (fastrnn.train._hook_lock)
+pack_lock = threading.Lock()        # (fastrnn.layers._PACK_LOCK)
+_FORK_LOCKS = (train_hook_lock, pack_lock, _lock)
+
+
+def _fork_prepare() -> None:
+    for lock in _FORK_LOCKS:
+        lock.acquire()
+    _before_fork()          # (last: nothing between it and the fork waits)
+
+
+def _fork_release() -> None:
+    for lock in reversed(_FORK_LOCKS):
+        lock.release()
+
+
+def _fork_child() -> None:
+    _fork_release()
+    _after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_fork_prepare, after_in_parent=_fork_release,
+                        after_in_child=_fork_child)
 
 
 def _granted(n: int) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import threading
 import weakref
 from typing import Any, Mapping, NamedTuple
 
@@ -563,7 +562,7 @@ def _one_span(ent, begin):
     return (0, 0) if (begin != s).any() else (L, s)
 
 
-_PACK_LOCK = threading.Lock()   # (a layer's packing kept / its weights changed)
+_PACK_LOCK = _threads.pack_lock   # (a packing kept / weights changed; see _threads._FORK_LOCKS)
 
 
 class _Params(dict):

@@ -60,7 +60,6 @@ slower, and its cache keeps every gate's input and output per step).
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from typing import Any, Mapping
 
@@ -72,7 +71,7 @@ __all__ = ["forward_train", "backward", "TrainCache", "SGD", "Adam", "AdamW",
            "clip_grad_norm", "clip_grad_value", "release_scratch"]
 
 _CELL_CODE = {"RNN": 0, "LSTM": 1, "GRU": 2}
-_hook_lock = threading.Lock()
+_hook_lock = _threads.train_hook_lock      # (a fork waits for it: _threads._FORK_LOCKS)
 _hooked = False
 
 

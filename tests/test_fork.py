@@ -86,3 +86,41 @@ def test_child_forked_before_any_threads_keeps_them():
     finally:
         _threads._threads_used, _threads._fork_single, _threads._default = old
         _threads._fork_warned = False
+
+
+_FORK_DURING_FIRST_CALL = r"""
+import os, sys, threading, time, warnings, faulthandler
+import numpy as np
+import fastrnn
+warnings.simplefilter("ignore")
+layer = fastrnn.LSTM(16, 64, seed=0)
+x = np.random.default_rng(0).standard_normal((30, 4, 16)).astype(np.float32)
+first = {"call": lambda: layer(x), "train": lambda: layer.forward_train(x)}[sys.argv[1]]
+t = threading.Thread(target=first)
+t.start()                       # (its first call imports the kernels / training module)
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(20, exit=True)
+    o, s, c = layer.forward_train(x)
+    layer.backward(c, np.ones_like(o))
+    layer(x)
+    os._exit(0)
+t.join()
+_, status = os.waitpid(pid, 0)
+print("child status", status)
+"""
+
+
+@pytest.mark.parametrize("first", ["call", "train"])
+def test_fork_while_another_thread_makes_its_first_call(first):
+    """A fork while another thread is in its first call (importing the kernels, the
+    training module, setting up BLAS under a lock): the child inherited a lock held by
+    a thread it does not have and hung for good (every time, in a fresh process).  The
+    fork hooks now wait for those locks and imports."""
+    import subprocess
+    for _ in range(3):
+        res = subprocess.run([sys.executable, "-c", _FORK_DURING_FIRST_CALL, first],
+                             capture_output=True, text=True, timeout=120,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert "child status 0" in res.stdout, res.stdout + res.stderr[-2000:]
+        assert "Exception ignored" not in res.stderr, res.stderr[-2000:]
