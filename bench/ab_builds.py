@@ -52,7 +52,7 @@ for case in cases.split(","):
         x1 = np.ascontiguousarray(x[0])
         hc = [np.zeros((1, B, int(P[0]) if P else H), np.float32),
               np.zeros((1, B, H), np.float32)]
-    ones = np.ones((T, B, H), np.float32) if train else None
+    ones = np.ones((T, B, int(P[0]) if P else H), np.float32) if train else None
 
     def call():
         if T == 0:

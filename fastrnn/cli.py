@@ -27,9 +27,12 @@ class CLIError(Exception):
     """An error reported as one line, exit status 1."""
 
 
-def _print(*a, **k):
-    print(*a, **k)
-    sys.stdout.flush()
+def _print(*a, file=None, **k):
+    out = sys.stdout if file is None else file
+    if out is None:                     # (stdout closed: `fastrnn demo >&-`)
+        return
+    print(*a, file=out, **k)
+    out.flush()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -236,16 +239,31 @@ def _default_threads(n):
 
 def _save_output(path, outputs) -> str:
     """Write ``outputs`` to exactly ``path`` (NumPy's savers add a suffix to a name that
-    lacks theirs): all of them (.npz) or the first (.npy format, any other name); what
-    was written."""
+    lacks theirs): all of them (.npz) or the first (.npy format, any other name); ``-``:
+    the first, .npy format, to standard output.  Made in memory and written in one go, so
+    a pipe (``/dev/stdout | ...``, which NumPy's savers cannot seek) works.  What was
+    written."""
+    import io
+
     import numpy as np
-    with open(path, "wb") as f:
-        if path.lower().endswith(".npz"):
-            np.savez(f, **outputs)
-            return ", ".join(f"{k} {_fmt_shape(v.shape)}" for k, v in outputs.items())
+    buf = io.BytesIO()
+    if path.lower().endswith(".npz"):
+        np.savez(buf, **outputs)
+        what = ", ".join(f"{k} {_fmt_shape(v.shape)}" for k, v in outputs.items())
+    else:
         name, first = next(iter(outputs.items()))
-        np.save(f, first)
-        return f"{name} {_fmt_shape(first.shape)}"
+        np.save(buf, first)
+        what = f"{name} {_fmt_shape(first.shape)}"
+    if path == "-":
+        if sys.stdout is None:
+            raise CLIError("-o -: standard output is closed")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+    else:
+        with open(path, "wb") as f:
+            f.write(buf.getvalue())
+    return what
 
 
 def cmd_run(args) -> int:
@@ -303,7 +321,8 @@ def _run(args, obj, x) -> int:
     elapsed = time.perf_counter() - t0
     written = _save_output(args.output, outputs)
     lay = f" ({extra['layout']})" if extra else ""
-    _print(f"wrote {args.output}: {written}{lay} in {elapsed * 1e3:.2f} ms")
+    # (on stderr: the output may be standard output itself)
+    _print(f"wrote {args.output}: {written}{lay} in {elapsed * 1e3:.2f} ms", file=sys.stderr)
     return 0
 
 
@@ -603,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", "-i", required=True, help="input .npy/.npz")
     r.add_argument("--output", "-o", required=True,
                    help="output file, written under exactly this name: .npz for every "
-                   "output, else the first one (.npy format)")
+                   "output, else the first one (.npy format); - for standard output")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--batch-first", action="store_true",
                    help="the input is (B, T, features) (output written the same way)")

@@ -1,5 +1,6 @@
 """The command line: fastrnn.cli.main(argv) in-process, and `python -m fastrnn` once."""
 import glob
+import io
 import os
 import subprocess
 import sys
@@ -286,3 +287,148 @@ def test_closed_pipe_is_quiet(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 1
     assert "Traceback" not in err and "Broken pipe" not in err and not err.strip(), err
+
+
+def test_run_output_to_standard_output_and_pipes(tmp_path):
+    """`-o -` writes the first output (.npy) to standard output, and so does `-o
+    /dev/stdout` into a pipe (NumPy's savers could not seek it: "obtaining file position
+    failed"); the status line goes to standard error (on stdout it overwrote the .npy
+    header of `-o /dev/stdout > y.npy`)."""
+    model, x = _run_files(tmp_path)[0]
+    want = fastrnn.load(model)(np.load(x))[0]
+    for target in ("-", "/dev/stdout"):
+        res = subprocess.run([sys.executable, "-m", "fastrnn", "run", model, "-i", x,
+                              "-o", target], capture_output=True, cwd=ROOT, timeout=120)
+        assert res.returncode == 0, res.stderr.decode()
+        np.testing.assert_array_equal(np.load(io.BytesIO(res.stdout)), want)
+        assert b"wrote" in res.stderr
+    with open(tmp_path / "y.npy", "wb") as f:          # redirected to a file
+        res = subprocess.run([sys.executable, "-m", "fastrnn", "run", model, "-i", x,
+                              "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE,
+                             cwd=ROOT, timeout=120)
+    assert res.returncode == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_closed_standard_output_is_no_traceback():
+    """`fastrnn demo >&-`: no traceback (printing flushed a stdout that is None)."""
+    res = subprocess.run([sys.executable, "-m", "fastrnn", "demo", "--repeat", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                         timeout=120, close_fds=True,
+                         preexec_fn=lambda: os.close(1))
+    assert b"Traceback" not in res.stderr, res.stderr.decode()[-1500:]
+
+
+def test_run_writes_exactly_the_named_file(capsys, tmp_path):
+    """-o NAME writes NAME, whatever its suffix (it wrote NAME.npy, saying NAME): .npz
+    (any case) every output, any other name the first one in .npy format."""
+    model, x = _run_files(tmp_path)[0]
+    layer = fastrnn.load(model)
+    want = layer(np.load(x))
+    files = set(os.listdir(tmp_path))
+    for name in ("out.txt", "out", "out.npy", "OUT.NPZ", "out.npz"):
+        path = tmp_path / name
+        code, out, err = run(capsys, "run", model, "-i", x, "-o", str(path))
+        assert code == 0, err
+        assert f"wrote {path}:" in err         # (the status on stderr: -o may be stdout)
+        assert set(os.listdir(tmp_path)) - files == {name}
+        if name.lower().endswith(".npz"):
+            with np.load(path) as z:
+                np.testing.assert_array_equal(z["output"], want[0])
+                np.testing.assert_array_equal(z["h_n"], want[1])
+        else:
+            np.testing.assert_array_equal(np.load(path), want[0])
+        os.remove(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "badinput", "wrongsize",
+                                  "dir", "multi"])
+def test_errors_are_one_line(capsys, tmp_path, kind):
+    layer = fastrnn.GRU(3, 4, seed=0)
+    good = str(tmp_path / "g.safetensors")
+    layer.save(good)
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 3), np.float32))
+    xin = str(tmp_path / "x.npy")
+    if kind == "missing":
+        argv = ["inspect", str(tmp_path / "nope.pt")]
+    elif kind == "garbage":
+        (tmp_path / "g.pt").write_bytes(b"this is not a model file at all" * 10)
+        argv = ["run", str(tmp_path / "g.pt"), "-i", xin, "-o", str(tmp_path / "y.npy")]
+    elif kind == "truncated":
+        data = open(good, "rb").read()
+        (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
+        argv = ["convert", str(tmp_path / "t.safetensors"), str(tmp_path / "o.safetensors")]
+    elif kind == "badinput":
+        (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        argv = ["run", good, "-i", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")]
+    elif kind == "wrongsize":
+        np.save(tmp_path / "w.npy", np.zeros((2, 1, 5), np.float32))
+        argv = ["run", good, "-i", str(tmp_path / "w.npy"), "-o", str(tmp_path / "y.npy")]
+    elif kind == "dir":
+        argv = ["run", str(tmp_path), "-i", xin, "-o", str(tmp_path / "y.npy")]
+    else:
+        argv = ["run", os.path.join(FIX, "torch", "checkpoint.pt"), "--prefix", "nope",
+                "-i", xin, "-o", str(tmp_path / "y.npy")]
+    code, _, err = run(capsys, *argv)
+    _one_line_error(code, err)
+
+
+def test_bench_quick(capsys):
+    code, out, err = run(capsys, "bench", "--cases", "rnn:1:5:8", "gru:2:4:8", "--repeat", "2",
+                         "--min-time", "0", "--no-progress")
+    assert code == 0, err
+    assert "RNN B=1 T=5 H=8" in out and "GRU B=2 T=4 H=8" in out and "fastrnn" in out
+    code, _, err = run(capsys, "bench", "--cases", "lstm:x:1:2")
+    _one_line_error(code, err)
+
+
+def test_python_dash_m(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "demo", "--repeat", "1"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "inspect", str(tmp_path / "bad.onnx")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_run_time_major_writes_every_sequence_output_time_major(capsys, tmp_path):
+    """--time-major: every sequence output of a model comes back time-major (only the
+    first did: a Bidirectional with merge_mode=None has two), equal to Keras's."""
+    base = os.path.join(FIX, "keras", "k3_bi_none_lstm_masking")
+    with np.load(base + ".npz") as z:
+        x, ys = z["x"], [z["y0"], z["y1"]]
+    np.save(tmp_path / "x.npy", np.ascontiguousarray(np.swapaxes(x, 0, 1)))
+    code, _, _ = run(capsys, "run", base + ".keras", "-i", str(tmp_path / "x.npy"),
+                     "-o", str(tmp_path / "y.npz"), "--time-major")
+    assert code == 0
+    with np.load(tmp_path / "y.npz") as z:
+        for got, want in zip((z["output"], z["output_1"]), ys):
+            np.testing.assert_allclose(got, np.swapaxes(want, 0, 1), atol=1e-5)
+
+
+def test_run_leaves_an_unbatched_sequence_alone(capsys, tmp_path):
+    """A layer's 2-D input is one sequence (T, I): a layout flag has no batch axis to
+    move (it was transposed: wrong numbers, or a wrong feature-size error)."""
+    layer = fastrnn.LSTM(8, 16, batch_first=True, seed=0)
+    layer.save(str(tmp_path / "m.safetensors"))
+    x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for flag in ("--time-major", "--batch-first"):
+        code, _, _ = run(capsys, "run", str(tmp_path / "m.safetensors"), "-i",
+                         str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"), flag)
+        assert code == 0
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), layer(x)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("argv", [["demo", "--steps", "0"], ["demo", "--batch", "0"],
+                                  ["demo", "--repeat", "0"], ["bench", "--repeat", "0"],
+                                  ["inspect", "--max-tensors", "-1", "x.safetensors"]])
+def test_counts_below_their_minimum_are_usage_errors(capsys, argv):
+    """(they failed inside the command with NumPy's messages, status 1, after printing
+    half a report; inspect --max-tensors -1 listed all but one)"""
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "must be >=" in err and not out
