@@ -35,6 +35,11 @@ def _cpu_count() -> int:
     return _cpus
 
 
+# (read now, at import, before the kernels load the OpenMP runtime: with OMP_PROC_BIND
+# set, libgomp pins the main thread to one place when it loads, and a count read after
+# that saw one CPU, so every call ran on one thread)
+_cpu_count()
+
 _env: tuple = ()
 
 

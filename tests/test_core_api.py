@@ -331,6 +331,22 @@ def test_thread_control():
     assert out.stdout.strip() == "3"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU sets")
+def test_default_thread_count_with_omp_proc_bind():
+    """With OMP_PROC_BIND set, libgomp pins the main thread to one place when it loads;
+    the default count is the process's CPUs before that (it read 1 after the first call
+    had loaded the kernels, and every call ran on one thread)."""
+    code = ("import os, numpy as np, fastrnn; n = len(os.sched_getaffinity(0)); "
+            "fastrnn.LSTM(4, 4)(np.zeros((3, 1, 4), np.float32)); "
+            "print(n, fastrnn.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(OMP_PROC_BIND="close", OMP_PLACES="cores")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    n, got = out.stdout.split()
+    assert got == n, out.stdout
+
+
 def test_import_does_not_need_torch():
     code = ("import sys; sys.modules['torch'] = None; import fastrnn, numpy as np; "
             "l = fastrnn.LSTM(2, 3); print(l(np.ones((2, 1, 2), np.float32))[0].shape)")
