@@ -1307,3 +1307,609 @@ def test_run_takes_a_per_call_thread_count(monkeypatch):
         fastrnn.set_num_threads(None)
     with pytest.raises(ValueError, match="num_threads"):
         m.predict(x, num_threads=0)
+
+
+# ------------------------------------- constant zero initial states (dynamo's static export)
+def _const_state_model(op="LSTM", fill=0.0, state_batch=2, as_node=False, layout=0,
+                       sliced=False, H=4, I=3, D=1):
+    """One ``op`` node whose initial_h (and initial_c) is a constant of ``fill``, of the
+    state shape for batch ``state_batch`` (an initializer, or ``as_node`` a Constant
+    node), as torch 2.13's dynamo export without dynamic_shapes stores its zero states.
+    ``sliced``: X is x[:, :n] (layout 1: x[:n]) for a feed n, so X's batch changes within
+    one set of feeds' shapes."""
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    rng = np.random.default_rng(3)
+    shape = (D, state_batch, H) if layout == 0 else (state_batch, D, H)
+    state = np.full(shape, fill, np.float32)
+    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (D, G * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (D, G * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (D, 2 * G * H)).astype(np.float32), "B")]
+    nodes = []
+    if as_node:
+        nodes.append(helper.make_node("Constant", [], ["h0"],
+                                      value=numpy_helper.from_array(state)))
+    else:
+        inits.append(numpy_helper.from_array(state, "h0"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", I])]
+    xin = "x"
+    if sliced:
+        inits += [numpy_helper.from_array(I64(0), "zero"),
+                  numpy_helper.from_array(I64(1 - layout), "bax")]
+        inputs.append(helper.make_tensor_value_info("n", TensorProto.INT64, [1]))
+        nodes.append(helper.make_node("Slice", ["x", "zero", "n", "bax"], ["xs"]))
+        xin = "xs"
+    states = ["h0", "h0"] if op == "LSTM" else ["h0"]
+    outs = ["Y", "Yh", "Yc"] if op == "LSTM" else ["Y", "Yh"]
+    nodes.append(helper.make_node(op, [xin, "W", "R", "B", ""] + states, outs, hidden_size=H,
+                                  layout=layout,
+                                  direction="bidirectional" if D == 2 else "forward"))
+    g = helper.make_graph(nodes, "g", inputs, [onnx.ValueInfoProto(name=o) for o in outs], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _step_kinds(m):
+    """The kind of each step of a model's one kept program: "compiled" (a recurrent
+    node's lean call), "_stack" (stacked nodes as one layer), "_generic", "_reshape"."""
+    (prog,) = m._progs.values()
+    return [s[0].__qualname__.split(".<locals>")[0].split(".")[-1] for s in prog.steps]
+
+
+@pytest.mark.parametrize("op,D", [("LSTM", 1), ("GRU", 2), ("RNN", 1)])
+@pytest.mark.parametrize("as_node", [False, True])
+@pytest.mark.parametrize("fill", [0.0, 0.25])
+def test_constant_zero_initial_states_run_as_absent(op, D, as_node, fill, monkeypatch):
+    """A constant initial state of zeros (initializer or Constant node) of the node's
+    state shape runs as an absent one: from the second call the node calls its layer's
+    lean path (no _RecurrentNode.run); a constant of any other value is used (the node
+    runs each call). ONNX Runtime's answers for fresh inputs, every call."""
+    model = _const_state_model(op, fill, state_batch=2, as_node=as_node, D=D)
+    data = model.SerializeToString()
+    runs = _count_node_runs(monkeypatch)
+    m = load_onnx(data)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+        ref, got = _ort(data, {"x": x}), m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    assert len(runs) == (1 if fill == 0 else 3)
+    assert ("compiled" in _step_kinds(m)) == (fill == 0)
+
+
+def test_constant_zero_initial_states_layout_1():
+    """Layout 1 (ONNX Runtime's CPU provider does not run it): a zero constant of shape
+    (B, D, H) runs lean and gives the answers of the same node without initial states."""
+    H = 4
+    m = load_onnx(_const_state_model("LSTM", 0.0, state_batch=3, layout=1, D=2))
+    plain = _const_state_model("LSTM", 0.0, state_batch=3, layout=1, D=2)
+    plain.graph.node[-1].input[5:] = []
+    del plain.graph.initializer[-1]
+    p = load_onnx(plain)
+    x = np.random.default_rng(5).standard_normal((3, 6, 3)).astype(np.float32)
+    for _ in range(2):
+        got, want = m.run(x), p.run(x)
+        assert got["Y"].shape == (3, 6, 2, H) and got["Yh"].shape == (3, 2, H)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+    assert "compiled" in _step_kinds(m)
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_constant_zero_initial_state_of_another_batch_is_still_an_error(layout):
+    """A zero constant state of another batch size than X's is the error it always was
+    (ONNX Runtime's too): in a first call, and in a kept program whose X changes batch
+    within the same feeds' shapes (X sliced by a feed): the program's lean runner gives
+    the node the constant state then, not an absent one."""
+    model = _const_state_model("LSTM", 0.0, state_batch=2, layout=layout, sliced=True)
+    x = np.random.default_rng(6).standard_normal((2, 3, 3) if layout else (5, 3, 3)
+                                                 ).astype(np.float32)
+    if layout == 0:
+        with pytest.raises(Exception):
+            _ort(model.SerializeToString(), {"x": x, "n": I64(1)})
+        ref = _ort(model.SerializeToString(), {"x": x, "n": I64(2)})
+    else:
+        x = x[:, :3].copy()
+    msg = r"initial_h must have shape \(1, 1, 4\)"      # ((B, D, H) for layout 1)
+    fresh = load_onnx(model)
+    with pytest.raises(ValueError, match=msg):
+        fresh.run({"x": x, "n": I64(1)})                # (the first call: as before)
+    m = load_onnx(model)
+    for _ in range(2):
+        got = m.run({"x": x, "n": I64(2)})
+        if layout == 0:
+            for k in ref:
+                np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert "compiled" in _step_kinds(m)
+    with pytest.raises(ValueError, match=msg):           # (the kept program)
+        m.run({"x": x, "n": I64(1)})
+    # a constant of the wrong batch for the input fed: the first call's error, as before
+    with pytest.raises(ValueError, match=r"initial_h must have shape"):
+        load_onnx(_const_state_model("GRU", 0.0, state_batch=1, layout=layout)).run(
+            np.zeros((3, 3, 3), np.float32))
+
+
+# ------------------------------------------------ torch 2.13's dynamo exporter, live
+_AUTO = object()
+
+
+def _dynamo_export(net, x, dynamic=False, **kw):
+    """``torch.onnx.export(..., dynamo=True)`` of ``net`` on ``x`` as bytes (the default
+    since torch 2.9; without ``dynamic``, the export's shapes are fixed)."""
+    import contextlib
+    import logging
+    if dynamic:
+        A = torch.export.Dim.AUTO
+        kw["dynamic_shapes"] = ({0: A, 1: A},)
+    f = io.BytesIO()
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.from_numpy(x),), f, dynamo=True, **kw)
+    finally:
+        logging.disable(level)
+    return f.getvalue()
+
+
+class _CellLoop(torch.nn.Module):
+    """An LSTMCell run over 3 steps in Python (the dynamo exporter unrolls it; with
+    ``optimize=False`` each step's gates come out of SplitToSequence / SequenceAt)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = torch.nn.LSTMCell(5, 6)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], 6)
+        c = x.new_zeros(x.shape[0], 6)
+        for t in range(3):
+            h, c = self.cell(x[:, t], (h, c))
+        return h
+
+
+# name: (module factory, example input shape, dynamic shapes, export keywords)
+_DYNAMO_MODELS = {
+    "lstm_bf_static": (lambda: torch.nn.LSTM(5, 6, batch_first=True), (2, 4, 5), False, {}),
+    "gru_2l_bi_static": (lambda: torch.nn.GRU(5, 6, num_layers=2, bidirectional=True),
+                         (4, 2, 5), False, {}),
+    "lstm_2l_bi_bf_dyn": (lambda: torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True,
+                                                batch_first=True), (2, 4, 5), True, {}),
+    "gru_dyn": (lambda: torch.nn.GRU(5, 6), (4, 2, 5), True, {}),
+    "rnn_bf_dyn": (lambda: torch.nn.RNN(5, 6, batch_first=True), (2, 3, 5), True, {}),
+    "lstmcell_loop": (_CellLoop, (2, 3, 5), False, dict(optimize=False)),
+}
+
+
+@pytest.fixture(scope="module")
+def dynamo_models():
+    """Each model of _DYNAMO_MODELS exported once: {name: (module, bytes)}."""
+    pytest.importorskip("onnxscript")
+    out = {}
+    for name, (factory, shape, dynamic, kw) in _DYNAMO_MODELS.items():
+        torch.manual_seed(len(name))
+        net = factory().eval()
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        out[name] = net, _dynamo_export(net, x, dynamic, **kw)
+    return out
+
+
+def _torch_flat(net, x):
+    with torch.no_grad():
+        res = net(torch.from_numpy(x))
+    flat = []
+    stack = [res]
+    while stack:
+        v = stack.pop(0)
+        if isinstance(v, (tuple, list)):
+            stack[:0] = list(v)
+        else:
+            flat.append(v.numpy())
+    return flat
+
+
+def _check_dynamo(net, data, shapes):
+    """Run ``data`` on inputs of each shape (each twice: the second call runs the kept
+    program) against ONNX Runtime and PyTorch; the model."""
+    m = load_onnx(data)
+    rng = np.random.default_rng(len(data))
+    for shape in shapes:
+        for _ in range(2):
+            x = rng.standard_normal(shape).astype(np.float32)
+            ref = _ort(data, {m.input_names[0]: x})
+            got = m.run(None, {m.input_names[0]: x})
+            assert len(got) == len(ref)
+            for g, r, t in zip(got, ref.values(), _torch_flat(net, x)):
+                assert g.shape == r.shape == t.shape and g.dtype == r.dtype
+                np.testing.assert_allclose(g, r, rtol=TOL, atol=TOL)
+                np.testing.assert_allclose(g, t, rtol=TOL, atol=TOL)
+    return m
+
+
+@pytest.mark.parametrize("name", ["lstm_bf_static", "gru_2l_bi_static", "lstm_2l_bi_bf_dyn",
+                                  "gru_dyn"])
+def test_dynamo_export_lstm_gru(dynamo_models, name):
+    """torch 2.13's default exporter: one LSTM / GRU node a layer, Transposes for
+    batch_first; static exports (zero initial states stored as initializers, fixed
+    shapes) and dynamic ones: ONNX Runtime's and PyTorch's answers.  (B and T free for
+    batch_first; time-major, torch 2.13 keeps the example's T in the Reshape after the
+    node though the input declares it free: other lengths fail, or for some sizes give
+    another shape, in ONNX Runtime as in fastrnn, so only B changes here.)"""
+    net, data = dynamo_models[name]
+    ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+    assert ops & {"LSTM", "GRU"}
+    shape = _DYNAMO_MODELS[name][1]
+    if name.endswith("static"):
+        shapes = [shape]
+    elif "_bf" in name:
+        shapes = [shape, (1, 1, 5), (3, 7, 5)]
+    else:
+        shapes = [shape, (shape[0], 1, 5), (shape[0], 3, 5)]
+    _check_dynamo(net, data, shapes)
+
+
+@pytest.mark.parametrize("name,kind", [("lstm_bf_static", "compiled"),
+                                       ("gru_2l_bi_static", "_stack")])
+def test_dynamo_static_export_runs_lean(dynamo_models, name, kind, monkeypatch):
+    """The static export's zero initial states are initializers: its kept program still
+    calls the layer's lean path (the 2-layer bidirectional GRU: both nodes as one
+    layer), as the dynamic export's does, with no node run after the first call."""
+    net, data = dynamo_models[name]
+    g = onnx.load_from_string(data).graph
+    rec = [n for n in g.node if n.op_type in ("LSTM", "GRU")]
+    inits = {t.name for t in g.initializer}
+    assert all(n.input[5] in inits for n in rec)        # (what this is about)
+    runs = _count_node_runs(monkeypatch)
+    m = _check_dynamo(net, data, [_DYNAMO_MODELS[name][1]])
+    assert len(runs) == len(rec)                         # (the first call only)
+    (prog,) = m._progs.values()         # (a step's "where": "node k OP 'name'")
+    assert [k for k, s in zip(_step_kinds(m), prog.steps)
+            if s[3].split()[2] in ("LSTM", "GRU")] == [kind]
+
+
+@pytest.mark.parametrize("name", ["rnn_bf_dyn", "lstmcell_loop"])
+def test_dynamo_export_unrolled_with_sequence_ops(dynamo_models, name):
+    """The dynamo exporter has no RNN node: nn.RNN with dynamic shapes and an LSTMCell
+    loop (optimize=False) come unrolled, their steps read through SplitToSequence /
+    SequenceAt. fastrnn runs them op by op: ONNX Runtime's and PyTorch's answers (the
+    batch is free; the unrolled time length is the example's)."""
+    net, data = dynamo_models[name]
+    ops = [n.op_type for n in onnx.load_from_string(data).graph.node]
+    assert "SplitToSequence" in ops and "SequenceAt" in ops
+    assert not {"RNN", "LSTM", "GRU"} & set(ops)
+    shape = _DYNAMO_MODELS[name][1]
+    shapes = [shape, (1,) + shape[1:], (4,) + shape[1:]] if name.endswith("dyn") else [shape]
+    m = _check_dynamo(net, data, shapes)
+    if name == "rnn_bf_dyn":            # (longer inputs: ONNX Runtime's first 3 steps)
+        x = np.random.default_rng(1).standard_normal((2, 5, 5)).astype(np.float32)
+        ref = _ort(data, {"input": x})
+        got = m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+
+
+# ------------------------------------------------------------------ sequence ops
+def _seq_model(x, split=None, positions=(0,), attrs=None, feed_split=False, const_x=False,
+               opset=17):
+    """x -> SplitToSequence(x, split) -> SequenceAt at each of ``positions`` (outputs
+    y0, y1, ...): x a feed (or ``const_x`` an initializer), split an initializer (or
+    ``feed_split`` a feed), positions initializers."""
+    inputs, inits, feeds = [], [], {}
+    x = np.asarray(x)
+    if const_x:
+        inits.append(numpy_helper.from_array(x, "x"))
+    else:
+        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, None))
+        feeds["x"] = x
+    ins = ["x"]
+    if split is not None:
+        split = np.asarray(split)
+        ins.append("split")
+        if feed_split:
+            inputs.append(helper.make_tensor_value_info(
+                "split", helper.np_dtype_to_tensor_dtype(split.dtype), None))
+            feeds["split"] = split
+        else:
+            inits.append(numpy_helper.from_array(split, "split"))
+    nodes = [helper.make_node("SplitToSequence", ins, ["q"], **(attrs or {}))]
+    outs = []
+    for k, p in enumerate(positions):
+        inits.append(numpy_helper.from_array(np.asarray(p), f"p{k}"))
+        nodes.append(helper.make_node("SequenceAt", ["q", f"p{k}"], [f"y{k}"]))
+        outs.append(f"y{k}")
+    g = helper.make_graph(nodes, "g", inputs, [onnx.ValueInfoProto(name=o) for o in outs],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), feeds
+
+
+_X1 = np.arange(5, dtype=np.float32)
+SEQ_CASES = [   # (x, split, attrs, positions)
+    (X234, None, {}, (0, 1, -1, -2)),
+    (X234, None, dict(axis=-1, keepdims=0), (0, 2, -1, -4)),
+    (X234, None, dict(axis=1, keepdims=1), (1, -3)),
+    (X234, None, dict(axis=-3, keepdims=0), (-1,)),
+    (X234, I64(1, 3), dict(axis=2), (0, -1)),
+    (X234, I64(1, 0, 3), dict(axis=-1), (0, 1, 2)),         # an empty part
+    (X234, np.array(3, np.int64), dict(axis=2), (0, -1)),   # uneven: 3 then 1
+    (X234, np.array(5, np.int64), dict(axis=2), (0,)),      # larger than the axis
+    (X234, np.array(2, np.int32), dict(axis=1), (0, 1)),
+    (X234, np.array([2, 2], np.int32), dict(axis=2, keepdims=0), (1,)),  # (kept)
+    (X234, I64(3), dict(axis=1), (0,)),
+    (_X1, None, dict(keepdims=0), (0, -1)),                 # rank 1: scalars
+    (np.zeros((2, 0, 3), np.float32), None, dict(axis=2, keepdims=0), (1,)),
+]
+
+
+@pytest.mark.parametrize("case", SEQ_CASES, ids=[f"seq{k}" for k in range(len(SEQ_CASES))])
+def test_sequence_ops_match_ort(case):
+    """SplitToSequence (axis, negative axis, keepdims, a 'split' scalar or list, a feed
+    or a constant) and SequenceAt (negative positions): ONNX Runtime's answers, in the
+    first call and the kept program; all constant: folded at load, the same values."""
+    x, split, attrs, positions = case
+    for feed_split in ([False, True] if split is not None else [False]):
+        model, feeds = _seq_model(x, split, positions, attrs, feed_split)
+        ref = _ort(model.SerializeToString(), feeds)
+        m = load_onnx(model)
+        for _ in range(2):
+            got = m.run(feeds)
+            for k in ref:
+                assert got[k].shape == ref[k].shape and got[k].dtype == ref[k].dtype, k
+                np.testing.assert_array_equal(got[k], ref[k])
+                assert got[k].flags.writeable and not np.shares_memory(got[k], x)
+    model, _ = _seq_model(x, split, positions, attrs, const_x=True)
+    m = load_onnx(model)
+    assert not m._steps
+    got = m.run({})
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_split_to_sequence_split_ignores_keepdims_as_the_spec_says():
+    """With a 'split' input keepdims is ignored (the ONNX specification and onnx's
+    reference implementation; ONNX Runtime 1.x drops the axis for a scalar split of 1
+    and fails for larger scalars)."""
+    from onnx.reference import ReferenceEvaluator
+    for split in (np.array(1, np.int64), np.array(2, np.int64), I64(1, 3)):
+        model, feeds = _seq_model(X234, split, (0, -1), dict(axis=2, keepdims=0))
+        ref = ReferenceEvaluator(model).run(None, feeds)
+        got = load_onnx(model).run(None, feeds)
+        for g, r in zip(got, ref):
+            assert g.shape == r.shape and g.shape[2] >= 1
+            np.testing.assert_array_equal(g, r)
+
+
+@pytest.mark.parametrize("split,attrs,pos,err,match", [
+    (None, dict(axis=1), 3, IndexError, r"position 3 out of range \[-3, 2\]"),
+    (None, dict(axis=1), -4, IndexError, r"position -4 out of range"),
+    (None, dict(axis=3), 0, ValueError, r"axis 3 out of range \[-3, 2\]"),
+    (I64(1, 2), dict(axis=2), 0, ValueError, r"'split' \[1, 2\] must be sizes >= 0 summing"),
+    (I64(-1, 5), dict(axis=2), 0, ValueError, r"'split' \[-1, 5\] must be sizes >= 0"),
+    (np.array(0, np.int64), dict(axis=2), 0, ValueError, r"'split' must be positive, got 0"),
+])
+def test_sequence_op_errors(split, attrs, pos, err, match):
+    """Positions, axes and split sizes out of range are errors naming the node, as
+    ONNX Runtime's are; all constant: refused at load."""
+    model, feeds = _seq_model(X234, split, (pos,), attrs)
+    with pytest.raises(Exception):
+        _ort(model.SerializeToString(), feeds)
+    with pytest.raises(err, match=r"^g: node \d (SplitToSequence|SequenceAt) '': \1: " + match):
+        load_onnx(model).run(feeds)
+    with pytest.raises(LoadError, match=match):
+        load_onnx(_seq_model(X234, split, (pos,), attrs, const_x=True)[0])
+
+
+def test_sequences_are_checked_at_load():
+    """A sequence is read only by SequenceAt (or Identity); a graph output that is one,
+    a tensor op reading one, a SequenceAt reading a tensor are LoadErrors naming the
+    node; asking run() for a sequence by name is a ValueError."""
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    p = numpy_helper.from_array(np.array(0, np.int64), "p")
+    split = helper.make_node("SplitToSequence", ["x"], ["q"])
+    ok = [split, helper.make_node("Identity", ["q"], ["q2"]),
+          helper.make_node("SequenceAt", ["q2", "p"], ["y"])]
+    m = load_onnx(_graph(ok, [X], ["y"], [p], opset=17))
+    np.testing.assert_array_equal(m.predict(X234), X234[:1])
+    with pytest.raises(ValueError, match=r"\['q'\] are sequences"):
+        m.run(X234, outputs=["q"])
+    for nodes, outs, match in [
+            ([split], ["q"], r"graph output\(s\) \['q'\] are sequences"),
+            (ok[:2], ["q2"], r"graph output\(s\) \['q2'\] are sequences"),
+            ([split, helper.make_node("Add", ["q", "x"], ["y"])], ["y"],
+             r"node 1 Add '': input 0 'q' is a sequence, but Add takes a tensor"),
+            ([helper.make_node("SequenceAt", ["x", "p"], ["y"])], ["y"],
+             r"node 0 SequenceAt '': input 0 'x' is a tensor, but SequenceAt takes a sequence"),
+            ([split, helper.make_node("SequenceAt", ["q", "q"], ["y"])], ["y"],
+             r"input 1 'q' is a sequence, but SequenceAt takes a tensor"),
+            ([split, helper.make_node("SplitToSequence", ["q"], ["r"]),
+              helper.make_node("SequenceAt", ["r", "p"], ["y"])], ["y"], "is a sequence")]:
+        with pytest.raises(LoadError, match=match):
+            load_onnx(_graph(nodes, [X], outs, [p], opset=17))
+
+
+def test_sequences_kept_by_the_model_are_read_only():
+    """Sequences the model keeps (folded at load from constants, or following from the
+    feeds' shapes, kept by a program) hold read-only arrays, not views of the file's
+    bytes: what SequenceAt returns of them is the caller's own copy."""
+    from fastrnn.io import onnx as fo
+    c = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "c")
+    p = numpy_helper.from_array(np.array(-1, np.int64), "p")
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B"])
+    nodes = [helper.make_node("SplitToSequence", ["c"], ["q"], keepdims=0),
+             helper.make_node("SequenceAt", ["q", "p"], ["last"]),
+             helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("SplitToSequence", ["s"], ["qs"]),
+             helper.make_node("SequenceAt", ["qs", "p"], ["b"]),
+             helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "bf"], ["y"])]
+    m = load_onnx(_graph(nodes, [X], ["last", "b", "y"], [c, p], opset=17))
+    assert isinstance(m._consts["q"], list)
+    assert all(not a.flags.writeable and not fo._views_file(a) for a in m._consts["q"])
+    assert {"s", "qs", "b", "bf"} <= m._shaped
+    x = np.ones((2, 3), np.float32)
+    for _ in range(3):
+        got = m.run(x)
+        np.testing.assert_array_equal(got["last"], [4, 5])
+        np.testing.assert_array_equal(got["b"], [3])
+        np.testing.assert_array_equal(got["y"], 3 * x)
+        for v in got.values():
+            assert v.flags.writeable
+            v[...] = 7                  # (never seen by the next call)
+    (prog,) = m._progs.values()
+    assert all(not a.flags.writeable for a in prog.base["qs"])
+
+
+def test_sequence_load_time_folding_is_bounded(monkeypatch):
+    """Load-time folding counts a sequence's parts against its bound as any value's:
+    a SplitToSequence of a constant is refused where its parts would pass it."""
+    import fastrnn.io.onnx as fo
+    monkeypatch.setattr(fo, "_FOLD_ELEMENTS", 1000)
+    p = np.array(0, np.int64)
+
+    def nodes(k):
+        return [helper.make_node("ConstantOfShape", ["n"], ["c"])] + [
+            helper.make_node("SplitToSequence", ["c"], [f"q{j}"], keepdims=0)
+            for j in range(k)] + [helper.make_node("SequenceAt", ["q0", "p"], ["big"])]
+    load_onnx(_folding_model(nodes(1), {"n": np.array([400], np.int64), "p": p}))
+    with pytest.raises(LoadError, match=r"node 2 SplitToSequence '': its constant output "
+                                        r"would have 600 elements, more than the 400 left"):
+        load_onnx(_folding_model(nodes(1), {"n": np.array([600], np.int64), "p": p}))
+    with pytest.raises(LoadError, match=r"node 3 SplitToSequence '': .* 400 elements, "
+                                        r"more than the 200 left"):
+        load_onnx(_folding_model(nodes(2), {"n": np.array([400], np.int64), "p": p}))
+
+
+def _revseq_model(lens_const=None, opset=17, **attrs):
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
+    inits = []
+    if lens_const is None:
+        inputs.append(helper.make_tensor_value_info("L", TensorProto.INT64, None))
+    else:
+        inits.append(numpy_helper.from_array(np.asarray(lens_const, np.int64), "L"))
+    g = helper.make_graph([helper.make_node("ReverseSequence", ["x", "L"], ["y"], **attrs)],
+                          "g", inputs, [onnx.ValueInfoProto(name="y")], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+_X523 = np.arange(30, dtype=np.float32).reshape(5, 2, 3)
+REVSEQ_CASES = [    # (x, lens, attrs)
+    (_X523, [3, 5], {}),
+    (_X523, [0, 1], dict(batch_axis=1, time_axis=0)),
+    (_X523.transpose(1, 0, 2).copy(), [5, 2], dict(batch_axis=0, time_axis=1)),
+    (_X523[:, :, 0].copy(), [2, 4], {}),
+    (_X523.reshape(2, 5, 3, 1), [1, 4], dict(batch_axis=0, time_axis=1)),
+    (np.zeros((0, 2, 3), np.float32), [0, 0], {}),
+]
+
+
+@pytest.mark.parametrize("case", REVSEQ_CASES, ids=[f"rev{k}" for k in range(len(REVSEQ_CASES))])
+def test_reverse_sequence_matches_ort(case):
+    """ReverseSequence (time / batch axes either way, ranks 2-4, lengths 0 to T, lengths
+    fed or constant, no time steps): ONNX Runtime's answers, in the kept program too
+    with other lengths of the same shape."""
+    x, lens, attrs = case
+    lens = np.array(lens, np.int64)
+    model = _revseq_model(**attrs)
+    m = load_onnx(model)
+    T = x.shape[attrs.get("time_axis", 0)]
+    for L in (lens, lens, np.minimum(lens[::-1], T), np.full_like(lens, T)):
+        feeds = {"x": x, "L": L}
+        ref, got = _ort(model.SerializeToString(), feeds), m.run(feeds)
+        assert got["y"].shape == ref["y"].shape and got["y"].dtype == ref["y"].dtype
+        np.testing.assert_array_equal(got["y"], ref["y"])
+        assert not np.shares_memory(got["y"], x)
+    got = load_onnx(_revseq_model(lens, **attrs)).run({"x": x})
+    np.testing.assert_array_equal(got["y"], _ort(model.SerializeToString(),
+                                                 {"x": x, "L": lens})["y"])
+
+
+@pytest.mark.parametrize("lens,attrs,match", [
+    ([6, 1], {}, r"sequence_lens must be in \[0, 5\], got \[6, 1\]"),
+    ([-1, 1], {}, r"sequence_lens must be in \[0, 5\]"),
+    ([1, 1, 1], {}, r"sequence_lens must be integers of shape \(2,\)"),
+    ([1, 1], dict(batch_axis=1, time_axis=1), "batch_axis and time_axis must be 0 and 1"),
+    ([1, 1, 1], dict(batch_axis=2, time_axis=0), "batch_axis and time_axis must be 0 and 1"),
+])
+def test_reverse_sequence_errors(lens, attrs, match):
+    """Lengths out of [0, T] or of the wrong shape and axes other than 0 and 1 are
+    errors naming the node (ONNX Runtime refuses them too)."""
+    model = _revseq_model(**attrs)
+    feeds = {"x": _X523, "L": np.array(lens, np.int64)}
+    with pytest.raises(Exception):
+        _ort(model.SerializeToString(), feeds)
+    with pytest.raises(ValueError, match=r"^g: node 0 ReverseSequence '': ReverseSequence: "
+                                         + match):
+        load_onnx(model).run(feeds)
+
+
+def test_keras_go_backwards_lstm_from_tf2onnx():
+    """tests/fixtures/onnx/keras_lstm_go_backwards.onnx: Keras 3.15 (TensorFlow 2.21)
+    ``Sequential([Input((None, 8)), LSTM(16, go_backwards=True, return_sequences=True)])``
+    converted by tf2onnx 1.17 (``tf2onnx.convert.from_keras(model, input_signature=
+    (tf.TensorSpec((None, None, 8), tf.float32, name="x"),), opset=17)``): a
+    ReverseSequence (lengths from the input's shape) into an LSTM node. Its .npz holds
+    inputs of shapes (3, 7, 8) ("in:x") and (1, 1, 8) ("in2:x"), ONNX Runtime 1.32's
+    outputs ("ort:", "ort2:") and Keras's ("keras:0", "keras2:0")."""
+    path = os.path.join(FIX, "keras_lstm_go_backwards.onnx")
+    d = np.load(path[:-5] + ".npz")
+    m = load_onnx(path)
+    assert "ReverseSequence" in [s[1][1] for s in m._steps if s[0] == "op"]
+    with open(path, "rb") as f:
+        data = f.read()
+    for pre, k in (("", "keras:0"), ("2", "keras2:0")):
+        x = d[f"in{pre}:x"]
+        for _ in range(2):
+            got = m.run({"x": x})
+            np.testing.assert_allclose(got["Identity:0"], d[f"ort{pre}:Identity:0"],
+                                       rtol=TOL, atol=TOL)
+            np.testing.assert_allclose(got["Identity:0"], d[k], rtol=TOL, atol=TOL)
+    x = np.random.default_rng(8).standard_normal((2, 9, 8)).astype(np.float32)
+    np.testing.assert_allclose(m.predict(x), _ort(data, {"x": x})["Identity:0"],
+                               rtol=TOL, atol=TOL)
+
+
+def test_shape_of_a_sequence_part_follows_split_and_position_values():
+    """The shape of a SequenceAt's result depends on the values of its position and of
+    the SplitToSequence's 'split' (not only on the feeds' shapes): a Shape of it is
+    computed in every call, not kept per feeds' shapes (q1: split fed, position
+    constant; q2: split constant, position fed)."""
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B"])
+    S = helper.make_tensor_value_info("split", TensorProto.INT64, [2])
+    P = helper.make_tensor_value_info("p", TensorProto.INT64, [])
+    inits = [numpy_helper.from_array(I64(1, 2), "split12"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    nodes = [helper.make_node("SplitToSequence", ["x", "split"], ["q1"]),
+             helper.make_node("SequenceAt", ["q1", "zero"], ["part1"]),
+             helper.make_node("Shape", ["part1"], ["s1"]),
+             helper.make_node("SplitToSequence", ["x", "split12"], ["q2"]),
+             helper.make_node("SequenceAt", ["q2", "p"], ["part2"]),
+             helper.make_node("Shape", ["part2"], ["s2"])]
+    model = _graph(nodes, [X, S, P], ["s1", "part1", "s2", "part2"], inits, opset=17)
+    m = load_onnx(model)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    for split, p in ((I64(1, 2), 0), (I64(1, 2), 0), (I64(1, 2), 1), (I64(2, 1), 0),
+                     (I64(2, 1), -1)):
+        feeds = {"x": x, "split": split, "p": np.array(p, np.int64)}
+        ref, got = _ort(model, feeds), m.run(feeds)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k])
+    assert len(m._progs) == 1
+
+
+def test_constant_zero_initial_state_listed_as_input_is_not_absent():
+    """A zero initial state that is an initializer listed among the graph's inputs (an
+    override a feed may replace) is not run as absent: a fed state is used, every call
+    (ONNX Runtime's answers); without the feed the zeros are."""
+    model = _const_state_model("GRU", 0.0, state_batch=2)
+    model.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 2, 4]))
+    data = model.SerializeToString()
+    m = load_onnx(data)
+    assert m.input_names == ["x"]
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    for feeds in ({"x": x}, {"x": x}, {"x": x, "h0": np.ones((1, 2, 4), np.float32)},
+                  {"x": x, "h0": np.ones((1, 2, 4), np.float32)},
+                  {"x": x, "h0": rng.standard_normal((1, 2, 4)).astype(np.float32)}):
+        ref, got = _ort(data, feeds), m.run(feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)

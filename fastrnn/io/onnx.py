@@ -519,6 +519,76 @@ def _op_onehot(i, a, o):
     return [out]
 
 
+# Sequences (ONNX ``seq(tensor)`` values) are Python lists of arrays.  Only the ops in
+# _SEQ_OUTPUTS make them and only the inputs in _SEQ_INPUTS (and Identity) read them:
+# OnnxModel.__init__ checks every value is used as what it is, and refuses a graph output
+# that is a sequence (a model's results are arrays).
+def _op_split_to_sequence(i, a, o):
+    x = i[0]
+    if x.ndim == 0:
+        raise ValueError("SplitToSequence: the input must have rank >= 1, got a scalar")
+    axis = int(a.get("axis", 0))
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"SplitToSequence: axis {axis} out of range [{-x.ndim}, {x.ndim - 1}]")
+    axis %= x.ndim
+    n = x.shape[axis]
+    split = i[1] if len(i) > 1 and i[1] is not None else None
+    if split is None:           # (parts of 1; keepdims=0: that axis dropped)
+        if a.get("keepdims", 1):
+            return [np.split(x, n, axis=axis) if n else []]
+        v = np.moveaxis(x, axis, 0)
+        return [[v[k, ...] for k in range(n)]]    # (arrays: a rank-1 input's are 0-d)
+    split = np.asarray(split)
+    if split.dtype.kind not in "iu":
+        raise ValueError(f"SplitToSequence: 'split' must be integers, got {split.dtype}")
+    sizes = _ints(split)        # (1-D; more axes read as one, as ONNX Runtime does)
+    # (keepdims is ignored with a 'split', as the ONNX specification says; ONNX Runtime
+    # drops the axis for a scalar 1 and fails on other scalars)
+    if split.ndim == 0:         # (parts of that size, the last one the rest)
+        s = sizes[0]
+        if s <= 0:
+            raise ValueError(f"SplitToSequence: 'split' must be positive, got {s}")
+        return [[x[(slice(None),) * axis + (slice(k, k + s),)] for k in range(0, n, s)]]
+    if any(s < 0 for s in sizes) or sum(sizes) != n:
+        raise ValueError(f"SplitToSequence: 'split' {sizes} must be sizes >= 0 summing to "
+                         f"the size {n} of axis {axis}")
+    return [np.split(x, np.cumsum(sizes)[:-1], axis=axis) if sizes else []]
+
+
+def _op_sequence_at(i, a, o):
+    seq, pos = i[0], np.asarray(i[1])
+    if pos.size != 1 or pos.dtype.kind not in "iu":
+        raise ValueError(f"SequenceAt: 'position' must be one integer, got {pos.dtype} of "
+                         f"shape {pos.shape}")
+    p, n = _ints(pos)[0], len(seq)
+    if not -n <= p < n:
+        raise IndexError(f"SequenceAt: position {p} out of range [{-n}, {n - 1}] "
+                         f"(a sequence of {n})")
+    return [seq[p]]
+
+
+def _op_reverse_sequence(i, a, o):
+    x, lens = i[0], np.asarray(i[1])
+    ba, ta = int(a.get("batch_axis", 1)), int(a.get("time_axis", 0))
+    if sorted((ba, ta)) != [0, 1]:
+        raise ValueError(f"ReverseSequence: batch_axis and time_axis must be 0 and 1, one "
+                         f"each, got {ba} and {ta}")
+    if x.ndim < 2:
+        raise ValueError(f"ReverseSequence: the input must have rank >= 2, got shape {x.shape}")
+    B, T = x.shape[ba], x.shape[ta]
+    if lens.shape != (B,) or (lens.size and lens.dtype.kind not in "iu"):
+        raise ValueError(f"ReverseSequence: sequence_lens must be integers of shape ({B},), "
+                         f"got {lens.dtype} of shape {lens.shape}")
+    L = lens.astype(np.int64)[:, None]
+    if L.size and (L.min() < 0 or L.max() > T):
+        raise ValueError(f"ReverseSequence: sequence_lens must be in [0, {T}], got "
+                         f"{lens.tolist()}")
+    t = np.arange(T)
+    idx = np.where(t < L, L - 1 - t, t)             # (B, T): each row's time order
+    b = np.arange(B)[:, None]
+    return [x[b, idx] if ba == 0 else x[idx.T, b.T]]
+
+
 _SIMPLE_OPS: dict[str, Callable] = {
     "Identity": _op_identity,
     "Constant": _op_constant,
@@ -599,7 +669,13 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "Dropout": _op_dropout,
     "LayerNormalization": _op_layernorm,
     "OneHot": _op_onehot,
+    "SplitToSequence": _op_split_to_sequence,
+    "SequenceAt": _op_sequence_at,
+    "ReverseSequence": _op_reverse_sequence,
 }
+# the ops whose outputs are sequences (lists of arrays), and the inputs that must be ones
+_SEQ_OUTPUTS = {"SplitToSequence"}
+_SEQ_INPUTS = {"SequenceAt": (0,)}
 # ops whose value depends on nothing but their inputs (safe to fold at load time)
 _NO_FOLD = {"Dropout"}
 # attributes an op needs (up to the opset where an input took their place):
@@ -613,7 +689,8 @@ _RECURRENT = ("LSTM", "GRU", "RNN")
 _SHAPE_ARGS = {"Squeeze": (1,), "Unsqueeze": (1,), "Reshape": (1,), "Expand": (1,),
                "Tile": (1,), "Slice": (1, 2, 3, 4), "Split": (1,), "ConstantOfShape": (0,),
                "Range": (0, 1, 2), "OneHot": (1,), "ReduceMean": (1,), "ReduceSum": (1,),
-               "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,)}
+               "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+               "SplitToSequence": (1,), "SequenceAt": (1,)}
 SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
 
 # Load-time constant folding (OnnxModel.__init__) makes at most this many elements in all
@@ -653,8 +730,14 @@ def _fold_size(op_type, vals, attrs, opset) -> int:
     """Without running it, a bound of the elements of op ``op_type``'s largest output on
     the constant inputs ``vals``: from the values that set it (ConstantOfShape, Tile,
     Expand, Range, OneHot, Gather) or the inputs' shapes (a Concat: their sum; a Gemm:
-    its product's; the rest make at most the shape their inputs broadcast to)."""
+    its product's; SplitToSequence, all its parts, and ReverseSequence: their input's; a
+    SequenceAt: the sequence's largest; the rest make at most the shape their inputs
+    broadcast to)."""
     arrs = [v for v in vals if isinstance(v, np.ndarray)]
+    if op_type in ("SplitToSequence", "ReverseSequence"):
+        return vals[0].size
+    if op_type == "SequenceAt":
+        return max((v.size for v in vals[0]), default=0)
     if op_type == "ConstantOfShape":
         return _prod(_ints(vals[0]))
     if op_type == "Tile":
@@ -938,8 +1021,10 @@ class _RecurrentNode:
 
     def compiled(self, xshape, consts: list, y, lens: bool = False):
         """A runner of this node for an input X of shape ``xshape`` and the node's own
-        dtype, fixed weights ``consts`` (vals[1:] as :meth:`run` takes them) and no
-        initial states: the layer's lean call and the reshape, nothing checked again
+        dtype, fixed weights ``consts`` (vals[1:] as :meth:`run` takes them) and zero
+        initial states (absent, from the shapes, or constants of zeros of X's state shape:
+        in ``consts`` for :meth:`run`, which checks them): the layer's lean call and the
+        reshape, nothing checked again
         (OnnxModel's kept programs).  ``y``: None (Y not needed: the layer keeps no
         per-step outputs), "Y", or "TBDH" (layout 0: Y transposed to (T, B, D, H), as
         PyTorch's exports do next: a view of the layer's output).  ``lens``: the runner
@@ -1007,6 +1092,21 @@ def _views_file(a: np.ndarray) -> bool:
     return isinstance(a, (memoryview, bytes))
 
 
+def _elements(v) -> int:
+    """The elements of a value: an array's, or all of a sequence's (a list of arrays)."""
+    if isinstance(v, np.ndarray):
+        return v.size
+    return sum(a.size for a in v) if isinstance(v, list) else 0
+
+
+def _freeze(v) -> None:
+    """Make an array, or each array of a sequence, read-only (a value the model keeps:
+    _results returns copies of those)."""
+    for a in (v if isinstance(v, list) else (v,)):
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
 def _own_constants(consts: dict) -> None:
     """Copy the constants a loaded model keeps that are views of the file's bytes, so the
     bytes are freed after loading.  (Initializers are read as views: those that became a
@@ -1015,6 +1115,8 @@ def _own_constants(consts: dict) -> None:
     for k, v in consts.items():
         if isinstance(v, np.ndarray) and _views_file(v):
             consts[k] = v.copy()
+        elif isinstance(v, list):       # (a sequence folded at load: its parts)
+            consts[k] = [a.copy() if _views_file(a) else a for a in v]
 
 
 class _Converted:
@@ -1098,6 +1200,7 @@ class OnnxModel:
 
         steps = []
         known = set(consts) | set(self.input_names)
+        seqs: set = set()               # the values that are sequences (_SEQ_OUTPUTS)
         # elements load-time folding may still make (_FOLD_ELEMENTS)
         left = max(_FOLD_ELEMENTS, _FOLD_PER_ELEMENT * sum(
             v.size for v in consts.values()))
@@ -1113,6 +1216,7 @@ class OnnxModel:
                     raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
                                     "(required)")
             outs = list(node.output)
+            self._check_sequences(node, seqs, where)
             if node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, num_threads)
                 steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
@@ -1137,7 +1241,7 @@ class OnnxModel:
                             "compute at load (the larger of 2**24 and "
                             f"{_FOLD_PER_ELEMENT} times its initializers' elements)")
                     if node.op_type != "Constant":     # (its value is the file's)
-                        left -= sum(v.size for v in vals if isinstance(v, np.ndarray))
+                        left -= sum(_elements(v) for v in vals)
                     for n, v in zip(outs, vals):
                         if n:
                             consts[n] = v
@@ -1147,6 +1251,11 @@ class OnnxModel:
         missing = [o for o in self.output_names if o not in known]
         if missing:
             raise LoadError(f"{self.name}: graph outputs {missing} are never computed")
+        bad = [o for o in self.output_names if o in seqs]
+        if bad:
+            raise LoadError(f"{self.name}: graph output(s) {bad} are sequences; fastrnn "
+                            "returns arrays only (read a sequence's tensors with SequenceAt)")
+        self._seqs = frozenset(seqs)
         self._consts = consts
         self._steps = steps
         self._shaped = self._shape_only(steps, consts)
@@ -1156,11 +1265,27 @@ class OnnxModel:
             if kind == "rnn" and obj.layer is not None:
                 obj.rekey(consts)
         for v in consts.values():      # (so an output that is one, or a view of one, is
-            if isinstance(v, np.ndarray):   # returned as a copy: _results)
-                v.flags.writeable = False
+            _freeze(v)                  # returned as a copy: _results)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
         self._stacks: dict = {}         # stacked nodes run as one layer: _Program._stack
         self._out_key = tuple(self.output_names)
+
+    def _check_sequences(self, node, seqs: set, where: str) -> None:
+        """A LoadError where ``node`` reads a sequence (a value in ``seqs``) as a tensor or
+        a tensor as a sequence (only the inputs in _SEQ_INPUTS are sequences; Identity
+        passes either on); adds the node's outputs that are sequences to ``seqs``."""
+        op, ins = node.op_type, list(node.input)
+        want = _SEQ_INPUTS.get(op, ())
+        for k, n in enumerate(ins):
+            if n and op != "Identity" and (n in seqs) != (k in want):
+                what = "a sequence" if n in seqs else "a tensor"
+                raise LoadError(
+                    f"{self.name}: {where}: input {k} {n!r} is {what}, but {op} takes "
+                    f"{'a sequence' if k in want else 'a tensor'} there (sequences are "
+                    f"made by {', '.join(sorted(_SEQ_OUTPUTS))} in the graph; sequence "
+                    "graph inputs are not supported)")
+        if op in _SEQ_OUTPUTS or (op == "Identity" and ins and ins[0] in seqs):
+            seqs.update(o for o in node.output if o)
 
     def _drop_converted(self, steps, consts) -> frozenset:
         """Initializers read only as the weights (W, R, B, P) of recurrent nodes whose
@@ -1350,6 +1475,9 @@ class OnnxModel:
             if bad:
                 raise ValueError(f"unknown output(s) {bad}; the model's outputs are "
                                  f"{self.output_names}")
+            seq = [w for w in want if w in getattr(self, "_seqs", ())]   # (older pickles)
+            if seq:
+                raise ValueError(f"{seq} are sequences; fastrnn returns arrays only")
             gone = [w for w in want if w in self._dropped]
             if gone:
                 raise ValueError(f"initializer(s) {gone} became recurrent layers' weights at "
@@ -1469,7 +1597,8 @@ class _Program:
     float zeros; ``steps``: the other steps, each (runner, getter, outputs, where);
     ``check``: the wanted outputs that may be read-only or views of a feed (_results
     copies those).
-    Recurrent nodes with fixed weights and zero or absent initial states call their
+    Recurrent nodes with fixed weights and zero or absent initial states (zeros from the
+    shapes, or constants of zeros of the node's state shape: _zero_state) call their
     layer's lean path (_RecurrentNode.compiled); Squeeze / Unsqueeze / Reshape / Flatten /
     Identity of an input of the first call's shape is one reshape; the rest runs as in
     the first call."""
@@ -1478,8 +1607,7 @@ class _Program:
     def __init__(self, model: "OnnxModel", live, env: dict, want: tuple):
         known = {n: env[n] for n in model._shaped if n in env}
         for v in known.values():
-            if isinstance(v, np.ndarray):
-                v.flags.writeable = False
+            _freeze(v)
         self.base = {n: model._consts[n] for n in live[2]}
         self.base.update(known)
         self.zero = frozenset(n for n, v in known.items() if isinstance(v, np.ndarray)
@@ -1526,14 +1654,30 @@ class _Program:
 
     def _lean(self, model, obj, ins, env) -> bool:
         """Whether a recurrent node (``ins`` padded to 8) can call its layer's lean path:
-        an input of the layer's dtype, fixed weights, zero or absent initial states,
-        sequence_lens absent or integers."""
+        an input of the layer's dtype, fixed weights, zero or absent initial states
+        (_zero_state), sequence_lens absent or integers."""
         x, layer = env.get(ins[0]), obj.layer
         seq = env.get(ins[4]) if ins[4] else None
         return (isinstance(x, np.ndarray) and layer is not None and x.dtype == layer.dtype
                 and all(self._fixed(model, n) for n in ins[1:4] + ins[7:])
                 and (seq is None or (isinstance(seq, np.ndarray) and seq.dtype.kind in "iu"))
-                and all(not ins[k] or ins[k] in self.zero for k in (5, 6)))
+                and all(not ins[k] or ins[k] in self.zero
+                        or self._zero_state(model, obj, ins[k], x) for k in (5, 6)))
+
+    @staticmethod
+    def _zero_state(model, obj, n, x) -> bool:
+        """Whether initial state ``n`` of recurrent node ``obj`` is a constant of float
+        zeros (an initializer or a Constant node: PyTorch's dynamo export without dynamic
+        shapes stores its zero states so) of the node's state shape for input ``x``:
+        (D, B, H), layout 1 (B, D, H).  Such a state runs as an absent one where X has
+        that shape (_rnn; any other X runs the node with the constant, as the first call
+        does, so a state of another batch size is the same error)."""
+        v = model._consts.get(n)
+        if not (isinstance(v, np.ndarray) and n not in model._overridable
+                and v.dtype.kind == "f" and x.ndim == 3 and not v.any()):
+            return False
+        Bsz, D, H = x.shape[1 - obj.layout], obj.D, obj.layer.hidden_size
+        return v.shape == ((D, Bsz, H) if obj.layout == 0 else (Bsz, D, H))
 
     def _y_use(self, obj, y, want, readers, dyn):
         """How a recurrent node's Y is used: (None: not at all; "Y"; "TBDH": read only
@@ -1556,7 +1700,10 @@ class _Program:
         if t is not None:
             outs[0] = dyn[t][3][0]
             skip.add(t)
-        consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, None, None, env.get(ins[7])]
+        # (zero states from the shapes as absent; constant ones passed on to run's
+        # fallback, which checks them against that X: _zero_state)
+        h0, c0 = (None if not ins[k] or ins[k] in self.zero else env[ins[k]] for k in (5, 6))
+        consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, h0, c0, env.get(ins[7])]
         return obj.compiled(env[ins[0]].shape, consts, y, bool(ins[4]))
 
     def _chain(self, model, j, env, want, readers, dyn):
