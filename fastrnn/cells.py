@@ -139,40 +139,18 @@ class RNNCellBase:
         self._layer.mark_weights_changed()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
-                        _adopt: set | None = None) -> None:
+                        _adopt: set | None = None):
         """Set weights from arrays named as torch's cells name them; validated (names,
         shapes, dtype, finite).  With ``strict=False`` missing names keep their values
-        and unknown names are ignored.  Nothing changes when any array is rejected."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
+        and unknown names are ignored; returns ``(missing_keys, unexpected_keys)`` as
+        torch's does.  Nothing changes when any array is rejected."""
         shapes = self._shapes()
-        if strict:
-            missing = sorted(set(shapes) - set(state_dict))
-            unexpected = sorted(str(k) for k in set(state_dict) - set(shapes))
-            if missing or unexpected:
-                parts = []
-                if missing:
-                    parts.append(f"missing keys {missing}")
-                if unexpected:
-                    parts.append(f"unexpected keys {unexpected}")
-                raise KeyError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
-        new = {}
-        for name, shape in shapes.items():
-            if name not in state_dict:
-                continue
-            arr = state_dict[name]
-            try:
-                arr = _float_array(name, arr, self.dtype)
-            except TypeError as e:
-                raise TypeError(f"weight {name!r}: {e}") from None
-            if arr.shape != shape:
-                raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"weight {name!r} contains NaN or infinite values")
-            new[_TO_LAYER[name]] = arr
-        # (checked above: the layer's own checks pass; it keeps copies or adopts)
-        self._layer.load_state_dict(new, strict=False, _adopt=_adopt)
+        checked = _layers.checked_weights(type(self).__name__, shapes, state_dict, strict,
+                                          self.dtype)
+        # (checked: the layer's own checks pass; it keeps copies or adopts)
+        self._layer.load_state_dict({_TO_LAYER[n]: a for n, a in checked.items()},
+                                    strict=False, _adopt=_adopt)
+        return _layers.incompatible_keys(shapes, state_dict)
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:

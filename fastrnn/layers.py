@@ -586,6 +586,45 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list
 
 
+def incompatible_keys(shapes: Mapping, state_dict: Mapping) -> IncompatibleKeys:
+    return IncompatibleKeys(sorted(set(shapes) - set(state_dict)),
+                            sorted(str(k) for k in set(state_dict) - set(shapes)))
+
+
+def checked_weights(owner: str, shapes: Mapping[str, tuple], state_dict: Mapping[str, Any],
+                    strict: bool, dtype: np.dtype) -> dict:
+    """The arrays of ``state_dict`` named in ``shapes`` (name -> shape) as real floating
+    arrays of ``dtype`` (not copied where they are already), each checked: shape and
+    finite values; with ``strict`` no name missing or unexpected (a ``KeyError`` naming
+    them).  Raises before anything is kept (``owner``'s ``load_state_dict``)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to arrays, "
+                        f"got {type(state_dict).__name__}")
+    if strict:
+        missing, unexpected = incompatible_keys(shapes, state_dict)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"{owner}.load_state_dict: " + "; ".join(parts))
+    out = {}
+    for name, shape in shapes.items():
+        if name not in state_dict:
+            continue
+        try:
+            arr = _float_array(f"weight {name!r}", state_dict[name], dtype)
+        except TypeError as e:
+            raise TypeError(str(e)) from None
+        if arr.shape != shape:
+            raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"weight {name!r} contains NaN or infinite values")
+        out[name] = arr
+    return out
+
+
 class _Packing(list):
     """Kernel-ready weights per (layer, direction) (:meth:`RNNBase._pack`) and, in
     ``wide``, the batch-lane and route packings made from them on first use."""
@@ -899,33 +938,10 @@ class RNNBase:
         dtype and not kept yet (a file may name one tensor twice) is kept as it is, so
         a load's peak is the weights once).
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
         shapes = self._param_shapes()
-        if strict:
-            missing = sorted(set(shapes) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(shapes))
-            if missing or unexpected:
-                parts = []
-                if missing:
-                    parts.append(f"missing keys {missing}")
-                if unexpected:
-                    parts.append(f"unexpected keys {unexpected}")
-                raise KeyError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
         new = {}
-        for name, shape in shapes.items():
-            if name not in state_dict:
-                continue
-            arr = state_dict[name]
-            try:
-                arr = _float_array(f"weight {name!r}", arr, self.dtype)
-            except TypeError as e:
-                raise TypeError(str(e)) from None
-            if arr.shape != shape:
-                raise ValueError(f"weight {name!r}: expected shape {shape}, got {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"weight {name!r} contains NaN or infinite values")
+        for name, arr in checked_weights(type(self).__name__, shapes, state_dict, strict,
+                                         self.dtype).items():
             own = (_adopt is not None and id(arr) not in _adopt and arr.dtype == self.dtype
                    and arr.flags.c_contiguous and arr.flags.writeable and arr.flags.owndata)
             new[name] = arr if own else np.array(arr, dtype=self.dtype, order="C", copy=True)
@@ -933,8 +949,7 @@ class RNNBase:
                 _adopt.add(id(arr))
         self._params.update(new)
         self.mark_weights_changed()
-        return IncompatibleKeys(sorted(set(shapes) - set(state_dict)),
-                                sorted(set(state_dict) - set(shapes)))
+        return incompatible_keys(shapes, state_dict)
 
     def _pack(self) -> list:
         """Kernel-ready weights per (layer, direction): the weight matrices themselves

@@ -357,7 +357,7 @@ def test_import_does_not_need_torch():
 
 def test_from_torch_rejects_other_modules():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="torch.nn.RNN, LSTM or GRU"):
+    with pytest.raises(TypeError, match="torch.nn.RNN, LSTM, GRU or their cells"):
         fastrnn.from_torch(torch.nn.Linear(2, 3))
 
 
