@@ -2297,7 +2297,7 @@ cdef class StepPlan:
     """
     cdef fr_cell* cells
     cdef int L, H, K, I, G, U, cell, is_double
-    cdef int num_threads, flip
+    cdef int num_threads, flip, min_rows
     cdef object keep
     cdef const void** wxp
     cdef long long last_ns
@@ -2309,7 +2309,7 @@ cdef class StepPlan:
 
     def __init__(self, int cell, int input_size, int hidden_size, list layers, acts,
                  double clip, int use_peep, int input_forget, int reset_after, dtype,
-                 int num_threads, int proj_size=0):
+                 int num_threads, int proj_size=0, int min_rows=1):
         cdef Acts A
         cdef int l, U
         cdef float[::1] f1
@@ -2322,6 +2322,7 @@ cdef class StepPlan:
         self.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
         self.is_double = np.dtype(dtype) == np.float64
         self.num_threads = num_threads if num_threads > 0 else 1
+        self.min_rows = min_rows        # (fewer rows a step: one thread; layers._step_threads)
         U = fr_unit(8 if self.is_double else 4)
         self.U = U
         (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts
@@ -2414,6 +2415,8 @@ cdef class StepPlan:
         with nogil:
             # after a pause the team's worker is asleep: one thread (see _idle_single_ns)
             nt = self.num_threads
+            if B < self.min_rows:
+                nt = 1
             if (nt > 1 and B < fr_rowsplit_min and _idle_single_ns >= 0
                     and _monotonic_ns() - self.last_ns > _idle_single_ns):
                 nt = 1

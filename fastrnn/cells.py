@@ -33,19 +33,7 @@ _TO_LAYER = {k: k + "_l0" for k in _NAMES}
 
 
 # A step of B sequences runs through the layers' step entry (RNNBase._step_fast, what
-# Stream.step uses), which runs on one thread wherever the step's weights are small
-# (layers._step_threads: G*H*(I+H) < 2^17 multiply-adds), whatever B.  A step of at
-# least _LAYER_CALL_MACS multiply-adds (all B sequences; _LAYER_CALL_MACS_WIDE from
-# _LAYER_CALL_WIDE_H units on, which split better) that may use more threads runs as a
-# one-step layer call instead, whose plan splits it.  Measured (2 threads, AMD EPYC
-# Zen 4, busy machine; step entry / layer call, min of 400 calls): LSTMCell H=64 B=64 (2.1M)
-# 1.08, B=256 1.30; H=32 B=256 (2.1M) 1.02, B=128 (1.0M) 0.88; GRUCell H=64 B=64 1.10,
-# B=256 1.67; H=128 B=8 (0.8M) 1.18, B=64 1.69; RNNCell H=64 B=256 1.13; H=128 B=16
-# (0.5M) 1.07, B=64 1.24; H=192 B=8 (0.6M) 1.08, B=64 1.51; below these: 0.4-0.94
-# (LSTMCell H=64 B=16 (0.5M) 0.78, B=32 0.94: narrow layers split worse).
-_LAYER_CALL_MACS = 1 << 21
-_LAYER_CALL_MACS_WIDE = 1 << 19
-_LAYER_CALL_WIDE_H = 128
+# Stream.step uses), on several threads from layers._step_min_rows rows on.
 
 
 class RNNCellBase:
@@ -72,12 +60,6 @@ class RNNCellBase:
         dt = _as_dtype("float32" if dtype is None else dtype)
         self._layer = self._layer_cls(input_size, hidden_size, 1, bias=bias, dtype=dt,
                                       num_threads=num_threads, seed=seed, **(_layer_kw or {}))
-        # batches from this size on may run as a one-step layer call (_layer_call); never
-        # where the step entry splits the step's weights over the threads already
-        work = self._layer.gate_count * hidden_size * (input_size + hidden_size)
-        self._layer_call_b = (-(-(_LAYER_CALL_MACS if hidden_size < _LAYER_CALL_WIDE_H
-                                  else _LAYER_CALL_MACS_WIDE) // work)
-                              if _layers._step_threads(self._layer, 2) == 1 else 1 << 62)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -200,27 +182,6 @@ class RNNCellBase:
                              f"got {s.shape}")
         return np.array(s.reshape(B, H), dtype=dt, order="C", copy=True)
 
-    def _layer_call(self, x, h, c, num_threads) -> bool:
-        """A step of a large batch where the step entry would run on one thread (the
-        layers' rule ``_step_threads`` looks at the weights, not the batch) but the
-        call may use more: run it as a one-step layer call, whose plan splits the
-        batch's work over the threads; h and c (B, H) receive the new state.  False
-        (nothing done) where the step entry is the way."""
-        layer = self._layer
-        nt = num_threads if num_threads is not None else layer.num_threads
-        nt = _threads.get_num_threads() if nt is None else _threads._check_threads(nt)
-        if nt < 2 or _layers._step_threads(layer, nt) >= nt:
-            return False
-        if c is None:
-            _, hn = layer(x[None], h[None], num_threads=num_threads,
-                          return_sequences=False)
-        else:
-            _, (hn, cn) = layer(x[None], (h[None], c[None]), num_threads=num_threads,
-                                return_sequences=False)
-            c[...] = cn[0]
-        h[...] = hn[0]
-        return True
-
     def forward(self, input, hx=None, *, num_threads: int | None = None):
         """Same as calling the cell."""
         return self(input, hx, num_threads=num_threads)
@@ -265,8 +226,7 @@ class LSTMCell(RNNCellBase):
             else:
                 c = c.copy()
         # one step of the layer, the state updated in place (the views are (1, B, H))
-        if x.shape[0] < self._layer_call_b or not self._layer_call(x, h, c, num_threads):
-            layer._step_fast(x, h[None], c[None], num_threads)
+        layer._step_fast(x, h[None], c[None], num_threads)
         if unbatched:
             return h[0], c[0]
         return h, c
@@ -292,8 +252,7 @@ class _OneStateCell(RNNCellBase):
                 raise TypeError(f"{type(self).__name__}: hx must be one array h (B, H), "
                                 f"got a {type(hx).__name__} (only LSTMCell takes (h, c))")
             h = self._state("hx", hx, x.shape[0], unbatched)
-        if x.shape[0] < self._layer_call_b or not self._layer_call(x, h, None, num_threads):
-            layer._step_fast(x, h[None], None, num_threads)
+        layer._step_fast(x, h[None], None, num_threads)
         return h[0] if unbatched else h
 
 

@@ -228,12 +228,24 @@ def _kernels_module():
     return m if m is not None else _ext("_kernels")
 
 
-def _step_threads(layer, nt: int) -> int:
-    """Threads for one time step: a second thread pays only when the step's weights
-    are large (fork/join of a parallel region costs about a microsecond)."""
+_STEP_THREADS_MACS = 1 << 17
+
+
+def _step_min_rows(layer) -> int:
+    """Rows (batch size) from which a time step runs on several threads: its first
+    layer's multiply-adds at least 2^17 (fork/join of a parallel region costs about a
+    microsecond).  Streaming steps, 2 threads / 1 thread (Zen 4, ``StepPlan.step``): GRU
+    H=64 B=4 0.99, B=8 0.76, B=64 0.59; LSTM H=64 B=1 1.13, B=4 0.87, B=64 0.57; GRU H=128
+    B=1 0.76; LSTM H=256 B=1 0.59 (it looked at the weights alone, so a step of a small
+    layer ran on one thread at any batch: 1.7x slower at B=64)."""
     G, H = _GATES[layer._cell], layer.hidden_size
     work = G * H * (layer.input_size + H)
-    return nt if work >= (1 << 17) else 1
+    return -(-_STEP_THREADS_MACS // work)
+
+
+def _step_threads(layer, nt: int, B: int = 1) -> int:
+    """Threads for one time step of ``B`` rows (see _step_min_rows)."""
+    return nt if B >= _step_min_rows(layer) else 1
 
 
 def parse_activation(spec) -> tuple[str, float, float]:
@@ -1395,7 +1407,7 @@ class RNNBase:
         return _kernels.StepPlan(_CELL_CODE[self._cell], self.input_size, self.hidden_size,
                                  layers, acts, self.clip or 0.0, int(self.peepholes),
                                  int(self.input_forget), int(self.reset_after), self.dtype,
-                                 _step_threads(self, nt), self.proj_size)
+                                 nt, self.proj_size, _step_min_rows(self))
 
     def _fused_lstm_dir(self, packed, layer, d, inp, offsets, nsteps, lens, h_k, c_k, out,
                         last_only, nt, ridx):

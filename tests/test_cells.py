@@ -9,7 +9,6 @@ import pytest
 
 import fastrnn
 import fastrnn.io as fio
-from fastrnn import cells as fcells
 from fastrnn.cells import GRUCell, LSTMCell, RNNCell, cell_from_config, from_torch_cell
 from fastrnn.io import LoadError
 from fastrnn.io.statedict import find_rnn_cells
@@ -119,41 +118,29 @@ def test_trajectory_matches_torch(kind, I, H, B, dtype):
         assert err <= TOL[dtype] * (10 if kind == "rnn_relu" else 1), (t, err)
 
 
-@pytest.mark.parametrize("kind,H,B", [("gru", 128, 8), ("rnn_tanh", 128, 32),
+@pytest.mark.parametrize("kind,H,B", [("gru", 64, 8), ("rnn_tanh", 128, 32),
                                       ("lstm", 64, 64)])
-def test_large_batch_layer_call_matches_torch_and_step_entry(kind, H, B, monkeypatch):
-    """Batches past _layer_call_b on several threads run as a one-step layer call; the
-    results are torch's and the step entry's."""
+def test_large_batch_steps_use_the_threads(kind, H, B):
+    """A step of a small layer runs on several threads from layers._step_min_rows rows
+    on (it ran on one thread at any batch: 1.7x slower at B=64), one below; the results
+    are torch's and the one-thread step's."""
+    from fastrnn import layers as flayers
     m = _torch_cell(kind, H, H, True, np.float32, seed=5)
     cell = from_torch_cell(m, num_threads=2)
-    assert B >= cell._layer_call_b
-    taken = []
-    real = fcells.RNNCellBase._layer_call
-
-    def spy(self, *a):
-        taken.append(real(self, *a))
-        return taken[-1]
-
-    monkeypatch.setattr(fcells.RNNCellBase, "_layer_call", spy)
+    rows = flayers._step_min_rows(cell._layer)
+    assert 1 < rows <= B
     rng = np.random.default_rng(5)
     xs = rng.standard_normal((5, B, H)).astype(np.float32)
-    st_t = st_f = None
+    st_t = st_f = st_1 = None
     for x in xs:
         st_t = _torch_step(m, x, st_t)
         st_f = cell(x, st_f)
+        assert cell._layer.__dict__["_step_plans"][1][2].last_threads == 2
         assert _err(st_t, st_f) <= 1e-5
-    assert taken == [True] * 5
-    # the step entry: the same state (one thread: no layer call)
-    taken.clear()
-    st_1 = None
-    for x in xs:
         st_1 = cell(x, st_1, num_threads=1)
-    assert taken == [False] * 5
     assert _err(st_f, st_1) <= 1e-5
-    # below the size: the step entry (no question asked)
-    taken.clear()
-    cell(xs[0][: cell._layer_call_b - 1])
-    assert taken == []
+    cell(xs[0][: rows - 1])
+    assert cell._layer.__dict__["_step_plans"][1][2].last_threads == 1
 
 
 def test_zero_batch():
