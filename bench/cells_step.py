@@ -45,11 +45,30 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="fastrnn only (torch's threads spin after each of its calls and "
+                         "slow a two-thread step that follows)")
     a = ap.parse_args(argv)
+
+    import fastrnn
+    if a.no_torch:
+        cls = {"lstm": fastrnn.LSTMCell, "gru": fastrnn.GRUCell, "rnn": fastrnn.RNNCell}[a.cell]
+        fastrnn.set_num_threads(a.threads)
+        cell = cls(a.input, a.hidden, dtype=a.dtype, seed=0)
+        x = np.random.default_rng(0).standard_normal((a.batch, a.input)).astype(a.dtype)
+        st = {"f": cell(x)}
+
+        def f_only():
+            st["f"] = cell(x, st["f"])
+
+        stream = fastrnn.Stream(cell.layer, batch_size=a.batch)
+        res = _times({"fastrnn." + cls.__name__: f_only,
+                      "fastrnn.Stream.step": lambda: stream.step(x)}, a.calls)
+        _report(cell, a, res)
+        return 0
 
     import torch
 
-    import fastrnn
     from fastrnn.cells import from_torch_cell
 
     torch.set_num_threads(a.threads)
@@ -76,11 +95,15 @@ def main(argv=None):
         res = _times({"fastrnn." + type(cell).__name__: f_cell,
                       f"torch.nn.{tcls.__name__}": t_cell,
                       "fastrnn.Stream.step": lambda: stream.step(x)}, a.calls)
+    _report(cell, a, res)
+    return 0
+
+
+def _report(cell, a, res):
     print(f"{type(cell).__name__}({a.input}, {a.hidden}) B={a.batch} {a.dtype}, "
           f"{a.threads} threads, {a.calls} calls (us per call)")
     for name, (mn, med) in res.items():
         print(f"  {name:<24} min {mn:8.2f}   median {med:8.2f}")
-    return 0
 
 
 if __name__ == "__main__":
