@@ -361,6 +361,18 @@ def _set_bwd_rowsplit(int n):
     return old
 
 
+cdef double _pipe_share = -1.0
+
+
+def _set_pipe_share(double share):
+    """Tests / A-B runs: the share of the pipelined backward's chunks thread 0 computes
+    after its time loop (negative: the rule, by multiply-adds).  Returns the previous."""
+    global _pipe_share
+    old = _pipe_share
+    _pipe_share = share
+    return old
+
+
 def _set_fwd_rowsplit(int n):
     """Tests / A-B runs: the LSTM training forward splits by batch rows (each thread its
     own rows of every step) from n sequences on with 2+ threads, below that by units;
@@ -1233,8 +1245,8 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                              floating* tmp) noexcept nogil:
     """Thread 0 runs the time loop alone (no barrier per step); as each chunk of steps is
     done, the other threads compute that chunk's dX rows and weight-gradient GEMMs into
-    per-thread accumulators.  When the loop ends, thread 0 takes the remaining chunks from
-    the other end.  The accumulators are summed at the end."""
+    per-thread accumulators (each unit of work on a fixed thread).  When the loop ends,
+    thread 0 computes the last chunks'.  The accumulators are summed at the end."""
     cdef int S = d.S, N = d.N, I = d.I, H = d.H, P = d.P, GH = d.G * d.H
     cdef bint gru_ra = d.cell == 2 and d.reset_after
     cdef bint gru_nra = d.cell == 2 and not d.reset_after
@@ -1260,7 +1272,8 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     cdef bint units = d.cell != 2
     cdef int NU = 3 if units else 1
     cdef int progress = 0, failed = 0
-    cdef int C, cs_steps, c, s, s_hi, s_lo, b, t, tid, j, r
+    cdef int C, cs_steps, c, s, s_hi, s_lo, b, t, tid, j, r, mlast
+    cdef double wl, ww
     cdef Py_ssize_t k, R0, R1r, target
     cdef bint ok
     # chunks of steps, processed from the last step backwards
@@ -1282,8 +1295,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
         memset(acc, 0, sizeof(floating) * (per * nt + 1))
     xrows = <const floating**>malloc(sizeof(floating*) * N + 1)
     hrows = <const floating**>malloc(sizeof(floating*) * N + 1)
-    claimed = <int*>calloc(C * NU + 1, sizeof(int))
-    ok = acc != NULL and xrows != NULL and hrows != NULL and claimed != NULL
+    ok = acc != NULL and xrows != NULL and hrows != NULL
     if ok and units:
         # per thread: packed rows (up to max(I, Hout, H) columns) and the packed dG block
         kmax = <Py_ssize_t>cs_steps * nsteps[0]
@@ -1316,10 +1328,30 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
             else:
                 hrows[offsets[s] + b] = y + (offsets[s - 1] + b) * d.ldy
 
+    # Which thread computes a unit is fixed, never claimed on the fly: each accumulator
+    # then sums the same units in the same order on every run, so the gradients are the
+    # same bits run to run (claiming made them differ in the last digits, by timing).
+    # Thread 0 takes the last ``mlast`` chunks after its loop, the others the rest round
+    # robin; ``mlast`` (rounded down) balances the two by multiply-adds a row: the loop's
+    # products (GH x P, and P x H for LSTM's projection) against a chunk's GEMMs (dW_ih,
+    # dW_hh, dX, dW_hr).  Training steps B=64 T=50-100 H=128-256, 2 threads, Zen 4
+    # (_set_pipe_share to try others): the best of the shares tried for SimpleRNN, GRU
+    # reset_after=False and LSTM proj_size.
+    wl = <double>GH * P + (<double>P * H if d.cell == 1 and d.proj else 0.0)
+    ww = <double>GH * I + <double>GH * P + (<double>GH * I if d.want_dx else 0.0) + \
+        (<double>P * H if d.cell == 1 and d.proj else 0.0)
+    mlast = <int>(C * (ww - (nt - 1) * wl) / (ww * nt))
+    if _pipe_share >= 0:
+        mlast = <int>(C * _pipe_share + 0.5)
+    if mlast < 1:
+        mlast = 1
+    if mlast > C:
+        mlast = C
     tid = c = s = s_hi = s_lo = 0
     R0 = R1r = 0
     with parallel(num_threads=nt):
         tid = threadid()
+        nth = frbg_team_size()
         if tid == 0:
             for c in range(C):
                 s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
@@ -1330,52 +1362,36 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
                     _bwd_step(d, s, 1, R1, R2, offsets, nsteps, h0, c0, y, gates, cs, dy, dh,
                               dc, dg, dnx, dhr, aux, tmp)
                 fr_store(&progress, c + 1)
-            for u in range(C * NU - 1, -1, -1):
-                if fr_claim(&claimed[u]):
-                    c = u // NU
-                    kind = u - c * NU
-                    s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
-                    s_lo = s_hi - (first if c == 0 else cs_steps)
-                    if s_lo < 0:
-                        s_lo = 0
-                    R0 = offsets[s_lo]
-                    R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
-                    if units:
-                        _chunk_unit(d, level, kind, R0, R1r, xrows, hrows,
-                                    <const floating*>wihp, dg, aux, dy, dx, acc, scratch,
-                                    scratch + sz_bp)
-                    elif not _chunk_grads(d, level, R0, R1r, xrows, hrows,
-                                          <const floating*>wihp, <const floating*>wihp_n, dg,
-                                          dnx, aux, dy, dx, acc, acc + sz_ih,
-                                          acc + sz_ih + sz_hh):
-                        fr_store(&failed, 1)
-        else:
-            for u in range(C * NU):
-                c = u // NU
-                kind = u - c * NU
-                fr_wait_gt(&progress, c)
-                if fr_claim(&claimed[u]):
-                    s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
-                    s_lo = s_hi - (first if c == 0 else cs_steps)
-                    if s_lo < 0:
-                        s_lo = 0
-                    R0 = offsets[s_lo]
-                    R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
-                    if units:
-                        _chunk_unit(d, level, kind, R0, R1r, xrows, hrows,
-                                    <const floating*>wihp, dg, aux, dy, dx, acc + per * tid,
-                                    scratch + (sz_bp + sz_w) * tid,
-                                    scratch + (sz_bp + sz_w) * tid + sz_bp)
-                    elif not _chunk_grads(d, level, R0, R1r, xrows, hrows,
-                                          <const floating*>wihp, <const floating*>wihp_n, dg,
-                                          dnx, aux, dy, dx, acc + per * tid,
-                                          acc + per * tid + sz_ih,
-                                          acc + per * tid + sz_ih + sz_hh):
-                        fr_store(&failed, 1)
+        for u in range(C * NU):
+            c = u // NU
+            kind = u - c * NU
+            if c >= C - mlast or nth == 1:
+                j = 0
+            else:
+                j = 1 + u % (nth - 1)
+            if j != tid:
+                continue
+            fr_wait_gt(&progress, c)
+            s_hi = S if c == 0 else S - first - (c - 1) * cs_steps
+            s_lo = s_hi - (first if c == 0 else cs_steps)
+            if s_lo < 0:
+                s_lo = 0
+            R0 = offsets[s_lo]
+            R1r = offsets[s_hi - 1] + nsteps[s_hi - 1]
+            if units:
+                _chunk_unit(d, level, kind, R0, R1r, xrows, hrows,
+                            <const floating*>wihp, dg, aux, dy, dx, acc + per * tid,
+                            scratch + (sz_bp + sz_w) * tid,
+                            scratch + (sz_bp + sz_w) * tid + sz_bp)
+            elif not _chunk_grads(d, level, R0, R1r, xrows, hrows,
+                                  <const floating*>wihp, <const floating*>wihp_n, dg,
+                                  dnx, aux, dy, dx, acc + per * tid,
+                                  acc + per * tid + sz_ih,
+                                  acc + per * tid + sz_ih + sz_hh):
+                fr_store(&failed, 1)
         if units:
             # when every thread is done, each sums its slice of the accumulators into
             # the outputs: acc = dW_ih (GH, I), dW_hh (GH, P), db (GH), dW_hr (P, H)
-            nth = frbg_team_size()
             fr_add(&ndone, 1)
             fr_wait_gt(&ndone, nth - 1)
             k0 = tid * tot // nth

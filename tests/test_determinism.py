@@ -43,3 +43,22 @@ def test_float64_threads():
     x = np.random.default_rng(2).standard_normal((25, 3, 16))
     np.testing.assert_allclose(layer(x, num_threads=2)[0], layer(x, num_threads=1)[0],
                                rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell,kw", [("SimpleRNN", {}), ("GRU", dict(reset_after=False)),
+                                     ("LSTM", dict(proj_size=24))])
+def test_training_gradients_repeatable_bitwise(cell, kw):
+    """The pipelined backward (thread 0 runs the time loop, the others the weight
+    gradients of finished chunks) gives the same bits every run: which thread sums which
+    chunk is fixed (claimed on the fly, SimpleRNN gradients differed run to run in the
+    last digits, up to 7e-7 relative at T=50 B=16 H=64)."""
+    layer = getattr(fastrnn, cell)(32, 64, seed=0, **kw)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 16, 32)).astype(np.float32)
+    out, _, cache = layer.forward_train(x, num_threads=2)
+    gy = rng.standard_normal(out.shape).astype(np.float32)
+    ref = layer.backward(cache, gy, num_threads=2)
+    for _ in range(40):
+        got = layer.backward(cache, gy, num_threads=2)
+        for k in ref:
+            assert np.array_equal(got[k], ref[k]), k
