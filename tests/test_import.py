@@ -210,3 +210,17 @@ def test_onnx_model_loads_and_runs_without_importing_onnx():
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('onnx', 'google', "
             "'onnxruntime', 'ml_dtypes')))")
     assert _run(code).strip() == "[]"
+
+
+def test_unbuilt_source_tree_says_so(tmp_path):
+    """Python started in a checkout whose extensions are not built imports that tree's
+    fastrnn: a clear ImportError at import (it was "cannot import name '_kernels'" at
+    the first call)."""
+    import shutil
+    src = os.path.dirname(fastrnn.__file__)
+    shutil.copytree(src, tmp_path / "fastrnn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    res = subprocess.run([sys.executable, "-c", "import fastrnn"], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "source tree whose compiled kernels are not built" in res.stderr, res.stderr
