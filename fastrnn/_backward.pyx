@@ -368,6 +368,7 @@ def _set_pipe_share(double share):
     """Tests / A-B runs: the share of the pipelined backward's chunks thread 0 computes
     after its time loop (negative: the rule, by multiply-adds).  Returns the previous."""
     global _pipe_share
+    _hooks_changed()
     old = _pipe_share
     _pipe_share = share
     return old

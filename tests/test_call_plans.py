@@ -18,6 +18,7 @@ NOT_PLAN_KNOBS = {
     "_FUSED_LSTM_CHUNK_BYTES",    # read by the LSTM route's run, not its choice
     "_PACKED", "_PAIR", "_ROUTED", "_PLANS_KEPT",    # the plans' own constants
     "_DENSE_RUN",                 # read by the lean call, beside its plan
+    "_STEP_THREADS_MACS",         # streaming steps' plans (made per packing and threads)
 }
 
 

@@ -190,7 +190,7 @@ def test_lengths_validation():
         layer(x, lengths=[1, -1, 2])                   # negative
     with pytest.raises(ValueError, match=r"\[0, 5\]"):
         layer(x, lengths=[1, 6, 2])                    # longer than T
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match=r"whole numbers, got \[1.5\]"):
         layer(x, lengths=[1.5, 2.0, 3.0])              # fractional floats
     with pytest.raises(TypeError, match="integers"):
         layer(x, lengths=np.array([True, False, True]))
