@@ -614,7 +614,10 @@ class _Optimizer:
             # (a layer's own parameters() dict: its layer, re-packed after each step)
             owner = getattr(params, "owner", None)
             self._layer = owner() if callable(owner) else None
-            self._dict = None if self._layer is not None else params
+            # (the layer's own dict: read from the layer at each step; another dict of
+            # its arrays, such as a cell's under torch's cell names, is kept as given)
+            self._dict = (None if self._layer is not None and self._layer.parameters() is params
+                          else params)
         else:
             raise TypeError("optimizer needs a layer or a dict of name -> array")
         lr = float(lr)
@@ -627,7 +630,7 @@ class _Optimizer:
     def params(self) -> Mapping[str, np.ndarray]:
         """The parameters updated: the layer's own dict, read at each step (a restored
         pickle's or a reloaded layer's current arrays), or the dict given."""
-        return self._layer.parameters() if self._layer is not None else self._dict
+        return self._dict if self._dict is not None else self._layer.parameters()
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         """Update the parameters in place from ``grads`` (names as the parameters;

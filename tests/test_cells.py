@@ -646,3 +646,22 @@ def test_from_torch_takes_cells_and_their_effective_weights():
             got, ref = got[0], ref[0]
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-6)
     assert fastrnn.RNN is fastrnn.SimpleRNN
+
+
+@pytest.mark.parametrize("given", ["cell", "params"])
+def test_optimizer_updates_a_cell(given):
+    """fastrnn.train's optimizers take a cell or its parameters() (torch's cell names);
+    a step changes the weights the next call uses."""
+    from fastrnn import train
+    cell = GRUCell(3, 4, seed=0)
+    x = np.ones((2, 3), np.float32)
+    before = cell(x)
+    opt = train.SGD(cell if given == "cell" else cell.parameters(), lr=0.1)
+    opt.step({"weight_ih": np.ones((12, 3), np.float32)})
+    after = cell(x)
+    ref = GRUCell(3, 4, seed=0)
+    sd = ref.state_dict()
+    sd["weight_ih"] = sd["weight_ih"] - np.float32(0.1)
+    ref.load_state_dict(sd)
+    np.testing.assert_allclose(after, ref(x), rtol=1e-6, atol=1e-7)
+    assert np.abs(after - before).max() > 1e-4
