@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _threads
 from . import layers as _layers
-from .layers import _as_dtype, _flag, _float_array, _Params, _positive_int, _torch_numpy
+from .layers import _as_dtype, _flag, _float_array, _Params, _positive_int
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell", "RNNCellBase", "from_torch_cell",
            "cell_from_config"]
@@ -109,7 +109,9 @@ class RNNCellBase:
         :meth:`mark_weights_changed` after changing them in place (an optimizer of
         :mod:`fastrnn.train` given this dict or the cell does)."""
         p = self._layer.parameters()
-        return _Params(self._layer, ((k, p[_TO_LAYER[k]]) for k in self._shapes()))
+        # (owned by the cell: an optimizer given this dict reads the cell's arrays at
+        # each step, under these names, and re-packs the cell)
+        return _Params(self, ((k, p[_TO_LAYER[k]]) for k in self._shapes()))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of the weights: ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``
@@ -337,12 +339,10 @@ def from_torch_cell(module, *, dtype=None, num_threads: int | None = None):
     if kind is None:
         raise TypeError("from_torch_cell expects torch.nn.LSTMCell, GRUCell or RNNCell, "
                         f"got {type(module).__name__}")
-    # (read as attributes: a parametrized, weight-normed or pruned cell's effective ones)
+    # (a parametrized, weight-normed or pruned cell's effective weights)
+    from .convert import torch_weights
     names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if module.bias else [])
-    try:
-        sd = {n: _torch_numpy(getattr(module, n), n) for n in names}
-    except AttributeError:
-        sd = {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
+    sd = torch_weights(module, names)
     if dtype is None:
         w = sd.get("weight_ih")
         dtype = np.float64 if w is not None and w.dtype == np.float64 else np.float32

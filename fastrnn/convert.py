@@ -41,14 +41,34 @@ def _behaviour_beyond_weights(module) -> list:
     return found
 
 
-def _weights(module) -> dict:
+def _hooked_weights(module) -> dict:
+    """The weights that old-style ``weight_norm`` and ``torch.nn.utils.prune`` compute in
+    their forward pre-hooks, from the module's current factors: the attribute is only
+    refreshed by the next forward, so after an optimizer step it still holds the
+    previous weights (torch's own ``compute_weight`` / ``apply_mask``, not called on
+    anything read from a file)."""
+    out = {}
+    for hook in dict(getattr(module, "_forward_pre_hooks", None) or {}).values():
+        kind = type(hook)
+        if kind.__name__ == "WeightNorm" and hasattr(hook, "compute_weight"):
+            out[hook.name] = hook.compute_weight(module)
+        elif kind.__module__.startswith("torch.nn.utils.prune"):
+            for h in getattr(hook, "_pruning_methods", None) or [hook]:
+                name = getattr(h, "_tensor_name", None)
+                if isinstance(name, str) and hasattr(hook, "apply_mask"):
+                    out[name] = hook.apply_mask(module)
+    return out
+
+
+def torch_weights(module, names) -> dict:
     """The weights torch's forward uses, by name: read as attributes (so parametrized,
     weight-normed and pruned modules give their effective weights, not the stored
-    factors), else from the state dict."""
-    names = getattr(module, "_flat_weights_names", None)
+    factors; the latter two computed as their hooks would), else from the state dict."""
     if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
         try:
-            return {n: _torch_numpy(getattr(module, n), n) for n in names}
+            hooked = _hooked_weights(module)
+            return {n: _torch_numpy(hooked[n] if n in hooked else getattr(module, n), n)
+                    for n in names}
         except AttributeError:
             pass
     return {k: _torch_numpy(v, k) for k, v in module.state_dict().items()}
@@ -90,7 +110,7 @@ def from_torch(module, *, dtype=None, num_threads=None):
         warnings.warn(f"from_torch: {kind} is in training mode with dropout={drop:g}; "
                       "fastrnn computes what the module does in eval() (no dropout)",
                       stacklevel=2)
-    sd = _weights(module)
+    sd = torch_weights(module, getattr(module, "_flat_weights_names", None))
     if dtype is None:
         first = next(iter(sd.values()))
         dtype = np.float64 if first.dtype == np.float64 else np.float32

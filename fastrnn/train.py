@@ -612,12 +612,11 @@ class _Optimizer:
             self._dict = None
         elif isinstance(params, Mapping):
             # (a layer's own parameters() dict: its layer, re-packed after each step)
+            # (a layer's or a cell's own parameters(): read from its owner at each step,
+            # so arrays a later load_state_dict puts in are the ones updated)
             owner = getattr(params, "owner", None)
             self._layer = owner() if callable(owner) else None
-            # (the layer's own dict: read from the layer at each step; another dict of
-            # its arrays, such as a cell's under torch's cell names, is kept as given)
-            self._dict = (None if self._layer is not None and self._layer.parameters() is params
-                          else params)
+            self._dict = None if self._layer is not None else params
         else:
             raise TypeError("optimizer needs a layer or a dict of name -> array")
         lr = float(lr)

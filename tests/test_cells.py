@@ -651,12 +651,14 @@ def test_from_torch_takes_cells_and_their_effective_weights():
 @pytest.mark.parametrize("given", ["cell", "params"])
 def test_optimizer_updates_a_cell(given):
     """fastrnn.train's optimizers take a cell or its parameters() (torch's cell names);
-    a step changes the weights the next call uses."""
+    a step changes the weights the next call uses, also after a load_state_dict (the
+    optimizer on parameters() updated the arrays it replaced)."""
     from fastrnn import train
     cell = GRUCell(3, 4, seed=0)
     x = np.ones((2, 3), np.float32)
     before = cell(x)
     opt = train.SGD(cell if given == "cell" else cell.parameters(), lr=0.1)
+    cell.load_state_dict(cell.state_dict())     # (new arrays: the optimizer must see them)
     opt.step({"weight_ih": np.ones((12, 3), np.float32)})
     after = cell(x)
     ref = GRUCell(3, 4, seed=0)

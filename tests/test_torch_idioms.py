@@ -187,3 +187,30 @@ def test_repr_in_torch_order():
               bias=False)
     assert repr(fastrnn.LSTM(10, 20, **kw)) == repr(torch.nn.LSTM(10, 20, **kw))
     assert repr(fastrnn.GRU(3, 4, 2, False, True)) == repr(torch.nn.GRU(3, 4, 2, False, True))
+
+
+@pytest.mark.parametrize("kind", ["prune", "weight_norm"])
+@pytest.mark.parametrize("module", ["LSTM", "LSTMCell"])
+def test_from_torch_after_an_optimizer_step(kind, module):
+    """Pruned and old-style weight-normed modules refresh their weight attribute only in
+    the next forward's pre-hook: after `loss.backward(); opt.step()` it held the previous
+    step's weights, and from_torch copied those (0.07-0.16 off torch's next forward)."""
+    torch.manual_seed(0)
+    m = getattr(torch.nn, module)(4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if kind == "prune":
+            torch.nn.utils.prune.l1_unstructured(m, "weight_hh" + ("_l0" if module == "LSTM"
+                                                                   else ""), amount=0.5)
+        else:
+            torch.nn.utils.weight_norm(m, "weight_ih" + ("_l0" if module == "LSTM" else ""))
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    x = torch.randn(5, 3, 4) if module == "LSTM" else torch.randn(3, 4)
+    out = m(x)[0]
+    out.sum().backward()
+    opt.step()                              # (no forward after it)
+    layer = fastrnn.from_torch(m)
+    with torch.no_grad():
+        ref = m(x)[0].numpy()
+    got = layer(x.numpy())[0]
+    _close(got, ref)
