@@ -671,6 +671,13 @@ def _chain_states(chain, calls, by_name, index):
         refs = []
         for src, node, t in call.states:
             j = index.get(src)
+            if j is None and src in by_name:
+                raise LoadError(
+                    f"layer {n!r} ({cls}) is called with initial_state=<output {t} of "
+                    f"{src!r}>, but {src!r} is off the model's chain of layers (the "
+                    f"graph branches: {n!r} does not read {src!r}'s output, e.g. a decoder "
+                    "reading the model's input); fastrnn runs models whose layers form one "
+                    "chain, with initial states returned by an earlier layer of it"[:500])
             if j is None or j >= i or node != 0 or \
                     by_name[src]["class_name"] not in _RNN_LIKE:
                 raise LoadError(
@@ -946,8 +953,9 @@ class _DictStore:
         pass
 
     def get(self, desc):
+        # (copies: the model never shares memory with the caller's arrays)
         w = self.w.get(desc.name)
-        return None if w is None else [np.asarray(a) for a in w]
+        return None if w is None else [np.array(a, copy=True) for a in w]
 
 
 def _has_weights(d):
@@ -1251,11 +1259,10 @@ class _Builder:
         sd = {"weight_ih_l0": Wih, "weight_hh_l0": Whh}
         if use_bias:
             sd.update(bias_ih_l0=bih, bias_hh_l0=bhh)
-        # (a file's arrays are this load's alone: the layer keeps them, transposed or
-        # not, instead of copying; a caller's dict of arrays is copied)
-        adopt = None if isinstance(self.store, _DictStore) else set()
+        # (the store's arrays are this load's alone, a file's or copies of a caller's:
+        # the layer keeps them, transposed or not, instead of copying them again)
         layer.load_state_dict({n: np.ascontiguousarray(v) for n, v in sd.items()},
-                              _adopt=adopt)
+                              _adopt=set())
         zo = (_cbool(c, "zero_output_for_mask", False, fwhere) if zero_output is None
               else zero_output)
         return KerasRNN(layer, return_sequences=_cbool(c, "return_sequences", False, fwhere),
@@ -1310,6 +1317,10 @@ class _Builder:
     def bidirectional(self, d, in_dim):
         from ..model import Bidirectional
         c = d.config
+        for key in ("layer", "backward_layer"):       # (a spec's (class_name, config) pair)
+            v = c.get(key)
+            if isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str):
+                c = {**c, key: {"class_name": v[0], "config": v[1]}}
         inner = c.get("layer")
         if isinstance(inner, dict) and inner.get("class_name") == "RNN":
             inner = self._plain(d, inner, "layer")
