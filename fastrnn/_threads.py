@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import operator
 import os
 import sys
 import threading
@@ -186,9 +187,12 @@ _MAX_THREADS = 1 << 16      # (the kernels take a C int; OpenMP teams are far sm
 
 
 def _check_threads(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+    if isinstance(n, bool):
         raise TypeError(f"num_threads must be a positive int, got {n!r}")
-    n = int(n)
+    try:
+        n = operator.index(n)           # (an int, NumPy's integers; not 2.7 or "2")
+    except TypeError:
+        raise TypeError(f"num_threads must be a positive int, got {n!r}") from None
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
     if n > _MAX_THREADS:

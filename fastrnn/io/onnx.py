@@ -1292,7 +1292,10 @@ class OnnxModel:
         layers were made at load: those layers hold them, converted, so the ONNX arrays
         are not kept (they doubled a model's memory: a PyTorch export of a 2-layer
         bidirectional LSTM(512), 42 MB, held 84 MB after loading).  Each is replaced by a
-        placeholder, the object its node's layer is keyed by (rekeyed by the caller)."""
+        placeholder, the object its node's layer is keyed by (rekeyed by the caller).
+        So are the constants no step reads and no output names: what constant folding at
+        load read or made on the way (torch's dynamo export slices and concatenates its
+        weights into W / R / B: a model held 4x its weights)."""
         keep = set(self.output_names) | set(self._overridable)
         weights = set()
         for kind, obj, ins, outs, _ in steps:
@@ -1302,7 +1305,7 @@ class OnnxModel:
                         (weights if k in (1, 2, 3, 7) else keep).add(n)
             else:
                 keep.update(n for n in ins if n)
-        drop = frozenset(n for n in weights - keep if n in consts)
+        drop = frozenset(n for n in consts if n not in keep)
         for n in drop:
             consts[n] = _Converted(n)
         return drop
@@ -1440,7 +1443,8 @@ class OnnxModel:
         ``InferenceSession.run`` does.  ``num_threads=n`` (unless the graph has an input
         of that name): the recurrent nodes' thread count for this call, where
         ``load_onnx(num_threads=)`` set none (as a Keras-style model's call)."""
-        if "num_threads" in kwargs and "num_threads" not in self._input_info:
+        if "num_threads" in kwargs and "num_threads" not in self._input_info \
+                and "num_threads" not in self._overridable:
             with threads_for_calls(kwargs.pop("num_threads")):
                 return self.run(inputs, outputs, **kwargs)
         if outputs is not None and isinstance(outputs, Mapping) and (
@@ -1480,8 +1484,9 @@ class OnnxModel:
                 raise ValueError(f"{seq} are sequences; fastrnn returns arrays only")
             gone = [w for w in want if w in self._dropped]
             if gone:
-                raise ValueError(f"initializer(s) {gone} became recurrent layers' weights at "
-                                 "load and are not kept (see recurrent_layers)")
+                raise ValueError(f"constant(s) {gone} became recurrent layers' weights at "
+                                 "load (see recurrent_layers), or no node reads them: not "
+                                 "kept")
         key = tuple(want)
         sig = self._sig(key, feeds)
         prog = self._progs.get(sig)
@@ -1528,13 +1533,21 @@ class OnnxModel:
         """The wanted values; those of them (of ``check``, default all) that are
         read-only (a constant, a kept value, or a view of one) or may share memory with
         one of ``feeds`` (an Identity / Reshape of an input) as copies: as ONNX
-        Runtime's, a result is the caller's own."""
+        Runtime's, a result is the caller's own; and no two results share memory (a
+        graph returning ``y`` and ``Squeeze(y)``: the second is a copy)."""
         res = {w: env[w] for w in want}
         for w in want if check is None else check:
             v = res[w]
             if isinstance(v, np.ndarray) and (not v.flags.writeable or any(
                     np.may_share_memory(v, f) for f in feeds)):
                 res[w] = v.copy()
+        if len(res) > 1:
+            seen = []
+            for w, v in res.items():
+                if isinstance(v, np.ndarray):
+                    if any(np.may_share_memory(v, u) for u in seen):
+                        v = res[w] = v.copy()
+                    seen.append(v)
         return res
 
     def _exec(self, prog, feeds, want) -> dict:
@@ -1562,7 +1575,15 @@ class OnnxModel:
         do not pickle, and copying one crashed the process)."""
         state = self.__dict__.copy()
         state.update(_progs={}, _stacks={}, _live={})
+        # (an op step's function by its op type: many are closures, which do not pickle)
+        state["_steps"] = [(kind, (None,) + obj[1:] if kind == "op" else obj) + tuple(rest)
+                           for kind, obj, *rest in self._steps]
         return state
+
+    def __setstate__(self, state):
+        state["_steps"] = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:] if kind == "op" else obj)
+                           + tuple(rest) for kind, obj, *rest in state["_steps"]]
+        self.__dict__.update(state)
 
     def predict(self, inputs=None, **kwargs) -> np.ndarray:
         """The first graph output for ``inputs``."""
