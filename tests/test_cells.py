@@ -525,10 +525,16 @@ def test_layers_and_cells_in_one_file(tmp_path):
     model = _Seq2Seq(torch.nn.LSTM(5, 7), torch.nn.LSTMCell(5, 7))
     p = tmp_path / "s2s.pt"
     torch.save(model.state_dict(), p)
-    # the layer module answers without a prefix, as before cells were read
-    layer = fio.load_state_dict(p)
-    assert isinstance(layer, fastrnn.LSTM)
-    assert [s.prefix for s in fio.list_modules(p)] == ["encoder"]
+    # an encoder layer and a decoder cell are two modules: without a prefix, an error
+    # listing both (the layer was loaded silently), and list_modules shows both
+    with pytest.raises(LoadError, match=r"holds 2 recurrent modules, pass prefix= one of: "
+                                        r"'encoder' \(LSTM 5->7, 1 layer\(s\)\); "
+                                        r"'decoder.cell' \(LSTMCell 5->7\)"):
+        fio.load_state_dict(p)
+    assert isinstance(fio.load_state_dict(p, prefix="encoder"), fastrnn.LSTM)
+    specs = fio.list_modules(p)
+    assert [(s.prefix, s.cell, s.is_cell) for s in specs] == [
+        ("encoder", "LSTM", False), ("decoder.cell", "LSTMCell", True)]
     cell = fio.load_state_dict(p, prefix="decoder.cell")
     assert isinstance(cell, LSTMCell)
     _check_against(model.decoder.cell, cell)
@@ -540,7 +546,7 @@ def test_layers_and_cells_in_one_file(tmp_path):
 def test_cell_loading_errors(tmp_path):
     two = {**{"a." + k: v for k, v in torch.nn.GRUCell(3, 4).state_dict().items()},
            **{"b." + k: v for k, v in torch.nn.RNNCell(3, 4).state_dict().items()}}
-    with pytest.raises(LoadError, match=r"holds 2 recurrent cells, pass prefix= one of: "
+    with pytest.raises(LoadError, match=r"holds 2 recurrent modules, pass prefix= one of: "
                                         r"'a' \(GRUCell 3->4\); 'b' \(RNNCell 3->4\)"):
         fio.load_state_dict(two)
     assert isinstance(fio.load_state_dict(two, prefix="b"), RNNCell)

@@ -368,10 +368,25 @@ def _display(p):
     return os.fspath(p) if isinstance(p, (str, os.PathLike)) else "<file>"
 
 
+def _cells_beside(tensors, hints, strict: bool) -> list[RNNSpec]:
+    """The torch.nn cells of ``tensors`` (hints applied); where not ``strict`` (layers
+    were found), parameters that look like a cell's but do not make one are skipped."""
+    out = []
+    for p, d in _group_cells(tensors).items():
+        try:
+            out.append(_apply_hints(_infer_cell(p, d), hints))
+        except LoadError:
+            if strict:
+                raise
+    return out
+
+
 def list_modules(path_or_mapping, **kw) -> list[RNNSpec]:
-    """The recurrent modules in a torch/safetensors file (or a mapping)."""
+    """The recurrent modules in a torch/safetensors file (or a mapping): layers, then
+    torch.nn cells (``spec.is_cell``)."""
     tensors, hints = read_state_dict(path_or_mapping, **kw)
-    return [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
+    return ([_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
+            + _cells_beside(tensors, hints, strict=False))
 
 
 def _apply_hints(spec: RNNSpec, hints) -> RNNSpec:
@@ -416,24 +431,22 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
     adopt = None if isinstance(path_or_mapping, Mapping) else set()
     if prefix is None:
-        if not specs:
-            # no layer module: a torch.nn cell, if the file holds one
-            cells = [_apply_hints(s, hints) for s in find_rnn_cells(tensors)]
-            if not cells:
-                raise LoadError(f"{name}: no recurrent module (weight_ih_l0/weight_hh_l0 ...) "
-                                "found, nor a cell (weight_ih/weight_hh)")
-            if len(cells) > 1:
-                listing = "; ".join(f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size})"
-                                    for s in cells)
-                raise LoadError(f"{name}: holds {len(cells)} recurrent cells, pass prefix= one "
-                                f"of: {listing}")
+        # (torch.nn cells count too: an encoder LSTM and a decoder LSTMCell are two)
+        cells = _cells_beside(tensors, hints, strict=not specs)
+        if not specs and not cells:
+            raise LoadError(f"{name}: no recurrent module (weight_ih_l0/weight_hh_l0 ...) "
+                            "found, nor a cell (weight_ih/weight_hh)")
+        if len(specs) + len(cells) > 1:
+            listing = "; ".join(
+                [f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size}, "
+                 f"{s.num_layers} layer(s){', bidirectional' if s.bidirectional else ''})"
+                 for s in specs]
+                + [f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size})" for s in cells])
+            raise LoadError(f"{name}: holds {len(specs) + len(cells)} recurrent modules, pass "
+                            f"prefix= one of: {listing}")
+        if cells:
             return build_cell(cells[0], _group_cells(tensors)[cells[0].prefix],
                               hints.get(cells[0].prefix), _adopt=adopt, **overrides)
-        if len(specs) > 1:
-            listing = "; ".join(f"{s.prefix!r} ({s.cell} {s.input_size}->{s.hidden_size}, "
-                                f"{s.num_layers} layer(s){', bidirectional' if s.bidirectional else ''})"
-                                for s in specs)
-            raise LoadError(f"{name}: holds {len(specs)} recurrent modules, pass prefix= one of: {listing}")
         spec = specs[0]
     else:
         want = _norm_prefix(prefix)
