@@ -188,6 +188,59 @@ class RNNCellBase:
         """Same as calling the cell."""
         return self(input, hx, num_threads=num_threads)
 
+    # ------------------------------------------------ torch.nn.Module's idioms
+    def __getattr__(self, name):
+        # (only for names not found the usual way: the weights, as torch's attributes)
+        if name in _NAMES and "_layer" in self.__dict__:
+            p = self.parameters()
+            if name in p:
+                return p[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        # ``cell.weight_ih = w`` (or ``*=``) loads that weight, as for the layers
+        if name in _NAMES and "_layer" in self.__dict__ and name in self._shapes():
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            object.__setattr__(self, name, value)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """``(name, array)`` pairs of the weights themselves, torch's cell names."""
+        pre = prefix + "." if prefix else ""
+        return iter([(pre + k, v) for k, v in self.parameters().items()])
+
+    @property
+    def training(self) -> bool:
+        return self._layer.training
+
+    def eval(self):
+        """Returns the cell (calls are inference); see the layers' ``eval``."""
+        self._layer.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        """Sets ``training``, returns the cell (calls compute the same either way)."""
+        self._layer.train(mode)
+        return self
+
+    def to(self, *args, **kwargs):
+        """As the layers' ``to``: float32 / float64 in place, the CPU only; the cell."""
+        self._layer.to(*args, **kwargs)
+        return self
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def cpu(self):
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        self._layer.requires_grad_(requires_grad)
+        return self
+
 
 class LSTMCell(RNNCellBase):
     """``torch.nn.LSTMCell``: ``(h', c') = cell(input, (h, c))`` (gate order i, f, g, o).
@@ -327,6 +380,10 @@ def _torch_cell_kind(module) -> str | None:
     for cls in type(module).__mro__:
         if cls.__name__ in _CLASSES and cls.__module__.startswith("torch.nn"):
             return cls.__name__
+    if type(module).__name__ == "RecursiveScriptModule":     # torch.jit.script(cell)
+        name = getattr(module, "original_name", None)
+        if name in _CLASSES and hasattr(module, "weight_ih"):
+            return name
     return None
 
 

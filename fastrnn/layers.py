@@ -592,6 +592,15 @@ class _Params(dict):
         return dict, (dict(self),)
 
 
+_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta", "hip", "xla", "vulkan", "ipu", "hpu")
+
+
+def _to_device(device) -> None:
+    text = str(device)
+    if text.split(":")[0] != "cpu":
+        raise ValueError(f"fastrnn layers run on the CPU; cannot move to {text!r}")
+
+
 class IncompatibleKeys(NamedTuple):
     """What :meth:`RNNBase.load_state_dict` did not match (torch's ``_IncompatibleKeys``)."""
     missing_keys: list
@@ -848,10 +857,12 @@ class RNNBase:
         else:
             object.__setattr__(self, name, value)
 
-    def named_parameters(self):
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
         """``(name, array)`` pairs of the weights themselves, in torch's order (as
-        ``torch.nn.Module.named_parameters``; see :meth:`parameters` on in-place edits)."""
-        return iter(list(self._params.items()))
+        ``torch.nn.Module.named_parameters``, ``prefix`` and ``recurse`` too; see
+        :meth:`parameters` on in-place edits)."""
+        pre = prefix + "." if prefix else ""
+        return iter([(pre + k, v) for k, v in self._params.items()])
 
     @property
     def all_weights(self) -> list:
@@ -882,24 +893,32 @@ class RNNBase:
         """Nothing to do (torch's cuDNN idiom; the weights are packed on first use)."""
 
     def to(self, *args, dtype=None, **kwargs):
-        """Torch's ``module.to(...)``: a dtype (NumPy's or torch's float32 / float64)
-        converts the weights in place; a device other than the CPU is refused; returns
-        the layer."""
+        """Torch's ``module.to(...)``: a dtype (NumPy's or torch's float32 / float64, or
+        a tensor's) converts the weights in place; the CPU is the only device (another
+        is a ``ValueError``); returns the layer.  Not while other threads call the layer
+        (as torch's: their calls may fail with a dtype error)."""
         for a in args + tuple(kwargs.values()):
-            text = str(a)
-            if text in ("cpu", "cpu:0") or type(a).__name__ == "device" and text.startswith("cpu"):
-                continue
             if isinstance(a, bool):
                 continue                # (non_blocking / copy)
-            if dtype is None:
-                try:
-                    dtype = _as_dtype(a)
-                    continue
-                except TypeError:
-                    pass
-            raise ValueError(f"fastrnn layers run on the CPU; cannot move to {a!r}")
+            if hasattr(a, "device") and hasattr(a, "dtype") and hasattr(a, "detach"):
+                _to_device(a.device)    # a torch tensor: its device and dtype
+                a = a.dtype
+            if type(a).__name__ == "device" or (
+                    isinstance(a, str) and a.split(":")[0] in _DEVICES):
+                _to_device(a)
+                continue
+            dtype = a                   # (checked below: float32 or float64)
         if dtype is not None:
             self._set_dtype(_as_dtype(dtype))
+        return self
+
+    def cpu(self):
+        """Returns the layer (it is on the CPU)."""
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Returns the layer (gradients come from :meth:`backward`, not autograd)."""
+        _flag("requires_grad", requires_grad)
         return self
 
     def float(self):

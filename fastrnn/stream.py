@@ -331,6 +331,10 @@ class Stream:
                             and x.shape == (self.batch_size, layer.input_size)):
                         return self._step_general(x)
                     x = np.ascontiguousarray(x, dtype=layer.dtype)
+                    if h.dtype != layer.dtype:      # (the layer converted: .to / .double)
+                        r.state = _validate_state(layer, st, self.batch_size, "state")
+                        st = r.state
+                        h, c = (st[0], st[1]) if type(st) is tuple else (st, None)
                     y = fast(x, h, c, self.num_threads, True)
                 # the kernel's step entry (layer._step_fast) updates h/c in place and
                 # returns a copy of h[-1] (the step's output: the runner reads it in h,

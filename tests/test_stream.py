@@ -377,3 +377,20 @@ def test_step_fast_path_equals_whole(cls, kw):
 def test_bad_thread_count_refused_when_the_stream_is_made():
     with pytest.raises(ValueError, match="num_threads must be >= 1"):
         fastrnn.Stream(fastrnn.LSTM(3, 4), num_threads=0)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_stream_follows_a_layer_converted_in_place(cell):
+    """layer.double() under a stream made before: the next steps run in float64 on the
+    carried state (it raised "h has dtype <f4, expected float64")."""
+    layer = getattr(fastrnn, cell)(4, 6, seed=0)
+    ref = getattr(fastrnn, cell)(4, 6, seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    s, r = Stream(layer, batch_size=2), Stream(ref, batch_size=2)
+    s.step(x[0])
+    r.step(x[0].astype(np.float64))
+    layer.double()
+    for t in range(1, 5):
+        y = s.step(x[t])
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(y, r.step(x[t].astype(np.float64)), rtol=1e-6, atol=1e-7)

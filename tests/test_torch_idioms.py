@@ -214,3 +214,50 @@ def test_from_torch_after_an_optimizer_step(kind, module):
         ref = m(x)[0].numpy()
     got = layer(x.numpy())[0]
     _close(got, ref)
+
+
+def test_more_module_idioms_on_layers():
+    layer = fastrnn.LSTM(3, 4)
+    assert [n for n, _ in layer.named_parameters(prefix="rnn")][:2] == [
+        "rnn.weight_ih_l0", "rnn.weight_hh_l0"]
+    assert layer.cpu() is layer and layer.requires_grad_(False) is layer
+    assert layer.to(torch.zeros(2, dtype=torch.float64)) is layer       # a tensor's dtype
+    assert layer.dtype == np.float64
+    with pytest.raises(TypeError, match="float32 or float64, got float16"):
+        layer.to(torch.float16)                 # (it said "cannot move to torch.float16")
+    with pytest.raises(ValueError, match="cuda:0"):
+        layer.to("cuda:0")
+
+
+def test_cells_take_the_module_idioms_too():
+    torch.manual_seed(0)
+    m = torch.nn.LSTMCell(3, 4)
+    cell = fastrnn.from_torch(m)
+    np.testing.assert_array_equal(cell.weight_ih, m.weight_ih.detach().numpy())
+    cell.weight_hh *= 0.5                       # loads it, as for layers
+    with torch.no_grad():
+        m.weight_hh.mul_(0.5)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x))[0].numpy()
+    _close(cell(x)[0], ref)
+    assert [n for n, _ in cell.named_parameters()] == [n for n, _ in m.named_parameters()]
+    assert cell.eval() is cell and not cell.training and cell.train().training
+    assert cell.double() is cell and cell.dtype == np.float64
+    _close(cell(x.astype(np.float64))[0], ref)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_from_torch_takes_scripted_cells(kind):
+    """torch.jit.script of a cell (a scripted LSTM was taken, a scripted cell refused)."""
+    torch.manual_seed(0)
+    kw = {"nonlinearity": "relu"} if kind == "RNNCell" else {}
+    m = torch.jit.script(getattr(torch.nn, kind)(3, 4, **kw))
+    cell = fastrnn.from_torch(m)
+    assert type(cell).__name__ == kind
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x))
+    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
+    got = cell(x)
+    _close(got[0] if isinstance(got, tuple) else got, ref)
