@@ -184,6 +184,17 @@ class RNNCellBase:
                              f"got {s.shape}")
         return np.array(s.reshape(B, H), dtype=dt, order="C", copy=True)
 
+    def _prepared(self, x):
+        """(input as a C-ordered (B, I) array of the cell's dtype, whether it was
+        unbatched, the state's shape (B, H) or None when unbatched); the common case
+        checked inline: ~1 us of Python on top of the step's kernel."""
+        layer = self._layer
+        if type(x) is np.ndarray and x.dtype == layer.dtype and len(x.shape) == 2 \
+                and x.shape[1] == layer.input_size and x.flags.carray:
+            return x, False, (x.shape[0], layer.hidden_size)
+        x, unbatched = self._input(x)
+        return x, unbatched, None if unbatched else (x.shape[0], layer.hidden_size)
+
     def forward(self, input, hx=None, *, num_threads: int | None = None):
         """Same as calling the cell."""
         return self(input, hx, num_threads=num_threads)
@@ -255,14 +266,7 @@ class LSTMCell(RNNCellBase):
     def __call__(self, input, hx=None, *, num_threads: int | None = None):
         layer = self._layer
         dt = layer.dtype
-        x = input
-        # (the common case checked inline: ~1 us of Python on top of the step's kernel)
-        if type(x) is np.ndarray and x.dtype == dt and len(x.shape) == 2 \
-                and x.shape[1] == layer.input_size and x.flags.carray:
-            unbatched, shape = False, (x.shape[0], layer.hidden_size)
-        else:
-            x, unbatched = self._input(x)
-            shape = None if unbatched else (x.shape[0], layer.hidden_size)
+        x, unbatched, shape = self._prepared(input)
         if hx is None:
             h = np.zeros(shape or (1, layer.hidden_size), dt)
             c = np.zeros(h.shape, dt)
@@ -291,13 +295,7 @@ class _OneStateCell(RNNCellBase):
     def __call__(self, input, hx=None, *, num_threads: int | None = None):
         layer = self._layer
         dt = layer.dtype
-        x = input
-        if type(x) is np.ndarray and x.dtype == dt and len(x.shape) == 2 \
-                and x.shape[1] == layer.input_size and x.flags.carray:
-            unbatched, shape = False, (x.shape[0], layer.hidden_size)
-        else:
-            x, unbatched = self._input(x)
-            shape = None if unbatched else (x.shape[0], layer.hidden_size)
+        x, unbatched, shape = self._prepared(input)
         if hx is None:
             h = np.zeros(shape or (1, layer.hidden_size), dt)
         elif type(hx) is np.ndarray and hx.dtype == dt and hx.shape == shape:

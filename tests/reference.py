@@ -144,15 +144,23 @@ def rnn_forward(layer, x, hx=None, lengths=None, mask=None, masked_output="carry
     return inp, hn, (cn if cell == "LSTM" else None)
 
 
-def allocation_peak(fn):
-    """``(fn(), the peak of Python allocations while it ran)`` (tracemalloc; NumPy's
-    arrays are counted), after a garbage collection."""
+def allocations(fn):
+    """``(fn(), what its result holds, the peak while it ran)`` in Python allocations
+    (tracemalloc; NumPy's arrays are counted), after garbage collections."""
     import gc
     import tracemalloc
     gc.collect()
     tracemalloc.start()
     try:
         result = fn()
-        return result, tracemalloc.get_traced_memory()[1]
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+        return result, held, peak
     finally:
         tracemalloc.stop()
+
+
+def allocation_peak(fn):
+    """``(fn(), the peak of Python allocations while it ran)`` (see :func:`allocations`)."""
+    result, _, peak = allocations(fn)
+    return result, peak

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import fastrnn  # noqa: E402
+from reference import allocations  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.onnx import OnnxModel, load_onnx  # noqa: E402
 
@@ -382,6 +383,18 @@ def test_loads_and_runs_without_the_onnx_package(monkeypatch):
                                                err_msg=f"{fname} {k}")
 
 
+def _export_and_load(mod, tmp_path):
+    """(the model of ``mod``'s TorchScript export, held and peak allocations of the
+    load, the file's size), for an input of shape (3, 1, 96)."""
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(mod, (torch.zeros(3, 1, 96),), path, dynamo=False,
+                          input_names=["x"])
+    m, held, peak = allocations(lambda: load_onnx(path))
+    return m, held, peak, os.path.getsize(path)
+
+
 class _LstmHead(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -397,24 +410,9 @@ def test_load_reads_initializers_in_place_and_frees_the_file(tmp_path):
     converted from them without a copy in between: the load's allocation peak is about
     twice the file, was three times), and the constants the model keeps (the Linear's
     weights) are copied, so the file's bytes are not held after loading."""
-    import gc
-    import tracemalloc
     torch.manual_seed(0)
     mod = _LstmHead().eval()
-    path = str(tmp_path / "m.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(mod, (torch.zeros(3, 1, 96),), path, dynamo=False,
-                          input_names=["x"])
-    size = os.path.getsize(path)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        m = load_onnx(path)
-        gc.collect()
-        held, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    m, held, peak, size = _export_and_load(mod, tmp_path)
     assert held < 1.3 * size, (held, size)
     assert peak < 2.4 * size, (peak, size)
     x = np.random.default_rng(0).standard_normal((3, 1, 96)).astype(np.float32)
@@ -428,23 +426,8 @@ def test_recurrent_weights_are_not_kept_twice(tmp_path):
     are not also kept as ONNX arrays: what loading holds is about the file's size (it
     was twice that); results unchanged; asking for such an initializer as an output is
     a clear error."""
-    import gc
-    import tracemalloc
     mod = torch.nn.LSTM(96, 96, num_layers=2, bidirectional=True)
-    path = str(tmp_path / "m.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(mod, (torch.zeros(3, 1, 96),), path, dynamo=False,
-                          input_names=["x"])
-    size = os.path.getsize(path)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        m = load_onnx(path)
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    m, held, _, size = _export_and_load(mod, tmp_path)
     assert held < 1.3 * size, (held, size)
     # (the shape the export declares: no dynamic axes; another is refused, as by ORT)
     x = np.random.default_rng(0).standard_normal((3, 1, 96)).astype(np.float32)
@@ -1964,8 +1947,6 @@ def test_dynamo_export_holds_its_weights_once(tmp_path):
     folded at load: the raw initializers and the intermediate results were all kept
     (a model held 4x its weights); now only what a node reads is."""
     pytest.importorskip("onnxscript")
-    import gc
-    import tracemalloc
     torch.manual_seed(0)
     net = torch.nn.LSTM(64, 128, num_layers=2).eval()
     path = str(tmp_path / "d.onnx")
@@ -1978,14 +1959,7 @@ def test_dynamo_export_holds_its_weights_once(tmp_path):
         finally:
             logging.disable(logging.NOTSET)
     weights = sum(p.numel() * 4 for p in net.parameters())
-    gc.collect()
-    tracemalloc.start()
-    try:
-        m = load_onnx(path)
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    m, held, _ = allocations(lambda: load_onnx(path))
     assert held < 1.3 * weights, (held, weights)
     x = np.random.default_rng(0).standard_normal((5, 2, 64)).astype(np.float32)
     with torch.no_grad():
