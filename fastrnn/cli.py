@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -654,6 +655,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interruptible(args) -> int:
+    """Run the command in a worker thread while this (main) thread waits, so Ctrl-C ends
+    the process at once: a layer call runs without the GIL and a signal's Python
+    handler would wait for it to return (minutes for a long sequence).  The command's
+    own errors are raised here."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["rc"] = int(args.func(args) or 0)
+        except BaseException as e:      # noqa: BLE001 (re-raised in the main thread)
+            box["exc"] = e
+
+    t = threading.Thread(target=work, name="fastrnn-cli", daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.1)
+    except KeyboardInterrupt:
+        print("fastrnn: interrupted", file=sys.stderr)
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os._exit(130)                   # (the worker is inside a kernel call)
+    if "exc" in box:
+        raise box["exc"]
+    return box["rc"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastrnn`` console script; returns the exit status."""
     parser = build_parser()
@@ -665,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        return _interruptible(args)
     except BrokenPipeError:         # `fastrnn inspect f.pt | head`: the reader left
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

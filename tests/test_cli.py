@@ -2,6 +2,7 @@
 import glob
 import io
 import os
+import signal
 import subprocess
 import sys
 
@@ -432,3 +433,28 @@ def test_counts_below_their_minimum_are_usage_errors(capsys, argv):
     half a report; inspect --max-tensors -1 listed all but one)"""
     code, out, err = run(capsys, *argv)
     assert code == 2 and "must be >=" in err and not out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_ends_a_long_run_at_once(tmp_path):
+    """Ctrl-C during `fastrnn run` on a long sequence: the process ends at once with
+    status 130 (a layer call runs without the GIL, so the interrupt waited for the
+    whole call: seconds to minutes)."""
+    import time
+    layer = fastrnn.LSTM(8, 512, seed=0)
+    layer.save(str(tmp_path / "l.safetensors"))
+    np.save(tmp_path / "x.npy", np.zeros((100_000, 1, 8), np.float32))    # (~3 s of steps)
+    p = subprocess.Popen([sys.executable, "-m", "fastrnn", "run", str(tmp_path / "l.safetensors"),
+                          "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    time.sleep(1.0)                     # (imported, loaded, inside the call)
+    p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, err = p.communicate(timeout=60)
+    waited = time.monotonic() - t0
+    assert p.returncode == 130, (p.returncode, err)
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert not os.path.exists(tmp_path / "y.npy")
+    # (a hang check, not a speed threshold: exiting takes ~0.1 s; the call had ~2 s to go,
+    # which the interrupt waited for)
+    assert waited < 1.5, waited
