@@ -2322,7 +2322,7 @@ cdef class StepPlan:
         self.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
         self.is_double = np.dtype(dtype) == np.float64
         self.num_threads = num_threads if num_threads > 0 else 1
-        self.min_rows = min_rows        # (fewer rows a step: one thread; layers._step_threads)
+        self.min_rows = min_rows        # (fewer rows a step: one thread; layers._step_min_rows)
         U = fr_unit(8 if self.is_double else 4)
         self.U = U
         (A.f, A.fa, A.fb), (A.g, A.ga, A.gb), (A.h, A.ha, A.hb) = acts

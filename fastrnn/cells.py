@@ -172,9 +172,13 @@ class RNNCellBase:
         raise ValueError(f"{type(self).__name__}: input has {x.shape[-1]} features, the "
                          f"cell expects input_size={I} (input shape {x.shape})")
 
-    def _state(self, name, s, B, unbatched):
-        """A copy of a user's state (B, H) (or (H,) unbatched) as a new C (B, H) array."""
+    def _given(self, name, s, B, unbatched, shape):
+        """A copy of a user's state (B, H) (or (H,) unbatched) as a new C (B, H) array
+        (``shape``: the state's shape (B, H) of the common case, checked first, or None
+        when unbatched)."""
         dt, H = self._layer.dtype, self._layer.hidden_size
+        if type(s) is np.ndarray and s.dtype == dt and s.shape == shape:
+            return s.copy()             # (C order)
         if type(s) is not np.ndarray or s.dtype != dt:
             s = _float_array(name, s, dt)
         want = (H,) if unbatched else (B, H)
@@ -275,15 +279,8 @@ class LSTMCell(RNNCellBase):
                 raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two arrays, got "
                                 f"{type(hx).__name__}"
                                 + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            h, c = hx
-            if not (type(h) is np.ndarray and h.dtype == dt and h.shape == shape):
-                h = self._state("hx[0]", h, x.shape[0], unbatched)
-            else:
-                h = h.copy()        # (C order)
-            if not (type(c) is np.ndarray and c.dtype == dt and c.shape == shape):
-                c = self._state("hx[1]", c, x.shape[0], unbatched)
-            else:
-                c = c.copy()
+            h = self._given("hx[0]", hx[0], x.shape[0], unbatched, shape)
+            c = self._given("hx[1]", hx[1], x.shape[0], unbatched, shape)
         # one step of the layer, the state updated in place (the views are (1, B, H))
         layer._step_fast(x, h[None], c[None], num_threads)
         if unbatched:
@@ -298,13 +295,11 @@ class _OneStateCell(RNNCellBase):
         x, unbatched, shape = self._prepared(input)
         if hx is None:
             h = np.zeros(shape or (1, layer.hidden_size), dt)
-        elif type(hx) is np.ndarray and hx.dtype == dt and hx.shape == shape:
-            h = hx.copy()
+        elif isinstance(hx, (tuple, list)):
+            raise TypeError(f"{type(self).__name__}: hx must be one array h (B, H), "
+                            f"got a {type(hx).__name__} (only LSTMCell takes (h, c))")
         else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError(f"{type(self).__name__}: hx must be one array h (B, H), "
-                                f"got a {type(hx).__name__} (only LSTMCell takes (h, c))")
-            h = self._state("hx", hx, x.shape[0], unbatched)
+            h = self._given("hx", hx, x.shape[0], unbatched, shape)
         layer._step_fast(x, h[None], None, num_threads)
         return h[0] if unbatched else h
 
@@ -355,12 +350,7 @@ _CLASSES = {"LSTMCell": LSTMCell, "GRUCell": GRUCell, "RNNCell": RNNCell}
 def cell_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None):
     """Rebuild a cell from :meth:`RNNCellBase.get_config` (then load ``state_dict``,
     strict, where given)."""
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"cell config must be a mapping, got {type(cfg).__name__}")
-    cfg = dict(cfg)
-    name = cfg.pop("class_name", None)
-    if name not in _CLASSES:
-        raise ValueError(f"unknown cell class {name!r} in config; known: {sorted(_CLASSES)}")
+    name, cfg = _layers.config_class(cfg, _CLASSES, "cell")
     if state_dict is not None and "seed" not in cfg:
         cfg["seed"] = _layers._WEIGHTS_FOLLOW       # (the weights follow, strict)
     try:
@@ -375,9 +365,10 @@ def cell_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | Non
 def _torch_cell_kind(module) -> str | None:
     """"LSTMCell" / "GRUCell" / "RNNCell" where module is (a subclass of) that torch.nn
     cell, else None (torch is not imported: the classes are read by name)."""
-    for cls in type(module).__mro__:
-        if cls.__name__ in _CLASSES and cls.__module__.startswith("torch.nn"):
-            return cls.__name__
+    from .convert import _torch_base
+    base = _torch_base(type(module))
+    if base is not None and base.__name__ in _CLASSES:
+        return base.__name__
     if type(module).__name__ == "RecursiveScriptModule":     # torch.jit.script(cell)
         name = getattr(module, "original_name", None)
         if name in _CLASSES and hasattr(module, "weight_ih"):

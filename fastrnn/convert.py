@@ -18,6 +18,18 @@ def _torch_base(cls):
     return None
 
 
+def _weight_hook(hook) -> str | None:
+    """"weight_norm" / "prune" for the forward pre-hooks with which old-style
+    ``weight_norm`` and ``torch.nn.utils.prune`` compute a weight from its factors, else
+    None."""
+    kind = type(hook)
+    if kind.__name__ == "WeightNorm":
+        return "weight_norm"
+    if kind.__module__.startswith("torch.nn.utils.prune"):
+        return "prune"
+    return None
+
+
 def _behaviour_beyond_weights(module) -> list:
     """What a module does besides torch's computation on its weights, which a copy of
     the weights leaves out: a ``forward`` of its own, forward hooks (weight_norm's and
@@ -33,11 +45,10 @@ def _behaviour_beyond_weights(module) -> list:
                 break
     for what in ("_forward_pre_hooks", "_forward_hooks"):
         for hook in dict(getattr(module, what, None) or {}).values():
-            kind = type(hook)
-            if kind.__name__ == "WeightNorm" or kind.__module__.startswith("torch.nn.utils.prune"):
+            if _weight_hook(hook):
                 continue
             found.append(f"a forward {'pre-' if 'pre' in what else ''}hook "
-                         f"({getattr(hook, '__name__', kind.__name__)})")
+                         f"({getattr(hook, '__name__', type(hook).__name__)})")
     return found
 
 
@@ -49,10 +60,10 @@ def _hooked_weights(module) -> dict:
     anything read from a file)."""
     out = {}
     for hook in dict(getattr(module, "_forward_pre_hooks", None) or {}).values():
-        kind = type(hook)
-        if kind.__name__ == "WeightNorm" and hasattr(hook, "compute_weight"):
+        kind = _weight_hook(hook)
+        if kind == "weight_norm" and hasattr(hook, "compute_weight"):
             out[hook.name] = hook.compute_weight(module)
-        elif kind.__module__.startswith("torch.nn.utils.prune"):
+        elif kind == "prune":
             for h in getattr(hook, "_pruning_methods", None) or [hook]:
                 name = getattr(h, "_tensor_name", None)
                 if isinstance(name, str) and hasattr(hook, "apply_mask"):

@@ -243,11 +243,6 @@ def _step_min_rows(layer) -> int:
     return -(-_STEP_THREADS_MACS // work)
 
 
-def _step_threads(layer, nt: int, B: int = 1) -> int:
-    """Threads for one time step of ``B`` rows (see _step_min_rows)."""
-    return nt if B >= _step_min_rows(layer) else 1
-
-
 def parse_activation(spec) -> tuple[str, float, float]:
     """Normalise an activation spec to ``(name, alpha, beta)``.
 
@@ -2067,17 +2062,24 @@ def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[st
                          f"{shape('weight_ih_l0')}, config says {(gates * H, I)}")
 
 
+def config_class(cfg, classes: Mapping[str, type], what: str) -> tuple[str, dict]:
+    """``(class name, the other arguments)`` of a ``get_config()`` dict whose class is one
+    of ``classes``; a ValueError naming ``what`` otherwise."""
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{what} config must be a mapping, got {type(cfg).__name__}")
+    cfg = dict(cfg)
+    name = cfg.pop("class_name", None)
+    if name not in classes:
+        raise ValueError(f"unknown {what} class {name!r} in config; known: {sorted(classes)}")
+    return name, cfg
+
+
 def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None,
                       *, _adopt: set | None = None) -> RNNBase:
     """Rebuild a layer from :meth:`RNNBase.get_config`; with ``state_dict`` the config is
     first checked against the weights' shapes (for configs read from files), then the
     weights are loaded (strict; ``_adopt``: see :meth:`RNNBase.load_state_dict`)."""
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"layer config must be a mapping, got {type(cfg).__name__}")
-    cfg = dict(cfg)
-    name = cfg.pop("class_name", None)
-    if name not in _CLASSES:
-        raise ValueError(f"unknown layer class {name!r} in config; known: {sorted(_CLASSES)}")
+    name, cfg = config_class(cfg, _CLASSES, "layer")
     if state_dict is not None:
         _check_config_fits(name, cfg, state_dict)
     acts = cfg.pop("activations", None)

@@ -403,17 +403,22 @@ def test_h5_missing_weight(tmp_path):
         load_keras(str(p2))
 
 
-def test_keras3_missing_weight(tmp_path):
-    p = tmp_path / "k.keras"
-
+def _without_weights(name, dst, group):
+    """A copy of fixture ``name`` (.keras) at ``dst`` whose model.weights.h5 lacks
+    ``group``."""
     def edit(n, d):
         if n != "model.weights.h5":
             return d
         buf = io.BytesIO(d)
         with h5py.File(buf, "r+") as f:
-            del f["layers/lstm/cell/vars/2"]
+            del f[group]
         return buf.getvalue()
-    _rewrite_zip(model_path("k3_lstm_basic"), p, edit)
+    _rewrite_zip(model_path(name), dst, edit)
+
+
+def test_keras3_missing_weight(tmp_path):
+    p = tmp_path / "k.keras"
+    _without_weights("k3_lstm_basic", p, "layers/lstm/cell/vars/2")
     with pytest.raises(LoadError, match="'lstm' .*2 weight arrays, expected 3"):
         load_keras(str(p))
 
@@ -877,15 +882,7 @@ def test_stacked_cells_weights_in_config_order(tmp_path):
             assert sorted(f["layers/rnn/cell/cells"]) == ["gru_cell", "lstm_cell"]
             assert sorted(f["layers/rnn_1/cell/cells"]) == ["lstm_cell", "simple_rnn_cell"]
     p = tmp_path / "k.keras"
-
-    def edit(n, d):
-        if n != "model.weights.h5":
-            return d
-        buf = io.BytesIO(d)
-        with h5py.File(buf, "r+") as f:
-            del f["layers/rnn/cell/cells/gru_cell"]
-        return buf.getvalue()
-    _rewrite_zip(model_path("k3_cell_stacked"), p, edit)
+    _without_weights("k3_cell_stacked", p, "layers/rnn/cell/cells/gru_cell")
     with pytest.raises(LoadError, match=r"layer 'rnn_\d+' \(RNN\) has 3 weight arrays, "
                                         r"expected 6"):
         load_keras(str(p))

@@ -583,7 +583,7 @@ def test_step_after_pause_runs_on_one_thread(cell, dtype):
     old = _kernels._set_step_idle_single(0)
     try:
         for B, single in ((1, True), (3, True), (17, False)):
-            # (steps of smaller layers run on one thread anyway: layers._step_threads)
+            # (steps of smaller layers run on one thread anyway: layers._step_min_rows)
             layer = CELLS[cell](256, 256, num_layers=2, dtype=dtype, seed=B, num_threads=3)
             x = np.random.default_rng(B).standard_normal((6, B, 256)).astype(dtype)
             runs = {}

@@ -86,12 +86,14 @@ def _shape(a) -> tuple[int, ...]:
     return tuple(int(s) for s in np.shape(a))
 
 
-def _group(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _group(state_dict: Mapping[str, Any], pattern=_KEY) -> dict[str, dict[str, Any]]:
+    """The parameters whose names ``pattern`` matches, by prefix, under their local
+    names (the name after the prefix)."""
     groups: dict[str, dict[str, Any]] = {}
     for key, val in state_dict.items():
         if not isinstance(key, str):
             continue
-        m = _KEY.match(key)
+        m = pattern.match(key)
         if m is None:
             continue
         prefix = m.group("prefix") or ""
@@ -212,16 +214,8 @@ def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
 def _group_cells(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The torch.nn cells' parameters by prefix: groups holding ``weight_ih`` or
     ``weight_hh`` (a module's other parameters named ``bias_ih`` alone are no cell)."""
-    groups: dict[str, dict[str, Any]] = {}
-    for key, val in state_dict.items():
-        if not isinstance(key, str):
-            continue
-        m = _CELL_KEY.match(key)
-        if m is None:
-            continue
-        prefix = m.group("prefix") or ""
-        groups.setdefault(prefix, {})[m.group("kind")] = val
-    return {p: d for p, d in groups.items() if "weight_ih" in d or "weight_hh" in d}
+    return {p: d for p, d in _group(state_dict, _CELL_KEY).items()
+            if "weight_ih" in d or "weight_hh" in d}
 
 
 def _infer_cell(prefix: str, d: Mapping[str, Any]) -> RNNSpec:
@@ -309,10 +303,7 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
         from .torchfile import flatten_tensors, module_hints, read_torch_object
 
         obj = read_torch_object(path_or_mapping, module_classes=kw.get("module_classes", ()))
-        hints = module_hints(obj)
-        for k, v in _cell_hints(obj).items():
-            hints.setdefault(k, v)
-        return flatten_tensors(obj), hints
+        return flatten_tensors(obj), module_hints(obj)
     if fmt == "torch-export":
         from .pt2 import read_pt2
 
@@ -324,44 +315,6 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
         return tensors, {}
     raise LoadError(f"{_display(path_or_mapping)}: a {fmt} file, not a PyTorch state dict "
                     "(use fastrnn.load for other formats)")
-
-
-_TORCH_CELLS = {"torch.nn.modules.rnn.RNNCell", "torch.nn.modules.rnn.LSTMCell",
-                "torch.nn.modules.rnn.GRUCell"}
-
-
-def _cell_hints(obj) -> dict[str, dict]:
-    """For whole-module pickles: ``{dotted prefix: {"nonlinearity": ...}}`` of each
-    pickled torch.nn RNNCell / LSTMCell / GRUCell (torchfile.module_hints does the
-    layers)."""
-    from .torchfile import _MAX_NESTING, ModuleStub, _join, _Walk
-
-    out: dict[str, dict] = {}
-    walk = _Walk()
-
-    def visit(o, prefix, depth):
-        if depth > _MAX_NESTING or not isinstance(o, (dict, list, tuple, ModuleStub)) \
-                or not walk.enter(o):
-            return
-        if isinstance(o, dict):
-            for k, v in o.items():
-                if isinstance(k, (str, int)) and not isinstance(k, bool):
-                    visit(v, _join(prefix, k), depth + 1)
-        elif isinstance(o, (list, tuple)):
-            for i, v in enumerate(o):
-                visit(v, _join(prefix, i), depth + 1)
-        else:
-            if o.cls in _TORCH_CELLS:
-                nl = o.state.get("nonlinearity")
-                out[prefix] = {"nonlinearity": nl} if isinstance(nl, str) else {}
-            mods = o.state.get("_modules")
-            if isinstance(mods, dict):
-                for k, v in mods.items():
-                    if isinstance(k, str):
-                        visit(v, _join(prefix, k), depth + 1)
-
-    visit(obj, "", 0)
-    return out
 
 
 def _display(p):
@@ -486,20 +439,24 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
     if spec.cell == "RNN":
         kw["nonlinearity"] = spec.nonlinearity or "tanh"
     kw.update(overrides)
+    extra = {"proj_size": spec.proj_size} if spec.cell == "LSTM" else {}
+    cls = {"LSTM": _layers.LSTM, "GRU": _layers.GRU}.get(spec.cell, _layers.SimpleRNN)
+    return _built(spec, lambda: cls(spec.input_size, spec.hidden_size, **extra, **kw),
+                  weights, _adopt)
+
+
+def _built(spec: RNNSpec, make, weights: Mapping[str, Any], adopt):
+    """``make()``'s module with ``weights`` loaded (strict), errors as LoadErrors naming
+    the module (build_layer, build_cell)."""
     try:
-        if spec.cell == "LSTM":
-            layer = _layers.LSTM(spec.input_size, spec.hidden_size, proj_size=spec.proj_size, **kw)
-        elif spec.cell == "GRU":
-            layer = _layers.GRU(spec.input_size, spec.hidden_size, **kw)
-        else:
-            layer = _layers.SimpleRNN(spec.input_size, spec.hidden_size, **kw)
+        obj = make()
     except (ValueError, TypeError) as e:
         raise LoadError(f"module {spec.prefix!r}: cannot build a {spec.cell}: {e}") from e
     try:
-        layer.load_state_dict(dict(weights), strict=True, _adopt=_adopt)
+        obj.load_state_dict(dict(weights), strict=True, _adopt=adopt)
     except (KeyError, ValueError, TypeError) as e:
         raise LoadError(f"module {spec.prefix!r}: {e}") from e
-    return layer
+    return obj
 
 
 _CELL_KIND = {"LSTMCELL": "LSTMCell", "LSTM": "LSTMCell", "GRUCELL": "GRUCell",
@@ -529,15 +486,8 @@ def build_cell(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None 
         raise LoadError(f"module {spec.prefix!r} is a {spec.cell}: {', '.join(bad)} does not "
                         f"apply (a {spec.cell} takes {', '.join(sorted(allowed))})")
     kw.update(overrides)
-    try:
-        obj = _cells._CLASSES[spec.cell](spec.input_size, spec.hidden_size, **kw)
-    except (ValueError, TypeError) as e:
-        raise LoadError(f"module {spec.prefix!r}: cannot build a {spec.cell}: {e}") from e
-    try:
-        obj.load_state_dict(dict(weights), strict=True, _adopt=_adopt)
-    except (KeyError, ValueError, TypeError) as e:
-        raise LoadError(f"module {spec.prefix!r}: {e}") from e
-    return obj
+    cls = _cells._CLASSES[spec.cell]
+    return _built(spec, lambda: cls(spec.input_size, spec.hidden_size, **kw), weights, _adopt)
 
 
 def load_any_torchlike(path, prefix: str | None = None, **kw):

@@ -1045,13 +1045,15 @@ def _flatten_module(stub: ModuleStub, prefix, out, active, depth):
 
 def module_hints(obj, prefix: str = "") -> dict[str, dict]:
     """For whole-module pickles: ``{dotted prefix: attrs}`` of each pickled
-    torch RNN/LSTM/GRU (mode, nonlinearity, batch_first, ...)."""
+    torch RNN/LSTM/GRU (mode, nonlinearity, batch_first, ...) and RNNCell / LSTMCell /
+    GRUCell (nonlinearity, sizes, bias)."""
     out: dict[str, dict] = {}
     _hints(obj, prefix, out, _Walk(), 0)
     return out
 
 
-_RNN_CLASSES = {"torch.nn.modules.rnn.RNN", "torch.nn.modules.rnn.LSTM", "torch.nn.modules.rnn.GRU"}
+_RNN_CLASSES = {"torch.nn.modules.rnn." + c
+                for c in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
 
 
 def _hints(obj, prefix, out, active, depth):
