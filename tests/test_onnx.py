@@ -1415,9 +1415,10 @@ def test_constant_zero_initial_state_of_another_batch_is_still_an_error(layout):
 _AUTO = object()
 
 
-def _dynamo_export(net, x, dynamic=False, **kw):
-    """``torch.onnx.export(..., dynamo=True)`` of ``net`` on ``x`` as bytes (the default
-    since torch 2.9; without ``dynamic``, the export's shapes are fixed)."""
+def _dynamo_export(net, x, dynamic=False, extra=(), **kw):
+    """``torch.onnx.export(..., dynamo=True)`` of ``net`` on ``x`` (and tensors
+    ``extra``) as bytes (the default since torch 2.9; without ``dynamic``, the export's
+    shapes are fixed)."""
     import contextlib
     import logging
     if dynamic:
@@ -1430,7 +1431,8 @@ def _dynamo_export(net, x, dynamic=False, **kw):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.from_numpy(x),), f, dynamo=True, **kw)
+            torch.onnx.export(net, (torch.from_numpy(x),) + tuple(extra), f, dynamo=True,
+                              **kw)
     finally:
         logging.disable(level)
     return f.getvalue()
@@ -1570,6 +1572,184 @@ def test_dynamo_export_unrolled_with_sequence_ops(dynamo_models, name):
         got = m.run(x)
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+
+
+# ------------------------------------- unrolled recurrences (nn.RNN from the dynamo exporter)
+def _unrolled_steps(m):
+    """The steps of a model's one kept program that run an unrolled recurrence as one
+    layer call (_onnx_unrolled), and the op types of the rest."""
+    (prog,) = m._progs.values()
+    fused = [s for s in prog.steps if "unrolled RNN" in s[3]]
+    return fused, [s[3].split()[2] for s in prog.steps if s not in fused]
+
+
+def _op_by_op(data, feeds, monkeypatch):
+    """``data`` run on ``feeds`` as the interpreter runs it, nothing fused."""
+    from fastrnn.io import _onnx_unrolled
+    with monkeypatch.context() as mp:
+        mp.setattr(_onnx_unrolled, "fuse", lambda *a: ({}, set()))
+        return load_onnx(data).run(feeds)
+
+
+class _WithState(torch.nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, h0):
+        return self.rnn(x, h0)
+
+
+# name: (nn.RNN keywords, input shape, dynamic shapes, an h0 input, dtype)
+_UNROLLED = {
+    "tanh_bf_static": (dict(batch_first=True), (3, 5, 4), False, False, np.float32),
+    "relu_dyn": (dict(nonlinearity="relu"), (5, 3, 4), True, False, np.float32),
+    "nobias_static": (dict(bias=False, batch_first=True), (2, 4, 4), False, False, np.float32),
+    "2l_bi_static": (dict(num_layers=2, bidirectional=True), (5, 3, 4), False, False,
+                     np.float32),
+    "bi_bf_h0_dyn": (dict(bidirectional=True, batch_first=True), (3, 5, 4), True, True,
+                     np.float32),
+    "2l_float64_static": (dict(num_layers=2, batch_first=True), (1, 6, 4), False, False,
+                          np.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(_UNROLLED))
+def test_dynamo_unrolled_rnn_runs_as_one_layer_call(name, monkeypatch):
+    """torch's dynamo export of nn.RNN (no RNN node: each step a MatMul, Adds and a
+    Tanh / Relu, the inputs read by Slice or SequenceAt, the reverse direction from a
+    flipped projection, a zero initial state folded into a constant or computed from the
+    shapes, or an h0 input): from the second call each layer and direction is one
+    SimpleRNN call and no step's ops run (the first call runs op by op).  ONNX Runtime's
+    and PyTorch's answers; pickled and run again; on one thread the same numbers."""
+    import pickle
+    kw, shape, dynamic, with_h0, dt = _UNROLLED[name]
+    torch.manual_seed(len(name))
+    rnn = torch.nn.RNN(4, 7, **kw).eval()
+    if dt == np.float64:
+        rnn = rnn.double()
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal(shape).astype(dt)
+    LD = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    B = shape[0] if kw.get("batch_first") else shape[1]
+    args = [x] + ([rng.standard_normal((LD, B, 7)).astype(dt)] if with_h0 else [])
+    net = _WithState(rnn) if with_h0 else rnn
+    if with_h0:
+        A = torch.export.Dim.AUTO
+        data = _dynamo_export(net, x, extra=(torch.from_numpy(args[1]),),
+                              dynamic_shapes=({0: A, 1: A}, {1: A}) if dynamic else None)
+    else:
+        data = _dynamo_export(net, x, dynamic)
+    assert not {"RNN", "LSTM", "GRU"} & {n.op_type for n in onnx.load_from_string(data).graph.node}
+    m = load_onnx(data)
+    feeds = dict(zip(m.input_names, args))
+    tol = TOL if dt == np.float32 else 1e-10
+    with torch.no_grad():
+        want_t = net(*[torch.from_numpy(a) for a in args])
+    want_t = [want_t[0].numpy(), want_t[1].numpy()]
+    for call in range(2):
+        got = m.run(None, feeds)
+        ref = _ort(data, feeds)
+        for g, r, t in zip(got, ref.values(), want_t):
+            assert g.dtype == r.dtype == dt and g.shape == r.shape == t.shape
+            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+            np.testing.assert_allclose(g, t, rtol=tol, atol=tol)
+    fused, rest = _unrolled_steps(m)
+    assert len(fused) == LD
+    # (h0's Slices, one a direction, stay)
+    assert not {"MatMul", "Tanh", "Relu", "SequenceAt", "Add"} & set(rest), rest
+    assert with_h0 or "Slice" not in rest
+    plain = _op_by_op(data, feeds, monkeypatch)
+    for k, v in m.run(feeds).items():
+        np.testing.assert_allclose(v, plain[k], rtol=tol, atol=tol)
+    again = pickle.loads(pickle.dumps(m))
+    for k, v in again.run(feeds, num_threads=1).items():
+        np.testing.assert_allclose(v, plain[k], rtol=tol, atol=tol)
+    assert len(_unrolled_steps(again)[0]) == LD
+
+
+def test_dynamo_unrolled_rnn_first_call_of_zeros_and_longer_inputs():
+    """What the first call's values are does not decide the fusing (it is checked on
+    inputs of its own): zeros first, then random inputs; a longer input than the export's
+    (dynamic shapes: its first steps, as ONNX Runtime) and another batch size run their
+    own fused programs."""
+    torch.manual_seed(3)
+    data = _dynamo_export(torch.nn.RNN(4, 7, batch_first=True).eval(),
+                          np.zeros((2, 3, 4), np.float32), True)
+    m = load_onnx(data)
+    rng = np.random.default_rng(5)
+    for shape in [(2, 3, 4), (2, 3, 4), (1, 5, 4), (4, 3, 4)]:
+        x = np.zeros(shape, np.float32) if not m._progs else \
+            rng.standard_normal(shape).astype(np.float32)
+        ref = _ort(data, {"input": x})
+        got = m.run(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(m._progs) == 3
+    assert all(any("unrolled RNN" in s[3] for s in p.steps) for p in m._progs.values())
+
+
+def _unrolled_graph(rows, act="Tanh", per_step_r=False, T=4, B=2, H=3, want_add=False):
+    """A hand-written unrolled recurrence: P = X @ W + b (X (T, B, H)), step k reads
+    P[rows[k]] (Slice + Squeeze) and makes h_k = act(h_{k-1} @ R_k + c + P[rows[k]])
+    from a zero initializer h_0; outputs Concat(h_k) and, with ``want_add``, the last
+    step's sum as a second output."""
+    rng = np.random.default_rng(len(rows))
+    f = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.5   # noqa: E731
+    inits = [numpy_helper.from_array(f(H, H), "W"), numpy_helper.from_array(f(H), "b"),
+             numpy_helper.from_array(f(H), "c"),
+             numpy_helper.from_array(np.zeros((B, H), np.float32), "hinit"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["P"])]
+    R = f(H, H)
+    h = "hinit"
+    for k, r in enumerate(rows):
+        Rk = f(H, H) if per_step_r else R
+        inits += [numpy_helper.from_array(Rk, f"R{k}"),
+                  numpy_helper.from_array(np.array([r], np.int64), f"s{k}"),
+                  numpy_helper.from_array(np.array([r + 1], np.int64), f"e{k}")]
+        nodes += [helper.make_node("Slice", ["P", f"s{k}", f"e{k}", "ax"], [f"p{k}"]),
+                  helper.make_node("Squeeze", [f"p{k}", "ax"], [f"x{k}"]),
+                  helper.make_node("MatMul", [h, f"R{k}"], [f"m{k}"]),
+                  helper.make_node("Add", [f"m{k}", "c"], [f"a{k}"]),
+                  helper.make_node("Add", [f"a{k}", f"x{k}"], [f"s_{k}"]),
+                  helper.make_node(act, [f"s_{k}"], [f"h{k}"])]
+        h = f"h{k}"
+    nodes.append(helper.make_node("Concat", [f"h{k}" for k in range(len(rows))], ["y"],
+                                  axis=0))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if want_add:
+        outs.append(helper.make_tensor_value_info(f"s_{len(rows) - 1}", TensorProto.FLOAT,
+                                                  None))
+    g = helper.make_graph(nodes, "unrolled",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, H])],
+                          outs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("rows,per_step_r,want_add,fused", [
+    ([0, 1, 2, 3], False, False, 1),      # in order: one layer call
+    ([3, 2, 1, 0], False, False, 1),      # backwards in time: one call on the reversed rows
+    ([1, 2, 3], False, False, 1),         # a part of the input
+    ([0, 2, 1, 3], False, False, 0),      # out of order: op by op
+    ([0, 1, 2, 3], True, False, 0),       # another R each step: op by op
+    ([0, 1, 2, 3], False, True, 0),       # a step's sum is an output: op by op
+])
+@pytest.mark.parametrize("act", ["Tanh", "Relu"])
+def test_unrolled_recurrence_fused_only_where_it_is_one(rows, per_step_r, want_add, fused,
+                                                        act):
+    """Only a chain of steps with one weight, reading the projection's rows one after
+    another, with nothing but its h read elsewhere, is run as one layer call; the rest
+    runs op by op.  ONNX Runtime's answers either way."""
+    data = _unrolled_graph(rows, act, per_step_r, want_add=want_add)
+    m = load_onnx(data)
+    x = np.random.default_rng(9).standard_normal((4, 2, 3)).astype(np.float32)
+    for _ in range(2):
+        got, ref = m.run({"x": x}), _ort(data, {"x": x})
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(_unrolled_steps(m)[0]) == fused
 
 
 # ------------------------------------------------------------------ sequence ops

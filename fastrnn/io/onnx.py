@@ -25,6 +25,7 @@ import numpy as np
 
 from . import LoadError
 from . import _onnx_proto as _proto
+from . import _onnx_unrolled as _unrolled
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
@@ -1268,6 +1269,7 @@ class OnnxModel:
             _freeze(v)                  # returned as a copy: _results)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
         self._stacks: dict = {}         # stacked nodes run as one layer: _Program._stack
+        self._unrolled: dict = {}       # unrolled recurrences' layers (_onnx_unrolled)
         self._out_key = tuple(self.output_names)
 
     def _check_sequences(self, node, seqs: set, where: str) -> None:
@@ -1574,13 +1576,14 @@ class OnnxModel:
         steps: made again by the next call; a kept program holds kernel objects that
         do not pickle, and copying one crashed the process)."""
         state = self.__dict__.copy()
-        state.update(_progs={}, _stacks={}, _live={})
+        state.update(_progs={}, _stacks={}, _live={}, _unrolled={})
         # (an op step's function by its op type: many are closures, which do not pickle)
         state["_steps"] = [(kind, (None,) + obj[1:] if kind == "op" else obj) + tuple(rest)
                            for kind, obj, *rest in self._steps]
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_unrolled", {})      # (pickles of earlier versions)
         state["_steps"] = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:] if kind == "op" else obj)
                            + tuple(rest) for kind, obj, *rest in state["_steps"]]
         self.__dict__.update(state)
@@ -1640,8 +1643,15 @@ class _Program:
                 readers.setdefault(n, []).append(k)
         self.steps, skip = [], set()
         fresh: set = set()      # values each call makes anew (writeable)
+        # unrolled recurrences (torch's dynamo export of nn.RNN): one layer call each
+        fused, covered = _unrolled.fuse(self, model, dyn, env, want, readers)
         for j, (kind, obj, ins, outs, where) in enumerate(dyn):
             if j in skip:
+                continue
+            if j in covered:
+                if j in fused:
+                    self.steps.append(fused[j])
+                    fresh.update(fused[j][2])
                 continue
             outs = [o or "\0" for o in outs]
             if kind == "rnn":

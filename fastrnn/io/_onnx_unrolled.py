@@ -1,0 +1,480 @@
+"""Unrolled recurrences in ONNX graphs, run as one fastrnn layer call.
+
+torch's default ONNX exporter (``dynamo=True``) has no RNN node for ``nn.RNN``: it
+writes the layer out step by step.  Per layer and direction, the input projection of all
+steps at once, ``P = X @ W + b_ih`` (X time-major ``(T, B, I)``), then for each step
+
+    h_t = act(h_{t-1} @ R + b_hh + P[t])          act: Tanh or Relu
+
+(``P[t]`` read by Slice + Squeeze, by SplitToSequence + SequenceAt, or from a reversed
+copy of P for the reverse direction; the first step with a zero initial state folded
+into a constant ``C + P[0]``).  Run op by op that is ~6 NumPy calls a step;
+:func:`fuse` finds such chains in a kept program's steps (``_Program``) and runs each
+as one :class:`fastrnn.SimpleRNN` call, which gives the same numbers up to float
+rounding.
+
+What is fused is checked twice: by structure (the ops, constant weights, one link
+per step) and by value: the chain's ops as the interpreter runs them and the layer are
+both run on random inputs of the call's shapes and must agree (a misread pattern
+is never fused, it runs op by op as before).  Which rows of P each step reads is found
+by running the steps' own selection ops on a probe array of distinct values.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._threads import _scope, scope_enter, scope_leave
+
+_ACTS = {"Tanh": "tanh", "Relu": "relu"}
+# ops that may stand between P and a step's P[t] (data input first, other inputs fixed)
+_PICK = frozenset({"Slice", "Squeeze", "Gather", "SequenceAt", "SplitToSequence",
+                   "Identity", "Reshape", "Unsqueeze"})
+_MIN_STEPS = 2          # chains shorter than this run op by op
+
+
+class _Graph:
+    """Read-only questions about a program's dynamic steps."""
+
+    def __init__(self, prog, model, dyn, env, want, readers):
+        self.prog, self.model, self.dyn, self.env = prog, model, dyn, env
+        self.want, self.readers = set(want), readers
+        self.prod = {}
+        for k, step in enumerate(dyn):
+            for n in step[3]:
+                if n:
+                    self.prod[n] = k
+
+    def op(self, k):
+        step = self.dyn[k]
+        return step[1][1] if step[0] == "op" else None
+
+    def const(self, n):
+        """The value of ``n`` if it is the same in every call (None: not so)."""
+        if not n or not self.prog._fixed(self.model, n):
+            return None
+        v = self.prog.base.get(n)
+        return self.model._consts.get(n) if v is None else v
+
+    def private(self, n) -> bool:
+        """Read by one step only, and not a wanted output."""
+        return n not in self.want and len(self.readers.get(n, ())) == 1
+
+    def matmul(self, k):
+        """(data input, weight as (K, N) for ``data @ weight``, bias or None) of a MatMul
+        / Gemm step whose weight is a 2-D constant of the model, else None."""
+        kind, obj, ins, outs, _ = self.dyn[k]
+        op = self.op(k)
+        if op == "MatMul" and len(ins) == 2:
+            w = self.model._consts.get(ins[1]) if self.prog._fixed(self.model, ins[1]) \
+                else None
+            return (ins[0], w, None) if isinstance(w, np.ndarray) and w.ndim == 2 else None
+        if op == "Gemm":
+            a = obj[2]
+            w = self.model._consts.get(ins[1]) if self.prog._fixed(self.model, ins[1]) \
+                else None
+            if (not isinstance(w, np.ndarray) or w.ndim != 2 or a.get("transA", 0)
+                    or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
+                return None
+            c = None
+            if len(ins) > 2 and ins[2]:
+                c = self.const(ins[2])
+                if c is None:
+                    return None
+            return ins[0], (w.T if a.get("transB", 0) else w), c
+        return None
+
+
+def _terms(g, n, adds, leaves):
+    """Flatten the Add tree under value ``n`` (Adds read once) into ``leaves``."""
+    k = g.prod.get(n)
+    if k is not None and g.op(k) == "Add" and g.private(n) and len(g.dyn[k][2]) == 2:
+        adds.append(k)
+        for m in g.dyn[k][2]:
+            _terms(g, m, adds, leaves)
+    else:
+        leaves.append(n)
+
+
+class _Step:
+    __slots__ = ("act", "kind", "ops", "h", "hp", "R", "bias", "x", "consts", "mm")
+
+    def __init__(self, act, kind, h):
+        self.act, self.kind, self.h = act, kind, h
+        self.ops, self.hp, self.R, self.bias, self.x = [act], None, None, [], None
+        self.consts, self.mm = [], []
+
+
+def _candidate(g, k):
+    """A step ``h = act(sum of terms)`` at act step ``k``: its constant terms, its
+    MatMul / Gemm terms with constant weights and the rest (None: not such a step)."""
+    kind, obj, ins, outs, _ = g.dyn[k]
+    if kind != "op" or obj[1] not in _ACTS or len(ins) != 1 or not outs[0]:
+        return None
+    s = _Step(k, _ACTS[obj[1]], outs[0])
+    adds, leaves = [], []
+    _terms(g, ins[0], adds, leaves)
+    s.ops += adds
+    rest = []
+    for n in leaves:
+        c = g.const(n)
+        if c is not None:
+            s.consts.append(c)
+            continue
+        p = g.prod.get(n)
+        mm = g.matmul(p) if p is not None and g.private(n) else None
+        if mm is not None:
+            s.mm.append((p, n, mm))
+        else:
+            rest.append(n)
+    s.x = rest
+    return s
+
+
+def _row(v, H):
+    """The one row all of constant ``v``'s rows (over its last axis) equal, or None."""
+    if v.shape[-1:] != (H,) and v.size != 1:
+        return None
+    r = np.broadcast_to(v, v.shape[:-1] + (H,)).reshape(-1, H)
+    return r[0] if (r == r[0]).all() else None
+
+
+def _fill(g, s, p, n, mm) -> bool:
+    """Make MatMul / Gemm term ``(p, n, mm)`` step ``s``'s recurrent one: ``s.hp`` its
+    data input, ``s.R`` its weight (H, H), ``s.bias`` the sum of the constant terms
+    (one row, (H,)), ``s.x`` the one other term.  False where that does not fit."""
+    hp, R, c = mm
+    v = g.env.get(s.h)
+    H = v.shape[-1] if isinstance(v, np.ndarray) and v.ndim else None
+    if H is None or R.shape != (H, H):
+        return False
+    x = s.x + [m[1] for m in s.mm if m[0] != p]       # (a projection in the step: as x)
+    bias = np.zeros(H, R.dtype)
+    for v in s.consts + ([] if c is None else [c]):
+        r = _row(np.asarray(v), H)
+        if r is None:
+            return False
+        bias = bias + r
+    if len(x) != 1:
+        return False
+    s.hp, s.R, s.bias, s.x = hp, R, bias, x
+    s.ops.append(p)
+    return True
+
+
+def _link(g, cands):
+    """Chains of steps, each step's recurrent MatMul reading the previous step's h (the
+    first step's: an initial state, or none: _zero_start).  Lists of _Step."""
+    by_h = {s.h: s for s in cands}
+    nxt = {}                    # a step's h -> the step reading it as its state
+    for s in cands:
+        hits = [t for t in s.mm if t[2][0] in by_h]
+        if len(hits) == 1 and hits[0][2][0] not in nxt and _fill(g, s, *hits[0]):
+            nxt[s.hp] = s
+    chains = []
+    for s in cands:
+        pred = by_h.get(s.hp) if s.R is not None else None
+        if pred is None or (pred.R is not None and nxt.get(pred.h) is s
+                            and _same_kind(pred, s)):
+            continue            # (not a recurrent step, or not a chain's first)
+        chain = [s]
+        while chain[-1].h in nxt and _same_kind(chain[-1], nxt[chain[-1].h]):
+            chain.append(nxt[chain[-1].h])
+        if pred.R is None and (_zero_start(g, pred, s) or _state_start(g, pred, s)):
+            chain.insert(0, pred)
+        if len(chain) >= _MIN_STEPS:
+            chains.append(chain)
+    return chains
+
+
+def _state_start(g, pred, s) -> bool:
+    """Whether ``pred`` is the chain's first step from an initial state that no step
+    makes (a graph input, zeros from the shapes): its one MatMul term of s's R."""
+    terms = [t for t in pred.mm if t[2][1] is s.R or (t[2][1].shape == s.R.shape
+                                                       and np.array_equal(t[2][1], s.R))]
+    return (len(terms) == 1 and pred.kind == s.kind and _fill(g, pred, *terms[0])
+            and _same_kind(pred, s))
+
+
+def _same_kind(a, b) -> bool:
+    return (a.R is not None and b.R is not None and a.kind == b.kind
+            and (a.R is b.R or np.array_equal(a.R, b.R)) and np.array_equal(a.bias, b.bias))
+
+
+def _zero_start(g, head, s) -> bool:
+    """Whether ``head`` is ``act(C + x)`` with constant C = s's bias on every row: the
+    first step from a zero state with ``0 @ R + b_hh`` folded (as the exporter writes it
+    without dynamic shapes)."""
+    if head.mm or len(head.x) != 1 or head.kind != s.kind:
+        return False
+    H = s.R.shape[0]
+    total = np.zeros(H, s.bias.dtype)
+    for v in head.consts:
+        r = _row(np.asarray(v), H)
+        if r is None:
+            return False
+        total = total + r
+    if not np.array_equal(total, s.bias):
+        return False
+    head.R, head.bias, head.hp = s.R, s.bias, None
+    return True
+
+
+def _sources(g, chain):
+    """How the chain's x terms are read from one projection: (P's name, the steps between
+    P and the x terms, the rows of P the steps read in order), or None."""
+    ops, root = set(), None
+    for s in chain:
+        n = s.x[0]
+        while True:
+            k = g.prod.get(n)
+            if k is None or g.op(k) not in _PICK or not all(
+                    g.const(m) is not None for m in g.dyn[k][2][1:] if m):
+                break
+            ops.add(k)
+            n = g.dyn[k][2][0]
+        if root is None:
+            root = n
+        elif n != root:
+            return None
+    P = g.env.get(root)
+    if not ops or not isinstance(P, np.ndarray) or P.ndim != 3:
+        return None
+    # a probe of distinct values through the selection ops (as the interpreter runs them)
+    T, B, H = P.shape
+    probe = np.arange(P.size, dtype=np.float64).reshape(P.shape)
+    local = {root: probe}
+    order = sorted(ops)
+    try:
+        for k in order:
+            kind, (fn, op_type, attrs), ins, outs, _ = g.dyn[k]
+            vals = [local[ins[0]]] + [g.const(m) if m else None for m in ins[1:]]
+            for o, v in zip(outs, g.model._call(fn, op_type, vals, attrs, len(outs))):
+                local[o] = v
+    except Exception:
+        return None
+    rows = []
+    for s in chain:
+        v = local.get(s.x[0])
+        if not isinstance(v, np.ndarray) or v.size != B * H:
+            return None
+        t = int(v.flat[0]) // (B * H)
+        if not 0 <= t < T or not np.array_equal(v.reshape(B, H), probe[t]):
+            return None
+        rows.append(t)
+    return root, order, rows
+
+
+def _projection(g, root):
+    """P = X @ W (+ b): (X's name, W (I, H), b (H,) or None, the steps), or None."""
+    k = g.prod.get(root)
+    if k is None:
+        return None
+    steps, b = [k], None
+    if g.op(k) == "Add":
+        ins = g.dyn[k][2]
+        for a, c in ((0, 1), (1, 0)):
+            bias = g.const(ins[c])
+            m = g.prod.get(ins[a])
+            if bias is not None and m is not None and g.op(m) == "MatMul" and \
+                    g.private(ins[a]):
+                b, k = bias, m
+                steps.append(m)
+                break
+        else:
+            return None
+    mm = g.matmul(k) if g.op(k) == "MatMul" else None
+    if mm is None or mm[2] is not None:
+        return None
+    X, W = mm[0], mm[1]
+    xv = g.env.get(X)
+    if not isinstance(xv, np.ndarray) or xv.ndim != 3 or xv.shape[2] != W.shape[0]:
+        return None
+    if b is not None:
+        b = _row(np.asarray(b), W.shape[1])
+        if b is None:
+            return None
+    return X, W, b, steps
+
+
+def fuse(prog, model, dyn, env, want, readers):
+    """The fused steps of a program's dynamic steps ``dyn`` (first call's values
+    ``env``): ({index: step (runner, getter, outputs, where)}, covered indices); each
+    step goes where the last of the ops it replaces was."""
+    g = _Graph(prog, model, dyn, env, want, readers)
+    cands = [s for s in (_candidate(g, k) for k, st in enumerate(dyn)
+                         if st[0] == "op" and st[1][1] in _ACTS) if s is not None]
+    if len(cands) < _MIN_STEPS:
+        return {}, set()
+    at, covered = {}, set()
+    for chain in _link(g, cands):
+        try:
+            made = _fused(g, chain, covered)
+        except (ValueError, TypeError, IndexError, FloatingPointError):
+            made = None
+        if made is not None:
+            k, step, own = made
+            at[k] = step
+            covered |= own
+    return at, covered
+
+
+def _fused(g, chain, taken):
+    src = _sources(g, chain)
+    if src is None:
+        return None
+    root, pick, rows = src
+    proj = _projection(g, root)
+    if proj is None:
+        return None
+    X, W, b, pstep = proj
+    n = len(rows)
+    r0, step = rows[0], (rows[1] - rows[0] if n > 1 else 1)
+    if step not in (1, -1) or rows != [r0 + step * k for k in range(n)]:
+        return None
+    dt = W.dtype
+    xv = g.env[X]
+    if dt not in (np.float32, np.float64) or xv.dtype != dt or chain[0].R.dtype != dt:
+        return None
+    own = set(pstep) | set(pick)
+    for s in chain:
+        own.update(s.ops)
+    if own & taken:
+        return None
+    hs = [s.h for s in chain]
+    hshape = g.env[hs[0]].shape
+    T, B, H = g.env[root].shape
+    if any(g.env[h].shape != hshape for h in hs) or int(np.prod(hshape)) != B * H:
+        return None
+    # a Concat of the chain's h in order (or reversed) is the layer's output itself
+    for h in (hs[-1], hs[0]):
+        for k in g.readers.get(h, ()):
+            kind, obj, ins, outs, _ = g.dyn[k]
+            if (kind == "op" and obj[1] == "Concat" and list(ins) in (hs, hs[::-1])
+                    and int(obj[2].get("axis", 0)) % len(hshape) == 0):
+                own.add(k)
+    cats = sorted(k for k in own if g.op(k) == "Concat")
+    # h0: None (zeros) or the name of the value the first step reads
+    h0 = chain[0].hp
+    if h0 is not None:
+        v = g.env.get(h0)
+        if h0 in g.prog.zero or (g.const(h0) is not None and not np.any(g.const(h0))):
+            h0 = None
+        elif not isinstance(v, np.ndarray) or v.size != B * H or v.dtype != dt:
+            return None
+    # what the fused step gives: the h read outside it, the Concats' outputs
+    names = []
+    for k in sorted(own):
+        for o in g.dyn[k][3]:
+            if o and (o in g.want or any(r not in own for r in g.readers.get(o, ()))):
+                if k in cats or o in hs:
+                    names.append(o)
+                else:
+                    return None     # (an intermediate another step reads: not fused)
+    last = max(own)
+    if any(r <= last for o in names for r in g.readers.get(o, ()) if r not in own):
+        return None
+    outs_own = {o for j in own for o in g.dyn[j][3]}
+    for k in own:               # (inputs: X, h0, each other's outputs, fixed values)
+        if any(m and m not in outs_own and m != X and m != h0 and g.const(m) is None
+               for m in g.dyn[k][2]):
+            return None
+    layer = _layer(g.model, chain, W, b, dt)
+    idx = {h: k for k, h in enumerate(hs)}
+    cat_rev = {k: list(g.dyn[k][2]) != hs for k in cats}
+    outs = tuple(names)
+    xshape = xv.shape
+    lo, hi = (r0, r0 + n) if step == 1 else (r0 - n + 1, r0 + 1)
+    whole = lo == 0 and hi == xshape[0] and step == 1
+    dense = layer._dense_call
+    plan = []
+    for o in outs:
+        k = g.prod[o]
+        plan.append(("cat", cat_rev[k], g.env[o].shape) if k in cats else ("h", idx[o], hshape))
+    generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
+                g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
+
+    def by_ops(env):
+        local = dict(env)
+        for r, k_ins, k_outs in generic:
+            local.update(zip(k_outs, r([local[m] if m else None for m in k_ins])))
+        return [local[o] for o in outs]
+
+    def run(env):
+        x = env[X]
+        hx = None
+        if h0 is not None:
+            hx = env[h0]
+            if type(hx) is not np.ndarray or hx.size != B * H or hx.dtype != dt:
+                return by_ops(env)
+            hx = hx.reshape(1, B, H)
+        if type(x) is not np.ndarray or x.shape != xshape or x.dtype != dt:
+            return by_ops(env)
+        if not whole:
+            x = x[lo:hi]
+            if step < 0:
+                x = x[::-1]
+            x = np.ascontiguousarray(x)
+        res = dense(x, hx, True, _scope.idle)
+        if res is None:
+            return by_ops(env)
+        Y = res[0].reshape(n, B, H)
+        got = []
+        for what, arg, shape in plan:
+            if what == "h":
+                got.append(Y[arg].reshape(shape))
+            else:
+                got.append((Y[::-1] if arg else Y).reshape(shape))
+        return got
+
+    if not _agrees(g, run, by_ops, X, h0, xshape, (1, B, H), dt):
+        return None
+    where = f"{g.dyn[chain[0].act][4]} .. {g.dyn[chain[-1].act][4]} (unrolled RNN, " \
+            f"{n} steps, run as one SimpleRNN call)"
+    return last, (run, _env_itself, outs, where), own
+
+
+def _env_itself(env):
+    return env
+
+
+def _layer(model, chain, W, b, dt):
+    """The SimpleRNN of the chain's weights (kept by the model, keyed by them)."""
+    R, bias, kind = chain[0].R, chain[0].bias, chain[0].kind
+    I, H = W.shape
+    bih = np.zeros(H, dt) if b is None else np.asarray(b, dt)
+    key = (id(W), id(R), bih.tobytes(), np.asarray(bias, dt).tobytes(), kind, dt.str)
+    kept = model._unrolled.get(key)
+    if kept is not None:
+        return kept[0]
+    from ..layers import _WEIGHTS_FOLLOW, SimpleRNN
+    layer = SimpleRNN(I, H, nonlinearity=kind, dtype=dt, num_threads=model.num_threads,
+                      seed=_WEIGHTS_FOLLOW)
+    layer.load_state_dict({"weight_ih_l0": np.array(W.T, dt), "weight_hh_l0": np.array(R.T, dt),
+                           "bias_ih_l0": np.array(bih), "bias_hh_l0": np.array(bias, dt)},
+                          _adopt=set())
+    if len(model._unrolled) >= 64:
+        model._unrolled.clear()
+    model._unrolled[key] = (layer, W, R)    # (keeps the ids' objects)
+    return layer
+
+
+def _agrees(g, run, by_ops, X, h0, xshape, hshape, dt) -> bool:
+    """Whether the fused runner and the ops give the same values on random inputs."""
+    rng = np.random.default_rng(0)
+    env = dict(g.env)
+    env[X] = rng.standard_normal(xshape).astype(dt)
+    if h0 is not None:
+        env[h0] = rng.standard_normal(g.env[h0].shape).astype(dt)
+    want = by_ops(env)
+    scope_enter()
+    try:
+        got = run(env)
+    finally:
+        scope_leave()
+    tol = 1e-4 if dt == np.float32 else 1e-10
+    for a, e in zip(got, want):
+        e = np.asarray(e)
+        if a.shape != e.shape or not np.allclose(a, e, rtol=tol, atol=tol * max(
+                1.0, float(np.abs(e).max(initial=0.0)))):
+            return False
+    return True
