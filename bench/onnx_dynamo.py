@@ -13,7 +13,10 @@ Needs torch, onnxscript (the exporter) and onnxruntime.  Two parts:
    it took them as absent, timed in the same rounds); ONNX Runtime on each export.
 2. Graphs the exporter unrolls (it has no RNN node): ``nn.RNN`` with fixed and with
    dynamic shapes (the latter read each step through SplitToSequence / SequenceAt),
-   LSTMCell / GRUCell loops.  fastrnn runs them op by op in NumPy.
+   LSTMCell / GRUCell loops.  fastrnn runs an unrolled ``nn.RNN`` as one SimpleRNN call
+   per layer and direction (``fastrnn.io._onnx_unrolled``; column "op by op": the same
+   model with that off, as before, timed in the same rounds) and the cell loops op by
+   op in NumPy.
 
 Each round calls each runner ``--calls`` times in turn; a runner's time is the minimum
 over all its calls (small calls: the minimum is the stable figure on a shared machine).
@@ -91,6 +94,24 @@ class Before:
             fonnx._Program._zero_state = real
 
 
+class OpByOp:
+    """fastrnn with unrolled recurrences run op by op (as before they were fused)."""
+
+    def __init__(self, data):
+        self.m = fastrnn.load(data)
+
+    def run(self, names, feeds):
+        if self.m._progs:
+            return self.m.run(names, feeds)
+        from fastrnn.io import _onnx_unrolled
+        real = _onnx_unrolled.fuse
+        _onnx_unrolled.fuse = lambda *a: ({}, set())
+        try:
+            return self.m.run(names, feeds)
+        finally:
+            _onnx_unrolled.fuse = real
+
+
 def kinds(m):
     prog = next(iter(m._progs.values()))
     return [s[0].__qualname__.split(".<locals>")[0].split(".")[-1] for s in prog.steps]
@@ -157,9 +178,13 @@ def main():
     if not args.quick:
         cases += [("RNN(128,256) T=100 B=1", torch.nn.RNN(128, 256, batch_first=True),
                    (1, 100, 128)),
+                  ("RNN(64,128) L=2 bi T=50 B=16", torch.nn.RNN(
+                      64, 128, num_layers=2, bidirectional=True, batch_first=True),
+                   (16, 50, 64)),
                   ("LSTMCell(128,256) x10 B=1", CellLoop("LSTMCell", 128, 256, 10),
                    (1, 10, 128))]
-    print(f"{'case':34s} {'export':>8s} {'steps':>6s} {'fastrnn':>9s} {'ORT':>9s} {'ratio':>6s}")
+    print(f"{'case':34s} {'export':>9s} {'steps':>6s} {'fused':>6s} {'fastrnn':>9s} "
+          f"{'op by op':>9s} {'ORT':>9s} {'ratio':>6s}")
     for name, net, shape in cases:
         x = rng.standard_normal(shape).astype(np.float32)
         for tag, dyn, kw in (("static", False, {}), ("dynamic", True, {})) if \
@@ -167,10 +192,12 @@ def main():
                                              ("opt=False", False, dict(optimize=False))):
             data = export(net, x, dyn, **kw)
             m = fastrnn.load(data)
-            r = time_runners([("ORT", sess(data)), ("fastrnn", m)], {m.input_names[0]: x},
-                             args.rounds, args.calls)
-            print(f"{name:34s} {tag:>8s} {len(m._steps):6d} {r['fastrnn'] * 1e6:9.1f} "
-                  f"{r['ORT'] * 1e6:9.1f} {r['fastrnn'] / r['ORT']:6.2f}")
+            r = time_runners([("ORT", sess(data)), ("fastrnn", m), ("op by op", OpByOp(data))],
+                             {m.input_names[0]: x}, args.rounds, args.calls)
+            fused = sum("(unrolled " in s[3] for s in next(iter(m._progs.values())).steps)
+            print(f"{name:34s} {tag:>9s} {len(m._steps):6d} {fused:6d} "
+                  f"{r['fastrnn'] * 1e6:9.1f} {r['op by op'] * 1e6:9.1f} {r['ORT'] * 1e6:9.1f} "
+                  f"{r['fastrnn'] / r['ORT']:6.2f}")
 
 
 if __name__ == "__main__":

@@ -1579,7 +1579,7 @@ def _unrolled_steps(m):
     """The steps of a model's one kept program that run an unrolled recurrence as one
     layer call (_onnx_unrolled), and the op types of the rest."""
     (prog,) = m._progs.values()
-    fused = [s for s in prog.steps if "unrolled RNN" in s[3]]
+    fused = [s for s in prog.steps if "(unrolled " in s[3]]
     return fused, [s[3].split()[2] for s in prog.steps if s not in fused]
 
 
@@ -1750,6 +1750,109 @@ def test_unrolled_recurrence_fused_only_where_it_is_one(rows, per_step_r, want_a
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
     assert len(_unrolled_steps(m)[0]) == fused
+
+
+class _Loop(torch.nn.Module):
+    """A torch cell run over the input's steps in Python, as a decoder or a custom
+    encoder does: ``state`` "zero" (zeros made in forward), "h0" (h0 an input);
+    ``feed`` "input" (step t reads x[:, t]) or "own" (step t > 0 reads a Linear of the
+    previous h: autoregressive); returns the stacked h and the last state."""
+
+    def __init__(self, cell, state="zero", feed="input", **kw):
+        super().__init__()
+        self.cell = getattr(torch.nn, cell)(4, 6, **kw)
+        self.state, self.feed = state, feed
+        self.back = torch.nn.Linear(6, 4)
+
+    def forward(self, x, h0=None):
+        h = x.new_zeros(x.shape[0], 6) if h0 is None else h0
+        c = x.new_zeros(x.shape[0], 6)
+        hs, inp = [], x[:, 0]
+        for t in range(x.shape[1]):
+            if isinstance(self.cell, torch.nn.LSTMCell):
+                h, c = self.cell(inp, (h, c))
+            else:
+                h = self.cell(inp, h)
+            hs.append(h)
+            inp = self.back(h) if self.feed == "own" else x[:, min(t + 1, x.shape[1] - 1)]
+        out = torch.stack(hs, 1)
+        return (out, h, c) if isinstance(self.cell, torch.nn.LSTMCell) else (out, h)
+
+
+@pytest.mark.parametrize("cell,kw,state,feed,optimize,fused", [
+    ("LSTMCell", {}, "zero", "input", True, 1),
+    ("LSTMCell", {}, "zero", "input", False, 1),
+    ("GRUCell", {}, "zero", "input", True, 1),
+    ("GRUCell", dict(bias=False), "h0", "input", False, 1),
+    ("RNNCell", dict(nonlinearity="relu"), "zero", "input", True, 1),
+    ("RNNCell", {}, "h0", "input", True, 1),
+    ("GRUCell", {}, "zero", "own", True, 0),    # each step's input from the last h
+    ("LSTMCell", {}, "zero", "own", False, 0),
+])
+def test_dynamo_unrolled_cell_loop_runs_as_one_layer_call(cell, kw, state, feed, optimize,
+                                                          fused, monkeypatch):
+    """A loop of LSTMCell / GRUCell / RNNCell steps over the input, written out by the
+    dynamo exporter (each step a Gemm of the input, one of the state and torch's cell
+    math; the first step's state Gemm folded where the state starts at zero, with
+    ``optimize=True``): from the second call one LSTM / GRU / SimpleRNN call and no
+    step's ops; an autoregressive loop (each step's input computed from the last h)
+    runs op by op.  ONNX Runtime's and PyTorch's answers either way, the same as op by
+    op, 2 steps and 5."""
+    torch.manual_seed(7)
+    net = _Loop(cell, state, feed, **kw).eval()
+    rng = np.random.default_rng(11)
+    for T in (2, 5):
+        x = rng.standard_normal((3, T, 4)).astype(np.float32)
+        args = [x] + ([rng.standard_normal((3, 6)).astype(np.float32)] if state == "h0" else [])
+        data = _dynamo_export(net, x, extra=[torch.from_numpy(a) for a in args[1:]],
+                              optimize=optimize)
+        m = load_onnx(data)
+        feeds = dict(zip(m.input_names, args))
+        with torch.no_grad():
+            want_t = [v.numpy() for v in net(*[torch.from_numpy(a) for a in args])]
+        for call in range(2):
+            got, ref = m.run(None, feeds), _ort(data, feeds)
+            for g, r, t in zip(got, ref.values(), want_t):
+                assert g.shape == r.shape == t.shape
+                np.testing.assert_allclose(g, r, rtol=TOL, atol=TOL)
+                np.testing.assert_allclose(g, t, rtol=TOL, atol=TOL)
+        steps, rest = _unrolled_steps(m)
+        assert len(steps) == fused, rest
+        if fused:
+            assert f"{cell} loop, {T} steps" in steps[0][3]
+            assert not {"Gemm", "MatMul", "Sigmoid", "Tanh", "Relu"} & set(rest), rest
+        plain = _op_by_op(data, feeds, monkeypatch)
+        for k, v in m.run(feeds).items():
+            np.testing.assert_allclose(v, plain[k], rtol=TOL, atol=TOL)
+
+
+def test_dynamo_unrolled_lstm_cell_loop_from_a_given_cell_state_runs_op_by_op():
+    """An LSTMCell loop from a c0 the caller gives is not fused (fastrnn's fused loops
+    start from a zero cell state); it runs op by op, ONNX Runtime's answers."""
+
+    class FromState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = torch.nn.LSTMCell(4, 6)
+
+        def forward(self, x, c0):
+            h, c = torch.zeros_like(c0), c0
+            for t in range(x.shape[1]):
+                h, c = self.cell(x[:, t], (h, c))
+            return h, c
+
+    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 4)).astype(np.float32)
+    c0 = rng.standard_normal((2, 6)).astype(np.float32)
+    data = _dynamo_export(FromState().eval(), x, extra=[torch.from_numpy(c0)])
+    m = load_onnx(data)
+    feeds = dict(zip(m.input_names, [x, c0]))
+    for _ in range(2):
+        got, ref = m.run(feeds), _ort(data, feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert not _unrolled_steps(m)[0]
 
 
 # ------------------------------------------------------------------ sequence ops

@@ -219,12 +219,12 @@ def _zero_start(g, head, s) -> bool:
     return True
 
 
-def _sources(g, chain):
-    """How the chain's x terms are read from one projection: (P's name, the steps between
-    P and the x terms, the rows of P the steps read in order), or None."""
+def _sources(g, xs, axes=(0,)):
+    """How values ``xs`` are read from one 3-D value: (its name, the steps between it
+    and them, the index each reads along ``axis``, axis), or None.  Found by running
+    those steps, as the interpreter runs them, on a probe of distinct values."""
     ops, root = set(), None
-    for s in chain:
-        n = s.x[0]
+    for n in xs:
         while True:
             k = g.prod.get(n)
             if k is None or g.op(k) not in _PICK or not all(
@@ -239,8 +239,6 @@ def _sources(g, chain):
     P = g.env.get(root)
     if not ops or not isinstance(P, np.ndarray) or P.ndim != 3:
         return None
-    # a probe of distinct values through the selection ops (as the interpreter runs them)
-    T, B, H = P.shape
     probe = np.arange(P.size, dtype=np.float64).reshape(P.shape)
     local = {root: probe}
     order = sorted(ops)
@@ -252,16 +250,22 @@ def _sources(g, chain):
                 local[o] = v
     except Exception:
         return None
-    rows = []
-    for s in chain:
-        v = local.get(s.x[0])
-        if not isinstance(v, np.ndarray) or v.size != B * H:
+    rows, axis = [], None
+    for n in xs:
+        v = local.get(n)
+        if not isinstance(v, np.ndarray) or not v.size:
             return None
-        t = int(v.flat[0]) // (B * H)
-        if not 0 <= t < T or not np.array_equal(v.reshape(B, H), probe[t]):
+        at = np.unravel_index(int(v.flat[0]), P.shape)
+        for a in axes if axis is None else (axis,):
+            t = int(at[a])
+            want = np.take(probe, t, axis=a)
+            if v.size == want.size and np.array_equal(v.reshape(want.shape), want):
+                axis = a
+                break
+        else:
             return None
         rows.append(t)
-    return root, order, rows
+    return root, order, rows, axis
 
 
 def _projection(g, root):
@@ -301,14 +305,15 @@ def fuse(prog, model, dyn, env, want, readers):
     ``env``): ({index: step (runner, getter, outputs, where)}, covered indices); each
     step goes where the last of the ops it replaces was."""
     g = _Graph(prog, model, dyn, env, want, readers)
+    at, covered = {}, set()
     cands = [s for s in (_candidate(g, k) for k, st in enumerate(dyn)
                          if st[0] == "op" and st[1][1] in _ACTS) if s is not None]
-    if len(cands) < _MIN_STEPS:
-        return {}, set()
-    at, covered = {}, set()
-    for chain in _link(g, cands):
+    plans = [_rnn_plan(g, c) for c in _link(g, cands)] if len(cands) >= _MIN_STEPS else []
+    for plan in plans + list(_cell_plans(g)):
+        if plan is None:
+            continue
         try:
-            made = _fused(g, chain, covered)
+            made = _fused(g, plan, covered)
         except (ValueError, TypeError, IndexError, FloatingPointError):
             made = None
         if made is not None:
@@ -318,33 +323,67 @@ def fuse(prog, model, dyn, env, want, readers):
     return at, covered
 
 
-def _fused(g, chain, taken):
-    src = _sources(g, chain)
+class _Plan:
+    """A recurrence found in the graph, to run as one layer call: ``own`` the steps it
+    replaces; the layer reads ``X`` (3-D, time along ``axis``) at ``rows`` (in order,
+    one apart, up or down) from state ``h0`` (a value's name, or None: zeros; c0 is
+    zeros); ``hs`` each step's h, ``cn`` the last step's c (LSTM: its name or None);
+    ``layer(dtype)`` the layer; ``label`` for messages."""
+    __slots__ = ("own", "X", "axis", "rows", "h0", "hs", "cn", "layer", "label")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+def _rnn_plan(g, chain):
+    """The plan of an unrolled nn.RNN chain (_link): its inputs read from a projection
+    P = X @ W (+ b) computed once."""
+    src = _sources(g, [s.x[0] for s in chain])
     if src is None:
         return None
-    root, pick, rows = src
+    root, pick, rows, _ = src
     proj = _projection(g, root)
     if proj is None:
         return None
     X, W, b, pstep = proj
-    n = len(rows)
-    r0, step = rows[0], (rows[1] - rows[0] if n > 1 else 1)
-    if step not in (1, -1) or rows != [r0 + step * k for k in range(n)]:
-        return None
-    dt = W.dtype
-    xv = g.env[X]
-    if dt not in (np.float32, np.float64) or xv.dtype != dt or chain[0].R.dtype != dt:
-        return None
     own = set(pstep) | set(pick)
     for s in chain:
         own.update(s.ops)
-    if own & taken:
+    first = chain[0]
+    h0 = first.hp
+    wname, rname = g.dyn[pstep[-1]][2][1], g.dyn[first.ops[-1]][2][1]
+    H = first.R.shape[0]
+    bih = np.zeros(H, W.dtype) if b is None else b
+
+    def layer(dt):
+        return _layer(g.model, "RNN", first.kind, (wname, rname), W, first.R, bih,
+                      first.bias, dt)
+    return _Plan(own=own, X=X, axis=0, rows=rows, h0=h0, hs=[s.h for s in chain], cn=None,
+                 layer=layer, label=f"{g.dyn[first.act][4]} .. {g.dyn[chain[-1].act][4]} "
+                 f"(unrolled RNN, {len(chain)} steps, run as one SimpleRNN call)")
+
+
+def _fused(g, plan, taken):
+    """The fused step of ``plan``: (its index, the step, the steps it replaces), or None
+    where it does not apply (then they run op by op)."""
+    own, X, hs, rows = set(plan.own), plan.X, plan.hs, plan.rows
+    n = len(rows)
+    r0, step = rows[0], (rows[1] - rows[0] if n > 1 else 1)
+    if n < _MIN_STEPS or step not in (1, -1) or rows != [r0 + step * k for k in range(n)]:
         return None
-    hs = [s.h for s in chain]
+    xv = g.env.get(X)
+    if not isinstance(xv, np.ndarray) or xv.ndim != 3 or plan.axis not in (0, 1):
+        return None
+    dt = xv.dtype
+    if dt not in (np.float32, np.float64) or own & taken:
+        return None
     hshape = g.env[hs[0]].shape
-    T, B, H = g.env[root].shape
-    if any(g.env[h].shape != hshape for h in hs) or int(np.prod(hshape)) != B * H:
+    B = xv.shape[1 - plan.axis]
+    if any(g.env[h].shape != hshape for h in hs) or hshape[-1:] == () or \
+            int(np.prod(hshape)) % B:
         return None
+    H = int(np.prod(hshape)) // B
     # a Concat of the chain's h in order (or reversed) is the layer's output itself
     for h in (hs[-1], hs[0]):
         for k in g.readers.get(h, ()):
@@ -353,20 +392,19 @@ def _fused(g, chain, taken):
                     and int(obj[2].get("axis", 0)) % len(hshape) == 0):
                 own.add(k)
     cats = sorted(k for k in own if g.op(k) == "Concat")
-    # h0: None (zeros) or the name of the value the first step reads
-    h0 = chain[0].hp
+    h0 = plan.h0
     if h0 is not None:
         v = g.env.get(h0)
         if h0 in g.prog.zero or (g.const(h0) is not None and not np.any(g.const(h0))):
             h0 = None
         elif not isinstance(v, np.ndarray) or v.size != B * H or v.dtype != dt:
             return None
-    # what the fused step gives: the h read outside it, the Concats' outputs
+    # what the fused step gives: the h read outside it, the Concats' outputs, the last c
     names = []
     for k in sorted(own):
         for o in g.dyn[k][3]:
             if o and (o in g.want or any(r not in own for r in g.readers.get(o, ()))):
-                if k in cats or o in hs:
+                if k in cats or o in hs or o == plan.cn:
                     names.append(o)
                 else:
                     return None     # (an intermediate another step reads: not fused)
@@ -378,18 +416,22 @@ def _fused(g, chain, taken):
         if any(m and m not in outs_own and m != X and m != h0 and g.const(m) is None
                for m in g.dyn[k][2]):
             return None
-    layer = _layer(g.model, chain, W, b, dt)
+    layer = plan.layer(dt)
+    if layer is None:
+        return None
+    lstm = layer._cell == "LSTM"
     idx = {h: k for k, h in enumerate(hs)}
-    cat_rev = {k: list(g.dyn[k][2]) != hs for k in cats}
     outs = tuple(names)
-    xshape = xv.shape
+    xshape, axis = xv.shape, plan.axis
     lo, hi = (r0, r0 + n) if step == 1 else (r0 - n + 1, r0 + 1)
-    whole = lo == 0 and hi == xshape[0] and step == 1
+    whole = lo == 0 and hi == xshape[axis] and step == 1
     dense = layer._dense_call
-    plan = []
+    shapes = []
     for o in outs:
         k = g.prod[o]
-        plan.append(("cat", cat_rev[k], g.env[o].shape) if k in cats else ("h", idx[o], hshape))
+        shapes.append(("cat", list(g.dyn[k][2]) != hs, g.env[o].shape) if k in cats else
+                      ("c", None, g.env[o].shape) if o == plan.cn else
+                      ("h", idx[o], hshape))
     generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
                 g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
 
@@ -407,8 +449,12 @@ def _fused(g, chain, taken):
             if type(hx) is not np.ndarray or hx.size != B * H or hx.dtype != dt:
                 return by_ops(env)
             hx = hx.reshape(1, B, H)
+            if lstm:
+                hx = (hx, np.zeros_like(hx))
         if type(x) is not np.ndarray or x.shape != xshape or x.dtype != dt:
             return by_ops(env)
+        if axis:
+            x = x.transpose(1, 0, 2)
         if not whole:
             x = x[lo:hi]
             if step < 0:
@@ -419,50 +465,55 @@ def _fused(g, chain, taken):
             return by_ops(env)
         Y = res[0].reshape(n, B, H)
         got = []
-        for what, arg, shape in plan:
+        for what, arg, shape in shapes:
             if what == "h":
                 got.append(Y[arg].reshape(shape))
+            elif what == "c":
+                got.append(res[1][1].reshape(shape))
             else:
                 got.append((Y[::-1] if arg else Y).reshape(shape))
         return got
 
-    if not _agrees(g, run, by_ops, X, h0, xshape, (1, B, H), dt):
+    if not _agrees(g, run, by_ops, X, h0, dt):
         return None
-    where = f"{g.dyn[chain[0].act][4]} .. {g.dyn[chain[-1].act][4]} (unrolled RNN, " \
-            f"{n} steps, run as one SimpleRNN call)"
-    return last, (run, _env_itself, outs, where), own
+    return last, (run, _env_itself, outs, plan.label), own
 
 
 def _env_itself(env):
     return env
 
 
-def _layer(model, chain, W, b, dt):
-    """The SimpleRNN of the chain's weights (kept by the model, keyed by them)."""
-    R, bias, kind = chain[0].R, chain[0].bias, chain[0].kind
-    I, H = W.shape
-    bih = np.zeros(H, dt) if b is None else np.asarray(b, dt)
-    key = (id(W), id(R), bih.tobytes(), np.asarray(bias, dt).tobytes(), kind, dt.str)
+_KEPT_LAYERS = 64       # layers a model keeps for its fused recurrences (then cleared)
+
+
+def _layer(model, cell, act, names, W, R, bih, bhh, dt):
+    """The one-layer ``cell`` ("RNN", "GRU", "LSTM") of weights ``W`` (I, G*H), ``R``
+    (H, G*H) (for ``x @ W``, gates in torch's order), biases (G*H,), of dtype ``dt``,
+    kept by the model (keyed by the weights' names and the biases' values)."""
+    bih, bhh = np.asarray(bih, dt), np.asarray(bhh, dt)
+    key = (cell, act, names, bih.tobytes(), bhh.tobytes(), np.dtype(dt).str)
     kept = model._unrolled.get(key)
     if kept is not None:
-        return kept[0]
-    from ..layers import _WEIGHTS_FOLLOW, SimpleRNN
-    layer = SimpleRNN(I, H, nonlinearity=kind, dtype=dt, num_threads=model.num_threads,
-                      seed=_WEIGHTS_FOLLOW)
+        return kept
+    from ..layers import _WEIGHTS_FOLLOW, GRU, LSTM, SimpleRNN
+    I, H = W.shape[0], R.shape[0]
+    kw = dict(dtype=dt, num_threads=model.num_threads, seed=_WEIGHTS_FOLLOW)
+    layer = SimpleRNN(I, H, nonlinearity=act, **kw) if cell == "RNN" else \
+        GRU(I, H, reset_after=True, **kw) if cell == "GRU" else LSTM(I, H, **kw)
     layer.load_state_dict({"weight_ih_l0": np.array(W.T, dt), "weight_hh_l0": np.array(R.T, dt),
-                           "bias_ih_l0": np.array(bih), "bias_hh_l0": np.array(bias, dt)},
+                           "bias_ih_l0": np.array(bih), "bias_hh_l0": np.array(bhh)},
                           _adopt=set())
-    if len(model._unrolled) >= 64:
+    if len(model._unrolled) >= _KEPT_LAYERS:
         model._unrolled.clear()
-    model._unrolled[key] = (layer, W, R)    # (keeps the ids' objects)
+    model._unrolled[key] = layer
     return layer
 
 
-def _agrees(g, run, by_ops, X, h0, xshape, hshape, dt) -> bool:
+def _agrees(g, run, by_ops, X, h0, dt) -> bool:
     """Whether the fused runner and the ops give the same values on random inputs."""
     rng = np.random.default_rng(0)
     env = dict(g.env)
-    env[X] = rng.standard_normal(xshape).astype(dt)
+    env[X] = rng.standard_normal(g.env[X].shape).astype(dt)
     if h0 is not None:
         env[h0] = rng.standard_normal(g.env[h0].shape).astype(dt)
     want = by_ops(env)
@@ -471,10 +522,180 @@ def _agrees(g, run, by_ops, X, h0, xshape, hshape, dt) -> bool:
         got = run(env)
     finally:
         scope_leave()
+    return all(_close(a, e, dt) for a, e in zip(got, want))
+
+
+def _close(a, e, dt) -> bool:
+    """Equal up to float rounding (relative to e's largest magnitude)."""
+    a, e = np.asarray(a), np.asarray(e)
     tol = 1e-4 if dt == np.float32 else 1e-10
-    for a, e in zip(got, want):
-        e = np.asarray(e)
-        if a.shape != e.shape or not np.allclose(a, e, rtol=tol, atol=tol * max(
-                1.0, float(np.abs(e).max(initial=0.0)))):
-            return False
-    return True
+    return a.shape == e.shape and bool(np.allclose(a, e, rtol=tol, atol=tol * max(
+        1.0, float(np.abs(e).max(initial=0.0)))))
+
+
+# ------------------------------------------------ cell loops (LSTMCell / GRUCell / RNNCell)
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _cell_step(cell, act, gx, gh, h, c):
+    """One step of torch's cell from the two projections (bias included): (h', c')."""
+    if cell == "RNN":
+        v = gx + gh
+        return (np.tanh(v) if act == "tanh" else np.maximum(v, 0)), None
+    if cell == "GRU":
+        xr, xz, xn = np.split(gx, 3, axis=-1)
+        hr, hz, hn = np.split(gh, 3, axis=-1)
+        r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)
+        nn = np.tanh(xn + r * hn)
+        return (1 - z) * nn + z * h, None
+    i, f, gg, o = np.split(gx + gh, 4, axis=-1)
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
+    return _sigmoid(o) * np.tanh(c), c
+
+
+def _random_env(g):
+    """The program's values for random float inputs of the first call's shapes (every
+    step run as the interpreter runs it), or None where that fails."""
+    rng = np.random.default_rng(1)
+    env = dict(g.env)
+    for n in g.model.input_names:
+        v = env.get(n)
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            env[n] = rng.standard_normal(v.shape).astype(v.dtype)
+    try:
+        for kind, obj, ins, outs, _ in g.dyn:
+            vals = [env[m] if m else None for m in ins]
+            res = obj.run(vals) if kind == "rnn" else g.model._call(
+                obj[0], obj[1], vals, obj[2], len(outs))
+            env.update((o, v) for o, v in zip(outs, res) if o)
+    except Exception:
+        return None
+    return env
+
+
+def _find(g, env, after, before, value, dt):
+    """The first value made by a step in (after, before) equal to ``value``."""
+    for k in range(after + 1, min(before, len(g.dyn))):
+        for o in g.dyn[k][3]:
+            v = env.get(o) if o else None
+            if isinstance(v, np.ndarray) and v.shape == value.shape and _close(v, value, dt):
+                return o
+    return None
+
+
+def _cell_plans(g):
+    """Plans of loops of torch's cells written out step by step (the exporter's
+    decomposition of LSTMCell / GRUCell / RNNCell: each step a MatMul / Gemm of the
+    input and one of the state, each with constant weights shared by every step).
+    Which values are each step's h (and c) is found by running torch's cell math on
+    the program's values for random inputs."""
+    groups: dict = {}
+    for k in range(len(g.dyn)):
+        if g.op(k) in ("MatMul", "Gemm"):
+            mm = g.matmul(k)
+            if mm is not None:
+                ins = g.dyn[k][2]
+                key = (ins[1], g.op(k) == "Gemm" and bool(g.dyn[k][1][2].get("transB", 0)))
+                groups.setdefault(key, []).append((k, mm))
+    # (state projections: one fewer than the steps where the first one was folded)
+    rec = [(key, m) for key, m in groups.items() if len(m) >= _MIN_STEPS - 1
+           and m[0][1][1].shape[1] in (m[0][1][1].shape[0] * G for G in (1, 3, 4))]
+    if not rec:
+        return
+    env = None
+    for key, members in rec:
+        R = members[0][1][1]
+        H = R.shape[0]
+        cell = {1: "RNN", 3: "GRU", 4: "LSTM"}[R.shape[1] // H]
+        for xkey, xm in groups.items():
+            # (one more input projection than state ones: the first step's from a zero
+            # state folded into a constant at load)
+            if (xkey == key or len(xm) - len(members) not in (0, 1)
+                    or xm[0][1][1].shape[1] != R.shape[1]):
+                continue
+            if env is None:
+                env = _random_env(g)
+                if env is None:
+                    return
+            plan = _cell_plan(g, env, cell, key, members, xkey, xm)
+            if plan is not None:
+                yield plan
+                break
+
+
+def _cell_plan(g, env, cell, key, members, xkey, xm):
+    """The plan of one loop: state projections ``members``, input projections ``xm``
+    (the k-th of each in the k-th step; one more of the latter: the first step's state
+    projection folded), or None."""
+    R, W = members[0][1][1], xm[0][1][1]
+    H, n, dt = R.shape[0], len(xm), R.dtype
+    if n < _MIN_STEPS:
+        return None
+    bhh = [_row(np.asarray(m[1][2]), R.shape[1]) if m[1][2] is not None else
+           np.zeros(R.shape[1], R.dtype) for m in members]
+    bih = [_row(np.asarray(m[1][2]), W.shape[1]) if m[1][2] is not None else
+           np.zeros(W.shape[1], W.dtype) for m in xm]
+    if any(b is None for b in bhh + bih) or any(
+            not np.array_equal(b, bhh[0]) for b in bhh) or any(
+            not np.array_equal(b, bih[0]) for b in bih):
+        return None
+    rm = ([None] if n > len(members) else []) + [m[0] for m in members]
+    h0 = None if rm[0] is None else members[0][1][0]
+    B = env[g.dyn[xm[0][0]][3][0]].shape[0]
+    h = np.zeros((B, H), dt) if h0 is None else env.get(h0)
+    if not isinstance(h, np.ndarray) or h.shape != (B, H):
+        return None
+    for act in ("tanh", "relu") if cell == "RNN" else (None,):
+        hs, cs = [], []
+        hv, cv = h, np.zeros_like(h)
+        for k in range(n):
+            xk, rk = xm[k][0], rm[k]
+            nxt = rm[k + 1] if k + 1 < n else len(g.dyn)
+            if xk > nxt:
+                break
+            gh = bhh[0] if rk is None else env[g.dyn[rk][3][0]]
+            hv, cv = _cell_step(cell, act, env[g.dyn[xk][3][0]], gh, hv, cv)
+            start = xk if rk is None else max(rk, xk)
+            if k + 1 < n:
+                name = g.dyn[nxt][2][0]
+                if not _close(env.get(name), hv, dt):
+                    break
+            else:
+                name = _find(g, env, start, nxt, hv, dt)
+            cname = _find(g, env, start, nxt, cv, dt) if cell == "LSTM" else None
+            if name is None or (cell == "LSTM" and cname is None):
+                break
+            hs.append(name)
+            cs.append(cname)
+        else:
+            break
+    else:
+        return None
+    src = _sources(g, [m[1][0] for m in xm], axes=(0, 1))
+    if src is None:
+        return None
+    X, pick, rows, axis = src
+    # the steps the loop is: back from its h and c to X, the first state, constants
+    own, stack = set(), hs + [c for c in cs if c]
+    while stack:
+        v = stack.pop()
+        if v == X or v == h0 or g.const(v) is not None:
+            continue
+        k = g.prod.get(v)
+        if k is None:
+            return None
+        if k not in own:
+            own.add(k)
+            stack.extend(m for m in g.dyn[k][2] if m)
+    names = (key[0], xkey[0])
+
+    def layer(dt_):
+        return _layer(g.model, cell, act or "tanh", names, W, R, bih[0], bhh[0], dt_) \
+            if dt_ == dt and W.dtype == dt else None
+    return _Plan(own=own, X=X, axis=axis, rows=rows, h0=h0, hs=hs, cn=cs[-1],
+                 layer=layer, label=f"{g.dyn[xm[0][0]][4]} .. {g.dyn[members[-1][0]][4]} "
+                 f"(unrolled {cell}Cell loop, {n} steps, run as one {_NAMES[cell]} call)")
+
+
+_NAMES = {"RNN": "SimpleRNN", "GRU": "GRU", "LSTM": "LSTM"}
