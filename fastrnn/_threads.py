@@ -2,9 +2,10 @@
 
 Resolution order for a call: the ``num_threads`` argument of the call, then the layer's
 ``num_threads``, then :func:`set_num_threads`, then ``OMP_NUM_THREADS``, then the CPUs
-this process may run on.  The same count is given to OpenMP regions and to scipy's
-OpenBLAS (per calling thread, through ``openblas_set_num_threads_local``), so the two
-never oversubscribe the cores.
+this process may run on; whichever it is, ``OMP_THREAD_LIMIT`` caps it (the OpenMP
+runtime gives a region no more threads than that).  The same count is given to OpenMP
+regions and to scipy's OpenBLAS (per calling thread, through
+``openblas_set_num_threads_local``), so the two never oversubscribe the cores.
 """
 from __future__ import annotations
 
@@ -54,6 +55,37 @@ def _env_threads() -> int | None:
     return _env[0]
 
 
+_limit: int | None = None
+
+
+def _parse_thread_limit(v) -> int:
+    """An ``OMP_THREAD_LIMIT`` value read as libgomp reads it (``parse_unsigned_long`` in
+    its env.c: C ``strtoul``, base 10, spaces around it; zero, a value that is negative
+    as a C long, an overflow or anything else invalid is ignored, with libgomp's
+    "Invalid value" message; above INT_MAX no limit) -> the cap (no limit:
+    ``_MAX_THREADS``, which no count exceeds)."""
+    import re
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?)0*([0-9]{1,21})[ \t\n\v\f\r]*\Z", v or "")
+    if m is None:                           # (not a number, or over 21 digits: ERANGE)
+        return _MAX_THREADS
+    value = int(m.group(2))
+    if value >= 1 << 64:                    # (strtoul: ERANGE)
+        return _MAX_THREADS
+    if m.group(1) == "-":
+        value = -value % (1 << 64)          # (strtoul negates in unsigned long)
+    if value == 0 or value >= 1 << 63:      # ((long) value <= 0)
+        return _MAX_THREADS
+    return min(value, _MAX_THREADS)         # (above INT_MAX: unlimited)
+
+
+def _thread_limit() -> int:
+    """OMP_THREAD_LIMIT, read once (as OMP_NUM_THREADS), as a cap on every count."""
+    global _limit
+    if _limit is None:
+        _limit = _parse_thread_limit(os.environ.get("OMP_THREAD_LIMIT"))
+    return _limit
+
+
 def set_num_threads(n: int | None) -> None:
     """Set the default number of threads of every fastrnn call (None: back to automatic)."""
     global _default
@@ -64,9 +96,9 @@ def set_num_threads(n: int | None) -> None:
 
 def _wanted_default() -> int:
     """The default thread count before the fork rule (below)."""
-    if _default is not None:
-        return _default
-    return _env_threads() or _cpu_count()
+    n = _default if _default is not None else _env_threads() or _cpu_count()
+    lim = _limit or _thread_limit()         # (OMP_THREAD_LIMIT)
+    return n if n <= lim else lim
 
 
 def get_num_threads() -> int:
@@ -167,6 +199,10 @@ if hasattr(os, "register_at_fork"):
 def _granted(n: int) -> int:
     """The thread count a call gets for a wanted n (1 in a child forked after threads)."""
     global _threads_used, _fork_warned
+    if n > 1:
+        lim = _limit or _thread_limit()     # (OMP_THREAD_LIMIT: libgomp gives no more)
+        if n > lim:
+            n = lim
     if n > 1:
         if _fork_single:
             if not _fork_warned:

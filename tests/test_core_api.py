@@ -516,3 +516,72 @@ def test_thread_counts_beyond_a_c_int_refused():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "99999999999999999999"})
     assert r.returncode == 0 and "(20, 16, 300)" in r.stdout, r.stderr[-500:]
+
+
+_LIMIT_CODE = """
+import json, numpy as np, fastrnn
+from fastrnn import _threads
+layer = fastrnn.LSTM(8, 300, seed=0)
+x = np.random.default_rng(0).standard_normal((20, 16, 8)).astype(np.float32)
+out = {"default": fastrnn.get_num_threads(), "call": _threads.resolve(2),
+       "layer": _threads.resolve(None, 2)}
+fastrnn.set_num_threads(2)
+out["set"] = fastrnn.get_num_threads()
+fastrnn.set_num_threads(None)
+with _threads.threads_for_calls(2):
+    out["model"] = _threads.resolve()
+y2 = layer(x, num_threads=2)[0]
+h = np.zeros((1, 16, 300), np.float32)
+c = np.zeros_like(h)
+layer._step_fast(x[0], h, c, num_threads=2)
+out["step"] = layer._step_entry[1]              # (the count its plan was made for)
+out["same"] = bool(np.array_equal(y2, layer(x, num_threads=1)[0]))
+print(json.dumps(out))
+"""
+
+
+def test_omp_thread_limit_caps_every_thread_count():
+    """OMP_THREAD_LIMIT=1: libgomp runs every parallel region on one thread, so fastrnn
+    plans every call for one (get_num_threads() said the CPU count / OMP_NUM_THREADS,
+    and calls were planned for two threads that libgomp did not give)."""
+    import json
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_THREAD_LIMIT": "1"}
+    r = subprocess.run([sys.executable, "-c", _LIMIT_CODE], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr[-800:]
+    got = json.loads(r.stdout)
+    assert got == {"default": 1, "call": 1, "layer": 1, "set": 1, "model": 1, "step": 1,
+                   "same": True}, got
+    # a limit above the count changes nothing; an invalid one is ignored
+    for limit, want in (("3", 2), ("0", 2), ("two", 2), (" +1 ", 1)):
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_THREAD_LIMIT": limit}
+        r = subprocess.run([sys.executable, "-c", _LIMIT_CODE], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 0, r.stderr[-800:]
+        got = json.loads(r.stdout)
+        assert (got["default"], got["call"], got["set"], got["step"]) == (want,) * 4, \
+            (limit, got)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp (GCC builds)")
+def test_omp_thread_limit_read_as_libgomp_reads_it():
+    """fastrnn's reading of OMP_THREAD_LIMIT is the OpenMP runtime's own (libgomp's
+    omp_get_thread_limit(), INT_MAX where it has no limit), valid and invalid values."""
+    code = ("import ctypes, os, fastrnn._kernels\n"
+            "from fastrnn import _threads\n"
+            "try:\n"
+            "    g = ctypes.CDLL('libgomp.so.1', mode=os.RTLD_NOLOAD | os.RTLD_LAZY)\n"
+            "except OSError:\n"
+            "    print('none'); raise SystemExit\n"
+            "print(g.omp_get_thread_limit(), _threads._thread_limit())\n")
+    values = ["1", "2", " 3\t", "+2", "0", "-1", "", "abc", "1,2", "2 x", "007",
+              "2147483647", "2147483648", "99999999999999999999", "9223372036854775808",
+              "-18446744073709551615"]
+    for v in values:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "OMP_THREAD_LIMIT": v})
+        assert r.returncode == 0, r.stderr[-800:]
+        if r.stdout.strip() == "none":
+            pytest.skip("the kernels do not link libgomp")
+        omp, ours = map(int, r.stdout.split())
+        assert ours == min(omp, 1 << 16), (v, omp, ours)

@@ -123,10 +123,8 @@ def test_bf16_matches_torch():
 
 
 def test_writer_rejects_bad_input(tmp_path):
-    with pytest.raises(LoadError, match="complex"):
-        write_safetensors(tmp_path / "c.st", {"c": np.zeros(2, np.complex64)})
-    with pytest.raises(LoadError, match="object"):
-        write_safetensors(tmp_path / "o.st", {"o": np.array([None, 1], dtype=object)})
+    with pytest.raises(TypeError):
+        write_safetensors(tmp_path / "m.st", {"a": np.zeros(1)}, {"k": 1})
     with pytest.raises(TypeError):
         write_safetensors(tmp_path / "m.st", {"a": np.zeros(1)}, {"k": 1})
     with pytest.raises(TypeError, match="mapping of str to str, got str"):
@@ -134,6 +132,46 @@ def test_writer_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError):
         write_safetensors(tmp_path / "n.st", {"__metadata__": np.zeros(1)})
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("arr", [
+    np.zeros(2, np.complex64), np.zeros(2, np.complex128), np.array([None, 1], dtype=object),
+    np.array(["ab", "c"]), np.array([b"ab"]), np.zeros(2, [("x", "<f4"), ("y", "<i4")]),
+    np.zeros(2, "V4"), np.zeros(2, "datetime64[s]"), np.zeros(2, "timedelta64[s]")],
+    ids=lambda a: str(a.dtype))
+def test_writer_refuses_other_dtypes_with_a_type_error(tmp_path, arr):
+    """An array of a dtype the writer does not write is the caller's error: a TypeError
+    naming the tensor and the dtype (it was a LoadError, a loading error for a write),
+    and nothing written."""
+    with pytest.raises(TypeError, match=r"tensor 'w\.bad'.*dtype " + _re_escape(arr.dtype)) as e:
+        write_safetensors(tmp_path / "x.st", {"ok": np.zeros(2, np.float32), "w.bad": arr})
+    assert not isinstance(e.value, LoadError)
+    buf = io.BytesIO()
+    with pytest.raises(TypeError, match="w.bad"):
+        write_safetensors(buf, {"w.bad": arr})
+    assert buf.getvalue() == b"" and not list(tmp_path.iterdir())
+    # bool is a safetensors dtype (BOOL), and round-trips
+    write_safetensors(tmp_path / "b.st", {"b": np.array([True, False])})
+    got, _ = read_safetensors(tmp_path / "b.st")
+    assert got["b"].dtype == np.bool_ and got["b"].tolist() == [True, False]
+
+
+def _re_escape(dt):
+    import re
+    return re.escape(str(dt))
+
+
+def test_writer_needs_a_mapping_of_str_names(tmp_path):
+    """tensors that are no mapping, or a name that is no str among str names, are said
+    to be so (a list of arrays gave "invalid tensor name array(...)" or numpy's
+    "truth value of an array is ambiguous"; {1: a, "b": a} a TypeError from sorting)."""
+    a = np.zeros(2, np.float32)
+    for bad in ([a], [a, a], None, a):
+        with pytest.raises(TypeError, match="mapping of str to arrays, got"):
+            write_safetensors(tmp_path / "x.st", bad)
+    with pytest.raises(ValueError, match="invalid tensor name 1"):
+        write_safetensors(tmp_path / "x.st", {1: a, "b": a})
+    assert not list(tmp_path.iterdir())
 
 
 def test_writer_to_file_object():
@@ -166,3 +204,20 @@ def test_layer_load_holds_the_weights_once_at_its_peak(tmp_path):
     assert not any(a is mine[k] for k, a in again.parameters().items())
     mine["weight_ih_l0"][:] = 0                     # (the layer's copy is not changed)
     np.testing.assert_array_equal(again(x)[0], layer(x)[0])
+
+
+def test_header_errors_say_what_is_wrong():
+    """A duplicate key and JSON nested too deeply are said as such (both were "not
+    valid JSON", of JSON that is valid); still LoadErrors."""
+    def st(raw):
+        return struct.pack("<Q", len(raw)) + raw + b"\0" * 4
+    entry = b'{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    for raw, match in ((b'{"a": ' + entry + b', "a": ' + entry + b"}", "duplicate key 'a'"),
+                       (b'{"a": {"dtype": "F32", "dtype": "F32", "shape": [1], '
+                        b'"data_offsets": [0, 4]}}', "duplicate key 'dtype'"),
+                       (b"[" * 100000 + b"]" * 100000, "nests too deeply"),
+                       (b"{not json", "not valid JSON")):
+        with pytest.raises(LoadError, match=match) as e:
+            read_safetensors(st(raw))
+        if "not json" not in raw.decode():
+            assert "not valid JSON" not in str(e.value), str(e.value)

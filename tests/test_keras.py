@@ -1070,3 +1070,85 @@ def test_model_from_config_never_shares_the_callers_arrays():
     for k, v in keep.items():
         for a, b in zip(v, w[k]):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def _stateful_warnings(load):
+    import warnings
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        model = load()
+    return model, [str(w.message) for w in rec if "stateful" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", ["k3_bi_concat_lstm_embed", "k3_cell_bi_embed"])
+def test_stateful_bidirectional_warns_once_naming_the_wrapper(tmp_path, name):
+    """stateful=True inside a Bidirectional (Keras 3 writes it in both the layer and
+    the backward_layer config): one warning, naming the Bidirectional layer (each
+    direction warned, naming the wrapped layer's class)."""
+    bidi = []
+
+    def stateful(c):
+        layers = [l for l in c["config"]["layers"] if l["class_name"] == "Bidirectional"]
+        cfg = layers[0]["config"]
+        bidi.append(cfg["name"])
+        for key in ("layer", "backward_layer"):
+            cfg[key]["config"]["stateful"] = True
+    p = _edit_config(name, tmp_path, stateful)
+    model, msgs = _stateful_warnings(lambda: load_keras(p))
+    assert len(msgs) == 1, msgs
+    assert msgs[0].startswith(f"layer {bidi[0]!r} (Bidirectional("), msgs
+    assert_matches(model, name)
+    # the same from a config dict: only the forward layer stateful (no backward_layer)
+    z = lambda *s: np.zeros(s, np.float32)      # noqa: E731
+    specs = [("InputLayer", {"batch_shape": [2, 5, 3]}),
+             ("Bidirectional", {"name": "bi", "layer": {
+                 "class_name": "GRU", "config": {"name": "inner", "units": 4,
+                                                 "stateful": True}}})]
+    from fastrnn.io.keras import model_from_keras_config
+    gru = [z(3, 12), z(4, 12), z(2, 12)]
+    _, msgs = _stateful_warnings(lambda: model_from_keras_config(specs, {"bi": gru + gru}))
+    assert msgs == ["layer 'bi' (Bidirectional(GRU)) is stateful; fastrnn starts every "
+                    "predict() from zero states"], msgs
+
+
+def test_stateful_stacked_cells_warning_names_the_rnn_layer(tmp_path):
+    """Stacked cells: the one warning names the RNN layer (it named its first cell,
+    'rnn_11/lstm_cell_5' (LSTMCell), a layer the Keras model does not have)."""
+    def stateful(c):
+        _rnn_layer(c)["config"]["stateful"] = True
+    p = _edit_config("k3_cell_stacked", tmp_path, stateful)
+    model, msgs = _stateful_warnings(lambda: load_keras(p))
+    assert msgs == ["layer 'rnn_11' (RNN of StackedRNNCells (LSTMCell, GRUCell)) is "
+                    "stateful; fastrnn starts every predict() from zero states"], msgs
+    assert_matches(model, "k3_cell_stacked")
+
+
+def test_bad_arguments_are_the_callers_errors_not_load_errors():
+    """A dtype= / num_threads= the layers refuse, and weights that are no mapping, are
+    the caller's TypeError / ValueError, raised before any file is read (they were
+    LoadErrors: "malformed Keras config or weights (layer ...): ValueError: num_threads
+    must be >= 1")."""
+    from fastrnn.io.keras import model_from_keras_config
+    z = lambda *s: np.zeros(s, np.float32)      # noqa: E731
+    specs = [("InputLayer", {"batch_shape": [2, 5, 3]}), ("LSTM", {"name": "l", "units": 4})]
+    w = {"l": [z(3, 16), z(4, 16), z(16)]}
+    path = model_path("k3_bi_mul_simplernn")
+    for kw, err, match in ((dict(num_threads=0), ValueError, "num_threads must be >= 1"),
+                           (dict(num_threads=2.5), TypeError, "num_threads must be a positive"),
+                           (dict(num_threads=1 << 20), ValueError, "num_threads must be <="),
+                           (dict(dtype="int8"), TypeError, "dtype must be float32 or float64"),
+                           (dict(dtype="bogus"), TypeError, "dtype must be float32 or float64"),
+                           (dict(hard_sigmoid="x"), ValueError, "hard_sigmoid must be")):
+        for load in (lambda: model_from_keras_config(specs, w, **kw),
+                     lambda: load_keras(path, **kw), lambda: fastrnn.load(path, **kw),
+                     lambda: load_keras(os.path.join(FIX, "no such file.keras"), **kw)):
+            with pytest.raises(err, match=match) as e:
+                load()
+            assert not isinstance(e.value, LoadError), (kw, e.value)
+    for bad in (None, [], [("l", w["l"])]):
+        with pytest.raises(TypeError, match="weights must be a mapping of layer name"):
+            model_from_keras_config(specs, bad)
+    # good ones still load
+    m = model_from_keras_config(specs, w, dtype="float64", num_threads=1)
+    assert m.predict(np.zeros((2, 5, 3))).dtype == np.float64
+    assert_matches(load_keras(path, num_threads=2), "k3_bi_mul_simplernn")

@@ -23,6 +23,7 @@ import os
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 
 
 import numpy as np
@@ -107,10 +108,11 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     the one the Embedding / Masking layers give, ``training=True``, other tensors) are
     refused, never ignored.
 
-    Any malformed, truncated or unsupported file raises :class:`fastrnn.io.LoadError`.
+    Any malformed, truncated or unsupported file raises :class:`fastrnn.io.LoadError`;
+    a bad ``dtype``, ``num_threads`` or ``hard_sigmoid`` is the caller's ``TypeError`` /
+    ``ValueError`` (as the layers raise it), before the file is read.
     """
-    if hard_sigmoid is not None and hard_sigmoid not in ("keras2", "keras3"):
-        raise ValueError(f"hard_sigmoid must be 'keras2' or 'keras3', got {hard_sigmoid!r}")
+    _check_args(hard_sigmoid, dtype, num_threads)
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else \
         str(getattr(path, "name", "<file>"))
     ctx = _Ctx(name)
@@ -190,8 +192,26 @@ def model_from_keras_config(architecture, weights, *, keras_version="3", hard_si
                             dtype=None, num_threads=None):
     """Build a model from a Keras config and weights given as ``{layer_name: [arrays]}``
     (each layer's arrays in Keras's own order, as ``layer.get_weights()`` returns them)."""
+    _check_args(hard_sigmoid, dtype, num_threads)
+    if not isinstance(weights, Mapping):
+        raise TypeError("weights must be a mapping of layer name to a list of arrays, got "
+                        f"{type(weights).__name__}")
     return _build(_parse_architecture(architecture, "architecture"), _DictStore(weights),
                   keras_version, hard_sigmoid, dtype, num_threads, "<weights>", _Ctx("<weights>"))
+
+
+def _check_args(hard_sigmoid, dtype, num_threads):
+    """The caller's own arguments, checked before any file is read: a bad one is the
+    caller's TypeError / ValueError, as the layers raise it (a dtype or num_threads the
+    layers refused was reported as a LoadError, "malformed Keras config or weights")."""
+    if hard_sigmoid is not None and hard_sigmoid not in ("keras2", "keras3"):
+        raise ValueError(f"hard_sigmoid must be 'keras2' or 'keras3', got {hard_sigmoid!r}")
+    from .. import _threads
+    from ..layers import _as_dtype
+    if dtype is not None:
+        _as_dtype(dtype)
+    if num_threads is not None:
+        _threads._check_threads(num_threads)
 
 
 def _json(raw, what):
@@ -1171,6 +1191,16 @@ def _n_weights(spec, where):
     return 3 if _cbool(c, "use_bias", True, where) else 2
 
 
+def _warn_stateful(where, cfgs=()):
+    """Warn that the layer ``where`` names is stateful (once a layer: ``cfgs``, the
+    configs (copies) of the layers it is built from, lose their ``stateful`` key, so
+    those do not warn again)."""
+    warnings.warn(f"{where} is stateful; fastrnn starts every predict() from zero states",
+                  stacklevel=4)
+    for cfg in cfgs:
+        cfg.pop("stateful", None)
+
+
 class _Builder:
     def __init__(self, store, major, dtype, num_threads, fname, ctx=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
@@ -1203,8 +1233,7 @@ class _Builder:
         if c.get("time_major"):
             raise LoadError(f"{self.fname}: {where}: time_major=True is not supported")
         if c.get("stateful"):
-            warnings.warn(f"{where} is stateful; fastrnn starts every predict() from zero "
-                          "states", stacklevel=3)
+            _warn_stateful(where)
         if "units" not in c:
             raise LoadError(f"{self.fname}: {where}: config has no 'units'")
         H = _cint(c, "units", fwhere)
@@ -1290,6 +1319,10 @@ class _Builder:
                             "(fastrnn runs stacked cells as a stack of layers, and the mask "
                             "reaches the layers above the first in input order, not in the "
                             "reversed order they read)")
+        if d.config.get("stateful"):        # (named as the RNN, not its first cell)
+            _warn_stateful(f"layer {d.name!r} (RNN of StackedRNNCells "
+                           f"({', '.join(s['cell'] for s in specs)}))",
+                           [s["config"] for s in specs])
         w = self.weights(d, (sum(counts),))
         names = [s["name"] for s in specs]
         if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
@@ -1346,6 +1379,11 @@ class _Builder:
             bc = dict(fwd_cfg["config"])
             bc["go_backwards"] = not _cbool(bc, "go_backwards", False, where)
             bwd_cfg = {"class_name": fwd_cfg["class_name"], "config": bc}
+        # (one warning for the Bidirectional, naming it: each direction warned, with
+        # the wrapped layer's class)
+        if fwd_cfg["config"].get("stateful") or bwd_cfg["config"].get("stateful"):
+            _warn_stateful(f"layer {d.name!r} (Bidirectional({fwd_cfg['class_name']}))",
+                           (fwd_cfg["config"], bwd_cfg["config"]))
         rs = _cbool(fwd_cfg["config"], "return_sequences", False, where)
         w = self.weights(d, range(4, 7))
         nf = 3 if (fwd_cfg["class_name"].startswith("CuDNN")

@@ -42,19 +42,29 @@ def _header_error(name, msg):
     return LoadError(f"{name}: invalid safetensors header: {msg}")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _no_duplicates(pairs):
     d = {}
     for k, v in pairs:
         if k in d:
-            raise ValueError(f"duplicate key {k!r}")
+            raise _DuplicateKey(k)
         d[k] = v
     return d
 
 
 def _parse_header(raw: bytes, data_len: int, name: str):
+    # (a duplicate key or deep nesting is said as such: both were "not valid JSON",
+    # of JSON that is valid)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+    except _DuplicateKey as e:
+        raise _header_error(name, f"duplicate key {e.args[0]!r}"[:300]) from None
+    except RecursionError:
+        raise _header_error(name, "the JSON nests too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:
         raise _header_error(name, f"not valid JSON ({e})"[:300]) from e
     if not isinstance(header, dict):
         raise _header_error(name, "top level is not a JSON object")
@@ -219,7 +229,10 @@ def _st_dtype(arr: np.ndarray, key: str) -> str:
         st = _NP_TO_ST.get(dt.newbyteorder("<").str) or _NP_TO_ST.get(dt.str)
         if st is not None:
             return st
-    raise LoadError(f"cannot write tensor {key!r}: dtype {dt} has no safetensors equivalent")
+    # (a TypeError, as for metadata of the wrong type: the caller's array, not a file,
+    # is at fault; it was a LoadError, a loading error raised by a write)
+    raise TypeError(f"cannot write tensor {key!r} as safetensors: dtype {dt} is not one "
+                    "fastrnn writes (float64/32/16, int64/32/16/8, uint64/32/16/8, bool)")
 
 
 def write_safetensors(path, tensors: Mapping[str, np.ndarray],
@@ -230,8 +243,16 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray],
     section is 8-byte aligned, like the reference writer; tensors are laid
     out in name order.  ``path`` may also be a binary file object.  Files
     are written atomically (temporary file + rename) when given a path.
+
+    Raises ``TypeError`` for an array of a dtype it does not write (complex,
+    object, strings, structured ...; the message names the tensor and its dtype)
+    and for ``tensors`` or ``metadata`` that are no mapping of the right types,
+    ``ValueError`` for an invalid tensor name; nothing is written then.
     """
     header: dict = {}
+    if not isinstance(tensors, Mapping):
+        raise TypeError("safetensors tensors must be a mapping of str to arrays, got "
+                        f"{type(tensors).__name__}")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError("safetensors metadata must be a mapping of str to str, got "
                         f"{type(metadata).__name__}")
@@ -241,9 +262,10 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray],
         header["__metadata__"] = dict(metadata)
     arrays = []
     pos = 0
-    for key in sorted(tensors):
+    for key in tensors:         # (before sorting: a name that is no str does not sort)
         if not isinstance(key, str) or key == "__metadata__":
             raise ValueError(f"invalid tensor name {key!r}")
+    for key in sorted(tensors):
         arr = np.asarray(tensors[key])
         st = _st_dtype(arr, key)
         arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # keeps 0-d
