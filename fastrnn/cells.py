@@ -13,6 +13,14 @@ kept step plan of the packed kernel, GIL released), so the numerics, threading a
 dtype handling are the layers'.  Weights are named as torch's cells name them
 (``weight_ih`` ``(G*H, I)``, ``weight_hh`` ``(G*H, H)``, ``bias_ih``, ``bias_hh``;
 gate order LSTM i f g o, GRU r z n).  No torch import.
+
+Training: ``out, cache = cell.forward_train(input, hx)`` (``out`` as the call returns it)
+and ``grads = cell.backward(cache, grad_h, grad_c)`` (``grad_c``: LSTMCell only) run the
+inner layer's :meth:`~fastrnn.LSTM.forward_train` / :meth:`~fastrnn.LSTM.backward` on a
+sequence of one step; ``grads`` holds ``"input"``, ``"hx"`` (LSTMCell also ``"cx"``) and
+the weights' gradients under the cell's names.  A decoder loop runs ``backward`` step by
+step in reverse, adding each step's ``"hx"`` (and ``"cx"``) to the previous step's
+``grad_h`` (``grad_c``) and summing the weight gradients.
 """
 from __future__ import annotations
 
@@ -24,12 +32,32 @@ from . import _threads
 from . import layers as _layers
 from .layers import _as_dtype, _flag, _float_array, _Params, _positive_int
 
-__all__ = ["LSTMCell", "GRUCell", "RNNCell", "RNNCellBase", "from_torch_cell",
+__all__ = ["LSTMCell", "GRUCell", "RNNCell", "RNNCellBase", "CellCache", "from_torch_cell",
            "cell_from_config"]
 
 # torch's cell names <-> the inner one-layer module's
 _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _TO_LAYER = {k: k + "_l0" for k in _NAMES}
+_FROM_LAYER = {v: k for k, v in _TO_LAYER.items()}
+
+
+class CellCache:
+    """What :meth:`RNNCellBase.forward_train` keeps for :meth:`RNNCellBase.backward`
+    (opaque): the inner layer's training cache of one step, the cell it belongs to and
+    the call's shape.  It may be used again, as long as the cell's weights do not
+    change."""
+    __slots__ = ("cache", "cell_id", "batch", "unbatched")
+
+    def __init__(self, cache, cell_id, batch, unbatched):
+        self.cache, self.cell_id, self.batch, self.unbatched = cache, cell_id, batch, unbatched
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of activations held (input, gates, state)."""
+        return self.cache.nbytes
+
+    def __repr__(self) -> str:
+        return f"<fastrnn CellCache {self.nbytes / 1e6:.3f} MB>"
 
 
 # A step of B sequences runs through the layers' step entry (RNNBase._step_fast, what
@@ -203,6 +231,86 @@ class RNNCellBase:
         """Same as calling the cell."""
         return self(input, hx, num_threads=num_threads)
 
+    # ---------------------------------------------------------------- training
+    def forward_train(self, input, hx=None, *, num_threads: int | None = None):
+        """One step that keeps what :meth:`backward` needs: returns ``(out, cache)``,
+        ``out`` what calling the cell returns (``h'``; LSTMCell ``(h', c')``), computed by
+        the inner layer's ``forward_train`` on a sequence of one step (the same numbers
+        as a call up to rounding).  Same arguments and checks as the call."""
+        layer = self._layer
+        x, unbatched, shape = self._prepared(input)
+        B = x.shape[0]
+        states = None if hx is None else self._states(hx, B, unbatched, shape)
+        if states is not None:
+            states = tuple(s[None] for s in states) if len(states) == 2 else states[0][None]
+        out, state, cache = layer.forward_train(x[None], states, num_threads=num_threads)
+        ccache = CellCache(cache, id(self), B, unbatched)
+        if type(state) is tuple:
+            h, c = state[0][0], state[1][0]
+            return ((h[0], c[0]) if unbatched else (h, c)), ccache
+        return (state[0][0] if unbatched else state[0]), ccache
+
+    def _grad(self, name, g, cache):
+        """A state gradient as a (1, B, H) array of the cell's dtype (None stays None)."""
+        if g is None:
+            return None
+        cls = type(self).__name__
+        if type(g) is tuple and any(a is None or hasattr(a, "shape") for a in g):
+            raise TypeError(f"{cls}.backward: {name} must be one array (dL/dh'"
+                            + (", and grad_c dL/dc' a second argument" if self._cell == "LSTM"
+                               else "") + f"), got a {type(g).__name__}")
+        H = self.hidden_size
+        g = _float_array(name, g, self.dtype)
+        want = (H,) if cache.unbatched else (cache.batch, H)
+        if g.shape != want:
+            raise ValueError(f"{cls}: {name} must have shape {want}, the shape of "
+                             f"{name[-1]}'{' (the input is unbatched)' if cache.unbatched else ''}"
+                             f", got {g.shape}")
+        return g.reshape(1, cache.batch, H)
+
+    def _backward(self, cache, grad_h, grad_c, need_input_grad, num_threads) -> dict:
+        cls = type(self).__name__
+        if not isinstance(cache, CellCache):
+            from .train import TrainCache
+            raise TypeError(f"{cls}.backward needs the cache returned by forward_train"
+                            + (" of the cell, not a layer's cache"
+                               if isinstance(cache, TrainCache) else
+                               f", got {type(cache).__name__}"))
+        if cache.cell_id != id(self) or cache.cache.layer_id != id(self._layer):
+            raise ValueError(f"{cls}.backward: this cache was made by another cell")
+        layer, tc = self._layer, cache.cache
+        if (layer._weights_version != tc.version
+                or any(layer._params.get(k) is not v for k, v in tc.params.items())):
+            raise RuntimeError(f"{cls}: the cell's weights changed since forward_train; run "
+                               "forward_train again (gradients must use the forward's "
+                               "weights)")
+        gh = self._grad("grad_h", grad_h, cache)
+        if self._cell == "LSTM":
+            gc = self._grad("grad_c", grad_c, cache)
+            grad_state = None if gh is None and gc is None else (gh, gc)
+        else:
+            grad_state = gh
+        g = layer.backward(tc, None, grad_state, need_input_grad=need_input_grad,
+                           num_threads=num_threads)
+        u = cache.unbatched
+        out = {}
+        if need_input_grad:
+            out["input"] = g["input"][0, 0] if u else g["input"][0]
+        out["hx"] = g["h0"][0, 0] if u else g["h0"][0]
+        if "c0" in g:
+            out["cx"] = g["c0"][0, 0] if u else g["c0"][0]
+        for k, v in g.items():
+            if k in _FROM_LAYER:
+                out[_FROM_LAYER[k]] = v
+        return out
+
+    # ---------------------------------------------------------------- files
+    def save(self, path) -> None:
+        """Write the cell to a safetensors file (weights + config in its metadata);
+        :func:`fastrnn.load` reads it back as the same cell."""
+        from .io import save
+        save(self, path)
+
     # ------------------------------------------------ torch.nn.Module's idioms
     def __getattr__(self, name):
         # (only for names not found the usual way: the weights, as torch's attributes)
@@ -275,17 +383,31 @@ class LSTMCell(RNNCellBase):
             h = np.zeros(shape or (1, layer.hidden_size), dt)
             c = np.zeros(h.shape, dt)
         else:
-            if type(hx) is not tuple and type(hx) is not list or len(hx) != 2:
-                raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two arrays, got "
-                                f"{type(hx).__name__}"
-                                + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            h = self._given("hx[0]", hx[0], x.shape[0], unbatched, shape)
-            c = self._given("hx[1]", hx[1], x.shape[0], unbatched, shape)
+            h, c = self._states(hx, x.shape[0], unbatched, shape)
         # one step of the layer, the state updated in place (the views are (1, B, H))
         layer._step_fast(x, h[None], c[None], num_threads)
         if unbatched:
             return h[0], c[0]
         return h, c
+
+    def _states(self, hx, B, unbatched, shape):
+        """Copies of a given ``(h, c)`` as new C-ordered (B, H) arrays, checked."""
+        if type(hx) is not tuple and type(hx) is not list or len(hx) != 2:
+            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two arrays, got "
+                            f"{type(hx).__name__}"
+                            + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        return (self._given("hx[0]", hx[0], B, unbatched, shape),
+                self._given("hx[1]", hx[1], B, unbatched, shape))
+
+    def backward(self, cache, grad_h=None, grad_c=None, *, need_input_grad: bool = True,
+                 num_threads: int | None = None) -> dict:
+        """Gradients from a :meth:`forward_train` cache given ``grad_h`` = dL/dh' and
+        ``grad_c`` = dL/dc' (None: zero; shapes as h' and c').  Returns ``{"input",
+        "hx", "cx", "weight_ih", "weight_hh", ["bias_ih", "bias_hh"]}``, shaped as the
+        input, the state and :meth:`parameters` (``"hx"`` / ``"cx"`` also when ``hx``
+        was None; no ``"input"`` with ``need_input_grad=False``).  In a loop, pass
+        the next step's ``"hx"`` / ``"cx"`` (plus any loss gradient on h', c') here."""
+        return self._backward(cache, grad_h, grad_c, need_input_grad, num_threads)
 
 
 class _OneStateCell(RNNCellBase):
@@ -295,13 +417,27 @@ class _OneStateCell(RNNCellBase):
         x, unbatched, shape = self._prepared(input)
         if hx is None:
             h = np.zeros(shape or (1, layer.hidden_size), dt)
-        elif isinstance(hx, (tuple, list)):
-            raise TypeError(f"{type(self).__name__}: hx must be one array h (B, H), "
-                            f"got a {type(hx).__name__} (only LSTMCell takes (h, c))")
         else:
-            h = self._given("hx", hx, x.shape[0], unbatched, shape)
+            h = self._states(hx, x.shape[0], unbatched, shape)[0]
         layer._step_fast(x, h[None], None, num_threads)
         return h[0] if unbatched else h
+
+    def _states(self, hx, B, unbatched, shape):
+        """A copy of a given ``h`` as a new C-ordered (B, H) array, checked (a 1-tuple)."""
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{type(self).__name__}: hx must be one array h (B, H), "
+                            f"got a {type(hx).__name__} (only LSTMCell takes (h, c))")
+        return (self._given("hx", hx, B, unbatched, shape),)
+
+    def backward(self, cache, grad_h=None, *, need_input_grad: bool = True,
+                 num_threads: int | None = None) -> dict:
+        """Gradients from a :meth:`forward_train` cache given ``grad_h`` = dL/dh'
+        (None: zero; the shape of h').  Returns ``{"input", "hx", "weight_ih",
+        "weight_hh", ["bias_ih", "bias_hh"]}``, shaped as the input, the state and
+        :meth:`parameters` (``"hx"`` also when ``hx`` was None; no ``"input"`` with
+        ``need_input_grad=False``).  In a loop, pass the next step's ``"hx"`` (plus any
+        loss gradient on h') here."""
+        return self._backward(cache, grad_h, None, need_input_grad, num_threads)
 
 
 class GRUCell(_OneStateCell):
@@ -347,18 +483,39 @@ class RNNCell(_OneStateCell):
 _CLASSES = {"LSTMCell": LSTMCell, "GRUCell": GRUCell, "RNNCell": RNNCell}
 
 
-def cell_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None):
-    """Rebuild a cell from :meth:`RNNCellBase.get_config` (then load ``state_dict``,
-    strict, where given)."""
+def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[str, Any]):
+    """Before building a cell from an untrusted config: its sizes must be those of the
+    given weights (as the layers' ``_check_config_fits``)."""
+    H, I = cfg.get("hidden_size"), cfg.get("input_size")
+    for k, v in (("hidden_size", H), ("input_size", I)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"config {k} must be an int, got {v!r}")
+    w = state_dict.get("weight_ih")
+    if w is None:
+        raise KeyError("config and weights do not fit: missing 'weight_ih'")
+    want = (_layers._GATES[_CLASSES[name]._cell] * H, I)
+    if tuple(np.shape(w)) != want:
+        raise ValueError(f"config and weights do not fit: weight_ih has shape "
+                         f"{tuple(np.shape(w))}, config says {want}")
+
+
+def cell_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None,
+                     *, _adopt: set | None = None):
+    """Rebuild a cell from :meth:`RNNCellBase.get_config`; with ``state_dict`` the config
+    is first checked against the weights' shapes (for configs read from files), then the
+    weights are loaded (strict).  :func:`fastrnn.layer_from_config` hands cell configs
+    here."""
     name, cfg = _layers.config_class(cfg, _CLASSES, "cell")
-    if state_dict is not None and "seed" not in cfg:
-        cfg["seed"] = _layers._WEIGHTS_FOLLOW       # (the weights follow, strict)
+    if state_dict is not None:
+        _check_config_fits(name, cfg, state_dict)
+        if "seed" not in cfg:
+            cfg["seed"] = _layers._WEIGHTS_FOLLOW       # (the weights follow, strict)
     try:
         cell = _CLASSES[name](**cfg)
     except TypeError as e:
         raise ValueError(f"bad config for {name}: {e}") from None
     if state_dict is not None:
-        cell.load_state_dict(state_dict)
+        cell.load_state_dict(state_dict, _adopt=_adopt)
     return cell
 
 

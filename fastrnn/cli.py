@@ -78,6 +78,9 @@ def _kind(obj) -> str:
     from .layers import RNNBase
     if isinstance(obj, RNNBase):
         return "layer"
+    from .cells import RNNCellBase
+    if isinstance(obj, RNNCellBase):
+        return "cell"
     from .model import Model
     if isinstance(obj, Model):
         return "model"
@@ -174,6 +177,15 @@ def _describe(obj) -> int:
         for line in _layer_lines(obj):
             _print(line)
         return 0
+    if kind == "cell":
+        _print("content: recurrent cell")
+        _print(f"  {obj!r}")
+        _print(f"  cell={type(obj).__name__} input_size={obj.input_size} "
+               f"hidden_size={obj.hidden_size} bias={obj.bias} dtype={obj.dtype.name}")
+        for k, v in obj.state_dict().items():
+            _print(f"  {k:<28} {_fmt_shape(v.shape):<14} {v.dtype}")
+        _print(f"  parameters: {_nparams(obj):,}")
+        return 0
     _print(f"content: {obj!r}")
     return 0
 
@@ -183,19 +195,19 @@ def _describe(obj) -> int:
 def cmd_convert(args) -> int:
     import fastrnn.io as fio
     obj = _load(args.input, args.prefix, args)
-    if _kind(obj) not in ("layer", "model"):
+    if _kind(obj) not in ("layer", "cell", "model"):
         what = {"onnx": "an ONNX graph"}.get(_kind(obj), repr(obj))
-        raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes recurrent layers "
-                       "and Keras-style models (ONNX graphs stay ONNX files)")
+        raise CLIError(f"{args.input} holds {what}; `fastrnn convert` writes recurrent layers, "
+                       "cells and Keras-style models (ONNX graphs stay ONNX files)")
     if not args.output.endswith(".safetensors") and not args.force:
         raise CLIError(f"output should end with .safetensors (got {args.output}); "
                        "use --force to write it anyway")
     if os.path.exists(args.output) and not args.force:
         raise CLIError(f"{args.output} exists; use --force to overwrite it")
-    if args.dtype and _kind(obj) != "layer":
-        raise CLIError("--dtype converts single recurrent layers only")
+    if args.dtype and _kind(obj) == "model":
+        raise CLIError("--dtype converts single recurrent layers and cells only")
     if args.dtype:
-        from .layers import layer_from_config
+        from .layers import layer_from_config     # (a cell's config builds the cell)
         cfg = obj.get_config()
         cfg["dtype"] = args.dtype
         new = layer_from_config(cfg)
@@ -600,9 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("convert", help="convert a model file to fastrnn's own .safetensors",
-                       description="Read any supported file and write the recurrent layer as "
-                       "fastrnn's own safetensors file (weights + config), which fastrnn.load "
-                       "reads back exactly.")
+                       description="Read any supported file and write the recurrent layer (or "
+                       "cell, or Keras-style model) as fastrnn's own safetensors file "
+                       "(weights + config), which fastrnn.load reads back exactly.")
     c.add_argument("input", help="source file")
     c.add_argument("output", help="destination .safetensors file")
     c.add_argument("--prefix", help="module to convert when the file holds several "

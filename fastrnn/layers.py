@@ -2075,11 +2075,16 @@ def config_class(cfg, classes: Mapping[str, type], what: str) -> tuple[str, dict
 
 
 def layer_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None,
-                      *, _adopt: set | None = None) -> RNNBase:
+                      *, _adopt: set | None = None):
     """Rebuild a layer from :meth:`RNNBase.get_config`; with ``state_dict`` the config is
     first checked against the weights' shapes (for configs read from files), then the
-    weights are loaded (strict; ``_adopt``: see :meth:`RNNBase.load_state_dict`)."""
-    name, cfg = config_class(cfg, _CLASSES, "layer")
+    weights are loaded (strict; ``_adopt``: see :meth:`RNNBase.load_state_dict`).  A
+    cell's config (``LSTMCell``, ``GRUCell``, ``RNNCell``) builds that cell
+    (:func:`fastrnn.cells.cell_from_config`)."""
+    from . import cells         # (lazy: cells imports this module)
+    name, cfg = config_class(cfg, {**_CLASSES, **cells._CLASSES}, "layer")
+    if name in cells._CLASSES:
+        return cells.cell_from_config(dict(cfg, class_name=name), state_dict, _adopt=_adopt)
     if state_dict is not None:
         _check_config_fits(name, cfg, state_dict)
     acts = cfg.pop("activations", None)

@@ -550,7 +550,8 @@ def release_scratch() -> int:
     return int(_backward.release_scratch()) + int(_kernels.release_scratch())
 
 
-_NOT_WEIGHTS = ("input", "h0", "c0")     # (backward's other entries)
+# (backward's other entries: a layer's "h0" / "c0", a cell's "hx" / "cx")
+_NOT_WEIGHTS = ("input", "h0", "c0", "hx", "cx")
 
 
 def _grad_keys(grads, names):
@@ -562,9 +563,9 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
                    norm_type: float = 2.0) -> float:
     """Scale the weight gradients in place so their global norm is at most ``max_norm``
     (like ``torch.nn.utils.clip_grad_norm_``); returns the norm before.  ``names``:
-    which entries count (default: all but ``input``, ``h0``, ``c0``); ``norm_type``: p
-    of the p-norm (``inf``: the largest magnitude).  A NaN or infinite norm makes the
-    gradients NaN (as torch's does), or with ``error_if_nonfinite=True`` raises
+    which entries count (default: all but ``input``, ``h0``, ``c0`` and a cell's ``hx``,
+    ``cx``); ``norm_type``: p of the p-norm (``inf``: the largest magnitude).  A NaN or
+    infinite norm makes the gradients NaN (as torch's does), or with ``error_if_nonfinite=True`` raises
     ``RuntimeError`` leaving them unchanged."""
     keys = _grad_keys(grads, names)
     p = float(norm_type)
@@ -633,9 +634,9 @@ class _Optimizer:
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         """Update the parameters in place from ``grads`` (names as the parameters;
-        ``input``, ``h0``, ``c0`` are ignored; a parameter without gradient is left
-        alone; a name that is no parameter's is a ``KeyError``, before anything
-        changes: a wrapper's prefixed names or a typo would otherwise update nothing)."""
+        ``input``, ``h0``, ``c0`` and a cell's ``hx``, ``cx`` are ignored; a parameter
+        without gradient is left alone; a name that is no parameter's is a ``KeyError``,
+        before anything changes: a wrapper's prefixed names or a typo would otherwise update nothing)."""
         if not isinstance(grads, Mapping):
             raise TypeError("step needs the gradients as a mapping of names to arrays "
                             f"(what backward returns), got {type(grads).__name__}")
