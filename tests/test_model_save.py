@@ -109,3 +109,60 @@ def test_saved_model_load_holds_the_weights_once_at_its_peak(tmp_path):
     assert again.layers[0]._fused is not None
     x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def _loader_files(tmp_path):
+    """A file of each kind fastrnn.load reads: (label, path)."""
+    import os
+    from safetensors.numpy import save_file
+    layer = fastrnn.LSTM(3, 4, seed=0)
+    own, cell, sd = tmp_path / "own.safetensors", tmp_path / "cell.safetensors", \
+        tmp_path / "sd.safetensors"
+    layer.save(own)
+    fastrnn.GRUCell(3, 4, seed=0).save(cell)
+    save_file({k: np.ascontiguousarray(v) for k, v in layer.state_dict().items()}, str(sd))
+    here = os.path.dirname(__file__)
+    model = tmp_path / "model.safetensors"
+    load_keras(model_path(NAMES[0]), architecture(NAMES[0])).save(model)
+    return [("own layer", own), ("own cell", cell), ("state dict", sd),
+            ("own model", model),
+            ("onnx", os.path.join(here, "fixtures", "onnx", "embed_lstm_linear.onnx")),
+            ("keras", model_path(NAMES[0]))]
+
+
+@pytest.mark.parametrize("kw,err", [(dict(num_threads=0), ValueError),
+                                    (dict(num_threads="2"), TypeError),
+                                    (dict(dtype="int8"), TypeError)])
+def test_loaders_refuse_bad_arguments_as_the_callers_errors(kw, err, tmp_path):
+    """fastrnn.load's own dtype= / num_threads= arguments, bad, are the caller's
+    TypeError / ValueError before the file is read, whatever the file (they were
+    LoadErrors, "the file is at fault", from the torch and ONNX readers, and fastrnn's
+    own files ignored them)."""
+    for label, path in _loader_files(tmp_path):
+        if label == "onnx" and "dtype" in kw:
+            continue                    # (load_onnx has no dtype=)
+        with pytest.raises(err) as e:
+            fastrnn.load(path, **kw)
+        assert not isinstance(e.value, LoadError), label
+
+
+def test_own_files_apply_dtype_and_threads_and_refuse_other_keywords(tmp_path):
+    """A layer or cell fastrnn saved takes dtype= / num_threads= at load (they were
+    silently ignored); a saved Model takes neither, and other keywords (which the file's
+    config fixes) are a TypeError naming them."""
+    files = dict(_loader_files(tmp_path))
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    for label in ("own layer", "own cell"):
+        plain = fastrnn.load(files[label])
+        obj = fastrnn.load(files[label], dtype="float64", num_threads=1)
+        assert obj.dtype == np.float64 and obj.num_threads == 1
+        assert plain.dtype == np.float32 and plain.num_threads is None
+        args = (x,) if label == "own layer" else (x[0],)
+        a, b = plain(*args), obj(*args)
+        a, b = (a[0], b[0]) if label == "own layer" else (a, b)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        with pytest.raises(TypeError, match="batch_first"):
+            fastrnn.load(files[label], batch_first=True)
+    with pytest.raises(TypeError, match="Model"):
+        fastrnn.load(files["own model"], num_threads=1)
+    assert isinstance(fastrnn.load(files["own model"]), Model)

@@ -23,6 +23,18 @@ class UnsafeFileError(LoadError):
     """
 
 
+def _check_args(dtype=None, num_threads=None) -> None:
+    """A loader's own ``dtype`` / ``num_threads`` arguments, checked before any file is
+    read: a bad one is the caller's TypeError / ValueError, as the layers raise it (not
+    a LoadError, which says the file is at fault)."""
+    if dtype is not None:
+        from ..layers import _as_dtype
+        _as_dtype(dtype)
+    if num_threads is not None:
+        from .._threads import _check_threads
+        _check_threads(num_threads)
+
+
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {
     "read_torch_file": "torchfile",

@@ -206,12 +206,8 @@ def _check_args(hard_sigmoid, dtype, num_threads):
     layers refused was reported as a LoadError, "malformed Keras config or weights")."""
     if hard_sigmoid is not None and hard_sigmoid not in ("keras2", "keras3"):
         raise ValueError(f"hard_sigmoid must be 'keras2' or 'keras3', got {hard_sigmoid!r}")
-    from .. import _threads
-    from ..layers import _as_dtype
-    if dtype is not None:
-        _as_dtype(dtype)
-    if num_threads is not None:
-        _threads._check_threads(num_threads)
+    from . import _check_args as check
+    check(dtype, num_threads)
 
 
 def _json(raw, what):

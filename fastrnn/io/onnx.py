@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import LoadError
+from . import LoadError, _check_args
 from . import _onnx_proto as _proto
 from . import _onnx_unrolled as _unrolled
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
@@ -1903,6 +1903,7 @@ def load_onnx(model, *, num_threads: int | None = None) -> OnnxModel:
     Weights of LSTM / GRU / RNN nodes are converted once here; unsupported nodes raise
     :class:`fastrnn.io.LoadError` naming all of them.
     """
+    _check_args(num_threads=num_threads)      # (the caller's error, before the file)
     name = None
     if _is_onnx_proto(model):
         proto = _parse(model.SerializeToString())

@@ -318,8 +318,16 @@ def save(layer, path) -> None:
     write_safetensors(path, layer.state_dict(), meta)
 
 
-def load_fastrnn_safetensors(path):
-    """Load a layer/model written by :func:`save`."""
+def load_fastrnn_safetensors(path, *, dtype=None, num_threads=None, **other):
+    """Load a layer/model written by :func:`save`.  ``dtype`` / ``num_threads``: the
+    layer's or cell's (its saved config's otherwise); a saved Model takes neither (pass
+    ``num_threads=`` to its call), and the config fixes everything else (another keyword
+    is a TypeError: it was silently ignored)."""
+    if other:
+        raise TypeError(f"{_name(path)} is fastrnn's own file, whose config fixes the rest: "
+                        f"only dtype= and num_threads= apply, got {', '.join(sorted(other))}")
+    from . import _check_args
+    _check_args(dtype, num_threads)
     tensors, meta = read_safetensors(path)
     text = meta.get(METADATA_KEY)
     if text is None:
@@ -333,10 +341,15 @@ def load_fastrnn_safetensors(path):
 
     if not isinstance(cfg, dict):
         raise LoadError(f"{_name(path)}: the fastrnn config in the metadata is not a JSON object")
+    if cfg.get("class_name") == "Model" and (dtype is not None or num_threads is not None):
+        raise TypeError(f"{_name(path)} holds a Model, which takes neither dtype= nor "
+                        "num_threads= at load (pass num_threads= to its call or predict)")
     try:
         if cfg.get("class_name") == "Model":
             from ..model import model_from_config
             return model_from_config(cfg, tensors, _adopt=set())   # (ours alone too)
+        cfg.update((k, v) for k, v in (("dtype", dtype), ("num_threads", num_threads))
+                   if v is not None)
         layer = layer_from_config(cfg, tensors, _adopt=set())   # (the arrays are ours alone)
     except LoadError:
         raise

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import LoadError
+from . import LoadError, _check_args
 
 __all__ = ["RNNSpec", "find_rnn_modules", "find_rnn_cells", "extract_module",
            "read_state_dict", "load_state_dict", "list_modules", "load_any_torchlike",
@@ -379,6 +379,7 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     the expected cell type.  ``module_classes`` is passed to the torch reader.
     """
     module_classes = overrides.pop("module_classes", ())
+    _check_args(overrides.get("dtype"), overrides.get("num_threads"))    # (before the file)
     tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
     specs = [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
@@ -504,5 +505,6 @@ def load_any_torchlike(path, prefix: str | None = None, **kw):
 
         meta = read_safetensors_metadata(path)
         if METADATA_KEY in meta and prefix is None:
-            return load_fastrnn_safetensors(path)
+            kw.pop("module_classes", None)      # (for torch pickles: nothing to do here)
+            return load_fastrnn_safetensors(path, **kw)
     return load_state_dict(path, prefix=prefix, **kw)
