@@ -44,7 +44,8 @@ _FROM_LAYER = {v: k for k, v in _TO_LAYER.items()}
 class CellCache:
     """What :meth:`RNNCellBase.forward_train` keeps for :meth:`RNNCellBase.backward`
     (opaque): the inner layer's training cache of one step, the cell it belongs to and
-    the call's shape.  It may be used again, as long as the cell's weights do not
+    the call's shape.  It holds its own copies of the input and state (the caller may
+    refill those arrays) and may be used again, as long as the cell's weights do not
     change."""
     __slots__ = ("cache", "cell_id", "batch", "unbatched")
 
@@ -239,6 +240,8 @@ class RNNCellBase:
         as a call up to rounding).  Same arguments and checks as the call."""
         layer = self._layer
         x, unbatched, shape = self._prepared(input)
+        # (the layer's forward_train copies x[None], a view: the cache never holds the
+        # caller's memory)
         B = x.shape[0]
         states = None if hx is None else self._states(hx, B, unbatched, shape)
         if states is not None:
@@ -481,6 +484,10 @@ class RNNCell(_OneStateCell):
 
 
 _CLASSES = {"LSTMCell": LSTMCell, "GRUCell": GRUCell, "RNNCell": RNNCell}
+# what a config may hold besides class_name (get_config's keys, num_threads, seed)
+_BASE_KEYS = frozenset(("input_size", "hidden_size", "bias", "dtype", "num_threads", "seed"))
+_CONFIG_KEYS = {"LSTMCell": _BASE_KEYS, "GRUCell": _BASE_KEYS,
+                "RNNCell": _BASE_KEYS | {"nonlinearity"}}
 
 
 def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[str, Any]):
@@ -506,7 +513,17 @@ def cell_from_config(cfg: Mapping[str, Any], state_dict: Mapping[str, Any] | Non
     weights are loaded (strict).  :func:`fastrnn.layer_from_config` hands cell configs
     here."""
     name, cfg = _layers.config_class(cfg, _CLASSES, "cell")
+    # only the constructors' public arguments: a config read from a file must not reach
+    # the private _layer_kw (options such as clip or activations for the inner layer that
+    # the cell's repr and get_config never show)
+    unknown = sorted(map(str, set(cfg) - _CONFIG_KEYS[name]))
+    if unknown:
+        raise ValueError(f"bad config for {name}: unknown key(s) {unknown}; {name} "
+                         f"configs take {sorted(_CONFIG_KEYS[name])}")
     if state_dict is not None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name} weights must be a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
         _check_config_fits(name, cfg, state_dict)
         if "seed" not in cfg:
             cfg["seed"] = _layers._WEIGHTS_FOLLOW       # (the weights follow, strict)

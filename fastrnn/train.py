@@ -189,7 +189,13 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         warnings.warn(f"{type(layer).__name__}(dropout={layer.dropout:g}): fastrnn's training "
                       "does not drop between layers (torch.nn does in train mode)",
                       stacklevel=2)
+    given = (x,) + (tuple(hx) if isinstance(hx, (tuple, list)) else (hx,))
     x, unbatched, h0, c0 = layer._prepare(x, hx)
+    # the cache keeps the input and the initial states for the backward: copies where
+    # they are (views of) the caller's arrays, so refilling an input buffer after
+    # forward_train cannot change the gradients (it did, silently)
+    x, h0, c0 = (v if v is None or (v.flags.owndata and all(v is not u for u in given))
+                 else v.copy() for v in (x, h0, c0))
     if masked_output not in ("carry", "zero"):
         raise ValueError(f"masked_output must be 'carry' or 'zero', got {masked_output!r}")
     from .layers import _dense_index, carry_fill, ragged_index, reverse_rows

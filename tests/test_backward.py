@@ -852,3 +852,32 @@ print("done")
                        timeout=300)
     assert r.returncode == 0 and "done" in r.stdout, r.stderr[-2000:]
     assert "OpenMP Loop" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("general", [False, True])      # (clip: the NumPy path)
+def test_cache_holds_its_own_input_and_states(cls, batch_first, general):
+    """forward_train's cache keeps the input and the initial states for the backward:
+    refilling the caller's input or state buffers afterwards (a training loop reusing
+    one batch buffer) does not change the gradients (it did, silently: the cache held
+    the caller's arrays; weight gradients off by up to ~6)."""
+    rng = np.random.default_rng(3)
+    layer = getattr(fastrnn, cls)(3, 4, seed=0, batch_first=batch_first,
+                                  **({"clip": 0.5} if general else {}))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h0 = rng.standard_normal((1, 5 if batch_first else 2, 4)).astype(np.float32)
+    hx = (h0, h0 * 0.5) if cls == "LSTM" else h0
+    out, _, cache = layer.forward_train(x.copy(), hx)
+    g = np.ones_like(out)
+    want = layer.backward(cache, g)
+    buf = x.copy()
+    hbuf = tuple(a.copy() for a in hx) if cls == "LSTM" else hx.copy()
+    out, _, cache = layer.forward_train(buf, hbuf)
+    buf[:] = 7.0
+    for a in (hbuf if cls == "LSTM" else (hbuf,)):
+        a[:] = 3.0
+    got = layer.backward(cache, g)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -464,3 +464,57 @@ def test_cli_convert_and_inspect_a_torch_cell(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "recurrent cell" in out and "RNNCell(3, 4, dtype=float64)" in out
     assert "weight_hh" in out and "parameters: 36" in out
+
+
+# ---------------------------------------------------------------- audit regressions
+
+@pytest.mark.parametrize("cls", [LSTMCell, GRUCell, RNNCell])
+def test_cache_does_not_alias_the_callers_input(cls):
+    """A decoder loop that refills one input buffer (or tensor) each step: the cache
+    keeps its own copy, so an earlier step's weight gradients are unchanged (they were
+    silently computed from the refilled buffer)."""
+    cell = cls(3, 4, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    g = rng.standard_normal((2, 4)).astype(np.float32)
+    _, cache = cell.forward_train(x.copy())
+    want = cell.backward(cache, g)
+    for make in (lambda a: a.copy(), lambda a: a[0].copy(), torch.tensor):
+        buf = make(x)
+        _, cache = cell.forward_train(buf)
+        buf[...] = 5                        # refilled for the next step
+        got = cell.backward(cache, g if buf.ndim == 2 else g[0])
+        ref = want if buf.ndim == 2 else None
+        if ref is None:                     # (unbatched: row 0's own gradients)
+            _, c0 = cell.forward_train(x[0].copy())
+            ref = cell.backward(c0, g[0])
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_cell_config_takes_only_the_public_arguments(tmp_path):
+    """A config (a file's) naming the private _layer_kw gave a cell whose repr and
+    get_config were a plain LSTMCell's / GRUCell's but whose inner layer clipped, used
+    other activations or reset_after=False: now a clear error; weights that are not a
+    mapping a TypeError (was an AttributeError on 'get')."""
+    import json
+    from fastrnn.io.safetensors import write_safetensors
+    for cell, kw in ((LSTMCell(3, 4, seed=0), {"clip": 0.01}),
+                     (LSTMCell(3, 4, seed=0), {"activations": ["Relu", "Relu", "Relu"]}),
+                     (GRUCell(3, 4, seed=0), {"reset_after": False})):
+        cfg, sd = dict(cell.get_config(), _layer_kw=kw), cell.state_dict()
+        with pytest.raises(ValueError, match=r"bad config for \w+Cell: unknown key.*_layer_kw"):
+            fastrnn.layer_from_config(cfg, sd)
+        with pytest.raises(ValueError, match="unknown key"):
+            cell_from_config(cfg)
+        p = tmp_path / "evil.safetensors"
+        write_safetensors(p, sd, {"fastrnn": json.dumps(cfg)})
+        with pytest.raises(LoadError, match="unknown key"):
+            fastrnn.load(p)
+    with pytest.raises(ValueError, match=r"unknown key.*nonlinearity"):
+        fastrnn.layer_from_config(dict(GRUCell(3, 4).get_config(), nonlinearity="relu"))
+    r = RNNCell(3, 4, nonlinearity="relu", seed=0)
+    back = fastrnn.layer_from_config(dict(r.get_config(), num_threads=1, seed=0), r.state_dict())
+    assert back.nonlinearity == "relu" and back.num_threads == 1
+    with pytest.raises(TypeError, match="weights must be a mapping"):
+        fastrnn.layer_from_config(r.get_config(), [1, 2])
