@@ -16,23 +16,7 @@ torch = pytest.importorskip("torch")
 # max |fastrnn - torch| relative to the largest magnitude of the torch gradient
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
-KINDS = {
-    "lstm": lambda I, H, bias: torch.nn.LSTMCell(I, H, bias=bias),
-    "gru": lambda I, H, bias: torch.nn.GRUCell(I, H, bias=bias),
-    "rnn_tanh": lambda I, H, bias: torch.nn.RNNCell(I, H, bias=bias, nonlinearity="tanh"),
-    "rnn_relu": lambda I, H, bias: torch.nn.RNNCell(I, H, bias=bias, nonlinearity="relu"),
-}
-
-
-def _torch_cell(kind, I, H, bias=True, dtype=np.float32, seed=0):
-    torch.manual_seed(seed)
-    m = KINDS[kind](I, H, bias)
-    if dtype == np.float64:
-        m = m.double()
-    with torch.no_grad():               # (weights large enough to reach the nonlinearity)
-        for p in m.parameters():
-            p.mul_(2.0)
-    return m
+from test_cells import KINDS, _torch_cell  # noqa: E402  (the same torch cells)
 
 
 def _names(m):
@@ -110,13 +94,7 @@ def test_one_step_gradients_match_torch(kind, bias, dtype):
                             _close("out", out_t, out, dtype)
                             _close("call", cell(x, hx), out, dtype)
                             grads = cell.backward(cache, gh)
-                        want = {"input": xt.grad}
-                        if lstm:
-                            want["hx"], want["cx"] = st[0].grad, st[1].grad
-                        else:
-                            want["hx"] = st.grad
-                        for n in _names(m):
-                            want[n] = getattr(m, n).grad
+                        want = _torch_grads(m, xt, st, lstm)
                         assert list(grads) == list(want)
                         for k, ref in want.items():
                             _close(k, ref, grads[k], dtype)
@@ -164,14 +142,19 @@ def _torch_loop(m, lstm, xs, hx, gh_steps, gc_last, dtype):
     if lstm:
         loss = loss + (st[1] * torch.tensor(gc_last)).sum()
     loss.backward()
+    return outs, _torch_grads(m, xt, st0, lstm)
+
+
+def _torch_grads(m, xt, st, lstm):
+    """torch's gradients after loss.backward(), under fastrnn's cell backward names."""
     want = {"input": xt.grad}
     if lstm:
-        want["hx"], want["cx"] = st0[0].grad, st0[1].grad
+        want["hx"], want["cx"] = st[0].grad, st[1].grad
     else:
-        want["hx"] = st0.grad
+        want["hx"] = st.grad
     for n in _names(m):
         want[n] = getattr(m, n).grad
-    return outs, want
+    return want
 
 
 def _fastrnn_loop(cell, lstm, xs, hx, gh_steps, gc_last):
