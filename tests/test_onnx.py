@@ -1855,6 +1855,183 @@ def test_dynamo_unrolled_lstm_cell_loop_from_a_given_cell_state_runs_op_by_op():
     assert not _unrolled_steps(m)[0]
 
 
+class _ClippedLoop(torch.nn.Module):
+    """A cell loop with a Clip in each step, which torch's cells do not have: a ReLU6
+    RNNCell (the exporter writes Relu + clamp as one Clip(0, 6)) or an LSTMCell whose
+    cell state is clipped to [-3, 3] after each step."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = torch.nn.RNNCell(4, 6, nonlinearity="relu") if cell == "RNNCell" \
+            else torch.nn.LSTMCell(4, 6)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], 6)
+        for t in range(x.shape[1]):
+            if isinstance(self.cell, torch.nn.LSTMCell):
+                h, c = self.cell(x[:, t], (h, c))
+                c = c.clamp(-3.0, 3.0)
+            else:
+                h = self.cell(x[:, t], h).clamp(max=6.0)
+        return h, c
+
+
+@pytest.mark.parametrize("cell", ["RNNCell", "LSTMCell"])
+def test_dynamo_unrolled_cell_loop_with_a_clip_runs_op_by_op(cell):
+    """A Clip (or any op but those of torch's cells) in a cell loop's steps is not fused:
+    on the random inputs the fusing is checked on, a ReLU6 RNNCell's values stay below 6
+    and a clipped LSTM cell state inside [-3, 3], so the checks passed and larger inputs
+    got the unclipped cell's answer (off by ~37 for the ReLU6 loop).  ONNX Runtime's."""
+    torch.manual_seed(0)
+    net = _ClippedLoop(cell).eval()
+    if cell == "LSTMCell":
+        with torch.no_grad():
+            net.cell.bias_ih[6:12] += 3.0        # (a forget gate near 1: c grows)
+    x = np.random.default_rng(0).standard_normal((3, 6, 4)).astype(np.float32)
+    data = _dynamo_export(net, x)
+    m = load_onnx(data)
+    for feed in (x, x, 30 * x):
+        got, ref = m.run(None, {m.input_names[0]: feed}), _ort(data, {m.input_names[0]: feed})
+        for g, r in zip(got, ref.values()):
+            np.testing.assert_allclose(g, r, rtol=TOL, atol=TOL)
+    assert not _unrolled_steps(m)[0]
+
+
+def _cell_loop_graph(T=3, B=2, I=3, H=4, log=False, step="tanh", scale=1.0):
+    """A hand-written RNNCell loop as the dynamo exporter writes one: step t reads x[:, t]
+    (Gather), h_t = tanh(Gemm(x_t, W, b) + Gemm(h_{t-1}, R, c)), h_0 zeros; ``step``
+    "relu": Relu for the tanh, "half": h_t = that * 0.5, "linear": without the tanh; W,
+    b, c times ``scale``.
+    Outputs the last h and, with ``log``, Log of a second input ``s`` (positive in
+    use)."""
+    rng = np.random.default_rng(4)
+    f = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)   # noqa: E731
+    inits = [numpy_helper.from_array(f(H, I) * scale, "W"),
+             numpy_helper.from_array(f(H) * scale, "b"), numpy_helper.from_array(f(H, H), "R"),
+             numpy_helper.from_array(f(H) * scale, "c"),
+             numpy_helper.from_array(np.zeros((B, H), np.float32), "hz"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes, h = [], "hz"
+    for t in range(T):
+        inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{t}"))
+        nodes += [helper.make_node("Gather", ["x", f"t{t}"], [f"x{t}"], axis=1),
+                  helper.make_node("Gemm", [f"x{t}", "W", "b"], [f"gx{t}"], transB=1),
+                  helper.make_node("Gemm", [h, "R", "c"], [f"gh{t}"], transB=1),
+                  helper.make_node("Add", [f"gx{t}", f"gh{t}"],
+                                   [f"h{t}" if step == "linear" else f"a{t}"])]
+        if step == "half":
+            nodes += [helper.make_node("Tanh", [f"a{t}"], [f"th{t}"]),
+                      helper.make_node("Mul", [f"th{t}", "half"], [f"h{t}"])]
+        elif step != "linear":
+            nodes.append(helper.make_node(step.capitalize(), [f"a{t}"], [f"h{t}"]))
+        h = f"h{t}"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, I])]
+    outputs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)]
+    if log:
+        nodes.append(helper.make_node("Log", ["s"], ["log_s"]))
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [B, H]))
+        outputs.append(helper.make_tensor_value_info("log_s", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "cells", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("step,fused", [("tanh", 1), ("relu", 1), ("half", 0), ("linear", 0)])
+def test_unrolled_cell_loop_of_small_weights_fused_only_where_it_is_one(step, fused):
+    """A model of raw inputs of ~1e5 has weights of ~1e-5: on the unit random inputs the
+    fusing is checked on its values are ~1e-5, which the checks took as equal to
+    anything within 1e-4, and where tanh is the identity: a step times 0.5 and one
+    without the tanh were fused as an RNNCell, and the tanh RNNCell itself with the sum
+    before its last tanh taken for its last h (each off by ~0.4 on the model's inputs);
+    a relu RNNCell was taken for a tanh one (then not fused).  Now the RNNCell loops
+    are fused, right, and the others not.  ONNX Runtime's answers."""
+    data = _cell_loop_graph(T=4, step=step, scale=1e-5)
+    m = load_onnx(data)
+    x = (np.random.default_rng(5).standard_normal((2, 4, 3)) * 1e5).astype(np.float32)
+    for _ in range(2):
+        got, ref = m.run(x), _ort(data, {"x": x})
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(_unrolled_steps(m)[0]) == fused
+
+
+def test_unrolled_cell_loop_checks_do_not_warn():
+    """Finding a cell loop runs the graph on random inputs, where a Log of an input that
+    is positive in use gives NaNs: that warned the caller ("invalid value encountered in
+    log") on a call whose own values are fine, and with warnings as errors the loop was
+    not fused.  Neither now; ONNX Runtime's answers."""
+    data = _cell_loop_graph(log=True)
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.standard_normal((2, 3, 3)).astype(np.float32),
+             "s": rng.uniform(1, 2, (2, 4)).astype(np.float32)}
+    ref = _ort(data, feeds)
+    for how in ("always", "error"):
+        m = load_onnx(data)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter(how)
+            for _ in range(2):
+                got = m.run(feeds)
+        assert not seen, [str(w.message) for w in seen]
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+        assert len(_unrolled_steps(m)[0]) == 1
+
+
+def _bias_free_rnn(T=4, B=2, H=3):
+    """A hand-written unrolled RNN without biases whose first step from a zero state is
+    just ``tanh(P[0])`` (no Add, no MatMul: as an optimizer leaves ``0 @ R + 0 +
+    P[0]``): (nodes, initializers) reading input ``x`` (T, B, H), making ``y``."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array((rng.standard_normal((H, H)) * 0.5).astype(np.float32), n)
+             for n in ("W", "R")] + [numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["P"])]
+    for k in range(T):
+        inits += [numpy_helper.from_array(np.array([k], np.int64), f"s{k}"),
+                  numpy_helper.from_array(np.array([k + 1], np.int64), f"e{k}")]
+        nodes += [helper.make_node("Slice", ["P", f"s{k}", f"e{k}", "ax"], [f"p{k}"]),
+                  helper.make_node("Squeeze", [f"p{k}", "ax"], [f"x{k}"])]
+        if k:
+            nodes += [helper.make_node("MatMul", [f"h{k - 1}", "R"], [f"m{k}"]),
+                      helper.make_node("Add", [f"m{k}", f"x{k}"], [f"x{k}_"])]
+        nodes.append(helper.make_node("Tanh", [f"x{k}_" if k else "x0"], [f"h{k}"]))
+    nodes.append(helper.make_node("Concat", [f"h{k}" for k in range(T)], ["y"], axis=0))
+    return nodes, inits
+
+
+@pytest.mark.parametrize("adds", [0, 3000])
+def test_unrolled_rnn_first_step_without_bias_and_a_long_chain_of_adds(adds):
+    """An unrolled RNN without biases starting at ``tanh(P[0])`` (_bias_free_rnn) crashed
+    every call with an IndexError while fusing; and with a Tanh after a chain of 3000
+    Adds (a long running sum of another input, a valid graph) every call raised
+    RecursionError (the Add tree was flattened recursively).  Now the RNN is fused, and
+    ONNX Runtime's answers."""
+    T, B, H = 4, 2, 3
+    nodes, inits = _bias_free_rnn(T, B, H)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, H])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if adds:
+        prev = "z"
+        for k in range(adds):
+            nodes.append(helper.make_node("Add", [prev, "eps"], [f"sum{k}"]))
+            prev = f"sum{k}"
+        nodes.append(helper.make_node("Tanh", [prev], ["tz"]))
+        inits.append(numpy_helper.from_array(np.array(1e-4, np.float32), "eps"))
+        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]))
+        outputs.append(helper.make_tensor_value_info("tz", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "nobias", inputs, outputs, inits)
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    m = load_onnx(data)
+    rng = np.random.default_rng(9)
+    feeds = {"x": rng.standard_normal((T, B, H)).astype(np.float32)}
+    if adds:
+        feeds["z"] = rng.standard_normal((2, 3)).astype(np.float32)
+    ref = _ort(data, feeds)
+    for _ in range(2):
+        got = m.run(feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(_unrolled_steps(m)[0]) == 1
+
+
 # ------------------------------------------------------------------ sequence ops
 def _seq_model(x, split=None, positions=(0,), attrs=None, feed_split=False, const_x=False,
                opset=17):
@@ -2249,3 +2426,23 @@ def test_dynamo_export_holds_its_weights_once(tmp_path):
         ref = net(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(m.run({m.input_names[0]: x})[m.output_names[0]], ref,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_node_errors_name_the_node_once():
+    """A recurrent node's own error (an initial state of the wrong batch, X of the
+    wrong rank) names the model and the node once (it named the node twice)."""
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(np.ones((1, H, I), np.float32), "W"),
+             numpy_helper.from_array(np.ones((1, H, H), np.float32), "R")]
+    node = helper.make_node("RNN", ["x", "W", "R", "", "", "h0"], ["y", "hn"], hidden_size=H)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                        helper.make_tensor_value_info("h0", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("hn", TensorProto.FLOAT, None)], inits)
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]))
+    for x, h0, what in [((4, 2, I), (1, 3, H), "initial_h must have shape"),
+                        ((4, 2), (1, 2, H), "X must be 3-D")]:
+        with pytest.raises(ValueError) as e:
+            m.run({"x": np.ones(x, np.float32), "h0": np.ones(h0, np.float32)})
+        msg = str(e.value)
+        assert msg.startswith("g: node 0 RNN ''") and what in msg
+        assert msg.count("node 0 RNN") == 1, msg

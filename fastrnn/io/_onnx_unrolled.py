@@ -30,6 +30,12 @@ _ACTS = {"Tanh": "tanh", "Relu": "relu"}
 _PICK = frozenset({"Slice", "Squeeze", "Gather", "SequenceAt", "SplitToSequence",
                    "Identity", "Reshape", "Unsqueeze"})
 _MIN_STEPS = 2          # chains shorter than this run op by op
+# the ops torch's decomposition of a cell's step is made of (a cell loop's steps: _cell_plan);
+# (Relu only for a relu RNNCell; Cast / CastLike only to a float type).  Any other op,
+# Clip, Max, Where, ..., may act only on values random inputs never reach (a ReLU6
+# RNNCell: Clip(0, 6); a clipped cell state): the random checks cannot rule it out
+_CELL_OPS = _PICK | {"Gemm", "MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Split",
+                     "Cast", "CastLike"}
 
 
 class _Graph:
@@ -85,14 +91,17 @@ class _Graph:
 
 
 def _terms(g, n, adds, leaves):
-    """Flatten the Add tree under value ``n`` (Adds read once) into ``leaves``."""
-    k = g.prod.get(n)
-    if k is not None and g.op(k) == "Add" and g.private(n) and len(g.dyn[k][2]) == 2:
-        adds.append(k)
-        for m in g.dyn[k][2]:
-            _terms(g, m, adds, leaves)
-    else:
-        leaves.append(n)
+    """Flatten the Add tree under value ``n`` (Adds read once) into ``leaves`` (without
+    recursion: a chain of thousands of Adds before a Tanh is a valid graph)."""
+    stack = [n]
+    while stack:
+        n = stack.pop()
+        k = g.prod.get(n)
+        if k is not None and g.op(k) == "Add" and g.private(n) and len(g.dyn[k][2]) == 2:
+            adds.append(k)
+            stack.extend(reversed(g.dyn[k][2]))
+        else:
+            leaves.append(n)
 
 
 class _Step:
@@ -304,17 +313,35 @@ def fuse(prog, model, dyn, env, want, readers):
     """The fused steps of a program's dynamic steps ``dyn`` (first call's values
     ``env``): ({index: step (runner, getter, outputs, where)}, covered indices); each
     step goes where the last of the ops it replaces was."""
+    # (the checks run the graph on random inputs: a Log or Sqrt of one gives NaNs there,
+    # which must neither warn the caller nor, under warnings as errors, stop the fusing;
+    # np.errstate is the calling thread's own)
+    with np.errstate(all="ignore"):
+        return _fuse(prog, model, dyn, env, want, readers)
+
+
+def _fuse(prog, model, dyn, env, want, readers):
     g = _Graph(prog, model, dyn, env, want, readers)
     at, covered = {}, set()
-    cands = [s for s in (_candidate(g, k) for k, st in enumerate(dyn)
-                         if st[0] == "op" and st[1][1] in _ACTS) if s is not None]
-    plans = [_rnn_plan(g, c) for c in _link(g, cands)] if len(cands) >= _MIN_STEPS else []
-    for plan in plans + list(_cell_plans(g)):
+
+    def rnn_plans():
+        cands = [s for s in (_candidate(g, k) for k, st in enumerate(dyn)
+                             if st[0] == "op" and st[1][1] in _ACTS) if s is not None]
+        return [_rnn_plan(g, c) for c in _link(g, cands)] if len(cands) >= _MIN_STEPS \
+            else []
+    plans = []
+    # (finding them must never fail a call: what raises is left to run op by op)
+    for find in (rnn_plans, lambda: list(_cell_plans(g))):
+        try:
+            plans += find()
+        except Exception:
+            pass
+    for plan in plans:
         if plan is None:
             continue
         try:
             made = _fused(g, plan, covered)
-        except (ValueError, TypeError, IndexError, FloatingPointError):
+        except Exception:
             made = None
         if made is not None:
             k, step, own = made
@@ -328,8 +355,9 @@ class _Plan:
     replaces; the layer reads ``X`` (3-D, time along ``axis``) at ``rows`` (in order,
     one apart, up or down) from state ``h0`` (a value's name, or None: zeros; c0 is
     zeros); ``hs`` each step's h, ``cn`` the last step's c (LSTM: its name or None);
-    ``layer(dtype)`` the layer; ``label`` for messages."""
-    __slots__ = ("own", "X", "axis", "rows", "h0", "hs", "cn", "layer", "label")
+    ``layer(dtype)`` the layer; ``label`` for messages; ``scale`` the spread of random
+    inputs X for which the layer's input projection is ~1 (_unit_scale)."""
+    __slots__ = ("own", "X", "axis", "rows", "h0", "hs", "cn", "layer", "label", "scale")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -352,7 +380,9 @@ def _rnn_plan(g, chain):
         own.update(s.ops)
     first = chain[0]
     h0 = first.hp
-    wname, rname = g.dyn[pstep[-1]][2][1], g.dyn[first.ops[-1]][2][1]
+    # (R's name from the last step: the first one's ops have no MatMul where it is the
+    # zero start act(C + x), or act(x) without a bias, _zero_start)
+    wname, rname = g.dyn[pstep[-1]][2][1], g.dyn[chain[-1].ops[-1]][2][1]
     H = first.R.shape[0]
     bih = np.zeros(H, W.dtype) if b is None else b
 
@@ -360,7 +390,8 @@ def _rnn_plan(g, chain):
         return _layer(g.model, "RNN", first.kind, (wname, rname), W, first.R, bih,
                       first.bias, dt)
     return _Plan(own=own, X=X, axis=0, rows=rows, h0=h0, hs=[s.h for s in chain], cn=None,
-                 layer=layer, label=f"{g.dyn[first.act][4]} .. {g.dyn[chain[-1].act][4]} "
+                 layer=layer, scale=_unit_scale(W),
+                 label=f"{g.dyn[first.act][4]} .. {g.dyn[chain[-1].act][4]} "
                  f"(unrolled RNN, {len(chain)} steps, run as one SimpleRNN call)")
 
 
@@ -474,7 +505,7 @@ def _fused(g, plan, taken):
                 got.append((Y[::-1] if arg else Y).reshape(shape))
         return got
 
-    if not _agrees(g, run, by_ops, X, h0, dt):
+    if not _agrees(g, run, by_ops, X, h0, dt, plan.scale):
         return None
     return last, (run, _env_itself, outs, plan.label), own
 
@@ -509,28 +540,45 @@ def _layer(model, cell, act, names, W, R, bih, bhh, dt):
     return layer
 
 
-def _agrees(g, run, by_ops, X, h0, dt) -> bool:
-    """Whether the fused runner and the ops give the same values on random inputs."""
+def _unit_scale(W) -> float:
+    """The spread of random inputs x for which ``x @ W`` has values of ~1: where the
+    weights are tiny (a model of raw inputs of ~1e5) unit inputs give values of ~1e-5,
+    on which tanh is the identity and a Relu or a scaled step looks like torch's."""
+    norm = float(np.sqrt(np.square(W, dtype=np.float64).sum()))
+    s = np.sqrt(W.shape[1]) / norm if norm > 0 and np.isfinite(norm) else 1.0
+    return float(min(max(s, 1e-20), 1e20))
+
+
+def _agrees(g, run, by_ops, X, h0, dt, scale=1.0) -> bool:
+    """Whether the fused runner and the ops give the same values on random inputs: of
+    spread 1 and, where that is far from it, of spread ``scale`` (_unit_scale)."""
     rng = np.random.default_rng(0)
-    env = dict(g.env)
-    env[X] = rng.standard_normal(g.env[X].shape).astype(dt)
-    if h0 is not None:
-        env[h0] = rng.standard_normal(g.env[h0].shape).astype(dt)
-    want = by_ops(env)
-    scope_enter()
-    try:
-        got = run(env)
-    finally:
-        scope_leave()
-    return all(_close(a, e, dt) for a, e in zip(got, want))
+    for s in (1.0,) + ((scale,) if not 0.25 <= scale <= 4.0 else ()):
+        env = dict(g.env)
+        env[X] = (rng.standard_normal(g.env[X].shape) * s).astype(dt)
+        if h0 is not None:
+            env[h0] = rng.standard_normal(g.env[h0].shape).astype(dt)
+        want = by_ops(env)
+        scope_enter()
+        try:
+            got = run(env)
+        finally:
+            scope_leave()
+        if not all(_close(a, e, dt) for a, e in zip(got, want)):
+            return False
+    return True
 
 
 def _close(a, e, dt) -> bool:
-    """Equal up to float rounding (relative to e's largest magnitude)."""
+    """Equal up to float rounding, relative to e's largest finite magnitude (not to 1:
+    values of ~1e-5 were all "equal"; nor to an inf, which made anything equal); infs
+    where e has them (allclose: same place, same sign), no NaN."""
     a, e = np.asarray(a), np.asarray(e)
+    if a.shape != e.shape:
+        return False
     tol = 1e-4 if dt == np.float32 else 1e-10
-    return a.shape == e.shape and bool(np.allclose(a, e, rtol=tol, atol=tol * max(
-        1.0, float(np.abs(e).max(initial=0.0)))))
+    big = float(np.abs(e[np.isfinite(e)]).max(initial=0.0)) if e.size else 0.0
+    return bool(np.allclose(a, e, rtol=tol, atol=tol * max(big, np.finfo(dt).tiny)))
 
 
 # ------------------------------------------------ cell loops (LSTMCell / GRUCell / RNNCell)
@@ -574,14 +622,21 @@ def _random_env(g):
     return env
 
 
-def _find(g, env, after, before, value, dt):
-    """The first value made by a step in (after, before) equal to ``value``."""
+def _find(g, env, after, before, value, dt, like=None):
+    """The value made by a step in (after, before) equal to ``value``: of those, one
+    made by an op of type ``like`` (the earlier steps' h: the same op ends each step)
+    before others, then the closest, then the first.  (The first alone: for a tanh
+    step of values of ~1e-5 that was its sum before the tanh, equal to it there.)"""
+    best, rank = None, None
     for k in range(after + 1, min(before, len(g.dyn))):
         for o in g.dyn[k][3]:
             v = env.get(o) if o else None
             if isinstance(v, np.ndarray) and v.shape == value.shape and _close(v, value, dt):
-                return o
-    return None
+                r = (like is not None and g.op(k) != like,
+                     float(np.abs(v - value).max(initial=0.0)))
+                if rank is None or r < rank:
+                    best, rank = o, r
+    return best
 
 
 def _cell_plans(g):
@@ -662,7 +717,8 @@ def _cell_plan(g, env, cell, key, members, xkey, xm):
                 if not _close(env.get(name), hv, dt):
                     break
             else:
-                name = _find(g, env, start, nxt, hv, dt)
+                name = _find(g, env, start, nxt, hv, dt,
+                             g.op(g.prod[hs[-1]]) if hs and hs[-1] in g.prod else None)
             cname = _find(g, env, start, nxt, cv, dt) if cell == "LSTM" else None
             if name is None or (cell == "LSTM" and cname is None):
                 break
@@ -688,13 +744,22 @@ def _cell_plan(g, env, cell, key, members, xkey, xm):
         if k not in own:
             own.add(k)
             stack.extend(m for m in g.dyn[k][2] if m)
+    for k in own:
+        op = g.op(k)
+        if not (op in _CELL_OPS or (op == "Relu" and act == "relu")):
+            return None
+        if op in ("Cast", "CastLike") and not all(
+                getattr(g.env.get(o), "dtype", np.dtype(object)).kind == "f"
+                for o in g.dyn[k][3] if o):
+            return None
     names = (key[0], xkey[0])
 
     def layer(dt_):
         return _layer(g.model, cell, act or "tanh", names, W, R, bih[0], bhh[0], dt_) \
             if dt_ == dt and W.dtype == dt else None
     return _Plan(own=own, X=X, axis=axis, rows=rows, h0=h0, hs=hs, cn=cs[-1],
-                 layer=layer, label=f"{g.dyn[xm[0][0]][4]} .. {g.dyn[members[-1][0]][4]} "
+                 layer=layer, scale=_unit_scale(W),
+                 label=f"{g.dyn[xm[0][0]][4]} .. {g.dyn[members[-1][0]][4]} "
                  f"(unrolled {cell}Cell loop, {n} steps, run as one {_NAMES[cell]} call)")
 
 

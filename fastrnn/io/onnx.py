@@ -1524,10 +1524,13 @@ class OnnxModel:
         """``e`` with the model's name and the failing node in its message (value, type,
         index, memory and overflow errors, e.g. a ConstantOfShape of a shape too large to
         allocate; the rest as they are)."""
+        msg = str(e)
+        if where and not msg.startswith(f"{where}: "):     # (a node's own errors name it)
+            msg = f"{where}: {msg}"
         for kind in _LOCATED:
             # (NumPy's own subclasses, e.g. AxisError, as their first such base)
             if isinstance(e, kind):
-                return (type(e) if type(e) in _LOCATED else kind)(f"{self.name}: {where}: {e}")
+                return (type(e) if type(e) in _LOCATED else kind)(f"{self.name}: {msg}")
         return e
 
     @staticmethod
