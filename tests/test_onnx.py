@@ -1826,6 +1826,48 @@ def test_dynamo_unrolled_cell_loop_runs_as_one_layer_call(cell, kw, state, feed,
             np.testing.assert_allclose(v, plain[k], rtol=TOL, atol=TOL)
 
 
+class _Decoder(torch.nn.Module):
+    """A teacher-forced decoder: a cell over x[:, t], a Linear + softmax on each step's h
+    (ops between the steps that read the fused loop's outputs)."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell, self.out = getattr(torch.nn, cell)(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], 6)
+        ys = []
+        for t in range(x.shape[1]):
+            if isinstance(self.cell, torch.nn.LSTMCell):
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+            ys.append(torch.softmax(self.out(h), -1))
+        return torch.stack(ys, 1)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_dynamo_unrolled_decoder_with_a_head_on_each_step_is_fused(cell, monkeypatch):
+    """The fused loop runs where its first op was, so a Linear on each step's h between
+    the steps (which read its outputs before its last op) does not keep it op by op."""
+    torch.manual_seed(4)
+    x = np.random.default_rng(4).standard_normal((2, 5, 4)).astype(np.float32)
+    net = _Decoder(cell).eval()
+    data = _dynamo_export(net, x)
+    m = load_onnx(data)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        got, ref = m.run({"x": x}), _ort(data, {"x": x})
+        (k,) = ref
+        np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(got[k], want, rtol=TOL, atol=TOL)
+    fused, rest = _unrolled_steps(m)
+    assert len(fused) == 1 and "Sigmoid" not in rest and "Tanh" not in rest, rest
+    np.testing.assert_allclose(m.run({"x": x})[k], _op_by_op(data, {"x": x}, monkeypatch)[k],
+                               rtol=TOL, atol=TOL)
+
+
 def test_dynamo_unrolled_lstm_cell_loop_from_a_given_cell_state_runs_op_by_op():
     """An LSTMCell loop from a c0 the caller gives is not fused (fastrnn's fused loops
     start from a zero cell state); it runs op by op, ONNX Runtime's answers."""
@@ -2426,6 +2468,49 @@ def test_dynamo_export_holds_its_weights_once(tmp_path):
         ref = net(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(m.run({m.input_names[0]: x})[m.output_names[0]], ref,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_two_unrolled_recurrences_fused_before_the_same_step():
+    """Two recurrences whose shared initial state is made after both projections: both
+    fused steps run before the step after it (one slot for both kept only the last,
+    and the first one's outputs were never made)."""
+    T, B, H = 4, 2, 3
+    rng = np.random.default_rng(8)
+    f = lambda *sh: numpy_helper.from_array(                            # noqa: E731
+        (rng.standard_normal(sh) * 0.5).astype(np.float32), f"w{rng.integers(1 << 30)}")
+    inits, nodes, outs = [numpy_helper.from_array(np.array([0], np.int64), "ax")], [], []
+    for r in "ab":
+        W, b, R = f(H, H), f(H), f(H, H)
+        inits += [W, b, R]
+        nodes += [helper.make_node("MatMul", ["x", W.name], [f"{r}xw"]),
+                  helper.make_node("Add", [f"{r}xw", b.name], [f"{r}P"])]
+    nodes.append(helper.make_node("Tanh", ["hin"], ["h0"]))     # (after both projections)
+    for r in "ab":
+        R = inits[3 if r == "a" else 6].name
+        h = "h0"
+        for k in range(T):
+            inits += [numpy_helper.from_array(np.array([k], np.int64), f"{r}s{k}"),
+                      numpy_helper.from_array(np.array([k + 1], np.int64), f"{r}e{k}")]
+            nodes += [helper.make_node("Slice", [f"{r}P", f"{r}s{k}", f"{r}e{k}", "ax"],
+                                       [f"{r}p{k}"]),
+                      helper.make_node("Squeeze", [f"{r}p{k}", "ax"], [f"{r}x{k}"]),
+                      helper.make_node("MatMul", [h, R], [f"{r}m{k}"]),
+                      helper.make_node("Add", [f"{r}m{k}", f"{r}x{k}"], [f"{r}a{k}"]),
+                      helper.make_node("Tanh", [f"{r}a{k}"], [f"{r}h{k}"])]
+            h = f"{r}h{k}"
+        outs.append(helper.make_tensor_value_info(h, TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "two", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, H]),
+        helper.make_tensor_value_info("hin", TensorProto.FLOAT, [B, H])], outs, inits)
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    m = load_onnx(data)
+    feeds = {"x": rng.standard_normal((T, B, H)).astype(np.float32),
+             "hin": rng.standard_normal((B, H)).astype(np.float32)}
+    for _ in range(2):
+        got, ref = m.run(feeds), _ort(data, feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    assert len(_unrolled_steps(m)[0]) == 2
 
 
 def test_node_errors_name_the_node_once():

@@ -311,8 +311,9 @@ def _projection(g, root):
 
 def fuse(prog, model, dyn, env, want, readers):
     """The fused steps of a program's dynamic steps ``dyn`` (first call's values
-    ``env``): ({index: step (runner, getter, outputs, where)}, covered indices); each
-    step goes where the last of the ops it replaces was."""
+    ``env``): ({index: [steps (runner, getter, outputs, where)]}, covered indices);
+    each runs before the step of its index (the first of the ops it replaces, or the
+    first after its inputs are made)."""
     # (the checks run the graph on random inputs: a Log or Sqrt of one gives NaNs there,
     # which must neither warn the caller nor, under warnings as errors, stop the fusing;
     # np.errstate is the calling thread's own)
@@ -345,7 +346,7 @@ def _fuse(prog, model, dyn, env, want, readers):
             made = None
         if made is not None:
             k, step, own = made
-            at[k] = step
+            at.setdefault(k, []).append(step)    # (two may run before one step)
             covered |= own
     return at, covered
 
@@ -369,6 +370,10 @@ def _rnn_plan(g, chain):
     P = X @ W (+ b) computed once."""
     src = _sources(g, [s.x[0] for s in chain])
     if src is None:
+        # (a first step taken for a zero start, act(C + x), whose x is no row of the
+        # projection: an act of something else that the chain starts from)
+        if chain[0].hp is None and len(chain) > _MIN_STEPS:
+            return _rnn_plan(g, chain[1:])
         return None
     root, pick, rows, _ = src
     proj = _projection(g, root)
@@ -439,8 +444,11 @@ def _fused(g, plan, taken):
                     names.append(o)
                 else:
                     return None     # (an intermediate another step reads: not fused)
-    last = max(own)
-    if any(r <= last for o in names for r in g.readers.get(o, ()) if r not in own):
+    # the fused step runs before step ``at``: the first op it replaces, or later, once
+    # its inputs (X, h0) are made; every other step reading its outputs must come from
+    # there on (a Linear on each step's h between the steps, as a decoder has)
+    at = max([min(own)] + [g.prod[v] + 1 for v in (X, h0) if v in g.prod])
+    if any(r < at for o in names for r in g.readers.get(o, ()) if r not in own):
         return None
     outs_own = {o for j in own for o in g.dyn[j][3]}
     for k in own:               # (inputs: X, h0, each other's outputs, fixed values)
@@ -507,7 +515,7 @@ def _fused(g, plan, taken):
 
     if not _agrees(g, run, by_ops, X, h0, dt, plan.scale):
         return None
-    return last, (run, _env_itself, outs, plan.label), own
+    return at, (run, _env_itself, outs, plan.label), own
 
 
 def _env_itself(env):

@@ -1649,12 +1649,10 @@ class _Program:
         # unrolled recurrences (torch's dynamo export of nn.RNN): one layer call each
         fused, covered = _unrolled.fuse(self, model, dyn, env, want, readers)
         for j, (kind, obj, ins, outs, where) in enumerate(dyn):
-            if j in skip:
-                continue
-            if j in covered:
-                if j in fused:
-                    self.steps.append(fused[j])
-                    fresh.update(fused[j][2])
+            for step in fused.get(j, ()):   # (before step j, which may be one they cover)
+                self.steps.append(step)
+                fresh.update(step[2])
+            if j in skip or j in covered:
                 continue
             outs = [o or "\0" for o in outs]
             if kind == "rnn":
