@@ -58,6 +58,13 @@ def _load(path, prefix=None, args=None):
     classes = getattr(args, "module_class", None)
     if classes:
         kw["module_classes"] = list(classes)
+    act = getattr(args, "nonlinearity", None)
+    if act:
+        fmt = fastrnn.io.sniff_format(path)
+        if fmt not in ("torch-zip", "torch-legacy", "torch-export", "safetensors"):
+            raise CLIError(f"--nonlinearity applies to PyTorch state dicts (an nn.RNN's or "
+                           f"RNNCell's weights cannot tell relu from tanh); {path} is {fmt}")
+        kw["nonlinearity"] = act
     return fastrnn.io.load(path, **kw)
 
 
@@ -577,6 +584,9 @@ def _loading_options(p) -> None:
     p.add_argument("--architecture", metavar="FILE.json",
                    help="(Keras weights-only .h5) the model's config: model.to_json() saved "
                    "to a file")
+    p.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                   help="(state dicts of nn.RNN / nn.RNNCell) the nonlinearity, which the "
+                   "weights cannot tell (default tanh; a pickled module says it itself)")
     p.add_argument("--module-class", action="append", metavar="MODULE.CLASS",
                    help="(torch.save(model) of your own nn.Module class) read that class's "
                    "objects as inert containers; repeat for several")

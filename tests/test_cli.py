@@ -458,3 +458,34 @@ def test_ctrl_c_ends_a_long_run_at_once(tmp_path):
     # (a hang check, not a speed threshold: exiting takes ~0.1 s; the call had ~2 s to go,
     # which the interrupt waited for)
     assert waited < 1.5, waited
+
+
+def test_convert_and_run_take_the_nonlinearity_a_state_dict_cannot_tell(capsys, tmp_path):
+    """A state dict of a relu nn.RNN / RNNCell converts as relu with --nonlinearity relu
+    (without it, tanh: the weights cannot tell); the option is refused where it cannot
+    apply (an ONNX file; an LSTM's weights)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    for net in (torch.nn.RNN(3, 4, nonlinearity="relu"),
+                torch.nn.RNNCell(3, 4, nonlinearity="relu")):
+        src, dst = str(tmp_path / "r.pt"), str(tmp_path / "r.safetensors")
+        torch.save(net.state_dict(), src)
+        for act in ("tanh", "relu"):
+            extra = ["--nonlinearity", act] if act == "relu" else []
+            code, _, err = run(capsys, "convert", src, dst, "--force", *extra)
+            assert code == 0, err
+            obj = fastrnn.load(dst)
+            assert obj.nonlinearity == act
+        with torch.no_grad():
+            want = (net(torch.from_numpy(x))[0] if isinstance(net, torch.nn.RNN)
+                    else net(torch.from_numpy(x[0]))).numpy()
+        got = obj(x)[0] if isinstance(net, torch.nn.RNN) else obj(x[0])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    code, _, err = run(capsys, "inspect", os.path.join(FIX, "onnx", "lstm_1l.onnx"),
+                       "--nonlinearity", "relu")
+    assert code != 0 and "--nonlinearity applies to PyTorch state dicts" in err
+    torch.save(torch.nn.LSTM(3, 4).state_dict(), str(tmp_path / "l.pt"))
+    code, _, err = run(capsys, "convert", str(tmp_path / "l.pt"), str(tmp_path / "l.st"),
+                       "--force", "--nonlinearity", "relu")
+    assert code != 0 and "nonlinearity does not apply" in err

@@ -439,6 +439,9 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
                               seed=_layers._WEIGHTS_FOLLOW)    # (loaded below, strict)
     if spec.cell == "RNN":
         kw["nonlinearity"] = spec.nonlinearity or "tanh"
+    elif "nonlinearity" in overrides:       # (as build_cell says it)
+        raise LoadError(f"module {spec.prefix!r} is a {spec.cell}: nonlinearity does not "
+                        "apply (nn.RNN and nn.RNNCell weights only)")
     kw.update(overrides)
     extra = {"proj_size": spec.proj_size} if spec.cell == "LSTM" else {}
     cls = {"LSTM": _layers.LSTM, "GRU": _layers.GRU}.get(spec.cell, _layers.SimpleRNN)
