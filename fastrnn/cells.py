@@ -24,6 +24,7 @@ step in reverse, adding each step's ``"hx"`` (and ``"cx"``) to the previous step
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 import numpy as np
@@ -273,6 +274,7 @@ class RNNCellBase:
 
     def _backward(self, cache, grad_h, grad_c, need_input_grad, num_threads) -> dict:
         cls = type(self).__name__
+        need_input_grad = _flag("need_input_grad", need_input_grad)
         if not isinstance(cache, CellCache):
             from .train import TrainCache
             raise TypeError(f"{cls}.backward needs the cache returned by forward_train"
@@ -495,8 +497,9 @@ def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[st
     given weights (as the layers' ``_check_config_fits``)."""
     H, I = cfg.get("hidden_size"), cfg.get("input_size")
     for k, v in (("hidden_size", H), ("input_size", I)):
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise ValueError(f"config {k} must be an int, got {v!r}")
+    H, I = int(H), int(I)
     w = state_dict.get("weight_ih")
     if w is None:
         raise KeyError("config and weights do not fit: missing 'weight_ih'")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import weakref
 from typing import Any, Mapping, NamedTuple
 
@@ -1962,6 +1963,7 @@ class RNNBase:
         ``{"input", "h0", ["c0",] "weight_ih_l0", ...}``, weights named and shaped as in
         :meth:`state_dict` (no ``"input"`` with ``need_input_grad=False``)."""
         from . import train
+        need_input_grad = _flag("need_input_grad", need_input_grad)
         return train.backward(self, cache, grad_output, grad_state,
                               need_input_grad=need_input_grad, num_threads=num_threads)
     # ---------------------------------------------------------------- end training
@@ -2050,8 +2052,9 @@ def _check_config_fits(name: str, cfg: Mapping[str, Any], state_dict: Mapping[st
     gates = _GATES["RNN" if name == "SimpleRNN" else name]
     L, H, I = cfg.get("num_layers", 1), cfg.get("hidden_size"), cfg.get("input_size")
     for k, v in (("num_layers", L), ("hidden_size", H), ("input_size", I)):
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise ValueError(f"config {k} must be an int, got {v!r}")
+    L, H, I = int(L), int(H), int(I)
     n_ih = sum(1 for k in state_dict if str(k).startswith("weight_ih_l"))
     D = 2 if cfg.get("bidirectional") else 1
     if L * D != n_ih:
@@ -2069,7 +2072,7 @@ def config_class(cfg, classes: Mapping[str, type], what: str) -> tuple[str, dict
         raise ValueError(f"{what} config must be a mapping, got {type(cfg).__name__}")
     cfg = dict(cfg)
     name = cfg.pop("class_name", None)
-    if name not in classes:
+    if not isinstance(name, str) or name not in classes:
         raise ValueError(f"unknown {what} class {name!r} in config; known: {sorted(classes)}")
     return name, cfg
 

@@ -165,8 +165,11 @@ class Stream:
         else:
             from .model import Model
             if not isinstance(model, Model):
+                from .cells import RNNCellBase
+                hint = ("; to stream a cell, pass the one-layer module it runs on: "
+                        "Stream(cell.layer)" if isinstance(model, RNNCellBase) else "")
                 raise TypeError("Stream needs a fastrnn layer (LSTM, GRU, SimpleRNN) or a "
-                                f"fastrnn.model.Model, got {type(model).__name__}")
+                                f"fastrnn.model.Model, got {type(model).__name__}{hint}")
             self._kind = "model"
             self._plan, self._runners = self._plan_model(model)
 

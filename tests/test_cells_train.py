@@ -426,6 +426,34 @@ def test_bad_cell_configs_and_files(tmp_path):
         fastrnn.load(p)
 
 
+@pytest.mark.parametrize("make", [lambda: LSTMCell(3, 4, seed=0), lambda: GRUCell(3, 4, seed=0),
+                                  lambda: RNNCell(3, 4, seed=0)])
+def test_cell_config_sizes_may_be_numpy_ints(make):
+    cell = make()
+    cfg = dict(cell.get_config(), input_size=np.int32(3), hidden_size=np.int64(4))
+    for build in (fastrnn.layer_from_config, cell_from_config):
+        clone = build(cfg, cell.state_dict())
+        assert type(clone) is type(cell) and clone.get_config() == cell.get_config()
+        assert type(clone.get_config()["hidden_size"]) is int
+    # (sizes computed as Python ints: 4 gates * np.uint8(64) would wrap to 0)
+    wide = type(cell)(3, 64, seed=0)
+    cfg8 = dict(wide.get_config(), hidden_size=np.uint8(64))
+    assert cell_from_config(cfg8, wide.state_dict()).get_config() == wide.get_config()
+    with pytest.raises(ValueError, match="config hidden_size must be an int"):
+        cell_from_config(dict(cfg, hidden_size=np.True_), cell.state_dict())
+
+
+def test_cell_backward_need_input_grad_is_a_flag():
+    for cell in (LSTMCell(4, 6, seed=0), GRUCell(4, 6, seed=0)):
+        _, cache = cell.forward_train(np.ones((3, 4), np.float32))
+        g = np.ones((3, 6), np.float32)
+        for bad in ("no", 0.5, None):
+            with pytest.raises(TypeError, match="need_input_grad must be True or False"):
+                cell.backward(cache, g, need_input_grad=bad)
+        assert "input" in cell.backward(cache, g, need_input_grad=1)
+        assert "input" not in cell.backward(cache, g, need_input_grad=np.False_)
+
+
 def test_cli_convert_and_inspect_a_torch_cell(tmp_path, capsys):
     from fastrnn.cli import main
     torch.manual_seed(0)

@@ -296,6 +296,50 @@ def test_config_round_trip(cls):
         fastrnn.layer_from_config({"class_name": "Transformer"})
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_config_sizes_may_be_numpy_ints(cls):
+    # (as a config read from a file may hold them) checked against the weights like ints
+    layer = cls(3, 4, num_layers=2, seed=0)
+    cfg = dict(layer.get_config(), input_size=np.int32(3), hidden_size=np.int64(4),
+               num_layers=np.int64(2))
+    clone = fastrnn.layer_from_config(cfg, layer.state_dict())
+    assert clone.get_config() == layer.get_config()
+    assert all(type(clone.get_config()[k]) is int
+               for k in ("input_size", "hidden_size", "num_layers"))
+    # (sizes computed as Python ints: 4 gates * np.uint8(64) would wrap to 0)
+    wide = cls(3, 64, seed=0)
+    cfg8 = dict(wide.get_config(), hidden_size=np.uint8(64), num_layers=np.uint8(1))
+    assert fastrnn.layer_from_config(cfg8, wide.state_dict()).get_config() == wide.get_config()
+    with pytest.raises(ValueError, match="config hidden_size must be an int"):
+        fastrnn.layer_from_config(dict(cfg, hidden_size=True), layer.state_dict())
+    with pytest.raises(ValueError, match="config input_size must be an int"):
+        fastrnn.layer_from_config(dict(cfg, input_size=3.0), layer.state_dict())
+
+
+@pytest.mark.parametrize("name", [["LSTM"], {"LSTM": 1}])
+def test_config_class_name_not_a_string(name):
+    with pytest.raises(ValueError, match="unknown layer class"):
+        fastrnn.layer_from_config({"class_name": name, "input_size": 3, "hidden_size": 4})
+    with pytest.raises(ValueError, match="unknown cell class"):
+        fastrnn.cells.cell_from_config({"class_name": name, "input_size": 3,
+                                        "hidden_size": 4})
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_backward_need_input_grad_is_a_flag(cls):
+    layer = cls(3, 4, seed=0)
+    x = np.ones((5, 2, 3), np.float32)
+    out, _, cache = layer.forward_train(x)
+    g = np.ones_like(out)
+    for bad in ("no", "False", 0.0, 2, None):
+        with pytest.raises(TypeError, match="need_input_grad must be True or False"):
+            layer.backward(cache, g, need_input_grad=bad)
+    for flag in (True, 1, np.True_):
+        assert "input" in layer.backward(cache, g, need_input_grad=flag)
+    for flag in (False, 0, np.False_):
+        assert "input" not in layer.backward(cache, g, need_input_grad=flag)
+
+
 def test_state_dict_is_a_copy():
     layer = fastrnn.LSTM(3, 4)
     sd = layer.state_dict()

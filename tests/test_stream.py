@@ -168,6 +168,10 @@ def test_errors():
         Stream(fastrnn.GRU(3, 4, go_backwards=True))
     with pytest.raises(TypeError):
         Stream(object())
+    for cell in (fastrnn.LSTMCell(3, 4), fastrnn.GRUCell(3, 4), fastrnn.RNNCell(3, 4)):
+        with pytest.raises(TypeError, match=r"Stream\(cell\.layer\)"):
+            Stream(cell)
+        Stream(cell.layer).step(np.zeros((1, 3), np.float32))   # (what it suggests works)
     with pytest.raises(ValueError):
         Stream(fastrnn.GRU(3, 4), batch_size=0)
     s = Stream(fastrnn.GRU(3, 4), batch_size=2)
