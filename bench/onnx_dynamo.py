@@ -14,9 +14,10 @@ Needs torch, onnxscript (the exporter) and onnxruntime.  Two parts:
 2. Graphs the exporter unrolls (it has no RNN node): ``nn.RNN`` with fixed and with
    dynamic shapes (the latter read each step through SplitToSequence / SequenceAt),
    LSTMCell / GRUCell loops.  fastrnn runs an unrolled ``nn.RNN`` as one SimpleRNN call
-   per layer and direction (``fastrnn.io._onnx_unrolled``; column "op by op": the same
-   model with that off, as before, timed in the same rounds) and the cell loops op by
-   op in NumPy.
+   per layer and direction and a cell loop over the input as one LSTM / GRU call
+   (``fastrnn.io._onnx_unrolled``; column "op by op": the same model with that off, as
+   before, timed in the same rounds); a loop whose step input is made from the last h
+   (autoregressive) runs each step's cell ops as one step of the layer.
 
 Each round calls each runner ``--calls`` times in turn; a runner's time is the minimum
 over all its calls (small calls: the minimum is the stable figure on a shared machine).
@@ -66,6 +67,29 @@ class CellLoop(torch.nn.Module):
             else:
                 h = self.c(x[:, t], h)
         return h
+
+
+class Autoregressive(torch.nn.Module):
+    """A greedy-decoder-like loop: each step's input is a Linear of the last h."""
+
+    def __init__(self, cell, I, H, steps):
+        super().__init__()
+        self.c, self.back, self.H, self.steps = getattr(torch.nn, cell)(I, H), \
+            torch.nn.Linear(H, I), H, steps
+        self.lstm = cell == "LSTMCell"
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], self.H)
+        c = x.new_zeros(x.shape[0], self.H)
+        inp, outs = x[:, 0], []
+        for t in range(self.steps):
+            if self.lstm:
+                h, c = self.c(inp, (h, c))
+            else:
+                h = self.c(inp, h)
+            inp = self.back(h)
+            outs.append(inp)
+        return torch.stack(outs, 1)
 
 
 def tmin(fn, n):
@@ -174,7 +198,9 @@ def main():
     print("\n2. unrolled graphs (us a call)")
     cases = [("RNN(32,64) relu T=20 B=1", torch.nn.RNN(32, 64, batch_first=True,
                                                        nonlinearity="relu"), (1, 20, 32)),
-             ("GRUCell(32,64) x10 B=4", CellLoop("GRUCell", 32, 64, 10), (4, 10, 32))]
+             ("GRUCell(32,64) x10 B=4", CellLoop("GRUCell", 32, 64, 10), (4, 10, 32)),
+             ("GRUCell(32,64) autoregr. x10 B=4", Autoregressive("GRUCell", 32, 64, 10),
+              (4, 10, 32))]
     if not args.quick:
         cases += [("RNN(128,256) T=100 B=1", torch.nn.RNN(128, 256, batch_first=True),
                    (1, 100, 128)),

@@ -337,11 +337,14 @@ def _fuse(prog, model, dyn, env, want, readers):
             plans += find()
         except Exception:
             pass
-    for plan in plans:
+    flat = []
+    for plan in plans:      # (a cell loop run step by step: a list of _OneStep)
+        flat += plan if isinstance(plan, list) else [plan]
+    for plan in flat:
         if plan is None:
             continue
         try:
-            made = _fused(g, plan, covered)
+            made = (_fused_step if isinstance(plan, _OneStep) else _fused)(g, plan, covered)
         except Exception:
             made = None
         if made is not None:
@@ -560,12 +563,18 @@ def _unit_scale(W) -> float:
 def _agrees(g, run, by_ops, X, h0, dt, scale=1.0) -> bool:
     """Whether the fused runner and the ops give the same values on random inputs: of
     spread 1 and, where that is far from it, of spread ``scale`` (_unit_scale)."""
+    ins = [(X, g.env[X].shape)] + ([(h0, g.env[h0].shape)] if h0 is not None else [])
+    return _agrees_with(g, run, by_ops, ins, dt, scale, X)
+
+
+def _agrees_with(g, run, by_ops, ins, dt, scale, scaled) -> bool:
+    """_agrees for random values of the inputs ``ins`` ((name, shape)); ``scaled`` the
+    one whose spread is ``scale`` in the second check."""
     rng = np.random.default_rng(0)
     for s in (1.0,) + ((scale,) if not 0.25 <= scale <= 4.0 else ()):
         env = dict(g.env)
-        env[X] = (rng.standard_normal(g.env[X].shape) * s).astype(dt)
-        if h0 is not None:
-            env[h0] = rng.standard_normal(g.env[h0].shape).astype(dt)
+        for n, shape in ins:
+            env[n] = (rng.standard_normal(shape) * (s if n == scaled else 1.0)).astype(dt)
         want = by_ops(env)
         scope_enter()
         try:
@@ -633,15 +642,16 @@ def _random_env(g):
 def _find(g, env, after, before, value, dt, like=None):
     """The value made by a step in (after, before) equal to ``value``: of those, one
     made by an op of type ``like`` (the earlier steps' h: the same op ends each step)
-    before others, then the closest, then the first.  (The first alone: for a tanh
-    step of values of ~1e-5 that was its sum before the tanh, equal to it there.)"""
+    before others, then the closest, then the last made.  (The first alone: for a tanh
+    step of values of ~1e-5 that was its sum before the tanh, equal to it there; an
+    LSTM's first c' = f*0 + i*g equals its term i*g exactly.)"""
     best, rank = None, None
     for k in range(after + 1, min(before, len(g.dyn))):
         for o in g.dyn[k][3]:
             v = env.get(o) if o else None
             if isinstance(v, np.ndarray) and v.shape == value.shape and _close(v, value, dt):
                 r = (like is not None and g.op(k) != like,
-                     float(np.abs(v - value).max(initial=0.0)))
+                     float(np.abs(v - value).max(initial=0.0)), -k)
                 if rank is None or r < rank:
                     best, rank = o, r
     return best
@@ -737,14 +747,35 @@ def _cell_plan(g, env, cell, key, members, xkey, xm):
     else:
         return None
     src = _sources(g, [m[1][0] for m in xm], axes=(0, 1))
-    if src is None:
-        return None
+    if src is None:         # (each step's input made from the steps before: one by one)
+        return _step_plans(g, cell, act, W, R, bih[0], bhh[0], (key[0], xkey[0]),
+                           [m[1][0] for m in xm], hs, cs, h0)
     X, pick, rows, axis = src
     # the steps the loop is: back from its h and c to X, the first state, constants
-    own, stack = set(), hs + [c for c in cs if c]
+    own = _cell_ops(g, hs + [c for c in cs if c], (X, h0), act)
+    if own is None:
+        return None
+    names = (key[0], xkey[0])
+
+    def layer(dt_):
+        return _layer(g.model, cell, act or "tanh", names, W, R, bih[0], bhh[0], dt_) \
+            if dt_ == dt and W.dtype == dt else None
+    return _Plan(own=own, X=X, axis=axis, rows=rows, h0=h0, hs=hs, cn=cs[-1],
+                 layer=layer, scale=_unit_scale(W),
+                 label=f"{g.dyn[xm[0][0]][4]} .. {g.dyn[members[-1][0]][4]} "
+                 f"(unrolled {cell}Cell loop, {n} steps, run as one {_NAMES[cell]} call)")
+
+
+_NAMES = {"RNN": "SimpleRNN", "GRU": "GRU", "LSTM": "LSTM"}
+
+
+def _cell_ops(g, outs, stops, act):
+    """The steps that make ``outs`` from ``stops`` and fixed values (None where another
+    value is read, or a step is no op of torch's cell decomposition: _CELL_OPS)."""
+    own, stack = set(), list(outs)
     while stack:
         v = stack.pop()
-        if v == X or v == h0 or g.const(v) is not None:
+        if v in stops or g.const(v) is not None:
             continue
         k = g.prod.get(v)
         if k is None:
@@ -760,15 +791,96 @@ def _cell_plan(g, env, cell, key, members, xkey, xm):
                 getattr(g.env.get(o), "dtype", np.dtype(object)).kind == "f"
                 for o in g.dyn[k][3] if o):
             return None
-    names = (key[0], xkey[0])
+    return own
+
+
+class _OneStep:
+    """One step of a cell loop run as one cell step of the layer: ``own`` the steps it
+    replaces, its input ``x``, state ``h`` / ``c`` (names, None: zeros), outputs
+    ``outs`` (h', and c' for LSTM)."""
+    __slots__ = ("own", "x", "h", "c", "outs", "layer", "label", "scale")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+def _step_plans(g, cell, act, W, R, bih, bhh, names, xs, hs, cs, h0):
+    """Plans of each step of a cell loop whose inputs are no rows of one value (each
+    made from the step before: an autoregressive decoder): each step's ops as one
+    step of the layer (_fused_step)."""
+    plans, dt = [], R.dtype
 
     def layer(dt_):
-        return _layer(g.model, cell, act or "tanh", names, W, R, bih[0], bhh[0], dt_) \
+        return _layer(g.model, cell, act or "tanh", names, W, R, bih, bhh, dt_) \
             if dt_ == dt and W.dtype == dt else None
-    return _Plan(own=own, X=X, axis=axis, rows=rows, h0=h0, hs=hs, cn=cs[-1],
-                 layer=layer, scale=_unit_scale(W),
-                 label=f"{g.dyn[xm[0][0]][4]} .. {g.dyn[members[-1][0]][4]} "
-                 f"(unrolled {cell}Cell loop, {n} steps, run as one {_NAMES[cell]} call)")
+    for k, x in enumerate(xs):
+        h, c = (h0, None) if k == 0 else (hs[k - 1], cs[k - 1])
+        outs = [hs[k]] + ([cs[k]] if cs[k] else [])
+        own = _cell_ops(g, outs, (x, h, c), act)
+        if own is None:
+            continue
+        plans.append(_OneStep(own=own, x=x, h=h, c=c, outs=outs, layer=layer,
+                              scale=_unit_scale(W), label=f"{g.dyn[min(own)][4]} .. "
+                              f"{g.dyn[max(own)][4]} (unrolled {cell}Cell step, run as one "
+                              f"{_NAMES[cell]} step)"))
+    return plans
 
 
-_NAMES = {"RNN": "SimpleRNN", "GRU": "GRU", "LSTM": "LSTM"}
+def _fused_step(g, plan, taken):
+    """The fused step of one cell step (_step_plans): (its index, the step, the steps it
+    replaces), or None."""
+    own = plan.own
+    if own & taken:
+        return None
+    xv, hname, cname = g.env.get(plan.x), plan.h, plan.c
+    hout = g.env.get(plan.outs[0])
+    if not (isinstance(xv, np.ndarray) and xv.ndim == 2 and isinstance(hout, np.ndarray)):
+        return None
+    dt, (B, I) = xv.dtype, xv.shape
+    layer = plan.layer(dt) if dt in (np.float32, np.float64) else None
+    if layer is None or layer.input_size != I or hout.shape != (B, layer.hidden_size):
+        return None
+    H, lstm = layer.hidden_size, layer._cell == "LSTM"
+    if hname is not None and (hname in g.prog.zero or (
+            g.const(hname) is not None and not np.any(g.const(hname)))):
+        hname = None
+    for n in (hname, cname):
+        v = g.env.get(n) if n else None
+        if n and not (isinstance(v, np.ndarray) and v.shape == (B, H) and v.dtype == dt):
+            return None
+    outs = tuple(plan.outs)
+    for k in own:       # (nothing but its outputs read elsewhere)
+        for o in g.dyn[k][3]:
+            if o and o not in outs and (o in g.want or any(
+                    r not in own for r in g.readers.get(o, ()))):
+                return None
+    at = max([min(own)] + [g.prod[v] + 1 for v in (plan.x, hname, cname) if v in g.prod])
+    if any(r < at for o in outs for r in g.readers.get(o, ()) if r not in own):
+        return None
+    generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
+                g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
+    xn, step = plan.x, layer._step_fast
+
+    def by_ops(env):
+        local = dict(env)
+        for r, k_ins, k_outs in generic:
+            local.update(zip(k_outs, r([local[m] if m else None for m in k_ins])))
+        return [local[o] for o in outs]
+
+    def run(env):
+        x = env[xn]
+        if type(x) is not np.ndarray or x.shape != (B, I) or x.dtype != dt:
+            return by_ops(env)
+        h = np.zeros((1, B, H), dt) if hname is None else np.array(env[hname], dt)[None]
+        c = (np.zeros((1, B, H), dt) if cname is None else np.array(env[cname], dt)[None]) \
+            if lstm else None
+        if h.shape != (1, B, H) or (lstm and c.shape != (1, B, H)):
+            return by_ops(env)
+        step(np.ascontiguousarray(x), h, c)
+        return [h[0], c[0]] if lstm else [h[0]]
+
+    ins = [(n, g.env[n].shape) for n in (plan.x, hname, cname) if n]
+    if not _agrees_with(g, run, by_ops, ins, dt, plan.scale, plan.x):
+        return None
+    return at, (run, _env_itself, outs, plan.label), own
