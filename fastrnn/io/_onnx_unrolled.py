@@ -447,11 +447,8 @@ def _fused(g, plan, taken):
                     names.append(o)
                 else:
                     return None     # (an intermediate another step reads: not fused)
-    # the fused step runs before step ``at``: the first op it replaces, or later, once
-    # its inputs (X, h0) are made; every other step reading its outputs must come from
-    # there on (a Linear on each step's h between the steps, as a decoder has)
-    at = max([min(own)] + [g.prod[v] + 1 for v in (X, h0) if v in g.prod])
-    if any(r < at for o in names for r in g.readers.get(o, ()) if r not in own):
+    at = _slot(g, own, (X, h0), names)
+    if at is None:
         return None
     outs_own = {o for j in own for o in g.dyn[j][3]}
     for k in own:               # (inputs: X, h0, each other's outputs, fixed values)
@@ -474,14 +471,7 @@ def _fused(g, plan, taken):
         shapes.append(("cat", list(g.dyn[k][2]) != hs, g.env[o].shape) if k in cats else
                       ("c", None, g.env[o].shape) if o == plan.cn else
                       ("h", idx[o], hshape))
-    generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
-                g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
-
-    def by_ops(env):
-        local = dict(env)
-        for r, k_ins, k_outs in generic:
-            local.update(zip(k_outs, r([local[m] if m else None for m in k_ins])))
-        return [local[o] for o in outs]
+    by_ops = _by_ops(g, own, outs)
 
     def run(env):
         x = env[X]
@@ -523,6 +513,31 @@ def _fused(g, plan, taken):
 
 def _env_itself(env):
     return env
+
+
+def _by_ops(g, own, outs):
+    """A function of a program's values giving ``outs`` as the steps ``own`` make them
+    (run as the interpreter runs them, on a copy of the values): the fused steps'
+    fallback and what the checks compare them with."""
+    generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
+                g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
+
+    def by_ops(env):
+        local = dict(env)
+        for r, k_ins, k_outs in generic:
+            local.update(zip(k_outs, r([local[m] if m else None for m in k_ins])))
+        return [local[o] for o in outs]
+    return by_ops
+
+
+def _slot(g, own, inputs, outs):
+    """Before which step a fused step replacing ``own`` runs: the first of them, or the
+    first after its ``inputs`` are made (every other step reading its ``outs`` must come
+    from there on: a decoder's Linear on each step's h); None where one comes before."""
+    at = max([min(own)] + [g.prod[v] + 1 for v in inputs if v in g.prod])
+    if any(r < at for o in outs for r in g.readers.get(o, ()) if r not in own):
+        return None
+    return at
 
 
 _KEPT_LAYERS = 64       # layers a model keeps for its fused recurrences (then cleared)
@@ -855,18 +870,11 @@ def _fused_step(g, plan, taken):
             if o and o not in outs and (o in g.want or any(
                     r not in own for r in g.readers.get(o, ()))):
                 return None
-    at = max([min(own)] + [g.prod[v] + 1 for v in (plan.x, hname, cname) if v in g.prod])
-    if any(r < at for o in outs for r in g.readers.get(o, ()) if r not in own):
+    at = _slot(g, own, (plan.x, hname, cname), outs)
+    if at is None:
         return None
-    generic = [(g.prog._generic(g.model, g.dyn[k][0], g.dyn[k][1], g.dyn[k][2], g.dyn[k][3]),
-                g.dyn[k][2], [m or "\0" for m in g.dyn[k][3]]) for k in sorted(own)]
+    by_ops = _by_ops(g, own, outs)
     xn, step = plan.x, layer._step_fast
-
-    def by_ops(env):
-        local = dict(env)
-        for r, k_ins, k_outs in generic:
-            local.update(zip(k_outs, r([local[m] if m else None for m in k_ins])))
-        return [local[o] for o in outs]
 
     def run(env):
         x = env[xn]
