@@ -13,11 +13,20 @@ into a constant ``C + P[0]``).  Run op by op that is ~6 NumPy calls a step;
 as one :class:`fastrnn.SimpleRNN` call, which gives the same numbers up to float
 rounding.
 
+Loops of ``LSTMCell`` / ``GRUCell`` / ``RNNCell`` written out the same way (each step a
+Gemm of its input and one of the state, with weights shared by every step, and torch's
+cell math) run as one LSTM / GRU / SimpleRNN call where every step reads a row of one
+input (:func:`_cell_plans`), else step by step, each step's ops as one step of the
+layer (:func:`_step_plans`: an autoregressive decoder).
+
 What is fused is checked twice: by structure (the ops, constant weights, one link
-per step) and by value: the chain's ops as the interpreter runs them and the layer are
-both run on random inputs of the call's shapes and must agree (a misread pattern
-is never fused, it runs op by op as before).  Which rows of P each step reads is found
-by running the steps' own selection ops on a probe array of distinct values.
+per step; for cells, only the ops torch's decomposition uses) and by value: the ops as
+the interpreter runs them and the layer are both run on random inputs of the call's
+shapes (and at a spread where ``x @ W`` is ~1) and must agree (a misread pattern is
+never fused, it runs op by op as before).  Which rows each step reads is found by
+running the steps' own selection ops on a probe array of distinct values; which values
+are a cell loop's h and c, by running torch's cell math on the program's values for
+random inputs.
 """
 from __future__ import annotations
 

@@ -1646,7 +1646,8 @@ class _Program:
                 readers.setdefault(n, []).append(k)
         self.steps, skip = [], set()
         fresh: set = set()      # values each call makes anew (writeable)
-        # unrolled recurrences (torch's dynamo export of nn.RNN): one layer call each
+        # unrolled recurrences (torch's dynamo export of nn.RNN, cell loops): one layer
+        # call each, or one layer step a step (_onnx_unrolled)
         fused, covered = _unrolled.fuse(self, model, dyn, env, want, readers)
         for j, (kind, obj, ins, outs, where) in enumerate(dyn):
             for step in fused.get(j, ()):   # (before step j, which may be one they cover)
