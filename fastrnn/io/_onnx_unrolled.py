@@ -708,8 +708,10 @@ def _cell_plans(g):
         for xkey, xm in groups.items():
             # (one more input projection than state ones: the first step's from a zero
             # state folded into a constant at load)
-            if (xkey == key or len(xm) - len(members) not in (0, 1)
+            if (xkey == key or len(xm) - len(members) not in (0, 1) or len(xm) < _MIN_STEPS
                     or xm[0][1][1].shape[1] != R.shape[1]):
+                # (checked before the random run of the whole graph: a model with two
+                # square Linear layers pays nothing)
                 continue
             if env is None:
                 env = _random_env(g)
