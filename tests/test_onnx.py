@@ -1875,6 +1875,35 @@ def test_dynamo_unrolled_decoder_with_a_head_on_each_step_is_fused(cell, monkeyp
                                rtol=TOL, atol=TOL)
 
 
+def test_dynamo_unrolled_autoregressive_steps_take_the_calls_thread_count(monkeypatch):
+    """A step-by-step fused loop runs each step on the call's num_threads= (where the
+    model's load set none), as the recurrent nodes do."""
+    import fastrnn.layers as fl
+    torch.manual_seed(1)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    data = _dynamo_export(_Loop("GRUCell", "zero", "own").eval(), x)
+    seen = []
+    real = fl.RNNBase._step_fast
+    monkeypatch.setattr(fl.RNNBase, "_step_fast",
+                        lambda self, *a: seen.append(a[3] if len(a) > 3 else None) or
+                        real(self, *a))
+    m = load_onnx(data)
+    want = _ort(data, {"x": x})
+    for n in (None, 1, 1, 2):
+        seen.clear()
+        got = m.run({"x": x}) if n is None else m.run({"x": x}, num_threads=n)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=TOL, atol=TOL)
+        if m._progs and _unrolled_steps(m)[0] and n is not None:
+            assert seen and set(seen) == {n}, seen
+    assert len(_unrolled_steps(m)[0]) == 3
+    pinned = load_onnx(data, num_threads=1)     # (the load's count: the layer's own)
+    pinned.run({"x": x})
+    seen.clear()
+    pinned.run({"x": x}, num_threads=2)
+    assert seen and set(seen) == {None}, seen
+
+
 def test_dynamo_unrolled_lstm_cell_loop_from_a_given_cell_state_runs_op_by_op():
     """An LSTMCell loop from a c0 the caller gives is not fused (fastrnn's fused loops
     start from a zero cell state); it runs op by op, ONNX Runtime's answers."""

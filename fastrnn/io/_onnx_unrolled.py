@@ -885,7 +885,7 @@ def _fused_step(g, plan, taken):
     if at is None:
         return None
     by_ops = _by_ops(g, own, outs)
-    xn, step = plan.x, layer._step_fast
+    xn, step, own_count = plan.x, layer._step_fast, layer.num_threads is not None
 
     def run(env):
         x = env[xn]
@@ -896,7 +896,10 @@ def _fused_step(g, plan, taken):
             if lstm else None
         if h.shape != (1, B, H) or (lstm and c.shape != (1, B, H)):
             return by_ops(env)
-        step(np.ascontiguousarray(x), h, c)
+        # (a model call's num_threads= where the model's load set none, as for its
+        # recurrent nodes: _step_fast reads only its argument and the layer's count)
+        step(np.ascontiguousarray(x), h, c, None if own_count else
+             getattr(_scope, "threads", None))
         return [h[0], c[0]] if lstm else [h[0]]
 
     ins = [(n, g.env[n].shape) for n in (plan.x, hname, cname) if n]
