@@ -37,6 +37,17 @@ def _ort(data, feeds):
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
+def _same_as_ort(m, data, feeds, calls=2):
+    """``m``'s outputs for ``feeds`` in ``calls`` calls (the first finds and keeps a
+    program, the later ones run it) against ONNX Runtime's; the last call's."""
+    ref = _ort(data, feeds)
+    for _ in range(calls):
+        got = m.run(feeds)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    return got
+
+
 # ---------------------------------------------------------------------- stored fixtures
 def test_fixture_files_present():
     for name in make_onnx.MODELS:
@@ -1745,10 +1756,7 @@ def test_unrolled_recurrence_fused_only_where_it_is_one(rows, per_step_r, want_a
     data = _unrolled_graph(rows, act, per_step_r, want_add=want_add)
     m = load_onnx(data)
     x = np.random.default_rng(9).standard_normal((4, 2, 3)).astype(np.float32)
-    for _ in range(2):
-        got, ref = m.run({"x": x}), _ort(data, {"x": x})
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    _same_as_ort(m, data, {"x": x})
     assert len(_unrolled_steps(m)[0]) == fused
 
 
@@ -1925,11 +1933,7 @@ def test_dynamo_unrolled_lstm_cell_loop_from_a_given_cell_state_runs_op_by_op():
     c0 = rng.standard_normal((2, 6)).astype(np.float32)
     data = _dynamo_export(FromState().eval(), x, extra=[torch.from_numpy(c0)])
     m = load_onnx(data)
-    feeds = dict(zip(m.input_names, [x, c0]))
-    for _ in range(2):
-        got, ref = m.run(feeds), _ort(data, feeds)
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    _same_as_ort(m, data, dict(zip(m.input_names, [x, c0])))
     assert not _unrolled_steps(m)[0]
 
 
@@ -2025,10 +2029,7 @@ def test_unrolled_cell_loop_of_small_weights_fused_only_where_it_is_one(step, fu
     data = _cell_loop_graph(T=4, step=step, scale=1e-5)
     m = load_onnx(data)
     x = (np.random.default_rng(5).standard_normal((2, 4, 3)) * 1e5).astype(np.float32)
-    for _ in range(2):
-        got, ref = m.run(x), _ort(data, {"x": x})
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    _same_as_ort(m, data, {"x": x})
     assert len(_unrolled_steps(m)[0]) == fused
 
 
@@ -2102,11 +2103,7 @@ def test_unrolled_rnn_first_step_without_bias_and_a_long_chain_of_adds(adds):
     feeds = {"x": rng.standard_normal((T, B, H)).astype(np.float32)}
     if adds:
         feeds["z"] = rng.standard_normal((2, 3)).astype(np.float32)
-    ref = _ort(data, feeds)
-    for _ in range(2):
-        got = m.run(feeds)
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    _same_as_ort(m, data, feeds)
     assert len(_unrolled_steps(m)[0]) == 1
 
 
@@ -2542,10 +2539,7 @@ def test_two_unrolled_recurrences_fused_before_the_same_step():
     m = load_onnx(data)
     feeds = {"x": rng.standard_normal((T, B, H)).astype(np.float32),
              "hin": rng.standard_normal((B, H)).astype(np.float32)}
-    for _ in range(2):
-        got, ref = m.run(feeds), _ort(data, feeds)
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=TOL, atol=TOL)
+    _same_as_ort(m, data, feeds)
     assert len(_unrolled_steps(m)[0]) == 2
 
 
