@@ -146,12 +146,18 @@ def cmd_inspect(args) -> int:
         specs = fio.list_modules(path, **kw)
         _print(f"recurrent modules: {len(specs)}")
         for s in specs:
-            extra = f", proj_size={s.proj_size}" if s.proj_size else ""
+            extra = f" proj_size={s.proj_size}" if s.proj_size else ""
+            if s.nonlinearity:
+                extra += f" nonlinearity={s.nonlinearity}"
+            stack = ("" if s.is_cell else      # a cell has no layers or directions
+                     f" num_layers={s.num_layers} bidirectional={s.bidirectional}")
             _print(f"  {s.prefix or '(root)'}: {s.cell} input_size={s.input_size} "
-                   f"hidden_size={s.hidden_size} num_layers={s.num_layers} "
-                   f"bidirectional={s.bidirectional} bias={s.bias}{extra} dtype={s.dtype}")
+                   f"hidden_size={s.hidden_size}{stack} bias={s.bias}{extra} dtype={s.dtype}")
         if len(specs) > 1:
             _print("  (pass --prefix NAME to `fastrnn run`/`convert` to pick one)")
+        if any(s.nonlinearity == "tanh" for s in specs):
+            _print("  (weights do not tell tanh from relu: pass --nonlinearity relu to "
+                   "`fastrnn run`/`convert` for a model trained with relu)")
         return 0
     return _describe(_load(path, None, args))
 

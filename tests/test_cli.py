@@ -81,6 +81,29 @@ def test_inspect_torch_and_safetensors(capsys, tmp_path):
     assert "float32" in out
 
 
+def test_inspect_lists_cells_without_layers_and_names_the_nonlinearity(capsys, tmp_path):
+    """A torch cell has no layers or directions to list; an RNN's nonlinearity is
+    shown, with the hint that a plain state dict cannot tell it."""
+    from fastrnn.io import write_safetensors
+    cell = fastrnn.GRUCell(4, 6, seed=0)
+    rnn = fastrnn.SimpleRNN(3, 5, seed=0)
+    sd = {f"dec.{k}": v for k, v in cell.state_dict().items()}
+    sd.update({f"enc.{k}": v for k, v in rnn.state_dict().items()})
+    p = str(tmp_path / "m.safetensors")
+    write_safetensors(p, sd)
+    code, out, _ = run(capsys, "inspect", p)
+    assert code == 0
+    dec = [l for l in out.splitlines() if l.strip().startswith("dec:")]
+    enc = [l for l in out.splitlines() if l.strip().startswith("enc:")]
+    assert len(dec) == 1 and len(enc) == 1, out
+    assert "GRUCell input_size=4 hidden_size=6 bias=True" in dec[0]
+    assert "num_layers" not in dec[0] and "bidirectional" not in dec[0]
+    assert "nonlinearity" not in dec[0]
+    assert "RNN input_size=3 hidden_size=5 num_layers=1 bidirectional=False" in enc[0]
+    assert "nonlinearity=tanh" in enc[0]
+    assert "--nonlinearity relu" in out
+
+
 def test_inspect_keras_and_onnx(capsys):
     pytest.importorskip("h5py")
     code, out, _ = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_lstm_basic.keras"))
