@@ -997,6 +997,62 @@ def test_kept_program_input_sized_by_values(D):
     assert len(m._progs) == 1
 
 
+def _transposed_lstm_model(I=3, H=4):
+    """x (B, T, I) -> Slice to the first n steps -> Transpose(perm=[1, 0, 2]) -> LSTM ->
+    Squeeze -> Transpose(perm=[1, 0, 2]) -> y (B, n, H), as PyTorch's batch_first
+    exports have it; also ``xr``: Transpose(x) without perm (all axes reversed)."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (1, 4 * H, I)).astype(np.float32),
+                                     "W"),
+             numpy_helper.from_array(rng.uniform(-.5, .5, (1, 4 * H, H)).astype(np.float32),
+                                     "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [helper.make_node("Slice", ["x", "zero", "n", "one"], ["xs"]),
+             helper.make_node("Transpose", ["xs"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "W", "R"], ["Y", "Yh"], hidden_size=H),
+             helper.make_node("Squeeze", ["Y", "one"], ["Ys"]),
+             helper.make_node("Transpose", ["Ys"], ["y"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["x"], ["xr"])]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", I]),
+        helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [onnx.ValueInfoProto(name=o) for o in ("y", "Yh", "xr")], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_kept_program_transposes_as_views():
+    """A kept program runs a Transpose of an input of the first call's shape as one
+    view step (no op call); where values change that shape (a Slice to a fed length)
+    the op runs; ONNX Runtime's answers every call, a transpose of a feed is the
+    caller's own array (not a view of the feed), and ONNX Runtime's call order
+    (``run(names, feeds)``, names None or repeated) gives lists in that order."""
+    model = _transposed_lstm_model()
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    for n in (6, 6, 4, 6, 1):
+        feeds = {"x": x, "n": np.array([n], np.int64)}
+        got = _same_as_ort(m, data, feeds, calls=1)
+        assert got["y"].shape == (2, n, 4) and got["xr"].shape == (3, 6, 2)
+        got["xr"][...] = 7.0
+        assert not (x == 7.0).any()
+    assert len(m._progs) == 1
+    kinds = _step_kinds(m)
+    assert "_generic" not in kinds[1:] and kinds.count("_reshape") == 4, kinds
+    feeds = {"x": x, "n": np.array([5], np.int64)}
+    ref = _ort(data, feeds)
+    for names in (["xr", "y"], ["y", "y"], None):
+        for _ in range(2):
+            got = m.run(names, feeds)
+            assert isinstance(got, list)
+            for k, v in zip(names or ["y", "Yh", "xr"], got):
+                np.testing.assert_allclose(v, ref[k], rtol=TOL, atol=TOL, err_msg=k)
+    with pytest.raises(ValueError, match="unknown output"):
+        m.run(["nope"], feeds)
+
+
 def test_kept_program_only_final_state_wanted():
     """A graph that reads only Y_h of a recurrent node (Y unused) runs the layer without
     per-step outputs in its program; Y_h is ONNX Runtime's, B=1 and B=3, both layouts'

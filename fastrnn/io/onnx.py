@@ -1445,6 +1445,18 @@ class OnnxModel:
         ``InferenceSession.run`` does.  ``num_threads=n`` (unless the graph has an input
         of that name): the recurrent nodes' thread count for this call, where
         ``load_onnx(num_threads=)`` set none (as a Keras-style model's call)."""
+        if not kwargs and self._progs and type(outputs) is dict and (
+                inputs is None or type(inputs) in (list, tuple)):
+            # ONNX Runtime's order with an earlier call's feeds: its kept program at once
+            names = self.output_names if inputs is None else inputs
+            try:
+                want = tuple(names)
+                prog = self._progs.get(self._sig(want, outputs))
+            except (AttributeError, TypeError):   # (run below says what is wrong)
+                prog = None
+            if prog is not None:
+                res = self._exec(prog, outputs, want)
+                return [res[n] for n in want]
         if "num_threads" in kwargs and "num_threads" not in self._input_info \
                 and "num_threads" not in self._overridable:
             with threads_for_calls(kwargs.pop("num_threads")):
@@ -1867,15 +1879,26 @@ class _Program:
         return run, _env_itself, tuple(names), dyn[j][4]
 
     def _reshape(self, model, obj, ins, outs, env):
-        """A reshape-like op's runner: one reshape where the input has the first call's
-        shape (else the op), or None where it does not apply."""
+        """A reshape-like op's or a Transpose's runner: one reshape (transpose) where the
+        input has the first call's shape (else the op), or None where it does not
+        apply."""
         x, y = env.get(ins[0]), env.get(outs[0])
-        if not (obj[1] in _RESHAPES and isinstance(x, np.ndarray)
+        transpose = obj[1] == "Transpose" and len(ins) == 1
+        if not ((obj[1] in _RESHAPES or transpose) and isinstance(x, np.ndarray)
                 and isinstance(y, np.ndarray) and all(self._fixed(model, n) for n in ins[1:])):
             return None
         fn, op_type, attrs = obj
         rest = [env[n] if n else None for n in ins[1:]]
         call, shape, to = model._call, x.shape, y.shape
+        if transpose:
+            perm = attrs.get("perm")
+            perm = None if perm is None else tuple(_ints(perm))
+
+            def run(v):
+                if type(v) is np.ndarray and v.shape == shape:
+                    return (v.transpose(perm),)
+                return call(fn, op_type, [v], attrs, 1)
+            return run
 
         def run(v):
             if type(v) is np.ndarray and v.shape == shape:
