@@ -1053,6 +1053,56 @@ def test_kept_program_transposes_as_views():
         m.run(["nope"], feeds)
 
 
+def test_kept_program_linear_heads_and_selects_lean():
+    """In a kept program a Gemm (PyTorch's Linear: transB, bias) or MatMul with fixed
+    weights runs as one product (and the bias added), a Gather of one constant index
+    as a view of its input; a Gemm with alpha or a fed weight runs the op; where values
+    change a shape (a Slice to a fed length) the op runs. ONNX Runtime's answers, the
+    same bits in every call, and no result is a view of a feed."""
+    rng = np.random.default_rng(12)
+    f32 = np.float32
+    inits = [numpy_helper.from_array(rng.standard_normal((5, 4)).astype(f32), "W"),
+             numpy_helper.from_array(rng.standard_normal((5,)).astype(f32), "b"),
+             numpy_helper.from_array(rng.standard_normal((1, 5)).astype(f32), "b2"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(f32), "M"),
+             numpy_helper.from_array(np.array(-1, np.int64), "last"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    nodes = [helper.make_node("Gather", ["x", "last"], ["xl"], axis=1),
+             helper.make_node("Gemm", ["xl", "W", "b"], ["lin"], transB=1),
+             helper.make_node("Gemm", ["xl", "W", "b2"], ["lin2"], transB=1, alpha=2.0),
+             helper.make_node("Gemm", ["lin", "V"], ["fed"]),
+             helper.make_node("MatMul", ["x", "M"], ["mm"]),
+             helper.make_node("Slice", ["x", "zero", "n", "zero"], ["xs"]),
+             helper.make_node("Gather", ["xs", "last"], ["xsl"], axis=1),
+             helper.make_node("Gemm", ["xsl", "W"], ["slin"], transB=1)]
+    outs = ["xl", "lin", "lin2", "fed", "mm", "slin"]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 4]),
+        helper.make_tensor_value_info("V", TensorProto.FLOAT, [5, 2]),
+        helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [onnx.ValueInfoProto(name=o) for o in outs], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    x = rng.standard_normal((3, 6, 4)).astype(f32)
+    V = rng.standard_normal((5, 2)).astype(f32)
+    first = None
+    for n in (6, 6, 6, 2, 6):
+        feeds = {"x": x, "V": V, "n": np.array([n], np.int64)}
+        got = _same_as_ort(m, data, feeds, calls=1)
+        if n == 6:
+            first = first or {k: v.copy() for k, v in got.items()}
+            for k in outs:
+                assert np.array_equal(got[k], first[k]), k
+        got["xl"][...] = 9.0
+        assert not (x == 9.0).any()
+    assert len(m._progs) == 1
+    kinds = _step_kinds(m)
+    # (lin, mm, slin lean; lin2 (alpha), fed (a fed weight), the Slice as ops)
+    assert kinds.count("_linear") == 3 and kinds.count("_generic") == 3, kinds
+    assert kinds.count("_gather") == 2, kinds
+
+
 def test_kept_program_only_final_state_wanted():
     """A graph that reads only Y_h of a recurrent node (Y unused) runs the layer without
     per-step outputs in its program; Y_h is ONNX Runtime's, B=1 and B=3, both layouts'
@@ -1399,7 +1449,8 @@ def _const_state_model(op="LSTM", fill=0.0, state_batch=2, as_node=False, layout
 
 def _step_kinds(m):
     """The kind of each step of a model's one kept program: "compiled" (a recurrent
-    node's lean call), "_stack" (stacked nodes as one layer), "_generic", "_reshape"."""
+    node's lean call), "_stack" (stacked nodes as one layer), "_generic", "_reshape"
+    (a reshape or transpose view), "_gather" (a view), "_linear" (a product)."""
     (prog,) = m._progs.values()
     return [s[0].__qualname__.split(".<locals>")[0].split(".")[-1] for s in prog.steps]
 
