@@ -2,8 +2,9 @@
 
 ``Model`` runs a chain of layers, passing a (B, T) boolean mask from layer to layer with
 Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
-``Dropout``, ``Activation`` and ``TimeDistributed`` pass it on, a recurrent layer consumes it
-and passes it on only when it returns sequences.
+``Dropout``, ``Activation``, ``TimeDistributed`` and the normalisation layers pass it on, a
+recurrent layer consumes it and passes it on only when it returns sequences, and
+``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it.
 
 The layers here work on numpy arrays, batch first (``(B, T, features)``), and hold their
 weights in Keras's layout (``Dense.kernel`` is ``(in, out)``, ``Embedding.weights`` is
@@ -24,7 +25,8 @@ from . import _threads
 
 __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
-    "TimeDistributed", "KerasRNN", "Bidirectional", "activation_function",
+    "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
+    "RepeatVector", "LayerNormalization", "BatchNormalization", "activation_function",
 ]
 
 
@@ -379,6 +381,243 @@ class TimeDistributed(Layer):
 
     def _extra_repr(self):
         return repr(self.layer)
+
+
+def _float_input(x, name):
+    """``x`` as a floating array (other numbers as float32, as Keras's float layers)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        if x.dtype.kind not in "biu":
+            raise TypeError(f"{name}: expected numbers, got {x.dtype}")
+        x = x.astype(np.float32)
+    return x
+
+
+def _data_format(v) -> str:
+    if v not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {v!r}")
+    return v
+
+
+class GlobalPooling1D(Layer):
+    """Keras's ``GlobalAveragePooling1D`` (``op="average"``) and ``GlobalMaxPooling1D``
+    (``op="max"``): the mean or the maximum over the steps of ``(B, T, F)``
+    (``data_format="channels_first"``: ``(B, F, T)``), ``(B, 1, F)`` with ``keepdims``.
+    The average takes only the steps a mask keeps (a sequence with none gives NaN, as
+    Keras's 0 / 0); the maximum ignores a mask, as Keras's does (which warns that it
+    drops it).  The output has no mask."""
+
+    def __init__(self, op: str = "average", data_format: str = "channels_last",
+                 keepdims: bool = False, name=None):
+        if op not in ("average", "max"):
+            raise ValueError(f"op must be 'average' or 'max', got {op!r}")
+        super().__init__(name or _default_name(
+            "GlobalAveragePooling1D" if op == "average" else "GlobalMaxPooling1D"))
+        self.op, self.data_format = op, _data_format(data_format)
+        self.keepdims = bool(keepdims)
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        if x.ndim != 3:
+            raise ValueError(f"{self.name}: expected (batch, steps, features) input, got "
+                             f"shape {x.shape}")
+        axis = 1 if self.data_format == "channels_last" else 2
+        if self.op == "max":
+            return x.max(axis=axis, keepdims=self.keepdims), None
+        if mask is None:
+            return x.mean(axis=axis, keepdims=self.keepdims, dtype=x.dtype), None
+        m = np.asarray(mask, dtype=x.dtype)
+        if m.shape != (x.shape[0], x.shape[axis]):
+            raise ValueError(f"{self.name}: a mask of shape {m.shape} for input of shape "
+                             f"{x.shape} (steps on axis {axis})")
+        m = m[:, :, None] if axis == 1 else m[:, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = (x * m).sum(axis=axis, keepdims=self.keepdims) / m.sum(
+                axis=axis, keepdims=self.keepdims)
+        return y.astype(x.dtype, copy=False), None
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "data_format": self.data_format,
+                "keepdims": self.keepdims}
+
+    def _extra_repr(self):
+        return f"{self.op}" + (", keepdims=True" if self.keepdims else "") + (
+            ", channels_first" if self.data_format == "channels_first" else "")
+
+
+class Flatten(Layer):
+    """Keras's ``Flatten``: ``(B, ...)`` to ``(B, prod(...))`` (``channels_first``: the
+    second axis moved last first).  The output has no mask."""
+
+    def __init__(self, data_format: str = "channels_last", name=None):
+        super().__init__(name)
+        self.data_format = _data_format(data_format)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"{self.name}: expected a batch, got a scalar")
+        if self.data_format == "channels_first" and x.ndim > 2:
+            x = x.transpose(0, *range(2, x.ndim), 1)
+        return np.ascontiguousarray(x).reshape(x.shape[0], -1), None
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+class RepeatVector(Layer):
+    """Keras's ``RepeatVector(n)``: ``(B, F)`` to ``(B, n, F)`` (a sequence-to-sequence
+    autoencoder's decoder input).  The output has no mask."""
+
+    def __init__(self, n: int, name=None):
+        super().__init__(name)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"RepeatVector n must be a positive int, got {n!r}")
+        self.n = int(n)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"{self.name}: RepeatVector needs (batch, features) input, got "
+                             f"shape {x.shape}")
+        return np.repeat(x[:, None, :], self.n, axis=1), None
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+    def _extra_repr(self):
+        return f"n={self.n}"
+
+
+def _axis_list(axis, what) -> list:
+    """A normalisation layer's axes: ints (not the batch axis 0), at least one."""
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    if not axes or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a == 0
+                       for a in axes):
+        raise ValueError(f"{what} axis must be an int or a list of ints other than the "
+                         f"batch axis 0, got {axis!r}"[:200])
+    return [int(a) for a in axes]
+
+
+def _axes(axis, ndim, name):
+    """Sorted non-negative axes of an ``ndim``-D input (not the batch axis)."""
+    out = sorted({int(a) % ndim if -ndim <= int(a) < ndim else -1 for a in axis})
+    if not out or out[0] < 1:
+        raise ValueError(f"{name}: axis {list(axis)} is out of range for a {ndim}-D input "
+                         "(or the batch axis)")
+    return out
+
+
+class LayerNormalization(Layer):
+    """Keras's ``LayerNormalization``: over ``axis`` (default the last), ``(x - mean) /
+    sqrt(var + epsilon) * gamma + beta``, computed as Keras 3 does (``x * inv + (beta -
+    mean * inv)``, ``inv = gamma / sqrt(var + epsilon)``); with ``rms_scaling`` Keras's
+    ``x / sqrt(var + epsilon) * gamma``.  ``gamma`` / ``beta``: None where Keras's
+    ``scale`` / ``center`` is off.  The mask passes through."""
+
+    def __init__(self, gamma=None, beta=None, axis=-1, epsilon: float = 1e-3,
+                 rms_scaling: bool = False, name=None, dtype="float32"):
+        super().__init__(name)
+        self.axis = _axis_list(axis, "LayerNormalization")
+        self.epsilon, self.rms_scaling = float(epsilon), bool(rms_scaling)
+        self.gamma = None if gamma is None else np.ascontiguousarray(gamma, dtype=dtype)
+        self.beta = None if beta is None else np.ascontiguousarray(beta, dtype=dtype)
+        shapes = {np.shape(w) for w in (self.gamma, self.beta) if w is not None}
+        if len(shapes) > 1:
+            raise ValueError(f"LayerNormalization gamma and beta differ in shape: {shapes}")
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        axes = _axes(self.axis, x.ndim, self.name)
+        shape = [1] * x.ndim
+        for a in axes:
+            shape[a] = x.shape[a]
+        for w in (self.gamma, self.beta):
+            if w is not None and w.size != int(np.prod([x.shape[a] for a in axes])):
+                raise ValueError(f"{self.name}: weights of shape {w.shape} for input shape "
+                                 f"{x.shape} over axes {axes}")
+        dt = np.result_type(x.dtype, np.float32)
+        x = x.astype(dt, copy=False)
+        ax = tuple(axes)
+        gamma = None if self.gamma is None else self.gamma.astype(dt).reshape(shape)
+        beta = None if self.beta is None else self.beta.astype(dt).reshape(shape)
+        var = x.var(axis=ax, keepdims=True)
+        inv = (1 / np.sqrt(var + dt.type(self.epsilon))).astype(dt, copy=False)
+        if self.rms_scaling:
+            out = x * inv
+            if gamma is not None:
+                out = out * gamma
+            return out, mask
+        if gamma is not None:
+            inv = inv * gamma
+        res = -x.mean(axis=ax, keepdims=True) * inv
+        if beta is not None:
+            res = res + beta
+        return x * inv + res, mask
+
+    def get_weights(self):
+        return [w for w in (self.gamma, self.beta) if w is not None]
+
+    def get_config(self):
+        return {**super().get_config(), "axis": list(self.axis), "epsilon": self.epsilon,
+                "center": self.beta is not None, "scale": self.gamma is not None,
+                "rms_scaling": self.rms_scaling}
+
+    def _extra_repr(self):
+        return f"axis={self.axis}, epsilon={self.epsilon}" + (
+            ", rms_scaling=True" if self.rms_scaling else "")
+
+
+class BatchNormalization(Layer):
+    """Keras's ``BatchNormalization`` at inference: with the moving statistics,
+    ``x * inv + (beta - moving_mean * inv)``, ``inv = gamma / sqrt(moving_variance +
+    epsilon)`` along ``axis`` (default the last), as Keras 3 computes it.  ``gamma`` /
+    ``beta``: None where ``scale`` / ``center`` is off.  The mask passes through."""
+
+    def __init__(self, moving_mean, moving_variance, gamma=None, beta=None, axis: int = -1,
+                 epsilon: float = 1e-3, name=None, dtype="float32"):
+        super().__init__(name)
+        self.moving_mean = np.ascontiguousarray(moving_mean, dtype=dtype).reshape(-1)
+        self.moving_variance = np.ascontiguousarray(moving_variance, dtype=dtype).reshape(-1)
+        self.gamma = None if gamma is None else np.ascontiguousarray(gamma, dtype=dtype).reshape(-1)
+        self.beta = None if beta is None else np.ascontiguousarray(beta, dtype=dtype).reshape(-1)
+        n = self.moving_mean.size
+        if any(w is not None and w.size != n
+               for w in (self.moving_variance, self.gamma, self.beta)):
+            raise ValueError("BatchNormalization weights differ in size")
+        (self.axis,) = _axis_list([axis], "BatchNormalization")
+        self.epsilon = float(epsilon)
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        (a,) = _axes([self.axis], x.ndim, self.name)
+        if x.shape[a] != self.moving_mean.size:
+            raise ValueError(f"{self.name}: expected {self.moving_mean.size} features on axis "
+                             f"{a}, got input shape {x.shape}")
+        dt = np.result_type(x.dtype, np.float32)
+        shape = [1] * x.ndim
+        shape[a] = x.shape[a]
+
+        def b(w):
+            return w.astype(dt).reshape(shape)
+        inv = (1 / np.sqrt(b(self.moving_variance) + dt.type(self.epsilon))).astype(dt)
+        if self.gamma is not None:
+            inv = inv * b(self.gamma)
+        res = -b(self.moving_mean) * inv
+        if self.beta is not None:
+            res = res + b(self.beta)
+        return x.astype(dt, copy=False) * inv + res, mask
+
+    def get_weights(self):
+        return [w for w in (self.gamma, self.beta) if w is not None] + [
+            self.moving_mean, self.moving_variance]
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.beta is not None, "scale": self.gamma is not None}
+
+    def _extra_repr(self):
+        return f"{self.moving_mean.size}, axis={self.axis}, epsilon={self.epsilon}"
 
 
 class KerasRNN(Layer):
@@ -855,6 +1094,16 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, TimeDistributed):
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
+    elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector)):
+        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
+    elif isinstance(layer, (LayerNormalization, BatchNormalization)):
+        cfg.update({k: v for k, v in layer.get_config().items()
+                    if k not in cfg and k not in ("center", "scale")})
+        names = ("gamma", "beta") + (("moving_mean", "moving_variance")
+                                     if isinstance(layer, BatchNormalization) else ())
+        for k in names:
+            if getattr(layer, k) is not None:
+                out[prefix + k] = getattr(layer, k)
     elif isinstance(layer, KerasRNN):
         cfg.update(core=layer.core.get_config(), return_sequences=layer.return_sequences,
                    return_state=layer.return_state,
@@ -903,6 +1152,26 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "TimeDistributed":
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
                                                  adopt), name=name)
+    if kind == "GlobalPooling1D":
+        return GlobalPooling1D(cfg.get("op", "average"), cfg.get("data_format", "channels_last"),
+                               cfg.get("keepdims", False), name=name)
+    if kind == "Flatten":
+        return Flatten(cfg.get("data_format", "channels_last"), name=name)
+    if kind == "RepeatVector":
+        return RepeatVector(cfg.get("n"), name=name)
+    if kind == "LayerNormalization":
+        g = tensors.get("gamma")
+        b = tensors.get("beta")
+        ref = g if g is not None else b
+        return LayerNormalization(g, b, cfg.get("axis", -1), cfg.get("epsilon", 1e-3),
+                                  cfg.get("rms_scaling", False), name=name,
+                                  dtype=ref.dtype if ref is not None else "float32")
+    if kind == "BatchNormalization":
+        mean = _need(tensors, "moving_mean", name)
+        return BatchNormalization(mean, _need(tensors, "moving_variance", name),
+                                  tensors.get("gamma"), tensors.get("beta"),
+                                  cfg.get("axis", -1), cfg.get("epsilon", 1e-3), name=name,
+                                  dtype=mean.dtype)
     if kind == "KerasRNN":
         core = layer_from_config(cfg["core"], _sub(tensors, "core."), _adopt=adopt)
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),

@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 50
+    assert len(FIXTURES) == 57
 
 
 # ----------------------------------------------------------------------------- vs h5py

@@ -291,3 +291,130 @@ def test_bad_tensor_references_refused_at_construction():
         with pytest.raises(ValueError):
             Model([enc, dec, head], outputs=bad)
     assert Model([enc, dec, head], outputs=[(0, 2), (2, 0)]).outputs == [(0, 2), (2, 0)]
+
+
+# ------------------------------------------------ pooling, shape and normalisation layers
+# (each against Keras in the k3_pool_* / k3_*norm* / k3_repeat_* / k3_flatten_* fixtures;
+# here: the rules in detail against plain numpy in float64)
+from fastrnn.model import (BatchNormalization, Flatten, GlobalPooling1D,  # noqa: E402
+                           LayerNormalization, RepeatVector)
+
+
+def test_global_pooling_masks_keepdims_and_channels_first():
+    x = np.random.RandomState(4).normal(size=(3, 5, 4)).astype("f4")
+    mask = np.array([[1, 1, 0, 0, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
+    avg = GlobalPooling1D("average")
+    y, m = avg.call(x, mask)
+    assert m is None and y.dtype == np.float32 and y.shape == (3, 4)
+    for b in range(2):
+        np.testing.assert_allclose(y[b], x[b, mask[b]].astype("f8").mean(0), rtol=1e-6, atol=1e-6)
+    assert np.isnan(y[2]).all()            # (no step kept: Keras's 0 / 0)
+    np.testing.assert_allclose(avg.call(x)[0], x.astype("f8").mean(1), rtol=1e-6, atol=1e-6)
+    mx = GlobalPooling1D("max", keepdims=True)
+    y, m = mx.call(x, mask)                 # (the max takes every step, as Keras's)
+    assert m is None and y.shape == (3, 1, 4)
+    np.testing.assert_array_equal(y[:, 0], x.max(1))
+    cf = GlobalPooling1D("average", data_format="channels_first")
+    cmask = mask[:, 1:]                     # (steps on the last axis)
+    y = cf.call(x, cmask)[0]
+    assert y.shape == (3, 5)
+    np.testing.assert_allclose(y[1], x[1][:, cmask[1]].astype("f8").mean(1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"mask of shape \(3, 5\)"):
+        cf.call(x, mask)
+    np.testing.assert_allclose(cf.call(x)[0], x.astype("f8").mean(2), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(batch, steps, features\)"):
+        avg.call(x[0])
+    with pytest.raises(ValueError, match="op must be"):
+        GlobalPooling1D("min")
+    with pytest.raises(ValueError, match="data_format"):
+        GlobalPooling1D("max", data_format="NCW")
+
+
+def test_flatten_and_repeat_vector():
+    x = rng.normal(size=(2, 3, 4)).astype("f4")
+    y, m = Flatten().call(x, np.ones((2, 3), bool))
+    assert m is None
+    np.testing.assert_array_equal(y, x.reshape(2, 12))
+    np.testing.assert_array_equal(Flatten("channels_first").call(x)[0],
+                                  x.transpose(0, 2, 1).reshape(2, 12))
+    v = x[:, 0]
+    y, m = RepeatVector(5).call(v, None)
+    assert m is None and y.shape == (2, 5, 4) and y.flags.writeable
+    assert all(np.array_equal(y[:, t], v) for t in range(5))
+    with pytest.raises(ValueError, match=r"\(batch, features\)"):
+        RepeatVector(5).call(x)
+    for bad in (0, -1, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="positive int"):
+            RepeatVector(bad)
+
+
+@pytest.mark.parametrize("axis", [-1, 2, [1, 2], [-2]])
+@pytest.mark.parametrize("dt", ["f4", "f8"])
+def test_layer_normalization_against_its_formula(axis, dt):
+    x = (rng.normal(size=(3, 5, 4)) * 3 + 1).astype(dt)
+    axes = tuple(sorted(a % 3 for a in (axis if isinstance(axis, list) else [axis])))
+    wshape = tuple(x.shape[a] for a in axes)
+    g, b = rng.normal(size=wshape), rng.normal(size=wshape)
+    bshape = [1, 1, 1]
+    for a in axes:
+        bshape[a] = x.shape[a]
+    x8 = x.astype("f8")
+    mu, var = x8.mean(axes, keepdims=True), x8.var(axes, keepdims=True)
+    tol = 1e-5 if dt == "f4" else 1e-12
+    for gamma, beta in ((g, b), (None, b), (g, None), (None, None)):
+        ln = LayerNormalization(gamma, beta, axis, epsilon=0.01, dtype=dt)
+        y, m = ln.call(x, "the mask")
+        assert m == "the mask" and y.dtype == np.dtype(dt)
+        want = (x8 - mu) / np.sqrt(var + 0.01)
+        if gamma is not None:
+            want = want * gamma.reshape(bshape)
+        if beta is not None:
+            want = want + beta.reshape(bshape)
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    rms = LayerNormalization(g, None, axis, epsilon=0.01, rms_scaling=True, dtype=dt)
+    np.testing.assert_allclose(rms.call(x)[0], x8 / np.sqrt(var + 0.01) * g.reshape(bshape),
+                               rtol=tol, atol=tol)
+
+
+def test_batch_normalization_against_its_formula():
+    x = rng.normal(size=(3, 5, 4)).astype("f4")
+    mean, var = rng.normal(size=4), rng.uniform(0.2, 2, size=4)
+    g, b = rng.normal(size=4), rng.normal(size=4)
+    bn = BatchNormalization(mean, var, g, b, epsilon=0.01)
+    y, m = bn.call(x, "the mask")
+    assert m == "the mask" and y.dtype == np.float32
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 0.01) * g + b, rtol=1e-5,
+                               atol=1e-5)
+    plain = BatchNormalization(mean, var)
+    np.testing.assert_allclose(plain.call(x)[0], (x - mean) / np.sqrt(var + 1e-3),
+                               rtol=1e-5, atol=1e-5)
+    steps = BatchNormalization(mean[:1].repeat(5), var[:1].repeat(5), axis=1)
+    np.testing.assert_allclose(steps.call(x)[0], (x - mean[0]) / np.sqrt(var[0] + 1e-3),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="expected 4 features on axis 2"):
+        bn.call(x[:, :, :3])
+    with pytest.raises(ValueError, match="differ in size"):
+        BatchNormalization(mean, var[:3])
+    for bad in (0, True, "x", [1, 2]):
+        with pytest.raises(ValueError, match="axis"):
+            BatchNormalization(mean, var, axis=bad)
+    with pytest.raises(ValueError, match="batch axis"):
+        LayerNormalization(None, None, axis=[0])
+    with pytest.raises(ValueError, match="out of range"):
+        LayerNormalization(None, None, axis=5).call(x)
+
+
+def test_normalisation_passes_the_mask_pooling_uses_it():
+    """Masking -> LayerNormalization -> BatchNormalization -> GlobalAveragePooling1D: the
+    normalisations pass Masking's mask on and the average takes only the kept steps."""
+    x = rng.normal(size=(2, 6, 3)).astype("f4")
+    x[0, 4:] = 0
+    x[1, :2] = 0
+    g = rng.normal(size=3).astype("f4")
+    model = Model([Masking(0.0), LayerNormalization(g, None),
+                   BatchNormalization(np.zeros(3), np.ones(3), epsilon=0.0),
+                   GlobalPooling1D("average")])
+    y = model(x)
+    ln = LayerNormalization(g, None).call(x)[0]
+    np.testing.assert_allclose(y[0], ln[0, :4].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[1], ln[1, 2:].mean(0), rtol=1e-5, atol=1e-6)

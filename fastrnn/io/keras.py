@@ -19,12 +19,12 @@ SimpleRNN layer (the cell's config, the RNN's flags); stacked cells (``RNN([cell
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
 import zipfile
 from collections.abc import Mapping
-
 
 import numpy as np
 
@@ -48,8 +48,11 @@ _WRAPPER_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful",
 _RECURRENT = _RNN_CLASSES + ("RNN",)
 _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
                  "AlphaDropout", "ActivityRegularization")
+# shape and normalisation layers around the recurrent ones (fastrnn.model)
+_SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
+                  "LayerNormalization", "BatchNormalization")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RECURRENT + _NOOP_CLASSES
+              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking compute
 # their masks; off the data chain they only feed `mask=` arguments, which fastrnn
 # recomputes with Keras's own propagation rules
@@ -978,6 +981,10 @@ def _has_weights(d):
     c = d.class_name
     if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional"):
         return True
+    if c in ("LayerNormalization", "BatchNormalization"):
+        cfg = d.config
+        return c == "BatchNormalization" or cfg.get("scale", True) is not False or (
+            cfg.get("center", True) is not False and not cfg.get("rms_scaling"))
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
         return isinstance(inner, dict) and inner.get("class_name") == "Dense"
@@ -1415,9 +1422,71 @@ class _Builder:
         return Dense(w[0], w[1] if use_bias else None, act, name=name,
                      dtype=self.dtype), units
 
+    def shape_layer(self, d, dim):
+        """A pooling, Flatten, RepeatVector or normalisation layer, and the feature size
+        after it (None where it follows from the steps)."""
+        from ..model import (BatchNormalization, Flatten, GlobalPooling1D,
+                             LayerNormalization, RepeatVector)
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        fmt = c.get("data_format") or "channels_last"
+        if cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten") and \
+                fmt not in ("channels_last", "channels_first"):
+            raise LoadError(f"{where}: unsupported data_format {fmt!r}"[:300])
+        if cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+            op = "average" if cls == "GlobalAveragePooling1D" else "max"
+            return (GlobalPooling1D(op, fmt, _cbool(c, "keepdims", False, where), name=d.name),
+                    dim if fmt == "channels_last" else None)
+        if cls == "Flatten":
+            return Flatten(fmt, name=d.name), None
+        if cls == "RepeatVector":
+            return RepeatVector(_cint(c, "n", where), name=d.name), dim
+        center = _cbool(c, "center", True, where)
+        scale = _cbool(c, "scale", True, where)
+        eps = _cfloat(c, "epsilon", 1e-3, where)
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise LoadError(f"{where}: epsilon must be a finite number >= 0, got {eps!r}")
+        axis = c.get("axis", -1)
+        axes = axis if isinstance(axis, list) else [axis]
+        if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise LoadError(f"{where}: axis must be an int or a list of ints, got "
+                            f"{axis!r}"[:300])
+        if cls == "LayerNormalization":
+            rms = _cbool(c, "rms_scaling", False, where)
+            center = center and not rms         # (Keras makes no beta for rms_scaling)
+            n = int(center) + int(scale)
+            w = self.weights(d, (n,)) if n else []
+            gamma = w[0] if scale else None
+            beta = w[-1] if center else None
+            if gamma is not None and beta is not None and gamma.shape != beta.shape:
+                raise LoadError(f"{where}: gamma {gamma.shape} and beta {beta.shape} differ")
+            for k, v in (("gamma", gamma), ("beta", beta)):
+                if v is not None and len(axes) == 1 and axes[0] in (-1, 2) and dim is not None:
+                    self.check(d, k, v, (dim,))
+            return LayerNormalization(gamma, beta, axes, eps, rms, name=d.name,
+                                      dtype=self.dtype), dim
+        if len(axes) != 1:
+            raise LoadError(f"{where}: only one axis is supported, got {axis!r}"[:300])
+        w = self.weights(d, (2 + int(center) + int(scale),))
+        k = 0
+        gamma = w[k] if scale else None
+        k += int(scale)
+        beta = w[k] if center else None
+        k += int(center)
+        mean, var = w[k], w[k + 1]
+        n = mean.size
+        for what, v in (("gamma", gamma), ("beta", beta), ("moving_mean", mean),
+                        ("moving_variance", var)):
+            if v is not None:
+                self.check(d, what, v, (dim,) if dim is not None and axes[0] in (-1, 2)
+                           else (n,))
+        return BatchNormalization(mean, var, gamma, beta, axes[0], eps, name=d.name,
+                                  dtype=self.dtype), dim
+
     def build(self, descs, outputs):
-        from ..model import (Activation, Bidirectional, Dropout, Embedding, KerasRNN,
-                             Masking, Model, TimeDistributed)
+        from ..model import (Activation, Bidirectional, Dropout, Embedding, Flatten,
+                             GlobalPooling1D, KerasRNN, Masking, Model, RepeatVector,
+                             TimeDistributed)
         unsupported = [d for d in descs if d.class_name not in _SUPPORTED]
         if unsupported:
             raise LoadError(f"{self.fname}: unsupported Keras layer(s): " + ", ".join(
@@ -1479,6 +1548,8 @@ class _Builder:
                                     f"unsupported layer {icls!r}; supported: Dense, Dropout, "
                                     "Activation")
                 layer = TimeDistributed(il, name=d.name)
+            elif cls in _SHAPE_CLASSES:
+                layer, dim = self.shape_layer(d, dim)
             elif cls == "Bidirectional":
                 layer, dim = self.bidirectional(d, dim)
             elif cls == "RNN":
@@ -1492,7 +1563,8 @@ class _Builder:
             for l in new:
                 if isinstance(l, Masking) or (isinstance(l, Embedding) and l.mask_zero):
                     masked = True
-                elif isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences:
+                elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
+                        or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector)):
                     masked = False
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
