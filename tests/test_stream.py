@@ -272,6 +272,34 @@ def test_keras_file_model_streams():
     _close(got, want)
 
 
+def test_normalisations_over_the_features_stream():
+    """LayerNormalization over the last axis and BatchNormalization on the features run
+    step by step (chunks give the whole call's outputs); over the steps they are refused,
+    as are pooling, Flatten and RepeatVector."""
+    from fastrnn.model import (BatchNormalization, Flatten, GlobalPooling1D,
+                               LayerNormalization, RepeatVector)
+    rng = np.random.default_rng(3)
+    core = fastrnn.GRU(3, 4, batch_first=True, seed=1)
+    g, b = rng.standard_normal(4), rng.standard_normal(4)
+    model = Model([Masking(0.0), KerasRNN(core, return_sequences=True),
+                   LayerNormalization(g, b, axis=[2]),
+                   BatchNormalization(b, g * g + 0.5, g, b, axis=-1),
+                   Dense(rng.standard_normal((4, 2)), None)])
+    x = rng.standard_normal((2, T, 3)).astype(np.float32)
+    x[1, 3:5] = 0.0
+    for size in (1, 3, T):
+        s = Stream(model, batch_size=2)
+        got = np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(T, size)], axis=1)
+        _close(got, model(x))
+    for extra in (LayerNormalization(g[:1].repeat(T), None, axis=1),
+                  BatchNormalization(b[:1].repeat(T), g[:1].repeat(T) ** 2 + .5, axis=1),
+                  GlobalPooling1D("average"), Flatten()):
+        with pytest.raises(ValueError, match=f"cannot stream layer .* {type(extra).__name__}"):
+            Stream(Model([KerasRNN(core, return_sequences=True), extra]))
+    with pytest.raises(ValueError, match="cannot stream layer .* RepeatVector"):
+        Stream(Model([RepeatVector(2), KerasRNN(core)]))
+
+
 # ---------------------------------------------------------------- greedy decoding
 
 def _seq2seq_state_dict(V=12, E=6, H=10, seed=0):
