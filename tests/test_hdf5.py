@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 57
+    assert len(FIXTURES) == 60
 
 
 # ----------------------------------------------------------------------------- vs h5py

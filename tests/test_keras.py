@@ -67,7 +67,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 49 and len(REFUSED) == 8
+    assert len(NAMES) == 52 and len(REFUSED) == 8
     for n in NAMES:
         model_path(n)
 
@@ -350,7 +350,7 @@ def test_unsupported_layer_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("cls,match", [
-    ("Conv1D", r"unsupported Keras layer\(s\): 'ln' \(Conv1D\)"),
+    ("Conv2D", r"unsupported Keras layer\(s\): 'ln' \(Conv2D\)"),
     # (supported, but the file holds no weights for it)
     ("LayerNormalization", r"the architecture has 3 layers with weights \(\['simple_rnn', "
                            r"'ln', 'dense_2'\]\)")])

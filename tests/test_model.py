@@ -418,3 +418,91 @@ def test_normalisation_passes_the_mask_pooling_uses_it():
     ln = LayerNormalization(g, None).call(x)[0]
     np.testing.assert_allclose(y[0], ln[0, :4].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y[1], ln[1, 2:].mean(0), rtol=1e-5, atol=1e-6)
+
+
+from fastrnn.model import Conv1D, Pooling1D  # noqa: E402
+
+
+def _conv_reference(x, w, b, s, pad, d, groups):
+    """A direct float64 loop of a grouped, strided, dilated 1-D convolution over x
+    already padded by ``pad`` (before, after)."""
+    x = np.pad(x.astype("f8"), ((0, 0), pad, (0, 0)))
+    k, cg, F = w.shape
+    n = (x.shape[1] - (k - 1) * d - 1) // s + 1
+    fg = F // groups
+    y = np.zeros((x.shape[0], n, F))
+    for t in range(n):
+        for f in range(F):
+            g = f // fg
+            for j in range(k):
+                y[:, t, f] += x[:, t * s + j * d, g * cg:(g + 1) * cg] @ w[j, :, f]
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("k,s,d,groups,padding", [
+    (3, 1, 1, 1, "valid"), (3, 1, 1, 1, "same"), (4, 2, 1, 1, "same"), (2, 1, 3, 1, "causal"),
+    (3, 2, 2, 1, "same"), (1, 3, 1, 2, "valid"), (3, 1, 2, 3, "causal"), (5, 3, 1, 1, "same")])
+def test_conv1d_against_a_direct_loop(k, s, d, groups, padding):
+    r = np.random.RandomState(k * 100 + s * 10 + d)
+    T, C, F = 11, 6, 6
+    x = r.normal(size=(2, T, C)).astype("f4")
+    w = r.normal(size=(k, C // groups, F)).astype("f4")
+    b = r.normal(size=F).astype("f4")
+    span = (k - 1) * d + 1
+    if padding == "causal":
+        pad = (span - 1, 0)
+    elif padding == "same":
+        total = max((-(-T // s) - 1) * s + span - T, 0)
+        pad = (total // 2, total - total // 2)
+    else:
+        pad = (0, 0)
+    conv = Conv1D(w, b, s, padding, d, groups, "linear")
+    y, m = conv.call(x, np.ones((2, T), bool))
+    assert m is None and y.dtype == np.float32
+    want = _conv_reference(x, w, b, s, pad, d, groups)
+    assert y.shape == want.shape
+    if padding == "same":
+        assert y.shape[1] == -(-T // s)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    relu = Conv1D(w, None, s, padding, d, groups, "relu")
+    np.testing.assert_allclose(relu.call(x)[0], np.maximum(want - b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_errors():
+    w = np.ones((3, 2, 4), "f4")
+    with pytest.raises(ValueError, match=r"expected \(batch, steps, 2\)"):
+        Conv1D(w).call(np.ones((1, 5, 3), "f4"))
+    with pytest.raises(ValueError, match="does not fit in 2 steps"):
+        Conv1D(w).call(np.ones((1, 2, 2), "f4"))
+    with pytest.raises(ValueError, match="multiple of groups"):
+        Conv1D(w, groups=3)
+    with pytest.raises(ValueError, match="padding"):
+        Conv1D(w, padding="full")
+    with pytest.raises(ValueError, match="3-D"):
+        Conv1D(w[0])
+    for bad in (0, 1.5, True, [2, 2]):
+        with pytest.raises(ValueError, match="strides must be a positive int"):
+            Conv1D(w, strides=bad)
+
+
+@pytest.mark.parametrize("op", ["max", "average"])
+@pytest.mark.parametrize("p,s,padding", [(2, None, "valid"), (3, 1, "same"), (3, 2, "same"),
+                                         (4, 3, "valid"), (2, 2, "same")])
+def test_pooling1d_against_a_direct_loop(op, p, s, padding):
+    r = np.random.RandomState(p * 10 + (s or 0))
+    T = 9
+    x = r.normal(size=(2, T, 3)).astype("f4")
+    st = s or p
+    if padding == "same":
+        n = -(-T // st)
+        before = max((n - 1) * st + p - T, 0) // 2
+    else:
+        n, before = (T - p) // st + 1, 0
+    want = np.zeros((2, n, 3))
+    for t in range(n):
+        lo, hi = max(t * st - before, 0), min(t * st - before + p, T)   # (inside only)
+        win = x[:, lo:hi].astype("f8")
+        want[:, t] = win.max(1) if op == "max" else win.mean(1)
+    y, m = Pooling1D(op, p, s, padding).call(x, np.ones((2, T), bool))
+    assert m is None and y.shape == want.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)

@@ -50,7 +50,8 @@ _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropou
                  "AlphaDropout", "ActivityRegularization")
 # shape and normalisation layers around the recurrent ones (fastrnn.model)
 _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
-                  "LayerNormalization", "BatchNormalization")
+                  "LayerNormalization", "BatchNormalization", "Conv1D", "MaxPooling1D",
+                  "AveragePooling1D")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
               "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking compute
@@ -979,7 +980,7 @@ class _DictStore:
 
 def _has_weights(d):
     c = d.class_name
-    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional"):
+    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D"):
         return True
     if c in ("LayerNormalization", "BatchNormalization"):
         cfg = d.config
@@ -1422,11 +1423,35 @@ class _Builder:
         return Dense(w[0], w[1] if use_bias else None, act, name=name,
                      dtype=self.dtype), units
 
+    def conv1d(self, d, c, dim):
+        from ..model import Conv1D
+        where = f"{self.fname}: layer {d.name!r} ({d.class_name})"
+        use_bias = _cbool(c, "use_bias", True, where)
+        w = self.weights(d, (2,) if use_bias else (1,))
+        F = _cint(c, "filters", where)
+        groups = c.get("groups") or 1
+        k = c.get("kernel_size")
+        k = k[0] if isinstance(k, list) and len(k) == 1 else k
+        if not isinstance(k, int) or isinstance(k, bool) or not isinstance(groups, int):
+            raise LoadError(f"{where}: kernel_size and groups must be ints, got "
+                            f"{c.get('kernel_size')!r}, {groups!r}"[:300])
+        if groups < 1 or (dim is not None and dim % groups):
+            raise LoadError(f"{where}: groups {groups} does not divide the {dim} input "
+                            "channels")
+        self.check(d, "kernel", w[0], (k, dim // groups if dim is not None
+                                       else w[0].shape[1], F))
+        if use_bias:
+            self.check(d, "bias", w[1], (F,))
+        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
+        return Conv1D(w[0], w[1] if use_bias else None, c.get("strides", 1),
+                      c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
+                      name=d.name, dtype=self.dtype)
+
     def shape_layer(self, d, dim):
         """A pooling, Flatten, RepeatVector or normalisation layer, and the feature size
         after it (None where it follows from the steps)."""
         from ..model import (BatchNormalization, Flatten, GlobalPooling1D,
-                             LayerNormalization, RepeatVector)
+                             LayerNormalization, Pooling1D, RepeatVector)
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         fmt = c.get("data_format") or "channels_last"
@@ -1439,6 +1464,20 @@ class _Builder:
                     dim if fmt == "channels_last" else None)
         if cls == "Flatten":
             return Flatten(fmt, name=d.name), None
+        if cls in ("Conv1D", "MaxPooling1D", "AveragePooling1D"):
+            if fmt != "channels_last":
+                raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
+                                "channels_last)")
+            try:
+                if cls != "Conv1D":
+                    op = "max" if cls == "MaxPooling1D" else "average"
+                    return Pooling1D(op, c.get("pool_size", 2), c.get("strides"),
+                                     c.get("padding", "valid"), name=d.name), dim
+                return self.conv1d(d, c, dim), _cint(c, "filters", where)
+            except LoadError:
+                raise
+            except ValueError as e:         # (the layer's own checks of the config)
+                raise LoadError(f"{where}: {e}") from None
         if cls == "RepeatVector":
             return RepeatVector(_cint(c, "n", where), name=d.name), dim
         center = _cbool(c, "center", True, where)
