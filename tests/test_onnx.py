@@ -2668,3 +2668,178 @@ def test_node_errors_name_the_node_once():
         msg = str(e.value)
         assert msg.startswith("g: node 0 RNN ''") and what in msg
         assert msg.count("node 0 RNN") == 1, msg
+
+
+# ----------------------------------------- found by an audit of kept programs (stop 43)
+class _BigUnitLoop(torch.nn.Module):
+    """A relu RNNCell loop whose unit 0 runs at ~1e4 (its bias), with ``h + 0.2`` after
+    each step: the extra op is small against the big unit, not against the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = torch.nn.RNNCell(3, 4, nonlinearity="relu")
+        with torch.no_grad():
+            self.cell.bias_ih[0] = 1e4
+            self.cell.weight_hh.mul_(0.1)
+
+    def forward(self, x):
+        h, outs = x.new_zeros(x.shape[1], 4), []
+        for t in range(x.shape[0]):
+            h = self.cell(x[t], h) + 0.2
+            outs.append(h)
+        return torch.stack(outs)
+
+
+def test_fused_loop_check_is_per_unit():
+    """The fusing check's tolerance is per unit (hidden column): a unit of ~1e4 made the
+    old check (relative to the largest value) fuse the loop and drop the ``+ 0.2``, off
+    by 0.2 on the other units from the second call.  Now it runs op by op: ONNX
+    Runtime's answers in every call."""
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    data = _dynamo_export(_BigUnitLoop().eval(), x)
+    m = load_onnx(data)
+    _same_as_ort(m, data, {m.input_names[0]: x}, calls=3)
+    assert not _unrolled_steps(m)[0]
+
+
+def _shape_view_model():
+    """Cast(Shape(x)) (kept by a program: it follows from the shapes) reshaped by a fed
+    shape, and a product of it."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["sf", "shp"], ["y"]),
+             helper.make_node("ReduceSum", ["x"], ["r"], keepdims=0),
+             helper.make_node("Mul", ["sf", "r"], ["z"])]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4]),
+        helper.make_tensor_value_info("shp", TensorProto.INT64, [1])],
+        [onnx.ValueInfoProto(name="y"), onnx.ValueInfoProto(name="z")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_first_call_results_are_not_views_of_kept_values():
+    """The first call's results are the caller's own arrays even where they are views of
+    a value the new kept program keeps (made before the program froze it): writing into
+    one changed every later call."""
+    model = _shape_view_model()
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    feeds = {"x": np.ones((3, 4), np.float32), "shp": np.array([-1], np.int64)}
+    for _ in range(3):
+        y, z = m.run(None, feeds)
+        assert y.flags.writeable
+        y[:] = 1000.0
+        z[:] = -1.0
+    ref = _ort(data, feeds)
+    y, z = m.run(None, feeds)
+    np.testing.assert_array_equal(y, ref["y"])
+    np.testing.assert_array_equal(z, ref["z"])
+
+
+def test_zero_results_and_outputs_as_an_iterator():
+    """A 0-d result is a 0-d array (as ONNX Runtime's), not a NumPy scalar, in first and
+    kept calls; ``outputs=`` may be any iterable of names, read once."""
+    nodes = [helper.make_node("MatMul", ["v", "v"], ["dot"]),
+             helper.make_node("Gather", ["v", "i"], ["g"], axis=0)]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])],
+        [onnx.ValueInfoProto(name="dot"), onnx.ValueInfoProto(name="g")],
+        [numpy_helper.from_array(np.array(1, np.int64), "i")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m = load_onnx(model)
+    for n in (3, 3, 5):
+        v = np.arange(n, dtype=np.float32)
+        res = m.run({"v": v}, outputs=iter(["dot", "g"]))
+        assert sorted(res) == ["dot", "g"]
+        for k, want in (("dot", float(v @ v)), ("g", 1.0)):
+            assert type(res[k]) is np.ndarray and res[k].shape == () and res[k] == want
+            assert res[k].flags.writeable
+
+
+def test_feeds_cast_only_where_every_value_fits():
+    """A feed of another dtype of the same kind is cast to the input's (float64 into a
+    float32 model, as a layer call does); an integer or float16 cast that would wrap or
+    overflow to inf is a ValueError naming the input (ONNX Runtime refuses every other
+    dtype)."""
+    def model(t):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", t, [2])],
+                              [helper.make_tensor_value_info("y", t, [2])])
+        return load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert model(TensorProto.FLOAT).run({"x": np.array([0.1, 2.0])})["y"].dtype == np.float32
+    i32 = model(TensorProto.INT32)
+    np.testing.assert_array_equal(i32.run({"x": np.array([7, -3], np.int64)})["y"], [7, -3])
+    f16 = model(TensorProto.FLOAT16)
+    np.testing.assert_array_equal(f16.run({"x": np.array([1.5, np.inf], np.float32)})["y"],
+                                  [1.5, np.inf])
+    for m, bad in ((i32, np.array([2 ** 31, 0], np.int64)), (i32, np.array([1, 2], np.uint64) * 2 ** 40),
+                   (f16, np.array([1e5, 0], np.float32))):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="input 'x': values of dtype .* do not fit"):
+                m.run({"x": bad})
+
+
+def test_zero_state_from_shapes_checked_against_another_x():
+    """A zero initial state made from a feed's shape (as PyTorch's exports make it) runs
+    as an absent one, but where values change X's batch (a Slice by a fed length) it is
+    checked against that X, as ONNX Runtime and the first call do, in kept programs
+    too."""
+    I, H, B, T = 3, 4, 4, 5
+    rng = np.random.default_rng(0)
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, np.int64), n)   # noqa: E731
+    nodes = [helper.make_node("Slice", ["xf", "st", "n", "ax"], ["x"]),
+             helper.make_node("Shape", ["xf"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["b"], axis=0),
+             helper.make_node("Unsqueeze", ["b", "zero"], ["b1"]),
+             helper.make_node("Concat", ["d1", "b1", "hh"], ["hs"], axis=0),
+             helper.make_node("ConstantOfShape", ["hs"], ["h0"],
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("LSTM", ["x", "W", "R", "", "", "h0", "h0"], ["Y", "Yh"],
+                              hidden_size=H)]
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 4 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R"),
+             i64([0], "st"), i64([1], "ax"), i64(1, "one"), i64([0], "zero"), i64([1], "d1"),
+             i64([H], "hh")]
+    g = helper.make_graph(nodes, "g", [
+        helper.make_tensor_value_info("xf", TensorProto.FLOAT, [T, B, I]),
+        helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [onnx.ValueInfoProto(name="Yh")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    xf = rng.standard_normal((T, B, I)).astype(np.float32)
+    for n in (4, 4, 2, 4, 2):
+        feeds = {"xf": xf, "n": np.array([n], np.int64)}
+        if n == B:
+            _same_as_ort(m, data, feeds, calls=1)
+        else:
+            with pytest.raises(ValueError, match=r"initial_h must have shape \(1, 2, 4\)"):
+                m.run(feeds)
+    assert len(m._progs) == 1
+
+
+def test_fed_weight_of_a_recurrent_node():
+    """A recurrent node's weight that is also a graph input (IR >= 4: an overridable
+    initializer) may be fed: the node's other weights are kept for that (they were
+    dropped as converted, and feeding W raised a LoadError)."""
+    H, I = 4, 3
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((1, 4 * H, I)).astype(np.float32)
+    inits = [numpy_helper.from_array(W, "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.standard_normal((1, 8 * H)).astype(np.float32), "B")]
+    g = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y", "Yh"],
+                                            hidden_size=H)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, I]),
+                           helper.make_tensor_value_info("W", TensorProto.FLOAT, W.shape)],
+                          [onnx.ValueInfoProto(name="Y"), onnx.ValueInfoProto(name="Yh")],
+                          inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    m = load_onnx(model)
+    x = rng.standard_normal((5, 2, I)).astype(np.float32)
+    _same_as_ort(m, data, {"x": x})
+    _same_as_ort(m, data, {"x": x, "W": (W * 0.5).astype(np.float32)})
+    _same_as_ort(m, data, {"x": x})

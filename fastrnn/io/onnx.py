@@ -1302,9 +1302,13 @@ class OnnxModel:
         weights = set()
         for kind, obj, ins, outs, _ in steps:
             if kind == "rnn" and obj.layer is not None:
+                # (a node one of whose weights a call may feed keeps them all: its layer
+                # is made again from them then)
+                fed = any(n in self._overridable for k, n in enumerate(ins)
+                          if k in (1, 2, 3, 7))
                 for k, n in enumerate(ins):
                     if n:
-                        (weights if k in (1, 2, 3, 7) else keep).add(n)
+                        (weights if k in (1, 2, 3, 7) and not fed else keep).add(n)
             else:
                 keep.update(n for n in ins if n)
         drop = frozenset(n for n in consts if n not in keep)
@@ -1390,7 +1394,17 @@ class OnnxModel:
             want = self._in_dtypes.get(n)
             if want is not None and v.dtype != want:
                 if v.dtype.kind == want.kind or (v.dtype.kind in "iu" and want.kind in "iu"):
-                    v = v.astype(want)
+                    # (as a layer call casts; ONNX Runtime refuses: never a silent wrap
+                    # of integers or an overflow to inf)
+                    with np.errstate(over="ignore"):
+                        c = v.astype(want)
+                    if v.size and (
+                            (want.kind in "iu" and not np.array_equal(c, v))
+                            or (want.kind == "f" and want.itemsize < v.dtype.itemsize
+                                and np.isinf(c).any() and not np.isinf(v[np.isinf(c)]).all())):
+                        raise ValueError(f"input {n!r}: values of dtype {v.dtype} do not fit "
+                                         f"the model's {want}")
+                    v = c
                 else:
                     raise TypeError(f"input {n!r} must have dtype {want}, got {v.dtype}")
             decl = self._in_shapes.get(n)
@@ -1445,6 +1459,9 @@ class OnnxModel:
         ``InferenceSession.run`` does.  ``num_threads=n`` (unless the graph has an input
         of that name): the recurrent nodes' thread count for this call, where
         ``load_onnx(num_threads=)`` set none (as a Keras-style model's call)."""
+        if outputs is not None and type(outputs) not in (list, tuple, str, dict) \
+                and not isinstance(outputs, (str, Mapping)):
+            outputs = list(outputs)     # (an iterator of names: read once, here)
         if not kwargs and self._progs and type(outputs) is dict and (
                 inputs is None or type(inputs) in (list, tuple)):
             # ONNX Runtime's order with an earlier call's feeds: its kept program at once
@@ -1529,8 +1546,10 @@ class OnnxModel:
             raise self._located(e, where)
         if len(self._progs) >= _SHAPES_KEPT:
             self._progs.clear()
-        self._progs[sig] = _Program(self, live, env, key)
-        return self._results(env, key, feeds.values())
+        prog = self._progs[sig] = _Program(self, live, env, key)
+        # (this call's results may be views of values the program keeps, made before it
+        # froze them: copies too)
+        return self._results(env, key, list(feeds.values()) + prog.kept())
 
     def _located(self, e, where):
         """``e`` with the model's name and the failing node in its message (value, type,
@@ -1553,6 +1572,9 @@ class OnnxModel:
         Runtime's, a result is the caller's own; and no two results share memory (a
         graph returning ``y`` and ``Squeeze(y)``: the second is a copy)."""
         res = {w: env[w] for w in want}
+        for w, v in res.items():
+            if isinstance(v, np.generic):     # (a 0-d result: an array, as ONNX Runtime's)
+                res[w] = np.array(v)
         for w in want if check is None else check:
             v = res[w]
             if isinstance(v, np.ndarray) and (not v.flags.writeable or any(
@@ -1642,6 +1664,10 @@ class _Program:
     Identity of an input of the first call's shape is one reshape; the rest runs as in
     the first call."""
     __slots__ = ("base", "zero", "steps", "check")
+
+    def kept(self) -> list:
+        """The arrays the program keeps (read-only)."""
+        return [v for v in self.base.values() if isinstance(v, np.ndarray)]
 
     def __init__(self, model: "OnnxModel", live, env: dict, want: tuple):
         known = {n: env[n] for n in model._shaped if n in env}
@@ -1749,9 +1775,10 @@ class _Program:
         if t is not None:
             outs[0] = dyn[t][3][0]
             skip.add(t)
-        # (zero states from the shapes as absent; constant ones passed on to run's
-        # fallback, which checks them against that X: _zero_state)
-        h0, c0 = (None if not ins[k] or ins[k] in self.zero else env[ins[k]] for k in (5, 6))
+        # (zero states as absent in the lean call, which runs only for X of the first
+        # call's shape; passed on to run's fallback, which checks them against another
+        # X, as ONNX Runtime does: _zero_state)
+        h0, c0 = (env[ins[k]] if ins[k] else None for k in (5, 6))
         consts = [env[ins[1]], env[ins[2]], env.get(ins[3]), None, h0, c0, env.get(ins[7])]
         return obj.compiled(env[ins[0]].shape, consts, y, bool(ins[4]))
 
@@ -1986,8 +2013,14 @@ class _Program:
             zk = [k for k in (5, 6) if ins[k] in self.zero]
 
             def run(vals):
-                for k in zk:
-                    vals[k] = None
+                x = vals[0]
+                if zk and isinstance(x, np.ndarray) and x.ndim == 3 and obj.layer is not None:
+                    Bsz = x.shape[1 - obj.layout]
+                    want = ((obj.D, Bsz, obj.layer.hidden_size) if obj.layout == 0
+                            else (Bsz, obj.D, obj.layer.hidden_size))
+                    for k in zk:        # (another shape: run checks it, as ORT)
+                        if getattr(vals[k], "shape", None) == want:
+                            vals[k] = None
                 return obj.run(vals)
             return run
         fn, op_type, attrs = obj
