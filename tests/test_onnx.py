@@ -333,9 +333,9 @@ def test_unsupported_ops_listed_at_load():
     X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     nodes = [helper.make_node("Relu", ["x"], ["a"]),
-             helper.make_node("Conv", ["a", "a"], ["b"], name="conv1"),
+             helper.make_node("RoiAlign", ["a", "a"], ["b"], name="roi1"),
              helper.make_node("TopK", ["b", "b"], ["c", "ci"]),
-             helper.make_node("Conv", ["c", "c"], ["d"]),
+             helper.make_node("RoiAlign", ["c", "c"], ["d"]),
              helper.make_node("FusedGemm", ["d"], ["y"], domain="com.microsoft")]
     model = helper.make_model(helper.make_graph(nodes, "g", [X], [Y]),
                               opset_imports=[helper.make_opsetid("", 17),
@@ -343,9 +343,9 @@ def test_unsupported_ops_listed_at_load():
     with pytest.raises(LoadError) as ei:
         load_onnx(model)
     msg = str(ei.value)
-    assert "Conv" in msg and "TopK" in msg and "com.microsoft.FusedGemm" in msg
-    assert "conv1" in msg
-    assert msg.count("'Conv'") == 1     # each type once
+    assert "RoiAlign" in msg and "TopK" in msg and "com.microsoft.FusedGemm" in msg
+    assert "roi1" in msg
+    assert msg.count("'RoiAlign'") == 1     # each type once
 
 
 def test_loop_scan_if_unsupported():
@@ -2843,3 +2843,125 @@ def test_fed_weight_of_a_recurrent_node():
     _same_as_ort(m, data, {"x": x})
     _same_as_ort(m, data, {"x": x, "W": (W * 0.5).astype(np.float32)})
     _same_as_ort(m, data, {"x": x})
+
+
+# --------------------------------------------- 1-D convolutions and pools (CNN-RNN models)
+class _ConvLSTM(torch.nn.Module):
+    """A CNN front-end before an LSTM, as speech and sensor models have: Conv1d (padded,
+    strided, grouped), BatchNorm1d, ReLU, MaxPool1d, AvgPool1d, then LSTM and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 8, 3, padding=1, stride=1)
+        self.conv2 = torch.nn.Conv1d(8, 6, 2, stride=2, groups=2, dilation=1)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.pool = torch.nn.MaxPool1d(2, ceil_mode=True)
+        self.avg = torch.nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False)
+        self.rnn = torch.nn.LSTM(6, 5, batch_first=True)
+        self.head = torch.nn.Linear(5, 2)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):                       # x (B, C=4, L)
+        y = self.pool(torch.relu(self.bn(self.conv(x))))
+        y = self.avg(self.conv2(y))
+        out, _ = self.rnn(y.transpose(1, 2))
+        return self.head(out[:, -1]), y.mean(dim=2, keepdim=True)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_conv_lstm_export_matches_ort_and_torch(dynamo):
+    torch.manual_seed(3)
+    net = _ConvLSTM().eval()
+    x = np.random.default_rng(1).standard_normal((3, 4, 11)).astype(np.float32)
+    if dynamo:
+        data = _dynamo_export(net, x)
+    else:
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.from_numpy(x),), f, dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y", "m"])
+        data = f.getvalue()
+    m = load_onnx(data)
+    got = _same_as_ort(m, data, {m.input_names[0]: x}, calls=2)
+    with torch.no_grad():
+        want = [t.numpy() for t in net(torch.from_numpy(x))]
+    for g, w in zip(got.values(), want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _one_node(op, x, inits=(), **attrs):
+    names = ["x"] + [t.name for t in inits]
+    g = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [onnx.ValueInfoProto(name="y")], list(inits))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("L,k,s,d,pad,group", [
+    (8, 3, 1, 1, dict(pads=[1, 1]), 1), (8, 3, 2, 1, dict(auto_pad="SAME_UPPER"), 2),
+    (7, 2, 3, 1, dict(auto_pad="SAME_LOWER"), 1), (9, 3, 1, 2, dict(pads=[2, 0]), 4),
+    (5, 1, 2, 1, dict(auto_pad="VALID"), 1), (6, 4, 1, 1, dict(pads=[0, 3]), 2)])
+def test_conv_1d_matches_ort(L, k, s, d, pad, group):
+    rng = np.random.default_rng(L * k)
+    x = rng.standard_normal((2, 4, L)).astype(np.float32)
+    W = numpy_helper.from_array(rng.standard_normal((8, 4 // group, k)).astype(np.float32), "W")
+    B = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B")
+    data = _one_node("Conv", x, (W, B), strides=[s], dilations=[d], group=group, **pad)
+    _same_as_ort(load_onnx(data), data, {"x": x})
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("k,s,pad,ceil,cip", [
+    (2, 2, dict(), 0, 0), (3, 2, dict(pads=[1, 1]), 1, 0), (3, 2, dict(pads=[1, 1]), 1, 1),
+    (3, 1, dict(auto_pad="SAME_UPPER"), 0, 0), (4, 3, dict(auto_pad="SAME_LOWER"), 0, 1),
+    (4, 3, dict(pads=[2, 1]), 1, 1), (2, 1, dict(dilations=[2]), 0, 0)])
+def test_pool_1d_matches_ort(op, k, s, pad, ceil, cip):
+    x = np.random.default_rng(k * 10 + s).standard_normal((2, 3, 9)).astype(np.float32)
+    kw = dict(kernel_shape=[k], strides=[s], ceil_mode=ceil, **pad)
+    if op == "AveragePool":
+        kw["count_include_pad"] = cip
+    data = _one_node(op, x, **kw)
+    _same_as_ort(load_onnx(data), data, {"x": x})
+
+
+def test_batchnorm_and_global_pools_match_ort():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 7)).astype(np.float32)
+    stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in (
+        (rng.standard_normal(3), "scale"), (rng.standard_normal(3), "bias"),
+        (rng.standard_normal(3), "mean"), (rng.uniform(0.5, 2, 3), "var"))]
+    for op, inits, kw in (("BatchNormalization", stats, dict(epsilon=1e-3)),
+                          ("GlobalAveragePool", (), {}), ("GlobalMaxPool", (), {})):
+        data = _one_node(op, x, inits, **kw)
+        _same_as_ort(load_onnx(data), data, {"x": x})
+
+
+def test_conv_and_pool_refusals():
+    """What fastrnn does not run is a clear error: 2-D convolutions and pools,
+    MaxPool's Indices output (at load), dilated windows with auto_pad SAME (ONNX Runtime
+    refuses a Conv so, and pads its pools as if undilated), BatchNormalization in
+    training mode."""
+    x4 = np.ones((1, 2, 3, 3), np.float32)
+    W = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "W")
+    with pytest.raises(ValueError, match=r"only 1-D Conv is supported"):
+        load_onnx(_one_node("Conv", x4, (W,))).run({"x": x4})
+    with pytest.raises(ValueError, match=r"only 1-D MaxPool"):
+        load_onnx(_one_node("MaxPool", x4, kernel_shape=[2, 2])).run({"x": x4})
+    x = np.ones((1, 2, 6), np.float32)
+    g = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6])],
+                          [onnx.ValueInfoProto(name="y"), onnx.ValueInfoProto(name="i")])
+    with pytest.raises(LoadError, match="MaxPool's Indices output is not supported"):
+        load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]))
+    with pytest.raises(ValueError, match="auto_pad SAME_UPPER with dilations > 1"):
+        load_onnx(_one_node("AveragePool", x, kernel_shape=[2], dilations=[2],
+                            auto_pad="SAME_UPPER")).run({"x": x})
+    stats = [numpy_helper.from_array(np.ones(2, np.float32), n)
+             for n in ("scale", "bias", "mean", "var")]
+    with pytest.raises(ValueError, match="training_mode=1 is not supported"):
+        load_onnx(_one_node("BatchNormalization", x, stats, training_mode=1)).run({"x": x})

@@ -509,6 +509,153 @@ def _op_layernorm(i, a, o):
     return [y.astype(x.dtype, copy=False)]
 
 
+def _spatial_1d(x, op):
+    """``x`` as a 1-D spatial op takes it: (N, C, L); 2-D and 3-D ones are not done."""
+    if x.ndim != 3:
+        raise ValueError(f"{op}: only 1-D {op} is supported (an input of shape (N, C, L)), "
+                         f"got shape {x.shape}")
+
+
+def _window_pads(L, k, s, d, a, op):
+    """(before, after) padding of ``L`` steps for ``k`` taps ``d`` apart, ``s`` apart,
+    from ``auto_pad`` / ``pads`` (ONNX's rules)."""
+    auto = a.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if d > 1:       # (ONNX Runtime refuses a Conv so; its pools pad as if undilated)
+            raise ValueError(f"{op}: auto_pad {auto} with dilations > 1 is not supported")
+        total = max((-(-L // s) - 1) * s + (k - 1) * d + 1 - L, 0)
+        small = total // 2
+        return (small, total - small) if auto == "SAME_UPPER" else (total - small, small)
+    if auto == "VALID":
+        return 0, 0
+    if auto != "NOTSET":
+        raise ValueError(f"{op}: unknown auto_pad {auto!r}")
+    pads = _ints(a.get("pads", [0, 0]))
+    if len(pads) != 2 or min(pads) < 0:
+        raise ValueError(f"{op}: pads must be two non-negative ints for a 1-D {op}, got "
+                         f"{pads}")
+    return pads[0], pads[1]
+
+
+def _one(a, key, default, op):
+    v = _ints(a.get(key, [default]))
+    if len(v) != 1 or v[0] < 1:
+        raise ValueError(f"{op}: {key} must be one positive int for a 1-D {op}, got {v}")
+    return v[0]
+
+
+def _op_conv(i, a, o):
+    """Conv of a 1-D signal (N, C, L) by W (M, C / group, k), tap by tap."""
+    x, w = i[0], i[1]
+    b = i[2] if len(i) > 2 else None
+    _spatial_1d(x, "Conv")
+    if w.ndim != 3:
+        raise ValueError(f"Conv: weights of shape {w.shape} for a 1-D Conv")
+    M, cg, k = w.shape
+    g = int(a.get("group", 1))
+    if g < 1 or x.shape[1] != cg * g or M % g:
+        raise ValueError(f"Conv: input of {x.shape[1]} channels, weights {w.shape}, group "
+                         f"{g} do not fit")
+    if "kernel_shape" in a and _ints(a["kernel_shape"]) != [k]:
+        raise ValueError(f"Conv: kernel_shape {_ints(a['kernel_shape'])} for weights {w.shape}")
+    s, d = _one(a, "strides", 1, "Conv"), _one(a, "dilations", 1, "Conv")
+    before, after = _window_pads(x.shape[2], k, s, d, a, "Conv")
+    xp = np.pad(x, ((0, 0), (0, 0), (before, after))) if before or after else x
+    n = (xp.shape[2] - (k - 1) * d - 1) // s + 1
+    if n < 1:
+        raise ValueError(f"Conv: a kernel of {k} taps (dilation {d}) does not fit in "
+                         f"{xp.shape[2]} steps")
+    dt = np.result_type(x.dtype, w.dtype)
+    y = np.zeros((x.shape[0], M, n), dt)
+    mg = M // g
+    for j in range(k):
+        v = xp[:, :, j * d: j * d + (n - 1) * s + 1: s]
+        for q in range(g):
+            y[:, q * mg:(q + 1) * mg] += w[q * mg:(q + 1) * mg, :, j] @ v[:, q * cg:(q + 1) * cg]
+    if b is not None:
+        y += b.reshape(1, M, 1)
+    return [y]
+
+
+def _pool_1d(i, a, o, op):
+    x = i[0]
+    _spatial_1d(x, op)
+    k = _one(a, "kernel_shape", 0, op)
+    s = _one(a, "strides", 1, op)
+    d = _one(a, "dilations", 1, op)
+    L = x.shape[2]
+    before, after = _window_pads(L, k, s, d, a, op)
+    if max(before, after) >= k:         # (as ONNX Runtime: a window of padding alone)
+        raise ValueError(f"{op}: pads {[before, after]} must be smaller than the kernel "
+                         f"({k})")
+    span = (k - 1) * d + 1
+    room = L + before + after - span
+    if room < 0:
+        # no window fits: no output steps where ONNX Runtime's size rule gives 0 (its C
+        # division truncates; ceil_mode rounds up), else an error, as there
+        zero = math.ceil(room / s + 1) if a.get("ceil_mode", 0) else int(room / s) + 1
+        if zero:
+            raise ValueError(f"{op}: a window of {k} (dilation {d}) does not fit in {L} "
+                             f"steps")
+        return [np.zeros(x.shape[:2] + (0,), x.dtype)]
+    n = (-(-room // s) if a.get("ceil_mode", 0) else room // s) + 1
+    if a.get("ceil_mode", 0) and (n - 1) * s >= L + before:
+        n -= 1          # (the last window starts in the padding at the end: dropped)
+    extra = max((n - 1) * s + span - (L + before + after), 0)      # (ceil_mode's tail)
+    fill = -np.inf if op == "MaxPool" else 0
+    xp = np.pad(x, ((0, 0), (0, 0), (before, after + extra)), constant_values=fill)
+    taps = [xp[:, :, j * d: j * d + (n - 1) * s + 1: s] for j in range(k)]
+    y = taps[0].copy()
+    for v in taps[1:]:
+        if op == "MaxPool":
+            np.maximum(y, v, out=y)
+        else:
+            y += v
+    if op == "AveragePool":
+        # the divisor: the window's steps inside the input, or also inside the pads
+        lo, hi = (0, L + before + after) if a.get("count_include_pad", 0) else \
+            (before, before + L)
+        inside = np.zeros(xp.shape[2], x.dtype)
+        inside[lo:hi] = 1
+        count = sum(inside[j * d: j * d + (n - 1) * s + 1: s] for j in range(k))
+        y /= count
+    return [y.astype(x.dtype, copy=False)]
+
+
+def _op_maxpool(i, a, o):
+    return _pool_1d(i, a, o, "MaxPool")       # (its Indices output: refused at load)
+
+
+def _op_avgpool(i, a, o):
+    return _pool_1d(i, a, o, "AveragePool")
+
+
+def _op_global_pool(reduce):
+    def op(i, a, o):
+        x = i[0]
+        if x.ndim < 3:
+            raise ValueError(f"a global pool needs (N, C, ...) input, got shape {x.shape}")
+        return [reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype,
+                                                                                copy=False)]
+    return op
+
+
+def _op_batchnorm(i, a, o):
+    """BatchNormalization at inference (the running mean and variance) over axis 1."""
+    if a.get("training_mode", 0):
+        raise ValueError("BatchNormalization: training_mode=1 is not supported (inference "
+                         "only)")
+    x, scale, bias, mean, var = i[:5]
+    if x.ndim < 2:
+        raise ValueError(f"BatchNormalization: input of shape {x.shape} has no channel axis")
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    eps = _same(x, a.get("epsilon", 1e-5))
+    inv = (scale / np.sqrt(var + eps)).reshape(shape)
+    y = (x - mean.reshape(shape)) * inv + bias.reshape(shape)
+    return [y.astype(x.dtype, copy=False)]
+
+
 def _op_onehot(i, a, o):
     idx, depth, values = i[0], int(np.asarray(i[1]).reshape(-1)[0]), i[2]
     axis = a.get("axis", -1)
@@ -669,6 +816,12 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "ArgMin": lambda i, a, o: _op_argmax(i, a, o, fn=np.argmin),
     "Dropout": _op_dropout,
     "LayerNormalization": _op_layernorm,
+    "Conv": _op_conv,
+    "MaxPool": _op_maxpool,
+    "AveragePool": _op_avgpool,
+    "GlobalAveragePool": _op_global_pool(np.mean),
+    "GlobalMaxPool": _op_global_pool(np.max),
+    "BatchNormalization": _op_batchnorm,
     "OneHot": _op_onehot,
     "SplitToSequence": _op_split_to_sequence,
     "SequenceAt": _op_sequence_at,
@@ -1217,6 +1370,9 @@ class OnnxModel:
                     raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
                                     "(required)")
             outs = list(node.output)
+            if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
+                raise LoadError(f"{self.name}: {where}: MaxPool's Indices output is not "
+                                "supported")
             self._check_sequences(node, seqs, where)
             if node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, num_threads)
