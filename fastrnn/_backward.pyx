@@ -660,7 +660,7 @@ cdef void _frows(int kind, int r0, int r1, int H, int relu, floating* gs,
             if relu:
                 for j in range(H):
                     v = yb[j] + bias[j]
-                    yb[j] = v if v > 0 else 0
+                    yb[j] = v if not v <= 0 else 0    # (NaN stays NaN)
             else:
                 for j in range(H):
                     yb[j] = yb[j] + bias[j]

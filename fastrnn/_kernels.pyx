@@ -329,7 +329,7 @@ cdef inline floating _act(int code, floating a, floating b, floating x) noexcept
     elif code == A_TANH:
         return _tanh(x)
     elif code == A_RELU:
-        return x if x > 0 else 0
+        return x if not x <= 0 else 0    # (NaN stays NaN)
     elif code == A_HARDSIGMOID:
         y = a * x + b
         return 0 if y < 0 else (1 if y > 1 else y)
@@ -392,7 +392,7 @@ cdef void _rnn_rows(int n0, int n1, int H, floating* acc, int acc_ld,
             else:
                 for j in range(H):
                     v = a[j] + xr[j] + bias[j]
-                    h[<Py_ssize_t>b * h_ld + j] = v if v > 0 else 0
+                    h[<Py_ssize_t>b * h_ld + j] = v if not v <= 0 else 0    # (NaN stays NaN)
         else:
             for j in range(H):
                 v = a[j] + xr[j] + bias[j]

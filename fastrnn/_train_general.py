@@ -279,6 +279,11 @@ def _dir_backward(layer, d, w, state, plan, dy, dh, dc, zero_out, want_dx):
     for s in range(T - 1, -1, -1):
         rec = saved[s]
         a_s = act[s][:, None]
+        if not act[s].all():
+            # (an inactive row's values take no part; a NaN / inf its input held there
+            # must not reach the gradients through 0 * NaN)
+            rec = {k: np.where(a_s, v, 0) if isinstance(v, np.ndarray) and v.ndim == 2
+                   and v.shape[0] == B else v for k, v in rec.items()}
         v = valid[s]
         dout = np.zeros_like(dh)
         dout[v] = dy[tidx[s][v], rows[v]]
@@ -346,6 +351,8 @@ def _dir_backward(layer, d, w, state, plan, dy, dh, dc, zero_out, want_dx):
         dh = np.where(a_s, dhp, dh)
     # weight gradients: one GEMM per block over every step
     I = xg.shape[2]
+    if not act.all():
+        xg = np.where(act[:, :, None], xg, 0)
     gx = dzx.reshape(T * B, G * H)
     gh = dzh.reshape(T * B, G * H)
     grads = {"wih": gx.T @ xg.reshape(T * B, I), "bih": gx.sum(0), "bhh": gh.sum(0)}

@@ -849,7 +849,18 @@ class RNNBase:
         # ``layer.weight_ih_l0 = w`` (and ``layer.weight_ih_l0 *= 0.5``) loads that weight
         # (validated, re-packed), as assigning a torch module's parameter changes it
         if name[:2] in ("we", "bi") and name in self.__dict__.get("_params", ()):
-            self.load_state_dict({name: value}, strict=False)
+            inplace = value is self._params[name]
+            try:
+                self.load_state_dict({name: value}, strict=False)
+            except ValueError as e:
+                if not inplace:
+                    raise
+                # (``*=`` wrote the layer's own array before this saw it: its old values
+                # are gone; every path now uses the edited ones, as after an edit
+                # announced with mark_weights_changed)
+                self.mark_weights_changed()
+                raise ValueError(f"{e}; the array was edited in place, so the layer now "
+                                 "holds those values and every call uses them") from None
         else:
             object.__setattr__(self, name, value)
 

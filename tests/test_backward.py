@@ -881,3 +881,36 @@ def test_cache_holds_its_own_input_and_states(cls, batch_first, general):
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.SimpleRNN])
+def test_values_at_masked_steps_do_not_reach_the_gradients(cls):
+    """On the NumPy training path (a mask with holes; lengths with ONNX's clip) the
+    input's values at masked steps or past a sequence's length take no part: NaN or inf
+    there gives the gradients of zeros there (they were all NaN), and the input's
+    gradient there is 0."""
+    rng = np.random.default_rng(0)
+    T, B, I, H = 6, 3, 4, 5
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    mask = np.ones((T, B), bool)
+    mask[2, 1] = mask[0, 2] = False             # holes: the NumPy path
+    G = rng.standard_normal((T, B, H)).astype(np.float32)
+    layer = cls(I, H, seed=0)
+    clean = np.where(mask[..., None], x, 0)
+    for bad in (np.nan, np.inf):
+        dirty = np.where(mask[..., None], x, bad).astype(np.float32)
+        o1, _, c1 = layer.forward_train(clean, mask=mask)
+        o2, _, c2 = layer.forward_train(dirty, mask=mask)
+        np.testing.assert_array_equal(o1, o2)
+        g1, g2 = layer.backward(c1, G), layer.backward(c2, G)
+        for k in g1:
+            np.testing.assert_allclose(g2[k], g1[k], rtol=1e-6, atol=1e-7, err_msg=k)
+        assert not g2["input"][~mask].any()
+    lstm = fastrnn.LSTM(I, H, seed=0, clip=50.0)
+    lens = np.array([T, 4, 0])
+    padded = x.copy()
+    padded[4:, 1] = np.nan
+    padded[:, 2] = np.inf
+    o, _, c = lstm.forward_train(padded, lengths=lens)
+    g = lstm.backward(c, G)
+    assert all(np.isfinite(v).all() for v in g.values()) and np.isfinite(o).all()

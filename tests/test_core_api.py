@@ -414,6 +414,38 @@ def test_nan_input_propagates_without_crash():
     assert np.isfinite(out[:, 1]).all()
 
 
+@pytest.mark.parametrize("path", [0, 2])          # (automatic; the BLAS path)
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_nan_propagates_through_relu_as_torch(path, dt):
+    """A relu SimpleRNN keeps a NaN (NaN > 0 is false: the training forward and the
+    BLAS path's scalar relu made it 0, so training on bad data went on silently): the
+    call, the training forward and its gradients have NaN where torch has them."""
+    torch = pytest.importorskip("torch")
+    from fastrnn import _kernels
+    torch.manual_seed(0)
+    m = torch.nn.RNN(3, 4, nonlinearity="relu", num_layers=2).to(
+        torch.float64 if dt == np.float64 else torch.float32)
+    layer = fastrnn.from_torch(m)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(dt)
+    x[1, 0, 0] = np.nan
+    xt = torch.from_numpy(x).requires_grad_(True)
+    ref, ref_h = m(xt)
+    ref.sum().backward()
+    old = _kernels._set_path(path)
+    try:
+        for out, h in (layer(x), layer.forward_train(x)[:2]):
+            assert np.array_equal(np.isnan(out), torch.isnan(ref).numpy())
+            assert np.array_equal(np.isnan(h), torch.isnan(ref_h).numpy())
+            assert np.isnan(out[1:, 0]).all() and np.isfinite(out[:, 1]).all()
+        out, _, cache = layer.forward_train(x)
+        grads = layer.backward(cache, np.ones_like(out))
+    finally:
+        _kernels._set_path(old)
+    for name, p in m.named_parameters():
+        assert np.array_equal(np.isnan(grads[name]), torch.isnan(p.grad).numpy()), name
+    assert np.isnan(grads["weight_hh_l0"]).all()
+
+
 def test_shared_empty_arguments_stay_zero():
     """A call without lengths or mask hands every kernel (packed, batch-lane, pair, BLAS,
     LSTM route) the same two one-element arrays (``layers._NO_LENGTHS`` / ``_NO_MASK``),
@@ -629,3 +661,25 @@ def test_omp_thread_limit_read_as_libgomp_reads_it():
             pytest.skip("the kernels do not link libgomp")
         omp, ours = map(int, r.stdout.split())
         assert ours == min(omp, 1 << 16), (v, omp, ours)
+
+
+@pytest.mark.parametrize("called_before", [False, True])
+def test_inplace_edit_to_nan_is_refused_and_used_consistently(called_before):
+    """``layer.weight_ih_l0 *= nan`` raises, but NumPy changed the array first: the layer
+    holds the edited values and every path uses them (a layer called before used its
+    old packing in some calls and the new values in others)."""
+    rng = np.random.default_rng(0)
+    layer = fastrnn.GRU(3, 4, seed=0)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    x64 = rng.standard_normal((4, 64, 3)).astype(np.float32)
+    if called_before:
+        layer(x), layer(x64)
+    with pytest.raises(ValueError, match="edited in place"):
+        layer.weight_ih_l0 *= np.float32(np.nan)
+    assert np.isnan(layer.state_dict()["weight_ih_l0"]).all()
+    for out in (layer(x)[0], layer(x64)[0], layer.forward_train(x)[0]):
+        assert np.isnan(out).all()
+    with pytest.raises(ValueError, match="weight_hh_l0.*NaN") as e:
+        layer.weight_hh_l0 = np.full((12, 4), np.nan, np.float32)    # (a new array)
+    assert "edited in place" not in str(e.value)
+    assert np.isfinite(layer.state_dict()["weight_hh_l0"]).all()
