@@ -2961,6 +2961,13 @@ def test_conv_and_pool_refusals():
     with pytest.raises(ValueError, match="auto_pad SAME_UPPER with dilations > 1"):
         load_onnx(_one_node("AveragePool", x, kernel_shape=[2], dilations=[2],
                             auto_pad="SAME_UPPER")).run({"x": x})
+    # a file's kernel_shape / pads asking for minutes of work or terabytes: refused
+    with pytest.raises(ValueError, match="beyond what fastrnn runs"):
+        load_onnx(_one_node("AveragePool", x, kernel_shape=[5_000_000],
+                            pads=[4_999_999, 4_999_999])).run({"x": x})
+    W1 = numpy_helper.from_array(np.ones((3, 2, 2), np.float32), "W")
+    with pytest.raises(ValueError, match="beyond what fastrnn runs"):
+        load_onnx(_one_node("Conv", x, (W1,), pads=[10 ** 11, 3])).run({"x": x})
     stats = [numpy_helper.from_array(np.ones(2, np.float32), n)
              for n in ("scale", "bias", "mean", "var")]
     with pytest.raises(ValueError, match="training_mode=1 is not supported"):

@@ -561,6 +561,9 @@ def _op_conv(i, a, o):
         raise ValueError(f"Conv: kernel_shape {_ints(a['kernel_shape'])} for weights {w.shape}")
     s, d = _one(a, "strides", 1, "Conv"), _one(a, "dilations", 1, "Conv")
     before, after = _window_pads(x.shape[2], k, s, d, a, "Conv")
+    if x.shape[0] * max(x.shape[1], M) * (x.shape[2] + before + after) > _POOL_WORK:
+        raise ValueError(f"Conv: pads {[before, after]} for {x.shape[2]} steps are beyond "
+                         f"what fastrnn runs ({_POOL_WORK} elements)")
     xp = np.pad(x, ((0, 0), (0, 0), (before, after))) if before or after else x
     n = (xp.shape[2] - (k - 1) * d - 1) // s + 1
     if n < 1:
@@ -603,6 +606,12 @@ def _pool_1d(i, a, o, op):
     if a.get("ceil_mode", 0) and (n - 1) * s >= L + before:
         n -= 1          # (the last window starts in the padding at the end: dropped)
     extra = max((n - 1) * s + span - (L + before + after), 0)      # (ceil_mode's tail)
+    NC = x.shape[0] * x.shape[1]
+    if NC * max(k * n, L + before + after + extra) > _POOL_WORK:
+        # (a file's kernel_shape / pads: a window of millions of taps ran for minutes)
+        raise ValueError(f"{op}: a window of {k} taps over {n} outputs with pads "
+                         f"{[before, after]} is beyond what fastrnn runs "
+                         f"({_POOL_WORK} element steps)")
     fill = -np.inf if op == "MaxPool" else 0
     xp = np.pad(x, ((0, 0), (0, 0), (before, after + extra)), constant_values=fill)
     taps = [xp[:, :, j * d: j * d + (n - 1) * s + 1: s] for j in range(k)]
@@ -621,6 +630,9 @@ def _pool_1d(i, a, o, op):
         count = sum(inside[j * d: j * d + (n - 1) * s + 1: s] for j in range(k))
         y /= count
     return [y.astype(x.dtype, copy=False)]
+
+
+_POOL_WORK = 1 << 31        # a 1-D pool's taps x outputs (and padded size) x N x C
 
 
 def _op_maxpool(i, a, o):
