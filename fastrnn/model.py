@@ -626,6 +626,11 @@ class Pooling1D(Layer):
                              f"shape {x.shape}")
         p, s = self.pool_size, self.strides
         before, after = _pads(x.shape[1], p, s, 1, self.padding)
+        if x.shape[0] * x.shape[2] * max(p * (x.shape[1] + before + after) // s,
+                                         x.shape[1] + before + after) > 1 << 31:
+            # (a file's pool_size: a window of millions of steps ran for minutes)
+            raise ValueError(f"{self.name}: a window of {p} steps over {x.shape[1]} is "
+                             "beyond what fastrnn runs")
         if before or after:
             fill = -np.inf if self.op == "max" else 0
             xp = np.pad(x, ((0, 0), (before, after), (0, 0)), constant_values=fill)

@@ -506,3 +506,11 @@ def test_pooling1d_against_a_direct_loop(op, p, s, padding):
     y, m = Pooling1D(op, p, s, padding).call(x, np.ones((2, T), bool))
     assert m is None and y.shape == want.shape and y.dtype == np.float32
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_pooling_window_beyond_reason_is_refused():
+    """A file's pool_size of millions of steps (padding same) ran for minutes."""
+    x = np.ones((2, 6, 3), np.float32)
+    for p in (10 ** 7, 10 ** 9):
+        with pytest.raises(ValueError, match="beyond what fastrnn runs"):
+            Pooling1D("average", p, 1, "same").call(x)
