@@ -67,7 +67,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 52 and len(REFUSED) == 8
+    assert len(NAMES) == 53 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 
@@ -646,6 +646,13 @@ def test_call_arguments_fastrnn_cannot_honour_are_refused(name, match):
         load_keras(model_path(name))
     with pytest.raises(LoadError, match=match):
         fastrnn.load(model_path(name))
+
+
+def test_batchnorm_renorm_is_refused_by_name():
+    with pytest.raises(LoadError, match=r"'batch_normalization_\d+' \(BatchNormalization\): "
+                                        r"renorm / synchronized BatchNormalization is not "
+                                        r"supported"):
+        load_keras(model_path("k3_refused_bn_renorm"))
 
 
 def _set_kwargs(layer_name, **kw):

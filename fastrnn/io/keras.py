@@ -984,8 +984,8 @@ def _has_weights(d):
         return True
     if c in ("LayerNormalization", "BatchNormalization"):
         cfg = d.config
-        return c == "BatchNormalization" or cfg.get("scale", True) is not False or (
-            cfg.get("center", True) is not False and not cfg.get("rms_scaling"))
+        return c == "BatchNormalization" or cfg.get("scale", True) is not False or bool(
+            cfg.get("rms_scaling")) or cfg.get("center", True) is not False
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
         return isinstance(inner, dict) and inner.get("class_name") == "Dense"
@@ -1492,9 +1492,13 @@ class _Builder:
                             f"{axis!r}"[:300])
         if cls == "LayerNormalization":
             rms = _cbool(c, "rms_scaling", False, where)
-            center = center and not rms         # (Keras makes no beta for rms_scaling)
+            # (Keras makes gamma for rms_scaling whatever scale says, and no beta)
+            center, scale = center and not rms, scale or rms
             n = int(center) + int(scale)
-            w = self.weights(d, (n,)) if n else []
+            w = self.weights(d, (n,)) if n else (self.store.get(d) or [])
+            if len(w) != n:
+                raise LoadError(f"{where}: the file holds {len(w)} weight arrays for a "
+                                "layer that takes none")
             gamma = w[0] if scale else None
             beta = w[-1] if center else None
             if gamma is not None and beta is not None and gamma.shape != beta.shape:
@@ -1506,6 +1510,9 @@ class _Builder:
                                       dtype=self.dtype), dim
         if len(axes) != 1:
             raise LoadError(f"{where}: only one axis is supported, got {axis!r}"[:300])
+        if c.get("renorm") or c.get("synchronized"):
+            raise LoadError(f"{where}: renorm / synchronized BatchNormalization is not "
+                            "supported")
         w = self.weights(d, (2 + int(center) + int(scale),))
         k = 0
         gamma = w[k] if scale else None
@@ -1523,9 +1530,9 @@ class _Builder:
                                   dtype=self.dtype), dim
 
     def build(self, descs, outputs):
-        from ..model import (Activation, Bidirectional, Dropout, Embedding, Flatten,
-                             GlobalPooling1D, KerasRNN, Masking, Model, RepeatVector,
-                             TimeDistributed)
+        from ..model import (Activation, Bidirectional, Conv1D, Dropout, Embedding, Flatten,
+                             GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
+                             RepeatVector, TimeDistributed)
         unsupported = [d for d in descs if d.class_name not in _SUPPORTED]
         if unsupported:
             raise LoadError(f"{self.fname}: unsupported Keras layer(s): " + ", ".join(
@@ -1603,8 +1610,9 @@ class _Builder:
                 if isinstance(l, Masking) or (isinstance(l, Embedding) and l.mask_zero):
                     masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
-                        or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector)):
-                    masked = False
+                        or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
+                                          Pooling1D)):
+                    masked = False      # (these end the mask, as Keras's do)
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
         outs = None
