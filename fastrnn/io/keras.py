@@ -1448,10 +1448,9 @@ class _Builder:
                       name=d.name, dtype=self.dtype)
 
     def shape_layer(self, d, dim):
-        """A pooling, Flatten, RepeatVector or normalisation layer, and the feature size
-        after it (None where it follows from the steps)."""
-        from ..model import (BatchNormalization, Flatten, GlobalPooling1D,
-                             LayerNormalization, Pooling1D, RepeatVector)
+        """A pooling, Flatten, RepeatVector, Conv1D or normalisation layer, and the
+        feature size after it (None where it follows from the steps)."""
+        from ..model import Flatten, GlobalPooling1D, Pooling1D, RepeatVector
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         fmt = c.get("data_format") or "channels_last"
@@ -1480,6 +1479,14 @@ class _Builder:
                 raise LoadError(f"{where}: {e}") from None
         if cls == "RepeatVector":
             return RepeatVector(_cint(c, "n", where), name=d.name), dim
+        return self.norm_layer(d, dim)
+
+    def norm_layer(self, d, dim):
+        """A LayerNormalization or BatchNormalization layer, and the feature size after
+        it (unchanged)."""
+        from ..model import BatchNormalization, LayerNormalization
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
         center = _cbool(c, "center", True, where)
         scale = _cbool(c, "scale", True, where)
         eps = _cfloat(c, "epsilon", 1e-3, where)
