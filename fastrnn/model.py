@@ -1,7 +1,8 @@
 """A small Keras-style model container and the non-recurrent layers around RNNs.
 
-``Model`` runs a chain of layers, passing a (B, T) boolean mask from layer to layer with
-Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
+``Model`` runs a chain of layers, or a graph of them that branches and merges (the merge
+layers ``Concatenate``, ``Add``, ...), passing a (B, T) boolean mask along with each tensor
+with Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
 ``Dropout``, ``Activation``, ``TimeDistributed`` and the normalisation layers pass it on, a
 recurrent layer consumes it and passes it on only when it returns sequences, and
 ``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it.
@@ -27,7 +28,8 @@ __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
-    "activation_function",
+    "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "INPUT", "activation_function",
 ]
 
 
@@ -178,7 +180,11 @@ def _act_name(spec) -> str:
 class Layer:
     """Base class.  ``call(x, mask)`` returns ``(outputs, mask)``; ``outputs`` is an array
     or a list of arrays (return_state, merge_mode=None), ``mask`` the mask of the first
-    output (or None)."""
+    output (or None; :meth:`output_mask` gives each output's).  ``n_inputs``: how many
+    tensors the layer reads (1: ``x`` is an array; None: a merge layer's list of one or
+    more, ``mask`` then their list of masks)."""
+
+    n_inputs: int | None = 1
 
     def __init__(self, name: str | None = None):
         self.name = name or _default_name(type(self).__name__)
@@ -195,6 +201,11 @@ class Layer:
     def n_outputs(self) -> int:
         """How many tensors ``call`` returns (a list where more than one)."""
         return 1
+
+    def output_mask(self, index: int, mask):
+        """The mask of output ``index``, given the mask ``call`` returned (that of the
+        first output; the others, a recurrent layer's states, have none)."""
+        return mask if index == 0 else None
 
     def get_weights(self) -> list:
         return []
@@ -793,6 +804,190 @@ class BatchNormalization(Layer):
         return f"{self.moving_mean.size}, axis={self.axis}, epsilon={self.epsilon}"
 
 
+# ----------------------------------------------------------------------------- merge layers
+
+def _or_masks(masks):
+    """Keras's ``Merge.compute_mask``: no mask when an input has none, else any-of."""
+    if any(m is None for m in masks):
+        return None
+    out = np.asarray(masks[0], dtype=bool)
+    for m in masks[1:]:
+        out = out | np.asarray(m, dtype=bool)
+    return out
+
+
+class _Merge(Layer):
+    """Base of the merge layers: ``call(xs, masks)`` with a list of one or more tensors
+    (and their masks, or None), as Keras's merge layers are called."""
+
+    n_inputs = None
+
+    def _arrays(self, x, mask):
+        if not isinstance(x, (list, tuple)) or not x:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes a list of one or more "
+                             f"tensors, got {type(x).__name__}")
+        xs = [_float_input(a, self.name) for a in x]
+        if isinstance(self.n_inputs, int) and len(xs) != self.n_inputs:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes exactly "
+                             f"{self.n_inputs} tensors, got {len(xs)}")
+        masks = [None] * len(xs) if mask is None else list(mask)
+        if len(masks) != len(xs):
+            raise ValueError(f"{self.name}: {len(masks)} masks for {len(xs)} tensors")
+        return xs, [None if m is None else np.asarray(m, dtype=bool) for m in masks]
+
+    def _mask_like(self, m, x):
+        """A (B, T) mask spread over the features of ``x`` (Keras's broadcast_to of
+        expand_dims(mask, -1))."""
+        try:
+            return np.broadcast_to(m[..., None], x.shape)
+        except ValueError:
+            raise ValueError(f"{self.name}: a mask of shape {m.shape} for a tensor of shape "
+                             f"{x.shape}") from None
+
+
+class _Elementwise(_Merge):
+    """Add, Subtract, Multiply, Average, Maximum, Minimum: tensors of one rank whose
+    sizes agree or are 1 (broadcast), as Keras 3 checks them; the output is masked
+    where any input is, when every input has a mask."""
+
+    def call(self, x, mask=None):
+        xs, masks = self._arrays(x, mask)
+        shapes = [a.shape for a in xs]
+        if len({len(s) for s in shapes}) > 1 or len({s[0] for s in shapes if s}) > 1:
+            raise ValueError(f"{self.name}: {type(self).__name__} needs tensors of one rank "
+                             f"and batch size, got shapes {shapes}")
+        try:
+            np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(f"{self.name}: {type(self).__name__} got incompatible shapes "
+                             f"{shapes}") from None
+        return self._merge(xs, masks)
+
+    def _merge(self, xs, masks):
+        return self._op(xs), _or_masks(masks)
+
+
+def _sum(xs):
+    out = xs[0]
+    for a in xs[1:]:
+        out = out + a
+    return out
+
+
+class Add(_Elementwise):
+    """Keras's ``Add``: the sum of the tensors."""
+
+    def _op(self, xs):
+        return _sum(xs)
+
+
+class Subtract(_Elementwise):
+    """Keras's ``Subtract``: the first tensor minus the second (exactly two)."""
+
+    n_inputs = 2
+
+    def _op(self, xs):
+        return xs[0] - xs[1]
+
+
+class Average(_Elementwise):
+    """Keras's ``Average``: the sum of the tensors over their number."""
+
+    def _op(self, xs):
+        out = _sum(xs)
+        return (out / out.dtype.type(len(xs))).astype(out.dtype, copy=False)
+
+
+class Multiply(_Elementwise):
+    """Keras's ``Multiply``: the product; a masked step of an input counts as 1 and,
+    when every input has a mask, the output is 0 where all of them are masked."""
+
+    def _merge(self, xs, masks):
+        full = [None if m is None else self._mask_like(m, a) for a, m in zip(xs, masks)]
+        out = None
+        for a, m in zip(xs, full):
+            if m is not None:
+                a = np.where(m, a, a.dtype.type(1))
+            out = a if out is None else out * a
+        if any(m is None for m in full):
+            return out, None
+        keep = functools.reduce(np.logical_or, full)
+        return np.where(keep, out, out.dtype.type(0)), keep.any(axis=-1)
+
+
+class _MinMax(_Elementwise):
+    """Maximum / Minimum, with Keras's masks: a masked entry of one side takes the
+    other side's value before the op, and the output is masked where all inputs are."""
+
+    def _merge(self, xs, masks):
+        out = out_mask = None
+        for a, m in zip(xs, masks):
+            m = None if m is None else self._mask_like(m, a)
+            if out is None:
+                out, out_mask = a, m
+                continue
+            if m is not None:
+                a = np.where(m, a, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, a)
+            out_mask = None if m is None or out_mask is None else out_mask | m
+            out = self._fn(out, a)
+        return out, None if out_mask is None else out_mask.any(axis=-1)
+
+
+class Maximum(_MinMax):
+    """Keras's ``Maximum``: the elementwise maximum."""
+
+    _fn = staticmethod(np.maximum)
+
+
+class Minimum(_MinMax):
+    """Keras's ``Minimum``: the elementwise minimum."""
+
+    _fn = staticmethod(np.minimum)
+
+
+class Concatenate(_Merge):
+    """Keras's ``Concatenate(axis)``: tensors of one rank and equal sizes except on
+    ``axis`` (not the batch axis).  Masks as Keras's: when any input has one, each
+    input's (all True where it has none) spread over its features, joined along
+    ``axis``, then any-of over the last axis (the features: per step, any-of the
+    inputs; the steps, ``axis=1``: the masks one after the other)."""
+
+    def __init__(self, axis: int = -1, name=None):
+        super().__init__(name)
+        self.axis = _index(axis, "Concatenate axis")
+
+    def call(self, x, mask=None):
+        xs, masks = self._arrays(x, mask)
+        nd = xs[0].ndim
+        if not -nd <= self.axis < nd or self.axis % nd == 0:
+            raise ValueError(f"{self.name}: axis {self.axis} is out of range (or the batch "
+                             f"axis) for {nd}-D tensors")
+        ax = self.axis % nd
+        cut = [a.shape[:ax] + a.shape[ax + 1:] for a in xs]
+        if any(a.ndim != nd for a in xs) or len(set(cut)) > 1:
+            raise ValueError(f"{self.name}: Concatenate(axis={self.axis}) needs tensors of "
+                             "one rank and equal sizes except on that axis, got shapes "
+                             f"{[a.shape for a in xs]}")
+        out = np.concatenate(xs, axis=ax)
+        if all(m is None for m in masks):
+            return out, None
+        full = [np.ones(a.shape, bool) if m is None else
+                self._mask_like(m, a) if m.ndim < a.ndim else m for a, m in zip(xs, masks)]
+        return out, np.concatenate(full, axis=ax).any(axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+    def _extra_repr(self):
+        return f"axis={self.axis}"
+
+
+_MERGE_CLASSES = {c.__name__: c for c in (Concatenate, Add, Subtract, Multiply, Average,
+                                          Maximum, Minimum)}
+
+
 class KerasRNN(Layer):
     """A fastrnn core layer (one direction, one layer, ``batch_first=True``) used the way
     Keras uses an RNN layer.
@@ -1052,6 +1247,10 @@ class Bidirectional(Layer):
         return ((1 if self.merge_mode is not None else 2)
                 + (2 * self.forward.n_states() if self.return_state else 0))
 
+    def output_mask(self, index: int, mask):
+        # (merge_mode=None: both directions' sequences carry the mask, as in Keras)
+        return mask if index < (1 if self.merge_mode is not None else 2) else None
+
     def get_config(self):
         return {**super().get_config(), "merge_mode": self.merge_mode,
                 "forward": self.forward.get_config(), "backward": self.backward.get_config()}
@@ -1065,8 +1264,21 @@ class Bidirectional(Layer):
 
 # ----------------------------------------------------------------------------- container
 
+INPUT = -1
+"""The model's input in a tensor reference: ``(INPUT, 0)``."""
+
+
 class Model:
-    """A chain of layers run one after the other, masks flowing as in Keras.
+    """Layers run one after the other, masks flowing as in Keras: a chain, or a graph
+    (layers that branch and merge).
+
+    ``inputs``: None for a chain (each layer reads the first tensor of the one before
+    it, the first layer the model's input); for a graph, one entry a layer: the
+    ``(layer_index, tensor_index)`` references it reads (``(INPUT, 0)``: the model's
+    input), each to an earlier layer, so ``layers`` is in an order they can run in.  A
+    merge layer (:class:`Concatenate`, :class:`Add`, ...) reads a list of one or more,
+    every other layer one (``[(2, 0)]`` or just ``(2, 0)``).  Each tensor carries its own
+    mask (:meth:`Layer.output_mask`).
 
     ``outputs``: which tensors the model returns, as ``(layer_index, tensor_index)`` pairs
     (a layer with ``return_state`` or ``merge_mode=None`` produces several tensors); by
@@ -1080,7 +1292,7 @@ class Model:
     """
 
     def __init__(self, layers: Sequence[Layer], outputs=None, name: str = "model",
-                 initial_states=None):
+                 initial_states=None, inputs=None):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a Model needs at least one layer")
@@ -1092,6 +1304,14 @@ class Model:
         self.outputs = outputs
         self.name = name
         self.initial_states = _check_initial_states(self.layers, initial_states)
+        self.inputs = _check_inputs(self.layers, inputs)
+        if self.inputs is None:
+            for i, l in enumerate(self.layers):
+                if l.n_inputs != 1:
+                    raise ValueError(f"layer {i} ({l.name!r}, {type(l).__name__}) merges "
+                                     "several tensors: give the model's inputs= graph")
+        else:
+            _check_used(self)
 
     def __call__(self, x, mask=None, num_threads: int | None = None):
         """``num_threads``: for every layer of this call that has no count of its own
@@ -1102,36 +1322,57 @@ class Model:
             with _threads.threads_for_calls(num_threads):
                 return self._call(x, mask)
 
+    def _graph(self):
+        """Each layer's input references (a chain's too)."""
+        graph = getattr(self, "inputs", None)        # (pickles of older versions)
+        return graph if graph is not None else \
+            [[(i - 1, 0)] for i in range(len(self.layers))]
+
     def _call(self, x, mask):
         n = len(self.layers)
-        wanted = set() if self.outputs is None else {a for a, _ in self.outputs}
-        inits = getattr(self, "initial_states", None)  # (pickles of older versions)
-        if inits:
-            wanted |= {a for refs in inits.values() for a, _ in refs}
-        kept = {}
-        h = x
+        graph = self._graph()
+        inits = getattr(self, "initial_states", None) or {}
+        # after which layer each layer's outputs are read for the last time (kept to the
+        # end: the model's outputs)
+        last = {INPUT: 0}
+        for i, refs in enumerate(graph):
+            for a, _ in refs:
+                last[a] = i
+        for i, refs in inits.items():
+            for a, _ in refs:
+                last[a] = max(last.get(a, i), i)
+        for a, _ in (self.outputs or [(n - 1, 0)]):
+            last[a] = n
+        kept = {INPUT: (x, mask)}
         for i, layer in enumerate(self.layers):
-            refs = inits.get(i) if inits else None
-            if refs:
-                out, mask = layer.call(h, mask, initial_state=[self._pick(kept, a, b)
-                                                               for a, b in refs])
+            ins = [self._pick(kept, a, b) for a, b in graph[i]]
+            if layer.n_inputs == 1:
+                h, m = ins[0]
             else:
-                out, mask = layer.call(h, mask)
-            if i in wanted or i == n - 1:
-                kept[i] = out
-            h = out[0] if isinstance(out, list) else out
+                h, m = [t for t, _ in ins], [k for _, k in ins]
+            refs = inits.get(i)
+            if refs:
+                kept[i] = layer.call(h, m, initial_state=[self._pick(kept, a, b)[0]
+                                                          for a, b in refs])
+            else:
+                kept[i] = layer.call(h, m)
+            for a, _ in graph[i]:
+                if last.get(a) == i:
+                    kept.pop(a, None)
         if self.outputs is None:
-            res = kept[n - 1]
-            return res
-        res = [self._pick(kept, a, b) for a, b in self.outputs]
+            return kept[n - 1][0]
+        res = [self._pick(kept, a, b)[0] for a, b in self.outputs]
         return res[0] if len(res) == 1 else res
 
     def _pick(self, kept, a, b):
-        o = kept[a]
+        """Tensor ``b`` of layer ``a`` (``INPUT``: the model's input) and its mask."""
+        o, m = kept[a]
+        if a == INPUT:
+            return o, m
         if isinstance(o, list):
-            return o[b]
+            return o[b], self.layers[a].output_mask(b, m)
         if b == 0:
-            return o
+            return o, m
         raise ValueError(f"layer {self.layers[a].name!r} has one output, asked for output {b}")
 
     def predict(self, x, batch_size: int | None = None, num_threads: int | None = None):
@@ -1154,8 +1395,7 @@ class Model:
     def get_config(self) -> dict[str, Any]:
         cfg = {"name": self.name, "layers": [l.get_config() for l in self.layers],
                "outputs": self.outputs}
-        if getattr(self, "initial_states", None):
-            cfg["initial_states"] = _initial_states_json(self.initial_states)
+        _graph_json(self, cfg)
         return cfg
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -1173,19 +1413,76 @@ class Model:
         from .io import save
         save(self, path)
 
+    def _reads(self, i) -> str:
+        """What layer ``i`` reads, for summary / repr of a graph."""
+        return ", ".join("input" if a == INPUT else self.layers[a].name if
+                         self.layers[a].n_outputs() == 1 else f"{self.layers[a].name}[{b}]"
+                         for a, b in self._graph()[i])
+
     def summary(self, print_fn=print) -> None:
-        rows = [(l.name, type(l).__name__, l._extra_repr(), l.count_params()) for l in self.layers]
+        graph = getattr(self, "inputs", None) is not None
+        rows = [(l.name, type(l).__name__, l._extra_repr(), l.count_params())
+                + ((self._reads(i),) if graph else ()) for i, l in enumerate(self.layers)]
         w0 = max(len("layer"), *(len(r[0]) for r in rows))
         w1 = max(len("type"), *(len(r[1]) for r in rows))
-        lines = [f'Model "{self.name}"', f"{'layer':<{w0}}  {'type':<{w1}}  params  details"]
-        for name, kind, extra, n in rows:
-            lines.append(f"{name:<{w0}}  {kind:<{w1}}  {n:>6}  {extra}")
+        w3 = max(len("reads"), *(len(r[4]) for r in rows)) if graph else 0
+        reads = lambda v: f"{v:<{w3}}  " if graph else ""      # noqa: E731
+        lines = [f'Model "{self.name}"',
+                 f"{'layer':<{w0}}  {'type':<{w1}}  {reads('reads')}params  details"]
+        for name, kind, extra, n, *r in rows:
+            lines.append(f"{name:<{w0}}  {kind:<{w1}}  {reads(r[0] if r else '')}{n:>6}  "
+                         f"{extra}")
+        if graph and self.outputs is not None:
+            lines.append("outputs: " + ", ".join(
+                f"{self.layers[a].name}[{b}]" for a, b in self.outputs))
         lines.append(f"total params: {self.count_params()}")
         print_fn("\n".join(lines))
 
     def __repr__(self) -> str:
-        inner = ",\n".join("  " + repr(l) for l in self.layers)
+        graph = getattr(self, "inputs", None) is not None
+        inner = ",\n".join("  " + repr(l) + (f" <- [{self._reads(i)}]" if graph else "")
+                           for i, l in enumerate(self.layers))
         return f"Model(name={self.name!r}, layers=[\n{inner}\n])"
+
+
+def _check_inputs(layers, inputs):
+    """Validated graph references of the layers (None: a chain)."""
+    if inputs is None:
+        return None
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != len(layers):
+        raise ValueError(f"inputs must hold one entry per layer ({len(layers)}), got "
+                         f"{inputs!r}"[:300])
+    graph = []
+    for i, (layer, refs) in enumerate(zip(layers, inputs)):
+        if isinstance(refs, (list, tuple)) and len(refs) == 2 and \
+                all(isinstance(v, (int, np.integer)) for v in refs):
+            refs = [refs]                                   # (one reference)
+        if not isinstance(refs, (list, tuple)) or not refs:
+            raise ValueError(f"inputs of layer {i} ({layer.name!r}) must be a non-empty "
+                             f"list of (layer, tensor) references, got {refs!r}"[:300])
+        refs = [_ref(layers, r, i, f"input of layer {i} ({layer.name!r})", graph=True)
+                for r in refs]
+        want = layer.n_inputs
+        if (want is None and len(refs) < 1) or (want is not None and len(refs) != want):
+            raise ValueError(f"layer {i} ({layer.name!r}, {type(layer).__name__}) reads "
+                             f"{'one or more tensors' if want is None else want}, given "
+                             f"{len(refs)}")
+        graph.append(refs)
+    chain = all(refs == [(i - 1, 0)] for i, refs in enumerate(graph))
+    return None if chain and all(l.n_inputs == 1 for l in layers) else graph
+
+
+def _check_used(model):
+    """Every layer of a graph feeds another one or the outputs (a stranded layer is
+    most likely a wrong reference, and would run for nothing)."""
+    n = len(model.layers)
+    used = {a for refs in model.inputs for a, _ in refs}
+    used |= {a for refs in model.initial_states.values() for a, _ in refs}
+    used |= {a for a, _ in (model.outputs or [(n - 1, 0)])}
+    for i, l in enumerate(model.layers):
+        if i not in used:
+            raise ValueError(f"layer {i} ({l.name!r}) feeds no other layer and no output "
+                             "of the model")
 
 
 def _check_initial_states(layers, initial_states):
@@ -1212,22 +1509,31 @@ def _index(v, what) -> int:
     return int(v)
 
 
-def _ref(layers, r, below, what):
+def _ref(layers, r, below, what, graph=False):
     """A checked ``(layer index, tensor index)``: the layer before ``below``, the tensor
-    one it returns."""
+    one it returns (``graph``: also ``(INPUT, 0)``, the model's input)."""
     try:
         a, b = r
     except (TypeError, ValueError):
         raise ValueError(f"{what} {r!r} must be a (layer, tensor) pair"[:200]) from None
     a, b = _index(a, what), _index(b, what)
+    if graph and a == INPUT:
+        if b != 0:
+            raise ValueError(f"bad {what} {(a, b)}: the model has one input, tensor 0")
+        return a, b
     if not 0 <= a < below or not 0 <= b < layers[a].n_outputs():
         raise ValueError(f"bad {what} {(a, b)}: layer {a} must come before {below} and "
                          f"return tensor {b}"[:300])
     return a, b
 
 
-def _initial_states_json(initial_states):
-    return [[i, [[a, b] for a, b in refs]] for i, refs in sorted(initial_states.items())]
+def _graph_json(model, cfg):
+    """The graph's parts of a model config (``inputs``, ``initial_states``), where set."""
+    if getattr(model, "initial_states", None):
+        cfg["initial_states"] = [[i, [[a, b] for a, b in refs]]
+                                 for i, refs in sorted(model.initial_states.items())]
+    if getattr(model, "inputs", None) is not None:
+        cfg["inputs"] = [[[a, b] for a, b in refs] for refs in model.inputs]
 
 
 # ----------------------------------------------------------------------------- save / restore
@@ -1267,7 +1573,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, TimeDistributed):
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
-    elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D)):
+    elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, _Merge)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, Conv1D):
         cfg.update(strides=layer.strides, padding=layer.padding, groups=layer.groups,
@@ -1359,6 +1665,10 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                                   tensors.get("gamma"), tensors.get("beta"),
                                   cfg.get("axis", -1), cfg.get("epsilon", 1e-3), name=name,
                                   dtype=mean.dtype)
+    if kind == "Concatenate":
+        return Concatenate(cfg.get("axis", -1), name=name)
+    if kind in _MERGE_CLASSES:
+        return _MERGE_CLASSES[kind](name=name)
     if kind == "KerasRNN":
         core = layer_from_config(cfg["core"], _sub(tensors, "core."), _adopt=adopt)
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),
@@ -1378,8 +1688,7 @@ def _model_state(model: "Model") -> tuple[dict, dict]:
     layers = [_layer_state(l, f"{i}.", tensors) for i, l in enumerate(model.layers)]
     cfg = {"class_name": "Model", "name": model.name, "layers": layers,
            "outputs": model.outputs}
-    if getattr(model, "initial_states", None):
-        cfg["initial_states"] = _initial_states_json(model.initial_states)
+    _graph_json(model, cfg)
     return cfg, tensors
 
 
@@ -1394,4 +1703,4 @@ def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) ->
     layers = [_layer_from_state(c, _sub(tensors, f"{i}."), _adopt)
               for i, c in enumerate(layers_cfg)]
     return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"),
-                 initial_states=cfg.get("initial_states"))
+                 initial_states=cfg.get("initial_states"), inputs=cfg.get("inputs"))

@@ -190,7 +190,8 @@ class Stream:
                              f"layer {model.layers[starts[i][0][0]].name!r}, known only "
                              "after the whole sequence")
         plan, runners = [], []
-        for layer in model.layers:
+        graph = getattr(model, "inputs", None)      # (None: a chain)
+        for i, layer in enumerate(model.layers):
             if isinstance(layer, Bidirectional):
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
                                  "Bidirectional and needs the whole sequence")
@@ -208,6 +209,10 @@ class Stream:
             else:
                 raise ValueError(f"cannot stream layer {layer.name!r} of type "
                                  f"{type(layer).__name__}")
+            if graph is not None and [tuple(r) for r in graph[i]] != [(i - 1, 0)]:
+                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
+                                 f"reads {model._reads(i)}, not the tensor of the layer "
+                                 "before it (Stream runs chains of layers)")
         if not runners:
             raise ValueError(f"model {model.name!r} has no recurrent layer to stream")
         return plan, runners

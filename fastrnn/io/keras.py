@@ -18,6 +18,7 @@ SimpleRNN layer (the cell's config, the RNN's flags); stacked cells (``RNN([cell
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,12 +53,20 @@ _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropou
 _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
                   "LayerNormalization", "BatchNormalization", "Conv1D", "MaxPooling1D",
                   "AveragePooling1D")
+# merge layers (several inputs: fastrnn.model's classes of the same names)
+_MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum",
+                 "Minimum")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES
-# functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking compute
-# their masks; off the data chain they only feed `mask=` arguments, which fastrnn
+              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _MERGE_LAYERS
+# layers whose output has no mask (as Keras's: GlobalMaxPooling1D and Conv1D drop it)
+_MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
+              "Conv1D", "MaxPooling1D", "AveragePooling1D")
+# functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking and
+# the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
+# "Concatenate" too); off the data graph they only feed `mask=` arguments, which fastrnn
 # recomputes with Keras's own propagation rules
-_MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal")
+_MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal",
+             "ExpandDims", "ZerosLike", "OnesLike", "Concatenate")
 
 
 def is_keras_file(path) -> bool:
@@ -105,10 +114,13 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     (``None``) float64 when every layer of the Keras config has dtype (policy) float64,
     else float32.
 
-    Functional models may be chains with an RNN started from an earlier RNN's returned
-    states (``initial_state=[h, c]``, encoder-decoder style) and a dict as input (of one
-    tensor) or output: dict outputs come back as a list in sorted key order (Keras's own
-    ``model.outputs`` order).  Call arguments fastrnn cannot honour (a ``mask=`` other than
+    Functional models may branch and merge (a graph of layers: the merge layers
+    Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, a layer feeding
+    several, several outputs), with an RNN started from an earlier RNN's returned states
+    (``initial_state=[h, c]``, encoder-decoder style); they have one input (a dict of one
+    tensor too), and each layer is called once (shared layers are refused).  Dict
+    outputs come back as a list in sorted key order (Keras's own ``model.outputs``
+    order).  Call arguments fastrnn cannot honour (a ``mask=`` other than
     the one the Embedding / Masking layers give, ``training=True``, other tensors) are
     refused, never ignored.
 
@@ -345,13 +357,16 @@ def _need_str(v, what):
 
 
 class _LayerDesc:
-    """One layer of the chain: Keras class name, its config, its name."""
+    """One layer of the model: Keras class name, its config, its name."""
 
     def __init__(self, class_name, config, name):
         self.class_name = class_name
         self.config = config
         self.name = name
-        self.states = None      # [(chain index, tensor index)]: initial_state (functional)
+        # (functional models) [(desc index, tensor index)]: the tensors it reads, and
+        # those given as initial_state
+        self.inputs = None
+        self.states = None
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -413,7 +428,7 @@ def _parse_architecture(arch, what="architecture"):
     if cls in ("Functional", "Model"):
         return (*_functional(_need_dict(cfg, f"{what}: config"), what), (hint, name))
     raise LoadError(f"{what}: unsupported model class {cls!r}: fastrnn reads Sequential "
-                    "models and functional models that are a simple chain of layers"[:400])
+                    "models and functional models of one input"[:400])
 
 
 def _layer_name(l, i):
@@ -537,7 +552,8 @@ def _call_kwargs(call, kw, name, cls):
 
 
 def _inbound(l, name):
-    """The :class:`_Call` of a functional layer (used once: a simple chain)."""
+    """The :class:`_Call` of a functional layer (called once: shared layers are not
+    supported)."""
     call = _Call()
     cls = l.get("class_name")
     nodes = l.get("inbound_nodes", [])
@@ -545,8 +561,8 @@ def _inbound(l, name):
         return call
     nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
     if len(nodes) > 1:
-        raise LoadError(f"layer {name!r} is called {len(nodes)} times; fastrnn "
-                        "supports each layer used once (a simple chain)")
+        raise LoadError(f"layer {name!r} ({cls}) is called {len(nodes)} times; fastrnn "
+                        "supports each layer used once (a shared layer is not supported)")
     if not nodes:
         return call
     node = nodes[0]
@@ -603,12 +619,17 @@ def _refs(v, depth=0):
 
 
 def _functional(cfg, what="architecture"):
+    """-> (descs in an order they can run in, with ``inputs`` and ``states`` references
+    ``(desc index, tensor index)``; outputs ``[(desc index, tensor index)]``): the
+    layers the outputs depend on, from the model's one input."""
     layers = _need_list(cfg.get("layers", []), f"{what}: layers")
-    by_name = {}
+    by_name, config_order = {}, {}
     for i, l in enumerate(layers):
         l = _need_dict(l, f"{what}: layer {i}")
         _need_str(l.get("class_name"), f"{what}: layer {i} class_name")
-        by_name[_layer_name(l, i)] = l
+        name = _layer_name(l, i)
+        by_name[name] = l
+        config_order.setdefault(name, i)
     outputs = _refs(cfg.get("output_layers"))
     inputs = _refs(cfg.get("input_layers"))
     if len(inputs) != 1:
@@ -617,151 +638,207 @@ def _functional(cfg, what="architecture"):
         raise LoadError("functional model config has no output_layers")
     if len(outputs) > 1024:
         raise LoadError(f"functional model config has {len(outputs)} outputs")
-    # walk back from each output to the input (iteratively: chains can be long);
-    # prev[name] = (layer feeding it or None, chain length)
-    prev = {}
-    calls = {}
-
-    def walk(name):
-        path = []
-        cur = name
-        while cur not in prev:
-            if cur in path:
-                raise LoadError(f"functional config has a cycle through layer {cur!r}"[:300])
-            path.append(cur)
-            l = by_name.get(cur)
-            if l is None:
-                raise LoadError(f"functional config refers to unknown layer {cur!r}"[:300])
-            call = calls[cur] = _inbound(l, cur)
-            refs = call.data
-            if not refs:
-                prev[path.pop()] = (None, 1)
-                break
-            if len(refs) != 1:
-                raise LoadError(f"layer {cur!r} ({l['class_name']}) takes {len(refs)} inputs; "
-                                "fastrnn supports simple chains of single-input layers")
-            src, _, tensor = refs[0]
-            if tensor != 0:
-                raise LoadError(f"layer {cur!r} reads output {tensor} of {src!r}; only the "
-                                "first output of a layer can feed the next layer"[:300])
-            cur = src
-        for n in reversed(path):
-            prev[n] = (cur, prev[cur][1] + 1)
-            cur = n
-
-    def chain(name):
-        walk(name)
-        out = []
-        while name is not None:
-            out.append(name)
-            name = prev[name][0]
-        return out[::-1]
-
-    longest = max((chain(o[0]) for o in outputs), key=len)
-    for o in outputs:
-        c = chain(o[0])
-        if longest[:len(c)] != c:
-            raise LoadError("the model's outputs are not on one chain of layers")
-    on_chain = set(longest)
-    index = {n: i for i, n in enumerate(longest)}
-    states = _chain_states(longest, calls, by_name, index)
-    _check_masks(longest, calls, by_name)
+    # walk back from the outputs through the layers' data inputs and initial states
+    # (iteratively: graphs can be deep), in post-order: a layer after those it reads
+    calls, done, post = {}, set(), []
+    for out in outputs:
+        stack = [(out[0], None)]
+        on_path = set()
+        while stack:
+            cur, deps = stack.pop()
+            if deps is None:
+                if cur in done:
+                    continue
+                if cur in on_path:
+                    raise LoadError(f"functional config has a cycle through layer "
+                                    f"{cur!r}"[:300])
+                l = by_name.get(cur)
+                if l is None:
+                    raise LoadError(f"functional config refers to unknown layer {cur!r}"[:300])
+                call = calls[cur] = _inbound(l, cur)
+                for src, node, t in call.data + (call.states or []):
+                    if node != 0:
+                        raise LoadError(f"layer {cur!r} reads node {node} of layer {src!r}; "
+                                        "fastrnn supports each layer called once"[:300])
+                on_path.add(cur)
+                stack.append((cur, True))
+                stack.extend((src, None) for src, _, _ in reversed(call.data +
+                                                                   (call.states or [])))
+            else:
+                on_path.discard(cur)
+                done.add(cur)
+                post.append(cur)
+    roots = [n for n in post if not calls[n].data]
+    if any(n != inputs[0][0] for n in roots):
+        n = next(n for n in roots if n != inputs[0][0])
+        raise LoadError(f"layer {n!r} ({by_name[n]['class_name']}) reads no tensor and is "
+                        "not the model's input")
     for i, l in enumerate(layers):
         n = _layer_name(l, i)
-        if n not in on_chain and l["class_name"] not in _MASK_OPS:
-            raise LoadError(f"layer {n!r} ({l['class_name']}) is not on the model's chain "
-                            "of layers; fastrnn supports simple chains only")
-    descs = [_desc(by_name[n], i, what) for i, n in enumerate(longest)]
-    for d, n in zip(descs, longest):
+        if n not in done and l["class_name"] not in _MASK_OPS:
+            raise LoadError(f"layer {n!r} ({l['class_name']}) is not on the way from the "
+                            "model's input to its outputs; fastrnn runs the layers the "
+                            "outputs are computed from"[:400])
+    # Keras lists a model's layers in an order they run in (the order its weights file
+    # counts them in): kept where it is one
+    order = sorted(done, key=config_order.__getitem__)
+    pos = {n: i for i, n in enumerate(order)}
+    if any(pos[src] >= pos[n] for n in order for src, _, _ in
+           calls[n].data + (calls[n].states or [])):
+        order = post
+        pos = {n: i for i, n in enumerate(order)}
+    states = _graph_states(order, calls, by_name, pos)
+    _check_masks(order, calls, by_name)
+    descs = [_desc(by_name[n], i, what) for i, n in enumerate(order)]
+    for d, n in zip(descs, order):
         d.name = n
+        d.inputs = [(pos[src], t) for src, _, t in calls[n].data]
         d.states = states.get(n)
-    return descs, [(index[o[0]], o[2]) for o in outputs]
+    return descs, [(pos[o[0]], o[2]) for o in outputs]
 
 
-def _chain_states(chain, calls, by_name, index):
-    """{layer name: [(chain index, tensor index), ...]} of the layers called with
-    ``initial_state``: fastrnn runs it when the states are outputs of an earlier layer of
-    the chain (an encoder's ``return_state``), and refuses it otherwise."""
+def _graph_states(order, calls, by_name, pos):
+    """{layer name: [(desc index, tensor index), ...]} of the layers called with
+    ``initial_state``: fastrnn runs it when the states are outputs of an earlier
+    recurrent layer (an encoder's ``return_state``), and refuses it otherwise."""
     out = {}
-    for i, n in enumerate(chain):
-        call = calls.get(n)
-        if call is None or call.states is None:
+    for n in order:
+        call = calls[n]
+        if call.states is None:
             continue
         cls = by_name[n]["class_name"]
         refs = []
-        for src, node, t in call.states:
-            j = index.get(src)
-            if j is None and src in by_name:
-                raise LoadError(
-                    f"layer {n!r} ({cls}) is called with initial_state=<output {t} of "
-                    f"{src!r}>, but {src!r} is off the model's chain of layers (the "
-                    f"graph branches: {n!r} does not read {src!r}'s output, e.g. a decoder "
-                    "reading the model's input); fastrnn runs models whose layers form one "
-                    "chain, with initial states returned by an earlier layer of it"[:500])
-            if j is None or j >= i or node != 0 or \
-                    by_name[src]["class_name"] not in _RNN_LIKE:
+        for src, _, t in call.states:
+            if by_name[src]["class_name"] not in _RNN_LIKE:
                 raise LoadError(
                     f"layer {n!r} ({cls}) is called with initial_state=<output {t} of "
                     f"{src!r}>: not supported (fastrnn supports initial states returned "
-                    "by an earlier recurrent layer of the chain, return_state=True)"[:400])
-            refs.append((j, t))
+                    "by an earlier recurrent layer, return_state=True)"[:400])
+            refs.append((pos[src], t))
         out[n] = refs
     return out
 
 
-def _mask_expr(ref, by_name, depth=0):
-    """A mask tensor made by Keras ops, as an expression fastrnn can compare with the mask
-    it computes: ("ne", tensor, value) for ``not_equal(tensor, value)``, ("any", e) for
-    ``any(e, axis=-1)``; None for anything else."""
-    l = by_name.get(ref[0])
-    if l is None or depth > 4 or ref[2] != 0:
-        return None
-    cls = l.get("class_name")
-    nodes = l.get("inbound_nodes")
-    if not isinstance(nodes, list) or not 0 <= ref[1] < len(nodes) or \
-            not isinstance(nodes[ref[1]], dict):
-        return None
-    node = nodes[ref[1]]
-    args, kw = node.get("args"), node.get("kwargs") or {}
-    cfg = l.get("config") if isinstance(l.get("config"), dict) else {}
-    if not isinstance(args, list):
-        return None
-    if cls == "NotEqual" and len(args) == 2 and not kw:
-        a, b = args
-        if _history(b) is not None:
-            a, b = b, a
-        r = _history(a)
-        if r is None or isinstance(b, bool) or not isinstance(b, (int, float)):
+class _E(tuple):
+    """A mask expression; :class:`_Masks` makes equal ones one object (compared by
+    identity, so shared parts never make a comparison or a walk grow exponentially)."""
+
+
+class _Masks:
+    """Masks as expressions: those Keras 3 records as graph operations (``not_equal``,
+    ``any``, ``logical_or``, the ``expand_dims`` / ``zeros_like`` / ``ones_like`` /
+    ``concatenate`` of a Concatenate's mask) and those fastrnn computes, in one form:
+    ``("ne", tensor, value)``, ``("any", e)``, ``("or", a, b)``, ``("expand", e)``,
+    ``("zeros_like", tensor)``, ``("ones_like", tensor)``, ``("concat", axis, parts)``."""
+
+    def __init__(self, by_name):
+        self.by_name, self.table, self.memo = by_name, {}, {}
+
+    def mk(self, *parts):
+        key = tuple(id(p) if isinstance(p, _E) else
+                    tuple(map(id, p)) if isinstance(p, list) else p for p in parts)
+        e = self.table.get(key)
+        if e is None:
+            e = self.table[key] = _E(tuple(p) if isinstance(p, list) else p for p in parts)
+        return e
+
+    def parse(self, ref, depth=0):
+        """The expression of a mask tensor Keras recorded, or None (anything else)."""
+        if ref not in self.memo:
+            self.memo[ref] = None if depth > 64 else self._parse(ref, depth)
+        return self.memo[ref]
+
+    def _parse(self, ref, depth):
+        l = self.by_name.get(ref[0])
+        if l is None or ref[2] != 0:
             return None
-        return ("ne", r, float(b))
-    if cls == "Any" and len(args) == 1 and not kw and cfg.get("axis") in (-1, [-1]) \
-            and not cfg.get("keepdims"):
-        r = _history(args[0])
-        inner = None if r is None else _mask_expr(r, by_name, depth + 1)
-        return None if inner is None else ("any", inner)
-    return None
+        cls = l.get("class_name")
+        nodes = l.get("inbound_nodes")
+        if not isinstance(nodes, list) or not 0 <= ref[1] < len(nodes) or \
+                not isinstance(nodes[ref[1]], dict):
+            return None
+        node = nodes[ref[1]]
+        args, kw = node.get("args"), node.get("kwargs") or {}
+        cfg = l.get("config") if isinstance(l.get("config"), dict) else {}
+        if not isinstance(args, list) or kw:
+            return None
+        refs = [_history(a) for a in args]
+        if cls == "NotEqual" and len(args) == 2:
+            a, b = args
+            if refs[1] is not None:
+                a, b = b, a
+            r = _history(a)
+            if r is None or isinstance(b, bool) or not isinstance(b, (int, float)):
+                return None
+            return self.mk("ne", r, float(b))
+        if cls in ("ZerosLike", "OnesLike") and len(args) == 1 and refs[0] is not None:
+            return self.mk("zeros_like" if cls == "ZerosLike" else "ones_like", refs[0])
+        if cls == "Concatenate" and len(args) == 1 and isinstance(args[0], list) and \
+                isinstance(cfg.get("axis"), int):
+            parts = [None if _history(a) is None else self.parse(_history(a), depth + 1)
+                     for a in args[0]]
+            return None if None in parts else self.mk("concat", cfg["axis"], parts)
+        inner = [None if r is None else self.parse(r, depth + 1) for r in refs]
+        if not inner or None in inner:
+            return None
+        if cls == "Any" and len(inner) == 1 and cfg.get("axis") in (-1, [-1]) \
+                and not cfg.get("keepdims"):
+            return self.mk("any", inner[0])
+        if cls == "ExpandDims" and len(inner) == 1 and cfg.get("axis") in (-1, [-1]):
+            return self.mk("expand", inner[0])
+        if cls == "LogicalOr" and len(inner) == 2:
+            return self.mk("or", *inner)
+        return None
+
+    def merged(self, cls, axis, refs, masks):
+        """The mask Keras gives a merge layer's output (None: none)."""
+        if cls != "Concatenate":
+            if any(m is None for m in masks):
+                return None
+            return functools.reduce(lambda a, b: self.mk("or", a, b), masks)
+        if all(m is None for m in masks):
+            return None
+        return self.mk("any", self.mk("concat", axis, [
+            self.mk("ones_like", r) if m is None else
+            self.mk("or", self.mk("expand", m), self.mk("zeros_like", r))
+            for r, m in zip(refs, masks)]))
 
 
-def _show_mask(e):
+def _show_mask(e, depth=0):
     if e is None:
         return "no mask"
-    if e[0] == "any":
-        return f"any({_show_mask(e[1])}, axis=-1)"
-    return f"not_equal(<output {e[1][2]} of {e[1][0]!r}>, {e[2]:g})"
+    if depth > 4:
+        return "..."
+    op, *args = e
+    sub = [_show_mask(a, depth + 1) if isinstance(a, _E) else
+           f"<output {a[2]} of {a[0]!r}>" if isinstance(a, tuple) else f"{a:g}"
+           if isinstance(a, float) else str(a) for a in args]
+    if op == "concat":
+        return "concatenate([" + ", ".join(_show_mask(p, depth + 1) for p in e[2]) + \
+            f"], axis={e[1]})"
+    name = {"ne": "not_equal", "or": "logical_or", "expand": "expand_dims"}.get(op, op)
+    return f"{name}({', '.join(sub)}" + (", axis=-1)" if op in ("any", "expand") else ")")
 
 
-def _check_masks(chain, calls, by_name):
+def _check_masks(order, calls, by_name):
     """Keras 3 records the mask each layer is called with (computed by ops such as
     not_equal / any from the Embedding / Masking layers, or given by the user): accept it
     only when it is exactly the mask fastrnn computes there, else refuse."""
-    fast = None                     # fastrnn's mask at the current point, as an expression
-    for n in chain:
+    masks = {}          # fastrnn's mask of each (layer, tensor), as an expression
+    ex = _Masks(by_name)
+    for n in order:
         l = by_name[n]
         cls = l["class_name"]
-        call = calls.get(n)
-        src = call.data[0] if call is not None and call.data else None
-        mask = _NO_MASK if call is None else call.mask
-        if mask is _NO_MASK and call is not None and call.keras3 and cls in _RNN_LIKE \
+        call = calls[n]
+        src = call.data[0] if call.data else None
+        ins = [masks.get((r[0], r[2])) for r in call.data]
+        c = l.get("config") if isinstance(l.get("config"), dict) else {}
+        if cls in _MERGE_LAYERS:
+            fast = ex.merged(cls, c.get("axis", -1), call.data, ins)
+        else:
+            fast = ins[0] if ins else None
+        mask = call.mask
+        if mask is _NO_MASK and call.keras3 and cls in _RNN_LIKE \
                 and call.states:
             # Keras 3 passes a layer its input's mask only when that input is its one
             # tensor argument: an RNN given initial_state tensors runs without one.  (A
@@ -774,36 +851,39 @@ def _check_masks(chain, calls, by_name):
                     "(fastrnn would apply it; pass the mask explicitly, mask=..., to run "
                     "it masked)"[:500])
         elif mask is not _NO_MASK:
-            given = None if mask is None else _mask_expr(mask, by_name)
-            if given != fast or (mask is not None and given is None):
+            given = None if mask is None else ex.parse(mask)
+            if given is not fast or (mask is not None and given is None):
                 what = ("None" if mask is None else _show_mask(given) if given is not None
                         else f"<output {mask[2]} of {mask[0]!r}>")
                 raise LoadError(
                     f"layer {n!r} ({cls}) is called with mask={what}: not supported; "
                     "fastrnn computes masks only from Embedding(mask_zero=True) and Masking "
                     f"layers, which here give {_show_mask(fast)}"[:500])
-        if call is not None and call.states is not None and fast is not None:
+        if call.states is not None and fast is not None:
             # a masked step before the first unmasked one outputs the initial h with
             # Keras 3's JAX backend, zeros with TensorFlow / PyTorch (and fastrnn)
             raise LoadError(
                 f"layer {n!r} ({cls}) is called with both initial_state and a mask: not "
                 "supported (Keras's outputs at leading masked steps then depend on the "
                 "backend that ran the model)")
-        c = l.get("config") if isinstance(l.get("config"), dict) else {}
-        if cls == "InputLayer":
+        if cls in ("InputLayer",) + _MASK_ENDS:
             fast = None
         elif cls == "Embedding" and c.get("mask_zero") and src is not None:
-            fast = ("ne", src, 0.0)
+            fast = ex.mk("ne", src, 0.0)
         elif cls == "Masking" and src is not None:
             v = c.get("mask_value", 0.0)
-            fast = ("any", ("ne", src, float(v) if isinstance(v, (int, float)) else v))
+            fast = ex.mk("any", ex.mk("ne", src, float(v) if isinstance(v, (int, float))
+                                      else repr(v)))
         elif cls in _RECURRENT and not c.get("return_sequences"):
             fast = None
-        elif cls == "Bidirectional":
+        masks[(n, 0)] = fast
+        if cls == "Bidirectional":
             inner = c.get("layer")
             ic = inner.get("config") if isinstance(inner, dict) else None
             if not (isinstance(ic, dict) and ic.get("return_sequences")):
-                fast = None
+                masks[(n, 0)] = None
+            elif c.get("merge_mode", "concat") is None:
+                masks[(n, 1)] = fast        # (both directions' sequences)
 
 
 # ============================================================================ weight stores
@@ -1536,9 +1616,30 @@ class _Builder:
         return BatchNormalization(mean, var, gamma, beta, axes[0], eps, name=d.name,
                                   dtype=self.dtype), dim
 
+    def merge(self, d, dims):
+        """A merge layer of the model, and the feature size after it (None: unknown)."""
+        from .. import model as M
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        if cls == "Subtract" and len(dims) != 2:
+            raise LoadError(f"{where} takes exactly 2 inputs, given {len(dims)}")
+        known = [v for v in dims if v is not None]
+        if cls == "Concatenate":
+            axis = c.get("axis", -1)
+            if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
+                raise LoadError(f"{where}: axis must be an int other than the batch axis 0, "
+                                f"got {axis!r}"[:300])
+            dim = sum(known) if axis == -1 and len(known) == len(dims) else None
+            return M.Concatenate(axis, name=d.name), dim
+        if len(set(known) - {1}) > 1:
+            raise LoadError(f"{where}: inputs of {dims} features cannot be merged (sizes "
+                            "must agree or be 1)")
+        dim = max(known) if len(known) == len(dims) else None
+        return getattr(M, cls)(name=d.name), dim
+
     def build(self, descs, outputs):
-        from ..model import (Activation, Bidirectional, Conv1D, Dropout, Embedding, Flatten,
-                             GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
+        from ..model import (INPUT, Activation, Bidirectional, Conv1D, Dropout, Embedding,
+                             Flatten, GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
                              RepeatVector, TimeDistributed)
         unsupported = [d for d in descs if d.class_name not in _SUPPORTED]
         if unsupported:
@@ -1546,17 +1647,24 @@ class _Builder:
                 f"{d.name!r} ({d.class_name})" for d in unsupported)
                 + f"; fastrnn supports {', '.join(sorted(set(_SUPPORTED)))}")
         self.store.assign(descs)
-        layers, index_map = [], {}
-        dim = None
-        masked = False          # whether a mask reaches the current layer
+        layers, index_map, graph = [], {}, []
+        dims, masked = {}, {}   # (desc index, tensor index): feature size; mask reaches it
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
             self.ctx.layer = f"{d.name!r} ({cls})"
             where = f"{self.fname}: layer {d.name!r} ({cls})"
+            refs = d.inputs if d.inputs is not None else [(i - 1, 0)] if i else []
+            if cls in _MERGE_LAYERS:
+                if not refs:
+                    raise LoadError(f"{where} is given no inputs")
+            elif len(refs) > 1:
+                raise LoadError(f"{where} takes {len(refs)} inputs; fastrnn supports several "
+                                "only for the merge layers (" + ", ".join(_MERGE_LAYERS) + ")")
+            dim = dims.get(refs[0]) if refs else None
+            is_masked = bool(refs) and masked.get(refs[0], False)
             if cls == "InputLayer":
-                v = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
-                if v is not None:
-                    dim = v
+                dims[(i, 0)] = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
+                index_map[i] = INPUT
                 continue
             if dim is None:
                 dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
@@ -1603,30 +1711,40 @@ class _Builder:
                 layer = TimeDistributed(il, name=d.name)
             elif cls in _SHAPE_CLASSES:
                 layer, dim = self.shape_layer(d, dim)
+            elif cls in _MERGE_LAYERS:
+                layer, dim = self.merge(d, [dims.get(r) for r in refs])
+                is_masked = (any if cls == "Concatenate" else all)(
+                    masked.get(r, False) for r in refs)
             elif cls == "Bidirectional":
                 layer, dim = self.bidirectional(d, dim)
             elif cls == "RNN":
-                layer, dim = self.rnn_cells(d, dim, masked)
+                layer, dim = self.rnn_cells(d, dim, is_masked)
             else:  # recurrent
                 w = self.weights(d, (2, 3))
                 layer, dim = self.rnn(d, None, w, dim)
             new = layer if isinstance(layer, list) else [layer]
-            layers.extend(new)
-            index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
+            src = [(index_map.get(j, INPUT), t) for j, t in refs] or [(INPUT, 0)]
             for l in new:
+                graph.append(src)
+                src = [(len(layers), 0)]
+                layers.append(l)
                 if isinstance(l, Masking) or (isinstance(l, Embedding) and l.mask_zero):
-                    masked = True
+                    is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
                                           Pooling1D)):
-                    masked = False      # (these end the mask, as Keras's do)
+                    is_masked = False      # (these end the mask, as Keras's do)
+            index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
+            for t, v in enumerate(_tensor_dims(new[-1], dim)):
+                dims[(i, t)] = v
+                masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
         outs = None
         if outputs is not None:
             outs = []
             for a, t in outputs:
-                if a not in index_map:
+                if index_map.get(a, INPUT) == INPUT:
                     raise LoadError(f"{self.fname}: model output comes from layer "
                                     f"{descs[a].name!r} ({descs[a].class_name}), which is not "
                                     "supported as an output")
@@ -1637,7 +1755,7 @@ class _Builder:
         for i, d in enumerate(descs):
             if d.states:
                 inits[index_map[i]] = self.initial_states(d, layers, index_map, descs)
-        return Model(layers, outputs=outs, initial_states=inits or None)
+        return Model(layers, outputs=outs, initial_states=inits or None, inputs=graph)
 
     def initial_states(self, d, layers, index_map, descs):
         """Model references of the states layer ``d`` starts from, checked: states an
@@ -1669,6 +1787,15 @@ def _state_sizes(layer):
     from ..model import Bidirectional
     rnns = [layer.forward, layer.backward] if isinstance(layer, Bidirectional) else [layer]
     return [r.units for r in rnns for _ in range(r.n_states())]
+
+
+def _tensor_dims(layer, dim):
+    """The feature sizes of a layer's outputs, given that of its first (``dim``)."""
+    from ..model import Bidirectional
+    first = [dim]
+    if isinstance(layer, Bidirectional) and layer.merge_mode is None:
+        first = [layer.forward.units, layer.backward.units]
+    return first + (_state_sizes(layer) if getattr(layer, "return_state", False) else [])
 
 
 def _policy_name(v):
