@@ -417,6 +417,53 @@ def test_bad_persistent_ids():
             read_torch_file(torch_zip(b"\x80\x02" + pid + b"."))
 
 
+def test_legacy_module_persistent_ids_only_name_stub_classes(tmp_path):
+    """The legacy format's ("module", class, source file, source) persistent id gives the
+    class back: only a module class find_class made an inert stub of; anything else is a
+    LoadError, a global outside the allow-list an UnsafeFileError, and nothing runs."""
+    legacy = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2) \
+        + pickle.dumps({"little_endian": True}, protocol=2)
+    marker = tmp_path / "pwned"
+
+    def pid(cls):
+        return b"(" + P("module") + cls + P("/x.py") + P("class X: pass") + b"tQ"
+
+    for cls in (G("torch", "Size"), P("os.system"), P(None), G("torch", "FloatStorage")):
+        with pytest.raises(LoadError, match="module persistent id"):
+            read_torch_file(legacy + b"\x80\x02" + pid(cls) + b")\x81."
+                            + pickle.dumps([], protocol=2))
+    with pytest.raises(UnsafeFileError, match="os.system"):
+        read_torch_file(legacy + b"\x80\x02" + pid(G("os", "system")) + b"(S'touch "
+                        + str(marker).encode() + b"'\ntR." + pickle.dumps([], protocol=2))
+    assert not marker.exists()
+    # a torch.nn class: the stub, its state set by BUILD
+    obj = read_torch_object(legacy + b"\x80\x02" + pid(G("torch.nn.modules.rnn", "GRU"))
+                            + b")\x81}" + P("hidden_size") + P(4) + b"sb."
+                            + pickle.dumps([], protocol=2))
+    assert obj.cls == "torch.nn.modules.rnn.GRU" and obj.state == {"hidden_size": 4}
+
+
+def test_pickle_frame_past_the_end_refused_before_reading(tmp_path):
+    """A protocol-4 FRAME claiming 300 MB in a 100-byte legacy file: the unpickler read
+    the frame in one piece, allocating its claimed length before finding the file
+    truncated (1 TB: MemoryError).  Now refused by the opcode scan."""
+    legacy = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2) \
+        + pickle.dumps({"little_endian": True}, protocol=2)
+    for n in (300_000_000, 1 << 40):
+        p = tmp_path / "frame.pt"
+        p.write_bytes(legacy + b"\x80\x04\x95" + struct.pack("<Q", n) + b"}." + b"\x00" * 40)
+        tracemalloc.start()
+        try:
+            with pytest.raises(LoadError, match="frame of .* runs past the end"):
+                read_torch_file(p)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 << 20, peak
+        with pytest.raises(LoadError, match="frame of .* runs past the end"):
+            read_torch_file(torch_zip(b"\x80\x04\x95" + struct.pack("<Q", n) + b"}."))
+
+
 # ---------------------------------------------------------------- safetensors
 
 def _st(header, data=b"", hlen=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -795,3 +796,194 @@ def test_load_holds_the_weights_once_at_its_peak(tmp_path, zipped):
     p = fio.load_state_dict(path).parameters()
     np.testing.assert_array_equal(p["weight_ih_l0"], big[1].numpy())
     np.testing.assert_array_equal(p["weight_ih_l0_reverse"], big[0].numpy())
+
+
+# ---------------------------------------------------------------- audit: torch variants
+
+def _torch_out(m, x):
+    import torch
+
+    with torch.no_grad():
+        out, h = m(torch.from_numpy(x))
+    return out.numpy(), h
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "Sequential"])
+def test_legacy_whole_module_pickles_load_and_match_torch(kind, tmp_path):
+    """torch.save(module, _use_new_zipfile_serialization=False) names each module class in
+    a ("module", class, source file, source) persistent id: it was "unsupported persistent
+    id" (with the class's repr and the source path)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(3)
+    rnn = (torch.nn.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2) if kind != "GRU"
+           else torch.nn.GRU(3, 5, bidirectional=True, batch_first=True))
+    m = (torch.nn.Sequential(rnn) if kind == "Sequential" else rnn).eval()
+    p = tmp_path / "whole_legacy.pt"
+    torch.save(m, p, _use_new_zipfile_serialization=False)
+    assert fio.sniff_format(p) == "torch-legacy"
+    got = read_torch_file(p)
+    ref = m.state_dict()
+    assert set(got) == set(ref)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k].numpy())
+    layer = fio.load_state_dict(p)
+    assert layer.batch_first                   # (from the pickled module, as for zip files)
+    x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(layer(x)[0], _torch_out(rnn, x)[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_legacy_format_under_other_pickle_protocols(protocol, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4): the magic
+    number's pickle is framed; it was "a plain pickle, not a torch.save file"."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(4)
+    sd = torch.nn.GRU(3, 4, num_layers=2).state_dict()
+    p = tmp_path / "legacy_p.pt"
+    torch.save({"epoch": 1, "model": sd}, p, _use_new_zipfile_serialization=False,
+               pickle_protocol=protocol)
+    got = read_torch_file(p)
+    assert set(got) == {"model." + k for k in sd}
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got["model." + k], v.numpy())
+    # and through fastrnn.load's format check
+    from fastrnn.io.detect import sniff_format
+    assert sniff_format(p) == "torch-legacy"
+    layer = fio.load(p)
+    np.testing.assert_array_equal(layer.state_dict()["weight_hh_l1"], sd["weight_hh_l1"].numpy())
+
+
+def test_legacy_storages_are_little_endian_whatever_sysinfo_says(tmp_path):
+    """The legacy format writes storages little-endian on every machine (torch converts on
+    big-endian ones) and torch.load ignores the header's "little_endian": a file written on
+    a big-endian machine was read byte-swapped (wrong numbers, no error)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(5)
+    sd = {"w": torch.randn(3, 4), "d": torch.randn(5, dtype=torch.float64),
+          "h": torch.randn(2).half(), "b": torch.randn(3).bfloat16(), "i": torch.arange(3)}
+    p = tmp_path / "legacy_be.pt"
+    torch.save(sd, p, _use_new_zipfile_serialization=False)
+    # the sysinfo pickle's "little_endian": True (BINUNICODE, BINPUT n, NEWTRUE) -> False
+    raw, n = re.subn(rb"(X\r\x00\x00\x00little_endianq.)\x88", lambda m: m.group(1) + b"\x89",
+                     p.read_bytes())
+    assert n == 1
+    p.write_bytes(raw)
+    ref = torch.load(p, weights_only=True)
+    got = read_torch_file(p)
+    for k, v in ref.items():
+        np.testing.assert_array_equal(got[k], v.float().numpy() if k == "b" else v.numpy(), err_msg=k)
+
+
+def _parametrize(torch, m, how, name):
+    import torch.nn.utils.parametrizations as pz
+    import torch.nn.utils.prune as prune
+    import warnings
+
+    if how == "weight_norm":
+        pz.weight_norm(m, name)
+    elif how == "spectral_norm":
+        pz.spectral_norm(m, name)
+    elif how == "old_weight_norm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.nn.utils.weight_norm(m, name)
+    else:
+        prune.l1_unstructured(m, name, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "old_weight_norm", "prune"])
+@pytest.mark.parametrize("where", ["layer", "cell"])
+def test_parametrized_weights_refused_by_name(how, where, tmp_path):
+    """A parametrized, weight-normed or pruned RNN weight is saved under names of its own
+    (parametrizations.weight_hh_l0.original0, weight_hh_l0_g, weight_hh_l0_orig ...): it
+    was "state dict key 'enc.weight_hh_l0': missing"; now refused naming the key and the
+    way out, and another module of the file still loads by its prefix."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(6)
+    enc = torch.nn.GRU(3, 4) if where == "layer" else torch.nn.GRUCell(3, 4)
+    name = "weight_hh_l0" if where == "layer" else "weight_hh"
+    net = torch.nn.Module()
+    net.enc = _parametrize(torch, enc, how, name)
+    net.dec = torch.nn.LSTM(4, 2)
+    p = tmp_path / "param.pt"
+    torch.save(net.state_dict(), p)
+    remove = {"weight_norm": "remove_parametrizations", "spectral_norm": "remove_parametrizations",
+              "old_weight_norm": "remove_weight_norm", "prune": "prune.remove"}[how]
+    for call in (lambda: fio.list_modules(p), lambda: fio.load_state_dict(p),
+                 lambda: fio.load_state_dict(p, prefix="enc")):
+        with pytest.raises(LoadError, match=rf"'enc\.[^']*{name}[^']*': {name} of module 'enc' "
+                                            rf"is .*{remove}") as ei:
+            call()
+        assert "missing" not in str(ei.value)
+    layer = fio.load_state_dict(p, prefix="dec")
+    np.testing.assert_array_equal(layer.weight_hh_l0, net.dec.weight_hh_l0.detach().numpy())
+
+
+def test_prefix_loads_its_module_whatever_the_others(tmp_path):
+    """safetensors.torch.save_model keeps one name of a tied weight: the other module's
+    weight is "missing"; load_state_dict(prefix=) of the complete module refused the file."""
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(7)
+    net = torch.nn.Module()
+    net.a = torch.nn.GRU(3, 3)
+    net.b = torch.nn.GRU(3, 3)
+    net.b.weight_hh_l0 = net.a.weight_hh_l0
+    p = tmp_path / "tied.safetensors"
+    st.save_model(net, str(p))
+    layer = fio.load_state_dict(p, prefix="a")
+    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(layer(x)[0], _torch_out(net.a.eval(), x)[0], rtol=0, atol=1e-5)
+    with pytest.raises(LoadError, match="'b.weight_hh_l0': missing"):
+        fio.load_state_dict(p, prefix="b")
+    with pytest.raises(LoadError, match=r"no recurrent module with prefix 'c' \(found: 'a', 'b'\)"):
+        fio.load_state_dict(p, prefix="c")
+
+
+@pytest.mark.parametrize("dtype", ["qint8", "float16"])
+@pytest.mark.parametrize("whole", [False, True])
+def test_quantized_modules_refused_by_name(dtype, whole, tmp_path):
+    """quantize_dynamic's packed weights are TorchScript objects: refused as an unsafe
+    global 'torch.ScriptObject' ("not on fastrnn's allow-list"); now a LoadError saying
+    quantized, as the README says."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    with warnings.catch_warnings():         # (torch.ao.quantization is deprecated)
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.LSTM(3, 4)),
+                                                   {torch.nn.LSTM}, dtype=getattr(torch, dtype))
+    p = tmp_path / "q.pt"
+    torch.save(q if whole else q.state_dict(), p)
+    with pytest.raises(LoadError, match="quantized") as ei:
+        fio.load_state_dict(p)
+    assert not isinstance(ei.value, fio.UnsafeFileError)
+    assert "state_dict()" in str(ei.value)
+
+
+def test_whole_data_parallel_pickle_reads(tmp_path):
+    """torch.save(nn.DataParallel(module)): a torch.nn module outside torch.nn.modules
+    (it was refused as unsafe); its module's parameters under "module."."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(8)
+    rnn = torch.nn.LSTM(3, 4, batch_first=True).eval()
+    p = tmp_path / "dp.pt"
+    torch.save(torch.nn.DataParallel(rnn), p)
+    [spec] = fio.list_modules(p)
+    assert spec.prefix == "module"
+    layer = fio.load_state_dict(p)
+    assert layer.batch_first
+    x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(layer(x)[0], _torch_out(rnn, x)[0], rtol=0, atol=1e-5)
+
+
+def test_parameters_merely_ending_like_weight_norm_are_not_refused():
+    """Only a <name>_g beside its <name>_v (a <name>_orig beside its <name>_mask) is a
+    weight-normed (pruned) RNN weight: another module's parameter "gate.weight_hh_g" is
+    none of fastrnn's business."""
+    z = np.zeros((4, 2), np.float32)
+    assert find_rnn_modules({"gate.weight_hh_g": z, "gate.bias_ih_orig": z}) == []
+    with pytest.raises(LoadError, match="'gate.weight_hh_g': weight_hh of module 'gate' is "
+                                        "weight-normed"):
+        find_rnn_modules({"gate.weight_hh_g": z, "gate.weight_hh_v": z})

@@ -16,7 +16,24 @@ FORMATS = ("torch-zip", "torch-legacy", "torch-export", "safetensors", "keras-zi
            "onnx", "npz")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# the legacy torch.save format starts with its magic number, pickled (protocol 2: this)
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+
+
+def is_legacy_head(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 23 bytes or more) starts the legacy format: its
+    magic number pickled under any protocol ``torch.save(..., pickle_protocol=)`` takes
+    (2, the default: ``LEGACY_PREFIX``; 3; 4 and 5 put the pickle in a FRAME)."""
+    head = bytes(head[:23])
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return False
+    body = head[2:]
+    if body[:1] == b"\x95":                # FRAME + its 8-byte length
+        body = body[9:]
+    return body[:12] == LEGACY_PREFIX[2:]
+
+
 _ONNX_SUFFIXES = (".onnx", ".ort")
 
 
@@ -106,7 +123,7 @@ def sniff_format(path_or_fileobj) -> str:
             if f.read(8) == _HDF5_MAGIC:
                 return "hdf5"
             off *= 2
-        if head[:len(_LEGACY_PREFIX)] == _LEGACY_PREFIX:
+        if is_legacy_head(head):
             return "torch-legacy"
         if len(head) >= 9:
             (n,) = struct.unpack("<Q", head[:8])

@@ -200,6 +200,49 @@ def _infer(prefix: str, d: Mapping[str, Any]) -> RNNSpec:
                    keys=tuple(_full(prefix, x) for x in d))
 
 
+# an RNN or cell weight kept in another form, under names of its own: parametrized
+# (torch.nn.utils.parametrize: parametrizations.weight_norm, spectral_norm, orthogonal,
+# your own), weight-normed (the old torch.nn.utils.weight_norm: <name>_g, <name>_v) or
+# pruned (torch.nn.utils.prune: <name>_orig, <name>_mask).  The state dict says how only
+# by those names, so such a weight is refused naming its key (it was "missing").
+# (pattern, the key beside it that makes it one (a parameter of another module that
+# merely ends in _g is not taken for one), what it is, the torch call that undoes it)
+_RNN_PARAM = r"(?P<name>(?:weight|bias)_(?:ih|hh|hr)(?:_l(?:0|[1-9][0-9]{0,3})(?:_reverse)?)?)"
+_PARAMETRIZED = [
+    (re.compile(r"^(?:(?P<prefix>.*)\.)?parametrizations\." + _RNN_PARAM
+                + r"\.(?:original[0-9]*|[0-9]+\..+)$"), None,
+     "parametrized (torch.nn.utils.parametrize: parametrizations.weight_norm, spectral_norm, "
+     "...)", "torch.nn.utils.parametrize.remove_parametrizations(module, {n!r})"),
+    (re.compile(r"^(?:(?P<prefix>.*)\.)?" + _RNN_PARAM + r"_g$"), "_v",
+     "weight-normed (torch.nn.utils.weight_norm)",
+     "torch.nn.utils.remove_weight_norm(module, {n!r})"),
+    (re.compile(r"^(?:(?P<prefix>.*)\.)?" + _RNN_PARAM + r"_orig$"), "_mask",
+     "pruned (torch.nn.utils.prune)", "torch.nn.utils.prune.remove(module, {n!r})"),
+]
+
+
+def _refuse_parametrized(state_dict: Mapping[str, Any], prefix: str | None = None) -> None:
+    """LoadError naming the first key that holds an RNN or cell weight in a parametrized,
+    weight-normed or pruned form (whose plain weight the state dict lacks); only those of
+    the module at ``prefix`` when given."""
+    for key in state_dict:
+        if not isinstance(key, str):
+            continue
+        for pattern, partner, kind, remove in _PARAMETRIZED:
+            m = pattern.match(key)
+            if m is None:
+                continue
+            p, n = m.group("prefix") or "", m.group("name")
+            w = _full(p, n)
+            if (prefix is None or p == prefix) and w not in state_dict and (
+                    partner is None or w + partner in state_dict):
+                raise LoadError(
+                    f"state dict key {key!r}: {n}{f' of module {p!r}' if p else ''} is {kind}, "
+                    f"and fastrnn reads plain weights only; in torch, {remove.format(n=n)} "
+                    "before saving the state dict, or fastrnn.from_torch(module) (the "
+                    "effective weights)")
+
+
 def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
     """The recurrent modules in ``state_dict``, in order of first appearance.
 
@@ -208,6 +251,7 @@ def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
     :class:`LoadError` naming the key when a module's parameters are
     inconsistent (wrong shape, missing bias or layer, gaps).
     """
+    _refuse_parametrized(state_dict)
     return [_infer(p, d) for p, d in _group(state_dict).items()]
 
 
@@ -381,10 +425,10 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     module_classes = overrides.pop("module_classes", ())
     _check_args(overrides.get("dtype"), overrides.get("num_threads"))    # (before the file)
     tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
-    specs = [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
     adopt = None if isinstance(path_or_mapping, Mapping) else set()
     if prefix is None:
+        specs = [_apply_hints(s, hints) for s in find_rnn_modules(tensors)]
         # (torch.nn cells count too: an encoder LSTM and a decoder LSTMCell are two)
         cells = _cells_beside(tensors, hints, strict=not specs)
         if not specs and not cells:
@@ -403,18 +447,21 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
                               hints.get(cells[0].prefix), _adopt=adopt, **overrides)
         spec = specs[0]
     else:
+        # (only the module asked for is read: another one that does not load, a tied
+        # or parametrized weight saved under another name, is no reason to refuse it)
         want = _norm_prefix(prefix)
-        matches = [s for s in specs if s.prefix == want]
-        if not matches:
+        _refuse_parametrized(tensors, want)
+        groups = _group(tensors)
+        if want not in groups:
             cells = _group_cells(tensors)
             if want in cells:
                 spec = _apply_hints(_infer_cell(want, cells[want]), hints)
                 return build_cell(spec, cells[want], hints.get(want), _adopt=adopt,
                                   **overrides)
-            found = [repr(s.prefix) for s in specs] + [f"{p!r} (cell)" for p in cells]
+            found = [repr(p) for p in groups] + [f"{p!r} (cell)" for p in cells]
             raise LoadError(f"{name}: no recurrent module with prefix {want!r} "
                             f"(found: {', '.join(found) or 'none'})")
-        spec = matches[0]
+        spec = _apply_hints(_infer(want, groups[want]), hints)
     # (arrays read from a file here are nobody else's: the layer keeps them, no copy)
     return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix),
                        _adopt=adopt, **overrides)

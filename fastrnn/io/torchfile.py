@@ -42,11 +42,9 @@ from typing import Any, BinaryIO, Iterable
 import numpy as np
 
 from . import LoadError, UnsafeFileError
+from .detect import LEGACY_MAGIC, is_legacy_head
 
 __all__ = ["read_torch_file", "read_torch_object", "ModuleStub", "flatten_tensors"]
-
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
 
 # a tensor may only be bigger than the bytes backing it (stride-0 "expanded"
 # views) up to this size; everything else is bounded by the file itself
@@ -348,6 +346,11 @@ _UNSUPPORTED_TENSORS = {
 }
 
 
+# torch.nn module classes outside torch.nn.modules read as inert containers too (as
+# torch.save(module) of them holds them): nn.DataParallel, whose module is "module"
+_TORCH_WRAPPERS = frozenset({"torch.nn.parallel.data_parallel.DataParallel"})
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, reader, module_classes: Iterable[str] = (),
                  torchscript: bool = False, numeric_keys: int = 0):
@@ -381,9 +384,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise LoadError(f"the file holds {kind} tensors ({full}), which fastrnn does not "
                             "read; save the float tensors (e.g. dequantize() / to_dense() "
                             "before torch.save)")
+        parts = set(module.split("."))
+        if key == ("torch", "ScriptObject") or (
+                module.startswith("torch.") and parts & {"quantized", "quantizable"}):
+            # a quantized module (torch.save(model) of one) or its packed weights (TorchScript
+            # objects, in its state dict too): refused by name, not as an unsafe file
+            what = "TorchScript objects" if name == "ScriptObject" else "a quantized module"
+            raise LoadError(f"the file holds {what} ({full}: a quantized module or its packed "
+                            "weights), which fastrnn does not read; save the float module's "
+                            "state_dict() (before quantize_dynamic / convert)")
         if (
             (module.startswith("torch.nn.modules.") and name[:1].isupper() and "." not in name)
-            or full in self._module_classes
+            or full in _TORCH_WRAPPERS or full in self._module_classes
         ):
             return self._stub(full)
         if module == "__main__" or not module.startswith(("torch", "builtins", "__builtin__",
@@ -427,6 +439,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return stub
 
     def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # the legacy format's torch.nn.Module classes, with their source code (for
+            # torch.load's "source has changed" warning; never run here): the class
+            # itself, already through find_class (a stub class of this unpickler's)
+            if not any(pid[1] is c for c in self._stubs.values()):
+                raise LoadError(f"module persistent id names {pid[1]!r:.60}, not a module "
+                                "class fastrnn reads as an inert container")
+            return pid[1]
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
             raise LoadError(f"unsupported persistent id in pickle: {pid!r:.100}")
         if len(pid) not in (5, 6):
@@ -729,7 +749,7 @@ _EFFECT = {op.name: (op.stack_before.index(pickletools.markobject) if pickletool
            for op in pickletools.opcodes}
 
 
-def _scan_ops(f, name):
+def _scan_ops(f, name, end=None):
     n = 0
     big = keys = 0
     # the unpickler's stack, each item tagged 1 if a number, 2 if built from numbers
@@ -737,11 +757,16 @@ def _scan_ops(f, name):
     stack: list = []
     marks: list = []
     memo: dict = {}
-    for op, arg, _pos in pickletools.genops(f):
+    for op, arg, pos in pickletools.genops(f):
         n += 1
         opname = op.name
         if opname in _REFUSED_OPS:
             raise LoadError(f"{name}: pickle opcode {opname} is not supported")
+        if opname == "FRAME" and end is not None and arg > end - pos:
+            # (the unpickler reads a frame in one piece: a claimed length beyond the
+            # file's end allocates it before finding the file truncated)
+            raise LoadError(f"{name}: corrupt pickle (a frame of {arg} bytes runs past the "
+                            "end of the file)")
         if opname in _PUT_OPS and not (isinstance(arg, int) and 0 <= arg <= n):
             raise LoadError(f"{name}: corrupt pickle (memo index {arg!r:.30})")
         if type(arg) is int and abs(arg) >= _HASH_MODULUS:
@@ -800,7 +825,7 @@ def _prescan(f, name):
     try:
         with warnings.catch_warnings():  # pickletools warns on odd string escapes
             warnings.simplefilter("ignore")
-            keys = _scan_ops(f, name)
+            keys = _scan_ops(f, name, start + _file_size(f))
     except LoadError:
         raise
     except RecursionError as e:
@@ -871,13 +896,14 @@ def _read_legacy(f, name, module_classes):
         proto = simple(f, reader, numeric_keys=_prescan(f, name)).load()
         if proto != 1001:
             raise LoadError(f"{name}: unsupported legacy protocol version {proto!r:.40}")
-        sysinfo = simple(f, reader, numeric_keys=_prescan(f, name)).load()
+        # (sysinfo: its "little_endian" names the writer's machine only, as torch.load
+        # reads it: the legacy format writes every storage little-endian, converting on
+        # big-endian machines)
+        simple(f, reader, numeric_keys=_prescan(f, name)).load()
     except LoadError:
         raise
     except Exception as e:
         raise LoadError(f"{name}: corrupt legacy torch.save header ({type(e).__name__})") from e
-    if isinstance(sysinfo, dict) and sysinfo.get("little_endian") is False:
-        reader.byteorder = ">"
     obj = _unpickle(f, reader, module_classes, name)
     keys = _unpickle(f, reader, (), name)
     if not isinstance(keys, list) or len(keys) > 10_000_000:
@@ -945,11 +971,11 @@ def read_torch_object(path_or_fileobj, *, module_classes: Iterable[str] = ()) ->
     f, name, close = _open(path_or_fileobj)
     try:
         start = f.tell()
-        head = f.read(len(LEGACY_PREFIX))
+        head = f.read(23)
         f.seek(start)
         if head[:2] == b"PK":
             return _read_zip(f, name, module_classes)
-        if head == LEGACY_PREFIX:
+        if is_legacy_head(head):
             return _read_legacy(f, name, module_classes)
         if head[:1] == b"\x80":
             raise LoadError(f"{name}: a plain pickle, not a torch.save file (wrong magic number)")
