@@ -2942,16 +2942,20 @@ def test_batchnorm_and_global_pools_match_ort():
 
 
 def test_conv_and_pool_refusals():
-    """What fastrnn does not run is a clear error: 2-D convolutions and pools,
-    MaxPool's Indices output (at load), dilated windows with auto_pad SAME (ONNX Runtime
-    refuses a Conv so, and pads its pools as if undilated), BatchNormalization in
-    training mode."""
+    """What fastrnn does not run is a clear error: convolutions and pools of more than 3
+    spatial axes, ConvTranspose (at load), MaxPool's Indices output (at load), dilated
+    windows with auto_pad SAME (ONNX Runtime refuses a Conv so, and pads its pools as if
+    undilated), BatchNormalization in training mode."""
+    x6 = np.ones((1, 2, 2, 2, 2, 2), np.float32)
+    W = numpy_helper.from_array(np.ones((2, 2, 1, 1, 1, 1), np.float32), "W")
+    with pytest.raises(ValueError, match=r"only 1-D, 2-D and 3-D Conv is supported"):
+        load_onnx(_one_node("Conv", x6, (W,))).run({"x": x6})
+    with pytest.raises(ValueError, match=r"only 1-D, 2-D and 3-D MaxPool"):
+        load_onnx(_one_node("MaxPool", x6, kernel_shape=[2] * 4)).run({"x": x6})
     x4 = np.ones((1, 2, 3, 3), np.float32)
-    W = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "W")
-    with pytest.raises(ValueError, match=r"only 1-D Conv is supported"):
-        load_onnx(_one_node("Conv", x4, (W,))).run({"x": x4})
-    with pytest.raises(ValueError, match=r"only 1-D MaxPool"):
-        load_onnx(_one_node("MaxPool", x4, kernel_shape=[2, 2])).run({"x": x4})
+    W4 = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "W")
+    with pytest.raises(LoadError, match=r"unsupported ONNX op type\(s\) \['ConvTranspose'\]"):
+        load_onnx(_one_node("ConvTranspose", x4, (W4,)))
     x = np.ones((1, 2, 6), np.float32)
     g = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2])],
                           "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6])],

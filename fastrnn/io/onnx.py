@@ -5,8 +5,10 @@
 node's weights once into a :mod:`fastrnn.layers` layer (ONNX gate order LSTM i o f c ->
 i f g o, GRU z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the graph
 (the small ops exporters put around recurrent nodes: Transpose, Squeeze, Reshape, Gather,
-MatMul, Gemm, Shape arithmetic, activations, Softmax, ...) with NumPy.  Anything else is
-refused at load time with a :class:`fastrnn.io.LoadError` naming every unsupported op type.
+MatMul, Gemm, Shape arithmetic, activations, Softmax, ...; a CNN front-end's 1-D, 2-D
+and 3-D Conv / MaxPool / AveragePool: :mod:`fastrnn.io._onnx_conv`) with NumPy.
+Anything else is refused at load time with a :class:`fastrnn.io.LoadError` naming every
+unsupported op type.
 
 Recurrent node attributes supported: ``direction`` (forward, reverse, bidirectional),
 ``activations`` with ``activation_alpha``/``activation_beta``, ``clip``,
@@ -26,6 +28,7 @@ import numpy as np
 from . import LoadError, _check_args
 from . import _onnx_proto as _proto
 from . import _onnx_unrolled as _unrolled
+from ._onnx_conv import _op_avgpool, _op_conv, _op_maxpool
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
@@ -507,140 +510,6 @@ def _op_layernorm(i, a, o):
     if bias is not None:
         y = y + bias
     return [y.astype(x.dtype, copy=False)]
-
-
-def _spatial_1d(x, op):
-    """``x`` as a 1-D spatial op takes it: (N, C, L); 2-D and 3-D ones are not done."""
-    if x.ndim != 3:
-        raise ValueError(f"{op}: only 1-D {op} is supported (an input of shape (N, C, L)), "
-                         f"got shape {x.shape}")
-
-
-def _window_pads(L, k, s, d, a, op):
-    """(before, after) padding of ``L`` steps for ``k`` taps ``d`` apart, ``s`` apart,
-    from ``auto_pad`` / ``pads`` (ONNX's rules)."""
-    auto = a.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        if d > 1:       # (ONNX Runtime refuses a Conv so; its pools pad as if undilated)
-            raise ValueError(f"{op}: auto_pad {auto} with dilations > 1 is not supported")
-        total = max((-(-L // s) - 1) * s + (k - 1) * d + 1 - L, 0)
-        small = total // 2
-        return (small, total - small) if auto == "SAME_UPPER" else (total - small, small)
-    if auto == "VALID":
-        return 0, 0
-    if auto != "NOTSET":
-        raise ValueError(f"{op}: unknown auto_pad {auto!r}")
-    pads = _ints(a.get("pads", [0, 0]))
-    if len(pads) != 2 or min(pads) < 0:
-        raise ValueError(f"{op}: pads must be two non-negative ints for a 1-D {op}, got "
-                         f"{pads}")
-    return pads[0], pads[1]
-
-
-def _one(a, key, default, op):
-    v = _ints(a.get(key, [default]))
-    if len(v) != 1 or v[0] < 1:
-        raise ValueError(f"{op}: {key} must be one positive int for a 1-D {op}, got {v}")
-    return v[0]
-
-
-def _op_conv(i, a, o):
-    """Conv of a 1-D signal (N, C, L) by W (M, C / group, k), tap by tap."""
-    x, w = i[0], i[1]
-    b = i[2] if len(i) > 2 else None
-    _spatial_1d(x, "Conv")
-    if w.ndim != 3:
-        raise ValueError(f"Conv: weights of shape {w.shape} for a 1-D Conv")
-    M, cg, k = w.shape
-    g = int(a.get("group", 1))
-    if g < 1 or x.shape[1] != cg * g or M % g:
-        raise ValueError(f"Conv: input of {x.shape[1]} channels, weights {w.shape}, group "
-                         f"{g} do not fit")
-    if "kernel_shape" in a and _ints(a["kernel_shape"]) != [k]:
-        raise ValueError(f"Conv: kernel_shape {_ints(a['kernel_shape'])} for weights {w.shape}")
-    s, d = _one(a, "strides", 1, "Conv"), _one(a, "dilations", 1, "Conv")
-    before, after = _window_pads(x.shape[2], k, s, d, a, "Conv")
-    if x.shape[0] * max(x.shape[1], M) * (x.shape[2] + before + after) > _POOL_WORK:
-        raise ValueError(f"Conv: pads {[before, after]} for {x.shape[2]} steps are beyond "
-                         f"what fastrnn runs ({_POOL_WORK} elements)")
-    xp = np.pad(x, ((0, 0), (0, 0), (before, after))) if before or after else x
-    n = (xp.shape[2] - (k - 1) * d - 1) // s + 1
-    if n < 1:
-        raise ValueError(f"Conv: a kernel of {k} taps (dilation {d}) does not fit in "
-                         f"{xp.shape[2]} steps")
-    dt = np.result_type(x.dtype, w.dtype)
-    y = np.zeros((x.shape[0], M, n), dt)
-    mg = M // g
-    for j in range(k):
-        v = xp[:, :, j * d: j * d + (n - 1) * s + 1: s]
-        for q in range(g):
-            y[:, q * mg:(q + 1) * mg] += w[q * mg:(q + 1) * mg, :, j] @ v[:, q * cg:(q + 1) * cg]
-    if b is not None:
-        y += b.reshape(1, M, 1)
-    return [y]
-
-
-def _pool_1d(i, a, o, op):
-    x = i[0]
-    _spatial_1d(x, op)
-    k = _one(a, "kernel_shape", 0, op)
-    s = _one(a, "strides", 1, op)
-    d = _one(a, "dilations", 1, op)
-    L = x.shape[2]
-    before, after = _window_pads(L, k, s, d, a, op)
-    if max(before, after) >= k:         # (as ONNX Runtime: a window of padding alone)
-        raise ValueError(f"{op}: pads {[before, after]} must be smaller than the kernel "
-                         f"({k})")
-    span = (k - 1) * d + 1
-    room = L + before + after - span
-    if room < 0:
-        # no window fits: no output steps where ONNX Runtime's size rule gives 0 (its C
-        # division truncates; ceil_mode rounds up), else an error, as there
-        zero = math.ceil(room / s + 1) if a.get("ceil_mode", 0) else int(room / s) + 1
-        if zero:
-            raise ValueError(f"{op}: a window of {k} (dilation {d}) does not fit in {L} "
-                             f"steps")
-        return [np.zeros(x.shape[:2] + (0,), x.dtype)]
-    n = (-(-room // s) if a.get("ceil_mode", 0) else room // s) + 1
-    if a.get("ceil_mode", 0) and (n - 1) * s >= L + before:
-        n -= 1          # (the last window starts in the padding at the end: dropped)
-    extra = max((n - 1) * s + span - (L + before + after), 0)      # (ceil_mode's tail)
-    NC = x.shape[0] * x.shape[1]
-    if NC * max(k * n, L + before + after + extra) > _POOL_WORK:
-        # (a file's kernel_shape / pads: a window of millions of taps ran for minutes)
-        raise ValueError(f"{op}: a window of {k} taps over {n} outputs with pads "
-                         f"{[before, after]} is beyond what fastrnn runs "
-                         f"({_POOL_WORK} element steps)")
-    fill = -np.inf if op == "MaxPool" else 0
-    xp = np.pad(x, ((0, 0), (0, 0), (before, after + extra)), constant_values=fill)
-    taps = [xp[:, :, j * d: j * d + (n - 1) * s + 1: s] for j in range(k)]
-    y = taps[0].copy()
-    for v in taps[1:]:
-        if op == "MaxPool":
-            np.maximum(y, v, out=y)
-        else:
-            y += v
-    if op == "AveragePool":
-        # the divisor: the window's steps inside the input, or also inside the pads
-        lo, hi = (0, L + before + after) if a.get("count_include_pad", 0) else \
-            (before, before + L)
-        inside = np.zeros(xp.shape[2], x.dtype)
-        inside[lo:hi] = 1
-        count = sum(inside[j * d: j * d + (n - 1) * s + 1: s] for j in range(k))
-        y /= count
-    return [y.astype(x.dtype, copy=False)]
-
-
-_POOL_WORK = 1 << 31        # a 1-D pool's taps x outputs (and padded size) x N x C
-
-
-def _op_maxpool(i, a, o):
-    return _pool_1d(i, a, o, "MaxPool")       # (its Indices output: refused at load)
-
-
-def _op_avgpool(i, a, o):
-    return _pool_1d(i, a, o, "AveragePool")
 
 
 def _op_global_pool(reduce):
