@@ -1,7 +1,8 @@
 """A small Keras-style model container and the non-recurrent layers around RNNs.
 
 ``Model`` runs a chain of layers, or a graph of them that branches and merges (the merge
-layers ``Concatenate``, ``Add``, ...), passing a (B, T) boolean mask along with each tensor
+layers ``Concatenate``, ``Add``, ...), reads one input or several and may call a layer more
+than once (a shared layer), passing a (B, T) boolean mask along with each tensor
 with Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
 ``Dropout``, ``Activation``, ``TimeDistributed`` and the normalisation layers pass it on, a
 recurrent layer consumes it and passes it on only when it returns sequences, and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -1265,7 +1267,8 @@ class Bidirectional(Layer):
 # ----------------------------------------------------------------------------- container
 
 INPUT = -1
-"""The model's input in a tensor reference: ``(INPUT, 0)``."""
+"""The model's inputs in a tensor reference: ``(INPUT, k)`` is input ``k`` (``(INPUT, 0)``
+the first, or only, one)."""
 
 
 class Model:
@@ -1274,11 +1277,20 @@ class Model:
 
     ``inputs``: None for a chain (each layer reads the first tensor of the one before
     it, the first layer the model's input); for a graph, one entry a layer: the
-    ``(layer_index, tensor_index)`` references it reads (``(INPUT, 0)``: the model's
-    input), each to an earlier layer, so ``layers`` is in an order they can run in.  A
+    ``(layer_index, tensor_index)`` references it reads (``(INPUT, k)``: the model's input
+    ``k``), each to an earlier layer, so ``layers`` is in an order they can run in.  A
     merge layer (:class:`Concatenate`, :class:`Add`, ...) reads a list of one or more,
     every other layer one (``[(2, 0)]`` or just ``(2, 0)``).  Each tensor carries its own
-    mask (:meth:`Layer.output_mask`).
+    mask (:meth:`Layer.output_mask`); the model's inputs start without one.
+
+    ``n_inputs`` / ``input_names``: how many inputs the model takes (default: as many as
+    ``input_names``, else one) and their names.  A model of one input is called with one
+    array; one of several with a list (or tuple) of arrays in order, or a dict by input
+    name (``model({"text": ids, "num": feats})``) where the names are known.
+
+    A layer object may stand at several positions of ``layers``: a shared layer, called
+    once a position with the same weights (Keras's layer used more than once; the
+    weights are counted and saved once).
 
     ``outputs``: which tensors the model returns, as ``(layer_index, tensor_index)`` pairs
     (a layer with ``return_state`` or ``merge_mode=None`` produces several tensors); by
@@ -1291,20 +1303,26 @@ class Model:
     Keras's order; the others start from zeros.
     """
 
+    # (what models pickled before multi-input models take)
+    _n_inputs = 1
+    input_names = None
+
     def __init__(self, layers: Sequence[Layer], outputs=None, name: str = "model",
-                 initial_states=None, inputs=None):
+                 initial_states=None, inputs=None, n_inputs: int | None = None,
+                 input_names: Sequence[str] | None = None):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a Model needs at least one layer")
         for l in self.layers:
             if not isinstance(l, Layer):
                 raise TypeError(f"Model layers must be fastrnn.model.Layer objects, got {l!r}")
+        self.input_names, self._n_inputs = _check_input_names(n_inputs, input_names)
         if outputs is not None:
             outputs = [_ref(self.layers, r, len(self.layers), "output") for r in outputs]
         self.outputs = outputs
         self.name = name
         self.initial_states = _check_initial_states(self.layers, initial_states)
-        self.inputs = _check_inputs(self.layers, inputs)
+        self.inputs = _check_inputs(self.layers, inputs, self._n_inputs)
         if self.inputs is None:
             for i, l in enumerate(self.layers):
                 if l.n_inputs != 1:
@@ -1313,14 +1331,82 @@ class Model:
         else:
             _check_used(self)
 
+    @property
+    def n_inputs(self) -> int:
+        """How many inputs the model takes."""
+        return self._n_inputs
+
     def __call__(self, x, mask=None, num_threads: int | None = None):
-        """``num_threads``: for every layer of this call that has no count of its own
-        (default: the process's; see :mod:`fastrnn._threads`)."""
+        """``x``: the input (one array), or for a model of several inputs a list / tuple
+        of them in order or a dict by input name; ``mask``: the inputs' masks alike (or
+        None).  ``num_threads``: for every layer of this call that has no count of its
+        own (default: the process's; see :mod:`fastrnn._threads`)."""
+        xs, masks = self._feed(x, mask)
         with _threads.call_scope():      # its layers share one decision (see _threads)
             if num_threads is None:       # (the common case: no thread-local count to set)
-                return self._call(x, mask)
+                return self._call(xs, masks)
             with _threads.threads_for_calls(num_threads):
-                return self._call(x, mask)
+                return self._call(xs, masks)
+
+    # ---- the inputs of a call
+
+    def _input_label(self, k) -> str:
+        return f"input {self.input_names[k]!r}" if self.input_names else f"input {k}"
+
+    def _feed(self, x, mask):
+        """The inputs of a call and their masks as lists, one entry an input, checked:
+        a model of one input takes its array as given (or a dict of it by name)."""
+        n = self.n_inputs
+        if n == 1 and not isinstance(x, Mapping):
+            xs = [x]
+        else:
+            xs = self._per_input(x, "arrays")
+        if mask is None:
+            masks = [None] * n
+        else:
+            masks = [mask] if n == 1 and not isinstance(mask, Mapping) else \
+                self._per_input(mask, "masks")
+        if n > 1:
+            xs = [np.asarray(a) for a in xs]
+            for k, a in enumerate(xs):
+                if a.ndim == 0:
+                    raise ValueError(f"model {self.name!r}: {self._input_label(k)} must be "
+                                     "an array with a batch axis, got a scalar")
+            if len({a.shape[0] for a in xs}) > 1:
+                raise ValueError(f"model {self.name!r}: the inputs disagree on the batch "
+                                 "size: " + ", ".join(f"{self._input_label(k)} has "
+                                                      f"{a.shape[0]}" for k, a in enumerate(xs)))
+        return xs, masks
+
+    def _per_input(self, v, what):
+        """``v`` (a list / tuple in order, or a dict by input name) as a list in order."""
+        n, names = self.n_inputs, self.input_names
+        known = f" ({', '.join(map(repr, names))})" if names else ""
+        if isinstance(v, Mapping):
+            if not names:
+                raise ValueError(f"model {self.name!r} does not know its inputs' names: pass "
+                                 f"its {n} input {what} as a list, not a dict")
+            unknown = [k for k in v if k not in names]
+            if unknown:
+                raise ValueError(f"model {self.name!r}: unknown input name(s) "
+                                 f"{', '.join(map(repr, unknown))}; its inputs are "
+                                 f"{', '.join(map(repr, names))}"[:500])
+            missing = [k for k in names if k not in v]
+            if missing:
+                raise ValueError(f"model {self.name!r}: missing input(s) "
+                                 f"{', '.join(map(repr, missing))}; its inputs are "
+                                 f"{', '.join(map(repr, names))}"[:500])
+            return [v[k] for k in names]
+        if isinstance(v, (list, tuple)):
+            if len(v) != n:
+                raise ValueError(f"model {self.name!r} takes {n} inputs{known}, got "
+                                 f"{len(v)} {what}")
+            return list(v)
+        raise ValueError(f"model {self.name!r} takes {n} inputs{known}: pass a list or tuple "
+                         f"of {n} {what}{', or a dict by input name' if names else ''}, not "
+                         f"{type(v).__name__}")
+
+    # ---- running
 
     def _graph(self):
         """Each layer's input references (a chain's too)."""
@@ -1328,12 +1414,38 @@ class Model:
         return graph if graph is not None else \
             [[(i - 1, 0)] for i in range(len(self.layers))]
 
-    def _call(self, x, mask):
+    def _call(self, xs, masks):
+        """Run the layers on the inputs ``xs`` (a list, one array an input) and their
+        ``masks``, keeping each layer's outputs until their last reader has run."""
         n = len(self.layers)
         graph = self._graph()
         inits = getattr(self, "initial_states", None) or {}
-        # after which layer each layer's outputs are read for the last time (kept to the
-        # end: the model's outputs)
+        last = self._last_reads(graph, inits)
+        kept = {INPUT: (xs, masks)}
+        for i, layer in enumerate(self.layers):
+            ins = [self._pick(kept, a, b) for a, b in graph[i]]
+            if layer.n_inputs == 1:
+                h, m = ins[0]
+            else:
+                h, m = [t for t, _ in ins], [k for _, k in ins]
+            refs = inits.get(i, ())
+            if refs:
+                kept[i] = layer.call(h, m, initial_state=[self._pick(kept, a, b)[0]
+                                                          for a, b in refs])
+            else:
+                kept[i] = layer.call(h, m)
+            for a, _ in (*graph[i], *refs):
+                if last.get(a) == i:
+                    kept.pop(a, None)
+        if self.outputs is None:
+            return kept[n - 1][0]
+        res = [self._pick(kept, a, b)[0] for a, b in self.outputs]
+        return res[0] if len(res) == 1 else res
+
+    def _last_reads(self, graph, inits):
+        """After which layer each layer's outputs (``INPUT``: the inputs) are read for
+        the last time (the model's outputs: kept to the end)."""
+        n = len(self.layers)
         last = {INPUT: 0}
         for i, refs in enumerate(graph):
             for a, _ in refs:
@@ -1343,32 +1455,13 @@ class Model:
                 last[a] = max(last.get(a, i), i)
         for a, _ in (self.outputs or [(n - 1, 0)]):
             last[a] = n
-        kept = {INPUT: (x, mask)}
-        for i, layer in enumerate(self.layers):
-            ins = [self._pick(kept, a, b) for a, b in graph[i]]
-            if layer.n_inputs == 1:
-                h, m = ins[0]
-            else:
-                h, m = [t for t, _ in ins], [k for _, k in ins]
-            refs = inits.get(i)
-            if refs:
-                kept[i] = layer.call(h, m, initial_state=[self._pick(kept, a, b)[0]
-                                                          for a, b in refs])
-            else:
-                kept[i] = layer.call(h, m)
-            for a, _ in graph[i]:
-                if last.get(a) == i:
-                    kept.pop(a, None)
-        if self.outputs is None:
-            return kept[n - 1][0]
-        res = [self._pick(kept, a, b)[0] for a, b in self.outputs]
-        return res[0] if len(res) == 1 else res
+        return last
 
     def _pick(self, kept, a, b):
-        """Tensor ``b`` of layer ``a`` (``INPUT``: the model's input) and its mask."""
+        """Tensor ``b`` of layer ``a`` (``INPUT``: the model's input ``b``) and its mask."""
         o, m = kept[a]
         if a == INPUT:
-            return o, m
+            return o[b], m[b]
         if isinstance(o, list):
             return o[b], self.layers[a].output_mask(b, m)
         if b == 0:
@@ -1376,30 +1469,42 @@ class Model:
         raise ValueError(f"layer {self.layers[a].name!r} has one output, asked for output {b}")
 
     def predict(self, x, batch_size: int | None = None, num_threads: int | None = None):
-        """Run the model on ``x`` (batch first), in chunks of ``batch_size`` if given
-        (``num_threads``: as for a call)."""
-        x = np.asarray(x)
-        if batch_size is None or x.shape[0] <= batch_size:
-            return self(x, num_threads=num_threads)
+        """Run the model on ``x`` (batch first; several inputs: as for a call), in chunks
+        of ``batch_size`` rows if given (``num_threads``: as for a call)."""
+        xs = [np.asarray(a) for a in self._feed(x, None)[0]]
+        one = self.n_inputs == 1
+
+        def run(parts):
+            return self(parts[0] if one else parts, num_threads=num_threads)
+        if batch_size is None or xs[0].shape[0] <= batch_size:
+            return run(xs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        parts = [self(x[i:i + batch_size], num_threads=num_threads)
-                 for i in range(0, x.shape[0], batch_size)]
+        parts = [run([a[i:i + batch_size] for a in xs])
+                 for i in range(0, xs[0].shape[0], batch_size)]
         if isinstance(parts[0], list):
             return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         return np.concatenate(parts)
 
+    # ---- weights and config
+
     def count_params(self) -> int:
-        return sum(l.count_params() for l in self.layers)
+        """The weights of the model, a shared layer's once (as Keras counts them)."""
+        first = _first_use(self.layers)
+        return sum(l.count_params() for i, l in enumerate(self.layers) if first[i] == i)
 
     def get_config(self) -> dict[str, Any]:
-        cfg = {"name": self.name, "layers": [l.get_config() for l in self.layers],
+        first = _first_use(self.layers)
+        cfg = {"name": self.name,
+               "layers": [l.get_config() if first[i] == i else _shared_json(first[i])
+                          for i, l in enumerate(self.layers)],
                "outputs": self.outputs}
         _graph_json(self, cfg)
         return cfg
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Every array of the model, named ``"<layer index>.<path>"``."""
+        """Every array of the model, named ``"<layer index>.<path>"`` (a shared layer's
+        under its first position only)."""
         return _model_state(self)[1]
 
     def save_config(self) -> dict[str, Any]:
@@ -1413,39 +1518,108 @@ class Model:
         from .io import save
         save(self, path)
 
-    def _reads(self, i) -> str:
+    # ---- display
+
+    def _labels(self) -> list[str]:
+        """Each position's layer name; a shared layer's with its call, counted from 0
+        as Keras counts a layer's calls (its nodes): ``lstm#1``."""
+        first = _first_use(self.layers)
+        calls = {}
+        for j in first:
+            calls[j] = calls.get(j, 0) + 1
+        out, seen = [], {}
+        for i, l in enumerate(self.layers):
+            k = seen[first[i]] = seen.get(first[i], -1) + 1
+            out.append(l.name if calls[first[i]] == 1 else f"{l.name}#{k}")
+        return out
+
+    def _tensor_name(self, a, b, labels) -> str:
+        if a == INPUT:
+            if self.n_inputs == 1:
+                return "input"
+            return self.input_names[b] if self.input_names else f"input[{b}]"
+        return labels[a] if self.layers[a].n_outputs() == 1 else f"{labels[a]}[{b}]"
+
+    def _reads(self, i, labels=None) -> str:
         """What layer ``i`` reads, for summary / repr of a graph."""
-        return ", ".join("input" if a == INPUT else self.layers[a].name if
-                         self.layers[a].n_outputs() == 1 else f"{self.layers[a].name}[{b}]"
-                         for a, b in self._graph()[i])
+        labels = labels or self._labels()
+        return ", ".join(self._tensor_name(a, b, labels) for a, b in self._graph()[i])
+
+    def _inputs_text(self) -> str:
+        names = self.input_names
+        return ", ".join(names) if names else f"{self.n_inputs} unnamed"
 
     def summary(self, print_fn=print) -> None:
         graph = getattr(self, "inputs", None) is not None
-        rows = [(l.name, type(l).__name__, l._extra_repr(), l.count_params())
-                + ((self._reads(i),) if graph else ()) for i, l in enumerate(self.layers)]
+        labels, first = self._labels(), _first_use(self.layers)
+        rows = [(labels[i], type(l).__name__, l._extra_repr(),
+                 l.count_params() if first[i] == i else "shared")
+                + ((self._reads(i, labels),) if graph else ())
+                for i, l in enumerate(self.layers)]
         w0 = max(len("layer"), *(len(r[0]) for r in rows))
         w1 = max(len("type"), *(len(r[1]) for r in rows))
         w3 = max(len("reads"), *(len(r[4]) for r in rows)) if graph else 0
         reads = lambda v: f"{v:<{w3}}  " if graph else ""      # noqa: E731
-        lines = [f'Model "{self.name}"',
-                 f"{'layer':<{w0}}  {'type':<{w1}}  {reads('reads')}params  details"]
+        lines = [f'Model "{self.name}"']
+        if self.n_inputs > 1:
+            lines.append(f"inputs: {self._inputs_text()}")
+        lines.append(f"{'layer':<{w0}}  {'type':<{w1}}  {reads('reads')}params  details")
         for name, kind, extra, n, *r in rows:
             lines.append(f"{name:<{w0}}  {kind:<{w1}}  {reads(r[0] if r else '')}{n:>6}  "
                          f"{extra}")
         if graph and self.outputs is not None:
-            lines.append("outputs: " + ", ".join(
-                f"{self.layers[a].name}[{b}]" for a, b in self.outputs))
+            lines.append("outputs: " + ", ".join(f"{labels[a]}[{b}]"
+                                                 for a, b in self.outputs))
         lines.append(f"total params: {self.count_params()}")
         print_fn("\n".join(lines))
 
     def __repr__(self) -> str:
         graph = getattr(self, "inputs", None) is not None
-        inner = ",\n".join("  " + repr(l) + (f" <- [{self._reads(i)}]" if graph else "")
-                           for i, l in enumerate(self.layers))
-        return f"Model(name={self.name!r}, layers=[\n{inner}\n])"
+        labels, first = self._labels(), _first_use(self.layers)
+        inner = ",\n".join(
+            "  " + (repr(l) if first[i] == i else
+                    f"<layer {first[i]} again: {labels[i]}, shared>")
+            + (f" <- [{self._reads(i, labels)}]" if graph else "")
+            for i, l in enumerate(self.layers))
+        head = f"name={self.name!r}"
+        if self.n_inputs > 1:
+            head += (f", input_names={self.input_names!r}" if self.input_names
+                     else f", n_inputs={self.n_inputs}")
+        return f"Model({head}, layers=[\n{inner}\n])"
 
 
-def _check_inputs(layers, inputs):
+def _first_use(layers) -> list[int]:
+    """For each position, the first position holding the same layer object (itself,
+    unless the layer is shared)."""
+    first: dict[int, int] = {}
+    return [first.setdefault(id(l), i) for i, l in enumerate(layers)]
+
+
+def _shared_json(j) -> dict:
+    """A config entry for a position holding the layer of position ``j`` again."""
+    return {"class_name": "Shared", "layer": j}
+
+
+def _check_input_names(n_inputs, input_names):
+    """-> (input names or None, the number of inputs), checked."""
+    names = input_names
+    if names is not None:
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names or \
+                not all(isinstance(v, str) and v for v in names):
+            raise ValueError("input_names must be a non-empty list of non-empty strings, got "
+                             f"{names!r}"[:300])
+        names = list(names)
+        if len(set(names)) < len(names):
+            raise ValueError(f"input_names must differ from each other, got {names}"[:300])
+    n = (len(names) if names else 1) if n_inputs is None else _index(n_inputs, "n_inputs")
+    if n < 1:
+        raise ValueError(f"n_inputs must be at least 1, got {n}")
+    if names is not None and len(names) != n:
+        raise ValueError(f"{len(names)} input_names for n_inputs={n}")
+    return names, n
+
+
+def _check_inputs(layers, inputs, n_inputs=1):
     """Validated graph references of the layers (None: a chain)."""
     if inputs is None:
         return None
@@ -1460,7 +1634,7 @@ def _check_inputs(layers, inputs):
         if not isinstance(refs, (list, tuple)) or not refs:
             raise ValueError(f"inputs of layer {i} ({layer.name!r}) must be a non-empty "
                              f"list of (layer, tensor) references, got {refs!r}"[:300])
-        refs = [_ref(layers, r, i, f"input of layer {i} ({layer.name!r})", graph=True)
+        refs = [_ref(layers, r, i, f"input of layer {i} ({layer.name!r})", n_inputs)
                 for r in refs]
         want = layer.n_inputs
         if (want is None and len(refs) < 1) or (want is not None and len(refs) != want):
@@ -1509,17 +1683,21 @@ def _index(v, what) -> int:
     return int(v)
 
 
-def _ref(layers, r, below, what, graph=False):
+def _ref(layers, r, below, what, n_inputs=0):
     """A checked ``(layer index, tensor index)``: the layer before ``below``, the tensor
-    one it returns (``graph``: also ``(INPUT, 0)``, the model's input)."""
+    one it returns (also ``(INPUT, k)``, the model's input ``k``, when it has
+    ``n_inputs``)."""
     try:
         a, b = r
     except (TypeError, ValueError):
         raise ValueError(f"{what} {r!r} must be a (layer, tensor) pair"[:200]) from None
     a, b = _index(a, what), _index(b, what)
-    if graph and a == INPUT:
-        if b != 0:
-            raise ValueError(f"bad {what} {(a, b)}: the model has one input, tensor 0")
+    if n_inputs and a == INPUT:
+        if not 0 <= b < n_inputs:
+            have = ("one input, tensor 0" if n_inputs == 1 else
+                    f"{n_inputs} inputs, tensors 0 to {n_inputs - 1}")
+            raise ValueError(f"bad {what} {(a, b)}: the model has {have} (n_inputs= or "
+                             "input_names= give it more)")
         return a, b
     if not 0 <= a < below or not 0 <= b < layers[a].n_outputs():
         raise ValueError(f"bad {what} {(a, b)}: layer {a} must come before {below} and "
@@ -1534,6 +1712,10 @@ def _graph_json(model, cfg):
                                  for i, refs in sorted(model.initial_states.items())]
     if getattr(model, "inputs", None) is not None:
         cfg["inputs"] = [[[a, b] for a, b in refs] for refs in model.inputs]
+    if model.input_names is not None:
+        cfg["input_names"] = list(model.input_names)
+    elif model.n_inputs != 1:
+        cfg["n_inputs"] = model.n_inputs
 
 
 # ----------------------------------------------------------------------------- save / restore
@@ -1685,7 +1867,9 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
 
 def _model_state(model: "Model") -> tuple[dict, dict]:
     tensors: dict = {}
-    layers = [_layer_state(l, f"{i}.", tensors) for i, l in enumerate(model.layers)]
+    first = _first_use(model.layers)        # (a shared layer: saved once, then referred to)
+    layers = [_layer_state(l, f"{i}.", tensors) if first[i] == i else _shared_json(first[i])
+              for i, l in enumerate(model.layers)]
     cfg = {"class_name": "Model", "name": model.name, "layers": layers,
            "outputs": model.outputs}
     _graph_json(model, cfg)
@@ -1700,7 +1884,15 @@ def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) ->
     layers_cfg = cfg.get("layers")
     if not isinstance(layers_cfg, list) or not layers_cfg:
         raise ValueError("a Model config needs a non-empty 'layers' list")
-    layers = [_layer_from_state(c, _sub(tensors, f"{i}."), _adopt)
-              for i, c in enumerate(layers_cfg)]
+    layers = []
+    for i, c in enumerate(layers_cfg):
+        if isinstance(c, dict) and c.get("class_name") == "Shared":
+            j = _index(c.get("layer"), f"layer {i} (Shared): 'layer'")
+            if not 0 <= j < i:
+                raise ValueError(f"layer {i} shares layer {j}, which must come before it")
+            layers.append(layers[j])            # (the same object: its weights once)
+        else:
+            layers.append(_layer_from_state(c, _sub(tensors, f"{i}."), _adopt))
     return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"),
-                 initial_states=cfg.get("initial_states"), inputs=cfg.get("inputs"))
+                 initial_states=cfg.get("initial_states"), inputs=cfg.get("inputs"),
+                 n_inputs=cfg.get("n_inputs"), input_names=cfg.get("input_names"))

@@ -179,6 +179,10 @@ class Stream:
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                             Embedding, KerasRNN, LayerNormalization, Masking, TimeDistributed)
         n = len(model.layers)
+        if model.n_inputs > 1:
+            raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
+                             f"inputs ({model._inputs_text()}); Stream runs models of one "
+                             "input")
         if model.outputs is not None and [tuple(o) for o in model.outputs] != [(n - 1, 0)]:
             raise ValueError("Stream supports models with one output (the last layer's); "
                              f"this model returns {model.outputs}")

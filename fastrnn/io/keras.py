@@ -117,12 +117,14 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     Functional models may branch and merge (a graph of layers: the merge layers
     Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, a layer feeding
     several, several outputs), with an RNN started from an earlier RNN's returned states
-    (``initial_state=[h, c]``, encoder-decoder style); they have one input (a dict of one
-    tensor too), and each layer is called once (shared layers are refused).  Dict
-    outputs come back as a list in sorted key order (Keras's own ``model.outputs``
-    order).  Call arguments fastrnn cannot honour (a ``mask=`` other than
-    the one the Embedding / Masking layers give, ``training=True``, other tensors) are
-    refused, never ignored.
+    (``initial_state=[h, c]``, encoder-decoder style).  They may take several inputs (a
+    list of them, or a dict: the model takes a list in Keras's order of
+    ``model.inputs``, sorted keys for a dict, or a dict by name: ``input_names``), and
+    call a layer more than once (a shared layer: one fastrnn layer object at each of
+    its places, its weights held once).  Dict outputs come back as a list in sorted key
+    order (Keras's own ``model.outputs`` order).  Call arguments fastrnn cannot honour
+    (a ``mask=`` other than the one the Embedding / Masking layers give,
+    ``training=True``, other tensors) are refused, never ignored.
 
     Any malformed, truncated or unsupported file raises :class:`fastrnn.io.LoadError`;
     a bad ``dtype``, ``num_threads`` or ``hard_sigmoid`` is the caller's ``TypeError`` /
@@ -364,9 +366,13 @@ class _LayerDesc:
         self.config = config
         self.name = name
         # (functional models) [(desc index, tensor index)]: the tensors it reads, and
-        # those given as initial_state
+        # those given as initial_state; which call of the layer it is (its node index);
+        # for an InputLayer, which of the model's inputs it is
         self.inputs = None
         self.states = None
+        self.node = 0
+        self.input_index = None
+        self.order = 0          # the layer's place in the config (its weights' order)
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -403,13 +409,13 @@ def _version_hint(arch):
 
 def _parse_architecture(arch, what="architecture"):
     """-> (list of _LayerDesc in execution order, outputs [(index, tensor)] or None,
-    (Keras version hint or None, model name or None))."""
+    the inputs' names or None, (Keras version hint or None, model name or None))."""
     if isinstance(arch, (str, bytes)):
         arch = _json(arch, what)
     if isinstance(arch, (list, tuple)):
         _need_list(arch, what)
         layers = [_spec_to_layer(s, i, what) for i, s in enumerate(arch)]
-        return _sequential(layers, what), None, (None, None)
+        return _sequential(layers, what), None, None, (None, None)
     if not isinstance(arch, dict):
         raise LoadError(f"{what} must be a Keras config (JSON or dict) or a list of "
                         f"layer specs, got {type(arch).__name__}")
@@ -424,11 +430,12 @@ def _parse_architecture(arch, what="architecture"):
             layers = cfg.get("layers", [])
         else:
             layers = cfg
-        return _sequential(_need_list(layers, f"{what}: layers"), what), None, (hint, name)
+        return (_sequential(_need_list(layers, f"{what}: layers"), what), None, None,
+                (hint, name))
     if cls in ("Functional", "Model"):
         return (*_functional(_need_dict(cfg, f"{what}: config"), what), (hint, name))
     raise LoadError(f"{what}: unsupported model class {cls!r}: fastrnn reads Sequential "
-                    "models and functional models of one input"[:400])
+                    "and functional models"[:400])
 
 
 def _layer_name(l, i):
@@ -449,7 +456,9 @@ def _desc(l, i, what):
     name = _layer_name(l, i)
     cfg = l.get("config", {})
     cfg = {} if cfg is None else _need_dict(cfg, f"{what}: layer {name!r} config")
-    return _LayerDesc(cls, dict(cfg), name)
+    d = _LayerDesc(cls, dict(cfg), name)
+    d.order = i
+    return d
 
 
 def _sequential(layers, what="architecture"):
@@ -552,20 +561,21 @@ def _call_kwargs(call, kw, name, cls):
 
 
 def _inbound(l, name):
-    """The :class:`_Call` of a functional layer (called once: shared layers are not
-    supported)."""
-    call = _Call()
-    cls = l.get("class_name")
+    """The :class:`_Call` of each call of a functional layer (its ``inbound_nodes``, in
+    order: a tensor reference's node index picks one; an InputLayer lists none, and is
+    referred to as node 0)."""
     nodes = l.get("inbound_nodes", [])
     if nodes is None:
-        return call
+        return []
     nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
-    if len(nodes) > 1:
-        raise LoadError(f"layer {name!r} ({cls}) is called {len(nodes)} times; fastrnn "
-                        "supports each layer used once (a shared layer is not supported)")
-    if not nodes:
-        return call
-    node = nodes[0]
+    return [_node_call(node, name, l.get("class_name")) for node in nodes]
+
+
+def _node_call(node, name, cls):
+    """The :class:`_Call` of one node of layer ``name``: Keras 3's form
+    ``{"args": [...], "kwargs": {...}}``, or Keras 2's ``[[layer, node, tensor, kwargs],
+    ...]``."""
+    call = _Call()
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         call.keras3 = True
         for i, a in enumerate(_need_list(node.get("args", []), f"layer {name!r} inbound args")):
@@ -618,10 +628,23 @@ def _refs(v, depth=0):
     return [x for item in v for x in _refs(item, depth + 1)]
 
 
+def _input_names(v, refs):
+    """The names a model's inputs go by: a dict's keys (in Keras's order of
+    ``model.inputs``: sorted, as it flattens a dict), else the InputLayers' names."""
+    if isinstance(v, dict) and v.get("class_name") != "__keras_tensor__" and \
+            len(v) == len(refs):
+        return sorted(v)
+    return [r[0] for r in refs]
+
+
 def _functional(cfg, what="architecture"):
-    """-> (descs in an order they can run in, with ``inputs`` and ``states`` references
-    ``(desc index, tensor index)``; outputs ``[(desc index, tensor index)]``): the
-    layers the outputs depend on, from the model's one input."""
+    """-> (descs, one a call of a layer (a node), in an order they can run in, with
+    ``inputs`` and ``states`` references ``(desc index, tensor index)`` and, for the
+    model's inputs, ``input_index``; outputs ``[(desc index, tensor index)]``; the
+    inputs' names): the calls the outputs are computed from, from the model's inputs
+    (InputLayers, in Keras's order of ``model.inputs``).  A reference's node index picks
+    a layer's call: its place in the layer's ``inbound_nodes`` (Keras 3 and Keras 2
+    configs alike list only the model's own calls, and number them so)."""
     layers = _need_list(cfg.get("layers", []), f"{what}: layers")
     by_name, config_order = {}, {}
     for i, l in enumerate(layers):
@@ -632,90 +655,128 @@ def _functional(cfg, what="architecture"):
         config_order.setdefault(name, i)
     outputs = _refs(cfg.get("output_layers"))
     inputs = _refs(cfg.get("input_layers"))
-    if len(inputs) != 1:
-        raise LoadError(f"fastrnn supports models with one input, this one has {len(inputs)}")
+    if not inputs:
+        raise LoadError("functional model config has no input_layers")
     if not outputs:
         raise LoadError("functional model config has no output_layers")
-    if len(outputs) > 1024:
-        raise LoadError(f"functional model config has {len(outputs)} outputs")
-    # walk back from the outputs through the layers' data inputs and initial states
-    # (iteratively: graphs can be deep), in post-order: a layer after those it reads
-    calls, done, post = {}, set(), []
+    if len(outputs) > 1024 or len(inputs) > 1024:
+        raise LoadError(f"functional model config has {len(inputs)} inputs and "
+                        f"{len(outputs)} outputs")
+    input_of = {}           # (layer name, node index) of a model input -> its number
+    for k, (n, node, t) in enumerate(inputs):
+        if n not in by_name:
+            raise LoadError(f"functional config refers to unknown layer {n!r}"[:300])
+        cls = by_name[n].get("class_name")
+        if cls != "InputLayer" or node != 0 or t != 0:
+            raise LoadError(f"model input {k} is <output {t} of {n!r}> ({cls}); fastrnn "
+                            "takes a model's inputs from its InputLayers"[:300])
+        if (n, 0) in input_of:
+            raise LoadError(f"model input {n!r} is given twice")
+        input_of[(n, 0)] = k
+    layer_calls, calls = {}, {}     # layer name -> its calls; (name, node) -> that call
+
+    def call_of(key, reader):
+        n, node = key
+        if key not in calls:
+            l = by_name.get(n)
+            if l is None:
+                raise LoadError(f"functional config refers to unknown layer {n!r}"[:300])
+            if l.get("class_name") in ("Functional", "Sequential", "Model"):
+                raise LoadError(f"layer {n!r} is a model ({l['class_name']}) used as a "
+                                "layer: not supported (nested models)")
+            if n not in layer_calls:
+                layer_calls[n] = _inbound(l, n) or [_Call()]   # (an InputLayer: node 0)
+            if not 0 <= node < len(layer_calls[n]):
+                raise LoadError(f"{reader} reads call {node} (counting from 0) of layer "
+                                f"{n!r}, which is called {len(layer_calls[n])} time(s)"[:300])
+            calls[key] = layer_calls[n][node]
+        return calls[key]
+
+    def sources(key):
+        call = calls[key]
+        return call.data + (call.states or [])
+
+    # walk back from the outputs through the calls' data inputs and initial states
+    # (iteratively: graphs can be deep), in post-order: a call after those it reads
+    done, post = set(), []
     for out in outputs:
-        stack = [(out[0], None)]
+        stack = [((out[0], out[1]), None, "the model's outputs")]
         on_path = set()
         while stack:
-            cur, deps = stack.pop()
+            key, deps, reader = stack.pop()
             if deps is None:
-                if cur in done:
+                if key in done:
                     continue
-                if cur in on_path:
+                if key in on_path:
                     raise LoadError(f"functional config has a cycle through layer "
-                                    f"{cur!r}"[:300])
-                l = by_name.get(cur)
-                if l is None:
-                    raise LoadError(f"functional config refers to unknown layer {cur!r}"[:300])
-                call = calls[cur] = _inbound(l, cur)
-                for src, node, t in call.data + (call.states or []):
-                    if node != 0:
-                        raise LoadError(f"layer {cur!r} reads node {node} of layer {src!r}; "
-                                        "fastrnn supports each layer called once"[:300])
-                on_path.add(cur)
-                stack.append((cur, True))
-                stack.extend((src, None) for src, _, _ in reversed(call.data +
-                                                                   (call.states or [])))
+                                    f"{key[0]!r}"[:300])
+                call_of(key, reader)
+                on_path.add(key)
+                stack.append((key, True, reader))
+                stack.extend(((src, node), None, f"layer {key[0]!r}")
+                             for src, node, _ in reversed(sources(key)))
             else:
-                on_path.discard(cur)
-                done.add(cur)
-                post.append(cur)
-    roots = [n for n in post if not calls[n].data]
-    if any(n != inputs[0][0] for n in roots):
-        n = next(n for n in roots if n != inputs[0][0])
-        raise LoadError(f"layer {n!r} ({by_name[n]['class_name']}) reads no tensor and is "
-                        "not the model's input")
+                on_path.discard(key)
+                done.add(key)
+                post.append(key)
+    for key in post:
+        if not calls[key].data and key not in input_of:
+            raise LoadError(f"layer {key[0]!r} ({by_name[key[0]]['class_name']}) reads no "
+                            "tensor and is not one of the model's inputs")
     for i, l in enumerate(layers):
-        n = _layer_name(l, i)
-        if n not in done and l["class_name"] not in _MASK_OPS:
-            raise LoadError(f"layer {n!r} ({l['class_name']}) is not on the way from the "
-                            "model's input to its outputs; fastrnn runs the layers the "
-                            "outputs are computed from"[:400])
+        n, cls = _layer_name(l, i), l["class_name"]
+        nodes = l.get("inbound_nodes")
+        count = len(nodes) if isinstance(nodes, list) else 0
+        for k in range(max(count, 1)):
+            if cls in _MASK_OPS or (n, k) in done or (n, k) in input_of:
+                continue
+            which = (f" is called {count} times, and its call {k} (counting from 0)"
+                     if count > 1 else "")
+            raise LoadError(f"layer {n!r} ({cls}){which} is not on the way from the model's "
+                            "inputs to its outputs; fastrnn runs the layers the outputs are "
+                            "computed from"[:400])
     # Keras lists a model's layers in an order they run in (the order its weights file
-    # counts them in): kept where it is one
-    order = sorted(done, key=config_order.__getitem__)
-    pos = {n: i for i, n in enumerate(order)}
-    if any(pos[src] >= pos[n] for n in order for src, _, _ in
-           calls[n].data + (calls[n].states or [])):
+    # counts them in), a layer's calls in the order it was called: kept where it is one
+    order = sorted(done, key=lambda key: (config_order[key[0]], key[1]))
+    pos = {key: i for i, key in enumerate(order)}
+    if any(pos[(src, node)] >= pos[key] for key in order for src, node, _ in sources(key)):
         order = post
-        pos = {n: i for i, n in enumerate(order)}
+        pos = {key: i for i, key in enumerate(order)}
     states = _graph_states(order, calls, by_name, pos)
     _check_masks(order, calls, by_name)
-    descs = [_desc(by_name[n], i, what) for i, n in enumerate(order)]
-    for d, n in zip(descs, order):
-        d.name = n
-        d.inputs = [(pos[src], t) for src, _, t in calls[n].data]
-        d.states = states.get(n)
-    return descs, [(pos[o[0]], o[2]) for o in outputs]
+    descs = []
+    for key in order:
+        n, node = key
+        d = _desc(by_name[n], config_order[n], what)
+        d.name, d.node = n, node
+        d.inputs = [(pos[(src, nd)], t) for src, nd, t in calls[key].data]
+        d.states = states.get(key)
+        d.input_index = input_of.get(key)
+        descs.append(d)
+    return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
+            _input_names(cfg.get("input_layers"), inputs))
 
 
 def _graph_states(order, calls, by_name, pos):
-    """{layer name: [(desc index, tensor index), ...]} of the layers called with
+    """{(layer name, node): [(desc index, tensor index), ...]} of the calls given
     ``initial_state``: fastrnn runs it when the states are outputs of an earlier
     recurrent layer (an encoder's ``return_state``), and refuses it otherwise."""
     out = {}
-    for n in order:
-        call = calls[n]
+    for key in order:
+        call = calls[key]
         if call.states is None:
             continue
+        n = key[0]
         cls = by_name[n]["class_name"]
         refs = []
-        for src, _, t in call.states:
+        for src, node, t in call.states:
             if by_name[src]["class_name"] not in _RNN_LIKE:
                 raise LoadError(
                     f"layer {n!r} ({cls}) is called with initial_state=<output {t} of "
                     f"{src!r}>: not supported (fastrnn supports initial states returned "
                     "by an earlier recurrent layer, return_state=True)"[:400])
-            refs.append((pos[src], t))
-        out[n] = refs
+            refs.append((pos[(src, node)], t))
+        out[key] = refs
     return out
 
 
@@ -821,17 +882,17 @@ def _show_mask(e, depth=0):
 
 
 def _check_masks(order, calls, by_name):
-    """Keras 3 records the mask each layer is called with (computed by ops such as
+    """Keras 3 records the mask each call of a layer is given (computed by ops such as
     not_equal / any from the Embedding / Masking layers, or given by the user): accept it
     only when it is exactly the mask fastrnn computes there, else refuse."""
-    masks = {}          # fastrnn's mask of each (layer, tensor), as an expression
+    masks = {}          # fastrnn's mask of each (layer, node, tensor), as an expression
     ex = _Masks(by_name)
-    for n in order:
+    for n, node in order:
         l = by_name[n]
         cls = l["class_name"]
-        call = calls[n]
+        call = calls[(n, node)]
         src = call.data[0] if call.data else None
-        ins = [masks.get((r[0], r[2])) for r in call.data]
+        ins = [masks.get(r) for r in call.data]
         c = l.get("config") if isinstance(l.get("config"), dict) else {}
         if cls in _MERGE_LAYERS:
             fast = ex.merged(cls, c.get("axis", -1), call.data, ins)
@@ -876,14 +937,14 @@ def _check_masks(order, calls, by_name):
                                       else repr(v)))
         elif cls in _RECURRENT and not c.get("return_sequences"):
             fast = None
-        masks[(n, 0)] = fast
+        masks[(n, node, 0)] = fast
         if cls == "Bidirectional":
             inner = c.get("layer")
             ic = inner.get("config") if isinstance(inner, dict) else None
             if not (isinstance(ic, dict) and ic.get("return_sequences")):
-                masks[(n, 0)] = None
+                masks[(n, node, 0)] = None
             elif c.get("merge_mode", "concat") is None:
-                masks[(n, 1)] = fast        # (both directions' sequences)
+                masks[(n, node, 1)] = fast        # (both directions' sequences)
 
 
 # ============================================================================ weight stores
@@ -1637,18 +1698,87 @@ class _Builder:
         dim = max(known) if len(known) == len(dims) else None
         return getattr(M, cls)(name=d.name), dim
 
-    def build(self, descs, outputs):
-        from ..model import (INPUT, Activation, Bidirectional, Conv1D, Dropout, Embedding,
-                             Flatten, GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
-                             RepeatVector, TimeDistributed)
-        unsupported = [d for d in descs if d.class_name not in _SUPPORTED]
+    def layer(self, d, in_dims, is_masked):
+        """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
+        ``d`` on tensors of ``in_dims`` features (None: unknown; ``is_masked``: whether
+        a mask reaches it), and the feature size of its (first) output."""
+        from ..model import Activation, Dropout, Embedding, Masking, TimeDistributed
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        dim = in_dims[0] if in_dims else None
+        if dim is None:
+            dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
+        if cls == "Embedding":
+            w = self.weights(d, (1,))
+            V, E = c.get("input_dim"), c.get("output_dim")
+            if V is not None and E is not None:
+                self.check(d, "embeddings", w[0],
+                           (_cint(c, "input_dim", where), _cint(c, "output_dim", where)))
+            elif w[0].ndim != 2:
+                raise LoadError(f"{self.fname}: layer {d.name!r}: embeddings must be 2-D")
+            layer = Embedding(w[0], mask_zero=_cbool(c, "mask_zero", False, where),
+                              name=d.name, dtype=self.dtype)
+            dim = w[0].shape[1]
+        elif cls == "Masking":
+            layer = Masking(_cfloat(c, "mask_value", 0.0, where), name=d.name)
+        elif cls == "Dense":
+            layer, dim = self.dense(d, c, dim, d.name)
+        elif cls == "Activation":
+            layer = Activation(_dense_act(c.get("activation"), self.major,
+                                          f"layer {d.name!r}"), name=d.name)
+        elif cls in _NOOP_CLASSES:
+            layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name)
+        elif cls == "TimeDistributed":
+            inner = _cdict(c, "layer", where)
+            icls = inner.get("class_name")
+            ic = _cdict(inner, "config", where + " inner layer")
+            iname = ic.get("name", "dense")
+            if not isinstance(iname, str):
+                raise LoadError(f"{where}: inner layer name must be a string")
+            if not isinstance(icls, str):
+                raise LoadError(f"{where}: inner layer class_name must be a string, "
+                                f"got {icls!r}"[:300])
+            if icls == "Dense":
+                il, dim = self.dense(d, ic, dim, iname)
+            elif icls in _NOOP_CLASSES:
+                il = Dropout(_cfloat(ic, "rate", 0.0, where))
+            elif icls == "Activation":
+                il = Activation(_dense_act(ic.get("activation"), self.major, d.name))
+            else:
+                raise LoadError(f"{self.fname}: layer {d.name!r} (TimeDistributed) wraps "
+                                f"unsupported layer {icls!r}; supported: Dense, Dropout, "
+                                "Activation")
+            layer = TimeDistributed(il, name=d.name)
+        elif cls in _SHAPE_CLASSES:
+            layer, dim = self.shape_layer(d, dim)
+        elif cls in _MERGE_LAYERS:
+            layer, dim = self.merge(d, list(in_dims))
+        elif cls == "Bidirectional":
+            layer, dim = self.bidirectional(d, dim)
+        elif cls == "RNN":
+            layer, dim = self.rnn_cells(d, dim, is_masked)
+        else:  # recurrent
+            w = self.weights(d, (2, 3))
+            layer, dim = self.rnn(d, None, w, dim)
+        return layer, dim
+
+    def build(self, descs, outputs, input_names=None):
+        """The Model of the descs (one a call of a Keras layer: the calls of a shared
+        layer run one fastrnn layer object, built once)."""
+        from ..model import (INPUT, Bidirectional, Conv1D, Embedding, Flatten,
+                             GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
+                             RepeatVector)
+        layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
+        unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
         if unsupported:
             raise LoadError(f"{self.fname}: unsupported Keras layer(s): " + ", ".join(
                 f"{d.name!r} ({d.class_name})" for d in unsupported)
                 + f"; fastrnn supports {', '.join(sorted(set(_SUPPORTED)))}")
-        self.store.assign(descs)
-        layers, index_map, graph = [], {}, []
+        # (each layer once, in the config's order: the order its weights are stored in)
+        self.store.assign(sorted(layer_descs, key=lambda d: d.order))
+        layers, index_map, input_at, graph = [], {}, {}, []
         dims, masked = {}, {}   # (desc index, tensor index): feature size; mask reaches it
+        built = {}      # Keras layer name -> (its layers, input sizes, output sizes)
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
             self.ctx.layer = f"{d.name!r} ({cls})"
@@ -1657,73 +1787,33 @@ class _Builder:
             if cls in _MERGE_LAYERS:
                 if not refs:
                     raise LoadError(f"{where} is given no inputs")
+                is_masked = (any if cls == "Concatenate" else all)(
+                    masked.get(r, False) for r in refs)
             elif len(refs) > 1:
                 raise LoadError(f"{where} takes {len(refs)} inputs; fastrnn supports several "
                                 "only for the merge layers (" + ", ".join(_MERGE_LAYERS) + ")")
-            dim = dims.get(refs[0]) if refs else None
-            is_masked = bool(refs) and masked.get(refs[0], False)
+            else:
+                is_masked = bool(refs) and masked.get(refs[0], False)
             if cls == "InputLayer":
                 dims[(i, 0)] = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
-                index_map[i] = INPUT
+                input_at[i] = d.input_index or 0
                 continue
-            if dim is None:
-                dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
-            if cls == "Embedding":
-                w = self.weights(d, (1,))
-                V, E = c.get("input_dim"), c.get("output_dim")
-                if V is not None and E is not None:
-                    self.check(d, "embeddings", w[0],
-                               (_cint(c, "input_dim", where), _cint(c, "output_dim", where)))
-                elif w[0].ndim != 2:
-                    raise LoadError(f"{self.fname}: layer {d.name!r}: embeddings must be 2-D")
-                layer = Embedding(w[0], mask_zero=_cbool(c, "mask_zero", False, where),
-                                  name=d.name, dtype=self.dtype)
-                dim = w[0].shape[1]
-            elif cls == "Masking":
-                layer = Masking(_cfloat(c, "mask_value", 0.0, where), name=d.name)
-            elif cls == "Dense":
-                layer, dim = self.dense(d, c, dim, d.name)
-            elif cls == "Activation":
-                layer = Activation(_dense_act(c.get("activation"), self.major,
-                                              f"layer {d.name!r}"), name=d.name)
-            elif cls in _NOOP_CLASSES:
-                layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name)
-            elif cls == "TimeDistributed":
-                inner = _cdict(c, "layer", where)
-                icls = inner.get("class_name")
-                ic = _cdict(inner, "config", where + " inner layer")
-                iname = ic.get("name", "dense")
-                if not isinstance(iname, str):
-                    raise LoadError(f"{where}: inner layer name must be a string")
-                if not isinstance(icls, str):
-                    raise LoadError(f"{where}: inner layer class_name must be a string, "
-                                    f"got {icls!r}"[:300])
-                if icls == "Dense":
-                    il, dim = self.dense(d, ic, dim, iname)
-                elif icls in _NOOP_CLASSES:
-                    il = Dropout(_cfloat(ic, "rate", 0.0, where))
-                elif icls == "Activation":
-                    il = Activation(_dense_act(ic.get("activation"), self.major, d.name))
+            in_dims = tuple(dims.get(r) for r in refs)
+            first = built.get(d.name)
+            if first is not None and first[1] == in_dims:
+                new, out_dims = first[0], first[2]      # (a shared layer's call)
+            else:
+                layer, dim = self.layer(d, in_dims, is_masked)
+                new = layer if isinstance(layer, list) else [layer]
+                out_dims = _tensor_dims(new[-1], dim)
+                if first is None:
+                    built[d.name] = (new, in_dims, out_dims)
                 else:
-                    raise LoadError(f"{self.fname}: layer {d.name!r} (TimeDistributed) wraps "
-                                    f"unsupported layer {icls!r}; supported: Dense, Dropout, "
-                                    "Activation")
-                layer = TimeDistributed(il, name=d.name)
-            elif cls in _SHAPE_CLASSES:
-                layer, dim = self.shape_layer(d, dim)
-            elif cls in _MERGE_LAYERS:
-                layer, dim = self.merge(d, [dims.get(r) for r in refs])
-                is_masked = (any if cls == "Concatenate" else all)(
-                    masked.get(r, False) for r in refs)
-            elif cls == "Bidirectional":
-                layer, dim = self.bidirectional(d, dim)
-            elif cls == "RNN":
-                layer, dim = self.rnn_cells(d, dim, is_masked)
-            else:  # recurrent
-                w = self.weights(d, (2, 3))
-                layer, dim = self.rnn(d, None, w, dim)
-            new = layer if isinstance(layer, list) else [layer]
-            src = [(index_map.get(j, INPUT), t) for j, t in refs] or [(INPUT, 0)]
+                    # (a shared layer called on tensors of other sizes: built again only
+                    # to check that it takes them, and to size its outputs)
+                    new = first[0]
+            src = [(INPUT, input_at[j]) if j in input_at else (index_map[j], t)
+                   for j, t in refs] or [(INPUT, 0)]
             for l in new:
                 graph.append(src)
                 src = [(len(layers), 0)]
@@ -1735,7 +1825,7 @@ class _Builder:
                                           Pooling1D)):
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
-            for t, v in enumerate(_tensor_dims(new[-1], dim)):
+            for t, v in enumerate(out_dims):
                 dims[(i, t)] = v
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
         if not layers:
@@ -1744,7 +1834,7 @@ class _Builder:
         if outputs is not None:
             outs = []
             for a, t in outputs:
-                if index_map.get(a, INPUT) == INPUT:
+                if a not in index_map:
                     raise LoadError(f"{self.fname}: model output comes from layer "
                                     f"{descs[a].name!r} ({descs[a].class_name}), which is not "
                                     "supported as an output")
@@ -1755,7 +1845,8 @@ class _Builder:
         for i, d in enumerate(descs):
             if d.states:
                 inits[index_map[i]] = self.initial_states(d, layers, index_map, descs)
-        return Model(layers, outputs=outs, initial_states=inits or None, inputs=graph)
+        return Model(layers, outputs=outs, initial_states=inits or None, inputs=graph,
+                     input_names=input_names)
 
     def initial_states(self, d, layers, index_map, descs):
         """Model references of the states layer ``d`` starts from, checked: states an
@@ -1859,7 +1950,7 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
 
 
 def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=None):
-    descs, outputs, (hint, name) = parsed
+    descs, outputs, input_names, (hint, name) = parsed
     if not version and isinstance(store, _Keras3Store) and store.by_keras3():
         version = "3"
     version = version or hint
@@ -1868,7 +1959,8 @@ def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=
     if dtype is None:
         dtype = _config_dtype(descs, fname)
     try:
-        model = _Builder(store, major, dtype, num_threads, fname, ctx).build(descs, outputs)
+        model = _Builder(store, major, dtype, num_threads, fname, ctx).build(descs, outputs,
+                                                                             input_names)
     except LoadError:
         raise
     except RecursionError:
