@@ -166,13 +166,22 @@ def _describe(obj) -> int:
     """Print what a loaded layer, model or ONNX graph holds."""
     kind = _kind(obj)
     if kind == "model":
-        _print(f"content: Keras-style model, {len(obj.layers)} layers, "
-               f"{obj.count_params():,} parameters")
+        from collections import Counter
+
+        from .model import _first_use
+        first = _first_use(obj.layers)      # (a shared layer: at each of its calls)
+        calls = Counter(first)
+        layers = [(l, calls[i]) for i, l in enumerate(obj.layers) if first[i] == i]
+        shared = sum(1 for _, n in layers if n > 1)
+        _print(f"content: Keras-style model, {len(layers)} layers"
+               + (f" ({shared} shared, {len(obj.layers)} calls)" if shared else "")
+               + f", {obj.count_params():,} parameters")
         obj.summary(print_fn=_print)
-        for l in obj.layers:
+        for l, n in layers:
             core = getattr(l, "core", None)
             if core is not None:
-                _print(f"  {l.name}: {core!r} dtype={core.dtype.name}")
+                _print(f"  {l.name}: {core!r} dtype={core.dtype.name}"
+                       + (f" (shared: {n} calls)" if n > 1 else ""))
         return 0
     if kind == "onnx":
         layers = [l for l in obj.recurrent_layers if l is not None]

@@ -848,18 +848,32 @@ class _Merge(Layer):
 
 
 class _Elementwise(_Merge):
-    """Add, Subtract, Multiply, Average, Maximum, Minimum: tensors of one rank whose
-    sizes agree or are 1 (broadcast), as Keras 3 checks them; the output is masked
-    where any input is, when every input has a mask."""
+    """Add, Subtract, Multiply, Average, Maximum, Minimum: tensors of one batch size
+    whose sizes agree or are 1 (broadcast), as Keras 3 checks them; the output is masked
+    where any input is, when every input has a mask.
+
+    Tensors of different ranks (a sequence ``(B, T, H)`` and a vector ``(B, H)``) merge
+    as in Keras 3's ``Merge.call``: each lower-rank one gains axes of size 1 at axis 1
+    until the ranks agree (``(B, 1, H)``, broadcast over the steps) and reaches the
+    merge without a mask; the output's mask is Keras's ``compute_mask`` of the inputs'
+    own masks, none when an input has none (when all have one, masks of different
+    ranks, Keras's mask is not defined: refused)."""
 
     def call(self, x, mask=None):
         xs, masks = self._arrays(x, mask)
         shapes = [a.shape for a in xs]
-        if len({len(s) for s in shapes}) > 1 or len({s[0] for s in shapes if s}) > 1:
-            raise ValueError(f"{self.name}: {type(self).__name__} needs tensors of one rank "
-                             f"and batch size, got shapes {shapes}")
+        if not all(shapes) or len({s[0] for s in shapes}) > 1:
+            raise ValueError(f"{self.name}: {type(self).__name__} needs tensors of one batch "
+                             f"size, got shapes {shapes}")
+        nd = max(a.ndim for a in xs)
+        if any(a.ndim < nd for a in xs):
+            if all(m is not None for m in masks):
+                raise ValueError(f"{self.name}: {type(self).__name__} of masked tensors of "
+                                 f"different ranks (shapes {shapes}) is not supported")
+            masks = [m if a.ndim == nd else None for a, m in zip(xs, masks)]
+            xs = [a.reshape(a.shape[:1] + (1,) * (nd - a.ndim) + a.shape[1:]) for a in xs]
         try:
-            np.broadcast_shapes(*shapes)
+            np.broadcast_shapes(*(a.shape for a in xs))
         except ValueError:
             raise ValueError(f"{self.name}: {type(self).__name__} got incompatible shapes "
                              f"{shapes}") from None

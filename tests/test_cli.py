@@ -115,6 +115,17 @@ def test_inspect_keras_and_onnx(capsys):
         assert code == 0 and "onnx" in out and "LSTM" in out
 
 
+def test_inspect_counts_a_shared_layer_once(capsys):
+    """A shared layer (one object at several calls) is one layer, its core printed
+    once, its calls noted."""
+    pytest.importorskip("h5py")
+    code, out, _ = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_shared_siamese.keras"))
+    assert code == 0
+    assert "Keras-style model, 7 layers (2 shared, 9 calls), 249 parameters" in out
+    cores = [l for l in out.splitlines() if l.startswith("  lstm")]
+    assert len(cores) == 1 and cores[0].endswith("(shared: 2 calls)")
+
+
 def test_convert_roundtrip(capsys, tmp_path):
     src = os.path.join(FIX, "torch", "checkpoint.pt")
     dst = str(tmp_path / "out.safetensors")

@@ -749,6 +749,27 @@ def test_partly_float64_model_warns(tmp_path):
     assert model.predict(x).dtype == np.float32
 
 
+def test_float64_layers_on_a_float32_input_load_as_float32(tmp_path, recwarn):
+    """Keras converts the input to the Input's dtype first: float64 layers after a
+    float32 Input compute on float32-rounded inputs; fastrnn loads the model as float32,
+    with the partly-float64 warning.  An integer Input (ids) does not count."""
+    def input_dtype(dtype):
+        def edit(c):
+            c["config"]["layers"][0]["config"]["dtype"] = dtype
+        return edit
+    p = _edit_config("k3_float64", tmp_path, input_dtype("float32"))
+    with pytest.warns(UserWarning, match=r"some layers of the Keras model are float64, "
+                                         r"others \['float32'\]"):
+        model = load_keras(p)
+    x, ys = reference("k3_float64")
+    out = model.predict(x)
+    assert out.dtype == np.float32 and np.max(np.abs(out - ys[0])) <= TOL
+    recwarn.clear()
+    assert load_keras(_edit_config("k3_float64", tmp_path, input_dtype("int32"))).predict(
+        x).dtype == np.float64
+    assert not [w for w in recwarn if "float64" in str(w.message)]
+
+
 def test_fused_bidirectional_follows_its_directions_weights():
     """A loaded Bidirectional runs one fused core made from its directions: new
     weights given to a direction (load_state_dict, an optimizer step on its core) reach

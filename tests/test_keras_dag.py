@@ -170,8 +170,8 @@ def test_graph_model_errors():
               inputs=[(INPUT, 0), (INPUT, 0), [(0, 0), (1, 0)]])
     with pytest.raises(ValueError, match="cat: axis 0 is out of range"):
         m(x)
-    with pytest.raises(ValueError, match="sum: Add needs tensors of one rank"):
-        Add(name="sum").call([x, x[:, None]])
+    with pytest.raises(ValueError, match="sum: Add needs tensors of one batch size"):
+        Add(name="sum").call([x, x[:1, None]])
     # a reference to the layer itself or a later one (no cycle can be written)
     with pytest.raises(ValueError, match="must come before"):
         Model([d1, d3], inputs=[[(1, 0)], [(0, 0)]])
@@ -292,3 +292,244 @@ def test_stream_refuses_a_layer_reading_off_the_chain():
                    _dense(2, 4)])
     assert chain.inputs is None
     fastrnn.Stream(chain)
+
+
+# ----------------------------------------------------------------------------- audit fixes
+
+def _tensor(name, t=0, node=0):
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": None, "dtype": "float32", "keras_history": [name, node, t]}}
+
+
+def _layer(c, name):
+    return next(l for l in c["config"]["layers"] if l["name"] == name)
+
+
+def test_a_constant_among_a_merge_layers_inputs_is_refused(tmp_path):
+    """Keras records L.Add()([a, np.ones(...)])'s constant as a __numpy__ value (tf.keras
+    2 as ["_CONSTANT_VALUE", -1, v]): refused, naming the layer, not dropped."""
+    def const(c):
+        _layer(c, "multiply")["inbound_nodes"][0]["args"][0][1] = {
+            "class_name": "__numpy__", "config": {"value": [[[1.0] * 4]], "dtype": "float32"}}
+    with pytest.raises(LoadError, match=r"layer 'multiply' \(Multiply\) is called with a "
+                                        r"constant array \(__numpy__\) of shape \(1, 1, 4\) "
+                                        "among its inputs: not supported"):
+        load_keras(_edit_config("k3_dag_merge_ops_masking", tmp_path, const))
+    from fastrnn.io.keras import model_from_keras_config
+    arch = {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "name": "a", "inbound_nodes": [],
+         "config": {"batch_input_shape": [None, 4, 3], "name": "a"}},
+        {"class_name": "Add", "name": "add", "config": {"name": "add"},
+         "inbound_nodes": [[["a", 0, 0, {}], ["_CONSTANT_VALUE", -1, 1.0]]]}],
+        "input_layers": [["a", 0, 0]], "output_layers": [["add", 0, 0]]}}
+    with pytest.raises(LoadError, match=r"'add' \(Add\) is called with a constant "
+                                        r"\(_CONSTANT_VALUE\) 1.0 among its inputs"):
+        model_from_keras_config(arch, {}, keras_version="2.15.0")
+
+
+def _as_op(l, args):
+    """Layer entry ``l`` as Keras 3 records a keras.ops call of the same class name."""
+    l.update(module="keras.src.ops.numpy", registered_name=l["class_name"],
+             config={"name": l["name"]})
+    l["inbound_nodes"] = [{"args": args, "kwargs": {}}]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_keras_ops_named_like_merge_layers_are_refused(tmp_path, legacy):
+    """ops.multiply / ops.maximum / ops.concatenate ... share the merge layers' class
+    names (Keras's plain ops apply no mask rules, take other arguments): told apart by
+    module (a legacy h5 config records none: by the layer keys an op's config lacks),
+    refused on the data path; the mask ops Keras records off it still load."""
+    def op(c):
+        l = _layer(c, "multiply")
+        _as_op(l, l["inbound_nodes"][0]["args"][0])
+        if legacy:
+            for e in c["config"]["layers"]:
+                e.pop("module", None)
+                e.pop("registered_name", None)
+    with pytest.raises(LoadError, match=r"'multiply' is a Keras operation, not a layer "
+                                        r"\(Multiply: keras.ops.multiply"):
+        load_keras(_edit_config("k3_dag_merge_ops_masking", tmp_path, op))
+
+    def concat(c):          # ops.concatenate([a, b], axis=1): one list argument
+        l = _layer(c, "concatenate_2")
+        _as_op(l, l["inbound_nodes"][0]["args"])
+        l["config"]["axis"] = 1
+    with pytest.raises(LoadError, match=r"'concatenate_2' is a Keras operation"):
+        load_keras(_edit_config("k3_dag_concat_time_masks", tmp_path, concat))
+
+
+def test_a_merge_of_a_sequence_and_a_vector_follows_keras(tmp_path):
+    """Keras 3 merges a (B, T, H) sequence with a (B, H) vector by expanding the vector
+    at axis 1 (broadcast over the steps): Add([gru sequence, its max over time])."""
+    name = "k3_dag_gru_two_heads"
+
+    def seq_vec(c):
+        ls = c["config"]["layers"]
+        add = {"module": "keras.layers", "class_name": "Add", "registered_name": None,
+               "name": "add_sv", "config": {"name": "add_sv", "trainable": True,
+                                            "dtype": "float32"},
+               "inbound_nodes": [{"args": [[_tensor("gru_23"),
+                                            _tensor("global_max_pooling1d_4")]],
+                                  "kwargs": {}}]}
+        ls.insert(ls.index(_layer(c, "time_distributed_4")), add)
+        _layer(c, "time_distributed_4")["inbound_nodes"][0]["args"] = [_tensor("add_sv")]
+    model = load_keras(_edit_config(name, tmp_path, seq_vec))
+    base = load_keras(model_path(name))
+    x = reference(name)[0]
+    gru = next(l for l in base.layers if type(l).__name__ == "KerasRNN")
+    td = base.layers[-1]
+    seq = gru(x)[0]
+    want = td(seq + seq.max(axis=1)[:, None])
+    got = as_list(model.predict(x))
+    assert np.allclose(got[1], want, rtol=1e-6, atol=1e-6)
+
+    # the Concatenate of a sequence and a vector Keras cannot make: refused at load
+    def cat(c):
+        _layer(c, "concatenate_1")["inbound_nodes"][0]["args"] = [
+            [_tensor("gru_23"), _tensor("global_max_pooling1d_4")]]
+    with pytest.raises(LoadError, match=r"'concatenate_1' \(Concatenate\) needs inputs of "
+                                        r"one rank, given tensors of ranks \[3, 2\]"):
+        load_keras(_edit_config(name, tmp_path, cat))
+    for axis in (5, -3, 2):
+        def cat_axis(c):
+            _layer(c, "concatenate_1")["config"]["axis"] = axis
+        with pytest.raises(LoadError, match=rf"axis {axis} is out of range \(or the batch "
+                                            r"axis\) for its 2-D inputs"):
+            load_keras(_edit_config(name, tmp_path, cat_axis))
+
+
+def test_merges_of_tensors_of_different_ranks():
+    rng = np.random.RandomState(4)
+    seq, vec = _seq(rng, 2, 5, 3), _seq(rng, 2, 3)
+    m = np.ones((2, 5), bool)
+    m[0, 3:] = False
+    for layer in (Add(), Subtract(), Average(), Multiply(), Maximum(), Minimum()):
+        ref = type(layer)().call([seq, np.broadcast_to(vec[:, None], seq.shape)])[0]
+        out, mask = layer.call([seq, vec])
+        assert np.array_equal(out, ref) and mask is None
+        # the vector, expanded, reaches the merge without a mask: the sequence's applies
+        want = type(layer)().call([seq, np.broadcast_to(vec[:, None], seq.shape)],
+                                  [m, None])[0]
+        assert np.array_equal(layer.call([seq, vec], [m, None])[0], want)
+    with pytest.raises(ValueError, match="masked tensors of different ranks"):
+        Add().call([seq, vec], [m, np.ones(2, bool)])
+
+
+def test_refusals_that_show_a_concatenates_mask(tmp_path):
+    """A refusal naming the mask a masked Concatenate gives (an expression of
+    concatenate(...)) shows it (was: IndexError, "malformed Keras config")."""
+    def no_mask(c):
+        _layer(c, "lstm_31")["inbound_nodes"][0]["kwargs"]["mask"] = None
+    with pytest.raises(LoadError, match=r"'lstm_31' \(LSTM\) is called with mask=None: not "
+                                        r"supported; .* which here give any\(concatenate\(\["
+                                        r"logical_or\(expand_dims\("):
+        load_keras(_edit_config("k3_dag_concat_time_masks", tmp_path, no_mask))
+
+
+def _deep_add_config(n):
+    """Keras 3's config of Masking -> n x Add([h, Dense(h)]) -> LSTM, with the masks it
+    records (Add's: logical_or of its inputs' masks, one op per Add)."""
+    def layer(cls, name, cfg, args, kwargs=None, module="keras.layers"):
+        return {"module": module, "class_name": cls, "name": name,
+                "registered_name": None if module == "keras.layers" else cls,
+                "config": {"name": name, **cfg},
+                "inbound_nodes": [{"args": args, "kwargs": kwargs or {}}] if args else []}
+    lay = {"trainable": True, "dtype": "float32"}
+    ls = [layer("InputLayer", "inp", {"batch_shape": [None, 5, 4], "dtype": "float32"}, []),
+          layer("NotEqual", "ne", {}, [_tensor("inp"), 0.0], module="keras.src.ops.numpy"),
+          layer("Any", "any", {"axis": -1, "keepdims": False}, [_tensor("ne")],
+                module="keras.src.ops.numpy"),
+          layer("Masking", "mask", {**lay, "mask_value": 0.0}, [_tensor("inp")])]
+    h, m = "mask", "any"
+    for k in range(n):
+        ls.append(layer("Dense", f"d{k}", {**lay, "units": 4}, [_tensor(h)]))
+        ls.append(layer("LogicalOr", f"or{k}", {}, [_tensor(m), _tensor(m)],
+                        module="keras.src.ops.numpy"))
+        ls.append(layer("Add", f"add{k}", lay, [[_tensor(h), _tensor(f"d{k}")]]))
+        h, m = f"add{k}", f"or{k}"
+    ls.append(layer("LSTM", "lstm", {**lay, "units": 3}, [_tensor(h)],
+                    {"training": False, "mask": _tensor(m)}))
+    return {"class_name": "Functional", "config": {
+        "name": "deep", "layers": ls, "input_layers": [["inp", 0, 0]],
+        "output_layers": [["lstm", 0, 0]]}}
+
+
+def test_deep_mask_expressions_are_accepted():
+    """Masks nest as deep as the graph (70 masked Adds: logical_or 70 deep, each
+    sharing its operand twice): parsed without a depth limit, each op once."""
+    from fastrnn.io.keras import model_from_keras_config
+    rng = np.random.RandomState(6)
+    n = 70
+    w = {f"d{k}": [rng.normal(scale=0.3, size=(4, 4)).astype(np.float32),
+                   np.zeros(4, np.float32)] for k in range(n)}
+    w["lstm"] = [rng.normal(scale=0.3, size=s).astype(np.float32)
+                 for s in ((4, 12), (3, 12), (12,))]
+    arch = _deep_add_config(n)
+    model = model_from_keras_config(arch, w)
+    # the same graph without the recorded masks: fastrnn's own mask propagation
+    plain = json.loads(json.dumps(arch))
+    for l in plain["config"]["layers"]:
+        for node in l["inbound_nodes"]:
+            node["kwargs"].pop("mask", None)
+    x = _seq(rng, 3, 5, 4)
+    x[0, 3:] = 0.0
+    x[1, :2] = 0.0
+    want = model_from_keras_config(plain, w).predict(x)
+    assert np.array_equal(model.predict(x), want)
+    # a wrong mask that deep is still refused
+    bad = json.loads(json.dumps(arch))
+    bad["config"]["layers"][1]["inbound_nodes"][0]["args"][1] = 1.0
+    with pytest.raises(LoadError, match=r"'lstm' \(LSTM\) is called with mask="):
+        model_from_keras_config(bad, w)
+
+
+def test_a_cast_in_a_mask_is_accepted(tmp_path):
+    """A float64 Masking on a float32 input: Keras casts the input before the mask's
+    not_equal (a Cast op): the mask is the Masking layer's all the same."""
+    name = "k3_dag_merge_ops_masking"
+
+    def cast(dtype):
+        def edit(c):
+            ls = c["config"]["layers"]
+            ls.insert(1, {"module": "keras.src.ops.core", "class_name": "Cast",
+                          "registered_name": "Cast", "name": "cast",
+                          "config": {"name": "cast", "dtype": dtype},
+                          "inbound_nodes": [{"args": [_tensor("input_layer_55")],
+                                             "kwargs": {}}]})
+            _layer(c, "not_equal_30")["inbound_nodes"][0]["args"][0] = _tensor("cast")
+        return edit
+    check(load_keras(_edit_config(name, tmp_path, cast("float64"))), name)
+    with pytest.raises(LoadError, match=r"is called with mask=any\(not_equal\(<output 0 "
+                                        r"of 'cast'>, 0\), axis=-1\): not supported"):
+        load_keras(_edit_config(name, tmp_path, cast("int32")))
+
+
+def test_references_to_missing_tensors_are_named(tmp_path):
+    name = "k3_dag_gru_two_heads"
+
+    def tensor3(c):         # tensor 3 of a Dense of one output
+        _layer(c, "concatenate_1")["inbound_nodes"][0]["args"][0][1] = \
+            _tensor("global_max_pooling1d_4", 3)
+    with pytest.raises(LoadError, match=r"'concatenate_1' \(Concatenate\) reads <output 3 "
+                                        r"of 'global_max_pooling1d_4'> "
+                                        r"\(GlobalMaxPooling1D\), which has 1 output\(s\)"):
+        load_keras(_edit_config(name, tmp_path, tensor3))
+
+    def out5(c):
+        c["config"]["output_layers"][0] = ["dense_36", 0, 5]
+    with pytest.raises(LoadError, match=r"the model's output is <output 5 of 'dense_36'> "
+                                        r"\(Dense\), which has 1 output\(s\)"):
+        load_keras(_edit_config(name, tmp_path, out5))
+
+    def negative(c):
+        _layer(c, "dense_36")["inbound_nodes"][0]["args"][0] = _tensor("concatenate_1", -1)
+    with pytest.raises(LoadError, match=r"the reference to layer 'concatenate_1' reads call "
+                                        r"0, tensor -1: indexes must be >= 0"):
+        load_keras(_edit_config(name, tmp_path, negative))
+
+    def node1(c):           # node 1 of a layer called once
+        c["config"]["output_layers"][0] = ["dense_36", 1, 0]
+    with pytest.raises(LoadError, match=r"the model's outputs reads call 1 \(counting from "
+                                        r"0\) of layer 'dense_36', which is called 1 time"):
+        load_keras(_edit_config(name, tmp_path, node1))

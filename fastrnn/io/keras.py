@@ -63,10 +63,16 @@ _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Repeat
               "Conv1D", "MaxPooling1D", "AveragePooling1D")
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking and
 # the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
-# "Concatenate" too); off the data graph they only feed `mask=` arguments, which fastrnn
-# recomputes with Keras's own propagation rules
+# "Concatenate" too; a float64 layer on a float32 input casts it first: "Cast"); off the
+# data graph they only feed `mask=` arguments, which fastrnn recomputes with Keras's own
+# propagation rules.  On the data graph every operation is refused (_is_op).
 _MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal",
-             "ExpandDims", "ZerosLike", "OnesLike", "Concatenate")
+             "ExpandDims", "ZerosLike", "OnesLike", "Concatenate", "Cast")
+# the modules of Keras 3's operations (keras.ops) as a .keras config records them
+_OP_MODULES = ("keras.src.ops", "keras.ops")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# tf.keras 2's form of a constant call argument: ["_CONSTANT_VALUE", -1, value]
+_K2_CONSTANT = "_CONSTANT_VALUE"
 
 
 def is_keras_file(path) -> bool:
@@ -112,7 +118,12 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
 
     ``dtype``: the dtype of the loaded model's weights and outputs.  By default
     (``None``) float64 when every layer of the Keras config has dtype (policy) float64,
-    else float32.
+    else float32 (with a warning when only some are).  A float ``Input`` counts as such
+    a layer: Keras converts the model's input to the Input's dtype before its layers
+    run, so float64 layers after a float32 Input (``set_dtype_policy("float64")`` with
+    a default Input) compute on float32-rounded inputs; fastrnn loads such a model as
+    float32, with the warning (the closest it comes without rounding the inputs:
+    ``dtype="float64"`` runs in float64 on the inputs as given).
 
     Functional models may branch and merge (a graph of layers: the merge layers
     Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, a layer feeding
@@ -472,17 +483,45 @@ def _int_of(v, what):
 
 
 def _history(t):
-    """Keras tensor reference -> (layer name, node index, tensor index) or None."""
+    """Keras tensor reference -> (layer name, node index, tensor index) or None (not a
+    tensor: a constant among the arguments, tf.keras 2's ``["_CONSTANT_VALUE", -1, v]``
+    too)."""
     if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__":
         c = _need_dict(t.get("config"), "keras tensor config")
         h = _need_list(c.get("keras_history"), "keras_history")
         if len(h) < 3:
             raise LoadError(f"keras_history must have 3 entries, got {len(h)}")
-        return (_need_str(h[0], "keras_history layer"), _int_of(h[1], "keras_history node"),
-                _int_of(h[2], "keras_history tensor"))
-    if isinstance(t, (list, tuple)) and len(t) >= 3 and isinstance(t[0], str):
-        return t[0], _int_of(t[1], "node index"), _int_of(t[2], "tensor index")
-    return None
+        r = (_need_str(h[0], "keras_history layer"), _int_of(h[1], "keras_history node"),
+             _int_of(h[2], "keras_history tensor"))
+    elif isinstance(t, (list, tuple)) and len(t) >= 3 and isinstance(t[0], str) and \
+            t[0] != _K2_CONSTANT:
+        r = t[0], _int_of(t[1], "node index"), _int_of(t[2], "tensor index")
+    else:
+        return None
+    if r[1] < 0 or r[2] < 0:
+        raise LoadError(f"the reference to layer {r[0]!r} reads call {r[1]}, tensor {r[2]}: "
+                        "indexes must be >= 0"[:300])
+    return r
+
+
+def _is_op(l):
+    """Whether a functional config's entry is a Keras 3 operation (a ``keras.ops`` call
+    Keras records in the graph: the not_equal / any of a mask, an ``ops.add`` of the
+    user's), not a layer.  Some share a merge layer's class name (``ops.add`` is an
+    "Add", ``ops.concatenate`` a "Concatenate"): a .keras config tells them apart by
+    module (``keras.src.ops.numpy``; a layer's is ``keras.layers``), while Keras 3's
+    legacy h5 writer records no module: an op's config then lacks the ``trainable`` /
+    ``dtype`` keys every layer's has, in a Keras 3 node (args / kwargs).  A mask op's
+    own name (NotEqual, Any, ...) is an op's in any form.  (tf.keras 2 records its ops
+    as TFOpLambda layers, refused as unsupported.)"""
+    m = l.get("module")
+    if m is not None:
+        return isinstance(m, str) and any(m == p or m.startswith(p + ".") for p in _OP_MODULES)
+    cls, c, nodes = l.get("class_name"), l.get("config"), l.get("inbound_nodes")
+    if cls in _MASK_OPS and cls not in _SUPPORTED:
+        return True
+    return (isinstance(c, dict) and "trainable" not in c and "dtype" not in c and
+            isinstance(nodes, list) and any(isinstance(n, dict) for n in nodes))
 
 
 class _Call:
@@ -519,6 +558,15 @@ def _show(v):
         return f"<output {r[2]} of {r[0]!r}>"
     if isinstance(v, (list, tuple)) and v and all(_history(x) for x in v):
         return "[" + ", ".join(_show(x) for x in v) + "]"
+    if isinstance(v, dict) and v.get("class_name") in ("__numpy__", "__tensor__"):
+        c = v.get("config") if isinstance(v.get("config"), dict) else {}
+        shape, x = [], c.get("value")
+        while isinstance(x, list) and len(shape) < 8:
+            shape.append(len(x))
+            x = x[0] if x else None
+        return f"a constant array ({v['class_name']}) of shape {tuple(shape)}"
+    if isinstance(v, (list, tuple)) and v and v[0] == _K2_CONSTANT:
+        return f"a constant ({_K2_CONSTANT}) {repr(v[2] if len(v) > 2 else None)[:40]}"
     return repr(v)[:80]
 
 
@@ -580,14 +628,18 @@ def _node_call(node, name, cls):
         call.keras3 = True
         for i, a in enumerate(_need_list(node.get("args", []), f"layer {name!r} inbound args")):
             if isinstance(a, list) and a and _history(a) is None:
-                call.data.extend(r for r in (_history(x) for x in a) if r)
+                for x in a:         # (a merge layer's list: of tensors only)
+                    r = _history(x)
+                    if r is None:
+                        raise LoadError(_constant_input(name, cls, x))
+                    call.data.append(r)
             else:
                 r = _history(a)
                 if r:
                     call.data.append(r)
-                elif i > 0 and a is not None and cls not in _MASK_OPS:
+                elif i > 0 and a is not None:
                     raise LoadError(f"layer {name!r} ({cls}) is called with an extra "
-                                    f"argument {a!r}: not supported"[:300])
+                                    f"argument {_show(a)}: not supported"[:300])
         _call_kwargs(call, node.get("kwargs") or {}, name, cls)
         return call
     # Keras 2: [[name, node, tensor, kwargs], ...]: an RNN called with initial_state has
@@ -596,6 +648,8 @@ def _node_call(node, name, cls):
     for t in node:
         r = _history(t)
         if r is None:
+            if isinstance(t, (list, tuple)) and t and t[0] == _K2_CONSTANT:
+                raise LoadError(_constant_input(name, cls, t))
             continue
         call.data.append(r)
         if len(t) > 3 and t[3]:
@@ -605,6 +659,12 @@ def _node_call(node, name, cls):
             raise LoadError(f"layer {name!r} ({cls}) is given two different initial states")
         call.data, call.states = call.data[:1], call.data[1:]
     return call
+
+
+def _constant_input(name, cls, v):
+    return (f"layer {name!r} ({cls}) is called with {_show(v)} among its inputs: not "
+            "supported (fastrnn merges tensors of the model only, and would drop it where "
+            "Keras computes with it)")[:400]
 
 
 def _refs(v, depth=0):
@@ -684,6 +744,15 @@ def _functional(cfg, what="architecture"):
             if l.get("class_name") in ("Functional", "Sequential", "Model"):
                 raise LoadError(f"layer {n!r} is a model ({l['class_name']}) used as a "
                                 "layer: not supported (nested models)")
+            if _is_op(l):
+                cls = str(l.get("class_name"))
+                raise LoadError(
+                    f"{n!r} is a Keras operation, not a layer ({cls}: keras.ops."
+                    f"{_snake(cls)} or an operator such as +, module "
+                    f"{l.get('module') or 'not recorded'}), on the way to the model's "
+                    "outputs: not supported; fastrnn runs Keras layers (to add, multiply "
+                    "or concatenate tensors: the merge layers Add, Multiply, Concatenate, "
+                    "...)"[:400])
             if n not in layer_calls:
                 layer_calls[n] = _inbound(l, n) or [_Call()]   # (an InputLayer: node 0)
             if not 0 <= node < len(layer_calls[n]):
@@ -728,7 +797,7 @@ def _functional(cfg, what="architecture"):
         nodes = l.get("inbound_nodes")
         count = len(nodes) if isinstance(nodes, list) else 0
         for k in range(max(count, 1)):
-            if cls in _MASK_OPS or (n, k) in done or (n, k) in input_of:
+            if (cls in _MASK_OPS and _is_op(l)) or (n, k) in done or (n, k) in input_of:
                 continue
             which = (f" is called {count} times, and its call {k} (counting from 0)"
                      if count > 1 else "")
@@ -803,15 +872,41 @@ class _Masks:
             e = self.table[key] = _E(tuple(p) if isinstance(p, list) else p for p in parts)
         return e
 
-    def parse(self, ref, depth=0):
-        """The expression of a mask tensor Keras recorded, or None (anything else)."""
-        if ref not in self.memo:
-            self.memo[ref] = None if depth > 64 else self._parse(ref, depth)
-        return self.memo[ref]
+    def parse(self, ref):
+        """The expression of a mask tensor Keras recorded, or None (anything else).
+        Iterative (a deep graph's masks nest deeply), each tensor read once: the work is
+        bounded by the config's size."""
+        memo, nodes, open_ = self.memo, {}, set()
+        stack = [ref]
+        while stack:
+            r = stack[-1]
+            if r in memo:
+                stack.pop()
+                continue
+            if r not in nodes:
+                nodes[r] = self._node(r)
+            if nodes[r] is None:
+                memo[r] = None
+                stack.pop()
+                continue
+            kids, make = nodes[r]
+            todo = [k for k in kids if k not in memo]
+            if todo and r not in open_:
+                open_.add(r)
+                stack.extend(todo)
+                continue
+            # (its operands parsed; one still open is a cycle: no mask Keras makes)
+            memo[r] = None if todo or any(memo[k] is None for k in kids) else \
+                make([memo[k] for k in kids])
+            open_.discard(r)
+            stack.pop()
+        return memo[ref]
 
-    def _parse(self, ref, depth):
+    def _node(self, ref):
+        """The operation Keras recorded as mask tensor ``ref``: (its operands' references,
+        a function of their expressions giving its own), or None (not a mask op)."""
         l = self.by_name.get(ref[0])
-        if l is None or ref[2] != 0:
+        if l is None or ref[2] != 0 or not _is_op(l):
             return None
         cls = l.get("class_name")
         nodes = l.get("inbound_nodes")
@@ -831,25 +926,49 @@ class _Masks:
             r = _history(a)
             if r is None or isinstance(b, bool) or not isinstance(b, (int, float)):
                 return None
-            return self.mk("ne", r, float(b))
+            return [], lambda _: self.mk("ne", self._uncast(r), float(b))
         if cls in ("ZerosLike", "OnesLike") and len(args) == 1 and refs[0] is not None:
-            return self.mk("zeros_like" if cls == "ZerosLike" else "ones_like", refs[0])
+            op = "zeros_like" if cls == "ZerosLike" else "ones_like"
+            return [], lambda _: self.mk(op, self._uncast(refs[0]))
         if cls == "Concatenate" and len(args) == 1 and isinstance(args[0], list) and \
-                isinstance(cfg.get("axis"), int):
-            parts = [None if _history(a) is None else self.parse(_history(a), depth + 1)
-                     for a in args[0]]
-            return None if None in parts else self.mk("concat", cfg["axis"], parts)
-        inner = [None if r is None else self.parse(r, depth + 1) for r in refs]
-        if not inner or None in inner:
+                isinstance(cfg.get("axis"), int) and not isinstance(cfg["axis"], bool):
+            parts = [_history(a) for a in args[0]]
+            if None in parts:
+                return None
+            return parts, lambda es: self.mk("concat", cfg["axis"], es)
+        if not refs or None in refs:
             return None
-        if cls == "Any" and len(inner) == 1 and cfg.get("axis") in (-1, [-1]) \
+        if cls == "Any" and len(refs) == 1 and cfg.get("axis") in (-1, [-1]) \
                 and not cfg.get("keepdims"):
-            return self.mk("any", inner[0])
-        if cls == "ExpandDims" and len(inner) == 1 and cfg.get("axis") in (-1, [-1]):
-            return self.mk("expand", inner[0])
-        if cls == "LogicalOr" and len(inner) == 2:
-            return self.mk("or", *inner)
+            return refs, lambda es: self.mk("any", es[0])
+        if cls == "ExpandDims" and len(refs) == 1 and cfg.get("axis") in (-1, [-1]):
+            return refs, lambda es: self.mk("expand", es[0])
+        if cls == "LogicalOr" and len(refs) == 2:
+            return refs, lambda es: self.mk("or", *es)
         return None
+
+    def _uncast(self, ref):
+        """The tensor a chain of Cast ops to float dtypes reads (``ref`` itself when it
+        is no such op's output): Keras casts a float32 input to a float64 layer's dtype
+        before the not_equal of its mask, and the cast changes no comparison with the
+        mask value (a downcast could only round values that close to it)."""
+        seen = set()
+        while ref not in seen:
+            seen.add(ref)
+            l = self.by_name.get(ref[0])
+            if l is None or l.get("class_name") != "Cast" or not _is_op(l) or ref[2] != 0:
+                break
+            c = l.get("config") if isinstance(l.get("config"), dict) else {}
+            nodes = l.get("inbound_nodes")
+            node = nodes[ref[1]] if isinstance(nodes, list) and ref[1] < len(nodes) else None
+            if not isinstance(node, dict) or node.get("kwargs") or \
+                    c.get("dtype") not in _FLOAT_DTYPES:
+                break
+            args = node.get("args")
+            if not isinstance(args, list) or len(args) != 1 or _history(args[0]) is None:
+                break
+            ref = _history(args[0])
+        return ref
 
     def merged(self, cls, axis, refs, masks):
         """The mask Keras gives a merge layer's output (None: none)."""
@@ -871,12 +990,12 @@ def _show_mask(e, depth=0):
     if depth > 4:
         return "..."
     op, *args = e
+    if op == "concat":          # ("concat", axis, parts)
+        return "concatenate([" + ", ".join(_show_mask(p, depth + 1) for p in args[1]) + \
+            f"], axis={args[0]})"
     sub = [_show_mask(a, depth + 1) if isinstance(a, _E) else
            f"<output {a[2]} of {a[0]!r}>" if isinstance(a, tuple) else f"{a:g}"
            if isinstance(a, float) else str(a) for a in args]
-    if op == "concat":
-        return "concatenate([" + ", ".join(_show_mask(p, depth + 1) for p in e[2]) + \
-            f"], axis={e[1]})"
     name = {"ne": "not_equal", "or": "logical_or", "expand": "expand_dims"}.get(op, op)
     return f"{name}({', '.join(sub)}" + (", axis=-1)" if op in ("any", "expand") else ")")
 
@@ -1677,31 +1796,45 @@ class _Builder:
         return BatchNormalization(mean, var, gamma, beta, axes[0], eps, name=d.name,
                                   dtype=self.dtype), dim
 
-    def merge(self, d, dims):
-        """A merge layer of the model, and the feature size after it (None: unknown)."""
+    def merge(self, d, dims, ranks, masked):
+        """A merge layer of the model, and the feature size after it (None: unknown),
+        for inputs of ``dims`` features and ``ranks`` (None: unknown), ``masked`` or not:
+        checked here where they are known, as Keras checks them."""
         from .. import model as M
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         if cls == "Subtract" and len(dims) != 2:
             raise LoadError(f"{where} takes exactly 2 inputs, given {len(dims)}")
         known = [v for v in dims if v is not None]
+        rank = ranks[0] if None not in ranks and len(set(ranks)) == 1 else None
         if cls == "Concatenate":
             axis = c.get("axis", -1)
             if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
                 raise LoadError(f"{where}: axis must be an int other than the batch axis 0, "
                                 f"got {axis!r}"[:300])
-            dim = sum(known) if axis == -1 and len(known) == len(dims) else None
+            if None not in ranks and rank is None:
+                raise LoadError(f"{where} needs inputs of one rank, given tensors of ranks "
+                                f"{list(ranks)}")
+            if rank is not None and not (-rank < axis < rank and axis != 0):
+                raise LoadError(f"{where}: axis {axis} is out of range (or the batch axis) "
+                                f"for its {rank}-D inputs")
+            last = axis == -1 or (rank is not None and axis == rank - 1)
+            dim = sum(known) if last and len(known) == len(dims) else None
             return M.Concatenate(axis, name=d.name), dim
         if len(set(known) - {1}) > 1:
             raise LoadError(f"{where}: inputs of {dims} features cannot be merged (sizes "
                             "must agree or be 1)")
+        if None not in ranks and rank is None and all(masked):
+            raise LoadError(f"{where} merges masked tensors of different ranks "
+                            f"{list(ranks)}: not supported (Keras gives no mask for them)")
         dim = max(known) if len(known) == len(dims) else None
         return getattr(M, cls)(name=d.name), dim
 
-    def layer(self, d, in_dims, is_masked):
+    def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
-        ``d`` on tensors of ``in_dims`` features (None: unknown; ``is_masked``: whether
-        a mask reaches it), and the feature size of its (first) output."""
+        ``d`` on tensors of ``in_dims`` features and ``in_ranks`` (None: unknown;
+        ``is_masked``: whether a mask reaches it; ``in_masked``: each input's), and the
+        feature size of its (first) output."""
         from ..model import Activation, Dropout, Embedding, Masking, TimeDistributed
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
@@ -1752,7 +1885,7 @@ class _Builder:
         elif cls in _SHAPE_CLASSES:
             layer, dim = self.shape_layer(d, dim)
         elif cls in _MERGE_LAYERS:
-            layer, dim = self.merge(d, list(in_dims))
+            layer, dim = self.merge(d, list(in_dims), list(in_ranks), list(in_masked))
         elif cls == "Bidirectional":
             layer, dim = self.bidirectional(d, dim)
         elif cls == "RNN":
@@ -1777,7 +1910,8 @@ class _Builder:
         # (each layer once, in the config's order: the order its weights are stored in)
         self.store.assign(sorted(layer_descs, key=lambda d: d.order))
         layers, index_map, input_at, graph = [], {}, {}, []
-        dims, masked = {}, {}   # (desc index, tensor index): feature size; mask reaches it
+        # (desc index, tensor index): feature size, rank (None: unknown); mask reaches it
+        dims, ranks, masked = {}, {}, {}
         built = {}      # Keras layer name -> (its layers, input sizes, output sizes)
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
@@ -1796,14 +1930,19 @@ class _Builder:
                 is_masked = bool(refs) and masked.get(refs[0], False)
             if cls == "InputLayer":
                 dims[(i, 0)] = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
+                ranks[(i, 0)] = _input_rank(c)
                 input_at[i] = d.input_index or 0
                 continue
-            in_dims = tuple(dims.get(r) for r in refs)
+            for j, t in refs:
+                _check_ref(dims, descs, j, t, where + " reads")
+            in_dims = tuple(dims[r] for r in refs)
+            in_ranks = tuple(ranks[r] for r in refs)
             first = built.get(d.name)
             if first is not None and first[1] == in_dims:
                 new, out_dims = first[0], first[2]      # (a shared layer's call)
             else:
-                layer, dim = self.layer(d, in_dims, is_masked)
+                layer, dim = self.layer(d, in_dims, is_masked, in_ranks,
+                                        tuple(masked.get(r, False) for r in refs))
                 new = layer if isinstance(layer, list) else [layer]
                 out_dims = _tensor_dims(new[-1], dim)
                 if first is None:
@@ -1825,8 +1964,8 @@ class _Builder:
                                           Pooling1D)):
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
-            for t, v in enumerate(out_dims):
-                dims[(i, t)] = v
+            for t, (v, r) in enumerate(zip(out_dims, _tensor_ranks(new, in_ranks))):
+                dims[(i, t)], ranks[(i, t)] = v, r
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
@@ -1834,6 +1973,7 @@ class _Builder:
         if outputs is not None:
             outs = []
             for a, t in outputs:
+                _check_ref(dims, descs, a, t, f"{self.fname}: the model's output is")
                 if a not in index_map:
                     raise LoadError(f"{self.fname}: model output comes from layer "
                                     f"{descs[a].name!r} ({descs[a].class_name}), which is not "
@@ -1872,6 +2012,47 @@ class _Builder:
         return refs
 
 
+def _input_rank(c):
+    """An InputLayer's rank (batch axis included) from its config, or None."""
+    for key in ("batch_shape", "batch_input_shape"):
+        if isinstance(c.get(key), (list, tuple)):
+            return len(c[key])
+    return None
+
+
+def _check_ref(dims, descs, j, t, what):
+    """A reference to tensor ``t`` of desc ``j`` must name one of its outputs."""
+    if (j, t) not in dims:
+        n = sum(1 for (a, _) in dims if a == j)
+        raise LoadError(f"{what} <output {t} of {descs[j].name!r}> ({descs[j].class_name}), "
+                        f"which has {n} output(s)"[:300])
+
+
+def _tensor_ranks(layers, in_ranks):
+    """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
+    tensors of ``in_ranks`` (None: unknown)."""
+    from ..model import (Bidirectional, Conv1D, Embedding, Flatten, GlobalPooling1D,
+                         KerasRNN, Pooling1D, RepeatVector, _Merge)
+    ranks = list(in_ranks)
+    for layer in layers:
+        r = ranks[0] if ranks else None
+        if isinstance(layer, _Merge):
+            r = None if None in ranks else max(ranks)
+        elif isinstance(layer, Embedding):
+            r = None if r is None else r + 1
+        elif isinstance(layer, (KerasRNN, Bidirectional)):
+            r = 3 if layer.return_sequences else 2
+        elif isinstance(layer, GlobalPooling1D):
+            r = 3 if layer.keepdims else 2
+        elif isinstance(layer, Flatten):
+            r = 2
+        elif isinstance(layer, (RepeatVector, Conv1D, Pooling1D)):
+            r = 3
+        n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
+        ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
+    return ranks
+
+
 def _state_sizes(layer):
     """Sizes of the states a recurrent layer takes (and returns with return_state), in
     Keras's order (Bidirectional: the forward layer's, then the backward layer's)."""
@@ -1899,10 +2080,13 @@ def _policy_name(v):
 
 def _config_dtype(descs, fname):
     """float64 when every layer's dtype in the config is float64, else float32 (with a
-    warning when only some are)."""
-    names = [_policy_name(d.config.get("dtype")) for d in descs
-             if d.class_name != "InputLayer"]
-    names = [n for n in names if n is not None]
+    warning when only some are).  A float Input counts as a layer: Keras converts the
+    model's input to its dtype first, so float64 layers on a float32 Input compute on
+    float32-rounded inputs, and the model loads as float32 (with the warning; an
+    integer Input, an Embedding's ids, does not count)."""
+    names = [_policy_name(d.config.get("dtype")) for d in descs]
+    names = [n for d, n in zip(descs, names) if n is not None and
+             (d.class_name != "InputLayer" or n in _FLOAT_DTYPES)]
     f64 = [n == "float64" for n in names]
     if f64 and all(f64):
         return "float64"
