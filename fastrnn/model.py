@@ -7,6 +7,8 @@ with Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, `
 ``Dropout``, ``Activation``, ``TimeDistributed`` and the normalisation layers pass it on, a
 recurrent layer consumes it and passes it on only when it returns sequences, and
 ``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it.
+``InputCast`` converts a model's input to its Keras ``Input``'s dtype, as Keras does
+before the layers run.
 
 The layers here work on numpy arrays, batch first (``(B, T, features)``), and hold their
 weights in Keras's layout (``Dense.kernel`` is ``(in, out)``, ``Embedding.weights`` is
@@ -31,7 +33,7 @@ __all__ = [
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-    "INPUT", "activation_function",
+    "InputCast", "INPUT", "activation_function",
 ]
 
 
@@ -395,6 +397,54 @@ class TimeDistributed(Layer):
 
     def _extra_repr(self):
         return repr(self.layer)
+
+
+# the dtypes an InputCast rounds through (those numpy has) and those it gives (a model's)
+_INPUT_DTYPES = ("float16", "float32", "float64")
+_MODEL_DTYPES = ("float32", "float64")
+
+
+def _dtype_name(v, allowed, what) -> str:
+    name = None
+    if v is not None:       # (np.dtype(None) is float64)
+        try:
+            name = np.dtype(v).name
+        except (TypeError, ValueError):
+            pass
+    if name not in allowed:
+        raise TypeError(f"{what} must be one of {', '.join(allowed)}, got {v!r}"[:200])
+    return name
+
+
+class InputCast(Layer):
+    """The model's input converted to its Keras ``Input``'s dtype ``input_dtype``, then
+    given in the model's ``dtype``: ``x.astype(input_dtype).astype(dtype)``.
+
+    Keras converts each input of a model to its ``Input``'s dtype before any layer
+    runs, and each layer then casts it to its own dtype: a model made under
+    ``keras.config.set_dtype_policy("float64")`` with a default ``keras.Input`` (float32)
+    computes in float64 on float32-ROUNDED inputs, which this layer reproduces (the Keras
+    loader puts one after such an Input; an integer Input, an Embedding's ids, gets
+    none).  Numbers of other kinds (ints, bools) are converted as the Input converts
+    them; the mask passes on unchanged."""
+
+    def __init__(self, input_dtype="float32", dtype="float32", name=None):
+        super().__init__(name)
+        self.input_dtype = _dtype_name(input_dtype, _INPUT_DTYPES, "InputCast input_dtype")
+        self.dtype = _dtype_name(dtype, _MODEL_DTYPES, "InputCast dtype")
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fbiu":
+            raise TypeError(f"{self.name}: expected numbers, got {x.dtype}")
+        x = x.astype(self.input_dtype, copy=False)
+        return x.astype(self.dtype, copy=False), mask
+
+    def get_config(self):
+        return {**super().get_config(), "input_dtype": self.input_dtype, "dtype": self.dtype}
+
+    def _extra_repr(self):
+        return f"{self.input_dtype} -> {self.dtype}"
 
 
 def _float_input(x, name):
@@ -1765,6 +1815,8 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
             out[prefix + "bias"] = layer.bias
     elif isinstance(layer, Dropout):
         cfg["rate"] = layer.rate
+    elif isinstance(layer, InputCast):
+        cfg.update(input_dtype=layer.input_dtype, dtype=layer.dtype)
     elif isinstance(layer, Activation):
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, TimeDistributed):
@@ -1828,6 +1880,9 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                      name=name, dtype=k.dtype)
     if kind == "Dropout":
         return Dropout(cfg.get("rate", 0.0), name=name)
+    if kind == "InputCast":
+        return InputCast(cfg.get("input_dtype", "float32"), cfg.get("dtype", "float32"),
+                         name=name)
     if kind == "Activation":
         return Activation(_spec_from_json(cfg.get("activation")), name=name)
     if kind == "TimeDistributed":

@@ -11,8 +11,8 @@ The state is carried from call to call, so feeding a sequence in chunks of any s
 the outputs (and the final state) of feeding it whole.  Works with uni-directional
 :class:`~fastrnn.LSTM`, :class:`~fastrnn.GRU` and :class:`~fastrnn.SimpleRNN` (stacked or
 not) and with :class:`fastrnn.model.Model` chains of Embedding / Masking / Dense / Dropout /
-Activation / TimeDistributed / LayerNormalization and BatchNormalization over the features /
-uni-directional RNN layers.  Bidirectional layers and
+Activation / TimeDistributed / InputCast / LayerNormalization and BatchNormalization over the
+features / uni-directional RNN layers.  Bidirectional layers and
 ``go_backwards`` need the whole sequence and are refused.
 
 Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
@@ -177,7 +177,8 @@ class Stream:
     # ------------------------------------------------------------------ model planning
     def _plan_model(self, model):
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
-                            Embedding, KerasRNN, LayerNormalization, Masking, TimeDistributed)
+                            Embedding, InputCast, KerasRNN, LayerNormalization, Masking,
+                            TimeDistributed)
         n = len(model.layers)
         if model.n_inputs > 1:
             raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
@@ -205,7 +206,7 @@ class Stream:
                 runners.append(r)
                 plan.append(("rnn", layer, r))
             elif isinstance(layer, (Embedding, Masking, Dense, Dropout, Activation,
-                                    TimeDistributed)) or (
+                                    TimeDistributed, InputCast)) or (
                     # (normalisations over the features alone: step by step)
                     isinstance(layer, LayerNormalization) and set(layer.axis) <= {-1, 2}) or (
                     isinstance(layer, BatchNormalization) and layer.axis in (-1, 2)):

@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 72
+    assert len(FIXTURES) == 74
 
 
 # ----------------------------------------------------------------------------- vs h5py

@@ -80,7 +80,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 64 and len(REFUSED) == 8
+    assert len(NAMES) == 66 and len(REFUSED) == 8
     for n in NAMES:
         model_path(n)
 
@@ -749,25 +749,162 @@ def test_partly_float64_model_warns(tmp_path):
     assert model.predict(x).dtype == np.float32
 
 
-def test_float64_layers_on_a_float32_input_load_as_float32(tmp_path, recwarn):
+def _input_dtype(dtype):
+    def edit(c):
+        c["config"]["layers"][0]["config"]["dtype"] = dtype
+    return edit
+
+
+def _rounds(x):
+    """Float64 values float32 cannot hold, next to ``x``'s (its nonzero ones)."""
+    rng = np.random.RandomState(11)
+    out = np.where(x == 0, 0.0, x + rng.uniform(0.3, 0.7, x.shape) * np.spacing(
+        np.abs(x).astype(np.float32)).astype(np.float64))
+    assert not np.array_equal(out.astype(np.float32).astype(np.float64), out)
+    return out
+
+
+def test_float64_layers_on_a_float32_input_round_it(tmp_path, recwarn):
     """Keras converts the input to the Input's dtype first: float64 layers after a
-    float32 Input compute on float32-rounded inputs; fastrnn loads the model as float32,
-    with the partly-float64 warning.  An integer Input (ids) does not count."""
-    def input_dtype(dtype):
-        def edit(c):
-            c["config"]["layers"][0]["config"]["dtype"] = dtype
-        return edit
-    p = _edit_config("k3_float64", tmp_path, input_dtype("float32"))
-    with pytest.warns(UserWarning, match=r"some layers of the Keras model are float64, "
-                                         r"others \['float32'\]"):
-        model = load_keras(p)
-    x, ys = reference("k3_float64")
-    out = model.predict(x)
-    assert out.dtype == np.float32 and np.max(np.abs(out - ys[0])) <= TOL
-    recwarn.clear()
-    assert load_keras(_edit_config("k3_float64", tmp_path, input_dtype("int32"))).predict(
-        x).dtype == np.float64
+    float32 Input compute on float32-rounded inputs.  fastrnn loads the model as
+    float64 (no warning) with an InputCast after the Input that rounds them so; an
+    integer Input (ids) gets none, a bfloat16 one (numpy has no such dtype) counts as
+    a layer, as before (partly float64: float32, with the warning)."""
+    from fastrnn.model import InputCast
+    name = "k3_float64"
+    plain = load_keras(model_path(name))                 # (a float64 Input)
+    model = load_keras(_edit_config(name, tmp_path, _input_dtype("float32")))
     assert not [w for w in recwarn if "float64" in str(w.message)]
+    cast = model.layers[0]
+    assert isinstance(cast, InputCast) and (cast.input_dtype, cast.dtype) == \
+        ("float32", "float64")
+    assert not any(isinstance(l, InputCast) for l in plain.layers)
+    assert len(model.layers) == len(plain.layers) + 1 and model.inputs is None   # a chain
+    x, ys = reference(name)        # (float32 values: the rounding changes nothing)
+    out = model.predict(x)
+    assert out.dtype == np.float64 and np.array_equal(out, plain.predict(x))
+    x64 = _rounds(x)
+    out = model.predict(x64)
+    assert np.array_equal(out, plain.predict(x64.astype(np.float32).astype(np.float64)))
+    assert np.max(np.abs(out - plain.predict(x64))) > 0
+    # an integer Input: no cast, float64
+    ints = load_keras(_edit_config(name, tmp_path, _input_dtype("int32")))
+    assert not any(isinstance(l, InputCast) for l in ints.layers)
+    assert ints.predict(x).dtype == np.float64
+    assert not [w for w in recwarn if "float64" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"some layers of the Keras model are float64, "
+                                         r"others \['bfloat16'\]"):
+        bf = load_keras(_edit_config(name, tmp_path, _input_dtype("bfloat16")))
+    assert not any(isinstance(l, InputCast) for l in bf.layers)
+    assert bf.predict(x).dtype == np.float32
+    # a float32 model run in float64 (dtype=) takes its inputs as given: dtype= asks for
+    # more precision than Keras's own float32 layers have
+    f32 = load_keras(model_path("k3_lstm_basic"), dtype="float64")
+    assert not any(isinstance(l, InputCast) for l in f32.layers)
+    x, ys = reference("k3_lstm_basic")
+    assert f32.predict(x).dtype == np.float64
+    assert np.max(np.abs(f32.predict(x) - ys[0])) <= TOL
+    # and a float64 model (float32 Input) run in float32 still rounds as Keras does
+    m32 = load_keras(_edit_config(name, tmp_path, _input_dtype("float32")), dtype="float32")
+    assert isinstance(m32.layers[0], InputCast) and m32.predict(x).dtype == np.float32
+
+
+def test_a_float64_input_of_float32_layers_is_cast_down(tmp_path, recwarn):
+    """A float64 Input of float32 layers: each Keras layer casts its input to float32
+    (the Masking's mask too: a Cast before its not_equal), which the InputCast after
+    the Input does once (float32 model, no warning): a step of values float32 rounds
+    to 0 is masked, as in Keras (checked against Keras 3.15.1 on such a model)."""
+    from fastrnn.model import InputCast
+    name = "k3_bi_sum_gru_masking"
+    plain = load_keras(model_path(name))
+    model = load_keras(_edit_config(name, tmp_path, _input_dtype("float64")))
+    assert not [w for w in recwarn if "float64" in str(w.message)]
+    assert isinstance(model.layers[0], InputCast)
+    assert (model.layers[0].input_dtype, model.layers[0].dtype) == ("float64", "float32")
+    x, ys = reference(name)
+    x = x.astype(np.float64)
+    x[2, 1] = 1e-50                         # (float32: 0, a masked step)
+    out = model.predict(x)
+    assert out.dtype == np.float32
+    assert np.array_equal(out, plain.predict(x.astype(np.float32)))
+    assert np.max(np.abs(out - plain.predict(x))) > 1e-3    # (unmasked there)
+
+
+POLICY64 = ("k3_policy64_f32_input", "k3_policy64_multi")
+
+
+@pytest.mark.parametrize("name", POLICY64)
+def test_float64_policy_with_a_default_input_matches_keras(name, recwarn, monkeypatch,
+                                                          tmp_path):
+    """``set_dtype_policy("float64")`` with a default (float32) ``keras.Input``, made by
+    real Keras 3.15.1 on float64 inputs float32 cannot hold: fastrnn loads it as
+    float64 and rounds the float Input's values through float32 as Keras does:
+    Keras's outputs to ~1e-16 (the fixtures use no tanh: Keras's float64 tanh is
+    float32's).  Unrounded they would be ~4e-9 off, and the float32 load of before
+    ~3e-8: the test fails without the rounding."""
+    from fastrnn.model import INPUT, Embedding, InputCast
+    x, ys = reference(name)
+    xs = x if isinstance(x, list) else [x]
+    floats = [a for a in xs if a.dtype.kind == "f"]
+    assert floats and all(a.dtype == np.float64 for a in floats)
+    for a in floats:                            # (the rounding changes them)
+        assert not np.array_equal(a.astype(np.float32).astype(np.float64), a)
+    model = load_keras(model_path(name))
+    assert not [w for w in recwarn if "float64" in str(w.message)]
+    casts = [l for l in model.layers if isinstance(l, InputCast)]
+    assert len(casts) == 1 and (casts[0].input_dtype, casts[0].dtype) == ("float32",
+                                                                          "float64")
+    out = as_list(model.predict(x))
+    assert all(a.dtype == np.float64 for a in out)
+    err = max(float(np.max(np.abs(a - b))) for a, b in zip(out, ys))
+    assert err <= 1e-12, err
+    graph = model._graph()
+    for i, l in enumerate(model.layers):
+        if isinstance(l, Embedding):            # (the ids: read as given)
+            assert graph[i] == [(INPUT, 0)]
+    # the model saved and loaded keeps its InputCast
+    model.save(tmp_path / "model.safetensors")
+    again = fastrnn.load(tmp_path / "model.safetensors")
+    assert [type(l).__name__ for l in again.layers] == [type(l).__name__ for l in model.layers]
+    assert all(np.array_equal(a, b) for a, b in zip(as_list(again.predict(x)), out))
+    # without the rounding (the input only converted to float64): ~4e-9 off
+    monkeypatch.setattr(InputCast, "call",
+                        lambda self, x, mask=None: (np.asarray(x, self.dtype), mask))
+    unrounded = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        as_list(model.predict(x)), ys))
+    assert unrounded > 1e-9, unrounded
+    monkeypatch.undo()
+    # float32 (what fastrnn loaded before): ~3e-8 off
+    f32 = as_list(load_keras(model_path(name), dtype="float32").predict(x))
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(f32, ys)) > 1e-8
+
+
+def test_sequential_first_layer_input_dtype():
+    """A Sequential config whose first layer holds the input shape (tf.keras 2's form):
+    its Input is of the layer's dtype: a float64 one of a model whose layers are
+    partly float32 (loaded as float32) is cast down; one of the layers' own dtype, or
+    a float32 model run in float64 (dtype=), takes the input as given."""
+    from fastrnn.io.keras import model_from_keras_config
+    from fastrnn.model import Dense, InputCast
+    rng = np.random.RandomState(3)
+    w = [rng.normal(size=(3, 2)), rng.normal(size=2)]
+    x = _rounds(rng.normal(size=(4, 3)))
+
+    def specs(dtype):
+        return [("Dense", {"name": "d", "units": 2, "batch_input_shape": [None, 3],
+                           "dtype": dtype})]
+    m = model_from_keras_config(specs("float32"), {"d": w}, dtype="float64")
+    assert isinstance(m.layers[0], Dense) and len(m.layers) == 1
+    assert np.array_equal(m.predict(x), Dense(w[0], w[1], dtype="float64")(x))
+    with pytest.warns(UserWarning, match="some layers of the Keras model are float64"):
+        m = model_from_keras_config(specs("float64") + [("Dense", {"name": "e", "units": 2,
+                                                                   "dtype": "float32"})],
+                                    {"d": w, "e": [np.eye(2), np.zeros(2)]})
+    assert isinstance(m.layers[0], InputCast) and m.layers[0].name == "d_input"
+    assert (m.layers[0].input_dtype, m.layers[0].dtype) == ("float64", "float32")
+    m = model_from_keras_config(specs("float64"), {"d": w})
+    assert isinstance(m.layers[0], Dense) and len(m.layers) == 1
+    assert np.array_equal(m.predict(x), Dense(w[0], w[1], dtype="float64")(x))
 
 
 def test_fused_bidirectional_follows_its_directions_weights():

@@ -166,3 +166,61 @@ def test_own_files_apply_dtype_and_threads_and_refuse_other_keywords(tmp_path):
     with pytest.raises(TypeError, match="Model"):
         fastrnn.load(files["own model"], num_threads=1)
     assert isinstance(fastrnn.load(files["own model"]), Model)
+
+
+def test_input_cast_layer(tmp_path):
+    """InputCast: the input rounded through its Keras Input's dtype, then in the model's
+    dtype; other numbers converted as the Input converts them; the mask passed on;
+    saved, loaded, pickled, shown by summary; bad dtypes refused (a saved file's too)."""
+    import json
+    import re
+    from fastrnn.io import write_safetensors
+    from fastrnn.model import INPUT, Concatenate, InputCast, Masking
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 4))                     # (float64 values)
+    c = InputCast("float32", "float64")
+    y, m = c.call(x, mask="the mask")
+    assert y.dtype == np.float64 and m == "the mask"
+    assert np.array_equal(y, x.astype(np.float32).astype(np.float64))
+    assert not np.array_equal(y, x)
+    assert np.max(np.abs(y - x)) > 1e-9                     # (float32's ~6e-8 relative)
+    assert np.array_equal(InputCast("float16", "float32")(x), x.astype(np.float16).astype(
+        np.float32))
+    assert np.array_equal(InputCast("float64", "float32")(x), x.astype(np.float32))
+    big = np.array([[2 ** 53 + 1]], np.int64)               # (ints as the Input converts)
+    assert InputCast("float64", "float64")(big)[0, 0] == float(2 ** 53)
+    assert InputCast("float32", "float64")(big)[0, 0] == float(np.float32(2 ** 53))
+    assert InputCast(np.float32, np.dtype("float64")).input_dtype == "float32"
+    for bad in ("int32", "bfloat16", None, "bogus", {"name": "float32"}):
+        with pytest.raises(TypeError, match="InputCast input_dtype"):
+            InputCast(bad, "float64")
+    with pytest.raises(TypeError, match="InputCast dtype"):
+        InputCast("float32", "float16")
+    with pytest.raises(TypeError, match="expected numbers"):
+        c(np.array([["a"]]))
+    assert repr(c) == f"InputCast(name={c.name!r}, float32 -> float64)"
+    assert c.count_params() == 0 and c.get_weights() == []
+    # a model of two inputs, one cast (a graph): saved and loaded
+    model = Model([InputCast("float32", "float64", name="feats"), Masking(0.0),
+                   Concatenate()], inputs=[[(INPUT, 1)], [(0, 0)], [(INPUT, 0), (1, 0)]],
+                  input_names=["a", "feats"])
+    a = rng.standard_normal((2, 3, 2))
+    want = np.concatenate([a, x.astype(np.float32).astype(np.float64)], axis=-1)
+    assert np.array_equal(model([a, x]), want)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    again = fastrnn.load(path)
+    assert repr(again) == repr(model) and np.array_equal(again([a, x]), want)
+    assert again.layers[0].get_config() == {"class_name": "InputCast", "name": "feats",
+                                            "input_dtype": "float32", "dtype": "float64"}
+    assert np.array_equal(pickle.loads(pickle.dumps(model))([a, x]), want)
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert re.search(r"\nfeats +InputCast +feats +0  float32 -> float64\n", lines[0])
+    # a saved config's bad dtype: a load error
+    cfg = model.save_config()
+    cfg["layers"][0]["input_dtype"] = "int8"
+    write_safetensors(tmp_path / "bad.safetensors", model.state_dict(),
+                      {"fastrnn": json.dumps(cfg)})
+    with pytest.raises(LoadError, match="InputCast input_dtype"):
+        fastrnn.load(tmp_path / "bad.safetensors")

@@ -272,6 +272,28 @@ def test_keras_file_model_streams():
     _close(got, want)
 
 
+def test_float64_model_of_a_float32_keras_input_streams():
+    """A Keras float64 model on a default (float32) Input: its InputCast (the input
+    rounded to float32) runs step by step; chunks and single steps give Keras's outputs
+    (float64 inputs float32 cannot hold) to ~1e-16."""
+    pytest.importorskip("h5py")
+    from fastrnn.model import InputCast
+    name = "k3_policy64_f32_input"
+    model = fastrnn.load(os.path.join(FIXTURES, "keras", name + ".keras"))
+    assert isinstance(model.layers[0], InputCast)
+    ref = np.load(os.path.join(FIXTURES, "keras", name + ".npz"))
+    x, want = ref["x"], ref["y0"]
+    for size in (1, 2, x.shape[1]):
+        s = Stream(model, batch_size=x.shape[0])
+        got = np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(x.shape[1], size)],
+                             axis=1)
+        assert got.dtype == np.float64
+        assert np.max(np.abs(got - want)) <= 1e-12
+    s = Stream(model, batch_size=x.shape[0])
+    got = np.stack([s.step(x[:, t]) for t in range(x.shape[1])], axis=1)
+    assert np.max(np.abs(got - want)) <= 1e-12
+
+
 def test_normalisations_over_the_features_stream():
     """LayerNormalization over the last axis and BatchNormalization on the features run
     step by step (chunks give the whole call's outputs); over the steps they are refused,

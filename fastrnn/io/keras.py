@@ -118,12 +118,18 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
 
     ``dtype``: the dtype of the loaded model's weights and outputs.  By default
     (``None``) float64 when every layer of the Keras config has dtype (policy) float64,
-    else float32 (with a warning when only some are).  A float ``Input`` counts as such
-    a layer: Keras converts the model's input to the Input's dtype before its layers
-    run, so float64 layers after a float32 Input (``set_dtype_policy("float64")`` with
-    a default Input) compute on float32-rounded inputs; fastrnn loads such a model as
-    float32, with the warning (the closest it comes without rounding the inputs:
-    ``dtype="float64"`` runs in float64 on the inputs as given).
+    else float32 (with a warning when only some are); the ``Input`` layers do not count.
+    Keras converts each input of the model to its ``Input``'s dtype before the layers
+    run: float64 layers after a float32 Input (``set_dtype_policy("float64")`` with a
+    default ``keras.Input``) compute in float64 on float32-ROUNDED inputs.  fastrnn
+    loads such a model as float64 and reproduces the rounding with an
+    :class:`~fastrnn.model.InputCast` layer right after each float Input whose dtype
+    (float16, float32 or float64) is not the model's (a float64 Input of a float32
+    model: cast down, as Keras's float32 layers do; a Sequential config without an
+    InputLayer: tf.keras 2's Input, of its first layer's dtype).  An integer Input (an
+    Embedding's ids) gets none; a bfloat16 Input none either, and counts as a layer.
+    The casts follow the dtype Keras's layers compute in, not ``dtype=``: a float32
+    model run in float64 takes its inputs as given.
 
     Functional models may branch and merge (a graph of layers: the merge layers
     Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, a layer feeding
@@ -1466,9 +1472,10 @@ def _warn_stateful(where, cfgs=()):
 
 
 class _Builder:
-    def __init__(self, store, major, dtype, num_threads, fname, ctx=None):
+    def __init__(self, store, major, dtype, num_threads, fname, ctx=None, keras_dtype=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
             store, major, dtype, num_threads, fname)
+        self.keras_dtype = np.dtype(keras_dtype or dtype).name
         self.ctx = ctx if ctx is not None else _Ctx(fname)
 
     def weights(self, d, n_expected):
@@ -1899,7 +1906,7 @@ class _Builder:
         """The Model of the descs (one a call of a Keras layer: the calls of a shared
         layer run one fastrnn layer object, built once)."""
         from ..model import (INPUT, Bidirectional, Conv1D, Embedding, Flatten,
-                             GlobalPooling1D, KerasRNN, Masking, Model, Pooling1D,
+                             GlobalPooling1D, InputCast, KerasRNN, Masking, Model, Pooling1D,
                              RepeatVector)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
@@ -1913,6 +1920,21 @@ class _Builder:
         # (desc index, tensor index): feature size, rank (None: unknown); mask reaches it
         dims, ranks, masked = {}, {}, {}
         built = {}      # Keras layer name -> (its layers, input sizes, output sizes)
+        # the model's inputs Keras converts to a float dtype other than the model's
+        # (input k -> (its dtype, the InputCast's name)), and the InputCast layer each
+        # gets before its first reader (input k -> the layer's index)
+        cast_to, casts = {}, {}
+        model_dtype = np.dtype(self.dtype).name
+
+        def input_ref(k):
+            if k not in cast_to:
+                return (INPUT, k)
+            if k not in casts:
+                casts[k] = len(layers)
+                graph.append([(INPUT, k)])
+                layers.append(InputCast(cast_to[k][0], model_dtype, name=cast_to[k][1]))
+            return (casts[k], 0)
+
         for i, d in enumerate(descs):
             c, cls = d.config, d.class_name
             self.ctx.layer = f"{d.name!r} ({cls})"
@@ -1932,7 +1954,17 @@ class _Builder:
                 dims[(i, 0)] = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
                 ranks[(i, 0)] = _input_rank(c)
                 input_at[i] = d.input_index or 0
+                cast = _input_cast(c, self.keras_dtype)
+                if cast:
+                    cast_to[input_at[i]] = (cast, d.name)
                 continue
+            if i == 0 and d.inputs is None and \
+                    any(k in c for k in ("batch_input_shape", "batch_shape")):
+                # (a Sequential config whose first layer holds the input shape: tf.keras 2
+                # makes its Input of the layer's dtype)
+                cast = _input_cast(c, self.keras_dtype)
+                if cast:
+                    cast_to[0] = (cast, f"{d.name}_input")
             for j, t in refs:
                 _check_ref(dims, descs, j, t, where + " reads")
             in_dims = tuple(dims[r] for r in refs)
@@ -1951,8 +1983,8 @@ class _Builder:
                     # (a shared layer called on tensors of other sizes: built again only
                     # to check that it takes them, and to size its outputs)
                     new = first[0]
-            src = [(INPUT, input_at[j]) if j in input_at else (index_map[j], t)
-                   for j, t in refs] or [(INPUT, 0)]
+            src = [input_ref(input_at[j]) if j in input_at else (index_map[j], t)
+                   for j, t in refs] or [input_ref(0)]
             for l in new:
                 graph.append(src)
                 src = [(len(layers), 0)]
@@ -2010,6 +2042,20 @@ class _Builder:
                                 f"{have[t - first]}; it needs size {size}")
             refs.append((index_map[j], t))
         return refs
+
+
+def _input_cast(c, keras_dtype):
+    """The dtype Keras converts a model's input to, from its InputLayer's config (or a
+    Sequential's first layer's), when an InputCast must reproduce it: a float dtype
+    numpy has, other than ``keras_dtype``, the one the model's layers compute in (a
+    float32 Input of a float64 model: the input rounded to float32; a float64 one of a
+    float32 model: cast down, as each float32 layer does); None for integer Inputs
+    (ids), the layers' own dtype, or none recorded.  (A bfloat16 Input gets none: it
+    counts in _config_dtype instead.)  ``dtype=`` of load_keras does not change it: a
+    float32 model run in float64 takes its inputs as given."""
+    from ..model import _INPUT_DTYPES
+    name = _policy_name(c.get("dtype"))
+    return name if name in _INPUT_DTYPES and name != keras_dtype else None
 
 
 def _input_rank(c):
@@ -2078,19 +2124,22 @@ def _policy_name(v):
     return v if isinstance(v, str) else None
 
 
-def _config_dtype(descs, fname):
+def _config_dtype(descs, fname, warn=True):
     """float64 when every layer's dtype in the config is float64, else float32 (with a
-    warning when only some are).  A float Input counts as a layer: Keras converts the
-    model's input to its dtype first, so float64 layers on a float32 Input compute on
-    float32-rounded inputs, and the model loads as float32 (with the warning; an
-    integer Input, an Embedding's ids, does not count)."""
+    warning when only some are).  The Inputs do not count: Keras converts the model's
+    input to its Input's dtype first, which an InputCast layer reproduces (float64
+    layers on a float32 Input load as float64, on float32-rounded inputs; an integer
+    Input, an Embedding's ids, has none); only a bfloat16 Input, which numpy cannot
+    round to, counts as a layer."""
+    from ..model import _INPUT_DTYPES
     names = [_policy_name(d.config.get("dtype")) for d in descs]
     names = [n for d, n in zip(descs, names) if n is not None and
-             (d.class_name != "InputLayer" or n in _FLOAT_DTYPES)]
+             (d.class_name != "InputLayer" or
+              (n in _FLOAT_DTYPES and n not in _INPUT_DTYPES))]
     f64 = [n == "float64" for n in names]
     if f64 and all(f64):
         return "float64"
-    if any(f64):
+    if any(f64) and warn:
         warnings.warn(f"{fname}: some layers of the Keras model are float64, others "
                       f"{sorted(set(n for n in names if n != 'float64'))}; loading it as "
                       "float32 (pass dtype= to choose)", stacklevel=4)
@@ -2140,11 +2189,12 @@ def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=
     version = version or hint
     major = _keras_major(version, hard_sigmoid)
     ctx = ctx if ctx is not None else _Ctx(fname)
-    if dtype is None:
-        dtype = _config_dtype(descs, fname)
+    # (the dtype Keras's layers compute in, which decides the InputCasts; dtype= may
+    # run the model in another)
+    own = _config_dtype(descs, fname, warn=dtype is None)
     try:
-        model = _Builder(store, major, dtype, num_threads, fname, ctx).build(descs, outputs,
-                                                                             input_names)
+        model = _Builder(store, major, dtype or own, num_threads, fname, ctx,
+                         keras_dtype=own).build(descs, outputs, input_names)
     except LoadError:
         raise
     except RecursionError:
