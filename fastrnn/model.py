@@ -33,6 +33,7 @@ __all__ = [
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "Attention", "AdditiveAttention", "MultiHeadAttention",
     "InputCast", "INPUT", "activation_function",
 ]
 
@@ -1054,6 +1055,296 @@ _MERGE_CLASSES = {c.__name__: c for c in (Concatenate, Add, Subtract, Multiply, 
                                           Maximum, Minimum)}
 
 
+# ----------------------------------------------------------------------------- attention layers
+
+def _softmax_last(s):
+    """Softmax over the last axis, shifted by the row's maximum (no overflow)."""
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _causal(tq, tv):
+    """Keras's causal mask ``(Tq, Tv)``: query step i sees value steps j <= i."""
+    return np.arange(tq)[:, None] >= np.arange(tv)[None, :]
+
+
+class _AttentionBase(Layer):
+    """Keras's attention layers: ``call([query, value(, key)], masks)`` with their masks
+    (or None); ``return_attention_scores``: a second output, the weights after masking
+    and softmax (no mask); ``use_causal_mask``: step i attends to steps <= i (Keras's
+    call arguments, fixed per layer object here)."""
+
+    n_inputs = None
+    _n_range = (2, 3)
+
+    def __init__(self, return_attention_scores=False, use_causal_mask=False, name=None):
+        super().__init__(name)
+        self.return_attention_scores = bool(return_attention_scores)
+        self.use_causal_mask = bool(use_causal_mask)
+
+    def n_outputs(self):
+        return 2 if self.return_attention_scores else 1
+
+    def _tensors(self, x, mask):
+        if not isinstance(x, (list, tuple)):
+            raise ValueError(f"{self.name}: {type(self).__name__} takes a list [query, value] "
+                             f"or [query, value, key], got {type(x).__name__}")
+        lo, hi = self._n_range
+        if not lo <= len(x) <= hi:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes {lo} or {hi} tensors "
+                             f"([query, value] or [query, value, key]), got {len(x)}")
+        xs = [_float_input(a, self.name) for a in x]
+        dt = np.result_type(*xs)
+        xs = [np.asarray(a, dtype=dt) for a in xs]
+        masks = [None] * len(xs) if mask is None else list(mask)
+        if len(masks) != len(xs):
+            raise ValueError(f"{self.name}: {len(masks)} masks for {len(xs)} tensors")
+        masks = [None if m is None else np.asarray(m, dtype=bool) for m in masks]
+        for a, m, what in zip(xs, masks, ("query", "value", "key")):
+            if a.ndim != 3:
+                raise ValueError(f"{self.name}: the {what} must be 3-D (batch, steps, "
+                                 f"features), got shape {a.shape}")
+            if m is not None and m.shape != a.shape[:2]:
+                raise ValueError(f"{self.name}: a {what} mask of shape {m.shape} for a "
+                                 f"tensor of shape {a.shape}")
+        if len({a.shape[0] for a in xs}) > 1:
+            raise ValueError(f"{self.name}: the tensors disagree on the batch size: "
+                             f"{[a.shape for a in xs]}")
+        if len(xs) == 3 and xs[1].shape[1] != xs[2].shape[1]:
+            raise ValueError(f"{self.name}: value and key need the same steps, got shapes "
+                             f"{xs[1].shape} and {xs[2].shape}")
+        return xs, masks, dt
+
+    def get_config(self):
+        return {**super().get_config(), "return_attention_scores": self.return_attention_scores,
+                "use_causal_mask": self.use_causal_mask}
+
+
+class Attention(_AttentionBase):
+    """Keras's ``Attention`` (Luong): scores ``query @ key^T`` (times ``scale`` where
+    given; ``score_mode="concat"``: ``concat_score_weight * sum(tanh(scale * (q + k)))``),
+    masked value steps (and, causal, later steps) lowered by 1e9 as Keras does (a fully
+    masked row thus softmaxes as Keras's does), softmax over the value steps, times the
+    value; the output is 0 at masked query steps and carries the query's mask."""
+
+    def __init__(self, scale=None, score_mode="dot", concat_score_weight=None,
+                 return_attention_scores=False, use_causal_mask=False, name=None,
+                 dtype="float32"):
+        super().__init__(return_attention_scores, use_causal_mask, name)
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"{self.name}: score_mode must be 'dot' or 'concat', got "
+                             f"{score_mode!r}")
+        if score_mode == "concat" and concat_score_weight is None:
+            raise ValueError(f"{self.name}: score_mode='concat' needs concat_score_weight")
+        if score_mode == "dot" and concat_score_weight is not None:
+            raise ValueError(f"{self.name}: concat_score_weight is for score_mode='concat'")
+        self.score_mode = score_mode
+        self.scale = self._scalar(scale, "scale", dtype)
+        self.concat_score_weight = self._scalar(concat_score_weight, "concat_score_weight",
+                                                dtype)
+
+    def _scalar(self, v, what, dtype):
+        if v is None:
+            return None
+        v = np.asarray(v, dtype=dtype)
+        if v.shape != ():
+            raise ValueError(f"{self.name}: {what} must be a scalar, got shape {v.shape}")
+        return v
+
+    def get_weights(self):
+        return [w for w in (self.scale, self.concat_score_weight) if w is not None]
+
+    def _scores(self, q, k, dt):
+        if self.score_mode == "dot":
+            s = q @ np.swapaxes(k, -1, -2)
+            if self.scale is not None:
+                s = s * self.scale.astype(dt)
+            return s
+        t = q[:, :, None, :] + k[:, None, :, :]
+        if self.scale is not None:
+            t = self.scale.astype(dt) * t
+        return self.concat_score_weight.astype(dt) * np.tanh(t).sum(axis=-1)
+
+    def call(self, x, mask=None):
+        xs, masks, dt = self._tensors(x, mask)
+        q, v = xs[0], xs[1]
+        k = xs[2] if len(xs) > 2 else v
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"{self.name}: query and key need the same features, got "
+                             f"shapes {q.shape} and {k.shape}")
+        s = np.asarray(self._scores(q, k, dt), dtype=dt)
+        keep = None if masks[1] is None else masks[1][:, None, :]
+        if self.use_causal_mask:
+            c = _causal(s.shape[1], s.shape[2])[None]
+            keep = c if keep is None else keep & c
+        if keep is not None:
+            s = np.where(keep, s, s - dt.type(1e9))
+        w = _softmax_last(s)
+        out = w @ v
+        qm = masks[0]
+        if qm is not None:
+            out = np.where(qm[..., None], out, dt.type(0))
+        return ([out, w] if self.return_attention_scores else out), qm
+
+    def get_config(self):
+        return {**super().get_config(), "score_mode": self.score_mode}
+
+    def _extra_repr(self):
+        return (f"score_mode={self.score_mode!r}, use_scale={self.scale is not None}"
+                + (", causal" if self.use_causal_mask else ""))
+
+
+class AdditiveAttention(Attention):
+    """Keras's ``AdditiveAttention`` (Bahdanau): scores ``sum(scale * tanh(q + k))``
+    over the features (``scale``: a vector of the query's features, or None: 1), then
+    as :class:`Attention`."""
+
+    def __init__(self, scale=None, return_attention_scores=False, use_causal_mask=False,
+                 name=None, dtype="float32"):
+        _AttentionBase.__init__(self, return_attention_scores, use_causal_mask, name)
+        self.score_mode = "additive"
+        self.concat_score_weight = None
+        if scale is not None:
+            scale = np.asarray(scale, dtype=dtype)
+            if scale.ndim != 1:
+                raise ValueError(f"{self.name}: scale must be a vector (features,), got shape "
+                                 f"{scale.shape}")
+        self.scale = scale
+
+    def _scores(self, q, k, dt):
+        if self.scale is not None and self.scale.shape[0] != q.shape[-1]:
+            raise ValueError(f"{self.name}: scale of {self.scale.shape[0]} features for a "
+                             f"query of {q.shape[-1]}")
+        t = np.tanh(q[:, :, None, :] + k[:, None, :, :])
+        if self.scale is not None:
+            t = self.scale.astype(dt) * t
+        return t.sum(axis=-1)
+
+    def get_config(self):
+        return _AttentionBase.get_config(self)
+
+    def _extra_repr(self):
+        return (f"use_scale={self.scale is not None}"
+                + (", causal" if self.use_causal_mask else ""))
+
+
+class MultiHeadAttention(_AttentionBase):
+    """Keras's ``MultiHeadAttention`` over the steps (its default ``attention_axes``):
+    ``call([query, value(, key)], masks)``.  Projections ``x @ kernel + bias`` with
+    kernels ``(features, heads, key_dim)`` (query, key), ``(features, heads, value_dim)``
+    (value) and ``(heads, value_dim, out)`` (output), biases ``(heads, dim)`` / ``(out,)``
+    or None; scores ``(q / sqrt(key_dim)) . k`` per head, set to -1e9 where Keras's mask
+    is False (query mask & value mask & key mask, & causal), softmax over the value steps;
+    a query step with no step left to attend to averages the values, or with
+    ``zero_masked`` (default: ``return_attention_scores``) gets weights 0 (Keras 3.15 on
+    JAX: its dot_product_attention path, or its Softmax layer's path that it takes when
+    returning the scores or with dropout).  The output carries the query's mask (its values at masked query steps are computed,
+    not zeroed, as Keras's); ``return_attention_scores``: the weights ``(B, heads, Tq,
+    Tv)`` as a second output."""
+
+    def __init__(self, query_kernel, key_kernel, value_kernel, output_kernel, query_bias=None,
+                 key_bias=None, value_bias=None, output_bias=None,
+                 return_attention_scores=False, use_causal_mask=False, zero_masked=None,
+                 name=None, dtype="float32"):
+        super().__init__(return_attention_scores, use_causal_mask, name)
+        self.zero_masked = bool(return_attention_scores if zero_masked is None
+                                else zero_masked)
+        arr = lambda a: None if a is None else np.ascontiguousarray(np.asarray(a, dtype=dtype))
+        self.query_kernel, self.key_kernel = arr(query_kernel), arr(key_kernel)
+        self.value_kernel, self.output_kernel = arr(value_kernel), arr(output_kernel)
+        self.query_bias, self.key_bias = arr(query_bias), arr(key_bias)
+        self.value_bias, self.output_bias = arr(value_bias), arr(output_bias)
+        for k in ("query_kernel", "key_kernel", "value_kernel", "output_kernel"):
+            if getattr(self, k).ndim != 3:
+                raise ValueError(f"{self.name}: {k} must be 3-D, got shape "
+                                 f"{getattr(self, k).shape}")
+        _, N, K = self.query_kernel.shape
+        V = self.value_kernel.shape[2]
+        if self.key_kernel.shape[1:] != (N, K) or self.value_kernel.shape[1] != N or \
+                self.output_kernel.shape[:2] != (N, V):
+            raise ValueError(f"{self.name}: kernels of shapes {self.query_kernel.shape}, "
+                             f"{self.key_kernel.shape}, {self.value_kernel.shape}, "
+                             f"{self.output_kernel.shape} do not fit (query, key, value: "
+                             "(features, heads, dim); output: (heads, value_dim, out))")
+        want = {"query_bias": (N, K), "key_bias": (N, K), "value_bias": (N, V),
+                "output_bias": (self.output_kernel.shape[2],)}
+        biases = [getattr(self, b) for b in want]
+        if any(b is None for b in biases) and any(b is not None for b in biases):
+            raise ValueError(f"{self.name}: give all four biases or none")
+        for b, shape in want.items():
+            if getattr(self, b) is not None and getattr(self, b).shape != shape:
+                raise ValueError(f"{self.name}: {b} must have shape {shape}, got "
+                                 f"{getattr(self, b).shape}")
+
+    @property
+    def num_heads(self):
+        return self.query_kernel.shape[1]
+
+    @property
+    def key_dim(self):
+        return self.query_kernel.shape[2]
+
+    @property
+    def value_dim(self):
+        return self.value_kernel.shape[2]
+
+    def get_weights(self):
+        ws = [self.query_kernel, self.query_bias, self.key_kernel, self.key_bias,
+              self.value_kernel, self.value_bias, self.output_kernel, self.output_bias]
+        return [w for w in ws if w is not None]
+
+    def _proj(self, x, kernel, bias, what):
+        if x.shape[-1] != kernel.shape[0]:
+            raise ValueError(f"{self.name}: the {what} has {x.shape[-1]} features, its "
+                             f"kernel takes {kernel.shape[0]}")
+        y = np.einsum("btf,fnd->btnd", x, kernel)
+        return y if bias is None else y + bias
+
+    def call(self, x, mask=None):
+        xs, masks, _ = self._tensors(x, mask)
+        dt = self.query_kernel.dtype
+        xs = [np.asarray(a, dtype=dt) for a in xs]
+        query, value = xs[0], xs[1]
+        key = xs[2] if len(xs) > 2 else value
+        q = self._proj(query, self.query_kernel, self.query_bias, "query")
+        k = self._proj(key, self.key_kernel, self.key_bias, "key")
+        v = self._proj(value, self.value_kernel, self.value_bias, "value")
+        q = q * dt.type(1.0 / math.sqrt(float(self.key_dim)))
+        s = np.einsum("btnd,bsnd->bnts", q, k)
+        keep = None
+        qm, vm = masks[0], masks[1]
+        km = masks[2] if len(masks) > 2 else None
+        if qm is not None:
+            keep = qm[:, :, None]
+        for m in (vm, km):
+            if m is not None:
+                keep = m[:, None, :] if keep is None else keep & m[:, None, :]
+        if self.use_causal_mask:
+            c = _causal(s.shape[2], s.shape[3])[None]
+            keep = c if keep is None else keep & c
+        if keep is not None:
+            s = np.where(keep[:, None], s, dt.type(-1e9))
+        w = _softmax_last(s)
+        if keep is not None and self.zero_masked:
+            w = np.where(keep[:, None], w, dt.type(0))
+        o = np.einsum("bnts,bsnd->btnd", w, v)
+        out = np.einsum("btnd,nde->bte", o, self.output_kernel)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return ([out, w] if self.return_attention_scores else out), qm
+
+    def get_config(self):
+        return {**super().get_config(), "zero_masked": self.zero_masked}
+
+    def _extra_repr(self):
+        return (f"num_heads={self.num_heads}, key_dim={self.key_dim}, "
+                f"value_dim={self.value_dim}" + (", causal" if self.use_causal_mask else ""))
+
+
+_ATTENTION_CLASSES = {c.__name__: c for c in (Attention, AdditiveAttention,
+                                              MultiHeadAttention)}
+
+
 class KerasRNN(Layer):
     """A fastrnn core layer (one direction, one layer, ``batch_first=True``) used the way
     Keras uses an RNN layer.
@@ -1701,10 +1992,13 @@ def _check_inputs(layers, inputs, n_inputs=1):
         refs = [_ref(layers, r, i, f"input of layer {i} ({layer.name!r})", n_inputs)
                 for r in refs]
         want = layer.n_inputs
-        if (want is None and len(refs) < 1) or (want is not None and len(refs) != want):
+        lo, hi = getattr(layer, "_n_range", (1, None))
+        if (want is None and not (lo <= len(refs) and (hi is None or len(refs) <= hi))) \
+                or (want is not None and len(refs) != want):
+            need = (want if want is not None else "one or more tensors" if hi is None
+                    else f"{lo} to {hi} tensors")
             raise ValueError(f"layer {i} ({layer.name!r}, {type(layer).__name__}) reads "
-                             f"{'one or more tensors' if want is None else want}, given "
-                             f"{len(refs)}")
+                             f"{need}, given {len(refs)}")
         graph.append(refs)
     chain = all(refs == [(i - 1, 0)] for i, refs in enumerate(graph))
     return None if chain and all(l.n_inputs == 1 for l in layers) else graph
@@ -1837,6 +2131,17 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         for k in names:
             if getattr(layer, k) is not None:
                 out[prefix + k] = getattr(layer, k)
+    elif isinstance(layer, _AttentionBase):
+        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
+        if isinstance(layer, MultiHeadAttention):
+            for k in ("query", "key", "value", "output"):
+                out[prefix + k + "_kernel"] = getattr(layer, k + "_kernel")
+                if getattr(layer, k + "_bias") is not None:
+                    out[prefix + k + "_bias"] = getattr(layer, k + "_bias")
+        else:
+            for k in ("scale", "concat_score_weight"):
+                if getattr(layer, k) is not None:
+                    out[prefix + k] = getattr(layer, k)
     elif isinstance(layer, KerasRNN):
         cfg.update(core=layer.core.get_config(), return_sequences=layer.return_sequences,
                    return_state=layer.return_state,
@@ -1920,6 +2225,24 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Concatenate(cfg.get("axis", -1), name=name)
     if kind in _MERGE_CLASSES:
         return _MERGE_CLASSES[kind](name=name)
+    if kind in _ATTENTION_CLASSES:
+        call = dict(return_attention_scores=bool(cfg.get("return_attention_scores", False)),
+                    use_causal_mask=bool(cfg.get("use_causal_mask", False)), name=name)
+        if kind == "MultiHeadAttention":
+            w = {k: tensors.get(k) for k in ("query_kernel", "key_kernel", "value_kernel",
+                                              "output_kernel", "query_bias", "key_bias",
+                                              "value_bias", "output_bias")}
+            for k in ("query_kernel", "key_kernel", "value_kernel", "output_kernel"):
+                _need(tensors, k, name)
+            return MultiHeadAttention(**w, **call, zero_masked=cfg.get("zero_masked"),
+                                      dtype=w["query_kernel"].dtype)
+        sc = tensors.get("scale")
+        dt = sc.dtype if sc is not None else tensors.get("concat_score_weight",
+                                                          np.float32(0)).dtype
+        if kind == "AdditiveAttention":
+            return AdditiveAttention(sc, **call, dtype=dt)
+        return Attention(sc, cfg.get("score_mode", "dot"), tensors.get("concat_score_weight"),
+                         **call, dtype=dt)
     if kind == "KerasRNN":
         core = layer_from_config(cfg["core"], _sub(tensors, "core."), _adopt=adopt)
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),

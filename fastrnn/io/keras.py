@@ -56,8 +56,15 @@ _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Re
 # merge layers (several inputs: fastrnn.model's classes of the same names)
 _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum",
                  "Minimum")
+# attention layers (a list [query, value(, key)] / MultiHeadAttention's query=, value=,
+# key=: fastrnn.model's classes of the same names)
+_ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _MERGE_LAYERS
+              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _MERGE_LAYERS \
+    + _ATTENTION_LAYERS
+# the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
+_ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
+_MHA_ARGS = ("query", "value", "key")
 # layers whose output has no mask (as Keras's: GlobalMaxPooling1D and Conv1D drop it)
 _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
               "Conv1D", "MaxPooling1D", "AveragePooling1D")
@@ -67,7 +74,8 @@ _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Repeat
 # data graph they only feed `mask=` arguments, which fastrnn recomputes with Keras's own
 # propagation rules.  On the data graph every operation is refused (_is_op).
 _MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal",
-             "ExpandDims", "ZerosLike", "OnesLike", "Concatenate", "Cast")
+             "ExpandDims", "ZerosLike", "OnesLike", "Concatenate", "Cast",
+             "ConvertToTensor")
 # the modules of Keras 3's operations (keras.ops) as a .keras config records them
 _OP_MODULES = ("keras.src.ops", "keras.ops")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -540,6 +548,9 @@ class _Call:
         self.states = None
         self.mask = _NO_MASK
         self.keras3 = False         # a Keras 3 node (args / kwargs)
+        self.options = {}           # an attention layer's return_attention_scores, ...
+        self.named = {}             # MultiHeadAttention's query= / value= / key= tensors
+        self.masks_kw = {}          # its query_mask= / value_mask= / key_mask= (ref / None)
 
 
 _NO_MASK = object()
@@ -588,10 +599,46 @@ def _call_kwargs(call, kw, name, cls):
             raise LoadError(f"layer {name!r} ({cls}) is called with training={v!r}: not "
                             "supported (fastrnn runs inference; training-mode dropout / "
                             "noise cannot be reproduced)"[:400])
+        if cls in _ATTENTION_LAYERS and k in _ATTENTION_OPTIONS:
+            if v is None or isinstance(v, bool):
+                call.options[k] = bool(v)
+                continue
+            raise LoadError(f"layer {name!r} ({cls}) is called with {k}={_show(v)}: not "
+                            "supported (True or False expected)"[:400])
+        if cls == "MultiHeadAttention" and k in _MHA_ARGS:
+            if v is not None:
+                call.named[k] = _tensor_refs(v, f"layer {name!r} {k} argument")
+                if len(call.named[k]) != 1:
+                    raise LoadError(f"layer {name!r} ({cls}): {k}= must be one tensor")
+            continue
+        if cls == "MultiHeadAttention" and k in ("query_mask", "value_mask", "key_mask"):
+            r = None if v is None else _tensor_refs(v, f"layer {name!r} {k} argument")
+            if r is not None and len(r) != 1:
+                raise LoadError(f"layer {name!r} ({cls}): {k}= must be one tensor")
+            call.masks_kw[k] = None if r is None else r[0]
+            continue
+        if cls == "MultiHeadAttention" and k == "attention_mask" and v is not None:
+            raise LoadError(f"layer {name!r} ({cls}) is called with attention_mask="
+                            f"{_show(v)}: not supported (fastrnn computes the attention mask "
+                            "from the inputs' masks and use_causal_mask only, as Keras does "
+                            "without it)"[:400])
+        if k == "mask" and cls in ("Attention", "AdditiveAttention") and \
+                isinstance(v, (list, tuple)) and _history(v) is None:
+            call.mask = [None if m is None else
+                         _tensor_refs(m, f"layer {name!r} mask argument")[0] for m in v]
+            if len(call.mask) not in (2, 3) or any(
+                    m is not None and len(_tensor_refs(m, "mask")) != 1 for m in v):
+                raise LoadError(f"layer {name!r} ({cls}) is called with mask={_show(v)}: "
+                                "not supported (a list [query_mask, value_mask(, key_mask)] "
+                                "expected)"[:400])
+            continue
         if k == "mask":
             if v is None:
                 call.mask = None
                 continue
+            if cls in _ATTENTION_LAYERS:
+                raise LoadError(f"layer {name!r} ({cls}) is called with mask={_show(v)}: not "
+                                "supported (a list [query_mask, value_mask] expected)"[:400])
             refs = _tensor_refs(v, f"layer {name!r} mask argument")
             if len(refs) != 1:
                 raise LoadError(f"layer {name!r} ({cls}) is called with mask={_show(v)}: "
@@ -647,7 +694,24 @@ def _node_call(node, name, cls):
                     raise LoadError(f"layer {name!r} ({cls}) is called with an extra "
                                     f"argument {_show(a)}: not supported"[:300])
         _call_kwargs(call, node.get("kwargs") or {}, name, cls)
+        if cls == "MultiHeadAttention":
+            given = dict(zip(_MHA_ARGS, ([r] for r in call.data)))
+            if len(call.data) > 3 or set(given) & set(call.named):
+                raise LoadError(f"layer {name!r} ({cls}) is given its query / value / key "
+                                "twice or too many tensors")
+            given.update(call.named)
+            if "query" not in given or "value" not in given:
+                raise LoadError(f"layer {name!r} ({cls}) is called without a query and a "
+                                "value tensor")
+            call.data = [given[k][0] for k in _MHA_ARGS if k in given]
+        elif cls in _ATTENTION_LAYERS and not 2 <= len(call.data) <= 3:
+            raise LoadError(f"layer {name!r} ({cls}) is called on {len(call.data)} tensors; "
+                            "it takes [query, value] or [query, value, key]")
         return call
+    if cls in _ATTENTION_LAYERS:
+        raise LoadError(f"layer {name!r} ({cls}) in a tf.keras 2 config: not supported "
+                        "(fastrnn reads attention layers from Keras 3 files, whose semantics "
+                        "it matches)")
     # Keras 2: [[name, node, tensor, kwargs], ...]: an RNN called with initial_state has
     # the states as further entries (tf.keras adds them to the layer's inputs)
     node = _need_list(node, f"layer {name!r} inbound node")
@@ -827,6 +891,7 @@ def _functional(cfg, what="architecture"):
         d.inputs = [(pos[(src, nd)], t) for src, nd, t in calls[key].data]
         d.states = states.get(key)
         d.input_index = input_of.get(key)
+        d.options = dict(calls[key].options)
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
@@ -949,6 +1014,9 @@ class _Masks:
             return refs, lambda es: self.mk("any", es[0])
         if cls == "ExpandDims" and len(refs) == 1 and cfg.get("axis") in (-1, [-1]):
             return refs, lambda es: self.mk("expand", es[0])
+        if cls == "ConvertToTensor" and len(refs) == 1 and cfg.get("dtype") in (None, "bool"):
+            # (Attention's compute_mask: its query's mask as it is)
+            return refs, lambda es: es[0]
         if cls == "LogicalOr" and len(refs) == 2:
             return refs, lambda es: self.mk("or", *es)
         return None
@@ -1022,8 +1090,27 @@ def _check_masks(order, calls, by_name):
         if cls in _MERGE_LAYERS:
             fast = ex.merged(cls, c.get("axis", -1), call.data, ins)
         else:
-            fast = ins[0] if ins else None
+            fast = ins[0] if ins else None      # (an attention layer's: the query's)
         mask = call.mask
+        if cls in _ATTENTION_LAYERS:
+            # the masks Keras passes it: its inputs' own; any given explicitly must be
+            # exactly those (fastrnn applies the inputs' masks)
+            given = (list(enumerate(mask)) if isinstance(mask, list) else []) + [
+                # (MultiHeadAttention reads the query's own mask whatever query_mask=
+                # says, and fills a value_mask= / key_mask= of None from the tensor's)
+                (_MHA_ARGS.index(k[:-5]), r) for k, r in call.masks_kw.items()
+                if k != "query_mask" and r is not None]
+            for j, r in given:
+                want = ins[j] if j < len(ins) else None
+                e = None if r is None else ex.parse(r)
+                if e is not want or (r is not None and e is None):
+                    what = ("None" if r is None else _show_mask(e) if e is not None
+                            else f"<output {r[2]} of {r[0]!r}>")
+                    raise LoadError(
+                        f"layer {n!r} ({cls}) is given the mask {what} for its input {j}: "
+                        "not supported; fastrnn applies its inputs' own masks, which here "
+                        f"give {_show_mask(want)}"[:500])
+            mask = _NO_MASK
         if mask is _NO_MASK and call.keras3 and cls in _RNN_LIKE \
                 and call.states:
             # Keras 3 passes a layer its input's mask only when that input is its one
@@ -1084,6 +1171,8 @@ def _read(ds, fname, what):
     if not isinstance(ds, hdf5.Dataset):
         raise LoadError(f"{fname}: weight {what} must be an HDF5 dataset, found a group")
     a = ds[()]
+    if isinstance(a, np.generic):       # (a scalar dataset: Attention's scale)
+        a = np.asarray(a)
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
         raise LoadError(f"{fname}: weight {what} must be a numeric array, got "
                         f"{getattr(a, 'dtype', type(a).__name__)}")
@@ -1180,6 +1269,11 @@ class _Keras3Store:
             return out
         if cls == "TimeDistributed":
             return self._vars(self._sub(g, "layer"))
+        if cls == "MultiHeadAttention":
+            out = []
+            for sub in ("query_dense", "key_dense", "value_dense", "output_dense"):
+                out += self._vars(self._sub(g, sub))
+            return out
         return self._vars(g)
 
 
@@ -1252,6 +1346,12 @@ def _has_weights(d):
         cfg = d.config
         return c == "BatchNormalization" or cfg.get("scale", True) is not False or bool(
             cfg.get("rms_scaling")) or cfg.get("center", True) is not False
+    if c == "MultiHeadAttention":
+        return True
+    if c in ("Attention", "AdditiveAttention"):
+        cfg = d.config
+        return bool(cfg.get("use_scale", c == "AdditiveAttention")) or (
+            c == "Attention" and cfg.get("score_mode", "dot") == "concat")
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
         return isinstance(inner, dict) and inner.get("class_name") == "Dense"
@@ -1837,6 +1937,96 @@ class _Builder:
         dim = max(known) if len(known) == len(dims) else None
         return getattr(M, cls)(name=d.name), dim
 
+    def attention(self, d, dims, ranks):
+        """An attention layer of the model (its call's options: return_attention_scores,
+        use_causal_mask), and its output's feature size, for inputs [query, value(, key)]
+        of ``dims`` features and ``ranks`` (None: unknown)."""
+        from .. import model as M
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        opts = dict(getattr(d, "options", None) or {})
+        call = dict(return_attention_scores=bool(opts.get("return_attention_scores")),
+                    use_causal_mask=bool(opts.get("use_causal_mask")), name=d.name)
+        if not 2 <= len(dims) <= 3:
+            raise LoadError(f"{where} takes [query, value] or [query, value, key], given "
+                            f"{len(dims)} tensors")
+        if any(r is not None and r != 3 for r in ranks):
+            raise LoadError(f"{where}: inputs of ranks {ranks}: fastrnn supports attention "
+                            "over sequences (batch, steps, features) only")
+        qd, vd = dims[0], dims[1]
+        kd = dims[2] if len(dims) > 2 else vd
+        dim = vd
+        if cls in ("Attention", "AdditiveAttention"):
+            if qd is not None and kd is not None and qd != kd:
+                raise LoadError(f"{where}: query of {qd} features and key of {kd}: they "
+                                "must agree")
+            use_scale = _cbool(c, "use_scale", cls == "AdditiveAttention", where)
+            mode = c.get("score_mode", "dot") if cls == "Attention" else None
+            if cls == "Attention" and mode not in ("dot", "concat"):
+                raise LoadError(f"{where}: score_mode {mode!r} is not supported ('dot', "
+                                "'concat')"[:300])
+            n = int(use_scale) + int(mode == "concat")
+            w = self.weights(d, (n,)) if n else []
+            if cls == "AdditiveAttention":
+                if use_scale and qd is not None:
+                    self.check(d, "scale", w[0], (qd,))
+                return M.AdditiveAttention(w[0] if use_scale else None, **call,
+                                           dtype=self.dtype), dim
+            for k, a in enumerate(w):
+                self.check(d, "scale" if use_scale and k == 0 else "concat_score_weight",
+                           a, ())
+            return M.Attention(w[0] if use_scale else None, mode,
+                               w[-1] if mode == "concat" else None, **call,
+                               dtype=self.dtype), dim
+        # MultiHeadAttention
+        axes = c.get("attention_axes")
+        if axes not in (None, 1, -2, [1], [-2], (1,), (-2,)):
+            raise LoadError(f"{where}: attention_axes={axes!r} is not supported (fastrnn "
+                            "attends over the steps, axis 1: None)"[:300])
+        for k in ("use_gate",):
+            if c.get(k):
+                raise LoadError(f"{where}: {k}=True is not supported")
+        if c.get("sliding_window") is not None:
+            raise LoadError(f"{where}: sliding_window={c.get('sliding_window')!r} is not "
+                            "supported"[:300])
+        heads = _cint(c, "num_heads", where)
+        kdim = _cint(c, "key_dim", where)
+        vdim = _cint(c, "value_dim", where, default=kdim) if c.get("value_dim") else kdim
+        bias = _cbool(c, "use_bias", True, where)
+        out_shape = c.get("output_shape")
+        if out_shape is None or out_shape == [] or out_shape == ():
+            odim = qd
+        elif isinstance(out_shape, int) and not isinstance(out_shape, bool):
+            odim = out_shape
+        elif isinstance(out_shape, (list, tuple)) and len(out_shape) == 1 and \
+                isinstance(out_shape[0], int) and not isinstance(out_shape[0], bool):
+            odim = out_shape[0]
+        else:
+            raise LoadError(f"{where}: output_shape={out_shape!r} is not supported (None or "
+                            "one size)"[:300])
+        w = self.weights(d, (8,) if bias else (4,))
+        names = ("query", "key", "value", "output")
+        ks = w[0::2] if bias else w
+        bs = w[1::2] if bias else [None] * 4
+        ins = (qd, kd, vd)
+        for k, (nm, a) in enumerate(zip(names, ks)):
+            want = ((ins[k], heads, vdim if nm == "value" else kdim) if nm != "output"
+                    else (heads, vdim, odim))
+            if a.ndim != 3 or any(x is not None and x != y for x, y in zip(want, a.shape)):
+                raise LoadError(f"{where}: {nm} kernel has shape {tuple(a.shape)}, expected "
+                                f"{tuple('?' if x is None else x for x in want)}")
+        # (Keras 3.15 with JAX: a query step whose every value step is masked averages the
+        # values when the layer runs jax's dot_product_attention, and gets zero weights
+        # when it runs its Softmax layer instead: returning the scores, or dropout > 0)
+        zero = call["return_attention_scores"] or _cfloat(c, "dropout", 0.0, where) > 0
+        layer = M.MultiHeadAttention(*ks, *bs, **call, zero_masked=zero, dtype=self.dtype)
+        for nm in names:
+            b = getattr(layer, nm + "_bias")
+            if b is not None and b.shape != (getattr(layer, nm + "_kernel").shape[1:]
+                                             if nm != "output" else (layer.output_kernel.shape[2],)):
+                raise LoadError(f"{where}: {nm} bias has shape {b.shape}")
+        return layer, layer.output_kernel.shape[2]
+
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
         ``d`` on tensors of ``in_dims`` features and ``in_ranks`` (None: unknown;
@@ -1893,6 +2083,8 @@ class _Builder:
             layer, dim = self.shape_layer(d, dim)
         elif cls in _MERGE_LAYERS:
             layer, dim = self.merge(d, list(in_dims), list(in_ranks), list(in_masked))
+        elif cls in _ATTENTION_LAYERS:
+            layer, dim = self.attention(d, list(in_dims), list(in_ranks))
         elif cls == "Bidirectional":
             layer, dim = self.bidirectional(d, dim)
         elif cls == "RNN":
@@ -1945,9 +2137,16 @@ class _Builder:
                     raise LoadError(f"{where} is given no inputs")
                 is_masked = (any if cls == "Concatenate" else all)(
                     masked.get(r, False) for r in refs)
+            elif cls in _ATTENTION_LAYERS:
+                if not 2 <= len(refs) <= 3:
+                    raise LoadError(f"{where} is given {len(refs)} inputs; it takes [query, "
+                                    "value] or [query, value, key]")
+                is_masked = masked.get(refs[0], False)      # (the query's mask)
             elif len(refs) > 1:
                 raise LoadError(f"{where} takes {len(refs)} inputs; fastrnn supports several "
-                                "only for the merge layers (" + ", ".join(_MERGE_LAYERS) + ")")
+                                "only for the merge layers (" + ", ".join(_MERGE_LAYERS) +
+                                ") and the attention layers (" +
+                                ", ".join(_ATTENTION_LAYERS) + ")")
             else:
                 is_masked = bool(refs) and masked.get(refs[0], False)
             if cls == "InputLayer":
@@ -1970,6 +2169,11 @@ class _Builder:
             in_dims = tuple(dims[r] for r in refs)
             in_ranks = tuple(ranks[r] for r in refs)
             first = built.get(d.name)
+            if first is not None and cls in _ATTENTION_LAYERS and \
+                    first[3] != getattr(d, "options", {}):
+                raise LoadError(f"{where} is shared, called with different options "
+                                f"({first[3]} and {getattr(d, 'options', {})}): not "
+                                "supported"[:400])
             if first is not None and first[1] == in_dims:
                 new, out_dims = first[0], first[2]      # (a shared layer's call)
             else:
@@ -1978,7 +2182,7 @@ class _Builder:
                 new = layer if isinstance(layer, list) else [layer]
                 out_dims = _tensor_dims(new[-1], dim)
                 if first is None:
-                    built[d.name] = (new, in_dims, out_dims)
+                    built[d.name] = (new, in_dims, out_dims, getattr(d, "options", {}))
                 else:
                     # (a shared layer called on tensors of other sizes: built again only
                     # to check that it takes them, and to size its outputs)
@@ -2078,10 +2282,14 @@ def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
     from ..model import (Bidirectional, Conv1D, Embedding, Flatten, GlobalPooling1D,
-                         KerasRNN, Pooling1D, RepeatVector, _Merge)
+                         KerasRNN, MultiHeadAttention, Pooling1D, RepeatVector, _Merge,
+                         _AttentionBase)
     ranks = list(in_ranks)
     for layer in layers:
         r = ranks[0] if ranks else None
+        if isinstance(layer, _AttentionBase):
+            ranks = [3, 4 if isinstance(layer, MultiHeadAttention) else 3][:layer.n_outputs()]
+            continue
         if isinstance(layer, _Merge):
             r = None if None in ranks else max(ranks)
         elif isinstance(layer, Embedding):
@@ -2109,7 +2317,9 @@ def _state_sizes(layer):
 
 def _tensor_dims(layer, dim):
     """The feature sizes of a layer's outputs, given that of its first (``dim``)."""
-    from ..model import Bidirectional
+    from ..model import Bidirectional, _AttentionBase
+    if isinstance(layer, _AttentionBase):
+        return [dim, None][:layer.n_outputs()]
     first = [dim]
     if isinstance(layer, Bidirectional) and layer.merge_mode is None:
         first = [layer.forward.units, layer.backward.units]
