@@ -13,9 +13,11 @@ exported with ``torch.onnx.export(..., dynamo=False)`` and dynamic batch and wid
 Each round visits each runner in turn (the order rotated each round, a 0.15 s pause
 before each visit so another library's spinning threads sleep, one warm-up call) and
 times ``--calls`` calls; a runner's figure is the median of its rounds' medians.  Every
-runner's output is checked against ONNX Runtime's first.  Column "numpy thr.": fastrnn
-with the Conv GEMMs on numpy's default OpenBLAS threads (``_onnx_conv._BLAS_THREADS =
-None``) instead of one.  ``--threads N``: N threads for all (default: each library's
+runner's output is checked against ONNX Runtime's first.  Column "conv 1 thr.": fastrnn
+with each Conv on the calling thread alone (``_onnx_conv._WORKERS = 1``) instead of its
+blocks shared with helper threads (the model's thread count); "OpenBLAS thr.": each
+Conv GEMM on the model's count of OpenBLAS threads instead (``_GEMM_THREADS = None``,
+``_WORKERS = 1``).  ``--threads N``: N threads for all (default: each library's
 own).  ``--profile``: fastrnn's time per node for one call at each batch.
 """
 import argparse
@@ -98,13 +100,15 @@ def profile(data, feed):
     return total, {w: statistics.median(v) for w, v in spent.items()}
 
 
-def numpy_threads(m, feed):
-    """fastrnn's call with the Conv GEMMs on numpy's default OpenBLAS threads."""
-    _onnx_conv._BLAS_THREADS = None
+def conv_threads(m, feed, workers, gemm_threads):
+    """fastrnn's call with the Convs on ``workers`` threads, each GEMM on
+    ``gemm_threads`` OpenBLAS threads (None: the model's count)."""
+    before = _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS
+    _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS = workers, gemm_threads
     try:
         return m.run(None, feed)
     finally:
-        _onnx_conv._BLAS_THREADS = 1
+        _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS = before
 
 
 def main():
@@ -130,8 +134,8 @@ def main():
           f"{ort.__version__}, numpy {np.__version__}, fastrnn "
           f"{getattr(fastrnn, '__version__', '?')}; median of {args.rounds} rounds x "
           f"{args.calls} calls")
-    print(f"{'input':>18s} {'fastrnn ms':>10s} {'numpy thr.':>10s} {'ORT ms':>8s} "
-          f"{'torch ms':>9s} {'/ORT':>6s} {'/torch':>7s}")
+    print(f"{'input':>18s} {'fastrnn ms':>10s} {'conv 1 thr.':>11s} {'OpenBLAS thr.':>13s} "
+          f"{'ORT ms':>8s} {'torch ms':>9s} {'/ORT':>6s} {'/torch':>7s}")
     for B in (int(b) for b in args.batches.split(",")):
         x = rng.standard_normal((B, 1, 32, 128)).astype(np.float32)
         feed = {"x": x}
@@ -140,7 +144,8 @@ def main():
             with torch.no_grad():
                 return [net(torch.from_numpy(x)).numpy()]
         runners = {"fastrnn": lambda: m.run(None, feed),
-                   "numpy thr.": lambda: numpy_threads(m, feed),
+                   "conv 1 thr.": lambda: conv_threads(m, feed, 1, 1),
+                   "OpenBLAS thr.": lambda: conv_threads(m, feed, 1, None),
                    "ORT": lambda: sess.run(None, feed), "torch": run_torch}
         ref = sess.run(None, feed)[0]
         for k, fn in runners.items():
@@ -155,8 +160,8 @@ def main():
                 runners[k]()
                 meds[k].append(median_call(runners[k], args.calls))
         r = {k: statistics.median(v) for k, v in meds.items()}
-        print(f"{str(x.shape):>18s} {r['fastrnn'] * 1e3:10.2f} {r['numpy thr.'] * 1e3:10.2f} "
-              f"{r['ORT'] * 1e3:8.2f} {r['torch'] * 1e3:9.2f} {r['fastrnn'] / r['ORT']:6.2f} "
+        print(f"{str(x.shape):>18s} {r['fastrnn'] * 1e3:10.2f} {r['conv 1 thr.'] * 1e3:11.2f} "
+              f"{r['OpenBLAS thr.'] * 1e3:13.2f} {r['ORT'] * 1e3:8.2f} {r['torch'] * 1e3:9.2f} {r['fastrnn'] / r['ORT']:6.2f} "
               f"{r['fastrnn'] / r['torch']:7.2f}")
         if args.profile:
             total, spent = profile(data, feed)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -210,11 +212,11 @@ def test_batchnorm_and_global_pools_2d_3d():
             _same_as_ort(load_onnx(data), data, {"x": x})
 
 
-@pytest.mark.parametrize("chunk", [2 * 4 * 9 * 5 * 8, 2 * 4 * 9 * 8, 1])
+@pytest.mark.parametrize("chunk", [2 * (4 * 9 + 6) * 5 * 8, 2 * (4 * 9 + 6) * 8, 1])
 def test_conv_in_blocks(monkeypatch, chunk):
-    """A Conv whose copied windows are beyond ``_IM2COL_CHUNK`` runs a batch slice at a
-    time (here 2 items of 5), or a block of output rows of one item at a time (2 rows
-    of 5; 1 row): the same numbers."""
+    """A Conv whose copied windows and outputs are beyond ``_IM2COL_CHUNK`` runs a batch
+    slice at a time (here 2 items of 5), or a block of output rows of one item at a time
+    (2 rows of 5; 1 row): the same numbers."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((5, 4, 9, 8)).astype(np.float32)
     w = numpy_helper.from_array(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), "W")
@@ -226,37 +228,269 @@ def test_conv_in_blocks(monkeypatch, chunk):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_conv_gemm_threads(monkeypatch):
-    """A Conv's GEMMs run on one of numpy's OpenBLAS threads and give the calling
-    thread's count back after; with ``_BLAS_THREADS = None`` numpy's own count, and the
-    same numbers."""
-    fn = _onnx_conv._numpy_blas_setter()
-    if fn is None:
-        pytest.skip("numpy without its wheel's OpenBLAS")
-    rng = np.random.default_rng(2)
+def test_gemm_layouts_and_threads(monkeypatch):
+    """_gemm (scipy's BLAS through ctypes) against np.matmul for row-major, transposed
+    and strided operands, float32 and float64, beta; float16 through np.matmul; a Conv's
+    GEMMs on _GEMM_THREADS BLAS threads (1), or the model's count where that is None,
+    entered and left in pairs (fr_blas_enter / fr_blas_leave)."""
+    from fastrnn import _kernels
+    rng = np.random.default_rng(5)
+    for dt in (np.float32, np.float64, np.float16):
+        tol = 1e-5 if dt == np.float32 else 1e-12 if dt == np.float64 else 1e-2
+        a = rng.standard_normal((13, 7)).astype(dt)
+        b = rng.standard_normal((7, 5)).astype(dt)
+        big = rng.standard_normal((20, 30)).astype(dt)
+        for aa in (a, np.asfortranarray(a), big[2:15, 3:10]):
+            for bb in (b, np.asfortranarray(b), big[1:8, 20:25]):
+                for c in (np.zeros((13, 5), dt), np.zeros((5, 13), dt).T,
+                          np.zeros((13, 9), dt)[:, 2:7]):
+                    c[...] = 1
+                    _onnx_conv._gemm(aa, bb, c, beta=0.5)
+                    want = aa.astype(np.float64) @ bb.astype(np.float64) + 0.5
+                    np.testing.assert_allclose(c, want, rtol=tol, atol=tol)
+    assert _onnx_conv._blas_gemm(np.dtype(np.float32)) is not None
+    seen, enter, leave = [], _kernels._blas_enter, _kernels._blas_leave
+
+    def spy_enter(n):
+        seen.append(n)
+        return enter(n)
+
+    def spy_leave(tok):
+        seen.append(-tok)
+        leave(tok)
+    monkeypatch.setattr(_kernels, "_blas_enter", spy_enter)
+    monkeypatch.setattr(_kernels, "_blas_leave", spy_leave)
     x = rng.standard_normal((2, 8, 12, 16)).astype(np.float32)
     w = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W")
-    m = load_onnx(_one_node("Conv", x, [w], pads=[1, 1, 1, 1]))
-    seen, real = [], np.matmul
-
-    def matmul(*a, **k):        # (the count each GEMM runs with)
-        n = fn(1)
-        fn(n)
-        seen.append(n)
-        return real(*a, **k)
-    monkeypatch.setattr(_onnx_conv.np, "matmul", matmul)
-    before = fn(2)
-    try:
-        y1 = m.run({"x": x})["y"]
-        assert fn(2) == 2                   # (given back: the count before the call)
-        monkeypatch.setattr(_onnx_conv, "_BLAS_THREADS", None)
-        y2 = m.run({"x": x})["y"]
-        assert fn(2) == 2
-    finally:
-        fn(before)
-    assert seen == [1, 2]
-    np.testing.assert_array_equal(y1.shape, y2.shape)
+    data = _one_node("Conv", x, [w], pads=[1, 1, 1, 1])
+    y1 = load_onnx(data, num_threads=2).run({"x": x})["y"]
+    assert seen == [1, -1], seen
+    monkeypatch.setattr(_onnx_conv, "_GEMM_THREADS", None)
+    seen.clear()
+    y2 = load_onnx(data, num_threads=2).run({"x": x})["y"]
+    assert seen == [2, -2], seen
     np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+
+
+def _graph(nodes, x, inits, outs=("y",), opset=17):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", _TYPES[x.dtype.type], ["N", x.shape[1]] + [f"L{i}" for i in range(x.ndim - 2)])],
+        [onnx.ValueInfoProto(name=o) for o in outs], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _block(x, M=6, k=(3, 3), group=1, bias=True, conv=None, bn=False, act="Relu",
+           act_kw=None, pool=None, extra=(), outs=("y",), seed=0):
+    """A graph: Conv [-> BatchNormalization] [-> act] [-> MaxPool(**pool)] ending in
+    "y", plus ``extra`` nodes; its initializers made here."""
+    rng = np.random.default_rng(seed)
+    dt = x.dtype.type
+    C = x.shape[1]
+    inits = [numpy_helper.from_array(rng.standard_normal((M, C // group) + k).astype(dt), "W")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(dt), "B"))
+    chain = ["c"]
+    nodes = [helper.make_node("Conv", ["x", "W"] + (["B"] if bias else []), ["c"],
+                              group=group, **(conv or dict(pads=[1] * 2 * len(k))))]
+    if bn:
+        for n, v in (("scale", rng.uniform(0.5, 1.5, M)), ("shift", rng.standard_normal(M)),
+                     ("mean", rng.standard_normal(M)), ("var", rng.uniform(0.5, 2, M))):
+            inits.append(numpy_helper.from_array(v.astype(dt), n))
+        nodes.append(helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean",
+                                                             "var"], ["n"], epsilon=1e-3))
+        chain.append("n")
+    if act:
+        ins = [chain[-1]]
+        if act == "Clip":
+            inits += [numpy_helper.from_array(np.array(v, dt), n) for v, n in
+                      ((-0.5, "lo"), (0.7, "hi"))]
+            ins += ["lo", "hi"]
+        nodes.append(helper.make_node(act, ins, ["a"], **(act_kw or {})))
+        chain.append("a")
+    if pool is not None:
+        nodes.append(helper.make_node("MaxPool", [chain[-1]], ["p"], **pool))
+        chain.append("p")
+    nodes.append(helper.make_node("Identity", [chain[-1]], ["y"]))
+    nodes += list(extra)
+    return _graph(nodes, x, inits, outs)
+
+
+def _prog_ops(m):
+    """The op types a model's (only) kept program runs as steps, by the node names in
+    their ``where``."""
+    (prog,) = m._progs.values()
+    return [w.split(" ")[2] for _, _, _, w in prog.steps]
+
+
+_POOL2 = dict(kernel_shape=[2, 2], strides=[2, 2])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    dict(),                                                     # Conv + Relu
+    dict(pool=_POOL2),                                          # + 2x2 MaxPool
+    dict(bn=True, pool=_POOL2),                                 # BN folded
+    dict(bn=True, bias=False, pool=dict(kernel_shape=[2, 1], strides=[2, 1])),
+    dict(act="LeakyRelu", act_kw=dict(alpha=0.1), pool=dict(kernel_shape=[3, 3],
+                                                            strides=[2, 2])),
+    dict(act="Clip", pool=dict(kernel_shape=[2, 3], strides=[3, 2], ceil_mode=1)),
+    dict(act=None, pool=_POOL2, group=2),
+    dict(group=6, M=12, pool=_POOL2),                           # depthwise, multiplier 2
+    dict(group=6, M=6, k=(1, 1), conv={}, bn=True),             # 1x1 depthwise
+    dict(M=5, k=(1, 1), conv={}, pool=_POOL2),                  # 1x1: no window copies
+    dict(conv=dict(strides=[2, 1], dilations=[1, 2], pads=[0, 2, 1, 2])),
+])
+def test_fused_conv_blocks(case, dt):
+    """Conv -> [BatchNormalization] -> [Relu / LeakyRelu / Clip] -> [MaxPool] as one
+    step of the kept program (ConvChain), odd sizes (the pool's floor drops a row and a
+    column), groups, depthwise, 1x1, float64: as ONNX Runtime (float64: against the
+    graph run unfused, to float64's precision), in every call."""
+    x = np.random.default_rng(1).standard_normal((3, 6, 11, 13)).astype(dt)
+    data = _block(x, **case)
+    m = load_onnx(data)
+    if dt == np.float32:
+        got = _same_as_ort(m, data, {"x": x}, calls=3)["y"]
+    else:
+        want = m.run({"x": x})["y"]          # (the first call: every node on its own)
+        got = m.run({"x": x})["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        assert got.dtype == np.float64
+    ops = _prog_ops(m)
+    assert ops[0] == "Conv" and not {"Relu", "LeakyRelu", "Clip", "BatchNormalization",
+                                     "MaxPool"} & set(ops), ops
+
+
+@pytest.mark.parametrize("pool", [
+    dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),    # adds a window on 11, 13
+    dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]),
+    dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
+    dict(kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 1]),
+])
+def test_maxpool_not_fused_where_windows_leave_the_input(pool):
+    """A MaxPool with padding, ceil_mode's extra window or dilation stays its own step
+    (the Relu before it still fused); the same numbers as ONNX Runtime."""
+    x = np.random.default_rng(2).standard_normal((2, 6, 11, 13)).astype(np.float32)
+    data = _block(x, pool=pool)
+    m = load_onnx(data)
+    _same_as_ort(m, data, {"x": x}, calls=3)
+    assert _prog_ops(m)[:2] == ["Conv", "MaxPool"], _prog_ops(m)
+
+
+def test_conv_output_read_elsewhere_is_not_fused():
+    """A Conv output also read by another node (or wanted), a LeakyRelu of negative
+    alpha: not fused; a wanted intermediate value is computed."""
+    x = np.random.default_rng(3).standard_normal((2, 6, 9, 10)).astype(np.float32)
+    # the Conv's output read by the Relu and an Add
+    data = _block(x, pool=_POOL2, extra=[helper.make_node("Add", ["c", "c"], ["z"])],
+                  outs=("y", "z"))
+    m = load_onnx(data)
+    _same_as_ort(m, data, {"x": x}, calls=3)
+    assert _prog_ops(m)[:3] == ["Conv", "Relu", "MaxPool"], _prog_ops(m)
+    # the Relu's output wanted: Conv + Relu fused, the pool its own step
+    data = _block(x, pool=_POOL2, outs=("y", "a"))
+    m = load_onnx(data)
+    got = _same_as_ort(m, data, {"x": x}, calls=3)
+    assert _prog_ops(m)[:2] == ["Conv", "MaxPool"], _prog_ops(m)
+    assert got["a"].flags.c_contiguous
+    # a LeakyRelu of alpha -0.5 does not commute with the max: Conv alone
+    data = _block(x, act="LeakyRelu", act_kw=dict(alpha=-0.5), pool=_POOL2)
+    m = load_onnx(data)
+    _same_as_ort(m, data, {"x": x}, calls=3)
+    assert _prog_ops(m)[:3] == ["Conv", "LeakyRelu", "MaxPool"], _prog_ops(m)
+
+
+def test_fused_step_other_input_runs_the_ops():
+    """The fused step given an input of another shape or dtype (a value the first call
+    did not see) runs the nodes it covers, one by one."""
+    x = np.random.default_rng(4).standard_normal((2, 6, 9, 10)).astype(np.float32)
+    data = _block(x, bn=True, pool=_POOL2)
+    m = load_onnx(data)
+    m.run({"x": x})
+    m.run({"x": x})
+    (prog,) = m._progs.values()
+    run = prog.steps[0][0]
+    other = np.random.default_rng(5).standard_normal((1, 6, 7, 8))
+    got = run(other.astype(np.float32))[0]
+    want = _ort(data, {"x": other.astype(np.float32)})["y"]
+    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+    assert run(other)[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("workers,chunk", [(2, 1 << 19), (3, 200), (2, 1)])
+def test_conv_split_between_threads(monkeypatch, workers, chunk):
+    """A Conv's blocks shared by the calling thread and helpers (_SPLIT_MACS 0: every
+    Conv; small _IM2COL_CHUNK: many blocks of rows): the numbers of one thread."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 10, 9)).astype(np.float32)
+    cases = [dict(pool=_POOL2), dict(bn=True, pool=dict(kernel_shape=[3, 3], strides=[2, 2])),
+             dict(group=2, act=None), dict(k=(1, 1), conv={}, M=5)]
+    want = [load_onnx(_block(x, **c)).run({"x": x})["y"] for c in cases]
+    monkeypatch.setattr(_onnx_conv, "_SPLIT_MACS", 0)
+    monkeypatch.setattr(_onnx_conv, "_WORKERS", workers)
+    monkeypatch.setattr(_onnx_conv, "_IM2COL_CHUNK", chunk)
+    for c, wnt in zip(cases, want):
+        m = load_onnx(_block(x, **c), num_threads=workers)
+        for _ in range(2):
+            np.testing.assert_allclose(m.run({"x": x})["y"], wnt, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_helper_error_reaches_the_caller(monkeypatch):
+    """An error in a helper's part of a Conv is raised in the calling thread, and the
+    next call runs."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 4, 10, 9)).astype(np.float32)
+    data = _block(x, pool=_POOL2)
+    monkeypatch.setattr(_onnx_conv, "_SPLIT_MACS", 0)
+    monkeypatch.setattr(_onnx_conv, "_WORKERS", 2)
+    m = load_onnx(data, num_threads=2)
+    want = m.run({"x": x})["y"]
+    real = _onnx_conv._gemm
+    main = threading.get_ident()
+
+    def gemm(*a, **k):      # (the calling thread slow: a helper takes blocks)
+        if threading.get_ident() != main:
+            raise MemoryError("helper")
+        time.sleep(0.005)
+        return real(*a, **k)
+    monkeypatch.setattr(_onnx_conv, "_gemm", gemm)
+    monkeypatch.setattr(_onnx_conv, "_IM2COL_CHUNK", 200)       # (many blocks)
+    with pytest.raises(MemoryError, match="helper"):
+        for _ in range(5):
+            m.run({"x": x})
+    monkeypatch.setattr(_onnx_conv, "_gemm", real)
+    np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_crnn_from_4_threads(crnns, monkeypatch):
+    """The CRNN called from 4 Python threads at once (its Conv GEMMs release the GIL;
+    the Conv split between helpers too): each call's answer is the single-thread one."""
+    monkeypatch.setattr(_onnx_conv, "_SPLIT_MACS", 0)
+    net, dyn, _ = crnns["LSTM"]
+    m = load_onnx(dyn)
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((B, 1, 16, 24)).astype(np.float32) for B in (1, 2, 3, 4)]
+    ref = [m.run({"x": x})["y"] for x in xs]
+    barrier, errors, got = threading.Barrier(4), [], {}
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for i in range(25):
+                j = (k + i) % 4
+                got[k, i] = (j, m.run({"x": xs[j]})["y"])
+        except BaseException as e:     # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(got) == 100
+    for j, y in got.values():
+        np.testing.assert_array_equal(y, ref[j])
 
 
 # ------------------------------------------------------------ (b) torch CRNN exports

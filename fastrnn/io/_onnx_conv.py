@@ -8,12 +8,21 @@ attributes are ONNX's: ``pads`` (every axis' begin, then every axis' end), ``aut
 depthwise included), ``kernel_shape`` (a Conv's from its weights), ``ceil_mode`` and
 ``count_include_pad`` (the pools').
 
-A Conv is a GEMM per group: the padded input's windows are copied out of a strided view
-of it (im2col: ``(group, C / group * taps, N * outputs)``, a batch slice or a block of
-output rows at a time when that is large) and multiplied by the group's weights
-``(M / group, C / group * taps)`` with ``np.matmul``, numpy's OpenBLAS on one thread
-(:class:`_blas_threads`).  A pool takes its taps in turn: each is a strided view of the
-padded input over all the outputs, kept by ``np.maximum`` or summed.
+A Conv is a GEMM per group, channels last (_conv_nhwc): the padded input is copied
+(N, *spatial, C), a window of it is then runs of C / group contiguous values, copied
+into GEMM rows (im2col) a cache-sized block at a time and multiplied by the group's
+weights into the output's rows (N, *n, M) with scipy's BLAS (_gemm: the OpenBLAS
+fastrnn's kernels call, through ``scipy.linalg.cython_blas`` and ctypes, which releases
+the GIL), on one BLAS thread (_GEMM_THREADS) while the blocks are shared between the
+calling thread and helper threads (_Helpers; the model's thread count, from
+``_SPLIT_MACS`` multiply-adds).  The op returns that as a C-contiguous (N, M, *n)
+array; a kept program's Conv with fixed weights (ConvChain, from fastrnn.io.onnx's
+_Program) also takes in a following BatchNormalization (folded into its weights), a
+Relu / LeakyRelu / Clip and a MaxPool whose windows lie inside its input (pooled block
+by block, before the bias and the activation), and returns an (N, M, *n) view of its
+channels-last result.  A MaxPool takes the max one axis at a time (_max_axes); an
+AveragePool sums its taps in turn, each a strided view of the padded input over all
+the outputs.
 
 Refused, each a ValueError naming the op (the model adds the node's name): 4-D and
 larger spatial inputs, dilated windows with ``auto_pad`` SAME (ONNX Runtime refuses a
@@ -33,55 +42,198 @@ from numpy.lib.stride_tricks import as_strided
 # A window op's element steps (taps x outputs, padded size, a Conv's copied windows:
 # each times N x C) beyond which it is refused
 _POOL_WORK = 1 << 31
-# A Conv's copied windows (im2col) at most this many elements at a time (batch slices,
-# or blocks of one item's first output axis)
-_IM2COL_CHUNK = 1 << 24
+# A Conv's block: copied windows (im2col) and GEMM outputs of at most this many
+# elements (batch slices, or rows of one item's first output axis), so the GEMM reads
+# the copy and the pool reads the output from cache.  bench/onnx_crnn.py's convs at
+# batch 16 (2 threads), 2^16 .. 2^20 and 2^24 elements: 32 -> 64 channels 7.4, 6.1,
+# 5.6, 5.9, 5.9, 7.5 ms; 64 -> 128 5.6, 4.6, 4.9, 4.1, 4.6, 3.9 ms (noisy); 1 -> 32
+# channels pooled after one block of the whole batch took 7.9 ms against 1.6 in blocks
+_IM2COL_CHUNK = 1 << 19
 _MAX_DIMS = 3
-# numpy's OpenBLAS threads (this thread's, restored after) for a Conv's GEMMs; None: as
-# numpy has them.  See _blas_threads.
-_BLAS_THREADS: int | None = 1
-_blas_setter: list = []     # [numpy's openblas_set_num_threads_local, or None], found once
+# A Conv's GEMMs on at most this many OpenBLAS threads; None: the model's count.  One:
+# OpenBLAS's workers spin ~0.1 s after a call while the recurrent nodes' OpenMP team
+# needs the cores (and libgomp's worker spins after the LSTM while they would need
+# them): bench/onnx_crnn.py, 2 vCPUs, batch 1 8.0 ms a call on 2 OpenBLAS threads
+# against 1.7-1.9 ms; batch 16 26-40 ms against 17.5-22 ms with the blocks split
+# between threads instead (_WORKERS)
+_GEMM_THREADS: int | None = 1
+# Threads that share a Conv's blocks (the caller and _Helpers, each GEMM on
+# _GEMM_THREADS); None: the model's count
+_WORKERS: int | None = None
+# A Conv of fewer multiply-adds runs in the calling thread alone (handing blocks to a
+# helper cost more than it saved: bench/onnx_crnn.py batch 1, convs of 19M
+# multiply-adds, 1.97-2.02 ms a call split against 1.72-1.86 ms not)
+_SPLIT_MACS = 1 << 25
+_blas_fns: dict = {}        # dtype char -> scipy.linalg.cython_blas's ?gemm (ctypes), or None
 
 
-def _numpy_blas_setter():
-    """numpy's OpenBLAS's ``openblas_set_num_threads_local`` (the calling thread's count;
-    returns the one before), from numpy's wheel (``numpy.libs``); None elsewhere."""
-    if not _blas_setter:
+def _blas_gemm(dt):
+    """scipy's ``?gemm`` for dtype ``dt`` (float32, float64) as a ctypes function (from
+    ``scipy.linalg.cython_blas``' capsules: the OpenBLAS fastrnn's kernels call, whose
+    thread count they manage; a ctypes call releases the GIL), or None."""
+    fn = _blas_fns.get(dt.char, False)
+    if fn is False:
         fn = None
-        try:
-            import ctypes
-            import glob
-            import os
-            libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-            for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
-                fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-                if fn is not None:
-                    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-                    break
-        except (OSError, AttributeError):
-            fn = None
-        _blas_setter.append(fn)
-    return _blas_setter[0]
+        name = {"f": "sgemm", "d": "dgemm"}.get(dt.char)
+        if name is not None:
+            try:
+                import ctypes
+                from scipy.linalg import cython_blas
+                cap = cython_blas.__pyx_capi__[name]
+                api = ctypes.pythonapi      # (own prototypes: its attributes are shared)
+                get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+                    ("PyCapsule_GetName", api))
+                get_ptr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object,
+                                            ctypes.c_char_p)(("PyCapsule_GetPointer", api))
+                ptr = get_ptr(cap, get_name(cap))
+                pi, vp = ctypes.POINTER(ctypes.c_int), ctypes.c_void_p
+                proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, pi, pi, pi,
+                                         vp, vp, pi, vp, pi, vp, vp, pi)
+                fn = (proto(ptr), ctypes.c_int, ctypes.byref,
+                      ctypes.c_float if name == "sgemm" else ctypes.c_double)
+            except (ImportError, AttributeError, KeyError, ValueError, OSError):
+                fn = None
+        _blas_fns[dt.char] = fn
+    return fn
 
 
-class _blas_threads:
-    """``with _blas_threads():`` this thread's numpy OpenBLAS calls on _BLAS_THREADS
-    threads.  A Conv's GEMMs on numpy's default (every core) left OpenBLAS's workers
-    spinning after each call (~0.1 s, sched_yield) while the recurrent nodes' OpenMP team
-    needed the same cores, and the team's threads spinning after a layer call while the
-    next call's GEMMs needed them.  bench/onnx_crnn.py's CRNN on two cores (Zen 4 VM,
-    medians): batch 1 8.0 ms a call against 1.9-2.0 ms with the GEMMs on one thread;
-    batch 16 37-40 ms either way (the GEMMs twice as long, the LSTM half as long)."""
-    __slots__ = ("prev", "fn")
+def _ld(v):
+    """How BLAS reads 2-D ``v`` (m, k) (no overlapping rows or columns, steps whole
+    elements): (leading dimension, False) for rows of unit stride, (leading dimension,
+    True) for columns of unit stride (a transposed array); None otherwise."""
+    r, c = v.shape
+    st, size = v.strides, v.itemsize
+    if not (r and c) or max(r, c) >= 1 << 31:
+        return None
+    for inner, outer, cnt, n, trans in ((1, 0, r, c, False), (0, 1, c, r, True)):
+        if n == 1 or st[inner] == size:
+            if cnt == 1:
+                return n, trans
+            if st[outer] % size == 0 and n * size <= st[outer] < size << 31:
+                return st[outer] // size, trans
+    return None
+
+
+class _blas_scope:
+    """``with _blas_scope(threads):`` the calls of _gemm inside on up to ``threads``
+    threads of scipy's OpenBLAS (its count shared by overlapping calls as the kernels
+    share it: fr_blas_enter / fr_blas_leave)."""
+    __slots__ = ("n", "workers", "tok")
+
+    def __init__(self, threads):
+        from .._threads import resolve
+        n = resolve(None, threads)
+        self.n = min(n, _GEMM_THREADS) if _GEMM_THREADS else n
+        self.workers = min(n, _WORKERS) if _WORKERS else n
 
     def __enter__(self):
-        self.fn = _numpy_blas_setter() if _BLAS_THREADS else None
-        if self.fn is not None:
-            self.prev = self.fn(_BLAS_THREADS)
+        from .. import _kernels
+        from .._threads import hook_blas
+        hook_blas()
+        self.tok = _kernels._blas_enter(self.n)
+        return self
 
     def __exit__(self, *exc):
-        if self.fn is not None:
-            self.fn(self.prev)
+        from .. import _kernels
+        _kernels._blas_leave(self.tok)
+
+
+def _gemm(a, b, c, beta=0.0):
+    """``c = a @ b + beta * c`` in place: ``a`` (m, k), ``b`` (k, n), ``c`` (m, n), one
+    float dtype, each with rows or columns of unit stride (any step between them);
+    scipy's BLAS where it has the dtype (inside a _blas_scope), else np.matmul."""
+    fn = _blas_gemm(c.dtype) if a.dtype == b.dtype == c.dtype else None
+    lds = (_ld(a), _ld(b), _ld(c)) if fn is not None else (None,)
+    if None in lds:
+        if beta:
+            if beta != 1:
+                c *= beta
+            c += np.matmul(a, b)
+        else:
+            np.matmul(a, b, out=c)
+        return c
+    call, cint, ref, scalar = fn
+    (lda, ta), (ldb, tb), (ldc, tc) = lds
+    if tc:
+        return _gemm(b.T, a.T, c.T, beta)
+    m, k = a.shape
+    # row-major c = a @ b is column-major c^T = b^T a^T: ?gemm(n, m, k) of b, then a
+    call(b"T" if tb else b"N", b"T" if ta else b"N", ref(cint(b.shape[1])), ref(cint(m)),
+         ref(cint(k)), ref(scalar(1.0)), b.ctypes.data, ref(cint(ldb)), a.ctypes.data,
+         ref(cint(lda)), ref(scalar(beta)), c.ctypes.data, ref(cint(ldc)))
+    return c
+
+
+class _Helpers:
+    """Threads that run parts of a Conv (window copies and GEMMs: NumPy's copies and
+    the BLAS call release the GIL) beside the calling thread; made when first wanted,
+    blocked on a queue while idle (no spinning), made again in a forked child."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.lock = threading.Lock()
+        self.q = queue.SimpleQueue()
+        self.threads: list = []
+        self.pid = None
+
+    def _loop(self, q):
+        while True:
+            (fn, claim), done, errs = q.get()
+            if not claim.acquire(blocking=False):
+                continue                    # (its caller ran it: nothing left to do)
+            try:
+                fn()
+            except BaseException as e:     # (re-raised in the caller)
+                errs.append(e)
+            finally:
+                done.release()
+
+    def run(self, fns):
+        """Run ``fns``: the first in this thread, the others on helpers (those no helper
+        has started when this thread is done run here: another caller's parts ahead of
+        them in the queue are not waited for); wait for all; the first error raised."""
+        import os
+        import threading
+        need = len(fns) - 1
+        if self.pid != os.getpid() or len(self.threads) < need:
+            with self.lock:
+                if self.pid != os.getpid():         # (a forked child: no helpers)
+                    import queue
+                    self.q, self.threads, self.pid = queue.SimpleQueue(), [], os.getpid()
+                while len(self.threads) < need:
+                    t = threading.Thread(target=self._loop, args=(self.q,), daemon=True,
+                                         name="fastrnn-conv")
+                    t.start()
+                    self.threads.append(t)
+        done, errs = threading.Semaphore(0), []
+        tasks = [(fn, threading.Lock()) for fn in fns[1:]]
+        for task in tasks:
+            self.q.put((task, done, errs))
+        try:
+            fns[0]()
+        except BaseException as e:
+            errs.insert(0, e)
+        started = 0
+        for fn, claim in tasks:
+            if claim.acquire(blocking=False):
+                try:
+                    fn()
+                except BaseException as e:
+                    errs.append(e)
+            else:
+                started += 1
+        for _ in range(started):
+            done.acquire()
+        if errs:
+            raise errs[0]
+
+
+_helpers = _Helpers()
+
+
+def _run_parallel(fns):
+    _helpers.run(fns)
 
 
 def _ints(a) -> list[int]:
@@ -157,10 +309,10 @@ def _windows(xp, lead, k, n, s, d):
     return as_strided(xp, shape, strides, writeable=False)
 
 
-def _op_conv(i, a, o):
-    """Conv of ``x`` (N, C, *spatial) by ``W`` (M, C / group, *k): a GEMM per group."""
-    x, w = i[0], i[1]
-    b = i[2] if len(i) > 2 else None
+def _conv_geometry(x, w, a) -> tuple:
+    """A Conv's sizes for input ``x`` (N, C, *spatial) and weights ``w`` (M, C / group,
+    *k), checked: (group, k, strides, dilations, pads, padded sizes, output sizes,
+    dtype)."""
     D = _spatial(x, "Conv")
     if w.ndim != x.ndim:
         raise ValueError(f"Conv: weights of shape {w.shape} for a {D}-D Conv")
@@ -184,44 +336,296 @@ def _op_conv(i, a, o):
     if min(n) < 1:
         raise ValueError(f"Conv: a kernel of {_show(k)} taps (dilation {_show(d)}) does not "
                          f"fit in {_show(padded)} steps")
-    K, nn = math.prod(k), math.prod(n)
-    if N * C * K * nn > _POOL_WORK:
+    if N * C * math.prod(k) * math.prod(n) > _POOL_WORK:
         raise ValueError(f"Conv: a kernel of {_show(k)} taps over {_show(n)} outputs with pads "
                          f"{_onnx_pads(pads)} is beyond what fastrnn runs ({_POOL_WORK} "
                          f"element steps)")
-    dt = np.result_type(x.dtype, w.dtype)
+    return g, k, s, d, pads, padded, n, np.result_type(x.dtype, w.dtype)
+
+
+def _conv_weights(w, g, dt):
+    """Weights (M, C / g, *k) as each group's GEMM operand (g, K * C / g, M / g), rows in
+    the order of _conv_nhwc's window columns (taps, then channels)."""
+    M, cg = w.shape[:2]
+    k = tuple(w.shape[2:])
+    D = len(k)
+    wg = w.astype(dt, copy=False).reshape((g, M // g, cg) + k)
+    wg = wg.transpose((0,) + tuple(range(3, 3 + D)) + (2, 1))
+    return np.ascontiguousarray(wg).reshape(g, math.prod(k) * cg, M // g)
+
+
+def _conv_nhwc(x, wm, geo, workers=1, post=None, align=0):
+    """The Conv of ``x`` (N, C, *spatial; any strides) by weights ``wm`` (_conv_weights)
+    without its bias, channels last: (N, *n, M), C-contiguous.
+
+    The input is copied channels last with its padding (``xp``, (N, *padded, C)); a
+    window of it is then ``K`` runs of C / group contiguous values, copied into GEMM rows
+    (im2col) a block at a time (a batch slice, or rows of one item's first output axis:
+    ``_IM2COL_CHUNK`` copied values at most) and multiplied by each group's weights
+    (_gemm) into the output's rows: no copy after the GEMM.  ``workers`` > 1: the
+    blocks split between this thread and helpers (_Helpers) where the Conv has
+    ``_SPLIT_MACS`` multiply-adds.  ``post(yb, b0, b1, r0, r1)``: called on each block's
+    output ``yb`` (items b0:b1, first-axis rows r0:r1) while it is in cache; with
+    ``align`` > 0 a block is a whole number of ``align`` rows (unless it ends the axis),
+    ``yb`` a scratch array and the function's result None.  A 1x1 Conv of stride 1
+    multiplies ``xp`` itself, a depthwise one (C / group = 1) adds its taps' products
+    in turn: each one block."""
+    g, k, s, d, pads, padded, n, dt = geo
+    N, C = x.shape[:2]
+    cg, mg = C // g, wm.shape[2]
+    M, K, D = g * mg, math.prod(k), len(k)
+    xt = np.moveaxis(x, 1, -1)
     if any(p or q for p, q in pads):
-        xp = np.zeros((N, C) + tuple(padded), dt)
-        xp[(slice(None), slice(None)) + tuple(slice(p, p + L) for (p, _), L in
-                                              zip(pads, Ls))] = x
+        xp = np.zeros((N,) + tuple(padded) + (C,), dt)
+        xp[(slice(None),) + tuple(slice(p, p + L) for (p, _), L in
+                                  zip(pads, x.shape[2:]))] = xt
     else:
-        xp = x.astype(dt, copy=False)
-    mg = M // g
-    wg = w.astype(dt, copy=False).reshape(g, mg, cg * K)
-    # windows (g, cg, *k, N, *n) -> columns (g, cg * K, N * nn): a batch slice at a
-    # time, or a block of a batch item's first output axis where one item is too large
-    lead = ((g, cg), (cg * xp.strides[1], xp.strides[1]))
+        xp = np.ascontiguousarray(xt, dtype=dt)
+    nn = math.prod(n)
+    R = N * nn
+    y = np.empty((N,) + tuple(n) + (M,), dt)
+    if not y.size:
+        return None if align else y
+    y2 = y.reshape(R, M)
+    if R * K * cg * M < _SPLIT_MACS:
+        workers = 1
+    st = xp.strides
+    if (K == 1 and max(s) == 1) or (cg == 1 and g > 1):
+        if K == 1 and max(s) == 1:
+            cols = xp.reshape(R, C)
+            cut = [R * t // workers for t in range(workers + 1)]
+
+            def part(lo, hi):
+                for j in range(g):
+                    _gemm(cols[lo:hi, j * cg:(j + 1) * cg], wm[j],
+                          y2[lo:hi, j * mg:(j + 1) * mg])
+            if workers > 1 and R >= 2 * workers:
+                _run_parallel([lambda t=t: part(cut[t], cut[t + 1]) for t in range(workers)])
+            else:
+                part(0, R)
+        else:
+            # depthwise: y[..., c, :] = sum over taps of the tap's input channel c times
+            # its (c, M / g) weights
+            win = as_strided(xp, (N,) + tuple(n) + tuple(k) + (C,),
+                             (st[0],) + tuple(ss * t for ss, t in zip(s, st[1:-1])) +
+                             tuple(dd * t for dd, t in zip(d, st[1:-1])) + (st[-1],),
+                             writeable=False)
+            y5 = y.reshape((N,) + tuple(n) + (g, mg))
+            tmp = np.empty_like(y5)
+            for t, offs in enumerate(itertools.product(*(range(kk) for kk in k))):
+                v = win[(Ellipsis,) + tuple(offs) + (slice(None), None)]
+                np.multiply(v, wm[:, t, :], out=y5 if t == 0 else tmp)
+                if t:
+                    y5 += tmp
+        if post is not None:
+            post(y, 0, N, 0, n[0])
+        return None if align else y
+    win = as_strided(xp, (N,) + tuple(n) + tuple(k) + (C,),
+                     (st[0],) + tuple(ss * t for ss, t in zip(s, st[1:-1])) +
+                     tuple(dd * t for dd, t in zip(d, st[1:-1])) + (st[-1],),
+                     writeable=False)
     rest = nn // n[0]
-    if C * K * nn <= _IM2COL_CHUNK:
-        step = _IM2COL_CHUNK // (C * K * nn)
+    per = max(1, _IM2COL_CHUNK // (C * K + M))      # (GEMM rows a block, all groups)
+    if workers > 1:
+        per = min(per, -(-R // workers))
+    if nn <= per:
+        step = per // nn
         blocks = [(b0, min(N, b0 + step), 0, n[0]) for b0 in range(0, N, step)]
     else:
-        rows = max(1, _IM2COL_CHUNK // (C * K * rest))
+        rows = max(1, per // rest)
+        if align:
+            rows = max(align, rows // align * align)
         blocks = [(b0, b0 + 1, r0, min(n[0], r0 + rows)) for b0 in range(N)
                   for r0 in range(0, n[0], rows)]
-    y = np.empty((g, mg, N * nn), dt)
-    with _blas_threads():
-        for b0, b1, r0, r1 in blocks:
-            cols = _windows(xp[b0:b1, :, r0 * s[0]:], lead, k, [r1 - r0] + n[1:], s, d)
-            cols = cols.reshape(g, cg * K, -1)
-            if len(blocks) == 1:
-                np.matmul(wg, cols, out=y)
+    if g > 1:
+        win = win.reshape(win.shape[:-1] + (g, cg))
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in blocks) * rest
+
+    taken = itertools.count()       # (next() of it: atomic under the GIL)
+
+    def work():
+        """Blocks in turn, each the next one no thread has taken (a helper that gets no
+        CPU, e.g. beside another library's spinning thread, takes fewer)."""
+        buf = np.empty(most * K * cg, dt)
+        scratch = np.empty(most * M, dt) if align else None
+        while True:
+            t = next(taken)
+            if t >= len(blocks):
+                return
+            b0, b1, r0, r1 = blocks[t]
+            v = win[b0:b1, r0:r1]
+            rows = (b1 - b0) * (r1 - r0) * rest
+            lo = b0 * nn + r0 * rest
+            cols = buf[:rows * K * cg]
+            yb = scratch[:rows * M].reshape(rows, M) if align else y2[lo:lo + rows]
+            if C == 1:
+                # one channel: each tap's values a row of the columns (copies of runs
+                # of the last output axis, not of one value), read transposed
+                vt = v.reshape(v.shape[:-1]).transpose(
+                    tuple(range(1 + D, 1 + 2 * D)) + tuple(range(1 + D)))
+                np.copyto(cols.reshape(vt.shape), vt)
+                _gemm(cols.reshape(K, rows).T, wm[0], yb)
+                g_rest = 0
             else:
-                y[:, :, b0 * nn + r0 * rest:(b1 - 1) * nn + r1 * rest] = np.matmul(wg, cols)
-    y = y.reshape(M, N, nn)
-    if b is not None:
-        y += b.astype(dt, copy=False).reshape(M, 1, 1)
-    return [np.ascontiguousarray(y.reshape((M, N) + tuple(n)).swapaxes(0, 1))]
+                g_rest = g
+            for j in range(g_rest):
+                vj = v if g == 1 else v[..., j, :]
+                np.copyto(cols.reshape(vj.shape), vj)
+                _gemm(cols.reshape(rows, K * cg), wm[j], yb[:, j * mg:(j + 1) * mg])
+            if post is not None:
+                post(yb.reshape((b1 - b0, r1 - r0) + tuple(n[1:]) + (M,)), b0, b1, r0, r1)
+    if workers > 1 and len(blocks) > 1:
+        _run_parallel([work] * min(workers, len(blocks)))
+    else:
+        work()
+    return None if align else y
+
+
+def _op_conv(i, a, o, threads=None):
+    """Conv of ``x`` (N, C, *spatial) by ``W`` (M, C / group, *k) (_conv_nhwc), on
+    ``threads`` BLAS threads (None: the calling thread's default)."""
+    x, w = i[0], i[1]
+    b = i[2] if len(i) > 2 else None
+    geo = _conv_geometry(x, w, a)
+    g, dt = geo[0], geo[-1]
+    bias = None if b is None else b.astype(dt, copy=False)
+
+    def post(yb, *_):
+        yb += bias
+    with _blas_scope(threads) as sc:
+        y = _conv_nhwc(x, _conv_weights(w, g, dt), geo, sc.workers,
+                       None if b is None else post)
+    return [np.ascontiguousarray(np.moveaxis(y, -1, 1))]
+
+
+def _max_axes(y, axes, k, s, d, n, out=None):
+    """Max over windows of ``y`` one axis at a time (a box's max is its rows' maxima's
+    max): on each of ``axes``, ``k`` taps ``d`` apart for ``n`` windows ``s`` apart
+    (all inside ``y``).  A new array (``y`` itself where every window is one step of
+    stride 1), or ``out`` filled."""
+    todo = [(ax, kk, ss, dd, m) for ax, kk, ss, dd, m in zip(axes, k, s, d, n)
+            if not (kk == 1 and ss == 1 and m == y.shape[ax])]
+    for t, (ax, kk, ss, dd, m) in enumerate(todo):
+        lead = (slice(None),) * ax
+
+        def tap(j):
+            return y[lead + (slice(j * dd, j * dd + (m - 1) * ss + 1, ss),)]
+        dst = out if t == len(todo) - 1 else None
+        if kk == 1:
+            dst = tap(0).copy() if dst is None else (np.copyto(dst, tap(0)), dst)[1]
+        else:
+            dst = np.maximum(tap(0), tap(1), out=dst)
+        for j in range(2, kk):
+            np.maximum(dst, tap(j), out=dst)
+        y = dst
+    if out is not None and not todo:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def fusable_maxpool(a, shape):
+    """(kernel, strides, output sizes) of a MaxPool of attributes ``a`` over ``shape``
+    (N, C, *spatial) whose windows all lie inside the input: no padding (pads 0 or
+    VALID), no dilation, ceil_mode only where it adds no window; None otherwise (it
+    then runs as its own step)."""
+    D = len(shape) - 2
+    try:
+        k = _per_axis(a, "kernel_shape", 0, D, "MaxPool")
+        s = _per_axis(a, "strides", 1, D, "MaxPool")
+        d = _per_axis(a, "dilations", 1, D, "MaxPool")
+        pads = _window_pads(list(shape[2:]), k, s, d, a, "MaxPool")
+    except ValueError:
+        return None
+    if max(d) > 1 or any(p or q for p, q in pads) or int(a.get("storage_order", 0)):
+        return None
+    n = []
+    for L, kk, ss in zip(shape[2:], k, s):
+        if L < kk:
+            return None
+        m = (L - kk) // ss + 1
+        if a.get("ceil_mode", 0) and -(-(L - kk) // ss) + 1 != m:
+            return None
+        n.append(m)
+    return k, s, n
+
+
+class ConvChain:
+    """A Conv with fixed weights and what a kept program fuses into it: a following
+    BatchNormalization (folded into the weights and bias here), an activation (``act``:
+    ("Relu",), ("LeakyRelu", alpha >= 0), ("Clip", min or None, max or None)) and a
+    MaxPool whose windows lie inside its input (``pool``: fusable_maxpool's), for
+    inputs of one shape and dtype.  ``chain(x)`` is the last one's output: computed
+    channels last (_conv_nhwc), pooled there (_max_axes) before the bias and the
+    activation are applied (both non-decreasing, so they commute with the max, exactly),
+    returned as an (N, M, *spatial) view of that (``contiguous``: a C-contiguous copy)."""
+
+    def __init__(self, x, w, b, a, threads=None, bn=None, act=None, pool=None,
+                 contiguous=False):
+        self.geo = geo = _conv_geometry(x, w, a)
+        g, dt = geo[0], geo[-1]
+        M = w.shape[0]
+        if bn is not None:       # (scale, bias, mean, var, epsilon), in float64
+            scale, shift, mean, var, eps = (np.asarray(v, np.float64) for v in bn)
+            inv = scale / np.sqrt(var + eps)
+            w = w.astype(np.float64) * inv.reshape((M,) + (1,) * (w.ndim - 1))
+            b = (shift - mean * inv) + (0 if b is None else b.astype(np.float64) * inv)
+        self.wm = _conv_weights(w.astype(dt, copy=False), g, dt)
+        self.bias_size = M
+        self.bias = None if b is None else np.ascontiguousarray(b, dtype=dt)
+        self.act, self.pool, self.threads, self.contiguous = act, pool, threads, contiguous
+        if act is not None and act[0] != "Relu":
+            self.act = (act[0],) + tuple(None if v is None else np.asarray(v).astype(dt)
+                                         for v in act[1:])
+
+    def out_shape(self, xshape):
+        """The output's shape for an input of shape ``xshape`` (the first call's)."""
+        n = self.pool[2] if self.pool is not None else self.geo[6]
+        return [xshape[0], self.wm.shape[0] * self.wm.shape[2]] + list(n)
+
+    def _finish(self, y):
+        """The bias and the activation, in place."""
+        if self.bias is not None:
+            y += self.bias
+        act = self.act
+        if act is not None:
+            if act[0] == "Relu":
+                np.maximum(y, 0, out=y)
+            elif act[0] == "LeakyRelu":
+                np.multiply(y, act[1], out=y, where=y < 0)
+            else:
+                if act[1] is not None:
+                    np.maximum(y, act[1], out=y)
+                if act[2] is not None:
+                    np.minimum(y, act[2], out=y)
+
+    def __call__(self, x):
+        D = x.ndim - 2
+        finish, pool = self._finish, self.pool
+        with _blas_scope(self.threads) as sc:
+            if pool is None:
+                y = _conv_nhwc(x, self.wm, self.geo, sc.workers, lambda yb, *_: finish(yb))
+            elif pool[0][0] <= pool[1][0]:
+                # pooled a block at a time: the block's windows lie inside it
+                k, s, n = pool
+                y = np.empty((x.shape[0],) + tuple(n) + (self.bias_size,), self.wm.dtype)
+
+                def post(yb, b0, b1, r0, r1):
+                    p0 = r0 // s[0]
+                    p1 = min(n[0], (r1 - k[0]) // s[0] + 1) if r1 >= k[0] else p0
+                    if p1 > p0:
+                        dst = y[b0:b1, p0:p1]
+                        _max_axes(yb, range(1, D + 1), k, s, [1] * D,
+                                  [p1 - p0] + list(n[1:]), out=dst)
+                        finish(dst)
+                _conv_nhwc(x, self.wm, self.geo, sc.workers, post, align=s[0])
+            else:
+                k, s, n = pool
+                y = _max_axes(_conv_nhwc(x, self.wm, self.geo, sc.workers),
+                              range(1, D + 1), k, s, [1] * D, n)
+                finish(y)
+        y = np.moveaxis(y, -1, 1)
+        return np.ascontiguousarray(y) if self.contiguous else y
 
 
 def _pool(i, a, o, op):
@@ -271,16 +675,20 @@ def _pool(i, a, o, op):
         fill = 0
     widths = ((0, 0), (0, 0)) + tuple((p, q + e) for (p, q), e in zip(pads, extra))
     xp = np.pad(x, widths, constant_values=fill) if any(map(any, widths)) else x
-    y = None
-    for offs in itertools.product(*(range(kk) for kk in k)):
-        v = xp[(slice(None), slice(None)) + tuple(
-            slice(j * dd, j * dd + (m - 1) * ss + 1, ss) for j, dd, m, ss in zip(offs, d, n, s))]
-        if y is None:
-            y = v.copy()
-        elif op == "MaxPool":
-            np.maximum(y, v, out=y)
-        else:
-            y += v
+    if op == "MaxPool":     # (a box's max, an axis at a time)
+        y = _max_axes(xp, range(2, 2 + D), k, s, d, n)
+        if y is x:
+            y = x.copy()
+    else:
+        y = None
+        for offs in itertools.product(*(range(kk) for kk in k)):
+            v = xp[(slice(None), slice(None)) + tuple(
+                slice(j * dd, j * dd + (m - 1) * ss + 1, ss)
+                for j, dd, m, ss in zip(offs, d, n, s))]
+            if y is None:
+                y = v.copy()
+            else:
+                y += v
     if op == "AveragePool":
         # the divisor: the window's steps inside the input, or also inside the pads, on
         # each axis (a box's: their product)

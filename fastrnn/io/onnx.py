@@ -28,7 +28,7 @@ import numpy as np
 from . import LoadError, _check_args
 from . import _onnx_proto as _proto
 from . import _onnx_unrolled as _unrolled
-from ._onnx_conv import _op_avgpool, _op_conv, _op_maxpool
+from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
@@ -1380,6 +1380,8 @@ class OnnxModel:
     def _call(self, fn, op_type, vals, attrs, nout):
         if op_type == "Split":
             return _op_split(vals, attrs, self.opset, nout)
+        if op_type == "Conv":       # (its GEMMs on the recurrent nodes' thread count)
+            return _op_conv(vals, attrs, self.opset, self.num_threads)
         return fn(vals, attrs, self.opset)
 
     # ------------------------------------------------------------- introspection
@@ -1741,7 +1743,11 @@ class _Program:
                 if run is not None:
                     fresh.update(outs)
             else:
-                run = self._reshape(model, obj, ins, outs, env)     # (a view of ins[0])
+                run = self._conv(model, j, env, want, readers, dyn, skip, outs, covered)
+                if run is not None:
+                    fresh.add(outs[0])
+                if run is None:
+                    run = self._reshape(model, obj, ins, outs, env)     # (a view of ins[0])
                 if run is not None and ins[0] in fresh:
                     fresh.add(outs[0])
                 if run is None:
@@ -2041,6 +2047,96 @@ class _Program:
                     r += bias
                 return (r,)
             return call(fn, op_type, [v] + rest, attrs, 1)
+        return run
+
+    def _conv(self, model, j, env, want, readers, dyn, skip, outs, covered=()):
+        """A Conv's runner (fixed float weights and bias, an input of the first call's
+        shape and dtype; else the ops), fused with what reads its output alone (not a
+        wanted output): a BatchNormalization of fixed values (folded into the weights),
+        then a Relu, a LeakyRelu of alpha >= 0 or a Clip of fixed bounds, then a MaxPool
+        whose windows lie inside its input (ConvChain); the fused steps skipped and
+        ``outs`` the last one's.  None where it does not apply."""
+        _, obj, ins, _, _ = dyn[j]
+        if obj[1] != "Conv" or not all(self._fixed(model, n) for n in ins[1:]):
+            return None
+        x, w = env.get(ins[0]), env.get(ins[1])
+        b = env.get(ins[2]) if len(ins) > 2 and ins[2] else None
+        if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray)
+                and x.dtype.kind == "f" and w.dtype == x.dtype
+                and (b is None or (isinstance(b, np.ndarray) and b.dtype == x.dtype))):
+            return None
+        chain, cur, bn, act, pool = [j], dyn[j][3][0], None, None, None
+
+        def next_op(types):
+            """The one step reading ``cur`` (not wanted) as its first input, if of
+            ``types``, with a single output."""
+            r = readers.get(cur, ())
+            if not cur or cur in want or len(r) != 1 or r[0] in skip or r[0] in covered:
+                return None
+            st = dyn[r[0]]
+            if st[0] != "op" or st[1][1] not in types or st[2][0] != cur or \
+                    cur in st[2][1:] or any(st[3][1:]) or \
+                    not all(self._fixed(model, n) for n in st[2][1:]):
+                return None
+            return r[0]
+        k = next_op(("BatchNormalization",))
+        if k is not None:
+            a, vals = dyn[k][1][2], [env.get(n) for n in dyn[k][2][1:5]]
+            if not a.get("training_mode", 0) and len(vals) == 4 and all(
+                    isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                    and v.shape == (w.shape[0],) for v in vals):
+                bn = vals + [float(a.get("epsilon", 1e-5))]
+                chain.append(k)
+                cur = dyn[k][3][0]
+        k = next_op(("Relu", "LeakyRelu", "Clip"))
+        if k is not None:
+            op, a, kins = dyn[k][1][1], dyn[k][1][2], dyn[k][2]
+            if op == "Relu":
+                act = ("Relu",)
+            elif op == "LeakyRelu" and float(a.get("alpha", 0.01)) >= 0:
+                act = ("LeakyRelu", float(a.get("alpha", 0.01)))
+            elif op == "Clip":
+                if model.opset < 11:
+                    lo, hi = a.get("min"), a.get("max")
+                else:
+                    lo, hi = (env.get(kins[i]) if len(kins) > i and kins[i] else None
+                              for i in (1, 2))
+                if all(v is None or np.size(v) == 1 for v in (lo, hi)):
+                    act = ("Clip", lo, hi)
+            if act is not None:
+                chain.append(k)
+                cur = dyn[k][3][0]
+        k = next_op(("MaxPool",))
+        if k is not None and isinstance(env.get(cur), np.ndarray):
+            pool = fusable_maxpool(dyn[k][1][2], env[cur].shape)
+            if pool is not None:
+                chain.append(k)
+                cur = dyn[k][3][0]
+        y = env.get(cur)
+        try:
+            fused = ConvChain(x, w, b, dyn[j][1][2], model.num_threads, bn, act, pool,
+                              contiguous=cur in want)
+            ok = isinstance(y, np.ndarray) and y.dtype == x.dtype and \
+                y.shape == tuple(fused.out_shape(x.shape))
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            return None
+        skip.update(chain[1:])
+        outs[:] = [cur]
+        steps = []          # (the ops, for another input)
+        for k in chain:
+            _, o, k_ins, k_outs, _ = dyn[k]
+            steps.append((self._generic(model, "op", o, k_ins, k_outs),
+                          [env.get(n) if n else None for n in k_ins[1:]], k_outs[0]))
+        shape, dt = x.shape, x.dtype
+
+        def run(v):
+            if type(v) is np.ndarray and v.shape == shape and v.dtype == dt:
+                return (fused(v),)
+            for r, rest, _ in steps:
+                v = r([v] + rest)[0]
+            return (v,)
         return run
 
     def _generic(self, model, kind, obj, ins, outs):
