@@ -31,6 +31,7 @@ import onnxruntime as ort
 import torch
 
 import fastrnn
+from _timing import median_call   # (bench/ is the script's directory)
 from fastrnn.io import _onnx_conv
 
 
@@ -65,15 +66,6 @@ def export(net, x):
                           input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "b", 3: "w"}, "y": {0: "t", 1: "b"}})
     return f.getvalue()
-
-
-def median_call(fn, n):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def profile(data, feed):

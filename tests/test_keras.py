@@ -607,15 +607,19 @@ def test_initial_state_from_earlier_rnn():
         fastrnn.Stream(load_keras(model_path("k3_init_state_gru")))
 
 
+def k2_ref(ref):
+    """A Keras 3 tensor reference in tf.keras 2's inbound form: [layer, node, tensor,
+    kwargs]."""
+    h = ref["config"]["keras_history"]
+    return [h[0], h[1], h[2], {}]
+
+
 def test_initial_state_keras2_inbound_form(tmp_path):
     """tf.keras 2 records an RNN's initial_state tensors as further inbound entries
     ([[name, node, tensor, kwargs], ...]): the same chain in that form gives the same."""
     p = tmp_path / "k2form.h5"
     shutil.copy(model_path("k3_init_state_gru"), p)
 
-    def k2(ref):
-        h = ref["config"]["keras_history"]
-        return [h[0], h[1], h[2], {}]
     with h5py.File(p, "r+") as f:
         c = json.loads(f.attrs["model_config"])
         for l in c["config"]["layers"]:
@@ -625,7 +629,7 @@ def test_initial_state_keras2_inbound_form(tmp_path):
             node = nodes[0]
             st = node.get("kwargs", {}).get("initial_state")
             st = [] if st is None else st if isinstance(st, list) else [st]
-            l["inbound_nodes"] = [[k2(node["args"][0])] + [k2(t) for t in st]]
+            l["inbound_nodes"] = [[k2_ref(node["args"][0])] + [k2_ref(t) for t in st]]
         f.attrs["model_config"] = json.dumps(c)
         f.attrs["keras_version"] = "2.15.0"
     assert_matches(load_keras(str(p)), "k3_init_state_gru")

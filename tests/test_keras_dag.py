@@ -15,7 +15,7 @@ from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras  # noqa: E402
 from fastrnn.model import (INPUT, Add, Average, Concatenate, Dense, Masking, Maximum,  # noqa: E402
                            Minimum, Model, Multiply, Subtract)
-from test_keras import _edit_config, as_list, model_path, reference  # noqa: E402
+from test_keras import _edit_config, as_list, k2_ref, model_path, reference  # noqa: E402
 
 DAG = ["k3_dag_bilstm_pool_concat", "k3_dag_residual_add_ln", "k3_dag_gru_two_heads",
        "k3_dag_concat_time_masks", "k3_dag_merge_ops_masking", "k3_refused_branched_encdec"]
@@ -70,9 +70,6 @@ def test_keras2_inbound_form_of_a_graph(tmp_path):
     p = tmp_path / "k2form.h5"
     shutil.copy(model_path(name), p)
 
-    def k2(ref):
-        h = ref["config"]["keras_history"]
-        return [h[0], h[1], h[2], {}]
     with h5py.File(p, "r+") as f:
         c = json.loads(f.attrs["model_config"])
         for l in c["config"]["layers"]:
@@ -80,7 +77,7 @@ def test_keras2_inbound_form_of_a_graph(tmp_path):
             if node is None:
                 continue
             a = node["args"][0]
-            l["inbound_nodes"] = [[k2(t) for t in a] if isinstance(a, list) else [k2(a)]]
+            l["inbound_nodes"] = [[k2_ref(t) for t in a] if isinstance(a, list) else [k2_ref(a)]]
         f.attrs["model_config"] = json.dumps(c)
         f.attrs["keras_version"] = "2.15.0"
     check(load_keras(str(p)), name)

@@ -18,7 +18,8 @@ from fastrnn.io import LoadError, read_safetensors  # noqa: E402
 from fastrnn.io.keras import load_keras  # noqa: E402
 from fastrnn.model import (INPUT, Concatenate, Dense, KerasRNN, Masking, Model,  # noqa: E402
                            Subtract, model_from_config)
-from test_keras import _edit_config, as_list, input_names, model_path, reference  # noqa: E402
+from test_keras import (_edit_config, as_list, input_names, k2_ref, model_path,  # noqa: E402
+                        reference)
 
 MULTI = ["k3_multi_text_num", "k3_multi_dict", "k3_shared_siamese",
          "k3_shared_seq2seq_embed", "k3_shared_bi_h5"]
@@ -151,9 +152,6 @@ def test_keras2_inbound_form_of_shared_layers(tmp_path):
     p = tmp_path / "k2form.h5"
     shutil.copy(model_path(name), p)
 
-    def k2(ref):
-        h = ref["config"]["keras_history"]
-        return [h[0], h[1], h[2], {}]
     with h5py.File(p, "r+") as f:
         c = json.loads(f.attrs["model_config"])
         nodes = 0
@@ -161,7 +159,7 @@ def test_keras2_inbound_form_of_shared_layers(tmp_path):
             new = []
             for node in l.get("inbound_nodes") or []:
                 a = node["args"][0]
-                new.append([k2(t) for t in a] if isinstance(a, list) else [k2(a)])
+                new.append([k2_ref(t) for t in a] if isinstance(a, list) else [k2_ref(a)])
             nodes += len(new) > 1
             l["inbound_nodes"] = new
         assert nodes == 3                       # (masking, bidirectional, dense)
