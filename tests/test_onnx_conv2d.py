@@ -690,3 +690,48 @@ def test_work_bound():
     with pytest.raises(ValueError, match=r"Conv: a kernel of \[250, 250\] taps over \[251, "
                                          r"251\] outputs .* beyond what fastrnn runs"):
         load_onnx(_one_node("Conv", x, [w])).run({"x": x})
+
+
+# ------------------------------------------------------- (e) windows ORT cuts or pads
+def _pool_node(op, x, opset, **attrs):
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [onnx.ValueInfoProto(name="y")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("opset", [17, 19])
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", dict()),
+    ("MaxPool", dict(ceil_mode=1)),
+    ("AveragePool", dict()),
+    ("AveragePool", dict(count_include_pad=1)),
+    ("AveragePool", dict(count_include_pad=1, ceil_mode=1)),
+    ("AveragePool", dict(count_include_pad=1, pads=[0, 0, 1, 0])),
+])
+@pytest.mark.parametrize("shape,k,s", [((1, 11), [2, 3], [2, 2]), ((3, 5), [4, 2], [2, 1]),
+                                       ((1, 2), [3, 3], [2, 2])])
+def test_pool_window_cut_at_the_input_end(opset, op, attrs, shape, k, s):
+    """A window longer than the (padded) input where ONNX Runtime's size rule still gives
+    one output step (its C division truncates (L - k) / s toward 0): the window's max /
+    mean over the steps inside (before opset 19 ORT divides by the whole kernel with
+    count_include_pad and no ceil_mode), as ONNX Runtime; this was refused ("does not
+    fit")."""
+    x = np.random.default_rng(11).standard_normal((2, 3) + shape).astype(np.float32)
+    data = _pool_node(op, x, opset, kernel_shape=k, strides=s, **attrs)
+    _same_as_ort(load_onnx(data), data, {"x": x})
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_dilated_window_of_padding_alone(op):
+    """A dilated window whose taps all fall in the padding (they step over the input):
+    ONNX Runtime's MaxPool gives the dtype's lowest value and its AveragePool 0 (was
+    -inf and NaN, 0 / 0)."""
+    x = np.random.default_rng(12).standard_normal((1, 2, 1, 4)).astype(np.float32)
+    data = _pool_node(op, x, 19, kernel_shape=[2, 1], dilations=[2, 1], pads=[1, 0, 1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _same_as_ort(load_onnx(data), data, {"x": x}, tol=0)["y"]
+    assert np.isfinite(got).all()

@@ -27,9 +27,10 @@ the outputs.
 Refused, each a ValueError naming the op (the model adds the node's name): 4-D and
 larger spatial inputs, dilated windows with ``auto_pad`` SAME (ONNX Runtime refuses a
 dilated Conv so and pads its pools as if undilated), a pool's pads as large as its
-window, a window that does not fit where ONNX Runtime's output size is not 0, and
-windows, pads or copies beyond ``_POOL_WORK`` element steps (a file's kernel_shape or
-pads asking for minutes of work or terabytes).
+window, and windows, pads or copies beyond ``_POOL_WORK`` element steps (a file's
+kernel_shape or pads asking for minutes of work or terabytes).  A pool's window that
+does not fit in its padded input gives ONNX Runtime's output: none, or (where its size
+rule gives one step) one window cut at the input's end.
 """
 from __future__ import annotations
 
@@ -641,21 +642,23 @@ def _pool(i, a, o, op):
         raise ValueError(f"{op}: pads {_onnx_pads(pads)} must be smaller than the kernel "
                          f"({_show(k)})")
     ceil = a.get("ceil_mode", 0)
-    n, extra = [], []
+    n, extra, cut = [], [], []
     for L, kk, ss, dd, (p, q) in zip(Ls, k, s, d, pads):
         span = (kk - 1) * dd + 1
         room = L + p + q - span
+        cut.append(room < 0)
         if room < 0:
-            # no window fits: no output steps where ONNX Runtime's size rule gives 0 (its
-            # C division truncates; ceil_mode rounds up), else an error, as there
-            zero = math.ceil(room / ss + 1) if ceil else int(room / ss) + 1
-            if zero:
-                raise ValueError(f"{op}: a window of {_show(k)} (dilation {_show(d)}) does "
-                                 f"not fit in {_show(Ls)} steps")
-            n.append(0)
-            extra.append(0)
-            continue
-        m = (-(-room // ss) if ceil else room // ss) + 1
+            # no window fits: ONNX Runtime's size rule (its C division truncates;
+            # ceil_mode rounds up) gives 0 output steps, or 1 (room > -stride): one
+            # window cut at the input's end (its max / mean of the steps inside, as
+            # ceil_mode's last window)
+            m = math.ceil(room / ss + 1) if ceil else int(room / ss) + 1
+            if not m:
+                n.append(0)
+                extra.append(0)
+                continue
+        else:
+            m = (-(-room // ss) if ceil else room // ss) + 1
         if ceil and (m - 1) * ss >= L + p:
             m -= 1          # (the last window starts in the padding at the end: dropped)
         n.append(m)
@@ -669,8 +672,8 @@ def _pool(i, a, o, op):
         raise ValueError(f"{op}: a window of {_show(k)} taps over {_show(n)} outputs with "
                          f"pads {_onnx_pads(pads)} is beyond what fastrnn runs "
                          f"({_POOL_WORK} element steps)")
-    if op == "MaxPool":
-        fill = -np.inf if x.dtype.kind in "fc" else np.iinfo(x.dtype).min
+    if op == "MaxPool":     # (ONNX Runtime's start: a window of padding alone gives it)
+        fill = np.finfo(x.dtype).min if x.dtype.kind in "fc" else np.iinfo(x.dtype).min
     else:
         fill = 0
     widths = ((0, 0), (0, 0)) + tuple((p, q + e) for (p, q), e in zip(pads, extra))
@@ -691,16 +694,22 @@ def _pool(i, a, o, op):
                 y += v
     if op == "AveragePool":
         # the divisor: the window's steps inside the input, or also inside the pads, on
-        # each axis (a box's: their product)
+        # each axis (a box's: their product; ONNX Runtime before opset 19, ceil_mode 0:
+        # the whole kernel where it does not fit in the padded input); 0 taps (a dilated
+        # window of padding alone): 1, the mean 0 as there
         count = None
-        for ax, (L, kk, ss, dd, m, (p, q), P) in enumerate(zip(Ls, k, s, d, n, pads, padded)):
-            lo, hi = (0, L + p + q) if a.get("count_include_pad", 0) else (p, p + L)
+        for ax, (L, kk, ss, dd, m, (p, q), P, cu) in enumerate(zip(Ls, k, s, d, n, pads,
+                                                                  padded, cut)):
+            if a.get("count_include_pad", 0):
+                lo, hi = 0, (P if cu and o < 19 and not ceil else L + p + q)
+            else:
+                lo, hi = p, p + L
             inside = np.zeros(P, x.dtype)
             inside[lo:hi] = 1
             c = sum(inside[j * dd: j * dd + (m - 1) * ss + 1: ss] for j in range(kk))
             c = c.reshape((m,) + (1,) * (D - 1 - ax))
             count = c if count is None else count * c
-        y /= count
+        y /= np.where(count == 0, 1, count)
     return [y.astype(x.dtype, copy=False)]
 
 
