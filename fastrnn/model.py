@@ -1172,13 +1172,14 @@ class Attention(_AttentionBase):
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(f"{self.name}: query and key need the same features, got "
                              f"shapes {q.shape} and {k.shape}")
-        s = np.asarray(self._scores(q, k, dt), dtype=dt)
+        # (the scores' own dtype: float32 in a float64 AdditiveAttention without scale)
+        s = np.asarray(self._scores(q, k, dt))
         keep = None if masks[1] is None else masks[1][:, None, :]
         if self.use_causal_mask:
             c = _causal(s.shape[1], s.shape[2])[None]
             keep = c if keep is None else keep & c
         if keep is not None:
-            s = np.where(keep, s, s - dt.type(1e9))
+            s = np.where(keep, s, s - s.dtype.type(1e9))
         w = _softmax_last(s)
         out = w @ v
         qm = masks[0]
@@ -1215,7 +1216,12 @@ class AdditiveAttention(Attention):
         if self.scale is not None and self.scale.shape[0] != q.shape[-1]:
             raise ValueError(f"{self.name}: scale of {self.scale.shape[0]} features for a "
                              f"query of {q.shape[-1]}")
-        t = np.tanh(q[:, :, None, :] + k[:, None, :, :])
+        t = q[:, :, None, :] + k[:, None, :, :]
+        if self.scale is None and dt == np.float64:
+            # Keras 3.15's tanh runs in float32 in a float64 model: without the (float64)
+            # scale the scores, their softmax and the returned weights stay float32
+            return np.tanh(t.astype(np.float32)).sum(axis=-1)
+        t = np.tanh(t)
         if self.scale is not None:
             t = self.scale.astype(dt) * t
         return t.sum(axis=-1)

@@ -222,10 +222,13 @@ def test_additive_attention_matches_loop(dtype, causal, use_scale):
     layer = AdditiveAttention(scale, return_attention_scores=True, use_causal_mask=causal,
                               dtype=dtype)
     (out, w), m = layer.call([q, v], [qm, vm])
+    # (float64 without scale: Keras 3.15's float32 tanh keeps the scores float32, their
+    # masked steps' - 1e9 rounded in float32)
+    rdt = np.float32 if dtype == np.float64 and not use_scale else dtype
     ro, rw = ref_attention(q.astype(np.float64), v.astype(np.float64), qm=qm, vm=vm,
-                           causal=causal, additive=True, dtype=dtype,
+                           causal=causal, additive=True, dtype=rdt,
                            additive_scale=None if scale is None else scale.astype(np.float64))
-    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tol = 1e-5 if dtype == np.float32 else 1e-6 if rdt == np.float32 else 1e-12
     assert out.dtype == dtype
     np.testing.assert_allclose(out, ro, atol=tol)
     np.testing.assert_allclose(w, rw, atol=tol)
@@ -379,3 +382,36 @@ def test_loader_refusals_are_named(tmp_path):
     with pytest.raises(LoadError, match=r"score_mode 'general' is not supported"):
         load_keras(_edit_config(name, tmp_path, _set(
             "Attention", lambda l: l["config"].update(score_mode="general"))))
+
+
+def test_float64_additive_attention_without_scale_keeps_float32_weights(tmp_path):
+    """Keras 3.15's tanh runs in float32 in a float64 model (JAX): a float64
+    AdditiveAttention(use_scale=False) computes its scores and their softmax in float32
+    and returns float32 weights (its output float64: the float32 weights times the
+    float64 value), as Keras 3.15.1 does; with the float64 scale the scores are float64."""
+    q, v, _, qm, vm = _data(12, np.float64)
+    out, w = AdditiveAttention(None, return_attention_scores=True,
+                               dtype="float64").call([q, v], [qm, vm])[0]
+    s = np.tanh((q[:, :, None] + v[:, None]).astype(np.float32)).sum(-1)
+    s = np.where(vm[:, None], s, s - np.float32(1e9))
+    want = np.exp(s - s.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert w.dtype == np.float32 and out.dtype == np.float64
+    np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out, np.where(qm[..., None], want @ v, 0), rtol=1e-6,
+                               atol=1e-7)
+    out, w = AdditiveAttention(np.ones(3), return_attention_scores=True,
+                               dtype="float64").call([q, v], [qm, vm])[0]
+    assert w.dtype == np.float64 and out.dtype == np.float64
+
+    def f64_no_scale(c):
+        for l in c["config"]["layers"]:
+            d = l["config"].get("dtype")
+            if isinstance(d, dict):
+                d["config"]["name"] = "float64"
+            if l["class_name"] == "AdditiveAttention":
+                l["config"]["use_scale"] = False
+    model = load_keras(_edit_config("k3_attn_seq2seq_additive", tmp_path, f64_no_scale))
+    x, ys = reference("k3_attn_seq2seq_additive")
+    out, w = model.predict(x)
+    assert out.dtype == np.float64 and w.dtype == np.float32 and w.shape == ys[1].shape
