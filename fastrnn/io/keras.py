@@ -1074,6 +1074,16 @@ def _show_mask(e, depth=0):
     return f"{name}({', '.join(sub)}" + (", axis=-1)" if op in ("any", "expand") else ")")
 
 
+def _mask_mismatch(ex, ref, want):
+    """None when the mask tensor ``ref`` Keras records for a call (None: none) is the
+    mask fastrnn computes there (``want``, an expression); else how to show ``ref``."""
+    given = None if ref is None else ex.parse(ref)
+    if given is want and (ref is None or given is not None):
+        return None
+    return ("None" if ref is None else _show_mask(given) if given is not None
+            else f"<output {ref[2]} of {ref[0]!r}>")
+
+
 def _check_masks(order, calls, by_name):
     """Keras 3 records the mask each call of a layer is given (computed by ops such as
     not_equal / any from the Embedding / Masking layers, or given by the user): accept it
@@ -1102,10 +1112,8 @@ def _check_masks(order, calls, by_name):
                 if k != "query_mask" and r is not None]
             for j, r in given:
                 want = ins[j] if j < len(ins) else None
-                e = None if r is None else ex.parse(r)
-                if e is not want or (r is not None and e is None):
-                    what = ("None" if r is None else _show_mask(e) if e is not None
-                            else f"<output {r[2]} of {r[0]!r}>")
+                what = _mask_mismatch(ex, r, want)
+                if what is not None:
                     raise LoadError(
                         f"layer {n!r} ({cls}) is given the mask {what} for its input {j}: "
                         "not supported; fastrnn applies its inputs' own masks, which here "
@@ -1124,10 +1132,8 @@ def _check_masks(order, calls, by_name):
                     "(fastrnn would apply it; pass the mask explicitly, mask=..., to run "
                     "it masked)"[:500])
         elif mask is not _NO_MASK:
-            given = None if mask is None else ex.parse(mask)
-            if given is not fast or (mask is not None and given is None):
-                what = ("None" if mask is None else _show_mask(given) if given is not None
-                        else f"<output {mask[2]} of {mask[0]!r}>")
+            what = _mask_mismatch(ex, mask, fast)
+            if what is not None:
                 raise LoadError(
                     f"layer {n!r} ({cls}) is called with mask={what}: not supported; "
                     "fastrnn computes masks only from Embedding(mask_zero=True) and Masking "
