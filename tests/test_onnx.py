@@ -2929,18 +2929,6 @@ def test_pool_1d_matches_ort(op, k, s, pad, ceil, cip):
     _same_as_ort(load_onnx(data), data, {"x": x})
 
 
-def test_batchnorm_and_global_pools_match_ort():
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 3, 7)).astype(np.float32)
-    stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in (
-        (rng.standard_normal(3), "scale"), (rng.standard_normal(3), "bias"),
-        (rng.standard_normal(3), "mean"), (rng.uniform(0.5, 2, 3), "var"))]
-    for op, inits, kw in (("BatchNormalization", stats, dict(epsilon=1e-3)),
-                          ("GlobalAveragePool", (), {}), ("GlobalMaxPool", (), {})):
-        data = _one_node(op, x, inits, **kw)
-        _same_as_ort(load_onnx(data), data, {"x": x})
-
-
 def test_conv_and_pool_refusals():
     """What fastrnn does not run is a clear error: convolutions and pools of more than 3
     spatial axes, ConvTranspose (at load), MaxPool's Indices output (at load), dilated

@@ -199,9 +199,11 @@ def test_pools_float64():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_batchnorm_and_global_pools_2d_3d():
+def test_batchnorm_and_global_pools_1d_2d_3d():
+    """(the 1-D case was tests/test_onnx.py's test_batchnorm_and_global_pools_match_ort,
+    with the same draws)"""
     rng = np.random.default_rng(6)
-    for shape in ((2, 3, 5, 7), (2, 3, 4, 3, 5)):
+    for shape in ((2, 3, 7), (2, 3, 5, 7), (2, 3, 4, 3, 5)):
         x = rng.standard_normal(shape).astype(np.float32)
         stats = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in (
             (rng.standard_normal(3), "scale"), (rng.standard_normal(3), "bias"),

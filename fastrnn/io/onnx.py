@@ -1963,10 +1963,10 @@ class _Program:
                 and isinstance(y, np.ndarray) and all(self._fixed(model, n) for n in ins[1:])):
             return None
         fn, op_type, attrs = obj
-        rest = [env[n] if n else None for n in ins[1:]]
-        call, shape, to = model._call, x.shape, y.shape
         if op_type == "Gather":
             return self._gather(model, obj, ins, x, y, env)
+        rest = [env[n] if n else None for n in ins[1:]]
+        call, shape, to = model._call, x.shape, y.shape
         if transpose:
             perm = attrs.get("perm")
             perm = None if perm is None else tuple(_ints(perm))
