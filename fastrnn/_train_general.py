@@ -19,7 +19,7 @@ carries the state; its output repeats the last output (zero before any) or is ze
 from __future__ import annotations
 
 import numpy as np
-from .model import _sigmoid as expit   # (the kernels' sigmoid: no scipy.special import)
+from ._model_base import _sigmoid as expit   # (the kernels' sigmoid: no scipy.special import)
 
 __all__ = ["forward", "backward", "needs_general"]
 

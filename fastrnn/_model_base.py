@@ -1,0 +1,223 @@
+"""The base of :mod:`fastrnn.model`: the activations its layers take by name, the
+``Layer`` base class and the small checks the layer modules share."""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- activations
+
+_sig = None
+
+
+def _sigmoid(x):
+    # the kernels' vectorised sigmoid (_kernels.sigmoid): stable for large |x|, in x's
+    # dtype, ~1 us for a small array (by masked halves a small array's sigmoid took ~7
+    # us of a ~20 us Keras model call), without scipy.special's ~100-200 ms import;
+    # other dtypes as NumPy computes them
+    global _sig
+    if _sig is None:
+        from . import _kernels
+        _sig = _kernels.sigmoid
+    if isinstance(x, np.ndarray) and (x.dtype == np.float32 or x.dtype == np.float64):
+        return _sig(x)
+    with np.errstate(over="ignore"):        # (exp(-x) -> inf: sigmoid 0)
+        return 1.0 / (1.0 + np.exp(-np.asarray(x)))
+
+
+def _softmax(x):
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _gelu(x):
+    from scipy.special import erf
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+_SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
+
+def _linear(x):
+    return x
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def _relu6(x):
+    return np.clip(x, 0, 6)
+
+
+def _log_softmax(x):
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _selu(x):
+    return _SELU_S * np.where(x > 0, x, _SELU_A * np.expm1(np.minimum(x, 0)))
+
+
+def _softplus(x):
+    return np.logaddexp(0, x)
+
+
+def _softsign(x):
+    return x / (1 + np.abs(x))
+
+
+def _swish(x):
+    return x * _sigmoid(x)
+
+
+def _mish(x):
+    return x * np.tanh(np.logaddexp(0, x))
+
+
+def _hard_sigmoid(x, alpha, beta):
+    return np.clip(alpha * x + beta, 0, 1)
+
+
+def _leaky_relu(x, alpha):
+    return np.where(x >= 0, x, alpha * x)
+
+
+# module-level functions (no lambdas) so that models pickle with the standard pickle
+_ACTIVATIONS = {
+    "linear": _linear,
+    "relu": _relu,
+    "relu6": _relu6,
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "softmax": _softmax,
+    "log_softmax": _log_softmax,
+    "elu": _elu,
+    "selu": _selu,
+    "softplus": _softplus,
+    "softsign": _softsign,
+    "swish": _swish,
+    "silu": _swish,
+    "gelu": _gelu,
+    "exponential": np.exp,
+    "mish": _mish,
+}
+
+
+def activation_function(spec):
+    """A numpy function for a Keras activation name, or for ``(name, alpha, beta)``.
+
+    ``"hard_sigmoid"`` alone is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``; Keras 3's is
+    ``("hard_sigmoid", 1/6, 0.5)``.  ``("leaky_relu", alpha)`` has slope ``alpha``
+    (Keras 3's default is 0.2).  Unknown names raise ``ValueError``.
+    """
+    if callable(spec):
+        return spec
+    if spec is None:
+        spec = "linear"
+    name, args = (spec, ()) if isinstance(spec, str) else (spec[0], tuple(spec[1:]))
+    key = name.lower()
+    if key in ("hard_sigmoid", "hardsigmoid"):
+        alpha = float(args[0]) if len(args) > 0 else 0.2
+        beta = float(args[1]) if len(args) > 1 else 0.5
+        return functools.partial(_hard_sigmoid, alpha=alpha, beta=beta)
+    if key in ("leaky_relu", "leakyrelu"):
+        alpha = float(args[0]) if args else 0.2
+        return functools.partial(_leaky_relu, alpha=alpha)
+    if key in ("none", "identity"):
+        key = "linear"
+    fn = _ACTIVATIONS.get(key)
+    if fn is None:
+        raise ValueError(f"unknown activation {name!r}; known: "
+                         f"{sorted(_ACTIVATIONS) + ['hard_sigmoid', 'leaky_relu']}")
+    return fn
+
+
+def _act_name(spec) -> str:
+    if spec is None:
+        return "linear"
+    if isinstance(spec, str):
+        return spec
+    if callable(spec):
+        return getattr(spec, "__name__", "custom")
+    return "(" + ", ".join(str(s) for s in spec) + ")"
+
+
+# ----------------------------------------------------------------------------- layers
+
+class Layer:
+    """Base class.  ``call(x, mask)`` returns ``(outputs, mask)``; ``outputs`` is an array
+    or a list of arrays (return_state, merge_mode=None), ``mask`` the mask of the first
+    output (or None; :meth:`output_mask` gives each output's).  ``n_inputs``: how many
+    tensors the layer reads (1: ``x`` is an array; None: a merge layer's list of one or
+    more, ``mask`` then their list of masks)."""
+
+    n_inputs: int | None = 1
+
+    def __init__(self, name: str | None = None):
+        self.name = name or _default_name(type(self).__name__)
+
+    def call(self, x, mask=None):
+        raise NotImplementedError
+
+    def __call__(self, x, mask=None):
+        return self.call(x, mask)[0]
+
+    def count_params(self) -> int:
+        return int(sum(np.size(w) for w in self.get_weights()))
+
+    def n_outputs(self) -> int:
+        """How many tensors ``call`` returns (a list where more than one)."""
+        return 1
+
+    def output_mask(self, index: int, mask):
+        """The mask of output ``index``, given the mask ``call`` returned (that of the
+        first output; the others, a recurrent layer's states, have none)."""
+        return mask if index == 0 else None
+
+    def get_weights(self) -> list:
+        return []
+
+    def get_config(self) -> dict:
+        return {"class_name": type(self).__name__, "name": self.name}
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self._extra_repr()
+        return f"{type(self).__name__}(name={self.name!r}{', ' + extra if extra else ''})"
+
+
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def _default_name(cls: str) -> str:
+    n = _NAME_COUNTS.get(cls, 0)
+    _NAME_COUNTS[cls] = n + 1
+    base = cls.lower()
+    return base if n == 0 else f"{base}_{n}"
+
+
+def _float_input(x, name):
+    """``x`` as a floating array (other numbers as float32, as Keras's float layers)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        if x.dtype.kind not in "biu":
+            raise TypeError(f"{name}: expected numbers, got {x.dtype}")
+        x = x.astype(np.float32)
+    return x
+
+
+def _index(v, what) -> int:
+    """An int index from a config (a file's: anything may be there)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{what} must be an int, got {v!r}"[:200])
+    return int(v)

@@ -1,0 +1,505 @@
+"""The layers of :mod:`fastrnn.model` that join tensors: Keras's merge layers
+(``Concatenate``, ``Add``, ...) and attention layers (``Attention``,
+``AdditiveAttention``, ``MultiHeadAttention``), with Keras 3's masks."""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ._model_base import Layer, _float_input, _index
+
+
+# ----------------------------------------------------------------------------- merge layers
+
+def _or_masks(masks):
+    """Keras's ``Merge.compute_mask``: no mask when an input has none, else any-of."""
+    if any(m is None for m in masks):
+        return None
+    out = np.asarray(masks[0], dtype=bool)
+    for m in masks[1:]:
+        out = out | np.asarray(m, dtype=bool)
+    return out
+
+
+class _Merge(Layer):
+    """Base of the merge layers: ``call(xs, masks)`` with a list of one or more tensors
+    (and their masks, or None), as Keras's merge layers are called."""
+
+    n_inputs = None
+
+    def _arrays(self, x, mask):
+        if not isinstance(x, (list, tuple)) or not x:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes a list of one or more "
+                             f"tensors, got {type(x).__name__}")
+        xs = [_float_input(a, self.name) for a in x]
+        if isinstance(self.n_inputs, int) and len(xs) != self.n_inputs:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes exactly "
+                             f"{self.n_inputs} tensors, got {len(xs)}")
+        masks = [None] * len(xs) if mask is None else list(mask)
+        if len(masks) != len(xs):
+            raise ValueError(f"{self.name}: {len(masks)} masks for {len(xs)} tensors")
+        return xs, [None if m is None else np.asarray(m, dtype=bool) for m in masks]
+
+    def _mask_like(self, m, x):
+        """A (B, T) mask spread over the features of ``x`` (Keras's broadcast_to of
+        expand_dims(mask, -1))."""
+        try:
+            return np.broadcast_to(m[..., None], x.shape)
+        except ValueError:
+            raise ValueError(f"{self.name}: a mask of shape {m.shape} for a tensor of shape "
+                             f"{x.shape}") from None
+
+
+class _Elementwise(_Merge):
+    """Add, Subtract, Multiply, Average, Maximum, Minimum: tensors of one batch size
+    whose sizes agree or are 1 (broadcast), as Keras 3 checks them; the output is masked
+    where any input is, when every input has a mask.
+
+    Tensors of different ranks (a sequence ``(B, T, H)`` and a vector ``(B, H)``) merge
+    as in Keras 3's ``Merge.call``: each lower-rank one gains axes of size 1 at axis 1
+    until the ranks agree (``(B, 1, H)``, broadcast over the steps) and reaches the
+    merge without a mask; the output's mask is Keras's ``compute_mask`` of the inputs'
+    own masks, none when an input has none (when all have one, masks of different
+    ranks, Keras's mask is not defined: refused)."""
+
+    def call(self, x, mask=None):
+        xs, masks = self._arrays(x, mask)
+        shapes = [a.shape for a in xs]
+        if not all(shapes) or len({s[0] for s in shapes}) > 1:
+            raise ValueError(f"{self.name}: {type(self).__name__} needs tensors of one batch "
+                             f"size, got shapes {shapes}")
+        nd = max(a.ndim for a in xs)
+        if any(a.ndim < nd for a in xs):
+            if all(m is not None for m in masks):
+                raise ValueError(f"{self.name}: {type(self).__name__} of masked tensors of "
+                                 f"different ranks (shapes {shapes}) is not supported")
+            masks = [m if a.ndim == nd else None for a, m in zip(xs, masks)]
+            xs = [a.reshape(a.shape[:1] + (1,) * (nd - a.ndim) + a.shape[1:]) for a in xs]
+        try:
+            np.broadcast_shapes(*(a.shape for a in xs))
+        except ValueError:
+            raise ValueError(f"{self.name}: {type(self).__name__} got incompatible shapes "
+                             f"{shapes}") from None
+        return self._merge(xs, masks)
+
+    def _merge(self, xs, masks):
+        return self._op(xs), _or_masks(masks)
+
+
+def _sum(xs):
+    out = xs[0]
+    for a in xs[1:]:
+        out = out + a
+    return out
+
+
+class Add(_Elementwise):
+    """Keras's ``Add``: the sum of the tensors."""
+
+    def _op(self, xs):
+        return _sum(xs)
+
+
+class Subtract(_Elementwise):
+    """Keras's ``Subtract``: the first tensor minus the second (exactly two)."""
+
+    n_inputs = 2
+
+    def _op(self, xs):
+        return xs[0] - xs[1]
+
+
+class Average(_Elementwise):
+    """Keras's ``Average``: the sum of the tensors over their number."""
+
+    def _op(self, xs):
+        out = _sum(xs)
+        return (out / out.dtype.type(len(xs))).astype(out.dtype, copy=False)
+
+
+class Multiply(_Elementwise):
+    """Keras's ``Multiply``: the product; a masked step of an input counts as 1 and,
+    when every input has a mask, the output is 0 where all of them are masked."""
+
+    def _merge(self, xs, masks):
+        full = [None if m is None else self._mask_like(m, a) for a, m in zip(xs, masks)]
+        out = None
+        for a, m in zip(xs, full):
+            if m is not None:
+                a = np.where(m, a, a.dtype.type(1))
+            out = a if out is None else out * a
+        if any(m is None for m in full):
+            return out, None
+        keep = functools.reduce(np.logical_or, full)
+        return np.where(keep, out, out.dtype.type(0)), keep.any(axis=-1)
+
+
+class _MinMax(_Elementwise):
+    """Maximum / Minimum, with Keras's masks: a masked entry of one side takes the
+    other side's value before the op, and the output is masked where all inputs are."""
+
+    def _merge(self, xs, masks):
+        out = out_mask = None
+        for a, m in zip(xs, masks):
+            m = None if m is None else self._mask_like(m, a)
+            if out is None:
+                out, out_mask = a, m
+                continue
+            if m is not None:
+                a = np.where(m, a, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, a)
+            out_mask = None if m is None or out_mask is None else out_mask | m
+            out = self._fn(out, a)
+        return out, None if out_mask is None else out_mask.any(axis=-1)
+
+
+class Maximum(_MinMax):
+    """Keras's ``Maximum``: the elementwise maximum."""
+
+    _fn = staticmethod(np.maximum)
+
+
+class Minimum(_MinMax):
+    """Keras's ``Minimum``: the elementwise minimum."""
+
+    _fn = staticmethod(np.minimum)
+
+
+class Concatenate(_Merge):
+    """Keras's ``Concatenate(axis)``: tensors of one rank and equal sizes except on
+    ``axis`` (not the batch axis).  Masks as Keras's: when any input has one, each
+    input's (all True where it has none) spread over its features, joined along
+    ``axis``, then any-of over the last axis (the features: per step, any-of the
+    inputs; the steps, ``axis=1``: the masks one after the other)."""
+
+    def __init__(self, axis: int = -1, name=None):
+        super().__init__(name)
+        self.axis = _index(axis, "Concatenate axis")
+
+    def call(self, x, mask=None):
+        xs, masks = self._arrays(x, mask)
+        nd = xs[0].ndim
+        if not -nd <= self.axis < nd or self.axis % nd == 0:
+            raise ValueError(f"{self.name}: axis {self.axis} is out of range (or the batch "
+                             f"axis) for {nd}-D tensors")
+        ax = self.axis % nd
+        cut = [a.shape[:ax] + a.shape[ax + 1:] for a in xs]
+        if any(a.ndim != nd for a in xs) or len(set(cut)) > 1:
+            raise ValueError(f"{self.name}: Concatenate(axis={self.axis}) needs tensors of "
+                             "one rank and equal sizes except on that axis, got shapes "
+                             f"{[a.shape for a in xs]}")
+        out = np.concatenate(xs, axis=ax)
+        if all(m is None for m in masks):
+            return out, None
+        full = [np.ones(a.shape, bool) if m is None else
+                self._mask_like(m, a) if m.ndim < a.ndim else m for a, m in zip(xs, masks)]
+        return out, np.concatenate(full, axis=ax).any(axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+    def _extra_repr(self):
+        return f"axis={self.axis}"
+
+
+_MERGE_CLASSES = {c.__name__: c for c in (Concatenate, Add, Subtract, Multiply, Average,
+                                          Maximum, Minimum)}
+
+
+# ----------------------------------------------------------------------------- attention layers
+
+def _softmax_last(s):
+    """Softmax over the last axis, shifted by the row's maximum (no overflow)."""
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _causal(tq, tv):
+    """Keras's causal mask ``(Tq, Tv)``: query step i sees value steps j <= i."""
+    return np.arange(tq)[:, None] >= np.arange(tv)[None, :]
+
+
+class _AttentionBase(Layer):
+    """Keras's attention layers: ``call([query, value(, key)], masks)`` with their masks
+    (or None); ``return_attention_scores``: a second output, the weights after masking
+    and softmax (no mask); ``use_causal_mask``: step i attends to steps <= i (Keras's
+    call arguments, fixed per layer object here)."""
+
+    n_inputs = None
+    _n_range = (2, 3)
+
+    def __init__(self, return_attention_scores=False, use_causal_mask=False, name=None):
+        super().__init__(name)
+        self.return_attention_scores = bool(return_attention_scores)
+        self.use_causal_mask = bool(use_causal_mask)
+
+    def n_outputs(self):
+        return 2 if self.return_attention_scores else 1
+
+    def _tensors(self, x, mask):
+        if not isinstance(x, (list, tuple)):
+            raise ValueError(f"{self.name}: {type(self).__name__} takes a list [query, value] "
+                             f"or [query, value, key], got {type(x).__name__}")
+        lo, hi = self._n_range
+        if not lo <= len(x) <= hi:
+            raise ValueError(f"{self.name}: {type(self).__name__} takes {lo} or {hi} tensors "
+                             f"([query, value] or [query, value, key]), got {len(x)}")
+        xs = [_float_input(a, self.name) for a in x]
+        dt = np.result_type(*xs)
+        xs = [np.asarray(a, dtype=dt) for a in xs]
+        masks = [None] * len(xs) if mask is None else list(mask)
+        if len(masks) != len(xs):
+            raise ValueError(f"{self.name}: {len(masks)} masks for {len(xs)} tensors")
+        masks = [None if m is None else np.asarray(m, dtype=bool) for m in masks]
+        for a, m, what in zip(xs, masks, ("query", "value", "key")):
+            if a.ndim != 3:
+                raise ValueError(f"{self.name}: the {what} must be 3-D (batch, steps, "
+                                 f"features), got shape {a.shape}")
+            if m is not None and m.shape != a.shape[:2]:
+                raise ValueError(f"{self.name}: a {what} mask of shape {m.shape} for a "
+                                 f"tensor of shape {a.shape}")
+        if len({a.shape[0] for a in xs}) > 1:
+            raise ValueError(f"{self.name}: the tensors disagree on the batch size: "
+                             f"{[a.shape for a in xs]}")
+        if len(xs) == 3 and xs[1].shape[1] != xs[2].shape[1]:
+            raise ValueError(f"{self.name}: value and key need the same steps, got shapes "
+                             f"{xs[1].shape} and {xs[2].shape}")
+        return xs, masks, dt
+
+    def get_config(self):
+        return {**super().get_config(), "return_attention_scores": self.return_attention_scores,
+                "use_causal_mask": self.use_causal_mask}
+
+
+class Attention(_AttentionBase):
+    """Keras's ``Attention`` (Luong): scores ``query @ key^T`` (times ``scale`` where
+    given; ``score_mode="concat"``: ``concat_score_weight * sum(tanh(scale * (q + k)))``),
+    masked value steps (and, causal, later steps) lowered by 1e9 as Keras does (a fully
+    masked row thus softmaxes as Keras's does), softmax over the value steps, times the
+    value; the output is 0 at masked query steps and carries the query's mask."""
+
+    def __init__(self, scale=None, score_mode="dot", concat_score_weight=None,
+                 return_attention_scores=False, use_causal_mask=False, name=None,
+                 dtype="float32"):
+        super().__init__(return_attention_scores, use_causal_mask, name)
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"{self.name}: score_mode must be 'dot' or 'concat', got "
+                             f"{score_mode!r}")
+        if score_mode == "concat" and concat_score_weight is None:
+            raise ValueError(f"{self.name}: score_mode='concat' needs concat_score_weight")
+        if score_mode == "dot" and concat_score_weight is not None:
+            raise ValueError(f"{self.name}: concat_score_weight is for score_mode='concat'")
+        self.score_mode = score_mode
+        self.scale = self._scalar(scale, "scale", dtype)
+        self.concat_score_weight = self._scalar(concat_score_weight, "concat_score_weight",
+                                                dtype)
+
+    def _scalar(self, v, what, dtype):
+        if v is None:
+            return None
+        v = np.asarray(v, dtype=dtype)
+        if v.shape != ():
+            raise ValueError(f"{self.name}: {what} must be a scalar, got shape {v.shape}")
+        return v
+
+    def get_weights(self):
+        return [w for w in (self.scale, self.concat_score_weight) if w is not None]
+
+    def _scores(self, q, k, dt):
+        if self.score_mode == "dot":
+            s = q @ np.swapaxes(k, -1, -2)
+            if self.scale is not None:
+                s = s * self.scale.astype(dt)
+            return s
+        t = q[:, :, None, :] + k[:, None, :, :]
+        if self.scale is not None:
+            t = self.scale.astype(dt) * t
+        return self.concat_score_weight.astype(dt) * np.tanh(t).sum(axis=-1)
+
+    def call(self, x, mask=None):
+        xs, masks, dt = self._tensors(x, mask)
+        q, v = xs[0], xs[1]
+        k = xs[2] if len(xs) > 2 else v
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"{self.name}: query and key need the same features, got "
+                             f"shapes {q.shape} and {k.shape}")
+        # (the scores' own dtype: float32 in a float64 AdditiveAttention without scale)
+        s = np.asarray(self._scores(q, k, dt))
+        keep = None if masks[1] is None else masks[1][:, None, :]
+        if self.use_causal_mask:
+            c = _causal(s.shape[1], s.shape[2])[None]
+            keep = c if keep is None else keep & c
+        if keep is not None:
+            s = np.where(keep, s, s - s.dtype.type(1e9))
+        w = _softmax_last(s)
+        out = w @ v
+        qm = masks[0]
+        if qm is not None:
+            out = np.where(qm[..., None], out, dt.type(0))
+        return ([out, w] if self.return_attention_scores else out), qm
+
+    def get_config(self):
+        return {**super().get_config(), "score_mode": self.score_mode}
+
+    def _extra_repr(self):
+        return (f"score_mode={self.score_mode!r}, use_scale={self.scale is not None}"
+                + (", causal" if self.use_causal_mask else ""))
+
+
+class AdditiveAttention(Attention):
+    """Keras's ``AdditiveAttention`` (Bahdanau): scores ``sum(scale * tanh(q + k))``
+    over the features (``scale``: a vector of the query's features, or None: 1), then
+    as :class:`Attention`."""
+
+    def __init__(self, scale=None, return_attention_scores=False, use_causal_mask=False,
+                 name=None, dtype="float32"):
+        _AttentionBase.__init__(self, return_attention_scores, use_causal_mask, name)
+        self.score_mode = "additive"
+        self.concat_score_weight = None
+        if scale is not None:
+            scale = np.asarray(scale, dtype=dtype)
+            if scale.ndim != 1:
+                raise ValueError(f"{self.name}: scale must be a vector (features,), got shape "
+                                 f"{scale.shape}")
+        self.scale = scale
+
+    def _scores(self, q, k, dt):
+        if self.scale is not None and self.scale.shape[0] != q.shape[-1]:
+            raise ValueError(f"{self.name}: scale of {self.scale.shape[0]} features for a "
+                             f"query of {q.shape[-1]}")
+        t = q[:, :, None, :] + k[:, None, :, :]
+        if self.scale is None and dt == np.float64:
+            # Keras 3.15's tanh runs in float32 in a float64 model: without the (float64)
+            # scale the scores, their softmax and the returned weights stay float32
+            return np.tanh(t.astype(np.float32)).sum(axis=-1)
+        t = np.tanh(t)
+        if self.scale is not None:
+            t = self.scale.astype(dt) * t
+        return t.sum(axis=-1)
+
+    def get_config(self):
+        return _AttentionBase.get_config(self)
+
+    def _extra_repr(self):
+        return (f"use_scale={self.scale is not None}"
+                + (", causal" if self.use_causal_mask else ""))
+
+
+class MultiHeadAttention(_AttentionBase):
+    """Keras's ``MultiHeadAttention`` over the steps (its default ``attention_axes``):
+    ``call([query, value(, key)], masks)``.  Projections ``x @ kernel + bias`` with
+    kernels ``(features, heads, key_dim)`` (query, key), ``(features, heads, value_dim)``
+    (value) and ``(heads, value_dim, out)`` (output), biases ``(heads, dim)`` / ``(out,)``
+    or None; scores ``(q / sqrt(key_dim)) . k`` per head, set to -1e9 where Keras's mask
+    is False (query mask & value mask & key mask, & causal), softmax over the value steps;
+    a query step with no step left to attend to averages the values, or with
+    ``zero_masked`` (default: ``return_attention_scores``) gets weights 0 (Keras 3.15 on
+    JAX: its dot_product_attention path, or its Softmax layer's path that it takes when
+    returning the scores or with dropout).  The output carries the query's mask (its values at masked query steps are computed,
+    not zeroed, as Keras's); ``return_attention_scores``: the weights ``(B, heads, Tq,
+    Tv)`` as a second output."""
+
+    def __init__(self, query_kernel, key_kernel, value_kernel, output_kernel, query_bias=None,
+                 key_bias=None, value_bias=None, output_bias=None,
+                 return_attention_scores=False, use_causal_mask=False, zero_masked=None,
+                 name=None, dtype="float32"):
+        super().__init__(return_attention_scores, use_causal_mask, name)
+        self.zero_masked = bool(return_attention_scores if zero_masked is None
+                                else zero_masked)
+        arr = lambda a: None if a is None else np.ascontiguousarray(np.asarray(a, dtype=dtype))
+        self.query_kernel, self.key_kernel = arr(query_kernel), arr(key_kernel)
+        self.value_kernel, self.output_kernel = arr(value_kernel), arr(output_kernel)
+        self.query_bias, self.key_bias = arr(query_bias), arr(key_bias)
+        self.value_bias, self.output_bias = arr(value_bias), arr(output_bias)
+        for k in ("query_kernel", "key_kernel", "value_kernel", "output_kernel"):
+            if getattr(self, k).ndim != 3:
+                raise ValueError(f"{self.name}: {k} must be 3-D, got shape "
+                                 f"{getattr(self, k).shape}")
+        _, N, K = self.query_kernel.shape
+        V = self.value_kernel.shape[2]
+        if self.key_kernel.shape[1:] != (N, K) or self.value_kernel.shape[1] != N or \
+                self.output_kernel.shape[:2] != (N, V):
+            raise ValueError(f"{self.name}: kernels of shapes {self.query_kernel.shape}, "
+                             f"{self.key_kernel.shape}, {self.value_kernel.shape}, "
+                             f"{self.output_kernel.shape} do not fit (query, key, value: "
+                             "(features, heads, dim); output: (heads, value_dim, out))")
+        want = {"query_bias": (N, K), "key_bias": (N, K), "value_bias": (N, V),
+                "output_bias": (self.output_kernel.shape[2],)}
+        biases = [getattr(self, b) for b in want]
+        if any(b is None for b in biases) and any(b is not None for b in biases):
+            raise ValueError(f"{self.name}: give all four biases or none")
+        for b, shape in want.items():
+            if getattr(self, b) is not None and getattr(self, b).shape != shape:
+                raise ValueError(f"{self.name}: {b} must have shape {shape}, got "
+                                 f"{getattr(self, b).shape}")
+
+    @property
+    def num_heads(self):
+        return self.query_kernel.shape[1]
+
+    @property
+    def key_dim(self):
+        return self.query_kernel.shape[2]
+
+    @property
+    def value_dim(self):
+        return self.value_kernel.shape[2]
+
+    def get_weights(self):
+        ws = [self.query_kernel, self.query_bias, self.key_kernel, self.key_bias,
+              self.value_kernel, self.value_bias, self.output_kernel, self.output_bias]
+        return [w for w in ws if w is not None]
+
+    def _proj(self, x, kernel, bias, what):
+        if x.shape[-1] != kernel.shape[0]:
+            raise ValueError(f"{self.name}: the {what} has {x.shape[-1]} features, its "
+                             f"kernel takes {kernel.shape[0]}")
+        y = np.einsum("btf,fnd->btnd", x, kernel)
+        return y if bias is None else y + bias
+
+    def call(self, x, mask=None):
+        xs, masks, _ = self._tensors(x, mask)
+        dt = self.query_kernel.dtype
+        xs = [np.asarray(a, dtype=dt) for a in xs]
+        query, value = xs[0], xs[1]
+        key = xs[2] if len(xs) > 2 else value
+        q = self._proj(query, self.query_kernel, self.query_bias, "query")
+        k = self._proj(key, self.key_kernel, self.key_bias, "key")
+        v = self._proj(value, self.value_kernel, self.value_bias, "value")
+        q = q * dt.type(1.0 / math.sqrt(float(self.key_dim)))
+        s = np.einsum("btnd,bsnd->bnts", q, k)
+        keep = None
+        qm, vm = masks[0], masks[1]
+        km = masks[2] if len(masks) > 2 else None
+        if qm is not None:
+            keep = qm[:, :, None]
+        for m in (vm, km):
+            if m is not None:
+                keep = m[:, None, :] if keep is None else keep & m[:, None, :]
+        if self.use_causal_mask:
+            c = _causal(s.shape[2], s.shape[3])[None]
+            keep = c if keep is None else keep & c
+        if keep is not None:
+            s = np.where(keep[:, None], s, dt.type(-1e9))
+        w = _softmax_last(s)
+        if keep is not None and self.zero_masked:
+            w = np.where(keep[:, None], w, dt.type(0))
+        o = np.einsum("bnts,bsnd->btnd", w, v)
+        out = np.einsum("btnd,nde->bte", o, self.output_kernel)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return ([out, w] if self.return_attention_scores else out), qm
+
+    def get_config(self):
+        return {**super().get_config(), "zero_masked": self.zero_masked}
+
+    def _extra_repr(self):
+        return (f"num_heads={self.num_heads}, key_dim={self.key_dim}, "
+                f"value_dim={self.value_dim}" + (", causal" if self.use_causal_mask else ""))
+
+
+_ATTENTION_CLASSES = {c.__name__: c for c in (Attention, AdditiveAttention,
+                                              MultiHeadAttention)}
