@@ -130,8 +130,9 @@ def _nbytes(obj) -> int:
     return total
 
 
-def _forward_general(layer, x, unbatched, h0, c0, lengths, mask, zero_out):
-    """forward_train on the NumPy path (time-major x from ``layer._prepare``)."""
+def _forward_general(layer, x, unbatched, h0, c0, lengths, mask, zero_out, snapshot):
+    """forward_train on the NumPy path (time-major x from ``layer._prepare``);
+    ``snapshot``: the weights' ``_snapshot`` taken before the forward started."""
     from . import _train_general
     from .layers import sort_by_length
     T, B = x.shape[0], x.shape[1]
@@ -145,7 +146,7 @@ def _forward_general(layer, x, unbatched, h0, c0, lengths, mask, zero_out):
         c_n = c_n[:, 0] if c_n is not None else None
     elif layer.batch_first:
         out = out.transpose(1, 0, 2)
-    params, version = _snapshot(layer)
+    params, version = snapshot
     cache = TrainCache(
         general=True, state=state, layer_id=id(layer), params=params, version=version,
         T=T, B=B, unbatched=unbatched, batch_first=layer.batch_first, perm=None,
@@ -163,6 +164,10 @@ def _weights(layer, layer_idx: int, d: int):
 
 
 def _snapshot(layer):
+    # (taken before the forward reads any weight: a change that lands while the forward
+    # runs -- another thread's optimizer step or load_state_dict -- then makes the
+    # version or the arrays differ and backward refuses the cache; taken after the
+    # forward, it stamped a forward of half-old weights as current)
     # (the weights' version counts every change made through load_state_dict, an
     # optimizer step or mark_weights_changed: an in-place edit announced the documented
     # way was not seen when only the optimizers counted)
@@ -184,6 +189,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
     from .layers import unpack_rows
     _hook_blas()
     nt = _threads.resolve(num_threads, layer.num_threads)
+    snapshot = _snapshot(layer)         # (before any weight is read: see _snapshot)
     if layer.dropout and layer.num_layers > 1 and not layer.__dict__.get("_dropout_warned"):
         layer.__dict__["_dropout_warned"] = True
         warnings.warn(f"{type(layer).__name__}(dropout={layer.dropout:g}): fastrnn's training "
@@ -212,7 +218,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
                                                            masked_output == "carry")
     if _train_general.needs_general(layer, mask):
         res = _forward_general(layer, x, unbatched, h0, c0, lengths, mask,
-                               masked_output == "zero")
+                               masked_output == "zero", snapshot)
         if carry_cols:
             carry_fill(_time_major(res[0], unbatched, layer.batch_first), lengths,
                        carry_cols, layer.output_size)
@@ -263,7 +269,8 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         per = []
         for d in range(D):
             k = li * D + d
-            sfx, p = _weights(layer, li, d)
+            sfx = f"_l{li}" + ("_reverse" if d else "")
+            p = snapshot[0]                 # (the arrays the cache will be checked against)
             wih, whh = p["weight_ih" + sfx], p["weight_hh" + sfx]
             if layer.bias:
                 b_ih, b_hh = p["bias_ih" + sfx], p["bias_hh" + sfx]
@@ -317,7 +324,7 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         output = output.transpose(1, 0, 2)
     output = np.ascontiguousarray(output)
     h_n = np.ascontiguousarray(h_n)
-    params, version = _snapshot(layer)
+    params, version = snapshot
     cache = TrainCache(
         layer_id=id(layer), params=params, version=version, T=T, B=B, Teff=Teff,
         unbatched=unbatched, batch_first=layer.batch_first, perm=perm, inv=inv, rows=rows,

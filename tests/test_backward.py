@@ -914,3 +914,43 @@ def test_values_at_masked_steps_do_not_reach_the_gradients(cls):
     o, _, c = lstm.forward_train(padded, lengths=lens)
     g = lstm.backward(c, G)
     assert all(np.isfinite(v).all() for v in g.values()) and np.isfinite(o).all()
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_step_during_forward_train_invalidates_cache(monkeypatch, general):
+    """An optimizer step that lands while forward_train runs (another thread stepping
+    the shared layer) must make backward refuse the cache, as a step after it does:
+    the forward ran on half-old weights, so no gradient of it is right."""
+    layer = fastrnn.GRU(3, 4, num_layers=2, dtype="float64", seed=0,
+                        **({"gate_activation": "hard_sigmoid"} if general else {}))
+    opt = train.SGD(layer, lr=0.5)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3))
+    grads = {k: rng.standard_normal(v.shape) for k, v in layer.parameters().items()}
+    fired = []
+    if general:
+        from fastrnn import _train_general
+        real = _train_general._dir_forward
+
+        def hooked(*a, **k):
+            r = real(*a, **k)
+            if not fired:                # after the first layer's NumPy forward
+                fired.append(1)
+                opt.step(grads)
+            return r
+        monkeypatch.setattr(_train_general, "_dir_forward", hooked)
+    else:
+        from fastrnn import _backward
+        real = _backward.forward
+
+        def hooked(*a):
+            real(*a)
+            if not fired:                # after the first layer's kernel call
+                fired.append(1)
+                opt.step(grads)
+        monkeypatch.setattr(_backward, "forward", hooked)
+    out, h, cache = layer.forward_train(x)
+    monkeypatch.undo()
+    assert fired
+    with pytest.raises(RuntimeError, match="changed since forward_train"):
+        layer.backward(cache, np.ones_like(out))
