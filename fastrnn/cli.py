@@ -4,6 +4,8 @@
     fastrnn inspect FILE                      format, layers, shapes, parameters, dtype
     fastrnn convert IN OUT.safetensors        any supported file -> fastrnn's own file
     fastrnn run FILE --input x.npy --output y.npy [--batch-first | --time-major]
+                                              (several inputs: -i a.npy -i b.npy, or
+                                              one .npz of arrays named by input)
     fastrnn bench [--quick] [--cases ...]     speed beside PyTorch / ONNX Runtime
 
 Errors print one line on stderr and exit with status 1 (2 for bad usage).
@@ -176,6 +178,12 @@ def _describe(obj) -> int:
         _print(f"content: Keras-style model, {len(layers)} layers"
                + (f" ({shared} shared, {len(obj.layers)} calls)" if shared else "")
                + f", {obj.count_params():,} parameters")
+        if obj.n_inputs > 1:
+            names = obj.input_names
+            _print("run:     -i once per input, in the order "
+                   + (f"{_quoted(names)}, or one .npz of arrays named by input" if names else
+                      f"of its {obj.n_inputs} inputs (without names), or one .npz saved as "
+                      "np.savez(f, a, b, ...)"))
         obj.summary(print_fn=_print)
         for l, n in layers:
             core = getattr(l, "core", None)
@@ -303,12 +311,132 @@ def _save_output(path, outputs) -> str:
 
 def cmd_run(args) -> int:
     obj = _load(args.file, args.prefix, args)
-    x = _read_input(args.input)
+    feeds = [(path, _read_input(path)) for path in args.input]    # (-i: once or more)
     with _default_threads(args.threads):
-        return _run(args, obj, x)
+        return _run(args, obj, feeds)
 
 
-def _run(args, obj, x) -> int:
+def _quoted(names) -> str:
+    return ", ".join(repr(str(n)) for n in names)
+
+
+def _takes(obj) -> str:
+    """``model 'm' takes 2 inputs: 'text', 'num'``: what a model of several inputs (or an
+    ONNX graph) is fed, for messages."""
+    if _kind(obj) == "onnx":
+        n = len(obj.input_names)
+        return f"ONNX graph {obj.name!r} takes {'one input' if n == 1 else f'{n} inputs'}: " \
+               f"{_quoted(obj.input_names)}"
+    names = obj.input_names
+    return f"model {obj.name!r} takes {obj.n_inputs} inputs" + \
+        (f": {_quoted(names)}" if names else " (without names)")
+
+
+def _one_array_each(feeds, labels):
+    """The arrays of several -i files, one each (a .npy, or an .npz of one array)."""
+    xs = []
+    for (path, data), label in zip(feeds, labels):
+        if isinstance(data, dict):
+            if len(data) != 1:
+                raise CLIError(f"{path} holds {len(data)} arrays; with -i once per input "
+                               f"each file holds one array (here {label})")
+            data = next(iter(data.values()))
+        xs.append(data)
+    return xs
+
+
+def _count_files(feeds, obj, n, labels) -> list:
+    if len(feeds) != n:
+        raise CLIError(f"{len(feeds)} input files (-i); {_takes(obj)} (-i once per input, "
+                       "in that order)"[:500])
+    return _one_array_each(feeds, labels)
+
+
+_POSITIONAL = re.compile(r"arr_\d+")
+
+
+def _model_arrays(obj, feeds) -> list:
+    """A model of several inputs' arrays in input order: from one .npz (arrays named by
+    input, or saved without names, ``np.savez(f, a, b)``: ``arr_0, arr_1``, in input
+    order) or from one -i file per input, in input order."""
+    n, names = obj.n_inputs, obj.input_names
+    if len(feeds) > 1:
+        labels = [f"input {names[k]!r}" if names else f"input {k}" for k in range(n)]
+        return _count_files(feeds, obj, n, labels)
+    path, data = feeds[0]
+    how = ("an .npz of one array per input name, or -i once per input in that order"
+           if names else "-i once per input in order, or an .npz saved as np.savez(f, "
+           "a, b, ...) (arrays arr_0, arr_1, ... in input order)")
+    if not isinstance(data, dict):
+        raise CLIError(f"{path} holds one array; {_takes(obj)} (give {how})")
+    keys = list(data)
+    if not (names and set(keys) & set(names)) and all(_POSITIONAL.fullmatch(k) for k in keys):
+        # (np.savez's names for arrays given without names: in input order)
+        want = [f"arr_{k}" for k in range(n)]
+        if set(keys) != set(want):
+            raise CLIError(f"{path} holds {len(keys)} arrays saved without names "
+                           f"({', '.join(keys)}); {_takes(obj)} (arr_0 to arr_{n - 1})")
+        return [data[k] for k in want]
+    if not names:
+        raise CLIError(f"{path} holds arrays {_quoted(keys)}; {_takes(obj)}: give {how}"[:500])
+    unknown = [k for k in keys if k not in names]
+    missing = [k for k in names if k not in data]
+    if unknown or missing:
+        parts = ([f"unknown input name(s) {_quoted(unknown)}"] if unknown else []) + \
+            ([f"missing input(s) {_quoted(missing)}"] if missing else [])
+        raise CLIError(f"{path}: {', '.join(parts)}; {_takes(obj)} (an .npz holds one "
+                       "array per input, named by it)"[:500])
+    return [data[k] for k in names]
+
+
+def _sequence_inputs(model) -> list[bool]:
+    """Which inputs of a model of several inputs can be sequences, whose batch axis a
+    layout flag moves: any of 3 and more axes; one of 2 axes only as token ids, (B, T),
+    read by an Embedding (any other reads (B, features), one vector a row)."""
+    from .model import INPUT, Embedding, InputCast
+    n = model.n_inputs
+    graph = model.inputs if model.inputs is not None else \
+        [[(i - 1, 0)] for i in range(len(model.layers))]
+    ids = [False] * n
+    cast = {}                       # an InputCast's position -> the input it casts
+    for i, refs in enumerate(graph):
+        for a, b in refs:
+            k = b if a == INPUT else cast.get(a) if b == 0 else None
+            if k is None:
+                continue
+            layer = model.layers[i]
+            if isinstance(layer, InputCast):
+                cast[i] = k
+            elif isinstance(layer, Embedding):
+                ids[k] = True
+    return ids
+
+
+def _layout_model_inputs(args, obj, xs):
+    """Several inputs put batch first (the model's layout): each sequence input of a
+    time-major run swapped, the batch sizes checked.  -> (inputs, swapped, batch first)"""
+    import numpy as np
+    want_bf = not args.time_major
+    names = obj.input_names or [f"input {k}" for k in range(obj.n_inputs)]
+    label = [repr(str(v)) if obj.input_names else v for v in names]
+    xs = [np.asarray(x) for x in xs]
+    ids = _sequence_inputs(obj)
+    seq = [x.ndim >= 3 or (x.ndim == 2 and ids[k]) for k, x in enumerate(xs)]
+    swap = not want_bf and any(seq)
+    given = [x.shape for x in xs]
+    if swap:
+        xs = [np.swapaxes(x, 0, 1) if s else x for x, s in zip(xs, seq)]
+    batch = [x.shape[0] if x.ndim else None for x in xs]
+    if None not in batch and len(set(batch)) > 1:
+        where = ("read time major: axis 1 of a sequence input, axis 0 of any other"
+                 if not want_bf else "batch first: axis 0 of each")
+        raise CLIError("the inputs disagree on the batch size (" + where + "): " +
+                       ", ".join(f"{label[k]} {_fmt_shape(given[k])} has {batch[k]}"
+                                 for k in range(len(xs))))
+    return xs, swap, want_bf
+
+
+def _run(args, obj, feeds) -> int:
     import numpy as np
     kind = _kind(obj)
     extra = {}
@@ -317,12 +445,31 @@ def _run(args, obj, x) -> int:
         if args.batch_first or args.time_major:
             raise CLIError("--batch-first/--time-major do not apply to ONNX graphs "
                            "(inputs are fed as the graph declares them)")
+        if len(feeds) == 1:
+            x = feeds[0][1]
+        else:               # (one -i file per input, in the graph's order)
+            names = obj.input_names
+            x = _count_files(feeds, obj, len(names), [f"input {v!r}" for v in names])
         res = obj.run(x)
         outputs = {k: np.asarray(v) for k, v in res.items()}
+    elif kind == "model" and obj.n_inputs > 1:
+        xs, swap, want_bf = _layout_model_inputs(args, obj, _model_arrays(obj, feeds))
+        y = obj.predict(xs)
+        ys = y if isinstance(y, list) else [y]
+        outputs = {f"output_{i}" if i else "output": v for i, v in enumerate(ys)}
+        for k in outputs:           # (every sequence output back to the inputs' layout)
+            if swap and outputs[k].ndim >= 3:
+                outputs[k] = np.ascontiguousarray(np.swapaxes(outputs[k], 0, 1))
+        extra["layout"] = "batch first" if want_bf else "time major"
     else:
+        if len(feeds) > 1 and kind in ("layer", "model"):
+            what = "a recurrent layer" if kind == "layer" else f"model {obj.name!r}"
+            raise CLIError(f"{len(feeds)} input files (-i); {what} takes one input "
+                           "(-i once)")
+        path, x = feeds[0]
         if isinstance(x, dict):
             if len(x) != 1:
-                raise CLIError(f"{args.input} holds {len(x)} arrays; this model takes one input")
+                raise CLIError(f"{path} holds {len(x)} arrays; this model takes one input")
             x = next(iter(x.values()))
         if kind == "layer":
             native_bf = obj.batch_first
@@ -655,9 +802,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "by --output, exactly (no suffix added): a name ending in .npz "
                        "gets every output (output and final states; an ONNX graph's "
                        "outputs by name), any other name the first output in .npy "
-                       "format.")
+                       "format.  A model of several inputs (a Keras functional model "
+                       "with several Inputs, an ONNX graph) takes one .npz of arrays named "
+                       "by input, or --input once per input, in the model's order "
+                       "(`fastrnn inspect` lists them).")
     r.add_argument("file", help="model file")
-    r.add_argument("--input", "-i", required=True, help="input .npy/.npz")
+    r.add_argument("--input", "-i", required=True, action="append", metavar="FILE",
+                   help="input .npy/.npz; for a model of several inputs, an .npz of arrays "
+                   "named by input, or -i once per input in the model's order")
     r.add_argument("--output", "-o", required=True,
                    help="output file, written under exactly this name: .npz for every "
                    "output, else the first one (.npy format); - for standard output")
@@ -665,7 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-first", action="store_true",
                    help="the input is (B, T, features) (output written the same way)")
     g.add_argument("--time-major", action="store_true",
-                   help="the input is (T, B, features) (output written the same way)")
+                   help="the input is (T, B, features) (output written the same way; "
+                   "of a model's several inputs, each sequence: (T, B, ...), or (T, B) "
+                   "ids read by an Embedding; any other stays (B, ...))")
     r.add_argument("--prefix", help="module to run when the file holds several")
     _loading_options(r)
     r.add_argument("--threads", type=_count(1), default=None,

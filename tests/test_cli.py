@@ -523,3 +523,313 @@ def test_convert_and_run_take_the_nonlinearity_a_state_dict_cannot_tell(capsys, 
     code, _, err = run(capsys, "convert", str(tmp_path / "l.pt"), str(tmp_path / "l.st"),
                        "--force", "--nonlinearity", "relu")
     assert code != 0 and "nonlinearity does not apply" in err
+
+
+# ----------------------------------------------------------------------------- several inputs
+
+KMULTI = ["k3_multi_text_num", "k3_multi_dict", "k3_shared_siamese", "k3_policy64_multi"]
+
+
+def _keras_ref(name):
+    """(model file, input names, inputs in Keras's order of model.inputs, Keras's outputs)
+    of a committed fixture of several inputs (tests/fixtures/make_keras3.py)."""
+    with np.load(os.path.join(FIX, "keras", name + ".npz")) as z:
+        names = [str(v) for v in z["input_names"]]
+        xs = [z[f"x{k}"] for k in range(len(names))]
+        ys = [z[f"y{i}"] for i in range(sum(f.startswith("y") for f in z.files))]
+    return os.path.join(FIX, "keras", name + ".keras"), names, xs, ys
+
+
+def _outputs(path):
+    with np.load(path) as z:
+        return [z["output"]] + [z[f"output_{i}"] for i in range(1, len(z.files))]
+
+
+def _assert_keras(got, ys, swap=False):
+    assert len(got) == len(ys)
+    for a, b in zip(got, ys):
+        if swap and b.ndim >= 3:
+            b = np.swapaxes(b, 0, 1)
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert np.abs(a - b).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", KMULTI)
+def test_run_multi_input_keras_fixtures_match_keras(capsys, tmp_path, name):
+    """A Keras functional model of two Inputs runs from -i once per input (in the
+    model's order), from one .npz of arrays named by input (in any order in the file),
+    or from one .npz saved without names (np.savez(f, a, b): arr_0, arr_1, in order):
+    each equal to Keras's own outputs."""
+    model, names, xs, ys = _keras_ref(name)
+    files = []
+    for k, x in zip(names, xs):
+        np.save(tmp_path / f"{k}.npy", x)
+        files += ["-i", str(tmp_path / f"{k}.npy")]
+    np.savez(tmp_path / "named.npz", **dict(reversed(list(zip(names, xs)))))
+    np.savez(tmp_path / "positional.npz", *xs)
+    for feed in (files, ["-i", str(tmp_path / "named.npz")],
+                 ["--input", str(tmp_path / "positional.npz")]):
+        out = tmp_path / "y.npz"
+        code, _, err = run(capsys, "run", model, *feed, "-o", str(out), "--threads", "1")
+        assert code == 0, err
+        assert "(batch first)" in err
+        _assert_keras(_outputs(out), ys)
+        os.remove(out)
+
+
+@pytest.mark.parametrize("name", ["k3_multi_dict", "k3_policy64_multi", "k3_multi_text_num"])
+def test_run_multi_input_time_major_moves_each_sequence_input(capsys, tmp_path, name):
+    """--time-major applies to each sequence input: (T, B, features) frames and (T, B)
+    token ids read by an Embedding come batch first to the model; a (B, features) input
+    (k3_multi_text_num's 'num') stays as it is; every sequence output comes back time
+    major (k3_policy64_multi's (T, B, 2)), the rest as Keras gives it; --batch-first is
+    the model's own layout."""
+    model, names, xs, ys = _keras_ref(name)
+    seq = {"k3_multi_dict": [True, True], "k3_policy64_multi": [True, True],
+           "k3_multi_text_num": [True, False]}[name]
+    tm = [np.ascontiguousarray(np.swapaxes(x, 0, 1)) if s else x for x, s in zip(xs, seq)]
+    assert all(a.shape != x.shape for a, x, s in zip(tm, xs, seq) if s)    # (T != B)
+    np.savez(tmp_path / "tm.npz", **dict(zip(names, tm)))
+    code, _, err = run(capsys, "run", model, "-i", str(tmp_path / "tm.npz"),
+                       "-o", str(tmp_path / "y.npz"), "--time-major")
+    assert code == 0, err
+    assert "(time major)" in err
+    _assert_keras(_outputs(tmp_path / "y.npz"), ys, swap=True)
+    files = []
+    for k, x in enumerate(tm):
+        np.save(tmp_path / f"{k}.npy", x)
+        files += ["-i", str(tmp_path / f"{k}.npy")]
+    code, _, err = run(capsys, "run", model, *files, "-o", str(tmp_path / "y1.npz"),
+                       "--time-major")
+    assert code == 0, err
+    _assert_keras(_outputs(tmp_path / "y1.npz"), ys, swap=True)
+    np.savez(tmp_path / "bf.npz", **dict(zip(names, xs)))
+    code, _, err = run(capsys, "run", model, "-i", str(tmp_path / "bf.npz"),
+                       "-o", str(tmp_path / "y2.npz"), "--batch-first")
+    assert code == 0, err
+    _assert_keras(_outputs(tmp_path / "y2.npz"), ys)
+
+
+def _two_input_model(input_names=("ids", "ctx")):
+    """A model of two inputs made of fastrnn.model layers: token ids (B, T) through an
+    InputCast and an Embedding into an LSTM (its sequence: output 0), averaged over the
+    steps and joined with a (B, 2) context vector, then a Dense head (output 1)."""
+    from fastrnn.model import (INPUT, Concatenate, Dense, Embedding, GlobalPooling1D,
+                               InputCast, KerasRNN, Model)
+    rng = np.random.default_rng(7)
+    layers = [InputCast("float32", "float32", name="cast"),
+              Embedding(rng.standard_normal((10, 3)).astype(np.float32), mask_zero=True,
+                        name="emb"),
+              KerasRNN(fastrnn.LSTM(3, 4, batch_first=True, seed=3), return_sequences=True,
+                       name="lstm"),
+              GlobalPooling1D("average", name="pool"),
+              Concatenate(name="cat"),
+              Dense(rng.standard_normal((6, 2)).astype(np.float32), activation="tanh",
+                    name="head")]
+    graph = [(INPUT, 0), (0, 0), (1, 0), (2, 0), [(3, 0), (INPUT, 1)], (4, 0)]
+    kw = {"input_names": list(input_names)} if input_names else {"n_inputs": 2}
+    return Model(layers, inputs=graph, outputs=[(2, 0), (5, 0)], name="two", **kw)
+
+
+def _two_inputs():
+    rng = np.random.default_rng(8)
+    ids = rng.integers(1, 10, size=(3, 6)).astype(np.int64)
+    ids[0, 4:] = 0                                  # (padding: masked)
+    return ids, rng.standard_normal((3, 2)).astype(np.float32)
+
+
+def test_run_hand_built_multi_input_model_saved_and_loaded(capsys, tmp_path):
+    """A Model of fastrnn.model layers with two named inputs, saved to fastrnn's own
+    file: `fastrnn run` equals model.predict by file order, by .npz names, and time
+    major (the (T, B) ids read through an InputCast by an Embedding are a sequence; the
+    (B, 2) context is not; the LSTM's sequence output comes back (T, B, 4))."""
+    model = _two_input_model()
+    path = str(tmp_path / "two.safetensors")
+    model.save(path)
+    ids, ctx = _two_inputs()
+    want = model.predict({"ids": ids, "ctx": ctx})
+    assert want[0].shape == (3, 6, 4) and want[1].shape == (3, 2)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "ctx.npy", ctx)
+    np.savez(tmp_path / "in.npz", ctx=ctx, ids=ids)
+    for feed in (["-i", str(tmp_path / "ids.npy"), "-i", str(tmp_path / "ctx.npy")],
+                 ["-i", str(tmp_path / "in.npz")]):
+        code, _, err = run(capsys, "run", path, *feed, "-o", str(tmp_path / "y.npz"))
+        assert code == 0, err
+        got = _outputs(tmp_path / "y.npz")
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    code, _, err = run(capsys, "run", path, "-i", str(tmp_path / "ids.npy"),
+                       "-i", str(tmp_path / "ctx.npy"), "-o", str(tmp_path / "first.npy"))
+    assert code == 0, err                     # (.npy: the first output)
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), want[0])
+    np.save(tmp_path / "ids_tm.npy", ids.T)
+    code, _, err = run(capsys, "run", path, "-i", str(tmp_path / "ids_tm.npy"),
+                       "-i", str(tmp_path / "ctx.npy"), "-o", str(tmp_path / "tm.npz"),
+                       "--time-major")
+    assert code == 0, err
+    seq, head = _outputs(tmp_path / "tm.npz")
+    np.testing.assert_array_equal(seq, np.swapaxes(want[0], 0, 1))
+    np.testing.assert_array_equal(head, want[1])
+    assert seq.flags.c_contiguous
+
+
+def test_run_multi_input_model_without_names(capsys, tmp_path):
+    """A model of two inputs without names takes -i once per input, or an .npz saved
+    without names (arr_0, arr_1); an .npz of other names is refused, saying so."""
+    model = _two_input_model(input_names=None)
+    path = str(tmp_path / "two.safetensors")
+    model.save(path)
+    ids, ctx = _two_inputs()
+    want = model.predict([ids, ctx])
+    np.savez(tmp_path / "pos.npz", ids, ctx)
+    code, _, err = run(capsys, "run", path, "-i", str(tmp_path / "pos.npz"),
+                       "-o", str(tmp_path / "y.npz"))
+    assert code == 0, err
+    for a, b in zip(_outputs(tmp_path / "y.npz"), want):
+        np.testing.assert_array_equal(a, b)
+    np.savez(tmp_path / "named.npz", ids=ids, ctx=ctx)
+    code, _, err = run(capsys, "run", path, "-i", str(tmp_path / "named.npz"),
+                       "-o", str(tmp_path / "z.npz"))
+    _one_line_error(code, err)
+    assert ("named.npz holds arrays 'ids', 'ctx'; model 'two' takes 2 inputs (without "
+            "names): give -i once per input in order, or an .npz saved as np.savez(f, a, "
+            "b, ...) (arrays arr_0, arr_1, ... in input order)") in err
+    code, out, err = run(capsys, "inspect", path)
+    assert code == 0, err
+    assert ("run:     -i once per input, in the order of its 2 inputs (without names), or "
+            "one .npz saved as np.savez(f, a, b, ...)") in out.splitlines()
+
+
+def _multi_error_case(tmp_path, case):
+    """(argv after `run MODEL`, the message expected) for a k3_multi_text_num run."""
+    _, names, xs, _ = _keras_ref("k3_multi_text_num")
+    text, num = xs
+    d = str(tmp_path)
+    np.save(f"{d}/text.npy", text)
+    np.save(f"{d}/num.npy", num)
+    takes = "model 'functional_57' takes 2 inputs: 'text', 'num'"
+    named = "(an .npz holds one array per input, named by it)"
+    if case == "one-npy":
+        return (["-i", f"{d}/text.npy"],
+                f"{d}/text.npy holds one array; {takes} (give an .npz of one array per "
+                "input name, or -i once per input in that order)")
+    if case == "missing":
+        np.savez(f"{d}/x.npz", text=text)
+        return ["-i", f"{d}/x.npz"], f"{d}/x.npz: missing input(s) 'num'; {takes} {named}"
+    if case == "unknown":
+        np.savez(f"{d}/x.npz", text=text, num=num, extra=num)
+        return (["-i", f"{d}/x.npz"],
+                f"{d}/x.npz: unknown input name(s) 'extra'; {takes} {named}")
+    if case == "misnamed":
+        np.savez(f"{d}/x.npz", txt=text, num=num)
+        return (["-i", f"{d}/x.npz"], f"{d}/x.npz: unknown input name(s) 'txt', missing "
+                f"input(s) 'text'; {takes} {named}")
+    if case == "positional-count":
+        np.savez(f"{d}/x.npz", text, num, num)
+        return (["-i", f"{d}/x.npz"], f"{d}/x.npz holds 3 arrays saved without names "
+                f"(arr_0, arr_1, arr_2); {takes} (arr_0 to arr_1)")
+    if case == "three-files":
+        return (["-i", f"{d}/text.npy", "-i", f"{d}/num.npy", "-i", f"{d}/num.npy"],
+                f"3 input files (-i); {takes} (-i once per input, in that order)")
+    if case == "npz-among-files":
+        np.savez(f"{d}/x.npz", a=num, b=num)
+        return (["-i", f"{d}/text.npy", "-i", f"{d}/x.npz"],
+                f"{d}/x.npz holds 2 arrays; with -i once per input each file holds one "
+                "array (here input 'num')")
+    if case == "batch":
+        np.save(f"{d}/num2.npy", num[:2])
+        return (["-i", f"{d}/text.npy", "-i", f"{d}/num2.npy"],
+                "the inputs disagree on the batch size (batch first: axis 0 of each): "
+                "'text' (3, 7) has 3, 'num' (2, 3) has 2")
+    assert case == "batch-time-major"           # (text given batch first, said time major)
+    return (["-i", f"{d}/text.npy", "-i", f"{d}/num.npy", "--time-major"],
+            "the inputs disagree on the batch size (read time major: axis 1 of a sequence "
+            "input, axis 0 of any other): 'text' (3, 7) has 7, 'num' (3, 3) has 3")
+
+
+@pytest.mark.parametrize("case", ["one-npy", "missing", "unknown", "misnamed",
+                                  "positional-count", "three-files", "npz-among-files",
+                                  "batch", "batch-time-major"])
+def test_run_multi_input_errors_name_the_problem(capsys, tmp_path, case):
+    argv, msg = _multi_error_case(tmp_path, case)
+    model = os.path.join(FIX, "keras", "k3_multi_text_num.keras")
+    code, _, err = run(capsys, "run", model, *argv, "-o", str(tmp_path / "y.npy"))
+    _one_line_error(code, err)
+    assert err.strip() == f"fastrnn: error: {msg}"
+    assert not os.path.exists(tmp_path / "y.npy")
+
+
+def test_run_several_files_for_one_input_are_refused(capsys, tmp_path):
+    """-i more than once for a layer or a model of one input: an error saying it takes
+    one (a single -i runs as before)."""
+    layer_file, x = _run_files(tmp_path)[0]
+    keras_file, xk = _run_files(tmp_path)[1]
+    for model, x, what in ((layer_file, x, "a recurrent layer"),
+                           (keras_file, xk, "model 'sequential'")):
+        code, _, err = run(capsys, "run", model, "-i", x, "-i", x, "-o", str(tmp_path / "y.npy"))
+        _one_line_error(code, err)
+        assert f"2 input files (-i); {what} takes one input (-i once)" in err
+        assert not os.path.exists(tmp_path / "y.npy")
+        code, _, err = run(capsys, "run", model, "-i", x, "-o", str(tmp_path / "y.npy"))
+        assert code == 0, err
+        os.remove(tmp_path / "y.npy")
+
+
+def test_run_single_input_dict_fixture_by_its_name(capsys, tmp_path):
+    """k3_dict_io (one Input, given by dict in Keras; two outputs): an .npz of its one
+    array (by the input's name) or a .npy, every output equal to Keras's."""
+    base = os.path.join(FIX, "keras", "k3_dict_io")
+    with np.load(base + ".npz") as z:
+        x, ys = z["x"], [z["y0"], z["y1"]]
+    np.savez(tmp_path / "x.npz", feats=x)
+    np.save(tmp_path / "x.npy", x)
+    for feed in ("x.npz", "x.npy"):
+        code, _, err = run(capsys, "run", base + ".keras", "-i", str(tmp_path / feed),
+                           "-o", str(tmp_path / "y.npz"))
+        assert code == 0, err
+        _assert_keras(_outputs(tmp_path / "y.npz"), ys)
+
+
+def test_run_onnx_inputs_one_file_each(capsys, tmp_path):
+    """An ONNX graph of several inputs (x, h0, c0) takes -i once per input in its
+    order, as an .npz by name; both equal to ONNX Runtime's outputs; a wrong count is
+    refused naming the inputs."""
+    base = os.path.join(FIX, "onnx", "lstm_bi_2l_bf_h0")
+    with np.load(base + ".npz") as z:
+        ins = {k[3:]: z[k] for k in z.files if k.startswith("in:")}
+        ort = {k[4:]: z[k] for k in z.files if k.startswith("ort:")}
+    assert list(ins) == ["x", "h0", "c0"]
+    files = []
+    for k, v in ins.items():
+        np.save(tmp_path / f"{k}.npy", v)
+        files += ["-i", str(tmp_path / f"{k}.npy")]
+    np.savez(tmp_path / "in.npz", **ins)
+    for feed in (files, ["-i", str(tmp_path / "in.npz")]):
+        code, _, err = run(capsys, "run", base + ".onnx", *feed, "-o", str(tmp_path / "y.npz"))
+        assert code == 0, err
+        with np.load(tmp_path / "y.npz") as z:
+            assert sorted(z.files) == sorted(ort)
+            for k, v in ort.items():
+                np.testing.assert_allclose(z[k], v, atol=1e-5)
+    code, _, err = run(capsys, "run", base + ".onnx", *files[:4], "-o", str(tmp_path / "e.npz"))
+    _one_line_error(code, err)
+    assert "2 input files (-i); ONNX graph " in err
+    assert "takes 3 inputs: 'x', 'h0', 'c0' (-i once per input, in that order)" in err
+
+
+def test_inspect_lists_the_inputs_of_a_multi_input_model(capsys, tmp_path):
+    """inspect names a model's inputs in the order `run` takes its -i files (and says
+    how to feed them); a model of one input gets no such line."""
+    code, out, err = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_multi_dict.keras"))
+    assert code == 0, err
+    assert ("run:     -i once per input, in the order 'feats', 'tokens', or one .npz of "
+            "arrays named by input") in out.splitlines()
+    path = str(tmp_path / "two.safetensors")
+    _two_input_model().save(path)
+    code, out, err = run(capsys, "inspect", path)
+    assert code == 0, err
+    assert "run:     -i once per input, in the order 'ids', 'ctx', or one" in out
+    code, out, err = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_dict_io.keras"))
+    assert code == 0, err
+    assert not any(l.startswith("run:") for l in out.splitlines())
