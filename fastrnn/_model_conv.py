@@ -1,5 +1,12 @@
-"""Keras's 1-D convolution and pooling layers for :mod:`fastrnn.model` (``Conv1D``,
-``Pooling1D``), batch first and channels last."""
+"""Keras's convolution, pooling and reshaping layers for :mod:`fastrnn.model`, batch
+first and channels last: the 1-D ``Conv1D`` and ``Pooling1D`` (a sequence's steps), the
+2-D ``Conv2D`` and ``Pooling2D`` of CRNN front-ends (OCR, speech, sound event detection:
+an image ``(B, W, H, C)`` convolved and pooled, then ``Reshape`` / ``Permute`` into a
+sequence for the recurrent layers), ``Reshape`` and ``Permute``.
+
+``Conv2D`` runs on the channels-last im2col path of :mod:`fastrnn.io._onnx_conv`
+(cache-sized blocks of copied windows multiplied through BLAS, shared with a helper
+thread for big convolutions)."""
 from __future__ import annotations
 
 import numpy as np
@@ -177,3 +184,304 @@ class Pooling1D(Layer):
     def _extra_repr(self):
         return f"{self.op}, pool_size={self.pool_size}, strides={self.strides}, " \
             f"padding={self.padding!r}"
+
+
+# ----------------------------------------------------------------------------- 2-D
+
+def _conv_pair(v, what) -> tuple:
+    """A Keras 2-D size: an int (both axes) or a list of two positive ints."""
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"{what} must be an int or two ints, got {v!r}"[:200])
+        return tuple(_conv_int(a, what) for a in v)
+    a = _conv_int(v, what)
+    return a, a
+
+
+def _padding2d(v) -> str:
+    if v not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {v!r}"[:200])
+    return v
+
+
+def _image_input(x, name, channels=None):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected (batch, rows, cols, channels) input, got shape "
+                         f"{x.shape}")
+    if channels is not None and x.shape[3] != channels:
+        raise ValueError(f"{name}: expected {channels} input channels (the last axis), got "
+                         f"input shape {x.shape}")
+
+
+def _out_sizes(name, shape, k, s, d, padding):
+    """Per spatial axis of ``shape`` (rows, cols): the (before, after) padding and the
+    number of windows, as Keras (TensorFlow's SAME; valid: windows inside only)."""
+    pads, n = [], []
+    for L, kk, ss, dd in zip(shape, k, s, d):
+        p, q = _pads(L, kk, ss, dd, padding)
+        m = (L + p + q - (kk - 1) * dd - 1) // ss + 1
+        if m < 1:
+            raise ValueError(f"{name}: a window of {tuple(k)} (dilation {tuple(d)}) does not "
+                             f"fit in an input of {tuple(shape)} (rows, cols) with padding "
+                             f"{padding!r}")
+        pads.append((p, q))
+        n.append(m)
+    return pads, n
+
+
+class Conv2D(Layer):
+    """Keras's ``Conv2D`` (``channels_last``): ``kernel`` ``(kh, kw, in / groups,
+    filters)``, ``strides``, ``padding`` ``"valid"`` / ``"same"`` (TensorFlow's: the odd
+    step after), ``dilation_rate``, ``groups``, then the activation, on ``(B, rows, cols,
+    channels)``.  Computed as fastrnn's ONNX Conv: im2col blocks through BLAS, channels
+    last.  Keras's convolution drops a mask (with a warning): so does this."""
+
+    def __init__(self, kernel, bias=None, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, activation="linear", name=None, dtype="float32"):
+        super().__init__(name)
+        w = np.asarray(kernel)
+        if w.ndim != 4:
+            raise ValueError(f"Conv2D kernel must be 4-D (rows, cols, in / groups, filters), "
+                             f"got shape {w.shape}")
+        if 0 in w.shape:
+            raise ValueError(f"Conv2D kernel has an empty axis: shape {w.shape}")
+        self.kernel = np.ascontiguousarray(w, dtype=dtype)
+        self.groups = _conv_int(groups, "Conv2D groups")
+        if w.shape[3] % self.groups:
+            raise ValueError(f"Conv2D filters {w.shape[3]} are not a multiple of groups "
+                             f"{self.groups}")
+        if bias is not None:
+            bias = np.asarray(bias, dtype=dtype).reshape(-1)
+            if bias.shape != (w.shape[3],):
+                raise ValueError(f"Conv2D bias must have shape ({w.shape[3]},), got "
+                                 f"{bias.shape}")
+        self.bias = bias
+        self.strides = _conv_pair(strides, "Conv2D strides")
+        self.dilation_rate = _conv_pair(dilation_rate, "Conv2D dilation_rate")
+        self.padding = _padding2d(padding)
+        self.activation = activation
+        self._act = activation_function(activation)
+        kh, kw, cg, F = self.kernel.shape
+        g = self.groups
+        # each group's GEMM operand (g, kh * kw * cg, F / g): rows taps, then channels
+        self._wm = np.ascontiguousarray(
+            self.kernel.reshape(kh, kw, cg, g, F // g).transpose(3, 0, 1, 2, 4)
+        ).reshape(g, kh * kw * cg, F // g)
+
+    @property
+    def filters(self):
+        return self.kernel.shape[3]
+
+    @property
+    def kernel_size(self):
+        return tuple(self.kernel.shape[:2])
+
+    def call(self, x, mask=None):
+        from .io._onnx_conv import _blas_scope, _conv_geometry, _conv_nhwc
+        x = np.asarray(x)
+        if x.dtype.kind not in "fbiu":
+            raise TypeError(f"{self.name}: expected numbers, got {x.dtype}")
+        x = x.astype(self.kernel.dtype, copy=False)
+        kh, kw, cg, F = self.kernel.shape
+        _image_input(x, self.name, cg * self.groups)
+        pads, _ = _out_sizes(self.name, x.shape[1:3], (kh, kw), self.strides,
+                             self.dilation_rate, self.padding)
+        attrs = {"strides": list(self.strides), "dilations": list(self.dilation_rate),
+                 "group": self.groups, "pads": [p for p, _ in pads] + [q for _, q in pads]}
+        xv = np.moveaxis(x, 3, 1)                   # (a view: (B, C, rows, cols))
+        w_shape = np.broadcast_to(self.kernel.dtype.type(0), (F, cg, kh, kw))
+        try:
+            geo = _conv_geometry(xv, w_shape, attrs)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
+        bias, act = self.bias, self.activation
+
+        def post(yb, *_):
+            if bias is not None:
+                yb += bias
+            if act == "relu":
+                np.maximum(yb, 0, out=yb)
+        with _blas_scope(None) as sc:
+            y = _conv_nhwc(xv, self._wm, geo, sc.workers,
+                           post if bias is not None or act == "relu" else None)
+        if act not in ("relu", "linear", None):
+            y = self._act(y).astype(x.dtype, copy=False)
+        return y, None
+
+    def get_weights(self):
+        return [self.kernel] + ([self.bias] if self.bias is not None else [])
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                "groups": self.groups, "use_bias": self.bias is not None,
+                "activation": _act_name(self.activation)}
+
+    def _extra_repr(self):
+        return (f"{self.kernel.shape[2] * self.groups} -> {self.filters}, "
+                f"kernel_size={self.kernel_size}, strides={self.strides}, "
+                f"padding={self.padding!r}, dilation_rate={self.dilation_rate}"
+                + (f", groups={self.groups}" if self.groups > 1 else "")
+                + f", activation={_act_name(self.activation)}")
+
+
+class Pooling2D(Layer):
+    """Keras's ``MaxPooling2D`` (``op="max"``) and ``AveragePooling2D``
+    (``op="average"``), ``channels_last``: windows of ``pool_size`` (rows, cols),
+    ``strides`` apart (default ``pool_size``), ``padding`` ``"valid"`` or ``"same"``
+    (TensorFlow's; the average divides by the values of the window inside the input
+    there, as Keras's).  The output has no mask (Keras's pooling drops it)."""
+
+    def __init__(self, op: str = "max", pool_size=2, strides=None, padding="valid",
+                 name=None):
+        if op not in ("average", "max"):
+            raise ValueError(f"op must be 'average' or 'max', got {op!r}")
+        super().__init__(name or _default_name(
+            "AveragePooling2D" if op == "average" else "MaxPooling2D"))
+        self.op = op
+        self.pool_size = _conv_pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _conv_pair(strides, "strides")
+        self.padding = _padding2d(padding)
+
+    def call(self, x, mask=None):
+        from .io._onnx_conv import _max_axes
+        x = _float_input(x, self.name)
+        _image_input(x, self.name)
+        k, s = self.pool_size, self.strides
+        pads, n = _out_sizes(self.name, x.shape[1:3], k, s, (1, 1), self.padding)
+        P = [L + p + q for L, (p, q) in zip(x.shape[1:3], pads)]
+        if x.shape[0] * x.shape[3] * max(k[0] * k[1] * n[0] * n[1], P[0] * P[1]) > 1 << 31:
+            raise ValueError(f"{self.name}: a window of {k} over {x.shape[1:3]} is beyond "
+                             "what fastrnn runs")
+        if any(p or q for p, q in pads):
+            fill = -np.inf if self.op == "max" else 0
+            xp = np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=fill)
+        else:
+            xp = x
+        if self.op == "max":
+            y = _max_axes(xp, (1, 2), k, s, (1, 1), n)
+            return (y.copy() if y is x else y), None
+        y = None
+        for i in range(k[0]):
+            for j in range(k[1]):
+                v = xp[:, i: i + (n[0] - 1) * s[0] + 1: s[0], j: j + (n[1] - 1) * s[1] + 1: s[1]]
+                y = v.copy() if y is None else np.add(y, v, out=y)
+        if any(p or q for p, q in pads):
+            count = None
+            for ax, (L, kk, ss, m, (p, _), PP) in enumerate(zip(x.shape[1:3], k, s, n,
+                                                                pads, P)):
+                inside = np.zeros(PP, x.dtype)
+                inside[p: p + L] = 1
+                c = sum(inside[t: t + (m - 1) * ss + 1: ss] for t in range(kk))
+                c = c[:, None] if ax == 0 else c[None, :]
+                count = c if count is None else count * c
+            y /= count[None, :, :, None]
+        else:
+            y /= x.dtype.type(k[0] * k[1])
+        return y, None
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
+
+    def _extra_repr(self):
+        return f"{self.op}, pool_size={self.pool_size}, strides={self.strides}, " \
+            f"padding={self.padding!r}"
+
+
+def _shape_tuple(v, what, allow_minus=False) -> tuple:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{what} must be a list of ints, got {v!r}"[:200])
+    out = []
+    for a in v:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not (
+                a >= 1 or (allow_minus and a == -1)) or a > 1 << 31:
+            raise ValueError(f"{what} must hold positive ints"
+                             + (" (one may be -1)" if allow_minus else "") + f", got {v!r}"[:200])
+        out.append(int(a))
+    return tuple(out)
+
+
+class Reshape(Layer):
+    """Keras's ``Reshape(target_shape)``: ``(B, ...)`` to ``(B, *target_shape)`` in C
+    order (one entry may be -1: the size left).  A mask ends here, as Keras's (a
+    layer that does not support masking drops it, with a warning) -- except where the
+    shape does not change: Keras 3 on JAX then keeps it (the reshape returns its input
+    tensor, the mask still attached), and so does this."""
+
+    def __init__(self, target_shape, name=None):
+        super().__init__(name)
+        t = _shape_tuple(target_shape, "Reshape target_shape", allow_minus=True)
+        if t.count(-1) > 1:
+            raise ValueError(f"Reshape target_shape may hold one -1, got {list(t)}")
+        self.target_shape = t
+
+    def output_shape(self, in_shape) -> tuple:
+        """The shape (without the batch axis) of the output for an input of
+        ``in_shape`` (without the batch axis), or a ValueError naming the layer."""
+        size = int(np.prod(in_shape, dtype=np.int64))
+        t = self.target_shape
+        if -1 in t:
+            known = int(np.prod([a for a in t if a != -1], dtype=np.int64))
+            if size % known:
+                raise ValueError(f"{self.name}: cannot reshape an input of shape "
+                                 f"{tuple(in_shape)} ({size} values a sample) to "
+                                 f"target_shape {list(t)}: {size} is not a multiple of "
+                                 f"{known}")
+            return tuple(size // known if a == -1 else a for a in t)
+        if int(np.prod(t, dtype=np.int64)) != size:
+            raise ValueError(f"{self.name}: cannot reshape an input of shape "
+                             f"{tuple(in_shape)} ({size} values a sample) to target_shape "
+                             f"{list(t)} ({int(np.prod(t, dtype=np.int64))} values)")
+        return t
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"{self.name}: expected a batch, got a scalar")
+        shape = self.output_shape(x.shape[1:])
+        y = np.ascontiguousarray(x).reshape((x.shape[0],) + shape)
+        return y, (mask if shape == x.shape[1:] else None)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+    def _extra_repr(self):
+        return f"target_shape={self.target_shape}"
+
+
+class Permute(Layer):
+    """Keras's ``Permute(dims)``: the axes after the batch axis reordered, ``dims`` a
+    permutation of 1 .. n (``(2, 1, 3)``: a ``(B, H, W, C)`` image to ``(B, W, H, C)``,
+    its columns as the steps).  A mask ends here, as Keras's -- except for the identity
+    permutation, which Keras 3 on JAX runs as its input tensor, the mask kept (so does
+    this)."""
+
+    def __init__(self, dims, name=None):
+        super().__init__(name)
+        d = _shape_tuple(dims, "Permute dims")
+        if sorted(d) != list(range(1, len(d) + 1)):
+            raise ValueError(f"Permute dims must be a permutation of 1 .. {len(d)}, got "
+                             f"{list(d)}")
+        self.dims = d
+
+    @property
+    def identity(self) -> bool:
+        return self.dims == tuple(range(1, len(self.dims) + 1))
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim != len(self.dims) + 1:
+            raise ValueError(f"{self.name}: dims {list(self.dims)} permute a "
+                             f"{len(self.dims) + 1}-D input (batch axis included), got "
+                             f"shape {x.shape}")
+        if self.identity:
+            return x, mask
+        return np.ascontiguousarray(x.transpose((0,) + self.dims)), None
+
+    def get_config(self):
+        return {**super().get_config(), "dims": list(self.dims)}
+
+    def _extra_repr(self):
+        return f"dims={self.dims}"

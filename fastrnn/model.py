@@ -6,7 +6,9 @@ than once (a shared layer), passing a (B, T) boolean mask along with each tensor
 with Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, ``Dense``,
 ``Dropout``, ``Activation``, ``TimeDistributed`` and the normalisation layers pass it on, a
 recurrent layer consumes it and passes it on only when it returns sequences, and
-``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it.
+``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it, as do
+the convolutions, the poolings, ``Reshape`` and ``Permute`` (Keras's drop it; a Reshape
+that keeps the shape and the identity Permute keep it, as Keras 3 on JAX).
 ``InputCast`` converts a model's input to its Keras ``Input``'s dtype, as Keras does
 before the layers run.
 
@@ -20,7 +22,8 @@ layers are fastrnn core layers (:mod:`fastrnn.layers`) wrapped in :class:`KerasR
 The layers live in four modules, all importable from here: this one (the container,
 the recurrent wrappers and the simple layers, with save / restore),
 :mod:`fastrnn._model_base` (``Layer`` and the activations), :mod:`fastrnn._model_conv`
-(``Conv1D``, ``Pooling1D``) and :mod:`fastrnn._model_merge` (the merge and attention
+(``Conv1D``, ``Pooling1D``, and the CRNN front-end's ``Conv2D``, ``Pooling2D``,
+``Reshape``, ``Permute``) and :mod:`fastrnn._model_merge` (the merge and attention
 layers).
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 from . import _threads
 from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
     Layer, _act_name, _default_name, _float_input, _index, activation_function)
-from ._model_conv import Conv1D, Pooling1D
+from ._model_conv import Conv1D, Conv2D, Permute, Pooling1D, Pooling2D, Reshape
 from ._model_merge import (  # noqa: F401
     _ATTENTION_CLASSES, _MERGE_CLASSES, Add, AdditiveAttention, Attention, Average,
     Concatenate, Maximum, Minimum, MultiHeadAttention, Multiply, Subtract, _AttentionBase,
@@ -43,6 +46,7 @@ __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
+    "Conv2D", "Pooling2D", "Reshape", "Permute",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
     "Attention", "AdditiveAttention", "MultiHeadAttention",
     "InputCast", "INPUT", "activation_function",
@@ -1251,11 +1255,14 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, TimeDistributed):
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
-    elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, _Merge)):
+    elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
+                            Reshape, Permute, _Merge)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
-    elif isinstance(layer, Conv1D):
+    elif isinstance(layer, (Conv1D, Conv2D)):
         cfg.update(strides=layer.strides, padding=layer.padding, groups=layer.groups,
                    dilation_rate=layer.dilation_rate, activation=_spec_json(layer.activation))
+        if isinstance(layer, Conv2D):
+            cfg.update(strides=list(layer.strides), dilation_rate=list(layer.dilation_rate))
         out[prefix + "kernel"] = layer.kernel
         if layer.bias is not None:
             out[prefix + "bias"] = layer.bias
@@ -1342,6 +1349,18 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Conv1D(k, tensors.get("bias"), cfg.get("strides", 1), cfg.get("padding", "valid"),
                       cfg.get("dilation_rate", 1), cfg.get("groups", 1),
                       _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
+    if kind == "Conv2D":
+        k = _need(tensors, "kernel", name)
+        return Conv2D(k, tensors.get("bias"), cfg.get("strides", 1), cfg.get("padding", "valid"),
+                      cfg.get("dilation_rate", 1), cfg.get("groups", 1),
+                      _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
+    if kind == "Pooling2D":
+        return Pooling2D(cfg.get("op", "max"), cfg.get("pool_size"), cfg.get("strides"),
+                         cfg.get("padding", "valid"), name=name)
+    if kind == "Reshape":
+        return Reshape(cfg.get("target_shape"), name=name)
+    if kind == "Permute":
+        return Permute(cfg.get("dims"), name=name)
     if kind == "RepeatVector":
         return RepeatVector(cfg.get("n"), name=name)
     if kind == "LayerNormalization":

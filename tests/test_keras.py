@@ -80,7 +80,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 72 and len(REFUSED) == 8
+    assert len(NAMES) == 78 and len(REFUSED) == 8
     for n in NAMES:
         model_path(n)
 
@@ -363,7 +363,7 @@ def test_unsupported_layer_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("cls,match", [
-    ("Conv2D", r"unsupported Keras layer\(s\): 'ln' \(Conv2D\)"),
+    ("Conv3D", r"unsupported Keras layer\(s\): 'ln' \(Conv3D\)"),
     # (supported, but the file holds no weights for it)
     ("LayerNormalization", r"the architecture has 3 layers with weights \(\['simple_rnn', "
                            r"'ln', 'dense_2'\]\)")])

@@ -37,7 +37,7 @@ def test_model_from_config_errors():
     with pytest.raises(KeyError, match="kernel"):
         model_from_config(cfg, {})
     with pytest.raises(ValueError, match="unknown model layer class"):
-        model_from_config({**cfg, "layers": [{"class_name": "Conv2D"}]}, sd)
+        model_from_config({**cfg, "layers": [{"class_name": "Conv3D"}]}, sd)
     with pytest.raises(ValueError, match="not a fastrnn Model config"):
         model_from_config({"layers": []}, sd)
 

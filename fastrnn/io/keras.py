@@ -53,6 +53,10 @@ _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropou
 _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
                   "LayerNormalization", "BatchNormalization", "Conv1D", "MaxPooling1D",
                   "AveragePooling1D")
+# a CRNN's front-end: 2-D convolution and pooling of an image (B, rows, cols, channels),
+# then Reshape / Permute into the recurrent layers' sequence (fastrnn.model's Conv2D,
+# Pooling2D, Reshape, Permute)
+_IMAGE_CLASSES = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Reshape", "Permute")
 # merge layers (several inputs: fastrnn.model's classes of the same names)
 _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum",
                  "Minimum")
@@ -60,14 +64,16 @@ _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maxim
 # key=: fastrnn.model's classes of the same names)
 _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _MERGE_LAYERS \
-    + _ATTENTION_LAYERS
+              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _IMAGE_CLASSES \
+    + _MERGE_LAYERS + _ATTENTION_LAYERS
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
 _ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
 _MHA_ARGS = ("query", "value", "key")
-# layers whose output has no mask (as Keras's: GlobalMaxPooling1D and Conv1D drop it)
+# layers whose output has no mask (as Keras's: GlobalMaxPooling1D and Conv1D drop it;
+# Reshape and Permute too, except where their output is their input: _check_masks)
 _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
-              "Conv1D", "MaxPooling1D", "AveragePooling1D")
+              "Conv1D", "MaxPooling1D", "AveragePooling1D", "Conv2D", "MaxPooling2D",
+              "AveragePooling2D")
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking and
 # the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
 # "Concatenate" too; a float64 layer on a float32 input casts it first: "Cast"); off the
@@ -1147,6 +1153,17 @@ def _check_masks(order, calls, by_name):
                 "backend that ran the model)")
         if cls in ("InputLayer",) + _MASK_ENDS:
             fast = None
+        elif cls == "Permute" and fast is not None:
+            # (Keras 3 on JAX: the identity permutation returns its input tensor, the
+            # mask still attached; any other drops it)
+            dims = c.get("dims")
+            if not (isinstance(dims, list) and dims == list(range(1, len(dims) + 1))):
+                fast = None
+        elif cls == "Reshape" and fast is not None:
+            # (kept where the shape does not change, as Permute's, known only when the
+            # model runs: a mask no recorded one can equal, which refuses an explicit
+            # mask= after it and initial_state= on it)
+            fast = ex.mk("reshape", fast)
         elif cls == "Embedding" and c.get("mask_zero") and src is not None:
             fast = ex.mk("ne", src, 0.0)
         elif cls == "Masking" and src is not None:
@@ -1346,7 +1363,7 @@ class _DictStore:
 
 def _has_weights(d):
     c = d.class_name
-    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D"):
+    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D", "Conv2D"):
         return True
     if c in ("LayerNormalization", "BatchNormalization"):
         cfg = d.config
@@ -1820,6 +1837,61 @@ class _Builder:
                       c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
                       name=d.name, dtype=self.dtype)
 
+    def conv2d(self, d, c, dim):
+        from ..model import Conv2D
+        where = f"{self.fname}: layer {d.name!r} ({d.class_name})"
+        use_bias = _cbool(c, "use_bias", True, where)
+        w = self.weights(d, (2,) if use_bias else (1,))
+        F = _cint(c, "filters", where)
+        groups = c.get("groups") or 1
+        k = c.get("kernel_size")
+        k = [k, k] if isinstance(k, int) and not isinstance(k, bool) else k
+        if not (isinstance(k, list) and len(k) == 2 and all(
+                isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in k)):
+            raise LoadError(f"{where}: kernel_size must be two positive ints, got "
+                            f"{c.get('kernel_size')!r}"[:300])
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or (
+                dim is not None and dim % groups) or F % groups:
+            raise LoadError(f"{where}: groups {groups!r} must divide the "
+                            f"{dim if dim is not None else '?'} input channels and the {F} "
+                            "filters"[:300])
+        self.check(d, "kernel", w[0], (k[0], k[1], dim // groups if dim is not None
+                                       else w[0].shape[2] if w[0].ndim == 4 else -1, F))
+        if use_bias:
+            self.check(d, "bias", w[1], (F,))
+        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
+        return Conv2D(w[0], w[1] if use_bias else None, c.get("strides", 1),
+                      c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
+                      name=d.name, dtype=self.dtype)
+
+    def image_layer(self, d, dim):
+        """A Conv2D, 2-D pooling, Reshape or Permute layer, and the feature size after
+        it (None: unknown)."""
+        from ..model import Permute, Pooling2D, Reshape
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        try:
+            if cls == "Reshape":
+                layer = Reshape(c.get("target_shape"), name=d.name)
+                last = layer.target_shape[-1] if layer.target_shape else -1
+                return layer, (None if last == -1 else last)
+            if cls == "Permute":
+                layer = Permute(c.get("dims"), name=d.name)
+                return layer, (dim if layer.dims[-1] == len(layer.dims) else None)
+            fmt = c.get("data_format") or "channels_last"
+            if fmt != "channels_last":
+                raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
+                                "channels_last)"[:300])
+            if cls == "Conv2D":
+                return self.conv2d(d, c, dim), _cint(c, "filters", where)
+            op = "max" if cls == "MaxPooling2D" else "average"
+            return Pooling2D(op, c.get("pool_size", 2), c.get("strides"),
+                             c.get("padding", "valid"), name=d.name), dim
+        except LoadError:
+            raise
+        except ValueError as e:         # (the layer's own checks of the config)
+            raise LoadError(f"{where}: {e}"[:400]) from None
+
     def shape_layer(self, d, dim):
         """A pooling, Flatten, RepeatVector, Conv1D or normalisation layer, and the
         feature size after it (None where it follows from the steps)."""
@@ -2087,6 +2159,8 @@ class _Builder:
             layer = TimeDistributed(il, name=d.name)
         elif cls in _SHAPE_CLASSES:
             layer, dim = self.shape_layer(d, dim)
+        elif cls in _IMAGE_CLASSES:
+            layer, dim = self.image_layer(d, dim)
         elif cls in _MERGE_LAYERS:
             layer, dim = self.merge(d, list(in_dims), list(in_ranks), list(in_masked))
         elif cls in _ATTENTION_LAYERS:
@@ -2103,9 +2177,9 @@ class _Builder:
     def build(self, descs, outputs, input_names=None):
         """The Model of the descs (one a call of a Keras layer: the calls of a shared
         layer run one fastrnn layer object, built once)."""
-        from ..model import (INPUT, Bidirectional, Conv1D, Embedding, Flatten,
-                             GlobalPooling1D, InputCast, KerasRNN, Masking, Model, Pooling1D,
-                             RepeatVector)
+        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Embedding, Flatten,
+                             GlobalPooling1D, InputCast, KerasRNN, Masking, Model, Permute,
+                             Pooling1D, Pooling2D, Reshape, RepeatVector)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
         if unsupported:
@@ -2203,7 +2277,11 @@ class _Builder:
                     is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
-                                          Pooling1D)):
+                                          Pooling1D, Conv2D, Pooling2D)) \
+                        or (isinstance(l, Permute) and not l.identity) \
+                        or (isinstance(l, Reshape) and not _same_shape_maybe(
+                            l, in_ranks[0] if in_ranks else None, in_dims[0] if in_dims
+                            else None)):
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
             for t, (v, r) in enumerate(zip(out_dims, _tensor_ranks(new, in_ranks))):
@@ -2268,6 +2346,15 @@ def _input_cast(c, keras_dtype):
     return name if name in _INPUT_DTYPES and name != keras_dtype else None
 
 
+def _same_shape_maybe(layer, rank, dim):
+    """Whether Reshape ``layer`` may leave its input's shape as it is (which keeps a
+    mask, as Keras 3 on JAX) for an input of ``rank`` and last axis ``dim`` (None:
+    unknown): decided when the model runs; here only ruled out where it cannot."""
+    t = layer.target_shape
+    return (rank is None or len(t) + 1 == rank) and (
+        dim is None or not t or t[-1] in (-1, dim))
+
+
 def _input_rank(c):
     """An InputLayer's rank (batch axis included) from its config, or None."""
     for key in ("batch_shape", "batch_input_shape"):
@@ -2287,9 +2374,9 @@ def _check_ref(dims, descs, j, t, what):
 def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
-    from ..model import (Bidirectional, Conv1D, Embedding, Flatten, GlobalPooling1D,
-                         KerasRNN, MultiHeadAttention, Pooling1D, RepeatVector, _Merge,
-                         _AttentionBase)
+    from ..model import (Bidirectional, Conv1D, Conv2D, Embedding, Flatten, GlobalPooling1D,
+                         KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
+                         Reshape, _Merge, _AttentionBase)
     ranks = list(in_ranks)
     for layer in layers:
         r = ranks[0] if ranks else None
@@ -2308,6 +2395,10 @@ def _tensor_ranks(layers, in_ranks):
             r = 2
         elif isinstance(layer, (RepeatVector, Conv1D, Pooling1D)):
             r = 3
+        elif isinstance(layer, (Conv2D, Pooling2D)):
+            r = 4
+        elif isinstance(layer, Reshape):
+            r = len(layer.target_shape) + 1
         n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
         ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
     return ranks
