@@ -12,7 +12,7 @@ import h5py  # noqa: E402
 
 import fastrnn  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
-from fastrnn.io.keras import load_keras  # noqa: E402
+from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
 from fastrnn.model import (INPUT, Add, Average, Concatenate, Dense, Masking, Maximum,  # noqa: E402
                            Minimum, Model, Multiply, Subtract)
 from test_keras import _edit_config, as_list, k2_ref, model_path, reference  # noqa: E402
@@ -530,3 +530,60 @@ def test_references_to_missing_tensors_are_named(tmp_path):
     with pytest.raises(LoadError, match=r"the model's outputs reads call 1 \(counting from "
                                         r"0\) of layer 'dense_36', which is called 1 time"):
         load_keras(_edit_config(name, tmp_path, node1))
+
+# ------------------------------------------- a Sequential after a layer of several outputs
+# (found by a differential audit against Keras 3.15.1: Keras passes the next layer every
+# output of the one before; fastrnn passed the first, silently wrong)
+
+def _seq_lstm_weights(rng, I, H):
+    return [rng.normal(0, 0.5, (I, 4 * H)).astype("f4"), rng.normal(0, 0.5, (H, 4 * H)).astype("f4"),
+            rng.normal(0, 0.5, 4 * H).astype("f4")]
+
+
+def _seq_inp(F):
+    return ("InputLayer", {"name": "in", "batch_shape": [None, None, F]})
+
+
+@pytest.mark.parametrize("cls,axis", [("Concatenate", -1), ("Concatenate", 1), ("Add", None)])
+def test_sequential_merge_after_bidirectional_none(cls, axis):
+    rng = np.random.default_rng(0)
+    w = {"bi": _seq_lstm_weights(rng, 3, 4) + _seq_lstm_weights(rng, 3, 4)}
+    bi = {"name": "bi", "merge_mode": None,
+          "layer": {"class_name": "LSTM", "config": {"name": "f", "units": 4,
+                                                      "return_sequences": True}}}
+    merge = {"name": "m"} if axis is None else {"name": "m", "axis": axis}
+    seq = model_from_keras_config([_seq_inp(3), ("Bidirectional", bi), (cls, merge)], w)
+    pair = model_from_keras_config([_seq_inp(3), ("Bidirectional", bi)], w)
+    x = rng.normal(size=(2, 5, 3)).astype("f4")
+    f, b = pair.predict(x)
+    want = f + b if cls == "Add" else np.concatenate([f, b], axis=axis)
+    np.testing.assert_allclose(seq.predict(x), want, rtol=0, atol=1e-6)
+
+
+def test_sequential_merge_after_return_state():
+    rng = np.random.default_rng(1)
+    w = {"lstm": _seq_lstm_weights(rng, 3, 4)}
+    lstm = {"name": "lstm", "units": 4, "return_state": True}
+    seq = model_from_keras_config([_seq_inp(3), ("LSTM", lstm), ("Concatenate", {"name": "c"})], w)
+    three = model_from_keras_config([_seq_inp(3), ("LSTM", lstm)], w)
+    x = rng.normal(size=(2, 5, 3)).astype("f4")
+    np.testing.assert_allclose(seq.predict(x), np.concatenate(three.predict(x), -1), atol=1e-6)
+
+
+def test_sequential_single_input_layer_after_several_outputs_is_refused():
+    """(Keras itself refuses a Dense after an RNN returning its states in a Sequential.)"""
+    rng = np.random.default_rng(2)
+    w = {"lstm": _seq_lstm_weights(rng, 3, 4), "d": [np.ones((4, 2), "f4"), np.zeros(2, "f4")]}
+    with pytest.raises(LoadError, match="takes 3 inputs"):
+        model_from_keras_config([_seq_inp(3), ("LSTM", {"name": "lstm", "units": 4,
+                                                    "return_state": True}),
+                                 ("Dense", {"name": "d", "units": 2})], w)
+
+def test_unsupported_recurrent_activation_is_named_as_such():
+    """A refused recurrent_activation names that key, not 'activation'."""
+    rng = np.random.default_rng(3)
+    w = {"g": [rng.normal(size=(2, 6)).astype("f4"), rng.normal(size=(2, 6)).astype("f4"),
+               np.zeros((2, 6), "f4")]}
+    with pytest.raises(LoadError, match="recurrent_activation 'gelu' is not supported"):
+        model_from_keras_config([_seq_inp(2), ("GRU", {"name": "g", "units": 2,
+                                                       "recurrent_activation": "gelu"})], w)

@@ -1471,8 +1471,9 @@ def _keras_major(version, override):
     return 2
 
 
-def _act_spec(a, major, where):
-    """Keras activation config -> core activation spec."""
+def _act_spec(a, major, where, key="activation"):
+    """Keras activation config -> core activation spec (``key``: the config key it comes
+    from, named in the error)."""
     a = _act_name(a, where)
     if a is None:
         a = "linear"
@@ -1485,7 +1486,7 @@ def _act_spec(a, major, where):
         return ("leakyrelu", 0.2)
     if a in ("linear", "sigmoid", "tanh", "relu", "elu", "softsign", "softplus"):
         return a
-    raise LoadError(f"{where}: activation {a!r} is not supported inside a recurrent layer "
+    raise LoadError(f"{where}: {key} {a!r} is not supported inside a recurrent layer "
                     "(supported: tanh, sigmoid, hard_sigmoid, relu, linear, elu, softsign, "
                     "softplus, leaky_relu)")
 
@@ -1654,7 +1655,8 @@ class _Builder:
             else:
                 self.check(d, "bias", b, (G * H,))
         act = _act_spec(c.get("activation", "tanh"), self.major, where)
-        ract = _act_spec(c.get("recurrent_activation", "sigmoid"), self.major, where)
+        ract = _act_spec(c.get("recurrent_activation", "sigmoid"), self.major, where,
+                         "recurrent_activation")
         kw = dict(bias=use_bias, batch_first=True, dtype=self.dtype, num_threads=self.nt,
                   go_backwards=_cbool(c, "go_backwards", False, fwhere),
                   seed=core._WEIGHTS_FOLLOW)        # (loaded below, strict)
@@ -2211,7 +2213,17 @@ class _Builder:
             c, cls = d.config, d.class_name
             self.ctx.layer = f"{d.name!r} ({cls})"
             where = f"{self.fname}: layer {d.name!r} ({cls})"
-            refs = d.inputs if d.inputs is not None else [(i - 1, 0)] if i else []
+            if d.inputs is not None:
+                refs = d.inputs
+            elif i:
+                # (a Sequential: Keras passes the next layer every output of the layer
+                # before it: a Bidirectional(merge_mode=None)'s pair, an RNN's output and
+                # states with return_state; a merge layer takes them all, any other
+                # layer is refused as Keras refuses it)
+                refs = [(i - 1, t) for t in range(
+                    sum(1 for (j, _) in dims if j == i - 1) or 1)]
+            else:
+                refs = []
             if cls in _MERGE_LAYERS:
                 if not refs:
                     raise LoadError(f"{where} is given no inputs")
