@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import fastrnn
 import fastrnn.io as fio
 from fastrnn.io import LoadError
 from fastrnn.io.statedict import RNNSpec, extract_module, find_rnn_modules
@@ -987,3 +988,46 @@ def test_parameters_merely_ending_like_weight_norm_are_not_refused():
     with pytest.raises(LoadError, match="'gate.weight_hh_g': weight_hh of module 'gate' is "
                                         "weight-normed"):
         find_rnn_modules({"gate.weight_hh_g": z, "gate.weight_hh_v": z})
+
+# ------------------------------------------- the caller's keywords, checked before the file
+# (an audit: a typo such as batchfirst= was a LoadError blaming the module, after reading it)
+
+def _sd_weights():
+    return fastrnn.LSTM(3, 4, num_layers=2, seed=0).state_dict()
+
+
+@pytest.mark.parametrize("kw", [{"batchfirst": True}, {"bidirectional": True},
+                                {"proj_size": 2}, {"num_layers": 3}, {"hard_sigmoid": "keras2"}])
+def test_unknown_keyword_is_the_callers_typeerror(kw, tmp_path):
+    name = next(iter(kw))
+    # a mapping
+    with pytest.raises(TypeError, match=name) as ei:
+        fastrnn.io.load_state_dict(_sd_weights(), **kw)
+    assert not isinstance(ei.value, fastrnn.io.LoadError)
+    # a file that does not exist: refused before it is opened
+    with pytest.raises(TypeError, match=name):
+        fastrnn.io.load_state_dict(tmp_path / "missing.pt", **kw)
+
+
+def test_unknown_keyword_on_a_torch_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "lstm.pt"
+    torch.save(torch.nn.LSTM(3, 4).state_dict(), p)
+    with pytest.raises(TypeError, match="batchfirst"):
+        fastrnn.load(p, batchfirst=True)
+    # the keywords it does take still work
+    layer = fastrnn.load(p, batch_first=True, dtype="float64", num_threads=1)
+    assert layer.batch_first and layer.dtype == np.float64
+
+
+def test_bad_values_are_the_layers_errors():
+    with pytest.raises(TypeError, match="batch_first") as ei:
+        fastrnn.io.load_state_dict(_sd_weights(), batch_first="yes")
+    assert not isinstance(ei.value, fastrnn.io.LoadError)
+    rnn = fastrnn.RNN(3, 4, seed=0).state_dict()
+    with pytest.raises(ValueError, match="nonlinearity") as ei:
+        fastrnn.io.load_state_dict(rnn, nonlinearity="gelu")
+    assert not isinstance(ei.value, fastrnn.io.LoadError)
+    # a nonlinearity on an LSTM's weights depends on the file: still the loader's LoadError
+    with pytest.raises(fastrnn.io.LoadError, match="nonlinearity does not apply"):
+        fastrnn.io.load_state_dict(_sd_weights(), nonlinearity="relu")

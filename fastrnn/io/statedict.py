@@ -406,6 +406,30 @@ def _replace(spec, **kw):
 _LAYER_ARGS = {"batch_first", "dtype", "num_threads", "nonlinearity", "cell"}
 
 
+def _check_overrides(overrides: Mapping[str, Any]) -> None:
+    """The options a caller gives a state dict's layer, checked before the file is read:
+    a keyword the loader does not take (a typo such as ``batchfirst=``, or what the weights
+    fix: ``bidirectional=``, ``proj_size=``, ``num_layers=`` ...) is the caller's TypeError
+    naming it, as for fastrnn's own files and the layers; a bad ``batch_first`` /
+    ``nonlinearity`` / ``dtype`` / ``num_threads`` value the layers' TypeError / ValueError.
+    (They were LoadErrors "module '': cannot build a LSTM: ...", raised after reading the
+    whole file: the file blamed for the call.)"""
+    bad = sorted(k for k in overrides if k not in _LAYER_ARGS)
+    if bad:
+        raise TypeError(
+            f"unexpected keyword argument(s) {', '.join(repr(k) for k in bad)} for a PyTorch "
+            "state dict: its weights fix the module's sizes, layers, directions, bias and "
+            "proj_size; it takes prefix=, batch_first=, nonlinearity= (nn.RNN / RNNCell "
+            "weights), dtype=, num_threads=, cell= and module_classes=")
+    from .. import layers as _layers     # (lazy, as build_layer)
+    if "batch_first" in overrides:
+        _layers._flag("batch_first", overrides["batch_first"])
+    nl = overrides.get("nonlinearity")
+    if nl is not None and nl not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nl!r}")
+    _check_args(overrides.get("dtype"), overrides.get("num_threads"))
+
+
 def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     """Build a fastrnn layer from a PyTorch state dict file (``torch.save`` zip or
     legacy, safetensors) or a mapping of arrays.
@@ -423,7 +447,7 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     the expected cell type.  ``module_classes`` is passed to the torch reader.
     """
     module_classes = overrides.pop("module_classes", ())
-    _check_args(overrides.get("dtype"), overrides.get("num_threads"))    # (before the file)
+    _check_overrides(overrides)                                         # (before the file)
     tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
     adopt = None if isinstance(path_or_mapping, Mapping) else set()
