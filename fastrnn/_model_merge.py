@@ -352,13 +352,16 @@ class Attention(_AttentionBase):
 class AdditiveAttention(Attention):
     """Keras's ``AdditiveAttention`` (Bahdanau): scores ``sum(scale * tanh(q + k))``
     over the features (``scale``: a vector of the query's features, or None: 1), then
-    as :class:`Attention`."""
+    as :class:`Attention`.  ``float32_tanh`` (default True, Keras 3.15 on JAX): float64
+    inputs without ``scale`` get their ``tanh``, scores and weights in float32, as
+    Keras 3's do; False: all in float64, as tf.keras 2's."""
 
     def __init__(self, scale=None, return_attention_scores=False, use_causal_mask=False,
-                 name=None, dtype="float32"):
+                 name=None, dtype="float32", float32_tanh=True):
         _AttentionBase.__init__(self, return_attention_scores, use_causal_mask, name)
         self.score_mode = "additive"
         self.concat_score_weight = None
+        self.float32_tanh = bool(float32_tanh)
         if scale is not None:
             scale = np.asarray(scale, dtype=dtype)
             if scale.ndim != 1:
@@ -371,7 +374,7 @@ class AdditiveAttention(Attention):
             raise ValueError(f"{self.name}: scale of {self.scale.shape[0]} features for a "
                              f"query of {q.shape[-1]}")
         t = q[:, :, None, :] + k[:, None, :, :]
-        if self.scale is None and dt == np.float64:
+        if self.scale is None and dt == np.float64 and self.float32_tanh:
             # Keras 3.15's tanh runs in float32 in a float64 model: without the (float64)
             # scale the scores, their softmax and the returned weights stay float32
             return np.tanh(t.astype(np.float32)).sum(axis=-1)
@@ -381,7 +384,7 @@ class AdditiveAttention(Attention):
         return t.sum(axis=-1)
 
     def get_config(self):
-        return _AttentionBase.get_config(self)
+        return {**_AttentionBase.get_config(self), "float32_tanh": self.float32_tanh}
 
     def _extra_repr(self):
         return (f"use_scale={self.scale is not None}"
@@ -398,17 +401,21 @@ class MultiHeadAttention(_AttentionBase):
     a query step with no step left to attend to averages the values, or with
     ``zero_masked`` (default: ``return_attention_scores``) gets weights 0 (Keras 3.15 on
     JAX: its dot_product_attention path, or its Softmax layer's path that it takes when
-    returning the scores or with dropout).  The output carries the query's mask (its values at masked query steps are computed,
+    returning the scores or with dropout).  ``additive_mask`` (tf.keras 2's Softmax
+    layer): the masked scores are lowered by 1e9 instead of set to -1e9 (the same in
+    float32 for scores under 32 in size; in float64 a query step with every value step
+    masked then softmaxes its own scores).  The output carries the query's mask (its values at masked query steps are computed,
     not zeroed, as Keras's); ``return_attention_scores``: the weights ``(B, heads, Tq,
     Tv)`` as a second output."""
 
     def __init__(self, query_kernel, key_kernel, value_kernel, output_kernel, query_bias=None,
                  key_bias=None, value_bias=None, output_bias=None,
                  return_attention_scores=False, use_causal_mask=False, zero_masked=None,
-                 name=None, dtype="float32"):
+                 name=None, dtype="float32", additive_mask=False):
         super().__init__(return_attention_scores, use_causal_mask, name)
         self.zero_masked = bool(return_attention_scores if zero_masked is None
                                 else zero_masked)
+        self.additive_mask = bool(additive_mask)
         arr = lambda a: None if a is None else np.ascontiguousarray(np.asarray(a, dtype=dtype))
         self.query_kernel, self.key_kernel = arr(query_kernel), arr(key_kernel)
         self.value_kernel, self.output_kernel = arr(value_kernel), arr(output_kernel)
@@ -482,7 +489,9 @@ class MultiHeadAttention(_AttentionBase):
         if self.use_causal_mask:
             c = _causal(s.shape[2], s.shape[3])[None]
             keep = c if keep is None else keep & c
-        if keep is not None:
+        if keep is not None and self.additive_mask:
+            s = s + np.where(keep[:, None], dt.type(0), dt.type(-1e9))
+        elif keep is not None:
             s = np.where(keep[:, None], s, dt.type(-1e9))
         w = _softmax_last(s)
         if keep is not None and self.zero_masked:
@@ -494,7 +503,8 @@ class MultiHeadAttention(_AttentionBase):
         return ([out, w] if self.return_attention_scores else out), qm
 
     def get_config(self):
-        return {**super().get_config(), "zero_masked": self.zero_masked}
+        return {**super().get_config(), "zero_masked": self.zero_masked,
+                "additive_mask": self.additive_mask}
 
     def _extra_repr(self):
         return (f"num_heads={self.num_heads}, key_dim={self.key_dim}, "

@@ -1390,12 +1390,14 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
             for k in ("query_kernel", "key_kernel", "value_kernel", "output_kernel"):
                 _need(tensors, k, name)
             return MultiHeadAttention(**w, **call, zero_masked=cfg.get("zero_masked"),
+                                      additive_mask=bool(cfg.get("additive_mask", False)),
                                       dtype=w["query_kernel"].dtype)
         sc = tensors.get("scale")
         dt = sc.dtype if sc is not None else tensors.get("concat_score_weight",
                                                           np.float32(0)).dtype
         if kind == "AdditiveAttention":
-            return AdditiveAttention(sc, **call, dtype=dt)
+            return AdditiveAttention(sc, **call, dtype=dt,
+                                     float32_tanh=bool(cfg.get("float32_tanh", True)))
         return Attention(sc, cfg.get("score_mode", "dot"), tensors.get("concat_score_weight"),
                          **call, dtype=dt)
     if kind == "KerasRNN":

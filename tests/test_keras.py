@@ -26,7 +26,11 @@ ALL_NAMES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIX,
 # decoder reading the model's input, started from an encoder's states) was refused while
 # fastrnn ran chains of layers only: a graph now, it must match Keras like the others
 GRAPH_NOW = ("k3_refused_branched_encdec",)
-REFUSED = [n for n in ALL_NAMES if n.startswith("k3_refused_") and n not in GRAPH_NOW]
+# k3_reshape_permute_masking: its outputs are Keras-on-JAX's, which keeps a mask through a
+# Reshape / Permute that leaves the shape as it is, where Keras on TensorFlow drops it
+BACKEND_DEPENDENT = ("k3_reshape_permute_masking",)
+REFUSED = [n for n in ALL_NAMES if (n.startswith("k3_refused_") and n not in GRAPH_NOW)
+           or n in BACKEND_DEPENDENT]
 NAMES = [n for n in ALL_NAMES if n not in REFUSED]
 TOL = 1e-5
 
@@ -80,7 +84,7 @@ def assert_matches(model, name, batch_size=None):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    assert len(NAMES) == 78 and len(REFUSED) == 8
+    assert len(NAMES) == 88 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 

@@ -700,26 +700,12 @@ def _node_call(node, name, cls):
                     raise LoadError(f"layer {name!r} ({cls}) is called with an extra "
                                     f"argument {_show(a)}: not supported"[:300])
         _call_kwargs(call, node.get("kwargs") or {}, name, cls)
-        if cls == "MultiHeadAttention":
-            given = dict(zip(_MHA_ARGS, ([r] for r in call.data)))
-            if len(call.data) > 3 or set(given) & set(call.named):
-                raise LoadError(f"layer {name!r} ({cls}) is given its query / value / key "
-                                "twice or too many tensors")
-            given.update(call.named)
-            if "query" not in given or "value" not in given:
-                raise LoadError(f"layer {name!r} ({cls}) is called without a query and a "
-                                "value tensor")
-            call.data = [given[k][0] for k in _MHA_ARGS if k in given]
-        elif cls in _ATTENTION_LAYERS and not 2 <= len(call.data) <= 3:
-            raise LoadError(f"layer {name!r} ({cls}) is called on {len(call.data)} tensors; "
-                            "it takes [query, value] or [query, value, key]")
+        _attention_inputs(call, name, cls)
         return call
-    if cls in _ATTENTION_LAYERS:
-        raise LoadError(f"layer {name!r} ({cls}) in a tf.keras 2 config: not supported "
-                        "(fastrnn reads attention layers from Keras 3 files, whose semantics "
-                        "it matches)")
     # Keras 2: [[name, node, tensor, kwargs], ...]: an RNN called with initial_state has
-    # the states as further entries (tf.keras adds them to the layer's inputs)
+    # the states as further entries (tf.keras adds them to the layer's inputs); the call's
+    # keyword arguments are repeated on each entry (a MultiHeadAttention's value= / key=
+    # among them: its entry is the query)
     node = _need_list(node, f"layer {name!r} inbound node")
     for t in node:
         r = _history(t)
@@ -734,7 +720,26 @@ def _node_call(node, name, cls):
         if call.states is not None:
             raise LoadError(f"layer {name!r} ({cls}) is given two different initial states")
         call.data, call.states = call.data[:1], call.data[1:]
+    _attention_inputs(call, name, cls)
     return call
+
+
+def _attention_inputs(call, name, cls):
+    """An attention layer's call: its data inputs as [query, value(, key)] (a
+    MultiHeadAttention's from its positional and keyword tensors)."""
+    if cls == "MultiHeadAttention":
+        given = dict(zip(_MHA_ARGS, ([r] for r in call.data)))
+        if len(call.data) > 3 or set(given) & set(call.named):
+            raise LoadError(f"layer {name!r} ({cls}) is given its query / value / key "
+                            "twice or too many tensors")
+        given.update(call.named)
+        if "query" not in given or "value" not in given:
+            raise LoadError(f"layer {name!r} ({cls}) is called without a query and a "
+                            "value tensor")
+        call.data = [given[k][0] for k in _MHA_ARGS if k in given]
+    elif cls in _ATTENTION_LAYERS and not 2 <= len(call.data) <= 3:
+        raise LoadError(f"layer {name!r} ({cls}) is called on {len(call.data)} tensors; "
+                        "it takes [query, value] or [query, value, key]")
 
 
 def _constant_input(name, cls, v):
@@ -898,6 +903,8 @@ def _functional(cfg, what="architecture"):
         d.states = states.get(key)
         d.input_index = input_of.get(key)
         d.options = dict(calls[key].options)
+        # (an attention layer follows the Keras its call's form was written by)
+        d.keras2_call = not calls[key].keras3
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
@@ -2027,6 +2034,19 @@ class _Builder:
         opts = dict(getattr(d, "options", None) or {})
         call = dict(return_attention_scores=bool(opts.get("return_attention_scores")),
                     use_causal_mask=bool(opts.get("use_causal_mask")), name=d.name)
+        # a tf.keras 2 call (its inbound node's form): tf.keras 2's semantics, where they
+        # differ from Keras 3's (MultiHeadAttention's masking, a float64 AdditiveAttention)
+        k2 = bool(getattr(d, "keras2_call", False))
+        if cls in ("Attention", "AdditiveAttention") and c.get("causal") is not None:
+            # (the constructor's `causal` of tf.keras 2 <= 2.9, kept in their configs and
+            # honoured by tf.keras 2.21's loader, which no longer writes it; Keras 3 rejects
+            # the key)
+            if not k2 and c.get("causal") is not False:
+                raise LoadError(f"{where}: config key causal={c.get('causal')!r} in a Keras 3 "
+                                "config: not supported (Keras 3 has no such argument; "
+                                "use_causal_mask is a call argument there)"[:300])
+            if _cbool(c, "causal", False, where):
+                call["use_causal_mask"] = True
         if not 2 <= len(dims) <= 3:
             raise LoadError(f"{where} takes [query, value] or [query, value, key], given "
                             f"{len(dims)} tensors")
@@ -2051,7 +2071,7 @@ class _Builder:
                 if use_scale and qd is not None:
                     self.check(d, "scale", w[0], (qd,))
                 return M.AdditiveAttention(w[0] if use_scale else None, **call,
-                                           dtype=self.dtype), dim
+                                           float32_tanh=not k2, dtype=self.dtype), dim
             for k, a in enumerate(w):
                 self.check(d, "scale" if use_scale and k == 0 else "concat_score_weight",
                            a, ())
@@ -2097,9 +2117,14 @@ class _Builder:
                                 f"{tuple('?' if x is None else x for x in want)}")
         # (Keras 3.15 with JAX: a query step whose every value step is masked averages the
         # values when the layer runs jax's dot_product_attention, and gets zero weights
-        # when it runs its Softmax layer instead: returning the scores, or dropout > 0)
-        zero = call["return_attention_scores"] or _cfloat(c, "dropout", 0.0, where) > 0
-        layer = M.MultiHeadAttention(*ks, *bs, **call, zero_masked=zero, dtype=self.dtype)
+        # when it runs its Softmax layer instead: returning the scores, or dropout > 0.
+        # tf.keras 2 always runs its Softmax layer, which adds -1e9 to the masked scores
+        # (softmax_robust_masking: sets them to -1e9) and zeroes no weights)
+        zero = not k2 and (call["return_attention_scores"] or
+                           _cfloat(c, "dropout", 0.0, where) > 0)
+        adds = k2 and not _cbool(c, "softmax_robust_masking", False, where)
+        layer = M.MultiHeadAttention(*ks, *bs, **call, zero_masked=zero, additive_mask=adds,
+                                     dtype=self.dtype)
         for nm in names:
             b = getattr(layer, nm + "_bias")
             if b is not None and b.shape != (getattr(layer, nm + "_kernel").shape[1:]
@@ -2282,6 +2307,16 @@ class _Builder:
             src = [input_ref(input_at[j]) if j in input_at else (index_map[j], t)
                    for j, t in refs] or [input_ref(0)]
             for l in new:
+                if is_masked and (
+                        (isinstance(l, Permute) and l.identity) or
+                        (isinstance(l, Reshape) and _same_shape_maybe(
+                            l, in_ranks[0] if in_ranks else None,
+                            in_dims[0] if in_dims else None))):
+                    raise LoadError(
+                        f"{where} reads a masked tensor and may leave its shape as it is: "
+                        "not supported (there Keras 3 on JAX keeps the mask, Keras 3 on "
+                        "TensorFlow and tf.keras 2 drop it, and a file does not say its "
+                        "backend; a Reshape or Permute that changes the shape is supported)")
                 graph.append(src)
                 src = [(len(layers), 0)]
                 layers.append(l)
