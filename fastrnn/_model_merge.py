@@ -212,7 +212,10 @@ _MERGE_CLASSES = {c.__name__: c for c in (Concatenate, Add, Subtract, Multiply, 
 # ----------------------------------------------------------------------------- attention layers
 
 def _softmax_last(s):
-    """Softmax over the last axis, shifted by the row's maximum (no overflow)."""
+    """Softmax over the last axis, shifted by the row's maximum (no overflow); over no
+    steps (a value of T = 0): no weights (the attention output is then 0)."""
+    if not s.shape[-1]:
+        return s.copy()
     e = np.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 

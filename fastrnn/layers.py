@@ -1843,7 +1843,8 @@ class RNNBase:
             # last layer's final state per direction, concatenated: (B, D*Hout)
             D = 2 if self.bidirectional else 1
             output = np.ascontiguousarray(
-                h_state[(self.num_layers - 1) * D:].transpose(1, 0, 2).reshape(B, -1))
+                h_state[(self.num_layers - 1) * D:].transpose(1, 0, 2)
+                .reshape(B, D * h_state.shape[-1]))     # (not -1: B may be 0)
             if unbatched:
                 output = output[0]
         elif unbatched:

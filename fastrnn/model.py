@@ -28,6 +28,7 @@ layers).
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -140,7 +141,13 @@ class Dense(Layer):
         return self.kernel.shape[1]
 
     def call(self, x, mask=None):
-        x = np.asarray(x, dtype=self.kernel.dtype)
+        x = np.asarray(x)
+        if x.dtype.kind not in "fbiu":
+            # (np.asarray(x, dtype=float32) parsed strings, converted objects and dropped
+            # a complex input's imaginary part silently: an audit)
+            raise TypeError(f"{self.name}: expected a floating-point array (or integers / "
+                            f"bools), got dtype {x.dtype}")
+        x = x.astype(self.kernel.dtype, copy=False)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError(f"{self.name}: expected {self.kernel.shape[0]} input features, "
                              f"got {x.shape[-1]}")
@@ -181,7 +188,7 @@ class Activation(Layer):
         self._act = activation_function(activation)
 
     def call(self, x, mask=None):
-        x = np.asarray(x)
+        x = _float_input(x, self.name)
         return self._act(x).astype(x.dtype, copy=False), mask
 
     def get_config(self):
@@ -294,6 +301,9 @@ class GlobalPooling1D(Layer):
             raise ValueError(f"{self.name}: expected (batch, steps, features) input, got "
                              f"shape {x.shape}")
         axis = 1 if self.data_format == "channels_last" else 2
+        if self.op == "max" and not x.shape[axis]:
+            raise ValueError(f"{self.name}: a max over 0 steps (input shape {x.shape}) has no "
+                             "value")
         if self.op == "max":
             return x.max(axis=axis, keepdims=self.keepdims), None
         if mask is None:
@@ -601,6 +611,7 @@ def _last(seq, x):
 
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+_REFUSE_LOCK = threading.Lock()        # (Bidirectional._refuse)
 
 
 class Bidirectional(Layer):
@@ -682,6 +693,23 @@ class Bidirectional(Layer):
                 core.mark_weights_changed()
         self._fused_from = self._versions()
 
+    def _refuse(self) -> None:
+        """The fused core brought up to the directions' weights, one caller at a time:
+        their versions read before their arrays (a load_state_dict landing after that
+        leaves them newer than recorded: the next call fuses again); the directions'
+        arrays are left alone (_fuse_with's rebinding, run here, undid a
+        load_state_dict another thread made meanwhile, and recorded the old weights as
+        current: an audit)."""
+        with _REFUSE_LOCK:
+            seen = self._versions()
+            if getattr(self, "_fused_from", None) == seen:
+                return
+            f, r = self.forward.core, self.backward.core
+            sd = dict(f.parameters())
+            sd.update({k + "_reverse": v for k, v in r.parameters().items()})
+            self._fused.load_state_dict(sd, _adopt=set())
+            self._fused_from = seen
+
     def _run_both(self, x, mask, last=False, initial_state=None):
         """(forward output, backward output in the backward layer's Keras order, the
         states); ``last``: each direction's last output (B, H) instead (_last_only).
@@ -701,7 +729,7 @@ class Bidirectional(Layer):
             # a direction's weights changed (load_state_dict, an optimizer step, an edit
             # announced by mark_weights_changed): the fused core takes them again (it
             # ran the old ones: an audit)
-            self._fuse_with(self._fused)
+            self._refuse()
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")

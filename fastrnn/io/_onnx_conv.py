@@ -122,10 +122,12 @@ class _blas_scope:
     __slots__ = ("n", "workers", "tok")
 
     def __init__(self, threads):
-        from .._threads import resolve
+        from .._threads import _cpu_count, resolve
         n = resolve(None, threads)
         self.n = min(n, _GEMM_THREADS) if _GEMM_THREADS else n
-        self.workers = min(n, _WORKERS) if _WORKERS else n
+        # (never more than the CPUs: a helper thread is made for each worker and kept
+        # for the process's life; num_threads=200 left 199 idle threads: an audit)
+        self.workers = min(n, _WORKERS or n, _cpu_count())
 
     def __enter__(self):
         from .. import _kernels
