@@ -13,6 +13,11 @@ import numpy as np
 
 from ._model_base import Layer, _act_name, _default_name, _float_input, activation_function
 
+# A window op's element steps (taps x outputs, padded size: each times batch x channels)
+# beyond which it is refused (a file's pool_size: a window of millions of steps ran for
+# minutes); the ONNX convolutions and pools share it (fastrnn.io._onnx_conv)
+_POOL_WORK = 1 << 31
+
 
 def _pads(T, k, stride, dilation, padding):
     """(before, after) padding of ``T`` steps for a window of ``k`` taps ``dilation``
@@ -151,8 +156,7 @@ class Pooling1D(Layer):
         p, s = self.pool_size, self.strides
         before, after = _pads(x.shape[1], p, s, 1, self.padding)
         if x.shape[0] * x.shape[2] * max(p * (x.shape[1] + before + after) // s,
-                                         x.shape[1] + before + after) > 1 << 31:
-            # (a file's pool_size: a window of millions of steps ran for minutes)
+                                         x.shape[1] + before + after) > _POOL_WORK:
             raise ValueError(f"{self.name}: a window of {p} steps over {x.shape[1]} is "
                              "beyond what fastrnn runs")
         if before or after:
@@ -351,7 +355,7 @@ class Pooling2D(Layer):
         k, s = self.pool_size, self.strides
         pads, n = _out_sizes(self.name, x.shape[1:3], k, s, (1, 1), self.padding)
         P = [L + p + q for L, (p, q) in zip(x.shape[1:3], pads)]
-        if x.shape[0] * x.shape[3] * max(k[0] * k[1] * n[0] * n[1], P[0] * P[1]) > 1 << 31:
+        if x.shape[0] * x.shape[3] * max(k[0] * k[1] * n[0] * n[1], P[0] * P[1]) > _POOL_WORK:
             raise ValueError(f"{self.name}: a window of {k} over {x.shape[1:3]} is beyond "
                              "what fastrnn runs")
         if any(p or q for p, q in pads):

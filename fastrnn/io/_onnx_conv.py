@@ -40,9 +40,10 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-# A window op's element steps (taps x outputs, padded size, a Conv's copied windows:
-# each times N x C) beyond which it is refused
-_POOL_WORK = 1 << 31
+# _POOL_WORK: a window op's element steps (taps x outputs, padded size, a Conv's copied
+# windows: each times N x C) beyond which it is refused (the Keras layers' limit too)
+from .._model_conv import _POOL_WORK
+
 # A Conv's block: copied windows (im2col) and GEMM outputs of at most this many
 # elements (batch slices, or rows of one item's first output axis), so the GEMM reads
 # the copy and the pool reads the output from cache.  bench/onnx_crnn.py's convs at
