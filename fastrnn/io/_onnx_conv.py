@@ -42,7 +42,7 @@ from numpy.lib.stride_tricks import as_strided
 
 # _POOL_WORK: a window op's element steps (taps x outputs, padded size, a Conv's copied
 # windows: each times N x C) beyond which it is refused (the Keras layers' limit too)
-from .._model_conv import _POOL_WORK
+from .._model_conv import _POOL_WORK, _pads
 
 # A Conv's block: copied windows (im2col) and GEMM outputs of at most this many
 # elements (batch slices, or rows of one item's first output axis), so the GEMM reads
@@ -279,13 +279,9 @@ def _window_pads(Ls, k, s, d, a, op) -> list[tuple[int, int]]:
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         if max(d) > 1:      # (ONNX Runtime refuses a Conv so; its pools pad as if undilated)
             raise ValueError(f"{op}: auto_pad {auto} with dilations > 1 is not supported")
-        out = []
-        for L, kk, ss, dd in zip(Ls, k, s, d):
-            total = max((-(-L // ss) - 1) * ss + (kk - 1) * dd + 1 - L, 0)
-            small = total // 2
-            out.append((small, total - small) if auto == "SAME_UPPER" else
-                       (total - small, small))
-        return out
+        # (SAME_UPPER is TensorFlow's / Keras's "same": the odd step after)
+        out = [_pads(L, kk, ss, dd, "same") for L, kk, ss, dd in zip(Ls, k, s, d)]
+        return out if auto == "SAME_UPPER" else [(q, p) for p, q in out]
     if auto == "VALID":
         return [(0, 0)] * D
     if auto != "NOTSET":
