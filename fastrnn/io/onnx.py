@@ -5,8 +5,10 @@
 node's weights once into a :mod:`fastrnn.layers` layer (ONNX gate order LSTM i o f c ->
 i f g o, GRU z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the graph
 (the small ops exporters put around recurrent nodes: Transpose, Squeeze, Reshape, Gather,
-MatMul, Gemm, Shape arithmetic, activations, Softmax, ...; a CNN front-end's 1-D, 2-D
-and 3-D Conv / MaxPool / AveragePool: :mod:`fastrnn.io._onnx_conv`) with NumPy.
+MatMul, Gemm, Shape arithmetic, activations, Softmax, ...; the TopK / ScatterElements
+sort and unsort of PyTorch's pack_padded_sequence(enforce_sorted=False); a CNN
+front-end's 1-D, 2-D and 3-D Conv / MaxPool / AveragePool: :mod:`fastrnn.io._onnx_conv`)
+with NumPy.
 Anything else is refused at load time with a :class:`fastrnn.io.LoadError` naming every
 unsupported op type.
 
@@ -618,6 +620,141 @@ def _op_reverse_sequence(i, a, o):
     return [x[b, idx] if ba == 0 else x[idx.T, b.T]]
 
 
+# TopK, ScatterElements / Scatter, NonZero: what PyTorch's TorchScript export of
+# pack_padded_sequence(..., enforce_sorted=False) sorts the batch by length with (TopK of
+# the lengths; opset 10: NonZero as a range) and unsorts the results with (the inverse
+# permutation, ScatterElements / Scatter of a range at the sort's indices, then Gather).
+def _axis_of(op, axis, rank):
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise ValueError(f"{op}: axis {axis} out of range [{-rank}, {rank - 1}] for an "
+                         f"input of rank {rank}")
+    return axis % rank
+
+
+def _op_topk(i, a, o):
+    """TopK as ONNX Runtime's: the k largest (smallest) along ``axis``, sorted, ties in
+    index order (lower index first), NaN above every number (largest: first, smallest:
+    last); ``sorted=0`` gives the same k values and indices in that order too (ONNX
+    leaves their order open)."""
+    x = np.asarray(i[0])
+    if o < 10:
+        if "k" not in a:
+            raise ValueError("TopK: attribute 'k' is required (opset < 10)")
+        k = int(a["k"])
+    else:
+        kk = np.asarray(i[1]) if len(i) > 1 and i[1] is not None else None
+        if kk is None or kk.shape != (1,) or kk.dtype.kind not in "iu":
+            raise ValueError("TopK: 'K' must be a 1-D tensor of one integer, got "
+                             + ("nothing" if kk is None else f"{kk.dtype} of shape {kk.shape}"))
+        k = int(kk[0])
+    if x.ndim == 0:
+        raise ValueError("TopK: the input must have rank >= 1, got a scalar")
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"TopK: the input must be numbers, got {x.dtype}")
+    axis = _axis_of("TopK", a.get("axis", -1), x.ndim)
+    n = x.shape[axis]
+    if k < 0:
+        raise ValueError(f"TopK: k must not be negative, got {k}")
+    if k > n:
+        raise ValueError(f"TopK: k = {k} is larger than axis {axis}'s size {n} (input shape "
+                         f"{x.shape})")
+    largest = int(a.get("largest", 1)) if o >= 11 else 1
+    if x.ndim == 1:             # (PyTorch's sort of the lengths: plain indexing)
+        if largest:
+            idx = (n - 1) - np.argsort(x[::-1], kind="stable")[::-1][:k]
+        else:
+            idx = np.argsort(x, kind="stable")[:k]
+        idx = idx.astype(np.int64, copy=False)
+        return [x[idx], idx]
+    if largest:
+        # stable ascending order of the reversed axis, read backwards: descending, ties
+        # (and NaNs, first) in index order; no negation (unsigned, the int minimum)
+        rev = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
+        idx = (n - 1) - np.flip(rev, axis)
+    else:
+        idx = np.argsort(x, axis=axis, kind="stable")    # (NaNs last, in index order)
+    idx = idx[(slice(None),) * axis + (slice(0, k),)].astype(np.int64, copy=False)
+    return [np.take_along_axis(x, idx, axis=axis), idx]
+
+
+def _scatter_targets(op, data, idx, upd, axis):
+    """The flat positions in ``data`` that ``upd``'s elements go to (ScatterElements),
+    checked as ONNX Runtime checks them."""
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be integers, got {idx.dtype}")
+    if idx.ndim != data.ndim:
+        raise ValueError(f"{op}: indices must have the rank of data ({data.ndim}), got shape "
+                         f"{idx.shape}")
+    if upd.shape != idx.shape:
+        raise ValueError(f"{op}: updates must have the shape of indices {idx.shape}, got "
+                         f"{upd.shape}")
+    big = [d for d in range(data.ndim) if d != axis and idx.shape[d] > data.shape[d]]
+    if big:
+        raise ValueError(f"{op}: indices of shape {idx.shape} are larger than data of shape "
+                         f"{data.shape} on axis {big[0]} (only the scatter axis {axis} may be)")
+    n = data.shape[axis]
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx[(idx < -n) | (idx >= n)].reshape(-1)[0]
+        raise IndexError(f"{op}: index {bad} out of range [{-n}, {n - 1}] (axis {axis} of "
+                         f"data of shape {data.shape})")
+    if idx.size and idx.min() < 0:
+        idx = np.where(idx < 0, idx + n, idx)
+    if data.ndim == 1:          # (PyTorch's unsort: a permutation's inverse)
+        return idx
+    pos = list(np.indices(idx.shape, sparse=True))
+    pos[axis] = idx
+    return np.ravel_multi_index(tuple(pos), data.shape).reshape(-1)
+
+
+def _op_scatter_elements(i, a, o, op="ScatterElements"):
+    data, idx, upd = (np.asarray(v) for v in i[:3])
+    if data.ndim == 0:
+        raise ValueError(f"{op}: data must have rank >= 1, got a scalar")
+    axis = _axis_of(op, a.get("axis", 0), data.ndim)
+    red = a.get("reduction", "none") if op == "ScatterElements" else "none"
+    if red not in ("none", "add", "mul", "max", "min"):
+        raise ValueError(f"{op}: unknown reduction {red!r} (none, add, mul, max, min)")
+    flat = _scatter_targets(op, data, idx, upd, axis)
+    out = data.copy()           # (data may be a kept, read-only value)
+    o_flat = out.reshape(-1)    # (a view: a copy is contiguous)
+    u = upd.reshape(-1).astype(data.dtype, copy=False)
+    if not flat.size:
+        return [out]
+    if red == "none":
+        srt = np.sort(flat)
+        if (srt[1:] == srt[:-1]).any():
+            # repeated positions: the last update wins, as ONNX Runtime writes them in
+            # order (NumPy's assignment promises no order)
+            last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
+            flat, u = flat[last], u[last]
+        o_flat[flat] = u
+    elif red in ("add", "mul"):
+        (np.add if red == "add" else np.multiply).at(o_flat, flat, u)   # (in order)
+    else:
+        # in order, each step as ONNX Runtime's std::max(update, out) / std::min(update,
+        # out) (NaN and signed zeros included): the k-th repeats of positions per round
+        order = np.argsort(flat, kind="stable")
+        f = flat[order]
+        start = np.r_[0, np.flatnonzero(f[1:] != f[:-1]) + 1]
+        rank = np.arange(f.size) - np.repeat(start, np.diff(np.r_[start, f.size]))
+        for r in range(int(rank.max()) + 1):
+            sel = order[rank == r]
+            t, v = flat[sel], u[sel]
+            cur = o_flat[t]
+            o_flat[t] = np.where(v < cur, cur, v) if red == "max" else \
+                np.where(cur < v, cur, v)
+    return [out]
+
+
+def _op_nonzero(i, a, o):
+    x = np.asarray(i[0])
+    if x.ndim == 0:             # (ONNX Runtime: a scalar as one element, shape (1, nnz))
+        x = x.reshape(1)
+    return [np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)]
+
+
 _SIMPLE_OPS: dict[str, Callable] = {
     "Identity": _op_identity,
     "Constant": _op_constant,
@@ -707,6 +844,10 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "SplitToSequence": _op_split_to_sequence,
     "SequenceAt": _op_sequence_at,
     "ReverseSequence": _op_reverse_sequence,
+    "TopK": _op_topk,
+    "ScatterElements": _op_scatter_elements,
+    "Scatter": lambda i, a, o: _op_scatter_elements(i, a, o, op="Scatter"),
+    "NonZero": _op_nonzero,
 }
 # the ops whose outputs are sequences (lists of arrays), and the inputs that must be ones
 _SEQ_OUTPUTS = {"SplitToSequence"}
@@ -725,7 +866,7 @@ _SHAPE_ARGS = {"Squeeze": (1,), "Unsqueeze": (1,), "Reshape": (1,), "Expand": (1
                "Tile": (1,), "Slice": (1, 2, 3, 4), "Split": (1,), "ConstantOfShape": (0,),
                "Range": (0, 1, 2), "OneHot": (1,), "ReduceMean": (1,), "ReduceSum": (1,),
                "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
-               "SplitToSequence": (1,), "SequenceAt": (1,)}
+               "SplitToSequence": (1,), "SequenceAt": (1,), "TopK": (1,), "NonZero": (0,)}
 SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
 
 # Load-time constant folding (OnnxModel.__init__) makes at most this many elements in all
@@ -765,12 +906,16 @@ def _fold_size(op_type, vals, attrs, opset) -> int:
     """Without running it, a bound of the elements of op ``op_type``'s largest output on
     the constant inputs ``vals``: from the values that set it (ConstantOfShape, Tile,
     Expand, Range, OneHot, Gather) or the inputs' shapes (a Concat: their sum; a Gemm:
-    its product's; SplitToSequence, all its parts, and ReverseSequence: their input's; a
-    SequenceAt: the sequence's largest; the rest make at most the shape their inputs
+    its product's; SplitToSequence, all its parts, ReverseSequence, TopK and
+    ScatterElements / Scatter: their (first) input's; NonZero: its input's times its rank;
+    a SequenceAt: the sequence's largest; the rest make at most the shape their inputs
     broadcast to)."""
     arrs = [v for v in vals if isinstance(v, np.ndarray)]
-    if op_type in ("SplitToSequence", "ReverseSequence"):
+    if op_type in ("SplitToSequence", "ReverseSequence", "TopK", "ScatterElements",
+                   "Scatter"):
         return vals[0].size
+    if op_type == "NonZero":
+        return vals[0].size * max(vals[0].ndim, 1)
     if op_type == "SequenceAt":
         return max((v.size for v in vals[0]), default=0)
     if op_type == "ConstantOfShape":
