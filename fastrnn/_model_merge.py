@@ -205,8 +205,200 @@ class Concatenate(_Merge):
         return f"axis={self.axis}"
 
 
+def _axis_int(v, what):
+    """An axis given as an int (not a bool)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {v!r}")
+    return int(v)
+
+
+class Dot(_Merge):
+    """Keras's ``Dot(axes, normalize)``: the dot product of two tensors along one axis
+    of each, per sample (Keras's ``batch_dot``).  ``axes``: an int (the same axis of
+    both; a negative one counts from each tensor's own end) or a pair; not the batch
+    axis.  The output: the first tensor's axes without the summed one, then the
+    second's without its batch axis and the summed one (``(B, 1)`` when nothing is
+    left), e.g. ``Dot(axes=[2, 2])`` of ``(B, Tq, H)`` and ``(B, Tv, H)`` gives the
+    scores ``(B, Tq, Tv)`` and ``Dot(axes=[2, 1])`` of those (after a softmax) and
+    ``(B, Tv, H)`` the context ``(B, Tq, H)``.  ``normalize``: each tensor is first
+    L2-normalised along its axis, ``x * min(1 / sqrt(sum(x ** 2)), 1 / epsilon)``
+    (the cosine similarity; ``epsilon`` 1e-7: Keras 3's ``backend.epsilon()``;
+    tf.keras 2's ``l2_normalize`` floors the squared norm at 1e-12: 1e-6).  Masks are
+    ignored and the output has none, as Keras's (its ``compute_mask`` gives None)."""
+
+    n_inputs = 2
+
+    def __init__(self, axes=-1, normalize: bool = False, epsilon: float = 1e-7, name=None):
+        super().__init__(name)
+        if isinstance(axes, (list, tuple)):
+            if len(axes) != 2:
+                raise ValueError(f"{self.name}: Dot axes must be an int or a pair of ints, "
+                                 f"got {axes!r}")
+            axes = tuple(_axis_int(a, f"{self.name}: Dot axes") for a in axes)
+        else:
+            axes = _axis_int(axes, f"{self.name}: Dot axes")
+        self.axes = axes
+        self.normalize = bool(normalize)
+        self.epsilon = float(epsilon)
+        if not self.epsilon > 0:
+            raise ValueError(f"{self.name}: Dot epsilon must be > 0, got {epsilon!r}")
+
+    def _resolve(self, r0, r1):
+        """The two axes for tensors of ranks ``r0``, ``r1`` (Keras's rule: a negative
+        int counts from each tensor's end, modulo its rank as Keras takes it, each entry
+        of a pair from its own tensor's end); a ValueError naming the layer when one is
+        out of range or the batch axis."""
+        if isinstance(self.axes, int):
+            axes = ((self.axes % r0, self.axes % r1) if self.axes < 0
+                    else (self.axes, self.axes))
+        else:
+            # (a pair's entry below -rank: Keras's build indexes the shape with it, and
+            # fails)
+            axes = tuple(a % r if -r <= a < 0 else a for a, r in zip(self.axes, (r0, r1)))
+        for a, r, k in zip(axes, (r0, r1), ("first", "second")):
+            if not 0 < a < r:
+                raise ValueError(f"{self.name}: Dot axes={self._show_axes()} is out of range "
+                                 f"(or the batch axis) for the {k} input, of rank {r}")
+        return axes
+
+    def _show_axes(self):
+        return list(self.axes) if isinstance(self.axes, tuple) else self.axes
+
+    def _l2(self, x, axis):
+        s = np.sum(np.square(x), axis=axis, keepdims=True)
+        with np.errstate(divide="ignore"):
+            inv = np.minimum(x.dtype.type(1) / np.sqrt(s), x.dtype.type(1.0 / self.epsilon))
+        return x * inv
+
+    def call(self, x, mask=None):
+        xs, _ = self._arrays(x, mask)       # (masks are ignored, as Keras's Dot ignores them)
+        a, b = xs
+        if a.ndim < 2 or b.ndim < 2:
+            raise ValueError(f"{self.name}: Dot needs tensors of rank >= 2 (batch, ...), got "
+                             f"shapes {a.shape} and {b.shape}")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"{self.name}: Dot needs tensors of one batch size, got shapes "
+                             f"{a.shape} and {b.shape}")
+        a0, a1 = self._resolve(a.ndim, b.ndim)
+        if a.shape[a0] != b.shape[a1]:
+            raise ValueError(f"{self.name}: Dot axes={self._show_axes()}: the sizes along "
+                             f"the axes differ: {a.shape[a0]} (axis {a0} of {a.shape}) and "
+                             f"{b.shape[a1]} (axis {a1} of {b.shape})")
+        dt = np.result_type(a, b)
+        a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
+        if self.normalize:
+            a, b = self._l2(a, a0), self._l2(b, a1)
+        a, b = np.moveaxis(a, a0, -1), np.moveaxis(b, a1, 1)
+        n, k = a.shape[0], a.shape[-1]
+        out = np.matmul(a.reshape(n, -1, k), b.reshape(n, k, -1))
+        shape = (n,) + a.shape[1:-1] + b.shape[2:]
+        return out.reshape(shape if len(shape) > 1 else (n, 1)), None
+
+    def output_rank(self, r0, r1):
+        """The rank of the output for inputs of ranks ``r0``, ``r1``."""
+        return max(r0 + r1 - 3, 2)
+
+    def get_config(self):
+        return {**super().get_config(), "axes": self._show_axes(),
+                "normalize": self.normalize, "epsilon": self.epsilon}
+
+    def _extra_repr(self):
+        return f"axes={self._show_axes()}" + (", normalize" if self.normalize else "")
+
+
 _MERGE_CLASSES = {c.__name__: c for c in (Concatenate, Add, Subtract, Multiply, Average,
-                                          Maximum, Minimum)}
+                                          Maximum, Minimum, Dot)}
+
+
+# ----------------------------------------------------------------------------- softmax layer
+
+_SOFTMAX_MASKING = ("keras3", "add", "where")
+
+
+class Softmax(Layer):
+    """Keras's ``Softmax(axis)`` layer: the softmax over ``axis`` (an int or a list of
+    them; not the batch axis 0).  A mask reaching it (its input's) is applied as Keras
+    applies its ``mask`` argument: broadcast against the input by numpy's rules (its
+    last axes against the input's last: a ``(B, T)`` mask must fit the input's shape,
+    else a ValueError naming the layer, as Keras raises one), ``masking``:
+
+    * ``"keras3"`` (Keras 3.15): the masked entries set to -1e9 before the softmax and
+      to 0 after it;
+    * ``"add"`` (tf.keras 2): -1e9 added to the masked entries, in the input's dtype
+      (in float32 a fully masked row then softmaxes uniformly, in float64 its own
+      values), nothing zeroed;
+    * ``"where"`` (tf.keras 2's ``robust_masking=True``): set to -1e9, nothing zeroed.
+
+    The output carries the input's mask, as Keras's."""
+
+    def __init__(self, axis=-1, masking: str = "keras3", name=None):
+        super().__init__(name)
+        if isinstance(axis, (list, tuple)):
+            if not axis:
+                raise ValueError(f"{self.name}: Softmax axis must be an int or a list of "
+                                 "ints, got []")
+            axis = tuple(_axis_int(a, f"{self.name}: Softmax axis") for a in axis)
+        else:
+            axis = _axis_int(axis, f"{self.name}: Softmax axis")
+        if masking not in _SOFTMAX_MASKING:
+            raise ValueError(f"{self.name}: masking must be one of {_SOFTMAX_MASKING}, got "
+                             f"{masking!r}")
+        self.axis = axis
+        self.masking = masking
+
+    def _axes(self, nd):
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        out = []
+        for a in axes:
+            if not -nd <= a < nd or a % nd == 0:
+                raise ValueError(f"{self.name}: Softmax axis {self._show_axis()} is out of "
+                                 f"range (or the batch axis) for a {nd}-D input")
+            out.append(a % nd)
+        if len(set(out)) != len(out):
+            raise ValueError(f"{self.name}: Softmax axis {self._show_axis()} repeats an axis")
+        return tuple(out)
+
+    def _show_axis(self):
+        return list(self.axis) if isinstance(self.axis, tuple) else self.axis
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        axes = self._axes(x.ndim)
+        keep = None
+        if mask is not None:
+            m = np.asarray(mask, dtype=bool)
+            try:
+                if m.ndim > x.ndim:
+                    raise ValueError
+                keep = np.broadcast_to(m, x.shape)
+            except ValueError:
+                raise ValueError(
+                    f"{self.name}: Softmax is given a mask of shape {m.shape} for an input of "
+                    f"shape {x.shape}: Keras broadcasts the mask against the input's last "
+                    "axes, and this one does not fit (each mask axis must be 1 or the "
+                    "input's size there)") from None
+            big = x.dtype.type(-1e9)
+            if self.masking == "add":
+                x = x + (x.dtype.type(1) - keep.astype(x.dtype)) * big
+            else:
+                x = np.where(keep, x, big)
+        if len(axes) == 1:
+            e = np.exp(x - x.max(axis=axes[0], keepdims=True))
+            out = e / e.sum(axis=axes[0], keepdims=True)
+        else:       # (Keras: exp(x - logsumexp(x)) over several axes)
+            mx = x.max(axis=axes, keepdims=True)
+            lse = mx + np.log(np.exp(x - mx).sum(axis=axes, keepdims=True))
+            out = np.exp(x - lse)
+        out = out.astype(x.dtype, copy=False)
+        if keep is not None and self.masking == "keras3":
+            out = np.where(keep, out, x.dtype.type(0))
+        return out, mask
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self._show_axis(), "masking": self.masking}
+
+    def _extra_repr(self):
+        return f"axis={self._show_axis()}"
 
 
 # ----------------------------------------------------------------------------- attention layers

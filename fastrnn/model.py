@@ -8,7 +8,10 @@ with Keras's rules: ``Embedding(mask_zero=True)`` and ``Masking`` make a mask, `
 recurrent layer consumes it and passes it on only when it returns sequences, and
 ``GlobalPooling1D`` (the average uses it), ``Flatten`` and ``RepeatVector`` end it, as do
 the convolutions, the poolings, ``Reshape`` and ``Permute`` (Keras's drop it; a Reshape
-that keeps the shape and the identity Permute keep it, as Keras 3 on JAX).
+that keeps the shape and the identity Permute keep it, as Keras 3 on JAX).  ``Dot`` (the
+scores and context of Luong-style attention built from layers) ignores its inputs' masks
+and gives none; ``Softmax`` applies one that reaches it as Keras's Softmax layer does and
+passes it on.
 ``InputCast`` converts a model's input to its Keras ``Input``'s dtype, as Keras does
 before the layers run.
 
@@ -23,8 +26,8 @@ The layers live in four modules, all importable from here: this one (the contain
 the recurrent wrappers and the simple layers, with save / restore),
 :mod:`fastrnn._model_base` (``Layer`` and the activations), :mod:`fastrnn._model_conv`
 (``Conv1D``, ``Pooling1D``, and the CRNN front-end's ``Conv2D``, ``Pooling2D``,
-``Reshape``, ``Permute``) and :mod:`fastrnn._model_merge` (the merge and attention
-layers).
+``Reshape``, ``Permute``) and :mod:`fastrnn._model_merge` (the merge layers, ``Dot``
+among them, the attention layers and ``Softmax``).
 """
 from __future__ import annotations
 
@@ -40,16 +43,16 @@ from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
 from ._model_conv import Conv1D, Conv2D, Permute, Pooling1D, Pooling2D, Reshape
 from ._model_merge import (  # noqa: F401
     _ATTENTION_CLASSES, _MERGE_CLASSES, Add, AdditiveAttention, Attention, Average,
-    Concatenate, Maximum, Minimum, MultiHeadAttention, Multiply, Subtract, _AttentionBase,
-    _Merge)
+    Concatenate, Dot, Maximum, Minimum, MultiHeadAttention, Multiply, Softmax, Subtract,
+    _AttentionBase, _Merge)
 
 __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
     "Conv2D", "Pooling2D", "Reshape", "Permute",
-    "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-    "Attention", "AdditiveAttention", "MultiHeadAttention",
+    "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
+    "Softmax", "Attention", "AdditiveAttention", "MultiHeadAttention",
     "InputCast", "INPUT", "activation_function",
 ]
 
@@ -1284,7 +1287,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     elif isinstance(layer, TimeDistributed):
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
-                            Reshape, Permute, _Merge)):
+                            Reshape, Permute, _Merge, Softmax)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, (Conv1D, Conv2D)):
         cfg.update(strides=layer.strides, padding=layer.padding, groups=layer.groups,
@@ -1406,6 +1409,14 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                                   dtype=mean.dtype)
     if kind == "Concatenate":
         return Concatenate(cfg.get("axis", -1), name=name)
+    if kind == "Dot":
+        axes = cfg.get("axes", -1)
+        return Dot(axes if isinstance(axes, int) else tuple(axes), cfg.get("normalize", False),
+                   cfg.get("epsilon", 1e-7), name=name)
+    if kind == "Softmax":
+        axis = cfg.get("axis", -1)
+        return Softmax(axis if isinstance(axis, int) else tuple(axis),
+                       cfg.get("masking", "keras3"), name=name)
     if kind in _MERGE_CLASSES:
         return _MERGE_CLASSES[kind](name=name)
     if kind in _ATTENTION_CLASSES:

@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 97
+    assert len(FIXTURES) == 102
 
 
 # ----------------------------------------------------------------------------- vs h5py

@@ -57,14 +57,15 @@ _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Re
 # then Reshape / Permute into the recurrent layers' sequence (fastrnn.model's Conv2D,
 # Pooling2D, Reshape, Permute)
 _IMAGE_CLASSES = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Reshape", "Permute")
-# merge layers (several inputs: fastrnn.model's classes of the same names)
+# merge layers (several inputs: fastrnn.model's classes of the same names; Dot: two, its
+# output unmasked)
 _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum",
-                 "Minimum")
+                 "Minimum", "Dot")
 # attention layers (a list [query, value(, key)] / MultiHeadAttention's query=, value=,
 # key=: fastrnn.model's classes of the same names)
 _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
-_SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "TimeDistributed",
-              "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _IMAGE_CLASSES \
+_SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Softmax",
+              "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _IMAGE_CLASSES \
     + _MERGE_LAYERS + _ATTENTION_LAYERS
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
 _ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
@@ -146,7 +147,8 @@ def load_keras(path, architecture=None, *, hard_sigmoid: str | None = None,
     model run in float64 takes its inputs as given.
 
     Functional models may branch and merge (a graph of layers: the merge layers
-    Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, a layer feeding
+    Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot (with Softmax
+    or Activation("softmax"): Luong attention built from layers), a layer feeding
     several, several outputs), with an RNN started from an earlier RNN's returned states
     (``initial_state=[h, c]``, encoder-decoder style).  They may take several inputs (a
     list of them, or a dict: the model takes a list in Keras's order of
@@ -1110,7 +1112,9 @@ def _check_masks(order, calls, by_name):
         src = call.data[0] if call.data else None
         ins = [masks.get(r) for r in call.data]
         c = l.get("config") if isinstance(l.get("config"), dict) else {}
-        if cls in _MERGE_LAYERS:
+        if cls == "Dot":
+            fast = None         # (Keras's Dot gives no mask)
+        elif cls in _MERGE_LAYERS:
             fast = ex.merged(cls, c.get("axis", -1), call.data, ins)
         else:
             fast = ins[0] if ins else None      # (an attention layer's: the query's)
@@ -2015,6 +2019,8 @@ class _Builder:
             last = axis == -1 or (rank is not None and axis == rank - 1)
             dim = sum(known) if last and len(known) == len(dims) else None
             return M.Concatenate(axis, name=d.name), dim
+        if cls == "Dot":
+            return self.dot(d, dims, ranks, where)
         if len(set(known) - {1}) > 1:
             raise LoadError(f"{where}: inputs of {dims} features cannot be merged (sizes "
                             "must agree or be 1)")
@@ -2023,6 +2029,44 @@ class _Builder:
                             f"{list(ranks)}: not supported (Keras gives no mask for them)")
         dim = max(known) if len(known) == len(dims) else None
         return getattr(M, cls)(name=d.name), dim
+
+    def dot(self, d, dims, ranks, where):
+        """A Dot layer for inputs of ``dims`` features (last axis) and ``ranks`` (None:
+        unknown), checked where they are known, and its output's last axis (None:
+        unknown)."""
+        from .. import model as M
+        c = d.config
+        if len(dims) != 2:
+            raise LoadError(f"{where} takes exactly 2 inputs, given {len(dims)}")
+        axes = c.get("axes", -1)
+        ok = lambda a: isinstance(a, int) and not isinstance(a, bool)
+        if not (ok(axes) or (isinstance(axes, (list, tuple)) and len(axes) == 2 and
+                             all(ok(a) for a in axes))):
+            raise LoadError(f"{where}: axes must be an int or a pair of ints, got "
+                            f"{axes!r}"[:300])
+        normalize = _cbool(c, "normalize", False, where)
+        # (the norm's floor: Keras 3's backend.epsilon(), 1e-7; tf.keras 2's
+        # l2_normalize floors the squared norm at 1e-12)
+        layer = M.Dot(axes if ok(axes) else tuple(axes), normalize,
+                      1e-6 if self.major == 2 else 1e-7, name=d.name)
+        if None in ranks:
+            return layer, None
+        try:
+            a0, a1 = layer._resolve(*ranks)
+        except ValueError as e:
+            raise LoadError(f"{where}: {str(e).split(': Dot ', 1)[1]}") from None
+        r0, r1 = ranks
+        d0 = dims[0] if a0 == r0 - 1 else None
+        d1 = dims[1] if a1 == r1 - 1 else None
+        if d0 is not None and d1 is not None and d0 != d1:
+            raise LoadError(f"{where}: axes={layer._show_axes()}: the sizes along the axes "
+                            f"differ: {d0} (axis {a0} of the first input) and {d1} (axis {a1} "
+                            "of the second)")
+        if r0 == 2 and r1 == 2:
+            return layer, 1
+        if r1 > 2:
+            return layer, (dims[1] if a1 != r1 - 1 else None)
+        return layer, (dims[0] if a0 != r0 - 1 else None)
 
     def attention(self, d, dims, ranks):
         """An attention layer of the model (its call's options: return_attention_scores,
@@ -2132,6 +2176,33 @@ class _Builder:
                 raise LoadError(f"{where}: {nm} bias has shape {b.shape}")
         return layer, layer.output_kernel.shape[2]
 
+    def softmax(self, d, rank, where):
+        """A Softmax layer (its ``axis``: an int or a list of them, not the batch axis),
+        masking as the file's Keras does: Keras 3 sets the masked entries to -1e9 and
+        zeroes them after; tf.keras 2 adds -1e9 (``robust_masking``: sets it)."""
+        from ..model import Softmax
+        c = d.config
+        axis = c.get("axis", -1)
+        ok = lambda a: isinstance(a, int) and not isinstance(a, bool)
+        if not (ok(axis) or (isinstance(axis, (list, tuple)) and axis and
+                             all(ok(a) for a in axis))):
+            raise LoadError(f"{where}: axis must be an int or a list of ints, got "
+                            f"{axis!r}"[:300])
+        if self.major == 2:
+            masking = "where" if _cbool(c, "robust_masking", False, where) else "add"
+        else:
+            if c.get("robust_masking") is not None:
+                raise LoadError(f"{where}: config key robust_masking in a Keras 3 config: "
+                                "not supported (Keras 3 has no such argument)")
+            masking = "keras3"
+        layer = Softmax(axis if ok(axis) else tuple(axis), masking, name=d.name)
+        if rank is not None:
+            try:
+                layer._axes(rank)
+            except ValueError as e:
+                raise LoadError(f"{where}: {str(e).split(': Softmax ', 1)[1]}") from None
+        return layer
+
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
         ``d`` on tensors of ``in_dims`` features and ``in_ranks`` (None: unknown;
@@ -2161,6 +2232,8 @@ class _Builder:
         elif cls == "Activation":
             layer = Activation(_dense_act(c.get("activation"), self.major,
                                           f"layer {d.name!r}"), name=d.name)
+        elif cls == "Softmax":
+            layer = self.softmax(d, in_ranks[0] if in_ranks else None, where)
         elif cls in _NOOP_CLASSES:
             layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name)
         elif cls == "TimeDistributed":
@@ -2252,8 +2325,8 @@ class _Builder:
             if cls in _MERGE_LAYERS:
                 if not refs:
                     raise LoadError(f"{where} is given no inputs")
-                is_masked = (any if cls == "Concatenate" else all)(
-                    masked.get(r, False) for r in refs)
+                is_masked = cls != "Dot" and (any if cls == "Concatenate" else all)(
+                    masked.get(r, False) for r in refs)     # (Dot: no mask, as Keras's)
             elif cls in _ATTENTION_LAYERS:
                 if not 2 <= len(refs) <= 3:
                     raise LoadError(f"{where} is given {len(refs)} inputs; it takes [query, "
@@ -2421,8 +2494,8 @@ def _check_ref(dims, descs, j, t, what):
 def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
-    from ..model import (Bidirectional, Conv1D, Conv2D, Embedding, Flatten, GlobalPooling1D,
-                         KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
+    from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten,
+                         GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
                          Reshape, _Merge, _AttentionBase)
     ranks = list(in_ranks)
     for layer in layers:
@@ -2430,7 +2503,9 @@ def _tensor_ranks(layers, in_ranks):
         if isinstance(layer, _AttentionBase):
             ranks = [3, 4 if isinstance(layer, MultiHeadAttention) else 3][:layer.n_outputs()]
             continue
-        if isinstance(layer, _Merge):
+        if isinstance(layer, Dot):
+            r = None if None in ranks[:2] or len(ranks) != 2 else layer.output_rank(*ranks)
+        elif isinstance(layer, _Merge):
             r = None if None in ranks else max(ranks)
         elif isinstance(layer, Embedding):
             r = None if r is None else r + 1
