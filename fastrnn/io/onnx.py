@@ -478,6 +478,18 @@ def _reduce(fn):
     return op
 
 
+def _op_einsum(i, a, o):
+    """Einsum (tf2onnx: Keras MultiHeadAttention's projections and scores, EinsumDense)."""
+    eq = a.get("equation", "")
+    if isinstance(eq, bytes):
+        eq = eq.decode()
+    eq = eq.replace(" ", "")
+    if not eq:
+        raise ValueError("Einsum: no equation")
+    dt = np.result_type(*i)
+    return [np.asarray(np.einsum(eq, *i, optimize=len(i) > 2)).astype(dt, copy=False)]
+
+
 def _op_argmax(i, a, o, fn=np.argmax):
     x = i[0]
     axis = a.get("axis", 0)
@@ -618,6 +630,53 @@ def _op_reverse_sequence(i, a, o):
     idx = np.where(t < L, L - 1 - t, t)             # (B, T): each row's time order
     b = np.arange(B)[:, None]
     return [x[b, idx] if ba == 0 else x[idx.T, b.T]]
+
+
+def _pad_args(i, a, o):
+    """(pads as [(before, after)] per axis, constant value, mode) of a Pad node: before
+    opset 11 from the attributes (opset 1: ``paddings``), from then on from the inputs
+    ``pads``, ``constant_value`` (absent or empty: 0) and, from opset 18, ``axes``."""
+    x = i[0]
+    mode = a.get("mode", "constant")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if o < 11:
+        pads = [int(p) for p in a.get("pads", a.get("paddings", []))]
+        value = a.get("value", 0.0)
+        axes = None
+    else:
+        pads = _ints(i[1]) if len(i) > 1 and i[1] is not None else []
+        cv = i[2] if len(i) > 2 and i[2] is not None else None
+        value = np.asarray(cv).reshape(-1)[0] if cv is not None and np.asarray(cv).size else 0
+        axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else None
+    axes = (list(range(x.ndim)) if axes is None
+            else [_axis_of("Pad", ax, x.ndim) for ax in axes])
+    if len(pads) != 2 * len(axes):
+        raise ValueError(f"Pad: pads must have {2 * len(axes)} values (begins, then ends, "
+                         f"for axes {axes}), got {len(pads)}")
+    width = [(0, 0)] * x.ndim
+    for k, ax in enumerate(axes):
+        width[ax] = (pads[k], pads[k + len(axes)])
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ValueError(f"Pad: unknown mode {mode!r}")
+    return width, value, mode
+
+
+def _op_pad(i, a, o):
+    x = i[0]
+    width, value, mode = _pad_args(i, a, o)
+    # negative pads crop: crop first, then pad by the positive parts
+    crop = tuple(slice(max(-b, 0), x.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(width))
+    if any(b < 0 or e < 0 for b, e in width):
+        if any(x.shape[k] + min(b, 0) + min(e, 0) < 0 for k, (b, e) in enumerate(width)):
+            raise ValueError(f"Pad: pads {width} crop more than the input's shape {x.shape}")
+        x = x[crop]
+    width = [(max(b, 0), max(e, 0)) for b, e in width]
+    if mode == "constant":
+        return [np.pad(x, width, mode="constant", constant_values=np.asarray(value).astype(x.dtype))]
+    if mode != "wrap" and any((b or e) and x.shape[k] == 0 for k, (b, e) in enumerate(width)):
+        raise ValueError(f"Pad: mode {mode!r} cannot pad an axis of size 0")
+    return [np.pad(x, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
 
 
 # TopK, ScatterElements / Scatter, NonZero: what PyTorch's TorchScript export of
@@ -798,6 +857,7 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "Expand": _op_expand,
     "Range": _op_range,
     "Tile": _op_tile,
+    "Pad": _op_pad,
     "Neg": _unary(np.negative),
     "Abs": _unary(np.abs),
     "Sqrt": _unary(np.sqrt),
@@ -830,6 +890,11 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "ReduceMax": _reduce(np.max),
     "ReduceMin": _reduce(np.min),
     "ReduceProd": _reduce(np.prod),
+    "ReduceSumSquare": _reduce(lambda x, axis, keepdims: np.sum(np.square(x), axis=axis,
+                                                                keepdims=keepdims)),
+    "ReduceL2": _reduce(lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=axis,
+                                                                 keepdims=keepdims))),
+    "Einsum": _op_einsum,
     "ArgMax": _op_argmax,
     "ArgMin": lambda i, a, o: _op_argmax(i, a, o, fn=np.argmin),
     "Dropout": _op_dropout,
@@ -863,9 +928,11 @@ _RECURRENT = ("LSTM", "GRU", "RNN")
 # the inputs whose values, not only their shapes, decide an op's output shape (every
 # other input of these ops and of the recurrent ones decides it by its shape alone)
 _SHAPE_ARGS = {"Squeeze": (1,), "Unsqueeze": (1,), "Reshape": (1,), "Expand": (1,),
+               "Pad": (1, 3),
                "Tile": (1,), "Slice": (1, 2, 3, 4), "Split": (1,), "ConstantOfShape": (0,),
                "Range": (0, 1, 2), "OneHot": (1,), "ReduceMean": (1,), "ReduceSum": (1,),
                "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+               "ReduceSumSquare": (1,), "ReduceL2": (1,),
                "SplitToSequence": (1,), "SequenceAt": (1,), "TopK": (1,), "NonZero": (0,)}
 SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
 
@@ -922,6 +989,9 @@ def _fold_size(op_type, vals, attrs, opset) -> int:
         return _prod(_ints(vals[0]))
     if op_type == "Tile":
         return vals[0].size * _prod(_ints(vals[1]))
+    if op_type == "Pad":
+        width = _pad_args(vals, attrs, opset)[0]
+        return _prod(d + max(b, 0) + max(e, 0) for d, (b, e) in zip(vals[0].shape, width))
     if op_type == "Expand":
         return _prod(_max_shape([vals[0].shape, _ints(vals[1])]))
     if op_type == "Range":
@@ -935,6 +1005,8 @@ def _fold_size(op_type, vals, attrs, opset) -> int:
         return vals[1].size * (x.size // x.shape[axis]) if ok else 0
     if op_type == "Concat":
         return sum(v.size for v in arrs)
+    if op_type == "Einsum":     # (no output is larger than the product of its inputs)
+        return _prod(v.size for v in arrs)
     shapes = [v.shape for v in arrs]
     if op_type == "Gemm" and arrs[0].ndim == arrs[1].ndim == 2:
         shapes[:2] = [(arrs[0].shape[1 if attrs.get("transA", 0) else 0],
@@ -1372,10 +1444,22 @@ class OnnxModel:
                 label = node.op_type if dom == "ai.onnx" else f"{dom}.{node.op_type}"
                 bad.setdefault(label, node.name or label)
         if bad:
+            hint = ""
+            if "Loop" in bad or "Scan" in bad:
+                # tf2onnx writes a Keras RNN layer it cannot fuse into an LSTM / GRU node
+                # as a Loop over a TensorFlow while_loop (tf.keras 2: SimpleRNN,
+                # GRU(reset_after=False), Masking / Embedding(mask_zero=True),
+                # recurrent_dropout; Keras 3 also GRU and TimeDistributed)
+                hint = (" A Loop is how tf2onnx writes a Keras RNN layer it could not turn "
+                        "into an LSTM / GRU node (SimpleRNN, GRU(reset_after=False), a mask "
+                        "from Masking or Embedding(mask_zero=True), recurrent_dropout; with "
+                        "Keras 3 also GRU and TimeDistributed): load the Keras file itself "
+                        "(fastrnn.load('model.keras' or '.h5')), or export with unroll=True "
+                        "and a fixed number of steps.")
             raise LoadError(
                 f"{self.name}: unsupported ONNX op type(s) {sorted(bad)} "
-                f"(first node of each: {', '.join(f'{k}: {v!r}' for k, v in sorted(bad.items()))}); "
-                f"fastrnn runs {', '.join(_RECURRENT)} and these simple ops: "
+                f"(first node of each: {', '.join(f'{k}: {v!r}' for k, v in sorted(bad.items()))})."
+                f"{hint} fastrnn runs {', '.join(_RECURRENT)} and these simple ops: "
                 f"{', '.join(sorted(_SIMPLE_OPS))}")
 
         steps = []
