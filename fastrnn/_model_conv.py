@@ -57,6 +57,28 @@ def _padding(v) -> str:
     return v
 
 
+def _conv_weights(cls, layout, kernel, bias, groups, dtype, empty_ok=True):
+    """A convolution's checked (kernel, bias, groups): ``kernel`` of ``layout`` (its rank
+    first, the filters last), ``bias`` None or one a filter, the filters a multiple of
+    ``groups``; ``cls`` names the layer class in the errors."""
+    w = np.asarray(kernel)
+    rank = int(layout[0])
+    if w.ndim != rank:
+        raise ValueError(f"{cls} kernel must be {layout}, got shape {w.shape}")
+    if not empty_ok and 0 in w.shape:
+        raise ValueError(f"{cls} kernel has an empty axis: shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=dtype)
+    groups = _conv_int(groups, f"{cls} groups")
+    F = w.shape[-1]
+    if F % groups:
+        raise ValueError(f"{cls} filters {F} are not a multiple of groups {groups}")
+    if bias is not None:
+        bias = np.asarray(bias, dtype=dtype).reshape(-1)
+        if bias.shape != (F,):
+            raise ValueError(f"{cls} bias must have shape ({F},), got {bias.shape}")
+    return w, bias, groups
+
+
 class Conv1D(Layer):
     """Keras's ``Conv1D`` (``channels_last``): ``kernel`` ``(k, in / groups, filters)``,
     ``strides``, ``padding`` ``"valid"`` / ``"same"`` / ``"causal"``, ``dilation_rate``,
@@ -66,21 +88,8 @@ class Conv1D(Layer):
     def __init__(self, kernel, bias=None, strides=1, padding="valid", dilation_rate=1,
                  groups=1, activation="linear", name=None, dtype="float32"):
         super().__init__(name)
-        w = np.asarray(kernel)
-        if w.ndim != 3:
-            raise ValueError(f"Conv1D kernel must be 3-D (taps, in / groups, filters), got "
-                             f"shape {w.shape}")
-        self.kernel = np.ascontiguousarray(w, dtype=dtype)
-        self.groups = _conv_int(groups, "Conv1D groups")
-        if w.shape[2] % self.groups:
-            raise ValueError(f"Conv1D filters {w.shape[2]} are not a multiple of groups "
-                             f"{self.groups}")
-        if bias is not None:
-            bias = np.asarray(bias, dtype=dtype).reshape(-1)
-            if bias.shape != (w.shape[2],):
-                raise ValueError(f"Conv1D bias must have shape ({w.shape[2]},), got "
-                                 f"{bias.shape}")
-        self.bias = bias
+        self.kernel, self.bias, self.groups = _conv_weights(
+            "Conv1D", "3-D (taps, in / groups, filters)", kernel, bias, groups, dtype)
         self.strides = _conv_int(strides, "Conv1D strides")
         self.dilation_rate = _conv_int(dilation_rate, "Conv1D dilation_rate")
         self.padding = _padding(padding)
@@ -243,23 +252,9 @@ class Conv2D(Layer):
     def __init__(self, kernel, bias=None, strides=1, padding="valid", dilation_rate=1,
                  groups=1, activation="linear", name=None, dtype="float32"):
         super().__init__(name)
-        w = np.asarray(kernel)
-        if w.ndim != 4:
-            raise ValueError(f"Conv2D kernel must be 4-D (rows, cols, in / groups, filters), "
-                             f"got shape {w.shape}")
-        if 0 in w.shape:
-            raise ValueError(f"Conv2D kernel has an empty axis: shape {w.shape}")
-        self.kernel = np.ascontiguousarray(w, dtype=dtype)
-        self.groups = _conv_int(groups, "Conv2D groups")
-        if w.shape[3] % self.groups:
-            raise ValueError(f"Conv2D filters {w.shape[3]} are not a multiple of groups "
-                             f"{self.groups}")
-        if bias is not None:
-            bias = np.asarray(bias, dtype=dtype).reshape(-1)
-            if bias.shape != (w.shape[3],):
-                raise ValueError(f"Conv2D bias must have shape ({w.shape[3]},), got "
-                                 f"{bias.shape}")
-        self.bias = bias
+        self.kernel, self.bias, self.groups = _conv_weights(
+            "Conv2D", "4-D (rows, cols, in / groups, filters)", kernel, bias, groups, dtype,
+            empty_ok=False)
         self.strides = _conv_pair(strides, "Conv2D strides")
         self.dilation_rate = _conv_pair(dilation_rate, "Conv2D dilation_rate")
         self.padding = _padding2d(padding)

@@ -1826,13 +1826,25 @@ class _Builder:
         return Dense(w[0], w[1] if use_bias else None, act, name=name,
                      dtype=self.dtype), units
 
-    def conv1d(self, d, c, dim):
-        from ..model import Conv1D
+    def _conv_weights(self, d, c):
+        """A Conv1D / Conv2D's (where, weights (kernel[, bias]), filters, groups)."""
         where = f"{self.fname}: layer {d.name!r} ({d.class_name})"
         use_bias = _cbool(c, "use_bias", True, where)
-        w = self.weights(d, (2,) if use_bias else (1,))
-        F = _cint(c, "filters", where)
-        groups = c.get("groups") or 1
+        return (where, self.weights(d, (2,) if use_bias else (1,)),
+                _cint(c, "filters", where), c.get("groups") or 1)
+
+    def _conv_layer(self, cls, d, c, w, F, groups):
+        """The Conv1D / Conv2D layer ``cls`` of checked kernel ``w[0]`` (and bias)."""
+        if len(w) > 1:
+            self.check(d, "bias", w[1], (F,))
+        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
+        return cls(w[0], w[1] if len(w) > 1 else None, c.get("strides", 1),
+                   c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
+                   name=d.name, dtype=self.dtype)
+
+    def conv1d(self, d, c, dim):
+        from ..model import Conv1D
+        where, w, F, groups = self._conv_weights(d, c)
         k = c.get("kernel_size")
         k = k[0] if isinstance(k, list) and len(k) == 1 else k
         if not isinstance(k, int) or isinstance(k, bool) or not isinstance(groups, int):
@@ -1843,20 +1855,11 @@ class _Builder:
                             "channels")
         self.check(d, "kernel", w[0], (k, dim // groups if dim is not None
                                        else w[0].shape[1], F))
-        if use_bias:
-            self.check(d, "bias", w[1], (F,))
-        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
-        return Conv1D(w[0], w[1] if use_bias else None, c.get("strides", 1),
-                      c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
-                      name=d.name, dtype=self.dtype)
+        return self._conv_layer(Conv1D, d, c, w, F, groups)
 
     def conv2d(self, d, c, dim):
         from ..model import Conv2D
-        where = f"{self.fname}: layer {d.name!r} ({d.class_name})"
-        use_bias = _cbool(c, "use_bias", True, where)
-        w = self.weights(d, (2,) if use_bias else (1,))
-        F = _cint(c, "filters", where)
-        groups = c.get("groups") or 1
+        where, w, F, groups = self._conv_weights(d, c)
         k = c.get("kernel_size")
         k = [k, k] if isinstance(k, int) and not isinstance(k, bool) else k
         if not (isinstance(k, list) and len(k) == 2 and all(
@@ -1870,12 +1873,7 @@ class _Builder:
                             "filters"[:300])
         self.check(d, "kernel", w[0], (k[0], k[1], dim // groups if dim is not None
                                        else w[0].shape[2] if w[0].ndim == 4 else -1, F))
-        if use_bias:
-            self.check(d, "bias", w[1], (F,))
-        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
-        return Conv2D(w[0], w[1] if use_bias else None, c.get("strides", 1),
-                      c.get("padding", "valid"), c.get("dilation_rate", 1), groups, act,
-                      name=d.name, dtype=self.dtype)
+        return self._conv_layer(Conv2D, d, c, w, F, groups)
 
     def image_layer(self, d, dim):
         """A Conv2D, 2-D pooling, Reshape or Permute layer, and the feature size after
