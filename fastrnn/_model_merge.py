@@ -599,9 +599,10 @@ class MultiHeadAttention(_AttentionBase):
     returning the scores or with dropout).  ``additive_mask`` (tf.keras 2's Softmax
     layer): the masked scores are lowered by 1e9 instead of set to -1e9 (the same in
     float32 for scores under 32 in size; in float64 a query step with every value step
-    masked then softmaxes its own scores).  The output carries the query's mask (its values at masked query steps are computed,
-    not zeroed, as Keras's); ``return_attention_scores``: the weights ``(B, heads, Tq,
-    Tv)`` as a second output."""
+    masked then softmaxes its own scores).  The output carries the query's mask (its
+    values at masked query steps are computed, not zeroed, as Keras's);
+    ``return_attention_scores``: the weights ``(B, heads, Tq, Tv)`` as a second
+    output."""
 
     def __init__(self, query_kernel, key_kernel, value_kernel, output_kernel, query_bias=None,
                  key_bias=None, value_bias=None, output_bias=None,

@@ -65,8 +65,8 @@ _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maxim
 # key=: fastrnn.model's classes of the same names)
 _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Softmax",
-              "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES + _SHAPE_CLASSES + _IMAGE_CLASSES \
-    + _MERGE_LAYERS + _ATTENTION_LAYERS
+              "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES \
+    + _SHAPE_CLASSES + _IMAGE_CLASSES + _MERGE_LAYERS + _ATTENTION_LAYERS
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
 _ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
 _MHA_ARGS = ("query", "value", "key")
