@@ -79,7 +79,35 @@ def _conv_weights(cls, layout, kernel, bias, groups, dtype, empty_ok=True):
     return w, bias, groups
 
 
-class Conv1D(Layer):
+class _Conv(Layer):
+    """What Conv1D and Conv2D share: ``kernel`` (taps..., in / groups, filters), ``bias``,
+    ``groups``, ``strides`` / ``dilation_rate`` / ``kernel_size`` (ints for Conv1D,
+    pairs for Conv2D), ``padding``, ``activation``; their weights, config and repr."""
+
+    @property
+    def filters(self):
+        return self.kernel.shape[-1]
+
+    def get_weights(self):
+        return [self.kernel] + ([self.bias] if self.bias is not None else [])
+
+    def get_config(self):
+        js = lambda v: list(v) if isinstance(v, tuple) else v    # noqa: E731
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": js(self.kernel_size), "strides": js(self.strides),
+                "padding": self.padding, "dilation_rate": js(self.dilation_rate),
+                "groups": self.groups, "use_bias": self.bias is not None,
+                "activation": _act_name(self.activation)}
+
+    def _extra_repr(self):
+        return (f"{self.kernel.shape[-2] * self.groups} -> {self.filters}, "
+                f"kernel_size={self.kernel_size}, strides={self.strides}, "
+                f"padding={self.padding!r}, dilation_rate={self.dilation_rate}"
+                + (f", groups={self.groups}" if self.groups > 1 else "")
+                + f", activation={_act_name(self.activation)}")
+
+
+class Conv1D(_Conv):
     """Keras's ``Conv1D`` (``channels_last``): ``kernel`` ``(k, in / groups, filters)``,
     ``strides``, ``padding`` ``"valid"`` / ``"same"`` / ``"causal"``, ``dilation_rate``,
     ``groups``, then the activation.  Computed tap by tap (one product a tap).  Keras's
@@ -97,8 +125,8 @@ class Conv1D(Layer):
         self._act = activation_function(activation)
 
     @property
-    def filters(self):
-        return self.kernel.shape[2]
+    def kernel_size(self):
+        return self.kernel.shape[0]
 
     def call(self, x, mask=None):
         x = np.asarray(x, dtype=self.kernel.dtype)
@@ -118,23 +146,6 @@ class Conv1D(Layer):
         if self.bias is not None:
             y += self.bias
         return self._act(y).astype(x.dtype, copy=False), None
-
-    def get_weights(self):
-        return [self.kernel] + ([self.bias] if self.bias is not None else [])
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel.shape[0], "strides": self.strides,
-                "padding": self.padding, "dilation_rate": self.dilation_rate,
-                "groups": self.groups, "use_bias": self.bias is not None,
-                "activation": _act_name(self.activation)}
-
-    def _extra_repr(self):
-        return (f"{self.kernel.shape[1] * self.groups} -> {self.filters}, "
-                f"kernel_size={self.kernel.shape[0]}, strides={self.strides}, "
-                f"padding={self.padding!r}, dilation_rate={self.dilation_rate}"
-                + (f", groups={self.groups}" if self.groups > 1 else "")
-                + f", activation={_act_name(self.activation)}")
 
 
 class Pooling1D(Layer):
@@ -242,7 +253,7 @@ def _out_sizes(name, shape, k, s, d, padding):
     return pads, n
 
 
-class Conv2D(Layer):
+class Conv2D(_Conv):
     """Keras's ``Conv2D`` (``channels_last``): ``kernel`` ``(kh, kw, in / groups,
     filters)``, ``strides``, ``padding`` ``"valid"`` / ``"same"`` (TensorFlow's: the odd
     step after), ``dilation_rate``, ``groups``, then the activation, on ``(B, rows, cols,
@@ -266,10 +277,6 @@ class Conv2D(Layer):
         self._wm = np.ascontiguousarray(
             self.kernel.reshape(kh, kw, cg, g, F // g).transpose(3, 0, 1, 2, 4)
         ).reshape(g, kh * kw * cg, F // g)
-
-    @property
-    def filters(self):
-        return self.kernel.shape[3]
 
     @property
     def kernel_size(self):
@@ -306,23 +313,6 @@ class Conv2D(Layer):
         if act not in ("relu", "linear", None):
             y = self._act(y).astype(x.dtype, copy=False)
         return y, None
-
-    def get_weights(self):
-        return [self.kernel] + ([self.bias] if self.bias is not None else [])
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters,
-                "kernel_size": list(self.kernel_size), "strides": list(self.strides),
-                "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                "groups": self.groups, "use_bias": self.bias is not None,
-                "activation": _act_name(self.activation)}
-
-    def _extra_repr(self):
-        return (f"{self.kernel.shape[2] * self.groups} -> {self.filters}, "
-                f"kernel_size={self.kernel_size}, strides={self.strides}, "
-                f"padding={self.padding!r}, dilation_rate={self.dilation_rate}"
-                + (f", groups={self.groups}" if self.groups > 1 else "")
-                + f", activation={_act_name(self.activation)}")
 
 
 class Pooling2D(Layer):
