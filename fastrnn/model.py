@@ -670,6 +670,13 @@ class Bidirectional(Layer):
         return {**self.forward.core.get_config(), "bidirectional": True,
                 "go_backwards": False, "seed": _WEIGHTS_FOLLOW}
 
+    def _directions_state(self) -> dict:
+        """The directions' weights as one bidirectional core's state dict (the backward
+        direction's as ``*_reverse``)."""
+        sd = dict(self.forward.core.parameters())
+        sd.update({k + "_reverse": v for k, v in self.backward.core.parameters().items()})
+        return sd
+
     def _fuse_with(self, fused) -> None:
         """Loaders: load the directions' weights into ``fused`` (made from
         :meth:`_fused_config`; it keeps the directions' arrays where they are its
@@ -679,11 +686,9 @@ class Bidirectional(Layer):
         replaces its arrays, as before (the fused core takes them again before the next
         call: _run_both)."""
         f, r = self.forward.core, self.backward.core
-        sd = dict(f.parameters())
-        sd.update({k + "_reverse": v for k, v in r.parameters().items()})
         # (the fused core keeps the directions' own arrays where it can: they share
         # them from here on anyway, so no copy is made)
-        fused.load_state_dict(sd, _adopt=set())
+        fused.load_state_dict(self._directions_state(), _adopt=set())
         fused.num_threads = f.num_threads
         self.fuse(fused)
         for name, arr in fused._params.items():
@@ -707,10 +712,7 @@ class Bidirectional(Layer):
             seen = self._versions()
             if getattr(self, "_fused_from", None) == seen:
                 return
-            f, r = self.forward.core, self.backward.core
-            sd = dict(f.parameters())
-            sd.update({k + "_reverse": v for k, v in r.parameters().items()})
-            self._fused.load_state_dict(sd, _adopt=set())
+            self._fused.load_state_dict(self._directions_state(), _adopt=set())
             self._fused_from = seen
 
     def _run_both(self, x, mask, last=False, initial_state=None):
