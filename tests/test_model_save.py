@@ -146,6 +146,31 @@ def test_loaders_refuse_bad_arguments_as_the_callers_errors(kw, err, tmp_path):
         assert not isinstance(e.value, LoadError), label
 
 
+@pytest.mark.parametrize("kw,err", [(dict(num_threads=0), ValueError),
+                                    (dict(num_threads="2"), TypeError),
+                                    (dict(dtype="int8"), TypeError)])
+def test_load_checks_its_arguments_before_it_opens_the_file(kw, err, tmp_path):
+    """fastrnn.load checks dtype= / num_threads= before it reads the file's first bytes:
+    a bad argument is the caller's error even where the file is missing or unreadable
+    (those were LoadErrors about the file, hiding the caller's mistake)."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(100)))
+    for path in (tmp_path / "missing.pt", junk):
+        with pytest.raises(err) as e:
+            fastrnn.load(path, **kw)
+        assert not isinstance(e.value, LoadError), path
+
+
+def test_load_says_onnx_models_take_no_dtype(tmp_path):
+    """dtype= on an ONNX file is a TypeError that says why (it was Python's
+    "unexpected keyword argument" from load_onnx)."""
+    path = dict(_loader_files(tmp_path))["onnx"]
+    with pytest.raises(TypeError, match="ONNX models take no dtype="):
+        fastrnn.load(path, dtype="float64")
+    with pytest.raises(TypeError, match="ONNX models take no dtype="):
+        fastrnn.load(path, dtype=np.float32)
+
+
 def test_own_files_apply_dtype_and_threads_and_refuse_other_keywords(tmp_path):
     """A layer or cell fastrnn saved takes dtype= / num_threads= at load (they were
     silently ignored); a saved Model takes neither, and other keywords (which the file's

@@ -161,7 +161,14 @@ def load(path, *args, **kwargs):
     torch.save files and safetensors go to :func:`fastrnn.io.load_any_torchlike`;
     Keras (``.keras`` zip, ``.h5``) and ONNX files go to their loaders.
     """
+    from . import _check_args
+    # the caller's own arguments first, before the file is opened (a TypeError /
+    # ValueError, as each format's loader raises it, not a LoadError about the file)
+    _check_args(kwargs.get("dtype"), kwargs.get("num_threads"))
     fmt = sniff_format(path)
+    if fmt == "onnx" and kwargs.get("dtype") is not None:
+        raise TypeError(f"{path}: ONNX models take no dtype= (each value keeps the type "
+                        "the graph gives it)")
     if fmt in ("torch-zip", "torch-legacy", "torch-export", "safetensors"):
         from .statedict import load_any_torchlike
 
