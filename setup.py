@@ -58,13 +58,25 @@ class BuildExt(build_ext):
 
 
 here = os.path.dirname(os.path.abspath(__file__))
+
+
+def _depends(pyx):
+    """The headers an extension is rebuilt for: the convolution kernel's (_conv*.h) for
+    fastrnn._conv alone, every other header for the others."""
+    headers = sorted(glob.glob(os.path.join(here, "fastrnn", "*.h")))
+    conv = [h for h in headers if os.path.basename(h).startswith("_conv")]
+    if os.path.basename(pyx).startswith("_conv"):
+        return conv
+    return [h for h in headers if h not in conv]
+
+
 extensions = [
     Extension(
         "fastrnn." + os.path.splitext(os.path.basename(p))[0],
         [os.path.relpath(p, here)],
         include_dirs=[np.get_include(), os.path.join(here, "fastrnn")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        depends=sorted(glob.glob(os.path.join(here, "fastrnn", "*.h"))),
+        depends=_depends(p),
     )
     for p in sorted(glob.glob(os.path.join(here, "fastrnn", "_*.pyx")))
 ]

@@ -12,16 +12,21 @@ exported with ``torch.onnx.export(..., dynamo=False)`` and dynamic batch and wid
 
 Each round visits each runner in turn (the order rotated each round, a 0.15 s pause
 before each visit so another library's spinning threads sleep, one warm-up call) and
-times ``--calls`` calls; a runner's figure is the median of its rounds' medians.  Every
-runner's output is checked against ONNX Runtime's first.  Column "conv 1 thr.": fastrnn
-with each Conv on the calling thread alone (``_onnx_conv._WORKERS = 1``) instead of its
-blocks shared with helper threads (the model's thread count); "OpenBLAS thr.": each
-Conv GEMM on the model's count of OpenBLAS threads instead (``_GEMM_THREADS = None``,
-``_WORKERS = 1``).  ``--threads N``: N threads for all (default: each library's
-own).  ``--profile``: fastrnn's time per node for one call at each batch.
+times ``--calls`` calls; a runner's figure is the median of its rounds' medians, its
+range the rounds' lowest and highest.  Every runner's output is checked against ONNX
+Runtime's first.  fastrnn's Convs run on its own kernel (fastrnn._conv: the 3x3
+ones of 16+ channels as Winograd F(2x2, 3x3) products); column "direct": the
+kernel's direct products instead (``_onnx_conv._WINOGRAD = False``); "im2col": the
+im2col + BLAS path of before (``_onnx_conv._KERNEL = False``: blocks of copied windows
+through scipy's OpenBLAS, shared with a helper thread).  ``--threads N``: N threads
+for all (default: each library's own).
+``--profile``: fastrnn's time per step of its kept program (a node, or a Conv with
+what it fused) for one call at each batch (the median of 10 calls), with each Conv's
+multiply-adds and rate.  The load average is printed before and after.
 """
 import argparse
 import io
+import os
 import statistics
 import time
 import warnings
@@ -92,15 +97,46 @@ def profile(data, feed):
     return total, {w: statistics.median(v) for w, v in spent.items()}
 
 
-def conv_threads(m, feed, workers, gemm_threads):
-    """fastrnn's call with the Convs on ``workers`` threads, each GEMM on
-    ``gemm_threads`` OpenBLAS threads (None: the model's count)."""
-    before = _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS
-    _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS = workers, gemm_threads
+def im2col(m, feed):
+    """fastrnn's call with its Convs on the im2col + BLAS path."""
+    before = _onnx_conv._KERNEL
+    _onnx_conv._KERNEL = False
     try:
         return m.run(None, feed)
     finally:
-        _onnx_conv._WORKERS, _onnx_conv._GEMM_THREADS = before
+        _onnx_conv._KERNEL = before
+
+
+def direct(m, feed):
+    """fastrnn's call with its Convs on its kernel's direct products (no Winograd)."""
+    before = _onnx_conv._WINOGRAD
+    _onnx_conv._WINOGRAD = False
+    try:
+        return m.run(None, feed)
+    finally:
+        _onnx_conv._WINOGRAD = before
+
+
+def conv_macs(data, B):
+    """Multiply-adds of each Conv node of the ONNX model ``data`` at batch ``B``, by
+    node name (the bench's model: 3x3 Convs of padding 1, the pools halving)."""
+    import onnx
+    g = onnx.load_from_string(data).graph
+    init = {t.name: t for t in g.initializer}
+    out, H, W = {}, 32, 128
+    for node in g.node:
+        if node.op_type == "Conv":
+            M, C, kh, kw = init[node.input[1]].dims
+            out[node.name] = B * H * W * M * C * kh * kw
+        elif node.op_type == "MaxPool":
+            k = next(a.ints for a in node.attribute if a.name == "kernel_shape")
+            H, W = H // k[0], W // k[1]
+    return out
+
+
+def load():
+    return " ".join(open("/proc/loadavg").read().split()[:3]) \
+        if os.path.exists("/proc/loadavg") else "?"
 
 
 def main():
@@ -124,10 +160,10 @@ def main():
     m = fastrnn.load(data)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{ort.__version__}, numpy {np.__version__}, fastrnn "
-          f"{getattr(fastrnn, '__version__', '?')}; median of {args.rounds} rounds x "
-          f"{args.calls} calls")
-    print(f"{'input':>18s} {'fastrnn ms':>10s} {'conv 1 thr.':>11s} {'OpenBLAS thr.':>13s} "
-          f"{'ORT ms':>8s} {'torch ms':>9s} {'/ORT':>6s} {'/torch':>7s}")
+          f"{getattr(fastrnn, '__version__', '?')}; median [range] of {args.rounds} rounds"
+          f" x {args.calls} calls; load average {load()}")
+    print(f"{'input':>18s} {'fastrnn ms':>20s} {'direct ms':>20s} {'im2col ms':>20s} "
+          f"{'ORT ms':>20s} {'torch ms':>20s} {'/ORT':>6s} {'/torch':>7s}")
     for B in (int(b) for b in args.batches.split(",")):
         x = rng.standard_normal((B, 1, 32, 128)).astype(np.float32)
         feed = {"x": x}
@@ -135,10 +171,9 @@ def main():
         def run_torch():
             with torch.no_grad():
                 return [net(torch.from_numpy(x)).numpy()]
-        runners = {"fastrnn": lambda: m.run(None, feed),
-                   "conv 1 thr.": lambda: conv_threads(m, feed, 1, 1),
-                   "OpenBLAS thr.": lambda: conv_threads(m, feed, 1, None),
-                   "ORT": lambda: sess.run(None, feed), "torch": run_torch}
+        runners = {"fastrnn": lambda: m.run(None, feed), "direct": lambda: direct(m, feed),
+                   "im2col": lambda: im2col(m, feed), "ORT": lambda: sess.run(None, feed),
+                   "torch": run_torch}
         ref = sess.run(None, feed)[0]
         for k, fn in runners.items():
             got = fn()
@@ -152,13 +187,27 @@ def main():
                 runners[k]()
                 meds[k].append(median_call(runners[k], args.calls))
         r = {k: statistics.median(v) for k, v in meds.items()}
-        print(f"{str(x.shape):>18s} {r['fastrnn'] * 1e3:10.2f} {r['conv 1 thr.'] * 1e3:11.2f} "
-              f"{r['OpenBLAS thr.'] * 1e3:13.2f} {r['ORT'] * 1e3:8.2f} {r['torch'] * 1e3:9.2f} {r['fastrnn'] / r['ORT']:6.2f} "
-              f"{r['fastrnn'] / r['torch']:7.2f}")
+
+        def cell(k):
+            v = meds[k]
+            return f"{r[k] * 1e3:.2f} [{min(v) * 1e3:.2f}-{max(v) * 1e3:.2f}]"
+        print(f"{str(x.shape):>18s} {cell('fastrnn'):>20s} {cell('direct'):>20s} "
+              f"{cell('im2col'):>20s} "
+              f"{cell('ORT'):>20s} {cell('torch'):>20s} {r['fastrnn'] / r['ORT']:6.2f} "
+              f"{r['fastrnn'] / r['torch']:7.2f}", flush=True)
         if args.profile:
             total, spent = profile(data, feed)
-            print(f"   fastrnn by node, a call of {total * 1e3:.2f} ms: " + ", ".join(
-                f"{w.split(' ', 2)[-1]} {v * 1e3:.2f}" for w, v in spent.items() if v >= 2e-5))
+            macs = conv_macs(data, B)
+            parts = []
+            for w, v in spent.items():
+                if v < 2e-5:
+                    continue
+                name = w.split(" ", 2)[-1]
+                mac = next((c for n, c in macs.items() if f"'{n}'" in w), None)
+                parts.append(f"{name} {v * 1e3:.3f}" + (
+                    f" ({mac / 1e6:.0f}M MACs, {mac / v / 1e9:.0f} GMAC/s)" if mac else ""))
+            print(f"   fastrnn by step, a call of {total * 1e3:.2f} ms: " + ", ".join(parts))
+    print(f"load average after: {load()}")
 
 
 if __name__ == "__main__":

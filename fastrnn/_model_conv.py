@@ -4,9 +4,10 @@ first and channels last: the 1-D ``Conv1D`` and ``Pooling1D`` (a sequence's step
 an image ``(B, W, H, C)`` convolved and pooled, then ``Reshape`` / ``Permute`` into a
 sequence for the recurrent layers), ``Reshape`` and ``Permute``.
 
-``Conv2D`` runs on the channels-last im2col path of :mod:`fastrnn.io._onnx_conv`
-(cache-sized blocks of copied windows multiplied through BLAS, shared with a helper
-thread for big convolutions)."""
+``Conv2D`` runs as the ONNX Conv does (:mod:`fastrnn.io._onnx_conv`): on fastrnn's
+own kernel (``fastrnn._conv``: Conv, bias and relu in one OpenMP region of the model's
+threads) where it applies, else the channels-last im2col path (cache-sized blocks of
+copied windows multiplied through BLAS)."""
 from __future__ import annotations
 
 import numpy as np
@@ -110,8 +111,9 @@ class _Conv(Layer):
 class Conv1D(_Conv):
     """Keras's ``Conv1D`` (``channels_last``): ``kernel`` ``(k, in / groups, filters)``,
     ``strides``, ``padding`` ``"valid"`` / ``"same"`` / ``"causal"``, ``dilation_rate``,
-    ``groups``, then the activation.  Computed tap by tap (one product a tap).  Keras's
-    convolution drops a mask (with a warning): so does this."""
+    ``groups``, then the activation.  Computed on fastrnn's Conv kernel (a 1 x k Conv,
+    as the ONNX Conv: fastrnn.io._onnx_conv) where it applies, else tap by tap (one
+    product a tap).  Keras's convolution drops a mask (with a warning): so does this."""
 
     def __init__(self, kernel, bias=None, strides=1, padding="valid", dilation_rate=1,
                  groups=1, activation="linear", name=None, dtype="float32"):
@@ -135,6 +137,9 @@ class Conv1D(_Conv):
             raise ValueError(f"{self.name}: expected (batch, steps, {cg * self.groups}) input, "
                              f"got shape {x.shape}")
         before, after = _pads(x.shape[1], k, self.strides, self.dilation_rate, self.padding)
+        y = self._on_kernel(x, before, after)
+        if y is not None:
+            return y, None
         xp = np.pad(x, ((0, 0), (before, after), (0, 0))) if before or after else x
         n, taps = _windows(xp, k, self.strides, self.dilation_rate)
         y = np.zeros((x.shape[0], n, F), x.dtype)
@@ -146,6 +151,31 @@ class Conv1D(_Conv):
         if self.bias is not None:
             y += self.bias
         return self._act(y).astype(x.dtype, copy=False), None
+
+    def _on_kernel(self, x, before, after):
+        """The layer's output on fastrnn._conv (a 1 x k Conv, bias and relu fused), or
+        None where it does not apply (the tap loop runs)."""
+        from .io._onnx_conv import _kernel_conv, _kernel_plan, _use_kernel
+        k, cg, F = self.kernel.shape
+        s, d, T = self.strides, self.dilation_rate, x.shape[1]
+        n = (T + before + after - (k - 1) * d - 1) // s + 1
+        if n < 1 or not _use_kernel():
+            return None
+        plan = _kernel_plan((self.groups, [k], [s], [d], [(before, after)],
+                             [T + before + after], [n], x.dtype), F)
+        if plan is None:
+            return None
+        wm = self.__dict__.get("_wm")
+        if wm is None:      # (each group's GEMM operand: rows taps, then channels)
+            g = self.groups
+            wm = self._wm = np.ascontiguousarray(
+                self.kernel.reshape(k, cg, g, F // g).transpose(2, 0, 1, 3)
+            ).reshape(g, k * cg, F // g)
+        relu = isinstance(self.activation, str) and self.activation == "relu"
+        y = _kernel_conv(np.moveaxis(x, 2, 1), wm, plan, self.__dict__.setdefault(
+            "_packs", {}), None, None if self.bias is None else
+            np.ascontiguousarray(self.bias), ("Relu",) if relu else None)
+        return y if relu else self._act(y).astype(x.dtype, copy=False)
 
 
 class Pooling1D(Layer):
@@ -283,7 +313,8 @@ class Conv2D(_Conv):
         return tuple(self.kernel.shape[:2])
 
     def call(self, x, mask=None):
-        from .io._onnx_conv import _blas_scope, _conv_geometry, _conv_nhwc
+        from .io._onnx_conv import (_blas_scope, _conv_geometry, _conv_nhwc, _kernel_conv,
+                                    _kernel_plan, _use_kernel)
         x = np.asarray(x)
         if x.dtype.kind not in "fbiu":
             raise TypeError(f"{self.name}: expected numbers, got {x.dtype}")
@@ -301,15 +332,20 @@ class Conv2D(_Conv):
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
         bias, act = self.bias, self.activation
-
-        def post(yb, *_):
-            if bias is not None:
-                yb += bias
-            if act == "relu":
-                np.maximum(yb, 0, out=yb)
-        with _blas_scope(None) as sc:
-            y = _conv_nhwc(xv, self._wm, geo, sc.workers,
-                           post if bias is not None or act == "relu" else None)
+        plan = _kernel_plan(geo, F) if _use_kernel() else None
+        if plan is not None:        # (fastrnn._conv: bias and relu in the kernel)
+            y = _kernel_conv(xv, self._wm, plan, self.__dict__.setdefault("_packs", {}),
+                             None, None if bias is None else np.ascontiguousarray(bias),
+                             ("Relu",) if act == "relu" else None)
+        else:
+            def post(yb, *_):
+                if bias is not None:
+                    yb += bias
+                if act == "relu":
+                    np.maximum(yb, 0, out=yb)
+            with _blas_scope(None) as sc:
+                y = _conv_nhwc(xv, self._wm, geo, sc.workers,
+                               post if bias is not None or act == "relu" else None)
         if act not in ("relu", "linear", None):
             y = self._act(y).astype(x.dtype, copy=False)
         return y, None

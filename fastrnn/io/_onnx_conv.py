@@ -8,7 +8,15 @@ attributes are ONNX's: ``pads`` (every axis' begin, then every axis' end), ``aut
 depthwise included), ``kernel_shape`` (a Conv's from its weights), ``ceil_mode`` and
 ``count_include_pad`` (the pools').
 
-A Conv is a GEMM per group, channels last (_conv_nhwc): the padded input is copied
+A kept program's Conv (ConvChain), the first call's Conv op and Keras's Conv1D /
+Conv2D run on fastrnn's own kernel where it applies (fastrnn._conv, _conv_kern.h: 1-D
+and 2-D, float32 / float64, groups of 8+ filters): the Conv, bias, activation and
+MaxPool in one OpenMP region of the model's threads, each output pixel's windows read
+from the padded channels-last input by register tiles (no im2col copy, no BLAS), 3x3
+Convs of stride 1 as Winograd F(2x2, 3x3) products; a ConvChain's output keeps a zero
+border the next Conv reads as its padding (_BORDERED).  Otherwise (depthwise, 3-D,
+other dtypes, or _KERNEL False) a Conv is a GEMM per group, channels last
+(_conv_nhwc): the padded input is copied
 (N, *spatial, C), a window of it is then runs of C / group contiguous values, copied
 into GEMM rows (im2col) a cache-sized block at a time and multiplied by the group's
 weights into the output's rows (N, *n, M) with scipy's BLAS (_gemm: the OpenBLAS
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -43,6 +52,7 @@ from numpy.lib.stride_tricks import as_strided
 # _POOL_WORK: a window op's element steps (taps x outputs, padded size, a Conv's copied
 # windows: each times N x C) beyond which it is refused (the Keras layers' limit too)
 from .._model_conv import _POOL_WORK, _pads
+from .._threads import _cpu_count, _scope, idle_single_macs, resolve as _resolve
 
 # A Conv's block: copied windows (im2col) and GEMM outputs of at most this many
 # elements (batch slices, or rows of one item's first output axis), so the GEMM reads
@@ -67,6 +77,114 @@ _WORKERS: int | None = None
 # multiply-adds, 1.97-2.02 ms a call split against 1.72-1.86 ms not)
 _SPLIT_MACS = 1 << 25
 _blas_fns: dict = {}        # dtype char -> scipy.linalg.cython_blas's ?gemm (ctypes), or None
+
+try:
+    from .. import _conv as _ck     # (the Conv kernel; absent from an unbuilt checkout)
+except ImportError:
+    _ck = None
+# Convs (a kept program's ConvChain, the Conv op, Keras's Conv1D / Conv2D) on fastrnn's
+# own kernel (fastrnn._conv: the Conv, bias, activation and MaxPool in one OpenMP
+# region of the model's threads, no BLAS) where it applies (1-D and 2-D, float32 /
+# float64, not a group of fewer than _KERNEL_MIN_GROUP filters: depthwise runs its own
+# loop).  None: the kernel unless a knob of the im2col path above is set away from its
+# default (as tests do to run that path); True / False: always / never.
+# bench/onnx_crnn.py (2 vCPUs, AMD EPYC Zen 4, five runs at load 0.4-1.9): batch 1
+# 0.63-0.81 ms a call against 1.68-2.18 on the im2col path (ONNX Runtime 0.79-0.87),
+# batch 16 8.6-9.9 against 17.9-20.6 ms (ONNX Runtime 9.7-10.6)
+_KERNEL: bool | None = None
+_KERNEL_MIN_GROUP = 8
+# The kernel's 3x3 Convs of stride and dilation 1 (one group, 16+ input channels, 32+
+# filters: fastrnn._conv.WINOGRAD_MIN_C / _M) as Winograd F(2x2, 3x3) products (2.25x
+# fewer multiply-adds); False: the direct products.  bench/onnx_crnn.py's 32 -> 64 and
+# 64 -> 128 channel Convs, one thread's CPU time: 0.60x and 0.54x the direct products'
+# at batch 1, 0.66x / 0.55x at batch 16.  Their float32 errors against float64 are no
+# larger than the direct products' (fewer terms summed in turn: largest 0.4-0.6x, rms
+# 0.6-0.9x at 8-128 input channels), but they differ from the im2col path's by ~1e-6
+# of outputs of ~10 where the direct ones agree to ~1e-7
+_WINOGRAD = True
+_IM2COL_DEFAULTS = (1 << 19, 1, None, 1 << 25)
+
+
+def _use_kernel() -> bool:
+    if _ck is None or _KERNEL is False:
+        return False
+    return bool(_KERNEL) or \
+        (_IM2COL_CHUNK, _GEMM_THREADS, _WORKERS, _SPLIT_MACS) == _IM2COL_DEFAULTS
+
+
+def _kernel_plan(geo, M, pool=None):
+    """A Conv's geometry (_conv_geometry's) as fastrnn._conv takes it, or None where the
+    kernel does not apply: (kernel (KH, KW), strides, dilations, pads (top, left, bottom,
+    right), the kernel's pool ((kh, kw), (sh, sw)) or None, the output's spatial sizes
+    (as the Conv's axes), whether ``pool`` is left to do after it, the Conv's output
+    pixels an image)."""
+    g, k, s, d, pads, padded, n, dt = geo
+    D = len(k)
+    if D > 2 or dt not in (np.float32, np.float64) or (g > 1 and M // g < _KERNEL_MIN_GROUP):
+        return None
+    if D == 1:
+        k, s, d, n = [1] + list(k), [1] + list(s), [1] + list(d), [1] + list(n)
+        pads = [(0, 0)] + list(pads)
+    kp, after = None, False
+    if pool is not None:
+        pk, ps, pn = pool
+        if D == 1:
+            pk, ps, pn = [1] + list(pk), [1] + list(ps), [1] + list(pn)
+        if math.prod(pk) <= _ck.POOL_TAPS:
+            kp, n = (tuple(pk), tuple(ps)), pn
+        else:
+            after = True
+    return (tuple(k), tuple(s), tuple(d), (pads[0][0], pads[1][0], pads[0][1], pads[1][1]),
+            kp, list(n[2 - D:]), after, math.prod(geo[6]))
+
+
+# A kept program's Conv outputs (ConvChain's (N, M, H, W) views) whose channels-last
+# array has a border of one zero row / column around them (id -> the view): the next
+# Conv reads its padding of up to 1 from it instead of copying its input padded
+# (bench/onnx_crnn.py batch 16: the copy was 10% of the second Conv's time)
+_BORDERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _kernel_conv(x, wm, plan, packs, threads, bias=None, act=None, border=False):
+    """The Conv of ``x`` (N, C, *spatial) by weights ``wm`` (_conv_weights's) on
+    fastrnn._conv, ``plan`` _kernel_plan's (not None), then ``bias`` (M values of the
+    dtype, or None) and ``act`` (ConvChain's, floats) and the plan's pool: (N, *n, M),
+    on ``threads`` (a model's num_threads: resolved as a layer's, at most the CPUs).
+    ``packs``: a dict keeping the packed weights per ISA level.  C-contiguous, or with
+    ``border`` (2-D) the interior of an array with a zero border of 1 (_BORDERED)."""
+    k, s, d, pads, pool, n, _, pixels = plan
+    lv = _ck.level()
+    kp = packs.get(lv)
+    if kp is None:
+        kp = packs[lv] = _ck.Packed(wm, k[0], k[1])
+    dt = kp.dtype
+    if x.dtype != dt:
+        x = x.astype(dt)
+    # (never more than the CPUs: libgomp keeps each thread of a team for good)
+    nt = min(_resolve(None, threads), _cpu_count())
+    if nt > 1 and x.shape[0] == 1 and getattr(_scope, "idle", False) and \
+            getattr(_scope, "depth", 0) and \
+            pixels * kp.M * kp.cg * k[0] * k[1] < idle_single_macs():
+        nt = 1      # (a small Conv of a call after a pause: as layers.py's rule, _threads)
+    if x.ndim == 3:
+        y = np.empty((x.shape[0],) + tuple(n) + (kp.M,), dt)
+        kp.run(x[:, :, None, :], y[:, None], s, d, pads, bias, act, pool, nt, 0,
+               -1 if _WINOGRAD else 0)
+        return y
+    if max(pads) <= 1 and _BORDERED.get(id(x)) is x:
+        # (another Conv's output: its zero border is this Conv's padding)
+        _, _, H, W = x.shape
+        x = x.base[:, 1 - pads[0]:1 + H + pads[2], 1 - pads[1]:1 + W + pads[3]].transpose(
+            0, 3, 1, 2)
+        pads = (0, 0, 0, 0)
+    if border:
+        H, W = n
+        y = np.empty((x.shape[0], H + 2, W + 2, kp.M), dt)[:, 1:1 + H, 1:1 + W]
+    else:
+        y = np.empty((x.shape[0],) + tuple(n) + (kp.M,), dt)
+    kp.run(x, y, s, d, pads, bias, act, pool, nt, 1 if border else 0,
+           -1 if _WINOGRAD else 0)
+    return y
 
 
 def _blas_gemm(dt):
@@ -120,11 +238,11 @@ class _blas_scope:
     """``with _blas_scope(threads):`` the calls of _gemm inside on up to ``threads``
     threads of scipy's OpenBLAS (its count shared by overlapping calls as the kernels
     share it: fr_blas_enter / fr_blas_leave)."""
-    __slots__ = ("n", "workers", "tok")
+    __slots__ = ("n", "workers", "tok", "threads")
 
     def __init__(self, threads):
         from .._threads import _cpu_count, resolve
-        n = resolve(None, threads)
+        n = self.threads = resolve(None, threads)
         self.n = min(n, _GEMM_THREADS) if _GEMM_THREADS else n
         # (never more than the CPUs: a helper thread is made for each worker and kept
         # for the process's life; num_threads=200 left 199 idle threads: an audit)
@@ -489,12 +607,17 @@ def _op_conv(i, a, o, threads=None):
     geo = _conv_geometry(x, w, a)
     g, dt = geo[0], geo[-1]
     bias = None if b is None else b.astype(dt, copy=False)
+    plan = _kernel_plan(geo, w.shape[0]) if _use_kernel() else None
 
     def post(yb, *_):
         yb += bias
     with _blas_scope(threads) as sc:
-        y = _conv_nhwc(x, _conv_weights(w, g, dt), geo, sc.workers,
-                       None if b is None else post)
+        if plan is not None:    # (as a kept program's: the same bits in every call)
+            y = _kernel_conv(x, _conv_weights(w, g, dt), plan, {}, sc.threads,
+                             None if bias is None else np.ascontiguousarray(bias))
+        else:
+            y = _conv_nhwc(x, _conv_weights(w, g, dt), geo, sc.workers,
+                           None if b is None else post)
     return [np.ascontiguousarray(np.moveaxis(y, -1, 1))]
 
 
@@ -577,6 +700,11 @@ class ConvChain:
         if act is not None and act[0] != "Relu":
             self.act = (act[0],) + tuple(None if v is None else np.asarray(v).astype(dt)
                                          for v in act[1:])
+        # (the kernel's: floats of the dtype's values)
+        self.kact = None if act is None else (act[0],) + tuple(
+            None if v is None else float(np.asarray(v).reshape(-1)[0]) for v in self.act[1:])
+        self.plan = None if _ck is None else _kernel_plan(geo, M, pool)
+        self.packs: dict = {}
 
     def out_shape(self, xshape):
         """The output's shape for an input of shape ``xshape`` (the first call's)."""
@@ -601,6 +729,18 @@ class ConvChain:
 
     def __call__(self, x):
         D = x.ndim - 2
+        if self.plan is not None and _use_kernel():
+            after = self.plan[6]        # (a pool of more taps than the kernel's)
+            border = D == 2 and not (after or self.contiguous)
+            y = _kernel_conv(x, self.wm, self.plan, self.packs, self.threads, self.bias,
+                             self.kact, border)
+            if after:
+                k, s, n = self.pool
+                y = _max_axes(y, range(1, D + 1), k, s, [1] * D, n)
+            y = y.transpose((0, D + 1) + tuple(range(1, D + 1)))
+            if border:
+                _BORDERED[id(y)] = y
+            return np.ascontiguousarray(y) if self.contiguous else y
         finish, pool = self._finish, self.pool
         with _blas_scope(self.threads) as sc:
             if pool is None:
