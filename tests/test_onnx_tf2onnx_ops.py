@@ -70,7 +70,7 @@ def test_reduce_sum_square_and_l2(op, opset):
     np.testing.assert_allclose(load_onnx(data).run({"x": x})["y"], _ort(data, {"x": x}), rtol=1e-5, atol=1e-6)
 
 
-def test_loop_error_names_node_and_points_to_keras_file():
+def test_loop_runs_and_scan_error_names_node_and_points_to_keras_file():
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
@@ -83,8 +83,13 @@ def test_loop_error_names_node_and_points_to_keras_file():
              helper.make_tensor("c", TensorProto.BOOL, [], [True])]
     node = helper.make_node("Loop", ["n", "c", "x"], ["y"], name="model/simple_rnn/while_loop", body=body)
     data = _graph([node], ["x"], inits)
-    with pytest.raises(LoadError, match=r"Loop: 'model/simple_rnn/while_loop'.*SimpleRNN.*fastrnn\.load"):
-        load_onnx(data)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # a Loop runs (tests/test_onnx_loop.py); If and Scan are still refused with the hint
+    np.testing.assert_array_equal(load_onnx(data).run({"x": x})["y"], _ort(data, {"x": x}))
+    scan = helper.make_node("Scan", ["x"], ["y"], name="model/simple_rnn/scan", body=body,
+                            num_scan_inputs=1)
+    with pytest.raises(LoadError, match=r"Scan: 'model/simple_rnn/scan'.*runs Loop.*fastrnn\.load"):
+        load_onnx(_graph([scan], ["x"], []))
 
 
 def _model(nodes, inits, opset, tt=TensorProto.FLOAT):

@@ -3,14 +3,17 @@
 Only what fastrnn's ONNX loader uses is kept: the model's opsets and graph; the graph's
 nodes, initializers, inputs and outputs; a node's inputs, outputs, names and attributes;
 tensors (every storage ONNX's ``numpy_helper.to_array`` reads, external data beside a
-model file); an input's element type and shape.  Subgraphs (``If`` / ``Loop`` bodies)
-and other messages are skipped unread.  Field numbers are ``onnx/onnx.proto``'s.
+model file); an input's element type and shape; the graphs of GRAPH / GRAPHS attributes
+(a ``Loop``'s body), read as graphs themselves, nested at most :data:`MAX_GRAPH_DEPTH`
+deep.  Other messages are skipped unread.  Field numbers are ``onnx/onnx.proto``'s.
 
 The wire format: each field is a varint key ``number << 3 | wire type``, then a varint
 (type 0), 8 bytes (1), a varint length and that many bytes (2: strings, bytes, messages,
 packed repeated numbers) or 4 bytes (5).  Every length and offset is checked against
 its enclosing message, so a malformed file raises :class:`ProtoError` (a ValueError),
-never reads past its buffer and never recurses deeper than the fixed message nesting.
+never reads past its buffer and never recurses deeper than the fixed message nesting
+(a subgraph is a graph inside a node's attribute inside a graph: counted, and refused
+past MAX_GRAPH_DEPTH).
 """
 from __future__ import annotations
 
@@ -19,7 +22,12 @@ import os
 import numpy as np
 
 __all__ = ["ProtoError", "parse_model", "Model", "Graph", "Node", "Attribute", "Tensor",
-           "ValueInfo", "DTYPES", "tensor_to_array"]
+           "ValueInfo", "DTYPES", "tensor_to_array", "MAX_GRAPH_DEPTH"]
+
+# subgraphs (GRAPH / GRAPHS attributes: Loop bodies) nested deeper than this are refused:
+# each level is a few Python frames of this reader (and of the loader compiling it), and
+# exporters nest one or two (a loop in a loop)
+MAX_GRAPH_DEPTH = 32
 
 
 class ProtoError(ValueError):
@@ -313,17 +321,18 @@ class Attribute:
     FLOATS, INTS, STRINGS, TENSORS, GRAPHS = 6, 7, 8, 9, 10
     SPARSE_TENSOR, SPARSE_TENSORS, TYPE_PROTO, TYPE_PROTOS = 11, 12, 13, 14
     __slots__ = ("name", "type", "f", "i", "s", "t", "floats", "ints", "strings",
-                 "tensors", "other")
+                 "tensors", "g", "graphs", "other")
 
-    def __init__(self, buf, span, base=None):
+    def __init__(self, buf, span, base=None, depth=0):
         self.name = ""
         self.type = 0
-        self.f = self.i = self.s = self.t = None
+        self.f = self.i = self.s = self.t = self.g = None
         self.floats: list = []
         self.ints: list = []
         self.strings: list = []
         self.tensors: list = []
-        self.other = False          # a graph, sparse tensor or type (never read)
+        self.graphs: list = []      # (g: a GRAPH attribute's graph; graphs: GRAPHS')
+        self.other = False          # a sparse tensor or type (never read)
         for num, wt, v in _fields(buf, *span):
             if num == 1:
                 _need(wt, 2, "attribute name")
@@ -355,12 +364,20 @@ class Attribute:
             elif num == 10:
                 _need(wt, 2, "attribute tensors")
                 self.tensors.append(Tensor(buf, v, base))
-            elif num in (6, 11, 22, 23, 14, 15):
+            elif num in (6, 11):
+                _need(wt, 2, "attribute graph")
+                g = _subgraph(buf, v, base, depth + 1, self.name)
+                if num == 6:
+                    self.g = g
+                else:
+                    self.graphs.append(g)
+            elif num in (22, 23, 14, 15):
                 self.other = True
 
     def value(self):
         """As ``onnx.helper.get_attribute_value``; None for an UNDEFINED type, and the
-        attribute itself for graphs, sparse tensors and types (never executed)."""
+        attribute itself for graphs (read from ``g`` / ``graphs``), sparse tensors and
+        types."""
         k = self.type
         if k == self.FLOAT:
             return self.f if self.f is not None else 0.0
@@ -387,7 +404,7 @@ class Attribute:
 class Node:
     __slots__ = ("input", "output", "name", "op_type", "domain", "attribute")
 
-    def __init__(self, buf, span, base=None):
+    def __init__(self, buf, span, base=None, depth=0):
         self.input: list = []
         self.output: list = []
         self.name = self.op_type = self.domain = ""
@@ -408,7 +425,16 @@ class Node:
                     self.domain = s
             elif num == 5:
                 _need(wt, 2, "node attribute")
-                self.attribute.append(Attribute(buf, v, base))
+                if depth:
+                    self.attribute.append(Attribute(buf, v, base, depth))
+                    continue
+                try:        # (a top-level node's subgraph errors name the node)
+                    self.attribute.append(Attribute(buf, v, base, depth))
+                except ProtoError as e:
+                    if not str(e).startswith("subgraph"):
+                        raise
+                    what = " ".join(repr(x) for x in (self.op_type, self.name) if x)
+                    raise ProtoError(f"node {what or '(unnamed)'}: {e}") from None
 
 
 class ValueInfo:
@@ -454,7 +480,7 @@ class ValueInfo:
 class Graph:
     __slots__ = ("name", "node", "initializer", "sparse_initializer", "input", "output")
 
-    def __init__(self, buf=None, span=None, base=None):
+    def __init__(self, buf=None, span=None, base=None, depth=0):
         self.name = ""
         self.node: list = []
         self.initializer: list = []
@@ -466,7 +492,7 @@ class Graph:
         for num, wt, v in _fields(buf, *span):
             if num == 1:
                 _need(wt, 2, "graph node")
-                self.node.append(Node(buf, v, base))
+                self.node.append(Node(buf, v, base, depth))
             elif num == 2:
                 _need(wt, 2, "graph name")
                 self.name = _str(buf, v, "graph name")
@@ -481,6 +507,21 @@ class Graph:
             elif num == 12:
                 _need(wt, 2, "graph output")
                 self.output.append(ValueInfo(buf, v))
+
+
+def _subgraph(buf, span, base, depth: int, attr: str) -> Graph:
+    """The graph of a GRAPH / GRAPHS attribute ``attr``, ``depth`` levels below the
+    model's graph."""
+    if depth > MAX_GRAPH_DEPTH:
+        raise ProtoError(f"subgraphs nested more than {MAX_GRAPH_DEPTH} deep (attribute "
+                         f"{attr!r})")
+    try:
+        return Graph(buf, span, base, depth)
+    except ProtoError as e:
+        msg = str(e)
+        if msg.startswith("subgraph"):
+            raise
+        raise ProtoError(f"subgraph of attribute {attr!r}: {msg}") from None
 
 
 class Model:

@@ -8,7 +8,9 @@ i f g o, GRU z r h -> r z n, peepholes i o f -> i f o) and runs the rest of the 
 MatMul, Gemm, Shape arithmetic, activations, Softmax, ...; the TopK / ScatterElements
 sort and unsort of PyTorch's pack_padded_sequence(enforce_sorted=False); a CNN
 front-end's 1-D, 2-D and 3-D Conv / MaxPool / AveragePool: :mod:`fastrnn.io._onnx_conv`)
-with NumPy.
+with NumPy; a ``Loop`` node (tf2onnx's Keras RNN layers it could not fuse) runs its body
+graph, compiled at load with the same op table, iteration by iteration
+(:mod:`fastrnn.io._onnx_loop`).
 Anything else is refused at load time with a :class:`fastrnn.io.LoadError` naming every
 unsupported op type.
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from . import LoadError, _check_args
 from . import _onnx_proto as _proto
+from . import _onnx_loop as _loop
 from . import _onnx_unrolled as _unrolled
 from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
@@ -53,7 +56,7 @@ def _attrs(node) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         if a.type in (a.GRAPH, a.GRAPHS):
-            out[a.name] = a  # never executed; the op that needs it is unsupported
+            out[a.name] = a  # (a Loop's body: _onnx_loop.compile_loop reads a.g)
             continue
         if a.type == a.TENSOR:      # (read here, at load: Constant, ConstantOfShape)
             if a.t is None:
@@ -934,7 +937,7 @@ _SHAPE_ARGS = {"Squeeze": (1,), "Unsqueeze": (1,), "Reshape": (1,), "Expand": (1
                "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
                "ReduceSumSquare": (1,), "ReduceL2": (1,),
                "SplitToSequence": (1,), "SequenceAt": (1,), "TopK": (1,), "NonZero": (0,)}
-SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT)))
+SUPPORTED_OPS = tuple(sorted(set(_SIMPLE_OPS) | set(_RECURRENT) | {"Loop"}))
 
 # Load-time constant folding (OnnxModel.__init__) makes at most this many elements in all
 # (64 MiB of float32), or _FOLD_PER_ELEMENT times the initializers' elements where that is
@@ -1371,6 +1374,24 @@ def _own_constants(consts: dict) -> None:
             consts[k] = [a.copy() if _views_file(a) else a for a in v]
 
 
+def _unsupported(nodes, bad: dict, inside: str = "") -> None:
+    """Adds to ``bad`` each op type of ``nodes`` fastrnn does not run (with its domain
+    where not ONNX's), and the first such node's name, looking into Loop bodies too
+    (``inside``: the Loop node's name, said after the node's)."""
+    for node in nodes:
+        dom = node.domain or "ai.onnx"
+        op = node.op_type
+        if dom not in ("ai.onnx", "") or (op not in _SIMPLE_OPS and op not in _RECURRENT
+                                          and op != "Loop"):
+            label = op if dom == "ai.onnx" else f"{dom}.{op}"
+            bad.setdefault(label, repr(node.name or label) + inside)
+        elif op == "Loop":
+            for a in node.attribute:
+                if a.name == "body" and a.g is not None:
+                    _unsupported(a.g.node, bad, f" (in the body of Loop "
+                                 f"{node.name or '(unnamed)'!r}{inside})")
+
+
 class _Converted:
     """In an OnnxModel's constants: an initializer converted into a recurrent node's
     layer at load and not kept (OnnxModel._drop_converted)."""
@@ -1435,86 +1456,30 @@ class OnnxModel:
         self._overridable = [v.name for v in g.input if v.name in init_names]
         self.output_names = [v.name for v in g.output]
 
-        # unsupported ops: all reported at once
-        bad = {}
-        for node in g.node:
-            dom = node.domain or "ai.onnx"
-            if dom not in ("ai.onnx", "") or (node.op_type not in _SIMPLE_OPS
-                                              and node.op_type not in _RECURRENT):
-                label = node.op_type if dom == "ai.onnx" else f"{dom}.{node.op_type}"
-                bad.setdefault(label, node.name or label)
+        # unsupported ops: all reported at once (inside Loop bodies too)
+        bad: dict = {}
+        _unsupported(g.node, bad)
         if bad:
             hint = ""
-            if "Loop" in bad or "Scan" in bad:
-                # tf2onnx writes a Keras RNN layer it cannot fuse into an LSTM / GRU node
-                # as a Loop over a TensorFlow while_loop (tf.keras 2: SimpleRNN,
-                # GRU(reset_after=False), Masking / Embedding(mask_zero=True),
-                # recurrent_dropout; Keras 3 also GRU and TimeDistributed)
-                hint = (" A Loop is how tf2onnx writes a Keras RNN layer it could not turn "
-                        "into an LSTM / GRU node (SimpleRNN, GRU(reset_after=False), a mask "
-                        "from Masking or Embedding(mask_zero=True), recurrent_dropout; with "
-                        "Keras 3 also GRU and TimeDistributed): load the Keras file itself "
+            if "Scan" in bad or "If" in bad:
+                hint = (" Of ONNX's control flow fastrnn runs Loop (tf2onnx's way of writing "
+                        "a Keras RNN layer it could not turn into an LSTM / GRU node), not "
+                        "If or Scan: for a Keras model, load the Keras file itself "
                         "(fastrnn.load('model.keras' or '.h5')), or export with unroll=True "
                         "and a fixed number of steps.")
             raise LoadError(
                 f"{self.name}: unsupported ONNX op type(s) {sorted(bad)} "
-                f"(first node of each: {', '.join(f'{k}: {v!r}' for k, v in sorted(bad.items()))})."
-                f"{hint} fastrnn runs {', '.join(_RECURRENT)} and these simple ops: "
+                f"(first node of each: {', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})."
+                f"{hint} fastrnn runs {', '.join(_RECURRENT)}, Loop and these simple ops: "
                 f"{', '.join(sorted(_SIMPLE_OPS))}")
 
-        steps = []
         known = set(consts) | set(self.input_names)
         seqs: set = set()               # the values that are sequences (_SEQ_OUTPUTS)
         # elements load-time folding may still make (_FOLD_ELEMENTS)
-        left = max(_FOLD_ELEMENTS, _FOLD_PER_ELEMENT * sum(
-            v.size for v in consts.values()))
-        for k, node in enumerate(g.node):
-            where = f"node {k} {node.op_type} {node.name!r}"
-            for inp in node.input:
-                if inp and inp not in known:
-                    raise LoadError(f"{self.name}: {where} reads {inp!r}, which no earlier node, "
-                                    "input or initializer defines (graph not topologically sorted?)")
-            attrs = _attrs(node)
-            for need, since in _REQUIRED_ATTRS.get(node.op_type, ()):
-                if need not in attrs and self.opset < since:
-                    raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
-                                    "(required)")
-            outs = list(node.output)
-            if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
-                raise LoadError(f"{self.name}: {where}: MaxPool's Indices output is not "
-                                "supported")
-            self._check_sequences(node, seqs, where)
-            if node.op_type in _RECURRENT:
-                rec = _RecurrentNode(node, attrs, consts, where, num_threads)
-                steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
-            else:
-                fn = _SIMPLE_OPS[node.op_type]
-                ins = list(node.input)
-                foldable = (node.op_type not in _NO_FOLD and
-                            all((not n) or (n in consts and n not in self._overridable)
-                                for n in ins))
-                if foldable:
-                    vals = [consts[n] if n else None for n in ins]
-                    try:
-                        size = _fold_size(node.op_type, vals, attrs, self.opset)
-                        if size <= left:
-                            vals = self._call(fn, node.op_type, vals, attrs, len(outs))
-                    except Exception as e:
-                        raise LoadError(f"{self.name}: {where}: {type(e).__name__}: {e}") from None
-                    if size > left:
-                        raise LoadError(
-                            f"{self.name}: {where}: its constant output would have {size} "
-                            f"elements, more than the {left} left of what the model may "
-                            "compute at load (the larger of 2**24 and "
-                            f"{_FOLD_PER_ELEMENT} times its initializers' elements)")
-                    if node.op_type != "Constant":     # (its value is the file's)
-                        left -= sum(_elements(v) for v in vals)
-                    for n, v in zip(outs, vals):
-                        if n:
-                            consts[n] = v
-                else:
-                    steps.append(("op", (fn, node.op_type, attrs), ins, outs, where))
-            known.update(o for o in outs if o)
+        budget = [max(_FOLD_ELEMENTS, _FOLD_PER_ELEMENT * sum(
+            v.size for v in consts.values()))]
+        self._loop_limit = _loop.Limit()        # (every Loop node's: loop_limit)
+        steps = self._compile(g.node, consts, known, seqs, budget)
         missing = [o for o in self.output_names if o not in known]
         if missing:
             raise LoadError(f"{self.name}: graph outputs {missing} are never computed")
@@ -1531,12 +1496,84 @@ class OnnxModel:
         for kind, obj, *_ in steps:     # (the layers made at load: keyed by what is kept)
             if kind == "rnn" and obj.layer is not None:
                 obj.rekey(consts)
+            elif kind == "op" and obj[1] == "Loop":
+                obj[0].own(consts)      # (its body's constants and layers: the same)
         for v in consts.values():      # (so an output that is one, or a view of one, is
             _freeze(v)                  # returned as a copy: _results)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
         self._stacks: dict = {}         # stacked nodes run as one layer: _Program._stack
         self._unrolled: dict = {}       # unrolled recurrences' layers (_onnx_unrolled)
         self._out_key = tuple(self.output_names)
+
+    def _compile(self, nodes, consts: dict, known: set, seqs: set, budget: list,
+                 prefix: str = "") -> list:
+        """The steps running ``nodes`` (a graph's, in order), each ``(kind, obj, inputs,
+        outputs, where)``: ("rnn", _RecurrentNode, its 8 inputs, ...) or ("op", (fn,
+        op_type, attrs), ...); a Loop's ``fn`` is its :class:`_onnx_loop.LoopNode`, its
+        inputs the node's (M and cond padded) and then the outer values its body reads.
+        Nodes of constant inputs are computed here (not Loops) and their outputs put in
+        ``consts``, within ``budget[0]`` elements in all (_FOLD_ELEMENTS); ``known``
+        (the names defined so far) and ``seqs`` (the sequences) grow with the nodes'
+        outputs.  ``prefix``: before each node's "node k ..." in messages (a Loop's
+        body: the Loop node's own, _onnx_loop.compile_loop)."""
+        steps = []
+        for k, node in enumerate(nodes):
+            where = f"{prefix}node {k} {node.op_type} {node.name!r}"
+            for inp in node.input:
+                if inp and inp not in known:
+                    raise LoadError(f"{self.name}: {where} reads {inp!r}, which no earlier "
+                                    "node, input or initializer defines (graph not "
+                                    "topologically sorted?)")
+            attrs = _attrs(node)
+            for need, since in _REQUIRED_ATTRS.get(node.op_type, ()):
+                if need not in attrs and self.opset < since:
+                    raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
+                                    "(required)")
+            outs = list(node.output)
+            if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
+                raise LoadError(f"{self.name}: {where}: MaxPool's Indices output is not "
+                                "supported")
+            self._check_sequences(node, seqs, where)
+            if node.op_type == "Loop":     # (never folded: its trip count is its own)
+                loop = _loop.compile_loop(self, node, attrs, consts, known, seqs, budget,
+                                          where)
+                attrs = {k: v for k, v in attrs.items() if k != "body"}   # (compiled)
+                ins = (list(node.input) + ["", ""])[:max(2, len(node.input))]
+                steps.append(("op", (loop, "Loop", attrs), ins + list(loop.body.outer),
+                              outs, where))
+            elif node.op_type in _RECURRENT:
+                rec = _RecurrentNode(node, attrs, consts, where, self.num_threads)
+                steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
+            else:
+                fn = _SIMPLE_OPS[node.op_type]
+                ins = list(node.input)
+                foldable = (node.op_type not in _NO_FOLD and
+                            all((not n) or (n in consts and n not in self._overridable)
+                                for n in ins))
+                if foldable:
+                    left = budget[0]
+                    vals = [consts[n] if n else None for n in ins]
+                    try:
+                        size = _fold_size(node.op_type, vals, attrs, self.opset)
+                        if size <= left:
+                            vals = self._call(fn, node.op_type, vals, attrs, len(outs))
+                    except Exception as e:
+                        raise LoadError(f"{self.name}: {where}: {type(e).__name__}: {e}") from None
+                    if size > left:
+                        raise LoadError(
+                            f"{self.name}: {where}: its constant output would have {size} "
+                            f"elements, more than the {left} left of what the model may "
+                            "compute at load (the larger of 2**24 and "
+                            f"{_FOLD_PER_ELEMENT} times its initializers' elements)")
+                    if node.op_type != "Constant":     # (its value is the file's)
+                        budget[0] = left - sum(_elements(v) for v in vals)
+                    for n, v in zip(outs, vals):
+                        if n:
+                            consts[n] = v
+                else:
+                    steps.append(("op", (fn, node.op_type, attrs), ins, outs, where))
+            known.update(o for o in outs if o)
+        return steps
 
     def _check_sequences(self, node, seqs: set, where: str) -> None:
         """A LoadError where ``node`` reads a sequence (a value in ``seqs``) as a tensor or
@@ -1592,6 +1629,8 @@ class OnnxModel:
         shaped: set = set()
         for kind, obj, ins, outs, _ in steps:
             op = obj.op if kind == "rnn" else obj[1]
+            if op == "Loop":    # (its outputs' values and shapes follow its trip count)
+                continue
             args = [n for n in ins if n]
             new = [o for o in outs if o]
             if kind == "op" and (
@@ -1614,6 +1653,22 @@ class OnnxModel:
         return fn(vals, attrs, self.opset)
 
     # ------------------------------------------------------------- introspection
+    @property
+    def loop_limit(self):
+        """The most iterations a ``Loop`` node without a trip count ``M`` runs before its
+        call raises a ValueError naming it (default 2**20; None: no limit).  Its
+        condition ends such a loop; one whose condition never turns false (ONNX Runtime
+        runs it forever) ends so.  A Loop with ``M`` runs at most ``M`` iterations,
+        whatever this says."""
+        return self._loop_limit.n
+
+    @loop_limit.setter
+    def loop_limit(self, n):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                              or n < 1):
+            raise ValueError(f"loop_limit must be a positive integer or None, got {n!r}")
+        self._loop_limit.n = None if n is None else int(n)
+
     @property
     def recurrent_layers(self) -> list:
         """The fastrnn layers built for the recurrent nodes, in graph order."""
@@ -1882,15 +1937,20 @@ class OnnxModel:
         do not pickle, and copying one crashed the process)."""
         state = self.__dict__.copy()
         state.update(_progs={}, _stacks={}, _live={}, _unrolled={})
-        # (an op step's function by its op type: many are closures, which do not pickle)
-        state["_steps"] = [(kind, (None,) + obj[1:] if kind == "op" else obj) + tuple(rest)
-                           for kind, obj, *rest in self._steps]
+        # (an op step's function by its op type: many are closures, which do not pickle;
+        # a Loop's is its LoopNode, which pickles its body so)
+        state["_steps"] = [(kind, (None,) + obj[1:] if kind == "op" and obj[1] != "Loop"
+                            else obj) + tuple(rest) for kind, obj, *rest in self._steps]
         return state
 
     def __setstate__(self, state):
         state.setdefault("_unrolled", {})      # (pickles of earlier versions)
-        state["_steps"] = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:] if kind == "op" else obj)
+        state.setdefault("_loop_limit", _loop.Limit())
+        state["_steps"] = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:]
+                            if kind == "op" and obj[0] is None else obj)
                            + tuple(rest) for kind, obj, *rest in state["_steps"]]
+        for v in state["_consts"].values():     # (unpickled arrays are writeable: an
+            _freeze(v)                          # output that is one is copied, _results)
         self.__dict__.update(state)
 
     def predict(self, inputs=None, **kwargs) -> np.ndarray:
