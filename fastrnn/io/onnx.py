@@ -510,9 +510,89 @@ def _op_dropout(i, a, o):
     return [x, np.ones(x.shape, bool)]
 
 
+def _op_attention(i, a, o):
+    """ONNX Attention (opset 23, 24): softmax(softcap(Q K^T * scale) + mask) V per head,
+    as ONNX Runtime runs it.  Q / K / V of rank 4 (batch, heads, sequence, head size) or
+    3 (batch, sequence, heads * head size: ``q_num_heads`` / ``kv_num_heads``); fewer K / V
+    heads than Q's shared by groups of Q heads (GQA / MQA); ``scale`` (default
+    1/sqrt(head size)); ``softcap``; ``is_causal`` (query i attends key j <= i: no cache,
+    so no offset); ``attn_mask`` boolean (True attends) or added to the scores, its last
+    axis the keys'.  A query that attends no key gives zeros, as ONNX Runtime's (and the
+    ONNX specification's).  The KV-cache inputs and outputs are refused at load
+    (OnnxModel.__init__).  torch's dynamo export writes it at opset 23+ for
+    F.scaled_dot_product_attention and nn.MultiheadAttention."""
+    q, k, v = (np.asarray(x) for x in i[:3])
+    mask = i[3] if len(i) > 3 else None
+    three = q.ndim == 3
+    if three:
+        hq, hk = a.get("q_num_heads"), a.get("kv_num_heads")
+        if not hq or not hk or k.ndim != 3 or v.ndim != 3:
+            raise ValueError("Attention: 3-D Q, K and V need q_num_heads and kv_num_heads")
+        Bq, Sq = q.shape[:2]
+        q = q.reshape(Bq, Sq, hq, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(k.shape[0], k.shape[1], hk, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(v.shape[0], v.shape[1], hk, -1).transpose(0, 2, 1, 3)
+    elif not q.ndim == k.ndim == v.ndim == 4:
+        raise ValueError(f"Attention: Q, K and V must have rank 3 or 4, got {q.ndim}, "
+                         f"{k.ndim}, {v.ndim}")
+    hq, hk = q.shape[1], k.shape[1]
+    if v.shape[1] != hk or hq % hk or k.shape[2] != v.shape[2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"Attention: Q {q.shape}, K {k.shape} and V {v.shape} (batch, heads, "
+                         "sequence, head size) do not fit")
+    if hq != hk:
+        k, v = np.repeat(k, hq // hk, axis=1), np.repeat(v, hq // hk, axis=1)
+    scale = a.get("scale")
+    if scale is None:
+        scale = 1 / math.sqrt(q.shape[3])
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    cap = a.get("softcap", 0.0)
+    if cap and cap > 0:
+        s = q.dtype.type(cap) * np.tanh(s / q.dtype.type(cap))
+    Sq, Sk = s.shape[-2:]
+    allowed = np.tri(Sq, Sk, dtype=bool) if a.get("is_causal", 0) else None
+    if mask is not None:
+        mask = np.asarray(mask)
+        if not 2 <= mask.ndim <= 4 or mask.shape[-1] != Sk:    # (as ONNX Runtime)
+            raise ValueError(f"Attention: attn_mask {mask.shape} must have rank 2, 3 or 4 "
+                             f"and end in the keys' length {Sk}")
+        if mask.dtype == np.bool_:
+            allowed = mask if allowed is None else allowed & mask
+        else:
+            s = s + mask.astype(s.dtype, copy=False)
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)
+    dead = ~np.isfinite(m)                 # (no key attended: a zero row)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(s - np.where(dead, 0, m))
+        w = e / np.sum(e, axis=-1, keepdims=True)
+    y = np.matmul(np.where(dead, 0, w), v)
+    if three:
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], Sq, -1)
+    return [y.astype(q.dtype, copy=False)]
+
+
 def _op_pow(i, a, o):
     x, y = i[0], i[1]
     return [np.power(x, y.astype(x.dtype) if x.dtype.kind == "f" else y).astype(x.dtype, copy=False)]
+
+
+def _op_mod(i, a, o):
+    """ONNX Mod: ``fmod=1`` C's fmod (the dividend's sign), else the floor modulo (the
+    divisor's sign, as Python's %), which takes integers only before opset 28 (ONNX
+    Runtime refuses floats there).  PyTorch's TorchScript export of
+    nn.MultiheadAttention writes one on its shape arithmetic."""
+    x, y = np.asarray(i[0]), np.asarray(i[1])
+    if a.get("fmod", 0):
+        with np.errstate(divide="ignore", invalid="ignore"):    # (x % 0: nan, as ORT)
+            return [np.fmod(x, y)]
+    if (x.dtype.kind == "f" or y.dtype.kind == "f") and o < 28:
+        raise ValueError("Mod: fmod=0 takes integers before opset 28 (set fmod=1 for "
+                         "floats)")
+    if y.dtype.kind in "iu" and not np.all(y):
+        raise ValueError("Mod: integer division by zero")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [np.mod(x, y)]
 
 
 def _op_layernorm(i, a, o):
@@ -841,7 +921,9 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "Sub": _binary(np.subtract),
     "Mul": _binary(np.multiply),
     "Div": _binary(_div),
+    "Mod": _op_mod,
     "Pow": _op_pow,
+    "Attention": _op_attention,
     "Equal": _binary(np.equal),
     "Less": _binary(np.less),
     "LessOrEqual": _binary(np.less_equal),
@@ -1530,6 +1612,10 @@ class OnnxModel:
                     raise LoadError(f"{self.name}: {where} has no {need!r} attribute "
                                     "(required)")
             outs = list(node.output)
+            if node.op_type == "Attention" and (any(node.input[4:]) or any(outs[1:])):
+                raise LoadError(f"{self.name}: {where}: Attention's KV cache (past_key, "
+                                "past_value, nonpad_kv_seqlen, present_key, present_value) "
+                                "and qk_matmul_output are not supported")
             if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
                 raise LoadError(f"{self.name}: {where}: MaxPool's Indices output is not "
                                 "supported")
