@@ -61,12 +61,12 @@ here = os.path.dirname(os.path.abspath(__file__))
 
 
 def _depends(pyx):
-    """The headers an extension is rebuilt for: the convolution kernel's (_conv*.h) for
-    fastrnn._conv alone, every other header for the others."""
+    """The headers an extension is rebuilt for: the convolution kernel's (_conv*.h) and
+    the shared CPU probe (fr_cpu.h) for fastrnn._conv, every other header for the others."""
     headers = sorted(glob.glob(os.path.join(here, "fastrnn", "*.h")))
     conv = [h for h in headers if os.path.basename(h).startswith("_conv")]
     if os.path.basename(pyx).startswith("_conv"):
-        return conv
+        return conv + [os.path.join(here, "fastrnn", "fr_cpu.h")]
     return [h for h in headers if h not in conv]
 
 

@@ -69,18 +69,8 @@ typedef struct {
 /* ------------------------------------------------------------------ ISA levels */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FRC_NO_DISPATCH)
 #define FRC_X86 1
-static int frc_hw_cache = -1;
-static int frc_hw_level(void) {
-    if (frc_hw_cache < 0) {
-        int l = 0;
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
-        if (l && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) l = 2;
-        frc_hw_cache = l;
-    }
-    return frc_hw_cache;
-}
+#include "fr_cpu.h"
+static int frc_hw_level(void) { return fr_cpu_level(); }
 #else
 #define FRC_X86 0
 static int frc_hw_level(void) { return 0; }

@@ -44,19 +44,9 @@
  * them (fr_unit), and fr_cell.U picks the kernel level at run time. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(FR_NO_DISPATCH)
 #define FR_HAVE_CLONES 1
-static int fr_level_cache = -1;
+#include "fr_cpu.h"
 static int fr_force_level = -1;   /* tests: force a lower ISA level (-1: automatic) */
-static int fr_hw_level(void) {
-    if (fr_level_cache < 0) {
-        int l = 0;
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
-        if (l && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) l = 2;
-        fr_level_cache = l;
-    }
-    return fr_level_cache;
-}
+static int fr_hw_level(void) { return fr_cpu_level(); }
 static int fr_level(void) {
     int l = fr_hw_level();
     if (fr_force_level >= 0 && fr_force_level < l) return fr_force_level;
