@@ -241,10 +241,11 @@ class LoopNode:
         self._carried = tuple(range(2, 2 + K))
         self._moves = tuple((d, s) for d, s in zip(self._carried, outs[1:1 + K]) if d != s)
         self._scan_src = tuple(outs[1 + K:])
-        pre, it, labels = [], [], {}
+        pre, it, labels, it_info = [], [], {}, []
         cut = len(self.where) + 2       # (labels: "body node k Op 'name'")
         read: set = set(outs)
-        for kind, obj, ins, outs_n, where in body.steps:
+        for st in body.steps:
+            kind, obj, ins, outs_n, where = st
             i_s = tuple(slot[n] if n else none for n in ins)
             o_s = tuple(slot[o] if o else trash for o in outs_n)
             run = _runner(kind, obj, i_s, o_s, self.opset, self.num_threads)
@@ -253,10 +254,16 @@ class LoopNode:
                 pre.append(run)
             else:
                 it.append(run)
+                it_info.append((st, i_s, o_s))
                 read.update(i_s)
         self._pre, self._iter, self._labels = tuple(pre), tuple(it), labels
+        self._iter_info = tuple(it_info)    # (per _iter runner: its step and slots)
         # (the iteration number and cond: set only where read)
         self._need_i, self._need_c = 0 in read, 1 in read
+        # a body that is a recurrent cell over the rows of one input: run as one layer
+        # call where the call's values allow (_onnx_loop_fuse)
+        from . import _onnx_loop_fuse
+        self._fusion = _onnx_loop_fuse.analyse(self)
 
     def own(self, model_consts) -> None:
         """After loading: the body's constants copied where they are views of the file's
@@ -281,7 +288,8 @@ class LoopNode:
     def __getstate__(self):
         state = dict(self.__dict__)
         for k in ("_template", "_slot", "_outer", "_cond_out", "_carried", "_moves",
-                  "_scan_src", "_pre", "_iter", "_labels", "_need_i", "_need_c"):
+                  "_scan_src", "_pre", "_iter", "_labels", "_need_i", "_need_c",
+                  "_iter_info", "_fusion"):
             state.pop(k)
         body = Body()
         for k in Body.__slots__:
@@ -319,6 +327,11 @@ class LoopNode:
 
     def run(self, ins: list) -> list:
         """The node's outputs for its step's input values ``ins``."""
+        fusion = self._fusion
+        if fusion is not None and FUSE:
+            out = fusion.run(self, ins)
+            if out is not None:
+                return out
         K = self.K
         M, cond = ins[0], ins[1]
         if M is not None:
@@ -438,6 +451,7 @@ _UNARY = {"Tanh": np.tanh, "Neg": np.negative, "Abs": np.abs, "Exp": np.exp}
 _TRUE = np.array(True)
 _TRUE.flags.writeable = False
 _FAST = True        # (False: every step through the op table's functions; the tests)
+FUSE = True         # (False: never run a body as a layer (_onnx_loop_fuse); tests, bench)
 
 
 def _runner(kind, obj, i_s, o_s, opset, num_threads):

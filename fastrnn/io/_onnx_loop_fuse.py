@@ -1,0 +1,625 @@
+"""Loop bodies that are one recurrent cell, run as one fastrnn layer call.
+
+tf2onnx writes a Keras recurrent layer it cannot map to an ONNX LSTM / GRU / RNN node
+(tf.keras 2 SimpleRNN and ``GRU(reset_after=False)``, Keras 3 GRU, ...) as a ``Loop``
+over TensorFlow's while_loop: each iteration reads step ``t`` of a time-major input
+(``Gather(X, t)``), computes the cell from it and the carried state and passes the new
+state on, as a carried value and a scan output.  Op by op (_onnx_loop.LoopNode.run) that
+is 10-30 NumPy calls a step; as one layer call, one kernel call for the sequence.
+
+A body is recognised in two stages.
+
+By structure, at load (:func:`analyse`):
+
+- each carried value is a counter (the body gives back ``t + 1``, the one a body
+  constant), a state, or a value given back unchanged;
+- exactly one Gather (axis 0) reads an invariant value ``X`` at a counter: ``x_t``;
+- the cell (the steps the states and the scan outputs are computed by) reads only
+  ``x_t``, the states and invariant values, and is made of the ops of a cell's math
+  (``_CELL_OPS``: products, sums, the activations, splits and slices; a Clip or a Max
+  could act on values random probes never reach, so they are not allowed);
+- the condition is an ``And`` of ``Less(counter, bound)`` terms (through Casts), each
+  bound invariant: the number of iterations follows from the bounds, the trip count M
+  and the counters' first values (:meth:`_Fusion._trips`).
+
+By value, at the first call with given weights (the Loop's inputs the cell reads,
+compared by identity, then by value, at each call):
+
+- the cell's steps run in float64 on probe rows: zeros, each unit row of ``x`` and of
+  each state, random rows.  An activation whose input is affine in ``(x, h)`` gives
+  its weights and bias (row 0 the bias, unit rows bias + a weight row, random rows the
+  check);
+- a SimpleRNN is one activation (Tanh, Relu, Sigmoid); an LSTM three Sigmoids of affine
+  inputs, a Tanh of an affine input and a Tanh of the new ``c``, each state order and
+  gate order tried against the body's outputs (``c' = f c + i g``, ``h' = o tanh(c')``,
+  Keras's LSTM); a GRU two Sigmoids and a Tanh, ``h' = z h + (1 - z) n``, its candidate's
+  input read with the reset gate forced to 1 and to 0, which tells the weights and
+  whether the reset gate acts after the recurrent product (Keras ``reset_after=True``)
+  or before it;
+- the scan outputs must be the new ``h``;
+- then the layer and the body's own ops, in the call's dtype, run on random rows and
+  must agree.
+
+Anything else (a body that is no such cell, values that disagree, a call whose values
+do not allow it: a counter not starting in range, an input too short for the
+iterations, ...) runs op by op, as before: the same results or the same errors.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+__all__ = ["analyse"]
+
+# the ops a fused cell may be made of (besides the one Gather of x_t)
+# (Not: a bool in the cell comes from the mask's Gather alone, no op here makes one)
+_CELL_OPS = frozenset({"MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Relu", "Split",
+                       "Slice", "Squeeze", "Unsqueeze", "Identity", "Concat", "Reshape",
+                       "Cast", "Not"})
+_ACTS = ("Sigmoid", "Tanh", "Relu")
+_FLOATS = (1, 11)           # (ONNX float, double: the Casts a cell may do)
+_NUMBERS = (1, 11, 6, 7)    # (and int32, int64: the Casts a condition may do)
+_RANDOM_ROWS = 8
+_EXACT = 1 << 24            # (counters and bounds compared exactly in float32 below this)
+
+
+def _op(st):
+    kind, obj = st[0], st[1]
+    return obj[1] if kind == "op" else None
+
+
+def analyse(loop):
+    """The :class:`_Fusion` of a LoopNode whose body has a recurrent cell's structure,
+    else None."""
+    try:
+        return _analyse(loop)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _analyse(loop):
+    body, K, slot = loop.body, loop.K, loop._slot
+    if K < 2:
+        return None
+    info = loop._iter_info
+    prod = {}                   # slot -> index in info of the step computing it
+    for j, (_, _, o_s) in enumerate(info):
+        for o in o_s:
+            prod[o] = j
+    inv = {slot[n] for n in body.invariant if n in slot}
+    outs = [slot[n] for n in body.outputs]
+    consts = {slot[n]: v for n, v in body.consts.items()}
+    counters, states, passes = {}, [], []
+    for k in range(K):
+        i_s, o_s = 2 + k, outs[1 + k]
+        if o_s == i_s:
+            passes.append(k)
+            continue
+        j = prod.get(o_s)
+        if j is not None and _increment(info[j], i_s, consts):
+            counters[k] = j
+        else:
+            states.append(k)
+    if not counters or len(states) not in (1, 2, 3):
+        return None
+    # the cell: the steps the states and the scan outputs are computed by
+    want = [outs[1 + k] for k in states] + list(outs[1 + K:])
+    cell = _ancestors(want, prod, info)
+    gathers = [j for j in cell if _op(info[j][0]) == "Gather"]
+    if len(gathers) not in (1, 2):
+        return None
+    reads_g = []
+    for g in gathers:
+        (gst, g_in, g_out) = info[g]
+        if len(g_in) != 2 or g_in[0] not in inv or g_in[1] - 2 not in counters \
+                or gst[1][2].get("axis", 0) != 0:
+            return None
+        reads_g.append((g_in[0], g_out[0], g_in[1] - 2))
+    state_in = {2 + k for k in states}
+    made = {o for j in cell for o in info[j][2]}
+    for j in cell:
+        st, i_s, _ = info[j]
+        op = _op(st)
+        if j in gathers:
+            continue
+        if op not in _CELL_OPS or (op == "Cast" and st[1][2].get("to") not in _FLOATS):
+            return None
+        if any(s not in inv and s not in state_in and s not in made for s in i_s):
+            return None
+    terms = _cond(outs[0], prod, info, inv, counters, outs, K)
+    if not terms:
+        return None
+    # (every live step is the cell's, the condition's or a counter's: the outputs need
+    # nothing else)
+    acts = [(info[j][0][1][1], info[j][1][0], info[j][2][0]) for j in cell
+            if _op(info[j][0]) in _ACTS]
+    # the Loop's inputs the cell's invariant values come from: the plan's key
+    by_name = {}
+    for k in range(K):
+        by_name[body.inputs[2 + k]] = 2 + k
+    for j, n in enumerate(body.outer):
+        by_name[n] = 2 + K + j
+    reads = {n for j in cell for n in info[j][0][2] if n}
+    keys = _sources(reads, body, by_name) - {2 + k for k in states} - {2 + k for k in counters}
+    srcs = {s for s, _, _ in reads_g}
+    keys -= _sources({n for n, s in slot.items() if s in srcs}, body, by_name)
+    f = _Fusion()
+    f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
+    f.states, f.passes, f.gathers = states, passes, reads_g
+    f.state_out = [outs[1 + k] for k in states]
+    f.scan = list(outs[1 + K:])
+    f.cell = [loop._iter[j] for j in sorted(cell)]
+    f.cell_outs = [info[j][2] for j in sorted(cell)]
+    f.acts = sorted(acts)
+    f.terms = terms
+    f.keys = tuple(sorted(keys))
+    f.cache = None
+    return f
+
+
+def _other(i_s, s):
+    return i_s[1] if i_s[0] == s else i_s[0]
+
+
+def _increment(step, i_s, consts) -> bool:
+    """Whether ``step`` is ``t + 1`` of the carried value in slot ``i_s`` (the one an
+    integer body constant)."""
+    st, ins, _ = step
+    if _op(st) != "Add" or len(ins) != 2 or i_s not in ins:
+        return False
+    one = consts.get(_other(ins, i_s))
+    return (isinstance(one, np.ndarray) and one.dtype.kind in "iu" and one.size == 1
+            and int(one.reshape(())) == 1 and one.ndim == 0)
+
+
+def _ancestors(want, prod, info) -> set:
+    seen, todo = set(), list(want)
+    while todo:
+        s = todo.pop()
+        j = prod.get(s)
+        if j is None or j in seen:
+            continue
+        seen.add(j)
+        todo.extend(info[j][1])
+    return seen
+
+
+def _sources(names, body, by_name) -> set:
+    """The Loop step's input positions the values ``names`` are computed from (through
+    the body's steps)."""
+    maker = {}
+    for st in body.steps:
+        for o in st[3]:
+            if o:
+                maker[o] = st
+    out, seen, todo = set(), set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in by_name:
+            out.add(by_name[n])
+        elif n in maker:
+            todo.extend(m for m in maker[n][2] if m)
+    return out
+
+
+def _cond(s, prod, info, inv, counters, outs, K):
+    """The condition output's terms ``(base, offset, bound slot)``: the loop goes on
+    while every ``base + offset < bound``, base the iteration number (None) or counter
+    k's value at the iteration's start; None: not of that form."""
+    j = prod.get(s)
+    if j is None:
+        return None
+    st, i_s, _ = info[j]
+    op = _op(st)
+    if op == "Identity":
+        return _cond(i_s[0], prod, info, inv, counters, outs, K)
+    if op == "And" and len(i_s) == 2:
+        a = _cond(i_s[0], prod, info, inv, counters, outs, K)
+        b = _cond(i_s[1], prod, info, inv, counters, outs, K)
+        return None if a is None or b is None else a + b
+    if op in ("Less", "Greater") and len(i_s) == 2:
+        left, right = i_s if op == "Less" else i_s[::-1]
+        c = _count(left, prod, info, counters, outs)
+        if c is None or right not in inv:
+            return None
+        return [(c[0], c[1], right)]
+    return None
+
+
+def _count(s, prod, info, counters, outs):
+    """``(base, offset)`` if slot ``s`` is the iteration number (base None), a counter's
+    value (base k) or its next value (offset 1), through Casts to numbers."""
+    if s == 0:
+        return (None, 0)
+    for k in counters:
+        if s == 2 + k:
+            return (k, 0)
+        if s == outs[1 + k]:
+            return (k, 1)
+    j = prod.get(s)
+    if j is None:
+        return None
+    st, i_s, _ = info[j]
+    op = _op(st)
+    if op == "Identity" or (op == "Cast" and st[1][2].get("to") in _NUMBERS):
+        return _count(i_s[0], prod, info, counters, outs)
+    return None
+
+
+class _Fusion:
+    """A Loop's cell found by structure (:func:`analyse`); :meth:`run` runs a call as
+    one layer call where its values allow, else returns None."""
+
+    # ------------------------------------------------------------------------ a call
+    def run(self, loop, ins):
+        K = loop.K
+        M, cond = ins[0], ins[1]
+        nd, num = np.ndarray, (np.ndarray, np.generic)
+        if cond is not None and not (isinstance(cond, num) and cond.dtype == np.bool_
+                                     and cond.size == 1 and bool(cond.reshape(()))):
+            return None
+        if M is not None and not (isinstance(M, num) and M.dtype.kind in "iu"
+                                  and M.size == 1):
+            return None
+        t0 = {}
+        for k in self.counters:
+            t = ins[2 + k]
+            if not (isinstance(t, num) and t.dtype.kind in "iu" and t.size == 1):
+                return None
+            t0[k] = int(t.reshape(()))
+        vals = list(loop._template)
+        for s, v in zip(loop._outer, ins[2 + K:]):
+            vals[s] = v
+        for k in range(K):
+            vals[2 + k] = ins[2 + k]
+        try:
+            for run in loop._pre:
+                run(vals)
+        except Exception:
+            return None         # (op by op: the error, named)
+        roles = self._roles(vals)
+        if roles is None:
+            return None
+        (xs, _, xk), m = roles
+        X = vals[xs]
+        T, B, I = X.shape
+        dt = X.dtype
+        st = [vals[2 + k] for k in self.states]
+        H = st[0].shape[-1] if st[0].__class__ is nd and st[0].ndim == 2 else -1
+        if any(s.__class__ is not nd or s.dtype != dt or s.shape != (B, H) for s in st) \
+                or B < 1 or H < 1:
+            return None
+        n = self._trips(vals, t0, M, loop.limit.n)
+        if n is None or not 0 <= t0[xk] <= T - n:
+            return None
+        mask = None
+        if m is not None:
+            mv = vals[m[0]]
+            tm = t0[m[2]]
+            if mv.shape[1:] not in ((B,), (B, 1)) or not 0 <= tm <= mv.shape[0] - n:
+                return None
+            mask = mv[tm:tm + n].reshape(n, B)
+        plan = self._plan(loop, ins, vals, roles, dt, I, H)
+        if plan is None:
+            return None
+        layer, order, yk = plan
+        if yk is not None and st[yk].any():
+            return None         # (the layer's masked steps repeat a zero first output)
+        h0 = st[order[0]][None]
+        hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
+        x = X[t0[xk]:t0[xk] + n]
+        if mask is None:
+            Y, hn = layer(x, hx)
+        else:
+            Y, hn = layer(x, hx, mask=mask, masked_output="carry")
+        new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
+        if len(order) == 2:
+            new[self.states[order[1]]] = hn[1][0]
+        if yk is not None:
+            new[self.states[yk]] = Y[-1].copy()
+        res = []
+        for k in range(K):
+            if k in self.counters:
+                r = np.asarray(np.add(ins[2 + k], self.counters[k]))
+                r[...] = t0[k] + n
+                res.append(r)
+            elif k in new:
+                res.append(new[k])
+            else:
+                res.append(ins[2 + k])
+        for j in range(len(self.scan)):
+            res.append(Y if j == 0 else Y.copy())
+        return res
+
+    def _roles(self, vals):
+        """((source slot, Gather output slot, counter) of x_t, the same of the mask or
+        None) for the call's values, or None: x a float (T, B, I), the mask bool."""
+        x = m = None
+        for g in self.gathers:
+            v = vals[g[0]]
+            if v.__class__ is not np.ndarray:
+                return None
+            if v.dtype == np.bool_ and m is None:
+                m = g
+            elif v.dtype in (np.float32, np.float64) and v.ndim == 3 and x is None:
+                x = g
+            else:
+                return None
+        return None if x is None or (m is None) != (len(self.gathers) == 1) else (x, m)
+
+    def _trips(self, vals, t0, M, limit):
+        """The number of iterations the Loop runs (None: not found here)."""
+        n = None
+        for base, off, r in self.terms:
+            R = vals[r]
+            if not (isinstance(R, (np.ndarray, np.generic)) and R.size == 1
+                    and R.dtype.kind in "iuf"):
+                return None
+            R = float(R.reshape(()))
+            start = 0 if base is None else t0[base]
+            if not (abs(R) < _EXACT and abs(start) < _EXACT):
+                return None
+            # iteration k (from 0) goes on while start + off + k < R
+            nj = max(0, math.ceil(R - start - off)) + 1
+            n = nj if n is None else min(n, nj)
+        if M is not None:
+            n = min(n, int(M.reshape(())))
+        elif n > limit:
+            return None
+        if n < 1 or n >= _EXACT:
+            return None
+        return n
+
+    def _plan(self, loop, ins, vals, roles, dt, I, H):
+        """(layer, the states' order (h[, c]) as indices into self.states, the state
+        repeating the last output under a mask or None) for this call's weights: found
+        once per weights (compared by identity, then by value), dtype and roles; None:
+        the body is no cell found here."""
+        key = [ins[k] for k in self.keys]
+        sig = (dt, I, H, roles)
+        c = self.cache
+        if c is not None and c[1] == sig and all(
+                a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                           and a.shape == b.shape and a.dtype == b.dtype
+                           and np.array_equal(a, b)) for a, b in zip(c[0], key)):
+            return c[2]
+        try:
+            plan = _make(self, loop, vals, roles, dt, I, H)
+        except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
+            plan = None
+        self.cache = ([k.copy() if isinstance(k, np.ndarray) else k for k in key], sig, plan)
+        return plan
+
+    # --------------------------------------------------------------------- probing
+    def probe(self, vals, roles, x, states, mask=None, force=None):
+        """The value list after the cell's steps ran on rows ``x``, ``states`` and the
+        mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
+        slot -> value put in place of that step output's)."""
+        v = list(vals)
+        (xs, _, xk), m = roles
+        v[xs] = x[None]
+        v[2 + xk] = np.zeros_like(vals[2 + xk])
+        if m is not None:
+            v[m[0]] = mask.reshape((1, len(mask)) + vals[m[0]].shape[2:])
+            v[2 + m[2]] = np.zeros_like(vals[2 + m[2]])
+        for k, s in zip(self.states, states):
+            v[2 + k] = s
+        for run, o_s in zip(self.cell, self.cell_outs):
+            run(v)
+            if force:
+                for o in o_s:
+                    if o in force:
+                        v[o] = force[o]
+        return v
+
+
+def _upcast(vals):
+    return [v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32
+            else v for v in vals]
+
+
+def _close(a, b, tol) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= tol * (1 + np.abs(b))))
+
+
+def _make(f, loop, vals, roles, dt, I, H):
+    """The plan of :meth:`_Fusion._plan` for the call's values ``vals``, or None."""
+    S = len(f.states)
+    masked = roles[1] is not None
+    rng = np.random.default_rng(0)
+    nr = _RANDOM_ROWS
+    n0 = 1 + I + S * H
+    Bp = n0 + nr
+    x = np.zeros((Bp, I))
+    x[1:1 + I] = np.eye(I)
+    x[n0:] = rng.standard_normal((nr, I))
+    sts = []
+    for s in range(S):
+        h = np.zeros((Bp, H))
+        r0 = 1 + I + s * H
+        h[r0:r0 + H] = np.eye(H)
+        h[n0:] = rng.uniform(-1, 1, (nr, H))
+        sts.append(h)
+    ones = np.ones(Bp, bool) if masked else None
+    v64 = _upcast(vals)
+    v = f.probe(v64, roles, x, sts, ones)
+    rand = slice(n0, None)
+
+    def affine(p):
+        """(W (I, m), [R_s (H, m)], b (m,)) of an affine value of the probe, or None."""
+        p = np.asarray(p)
+        if p.shape[:1] != (Bp,) or p.ndim != 2 or p.dtype != np.float64:
+            return None
+        b = p[0]
+        W = p[1:1 + I] - b
+        Rs = [p[1 + I + s * H:1 + I + (s + 1) * H] - b for s in range(S)]
+        pred = b + x[rand] @ W + sum(sts[s][rand] @ Rs[s] for s in range(S))
+        if not _close(p[rand], pred, 1e-9):
+            return None
+        return W, Rs, b
+
+    def probe(force):
+        return f.probe(v64, roles, x, sts, ones, force)
+
+    outs = [v[o] for o in f.state_out]
+    fits = [affine(v[i]) for _, i, _ in f.acts]
+    found = None
+    for yk in (range(S) if masked else (None,)):
+        cell = [s for s in range(S) if s != yk]
+        found = _classify(f, v, probe, x, sts, fits, outs, cell, H, affine)
+        if found is None:
+            continue
+        hs = found[2][0]
+        if yk is not None and not np.array_equal(outs[yk], outs[hs]):
+            continue
+        break
+    if found is None:
+        return None
+    op, attrs, order, W, R, Bias, used = found
+    # the gates read the h state alone
+    if any(not _close(fits[j][1][s], 0 * fits[j][1][s], 1e-9)
+           for j in used for s in range(S) if s != order[0]):
+        return None
+    # the scan outputs: the new h (under a mask: the output repeated at masked steps)
+    if any(not np.array_equal(v[s], outs[order[0]]) for s in f.scan):
+        return None
+    if masked:              # (all masked: every state as it was)
+        v0 = f.probe(v64, roles, x, sts, ~ones)
+        if any(not _close(v0[o], sts[s], 0) for s, o in enumerate(f.state_out)) or \
+                any(not _close(v0[o], sts[yk], 0) for o in f.scan):
+            return None
+    from .onnx import _RecurrentNode
+    node = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
+    attrs = dict(attrs, hidden_size=H)
+    rec = _RecurrentNode(node, attrs, {}, f"{loop.where}: its body as one {op} layer",
+                         loop.num_threads)
+    W, R, Bias = (np.ascontiguousarray(a.astype(dt)[None]) for a in (W, R, Bias))
+    layer = rec._get_layer(W, R, Bias, None, own=True)
+    # the check: the layer and the body's own ops, in the call's dtype, on random rows
+    # (under a mask: some rows masked, the repeated output starting at zero)
+    tol = 1e-4 if dt == np.float32 else 1e-10
+    for scale in (1.0, 3.0):
+        xr = (rng.standard_normal((6, I)) * scale).astype(dt)
+        sr = [rng.uniform(-1, 1, (6, H)).astype(dt) for _ in range(S)]
+        mr = None
+        if masked:
+            sr[yk][...] = 0
+            mr = np.array([True, False] * 3)
+        ref = f.probe(vals, roles, xr, sr, mr)
+        h0 = sr[order[0]][None]
+        hx = (h0, sr[order[1]][None]) if len(order) == 2 else h0
+        if mr is None:
+            Y, hn = layer(xr[None], hx)
+        else:
+            Y, hn = layer(xr[None], hx, mask=mr[None], masked_output="carry")
+        got = {order[0]: hn[0][0] if len(order) == 2 else hn[0]}
+        if len(order) == 2:
+            got[order[1]] = hn[1][0]
+        if yk is not None:
+            got[yk] = Y[0]
+        for s in range(S):
+            r = ref[f.state_out[s]]
+            if not (isinstance(r, np.ndarray) and r.dtype == dt and _close(got[s], r, tol)):
+                return None
+        for s in f.scan:
+            if not _close(Y[0], ref[s], tol):
+                return None
+    return layer, order, yk
+
+
+def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
+    """The cell of states ``cell`` (indices into f.states) found in the probe ``v``:
+    (op, attrs, the states' order (h[, c]), W, R, B in ONNX's layout, the activations
+    whose fits were used), or None."""
+    kinds = sorted(op for op, _, _ in f.acts)
+    if len(cell) == 1 and len(f.acts) == 1:
+        op, _, o = f.acts[0]
+        if fits[0] is None or not np.array_equal(v[o], outs[cell[0]]):
+            return None
+        W, Rs, b = fits[0]
+        return ("RNN", {"activations": [op]}, (cell[0],), W.T, Rs[cell[0]].T,
+                np.concatenate([b, np.zeros(H)]), (0,))
+    if len(cell) == 1 and kinds == ["Sigmoid", "Sigmoid", "Tanh"]:
+        return _gru(f, v, probe, x, sts, fits, outs, cell[0], H, affine)
+    if len(cell) == 2 and kinds == ["Sigmoid"] * 3 + ["Tanh"] * 2:
+        return _lstm(f, v, sts, fits, outs, cell, H)
+    return None
+
+
+def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine):
+    """A GRU (Keras's: ``h' = z h + (1 - z) n``) of state ``hs`` found in the probe
+    ``v``, or None."""
+    sig = [j for j, (op, _, _) in enumerate(f.acts) if op == "Sigmoid"]
+    tj = next(j for j, (op, _, _) in enumerate(f.acts) if op == "Tanh")
+    if any(fits[j] is None for j in sig):
+        return None
+    h = sts[hs]
+    n = v[f.acts[tj][2]]
+    for zj, rj in (sig, sig[::-1]):
+        z = v[f.acts[zj][2]]
+        if _close(z * h + (1 - z) * n, outs[hs], 1e-9):
+            break
+    else:
+        return None
+    r_out = f.acts[rj][2]
+    Bp = x.shape[0]
+    a1 = affine(probe({r_out: np.ones((Bp, H))})[f.acts[tj][1]])
+    a0 = affine(probe({r_out: np.zeros((Bp, H))})[f.acts[tj][1]])
+    if a1 is None or a0 is None:
+        return None
+    Wn, Rn1, b1 = a1
+    Wn0, Rn0, b0 = a0
+    Rn = Rn1[hs]
+    if not (_close(Wn0, Wn, 1e-9) and all(_close(r, 0 * r, 1e-9) for r in Rn0)
+            and all(_close(r, 0 * r, 1e-9) for s, r in enumerate(Rn1) if s != hs)):
+        return None
+    r = v[r_out]
+    pre = v[f.acts[tj][1]]
+    xW = x @ Wn
+    if _close(pre, xW + b0 + r * (h @ Rn + (b1 - b0)), 1e-9):
+        lbr, Rbn = 1, b1 - b0
+    elif _close(b1, b0, 1e-12) and _close(pre, xW + b0 + (r * h) @ Rn, 1e-9):
+        lbr, Rbn = 0, np.zeros(H)
+    else:
+        return None
+    (Wz, Rz, bz), (Wr, Rr, br) = fits[zj], fits[rj]
+    W = np.concatenate([Wz.T, Wr.T, Wn.T])
+    R = np.concatenate([Rz[hs].T, Rr[hs].T, Rn.T])
+    Bias = np.concatenate([bz, br, b0, np.zeros(2 * H), Rbn])
+    return "GRU", {"linear_before_reset": lbr}, (hs,), W, R, Bias, (zj, rj)
+
+
+def _lstm(f, v, sts, fits, outs, cell, H):
+    """An LSTM (Keras's: ``c' = f c + i g``, ``h' = o tanh(c')``) of the states ``cell``
+    found in the probe ``v``, or None."""
+    sig = [j for j, (op, _, _) in enumerate(f.acts) if op == "Sigmoid"]
+    tanh = [j for j, (op, _, _) in enumerate(f.acts) if op == "Tanh"]
+    aff = [j for j in tanh if fits[j] is not None]
+    if len(aff) != 1 or any(fits[j] is None for j in sig):
+        return None
+    gj = aff[0]
+    g = v[f.acts[gj][2]]
+    for hs, cs in (cell, cell[::-1]):
+        c = sts[cs]
+        for ij, fj, oj in itertools.permutations(sig):
+            i_, f_, o_ = (v[f.acts[j][2]] for j in (ij, fj, oj))
+            c_new = f_ * c + i_ * g
+            if _close(c_new, outs[cs], 1e-9) and _close(o_ * np.tanh(c_new), outs[hs], 1e-9):
+                break
+        else:
+            continue
+        break
+    else:
+        return None
+    gates = (ij, oj, fj, gj)            # (ONNX's gate order: i, o, f, c)
+    W = np.concatenate([fits[j][0].T for j in gates])
+    R = np.concatenate([fits[j][1][hs].T for j in gates])
+    Bias = np.concatenate([fits[j][2] for j in gates] + [np.zeros(4 * H)])
+    return "LSTM", {}, (hs, cs), W, R, Bias, gates

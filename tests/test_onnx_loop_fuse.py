@@ -1,0 +1,525 @@
+"""Loop bodies run as one fastrnn layer call (fastrnn/io/_onnx_loop_fuse.py).
+
+Hand-built graphs of the shape tf2onnx writes for a Keras RNN layer (a counter ``t``, a
+Gather of ``X[t]``, the cell in Keras's layout, a condition ``t + 1 < T``; a mask's
+selects), compared live with ONNX Runtime, with a NumPy reference of Keras's cell math
+and with the op-by-op run (``_onnx_loop.FUSE = False``): SimpleRNN (tanh, relu,
+sigmoid), LSTM, GRU (reset after / before), with and without a mask, float32 and
+float64, odd sizes; each must be fused (its plan made).  Bodies that look like a cell
+and are not one (a Clip, a bias of the iteration number, x read at t + 1, an extra sum
+after the activation, a scan output that is not h) must run op by op and still match.
+Calls whose values do not allow the layer (a counter starting past the input, a
+nonzero first output under a mask) run op by op: the same results or the same errors.
+The tf2onnx fixtures (tests/fixtures/onnx/loop/) must be fused too."""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")  # in the test extra; never skipped there
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fastrnn.io import _onnx_loop  # noqa: E402
+from fastrnn.io.onnx import load_onnx  # noqa: E402
+
+from test_onnx_loop import FIX, _ort  # noqa: E402
+
+F32, F64, I32, I64, BOOL = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT32,
+                            TensorProto.INT64, TensorProto.BOOL)
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "gru_before": 3}
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+_NP_ACT = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0), "Sigmoid": _sig}
+
+
+def _weights(cell, I, H, dtype, seed=0):
+    """Keras-layout weights: kernel (I, G*H), recurrent (H, G*H), bias (G*H,) (Keras 3
+    GRU reset_after: (2, 3H))."""
+    rng = np.random.default_rng(seed)
+    G = GATES[cell]
+    w = {"W": rng.uniform(-0.6, 0.6, (I, G * H)), "R": rng.uniform(-0.6, 0.6, (H, G * H))}
+    w["b"] = rng.uniform(-0.5, 0.5, (2, G * H) if cell == "gru" else (G * H,))
+    return {k: v.astype(dtype) for k, v in w.items()}
+
+
+def _reference(cell, w, x, mask=None, act="Tanh", h0=None):
+    """Keras's cell math in float64 over x (B, T, I): (outputs (B, T, H), h, c)."""
+    W, R, b = (w[k].astype(np.float64) for k in ("W", "R", "b"))
+    B, T, _ = x.shape
+    H = R.shape[0]
+    h = np.zeros((B, H)) if h0 is None else h0.astype(np.float64)
+    c = np.zeros((B, H))
+    y = np.zeros((B, H))
+    ys = []
+    for t in range(T):
+        xt = x[:, t].astype(np.float64)
+        if cell == "rnn":
+            hn, cn = _NP_ACT[act](xt @ W + h @ R + b), c
+        elif cell == "lstm":
+            i, f, g, o = np.split(xt @ W + h @ R + b, 4, axis=1)
+            cn = _sig(f) * c + _sig(i) * np.tanh(g)
+            hn = _sig(o) * np.tanh(cn)
+        elif cell == "gru":
+            xz, hz = xt @ W + b[0], h @ R + b[1]
+            z = _sig(xz[:, :H] + hz[:, :H])
+            r = _sig(xz[:, H:2 * H] + hz[:, H:2 * H])
+            n = np.tanh(xz[:, 2 * H:] + r * hz[:, 2 * H:])
+            hn, cn = z * h + (1 - z) * n, c
+        else:
+            xz = xt @ W + b
+            z = _sig(xz[:, :H] + h @ R[:, :H])
+            r = _sig(xz[:, H:2 * H] + h @ R[:, H:2 * H])
+            n = np.tanh(xz[:, 2 * H:] + (r * h) @ R[:, 2 * H:])
+            hn, cn = z * h + (1 - z) * n, c
+        if mask is not None:
+            m = mask[:, t:t + 1]
+            y = np.where(m, hn, y)
+            h, c = np.where(m, hn, h), np.where(m, cn, c)
+        else:
+            y, h, c = hn, hn, cn
+        ys.append(y)
+    return np.stack(ys, 1), h, c
+
+
+def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
+    """Keras's cell as tf2onnx writes it (inputs x, h, c; weights W, R, b read by
+    name): nodes, initializers."""
+    n, inits = [], []
+
+    def mk(op, ins, outs, **kw):
+        n.append(helper.make_node(op, ins, outs, **kw))
+
+    if cell == "rnn":
+        mk("MatMul", [x, "W"], ["xw"])
+        mk("Add", ["xw", "b"], ["xb"])
+        mk("MatMul", [h, "R"], ["hr"])
+        mk("Add", ["xb", "hr"], ["pre"])
+        mk(act, ["pre"], [out_h])
+    elif cell == "lstm":
+        mk("MatMul", [x, "W"], ["xw"])
+        mk("MatMul", [h, "R"], ["hr"])
+        mk("Add", ["xw", "hr"], ["s"])
+        mk("Add", ["s", "b"], ["pre"])
+        mk("Split", ["pre"], ["gi", "gf", "gg", "go"], axis=1)
+        mk("Sigmoid", ["gi"], ["ia"])
+        mk("Sigmoid", ["gf"], ["fa"])
+        mk("Tanh", ["gg"], ["ga"])
+        mk("Sigmoid", ["go"], ["oa"])
+        mk("Mul", ["fa", c], ["fc"])
+        mk("Mul", ["ia", "ga"], ["ig"])
+        mk("Add", ["fc", "ig"], [out_c])
+        mk("Tanh", [out_c], ["tc"])
+        mk("Mul", ["oa", "tc"], [out_h])
+    elif cell == "gru":             # (Keras 3: reset after, bias (2, 3H))
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax0"))
+        mk("Split", ["b"], ["b_in2", "b_rec2"], axis=0)
+        mk("Squeeze", ["b_in2", "ax0"], ["b_in"])
+        mk("Squeeze", ["b_rec2", "ax0"], ["b_rec"])
+        mk("MatMul", [x, "W"], ["xw"])
+        mk("Add", ["xw", "b_in"], ["xb"])
+        mk("Split", ["xb"], ["xz", "xr", "xh"], axis=-1)
+        mk("MatMul", [h, "R"], ["hr"])
+        mk("Add", ["hr", "b_rec"], ["hb"])
+        mk("Split", ["hb"], ["hz", "hr_", "hh"], axis=-1)
+        mk("Add", ["xz", "hz"], ["pz"])
+        mk("Sigmoid", ["pz"], ["z"])
+        mk("Add", ["xr", "hr_"], ["pr"])
+        mk("Sigmoid", ["pr"], ["r"])
+        mk("Mul", ["r", "hh"], ["rh"])
+        mk("Add", ["xh", "rh"], ["pn"])
+        mk("Tanh", ["pn"], ["nn"])
+    else:                           # (tf.keras 2 reset_after=False: R sliced in the body)
+        for k, v in (("s0", [0, 0]), ("e0", [H, 2 * H]), ("s1", [0, 2 * H]),
+                     ("e1", [H, 3 * H]), ("axs", [0, 1])):
+            inits.append(numpy_helper.from_array(np.array(v, np.int64), k))
+        mk("MatMul", [x, "W"], ["xw"])
+        mk("Add", ["xw", "b"], ["xb"])
+        mk("Split", ["xb"], ["xz", "xr", "xh"], axis=-1)
+        mk("Slice", ["R", "s0", "e0", "axs"], ["Rzr"])
+        mk("MatMul", [h, "Rzr"], ["hzr"])
+        mk("Split", ["hzr"], ["hz", "hr_"], axis=-1)
+        mk("Add", ["xz", "hz"], ["pz"])
+        mk("Sigmoid", ["pz"], ["z"])
+        mk("Add", ["xr", "hr_"], ["pr"])
+        mk("Sigmoid", ["pr"], ["r"])
+        mk("Mul", ["r", h], ["rh"])
+        mk("Slice", ["R", "s1", "e1", "axs"], ["Rh"])
+        mk("MatMul", ["rh", "Rh"], ["rhR"])
+        mk("Add", ["xh", "rhR"], ["pn"])
+        mk("Tanh", ["pn"], ["nn"])
+    if cell in ("gru", "gru_before"):
+        inits.append(numpy_helper.from_array(np.array(1, ft), "one_f"))
+        mk("Mul", ["z", h], ["zh"])
+        mk("Sub", ["one_f", "z"], ["omz"])
+        mk("Mul", ["omz", "nn"], ["zn"])
+        mk("Add", ["zh", "zn"], [out_h])
+    return n, inits
+
+
+def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="init",
+                start=0, trips=False, cond="less", change=None, h0=False, opset=17):
+    """A tf2onnx-like model: x (B, T, I) [, m (B, T) bool] -> y (B, T, H), h (B, H)
+    [, c]; its Loop carries t, [y,] h, [c,] T and W (as tf2onnx: the kernel given back
+    unchanged), reads R and b from the graph.  ``weights``: "init" (initializers) or
+    "input" (graph inputs W, R, b); ``start``: the counter's first value; ``trips``: a
+    trip count M = T; ``cond``: "less", "greater" or "and" (also Less(i, T), as Keras
+    3); ``change``: a body that is not a cell ("clip", "iter_bias", "next_x",
+    "plus_after", "scan_pre", "scan_h", "step2"); ``h0``: h's first value a graph input (and,
+    under a mask, the output state y's; "h": h's alone)."""
+    ft = np.dtype(dtype)
+    tt = F64 if ft == np.float64 else F32
+    w = _weights(cell, I, H, ft)
+    lstm = cell == "lstm"
+    nodes, inits = [], []
+    outer = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("Shape", ["xt"], ["shp"]),
+             helper.make_node("Gather", ["shp", "i0"], ["T"], axis=0),
+             helper.make_node("Cast", ["T"], ["Tf"], to=tt),
+             helper.make_node("Less", ["zf", "Tf"], ["cond0"]),
+             helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Slice", ["xs", "s0b", "e1b", "a0"], ["Bd"]),
+             helper.make_node("Concat", ["Bd", "Hd"], ["hshape"], axis=0),
+             helper.make_node("Expand", ["zf", "hshape"], ["zeros"])]
+    g_inits = [numpy_helper.from_array(np.array(0, np.int64), "i0"),
+               numpy_helper.from_array(np.array(0, ft), "zf"),
+               numpy_helper.from_array(np.array([0], np.int64), "s0b"),
+               numpy_helper.from_array(np.array([1], np.int64), "e1b"),
+               numpy_helper.from_array(np.array([0], np.int64), "a0"),
+               numpy_helper.from_array(np.array([H], np.int64), "Hd"),
+               numpy_helper.from_array(np.array(start, np.int32), "t_init")]
+    g_in = [helper.make_tensor_value_info("x", tt, ["B", "T", I])]
+    if weights == "init":
+        g_inits += [numpy_helper.from_array(v, k) for k, v in w.items()]
+    else:
+        g_in += [helper.make_tensor_value_info(k, tt, list(v.shape)) for k, v in w.items()]
+    if mask:
+        g_in.append(helper.make_tensor_value_info("m", BOOL, ["B", "T"]))
+        outer += [helper.make_node("Transpose", ["m"], ["mt2"], perm=[1, 0]),
+                  helper.make_node("Unsqueeze", ["mt2", "ax2"], ["mt"])]
+        g_inits.append(numpy_helper.from_array(np.array([2], np.int64), "ax2"))
+    if h0:
+        g_in.append(helper.make_tensor_value_info("h0", tt, ["B", H]))
+    # the body
+    b_in = [helper.make_tensor_value_info("i", I64, []),
+            helper.make_tensor_value_info("cin", BOOL, []),
+            helper.make_tensor_value_info("t", I32, [])]
+    carried = ["t_init"]
+    states = (["y"] if mask else []) + ["h"] + (["c"] if lstm else [])
+    for s in states:
+        b_in.append(helper.make_tensor_value_info(s, tt, None))
+        carried.append("h0" if h0 and (s == "h" or (s == "y" and h0 != "h")) else "zeros")
+    b_in += [helper.make_tensor_value_info("Tb", I64, []),
+             helper.make_tensor_value_info("W", tt, None)]
+    carried += ["T", "W"]
+    bn = [helper.make_node("Add", ["t", "one_i"], ["t1"]),
+          helper.make_node("Gather", ["xt", "t1" if change == "next_x" else "t"], ["xk"])]
+    b_inits = [numpy_helper.from_array(np.array(2 if change == "step2" else 1, np.int32),
+                                       "one_i")]
+    out_h = "hn0" if (mask or change == "plus_after") else "hn"
+    cn, ci = _cell_nodes(cell, H, act, "xk", "h", "c", out_h, "cn0" if mask else "cn", ft)
+    if change == "iter_bias":       # (x W + 0.1 i: the bias grows with the iteration)
+        b_inits.append(numpy_helper.from_array(np.array(0.1, ft), "tenth"))
+        cn = [helper.make_node("Cast", ["i"], ["if"], to=tt),
+              helper.make_node("Mul", ["if", "tenth"], ["ib"]),
+              helper.make_node("MatMul", ["xk", "W"], ["xw_i"]),
+              helper.make_node("Add", ["xw_i", "ib"], ["xw"])] + cn[1:]
+    bn += cn
+    b_inits += ci
+    if change == "clip":            # (the pre-activation clipped at +-8: probes never
+        # get there, large inputs do)
+        b_inits += [numpy_helper.from_array(np.array(-8, ft), "lo"),
+                    numpy_helper.from_array(np.array(8, ft), "hi")]
+        k = next(j for j, nd in enumerate(bn) if list(nd.output) == [out_h])
+        bn[k] = helper.make_node(bn[k].op_type, ["prec"], [out_h])
+        bn.insert(k, helper.make_node("Clip", ["pre", "lo", "hi"], ["prec"]))
+    if change == "plus_after":
+        b_inits.append(numpy_helper.from_array(np.array(0.2, ft), "p2"))
+        bn.append(helper.make_node("Add", ["hn0", "p2"], ["hn1" if mask else "hn"]))
+    if mask:
+        src_h = "hn1" if change == "plus_after" else "hn0"
+        bn += [helper.make_node("Gather", ["mt", "t"], ["mk"]),
+               helper.make_node("Cast", ["mk"], ["mf"], to=tt),
+               helper.make_node("Not", ["mk"], ["nm"]),
+               helper.make_node("Cast", ["nm"], ["nmf"], to=tt)]
+        for new, old, out in ((src_h, "y", "yn"), (src_h, "h", "hn"), ("cn0", "c", "cn")):
+            if out == "cn" and not lstm:
+                continue
+            bn += [helper.make_node("Mul", ["mf", new], [out + "_a"]),
+                   helper.make_node("Mul", ["nmf", old], [out + "_b"]),
+                   helper.make_node("Add", [out + "_a", out + "_b"], [out])]
+    if cond == "greater":
+        bn += [helper.make_node("Cast", ["t1"], ["t1f"], to=F32),
+               helper.make_node("Cast", ["Tb"], ["Tbf"], to=F32),
+               helper.make_node("Greater", ["Tbf", "t1f"], ["cout"])]
+    else:
+        bn += [helper.make_node("Cast", ["t1"], ["t1f"], to=F32),
+               helper.make_node("Cast", ["Tb"], ["Tbf"], to=F32),
+               helper.make_node("Less", ["t1f", "Tbf"], ["cout" if cond == "less" else "c1"])]
+        if cond == "and":
+            bn += [helper.make_node("Less", ["i", "Tb"], ["c2"]),
+                   helper.make_node("And", ["c2", "c1"], ["cout"])]
+    scan = {"scan_pre": "pre", "scan_h": "hn"}.get(change, "yn" if mask else "hn")
+    b_out = [helper.make_tensor_value_info("cout", BOOL, []),
+             helper.make_tensor_value_info("t1", I32, [])]
+    b_out += [helper.make_tensor_value_info(s + "n", tt, None) for s in states]
+    b_out += [helper.make_tensor_value_info("Tb", I64, []),
+              helper.make_tensor_value_info("W", tt, None),
+              helper.make_tensor_value_info(scan, tt, None)]
+    body = helper.make_graph(bn, "body", b_in, b_out, b_inits)
+    louts = ["tf"] + [s + "_f" for s in states] + ["Tf_", "Wf", "ys"]
+    outer.append(helper.make_node("Loop", ["T" if trips else "", "cond0"] + carried,
+                                  louts, body=body))
+    outer.append(helper.make_node("Transpose", ["ys"], ["y_out"], perm=[1, 0, 2]))
+    g_out = [helper.make_tensor_value_info("y_out", tt, None),
+             helper.make_tensor_value_info("h_f", tt, None),
+             helper.make_tensor_value_info("tf", I32, None)]
+    if lstm:
+        g_out.append(helper.make_tensor_value_info("c_f", tt, None))
+    if mask:
+        g_out.append(helper.make_tensor_value_info("y_f", tt, None))
+    g = helper.make_graph(outer + nodes, "g", g_in, g_out, g_inits + inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m.SerializeToString(), w
+
+
+def _loops(m):
+    return [s[1][0] for s in m._steps if s[0] == "op" and s[1][1] == "Loop"]
+
+
+def _fused(m) -> bool:
+    """Whether every Loop of ``m`` has a plan (its body runs as a layer)."""
+    ls = _loops(m)
+    return bool(ls) and all(lp._fusion is not None and lp._fusion.cache is not None
+                            and lp._fusion.cache[2] is not None for lp in ls)
+
+
+def _feeds(I, B, T, dtype, mask=False, seed=1, w=None):
+    rng = np.random.default_rng(seed)
+    f = {"x": rng.standard_normal((B, T, I)).astype(dtype)}
+    if mask:
+        m = rng.uniform(size=(B, T)) < 0.7
+        m[0, :] = True
+        if B > 1:
+            m[1, :] = False             # (all masked)
+        f["m"] = m
+    if w is not None:
+        f.update(w)
+    return f
+
+
+def _tol(dtype):
+    return (1e-4, 1e-5) if np.dtype(dtype) == np.float32 else (1e-10, 1e-12)
+
+
+def _compare(data, feeds, dtype, fused=True, model=None):
+    """fastrnn fused (``fused``: its plan made, else not) against ONNX Runtime and the
+    op-by-op run; returns fastrnn's outputs."""
+    rtol, atol = _tol(dtype)
+    ref = _ort(data, feeds)
+    m = load_onnx(data) if model is None else model
+    got = m.run(dict(feeds))
+    assert _fused(m) == fused
+    try:
+        _onnx_loop.FUSE = False
+        slow = load_onnx(data).run(dict(feeds))
+    finally:
+        _onnx_loop.FUSE = True
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+        a = atol * max(1.0, float(np.abs(ref[k]).max(initial=0)))   # (relu grows)
+        np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=a, err_msg=k)
+        np.testing.assert_allclose(got[k], slow[k], rtol=rtol, atol=a, err_msg=k)
+    return got
+
+
+CASES = [("rnn", "Tanh"), ("rnn", "Relu"), ("rnn", "Sigmoid"), ("lstm", "Tanh"),
+         ("gru", "Tanh"), ("gru_before", "Tanh")]
+
+
+@pytest.mark.parametrize("cell,act", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("I,H,B,T", [(3, 1, 1, 1), (5, 7, 3, 6), (16, 32, 2, 9)])
+def test_cells_fused_match_onnxruntime_and_keras(cell, act, dtype, I, H, B, T):
+    data, w = _loop_graph(cell, I, H, dtype, act=act)
+    feeds = _feeds(I, B, T, dtype)
+    got = _compare(data, feeds, dtype)
+    y, h, c = _reference(cell, w, feeds["x"], act=act)
+    rtol, atol = _tol(dtype)
+    np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5)
+    np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5)
+    if cell == "lstm":
+        np.testing.assert_allclose(got["c_f"], c, rtol=rtol * 5, atol=atol * 5)
+
+
+@pytest.mark.parametrize("cell,act", [("rnn", "Tanh"), ("lstm", "Tanh"), ("gru", "Tanh"),
+                                      ("gru_before", "Tanh"), ("rnn", "Relu")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_cells_fused(cell, act, dtype):
+    """Keras's mask: a masked step keeps the states and repeats the last output (zero
+    before the first unmasked step)."""
+    I, H, B, T = 4, 7, 5, 8
+    data, w = _loop_graph(cell, I, H, dtype, mask=True, act=act)
+    feeds = _feeds(I, B, T, dtype, mask=True)
+    feeds["m"][2, :3] = False           # (left padding)
+    feeds["m"][3, 5:] = False           # (right padding)
+    got = _compare(data, feeds, dtype)
+    y, h, c = _reference(cell, w, feeds["x"], mask=feeds["m"], act=act)
+    rtol, atol = _tol(dtype)
+    np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5)
+    np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5)
+    assert not got["y_out"][1].any()    # (all masked: zero outputs)
+
+
+@pytest.mark.parametrize("cond", ["less", "greater", "and"])
+@pytest.mark.parametrize("trips", [False, True])
+def test_conditions_and_trip_count(cond, trips):
+    data, _ = _loop_graph("gru", 3, 5, cond=cond, trips=trips)
+    for T in (1, 2, 7):
+        _compare(data, _feeds(3, 2, T, np.float32), np.float32)
+
+
+@pytest.mark.parametrize("start", [1, 3])
+def test_counter_starting_past_zero(start):
+    """t from ``start``: the Loop reads x[start:] (one iteration at least: a while
+    loop's body runs once when the first condition holds), as ONNX Runtime."""
+    data, _ = _loop_graph("lstm", 3, 4, start=start)
+    for T in (start + 1, start + 4):
+        _compare(data, _feeds(3, 2, T, np.float32), np.float32)
+
+
+def test_counter_past_the_input_runs_op_by_op_with_its_error():
+    """t starting at T: x[T] does not exist; op by op that is a Gather error, and the
+    fused path must give the same (it runs op by op), not a result."""
+    data, _ = _loop_graph("rnn", 3, 4, start=5)
+    feeds = _feeds(3, 2, 5, np.float32)
+    with pytest.raises(Exception):
+        _ort(data, feeds)
+    m = load_onnx(data)
+    with pytest.raises(IndexError, match="Gather") as fused:
+        m.run(feeds)
+    try:
+        _onnx_loop.FUSE = False
+        with pytest.raises(IndexError, match="Gather") as slow:
+            load_onnx(data).run(feeds)
+    finally:
+        _onnx_loop.FUSE = True
+    assert str(fused.value) == str(slow.value)
+
+
+@pytest.mark.parametrize("change", ["clip", "iter_bias", "next_x", "plus_after", "scan_pre",
+                                    "step2"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_bodies_that_are_not_a_cell_run_op_by_op(change, mask):
+    """A Clip (values random probes may never reach), a bias of the iteration number, x
+    read at t + 1, a sum after the activation, a scan output of the pre-activation, a
+    counter stepping by 2 (every other step of x): no plan, ONNX Runtime's numbers."""
+    data, _ = _loop_graph("rnn", 3, 4, mask=mask, change=change)
+    T = 6
+    feeds = _feeds(3, 2, T, np.float32, mask=mask)
+    if change == "clip":
+        feeds["x"] *= 20
+    if change == "next_x":          # (reads x[T] at the last step: ORT fails, so do we)
+        with pytest.raises(Exception):
+            _ort(data, feeds)
+        with pytest.raises(IndexError, match="Gather"):
+            load_onnx(data).run(feeds)
+        return
+    _compare(data, feeds, np.float32, fused=False)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_fed_first_state(mask):
+    """h starting at a fed value: fused.  Under a mask the output state y starts there
+    too; the layer's masked steps repeat a zero first output, so that call runs op by
+    op (its plan made, not used), with ONNX Runtime's numbers."""
+    data, _ = _loop_graph("gru", 3, 4, mask=mask, h0=True)
+    feeds = _feeds(3, 3, 5, np.float32, mask=mask)
+    feeds["h0"] = np.random.default_rng(3).uniform(-1, 1, (3, 4)).astype(np.float32)
+    if mask:
+        feeds["m"][2, 0] = False     # (a masked first step: y0 is its output)
+    _compare(data, feeds, np.float32)
+
+
+def test_masked_scan_of_h_is_not_the_layers_output():
+    """Under a mask, a scan output of the selected h (not the repeated output y) differs
+    from y where h starts elsewhere: no plan, ONNX Runtime's numbers."""
+    data, _ = _loop_graph("rnn", 3, 4, mask=True, h0="h", change="scan_h")
+    feeds = _feeds(3, 3, 5, np.float32, mask=True)
+    feeds["h0"] = np.random.default_rng(3).uniform(-1, 1, (3, 4)).astype(np.float32)
+    _compare(data, feeds, np.float32, fused=False)
+
+
+def test_fed_weights_are_followed():
+    """Weights as graph inputs: a plan per weights; other weights in a later call, a
+    new plan; the same values in new arrays, the same plan."""
+    data, w = _loop_graph("lstm", 3, 5, weights="input")
+    m = load_onnx(data)
+    feeds = _feeds(3, 2, 4, np.float32, w=w)
+    _compare(data, feeds, np.float32, model=m)
+    plan = _loops(m)[0]._fusion.cache[2]
+    same = {k: v.copy() for k, v in feeds.items()}
+    _compare(data, same, np.float32, model=m)
+    assert _loops(m)[0]._fusion.cache[2] is plan
+    w2 = _weights("lstm", 3, 5, np.float32, seed=9)
+    feeds2 = _feeds(3, 2, 4, np.float32, w=w2)
+    _compare(data, feeds2, np.float32, model=m)
+    assert _loops(m)[0]._fusion.cache[2] is not plan
+    w2["R"][0, 0] += 1.0            # (changed in place between calls)
+    _compare(data, feeds2, np.float32, model=m)
+
+
+def test_fused_model_pickles_and_threads():
+    data, _ = _loop_graph("gru_before", 6, 8, mask=True)
+    m = load_onnx(data)
+    feeds = _feeds(6, 4, 10, np.float32, mask=True)
+    want = _compare(data, feeds, np.float32, model=m)
+    m2 = pickle.loads(pickle.dumps(m))
+    got = m2.run(dict(feeds))
+    assert _fused(m2)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    errs = []
+
+    def work():
+        try:
+            for _ in range(20):
+                r = m2.run(dict(feeds))
+                for k in want:
+                    np.testing.assert_array_equal(r[k], want[k])
+        except Exception as e:      # pragma: no cover (reported below)
+            errs.append(e)
+    ts = [threading.Thread(target=work) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errs
+
+
+@pytest.mark.parametrize("name", ["tf2onnx_k2_simplernn", "tf2onnx_k2_gru_reset_before",
+                                  "tf2onnx_k2_masking_lstm", "tf2onnx_k2_bi_simplernn",
+                                  "tf2onnx_k3_gru"])
+def test_tf2onnx_fixtures_fused(name):
+    """tf2onnx 1.17's exports (tests/fixtures/onnx/loop/): every Loop fused, ONNX
+    Runtime's numbers, at batch 1 and 4, T = 1 and 50 (masked steps at both ends)."""
+    path = os.path.join(FIX, name + ".onnx")
+    with open(path, "rb") as f:
+        data = f.read()
+    m = load_onnx(data)
+    rng = np.random.default_rng(5)
+    for B, T in ((1, 1), (4, 50)):
+        x = rng.uniform(-1, 1, (B, T, 4)).astype(np.float32)
+        if "masking" in name:
+            x[-1, T // 2:] = 0
+            x[0, :T // 3] = 0
+        _compare(data, {"x": x}, np.float32, model=m)
