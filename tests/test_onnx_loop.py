@@ -737,15 +737,20 @@ def test_unsupported_op_in_a_body_is_named_with_the_loop():
         load_onnx(_model(nodes[:1], [("v", F32, [2, 2]), ("M", I64, [])], ["y"]))
 
 
-def test_if_and_scan_keep_the_hint_loop_does_not():
+def test_scan_keeps_the_hint_loop_and_if_do_not():
     then = _body([helper.make_node("Identity", ["x"], ["t"])], [], ["t"])
-    nodes = [helper.make_node("Cast", ["x"], ["b"], to=BOOL),
-             helper.make_node("ReduceMax", ["b"], ["bb"], keepdims=0),
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "z"], ["bb"]),
              helper.make_node("If", ["bb"], ["y"], then_branch=then, else_branch=then)]
-    with pytest.raises(LoadError, match=r"If.*fastrnn runs Loop.*not If or Scan.*"
+    # (If runs: tests/test_onnx_if.py)
+    data = _model(nodes, [("x", F32, [2])], ["y"], [_const("z", 0.0)])
+    x = np.array([0.0, 2.0], np.float32)
+    _same(load_onnx(data).run({"x": x}), _ort(data, {"x": x}))
+    scan = helper.make_node("Scan", ["x"], ["y"], name="sc", body=then, num_scan_inputs=1)
+    with pytest.raises(LoadError, match=r"Scan.*fastrnn runs Loop.*and If, not Scan.*"
                                         r"fastrnn\.load\('model\.keras' or '\.h5'\).*"
                                         r"unroll=True"):
-        load_onnx(_model(nodes, [("x", F32, [2])], ["y"]))
+        load_onnx(_model([scan], [("x", F32, [2])], ["y"]))
 
 
 def _loop_node(body, ins=("M", "", "v"), outs=("vf",), name="L"):

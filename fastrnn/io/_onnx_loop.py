@@ -40,7 +40,8 @@ import numpy as np
 from . import LoadError
 from . import _onnx_proto as _proto
 
-__all__ = ["LoopNode", "Body", "Limit", "compile_loop", "DEFAULT_LIMIT"]
+__all__ = ["LoopNode", "Body", "Limit", "compile_loop", "compile_subgraph",
+           "DEFAULT_LIMIT"]
 
 # iterations a Loop without a trip count M may run (OnnxModel.loop_limit): its condition
 # ends it; one that never does would run forever (as in ONNX Runtime), its scan outputs
@@ -85,18 +86,81 @@ def _body_graph(model, node, attrs, where):
     g = getattr(a, "g", None)
     if g is None:
         raise LoadError(f"{model.name}: {where}: no 'body' graph attribute")
-    if g.sparse_initializer:
-        raise LoadError(f"{model.name}: {where}: its body has sparse initializers (not "
-                        "supported)")
     return g
+
+
+def compile_subgraph(model, g, consts: dict, known: set, seqs: set, budget: list,
+                     where: str, what: str = "body"):
+    """Subgraph ``g`` (a Loop's body, an If's branch: ``what``, as messages call it) of a
+    node of ``model`` (an OnnxModel being loaded), compiled with the model's own step
+    compiler (``OnnxModel._compile``) in the scope of the enclosing graph at the node:
+    ``consts``, ``known``, ``seqs`` (its constants, defined names and sequences; not
+    changed).  The subgraph reads any of those by name; its inputs, initializers and node
+    outputs hide outer values of those names.  Returns ``(body, seq_outs)``: a
+    :class:`Body` (``invariant`` empty: compile_loop sets a Loop's) and the set of its
+    outputs that are sequences.  ``where``: the node's label; its steps' are ``"{where}:
+    {what} node k ..."``."""
+    from .onnx import _tensor
+    name = model.name
+    if g.sparse_initializer:
+        raise LoadError(f"{name}: {where}: its {what} has sparse initializers (not "
+                        "supported)")
+    b_in = [v.name for v in g.input]
+    b_out = [v.name for v in g.output]
+    # the subgraph's scope: its inputs, initializers and node outputs hide outer values
+    # of those names
+    own = set(b_in) | {o for n in g.node for o in n.output if o}
+    local: dict = {}
+    for t in g.initializer:
+        if t.name not in b_in:      # (an input of that name: the input)
+            try:
+                local[t.name] = _tensor(t)
+            except LoadError as e:
+                raise LoadError(f"{name}: {where}: {what} initializer: {e}") from None
+    own |= set(local)
+    outer_consts = {n: v for n, v in consts.items() if n not in own}
+    b_consts = dict(outer_consts)
+    b_consts.update(local)
+    b_known = (known - own) | set(b_in) | set(local)
+    b_seqs = set(seqs - own)
+    steps = model._compile(g.node, b_consts, b_known, b_seqs, budget, f"{where}: {what} ")
+    missing = [n for n in b_out if n not in b_known]
+    if missing:
+        raise LoadError(f"{name}: {where}: {what} outputs {missing} are never computed")
+    # constants of the subgraph's own (initializers, folded nodes): those not the outer
+    # ones
+    local = {n: v for n, v in b_consts.items()
+             if n not in outer_consts or v is not outer_consts[n]}
+    # dead steps: what neither the outputs nor a live step reads
+    need = set(b_out)
+    live = []
+    for st in reversed(steps):
+        if any(o in need for o in st[3] if o):
+            live.append(st)
+            need.update(n for n in st[2] if n)
+    live.reverse()
+    made = {o for st in live for o in st[3] if o}
+    reads = [n for st in live for n in st[2] if n] + b_out
+    body = Body()
+    body.inputs, body.outputs, body.steps = b_in, b_out, live
+    body.consts = {n: v for n, v in local.items() if n in need and n not in made}
+    seen: set = set()
+    outer = []
+    for n in reads:
+        if n not in seen and n not in b_in and n not in made and n not in body.consts:
+            seen.add(n)
+            outer.append(n)
+    body.outer = tuple(outer)
+    body.invariant = frozenset()
+    return body, {n for n in b_out if n in b_seqs}
 
 
 def compile_loop(model, node, attrs, consts: dict, known: set, seqs: set, budget: list,
                  where: str) -> "LoopNode":
     """The LoopNode of ``node`` (a Loop) of ``model`` (an OnnxModel being loaded), its
-    body compiled with the model's own step compiler; ``consts``, ``known``, ``seqs``:
-    the enclosing graph's constants, defined names and sequences at the node."""
-    from .onnx import _tensor
+    body compiled with the model's own step compiler (compile_subgraph); ``consts``,
+    ``known``, ``seqs``: the enclosing graph's constants, defined names and sequences at
+    the node."""
     g = _body_graph(model, node, attrs, where)
     name = model.name
     n_in = len(node.input)
@@ -122,53 +186,10 @@ def compile_loop(model, node, attrs, consts: dict, known: set, seqs: set, budget
     if any(not n for n in b_in + b_out) or len(set(b_in)) != len(b_in):
         raise LoadError(f"{name}: {where}: its body's inputs and outputs must have names, "
                         f"the inputs different ones (inputs {b_in}, outputs {b_out})")
-    # the body's scope: its inputs, initializers and node outputs hide outer values of
-    # those names
-    own = set(b_in) | {o for n in g.node for o in n.output if o}
-    local: dict = {}
-    for t in g.initializer:
-        if t.name not in b_in:      # (an input of that name: the input)
-            try:
-                local[t.name] = _tensor(t)
-            except LoadError as e:
-                raise LoadError(f"{name}: {where}: body initializer: {e}") from None
-    own |= set(local)
-    outer_consts = {n: v for n, v in consts.items() if n not in own}
-    b_consts = dict(outer_consts)
-    b_consts.update(local)
-    b_known = (known - own) | set(b_in) | set(local)
-    b_seqs = set(seqs - own)
-    steps = model._compile(g.node, b_consts, b_known, b_seqs, budget, f"{where}: body ")
-    missing = [n for n in b_out if n not in b_known]
-    if missing:
-        raise LoadError(f"{name}: {where}: body outputs {missing} are never computed")
-    bad = [n for n in b_out if n in b_seqs]
+    body, bad = compile_subgraph(model, g, consts, known, seqs, budget, where, "body")
     if bad:
-        raise LoadError(f"{name}: {where}: body output(s) {bad} are sequences (a Loop's "
-                        "values must be tensors here)")
-    # constants of the body's own (initializers, folded nodes): those not the outer ones
-    local = {n: v for n, v in b_consts.items()
-             if n not in outer_consts or v is not outer_consts[n]}
-    # dead steps: what neither the outputs nor a live step reads
-    need = set(b_out)
-    live = []
-    for st in reversed(steps):
-        if any(o in need for o in st[3] if o):
-            live.append(st)
-            need.update(n for n in st[2] if n)
-    live.reverse()
-    made = {o for st in live for o in st[3] if o}
-    reads = [n for st in live for n in st[2] if n] + b_out
-    body = Body()
-    body.inputs, body.outputs, body.steps = b_in, b_out, live
-    body.consts = {n: v for n, v in local.items() if n in need and n not in made}
-    seen: set = set()
-    outer = []
-    for n in reads:
-        if n not in seen and n not in b_in and n not in made and n not in body.consts:
-            seen.add(n)
-            outer.append(n)
-    body.outer = tuple(outer)
+        raise LoadError(f"{name}: {where}: body output(s) {[n for n in b_out if n in bad]} "
+                        "are sequences (a Loop's values must be tensors here)")
     body.invariant = _invariant(body, K)
     scan = []
     for v in g.output[1 + K:]:
@@ -284,6 +305,8 @@ class LoopNode:
                 obj.rekey(scope)
             elif kind == "op" and obj[1] == "Loop":
                 obj[0].own(scope)
+            elif kind == "op" and obj[1] == "If":
+                obj[2]["_if"].own(scope)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -10,7 +10,9 @@ sort and unsort of PyTorch's pack_padded_sequence(enforce_sorted=False); a CNN
 front-end's 1-D, 2-D and 3-D Conv / MaxPool / AveragePool: :mod:`fastrnn.io._onnx_conv`)
 with NumPy; a ``Loop`` node (tf2onnx's Keras RNN layers it could not fuse) runs its body
 graph, compiled at load with the same op table, iteration by iteration
-(:mod:`fastrnn.io._onnx_loop`).
+(:mod:`fastrnn.io._onnx_loop`); an ``If`` node (PyTorch's TorchScript export of
+``squeeze`` on a dynamic axis) runs the branch its condition chooses, both compiled so
+(:mod:`fastrnn.io._onnx_if`).
 Anything else is refused at load time with a :class:`fastrnn.io.LoadError` naming every
 unsupported op type.
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from . import LoadError, _check_args
 from . import _onnx_proto as _proto
+from . import _onnx_if as _if
 from . import _onnx_loop as _loop
 from . import _onnx_unrolled as _unrolled
 from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
@@ -56,7 +59,7 @@ def _attrs(node) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         if a.type in (a.GRAPH, a.GRAPHS):
-            out[a.name] = a  # (a Loop's body: _onnx_loop.compile_loop reads a.g)
+            out[a.name] = a  # (a Loop's body, an If's branches: their compilers read a.g)
             continue
         if a.type == a.TENSOR:      # (read here, at load: Constant, ConstantOfShape)
             if a.t is None:
@@ -998,6 +1001,8 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "ScatterElements": _op_scatter_elements,
     "Scatter": lambda i, a, o: _op_scatter_elements(i, a, o, op="Scatter"),
     "NonZero": _op_nonzero,
+    # (its branches compiled at load, in its attributes: _onnx_if.compile_if)
+    "If": _if.op_if,
 }
 # the ops whose outputs are sequences (lists of arrays), and the inputs that must be ones
 _SEQ_OUTPUTS = {"SplitToSequence"}
@@ -1458,8 +1463,8 @@ def _own_constants(consts: dict) -> None:
 
 def _unsupported(nodes, bad: dict, inside: str = "") -> None:
     """Adds to ``bad`` each op type of ``nodes`` fastrnn does not run (with its domain
-    where not ONNX's), and the first such node's name, looking into Loop bodies too
-    (``inside``: the Loop node's name, said after the node's)."""
+    where not ONNX's), and the first such node's name, looking into Loop bodies and If
+    branches too (``inside``: the Loop / If node's name, said after the node's)."""
     for node in nodes:
         dom = node.domain or "ai.onnx"
         op = node.op_type
@@ -1472,6 +1477,57 @@ def _unsupported(nodes, bad: dict, inside: str = "") -> None:
                 if a.name == "body" and a.g is not None:
                     _unsupported(a.g.node, bad, f" (in the body of Loop "
                                  f"{node.name or '(unnamed)'!r}{inside})")
+        elif op == "If":
+            for a in node.attribute:
+                if a.name in _if.BRANCHES and a.g is not None:
+                    _unsupported(a.g.node, bad, f" (in the {a.name} of If "
+                                 f"{node.name or '(unnamed)'!r}{inside})")
+
+
+def _shape_walk(steps, fixed: set, known: set, shaped: set) -> None:
+    """OnnxModel._shape_only's walk over ``steps``: adds to ``shaped`` the outputs whose
+    values follow from the feeds' shapes (and ``fixed``, the constants), to ``known``
+    those whose shapes do.  An If's outputs: shaped where all its inputs are (and its
+    branches hold no Dropout or Loop: _onnx_if.IfNode.pure); their shapes known where its
+    condition is shaped or fixed and each branch it may take gives outputs of known
+    shapes (the same walk over the branch, its own names hiding the outer ones)."""
+    for kind, obj, ins, outs, _ in steps:
+        op = obj.op if kind == "rnn" else obj[1]
+        if op == "Loop":    # (its outputs' values and shapes follow its trip count)
+            continue
+        args = [n for n in ins if n]
+        new = [o for o in outs if o]
+        if op == "If":
+            ifn = obj[2]["_if"]
+            if ifn.pure and any(n in shaped for n in args) and all(
+                    n in shaped or n in fixed for n in args):
+                shaped.update(new)
+                known.update(new)
+            elif (ifn.fixed is not None or ins[0] in shaped or ins[0] in fixed) and all(
+                    _branch_shapes(b, fixed, known, shaped) for b in ifn.bodies()):
+                known.update(new)
+            continue
+        if kind == "op" and (
+                (op in ("Shape", "Size") and args and args[0] in known)
+                or (op not in _NO_FOLD and any(n in shaped for n in args)
+                    and all(n in shaped or n in fixed for n in args))):
+            shaped.update(new)              # (their values, so their shapes too)
+            known.update(new)
+        elif all(n in known for n in args) and all(
+                k >= len(ins) or not ins[k] or ins[k] in shaped or ins[k] in fixed
+                for k in _SHAPE_ARGS.get(op, ())):
+            known.update(new)
+
+
+def _branch_shapes(body, fixed: set, known: set, shaped: set) -> bool:
+    """Whether an If branch's outputs have shapes that follow from the feeds' shapes,
+    given the enclosing values' (_shape_walk)."""
+    own = set(body.consts) | {o for st in body.steps for o in st[3] if o}
+    b_fixed = (fixed - own) | set(body.consts)
+    b_known = (known - own) | set(body.consts)
+    b_shaped = shaped - own
+    _shape_walk(body.steps, b_fixed, b_known, b_shaped)
+    return all(n in b_known for n in body.outputs)
 
 
 class _Converted:
@@ -1538,22 +1594,22 @@ class OnnxModel:
         self._overridable = [v.name for v in g.input if v.name in init_names]
         self.output_names = [v.name for v in g.output]
 
-        # unsupported ops: all reported at once (inside Loop bodies too)
+        # unsupported ops: all reported at once (inside Loop bodies and If branches too)
         bad: dict = {}
         _unsupported(g.node, bad)
         if bad:
             hint = ""
-            if "Scan" in bad or "If" in bad:
+            if "Scan" in bad:
                 hint = (" Of ONNX's control flow fastrnn runs Loop (tf2onnx's way of writing "
-                        "a Keras RNN layer it could not turn into an LSTM / GRU node), not "
-                        "If or Scan: for a Keras model, load the Keras file itself "
+                        "a Keras RNN layer it could not turn into an LSTM / GRU node) and If, "
+                        "not Scan: for a Keras model, load the Keras file itself "
                         "(fastrnn.load('model.keras' or '.h5')), or export with unroll=True "
                         "and a fixed number of steps.")
             raise LoadError(
                 f"{self.name}: unsupported ONNX op type(s) {sorted(bad)} "
                 f"(first node of each: {', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})."
-                f"{hint} fastrnn runs {', '.join(_RECURRENT)}, Loop and these simple ops: "
-                f"{', '.join(sorted(_SIMPLE_OPS))}")
+                f"{hint} fastrnn runs {', '.join(_RECURRENT)}, Loop, If and these simple ops: "
+                f"{', '.join(sorted(set(_SIMPLE_OPS) - {'If'}))}")
 
         known = set(consts) | set(self.input_names)
         seqs: set = set()               # the values that are sequences (_SEQ_OUTPUTS)
@@ -1580,6 +1636,8 @@ class OnnxModel:
                 obj.rekey(consts)
             elif kind == "op" and obj[1] == "Loop":
                 obj[0].own(consts)      # (its body's constants and layers: the same)
+            elif kind == "op" and obj[1] == "If":
+                obj[2]["_if"].own(consts)   # (its branches' layers: the same)
         for v in consts.values():      # (so an output that is one, or a view of one, is
             _freeze(v)                  # returned as a copy: _results)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
@@ -1592,12 +1650,16 @@ class OnnxModel:
         """The steps running ``nodes`` (a graph's, in order), each ``(kind, obj, inputs,
         outputs, where)``: ("rnn", _RecurrentNode, its 8 inputs, ...) or ("op", (fn,
         op_type, attrs), ...); a Loop's ``fn`` is its :class:`_onnx_loop.LoopNode`, its
-        inputs the node's (M and cond padded) and then the outer values its body reads.
-        Nodes of constant inputs are computed here (not Loops) and their outputs put in
+        inputs the node's (M and cond padded) and then the outer values its body reads;
+        an If's ``fn`` is _onnx_if.op_if and ``attrs`` ``{"_if": its
+        :class:`_onnx_if.IfNode`}``, its inputs the condition and then the outer values
+        its branches read (an If of a constant condition whose branch gives constants:
+        folded).  Nodes of constant inputs are computed here (not Loops) and their outputs put in
         ``consts``, within ``budget[0]`` elements in all (_FOLD_ELEMENTS); ``known``
         (the names defined so far) and ``seqs`` (the sequences) grow with the nodes'
         outputs.  ``prefix``: before each node's "node k ..." in messages (a Loop's
-        body: the Loop node's own, _onnx_loop.compile_loop)."""
+        body, an If's branch: the node's own and the subgraph's, "node 3 If 'x':
+        then_branch ", _onnx_loop.compile_subgraph)."""
         steps = []
         for k, node in enumerate(nodes):
             where = f"{prefix}node {k} {node.op_type} {node.name!r}"
@@ -1627,6 +1689,16 @@ class OnnxModel:
                 ins = (list(node.input) + ["", ""])[:max(2, len(node.input))]
                 steps.append(("op", (loop, "Loop", attrs), ins + list(loop.body.outer),
                               outs, where))
+            elif node.op_type == "If":     # (folded only where its condition is constant)
+                ifn = _if.compile_if(self, node, attrs, consts, known, seqs, budget, where)
+                if ifn.folded is not None:
+                    for n, v in zip(outs, ifn.folded):
+                        if n:
+                            consts[n] = v
+                else:
+                    steps.append(("op", (_SIMPLE_OPS["If"], "If", {"_if": ifn}),
+                                  [node.input[0]] + list(ifn.outer), outs, where))
+                seqs.update(o for o, sq in zip(outs, ifn.seq_outs) if o and sq)
             elif node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, self.num_threads)
                 steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
@@ -1713,22 +1785,7 @@ class OnnxModel:
         fixed = {n for n in consts if n not in self._overridable}
         known = set(consts) | set(self.input_names)     # shapes set by the feeds' shapes
         shaped: set = set()
-        for kind, obj, ins, outs, _ in steps:
-            op = obj.op if kind == "rnn" else obj[1]
-            if op == "Loop":    # (its outputs' values and shapes follow its trip count)
-                continue
-            args = [n for n in ins if n]
-            new = [o for o in outs if o]
-            if kind == "op" and (
-                    (op in ("Shape", "Size") and args and args[0] in known)
-                    or (op not in _NO_FOLD and any(n in shaped for n in args)
-                        and all(n in shaped or n in fixed for n in args))):
-                shaped.update(new)              # (their values, so their shapes too)
-                known.update(new)
-            elif all(n in known for n in args) and all(
-                    k >= len(ins) or not ins[k] or ins[k] in shaped or ins[k] in fixed
-                    for k in _SHAPE_ARGS.get(op, ())):
-                known.update(new)
+        _shape_walk(steps, fixed, known, shaped)
         return frozenset(shaped)
 
     def _call(self, fn, op_type, vals, attrs, nout):
