@@ -435,7 +435,22 @@ def _make(f, loop, vals, roles, dt, I, H):
     masked = roles[1] is not None
     rng = np.random.default_rng(0)
     nr = _RANDOM_ROWS
-    n0 = 1 + I + S * H
+    v64 = _upcast(vals)
+    # the states some activation's input reads (each changed alone on random rows): the
+    # unit rows are theirs alone (a masked cell's repeated output reads none)
+    xs = rng.standard_normal((nr, I))
+    ss = [rng.uniform(-1, 1, (nr, H)) for _ in range(S)]
+    on = np.ones(nr, bool) if masked else None
+    base = f.probe(v64, roles, xs, ss, on)
+    reads = []
+    for s in range(S):
+        other = list(ss)
+        other[s] = rng.uniform(-1, 1, (nr, H))
+        p = f.probe(v64, roles, xs, other, on)
+        if any(not np.array_equal(p[i], base[i]) for _, i, _ in f.acts):
+            reads.append(s)
+    row = {s: 1 + I + j * H for j, s in enumerate(reads)}
+    n0 = 1 + I + len(reads) * H
     Bp = n0 + nr
     x = np.zeros((Bp, I))
     x[1:1 + I] = np.eye(I)
@@ -443,12 +458,11 @@ def _make(f, loop, vals, roles, dt, I, H):
     sts = []
     for s in range(S):
         h = np.zeros((Bp, H))
-        r0 = 1 + I + s * H
-        h[r0:r0 + H] = np.eye(H)
+        if s in row:
+            h[row[s]:row[s] + H] = np.eye(H)
         h[n0:] = rng.uniform(-1, 1, (nr, H))
         sts.append(h)
     ones = np.ones(Bp, bool) if masked else None
-    v64 = _upcast(vals)
     v = f.probe(v64, roles, x, sts, ones)
     rand = slice(n0, None)
 
@@ -459,8 +473,9 @@ def _make(f, loop, vals, roles, dt, I, H):
             return None
         b = p[0]
         W = p[1:1 + I] - b
-        Rs = [p[1 + I + s * H:1 + I + (s + 1) * H] - b for s in range(S)]
-        pred = b + x[rand] @ W + sum(sts[s][rand] @ Rs[s] for s in range(S))
+        Rs = [p[row[s]:row[s] + H] - b if s in row else np.zeros((H, p.shape[1]))
+              for s in range(S)]
+        pred = b + x[rand] @ W + sum(sts[s][rand] @ Rs[s] for s in reads)
         if not _close(p[rand], pred, 1e-9):
             return None
         return W, Rs, b
@@ -491,9 +506,9 @@ def _make(f, loop, vals, roles, dt, I, H):
     if any(not np.array_equal(v[s], outs[order[0]]) for s in f.scan):
         return None
     if masked:              # (all masked: every state as it was)
-        v0 = f.probe(v64, roles, x, sts, ~ones)
-        if any(not _close(v0[o], sts[s], 0) for s, o in enumerate(f.state_out)) or \
-                any(not _close(v0[o], sts[yk], 0) for o in f.scan):
+        v0 = f.probe(v64, roles, xs, ss, ~on)
+        if any(not _close(v0[o], ss[s], 0) for s, o in enumerate(f.state_out)) or \
+                any(not _close(v0[o], ss[yk], 0) for o in f.scan):
             return None
     from .onnx import _RecurrentNode
     node = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
