@@ -142,10 +142,22 @@ def _analyse(loop):
         by_name[body.inputs[2 + k]] = 2 + k
     for j, n in enumerate(body.outer):
         by_name[n] = 2 + K + j
-    reads = {n for j in cell for n in info[j][0][2] if n}
-    keys = _sources(reads, body, by_name) - {2 + k for k in states} - {2 + k for k in counters}
+    # the values the Gathers read x_t and the mask from (X, the mask) may be read by no
+    # other step of the cell, nor be the source of any other value the cell reads (a
+    # value computed from X once per call, ReduceMean(X)): the probes put their own rows
+    # in X's slot, and the plan's key leaves out the Loop inputs X comes from
     srcs = {s for s, _, _ in reads_g}
-    keys -= _sources({n for n, s in slot.items() if s in srcs}, body, by_name)
+    x_names = {n for n, s in slot.items() if s in srcs}
+    made_n = {o for j in cell for o in info[j][0][3] if o}
+    reads = set()
+    for j in cell:
+        names = info[j][0][2]
+        reads.update(n for n in (names[1:] if j in gathers else names)
+                     if n and n not in made_n)
+    src = _sources(reads, body, by_name)
+    if reads & x_names or src & _sources(x_names, body, by_name):
+        return None
+    keys = src - {2 + k for k in states} - {2 + k for k in counters}
     f = _Fusion()
     f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
     f.states, f.passes, f.gathers = states, passes, reads_g
@@ -270,7 +282,9 @@ class _Fusion:
         t0 = {}
         for k in self.counters:
             t = ins[2 + k]
-            if not (isinstance(t, num) and t.dtype.kind in "iu" and t.size == 1):
+            # (int32 / int64 only: a narrower counter wraps around op by op, and its
+            # final value t0 + n may not fit it)
+            if not (isinstance(t, num) and t.dtype in (np.int32, np.int64) and t.size == 1):
                 return None
             t0[k] = int(t.reshape(()))
         vals = list(loop._template)
@@ -485,31 +499,31 @@ def _make(f, loop, vals, roles, dt, I, H):
 
     outs = [v[o] for o in f.state_out]
     fits = [affine(v[i]) for _, i, _ in f.acts]
-    found = None
+    # (under a mask: each state in turn the one repeating the last output, until one
+    # passes every check below)
+    v0 = f.probe(v64, roles, xs, ss, ~on) if masked else None
     for yk in (range(S) if masked else (None,)):
         cell = [s for s in range(S) if s != yk]
         found = _classify(f, v, probe, x, sts, fits, outs, cell, H, affine)
         if found is None:
             continue
-        hs = found[2][0]
-        if yk is not None and not np.array_equal(outs[yk], outs[hs]):
+        op, attrs, order, W, R, Bias, used = found
+        if yk is not None and not np.array_equal(outs[yk], outs[order[0]]):
+            continue
+        # the gates read the h state alone
+        if any(not _close(fits[j][1][s], 0 * fits[j][1][s], 1e-9)
+               for j in used for s in range(S) if s != order[0]):
+            continue
+        # the scan outputs: the new h (under a mask: the output repeated at masked steps)
+        if any(not np.array_equal(v[s], outs[order[0]]) for s in f.scan):
+            continue
+        if masked and (     # (all masked: every state as it was)
+                any(not _close(v0[o], ss[s], 0) for s, o in enumerate(f.state_out))
+                or any(not _close(v0[o], ss[yk], 0) for o in f.scan)):
             continue
         break
-    if found is None:
+    else:
         return None
-    op, attrs, order, W, R, Bias, used = found
-    # the gates read the h state alone
-    if any(not _close(fits[j][1][s], 0 * fits[j][1][s], 1e-9)
-           for j in used for s in range(S) if s != order[0]):
-        return None
-    # the scan outputs: the new h (under a mask: the output repeated at masked steps)
-    if any(not np.array_equal(v[s], outs[order[0]]) for s in f.scan):
-        return None
-    if masked:              # (all masked: every state as it was)
-        v0 = f.probe(v64, roles, xs, ss, ~on)
-        if any(not _close(v0[o], ss[s], 0) for s, o in enumerate(f.state_out)) or \
-                any(not _close(v0[o], ss[yk], 0) for o in f.scan):
-            return None
     from .onnx import _RecurrentNode
     node = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
     attrs = dict(attrs, hidden_size=H)
