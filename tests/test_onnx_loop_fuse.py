@@ -51,8 +51,9 @@ def _weights(cell, I, H, dtype, seed=0):
     return {k: v.astype(dtype) for k, v in w.items()}
 
 
-def _reference(cell, w, x, mask=None, act="Tanh", h0=None):
-    """Keras's cell math in float64 over x (B, T, I): (outputs (B, T, H), h, c)."""
+def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False):
+    """Keras's cell math in float64 over x (B, T, I): (outputs (B, T, H), h, c); under
+    a mask the output repeats the last one at masked steps (``zero_out``: is zero)."""
     W, R, b = (w[k].astype(np.float64) for k in ("W", "R", "b"))
     B, T, _ = x.shape
     H = R.shape[0]
@@ -82,7 +83,7 @@ def _reference(cell, w, x, mask=None, act="Tanh", h0=None):
             hn, cn = z * h + (1 - z) * n, c
         if mask is not None:
             m = mask[:, t:t + 1]
-            y = np.where(m, hn, y)
+            y = np.where(m, hn, 0 if zero_out else y)
             h, c = np.where(m, hn, h), np.where(m, cn, c)
         else:
             y, h, c = hn, hn, cn
@@ -166,7 +167,8 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
 
 
 def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="init",
-                start=0, trips=False, cond="less", change=None, h0=False, opset=17):
+                start=0, trips=False, cond="less", change=None, h0=False, opset=17,
+                zero_out=False):
     """A tf2onnx-like model: x (B, T, I) [, m (B, T) bool] -> y (B, T, H), h (B, H)
     [, c]; its Loop carries t, [y,] h, [c,] T and W (as tf2onnx: the kernel given back
     unchanged), reads R and b from the graph.  ``weights``: "init" (initializers) or
@@ -174,7 +176,9 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
     trip count M = T; ``cond``: "less", "greater" or "and" (also Less(i, T), as Keras
     3); ``change``: a body that is not a cell ("clip", "iter_bias", "next_x",
     "plus_after", "scan_pre", "scan_h", "step2"); ``h0``: h's first value a graph input (and,
-    under a mask, the output state y's; "h": h's alone)."""
+    under a mask, the output state y's; "h": h's alone); ``zero_out``: under a mask,
+    the output zero at masked steps (a carried zeros value, as Keras's Bidirectional with
+    return_sequences), not the last one."""
     ft = np.dtype(dtype)
     tt = F64 if ft == np.float64 else F32
     w = _weights(cell, I, H, ft)
@@ -220,6 +224,9 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
     b_in += [helper.make_tensor_value_info("Tb", I64, []),
              helper.make_tensor_value_info("W", tt, None)]
     carried += ["T", "W"]
+    if zero_out:
+        b_in.append(helper.make_tensor_value_info("Zb", tt, None))
+        carried.append("zeros")
     bn = [helper.make_node("Add", ["t", "one_i"], ["t1"]),
           helper.make_node("Gather", ["xt", "t1" if change == "next_x" else "t"], ["xk"])]
     b_inits = [numpy_helper.from_array(np.array(2 if change == "step2" else 1, np.int32),
@@ -250,7 +257,8 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
                helper.make_node("Cast", ["mk"], ["mf"], to=tt),
                helper.make_node("Not", ["mk"], ["nm"]),
                helper.make_node("Cast", ["nm"], ["nmf"], to=tt)]
-        for new, old, out in ((src_h, "y", "yn"), (src_h, "h", "hn"), ("cn0", "c", "cn")):
+        for new, old, out in ((src_h, "Zb" if zero_out else "y", "yn"), (src_h, "h", "hn"),
+                              ("cn0", "c", "cn")):
             if out == "cn" and not lstm:
                 continue
             bn += [helper.make_node("Mul", ["mf", new], [out + "_a"]),
@@ -272,10 +280,12 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
              helper.make_tensor_value_info("t1", I32, [])]
     b_out += [helper.make_tensor_value_info(s + "n", tt, None) for s in states]
     b_out += [helper.make_tensor_value_info("Tb", I64, []),
-              helper.make_tensor_value_info("W", tt, None),
-              helper.make_tensor_value_info(scan, tt, None)]
+              helper.make_tensor_value_info("W", tt, None)]
+    if zero_out:
+        b_out.append(helper.make_tensor_value_info("Zb", tt, None))
+    b_out.append(helper.make_tensor_value_info(scan, tt, None))
     body = helper.make_graph(bn, "body", b_in, b_out, b_inits)
-    louts = ["tf"] + [s + "_f" for s in states] + ["Tf_", "Wf", "ys"]
+    louts = ["tf"] + [s + "_f" for s in states] + ["Tf_", "Wf"] + ["Zf"] * zero_out + ["ys"]
     outer.append(helper.make_node("Loop", ["T" if trips else "", "cond0"] + carried,
                                   louts, body=body))
     outer.append(helper.make_node("Transpose", ["ys"], ["y_out"], perm=[1, 0, 2]))
@@ -378,6 +388,31 @@ def test_masked_cells_fused(cell, act, dtype):
     np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5)
     np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5)
     assert not got["y_out"][1].any()    # (all masked: zero outputs)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru_before"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_zero_output_fused(cell, dtype):
+    """Keras's Bidirectional with return_sequences (tf2onnx): the output at a masked step
+    is zero (a carried zeros value of the batch's rows, made per call); the layer's
+    masked_output "zero".  Batch sizes change from call to call: the zeros are no
+    weights, one plan serves them all."""
+    I, H = 4, 6
+    data, w = _loop_graph(cell, I, H, dtype, mask=True, zero_out=True)
+    m = load_onnx(data)
+    plans = set()
+    for B, T in ((5, 8), (2, 3), (1, 1), (5, 8)):
+        feeds = _feeds(I, B, T, dtype, mask=True, seed=B)
+        if B > 2:
+            feeds["m"][2, :3] = False
+        got = _compare(data, feeds, dtype, model=m)
+        plans.add(id(_loops(m)[0]._fusion.cache[2]))
+        assert _loops(m)[0]._fusion.cache[2][3] == "zero"
+        y, h, _ = _reference(cell, w, feeds["x"], mask=feeds["m"], zero_out=True)
+        rtol, atol = _tol(dtype)
+        np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5)
+        np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5)
+    assert len(plans) == 1
 
 
 @pytest.mark.parametrize("cond", ["less", "greater", "and"])

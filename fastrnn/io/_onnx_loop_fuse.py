@@ -157,7 +157,11 @@ def _analyse(loop):
     src = _sources(reads, body, by_name)
     if reads & x_names or src & _sources(x_names, body, by_name):
         return None
-    keys = src - {2 + k for k in states} - {2 + k for k in counters}
+    # per value the cell reads of those fixed for the call: the Loop inputs it comes from
+    # (the plan's key: _Fusion._plan)
+    mine = {2 + k for k in states} | {2 + k for k in counters}
+    inv_reads = tuple((slot[n], frozenset(_sources({n}, body, by_name) - mine))
+                      for n in sorted(reads) if slot.get(n) in inv)
     f = _Fusion()
     f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
     f.states, f.passes, f.gathers = states, passes, reads_g
@@ -167,7 +171,7 @@ def _analyse(loop):
     f.cell_outs = [info[j][2] for j in sorted(cell)]
     f.acts = sorted(acts)
     f.terms = terms
-    f.keys = tuple(sorted(keys))
+    f.inv_reads = inv_reads
     f.cache = None
     return f
 
@@ -319,11 +323,11 @@ class _Fusion:
             if mv.shape[1:] not in ((B,), (B, 1)) or not 0 <= tm <= mv.shape[0] - n:
                 return None
             mask = mv[tm:tm + n].reshape(n, B)
-        plan = self._plan(loop, ins, vals, roles, dt, I, H)
+        plan = self._plan(loop, ins, vals, roles, dt, B, I, H)
         if plan is None:
             return None
-        layer, order, yk = plan
-        if yk is not None and st[yk].any():
+        layer, order, yk, mode = plan
+        if mode == "carry" and st[yk].any():
             return None         # (the layer's masked steps repeat a zero first output)
         h0 = st[order[0]][None]
         hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
@@ -331,7 +335,7 @@ class _Fusion:
         if mask is None:
             Y, hn = layer(x, hx)
         else:
-            Y, hn = layer(x, hx, mask=mask, masked_output="carry")
+            Y, hn = layer(x, hx, mask=mask, masked_output=mode)
         new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
         if len(order) == 2:
             new[self.states[order[1]]] = hn[1][0]
@@ -390,13 +394,18 @@ class _Fusion:
             return None
         return n
 
-    def _plan(self, loop, ins, vals, roles, dt, I, H):
+    def _plan(self, loop, ins, vals, roles, dt, B, I, H):
         """(layer, the states' order (h[, c]) as indices into self.states, the state
-        repeating the last output under a mask or None) for this call's weights: found
-        once per weights (compared by identity, then by value), dtype and roles; None:
-        the body is no cell found here."""
-        key = [ins[k] for k in self.keys]
-        sig = (dt, I, H, roles)
+        holding the last output under a mask or None, the layer's ``masked_output``) for
+        this call's weights: found once per weights (the Loop inputs the values the cell
+        reads come from, compared by identity, then by value), dtype and roles; None: the
+        body is no cell found here.  A value the cell reads that is zeros of the batch's
+        rows (Keras's zero output at masked steps, made per call) is not a weight: it
+        must be such zeros in every call."""
+        zero = tuple(s for s, _ in self.inv_reads if _zero_rows(vals[s], B))
+        pos = sorted(set().union(*(p for s, p in self.inv_reads if s not in zero)))
+        key = [ins[k] for k in pos]
+        sig = (dt, I, H, roles, zero, tuple(pos))
         c = self.cache
         if c is not None and c[1] == sig and all(
                 a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
@@ -404,20 +413,23 @@ class _Fusion:
                            and np.array_equal(a, b)) for a, b in zip(c[0], key)):
             return c[2]
         try:
-            plan = _make(self, loop, vals, roles, dt, I, H)
+            plan = _make(self, loop, vals, roles, dt, I, H, zero)
         except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
             plan = None
         self.cache = ([k.copy() if isinstance(k, np.ndarray) else k for k in key], sig, plan)
         return plan
 
     # --------------------------------------------------------------------- probing
-    def probe(self, vals, roles, x, states, mask=None, force=None):
+    def probe(self, vals, roles, x, states, mask=None, force=None, zero=()):
         """The value list after the cell's steps ran on rows ``x``, ``states`` and the
         mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
-        slot -> value put in place of that step output's)."""
+        slot -> value put in place of that step output's; ``zero``: slots of zeros of
+        the batch's rows, made zeros of the probe's)."""
         v = list(vals)
         (xs, _, xk), m = roles
         v[xs] = x[None]
+        for s in zero:
+            v[s] = np.zeros((len(x),) + vals[s].shape[1:], vals[s].dtype)
         v[2 + xk] = np.zeros_like(vals[2 + xk])
         if m is not None:
             v[m[0]] = mask.reshape((1, len(mask)) + vals[m[0]].shape[2:])
@@ -433,6 +445,11 @@ class _Fusion:
         return v
 
 
+def _zero_rows(v, B) -> bool:
+    return (v.__class__ is np.ndarray and v.dtype.kind == "f" and v.ndim >= 1
+            and v.shape[0] == B and not v.any())
+
+
 def _upcast(vals):
     return [v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32
             else v for v in vals]
@@ -443,7 +460,7 @@ def _close(a, b, tol) -> bool:
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= tol * (1 + np.abs(b))))
 
 
-def _make(f, loop, vals, roles, dt, I, H):
+def _make(f, loop, vals, roles, dt, I, H, zero):
     """The plan of :meth:`_Fusion._plan` for the call's values ``vals``, or None."""
     S = len(f.states)
     masked = roles[1] is not None
@@ -455,12 +472,12 @@ def _make(f, loop, vals, roles, dt, I, H):
     xs = rng.standard_normal((nr, I))
     ss = [rng.uniform(-1, 1, (nr, H)) for _ in range(S)]
     on = np.ones(nr, bool) if masked else None
-    base = f.probe(v64, roles, xs, ss, on)
+    base = f.probe(v64, roles, xs, ss, on, zero=zero)
     reads = []
     for s in range(S):
         other = list(ss)
         other[s] = rng.uniform(-1, 1, (nr, H))
-        p = f.probe(v64, roles, xs, other, on)
+        p = f.probe(v64, roles, xs, other, on, zero=zero)
         if any(not np.array_equal(p[i], base[i]) for _, i, _ in f.acts):
             reads.append(s)
     row = {s: 1 + I + j * H for j, s in enumerate(reads)}
@@ -477,7 +494,7 @@ def _make(f, loop, vals, roles, dt, I, H):
         h[n0:] = rng.uniform(-1, 1, (nr, H))
         sts.append(h)
     ones = np.ones(Bp, bool) if masked else None
-    v = f.probe(v64, roles, x, sts, ones)
+    v = f.probe(v64, roles, x, sts, ones, zero=zero)
     rand = slice(n0, None)
 
     def affine(p):
@@ -495,13 +512,13 @@ def _make(f, loop, vals, roles, dt, I, H):
         return W, Rs, b
 
     def probe(force):
-        return f.probe(v64, roles, x, sts, ones, force)
+        return f.probe(v64, roles, x, sts, ones, force, zero)
 
     outs = [v[o] for o in f.state_out]
     fits = [affine(v[i]) for _, i, _ in f.acts]
     # (under a mask: each state in turn the one repeating the last output, until one
     # passes every check below)
-    v0 = f.probe(v64, roles, xs, ss, ~on) if masked else None
+    v0 = f.probe(v64, roles, xs, ss, ~on, zero=zero) if masked else None
     for yk in (range(S) if masked else (None,)):
         cell = [s for s in range(S) if s != yk]
         found = _classify(f, v, probe, x, sts, fits, outs, cell, H, affine)
@@ -517,10 +534,19 @@ def _make(f, loop, vals, roles, dt, I, H):
         # the scan outputs: the new h (under a mask: the output repeated at masked steps)
         if any(not np.array_equal(v[s], outs[order[0]]) for s in f.scan):
             continue
-        if masked and (     # (all masked: every state as it was)
-                any(not _close(v0[o], ss[s], 0) for s, o in enumerate(f.state_out))
-                or any(not _close(v0[o], ss[yk], 0) for o in f.scan)):
-            continue
+        mode = None
+        if masked:
+            # all masked: every state as it was, but the output state y; y and the scan
+            # outputs as y was (the layer's masked_output "carry") or zero ("zero":
+            # Keras's Bidirectional with return_sequences)
+            if any(not _close(v0[o], ss[s], 0) for s, o in enumerate(f.state_out)
+                   if s != yk):
+                continue
+            for mode, want in (("carry", ss[yk]), ("zero", 0 * ss[yk])):
+                if all(_close(v0[o], want, 0) for o in [f.state_out[yk]] + f.scan):
+                    break
+            else:
+                continue
         break
     else:
         return None
@@ -541,13 +567,13 @@ def _make(f, loop, vals, roles, dt, I, H):
         if masked:
             sr[yk][...] = 0
             mr = np.array([True, False] * 3)
-        ref = f.probe(vals, roles, xr, sr, mr)
+        ref = f.probe(vals, roles, xr, sr, mr, zero=zero)
         h0 = sr[order[0]][None]
         hx = (h0, sr[order[1]][None]) if len(order) == 2 else h0
         if mr is None:
             Y, hn = layer(xr[None], hx)
         else:
-            Y, hn = layer(xr[None], hx, mask=mr[None], masked_output="carry")
+            Y, hn = layer(xr[None], hx, mask=mr[None], masked_output=mode)
         got = {order[0]: hn[0][0] if len(order) == 2 else hn[0]}
         if len(order) == 2:
             got[order[1]] = hn[1][0]
@@ -560,7 +586,7 @@ def _make(f, loop, vals, roles, dt, I, H):
         for s in f.scan:
             if not _close(Y[0], ref[s], tol):
                 return None
-    return layer, order, yk
+    return layer, order, yk, mode
 
 
 def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
