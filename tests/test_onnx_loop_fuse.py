@@ -38,7 +38,8 @@ def _sig(x):
     return 1 / (1 + np.exp(-x))
 
 
-_NP_ACT = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0), "Sigmoid": _sig}
+_NP_ACT = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0), "Sigmoid": _sig,
+           "linear": lambda v: v}
 
 
 def _weights(cell, I, H, dtype, seed=0):
@@ -51,7 +52,7 @@ def _weights(cell, I, H, dtype, seed=0):
     return {k: v.astype(dtype) for k, v in w.items()}
 
 
-def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False):
+def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False, gact="Sigmoid"):
     """Keras's cell math in float64 over x (B, T, I): (outputs (B, T, H), h, c); under
     a mask the output repeats the last one at masked steps (``zero_out``: is zero)."""
     W, R, b = (w[k].astype(np.float64) for k in ("W", "R", "b"))
@@ -67,19 +68,20 @@ def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False):
             hn, cn = _NP_ACT[act](xt @ W + h @ R + b), c
         elif cell == "lstm":
             i, f, g, o = np.split(xt @ W + h @ R + b, 4, axis=1)
-            cn = _sig(f) * c + _sig(i) * np.tanh(g)
-            hn = _sig(o) * np.tanh(cn)
+            ga, a = _NP_ACT[gact], _NP_ACT[act]
+            cn = ga(f) * c + ga(i) * a(g)
+            hn = ga(o) * a(cn)
         elif cell == "gru":
             xz, hz = xt @ W + b[0], h @ R + b[1]
-            z = _sig(xz[:, :H] + hz[:, :H])
-            r = _sig(xz[:, H:2 * H] + hz[:, H:2 * H])
-            n = np.tanh(xz[:, 2 * H:] + r * hz[:, 2 * H:])
+            z = _NP_ACT[gact](xz[:, :H] + hz[:, :H])
+            r = _NP_ACT[gact](xz[:, H:2 * H] + hz[:, H:2 * H])
+            n = _NP_ACT[act](xz[:, 2 * H:] + r * hz[:, 2 * H:])
             hn, cn = z * h + (1 - z) * n, c
         else:
             xz = xt @ W + b
-            z = _sig(xz[:, :H] + h @ R[:, :H])
-            r = _sig(xz[:, H:2 * H] + h @ R[:, H:2 * H])
-            n = np.tanh(xz[:, 2 * H:] + (r * h) @ R[:, 2 * H:])
+            z = _NP_ACT[gact](xz[:, :H] + h @ R[:, :H])
+            r = _NP_ACT[gact](xz[:, H:2 * H] + h @ R[:, H:2 * H])
+            n = _NP_ACT[act](xz[:, 2 * H:] + (r * h) @ R[:, 2 * H:])
             hn, cn = z * h + (1 - z) * n, c
         if mask is not None:
             m = mask[:, t:t + 1]
@@ -91,9 +93,10 @@ def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False):
     return np.stack(ys, 1), h, c
 
 
-def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
+def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid"):
     """Keras's cell as tf2onnx writes it (inputs x, h, c; weights W, R, b read by
-    name): nodes, initializers."""
+    name; ``act``: Keras's activation, "linear" none; ``gact``: its
+    recurrent_activation): nodes, initializers."""
     n, inits = [], []
 
     def mk(op, ins, outs, **kw):
@@ -104,21 +107,21 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
         mk("Add", ["xw", "b"], ["xb"])
         mk("MatMul", [h, "R"], ["hr"])
         mk("Add", ["xb", "hr"], ["pre"])
-        mk(act, ["pre"], [out_h])
+        mk("Identity" if act == "linear" else act, ["pre"], [out_h])
     elif cell == "lstm":
         mk("MatMul", [x, "W"], ["xw"])
         mk("MatMul", [h, "R"], ["hr"])
         mk("Add", ["xw", "hr"], ["s"])
         mk("Add", ["s", "b"], ["pre"])
         mk("Split", ["pre"], ["gi", "gf", "gg", "go"], axis=1)
-        mk("Sigmoid", ["gi"], ["ia"])
-        mk("Sigmoid", ["gf"], ["fa"])
-        mk("Tanh", ["gg"], ["ga"])
-        mk("Sigmoid", ["go"], ["oa"])
+        mk(gact, ["gi"], ["ia"])
+        mk(gact, ["gf"], ["fa"])
+        mk(act, ["gg"], ["ga"])
+        mk(gact, ["go"], ["oa"])
         mk("Mul", ["fa", c], ["fc"])
         mk("Mul", ["ia", "ga"], ["ig"])
         mk("Add", ["fc", "ig"], [out_c])
-        mk("Tanh", [out_c], ["tc"])
+        mk(act, [out_c], ["tc"])
         mk("Mul", ["oa", "tc"], [out_h])
     elif cell == "gru":             # (Keras 3: reset after, bias (2, 3H))
         inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax0"))
@@ -132,12 +135,12 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
         mk("Add", ["hr", "b_rec"], ["hb"])
         mk("Split", ["hb"], ["hz", "hr_", "hh"], axis=-1)
         mk("Add", ["xz", "hz"], ["pz"])
-        mk("Sigmoid", ["pz"], ["z"])
+        mk(gact, ["pz"], ["z"])
         mk("Add", ["xr", "hr_"], ["pr"])
-        mk("Sigmoid", ["pr"], ["r"])
+        mk(gact, ["pr"], ["r"])
         mk("Mul", ["r", "hh"], ["rh"])
         mk("Add", ["xh", "rh"], ["pn"])
-        mk("Tanh", ["pn"], ["nn"])
+        mk(act, ["pn"], ["nn"])
     else:                           # (tf.keras 2 reset_after=False: R sliced in the body)
         for k, v in (("s0", [0, 0]), ("e0", [H, 2 * H]), ("s1", [0, 2 * H]),
                      ("e1", [H, 3 * H]), ("axs", [0, 1])):
@@ -149,14 +152,14 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
         mk("MatMul", [h, "Rzr"], ["hzr"])
         mk("Split", ["hzr"], ["hz", "hr_"], axis=-1)
         mk("Add", ["xz", "hz"], ["pz"])
-        mk("Sigmoid", ["pz"], ["z"])
+        mk(gact, ["pz"], ["z"])
         mk("Add", ["xr", "hr_"], ["pr"])
-        mk("Sigmoid", ["pr"], ["r"])
+        mk(gact, ["pr"], ["r"])
         mk("Mul", ["r", h], ["rh"])
         mk("Slice", ["R", "s1", "e1", "axs"], ["Rh"])
         mk("MatMul", ["rh", "Rh"], ["rhR"])
         mk("Add", ["xh", "rhR"], ["pn"])
-        mk("Tanh", ["pn"], ["nn"])
+        mk(act, ["pn"], ["nn"])
     if cell in ("gru", "gru_before"):
         inits.append(numpy_helper.from_array(np.array(1, ft), "one_f"))
         mk("Mul", ["z", h], ["zh"])
@@ -168,7 +171,7 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft):
 
 def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="init",
                 start=0, trips=False, cond="less", change=None, h0=False, opset=17,
-                zero_out=False):
+                zero_out=False, gact="Sigmoid"):
     """A tf2onnx-like model: x (B, T, I) [, m (B, T) bool] -> y (B, T, H), h (B, H)
     [, c]; its Loop carries t, [y,] h, [c,] T and W (as tf2onnx: the kernel given back
     unchanged), reads R and b from the graph.  ``weights``: "init" (initializers) or
@@ -232,7 +235,8 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
     b_inits = [numpy_helper.from_array(np.array(2 if change == "step2" else 1, np.int32),
                                        "one_i")]
     out_h = "hn0" if (mask or change == "plus_after") else "hn"
-    cn, ci = _cell_nodes(cell, H, act, "xk", "h", "c", out_h, "cn0" if mask else "cn", ft)
+    cn, ci = _cell_nodes(cell, H, act, "xk", "h", "c", out_h, "cn0" if mask else "cn", ft,
+                         gact)
     if change == "iter_bias":       # (x W + 0.1 i: the bias grows with the iteration)
         b_inits.append(numpy_helper.from_array(np.array(0.1, ft), "tenth"))
         cn = [helper.make_node("Cast", ["i"], ["if"], to=tt),
@@ -388,6 +392,25 @@ def test_masked_cells_fused(cell, act, dtype):
     np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5)
     np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5)
     assert not got["y_out"][1].any()    # (all masked: zero outputs)
+
+
+@pytest.mark.parametrize("cell,act,gact", [
+    ("rnn", "linear", None), ("lstm", "Relu", "Sigmoid"), ("lstm", "Sigmoid", "Sigmoid"),
+    ("lstm", "Tanh", "Tanh"), ("gru", "Relu", "Sigmoid"), ("gru", "Sigmoid", "Tanh"),
+    ("gru_before", "Relu", "Sigmoid"), ("gru_before", "Tanh", "Tanh")])
+@pytest.mark.parametrize("mask", [False, True])
+def test_other_activations_fused(cell, act, gact, mask):
+    """Keras's other ``activation`` / ``recurrent_activation`` (relu, sigmoid, tanh
+    gates; a linear SimpleRNN): ONNX activation lists on the layer."""
+    I, H, B, T = 3, 5, 4, 7
+    data, w = _loop_graph(cell, I, H, mask=mask, act=act, gact=gact or "Sigmoid")
+    feeds = _feeds(I, B, T, np.float32, mask=mask)
+    got = _compare(data, feeds, np.float32)
+    y, h, c = _reference(cell, w, feeds["x"], mask=feeds.get("m"), act=act,
+                         gact=gact or "Sigmoid")
+    scale = max(1.0, float(np.abs(y).max()))
+    np.testing.assert_allclose(got["y_out"], y, rtol=5e-4, atol=5e-5 * scale)
+    np.testing.assert_allclose(got["h_f"], h, rtol=5e-4, atol=5e-5 * scale)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru_before"])

@@ -473,12 +473,13 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     ss = [rng.uniform(-1, 1, (nr, H)) for _ in range(S)]
     on = np.ones(nr, bool) if masked else None
     base = f.probe(v64, roles, xs, ss, on, zero=zero)
+    watch = [i for _, i, _ in f.acts] or f.state_out     # (no activation: linear)
     reads = []
     for s in range(S):
         other = list(ss)
         other[s] = rng.uniform(-1, 1, (nr, H))
         p = f.probe(v64, roles, xs, other, on, zero=zero)
-        if any(not np.array_equal(p[i], base[i]) for _, i, _ in f.acts):
+        if any(not np.array_equal(p[i], base[i]) for i in watch):
             reads.append(s)
     row = {s: 1 + I + j * H for j, s in enumerate(reads)}
     n0 = 1 + I + len(reads) * H
@@ -589,35 +590,53 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     return layer, order, yk, mode
 
 
+_NP_ACTS = {"Sigmoid": lambda a: 1 / (1 + np.exp(-a)), "Tanh": np.tanh,
+            "Relu": lambda a: np.maximum(a, 0)}
+
+
 def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
     """The cell of states ``cell`` (indices into f.states) found in the probe ``v``:
     (op, attrs, the states' order (h[, c]), W, R, B in ONNX's layout, the activations
-    whose fits were used), or None."""
-    kinds = sorted(op for op, _, _ in f.acts)
-    if len(cell) == 1 and len(f.acts) == 1:
-        op, _, o = f.acts[0]
+    whose fits were used), or None.  Keras's activations: the gates' (its
+    ``recurrent_activation``) act on affine inputs, its ``activation`` on the candidate
+    (affine in an LSTM) and on an LSTM's new c; any of Sigmoid, Tanh, Relu, and a
+    SimpleRNN's may be none (``linear``)."""
+    acts = f.acts
+    aff = [j for j in range(len(acts)) if fits[j] is not None]
+    rest = [j for j in range(len(acts)) if fits[j] is None]
+    if len(cell) == 1 and len(acts) == 1:
+        op, _, o = acts[0]
         if fits[0] is None or not np.array_equal(v[o], outs[cell[0]]):
             return None
         W, Rs, b = fits[0]
         return ("RNN", {"activations": [op]}, (cell[0],), W.T, Rs[cell[0]].T,
                 np.concatenate([b, np.zeros(H)]), (0,))
-    if len(cell) == 1 and kinds == ["Sigmoid", "Sigmoid", "Tanh"]:
-        return _gru(f, v, probe, x, sts, fits, outs, cell[0], H, affine)
-    if len(cell) == 2 and kinds == ["Sigmoid"] * 3 + ["Tanh"] * 2:
-        return _lstm(f, v, sts, fits, outs, cell, H)
+    if len(cell) == 1 and not acts:     # (linear: the new h itself affine)
+        fit = affine(outs[cell[0]])
+        if fit is None:
+            return None
+        W, Rs, b = fit
+        for s in range(len(Rs)):
+            if s != cell[0] and not _close(Rs[s], 0 * Rs[s], 1e-9):
+                return None
+        return ("RNN", {"activations": ["Affine"], "activation_alpha": [1.0],
+                        "activation_beta": [0.0]}, (cell[0],), W.T, Rs[cell[0]].T,
+                np.concatenate([b, np.zeros(H)]), ())
+    if len(cell) == 1 and len(acts) == 3 and len(aff) == 2 and \
+            acts[aff[0]][0] == acts[aff[1]][0]:
+        return _gru(f, v, probe, x, sts, fits, outs, cell[0], H, affine, aff, rest[0])
+    if len(cell) == 2 and len(acts) == 5 and len(rest) == 1:
+        return _lstm(f, v, sts, fits, outs, cell, H, aff, rest[0])
     return None
 
 
-def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine):
+def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine, gates, nj):
     """A GRU (Keras's: ``h' = z h + (1 - z) n``) of state ``hs`` found in the probe
-    ``v``, or None."""
-    sig = [j for j, (op, _, _) in enumerate(f.acts) if op == "Sigmoid"]
-    tj = next(j for j, (op, _, _) in enumerate(f.acts) if op == "Tanh")
-    if any(fits[j] is None for j in sig):
-        return None
+    ``v`` (``gates``: the activations of affine inputs, z and r; ``nj``: the
+    candidate's), or None."""
     h = sts[hs]
-    n = v[f.acts[tj][2]]
-    for zj, rj in (sig, sig[::-1]):
+    n = v[f.acts[nj][2]]
+    for zj, rj in (gates, gates[::-1]):
         z = v[f.acts[zj][2]]
         if _close(z * h + (1 - z) * n, outs[hs], 1e-9):
             break
@@ -625,8 +644,8 @@ def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine):
         return None
     r_out = f.acts[rj][2]
     Bp = x.shape[0]
-    a1 = affine(probe({r_out: np.ones((Bp, H))})[f.acts[tj][1]])
-    a0 = affine(probe({r_out: np.zeros((Bp, H))})[f.acts[tj][1]])
+    a1 = affine(probe({r_out: np.ones((Bp, H))})[f.acts[nj][1]])
+    a0 = affine(probe({r_out: np.zeros((Bp, H))})[f.acts[nj][1]])
     if a1 is None or a0 is None:
         return None
     Wn, Rn1, b1 = a1
@@ -636,7 +655,7 @@ def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine):
             and all(_close(r, 0 * r, 1e-9) for s, r in enumerate(Rn1) if s != hs)):
         return None
     r = v[r_out]
-    pre = v[f.acts[tj][1]]
+    pre = v[f.acts[nj][1]]
     xW = x @ Wn
     if _close(pre, xW + b0 + r * (h @ Rn + (b1 - b0)), 1e-9):
         lbr, Rbn = 1, b1 - b0
@@ -648,33 +667,32 @@ def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine):
     W = np.concatenate([Wz.T, Wr.T, Wn.T])
     R = np.concatenate([Rz[hs].T, Rr[hs].T, Rn.T])
     Bias = np.concatenate([bz, br, b0, np.zeros(2 * H), Rbn])
-    return "GRU", {"linear_before_reset": lbr}, (hs,), W, R, Bias, (zj, rj)
+    attrs = {"linear_before_reset": lbr, "activations": [f.acts[zj][0], f.acts[nj][0]]}
+    return "GRU", attrs, (hs,), W, R, Bias, (zj, rj)
 
 
-def _lstm(f, v, sts, fits, outs, cell, H):
-    """An LSTM (Keras's: ``c' = f c + i g``, ``h' = o tanh(c')``) of the states ``cell``
-    found in the probe ``v``, or None."""
-    sig = [j for j, (op, _, _) in enumerate(f.acts) if op == "Sigmoid"]
-    tanh = [j for j, (op, _, _) in enumerate(f.acts) if op == "Tanh"]
-    aff = [j for j in tanh if fits[j] is not None]
-    if len(aff) != 1 or any(fits[j] is None for j in sig):
-        return None
-    gj = aff[0]
-    g = v[f.acts[gj][2]]
-    for hs, cs in (cell, cell[::-1]):
-        c = sts[cs]
-        for ij, fj, oj in itertools.permutations(sig):
-            i_, f_, o_ = (v[f.acts[j][2]] for j in (ij, fj, oj))
-            c_new = f_ * c + i_ * g
-            if _close(c_new, outs[cs], 1e-9) and _close(o_ * np.tanh(c_new), outs[hs], 1e-9):
-                break
-        else:
+def _lstm(f, v, sts, fits, outs, cell, H, aff, cj):
+    """An LSTM (Keras's: ``c' = f c + i g``, ``h' = o act(c')``) of the states ``cell``
+    found in the probe ``v`` (``aff``: the activations of affine inputs, the gates' and
+    the candidate's; ``cj``: the one of the new c), or None."""
+    act = f.acts[cj][0]
+    out_act = _NP_ACTS[act]
+    for gj in aff:
+        gates = [j for j in aff if j != gj]
+        if f.acts[gj][0] != act or len({f.acts[j][0] for j in gates}) != 1:
             continue
-        break
-    else:
-        return None
-    gates = (ij, oj, fj, gj)            # (ONNX's gate order: i, o, f, c)
-    W = np.concatenate([fits[j][0].T for j in gates])
-    R = np.concatenate([fits[j][1][hs].T for j in gates])
-    Bias = np.concatenate([fits[j][2] for j in gates] + [np.zeros(4 * H)])
-    return "LSTM", {}, (hs, cs), W, R, Bias, gates
+        g = v[f.acts[gj][2]]
+        for hs, cs in (cell, cell[::-1]):
+            c = sts[cs]
+            for ij, fj, oj in itertools.permutations(gates):
+                i_, f_, o_ = (v[f.acts[j][2]] for j in (ij, fj, oj))
+                c_new = f_ * c + i_ * g
+                if _close(c_new, outs[cs], 1e-9) and \
+                        _close(o_ * out_act(c_new), outs[hs], 1e-9):
+                    order = (ij, oj, fj, gj)        # (ONNX's gate order: i, o, f, c)
+                    W = np.concatenate([fits[j][0].T for j in order])
+                    R = np.concatenate([fits[j][1][hs].T for j in order])
+                    Bias = np.concatenate([fits[j][2] for j in order] + [np.zeros(4 * H)])
+                    attrs = {"activations": [f.acts[ij][0], act, act]}
+                    return "LSTM", attrs, (hs, cs), W, R, Bias, order
+    return None
