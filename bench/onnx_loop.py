@@ -3,22 +3,29 @@ tf.keras 2 SimpleRNN, GRU(reset_after=False), Masking + LSTM, a bidirectional Si
 Keras 3 GRU): fastrnn beside ONNX Runtime.
 
     PYTHONPATH=. python bench/onnx_loop.py [--rounds 11] [--T 100] [--batches 1,32]
+    PYTHONPATH=. python bench/onnx_loop.py --first [--sizes 256,512]
 
-Each round times ``n`` calls of fastrnn, then of ONNX Runtime (inputs (B, T, 4) of the
-fixtures' feature size); a figure is the median of the rounds' per-call times, with the
-range.  The outputs are checked against ONNX Runtime's first.  A Loop runs its body op by
-op in NumPy (fastrnn/io/_onnx_loop.py), so its time is a few microseconds a step,
-not a fused layer's.
+Each round times ``n`` calls of fastrnn, of fastrnn with the Loop bodies run op by op
+(``_onnx_loop.FUSE = False``: how every Loop ran before fastrnn/io/_onnx_loop_fuse.py,
+a few microseconds a step), then of ONNX Runtime (inputs (B, T, 4) of the fixtures'
+feature size); a figure is the median of the rounds' per-call times, with the range.
+The outputs are checked against ONNX Runtime's first.
+
+``--first``: the cost of a fused Loop's first call (its probes: _onnx_loop_fuse), on
+Loops of tf2onnx's shape built by tests/test_onnx_loop_fuse.py (I = H, B = 1, T = 100):
+load, first call, second call, each in a fresh model, median of 3.
 """
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 
 import fastrnn
+from fastrnn.io import _onnx_loop
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
                     "onnx", "loop")
@@ -26,15 +33,47 @@ NAMES = ("tf2onnx_k2_simplernn", "tf2onnx_k2_gru_reset_before", "tf2onnx_k2_mask
          "tf2onnx_k2_bi_simplernn", "tf2onnx_k3_gru")
 
 
+def first_calls(sizes):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from test_onnx_loop_fuse import _feeds, _fused, _loop_graph
+    from fastrnn.io.onnx import load_onnx
+    print("| cell | H | load ms | first call ms | second call ms |")
+    print("|---|---|---|---|---|")
+    for H in sizes:
+        for cell, mask in (("rnn", False), ("lstm", False), ("lstm", True), ("gru", False),
+                           ("gru_before", True)):
+            data, _ = _loop_graph(cell, H, H, mask=mask)
+            feeds = _feeds(H, 1, 100, np.float32, mask=mask)
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                m = load_onnx(data)
+                t1 = time.perf_counter()
+                m.run(dict(feeds))
+                t2 = time.perf_counter()
+                m.run(dict(feeds))
+                t3 = time.perf_counter()
+                assert _fused(m)
+                ts.append((t1 - t0, t2 - t1, t3 - t2))
+            med = [statistics.median(c) * 1e3 for c in zip(*ts)]
+            name = cell + (" masked" if mask else "")
+            print(f"| {name} | {H} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--first", action="store_true")
+    ap.add_argument("--sizes", default="256,512")
     a = ap.parse_args()
+    if a.first:
+        first_calls([int(h) for h in a.sizes.split(",")])
+        return
     print(f"load average {os.getloadavg()[0]:.1f}, onnxruntime {ort.__version__}")
-    print("| model | B | T | fastrnn ms | ONNX Runtime ms | fastrnn / ORT |")
-    print("|---|---|---|---|---|---|")
+    print("| model | B | T | fastrnn ms | op by op ms | ONNX Runtime ms | fastrnn / ORT |")
+    print("|---|---|---|---|---|---|---|")
     for name in NAMES:
         path = os.path.join(HERE, name + ".onnx")
         m = fastrnn.load(path)
@@ -49,18 +88,21 @@ def main():
             for u, v in zip(got.values(), ref):
                 np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
             n = 10 if B == 1 else 4
-            ts = {"fr": [], "ort": []}
-            fns = {"fr": lambda: m.run(feeds), "ort": lambda: sess.run(None, feeds)}
+            ts = {"fr": [], "ops": [], "ort": []}
+            fns = {"fr": lambda: m.run(feeds), "ops": lambda: m.run(feeds),
+                   "ort": lambda: sess.run(None, feeds)}
             for _ in range(a.rounds):
                 for k, fn in fns.items():
+                    _onnx_loop.FUSE = k != "ops"
                     fn()
                     t = time.perf_counter()
                     for _ in range(n):
                         fn()
                     ts[k].append((time.perf_counter() - t) / n * 1e3)
-            f, o = statistics.median(ts["fr"]), statistics.median(ts["ort"])
-            print(f"| {name} | {B} | {a.T} | {f:.3f} ({min(ts['fr']):.3f}-{max(ts['fr']):.3f}) "
-                  f"| {o:.3f} ({min(ts['ort']):.3f}-{max(ts['ort']):.3f}) | {f / o:.2f} |")
+            _onnx_loop.FUSE = True
+            med = {k: statistics.median(v) for k, v in ts.items()}
+            cells = " | ".join(f"{med[k]:.3f} ({min(ts[k]):.3f}-{max(ts[k]):.3f})" for k in ts)
+            print(f"| {name} | {B} | {a.T} | {cells} | {med['fr'] / med['ort']:.2f} |")
 
 
 if __name__ == "__main__":
