@@ -39,7 +39,19 @@ def _sig(x):
 
 
 _NP_ACT = {"Tanh": np.tanh, "Relu": lambda v: np.maximum(v, 0), "Sigmoid": _sig,
-           "linear": lambda v: v}
+           "linear": lambda v: v,
+           "HardSigmoidK2": lambda v: np.clip(0.2 * v + 0.5, 0, 1),   # (tf.keras 2)
+           "HardSigmoidK3": lambda v: np.clip(v + 3, 0, 6) / 6,       # (Keras 3)
+           "Relu6": lambda v: np.clip(v, 0, 6),
+           "HardSigmoidRsub": lambda v: np.clip(0.5 - (-0.2 * v), 0, 1),
+           "WideClamp": lambda v: np.clip(0.2 * v + 0.5, 0, 1.2)}
+# activations written as chains of scalar ops and clamps, as tf2onnx writes them:
+# (op, constant) steps
+_CHAINS = {"HardSigmoidK2": [("Mul", 0.2), ("Add", 0.5), ("Min", 1.0), ("Max", 0.0)],
+           "HardSigmoidK3": [("Add", 3.0), ("Clip", (0.0, 6.0)), ("Mul", 1 / 6)],
+           "Relu6": [("Clip", (0.0, 6.0))],
+           "HardSigmoidRsub": [("Mul", -0.2), ("Rsub", 0.5), ("Min", 1.0), ("Max", 0.0)],
+           "WideClamp": [("Mul", 0.2), ("Add", 0.5), ("Min", 1.2), ("Max", 0.0)]}
 
 
 def _weights(cell, I, H, dtype, seed=0):
@@ -93,15 +105,34 @@ def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False, gact=
     return np.stack(ys, 1), h, c
 
 
-def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid"):
+def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid", dropout=False):
     """Keras's cell as tf2onnx writes it (inputs x, h, c; weights W, R, b read by
     name; ``act``: Keras's activation, "linear" none; ``gact``: its
     recurrent_activation): nodes, initializers."""
     n, inits = [], []
 
     def mk(op, ins, outs, **kw):
-        n.append(helper.make_node(op, ins, outs, **kw))
+        if op not in _CHAINS:
+            n.append(helper.make_node(op, ins, outs, **kw))
+            return
+        cur = ins[0]
+        for k, (o, c) in enumerate(_CHAINS[op]):
+            nm = f"{outs[0]}_{k}"
+            dst = outs[0] if k == len(_CHAINS[op]) - 1 else nm
+            cs = c if isinstance(c, tuple) else (c,)
+            for q, v in enumerate(cs):
+                inits.append(numpy_helper.from_array(np.array(v, ft), f"{nm}_c{q}"))
+            cn = [f"{nm}_c{q}" for q in range(len(cs))]
+            n.append(helper.make_node("Sub", cn + [cur], [dst]) if o == "Rsub" else
+                     helper.make_node(o, [cur] + cn, [dst]))
+            cur = dst
 
+    if cell == "rnn" and dropout:     # (tf.keras 2's recurrent_dropout at inference)
+        mk("Shape", [h], ["hshp"])
+        n.append(helper.make_node("ConstantOfShape", ["hshp"], ["ones"],
+                                  value=numpy_helper.from_array(np.ones(1, ft))))
+        mk("Mul", [h, "ones"], ["hd"])
+        h = "hd"
     if cell == "rnn":
         mk("MatMul", [x, "W"], ["xw"])
         mk("Add", ["xw", "b"], ["xb"])
@@ -171,7 +202,7 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid"):
 
 def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="init",
                 start=0, trips=False, cond="less", change=None, h0=False, opset=17,
-                zero_out=False, gact="Sigmoid"):
+                zero_out=False, gact="Sigmoid", dropout=False):
     """A tf2onnx-like model: x (B, T, I) [, m (B, T) bool] -> y (B, T, H), h (B, H)
     [, c]; its Loop carries t, [y,] h, [c,] T and W (as tf2onnx: the kernel given back
     unchanged), reads R and b from the graph.  ``weights``: "init" (initializers) or
@@ -236,7 +267,7 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
                                        "one_i")]
     out_h = "hn0" if (mask or change == "plus_after") else "hn"
     cn, ci = _cell_nodes(cell, H, act, "xk", "h", "c", out_h, "cn0" if mask else "cn", ft,
-                         gact)
+                         gact, dropout)
     if change == "iter_bias":       # (x W + 0.1 i: the bias grows with the iteration)
         b_inits.append(numpy_helper.from_array(np.array(0.1, ft), "tenth"))
         cn = [helper.make_node("Cast", ["i"], ["if"], to=tt),
@@ -400,17 +431,60 @@ def test_masked_cells_fused(cell, act, dtype):
     ("gru_before", "Relu", "Sigmoid"), ("gru_before", "Tanh", "Tanh")])
 @pytest.mark.parametrize("mask", [False, True])
 def test_other_activations_fused(cell, act, gact, mask):
+    _other_activations(cell, act, gact, mask)
+
+
+@pytest.mark.parametrize("cell,act,gact", [
+    ("lstm", "Tanh", "HardSigmoidK2"), ("lstm", "Tanh", "HardSigmoidK3"),
+    ("gru", "Tanh", "HardSigmoidK2"), ("gru_before", "Tanh", "HardSigmoidK3"),
+    ("rnn", "HardSigmoidK2", None), ("gru", "Relu", "HardSigmoidK2"),
+    ("lstm", "Tanh", "HardSigmoidRsub")])
+@pytest.mark.parametrize("mask", [False, True])
+def test_hard_sigmoid_fused(cell, act, gact, mask):
+    """Keras's hard_sigmoid (tf.keras 2: Max(Min(0.2 p + 0.5, 1), 0); Keras 3: Clip(p +
+    3, 0, 6) / 6), read as ONNX HardSigmoid(alpha, beta); inputs large enough to reach
+    both clamps."""
+    _other_activations(cell, act, gact, mask, scale=8.0)
+
+
+def _other_activations(cell, act, gact, mask, scale=1.0):
     """Keras's other ``activation`` / ``recurrent_activation`` (relu, sigmoid, tanh
     gates; a linear SimpleRNN): ONNX activation lists on the layer."""
     I, H, B, T = 3, 5, 4, 7
     data, w = _loop_graph(cell, I, H, mask=mask, act=act, gact=gact or "Sigmoid")
     feeds = _feeds(I, B, T, np.float32, mask=mask)
+    feeds["x"] *= scale
     got = _compare(data, feeds, np.float32)
     y, h, c = _reference(cell, w, feeds["x"], mask=feeds.get("m"), act=act,
                          gact=gact or "Sigmoid")
     scale = max(1.0, float(np.abs(y).max()))
     np.testing.assert_allclose(got["y_out"], y, rtol=5e-4, atol=5e-5 * scale)
     np.testing.assert_allclose(got["h_f"], h, rtol=5e-4, atol=5e-5 * scale)
+
+
+@pytest.mark.parametrize("gact", ["Relu6", "clamp_state", "WideClamp"])
+def test_clamps_that_are_not_hard_sigmoid_run_op_by_op(gact):
+    """GRU gates clamped to [0, 6] (relu6) or to [0, 1.2] (a hard_sigmoid's chain but for
+    its top), a SimpleRNN's relu6 activation: no plan, ONNX Runtime's numbers at inputs
+    that reach the clamps."""
+    if gact != "clamp_state":
+        data, _ = _loop_graph("gru", 3, 5, gact=gact)
+    else:
+        data, _ = _loop_graph("rnn", 3, 5, act="Relu6")
+    feeds = _feeds(3, 4, 7, np.float32)
+    feeds["x"] *= 8
+    _compare(data, feeds, np.float32, fused=False)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_recurrent_dropout_ones_fused(mask):
+    """tf.keras 2's recurrent_dropout at inference: h times a mask of ones made each step
+    (Shape, ConstantOfShape)."""
+    data, w = _loop_graph("rnn", 3, 5, mask=mask, dropout=True)
+    feeds = _feeds(3, 4, 7, np.float32, mask=mask)
+    got = _compare(data, feeds, np.float32)
+    y, h, _ = _reference("rnn", w, feeds["x"], mask=feeds.get("m"))
+    np.testing.assert_allclose(got["y_out"], y, rtol=5e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru_before"])

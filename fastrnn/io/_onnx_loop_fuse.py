@@ -56,9 +56,13 @@ __all__ = ["analyse"]
 
 # the ops a fused cell may be made of (besides the one Gather of x_t)
 # (Not: a bool in the cell comes from the mask's Gather alone, no op here makes one)
+# (Shape, ConstantOfShape: tf.keras 2's recurrent_dropout at inference, a mask of ones
+# made each step; Min, Max, Clip only in a hard_sigmoid chain: _hard_sigmoids)
 _CELL_OPS = frozenset({"MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Relu", "Split",
                        "Slice", "Squeeze", "Unsqueeze", "Identity", "Concat", "Reshape",
-                       "Cast", "Not"})
+                       "Cast", "Not", "Shape", "ConstantOfShape"})
+_CLAMPS = ("Min", "Max", "Clip")
+_SCALAR_OPS = ("Add", "Sub", "Mul", "Div")
 _ACTS = ("Sigmoid", "Tanh", "Relu")
 _FLOATS = (1, 11)           # (ONNX float, double: the Casts a cell may do)
 _NUMBERS = (1, 11, 6, 7)    # (and int32, int64: the Casts a condition may do)
@@ -120,10 +124,20 @@ def _analyse(loop):
         reads_g.append((g_in[0], g_out[0], g_in[1] - 2))
     state_in = {2 + k for k in states}
     made = {o for j in cell for o in info[j][2]}
+    readers: dict = {}
+    for j in cell:
+        for i in info[j][1]:
+            readers[i] = readers.get(i, 0) + 1
+    for o in want:
+        readers[o] = readers.get(o, 0) + 1
+    hard = _hard_sigmoids(cell, info, prod, consts, readers, loop.opset)
+    if hard is None:
+        return None
+    hard_acts, covered = hard
     for j in cell:
         st, i_s, _ = info[j]
         op = _op(st)
-        if j in gathers:
+        if j in gathers or j in covered:
             continue
         if op not in _CELL_OPS or (op == "Cast" and st[1][2].get("to") not in _FLOATS):
             return None
@@ -135,7 +149,7 @@ def _analyse(loop):
     # (every live step is the cell's, the condition's or a counter's: the outputs need
     # nothing else)
     acts = [(info[j][0][1][1], info[j][1][0], info[j][2][0]) for j in cell
-            if _op(info[j][0]) in _ACTS]
+            if _op(info[j][0]) in _ACTS] + [a[:3] for a in hard_acts]
     # the Loop's inputs the cell's invariant values come from: the plan's key
     by_name = {}
     for k in range(K):
@@ -170,10 +184,116 @@ def _analyse(loop):
     f.cell = [loop._iter[j] for j in sorted(cell)]
     f.cell_outs = [info[j][2] for j in sorted(cell)]
     f.acts = sorted(acts)
+    f.params = {a[2]: a[3] for a in hard_acts}     # (HardSigmoid's alpha, beta)
     f.terms = terms
     f.inv_reads = inv_reads
     f.cache = None
     return f
+
+
+def _hard_sigmoids(cell, info, prod, consts, readers, opset):
+    """Keras's hard_sigmoid in the cell: ``([("HardSigmoid", p, out, (alpha, beta)),
+    ...], the steps they cover)``, each a chain of scalar ops (Add, Sub, Mul, Div of a
+    constant) and clamps (Min, Max, Clip of constants) from a value p to out whose
+    function is ``clamp(alpha p + beta, 0, 1)``, each step's output read by the next
+    alone (tf.keras 2: Max(Min(0.2 p + 0.5, 1), 0); Keras 3: Clip(p + 3, 0, 6) / 6);
+    None: a clamp of another kind (it could act only on values the probes never reach)."""
+    acts, covered = [], set()
+    for j in sorted(cell):
+        if _op(info[j][0]) not in _CLAMPS or j in covered:
+            continue
+        chain = [j]
+        x = _scalar_step(info[j], consts, opset)
+        if x is None:
+            return None
+        p = x[0]
+        while readers.get(p) == 1 and prod.get(p) in cell:
+            k = prod[p]
+            y = _scalar_step(info[k], consts, opset)
+            if y is None or _op(info[k][0]) in _CLAMPS:
+                break
+            chain.insert(0, k)
+            p = y[0]
+        fn = (1.0, 0.0, -math.inf, math.inf)
+        for k in chain:
+            fn = _compose(fn, _scalar_step(info[k], consts, opset)[1])
+        out = info[chain[-1]][2][0]
+        while not _unit(fn) and readers.get(out) == 1:
+            nxt = [k for k in cell if out in info[k][1] and k not in chain]
+            y = _scalar_step(info[nxt[0]], consts, opset) if len(nxt) == 1 else None
+            if y is None or y[0] != out:
+                break
+            chain.append(nxt[0])
+            fn = _compose(fn, y[1])
+            out = info[nxt[0]][2][0]
+        a, b, lo, hi = fn
+        if not _unit(fn) or not (a > 0 and math.isfinite(a) and math.isfinite(b)):
+            return None
+        acts.append(("HardSigmoid", p, out, (a, b)))
+        covered.update(chain)
+    return acts, covered
+
+
+def _unit(fn) -> bool:
+    """Whether the clamp of ``fn`` is to [0, 1] (to float32's rounding of the constants:
+    Keras 3's Clip(p + 3, 0, 6) * float32(1 / 6))."""
+    return abs(fn[2]) < 1e-6 and abs(fn[3] - 1) < 1e-6
+
+
+def _scalar_step(step, consts, opset):
+    """(data input slot, (op, constant...)) of a step applying a scalar constant
+    elementwise (Add, Sub, Mul, Div, Min, Max, Clip; the data one input), else None."""
+    st, i_s, o_s = step
+    op = _op(st)
+    if len(o_s) != 1:
+        return None
+
+    def c(s):
+        v = consts.get(s)
+        return float(v.reshape(())) if isinstance(v, np.ndarray) and v.size == 1 \
+            and v.dtype.kind == "f" else None
+    if op == "Clip":
+        if opset < 11:
+            lo, hi = st[1][2].get("min", -math.inf), st[1][2].get("max", math.inf)
+        else:
+            lo = c(i_s[1]) if len(i_s) > 1 and i_s[1] in consts else -math.inf
+            hi = c(i_s[2]) if len(i_s) > 2 and i_s[2] in consts else math.inf
+            if lo is None or hi is None or any(s not in consts for s in i_s[1:] if s):
+                return None
+        return i_s[0], ("Clip", float(lo), float(hi))
+    if op not in _SCALAR_OPS + ("Min", "Max") or len(i_s) != 2:
+        return None
+    a, b = c(i_s[0]), c(i_s[1])
+    if (a is None) == (b is None):
+        return None
+    if b is not None:
+        return i_s[0], (op, b)
+    if op in ("Add", "Mul", "Min", "Max"):
+        return i_s[1], (op, a)
+    return (i_s[1], ("Rsub", a)) if op == "Sub" else None
+
+
+def _compose(fn, f):
+    """``clamp(a x + b, lo, hi)`` (fn) followed by the scalar op f, the same form."""
+    a, b, lo, hi = fn
+    op, *c = f
+    if op in ("Add", "Sub", "Rsub"):
+        if op == "Rsub":            # (c - y: -y, then + c)
+            a, b, lo, hi = -a, -b, -hi, -lo
+        d = -c[0] if op == "Sub" else c[0]
+        return a, b + d, lo + d, hi + d
+    if op in ("Mul", "Div"):
+        m = c[0] if op == "Mul" else (1.0 / c[0] if c[0] else math.nan)
+        if not m or not math.isfinite(m):
+            return math.nan, math.nan, math.nan, math.nan
+        if m < 0:
+            lo, hi = hi, lo
+        return a * m, b * m, lo * m, hi * m
+    if op in ("Max", "Clip"):
+        lo, hi = max(lo, c[0]), max(hi, c[0])
+    if op in ("Min", "Clip"):
+        lo, hi = min(lo, c[-1]), min(hi, c[-1])
+    return a, b, lo, hi
 
 
 def _other(i_s, s):
@@ -594,6 +714,24 @@ _NP_ACTS = {"Sigmoid": lambda a: 1 / (1 + np.exp(-a)), "Tanh": np.tanh,
             "Relu": lambda a: np.maximum(a, 0)}
 
 
+def _key(f, j):
+    """Activation j's kind and parameters (HardSigmoid's alpha, beta)."""
+    op, _, o = f.acts[j]
+    return op, f.params.get(o)
+
+
+def _act_attrs(f, js) -> dict:
+    """The ONNX ``activations`` (and HardSigmoid's ``activation_alpha`` / ``_beta``) of
+    activations ``js``, in the node's order."""
+    names = [f.acts[j][0] for j in js]
+    ps = [f.params[f.acts[j][2]] for j in js if f.acts[j][2] in f.params]
+    attrs = {"activations": names}
+    if ps:
+        attrs["activation_alpha"] = [a for a, _ in ps]
+        attrs["activation_beta"] = [b for _, b in ps]
+    return attrs
+
+
 def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
     """The cell of states ``cell`` (indices into f.states) found in the probe ``v``:
     (op, attrs, the states' order (h[, c]), W, R, B in ONNX's layout, the activations
@@ -609,7 +747,7 @@ def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
         if fits[0] is None or not np.array_equal(v[o], outs[cell[0]]):
             return None
         W, Rs, b = fits[0]
-        return ("RNN", {"activations": [op]}, (cell[0],), W.T, Rs[cell[0]].T,
+        return ("RNN", _act_attrs(f, [0]), (cell[0],), W.T, Rs[cell[0]].T,
                 np.concatenate([b, np.zeros(H)]), (0,))
     if len(cell) == 1 and not acts:     # (linear: the new h itself affine)
         fit = affine(outs[cell[0]])
@@ -623,7 +761,7 @@ def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
                         "activation_beta": [0.0]}, (cell[0],), W.T, Rs[cell[0]].T,
                 np.concatenate([b, np.zeros(H)]), ())
     if len(cell) == 1 and len(acts) == 3 and len(aff) == 2 and \
-            acts[aff[0]][0] == acts[aff[1]][0]:
+            _key(f, aff[0]) == _key(f, aff[1]):
         return _gru(f, v, probe, x, sts, fits, outs, cell[0], H, affine, aff, rest[0])
     if len(cell) == 2 and len(acts) == 5 and len(rest) == 1:
         return _lstm(f, v, sts, fits, outs, cell, H, aff, rest[0])
@@ -667,7 +805,7 @@ def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine, gates, nj):
     W = np.concatenate([Wz.T, Wr.T, Wn.T])
     R = np.concatenate([Rz[hs].T, Rr[hs].T, Rn.T])
     Bias = np.concatenate([bz, br, b0, np.zeros(2 * H), Rbn])
-    attrs = {"linear_before_reset": lbr, "activations": [f.acts[zj][0], f.acts[nj][0]]}
+    attrs = dict(_act_attrs(f, [zj, nj]), linear_before_reset=lbr)
     return "GRU", attrs, (hs,), W, R, Bias, (zj, rj)
 
 
@@ -676,10 +814,12 @@ def _lstm(f, v, sts, fits, outs, cell, H, aff, cj):
     found in the probe ``v`` (``aff``: the activations of affine inputs, the gates' and
     the candidate's; ``cj``: the one of the new c), or None."""
     act = f.acts[cj][0]
-    out_act = _NP_ACTS[act]
+    out_act = _NP_ACTS.get(act)
+    if out_act is None:
+        return None
     for gj in aff:
         gates = [j for j in aff if j != gj]
-        if f.acts[gj][0] != act or len({f.acts[j][0] for j in gates}) != 1:
+        if f.acts[gj][0] != act or len({_key(f, j) for j in gates}) != 1:
             continue
         g = v[f.acts[gj][2]]
         for hs, cs in (cell, cell[::-1]):
@@ -693,6 +833,6 @@ def _lstm(f, v, sts, fits, outs, cell, H, aff, cj):
                     W = np.concatenate([fits[j][0].T for j in order])
                     R = np.concatenate([fits[j][1][hs].T for j in order])
                     Bias = np.concatenate([fits[j][2] for j in order] + [np.zeros(4 * H)])
-                    attrs = {"activations": [f.acts[ij][0], act, act]}
+                    attrs = _act_attrs(f, [ij, gj, cj])
                     return "LSTM", attrs, (hs, cs), W, R, Bias, order
     return None
