@@ -608,6 +608,15 @@ def test_fed_weights_are_followed():
     assert _loops(m)[0]._fusion.cache[2] is not plan
     w2["R"][0, 0] += 1.0            # (changed in place between calls)
     _compare(data, feeds2, np.float32, model=m)
+    # a read-only view of an array changed in place: compared by value too
+    base = w2["R"].copy()
+    view = base.view()
+    view.flags.writeable = False
+    feeds3 = dict(feeds2, R=view)
+    m3 = load_onnx(data)
+    _compare(data, feeds3, np.float32, model=m3)
+    base[1, 1] -= 1.0
+    _compare(data, feeds3, np.float32, model=m3)
 
 
 def test_fused_model_pickles_and_threads():

@@ -528,15 +528,16 @@ class _Fusion:
         sig = (dt, I, H, roles, zero, tuple(pos))
         c = self.cache
         if c is not None and c[1] == sig and all(
-                a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                           and a.shape == b.shape and a.dtype == b.dtype
-                           and np.array_equal(a, b)) for a, b in zip(c[0], key)):
+                _same_key(a, b, kept) for a, (b, kept) in zip(key, c[0])):
             return c[2]
         try:
             plan = _make(self, loop, vals, roles, dt, I, H, zero)
         except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
             plan = None
-        self.cache = ([k.copy() if isinstance(k, np.ndarray) else k for k in key], sig, plan)
+        # (each key value and, unless it is read-only (the model's constants), a copy
+        # of it: a fed array may be changed in place before the next call)
+        self.cache = ([(k, None if _read_only(k) else k.copy()
+                        if isinstance(k, np.ndarray) else None) for k in key], sig, plan)
         return plan
 
     # --------------------------------------------------------------------- probing
@@ -563,6 +564,24 @@ class _Fusion:
                     if o in force:
                         v[o] = force[o]
         return v
+
+
+def _read_only(a) -> bool:
+    """An array no one can change (the model's constants are made so): not writeable,
+    nor a view of a writeable array."""
+    base = getattr(a, "base", None)
+    return (isinstance(a, np.ndarray) and not a.flags.writeable
+            and not (isinstance(base, np.ndarray) and base.flags.writeable))
+
+
+def _same_key(a, b, kept) -> bool:
+    """Whether key value ``a`` of this call is the one the plan was made for: ``b``
+    itself, read-only, or an array equal to ``kept`` (b's copy then)."""
+    if a is b and kept is None:
+        return True
+    ref = b if kept is None else kept
+    return (isinstance(a, np.ndarray) and isinstance(ref, np.ndarray)
+            and a.shape == ref.shape and a.dtype == ref.dtype and np.array_equal(a, ref))
 
 
 def _zero_rows(v, B) -> bool:
