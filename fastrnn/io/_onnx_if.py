@@ -39,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import LoadError
-from ._onnx_loop import Body, compile_subgraph
+from ._onnx_loop import (_runner, compile_subgraph, own_steps, pickled_body, slot_map,
+                         unpickled_body)
 
 __all__ = ["IfNode", "compile_if", "op_if", "BRANCHES"]
 
@@ -211,21 +212,9 @@ class IfNode:
     def _compile(self, body, index):
         if body is None:
             return None
-        slot: dict = {}
-        for n in body.outer:
-            slot[n] = len(slot)
-        for n in body.consts:
-            slot.setdefault(n, len(slot))
-        for st in body.steps:
-            for o in st[3]:
-                if o:
-                    slot.setdefault(o, len(slot))
-        none = len(slot)            # (always None: an input not given)
-        trash = none + 1            # (an output not named)
+        slot, none, trash, template = slot_map(body)
         c = _Compiled()
-        c.template = [None] * (trash + 1)
-        for n, v in body.consts.items():
-            c.template[slot[n]] = v
+        c.template = template
         c.feed = tuple((slot[n], index[n]) for n in body.outer)
         c.outs = tuple(slot[n] for n in body.outputs)
         c.steps, c.labels = [], {}
@@ -247,39 +236,21 @@ class IfNode:
             scope = dict(model_consts)
             scope.update(body.consts)
             self._freeze_and_key(body, scope)
-            for kind, obj, *_ in body.steps:
-                if kind == "op" and obj[1] == "Loop":
-                    obj[0].own(scope)
-                elif kind == "op" and obj[1] == "If":
-                    obj[2]["_if"].own(scope)
+            own_steps(body.steps, scope)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         for k in ("_then", "_else"):
             state.pop(k)
         for b in BRANCHES:
-            body = state[b]
-            if body is None:
-                continue
-            copy = Body()
-            for k in Body.__slots__:
-                setattr(copy, k, getattr(body, k))
-            # (op functions by their op type: many are closures, which do not pickle; a
-            # Loop's is its LoopNode; an If's node is in its attributes)
-            copy.steps = [(kind, (None,) + obj[1:] if kind == "op" and obj[1] != "Loop"
-                           else obj) + tuple(rest) for kind, obj, *rest in body.steps]
-            state[b] = copy
+            if state[b] is not None:
+                state[b] = pickled_body(state[b])
         return state
 
     def __setstate__(self, state):
-        from .onnx import _SIMPLE_OPS, _freeze
         self.__dict__.update(state)
         for body in self.bodies():
-            for v in body.consts.values():      # (unpickled arrays are writeable)
-                _freeze(v)
-            body.steps = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:]
-                           if kind == "op" and obj[0] is None else obj) + tuple(rest)
-                          for kind, obj, *rest in body.steps]
+            unpickled_body(body)
         self._build()
 
     # ------------------------------------------------------------------------ running
@@ -325,35 +296,3 @@ def _located(e, label):
         if isinstance(e, kind):
             return (type(e) if type(e) in _LOCATED else kind)(f"{label}: {msg}")
     return e
-
-
-def _runner(kind, obj, i_s, o_s, opset, num_threads):
-    """A branch step as a function of the value list: ``run(vals)`` reads its inputs'
-    slots ``i_s`` and writes its outputs' ``o_s``, calling what the model's steps call
-    (a recurrent node's run, the op table's function: OnnxModel._call)."""
-    if kind == "rnn":
-        rec = obj
-
-        def run(vals):
-            for k, v in zip(o_s, rec.run([vals[k] for k in i_s])):
-                vals[k] = v
-        return run
-    from .onnx import _SIMPLE_OPS, _op_conv, _op_split
-    fn, op, attrs = obj
-    if fn is None:                  # (unpickled: by its op type)
-        fn = _SIMPLE_OPS[op]
-    nout = len(o_s)
-    if op == "Split":
-        def call(v):
-            return _op_split(v, attrs, opset, nout)
-    elif op == "Conv":              # (its GEMMs on the model's thread count)
-        def call(v):
-            return _op_conv(v, attrs, opset, num_threads)
-    else:
-        def call(v):
-            return fn(v, attrs, opset)
-
-    def run(vals):
-        for k, v in zip(o_s, call([vals[k] for k in i_s])):
-            vals[k] = v
-    return run

@@ -81,6 +81,67 @@ class Body:
     __slots__ = ("inputs", "outputs", "steps", "consts", "outer", "invariant")
 
 
+def slot_map(body: Body, first=()) -> tuple:
+    """A compiled subgraph's value slots (a Loop's body, an If's branch): ``(slot,
+    none, trash, template)``, ``slot`` the slot of each name (``first`` in order, then
+    the outer values, the constants and the steps' outputs), ``none`` one always None
+    (an input not given), ``trash`` one for outputs not named, ``template`` the value
+    list of a run with the constants in their slots."""
+    slot: dict = {}
+    for n in first:
+        slot[n] = len(slot)
+    for n in body.outer:
+        slot.setdefault(n, len(slot))
+    for n in body.consts:
+        slot.setdefault(n, len(slot))
+    for st in body.steps:
+        for o in st[3]:
+            if o:
+                slot.setdefault(o, len(slot))
+    none = len(slot)
+    trash = none + 1
+    template = [None] * (trash + 1)
+    for n, v in body.consts.items():
+        template[slot[n]] = v
+    return slot, none, trash, template
+
+
+def own_steps(steps, scope) -> None:
+    """A subgraph's recurrent nodes' layers keyed by the arrays they will be given
+    (``scope``: its constants, else the enclosing graphs'); nested Loops and Ifs the
+    same (their ``own``)."""
+    for kind, obj, *_ in steps:
+        if kind == "rnn" and obj.layer is not None:
+            obj.rekey(scope)
+        elif kind == "op" and obj[1] == "Loop":
+            obj[0].own(scope)
+        elif kind == "op" and obj[1] == "If":
+            obj[2]["_if"].own(scope)
+
+
+def pickled_body(body: Body) -> Body:
+    """A copy of ``body`` to pickle: its op functions by their op type (many are
+    closures, which do not pickle; a nested Loop's is its LoopNode; an If's node is in
+    its attributes): :func:`unpickled_body` puts them back."""
+    copy = Body()
+    for k in Body.__slots__:
+        setattr(copy, k, getattr(body, k))
+    copy.steps = [(kind, (None,) + obj[1:] if kind == "op" and obj[1] != "Loop"
+                   else obj) + tuple(rest) for kind, obj, *rest in body.steps]
+    return copy
+
+
+def unpickled_body(body: Body) -> None:
+    """``body`` as pickled_body left it made whole again: its op functions, and its
+    constants read-only (unpickled arrays are writeable)."""
+    from .onnx import _SIMPLE_OPS, _freeze
+    for v in body.consts.values():
+        _freeze(v)
+    body.steps = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:]
+                   if kind == "op" and obj[0] is None else obj) + tuple(rest)
+                  for kind, obj, *rest in body.steps]
+
+
 def _body_graph(model, node, attrs, where):
     a = attrs.get("body")
     g = getattr(a, "g", None)
@@ -236,22 +297,7 @@ class LoopNode:
         run once per call (``_pre``) and per iteration (``_iter``), each a function of
         the value list (_runner), with ``_labels`` naming each one's body node."""
         body, K = self.body, self.K
-        slot: dict = {}
-        for n in body.inputs:
-            slot[n] = len(slot)
-        for n in body.outer:
-            slot.setdefault(n, len(slot))
-        for n in body.consts:
-            slot.setdefault(n, len(slot))
-        for st in body.steps:
-            for o in st[3]:
-                if o:
-                    slot.setdefault(o, len(slot))
-        none = len(slot)            # (always None: an input not given)
-        trash = none + 1            # (an output not named)
-        template = [None] * (trash + 1)
-        for n, v in body.consts.items():
-            template[slot[n]] = v
+        slot, none, trash, template = slot_map(body, body.inputs)
         self._template, self._slot = template, slot
         self._outer = tuple(slot[n] for n in body.outer)
         outs = [slot[n] for n in body.outputs]
@@ -300,13 +346,7 @@ class LoopNode:
             self._template[self._slot[n]] = v
         scope = dict(model_consts)
         scope.update(body.consts)
-        for kind, obj, *_ in body.steps:
-            if kind == "rnn" and obj.layer is not None:
-                obj.rekey(scope)
-            elif kind == "op" and obj[1] == "Loop":
-                obj[0].own(scope)
-            elif kind == "op" and obj[1] == "If":
-                obj[2]["_if"].own(scope)
+        own_steps(body.steps, scope)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -314,25 +354,12 @@ class LoopNode:
                   "_scan_src", "_pre", "_iter", "_labels", "_need_i", "_need_c",
                   "_iter_info", "_fusion"):
             state.pop(k)
-        body = Body()
-        for k in Body.__slots__:
-            setattr(body, k, getattr(self.body, k))
-        # (op functions by their op type: many are closures, which do not pickle; a
-        # nested Loop's is its LoopNode)
-        body.steps = [(kind, (None,) + obj[1:] if kind == "op" and obj[1] != "Loop"
-                       else obj) + tuple(rest) for kind, obj, *rest in self.body.steps]
-        state["body"] = body
+        state["body"] = pickled_body(self.body)
         return state
 
     def __setstate__(self, state):
-        from .onnx import _SIMPLE_OPS, _freeze
         self.__dict__.update(state)
-        body = self.body
-        for v in body.consts.values():      # (unpickled arrays are writeable)
-            _freeze(v)
-        body.steps = [(kind, (_SIMPLE_OPS[obj[1]],) + obj[1:]
-                       if kind == "op" and obj[0] is None else obj) + tuple(rest)
-                      for kind, obj, *rest in body.steps]
+        unpickled_body(self.body)
         self._build()
 
     # ------------------------------------------------------------------------ running
