@@ -25,10 +25,9 @@ onnx = pytest.importorskip("onnx")  # in the test extra; never skipped there
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from fastrnn.io import _onnx_loop  # noqa: E402
 from fastrnn.io.onnx import load_onnx  # noqa: E402
 
-from test_onnx_loop import _ort  # noqa: E402
+from test_onnx_loop_fuse import _compare  # noqa: E402
 
 F32, I8, I64, BOOL = TensorProto.FLOAT, TensorProto.INT8, TensorProto.INT64, TensorProto.BOOL
 H = 4
@@ -132,16 +131,7 @@ def _plan(m):
 def _check(data, feeds, m):
     """fastrnn (model ``m``, fused where it may be) against ONNX Runtime and the op-by-op
     run."""
-    ref = _ort(data, feeds)
-    got = m.run(dict(feeds))
-    try:
-        _onnx_loop.FUSE = False
-        slow = load_onnx(data).run(dict(feeds))
-    finally:
-        _onnx_loop.FUSE = True
-    for k in ref:
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
-        np.testing.assert_allclose(got[k], slow[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    _compare(data, feeds, np.float32, fused=None, model=m)
 
 
 def test_cell_reading_x_besides_its_gather_is_not_fused():
