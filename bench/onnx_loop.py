@@ -3,7 +3,7 @@ tf.keras 2 SimpleRNN, GRU(reset_after=False), Masking + LSTM, a bidirectional Si
 Keras 3 GRU): fastrnn beside ONNX Runtime.
 
     PYTHONPATH=. python bench/onnx_loop.py [--rounds 11] [--T 100] [--batches 1,32]
-    PYTHONPATH=. python bench/onnx_loop.py --first [--sizes 256,512]
+    PYTHONPATH=. python bench/onnx_loop.py --first [--sizes 256,512,1024]
 
 Each round times ``n`` calls of fastrnn, of fastrnn with the Loop bodies run op by op
 (``_onnx_loop.FUSE = False``: how every Loop ran before fastrnn/io/_onnx_loop_fuse.py,
@@ -13,7 +13,8 @@ The outputs are checked against ONNX Runtime's first.
 
 ``--first``: the cost of a fused Loop's first call (its probes: _onnx_loop_fuse), on
 Loops of tf2onnx's shape built by tests/test_onnx_loop_fuse.py (I = H, B = 1, T = 100):
-load, first call, second call, each in a fresh model, median of 3.
+load, first call, second call, each in a fresh model, median of 3; the first call's peak
+of Python allocations (tracemalloc, the last of the 3) beside the model's weights.
 """
 import argparse
 import os
@@ -37,8 +38,10 @@ def first_calls(sizes):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from test_onnx_loop_fuse import _feeds, _fused, _loop_graph
     from fastrnn.io.onnx import load_onnx
-    print("| cell | H | load ms | first call ms | second call ms |")
-    print("|---|---|---|---|---|")
+    import tracemalloc
+    print("| cell | H | load ms | first call ms | second call ms | first call peak MiB "
+          "| weights MiB |")
+    print("|---|---|---|---|---|---|---|")
     for H in sizes:
         for cell, mask in (("rnn", False), ("lstm", False), ("lstm", True), ("gru", False),
                            ("gru_before", True)):
@@ -49,7 +52,10 @@ def first_calls(sizes):
                 t0 = time.perf_counter()
                 m = load_onnx(data)
                 t1 = time.perf_counter()
+                tracemalloc.start()
                 m.run(dict(feeds))
+                peak = tracemalloc.get_traced_memory()[1] / 2**20
+                tracemalloc.stop()
                 t2 = time.perf_counter()
                 m.run(dict(feeds))
                 t3 = time.perf_counter()
@@ -57,7 +63,10 @@ def first_calls(sizes):
                 ts.append((t1 - t0, t2 - t1, t3 - t2))
             med = [statistics.median(c) * 1e3 for c in zip(*ts)]
             name = cell + (" masked" if mask else "")
-            print(f"| {name} | {H} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.2f} |")
+            wts = sum(v.nbytes for v in m._consts.values()
+                      if isinstance(v, np.ndarray)) / 2**20
+            print(f"| {name} | {H} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.2f} | {peak:.0f} "
+                  f"| {wts:.1f} |")
 
 
 def main():
@@ -66,7 +75,7 @@ def main():
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--first", action="store_true")
-    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--sizes", default="256,512,1024")
     a = ap.parse_args()
     if a.first:
         first_calls([int(h) for h in a.sizes.split(",")])

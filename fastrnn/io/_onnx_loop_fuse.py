@@ -67,6 +67,7 @@ _ACTS = ("Sigmoid", "Tanh", "Relu")
 _FLOATS = (1, 11)           # (ONNX float, double: the Casts a cell may do)
 _NUMBERS = (1, 11, 6, 7)    # (and int32, int64: the Casts a condition may do)
 _RANDOM_ROWS = 8
+_CHUNK = 128                # (unit rows a probe runs at once: bounds its memory)
 _EXACT = 1 << 24            # (counters and bounds compared exactly in float32 below this)
 
 
@@ -544,7 +545,7 @@ class _Fusion:
     def probe(self, vals, roles, x, states, mask=None, force=None, zero=()):
         """The value list after the cell's steps ran on rows ``x``, ``states`` and the
         mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
-        slot -> value put in place of that step output's; ``zero``: slots of zeros of
+        slot -> a value put in every element of that step output; ``zero``: slots of zeros of
         the batch's rows, made zeros of the probe's)."""
         v = list(vals)
         (xs, _, xk), m = roles
@@ -562,7 +563,7 @@ class _Fusion:
             if force:
                 for o in o_s:
                     if o in force:
-                        v[o] = force[o]
+                        v[o] = np.full_like(v[o], force[o])
         return v
 
 
@@ -589,11 +590,6 @@ def _zero_rows(v, B) -> bool:
             and v.shape[0] == B and not v.any())
 
 
-def _upcast(vals):
-    return [v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32
-            else v for v in vals]
-
-
 def _close(a, b, tol) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= tol * (1 + np.abs(b))))
@@ -605,63 +601,97 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     masked = roles[1] is not None
     rng = np.random.default_rng(0)
     nr = _RANDOM_ROWS
-    v64 = _upcast(vals)
-    # the states some activation's input reads (each changed alone on random rows): the
-    # unit rows are theirs alone (a masked cell's repeated output reads none)
+    v64 = list(vals)                # (the values the cell reads, in float64)
+    for sl, _ in f.inv_reads:
+        a = vals[sl]
+        if isinstance(a, np.ndarray) and a.dtype == np.float32:
+            v64[sl] = a.astype(np.float64)
+    # the activations' inputs (no activation: the states, a linear cell): which are
+    # affine (an affine combination of random rows gives the same combination of
+    # values), and which states they read (each changed alone); unit rows are for the
+    # states the affine ones read (an LSTM's h, not its c nor a masked cell's output)
+    watch = [i for _, i, _ in f.acts] or list(f.state_out)
     xs = rng.standard_normal((nr, I))
     ss = [rng.uniform(-1, 1, (nr, H)) for _ in range(S)]
+    xb = rng.standard_normal((nr, I))
+    sb = [rng.uniform(-1, 1, (nr, H)) for _ in range(S)]
     on = np.ones(nr, bool) if masked else None
+    pc = f.probe(v64, roles, np.vstack([xs, xb, 0.3 * xs + 0.7 * xb]),
+                 [np.vstack([a, b, 0.3 * a + 0.7 * b]) for a, b in zip(ss, sb)],
+                 None if on is None else np.ones(3 * nr, bool), zero=zero)
+    linear = {}
+    for i in watch:
+        q = np.asarray(pc[i])
+        linear[i] = q.ndim == 2 and q.shape[0] == 3 * nr and _close(
+            q[2 * nr:], 0.3 * q[:nr] + 0.7 * q[nr:2 * nr], 1e-9)
     base = f.probe(v64, roles, xs, ss, on, zero=zero)
-    watch = [i for _, i, _ in f.acts] or f.state_out     # (no activation: linear)
     reads = []
     for s in range(S):
         other = list(ss)
-        other[s] = rng.uniform(-1, 1, (nr, H))
+        other[s] = sb[s]
         p = f.probe(v64, roles, xs, other, on, zero=zero)
-        if any(not np.array_equal(p[i], base[i]) for i in watch):
+        if any(linear[i] and not np.array_equal(p[i], base[i]) for i in watch):
             reads.append(s)
-    row = {s: 1 + I + j * H for j, s in enumerate(reads)}
-    n0 = 1 + I + len(reads) * H
-    Bp = n0 + nr
-    x = np.zeros((Bp, I))
-    x[1:1 + I] = np.eye(I)
-    x[n0:] = rng.standard_normal((nr, I))
-    sts = []
-    for s in range(S):
-        h = np.zeros((Bp, H))
-        if s in row:
-            h[row[s]:row[s] + H] = np.eye(H)
-        h[n0:] = rng.uniform(-1, 1, (nr, H))
-        sts.append(h)
-    ones = np.ones(Bp, bool) if masked else None
+    # the probe the cell is told by: a row of zeros and the random rows
+    x = np.vstack([np.zeros((1, I)), xs])
+    sts = [np.vstack([np.zeros((1, H)), s_]) for s_ in ss]
+    ones = np.ones(1 + nr, bool) if masked else None
     v = f.probe(v64, roles, x, sts, ones, zero=zero)
-    rand = slice(n0, None)
+    units = [(None, j) for j in range(I)] + [(s, j) for s in reads for j in range(H)]
+    chunks = [units[c:c + _CHUNK] for c in range(0, len(units), _CHUNK)]
 
-    def affine(p):
-        """(W (I, m), [R_s (H, m)], b (m,)) of an affine value of the probe, or None."""
-        p = np.asarray(p)
-        if p.shape[:1] != (Bp,) or p.ndim != 2 or p.dtype != np.float64:
-            return None
-        b = p[0]
-        W = p[1:1 + I] - b
-        Rs = [p[row[s]:row[s] + H] - b if s in row else np.zeros((H, p.shape[1]))
-              for s in range(S)]
-        pred = b + x[rand] @ W + sum(sts[s][rand] @ Rs[s] for s in reads)
-        if not _close(p[rand], pred, 1e-9):
-            return None
-        return W, Rs, b
-
-    def probe(force):
-        return f.probe(v64, roles, x, sts, ones, force, zero)
+    def fit(slots, force=None):
+        """Per slot, ``(W (I, m), [R_s (H, m)], b (m,))`` of its value if it is affine in
+        ``x`` and the states read, else None: the bias from the zero row, a weight row
+        from each unit row (run _CHUNK at a time, kept in the call's dtype: exact, the
+        body's weights are of it), checked on the random rows.  ``force``: slot -> a
+        value put in every element of that step output."""
+        pz = v if force is None else f.probe(v64, roles, x, sts, ones, force, zero)
+        base = {}
+        for sl in slots:
+            p0 = np.asarray(pz[sl])
+            if (force is not None or linear.get(sl, True)) and p0.ndim == 2 and \
+                    p0.shape[0] == 1 + nr and p0.dtype == np.float64:
+                base[sl] = p0
+        got: dict = {sl: [] for sl in base}
+        for ch in chunks:
+            xc = np.zeros((len(ch), I))
+            sc = [np.zeros((len(ch), H)) for _ in range(S)]
+            for r, (s, j) in enumerate(ch):
+                (xc[r] if s is None else sc[s][r])[j] = 1.0
+            pc = f.probe(v64, roles, xc, sc, None if ones is None else np.ones(len(ch), bool),
+                         force, zero)
+            for sl in list(got):
+                g = np.asarray(pc[sl])
+                if g.shape != (len(ch), base[sl].shape[1]):
+                    del got[sl]
+                else:
+                    got[sl].append((g - base[sl][0]).astype(dt, copy=False))
+        res = []
+        for sl in slots:
+            if sl not in got:
+                res.append(None)
+                continue
+            p0 = base[sl]
+            b = p0[0]
+            D = np.concatenate(got.pop(sl))     # (I >= 1: never empty)
+            W = D[:I]
+            # (a state not read: zeros, a view of one element)
+            Rs = [np.broadcast_to(dt.type(0), (H, p0.shape[1])) for _ in range(S)]
+            for k, s in enumerate(reads):
+                Rs[s] = D[I + k * H:I + (k + 1) * H]
+            pred = b + xs @ W + sum(ss[s] @ Rs[s] for s in reads)
+            res.append((W, Rs, b) if _close(p0[1:], pred, 1e-9) else None)
+        return res
 
     outs = [v[o] for o in f.state_out]
-    fits = [affine(v[i]) for _, i, _ in f.acts]
+    fits = fit([i for _, i, _ in f.acts])
     # (under a mask: each state in turn the one repeating the last output, until one
     # passes every check below)
     v0 = f.probe(v64, roles, xs, ss, ~on, zero=zero) if masked else None
     for yk in (range(S) if masked else (None,)):
         cell = [s for s in range(S) if s != yk]
-        found = _classify(f, v, probe, x, sts, fits, outs, cell, H, affine)
+        found = _classify(f, v, x, sts, fits, outs, cell, H, fit)
         if found is None:
             continue
         op, attrs, order, W, R, Bias, used = found
@@ -690,6 +720,8 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
         break
     else:
         return None
+    v64.clear()                     # (the probes' float64 copies: done with)
+    fits = v = None
     from .onnx import _RecurrentNode
     node = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
     attrs = dict(attrs, hidden_size=H)
@@ -751,7 +783,7 @@ def _act_attrs(f, js) -> dict:
     return attrs
 
 
-def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
+def _classify(f, v, x, sts, fits, outs, cell, H, fit):
     """The cell of states ``cell`` (indices into f.states) found in the probe ``v``:
     (op, attrs, the states' order (h[, c]), W, R, B in ONNX's layout, the activations
     whose fits were used), or None.  Keras's activations: the gates' (its
@@ -769,10 +801,10 @@ def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
         return ("RNN", _act_attrs(f, [0]), (cell[0],), W.T, Rs[cell[0]].T,
                 np.concatenate([b, np.zeros(H)]), (0,))
     if len(cell) == 1 and not acts:     # (linear: the new h itself affine)
-        fit = affine(outs[cell[0]])
-        if fit is None:
+        lin = fit([f.state_out[cell[0]]])[0]
+        if lin is None:
             return None
-        W, Rs, b = fit
+        W, Rs, b = lin
         for s in range(len(Rs)):
             if s != cell[0] and not _close(Rs[s], 0 * Rs[s], 1e-9):
                 return None
@@ -781,13 +813,13 @@ def _classify(f, v, probe, x, sts, fits, outs, cell, H, affine):
                 np.concatenate([b, np.zeros(H)]), ())
     if len(cell) == 1 and len(acts) == 3 and len(aff) == 2 and \
             _key(f, aff[0]) == _key(f, aff[1]):
-        return _gru(f, v, probe, x, sts, fits, outs, cell[0], H, affine, aff, rest[0])
+        return _gru(f, v, x, sts, fits, outs, cell[0], H, fit, aff, rest[0])
     if len(cell) == 2 and len(acts) == 5 and len(rest) == 1:
         return _lstm(f, v, sts, fits, outs, cell, H, aff, rest[0])
     return None
 
 
-def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine, gates, nj):
+def _gru(f, v, x, sts, fits, outs, hs, H, fit, gates, nj):
     """A GRU (Keras's: ``h' = z h + (1 - z) n``) of state ``hs`` found in the probe
     ``v`` (``gates``: the activations of affine inputs, z and r; ``nj``: the
     candidate's), or None."""
@@ -800,9 +832,8 @@ def _gru(f, v, probe, x, sts, fits, outs, hs, H, affine, gates, nj):
     else:
         return None
     r_out = f.acts[rj][2]
-    Bp = x.shape[0]
-    a1 = affine(probe({r_out: np.ones((Bp, H))})[f.acts[nj][1]])
-    a0 = affine(probe({r_out: np.zeros((Bp, H))})[f.acts[nj][1]])
+    a1, = fit([f.acts[nj][1]], {r_out: 1.0})
+    a0, = fit([f.acts[nj][1]], {r_out: 0.0})
     if a1 is None or a0 is None:
         return None
     Wn, Rn1, b1 = a1
