@@ -104,6 +104,9 @@ def compile_if(model, node, attrs, consts: dict, known: set, seqs: set, budget: 
                             f"(outputs {outs})")
         graphs[b] = g
     n_then, n_else = (len(graphs[b].output) for b in BRANCHES)
+    if not n_then and not n_else:
+        raise LoadError(f"{name}: {where}: its branches give no outputs (an If gives at "
+                        "least one, as ONNX Runtime requires)")
     if n_then != n_else:
         raise LoadError(f"{name}: {where}: its then_branch gives {n_then} output(s), its "
                         f"else_branch {n_else} (ONNX requires the same number)")
@@ -120,11 +123,12 @@ def compile_if(model, node, attrs, consts: dict, known: set, seqs: set, budget: 
     bodies: dict = {}
     out_seqs: dict = {}
     for b, take in zip(BRANCHES, (True, False)):
-        if fixed is None or fixed == take:
-            bodies[b], out_seqs[b] = compile_subgraph(
-                model, graphs[b], consts, known, seqs, budget, where, b)
-        else:
-            bodies[b] = None
+        # (the branch a constant condition does not choose: compiled too, so that an
+        # invalid one is a LoadError as in ONNX Runtime, which checks both; its folding on
+        # a budget of its own, then dropped)
+        bodies[b], out_seqs[b] = compile_subgraph(
+            model, graphs[b], consts, known, seqs,
+            budget if fixed is None or fixed == take else list(budget), where, b)
     seq_outs = []
     for k in range(n_then):
         kinds = {b: bodies[b].outputs[k] in out_seqs[b] for b in BRANCHES if bodies[b]}
@@ -134,6 +138,8 @@ def compile_if(model, node, attrs, consts: dict, known: set, seqs: set, budget: 
                             f"else_branch a {'sequence' if kinds['else_branch'] else 'tensor'}"
                             " (fastrnn needs to know at load which values are sequences)")
         seq_outs.append(any(kinds.values()))
+    if fixed is not None:
+        bodies[BRANCHES[1] if fixed else BRANCHES[0]] = None
     ifn = IfNode(model, bodies["then_branch"], bodies["else_branch"], fixed, where,
                  tuple(seq_outs), consts)
     ifn.folded = None

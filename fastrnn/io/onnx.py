@@ -255,6 +255,16 @@ def _op_split(i, a, o, nout=None):
         size = x.shape[axis]
         step = -(-size // n)
         split = [min(step, size - k * step) for k in range(n)]
+    else:
+        # (as ONNX Runtime: sizes that do not cover the axis exactly are an error, not
+        # empty or longer parts)
+        sizes = _ints(split)
+        size = x.shape[axis]
+        if any(k < 0 for k in sizes) or sum(sizes) != size or (
+                nout is not None and len(sizes) != nout):
+            want = "as many" if nout is None else f"{nout}"
+            raise ValueError(f"Split: sizes {sizes} must be {want} sizes >= 0 summing to "
+                             f"axis {axis}'s size {size} (input shape {x.shape})")
     idx = np.cumsum(_ints(split))[:-1]
     return list(np.split(x, idx, axis=axis))
 
