@@ -12,33 +12,38 @@ A body is recognised in two stages.
 By structure, at load (:func:`analyse`):
 
 - each carried value is a counter (the body gives back ``t + 1``, the one a body
-  constant), a state, or a value given back unchanged;
-- exactly one Gather (axis 0) reads an invariant value ``X`` at a counter: ``x_t``;
+  constant; int32 / int64), a state, or a value given back unchanged;
+- one Gather (axis 0) reads a value ``X`` fixed for the call at a counter (``x_t``), a
+  second one may read a bool mask so;
 - the cell (the steps the states and the scan outputs are computed by) reads only
-  ``x_t``, the states and invariant values, and is made of the ops of a cell's math
-  (``_CELL_OPS``: products, sums, the activations, splits and slices; a Clip or a Max
-  could act on values random probes never reach, so they are not allowed);
+  ``x_t``, the mask, the states and values fixed for the call (none computed from
+  ``X``), and is made of the ops of a cell's math (``_CELL_OPS``); a Min, Max or Clip
+  could act on values random probes never reach, so it is allowed only in a chain whose
+  function, composed exactly from its constants, is Keras's hard_sigmoid
+  (:func:`_hard_sigmoids`);
 - the condition is an ``And`` of ``Less(counter, bound)`` terms (through Casts), each
-  bound invariant: the number of iterations follows from the bounds, the trip count M
-  and the counters' first values (:meth:`_Fusion._trips`).
+  bound fixed for the call: the number of iterations follows from the bounds, the trip
+  count M and the counters' first values (:meth:`_Fusion._trips`).
 
 By value, at the first call with given weights (the Loop's inputs the cell reads,
-compared by identity, then by value, at each call):
+compared by identity where read-only, else by value, at each call: :meth:`_Fusion._plan`):
 
-- the cell's steps run in float64 on probe rows: zeros, each unit row of ``x`` and of
-  each state, random rows.  An activation whose input is affine in ``(x, h)`` gives
-  its weights and bias (row 0 the bias, unit rows bias + a weight row, random rows the
-  check);
-- a SimpleRNN is one activation (Tanh, Relu, Sigmoid); an LSTM three Sigmoids of affine
-  inputs, a Tanh of an affine input and a Tanh of the new ``c``, each state order and
-  gate order tried against the body's outputs (``c' = f c + i g``, ``h' = o tanh(c')``,
-  Keras's LSTM); a GRU two Sigmoids and a Tanh, ``h' = z h + (1 - z) n``, its candidate's
-  input read with the reset gate forced to 1 and to 0, which tells the weights and
-  whether the reset gate acts after the recurrent product (Keras ``reset_after=True``)
-  or before it;
-- the scan outputs must be the new ``h``;
-- then the layer and the body's own ops, in the call's dtype, run on random rows and
-  must agree.
+- the cell's steps run in float64 on probe rows (:func:`_make`): random rows tell which
+  activation inputs are affine and which states they read; a zero row and the unit rows
+  of ``x`` and of those states (128 at a time) give each affine input's bias and weight
+  rows exactly, the random rows check them;
+- a SimpleRNN is one activation or none (linear); a GRU two gate activations of affine
+  inputs and a candidate's, ``h' = z h + (1 - z) n``, its candidate's input read again
+  with the reset gate forced to 1 and to 0, which gives its weights and tells whether
+  the reset gate acts after the recurrent product (Keras ``reset_after=True``) or before
+  it; an LSTM three gate activations and a candidate's of affine inputs and one of the
+  new ``c`` (``c' = f c + i g``, ``h' = o act(c')``), each state order, gate order and
+  candidate tried (:func:`_classify`);
+- under a mask, all-masked rows give back the states, and the output either as it was
+  (the layer's ``masked_output="carry"``) or zero (``"zero"``: Keras's Bidirectional);
+  the scan outputs must be the new output;
+- then the layer and the body's own ops, in the call's dtype, run on random rows (some
+  masked) and must agree.
 
 Anything else (a body that is no such cell, values that disagree, a call whose values
 do not allow it: a counter not starting in range, an input too short for the
@@ -54,7 +59,7 @@ import numpy as np
 
 __all__ = ["analyse"]
 
-# the ops a fused cell may be made of (besides the one Gather of x_t)
+# the ops a fused cell may be made of (besides the Gathers of x_t and the mask)
 # (Not: a bool in the cell comes from the mask's Gather alone, no op here makes one)
 # (Shape, ConstantOfShape: tf.keras 2's recurrent_dropout at inference, a mask of ones
 # made each step; Min, Max, Clip only in a hard_sigmoid chain: _hard_sigmoids)
@@ -453,10 +458,19 @@ class _Fusion:
         h0 = st[order[0]][None]
         hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
         x = X[t0[xk]:t0[xk] + n]
+        # (under a mask the body selects by arithmetic, m * new + (1 - m) * old: a NaN
+        # or inf at a masked step, or in a state it keeps, gives NaN there (0 * inf),
+        # where the layer's select does not: such calls run op by op)
+        if mask is not None and not (np.isfinite(x).all()
+                                     and all(np.isfinite(s).all() for s in st)):
+            return None
         if mask is None:
             Y, hn = layer(x, hx)
         else:
             Y, hn = layer(x, hx, mask=mask, masked_output=mode)
+            if not (np.isfinite(Y).all() and all(
+                    np.isfinite(a).all() for a in (hn if len(order) == 2 else (hn,)))):
+                return None
         new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
         if len(order) == 2:
             new[self.states[order[1]]] = hn[1][0]
@@ -569,10 +583,17 @@ class _Fusion:
 
 def _read_only(a) -> bool:
     """An array no one can change (the model's constants are made so): not writeable,
-    nor a view of a writeable array."""
-    base = getattr(a, "base", None)
-    return (isinstance(a, np.ndarray) and not a.flags.writeable
-            and not (isinstance(base, np.ndarray) and base.flags.writeable))
+    nor a view of a writeable array, nor of memory of another kind but ``bytes`` (a
+    memoryview of a bytearray, as_strided's DummyArray, an mmap: writeable through it;
+    the model's constants read from a file's bytes are views of those)."""
+    if not isinstance(a, np.ndarray) or a.flags.writeable:
+        return False
+    base = a.base
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return base is None or type(base) is bytes
 
 
 def _same_key(a, b, kept) -> bool:
