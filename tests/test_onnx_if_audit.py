@@ -18,53 +18,14 @@ import pytest
 
 onnx = pytest.importorskip("onnx")  # in the test extra; never skipped there
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.onnx import load_onnx  # noqa: E402
 
+from test_onnx_if import _const, _graph, _if, _model, _ort, _same  # noqa: E402
+
 F32, I64, I32, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL
-
-
-def _vi(name, t=F32, shape=None):
-    return helper.make_tensor_value_info(name, t, shape)
-
-
-def _graph(nodes, outs, inits=(), name="branch"):
-    return helper.make_graph(nodes, name, [],
-                             [_vi(*x) if isinstance(x, tuple) else _vi(x) for x in outs],
-                             list(inits))
-
-
-def _model(nodes, ins, outs, inits=(), opset=17):
-    g = helper.make_graph(nodes, "g", [_vi(*x) for x in ins],
-                          [_vi(*x) if isinstance(x, tuple) else _vi(x) for x in outs],
-                          list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m.SerializeToString()
-
-
-def _const(name, value, dtype=np.float32):
-    return numpy_helper.from_array(np.asarray(value, dtype), name)
-
-
-def _if(cond, outs, then, else_, name="if"):
-    return helper.make_node("If", [cond], list(outs), name=name, then_branch=then,
-                            else_branch=else_)
-
-
-def _ort(data, feeds):
-    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
-
-
-def _same(got, ref, tol=1e-5):
-    assert set(got) == set(ref)
-    for k in ref:
-        assert got[k].shape == ref[k].shape, (k, got[k].shape, ref[k].shape)
-        assert got[k].dtype == ref[k].dtype, (k, got[k].dtype, ref[k].dtype)
-        np.testing.assert_allclose(got[k], ref[k], rtol=tol, atol=tol, err_msg=k)
 
 
 def _alternating(data, feeds_list, tol=1e-5):
