@@ -14,7 +14,10 @@ The outputs are checked against ONNX Runtime's first.
 ``--first``: the cost of a fused Loop's first call (its probes: _onnx_loop_fuse), on
 Loops of tf2onnx's shape built by tests/test_onnx_loop_fuse.py (I = H, B = 1, T = 100):
 load, first call, second call, each in a fresh model, median of 3; the first call's peak
-of Python allocations (tracemalloc, the last of the 3) beside the model's weights.
+of Python allocations (tracemalloc, the last of the 3) beside the model's weights; then
+the later calls of fastrnn, then of ONNX Runtime on the same graph, each alone (median
+of 11 rounds of 5 calls after 5 calls of warm-up: interleaved, ONNX Runtime's spinning
+threads and numpy's OpenBLAS threads after the probes take the cores from the other).
 """
 import argparse
 import os
@@ -40,8 +43,8 @@ def first_calls(sizes):
     from fastrnn.io.onnx import load_onnx
     import tracemalloc
     print("| cell | H | load ms | first call ms | second call ms | first call peak MiB "
-          "| weights MiB |")
-    print("|---|---|---|---|---|---|---|")
+          "| weights MiB | later calls ms | ONNX Runtime ms | fastrnn / ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for H in sizes:
         for cell, mask in (("rnn", False), ("lstm", False), ("lstm", True), ("gru", False),
                            ("gru_before", True)):
@@ -65,8 +68,22 @@ def first_calls(sizes):
             name = cell + (" masked" if mask else "")
             wts = sum(v.nbytes for v in m._consts.values()
                       if isinstance(v, np.ndarray)) / 2**20
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            fns = {"fr": lambda: m.run(dict(feeds)), "ort": lambda: sess.run(None, feeds)}
+            tl = {"fr": [], "ort": []}
+            for k, fn in fns.items():
+                for _ in range(5):
+                    fn()
+                for _ in range(11):
+                    t = time.perf_counter()
+                    for _ in range(5):
+                        fn()
+                    tl[k].append((time.perf_counter() - t) / 5 * 1e3)
+            fr, o = statistics.median(tl["fr"]), statistics.median(tl["ort"])
             print(f"| {name} | {H} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.2f} | {peak:.0f} "
-                  f"| {wts:.1f} |")
+                  f"| {wts:.1f} | {fr:.2f} | {o:.2f} | {fr / o:.2f} |")
 
 
 def main():
