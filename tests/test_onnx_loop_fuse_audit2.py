@@ -80,3 +80,21 @@ def test_read_only_array_of_writeable_memory_is_followed(kind):
     ref = _ort(data, {k: np.array(v) for k, v in feeds.items()})
     np.testing.assert_allclose(got["h_f"], ref["h_f"], rtol=1e-4, atol=1e-5)
     assert _loops(m)[0]._fusion.cache[2] is not plan
+
+
+def test_fed_array_frozen_again_after_a_change_is_followed():
+    """A fed weight read-only, made writeable, changed and made read-only again between
+    calls (numpy lets the flag go back): the next call must see the change.  Only the
+    arrays a model keeps are trusted by identity."""
+    data, w = _loop_graph("gru", 3, 5, weights="input")
+    b = w["b"].copy()
+    b.flags.writeable = False
+    feeds = dict(_feeds(3, 2, 4, np.float32), W=w["W"], R=w["R"], b=b)
+    m = load_onnx(data)
+    _compare(data, feeds, np.float32, model=m)
+    plan = _loops(m)[0]._fusion.cache[2]
+    b.flags.writeable = True
+    b += 0.5
+    b.flags.writeable = False
+    _compare(data, feeds, np.float32, model=m)
+    assert _loops(m)[0]._fusion.cache[2] is not plan

@@ -26,7 +26,8 @@ By structure, at load (:func:`analyse`):
   count M and the counters' first values (:meth:`_Fusion._trips`).
 
 By value, at the first call with given weights (the Loop's inputs the cell reads,
-compared by identity where read-only, else by value, at each call: :meth:`_Fusion._plan`):
+compared by identity where the model keeps them, else by value, at each call:
+:meth:`_Fusion._plan`):
 
 - the cell's steps run in float64 on probe rows (:func:`_make`): random rows tell which
   activation inputs are affine and which states they read; a zero row and the unit rows
@@ -582,18 +583,11 @@ class _Fusion:
 
 
 def _read_only(a) -> bool:
-    """An array no one can change (the model's constants are made so): not writeable,
-    nor a view of a writeable array, nor of memory of another kind but ``bytes`` (a
-    memoryview of a bytearray, as_strided's DummyArray, an mmap: writeable through it;
-    the model's constants read from a file's bytes are views of those)."""
-    if not isinstance(a, np.ndarray) or a.flags.writeable:
-        return False
-    base = a.base
-    while isinstance(base, np.ndarray):
-        if base.flags.writeable:
-            return False
-        base = base.base
-    return base is None or type(base) is bytes
+    """An array nothing changes: one a model keeps (its constants, read-only since
+    loading: onnx._freeze notes them).  A fed array, even read-only, may be changed in
+    place (its flag set back, memory writeable elsewhere): compared by value."""
+    from .onnx import _KEPT
+    return isinstance(a, np.ndarray) and not a.flags.writeable and _KEPT.get(id(a)) is a
 
 
 def _same_key(a, b, kept) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from operator import itemgetter
 from typing import Any, Callable, Mapping
 
@@ -1451,12 +1452,18 @@ def _elements(v) -> int:
     return sum(a.size for a in v) if isinstance(v, list) else 0
 
 
+# the arrays models keep (_freeze), by id, weakly: values nothing changes after, which a
+# fused Loop's plan trusts by identity (_onnx_loop_fuse._read_only)
+_KEPT: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
 def _freeze(v) -> None:
     """Make an array, or each array of a sequence, read-only (a value the model keeps:
-    _results returns copies of those)."""
+    _results returns copies of those), and note it as kept (_KEPT)."""
     for a in (v if isinstance(v, list) else (v,)):
         if isinstance(a, np.ndarray):
             a.flags.writeable = False
+            _KEPT[id(a)] = a
 
 
 def _own_constants(consts: dict) -> None:
