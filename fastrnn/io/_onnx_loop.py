@@ -366,6 +366,16 @@ class LoopNode:
     def __call__(self, ins, attrs=None, opset=None):
         return self.run(ins)
 
+    def values(self, ins: list) -> list:
+        """A run's value list: the constants, the outer values and the carried values'
+        first values (``ins``: the Loop step's inputs) in their slots."""
+        vals = list(self._template)
+        for s, v in zip(self._outer, ins[2 + self.K:]):
+            vals[s] = v
+        for s, v in zip(self._carried, ins[2:2 + self.K]):
+            vals[s] = v
+        return vals
+
     @staticmethod
     def _check_cond(c, what: str) -> bool:
         if not (isinstance(c, (np.ndarray, np.generic)) and c.dtype == np.bool_
@@ -403,11 +413,7 @@ class LoopNode:
         i = 0
         over = False                    # (stopped at the limit)
         if go and (trips is None or trips > 0):
-            vals = list(self._template)
-            for s, v in zip(self._outer, ins[2 + K:]):
-                vals[s] = v
-            for s, v in zip(self._carried, carried):
-                vals[s] = v
+            vals = self.values(ins)
             c_out, moves, need_i, need_c = (self._cond_out, self._moves, self._need_i,
                                             self._need_c)
             dst = [d for d, _ in moves]

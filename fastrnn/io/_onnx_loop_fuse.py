@@ -103,11 +103,10 @@ def _analyse(loop):
     inv = {slot[n] for n in body.invariant if n in slot}
     outs = [slot[n] for n in body.outputs]
     consts = {slot[n]: v for n, v in body.consts.items()}
-    counters, states, passes = {}, [], []
+    counters, states = {}, []
     for k in range(K):
         i_s, o_s = 2 + k, outs[1 + k]
-        if o_s == i_s:
-            passes.append(k)
+        if o_s == i_s:              # (passed on unchanged)
             continue
         j = prod.get(o_s)
         if j is not None and _increment(info[j], i_s, consts):
@@ -185,7 +184,7 @@ def _analyse(loop):
                       for n in sorted(reads) if slot.get(n) in inv)
     f = _Fusion()
     f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
-    f.states, f.passes, f.gathers = states, passes, reads_g
+    f.states, f.gathers = states, reads_g
     f.state_out = [outs[1 + k] for k in states]
     f.scan = list(outs[1 + K:])
     f.cell = [loop._iter[j] for j in sorted(cell)]
@@ -213,17 +212,18 @@ def _hard_sigmoids(cell, info, prod, consts, readers, opset):
         x = _scalar_step(info[j], consts, opset)
         if x is None:
             return None
-        p = x[0]
+        p, ops = x[0], [x[1]]
         while readers.get(p) == 1 and prod.get(p) in cell:
             k = prod[p]
             y = _scalar_step(info[k], consts, opset)
             if y is None or _op(info[k][0]) in _CLAMPS:
                 break
             chain.insert(0, k)
+            ops.insert(0, y[1])
             p = y[0]
         fn = (1.0, 0.0, -math.inf, math.inf)
-        for k in chain:
-            fn = _compose(fn, _scalar_step(info[k], consts, opset)[1])
+        for op in ops:
+            fn = _compose(fn, op)
         out = info[chain[-1]][2][0]
         while not _unit(fn) and readers.get(out) == 1:
             nxt = [k for k in cell if out in info[k][1] and k not in chain]
@@ -418,11 +418,7 @@ class _Fusion:
             if not (isinstance(t, num) and t.dtype in (np.int32, np.int64) and t.size == 1):
                 return None
             t0[k] = int(t.reshape(()))
-        vals = list(loop._template)
-        for s, v in zip(loop._outer, ins[2 + K:]):
-            vals[s] = v
-        for k in range(K):
-            vals[2 + k] = ins[2 + k]
+        vals = loop.values(ins)
         try:
             for run in loop._pre:
                 run(vals)
