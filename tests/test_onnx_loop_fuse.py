@@ -664,3 +664,76 @@ def test_tf2onnx_fixtures_fused(name):
             x[-1, T // 2:] = 0
             x[0, :T // 3] = 0
         _compare(data, {"x": x}, np.float32, model=m)
+
+
+# --------------------------------------------------------------- the probes' MatMul
+def test_probe_matmul_picks_weight_rows_as_the_product():
+    from fastrnn.io._onnx_loop_fuse import _probe_matmul
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((7, 5))
+    b[2, 1] = -0.0
+    a = np.zeros((9, 7))
+    for r, c in ((0, 3), (1, 0), (4, 6), (5, 2), (8, 3)):
+        a[r, c] = 1.0
+    got = _probe_matmul(a, b, {})
+    np.testing.assert_array_equal(got, np.matmul(a, b))
+    assert got.dtype == np.float64 and got.shape == (9, 5)
+    np.testing.assert_array_equal(got[[1, 4, 5]], b[[0, 6, 2]])
+    assert not got[[2, 3, 6, 7]].any()
+
+
+@pytest.mark.parametrize("case", ["two_ones", "two", "nan_a", "inf_b", "nan_b", "f32",
+                                  "three_d", "random"])
+def test_probe_matmul_otherwise_the_product(case):
+    from fastrnn.io import _onnx_loop_fuse as fz
+    rng = np.random.default_rng(4)
+    a = np.eye(6)[[1, 3, 0, 5]]
+    b = rng.standard_normal((6, 4))
+    if case == "two_ones":
+        a[2, 4] = 1.0
+    elif case == "two":
+        a[1, 3] = 2.0
+    elif case == "nan_a":
+        a[3, 2] = np.nan
+    elif case == "inf_b":
+        b[4, 1] = np.inf        # (a row no unit row picks: 0 * inf in every row)
+    elif case == "nan_b":
+        b[2, 2] = np.nan
+    elif case == "f32":
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    elif case == "three_d":
+        a = a[None]
+    else:
+        a = rng.standard_normal((4, 6))
+    if case in ("two_ones", "two", "nan_a", "random"):
+        assert a.ndim != 2 or fz._unit_rows(a) is None
+    memo = {}
+    with np.errstate(invalid="ignore"):
+        got = fz._probe_matmul(a, b, memo)
+        ref = np.matmul(a, b)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+    if case == "inf_b":
+        assert np.isnan(got[:, 1]).all() and memo[id(b)] == (b, False)
+
+
+def test_fused_probes_read_weight_rows_without_products(monkeypatch):
+    """The unit-row probes reach the cell's MatMuls as unit rows, which pick every
+    weight row (x's I rows, h's H rows), and the plan's float64 copies are let go."""
+    from fastrnn.io import _onnx_loop_fuse as fz
+    picked = []
+    real = fz._unit_rows
+
+    def spy(a):
+        rc = real(a)
+        if rc is not None:
+            picked.append((a.shape[1], len(rc[0])))
+        return rc
+    monkeypatch.setattr(fz, "_unit_rows", spy)
+    I, H = 5, 7
+    data, _ = _loop_graph("lstm", I, H)
+    m = load_onnx(data)
+    _compare(data, _feeds(I, 3, 6, np.float32), np.float32, model=m)
+    assert sum(n for k, n in picked if k == I) >= I
+    assert sum(n for k, n in picked if k == H) >= H
+    assert all(lp._fusion.finite is None for lp in _loops(m))

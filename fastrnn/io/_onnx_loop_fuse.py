@@ -188,6 +188,11 @@ def _analyse(loop):
     f.state_out = [outs[1 + k] for k in states]
     f.scan = list(outs[1 + K:])
     f.cell = [loop._iter[j] for j in sorted(cell)]
+    # (the probes' own: a MatMul of unit rows picks weight rows, _probe_matmul)
+    f.finite = None
+    f.probe_cell = [_probe_runner(f, info[j][1], info[j][2][0])
+                    if _op(info[j][0]) == "MatMul" and len(info[j][1]) == 2
+                    and len(info[j][2]) == 1 else loop._iter[j] for j in sorted(cell)]
     f.cell_outs = [info[j][2] for j in sorted(cell)]
     f.acts = sorted(acts)
     f.params = {a[2]: a[3] for a in hard_acts}     # (HardSigmoid's alpha, beta)
@@ -195,6 +200,53 @@ def _analyse(loop):
     f.inv_reads = inv_reads
     f.cache = None
     return f
+
+
+def _unit_rows(a):
+    """``(rows, cols)`` where float64 matrix ``a``'s rows are each zeros or one unit row
+    (``a[rows[k], cols[k]] == 1``, all else 0), else None."""
+    nz = a != 0
+    cnt = nz.sum(1)
+    if cnt.size and cnt.max() > 1:
+        return None
+    one = np.flatnonzero(cnt)
+    col = nz[one].argmax(1)
+    return (one, col) if np.all(a[one, col] == 1) else None
+
+
+def _probe_matmul(a, b, finite=None):
+    """``np.matmul(a, b)`` for the probes: where ``a`` is float64 rows that are each
+    zero or one unit row (the unit-row probes of :func:`_make`, through any ops that keep
+    them) and ``b`` a finite float64 matrix, each row of the product is the row of ``b``
+    the one picks, or zeros: the product's values (one term 1 * w, the others +-0; a -0
+    weight read as +0), without its (rows x I x gates H) multiply-adds.  ``finite``: a
+    dict keeping whether a ``b`` is finite (id -> (b, bool)), for the probes of one
+    plan."""
+    if not (a.__class__ is np.ndarray and b.__class__ is np.ndarray and a.ndim == 2
+            and b.ndim == 2 and a.shape[1] == b.shape[0] >= 1
+            and a.dtype == np.float64 and b.dtype == np.float64):
+        return np.matmul(a, b)
+    rc = _unit_rows(a)
+    if rc is None:
+        return np.matmul(a, b)
+    got = None if finite is None else finite.get(id(b))
+    if got is None or got[0] is not b:
+        got = (b, bool(np.isfinite(b).all()))
+        if finite is not None:
+            finite[id(b)] = got
+    if not got[1]:
+        return np.matmul(a, b)      # (0 * inf: NaN, as the product has it)
+    out = np.zeros((a.shape[0], b.shape[1]))
+    out[rc[0]] = b[rc[1]] + 0.0
+    return out
+
+
+def _probe_runner(f, i_s, o):
+    a, b = i_s
+
+    def run(vals):
+        vals[o] = _probe_matmul(vals[a], vals[b], f.finite)
+    return run
 
 
 def _hard_sigmoids(cell, info, prod, consts, readers, opset):
@@ -542,10 +594,13 @@ class _Fusion:
         if c is not None and c[1] == sig and all(
                 _same_key(a, b, kept) for a, (b, kept) in zip(key, c[0])):
             return c[2]
+        self.finite = {}
         try:
             plan = _make(self, loop, vals, roles, dt, I, H, zero)
         except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
             plan = None
+        finally:
+            self.finite = None      # (it holds the probes' float64 weights)
         # (each key value and, unless it is read-only (the model's constants), a copy
         # of it: a fed array may be changed in place before the next call)
         self.cache = ([(k, None if _read_only(k) else k.copy()
@@ -553,11 +608,12 @@ class _Fusion:
         return plan
 
     # --------------------------------------------------------------------- probing
-    def probe(self, vals, roles, x, states, mask=None, force=None, zero=()):
+    def probe(self, vals, roles, x, states, mask=None, force=None, zero=(), probe=True):
         """The value list after the cell's steps ran on rows ``x``, ``states`` and the
         mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
         slot -> a value put in every element of that step output; ``zero``: slots of zeros of
-        the batch's rows, made zeros of the probe's)."""
+        the batch's rows, made zeros of the probe's; ``probe``: False, the body's own steps
+        alone, no :func:`_probe_matmul`)."""
         v = list(vals)
         (xs, _, xk), m = roles
         v[xs] = x[None]
@@ -569,7 +625,7 @@ class _Fusion:
             v[2 + m[2]] = np.zeros_like(vals[2 + m[2]])
         for k, s in zip(self.states, states):
             v[2 + k] = s
-        for run, o_s in zip(self.cell, self.cell_outs):
+        for run, o_s in zip(self.probe_cell if probe else self.cell, self.cell_outs):
             run(v)
             if force:
                 for o in o_s:
@@ -738,7 +794,9 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     attrs = dict(attrs, hidden_size=H)
     rec = _RecurrentNode(node, attrs, {}, f"{loop.where}: its body as one {op} layer",
                          loop.num_threads)
-    W, R, Bias = (np.ascontiguousarray(a.astype(dt)[None]) for a in (W, R, Bias))
+    # (no copy where it is one already: made here, the layer owns it)
+    W, R, Bias = (np.ascontiguousarray(a.astype(dt, copy=False)[None])
+                  for a in (W, R, Bias))
     layer = rec._get_layer(W, R, Bias, None, own=True)
     # the check: the layer and the body's own ops, in the call's dtype, on random rows
     # (under a mask: some rows masked, the repeated output starting at zero)
@@ -750,7 +808,7 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
         if masked:
             sr[yk][...] = 0
             mr = np.array([True, False] * 3)
-        ref = f.probe(vals, roles, xr, sr, mr, zero=zero)
+        ref = f.probe(vals, roles, xr, sr, mr, zero=zero, probe=False)
         h0 = sr[order[0]][None]
         hx = (h0, sr[order[1]][None]) if len(order) == 2 else h0
         if mr is None:
