@@ -168,7 +168,8 @@ class IfNode:
     condition does not choose); ``fixed``: that condition's value (None: not constant);
     ``outer``: the enclosing graphs' values either branch reads; ``seq_outs``: per
     output, whether it is a sequence; ``pure``: whether its outputs follow from its
-    inputs alone (no Dropout or Loop inside, as OnnxModel._shape_only treats those)."""
+    inputs alone (no Dropout, Loop or Scan inside, as OnnxModel._shape_only treats
+    those)."""
 
     def __init__(self, model, then_b, else_b, fixed, where: str, seq_outs: tuple = (),
                  scope=None):
@@ -286,7 +287,7 @@ class IfNode:
 def _pure(body) -> bool:
     from .onnx import _NO_FOLD
     for kind, obj, *_ in body.steps:
-        if kind == "op" and (obj[1] in _NO_FOLD or obj[1] == "Loop"
+        if kind == "op" and (obj[1] in _NO_FOLD or obj[1] in ("Loop", "Scan")
                              or (obj[1] == "If" and not obj[2]["_if"].pure)):
             return False
     return True

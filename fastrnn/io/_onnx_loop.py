@@ -41,7 +41,7 @@ from . import LoadError
 from . import _onnx_proto as _proto
 
 __all__ = ["LoopNode", "Body", "Limit", "compile_loop", "compile_subgraph",
-           "DEFAULT_LIMIT"]
+           "split_steps", "DEFAULT_LIMIT"]
 
 # iterations a Loop without a trip count M may run (OnnxModel.loop_limit): its condition
 # ends it; one that never does would run forever (as in ONNX Runtime), its scan outputs
@@ -108,8 +108,8 @@ def slot_map(body: Body, first=()) -> tuple:
 
 def own_steps(steps, scope) -> None:
     """A subgraph's recurrent nodes' layers keyed by the arrays they will be given
-    (``scope``: its constants, else the enclosing graphs'); nested Loops and Ifs the
-    same (their ``own``)."""
+    (``scope``: its constants, else the enclosing graphs'); nested Loops, Ifs and Scans
+    the same (their ``own``)."""
     for kind, obj, *_ in steps:
         if kind == "rnn" and obj.layer is not None:
             obj.rekey(scope)
@@ -117,6 +117,8 @@ def own_steps(steps, scope) -> None:
             obj[0].own(scope)
         elif kind == "op" and obj[1] == "If":
             obj[2]["_if"].own(scope)
+        elif kind == "op" and obj[1] == "Scan":
+            obj[2]["_scan"].own(scope)
 
 
 def pickled_body(body: Body) -> Body:
@@ -261,13 +263,14 @@ def compile_loop(model, node, attrs, consts: dict, known: set, seqs: set, budget
     return LoopNode(model, body, K, S, scan, where)
 
 
-def _invariant(body, K) -> frozenset:
+def _invariant(body, K, first_in=2, first_out=1) -> frozenset:
     """The names whose values do not change from one iteration to the next: constants,
-    outer values, carried values the body gives back as they came (its output k + 1 is
-    its input k + 2), and the outputs of steps reading only those."""
+    outer values, carried values the body gives back as they came (its output k +
+    ``first_out`` is its input k + ``first_in``: a Loop's 1 and 2, a Scan's 0 and 0),
+    and the outputs of steps reading only those."""
     inv = set(body.consts) | set(body.outer)
-    inv.update(body.inputs[2 + k] for k in range(K)
-               if body.outputs[1 + k] == body.inputs[2 + k])
+    inv.update(body.inputs[first_in + k] for k in range(K)
+               if body.outputs[first_out + k] == body.inputs[first_in + k])
     for kind, obj, ins, outs, _ in body.steps:
         if (kind != "op" or obj[1] != "Dropout") and all(not n or n in inv for n in ins):
             inv.update(o for o in outs if o)
@@ -308,23 +311,11 @@ class LoopNode:
         self._carried = tuple(range(2, 2 + K))
         self._moves = tuple((d, s) for d, s in zip(self._carried, outs[1:1 + K]) if d != s)
         self._scan_src = tuple(outs[1 + K:])
-        pre, it, labels, it_info = [], [], {}, []
-        cut = len(self.where) + 2       # (labels: "body node k Op 'name'")
-        read: set = set(outs)
-        for st in body.steps:
-            kind, obj, ins, outs_n, where = st
-            i_s = tuple(slot[n] if n else none for n in ins)
-            o_s = tuple(slot[o] if o else trash for o in outs_n)
-            run = _runner(kind, obj, i_s, o_s, self.opset, self.num_threads)
-            labels[id(run)] = where[cut:] if where.startswith(self.where) else where
-            if all(not o or o in body.invariant for o in outs_n):
-                pre.append(run)
-            else:
-                it.append(run)
-                it_info.append((st, i_s, o_s))
-                read.update(i_s)
-        self._pre, self._iter, self._labels = tuple(pre), tuple(it), labels
-        self._iter_info = tuple(it_info)    # (per _iter runner: its step and slots)
+        pre, it, labels, it_info, read = split_steps(body, slot, none, trash, self.where,
+                                                     self.opset, self.num_threads)
+        read.update(outs)
+        self._pre, self._iter, self._labels = pre, it, labels
+        self._iter_info = it_info           # (per _iter runner: its step and slots)
         # (the iteration number and cond: set only where read)
         self._need_i, self._need_c = 0 in read, 1 in read
         # a body that is a recurrent cell over the rows of one input: run as one layer
@@ -481,6 +472,32 @@ class LoopNode:
                     f"{what}, iteration 0 {first.dtype} of shape {first.shape} (the values "
                     "stacked must be alike, as ONNX Runtime requires)")
         return np.stack(lst)
+
+
+def split_steps(body: Body, slot: dict, none: int, trash: int, node_where: str, opset,
+                num_threads) -> tuple:
+    """A compiled body's steps as functions of the value list (:func:`_runner`; ``slot``,
+    ``none``, ``trash``: :func:`slot_map`'s), split into those run once per call (every
+    output in :attr:`Body.invariant`) and those run every iteration: ``(pre, iter,
+    labels, iter_info, read)``, ``labels`` naming each function's body node (its
+    ``where`` without ``node_where``, the Loop / Scan node's), ``iter_info`` per ``iter``
+    function its step and slots, ``read`` the slots those read."""
+    pre, it, labels, it_info = [], [], {}, []
+    cut = len(node_where) + 2           # (labels: "body node k Op 'name'")
+    read: set = set()
+    for st in body.steps:
+        kind, obj, ins, outs_n, where = st
+        i_s = tuple(slot[n] if n else none for n in ins)
+        o_s = tuple(slot[o] if o else trash for o in outs_n)
+        run = _runner(kind, obj, i_s, o_s, opset, num_threads)
+        labels[id(run)] = where[cut:] if where.startswith(node_where) else where
+        if all(not o or o in body.invariant for o in outs_n):
+            pre.append(run)
+        else:
+            it.append(run)
+            it_info.append((st, i_s, o_s))
+            read.update(i_s)
+    return tuple(pre), tuple(it), labels, tuple(it_info), read
 
 
 def _located(e, i, label):

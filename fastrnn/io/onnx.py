@@ -12,7 +12,8 @@ with NumPy; a ``Loop`` node (tf2onnx's Keras RNN layers it could not fuse) runs 
 graph, compiled at load with the same op table, iteration by iteration
 (:mod:`fastrnn.io._onnx_loop`); an ``If`` node (PyTorch's TorchScript export of
 ``squeeze`` on a dynamic axis) runs the branch its condition chooses, both compiled so
-(:mod:`fastrnn.io._onnx_if`).
+(:mod:`fastrnn.io._onnx_if`); a ``Scan`` node runs its body so along its scan inputs
+(:mod:`fastrnn.io._onnx_scan`).
 Anything else is refused at load time with a :class:`fastrnn.io.LoadError` naming every
 unsupported op type.
 
@@ -36,6 +37,7 @@ from . import LoadError, _check_args
 from . import _onnx_proto as _proto
 from . import _onnx_if as _if
 from . import _onnx_loop as _loop
+from . import _onnx_scan as _scan
 from . import _onnx_unrolled as _unrolled
 from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
 from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
@@ -1014,6 +1016,8 @@ _SIMPLE_OPS: dict[str, Callable] = {
     "NonZero": _op_nonzero,
     # (its branches compiled at load, in its attributes: _onnx_if.compile_if)
     "If": _if.op_if,
+    # (its body compiled at load, in its attributes: _onnx_scan.compile_scan)
+    "Scan": _scan.op_scan,
 }
 # the ops whose outputs are sequences (lists of arrays), and the inputs that must be ones
 _SEQ_OUTPUTS = {"SplitToSequence"}
@@ -1480,8 +1484,9 @@ def _own_constants(consts: dict) -> None:
 
 def _unsupported(nodes, bad: dict, inside: str = "") -> None:
     """Adds to ``bad`` each op type of ``nodes`` fastrnn does not run (with its domain
-    where not ONNX's), and the first such node's name, looking into Loop bodies and If
-    branches too (``inside``: the Loop / If node's name, said after the node's)."""
+    where not ONNX's), and the first such node's name, looking into Loop and Scan bodies
+    and If branches too (``inside``: the Loop / If / Scan node's name, said after the
+    node's)."""
     for node in nodes:
         dom = node.domain or "ai.onnx"
         op = node.op_type
@@ -1499,6 +1504,11 @@ def _unsupported(nodes, bad: dict, inside: str = "") -> None:
                 if a.name in _if.BRANCHES and a.g is not None:
                     _unsupported(a.g.node, bad, f" (in the {a.name} of If "
                                  f"{node.name or '(unnamed)'!r}{inside})")
+        elif op == "Scan":
+            for a in node.attribute:
+                if a.name == "body" and a.g is not None:
+                    _unsupported(a.g.node, bad, f" (in the body of Scan "
+                                 f"{node.name or '(unnamed)'!r}{inside})")
 
 
 def _shape_walk(steps, fixed: set, known: set, shaped: set) -> None:
@@ -1510,8 +1520,8 @@ def _shape_walk(steps, fixed: set, known: set, shaped: set) -> None:
     shapes (the same walk over the branch, its own names hiding the outer ones)."""
     for kind, obj, ins, outs, _ in steps:
         op = obj.op if kind == "rnn" else obj[1]
-        if op == "Loop":    # (its outputs' values and shapes follow its trip count)
-            continue
+        if op in ("Loop", "Scan"):  # (their outputs' values and shapes follow their body's
+            continue                # run: never kept)
         args = [n for n in ins if n]
         new = [o for o in outs if o]
         if op == "If":
@@ -1611,22 +1621,16 @@ class OnnxModel:
         self._overridable = [v.name for v in g.input if v.name in init_names]
         self.output_names = [v.name for v in g.output]
 
-        # unsupported ops: all reported at once (inside Loop bodies and If branches too)
+        # unsupported ops: all reported at once (inside Loop and Scan bodies and If
+        # branches too)
         bad: dict = {}
         _unsupported(g.node, bad)
         if bad:
-            hint = ""
-            if "Scan" in bad:
-                hint = (" Of ONNX's control flow fastrnn runs Loop (tf2onnx's way of writing "
-                        "a Keras RNN layer it could not turn into an LSTM / GRU node) and If, "
-                        "not Scan: for a Keras model, load the Keras file itself "
-                        "(fastrnn.load('model.keras' or '.h5')), or export with unroll=True "
-                        "and a fixed number of steps.")
             raise LoadError(
                 f"{self.name}: unsupported ONNX op type(s) {sorted(bad)} "
                 f"(first node of each: {', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})."
-                f"{hint} fastrnn runs {', '.join(_RECURRENT)}, Loop, If and these simple ops: "
-                f"{', '.join(sorted(set(_SIMPLE_OPS) - {'If'}))}")
+                f" fastrnn runs {', '.join(_RECURRENT)}, Loop, If, Scan and these simple ops: "
+                f"{', '.join(sorted(set(_SIMPLE_OPS) - {'If', 'Scan'}))}")
 
         known = set(consts) | set(self.input_names)
         seqs: set = set()               # the values that are sequences (_SEQ_OUTPUTS)
@@ -1655,6 +1659,8 @@ class OnnxModel:
                 obj[0].own(consts)      # (its body's constants and layers: the same)
             elif kind == "op" and obj[1] == "If":
                 obj[2]["_if"].own(consts)   # (its branches' layers: the same)
+            elif kind == "op" and obj[1] == "Scan":
+                obj[2]["_scan"].own(consts)     # (its body's: the same)
         for v in consts.values():      # (so an output that is one, or a view of one, is
             _freeze(v)                  # returned as a copy: _results)
         self._progs: dict = {}          # per wanted outputs and feeds' shapes: _Program
@@ -1671,7 +1677,10 @@ class OnnxModel:
         an If's ``fn`` is _onnx_if.op_if and ``attrs`` ``{"_if": its
         :class:`_onnx_if.IfNode`}``, its inputs the condition and then the outer values
         its branches read (an If of a constant condition whose branch gives constants:
-        folded).  Nodes of constant inputs are computed here (not Loops) and their outputs put in
+        folded); a Scan's ``fn`` is _onnx_scan.op_scan and ``attrs`` ``{"_scan": its
+        :class:`_onnx_scan.ScanNode`}``, its inputs the node's and then the outer values
+        its body reads.  Nodes of constant inputs are computed here (not Loops or Scans) and
+        their outputs put in
         ``consts``, within ``budget[0]`` elements in all (_FOLD_ELEMENTS); ``known``
         (the names defined so far) and ``seqs`` (the sequences) grow with the nodes'
         outputs.  ``prefix``: before each node's "node k ..." in messages (a Loop's
@@ -1716,6 +1725,11 @@ class OnnxModel:
                     steps.append(("op", (_SIMPLE_OPS["If"], "If", {"_if": ifn}),
                                   [node.input[0]] + list(ifn.outer), outs, where))
                 seqs.update(o for o, sq in zip(outs, ifn.seq_outs) if o and sq)
+            elif node.op_type == "Scan":   # (never folded, as a Loop)
+                sn = _scan.compile_scan(self, node, attrs, consts, known, seqs, budget,
+                                        where)
+                steps.append(("op", (_SIMPLE_OPS["Scan"], "Scan", {"_scan": sn}),
+                              list(node.input) + list(sn.body.outer), outs, where))
             elif node.op_type in _RECURRENT:
                 rec = _RecurrentNode(node, attrs, consts, where, self.num_threads)
                 steps.append(("rnn", rec, rec.inputs, outs, where))    # (padded to 8)
