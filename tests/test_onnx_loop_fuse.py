@@ -5,9 +5,11 @@ Gather of ``X[t]``, the cell in Keras's layout, a condition ``t + 1 < T``; a mas
 selects), compared live with ONNX Runtime, with a NumPy reference of Keras's cell math
 and with the op-by-op run (``_onnx_loop.FUSE = False``): SimpleRNN (tanh, relu,
 sigmoid), LSTM, GRU (reset after / before), with and without a mask, float32 and
-float64, odd sizes; each must be fused (its plan made).  Bodies that look like a cell
-and are not one (a Clip, a bias of the iteration number, x read at t + 1, an extra sum
-after the activation, a scan output that is not h) must run op by op and still match.
+float64, odd sizes; each must be fused (its plan made); a GRU's or LSTM's linear
+candidate (no activation op) too.  Bodies that look like a cell and are not one (a Clip,
+a bias of the iteration number, x read at t + 1, an extra sum after the activation, a
+scan output that is not h; a linear GRU / LSTM combined otherwise) must run op by op and
+still match; a layer that disagrees with the body's own ops on random rows is not used.
 Calls whose values do not allow the layer (a counter starting past the input, a
 nonzero first output under a mask) run op by op: the same results or the same errors.
 The tf2onnx fixtures (tests/fixtures/onnx/loop/) must be fused too."""
@@ -67,6 +69,7 @@ def _weights(cell, I, H, dtype, seed=0):
 def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False, gact="Sigmoid"):
     """Keras's cell math in float64 over x (B, T, I): (outputs (B, T, H), h, c); under
     a mask the output repeats the last one at masked steps (``zero_out``: is zero)."""
+    act = act or "linear"
     W, R, b = (w[k].astype(np.float64) for k in ("W", "R", "b"))
     B, T, _ = x.shape
     H = R.shape[0]
@@ -105,13 +108,24 @@ def _reference(cell, w, x, mask=None, act="Tanh", h0=None, zero_out=False, gact=
     return np.stack(ys, 1), h, c
 
 
-def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid", dropout=False):
+def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid", dropout=False,
+                change=None):
     """Keras's cell as tf2onnx writes it (inputs x, h, c; weights W, R, b read by
-    name; ``act``: Keras's activation, "linear" none; ``gact``: its
-    recurrent_activation): nodes, initializers."""
+    name; ``act``: Keras's activation, "linear" (or None) none: a SimpleRNN's an
+    Identity, a GRU's or LSTM's no op at all, as tf2onnx; ``gact``: its
+    recurrent_activation; ``change``: a linear GRU / LSTM that is not one,
+    "gru_square" (h' = z h + (1 - z) n n), "gru_gate_swap" (h' = z h + (1 - r) n),
+    "lstm_extra_h" (h' = o c' + 0.05 g), "lstm_old_c" (h' = o c)): nodes,
+    initializers."""
     n, inits = [], []
+    alias = {}                  # (a linear activation's output: its input)
+    act = "linear" if act is None else act
 
     def mk(op, ins, outs, **kw):
+        ins = [alias.get(i, i) for i in ins]
+        if op == "linear":
+            alias[outs[0]] = ins[0]
+            return
         if op not in _CHAINS:
             n.append(helper.make_node(op, ins, outs, **kw))
             return
@@ -153,7 +167,13 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid", dropout
         mk("Mul", ["ia", "ga"], ["ig"])
         mk("Add", ["fc", "ig"], [out_c])
         mk(act, [out_c], ["tc"])
-        mk("Mul", ["oa", "tc"], [out_h])
+        if change == "lstm_extra_h":
+            inits.append(numpy_helper.from_array(np.array(0.05, ft), "p05"))
+            mk("Mul", ["oa", "tc"], ["oc"])
+            mk("Mul", ["ga", "p05"], ["g05"])
+            mk("Add", ["oc", "g05"], [out_h])
+        else:
+            mk("Mul", ["oa", c if change == "lstm_old_c" else "tc"], [out_h])
     elif cell == "gru":             # (Keras 3: reset after, bias (2, 3H))
         inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax0"))
         mk("Split", ["b"], ["b_in2", "b_rec2"], axis=0)
@@ -194,8 +214,10 @@ def _cell_nodes(cell, H, act, x, h, c, out_h, out_c, ft, gact="Sigmoid", dropout
     if cell in ("gru", "gru_before"):
         inits.append(numpy_helper.from_array(np.array(1, ft), "one_f"))
         mk("Mul", ["z", h], ["zh"])
-        mk("Sub", ["one_f", "z"], ["omz"])
-        mk("Mul", ["omz", "nn"], ["zn"])
+        mk("Sub", ["one_f", "r" if change == "gru_gate_swap" else "z"], ["omz"])
+        if change == "gru_square":
+            mk("Mul", ["nn", "nn"], ["nsq"])
+        mk("Mul", ["omz", "nsq" if change == "gru_square" else "nn"], ["zn"])
         mk("Add", ["zh", "zn"], [out_h])
     return n, inits
 
@@ -209,8 +231,9 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
     "input" (graph inputs W, R, b); ``start``: the counter's first value; ``trips``: a
     trip count M = T; ``cond``: "less", "greater" or "and" (also Less(i, T), as Keras
     3); ``change``: a body that is not a cell ("clip", "iter_bias", "next_x",
-    "plus_after", "scan_pre", "scan_h", "step2"); ``h0``: h's first value a graph input (and,
-    under a mask, the output state y's; "h": h's alone); ``zero_out``: under a mask,
+    "plus_after", "scan_pre", "scan_h", "step2"; a linear GRU's or LSTM's: those of
+    _cell_nodes); ``h0``: h's first value a graph input (and, under a mask, the output
+    state y's; "h": h's alone); ``zero_out``: under a mask,
     the output zero at masked steps (a carried zeros value, as Keras's Bidirectional with
     return_sequences), not the last one."""
     ft = np.dtype(dtype)
@@ -267,7 +290,7 @@ def _loop_graph(cell, I, H, dtype=np.float32, mask=False, act="Tanh", weights="i
                                        "one_i")]
     out_h = "hn0" if (mask or change == "plus_after") else "hn"
     cn, ci = _cell_nodes(cell, H, act, "xk", "h", "c", out_h, "cn0" if mask else "cn", ft,
-                         gact, dropout)
+                         gact, dropout, change)
     if change == "iter_bias":       # (x W + 0.1 i: the bias grows with the iteration)
         b_inits.append(numpy_helper.from_array(np.array(0.1, ft), "tenth"))
         cn = [helper.make_node("Cast", ["i"], ["if"], to=tt),
@@ -460,6 +483,96 @@ def _other_activations(cell, act, gact, mask, scale=1.0):
     scale = max(1.0, float(np.abs(y).max()))
     np.testing.assert_allclose(got["y_out"], y, rtol=5e-4, atol=5e-5 * scale)
     np.testing.assert_allclose(got["h_f"], h, rtol=5e-4, atol=5e-5 * scale)
+
+
+def _plan_layer(m):
+    return _loops(m)[0]._fusion.cache[2][0]
+
+
+@pytest.mark.parametrize("cell", ["gru", "gru_before", "lstm"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("I,H,B,T", [(1, 1, 1, 1), (4, 7, 3, 6), (16, 32, 2, 9)])
+def test_linear_gru_lstm_fused(cell, mask, dtype, I, H, B, T):
+    """Keras's ``activation="linear"`` GRU (reset after / before) and LSTM: no op for the
+    candidate (nor for an LSTM's new c), as tf2onnx writes it; the candidate found among
+    the cell's values, the layer's activation ONNX's Affine (1, 0)."""
+    data, w = _loop_graph(cell, I, H, dtype, mask=mask, act="linear")
+    assert b"Tanh" not in data
+    feeds = _feeds(I, B, T, dtype, mask=mask)
+    m = load_onnx(data)
+    got = _compare(data, feeds, dtype, model=m)
+    layer = _plan_layer(m)
+    assert type(layer).__name__ == ("LSTM" if cell == "lstm" else "GRU")
+    if cell != "lstm" and H > 1:    # (H = 1: (r h) U = r (h U), either fits)
+        assert layer.reset_after == (cell == "gru")
+    y, h, c = _reference(cell, w, feeds["x"], mask=feeds.get("m"), act="linear")
+    rtol, atol = _tol(dtype)
+    sc = max(1.0, float(np.abs(y).max()))
+    np.testing.assert_allclose(got["y_out"], y, rtol=rtol * 5, atol=atol * 5 * sc)
+    np.testing.assert_allclose(got["h_f"], h, rtol=rtol * 5, atol=atol * 5 * sc)
+    if cell == "lstm":
+        np.testing.assert_allclose(got["c_f"], c, rtol=rtol * 5, atol=atol * 5 * sc)
+
+
+@pytest.mark.parametrize("cell,gact", [
+    ("gru", "HardSigmoidK2"), ("gru_before", "HardSigmoidK3"), ("gru", "Tanh"),
+    ("lstm", "HardSigmoidK2"), ("lstm", "Tanh"), ("gru_before", "Tanh")])
+@pytest.mark.parametrize("mask", [False, True])
+def test_linear_gru_lstm_other_gates_fused(cell, gact, mask):
+    """A linear candidate with Keras's other recurrent_activations (hard_sigmoid as
+    tf.keras 2 and Keras 3 write it, tanh): ONNX's alpha / beta lists in the
+    node's order (the gates' HardSigmoid's, then Affine's 1, 0)."""
+    _other_activations(cell, None, gact, mask, scale=3.0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "gru_before", "lstm"])
+def test_linear_masked_zero_output_fused(cell):
+    """A linear GRU / LSTM in Keras's Bidirectional with return_sequences (the output
+    zero at masked steps)."""
+    I, H = 3, 5
+    data, w = _loop_graph(cell, I, H, mask=True, zero_out=True, act="linear")
+    feeds = _feeds(I, 4, 7, np.float32, mask=True)
+    m = load_onnx(data)
+    got = _compare(data, feeds, np.float32, model=m)
+    assert _loops(m)[0]._fusion.cache[2][3] == "zero"
+    y, h, _ = _reference(cell, w, feeds["x"], mask=feeds["m"], zero_out=True,
+                         act="linear")
+    np.testing.assert_allclose(got["y_out"], y, rtol=5e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "gru_before", "lstm"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_linear_layer_checked_against_the_body(cell, mask, monkeypatch):
+    """The final check decides: a layer whose Affine is off by 0.1 % (alpha 0.999, the
+    probes' findings all right) disagrees with the body's own ops on random rows, and
+    is not used: no plan, ONNX Runtime's numbers."""
+    from fastrnn.io import _onnx_loop_fuse as fz
+    real = fz._act_attrs
+
+    def off(f, js):
+        a = real(f, js)
+        if None in js:      # (Sigmoid gates: the Affine's alone in the list)
+            a["activation_alpha"] = [0.999 * v for v in a["activation_alpha"]]
+        return a
+    monkeypatch.setattr(fz, "_act_attrs", off)
+    data, _ = _loop_graph(cell, 3, 4, mask=mask, act="linear")
+    _compare(data, _feeds(3, 3, 6, np.float32, mask=mask), np.float32, fused=False)
+
+
+@pytest.mark.parametrize("cell,change", [
+    ("gru", "gru_square"), ("gru_before", "gru_square"), ("gru", "gru_gate_swap"),
+    ("gru_before", "gru_gate_swap"), ("lstm", "lstm_extra_h"), ("lstm", "lstm_old_c")])
+@pytest.mark.parametrize("mask", [False, True])
+def test_linear_near_misses_run_op_by_op(cell, change, mask):
+    """Bodies with a GRU's or LSTM's gates and no candidate activation that are not a
+    linear GRU / LSTM: h' = z h + (1 - z) n n (a value n n of the cell's is the
+    candidate's place, not affine with r fixed), z h + (1 - r) n (no value of the cell's
+    in n's place), an LSTM's h' = o c' + 0.05 g or o c (the old c): no plan, ONNX
+    Runtime's numbers."""
+    data, _ = _loop_graph(cell, 3, 4, mask=mask, act="linear", change=change)
+    feeds = _feeds(3, 3, 6, np.float32, mask=mask)
+    _compare(data, feeds, np.float32, fused=False)
 
 
 @pytest.mark.parametrize("gact", ["Relu6", "clamp_state", "WideClamp"])

@@ -40,6 +40,11 @@ compared by identity where the model keeps them, else by value, at each call:
   it; an LSTM three gate activations and a candidate's of affine inputs and one of the
   new ``c`` (``c' = f c + i g``, ``h' = o act(c')``), each state order, gate order and
   candidate tried (:func:`_classify`);
+- a GRU's or an LSTM's ``activation`` may be none too (Keras ``linear``: ONNX's Affine
+  of alpha 1, beta 0 on the layer): two gate activations alone (GRU), or three (LSTM);
+  the candidate is then a value of the cell's steps, the one whose probe values make
+  ``z h + (1 - z) n`` the new h (read again with the reset gate forced, as above), or
+  make ``f c + i g`` the new c, affine, with ``h' = o c'``;
 - under a mask, all-masked rows give back the states, and the output either as it was
   (the layer's ``masked_output="carry"``) or zero (``"zero"``: Keras's Bidirectional);
   the scan outputs must be the new output;
@@ -194,6 +199,8 @@ def _analyse(loop):
                     if _op(info[j][0]) == "MatMul" and len(info[j][1]) == 2
                     and len(info[j][2]) == 1 else loop._iter[j] for j in sorted(cell)]
     f.cell_outs = [info[j][2] for j in sorted(cell)]
+    # (the values the cell's steps make, by name: where a linear candidate may be)
+    f.made = [o for j in sorted(cell) for o, n in zip(info[j][2], info[j][0][3]) if n]
     f.acts = sorted(acts)
     f.params = {a[2]: a[3] for a in hard_acts}     # (HardSigmoid's alpha, beta)
     f.terms = terms
@@ -758,7 +765,7 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     v0 = f.probe(v64, roles, xs, ss, ~on, zero=zero) if masked else None
     for yk in (range(S) if masked else (None,)):
         cell = [s for s in range(S) if s != yk]
-        found = _classify(f, v, x, sts, fits, outs, cell, H, fit)
+        found = _classify(f, v, x, sts, fits, outs, cell, H, fit, f.made)
         if found is None:
             continue
         op, attrs, order, W, R, Bias, used = found
@@ -841,10 +848,18 @@ def _key(f, j):
 
 
 def _act_attrs(f, js) -> dict:
-    """The ONNX ``activations`` (and HardSigmoid's ``activation_alpha`` / ``_beta``) of
-    activations ``js``, in the node's order."""
-    names = [f.acts[j][0] for j in js]
-    ps = [f.params[f.acts[j][2]] for j in js if f.acts[j][2] in f.params]
+    """The ONNX ``activations`` (and ``activation_alpha`` / ``_beta``: HardSigmoid's, and
+    Affine's 1, 0) of activations ``js``, in the node's order (None: none, a linear
+    candidate or output: ONNX's Affine of alpha 1, beta 0)."""
+    names, ps = [], []
+    for j in js:
+        if j is None:
+            names.append("Affine")
+            ps.append((1.0, 0.0))
+            continue
+        names.append(f.acts[j][0])
+        if f.acts[j][2] in f.params:
+            ps.append(f.params[f.acts[j][2]])
     attrs = {"activations": names}
     if ps:
         attrs["activation_alpha"] = [a for a, _ in ps]
@@ -852,13 +867,14 @@ def _act_attrs(f, js) -> dict:
     return attrs
 
 
-def _classify(f, v, x, sts, fits, outs, cell, H, fit):
+def _classify(f, v, x, sts, fits, outs, cell, H, fit, slots=()):
     """The cell of states ``cell`` (indices into f.states) found in the probe ``v``:
     (op, attrs, the states' order (h[, c]), W, R, B in ONNX's layout, the activations
     whose fits were used), or None.  Keras's activations: the gates' (its
     ``recurrent_activation``) act on affine inputs, its ``activation`` on the candidate
-    (affine in an LSTM) and on an LSTM's new c; any of Sigmoid, Tanh, Relu, and a
-    SimpleRNN's may be none (``linear``)."""
+    (affine in an LSTM) and on an LSTM's new c; any of Sigmoid, Tanh, Relu, or none
+    (``linear``: ONNX's Affine of alpha 1, beta 0; a GRU's or an LSTM's candidate is
+    then looked for among the values ``slots`` of the cell's steps)."""
     acts = f.acts
     aff = [j for j in range(len(acts)) if fits[j] is not None]
     rest = [j for j in range(len(acts)) if fits[j] is None]
@@ -877,32 +893,64 @@ def _classify(f, v, x, sts, fits, outs, cell, H, fit):
         for s in range(len(Rs)):
             if s != cell[0] and not _close(Rs[s], 0 * Rs[s], 1e-9):
                 return None
-        return ("RNN", {"activations": ["Affine"], "activation_alpha": [1.0],
-                        "activation_beta": [0.0]}, (cell[0],), W.T, Rs[cell[0]].T,
+        return ("RNN", _act_attrs(f, [None]), (cell[0],), W.T, Rs[cell[0]].T,
                 np.concatenate([b, np.zeros(H)]), ())
-    if len(cell) == 1 and len(acts) == 3 and len(aff) == 2 and \
+    if len(cell) == 1 and len(acts) in (2, 3) and len(aff) == 2 and \
             _key(f, aff[0]) == _key(f, aff[1]):
-        return _gru(f, v, x, sts, fits, outs, cell[0], H, fit, aff, rest[0])
+        # (two gates and the candidate's activation, or none: a linear candidate)
+        return _gru(f, v, x, sts, fits, outs, cell[0], H, fit, aff,
+                    rest[0] if rest else None, slots)
     if len(cell) == 2 and len(acts) == 5 and len(rest) == 1:
         return _lstm(f, v, sts, fits, outs, cell, H, aff, rest[0])
+    if len(cell) == 2 and len(acts) == 3 and len(aff) == 3 and \
+            len({_key(f, j) for j in aff}) == 1:
+        # (three gates: a linear candidate and output)
+        return _lstm(f, v, sts, fits, outs, cell, H, aff, None, slots, fit)
     return None
 
 
-def _gru(f, v, x, sts, fits, outs, hs, H, fit, gates, nj):
+def _candidates(v, slots, shape):
+    """The slots of ``slots`` whose probe values are float64 arrays of ``shape``, each
+    once: where a linear candidate may be."""
+    seen, out = set(), []
+    for s in slots:
+        a = v[s]
+        if s not in seen and a.__class__ is np.ndarray and a.dtype == np.float64 \
+                and a.shape == shape:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def _gru(f, v, x, sts, fits, outs, hs, H, fit, gates, nj, slots=()):
     """A GRU (Keras's: ``h' = z h + (1 - z) n``) of state ``hs`` found in the probe
     ``v`` (``gates``: the activations of affine inputs, z and r; ``nj``: the
-    candidate's), or None."""
+    candidate's, None: none, the candidate n is one of the values ``slots``: a linear
+    candidate, affine with the reset gate fixed), or None."""
     h = sts[hs]
-    n = v[f.acts[nj][2]]
+    if nj is not None:      # (n and its activation's input)
+        cands = [(f.acts[nj][2], f.acts[nj][1])]
+    else:
+        cands = [(s, s) for s in _candidates(v, slots, outs[hs].shape)]
     for zj, rj in (gates, gates[::-1]):
         z = v[f.acts[zj][2]]
-        if _close(z * h + (1 - z) * n, outs[hs], 1e-9):
-            break
-    else:
-        return None
+        for n_s, pre_s in cands:
+            if not _close(z * h + (1 - z) * v[n_s], outs[hs], 1e-9):
+                continue
+            got = _gru_weights(f, v, x, h, fits, hs, H, fit, zj, rj, nj, pre_s)
+            if got is not None:
+                return got
+    return None
+
+
+def _gru_weights(f, v, x, h, fits, hs, H, fit, zj, rj, nj, pre_s):
+    """The GRU of :func:`_gru` of gates ``zj``, ``rj`` whose candidate's input (its
+    activation's, or the candidate itself: ``nj`` None) is in slot ``pre_s``: that input
+    read again with the reset gate forced to 1 and to 0 gives its weights and tells
+    whether the reset gate acts after the recurrent product or before it; or None."""
     r_out = f.acts[rj][2]
-    a1, = fit([f.acts[nj][1]], {r_out: 1.0})
-    a0, = fit([f.acts[nj][1]], {r_out: 0.0})
+    a1, = fit([pre_s], {r_out: 1.0})
+    a0, = fit([pre_s], {r_out: 0.0})
     if a1 is None or a0 is None:
         return None
     Wn, Rn1, b1 = a1
@@ -912,7 +960,7 @@ def _gru(f, v, x, sts, fits, outs, hs, H, fit, gates, nj):
             and all(_close(r, 0 * r, 1e-9) for s, r in enumerate(Rn1) if s != hs)):
         return None
     r = v[r_out]
-    pre = v[f.acts[nj][1]]
+    pre = v[pre_s]
     xW = x @ Wn
     if _close(pre, xW + b0 + r * (h @ Rn + (b1 - b0)), 1e-9):
         lbr, Rbn = 1, b1 - b0
@@ -928,10 +976,13 @@ def _gru(f, v, x, sts, fits, outs, hs, H, fit, gates, nj):
     return "GRU", attrs, (hs,), W, R, Bias, (zj, rj)
 
 
-def _lstm(f, v, sts, fits, outs, cell, H, aff, cj):
+def _lstm(f, v, sts, fits, outs, cell, H, aff, cj, slots=(), fit=None):
     """An LSTM (Keras's: ``c' = f c + i g``, ``h' = o act(c')``) of the states ``cell``
     found in the probe ``v`` (``aff``: the activations of affine inputs, the gates' and
-    the candidate's; ``cj``: the one of the new c), or None."""
+    the candidate's; ``cj``: the one of the new c; None: none, ``aff`` the gates', the
+    candidate g affine and one of the values ``slots``, ``h' = o c'``), or None."""
+    if cj is None:
+        return _lstm_linear(f, v, sts, fits, outs, cell, H, aff, slots, fit)
     act = f.acts[cj][0]
     out_act = _NP_ACTS.get(act)
     if out_act is None:
@@ -954,4 +1005,31 @@ def _lstm(f, v, sts, fits, outs, cell, H, aff, cj):
                     Bias = np.concatenate([fits[j][2] for j in order] + [np.zeros(4 * H)])
                     attrs = _act_attrs(f, [ij, gj, cj])
                     return "LSTM", attrs, (hs, cs), W, R, Bias, order
+    return None
+
+
+def _lstm_linear(f, v, sts, fits, outs, cell, H, gates, slots, fit):
+    """The LSTM of :func:`_lstm` with a linear candidate and output: gates ``gates``
+    (i, f, o in some order) with ``h' = o c'``, and a value of ``slots`` that is g in
+    ``c' = f c + i g``, affine in x and h alone; or None."""
+    for hs, cs in (cell, cell[::-1]):
+        c = sts[cs]
+        cands = _candidates(v, slots, outs[cs].shape)
+        for ij, fj, oj in itertools.permutations(gates):
+            i_, f_, o_ = (v[f.acts[j][2]] for j in (ij, fj, oj))
+            if not _close(o_ * outs[cs], outs[hs], 1e-9):
+                continue
+            for s in cands:
+                if not _close(f_ * c + i_ * v[s], outs[cs], 1e-9):
+                    continue
+                gf, = fit([s])
+                if gf is None or any(not _close(r, 0 * r, 1e-9)
+                                     for k, r in enumerate(gf[1]) if k != hs):
+                    continue
+                fs = [fits[ij], fits[oj], fits[fj], gf]     # (ONNX's order: i, o, f, c)
+                W = np.concatenate([a[0].T for a in fs])
+                R = np.concatenate([a[1][hs].T for a in fs])
+                Bias = np.concatenate([a[2] for a in fs] + [np.zeros(4 * H)])
+                attrs = _act_attrs(f, [ij, None, None])
+                return "LSTM", attrs, (hs, cs), W, R, Bias, (ij, oj, fj)
     return None
