@@ -75,10 +75,11 @@ def test_cumulative_sum_directions(in_dir, out_dir):
     np.testing.assert_allclose(ref["sf"], x.sum(0), rtol=1e-5)
 
 
-def _rnn_model(B, I, H, dtype=F32, opset=17, seed=0, reverse=False):
+def _rnn_model(B, I, H, dtype=F32, opset=17, seed=0, reverse=False, xw=True):
     """h_t = tanh(x_t W + h_{t-1} R + b): state h [B, H], scan input x [T, B, I] (W, R,
-    b initializers of the graph, read by the body), scan outputs h_t and x_t W (an
-    output that does not depend on the state)."""
+    b initializers of the graph, read by the body), scan outputs h_t and (``xw``) x_t W
+    (an output that does not depend on the state; without it the body is one cell, run
+    as one layer call: tests/test_onnx_scan_fuse.py)."""
     rng = np.random.default_rng(seed)
     t = NP[dtype]
     W = _const("W", rng.standard_normal((I, H)) * 0.3, t)
@@ -91,11 +92,13 @@ def _rnn_model(B, I, H, dtype=F32, opset=17, seed=0, reverse=False):
                   helper.make_node("Tanh", ["sb"], ["h_out"]),
                   helper.make_node("Identity", ["h_out"], ["y"])],
                  [("h_in", dtype, [B, H]), ("x", dtype, [B, I])],
-                 [("h_out", dtype, [B, H]), ("y", dtype, [B, H]), ("xw", dtype, [B, H])])
+                 [("h_out", dtype, [B, H]), ("y", dtype, [B, H])]
+                 + [("xw", dtype, [B, H])] * xw)
     attrs = {"scan_input_directions": [1]} if reverse else {}
-    node = _scan(["h0", "X"], ["hT", "Y", "XW"], body, 1, name="rnn/scan", **attrs)
+    node = _scan(["h0", "X"], ["hT", "Y"] + ["XW"] * xw, body, 1, name="rnn/scan", **attrs)
     return _model([node], [("h0", dtype, [B, H]), ("X", dtype, ["T", B, I])],
-                  [("hT", dtype), ("Y", dtype), ("XW", dtype)], [W, R, b], opset=opset)
+                  [("hT", dtype), ("Y", dtype)] + [("XW", dtype)] * xw, [W, R, b],
+                  opset=opset)
 
 
 def _rnn_numpy(data, x, h):

@@ -54,6 +54,19 @@ compared by identity where the model keeps them, else by value, at each call:
 Anything else (a body that is no such cell, values that disagree, a call whose values
 do not allow it: a counter not starting in range, an input too short for the
 iterations, ...) runs op by op, as before: the same results or the same errors.
+
+``Scan`` bodies (opset 9+; _onnx_scan.ScanNode) that are one cell run so too
+(:func:`analyse_scan`, :class:`_ScanFusion`): the same cell analysis (:func:`_cell`),
+plan cache and probes (:class:`_Cell`, :func:`_make`, :func:`_classify`), with a Scan's
+own structure: one scan input, read by the cell as x_t (the body's input, no Gather, no
+counter, no condition); each state the cell's (1: SimpleRNN, GRU; 2: LSTM) or passed on
+unchanged (as it came, or through Identity steps); the scan outputs (any number, none
+too) the new h; no mask.  At a call: x a float (3-D) of its dtype, the layer run over x
+with its scan axis moved first (any axis of the three) and flipped for a reverse scan
+input; each scan output the layer's outputs flipped for a reverse one and its step axis
+moved to the output's axis (an array of its own); no steps (T = 0), an axis out of
+range, states of another dtype or shape: op by op.  Opset 8's Scan (a batch axis) is
+never fused.
 """
 from __future__ import annotations
 
@@ -63,7 +76,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["analyse"]
+__all__ = ["analyse", "analyse_scan"]
 
 # the ops a fused cell may be made of (besides the Gathers of x_t and the mask)
 # (Not: a bool in the cell comes from the mask's Gather alone, no op here makes one)
@@ -101,10 +114,7 @@ def _analyse(loop):
     if K < 2:
         return None
     info = loop._iter_info
-    prod = {}                   # slot -> index in info of the step computing it
-    for j, (_, _, o_s) in enumerate(info):
-        for o in o_s:
-            prod[o] = j
+    prod = _producers(info)
     inv = {slot[n] for n in body.invariant if n in slot}
     outs = [slot[n] for n in body.outputs]
     consts = {slot[n]: v for n, v in body.consts.items()}
@@ -121,8 +131,8 @@ def _analyse(loop):
     if not counters or len(states) not in (1, 2, 3):
         return None
     # the cell: the steps the states and the scan outputs are computed by
-    want = [outs[1 + k] for k in states] + list(outs[1 + K:])
-    cell = _ancestors(want, prod, info)
+    state_out = [outs[1 + k] for k in states]
+    cell = _ancestors(state_out + list(outs[1 + K:]), prod, info)
     gathers = [j for j in cell if _op(info[j][0]) == "Gather"]
     if len(gathers) not in (1, 2):
         return None
@@ -133,80 +143,165 @@ def _analyse(loop):
                 or gst[1][2].get("axis", 0) != 0:
             return None
         reads_g.append((g_in[0], g_out[0], g_in[1] - 2))
-    state_in = {2 + k for k in states}
-    made = {o for j in cell for o in info[j][2]}
-    readers: dict = {}
-    for j in cell:
-        for i in info[j][1]:
-            readers[i] = readers.get(i, 0) + 1
-    for o in want:
-        readers[o] = readers.get(o, 0) + 1
-    hard = _hard_sigmoids(cell, info, prod, consts, readers, loop.opset)
-    if hard is None:
-        return None
-    hard_acts, covered = hard
-    for j in cell:
-        st, i_s, _ = info[j]
-        op = _op(st)
-        if j in gathers or j in covered:
-            continue
-        if op not in _CELL_OPS or (op == "Cast" and st[1][2].get("to") not in _FLOATS):
-            return None
-        if any(s not in inv and s not in state_in and s not in made for s in i_s):
-            return None
-    terms = _cond(outs[0], prod, info, inv, counters, outs, K)
-    if not terms:
-        return None
-    # (every live step is the cell's, the condition's or a counter's: the outputs need
-    # nothing else)
-    acts = [(info[j][0][1][1], info[j][1][0], info[j][2][0]) for j in cell
-            if _op(info[j][0]) in _ACTS] + [a[:3] for a in hard_acts]
     # the Loop's inputs the cell's invariant values come from: the plan's key
     by_name = {}
     for k in range(K):
         by_name[body.inputs[2 + k]] = 2 + k
     for j, n in enumerate(body.outer):
         by_name[n] = 2 + K + j
+    f = _Fusion()
+    mine = {2 + k for k in states} | {2 + k for k in counters}
+    reads = _cell(f, loop, cell, info, prod, consts, inv, state_out, outs[1 + K:],
+                  {2 + k for k in states}, set(gathers), by_name, mine)
+    if reads is None:
+        return None
+    terms = _cond(outs[0], prod, info, inv, counters, outs, K)
+    if not terms:
+        return None
+    # (every live step is the cell's, the condition's or a counter's: the outputs need
+    # nothing else)
     # the values the Gathers read x_t and the mask from (X, the mask) may be read by no
     # other step of the cell, nor be the source of any other value the cell reads (a
     # value computed from X once per call, ReduceMean(X)): the probes put their own rows
     # in X's slot, and the plan's key leaves out the Loop inputs X comes from
     srcs = {s for s, _, _ in reads_g}
     x_names = {n for n, s in slot.items() if s in srcs}
+    src = _sources(reads, body, by_name)
+    if reads & x_names or src & _sources(x_names, body, by_name):
+        return None
+    f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
+    f.states, f.gathers = states, reads_g
+    f.state_in = [2 + k for k in states]
+    f.terms = terms
+    return f
+
+
+def analyse_scan(scan):
+    """The :class:`_ScanFusion` of a ScanNode (opset 9+) whose body is a recurrent cell
+    by structure (one scan input, x_t; the states the cell's or passed on), else None."""
+    try:
+        return _analyse_scan(scan)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _analyse_scan(scan):
+    """As :func:`_analyse` for a Scan (opset 9+): its body's inputs are the N states
+    (slots 0 .. N-1) and x_t (slot N, the one scan input's slice: no Gather, no counter,
+    no condition); its outputs the states' next values and the scan outputs."""
+    if scan.batch or scan.M != 1:
+        return None
+    body, N, slot = scan.body, scan.N, scan._slot
+    info = scan._iter_info
+    prod = _producers(info)
+    inv = {slot[n] for n in body.invariant if n in slot}
+    outs = [slot[n] for n in body.outputs]
+    consts = {slot[n]: v for n, v in body.consts.items()}
+    # (the rest: passed on unchanged, as they came or through Identity steps)
+    states = [k for k in range(N) if not _passed(outs[k], k, prod, info)]
+    if len(states) not in (1, 2):
+        return None
+    state_out = [outs[k] for k in states]
+    cell = _ancestors(state_out + list(outs[N:]), prod, info)
+    if not any(N in info[j][1] for j in cell):
+        return None                 # (a cell of no x)
+    # the Scan step's inputs (ScanNode.run's ins): the states, the scan input, then the
+    # outer values
+    by_name = {n: k for k, n in enumerate(body.inputs)}
+    for j, n in enumerate(body.outer):
+        by_name[n] = N + 1 + j
+    f = _ScanFusion()
+    if _cell(f, scan, cell, info, prod, consts, inv, state_out, outs[N:], set(states),
+             set(), by_name, set(states) | {N}, {N}) is None:
+        return None
+    f.states, f.x_slot = states, N
+    f.state_in = list(states)
+    return f
+
+
+def _passed(s, k, prod, info) -> bool:
+    """Whether slot ``s`` is the value in slot ``k``, as it is or through Identity
+    steps."""
+    while s != k:
+        j = prod.get(s)
+        if j is None or _op(info[j][0]) != "Identity":
+            return False
+        s = info[j][1][0]
+    return True
+
+
+def _producers(info) -> dict:
+    """slot -> index in ``info`` (a body's per-step ``(step, in slots, out slots)``) of
+    the step computing it."""
+    prod = {}
+    for j, (_, _, o_s) in enumerate(info):
+        for o in o_s:
+            prod[o] = j
+    return prod
+
+
+def _cell(f, node, cell, info, prod, consts, inv, state_out, scan, state_in, skip, by_name,
+          mine, x_in=frozenset()):
+    """The analysis a Loop's and a Scan's cell share: the steps ``cell`` (indices into
+    ``info``, those computing the states' next values ``state_out`` and the scan outputs
+    ``scan``) must be of a cell's ops (:data:`_CELL_OPS`, hard_sigmoid chains) and read
+    only the states (slots ``state_in``), x_t (``x_in``: a Scan's input slot; a Loop's
+    x_t is its Gather's output), values fixed for the call (``inv``) and values the cell
+    makes; ``skip``: steps of the caller's (a Loop's Gathers of x_t and the mask: not
+    checked here, their data input not counted as read).  Sets ``f``'s cell fields
+    (the steps, their probe runners, the activations, the values read fixed for the call
+    with the node's inputs (``by_name``: a body input's or outer value's position in the
+    node step's inputs; ``mine``: those left out) they come from: the plan's key) and
+    returns the names the cell reads that it does not make; None: no cell."""
+    body, slot = node.body, node._slot
+    made = {o for j in cell for o in info[j][2]}
+    readers: dict = {}
+    for j in cell:
+        for i in info[j][1]:
+            readers[i] = readers.get(i, 0) + 1
+    for o in list(state_out) + list(scan):
+        readers[o] = readers.get(o, 0) + 1
+    hard = _hard_sigmoids(cell, info, prod, consts, readers, node.opset)
+    if hard is None:
+        return None
+    hard_acts, covered = hard
+    for j in cell:
+        st, i_s, _ = info[j]
+        op = _op(st)
+        if j in skip or j in covered:
+            continue
+        if op not in _CELL_OPS or (op == "Cast" and st[1][2].get("to") not in _FLOATS):
+            return None
+        if any(s not in inv and s not in state_in and s not in made and s not in x_in
+               for s in i_s):
+            return None
+    acts = [(info[j][0][1][1], info[j][1][0], info[j][2][0]) for j in cell
+            if _op(info[j][0]) in _ACTS] + [a[:3] for a in hard_acts]
     made_n = {o for j in cell for o in info[j][0][3] if o}
     reads = set()
     for j in cell:
         names = info[j][0][2]
-        reads.update(n for n in (names[1:] if j in gathers else names)
+        reads.update(n for n in (names[1:] if j in skip else names)
                      if n and n not in made_n)
-    src = _sources(reads, body, by_name)
-    if reads & x_names or src & _sources(x_names, body, by_name):
-        return None
-    # per value the cell reads of those fixed for the call: the Loop inputs it comes from
-    # (the plan's key: _Fusion._plan)
-    mine = {2 + k for k in states} | {2 + k for k in counters}
-    inv_reads = tuple((slot[n], frozenset(_sources({n}, body, by_name) - mine))
-                      for n in sorted(reads) if slot.get(n) in inv)
-    f = _Fusion()
-    f.counters = {k: consts[_other(info[j][1], 2 + k)] for k, j in counters.items()}
-    f.states, f.gathers = states, reads_g
-    f.state_out = [outs[1 + k] for k in states]
-    f.scan = list(outs[1 + K:])
-    f.cell = [loop._iter[j] for j in sorted(cell)]
+    # per value the cell reads of those fixed for the call: the node's inputs it comes
+    # from (the plan's key: _Cell._plan)
+    f.inv_reads = tuple((slot[n], frozenset(_sources({n}, body, by_name) - mine))
+                        for n in sorted(reads) if slot.get(n) in inv)
+    f.state_out = list(state_out)
+    f.scan = list(scan)
+    f.cell = [node._iter[j] for j in sorted(cell)]
     # (the probes' own: a MatMul of unit rows picks weight rows, _probe_matmul)
     f.finite = None
     f.probe_cell = [_probe_runner(f, info[j][1], info[j][2][0])
                     if _op(info[j][0]) == "MatMul" and len(info[j][1]) == 2
-                    and len(info[j][2]) == 1 else loop._iter[j] for j in sorted(cell)]
+                    and len(info[j][2]) == 1 else node._iter[j] for j in sorted(cell)]
     f.cell_outs = [info[j][2] for j in sorted(cell)]
     # (the values the cell's steps make, by name: where a linear candidate may be)
     f.made = [o for j in sorted(cell) for o, n in zip(info[j][2], info[j][0][3]) if n]
     f.acts = sorted(acts)
     f.params = {a[2]: a[3] for a in hard_acts}     # (HardSigmoid's alpha, beta)
-    f.terms = terms
-    f.inv_reads = inv_reads
     f.cache = None
-    return f
+    return reads
 
 
 def _unit_rows(a):
@@ -454,7 +549,70 @@ def _count(s, prod, info, counters, outs):
     return None
 
 
-class _Fusion:
+class _Cell:
+    """A cell found by structure in a Loop's or a Scan's body (:func:`_cell`): the plan
+    of each call's weights (:meth:`_plan`, :func:`_make`) and the probes of its steps
+    (:meth:`probe`).  What is the node's own (how x_t and the states reach the body's
+    value list, and how a call runs) is its subclass's: :class:`_Fusion` (a Loop),
+    :class:`_ScanFusion` (a Scan).  ``roles``: per call, ``(x_t's, the mask's or None)``
+    (what :meth:`_put` needs), part of the plan's signature."""
+
+    # the node's own: put the probe rows ``x`` (and ``mask``) where the body reads them
+    def _put(self, v, vals, roles, x, mask):     # pragma: no cover (subclasses')
+        raise NotImplementedError
+
+    def _plan(self, node, ins, vals, roles, dt, B, I, H):
+        """(layer, the states' order (h[, c]) as indices into self.states, the state
+        holding the last output under a mask or None, the layer's ``masked_output``) for
+        this call's weights: found once per weights (the node's inputs the values the cell
+        reads come from, ``ins`` the node step's inputs: compared by identity, then by
+        value), dtype and roles; None: the body is no cell found here.  A value the cell
+        reads that is zeros of the batch's rows (Keras's zero output at masked steps,
+        made per call) is not a weight: it must be such zeros in every call."""
+        zero = tuple(s for s, _ in self.inv_reads if _zero_rows(vals[s], B))
+        pos = sorted(set().union(*(p for s, p in self.inv_reads if s not in zero)))
+        key = [ins[k] for k in pos]
+        sig = (dt, I, H, roles, zero, tuple(pos))
+        c = self.cache
+        if c is not None and c[1] == sig and all(
+                _same_key(a, b, kept) for a, (b, kept) in zip(key, c[0])):
+            return c[2]
+        self.finite = {}
+        try:
+            plan = _make(self, node, vals, roles, dt, I, H, zero)
+        except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
+            plan = None
+        finally:
+            self.finite = None      # (it holds the probes' float64 weights)
+        # (each key value and, unless it is read-only (the model's constants), a copy
+        # of it: a fed array may be changed in place before the next call)
+        self.cache = ([(k, None if _read_only(k) else k.copy()
+                        if isinstance(k, np.ndarray) else None) for k in key], sig, plan)
+        return plan
+
+    # --------------------------------------------------------------------- probing
+    def probe(self, vals, roles, x, states, mask=None, force=None, zero=(), probe=True):
+        """The value list after the cell's steps ran on rows ``x``, ``states`` and the
+        mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
+        slot -> a value put in every element of that step output; ``zero``: slots of zeros of
+        the batch's rows, made zeros of the probe's; ``probe``: False, the body's own steps
+        alone, no :func:`_probe_matmul`)."""
+        v = list(vals)
+        self._put(v, vals, roles, x, mask)
+        for s in zero:
+            v[s] = np.zeros((len(x),) + vals[s].shape[1:], vals[s].dtype)
+        for sl, s in zip(self.state_in, states):
+            v[sl] = s
+        for run, o_s in zip(self.probe_cell if probe else self.cell, self.cell_outs):
+            run(v)
+            if force:
+                for o in o_s:
+                    if o in force:
+                        v[o] = np.full_like(v[o], force[o])
+        return v
+
+
+class _Fusion(_Cell):
     """A Loop's cell found by structure (:func:`analyse`); :meth:`run` runs a call as
     one layer call where its values allow, else returns None."""
 
@@ -585,60 +743,78 @@ class _Fusion:
             return None
         return n
 
-    def _plan(self, loop, ins, vals, roles, dt, B, I, H):
-        """(layer, the states' order (h[, c]) as indices into self.states, the state
-        holding the last output under a mask or None, the layer's ``masked_output``) for
-        this call's weights: found once per weights (the Loop inputs the values the cell
-        reads come from, compared by identity, then by value), dtype and roles; None: the
-        body is no cell found here.  A value the cell reads that is zeros of the batch's
-        rows (Keras's zero output at masked steps, made per call) is not a weight: it
-        must be such zeros in every call."""
-        zero = tuple(s for s, _ in self.inv_reads if _zero_rows(vals[s], B))
-        pos = sorted(set().union(*(p for s, p in self.inv_reads if s not in zero)))
-        key = [ins[k] for k in pos]
-        sig = (dt, I, H, roles, zero, tuple(pos))
-        c = self.cache
-        if c is not None and c[1] == sig and all(
-                _same_key(a, b, kept) for a, (b, kept) in zip(key, c[0])):
-            return c[2]
-        self.finite = {}
-        try:
-            plan = _make(self, loop, vals, roles, dt, I, H, zero)
-        except (ValueError, TypeError, IndexError, ArithmeticError, np.linalg.LinAlgError):
-            plan = None
-        finally:
-            self.finite = None      # (it holds the probes' float64 weights)
-        # (each key value and, unless it is read-only (the model's constants), a copy
-        # of it: a fed array may be changed in place before the next call)
-        self.cache = ([(k, None if _read_only(k) else k.copy()
-                        if isinstance(k, np.ndarray) else None) for k in key], sig, plan)
-        return plan
-
-    # --------------------------------------------------------------------- probing
-    def probe(self, vals, roles, x, states, mask=None, force=None, zero=(), probe=True):
-        """The value list after the cell's steps ran on rows ``x``, ``states`` and the
-        mask rows ``mask`` (``vals``: the call's, after the invariant steps; ``force``:
-        slot -> a value put in every element of that step output; ``zero``: slots of zeros of
-        the batch's rows, made zeros of the probe's; ``probe``: False, the body's own steps
-        alone, no :func:`_probe_matmul`)."""
-        v = list(vals)
+    def _put(self, v, vals, roles, x, mask):
+        """A Loop's probe: ``x`` as X's only row read (X's slot: ``x[None]``, its
+        counter 0), the mask so."""
         (xs, _, xk), m = roles
         v[xs] = x[None]
-        for s in zero:
-            v[s] = np.zeros((len(x),) + vals[s].shape[1:], vals[s].dtype)
         v[2 + xk] = np.zeros_like(vals[2 + xk])
         if m is not None:
             v[m[0]] = mask.reshape((1, len(mask)) + vals[m[0]].shape[2:])
             v[2 + m[2]] = np.zeros_like(vals[2 + m[2]])
-        for k, s in zip(self.states, states):
-            v[2 + k] = s
-        for run, o_s in zip(self.probe_cell if probe else self.cell, self.cell_outs):
-            run(v)
-            if force:
-                for o in o_s:
-                    if o in force:
-                        v[o] = np.full_like(v[o], force[o])
-        return v
+
+
+class _ScanFusion(_Cell):
+    """A Scan's cell found by structure (:func:`analyse_scan`); :meth:`run` runs a call
+    as one layer call where its values allow, else returns None.  ``roles``: ``(x_t's
+    slot, None)`` (no mask)."""
+
+    def run(self, scan, ins):
+        N, nd = scan.N, np.ndarray
+        X = ins[N]
+        if X.__class__ is not nd or X.ndim != 3 or X.dtype not in (np.float32, np.float64):
+            return None
+        a = scan.in_axes[0]
+        if not -3 <= a < 3 or any(not -3 <= b <= 2 for b in scan.out_axes):
+            return None             # (op by op: the error)
+        # step i reads x[i] of x (T, B, I): X with its scan axis first, reversed for a
+        # reverse scan input
+        x = np.moveaxis(X, a, 0)
+        if scan.in_dirs[0]:
+            x = x[::-1]
+        T, B, I = x.shape
+        dt = X.dtype
+        st = [ins[k] for k in self.states]
+        H = st[0].shape[-1] if st[0].__class__ is nd and st[0].ndim == 2 else -1
+        if any(s.__class__ is not nd or s.dtype != dt or s.shape != (B, H) for s in st) \
+                or T < 1 or B < 1 or I < 1 or H < 1:
+            return None
+        vals = scan.values(ins)
+        try:
+            for run in scan._pre:
+                run(vals)
+        except Exception:
+            return None         # (op by op: the error, named)
+        roles = (self.x_slot, None)
+        plan = self._plan(scan, ins, vals, roles, dt, B, I, H)
+        if plan is None:
+            return None
+        layer, order, _, _ = plan
+        h0 = st[order[0]][None]
+        hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
+        Y, hn = layer(x, hx)
+        new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
+        if len(order) == 2:
+            new[self.states[order[1]]] = hn[1][0]
+        res = [new[k] if k in new else ins[k] for k in range(N)]
+        # each scan output: Y (the steps' order), reversed for a reverse one, its step
+        # axis moved to the output's axis; an array of its own (as np.stack's)
+        mine = True
+        for k in range(scan.K):
+            y = Y[::-1] if scan.out_dirs[k] else Y
+            b = scan.out_axes[k] % 3
+            if b:
+                y = np.moveaxis(y, 0, b)
+            if y is Y:
+                res.append(Y if mine else Y.copy())
+                mine = False
+            else:
+                res.append(np.ascontiguousarray(y))
+        return res
+
+    def _put(self, v, vals, roles, x, mask):
+        """A Scan's probe: ``x`` as x_t."""
+        v[roles[0]] = x
 
 
 def _read_only(a) -> bool:
@@ -669,8 +845,9 @@ def _close(a, b, tol) -> bool:
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= tol * (1 + np.abs(b))))
 
 
-def _make(f, loop, vals, roles, dt, I, H, zero):
-    """The plan of :meth:`_Fusion._plan` for the call's values ``vals``, or None."""
+def _make(f, node, vals, roles, dt, I, H, zero):
+    """The plan of :meth:`_Cell._plan` for the call's values ``vals`` (``node``: the
+    LoopNode or ScanNode), or None."""
     S = len(f.states)
     masked = roles[1] is not None
     rng = np.random.default_rng(0)
@@ -797,10 +974,10 @@ def _make(f, loop, vals, roles, dt, I, H, zero):
     v64.clear()                     # (the probes' float64 copies: done with)
     fits = v = None
     from .onnx import _RecurrentNode
-    node = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
+    onode = SimpleNamespace(op_type=op, input=["x", "W", "R", "B"])
     attrs = dict(attrs, hidden_size=H)
-    rec = _RecurrentNode(node, attrs, {}, f"{loop.where}: its body as one {op} layer",
-                         loop.num_threads)
+    rec = _RecurrentNode(onode, attrs, {}, f"{node.where}: its body as one {op} layer",
+                         node.num_threads)
     # (no copy where it is one already: made here, the layer owns it)
     W, R, Bias = (np.ascontiguousarray(a.astype(dt, copy=False)[None])
                   for a in (W, R, Bias))

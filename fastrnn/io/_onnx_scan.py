@@ -38,12 +38,20 @@ the states, which differ between batch items) run once per call
 (:attr:`Body.invariant`).  Errors at run name the Scan node, the step (opset 8: and the
 batch item) and the body node ("node 3 Scan 's': iteration 4, body node 1 MatMul 'm':
 ...").
+
+A body that is one SimpleRNN / LSTM / GRU cell (opset 9+: one scan input, x_t; the
+states the cell's or passed on unchanged; the scan outputs its new h) runs as one
+fastrnn layer call where the call's values allow
+(:func:`fastrnn.io._onnx_loop_fuse.analyse_scan`: the Loop fusion's probes and checks),
+else op by op as above, with the same results or errors; ``_onnx_loop.FUSE = False``
+turns that off for Scans and Loops alike.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import LoadError
+from . import _onnx_loop
 from . import _onnx_proto as _proto
 from ._onnx_loop import (_body_graph, _invariant, _located, own_steps, pickled_body,
                          compile_subgraph, slot_map, split_steps, unpickled_body)
@@ -188,8 +196,12 @@ class ScanNode:
         outs = [slot[n] for n in body.outputs]
         self._moves = tuple((d, s) for d, s in zip(range(N), outs[:N]) if d != s)
         self._scan_src = tuple(outs[N:])
-        self._pre, self._iter, self._labels, _, _ = split_steps(
+        self._pre, self._iter, self._labels, self._iter_info, _ = split_steps(
             body, slot, none, trash, self.where, self.opset, self.num_threads)
+        # a body that is one recurrent cell over x_t (opset 9+): run as one layer call
+        # where the call's values allow (_onnx_loop_fuse)
+        from . import _onnx_loop_fuse
+        self._fusion = _onnx_loop_fuse.analyse_scan(self)
 
     def own(self, model_consts) -> None:
         """After loading: the body's constants copied where they are views of the file's
@@ -209,7 +221,7 @@ class ScanNode:
     def __getstate__(self):
         state = dict(self.__dict__)
         for k in ("_template", "_slot", "_outer", "_moves", "_scan_src", "_pre", "_iter",
-                  "_labels"):
+                  "_labels", "_iter_info", "_fusion"):
             state.pop(k)
         state["body"] = pickled_body(self.body)
         return state
@@ -223,22 +235,36 @@ class ScanNode:
     def __call__(self, ins, attrs=None, opset=None):
         return self.run(ins)
 
+    def values(self, ins: list) -> list:
+        """A run's value list: the constants and the outer values (``ins``: the Scan
+        step's inputs) in their slots, and (opset 9+) the states' first values."""
+        off = 1 if self.batch else 0
+        N, M = self.N, self.M
+        vals = list(self._template)
+        for s, v in zip(self._outer, ins[off + N + M:]):
+            vals[s] = v
+        if not self.batch:
+            for s, v in enumerate(ins[:N]):
+                vals[s] = v
+        return vals
+
     def run(self, ins: list) -> list:
         """The node's outputs for its step's input values ``ins``."""
+        fusion = self._fusion
+        if fusion is not None and _onnx_loop.FUSE:
+            out = fusion.run(self, ins)
+            if out is not None:
+                return out
         off = 1 if self.batch else 0
         N, M = self.N, self.M
         states = list(ins[off:off + N])
         xs = [self._array(x, m) for m, x in enumerate(ins[off + N:off + N + M])]
-        vals = list(self._template)
-        for s, v in zip(self._outer, ins[off + N + M:]):
-            vals[s] = v
+        vals = self.values(ins)
         if self.batch:
             return self._run_batch(ins[0], states, xs, vals)
         T, axes = self._length(xs, 0)
         if T == 0:
             return states + [self._empty(k, ()) for k in range(self.K)]
-        for s, v in enumerate(states):
-            vals[s] = v
         self._run_pre(vals)
         scans = self._steps(vals, xs, axes, T)
         out = [vals[s] for s in range(N)]
