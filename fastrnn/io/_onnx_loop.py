@@ -40,7 +40,7 @@ import numpy as np
 from . import LoadError
 from . import _onnx_proto as _proto
 
-__all__ = ["LoopNode", "Body", "Limit", "compile_loop", "compile_subgraph",
+__all__ = ["LoopNode", "BodyNode", "Body", "Limit", "compile_loop", "compile_subgraph",
            "split_steps", "DEFAULT_LIMIT"]
 
 # iterations a Loop without a trip count M may run (OnnxModel.loop_limit): its condition
@@ -277,10 +277,52 @@ def _invariant(body, K, first_in=2, first_out=1) -> frozenset:
     return frozenset(inv)
 
 
-class LoopNode:
+class BodyNode:
+    """What the nodes running one body share (:class:`LoopNode`, a Scan's
+    ``_onnx_scan.ScanNode``): taking their constants as the model's after loading,
+    pickling (the body by op types, the attributes ``_BUILT`` made again by
+    ``_build``), and being called as the model's op functions are."""
+    _BUILT: tuple = ()
+
+    def own(self, model_consts) -> None:
+        """After loading: the body's constants copied where they are views of the file's
+        bytes (as the model's: _own_constants) and made read-only; its recurrent nodes'
+        layers keyed by the arrays they will be given (the body's constants, else the
+        model's); nested Loops, Ifs and Scans the same."""
+        from .onnx import _freeze, _own_constants
+        body = self.body
+        _own_constants(body.consts)
+        for v in body.consts.values():
+            _freeze(v)
+        for n, v in body.consts.items():
+            self._template[self._slot[n]] = v
+        scope = dict(model_consts)
+        scope.update(body.consts)
+        own_steps(body.steps, scope)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for k in self._BUILT:
+            state.pop(k)
+        state["body"] = pickled_body(self.body)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        unpickled_body(self.body)
+        self._build()
+
+    def __call__(self, ins, attrs=None, opset=None):
+        return self.run(ins)
+
+
+class LoopNode(BodyNode):
     """A Loop node ready to run: ``loop(values, attrs, opset)`` as the model's op
     functions are called, ``values`` the Loop step's inputs (M, cond, the carried
     values' initial values, then :attr:`Body.outer`'s values)."""
+    _BUILT = ("_template", "_slot", "_outer", "_cond_out", "_carried", "_moves",
+              "_scan_src", "_pre", "_iter", "_labels", "_need_i", "_need_c", "_iter_info",
+              "_fusion")
 
     def __init__(self, model, body: Body, K: int, S: int, scan: list, where: str):
         self.body = body
@@ -323,40 +365,7 @@ class LoopNode:
         from . import _onnx_loop_fuse
         self._fusion = _onnx_loop_fuse.analyse(self)
 
-    def own(self, model_consts) -> None:
-        """After loading: the body's constants copied where they are views of the file's
-        bytes (as the model's: _own_constants) and made read-only; its recurrent nodes'
-        layers keyed by the arrays they will be given (the body's constants, else the
-        model's); nested Loops the same."""
-        from .onnx import _freeze, _own_constants
-        body = self.body
-        _own_constants(body.consts)
-        for v in body.consts.values():
-            _freeze(v)
-        for n, v in body.consts.items():
-            self._template[self._slot[n]] = v
-        scope = dict(model_consts)
-        scope.update(body.consts)
-        own_steps(body.steps, scope)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for k in ("_template", "_slot", "_outer", "_cond_out", "_carried", "_moves",
-                  "_scan_src", "_pre", "_iter", "_labels", "_need_i", "_need_c",
-                  "_iter_info", "_fusion"):
-            state.pop(k)
-        state["body"] = pickled_body(self.body)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        unpickled_body(self.body)
-        self._build()
-
     # ------------------------------------------------------------------------ running
-    def __call__(self, ins, attrs=None, opset=None):
-        return self.run(ins)
-
     def values(self, ins: list) -> list:
         """A run's value list: the constants, the outer values and the carried values'
         first values (``ins``: the Loop step's inputs) in their slots."""

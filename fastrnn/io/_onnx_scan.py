@@ -53,8 +53,8 @@ import numpy as np
 from . import LoadError
 from . import _onnx_loop
 from . import _onnx_proto as _proto
-from ._onnx_loop import (_body_graph, _invariant, _located, own_steps, pickled_body,
-                         compile_subgraph, slot_map, split_steps, unpickled_body)
+from ._onnx_loop import (BodyNode, _body_graph, _invariant, _located, compile_subgraph,
+                         slot_map, split_steps)
 
 __all__ = ["ScanNode", "compile_scan", "op_scan"]
 
@@ -164,10 +164,12 @@ def compile_scan(model, node, attrs, consts: dict, known: set, seqs: set, budget
                     empty, tuple(ins[N:]), where)
 
 
-class ScanNode:
+class ScanNode(BodyNode):
     """A Scan node ready to run: ``run(values)``, ``values`` the Scan step's inputs
     (opset 8: sequence_lens, maybe None; then the states' initial values, the scan
     inputs, then :attr:`Body.outer`'s values)."""
+    _BUILT = ("_template", "_slot", "_outer", "_moves", "_scan_src", "_pre", "_iter",
+              "_labels", "_iter_info", "_fusion")
 
     def __init__(self, model, body, N: int, M: int, K: int, axes: tuple, batch: bool,
                  empty: list, scan_names: tuple, where: str):
@@ -203,38 +205,7 @@ class ScanNode:
         from . import _onnx_loop_fuse
         self._fusion = _onnx_loop_fuse.analyse_scan(self)
 
-    def own(self, model_consts) -> None:
-        """After loading: the body's constants copied where they are views of the file's
-        bytes and made read-only; its recurrent nodes' layers keyed by the arrays they
-        will be given; nested Loops, Ifs and Scans the same (as LoopNode.own)."""
-        from .onnx import _freeze, _own_constants
-        body = self.body
-        _own_constants(body.consts)
-        for v in body.consts.values():
-            _freeze(v)
-        for n, v in body.consts.items():
-            self._template[self._slot[n]] = v
-        scope = dict(model_consts)
-        scope.update(body.consts)
-        own_steps(body.steps, scope)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for k in ("_template", "_slot", "_outer", "_moves", "_scan_src", "_pre", "_iter",
-                  "_labels", "_iter_info", "_fusion"):
-            state.pop(k)
-        state["body"] = pickled_body(self.body)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        unpickled_body(self.body)
-        self._build()
-
     # ------------------------------------------------------------------------ running
-    def __call__(self, ins, attrs=None, opset=None):
-        return self.run(ins)
-
     def values(self, ins: list) -> list:
         """A run's value list: the constants and the outer values (``ins``: the Scan
         step's inputs) in their slots, and (opset 9+) the states' first values."""
