@@ -159,7 +159,9 @@ FR_INLINE void F(gate_block)(const fr_cell* cl, int u0, int nu, const V* pre, co
         V pn = pre[0] + F(vload)(xr + 2 * H + u0, nu) + F(vload)(bias + 2 * H + u0, nu);
         V hp = F(vload)(hprev + u0, nu);
         const V n = FR_ACT_G(cl, F(vclip)(pn, (T)cl->clip));
-        F(vstore)(hout, n + z * (hp - n), nu);
+        /* ONNX's order ((1 - z) n + z h, as gru_opt): n + z (h - n) loses h where
+         * z is 1 and |n| >> |h| (a relu or linear candidate) */
+        F(vstore)(hout, (F(vset1)(1) - z) * n + z * hp, nu);
         return;
     }
     /* per cell: the pre-activations (recurrent product + projected input + bias, in

@@ -275,6 +275,28 @@ def _cell(f, node, cell, info, prod, consts, inv, state_out, scan, state_in, ski
         if any(s not in inv and s not in state_in and s not in made and s not in x_in
                for s in i_s):
             return None
+    # a value computed from a Shape (a number of rows: the call's batch, or the probes'
+    # and the final check's own, which differ) may only give a ConstantOfShape its
+    # shape (tf.keras 2's recurrent_dropout: a mask of ones), through the ops that pass
+    # a shape on; read by any other op, the cell's math could depend on the number of
+    # rows, which the probes cannot see
+    shaped = set()
+    for j in sorted(cell):
+        st, i_s, o_s = info[j]
+        op = _op(st)
+        if op == "Shape":
+            shaped.update(o_s)
+            continue
+        hit = [k for k, s in enumerate(i_s) if s in shaped]
+        if not hit:
+            continue
+        if op == "ConstantOfShape":
+            continue
+        if op in ("Identity", "Concat", "Squeeze", "Unsqueeze") or (op == "Slice"
+                                                                     and hit == [0]):
+            shaped.update(o_s)
+            continue
+        return None
     acts = [(info[j][0][1][1], info[j][1][0], info[j][2][0]) for j in cell
             if _op(info[j][0]) in _ACTS] + [a[:3] for a in hard_acts]
     made_n = {o for j in cell for o in info[j][0][3] if o}
@@ -672,19 +694,17 @@ class _Fusion(_Cell):
         h0 = st[order[0]][None]
         hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
         x = X[t0[xk]:t0[xk] + n]
-        # (under a mask the body selects by arithmetic, m * new + (1 - m) * old: a NaN
-        # or inf at a masked step, or in a state it keeps, gives NaN there (0 * inf),
-        # where the layer's select does not: such calls run op by op)
-        if mask is not None and not (np.isfinite(x).all()
-                                     and all(np.isfinite(s).all() for s in st)):
+        # (a NaN or inf in x or a state: op by op (_finite); under a mask the body
+        # selects by arithmetic too, m * new + (1 - m) * old, so a NaN or inf at a
+        # masked step gives NaN there (0 * inf), where the layer's select does not)
+        if not _finite(x, st):
             return None
         if mask is None:
             Y, hn = layer(x, hx)
         else:
             Y, hn = layer(x, hx, mask=mask, masked_output=mode)
-            if not (np.isfinite(Y).all() and all(
-                    np.isfinite(a).all() for a in (hn if len(order) == 2 else (hn,)))):
-                return None
+        if not _finite(Y, hn if len(order) == 2 else (hn,)):
+            return None
         new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
         if len(order) == 2:
             new[self.states[order[1]]] = hn[1][0]
@@ -790,9 +810,13 @@ class _ScanFusion(_Cell):
         if plan is None:
             return None
         layer, order, _, _ = plan
+        if not _finite(x, st):
+            return None
         h0 = st[order[0]][None]
         hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
         Y, hn = layer(x, hx)
+        if not _finite(Y, hn if len(order) == 2 else (hn,)):
+            return None
         new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
         if len(order) == 2:
             new[self.states[order[1]]] = hn[1][0]
@@ -815,6 +839,14 @@ class _ScanFusion(_Cell):
     def _put(self, v, vals, roles, x, mask):
         """A Scan's probe: ``x`` as x_t."""
         v[roles[0]] = x
+
+
+def _finite(a, more=()) -> bool:
+    """Whether ``a`` and the arrays ``more`` hold no NaN or inf.  A fused call's
+    inputs and states, and its layer's results, must not: the body's own ops give IEEE
+    values there (0 * inf = NaN, sigmoid(-inf) = 0 exactly) the layer's kernels do not
+    keep (vector sigmoid and tanh, a select under a mask), so such calls run op by op."""
+    return bool(np.isfinite(a).all()) and all(bool(np.isfinite(b).all()) for b in more)
 
 
 def _read_only(a) -> bool:
@@ -1008,8 +1040,10 @@ def _make(f, node, vals, roles, dt, I, H, zero):
             r = ref[f.state_out[s]]
             if not (isinstance(r, np.ndarray) and r.dtype == dt and _close(got[s], r, tol)):
                 return None
+        # (a scan output of another dtype than the layer's, a Cast of h: op by op)
         for s in f.scan:
-            if not _close(Y[0], ref[s], tol):
+            r = ref[s]
+            if not (isinstance(r, np.ndarray) and r.dtype == dt and _close(Y[0], r, tol)):
                 return None
     return layer, order, yk, mode
 

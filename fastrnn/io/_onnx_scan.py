@@ -367,7 +367,15 @@ class ScanNode(BodyNode):
             raise ValueError(f"scan output {k}: its axis {axis} is out of range for values "
                              f"of rank {r} stacked (rank {r + 1})")
         axis %= r + 1
-        return np.zeros(tuple(lead) + dims[:axis] + (n,) + dims[axis:], dt)
+        shape = tuple(lead) + dims[:axis] + (n,) + dims[axis:]
+        try:
+            return np.zeros(shape, dt)
+        except (ValueError, MemoryError) as e:
+            raise ValueError(
+                f"scan output {k} (body output {self.N + k} "
+                f"{self.body.outputs[self.N + k]!r}): no steps ran, and its empty value of "
+                f"the body's declared shape {list(dims)} (as {list(shape)}) cannot be "
+                f"made: {e}") from None
 
     # ------------------------------------------------------------------ opset 8
     def _run_batch(self, seq_lens, states, xs, vals) -> list:
