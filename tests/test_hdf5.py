@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 102
+    assert len(FIXTURES) == 113      # (+11: the nested-model fixtures)
 
 
 # ----------------------------------------------------------------------------- vs h5py

@@ -406,6 +406,7 @@ class _LayerDesc:
         self.node = 0
         self.input_index = None
         self.order = 0          # the layer's place in the config (its weights' order)
+        self.nested = None      # an inlined nested model's layer: where its weights are
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -448,6 +449,9 @@ def _parse_architecture(arch, what="architecture"):
     if isinstance(arch, (list, tuple)):
         _need_list(arch, what)
         layers = [_spec_to_layer(s, i, what) for i, s in enumerate(arch)]
+        if _has_models(layers):
+            return (*_functional(_Inliner(what).run(_seq_as_functional(layers, what)),
+                                 what), (None, None))
         return _sequential(layers, what), None, None, (None, None)
     if not isinstance(arch, dict):
         raise LoadError(f"{what} must be a Keras config (JSON or dict) or a list of "
@@ -463,10 +467,16 @@ def _parse_architecture(arch, what="architecture"):
             layers = cfg.get("layers", [])
         else:
             layers = cfg
-        return (_sequential(_need_list(layers, f"{what}: layers"), what), None, None,
-                (hint, name))
+        layers = _need_list(layers, f"{what}: layers")
+        if _has_models(layers):     # (a model among its layers: inlined, as a graph)
+            return (*_functional(_Inliner(what).run(_seq_as_functional(layers, what)),
+                                 what), (hint, name))
+        return (_sequential(layers, what), None, None, (hint, name))
     if cls in ("Functional", "Model"):
-        return (*_functional(_need_dict(cfg, f"{what}: config"), what), (hint, name))
+        cfg = _need_dict(cfg, f"{what}: config")
+        if _has_models(cfg.get("layers")):
+            cfg = _Inliner(what).run(cfg)
+        return (*_functional(cfg, what), (hint, name))
     raise LoadError(f"{what}: unsupported model class {cls!r}: fastrnn reads Sequential "
                     "and functional models"[:400])
 
@@ -491,6 +501,7 @@ def _desc(l, i, what):
     cfg = {} if cfg is None else _need_dict(cfg, f"{what}: layer {name!r} config")
     d = _LayerDesc(cls, dict(cfg), name)
     d.order = i
+    d.nested = l.get(_NESTED)
     return d
 
 
@@ -824,9 +835,9 @@ def _functional(cfg, what="architecture"):
             l = by_name.get(n)
             if l is None:
                 raise LoadError(f"functional config refers to unknown layer {n!r}"[:300])
-            if l.get("class_name") in ("Functional", "Sequential", "Model"):
+            if _is_model(l):     # (inlined before: a config that is not a model's)
                 raise LoadError(f"layer {n!r} is a model ({l['class_name']}) used as a "
-                                "layer: not supported (nested models)")
+                                "layer, with no model config of its own"[:300])
             if _is_op(l):
                 cls = str(l.get("class_name"))
                 raise LoadError(
@@ -910,6 +921,425 @@ def _functional(cfg, what="architecture"):
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
+
+
+
+# ============================================================================ nested models
+
+# a model used as a layer of another (Keras 3 and tf.keras 2 record it so: its own config,
+# with the outer model's inbound_nodes): inlined, its layers renamed "<model>/<layer>"
+_MODEL_CLASSES = ("Functional", "Sequential", "Model")
+# key of an inlined layer's config dict (no JSON key can equal it): where its weights are
+# stored, a dict {"k3": path under a Keras 3 file's "layers" group, "top": the name of the
+# outermost model holding it (its legacy h5 group), "local": its own name in its model,
+# "tree": that outermost model's {"leaves": {name: count}, "models": set of names}}
+_NESTED = object()
+# key of a layer dict of a Sequential made a functional config (_seq_as_functional)
+_LISTED = object()
+
+
+def _is_model(l):
+    return isinstance(l, dict) and l.get("class_name") in _MODEL_CLASSES
+
+
+def _has_models(layers):
+    return isinstance(layers, (list, tuple)) and any(_is_model(l) for l in layers)
+
+
+def _returns_several(l):
+    """Whether a layer config returns several tensors (an RNN's return_state, a
+    Bidirectional's merge_mode=None pair): a Sequential passes them all on."""
+    c = l.get("config") if isinstance(l.get("config"), dict) else {}
+    inner = c.get("layer") if isinstance(c.get("layer"), dict) else {}
+    ic = inner.get("config") if isinstance(inner.get("config"), dict) else {}
+    if l.get("class_name") == "Bidirectional":
+        return bool(ic.get("return_state")) or ("merge_mode" in c and c["merge_mode"] is None)
+    if _is_model(l):
+        return len(_refs(c.get("output_layers"))) > 1 if l.get("class_name") != \
+            "Sequential" else False
+    return bool(c.get("return_state"))
+
+
+def _seq_as_functional(layers, what, model=None):
+    """A Sequential's layers (one of them a model) as a functional config: each layer
+    called on the one before (tf.keras 2's form of nodes), from its InputLayer (or, as
+    tf.keras 2 makes it, an Input of the first layer's batch_input_shape and dtype)."""
+    where = f"{what}: " + (f"nested model {model!r} (Sequential)" if model else "Sequential")
+    layers = [_need_dict(l, f"{what}: layer {i}") for i, l in enumerate(
+        _need_list(layers, f"{what}: layers"))]
+    names = [_layer_name(l, i) for i, l in enumerate(layers)]
+    if not layers:
+        raise LoadError(f"{where} has no layers")
+    if layers[0].get("class_name") == "InputLayer":
+        out = [{**layers[0], "name": names[0], "inbound_nodes": []}]
+        start = 1
+    else:
+        first = layers[0]
+        c = first.get("config") if isinstance(first.get("config"), dict) else {}
+        ic = {} if _is_model(first) else {
+            k: c[k] for k in ("batch_input_shape", "batch_shape", "dtype") if k in c}
+        iname = f"{names[0]}_input"
+        out = [{"class_name": "InputLayer", "config": {**ic, "name": iname}, "name": iname,
+                "inbound_nodes": []}]
+        start = 0
+    prev = out[0]["name"]
+    for i in range(start, len(layers)):
+        l, n = layers[i], names[i]
+        cls = l.get("class_name")
+        if cls == "InputLayer" or cls in _MERGE_LAYERS or cls in _ATTENTION_LAYERS:
+            raise LoadError(f"{where}: layer {n!r} ({cls}) in a Sequential holding a "
+                            "nested model: not supported"[:400])
+        if i > start and _returns_several(layers[i - 1]):
+            raise LoadError(f"{where}: layer {n!r} ({cls}) is given the several outputs "
+                            f"of {names[i - 1]!r}: not supported in a Sequential holding a "
+                            "nested model"[:400])
+        # (references to it count its calls as listed: _skipped_node)
+        out.append({**l, "name": n, "inbound_nodes": [[[prev, 0, 0, {}]]], _LISTED: True})
+        prev = n
+    return {"layers": out, "input_layers": [[out[0]["name"], 0, 0]],
+            "output_layers": [[prev, 0, 0]]}
+
+
+def _map_refs(v, fn):
+    """``v`` (a node, its arguments) with every tensor reference ``r`` replaced by
+    ``fn(r)``, in the form it is written in."""
+    if isinstance(v, dict):
+        if v.get("class_name") == "__keras_tensor__":
+            r = _history(v)
+            c = dict(v["config"])
+            c["keras_history"] = list(fn(r))
+            return {**v, "config": c}
+        return {k: _map_refs(x, fn) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        r = _history(v)
+        if r is not None:
+            return [*fn(r), *[_map_refs(x, fn) for x in v[3:]]]
+        return [_map_refs(x, fn) for x in v]
+    return v
+
+
+def _tensor(ref, like):
+    """A reference ``ref`` written in the form of ``like`` (a Keras 3 tensor dict or a
+    tf.keras 2 list)."""
+    if isinstance(like, dict):
+        return {"class_name": "__keras_tensor__", "config": {"keras_history": list(ref)}}
+    return list(ref)
+
+
+def _drop_none_masks(node):
+    """Keras 3 fills a call's ``mask=None`` with its (one) tensor's own mask (Layer.__call__):
+    a nested model records it wherever a mask only reaches the layer through the model's
+    boundary, so in an inlined graph it says nothing: dropped (a mask tensor is kept and
+    checked)."""
+    if isinstance(node, dict):
+        kw = node.get("kwargs")
+        if isinstance(kw, dict) and "mask" in kw and kw["mask"] is None:
+            node["kwargs"] = {k: v for k, v in kw.items() if k != "mask"}
+    elif isinstance(node, list):
+        for t in node:
+            if isinstance(t, list) and len(t) > 3 and isinstance(t[3], dict) and \
+                    "mask" in t[3] and t[3]["mask"] is None:
+                t[3] = {k: v for k, v in t[3].items() if k != "mask"}
+
+
+class _Inliner:
+    """A functional config whose layers include models, as one flat functional config:
+    each call of a nested model (any depth) becomes a copy of its graph, its layers
+    renamed "<model>/<layer>"; the copies of a model called several times are calls of
+    the same layers (their weights held once)."""
+
+    def __init__(self, what):
+        self.what = what
+        self.entries = {}       # inlined name -> its layer dict (inbound_nodes grow)
+        self.placed = {}        # a model's prefix -> the list its layers are placed in
+        self.done = set()       # the prefixes of the models inlined once already
+
+    def run(self, cfg):
+        top = []
+        outs = self.expand(cfg, "", None, None, (), "", None, 0, top)
+        flat = []
+
+        def put(items):
+            for it in items:
+                if isinstance(it, list):
+                    put(it)
+                else:
+                    flat.append(self.entries[it])
+        put(top)
+        seen = set()
+        for l in flat:
+            if l["name"] in seen:
+                raise LoadError(f"{self.what}: inlining nested models gives two layers "
+                                f"named {l['name']!r}"[:300])
+            seen.add(l["name"])
+        return {**cfg, "layers": flat, "output_layers": [list(r) for r in outs]}
+
+    def expand(self, cfg, prefix, in_refs, in_masks, scope, k3base, tree, depth, place):
+        """Inline one call of the functional config ``cfg`` (``in_refs``: the outer
+        tensors its inputs are, None for the outermost model; ``in_masks``: the masks
+        the call records for them) -> the outer references of its outputs."""
+        where = f"{self.what}: nested model {scope[-1]!r}" if scope else self.what
+        if depth > _MAX_NEST:
+            raise LoadError(f"{where}: models nest more than {_MAX_NEST} deep")
+        layers = _need_list(cfg.get("layers", []), f"{where}: layers")
+        by_name, names = {}, []
+        for i, l in enumerate(layers):
+            l = _need_dict(l, f"{where}: layer {i}")
+            _need_str(l.get("class_name"), f"{where}: layer {i} class_name")
+            n = _layer_name(l, i)
+            if n in by_name:
+                raise LoadError(f"{where}: two layers named {n!r}"[:300])
+            by_name[n] = l
+            names.append(n)
+        inputs = _refs(cfg.get("input_layers"))
+        outputs = _refs(cfg.get("output_layers"))
+        input_map = {}
+        if in_refs is not None:
+            if not inputs or not outputs:
+                raise LoadError(f"{where} has no input_layers or output_layers")
+            if len(inputs) != len(in_refs):
+                raise LoadError(f"{where} takes {len(inputs)} input(s), is called on "
+                                f"{len(in_refs)} tensor(s)")
+            for k, (n, node, t) in enumerate(inputs):
+                if by_name.get(n, {}).get("class_name") != "InputLayer" or node or t:
+                    raise LoadError(f"{where}: input {k} is <output {t} of {n!r}>; "
+                                    "fastrnn takes a model's inputs from its InputLayers"
+                                    [:300])
+                input_map[n] = k
+        first = prefix not in self.done
+        self.done.add(prefix)
+        counts, offsets, models = {}, {}, {}
+        for n in names:
+            l = by_name[n]
+            cls = l["class_name"]
+            seg = None
+            if not _is_op(l):
+                s = _snake(cls)
+                c = counts[s] = counts.get(s, -1) + 1
+                seg = s if c == 0 else f"{s}_{c}"
+            if _is_model(l):
+                models[n] = seg
+                if first:
+                    place.append([])
+                    self.placed[prefix + n + "/"] = place[-1]
+                continue
+            if n in input_map:
+                continue
+            full = prefix + n
+            if first:
+                e = {k: v for k, v in l.items() if k != "inbound_nodes"}
+                e["name"] = full
+                e["inbound_nodes"] = []
+                if in_refs is not None:
+                    cfg_ = e.get("config")
+                    if isinstance(cfg_, dict) and "name" in cfg_:
+                        e["config"] = {**cfg_, "name": full}
+                    e[_NESTED] = {"k3": k3base + seg if seg else None, "top": scope[0],
+                                  "local": n, "tree": tree}
+                    tree["leaves"][n] = tree["leaves"].get(n, 0) + 1
+                self.entries[full] = e
+                place.append(full)
+            elif full not in self.entries:
+                raise LoadError(f"{where}: layer {n!r} is new in a later call")
+            offsets[n] = len(self.entries[full]["inbound_nodes"])
+        memo = {}
+        busy = object()
+
+        def resolve(ref, out=False, listed=False):
+            # (out: a reference of the model's outputs; listed: counting a nested
+            # model's calls as its inbound_nodes list them)
+            n, node, t = ref
+            if n in input_map:
+                if node or t:
+                    raise LoadError(f"{where}: the reference to input {n!r} reads call "
+                                    f"{node}, tensor {t}"[:300])
+                return in_refs[input_map[n]]
+            l = by_name.get(n)
+            if l is None:
+                raise LoadError(f"{where}: config refers to unknown layer {n!r}"[:300])
+            if n in models:
+                node -= 0 if listed else _skipped_node(l, out)
+                if node < 0:
+                    raise LoadError(f"{where}: a reference reads call {ref[1]} of nested "
+                                    f"model {n!r}, its own node (not a call)"[:300])
+                key = (n, node)
+                if memo.get(key) is busy:
+                    raise LoadError(f"{where}: config has a cycle through layer {n!r}"[:300])
+                if key not in memo:
+                    memo[key] = busy
+                    memo[key] = self.call(l, n, node, resolve, prefix, scope, models[n],
+                                          k3base, tree, depth, where)
+                outs = memo[key]
+                if t >= len(outs):
+                    raise LoadError(f"{where}: the reference to nested model {n!r} reads "
+                                    f"its output {t}; it has {len(outs)}"[:300])
+                return outs[t]
+            return (prefix + n, node + offsets[n], t)
+
+        for n in names:
+            l = by_name[n]
+            if n in models or n in input_map:
+                continue
+            nodes = l.get("inbound_nodes") or []
+            nodes = _need_list(nodes, f"{where}: layer {n!r} inbound_nodes")
+            entry = self.entries[prefix + n]
+            for node in nodes:
+                new = _map_refs(node, resolve)
+                if in_masks is not None and not _is_op(l):
+                    new = self.give_mask(new, node, input_map, in_masks, n, l, where)
+                _drop_none_masks(new)
+                entry["inbound_nodes"].append(new)
+        for n in models:        # (every call of a model, read or not)
+            nodes = by_name[n].get("inbound_nodes") or []
+            for k in range(len(_need_list(nodes, f"{where}: layer {n!r} inbound_nodes"))):
+                resolve((n, k, 0), listed=True)
+        return [resolve(r, out=True) for r in outputs]
+
+    def give_mask(self, new, node, input_map, in_masks, n, l, where):
+        """A nested model's call gives its input ``k`` a mask (Keras 3 records it): the
+        call of one of its layers reading that input as its one tensor takes it as its
+        ``mask=`` (checked there as any recorded mask); read in another way, refused."""
+        reads = set()
+        for r in _node_refs(node):
+            if r[0] in input_map and in_masks[input_map[r[0]]] is not None:
+                reads.add(input_map[r[0]])
+        if not reads:
+            return new
+        k = next(iter(reads))
+        m = in_masks[k]
+        if isinstance(new, dict):
+            args, kw = new.get("args") or [], new.get("kwargs") or {}
+            single = len(args) == 1 and _history(args[0]) is not None and \
+                _history(node["args"][0])[0] in input_map and \
+                all(v is None for key, v in kw.items() if key not in ("mask", "training"))
+            if single and len(reads) == 1:
+                if kw.get("mask") is None:
+                    new["kwargs"] = {**kw, "mask": _tensor(m, args[0])}
+                return new
+        elif isinstance(new, list) and len(new) == 1 and isinstance(new[0], list) and \
+                len(reads) == 1:
+            t = new[0]
+            kw = t[3] if len(t) > 3 and isinstance(t[3], dict) else {}
+            if all(v is None for key, v in kw.items() if key not in ("mask", "training")):
+                if kw.get("mask") is None:
+                    new[0] = [*t[:3], {**kw, "mask": list(m)}]
+                return new
+        raise LoadError(f"{where}: layer {n!r} ({l.get('class_name')}) reads the model's "
+                        "masked input with other tensors: not supported (fastrnn checks the "
+                        "mask Keras records for the model's call where one layer reads the "
+                        "input alone)"[:400])
+
+    def call(self, l, n, node, resolve, prefix, scope, seg, k3base, tree, depth, where):
+        """Inline call ``node`` of nested model ``l`` (named ``n``) -> its outputs."""
+        cls = l["class_name"]
+        what = f"{where}: nested model {n!r} ({cls})"
+        nodes = _need_list(l.get("inbound_nodes") or [], f"{what} inbound_nodes")
+        if not 0 <= node < len(nodes):
+            raise LoadError(f"{where}: a reference reads call {node} (counting from 0) of "
+                            f"nested model {n!r}, which is called {len(nodes)} time(s)"[:300])
+        raw = nodes[node]
+        kwargs = {}
+        if isinstance(raw, dict):       # Keras 3: {"args": [...], "kwargs": {...}}
+            args = _need_list(raw.get("args", []), f"{what} call arguments")
+            if not args:
+                raise LoadError(f"{what} is called on no tensor")
+            for a in args[1:]:
+                if a is not None:
+                    raise LoadError(f"{what} is called with an extra argument {_show(a)}: "
+                                    "not supported"[:300])
+            data = _refs(args[0])
+            kwargs = dict(_need_dict(raw.get("kwargs") or {}, f"{what} call arguments"))
+            like = args[0]
+        else:                           # tf.keras 2: [[name, node, tensor, kwargs], ...]
+            data = []
+            for t in _need_list(raw, f"{what} inbound node"):
+                r = _history(t)
+                if r is None:
+                    raise LoadError(f"{what} is called with {_show(t)}: not supported"[:300])
+                data.append(r)
+                if len(t) > 3 and isinstance(t[3], dict):
+                    kwargs.update(t[3])
+            like = []
+        masks = kwargs.pop("mask", None)
+        for k, v in kwargs.items():
+            if k == "training" and (v is None or v is False or v == 0):
+                continue
+            if v is not None:
+                raise LoadError(f"{what} is called with {k}={_show(v)}: not supported"[:300])
+        refs = [resolve(r) for r in data]
+        if masks is None:
+            mrefs = [None] * len(refs)
+        else:
+            if isinstance(masks, dict) and masks.get("class_name") != "__keras_tensor__":
+                masks = [masks[key] for key in sorted(masks)]
+            elif _history(masks) is not None:
+                masks = [masks]
+            masks = _need_list(masks, f"{what} mask argument")
+            if len(masks) != len(refs):
+                raise LoadError(f"{what} is given {len(masks)} masks for {len(refs)} inputs")
+            mrefs = []
+            for m in masks:
+                r = None if m is None else _history(m)
+                if m is not None and r is None:
+                    raise LoadError(f"{what} is called with mask={_show(m)}: not "
+                                    "supported"[:300])
+                mrefs.append(None if r is None else resolve(r))
+        c = _need_dict(l.get("config"), f"{what} config")
+        if cls == "Sequential":
+            sub = _seq_as_functional(c.get("layers", []), self.what, n)
+        else:
+            if "layers" not in c:
+                raise LoadError(f"{what} has no layers in its config")
+            sub = c
+        if tree is None:
+            tree = {"leaves": {}, "models": set()}
+        tree["models"].add(n)
+        p = prefix + n + "/"
+        place = self.placed.get(p)
+        if place is None:
+            raise LoadError(f"{what}: not placed")     # pragma: no cover
+        return self.expand(sub, p, refs, mrefs, scope + (n,), f"{k3base}{seg}/layers/",
+                           tree, depth + 1, place)
+
+
+def _skipped_node(l, out):
+    """How a reference counts the calls of nested model ``l``: 1 where it counts the
+    model's own first node (the one linking its inputs to its outputs, which no config
+    lists), else 0.  tf.keras 2 counts it for a Functional (and a Sequential built from
+    an input shape) in every reference; Keras 3 for a Functional in the model's
+    output_layers only (its inbound node arguments drop it)."""
+    if l.get(_LISTED):
+        return 0
+    nodes = l.get("inbound_nodes")
+    keras3 = isinstance(nodes, list) and any(isinstance(n, dict) for n in nodes)
+    cls = l.get("class_name")
+    if keras3:
+        return int(out and cls in ("Functional", "Model"))
+    if cls in ("Functional", "Model"):
+        return 1
+    c = l.get("config") if isinstance(l.get("config"), dict) else {}
+    layers = c.get("layers") if isinstance(c.get("layers"), list) else []
+    head = layers[0] if layers and isinstance(layers[0], dict) else {}
+    hc = head.get("config") if isinstance(head.get("config"), dict) else {}
+    return int(head.get("class_name") == "InputLayer" or "batch_input_shape" in hc)
+
+
+def _node_refs(v, depth=0):
+    """Every tensor reference in a node (its arguments, keyword arguments)."""
+    if depth > _MAX_NEST:
+        return []
+    r = _history(v) if isinstance(v, (list, tuple, dict)) else None
+    if r is not None:
+        out = [r]
+        if isinstance(v, (list, tuple)):
+            for x in v[3:]:
+                out += _node_refs(x, depth + 1)
+        return out
+    if isinstance(v, dict):
+        return [x for k in v for x in _node_refs(v[k], depth + 1)]
+    if isinstance(v, (list, tuple)):
+        return [x for item in v for x in _node_refs(item, depth + 1)]
+    return []
 
 
 def _graph_states(order, calls, by_name, pos):
@@ -1225,6 +1655,10 @@ class _Keras3Store:
     def assign(self, descs):
         counts: dict[str, int] = {}
         for d in descs:
+            if d.nested is not None:    # (a nested model's: layers/<model>/layers/...)
+                if d.nested["k3"]:
+                    self.paths[d.name] = d.nested["k3"]
+                continue
             s = _snake(d.class_name)
             n = counts.get(s, -1) + 1
             counts[s] = n
@@ -1283,7 +1717,9 @@ class _Keras3Store:
     def get(self, desc):
         if self.root is None:
             return None
-        p = self.paths[desc.name]
+        p = self.paths.get(desc.name)
+        if p is None:
+            return None
         g = self._sub(self.root, p)
         if g is None:
             return None
@@ -1343,20 +1779,51 @@ class _LegacyStore:
 
     def assign(self, descs):
         with_w = [n for n in self.layer_names if len(self._weight_names(n)) > 0]
-        wanted = [d for d in descs if _has_weights(d)]
-        if all(d.name in with_w for d in wanted):
-            self.map = {d.name: d.name for d in wanted}
+        # (a nested model's layers: the group of the outermost model holding them)
+        wanted = list(dict.fromkeys(d.nested["top"] if d.nested is not None else d.name
+                                    for d in descs if _has_weights(d)))
+        if all(n in with_w for n in wanted):
+            self.map = {n: n for n in wanted}
             return
         # names differ (weights-only file with a user architecture): match by order
         if len(with_w) != len(wanted):
             raise LoadError(f"{self.fname}: the file has weights for {len(with_w)} layers "
                             f"({with_w}), the architecture has {len(wanted)} layers with "
-                            f"weights ({[d.name for d in wanted]})"[:800])
-        self.map = {d.name: n for d, n in zip(wanted, with_w)}
+                            f"weights ({wanted})"[:800])
+        self.map = dict(zip(wanted, with_w))
 
     def get(self, desc):
+        if desc.nested is not None:
+            n = self.map.get(desc.nested["top"])
+            return None if n is None else self._nested(n, desc)
         n = self.map.get(desc.name)
         return None if n is None else self._weights(n)
+
+    def _nested(self, gname, desc):
+        """The arrays of a nested model's layer: the model's group lists all its layers'
+        weights (trainable ones first: a BatchNormalization's moving statistics come
+        last), each named by a path through its own layer's name ("lstm/lstm_cell/kernel:0"
+        from tf.keras 2, "<model>/lstm/lstm_cell/kernel" from Keras 3): a weight is the
+        layer's whose name is the first segment of its path naming a layer of the model."""
+        nest = desc.nested
+        leaves, local = nest["tree"]["leaves"], nest["local"]
+        if leaves.get(local, 0) > 1:
+            raise LoadError(f"{self.fname}: layer {desc.name!r}: nested model {gname!r} has "
+                            f"several layers named {local!r}; their weights cannot be told "
+                            "apart in a legacy h5 file"[:400])
+        grp = self._layer(gname)
+        if grp is None:
+            raise LoadError(f"{self.fname}: layer group {gname!r} is missing")
+        out = []
+        for n in self._weight_names(gname):
+            owner = next((s for s in n.split("/")[:-1] if s in leaves), None)
+            if owner != local:
+                continue
+            if n not in grp:
+                raise LoadError(f"{self.fname}: weight {n!r} of layer {gname!r} is listed but "
+                                "missing from the file")
+            out.append(_read(grp[n], self.fname, repr(n)))
+        return out or None
 
 
 class _DictStore:
@@ -1369,6 +1836,8 @@ class _DictStore:
     def get(self, desc):
         # (copies: the model never shares memory with the caller's arrays)
         w = self.w.get(desc.name)
+        if w is None and desc.nested is not None:   # (by its own name in its model)
+            w = self.w.get(desc.nested["local"])
         return None if w is None else [np.array(a, copy=True) for a in w]
 
 
