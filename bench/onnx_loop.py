@@ -3,12 +3,16 @@ tf.keras 2 SimpleRNN, GRU(reset_after=False), Masking + LSTM, a bidirectional Si
 Keras 3 GRU): fastrnn beside ONNX Runtime.
 
     PYTHONPATH=. python bench/onnx_loop.py [--rounds 11] [--T 100] [--batches 1,32]
+        [--interleaved]
     PYTHONPATH=. python bench/onnx_loop.py --first [--sizes 256,512,1024]
 
-Each round times ``n`` calls of fastrnn, of fastrnn with the Loop bodies run op by op
-(``_onnx_loop.FUSE = False``: how every Loop ran before fastrnn/io/_onnx_loop_fuse.py,
-a few microseconds a step), then of ONNX Runtime (inputs (B, T, 4) of the fixtures'
-feature size); a figure is the median of the rounds' per-call times, with the range.
+Each round times ``n`` calls (after one more) of fastrnn, of fastrnn with the Loop
+bodies run op by op (``_onnx_loop.FUSE = False``: how every Loop ran before
+fastrnn/io/_onnx_loop_fuse.py, a few microseconds a step), or of ONNX Runtime (inputs
+(B, T, 4) of the fixtures' feature size): all of one implementation's rounds, then the
+next's (``--interleaved``: one round of each in turn, as the script did before
+2026-12-07: ONNX Runtime's spinning threads then slow the calls after its own); a
+figure is the median of the rounds' per-call times, with the range.
 The outputs are checked against ONNX Runtime's first.
 
 ``--first``: the cost of a fused Loop's first call (its probes: _onnx_loop_fuse), on
@@ -92,6 +96,7 @@ def main():
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--first", action="store_true")
+    ap.add_argument("--interleaved", action="store_true")
     ap.add_argument("--sizes", default="256,512,1024")
     a = ap.parse_args()
     if a.first:
@@ -117,9 +122,14 @@ def main():
             ts = {"fr": [], "ops": [], "ort": []}
             fns = {"fr": lambda: m.run(feeds), "ops": lambda: m.run(feeds),
                    "ort": lambda: sess.run(None, feeds)}
-            for _ in range(a.rounds):
-                for k, fn in fns.items():
+            # (each alone (--interleaved: round by round): interleaved, ONNX Runtime's
+            # threads spin after its calls and take the cores from the next ones)
+            order = ([list(fns)] * a.rounds if a.interleaved
+                     else [[k] * a.rounds for k in fns])
+            for ks in order:
+                for k in ks:
                     _onnx_loop.FUSE = k != "ops"
+                    fn = fns[k]
                     fn()
                     t = time.perf_counter()
                     for _ in range(n):
