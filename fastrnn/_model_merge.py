@@ -23,11 +23,34 @@ def _or_masks(masks):
     return out
 
 
+_MASK_RULES = ("keras3", "keras2")
+
+
 class _Merge(Layer):
     """Base of the merge layers: ``call(xs, masks)`` with a list of one or more tensors
-    (and their masks, or None), as Keras's merge layers are called."""
+    (and their masks, or None), as Keras's merge layers are called.  ``masks``: whose
+    rules join the inputs' masks, ``"keras3"`` (Keras 3's, the default) or ``"keras2"``
+    (tf.keras 2's, which a tf.keras 2 file's model is loaded with where they differ:
+    the masks present joined with all-of, an unmasked input counting as all kept, and
+    the values merged as they are)."""
 
     n_inputs = None
+
+    def __init__(self, name=None, masks: str = "keras3"):
+        super().__init__(name)
+        if masks not in _MASK_RULES:
+            raise ValueError(f"{self.name}: masks must be one of {_MASK_RULES}, got "
+                             f"{masks!r}")
+        self.masks = masks
+
+    def get_config(self):
+        cfg = super().get_config()
+        if self.masks != "keras3":
+            cfg["masks"] = self.masks
+        return cfg
+
+    def _extra_repr(self):
+        return "" if self.masks == "keras3" else "masks='keras2'"
 
     def _arrays(self, x, mask):
         if not isinstance(x, (list, tuple)) or not x:
@@ -72,6 +95,11 @@ class _Elementwise(_Merge):
                              f"size, got shapes {shapes}")
         nd = max(a.ndim for a in xs)
         if any(a.ndim < nd for a in xs):
+            if self.masks == "keras2" and any(
+                    m is not None and a.ndim < nd for a, m in zip(xs, masks)):
+                raise ValueError(f"{self.name}: {type(self).__name__} of tensors of "
+                                 f"different ranks (shapes {shapes}), a lower-rank one "
+                                 "masked: tf.keras 2 cannot join those masks")
             if all(m is not None for m in masks):
                 raise ValueError(f"{self.name}: {type(self).__name__} of masked tensors of "
                                  f"different ranks (shapes {shapes}) is not supported")
@@ -82,10 +110,22 @@ class _Elementwise(_Merge):
         except ValueError:
             raise ValueError(f"{self.name}: {type(self).__name__} got incompatible shapes "
                              f"{shapes}") from None
+        if self.masks == "keras2":
+            return self._merge_keras2(xs, masks)
         return self._merge(xs, masks)
 
     def _merge(self, xs, masks):
         return self._op(xs), _or_masks(masks)
+
+    def _merge_keras2(self, xs, masks):
+        """tf.keras 2's merge: the op on the values as they are, the output masked
+        where all the masks present are (none where no input has one)."""
+        present = [m for m in masks if m is not None]
+        if len({m.shape for m in present}) > 1:
+            raise ValueError(f"{self.name}: tf.keras 2 cannot join masks of shapes "
+                             f"{[m.shape for m in present]}")
+        keep = functools.reduce(np.logical_and, present) if present else None
+        return self._op(xs), keep
 
 
 def _sum(xs):
@@ -121,7 +161,11 @@ class Average(_Elementwise):
 
 class Multiply(_Elementwise):
     """Keras's ``Multiply``: the product; a masked step of an input counts as 1 and,
-    when every input has a mask, the output is 0 where all of them are masked."""
+    when every input has a mask, the output is 0 where all of them are masked (Keras 3's
+    masks; tf.keras 2's: the product of the values as they are)."""
+
+    def _op(self, xs):
+        return functools.reduce(lambda a, b: a * b, xs)
 
     def _merge(self, xs, masks):
         full = [None if m is None else self._mask_like(m, a) for a, m in zip(xs, masks)]
@@ -137,8 +181,12 @@ class Multiply(_Elementwise):
 
 
 class _MinMax(_Elementwise):
-    """Maximum / Minimum, with Keras's masks: a masked entry of one side takes the
-    other side's value before the op, and the output is masked where all inputs are."""
+    """Maximum / Minimum, with Keras 3's masks: a masked entry of one side takes the
+    other side's value before the op, and the output is masked where all inputs are
+    (tf.keras 2's: the op on the values as they are)."""
+
+    def _op(self, xs):
+        return functools.reduce(self._fn, xs)
 
     def _merge(self, xs, masks):
         out = out_mask = None
@@ -173,10 +221,15 @@ class Concatenate(_Merge):
     ``axis`` (not the batch axis).  Masks as Keras's: when any input has one, each
     input's (all True where it has none) spread over its features, joined along
     ``axis``, then any-of over the last axis (the features: per step, any-of the
-    inputs; the steps, ``axis=1``: the masks one after the other)."""
+    inputs; the steps, ``axis=1``: the masks one after the other).  tf.keras 2's
+    (``masks="keras2"``): each input's mask (all True where it has none; a ``(B, T)``
+    one given an axis of size 1, not spread over the features) joined along ``axis``,
+    then all-of over the last axis: on the features, the steps every masked input
+    keeps; on the steps, the masks one after the other (inputs of other than one
+    feature there must all be masked)."""
 
-    def __init__(self, axis: int = -1, name=None):
-        super().__init__(name)
+    def __init__(self, axis: int = -1, name=None, masks: str = "keras3"):
+        super().__init__(name, masks)
         self.axis = _index(axis, "Concatenate axis")
 
     def call(self, x, mask=None):
@@ -194,6 +247,14 @@ class Concatenate(_Merge):
         out = np.concatenate(xs, axis=ax)
         if all(m is None for m in masks):
             return out, None
+        if self.masks == "keras2":
+            full = [np.ones(a.shape, bool) if m is None else m[..., None]
+                    if m.ndim < a.ndim else m for a, m in zip(xs, masks)]
+            try:
+                return out, np.concatenate(full, axis=ax).all(axis=-1)
+            except ValueError:
+                raise ValueError(f"{self.name}: tf.keras 2 cannot join masks of shapes "
+                                 f"{[f.shape for f in full]} on axis {self.axis}") from None
         full = [np.ones(a.shape, bool) if m is None else
                 self._mask_like(m, a) if m.ndim < a.ndim else m for a, m in zip(xs, masks)]
         return out, np.concatenate(full, axis=ax).any(axis=-1)
@@ -202,7 +263,8 @@ class Concatenate(_Merge):
         return {**super().get_config(), "axis": self.axis}
 
     def _extra_repr(self):
-        return f"axis={self.axis}"
+        more = super()._extra_repr()
+        return f"axis={self.axis}" + (f", {more}" if more else "")
 
 
 def _axis_int(v, what):

@@ -1410,7 +1410,7 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                                   cfg.get("axis", -1), cfg.get("epsilon", 1e-3), name=name,
                                   dtype=mean.dtype)
     if kind == "Concatenate":
-        return Concatenate(cfg.get("axis", -1), name=name)
+        return Concatenate(cfg.get("axis", -1), name=name, masks=cfg.get("masks", "keras3"))
     if kind == "Dot":
         axes = cfg.get("axes", -1)
         return Dot(axes if isinstance(axes, int) else tuple(axes), cfg.get("normalize", False),
@@ -1420,7 +1420,7 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Softmax(axis if isinstance(axis, int) else tuple(axis),
                        cfg.get("masking", "keras3"), name=name)
     if kind in _MERGE_CLASSES:
-        return _MERGE_CLASSES[kind](name=name)
+        return _MERGE_CLASSES[kind](name=name, masks=cfg.get("masks", "keras3"))
     if kind in _ATTENTION_CLASSES:
         call = dict(return_attention_scores=bool(cfg.get("return_attention_scores", False)),
                     use_causal_mask=bool(cfg.get("use_causal_mask", False)), name=name)

@@ -918,6 +918,7 @@ def _functional(cfg, what="architecture"):
         d.options = dict(calls[key].options)
         # (an attention layer follows the Keras its call's form was written by)
         d.keras2_call = not calls[key].keras3
+        d.k2_merge_same = getattr(calls[key], "k2_merge_same", None)
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
@@ -1249,7 +1250,6 @@ class _Inliner:
                                     "not supported"[:300])
             data = _refs(args[0])
             kwargs = dict(_need_dict(raw.get("kwargs") or {}, f"{what} call arguments"))
-            like = args[0]
         else:                           # tf.keras 2: [[name, node, tensor, kwargs], ...]
             data = []
             for t in _need_list(raw, f"{what} inbound node"):
@@ -1259,7 +1259,6 @@ class _Inliner:
                 data.append(r)
                 if len(t) > 3 and isinstance(t[3], dict):
                     kwargs.update(t[3])
-            like = []
         masks = kwargs.pop("mask", None)
         for k, v in kwargs.items():
             if k == "training" and (v is None or v is False or v == 0):
@@ -1489,8 +1488,13 @@ class _Masks:
             ref = _history(args[0])
         return ref
 
-    def merged(self, cls, axis, refs, masks):
-        """The mask Keras gives a merge layer's output (None: none)."""
+    def merged(self, cls, axis, refs, masks, keras2=False):
+        """The mask Keras gives a merge layer's output (None: none); ``keras2``: tf.keras
+        2's where it differs from Keras 3's (:func:`_k2_merge_same`): a mask no recorded
+        one can equal, as fastrnn computes it only while the model runs."""
+        if keras2 and not _k2_merge_same(cls, masks):
+            return self.mk("k2_merge", cls, axis, [
+                self.mk("ones_like", r) if m is None else m for r, m in zip(refs, masks)])
         if cls != "Concatenate":
             if any(m is None for m in masks):
                 return None
@@ -1501,6 +1505,22 @@ class _Masks:
             self.mk("ones_like", r) if m is None else
             self.mk("or", self.mk("expand", m), self.mk("zeros_like", r))
             for r, m in zip(refs, masks)]))
+
+
+def _k2_merge_same(cls, masks):
+    """Whether a merge layer of inputs with ``masks`` (expressions; None: none) gives the
+    same output and mask by tf.keras 2's rules as by Keras 3's (which fastrnn's merge
+    layers follow): no input masked, or every input given one mask (one object) by a
+    merge whose values ignore masks.  (tf.keras 2 joins the masks present with all():
+    an unmasked input counts as all True; Keras 3 with any(), none for the elementwise
+    merges where an input has none; Keras 3's Multiply, Maximum and Minimum also replace
+    masked entries, tf.keras 2's ignore masks.  A Concatenate on another axis than the
+    last joins the masks one after the other in both when all inputs have one.)"""
+    if all(m is None for m in masks):
+        return True
+    if any(m is None for m in masks) or cls in ("Multiply", "Maximum", "Minimum"):
+        return False
+    return all(m is masks[0] for m in masks)
 
 
 def _show_mask(e, depth=0):
@@ -1545,7 +1565,9 @@ def _check_masks(order, calls, by_name):
         if cls == "Dot":
             fast = None         # (Keras's Dot gives no mask)
         elif cls in _MERGE_LAYERS:
-            fast = ex.merged(cls, c.get("axis", -1), call.data, ins)
+            fast = ex.merged(cls, c.get("axis", -1), call.data, ins, not call.keras3)
+            # (a tf.keras 2 file's merge runs with tf.keras 2's masks where they differ)
+            call.k2_merge_same = _k2_merge_same(cls, ins)
         else:
             fast = ins[0] if ins else None      # (an attention layer's: the query's)
         mask = call.mask
@@ -2470,6 +2492,12 @@ class _Builder:
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         if cls == "Subtract" and len(dims) != 2:
             raise LoadError(f"{where} takes exactly 2 inputs, given {len(dims)}")
+        # a tf.keras 2 file's merge whose inputs' masks may make tf.keras 2's output or
+        # mask differ from Keras 3's (d.k2_merge_same: from the graph's masks; None, not
+        # known: whenever a mask reaches it) runs with tf.keras 2's rules
+        keras2 = self.major == 2 and cls != "Dot" and any(masked) and \
+            not getattr(d, "k2_merge_same", None)
+        masks = "keras2" if keras2 else "keras3"
         known = [v for v in dims if v is not None]
         rank = ranks[0] if None not in ranks and len(set(ranks)) == 1 else None
         if cls == "Concatenate":
@@ -2485,7 +2513,7 @@ class _Builder:
                                 f"for its {rank}-D inputs")
             last = axis == -1 or (rank is not None and axis == rank - 1)
             dim = sum(known) if last and len(known) == len(dims) else None
-            return M.Concatenate(axis, name=d.name), dim
+            return M.Concatenate(axis, name=d.name, masks=masks), dim
         if cls == "Dot":
             return self.dot(d, dims, ranks, where)
         if len(set(known) - {1}) > 1:
@@ -2494,8 +2522,14 @@ class _Builder:
         if None not in ranks and rank is None and all(masked):
             raise LoadError(f"{where} merges masked tensors of different ranks "
                             f"{list(ranks)}: not supported (Keras gives no mask for them)")
+        if keras2 and rank is None and any(
+                m and (r is None or r < max(x for x in ranks if x is not None))
+                for r, m in zip(ranks, masked)):
+            raise LoadError(f"{where} merges tensors of ranks {list(ranks)}, a lower-rank "
+                            "(or unknown-rank) one masked: not supported for a tf.keras 2 "
+                            "file (tf.keras 2 joins the masks as they are)")
         dim = max(known) if len(known) == len(dims) else None
-        return getattr(M, cls)(name=d.name), dim
+        return getattr(M, cls)(name=d.name, masks=masks), dim
 
     def dot(self, d, dims, ranks, where):
         """A Dot layer for inputs of ``dims`` features (last axis) and ``ranks`` (None:
@@ -2792,8 +2826,11 @@ class _Builder:
             if cls in _MERGE_LAYERS:
                 if not refs:
                     raise LoadError(f"{where} is given no inputs")
-                is_masked = cls != "Dot" and (any if cls == "Concatenate" else all)(
-                    masked.get(r, False) for r in refs)     # (Dot: no mask, as Keras's)
+                # (Dot: no mask, as Keras's; tf.keras 2 joins the masks present, Keras 3
+                # an elementwise merge's only when every input has one)
+                is_masked = cls != "Dot" and (
+                    any if cls == "Concatenate" or self.major == 2 else all)(
+                    masked.get(r, False) for r in refs)
             elif cls in _ATTENTION_LAYERS:
                 if not 2 <= len(refs) <= 3:
                     raise LoadError(f"{where} is given {len(refs)} inputs; it takes [query, "
