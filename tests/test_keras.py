@@ -71,7 +71,9 @@ def as_list(out):
     return out if isinstance(out, list) else [out]
 
 
-def assert_matches(model, name, batch_size=None):
+def assert_matches(model, name, batch_size=None, tol=TOL):
+    """``model``'s outputs on fixture ``name``'s input match Keras's (shape, dtype, max
+    abs error <= ``tol``); returns them."""
     x, ys = reference(name)
     out = as_list(model.predict(x, batch_size=batch_size))
     assert len(out) == len(ys)
@@ -79,7 +81,8 @@ def assert_matches(model, name, batch_size=None):
         assert a.shape == b.shape
         assert a.dtype == b.dtype            # float32, float64 for k3_float64
         err = float(np.max(np.abs(a - b)))
-        assert err <= TOL, f"{name}: max abs error {err}"
+        assert err <= tol, f"{name}: max abs error {err}"
+    return out
 
 
 def test_fixture_set_is_complete():

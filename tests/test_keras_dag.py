@@ -15,7 +15,7 @@ from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
 from fastrnn.model import (INPUT, Add, Average, Concatenate, Dense, Masking, Maximum,  # noqa: E402
                            Minimum, Model, Multiply, Subtract)
-from test_keras import _edit_config, as_list, k2_ref, model_path, reference  # noqa: E402
+from test_keras import _edit_config, assert_matches, as_list, k2_ref, model_path, reference  # noqa: E402
 
 DAG = ["k3_dag_bilstm_pool_concat", "k3_dag_residual_add_ln", "k3_dag_gru_two_heads",
        "k3_dag_concat_time_masks", "k3_dag_merge_ops_masking", "k3_refused_branched_encdec"]
@@ -23,12 +23,7 @@ TOL = 1e-5
 
 
 def check(model, name, **kw):
-    x, ys = reference(name)
-    out = as_list(model.predict(x, **kw))
-    assert len(out) == len(ys)
-    for a, b in zip(out, ys):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        assert np.abs(a - b).max() <= TOL
+    return assert_matches(model, name, tol=TOL, **kw)
 
 
 @pytest.mark.parametrize("name", DAG)

@@ -26,7 +26,7 @@ import fastrnn  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras  # noqa: E402
 from fastrnn.model import INPUT, Dot, Embedding, Model, Softmax  # noqa: E402
-from test_keras import _edit_config, as_list, model_path, reference  # noqa: E402
+from test_keras import _edit_config, assert_matches, as_list, model_path, reference  # noqa: E402
 
 FIXTURES = ["k3_dot_seq2seq_attn", "k3_dot_seq2seq_masked_softmax", "k3_dot_cosine_siamese",
             "k3_dot_attn_h5", "k2_dot_seq2seq_attn"]
@@ -34,14 +34,7 @@ TOL = 1e-6
 
 
 def _check(model, name, **kw):
-    x, ys = reference(name)
-    out = as_list(model.predict(x, **kw))
-    assert len(out) == len(ys)
-    for a, b in zip(out, ys):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        err = float(np.abs(a - b).max())
-        assert err <= TOL, f"{name}: max abs error {err}"
-    return out
+    return assert_matches(model, name, tol=TOL, **kw)
 
 
 @pytest.mark.parametrize("name", FIXTURES)

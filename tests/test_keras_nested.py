@@ -15,7 +15,7 @@ h5py = pytest.importorskip("h5py")
 import fastrnn  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
-from test_keras import _edit_config, as_list, model_path, reference  # noqa: E402
+from test_keras import _edit_config, assert_matches, model_path  # noqa: E402
 
 K3 = ["k3_nested_seq_in_fn", "k3_nested_fn_shared", "k3_nested_two_in_out",
       "k3_nested_seq_deep", "k3_nested_mask_out", "k3_nested_fn_shared_h5",
@@ -26,13 +26,7 @@ TOL = 1e-5
 
 
 def check(model, name, **kw):
-    x, ys = reference(name)
-    out = as_list(model.predict(x, **kw))
-    assert len(out) == len(ys)
-    for a, b in zip(out, ys):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        err = float(np.abs(a - b).max())
-        assert err <= TOL, f"{name}: max abs error {err}"
+    return assert_matches(model, name, tol=TOL, **kw)
 
 
 @pytest.mark.parametrize("name", K3 + K2)
