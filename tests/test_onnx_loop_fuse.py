@@ -732,32 +732,42 @@ def test_fed_weights_are_followed():
     _compare(data, feeds3, np.float32, model=m3)
 
 
-def test_fused_model_pickles_and_threads():
-    data, _ = _loop_graph("gru_before", 6, 8, mask=True)
-    m = load_onnx(data)
-    feeds = _feeds(6, 4, 10, np.float32, mask=True)
-    want = _compare(data, feeds, np.float32, model=m)
+def check_pickles_and_threads(m, feeds, want, fused):
+    """``m`` pickled gives ``want`` on ``feeds`` with its plan made (``fused(model)``);
+    threads calling that copy, and a copy no call made a plan for yet (the threads make
+    it), give it too."""
     m2 = pickle.loads(pickle.dumps(m))
     got = m2.run(dict(feeds))
-    assert _fused(m2)
+    assert fused(m2)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+    m3 = pickle.loads(pickle.dumps(m))
+    assert not fused(m3)
     errs = []
 
-    def work():
+    def work(model):
         try:
             for _ in range(20):
-                r = m2.run(dict(feeds))
+                r = model.run(dict(feeds))
                 for k in want:
                     np.testing.assert_array_equal(r[k], want[k])
         except Exception as e:      # pragma: no cover (reported below)
             errs.append(e)
-    ts = [threading.Thread(target=work) for _ in range(3)]
+    ts = [threading.Thread(target=work, args=(mm,)) for mm in (m2, m2, m3, m3)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     assert not errs
+    assert fused(m3)
+
+
+def test_fused_model_pickles_and_threads():
+    data, _ = _loop_graph("gru_before", 6, 8, mask=True)
+    m = load_onnx(data)
+    feeds = _feeds(6, 4, 10, np.float32, mask=True)
+    want = _compare(data, feeds, np.float32, model=m)
+    check_pickles_and_threads(m, feeds, want, _fused)
 
 
 @pytest.mark.parametrize("name", ["tf2onnx_k2_simplernn", "tf2onnx_k2_gru_reset_before",

@@ -13,9 +13,6 @@ a state with an extra term, ...) must run op by op with ONNX Runtime's numbers; 
 whose values do not allow the layer run op by op with the same results or errors."""
 from __future__ import annotations
 
-import pickle
-import threading
-
 import numpy as np
 import pytest
 
@@ -27,7 +24,8 @@ from fastrnn.io import _onnx_loop  # noqa: E402
 from fastrnn.io.onnx import load_onnx  # noqa: E402
 
 from test_onnx_loop import _ort  # noqa: E402
-from test_onnx_loop_fuse import _cell_nodes, _reference, _tol, _weights  # noqa: E402
+from test_onnx_loop_fuse import (_cell_nodes, _reference, _tol, _weights,  # noqa: E402
+                                 check_pickles_and_threads)
 from test_onnx_scan import F32, F64, _body, _model, _scan, _scan_node  # noqa: E402
 
 
@@ -335,30 +333,7 @@ def test_fused_model_pickles_and_threads():
     m = load_onnx(data)
     feeds = _feeds("gru_before", 6, 8, 4, 10, np.float32)
     want = _compare(data, feeds, np.float32, model=m)
-    m2 = pickle.loads(pickle.dumps(m))
-    got = m2.run(dict(feeds))
-    assert _fused(m2)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k])
-    errs = []
-    m3 = pickle.loads(pickle.dumps(m))  # (no plan yet: the threads make it)
-    assert not _fused(m3)
-
-    def work(model):
-        try:
-            for _ in range(20):
-                r = model.run(dict(feeds))
-                for k in want:
-                    np.testing.assert_array_equal(r[k], want[k])
-        except Exception as e:      # pragma: no cover (reported below)
-            errs.append(e)
-    ts = [threading.Thread(target=work, args=(mm,)) for mm in (m2, m2, m3, m3)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errs
-    assert _fused(m3)
+    check_pickles_and_threads(m, feeds, want, _fused)
 
 
 # ------------------------------------------------------------------------ op by op
