@@ -392,7 +392,6 @@ def _tol(dtype):
 def _compare(data, feeds, dtype, fused=True, model=None):
     """fastrnn fused (``fused``: its plan made, else not; None: either) against ONNX
     Runtime and the op-by-op run; returns fastrnn's outputs."""
-    rtol, atol = _tol(dtype)
     ref = _ort(data, feeds)
     m = load_onnx(data) if model is None else model
     got = m.run(dict(feeds))
@@ -402,12 +401,19 @@ def _compare(data, feeds, dtype, fused=True, model=None):
         slow = load_onnx(data).run(dict(feeds))
     finally:
         _onnx_loop.FUSE = True
+    assert_outputs(got, ref, slow, dtype)
+    return got
+
+
+def assert_outputs(got, ref, slow, dtype):
+    """fastrnn's outputs ``got`` are ONNX Runtime's ``ref`` (dtype, shape, values) and
+    the op-by-op run's ``slow`` (values), within _tol(dtype) of the outputs' scale."""
+    rtol, atol = _tol(dtype)
     for k in ref:
         assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
         a = atol * max(1.0, float(np.abs(ref[k]).max(initial=0)))   # (relu grows)
         np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=a, err_msg=k)
         np.testing.assert_allclose(got[k], slow[k], rtol=rtol, atol=a, err_msg=k)
-    return got
 
 
 CASES = [("rnn", "Tanh"), ("rnn", "Relu"), ("rnn", "Sigmoid"), ("lstm", "Tanh"),

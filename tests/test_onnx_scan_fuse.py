@@ -25,7 +25,7 @@ from fastrnn.io.onnx import load_onnx  # noqa: E402
 
 from test_onnx_loop import _ort  # noqa: E402
 from test_onnx_loop_fuse import (_cell_nodes, _reference, _tol, _weights,  # noqa: E402
-                                 check_pickles_and_threads)
+                                 assert_outputs, check_pickles_and_threads)
 from test_onnx_scan import F32, F64, _body, _model, _scan, _scan_node  # noqa: E402
 
 
@@ -166,18 +166,13 @@ def _slow(data, feeds):
 def _compare(data, feeds, dtype, fused=True, model=None):
     """fastrnn (``fused``: its plan made, else not) against ONNX Runtime and the op-by-op
     run; returns fastrnn's outputs."""
-    rtol, atol = _tol(dtype)
     ref = _ort(data, feeds)
     m = load_onnx(data) if model is None else model
     got = m.run(dict(feeds))
     assert _fused(m) == fused
     slow = _slow(data, feeds)
     assert set(got) == set(ref) == set(slow)
-    for k in ref:
-        assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
-        a = atol * max(1.0, float(np.abs(ref[k]).max(initial=0)))   # (relu grows)
-        np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=a, err_msg=k)
-        np.testing.assert_allclose(got[k], slow[k], rtol=rtol, atol=a, err_msg=k)
+    assert_outputs(got, ref, slow, dtype)
     return got
 
 

@@ -612,6 +612,29 @@ class _Cell:
                         if isinstance(k, np.ndarray) else None) for k in key], sig, plan)
         return plan
 
+    def _layer_call(self, plan, x, st, mask=None):
+        """The plan's layer run on ``x`` (T, B, I) from the states ``st`` (under a
+        ``mask``, with the plan's ``masked_output``): ``(Y, {index into self.states:
+        its new value})`` (the state repeating the last output under a mask: Y's last
+        step), or None where x, a state or a result is not finite (_finite: op by op)."""
+        layer, order, yk, mode = plan
+        if not _finite(x, st):
+            return None
+        h0 = st[order[0]][None]
+        hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
+        if mask is None:
+            Y, hn = layer(x, hx)
+        else:
+            Y, hn = layer(x, hx, mask=mask, masked_output=mode)
+        if not _finite(Y, hn if len(order) == 2 else (hn,)):
+            return None
+        new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
+        if len(order) == 2:
+            new[self.states[order[1]]] = hn[1][0]
+        if yk is not None:
+            new[self.states[yk]] = Y[-1].copy()
+        return Y, new
+
     # --------------------------------------------------------------------- probing
     def probe(self, vals, roles, x, states, mask=None, force=None, zero=(), probe=True):
         """The value list after the cell's steps ran on rows ``x``, ``states`` and the
@@ -642,7 +665,7 @@ class _Fusion(_Cell):
     def run(self, loop, ins):
         K = loop.K
         M, cond = ins[0], ins[1]
-        nd, num = np.ndarray, (np.ndarray, np.generic)
+        num = (np.ndarray, np.generic)
         if cond is not None and not (isinstance(cond, num) and cond.dtype == np.bool_
                                      and cond.size == 1 and bool(cond.reshape(()))):
             return None
@@ -657,12 +680,9 @@ class _Fusion(_Cell):
             if not (isinstance(t, num) and t.dtype in (np.int32, np.int64) and t.size == 1):
                 return None
             t0[k] = int(t.reshape(()))
-        vals = loop.values(ins)
-        try:
-            for run in loop._pre:
-                run(vals)
-        except Exception:
-            return None         # (op by op: the error, named)
+        vals = _call_values(loop, ins)
+        if vals is None:
+            return None
         roles = self._roles(vals)
         if roles is None:
             return None
@@ -671,9 +691,8 @@ class _Fusion(_Cell):
         T, B, I = X.shape
         dt = X.dtype
         st = [vals[2 + k] for k in self.states]
-        H = st[0].shape[-1] if st[0].__class__ is nd and st[0].ndim == 2 else -1
-        if any(s.__class__ is not nd or s.dtype != dt or s.shape != (B, H) for s in st) \
-                or B < 1 or H < 1:
+        H = _state_size(st, dt, B)
+        if H is None:
             return None
         n = self._trips(vals, t0, M, loop.limit.n)
         if n is None or not 0 <= t0[xk] <= T - n:
@@ -688,28 +707,16 @@ class _Fusion(_Cell):
         plan = self._plan(loop, ins, vals, roles, dt, B, I, H)
         if plan is None:
             return None
-        layer, order, yk, mode = plan
+        yk, mode = plan[2:]
         if mode == "carry" and st[yk].any():
             return None         # (the layer's masked steps repeat a zero first output)
-        h0 = st[order[0]][None]
-        hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
-        x = X[t0[xk]:t0[xk] + n]
-        # (a NaN or inf in x or a state: op by op (_finite); under a mask the body
-        # selects by arithmetic too, m * new + (1 - m) * old, so a NaN or inf at a
-        # masked step gives NaN there (0 * inf), where the layer's select does not)
-        if not _finite(x, st):
+        # (under a mask the body selects by arithmetic, m * new + (1 - m) * old, so a
+        # NaN or inf at a masked step gives NaN there (0 * inf), where the layer's
+        # select does not: _layer_call runs such calls op by op, as any non-finite one)
+        got = self._layer_call(plan, X[t0[xk]:t0[xk] + n], st, mask)
+        if got is None:
             return None
-        if mask is None:
-            Y, hn = layer(x, hx)
-        else:
-            Y, hn = layer(x, hx, mask=mask, masked_output=mode)
-        if not _finite(Y, hn if len(order) == 2 else (hn,)):
-            return None
-        new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
-        if len(order) == 2:
-            new[self.states[order[1]]] = hn[1][0]
-        if yk is not None:
-            new[self.states[yk]] = Y[-1].copy()
+        Y, new = got
         res = []
         for k in range(K):
             if k in self.counters:
@@ -795,31 +802,19 @@ class _ScanFusion(_Cell):
         T, B, I = x.shape
         dt = X.dtype
         st = [ins[k] for k in self.states]
-        H = st[0].shape[-1] if st[0].__class__ is nd and st[0].ndim == 2 else -1
-        if any(s.__class__ is not nd or s.dtype != dt or s.shape != (B, H) for s in st) \
-                or T < 1 or B < 1 or I < 1 or H < 1:
+        H = _state_size(st, dt, B)
+        if H is None or T < 1 or I < 1:
             return None
-        vals = scan.values(ins)
-        try:
-            for run in scan._pre:
-                run(vals)
-        except Exception:
-            return None         # (op by op: the error, named)
-        roles = (self.x_slot, None)
-        plan = self._plan(scan, ins, vals, roles, dt, B, I, H)
+        vals = _call_values(scan, ins)
+        if vals is None:
+            return None
+        plan = self._plan(scan, ins, vals, (self.x_slot, None), dt, B, I, H)
         if plan is None:
             return None
-        layer, order, _, _ = plan
-        if not _finite(x, st):
+        got = self._layer_call(plan, x, st)
+        if got is None:
             return None
-        h0 = st[order[0]][None]
-        hx = (h0, st[order[1]][None]) if len(order) == 2 else h0
-        Y, hn = layer(x, hx)
-        if not _finite(Y, hn if len(order) == 2 else (hn,)):
-            return None
-        new = {self.states[order[0]]: (hn[0] if len(order) == 1 else hn[0][0])}
-        if len(order) == 2:
-            new[self.states[order[1]]] = hn[1][0]
+        Y, new = got
         res = [new[k] if k in new else ins[k] for k in range(N)]
         # each scan output: Y (the steps' order), reversed for a reverse one, its step
         # axis moved to the output's axis; an array of its own (as np.stack's)
@@ -839,6 +834,30 @@ class _ScanFusion(_Cell):
     def _put(self, v, vals, roles, x, mask):
         """A Scan's probe: ``x`` as x_t."""
         v[roles[0]] = x
+
+
+def _state_size(st, dt, B):
+    """H of the call's states ``st`` where each is a (B, H) ndarray of dtype ``dt``
+    (B, H >= 1), else None (op by op)."""
+    nd = np.ndarray
+    H = st[0].shape[-1] if st[0].__class__ is nd and st[0].ndim == 2 else -1
+    if any(s.__class__ is not nd or s.dtype != dt or s.shape != (B, H) for s in st) \
+            or B < 1 or H < 1:
+        return None
+    return H
+
+
+def _call_values(node, ins):
+    """The value list of a fused call of a Loop or Scan ``node`` (its step's inputs
+    ``ins``) after the steps run once a call, or None where one fails (op by op: the
+    error, named)."""
+    vals = node.values(ins)
+    try:
+        for run in node._pre:
+            run(vals)
+    except Exception:
+        return None
+    return vals
 
 
 def _finite(a, more=()) -> bool:
