@@ -20,7 +20,7 @@ from fastrnn.io.keras import load_keras  # noqa: E402
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "keras")
 MERGES = ["k2_merge_concat_feature", "k2_merge_concat_time", "k2_merge_add_sub_avg",
-          "k2_merge_mul_max_min"]
+          "k2_merge_mul_max_min", "k2_merge_chained"]
 TOL = 1e-5
 
 
@@ -71,6 +71,10 @@ def test_layer_kinds():
     assert sorted(kinds["k2_merge_mul_max_min"]) == sorted(
         [("Multiply", "keras2"), ("Maximum", "keras2"), ("Minimum", "keras2"),
          ("Multiply", "keras2"), ("Maximum", "keras2")])
+    # (merges of merges: each reads a mask only a tf.keras 2 merge gives)
+    assert kinds["k2_merge_chained"] == [(cls, "keras2") for cls in (
+        "Add", "Multiply", "Maximum", "Subtract", "Concatenate", "Average", "Concatenate",
+        "Subtract", "Add")]
     # one mask on every input (an Embedding's into both branches): Keras 3's rules
     assert _kinds(_load("k2_nested_seq_in_fn")) == [("Concatenate", "keras3")]
 
