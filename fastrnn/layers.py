@@ -1409,7 +1409,9 @@ class RNNBase:
         if plan is False:
             # configurations the packed kernel does not cover: the general path
             hx = (h, c) if self._cell == "LSTM" else h
-            out, st = self(x_t[None], hx, num_threads=nt)
+            # (one time step: (B, 1, I) for a batch_first layer, else (1, B, I))
+            out, st = self(x_t[:, None] if self.batch_first else x_t[None], hx,
+                           num_threads=nt)
             if self._cell == "LSTM":
                 h[...] = st[0]
                 c[...] = st[1]

@@ -56,6 +56,17 @@ def _zero_state(core, B: int):
     return h
 
 
+def _values(a) -> np.ndarray:
+    """User input as a NumPy array; a torch tensor as the layers take it (detached; bfloat16
+    and other types NumPy lacks as float32: layers._torch_numpy), without importing torch."""
+    if type(a) is np.ndarray:
+        return a
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        from .layers import _torch_numpy
+        return _torch_numpy(a, "input")
+    return np.asarray(a)
+
+
 def _copy_state(s):
     if isinstance(s, tuple):
         return tuple(a.copy() for a in s)
@@ -71,20 +82,20 @@ def _validate_state(core, state, B: int, where: str):
     if core._cell == "LSTM":
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(f"{where}: an LSTM state is a tuple (h, c)")
-        parts = [(state[0], core.output_size), (state[1], core.hidden_size)]
+        parts = [(state[0], core.output_size, "h"), (state[1], core.hidden_size, "c")]
     else:
         if isinstance(state, (tuple, list)):
             raise TypeError(f"{where}: a {type(core).__name__} state is one array h")
-        parts = [(state, core.output_size)]
+        parts = [(state, core.output_size, "h")]
     out = []
-    for arr, size in parts:
-        a = np.asarray(arr)
+    for arr, size, part in parts:
+        a = _values(arr)
         if a.dtype.kind != "f":
-            raise TypeError(f"{where}: state must be floating point, got {a.dtype}")
+            raise TypeError(f"{where}: {part} must be floating point, got {a.dtype}")
         if a.shape == (L, size) and B == 1:
             a = a[:, None, :]
         if a.shape != (L, B, size):
-            raise ValueError(f"{where}: state must have shape {(L, B, size)}, got {a.shape}")
+            raise ValueError(f"{where}: {part} must have shape {(L, B, size)}, got {a.shape}")
         out.append(np.array(a, dtype=core.dtype, order="C", copy=True))
     return tuple(out) if core._cell == "LSTM" else out[0]
 
@@ -164,11 +175,23 @@ class Stream:
             self._runners = [_CoreRunner(model, self.batch_size)]
             self._plan = None
         else:
-            from .model import Model
+            from .model import Layer, Model
             if not isinstance(model, Model):
                 from .cells import RNNCellBase
-                hint = ("; to stream a cell, pass the one-layer module it runs on: "
-                        "Stream(cell.layer)" if isinstance(model, RNNCellBase) else "")
+                hint = ""
+                if isinstance(model, RNNCellBase):
+                    hint = ("; to stream a cell, pass the one-layer module it runs on: "
+                            "Stream(cell.layer)")
+                elif type(model).__name__ == "OnnxModel":
+                    hint = ("; ONNX models are not streamed: a uni-directional layer of "
+                            "model.recurrent_layers can be, with the rest of the graph run "
+                            "by the caller")
+                elif isinstance(model, Layer):
+                    hint = ("; wrap it in a model (fastrnn.model.Model([...])) or pass its "
+                            "core layer" + (" (Stream(layer.core))" if hasattr(model, "core")
+                                            else ""))
+                elif type(model).__module__.split(".")[0] == "torch":
+                    hint = "; convert a torch module first: Stream(fastrnn.from_torch(module))"
                 raise TypeError("Stream needs a fastrnn layer (LSTM, GRU, SimpleRNN) or a "
                                 f"fastrnn.model.Model, got {type(model).__name__}{hint}")
             self._kind = "model"
@@ -185,8 +208,11 @@ class Stream:
                              f"inputs ({model._inputs_text()}); Stream runs models of one "
                              "input")
         if model.outputs is not None and [tuple(o) for o in model.outputs] != [(n - 1, 0)]:
-            raise ValueError("Stream supports models with one output (the last layer's); "
-                             f"this model returns {model.outputs}")
+            labels = model._labels()
+            outs = ", ".join(model._tensor_name(a, b, labels) for a, b in model.outputs)
+            raise ValueError(f"cannot stream model {model.name!r}: Stream runs models of one "
+                             "output (the last layer's); this model returns "
+                             f"{len(model.outputs)}: {outs}")
         starts = getattr(model, "initial_states", None)
         if starts:
             i = min(starts)
@@ -241,7 +267,8 @@ class Stream:
         elif not isinstance(value, (list, tuple)) or len(value) != len(self._runners):
             raise ValueError(f"model state must be a list of {len(self._runners)} states "
                              "(one per recurrent layer)")
-        new = [_validate_state(r.core, v, self.batch_size, f"state[{i}]")
+        new = [_validate_state(r.core, v, self.batch_size,
+                               "state" if self._kind == "layer" else f"state[{i}]")
                for i, (r, v) in enumerate(zip(self._runners, value))]
         for r, s in zip(self._runners, new):
             r.state = s
@@ -282,7 +309,7 @@ class Stream:
 
     def _feed_layer(self, chunk, mask):
         core = self.model
-        x = np.asarray(chunk)
+        x = _values(chunk)
         if x.ndim != 3:
             raise ValueError(f"chunk must have 3 dimensions "
                              f"({'B, T' if core.batch_first else 'T, B'}, I), got {x.shape}")
@@ -291,7 +318,10 @@ class Stream:
         self._check_batch(x.shape[1])
         m = None
         if mask is not None:
-            m = np.asarray(mask, dtype=bool)
+            m = _values(mask)
+            if m.dtype.kind not in "biu":       # (as the layers: 0.5 is not True)
+                raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
+            m = m.astype(bool, copy=False)
             if core.batch_first:
                 m = m.T
             if m.shape != x.shape[:2]:
@@ -301,7 +331,7 @@ class Stream:
         return np.swapaxes(out, 0, 1) if core.batch_first else out
 
     def _feed_model(self, chunk):
-        x = np.asarray(chunk)
+        x = _values(chunk)
         if x.ndim < 2:
             raise ValueError(f"a model chunk is batch first (B, T, ...), got shape {x.shape}")
         self._check_batch(x.shape[0])
@@ -343,11 +373,15 @@ class Stream:
                     except (TypeError, ValueError):
                         y = None
                 if y is None:
-                    x = np.asarray(x_t)
+                    x = _values(x_t)
                     if not (x.ndim == 2 and x.dtype.kind == "f"
                             and x.shape == (self.batch_size, layer.input_size)):
                         return self._step_general(x)
+                    # (C order and aligned: an unaligned C-contiguous array, e.g. from
+                    # np.frombuffer at an odd offset, is copied as the kernel needs)
                     x = np.ascontiguousarray(x, dtype=layer.dtype)
+                    if not x.flags.aligned:
+                        x = x.copy()
                     if h.dtype != layer.dtype:      # (the layer converted: .to / .double)
                         r.state = _validate_state(layer, st, self.batch_size, "state")
                         st = r.state
@@ -359,8 +393,12 @@ class Stream:
                 r.last_out = None
                 self.steps_seen += 1
                 return y
-            return self._step_general(np.asarray(x_t))
-        return self._feed_model(np.asarray(x_t)[:, None])[:, 0]
+            return self._step_general(_values(x_t))
+        x = _values(x_t)
+        if x.ndim < 1:
+            raise ValueError("step input must be a batch: (B, features), or (B,) token ids for "
+                             f"a model starting with an Embedding; got shape {x.shape}")
+        return self._feed_model(x[:, None])[:, 0]
 
     def _step_general(self, x):
         if x.ndim != 2:
