@@ -42,7 +42,7 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 117      # (+11: the nested-model fixtures; +4: k2_merge_*)
+    assert len(FIXTURES) == 118      # (+11: the nested-model fixtures; +5: k2_merge_*)
 
 
 # ----------------------------------------------------------------------------- vs h5py
