@@ -42,7 +42,8 @@ FIXTURES = fixture_files()
 
 
 def test_fixture_count():
-    assert len(FIXTURES) == 118      # (+11: the nested-model fixtures; +5: k2_merge_*)
+    # (+11: the nested-model fixtures; +5: k2_merge_*; +10: k3_nested_res_*)
+    assert len(FIXTURES) == 128
 
 
 # ----------------------------------------------------------------------------- vs h5py

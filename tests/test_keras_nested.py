@@ -259,3 +259,131 @@ def test_legacy_h5_ambiguous_inner_names_refused(tmp_path):
         f.attrs["model_config"] = json.dumps(c)
     with pytest.raises(LoadError, match=r"several layers named 'dense\w*'"):
         load_keras(str(p))
+
+
+# ------------------------------------- a submodel's masked input merged with other tensors
+
+# Keras 3's Functional.call attaches the mask its call is given to the input tensor; the
+# merge layers inside read their tensors' own masks (they take no mask= argument).  Fixtures
+# k3_nested_res_* (tests/fixtures/make_keras3.py): residual Add, Multiply / Maximum /
+# Subtract / Average / Minimum / Dot, Concatenate on the features and on the steps, two
+# deep, a submodel called twice, a masked input merged with an unmasked one and with one
+# of other masked steps; most also return the merged values at the masked steps.
+RES = ["k3_nested_res_add", "k3_nested_res_ops", "k3_nested_res_cat", "k3_nested_res_deep",
+       "k3_nested_res_shared", "k3_nested_res_two_in", "k3_nested_res_two_masks",
+       "k3_nested_res_add_h5", "k3_nested_res_deep_h5", "k3_nested_res_two_masks_h5"]
+
+
+@pytest.mark.parametrize("name", RES)
+def test_nested_merge_of_masked_input_matches_keras(name, tmp_path):
+    model = load_keras(model_path(name))
+    check(model, name)
+    check(model, name, batch_size=1)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    check(fastrnn.load(path), name, batch_size=2)
+
+
+def test_nested_merge_layers_inlined():
+    m = load_keras(model_path("k3_nested_res_shared"))
+    # the residual submodel called twice: its Dense and Maximum at both calls' places,
+    # one object each
+    res = [l for l in m.layers if l.name.startswith("res/")]
+    assert sorted(type(l).__name__ for l in res) == ["Dense", "Dense", "Maximum", "Maximum"]
+    assert len({id(l) for l in res}) == 2
+    deep = _names(load_keras(model_path("k3_nested_res_deep_h5")))
+    assert any(n.startswith("mid/inner/add") for n in deep)
+    assert any(n.startswith("mid/multiply") for n in deep)
+
+
+def _h5_edit(name, tmp_path, fn):
+    p = tmp_path / (name + ".h5")
+    shutil.copy(model_path(name), p)
+    with h5py.File(p, "r+") as f:
+        c = json.loads(f.attrs["model_config"])
+        fn(c)
+        f.attrs["model_config"] = json.dumps(c)
+    return str(p)
+
+
+def _ref(name, tensor=0):
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, tensor]}}
+
+
+def test_nested_model_call_mask_other_than_computed_refused(tmp_path):
+    """The mask a submodel's call records for an input is the mask Keras gives that
+    tensor inside it, whichever layers read it (a merge layer there reads it as the
+    tensor's own): refused unless it is the mask fastrnn computes for the tensor."""
+    def not_a_mask(c):      # the ids themselves given as the embedding's mask
+        _sub(c, "two")["inbound_nodes"][0]["kwargs"]["mask"][0] = _ref("ids")
+    with pytest.raises(LoadError, match=r"nested model 'two' \(Functional\) is called with "
+                                        r"mask=<output 0 of 'ids'> for its input 0 \(<output "
+                                        r"0 of 'embedding\w*'>\): not supported; fastrnn "
+                                        r"computes masks only from .* which here give "
+                                        r"not_equal\(<output 0 of 'ids'>, 0\)"):
+        load_keras(_edit_config("k3_nested_res_two_in", tmp_path, not_a_mask))
+
+    def mask_on_unmasked(c):    # the embedding's mask given to the unmasked sequence too
+        mask = _sub(c, "two")["inbound_nodes"][0]["kwargs"]["mask"]
+        mask[1] = mask[0]
+    with pytest.raises(LoadError, match=r"nested model 'two' \(Functional\) is called with "
+                                        r"mask=not_equal\(<output 0 of 'ids'>, 0\) for its "
+                                        r"input 1 \(<output 0 of 'seq'>\): .* which here give "
+                                        r"no mask"):
+        load_keras(_edit_config("k3_nested_res_two_in", tmp_path, mask_on_unmasked))
+
+    def swapped(c):         # the Embedding's and the Masking's masks swapped
+        mask = _sub(c, "two")["inbound_nodes"][0]["kwargs"]["mask"]
+        mask[0], mask[1] = mask[1], mask[0]
+    with pytest.raises(LoadError, match=r"nested model 'two' \(Functional\) is called with "
+                                        r"mask=any\(not_equal\(<output 0 of 'seq'>, 0\), "
+                                        r"axis=-1\) for its input 0"):
+        load_keras(_h5_edit("k3_nested_res_two_masks_h5", tmp_path, swapped))
+
+    def deep_other(c):      # two deep: the middle model given the ids as its mask (its
+        # input read by its Multiply and, through a call that records mask=None, by the
+        # inner model, which Keras runs with the tensor's mask: the one given)
+        _sub(c, "mid")["inbound_nodes"][0]["kwargs"]["mask"] = _ref("ids")
+    with pytest.raises(LoadError, match=r"nested model 'mid' \(Functional\) is called with "
+                                        r"mask=<output 0 of 'ids'> for its input 0"):
+        load_keras(_edit_config("k3_nested_res_deep", tmp_path, deep_other))
+
+    def inner_only(c):      # the same, the middle model's input read by the inner model only
+        deep_other(c)
+        mid = _sub(c, "mid")
+        mul = next(l for l in mid["config"]["layers"] if l["class_name"] == "Multiply")
+        x = mul["inbound_nodes"][0]["args"][0]
+        x[:] = [x[1], x[1]]
+    with pytest.raises(LoadError, match=r"nested model 'mid' \(Functional\) is called with "
+                                        r"mask=<output 0 of 'ids'> for its input 0"):
+        load_keras(_edit_config("k3_nested_res_deep", tmp_path, inner_only))
+
+
+def test_nested_merge_refusals_kept(tmp_path):
+    """What Keras refuses (a merge layer called with mask=: a TypeError in Keras 3) and
+    what fastrnn does not run (an attention layer reading the masked input with another
+    tensor, a constant among a merge's inputs) stay clear LoadErrors."""
+    def merge_mask(c):
+        add = next(l for l in _sub(c, "res")["config"]["layers"] if l["class_name"] == "Add")
+        node = add["inbound_nodes"][0]
+        node["kwargs"]["mask"] = [node["args"][0][0], node["args"][0][0]]
+    with pytest.raises(LoadError, match=r"layer 'res/add\w*' \(Add\) is called with "
+                                        r"mask=\[<output 0 of 'embedding\w*'>, <output 0 of "
+                                        r"'embedding\w*'>\]: not supported \(one mask tensor "
+                                        r"expected\)"):
+        load_keras(_edit_config("k3_nested_res_add", tmp_path, merge_mask))
+
+    def attention(c):
+        add = next(l for l in _sub(c, "res")["config"]["layers"] if l["class_name"] == "Add")
+        add["class_name"] = "Attention"
+    with pytest.raises(LoadError, match=r"nested model 'res': layer 'add\w*' \(Attention\) "
+                                        r"reads the model's masked input with other tensors: "
+                                        r"not supported"):
+        load_keras(_edit_config("k3_nested_res_add", tmp_path, attention))
+
+    def constant(c):
+        add = next(l for l in _sub(c, "res")["config"]["layers"] if l["class_name"] == "Add")
+        add["inbound_nodes"][0]["args"][0].append(2.0)
+    with pytest.raises(LoadError, match=r"layer 'res/add\w*' \(Add\) is called with 2.0 among "
+                                        r"its inputs: not supported"):
+        load_keras(_edit_config("k3_nested_res_add", tmp_path, constant))

@@ -906,7 +906,7 @@ def _functional(cfg, what="architecture"):
         order = post
         pos = {key: i for i, key in enumerate(order)}
     states = _graph_states(order, calls, by_name, pos)
-    _check_masks(order, calls, by_name)
+    _check_masks(order, calls, by_name, cfg.get(_CALL_MASKS, ()))
     descs = []
     for key in order:
         n, node = key
@@ -937,6 +937,12 @@ _MODEL_CLASSES = ("Functional", "Sequential", "Model")
 _NESTED = object()
 # key of a layer dict of a Sequential made a functional config (_seq_as_functional)
 _LISTED = object()
+# key of an inlined config (_Inliner.run): the masks Keras 3 records on the nested models'
+# calls, [(the tensor given, the mask given for it, its input index, the call's
+# description)], checked in _check_masks against the masks fastrnn computes for those
+# tensors (Keras 3's Functional.call attaches each to its tensor, read as the tensor's own
+# mask by the layers inside, a merge layer's among them)
+_CALL_MASKS = object()
 
 
 def _is_model(l):
@@ -1054,6 +1060,7 @@ class _Inliner:
         self.entries = {}       # inlined name -> its layer dict (inbound_nodes grow)
         self.placed = {}        # a model's prefix -> the list its layers are placed in
         self.done = set()       # the prefixes of the models inlined once already
+        self.call_masks = []    # _CALL_MASKS
 
     def run(self, cfg):
         top = []
@@ -1073,7 +1080,8 @@ class _Inliner:
                 raise LoadError(f"{self.what}: inlining nested models gives two layers "
                                 f"named {l['name']!r}"[:300])
             seen.add(l["name"])
-        return {**cfg, "layers": flat, "output_layers": [list(r) for r in outs]}
+        return {**cfg, "layers": flat, "output_layers": [list(r) for r in outs],
+                _CALL_MASKS: self.call_masks}
 
     def expand(self, cfg, prefix, in_refs, in_masks, scope, k3base, tree, depth, place):
         """Inline one call of the functional config ``cfg`` (``in_refs``: the outer
@@ -1197,14 +1205,20 @@ class _Inliner:
         return [resolve(r, out=True) for r in outputs]
 
     def give_mask(self, new, node, input_map, in_masks, n, l, where):
-        """A nested model's call gives its input ``k`` a mask (Keras 3 records it): the
-        call of one of its layers reading that input as its one tensor takes it as its
-        ``mask=`` (checked there as any recorded mask); read in another way, refused."""
+        """A nested model's call gives its input ``k`` a mask (Keras 3 records it; its
+        Functional.call attaches it to the input tensor, whose own mask the layers inside
+        then read; checked as the call's, _CALL_MASKS): the call of one of its layers
+        reading that input as its one tensor takes it as its ``mask=`` (checked there as
+        any recorded mask), a merge layer reading it among other tensors reads the
+        tensors' own masks as it does outside a nested model (Keras 3's merge layers take
+        no mask= argument); read in another way, refused."""
         reads = set()
         for r in _node_refs(node):
             if r[0] in input_map and in_masks[input_map[r[0]]] is not None:
                 reads.add(input_map[r[0]])
         if not reads:
+            return new
+        if isinstance(new, dict) and l.get("class_name") in _MERGE_LAYERS:
             return new
         k = next(iter(reads))
         m = in_masks[k]
@@ -1226,9 +1240,9 @@ class _Inliner:
                     new[0] = [*t[:3], {**kw, "mask": list(m)}]
                 return new
         raise LoadError(f"{where}: layer {n!r} ({l.get('class_name')}) reads the model's "
-                        "masked input with other tensors: not supported (fastrnn checks the "
-                        "mask Keras records for the model's call where one layer reads the "
-                        "input alone)"[:400])
+                        "masked input with other tensors: not supported (fastrnn supports a "
+                        "layer reading the input alone, and a merge layer reading it among "
+                        "the tensors it merges)"[:400])
 
     def call(self, l, n, node, resolve, prefix, scope, seg, k3base, tree, depth, where):
         """Inline call ``node`` of nested model ``l`` (named ``n``) -> its outputs."""
@@ -1283,6 +1297,12 @@ class _Inliner:
                     raise LoadError(f"{what} is called with mask={_show(m)}: not "
                                     "supported"[:300])
                 mrefs.append(None if r is None else resolve(r))
+        if isinstance(raw, dict):
+            # (a mask given is the mask of its tensor inside the model, any layer reading it
+            # there: it must be the one fastrnn computes for the tensor; a tf.keras 2 call
+            # records none)
+            self.call_masks += [(r, m, k, what) for k, (r, m) in enumerate(zip(refs, mrefs))
+                                if m is not None]
         c = _need_dict(l.get("config"), f"{what} config")
         if cls == "Sequential":
             sub = _seq_as_functional(c.get("layers", []), self.what, n)
@@ -1549,10 +1569,12 @@ def _mask_mismatch(ex, ref, want):
             else f"<output {ref[2]} of {ref[0]!r}>")
 
 
-def _check_masks(order, calls, by_name):
+def _check_masks(order, calls, by_name, call_masks=()):
     """Keras 3 records the mask each call of a layer is given (computed by ops such as
-    not_equal / any from the Embedding / Masking layers, or given by the user): accept it
-    only when it is exactly the mask fastrnn computes there, else refuse."""
+    not_equal / any from the Embedding / Masking layers, or given by the user), and the
+    mask each call of a nested model inlined gives each of its inputs (``call_masks``,
+    _CALL_MASKS): accept it only when it is exactly the mask fastrnn computes there, else
+    refuse."""
     masks = {}          # fastrnn's mask of each (layer, node, tensor), as an expression
     ex = _Masks(by_name)
     for n, node in order:
@@ -1643,6 +1665,18 @@ def _check_masks(order, calls, by_name):
                 masks[(n, node, 0)] = None
             elif c.get("merge_mode", "concat") is None:
                 masks[(n, node, 1)] = fast        # (both directions' sequences)
+    ran = set(order)
+    for ref, given, k, what in call_masks:
+        if (ref[0], ref[1]) not in ran:
+            continue        # (a tensor not on the way to the outputs)
+        want = masks.get(ref)
+        shown = _mask_mismatch(ex, given, want)
+        if shown is not None:
+            raise LoadError(
+                f"{what} is called with mask={shown} for its input {k} (<output {ref[2]} of "
+                f"{ref[0]!r}>): not supported; fastrnn computes masks only from "
+                "Embedding(mask_zero=True) and Masking layers, which here give "
+                f"{_show_mask(want)}"[:500])
 
 
 # ============================================================================ weight stores
