@@ -16,12 +16,22 @@ import fastrnn  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
 from test_keras import _edit_config, assert_matches, model_path  # noqa: E402
+from test_keras2_more import _edit_h5  # noqa: E402
 
 K3 = ["k3_nested_seq_in_fn", "k3_nested_fn_shared", "k3_nested_two_in_out",
       "k3_nested_seq_deep", "k3_nested_mask_out", "k3_nested_fn_shared_h5",
       "k3_nested_seq_deep_h5"]
 K2 = ["k2_nested_seq_in_fn", "k2_nested_mask_out_bn", "k2_nested_seq_deep",
       "k2_nested_fn_two_out"]
+# Keras 3's Functional.call attaches the mask its call is given to the input tensor; the
+# merge layers inside read their tensors' own masks (they take no mask= argument).  Fixtures
+# k3_nested_res_* (tests/fixtures/make_keras3.py): residual Add, Multiply / Maximum /
+# Subtract / Average / Minimum / Dot, Concatenate on the features and on the steps, two
+# deep, a submodel called twice, a masked input merged with an unmasked one and with one
+# of other masked steps; most also return the merged values at the masked steps.
+RES = ["k3_nested_res_add", "k3_nested_res_ops", "k3_nested_res_cat", "k3_nested_res_deep",
+       "k3_nested_res_shared", "k3_nested_res_two_in", "k3_nested_res_two_masks",
+       "k3_nested_res_add_h5", "k3_nested_res_deep_h5", "k3_nested_res_two_masks_h5"]
 TOL = 1e-5
 
 
@@ -29,7 +39,7 @@ def check(model, name, **kw):
     return assert_matches(model, name, tol=TOL, **kw)
 
 
-@pytest.mark.parametrize("name", K3 + K2)
+@pytest.mark.parametrize("name", K3 + K2 + RES)
 def test_nested_fixtures_match_keras(name, tmp_path):
     model = load_keras(model_path(name))
     check(model, name)
@@ -262,26 +272,7 @@ def test_legacy_h5_ambiguous_inner_names_refused(tmp_path):
 
 
 # ------------------------------------- a submodel's masked input merged with other tensors
-
-# Keras 3's Functional.call attaches the mask its call is given to the input tensor; the
-# merge layers inside read their tensors' own masks (they take no mask= argument).  Fixtures
-# k3_nested_res_* (tests/fixtures/make_keras3.py): residual Add, Multiply / Maximum /
-# Subtract / Average / Minimum / Dot, Concatenate on the features and on the steps, two
-# deep, a submodel called twice, a masked input merged with an unmasked one and with one
-# of other masked steps; most also return the merged values at the masked steps.
-RES = ["k3_nested_res_add", "k3_nested_res_ops", "k3_nested_res_cat", "k3_nested_res_deep",
-       "k3_nested_res_shared", "k3_nested_res_two_in", "k3_nested_res_two_masks",
-       "k3_nested_res_add_h5", "k3_nested_res_deep_h5", "k3_nested_res_two_masks_h5"]
-
-
-@pytest.mark.parametrize("name", RES)
-def test_nested_merge_of_masked_input_matches_keras(name, tmp_path):
-    model = load_keras(model_path(name))
-    check(model, name)
-    check(model, name, batch_size=1)
-    path = tmp_path / "m.safetensors"
-    model.save(path)
-    check(fastrnn.load(path), name, batch_size=2)
+# (the k3_nested_res_* fixtures: RES, compared with Keras above)
 
 
 def test_nested_merge_layers_inlined():
@@ -294,16 +285,6 @@ def test_nested_merge_layers_inlined():
     deep = _names(load_keras(model_path("k3_nested_res_deep_h5")))
     assert any(n.startswith("mid/inner/add") for n in deep)
     assert any(n.startswith("mid/multiply") for n in deep)
-
-
-def _h5_edit(name, tmp_path, fn):
-    p = tmp_path / (name + ".h5")
-    shutil.copy(model_path(name), p)
-    with h5py.File(p, "r+") as f:
-        c = json.loads(f.attrs["model_config"])
-        fn(c)
-        f.attrs["model_config"] = json.dumps(c)
-    return str(p)
 
 
 def _ref(name, tensor=0):
@@ -338,7 +319,7 @@ def test_nested_model_call_mask_other_than_computed_refused(tmp_path):
     with pytest.raises(LoadError, match=r"nested model 'two' \(Functional\) is called with "
                                         r"mask=any\(not_equal\(<output 0 of 'seq'>, 0\), "
                                         r"axis=-1\) for its input 0"):
-        load_keras(_h5_edit("k3_nested_res_two_masks_h5", tmp_path, swapped))
+        load_keras(_edit_h5("k3_nested_res_two_masks_h5", tmp_path, swapped))
 
     def deep_other(c):      # two deep: the middle model given the ids as its mask (its
         # input read by its Multiply and, through a call that records mask=None, by the
