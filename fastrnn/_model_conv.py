@@ -83,7 +83,54 @@ def _conv_weights(cls, layout, kernel, bias, groups, dtype, empty_ok=True):
 class _Conv(Layer):
     """What Conv1D and Conv2D share: ``kernel`` (taps..., in / groups, filters), ``bias``,
     ``groups``, ``strides`` / ``dilation_rate`` / ``kernel_size`` (ints for Conv1D,
-    pairs for Conv2D), ``padding``, ``activation``; their weights, config and repr."""
+    pairs for Conv2D), ``padding``, ``activation``; their weights, config and repr.
+
+    The calls keep the kernel rearranged for the GEMMs and packed for fastrnn._conv:
+    assigning ``layer.kernel`` (same shape) drops them; after an in-place edit of the
+    kernel array call :meth:`mark_weights_changed` (until then calls may use the old
+    weights, as the recurrent layers' packings)."""
+
+    @property
+    def kernel(self):
+        return self.__dict__["_kernel"]
+
+    @kernel.setter
+    def kernel(self, v):
+        old = self.__dict__.get("_kernel")
+        if old is not None:
+            w = np.asarray(v)
+            if w.dtype.kind not in "fiu" or w.shape != old.shape:
+                raise ValueError(f"{self.name}: kernel must be a numeric array of shape "
+                                 f"{old.shape}, got {w.dtype} {w.shape}")
+            v = np.ascontiguousarray(w, dtype=old.dtype)
+        self.__dict__["_kernel"] = v
+        self.mark_weights_changed()
+
+    def mark_weights_changed(self) -> None:
+        """Drop what the calls keep made from the kernel (its GEMM layout and packings)
+        after an in-place edit of ``layer.kernel`` (a kernel kept as it was, else: an
+        audit)."""
+        self.__dict__.pop("_wm", None)
+        self.__dict__.pop("_packs", None)
+
+    def __setstate__(self, state):
+        if "kernel" in state:            # (pickles of versions before the property)
+            state = dict(state)
+            state["_kernel"] = state.pop("kernel")
+        self.__dict__.update(state)
+
+    def _gemm_weights(self):
+        """Each group's GEMM operand ``(groups, taps * in / groups, filters / groups)``:
+        rows the taps, then the channels (made on first use, kept)."""
+        wm = self.__dict__.get("_wm")
+        if wm is None:
+            k = self.kernel
+            g, F = self.groups, k.shape[-1]
+            taps = int(np.prod(k.shape[:-2]))
+            wm = self._wm = np.ascontiguousarray(
+                k.reshape(taps, k.shape[-2], g, F // g).transpose(2, 0, 1, 3)
+            ).reshape(g, taps * k.shape[-2], F // g)
+        return wm
 
     @property
     def filters(self):
@@ -159,18 +206,13 @@ class Conv1D(_Conv):
         k, cg, F = self.kernel.shape
         s, d, T = self.strides, self.dilation_rate, x.shape[1]
         n = (T + before + after - (k - 1) * d - 1) // s + 1
-        if n < 1 or not _use_kernel():
-            return None
+        if n < 1 or not x.shape[0] or not _use_kernel():
+            return None         # (an empty batch: the tap loop; the kernel refused it)
         plan = _kernel_plan((self.groups, [k], [s], [d], [(before, after)],
                              [T + before + after], [n], x.dtype), F)
         if plan is None:
             return None
-        wm = self.__dict__.get("_wm")
-        if wm is None:      # (each group's GEMM operand: rows taps, then channels)
-            g = self.groups
-            wm = self._wm = np.ascontiguousarray(
-                self.kernel.reshape(k, cg, g, F // g).transpose(2, 0, 1, 3)
-            ).reshape(g, k * cg, F // g)
+        wm = self._gemm_weights()
         relu = isinstance(self.activation, str) and self.activation == "relu"
         y = _kernel_conv(np.moveaxis(x, 2, 1), wm, plan, self.__dict__.setdefault(
             "_packs", {}), None, None if self.bias is None else
@@ -301,12 +343,6 @@ class Conv2D(_Conv):
         self.padding = _padding2d(padding)
         self.activation = activation
         self._act = activation_function(activation)
-        kh, kw, cg, F = self.kernel.shape
-        g = self.groups
-        # each group's GEMM operand (g, kh * kw * cg, F / g): rows taps, then channels
-        self._wm = np.ascontiguousarray(
-            self.kernel.reshape(kh, kw, cg, g, F // g).transpose(3, 0, 1, 2, 4)
-        ).reshape(g, kh * kw * cg, F // g)
 
     @property
     def kernel_size(self):
@@ -321,8 +357,10 @@ class Conv2D(_Conv):
         x = x.astype(self.kernel.dtype, copy=False)
         kh, kw, cg, F = self.kernel.shape
         _image_input(x, self.name, cg * self.groups)
-        pads, _ = _out_sizes(self.name, x.shape[1:3], (kh, kw), self.strides,
+        pads, n = _out_sizes(self.name, x.shape[1:3], (kh, kw), self.strides,
                              self.dilation_rate, self.padding)
+        if not x.shape[0]:      # (an empty batch: the kernel refused it, an audit)
+            return np.zeros((0, *n, F), x.dtype), None
         attrs = {"strides": list(self.strides), "dilations": list(self.dilation_rate),
                  "group": self.groups, "pads": [p for p, _ in pads] + [q for _, q in pads]}
         xv = np.moveaxis(x, 3, 1)                   # (a view: (B, C, rows, cols))
@@ -334,7 +372,8 @@ class Conv2D(_Conv):
         bias, act = self.bias, self.activation
         plan = _kernel_plan(geo, F) if _use_kernel() else None
         if plan is not None:        # (fastrnn._conv: bias and relu in the kernel)
-            y = _kernel_conv(xv, self._wm, plan, self.__dict__.setdefault("_packs", {}),
+            y = _kernel_conv(xv, self._gemm_weights(), plan,
+                             self.__dict__.setdefault("_packs", {}),
                              None, None if bias is None else np.ascontiguousarray(bias),
                              ("Relu",) if act == "relu" else None)
         else:
@@ -344,7 +383,7 @@ class Conv2D(_Conv):
                 if act == "relu":
                     np.maximum(yb, 0, out=yb)
             with _blas_scope(None) as sc:
-                y = _conv_nhwc(xv, self._wm, geo, sc.workers,
+                y = _conv_nhwc(xv, self._gemm_weights(), geo, sc.workers,
                                post if bias is not None or act == "relu" else None)
         if act not in ("relu", "linear", None):
             y = self._act(y).astype(x.dtype, copy=False)

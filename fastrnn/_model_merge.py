@@ -352,7 +352,9 @@ class Dot(_Merge):
             a, b = self._l2(a, a0), self._l2(b, a1)
         a, b = np.moveaxis(a, a0, -1), np.moveaxis(b, a1, 1)
         n, k = a.shape[0], a.shape[-1]
-        out = np.matmul(a.reshape(n, -1, k), b.reshape(n, k, -1))
+        # (the sizes, not -1: an empty batch could not be reshaped, an audit)
+        out = np.matmul(a.reshape(n, int(np.prod(a.shape[1:-1])), k),
+                        b.reshape(n, k, int(np.prod(b.shape[2:]))))
         shape = (n,) + a.shape[1:-1] + b.shape[2:]
         return out.reshape(shape if len(shape) > 1 else (n, 1)), None
 

@@ -112,7 +112,9 @@ class Masking(Layer):
     def call(self, x, mask=None):
         x = np.asarray(x)
         keep = np.any(x != self.mask_value, axis=-1)
-        return x * keep[..., None].astype(x.dtype), keep
+        # (zeros by where, as Keras's ops.where: x * keep made an inf mask_value's masked
+        # steps NaN: an audit)
+        return np.where(keep[..., None], x, x.dtype.type(0)), keep
 
     def get_config(self):
         return {**super().get_config(), "mask_value": self.mask_value}
@@ -344,7 +346,8 @@ class Flatten(Layer):
             raise ValueError(f"{self.name}: expected a batch, got a scalar")
         if self.data_format == "channels_first" and x.ndim > 2:
             x = x.transpose(0, *range(2, x.ndim), 1)
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1), None
+        # (the size, not -1: an empty batch could not be reshaped, an audit)
+        return np.ascontiguousarray(x).reshape(x.shape[0], int(np.prod(x.shape[1:]))), None
 
     def get_config(self):
         return {**super().get_config(), "data_format": self.data_format}
@@ -546,9 +549,7 @@ class KerasRNN(Layer):
         """(sequence output in Keras order (B, T, H), list of final states); ``last``:
         the last output (B, H) instead, as the final h (see _last_only).
         ``initial_state``: Keras's list of (B, H) states (LSTM ``[h, c]``), or None."""
-        x = np.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
+        x = _rnn_input(x, self.name, self.core)
         m = None if mask is None else np.asarray(mask, dtype=bool)
         out, state = self.core(x, self._hx(initial_state, 1), mask=m,
                                masked_output="zero" if self.zero_output_for_mask else "carry",
@@ -596,6 +597,19 @@ class KerasRNN(Layer):
     def get_weights(self):
         return list(self.core.state_dict().values())
 
+    def count_params(self) -> int:
+        """The weights as Keras counts them: the core's, less the second bias vector it
+        keeps where Keras keeps one (LSTM, SimpleRNN, GRU with ``reset_after=False``:
+        ``bias_ih + bias_hh`` is Keras's bias); a GRU with ``reset_after`` keeps both, as
+        Keras does (``bias (2, 3H)``).  (It counted both: an LSTM(2) on 3 features as 56,
+        Keras 48: an audit.)"""
+        c = self.core
+        n = super().count_params()
+        keras_like = not (c.proj_size or c.peepholes or c.input_forget)
+        if c.bias and keras_like and not (c._cell == "GRU" and c.reset_after):
+            n -= {"LSTM": 4, "GRU": 3}.get(c._cell, 1) * c.hidden_size
+        return n
+
     def get_config(self):
         return {**super().get_config(), "core": self.core.get_config(),
                 "return_sequences": self.return_sequences, "return_state": self.return_state,
@@ -605,6 +619,24 @@ class KerasRNN(Layer):
         flags = [f for f in ("return_sequences", "return_state", "zero_output_for_mask")
                  if getattr(self, f)]
         return repr(self.core) + (", " + ", ".join(f + "=True" for f in flags) if flags else "")
+
+
+def _rnn_input(x, name, core):
+    """A recurrent layer's input, checked with the layer's name: ``(batch, time,
+    core.input_size)``; integers and bools converted to the core's dtype, as Dense
+    converts them (the core named no layer in its errors, and refused integers)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x                            # (a torch tensor: the core takes it)
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{name}: expected (batch, time, features) input, got {x.shape}")
+    size = getattr(core, "input_size", None)
+    if size is not None and x.shape[2] != size:
+        raise ValueError(f"{name}: expected {size} input features, got input shape "
+                         f"{x.shape}")
+    if x.dtype.kind in "biu":
+        x = x.astype(getattr(core, "dtype", np.float32))
+    return x
 
 
 def _last(seq, x):
@@ -618,11 +650,14 @@ _REFUSE_LOCK = threading.Lock()        # (Bidirectional._refuse)
 
 
 class Bidirectional(Layer):
-    """Keras's Bidirectional: ``forward`` and ``backward`` are :class:`KerasRNN` (the
-    backward one normally has ``go_backwards=True``); its sequence output is flipped back
-    to input order before merging with ``merge_mode`` (concat, sum, mul, ave or None for
-    a ``[forward, backward]`` pair).  With ``return_state`` the forward states then the
-    backward states follow the output(s)."""
+    """Keras's Bidirectional: ``forward`` and ``backward`` are :class:`KerasRNN` reading
+    in opposite directions (the backward one's core normally has ``go_backwards=True``;
+    the same direction is refused, as Keras refuses it); its sequence output is flipped
+    back to input order before merging with ``merge_mode`` (concat, sum, mul, ave or None
+    for a ``[forward, backward]`` pair).  As Keras's, it sets both layers'
+    ``zero_output_for_mask`` to ``return_sequences`` (a masked step's output is zero in
+    a returned sequence).  With ``return_state`` the forward states then the backward
+    states follow the output(s)."""
 
     def __init__(self, forward: KerasRNN, backward: KerasRNN, merge_mode="concat", name=None):
         super().__init__(name)
@@ -632,6 +667,19 @@ class Bidirectional(Layer):
                 forward.return_state != backward.return_state:
             raise ValueError("forward and backward layers must agree on return_sequences "
                              "and return_state")
+        if forward.go_backwards == backward.go_backwards:
+            # (Keras refuses it too; the backward output is flipped back to input order
+            # below, which would misalign a forward-reading one: an audit)
+            raise ValueError(
+                "the forward and backward layers must read in opposite directions: give "
+                "the backward layer's core go_backwards=True (both have go_backwards="
+                f"{forward.go_backwards})")
+        # as Keras's Bidirectional: both directions output zeros at masked steps when
+        # returning sequences, else the last unmasked step's output (a hand-built pair
+        # left at KerasRNN's default repeated the previous output there: 0.06 off Keras,
+        # an audit)
+        forward.zero_output_for_mask = backward.zero_output_for_mask = \
+            forward.return_sequences
         self.forward, self.backward = forward, backward
         self.merge_mode = merge_mode
         self._fused = None
@@ -735,9 +783,7 @@ class Bidirectional(Layer):
             # announced by mark_weights_changed): the fused core takes them again (it
             # ran the old ones: an audit)
             self._refuse()
-        x = np.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"{self.name}: expected (batch, time, features) input, got {x.shape}")
+        x = _rnn_input(x, self.name, self._fused)
         m = None if mask is None else np.asarray(mask, dtype=bool)
         hx = None if initial_state is None else self.forward._hx(init_f + init_b, 2)
         out, state = self._fused(x, hx, mask=m, masked_output="zero"
@@ -779,6 +825,9 @@ class Bidirectional(Layer):
 
     def get_weights(self):
         return self.forward.get_weights() + self.backward.get_weights()
+
+    def count_params(self) -> int:
+        return self.forward.count_params() + self.backward.count_params()
 
     def n_outputs(self) -> int:
         return ((1 if self.merge_mode is not None else 2)
@@ -901,6 +950,14 @@ class Model:
         else:
             masks = [mask] if n == 1 and not isinstance(mask, Mapping) else \
                 self._per_input(mask, "masks")
+        # torch tensors as arrays (one that requires grad, a bfloat16 one: the layers'
+        # np.asarray raised torch's errors, where a core layer takes them: an audit)
+        xs = [_torch_free(a, self._input_label(k)) for k, a in enumerate(xs)]
+        masks = [_torch_free(m, f"mask of {self._input_label(k)}")
+                 for k, m in enumerate(masks)]
+        for k, a in enumerate(xs):
+            if a is None:
+                raise TypeError(f"model {self.name!r}: {self._input_label(k)} is None")
         if n > 1:
             xs = [np.asarray(a) for a in xs]
             for k, a in enumerate(xs):
@@ -1008,6 +1065,8 @@ class Model:
         of ``batch_size`` rows if given (``num_threads``: as for a call)."""
         xs = [np.asarray(a) for a in self._feed(x, None)[0]]
         one = self.n_inputs == 1
+        if batch_size is not None:
+            batch_size = _index(batch_size, "batch_size")
 
         def run(parts):
             return self(parts[0] if one else parts, num_threads=num_threads)
@@ -1121,6 +1180,21 @@ class Model:
             head += (f", input_names={self.input_names!r}" if self.input_names
                      else f", n_inputs={self.n_inputs}")
         return f"Model({head}, layers=[\n{inner}\n])"
+
+
+def _torch_free(a, what):
+    """A torch tensor as a NumPy array (detached; bfloat16 / float8 as float32), anything
+    else as it is."""
+    if hasattr(a, "detach") and hasattr(a, "cpu") and hasattr(a, "is_floating_point"):
+        t = a.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:
+            if not t.is_floating_point():
+                raise TypeError(f"{what}: a torch tensor of dtype {t.dtype} is not taken") \
+                    from None
+            return t.float().numpy()
+    return a
 
 
 def _first_use(layers) -> list[int]:
