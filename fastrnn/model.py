@@ -1183,17 +1183,11 @@ class Model:
 
 
 def _torch_free(a, what):
-    """A torch tensor as a NumPy array (detached; bfloat16 / float8 as float32), anything
-    else as it is."""
+    """A torch tensor as a NumPy array (detached; bfloat16 / float8 as float32:
+    layers._torch_numpy), anything else as it is."""
     if hasattr(a, "detach") and hasattr(a, "cpu") and hasattr(a, "is_floating_point"):
-        t = a.detach().cpu()
-        try:
-            return t.numpy()
-        except TypeError:
-            if not t.is_floating_point():
-                raise TypeError(f"{what}: a torch tensor of dtype {t.dtype} is not taken") \
-                    from None
-            return t.float().numpy()
+        from .layers import _torch_numpy
+        return _torch_numpy(a, what)
     return a
 
 
