@@ -61,8 +61,6 @@ cdef extern from *:
     frb_leave_t frb_blas_leave_fn
 
 
-include "_place.pxi"
-
 
 def release_scratch():
     """Free the scratch blocks the backward keeps between calls; returns the bytes."""
@@ -107,6 +105,11 @@ def _hooks_changed():
     fastrnn._kernels (``hooks_generation``)."""
     from fastrnn import _kernels
     _kernels._hooks_changed()
+
+
+# After _hooks_changed: the include runs _set_worker_placement(0) at import when
+# FASTRNN_WORKER_PLACEMENT=0, and that calls _hooks_changed.
+include "_place.pxi"
 
 
 def _set_blas_hooks(intptr_t enter, intptr_t leave):

@@ -156,3 +156,19 @@ def test_unit_split_of_a_small_batch_needs_blocks_and_work(monkeypatch, request,
         assert _in_fresh_thread(threads) == 2
     finally:
         _kernels._set_min_parallel_work(old)
+
+
+def test_environment_variable_turns_placement_off_in_both_modules():
+    # FASTRNN_WORKER_PLACEMENT=0 is read as each module imports; _backward's import
+    # raised a NameError with it once (its include ran before _hooks_changed existed).
+    import subprocess
+    code = ("import fastrnn._backward as b, fastrnn._kernels as k; "
+            "print(b._set_worker_placement(0), k._set_worker_placement(0))")
+    out = {}
+    for value in ("0", "1"):
+        env = dict(os.environ, FASTRNN_WORKER_PLACEMENT=value)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        out[value] = run.stdout.split()
+    assert out == {"0": ["0", "0"], "1": ["1", "1"]}
