@@ -222,15 +222,30 @@ class Stream:
                              "after the whole sequence")
         plan, runners = [], []
         graph = getattr(model, "inputs", None)      # (None: a chain)
+        last = None     # the last-step RNN (return_sequences=False) the layers follow
         for i, layer in enumerate(model.layers):
             if isinstance(layer, Bidirectional):
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
                                  "Bidirectional and needs the whole sequence")
+            if last is not None and isinstance(layer, (KerasRNN, TimeDistributed)):
+                # (the whole call refuses them too: they need (B, T, ...))
+                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
+                                 f"of type {type(layer).__name__} needs (B, T, ...) input, "
+                                 f"but it follows layer {last.name!r}, which returns only "
+                                 "its last step (return_sequences=False): (B, features)")
             if isinstance(layer, KerasRNN):
                 _check_core(layer.core, f"layer {layer.name!r}")
                 r = _CoreRunner(layer.core, self.batch_size)
                 runners.append(r)
                 plan.append(("rnn", layer, r))
+                if not layer.return_sequences:
+                    last = layer
+            elif last is not None and isinstance(
+                    layer, (Embedding, Masking, Dense, Dropout, Activation, InputCast,
+                            LayerNormalization, BatchNormalization)):
+                # after a last-step RNN the whole call gives these (B, features): the
+                # stream runs them on each step's (B, features), axes as in that call
+                plan.append(("row", layer, None))
             elif isinstance(layer, (Embedding, Masking, Dense, Dropout, Activation,
                                     TimeDistributed, InputCast)) or (
                     # (normalisations over the features alone: step by step)
@@ -339,6 +354,10 @@ class Stream:
         for kind, layer, runner in self._plan:
             if kind == "step":
                 h, mask = layer.call(h, mask)
+            elif kind == "row":             # each step's (B, features) alone
+                h = np.asarray(h)
+                rows = layer.call(h.reshape((-1,) + h.shape[2:]), None)[0]
+                h = rows.reshape(h.shape[:2] + rows.shape[1:])
             else:
                 h = np.asarray(h)
                 if h.ndim != 3:

@@ -322,6 +322,39 @@ def test_normalisations_over_the_features_stream():
         Stream(Model([RepeatVector(2), KerasRNN(core)]))
 
 
+def test_layers_after_a_last_step_rnn_stream_as_the_whole_call_runs_them():
+    """After an RNN with return_sequences=False the whole call gives the next layers
+    (B, features): a normalisation over axis 1 is over the features there, and streams
+    (each step's output is that of the sequence so far); a TimeDistributed or an RNN
+    after it fails in the whole call and is refused by the Stream."""
+    from fastrnn.model import BatchNormalization, LayerNormalization, TimeDistributed
+    rng = np.random.default_rng(4)
+    core = fastrnn.LSTM(3, 4, batch_first=True, seed=2)
+    g, b = rng.standard_normal(4), rng.standard_normal(4)
+    model = Model([KerasRNN(core, return_sequences=False),
+                   LayerNormalization(g, b, axis=1),
+                   BatchNormalization(b, g * g + 0.5, g, b, axis=1),
+                   Masking(0.0), Dense(rng.standard_normal((4, 2)), None, "softmax")])
+    x = rng.standard_normal((3, T, 3)).astype(np.float32)
+    for size in (1, 4, T):
+        s = Stream(model, batch_size=3)
+        got = np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(T, size)], axis=1)
+        assert got.shape == (3, T, 2)
+        for t in (0, 5, T - 1):
+            _close(got[:, t], model(x[:, :t + 1]))
+    s = Stream(model, batch_size=3)
+    _close(np.stack([s.step(x[:, t]) for t in range(T)], axis=1), got)
+    for extra in (TimeDistributed(Dense(rng.standard_normal((4, 2)))),
+                  KerasRNN(fastrnn.GRU(4, 2, batch_first=True, seed=1))):
+        bad = Model([KerasRNN(core), extra])
+        with pytest.raises(ValueError, match="(batch, time, features)|(B, T, ...)"):
+            bad(x)
+        with pytest.raises(ValueError, match=f"cannot stream .* {type(extra).__name__} "
+                                             r"needs \(B, T, ...\) input, but it follows "
+                                             "layer .*return_sequences=False"):
+            Stream(bad)
+
+
 # ---------------------------------------------------------------- greedy decoding
 
 def _seq2seq_state_dict(V=12, E=6, H=10, seed=0):
