@@ -153,6 +153,8 @@ cdef extern from "fr_kern.h":
     int fr_amd_f19() nogil                 # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
     int fr_row_cut(const Py_ssize_t* lens, int B, int varlen, int tid, int nth) nogil
     int fr_f19_cache
+    int fr_amd() nogil                     # fr_cache.h: any AMD
+    int fr_amd_cache
     ctypedef struct fr_cell:
         int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -883,8 +885,8 @@ def step_overlap_applies(int cell, int batch, int hidden_size, int num_threads,
     """Whether the packed kernel's unit split (batch below 16) overlaps each step's wait
     for the other thread's h with the product over the thread's own half of the units,
     by the automatic rule (LSTM / GRU reset_after, recurrent weights of one of 2 threads
-    between an eighth (batch 1: any) and half of the L2 cache; never on an AMD of family
-    0x19, :func:`amd_f19`).  Only on 2 threads; where the rule holds, other thread counts
+    between an eighth (batch 1: any) and half of the L2 cache; never on an AMD CPU,
+    :func:`amd`, nor where :func:`amd_f19` is forced on).  Only on 2 threads; where the rule holds, other thread counts
     sum the product in the same halves (same bits) without overlapping.  cell: CELL_*
     code."""
     cdef int G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
@@ -940,8 +942,8 @@ def avx512_half():
 
 
 def amd_f19():
-    """Whether this CPU is an AMD of family 0x19 (Zen 3, Zen 4): the packed kernel's
-    unit split never overlaps there (:func:`step_overlap_applies`)."""
+    """Whether this CPU is an AMD of family 0x19 (Zen 3, Zen 4): the batch-lane kernel,
+    the LSTM route, the row split and the pair take their own rules there."""
     return bool(fr_amd_f19())
 
 
@@ -953,6 +955,22 @@ def _set_amd_f19(int mode):
     _hooks_changed()
     old = fr_amd_f19()
     fr_f19_cache = -1 if mode < 0 else (1 if mode else 0)
+    return old
+
+
+def amd():
+    """Whether this CPU is an AMD (any family): the packed kernel's unit split never
+    overlaps there (:func:`step_overlap_applies`)."""
+    return bool(fr_amd())
+
+
+def _set_amd(int mode):
+    """Test hook: treat this CPU as an AMD (1) or not (0) in the overlapped unit split's
+    rule; -1 reads CPUID again.  Returns the previous value."""
+    global fr_amd_cache
+    _hooks_changed()
+    old = fr_amd()
+    fr_amd_cache = -1 if mode < 0 else (1 if mode else 0)
     return old
 
 

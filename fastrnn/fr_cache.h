@@ -68,6 +68,21 @@ static int fr_amd_f19(void) {
     return fr_f19_cache;
 }
 
+/* 1 on an AMD CPU of any family (CPUID vendor "AuthenticAMD"), read once: the packed
+ * kernel's overlapped unit split (fr_overlap_auto) measured slower on every AMD tried
+ * (Zen 3 / 4, family 0x19; Zen 5, family 0x1A). */
+static int fr_amd_cache = -1;      /* < 0: not read yet; _kernels._set_amd (tests) */
+static int fr_amd(void) {
+    if (fr_amd_cache < 0) {
+        fr_amd_cache = 0;
+#if FR_HAVE_CPUID
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u) fr_amd_cache = 1;
+#endif
+    }
+    return fr_amd_cache;
+}
+
 /* Scratch blocks kept between calls, one per slot (a void* the caller owns): large
  * per-call buffers come back to the next call instead of fresh pages from the OS, a page
  * fault each (measured: up to 15k faults, +50 ms, in a 60 ms LSTM backward; ~790 a call,

@@ -131,17 +131,20 @@ static int fr_step_overlap = -1;
  * steps: LSTM H=384 (1.15 MiB) 1.00, H=448 1.04, H=512 1.12, GRU H=512 1.04.  Small
  * slices at B > 1 (GRU H=128 B=2-3, LSTM H=64 B=2) 1.01-1.04; SimpleRNN's step is too
  * short for its own half to cover the wait (B=1 H=128-512 0.87-1.03, B=4 H=256 1.12).
- * AMD family 0x19 (fr_amd_f19): never.  Measured on a Zen 4 EPYC (1 MiB L2, 2 threads,
- * T=100, in-process alternating, barrier / overlapped): B=1 LSTM H=128-256 0.88-0.99,
- * GRU H=128-320 0.87-1.00, B=2-4 LSTM H=192-256 0.86-0.96, GRU H=256 0.92; beyond half
- * of L2 overlapping measured 1.06-1.13 as on the Xeon.  Against the build before (this
- * and the prefetch change, bench/ab_builds.py, separate processes): LSTM B=1 H=256
- * 0.93, B=4 0.97, GRU B=1 0.98; streaming steps unchanged (1.00-1.02). */
+ * AMD CPUs (fr_amd, and fr_amd_f19 for the tests' forced Zen 3 / 4): never.  Measured
+ * on a Zen 4 EPYC (1 MiB L2, 2 threads, T=100, in-process alternating, barrier /
+ * overlapped): B=1 LSTM H=128-256 0.88-0.99, GRU H=128-320 0.87-1.00, B=2-4 LSTM
+ * H=192-256 0.86-0.96, GRU H=256 0.92; beyond half of L2 overlapping measured 1.06-1.13
+ * as on the Xeon.  Against the build before (this and the prefetch change,
+ * bench/ab_builds.py, separate processes): LSTM B=1 H=256 0.93, B=4 0.97, GRU B=1 0.98;
+ * streaming steps unchanged (1.00-1.02).  On a Zen 5 EPYC (family 0x1A, full-width
+ * AVX-512, 1 MiB L2; the same A/B): B=1 LSTM H=128-192 0.91, H=256 0.75, GRU H=128
+ * 0.90, H=256 0.81, B=2 LSTM H=256 0.85, B=4 LSTM / GRU H=256 0.96 / 0.95. */
 static int fr_overlap_auto(int cell, int G, int K, int U, int nb, int nthr, int B,
                            int elsize) {
     const long l2 = fr_l2_bytes() > 0 ? fr_l2_bytes() : 1L << 20;
     const long slice = (long)G * K * U * elsize * ((nb + nthr - 1) / nthr);
-    if (fr_amd_f19()) return 0;
+    if (fr_amd() || fr_amd_f19()) return 0;
     return cell != 0 && 2 * slice <= l2 && (B == 1 || 8 * slice >= l2);
 }
 

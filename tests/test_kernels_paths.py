@@ -1336,8 +1336,18 @@ def test_unit_split_overlap(mode, cell, nt, dtype):
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_unit_split_overlap_rule(itemsize, not_f19):
     """The automatic rule: LSTM / GRU overlap where a thread's recurrent weights take at
-    most half of the L2 (and at batch > 1 at least an eighth); SimpleRNN never."""
+    most half of the L2 (and at batch > 1 at least an eighth); SimpleRNN never; never on
+    an AMD CPU (any family) nor with AMD family 0x19's rules."""
     from fastrnn import _backward
+    old_amd = _kernels._set_amd(0)                    # the rule of the others first
+    try:
+        _overlap_rule_checks(itemsize, _backward)
+    finally:
+        _kernels._set_amd(-1)
+    assert _kernels.amd() == old_amd
+
+
+def _overlap_rule_checks(itemsize, _backward):
     l2 = _backward.l2_bytes() or (1 << 20)    # fr_cache.h's reading, shared by both
     U = _kernels.unit_block(np.float32 if itemsize == 4 else np.float64)
     applies = _kernels.step_overlap_applies
@@ -1369,6 +1379,14 @@ def test_unit_split_overlap_rule(itemsize, not_f19):
                     assert not applies(cell, B, h, 2, itemsize)
         finally:
             _kernels._set_amd_f19(0)
+        _kernels._set_amd(1)                                  # any AMD (Zen 5): never
+        try:
+            for h in (small, H):
+                for B in (1, 3):
+                    assert not applies(cell, B, h, 2, itemsize)
+        finally:
+            _kernels._set_amd(0)
+        assert applies(cell, 1, H, 2, itemsize)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
