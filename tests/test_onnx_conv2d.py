@@ -271,7 +271,9 @@ def test_gemm_layouts_and_threads(monkeypatch):
     seen.clear()
     y2 = load_onnx(data, num_threads=2).run({"x": x})["y"]
     assert seen == [2, -2], seen
-    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+    # (float32 sums of 72 products, split differently on 1 and 2 BLAS threads: 4.8e-6
+    # apart on a Zen 5)
+    np.testing.assert_allclose(y1, y2, rtol=2e-5, atol=2e-5)
 
 
 def _graph(nodes, x, inits, outs=("y",), opset=17):
