@@ -1372,20 +1372,15 @@ def _overlap_rule_checks(itemsize, _backward):
         assert not applies(cell, 3, small, 2, itemsize)       # below an eighth
         assert applies(cell, 3, small + 2 * U, 2, itemsize)
         assert applies(cell, 3, H, 2, itemsize)
-        _kernels._set_amd_f19(1)                              # AMD Zen 3 / 4: never
-        try:
-            for h in (small, H):
-                for B in (1, 3):
-                    assert not applies(cell, B, h, 2, itemsize)
-        finally:
-            _kernels._set_amd_f19(0)
-        _kernels._set_amd(1)                                  # any AMD (Zen 5): never
-        try:
-            for h in (small, H):
-                for B in (1, 3):
-                    assert not applies(cell, B, h, 2, itemsize)
-        finally:
-            _kernels._set_amd(0)
+        # never with AMD Zen 3 / 4's rules, nor on any AMD (Zen 5)
+        for as_amd in (_kernels._set_amd_f19, _kernels._set_amd):
+            as_amd(1)
+            try:
+                for h in (small, H):
+                    for B in (1, 3):
+                        assert not applies(cell, B, h, 2, itemsize)
+            finally:
+                as_amd(0)
         assert applies(cell, 1, H, 2, itemsize)
 
 
