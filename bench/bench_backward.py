@@ -3,7 +3,9 @@
     PYTHONPATH=. python -m pytest bench/bench_backward.py --benchmark-only \
         --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
 
-Groups ``train <cell> B=.. T=.. H=..`` (I = H, one layer, float32, 2 threads each):
+Groups ``train <cell> B=.. T=.. H=..`` (I = H, one layer, float32, 2 threads each;
+``BiLSTM`` / ``BiGRU``: bidirectional, where fastrnn's backward may run the two
+directions at once, ``_backward.pair_applies``):
 
 * ``torch autograd``: ``y, _ = m(x); y.sum().backward()`` (grads set to None before; x
   does not require grad, as for the first layer in training),
@@ -41,18 +43,20 @@ torch = pytest.importorskip("torch")
 
 THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", "2"))     # (as bench_speed.py)
 CASES = [("LSTM", 16, 100, 256), ("GRU", 16, 100, 256),
-         ("LSTM", 64, 50, 512), ("GRU", 64, 50, 512)]
+         ("LSTM", 64, 50, 512), ("GRU", 64, 50, 512),
+         ("BiLSTM", 8, 100, 128), ("BiGRU", 16, 100, 64)]
 
 
 def _setup(cell, B, T, H):
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    m = getattr(torch.nn, cell)(H, H)
+    bi = cell.startswith("Bi")
+    m = getattr(torch.nn, cell[2:] if bi else cell)(H, H, bidirectional=bi)
     layer = fastrnn.from_torch(m, num_threads=THREADS)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
     xt = torch.from_numpy(x)
     xg = torch.from_numpy(x.copy()).requires_grad_()
-    ones = np.ones((T, B, H), np.float32)
+    ones = np.ones((T, B, (2 if bi else 1) * H), np.float32)
 
     def run_torch():
         for p in m.parameters():

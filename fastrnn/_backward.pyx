@@ -177,8 +177,13 @@ cdef extern from "_backward_gemm.h":
                       const double* Bp, double* C, int ldc, double* bias, double* work) nogil
     void* fr_amalloc(size_t bytes) nogil
     void* frbg_scratch_get(int slot, size_t bytes) nogil
-    void frbg_scratch_put(int slot, void* p) nogil
+    void frbg_scratch_put(int slot, void* q) nogil
     size_t frbg_scratch_release() nogil
+    void frbg_scratch_set(int set) nogil
+    size_t frbg_scratch_kept(int i) nogil
+    int FRBG_SLOTS
+    void* frbg_place_team(int nthr) nogil
+    void frbg_place_join(void* p, int t) nogil
     double* frbg_pack_rows_d(const double* const* rows, int k, int n, int nb, int ones) nogil
     void frbg_gemm_f(int level, int m, int n, int k, const float* A, int lda, int aks,
                      const float* Bp, float* C, int ldc, int beta, int p0, int p1) nogil
@@ -375,6 +380,75 @@ def _set_pipe_share(double share):
     old = _pipe_share
     _pipe_share = share
     return old
+
+
+# _bwd_pair_mode is a test hook: 0 automatic (pair_applies' rule), 1 both directions at
+# once wherever there are 2 threads, 2 never (one direction after the other).
+cdef int _bwd_pair_mode = 0
+
+
+def _set_bwd_pair(int mode):
+    """Test hook: 0 automatic, 1 force :func:`backward_pair` for every bidirectional layer
+    on 2+ threads, 2 never.  Returns the previous value."""
+    global _bwd_pair_mode
+    _hooks_changed()
+    old = _bwd_pair_mode
+    _bwd_pair_mode = mode
+    return old
+
+
+def pair_applies(int cell, int batch, int hidden_size, int proj_size, int input_size,
+                 int reset_after, int num_threads, int itemsize=4):
+    """Whether the backward of a bidirectional layer runs its two directions at the same
+    time (:func:`backward_pair`, one thread each) rather than one after the other on
+    ``num_threads`` threads each (``batch``: the first step's rows; ``input_size``: the
+    layer's, for callers; the rule reads the recurrent weights only).
+
+    The single-direction backward on 2+ threads either splits the units of every step
+    (LSTM without projection, GRU reset_after: a barrier per step) or pipelines (thread 0
+    the time loop, the others each chunk's weight-gradient GEMMs: SimpleRNN, GRU
+    reset_after=False, LSTM proj_size).  The pair has no barrier at all, but each thread
+    reads all of its direction's recurrent weights every step (the unit split: half).
+    Measured on a 2-vCPU Zen 4 (AVX-512, 1 MiB L2), T=50, I=H, bidirectional, 1-2 layers,
+    in-process interleaved (bench/backward_pair.py), pair / one direction after the
+    other, in a quiet hour (wrec: one direction's W_hh in bytes):
+
+    * the pipelined cells: SimpleRNN B <= 8 0.43-0.97 (H=64-128 at B=8 0.88-1.02),
+      B=16 0.82-1.12, B=64 1.04-1.44; GRU reset_after=False and LSTM proj_size (a
+      loaded hour) B <= 8 0.4-0.9, B=64 1.0-1.9;
+    * LSTM: wrec <= L2/16 (float32 H=64) 0.59-0.89 at B=1-64; wrec <= L2/4 (float32
+      H=128, float64 H=64) 0.70-0.93 at B <= 4, 0.92-1.11 at B=8-16, 1.09-1.19 at B=64;
+      float64 H=128 0.86-1.01 at B <= 4, 1.02-1.08 beyond; float32 H=256-512 1.09-1.18
+      at B=1, 0.95-1.09 at B=4-64 (and float64 up to 1.32);
+    * GRU reset_after: wrec <= 64 KiB (float32 H=64) 0.60-0.90 (B=1 1.01); wrec <=
+      L2/4 (float32 H=128, float64 H=64) 0.48-0.91 at B <= 8, 0.70-1.17 at B=16,
+      1.05-1.15 at B=64; 3/8 of the L2 (float64 H=128) 0.80-1.00 at B <= 4, 1.01-1.12
+      from B=8; float32 H=256 0.94-1.06, H=512 and float64 H=256 1.07-1.20 at B <= 4.
+
+    On a loaded machine (another process on the cores) the pair wins far more widely
+    (a barrier per step waits for a descheduled thread: LSTM float32 H=256 B=4 0.28,
+    float64 H=512 0.62-0.86); the rule follows the quiet hour.
+
+    Not measured at the BLAS level (no AVX2) nor on more than 2 threads (the pair would
+    leave the others idle): never there."""
+    cdef long G = 4 if cell == 1 else (3 if cell == 2 else 1)
+    cdef long P = proj_size if proj_size > 0 else hidden_size
+    cdef long wrec = G * hidden_size * P * itemsize    # one direction's W_hh in bytes
+    cdef long l2 = fr_l2_bytes()
+    if _bwd_pair_mode == 2 or num_threads < 2 or batch <= 0:
+        return False
+    if _bwd_pair_mode == 1:
+        return True
+    if frbg_level() == 0 or num_threads != 2:
+        return False
+    if l2 <= 0:
+        l2 = 1 << 20
+    if cell == 1 and proj_size == 0:
+        return wrec * 16 <= l2 or (wrec * 4 <= l2 and batch <= 16)
+    if cell == 2 and reset_after:
+        return (wrec <= (64 << 10) or (batch <= 8 and wrec * 4 <= l2)
+                or (batch <= 4 and wrec * 8 <= 3 * l2))
+    return batch <= 8
 
 
 def _set_fwd_rowsplit(int n):
@@ -897,6 +971,7 @@ cdef int _forward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec
     cdef int* flags = NULL
     cdef int C, cs_steps, c, s, s_lo, s_hi, tid
     cdef Py_ssize_t target
+    cdef void* pl
     target = N // (4 * nt)
     if target < 256:
         target = 256
@@ -914,8 +989,12 @@ cdef int _forward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Rec
         free(flags)
         return -1
     tid = c = s = s_lo = s_hi = 0
+    # worker placement as the C kernels' regions (fr_barrier.h): without it a worker the
+    # previous region placed could share its master's CPU here
+    pl = frbg_place_team(nt)
     with parallel(num_threads=nt):
         tid = threadid()
+        frbg_place_join(pl, tid)
         if tid == 0:
             for c in range(C):
                 if fr_claim(&flags[c]):
@@ -1266,6 +1345,7 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
     cdef void* wihp_n = NULL
     cdef int* claimed = NULL
     cdef floating* scratch = NULL
+    cdef void* pl
     cdef Py_ssize_t kmax, wmax, sz_bp = 0, sz_w = 0
     cdef int u, kind, first, ndone = 0, nth
     cdef Py_ssize_t k0, k1
@@ -1353,8 +1433,10 @@ cdef int _backward_pipelined(Dims* d, int level, int nt, const Rec* R1, const Re
         mlast = C
     tid = c = s = s_hi = s_lo = 0
     R0 = R1r = 0
+    pl = frbg_place_team(nt)      # (as in _forward_pipelined)
     with parallel(num_threads=nt):
         tid = threadid()
+        frbg_place_join(pl, tid)
         nth = frbg_team_size()
         if tid == 0:
             for c in range(C):
@@ -1728,6 +1810,92 @@ def pack_lstm_forward(floating[:, ::1] wih, floating[:, ::1] whh, int num_thread
     return out
 
 
+cdef struct BwdCall:
+    # one direction's backward: Dims and the arrays' first elements (float or double,
+    # per is64); empty: nothing to do (no steps or no rows)
+    Dims d
+    bint is64, empty
+    const void* x
+    const void* wih
+    const void* whh
+    const void* whr
+    const Py_ssize_t* offsets
+    const Py_ssize_t* nsteps
+    const void* h0
+    const void* c0
+    const void* y
+    const void* gates
+    const void* cs
+    void* dy
+    void* dh
+    void* dc
+    void* dx
+    void* dwih
+    void* dwhh
+    void* dbih
+    void* dbhh
+    void* dwhr
+
+
+cdef void _fill_call(BwdCall* c, int cell, const floating[:, ::1] x, floating[:, ::1] wih,
+                     floating[:, ::1] whh, floating[:, ::1] whr, Py_ssize_t[::1] offsets,
+                     Py_ssize_t[::1] nsteps, floating[:, ::1] h0, floating[:, ::1] c0,
+                     floating[:, ::1] y, int y_col, floating[:, ::1] gates,
+                     floating[:, ::1] cs, floating[:, ::1] dy, floating[:, ::1] dh,
+                     floating[:, ::1] dc, floating[:, ::1] dx, floating[:, ::1] dwih,
+                     floating[:, ::1] dwhh, floating[::1] dbih, floating[::1] dbhh,
+                     floating[:, ::1] dwhr, int hidden_size, int proj_size,
+                     int reset_after, int relu, int num_threads, int want_dx):
+    """:func:`backward`'s arguments into c (the caller keeps the arrays alive)."""
+    c.is64 = floating is double
+    c.empty = offsets.shape[0] == 0 or x.shape[0] == 0
+    if c.empty:
+        return
+    _dims(&c.d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
+          offsets.shape[0])
+    c.d.want_dx = want_dx
+    c.x = &x[0, 0]
+    c.wih = &wih[0, 0]
+    c.whh = &whh[0, 0]
+    c.whr = &whr[0, 0]
+    c.offsets = &offsets[0]
+    c.nsteps = &nsteps[0]
+    c.h0 = &h0[0, 0]
+    c.c0 = &c0[0, 0]
+    c.y = &y[0, y_col]
+    c.gates = &gates[0, 0]
+    c.cs = &cs[0, 0]
+    c.dy = &dy[0, 0]
+    c.dh = &dh[0, 0]
+    c.dc = &dc[0, 0]
+    c.dx = &dx[0, 0]
+    c.dwih = &dwih[0, 0]
+    c.dwhh = &dwhh[0, 0]
+    c.dbih = &dbih[0]
+    c.dbhh = &dbhh[0]
+    c.dwhr = &dwhr[0, 0]
+
+
+cdef int _run_call(BwdCall* c) noexcept nogil:
+    if c.empty:
+        return 0
+    if c.is64:
+        return _backward[double](
+            &c.d, <const double*>c.x, <const double*>c.wih, <const double*>c.whh,
+            <const double*>c.whr, c.offsets, c.nsteps, <const double*>c.h0,
+            <const double*>c.c0, <const double*>c.y, <const double*>c.gates,
+            <const double*>c.cs, <double*>c.dy, <double*>c.dh, <double*>c.dc,
+            <double*>c.dx, <double*>c.dwih, <double*>c.dwhh, <double*>c.dbih,
+            <double*>c.dbhh, <double*>c.dwhr)
+    return _backward[float](
+        &c.d, <const float*>c.x, <const float*>c.wih, <const float*>c.whh,
+        <const float*>c.whr, c.offsets, c.nsteps, <const float*>c.h0,
+        <const float*>c.c0, <const float*>c.y, <const float*>c.gates,
+        <const float*>c.cs, <float*>c.dy, <float*>c.dh, <float*>c.dc,
+        <float*>c.dx, <float*>c.dwih, <float*>c.dwhh, <float*>c.dbih,
+        <float*>c.dbhh, <float*>c.dwhr)
+
+
 def backward(int cell, const floating[:, ::1] x, floating[:, ::1] wih, floating[:, ::1] whh,
              floating[:, ::1] whr, Py_ssize_t[::1] offsets, Py_ssize_t[::1] nsteps,
              floating[:, ::1] h0, floating[:, ::1] c0, floating[:, ::1] y, int y_col,
@@ -1744,17 +1912,90 @@ def backward(int cell, const floating[:, ::1] x, floating[:, ::1] wih, floating[
     dbih, dbhh, dwhr (LSTM projection) receive the gradients (overwritten); dx is left
     alone when ``want_dx`` is 0.
     """
-    cdef Dims d
+    cdef BwdCall c
     cdef int rc
-    if offsets.shape[0] == 0 or x.shape[0] == 0:
-        return
-    _dims(&d, cell, x, h0, y, hidden_size, proj_size, reset_after, relu, num_threads,
-          offsets.shape[0])
-    d.want_dx = want_dx
+    _fill_call(&c, cell, x, wih, whh, whr, offsets, nsteps, h0, c0, y, y_col, gates, cs,
+               dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr, hidden_size, proj_size,
+               reset_after, relu, num_threads, want_dx)
     with nogil:
-        rc = _backward(&d, &x[0, 0], &wih[0, 0], &whh[0, 0], &whr[0, 0], &offsets[0],
-                       &nsteps[0], &h0[0, 0], &c0[0, 0], &y[0, y_col], &gates[0, 0],
-                       &cs[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0], &dwih[0, 0],
-                       &dwhh[0, 0], &dbih[0], &dbhh[0], &dwhr[0, 0])
+        rc = _run_call(&c)
     if rc != 0:
         raise MemoryError("fastrnn: could not allocate scratch memory for the backward pass")
+
+
+cdef class BackwardCall:
+    """One direction's :func:`backward` arguments, prepared for :func:`backward_pair`
+    (:func:`prepare_backward`); holds the arrays until it is dropped."""
+    cdef BwdCall c
+    cdef object keep
+
+
+def prepare_backward(int cell, const floating[:, ::1] x, floating[:, ::1] wih,
+                     floating[:, ::1] whh, floating[:, ::1] whr, Py_ssize_t[::1] offsets,
+                     Py_ssize_t[::1] nsteps, floating[:, ::1] h0, floating[:, ::1] c0,
+                     floating[:, ::1] y, int y_col, floating[:, ::1] gates,
+                     floating[:, ::1] cs, floating[:, ::1] dy, floating[:, ::1] dh,
+                     floating[:, ::1] dc, floating[:, ::1] dx, floating[:, ::1] dwih,
+                     floating[:, ::1] dwhh, floating[::1] dbih, floating[::1] dbhh,
+                     floating[:, ::1] dwhr, int hidden_size, int proj_size,
+                     int reset_after, int relu, int want_dx=1):
+    """:func:`backward`'s arguments but the thread count (the pair runs each direction
+    on one thread), for :func:`backward_pair`."""
+    cdef BackwardCall call = BackwardCall.__new__(BackwardCall)
+    _fill_call(&call.c, cell, x, wih, whh, whr, offsets, nsteps, h0, c0, y, y_col, gates,
+               cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr, hidden_size, proj_size,
+               reset_after, relu, 1, want_dx)
+    # the pointers above are into these arrays
+    call.keep = (x, wih, whh, whr, offsets, nsteps, h0, c0, y, gates, cs, dy, dh, dc, dx,
+                 dwih, dwhh, dbih, dbhh, dwhr)
+    return call
+
+
+def backward_pair(BackwardCall first, BackwardCall second):
+    """The backward of both directions of a bidirectional layer at the same time, one
+    thread each (an OpenMP region of 2; one after the other where the runtime gives one
+    thread), each on the single-thread kernel: every gradient has the bits of
+    :func:`backward` with ``num_threads=1`` (the same kernel, the same order).  The
+    second direction keeps its scratch in the second slot set (frbg_scratch_set).  BLAS
+    (the level-0 path) runs on one thread meanwhile.  Use where :func:`pair_applies`
+    says so."""
+    cdef BwdCall* a = &first.c
+    cdef BwdCall* b = &second.c
+    cdef int rcs[2]
+    cdef int tok, tid
+    cdef void* pl
+    if a.is64 != b.is64:
+        raise TypeError("backward_pair: both directions must have one dtype")
+    a.d.nt = 1
+    b.d.nt = 1
+    rcs[0] = 0
+    rcs[1] = 0
+    # values read once on first use: read here, before two threads could fill them at once
+    frbg_level()
+    fr_can_pipeline()
+    fr_l2_bytes()
+    fr_amd_f19()
+    with nogil:
+        tok = frb_blas_enter(1)
+        pl = frbg_place_team(2)
+        with parallel(num_threads=2):
+            tid = threadid()
+            frbg_place_join(pl, tid)
+            if frbg_team_size() < 2:
+                rcs[0] = _run_call(a)
+                rcs[1] = _run_call(b)
+            elif tid == 0:
+                rcs[0] = _run_call(a)
+            else:
+                frbg_scratch_set(1)
+                rcs[1] = _run_call(b)
+                frbg_scratch_set(0)
+        frb_blas_leave(tok)
+    if rcs[0] != 0 or rcs[1] != 0:
+        raise MemoryError("fastrnn: could not allocate scratch memory for the backward pass")
+
+
+def _scratch_kept():
+    """Test hook: the bytes kept now in each scratch slot (the first set's, then the
+    second's, which the pair's second direction uses)."""
+    return [frbg_scratch_kept(i) for i in range(FRBG_SLOTS)]

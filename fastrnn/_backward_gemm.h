@@ -51,11 +51,33 @@ static int frbg_nb(int level, int elsize) {
 }
 
 /* Scratch blocks kept between calls (fr_keep_get, fr_cache.h), one per slot: a training
- * step allocates the same large buffers (dG: N x 4H values) every call. */
-#define FRBG_SLOTS 4
+ * step allocates the same large buffers (dG: N x 4H values) every call.  Two sets of
+ * FRBG_SET slots: the bidirectional pair (_backward.backward_pair) runs its second
+ * direction with set 1 (frbg_slot_set, the calling thread's), so the two directions,
+ * running at the same time, each find their own blocks kept (a shared slot stays correct,
+ * fr_keep_get being atomic, but one of the two would take fresh pages every call). */
+#define FRBG_SET 4
+#define FRBG_SLOTS (2 * FRBG_SET)
 static void* frbg_slot[FRBG_SLOTS];
-static void* frbg_scratch_get(int slot, size_t bytes) { return fr_keep_get(&frbg_slot[slot], bytes); }
-static void frbg_scratch_put(int slot, void* q) { fr_keep_put(&frbg_slot[slot], q); }
+static __thread int frbg_slot_set;
+static void frbg_scratch_set(int set) { frbg_slot_set = set ? FRBG_SET : 0; }
+static void* frbg_scratch_get(int slot, size_t bytes) {
+    return fr_keep_get(&frbg_slot[frbg_slot_set + slot], bytes);
+}
+static void frbg_scratch_put(int slot, void* q) { fr_keep_put(&frbg_slot[frbg_slot_set + slot], q); }
+/* test hook: the bytes kept in slot i (0 .. FRBG_SLOTS - 1) now */
+static size_t frbg_scratch_kept(int i) {
+    void* p = NULL;
+#if defined(__GNUC__) || defined(__clang__)
+    if (i >= 0 && i < FRBG_SLOTS) p = __atomic_load_n(&frbg_slot[i], __ATOMIC_ACQUIRE);
+#endif
+    return p ? *(size_t*)p : 0;
+}
+/* worker placement (fr_barrier.h) for the parallel regions written in Cython
+ * (_backward.pyx: the pipelined forward and backward, the pair) */
+#include "fr_barrier.h"
+static void* frbg_place_team(int nthr) { return (void*)fr_place_team(nthr); }
+static void frbg_place_join(void* p, int t) { fr_place_join((fr_place*)p, t); }
 /* Free every kept block; returns the bytes freed. */
 static size_t frbg_scratch_release(void) { return fr_keep_release(frbg_slot, FRBG_SLOTS); }
 

@@ -409,7 +409,14 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
         inp = cache.xin if li == 0 else cache.outs[li - 1]
         out = cache.outs[li]
         In = inp.shape[1]
-        din = None
+        want_dx = need_input_grad or li > 0
+        # a bidirectional layer's two directions at the same time, one thread each, where
+        # _backward.pair_applies says so (measured there); the gradients are then the
+        # bits of one-thread backwards of each direction, combined below in the same order
+        pair = D == 2 and _backward.pair_applies(
+            cell, int(nsteps[0]) if len(nsteps) else 0, H, P, In, reset_after, nt,
+            np.dtype(dt).itemsize)
+        runs, calls = [], []
         for d in range(D):
             k = li * D + d
             sfx, p = _weights(layer, li, d)
@@ -431,7 +438,6 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
                 else np.ascontiguousarray(dy)
             dh = dhs[k]
             dc = dcs[k] if lstm else dummy
-            want_dx = need_input_grad or li > 0
             dx = np.empty((N, In), dt) if want_dx else dummy
             dwih = np.zeros((G * H, In), dt)
             dwhh = np.zeros((G * H, Hout), dt)
@@ -439,9 +445,18 @@ def backward(layer, cache: TrainCache, grad_output=None, grad_state=None, *,
             dbhh = np.zeros(G * H, dt)
             dwhr = np.zeros((P, H), dt) if P else dummy
             c0k = cache.c0s[k] if lstm else dummy
-            _backward.backward(cell, xs, wih, whh, whr, offsets, nsteps, cache.h0s[k], c0k,
-                               y, ycol, gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh,
-                               dwhr, H, P, reset_after, relu, nt, int(want_dx))
+            args = (cell, xs, wih, whh, whr, offsets, nsteps, cache.h0s[k], c0k, y, ycol,
+                    gates, cs, dy, dh, dc, dx, dwih, dwhh, dbih, dbhh, dwhr, H, P,
+                    reset_after, relu)
+            if pair:
+                calls.append(_backward.prepare_backward(*args, int(want_dx)))
+            else:
+                _backward.backward(*args, nt, int(want_dx))
+            runs.append((sfx, reverse, dx, dwih, dwhh, dbih, dbhh, dwhr))
+        if pair:
+            _backward.backward_pair(*calls)
+        din = None
+        for sfx, reverse, dx, dwih, dwhh, dbih, dbhh, dwhr in runs:
             if want_dx:
                 if reverse:
                     dx = dx[ridx]
