@@ -409,7 +409,7 @@ def pair_applies(int cell, int batch, int hidden_size, int proj_size, int input_
     the time loop, the others each chunk's weight-gradient GEMMs: SimpleRNN, GRU
     reset_after=False, LSTM proj_size).  The pair has no barrier at all, but each thread
     reads all of its direction's recurrent weights every step (the unit split: half).
-    Measured on a 2-vCPU Zen 4 (AVX-512, 1 MiB L2), T=50, I=H, bidirectional, 1-2 layers,
+    Measured on a 2-vCPU Zen 5 (AVX-512, 1 MiB L2), T=50, I=H, bidirectional, 1-2 layers,
     in-process interleaved (bench/backward_pair.py), pair / one direction after the
     other, in a quiet hour (wrec: one direction's W_hh in bytes):
 
