@@ -122,6 +122,8 @@ def _set_blas_hooks(intptr_t enter, intptr_t leave):
 cdef extern from "_backward_gemm.h":
     int frbg_level() nogil
     int fr_amd_f19() nogil          # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
+    int fr_amd() nogil              # fr_cache.h: any AMD
+    int fr_amd_cache
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
@@ -472,14 +474,38 @@ def fused_lstm_forward_fast():
     return fr_can_pipeline() != 0 and (level == 2 or (level == 1 and (frbg_use43 & 1) != 0))
 
 
+def _set_amd(int mode):
+    """Test hook: treat this CPU as an AMD (1) or not (0) in this module's rules (the
+    LSTM route's, :func:`fused_lstm_route_at`); -1 reads CPUID again.  Returns the
+    previous value.  (``fastrnn._kernels`` has its own.)"""
+    global fr_amd_cache
+    _hooks_changed()
+    old = fr_amd()
+    fr_amd_cache = -1 if mode < 0 else (1 if mode else 0)
+    return old
+
+
 def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
-                        bint wide=False, bint ragged=False, int half=-1):
+                        bint wide=False, bint ragged=False, int half=-1, int amd=-1):
     """Whether a plain LSTM direction of B sequences on nt threads runs faster through
     the training forward than through the inference kernels (where
     fused_lstm_forward_fast()); H, itemsize: its recurrent weights (4H x H values), l2:
     the bytes of L2 a core has, wide: whether the batch-lane kernel would run it,
     ragged: sequences of different lengths (layers takes the route for those only from
-    16 sequences on).
+    16 sequences on); half, amd: whether the CPU runs AVX-512 at half width (Zen 4) / is
+    an AMD (< 0: this CPU's answer).
+
+    Full-width AVX-512 on an AMD (``amd``; measured on a Zen 5 EPYC, 1 MiB L2 a core,
+    ``bench_paths.py`` 10-16 rounds, three runs, route / packed kernel, T = 100): the
+    route won where the training forward splits by rows, H = 256 B = 8 0.95, B = 12
+    0.98-1.00, B = 16 0.89-0.94, B = 24 0.93-1.03, B = 32 0.90-0.91; H = 128 B = 8 0.86,
+    B = 16 0.87-0.93, B = 32 0.86; H = 384 B = 16 0.91; H = 512 B = 16 0.97-0.99, B = 24
+    0.95, B = 32 0.96 (the automatic choice before it: 0.97-1.06 of the packed kernel).
+    Against the build before (``bench/ab_builds.py``, separate processes, 6 rounds,
+    medians) with the half-width rule: H = 256 B = 16 0.89, B = 32 0.98, B = 12 and 24
+    0.99-1.00, H = 128 B = 16 0.98, H = 512 B = 16 0.97, but B = 8 1.05 and H = 128 B = 4
+    1.14.  So there: the half-width rule from 12 sequences (2+ threads, H >= 128, 12 to
+    39 sequences, split by rows); ragged batches keep the full-width rule (not measured).
 
     AVX-512, re-measured after the packed kernel's later changes (Intel Xeon, 2 MiB L2,
     T = 50, in-process alternating, automatic / route off; the figures below this
@@ -532,12 +558,13 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     1.01-1.07); on one thread never (``bench_paths.py --ragged --threads 1``, 9-11
     rounds: float32 B = 16-64, H = 32-512 1.03-1.24, float64 H = 32-256 0.99-1.09)."""
     cdef bint hw = (fr_amd_f19() if half < 0 else half) != 0
+    cdef bint amd_cpu = (fr_amd() if amd < 0 else amd) != 0
     if frbg_level() != 2:
         if nt <= 1:
             return B == 4 or B >= 7
         return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
-    if hw and not ragged:
-        return (nt >= 2 and H >= 128 and B < 40
+    if (hw or amd_cpu) and not ragged:
+        return (nt >= 2 and H >= 128 and B < 40 and (hw or B >= 12)
                 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0)
     if hw:
         return nt >= 2 and H >= 96      # ragged: layers asks from 16 sequences on

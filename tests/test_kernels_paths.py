@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _kernels
+from fastrnn import _backward, _kernels
 from reference import rnn_forward
 
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
@@ -845,10 +845,14 @@ def test_pair_matches_one_after_the_other():
 @pytest.fixture
 def not_f19():
     """This module's rules as on a CPU other than AMD family 0x19 (Zen 3 / 4): its own
-    rules off, the packed kernel's row split from 16 rows."""
+    rules off, the packed kernel's row split from 16 rows; the LSTM route's rule as on a
+    CPU other than an AMD (Zen 5 routes from 12 sequences only)."""
     old = _kernels._set_amd_f19(0)
     old_rows = _kernels._set_rowsplit_min(16)
+    old_amd = _backward._set_amd(0)             # (the LSTM route's rule: Zen 5 has its own)
     yield
+    _backward._set_amd(-1)
+    assert _backward._set_amd(-1) == old_amd        # (the CPU's own answer again)
     _kernels._set_rowsplit_min(old_rows)
     _kernels._set_amd_f19(-1)
     assert _kernels.amd_f19() == old
@@ -1461,9 +1465,10 @@ def test_fused_lstm_route(dtype, B):
         layers._FUSED_LSTM_MIN_ROWS, layers._FUSED_LSTM_MIN_MACS = old_size
 
 
-def test_fused_lstm_route_size_rule():
+def test_fused_lstm_route_size_rule(not_f19):
     """Short or tiny LSTM calls stay on the packed kernel (the route's ~20 us of fixed
-    cost doubled them), long ones at the same batch size take the route; same results."""
+    cost doubled them), long ones at the same batch size take the route; same results
+    (the rules of a CPU that routes 8 sequences: not_f19)."""
     import fastrnn.layers as layers
     from fastrnn import _backward
     if not _backward.fused_lstm_forward_fast():
@@ -1588,15 +1593,21 @@ def test_lstm_route_rule_by_isa():
                                     (128, 8), (192, 8)):
                     want = (nt >= 2 and 8 <= B <= 15 and H >= 64
                             and 40 * H * H * itemsize <= 3 * l2)
-                    assert r(nt, B, H, itemsize, l2, half=0) == want, (nt, B, H, itemsize)
-                    # half-width AVX-512 (Zen 4): 2+ threads, H >= 128, B < 40, where
-                    # the training forward splits by rows
+                    assert r(nt, B, H, itemsize, l2, half=0, amd=0) == want, (nt, B, H,
+                                                                              itemsize)
+                    # half-width AVX-512 (Zen 4): 2+ threads, H >= 128, B < 40, where the
+                    # training forward splits by rows; full width on an AMD (Zen 5): the
+                    # same from 12 sequences
                     want = (nt >= 2 and H >= 128 and B < 40
                             and _backward.forward_splits_rows(nt, B, H, H, itemsize))
                     assert r(nt, B, H, itemsize, l2, half=1) == want, (nt, B, H, itemsize)
-        assert (r(2, 8, 192, 4, l2, half=0) and not r(2, 8, 256, 4, l2, half=0)
-                and not r(1, 8, 192, 4, l2, half=0))
-        assert r(2, 12, 128, 8, l2, half=0) and not r(2, 12, 192, 8, l2, half=0)
+                    assert (r(nt, B, H, itemsize, l2, half=0, amd=1)
+                            == (want and B >= 12)), (nt, B, H, itemsize)
+        assert (r(2, 8, 192, 4, l2, half=0, amd=0) and not r(2, 8, 256, 4, l2, half=0, amd=0)
+                and not r(1, 8, 192, 4, l2, half=0, amd=0))
+        assert r(2, 12, 128, 8, l2, half=0, amd=0) and not r(2, 12, 192, 8, l2, half=0, amd=0)
+        assert r(2, 16, 256, 4, l2, half=0, amd=1) and not r(2, 16, 256, 4, l2, half=0, amd=0)
+        assert not r(2, 8, 256, 4, l2, half=0, amd=1) and r(2, 8, 256, 4, l2, half=1)
         assert r(2, 16, 256, 4, l2, half=1) and not r(2, 40, 256, 4, l2, half=1)
         assert not r(2, 16, 64, 4, l2, half=1) and not r(1, 16, 256, 4, l2, half=1)
         assert r(2, 32, 512, 4, l2, half=1)
@@ -1608,10 +1619,12 @@ def test_lstm_route_rule_by_isa():
         assert not any(r(1, B, H, 4, l2, False, True, 1) or r(1, B, H, 8, l2, False, True, 1)
                        for B in (1, 12, 16, 64) for H in (32, 96, 256, 512))
         # the machine's own rule
-        assert r(2, 16, 256, 4, l2) == r(2, 16, 256, 4, l2, half=int(_kernels.avx512_half()))
+        assert r(2, 16, 256, 4, l2) == r(2, 16, 256, 4, l2, half=int(_kernels.avx512_half()),
+                                         amd=int(_kernels.amd()))
         # ragged (layers asks from 16 sequences on): the earlier rule
         assert r(2, 16, 256, 4, l2, False, True, 0) and r(2, 64, 256, 4, l2, True, True, 0)
         assert not r(2, 16, 256, 4, l2, True, True, 0)          # batch-lane kernel, 16 rows
+        assert not r(2, 16, 256, 4, l2, True, True, 0, 1)       # (also on an AMD)
         assert not r(2, 16, 512, 4, l2, True, True, 0)          # beyond L2: batch-lane kernel
         assert not r(2, 4, 256, 4, l2, False, True, 0) and r(2, 5, 256, 4, l2, False, True, 0)
         assert r(2, 12, 512, 4, l2, False, True, 0) and r(1, 12, 512, 4, l2, False, True, 0)
