@@ -122,8 +122,6 @@ def _set_blas_hooks(intptr_t enter, intptr_t leave):
 cdef extern from "_backward_gemm.h":
     int frbg_level() nogil
     int fr_amd_f19() nogil          # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
-    int fr_amd() nogil              # fr_cache.h: any AMD
-    int fr_amd_cache
     int frbg_nb(int level, int elsize) nogil
     float* frbg_pack_f(const float* W, int ldw, int k, int n, int trans, int nb) nogil
     double* frbg_pack_d(const double* W, int ldw, int k, int n, int trans, int nb) nogil
@@ -474,15 +472,7 @@ def fused_lstm_forward_fast():
     return fr_can_pipeline() != 0 and (level == 2 or (level == 1 and (frbg_use43 & 1) != 0))
 
 
-def _set_amd(int mode):
-    """Test hook: treat this CPU as an AMD (1) or not (0) in this module's rules (the
-    LSTM route's, :func:`fused_lstm_route_at`); -1 reads CPUID again.  Returns the
-    previous value.  (``fastrnn._kernels`` has its own.)"""
-    global fr_amd_cache
-    _hooks_changed()
-    old = fr_amd()
-    fr_amd_cache = -1 if mode < 0 else (1 if mode else 0)
-    return old
+include "_amd.pxi"
 
 
 def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,

@@ -153,8 +153,6 @@ cdef extern from "fr_kern.h":
     int fr_amd_f19() nogil                 # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
     int fr_row_cut(const Py_ssize_t* lens, int B, int varlen, int tid, int nth) nogil
     int fr_f19_cache
-    int fr_amd() nogil                     # fr_cache.h: any AMD
-    int fr_amd_cache
     ctypedef struct fr_cell:
         int cell, G, H, K, P, U, nb, fast, rnn_relu, f, g, h
         double fa, fb, ga, gb, ha, hb, clip
@@ -964,14 +962,7 @@ def amd():
     return bool(fr_amd())
 
 
-def _set_amd(int mode):
-    """Test hook: treat this CPU as an AMD (1) or not (0) in the overlapped unit split's
-    rule; -1 reads CPUID again.  Returns the previous value."""
-    global fr_amd_cache
-    _hooks_changed()
-    old = fr_amd()
-    fr_amd_cache = -1 if mode < 0 else (1 if mode else 0)
-    return old
+include "_amd.pxi"
 
 
 cdef inline bint _lanes_full(Py_ssize_t padded, Py_ssize_t rows) noexcept nogil:

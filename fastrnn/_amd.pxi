@@ -1,0 +1,18 @@
+# The AMD hook (fr_cache.h's fr_amd), included by _kernels.pyx and _backward.pyx: each
+# module has its own copy of the CPUID answer (in _kernels the overlapped unit split's
+# rule reads it, in _backward the LSTM route's).
+
+cdef extern from "fr_cache.h":
+    int fr_amd() nogil              # any AMD
+    int fr_amd_cache
+
+
+def _set_amd(int mode):
+    """Test hook: treat this CPU as an AMD (1) or not (0) in this module's rules
+    (``fastrnn._kernels``: the overlapped unit split's; ``fastrnn._backward``: the LSTM
+    route's); -1 reads CPUID again.  Returns the previous value."""
+    global fr_amd_cache
+    _hooks_changed()
+    old = fr_amd()
+    fr_amd_cache = -1 if mode < 0 else (1 if mode else 0)
+    return old
