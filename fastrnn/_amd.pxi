@@ -7,6 +7,14 @@ cdef extern from "fr_cache.h":
     int fr_amd_cache
 
 
+def amd():
+    """Whether this CPU is an AMD (any family; :func:`_set_amd` may say otherwise): in
+    ``fastrnn._kernels`` the packed kernel's unit split never overlaps there
+    (``step_overlap_applies``), in ``fastrnn._backward`` the LSTM route has its own rule
+    (``fused_lstm_route_at``)."""
+    return bool(fr_amd())
+
+
 def _set_amd(int mode):
     """Test hook: treat this CPU as an AMD (1) or not (0) in this module's rules
     (``fastrnn._kernels``: the overlapped unit split's; ``fastrnn._backward``: the LSTM

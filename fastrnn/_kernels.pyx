@@ -956,12 +956,6 @@ def _set_amd_f19(int mode):
     return old
 
 
-def amd():
-    """Whether this CPU is an AMD (any family): the packed kernel's unit split never
-    overlaps there (:func:`step_overlap_applies`)."""
-    return bool(fr_amd())
-
-
 include "_amd.pxi"
 
 
