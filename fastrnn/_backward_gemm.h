@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>   /* the activations' clamps (fr_act_t.h) */
+#endif
 #include <unistd.h>
 #include "fr_cache.h"   /* fr_l2_bytes (L2 bytes of a core), fr_amalloc */
 

@@ -12,14 +12,41 @@ FR_INLINE V F(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
 FR_INLINE V F(vmin)(V a, V b) { return F(vsel)(a > b, b, a); }
 FR_INLINE V F(vmax)(V a, V b) { return F(vsel)(a < b, b, a); }
 
+/* max(k, x) and min(k, x) for the activations' clamps, a NaN x kept: on x86 one max /
+ * min instruction (it returns its second operand when either is NaN) instead of vmax /
+ * vmin's compare and blend; the same values */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#if FR_VBYTES == 64 && !defined(FR_DOUBLE)
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm512_max_ps(_mm512_set1_ps(k), (__m512)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm512_min_ps(_mm512_set1_ps(k), (__m512)x); }
+#elif FR_VBYTES == 64
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm512_max_pd(_mm512_set1_pd(k), (__m512d)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm512_min_pd(_mm512_set1_pd(k), (__m512d)x); }
+#elif FR_VBYTES == 32 && !defined(FR_DOUBLE)
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm256_max_ps(_mm256_set1_ps(k), (__m256)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm256_min_ps(_mm256_set1_ps(k), (__m256)x); }
+#elif FR_VBYTES == 32
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm256_max_pd(_mm256_set1_pd(k), (__m256d)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm256_min_pd(_mm256_set1_pd(k), (__m256d)x); }
+#elif !defined(FR_DOUBLE)
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm_max_ps(_mm_set1_ps(k), (__m128)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm_min_ps(_mm_set1_ps(k), (__m128)x); }
+#else
+FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm_max_pd(_mm_set1_pd(k), (__m128d)x); }
+FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm_min_pd(_mm_set1_pd(k), (__m128d)x); }
+#endif
+#else
+FR_INLINE V F(vkmax)(T k, V x) { return F(vmax)(x, F(vset1)(k)); }
+FR_INLINE V F(vkmin)(T k, V x) { return F(vmin)(x, F(vset1)(k)); }
+#endif
+
 /* ------------------------------------------------------------------ exp, sigmoid, tanh
  * float: Cephes expf (range reduction by ln2 in two parts, degree-6 polynomial, ~1 ulp);
  * double: Cephes exp (Pade form, ~1 ulp).  Inputs are clamped so no lane overflows;
  * +-inf give the right limits, never NaN. */
 #ifndef FR_DOUBLE
-FR_INLINE V F(vexp)(V x) {
-    const V hi = F(vset1)(88.0f), lo = F(vset1)(-87.3f);
-    x = F(vmin)(F(vmax)(x, lo), hi);
+/* exp of x in [-87.3, 88] (or NaN) */
+FR_INLINE V F(vexp_in)(V x) {
     V t = x * 1.44269504088896341f + 12582912.0f;       /* round to nearest via 1.5*2^23 */
     V n = t - 12582912.0f;
     V r = x - n * 0.693359375f;
@@ -35,6 +62,7 @@ FR_INLINE V F(vexp)(V x) {
     V scale = (V)((ni + 127) << 23);
     return e * scale;
 }
+FR_INLINE V F(vexp)(V x) { return F(vexp_in)(F(vkmin)(88.0f, F(vkmax)(-87.3f, x))); }
 FR_INLINE V F(vtanh)(V x) {
     const VI signmask = ((VI){0} + 1) << 31;
     V ax = (V)((VI)x & ~signmask);
@@ -47,15 +75,14 @@ FR_INLINE V F(vtanh)(V x) {
     p = p * s - 3.33332819422E-1f;
     V small = p * s * x + x;
     /* otherwise 1 - 2 / (exp(2|x|) + 1), sign restored */
-    V e = F(vexp)(F(vmin)(ax, F(vset1)(10.0f)) * 2.0f);
+    V e = F(vexp_in)(F(vkmin)(10.0f, ax) * 2.0f);
     V big = 1.0f - 2.0f / (e + 1.0f);
     big = (V)((VI)big | ((VI)x & signmask));
     return F(vsel)(ax < 0.625f, small, big);
 }
 #else
-FR_INLINE V F(vexp)(V x) {
-    const V hi = F(vset1)(708.0), lo = F(vset1)(-708.0);
-    x = F(vmin)(F(vmax)(x, lo), hi);
+/* exp of x in [-708, 708] (or NaN) */
+FR_INLINE V F(vexp_in)(V x) {
     V t = x * 1.4426950408889634073599 + 6755399441055744.0;   /* 1.5 * 2^52 */
     V n = t - 6755399441055744.0;
     V r = x - n * 6.93145751953125E-1;
@@ -75,6 +102,7 @@ FR_INLINE V F(vexp)(V x) {
     V scale = (V)((ni + 1023) << 52);
     return e * scale;
 }
+FR_INLINE V F(vexp)(V x) { return F(vexp_in)(F(vkmin)(708.0, F(vkmax)(-708.0, x))); }
 FR_INLINE V F(vtanh)(V x) {
     const VI signmask = ((VI){0} + 1) << 63;
     V ax = (V)((VI)x & ~signmask);
@@ -87,7 +115,7 @@ FR_INLINE V F(vtanh)(V x) {
     q = q * z + 2.23548839060100448583E3;
     q = q * z + 4.84406305325125486048E3;
     V small = x + x * z * (p / q);
-    V e = F(vexp)(F(vmin)(ax, F(vset1)(20.0)) * 2.0);
+    V e = F(vexp_in)(F(vkmin)(20.0, ax) * 2.0);
     V big = 1.0 - 2.0 / (e + 1.0);
     big = (V)((VI)big | ((VI)x & signmask));
     return F(vsel)(ax < 0.625, small, big);

@@ -21,6 +21,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>   /* the activations' clamps (fr_act_t.h) */
+#endif
 #include <math.h>
 
 /* _kernels.pyx cimports NumPy's C API, whose headers pull in <complex.h> and its macro I

@@ -47,12 +47,23 @@ def test_activation_accuracy(dtype, which, level):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_activation_limits(dtype):
-    x = np.array([np.inf, -np.inf, np.nan, 0.0], dtype)
-    s = _kernels._act_test(0, x)
-    t = _kernels._act_test(1, x)
+@pytest.mark.parametrize("level", [-1, 0, 1])
+def test_activation_limits(dtype, level):
+    """+-inf give the limits and NaN stays NaN at every ISA level (the clamps are one
+    max / min instruction each on x86, whose operand order decides what a NaN gives)."""
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, -np.nan, 1e30, -1e30], dtype)
+    _kernels._set_isa_level(level)
+    try:
+        s = _kernels._act_test(0, x)
+        t = _kernels._act_test(1, x)
+        e = _kernels._act_test(2, x)
+    finally:
+        _kernels._set_isa_level(-1)
     assert s[0] == 1 and 0 <= s[1] < 1e-37 and np.isnan(s[2]) and s[3] == 0.5
     assert t[0] == 1 and t[1] == -1 and np.isnan(t[2]) and t[3] == 0
+    assert np.isnan(s[4]) and np.isnan(t[4]) and np.isnan(e[2]) and np.isnan(e[4])
+    assert s[5] == 1 and 0 <= s[6] < 1e-37 and t[5] == 1 and t[6] == -1
+    assert np.isfinite(e[0]) and np.isfinite(e[5]) and 0 <= e[1] < 1e-37
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
