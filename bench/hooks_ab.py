@@ -1,7 +1,7 @@
 """In-process A/B of the kernels' tuning hooks: each variant against the automatic rules.
 
     PYTHONPATH=. python bench/hooks_ab.py --cases LSTM:1:100:256,GRU:1:100:256,BiLSTM:8:100:256 \
-        --variants overlap0,swpf0,rows8 [--rounds 12] [--calls 15] [--pre overlap0]
+        --variants overlap0,swpf0,rows8 [--rounds 12] [--calls 15] [--pre overlap0] [--ragged]
 
 A case is CELL:B:T:H (CELL one of LSTM, GRU, RNN, or BiLSTM / BiGRU / BiRNN for a 2-layer
 bidirectional layer; input size = H; float32, or float64 with a fifth field ``f64``).  A
@@ -10,7 +10,8 @@ variants of a round run in turn (the order reversed every other round), each tim
 ``--calls`` calls of every case after a warm-up call, and the report gives per case the
 median time of the base (no hook set) and, per variant, the median over rounds of its time
 over the base's.  ``--pre`` sets variants' hooks for the whole run (the base included).
-Same arithmetic either way for every hook here; no peers, no timing thresholds.
+``--ragged``: lengths T/2..T (the first T), as ``bench_paths.py --ragged``.  Same
+arithmetic either way for every hook here; no peers, no timing thresholds.
 """
 import argparse
 import time
@@ -43,7 +44,7 @@ def _apply(hooks):
     return {k: getattr(_kernels, k)(v) for k, v in hooks.items()}
 
 
-def _case(spec):
+def _case(spec, ragged=False):
     f = spec.split(":")
     cell, B, T, H = f[0], int(f[1]), int(f[2]), int(f[3])
     dt = "float64" if "f64" in f[4:] else "float32"
@@ -52,7 +53,11 @@ def _case(spec):
     layer = cls(H, H, num_layers=2 if bi else 1, bidirectional=bi, seed=0, num_threads=2,
                 dtype=dt)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
-    return spec, layer, x
+    kw = {}
+    if ragged:
+        kw["lengths"] = np.random.default_rng(1).integers(T // 2, T + 1, B)
+        kw["lengths"][0] = T
+    return spec, layer, x, kw
 
 
 def main(argv=None):
@@ -62,28 +67,29 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--calls", type=int, default=15)
     ap.add_argument("--pre", default="")
+    ap.add_argument("--ragged", action="store_true")
     a = ap.parse_args(argv)
     for name in filter(None, a.pre.split(",")):
         _apply(VARIANTS[name])
     names = ["base"] + [v for v in a.variants.split(",") if v]
     hooks = {"base": {}, **{n: VARIANTS[n] for n in names[1:]}}
-    cases = [_case(c) for c in a.cases.split(",")]
+    cases = [_case(c, a.ragged) for c in a.cases.split(",")]
     res = {}
     for r in range(a.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             old = _apply(hooks[name])
             try:
-                for spec, layer, x in cases:
-                    layer(x)
+                for spec, layer, x, kw in cases:
+                    layer(x, **kw)
                     ts = []
                     for _ in range(a.calls):
                         t0 = time.perf_counter()
-                        layer(x)
+                        layer(x, **kw)
                         ts.append(time.perf_counter() - t0)
                     res.setdefault((spec, name), []).append(np.median(ts))
             finally:
                 _apply(old)
-    for spec, _, _ in cases:
+    for spec, *_ in cases:
         base = np.array(res[(spec, "base")])
         print(f"{spec}: base {np.median(base) * 1e3:.3f} ms; " + "; ".join(
             f"{n} {np.median(np.array(res[(spec, n)]) / base):.3f}" for n in names[1:]))

@@ -959,6 +959,34 @@ def _set_amd_f19(int mode):
 include "_amd.pxi"
 
 
+def wide_ragged_applies(int cell, int batch, int num_threads, int lanes, int half=-1,
+                        int amd_cpu=-1):
+    """Whether a ragged batch (lengths that differ, sorted longest first) may run on the
+    batch-lane kernel where the size rules choose it (its lanes filled: _lanes_filled);
+    ``lanes``: rows a panel; ``half`` / ``amd_cpu`` < 0: this CPU's answers.
+
+    Not on half-width AVX-512 (Zen 4, bench_paths.py --ragged, lengths T/2..T,
+    batch-lane / packed time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24,
+    SimpleRNN B = 64 H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense
+    batches there 0.97-1.01).  On other AMD CPUs not an LSTM / GRU whose panels of rows
+    the threads would split (fr_wide_layer's bypanel: 2+ threads, at least two panels a
+    thread, as many each): the rows sorted longest first, the first thread's panels hold
+    the longest sequences and it works longest (Zen 5, ``PYTHONPATH=. python
+    bench/bench_paths.py --ragged``, lengths T/2..T, T = 50, 2 threads, panels / packed
+    kernel, medians of 8-10 rounds: LSTM B = 64, 128 at H = 256, 512 1.12-1.19, GRU
+    1.16-1.19, float64 LSTM B = 64 H = 128, 256 1.13-1.18; the batch-lane kernel's unit
+    group split 1.00-1.05 there, where it applies (float64 LSTM B = 16 H = 256) 0.87-0.88;
+    SimpleRNN B = 32, 64 H = 512 panels 0.96-1.02, kept).  Elsewhere (the Intel Xeon's
+    rules) whenever the lanes are filled."""
+    cdef int nP = (batch + lanes - 1) // max(1, lanes)
+    cdef int nt = max(1, num_threads)
+    if (fr_level() == 2 and fr_amd_f19() != 0) if half < 0 else half != 0:
+        return False
+    if (fr_amd() if amd_cpu < 0 else amd_cpu) != 0 and cell != CELL_RNN:
+        return not (nt > 1 and nP >= 2 * nt and nP % nt == 0 and not fr_wide_force_groups)
+    return True
+
+
 cdef inline bint _lanes_full(Py_ssize_t padded, Py_ssize_t rows) noexcept nogil:
     """The batch-lane kernel's bound on empty lanes: ``rows`` real rows in ``padded``
     lanes, at most 1/8 of them padding (dense batches: wide_gates_at, wide_rnn_at; ragged
@@ -1887,12 +1915,10 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, e.A.is_default, d.I, isz)
     if path == "wide" and varlen and _force_path != 3 and (
-            avx512_half() or not _lanes_filled(p_nst, d.T, U)):
-        # a skewed ragged batch: mostly empty lanes; on half-width AVX-512 any ragged
-        # batch (Zen 4, bench_paths.py --ragged, lengths T/2..T, batch-lane / packed
-        # time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24, SimpleRNN B = 64
-        # H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense batches there
-        # 0.97-1.01)
+            not wide_ragged_applies(cell, d.nrows_max, d.num_threads, U)
+            or not _lanes_filled(p_nst, d.T, U)):
+        # a skewed ragged batch: mostly empty lanes; or a ragged batch where
+        # wide_ragged_applies says no
         path = "small"
     if path == "wide" and wdp != NULL and wdp_n > 0:
         _check_wide(wdp_n, cell, d.I, d.H, reset_after)

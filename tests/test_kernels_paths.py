@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _backward, _kernels
+from fastrnn import _backward, _kernels, layers
 from reference import rnn_forward
 
 CELLS = {"RNN": fastrnn.SimpleRNN, "LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
@@ -1753,6 +1753,53 @@ def test_skewed_ragged_batch_leaves_the_batch_lane_kernel():
         n0 = _kernels._wide_run_count()
         _check(layer, x, lengths=lengths)
         assert (_kernels._wide_run_count() > n0) == wide, lengths
+
+
+def test_wide_ragged_rule():
+    """wide_ragged_applies: half-width AVX-512 never; other AMD CPUs not an LSTM / GRU
+    whose panels the threads would split (2+ threads, 2+ panels each, as many each);
+    SimpleRNN and other CPUs always."""
+    rule = _kernels.wide_ragged_applies
+    LSTM, GRU, RNN = 1, 2, 0
+    for cell in (LSTM, GRU, RNN):
+        assert not rule(cell, 64, 2, 16, half=1, amd_cpu=1)
+        assert rule(cell, 64, 2, 16, half=0, amd_cpu=0)
+        assert rule(cell, 64, 1, 16, half=0, amd_cpu=1)        # one thread: no split
+    for cell in (LSTM, GRU):
+        assert not rule(cell, 64, 2, 16, half=0, amd_cpu=1)    # 4 panels, 2 a thread
+        assert not rule(cell, 128, 2, 16, half=0, amd_cpu=1)
+        assert not rule(cell, 64, 2, 8, half=0, amd_cpu=1)     # float64 lanes
+        assert rule(cell, 48, 2, 16, half=0, amd_cpu=1)        # 3 panels: unit groups
+        assert rule(cell, 32, 2, 16, half=0, amd_cpu=1)        # 2 panels: one a thread
+        assert rule(cell, 16, 2, 8, half=0, amd_cpu=1)
+    assert rule(RNN, 64, 2, 16, half=0, amd_cpu=1)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_ragged_panel_split_off_the_batch_lane_kernel_on_amd(cell):
+    """An evenly ragged LSTM / GRU batch of 64 rows (H=256: the size rules choose the
+    batch-lane kernel with AVX-512) runs on it where the AMD rule is off and on the
+    packed kernel where it is on (the threads' panels would be unbalanced); the
+    reference's numbers either way.  Without AVX-512 the packed kernel both times."""
+    rng = np.random.default_rng(71)
+    B, T, H = 64, 20, 256
+    layer = CELLS[cell](H, H, seed=5, num_threads=2)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    lengths = np.sort(rng.integers(T // 2, T + 1, B))[::-1]
+    avx512 = _kernels.choose_path(1 if cell == "LSTM" else 2, B, H, 0, 1, 2) == "wide"
+    _kernels._set_amd_f19(0)
+    old_route = layers._FUSED_LSTM_MIN_B
+    layers._FUSED_LSTM_MIN_B = 0          # the inference kernels, not the LSTM route
+    try:
+        for amd in (0, 1):
+            _kernels._set_amd(amd)
+            n0 = _kernels._wide_run_count()
+            _check(layer, x, lengths=lengths)
+            assert (_kernels._wide_run_count() > n0) == (avx512 and not amd), amd
+    finally:
+        _kernels._set_amd(-1)
+        _kernels._set_amd_f19(-1)
+        layers._FUSED_LSTM_MIN_B = old_route
 
 
 def test_row_split_balances_ragged_batches():
