@@ -11,7 +11,8 @@ def amd():
     """Whether this CPU is an AMD (any family; :func:`_set_amd` may say otherwise): in
     ``fastrnn._kernels`` the packed kernel's unit split never overlaps there
     (``step_overlap_applies``) and ragged LSTM / GRU batches leave the batch-lane
-    kernel where its threads would split the panels (``wide_ragged_applies``), in
+    kernel where its threads would split the panels, and ragged SimpleRNN batches
+    split it by unit groups (``wide_ragged_mode``), in
     ``fastrnn._backward`` the LSTM route has its own rule (``fused_lstm_route_at``)."""
     return bool(fr_amd())
 

@@ -186,6 +186,7 @@ cdef extern from "fr_kern.h":
         float* xt
         float* ht
         float* ct
+        int wide_groups
     ctypedef struct fr_seq_d:
         int nT, B, I, reverse, varlen, chunk
         const Py_ssize_t* offsets
@@ -210,6 +211,7 @@ cdef extern from "fr_kern.h":
         double* xt
         double* ht
         double* ct
+        int wide_groups
     void fr_small_layer_f(const fr_cell* cl, fr_seq_f* q, int nt) nogil
     void fr_small_layer_d(const fr_cell* cl, fr_seq_d* q, int nt) nogil
     void fr_small_pair_f(const fr_cell* cl0, fr_seq_f* q0, const fr_cell* cl1,
@@ -549,6 +551,7 @@ cdef inline void _rows_c(const fr_cell* cl, int n, floating* acc, int acc_ld,
 cdef struct Dims:
     int cell, T, I, H, P, G, nrows_max, reverse, varlen, reset_after, input_forget
     int out_ld, out_col, num_threads, has_mask, mask_zero_output, chunk, write_out
+    int wide_groups     # the batch-lane kernel split by unit groups (wide_ragged_mode 2)
 
 
 cdef inline void _parallel_rows(int kind, int n, int nt, int H, floating* acc, int acc_ld,
@@ -959,32 +962,35 @@ def _set_amd_f19(int mode):
 include "_amd.pxi"
 
 
-def wide_ragged_applies(int cell, int batch, int num_threads, int lanes, int half=-1,
-                        int amd_cpu=-1):
-    """Whether a ragged batch (lengths that differ, sorted longest first) may run on the
-    batch-lane kernel where the size rules choose it (its lanes filled: _lanes_filled);
-    ``lanes``: rows a panel; ``half`` / ``amd_cpu`` < 0: this CPU's answers.
+def wide_ragged_mode(int cell, int batch, int num_threads, int lanes, int half=-1,
+                     int amd_cpu=-1):
+    """How a ragged batch (lengths that differ, sorted longest first) runs where the
+    size rules choose the batch-lane kernel (and its lanes are filled: _lanes_filled):
+    0 on the packed kernel instead, 1 as a dense batch, 2 on the batch-lane kernel split
+    by unit groups (not by panels of rows); ``lanes``: rows a panel; ``half`` /
+    ``amd_cpu`` < 0: this CPU's answers.
 
-    Not on half-width AVX-512 (Zen 4, bench_paths.py --ragged, lengths T/2..T,
-    batch-lane / packed time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24,
-    SimpleRNN B = 64 H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense
-    batches there 0.97-1.01).  On other AMD CPUs not an LSTM / GRU whose panels of rows
-    the threads would split (fr_wide_layer's bypanel: 2+ threads, at least two panels a
-    thread, as many each): the rows sorted longest first, the first thread's panels hold
-    the longest sequences and it works longest (Zen 5, ``PYTHONPATH=. python
-    bench/bench_paths.py --ragged``, lengths T/2..T, T = 50, 2 threads, panels / packed
-    kernel, medians of 8-10 rounds: LSTM B = 64, 128 at H = 256, 512 1.12-1.19, GRU
-    1.16-1.19, float64 LSTM B = 64 H = 128, 256 1.13-1.18; the batch-lane kernel's unit
-    group split 1.00-1.05 there, where it applies (float64 LSTM B = 16 H = 256) 0.87-0.88;
-    SimpleRNN B = 32, 64 H = 512 panels 0.96-1.02, kept).  Elsewhere (the Intel Xeon's
-    rules) whenever the lanes are filled."""
+    Half-width AVX-512 (Zen 4): 0 (bench_paths.py --ragged, lengths T/2..T, batch-lane /
+    packed time: 2 threads GRU B = 64, 128 at H = 256, 512 1.18-1.24, SimpleRNN B = 64
+    H = 512 1.11; one thread GRU B = 64 1.05, SimpleRNN 1.04; dense batches there
+    0.97-1.01).  Other AMD CPUs, where the threads would split the panels
+    (fr_wide_layer's bypanel: 2+ threads, at least two panels a thread for LSTM / GRU,
+    one for SimpleRNN, as many each): the rows sorted longest first, the first thread's
+    panels hold the longest sequences and it works longest, so an LSTM / GRU 0 and a
+    SimpleRNN 2 (Zen 5, ``PYTHONPATH=. python bench/bench_paths.py --ragged``, lengths
+    T/2..T, T = 50, 2 threads, time / packed kernel, medians of 8-10 rounds: LSTM B = 64,
+    128 at H = 256, 512 panels 1.12-1.19, unit groups 1.00-1.05; GRU 1.16-1.19 /
+    1.02-1.03; float64 LSTM B = 64 1.13-1.18 / 1.00-1.02; SimpleRNN B = 32-128 H = 256,
+    512 panels 0.96-1.05, unit groups 0.86-0.97).  Elsewhere 1 (the Intel Xeon's rules,
+    not measured there)."""
     cdef int nP = (batch + lanes - 1) // max(1, lanes)
     cdef int nt = max(1, num_threads)
     if (fr_level() == 2 and fr_amd_f19() != 0) if half < 0 else half != 0:
-        return False
-    if (fr_amd() if amd_cpu < 0 else amd_cpu) != 0 and cell != CELL_RNN:
-        return not (nt > 1 and nP >= 2 * nt and nP % nt == 0 and not fr_wide_force_groups)
-    return True
+        return 0
+    if ((fr_amd() if amd_cpu < 0 else amd_cpu) != 0 and nt > 1 and nP % nt == 0
+            and nP >= (nt if cell == CELL_RNN else 2 * nt) and not fr_wide_force_groups):
+        return 2 if cell == CELL_RNN else 0
+    return 1
 
 
 cdef inline bint _lanes_full(Py_ssize_t padded, Py_ssize_t rows) noexcept nogil:
@@ -1595,6 +1601,7 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
         qf.ct = ct
         qf.rh = rh
         qf.zb = zb
+        qf.wide_groups = d.wide_groups
         rc = fr_wide_layer_f(cl, &qf, d.num_threads)
     else:
         memset(&qd, 0, sizeof(qd))
@@ -1621,6 +1628,7 @@ cdef int _run_wide(Dims* d, const fr_cell* cl, const floating* x, Py_ssize_t x_l
         qd.ct = ct
         qd.rh = rh
         qd.zb = zb
+        qd.wide_groups = d.wide_groups
         rc = fr_wide_layer_d(cl, &qd, d.num_threads)
     free(xt)
     free(ht)
@@ -1636,6 +1644,7 @@ cdef int _fill_dims(Dims* d, Acts* A, int cell, int T, int I, int hidden_size,
                     double clip) except -1:
     """The per-call descriptors of one layer direction (shared by run_layer/run_pair)."""
     d.cell = cell
+    d.wide_groups = 0
     d.T = T
     d.I = I
     d.H = hidden_size
@@ -1768,11 +1777,13 @@ cdef bint _lanes_filled(const Py_ssize_t* nst, Py_ssize_t T, Py_ssize_t lanes) n
 
 
 cdef long _wide_runs = 0      # run_layer calls that took the batch-lane kernel (tests)
+cdef long _wide_group_runs = 0    # ... of them split by unit groups for a ragged batch
 
 
-def _wide_run_count():
-    """Test hook: how many :func:`run_layer` calls ran the batch-lane kernel so far."""
-    return _wide_runs
+def _wide_run_count(bint ragged_groups=False):
+    """Test hook: how many :func:`run_layer` calls ran the batch-lane kernel so far
+    (``ragged_groups``: those split by unit groups by :func:`wide_ragged_mode`)."""
+    return _wide_group_runs if ragged_groups else _wide_runs
 
 
 def _row_cuts(lens, int nth, bint varlen=True):
@@ -1887,7 +1898,7 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     the weights' addresses), from everything but the call's arrays (p_nst: the step
     sizes, which a ragged batch's kernel choice reads)."""
     cdef Dims* d = &e.d
-    cdef int U, isz = 8 if dbl else 4
+    cdef int U, rmode, isz = 8 if dbl else 4
     cdef bint small
     cdef Py_ssize_t nwxp = 0, nwhp = 0, nwrp = 0
     cdef const void* whp = NULL
@@ -1914,12 +1925,13 @@ cdef int _dir_setup(DirRun* e, int cell, Py_ssize_t I, PackedDir pw, Py_ssize_t 
     U = fr_unit(isz)
     path = choose_path(cell, d.nrows_max, hidden_size, proj_size, reset_after,
                        d.num_threads, e.A.is_default, d.I, isz)
-    if path == "wide" and varlen and _force_path != 3 and (
-            not wide_ragged_applies(cell, d.nrows_max, d.num_threads, U)
-            or not _lanes_filled(p_nst, d.T, U)):
-        # a skewed ragged batch: mostly empty lanes; or a ragged batch where
-        # wide_ragged_applies says no
-        path = "small"
+    if path == "wide" and varlen and _force_path != 3:
+        # a skewed ragged batch (mostly empty lanes) on the packed kernel; else
+        # wide_ragged_mode's answer
+        rmode = wide_ragged_mode(cell, d.nrows_max, d.num_threads, U)
+        if rmode == 0 or not _lanes_filled(p_nst, d.T, U):
+            path = "small"
+        d.wide_groups = rmode == 2
     if path == "wide" and wdp != NULL and wdp_n > 0:
         _check_wide(wdp_n, cell, d.I, d.H, reset_after)
         _fill_cell(&e.cl, cell, d.G, d.H, d.H, fr_wide_rows(), &e.A, use_peep, input_forget,
@@ -1997,8 +2009,9 @@ def run_layer(int cell, const floating[:, ::1] x, PackedDir pw, offsets, nsteps,
     if e.mode == _DIR_NONE:
         return
     if e.mode == _DIR_WIDE:
-        global _wide_runs
+        global _wide_runs, _wide_group_runs
         _wide_runs += 1
+        _wide_group_runs += e.d.wide_groups
     with nogil:
         rc = _dir_exec(&e, &x[0, 0], <Py_ssize_t*>vp[0], <Py_ssize_t*>vp[1],
                        <Py_ssize_t*>vp[2], <unsigned char*>vp[3], <floating*>vp[4],
@@ -2153,8 +2166,9 @@ cdef class DenseRun:
             for d in range(self.D):
                 k = l * self.D + d
                 if self.runs[k].mode == _DIR_WIDE:
-                    global _wide_runs
+                    global _wide_runs, _wide_group_runs
                     _wide_runs += 1
+                    _wide_group_runs += self.runs[k].d.wide_groups
                 with nogil:
                     if self.is_double:
                         rc = _dir_exec(&self.runs[k], <const double*>xp, self.off, self.nst,

@@ -238,6 +238,7 @@ FR_INLINE int fr_nthreads(void) {
         int team;                    /* threads sharing a step's unit blocks (the kernel's) */\
         T* rh; T* zb;                /* (B, H) each: GRU reset_after=False scratch */     \
         T* xt; T* ht; T* ct;         /* batch-lane kernel scratch (fr_wide_t.h) */        \
+        int wide_groups;             /* batch-lane kernel: split by unit groups */        \
     }
 typedef FR_SEQ_STRUCT(float) fr_seq_f;
 typedef FR_SEQ_STRUCT(double) fr_seq_d;

@@ -333,7 +333,7 @@ static int F(fr_wide_layer)(const fr_cell* cl, FR_SEQ* q, int nt) {
      * 0.90; at two panels a thread even (LSTM B=64 H=512 0.70 / 0.69); SimpleRNN's
      * panels win from one a thread (AVX2 B=16: 0.79 / 1.10) */
     const int bypanel = nt > 1 && nP >= (cl->cell == 0 ? nt : 2 * nt) && nP % nt == 0
-                        && !fr_wide_force_groups;
+                        && !fr_wide_force_groups && !q->wide_groups;
     int nthr = bypanel ? nt : (nt < nG ? nt : nG), b, j;
     if ((long)cl->G * H * (cl->K + q->I) * B < fr_min_par_work) nthr = 1;
     if (nthr < 1) nthr = 1;

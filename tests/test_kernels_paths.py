@@ -1756,23 +1756,26 @@ def test_skewed_ragged_batch_leaves_the_batch_lane_kernel():
 
 
 def test_wide_ragged_rule():
-    """wide_ragged_applies: half-width AVX-512 never; other AMD CPUs not an LSTM / GRU
-    whose panels the threads would split (2+ threads, 2+ panels each, as many each);
-    SimpleRNN and other CPUs always."""
-    rule = _kernels.wide_ragged_applies
+    """wide_ragged_mode: half-width AVX-512 never (0); other AMD CPUs, where the threads
+    would split the panels (2+ threads, as many panels each, 2+ for LSTM / GRU), an LSTM
+    / GRU on the packed kernel (0) and a SimpleRNN split by unit groups (2); else as a
+    dense batch (1)."""
+    rule = _kernels.wide_ragged_mode
     LSTM, GRU, RNN = 1, 2, 0
     for cell in (LSTM, GRU, RNN):
-        assert not rule(cell, 64, 2, 16, half=1, amd_cpu=1)
-        assert rule(cell, 64, 2, 16, half=0, amd_cpu=0)
-        assert rule(cell, 64, 1, 16, half=0, amd_cpu=1)        # one thread: no split
+        assert rule(cell, 64, 2, 16, half=1, amd_cpu=1) == 0
+        assert rule(cell, 64, 2, 16, half=0, amd_cpu=0) == 1
+        assert rule(cell, 64, 1, 16, half=0, amd_cpu=1) == 1   # one thread: no split
+        assert rule(cell, 48, 2, 16, half=0, amd_cpu=1) == 1   # 3 panels: unit groups
     for cell in (LSTM, GRU):
-        assert not rule(cell, 64, 2, 16, half=0, amd_cpu=1)    # 4 panels, 2 a thread
-        assert not rule(cell, 128, 2, 16, half=0, amd_cpu=1)
-        assert not rule(cell, 64, 2, 8, half=0, amd_cpu=1)     # float64 lanes
-        assert rule(cell, 48, 2, 16, half=0, amd_cpu=1)        # 3 panels: unit groups
-        assert rule(cell, 32, 2, 16, half=0, amd_cpu=1)        # 2 panels: one a thread
-        assert rule(cell, 16, 2, 8, half=0, amd_cpu=1)
-    assert rule(RNN, 64, 2, 16, half=0, amd_cpu=1)
+        assert rule(cell, 64, 2, 16, half=0, amd_cpu=1) == 0   # 4 panels, 2 a thread
+        assert rule(cell, 128, 2, 16, half=0, amd_cpu=1) == 0
+        assert rule(cell, 64, 2, 8, half=0, amd_cpu=1) == 0    # float64 lanes
+        assert rule(cell, 32, 2, 16, half=0, amd_cpu=1) == 1   # one panel a thread
+        assert rule(cell, 16, 2, 8, half=0, amd_cpu=1) == 1
+    assert rule(RNN, 32, 2, 16, half=0, amd_cpu=1) == 2        # SimpleRNN: from one
+    assert rule(RNN, 64, 2, 16, half=0, amd_cpu=1) == 2
+    assert rule(RNN, 16, 2, 16, half=0, amd_cpu=1) == 1
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -1800,6 +1803,30 @@ def test_ragged_panel_split_off_the_batch_lane_kernel_on_amd(cell):
         _kernels._set_amd(-1)
         _kernels._set_amd_f19(-1)
         layers._FUSED_LSTM_MIN_B = old_route
+
+
+def test_ragged_simplernn_splits_batch_lane_kernel_by_groups_on_amd():
+    """An evenly ragged SimpleRNN batch of 64 rows (H=256: the batch-lane kernel with
+    AVX-512) runs on it either way, split by unit groups where the AMD rule is on (its
+    panels would give the first thread the longest sequences), by panels where it is
+    off; the reference's numbers both times."""
+    rng = np.random.default_rng(73)
+    B, T, H = 64, 20, 256
+    layer = fastrnn.SimpleRNN(H, H, seed=6, num_threads=2)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    lengths = np.sort(rng.integers(T // 2, T + 1, B))[::-1]
+    avx512 = _kernels.choose_path(0, B, H, 0, 1, 2) == "wide"
+    _kernels._set_amd_f19(0)
+    try:
+        for amd in (0, 1):
+            _kernels._set_amd(amd)
+            n0, g0 = _kernels._wide_run_count(), _kernels._wide_run_count(True)
+            _check(layer, x, lengths=lengths)
+            assert (_kernels._wide_run_count() > n0) == avx512, amd
+            assert (_kernels._wide_run_count(True) > g0) == (avx512 and amd == 1), amd
+    finally:
+        _kernels._set_amd(-1)
+        _kernels._set_amd_f19(-1)
 
 
 def test_row_split_balances_ragged_batches():
