@@ -10,7 +10,8 @@ variants of a round run in turn (the order reversed every other round), each tim
 ``--calls`` calls of every case after a warm-up call, and the report gives per case the
 median time of the base (no hook set) and, per variant, the median over rounds of its time
 over the base's.  ``--pre`` sets variants' hooks for the whole run (the base included).
-``--ragged``: lengths T/2..T (the first T), as ``bench_paths.py --ragged``.  Same
+``--ragged``: lengths T/2..T (the first T), as ``bench_paths.py --ragged``; ``--threads``:
+the layers' thread count (2).  Same
 arithmetic either way for every hook here; no peers, no timing thresholds.
 """
 import argparse
@@ -44,13 +45,13 @@ def _apply(hooks):
     return {k: getattr(_kernels, k)(v) for k, v in hooks.items()}
 
 
-def _case(spec, ragged=False):
+def _case(spec, ragged=False, threads=2):
     f = spec.split(":")
     cell, B, T, H = f[0], int(f[1]), int(f[2]), int(f[3])
     dt = "float64" if "f64" in f[4:] else "float32"
     bi = cell.startswith("Bi")
     cls = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.SimpleRNN}[cell[2:] if bi else cell]
-    layer = cls(H, H, num_layers=2 if bi else 1, bidirectional=bi, seed=0, num_threads=2,
+    layer = cls(H, H, num_layers=2 if bi else 1, bidirectional=bi, seed=0, num_threads=threads,
                 dtype=dt)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
     kw = {}
@@ -68,12 +69,13 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=15)
     ap.add_argument("--pre", default="")
     ap.add_argument("--ragged", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     for name in filter(None, a.pre.split(",")):
         _apply(VARIANTS[name])
     names = ["base"] + [v for v in a.variants.split(",") if v]
     hooks = {"base": {}, **{n: VARIANTS[n] for n in names[1:]}}
-    cases = [_case(c, a.ragged) for c in a.cases.split(",")]
+    cases = [_case(c, a.ragged, a.threads) for c in a.cases.split(",")]
     res = {}
     for r in range(a.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):

@@ -1007,7 +1007,7 @@ cdef inline bint _half(int half):
 
 
 def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
-                  int itemsize=4, int num_threads=2, int half=-1):
+                  int itemsize=4, int num_threads=2, int half=-1, int amd_cpu=-1):
     """Whether an LSTM / GRU direction of ``batch`` rows runs faster on the batch-lane
     kernel than on the packed one: with AVX-512 only (32 registers: 24 accumulators per
     weight broadcast), from 16 rows with at most 1/8 of the lanes padding, and weights
@@ -1026,7 +1026,19 @@ def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
     1.03-1.17; float64 GRU B = 16: 1.25) and wins a little from 32 rows a thread with
     the panels shared evenly (B = 64, 128 at H = 192-512: 0.97-1.00; float64 B = 64
     0.98-0.99; one thread B = 32 0.93-0.98).  So there: at least 32 rows a thread and
-    the panels a multiple of the threads.  ``input_size`` < 0: the hidden size."""
+    the panels a multiple of the threads.
+
+    Other AMD CPUs (full-width AVX-512, ``amd_cpu``; < 0: this CPU's :func:`amd`),
+    measured on a Zen 5 EPYC (2 cores, 1 MiB L2 each; ``PYTHONPATH=. python
+    bench/bench_paths.py``, T = 50-100, 6-8 rounds, medians of batch-lane / packed): the
+    packed kernel runs at 83-85% of the FMA ceiling there too, and the batch-lane kernel
+    wins from four panels of rows (LSTM B = 64 H = 256-512 0.93-0.98, GRU H = 384, 512
+    0.97-0.99, float64 B = 64 0.92-0.94; one thread LSTM H = 512 0.92-0.95, H = 256
+    1.01-1.02) or large weights (LSTM B = 32 H = 384, 4.5 MiB, 0.92-0.95; GRU B = 16
+    H = 512 0.99) but loses with fewer panels and smaller weights (GRU B = 16 H = 256 1.04,
+    B = 32 H = 320 1.08, float64 B = 16 H = 192, 256 1.01-1.04; one thread LSTM / GRU
+    B = 16 H = 256 1.06 / 1.09): so there from four panels or 4 MiB of weights.
+    ``input_size`` < 0: the hidden size."""
     cdef long G, lanes, padded, I = hidden_size if input_size < 0 else input_size
     cdef long nt = max(1, num_threads)
     if cell == CELL_RNN or fr_level() != 2 or batch < 16 or itemsize <= 0:
@@ -1034,9 +1046,14 @@ def wide_gates_at(int cell, int batch, int hidden_size, int input_size=-1,
     G = 4 if cell == CELL_LSTM else 3
     lanes = 64 // itemsize
     padded = (batch + lanes - 1) // lanes * lanes
-    if _half(half) and (batch < 32 * nt or (padded // lanes) % nt != 0):
+    cdef long wbytes = G * hidden_size * (I + hidden_size) * itemsize
+    if _half(half):
+        if batch < 32 * nt or (padded // lanes) % nt != 0:
+            return False
+    elif (fr_amd() if amd_cpu < 0 else amd_cpu) != 0 and padded // lanes < 4 \
+            and wbytes < (4 << 20):
         return False
-    return _lanes_full(padded, batch) and G * hidden_size * (I + hidden_size) * itemsize >= (1 << 20)
+    return _lanes_full(padded, batch) and wbytes >= (1 << 20)
 
 
 def wide_rnn_at(int cell, int batch, int hidden_size, int num_threads, int input_size=-1,

@@ -415,19 +415,26 @@ def test_tiny_problems_stay_on_one_thread_and_agree():
     _check(layer, x)
 
 
-def _gates_wide_rule(cell, B, H, I, itemsize, nt=2, half=None):
+def _gates_wide_rule(cell, B, H, I, itemsize, nt=2, half=None, amd=None):
     """wide_gates_at's rule, written out: AVX-512, >= 16 rows, <= 1/8 padded lanes,
     >= 1 MiB of weights; half-width AVX-512 (Zen 4) also >= 32 rows a thread and the
-    panels shared evenly.  half None: this CPU's."""
+    panels shared evenly; other AMD CPUs (Zen 5) also 4+ panels or >= 4 MiB of weights.
+    half / amd None: this CPU's."""
     if half is None:
         half = _kernels.avx512_half()
+    if amd is None:
+        amd = _kernels.amd()
     lanes = 64 // itemsize
     padded = -(-B // lanes) * lanes
     G = 4 if cell == 1 else 3
-    if half and (B < 32 * nt or (padded // lanes) % nt):
+    wbytes = G * H * (I + H) * itemsize
+    if half:
+        if B < 32 * nt or (padded // lanes) % nt:
+            return False
+    elif amd and padded // lanes < 4 and wbytes < 4 << 20:
         return False
     return (_kernels.isa() == "avx512" and B >= 16 and 8 * padded <= 9 * B
-            and G * H * (I + H) * itemsize >= 1 << 20)
+            and wbytes >= 1 << 20)
 
 
 def _rnn_wide_rule(B, H, I, itemsize, nt, half=None):
@@ -455,23 +462,34 @@ def test_path_choice_is_automatic():
                 for itemsize in (4, 8):
                     want = _gates_wide_rule(cell, B, H, I, itemsize)
                     assert _kernels.wide_gates_at(cell, B, H, I, itemsize) == want
-                    for nt in (1, 2, 3):        # both AVX-512 rules on any AVX-512 CPU
+                    for nt in (1, 2, 3):        # every AVX-512 rule on any AVX-512 CPU
                         for half in (0, 1):
-                            assert (_kernels.wide_gates_at(cell, B, H, I, itemsize, nt, half)
-                                    == _gates_wide_rule(cell, B, H, I, itemsize, nt, half))
+                            for amd in (0, 1):
+                                assert (_kernels.wide_gates_at(cell, B, H, I, itemsize, nt,
+                                                               half, amd)
+                                        == _gates_wide_rule(cell, B, H, I, itemsize, nt,
+                                                            half, amd))
                     got = _kernels.choose_path(cell, B, H, 0, 1, 2, 1, I, itemsize)
                     assert got == ("wide" if want else "small"), (cell, B, H, I, itemsize)
                     # not the default activations: packed kernel; GRU reset_after=False
                     # (two phases a step on the batch-lane kernel): the same rule
                     assert _kernels.choose_path(cell, B, H, 0, 1, 2, 0, I, itemsize) == "small"
                     assert _kernels.choose_path(cell, B, H, 0, 0, 2, 1, I, itemsize) == got
-    if avx512:   # the rule's edges (full-width AVX-512)
-        assert _kernels.wide_gates_at(1, 16, 256, 256, 4, 2, 0)
-        assert _kernels.wide_gates_at(1, 72, 512, 512, 4, 2, 0)      # 80 lanes, 72 rows
-        assert not _kernels.wide_gates_at(1, 24, 256, 256, 4, 2, 0)  # 32 lanes, 24 rows
-        assert not _kernels.wide_gates_at(2, 16, 128, 128, 4, 2, 0)  # 384 KiB of weights
-        assert not _kernels.wide_gates_at(1, 8, 256, 256, 8, 2, 0)   # one panel, 8 doubles
-        assert _kernels.wide_gates_at(1, 16, 256, 256, 8, 2, 0)
+    if avx512:   # the rule's edges (full-width AVX-512, not an AMD)
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 4, 2, 0, 0)
+        assert _kernels.wide_gates_at(1, 72, 512, 512, 4, 2, 0, 0)      # 80 lanes, 72 rows
+        assert not _kernels.wide_gates_at(1, 24, 256, 256, 4, 2, 0, 0)  # 32 lanes, 24 rows
+        assert not _kernels.wide_gates_at(2, 16, 128, 128, 4, 2, 0, 0)  # 384 KiB of weights
+        assert not _kernels.wide_gates_at(1, 8, 256, 256, 8, 2, 0, 0)   # one panel, 8 doubles
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 8, 2, 0, 0)
+        # full-width AMD (Zen 5): four panels or 4 MiB of weights
+        assert not _kernels.wide_gates_at(2, 16, 256, 256, 4, 2, 0, 1)  # 1 panel, 1.5 MiB
+        assert not _kernels.wide_gates_at(2, 48, 256, 256, 4, 2, 0, 1)  # 3 panels
+        assert _kernels.wide_gates_at(2, 64, 256, 256, 4, 2, 0, 1)      # 4 panels
+        assert _kernels.wide_gates_at(2, 16, 512, 512, 4, 2, 0, 1)      # 6 MiB
+        assert not _kernels.wide_gates_at(2, 16, 256, 256, 8, 2, 0, 1)  # 2 panels, 3 MiB
+        assert _kernels.wide_gates_at(1, 16, 256, 256, 8, 2, 0, 1)      # 4 MiB
+        assert _kernels.wide_gates_at(2, 32, 256, 256, 8, 2, 0, 1)      # 4 panels of doubles
         # half-width (Zen 4): 32 rows a thread, panels shared evenly
         assert not _kernels.wide_gates_at(1, 16, 256, 256, 4, 2, 1)
         assert not _kernels.wide_gates_at(1, 32, 512, 512, 4, 2, 1)
@@ -1160,9 +1178,11 @@ def test_wide_default_for_simple_rnn_and_fallbacks():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_wide_default_for_large_gate_layers(cell, dtype):
+@pytest.mark.parametrize("amd", [0, 1])
+def test_wide_default_for_large_gate_layers(cell, dtype, amd):
     """Automatic choice: LSTM / GRU layers with AVX-512, full lanes and >= 1 MiB of
-    weights pack for the batch-lane kernel (elsewhere they do not), and agree with the
+    weights (on a full-width AMD, also 4 panels of rows or 4 MiB: ``amd``, the rule's
+    test hook) pack for the batch-lane kernel (elsewhere they do not), and agree with the
     reference: dense, lengths, masks, bidirectional and stacked."""
     import fastrnn.layers as layers
     rng = np.random.default_rng(11)
@@ -1170,13 +1190,15 @@ def test_wide_default_for_large_gate_layers(cell, dtype):
     B, T = 16, 4
     old = layers._FUSED_LSTM_MIN_B
     layers._FUSED_LSTM_MIN_B = 0              # (the LSTM route would take some of them)
+    _kernels._set_amd(amd)
     try:
         layer = CELLS[cell](H, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3,
                             num_threads=2)
         x = rng.standard_normal((T, B, H)).astype(dtype)
         _check(layer, x)
-        code = {"LSTM": 1, "GRU": 2}[cell]
-        want = _gates_wide_rule(code, B, H, H, np.dtype(dtype).itemsize)
+        code, isz = {"LSTM": 1, "GRU": 2}[cell], np.dtype(dtype).itemsize
+        # the first layer's input is H, the second's 2H
+        want = any(_gates_wide_rule(code, B, H, I, isz, amd=amd) for I in (H, 2 * H))
         assert bool(layer._wide) == want
         _check(layer, x, lengths=rng.integers(0, T + 1, B))
         _check(layer, x, mask=rng.random((T, B)) > 0.3)
@@ -1185,6 +1207,7 @@ def test_wide_default_for_large_gate_layers(cell, dtype):
         assert not small._wide
     finally:
         layers._FUSED_LSTM_MIN_B = old
+        _kernels._set_amd(-1)
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
