@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn import _kernels
+from fastrnn import _backward, _kernels, layers
 
 VARIANTS = {
     "overlap0": {"_set_step_overlap": 0},   # the unit split's overlap off
@@ -38,11 +38,22 @@ VARIANTS = {
     "amd0": {"_set_amd": 0},                # rules as on a CPU other than AMD
     "small": {"_set_path": 1},              # the packed kernel wherever it applies
     "wide": {"_set_path": 3},               # the batch-lane kernel wherever it applies
+    "route0": {"layers._FUSED_LSTM_MIN_B": 0},   # the LSTM route never
+    "route1": {"layers._FUSED_LSTM_MIN_B": 1},   # ... wherever it applies
 }
 
 
 def _apply(hooks):
-    return {k: getattr(_kernels, k)(v) for k, v in hooks.items()}
+    """Set each hook (a _kernels / _backward setter, or a module variable "layers.NAME");
+    returns the previous values in the same form."""
+    old = {}
+    for k, v in hooks.items():
+        if k.startswith("layers."):
+            old[k] = getattr(layers, k[7:])
+            setattr(layers, k[7:], v)
+        else:
+            old[k] = getattr(_kernels if hasattr(_kernels, k) else _backward, k)(v)
+    return old
 
 
 def _case(spec, ragged=False, threads=2):

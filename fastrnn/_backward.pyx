@@ -496,6 +496,14 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
     0.99-1.00, H = 128 B = 16 0.98, H = 512 B = 16 0.97, but B = 8 1.05 and H = 128 B = 4
     1.14.  So there: the half-width rule from 12 sequences (2+ threads, H >= 128, 12 to
     39 sequences, split by rows); ragged batches keep the full-width rule (not measured).
+    A later session there, in-process steady loops (``PYTHONPATH=. python
+    bench/hooks_ab.py --variants route1``, route wherever it applies / this rule, 10-12
+    rounds of 5 calls): B = 40 H = 128, 256, 384, 512 0.88, 0.92, 0.97, 0.98, B = 44 H =
+    256 0.94, B = 48 1.00-1.01, B = 56 0.96; below 12 it spiked (B = 8 H = 96-256
+    0.86-0.97 but H = 512 1.13, B = 10 H = 128 0.90 but H = 256 1.38).  Against the build
+    before (``bench/ab_builds.py``, 6 rounds, medians / minima): B = 40 H = 128 0.94 /
+    0.93, H = 256 0.99 / 0.96, B = 44 0.98 / 0.95, but H = 512 1.02 / 1.00: so up to 47
+    sequences where H <= 256.
 
     AVX-512, re-measured after the packed kernel's later changes (Intel Xeon, 2 MiB L2,
     T = 50, in-process alternating, automatic / route off; the figures below this
@@ -554,7 +562,8 @@ def fused_lstm_route_at(int nt, int B, int H=0, int itemsize=4, long l2=1 << 20,
             return B == 4 or B >= 7
         return B >= 16 or frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0
     if (hw or amd_cpu) and not ragged:
-        return (nt >= 2 and H >= 128 and B < 40 and (hw or B >= 12)
+        return (nt >= 2 and H >= 128
+                and (B < 40 if hw else 12 <= B < (48 if H <= 256 else 40))
                 and frbg_fwd_rowsplit_at(nt, B, H, H, itemsize) != 0)
     if hw:
         return nt >= 2 and H >= 96      # ragged: layers asks from 16 sequences on
