@@ -4,7 +4,7 @@
  * inference and training compute the same activations.
  * The includer defines V (the level's native vector of T), VI (same-width integer
  * vector), T (float or double), W (lanes), F(name) (a name suffixed for the type and
- * level), FR_INLINE, and FR_DOUBLE for double; this file defines no macro of its own. */
+ * level), FR_INLINE, and FR_DOUBLE for double; no macro of this file outlives it. */
 
 FR_INLINE V F(vset1)(T a) { V v = {0}; return v + a; }
 FR_INLINE V F(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
@@ -16,25 +16,24 @@ FR_INLINE V F(vmax)(V a, V b) { return F(vsel)(a < b, b, a); }
  * min instruction (it returns its second operand when either is NaN) instead of vmax /
  * vmin's compare and blend; the same values */
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+/* (P: the width's intrinsic prefix, S: ps / pd, R: its register type) */
+#define FR_ACT_KMM(P, S, R)                                                             \
+    FR_INLINE V F(vkmax)(T k, V x) { return (V)P##_max_##S(P##_set1_##S(k), (R)x); }   \
+    FR_INLINE V F(vkmin)(T k, V x) { return (V)P##_min_##S(P##_set1_##S(k), (R)x); }
 #if FR_VBYTES == 64 && !defined(FR_DOUBLE)
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm512_max_ps(_mm512_set1_ps(k), (__m512)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm512_min_ps(_mm512_set1_ps(k), (__m512)x); }
+FR_ACT_KMM(_mm512, ps, __m512)
 #elif FR_VBYTES == 64
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm512_max_pd(_mm512_set1_pd(k), (__m512d)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm512_min_pd(_mm512_set1_pd(k), (__m512d)x); }
+FR_ACT_KMM(_mm512, pd, __m512d)
 #elif FR_VBYTES == 32 && !defined(FR_DOUBLE)
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm256_max_ps(_mm256_set1_ps(k), (__m256)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm256_min_ps(_mm256_set1_ps(k), (__m256)x); }
+FR_ACT_KMM(_mm256, ps, __m256)
 #elif FR_VBYTES == 32
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm256_max_pd(_mm256_set1_pd(k), (__m256d)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm256_min_pd(_mm256_set1_pd(k), (__m256d)x); }
+FR_ACT_KMM(_mm256, pd, __m256d)
 #elif !defined(FR_DOUBLE)
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm_max_ps(_mm_set1_ps(k), (__m128)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm_min_ps(_mm_set1_ps(k), (__m128)x); }
+FR_ACT_KMM(_mm, ps, __m128)
 #else
-FR_INLINE V F(vkmax)(T k, V x) { return (V)_mm_max_pd(_mm_set1_pd(k), (__m128d)x); }
-FR_INLINE V F(vkmin)(T k, V x) { return (V)_mm_min_pd(_mm_set1_pd(k), (__m128d)x); }
+FR_ACT_KMM(_mm, pd, __m128d)
 #endif
+#undef FR_ACT_KMM
 #else
 FR_INLINE V F(vkmax)(T k, V x) { return F(vmax)(x, F(vset1)(k)); }
 FR_INLINE V F(vkmin)(T k, V x) { return F(vmin)(x, F(vset1)(k)); }
