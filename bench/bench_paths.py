@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_paths.py                       # the default cases
     PYTHONPATH=. python bench/bench_paths.py --cases RNN:16:100:256,LSTM:64:50:512 \
-        --rounds 25 --threads 2 --dtype float32 [--ragged]
+        --rounds 25 --threads 2 --dtype float32 [--ragged] [--calls 5]
 
 For each case (CELL:B:T:H, I = H; CELL one of RNN, LSTM, GRU, GRU0 = GRU with
 reset_after=False) the layer runs on the packed kernel ("small"), the
@@ -10,8 +10,9 @@ batch-lane kernel with its automatic split ("wide-panels": by panels of rows whe
 thread gets whole panels, else by groups) and split by unit groups ("wide-groups"), and
 an LSTM also through the training forward ("lstm-route", ``layers._fused_lstm_dir``),
 and the automatic choice ("auto": whichever of these a user's call takes), one call each
-in turn, the order rotating every round, so a noisy minute slows all of
-them alike.  Prints per path the fastest call, its GFLOP/s and the median over rounds of
+(``--calls N``: a warm-up call, then the median of N) in turn, the order rotating every
+round, so a noisy minute slows all of them alike.  Prints per path the fastest call (or
+per-round median), its GFLOP/s and the median over rounds of
 (path time / small time) of the same round.  These are the figures behind
 ``_kernels.choose_path``'s choice of the batch-lane kernel (and, with
 ``--cases LSTM:...``, ``_backward.fused_lstm_route_at``'s).
@@ -53,6 +54,10 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--ragged", action="store_true",
                     help="lengths T/2..T (the first T) instead of a dense batch")
+    ap.add_argument("--calls", type=int, default=1,
+                    help="calls a path per round (more than 1: a warm-up call first and "
+                         "the median of these; one call right after a path switch can "
+                         "misjudge a path's steady cost)")
     a = ap.parse_args(argv)
     dt = np.dtype(a.dtype)
     print(f"isa {_kernels.isa()}, {a.threads} threads, {dt.name}, {a.rounds} rounds")
@@ -76,9 +81,14 @@ def main(argv=None) -> None:
                 k = r % len(paths)
                 for p in paths[k:] + paths[:k]:
                     _set(p)
-                    t0 = time.perf_counter()
-                    layer(x, **kw)
-                    times[p].append(time.perf_counter() - t0)
+                    if a.calls > 1:
+                        layer(x, **kw)
+                    ts = []
+                    for _ in range(a.calls):
+                        t0 = time.perf_counter()
+                        layer(x, **kw)
+                        ts.append(time.perf_counter() - t0)
+                    times[p].append(float(np.median(ts)))
             flops = 2.0 * B * T * GATES[cell] * H * 2 * H
             small = np.array(times["small"])
             parts = []
