@@ -1,4 +1,4 @@
-"""Timing helper shared by the small scripts in bench/ (no peers imported here)."""
+"""Timing and case helpers shared by the small scripts in bench/ (no peers imported here)."""
 import time
 
 import numpy as np
@@ -12,3 +12,11 @@ def median_call(fn, n):
         fn()
         ts.append(time.perf_counter() - t)
     return float(np.median(ts))
+
+
+def ragged_lengths(T, B):
+    """The lengths of a ragged batch of B sequences in the rule-measuring scripts
+    (bench_paths.py, hooks_ab.py ``--ragged``): T/2..T drawn with seed 1, the first T."""
+    lengths = np.random.default_rng(1).integers(T // 2, T + 1, B)
+    lengths[0] = T
+    return lengths

@@ -20,9 +20,9 @@ per-round median), its GFLOP/s and the median over rounds of
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import median_call, ragged_lengths   # (bench/ is the script's directory)
 
 import fastrnn
 from fastrnn import _backward, _kernels, layers
@@ -69,8 +69,7 @@ def main(argv=None) -> None:
             x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
             kw = {}
             if a.ragged:
-                kw["lengths"] = np.random.default_rng(1).integers(T // 2, T + 1, B)
-                kw["lengths"][0] = T
+                kw["lengths"] = ragged_lengths(T, B)
             paths = PATHS + (("lstm-route",) if cell == "LSTM"
                              and _backward.fused_lstm_forward_fast() else ())
             times = {p: [] for p in paths}
@@ -83,12 +82,7 @@ def main(argv=None) -> None:
                     _set(p)
                     if a.calls > 1:
                         layer(x, **kw)
-                    ts = []
-                    for _ in range(a.calls):
-                        t0 = time.perf_counter()
-                        layer(x, **kw)
-                        ts.append(time.perf_counter() - t0)
-                    times[p].append(float(np.median(ts)))
+                    times[p].append(median_call(lambda: layer(x, **kw), a.calls))
             flops = 2.0 * B * T * GATES[cell] * H * 2 * H
             small = np.array(times["small"])
             parts = []

@@ -15,9 +15,9 @@ the layers' thread count (2).  Same
 arithmetic either way for every hook here; no peers, no timing thresholds.
 """
 import argparse
-import time
 
 import numpy as np
+from _timing import median_call, ragged_lengths   # (bench/ is the script's directory)
 
 import fastrnn
 from fastrnn import _backward, _kernels, layers
@@ -65,10 +65,7 @@ def _case(spec, ragged=False, threads=2):
     layer = cls(H, H, num_layers=2 if bi else 1, bidirectional=bi, seed=0, num_threads=threads,
                 dtype=dt)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(dt)
-    kw = {}
-    if ragged:
-        kw["lengths"] = np.random.default_rng(1).integers(T // 2, T + 1, B)
-        kw["lengths"][0] = T
+    kw = {"lengths": ragged_lengths(T, B)} if ragged else {}
     return spec, layer, x, kw
 
 
@@ -94,12 +91,8 @@ def main(argv=None):
             try:
                 for spec, layer, x, kw in cases:
                     layer(x, **kw)
-                    ts = []
-                    for _ in range(a.calls):
-                        t0 = time.perf_counter()
-                        layer(x, **kw)
-                        ts.append(time.perf_counter() - t0)
-                    res.setdefault((spec, name), []).append(np.median(ts))
+                    res.setdefault((spec, name), []).append(
+                        median_call(lambda: layer(x, **kw), a.calls))
             finally:
                 _apply(old)
     for spec, *_ in cases:
