@@ -223,6 +223,8 @@ class Stream:
         plan, runners = [], []
         graph = getattr(model, "inputs", None)      # (None: a chain)
         last = None     # the last-step RNN (return_sequences=False) the layers follow
+        # layers that act on each step's features alone (plus normalisations over them)
+        rowwise = (Embedding, Masking, Dense, Dropout, Activation, InputCast)
         for i, layer in enumerate(model.layers):
             if isinstance(layer, Bidirectional):
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
@@ -241,13 +243,11 @@ class Stream:
                 if not layer.return_sequences:
                     last = layer
             elif last is not None and isinstance(
-                    layer, (Embedding, Masking, Dense, Dropout, Activation, InputCast,
-                            LayerNormalization, BatchNormalization)):
+                    layer, rowwise + (LayerNormalization, BatchNormalization)):
                 # after a last-step RNN the whole call gives these (B, features): the
                 # stream runs them on each step's (B, features), axes as in that call
                 plan.append(("row", layer, None))
-            elif isinstance(layer, (Embedding, Masking, Dense, Dropout, Activation,
-                                    TimeDistributed, InputCast)) or (
+            elif isinstance(layer, rowwise + (TimeDistributed,)) or (
                     # (normalisations over the features alone: step by step)
                     isinstance(layer, LayerNormalization) and set(layer.axis) <= {-1, 2}) or (
                     isinstance(layer, BatchNormalization) and layer.axis in (-1, 2)):
