@@ -357,7 +357,6 @@ def test_global_heap_string_bomb_is_bounded():
     i = data.find(struct.pack("<I", 20000))
     assert i > 0
     first = bytes(data[i:i + 16])
-    j = data.find(struct.pack("<I", 1), i + 16)
     k = i + 16
     while k + 16 <= len(data) and data[k:k + 4] == struct.pack("<I", 1):
         data[k:k + 16] = first

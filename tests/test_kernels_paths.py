@@ -913,7 +913,7 @@ def test_pair_choice_is_automatic(caches, monkeypatch, not_f19):
     big = caches == "2MiB-L2"
     monkeypatch.setattr(_kernels, "_L1_BYTES", (48 if big else 32) << 10)
     monkeypatch.setattr(_kernels, "_L2_BYTES", (2 if big else 1) << 20)
-    L, G, H = 1, 4, 256
+    L, H = 1, 256
     assert _kernels.pair_applies(L, 8, 100, H, 0, 1, 2) == (2 if big else 1)  # BiLSTM B=8
     assert not _kernels.pair_applies(L, 1, 100, 2048, 0, 1, 2)  # beyond L2, B=1
     assert not _kernels.pair_applies(L, 8, 100, H, 0, 1, 1)    # one thread
