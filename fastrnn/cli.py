@@ -258,10 +258,13 @@ def _read_input(path):
         raise FileNotFoundError(f"no such file: {path}")
     try:
         data = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise CLIError(f"cannot read {path} as .npy/.npz without pickle ({e})") from None
-    if hasattr(data, "files"):
-        return {k: data[k] for k in data.files}
+        if hasattr(data, "files"):
+            data = {k: data[k] for k in data.files}
+    except OSError:
+        raise
+    except Exception as e:      # noqa: BLE001 (empty: EOFError; bad zip: BadZipFile; ...)
+        raise CLIError(f"cannot read {path} as .npy/.npz without pickle "
+                       f"({type(e).__name__}: {e})") from None
     return data
 
 

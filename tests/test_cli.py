@@ -379,7 +379,7 @@ def test_run_writes_exactly_the_named_file(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "badinput", "wrongsize",
-                                  "dir", "multi"])
+                                  "dir", "multi", "emptyinput", "shortinput", "badzip"])
 def test_errors_are_one_line(capsys, tmp_path, kind):
     layer = fastrnn.GRU(3, 4, seed=0)
     good = str(tmp_path / "g.safetensors")
@@ -398,6 +398,13 @@ def test_errors_are_one_line(capsys, tmp_path, kind):
     elif kind == "badinput":
         (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
         argv = ["run", good, "-i", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")]
+    elif kind in ("emptyinput", "shortinput", "badzip"):
+        np.savez(tmp_path / "z.npz", x=np.zeros((2, 1, 3), np.float32))
+        data = {"emptyinput": b"", "shortinput": open(xin, "rb").read()[:100],
+                "badzip": open(tmp_path / "z.npz", "rb").read()[:200]}[kind]
+        bad = str(tmp_path / ("bad.npz" if kind == "badzip" else "bad.npy"))
+        open(bad, "wb").write(data)
+        argv = ["run", good, "-i", bad, "-o", str(tmp_path / "y.npy")]
     elif kind == "wrongsize":
         np.save(tmp_path / "w.npy", np.zeros((2, 1, 5), np.float32))
         argv = ["run", good, "-i", str(tmp_path / "w.npy"), "-o", str(tmp_path / "y.npy")]
