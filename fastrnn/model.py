@@ -941,6 +941,14 @@ class Model:
         """The inputs of a call and their masks as lists, one entry an input, checked:
         a model of one input takes its array as given (or a dict of it by name)."""
         n = self.n_inputs
+        if n == 1 and isinstance(x, (list, tuple)) and x \
+                and all(hasattr(a, "ndim") and hasattr(a, "__array__") for a in x):
+            # a list of arrays, as Keras takes a model's inputs: its one input
+            if len(x) > 1:
+                raise ValueError(f"model {self.name!r} takes 1 input, got a "
+                                 f"{type(x).__name__} of {len(x)} arrays (a batch is one "
+                                 "array: np.stack them)")
+            x = x[0]
         if n == 1 and not isinstance(x, Mapping):
             xs = [x]
         else:

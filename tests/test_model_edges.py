@@ -116,3 +116,17 @@ def test_bidirectional_refuse_keeps_a_concurrent_load():
     assert fired
     assert all(np.array_equal(f.state_dict()[k], A[k]) for k in A)
     assert np.array_equal(_first(bi.call(x)), ya)
+
+
+def test_single_input_model_takes_its_array_in_a_list_as_keras_does():
+    """``predict([x])`` (Keras's habit) is ``predict(x)``; a list of several arrays to a
+    model of one input is refused by name (np.asarray stacked it into a 4-D batch and
+    the first layer named only the shape)."""
+    m = fastrnn.load(os.path.join(FIX, "keras", "k3_lstm_basic.keras"))
+    x = np.load(os.path.join(FIX, "keras", "k3_lstm_basic.npz"))["x"]
+    want = m.predict(x)
+    np.testing.assert_array_equal(m.predict([x]), want)
+    np.testing.assert_array_equal(m((x,)), want)
+    np.testing.assert_array_equal(m.predict(x.tolist()), want)   # nested lists: an array
+    with pytest.raises(ValueError, match="takes 1 input, got a list of 2 arrays"):
+        m.predict([x, x])
