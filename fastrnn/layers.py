@@ -717,8 +717,10 @@ class RNNBase:
         self.go_backwards = _flag("go_backwards", go_backwards)
         if clip is not None:
             clip = float(clip)
-            if not clip > 0 or not math.isfinite(clip):
-                raise ValueError(f"clip must be a positive finite number, got {clip}")
+            if not clip > 0:
+                raise ValueError(f"clip must be a positive number, got {clip}")
+            if math.isinf(clip):
+                clip = None     # (ONNX Runtime runs clip=inf as no clip)
         self.clip = clip
         self.input_forget = _flag("input_forget", input_forget)
         if self.input_forget and self._cell != "LSTM":

@@ -227,9 +227,13 @@ def test_clip_changes_the_result_and_validation():
     b = fastrnn.LSTM(5, 6, seed=4, clip=0.1)
     x, hx = _data(a)
     assert not np.allclose(a(x, hx)[0], b(x, hx)[0])
-    for bad in (0, -1.0, float("inf"), float("nan")):
+    for bad in (0, -1.0, float("-inf"), float("nan")):
         with pytest.raises(ValueError, match="clip"):
             fastrnn.LSTM(5, 6, clip=bad)
+    # inf: no clip (as ONNX Runtime runs clip=inf)
+    c = fastrnn.LSTM(5, 6, seed=4, clip=float("inf"))
+    assert c.clip is None
+    np.testing.assert_array_equal(c(x, hx)[0], a(x, hx)[0])
 
 
 @pytest.mark.parametrize("peep", [False, True])

@@ -2964,3 +2964,43 @@ def test_conv_and_pool_refusals():
              for n in ("scale", "bias", "mean", "var")]
     with pytest.raises(ValueError, match="training_mode=1 is not supported"):
         load_onnx(_one_node("BatchNormalization", x, stats, training_mode=1)).run({"x": x})
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent_node_clip_inf_runs_unclipped_and_extra_slots_are_refused(op):
+    """``clip=inf`` runs as no clip, as ONNX Runtime runs it (it was refused); a GRU / RNN
+    node listing a third output (``Y_c``), or any node listing more inputs than its op
+    has, is refused at load naming the node (it loaded, and the extra output came back
+    None; ONNX Runtime refuses the graph). Found by the ONNX audit."""
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    H, I, B, T = 5, 4, 3, 6
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(r.standard_normal((1, G * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(r.standard_normal((1, G * H, H)).astype(np.float32), "R")]
+    xin = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])]
+    x = r.standard_normal((T, B, I)).astype(np.float32)
+
+    def model(inputs, outputs, **attrs):
+        node = helper.make_node(op, inputs, outputs, hidden_size=H, **attrs)
+        g = helper.make_graph([node], "g", xin, [helper.make_tensor_value_info(
+            o, TensorProto.FLOAT, None) for o in outputs if o], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+    outs = ["Y", "Y_h"]
+    plain = load_onnx(model(["X", "W", "R"], outs)).run(None, {"X": x})
+    m = model(["X", "W", "R"], outs, clip=float("inf"))
+    got = load_onnx(m).run(None, {"X": x})
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    for g_, w_, p_ in zip(got, want, plain):
+        np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(g_, p_)
+    n_in, n_out = (8, 3) if op == "LSTM" else (6, 2)
+    with pytest.raises(LoadError, match=rf"{op} takes at most {n_out} outputs"):
+        load_onnx(model(["X", "W", "R"], ["Y", "Y_h", "Y_c", "Y_d"][:n_out + 1]))
+    with pytest.raises(LoadError, match=rf"{op} takes at most {n_in} inputs"):
+        load_onnx(model(["X", "W", "R"] + [""] * (n_in - 3) + ["X"], outs))
+    load_onnx(model(["X", "W", "R"], outs + [""] * (n_out - 1)))   # (empty names: fine)
+    with pytest.raises(ValueError, match="clip must be a positive number"):
+        fastrnn.LSTM(2, 3, clip=0.0)
+    assert fastrnn.LSTM(2, 3, clip=float("inf")).clip is None

@@ -1182,7 +1182,13 @@ class _RecurrentNode:
                  num_threads):
         self.op = node.op_type
         self.where = where
-        self.inputs = list(node.input) + [""] * (8 - len(node.input))
+        n_in, n_out = (8, 3) if self.op == "LSTM" else (6, 2)
+        for what, names, n in (("inputs", node.input, n_in),
+                               ("outputs", getattr(node, "output", ()), n_out)):
+            if any(names[n:]):
+                raise LoadError(f"{where}: {self.op} takes at most {n} {what}, the node "
+                                f"lists {len(names)} ({', '.join(map(repr, names))})")
+        self.inputs = list(node.input[:n_in]) + [""] * (8 - min(len(node.input), n_in))
         self.attrs = attrs
         self.num_threads = num_threads
         self.direction = attrs.get("direction", "forward")
@@ -1194,6 +1200,8 @@ class _RecurrentNode:
             raise LoadError(f"{where}: layout must be 0 or 1, got {self.layout}")
         self.acts = _parse_rnn_activations(self.op, attrs, self.D, where)
         self.clip = attrs.get("clip")
+        if self.clip is not None and math.isinf(self.clip) and self.clip > 0:
+            self.clip = None    # (as ONNX Runtime: no clip)
         self.input_forget = bool(attrs.get("input_forget", 0))
         self.lbr = bool(attrs.get("linear_before_reset", 0))
         if self.input_forget and self.op != "LSTM":
