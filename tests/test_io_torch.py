@@ -833,10 +833,12 @@ def test_legacy_whole_module_pickles_load_and_match_torch(kind, tmp_path):
     np.testing.assert_allclose(layer(x)[0], _torch_out(rnn, x)[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("protocol", [1, 3, 4, 5])
 def test_legacy_format_under_other_pickle_protocols(protocol, tmp_path):
     """torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4): the magic
-    number's pickle is framed; it was "a plain pickle, not a torch.save file"."""
+    number's pickle is framed; it was "a plain pickle, not a torch.save file".  Protocol
+    1 writes it as text: it was "unknown model file format".  (Protocol 0 files torch
+    itself cannot read.)"""
     torch = pytest.importorskip("torch")
     torch.manual_seed(4)
     sd = torch.nn.GRU(3, 4, num_layers=2).state_dict()
@@ -922,8 +924,9 @@ def test_parametrized_weights_refused_by_name(how, where, tmp_path):
 
 
 def test_prefix_loads_its_module_whatever_the_others(tmp_path):
-    """safetensors.torch.save_model keeps one name of a tied weight: the other module's
-    weight is "missing"; load_state_dict(prefix=) of the complete module refused the file."""
+    """safetensors.torch.save_model keeps one name of a tied weight and names the other in
+    the metadata ({dropped: kept}): both modules load (b's weight was "missing", and
+    load_state_dict(prefix=) of the complete module refused the file before that)."""
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("safetensors.torch")
     torch.manual_seed(7)
@@ -936,8 +939,14 @@ def test_prefix_loads_its_module_whatever_the_others(tmp_path):
     layer = fio.load_state_dict(p, prefix="a")
     x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(layer(x)[0], _torch_out(net.a.eval(), x)[0], rtol=0, atol=1e-5)
-    with pytest.raises(LoadError, match="'b.weight_hh_l0': missing"):
-        fio.load_state_dict(p, prefix="b")
+    layer_b = fio.load_state_dict(p, prefix="b")
+    np.testing.assert_allclose(layer_b(x)[0], _torch_out(net.b.eval(), x)[0], rtol=0, atol=1e-5)
+    # one LSTM whose two biases are one parameter
+    lstm = torch.nn.LSTM(3, 4)
+    lstm.bias_hh_l0 = lstm.bias_ih_l0
+    st.save_model(lstm, str(tmp_path / "bias.safetensors"))
+    np.testing.assert_allclose(fio.load_state_dict(tmp_path / "bias.safetensors")(x)[0],
+                               _torch_out(lstm.eval(), x)[0], rtol=0, atol=1e-5)
     with pytest.raises(LoadError, match=r"no recurrent module with prefix 'c' \(found: 'a', 'b'\)"):
         fio.load_state_dict(p, prefix="c")
 
@@ -1031,3 +1040,186 @@ def test_bad_values_are_the_layers_errors():
     # a nonlinearity on an LSTM's weights depends on the file: still the loader's LoadError
     with pytest.raises(fastrnn.io.LoadError, match="nonlinearity does not apply"):
         fastrnn.io.load_state_dict(_sd_weights(), nonlinearity="relu")
+
+
+# --------------------------------------------------------------------------
+# from the nineteenth session's audit of PyTorch files (each checked against torch)
+
+def _subclass(torch, base):
+    return type("My" + base.__name__, (base,), {"__module__": __name__})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace", "export", "whole"])
+def test_relu_rnn_cell_from_torchscript_and_export(how, tmp_path):
+    """An RNNCell(nonlinearity="relu") saved as TorchScript (scripted or traced) or by
+    torch.export loaded as tanh (their settings were read for the layers only)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(3)
+    cell = torch.nn.RNNCell(5, 7, nonlinearity="relu").eval()
+    x = torch.randn(3, 5)
+    p = str(tmp_path / ("c.pt2" if how == "export" else "c.pt"))
+    if how == "script":
+        torch.jit.script(cell).save(p)
+    elif how == "trace":
+        torch.jit.trace(cell, (x,)).save(p)
+    elif how == "export":
+        torch.export.save(torch.export.export(cell, (x,)), p)
+    else:
+        torch.save(cell, p)
+    got = fastrnn.load(p)
+    assert got.nonlinearity == "relu"
+    with torch.no_grad():
+        want = cell(x).numpy()
+    np.testing.assert_allclose(got(x.numpy()), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("base", ["LSTM", "RNN"])
+@pytest.mark.parametrize("how", ["whole", "trace"])
+def test_subclass_of_a_torch_rnn_keeps_its_settings(base, how, tmp_path):
+    """class MyLSTM(nn.LSTM) saved whole (module_classes=) or traced: batch_first and
+    nonlinearity were read for torch.nn's own classes only (wrong numbers, no error)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(5)
+    cls = _subclass(torch, getattr(torch.nn, base))
+    globals()[cls.__name__] = cls           # (pickle finds the class by its name)
+    kw = dict(nonlinearity="relu") if base == "RNN" else {}
+    m = cls(5, 7, num_layers=2, batch_first=True, **kw).eval()
+    x = torch.randn(3, 6, 5)
+    p = str(tmp_path / "m.pt")
+    if how == "whole":
+        torch.save(m, p)
+        got = fastrnn.load(p, module_classes=[f"{__name__}.{cls.__name__}"])
+    else:
+        torch.jit.trace(m, (x,)).save(p)
+        got = fastrnn.load(p)
+    assert got.batch_first
+    if base == "RNN":
+        assert got.nonlinearity == "relu"
+    with torch.no_grad():
+        want = m(x)[0].numpy()
+    np.testing.assert_allclose(got(x.numpy())[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_decomposed_export_warns_that_settings_are_unknown(tmp_path):
+    """torch.export after run_decompositions() has no aten.rnn_* node: batch_first and
+    the nonlinearity cannot be read, so the load warns (it silently assumed False /
+    tanh) and the caller's batch_first= / nonlinearity= give torch's numbers."""
+    import warnings
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(6)
+    m = torch.nn.RNN(5, 7, batch_first=True, nonlinearity="relu").eval()
+    x = torch.randn(3, 6, 5)
+    p = str(tmp_path / "d.pt2")
+    torch.export.save(torch.export.export(m, (x,)).run_decompositions(), p)
+    with pytest.warns(UserWarning, match="batch_first and nonlinearity cannot be read") as w:
+        fastrnn.load(p)
+    assert w[0].filename == __file__                # (pointed at the caller)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # (both given: no warning)
+        got = fastrnn.load(p, batch_first=True, nonlinearity="relu")
+    with torch.no_grad():
+        want = m(x)[0].numpy()
+    np.testing.assert_allclose(got(x.numpy())[0], want, rtol=1e-5, atol=1e-5)
+    ep = torch.export.export(m, (x,))               # (not decomposed: no warning)
+    torch.export.save(ep, str(tmp_path / "n.pt2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fastrnn.load(str(tmp_path / "n.pt2")).batch_first
+
+
+def test_tensor_with_python_attributes_loads(tmp_path):
+    """A tensor carrying Python attributes (a torch.nn.Buffer of a module saved whole, or
+    an attribute set by hand) is pickled through torch._tensor._rebuild_from_type_v2:
+    refused as unsafe before (the allow-list named torch._utils's, which does not
+    exist)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(8)
+    lstm = torch.nn.LSTM(5, 7)
+    sd = {k: v.clone() for k, v in lstm.state_dict().items()}
+    sd["weight_ih_l0"].note = "x"
+    torch.save(sd, tmp_path / "sd.pt")
+    net = torch.nn.Module()
+    net.mean = torch.nn.Buffer(torch.zeros(5))
+    net.lstm = lstm
+    torch.save(net, tmp_path / "whole.pt")
+    x = np.random.default_rng(0).standard_normal((4, 2, 5)).astype(np.float32)
+    for got in (fastrnn.load(tmp_path / "sd.pt"), fastrnn.load(tmp_path / "whole.pt",
+                                                               prefix="lstm")):
+        np.testing.assert_allclose(got(x)[0], _torch_out(lstm.eval(), x)[0], rtol=0, atol=1e-5)
+
+
+def test_legacy_protocol_1_whole_module(tmp_path):
+    """torch.save(module, pickle_protocol=1) (legacy format) makes the module with
+    copy_reg._reconstructor: read as the inert container the other protocols give."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(9)
+    m = torch.nn.GRU(3, 4, batch_first=True).eval()
+    p = tmp_path / "p1.pt"
+    torch.save(m, p, _use_new_zipfile_serialization=False, pickle_protocol=1)
+    got = fastrnn.load(p)
+    assert got.batch_first
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(got(x)[0], _torch_out(m, x)[0], rtol=0, atol=1e-5)
+
+
+def test_reconstructor_makes_module_stubs_only():
+    """copy_reg._reconstructor of anything but a module stub class over object is refused
+    (no object of another class can be made through it)."""
+    import pickle
+    from fastrnn.io.torchfile import _SAFE_GLOBALS, _ObjectType
+    rec = _SAFE_GLOBALS[("copy_reg", "_reconstructor")]
+    for args in ((dict, _ObjectType, None), (_ObjectType, _ObjectType, None)):
+        with pytest.raises(fio.UnsafeFileError, match="_reconstructor"):
+            rec(*args)
+    # a protocol-1 pickle of a plain object (an argparse Namespace) is refused by name
+    import argparse
+    data = pickle.dumps({"args": argparse.Namespace(a=1)}, protocol=1)
+    with pytest.raises(fio.UnsafeFileError, match="argparse.Namespace"):
+        read_torch_object(_legacy_bytes(data))
+
+
+def _legacy_bytes(payload_pickle: bytes):
+    """A legacy torch.save stream whose object is ``payload_pickle`` (no storages)."""
+    import pickle
+    from fastrnn.io.detect import LEGACY_MAGIC
+    out = io.BytesIO()
+    for obj in (LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True,
+                                      "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(obj, out, protocol=2)
+    out.write(payload_pickle)
+    pickle.dump([], out, protocol=2)
+    out.seek(0)
+    return out
+
+
+def test_load_errors_name_the_file_and_near_miss_keys(tmp_path):
+    """Every LoadError of fastrnn.load / load_state_dict names the file (a missing key, a
+    wrong shape, a NaN weight, an unsafe global did not); a missing key names the
+    file's keys that look like it misspelt; a datetime in a checkpoint gets no advice to
+    pass module_classes= (which would only lead to the next refusal)."""
+    torch = pytest.importorskip("torch")
+    import datetime
+    sd = torch.nn.LSTM(5, 7, num_layers=2).state_dict()
+    cases = {
+        "missing": ({k: v for k, v in sd.items() if k != "weight_hh_l1"}, "'weight_hh_l1'"),
+        "shape": ({**sd, "weight_hh_l1": torch.randn(28, 6)}, "shape"),
+        "nan": ({**sd, "weight_hh_l1": torch.full((28, 7), float("nan"))}, "NaN"),
+        "typo": ({**{k: v for k, v in sd.items() if k != "weight_ih_l1"},
+                  "weight_ih_11": sd["weight_ih_l1"]}, r"missing \(the file has 'weight_ih_11'\)"),
+        "datetime": ({"sd": sd, "saved": datetime.datetime(2024, 1, 1)}, "datetime"),
+    }
+    for name, (obj, what) in cases.items():
+        p = str(tmp_path / f"{name}.pt")
+        torch.save(obj, p)
+        for load in (fastrnn.load, fio.load_state_dict):
+            with pytest.raises(LoadError, match=what) as ei:
+                load(p)
+            assert str(ei.value).startswith(p + ": "), str(ei.value)
+            assert str(ei.value).count(p) == 1
+            if name == "datetime":
+                assert "module_classes" not in str(ei.value)
+                assert "other than tensors" in str(ei.value)

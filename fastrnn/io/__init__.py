@@ -35,6 +35,30 @@ def _check_args(dtype=None, num_threads=None) -> None:
         _check_threads(num_threads)
 
 
+def _warn_user(message: str) -> None:
+    """``warnings.warn(message)`` pointed at the first caller outside fastrnn (loaders
+    reach a warning through different depths of calls)."""
+    import os
+    import sys
+    import warnings
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def _name_the_file(err: LoadError, path) -> LoadError:
+    """``err`` with the file's name in front of its message where the message does not
+    name it already (errors raised about a module, key or tensor deep in a loader)."""
+    import os
+    if isinstance(path, (str, os.PathLike)) and err.args and isinstance(err.args[0], str):
+        name = os.fspath(path)
+        if name not in err.args[0] and os.path.basename(name) not in err.args[0]:
+            err.args = (f"{name}: {err.args[0]}",) + err.args[1:]
+    return err
+
+
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {
     "read_torch_file": "torchfile",

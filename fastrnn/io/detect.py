@@ -22,10 +22,14 @@ LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
 
 
 def is_legacy_head(head: bytes) -> bool:
-    """Whether ``head`` (a file's first 23 bytes or more) starts the legacy format: its
+    """Whether ``head`` (a file's first 28 bytes or more) starts the legacy format: its
     magic number pickled under any protocol ``torch.save(..., pickle_protocol=)`` takes
-    (2, the default: ``LEGACY_PREFIX``; 3; 4 and 5 put the pickle in a FRAME)."""
-    head = bytes(head[:23])
+    (2, the default: ``LEGACY_PREFIX``; 3; 4 and 5 put the pickle in a FRAME; 0 and 1
+    write it as text)."""
+    head = bytes(head[:28])
+    if head.startswith(b"L%dL\n." % LEGACY_MAGIC):     # (protocols 0 and 1: a text long)
+        return True
+    head = head[:23]
     if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
         return False
     body = head[2:]
@@ -161,10 +165,17 @@ def load(path, *args, **kwargs):
     torch.save files and safetensors go to :func:`fastrnn.io.load_any_torchlike`;
     Keras (``.keras`` zip, ``.h5``) and ONNX files go to their loaders.
     """
-    from . import _check_args
+    from . import _check_args, _name_the_file
     # the caller's own arguments first, before the file is opened (a TypeError /
     # ValueError, as each format's loader raises it, not a LoadError about the file)
     _check_args(kwargs.get("dtype"), kwargs.get("num_threads"))
+    try:
+        return _load(path, args, kwargs)
+    except LoadError as e:      # (every one names the file)
+        raise _name_the_file(e, path)
+
+
+def _load(path, args, kwargs):
     fmt = sniff_format(path)
     if fmt == "onnx" and kwargs.get("dtype") is not None:
         raise TypeError(f"{path}: ONNX models take no dtype= (each value keeps the type "

@@ -30,6 +30,10 @@ _DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np
 _BF16 = 13
 _RNN_OPS = {"torch.ops.aten.lstm.input": "LSTM", "torch.ops.aten.gru.input": "GRU",
             "torch.ops.aten.rnn_tanh.input": "tanh", "torch.ops.aten.rnn_relu.input": "relu"}
+# torch.nn cells' nodes: the nonlinearity of an RNNCell (keyed by its w_ih argument)
+_CELL_OPS = {"torch.ops.aten.rnn_tanh_cell.default": "tanh",
+             "torch.ops.aten.rnn_relu_cell.default": "relu",
+             "torch.ops.aten.lstm_cell.default": None, "torch.ops.aten.gru_cell.default": None}
 _MAX_JSON = 64 << 20
 
 
@@ -142,13 +146,23 @@ def _hints(model: dict) -> dict:
         return {}
     out: dict = {}
     for node in nodes if isinstance(nodes, list) else ():
-        op = _RNN_OPS.get(node.get("target")) if isinstance(node, dict) else None
-        if op is None:
+        target = node.get("target") if isinstance(node, dict) else None
+        op = _RNN_OPS.get(target)
+        if op is None and target not in _CELL_OPS:
             continue
         args = {}
         for i in node.get("inputs") or ():
             if isinstance(i, dict) and isinstance(i.get("arg"), dict) and i["arg"]:
                 args[i.get("name")] = next(iter(i["arg"].items()))
+        if op is None:          # (a cell: its weight_ih is the node's w_ih)
+            kind, w = args.get("w_ih", (None, None))
+            fqn = names.get(w.get("name")) if kind == "as_tensor" and isinstance(w, dict) \
+                else None
+            if isinstance(fqn, str):
+                nl = _CELL_OPS[target]
+                out[fqn.rsplit(".", 1)[0] if "." in fqn else ""] = \
+                    {"nonlinearity": nl} if nl else {}
+            continue
         params = args.get("params", (None, None))[1]
         if not isinstance(params, list) or not params or not isinstance(params[0], dict):
             continue

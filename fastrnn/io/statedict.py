@@ -102,12 +102,28 @@ def _group(state_dict: Mapping[str, Any], pattern=_KEY) -> dict[str, dict[str, A
     return groups
 
 
+def _near_misses(key: str, keys, n: int = 3) -> list:
+    """Keys of the file that look like ``key`` misspelt (``weight_ih_10``,
+    ``Weight_ih_l0``) and are no recurrent parameter's name themselves."""
+    import difflib
+    keys = [k for k in keys if isinstance(k, str) and _KEY.match(k) is None]
+    if len(keys) > 10000:
+        return []
+    low = {k.lower(): k for k in keys}
+    return [low[k] for k in difflib.get_close_matches(key.lower(), list(low), n, 0.85)]
+
+
 def _full(prefix, local):
     return f"{prefix}.{local}" if prefix else local
 
 
-def _infer(prefix: str, d: Mapping[str, Any]) -> RNNSpec:
+def _infer(prefix: str, d: Mapping[str, Any], keys=()) -> RNNSpec:
+    """``keys``: the state dict's keys, for a missing key's near misses."""
     def err(local, msg):
+        if msg.startswith("missing"):
+            near = _near_misses(_full(prefix, local), keys)
+            if near:
+                msg += f" (the file has {', '.join(map(repr, near))})"
         return LoadError(f"state dict key {_full(prefix, local)!r}: {msg}")
 
     layers = set()
@@ -252,7 +268,7 @@ def find_rnn_modules(state_dict: Mapping[str, Any]) -> list[RNNSpec]:
     inconsistent (wrong shape, missing bias or layer, gaps).
     """
     _refuse_parametrized(state_dict)
-    return [_infer(p, d) for p, d in _group(state_dict).items()]
+    return [_infer(p, d, state_dict) for p, d in _group(state_dict).items()]
 
 
 def _group_cells(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -351,14 +367,43 @@ def read_state_dict(path_or_mapping, **kw) -> tuple[dict[str, np.ndarray], dict[
     if fmt == "torch-export":
         from .pt2 import read_pt2
 
-        return read_pt2(path_or_mapping, _display(path_or_mapping))
+        tensors, hints = read_pt2(path_or_mapping, _display(path_or_mapping))
+        # modules no recurrent node of the graph names (an export after
+        # run_decompositions(): the steps are computed op by op): their batch_first and
+        # nonlinearity are unknown (build_layer / build_cell warn)
+        for p in list(_group(tensors)) + list(_group_cells(tensors)):
+            hints.setdefault(p, {_NO_NODE: True})
+        return tensors, hints
     if fmt == "safetensors":
         from .safetensors import read_safetensors
 
-        tensors, _meta = read_safetensors(path_or_mapping)
+        tensors, meta = read_safetensors(path_or_mapping)
+        # safetensors.torch.save_model keeps one of tensors that share memory (tied
+        # weights) and names each one dropped in the metadata: {dropped: kept}
+        for k, v in meta.items():
+            if k not in tensors and isinstance(v, str) and v in tensors:
+                tensors[k] = tensors[v]
         return tensors, {}
     raise LoadError(f"{_display(path_or_mapping)}: a {fmt} file, not a PyTorch state dict "
                     "(use fastrnn.load for other formats)")
+
+
+_NO_NODE = "_no_graph_node"
+
+
+def _warn_unknown(spec: RNNSpec, hints: Mapping, overrides: Mapping, settings) -> None:
+    """A warning where a ``.pt2`` graph has no recurrent node for ``spec``'s module and
+    the caller did not give ``settings`` (``batch_first``, ``nonlinearity``)."""
+    missing = [k for k in settings if k not in overrides]
+    if hints.get(_NO_NODE) and missing:
+        from . import _warn_user
+        _warn_user(
+            f"module {spec.prefix!r}: the torch.export graph has no recurrent node for it "
+            "(an export after run_decompositions()), so its "
+            f"{' and '.join(missing)} cannot be read: assumed "
+            + ", ".join({"batch_first": "batch_first=False",
+                         "nonlinearity": "nonlinearity='tanh'"}[k] for k in missing)
+            + f"; pass {', '.join(k + '=' for k in missing)} to say")
 
 
 def _display(p):
@@ -448,6 +493,15 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
     """
     module_classes = overrides.pop("module_classes", ())
     _check_overrides(overrides)                                         # (before the file)
+    try:
+        return _load_state_dict(path_or_mapping, prefix, module_classes, overrides)
+    except LoadError as e:
+        from . import _name_the_file
+        raise _name_the_file(e, path_or_mapping)
+
+
+def _load_state_dict(path_or_mapping, prefix, module_classes, overrides):
+    """load_state_dict's work, after the caller's arguments were checked."""
     tensors, hints = read_state_dict(path_or_mapping, module_classes=module_classes)
     name = _display(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<mapping>"
     adopt = None if isinstance(path_or_mapping, Mapping) else set()
@@ -485,7 +539,7 @@ def load_state_dict(path_or_mapping, prefix: str | None = None, **overrides):
             found = [repr(p) for p in groups] + [f"{p!r} (cell)" for p in cells]
             raise LoadError(f"{name}: no recurrent module with prefix {want!r} "
                             f"(found: {', '.join(found) or 'none'})")
-        spec = _apply_hints(_infer(want, groups[want]), hints)
+        spec = _apply_hints(_infer(want, groups[want], tensors), hints)
     # (arrays read from a file here are nobody else's: the layer keeps them, no copy)
     return build_layer(spec, extract_module(tensors, spec.prefix), hints.get(spec.prefix),
                        _adopt=adopt, **overrides)
@@ -504,6 +558,8 @@ def build_layer(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None
             raise LoadError(f"module {spec.prefix!r} is a {spec.cell} (from its weight shapes), "
                             f"not a {cell}")
     hints = hints or {}
+    _warn_unknown(spec, hints, overrides,
+                  ("batch_first", "nonlinearity") if spec.cell == "RNN" else ("batch_first",))
     kw: dict[str, Any] = dict(num_layers=spec.num_layers, bias=spec.bias,
                               bidirectional=spec.bidirectional, dtype=spec.dtype,
                               batch_first=bool(hints.get("batch_first", False)),
@@ -555,6 +611,7 @@ def build_cell(spec: RNNSpec, weights: Mapping[str, Any], hints: Mapping | None 
                               seed=_layers._WEIGHTS_FOLLOW)     # (loaded below, strict)
     if spec.cell == "RNNCell":
         kw["nonlinearity"] = spec.nonlinearity or "tanh"
+        _warn_unknown(spec, hints or {}, overrides, ("nonlinearity",))
     allowed = {"dtype", "num_threads"} | ({"nonlinearity"} if spec.cell == "RNNCell" else set())
     bad = sorted(set(overrides) - allowed)
     if bad:

@@ -35,6 +35,7 @@ import pickle
 import pickletools
 import re
 import struct
+import sys
 import warnings
 import zipfile
 from typing import Any, BinaryIO, Iterable
@@ -233,8 +234,8 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored)
 
 
 def _rebuild_from_type_v2(func, new_type, args, state=None):
-    """torch._utils._rebuild_from_type_v2: tensor subclasses.  Only the plain
-    Tensor / Parameter cases are accepted; the subclass state is ignored."""
+    """torch._tensor._rebuild_from_type_v2: a tensor with Python attributes (the state,
+    ignored) or of a subclass.  Only the plain Tensor / Parameter types are accepted."""
     if func is not _SAFE_REBUILD_TENSOR and func is not _SAFE_REBUILD_PARAMETER:
         raise UnsafeFileError("_rebuild_from_type_v2 with a function outside the allow-list")
     if new_type is not _TensorType and new_type is not _ParameterType:
@@ -246,6 +247,18 @@ def _rebuild_from_type_v2(func, new_type, args, state=None):
 
 _TensorType = _Marker("torch.Tensor")
 _ParameterType = _Marker("torch.nn.Parameter")
+_ObjectType = _Marker("builtins.object")
+
+
+def _reconstructor(cls, base, state=None):
+    """copy_reg._reconstructor, with which pickle protocols 0 and 1 make objects
+    (``torch.save(model, pickle_protocol=1)``): only a module class read as an inert
+    container (a stub class, _stub_factory: a pickle cannot make classes) over object."""
+    if not (isinstance(cls, type) and cls.__name__ == "ModuleStubClass"
+            and base is _ObjectType and state is None):
+        raise UnsafeFileError("copy_reg._reconstructor of something other than a module "
+                              "class fastrnn reads as an inert container")
+    return cls.__new__(cls)
 
 
 def _torch_size(dims=()):
@@ -295,6 +308,12 @@ def _stub_factory(name: str):
 # --------------------------------------------------------------------------
 # the restricted unpickler
 
+# top-level modules whose globals in a pickle are no nn.Module class (the standard
+# library, NumPy, torch's own): no module_classes= advice for them
+_NOT_MODULE_PLACES = frozenset(getattr(sys, "stdlib_module_names", ())) | {
+    "builtins", "__builtin__", "copy_reg", "collections", "datetime", "argparse", "os",
+    "posix", "nt", "subprocess", "sys", "pathlib", "_codecs", "codecs", "functools",
+    "operator", "types", "decimal", "numpy", "torch"}
 _SAFE_REBUILD_TENSOR = _SafeFn(_rebuild_tensor)
 _SAFE_REBUILD_PARAMETER = _SafeFn(_rebuild_parameter)
 
@@ -304,8 +323,14 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _SAFE_REBUILD_TENSOR,
     ("torch._utils", "_rebuild_parameter"): _SAFE_REBUILD_PARAMETER,
     ("torch._utils", "_rebuild_parameter_with_state"): _SAFE_REBUILD_PARAMETER,
+    # (torch's is torch._tensor's: a tensor with Python attributes, a torch.nn.Buffer)
+    ("torch._tensor", "_rebuild_from_type_v2"): _SafeFn(_rebuild_from_type_v2),
     ("torch._utils", "_rebuild_from_type_v2"): _SafeFn(_rebuild_from_type_v2),
     ("torch._tensor", "Tensor"): _TensorType,
+    ("copy_reg", "_reconstructor"): _SafeFn(_reconstructor),
+    ("copyreg", "_reconstructor"): _SafeFn(_reconstructor),
+    ("__builtin__", "object"): _ObjectType,
+    ("builtins", "object"): _ObjectType,
     ("torch", "Tensor"): _TensorType,
     ("torch.nn.parameter", "Parameter"): _ParameterType,
     ("torch", "Size"): _SafeFn(_torch_size),
@@ -398,17 +423,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
             or full in _TORCH_WRAPPERS or full in self._module_classes
         ):
             return self._stub(full)
-        if module == "__main__" or not module.startswith(("torch", "builtins", "__builtin__",
-                                                          "collections", "numpy", "os",
-                                                          "posix", "nt", "subprocess", "sys")):
+        top = module.split(".")[0]
+        if module == "__main__" or top not in _NOT_MODULE_PLACES:
             hint = (
                 f" If this is a whole-model pickle (torch.save(model)) of your own "
                 f"nn.Module class, save model.state_dict() instead, or pass "
                 f"module_classes=[{full!r}] to read its parameters as an inert container "
                 f"(no code is run)."
             )
-        else:
+        elif top in ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__"):
             hint = ""
+        else:       # (a datetime, an argparse Namespace, a NumPy array: module_classes= is
+            # for module classes and would only lead to the next refusal)
+            hint = (" A checkpoint holding Python objects other than tensors, dicts, lists "
+                    "and numbers: save the tensors alone (model.state_dict()), other values "
+                    "as numbers or strings.")
         raise UnsafeFileError(
             f"refusing to load global {full!r} from the pickle: it is not on fastrnn's "
             f"allow-list of tensor-building functions, and nothing from the file was run.{hint}"
@@ -971,7 +1000,7 @@ def read_torch_object(path_or_fileobj, *, module_classes: Iterable[str] = ()) ->
     f, name, close = _open(path_or_fileobj)
     try:
         start = f.tell()
-        head = f.read(23)
+        head = f.read(28)
         f.seek(start)
         if head[:2] == b"PK":
             return _read_zip(f, name, module_classes)
@@ -1082,6 +1111,17 @@ _RNN_CLASSES = {"torch.nn.modules.rnn." + c
                 for c in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
 
 
+def _rnn_like(st) -> bool:
+    """Whether a module's state is a torch.nn RNN's or cell's, whatever its class
+    (``class MyLSTM(nn.LSTM)``, allowed by ``module_classes``, or traced): its own
+    ``weight_ih`` parameters beside the settings torch.nn's RNNs keep (a TorchScript
+    module's: those its code gave, _from_torchscript)."""
+    params = st.get("_parameters") if isinstance(st, dict) else None
+    return (isinstance(params, dict)
+            and any(isinstance(k, str) and k.startswith("weight_ih") for k in params)
+            and any(k in st for k in ("mode", "nonlinearity", "batch_first", "hidden_size")))
+
+
 def _hints(obj, prefix, out, active, depth):
     if depth > _MAX_NESTING or not isinstance(obj, (dict, list, tuple, ModuleStub)) \
             or not active.enter(obj):
@@ -1095,7 +1135,7 @@ def _hints(obj, prefix, out, active, depth):
             _hints(v, _join(prefix, i), out, active, depth + 1)
     else:
         st = obj.state
-        if obj.cls in _RNN_CLASSES:
+        if obj.cls in _RNN_CLASSES or _rnn_like(st):
             keep = {}
             for k in ("mode", "nonlinearity", "batch_first", "input_size", "hidden_size",
                       "num_layers", "bidirectional", "proj_size", "bias"):
@@ -1136,8 +1176,8 @@ def read_torch_file(path_or_fileobj, *, module_classes: Iterable[str] = ()) -> d
 # the stub a ``torch.save(module)`` pickle gives, so the rest is that path's.
 
 _TS_FINAL = re.compile(r"^  (\w+) : Final\[(int|bool|str|float)\] = ([^\n]*)", re.M)
-_TS_CALL = re.compile(r"torch\.(lstm|gru|rnn_tanh|rnn_relu)\(([^()]*)\)")
-_TS_RNN = {"LSTM", "GRU", "RNN"}
+_TS_CALL = re.compile(r"torch\.(lstm|gru|rnn_tanh|rnn_relu)(_cell)?\(([^()]*)\)")
+_TS_RNN = {"LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"}
 
 
 class _CodeText:
@@ -1204,18 +1244,20 @@ def _ts_hints(block: str) -> dict:
             val = _ts_literal(kind, v)
             if val is not None:
                 out[name] = val
-    if "batch_first" not in out:
-        calls = {(op, args) for op, args in _TS_CALL.findall(block)}
-        if len(calls) == 1:
-            op, args = calls.pop()
-            a = [t.strip() for t in args.split(",")]
-            if len(a) >= 6 and a[-1] in ("True", "False") and a[-2] in ("True", "False"):
-                out["batch_first"] = a[-1] == "True"
-                out["bidirectional"] = a[-2] == "True"
-                if re.fullmatch(r"\d{1,4}", a[-5]):
-                    out["num_layers"] = int(a[-5])
-            if op in ("rnn_tanh", "rnn_relu"):
-                out["nonlinearity"] = op[4:]
+    calls = {(op, cell, args) for op, cell, args in _TS_CALL.findall(block)}
+    if len(calls) == 1:
+        op, cell, args = calls.pop()
+        a = [t.strip() for t in args.split(",")]
+        # a traced layer: torch.<op>(..., num_layers, dropout, train, bidirectional,
+        # batch_first); a traced cell: torch.<op>_cell(input, hx, w_ih, ...)
+        if not cell and "batch_first" not in out and len(a) >= 6 \
+                and a[-1] in ("True", "False") and a[-2] in ("True", "False"):
+            out["batch_first"] = a[-1] == "True"
+            out["bidirectional"] = a[-2] == "True"
+            if re.fullmatch(r"\d{1,4}", a[-5]):
+                out["num_layers"] = int(a[-5])
+        if op in ("rnn_tanh", "rnn_relu"):
+            out.setdefault("nonlinearity", op[4:])
     mode = out.get("mode")
     if isinstance(mode, str) and mode.startswith("RNN_"):
         out.setdefault("nonlinearity", mode[4:].lower())
@@ -1242,8 +1284,17 @@ def _from_torchscript(obj, code: _CodeText, name):
         mods = {k: conv(v, depth + 1) for k, v in st.items()
                 if isinstance(k, str) and isinstance(v, ModuleStub)}
         out.state = {"_parameters": params, "_modules": mods}
-        if parts[:4] == ["torch", "nn", "modules", "rnn"] and cls in _TS_RNN:
-            out.state.update(_ts_hints(_class_block(code.get(mod_path), cls)))
+        # (torch.nn's RNNs and cells, and modules holding such weights themselves:
+        # subclasses, ``class MyLSTM(nn.LSTM)``)
+        if (parts[:4] == ["torch", "nn", "modules", "rnn"] and cls in _TS_RNN) \
+                or any(k.startswith("weight_ih") for k in params):
+            block = _class_block(code.get(mod_path), cls)
+            hints = _ts_hints(block)
+            # a traced RNNCell: torch.linear twice, then torch.relu / torch.tanh
+            acts = {a for a in ("relu", "tanh") if f"torch.{a}(" in block}
+            if cls == "RNNCell" and "nonlinearity" not in hints and len(acts) == 1:
+                hints["nonlinearity"] = acts.pop()
+            out.state.update(hints)
         return out
 
     if isinstance(obj, ModuleStub):
