@@ -583,7 +583,15 @@ _NOT_WEIGHTS = ("input", "h0", "c0", "hx", "cx")
 
 
 def _grad_keys(grads, names):
-    return [k for k in grads if k not in _NOT_WEIGHTS] if names is None else list(names)
+    """The gradients a clip touches (in place: floating arrays only; an integer one would
+    be scaled to zeros, or numpy's casting error)."""
+    keys = [k for k in grads if k not in _NOT_WEIGHTS] if names is None else list(names)
+    for k in keys:
+        g = grads[k]
+        if not (isinstance(g, np.ndarray) and g.dtype.kind == "f"):
+            raise TypeError(f"gradient {k!r} must be a floating-point NumPy array (clipped "
+                            f"in place), got {getattr(g, 'dtype', type(g).__name__)}")
+    return keys
 
 
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float,
@@ -629,6 +637,20 @@ def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float, names=No
 
 
 # ------------------------------------------------------------------ optimizers
+def _at_least_zero(name: str, v) -> float:
+    """``v`` as a float, refused where it is negative or NaN (as torch.optim's)."""
+    v = float(v)
+    if not v >= 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def _unwrap(v):
+    """A 0-d NumPy array as the value it holds (what ``np.load`` gives back for a number
+    or a dict ``np.savez`` saved)."""
+    return v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
+
+
 class _Optimizer:
     """Base of the optimizers: ``step(grads)``, ``state_dict()`` / ``load_state_dict()``
     (resume training: the per-parameter state and the hyperparameters, by parameter
@@ -648,10 +670,7 @@ class _Optimizer:
             self._dict = None if self._layer is not None else params
         else:
             raise TypeError("optimizer needs a layer or a dict of name -> array")
-        lr = float(lr)
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        self.lr = lr
+        self.lr = _at_least_zero("lr", lr)
         self.state: dict[str, dict[str, Any]] = {}
 
     @property
@@ -700,21 +719,32 @@ class _Optimizer:
 
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore :meth:`state_dict`'s result (validated: parameter names and shapes,
-        hyperparameter names; nothing changes on an error)."""
+        hyperparameters as the constructor checks them; nothing changes on an error).  A
+        0-d array stands for the value it holds (as ``np.load`` gives back what
+        ``np.savez`` saved: the step count, or the whole nested dict)."""
+        sd = _unwrap(sd)
         if not isinstance(sd, Mapping) or set(sd) != {"state", "hyper"}:
             raise ValueError("an optimizer state dict has the keys 'state' and 'hyper'")
         params = self.params
-        hyper = dict(sd["hyper"])
+        hyper = {k: _unwrap(v) for k, v in dict(_unwrap(sd["hyper"])).items()}
         if set(hyper) != set(self._hyper):
             raise ValueError(f"{type(self).__name__} hyperparameters are {list(self._hyper)}, "
                              f"got {sorted(hyper)}")
+        hyper = self._checked(**{k: type(getattr(self, k))(v) for k, v in hyper.items()})
         state = {}
-        for name, st in dict(sd["state"]).items():
+        for name, st in dict(_unwrap(sd["state"])).items():
             if name not in params:
                 raise KeyError(f"optimizer state for unknown parameter {name!r}")
             new = {}
-            for k, v in dict(st).items():
-                if isinstance(v, np.ndarray) or np.ndim(v):
+            for k, v in dict(_unwrap(st)).items():
+                if k == "step":
+                    step = _unwrap(v)
+                    if isinstance(step, (bool, np.bool_)) or not float(step).is_integer() \
+                            or step < 0:
+                        raise ValueError(f"optimizer state {name!r}/'step' must be a count "
+                                         f"of steps, got {step!r}")
+                    v = int(step)
+                elif isinstance(v, np.ndarray) or np.ndim(v):
                     v = np.array(v, dtype=params[name].dtype, copy=True)
                     if v.shape != params[name].shape:
                         raise ValueError(f"optimizer state {name!r}/{k!r} has shape {v.shape}, "
@@ -722,8 +752,12 @@ class _Optimizer:
                 new[k] = v
             state[name] = new
         for k, v in hyper.items():
-            setattr(self, k, type(getattr(self, k))(v))
+            setattr(self, k, v)
         self.state = state
+
+    def _checked(self, **hyper) -> dict:
+        """``hyper`` (every hyperparameter) checked as the constructor checks them."""
+        return {"lr": _at_least_zero("lr", hyper["lr"])}
 
     def __setstate__(self, state):
         if "params" in state:           # (pickled before params became the layer's own)
@@ -746,13 +780,21 @@ class SGD(_Optimizer):
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
                  *, maximize: bool = False):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be >= 0")
-        if nesterov and (momentum <= 0 or dampening != 0):
+        self.__dict__.update(self._checked(
+            lr=self.lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize))
+
+    def _checked(self, **h) -> dict:
+        out = dict(h, lr=_at_least_zero("lr", h["lr"]),
+                   momentum=_at_least_zero("momentum", h["momentum"]),
+                   dampening=float(h["dampening"]),
+                   weight_decay=_at_least_zero("weight_decay", h["weight_decay"]),
+                   nesterov=bool(h["nesterov"]), maximize=bool(h["maximize"]))
+        if not math.isfinite(out["dampening"]):
+            raise ValueError(f"dampening must be a finite number, got {out['dampening']}")
+        if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
-        self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
-        self.maximize = bool(maximize)
+        return out
 
     def _update(self, name, p, g):
         if self.maximize:
@@ -784,14 +826,19 @@ class Adam(_Optimizer):
                  weight_decay: float = 0.0, decoupled: bool = False, *,
                  amsgrad: bool = False, maximize: bool = False):
         super().__init__(params, lr)
-        b1, b2 = (float(b) for b in betas)
+        self.__dict__.update(self._checked(
+            lr=self.lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+            amsgrad=amsgrad, maximize=maximize))
+
+    def _checked(self, **h) -> dict:
+        b1, b2 = (float(b) for b in h["betas"])
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError("eps and weight_decay must be >= 0")
-        self.betas, self.eps = (b1, b2), float(eps)
-        self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
-        self.amsgrad, self.maximize = bool(amsgrad), bool(maximize)
+            raise ValueError(f"betas must lie in [0, 1), got {h['betas']}")
+        return dict(h, lr=_at_least_zero("lr", h["lr"]), betas=(b1, b2),
+                    eps=_at_least_zero("eps", h["eps"]),
+                    weight_decay=_at_least_zero("weight_decay", h["weight_decay"]),
+                    decoupled=bool(h["decoupled"]), amsgrad=bool(h["amsgrad"]),
+                    maximize=bool(h["maximize"]))
 
     def _update(self, name, p, g):
         b1, b2 = self.betas

@@ -261,3 +261,78 @@ def test_misuse_gives_clear_errors():
     for bad in (None, [np.ones(3)]):
         with pytest.raises(TypeError, match="mapping of names to arrays"):
             opt.step(bad)
+
+
+def test_state_saved_with_np_savez_resumes_and_bad_values_are_refused():
+    """An optimizer state through np.savez / np.load (the nested dict as a 0-d object
+    array, or flattened: the step count as a 0-d array) resumes the same trajectory (it
+    was a shape error / "iteration over a 0-d array"); load_state_dict checks the
+    hyperparameters as the constructor does (a negative lr, Adam betas of 1.5 were
+    taken), and NaN is refused as torch refuses it."""
+    import io
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))) for _ in range(4)]
+    whole = fastrnn.GRU(3, 4, seed=1, dtype="float64")
+    _training_steps(whole, train.Adam(whole, lr=1e-2), data, 4)
+    for how in ("nested", "flat"):
+        first = fastrnn.GRU(3, 4, seed=1, dtype="float64")
+        opt = train.Adam(first, lr=1e-2)
+        _training_steps(first, opt, data, 2)
+        sd, buf = opt.state_dict(), io.BytesIO()
+        if how == "nested":
+            np.savez(buf, **sd)
+            buf.seek(0)
+            with np.load(buf, allow_pickle=True) as z:
+                back = {"state": z["state"], "hyper": z["hyper"]}
+        else:
+            np.savez(buf, **{f"{n}/{k}": v for n, st in sd["state"].items()
+                             for k, v in st.items()})
+            buf.seek(0)
+            state = {}
+            with np.load(buf) as z:
+                for key in z.files:
+                    n, k = key.split("/")
+                    state.setdefault(n, {})[k] = z[key]
+            back = {"state": state, "hyper": sd["hyper"]}
+        opt2 = train.Adam(first, lr=0.5)
+        opt2.load_state_dict(back)
+        assert all(type(st["step"]) is int for st in opt2.state.values())
+        _training_steps(first, opt2, data[2:], 2)
+        for k, v in whole.state_dict().items():
+            np.testing.assert_allclose(first.state_dict()[k], v, rtol=1e-13, err_msg=(how, k))
+    p = {"a": np.zeros(3)}
+    for make, hyper, what in [
+            (lambda: train.SGD(p, lr=0.1), dict(lr=-5.0), "lr"),
+            (lambda: train.SGD(p, lr=0.1), dict(nesterov=True), "nesterov"),
+            (lambda: train.Adam(p), dict(betas=(1.5, 0.9)), "betas"),
+            (lambda: train.Adam(p), dict(eps=-1.0), "eps"),
+            (lambda: train.Adam(p), dict(weight_decay=float("nan")), "weight_decay")]:
+        opt = make()
+        sd = opt.state_dict()
+        sd["hyper"].update(hyper)
+        before = dict(opt.__dict__)
+        with pytest.raises(ValueError, match=what):
+            opt.load_state_dict(sd)
+        assert opt.__dict__ == before
+    for kw in (dict(eps=float("nan")), dict(weight_decay=float("nan")), dict(lr=float("nan"))):
+        with pytest.raises(ValueError):
+            train.Adam(p, **kw)
+    opt = train.Adam(p)
+    opt.step({"a": np.ones(3)})
+    sd = opt.state_dict()
+    sd["state"]["a"]["step"] = 1.5
+    with pytest.raises(ValueError, match="count of steps"):
+        opt.load_state_dict(sd)
+
+
+def test_clipping_integer_gradients_is_a_type_error():
+    """An integer gradient was scaled to zeros by clip_grad_norm (the factor cast to int)
+    and gave numpy's casting error in clip_grad_value."""
+    for clip in (lambda g: train.clip_grad_norm(g, 1.0), lambda g: train.clip_grad_value(g, 1.0)):
+        g = {"w": np.array([3, 4])}
+        with pytest.raises(TypeError, match="'w' must be a floating-point"):
+            clip(g)
+        np.testing.assert_array_equal(g["w"], [3, 4])
+    g = {"w": np.array([3.0, 4.0])}
+    assert train.clip_grad_norm(g, 1.0) == 5.0
+    np.testing.assert_allclose(g["w"], [0.6, 0.8], rtol=1e-5)
