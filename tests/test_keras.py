@@ -202,6 +202,22 @@ def test_cudnn_weights_become_lstm_and_gru():
         assert f["model_weights/cu_dnnlstm/cu_dnnlstm/bias:0"].shape == (8 * 4,)
 
 
+@pytest.mark.parametrize("name", ["k2_cudnn_lstm", "k2_cudnn_bi_gru"])
+def test_cudnn_weights_into_the_plain_architecture(name):
+    """A cuDNN model's save_weights file given the plain LSTM / GRU model's architecture
+    (a GPU-trained model's weights run on its CPU twin; tf-keras's load_weights converts
+    them): refused before ("bias has shape (32,), expected (16,)"); Keras's outputs now.
+    A GRU with reset_after=False cannot take them: refused naming CuDNNGRU."""
+    w = os.path.join(FIX, name + ".cudnn_weights.h5")
+    with open(os.path.join(FIX, name + ".plain.json")) as f:
+        plain = f.read()
+    assert "CuDNN" not in plain
+    assert_matches(load_keras(w, plain), name)
+    if "gru" in name:
+        with pytest.raises(LoadError, match="CuDNNGRU weights .* reset_after=True"):
+            load_keras(w, plain.replace('"reset_after": true', '"reset_after": false'))
+
+
 def test_bidirectional_fused_equals_two_layers():
     for name in ("k3_bi_concat_lstm_embed", "k3_bi_sum_gru_masking", "k2_bi_modes_embed",
                  "k2_bi_none_state_masking"):
@@ -1343,3 +1359,30 @@ def test_bad_arguments_are_the_callers_errors_not_load_errors():
     m = model_from_keras_config(specs, w, dtype="float64", num_threads=1)
     assert m.predict(np.zeros((2, 5, 3))).dtype == np.float64
     assert_matches(load_keras(path, num_threads=2), "k3_bi_mul_simplernn")
+
+
+# tf-keras 2.21's model_config of ``LSTM(3)(inp * 2.0)`` (its initializer entries dropped):
+# the multiplication recorded as a TFOpLambda layer whose node passes y=2.0 by keyword
+_TFOP_CONFIG = {"class_name": "Functional", "config": {"name": "model", "trainable": True, "layers": [
+    {"class_name": "InputLayer", "config": {"batch_input_shape": [None, None, 3], "dtype": "float32",
+                                            "sparse": False, "ragged": False, "name": "input_1"},
+     "name": "input_1", "inbound_nodes": []},
+    {"class_name": "TFOpLambda", "config": {"name": "tf.math.multiply", "trainable": True,
+                                            "dtype": "float32", "function": "math.multiply"},
+     "name": "tf.math.multiply", "inbound_nodes": [["input_1", 0, 0, {"y": 2.0, "name": None}]]},
+    {"class_name": "LSTM", "config": {"name": "lstm", "trainable": True, "dtype": "float32",
+                                      "return_sequences": False, "units": 3},
+     "name": "lstm", "inbound_nodes": [[["tf.math.multiply", 0, 0, {}]]]}],
+    "input_layers": [["input_1", 0, 0]], "output_layers": [["lstm", 0, 0]]}}
+
+
+@pytest.mark.parametrize("cls", ["TFOpLambda", "SlicingOpLambda"])
+def test_tf_keras_operation_layers_refused_by_what_they_are(cls):
+    """tf.keras 2 records ``x * 2``, ``a + b``, ``x[:, -1]`` as TFOpLambda /
+    SlicingOpLambda layers: refused saying so and naming the merge layers (the message
+    was "reads no tensor and is not one of the model's inputs")."""
+    cfg = json.loads(json.dumps(_TFOP_CONFIG))
+    cfg["config"]["layers"][1]["class_name"] = cls
+    with pytest.raises(LoadError, match=rf"'tf.math.multiply' is a TensorFlow operation "
+                                        rf"tf.keras 2 recorded as a {cls} layer.*merge layers"):
+        load_keras(model_path("k2_weights_only"), json.dumps(cfg))

@@ -83,6 +83,9 @@ _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Repeat
 _MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal",
              "ExpandDims", "ZerosLike", "OnesLike", "Concatenate", "Cast",
              "ConvertToTensor")
+# what to use instead of an operation on the data path
+_USE_LAYERS = ("fastrnn runs Keras layers (to add, multiply or concatenate tensors: the merge "
+               "layers Add, Multiply, Concatenate, ...)")
 # the modules of Keras 3's operations (keras.ops) as a .keras config records them
 _OP_MODULES = ("keras.src.ops", "keras.ops")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -844,9 +847,14 @@ def _functional(cfg, what="architecture"):
                     f"{n!r} is a Keras operation, not a layer ({cls}: keras.ops."
                     f"{_snake(cls)} or an operator such as +, module "
                     f"{l.get('module') or 'not recorded'}), on the way to the model's "
-                    "outputs: not supported; fastrnn runs Keras layers (to add, multiply "
-                    "or concatenate tensors: the merge layers Add, Multiply, Concatenate, "
-                    "...)"[:400])
+                    f"outputs: not supported; {_USE_LAYERS}"[:400])
+            if l.get("class_name") in ("TFOpLambda", "SlicingOpLambda"):
+                c = l.get("config") if isinstance(l.get("config"), dict) else {}
+                raise LoadError(
+                    f"{n!r} is a TensorFlow operation tf.keras 2 recorded as a "
+                    f"{l['class_name']} layer ({str(c.get('function', 'an operator'))[:60]}: "
+                    "x * 2, a + b, x[:, -1], tf.reduce_mean, ...), on the way to the "
+                    f"model's outputs: not supported; {_USE_LAYERS}"[:400])
             if n not in layer_calls:
                 layer_calls[n] = _inbound(l, n) or [_Call()]   # (an InputLayer: node 0)
             if not 0 <= node < len(layer_calls[n]):
@@ -2179,12 +2187,20 @@ class _Builder:
         self.check(d, "kernel", k, (I, G * H))
         self.check(d, "recurrent_kernel", rk, (H, G * H))
         b = weights[2] if use_bias else None
+        # a CuDNNLSTM / CuDNNGRU's weights (a bias of both gate sets, 1-D) given a plain
+        # LSTM / GRU config, as a weights file of a GPU-trained layer loaded into the CPU
+        # model: converted as Keras 2's load_weights converts them
+        from_cudnn = cudnn or (cls in ("LSTM", "GRU") and b is not None and b.ndim == 1
+                               and b.shape[0] == 2 * G * H)
         reset_after = True
         if cls == "GRU":
             ra = _cbool(c, "reset_after", None, fwhere)
-            reset_after = (b is not None and b.ndim == 2) if ra is None else ra
-        if cudnn:
-            k, rk, b = _from_cudnn(d, self, k, rk, b, G, H, cls)
+            reset_after = (from_cudnn or (b is not None and b.ndim == 2)) if ra is None else ra
+            if from_cudnn and not reset_after:
+                raise LoadError(f"{fwhere}: CuDNNGRU weights (a bias of {2 * G * H}) need "
+                                "a GRU with reset_after=True")
+        if from_cudnn:
+            k, rk, b = _from_cudnn(d, self, k, rk, b, G, H, cls if cudnn else "CuDNN" + cls)
         elif use_bias:
             if cls == "GRU" and reset_after:
                 self.check(d, "bias", b, (2, G * H))
