@@ -946,11 +946,12 @@ class RNNBase:
         new = layer_from_config(cfg, {k: v.astype(dt) for k, v in self._params.items()},
                                 _adopt=set())
         new.num_threads = self.num_threads
-        training = self.training
-        self.__dict__.clear()           # (every cache of the old dtype goes with it)
-        self.__dict__.update(new.__dict__)
-        object.__setattr__(self, "_params", _Params(self, new._params))
-        object.__setattr__(self, "training", training)
+        state = dict(new.__dict__)      # (every cache of the old dtype goes)
+        state["_params"] = _Params(self, new._params)
+        state["training"] = self.training
+        # one assignment: a call racing the change (documented as unsupported) sees the
+        # old layer or the new one, never one half emptied (an AttributeError)
+        object.__setattr__(self, "__dict__", state)
         self.mark_weights_changed()
 
     def release_packings(self) -> None:

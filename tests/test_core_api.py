@@ -683,3 +683,34 @@ def test_inplace_edit_to_nan_is_refused_and_used_consistently(called_before):
         layer.weight_hh_l0 = np.full((12, 4), np.nan, np.float32)    # (a new array)
     assert "edited in place" not in str(e.value)
     assert np.isfinite(layer.state_dict()["weight_hh_l0"]).all()
+
+
+def test_dtype_change_never_leaves_the_layer_half_built():
+    """``layer.to(dtype)`` swaps the layer's attributes in one assignment: a call racing
+    it (documented as unsupported) met a layer whose attributes had been cleared and not
+    yet refilled (an AttributeError, found by the concurrency audit).  Checked at every
+    line of the change with a trace function."""
+    import sys
+    layer = fastrnn.LSTM(3, 4, seed=0)
+    seen = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_name == "_set_dtype":
+            def local(frame, event, arg):
+                if event in ("line", "return"):
+                    seen.append(all(hasattr(layer, a) for a in
+                                    ("num_threads", "go_backwards", "hidden_size", "dtype")))
+                return local
+            return local
+        return None
+
+    sys.settrace(tracer)
+    try:
+        layer.to(np.float64)
+    finally:
+        sys.settrace(None)
+    assert seen and all(seen)
+    assert layer.dtype == np.float64
+    x = np.random.default_rng(0).standard_normal((2, 5, 3))
+    np.testing.assert_allclose(layer(x)[0], fastrnn.LSTM(3, 4, seed=0)(x)[0], rtol=1e-5,
+                               atol=1e-6)
