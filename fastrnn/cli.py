@@ -23,7 +23,8 @@ from typing import Sequence
 
 __all__ = ["main"]
 
-_EXPECTED_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError)
+_EXPECTED_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError,
+                    OverflowError)
 
 
 class CLIError(Exception):
@@ -415,6 +416,24 @@ def _sequence_inputs(model) -> list[bool]:
     return ids
 
 
+def _sequence_flags(obj, xs) -> list[bool]:
+    """Which of a model's inputs ``xs`` are sequences a layout flag moves: (T, B,
+    features), or (T, B) token ids read by an Embedding; not a (B, features) row of
+    vectors, nor images."""
+    ids = _sequence_inputs(obj)
+    return [x.ndim == 3 or (x.ndim == 2 and ids[k]) for k, x in enumerate(xs)]
+
+
+def _swap_sequence_outputs(outputs: dict, keys=None) -> None:
+    """A time-major run's sequence outputs (of ``keys``, default all), (B, T, features),
+    back time-major, in place; other outputs (vectors, images, attention scores) as they
+    are."""
+    import numpy as np
+    for k in outputs if keys is None else keys:
+        if outputs[k].ndim == 3:
+            outputs[k] = np.ascontiguousarray(np.swapaxes(outputs[k], 0, 1))
+
+
 def _layout_model_inputs(args, obj, xs):
     """Several inputs put batch first (the model's layout): each sequence input of a
     time-major run swapped, the batch sizes checked.  -> (inputs, swapped, batch first)"""
@@ -423,9 +442,8 @@ def _layout_model_inputs(args, obj, xs):
     names = obj.input_names or [f"input {k}" for k in range(obj.n_inputs)]
     label = [repr(str(v)) if obj.input_names else v for v in names]
     xs = [np.asarray(x) for x in xs]
-    ids = _sequence_inputs(obj)
-    seq = [x.ndim >= 3 or (x.ndim == 2 and ids[k]) for k, x in enumerate(xs)]
-    swap = not want_bf and any(seq)
+    seq = _sequence_flags(obj, xs)
+    swap = not want_bf
     given = [x.shape for x in xs]
     if swap:
         xs = [np.swapaxes(x, 0, 1) if s else x for x, s in zip(xs, seq)]
@@ -460,9 +478,8 @@ def _run(args, obj, feeds) -> int:
         y = obj.predict(xs)
         ys = y if isinstance(y, list) else [y]
         outputs = {f"output_{i}" if i else "output": v for i, v in enumerate(ys)}
-        for k in outputs:           # (every sequence output back to the inputs' layout)
-            if swap and outputs[k].ndim >= 3:
-                outputs[k] = np.ascontiguousarray(np.swapaxes(outputs[k], 0, 1))
+        if swap:
+            _swap_sequence_outputs(outputs)
         extra["layout"] = "batch first" if want_bf else "time major"
     else:
         if len(feeds) > 1 and kind in ("layer", "model"):
@@ -482,9 +499,9 @@ def _run(args, obj, feeds) -> int:
             raise CLIError(f"cannot run {obj!r}")
         want_bf = True if args.batch_first else False if args.time_major else native_bf
         # (a layer's 2-D input is one unbatched sequence (T, I): no batch axis to move; a
-        # model's is (B, T) ids)
-        swap = want_bf != native_bf and x.ndim >= (3 if kind == "layer" else 2)
-        if swap:
+        # model's moves where it is a sequence, _sequence_flags)
+        swap = want_bf != native_bf
+        if swap and (x.ndim >= 3 if kind == "layer" else _sequence_flags(obj, [x])[0]):
             x = np.swapaxes(x, 0, 1)
         if kind == "layer":
             out, state = obj(x, num_threads=args.threads)
@@ -497,11 +514,10 @@ def _run(args, obj, feeds) -> int:
             y = obj.predict(x)
             ys = y if isinstance(y, list) else [y]
             outputs = {f"output_{i}" if i else "output": v for i, v in enumerate(ys)}
-        # every sequence output back to the input's layout (a model's 3-D outputs; a
-        # layer's output, not its final states (layers, B, H))
-        for k in (outputs if kind == "model" else ["output"]):
-            if swap and outputs[k].ndim >= 3:
-                outputs[k] = np.ascontiguousarray(np.swapaxes(outputs[k], 0, 1))
+        # every sequence output in the layout asked for (a model's 3-D outputs; a layer's
+        # output, not its final states (layers, B, H))
+        if swap:
+            _swap_sequence_outputs(outputs, None if kind == "model" else ["output"])
         extra["layout"] = "batch first" if want_bf else "time major"
     elapsed = time.perf_counter() - t0
     written = _save_output(args.output, outputs)

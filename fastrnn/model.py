@@ -31,6 +31,7 @@ among them, the attention layers and ``Softmax``).
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -407,7 +408,8 @@ class LayerNormalization(Layer):
                  rms_scaling: bool = False, name=None, dtype="float32"):
         super().__init__(name)
         self.axis = _axis_list(axis, "LayerNormalization")
-        self.epsilon, self.rms_scaling = float(epsilon), bool(rms_scaling)
+        self.epsilon = _epsilon(epsilon, "LayerNormalization")
+        self.rms_scaling = bool(rms_scaling)
         self.gamma = None if gamma is None else np.ascontiguousarray(gamma, dtype=dtype)
         self.beta = None if beta is None else np.ascontiguousarray(beta, dtype=dtype)
         shapes = {np.shape(w) for w in (self.gamma, self.beta) if w is not None}
@@ -474,7 +476,7 @@ class BatchNormalization(Layer):
                for w in (self.moving_variance, self.gamma, self.beta)):
             raise ValueError("BatchNormalization weights differ in size")
         (self.axis,) = _axis_list([axis], "BatchNormalization")
-        self.epsilon = float(epsilon)
+        self.epsilon = _epsilon(epsilon, "BatchNormalization")
 
     def call(self, x, mask=None):
         x = _float_input(x, self.name)
@@ -1352,7 +1354,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     elif isinstance(layer, Masking):
         cfg["mask_value"] = layer.mask_value
     elif isinstance(layer, Dense):
-        cfg["activation"] = _spec_json(layer.activation)
+        cfg.update(activation=_spec_json(layer.activation), use_bias=layer.bias is not None)
         out[prefix + "kernel"] = layer.kernel
         if layer.bias is not None:
             out[prefix + "bias"] = layer.bias
@@ -1369,15 +1371,15 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, (Conv1D, Conv2D)):
         cfg.update(strides=layer.strides, padding=layer.padding, groups=layer.groups,
-                   dilation_rate=layer.dilation_rate, activation=_spec_json(layer.activation))
+                   dilation_rate=layer.dilation_rate, activation=_spec_json(layer.activation),
+                   use_bias=layer.bias is not None)
         if isinstance(layer, Conv2D):
             cfg.update(strides=list(layer.strides), dilation_rate=list(layer.dilation_rate))
         out[prefix + "kernel"] = layer.kernel
         if layer.bias is not None:
             out[prefix + "bias"] = layer.bias
     elif isinstance(layer, (LayerNormalization, BatchNormalization)):
-        cfg.update({k: v for k, v in layer.get_config().items()
-                    if k not in cfg and k not in ("center", "scale")})
+        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
         names = ("gamma", "beta") + (("moving_mean", "moving_variance")
                                      if isinstance(layer, BatchNormalization) else ())
         for k in names:
@@ -1409,8 +1411,54 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     return cfg
 
 
+def _epsilon(v, what: str) -> float:
+    """A normalisation's epsilon: a finite number >= 0 (as the Keras loader checks it)."""
+    v = float(v)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{what}: epsilon must be a finite number >= 0, got {v!r}")
+    return v
+
+
+class _Arrays(dict):
+    """A saved model's arrays under one layer's prefix (local names), noting in a set
+    shared by the whole model which ones its layers read: an array none reads is
+    refused (model_from_config), as a layer file's unexpected keys are."""
+    __slots__ = ("used", "prefix")
+
+    def __init__(self, items, used: set, prefix: str = ""):
+        super().__init__(items)
+        self.used, self.prefix = used, prefix
+
+    def __getitem__(self, key):
+        self.used.add(self.prefix + key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        return default
+
+    def all_used(self) -> None:
+        self.used.update(self.prefix + k for k in self)
+
+
 def _sub(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    items = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if isinstance(tensors, _Arrays):
+        return _Arrays(items, tensors.used, tensors.prefix + prefix)
+    return items
+
+
+def _bias(tensors: dict, cfg: dict, name, key: str = "bias"):
+    """A layer's optional array: required where the config says the layer has it (files
+    written since the config records ``use_bias`` / ``center`` / ``scale``), else
+    whatever the file holds."""
+    flag = cfg.get({"bias": "use_bias", "beta": "center", "gamma": "scale"}[key])
+    if flag is None:
+        return tensors.get(key)
+    if not isinstance(flag, bool):
+        raise ValueError(f"{name}: {key} flag must be true or false, got {flag!r}"[:200])
+    return _need(tensors, key, name) if flag else None
 
 
 def _need(tensors: dict, key: str, where: str):
@@ -1428,12 +1476,15 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     kind, name = cfg.get("class_name"), cfg.get("name")
     if kind == "Embedding":
         w = _need(tensors, "weights", name)
-        return Embedding(w, mask_zero=cfg.get("mask_zero", False), name=name, dtype=w.dtype)
+        mz = cfg.get("mask_zero", False)
+        if not isinstance(mz, bool):
+            raise ValueError(f"{name}: mask_zero must be true or false, got {mz!r}"[:200])
+        return Embedding(w, mask_zero=mz, name=name, dtype=w.dtype)
     if kind == "Masking":
         return Masking(cfg.get("mask_value", 0.0), name=name)
     if kind == "Dense":
         k = _need(tensors, "kernel", name)
-        return Dense(k, tensors.get("bias"), _spec_from_json(cfg.get("activation")),
+        return Dense(k, _bias(tensors, cfg, name), _spec_from_json(cfg.get("activation")),
                      name=name, dtype=k.dtype)
     if kind == "Dropout":
         return Dropout(cfg.get("rate", 0.0), name=name)
@@ -1455,12 +1506,12 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                          cfg.get("padding", "valid"), name=name)
     if kind == "Conv1D":
         k = _need(tensors, "kernel", name)
-        return Conv1D(k, tensors.get("bias"), cfg.get("strides", 1), cfg.get("padding", "valid"),
+        return Conv1D(k, _bias(tensors, cfg, name), cfg.get("strides", 1), cfg.get("padding", "valid"),
                       cfg.get("dilation_rate", 1), cfg.get("groups", 1),
                       _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
     if kind == "Conv2D":
         k = _need(tensors, "kernel", name)
-        return Conv2D(k, tensors.get("bias"), cfg.get("strides", 1), cfg.get("padding", "valid"),
+        return Conv2D(k, _bias(tensors, cfg, name), cfg.get("strides", 1), cfg.get("padding", "valid"),
                       cfg.get("dilation_rate", 1), cfg.get("groups", 1),
                       _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
     if kind == "Pooling2D":
@@ -1473,8 +1524,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "RepeatVector":
         return RepeatVector(cfg.get("n"), name=name)
     if kind == "LayerNormalization":
-        g = tensors.get("gamma")
-        b = tensors.get("beta")
+        g = _bias(tensors, cfg, name, "gamma")
+        b = _bias(tensors, cfg, name, "beta")
         ref = g if g is not None else b
         return LayerNormalization(g, b, cfg.get("axis", -1), cfg.get("epsilon", 1e-3),
                                   cfg.get("rms_scaling", False), name=name,
@@ -1482,7 +1533,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "BatchNormalization":
         mean = _need(tensors, "moving_mean", name)
         return BatchNormalization(mean, _need(tensors, "moving_variance", name),
-                                  tensors.get("gamma"), tensors.get("beta"),
+                                  _bias(tensors, cfg, name, "gamma"),
+                                  _bias(tensors, cfg, name, "beta"),
                                   cfg.get("axis", -1), cfg.get("epsilon", 1e-3), name=name,
                                   dtype=mean.dtype)
     if kind == "Concatenate":
@@ -1518,7 +1570,10 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Attention(sc, cfg.get("score_mode", "dot"), tensors.get("concat_score_weight"),
                          **call, dtype=dt)
     if kind == "KerasRNN":
-        core = layer_from_config(cfg["core"], _sub(tensors, "core."), _adopt=adopt)
+        arrays = _sub(tensors, "core.")
+        core = layer_from_config(cfg["core"], arrays, _adopt=adopt)
+        if isinstance(arrays, _Arrays):
+            arrays.all_used()           # (loaded strictly: every one is the core's)
         return KerasRNN(core, cfg.get("return_sequences", False), cfg.get("return_state", False),
                         cfg.get("zero_output_for_mask", False), name=name)
     if kind == "Bidirectional":
@@ -1542,6 +1597,18 @@ def _model_state(model: "Model") -> tuple[dict, dict]:
     return cfg, tensors
 
 
+def _check_arrays(tensors: dict) -> None:
+    """A saved model's arrays: floating point, and finite outside the recurrent cores
+    (which check their own): an integer or boolean kernel computed in its dtype, a NaN
+    ran silently (an audit)."""
+    for k, v in tensors.items():
+        if not (isinstance(v, np.ndarray) and v.dtype.kind == "f"):
+            raise ValueError(f"array {k!r} must be floating point, got "
+                             f"{getattr(v, 'dtype', type(v).__name__)}"[:200])
+        if ".core." not in "." + k and not np.isfinite(v).all():
+            raise ValueError(f"array {k!r} holds NaN or infinite values")
+
+
 def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) -> "Model":
     """Rebuild a :class:`Model` from ``Model.save_config()`` and ``Model.state_dict()``
     (``_adopt``: see :func:`_layer_from_state`)."""
@@ -1550,6 +1617,8 @@ def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) ->
     layers_cfg = cfg.get("layers")
     if not isinstance(layers_cfg, list) or not layers_cfg:
         raise ValueError("a Model config needs a non-empty 'layers' list")
+    _check_arrays(tensors)
+    tensors = _Arrays(tensors, set())
     layers = []
     for i, c in enumerate(layers_cfg):
         if isinstance(c, dict) and c.get("class_name") == "Shared":
@@ -1559,6 +1628,10 @@ def model_from_config(cfg: dict, tensors: dict, *, _adopt: set | None = None) ->
             layers.append(layers[j])            # (the same object: its weights once)
         else:
             layers.append(_layer_from_state(c, _sub(tensors, f"{i}."), _adopt))
+    unused = sorted(set(tensors) - tensors.used)
+    if unused:
+        raise ValueError(f"arrays no layer of the config takes: {', '.join(map(repr, unused))}"
+                         [:400])
     return Model(layers, outputs=cfg.get("outputs"), name=cfg.get("name", "model"),
                  initial_states=cfg.get("initial_states"), inputs=cfg.get("inputs"),
                  n_inputs=cfg.get("n_inputs"), input_names=cfg.get("input_names"))

@@ -842,3 +842,24 @@ def test_inspect_lists_the_inputs_of_a_multi_input_model(capsys, tmp_path):
     code, out, err = run(capsys, "inspect", os.path.join(FIX, "keras", "k3_dict_io.keras"))
     assert code == 0, err
     assert not any(l.startswith("run:") for l in out.splitlines())
+
+
+def test_run_time_major_leaves_a_row_of_vectors_alone(capsys, tmp_path):
+    """A model of one (B, features) input: --time-major moved its batch axis (a wrong
+    answer where B equals the features, a misleading error elsewhere; found by the CLI
+    audit); now only sequence inputs move, and the sequence output comes back time
+    major, as for models of several inputs."""
+    from fastrnn.model import Dense, KerasRNN, Model, RepeatVector
+    rng = np.random.default_rng(0)
+    m = Model([Dense(rng.standard_normal((3, 4)).astype("float32")), RepeatVector(5),
+               KerasRNN(fastrnn.LSTM(4, 2, batch_first=True), return_sequences=True)])
+    p = str(tmp_path / "m.safetensors")
+    m.save(p)
+    for B in (3, 6):
+        x = rng.standard_normal((B, 3)).astype("float32")
+        np.save(tmp_path / f"x{B}.npy", x)
+        code, _, err = run(capsys, "run", p, "-i", str(tmp_path / f"x{B}.npy"), "-o",
+                           str(tmp_path / f"y{B}.npy"), "--time-major")
+        assert code == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / f"y{B}.npy"),
+                                      m.predict(x).swapaxes(0, 1))

@@ -249,3 +249,60 @@ def test_input_cast_layer(tmp_path):
                       {"fastrnn": json.dumps(cfg)})
     with pytest.raises(LoadError, match="InputCast input_dtype"):
         fastrnn.load(tmp_path / "bad.safetensors")
+
+
+def _edited(tmp_path, model, edit_tensors=None, edit_cfg=None):
+    """``model`` saved, its arrays / config edited, written again: the new path."""
+    import json
+    from fastrnn.io import write_safetensors
+    p = tmp_path / "m.safetensors"
+    model.save(p)
+    tensors, meta = read_safetensors(p)
+    cfg = json.loads(meta["fastrnn"])
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_cfg:
+        edit_cfg(cfg)
+    out = tmp_path / "edited.safetensors"
+    write_safetensors(out, tensors, {"fastrnn": json.dumps(cfg)})
+    return out
+
+
+def test_saved_model_arrays_are_checked_as_a_layer_files_are(tmp_path):
+    """A Model file's arrays: an integer / bool kernel computed in its dtype (predict gave
+    [[0]] or [[True]]), a NaN ran silently, a missing bias loaded as "no bias", an array
+    no layer takes was ignored, a number too large for a float was an OverflowError: each
+    is a LoadError now (found by the saved-formats audit).  Files written before the
+    config recorded use_bias / center / scale still load."""
+    from fastrnn.model import LayerNormalization
+    rng = np.random.default_rng(0)
+    m = Model([Dense(rng.standard_normal((3, 2)).astype("float32"),
+                     rng.standard_normal(2).astype("float32")),
+               LayerNormalization(np.ones(2, "float32"), np.zeros(2, "float32"))])
+    x = rng.standard_normal((4, 3)).astype("float32")
+    want = m.predict(x)
+
+    def setter(key, value):
+        return lambda t: t.__setitem__(key, value)
+    cases = [
+        (setter("0.kernel", np.ones((3, 2), np.int32)), None, "must be floating point"),
+        (setter("0.kernel", np.ones((3, 2), bool)), None, "must be floating point"),
+        (setter("0.kernel", np.full((3, 2), np.nan, np.float32)), None, "NaN"),
+        (lambda t: t.pop("0.bias"), None, "missing array 'bias'"),
+        (lambda t: t.pop("1.gamma"), None, "missing array 'gamma'"),
+        (setter("7.bogus", np.zeros(1, np.float32)), None, "no layer of the config takes"),
+        (None, lambda c: c["layers"][1].update(epsilon=-1.0), "epsilon"),
+        (None, lambda c: c["layers"][1].update(epsilon=10 ** 400), "too large"),
+        (None, lambda c: c["layers"][0].update(use_bias="yes"), "use_bias|bias flag"),
+    ]
+    for et, ec, what in cases:
+        with pytest.raises(LoadError, match=what):
+            fastrnn.load(_edited(tmp_path, m, et, ec))
+    # an older file: no use_bias / center / scale in the config
+    def old(c):
+        for lc in c["layers"]:
+            for k in ("use_bias", "center", "scale"):
+                lc.pop(k, None)
+    np.testing.assert_array_equal(fastrnn.load(_edited(tmp_path, m, None, old)).predict(x),
+                                  want)
+    np.testing.assert_array_equal(fastrnn.load(_edited(tmp_path, m)).predict(x), want)

@@ -353,8 +353,13 @@ def load_fastrnn_safetensors(path, *, dtype=None, num_threads=None, **other):
         layer = layer_from_config(cfg, tensors, _adopt=set())   # (the arrays are ours alone)
     except LoadError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
-        raise LoadError(f"{_name(path)}: config and weights do not fit ({e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError,
+            OverflowError) as e:
+        # (a number too large for a float, 10**400, in the config: an OverflowError)
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if not msg.startswith("config and weights do not fit"):
+            msg = f"config and weights do not fit ({msg})"
+        raise LoadError(f"{_name(path)}: {msg}"[:600]) from e
     return layer
 
 
