@@ -496,7 +496,9 @@ def _run(args, obj, feeds) -> int:
         elif kind == "model":
             native_bf = True
         else:
-            raise CLIError(f"cannot run {obj!r}")
+            raise CLIError(f"cannot run {obj!r}: `run` takes layers and models; a cell "
+                           "steps one time step from Python (h = cell(x, h))"
+                           if kind == "cell" else f"cannot run {obj!r}")
         want_bf = True if args.batch_first else False if args.time_major else native_bf
         # (a layer's 2-D input is one unbatched sequence (T, I): no batch axis to move; a
         # model's moves where it is a sequence, _sequence_flags)

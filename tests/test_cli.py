@@ -863,3 +863,15 @@ def test_run_time_major_leaves_a_row_of_vectors_alone(capsys, tmp_path):
         assert code == 0, err
         np.testing.assert_array_equal(np.load(tmp_path / f"y{B}.npy"),
                                       m.predict(x).swapaxes(0, 1))
+
+
+def test_run_of_a_cell_says_what_to_do(capsys, tmp_path):
+    """A cell's file given to `run`: the one-line error says cells step from Python (it
+    said only "cannot run LSTMCell(4, 6)")."""
+    p = str(tmp_path / "c.safetensors")
+    fastrnn.LSTMCell(4, 6, seed=0).save(p)
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), np.float32))
+    code, _, err = run(capsys, "run", p, "-i", str(tmp_path / "x.npy"), "-o",
+                       str(tmp_path / "y.npy"))
+    _one_line_error(code, err)
+    assert "a cell steps one time step from Python" in err
