@@ -1449,7 +1449,7 @@ def _sub(tensors: dict, prefix: str) -> dict:
     return items
 
 
-def _bias(tensors: dict, cfg: dict, name, key: str = "bias"):
+def _optional(tensors: dict, cfg: dict, name, key: str = "bias"):
     """A layer's optional array: required where the config says the layer has it (files
     written since the config records ``use_bias`` / ``center`` / ``scale``), else
     whatever the file holds."""
@@ -1484,7 +1484,7 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Masking(cfg.get("mask_value", 0.0), name=name)
     if kind == "Dense":
         k = _need(tensors, "kernel", name)
-        return Dense(k, _bias(tensors, cfg, name), _spec_from_json(cfg.get("activation")),
+        return Dense(k, _optional(tensors, cfg, name), _spec_from_json(cfg.get("activation")),
                      name=name, dtype=k.dtype)
     if kind == "Dropout":
         return Dropout(cfg.get("rate", 0.0), name=name)
@@ -1504,16 +1504,12 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "Pooling1D":
         return Pooling1D(cfg.get("op", "max"), cfg.get("pool_size"), cfg.get("strides"),
                          cfg.get("padding", "valid"), name=name)
-    if kind == "Conv1D":
+    if kind in ("Conv1D", "Conv2D"):
         k = _need(tensors, "kernel", name)
-        return Conv1D(k, _bias(tensors, cfg, name), cfg.get("strides", 1), cfg.get("padding", "valid"),
-                      cfg.get("dilation_rate", 1), cfg.get("groups", 1),
-                      _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
-    if kind == "Conv2D":
-        k = _need(tensors, "kernel", name)
-        return Conv2D(k, _bias(tensors, cfg, name), cfg.get("strides", 1), cfg.get("padding", "valid"),
-                      cfg.get("dilation_rate", 1), cfg.get("groups", 1),
-                      _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
+        return (Conv1D if kind == "Conv1D" else Conv2D)(
+            k, _optional(tensors, cfg, name), cfg.get("strides", 1),
+            cfg.get("padding", "valid"), cfg.get("dilation_rate", 1), cfg.get("groups", 1),
+            _spec_from_json(cfg.get("activation")), name=name, dtype=k.dtype)
     if kind == "Pooling2D":
         return Pooling2D(cfg.get("op", "max"), cfg.get("pool_size"), cfg.get("strides"),
                          cfg.get("padding", "valid"), name=name)
@@ -1524,8 +1520,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "RepeatVector":
         return RepeatVector(cfg.get("n"), name=name)
     if kind == "LayerNormalization":
-        g = _bias(tensors, cfg, name, "gamma")
-        b = _bias(tensors, cfg, name, "beta")
+        g = _optional(tensors, cfg, name, "gamma")
+        b = _optional(tensors, cfg, name, "beta")
         ref = g if g is not None else b
         return LayerNormalization(g, b, cfg.get("axis", -1), cfg.get("epsilon", 1e-3),
                                   cfg.get("rms_scaling", False), name=name,
@@ -1533,8 +1529,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "BatchNormalization":
         mean = _need(tensors, "moving_mean", name)
         return BatchNormalization(mean, _need(tensors, "moving_variance", name),
-                                  _bias(tensors, cfg, name, "gamma"),
-                                  _bias(tensors, cfg, name, "beta"),
+                                  _optional(tensors, cfg, name, "gamma"),
+                                  _optional(tensors, cfg, name, "beta"),
                                   cfg.get("axis", -1), cfg.get("epsilon", 1e-3), name=name,
                                   dtype=mean.dtype)
     if kind == "Concatenate":
