@@ -638,6 +638,12 @@ def test_loop_limit_ends_an_endless_loop():
     assert m.loop_limit is None
     with pytest.raises(IndexError, match=r"iteration 60, body node 0 Gather"):
         m.run(feeds)
+    # None kept by pickling and copying (the copy had no limit at all: an AttributeError)
+    import copy
+    for m2 in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        assert m2.loop_limit is None
+        with pytest.raises(IndexError, match=r"iteration 60, body node 0 Gather"):
+            m2.run(feeds)
     m = model(True)
     m.loop_limit = 5
     got = m.run(dict(feeds, M=np.array(9, np.int64)))

@@ -63,10 +63,10 @@ class Limit:
         self.n = n
 
     def __getstate__(self):
-        return self.n
+        return (self.n,)        # (a tuple: pickle skips __setstate__ for a None state)
 
-    def __setstate__(self, n):
-        self.n = n
+    def __setstate__(self, state):
+        self.n = state[0] if isinstance(state, tuple) else state     # (older pickles: n)
 
 
 class Body:
