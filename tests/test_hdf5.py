@@ -43,8 +43,8 @@ FIXTURES = fixture_files()
 
 def test_fixture_count():
     # (+11: the nested-model fixtures; +5: k2_merge_*; +10: k3_nested_res_*; +2: the
-    # cuDNN models' weights alone, k2_cudnn_*.cudnn_weights.h5)
-    assert len(FIXTURES) == 130
+    # cuDNN models' weights alone, k2_cudnn_*.cudnn_weights.h5; +1: k3_norm_inner_axis)
+    assert len(FIXTURES) == 131
 
 
 # ----------------------------------------------------------------------------- vs h5py

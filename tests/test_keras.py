@@ -87,8 +87,8 @@ def assert_matches(model, name, batch_size=None, tol=TOL):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*)
-    assert len(NAMES) == 119 and len(REFUSED) == 9
+    # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*, +1 k3_norm_inner_axis)
+    assert len(NAMES) == 120 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 

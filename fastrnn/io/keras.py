@@ -2444,9 +2444,10 @@ class _Builder:
         except ValueError as e:         # (the layer's own checks of the config)
             raise LoadError(f"{where}: {e}"[:400]) from None
 
-    def shape_layer(self, d, dim):
+    def shape_layer(self, d, dim, rank=None):
         """A pooling, Flatten, RepeatVector, Conv1D or normalisation layer, and the
-        feature size after it (None where it follows from the steps)."""
+        feature size after it (None where it follows from the steps), for an input of
+        ``rank`` axes (None: unknown)."""
         from ..model import Flatten, GlobalPooling1D, Pooling1D, RepeatVector
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
@@ -2476,11 +2477,12 @@ class _Builder:
                 raise LoadError(f"{where}: {e}") from None
         if cls == "RepeatVector":
             return RepeatVector(_cint(c, "n", where), name=d.name), dim
-        return self.norm_layer(d, dim)
+        return self.norm_layer(d, dim, rank)
 
-    def norm_layer(self, d, dim):
+    def norm_layer(self, d, dim, rank=None):
         """A LayerNormalization or BatchNormalization layer, and the feature size after
-        it (unchanged)."""
+        it (unchanged); its weights checked against ``dim`` where its axis is the last of
+        an input of ``rank`` axes (-1, or rank - 1; an axis 2 of a 4-D input is not)."""
         from ..model import BatchNormalization, LayerNormalization
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
@@ -2494,6 +2496,8 @@ class _Builder:
         if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
             raise LoadError(f"{where}: axis must be an int or a list of ints, got "
                             f"{axis!r}"[:300])
+        last = len(axes) == 1 and dim is not None and (
+            axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
         if cls == "LayerNormalization":
             rms = _cbool(c, "rms_scaling", False, where)
             # (Keras makes gamma for rms_scaling whatever scale says, and no beta)
@@ -2508,7 +2512,7 @@ class _Builder:
             if gamma is not None and beta is not None and gamma.shape != beta.shape:
                 raise LoadError(f"{where}: gamma {gamma.shape} and beta {beta.shape} differ")
             for k, v in (("gamma", gamma), ("beta", beta)):
-                if v is not None and len(axes) == 1 and axes[0] in (-1, 2) and dim is not None:
+                if v is not None and last:
                     self.check(d, k, v, (dim,))
             return LayerNormalization(gamma, beta, axes, eps, rms, name=d.name,
                                       dtype=self.dtype), dim
@@ -2528,8 +2532,7 @@ class _Builder:
         for what, v in (("gamma", gamma), ("beta", beta), ("moving_mean", mean),
                         ("moving_variance", var)):
             if v is not None:
-                self.check(d, what, v, (dim,) if dim is not None and axes[0] in (-1, 2)
-                           else (n,))
+                self.check(d, what, v, (dim,) if last else (n,))
         return BatchNormalization(mean, var, gamma, beta, axes[0], eps, name=d.name,
                                   dtype=self.dtype), dim
 
@@ -2809,7 +2812,7 @@ class _Builder:
                                 "Activation")
             layer = TimeDistributed(il, name=d.name)
         elif cls in _SHAPE_CLASSES:
-            layer, dim = self.shape_layer(d, dim)
+            layer, dim = self.shape_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _IMAGE_CLASSES:
             layer, dim = self.image_layer(d, dim)
         elif cls in _MERGE_LAYERS:
