@@ -2966,6 +2966,8 @@ class _Builder:
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
+        if self.major == 3:
+            self._warn_mha_masks(descs, masked)
         outs = None
         if outputs is not None:
             outs = []
@@ -2984,6 +2986,39 @@ class _Builder:
                 inits[index_map[i]] = self.initial_states(d, layers, index_map, descs)
         return Model(layers, outputs=outs, initial_states=inits or None, inputs=graph,
                      input_names=input_names)
+
+    def _warn_mha_masks(self, descs, masked):
+        """Keras 3.15's MultiHeadAttention clears the mask of the tensors it reads (its
+        query, value, key): a layer that reads such a masked tensor after it, in Keras's
+        order of calls, computes without the mask there, while fastrnn keeps it; the
+        outputs can differ (an audit: an Attention over an encoder's states after a
+        self-attention over them, 0.14).  Warned, not refused: whether the other layer
+        runs before or after the attention in Keras, and whether the mask matters to
+        it, a file does not say (a residual Add beside the attention matches): warned
+        where another attention layer reads the tensor (its mask weighs the steps)."""
+        readers: dict = {}
+        for i, d in enumerate(descs):
+            for r in set(d.inputs or ()):
+                readers.setdefault(r, []).append(i)
+        for r, who in readers.items():
+            mha = [i for i in who if descs[i].class_name == "MultiHeadAttention"]
+            # (other attention layers: the value's / key's mask is their weights'; other
+            # readers differ only through a mask consumer further on, which the audit's
+            # residual blocks did not show)
+            if not masked.get(r, False) or not mha:
+                continue
+            before = _ancestors(descs, mha[0])      # (run before it, in any order)
+            others = [descs[i].name for i in who if i != mha[0] and i not in before
+                      and descs[i].class_name in _ATTENTION_LAYERS]
+            if not others:
+                continue
+            from . import _warn_user
+            _warn_user(
+                f"{self.fname}: the masked output of layer {descs[r[0]].name!r} is read by "
+                f"MultiHeadAttention {descs[mha[0]].name!r} and by "
+                f"{', '.join(map(repr, others))}: Keras 3 clears that tensor's mask when "
+                "the attention runs, so a layer Keras calls after it computes without the "
+                "mask, while fastrnn keeps it: outputs may differ from Keras's")
 
     def initial_states(self, d, layers, index_map, descs):
         """Model references of the states layer ``d`` starts from, checked: states an
@@ -3030,6 +3065,17 @@ def _same_shape_maybe(layer, rank, dim):
     t = layer.target_shape
     return (rank is None or len(t) + 1 == rank) and (
         dim is None or not t or t[-1] in (-1, dim))
+
+
+def _ancestors(descs, i) -> set:
+    """The indexes of the layer calls the call ``i`` of a functional config depends on."""
+    seen, stack = set(), [i]
+    while stack:
+        for j, _ in descs[stack.pop()].inputs or ():
+            if j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return seen
 
 
 def _input_rank(c):
