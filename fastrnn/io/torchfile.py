@@ -309,11 +309,11 @@ def _stub_factory(name: str):
 # the restricted unpickler
 
 # top-level modules whose globals in a pickle are no nn.Module class (the standard
-# library, NumPy, torch's own): no module_classes= advice for them
-_NOT_MODULE_PLACES = frozenset(getattr(sys, "stdlib_module_names", ())) | {
-    "builtins", "__builtin__", "copy_reg", "collections", "datetime", "argparse", "os",
-    "posix", "nt", "subprocess", "sys", "pathlib", "_codecs", "codecs", "functools",
-    "operator", "types", "decimal", "numpy", "torch"}
+# library, Python 2's names of two of its modules, NumPy, torch's own): no
+# module_classes= advice for them; of those, the ones a code-running pickle names: no
+# advice at all
+_NOT_MODULE_PLACES = sys.stdlib_module_names | {"__builtin__", "copy_reg", "numpy", "torch"}
+_CODE_PLACES = ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__")
 _SAFE_REBUILD_TENSOR = _SafeFn(_rebuild_tensor)
 _SAFE_REBUILD_PARAMETER = _SafeFn(_rebuild_parameter)
 
@@ -431,7 +431,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"module_classes=[{full!r}] to read its parameters as an inert container "
                 f"(no code is run)."
             )
-        elif top in ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__"):
+        elif top in _CODE_PLACES:
             hint = ""
         else:       # (a datetime, an argparse Namespace, a NumPy array: module_classes= is
             # for module classes and would only lead to the next refusal)
@@ -1111,14 +1111,19 @@ _RNN_CLASSES = {"torch.nn.modules.rnn." + c
                 for c in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
 
 
+def _holds_rnn_weights(params) -> bool:
+    """Whether a module's own parameters (names) include a torch.nn RNN's or cell's
+    ``weight_ih...``."""
+    return any(isinstance(k, str) and k.startswith("weight_ih") for k in params)
+
+
 def _rnn_like(st) -> bool:
     """Whether a module's state is a torch.nn RNN's or cell's, whatever its class
     (``class MyLSTM(nn.LSTM)``, allowed by ``module_classes``, or traced): its own
     ``weight_ih`` parameters beside the settings torch.nn's RNNs keep (a TorchScript
     module's: those its code gave, _from_torchscript)."""
     params = st.get("_parameters") if isinstance(st, dict) else None
-    return (isinstance(params, dict)
-            and any(isinstance(k, str) and k.startswith("weight_ih") for k in params)
+    return (isinstance(params, dict) and _holds_rnn_weights(params)
             and any(k in st for k in ("mode", "nonlinearity", "batch_first", "hidden_size")))
 
 
@@ -1232,10 +1237,12 @@ def _ts_literal(kind: str, v: str):
         return None
 
 
-def _ts_hints(block: str) -> dict:
-    """A torch.nn RNN's hyperparameters from its class's code: the ``Final`` lines of a
-    scripted module, else the arguments of a traced module's ``torch.<op>(...)`` call
-    (..., has_biases, num_layers, dropout, train, bidirectional, batch_first)."""
+def _ts_hints(block: str, cls: str = "") -> dict:
+    """A torch.nn RNN's hyperparameters from its class's code (class ``cls``): the
+    ``Final`` lines of a scripted module, else the arguments of a traced module's
+    ``torch.<op>(...)`` call (..., has_biases, num_layers, dropout, train,
+    bidirectional, batch_first); a traced RNNCell's nonlinearity from its
+    ``torch.relu`` / ``torch.tanh`` (after two ``torch.linear``)."""
     out: dict = {}
     for name, kind, v in _TS_FINAL.findall(block):
         v = v.strip()
@@ -1261,6 +1268,9 @@ def _ts_hints(block: str) -> dict:
     mode = out.get("mode")
     if isinstance(mode, str) and mode.startswith("RNN_"):
         out.setdefault("nonlinearity", mode[4:].lower())
+    acts = {a for a in ("relu", "tanh") if f"torch.{a}(" in block}
+    if cls == "RNNCell" and "nonlinearity" not in out and len(acts) == 1:
+        out["nonlinearity"] = acts.pop()
     return out
 
 
@@ -1287,14 +1297,8 @@ def _from_torchscript(obj, code: _CodeText, name):
         # (torch.nn's RNNs and cells, and modules holding such weights themselves:
         # subclasses, ``class MyLSTM(nn.LSTM)``)
         if (parts[:4] == ["torch", "nn", "modules", "rnn"] and cls in _TS_RNN) \
-                or any(k.startswith("weight_ih") for k in params):
-            block = _class_block(code.get(mod_path), cls)
-            hints = _ts_hints(block)
-            # a traced RNNCell: torch.linear twice, then torch.relu / torch.tanh
-            acts = {a for a in ("relu", "tanh") if f"torch.{a}(" in block}
-            if cls == "RNNCell" and "nonlinearity" not in hints and len(acts) == 1:
-                hints["nonlinearity"] = acts.pop()
-            out.state.update(hints)
+                or _holds_rnn_weights(params):
+            out.state.update(_ts_hints(_class_block(code.get(mod_path), cls), cls))
         return out
 
     if isinstance(obj, ModuleStub):
