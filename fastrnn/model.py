@@ -205,20 +205,39 @@ class Activation(Layer):
 
 
 class TimeDistributed(Layer):
-    """Applies a per-step layer (Dense, Dropout, Activation) to every time step."""
+    """Applies a layer to every time step: ``(B, T, ...)`` in, the layer on each step's
+    ``(B, ...)``, ``(B, T, ...)`` out (Keras's TimeDistributed).  Any one-input,
+    one-output layer: Dense, Dropout and Activation act on the last axis directly;
+    others (Conv1D / Conv2D, pooling, Flatten, normalisation, Embedding, recurrent layers,
+    another TimeDistributed) run once on the steps folded into the batch, ``(B*T, ...)``.
+    The mask of the input passes on unchanged (as Keras 3's); the wrapped layer sees
+    none: a recurrent layer or a global pooling inside it on a masked input is refused
+    (Keras 3 hands it one step's ``(B,)`` mask as its own), and a mask the wrapped layer
+    makes (``Embedding(mask_zero=True)``, ``Masking``) is dropped, as Keras 3 drops it."""
 
     def __init__(self, layer: Layer, name=None):
         super().__init__(name)
-        if not isinstance(layer, (Dense, Dropout, Activation)):
-            raise TypeError(f"TimeDistributed supports Dense, Dropout and Activation, "
-                            f"got {type(layer).__name__}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"TimeDistributed wraps a fastrnn.model layer, got "
+                            f"{type(layer).__name__}")
+        if layer.n_inputs != 1 or layer.n_outputs() != 1 or isinstance(layer, InputCast):
+            raise TypeError(f"TimeDistributed wraps a layer of one input and one output, "
+                            f"got {type(layer).__name__} {layer.name!r}")
         self.layer = layer
 
     def call(self, x, mask=None):
         x = np.asarray(x)
         if x.ndim < 3:
             raise ValueError(f"{self.name}: TimeDistributed needs (B, T, ...) input, got {x.shape}")
-        return self.layer.call(x, None)[0], mask
+        if isinstance(self.layer, (Dense, Dropout, Activation)):    # (the last axis alone)
+            return self.layer.call(x, None)[0], mask
+        if mask is not None and _reads_mask(self.layer):
+            raise ValueError(f"{self.name}: TimeDistributed of {type(self.layer).__name__} "
+                             "on a masked input is not supported (Keras 3 gives the wrapped "
+                             "layer one step's (B,) mask)")
+        B, T = x.shape[:2]
+        y = np.asarray(self.layer.call(x.reshape((B * T,) + x.shape[2:]), None)[0])
+        return y.reshape((B, T) + y.shape[1:]), mask
 
     def get_weights(self):
         return self.layer.get_weights()
@@ -228,6 +247,13 @@ class TimeDistributed(Layer):
 
     def _extra_repr(self):
         return repr(self.layer)
+
+
+def _reads_mask(layer) -> bool:
+    """Whether ``layer`` computes with the mask of its input (then a TimeDistributed of
+    it cannot run on a masked input the way Keras does)."""
+    return isinstance(layer, (KerasRNN, Bidirectional, GlobalPooling1D, Softmax,
+                              TimeDistributed))
 
 
 # the dtypes an InputCast rounds through (those numpy has) and those it gives (a model's)

@@ -89,8 +89,9 @@ def assert_matches(model, name, batch_size=None, tol=TOL):
 
 def test_fixture_set_is_complete():
     # every combination named in the issue has a fixture; guard against losing files
-    # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*, +1 k3_norm_inner_axis)
-    assert len(NAMES) == 120 and len(REFUSED) == 9
+    # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*, +1 k3_norm_inner_axis,
+    # +7 k*_td_*: TimeDistributed of other layers than Dense)
+    assert len(NAMES) == 127 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 
@@ -1409,3 +1410,83 @@ def test_masked_tensor_read_after_multi_head_attention_warns():
             with warnings.catch_warnings():
                 warnings.simplefilter("error", UserWarning)
                 load_keras(model_path(other), architecture(other))
+
+
+# ------------------------------------------------------------ TimeDistributed of any layer
+
+def _td_seq(*layers, shape=(None, 7), dtype="int32"):
+    """A Sequential config: an Input of ``shape``, then ``layers`` ((class, config))."""
+    first = {"class_name": "InputLayer",
+             "config": {"name": "in", "batch_shape": list(shape), "dtype": dtype}}
+    return json.dumps({"class_name": "Sequential", "config": {"name": "s", "layers": [first] + [
+        {"class_name": c, "config": cfg} for c, cfg in layers]}})
+
+
+def _td(cls, **cfg):
+    return ("TimeDistributed", {"name": "td", "layer": {"class_name": cls,
+                                                        "config": {"name": "inner", **cfg}}})
+
+
+@pytest.mark.parametrize("case", ["lstm_masked", "pool_masked", "embedding_mask_zero",
+                                  "return_state", "merge", "unknown"])
+def test_time_distributed_refusals(case):
+    """What fastrnn cannot run as Keras does inside a TimeDistributed is refused at load,
+    naming the layer: a mask-reading layer on a masked input (Keras 3 hands it one
+    step's (B,) mask), a wrapped layer that makes a mask (tf.keras 2 and Keras 3
+    differ), several outputs, merges and unknown layers."""
+    from fastrnn.io.keras import model_from_keras_config
+    r = np.random.RandomState(0)
+    lstm_w = [r.normal(size=(2, 12)), r.normal(size=(3, 12)), r.normal(size=12)]
+    emb = ("Embedding", {"name": "emb", "input_dim": 20, "output_dim": 6, "mask_zero": True})
+    fold = ("TimeDistributed", {"name": "td_r", "layer": {
+        "class_name": "Reshape", "config": {"name": "r", "target_shape": [3, 2]}}})
+    weights = {"emb": [r.normal(size=(20, 6))]}
+    image = dict(shape=(None, 5, 7, 2), dtype="float32")
+    arch, want = {
+        "lstm_masked": (_td_seq(emb, fold, _td("LSTM", units=3)), "reads a masked tensor"),
+        "pool_masked": (_td_seq(emb, fold, _td("GlobalAveragePooling1D")),
+                        "reads a masked tensor"),
+        "embedding_mask_zero": (_td_seq(_td("Embedding", input_dim=20, output_dim=6,
+                                            mask_zero=True), shape=(None, 5, 7)),
+                                "makes a mask"),
+        "return_state": (_td_seq(_td("LSTM", units=3, return_state=True), **image),
+                         "several outputs"),
+        "merge": (_td_seq(_td("Add"), **image), "not supported inside TimeDistributed"),
+        "unknown": (_td_seq(_td("Lambda"), **image), "not supported inside TimeDistributed"),
+    }[case]
+    weights["td"] = {"lstm_masked": lstm_w, "return_state": lstm_w,
+                     "embedding_mask_zero": [r.normal(size=(20, 6))]}.get(case, [])
+    with pytest.raises(LoadError, match=rf"layer 'td' \(TimeDistributed of \w+\).*{want}"):
+        model_from_keras_config(arch, weights)
+    if case == "return_state":      # (the same layer without return_state loads and runs)
+        ok = model_from_keras_config(_td_seq(_td("LSTM", units=3), **image), weights)
+        x = r.normal(size=(2, 5, 7, 2)).astype("f4")
+        core = ok.layers[-1].layer.core
+        want_y = np.stack([core(x[:, t])[0][:, -1] for t in range(5)], axis=1)
+        np.testing.assert_allclose(ok.predict(x), want_y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["k3_td_video_h5", "k3_td_hierarchical", "k3_td_masked_fold",
+                                  "k2_td_video"])
+def test_time_distributed_models_stream(name):
+    """A model with TimeDistributed layers streams: each step's (B, ...) through the
+    wrapped layers, the same as the whole call (Keras's outputs)."""
+    model = load_keras(model_path(name), architecture(name))
+    x, ys = reference(name)
+    s = fastrnn.Stream(model, batch_size=len(x))
+    got = np.concatenate([s.feed(x[:, t:t + 2]) for t in range(0, x.shape[1], 2)], axis=1)
+    np.testing.assert_allclose(got, ys[0], rtol=0, atol=TOL)
+
+
+def test_time_distributed_output_ranks():
+    """The loader's rank of a TimeDistributed's output is the wrapped layer's on one
+    step, plus the steps' axis (what later layers' axis checks read)."""
+    from fastrnn.io.keras import _tensor_ranks
+    from fastrnn.model import Dense, Flatten, GlobalPooling1D, TimeDistributed
+    rnn = KerasRNN(fastrnn.GRU(2, 3, batch_first=True, seed=0), return_sequences=False)
+    seq = KerasRNN(fastrnn.GRU(2, 3, batch_first=True, seed=0), return_sequences=True)
+    dense = Dense(np.ones((2, 3), np.float32))
+    for inner, rank, want in ((Flatten(), 5, 3), (GlobalPooling1D("max"), 4, 3),
+                              (rnn, 4, 3), (seq, 4, 4), (dense, 4, 4), (dense, 3, 3),
+                              (Flatten(), None, 3), (dense, None, None)):
+        assert _tensor_ranks([TimeDistributed(inner)], [rank]) == [want]

@@ -240,9 +240,53 @@ def test_model_mask_flow_and_outputs():
         Model([])
     with pytest.raises(TypeError):
         Model([np.zeros(3)])
-    with pytest.raises(TypeError):
-        TimeDistributed(r1)
+    with pytest.raises(TypeError, match="wraps a fastrnn.model layer"):
+        TimeDistributed(np.zeros(3))
+    with pytest.raises(TypeError, match="one input and one output"):
+        TimeDistributed(r2)                     # (return_state: several outputs)
     assert Activation("relu")(np.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
+
+
+def test_time_distributed_folds_the_steps_into_the_batch(tmp_path):
+    """TimeDistributed of a layer other than Dense / Dropout / Activation runs it once on
+    (B*T, ...): the same as running it on each step's (B, ...) alone; the input's mask
+    passes on; a layer that reads masks is refused on a masked input; the model saves
+    and loads back."""
+    from fastrnn.model import BatchNormalization, Conv1D, Flatten, GlobalPooling1D
+    r = np.random.RandomState(5)
+    B, T, L, C = 3, 4, 7, 2
+    x = r.normal(size=(B, T, L, C)).astype("f4")
+    conv = Conv1D(r.normal(size=(3, C, 5)).astype("f4"), r.normal(size=5).astype("f4"),
+                  activation="relu")
+    rnn = KerasRNN(fastrnn.GRU(C, 3, batch_first=True, seed=2), return_sequences=False)
+    bi = Bidirectional(KerasRNN(simple_rnn(C, 2, seed=6), return_sequences=True),
+                       KerasRNN(simple_rnn(C, 2, go_backwards=True, seed=7),
+                                return_sequences=True), merge_mode="sum")
+    g = r.uniform(0.5, 1.5, 5).astype("f4")
+    layers = [conv, rnn, bi, Flatten(), GlobalPooling1D("max"),
+              BatchNormalization(g, g, g - 1, g, axis=-1)]
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]], bool)
+    for inner in layers:
+        td = TimeDistributed(inner)
+        xi = x if not isinstance(inner, BatchNormalization) else r.normal(
+            size=(B, T, L, 5)).astype("f4")
+        y, m = td.call(xi, None)
+        want = np.stack([inner.call(xi[:, t], None)[0] for t in range(T)], axis=1)
+        assert y.shape == want.shape
+        # (a recurrent layer's batch of B*T rows may take another kernel path than B)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+        assert m is None
+        if isinstance(inner, (KerasRNN, Bidirectional, GlobalPooling1D)):
+            with pytest.raises(ValueError, match="masked input is not supported"):
+                td.call(xi, mask)
+        else:
+            assert td.call(xi, mask)[1] is mask
+    model = Model([TimeDistributed(conv), TimeDistributed(Flatten()),
+                   KerasRNN(fastrnn.LSTM(25, 4, batch_first=True, seed=1))])
+    model.save(tmp_path / "m.safetensors")
+    again = fastrnn.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(again(x), model(x))
+    assert repr(again) == repr(model)
 
 
 def test_sigmoid_of_the_kernels_for_model_layers():

@@ -410,6 +410,7 @@ class _LayerDesc:
         self.input_index = None
         self.order = 0          # the layer's place in the config (its weights' order)
         self.nested = None      # an inlined nested model's layer: where its weights are
+        self.outer = None       # a TimeDistributed's wrapped layer: the TimeDistributed
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -1787,22 +1788,31 @@ class _Keras3Store:
         g = self._sub(self.root, p)
         if g is None:
             return None
-        cls = desc.class_name
-        where = f"{self.fname}: layer {desc.name!r} ({cls})"
+        return self._layer_vars(g, desc.class_name, desc.config,
+                                f"{self.fname}: layer {desc.name!r} ({desc.class_name})")
+
+    def _layer_vars(self, g, cls, config, where):
+        """The arrays of a layer of class ``cls`` and ``config`` in group ``g`` (None:
+        a group missing)."""
         if cls in _RECURRENT:
-            return self._rnn_vars(g, {"class_name": cls, "config": desc.config}, where)
+            return self._rnn_vars(g, {"class_name": cls, "config": config}, where)
         if cls == "Bidirectional":
             out = []
-            inner = desc.config.get("layer")
+            inner = config.get("layer")
             for side, spec in (("forward_layer", inner),
-                               ("backward_layer", desc.config.get("backward_layer") or inner)):
+                               ("backward_layer", config.get("backward_layer") or inner)):
                 sg = self._sub(g, side)
                 if sg is None:
                     return None
                 out += self._rnn_vars(sg, spec, where)
             return out
         if cls == "TimeDistributed":
-            return self._vars(self._sub(g, "layer"))
+            inner = config.get("layer")
+            sg = self._sub(g, "layer")
+            if not isinstance(inner, dict) or sg is None:
+                return self._vars(sg)
+            return self._layer_vars(sg, inner.get("class_name"), inner.get("config") or {},
+                                    where)
         if cls == "MultiHeadAttention":
             out = []
             for sub in ("query_dense", "key_dense", "value_dense", "output_dense"):
@@ -1921,7 +1931,8 @@ def _has_weights(d):
             c == "Attention" and cfg.get("score_mode", "dot") == "concat")
     if c == "TimeDistributed":
         inner = d.config.get("layer", {})
-        return isinstance(inner, dict) and inner.get("class_name") == "Dense"
+        return isinstance(inner, dict) and isinstance(inner.get("config"), dict) and \
+            _has_weights(_LayerDesc(inner.get("class_name"), inner["config"], d.name))
     return False
 
 
@@ -2146,8 +2157,13 @@ class _Builder:
         self.keras_dtype = np.dtype(keras_dtype or dtype).name
         self.ctx = ctx if ctx is not None else _Ctx(fname)
 
+    def stored(self, d):
+        """The arrays the file holds for ``d`` (a TimeDistributed's wrapped layer: the
+        TimeDistributed's), or None."""
+        return self.store.get(getattr(d, "outer", None) or d)
+
     def weights(self, d, n_expected):
-        w = self.store.get(d)
+        w = self.stored(d)
         if w is None:
             raise LoadError(f"{self.fname}: no weights found for layer {d.name!r} "
                             f"({d.class_name})")
@@ -2503,7 +2519,7 @@ class _Builder:
             # (Keras makes gamma for rms_scaling whatever scale says, and no beta)
             center, scale = center and not rms, scale or rms
             n = int(center) + int(scale)
-            w = self.weights(d, (n,)) if n else (self.store.get(d) or [])
+            w = self.weights(d, (n,)) if n else (self.stored(d) or [])
             if len(w) != n:
                 raise LoadError(f"{where}: the file holds {len(w)} weight arrays for a "
                                 "layer that takes none")
@@ -2757,6 +2773,35 @@ class _Builder:
                 raise LoadError(f"{where}: {str(e).split(': Softmax ', 1)[1]}") from None
         return layer
 
+    def wrapped(self, d, icls, ic, iname, dim, is_masked, rank):
+        """The layer a TimeDistributed ``d`` wraps (other than Dense, Dropout and
+        Activation), built as that layer on one step of ``d``'s input (``rank`` - 1 axes;
+        its weights are ``d``'s), and its output's feature size."""
+        from ..model import Embedding, Masking, _reads_mask
+        where = f"{self.fname}: layer {d.name!r} (TimeDistributed of {icls})"
+        if icls not in _SUPPORTED or icls in ("InputLayer", "TimeDistributed") \
+                or icls in _MERGE_LAYERS or icls in _ATTENTION_LAYERS:
+            raise LoadError(f"{where}: not supported inside TimeDistributed; supported: "
+                            "the one-input layers fastrnn loads (Dense, Conv1D, Conv2D, "
+                            "pooling, Flatten, normalisation, Embedding, recurrent, ...)")
+        inner = _LayerDesc(icls, ic, d.name)
+        inner.nested, inner.order, inner.outer = d.nested, d.order, d
+        il, dim = self.layer(inner, (dim,), False, (None if rank is None else rank - 1,))
+        if isinstance(il, list) or il.n_outputs() != 1:
+            raise LoadError(f"{where}: a wrapped layer of several outputs (stacked cells, "
+                            "return_state, merge_mode=None) is not supported")
+        if isinstance(il, Masking) or (isinstance(il, Embedding) and il.mask_zero):
+            # (tf.keras 2 gives the TimeDistributed the wrapped layer's mask, Keras 3
+            # drops it)
+            raise LoadError(f"{where}: a wrapped layer that makes a mask (Masking, "
+                            "Embedding with mask_zero) is not supported")
+        if is_masked and _reads_mask(il):
+            raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 hands "
+                            "the wrapped layer one step's (B,) mask, tf.keras 2 the steps' "
+                            "folded (B*T,) mask)")
+        il.name = iname
+        return il, dim
+
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
         ``d`` on tensors of ``in_dims`` features and ``in_ranks`` (None: unknown;
@@ -2807,9 +2852,8 @@ class _Builder:
             elif icls == "Activation":
                 il = Activation(_dense_act(ic.get("activation"), self.major, d.name))
             else:
-                raise LoadError(f"{self.fname}: layer {d.name!r} (TimeDistributed) wraps "
-                                f"unsupported layer {icls!r}; supported: Dense, Dropout, "
-                                "Activation")
+                il, dim = self.wrapped(d, icls, ic, iname, dim, is_masked,
+                                       in_ranks[0] if in_ranks else None)
             layer = TimeDistributed(il, name=d.name)
         elif cls in _SHAPE_CLASSES:
             layer, dim = self.shape_layer(d, dim, in_ranks[0] if in_ranks else None)
@@ -3099,7 +3143,7 @@ def _tensor_ranks(layers, in_ranks):
     tensors of ``in_ranks`` (None: unknown)."""
     from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten,
                          GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
-                         Reshape, _Merge, _AttentionBase)
+                         Reshape, TimeDistributed, _Merge, _AttentionBase)
     ranks = list(in_ranks)
     for layer in layers:
         r = ranks[0] if ranks else None
@@ -3124,6 +3168,9 @@ def _tensor_ranks(layers, in_ranks):
             r = 4
         elif isinstance(layer, Reshape):
             r = len(layer.target_shape) + 1
+        elif isinstance(layer, TimeDistributed):
+            r = _tensor_ranks([layer.layer], [None if r is None else r - 1])[0]
+            r = None if r is None else r + 1
         n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
         ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
     return ranks
