@@ -90,6 +90,34 @@ def _leaky_relu(x, alpha):
     return np.where(x >= 0, x, alpha * x)
 
 
+def _relu_keras(x, negative_slope, max_value, threshold):
+    """Keras's ``relu(x, negative_slope, max_value, threshold)`` (its ReLU layer), step
+    by step as Keras 3 and tf.keras 2 compute it."""
+    if negative_slope != 0 and max_value is None and threshold == 0:
+        return _leaky_relu(x, negative_slope)
+    neg = np.maximum(threshold - x, 0) if negative_slope != 0 else None
+    clip_max = max_value is not None
+    if threshold != 0:
+        y = np.where(x > threshold, x, 0).astype(x.dtype, copy=False)
+    elif max_value == 6:
+        y, clip_max = _relu6(x), False
+    else:
+        y = _relu(x)
+    if clip_max:
+        y = np.clip(y, 0, max_value).astype(x.dtype, copy=False)
+    if neg is not None:
+        y = y - x.dtype.type(negative_slope) * neg
+    return y
+
+
+def _elu_alpha(x, alpha):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _thresholded_relu(x, theta):
+    return np.where(x > theta, x, 0).astype(x.dtype, copy=False)
+
+
 # module-level functions (no lambdas) so that models pickle with the standard pickle
 _ACTIVATIONS = {
     "linear": _linear,
@@ -116,7 +144,10 @@ def activation_function(spec):
 
     ``"hard_sigmoid"`` alone is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``; Keras 3's is
     ``("hard_sigmoid", 1/6, 0.5)``.  ``("leaky_relu", alpha)`` has slope ``alpha``
-    (Keras 3's default is 0.2).  Unknown names raise ``ValueError``.
+    (Keras 3's default is 0.2).  Keras's ReLU / ELU / ThresholdedReLU layers:
+    ``("relu", negative_slope, max_value, threshold)`` (``max_value`` None: no cap),
+    ``("elu", alpha)``, ``("thresholded_relu", theta)``.  Unknown names raise
+    ``ValueError``.
     """
     if callable(spec):
         return spec
@@ -131,12 +162,21 @@ def activation_function(spec):
     if key in ("leaky_relu", "leakyrelu"):
         alpha = float(args[0]) if args else 0.2
         return functools.partial(_leaky_relu, alpha=alpha)
+    if key == "relu" and args:
+        ns, mx, th = (tuple(args) + (0.0, None, 0.0)[len(args):])[:3]
+        return functools.partial(_relu_keras, negative_slope=float(ns),
+                                 max_value=None if mx is None else float(mx),
+                                 threshold=float(th))
+    if key == "elu" and args:
+        return functools.partial(_elu_alpha, alpha=float(args[0]))
+    if key == "thresholded_relu":
+        return functools.partial(_thresholded_relu, theta=float(args[0]) if args else 1.0)
     if key in ("none", "identity"):
         key = "linear"
     fn = _ACTIVATIONS.get(key)
     if fn is None:
         raise ValueError(f"unknown activation {name!r}; known: "
-                         f"{sorted(_ACTIVATIONS) + ['hard_sigmoid', 'leaky_relu']}")
+                         f"{sorted(_ACTIVATIONS) + ['hard_sigmoid', 'leaky_relu', 'thresholded_relu']}")
     return fn
 
 

@@ -549,3 +549,109 @@ class Permute(Layer):
 
     def _extra_repr(self):
         return f"dims={self.dims}"
+
+
+class GlobalPooling2D(Layer):
+    """Keras's ``GlobalAveragePooling2D`` (``op="average"``) and ``GlobalMaxPooling2D``
+    (``op="max"``), ``channels_last``: ``(B, rows, cols, C)`` -> ``(B, C)`` (``keepdims``:
+    ``(B, 1, 1, C)``).  The output has no mask."""
+
+    def __init__(self, op: str = "average", keepdims: bool = False, name=None):
+        if op not in ("average", "max"):
+            raise ValueError(f"op must be 'average' or 'max', got {op!r}")
+        super().__init__(name or _default_name(
+            "GlobalAveragePooling2D" if op == "average" else "GlobalMaxPooling2D"))
+        self.op = op
+        self.keepdims = bool(keepdims)
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        _image_input(x, self.name)
+        f = np.mean if self.op == "average" else np.max
+        return f(x, axis=(1, 2), keepdims=self.keepdims), None
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "keepdims": self.keepdims}
+
+    def _extra_repr(self):
+        return self.op + (", keepdims=True" if self.keepdims else "")
+
+
+def _pad_pairs(v, rank: int, what: str) -> tuple:
+    """Keras's ``padding`` / ``cropping`` of a ``rank``-D layer (1 or 2) as ``rank``
+    (before, after) pairs of ints >= 0: an int (every side), a pair (1-D: before and
+    after; 2-D: each axis's both sides), or ``rank`` pairs."""
+    def ok(a):
+        return isinstance(a, (int, np.integer)) and not isinstance(a, bool) and a >= 0
+
+    if ok(v):
+        return ((int(v), int(v)),) * rank
+    v = list(v) if isinstance(v, (list, tuple)) else None
+    if v is not None and len(v) == 2 and all(ok(a) for a in v):
+        return ((int(v[0]), int(v[1])),) if rank == 1 else tuple((int(a), int(a)) for a in v)
+    if v is not None and len(v) == rank and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(a) for a in p) for p in v):
+        return tuple((int(p[0]), int(p[1])) for p in v)      # (the pairs, as saved)
+    raise ValueError(f"{what} must be an int >= 0, a pair of them or {rank} pair(s) of "
+                     f"them, got {v!r}"[:200])
+
+
+class ZeroPadding(Layer):
+    """Keras's ``ZeroPadding1D`` (``rank=1``: the steps of ``(B, T, C)``) and
+    ``ZeroPadding2D`` (``rank=2``: rows and columns of ``(B, rows, cols, C)``,
+    ``channels_last``): zeros added before and after along each axis.  The output has
+    no mask (Keras's ends it)."""
+
+    def __init__(self, padding=1, rank: int = 1, name=None):
+        if rank not in (1, 2):
+            raise ValueError(f"ZeroPadding rank must be 1 or 2, got {rank!r}")
+        super().__init__(name or _default_name(f"ZeroPadding{rank}D"))
+        self.rank = rank
+        self.padding = _pad_pairs(padding, rank, f"ZeroPadding{rank}D padding")
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        if x.ndim != self.rank + 2:
+            raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
+                             f"{x.shape}")
+        return np.pad(x, ((0, 0),) + self.padding + ((0, 0),)), None
+
+    def get_config(self):
+        return {**super().get_config(), "padding": [list(p) for p in self.padding],
+                "rank": self.rank}
+
+    def _extra_repr(self):
+        return f"padding={self.padding}"
+
+
+class Cropping(Layer):
+    """Keras's ``Cropping1D`` (``rank=1``) and ``Cropping2D`` (``rank=2``,
+    ``channels_last``): ``cropping`` steps (rows, columns) cut before and after along
+    each axis.  The output has no mask (Keras's ends it)."""
+
+    def __init__(self, cropping=1, rank: int = 1, name=None):
+        if rank not in (1, 2):
+            raise ValueError(f"Cropping rank must be 1 or 2, got {rank!r}")
+        super().__init__(name or _default_name(f"Cropping{rank}D"))
+        self.rank = rank
+        self.cropping = _pad_pairs(cropping, rank, f"Cropping{rank}D cropping")
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        if x.ndim != self.rank + 2:
+            raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
+                             f"{x.shape}")
+        idx = [slice(None)]
+        for n, (a, b) in zip(x.shape[1:], self.cropping):
+            if a + b >= n:
+                raise ValueError(f"{self.name}: cropping {self.cropping} leaves nothing of "
+                                 f"input shape {x.shape}")
+            idx.append(slice(a, n - b))
+        return np.ascontiguousarray(x[tuple(idx)]), None
+
+    def get_config(self):
+        return {**super().get_config(), "cropping": [list(p) for p in self.cropping],
+                "rank": self.rank}
+
+    def _extra_repr(self):
+        return f"cropping={self.cropping}"

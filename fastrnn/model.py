@@ -41,7 +41,8 @@ import numpy as np
 from . import _threads
 from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
     Layer, _act_name, _default_name, _float_input, _index, activation_function)
-from ._model_conv import Conv1D, Conv2D, Permute, Pooling1D, Pooling2D, Reshape
+from ._model_conv import (Conv1D, Conv2D, Cropping, GlobalPooling2D, Permute, Pooling1D,
+                          Pooling2D, Reshape, ZeroPadding)
 from ._model_merge import (  # noqa: F401
     _ATTENTION_CLASSES, _MERGE_CLASSES, Add, AdditiveAttention, Attention, Average,
     Concatenate, Dot, Maximum, Minimum, MultiHeadAttention, Multiply, Softmax, Subtract,
@@ -51,7 +52,8 @@ __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
-    "Conv2D", "Pooling2D", "Reshape", "Permute",
+    "Conv2D", "Pooling2D", "Reshape", "Permute", "GlobalPooling2D", "ZeroPadding", "Cropping",
+    "Rescaling", "Normalization", "PReLU",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
     "Softmax", "Attention", "AdditiveAttention", "MultiHeadAttention",
     "InputCast", "INPUT", "activation_function",
@@ -534,6 +536,133 @@ class BatchNormalization(Layer):
 
     def _extra_repr(self):
         return f"{self.moving_mean.size}, axis={self.axis}, epsilon={self.epsilon}"
+
+
+class Rescaling(Layer):
+    """Keras's ``Rescaling``: ``x * scale + offset`` (each a number, or an array
+    broadcast against the input's last axes).  ``keeps_mask``: whether a mask passes on
+    (Keras 3's does; tf.keras 2's ends it)."""
+
+    def __init__(self, scale=1.0, offset=0.0, keeps_mask: bool = True, name=None,
+                 dtype="float32"):
+        super().__init__(name)
+        self.scale = np.asarray(scale, dtype=dtype)
+        self.offset = np.asarray(offset, dtype=dtype)
+        for k, v in (("scale", self.scale), ("offset", self.offset)):
+            if not np.isfinite(v).all():
+                raise ValueError(f"Rescaling {k} must be finite, got {v.tolist()!r}"[:200])
+        self.keeps_mask = bool(keeps_mask)
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        dt = np.result_type(x.dtype, self.scale.dtype)
+        y = x.astype(dt, copy=False) * self.scale.astype(dt) + self.offset.astype(dt)
+        return y, (mask if self.keeps_mask else None)
+
+    def get_weights(self):
+        return []
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale.tolist(),
+                "offset": self.offset.tolist(), "keeps_mask": self.keeps_mask,
+                "dtype": self.scale.dtype.name}
+
+    def _extra_repr(self):
+        return f"scale={self.scale.tolist()}, offset={self.offset.tolist()}"
+
+
+class Normalization(Layer):
+    """Keras's ``Normalization`` (the preprocessing layer, adapted or given its
+    statistics): ``(x - mean) / max(sqrt(variance), 1e-7)`` (``invert``: ``mean + x *
+    max(sqrt(variance), 1e-7)``), the statistics kept per position of the ``axis`` axes
+    (default the last; ``()``: one for all).  ``mean`` / ``variance`` of fewer axes than
+    kept are aligned with the last kept axes, as Keras does.  ``keeps_mask``: whether a
+    mask passes on (Keras 3's does; tf.keras 2's ends it).  ``adapted``: the statistics
+    are Keras weights (with a sample count), not config values (what count_params
+    counts, as Keras)."""
+
+    EPSILON = 1e-7          # (Keras's backend.epsilon())
+
+    def __init__(self, mean, variance, axis=-1, invert: bool = False,
+                 keeps_mask: bool = True, adapted: bool = True, name=None, dtype="float32"):
+        super().__init__(name)
+        empty = axis is None or (isinstance(axis, (list, tuple)) and not axis)
+        self.axis = [] if empty else _axis_list(axis, "Normalization")
+        # (np.array: ascontiguousarray makes a number 1-D)
+        self.mean = np.array(mean, dtype=dtype, order="C")
+        self.variance = np.array(variance, dtype=dtype, order="C")
+        if self.mean.shape != self.variance.shape:
+            raise ValueError(f"Normalization mean {self.mean.shape} and variance "
+                             f"{self.variance.shape} differ in shape")
+        if self.mean.ndim > len(self.axis):
+            raise ValueError(f"Normalization statistics of {self.mean.ndim} axes for "
+                             f"{len(self.axis)} kept axes {self.axis}")
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.variance).all()) \
+                or (self.variance < 0).any():
+            raise ValueError("Normalization mean and variance must be finite, the variance "
+                             ">= 0")
+        self.invert = bool(invert)
+        self.keeps_mask = bool(keeps_mask)
+        self.adapted = bool(adapted)
+
+    def count_params(self) -> int:
+        # (Keras's: mean, variance and the count where adapted; none where configured)
+        return self.mean.size + self.variance.size + 1 if self.adapted else 0
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        keep = sorted(_axes(self.axis, x.ndim, self.name)) if self.axis else []
+        shape = [1] * x.ndim
+        # (statistics of fewer axes than kept: aligned with the last kept axes)
+        for a, n in zip(keep[len(keep) - self.mean.ndim:], self.mean.shape):
+            if n not in (1, x.shape[a]):
+                raise ValueError(f"{self.name}: statistics of shape {self.mean.shape} for "
+                                 f"input shape {x.shape} over axes {keep}")
+            shape[a] = n
+        dt = np.result_type(x.dtype, np.float32)
+        x = x.astype(dt, copy=False)
+        mean = self.mean.astype(dt).reshape(shape)
+        den = np.maximum(np.sqrt(self.variance.astype(dt)), dt.type(self.EPSILON)).reshape(shape)
+        y = mean + x * den if self.invert else (x - mean) / den
+        return y, (mask if self.keeps_mask else None)
+
+    def get_weights(self):
+        return [self.mean, self.variance]
+
+    def get_config(self):
+        return {**super().get_config(), "axis": list(self.axis), "invert": self.invert,
+                "keeps_mask": self.keeps_mask, "adapted": self.adapted}
+
+    def _extra_repr(self):
+        return f"axis={self.axis}" + (", invert=True" if self.invert else "")
+
+
+class PReLU(Layer):
+    """Keras's ``PReLU``: ``relu(x) - alpha * relu(-x)``, ``alpha`` learned per position
+    of the input after the batch axis (size 1 along Keras's ``shared_axes``).  The mask
+    passes on."""
+
+    def __init__(self, alpha, name=None, dtype="float32"):
+        super().__init__(name)
+        self.alpha = np.ascontiguousarray(alpha, dtype=dtype)
+        if not np.isfinite(self.alpha).all():
+            raise ValueError("PReLU alpha must be finite")
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        if self.alpha.ndim != x.ndim - 1 or any(
+                a not in (1, n) for a, n in zip(self.alpha.shape, x.shape[1:])):
+            raise ValueError(f"{self.name}: alpha of shape {self.alpha.shape} for input "
+                             f"shape {x.shape}")
+        dt = np.result_type(x.dtype, np.float32)
+        x = x.astype(dt, copy=False)
+        return np.maximum(x, 0) - self.alpha.astype(dt) * np.maximum(-x, 0), mask
+
+    def get_weights(self):
+        return [self.alpha]
+
+    def _extra_repr(self):
+        return f"alpha {self.alpha.shape}"
 
 
 class KerasRNN(Layer):
@@ -1364,7 +1493,7 @@ def _spec_json(spec):
     if callable(spec):
         raise TypeError("a Dense/Activation layer with a Python callable as activation "
                         "cannot be saved; use a named activation")
-    return [spec[0], *[float(a) for a in spec[1:]]]
+    return [spec[0], *[None if a is None else float(a) for a in spec[1:]]]
 
 
 def _spec_from_json(spec):
@@ -1393,8 +1522,14 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     elif isinstance(layer, TimeDistributed):
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
-                            Reshape, Permute, _Merge, Softmax)):
+                            Reshape, Permute, _Merge, Softmax, GlobalPooling2D, ZeroPadding,
+                            Cropping, Rescaling)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
+    elif isinstance(layer, Normalization):
+        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
+        out[prefix + "mean"], out[prefix + "variance"] = layer.mean, layer.variance
+    elif isinstance(layer, PReLU):
+        out[prefix + "alpha"] = layer.alpha
     elif isinstance(layer, (Conv1D, Conv2D)):
         cfg.update(strides=layer.strides, padding=layer.padding, groups=layer.groups,
                    dilation_rate=layer.dilation_rate, activation=_spec_json(layer.activation),
@@ -1545,6 +1680,25 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Permute(cfg.get("dims"), name=name)
     if kind == "RepeatVector":
         return RepeatVector(cfg.get("n"), name=name)
+    if kind == "GlobalPooling2D":
+        return GlobalPooling2D(cfg.get("op", "average"), cfg.get("keepdims", False), name=name)
+    if kind in ("ZeroPadding", "Cropping"):
+        key = "padding" if kind == "ZeroPadding" else "cropping"
+        return (ZeroPadding if kind == "ZeroPadding" else Cropping)(
+            cfg.get(key, 1), cfg.get("rank", 1), name=name)
+    if kind == "Rescaling":
+        return Rescaling(cfg.get("scale", 1.0), cfg.get("offset", 0.0),
+                         cfg.get("keeps_mask", True), name=name,
+                         dtype=_dtype_name(cfg.get("dtype", "float32"), _MODEL_DTYPES,
+                                          "Rescaling dtype"))
+    if kind == "Normalization":
+        mean = _need(tensors, "mean", name)
+        return Normalization(mean, _need(tensors, "variance", name), cfg.get("axis", -1),
+                             cfg.get("invert", False), cfg.get("keeps_mask", True),
+                             cfg.get("adapted", True), name=name, dtype=mean.dtype)
+    if kind == "PReLU":
+        alpha = _need(tensors, "alpha", name)
+        return PReLU(alpha, name=name, dtype=alpha.dtype)
     if kind == "LayerNormalization":
         g = _optional(tensors, cfg, name, "gamma")
         b = _optional(tensors, cfg, name, "beta")

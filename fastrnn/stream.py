@@ -11,8 +11,9 @@ The state is carried from call to call, so feeding a sequence in chunks of any s
 the outputs (and the final state) of feeding it whole.  Works with uni-directional
 :class:`~fastrnn.LSTM`, :class:`~fastrnn.GRU` and :class:`~fastrnn.SimpleRNN` (stacked or
 not) and with :class:`fastrnn.model.Model` chains of Embedding / Masking / Dense / Dropout /
-Activation / TimeDistributed / InputCast / LayerNormalization and BatchNormalization over the
-features / uni-directional RNN layers.  Bidirectional layers and
+Activation / TimeDistributed / InputCast / LayerNormalization, BatchNormalization and
+Normalization over the features / Rescaling and PReLU whose weights do not vary along the
+steps / uni-directional RNN layers.  Bidirectional layers and
 ``go_backwards`` need the whole sequence and are refused.
 
 Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
@@ -201,7 +202,7 @@ class Stream:
     def _plan_model(self, model):
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                             Embedding, InputCast, KerasRNN, LayerNormalization, Masking,
-                            TimeDistributed)
+                            Normalization, PReLU, Rescaling, TimeDistributed)
         n = len(model.layers)
         if model.n_inputs > 1:
             raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
@@ -250,7 +251,14 @@ class Stream:
             elif isinstance(layer, rowwise + (TimeDistributed,)) or (
                     # (normalisations over the features alone: step by step)
                     isinstance(layer, LayerNormalization) and set(layer.axis) <= {-1, 2}) or (
-                    isinstance(layer, BatchNormalization) and layer.axis in (-1, 2)):
+                    isinstance(layer, BatchNormalization) and layer.axis in (-1, 2)) or (
+                    # (weights that do not vary along the steps)
+                    isinstance(layer, Rescaling) and max(layer.scale.ndim,
+                                                         layer.offset.ndim) <= 1) or (
+                    isinstance(layer, Normalization) and layer.axis and
+                    set(layer.axis) <= {-1, 2}) or (
+                    isinstance(layer, PReLU) and layer.alpha.ndim == 2
+                    and layer.alpha.shape[0] == 1):
                 plan.append(("step", layer, None))
             else:
                 raise ValueError(f"cannot stream layer {layer.name!r} of type "

@@ -48,15 +48,23 @@ _WRAPPER_KEYS = ("return_sequences", "return_state", "go_backwards", "stateful",
                  "time_major", "zero_output_for_mask")
 _RECURRENT = _RNN_CLASSES + ("RNN",)
 _NOOP_CLASSES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
-                 "AlphaDropout", "ActivityRegularization")
+                 "AlphaDropout", "ActivityRegularization", "SpatialDropout2D",
+                 "SpatialDropout3D", "Identity")
+# activation layers (fastrnn.model.Activation, PReLU: the mask passes on)
+_ACT_LAYERS = ("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "PReLU")
+# affine preprocessing layers (fastrnn.model's of the same names: Keras 3's pass the mask
+# on, tf.keras 2's end it)
+_SCALE_LAYERS = ("Rescaling", "Normalization")
 # shape and normalisation layers around the recurrent ones (fastrnn.model)
 _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
                   "LayerNormalization", "BatchNormalization", "Conv1D", "MaxPooling1D",
-                  "AveragePooling1D")
+                  "AveragePooling1D", "ZeroPadding1D", "Cropping1D")
 # a CRNN's front-end: 2-D convolution and pooling of an image (B, rows, cols, channels),
 # then Reshape / Permute into the recurrent layers' sequence (fastrnn.model's Conv2D,
 # Pooling2D, Reshape, Permute)
-_IMAGE_CLASSES = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Reshape", "Permute")
+_IMAGE_CLASSES = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "Reshape", "Permute",
+                  "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
+                  "Cropping2D")
 # merge layers (several inputs: fastrnn.model's classes of the same names; Dot: two, its
 # output unmasked)
 _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum",
@@ -66,7 +74,8 @@ _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maxim
 _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Softmax",
               "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES \
-    + _SHAPE_CLASSES + _IMAGE_CLASSES + _MERGE_LAYERS + _ATTENTION_LAYERS
+    + _SHAPE_CLASSES + _IMAGE_CLASSES + _MERGE_LAYERS + _ATTENTION_LAYERS + _ACT_LAYERS \
+    + _SCALE_LAYERS
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
 _ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
 _MHA_ARGS = ("query", "value", "key")
@@ -74,7 +83,8 @@ _MHA_ARGS = ("query", "value", "key")
 # Reshape and Permute too, except where their output is their input: _check_masks)
 _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
               "Conv1D", "MaxPooling1D", "AveragePooling1D", "Conv2D", "MaxPooling2D",
-              "AveragePooling2D")
+              "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+              "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D")
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking and
 # the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
 # "Concatenate" too; a float64 layer on a float32 input casts it first: "Cast"); off the
@@ -1917,8 +1927,11 @@ class _DictStore:
 
 def _has_weights(d):
     c = d.class_name
-    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D", "Conv2D"):
+    if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D", "Conv2D",
+                                "PReLU"):
         return True
+    if c == "Normalization":        # (adapted: the statistics are weights, not config)
+        return d.config.get("mean") is None
     if c in ("LayerNormalization", "BatchNormalization"):
         cfg = d.config
         return c == "BatchNormalization" or cfg.get("scale", True) is not False or bool(
@@ -1967,6 +1980,20 @@ def _cfloat(c, key, default, where):
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     raise LoadError(f"{where}: config key {key!r} must be a number, got {v!r}"[:300])
+
+
+def _number_array(v, where):
+    """A config's number or (nested) list of numbers as a float64 array."""
+    ok = lambda a: isinstance(a, (int, float)) and not isinstance(a, bool)
+    def flat(a):
+        return [b for x in a for b in flat(x)] if isinstance(a, list) else [a]
+    if not (ok(v) or (isinstance(v, list) and v and all(ok(a) for a in flat(v)))):
+        raise LoadError(f"{where} must be a number or a list of numbers, got {v!r}"[:300])
+    try:
+        return np.array(v, dtype=np.float64)
+    except ValueError:              # (ragged lists)
+        raise LoadError(f"{where} must be a number or a list of numbers, got {v!r}"[:300]) \
+            from None
 
 
 def _cdict(c, key, where, default=None):
@@ -2432,10 +2459,83 @@ class _Builder:
                                        else w[0].shape[2] if w[0].ndim == 4 else -1, F))
         return self._conv_layer(Conv2D, d, c, w, F, groups)
 
+    def act_layer(self, d, rank):
+        """A ReLU / LeakyReLU / ELU / ThresholdedReLU layer (fastrnn's Activation of the
+        matching spec) or a PReLU (its alpha checked against an input of ``rank`` axes)."""
+        from ..model import Activation, PReLU
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        if cls == "PReLU":
+            (alpha,) = self.weights(d, (1,))
+            if rank is not None and alpha.ndim != rank - 1:
+                raise LoadError(f"{where}: alpha has shape {tuple(alpha.shape)}, expected "
+                                f"{rank - 1} axes for a {rank}-D input")
+            return PReLU(alpha, name=d.name, dtype=self.dtype)
+        if cls == "ReLU":
+            mx = c.get("max_value")
+            ns = _cfloat(c, "negative_slope", 0.0, where)
+            th = _cfloat(c, "threshold", 0.0, where)
+            mx = None if mx is None else _cfloat(c, "max_value", 0.0, where)
+            if (mx is not None and mx < 0) or ns < 0 or th < 0:
+                raise LoadError(f"{where}: max_value, negative_slope and threshold must be "
+                                f">= 0 (as Keras checks them), got {mx!r}, {ns!r}, {th!r}")
+            spec = "relu" if (ns, mx, th) == (0.0, None, 0.0) else ("relu", ns, mx, th)
+        elif cls == "LeakyReLU":
+            # (Keras 3's negative_slope, tf.keras 2's alpha; both default to 0.3)
+            key = "negative_slope" if "negative_slope" in c else "alpha"
+            spec = ("leaky_relu", _cfloat(c, key, 0.3, where))
+        elif cls == "ELU":
+            spec = ("elu", _cfloat(c, "alpha", 1.0, where))
+        else:
+            spec = ("thresholded_relu", _cfloat(c, "theta", 1.0, where))
+        return Activation(spec, name=d.name)
+
+    def scale_layer(self, d, dim, rank):
+        """A Rescaling or a Normalization layer (its statistics the file's weights, or
+        its config's ``mean`` / ``variance``); the mask passes on in Keras 3 files."""
+        from ..model import Normalization, Rescaling, _axes
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        keeps = self.major == 3
+        try:
+            if cls == "Rescaling":
+                return Rescaling(_number_array(c.get("scale", 1.0), where + " scale"),
+                                 _number_array(c.get("offset", 0.0), where + " offset"),
+                                 keeps, name=d.name, dtype=self.dtype)
+            axis = c.get("axis", -1)
+            if isinstance(axis, list):
+                axis = tuple(axis)
+            given = c.get("mean") is not None or c.get("variance") is not None
+            if given:
+                mean = _number_array(c.get("mean"), where + " mean")
+                var = _number_array(c.get("variance"), where + " variance")
+                w = self.stored(d) or []
+                if w:
+                    raise LoadError(f"{where}: the file holds {len(w)} arrays for a layer "
+                                    "given its mean and variance in its config")
+            else:
+                w = self.weights(d, (2, 3))        # (mean, variance[, count])
+                mean, var = w[0], w[1]
+            layer = Normalization(mean, var, axis, _cbool(c, "invert", False, where), keeps,
+                                  adapted=not given, name=d.name, dtype=self.dtype)
+        except ValueError as e:                 # (the layer's own checks)
+            raise LoadError(f"{where}: {e}"[:400]) from None
+        keep = None
+        if rank is not None and layer.axis:
+            try:
+                keep = _axes(layer.axis, rank, d.name)
+            except ValueError as e:
+                raise LoadError(f"{where}: {e}"[:400]) from None
+        last = layer.axis == [-1] or keep == [rank - 1 if rank else -1]
+        if last and dim is not None and layer.mean.ndim == 1 and layer.mean.size not in (1, dim):
+            raise LoadError(f"{where}: statistics of {layer.mean.size} features for an input "
+                            f"of {dim}")
+        return layer
+
     def image_layer(self, d, dim):
         """A Conv2D, 2-D pooling, Reshape or Permute layer, and the feature size after
         it (None: unknown)."""
-        from ..model import Permute, Pooling2D, Reshape
+        from ..model import GlobalPooling2D, Permute, Pooling2D, Reshape
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         try:
@@ -2452,6 +2552,11 @@ class _Builder:
                                 "channels_last)"[:300])
             if cls == "Conv2D":
                 return self.conv2d(d, c, dim), _cint(c, "filters", where)
+            if cls in ("ZeroPadding2D", "Cropping2D"):
+                return self.pad_layer(d, 2), dim
+            if cls.startswith("Global"):
+                return GlobalPooling2D("max" if cls == "GlobalMaxPooling2D" else "average",
+                                       _cbool(c, "keepdims", False, where), name=d.name), dim
             op = "max" if cls == "MaxPooling2D" else "average"
             return Pooling2D(op, c.get("pool_size", 2), c.get("strides"),
                              c.get("padding", "valid"), name=d.name), dim
@@ -2493,7 +2598,25 @@ class _Builder:
                 raise LoadError(f"{where}: {e}") from None
         if cls == "RepeatVector":
             return RepeatVector(_cint(c, "n", where), name=d.name), dim
+        if cls in ("ZeroPadding1D", "Cropping1D"):
+            return self.pad_layer(d, 1), dim
         return self.norm_layer(d, dim, rank)
+
+    def pad_layer(self, d, rank):
+        """A ZeroPadding1D / 2D or Cropping1D / 2D layer (channels_last)."""
+        from ..model import Cropping, ZeroPadding
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        fmt = c.get("data_format") or "channels_last"
+        if fmt != "channels_last":
+            raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
+                            "channels_last)"[:300])
+        try:
+            if cls.startswith("ZeroPadding"):
+                return ZeroPadding(c.get("padding", 1), rank, name=d.name)
+            return Cropping(c.get("cropping", 1 if rank == 1 else 0), rank, name=d.name)
+        except ValueError as e:
+            raise LoadError(f"{where}: {e}"[:400]) from None
 
     def norm_layer(self, d, dim, rank=None):
         """A LayerNormalization or BatchNormalization layer, and the feature size after
@@ -2855,6 +2978,10 @@ class _Builder:
                 il, dim = self.wrapped(d, icls, ic, iname, dim, is_masked,
                                        in_ranks[0] if in_ranks else None)
             layer = TimeDistributed(il, name=d.name)
+        elif cls in _ACT_LAYERS:
+            layer = self.act_layer(d, in_ranks[0] if in_ranks else None)
+        elif cls in _SCALE_LAYERS:
+            layer = self.scale_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _SHAPE_CLASSES:
             layer, dim = self.shape_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _IMAGE_CLASSES:
@@ -2875,9 +3002,10 @@ class _Builder:
     def build(self, descs, outputs, input_names=None):
         """The Model of the descs (one a call of a Keras layer: the calls of a shared
         layer run one fastrnn layer object, built once)."""
-        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Embedding, Flatten,
-                             GlobalPooling1D, InputCast, KerasRNN, Masking, Model, Permute,
-                             Pooling1D, Pooling2D, Reshape, RepeatVector)
+        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping, Embedding,
+                             Flatten, GlobalPooling1D, GlobalPooling2D, InputCast, KerasRNN,
+                             Masking, Model, Normalization, Permute, Pooling1D, Pooling2D,
+                             Rescaling, Reshape, RepeatVector, ZeroPadding)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
         if unsupported:
@@ -2998,7 +3126,9 @@ class _Builder:
                     is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
-                                          Pooling1D, Conv2D, Pooling2D)) \
+                                          Pooling1D, Conv2D, Pooling2D, GlobalPooling2D,
+                                          ZeroPadding, Cropping)) \
+                        or (isinstance(l, (Rescaling, Normalization)) and not l.keeps_mask) \
                         or (isinstance(l, Permute) and not l.identity) \
                         or (isinstance(l, Reshape) and not _same_shape_maybe(
                             l, in_ranks[0] if in_ranks else None, in_dims[0] if in_dims
@@ -3143,7 +3273,7 @@ def _tensor_ranks(layers, in_ranks):
     tensors of ``in_ranks`` (None: unknown)."""
     from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten,
                          GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
-                         Reshape, TimeDistributed, _Merge, _AttentionBase)
+                         Reshape, TimeDistributed, _Merge, _AttentionBase, GlobalPooling2D)
     ranks = list(in_ranks)
     for layer in layers:
         r = ranks[0] if ranks else None
@@ -3166,6 +3296,8 @@ def _tensor_ranks(layers, in_ranks):
             r = 3
         elif isinstance(layer, (Conv2D, Pooling2D)):
             r = 4
+        elif isinstance(layer, GlobalPooling2D):
+            r = 4 if layer.keepdims else 2
         elif isinstance(layer, Reshape):
             r = len(layer.target_shape) + 1
         elif isinstance(layer, TimeDistributed):
