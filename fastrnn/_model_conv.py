@@ -655,3 +655,36 @@ class Cropping(Layer):
 
     def _extra_repr(self):
         return f"cropping={self.cropping}"
+
+
+class UpSampling(Layer):
+    """Keras's ``UpSampling1D`` (``rank=1``: each step of ``(B, T, C)`` repeated
+    ``size`` times) and ``UpSampling2D`` with ``interpolation="nearest"`` (``rank=2``:
+    rows and columns of ``(B, rows, cols, C)`` repeated, ``channels_last``).  The output
+    has no mask (Keras's ends it)."""
+
+    def __init__(self, size=2, rank: int = 1, name=None):
+        if rank not in (1, 2):
+            raise ValueError(f"UpSampling rank must be 1 or 2, got {rank!r}")
+        super().__init__(name or _default_name(f"UpSampling{rank}D"))
+        self.rank = rank
+        self.size = (_conv_int(size, "UpSampling1D size"),) if rank == 1 else \
+            _conv_pair(size, "UpSampling2D size")
+
+    def call(self, x, mask=None):
+        x = _float_input(x, self.name)
+        if x.ndim != self.rank + 2:
+            raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
+                             f"{x.shape}")
+        if x.size * int(np.prod(self.size)) > _POOL_WORK:
+            raise ValueError(f"{self.name}: size {self.size} of input shape {x.shape} is "
+                             "beyond what fastrnn runs")
+        for ax, n in enumerate(self.size, start=1):
+            x = np.repeat(x, n, axis=ax)
+        return x, None
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "rank": self.rank}
+
+    def _extra_repr(self):
+        return f"size={self.size}"

@@ -42,7 +42,7 @@ from . import _threads
 from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
     Layer, _act_name, _default_name, _float_input, _index, activation_function)
 from ._model_conv import (Conv1D, Conv2D, Cropping, GlobalPooling2D, Permute, Pooling1D,
-                          Pooling2D, Reshape, ZeroPadding)
+                          Pooling2D, Reshape, UpSampling, ZeroPadding)
 from ._model_merge import (  # noqa: F401
     _ATTENTION_CLASSES, _MERGE_CLASSES, Add, AdditiveAttention, Attention, Average,
     Concatenate, Dot, Maximum, Minimum, MultiHeadAttention, Multiply, Softmax, Subtract,
@@ -53,6 +53,7 @@ __all__ = [
     "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
     "Conv2D", "Pooling2D", "Reshape", "Permute", "GlobalPooling2D", "ZeroPadding", "Cropping",
+    "UpSampling",
     "Rescaling", "Normalization", "PReLU",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
     "Softmax", "Attention", "AdditiveAttention", "MultiHeadAttention",
@@ -1523,7 +1524,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
                             Reshape, Permute, _Merge, Softmax, GlobalPooling2D, ZeroPadding,
-                            Cropping, Rescaling)):
+                            Cropping, Rescaling, UpSampling)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, Normalization):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
@@ -1686,6 +1687,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         key = "padding" if kind == "ZeroPadding" else "cropping"
         return (ZeroPadding if kind == "ZeroPadding" else Cropping)(
             cfg.get(key, 1), cfg.get("rank", 1), name=name)
+    if kind == "UpSampling":
+        return UpSampling(cfg.get("size", 2), cfg.get("rank", 1), name=name)
     if kind == "Rescaling":
         return Rescaling(cfg.get("scale", 1.0), cfg.get("offset", 0.0),
                          cfg.get("keeps_mask", True), name=name,

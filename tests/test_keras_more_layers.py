@@ -5,6 +5,7 @@ parity with Keras: the fixtures k3_act_layers_masked, k3_rescale_norm_masked,
 k3_pad_crop_*, k2_act_layers_masked, k2_rescale_norm_masked, k2_pad_crop_pool2d in
 test_keras.py.)"""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import fastrnn  # noqa: E402
 from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
 from fastrnn.model import (Activation, Cropping, Dense, GlobalPooling2D, KerasRNN,  # noqa: E402
-                           Model, Normalization, PReLU, Rescaling, ZeroPadding,
+                           Model, Normalization, PReLU, Rescaling, UpSampling, ZeroPadding,
                            activation_function)
 from test_keras import TOL, model_path, reference  # noqa: E402
 
@@ -119,6 +120,15 @@ def test_padding_cropping_and_global_pooling_2d():
     assert m is None
     y, _ = GlobalPooling2D("average", keepdims=True).call(img)
     np.testing.assert_allclose(y, img.mean(axis=(1, 2), keepdims=True), rtol=1e-6)
+    y, m = UpSampling(3).call(x, "mask")
+    assert y.shape == (2, 15, 3) and m is None
+    np.testing.assert_array_equal(y[:, ::3], x)
+    np.testing.assert_array_equal(y[:, 2::3], x)
+    y, _ = UpSampling((2, 1), rank=2).call(img)
+    assert y.shape == (2, 8, 6, 3)
+    np.testing.assert_array_equal(y[:, 1::2], img)
+    with pytest.raises(ValueError, match="positive int"):
+        UpSampling(0)
 
 
 def test_new_layers_save_and_load(tmp_path):
@@ -138,7 +148,8 @@ def test_new_layers_save_and_load(tmp_path):
     assert repr(again) == repr(model)
     assert again.layers[0].keeps_mask is False and again.layers[1].invert
     assert again.layers[1].adapted is False and again.count_params() == model.count_params()
-    img = Model([GlobalPooling2D("max", keepdims=True), ZeroPadding(((0, 1), (1, 0)), 2)])
+    img = Model([UpSampling((1, 2), 2), GlobalPooling2D("max", keepdims=True),
+                 ZeroPadding(((0, 1), (1, 0)), 2)])
     img.save(tmp_path / "i.safetensors")
     xi = R.normal(size=(2, 3, 3, 2)).astype(np.float32)
     np.testing.assert_array_equal(fastrnn.load(tmp_path / "i.safetensors")(xi), img(xi))
@@ -171,9 +182,24 @@ def _seq(*layers, shape=(None, 6, 4), dtype="float32"):
           shape=(None, 6, 4, 2)), {}, "data_format 'channels_first'"),
     (_seq(("Cropping2D", {"cropping": [[1, -1], [0, 0]]}), shape=(None, 6, 4, 2)), {},
      "cropping must be"),
+    (_seq(("UpSampling2D", {"size": 2, "interpolation": "bilinear"}), shape=(None, 6, 4, 2)),
+     {}, "interpolation 'bilinear'"),
+    (_seq(("UpSampling1D", {"size": -2})), {}, "size must be a positive int"),
+    (_seq(("DepthwiseConv1D", {"kernel_size": 2, "depth_multiplier": 2})),
+     {"l0": [np.ones((2, 3, 2)), np.ones(6)]}, "kernel of 3 channels for an input of 4"),
+    (_seq(("DepthwiseConv1D", {"kernel_size": 2, "depth_multiplier": 3})),
+     {"l0": [np.ones((2, 4, 2)), np.ones(8)]}, "depth_multiplier 2, the config says 3"),
+    (_seq(("DepthwiseConv1D", {"kernel_size": 2})),
+     {"l0": [np.ones((2, 4)), np.ones(4)]}, "expected 3 axes"),
+    (_seq(("SeparableConv1D", {"kernel_size": 2, "filters": 5})),
+     {"l0": [np.ones((2, 4, 1)), np.ones((1, 4, 6)), np.ones(5)]},
+     "pointwise_kernel has shape (1, 4, 6), expected (1, 4, 5)"),
+    (_seq(("SeparableConv2D", {"kernel_size": 2, "filters": 5, "strides": 0}),
+          shape=(None, 6, 4, 2)),
+     {"l0": [np.ones((2, 2, 2, 1)), np.ones((1, 1, 2, 5)), np.ones(5)]}, "strides"),
 ])
 def test_refusals_name_the_layer(arch, weights, want):
-    with pytest.raises(LoadError, match=r"layer 'l0' \(\w+\).*" + want.replace("(", r"\(")):
+    with pytest.raises(LoadError, match=r"layer 'l0' \(\w+\).*" + re.escape(want)):
         model_from_keras_config(arch, weights)
 
 

@@ -55,6 +55,10 @@ _ACT_LAYERS = ("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "PReLU")
 # affine preprocessing layers (fastrnn.model's of the same names: Keras 3's pass the mask
 # on, tf.keras 2's end it)
 _SCALE_LAYERS = ("Rescaling", "Normalization")
+# depthwise and separable convolutions: fastrnn's Conv1D / Conv2D with groups (a
+# separable one: that, then a 1 x 1 convolution); nearest up-sampling
+_DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
+_UPSAMPLING = ("UpSampling1D", "UpSampling2D")
 # shape and normalisation layers around the recurrent ones (fastrnn.model)
 _SHAPE_CLASSES = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
                   "LayerNormalization", "BatchNormalization", "Conv1D", "MaxPooling1D",
@@ -75,7 +79,7 @@ _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Softmax",
               "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES \
     + _SHAPE_CLASSES + _IMAGE_CLASSES + _MERGE_LAYERS + _ATTENTION_LAYERS + _ACT_LAYERS \
-    + _SCALE_LAYERS
+    + _SCALE_LAYERS + _DEPTHWISE + _UPSAMPLING
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
 _ATTENTION_OPTIONS = ("return_attention_scores", "use_causal_mask")
 _MHA_ARGS = ("query", "value", "key")
@@ -84,7 +88,8 @@ _MHA_ARGS = ("query", "value", "key")
 _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "RepeatVector",
               "Conv1D", "MaxPooling1D", "AveragePooling1D", "Conv2D", "MaxPooling2D",
               "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-              "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D")
+              "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D") + _DEPTHWISE \
+    + _UPSAMPLING
 # functional-graph operations Keras 3 records when Embedding(mask_zero) / Masking and
 # the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
 # "Concatenate" too; a float64 layer on a float32 input casts it first: "Cast"); off the
@@ -1928,7 +1933,7 @@ class _DictStore:
 def _has_weights(d):
     c = d.class_name
     if c in _RECURRENT or c in ("Embedding", "Dense", "Bidirectional", "Conv1D", "Conv2D",
-                                "PReLU"):
+                                "PReLU") + _DEPTHWISE:
         return True
     if c == "Normalization":        # (adapted: the statistics are weights, not config)
         return d.config.get("mean") is None
@@ -2602,6 +2607,73 @@ class _Builder:
             return self.pad_layer(d, 1), dim
         return self.norm_layer(d, dim, rank)
 
+    def depthwise(self, d, dim):
+        """A DepthwiseConv1D / 2D (fastrnn's Conv1D / Conv2D with one group a channel, its
+        kernel (taps..., C, depth_multiplier) as (taps..., 1, C * depth_multiplier)) or
+        a SeparableConv1D / 2D (that without bias and activation, then a 1 x 1
+        convolution with them: a list of two layers), and the channels after it."""
+        from ..model import Conv1D, Conv2D
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        two = cls.endswith("2D")
+        conv = Conv2D if two else Conv1D
+        fmt = c.get("data_format") or "channels_last"
+        if fmt != "channels_last":
+            raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
+                            "channels_last)"[:300])
+        sep = cls.startswith("Separable")
+        use_bias = _cbool(c, "use_bias", True, where)
+        w = self.weights(d, ((3,) if use_bias else (2,)) if sep else
+                         ((2,) if use_bias else (1,)))
+        dk = w[0]
+        taps = 2 if two else 1
+        if dk.ndim != taps + 2:
+            raise LoadError(f"{where}: depthwise kernel has shape {tuple(dk.shape)}, expected "
+                            f"{taps + 2} axes (taps..., channels, depth_multiplier)")
+        C, dm = dk.shape[-2], dk.shape[-1]
+        if dim is not None and C != dim:
+            raise LoadError(f"{where}: depthwise kernel of {C} channels for an input of {dim}")
+        dm_cfg = c.get("depth_multiplier", 1)
+        if dm_cfg != dm:
+            raise LoadError(f"{where}: depthwise kernel of depth_multiplier {dm}, the config "
+                            f"says {dm_cfg!r}"[:300])
+        act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
+        kernel = dk.reshape(dk.shape[:-2] + (1, C * dm))
+        try:
+            first = conv(kernel, None if sep else (w[1] if use_bias else None),
+                         c.get("strides", 1), c.get("padding", "valid"),
+                         c.get("dilation_rate", 1), C, "linear" if sep else act,
+                         name=f"{d.name}/depthwise" if sep else d.name, dtype=self.dtype)
+            if not sep:
+                if use_bias:
+                    self.check(d, "bias", w[1], (C * dm,))
+                return first, C * dm
+            pk = w[1]
+            F = _cint(c, "filters", where)
+            self.check(d, "pointwise_kernel", pk, (1,) * taps + (C * dm, F))
+            if use_bias:
+                self.check(d, "bias", w[2], (F,))
+            point = conv(pk, w[2] if use_bias else None, 1, "valid", 1, 1, act, name=d.name,
+                         dtype=self.dtype)
+        except ValueError as e:         # (the layers' own checks of the config)
+            raise LoadError(f"{where}: {e}"[:400]) from None
+        return [first, point], F
+
+    def upsampling(self, d):
+        """An UpSampling1D / UpSampling2D (nearest) layer."""
+        from ..model import UpSampling
+        c, cls = d.config, d.class_name
+        where = f"{self.fname}: layer {d.name!r} ({cls})"
+        fmt = c.get("data_format") or "channels_last"
+        interp = c.get("interpolation", "nearest")
+        if fmt != "channels_last" or interp != "nearest":
+            raise LoadError(f"{where}: data_format {fmt!r}, interpolation {interp!r}: only "
+                            "channels_last and nearest are supported"[:300])
+        try:
+            return UpSampling(c.get("size", 2), 2 if cls.endswith("2D") else 1, name=d.name)
+        except ValueError as e:
+            raise LoadError(f"{where}: {e}"[:400]) from None
+
     def pad_layer(self, d, rank):
         """A ZeroPadding1D / 2D or Cropping1D / 2D layer (channels_last)."""
         from ..model import Cropping, ZeroPadding
@@ -2982,6 +3054,10 @@ class _Builder:
             layer = self.act_layer(d, in_ranks[0] if in_ranks else None)
         elif cls in _SCALE_LAYERS:
             layer = self.scale_layer(d, dim, in_ranks[0] if in_ranks else None)
+        elif cls in _DEPTHWISE:
+            layer, dim = self.depthwise(d, dim)
+        elif cls in _UPSAMPLING:
+            layer = self.upsampling(d)
         elif cls in _SHAPE_CLASSES:
             layer, dim = self.shape_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _IMAGE_CLASSES:
@@ -3005,7 +3081,7 @@ class _Builder:
         from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping, Embedding,
                              Flatten, GlobalPooling1D, GlobalPooling2D, InputCast, KerasRNN,
                              Masking, Model, Normalization, Permute, Pooling1D, Pooling2D,
-                             Rescaling, Reshape, RepeatVector, ZeroPadding)
+                             Rescaling, Reshape, RepeatVector, UpSampling, ZeroPadding)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
         if unsupported:
@@ -3127,7 +3203,7 @@ class _Builder:
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
                                           Pooling1D, Conv2D, Pooling2D, GlobalPooling2D,
-                                          ZeroPadding, Cropping)) \
+                                          ZeroPadding, Cropping, UpSampling)) \
                         or (isinstance(l, (Rescaling, Normalization)) and not l.keeps_mask) \
                         or (isinstance(l, Permute) and not l.identity) \
                         or (isinstance(l, Reshape) and not _same_shape_maybe(
