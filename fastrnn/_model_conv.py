@@ -586,12 +586,14 @@ def _pad_pairs(v, rank: int, what: str) -> tuple:
 
     if ok(v):
         return ((int(v), int(v)),) * rank
-    v = list(v) if isinstance(v, (list, tuple)) else None
-    if v is not None and len(v) == 2 and all(ok(a) for a in v):
-        return ((int(v[0]), int(v[1])),) if rank == 1 else tuple((int(a), int(a)) for a in v)
-    if v is not None and len(v) == rank and all(
-            isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(a) for a in p) for p in v):
-        return tuple((int(p[0]), int(p[1])) for p in v)      # (the pairs, as saved)
+    seq = list(v) if isinstance(v, (list, tuple)) else None
+    if seq is not None and len(seq) == 2 and all(ok(a) for a in seq):
+        return ((int(seq[0]), int(seq[1])),) if rank == 1 else \
+            tuple((int(a), int(a)) for a in seq)
+    if seq is not None and len(seq) == rank and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(a) for a in p)
+            for p in seq):
+        return tuple((int(p[0]), int(p[1])) for p in seq)      # (the pairs, as saved)
     raise ValueError(f"{what} must be an int >= 0, a pair of them or {rank} pair(s) of "
                      f"them, got {v!r}"[:200])
 
@@ -614,6 +616,11 @@ class ZeroPadding(Layer):
         if x.ndim != self.rank + 2:
             raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
                              f"{x.shape}")
+        size = x.shape[0] * x.shape[-1] * int(np.prod(
+            [n + a + b for n, (a, b) in zip(x.shape[1:], self.padding)]))
+        if size > _POOL_WORK:
+            raise ValueError(f"{self.name}: padding {self.padding} of input shape {x.shape} "
+                             "is beyond what fastrnn runs")
         return np.pad(x, ((0, 0),) + self.padding + ((0, 0),)), None
 
     def get_config(self):

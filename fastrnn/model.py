@@ -177,17 +177,20 @@ class Dense(Layer):
 
 
 class Dropout(Layer):
-    """Identity at inference (Dropout, SpatialDropout1D, GaussianNoise, ...)."""
+    """Identity at inference (Dropout, SpatialDropout1D, GaussianNoise, Identity, ...).
+    ``keeps_mask``: whether a mask passes on (tf.keras 2's Identity ends it)."""
 
-    def __init__(self, rate: float = 0.0, name=None):
+    def __init__(self, rate: float = 0.0, name=None, keeps_mask: bool = True):
         super().__init__(name)
         self.rate = float(rate)
+        self.keeps_mask = bool(keeps_mask)
 
     def call(self, x, mask=None):
-        return x, mask
+        return x, (mask if self.keeps_mask else None)
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+        return {**super().get_config(), "rate": self.rate,
+                **({} if self.keeps_mask else {"keeps_mask": False})}
 
 
 class Activation(Layer):
@@ -244,6 +247,9 @@ class TimeDistributed(Layer):
 
     def get_weights(self):
         return self.layer.get_weights()
+
+    def count_params(self) -> int:
+        return self.layer.count_params()       # (a recurrent layer's: Keras's count)
 
     def get_config(self):
         return {**super().get_config(), "layer": self.layer.get_config()}
@@ -557,7 +563,12 @@ class Rescaling(Layer):
     def call(self, x, mask=None):
         x = _float_input(x, self.name)
         dt = np.result_type(x.dtype, self.scale.dtype)
-        y = x.astype(dt, copy=False) * self.scale.astype(dt) + self.offset.astype(dt)
+        try:
+            y = x.astype(dt, copy=False) * self.scale.astype(dt) + self.offset.astype(dt)
+        except ValueError:
+            raise ValueError(f"{self.name}: scale {self.scale.shape} and offset "
+                             f"{self.offset.shape} do not broadcast against input shape "
+                             f"{x.shape}") from None
         return y, (mask if self.keeps_mask else None)
 
     def get_weights(self):
@@ -1515,7 +1526,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         if layer.bias is not None:
             out[prefix + "bias"] = layer.bias
     elif isinstance(layer, Dropout):
-        cfg["rate"] = layer.rate
+        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, InputCast):
         cfg.update(input_dtype=layer.input_dtype, dtype=layer.dtype)
     elif isinstance(layer, Activation):
@@ -1649,7 +1660,7 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Dense(k, _optional(tensors, cfg, name), _spec_from_json(cfg.get("activation")),
                      name=name, dtype=k.dtype)
     if kind == "Dropout":
-        return Dropout(cfg.get("rate", 0.0), name=name)
+        return Dropout(cfg.get("rate", 0.0), name=name, keeps_mask=cfg.get("keeps_mask", True))
     if kind == "InputCast":
         return InputCast(cfg.get("input_dtype", "float32"), cfg.get("dtype", "float32"),
                          name=name)

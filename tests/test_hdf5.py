@@ -45,8 +45,9 @@ def test_fixture_count():
     # (+11: the nested-model fixtures; +5: k2_merge_*; +10: k3_nested_res_*; +2: the
     # cuDNN models' weights alone, k2_cudnn_*.cudnn_weights.h5; +2: k3_norm_inner_axis,
     # k3_known_mha_mask_cleared; +7: k*_td_*; +7: k*_act_layers_masked,
-    # k*_rescale_norm_masked, k*_pad_crop_*; +4: k*_sepconv*)
-    assert len(FIXTURES) == 150
+    # k*_rescale_norm_masked, k*_pad_crop_*; +4: k*_sepconv*; +2: k3_td_nested,
+    # k2_identity_masked)
+    assert len(FIXTURES) == 152
 
 
 # ----------------------------------------------------------------------------- vs h5py

@@ -175,13 +175,29 @@ def _seq(*layers, shape=(None, 6, 4), dtype="float32"):
     (_seq(("Normalization", {"axis": 3, "mean": 0.0, "variance": 1.0})), {},
      "out of range"),
     (_seq(("Normalization", {"mean": [0.0] * 4, "variance": [-1.0] * 4})), {}, "variance >= 0"),
-    (_seq(("Normalization", {})), {}, "no weights found"),
+    (_seq(("Normalization", {})), {}, "no weights found for layer 'l0' (Normalization)"),
     (_seq(("PReLU", {})), {"l0": [np.ones(4)]}, "expected 2 axes"),
     (_seq(("ZeroPadding1D", {"padding": [1, 2, 3]})), {}, "padding must be"),
     (_seq(("ZeroPadding2D", {"padding": 1, "data_format": "channels_first"}),
           shape=(None, 6, 4, 2)), {}, "data_format 'channels_first'"),
     (_seq(("Cropping2D", {"cropping": [[1, -1], [0, 0]]}), shape=(None, 6, 4, 2)), {},
      "cropping must be"),
+    (_seq(("ReLU", {"threshold": None})), {}, "'threshold' must be a finite number"),
+    (_seq(("ELU", {"alpha": None})), {}, "'alpha' must be a finite number"),
+    (_seq(("LeakyReLU", {"negative_slope": None})), {}, "'negative_slope' must be a finite"),
+    (_seq(("ThresholdedReLU", {"theta": float("nan")})), {}, "'theta' must be a finite"),
+    (_seq(("Rescaling", {"scale": [1.0, 2.0, 3.0]})), {}, "scale of shape (3,) for an input "
+     "of 4 features"),
+    (_seq(("PReLU", {"shared_axes": [1]})), {"l0": [np.ones((1, 5))]},
+     "alpha has shape (1, 5), not one for shared_axes [1] and 4 features"),
+    (_seq(("PReLU", {"shared_axes": [1]})), {"l0": [np.ones((6, 4))]},
+     "alpha has shape (6, 4), not one for shared_axes [1]"),
+    (_seq(("PReLU", {"shared_axes": [3]})), {"l0": [np.ones((6, 4))]},
+     "shared_axes must be axes 1 .. 2"),
+    (_seq(("PReLU", {"shared_axes": "x"})), {"l0": [np.ones((6, 4))]}, "shared_axes must be"),
+    (_seq(("ZeroPadding1D", {"padding": -1})), {}, "got -1"),
+    (_seq(("TimeDistributed", {"layer": {"class_name": "Dense", "config": None}}),
+          shape=(None, 6, 4, 2)), {}, "the wrapped layer has no config"),
     (_seq(("UpSampling2D", {"size": 2, "interpolation": "bilinear"}), shape=(None, 6, 4, 2)),
      {}, "interpolation 'bilinear'"),
     (_seq(("UpSampling1D", {"size": -2})), {}, "size must be a positive int"),
@@ -199,8 +215,41 @@ def _seq(*layers, shape=(None, 6, 4), dtype="float32"):
      {"l0": [np.ones((2, 2, 2, 1)), np.ones((1, 1, 2, 5)), np.ones(5)]}, "strides"),
 ])
 def test_refusals_name_the_layer(arch, weights, want):
-    with pytest.raises(LoadError, match=r"layer 'l0' \(\w+\).*" + re.escape(want)):
+    named = "layer 'l0'" in want            # (else after the layer's name)
+    with pytest.raises(LoadError, match=re.escape(want) if named else
+                       r"layer 'l0' \(\w+\).*" + re.escape(want)):
         model_from_keras_config(arch, weights)
+
+
+def test_zero_cropping_of_a_masked_tensor_is_refused():
+    """Keras 3 on JAX keeps the mask through a Cropping1D that crops nothing (its slice
+    is the input array), other backends end it: refused, as the identity Permute."""
+    arch = _seq(("Masking", {"mask_value": 0.0}), ("Cropping1D", {"cropping": [0, 0]}),
+                ("GRU", {"units": 2}))
+    r = np.random.RandomState(1)
+    w = {"l2": [r.normal(size=(4, 6)), r.normal(size=(2, 6)), r.normal(size=(2, 6))]}
+    with pytest.raises(LoadError, match=r"layer 'l1' \(Cropping1D\) reads a masked tensor "
+                                        "and may leave its shape as it is"):
+        model_from_keras_config(arch, w)
+    model_from_keras_config(arch.replace("[0, 0]", "[0, 1]"), w)     # (crops: ends it)
+
+
+def test_tf_keras_rescaling_and_identity():
+    """tf.keras 2 rounds a Rescaling's scale and offset to float32 before its cast to a
+    float64 layer's dtype; its Identity ends a mask (Keras 3's keeps both as given)."""
+    arch = _seq(("Rescaling", {"scale": 0.1, "offset": 0.3}), ("Identity", {}))
+    for version, scale, keeps in (("2", float(np.float32(0.1)), False), ("3", 0.1, True)):
+        model = model_from_keras_config(arch, {}, keras_version=version, dtype="float64")
+        resc, ident = model.layers[-2:]
+        assert resc.scale.dtype == np.float64 and float(resc.scale) == scale
+        assert float(resc.offset) == (float(np.float32(0.3)) if version == "2" else 0.3)
+        assert ident.keeps_mask is keeps and resc.keeps_mask is keeps
+        assert ident.call(np.ones((1, 2, 4)), "m")[1] == ("m" if keeps else None)
+
+
+def test_huge_padding_is_refused_at_the_call():
+    with pytest.raises(ValueError, match="beyond what fastrnn runs"):
+        ZeroPadding((10 ** 12, 0)).call(np.ones((1, 2, 3), np.float32))
 
 
 def test_keras_versions_differ_in_the_mask_after_rescaling():

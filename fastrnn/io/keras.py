@@ -1987,6 +1987,15 @@ def _cfloat(c, key, default, where):
     raise LoadError(f"{where}: config key {key!r} must be a number, got {v!r}"[:300])
 
 
+def _cnum(c, key, default, where):
+    """A config's finite number (absent: ``default``; null refused, as Keras refuses
+    it)."""
+    v = c.get(key, default)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    raise LoadError(f"{where}: config key {key!r} must be a finite number, got {v!r}"[:300])
+
+
 def _number_array(v, where):
     """A config's number or (nested) list of numbers as a float64 array."""
     ok = lambda a: isinstance(a, (int, float)) and not isinstance(a, bool)
@@ -2191,8 +2200,10 @@ class _Builder:
 
     def stored(self, d):
         """The arrays the file holds for ``d`` (a TimeDistributed's wrapped layer: the
-        TimeDistributed's), or None."""
-        return self.store.get(getattr(d, "outer", None) or d)
+        outermost TimeDistributed's), or None."""
+        while getattr(d, "outer", None) is not None:
+            d = d.outer
+        return self.store.get(d)
 
     def weights(self, d, n_expected):
         w = self.stored(d)
@@ -2464,7 +2475,7 @@ class _Builder:
                                        else w[0].shape[2] if w[0].ndim == 4 else -1, F))
         return self._conv_layer(Conv2D, d, c, w, F, groups)
 
-    def act_layer(self, d, rank):
+    def act_layer(self, d, dim, rank):
         """A ReLU / LeakyReLU / ELU / ThresholdedReLU layer (fastrnn's Activation of the
         matching spec) or a PReLU (its alpha checked against an input of ``rank`` axes)."""
         from ..model import Activation, PReLU
@@ -2475,11 +2486,22 @@ class _Builder:
             if rank is not None and alpha.ndim != rank - 1:
                 raise LoadError(f"{where}: alpha has shape {tuple(alpha.shape)}, expected "
                                 f"{rank - 1} axes for a {rank}-D input")
+            shared = c.get("shared_axes")
+            shared = [shared] if isinstance(shared, int) else shared
+            if shared is not None and not (isinstance(shared, list) and all(
+                    isinstance(a, int) and not isinstance(a, bool)
+                    and 1 <= a <= alpha.ndim for a in shared)):
+                raise LoadError(f"{where}: shared_axes must be axes 1 .. {alpha.ndim} of the "
+                                f"input, got {c.get('shared_axes')!r}"[:300])
+            if any(alpha.shape[a - 1] != 1 for a in shared or ()) or (
+                    dim is not None and alpha.ndim and alpha.shape[-1] not in (1, dim)):
+                raise LoadError(f"{where}: alpha has shape {tuple(alpha.shape)}, not one for "
+                                f"shared_axes {shared} and {dim} features"[:300])
             return PReLU(alpha, name=d.name, dtype=self.dtype)
         if cls == "ReLU":
             mx = c.get("max_value")
-            ns = _cfloat(c, "negative_slope", 0.0, where)
-            th = _cfloat(c, "threshold", 0.0, where)
+            ns = _cnum(c, "negative_slope", 0.0, where)
+            th = _cnum(c, "threshold", 0.0, where)
             mx = None if mx is None else _cfloat(c, "max_value", 0.0, where)
             if (mx is not None and mx < 0) or ns < 0 or th < 0:
                 raise LoadError(f"{where}: max_value, negative_slope and threshold must be "
@@ -2488,11 +2510,11 @@ class _Builder:
         elif cls == "LeakyReLU":
             # (Keras 3's negative_slope, tf.keras 2's alpha; both default to 0.3)
             key = "negative_slope" if "negative_slope" in c else "alpha"
-            spec = ("leaky_relu", _cfloat(c, key, 0.3, where))
+            spec = ("leaky_relu", _cnum(c, key, 0.3, where))
         elif cls == "ELU":
-            spec = ("elu", _cfloat(c, "alpha", 1.0, where))
+            spec = ("elu", _cnum(c, "alpha", 1.0, where))
         else:
-            spec = ("thresholded_relu", _cfloat(c, "theta", 1.0, where))
+            spec = ("thresholded_relu", _cnum(c, "theta", 1.0, where))
         return Activation(spec, name=d.name)
 
     def scale_layer(self, d, dim, rank):
@@ -2504,9 +2526,17 @@ class _Builder:
         keeps = self.major == 3
         try:
             if cls == "Rescaling":
-                return Rescaling(_number_array(c.get("scale", 1.0), where + " scale"),
-                                 _number_array(c.get("offset", 0.0), where + " offset"),
-                                 keeps, name=d.name, dtype=self.dtype)
+                scale = _number_array(c.get("scale", 1.0), where + " scale")
+                offset = _number_array(c.get("offset", 0.0), where + " offset")
+                if self.major == 2:
+                    # (tf.keras 2 makes them float32 tensors before its cast to the
+                    # layer's dtype: a float64 model scales by the rounded numbers)
+                    scale, offset = (a.astype(np.float32) for a in (scale, offset))
+                for k, a in (("scale", scale), ("offset", offset)):
+                    if a.ndim and dim is not None and a.shape[-1] not in (1, dim):
+                        raise LoadError(f"{where}: {k} of shape {a.shape} for an input of "
+                                        f"{dim} features")
+                return Rescaling(scale, offset, keeps, name=d.name, dtype=self.dtype)
             axis = c.get("axis", -1)
             if isinstance(axis, list):
                 axis = tuple(axis)
@@ -2523,6 +2553,8 @@ class _Builder:
                 mean, var = w[0], w[1]
             layer = Normalization(mean, var, axis, _cbool(c, "invert", False, where), keeps,
                                   adapted=not given, name=d.name, dtype=self.dtype)
+        except LoadError:
+            raise
         except ValueError as e:                 # (the layer's own checks)
             raise LoadError(f"{where}: {e}"[:400]) from None
         keep = None
@@ -2974,7 +3006,7 @@ class _Builder:
         its weights are ``d``'s), and its output's feature size."""
         from ..model import Embedding, Masking, _reads_mask
         where = f"{self.fname}: layer {d.name!r} (TimeDistributed of {icls})"
-        if icls not in _SUPPORTED or icls in ("InputLayer", "TimeDistributed") \
+        if icls not in _SUPPORTED or icls == "InputLayer" \
                 or icls in _MERGE_LAYERS or icls in _ATTENTION_LAYERS:
             raise LoadError(f"{where}: not supported inside TimeDistributed; supported: "
                             "the one-input layers fastrnn loads (Dense, Conv1D, Conv2D, "
@@ -3029,11 +3061,15 @@ class _Builder:
         elif cls == "Softmax":
             layer = self.softmax(d, in_ranks[0] if in_ranks else None, where)
         elif cls in _NOOP_CLASSES:
-            layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name)
+            # (tf.keras 2's Identity does not support masking: it ends a mask)
+            layer = Dropout(_cfloat(c, "rate", 0.0, where), name=d.name,
+                            keeps_mask=not (cls == "Identity" and self.major == 2))
         elif cls == "TimeDistributed":
             inner = _cdict(c, "layer", where)
             icls = inner.get("class_name")
-            ic = _cdict(inner, "config", where + " inner layer")
+            if not isinstance(inner.get("config"), dict):
+                raise LoadError(f"{where}: the wrapped layer has no config (a JSON object)")
+            ic = inner["config"]
             iname = ic.get("name", "dense")
             if not isinstance(iname, str):
                 raise LoadError(f"{where}: inner layer name must be a string")
@@ -3051,7 +3087,7 @@ class _Builder:
                                        in_ranks[0] if in_ranks else None)
             layer = TimeDistributed(il, name=d.name)
         elif cls in _ACT_LAYERS:
-            layer = self.act_layer(d, in_ranks[0] if in_ranks else None)
+            layer = self.act_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _SCALE_LAYERS:
             layer = self.scale_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _DEPTHWISE:
@@ -3080,8 +3116,8 @@ class _Builder:
         layer run one fastrnn layer object, built once)."""
         from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping, Embedding,
                              Flatten, GlobalPooling1D, GlobalPooling2D, InputCast, KerasRNN,
-                             Masking, Model, Normalization, Permute, Pooling1D, Pooling2D,
-                             Rescaling, Reshape, RepeatVector, UpSampling, ZeroPadding)
+                             Masking, Model, Permute, Pooling1D, Pooling2D, Reshape,
+                             RepeatVector, UpSampling, ZeroPadding)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
         if unsupported:
@@ -3187,6 +3223,7 @@ class _Builder:
             for l in new:
                 if is_masked and (
                         (isinstance(l, Permute) and l.identity) or
+                        (isinstance(l, Cropping) and not any(map(any, l.cropping))) or
                         (isinstance(l, Reshape) and _same_shape_maybe(
                             l, in_ranks[0] if in_ranks else None,
                             in_dims[0] if in_dims else None))):
@@ -3194,7 +3231,8 @@ class _Builder:
                         f"{where} reads a masked tensor and may leave its shape as it is: "
                         "not supported (there Keras 3 on JAX keeps the mask, Keras 3 on "
                         "TensorFlow and tf.keras 2 drop it, and a file does not say its "
-                        "backend; a Reshape or Permute that changes the shape is supported)")
+                        "backend; a Reshape or Permute that changes the shape, or a "
+                        "Cropping that crops, is supported)")
                 graph.append(src)
                 src = [(len(layers), 0)]
                 layers.append(l)
@@ -3204,7 +3242,7 @@ class _Builder:
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
                                           Pooling1D, Conv2D, Pooling2D, GlobalPooling2D,
                                           ZeroPadding, Cropping, UpSampling)) \
-                        or (isinstance(l, (Rescaling, Normalization)) and not l.keeps_mask) \
+                        or getattr(l, "keeps_mask", True) is False \
                         or (isinstance(l, Permute) and not l.identity) \
                         or (isinstance(l, Reshape) and not _same_shape_maybe(
                             l, in_ranks[0] if in_ranks else None, in_dims[0] if in_dims
