@@ -219,7 +219,8 @@ class TimeDistributed(Layer):
     The mask of the input passes on unchanged (as Keras 3's); the wrapped layer sees
     none: a recurrent layer or a global pooling inside it on a masked input is refused
     (Keras 3 hands it one step's ``(B,)`` mask as its own), and a mask the wrapped layer
-    makes (``Embedding(mask_zero=True)``, ``Masking``) is dropped, as Keras 3 drops it."""
+    makes (``Embedding(mask_zero=True)``, ``Masking``) is dropped, as Keras 3 drops it
+    (the Keras loader refuses that in a tf.keras 2 file, which passes it on)."""
 
     def __init__(self, layer: Layer, name=None):
         super().__init__(name)

@@ -92,8 +92,8 @@ def test_fixture_set_is_complete():
     # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*, +1 k3_norm_inner_axis,
     # +7 k*_td_*: TimeDistributed of other layers than Dense; +7: activation, scaling,
     # padding / cropping layers; +4 k*_sepconv*: depthwise / separable convolutions;
-    # +2: k3_td_nested, k2_identity_masked)
-    assert len(NAMES) == 140 and len(REFUSED) == 9
+    # +3: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero)
+    assert len(NAMES) == 141 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 
@@ -1434,8 +1434,9 @@ def _td(cls, **cfg):
 def test_time_distributed_refusals(case):
     """What fastrnn cannot run as Keras does inside a TimeDistributed is refused at load,
     naming the layer: a mask-reading layer on a masked input (Keras 3 hands it one
-    step's (B,) mask), a wrapped layer that makes a mask (tf.keras 2 and Keras 3
-    differ), several outputs, merges and unknown layers."""
+    step's (B,) mask), a wrapped layer that makes a mask in a tf.keras 2 file (which
+    passes it on; Keras 3 drops it: k3_td_embed_mask_zero), several outputs, merges and
+    unknown layers."""
     from fastrnn.io.keras import model_from_keras_config
     r = np.random.RandomState(0)
     lstm_w = [r.normal(size=(2, 12)), r.normal(size=(3, 12)), r.normal(size=12)]
@@ -1450,7 +1451,7 @@ def test_time_distributed_refusals(case):
                         "reads a masked tensor"),
         "embedding_mask_zero": (_td_seq(_td("Embedding", input_dim=20, output_dim=6,
                                             mask_zero=True), shape=(None, 5, 7)),
-                                "makes a mask"),
+                                "makes a mask .* tf.keras 2 file"),
         "return_state": (_td_seq(_td("LSTM", units=3, return_state=True), **image),
                          "several outputs"),
         "merge": (_td_seq(_td("Add"), **image), "not supported inside TimeDistributed"),
@@ -1458,8 +1459,14 @@ def test_time_distributed_refusals(case):
     }[case]
     weights["td"] = {"lstm_masked": lstm_w, "return_state": lstm_w,
                      "embedding_mask_zero": [r.normal(size=(20, 6))]}.get(case, [])
+    version = "2" if case == "embedding_mask_zero" else "3"
     with pytest.raises(LoadError, match=rf"layer 'td' \(TimeDistributed of \w+\).*{want}"):
-        model_from_keras_config(arch, weights)
+        model_from_keras_config(arch, weights, keras_version=version)
+    if case == "embedding_mask_zero":   # (Keras 3: loads, the wrapped layer's mask dropped)
+        ok = model_from_keras_config(arch, weights)
+        ids = np.array([[[1, 2, 0, 0, 0, 0, 0]] * 5])
+        assert ok(ids).shape == (1, 5, 7, 6)
+        assert ok.layers[-1].call(ids, None)[1] is None
     if case == "return_state":      # (the same layer without return_state loads and runs)
         ok = model_from_keras_config(_td_seq(_td("LSTM", units=3), **image), weights)
         x = r.normal(size=(2, 5, 7, 2)).astype("f4")

@@ -3017,11 +3017,13 @@ class _Builder:
         if isinstance(il, list) or il.n_outputs() != 1:
             raise LoadError(f"{where}: a wrapped layer of several outputs (stacked cells, "
                             "return_state, merge_mode=None) is not supported")
-        if isinstance(il, Masking) or (isinstance(il, Embedding) and il.mask_zero):
-            # (tf.keras 2 gives the TimeDistributed the wrapped layer's mask, Keras 3
-            # drops it)
+        if self.major == 2 and (isinstance(il, Masking) or
+                                (isinstance(il, Embedding) and il.mask_zero)):
+            # (tf.keras 2 gives the TimeDistributed the wrapped layer's mask; Keras 3
+            # drops it, as TimeDistributed.call does)
             raise LoadError(f"{where}: a wrapped layer that makes a mask (Masking, "
-                            "Embedding with mask_zero) is not supported")
+                            "Embedding with mask_zero) is not supported in a tf.keras 2 "
+                            "file")
         if is_masked and _reads_mask(il):
             raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 hands "
                             "the wrapped layer one step's (B,) mask, tf.keras 2 the steps' "
