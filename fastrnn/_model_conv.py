@@ -66,7 +66,7 @@ def _conv_weights(cls, layout, kernel, bias, groups, dtype, empty_ok=True):
     rank = int(layout[0])
     if w.ndim != rank:
         raise ValueError(f"{cls} kernel must be {layout}, got shape {w.shape}")
-    if not empty_ok and 0 in w.shape:
+    if (not empty_ok and 0 in w.shape) or 0 in w.shape[:rank - 2]:
         raise ValueError(f"{cls} kernel has an empty axis: shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=dtype)
     groups = _conv_int(groups, f"{cls} groups")

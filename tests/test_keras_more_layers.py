@@ -210,6 +210,13 @@ def _seq(*layers, shape=(None, 6, 4), dtype="float32"):
     (_seq(("SeparableConv1D", {"kernel_size": 2, "filters": 5})),
      {"l0": [np.ones((2, 4, 1)), np.ones((1, 4, 6)), np.ones(5)]},
      "pointwise_kernel has shape (1, 4, 6), expected (1, 4, 5)"),
+    (_seq(("DepthwiseConv1D", {"kernel_size": 3})),
+     {"l0": [np.ones((0, 4, 1)), np.ones(4)]}, "the config's kernel_size is 3"),
+    (_seq(("DepthwiseConv1D", {"kernel_size": 2, "padding": "causal"})),
+     {"l0": [np.ones((2, 4, 1)), np.ones(4)]}, "padding 'causal' is not one Keras takes"),
+    (_seq(("SeparableConv1D", {"kernel_size": 2, "filters": 5, "padding": "causal"})),
+     {"l0": [np.ones((2, 4, 1)), np.ones((1, 4, 5)), np.ones(5)]},
+     "padding 'causal' is not one Keras takes"),
     (_seq(("SeparableConv2D", {"kernel_size": 2, "filters": 5, "strides": 0}),
           shape=(None, 6, 4, 2)),
      {"l0": [np.ones((2, 2, 2, 1)), np.ones((1, 1, 2, 5)), np.ones(5)]}, "strides"),
@@ -247,9 +254,14 @@ def test_tf_keras_rescaling_and_identity():
         assert ident.call(np.ones((1, 2, 4)), "m")[1] == ("m" if keeps else None)
 
 
-def test_huge_padding_is_refused_at_the_call():
+def test_huge_padding_and_kernels_without_taps_are_refused():
+    from fastrnn.model import Conv1D, Conv2D
     with pytest.raises(ValueError, match="beyond what fastrnn runs"):
         ZeroPadding((10 ** 12, 0)).call(np.ones((1, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="empty axis"):
+        Conv1D(np.ones((0, 3, 4)))
+    with pytest.raises(ValueError, match="empty axis"):
+        Conv2D(np.ones((2, 0, 3, 4)))
 
 
 def test_keras_versions_differ_in_the_mask_after_rescaling():

@@ -2669,6 +2669,15 @@ class _Builder:
         if dm_cfg != dm:
             raise LoadError(f"{where}: depthwise kernel of depth_multiplier {dm}, the config "
                             f"says {dm_cfg!r}"[:300])
+        ks = c.get("kernel_size")
+        ks = [ks] * taps if isinstance(ks, int) else ks
+        if ks is not None and list(ks) != list(dk.shape[:-2]):
+            raise LoadError(f"{where}: depthwise kernel has shape {tuple(dk.shape)}, the "
+                            f"config's kernel_size is {c.get('kernel_size')!r}"[:300])
+        if c.get("padding") == "causal" and (not sep or self.major == 3):
+            # (Keras refuses it there; tf.keras 2's SeparableConv1D takes it)
+            raise LoadError(f"{where}: padding 'causal' is not one Keras takes for this "
+                            "layer")
         act = _dense_act(c.get("activation", "linear"), self.major, f"layer {d.name!r}")
         kernel = dk.reshape(dk.shape[:-2] + (1, C * dm))
         try:
@@ -2687,6 +2696,8 @@ class _Builder:
                 self.check(d, "bias", w[2], (F,))
             point = conv(pk, w[2] if use_bias else None, 1, "valid", 1, 1, act, name=d.name,
                          dtype=self.dtype)
+        except LoadError:
+            raise
         except ValueError as e:         # (the layers' own checks of the config)
             raise LoadError(f"{where}: {e}"[:400]) from None
         return [first, point], F
@@ -3014,9 +3025,10 @@ class _Builder:
         inner = _LayerDesc(icls, ic, d.name)
         inner.nested, inner.order, inner.outer = d.nested, d.order, d
         il, dim = self.layer(inner, (dim,), False, (None if rank is None else rank - 1,))
-        if isinstance(il, list) or il.n_outputs() != 1:
-            raise LoadError(f"{where}: a wrapped layer of several outputs (stacked cells, "
-                            "return_state, merge_mode=None) is not supported")
+        chain = il if isinstance(il, list) else [il]
+        if any(l.n_outputs() != 1 for l in chain):
+            raise LoadError(f"{where}: a wrapped layer of several outputs (return_state, "
+                            "merge_mode=None) is not supported")
         if self.major == 2 and (isinstance(il, Masking) or
                                 (isinstance(il, Embedding) and il.mask_zero)):
             # (tf.keras 2 gives the TimeDistributed the wrapped layer's mask; Keras 3
@@ -3024,11 +3036,12 @@ class _Builder:
             raise LoadError(f"{where}: a wrapped layer that makes a mask (Masking, "
                             "Embedding with mask_zero) is not supported in a tf.keras 2 "
                             "file")
-        if is_masked and _reads_mask(il):
+        if is_masked and any(_reads_mask(l) for l in chain):
             raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 hands "
                             "the wrapped layer one step's (B,) mask, tf.keras 2 the steps' "
                             "folded (B*T,) mask)")
-        il.name = iname
+        for l in chain:     # (named after the wrapped layer, not the TimeDistributed)
+            l.name = iname + l.name[len(d.name):] if l.name.startswith(d.name) else iname
         return il, dim
 
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
@@ -3087,7 +3100,10 @@ class _Builder:
             else:
                 il, dim = self.wrapped(d, icls, ic, iname, dim, is_masked,
                                        in_ranks[0] if in_ranks else None)
-            layer = TimeDistributed(il, name=d.name)
+            # (a chain, a separable convolution's two layers: each one distributed)
+            layer = [TimeDistributed(l, name=f"{d.name}/{l.name}") for l in il[:-1]] + [
+                TimeDistributed(il[-1], name=d.name)] if isinstance(il, list) else \
+                TimeDistributed(il, name=d.name)
         elif cls in _ACT_LAYERS:
             layer = self.act_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _SCALE_LAYERS:
