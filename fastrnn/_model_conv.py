@@ -598,24 +598,43 @@ def _pad_pairs(v, rank: int, what: str) -> tuple:
                      f"them, got {v!r}"[:200])
 
 
-class ZeroPadding(Layer):
-    """Keras's ``ZeroPadding1D`` (``rank=1``: the steps of ``(B, T, C)``) and
-    ``ZeroPadding2D`` (``rank=2``: rows and columns of ``(B, rows, cols, C)``,
-    ``channels_last``): zeros added before and after along each axis.  The output has
-    no mask (Keras's ends it)."""
+class _Spatial(Layer):
+    """What ZeroPadding, Cropping and UpSampling share: ``rank`` 1 (the steps of
+    ``(B, T, C)``) or 2 (rows and columns of ``(B, rows, cols, C)``, ``channels_last``),
+    a default name after Keras's class (``ZeroPadding1D``, ...), an input of ``rank + 2``
+    axes; the output has no mask (Keras's end it)."""
 
-    def __init__(self, padding=1, rank: int = 1, name=None):
+    _KERAS = ""
+
+    def __init__(self, rank, name):
         if rank not in (1, 2):
-            raise ValueError(f"ZeroPadding rank must be 1 or 2, got {rank!r}")
-        super().__init__(name or _default_name(f"ZeroPadding{rank}D"))
+            raise ValueError(f"{type(self).__name__} rank must be 1 or 2, got {rank!r}")
+        super().__init__(name or _default_name(f"{self._KERAS}{rank}D"))
         self.rank = rank
-        self.padding = _pad_pairs(padding, rank, f"ZeroPadding{rank}D padding")
 
-    def call(self, x, mask=None):
+    def _input(self, x):
         x = _float_input(x, self.name)
         if x.ndim != self.rank + 2:
             raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
                              f"{x.shape}")
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "rank": self.rank}
+
+
+class ZeroPadding(_Spatial):
+    """Keras's ``ZeroPadding1D`` (``rank=1``) and ``ZeroPadding2D`` (``rank=2``): zeros
+    added before and after along each axis."""
+
+    _KERAS = "ZeroPadding"
+
+    def __init__(self, padding=1, rank: int = 1, name=None):
+        super().__init__(rank, name)
+        self.padding = _pad_pairs(padding, rank, f"ZeroPadding{rank}D padding")
+
+    def call(self, x, mask=None):
+        x = self._input(x)
         size = x.shape[0] * x.shape[-1] * int(np.prod(
             [n + a + b for n, (a, b) in zip(x.shape[1:], self.padding)]))
         if size > _POOL_WORK:
@@ -624,30 +643,24 @@ class ZeroPadding(Layer):
         return np.pad(x, ((0, 0),) + self.padding + ((0, 0),)), None
 
     def get_config(self):
-        return {**super().get_config(), "padding": [list(p) for p in self.padding],
-                "rank": self.rank}
+        return {**super().get_config(), "padding": [list(p) for p in self.padding]}
 
     def _extra_repr(self):
         return f"padding={self.padding}"
 
 
-class Cropping(Layer):
-    """Keras's ``Cropping1D`` (``rank=1``) and ``Cropping2D`` (``rank=2``,
-    ``channels_last``): ``cropping`` steps (rows, columns) cut before and after along
-    each axis.  The output has no mask (Keras's ends it)."""
+class Cropping(_Spatial):
+    """Keras's ``Cropping1D`` (``rank=1``) and ``Cropping2D`` (``rank=2``): ``cropping``
+    steps (rows, columns) cut before and after along each axis."""
+
+    _KERAS = "Cropping"
 
     def __init__(self, cropping=1, rank: int = 1, name=None):
-        if rank not in (1, 2):
-            raise ValueError(f"Cropping rank must be 1 or 2, got {rank!r}")
-        super().__init__(name or _default_name(f"Cropping{rank}D"))
-        self.rank = rank
+        super().__init__(rank, name)
         self.cropping = _pad_pairs(cropping, rank, f"Cropping{rank}D cropping")
 
     def call(self, x, mask=None):
-        x = _float_input(x, self.name)
-        if x.ndim != self.rank + 2:
-            raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
-                             f"{x.shape}")
+        x = self._input(x)
         idx = [slice(None)]
         for n, (a, b) in zip(x.shape[1:], self.cropping):
             if a + b >= n:
@@ -657,32 +670,26 @@ class Cropping(Layer):
         return np.ascontiguousarray(x[tuple(idx)]), None
 
     def get_config(self):
-        return {**super().get_config(), "cropping": [list(p) for p in self.cropping],
-                "rank": self.rank}
+        return {**super().get_config(), "cropping": [list(p) for p in self.cropping]}
 
     def _extra_repr(self):
         return f"cropping={self.cropping}"
 
 
-class UpSampling(Layer):
-    """Keras's ``UpSampling1D`` (``rank=1``: each step of ``(B, T, C)`` repeated
-    ``size`` times) and ``UpSampling2D`` with ``interpolation="nearest"`` (``rank=2``:
-    rows and columns of ``(B, rows, cols, C)`` repeated, ``channels_last``).  The output
-    has no mask (Keras's ends it)."""
+class UpSampling(_Spatial):
+    """Keras's ``UpSampling1D`` (``rank=1``: each step repeated ``size`` times) and
+    ``UpSampling2D`` with ``interpolation="nearest"`` (``rank=2``: rows and columns
+    repeated)."""
+
+    _KERAS = "UpSampling"
 
     def __init__(self, size=2, rank: int = 1, name=None):
-        if rank not in (1, 2):
-            raise ValueError(f"UpSampling rank must be 1 or 2, got {rank!r}")
-        super().__init__(name or _default_name(f"UpSampling{rank}D"))
-        self.rank = rank
+        super().__init__(rank, name)
         self.size = (_conv_int(size, "UpSampling1D size"),) if rank == 1 else \
             _conv_pair(size, "UpSampling2D size")
 
     def call(self, x, mask=None):
-        x = _float_input(x, self.name)
-        if x.ndim != self.rank + 2:
-            raise ValueError(f"{self.name}: expected a {self.rank + 2}-D input, got shape "
-                             f"{x.shape}")
+        x = self._input(x)
         if x.size * int(np.prod(self.size)) > _POOL_WORK:
             raise ValueError(f"{self.name}: size {self.size} of input shape {x.shape} is "
                              "beyond what fastrnn runs")
@@ -691,7 +698,7 @@ class UpSampling(Layer):
         return x, None
 
     def get_config(self):
-        return {**super().get_config(), "size": list(self.size), "rank": self.rank}
+        return {**super().get_config(), "size": list(self.size)}
 
     def _extra_repr(self):
         return f"size={self.size}"

@@ -1987,6 +1987,14 @@ def _cfloat(c, key, default, where):
     raise LoadError(f"{where}: config key {key!r} must be a number, got {v!r}"[:300])
 
 
+def _channels_last(c, where):
+    """Refuse a layer config whose data_format is other than channels_last."""
+    fmt = c.get("data_format") or "channels_last"
+    if fmt != "channels_last":
+        raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
+                        "channels_last)"[:300])
+
+
 def _cnum(c, key, default, where):
     """A config's finite number (absent: ``default``; null refused, as Keras refuses
     it)."""
@@ -2583,10 +2591,7 @@ class _Builder:
             if cls == "Permute":
                 layer = Permute(c.get("dims"), name=d.name)
                 return layer, (dim if layer.dims[-1] == len(layer.dims) else None)
-            fmt = c.get("data_format") or "channels_last"
-            if fmt != "channels_last":
-                raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
-                                "channels_last)"[:300])
+            _channels_last(c, where)
             if cls == "Conv2D":
                 return self.conv2d(d, c, dim), _cint(c, "filters", where)
             if cls in ("ZeroPadding2D", "Cropping2D"):
@@ -2620,9 +2625,7 @@ class _Builder:
         if cls == "Flatten":
             return Flatten(fmt, name=d.name), None
         if cls in ("Conv1D", "MaxPooling1D", "AveragePooling1D"):
-            if fmt != "channels_last":
-                raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
-                                "channels_last)")
+            _channels_last(c, where)
             try:
                 if cls != "Conv1D":
                     op = "max" if cls == "MaxPooling1D" else "average"
@@ -2649,10 +2652,7 @@ class _Builder:
         where = f"{self.fname}: layer {d.name!r} ({cls})"
         two = cls.endswith("2D")
         conv = Conv2D if two else Conv1D
-        fmt = c.get("data_format") or "channels_last"
-        if fmt != "channels_last":
-            raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
-                            "channels_last)"[:300])
+        _channels_last(c, where)
         sep = cls.startswith("Separable")
         use_bias = _cbool(c, "use_bias", True, where)
         w = self.weights(d, ((3,) if use_bias else (2,)) if sep else
@@ -2707,11 +2707,11 @@ class _Builder:
         from ..model import UpSampling
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
-        fmt = c.get("data_format") or "channels_last"
+        _channels_last(c, where)
         interp = c.get("interpolation", "nearest")
-        if fmt != "channels_last" or interp != "nearest":
-            raise LoadError(f"{where}: data_format {fmt!r}, interpolation {interp!r}: only "
-                            "channels_last and nearest are supported"[:300])
+        if interp != "nearest":
+            raise LoadError(f"{where}: interpolation {interp!r} is not supported (only "
+                            "nearest)"[:300])
         try:
             return UpSampling(c.get("size", 2), 2 if cls.endswith("2D") else 1, name=d.name)
         except ValueError as e:
@@ -2722,10 +2722,7 @@ class _Builder:
         from ..model import Cropping, ZeroPadding
         c, cls = d.config, d.class_name
         where = f"{self.fname}: layer {d.name!r} ({cls})"
-        fmt = c.get("data_format") or "channels_last"
-        if fmt != "channels_last":
-            raise LoadError(f"{where}: data_format {fmt!r} is not supported (only "
-                            "channels_last)"[:300])
+        _channels_last(c, where)
         try:
             if cls.startswith("ZeroPadding"):
                 return ZeroPadding(c.get("padding", 1), rank, name=d.name)
