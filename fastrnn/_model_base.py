@@ -175,8 +175,8 @@ def activation_function(spec):
         key = "linear"
     fn = _ACTIVATIONS.get(key)
     if fn is None:
-        raise ValueError(f"unknown activation {name!r}; known: "
-                         f"{sorted(_ACTIVATIONS) + ['hard_sigmoid', 'leaky_relu', 'thresholded_relu']}")
+        known = sorted(_ACTIVATIONS) + ["hard_sigmoid", "leaky_relu", "thresholded_relu"]
+        raise ValueError(f"unknown activation {name!r}; known: {known}")
     return fn
 
 

@@ -146,6 +146,25 @@ class _CoreRunner:
         return out
 
 
+def _per_step(layer) -> bool:
+    """Whether a normalisation or scaling layer acts on each step's features alone (so a
+    stream runs it step by step): over the features (axis -1 or 2), or with weights that
+    do not vary along the steps."""
+    from .model import (BatchNormalization, LayerNormalization, Normalization, PReLU,
+                        Rescaling)
+    if isinstance(layer, LayerNormalization):
+        return set(layer.axis) <= {-1, 2}
+    if isinstance(layer, BatchNormalization):
+        return layer.axis in (-1, 2)
+    if isinstance(layer, Normalization):
+        return bool(layer.axis) and set(layer.axis) <= {-1, 2}
+    if isinstance(layer, Rescaling):
+        return max(layer.scale.ndim, layer.offset.ndim) <= 1
+    if isinstance(layer, PReLU):
+        return layer.alpha.ndim == 2 and layer.alpha.shape[0] == 1
+    return False
+
+
 class Stream:
     """A stateful step-by-step runner over a layer or a model.
 
@@ -202,7 +221,7 @@ class Stream:
     def _plan_model(self, model):
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                             Embedding, InputCast, KerasRNN, LayerNormalization, Masking,
-                            Normalization, PReLU, Rescaling, TimeDistributed)
+                            TimeDistributed)
         n = len(model.layers)
         if model.n_inputs > 1:
             raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
@@ -248,17 +267,7 @@ class Stream:
                 # after a last-step RNN the whole call gives these (B, features): the
                 # stream runs them on each step's (B, features), axes as in that call
                 plan.append(("row", layer, None))
-            elif isinstance(layer, rowwise + (TimeDistributed,)) or (
-                    # (normalisations over the features alone: step by step)
-                    isinstance(layer, LayerNormalization) and set(layer.axis) <= {-1, 2}) or (
-                    isinstance(layer, BatchNormalization) and layer.axis in (-1, 2)) or (
-                    # (weights that do not vary along the steps)
-                    isinstance(layer, Rescaling) and max(layer.scale.ndim,
-                                                         layer.offset.ndim) <= 1) or (
-                    isinstance(layer, Normalization) and layer.axis and
-                    set(layer.axis) <= {-1, 2}) or (
-                    isinstance(layer, PReLU) and layer.alpha.ndim == 2
-                    and layer.alpha.shape[0] == 1):
+            elif isinstance(layer, rowwise + (TimeDistributed,)) or _per_step(layer):
                 plan.append(("step", layer, None))
             else:
                 raise ValueError(f"cannot stream layer {layer.name!r} of type "
