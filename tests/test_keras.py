@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1499,3 +1500,60 @@ def test_time_distributed_output_ranks():
                               (rnn, 4, 3), (seq, 4, 4), (dense, 4, 4), (dense, 3, 3),
                               (Flatten(), None, 3), (dense, None, None)):
         assert _tensor_ranks([TimeDistributed(inner)], [rank]) == [want]
+
+
+# ------------------------------------------------------------ older tf-keras weight layouts
+
+def _copy_h5(src, dst, rename):
+    """Copy every dataset of HDF5 file ``src`` (bytes or a path) into a new file ``dst``,
+    each at the path ``rename(path)`` gives."""
+    with h5py.File(io.BytesIO(src) if isinstance(src, bytes) else src, "r") as f, \
+            h5py.File(dst, "w") as g:
+        found = []
+        f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+        for n in found:
+            g.create_dataset(rename(n), data=f[n][()])
+
+
+def test_tf_keras_2_12_weights_layout(tmp_path):
+    """tf-keras 2.12's ``save_weights("*.weights.h5")`` (and its ``.keras``) holds the
+    layers under ``_layer_checkpoint_dependencies/``, numbered by a counter that skips
+    (lstm, lstm_2, lstm_4, ... in an audit with TF 2.12.1): the groups are taken in
+    order, class by class.  Made here from a tf-keras 2.21 file by renaming its groups
+    so."""
+    name = "k2_td_hier_weights_newfmt"
+
+    def rename(path):
+        top, _, rest = path.partition("/")
+        layer, _, rest = rest.partition("/")
+        base, _, n = layer.rpartition("_")
+        if base and n.isdigit():
+            layer = f"{base}_{2 * int(n)}"      # (_1 -> _2, _2 -> _4, ...)
+        return "/".join(["_layer_checkpoint_dependencies", layer, rest]) \
+            if top == "layers" else path
+
+    dst = tmp_path / "w.weights.h5"
+    _copy_h5(model_path(name), dst, rename)
+    with h5py.File(dst, "r") as f:
+        assert "layers" not in f and "time_distributed_4" in f["_layer_checkpoint_dependencies"]
+    assert_matches(load_keras(str(dst), architecture(name)), name)
+
+
+def test_tf_keras_2_15_multi_head_attention_names(tmp_path):
+    """tf-keras 2.13-2.15's ``.keras`` / ``.weights.h5`` name a MultiHeadAttention's
+    parts ``_query_dense``, ``_key_dense``, ... (Keras 3: ``query_dense``, ...; an audit
+    with TF 2.15.1): both load.  Made here from a Keras 3 file by renaming them."""
+    name = "k3_mha_bilstm_ln"
+    with zipfile.ZipFile(model_path(name)) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    renamed = tmp_path / "w.h5"
+    _copy_h5(parts["model.weights.h5"], renamed,
+             lambda p: re.sub(r"/(query|key|value|output)_dense/", r"/_\1_dense/", p))
+    with h5py.File(renamed, "r") as f:
+        assert "_query_dense" in f["layers/multi_head_attention"]
+    parts["model.weights.h5"] = renamed.read_bytes()
+    out = tmp_path / "m.keras"
+    with zipfile.ZipFile(out, "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    assert_matches(load_keras(str(out)), name)

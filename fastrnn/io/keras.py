@@ -241,7 +241,7 @@ def _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx):
             store = _LegacyStore(_group(group, name, "model_weights"), name)
         elif "layer_names" in attrs or "layer_names0" in attrs:
             config, store = None, _LegacyStore(f, name)
-        elif "layers" in f:
+        elif "layers" in f or _K212_ROOT in f:
             config, store = None, _Keras3Store(f, name)
         else:
             raise LoadError(f"{name}: HDF5 file holds no Keras model or weights "
@@ -1723,17 +1723,34 @@ def _read(ds, fname, what):
     return a
 
 
+_K212_ROOT = "_layer_checkpoint_dependencies"
+
+
 class _Keras3Store:
-    """Keras 3 weights file: layers/<snake_class>[_n]/... with vars/0, vars/1, ..."""
+    """Keras 3 weights file: layers/<snake_class>[_n]/... with vars/0, vars/1, ...  (Also
+    tf-keras's ``.weights.h5``; tf-keras 2.12's has its layers under
+    ``_layer_checkpoint_dependencies``, numbered by a counter that skips: those groups
+    are taken in order, class by class.)"""
 
     def __init__(self, f, fname):
         self.f = f
         self.fname = fname
-        self.root = _group(f["layers"], fname, "layers") if "layers" in f else None
+        key = "layers" if "layers" in f else _K212_ROOT if _K212_ROOT in f else None
+        self.root = _group(f[key], fname, key) if key else None
+        self.by_order = key == _K212_ROOT
         self.paths: dict[str, str] = {}
+
+    def _in_order(self):
+        """tf-keras 2.12's groups by class (snake case), in the order of their numbers."""
+        found: dict[str, list] = {}
+        for k in self.root.keys():
+            m = re.fullmatch(r"(.*?)(?:_(\d{1,9}))?", k)
+            found.setdefault(m.group(1), []).append((int(m.group(2) or 0), k))
+        return {s: [k for _, k in sorted(v)] for s, v in found.items()}
 
     def assign(self, descs):
         counts: dict[str, int] = {}
+        ordered = self._in_order() if self.by_order else None
         for d in descs:
             if d.nested is not None:    # (a nested model's: layers/<model>/layers/...)
                 if d.nested["k3"]:
@@ -1742,7 +1759,11 @@ class _Keras3Store:
             s = _snake(d.class_name)
             n = counts.get(s, -1) + 1
             counts[s] = n
-            self.paths[d.name] = s if n == 0 else f"{s}_{n}"
+            if ordered is not None:
+                got = ordered.get(s, [])
+                self.paths[d.name] = got[n] if n < len(got) else f"{s}_{n}"
+            else:
+                self.paths[d.name] = s if n == 0 else f"{s}_{n}"
 
     def by_keras3(self):
         """Whether Keras 3 wrote the file: its ``vars`` groups carry the object's name
@@ -1831,7 +1852,9 @@ class _Keras3Store:
         if cls == "MultiHeadAttention":
             out = []
             for sub in ("query_dense", "key_dense", "value_dense", "output_dense"):
-                out += self._vars(self._sub(g, sub))
+                # (tf-keras 2.13-2.15's .keras / .weights.h5 name them "_query_dense", ...)
+                sg = self._sub(g, sub)
+                out += self._vars(sg if sg is not None else self._sub(g, "_" + sub))
             return out
         return self._vars(g)
 
