@@ -1557,3 +1557,29 @@ def test_tf_keras_2_15_multi_head_attention_names(tmp_path):
         for n, data in parts.items():
             z.writestr(n, data)
     assert_matches(load_keras(str(out)), name)
+
+
+@pytest.mark.parametrize("version,refused", [("3.5.0", True), ("3.0.5", True),
+                                             ("3.6.0", False), ("3.15.1", False)])
+def test_nested_model_mask_by_keras_version(tmp_path, version, refused):
+    """Keras 3.0-3.5 run the layers after a nested model without the mask its output has
+    inside (measured with 3.0.5, 3.3.3, 3.4.1, 3.5.0; 3.6.0 and later keep it, as fastrnn
+    does): a file of those versions whose outer layer reads such a masked output is
+    refused, by the keras_version its metadata records (here edited)."""
+    name = "k3_nested_seq_in_fn"
+    with zipfile.ZipFile(model_path(name)) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(parts["metadata.json"])
+    meta["keras_version"] = version
+    parts["metadata.json"] = json.dumps(meta).encode()
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    if refused:
+        with pytest.raises(LoadError, match=r"reads a masked output of nested model layer "
+                                            r"'inner_seq/\w+': not supported for a file of "
+                                            r"Keras 3.0-3.5"):
+            load_keras(str(path))
+    else:
+        assert_matches(load_keras(str(path)), name)

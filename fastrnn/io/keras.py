@@ -2086,6 +2086,13 @@ def _act_name(a, where):
     return a
 
 
+def _keras_before(version, release) -> bool:
+    """Whether ``version`` (a file's keras_version) names a Keras 3 release before
+    ``release`` (a tuple of ints); False where it says nothing."""
+    m = re.match(r"\s*(\d{1,6})\.(\d{1,6})", str(version or ""))
+    return bool(m) and int(m.group(1)) == 3 and (int(m.group(1)), int(m.group(2))) < release
+
+
 def _keras_major(version, override):
     if override is not None:
         if override not in ("keras2", "keras3"):
@@ -2223,6 +2230,10 @@ def _warn_stateful(where, cfgs=()):
 
 
 class _Builder:
+    # (whether a nested model's output keeps the mask it has inside: Keras 3.6 and later;
+    # Keras 3.0-3.5 drop it, measured with 3.3.3, 3.4.1, 3.5.0 against 3.6.0, 3.7.0, 3.8.0)
+    nested_masks_out = True
+
     def __init__(self, store, major, dtype, num_threads, fname, ctx=None, keras_dtype=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
             store, major, dtype, num_threads, fname)
@@ -3235,6 +3246,13 @@ class _Builder:
                     cast_to[0] = (cast, f"{d.name}_input")
             for j, t in refs:
                 _check_ref(dims, descs, j, t, where + " reads")
+                if not self.nested_masks_out and masked.get((j, t)) and \
+                        _leaves_its_model(descs[j].name, d.name):
+                    raise LoadError(
+                        f"{where} reads a masked output of nested model layer "
+                        f"{descs[j].name!r}: not supported for a file of Keras "
+                        "3.0-3.5, which run the outer layers without that mask (Keras 3.6 "
+                        "and later, and fastrnn, keep it)"[:500])
             in_dims = tuple(dims[r] for r in refs)
             in_ranks = tuple(ranks[r] for r in refs)
             first = built.get(d.name)
@@ -3420,6 +3438,13 @@ def _check_ref(dims, descs, j, t, what):
                         f"which has {n} output(s)"[:300])
 
 
+def _leaves_its_model(producer: str, consumer: str) -> bool:
+    """Whether a tensor of inlined layer ``producer`` ("<model>/<layer>") is read by
+    ``consumer`` outside that model."""
+    scope = producer.rpartition("/")[0]
+    return bool(scope) and not consumer.startswith(scope + "/")
+
+
 def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
@@ -3556,8 +3581,10 @@ def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=
     # run the model in another)
     own = _config_dtype(descs, fname, warn=dtype is None)
     try:
-        model = _Builder(store, major, dtype or own, num_threads, fname, ctx,
-                         keras_dtype=own).build(descs, outputs, input_names)
+        builder = _Builder(store, major, dtype or own, num_threads, fname, ctx,
+                           keras_dtype=own)
+        builder.nested_masks_out = not _keras_before(version, (3, 6))
+        model = builder.build(descs, outputs, input_names)
     except LoadError:
         raise
     except RecursionError:
