@@ -1526,8 +1526,6 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         out[prefix + "kernel"] = layer.kernel
         if layer.bias is not None:
             out[prefix + "bias"] = layer.bias
-    elif isinstance(layer, Dropout):
-        cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, InputCast):
         cfg.update(input_dtype=layer.input_dtype, dtype=layer.dtype)
     elif isinstance(layer, Activation):
@@ -1536,7 +1534,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
                             Reshape, Permute, _Merge, Softmax, GlobalPooling2D, ZeroPadding,
-                            Cropping, Rescaling, UpSampling)):
+                            Cropping, Rescaling, UpSampling, Dropout)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, Normalization):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})

@@ -1959,7 +1959,7 @@ def _has_weights(d):
                                 "PReLU") + _DEPTHWISE:
         return True
     if c == "Normalization":        # (adapted: the statistics are weights, not config)
-        return d.config.get("mean") is None
+        return not _stats_in_config(d.config)
     if c in ("LayerNormalization", "BatchNormalization"):
         cfg = d.config
         return c == "BatchNormalization" or cfg.get("scale", True) is not False or bool(
@@ -2008,6 +2008,11 @@ def _cfloat(c, key, default, where):
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     raise LoadError(f"{where}: config key {key!r} must be a number, got {v!r}"[:300])
+
+
+def _stats_in_config(c):
+    """Whether a Normalization config gives its statistics (else they are weights)."""
+    return c.get("mean") is not None or c.get("variance") is not None
 
 
 def _channels_last(c, where):
@@ -2230,15 +2235,16 @@ def _warn_stateful(where, cfgs=()):
 
 
 class _Builder:
-    # (whether a nested model's output keeps the mask it has inside: Keras 3.6 and later;
-    # Keras 3.0-3.5 drop it, measured with 3.3.3, 3.4.1, 3.5.0 against 3.6.0, 3.7.0, 3.8.0)
-    nested_masks_out = True
-
-    def __init__(self, store, major, dtype, num_threads, fname, ctx=None, keras_dtype=None):
+    def __init__(self, store, major, dtype, num_threads, fname, ctx=None, keras_dtype=None,
+                 keras_version=None):
         self.store, self.major, self.dtype, self.nt, self.fname = (
             store, major, dtype, num_threads, fname)
         self.keras_dtype = np.dtype(keras_dtype or dtype).name
         self.ctx = ctx if ctx is not None else _Ctx(fname)
+        # whether a nested model's output keeps the mask it has inside: Keras 3.6 and
+        # later; Keras 3.0-3.5 drop it (measured with 3.3.3, 3.4.1, 3.5.0 against 3.6.0,
+        # 3.7.0, 3.8.0); a file without a version is taken as the later
+        self.nested_masks_out = not _keras_before(keras_version, (3, 6))
 
     def stored(self, d):
         """The arrays the file holds for ``d`` (a TimeDistributed's wrapped layer: the
@@ -2582,7 +2588,7 @@ class _Builder:
             axis = c.get("axis", -1)
             if isinstance(axis, list):
                 axis = tuple(axis)
-            given = c.get("mean") is not None or c.get("variance") is not None
+            given = _stats_in_config(c)
             if given:
                 mean = _number_array(c.get("mean"), where + " mean")
                 var = _number_array(c.get("variance"), where + " variance")
@@ -3131,10 +3137,13 @@ class _Builder:
             else:
                 il, dim = self.wrapped(d, icls, ic, iname, dim, is_masked,
                                        in_ranks[0] if in_ranks else None)
-            # (a chain, a separable convolution's two layers: each one distributed)
-            layer = [TimeDistributed(l, name=f"{d.name}/{l.name}") for l in il[:-1]] + [
-                TimeDistributed(il[-1], name=d.name)] if isinstance(il, list) else \
-                TimeDistributed(il, name=d.name)
+            if isinstance(il, list):
+                # (a chain, a separable convolution's two layers: each one distributed,
+                # the last under the TimeDistributed's name)
+                layer = [TimeDistributed(l, name=f"{d.name}/{l.name}") for l in il[:-1]]
+                layer.append(TimeDistributed(il[-1], name=d.name))
+            else:
+                layer = TimeDistributed(il, name=d.name)
         elif cls in _ACT_LAYERS:
             layer = self.act_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _SCALE_LAYERS:
@@ -3581,10 +3590,9 @@ def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=
     # run the model in another)
     own = _config_dtype(descs, fname, warn=dtype is None)
     try:
-        builder = _Builder(store, major, dtype or own, num_threads, fname, ctx,
-                           keras_dtype=own)
-        builder.nested_masks_out = not _keras_before(version, (3, 6))
-        model = builder.build(descs, outputs, input_names)
+        model = _Builder(store, major, dtype or own, num_threads, fname, ctx,
+                         keras_dtype=own, keras_version=version).build(descs, outputs,
+                                                                       input_names)
     except LoadError:
         raise
     except RecursionError:
