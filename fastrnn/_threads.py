@@ -2,7 +2,8 @@
 
 Resolution order for a call: the ``num_threads`` argument of the call, then the layer's
 ``num_threads``, then :func:`set_num_threads`, then ``OMP_NUM_THREADS``, then the CPUs
-this process may run on; whichever it is, ``OMP_THREAD_LIMIT`` caps it (the OpenMP
+the calling thread may run on (its affinity, capped by a cgroup CPU quota; re-read at
+most every :data:`CPUS_RECHECK_S` seconds); whichever it is, ``OMP_THREAD_LIMIT`` caps it (the OpenMP
 runtime gives a region no more threads than that).  The same count is given to OpenMP
 regions and to scipy's OpenBLAS (per calling thread, through
 ``openblas_set_num_threads_local``), so the two never oversubscribe the cores.
@@ -22,19 +23,145 @@ _default: int | None = None
 _blas_hooked = False
 
 
+# The CPUs a call may use: the calling thread's CPU affinity, capped by a cgroup CPU
+# quota (a container's --cpus, a Kubernetes CPU limit: the affinity still lists every
+# CPU of the machine there, and threads beyond the quota get the group throttled).  Read
+# at import, then again at most every CPUS_RECHECK_S seconds, so a thread pinned after
+# import (a server's post-fork hook, a pool initializer, os.sched_setaffinity) stops
+# running two threads on one CPU: their per-step spin hand-over made a 2-thread GRU
+# B=1 T=100 H=256 call take 10-16 ms there instead of 0.6 ms on one thread.  Where the
+# OpenMP runtime binds its threads itself (OMP_PROC_BIND, OMP_PLACES,
+# GOMP_CPU_AFFINITY), the affinity is the one read at import: libgomp pins the main
+# thread to one CPU when it loads, and its workers to the others.
+CPUS_RECHECK_S = 0.1
 _cpus: int | None = None
+_cpus_until = 0.0
+_monotonic = time.monotonic
+_affinity_at_import: int | None = None
+_binds = False              # (_omp_binds() at import: the environment libgomp reads)
+_CGROUP_ROOT = ""           # (a prefix of the /proc and /sys paths read: tests)
+_cgroup_files = None        # (the quota files, found once: a list of (kind, dir))
+
+
+def _omp_binds() -> bool:
+    """Whether the OpenMP runtime binds threads to CPUs itself (its environment)."""
+    env = os.environ
+    bind = env.get("OMP_PROC_BIND", "").strip().lower()
+    return bool(bind and bind != "false") or bool(env.get("OMP_PLACES", "").strip()) \
+        or bool(env.get("GOMP_CPU_AFFINITY", "").strip())
+
+
+def _affinity() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(4096)
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_dirs(root: str) -> list:
+    """The directories whose CPU quota bounds this process: its cgroup's and its
+    ancestors' up to the hierarchy's mount, as ``[(kind, dir)]``, kind 1 (cgroup v1's
+    ``cpu`` controller: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) or 2 (cgroup v2:
+    ``cpu.max``); the v1 controller where a hybrid system mounts both."""
+    own = _read(root + "/proc/self/cgroup") or ""
+    mounts = _read(root + "/proc/self/mountinfo") or ""
+    paths = {}
+    for line in own.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            paths.setdefault(2, parts[2])
+        elif "cpu" in parts[1].split(","):
+            paths[1] = parts[2]
+    kind = 1 if 1 in paths else 2 if 2 in paths else 0
+    if not kind:
+        return []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        after = line.split(" - ", 1)[1].split()
+        if len(after) < 3:
+            continue
+        fstype, opts = after[0], after[2].split(",")
+        if not ((kind == 2 and fstype == "cgroup2")
+                or (kind == 1 and fstype == "cgroup" and "cpu" in opts)):
+            continue
+        mroot, mpoint = fields[3], fields[4].replace("\\040", " ")
+        own_path = paths[kind]
+        if mroot == "/":
+            rel = own_path
+        elif own_path == mroot or own_path.startswith(mroot.rstrip("/") + "/"):
+            rel = own_path[len(mroot.rstrip("/")):]
+        else:                   # (outside the mount's root: the mount's own limit)
+            rel = "/"
+        parts = [p for p in rel.split("/") if p and p not in (".", "..")]
+        top = root + mpoint
+        return [(kind, os.path.join(top, *parts[:i])) for i in range(len(parts), -1, -1)]
+    return []
+
+
+def _cgroup_cpus(root: str | None = None) -> int | None:
+    """CPUs the cgroup CPU quota allows (the smallest quota / period of the process's
+    cgroup and its ancestors, rounded up, at least 1), None where there is none."""
+    global _cgroup_files
+    if root is None:
+        root = _CGROUP_ROOT
+        if _cgroup_files is None:
+            _cgroup_files = _cgroup_dirs(root)
+        dirs = _cgroup_files
+    else:
+        dirs = _cgroup_dirs(root)
+    best = None
+    for kind, d in dirs:
+        if kind == 2:
+            v = (_read(os.path.join(d, "cpu.max")) or "").split()
+            quota, period = (v + ["", ""])[:2]
+        else:
+            quota = (_read(os.path.join(d, "cpu.cfs_quota_us")) or "").strip()
+            period = (_read(os.path.join(d, "cpu.cfs_period_us")) or "").strip()
+        if not (quota.isdigit() and period.isdigit()) or not int(quota) or not int(period):
+            continue            # ("max", -1: no quota here; unreadable: none known)
+        n = max(1, -(-int(quota) // int(period)))
+        best = n if best is None else min(best, n)
+    return best
+
+
+def _read_cpus() -> int:
+    """Read the CPU count now (see above) and keep it for CPUS_RECHECK_S."""
+    global _cpus, _cpus_until, _affinity_at_import, _binds
+    if _affinity_at_import is None:
+        _affinity_at_import = n = _affinity()
+        _binds = _omp_binds()
+    else:
+        n = _affinity_at_import if _binds else _affinity()
+    try:
+        q = _cgroup_cpus()
+    except Exception:           # (an unexpected layout: no quota known)
+        q = None
+    if q is not None and q < n:
+        n = q
+    _cpus = n
+    _cpus_until = _monotonic() + CPUS_RECHECK_S
+    return n
 
 
 def _cpu_count() -> int:
-    """CPUs this process may run on, read once (the affinity syscall costs ~1 us, paid
-    otherwise by every call that is not told its thread count)."""
-    global _cpus
-    if _cpus is None:
-        try:
-            _cpus = max(1, len(os.sched_getaffinity(0)))
-        except (AttributeError, OSError):
-            _cpus = max(1, os.cpu_count() or 1)
-    return _cpus
+    """CPUs the calling thread may use: its affinity and the cgroup quota, re-read at
+    most every CPUS_RECHECK_S seconds (the affinity syscall and quota files cost
+    ~1-10 us, paid otherwise by every call that is not told its thread count)."""
+    if _cpus is not None and _monotonic() < _cpus_until:
+        return _cpus
+    return _read_cpus()
 
 
 # (read now, at import, before the kernels load the OpenMP runtime: with OMP_PROC_BIND

@@ -380,8 +380,10 @@ def test_default_thread_count_with_omp_proc_bind():
     """With OMP_PROC_BIND set, libgomp pins the main thread to one place when it loads;
     the default count is the process's CPUs before that (it read 1 after the first call
     had loaded the kernels, and every call ran on one thread)."""
-    code = ("import os, numpy as np, fastrnn; n = len(os.sched_getaffinity(0)); "
+    # (and after the count's re-read: the main thread's affinity is libgomp's binding)
+    code = ("import os, time, numpy as np, fastrnn; n = len(os.sched_getaffinity(0)); "
             "fastrnn.LSTM(4, 4)(np.zeros((3, 1, 4), np.float32)); "
+            "time.sleep(fastrnn._threads.CPUS_RECHECK_S * 1.5); "
             "print(n, fastrnn.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(OMP_PROC_BIND="close", OMP_PLACES="cores")

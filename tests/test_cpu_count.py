@@ -1,0 +1,145 @@
+"""The default thread count follows the CPUs a call may use: the calling thread's CPU
+affinity (re-read, so a thread pinned after import stops running two threads on one CPU)
+and a cgroup CPU quota (a container's --cpus, a Kubernetes CPU limit)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fastrnn import _threads
+
+
+def _tree(root, files):
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return str(root)
+
+
+V2_MOUNT = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+V1_MOUNT = ("40 25 0:33 {root} /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup "
+            "rw,cpu,cpuacct\n"
+            "41 25 0:34 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n")
+
+
+def test_cgroup_v2_quota_rounds_up(tmp_path):
+    root = _tree(tmp_path, {"proc/self/cgroup": "0::/\n", "proc/self/mountinfo": V2_MOUNT,
+                            "sys/fs/cgroup/cpu.max": "150000 100000\n"})
+    assert _threads._cgroup_cpus(root) == 2
+    (tmp_path / "sys/fs/cgroup/cpu.max").write_text("50000 100000\n")
+    assert _threads._cgroup_cpus(root) == 1
+    (tmp_path / "sys/fs/cgroup/cpu.max").write_text("max 100000\n")
+    assert _threads._cgroup_cpus(root) is None
+
+
+def test_cgroup_v2_takes_the_smallest_quota_of_the_ancestors(tmp_path):
+    # (Kubernetes: the pod's cgroup holds a limit, the container's another)
+    root = _tree(tmp_path, {
+        "proc/self/cgroup": "0::/kubepods/pod1/ctr\n", "proc/self/mountinfo": V2_MOUNT,
+        "sys/fs/cgroup/cpu.max": "max 100000\n",
+        "sys/fs/cgroup/kubepods/pod1/cpu.max": "300000 100000\n",
+        "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max": "max 100000\n"})
+    assert _threads._cgroup_cpus(root) == 3
+    (tmp_path / "sys/fs/cgroup/kubepods/pod1/ctr/cpu.max").write_text("200000 100000")
+    assert _threads._cgroup_cpus(root) == 2
+
+
+def test_cgroup_v1_cpu_controller_and_mount_root(tmp_path):
+    # a container without a cgroup namespace: the mount's root is the container's path
+    root = _tree(tmp_path, {
+        "proc/self/cgroup": "5:cpuset:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n",
+        "proc/self/mountinfo": V2_MOUNT + V1_MOUNT.format(root="/docker/abc"),
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "250000\n",
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        "sys/fs/cgroup/cpu.max": "100000 100000\n"})     # (v2 holds no controller here)
+    assert _threads._cgroup_cpus(root) == 3
+    (tmp_path / "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us").write_text("-1\n")
+    assert _threads._cgroup_cpus(root) is None
+
+
+def test_cgroup_v1_nested_path_under_the_mount(tmp_path):
+    root = _tree(tmp_path, {
+        "proc/self/cgroup": "4:cpu,cpuacct:/batch/job7\n",
+        "proc/self/mountinfo": V1_MOUNT.format(root="/"),
+        "sys/fs/cgroup/cpu,cpuacct/batch/cpu.cfs_quota_us": "100000\n",
+        "sys/fs/cgroup/cpu,cpuacct/batch/cpu.cfs_period_us": "100000\n",
+        "sys/fs/cgroup/cpu,cpuacct/batch/job7/cpu.cfs_quota_us": "-1\n",
+        "sys/fs/cgroup/cpu,cpuacct/batch/job7/cpu.cfs_period_us": "100000\n"})
+    assert _threads._cgroup_cpus(root) == 1
+
+
+@pytest.mark.parametrize("files", [
+    {},                                                         # no /proc at all
+    {"proc/self/cgroup": "0::/\n"},                             # no mountinfo
+    {"proc/self/cgroup": "garbage\n", "proc/self/mountinfo": "also garbage -\n"},
+    {"proc/self/cgroup": "0::/\n", "proc/self/mountinfo": V2_MOUNT,
+     "sys/fs/cgroup/cpu.max": "lots 0\n"},
+    {"proc/self/cgroup": "0::/\n", "proc/self/mountinfo": V2_MOUNT,
+     "sys/fs/cgroup/cpu.max": "100000 0\n"},
+])
+def test_cgroup_without_a_readable_quota_is_no_limit(tmp_path, files):
+    assert _threads._cgroup_cpus(_tree(tmp_path, files)) is None
+
+
+def _run(code, **env_extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
+                        "GOMP_CPU_AFFINITY", "OMP_THREAD_LIMIT")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_quota_caps_the_default_count(tmp_path):
+    root = _tree(tmp_path, {"proc/self/cgroup": "0::/\n", "proc/self/mountinfo": V2_MOUNT,
+                            "sys/fs/cgroup/cpu.max": "100000 100000\n"})
+    got = _run(f"""
+        import os, numpy as np, fastrnn
+        from fastrnn import _threads
+        _threads._CGROUP_ROOT = {root!r}
+        _threads._cgroup_files = None
+        _threads._read_cpus()
+        x = np.random.default_rng(0).standard_normal((20, 1, 64)).astype(np.float32)
+        layer = fastrnn.GRU(64, 64)
+        y1 = layer(x, num_threads=1)[0]
+        print(len(os.sched_getaffinity(0)), fastrnn.get_num_threads(),
+              int(np.array_equal(layer(x)[0], y1)))
+        """)
+    assert got[1:] == ["1", "1"], got
+    assert int(got[0]) >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity")
+                    or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
+def test_thread_pinned_after_import_gets_one_thread():
+    # pinned after import and after a call on several threads (a worker process pinned
+    # by its server's hook): the next calls use one thread, and all of them again once
+    # the pin is lifted; the results stay those of one thread (a batch of one gives the
+    # same bits on any count)
+    got = _run("""
+        import os, time, numpy as np, fastrnn
+        from fastrnn import _threads
+        _threads._CGROUP_ROOT = "/nonexistent"
+        _threads._cgroup_files = None
+        cpus = sorted(os.sched_getaffinity(0))
+        x = np.random.default_rng(0).standard_normal((30, 1, 64)).astype(np.float32)
+        layer = fastrnn.LSTM(64, 64)
+        ref = layer(x, num_threads=1)[0]
+        _threads._read_cpus()
+        before = fastrnn.get_num_threads()
+        layer(x)
+        os.sched_setaffinity(0, {cpus[-1]})
+        time.sleep(_threads.CPUS_RECHECK_S * 1.5)
+        pinned = fastrnn.get_num_threads()
+        same = np.array_equal(layer(x)[0], ref)
+        os.sched_setaffinity(0, set(cpus))
+        time.sleep(_threads.CPUS_RECHECK_S * 1.5)
+        print(len(cpus), before, pinned, fastrnn.get_num_threads(), int(same))
+        """)
+    n = got[0]
+    assert got[1:] == [n, "1", n, "1"], got
