@@ -1,5 +1,6 @@
 """Calls in a process whose CPUs are limited after ``import fastrnn``: a calling thread
-pinned to one CPU, and (as root, where a cgroup can be made) a cgroup CPU quota.
+pinned to one CPU, (as root, where a cgroup can be made) a cgroup CPU quota, and a
+``num_threads`` above the CPUs.
 
     PYTHONPATH=. python bench/cpu_limits.py [--calls 100] [--rounds 3]
     sudo PYTHONPATH=. python bench/cpu_limits.py --quota 1      (adds the quota case)
@@ -13,7 +14,8 @@ infinite, no quota: "read at import"), and on one thread.  Cases: GRU B=1 T=100 
 and LSTM B=16 T=100 H=256.  Pinning: to each CPU in turn (the worker thread keeps the
 CPU it was placed on, so one of them is the CPU the worker shares).  Quota: a cgroup of
 ``--quota`` CPUs (v2 under /sys/fs/cgroup, else v1's cpu controller), removed after.
-No timing thresholds.
+Above the CPUs: ``num_threads`` = CPUs + 1 and + 2, capped (as now) and not
+(``_threads.CAP_AT_CPUS`` False, as before).  No timing thresholds.
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ import tempfile
 CHILD = r"""
 import json, os, sys, time
 mode, pin, calls, cg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ask = int(sys.argv[5]) if len(sys.argv) > 5 else 0    # (an explicit num_threads)
 if cg:                               # (a container: the process starts in its cgroup)
     with open(cg, "w") as f:
         f.write(str(os.getpid()))
@@ -34,6 +37,9 @@ from fastrnn import _threads
 if mode == "import":                 # as before: the affinity read at import, no quota
     _threads.CPUS_RECHECK_S = float("inf")
     _threads._cgroup_cpus = lambda root=None: None
+    _threads._read_cpus()
+if mode == "uncapped":               # as before: an explicit count above the CPUs kept
+    _threads.CAP_AT_CPUS = False
     _threads._read_cpus()
 cases = {"GRU B=1": (fastrnn.GRU(256, 256), (100, 1, 256)),
          "LSTM B=16": (fastrnn.LSTM(256, 256), (100, 16, 256))}
@@ -45,9 +51,9 @@ for k, (layer, _) in cases.items():
 if pin >= 0:
     os.sched_setaffinity(0, {pin})
 time.sleep(0.3)
-out = {"threads": fastrnn.get_num_threads() if mode != "one" else 1}
+nt = 1 if mode == "one" else ask or None
+out = {"threads": _threads.resolve(nt)}
 for k, (layer, _) in cases.items():
-    nt = 1 if mode == "one" else None
     for _ in range(3):
         layer(xs[k], num_threads=nt)
     ts = []
@@ -77,8 +83,9 @@ def _cgroup(quota):
     return os.path.join(d, "cgroup.procs"), d
 
 
-def _child(mode, pin, calls, cg=""):
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(pin), str(calls), cg],
+def _child(mode, pin, calls, cg="", ask=0):
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(pin), str(calls), cg,
+                          str(ask)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -117,6 +124,9 @@ def main(argv=None):
                     _row(f"quota {a.quota:g} CPU", label, _child(mode, -1, a.calls, procs))
                 finally:
                     os.rmdir(d)
+        for ask in (len(cpus) + 1, len(cpus) + 2):
+            for mode, label in (("uncapped", "not capped"), ("default", "capped")):
+                _row(f"num_threads={ask}", label, _child(mode, -1, a.calls, ask=ask))
 
 
 if __name__ == "__main__":
