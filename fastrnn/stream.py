@@ -13,8 +13,9 @@ the outputs (and the final state) of feeding it whole.  Works with uni-direction
 not) and with :class:`fastrnn.model.Model` chains of Embedding / Masking / Dense / Dropout /
 Activation / TimeDistributed / InputCast / LayerNormalization, BatchNormalization and
 Normalization over the features / Rescaling and PReLU whose weights do not vary along the
-steps / uni-directional RNN layers.  Bidirectional layers and
-``go_backwards`` need the whole sequence and are refused.
+steps / Conv1D with ``strides=1`` that is causal or of one tap (a causal one keeps its
+last ``(kernel_size - 1) * dilation_rate`` inputs) / uni-directional RNN layers.
+Bidirectional layers and ``go_backwards`` need the whole sequence and are refused.
 
 Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
 ``batch_first``); a model's chunk is batch first (``(B, T, ...)``, Keras's convention).
@@ -26,6 +27,7 @@ conversation.  The layer/model it wraps may be shared by many streams.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -116,6 +118,14 @@ class _CoreRunner:
         self.state = _zero_state(self.core, B)
         self.last_out = np.zeros((B, self.core.output_size), self.core.dtype)
 
+    def snapshot(self):
+        return _copy_state(self.state)
+
+    def restore(self, value, B: int, where: str):
+        s = _validate_state(self.core, value, B, where)
+        self.state = s
+        self.last_out = (s[0] if isinstance(s, tuple) else s)[-1].copy()
+
     def run(self, x_tm, mask_tm=None, masked_output="carry", num_threads=None):
         """x_tm (T, B, I) -> (T, B, H_out)."""
         core = self.core
@@ -144,6 +154,55 @@ class _CoreRunner:
         if out.shape[0]:
             self.last_out = np.array(out[-1], copy=True)
         return out
+
+
+class _ConvContext:
+    """A causal Conv1D in a stream: its last ``(kernel_size - 1) * dilation_rate`` inputs
+    (zeros at the start, as the causal padding), put before each chunk; the outputs of
+    those steps are dropped, so a chunk's outputs are the whole call's."""
+
+    def __init__(self, layer, B: int):
+        self.layer = layer
+        self.n = (layer.kernel_size - 1) * layer.dilation_rate
+        self.width = layer.kernel.shape[1] * layer.groups
+        self.reset(B)
+
+    def reset(self, B: int):
+        self.state = np.zeros((B, self.n, self.width), self.layer.kernel.dtype)
+
+    def run(self, h):
+        h = np.asarray(h, dtype=self.state.dtype)
+        if h.ndim != 3 or h.shape[2] != self.width:
+            raise ValueError(f"{self.layer.name}: expected (batch, steps, {self.width}) "
+                             f"input, got shape {h.shape}")
+        x = np.concatenate([self.state, h], axis=1)
+        self.state = x[:, x.shape[1] - self.n:].copy()
+        return self.layer.call(x, None)[0][:, self.n:]
+
+    def snapshot(self):
+        return self.state.copy()
+
+    def restore(self, value, B: int, where: str):
+        if value is None:
+            return self.reset(B)
+        a = _values(value)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{where}: the last inputs of Conv1D {self.layer.name!r} must be "
+                            f"numbers, got {a.dtype}")
+        if a.shape != (B, self.n, self.width):
+            raise ValueError(f"{where}: the last inputs of Conv1D {self.layer.name!r} must "
+                             f"have shape {(B, self.n, self.width)}, got {a.shape}")
+        self.state = np.array(a, dtype=self.state.dtype, order="C", copy=True)
+
+
+def _conv_streams(layer):
+    """None where a Conv1D streams (strides 1, and causal or of one tap), else why not."""
+    if layer.strides != 1:
+        return f"strides={layer.strides} (a stream needs 1)"
+    if layer.padding != "causal" and layer.kernel_size != 1:
+        return (f"padding={layer.padding!r} with {layer.kernel_size} taps (it reads later "
+                "steps; a stream needs padding='causal' or one tap)")
+    return None
 
 
 def _per_step(layer) -> bool:
@@ -219,6 +278,7 @@ class Stream:
 
     # ------------------------------------------------------------------ model planning
     def _plan_model(self, model):
+        from ._model_conv import Conv1D
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                             Embedding, InputCast, KerasRNN, LayerNormalization, Masking,
                             TimeDistributed)
@@ -249,7 +309,7 @@ class Stream:
             if isinstance(layer, Bidirectional):
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
                                  "Bidirectional and needs the whole sequence")
-            if last is not None and isinstance(layer, (KerasRNN, TimeDistributed)):
+            if last is not None and isinstance(layer, (KerasRNN, TimeDistributed, Conv1D)):
                 # (the whole call refuses them too: they need (B, T, ...))
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
                                  f"of type {type(layer).__name__} needs (B, T, ...) input, "
@@ -269,6 +329,17 @@ class Stream:
                 plan.append(("row", layer, None))
             elif isinstance(layer, rowwise + (TimeDistributed,)) or _per_step(layer):
                 plan.append(("step", layer, None))
+            elif type(layer) is Conv1D:
+                why = _conv_streams(layer)
+                if why:
+                    raise ValueError(f"cannot stream layer {layer.name!r} of type Conv1D: "
+                                     + why)
+                if layer.padding == "causal" and layer.kernel_size > 1:
+                    r = _ConvContext(layer, self.batch_size)
+                    runners.append(r)
+                    plan.append(("conv", layer, r))
+                else:           # (one tap: each step alone)
+                    plan.append(("step", layer, None))
             else:
                 raise ValueError(f"cannot stream layer {layer.name!r} of type "
                                  f"{type(layer).__name__}")
@@ -276,7 +347,7 @@ class Stream:
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
                                  f"reads {model._reads(i)}, not the tensor of the layer "
                                  "before it (Stream runs chains of layers)")
-        if not runners:
+        if not any(isinstance(r, _CoreRunner) for r in runners):
             raise ValueError(f"model {model.name!r} has no recurrent layer to stream")
         return plan, runners
 
@@ -284,10 +355,12 @@ class Stream:
     @property
     def state(self):
         """A copy of the carried state: for a layer, what the layer takes as ``hx``
-        (``h`` ``(L, B, H)``; LSTM ``(h, c)``); for a model, a list of those, one per
-        recurrent layer in order.  Setting ``None`` (or ``None`` for one layer of a
-        model) zeroes it, keeping :attr:`steps_seen` (:meth:`reset` zeroes both)."""
-        states = [_copy_state(r.state) for r in self._runners]
+        (``h`` ``(L, B, H)``; LSTM ``(h, c)``); for a model, a list with one entry per
+        layer that carries one, in order: a recurrent layer's (as a layer's), a causal
+        Conv1D's last ``(kernel_size - 1) * dilation_rate`` inputs ``(B, n, channels)``.
+        Setting ``None`` (or ``None`` for one entry of a model's) zeroes it, keeping
+        :attr:`steps_seen` (:meth:`reset` zeroes both)."""
+        states = [r.snapshot() for r in self._runners]
         return states[0] if self._kind == "layer" else states
 
     @state.setter
@@ -298,13 +371,13 @@ class Stream:
             value = [value]
         elif not isinstance(value, (list, tuple)) or len(value) != len(self._runners):
             raise ValueError(f"model state must be a list of {len(self._runners)} states "
-                             "(one per recurrent layer)")
-        new = [_validate_state(r.core, v, self.batch_size,
-                               "state" if self._kind == "layer" else f"state[{i}]")
-               for i, (r, v) in enumerate(zip(self._runners, value))]
-        for r, s in zip(self._runners, new):
-            r.state = s
-            r.last_out = (s[0] if isinstance(s, tuple) else s)[-1].copy()
+                             "(one per recurrent layer and causal Conv1D, in order)")
+        # (each checked before any is set: a bad entry leaves the stream as it was)
+        trial = [copy.copy(r) for r in self._runners]
+        for i, (r, v) in enumerate(zip(trial, value)):
+            r.restore(v, self.batch_size, "state" if self._kind == "layer" else f"state[{i}]")
+        for r, t in zip(self._runners, trial):
+            r.__dict__.update(t.__dict__)
 
     def reset(self, batch_size: int | None = None) -> None:
         """Zero the state (and optionally change the batch size)."""
@@ -371,6 +444,8 @@ class Stream:
         for kind, layer, runner in self._plan:
             if kind == "step":
                 h, mask = layer.call(h, mask)
+            elif kind == "conv":            # (a convolution drops the mask, as Keras's)
+                h, mask = runner.run(h), None
             elif kind == "row":             # each step's (B, features) alone
                 h = np.asarray(h)
                 rows = layer.call(h.reshape((-1,) + h.shape[2:]), None)[0]

@@ -93,8 +93,9 @@ def test_fixture_set_is_complete():
     # (+11 nested-model, +5 k2_merge_*, +10 k3_nested_res_*, +1 k3_norm_inner_axis,
     # +7 k*_td_*: TimeDistributed of other layers than Dense; +7: activation, scaling,
     # padding / cropping layers; +4 k*_sepconv*: depthwise / separable convolutions;
-    # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv)
-    assert len(NAMES) == 142 and len(REFUSED) == 9
+    # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv;
+    # +1 k3_causal_conv_stream: causal convolutions a stream runs)
+    assert len(NAMES) == 143 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 

@@ -481,3 +481,91 @@ def test_stream_follows_a_layer_converted_in_place(cell):
         y = s.step(x[t])
         assert y.dtype == np.float64
         np.testing.assert_allclose(y, r.step(x[t].astype(np.float64)), rtol=1e-6, atol=1e-7)
+
+
+def _conv1d(rng, k, cin, F, dtype=np.float32, **kw):
+    from fastrnn.model import Conv1D
+    return Conv1D((rng.standard_normal((k, cin // kw.get("groups", 1), F)) * .4).astype(dtype),
+                  rng.standard_normal(F).astype(dtype), dtype=np.dtype(dtype).name, **kw)
+
+
+def test_keras_causal_convolutions_stream_as_keras_computes_them():
+    """Causal Conv1D layers (dilated, grouped) and a one-tap Conv1D before a GRU, made by
+    Keras (fixture k3_causal_conv_stream): step by step and in chunks of any size, the
+    stream gives Keras's outputs; each causal convolution keeps its last
+    (kernel_size - 1) * dilation_rate inputs as state."""
+    pytest.importorskip("h5py")
+    name = "k3_causal_conv_stream"
+    model = fastrnn.load(os.path.join(FIXTURES, "keras", name + ".keras"))
+    ref = np.load(os.path.join(FIXTURES, "keras", name + ".npz"))
+    x, want = ref["x"], ref["y0"]
+    B, n = x.shape[:2]
+    for size in (1, 2, 3, n):
+        s = Stream(model, batch_size=B)
+        got = np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(n, size)], axis=1)
+        assert np.max(np.abs(got - want)) <= 1e-6
+    s = Stream(model, batch_size=B)
+    got = np.stack([s.step(x[:, t]) for t in range(n)], axis=1)
+    assert np.max(np.abs(got - want)) <= 1e-6
+    # the state: the two causal convolutions' last inputs, then the GRU's
+    shapes = [np.shape(a) for a in s.state]
+    assert shapes == [(B, 4, x.shape[2]), (B, 1, 6), (1, B, 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_causal_conv_stream_state_resumes_and_bad_states_change_nothing(dtype):
+    from fastrnn.model import Masking
+    rng = np.random.default_rng(5)
+    core = fastrnn.LSTM(6, 5, batch_first=True, seed=3, dtype=dtype)
+    model = Model([Masking(0.0), _conv1d(rng, 3, 4, 6, dtype, padding="causal",
+                                         dilation_rate=2, activation="relu"),
+                   _conv1d(rng, 1, 6, 6, dtype, padding="same"),
+                   KerasRNN(core, return_sequences=True)])
+    x = rng.standard_normal((3, T, 4)).astype(dtype)
+    x[1, 2:4] = 0.0         # (masked steps: the convolution drops the mask, as Keras's)
+    want = model.predict(x)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    s = Stream(model, batch_size=3)
+    first = s.feed(x[:, :5])
+    saved = s.state
+    assert len(saved) == 2 and saved[0].shape == (3, 4, 4) and saved[0].dtype == dtype
+    rest = s.feed(x[:, 5:])
+    assert np.max(np.abs(np.concatenate([first, rest], 1) - want)) <= tol
+    s2 = Stream(model, batch_size=3)
+    s2.state = saved
+    assert np.max(np.abs(s2.feed(x[:, 5:]) - want[:, 5:])) <= tol
+    # an entry of the wrong shape names the convolution and leaves every entry as it was
+    before = s2.state
+    with pytest.raises(ValueError, match="state\\[0\\].*Conv1D"):
+        s2.state = [np.zeros((3, 2, 4)), None]
+    with pytest.raises(ValueError, match="state\\[1\\]"):
+        s2.state = [np.ones((3, 4, 4)), (np.zeros((1, 3, 5)), np.zeros((1, 2, 5)))]
+    with pytest.raises(TypeError, match="state\\[0\\].*numbers"):
+        s2.state = [np.zeros((3, 4, 4), bool).astype(object), None]
+    for a, b in zip(s2.state, before):
+        np.testing.assert_array_equal(np.asarray(a[0] if isinstance(a, tuple) else a),
+                                      np.asarray(b[0] if isinstance(b, tuple) else b))
+    # None zeroes an entry; reset zeroes them all
+    s2.state = [None, saved[1]]
+    assert not s2.state[0].any()
+    s.reset()
+    assert not s.state[0].any()
+    np.testing.assert_allclose(s.feed(x[:, :5]), first, atol=tol)
+
+
+def test_convolutions_a_stream_cannot_run_are_refused_by_name():
+    rng = np.random.default_rng(6)
+    core = fastrnn.GRU(4, 3, batch_first=True, seed=1)
+    for conv, why in ((_conv1d(rng, 3, 4, 4, padding="same"), "padding='same' with 3 taps"),
+                      (_conv1d(rng, 2, 4, 4, padding="valid"), "padding='valid'"),
+                      (_conv1d(rng, 2, 4, 4, padding="causal", strides=2), "strides=2"),
+                      (_conv1d(rng, 1, 4, 4, strides=2), "strides=2")):
+        with pytest.raises(ValueError, match=f"cannot stream layer .* Conv1D: {why}"):
+            Stream(Model([conv, KerasRNN(core)]))
+    # after an RNN that returns its last step the whole call fails on (B, features) too
+    with pytest.raises(ValueError, match="return_sequences=False"):
+        Stream(Model([KerasRNN(fastrnn.GRU(4, 4, batch_first=True)),
+                      _conv1d(rng, 2, 4, 4, padding="causal")]))
+    # a model of convolutions alone carries no recurrent layer
+    with pytest.raises(ValueError, match="no recurrent layer"):
+        Stream(Model([_conv1d(rng, 2, 4, 4, padding="causal")]))
