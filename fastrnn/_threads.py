@@ -238,7 +238,7 @@ def _wanted_default() -> int:
     ``OMP_THREAD_LIMIT`` and at the calling thread's CPUs."""
     if _monotonic() >= _cpus_until:
         _read_cpus()                        # (_cpu_count's re-read, inline: one clock read)
-    n = _default if _default is not None else _env_threads() or _cpus
+    n = _default if _default is not None else (_env[0] if _env else _env_threads()) or _cpus
     if n > _aff:
         n = _aff
     lim = _limit or _thread_limit()         # (OMP_THREAD_LIMIT)

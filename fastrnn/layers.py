@@ -691,7 +691,7 @@ class RNNBase:
     dropout = 0.0            # (layers pickled before the argument existed)
 
     _cell = "RNN"
-    _step_entry = None          # _step_fast's last (packing, thread count, plan)
+    _step_entry = None          # _step_fast's last (packing, thread count asked, plan)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -1396,10 +1396,11 @@ class RNNBase:
         y = self._step_slow(x_t, h, c, nt)
         return y.copy() if copy else y
 
-    def _step_slow(self, x_t, h, c, nt):
+    def _step_slow(self, x_t, h, c, asked):
         """_step_fast's way when its kept plan does not apply: (re)pack, validate the
-        thread count, find or make the plan for it."""
-        nt = _threads._granted(_threads._check_threads(nt))
+        thread count, find or make the plan for the count granted (kept under the count
+        asked: a count above the CPUs takes the kept plan too)."""
+        nt = _threads._granted(_threads._check_threads(asked))
         packed = self._pack()
         plans = self.__dict__.get("_step_plans")
         if plans is None or plans[0] is not packed:
@@ -1421,7 +1422,7 @@ class RNNBase:
             else:
                 h[...] = st
             return h[-1]
-        self._step_entry = (packed, nt, plan)
+        self._step_entry = (packed, asked, plan)
         if not plan.step(x_t, h, c):
             raise RuntimeError("fastrnn: the ISA level changed during a step")
         return h[-1]

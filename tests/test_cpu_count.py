@@ -171,11 +171,14 @@ def test_every_count_is_capped_at_the_calling_threads_cpus(capped, monkeypatch):
     monkeypatch.setattr(_threads, "_default", None)
     monkeypatch.setattr(_threads, "_env", (n + 5,))
     assert fastrnn.get_num_threads() == n
-    # a streaming step's plan is made for the capped count
+    # a streaming step's plan is made for the capped count, and kept for the count asked
     layer = fastrnn.GRU(256, 256, num_threads=n + 2)
     s = fastrnn.Stream(layer)
     s.step(np.ones((1, 256), np.float32))
-    assert layer._step_entry[1] == min(n, _threads._limit or n)
+    assert list(layer._step_plans[1]) == [min(n, _threads._limit or n)]
+    entry = layer._step_entry
+    s.step(np.ones((1, 256), np.float32))
+    assert layer._step_entry is entry       # (not made again each step)
 
 
 def test_omp_num_threads_above_the_cpus_is_capped():
