@@ -3,8 +3,9 @@
 Resolution order for a call: the ``num_threads`` argument of the call, then the layer's
 ``num_threads``, then :func:`set_num_threads`, then ``OMP_NUM_THREADS``, then the CPUs
 the calling thread may run on (its affinity, capped by a cgroup CPU quota; re-read at
-most every :data:`CPUS_RECHECK_S` seconds); whichever it is, ``OMP_THREAD_LIMIT`` caps it (the OpenMP
-runtime gives a region no more threads than that).  The same count is given to OpenMP
+most every :data:`CPUS_RECHECK_S` seconds); whichever it is, the CPUs the calling thread
+may run on and ``OMP_THREAD_LIMIT`` cap it (the OpenMP runtime gives a region no more
+threads than that).  The same count is given to OpenMP
 regions and to scipy's OpenBLAS (per calling thread, through
 ``openblas_set_num_threads_local``), so the two never oversubscribe the cores.
 """
@@ -107,7 +108,7 @@ def _cgroup_dirs(root: str) -> list:
         if not ((kind == 2 and fstype == "cgroup2")
                 or (kind == 1 and fstype == "cgroup" and "cpu" in opts)):
             continue
-        mroot, mpoint = fields[3], fields[4].replace("\\040", " ")
+        mroot, mpoint = (f.replace("\\040", " ") for f in fields[3:5])
         own_path = paths[kind]
         if mroot == "/":
             rel = own_path
