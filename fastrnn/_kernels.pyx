@@ -63,9 +63,21 @@ cdef extern from *:
     #include <omp.h>
     static int fr_omp_max_threads(void) { return omp_get_max_threads(); }
     static int fr_has_openmp(void) { return 1; }
+    /* the CPUs of the OpenMP runtime's place list, 0 where it binds no threads */
+    static int fr_omp_bound_cpus(void) {
+    #if _OPENMP >= 201511
+        int p, n = 0, np = omp_get_num_places();
+        if (omp_get_proc_bind() == omp_proc_bind_false) return 0;
+        for (p = 0; p < np; p++) n += omp_get_place_num_procs(p);
+        return n;
+    #else
+        return 0;
+    #endif
+    }
     #else
     static int fr_omp_max_threads(void) { return 1; }
     static int fr_has_openmp(void) { return 0; }
+    static int fr_omp_bound_cpus(void) { return 0; }
     #endif
     typedef int (*fr_set_threads_t)(int);
     typedef int (*fr_get_threads_t)(void);
@@ -130,6 +142,7 @@ cdef extern from *:
     """
     int fr_omp_max_threads() nogil
     int fr_has_openmp() nogil
+    int fr_omp_bound_cpus() nogil
     ctypedef int (*fr_set_threads_t)(int) noexcept nogil
     ctypedef int (*fr_get_threads_t)() noexcept nogil
     fr_set_threads_t fr_blas_set_local
@@ -280,6 +293,12 @@ def has_openmp():
 
 def omp_max_threads():
     return fr_omp_max_threads()
+
+
+def omp_bound_cpus():
+    """The CPUs in the OpenMP runtime's place list where it binds threads to places
+    (``OMP_PROC_BIND`` / ``OMP_PLACES`` / ``GOMP_CPU_AFFINITY``), else 0."""
+    return fr_omp_bound_cpus()
 
 
 def _set_blas_local_setter(intptr_t address, intptr_t getter=0):

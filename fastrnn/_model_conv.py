@@ -178,7 +178,10 @@ class Conv1D(_Conv):
         return self.kernel.shape[0]
 
     def call(self, x, mask=None):
-        x = np.asarray(x, dtype=self.kernel.dtype)
+        x = np.asarray(x)
+        if x.dtype.kind not in "fbiu":      # (complex: numpy would drop the imaginary part)
+            raise TypeError(f"{self.name}: expected real numbers, got {x.dtype}")
+        x = x.astype(self.kernel.dtype, copy=False)
         k, cg, F = self.kernel.shape
         if x.ndim != 3 or x.shape[2] != cg * self.groups:
             raise ValueError(f"{self.name}: expected (batch, steps, {cg * self.groups}) input, "

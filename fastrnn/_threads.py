@@ -28,38 +28,40 @@ _blas_hooked = False
 # The CPUs a call may use: the calling thread's CPU affinity, capped by a cgroup CPU
 # quota (a container's --cpus, a Kubernetes CPU limit: the affinity still lists every
 # CPU of the machine there, and threads beyond the quota get the group throttled).  Read
-# at import, then again at most every CPUS_RECHECK_S seconds, so a thread pinned after
-# import (a server's post-fork hook, a pool initializer, os.sched_setaffinity) stops
-# running two threads on one CPU: their per-step spin hand-over made a 2-thread GRU
-# B=1 T=100 H=256 call take 10-16 ms there instead of 0.6 ms on one thread.  Where the
-# OpenMP runtime binds its threads itself (OMP_PROC_BIND, OMP_PLACES,
-# GOMP_CPU_AFFINITY), the affinity is the one read at import: libgomp pins the main
-# thread to one CPU when it loads, and its workers to the others.
+# per thread, at its first call and again at most every CPUS_RECHECK_S seconds, so a
+# thread pinned after import (a server's post-fork hook, a pool initializer,
+# os.sched_setaffinity) stops running two threads on one CPU: their per-step spin
+# hand-over made a 2-thread GRU B=1 T=100 H=256 call take 10-16 ms there instead of
+# 0.6 ms on one thread.  Where the OpenMP runtime binds its threads to places
+# (OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY), the CPUs of its place list instead
+# (libgomp pins the main thread to one place when it loads: its affinity says 1), or,
+# before the kernels load it, the affinity read at import.
 #
-# Every count, an explicit one too, is capped at the calling thread's affinity (not at
-# the quota, under which threads still run side by side until the group is throttled):
-# threads beyond the CPUs hand each step over by spinning on a shared CPU, and on this
-# 2-CPU machine num_threads=3 / 4 made a GRU B=1 T=100 H=256 call 10 / 20 ms instead of
-# 0.36 ms on two (a Dockerfile's OMP_NUM_THREADS, set_num_threads(os.cpu_count()) where
-# the affinity is a share of the machine).  CAP_AT_CPUS False: no cap (tests that run
-# more threads than this machine has, to check how the work splits).
+# Every count, an explicit one too, is capped at those CPUs (not at the quota, under
+# which threads still run side by side until the group is throttled): threads beyond
+# the CPUs hand each step over by spinning on a shared CPU, and on this 2-CPU machine
+# num_threads=3 / 4 made a GRU B=1 T=100 H=256 call 10 / 20 ms instead of 0.36 ms on
+# two.  CAP_AT_CPUS False: no cap (tests that run more threads than this machine has,
+# to check how the work splits).
 CPUS_RECHECK_S = 0.1
 CAP_AT_CPUS = True
-_cpus: int | None = None
-_aff = 1                    # (the affinity part of _cpus: the cap of every count)
-_cpus_until = 0.0
 _monotonic = time.monotonic
+_tl = threading.local()     # .c: (valid until, CPUs, cap of every count, CPUs unquota'd)
 _affinity_at_import: int | None = None
 _binds = False              # (_omp_binds() at import: the environment libgomp reads)
+_bound: int | None = None   # (the place list's CPUs once the kernels are loaded; 0: none)
 _CGROUP_ROOT = ""           # (a prefix of the /proc and /sys paths read: tests)
 _cgroup_files = None        # (the quota files, found once: a list of (kind, dir))
 
 
 def _omp_binds() -> bool:
-    """Whether the OpenMP runtime binds threads to CPUs itself (its environment)."""
+    """Whether the OpenMP runtime will bind threads to CPUs (its environment, as libgomp
+    reads it: OMP_PROC_BIND false turns binding off whatever the places say)."""
     env = os.environ
     bind = env.get("OMP_PROC_BIND", "").strip().lower()
-    return bool(bind and bind != "false") or bool(env.get("OMP_PLACES", "").strip()) \
+    if bind.startswith("false"):
+        return False
+    return bool(bind) or bool(env.get("OMP_PLACES", "").strip()) \
         or bool(env.get("GOMP_CPU_AFFINITY", "").strip())
 
 
@@ -70,21 +72,29 @@ def _affinity() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _read(path: str) -> str | None:
+def _read(path: str, limit: int = 4096) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(4096)
+            return f.read(limit)
     except (OSError, ValueError):
         return None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field: the kernel writes space, tab, newline and backslash as \\ooo."""
+    import re
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _cgroup_dirs(root: str) -> list:
     """The directories whose CPU quota bounds this process: its cgroup's and its
     ancestors' up to the hierarchy's mount, as ``[(kind, dir)]``, kind 1 (cgroup v1's
     ``cpu`` controller: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) or 2 (cgroup v2:
-    ``cpu.max``); the v1 controller where a hybrid system mounts both."""
-    own = _read(root + "/proc/self/cgroup") or ""
-    mounts = _read(root + "/proc/self/mountinfo") or ""
+    ``cpu.max``); the v1 controller where a hybrid system mounts both.  Of several mounts
+    of the hierarchy, the one whose root holds the cgroup most closely; a cgroup outside
+    every mount's root (``/..`` in a cgroup namespace): that mount's own directory."""
+    own = _read(root + "/proc/self/cgroup", 1 << 16) or ""
+    mounts = _read(root + "/proc/self/mountinfo", 1 << 22) or ""
     paths = {}
     for line in own.splitlines():
         parts = line.split(":", 2)
@@ -97,6 +107,8 @@ def _cgroup_dirs(root: str) -> list:
     kind = 1 if 1 in paths else 2 if 2 in paths else 0
     if not kind:
         return []
+    own_path = paths[kind]
+    best = None
     for line in mounts.splitlines():
         fields = line.split()
         if " - " not in line or len(fields) < 5:
@@ -108,18 +120,22 @@ def _cgroup_dirs(root: str) -> list:
         if not ((kind == 2 and fstype == "cgroup2")
                 or (kind == 1 and fstype == "cgroup" and "cpu" in opts)):
             continue
-        mroot, mpoint = (f.replace("\\040", " ") for f in fields[3:5])
-        own_path = paths[kind]
-        if mroot == "/":
-            rel = own_path
-        elif own_path == mroot or own_path.startswith(mroot.rstrip("/") + "/"):
-            rel = own_path[len(mroot.rstrip("/")):]
+        mroot, mpoint = _unescape(fields[3]), _unescape(fields[4])
+        base = mroot.rstrip("/")
+        if own_path == mroot or own_path.startswith(base + "/"):
+            rel, fit = own_path[len(base):], len(base) + 1
         else:                   # (outside the mount's root: the mount's own limit)
-            rel = "/"
-        parts = [p for p in rel.split("/") if p and p not in (".", "..")]
-        top = root + mpoint
-        return [(kind, os.path.join(top, *parts[:i])) for i in range(len(parts), -1, -1)]
-    return []
+            rel, fit = "/", -1
+        if "/../" in rel + "/" or "/./" in rel + "/":
+            rel, fit = "/", 0 if not base else -1
+        if best is None or fit > best[0]:
+            best = (fit, rel, mpoint)
+    if best is None:
+        return []
+    _, rel, mpoint = best
+    parts = [p for p in rel.split("/") if p]
+    top = root + mpoint
+    return [(kind, os.path.join(top, *parts[:i])) for i in range(len(parts), -1, -1)]
 
 
 def _cgroup_cpus(root: str | None = None) -> int | None:
@@ -148,33 +164,58 @@ def _cgroup_cpus(root: str | None = None) -> int | None:
     return best
 
 
-def _read_cpus() -> int:
-    """Read the CPU count now (see above) and keep it for CPUS_RECHECK_S."""
-    global _cpus, _cpus_until, _affinity_at_import, _binds, _aff
+def _read_cpus() -> tuple:
+    """Read the calling thread's CPUs now (see above): its ``(valid until, CPUs, cap of
+    every count, CPUs without the quota)``, kept for CPUS_RECHECK_S."""
+    global _affinity_at_import, _binds, _bound
+    aff = _affinity()
     if _affinity_at_import is None:
-        _affinity_at_import = n = _affinity()
+        _affinity_at_import = aff
         _binds = _omp_binds()
+    if _bound is None:
+        kern = sys.modules.get("fastrnn._kernels")
+        bound = getattr(kern, "omp_bound_cpus", None)
+        if bound is not None:
+            _bound = bound()
+    if _bound:
+        n = _bound
+    elif _bound is None and _binds:
+        n = _affinity_at_import
     else:
-        n = _affinity_at_import if _binds else _affinity()
-    _aff = n if CAP_AT_CPUS else _MAX_THREADS
+        n = aff
     try:
         q = _cgroup_cpus()
     except Exception:           # (an unexpected layout: no quota known)
         q = None
-    if q is not None and q < n:
-        n = q
-    _cpus = n
-    _cpus_until = _monotonic() + CPUS_RECHECK_S
-    return n
+    c = _tl.c = (_monotonic() + CPUS_RECHECK_S, n if q is None or q >= n else q,
+                 n if CAP_AT_CPUS else _MAX_THREADS, n)
+    return c
+
+
+def _cpus_now() -> tuple:
+    """The calling thread's ``(valid until, CPUs, cap, CPUs without the quota)``, re-read
+    at most every
+    CPUS_RECHECK_S seconds (the affinity syscall and quota files cost ~25 us, paid
+    otherwise by every call that is not told its thread count)."""
+    try:
+        c = _tl.c
+        if _monotonic() < c[0]:
+            return c
+    except AttributeError:
+        pass
+    return _read_cpus()
 
 
 def _cpu_count() -> int:
-    """CPUs the calling thread may use: its affinity and the cgroup quota, re-read at
-    most every CPUS_RECHECK_S seconds (the affinity syscall and quota files cost
-    ~1-10 us, paid otherwise by every call that is not told its thread count)."""
-    if _cpus is not None and _monotonic() < _cpus_until:
-        return _cpus
-    return _read_cpus()
+    """CPUs the calling thread may use: its affinity (or the OpenMP places) and the
+    cgroup quota."""
+    return _cpus_now()[1]
+
+
+def cpu_cap() -> int:
+    """The CPUs the calling thread may run on (its affinity, or the OpenMP places): what
+    every count is capped at, also where the tests lift that cap."""
+    return _cpus_now()[3]
 
 
 # (read now, at import, before the kernels load the OpenMP runtime: with OMP_PROC_BIND
@@ -237,11 +278,10 @@ def set_num_threads(n: int | None) -> None:
 def _wanted_default() -> int:
     """The default thread count before the fork rule (below), capped at
     ``OMP_THREAD_LIMIT`` and at the calling thread's CPUs."""
-    if _monotonic() >= _cpus_until:
-        _read_cpus()                        # (_cpu_count's re-read, inline: one clock read)
-    n = _default if _default is not None else (_env[0] if _env else _env_threads()) or _cpus
-    if n > _aff:
-        n = _aff
+    c = _cpus_now()
+    n = _default if _default is not None else (_env[0] if _env else _env_threads()) or c[1]
+    if n > c[2]:
+        n = c[2]
     lim = _limit or _thread_limit()         # (OMP_THREAD_LIMIT)
     return n if n <= lim else lim
 
@@ -348,11 +388,26 @@ def _granted(n: int) -> int:
         lim = _limit or _thread_limit()     # (OMP_THREAD_LIMIT: libgomp gives no more)
         if n > lim:
             n = lim
-        if _monotonic() >= _cpus_until:
-            _read_cpus()
-        if n > _aff:
-            n = _aff
+        cap = _cpus_now()[2]
+        if n > cap:
+            n = cap
     return _fork_rule(n) if n > 1 else n
+
+
+def step_threads(n):
+    """A streaming step's thread count for ``n`` asked (None: the default): capped as
+    :func:`resolve` caps it, on every step (a thread pinned after its stream began runs
+    on one thread from then on).  Anything but a positive int is returned as it is, for
+    the caller to refuse."""
+    if n is None or _fork_single:
+        return get_num_threads()
+    if type(n) is not int or n < 2:
+        return n
+    cap = _cpus_now()[2]
+    if n > cap:
+        n = cap
+    lim = _limit or _thread_limit()
+    return n if n <= lim else lim
 
 
 def _fork_rule(n: int) -> int:

@@ -691,7 +691,7 @@ class RNNBase:
     dropout = 0.0            # (layers pickled before the argument existed)
 
     _cell = "RNN"
-    _step_entry = None          # _step_fast's last (packing, thread count asked, plan)
+    _step_entry = None          # _step_fast's last (packing, thread count, plan)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -1382,9 +1382,8 @@ class RNNBase:
         ``layer(x[None], state)``): the last plan used is kept with the packing and the
         thread count it was made for, and taken while both still hold.
         """
-        nt = num_threads if num_threads is not None else self.num_threads
-        if nt is None or _threads._fork_single:
-            nt = _threads.get_num_threads()
+        nt = _threads.step_threads(num_threads if num_threads is not None
+                                   else self.num_threads)
         ent = self._step_entry
         if ent is not None and ent[0] is self._packed and ent[1] == nt and type(nt) is int:
             if copy:
@@ -1396,11 +1395,10 @@ class RNNBase:
         y = self._step_slow(x_t, h, c, nt)
         return y.copy() if copy else y
 
-    def _step_slow(self, x_t, h, c, asked):
+    def _step_slow(self, x_t, h, c, nt):
         """_step_fast's way when its kept plan does not apply: (re)pack, validate the
-        thread count, find or make the plan for the count granted (kept under the count
-        asked: a count above the CPUs takes the kept plan too)."""
-        nt = _threads._granted(_threads._check_threads(asked))
+        thread count, find or make the plan for it."""
+        nt = _threads._granted(_threads._check_threads(nt))
         packed = self._pack()
         plans = self.__dict__.get("_step_plans")
         if plans is None or plans[0] is not packed:
@@ -1422,7 +1420,7 @@ class RNNBase:
             else:
                 h[...] = st
             return h[-1]
-        self._step_entry = (packed, asked, plan)
+        self._step_entry = (packed, nt, plan)
         if not plan.step(x_t, h, c):
             raise RuntimeError("fastrnn: the ISA level changed during a step")
         return h[-1]

@@ -171,7 +171,10 @@ class _ConvContext:
         self.state = np.zeros((B, self.n, self.width), self.layer.kernel.dtype)
 
     def run(self, h):
-        h = np.asarray(h, dtype=self.state.dtype)
+        h = np.asarray(h)
+        if h.dtype.kind not in "fbiu":
+            raise TypeError(f"{self.layer.name}: expected real numbers, got {h.dtype}")
+        h = h.astype(self.state.dtype, copy=False)
         if h.ndim != 3 or h.shape[2] != self.width:
             raise ValueError(f"{self.layer.name}: expected (batch, steps, {self.width}) "
                              f"input, got shape {h.shape}")
@@ -185,13 +188,18 @@ class _ConvContext:
     def restore(self, value, B: int, where: str):
         if value is None:
             return self.reset(B)
-        a = _values(value)
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"{where}: the last inputs of Conv1D {self.layer.name!r} must be "
-                            f"numbers, got {a.dtype}")
+        what = f"{where}: the last inputs of Conv1D {self.layer.name!r}"
+        try:
+            a = _values(value)
+        except Exception as e:          # (a ragged list, an object that is no array)
+            raise TypeError(f"{what} are not an array: {e}") from None
+        if a.dtype.kind != "f":
+            raise TypeError(f"{what} must be floating point, got {a.dtype}")
+        if a.shape == (self.n, self.width) and B == 1:
+            a = a[None]
         if a.shape != (B, self.n, self.width):
-            raise ValueError(f"{where}: the last inputs of Conv1D {self.layer.name!r} must "
-                             f"have shape {(B, self.n, self.width)}, got {a.shape}")
+            raise ValueError(f"{what} must have shape {(B, self.n, self.width)}, got "
+                             f"{a.shape}")
         self.state = np.array(a, dtype=self.state.dtype, order="C", copy=True)
 
 
@@ -347,8 +355,9 @@ class Stream:
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
                                  f"reads {model._reads(i)}, not the tensor of the layer "
                                  "before it (Stream runs chains of layers)")
-        if not any(isinstance(r, _CoreRunner) for r in runners):
-            raise ValueError(f"model {model.name!r} has no recurrent layer to stream")
+        if not runners:
+            raise ValueError(f"model {model.name!r} has no recurrent layer (nor a causal "
+                             "Conv1D) to stream: it carries nothing from step to step")
         return plan, runners
 
     # ------------------------------------------------------------------ state

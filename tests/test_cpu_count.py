@@ -71,6 +71,29 @@ def test_cgroup_v1_nested_path_under_the_mount(tmp_path):
     assert _threads._cgroup_cpus(root) == 1
 
 
+def test_cgroup_long_mountinfo_several_mounts_and_escapes(tmp_path):
+    # a container's mountinfo runs past 4 KiB (45+ image layers); of two cgroup2 mounts
+    # the one whose root holds the cgroup; escaped spaces / backslashes in paths
+    layers = "".join(f"{100 + i} 25 0:{200 + i} / /var/lib/layer{i} rw - overlay overlay "
+                     f"rw,lowerdir=/var/lib/containerd/snapshots/{i}/fs\n" for i in range(60))
+    mounts = (layers + "31 25 0:27 /other /mnt/other rw - cgroup2 cgroup2 rw\n"
+              + "30 25 0:26 / /sys/fs/cgroup\\040x rw - cgroup2 cgroup2 rw\n")
+    assert len(mounts) > 4096
+    root = _tree(tmp_path, {"proc/self/cgroup": "0::/pod/ctr\n",
+                            "proc/self/mountinfo": mounts,
+                            "sys/fs/cgroup x/pod/cpu.max": "100000 100000\n",
+                            "mnt/other/cpu.max": "300000 100000\n"})
+    assert _threads._cgroup_cpus(root) == 1
+    # a cgroup outside the namespace's root: not a sibling's quota, the mount's own
+    (tmp_path / "proc/self/cgroup").write_text("0::/../sib\n")
+    for sib in ("sys/fs/cgroup x/sib", "sys/fs/sib"):
+        (tmp_path / sib).mkdir()
+        (tmp_path / sib / "cpu.max").write_text("100000 100000\n")
+    assert _threads._cgroup_cpus(root) is None
+    (tmp_path / "sys/fs/cgroup x/cpu.max").write_text("200000 100000\n")
+    assert _threads._cgroup_cpus(root) == 2
+
+
 @pytest.mark.parametrize("files", [
     {},                                                         # no /proc at all
     {"proc/self/cgroup": "0::/\n"},                             # no mountinfo
@@ -150,8 +173,7 @@ def capped(monkeypatch):
     """The cap in use (conftest lifts it for the other tests), re-read now."""
     monkeypatch.setattr(_threads, "CAP_AT_CPUS", True)
     _threads._read_cpus()
-    yield len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        _threads._aff
+    yield _threads.cpu_cap()
     monkeypatch.setattr(_threads, "CAP_AT_CPUS", False)
     _threads._read_cpus()
 
@@ -187,3 +209,62 @@ def test_omp_num_threads_above_the_cpus_is_capped():
         print(len(os.sched_getaffinity(0)), fastrnn.get_num_threads())
         """, OMP_NUM_THREADS="64")
     assert got[1] == got[0], got
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity")
+                    or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
+def test_each_thread_has_its_own_count_and_a_stream_follows_a_pin():
+    # the count is the calling thread's: a pinned thread and a free one interleaved get
+    # 1 and all CPUs; a stream asked for 2 threads runs its steps on 1 once its thread
+    # is pinned (its kept plan was made for 2)
+    got = _run("""
+        import os, threading, time, numpy as np, fastrnn
+        from fastrnn import _threads
+        _threads._CGROUP_ROOT = "/nonexistent"
+        _threads._cgroup_files = None
+        cpus = sorted(os.sched_getaffinity(0))
+        out = {}
+        def pinned():
+            os.sched_setaffinity(0, {cpus[0]})
+            out["pinned"] = [fastrnn.get_num_threads(), _threads.resolve(2)]
+        def free():
+            out["free"] = [fastrnn.get_num_threads(), _threads.resolve(2)]
+        for f in (pinned, free, pinned, free):
+            t = threading.Thread(target=f); t.start(); t.join()
+        layer = fastrnn.GRU(256, 256, num_threads=2)
+        s = fastrnn.Stream(layer)
+        x = np.ones((1, 256), np.float32)
+        s.step(x)
+        before = sorted(layer._step_plans[1])
+        os.sched_setaffinity(0, {cpus[-1]})
+        time.sleep(_threads.CPUS_RECHECK_S * 1.5)
+        s.step(x)
+        print(len(cpus), *out["pinned"], *out["free"], *before, layer._step_entry[1])
+        """)
+    n = got[0]
+    assert got[1:] == ["1", "1", n, "2", "2", "1"], got
+
+
+@pytest.mark.parametrize("env, want", [
+    ({"OMP_PROC_BIND": "false", "OMP_PLACES": "cores"}, "1"),  # (no binding: the pin)
+    ({"GOMP_CPU_AFFINITY": "0"}, "1"),                         # (one place: one CPU)
+    ({"OMP_PROC_BIND": "true"}, "n"),                          # (the places, not the pin
+])                                                             # libgomp gave the main thread)
+def test_openmp_binding_counts_the_places(env, want):
+    got = _run("""
+        import os, time, numpy as np, fastrnn
+        from fastrnn import _threads
+        _threads._CGROUP_ROOT = "/nonexistent"
+        _threads._cgroup_files = None
+        n = len(os.sched_getaffinity(0))
+        if os.environ.get("OMP_PROC_BIND") == "false":
+            os.sched_setaffinity(0, {0})
+            time.sleep(_threads.CPUS_RECHECK_S * 1.5)
+            assert fastrnn.get_num_threads() == 1       # (before the kernels load)
+        fastrnn.GRU(4, 4)(np.zeros((2, 1, 4), np.float32))      # (loads the kernels)
+        time.sleep(_threads.CPUS_RECHECK_S * 1.5)
+        print(n, fastrnn.get_num_threads())
+        """, **env)
+    if int(got[0]) < 2:
+        pytest.skip("needs 2 CPUs")
+    assert got[1] == (got[0] if want == "n" else want), got

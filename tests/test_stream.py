@@ -540,8 +540,10 @@ def test_causal_conv_stream_state_resumes_and_bad_states_change_nothing(dtype):
         s2.state = [np.zeros((3, 2, 4)), None]
     with pytest.raises(ValueError, match="state\\[1\\]"):
         s2.state = [np.ones((3, 4, 4)), (np.zeros((1, 3, 5)), np.zeros((1, 2, 5)))]
-    with pytest.raises(TypeError, match="state\\[0\\].*numbers"):
-        s2.state = [np.zeros((3, 4, 4), bool).astype(object), None]
+    with pytest.raises(TypeError, match="state\\[0\\].*floating point"):
+        s2.state = [np.zeros((3, 4, 4), np.int32), None]
+    with pytest.raises(TypeError, match="state\\[0\\].*not an array"):
+        s2.state = [[[[0.0] * 4] * 4, [[0.0] * 4]] * 2, None]
     for a, b in zip(s2.state, before):
         np.testing.assert_array_equal(np.asarray(a[0] if isinstance(a, tuple) else a),
                                       np.asarray(b[0] if isinstance(b, tuple) else b))
@@ -566,6 +568,23 @@ def test_convolutions_a_stream_cannot_run_are_refused_by_name():
     with pytest.raises(ValueError, match="return_sequences=False"):
         Stream(Model([KerasRNN(fastrnn.GRU(4, 4, batch_first=True)),
                       _conv1d(rng, 2, 4, 4, padding="causal")]))
-    # a model of convolutions alone carries no recurrent layer
-    with pytest.raises(ValueError, match="no recurrent layer"):
-        Stream(Model([_conv1d(rng, 2, 4, 4, padding="causal")]))
+    # a model of causal convolutions alone streams (a TCN); of stateless layers, refused
+    tcn = Model([_conv1d(rng, 3, 4, 4, padding="causal", dilation_rate=2),
+                 _conv1d(rng, 2, 4, 3, padding="causal")])
+    x = rng.standard_normal((2, T, 4)).astype(np.float32)
+    s = Stream(tcn, batch_size=2)
+    _close(np.concatenate([s.feed(x[:, a:b]) for a, b in _chunks(T, 3)], axis=1),
+           tcn.predict(x))
+    with pytest.raises(ValueError, match="no recurrent layer .* carries nothing"):
+        Stream(Model([_conv1d(rng, 1, 4, 4), Dense(np.ones((4, 2), np.float32), None)]))
+
+
+def test_conv1d_refuses_complex_input_as_the_recurrent_layers_do():
+    rng = np.random.default_rng(8)
+    conv = _conv1d(rng, 2, 3, 3, padding="causal")
+    x = (rng.standard_normal((1, 4, 3)) + 1j).astype(np.complex64)
+    with pytest.raises(TypeError, match="expected real numbers, got complex64"):
+        conv.call(x)
+    s = Stream(Model([conv, KerasRNN(fastrnn.GRU(3, 2, batch_first=True))]))
+    with pytest.raises(TypeError, match="complex"):
+        s.feed(x)

@@ -52,7 +52,7 @@ from numpy.lib.stride_tricks import as_strided
 # _POOL_WORK: a window op's element steps (taps x outputs, padded size, a Conv's copied
 # windows: each times N x C) beyond which it is refused (the Keras layers' limit too)
 from .._model_conv import _POOL_WORK, _pads
-from .._threads import _cpu_count, _scope, idle_single_macs, resolve as _resolve
+from .._threads import _scope, cpu_cap, idle_single_macs, resolve as _resolve
 
 # A Conv's block: copied windows (im2col) and GEMM outputs of at most this many
 # elements (batch slices, or rows of one item's first output axis), so the GEMM reads
@@ -161,7 +161,7 @@ def _kernel_conv(x, wm, plan, packs, threads, bias=None, act=None, border=False)
     if x.dtype != dt:
         x = x.astype(dt)
     # (never more than the CPUs: libgomp keeps each thread of a team for good)
-    nt = min(_resolve(None, threads), _cpu_count())
+    nt = min(_resolve(None, threads), cpu_cap())
     if nt > 1 and x.shape[0] == 1 and getattr(_scope, "idle", False) and \
             getattr(_scope, "depth", 0) and \
             pixels * kp.M * kp.cg * k[0] * k[1] < idle_single_macs():
@@ -241,12 +241,12 @@ class _blas_scope:
     __slots__ = ("n", "workers", "tok", "threads")
 
     def __init__(self, threads):
-        from .._threads import _cpu_count, resolve
+        from .._threads import cpu_cap, resolve
         n = self.threads = resolve(None, threads)
         self.n = min(n, _GEMM_THREADS) if _GEMM_THREADS else n
         # (never more than the CPUs: a helper thread is made for each worker and kept
         # for the process's life; num_threads=200 left 199 idle threads: an audit)
-        self.workers = min(n, _WORKERS or n, _cpu_count())
+        self.workers = min(n, _WORKERS or n, cpu_cap())
 
     def __enter__(self):
         from .. import _kernels
