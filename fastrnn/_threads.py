@@ -398,14 +398,21 @@ def step_threads(n):
     """A streaming step's thread count for ``n`` asked (None: the default): capped as
     :func:`resolve` caps it, on every step (a thread pinned after its stream began runs
     on one thread from then on).  Anything but a positive int is returned as it is, for
-    the caller to refuse."""
-    if n is None or _fork_single:
-        return get_num_threads()
-    if type(n) is not int or n < 2:
+    the caller to refuse.  (get_num_threads / _granted inline: ~0.1 us a step less.)"""
+    if _fork_single:
+        return 1
+    try:
+        c = _tl.c
+        if _monotonic() >= c[0]:
+            c = _read_cpus()
+    except AttributeError:
+        c = _read_cpus()
+    if n is None:
+        n = _default if _default is not None else (_env[0] if _env else _env_threads()) or c[1]
+    elif type(n) is not int or n < 2:
         return n
-    cap = _cpus_now()[2]
-    if n > cap:
-        n = cap
+    if n > c[2]:
+        n = c[2]
     lim = _limit or _thread_limit()
     return n if n <= lim else lim
 
