@@ -107,12 +107,30 @@ def test_cgroup_without_a_readable_quota_is_no_limit(tmp_path, files):
     assert _threads._cgroup_cpus(_tree(tmp_path, files)) is None
 
 
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs 2 CPUs to pin to 1")
+
+# (the child's first lines may call it: the quota files read from a tree that has none,
+# so the machine's own cgroup limit does not enter the counts checked)
+_CHILD_HELPERS = """
+def no_quota(root="/nonexistent"):
+    from fastrnn import _threads
+    _threads._CGROUP_ROOT = root
+    _threads._cgroup_files = None
+    _threads._read_cpus()
+"""
+
+
 def _run(code, **env_extra):
+    """Run ``code`` in a child Python (the OpenMP variables unset but those given) ->
+    its printed words."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
                         "GOMP_CPU_AFFINITY", "OMP_THREAD_LIMIT")}
     env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+    out = subprocess.run([sys.executable, "-c", _CHILD_HELPERS + textwrap.dedent(code)],
+                         env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
@@ -123,10 +141,7 @@ def test_quota_caps_the_default_count(tmp_path):
                             "sys/fs/cgroup/cpu.max": "100000 100000\n"})
     got = _run(f"""
         import os, numpy as np, fastrnn
-        from fastrnn import _threads
-        _threads._CGROUP_ROOT = {root!r}
-        _threads._cgroup_files = None
-        _threads._read_cpus()
+        no_quota({root!r})
         x = np.random.default_rng(0).standard_normal((20, 1, 64)).astype(np.float32)
         layer = fastrnn.GRU(64, 64)
         y1 = layer(x, num_threads=1)[0]
@@ -137,8 +152,7 @@ def test_quota_caps_the_default_count(tmp_path):
     assert int(got[0]) >= 1
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity")
-                    or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
+@needs_two_cpus
 def test_thread_pinned_after_import_gets_one_thread():
     # pinned after import and after a call on several threads (a worker process pinned
     # by its server's hook): the next calls use one thread, and all of them again once
@@ -147,8 +161,7 @@ def test_thread_pinned_after_import_gets_one_thread():
     got = _run("""
         import os, time, numpy as np, fastrnn
         from fastrnn import _threads
-        _threads._CGROUP_ROOT = "/nonexistent"
-        _threads._cgroup_files = None
+        no_quota()
         cpus = sorted(os.sched_getaffinity(0))
         x = np.random.default_rng(0).standard_normal((30, 1, 64)).astype(np.float32)
         layer = fastrnn.LSTM(64, 64)
@@ -211,8 +224,7 @@ def test_omp_num_threads_above_the_cpus_is_capped():
     assert got[1] == got[0], got
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity")
-                    or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin to 1")
+@needs_two_cpus
 def test_each_thread_has_its_own_count_and_a_stream_follows_a_pin():
     # the count is the calling thread's: a pinned thread and a free one interleaved get
     # 1 and all CPUs; a stream asked for 2 threads runs its steps on 1 once its thread
@@ -220,8 +232,7 @@ def test_each_thread_has_its_own_count_and_a_stream_follows_a_pin():
     got = _run("""
         import os, threading, time, numpy as np, fastrnn
         from fastrnn import _threads
-        _threads._CGROUP_ROOT = "/nonexistent"
-        _threads._cgroup_files = None
+        no_quota()
         cpus = sorted(os.sched_getaffinity(0))
         out = {}
         def pinned():
@@ -254,8 +265,7 @@ def test_openmp_binding_counts_the_places(env, want):
     got = _run("""
         import os, time, numpy as np, fastrnn
         from fastrnn import _threads
-        _threads._CGROUP_ROOT = "/nonexistent"
-        _threads._cgroup_files = None
+        no_quota()
         n = len(os.sched_getaffinity(0))
         if os.environ.get("OMP_PROC_BIND") == "false":
             os.sched_setaffinity(0, {0})
