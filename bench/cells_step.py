@@ -9,7 +9,9 @@ rounds, each after 50 warm-up calls), in microseconds, for: the fastrnn cell,
 ``torch.nn.<Cell>`` under ``torch.inference_mode()`` with
 ``torch.set_num_threads(--threads)``, and, for reference, ``fastrnn.Stream.step`` on
 the cell's own one-layer module (the same kernel entry without the cell's argument
-checks and fresh output arrays).  Both libraries run on ``--threads`` threads.
+checks and fresh output arrays).  Both libraries run on ``--threads`` threads.  With
+``--no-torch`` also ``Stream.step`` of a Keras-style model holding one such layer
+(``fastrnn.model.Model([KerasRNN(...)])``: a loaded Keras model's stream).
 """
 from __future__ import annotations
 
@@ -62,8 +64,14 @@ def main(argv=None):
             st["f"] = cell(x, st["f"])
 
         stream = fastrnn.Stream(cell.layer, batch_size=a.batch)
+        from fastrnn.model import KerasRNN, Model
+        lcls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.SimpleRNN}[a.cell]
+        core = lcls(a.input, a.hidden, batch_first=True, dtype=a.dtype, seed=0)
+        mstream = fastrnn.Stream(Model([KerasRNN(core, return_sequences=True)]),
+                                 batch_size=a.batch)
         res = _times({"fastrnn." + cls.__name__: f_only,
-                      "fastrnn.Stream.step": lambda: stream.step(x)}, a.calls)
+                      "fastrnn.Stream.step": lambda: stream.step(x),
+                      "Stream.step (model)": lambda: mstream.step(x)}, a.calls)
         _report(cell, a, res)
         return 0
 

@@ -588,3 +588,47 @@ def test_conv1d_refuses_complex_input_as_the_recurrent_layers_do():
     s = Stream(Model([conv, KerasRNN(fastrnn.GRU(3, 2, batch_first=True))]))
     with pytest.raises(TypeError, match="complex"):
         s.feed(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 3])
+def test_model_step_takes_the_layers_streaming_entry_and_matches_the_whole_call(dtype, B):
+    """A model's Stream.step runs each recurrent layer through its streaming entry where
+    the step is unmasked (as a layer's stream does), and the general call where it is
+    masked: stepping through masked and unmasked ids (leading ones too) gives the whole
+    call's outputs, and the entry is taken."""
+    rng = np.random.default_rng(9)
+    c1 = fastrnn.LSTM(5, 6, batch_first=True, seed=1, dtype=dtype)
+    c2 = fastrnn.GRU(6, 4, batch_first=True, seed=2, dtype=dtype)
+    name = np.dtype(dtype).name
+    model = Model([Embedding(rng.standard_normal((9, 5)), mask_zero=True, dtype=name),
+                   KerasRNN(c1, return_sequences=True), KerasRNN(c2),
+                   Dense(rng.standard_normal((4, 2)), None, dtype=name)])
+    ids = rng.integers(1, 9, size=(B, T))
+    ids[0, :2] = 0
+    ids[-1, 5:7] = 0
+    want = model.predict(ids)
+    taken = []
+    for core in (c1, c2):
+        real = core._step_fast
+        core._step_fast = lambda *a, _r=real, **k: taken.append(1) or _r(*a, **k)
+    s = Stream(model, batch_size=B)
+    got = np.stack([s.step(ids[:, t]) for t in range(T)], axis=1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.max(np.abs(got[:, -1] - want)) <= tol
+    s2 = Stream(model, batch_size=B)
+    assert np.max(np.abs(s2.feed(ids) - got)) <= tol
+    # (unmasked steps: all of them where B = 1 but the two masked ones; none where a row
+    # of the batch is masked at that step)
+    masked_steps = int(np.sum(~np.all(ids != 0, axis=0)))
+    assert len(taken) == 2 * (T - masked_steps)
+
+
+def test_model_step_refuses_what_the_layer_call_refuses():
+    # (an integer step into a model whose first layer is recurrent: the layer call's
+    # TypeError, not a silent conversion by the streaming entry)
+    model = Model([KerasRNN(fastrnn.GRU(3, 2, batch_first=True))])
+    s = Stream(model)
+    with pytest.raises(TypeError, match="floating-point"):
+        s.step(np.ones((1, 3), np.int64))
+    assert s.step(np.ones((1, 3), np.float16)).dtype == np.float32
