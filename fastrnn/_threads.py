@@ -194,9 +194,8 @@ def _read_cpus() -> tuple:
 
 def _cpus_now() -> tuple:
     """The calling thread's ``(valid until, CPUs, cap, CPUs without the quota)``, re-read
-    at most every
-    CPUS_RECHECK_S seconds (the affinity syscall and quota files cost ~25 us, paid
-    otherwise by every call that is not told its thread count)."""
+    at most every CPUS_RECHECK_S seconds (the affinity syscall and quota files cost ~25
+    us, paid otherwise by every call that is not told its thread count)."""
     try:
         c = _tl.c
         if _monotonic() < c[0]:
