@@ -36,7 +36,8 @@ import fastrnn
 from fastrnn import _threads
 if mode == "import":                 # as before: the affinity read at import, no quota
     _threads.CPUS_RECHECK_S = float("inf")
-    _threads._cgroup_cpus = lambda root=None: None
+    _threads._forget_cpus = lambda: None
+    _threads._quota = (float("inf"), None)
     _threads._read_cpus()
 if mode == "uncapped":               # as before: an explicit count above the CPUs kept
     _threads.CAP_AT_CPUS = False

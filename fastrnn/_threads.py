@@ -44,6 +44,7 @@ _blas_hooked = False
 # two.  CAP_AT_CPUS False: no cap (tests that run more threads than this machine has,
 # to check how the work splits).
 CPUS_RECHECK_S = 0.1
+QUOTA_RECHECK_S = 1.0       # (the quota files, ~20 us a read: at most this often)
 CAP_AT_CPUS = True
 _monotonic = time.monotonic
 _tl = threading.local()     # .c: (valid until, CPUs, cap of every count, CPUs unquota'd)
@@ -52,6 +53,7 @@ _binds = False              # (_omp_binds() at import: the environment libgomp r
 _bound: int | None = None   # (the place list's CPUs once the kernels are loaded; 0: none)
 _CGROUP_ROOT = ""           # (a prefix of the /proc and /sys paths read: tests)
 _cgroup_files = None        # (the quota files, found once: a list of (kind, dir))
+_quota = (0.0, None)        # (valid until, the quota's CPUs or None)
 
 
 def _omp_binds() -> bool:
@@ -167,7 +169,8 @@ def _cgroup_cpus(root: str | None = None) -> int | None:
 def _read_cpus() -> tuple:
     """Read the calling thread's CPUs now (see above): its ``(valid until, CPUs, cap of
     every count, CPUs without the quota)``, kept for CPUS_RECHECK_S."""
-    global _affinity_at_import, _binds, _bound
+    global _affinity_at_import, _binds, _bound, _quota
+    now = _monotonic()
     aff = _affinity()
     if _affinity_at_import is None:
         _affinity_at_import = aff
@@ -183,13 +186,23 @@ def _read_cpus() -> tuple:
         n = _affinity_at_import
     else:
         n = aff
-    try:
-        q = _cgroup_cpus()
-    except Exception:           # (an unexpected layout: no quota known)
-        q = None
-    c = _tl.c = (_monotonic() + CPUS_RECHECK_S, n if q is None or q >= n else q,
+    if now >= _quota[0]:
+        try:
+            q = _cgroup_cpus()
+        except Exception:       # (an unexpected layout: no quota known)
+            q = None
+        _quota = (now + QUOTA_RECHECK_S, q)
+    q = _quota[1]
+    c = _tl.c = (now + CPUS_RECHECK_S, n if q is None or q >= n else q,
                  n if CAP_AT_CPUS else _MAX_THREADS, n)
     return c
+
+
+def _forget_cpus() -> None:
+    """Make the calling thread's next call read its CPUs again (its affinity, ~1 us; the
+    quota as its own interval says): at a call after a pause, and in a forked child,
+    where a pin applied since (a post-fork hook, a pool's initializer) is likely."""
+    _tl.__dict__.pop("c", None)
 
 
 def _cpus_now() -> tuple:
@@ -302,10 +315,12 @@ _fork_warned = False
 
 
 def _after_fork_in_child() -> None:
-    global _fork_single, _fork_warned
+    global _fork_single, _fork_warned, _quota
     if _threads_used:
         _fork_single = True
         _fork_warned = False
+    _forget_cpus()
+    _quota = (0.0, None)
     kern = sys.modules.get("fastrnn._kernels")
     hook = getattr(kern, "_blas_after_fork", None)     # (None: a half-done import)
     if hook is not None:
@@ -585,6 +600,8 @@ def scope_enter() -> bool:
         return _scope.idle
     idle = _scope.idle = (IDLE_SINGLE_S >= 0
                           and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
+    if idle:
+        _forget_cpus()
     return idle
 
 

@@ -118,6 +118,7 @@ def no_quota(root="/nonexistent"):
     from fastrnn import _threads
     _threads._CGROUP_ROOT = root
     _threads._cgroup_files = None
+    _threads._quota = (0.0, None)
     _threads._read_cpus()
 """
 
@@ -278,3 +279,34 @@ def test_openmp_binding_counts_the_places(env, want):
     if int(got[0]) < 2:
         pytest.skip("needs 2 CPUs")
     assert got[1] == (got[0] if want == "n" else want), got
+
+
+@needs_two_cpus
+def test_a_pin_is_seen_at_once_after_a_pause_and_in_a_forked_child():
+    # the count is read again at the first call after a pause and in a forked child (a
+    # post-fork hook or a pool initializer pins, then the first call comes): not up to
+    # CPUS_RECHECK_S later
+    got = _run("""
+        import os, time, numpy as np, fastrnn
+        from fastrnn import _threads
+        no_quota()
+        cpus = sorted(os.sched_getaffinity(0))
+        before = fastrnn.get_num_threads()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                            # (threads never ran: no fork rule)
+            os.sched_setaffinity(0, {cpus[0]})
+            os.write(w, str(fastrnn.get_num_threads()).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        child = os.read(r, 16).decode()
+        layer = fastrnn.GRU(8, 8)
+        x = np.zeros((3, 1, 8), np.float32)
+        layer(x)
+        os.sched_setaffinity(0, {cpus[0]})
+        time.sleep(_threads.IDLE_SINGLE_S * 2)     # (a pause, shorter than the interval)
+        layer(x)
+        print(len(cpus), before, child, fastrnn.get_num_threads())
+        """)
+    n = got[0]
+    assert got[1:] == [n, "1", "1"], got
