@@ -207,8 +207,8 @@ def _forget_cpus() -> None:
 
 def _cpus_now() -> tuple:
     """The calling thread's ``(valid until, CPUs, cap, CPUs without the quota)``, re-read
-    at most every CPUS_RECHECK_S seconds (the affinity syscall and quota files cost ~25
-    us, paid otherwise by every call that is not told its thread count)."""
+    at most every CPUS_RECHECK_S seconds (a read costs ~1 us, the quota files ~20 us
+    once a second: paid otherwise by every call that is not told its thread count)."""
     try:
         c = _tl.c
         if _monotonic() < c[0]:
