@@ -8,7 +8,7 @@ Each Python thread that runs a parallel region gets its own OpenMP team; once th
 threads outnumber the CPUs, libgomp's workers sleep between regions instead of spinning,
 and a streaming step (a region of its own) pays their wake-up.  No timing thresholds.
 """
-import os, sys, threading, time, numpy as np, fastrnn
+import threading, time, numpy as np, fastrnn
 from fastrnn import _threads
 layer = fastrnn.GRU(256, 256)
 T = 1000
