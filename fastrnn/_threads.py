@@ -218,12 +218,6 @@ def _cpus_now() -> tuple:
     return _read_cpus()
 
 
-def _cpu_count() -> int:
-    """CPUs the calling thread may use: its affinity (or the OpenMP places) and the
-    cgroup quota."""
-    return _cpus_now()[1]
-
-
 def cpu_cap() -> int:
     """The CPUs the calling thread may run on (its affinity, or the OpenMP places): what
     every count is capped at, also where the tests lift that cap."""
@@ -233,7 +227,7 @@ def cpu_cap() -> int:
 # (read now, at import, before the kernels load the OpenMP runtime: with OMP_PROC_BIND
 # set, libgomp pins the main thread to one place when it loads, and a count read after
 # that saw one CPU, so every call ran on one thread)
-_cpu_count()
+_read_cpus()
 
 _env: tuple = ()
 
