@@ -162,6 +162,12 @@ cdef extern from "fr_kern.h":
     void fr_keep_put(void** slot, void* q) nogil
     size_t fr_keep_release(void** slots, int n) nogil
     long fr_l1d_bytes() nogil              # fr_cache.h: a core's caches (sysconf; 0: unknown)
+    int fr_wake_force                      # a streaming step's sleeping team (fr_kern.h)
+    int FR_WAKE_SINGLE_MIN, FR_WAKE_SINGLE_MAX
+    void fr_wake_begin(int nt) nogil
+    int fr_wake_single() nogil
+    void fr_wake_after() nogil
+    void fr_wake_state(int* st) nogil
     long fr_l2_bytes() nogil
     int fr_amd_f19() nogil                 # fr_cache.h: AMD family 0x19 (Zen 3 / 4)
     int fr_row_cut(const Py_ssize_t* lens, int B, int varlen, int tid, int nth) nogil
@@ -2351,6 +2357,28 @@ def _act_test(int which, x):
 cdef long long _idle_single_ns = 10000000
 
 
+# steps on one thread once the team is found asleep: the first phase's, the longest
+STEP_WAKE_SINGLE = (FR_WAKE_SINGLE_MIN, FR_WAKE_SINGLE_MAX)
+
+
+def _set_step_wake(int slow):
+    """Test hook: every streaming step measured on a team counts as slow (1), as not (0),
+    or as measured (-1).  Returns the previous value."""
+    global fr_wake_force
+    _hooks_changed()
+    old = fr_wake_force
+    fr_wake_force = slow
+    return old
+
+
+def _step_wake_state():
+    """Test hook: the calling thread's streaming-step state (fr_kern.h): (steps left on
+    one thread, slow steps in a row, probe steps to go, the phase's length)."""
+    cdef int st[4]
+    fr_wake_state(st)
+    return st[0], st[1], st[2], st[3]
+
+
 def _set_step_idle_single(long long ns):
     """Tuning / test hook: nanoseconds since a StepPlan's previous step after which its
     next step runs on one thread (-1: never; 0: always).  Returns the previous value."""
@@ -2492,18 +2520,24 @@ cdef class StepPlan:
         if B == 0:
             return 1
         with nogil:
-            # after a pause the team's worker is asleep: one thread (see _idle_single_ns)
+            # one thread where the team sleeps between steps (the unit split only: the
+            # same bits on any count): after a pause (_idle_single_ns), and while this
+            # thread's steps find it asleep (fr_wake_single / fr_wake_after, fr_kern.h)
             nt = self.num_threads
             if B < self.min_rows:
                 nt = 1
-            if (nt > 1 and B < fr_rowsplit_min and _idle_single_ns >= 0
-                    and _monotonic_ns() - self.last_ns > _idle_single_ns):
-                nt = 1
+            if nt > 1 and B < fr_rowsplit_min:
+                if ((_idle_single_ns >= 0
+                        and _monotonic_ns() - self.last_ns > _idle_single_ns)
+                        or fr_wake_single()):
+                    nt = 1
+                fr_wake_begin(nt)
             if self.is_double:
                 rc = self._run_d(<double*>xp, <double*>hp, <double*>cp, B, nt)
             else:
                 rc = self._run_f(<float*>xp, <float*>hp, <float*>cp, B, nt)
             self.last_ns = _monotonic_ns()
+            fr_wake_after()
         self.last_threads = nt
         if rc != 0:
             raise MemoryError("fastrnn: could not allocate scratch memory for a step")

@@ -23,8 +23,10 @@
 #include <string.h>
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #include <immintrin.h>   /* the activations' clamps (fr_act_t.h) */
+#include <x86intrin.h>   /* __rdtsc (fr_stamp) */
 #endif
 #include <math.h>
+#include <time.h>     /* clock_gettime (fr_stamp) */
 
 /* _kernels.pyx cimports NumPy's C API, whose headers pull in <complex.h> and its macro I
  * (the imaginary unit); the kernels name an input size I */
@@ -118,6 +120,86 @@ static void fr_step_barrier(int* bar, int n) {
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
+}
+
+/* Streaming steps and a sleeping team (StepPlan).  A step is a parallel region of its
+ * own.  Where the team's threads sleep between regions and inside OpenMP's barriers
+ * (libgomp throttles its spinning once the OpenMP threads of all Python threads' teams
+ * outnumber the CPUs; OMP_WAIT_POLICY=passive; a busy CPU), each region pays a futex
+ * wake-up at its start and another at its end, tens of microseconds on a VM, and a step on
+ * one thread is faster.  While fr_wake_on (the calling thread's StepPlan step), the packed
+ * kernel's regions add their wall time to fr_wake_wall and their threads' time in the body
+ * to fr_wake_body.  fr_wake_after keeps the calling thread's state: two steps in a row
+ * whose regions took longer than their threads' work put together (about what one thread
+ * would take) put its bit-identical steps (unit split) on one thread for a phase of
+ * FR_WAKE_SINGLE_MIN steps, then two probe steps on the team (the first wakes it, the
+ * second decides): slow again, the next phase is twice as long (up to FR_WAKE_SINGLE_MAX:
+ * the probes of a lasting condition cost little); else back on the team.  Thread-local:
+ * each Python thread has its own team.  fr_wake_force (tests): 1 every measured step
+ * counts as slow, 0 as not, -1 as measured. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FR_TLS __thread
+#else
+#define FR_TLS
+#endif
+#define FR_WAKE_SINGLE_MIN 16
+#define FR_WAKE_SINGLE_MAX 256
+static FR_TLS int fr_wake_on;
+static FR_TLS long long fr_wake_wall, fr_wake_body;
+/* single-phase steps left, slow steps in a row, probe steps to go, the last phase's length */
+static FR_TLS int fr_ws_single, fr_ws_slow, fr_ws_probe, fr_ws_len;
+static int fr_wake_force = -1;
+/* a time stamp for those sums (compared with each other only): the TSC on x86 (~7 ns a
+ * read against ~20 for clock_gettime), else CLOCK_MONOTONIC */
+static inline long long fr_stamp(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    return (long long)__rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#endif
+}
+/* before a step run on nt threads: measure it where nt > 1 */
+static void fr_wake_begin(int nt) {
+    fr_wake_on = nt > 1;
+    fr_wake_wall = fr_wake_body = 0;
+}
+/* before a step: whether it runs on one thread (the thread's single phase) */
+static int fr_wake_single(void) {
+    if (fr_ws_single <= 0) return 0;
+    if (--fr_ws_single == 0) fr_ws_probe = 2;
+    return 1;
+}
+/* after a step measured on a team (fr_wake_begin) */
+static void fr_wake_after(void) {
+    int probe_ends = 0, slow;
+    if (!fr_wake_on) return;
+    fr_wake_on = 0;
+    if (fr_wake_wall <= 0) return;      /* no region ran (the kernel took one thread) */
+    slow = fr_wake_force >= 0 ? fr_wake_force : fr_wake_wall > fr_wake_body;
+    if (fr_ws_probe > 0) {
+        if (--fr_ws_probe > 0) return;      /* the first probe step wakes the team */
+        probe_ends = 1;
+    }
+    if (!slow) {
+        fr_ws_slow = 0;
+        fr_ws_len = 0;
+    } else if (probe_ends) {
+        fr_ws_len = fr_ws_len < FR_WAKE_SINGLE_MAX / 2 ? 2 * fr_ws_len : FR_WAKE_SINGLE_MAX;
+        fr_ws_single = fr_ws_len;
+    } else if (++fr_ws_slow >= 2) {
+        fr_ws_single = fr_ws_len = FR_WAKE_SINGLE_MIN;
+        fr_ws_slow = 0;
+    }
+}
+/* test hook: the calling thread's state (single steps left, slow steps in a row, probe
+ * steps to go) */
+static void fr_wake_state(int* st) {
+    st[0] = fr_ws_single;
+    st[1] = fr_ws_slow;
+    st[2] = fr_ws_probe;
+    st[3] = fr_ws_len;
 }
 
 /* tuning / test hook: the packed kernel's unit split overlaps each step's wait for the

@@ -825,11 +825,14 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
         const size_t ovb = (size_t)nthr * partb + (size_t)nthr * FR_PROG_STRIDE * sizeof(int);
         unsigned char* base = ovl ? (unsigned char*)fr_amalloc(ovb) : NULL;
         fr_place* pl = fr_place_team(nthr);
+        long long body = 0;     /* the threads' time in the region's body (fr_wake_on) */
+        const long long wk0 = fr_wake_on ? fr_stamp() : 0;
         if (base) memset(base, 0, ovb);     /* the progress counters start at 0 */
         #pragma omp parallel num_threads(nthr)
         {
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
             F(overlap) ov;
+            const long long b0 = wk0 ? fr_stamp() : 0;
             fr_place_join(pl, tid);
             ov.part = base ? (V*)(base + (size_t)tid * partb) : NULL;
             ov.prog = base ? (int*)(base + (size_t)nthr * partb) : NULL;
@@ -844,6 +847,11 @@ static void F(small_layer_impl)(const fr_cell* cl, FR_SEQ* q, int nt, int pair) 
                              (int)((long)(tid + 1) * nb / nth),
                              (int)((long)tid * nbp / nth), (int)((long)(tid + 1) * nbp / nth),
                              0, B, bar, nth, base && nth == 2 ? &ov : NULL, hm);
+            if (wk0) __atomic_fetch_add(&body, fr_stamp() - b0, __ATOMIC_RELAXED);
+        }
+        if (wk0) {
+            fr_wake_wall += fr_stamp() - wk0;
+            fr_wake_body += body;
         }
         free(base);
     } else

@@ -631,6 +631,119 @@ def test_step_after_pause_runs_on_one_thread(cell, dtype):
         _kernels._set_step_idle_single(old)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_step_sleeping_team_runs_on_one_thread(cell):
+    """Streaming steps whose team costs more than its threads' work put together (its
+    threads sleep between steps: fr_kern.h, fr_wake_after) run on one thread after two
+    such steps in a row, for a phase of ``STEP_WAKE_SINGLE[0]`` steps, then two probe
+    steps on the team decide again: still slow, the next phase is twice as long, up to
+    ``STEP_WAKE_SINGLE[1]``; found fast, back on the team.  The state is the calling
+    thread's; the row split (B >= 16) is never switched; every output is bit-identical
+    to one thread's (the unit split)."""
+    import threading
+    lo, hi = _kernels.STEP_WAKE_SINGLE
+    assert 2 <= lo < hi
+    phases = [lo]
+    while phases[-1] < hi:
+        phases.append(min(2 * phases[-1], hi))
+    phases.append(hi)            # (stays there)
+    old_idle = _kernels._set_step_idle_single(-1)
+    old = _kernels._set_step_wake(1)
+    try:
+        layer = CELLS[cell](256, 256, num_layers=2, seed=3, num_threads=2)
+        total = 2 + sum(p + 2 for p in phases) + hi + 10
+        x = np.random.default_rng(3).standard_normal((total, 1, 256)).astype(np.float32)
+        assert _kernels._step_wake_state() == (0, 0, 0, 0)
+
+        def run(steps, nt=None):
+            h = np.zeros((2, 1, 256), np.float32)
+            c = np.zeros((2, 1, 256), np.float32) if cell == "LSTM" else None
+            outs, threads, states = [], [], []
+            for t in range(steps):
+                outs.append(layer._step_fast(x[t], h, c, num_threads=nt).copy())
+                threads.append(layer.__dict__["_step_plans"][1][nt or 2].last_threads)
+                states.append(_kernels._step_wake_state())
+            return np.array(outs), threads, states
+
+        y_one = run(total, 1)[0]
+        assert _kernels._step_wake_state() == (0, 0, 0, 0)   # one thread: not measured
+        # slow steps: two on the team, then phases on one thread, each ended by two probes
+        n = 2 + sum(p + 2 for p in phases)
+        y, threads, states = run(n)
+        np.testing.assert_array_equal(y, y_one[:n])
+        assert threads[:2] == [2, 2] and states[0] == (0, 1, 0, 0)
+        assert states[1] == (lo, 0, 0, lo)
+        i = 2
+        for k, p in enumerate(phases):
+            assert threads[i:i + p] == [1] * p and states[i + p - 1] == (0, 0, 2, p)
+            assert threads[i + p:i + p + 2] == [2, 2]
+            assert states[i + p] == (0, 0, 1, p)
+            nxt = phases[k + 1] if k + 1 < len(phases) else hi
+            assert states[i + p + 1] == (nxt, 0, 0, nxt)
+            i += p + 2
+        # another thread's steps keep their own state
+        other = []
+        th = threading.Thread(target=lambda: other.append(_kernels._step_wake_state()))
+        th.start()
+        th.join()
+        assert other == [(0, 0, 0, 0)]
+        # the next probes find the team awake: back on it
+        _kernels._set_step_wake(0)
+        y, threads, states = run(hi + 10)
+        np.testing.assert_array_equal(y, y_one[:hi + 10])
+        assert threads[:hi] == [1] * hi and threads[hi:] == [2] * 10
+        assert states[-1] == (0, 0, 0, 0)
+        # one slow step alone does not switch
+        _kernels._set_step_wake(1)
+        run(1)
+        assert _kernels._step_wake_state() == (0, 1, 0, 0)
+        _kernels._set_step_wake(0)
+        y, threads, states = run(3)
+        assert threads == [2] * 3 and states[-1] == (0, 0, 0, 0)
+        # the row split is never measured
+        _kernels._set_step_wake(1)
+        xb = np.random.default_rng(4).standard_normal((4, 17, 256)).astype(np.float32)
+        h = np.zeros((2, 17, 256), np.float32)
+        c = np.zeros((2, 17, 256), np.float32) if cell == "LSTM" else None
+        for t in range(4):
+            layer._step_fast(xb[t], h, c)
+            assert layer.__dict__["_step_plans"][1][2].last_threads == 2
+        assert _kernels._step_wake_state() == (0, 0, 0, 0)
+    finally:
+        _kernels._set_step_wake(old)
+        _kernels._set_step_idle_single(old_idle)
+
+
+def test_step_sleeping_team_measured():
+    """The measured rule (not forced): with OMP_WAIT_POLICY=passive the team's threads
+    sleep in every OpenMP wait, each step's region pays two wake-ups, and the streaming
+    steps move to one thread; the outputs stay the team's bits.  A fresh process (the
+    policy is read when the OpenMP runtime loads)."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np, fastrnn
+from fastrnn import _kernels
+layer = fastrnn.GRU(256, 256, seed=1, num_threads=2)
+x = np.random.default_rng(1).standard_normal((300, 1, 256)).astype(np.float32)
+s = fastrnn.Stream(layer, num_threads=2)
+ys, threads = [], []
+for t in range(300):
+    ys.append(s.step(x[t]))
+    threads.append(layer.__dict__["_step_plans"][1][2].last_threads)
+s1 = fastrnn.Stream(layer, num_threads=1)
+assert np.array_equal(np.stack(ys), np.stack([s1.step(x[t]) for t in range(300)])), "bits"
+print(sum(n == 1 for n in threads[50:]), len(threads[50:]))
+"""
+    env = dict(os.environ, OMP_WAIT_POLICY="passive", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    single, total = map(int, out.stdout.split())
+    assert single >= total // 2, out.stdout
+
+
 def test_step_fast_checks_its_buffers_and_threads():
     """The streaming step's kernel entry (StepPlan.step, raw NumPy buffers) names what is
     wrong with a buffer instead of reading it; a kept plan does not let a bad thread count
