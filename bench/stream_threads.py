@@ -5,8 +5,9 @@
     OMP_WAIT_POLICY=active PYTHONPATH=. python bench/stream_threads.py
 
 Each Python thread that runs a parallel region gets its own OpenMP team; once the teams'
-threads outnumber the CPUs, libgomp's workers sleep between regions instead of spinning,
-and a streaming step (a region of its own) pays their wake-up.  No timing thresholds.
+threads outnumber the CPUs, libgomp's threads sleep between regions and in its barriers
+instead of spinning, and a streaming step (a region of its own) pays their wake-ups; such
+steps move to one thread by themselves (fr_kern.h, fr_wake_after).  No timing thresholds.
 """
 import threading, time, numpy as np, fastrnn
 from fastrnn import _threads
