@@ -315,6 +315,9 @@ def _after_fork_in_child() -> None:
         _fork_warned = False
     _forget_cpus()
     _quota = (0.0, None)
+    # (the parent's other threads, inside calls at the fork, do not exist here)
+    _active[:] = [None] if getattr(_scope, "depth", 0) else []
+    _crowd[0] = 0.0
     kern = sys.modules.get("fastrnn._kernels")
     hook = getattr(kern, "_blas_after_fork", None)     # (None: a half-done import)
     if hook is not None:
@@ -571,6 +574,22 @@ IDLE_SINGLE_S = 0.010
 IDLE_SINGLE_MACS = None
 _last_end = [0.0]
 _scope = threading.local()
+# Calls from several Python threads at once (a server's thread pool sharing a model) each
+# ran their own OpenMP team: on 2 CPUs, a pool of 4 threads calling GRU B=1 T=100 H=256
+# back to back made 2,000-2,200 calls a second, against 2,900-3,300 with num_threads=1;
+# requests arriving at random at 1,800 a second waited 2.4-4.8 ms on average (p99 16-26
+# ms), at 2,400 a second the queue grew (bench/serve_threads.py): the teams' threads
+# outnumber the CPUs and wait for each other by spinning.  So a call is "crowded"
+# (scope_enter returns CROWDED) where it starts while another Python thread's call runs,
+# or where at least CROWD_SHARE of the recent calls did (a running mean over about
+# 1 / CROWD_EMA calls); a batch of one on the packed kernel (the same bits on any count)
+# then runs on one thread (layers._make_plan), as after a pause but at any size.
+# CROWD_SHARE None: never (test / tuning hook).
+CROWD_SHARE = 0.25
+CROWD_EMA = 1 / 16
+PAUSED, CROWDED = 1, 2          # scope_enter's answers besides 0
+_active = []                    # an entry per Python thread inside a call (append / pop)
+_crowd = [0.0]                  # the running share of calls that started in a crowd
 
 
 def idle_single_macs():
@@ -582,20 +601,27 @@ def idle_single_macs():
     return 1 << 22 if _kernels._zen4() else 1 << 24
 
 
-def scope_enter() -> bool:
+def scope_enter() -> int:
     """Start of a call (a layer, or a model with its layers); pair it with
-    :func:`scope_leave` (``try`` / ``finally``).  Returns whether the process had no
-    fastrnn call for :data:`IDLE_SINGLE_S`; nested calls share the outermost call's
-    answer, and the outermost one's end is the new time of the last call.  (Two
+    :func:`scope_leave` (``try`` / ``finally``).  Returns :data:`PAUSED` where the
+    process had no fastrnn call for :data:`IDLE_SINGLE_S`, else :data:`CROWDED` where
+    the call is crowded (:data:`CROWD_SHARE`), else 0; nested calls share the outermost
+    call's answer, and the outermost one's end is the new time of the last call.  (Two
     functions rather than a context manager: 0.38 us a call instead of 0.58.)"""
     depth = getattr(_scope, "depth", 0)
     _scope.depth = depth + 1
     if depth:
         return _scope.idle
-    idle = _scope.idle = (IDLE_SINGLE_S >= 0
-                          and time.monotonic() - _last_end[0] > IDLE_SINGLE_S)
-    if idle:
+    busy = len(_active)
+    _active.append(None)
+    share = _crowd[0]
+    share = _crowd[0] = share + ((1.0 if busy else 0.0) - share) * CROWD_EMA
+    if IDLE_SINGLE_S >= 0 and time.monotonic() - _last_end[0] > IDLE_SINGLE_S:
         _forget_cpus()
+        idle = PAUSED
+    else:
+        idle = CROWDED if CROWD_SHARE is not None and (busy or share >= CROWD_SHARE) else 0
+    _scope.idle = idle
     return idle
 
 
@@ -622,6 +648,7 @@ def scope_leave() -> None:
     depth = _scope.depth - 1
     _scope.depth = depth
     if not depth:
+        _active.pop()
         _last_end[0] = time.monotonic()
 
 
@@ -630,7 +657,7 @@ class call_scope:
     context manager."""
     __slots__ = ()
 
-    def __enter__(self) -> bool:
+    def __enter__(self) -> int:
         return scope_enter()
 
     def __exit__(self, *exc) -> None:

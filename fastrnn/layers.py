@@ -1504,7 +1504,7 @@ class RNNBase:
         They follow from the arguments, the packing, the configuration and the knobs
         (``_plan_knobs``) alone, so they are kept per arguments (up to _PLANS_KEPT)
         with the packing and knobs they were made for: ~1.5 us of a small call."""
-        if idle:                # (the pause rule: not kept)
+        if idle == _threads.PAUSED:     # (the pause rule: not kept)
             return self._make_plan(self._pack(), T, Teff, B, nt, idle, ragged, has_mask)
         knobs = (_plan_knobs(), self.clip, self.input_forget, self.peepholes)
         store = self.__dict__.get("_plans")
@@ -1513,7 +1513,7 @@ class RNNBase:
         if store is None or store[0] is not self._packed or store[1] != knobs \
                 or len(store[2]) >= _PLANS_KEPT:
             store = self.__dict__["_plans"] = (self._pack(), knobs, {})
-        key = (T, Teff, B, nt, ragged, has_mask)
+        key = (T, Teff, B, nt, ragged, has_mask, idle)
         plan = store[2].get(key)
         if plan is None:
             plan = store[2][key] = self._make_plan(store[0], T, Teff, B, nt, idle, ragged,
@@ -1529,12 +1529,14 @@ class RNNBase:
         macs = self._macs(T)
         if nt > 1 and B * macs <= _SMALL_CALL_MACS:
             nt = 1          # (_SMALL_CALL_MACS)
-        if idle and nt > 1 and B == 1 and macs < _threads.idle_single_macs() \
+        if idle and nt > 1 and B == 1 \
+                and (idle == _threads.CROWDED or macs < _threads.idle_single_macs()) \
                 and _kernels.choose_path(cell, 1, H, P, int(self.reset_after), nt, 1,
                                          self.input_size, dt.itemsize) == "small":
             # after a pause the OpenMP worker sleeps (see _threads.IDLE_SINGLE_S); a
             # small batch of one on the packed kernel does the same arithmetic on one
-            # thread without waking it
+            # thread without waking it; while calls from other Python threads run, any
+            # batch of one does (_threads.CROWD_SHARE)
             nt = 1
         small = _kernels.choose_path(cell, B, H, P, int(self.reset_after), nt, 1,
                                      self.input_size, dt.itemsize) == "small"

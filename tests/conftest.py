@@ -18,3 +18,9 @@ _threads._read_cpus()
 from fastrnn import _kernels  # noqa: E402
 
 _kernels._set_step_wake(0)
+
+# a call that starts while another Python thread's call runs, or in a process where many
+# recent calls did, runs a batch of one on one thread (_threads.CROWD_SHARE): off here for
+# the same reason, the suite running calls from several threads
+# (tests/test_idle_threads.py tests it)
+_threads.CROWD_SHARE = None

@@ -245,7 +245,7 @@ def test_dense_run_kept_with_the_plan_and_checked():
     layer(x[:1])            # (the process's first plan reads the L2 size: a knob)
     got = layer(x)
     got_last = layer(x, return_sequences=False)
-    runs = layer._plans[2][(4, 4, 3, 1, False, 0)][2]
+    runs = layer._plans[2][(4, 4, 3, 1, False, 0, 0)][2]
     run = runs[(True, False)]
     assert isinstance(run, _kernels.DenseRun) and isinstance(runs[(False, False)],
                                                               _kernels.DenseRun)
@@ -269,7 +269,7 @@ def test_dense_run_kept_with_the_plan_and_checked():
     np.testing.assert_array_equal(h, ref[1])
     lstm = fastrnn.LSTM(6, 5, seed=1, num_threads=1)
     lstm(x)
-    lrun = lstm._plans[2][(4, 4, 3, 1, False, 0)][2][(True, False)]
+    lrun = lstm._plans[2][(4, 4, 3, 1, False, 0, 0)][2][(True, False)]
     with pytest.raises(ValueError, match="c has shape"):
         lrun.run(xin, np.zeros((1, 3, 5), np.float32), np.zeros((1, 3, 4), np.float32))
 

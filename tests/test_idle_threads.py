@@ -181,3 +181,124 @@ def test_idle_threshold_by_cpu(monkeypatch):
     assert _kernels.amd_f19() == old
     monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", 12345)
     assert _threads.idle_single_macs() == 12345
+
+
+@pytest.fixture
+def crowd_rule(idle_rule, monkeypatch):
+    """The crowded-call rule on (tests/conftest.py turns it off), the pause rule off."""
+    monkeypatch.setattr(_threads, "CROWD_SHARE", 0.25)
+    monkeypatch.setattr(_threads, "CROWD_EMA", 1 / 16)
+    monkeypatch.setattr(_threads, "_crowd", [0.0])
+    _threads.IDLE_SINGLE_S = -1
+
+
+def _call_in_another_thread():
+    """A thread inside a fastrnn call scope until the returned event is set."""
+    import threading
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with _threads.call_scope():
+            inside.set()
+            release.wait(10)
+    th = threading.Thread(target=other)
+    th.start()
+    assert inside.wait(10)
+    return th, release
+
+
+def test_crowded_call_runs_on_one_thread(crowd_rule, monkeypatch):
+    """A batch of one that starts while another Python thread's call runs, or where the
+    running share of calls that did is CROWD_SHARE or more, runs on one thread (the same
+    bits); a batch of several keeps its threads; CROWD_SHARE None turns the rule off.  At
+    any size (the pause rule's IDLE_SINGLE_MACS bound does not apply)."""
+    seen = _kernel_threads(monkeypatch)
+    monkeypatch.setattr(_threads, "IDLE_SINGLE_MACS", 1)
+    layer = fastrnn.GRU(64, 64, num_layers=2, seed=1, num_threads=2)
+    x = np.random.default_rng(1).standard_normal((5, 1, 64)).astype(np.float32)
+    xb = np.zeros((5, 3, 64), np.float32)
+    alone = layer(x)
+    assert seen[-2:] == [2, 2]
+    th, release = _call_in_another_thread()
+    try:
+        crowded = layer(x)
+        assert seen[-2:] == [1, 1]
+        np.testing.assert_array_equal(crowded[0], alone[0])
+        np.testing.assert_array_equal(crowded[1], alone[1])
+        layer(xb)                       # B > 1 keeps its threads
+        assert seen[-2:] == [2, 2]
+    finally:
+        release.set()
+        th.join()
+    assert _threads._crowd[0] == pytest.approx(1 - (15 / 16) ** 2)   # 2 of 4 calls, last 2
+    layer(x)                            # alone, few calls crowded: its threads
+    assert seen[-2:] == [2, 2]
+    # a process where half the recent calls were crowded: one thread until the running
+    # share falls below a quarter (0.5 (15/16)^k < 0.25 from k = 11 on)
+    _threads._crowd[0] = 0.5
+    for k in range(1, 12):
+        layer(x)
+        assert seen[-2:] == ([1, 1] if k < 11 else [2, 2]), k
+    assert _threads._active == []
+    _threads.CROWD_SHARE = None         # off: no call is crowded
+    _threads._crowd[0] = 1.0
+    th, release = _call_in_another_thread()
+    try:
+        layer(x)
+        assert seen[-2:] == [2, 2]
+    finally:
+        release.set()
+        th.join()
+
+
+def test_crowded_model_and_scope(crowd_rule, monkeypatch):
+    """A Keras-style model's layers follow the model call's answer (CROWDED); a layer
+    call that raises leaves the count of calls in progress as it was; a pause wins over
+    a crowd (PAUSED)."""
+    from fastrnn.model import KerasRNN, Model
+    seen = _kernel_threads(monkeypatch)
+    m = Model([KerasRNN(fastrnn.LSTM(16, 64, batch_first=True, seed=1, num_threads=2),
+                        return_sequences=True),
+               KerasRNN(fastrnn.GRU(64, 64, batch_first=True, seed=2, num_threads=2))])
+    x = np.zeros((1, 12, 16), np.float32)
+    m(x)
+    assert seen[-2:] == [2, 2]
+    th, release = _call_in_another_thread()
+    try:
+        m(x)
+        assert seen[-2:] == [1, 1]
+        with pytest.raises(ValueError, match="features"):
+            fastrnn.GRU(4, 8, seed=0)(np.zeros((3, 1, 5), np.float32))
+        assert len(_threads._active) == 1           # (the other thread's)
+        with _threads.call_scope() as answer:
+            assert answer == _threads.CROWDED
+        _threads.IDLE_SINGLE_S = 0.05
+        time.sleep(0.08)
+        with _threads.call_scope() as answer:
+            assert answer == _threads.PAUSED
+    finally:
+        release.set()
+        th.join()
+    assert _threads._active == []
+
+
+def test_fork_forgets_other_threads_calls(crowd_rule):
+    """A child forked while another thread was inside a call has no such call, nor the
+    parent's share of crowded calls: its calls are not crowded."""
+    import os
+    _threads._crowd[0] = 0.9
+    th, release = _call_in_another_thread()
+    try:
+        pid = os.fork()
+        if pid == 0:        # (the child: report through the exit status)
+            code = 1
+            try:
+                with _threads.call_scope() as answer:
+                    code = 0 if answer == 0 and len(_threads._active) == 1 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        release.set()
+        th.join()
