@@ -612,17 +612,19 @@ def scope_enter() -> int:
     _scope.depth = depth + 1
     if depth:
         return _scope.idle
-    busy = len(_active)
+    crowd = 0
+    if _active or _crowd[0]:    # (else, a thread alone and no share: nothing to update)
+        share = _crowd[0]
+        share += ((1.0 if _active else 0.0) - share) * CROWD_EMA
+        _crowd[0] = share if share > 1e-3 else 0.0
+        if CROWD_SHARE is not None and (_active or share >= CROWD_SHARE):
+            crowd = CROWDED
     _active.append(None)
-    share = _crowd[0]
-    share = _crowd[0] = share + ((1.0 if busy else 0.0) - share) * CROWD_EMA
     if IDLE_SINGLE_S >= 0 and time.monotonic() - _last_end[0] > IDLE_SINGLE_S:
         _forget_cpus()
-        idle = PAUSED
-    else:
-        idle = CROWDED if CROWD_SHARE is not None and (busy or share >= CROWD_SHARE) else 0
-    _scope.idle = idle
-    return idle
+        crowd = PAUSED
+    _scope.idle = crowd
+    return crowd
 
 
 class threads_for_calls:
