@@ -249,6 +249,10 @@ cdef extern from "fr_kern.h":
     int fr_level() nogil
     void fr_act_array_f(int which, const float* x, float* y, Py_ssize_t n) nogil
     void fr_act_array_d(int which, const double* x, double* y, Py_ssize_t n) nogil
+    void fr_dense_rows_f(int m, int k, int n, const float* x, const float* w,
+                         const float* b, int act, float* y) nogil
+    void fr_dense_rows_d(int m, int k, int n, const double* x, const double* w,
+                         const double* b, int act, double* y) nogil
     const char* fr_isa()
     int fr_unit(int elsize) nogil
     int fr_rowsplit_min
@@ -2325,6 +2329,56 @@ def sigmoid(x):
     if a.dtype != np.float32 and a.dtype != np.float64:
         raise TypeError(f"sigmoid: float32 or float64 only, got {a.dtype}")
     return _act_test(0, a.reshape(-1)).reshape(a.shape)
+
+
+# the activations dense_rows takes by name: the codes above, softmax -1
+DENSE_ACTS = {"linear": A_LINEAR, "sigmoid": A_SIGMOID, "tanh": A_TANH, "relu": A_RELU,
+              "softmax": -1}
+
+
+def dense_rows(x, w, b, int act):
+    """``act(x @ w + b)`` for a few rows: x ``(m, k)``, w ``(k, n)`` (Keras's kernel), b
+    ``(n,)`` or None, C-contiguous arrays of one dtype (float32 / float64); act a value
+    of :data:`DENSE_ACTS` (softmax over each row).  A new ``(m, n)`` array.  One pass a
+    row through the ISA-dispatched kernel (fr_kern_t.h, dense_rows_impl): a Keras-style
+    model's Dense on a streaming step's rows without numpy's matmul, bias and activation
+    passes (``fastrnn.model.Dense``)."""
+    cdef cnp.ndarray xa = x, wa = w, ba = b, y
+    cdef int m, k, n
+    cdef bint dbl
+    if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_NDIM(wa) != 2
+            or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(wa)):
+        raise ValueError("dense_rows: x and w must be 2-D C-contiguous arrays")
+    dbl = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT64
+    if not dbl and cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32:
+        raise TypeError("dense_rows: float32 or float64 only")
+    if cnp.PyArray_TYPE(wa) != cnp.PyArray_TYPE(xa):
+        raise TypeError("dense_rows: x and w must have one dtype")
+    m, k, n = xa.shape[0], xa.shape[1], wa.shape[1]
+    if wa.shape[0] != k:
+        raise ValueError(f"dense_rows: x has {k} features, w {wa.shape[0]} rows")
+    if ba is not None and (cnp.PyArray_TYPE(ba) != cnp.PyArray_TYPE(xa)
+                           or cnp.PyArray_NDIM(ba) != 1 or ba.shape[0] != n
+                           or not cnp.PyArray_IS_C_CONTIGUOUS(ba)):
+        raise ValueError(f"dense_rows: b must be a contiguous ({n},) array of x's dtype")
+    if act != -1 and act != A_LINEAR and act != A_SIGMOID and act != A_TANH \
+            and act != A_RELU:
+        raise ValueError(f"dense_rows: activation code {act} not supported")
+    y = cnp.PyArray_EMPTY(2, [m, n], cnp.NPY_FLOAT64 if dbl else cnp.NPY_FLOAT32, 0)
+    if m == 0 or n == 0:
+        return y
+    cdef const void* xp = cnp.PyArray_DATA(xa)
+    cdef const void* wp = cnp.PyArray_DATA(wa)
+    cdef const void* bp = NULL if ba is None else cnp.PyArray_DATA(ba)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    with nogil:
+        if dbl:
+            fr_dense_rows_d(m, k, n, <const double*>xp, <const double*>wp,
+                            <const double*>bp, act, <double*>yp)
+        else:
+            fr_dense_rows_f(m, k, n, <const float*>xp, <const float*>wp, <const float*>bp,
+                            act, <float*>yp)
+    return y
 
 
 def _act_test(int which, x):

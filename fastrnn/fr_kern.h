@@ -417,6 +417,10 @@ static int FR_CAT(fr_wide_layer, S)(const fr_cell* cl, FR_CAT(fr_seq, S)* q, int
 }                                                                                       \
 static void FR_CAT(fr_act_array, S)(int which, const T* x, T* y, ptrdiff_t n) {         \
     FR_AT_LEVEL(fr_level(), FR_CAT(fr_act_array, S), (which, x, y, n));                  \
+}                                                                                       \
+static void FR_CAT(fr_dense_rows, S)(int m, int k, int n, const T* x, const T* w,        \
+                                     const T* b, int act, T* y) {                       \
+    FR_AT_LEVEL(fr_level(), FR_CAT(fr_dense_rows, S), (m, k, n, x, w, b, act, y));       \
 }
 FR_ENTRIES(float, _f)
 FR_ENTRIES(double, _d)

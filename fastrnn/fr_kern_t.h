@@ -917,6 +917,74 @@ FR_FN(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, p
 
 #include "fr_wide_t.h"   /* the batch-lane kernel (B >= 8) */
 
+/* ------------------------------------------------------------------ small Dense layers
+ * y (m, n) = act(x (m, k) @ w (k, n) + b) row by row, w row-major (Keras's kernel): per
+ * block of FR_DENSE_NB vectors of a row's columns (half the registers), k multiply-adds
+ * of a broadcast x value by w's rows into registers (w read once a row of x, in runs of
+ * the block's width), then bias and activation in place.
+ * act: FR_LINEAR, FR_SIGMOID, FR_TANH, FR_RELU, or -1 softmax over the row.  b may be NULL.  A Keras-style model's Dense on a few rows (a streaming
+ * step, a one-step call), where numpy's matmul, bias and activation passes cost
+ * microseconds of overhead each. */
+#ifndef FR_DENSE_NB
+#define FR_DENSE_NB (FR_NREG / 2)
+#endif
+FR_INLINE void F(dense_rows_impl)(int m, int k, int n, const T* x, const T* w, const T* b,
+                                  int act, T* y) {
+    const V zero = F(vset1)(0);
+    int r, i, j, u;
+    for (r = 0; r < m; r++) {
+        const T* xr = x + (size_t)r * k;
+        T* yr = y + (size_t)r * n;
+        for (j = 0; j + FR_DENSE_NB * W <= n; j += FR_DENSE_NB * W) {
+            V a[FR_DENSE_NB];
+            const T* wp = w + j;
+#pragma GCC unroll 16
+            for (u = 0; u < FR_DENSE_NB; u++) a[u] = zero;
+            for (i = 0; i < k; i++, wp += n) {
+                const V xv = F(vset1)(xr[i]);
+#pragma GCC unroll 16
+                for (u = 0; u < FR_DENSE_NB; u++) a[u] += xv * F(vld)(wp + u * W);
+            }
+#pragma GCC unroll 16
+            for (u = 0; u < FR_DENSE_NB; u++) F(vst)(yr + j + u * W, a[u]);
+        }
+        for (; j + W <= n; j += W) {     /* whole vectors left */
+            V a0 = zero;
+            const T* wp = w + j;
+            for (i = 0; i < k; i++, wp += n) a0 += F(vset1)(xr[i]) * F(vld)(wp);
+            F(vst)(yr + j, a0);
+        }
+        for (; j < n; j += W) {          /* the last columns, part of a vector */
+            const int nu = n - j < W ? n - j : W;
+            T acc[W];
+            for (u = 0; u < W; u++) acc[u] = 0;
+            for (i = 0; i < k; i++) {
+                const T xv = xr[i];
+                const T* wp = w + (size_t)i * n + j;
+                for (u = 0; u < nu; u++) acc[u] += xv * wp[u];
+            }
+            for (u = 0; u < nu; u++) yr[j + u] = acc[u];
+        }
+        if (b)
+            for (j = 0; j < n; j++) yr[j] += b[j];
+        if (act == -1) {                 /* softmax: exp(y - max) / sum */
+            T mx = yr[0], sum = 0;
+            for (j = 1; j < n; j++) mx = yr[j] > mx ? yr[j] : mx;
+            for (j = 0; j < n; j++) yr[j] -= mx;
+            F(vact_array)(2, yr, yr, n);
+            for (j = 0; j < n; j++) sum += yr[j];
+            for (j = 0; j < n; j++) yr[j] /= sum;
+        } else if (act == FR_SIGMOID || act == FR_TANH) {
+            F(vact_array)(act == FR_SIGMOID ? 0 : 1, yr, yr, n);
+        } else if (act == FR_RELU) {     /* (NaN stays NaN, as numpy's maximum) */
+            for (j = 0; j < n; j++) yr[j] = yr[j] < 0 ? (T)0 : yr[j];
+        }
+    }
+}
+FR_FN(void, F(fr_dense_rows), F(dense_rows_impl),
+      (int m, int k, int n, const T* x, const T* w, const T* b, int act, T* y),
+      (m, k, n, x, w, b, act, y))
+
 /* ------------------------------------------------------------------ test hooks */
 FR_FN(void, F(fr_act_array), F(vact_array), (int which, const T* x, T* y, ptrdiff_t n), (which, x, y, n))
 

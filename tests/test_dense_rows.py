@@ -1,0 +1,112 @@
+"""Dense layers on few rows (a streaming step, a one-step call): ``_kernels.dense_rows``
+(one pass a row, fr_kern_t.h dense_rows_impl) against NumPy float64 at every ISA level,
+and ``fastrnn.model.Dense`` taking it where it applies, with the same results as its
+NumPy path otherwise (NaN and infinities included)."""
+import numpy as np
+import pytest
+
+from fastrnn import _kernels, model as fmodel
+from fastrnn.model import Dense
+
+ACTS = {"linear": lambda z: z, "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh,
+        "relu": lambda z: np.maximum(z, 0),
+        "softmax": lambda z: np.exp(z - z.max(-1, keepdims=True))
+        / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)}
+# (column counts around the vector widths and the register blocks: 8 / 16 lanes, blocks of
+# 8 / 16 vectors)
+SHAPES = [(1, 256, 256), (1, 256, 10), (3, 7, 33), (4, 64, 100), (1, 1, 1), (2, 300, 1),
+          (1, 5, 513), (2, 3, 129), (1, 0, 4), (1, 9, 255), (1, 17, 257), (2, 2, 64)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("level", [-1, 0, 1])
+def test_dense_rows_against_float64(dtype, level):
+    rng = np.random.default_rng(level + 5)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    _kernels._set_isa_level(level)
+    try:
+        for m, k, n in SHAPES:
+            x = rng.standard_normal((m, k)).astype(dtype)
+            w = rng.standard_normal((k, n)).astype(dtype)
+            b = rng.standard_normal(n).astype(dtype)
+            for name, code in _kernels.DENSE_ACTS.items():
+                for bias in (b, None):
+                    y = _kernels.dense_rows(x, w, bias, code)
+                    assert y.dtype == dtype and y.shape == (m, n)
+                    z = x.astype(np.float64) @ w.astype(np.float64)
+                    ref = ACTS[name](z + (0 if bias is None else b.astype(np.float64)))
+                    # (relative to the products' size: the sums' rounding, before the
+                    # activation)
+                    err = np.abs(y - ref).max() / max(1.0, np.abs(z).max(initial=0))
+                    assert err < tol, (m, k, n, name, bias is None, err)
+    finally:
+        _kernels._set_isa_level(-1)
+
+
+def test_dense_rows_refuses_bad_arrays():
+    x = np.ones((1, 4), np.float32)
+    w = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.dense_rows(np.ones((4, 2), np.float32).T, w, None, 11)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _kernels.dense_rows(x.astype(np.int32), w, None, 11)
+    with pytest.raises(TypeError, match="one dtype"):
+        _kernels.dense_rows(x, w.astype(np.float64), None, 11)
+    with pytest.raises(ValueError, match="4 features, w 5 rows"):
+        _kernels.dense_rows(x, np.ones((5, 3), np.float32), None, 11)
+    with pytest.raises(ValueError, match=r"b must be a contiguous \(3,\)"):
+        _kernels.dense_rows(x, w, np.ones(4, np.float32), 11)
+    with pytest.raises(ValueError, match="activation code 7"):
+        _kernels.dense_rows(x, w, None, 7)
+    assert _kernels.dense_rows(np.ones((0, 4), np.float32), w, None, 11).shape == (0, 3)
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = fmodel._dense_rows()
+
+    def spy(*a):
+        calls.append(a[0].shape)
+        return real(*a)
+    monkeypatch.setattr(fmodel, "_dense_rows_fn", spy)
+    return calls
+
+
+@pytest.mark.parametrize("act", list(ACTS) + ["elu", ("leaky_relu", 0.1)])
+def test_dense_few_rows_path(monkeypatch, act):
+    """Dense.call takes dense_rows for few rows of its dtype (C order), NumPy's path
+    otherwise; both give the same values (within float32 rounding; NaN and infinities
+    alike)."""
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((24, 40)).astype(np.float32)
+    d = Dense(k, rng.standard_normal(40).astype(np.float32), activation=act)
+    fast = isinstance(act, str) and act in ACTS
+    for shape, taken in (((1, 24), True), ((1, 1, 24), True), ((2, 1, 24), True),
+                         ((3, 5, 24), True), ((64, 24), True), ((200, 24), False)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[0, ..., :3] = [np.nan, np.inf, -np.inf] if shape[0] == 1 else x[0, ..., :3]
+        n0 = len(calls)
+        y, _ = d.call(x)
+        assert (len(calls) > n0) == (taken and fast), (shape, act)
+        ref, _ = d.call(np.repeat(x, 2, axis=-1)[..., ::2])
+        assert len(calls) == n0 + (taken and fast)      # (a strided view: NumPy's path)
+        assert y.shape == shape[:-1] + (40,) and y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6)
+        assert np.array_equal(np.isnan(y), np.isnan(ref))
+    n0 = len(calls)
+    d.call(np.ones((1, 24), np.float64))            # another dtype: NumPy's path
+    d.call(np.ones((1, 24), np.float32)[:, ::1].repeat(2, 0)[::2])
+    assert len(calls) == n0 + (1 if fast else 0)     # (a strided view of one row is C order)
+
+
+def test_dense_few_rows_float64_and_no_bias(monkeypatch):
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(2)
+    k = rng.standard_normal((7, 5))
+    d = Dense(k, None, activation="softmax", dtype="float64")
+    x = rng.standard_normal((2, 7))
+    y, _ = d.call(x)
+    assert calls == [(2, 7)]
+    z = x @ k
+    np.testing.assert_allclose(y, np.exp(z) / np.exp(z).sum(-1, keepdims=True), rtol=1e-13)
