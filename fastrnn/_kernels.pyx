@@ -2347,8 +2347,10 @@ def dense_rows(x, w, b, int act):
     cdef int m, k, n
     cdef bint dbl
     if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_NDIM(wa) != 2
-            or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(wa)):
-        raise ValueError("dense_rows: x and w must be 2-D C-contiguous arrays")
+            or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(wa)
+            or not cnp.PyArray_ISBEHAVED_RO(xa) or not cnp.PyArray_ISBEHAVED_RO(wa)):
+        raise ValueError("dense_rows: x and w must be 2-D C-contiguous arrays (aligned, "
+                         "native byte order)")
     dbl = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT64
     if not dbl and cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32:
         raise TypeError("dense_rows: float32 or float64 only")
@@ -2359,7 +2361,8 @@ def dense_rows(x, w, b, int act):
         raise ValueError(f"dense_rows: x has {k} features, w {wa.shape[0]} rows")
     if ba is not None and (cnp.PyArray_TYPE(ba) != cnp.PyArray_TYPE(xa)
                            or cnp.PyArray_NDIM(ba) != 1 or ba.shape[0] != n
-                           or not cnp.PyArray_IS_C_CONTIGUOUS(ba)):
+                           or not cnp.PyArray_IS_C_CONTIGUOUS(ba)
+                           or not cnp.PyArray_ISBEHAVED_RO(ba)):
         raise ValueError(f"dense_rows: b must be a contiguous ({n},) array of x's dtype")
     if act != -1 and act != A_LINEAR and act != A_SIGMOID and act != A_TANH \
             and act != A_RELU:
@@ -2378,6 +2381,72 @@ def dense_rows(x, w, b, int act):
         else:
             fr_dense_rows_f(m, k, n, <const float*>xp, <const float*>wp, <const float*>bp,
                             act, <float*>yp)
+    return y
+
+
+# Dense.call's few rows (dense_call): up to 2 rows, or fewer multiply-adds than
+# _dense_work, with a kernel of at most _dense_max values; else NumPy's matmul.  Measured
+# (float32, tanh, us a call, dense_rows / numpy, this machine busy with another job): 256
+# x 256 by 1, 2, 4 rows 1.5 / 4.1, 3.2 / 18, 6.2 / 16; 64 x 64 by 1-8 rows 0.33-1.7 /
+# 1.9-3.1; 512 x 512 by 1 row 8.9 / 11.7 (numpy's OpenBLAS threads, spinning on a busy
+# machine, made its 2-6 rows 0.8-2.7 ms)
+cdef Py_ssize_t _dense_max = 1 << 21
+cdef Py_ssize_t _dense_work = 1 << 17
+
+
+def _set_dense_rows(Py_ssize_t max_values):
+    """Tuning / test hook: the largest kernel (values) dense_call takes (-1: none, NumPy's
+    path always).  Returns the previous value."""
+    global _dense_max
+    _hooks_changed()
+    old = _dense_max
+    _dense_max = max_values
+    return old
+
+
+def dense_call(cnp.ndarray x, cnp.ndarray w, b, int act):
+    """``act(x @ w + b)`` over x's last axis by :func:`dense_rows` where that applies (x
+    C-contiguous of w's dtype with few rows, see ``_dense_work``), as a new array of shape
+    ``x.shape[:-1] + (n,)``; else None (the caller runs NumPy's path).  Checks in C: a
+    Keras-style model's Dense on a streaming step costs ~0.3 us of Python around it."""
+    cdef int nd = cnp.PyArray_NDIM(x)
+    cdef int tw = cnp.PyArray_TYPE(w)
+    cdef Py_ssize_t k, n, rows
+    cdef cnp.ndarray ba, y
+    cdef cnp.npy_intp dims[32]
+    cdef int i
+    if nd == 0 or nd > 32 or cnp.PyArray_TYPE(x) != tw or cnp.PyArray_NDIM(w) != 2 \
+            or (tw != cnp.NPY_FLOAT32 and tw != cnp.NPY_FLOAT64) \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(w) \
+            or not cnp.PyArray_ISBEHAVED_RO(x) or not cnp.PyArray_ISBEHAVED_RO(w):
+        return None     # (ISBEHAVED_RO: aligned, native byte order)
+    k, n = w.shape[0], w.shape[1]
+    if x.shape[nd - 1] != k or k == 0 or k * n > _dense_max:
+        return None
+    rows = cnp.PyArray_SIZE(x) // k
+    if rows == 0 or (rows > 2 and rows * k * n >= _dense_work) or rows > 2147483647:
+        return None
+    if b is not None:
+        ba = b
+        if cnp.PyArray_TYPE(ba) != tw or cnp.PyArray_NDIM(ba) != 1 or ba.shape[0] != n \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ba) or not cnp.PyArray_ISBEHAVED_RO(ba):
+            return None
+    for i in range(nd - 1):
+        dims[i] = x.shape[i]
+    dims[nd - 1] = n
+    y = cnp.PyArray_EMPTY(nd, dims, tw, 0)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef const void* wp = cnp.PyArray_DATA(w)
+    cdef const void* bp = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    if n:
+        with nogil:
+            if tw == cnp.NPY_FLOAT64:
+                fr_dense_rows_d(<int>rows, <int>k, <int>n, <const double*>xp,
+                                <const double*>wp, <const double*>bp, act, <double*>yp)
+            else:
+                fr_dense_rows_f(<int>rows, <int>k, <int>n, <const float*>xp,
+                                <const float*>wp, <const float*>bp, act, <float*>yp)
     return y
 
 

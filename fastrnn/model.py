@@ -127,25 +127,17 @@ class Masking(Layer):
         return f"mask_value={self.mask_value}"
 
 
-# Dense on few rows through _kernels.dense_rows: up to 2 rows, or fewer multiply-adds
-# than _DENSE_ROWS_WORK, with a kernel of at most _DENSE_ROWS_MAX values; else numpy's
-# matmul.  Measured (float32, tanh, us a call, dense_rows / numpy, this machine busy with
-# another job): 256 x 256 by 1, 2, 4 rows 1.5 / 4.1, 3.2 / 18, 6.2 / 16; 64 x 64 by 1-8
-# rows 0.33-1.7 / 1.9-3.1; 512 x 512 by 1 row 8.9 / 11.7 (numpy's OpenBLAS threads,
-# spinning on a busy machine, made its 2-6 rows 0.8-2.7 ms)
-_DENSE_ROWS_WORK = 1 << 17
-_DENSE_ROWS_MAX = 1 << 21
+# Dense's activations by their code for _kernels.dense_call (a call of few rows)
 _DENSE_ROW_ACTS = {"linear": 11, "sigmoid": 0, "tanh": 1, "relu": 2, "softmax": -1}
-_dense_rows_fn = None
+_dense_call = None
 
 
-def _dense_rows():
-    global _dense_rows_fn
-    if _dense_rows_fn is None:
-        from . import _kernels
-        assert _kernels.DENSE_ACTS == _DENSE_ROW_ACTS
-        _dense_rows_fn = _kernels.dense_rows
-    return _dense_rows_fn
+def _dense_call_fn():
+    global _dense_call
+    from . import _kernels
+    assert _kernels.DENSE_ACTS == _DENSE_ROW_ACTS
+    _dense_call = _kernels.dense_call
+    return _dense_call
 
 
 class Dense(Layer):
@@ -175,19 +167,15 @@ class Dense(Layer):
         return self.kernel.shape[1]
 
     def call(self, x, mask=None):
-        k = self.kernel
-        if type(x) is np.ndarray and x.dtype == k.dtype and self._rows_act is not None \
-                and x.ndim and x.shape[-1] == k.shape[0] and x.flags.c_contiguous:
+        if self._rows_act is not None and type(x) is np.ndarray:
             # a few rows (a streaming step, a one-step call): one pass a row through the
-            # kernels (_kernels.dense_rows: Dense(256, 256, tanh) 4.2 -> 1.7 us a row,
-            # numpy's matmul, bias and activation passes avoided)
-            rows = x.size // k.shape[0] if k.shape[0] else 0
-            b = self.bias
-            if 0 < rows and (rows <= 2 or rows * k.size < _DENSE_ROWS_WORK) \
-                    and k.size <= _DENSE_ROWS_MAX and k.flags.c_contiguous \
-                    and (b is None or (b.dtype == k.dtype and b.flags.c_contiguous)):
-                y = _dense_rows()(x.reshape(rows, k.shape[0]), k, b, self._rows_act)
-                return y.reshape(x.shape[:-1] + (k.shape[1],)), mask
+            # kernels (_kernels.dense_call; None where it does not apply): Dense(256,
+            # 256, tanh) on one row 4.2 -> ~2 us, numpy's matmul, bias and activation
+            # passes avoided
+            y = (_dense_call or _dense_call_fn())(x, self.kernel, self.bias,
+                                                   self._rows_act)
+            if y is not None:
+                return y, mask
         x = np.asarray(x)
         if x.dtype.kind not in "fbiu":
             # (np.asarray(x, dtype=float32) parsed strings, converted objects and dropped

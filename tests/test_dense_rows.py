@@ -62,13 +62,16 @@ def test_dense_rows_refuses_bad_arrays():
 
 
 def _spy(monkeypatch):
+    """The shapes of the inputs Dense.call ran through dense_call's kernel."""
     calls = []
-    real = fmodel._dense_rows()
+    real = fmodel._dense_call_fn()
 
     def spy(*a):
-        calls.append(a[0].shape)
-        return real(*a)
-    monkeypatch.setattr(fmodel, "_dense_rows_fn", spy)
+        y = real(*a)
+        if y is not None:
+            calls.append(a[0].shape[:-1] + (a[1].shape[0],))
+        return y
+    monkeypatch.setattr(fmodel, "_dense_call", spy)
     return calls
 
 
@@ -95,6 +98,14 @@ def test_dense_few_rows_path(monkeypatch, act):
         np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6)
         assert np.array_equal(np.isnan(y), np.isnan(ref))
     n0 = len(calls)
+    x = rng.standard_normal((1, 24)).astype(np.float32)
+    for other in (x.astype(">f4"), np.frombuffer(b"\0" + x.tobytes(), np.float32, 24,
+                                                  1).reshape(1, 24)):
+        # another byte order, an unaligned array: NumPy's path, the same values
+        assert not other.flags.aligned or other.dtype.byteorder == ">"
+        np.testing.assert_allclose(d.call(other)[0], d.call(x)[0], rtol=2e-6, atol=2e-6)
+    assert len(calls) == n0 + (2 if fast else 0)
+    n0 = len(calls)
     d.call(np.ones((1, 24), np.float64))            # another dtype: NumPy's path
     d.call(np.ones((1, 24), np.float32)[:, ::1].repeat(2, 0)[::2])
     assert len(calls) == n0 + (1 if fast else 0)     # (a strided view of one row is C order)
@@ -107,6 +118,12 @@ def test_dense_few_rows_float64_and_no_bias(monkeypatch):
     d = Dense(k, None, activation="softmax", dtype="float64")
     x = rng.standard_normal((2, 7))
     y, _ = d.call(x)
+    assert calls == [(2, 7)]
+    old = _kernels._set_dense_rows(-1)                  # (the hook: off)
+    try:
+        d.call(x)
+    finally:
+        _kernels._set_dense_rows(old)
     assert calls == [(2, 7)]
     z = x @ k
     np.testing.assert_allclose(y, np.exp(z) / np.exp(z).sum(-1, keepdims=True), rtol=1e-13)

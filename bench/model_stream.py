@@ -1,0 +1,75 @@
+"""A Keras-style model streamed step by step (``fastrnn.Stream`` of ``fastrnn.model.Model``:
+LSTM(F -> 256) then Dense layers), and the same model called on one step, with Dense's
+few-row path (``_kernels.dense_call``) on and off, alternating in one process.
+
+    PYTHONPATH=. python bench/model_stream.py
+    PYTHONPATH=. python bench/model_stream.py --rounds 8 --steps 4000
+
+Prints the median time of a step / call in microseconds.  No timing thresholds.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import fastrnn
+from fastrnn import _kernels
+from fastrnn.model import Dense, KerasRNN, Model
+
+
+def build(F, heads, rng):
+    layers = [KerasRNN(fastrnn.LSTM(F, 256, batch_first=True, seed=1), return_sequences=True)]
+    if heads >= 1:
+        layers.append(Dense(rng.standard_normal((256, F)).astype(np.float32) * 0.1,
+                            rng.standard_normal(F).astype(np.float32), activation="tanh"))
+    if heads >= 2:
+        layers.append(Dense(rng.standard_normal((F, 10)).astype(np.float32),
+                            rng.standard_normal(10).astype(np.float32), activation="softmax"))
+    return Model(layers)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2000)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    limit = _kernels._set_dense_rows(0)     # (read: set and put back)
+    _kernels._set_dense_rows(limit)
+    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2)]
+    res = {}
+    for r in range(a.rounds):
+        for on in (True, False):
+            _kernels._set_dense_rows(limit if on else -1)     # (-1: NumPy's path)
+            for F, heads in cases:
+                m = build(F, heads, rng)
+                x = rng.standard_normal((1, F)).astype(np.float32)
+                s = fastrnn.Stream(m)
+                for _ in range(100):
+                    s.step(x)
+                ts = []
+                for _ in range(a.steps):
+                    t = time.perf_counter()
+                    s.step(x)
+                    ts.append(time.perf_counter() - t)
+                xc = x[:, None]
+                cs = []
+                for _ in range(a.steps // 4):
+                    t = time.perf_counter()
+                    m(xc)
+                    cs.append(time.perf_counter() - t)
+                key = (F, heads, on)
+                res.setdefault(key, []).append((np.median(ts) * 1e6, np.median(cs) * 1e6))
+    _kernels._set_dense_rows(limit)
+    heads_name = {0: "LSTM", 1: "LSTM + Dense(tanh)", 2: "LSTM + Dense(tanh) + Dense(10, softmax)"}
+    print("model (F features in and out)             Stream.step us (on / off)   one-step call us (on / off)")
+    for F, heads in cases:
+        on, off = res[(F, heads, True)], res[(F, heads, False)]
+        f = lambda v, i: f"{min(x[i] for x in v):6.2f}-{max(x[i] for x in v):6.2f}"
+        print(f"F={F:3d} {heads_name[heads]:38s} {f(on, 0)} / {f(off, 0)}   {f(on, 1)} / {f(off, 1)}")
+
+
+if __name__ == "__main__":
+    main()
