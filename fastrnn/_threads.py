@@ -603,9 +603,10 @@ def idle_single_macs():
 
 def scope_enter() -> int:
     """Start of a call (a layer, or a model with its layers); pair it with
-    :func:`scope_leave` (``try`` / ``finally``).  Returns :data:`PAUSED` where the
-    process had no fastrnn call for :data:`IDLE_SINGLE_S`, else :data:`CROWDED` where
-    the call is crowded (:data:`CROWD_SHARE`), else 0; nested calls share the outermost
+    :func:`scope_leave` (``try`` / ``finally``).  Returns :data:`CROWDED` where another
+    Python thread's call runs, else :data:`PAUSED` where the process had no fastrnn call
+    for :data:`IDLE_SINGLE_S`, else :data:`CROWDED` where most recent calls were crowded
+    (:data:`CROWD_SHARE`), else 0; nested calls share the outermost
     call's answer, and the outermost one's end is the new time of the last call.  (Two
     functions rather than a context manager: 0.38 us a call instead of 0.58.)"""
     depth = getattr(_scope, "depth", 0)
@@ -613,16 +614,20 @@ def scope_enter() -> int:
     if depth:
         return _scope.idle
     crowd = 0
-    if _active or _crowd[0]:    # (else, a thread alone and no share: nothing to update)
+    busy = bool(_active)
+    if busy or _crowd[0]:       # (else, a thread alone and no share: nothing to update)
         share = _crowd[0]
-        share += ((1.0 if _active else 0.0) - share) * CROWD_EMA
+        share += ((1.0 if busy else 0.0) - share) * CROWD_EMA
         _crowd[0] = share if share > 1e-3 else 0.0
-        if CROWD_SHARE is not None and (_active or share >= CROWD_SHARE):
+        if CROWD_SHARE is not None and (busy or share >= CROWD_SHARE):
             crowd = CROWDED
     _active.append(None)
     if IDLE_SINGLE_S >= 0 and time.monotonic() - _last_end[0] > IDLE_SINGLE_S:
+        # (a pause since the last call ended; a call still running in another thread
+        # keeps this one crowded: an audit)
         _forget_cpus()
-        crowd = PAUSED
+        if not (busy and crowd):
+            crowd = PAUSED
     _scope.idle = crowd
     return crowd
 

@@ -253,8 +253,8 @@ def test_crowded_call_runs_on_one_thread(crowd_rule, monkeypatch):
 
 def test_crowded_model_and_scope(crowd_rule, monkeypatch):
     """A Keras-style model's layers follow the model call's answer (CROWDED); a layer
-    call that raises leaves the count of calls in progress as it was; a pause wins over
-    a crowd (PAUSED)."""
+    call that raises leaves the count of calls in progress as it was; another thread's
+    call in progress wins over a pause (CROWDED), a pause over a crowded share (PAUSED)."""
     from fastrnn.model import KerasRNN, Model
     seen = _kernel_threads(monkeypatch)
     m = Model([KerasRNN(fastrnn.LSTM(16, 64, batch_first=True, seed=1, num_threads=2),
@@ -272,14 +272,20 @@ def test_crowded_model_and_scope(crowd_rule, monkeypatch):
         assert len(_threads._active) == 1           # (the other thread's)
         with _threads.call_scope() as answer:
             assert answer == _threads.CROWDED
+        # a pause since the last call ended, but another thread's call still runs:
+        # crowded (an audit found it answered PAUSED: two threads' teams at once)
         _threads.IDLE_SINGLE_S = 0.05
         time.sleep(0.08)
         with _threads.call_scope() as answer:
-            assert answer == _threads.PAUSED
+            assert answer == _threads.CROWDED
     finally:
         release.set()
         th.join()
     assert _threads._active == []
+    _threads._crowd[0] = 0.9            # alone after a pause: PAUSED, whatever the share
+    time.sleep(0.08)
+    with _threads.call_scope() as answer:
+        assert answer == _threads.PAUSED
 
 
 def test_fork_forgets_other_threads_calls(crowd_rule):
