@@ -1,6 +1,7 @@
 """A Keras-style model streamed step by step (``fastrnn.Stream`` of ``fastrnn.model.Model``:
-LSTM(F -> 256) then Dense layers), and the same model called on one step, with Dense's
-few-row path (``_kernels.dense_call``) on and off, alternating in one process.
+LSTM(F -> 256) then Dense layers, or a LayerNormalization), and the same model called on
+one step, with the few-row paths (Dense: ``_kernels.dense_call``; LayerNormalization:
+``_kernels.layer_norm_rows``) on and off, alternating in one process.
 
     PYTHONPATH=. python bench/model_stream.py
     PYTHONPATH=. python bench/model_stream.py --rounds 8 --steps 4000
@@ -15,8 +16,8 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn import _kernels
-from fastrnn.model import Dense, KerasRNN, Model
+from fastrnn import _kernels, model as fmodel
+from fastrnn.model import Dense, KerasRNN, LayerNormalization, Model
 
 
 def build(F, heads, rng):
@@ -24,9 +25,12 @@ def build(F, heads, rng):
     if heads >= 1:
         layers.append(Dense(rng.standard_normal((256, F)).astype(np.float32) * 0.1,
                             rng.standard_normal(F).astype(np.float32), activation="tanh"))
-    if heads >= 2:
+    if heads == 2:
         layers.append(Dense(rng.standard_normal((F, 10)).astype(np.float32),
                             rng.standard_normal(10).astype(np.float32), activation="softmax"))
+    if heads == 3:
+        layers = layers[:1] + [LayerNormalization(rng.standard_normal(256).astype(np.float32),
+                                                  rng.standard_normal(256).astype(np.float32))]
     return Model(layers)
 
 
@@ -38,11 +42,13 @@ def main():
     rng = np.random.default_rng(0)
     limit = _kernels._set_dense_rows(0)     # (read: set and put back)
     _kernels._set_dense_rows(limit)
-    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2)]
+    fmodel._layer_norm = None
+    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2, 3)]
     res = {}
     for r in range(a.rounds):
         for on in (True, False):
             _kernels._set_dense_rows(limit if on else -1)     # (-1: NumPy's path)
+            fmodel._layer_norm = None if on else (lambda *a: None)  # (None: NumPy's)
             for F, heads in cases:
                 m = build(F, heads, rng)
                 x = rng.standard_normal((1, F)).astype(np.float32)
@@ -63,7 +69,9 @@ def main():
                 key = (F, heads, on)
                 res.setdefault(key, []).append((np.median(ts) * 1e6, np.median(cs) * 1e6))
     _kernels._set_dense_rows(limit)
-    heads_name = {0: "LSTM", 1: "LSTM + Dense(tanh)", 2: "LSTM + Dense(tanh) + Dense(10, softmax)"}
+    fmodel._layer_norm = None
+    heads_name = {0: "LSTM", 1: "LSTM + Dense(tanh)", 2: "LSTM + Dense(tanh) + Dense(10, softmax)",
+                  3: "LSTM + LayerNormalization"}
     print("model (F features in and out)             Stream.step us (on / off)   one-step call us (on / off)")
     for F, heads in cases:
         on, off = res[(F, heads, True)], res[(F, heads, False)]

@@ -459,6 +459,16 @@ def _axes(axis, ndim, name):
     return out
 
 
+_layer_norm = None
+
+
+def _layer_norm_fn():
+    global _layer_norm
+    from . import _kernels
+    _layer_norm = _kernels.layer_norm_rows
+    return _layer_norm
+
+
 class LayerNormalization(Layer):
     """Keras's ``LayerNormalization``: over ``axis`` (default the last), ``(x - mean) /
     sqrt(var + epsilon) * gamma + beta``, computed as Keras 3 does (``x * inv + (beta -
@@ -479,6 +489,13 @@ class LayerNormalization(Layer):
             raise ValueError(f"LayerNormalization gamma and beta differ in shape: {shapes}")
 
     def call(self, x, mask=None):
+        if type(x) is np.ndarray and self.axis == [-1]:
+            # over the last axis: one pass a row (_kernels.layer_norm_rows; None where it
+            # does not apply): a streaming step's LayerNormalization(128) 20.7 -> ~1 us
+            y = (_layer_norm or _layer_norm_fn())(x, self.gamma, self.beta, self.epsilon,
+                                                  self.rms_scaling)
+            if y is not None:
+                return y, mask
         x = _float_input(x, self.name)
         axes = _axes(self.axis, x.ndim, self.name)
         shape = [1] * x.ndim

@@ -127,3 +127,43 @@ def test_dense_few_rows_float64_and_no_bias(monkeypatch):
     assert calls == [(2, 7)]
     z = x @ k
     np.testing.assert_allclose(y, np.exp(z) / np.exp(z).sum(-1, keepdims=True), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_rows_against_numpy_path(dtype):
+    """LayerNormalization over the last axis runs one pass a row
+    (_kernels.layer_norm_rows): the NumPy path's values (a strided input takes it),
+    every combination of gamma / beta / rms_scaling, float64 reference too; NaN rows stay
+    NaN; other axes, dtypes and layouts take NumPy's path (None)."""
+    from fastrnn.model import LayerNormalization
+    rng = np.random.default_rng(3)
+    tol = 3e-6 if dtype == np.float32 else 1e-13
+    for shape in ((1, 1, 128), (2, 5, 7), (3, 1), (1, 1000), (4, 2, 3, 9)):
+        n = shape[-1]
+        g = rng.standard_normal(n).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        for gamma, beta in ((g, b), (None, None), (g, None), (None, b)):
+            for rms in (False, True):
+                ln = LayerNormalization(gamma, beta, epsilon=1e-3, rms_scaling=rms,
+                                        dtype=dtype)
+                x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+                y = _kernels.layer_norm_rows(x, ln.gamma, ln.beta, ln.epsilon, rms)
+                assert y is not None and y.shape == shape and y.dtype == dtype
+                slow = ln.call(np.repeat(x, 2, -1)[..., ::2])[0]
+                np.testing.assert_array_equal(ln.call(x)[0], y)
+                err = np.abs(y - slow).max() / max(1, np.abs(slow).max())
+                assert err < tol, (shape, rms, gamma is None, beta is None, err)
+                xd = x.astype(np.float64)
+                inv = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-3)
+                ref = xd * inv if rms else (xd - xd.mean(-1, keepdims=True)) * inv
+                ref = ref * (1 if gamma is None else gamma) + (0 if beta is None or rms
+                                                                else beta)
+                assert np.abs(y - ref).max() / max(1, np.abs(ref).max()) < tol * 3
+    x = np.ones((2, 4), dtype)
+    x[1, 2] = np.nan
+    y = _kernels.layer_norm_rows(x, None, None, 1e-3, False)
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
+    for other in (x.astype(">f8" if dtype == np.float64 else ">f4"), x.T.copy().T[:, ::2],
+                  x.astype(np.float16), np.zeros((2, 0), dtype)):
+        assert _kernels.layer_norm_rows(other, None, None, 1e-3, False) is None
+    assert _kernels.layer_norm_rows(x, np.ones(3, dtype), None, 1e-3, False) is None
