@@ -490,7 +490,17 @@ def test_ctrl_c_ends_a_long_run_at_once(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "fastrnn", "run", str(tmp_path / "l.safetensors"),
                           "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    time.sleep(1.0)                     # (imported, loaded, inside the call)
+    # inside the call: the command's worker thread and an OpenMP worker exist (a fixed
+    # sleep flaked once on a loaded machine: the signal landed during the imports)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if len(os.listdir(f"/proc/{p.pid}/task")) >= 3:
+                break
+        except OSError:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     out, err = p.communicate(timeout=60)
