@@ -17,7 +17,7 @@ import numpy as np
 
 import fastrnn
 from fastrnn import _kernels, model as fmodel
-from fastrnn.model import Dense, KerasRNN, LayerNormalization, Model
+from fastrnn.model import Dense, Embedding, KerasRNN, LayerNormalization, Model
 
 
 def build(F, heads, rng):
@@ -31,6 +31,10 @@ def build(F, heads, rng):
     if heads == 3:
         layers = layers[:1] + [LayerNormalization(rng.standard_normal(256).astype(np.float32),
                                                   rng.standard_normal(256).astype(np.float32))]
+    if heads == 4:      # a token stream: Embedding(1000, F) -> LSTM -> Dense(10, softmax)
+        layers = [Embedding(rng.standard_normal((1000, F)).astype(np.float32)), layers[0],
+                  Dense(rng.standard_normal((256, 10)).astype(np.float32),
+                        rng.standard_normal(10).astype(np.float32), activation="softmax")]
     return Model(layers)
 
 
@@ -43,7 +47,7 @@ def main():
     limit = _kernels._set_dense_rows(0)     # (read: set and put back)
     _kernels._set_dense_rows(limit)
     fmodel._layer_norm = None
-    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2, 3)]
+    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2, 3, 4)]
     res = {}
     for r in range(a.rounds):
         for on in (True, False):
@@ -51,7 +55,8 @@ def main():
             fmodel._layer_norm = None if on else (lambda *a: None)  # (None: NumPy's)
             for F, heads in cases:
                 m = build(F, heads, rng)
-                x = rng.standard_normal((1, F)).astype(np.float32)
+                x = (np.array([7]) if heads == 4 else
+                     rng.standard_normal((1, F)).astype(np.float32))
                 s = fastrnn.Stream(m)
                 for _ in range(100):
                     s.step(x)
@@ -71,7 +76,7 @@ def main():
     _kernels._set_dense_rows(limit)
     fmodel._layer_norm = None
     heads_name = {0: "LSTM", 1: "LSTM + Dense(tanh)", 2: "LSTM + Dense(tanh) + Dense(10, softmax)",
-                  3: "LSTM + LayerNormalization"}
+                  3: "LSTM + LayerNormalization", 4: "Embedding + LSTM + Dense(10, softmax)"}
     print("model (F features in and out)             Stream.step us (on / off)   one-step call us (on / off)")
     for F, heads in cases:
         on, off = res[(F, heads, True)], res[(F, heads, False)]

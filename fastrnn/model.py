@@ -83,6 +83,15 @@ class Embedding(Layer):
 
     def call(self, x, mask=None):
         ids = np.asarray(x)
+        if ids.dtype.kind == "i" and 0 < ids.size <= 64:
+            # a few ids (a streaming step's tokens): checked in Python, looked up by take
+            # (2.67 -> 0.79 us a call; NumPy's min / max reductions ~1.5 us)
+            flat = ids.ravel().tolist()
+            lo, hi = min(flat), max(flat)
+            if lo < 0 or hi >= self.weights.shape[0]:
+                raise ValueError(f"{self.name}: ids must lie in [0, {self.input_dim}), got "
+                                 f"min {lo} max {hi}")
+            return self.weights.take(ids, axis=0), (ids != 0) if self.mask_zero else mask
         if ids.dtype.kind == "f":
             if not np.all(ids == np.round(ids)):
                 raise ValueError(f"{self.name}: Embedding input must hold integer ids")

@@ -1,7 +1,8 @@
-"""Dense layers on few rows (a streaming step, a one-step call): ``_kernels.dense_rows``
+"""Model layers on few rows (a streaming step, a one-step call): ``_kernels.dense_rows``
 (one pass a row, fr_kern_t.h dense_rows_impl) against NumPy float64 at every ISA level,
 and ``fastrnn.model.Dense`` taking it where it applies, with the same results as its
-NumPy path otherwise (NaN and infinities included)."""
+NumPy path otherwise (NaN and infinities included); LayerNormalization's row pass; an
+Embedding's few ids."""
 import numpy as np
 import pytest
 
@@ -167,3 +168,28 @@ def test_layer_norm_rows_against_numpy_path(dtype):
                   x.astype(np.float16), np.zeros((2, 0), dtype)):
         assert _kernels.layer_norm_rows(other, None, None, 1e-3, False) is None
     assert _kernels.layer_norm_rows(x, np.ones(3, dtype), None, 1e-3, False) is None
+
+
+def test_embedding_few_ids():
+    """An Embedding's few integer ids (checked in Python, looked up by take) give what
+    the general path gives: the rows, the mask, the same errors."""
+    from fastrnn.model import Embedding
+    w = np.random.default_rng(4).standard_normal((50, 6)).astype(np.float32)
+    for mask_zero in (False, True):
+        e = Embedding(w, mask_zero=mask_zero)
+        for ids in (np.array([[5]]), np.array([5, 0, 49], np.int32),
+                    np.array([[1, 2], [3, 0]], np.int16), np.arange(50).reshape(5, 10),
+                    np.arange(100).reshape(10, 10) % 50, np.array([3], np.uint8),
+                    np.array([[2.0, 0.0]])):
+            y, m = e.call(ids)
+            np.testing.assert_array_equal(y, w[ids.astype(np.int64)])
+            assert y.flags.c_contiguous and y.dtype == np.float32
+            if mask_zero:
+                np.testing.assert_array_equal(m, ids != 0)
+            else:
+                assert m is None
+        for bad, lo, hi in ((np.array([[50]]), 50, 50), (np.array([-1, 3]), -1, 3),
+                            (np.arange(-1, 99), -1, 98)):
+            with pytest.raises(ValueError, match=rf"ids must lie in \[0, 50\), got min "
+                                                 rf"{lo} max {hi}"):
+                e.call(bad)
