@@ -621,7 +621,6 @@ def scope_enter() -> int:
         _crowd[0] = share if share > 1e-3 else 0.0
         if CROWD_SHARE is not None and (busy or share >= CROWD_SHARE):
             crowd = CROWDED
-    _active.append(None)
     if IDLE_SINGLE_S >= 0 and time.monotonic() - _last_end[0] > IDLE_SINGLE_S:
         # (a pause since the last call ended; a call still running in another thread
         # keeps this one crowded: an audit)
@@ -629,6 +628,7 @@ def scope_enter() -> int:
         if not (busy and crowd):
             crowd = PAUSED
     _scope.idle = crowd
+    _active.append(None)        # (last: an exception above leaves no entry behind)
     return crowd
 
 

@@ -968,10 +968,11 @@ FR_INLINE void F(dense_rows_impl)(int m, int k, int n, const T* x, const T* w, c
         if (b)
             for (j = 0; j < n; j++) yr[j] += b[j];
         if (act == -1) {                 /* softmax: exp(y - max) / sum */
+            /* (libm's exp, as NumPy's: the vector exp stops at the smallest normal
+             * number, where a class far below the maximum must give 0: a review) */
             T mx = yr[0], sum = 0;
             for (j = 1; j < n; j++) mx = yr[j] > mx ? yr[j] : mx;
-            for (j = 0; j < n; j++) yr[j] -= mx;
-            F(vact_array)(2, yr, yr, n);
+            for (j = 0; j < n; j++) yr[j] = F(sexp)(yr[j] - mx);
             for (j = 0; j < n; j++) sum += yr[j];
             for (j = 0; j < n; j++) yr[j] /= sum;
         } else if (act == FR_SIGMOID || act == FR_TANH) {

@@ -490,17 +490,26 @@ def test_ctrl_c_ends_a_long_run_at_once(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "fastrnn", "run", str(tmp_path / "l.safetensors"),
                           "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    # inside the call: the command's worker thread and an OpenMP worker exist (a fixed
-    # sleep flaked once on a loaded machine: the signal landed during the imports)
+    # the command runs: a thread other than the main one has used CPU time (the CLI's
+    # worker, started as the main thread begins to wait for it; a fixed 1 s sleep flaked
+    # once on a loaded machine: the run finished with status 0)
+    def others_cpu():
+        total = 0
+        for tid in os.listdir(f"/proc/{p.pid}/task"):
+            if tid != str(p.pid):
+                with open(f"/proc/{p.pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])     # utime + stime (ticks)
+        return total / os.sysconf("SC_CLK_TCK")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and p.poll() is None:
         try:
-            if len(os.listdir(f"/proc/{p.pid}/task")) >= 3:
+            if others_cpu() >= 0.1:
                 break
-        except OSError:
+        except OSError:         # (no /proc: a fixed wait)
+            time.sleep(1.0)
             break
         time.sleep(0.02)
-    time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     out, err = p.communicate(timeout=60)

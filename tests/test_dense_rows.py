@@ -193,3 +193,33 @@ def test_embedding_few_ids():
             with pytest.raises(ValueError, match=rf"ids must lie in \[0, 50\), got min "
                                                  rf"{lo} max {hi}"):
                 e.call(bad)
+
+
+def test_few_row_paths_review_cases(monkeypatch):
+    """Cases a review found: gamma / beta that are not arrays (a crash), a 1-D input to
+    LayerNormalization (refused, as NumPy's path refuses it), sizes past a C int
+    (refused), a softmax class far below the maximum (exactly 0, as NumPy's exp gives),
+    a Dense of many inputs (NumPy's blocked sums: the row pass only up to 4096)."""
+    from fastrnn.model import LayerNormalization
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for g in (np.float32(2.0), [1.0, 1.0, 1.0, 1.0], 2.0):
+        assert _kernels.layer_norm_rows(x, g, None, 1e-3, False) is None
+        assert _kernels.layer_norm_rows(x, None, g, 1e-3, False) is None
+    ln = LayerNormalization(np.ones(4, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="out of range for a 1-D input"):
+        ln.call(np.arange(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="below 2"):
+        _kernels.dense_rows(np.empty((2 ** 32 + 1, 0), np.float32),
+                            np.empty((0, 3), np.float32), None, 11)
+    d = Dense(np.eye(3, dtype=np.float32), activation="softmax")
+    xs = np.array([[1e30, -1e30, 0.0]], np.float32)
+    y = d.call(xs)[0]
+    np.testing.assert_array_equal(y, [[1, 0, 0]])
+    np.testing.assert_array_equal(y, d.call(np.repeat(xs, 2, -1)[..., ::2])[0])
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(6)
+    for k, taken in ((4096, True), (4097, False)):
+        dk = Dense(rng.standard_normal((k, 2)).astype(np.float32))
+        dk.call(rng.standard_normal((1, k)).astype(np.float32))
+        assert bool(calls) == taken, k
+        calls.clear()
