@@ -2343,7 +2343,7 @@ def dense_rows(x, w, b, int act):
     row through the ISA-dispatched kernel (fr_kern_t.h, dense_rows_impl): a Keras-style
     model's Dense on a streaming step's rows without numpy's matmul, bias and activation
     passes (``fastrnn.model.Dense``)."""
-    cdef cnp.ndarray xa = x, wa = w, ba = b, y
+    cdef cnp.ndarray xa = x, wa = w, ba = b
     cdef int m, k, n
     cdef bint dbl
     if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_NDIM(wa) != 2
@@ -2366,23 +2366,33 @@ def dense_rows(x, w, b, int act):
                            or not cnp.PyArray_IS_C_CONTIGUOUS(ba)
                            or not cnp.PyArray_ISBEHAVED_RO(ba)):
         raise ValueError(f"dense_rows: b must be a contiguous ({n},) array of x's dtype")
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = m, n
+    return _dense_run(xa, wa, ba, act, m, 2, dims)
+
+
+cdef cnp.ndarray _dense_run(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, int act,
+                            Py_ssize_t rows, int nd, cnp.npy_intp* dims):
+    """dense_rows / dense_call's pass: x's rows (rows of w.shape[0]) by w into a new
+    array of shape dims[:nd] (checked by the callers, but the activation code)."""
+    cdef int tw = cnp.PyArray_TYPE(w), k = <int>w.shape[0], n = <int>w.shape[1]
     if act != -1 and act != A_LINEAR and act != A_SIGMOID and act != A_TANH \
             and act != A_RELU:
         raise ValueError(f"dense_rows: activation code {act} not supported")
-    y = cnp.PyArray_EMPTY(2, [m, n], cnp.NPY_FLOAT64 if dbl else cnp.NPY_FLOAT32, 0)
-    if m == 0 or n == 0:
-        return y
-    cdef const void* xp = cnp.PyArray_DATA(xa)
-    cdef const void* wp = cnp.PyArray_DATA(wa)
-    cdef const void* bp = NULL if ba is None else cnp.PyArray_DATA(ba)
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, tw, 0)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef const void* wp = cnp.PyArray_DATA(w)
+    cdef const void* bp = NULL if b is None else cnp.PyArray_DATA(b)
     cdef void* yp = cnp.PyArray_DATA(y)
+    if rows == 0 or n == 0:
+        return y
     with nogil:
-        if dbl:
-            fr_dense_rows_d(m, k, n, <const double*>xp, <const double*>wp,
+        if tw == cnp.NPY_FLOAT64:
+            fr_dense_rows_d(<int>rows, k, n, <const double*>xp, <const double*>wp,
                             <const double*>bp, act, <double*>yp)
         else:
-            fr_dense_rows_f(m, k, n, <const float*>xp, <const float*>wp, <const float*>bp,
-                            act, <float*>yp)
+            fr_dense_rows_f(<int>rows, k, n, <const float*>xp, <const float*>wp,
+                            <const float*>bp, act, <float*>yp)
     return y
 
 
@@ -2418,7 +2428,7 @@ def dense_call(cnp.ndarray x, cnp.ndarray w, b, int act):
     cdef int nd = cnp.PyArray_NDIM(x)
     cdef int tw = cnp.PyArray_TYPE(w)
     cdef Py_ssize_t k, n, rows
-    cdef cnp.ndarray ba, y
+    cdef cnp.ndarray ba
     cdef cnp.npy_intp dims[32]
     cdef int i
     if nd == 0 or nd > 32 or cnp.PyArray_TYPE(x) != tw or cnp.PyArray_NDIM(w) != 2 \
@@ -2440,20 +2450,7 @@ def dense_call(cnp.ndarray x, cnp.ndarray w, b, int act):
     for i in range(nd - 1):
         dims[i] = x.shape[i]
     dims[nd - 1] = n
-    y = cnp.PyArray_EMPTY(nd, dims, tw, 0)
-    cdef const void* xp = cnp.PyArray_DATA(x)
-    cdef const void* wp = cnp.PyArray_DATA(w)
-    cdef const void* bp = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray>b)
-    cdef void* yp = cnp.PyArray_DATA(y)
-    if n:
-        with nogil:
-            if tw == cnp.NPY_FLOAT64:
-                fr_dense_rows_d(<int>rows, <int>k, <int>n, <const double*>xp,
-                                <const double*>wp, <const double*>bp, act, <double*>yp)
-            else:
-                fr_dense_rows_f(<int>rows, <int>k, <int>n, <const float*>xp,
-                                <const float*>wp, <const float*>bp, act, <float*>yp)
-    return y
+    return _dense_run(x, w, b, act, rows, nd, dims)
 
 
 cdef void _ln_rows(floating* y, const floating* x, Py_ssize_t m, Py_ssize_t n,

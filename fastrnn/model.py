@@ -138,15 +138,17 @@ class Masking(Layer):
 
 # Dense's activations by their code for _kernels.dense_call (a call of few rows)
 _DENSE_ROW_ACTS = {"linear": 11, "sigmoid": 0, "tanh": 1, "relu": 2, "softmax": -1}
-_dense_call = None
+# the kernels' row passes (Dense, LayerNormalization), loaded by the first call needing them
+_dense_call = _layer_norm = None
 
 
-def _dense_call_fn():
-    global _dense_call
+def _row_kernels():
+    """``(_kernels.dense_call, _kernels.layer_norm_rows)``, kept in this module."""
+    global _dense_call, _layer_norm
     from . import _kernels
     assert _kernels.DENSE_ACTS == _DENSE_ROW_ACTS
-    _dense_call = _kernels.dense_call
-    return _dense_call
+    _dense_call, _layer_norm = _kernels.dense_call, _kernels.layer_norm_rows
+    return _dense_call, _layer_norm
 
 
 class Dense(Layer):
@@ -166,7 +168,7 @@ class Dense(Layer):
         self.bias = bias
         self.activation = activation
         self._act = activation_function(activation)
-        # the activation's code for a call of few rows (_kernels.dense_rows), or None
+        # the activation's code for a call of few rows (_kernels.dense_call), or None
         name = activation.lower() if isinstance(activation, str) else None
         self._rows_act = _DENSE_ROW_ACTS.get("linear" if name in ("none", "identity")
                                              else name)
@@ -179,9 +181,9 @@ class Dense(Layer):
         if self._rows_act is not None and type(x) is np.ndarray:
             # a few rows (a streaming step, a one-step call): one pass a row through the
             # kernels (_kernels.dense_call; None where it does not apply): Dense(256,
-            # 256, tanh) on one row 4.2 -> ~2 us, numpy's matmul, bias and activation
+            # 256, tanh) on one row 4.2 -> 1.5 us, numpy's matmul, bias and activation
             # passes avoided
-            y = (_dense_call or _dense_call_fn())(x, self.kernel, self.bias,
+            y = (_dense_call or _row_kernels()[0])(x, self.kernel, self.bias,
                                                    self._rows_act)
             if y is not None:
                 return y, mask
@@ -468,16 +470,6 @@ def _axes(axis, ndim, name):
     return out
 
 
-_layer_norm = None
-
-
-def _layer_norm_fn():
-    global _layer_norm
-    from . import _kernels
-    _layer_norm = _kernels.layer_norm_rows
-    return _layer_norm
-
-
 class LayerNormalization(Layer):
     """Keras's ``LayerNormalization``: over ``axis`` (default the last), ``(x - mean) /
     sqrt(var + epsilon) * gamma + beta``, computed as Keras 3 does (``x * inv + (beta -
@@ -500,9 +492,9 @@ class LayerNormalization(Layer):
     def call(self, x, mask=None):
         if type(x) is np.ndarray and self.axis == [-1]:
             # over the last axis: one pass a row (_kernels.layer_norm_rows; None where it
-            # does not apply): a streaming step's LayerNormalization(128) 20.7 -> ~1 us
-            y = (_layer_norm or _layer_norm_fn())(x, self.gamma, self.beta, self.epsilon,
-                                                  self.rms_scaling)
+            # does not apply): a streaming step's LayerNormalization(128) 20.7 -> 0.5 us
+            y = (_layer_norm or _row_kernels()[1])(x, self.gamma, self.beta, self.epsilon,
+                                                   self.rms_scaling)
             if y is not None:
                 return y, mask
         x = _float_input(x, self.name)

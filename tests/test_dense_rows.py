@@ -65,7 +65,7 @@ def test_dense_rows_refuses_bad_arrays():
 def _spy(monkeypatch):
     """The shapes of the inputs Dense.call ran through dense_call's kernel."""
     calls = []
-    real = fmodel._dense_call_fn()
+    real = fmodel._row_kernels()[0]
 
     def spy(*a):
         y = real(*a)
