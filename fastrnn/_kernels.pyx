@@ -2420,17 +2420,20 @@ def _set_dense_rows(Py_ssize_t max_values):
     return old
 
 
-def dense_call(cnp.ndarray x, cnp.ndarray w, b, int act):
+def dense_call(cnp.ndarray x, w, b, int act):
     """``act(x @ w + b)`` over x's last axis by :func:`dense_rows` where that applies (x
     C-contiguous of w's dtype with few rows, see ``_dense_work``), as a new array of shape
     ``x.shape[:-1] + (n,)``; else None (the caller runs NumPy's path).  Checks in C: a
     Keras-style model's Dense on a streaming step costs ~0.3 us of Python around it."""
     cdef int nd = cnp.PyArray_NDIM(x)
-    cdef int tw = cnp.PyArray_TYPE(w)
     cdef Py_ssize_t k, n, rows
     cdef cnp.ndarray ba
     cdef cnp.npy_intp dims[32]
     cdef int i
+    # (weights set to lists or other objects after construction: NumPy's path, a review)
+    if not cnp.PyArray_Check(w) or (b is not None and not cnp.PyArray_Check(b)):
+        return None
+    cdef int tw = cnp.PyArray_TYPE(<cnp.ndarray>w)
     if nd == 0 or nd > 32 or cnp.PyArray_TYPE(x) != tw or cnp.PyArray_NDIM(w) != 2 \
             or (tw != cnp.NPY_FLOAT32 and tw != cnp.NPY_FLOAT64) \
             or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(w) \

@@ -223,3 +223,16 @@ def test_few_row_paths_review_cases(monkeypatch):
         dk.call(rng.standard_normal((1, k)).astype(np.float32))
         assert bool(calls) == taken, k
         calls.clear()
+
+
+def test_dense_weights_replaced_by_other_objects(monkeypatch):
+    """A Dense whose bias was set to a list after construction runs NumPy's path (the
+    row pass takes arrays only; a review found a TypeError), and its kernel's row pass
+    is not given other objects either."""
+    calls = _spy(monkeypatch)
+    d = Dense(np.eye(3, dtype=np.float32), np.zeros(3, np.float32), activation="relu")
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    d.bias = [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(d.call(x)[0], [[2, 0, 4]])
+    assert calls == []
+    assert _kernels.dense_call(x, [[1.0] * 3] * 3, None, 11) is None
