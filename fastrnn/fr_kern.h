@@ -194,7 +194,7 @@ static void fr_wake_after(void) {
     }
 }
 /* test hook: the calling thread's state (single steps left, slow steps in a row, probe
- * steps to go) */
+ * steps to go, the last phase's length) */
 static void fr_wake_state(int* st) {
     st[0] = fr_ws_single;
     st[1] = fr_ws_slow;

@@ -922,9 +922,9 @@ FR_FN(void, F(fr_rows), F(rows_impl), (const fr_cell* cl, int n, const T* acc, p
  * block of FR_DENSE_NB vectors of a row's columns (half the registers), k multiply-adds
  * of a broadcast x value by w's rows into registers (w read once a row of x, in runs of
  * the block's width), then bias and activation in place.
- * act: FR_LINEAR, FR_SIGMOID, FR_TANH, FR_RELU, or -1 softmax over the row.  b may be NULL.  A Keras-style model's Dense on a few rows (a streaming
- * step, a one-step call), where numpy's matmul, bias and activation passes cost
- * microseconds of overhead each. */
+ * act: FR_LINEAR, FR_SIGMOID, FR_TANH, FR_RELU, or -1 softmax over the row.  b may be
+ * NULL.  A Keras-style model's Dense on a few rows (a streaming step, a one-step call),
+ * where numpy's matmul, bias and activation passes cost microseconds of overhead each. */
 #ifndef FR_DENSE_NB
 #define FR_DENSE_NB (FR_NREG / 2)
 #endif
