@@ -50,7 +50,8 @@ from ._model_merge import (  # noqa: F401
 
 __all__ = [
     "Model", "Layer", "Embedding", "Masking", "Dense", "Dropout", "Activation",
-    "TimeDistributed", "KerasRNN", "Bidirectional", "GlobalPooling1D", "Flatten",
+    "TimeDistributed", "FoldTime", "UnfoldTime", "KerasRNN", "Bidirectional",
+    "GlobalPooling1D", "Flatten",
     "RepeatVector", "LayerNormalization", "BatchNormalization", "Conv1D", "Pooling1D",
     "Conv2D", "Pooling2D", "Reshape", "Permute", "GlobalPooling2D", "ZeroPadding", "Cropping",
     "UpSampling",
@@ -294,6 +295,41 @@ class TimeDistributed(Layer):
 
     def _extra_repr(self):
         return repr(self.layer)
+
+
+class FoldTime(Layer):
+    """``(B, T, ...)`` in, ``(B*T, ...)`` out: the steps folded into the batch, as a Keras
+    TimeDistributed runs the model it wraps (the Keras loader puts that model's layers
+    between a FoldTime and an :class:`UnfoldTime`).  A masked input is refused: Keras 3
+    hands the wrapped model one step's ``(B,)`` mask, which fastrnn does not run."""
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim < 3:
+            raise ValueError(f"{self.name}: FoldTime needs (B, T, ...) input, got shape "
+                             f"{x.shape}")
+        if mask is not None:
+            raise ValueError(f"{self.name}: FoldTime (a TimeDistributed of a model) on a "
+                             "masked input is not supported")
+        return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), None
+
+
+class UnfoldTime(Layer):
+    """``[y, x]`` in: ``y`` of ``(B*T, ...)`` (computed from a :class:`FoldTime` of
+    ``x``), ``x`` of ``(B, T, ...)``; ``y`` as ``(B, T, ...)`` out, with ``x``'s mask (a
+    Keras 3 TimeDistributed passes its input's mask on; a mask of ``y`` is dropped)."""
+
+    n_inputs = 2
+
+    def call(self, x, mask=None):
+        if not isinstance(x, (list, tuple)) or len(x) != 2:
+            raise ValueError(f"{self.name}: UnfoldTime takes [y, x], two tensors")
+        y, src = np.asarray(x[0]), np.shape(x[1])
+        if len(src) < 2 or y.ndim < 1 or y.shape[0] != src[0] * src[1]:
+            raise ValueError(f"{self.name}: UnfoldTime needs y of (B*T, ...) for x of "
+                             f"(B, T, ...), got y {y.shape} and x {tuple(src)}")
+        return y.reshape(tuple(src[:2]) + y.shape[1:]), \
+            (mask[1] if isinstance(mask, (list, tuple)) and len(mask) == 2 else None)
 
 
 def _reads_mask(layer) -> bool:
@@ -1578,7 +1614,8 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
                             Reshape, Permute, _Merge, Softmax, GlobalPooling2D, ZeroPadding,
-                            Cropping, Rescaling, UpSampling, Dropout)):
+                            Cropping, Rescaling, UpSampling, Dropout, FoldTime,
+                            UnfoldTime)):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
     elif isinstance(layer, Normalization):
         cfg.update({k: v for k, v in layer.get_config().items() if k not in cfg})
@@ -1712,6 +1749,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
     if kind == "TimeDistributed":
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
                                                  adopt), name=name)
+    if kind in ("FoldTime", "UnfoldTime"):
+        return (FoldTime if kind == "FoldTime" else UnfoldTime)(name=name)
     if kind == "GlobalPooling1D":
         return GlobalPooling1D(cfg.get("op", "average"), cfg.get("data_format", "channels_last"),
                                cfg.get("keepdims", False), name=name)

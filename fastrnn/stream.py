@@ -304,8 +304,8 @@ class Stream:
     def _plan_model(self, model):
         from ._model_conv import Conv1D
         from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
-                            Embedding, InputCast, KerasRNN, LayerNormalization, Masking,
-                            TimeDistributed)
+                            Embedding, FoldTime, InputCast, KerasRNN, LayerNormalization,
+                            Masking, TimeDistributed)
         n = len(model.layers)
         if model.n_inputs > 1:
             raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
@@ -329,11 +329,15 @@ class Stream:
         last = None     # the last-step RNN (return_sequences=False) the layers follow
         # layers that act on each step's features alone (plus normalisations over them)
         rowwise = (Embedding, Masking, Dense, Dropout, Activation, InputCast)
+        block_end = -1
         for i, layer in enumerate(model.layers):
+            if i <= block_end:
+                continue        # (inside a FoldTime ... UnfoldTime block, planned whole)
             if isinstance(layer, Bidirectional):
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
                                  "Bidirectional and needs the whole sequence")
-            if last is not None and isinstance(layer, (KerasRNN, TimeDistributed, Conv1D)):
+            if last is not None and isinstance(layer, (KerasRNN, TimeDistributed, Conv1D,
+                                                       FoldTime)):
                 # (the whole call refuses them too: they need (B, T, ...))
                 raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
                                  f"of type {type(layer).__name__} needs (B, T, ...) input, "
@@ -353,6 +357,10 @@ class Stream:
                 plan.append(("row", layer, None))
             elif isinstance(layer, rowwise + (TimeDistributed,)) or _per_step(layer):
                 plan.append(("step", layer, None))
+            elif isinstance(layer, FoldTime) and graph is not None:
+                # a Keras TimeDistributed of a model: each step's (B, ...) through it
+                block_end, block = _folded_block(model, i)
+                plan.append(("step", block, None))
             elif type(layer) is Conv1D:
                 why = _conv_streams(layer)
                 if why:
@@ -559,3 +567,47 @@ class Stream:
         what = repr(self.model) if self._kind == "layer" else f"Model({self.model.name!r})"
         return (f"Stream({what}, batch_size={self.batch_size}, "
                 f"steps_seen={self.steps_seen})")
+
+
+class _Folded:
+    """The layers from a FoldTime to its UnfoldTime (a Keras TimeDistributed of a model)
+    as one step layer of a stream: they run on each chunk's steps folded into the batch,
+    which carries nothing from step to step."""
+
+    def __init__(self, model, name):
+        self.model, self.name = model, name
+
+    def call(self, x, mask=None):
+        return self.model._call([x], [mask]), mask
+
+
+def _folded_block(model, i):
+    """(the index of the UnfoldTime that closes the FoldTime at ``i``, a :class:`_Folded`
+    of the layers from one to the other), or ValueError where those read from outside."""
+    from .model import INPUT, Model, UnfoldTime
+    graph, layers = model.inputs, model.layers
+    src = tuple(graph[i][0])
+    for j in range(i + 1, len(layers)):
+        if isinstance(layers[j], UnfoldTime) and tuple(graph[j][1]) == src and \
+                i <= graph[j][0][0] < j:
+            break
+    else:
+        raise ValueError(f"cannot stream model {model.name!r}: FoldTime "
+                         f"{layers[i].name!r} has no UnfoldTime reading its input")
+    sub = []
+    for k in range(i, j + 1):
+        refs = []
+        for a, t in graph[k]:
+            if (a, t) == src and (k in (i, j)):
+                refs.append((INPUT, 0))
+            elif a != INPUT and i <= a < k:
+                refs.append((a - i, t))
+            else:
+                raise ValueError(f"cannot stream model {model.name!r}: layer "
+                                 f"{layers[k].name!r} reads {model._reads(k)}, not a layer "
+                                 f"of the TimeDistributed {layers[j].name!r} (Stream runs "
+                                 "chains of layers)")
+        sub.append(refs)
+    # (the layers after it read the one before them: the caller checks that chain)
+    return j, _Folded(Model(layers[i:j + 1], inputs=sub, name=layers[j].name),
+                      layers[j].name)

@@ -76,8 +76,14 @@ _MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maxim
 # attention layers (a list [query, value(, key)] / MultiHeadAttention's query=, value=,
 # key=: fastrnn.model's classes of the same names)
 _ATTENTION_LAYERS = ("Attention", "AdditiveAttention", "MultiHeadAttention")
+# a TimeDistributed of a model is inlined as a fold of its input's steps into the batch
+# (a layer of class _FOLD named "<TimeDistributed>/fold"), the model's layers on it and an
+# unfold named as the TimeDistributed (class TimeDistributed, the key _UNFOLD -> the fold's
+# name), reading [the model's output, the TimeDistributed's input]
+_FOLD = "TimeDistributed(fold)"
+_UNFOLD = object()
 _SUPPORTED = ("InputLayer", "Embedding", "Masking", "Dense", "Activation", "Softmax",
-              "TimeDistributed", "Bidirectional") + _RECURRENT + _NOOP_CLASSES \
+              "TimeDistributed", _FOLD, "Bidirectional") + _RECURRENT + _NOOP_CLASSES \
     + _SHAPE_CLASSES + _IMAGE_CLASSES + _MERGE_LAYERS + _ATTENTION_LAYERS + _ACT_LAYERS \
     + _SCALE_LAYERS + _DEPTHWISE + _UPSAMPLING
 # the call arguments of the attention layers that fastrnn runs (a layer object keeps them)
@@ -426,6 +432,7 @@ class _LayerDesc:
         self.order = 0          # the layer's place in the config (its weights' order)
         self.nested = None      # an inlined nested model's layer: where its weights are
         self.outer = None       # a TimeDistributed's wrapped layer: the TimeDistributed
+        self.unfold = False     # the unfold of a TimeDistributed of a model (_UNFOLD)
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -521,6 +528,7 @@ def _desc(l, i, what):
     d = _LayerDesc(cls, dict(cfg), name)
     d.order = i
     d.nested = l.get(_NESTED)
+    d.unfold = _UNFOLD in l
     return d
 
 
@@ -973,8 +981,16 @@ def _is_model(l):
     return isinstance(l, dict) and l.get("class_name") in _MODEL_CLASSES
 
 
+def _td_model(l):
+    """Whether layer dict ``l`` is a TimeDistributed wrapping a model."""
+    c = l.get("config") if isinstance(l, dict) else None
+    return isinstance(c, dict) and l.get("class_name") == "TimeDistributed" and \
+        _is_model(c.get("layer"))
+
+
 def _has_models(layers):
-    return isinstance(layers, (list, tuple)) and any(_is_model(l) for l in layers)
+    return isinstance(layers, (list, tuple)) and any(
+        _is_model(l) or _td_model(l) for l in layers)
 
 
 def _returns_several(l):
@@ -1141,7 +1157,7 @@ class _Inliner:
                 input_map[n] = k
         first = prefix not in self.done
         self.done.add(prefix)
-        counts, offsets, models = {}, {}, {}
+        counts, offsets, models, tds = {}, {}, {}, {}
         for n in names:
             l = by_name[n]
             cls = l["class_name"]
@@ -1159,7 +1175,22 @@ class _Inliner:
             if n in input_map:
                 continue
             full = prefix + n
-            if first:
+            if _td_model(l):
+                tds[n] = seg
+            if first and n in tds:
+                # (no weights of their own: a nested one's marked so, k3 None, that the
+                # outer model's layers are counted as Keras names them)
+                fold = {"class_name": _FOLD, "name": full + "/fold", "module": "fastrnn",
+                        "config": {"name": full + "/fold"}, "inbound_nodes": []}
+                e = {k: v for k, v in l.items() if k != "inbound_nodes"}
+                e.update(name=full, inbound_nodes=[])
+                e[_UNFOLD] = fold["name"]
+                for x in (fold, e) if in_refs is not None else ():
+                    x[_NESTED] = {"k3": None, "top": scope[0], "local": n, "tree": tree}
+                self.entries[fold["name"]], self.entries[full] = fold, e
+                place += [fold["name"], [], full]
+                self.placed[full + "/"] = place[-2]
+            elif first:
                 e = {k: v for k, v in l.items() if k != "inbound_nodes"}
                 e["name"] = full
                 e["inbound_nodes"] = []
@@ -1221,6 +1252,9 @@ class _Inliner:
                 if in_masks is not None and not _is_op(l):
                     new = self.give_mask(new, node, input_map, in_masks, n, l, where)
                 _drop_none_masks(new)
+                if n in tds:
+                    new = self.distribute(l, n, new, prefix, scope, tds[n], k3base, tree,
+                                          depth, where)
                 entry["inbound_nodes"].append(new)
         for n in models:        # (every call of a model, read or not)
             nodes = by_name[n].get("inbound_nodes") or []
@@ -1267,6 +1301,41 @@ class _Inliner:
                         "masked input with other tensors: not supported (fastrnn supports a "
                         "layer reading the input alone, and a merge layer reading it among "
                         "the tensors it merges)"[:400])
+
+    def distribute(self, l, n, node, prefix, scope, seg, k3base, tree, depth, where):
+        """One call of TimeDistributed ``n`` of a model (its ``node``, references mapped):
+        the fold reads what it reads, the model is inlined on the fold's output (its
+        weights: Keras 3's under "<TimeDistributed>/layer/layers/", a legacy h5 file's in
+        the TimeDistributed's group, as a nested model's) -> the unfold's node."""
+        what = f"{where}: layer {n!r} (TimeDistributed of a model)"
+        fold = self.entries[self.entries[prefix + n][_UNFOLD]]
+        k = len(fold["inbound_nodes"])
+        fold["inbound_nodes"].append(node)
+        data = _node_call(node, n, "TimeDistributed").data
+        if len(data) != 1:
+            raise LoadError(f"{what} is called on {len(data)} tensors; it takes one")
+        inner = l["config"]["layer"]
+        c = _need_dict(inner.get("config"), f"{what}: the model's config")
+        if inner["class_name"] == "Sequential":
+            sub = _seq_as_functional(c.get("layers", []), self.what, n)
+        elif "layers" not in c:
+            raise LoadError(f"{what}: the model has no layers in its config")
+        else:
+            sub = c
+        if len(_refs(sub.get("input_layers"))) != 1 or \
+                len(_refs(sub.get("output_layers"))) != 1:
+            raise LoadError(f"{what}: a model of several inputs or outputs is not "
+                            "supported inside TimeDistributed")
+        if tree is None:
+            tree = {"leaves": {}, "models": set()}
+        outs = self.expand(sub, prefix + n + "/", [(fold["name"], k, 0)], None,
+                           scope + (n,), f"{k3base}{seg}/layer/layers/", tree, depth + 1,
+                           self.placed[prefix + n + "/"])
+        if isinstance(node, dict):
+            like = {"class_name": "__keras_tensor__"}
+            return {"args": [[_tensor(outs[0], like), _tensor(data[0], like)]],
+                    "kwargs": {}}
+        return [[*outs[0], {}], [*data[0], {}]]
 
     def call(self, l, n, node, resolve, prefix, scope, seg, k3base, tree, depth, where):
         """Inline call ``node`` of nested model ``l`` (named ``n``) -> its outputs."""
@@ -1614,6 +1683,8 @@ def _check_masks(order, calls, by_name, call_masks=()):
             fast = ex.merged(cls, c.get("axis", -1), call.data, ins, not call.keras3)
             # (a tf.keras 2 file's merge runs with tf.keras 2's masks where they differ)
             call.k2_merge_same = _k2_merge_same(cls, ins)
+        elif _UNFOLD in l:
+            fast = ins[1] if len(ins) == 2 else None     # (its input's, as Keras 3's)
         else:
             fast = ins[0] if ins else None      # (an attention layer's: the query's)
         mask = call.mask
@@ -3081,6 +3152,24 @@ class _Builder:
             l.name = iname + l.name[len(d.name):] if l.name.startswith(d.name) else iname
         return il, dim
 
+    def fold(self, d, is_masked, in_masked, in_ranks):
+        """The fold or the unfold around the layers of a TimeDistributed's model."""
+        from ..model import FoldTime, UnfoldTime
+        td = d.name.rpartition("/")[0] if d.class_name == _FOLD else d.name
+        where = f"{self.fname}: layer {td!r} (TimeDistributed of a model)"
+        if d.class_name == _FOLD:
+            if is_masked:
+                raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 "
+                                "hands the model one step's (B,) mask)")
+            if in_ranks and in_ranks[0] is not None and in_ranks[0] < 3:
+                raise LoadError(f"{where} reads a tensor of rank {in_ranks[0]}; it needs "
+                                "(B, T, ...)")
+            return FoldTime(name=d.name)
+        if self.major == 2 and in_masked and in_masked[0]:
+            raise LoadError(f"{where}: the model's output has a mask, which tf.keras 2 "
+                            "passes on as the TimeDistributed's: not supported")
+        return UnfoldTime(name=d.name)
+
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
         ``d`` on tensors of ``in_dims`` features and ``in_ranks`` (None: unknown;
@@ -3092,6 +3181,8 @@ class _Builder:
         dim = in_dims[0] if in_dims else None
         if dim is None:
             dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
+        if cls == _FOLD or d.unfold:
+            return self.fold(d, is_masked, in_masked, in_ranks), dim
         if cls == "Embedding":
             w = self.weights(d, (1,))
             V, E = c.get("input_dim"), c.get("output_dim")
@@ -3231,6 +3322,8 @@ class _Builder:
                     raise LoadError(f"{where} is given {len(refs)} inputs; it takes [query, "
                                     "value] or [query, value, key]")
                 is_masked = masked.get(refs[0], False)      # (the query's mask)
+            elif d.unfold and len(refs) == 2:
+                is_masked = masked.get(refs[1], False)      # (the input's mask passes)
             elif len(refs) > 1:
                 raise LoadError(f"{where} takes {len(refs)} inputs; fastrnn supports several "
                                 "only for the merge layers (" + ", ".join(_MERGE_LAYERS) +
@@ -3255,8 +3348,8 @@ class _Builder:
                     cast_to[0] = (cast, f"{d.name}_input")
             for j, t in refs:
                 _check_ref(dims, descs, j, t, where + " reads")
-                if not self.nested_masks_out and masked.get((j, t)) and \
-                        _leaves_its_model(descs[j].name, d.name):
+                if not self.nested_masks_out and masked.get((j, t)) and not d.unfold \
+                        and _leaves_its_model(descs[j].name, d.name):
                     raise LoadError(
                         f"{where} reads a masked output of nested model layer "
                         f"{descs[j].name!r}: not supported for a file of Keras "
@@ -3457,8 +3550,8 @@ def _leaves_its_model(producer: str, consumer: str) -> bool:
 def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
-    from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten,
-                         GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
+    from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten, FoldTime,
+                         UnfoldTime, GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
                          Reshape, TimeDistributed, _Merge, _AttentionBase, GlobalPooling2D)
     ranks = list(in_ranks)
     for layer in layers:
@@ -3489,6 +3582,8 @@ def _tensor_ranks(layers, in_ranks):
         elif isinstance(layer, TimeDistributed):
             r = _tensor_ranks([layer.layer], [None if r is None else r - 1])[0]
             r = None if r is None else r + 1
+        elif isinstance(layer, (FoldTime, UnfoldTime)):
+            r = None if r is None else r + (1 if isinstance(layer, UnfoldTime) else -1)
         n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
         ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
     return ranks

@@ -1,0 +1,187 @@
+"""A Keras TimeDistributed wrapping a model (a sentence encoder of a hierarchical network,
+the per-frame CNN of a CNN-LSTM): the loader inlines the model's layers between a
+FoldTime (the steps folded into the batch) and an UnfoldTime, so masks made inside the
+model reach its layers as in Keras.  Parity with real Keras on the fixtures
+k3_td_model_* (Keras 3.15) and k2_td_model_* (tf-keras 2.21) runs in test_keras.py
+(test_matches_keras over every fixture); here: the structure, the model's own format,
+batch splits, float64, the refusals and the two layers themselves."""
+import json
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py")
+
+import fastrnn  # noqa: E402
+from fastrnn.io import LoadError  # noqa: E402
+from fastrnn.io.keras import load_keras  # noqa: E402
+from fastrnn.model import FoldTime, UnfoldTime  # noqa: E402
+from test_keras import _edit_config, model_path, reference  # noqa: E402
+from test_keras2_more import _edit_h5  # noqa: E402
+
+NAMES = ["k3_td_model_han", "k3_td_model_video_h5", "k3_td_model_nested",
+         "k2_td_model_han", "k2_td_model_video"]
+TOL = 1e-6
+
+
+def _types(model):
+    return [(l.name, type(l).__name__) for l in model.layers]
+
+
+def test_the_model_runs_between_a_fold_and_an_unfold():
+    m = load_keras(model_path("k3_td_model_han"))
+    t = _types(m)
+    assert t[0] == ("time_distributed/fold", "FoldTime")
+    assert ("time_distributed/embedding", "Embedding") in t
+    assert ("time_distributed/attention", "Attention") in t
+    i = t.index(("time_distributed", "UnfoldTime"))
+    # (the unfold reads the model's output and the TimeDistributed's own input)
+    assert m.inputs[i] == [(i - 1, 0), (fastrnn.model.INPUT, 0)]
+    assert m.count_params() == sum(l.count_params() for l in m.layers)
+
+
+def test_weights_of_the_legacy_h5_group_and_keras3_paths_agree():
+    # the same layers' weights from a Keras 3 .keras file (layers/time_distributed/layer/
+    # layers/...) and a tf-keras 2 h5 file (the TimeDistributed's group, weight names
+    # through the inner layers' names) give Keras's numbers (test_keras); here the video
+    # model's count: Conv2D, BatchNormalization, Dense inside, LSTM and Dense outside
+    for name in ("k3_td_model_video_h5", "k2_td_model_video"):
+        m = load_keras(model_path(name))
+        kinds = [type(l).__name__ for l in m.layers]
+        assert kinds == ["FoldTime", "Conv2D", "Pooling2D", "BatchNormalization", "Flatten",
+                         "Dense", "UnfoldTime", "KerasRNN", "TimeDistributed"], (name, kinds)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_and_batch_splits(name, tmp_path):
+    m = load_keras(model_path(name))
+    x, ys = reference(name)
+    p = tmp_path / "m.fastrnn"
+    m.save(p)
+    again = fastrnn.load(str(p))
+    assert _types(again) == _types(m)
+    np.testing.assert_array_equal(again.predict(x), m.predict(x))
+    # (batch splits: the fold of each part is its own)
+    np.testing.assert_allclose(m.predict(x, batch_size=1), ys[0], rtol=0, atol=TOL)
+    np.testing.assert_allclose(m.predict(x, batch_size=2), ys[0], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["k3_td_model_han", "k2_td_model_video"])
+def test_float64(name):
+    m = load_keras(model_path(name), dtype="float64")
+    x, ys = reference(name)
+    y = m.predict(x)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, ys[0], rtol=0, atol=2e-6)
+
+
+def test_inner_masks_reach_the_inner_layers():
+    """The sentence encoder's Embedding(mask_zero=True) masks its Bidirectional GRU (the
+    padding words skipped, as Keras does): without that mask the outputs differ."""
+    m = load_keras(model_path("k3_td_model_han"))
+    x, ys = reference("k3_td_model_han")
+    assert (x == 0).any(axis=-1).sum() >= 10       # (padded sentences)
+    emb = next(l for l in m.layers if type(l).__name__ == "Embedding")
+    emb.mask_zero = False
+    assert np.max(np.abs(m.predict(x) - ys[0])) > 1e-3
+
+
+def test_keras3_drops_the_inner_output_mask():
+    # k3_td_model_nested's wrapped model ends masked (Masking inside); Keras 3's
+    # TimeDistributed passes on its input's mask (none), so the pooling after it averages
+    # every row (test_keras checks the numbers); the unfold's mask is the input's
+    m = load_keras(model_path("k3_td_model_nested"))
+    un = [l for l in m.layers if isinstance(l, UnfoldTime)]
+    assert len(un) == 2 and un[0] is un[1]      # (the nested model called twice)
+    y = np.ones((6, 5, 2), np.float32)
+    out, mask = un[0].call([y, np.ones((2, 3, 4))], [np.ones((6, 5), bool), None])
+    assert out.shape == (2, 3, 5, 2) and mask is None
+
+
+def _masking_before_td(c):
+    layers = c["config"]["layers"]
+    td = next(l for l in layers if l["class_name"] == "TimeDistributed")
+    src = td["inbound_nodes"][0]["args"][0]
+    layers.insert(1, {"module": "keras.layers", "class_name": "Masking", "name": "m",
+                      "config": {"name": "m", "mask_value": 0, "trainable": True,
+                                 "dtype": "float32"},
+                      "inbound_nodes": [{"args": [src], "kwargs": {}}]})
+    td["inbound_nodes"][0]["args"][0] = {**src, "config": {**src["config"],
+                                                           "keras_history": ["m", 0, 0]}}
+
+
+def _two_outputs(c):
+    td = next(l for l in c["config"]["layers"] if l["class_name"] == "TimeDistributed")
+    inner = td["config"]["layer"]["config"]
+    inner["output_layers"] = [inner["output_layers"][0]] * 2 if isinstance(
+        inner["output_layers"][0], list) else [inner["output_layers"], inner["output_layers"]]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_masking_before_td, r"layer 'time_distributed' \(TimeDistributed of a model\) reads a "
+                         r"masked tensor: not supported"),
+    (_two_outputs, r"'time_distributed' \(TimeDistributed of a model\): a model of several "
+                   r"inputs or outputs is not supported"),
+])
+def test_refused_keras3(tmp_path, edit, match):
+    with pytest.raises(LoadError, match=match):
+        load_keras(_edit_config("k3_td_model_han", tmp_path, edit))
+
+
+def test_tf_keras2_inner_output_mask_refused(tmp_path):
+    """tf-keras 2's TimeDistributed passes on the mask its model's output has (Keras 3
+    drops it): a sentence encoder returning its masked sequences is refused."""
+    def sequences(c):
+        td = next(l for l in c["config"]["layers"] if l["class_name"] == "TimeDistributed")
+        inner = td["config"]["layer"]["config"]["layers"]
+        bi = next(l for l in inner if l["class_name"] == "Bidirectional")
+        bi["config"]["layer"]["config"]["return_sequences"] = True
+        json.dumps(c)
+    with pytest.raises(LoadError, match=r"'time_distributed' \(TimeDistributed of a model\): "
+                                        r"the model's output has a mask"):
+        load_keras(_edit_h5("k2_td_model_han", tmp_path, sequences))
+
+
+@pytest.mark.parametrize("name", ["k3_td_model_video_h5", "k2_td_model_han",
+                                  "k2_td_model_video"])
+def test_streams(name):
+    """Each step's frame / sentence through the wrapped model, then the recurrent layers
+    carried on: chunks and single steps give Keras's outputs."""
+    m = load_keras(model_path(name))
+    x, ys = reference(name)
+    s = fastrnn.Stream(m, batch_size=len(x))
+    got = np.concatenate([s.feed(x[:, t:t + 2]) for t in range(0, x.shape[1], 2)], axis=1)
+    one = fastrnn.Stream(m, batch_size=len(x))
+    steps = np.stack([one.step(x[:, t]) for t in range(x.shape[1])], axis=1)
+    want = ys[0] if ys[0].ndim == 3 else ys[0][:, None]      # (the last step's alone)
+    np.testing.assert_allclose(got[:, -want.shape[1]:], want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(steps, got, rtol=0, atol=TOL)
+
+
+def test_stream_refuses_a_graph_around_it():
+    m = load_keras(model_path("k3_td_model_nested"))
+    with pytest.raises(ValueError, match=r"cannot stream model .*: layer "
+                                         r"'block/time_distributed/fold' reads "
+                                         r"time_distributed_2, not a layer of the "
+                                         r"TimeDistributed 'block/time_distributed'"):
+        fastrnn.Stream(m)
+
+
+def test_fold_and_unfold():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    f, u = FoldTime(name="f"), UnfoldTime(name="u")
+    y, mask = f.call(x)
+    assert y.shape == (6, 4) and mask is None and np.shares_memory(y, x)
+    back, mask = u.call([y * 2, x], [None, np.ones((2, 3), bool)])
+    np.testing.assert_array_equal(back, x * 2)
+    assert mask.shape == (2, 3)
+    with pytest.raises(ValueError, match=r"f: FoldTime needs \(B, T, \.\.\.\) input, got "
+                                         r"shape \(2, 3\)"):
+        f.call(x[:, :, 0])
+    with pytest.raises(ValueError, match="f: FoldTime .* on a masked input is not supported"):
+        f.call(x, np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"u: UnfoldTime needs y of \(B\*T, \.\.\.\) for x of "
+                                         r"\(B, T, \.\.\.\), got y \(5, 4\) and x \(2, 3, 4\)"):
+        u.call([y[:5], x])
+    with pytest.raises(ValueError, match=r"u: UnfoldTime takes \[y, x\], two tensors"):
+        u.call(y)
