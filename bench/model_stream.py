@@ -1,7 +1,9 @@
 """A Keras-style model streamed step by step (``fastrnn.Stream`` of ``fastrnn.model.Model``:
-LSTM(F -> 256) then Dense layers, or a LayerNormalization), and the same model called on
-one step, with the few-row paths (Dense: ``_kernels.dense_call``; LayerNormalization:
-``_kernels.layer_norm_rows``) on and off, alternating in one process.
+LSTM(F -> 256) then Dense layers, or a LayerNormalization or BatchNormalization; a Masking
+before it), and the same model called on one step, with the few-row paths (Dense:
+``_kernels.dense_call``; LayerNormalization: ``_kernels.layer_norm_rows``;
+BatchNormalization: ``_kernels.batch_norm_rows``; Masking: ``_kernels.masking_rows``) on
+and off, alternating in one process.
 
     PYTHONPATH=. python bench/model_stream.py
     PYTHONPATH=. python bench/model_stream.py --rounds 8 --steps 4000
@@ -17,7 +19,8 @@ import numpy as np
 
 import fastrnn
 from fastrnn import _kernels, model as fmodel
-from fastrnn.model import Dense, Embedding, KerasRNN, LayerNormalization, Model
+from fastrnn.model import (BatchNormalization, Dense, Embedding, KerasRNN, LayerNormalization,
+                           Masking, Model)
 
 
 def build(F, heads, rng):
@@ -35,6 +38,15 @@ def build(F, heads, rng):
         layers = [Embedding(rng.standard_normal((1000, F)).astype(np.float32)), layers[0],
                   Dense(rng.standard_normal((256, 10)).astype(np.float32),
                         rng.standard_normal(10).astype(np.float32), activation="softmax")]
+    if heads == 5:      # Masking(0) -> LSTM -> Dense(10, softmax)
+        layers = [Masking(0.0), layers[0],
+                  Dense(rng.standard_normal((256, 10)).astype(np.float32),
+                        rng.standard_normal(10).astype(np.float32), activation="softmax")]
+    if heads == 6:      # LSTM -> BatchNormalization
+        layers = layers[:1] + [BatchNormalization(
+            rng.standard_normal(256).astype(np.float32), rng.random(256).astype(np.float32),
+            rng.standard_normal(256).astype(np.float32),
+            rng.standard_normal(256).astype(np.float32))]
     return Model(layers)
 
 
@@ -46,13 +58,15 @@ def main():
     rng = np.random.default_rng(0)
     limit = _kernels._set_dense_rows(0)     # (read: set and put back)
     _kernels._set_dense_rows(limit)
-    fmodel._layer_norm = None
-    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2, 3, 4)]
+    fmodel._layer_norm = fmodel._batch_norm = fmodel._masking = None
+    cases = [(F, heads) for F in (32, 256) for heads in (0, 1, 2, 3, 4, 5, 6)]
+    off = lambda *a: None       # (a row pass that does not apply: NumPy's path)
     res = {}
     for r in range(a.rounds):
         for on in (True, False):
             _kernels._set_dense_rows(limit if on else -1)     # (-1: NumPy's path)
-            fmodel._layer_norm = None if on else (lambda *a: None)  # (None: NumPy's)
+            for k in ("_layer_norm", "_batch_norm", "_masking"):
+                setattr(fmodel, k, None if on else off)     # (None: loaded at first use)
             for F, heads in cases:
                 m = build(F, heads, rng)
                 x = (np.array([7]) if heads == 4 else
@@ -74,9 +88,10 @@ def main():
                 key = (F, heads, on)
                 res.setdefault(key, []).append((np.median(ts) * 1e6, np.median(cs) * 1e6))
     _kernels._set_dense_rows(limit)
-    fmodel._layer_norm = None
+    fmodel._layer_norm = fmodel._batch_norm = fmodel._masking = None
     heads_name = {0: "LSTM", 1: "LSTM + Dense(tanh)", 2: "LSTM + Dense(tanh) + Dense(10, softmax)",
-                  3: "LSTM + LayerNormalization", 4: "Embedding + LSTM + Dense(10, softmax)"}
+                  3: "LSTM + LayerNormalization", 4: "Embedding + LSTM + Dense(10, softmax)",
+                  5: "Masking + LSTM + Dense(10, softmax)", 6: "LSTM + BatchNormalization"}
     print("model (F features in and out)             Stream.step us (on / off)   one-step call us (on / off)")
     for F, heads in cases:
         on, off = res[(F, heads, True)], res[(F, heads, False)]

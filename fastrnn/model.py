@@ -124,6 +124,12 @@ class Masking(Layer):
         self.mask_value = float(mask_value)
 
     def call(self, x, mask=None):
+        if type(x) is np.ndarray:
+            # (float rows in one pass: _kernels.masking_rows, None where it does not
+            # apply; a streaming step's Masking 5.2 -> 1.0 us)
+            r = (_masking or _row_kernels()[3])(x, self.mask_value)
+            if r is not None:
+                return r
         x = np.asarray(x)
         keep = np.any(x != self.mask_value, axis=-1)
         # (zeros by where, as Keras's ops.where: x * keep made an inf mask_value's masked
@@ -139,17 +145,21 @@ class Masking(Layer):
 
 # Dense's activations by their code for _kernels.dense_call (a call of few rows)
 _DENSE_ROW_ACTS = {"linear": 11, "sigmoid": 0, "tanh": 1, "relu": 2, "softmax": -1}
-# the kernels' row passes (Dense, LayerNormalization), loaded by the first call needing them
-_dense_call = _layer_norm = None
+# the kernels' row passes (Dense, LayerNormalization, BatchNormalization, Masking), loaded
+# by the first call needing them
+_dense_call = _layer_norm = _batch_norm = _masking = None
 
 
 def _row_kernels():
-    """``(_kernels.dense_call, _kernels.layer_norm_rows)``, kept in this module."""
-    global _dense_call, _layer_norm
+    """``(_kernels.dense_call, _kernels.layer_norm_rows, _kernels.batch_norm_rows,
+    _kernels.masking_rows)``, kept in this module."""
+    global _dense_call, _layer_norm, _batch_norm, _masking
     from . import _kernels
     assert _kernels.DENSE_ACTS == _DENSE_ROW_ACTS
-    _dense_call, _layer_norm = _kernels.dense_call, _kernels.layer_norm_rows
-    return _dense_call, _layer_norm
+    _dense_call, _layer_norm, _batch_norm, _masking = (
+        _kernels.dense_call, _kernels.layer_norm_rows, _kernels.batch_norm_rows,
+        _kernels.masking_rows)
+    return _dense_call, _layer_norm, _batch_norm, _masking
 
 
 class Dense(Layer):
@@ -595,6 +605,13 @@ class BatchNormalization(Layer):
         self.epsilon = _epsilon(epsilon, "BatchNormalization")
 
     def call(self, x, mask=None):
+        if type(x) is np.ndarray and self.axis in (-1, x.ndim - 1):
+            # (over the last axis in one pass, the same bits: _kernels.batch_norm_rows,
+            # None where it does not apply; a streaming step's 7.4 -> 0.9 us)
+            y = (_batch_norm or _row_kernels()[2])(x, self.moving_mean, self.moving_variance,
+                                                   self.gamma, self.beta, self.epsilon)
+            if y is not None:
+                return y, mask
         x = _float_input(x, self.name)
         (a,) = _axes([self.axis], x.ndim, self.name)
         if x.shape[a] != self.moving_mean.size:

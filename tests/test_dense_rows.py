@@ -236,3 +236,88 @@ def test_dense_weights_replaced_by_other_objects(monkeypatch):
     np.testing.assert_array_equal(d.call(x)[0], [[2, 0, 4]])
     assert calls == []
     assert _kernels.dense_call(x, [[1.0] * 3] * 3, None, 11) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_rows_same_bits_as_numpy_path(dtype):
+    """BatchNormalization over the last axis runs one pass (_kernels.batch_norm_rows):
+    the NumPy path's values bit for bit (a strided input takes that path), every
+    combination of gamma / beta; other layouts, dtypes and weights take NumPy's path."""
+    from fastrnn.model import BatchNormalization
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1, 128), (3, 5, 7), (2, 1), (1, 1000), (2, 2, 3, 9)):
+        n = shape[-1]
+        mean, g, b = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+        var = (rng.random(n) * 3).astype(dtype)
+        for gamma, beta in ((g, b), (None, None), (g, None), (None, b)):
+            bn = BatchNormalization(mean, var, gamma, beta, epsilon=1e-3, dtype=dtype)
+            x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+            y = _kernels.batch_norm_rows(x, bn.moving_mean, bn.moving_variance, bn.gamma,
+                                         bn.beta, bn.epsilon)
+            assert y is not None and y.shape == shape and y.dtype == dtype
+            np.testing.assert_array_equal(y, bn.call(np.repeat(x, 2, -1)[..., ::2])[0])
+            np.testing.assert_array_equal(bn.call(x)[0], y)
+            ref = (x.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64) + 1e-3) * (
+                1 if gamma is None else gamma) + (0 if beta is None else beta)
+            assert np.abs(y - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+    x = np.ones((2, 4), dtype)
+    w = np.ones(4, dtype)
+    assert _kernels.batch_norm_rows(x, w, w, None, None, 1e-3) is not None
+    for other in (x.astype(">f8" if dtype == np.float64 else ">f4"), x.T.copy().T[:, ::2],
+                  x.astype(np.float16), np.zeros((2, 0), dtype), x[0]):
+        assert _kernels.batch_norm_rows(other, w[:other.shape[-1]], w[:other.shape[-1]],
+                                        None, None, 1e-3) is None
+    for bad in (np.ones(3, dtype), w.astype(np.float16), [1.0] * 4, 2.0, None):
+        assert _kernels.batch_norm_rows(x, w, bad, None, None, 1e-3) is None
+        if bad is not None:
+            assert _kernels.batch_norm_rows(x, w, w, bad, None, 1e-3) is None
+    # a float64 input to a float32 layer: NumPy's path (the weights cast), as before
+    bn = BatchNormalization(np.zeros(4), np.ones(4), dtype=np.float32)
+    y = bn.call(np.full((1, 4), 0.1))[0]
+    assert y.dtype == np.float64 and np.allclose(y, 0.1 / np.sqrt(np.float32(1.001)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masking_rows_as_numpy_path(dtype):
+    """Masking in one pass (_kernels.masking_rows): the rows equal to mask_value (rounded
+    to the input's type, as NumPy compares) zeroed and masked, NaN rows kept, -0.0 equal
+    to 0.0; other layouts and dtypes take NumPy's path."""
+    from fastrnn.model import Masking
+    rng = np.random.default_rng(6)
+    for value in (0.0, 0.5, 0.1, -3.0, np.inf, np.nan):
+        x = rng.standard_normal((3, 4, 5)).astype(dtype)
+        x[0, 1] = value
+        x[2, 3] = value
+        x[1, 2, 0] = np.nan
+        x[1, 0] = -0.0 if value == 0.0 else value
+        x[1, 1, :4] = value
+        m = Masking(value)
+        y, keep = _kernels.masking_rows(x, m.mask_value)
+        ys, ks = m.call(np.repeat(x, 2, -1)[..., ::2])
+        np.testing.assert_array_equal(y, ys)
+        np.testing.assert_array_equal(keep, ks)
+        assert keep.dtype == bool and keep.shape == (3, 4) and y.dtype == dtype
+        if value == value:
+            assert keep.sum() == 12 - 3 and not keep[1, 0] and keep[1, 1]
+        assert m.call(x)[0] is not x
+    for other in (np.ones(3, dtype), np.ones((2, 0), dtype), np.ones((2, 4), np.int32),
+                  np.ones((2, 4), dtype)[:, ::2]):
+        assert _kernels.masking_rows(other, 0.0) is None
+
+
+def test_masking_and_batch_norm_calls_take_the_row_passes(monkeypatch):
+    """A float array reaches the row passes (an int input or another axis does not)."""
+    from fastrnn import model as fmodel
+    from fastrnn.model import BatchNormalization, Masking
+    fmodel._row_kernels()
+    seen = []
+    bn_k, mask_k = fmodel._batch_norm, fmodel._masking
+    monkeypatch.setattr(fmodel, "_batch_norm", lambda *a: seen.append("bn") or bn_k(*a))
+    monkeypatch.setattr(fmodel, "_masking", lambda *a: seen.append("mask") or mask_k(*a))
+    x = np.ones((2, 3, 4), np.float32)
+    Masking(1.0).call(x)
+    Masking(1.0).call(x.astype(np.int64))      # (ints: NumPy's comparison)
+    Masking(1.0).call(x.tolist())
+    BatchNormalization(np.zeros(4), np.ones(4)).call(x)
+    BatchNormalization(np.zeros(3), np.ones(3), axis=1).call(x)
+    assert seen == ["mask", "mask", "bn"]
