@@ -264,14 +264,23 @@ class TimeDistributed(Layer):
     one-output layer: Dense, Dropout and Activation act on the last axis directly;
     others (Conv1D / Conv2D, pooling, Flatten, normalisation, Embedding, recurrent layers,
     another TimeDistributed) run once on the steps folded into the batch, ``(B*T, ...)``.
-    The mask of the input passes on unchanged (as Keras 3's); the wrapped layer sees
-    none: a recurrent layer or a global pooling inside it on a masked input is refused
-    (Keras 3 hands it one step's ``(B,)`` mask as its own), and a mask the wrapped layer
-    makes (``Embedding(mask_zero=True)``, ``Masking``) is dropped, as Keras 3 drops it
-    (the Keras loader refuses that in a tf.keras 2 file, which passes it on)."""
+    ``masks="keras3"``: the mask of the input passes on unchanged (as Keras 3's); the
+    wrapped layer sees none: a recurrent layer or a global pooling inside it on a masked
+    input is refused (Keras 3 hands it one step's ``(B,)`` mask as its own), and a mask
+    the wrapped layer makes (``Embedding(mask_zero=True)``, ``Masking``) is dropped, as
+    Keras 3 drops it.  ``masks="keras2"`` (tf.keras 2's): the input's mask, folded as
+    the steps are, is the wrapped layer's, and the output's mask is the one the wrapped
+    layer gives, unfolded, or else the input's reduced to ``(B, T)`` (any of its other
+    axes): a ``TimeDistributed(Embedding(mask_zero=True))`` masks the words a
+    ``TimeDistributed(GRU)`` after it reads, and the sentences of padding alone are
+    masked for a recurrent layer after that."""
 
-    def __init__(self, layer: Layer, name=None):
+    def __init__(self, layer: Layer, name=None, masks: str = "keras3"):
         super().__init__(name)
+        if masks not in ("keras3", "keras2"):
+            raise ValueError(f"TimeDistributed masks must be 'keras3' or 'keras2', got "
+                             f"{masks!r}"[:200])
+        self.masks = masks
         if not isinstance(layer, Layer):
             raise TypeError(f"TimeDistributed wraps a fastrnn.model layer, got "
                             f"{type(layer).__name__}")
@@ -284,6 +293,8 @@ class TimeDistributed(Layer):
         x = np.asarray(x)
         if x.ndim < 3:
             raise ValueError(f"{self.name}: TimeDistributed needs (B, T, ...) input, got {x.shape}")
+        if self.masks == "keras2":
+            return self._call_keras2(x, mask)
         if isinstance(self.layer, (Dense, Dropout, Activation)):    # (the last axis alone)
             return self.layer.call(x, None)[0], mask
         if mask is not None and _reads_mask(self.layer):
@@ -294,6 +305,24 @@ class TimeDistributed(Layer):
         y = np.asarray(self.layer.call(x.reshape((B * T,) + x.shape[2:]), None)[0])
         return y.reshape((B, T) + y.shape[1:]), mask
 
+    def _call_keras2(self, x, mask):
+        B, T = x.shape[:2]
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape[:2] != (B, T):
+                raise ValueError(f"{self.name}: a mask of shape {mask.shape} for an input of "
+                                 f"shape {x.shape}")
+        y, m = self.layer.call(x.reshape((B * T,) + x.shape[2:]), None if mask is None
+                               else mask.reshape((B * T,) + mask.shape[2:]))
+        y = np.asarray(y)
+        y = y.reshape((B, T) + y.shape[1:])
+        if m is not None:
+            m = np.asarray(m)
+            return y, m.reshape((B, T) + m.shape[1:])
+        if mask is None or mask.ndim == 2:
+            return y, mask
+        return y, mask.reshape(B, T, -1).any(-1)
+
     def get_weights(self):
         return self.layer.get_weights()
 
@@ -301,10 +330,10 @@ class TimeDistributed(Layer):
         return self.layer.count_params()       # (a recurrent layer's: Keras's count)
 
     def get_config(self):
-        return {**super().get_config(), "layer": self.layer.get_config()}
+        return {**super().get_config(), "layer": self.layer.get_config(), "masks": self.masks}
 
     def _extra_repr(self):
-        return repr(self.layer)
+        return repr(self.layer) + (", masks='keras2'" if self.masks == "keras2" else "")
 
 
 class FoldTime(Layer):
@@ -1628,7 +1657,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     elif isinstance(layer, Activation):
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, TimeDistributed):
-        cfg["layer"] = _layer_state(layer.layer, prefix + "layer.", out)
+        cfg.update(layer=_layer_state(layer.layer, prefix + "layer.", out), masks=layer.masks)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
                             Reshape, Permute, _Merge, Softmax, GlobalPooling2D, ZeroPadding,
                             Cropping, Rescaling, UpSampling, Dropout, FoldTime,
@@ -1765,7 +1794,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return Activation(_spec_from_json(cfg.get("activation")), name=name)
     if kind == "TimeDistributed":
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
-                                                 adopt), name=name)
+                                                 adopt), name=name,
+                               masks=cfg.get("masks", "keras3"))
     if kind in ("FoldTime", "UnfoldTime"):
         return (FoldTime if kind == "FoldTime" else UnfoldTime)(name=name)
     if kind == "GlobalPooling1D":

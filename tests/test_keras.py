@@ -95,8 +95,8 @@ def test_fixture_set_is_complete():
     # padding / cropping layers; +4 k*_sepconv*: depthwise / separable convolutions;
     # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv;
     # +1 k3_causal_conv_stream: causal convolutions a stream runs; +5 k*_td_model_*:
-    # TimeDistributed of a model)
-    assert len(NAMES) == 148 and len(REFUSED) == 9
+    # TimeDistributed of a model; +3 k2_td_masks_*: tf.keras 2's masks through them)
+    assert len(NAMES) == 151 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 
@@ -1432,14 +1432,14 @@ def _td(cls, **cfg):
                                                         "config": {"name": "inner", **cfg}}})
 
 
-@pytest.mark.parametrize("case", ["lstm_masked", "pool_masked", "embedding_mask_zero",
-                                  "return_state", "merge", "unknown"])
+@pytest.mark.parametrize("case", ["lstm_masked", "pool_masked", "lstm_masked_k2",
+                                  "reshape_masked_k2", "return_state", "merge", "unknown"])
 def test_time_distributed_refusals(case):
     """What fastrnn cannot run as Keras does inside a TimeDistributed is refused at load,
     naming the layer: a mask-reading layer on a masked input (Keras 3 hands it one
-    step's (B,) mask), a wrapped layer that makes a mask in a tf.keras 2 file (which
-    passes it on; Keras 3 drops it: k3_td_embed_mask_zero), several outputs, merges and
-    unknown layers."""
+    step's (B,) mask; tf.keras 2 the folded mask, which a layer reading (B, T, ...) steps
+    of each step needs of 4+ axes, and which tf.keras 2 refuses to a layer that does not
+    support masking), several outputs, merges and unknown layers."""
     from fastrnn.io.keras import model_from_keras_config
     r = np.random.RandomState(0)
     lstm_w = [r.normal(size=(2, 12)), r.normal(size=(3, 12)), r.normal(size=12)]
@@ -1452,24 +1452,21 @@ def test_time_distributed_refusals(case):
         "lstm_masked": (_td_seq(emb, fold, _td("LSTM", units=3)), "reads a masked tensor"),
         "pool_masked": (_td_seq(emb, fold, _td("GlobalAveragePooling1D")),
                         "reads a masked tensor"),
-        "embedding_mask_zero": (_td_seq(_td("Embedding", input_dim=20, output_dim=6,
-                                            mask_zero=True), shape=(None, 5, 7)),
-                                "makes a mask .* tf.keras 2 file"),
+        "lstm_masked_k2": (_td_seq(emb, _td("LSTM", units=3)), "reads a masked tensor"),
+        "reshape_masked_k2": (_td_seq(emb, fold, _td("LSTM", units=3)),
+                              "does not support masking"),
         "return_state": (_td_seq(_td("LSTM", units=3, return_state=True), **image),
                          "several outputs"),
         "merge": (_td_seq(_td("Add"), **image), "not supported inside TimeDistributed"),
         "unknown": (_td_seq(_td("Lambda"), **image), "not supported inside TimeDistributed"),
     }[case]
     weights["td"] = {"lstm_masked": lstm_w, "return_state": lstm_w,
-                     "embedding_mask_zero": [r.normal(size=(20, 6))]}.get(case, [])
-    version = "2" if case == "embedding_mask_zero" else "3"
-    with pytest.raises(LoadError, match=rf"layer 'td' \(TimeDistributed of \w+\).*{want}"):
+                     "reshape_masked_k2": lstm_w,
+                     "lstm_masked_k2": [r.normal(size=(6, 12))] + lstm_w[1:]}.get(case, [])
+    version = "2" if case.endswith("_k2") else "3"
+    td = "td_r" if case == "reshape_masked_k2" else "td"
+    with pytest.raises(LoadError, match=rf"layer '{td}' \(TimeDistributed of \w+\).*{want}"):
         model_from_keras_config(arch, weights, keras_version=version)
-    if case == "embedding_mask_zero":   # (Keras 3: loads, the wrapped layer's mask dropped)
-        ok = model_from_keras_config(arch, weights)
-        ids = np.array([[[1, 2, 0, 0, 0, 0, 0]] * 5])
-        assert ok(ids).shape == (1, 5, 7, 6)
-        assert ok.layers[-1].call(ids, None)[1] is None
     if case == "return_state":      # (the same layer without return_state loads and runs)
         ok = model_from_keras_config(_td_seq(_td("LSTM", units=3), **image), weights)
         x = r.normal(size=(2, 5, 7, 2)).astype("f4")
@@ -1585,3 +1582,21 @@ def test_nested_model_mask_by_keras_version(tmp_path, version, refused):
             load_keras(str(path))
     else:
         assert_matches(load_keras(str(path)), name)
+
+
+def test_time_distributed_embedding_mask_by_version():
+    """A TimeDistributed(Embedding(mask_zero=True)): Keras 3 drops the mask it makes
+    (k3_td_embed_mask_zero), tf.keras 2 passes it on, (B, T, words) (k2_td_masks_*)."""
+    from fastrnn.io.keras import model_from_keras_config
+    arch = _td_seq(_td("Embedding", input_dim=20, output_dim=6, mask_zero=True),
+                   shape=(None, 5, 7))
+    weights = {"td": [np.random.RandomState(0).normal(size=(20, 6))]}
+    ids = np.array([[[1, 2, 0, 0, 0, 0, 0]] * 5])
+    k3 = model_from_keras_config(arch, weights)
+    assert k3(ids).shape == (1, 5, 7, 6) and k3.layers[-1].masks == "keras3"
+    assert k3.layers[-1].call(ids, None)[1] is None
+    k2 = model_from_keras_config(arch, weights, keras_version="2")
+    assert k2.layers[-1].masks == "keras2"
+    y, m = k2.layers[-1].call(ids, None)
+    np.testing.assert_array_equal(y, k3(ids))
+    np.testing.assert_array_equal(m, ids != 0)

@@ -4,7 +4,8 @@ FoldTime (the steps folded into the batch) and an UnfoldTime, so masks made insi
 model reach its layers as in Keras.  Parity with real Keras on the fixtures
 k3_td_model_* (Keras 3.15) and k2_td_model_* (tf-keras 2.21) runs in test_keras.py
 (test_matches_keras over every fixture); here: the structure, the model's own format,
-batch splits, float64, the refusals and the two layers themselves."""
+batch splits, float64, the refusals and the two layers themselves; and tf.keras 2's masks
+through TimeDistributed layers (k2_td_masks_*, TimeDistributed(masks="keras2"))."""
 import json
 
 import numpy as np
@@ -185,3 +186,47 @@ def test_fold_and_unfold():
         u.call([y[:5], x])
     with pytest.raises(ValueError, match=r"u: UnfoldTime takes \[y, x\], two tensors"):
         u.call(y)
+
+
+@pytest.mark.parametrize("name", ["k2_td_masks_han", "k2_td_masks_pool", "k2_td_masks_seq"])
+def test_tf_keras2_masks_through_time_distributed(name, tmp_path):
+    """tf.keras 2's TimeDistributed passes the wrapped layer's mask on (the words', then
+    the sentences'): the numbers (test_keras), the layers' mode through fastrnn's own
+    format, and a stream of the chain models (the masked steps carried)."""
+    from fastrnn.model import TimeDistributed
+    m = load_keras(model_path(name))
+    x, ys = reference(name)
+    tds = [l for l in m.layers if isinstance(l, TimeDistributed)]
+    assert tds and all(l.masks == "keras2" for l in tds)
+    p = tmp_path / "m.fastrnn"
+    m.save(p)
+    again = fastrnn.load(str(p))
+    assert [l.masks for l in again.layers if isinstance(l, TimeDistributed)] == \
+        ["keras2"] * len(tds)
+    np.testing.assert_array_equal(again.predict(x), m.predict(x))
+    # (run as Keras 3 runs it, the numbers differ: the masks matter here)
+    for l in tds:
+        l.masks = "keras3"
+    try:
+        assert np.max(np.abs(m.predict(x) - ys[0])) > 1e-3
+    except ValueError as e:       # (or Keras 3's refusal of a reader on a masked input)
+        assert "on a masked input is not supported" in str(e)
+    if name == "k2_td_masks_pool":
+        s = fastrnn.Stream(again, batch_size=len(x))
+        got = np.concatenate([s.feed(x[:, t:t + 2]) for t in range(0, x.shape[1], 2)], 1)
+        np.testing.assert_allclose(got, ys[0], rtol=0, atol=TOL)
+
+
+def test_time_distributed_masks_argument():
+    from fastrnn.model import Dense, TimeDistributed
+    d = Dense(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="masks must be 'keras3' or 'keras2', got 'tf'"):
+        TimeDistributed(d, masks="tf")
+    td = TimeDistributed(d, masks="keras2", name="td")
+    x = np.ones((2, 4, 5, 3), np.float32)
+    y, m = td.call(x, np.ones((2, 4, 5), bool))
+    assert y.shape == (2, 4, 5, 2) and m.shape == (2, 4, 5)
+    with pytest.raises(ValueError, match=r"td: a mask of shape \(4, 2\) for an input of "
+                                         r"shape \(2, 4, 5, 3\)"):
+        td.call(x, np.ones((4, 2), bool))
+    assert "masks='keras2'" in repr(td)

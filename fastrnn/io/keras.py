@@ -3123,7 +3123,7 @@ class _Builder:
         """The layer a TimeDistributed ``d`` wraps (other than Dense, Dropout and
         Activation), built as that layer on one step of ``d``'s input (``rank`` - 1 axes;
         its weights are ``d``'s), and its output's feature size."""
-        from ..model import Embedding, Masking, _reads_mask
+        from ..model import _reads_mask
         where = f"{self.fname}: layer {d.name!r} (TimeDistributed of {icls})"
         if icls not in _SUPPORTED or icls == "InputLayer" \
                 or icls in _MERGE_LAYERS or icls in _ATTENTION_LAYERS:
@@ -3137,14 +3137,16 @@ class _Builder:
         if any(l.n_outputs() != 1 for l in chain):
             raise LoadError(f"{where}: a wrapped layer of several outputs (return_state, "
                             "merge_mode=None) is not supported")
-        if self.major == 2 and (isinstance(il, Masking) or
-                                (isinstance(il, Embedding) and il.mask_zero)):
-            # (tf.keras 2 gives the TimeDistributed the wrapped layer's mask; Keras 3
-            # drops it, as TimeDistributed.call does)
-            raise LoadError(f"{where}: a wrapped layer that makes a mask (Masking, "
-                            "Embedding with mask_zero) is not supported in a tf.keras 2 "
-                            "file")
-        if is_masked and any(_reads_mask(l) for l in chain):
+        # (tf.keras 2 hands the wrapped layer the input's mask folded as the steps are,
+        # TimeDistributed(masks="keras2"), which a layer that does not support masking
+        # refuses there (Layer.compute_mask's TypeError), and a reader needs as a mask of
+        # the steps of each step: an input of 4+ axes; Keras 3 one step's (B,) mask)
+        if self.major == 2 and is_masked and not all(isinstance(l, _K2_MASKING_LAYERS())
+                                                     for l in chain):
+            raise LoadError(f"{where} reads a masked tensor: not supported (tf.keras 2 "
+                            "refuses a mask for it: the layer does not support masking)")
+        if is_masked and any(_reads_mask(l) for l in chain) and (
+                self.major != 2 or rank is None or rank < 4):
             raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 hands "
                             "the wrapped layer one step's (B,) mask, tf.keras 2 the steps' "
                             "folded (B*T,) mask)")
@@ -3228,13 +3230,15 @@ class _Builder:
             else:
                 il, dim = self.wrapped(d, icls, ic, iname, dim, is_masked,
                                        in_ranks[0] if in_ranks else None)
+            masks = "keras2" if self.major == 2 else "keras3"
             if isinstance(il, list):
                 # (a chain, a separable convolution's two layers: each one distributed,
                 # the last under the TimeDistributed's name)
-                layer = [TimeDistributed(l, name=f"{d.name}/{l.name}") for l in il[:-1]]
-                layer.append(TimeDistributed(il[-1], name=d.name))
+                layer = [TimeDistributed(l, name=f"{d.name}/{l.name}", masks=masks)
+                         for l in il[:-1]]
+                layer.append(TimeDistributed(il[-1], name=d.name, masks=masks))
             else:
-                layer = TimeDistributed(il, name=d.name)
+                layer = TimeDistributed(il, name=d.name, masks=masks)
         elif cls in _ACT_LAYERS:
             layer = self.act_layer(d, dim, in_ranks[0] if in_ranks else None)
         elif cls in _SCALE_LAYERS:
@@ -3263,9 +3267,9 @@ class _Builder:
     def build(self, descs, outputs, input_names=None):
         """The Model of the descs (one a call of a Keras layer: the calls of a shared
         layer run one fastrnn layer object, built once)."""
-        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping, Embedding,
+        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping,
                              Flatten, GlobalPooling1D, GlobalPooling2D, InputCast, KerasRNN,
-                             Masking, Model, Permute, Pooling1D, Pooling2D, Reshape,
+                             Model, Permute, Pooling1D, Pooling2D, Reshape,
                              RepeatVector, UpSampling, ZeroPadding)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
         unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
@@ -3394,7 +3398,7 @@ class _Builder:
                 graph.append(src)
                 src = [(len(layers), 0)]
                 layers.append(l)
-                if isinstance(l, Masking) or (isinstance(l, Embedding) and l.mask_zero):
+                if _makes_mask(l):
                     is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
@@ -3545,6 +3549,25 @@ def _leaves_its_model(producer: str, consumer: str) -> bool:
     ``consumer`` outside that model."""
     scope = producer.rpartition("/")[0]
     return bool(scope) and not consumer.startswith(scope + "/")
+
+
+def _K2_MASKING_LAYERS():
+    """The fastrnn layers of the tf.keras 2 layers that support masking (a
+    TimeDistributed hands them its input's mask; tf.keras 2 refuses it to the others)."""
+    from ..model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
+                         Embedding, GlobalPooling1D, KerasRNN, LayerNormalization, Masking,
+                         PReLU, TimeDistributed)
+    return (Activation, BatchNormalization, Bidirectional, Dense, Dropout, Embedding,
+            GlobalPooling1D, KerasRNN, LayerNormalization, Masking, PReLU, TimeDistributed)
+
+
+def _makes_mask(layer) -> bool:
+    """Whether a layer makes a mask: Masking, Embedding(mask_zero=True), a tf.keras 2
+    TimeDistributed of one (which passes it on)."""
+    from ..model import Embedding, Masking, TimeDistributed
+    if isinstance(layer, TimeDistributed):
+        return layer.masks == "keras2" and _makes_mask(layer.layer)
+    return isinstance(layer, Masking) or (isinstance(layer, Embedding) and layer.mask_zero)
 
 
 def _tensor_ranks(layers, in_ranks):
