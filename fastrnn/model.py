@@ -277,10 +277,7 @@ class TimeDistributed(Layer):
 
     def __init__(self, layer: Layer, name=None, masks: str = "keras3"):
         super().__init__(name)
-        if masks not in ("keras3", "keras2"):
-            raise ValueError(f"TimeDistributed masks must be 'keras3' or 'keras2', got "
-                             f"{masks!r}"[:200])
-        self.masks = masks
+        self.masks = _masks_mode(masks, "TimeDistributed")
         if not isinstance(layer, Layer):
             raise TypeError(f"TimeDistributed wraps a fastrnn.model layer, got "
                             f"{type(layer).__name__}")
@@ -356,9 +353,17 @@ class FoldTime(Layer):
 class UnfoldTime(Layer):
     """``[y, x]`` in: ``y`` of ``(B*T, ...)`` (computed from a :class:`FoldTime` of
     ``x``), ``x`` of ``(B, T, ...)``; ``y`` as ``(B, T, ...)`` out, with ``x``'s mask (a
-    Keras 3 TimeDistributed passes its input's mask on; a mask of ``y`` is dropped)."""
+    Keras 3 TimeDistributed passes its input's mask on; a mask of ``y`` is dropped), or
+    with ``masks="keras2"`` ``y``'s mask unfolded where it has one (tf.keras 2's)."""
 
     n_inputs = 2
+
+    def __init__(self, name=None, masks: str = "keras3"):
+        super().__init__(name)
+        self.masks = _masks_mode(masks, "UnfoldTime")
+
+    def get_config(self):
+        return {**super().get_config(), "masks": self.masks}
 
     def call(self, x, mask=None):
         if not isinstance(x, (list, tuple)) or len(x) != 2:
@@ -367,8 +372,18 @@ class UnfoldTime(Layer):
         if len(src) < 2 or y.ndim < 1 or y.shape[0] != src[0] * src[1]:
             raise ValueError(f"{self.name}: UnfoldTime needs y of (B*T, ...) for x of "
                              f"(B, T, ...), got y {y.shape} and x {tuple(src)}")
-        return y.reshape(tuple(src[:2]) + y.shape[1:]), \
-            (mask[1] if isinstance(mask, (list, tuple)) and len(mask) == 2 else None)
+        m = mask if isinstance(mask, (list, tuple)) and len(mask) == 2 else (None, None)
+        if self.masks == "keras2" and m[0] is not None:
+            ym = np.asarray(m[0])
+            return y.reshape(tuple(src[:2]) + y.shape[1:]), \
+                ym.reshape(tuple(src[:2]) + ym.shape[1:])
+        return y.reshape(tuple(src[:2]) + y.shape[1:]), m[1]
+
+
+def _masks_mode(masks, what):
+    if masks not in ("keras3", "keras2"):
+        raise ValueError(f"{what} masks must be 'keras3' or 'keras2', got {masks!r}"[:200])
+    return masks
 
 
 def _reads_mask(layer) -> bool:
@@ -1796,8 +1811,10 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
                                                  adopt), name=name,
                                masks=cfg.get("masks", "keras3"))
-    if kind in ("FoldTime", "UnfoldTime"):
-        return (FoldTime if kind == "FoldTime" else UnfoldTime)(name=name)
+    if kind == "FoldTime":
+        return FoldTime(name=name)
+    if kind == "UnfoldTime":
+        return UnfoldTime(name=name, masks=cfg.get("masks", "keras3"))
     if kind == "GlobalPooling1D":
         return GlobalPooling1D(cfg.get("op", "average"), cfg.get("data_format", "channels_last"),
                                cfg.get("keepdims", False), name=name)

@@ -95,8 +95,9 @@ def test_fixture_set_is_complete():
     # padding / cropping layers; +4 k*_sepconv*: depthwise / separable convolutions;
     # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv;
     # +1 k3_causal_conv_stream: causal convolutions a stream runs; +5 k*_td_model_*:
-    # TimeDistributed of a model; +3 k2_td_masks_*: tf.keras 2's masks through them)
-    assert len(NAMES) == 151 and len(REFUSED) == 9
+    # TimeDistributed of a model; +4 k2_td_masks_*, k2_td_model_mask_out: tf.keras 2's
+    # masks through them)
+    assert len(NAMES) == 152 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 

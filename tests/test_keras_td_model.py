@@ -6,8 +6,6 @@ k3_td_model_* (Keras 3.15) and k2_td_model_* (tf-keras 2.21) runs in test_keras.
 (test_matches_keras over every fixture); here: the structure, the model's own format,
 batch splits, float64, the refusals and the two layers themselves; and tf.keras 2's masks
 through TimeDistributed layers (k2_td_masks_*, TimeDistributed(masks="keras2"))."""
-import json
-
 import numpy as np
 import pytest
 
@@ -18,10 +16,9 @@ from fastrnn.io import LoadError  # noqa: E402
 from fastrnn.io.keras import load_keras  # noqa: E402
 from fastrnn.model import FoldTime, UnfoldTime  # noqa: E402
 from test_keras import _edit_config, model_path, reference  # noqa: E402
-from test_keras2_more import _edit_h5  # noqa: E402
 
 NAMES = ["k3_td_model_han", "k3_td_model_video_h5", "k3_td_model_nested",
-         "k2_td_model_han", "k2_td_model_video"]
+         "k2_td_model_han", "k2_td_model_video", "k2_td_model_mask_out"]
 TOL = 1e-6
 
 
@@ -129,18 +126,61 @@ def test_refused_keras3(tmp_path, edit, match):
         load_keras(_edit_config("k3_td_model_han", tmp_path, edit))
 
 
-def test_tf_keras2_inner_output_mask_refused(tmp_path):
+def _second_call_masked(c):
+    # the TimeDistributed called again, on a Masking of the input: a second output
+    layers = c["config"]["layers"]
+    td = next(l for l in layers if l["class_name"] == "TimeDistributed")
+    src = td["inbound_nodes"][0]["args"][0]
+    layers.insert(1, {"module": "keras.layers", "class_name": "Masking", "name": "m",
+                      "config": {"name": "m", "mask_value": 0, "trainable": True,
+                                 "dtype": "float32"},
+                      "inbound_nodes": [{"args": [src], "kwargs": {}}]})
+    td["inbound_nodes"].append({"args": [{**src, "config": {
+        **src["config"], "keras_history": ["m", 0, 0]}}], "kwargs": {}})
+    c["config"]["output_layers"] = [c["config"]["output_layers"], [td["name"], 1, 0]]
+
+
+def test_shared_time_distributed_checks_each_call(tmp_path):
+    """A TimeDistributed of a model called twice, the second time on a masked tensor:
+    refused at load (the checks run for each call, not only the first's)."""
+    with pytest.raises(LoadError, match=r"layer 'time_distributed' \(TimeDistributed of a "
+                                        r"model\) reads a masked tensor"):
+        load_keras(_edit_config("k3_td_model_han", tmp_path, _second_call_masked))
+
+
+def test_fold_named_apart_from_the_model_layers():
+    """The fold takes a name no layer of the wrapped model has ("fold", "fold_1", ...)."""
+    from fastrnn.io.keras import model_from_keras_config
+    from test_keras import _td_seq
+    inner = [{"class_name": "Dense", "config": {"name": n, "units": u, "activation": a}}
+             for n, u, a in (("fold", 2, "tanh"), ("fold_1", 3, "linear"))]
+    arch = _td_seq(("TimeDistributed", {"name": "td", "layer": {
+        "class_name": "Sequential", "config": {"name": "inner", "layers": inner}}}),
+        shape=(None, 4, 5))
+    r = np.random.RandomState(0)
+    w = {"fold": [r.normal(size=(5, 2)), r.normal(size=2)],
+         "fold_1": [r.normal(size=(2, 3)), r.normal(size=3)]}
+    m = model_from_keras_config(arch, w)
+    assert _types(m) == [("td/fold_2", "FoldTime"), ("td/fold", "Dense"),
+                         ("td/fold_1", "Dense"), ("td", "UnfoldTime")]
+    x = r.normal(size=(2, 4, 5)).astype(np.float32)
+    want = np.tanh(x @ w["fold"][0] + w["fold"][1]) @ w["fold_1"][0] + w["fold_1"][1]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_keras2_passes_the_model_output_mask_on():
     """tf-keras 2's TimeDistributed passes on the mask its model's output has (Keras 3
-    drops it): a sentence encoder returning its masked sequences is refused."""
-    def sequences(c):
-        td = next(l for l in c["config"]["layers"] if l["class_name"] == "TimeDistributed")
-        inner = td["config"]["layer"]["config"]["layers"]
-        bi = next(l for l in inner if l["class_name"] == "Bidirectional")
-        bi["config"]["layer"]["config"]["return_sequences"] = True
-        json.dumps(c)
-    with pytest.raises(LoadError, match=r"'time_distributed' \(TimeDistributed of a model\): "
-                                        r"the model's output has a mask"):
-        load_keras(_edit_h5("k2_td_model_han", tmp_path, sequences))
+    drops it): k2_td_model_mask_out's sentence encoder returns its masked word vectors,
+    which a TimeDistributed average pools over the words alone (test_keras: the
+    numbers); the unfold's mask is the model output's, unfolded."""
+    m = load_keras(model_path("k2_td_model_mask_out"))
+    un = next(l for l in m.layers if isinstance(l, UnfoldTime))
+    assert un.masks == "keras2"
+    y, mask = un.call([np.ones((6, 5, 2)), np.ones((2, 3, 5))], [np.ones((6, 5), bool), None])
+    assert mask.shape == (2, 3, 5)
+    x, ys = reference("k2_td_model_mask_out")
+    un.masks = "keras3"
+    assert np.max(np.abs(m.predict(x) - ys[0])) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["k3_td_model_video_h5", "k2_td_model_han",

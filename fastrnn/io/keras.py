@@ -988,6 +988,19 @@ def _td_model(l):
         _is_model(c.get("layer"))
 
 
+def _fold_name(l):
+    """The name of the fold of TimeDistributed ``l`` of a model: "fold" (or "fold_1",
+    ...: one no layer of the model has)."""
+    c = l["config"]["layer"].get("config")
+    layers = c.get("layers") if isinstance(c, dict) else None
+    taken = {x.get("name") or (x.get("config") or {}).get("name") for x in layers
+             if isinstance(x, dict)} if isinstance(layers, list) else set()
+    k = 0
+    while (name := "fold" if k == 0 else f"fold_{k}") in taken:
+        k += 1
+    return name
+
+
 def _has_models(layers):
     return isinstance(layers, (list, tuple)) and any(
         _is_model(l) or _td_model(l) for l in layers)
@@ -1180,8 +1193,9 @@ class _Inliner:
             if first and n in tds:
                 # (no weights of their own: a nested one's marked so, k3 None, that the
                 # outer model's layers are counted as Keras names them)
-                fold = {"class_name": _FOLD, "name": full + "/fold", "module": "fastrnn",
-                        "config": {"name": full + "/fold"}, "inbound_nodes": []}
+                fname = f"{full}/{_fold_name(l)}"
+                fold = {"class_name": _FOLD, "name": fname, "module": "fastrnn",
+                        "config": {"name": fname}, "inbound_nodes": []}
                 e = {k: v for k, v in l.items() if k != "inbound_nodes"}
                 e.update(name=full, inbound_nodes=[])
                 e[_UNFOLD] = fold["name"]
@@ -2327,8 +2341,11 @@ class _Builder:
     def weights(self, d, n_expected):
         w = self.stored(d)
         if w is None:
+            shared = "" if d.nested is None and d.outer is None else (
+                "; if the model holding it (or the layer) is used in two places, Keras "
+                "stored its weights once, under the first: not supported")
             raise LoadError(f"{self.fname}: no weights found for layer {d.name!r} "
-                            f"({d.class_name})")
+                            f"({d.class_name}){shared}")
         if len(w) not in n_expected:
             raise LoadError(f"{self.fname}: layer {d.name!r} ({d.class_name}) has {len(w)} "
                             f"weight arrays, expected {' or '.join(map(str, n_expected))}")
@@ -3154,7 +3171,7 @@ class _Builder:
             l.name = iname + l.name[len(d.name):] if l.name.startswith(d.name) else iname
         return il, dim
 
-    def fold(self, d, is_masked, in_masked, in_ranks):
+    def fold(self, d, is_masked, in_ranks):
         """The fold or the unfold around the layers of a TimeDistributed's model."""
         from ..model import FoldTime, UnfoldTime
         td = d.name.rpartition("/")[0] if d.class_name == _FOLD else d.name
@@ -3167,10 +3184,8 @@ class _Builder:
                 raise LoadError(f"{where} reads a tensor of rank {in_ranks[0]}; it needs "
                                 "(B, T, ...)")
             return FoldTime(name=d.name)
-        if self.major == 2 and in_masked and in_masked[0]:
-            raise LoadError(f"{where}: the model's output has a mask, which tf.keras 2 "
-                            "passes on as the TimeDistributed's: not supported")
-        return UnfoldTime(name=d.name)
+        # (tf.keras 2 passes the mask of the model's output on, Keras 3 drops it)
+        return UnfoldTime(name=d.name, masks="keras2" if self.major == 2 else "keras3")
 
     def layer(self, d, in_dims, is_masked, in_ranks=(), in_masked=()):
         """The fastrnn layer (stacked cells: a list of them) for a call of Keras layer
@@ -3184,7 +3199,7 @@ class _Builder:
         if dim is None:
             dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
         if cls == _FOLD or d.unfold:
-            return self.fold(d, is_masked, in_masked, in_ranks), dim
+            return self.fold(d, is_masked, in_ranks), dim
         if cls == "Embedding":
             w = self.weights(d, (1,))
             V, E = c.get("input_dim"), c.get("output_dim")
@@ -3327,7 +3342,9 @@ class _Builder:
                                     "value] or [query, value, key]")
                 is_masked = masked.get(refs[0], False)      # (the query's mask)
             elif d.unfold and len(refs) == 2:
-                is_masked = masked.get(refs[1], False)      # (the input's mask passes)
+                # (the input's mask passes; tf.keras 2's that of the model's output first)
+                is_masked = masked.get(refs[1], False) or (
+                    self.major == 2 and masked.get(refs[0], False))
             elif len(refs) > 1:
                 raise LoadError(f"{where} takes {len(refs)} inputs; fastrnn supports several "
                                 "only for the merge layers (" + ", ".join(_MERGE_LAYERS) +
@@ -3367,8 +3384,10 @@ class _Builder:
                 raise LoadError(f"{where} is shared, called with different options "
                                 f"({first[3]} and {getattr(d, 'options', {})}): not "
                                 "supported"[:400])
-            if first is not None and first[1] == in_dims:
-                new, out_dims = first[0], first[2]      # (a shared layer's call)
+            if first is not None and first[1] == in_dims and \
+                    cls not in (_FOLD, "TimeDistributed"):
+                # (a shared layer's call; a TimeDistributed's checks its masks each call)
+                new, out_dims = first[0], first[2]
             else:
                 layer, dim = self.layer(d, in_dims, is_masked, in_ranks,
                                         tuple(masked.get(r, False) for r in refs))
