@@ -126,7 +126,7 @@ class Masking(Layer):
     def call(self, x, mask=None):
         if type(x) is np.ndarray:
             # (float rows in one pass: _kernels.masking_rows, None where it does not
-            # apply; a streaming step's Masking 5.2 -> 1.0 us)
+            # apply; a call on one step of 32 features 3.6 -> 0.2 us)
             r = (_masking or _row_kernels()[3])(x, self.mask_value)
             if r is not None:
                 return r
@@ -651,7 +651,8 @@ class BatchNormalization(Layer):
     def call(self, x, mask=None):
         if type(x) is np.ndarray and self.axis in (-1, x.ndim - 1):
             # (over the last axis in one pass, the same bits: _kernels.batch_norm_rows,
-            # None where it does not apply; a streaming step's 7.4 -> 0.9 us)
+            # None where it does not apply; a call on one step of 256 features 6.6 ->
+            # 0.9 us)
             y = (_batch_norm or _row_kernels()[2])(x, self.moving_mean, self.moving_variance,
                                                    self.gamma, self.beta, self.epsilon)
             if y is not None:

@@ -488,7 +488,8 @@ class Stream:
                 if h.ndim != 3:
                     raise ValueError(f"layer {layer.name!r} expects (B, T, features), got {h.shape}")
                 y = None
-                if h.shape[1] == 1 and (mask is None or np.all(mask)):
+                if h.shape[1] == 1 and (mask is None or (
+                        mask.all() if type(mask) is np.ndarray else np.all(mask))):
                     # one unmasked step (Stream.step): the layer's streaming entry, as a
                     # layer's stream runs it (a model's step 21.9 -> ~11 us at H=256)
                     y = runner.step(h[:, 0], self.num_threads)
