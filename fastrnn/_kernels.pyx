@@ -2420,7 +2420,7 @@ def _set_dense_rows(Py_ssize_t max_values):
     return old
 
 
-def dense_call(cnp.ndarray x, w, b, int act):
+def dense_call(cnp.ndarray x not None, w, b, int act):
     """``act(x @ w + b)`` over x's last axis by :func:`dense_rows` where that applies (x
     C-contiguous of w's dtype with few rows, see ``_dense_work``), as a new array of shape
     ``x.shape[:-1] + (n,)``; else None (the caller runs NumPy's path).  Checks in C: a
@@ -2508,7 +2508,7 @@ cdef void _ln_rows(floating* y, const floating* x, Py_ssize_t m, Py_ssize_t n,
             yr[j] = xr[j] * gi + res
 
 
-def layer_norm_rows(cnp.ndarray x, gamma, beta, double epsilon, bint rms):
+def layer_norm_rows(cnp.ndarray x not None, gamma, beta, double epsilon, bint rms):
     """Keras's LayerNormalization over the last axis of x (C-contiguous float32 / float64,
     aligned, native byte order; gamma / beta None or contiguous arrays of x's dtype and
     the last axis's size), in one pass a row (``fastrnn.model.LayerNormalization``: a
@@ -2564,13 +2564,13 @@ cdef void _bn_rows(floating* y, const floating* x, Py_ssize_t m, Py_ssize_t n,
             y[r * n + j] = x[r * n + j] * scale[j] + shift[j]
 
 
-def batch_norm_rows(cnp.ndarray x, mean, variance, gamma, beta, double epsilon):
+def batch_norm_rows(cnp.ndarray x not None, mean, variance, gamma, beta, double epsilon):
     """Keras's BatchNormalization at inference over the last axis of x (C-contiguous
     float32 / float64 of 2+ axes, aligned, native byte order; the statistics and gamma / beta (or
     None) contiguous arrays of x's dtype and the last axis's size), in one pass
     (``fastrnn.model.BatchNormalization``: a streaming step's ~7 us through NumPy's
-    small operations); the NumPy path's values, bit for bit.  None where that does not
-    apply (the caller runs NumPy's path)."""
+    small operations); the NumPy path's values, bit for bit (but the sign of a NaN).  None
+    where that does not apply (the caller runs NumPy's path)."""
     cdef int nd = cnp.PyArray_NDIM(x), tx = cnp.PyArray_TYPE(x)
     cdef Py_ssize_t n, m
     if nd < 2 or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64) \
@@ -2584,7 +2584,7 @@ def batch_norm_rows(cnp.ndarray x, mean, variance, gamma, beta, double epsilon):
         if not _norm_weight(w, tx, n):
             return None
     cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), tx, 0)
-    cdef void* buf = malloc(2 * n * (8 if tx == cnp.NPY_FLOAT64 else 4) + 1)
+    cdef void* buf = malloc(2 * n * (sizeof(double) if tx == cnp.NPY_FLOAT64 else sizeof(float)))
     if buf == NULL:
         return None
     cdef const void* xp = cnp.PyArray_DATA(x)
@@ -2623,7 +2623,7 @@ cdef void _mask_rows(floating* y, char* keep, const floating* x, Py_ssize_t m,
             memset(y + r * n, 0, n * sizeof(floating))
 
 
-def masking_rows(cnp.ndarray x, double value):
+def masking_rows(cnp.ndarray x not None, double value):
     """Keras's Masking on x (C-contiguous float32 / float64 of 2+ axes, aligned, native
     byte order): (x with the rows (last axis) that all equal ``value`` (rounded to x's
     type, as NumPy compares them) zeroed, the mask of the rows kept), in one pass (a

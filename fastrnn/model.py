@@ -92,7 +92,7 @@ class Embedding(Layer):
             if lo < 0 or hi >= self.weights.shape[0]:
                 raise ValueError(f"{self.name}: ids must lie in [0, {self.input_dim}), got "
                                  f"min {lo} max {hi}")
-            return self.weights.take(ids, axis=0), (ids != 0) if self.mask_zero else mask
+            return self.weights.take(ids, axis=0), (ids != 0) if self.mask_zero else None
         if ids.dtype.kind == "f":
             if not np.all(ids == np.round(ids)):
                 raise ValueError(f"{self.name}: Embedding input must hold integer ids")
@@ -103,7 +103,8 @@ class Embedding(Layer):
             raise ValueError(f"{self.name}: ids must lie in [0, {self.input_dim}), got "
                              f"min {ids.min()} max {ids.max()}")
         out = self.weights[ids]
-        return out, (ids != 0) if self.mask_zero else mask
+        # (no mask without mask_zero: Keras's Embedding.compute_mask gives none)
+        return out, (ids != 0) if self.mask_zero else None
 
     def get_weights(self):
         return [self.weights]
@@ -1326,9 +1327,10 @@ class Model:
         return graph if graph is not None else \
             [[(i - 1, 0)] for i in range(len(self.layers))]
 
-    def _call(self, xs, masks):
+    def _call(self, xs, masks, with_mask=False):
         """Run the layers on the inputs ``xs`` (a list, one array an input) and their
-        ``masks``, keeping each layer's outputs until their last reader has run."""
+        ``masks``, keeping each layer's outputs until their last reader has run
+        (``with_mask``: a model of the last layer's one output returns (it, its mask))."""
         n = len(self.layers)
         graph = self._graph()
         inits = getattr(self, "initial_states", None) or {}
@@ -1350,7 +1352,7 @@ class Model:
                 if last.get(a) == i:
                     kept.pop(a, None)
         if self.outputs is None:
-            return kept[n - 1][0]
+            return kept[n - 1] if with_mask else kept[n - 1][0]
         res = [self._pick(kept, a, b)[0] for a, b in self.outputs]
         return res[0] if len(res) == 1 else res
 

@@ -579,7 +579,8 @@ class _Folded:
         self.model, self.name = model, name
 
     def call(self, x, mask=None):
-        return self.model._call([x], [mask]), mask
+        # (the UnfoldTime's mask: the input's, or a tf.keras 2 model output's)
+        return self.model._call([x], [mask], with_mask=True)
 
 
 def _folded_block(model, i):

@@ -148,6 +148,30 @@ def test_shared_time_distributed_checks_each_call(tmp_path):
         load_keras(_edit_config("k3_td_model_han", tmp_path, _second_call_masked))
 
 
+def _no_outputs(c):
+    td = next(l for l in c["config"]["layers"] if l["class_name"] == "TimeDistributed")
+    td["config"]["layer"]["config"]["output_layers"] = []
+
+
+def test_model_without_outputs_refused(tmp_path):
+    with pytest.raises(LoadError, match=r"'time_distributed' \(TimeDistributed of a model\): "
+                                        r"the model has no input_layers or output_layers"):
+        load_keras(_edit_config("k3_td_model_han", tmp_path, _no_outputs))
+
+
+def test_tf_keras2_masked_input_refused(tmp_path):
+    """tf.keras 2 hands the model the input's mask folded (fastrnn does not run that)."""
+    from test_keras2_more import _edit_h5
+
+    def masking_first(c):
+        layers = c["config"]["layers"]
+        i = next(k for k, l in enumerate(layers) if l["class_name"] == "TimeDistributed")
+        layers.insert(i, {"class_name": "Masking", "config": {"name": "m", "mask_value": 0.0}})
+    with pytest.raises(LoadError, match=r"reads a masked tensor: not supported \(tf.keras 2 "
+                                        r"hands the model the mask folded"):
+        load_keras(_edit_h5("k2_td_model_video", tmp_path, masking_first))
+
+
 def test_fold_named_apart_from_the_model_layers():
     """The fold takes a name no layer of the wrapped model has ("fold", "fold_1", ...)."""
     from fastrnn.io.keras import model_from_keras_config
@@ -184,10 +208,11 @@ def test_tf_keras2_passes_the_model_output_mask_on():
 
 
 @pytest.mark.parametrize("name", ["k3_td_model_video_h5", "k2_td_model_han",
-                                  "k2_td_model_video"])
+                                  "k2_td_model_video", "k2_td_model_mask_out"])
 def test_streams(name):
     """Each step's frame / sentence through the wrapped model, then the recurrent layers
-    carried on: chunks and single steps give Keras's outputs."""
+    carried on: chunks and single steps give Keras's outputs (tf.keras 2's mask of the
+    model's output too: k2_td_model_mask_out)."""
     m = load_keras(model_path(name))
     x, ys = reference(name)
     s = fastrnn.Stream(m, batch_size=len(x))
@@ -270,3 +295,42 @@ def test_time_distributed_masks_argument():
                                          r"shape \(2, 4, 5, 3\)"):
         td.call(x, np.ones((4, 2), bool))
     assert "masks='keras2'" in repr(td)
+
+
+@pytest.mark.parametrize("op, ok", [("GlobalAveragePooling1D", True),
+                                    ("GlobalMaxPooling1D", False)])
+def test_tf_keras2_layers_given_the_folded_mask(op, ok):
+    """tf.keras 2 hands a TimeDistributed's folded mask to the wrapped layer, which must
+    support masking (GlobalMaxPooling1D does not: Keras refuses that model too)."""
+    from fastrnn.io.keras import model_from_keras_config
+    from test_keras import _td, _td_seq
+    arch = _td_seq(("TimeDistributed", {"name": "te", "layer": {
+        "class_name": "Embedding", "config": {"name": "e", "input_dim": 20, "output_dim": 3,
+                                              "mask_zero": True}}}), _td(op),
+        shape=(None, 4, 5), dtype="int32")
+    w = {"te": [np.random.RandomState(0).normal(size=(20, 3))], "td": []}
+    if not ok:
+        with pytest.raises(LoadError, match=r"layer 'td' \(TimeDistributed of "
+                                            r"GlobalMaxPooling1D\) reads a masked tensor: "
+                                            r"not supported \(tf.keras 2 refuses"):
+            model_from_keras_config(arch, w, keras_version="2")
+        return
+    m = model_from_keras_config(arch, w, keras_version="2")
+    ids = np.array([[[1, 2, 0, 0, 0], [0, 0, 0, 0, 0], [3, 0, 0, 0, 0], [4, 5, 6, 7, 8]]])
+    y, mask = m.layers[-1].call(m.layers[0].call(ids)[0], ids != 0)
+    e = w["te"][0][ids]
+    want = (e * (ids != 0)[..., None]).sum(2) / np.maximum((ids != 0).sum(2), 1)[..., None]
+    np.testing.assert_allclose(y[0, [0, 2, 3]], want[0, [0, 2, 3]], rtol=1e-6)
+    np.testing.assert_array_equal(mask, [[True, False, True, True]])
+
+
+def test_embedding_without_mask_zero_gives_no_mask():
+    """Keras's Embedding gives a mask only with mask_zero (a masked id tensor's mask ends
+    there)."""
+    from fastrnn.model import Embedding
+    e = Embedding(np.ones((5, 2), np.float32))
+    ids = np.array([[1, 0, 2]])
+    for x in (ids, np.tile(ids, (1, 30))):       # (the few-ids path and the general one)
+        assert e.call(x, x != 0)[1] is None
+    assert Embedding(np.ones((5, 2)), mask_zero=True).call(ids, None)[1].tolist() == \
+        [[True, False, True]]

@@ -1336,8 +1336,10 @@ class _Inliner:
             raise LoadError(f"{what}: the model has no layers in its config")
         else:
             sub = c
-        if len(_refs(sub.get("input_layers"))) != 1 or \
-                len(_refs(sub.get("output_layers"))) != 1:
+        n_in, n_out = len(_refs(sub.get("input_layers"))), len(_refs(sub.get("output_layers")))
+        if not n_in or not n_out:
+            raise LoadError(f"{what}: the model has no input_layers or output_layers")
+        if n_in != 1 or n_out != 1:
             raise LoadError(f"{what}: a model of several inputs or outputs is not "
                             "supported inside TimeDistributed")
         if tree is None:
@@ -1760,6 +1762,8 @@ def _check_masks(order, calls, by_name, call_masks=()):
             fast = ex.mk("reshape", fast)
         elif cls == "Embedding" and c.get("mask_zero") and src is not None:
             fast = ex.mk("ne", src, 0.0)
+        elif cls == "Embedding":
+            fast = None         # (Keras's Embedding gives a mask only with mask_zero)
         elif cls == "Masking" and src is not None:
             v = c.get("mask_value", 0.0)
             fast = ex.mk("any", ex.mk("ne", src, float(v) if isinstance(v, (int, float))
@@ -3158,8 +3162,7 @@ class _Builder:
         # TimeDistributed(masks="keras2"), which a layer that does not support masking
         # refuses there (Layer.compute_mask's TypeError), and a reader needs as a mask of
         # the steps of each step: an input of 4+ axes; Keras 3 one step's (B,) mask)
-        if self.major == 2 and is_masked and not all(isinstance(l, _K2_MASKING_LAYERS())
-                                                     for l in chain):
+        if self.major == 2 and is_masked and not all(map(_k2_takes_mask, chain)):
             raise LoadError(f"{where} reads a masked tensor: not supported (tf.keras 2 "
                             "refuses a mask for it: the layer does not support masking)")
         if is_masked and any(_reads_mask(l) for l in chain) and (
@@ -3178,8 +3181,10 @@ class _Builder:
         where = f"{self.fname}: layer {td!r} (TimeDistributed of a model)"
         if d.class_name == _FOLD:
             if is_masked:
-                raise LoadError(f"{where} reads a masked tensor: not supported (Keras 3 "
-                                "hands the model one step's (B,) mask)")
+                raise LoadError(f"{where} reads a masked tensor: not supported (" + (
+                    "tf.keras 2 hands the model the mask folded as the steps are"
+                    if self.major == 2 else "Keras 3 hands the model one step's (B,) mask")
+                                + ")")
             if in_ranks and in_ranks[0] is not None and in_ranks[0] < 3:
                 raise LoadError(f"{where} reads a tensor of rank {in_ranks[0]}; it needs "
                                 "(B, T, ...)")
@@ -3282,7 +3287,7 @@ class _Builder:
     def build(self, descs, outputs, input_names=None):
         """The Model of the descs (one a call of a Keras layer: the calls of a shared
         layer run one fastrnn layer object, built once)."""
-        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping,
+        from ..model import (INPUT, Bidirectional, Conv1D, Conv2D, Cropping, Embedding,
                              Flatten, GlobalPooling1D, GlobalPooling2D, InputCast, KerasRNN,
                              Model, Permute, Pooling1D, Pooling2D, Reshape,
                              RepeatVector, UpSampling, ZeroPadding)
@@ -3420,6 +3425,7 @@ class _Builder:
                 if _makes_mask(l):
                     is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
+                        or (isinstance(l, Embedding) and not l.mask_zero) \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
                                           Pooling1D, Conv2D, Pooling2D, GlobalPooling2D,
                                           ZeroPadding, Cropping, UpSampling)) \
@@ -3570,14 +3576,18 @@ def _leaves_its_model(producer: str, consumer: str) -> bool:
     return bool(scope) and not consumer.startswith(scope + "/")
 
 
-def _K2_MASKING_LAYERS():
-    """The fastrnn layers of the tf.keras 2 layers that support masking (a
-    TimeDistributed hands them its input's mask; tf.keras 2 refuses it to the others)."""
+def _k2_takes_mask(layer) -> bool:
+    """Whether fastrnn ``layer`` is one of tf.keras 2's layers that support masking (a
+    TimeDistributed hands them its input's mask; tf.keras 2 refuses it to the others,
+    GlobalMaxPooling1D among them)."""
     from ..model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                          Embedding, GlobalPooling1D, KerasRNN, LayerNormalization, Masking,
                          PReLU, TimeDistributed)
-    return (Activation, BatchNormalization, Bidirectional, Dense, Dropout, Embedding,
-            GlobalPooling1D, KerasRNN, LayerNormalization, Masking, PReLU, TimeDistributed)
+    if isinstance(layer, GlobalPooling1D):
+        return layer.op == "average"
+    return isinstance(layer, (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
+                              Embedding, KerasRNN, LayerNormalization, Masking, PReLU,
+                              TimeDistributed))
 
 
 def _makes_mask(layer) -> bool:
