@@ -43,6 +43,7 @@ from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
     Layer, _act_name, _default_name, _float_input, _index, activation_function)
 from ._model_conv import (Conv1D, Conv2D, Cropping, GlobalPooling2D, Permute, Pooling1D,
                           Pooling2D, Reshape, UpSampling, ZeroPadding)
+from ._model_ops import Op
 from ._model_merge import (  # noqa: F401
     _ATTENTION_CLASSES, _MERGE_CLASSES, Add, AdditiveAttention, Attention, Average,
     Concatenate, Dot, Maximum, Minimum, MultiHeadAttention, Multiply, Softmax, Subtract,
@@ -58,7 +59,7 @@ __all__ = [
     "Rescaling", "Normalization", "PReLU",
     "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot",
     "Softmax", "Attention", "AdditiveAttention", "MultiHeadAttention",
-    "InputCast", "INPUT", "activation_function",
+    "InputCast", "Op", "INPUT", "activation_function",
 ]
 
 
@@ -1674,6 +1675,8 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
         cfg.update(input_dtype=layer.input_dtype, dtype=layer.dtype)
     elif isinstance(layer, Activation):
         cfg["activation"] = _spec_json(layer.activation)
+    elif isinstance(layer, Op):
+        cfg.update(op=layer.op, args=layer.args, attrs=layer.attrs)
     elif isinstance(layer, TimeDistributed):
         cfg.update(layer=_layer_state(layer.layer, prefix + "layer.", out), masks=layer.masks)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
@@ -1814,6 +1817,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
         return TimeDistributed(_layer_from_state(cfg["layer"], _sub(tensors, "layer."),
                                                  adopt), name=name,
                                masks=cfg.get("masks", "keras3"))
+    if kind == "Op":
+        return Op(cfg.get("op"), cfg.get("args", []), cfg.get("attrs"), name=name)
     if kind == "FoldTime":
         return FoldTime(name=name)
     if kind == "UnfoldTime":

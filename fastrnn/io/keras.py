@@ -433,6 +433,7 @@ class _LayerDesc:
         self.nested = None      # an inlined nested model's layer: where its weights are
         self.outer = None       # a TimeDistributed's wrapped layer: the TimeDistributed
         self.unfold = False     # the unfold of a TimeDistributed of a model (_UNFOLD)
+        self.is_op = False      # a Keras 3 operation (keras.ops): op_args, op_shapes
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -529,6 +530,7 @@ def _desc(l, i, what):
     d.order = i
     d.nested = l.get(_NESTED)
     d.unfold = _UNFOLD in l
+    d.is_op = _is_op(l)
     return d
 
 
@@ -707,6 +709,59 @@ def _call_kwargs(call, kw, name, cls):
                         "supported (fastrnn would ignore it and compute something else)"[:400])
 
 
+def _op_arg(a, call, name, cls, depth=0):
+    """A Keras 3 operation's argument in Op's form (a tensor {"input": k}, its reference
+    and recorded shape added to ``call``; a list of them; a number; None; GetItem's key
+    items: slices and Ellipsis), or LoadError."""
+    r = _history(a)
+    if r is not None:
+        call.data.append(r)
+        shape = a["config"].get("shape") if isinstance(a, dict) else None
+        call.op_shapes.append(shape if isinstance(shape, list) else None)
+        return {"input": len(call.data) - 1}
+    if isinstance(a, bool) or depth > 2:
+        pass
+    elif a is None or isinstance(a, (int, float)):
+        return a
+    elif isinstance(a, list):
+        return [_op_arg(x, call, name, cls, depth + 1) for x in a]
+    elif isinstance(a, dict) and a.get("class_name") == "__slice__":
+        c = a.get("config") if isinstance(a.get("config"), dict) else {}
+        parts = [c.get(k) for k in ("start", "stop", "step")]
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
+            return {"slice": parts}
+    elif isinstance(a, dict) and a.get("class_name") == "__ellipsis__":
+        return {"ellipsis": True}
+    raise LoadError(f"operation {name!r} ({cls}) is called with {_show(a)}: not supported "
+                    "(fastrnn takes tensors, numbers, slices)"[:400])
+
+
+def _op_call(node, name, cls):
+    """The :class:`_Call` of a Keras 3 operation's node (fastrnn.model.Op runs it): its
+    tensors, its arguments (``op_args``) and its tensors' recorded shapes."""
+    call = _Call()
+    call.keras3 = True
+    call.op_args, call.op_shapes = [], []
+    if not isinstance(node, dict):
+        raise LoadError(f"operation {name!r} ({cls}): a Keras 3 node (args / kwargs) "
+                        "expected")
+    kw = node.get("kwargs") or {}
+    if not isinstance(kw, dict) or any(v is not None for v in kw.values()):
+        raise LoadError(f"operation {name!r} ({cls}) is called with keyword arguments "
+                        f"{_show(kw)}: not supported"[:400])
+    for a in _need_list(node.get("args", []), f"operation {name!r} arguments"):
+        call.op_args.append(_op_arg(a, call, name, cls))
+    return call
+
+
+def _runs_op(l):
+    """Whether fastrnn runs Keras 3 operation ``l`` on the data path (fastrnn.model.Op)."""
+    from .._model_ops import OPS
+    nodes = l.get("inbound_nodes")
+    return l.get("class_name") in OPS and isinstance(nodes, list) and \
+        all(isinstance(n, dict) for n in nodes)
+
+
 def _inbound(l, name):
     """The :class:`_Call` of each call of a functional layer (its ``inbound_nodes``, in
     order: a tensor reference's node index picks one; an InputLayer lists none, and is
@@ -715,6 +770,8 @@ def _inbound(l, name):
     if nodes is None:
         return []
     nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
+    if _is_op(l):
+        return [_op_call(node, name, l.get("class_name")) for node in nodes]
     return [_node_call(node, name, l.get("class_name")) for node in nodes]
 
 
@@ -865,7 +922,7 @@ def _functional(cfg, what="architecture"):
             if _is_model(l):     # (inlined before: a config that is not a model's)
                 raise LoadError(f"layer {n!r} is a model ({l['class_name']}) used as a "
                                 "layer, with no model config of its own"[:300])
-            if _is_op(l):
+            if _is_op(l) and not _runs_op(l):
                 cls = str(l.get("class_name"))
                 raise LoadError(
                     f"{n!r} is a Keras operation, not a layer ({cls}: keras.ops."
@@ -951,6 +1008,8 @@ def _functional(cfg, what="architecture"):
         # (an attention layer follows the Keras its call's form was written by)
         d.keras2_call = not calls[key].keras3
         d.k2_merge_same = getattr(calls[key], "k2_merge_same", None)
+        d.op_args = getattr(calls[key], "op_args", None)
+        d.op_shapes = getattr(calls[key], "op_shapes", None)
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
@@ -1693,7 +1752,9 @@ def _check_masks(order, calls, by_name, call_masks=()):
         src = call.data[0] if call.data else None
         ins = [masks.get(r) for r in call.data]
         c = l.get("config") if isinstance(l.get("config"), dict) else {}
-        if cls == "Dot":
+        if _is_op(l):
+            fast = None         # (an operation gives no mask: only Keras layers carry one)
+        elif cls == "Dot":
             fast = None         # (Keras's Dot gives no mask)
         elif cls in _MERGE_LAYERS:
             fast = ex.merged(cls, c.get("axis", -1), call.data, ins, not call.keras3)
@@ -3174,6 +3235,49 @@ class _Builder:
             l.name = iname + l.name[len(d.name):] if l.name.startswith(d.name) else iname
         return il, dim
 
+    def op(self, d, in_dims, in_ranks):
+        """A Keras 3 operation as fastrnn.model.Op, and its output's feature size: its
+        shape from a run on zeros of the shapes Keras recorded for its tensors (the
+        batch 2 and 3: an operation across the batch is refused)."""
+        from .._model_ops import Op
+        where = f"{self.fname}: operation {d.name!r} ({d.class_name})"
+        # (its config's attributes, those at a default None aside but axis=None)
+        c = {k: v for k, v in d.config.items() if k not in ("name", "trainable", "dtype")
+             and (v is not None or k == "axis")}
+        try:
+            layer = Op(d.class_name, d.op_args, c, name=d.name)
+        except ValueError as e:
+            raise LoadError(f"{where}: {e}") from None
+        outs = []
+        for B in (2, 3):
+            xs = []
+            for k, shape in enumerate(d.op_shapes):
+                rank = len(shape) if shape else (in_ranks[k] if k < len(in_ranks) else None)
+                if rank is None:
+                    raise LoadError(f"{where}: the shape of its input {k} is not recorded")
+                dims = [B] + [3] * (rank - 1)
+                if shape:
+                    dims = [B] + [3 if v is None else int(v) for v in shape[1:]]
+                elif rank > 1 and in_dims[k] is not None:
+                    dims[-1] = in_dims[k]
+                xs.append(np.zeros(dims, np.float32))
+            try:
+                y = layer.call(xs)[0]
+            except (ValueError, IndexError, TypeError) as e:
+                raise LoadError(f"{where} does not run on its inputs' shapes: {e}"[:400]) \
+                    from None
+            outs.append(y.shape)
+            key = d.op_args[1] if d.class_name == "GetItem" and len(d.op_args) > 1 else None
+            first = key[0] if isinstance(key, list) and key else key
+            if y.ndim == 0 or y.shape[0] != B or (
+                    d.class_name == "GetItem" and first not in (
+                        {"slice": [None, None, None]}, {"ellipsis": True})):
+                raise LoadError(f"{where} acts across the batch (its first axis): not "
+                                "supported (fastrnn runs a model's samples apart)")
+        layer._rank = len(outs[0])
+        return layer, (outs[0][-1] if len(outs[0]) > 1 and outs[0][-1] == outs[1][-1]
+                       else None)
+
     def fold(self, d, is_masked, in_ranks):
         """The fold or the unfold around the layers of a TimeDistributed's model."""
         from ..model import FoldTime, UnfoldTime
@@ -3205,6 +3309,8 @@ class _Builder:
             dim = _last_dim(c, ("batch_input_shape", "batch_shape"), where)
         if cls == _FOLD or d.unfold:
             return self.fold(d, is_masked, in_ranks), dim
+        if d.is_op:
+            return self.op(d, in_dims, in_ranks)
         if cls == "Embedding":
             w = self.weights(d, (1,))
             V, E = c.get("input_dim"), c.get("output_dim")
@@ -3292,13 +3398,15 @@ class _Builder:
                              Model, Permute, Pooling1D, Pooling2D, Reshape,
                              RepeatVector, UpSampling, ZeroPadding)
         layer_descs = list({d.name: d for d in reversed(descs)}.values())[::-1]
-        unsupported = [d for d in layer_descs if d.class_name not in _SUPPORTED]
+        unsupported = [d for d in layer_descs if not d.is_op and d.class_name not in _SUPPORTED]
         if unsupported:
             raise LoadError(f"{self.fname}: unsupported Keras layer(s): " + ", ".join(
                 f"{d.name!r} ({d.class_name})" for d in unsupported)
                 + f"; fastrnn supports {', '.join(sorted(set(_SUPPORTED)))}")
         # (each layer once, in the config's order: the order its weights are stored in)
-        self.store.assign(sorted(layer_descs, key=lambda d: d.order))
+        # (operations are no layers of Keras's: no weights, not counted in the file)
+        self.store.assign(sorted((d for d in layer_descs if not d.is_op),
+                                 key=lambda d: d.order))
         layers, index_map, input_at, graph = [], {}, {}, []
         # (desc index, tensor index): feature size, rank (None: unknown); mask reaches it
         dims, ranks, masked = {}, {}, {}
@@ -3333,7 +3441,9 @@ class _Builder:
                     sum(1 for (j, _) in dims if j == i - 1) or 1)]
             else:
                 refs = []
-            if cls in _MERGE_LAYERS:
+            if d.is_op:
+                is_masked = False       # (an operation gives no mask: _check_masks)
+            elif cls in _MERGE_LAYERS:
                 if not refs:
                     raise LoadError(f"{where} is given no inputs")
                 # (Dot: no mask, as Keras's; tf.keras 2 joins the masks present, Keras 3
@@ -3425,7 +3535,7 @@ class _Builder:
                 if _makes_mask(l):
                     is_masked = True
                 elif (isinstance(l, (KerasRNN, Bidirectional)) and not l.return_sequences) \
-                        or (isinstance(l, Embedding) and not l.mask_zero) \
+                        or (isinstance(l, Embedding) and not l.mask_zero) or d.is_op \
                         or isinstance(l, (GlobalPooling1D, Flatten, RepeatVector, Conv1D,
                                           Pooling1D, Conv2D, Pooling2D, GlobalPooling2D,
                                           ZeroPadding, Cropping, UpSampling)) \
@@ -3636,6 +3746,8 @@ def _tensor_ranks(layers, in_ranks):
             r = None if r is None else r + 1
         elif isinstance(layer, (FoldTime, UnfoldTime)):
             r = None if r is None else r + (1 if isinstance(layer, UnfoldTime) else -1)
+        elif hasattr(layer, "_rank"):       # (an Op: its rank from a run at load)
+            r = layer._rank
         n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
         ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
     return ranks

@@ -1,0 +1,141 @@
+"""Keras 3 operations in a functional graph (``x[:, -1]``, ``ops.mean``, ``h * a``,
+``ops.softmax``, ...) run as ``fastrnn.model.Op``: a fixed table of operations computed by
+NumPy from the config's constants.  Parity with real Keras 3.15 on the fixtures k3_ops_*
+(test_keras.py); here each operation against NumPy, the refusals (across the batch,
+keyword arguments, other constants), the model's own format."""
+import json
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.io import LoadError
+from fastrnn.io.keras import model_from_keras_config
+from fastrnn.model import Op
+
+
+def _t(name, shape, node=0):
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": list(shape), "dtype": "float32",
+                       "keras_history": [name, node, 0]}}
+
+
+def _slice(a=None, b=None, c=None):
+    return {"class_name": "__slice__", "config": {"start": a, "stop": b, "step": c}}
+
+
+def _graph(ops, out, shape=(None, 4, 3)):
+    """A functional config: an input of ``shape`` (two where ``shape`` is a pair of
+    shapes), the operations ``ops`` [(class, config, args, kwargs)], each named after its
+    position ("op0", ...), the output the last one's (``out`` its name)."""
+    shapes = shape if isinstance(shape[0], tuple) else (shape,)
+    layers = [{"class_name": "InputLayer", "name": f"in{k}",
+               "config": {"name": f"in{k}", "batch_shape": list(s), "dtype": "float32"},
+               "inbound_nodes": []} for k, s in enumerate(shapes)]
+    for k, (cls, cfg, args, kw) in enumerate(ops):
+        layers.append({"module": "keras.src.ops.numpy", "class_name": cls,
+                       "name": f"op{k}", "config": {"name": f"op{k}", **cfg},
+                       "inbound_nodes": [{"args": args, "kwargs": kw}]})
+    return json.dumps({"class_name": "Functional", "config": {
+        "name": "m", "layers": layers,
+        "input_layers": [[f"in{k}", 0, 0] for k in range(len(shapes))],
+        "output_layers": [[out, 0, 0]]}})
+
+
+X = _t("in0", (None, 4, 3))
+CASES = [
+    ("Mean", {"axis": 1, "keepdims": False}, [X], lambda x: x.mean(1)),
+    ("Sum", {"axis": [1, 2], "keepdims": True}, [X], lambda x: x.sum((1, 2), keepdims=True)),
+    ("Max", {"axis": -1, "keepdims": False, "initial": None}, [X], lambda x: x.max(-1)),
+    ("Min", {"axis": 1, "keepdims": False}, [X], lambda x: x.min(1)),
+    ("Multiply", {}, [X, 2.5], lambda x: x * np.float32(2.5)),
+    ("Subtract", {}, [1.0, X], lambda x: 1 - x),
+    ("TrueDivide", {}, [X, 4], lambda x: x / 4),
+    ("Maximum", {}, [X, 0.1], lambda x: np.maximum(x, np.float32(0.1))),
+    ("Power", {}, [X, 2], lambda x: x ** 2),
+    ("Tanh", {}, [X], np.tanh),
+    ("Sigmoid", {}, [X], lambda x: 1 / (1 + np.exp(-x))),
+    ("Relu", {}, [X], lambda x: np.maximum(x, 0)),
+    ("Exp", {}, [X], np.exp),
+    ("Abs", {}, [X], np.abs),
+    ("Negative", {}, [X], np.negative),
+    ("Square", {}, [X], np.square),
+    ("Softmax", {"axis": 1}, [X], lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+    ("LogSoftmax", {"axis": -1}, [X], lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
+    ("GetItem", {}, [X, [_slice(), -1, _slice()]], lambda x: x[:, -1, :]),
+    ("GetItem", {}, [X, [{"class_name": "__ellipsis__"}, _slice(1, None, 2)]],
+     lambda x: x[..., 1::2]),
+    ("GetItem", {}, [X, [_slice(), None, _slice(None, 2)]], lambda x: x[:, None, :2]),
+    ("ExpandDims", {"axis": 2}, [X], lambda x: x[:, :, None]),
+    ("Transpose", {"axes": [0, 2, 1]}, [X], lambda x: x.transpose(0, 2, 1)),
+    ("Concatenate", {"axis": -1}, [[X, X]], lambda x: np.concatenate([x, x], -1)),
+    ("Stack", {"axis": 1}, [[X, X]], lambda x: np.stack([x, x], 1)),
+    ("Matmul", {}, [X, X], None),
+]
+
+
+@pytest.mark.parametrize("cls, cfg, args, want", CASES,
+                         ids=[f"{c[0]}{k}" for k, c in enumerate(CASES)])
+def test_each_operation_as_numpy(cls, cfg, args, want, tmp_path):
+    if cls == "Matmul":       # ((B, 4, 3) @ (B, 3, 4))
+        arch = _graph([("Transpose", {"axes": [0, 2, 1]}, [X], {}),
+                       (cls, cfg, [X, _t("op0", (None, 3, 4))], {})], "op1")
+        want = lambda x: x @ x.transpose(0, 2, 1)     # noqa: E731
+    else:
+        arch = _graph([(cls, cfg, args, {})], "op0")
+    m = model_from_keras_config(arch, {})
+    x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    y = m.predict(x)
+    np.testing.assert_allclose(y, want(x), rtol=2e-6, atol=2e-6)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(m.predict(x, batch_size=1), y)
+    p = tmp_path / "m.fastrnn"
+    m.save(p)
+    np.testing.assert_array_equal(fastrnn.load(str(p)).predict(x), y)
+
+
+@pytest.mark.parametrize("cls, cfg, args", [
+    ("Mean", {"axis": 0, "keepdims": False}, [X]),
+    ("Sum", {"axis": None, "keepdims": False}, [X]),
+    ("GetItem", {}, [X, 0]),
+    ("GetItem", {}, [X, [_slice(None, None, -1), _slice()]]),
+    ("Transpose", {"axes": [1, 0, 2]}, [X]),
+    ("Concatenate", {"axis": 0}, [[X, X]]),
+])
+def test_across_the_batch_refused(cls, cfg, args):
+    with pytest.raises(LoadError, match=rf"operation 'op0' \({cls}\) acts across the batch"):
+        model_from_keras_config(_graph([(cls, cfg, args, {})], "op0"), {})
+
+
+@pytest.mark.parametrize("cls, cfg, args, kw, match", [
+    ("Mean", {"axis": 1, "where": [1]}, [X], {}, r"Mean takes no \['where'\]"),
+    ("Mean", {"axis": 1}, [X], {"dtype": "float64"}, r"called with keyword arguments"),
+    ("Multiply", {}, [X, "2"], {}, r"called with '2': not supported"),
+    ("Multiply", {}, [X, True], {}, r"called with True: not supported"),
+    ("GetItem", {}, [X, [_slice("a")]], {}, r"called with .*__slice__.*: not supported"),
+    ("Squeeze", {"axis": 1}, [X], {}, r"does not run on its inputs' shapes"),
+])
+def test_other_arguments_refused(cls, cfg, args, kw, match):
+    with pytest.raises(LoadError, match=match):
+        model_from_keras_config(_graph([(cls, cfg, args, kw)], "op0"), {})
+
+
+def test_op_layer():
+    op = Op("Add", [{"input": 0}, {"input": 1}], name="a")
+    assert op.n_tensors == 2 and repr(op) == "Op(name='a', Add)"
+    y, mask = op.call([np.ones(3, np.float32), np.ones(3, np.float32)], [np.ones(3, bool), None])
+    assert y.tolist() == [2, 2, 2] and mask is None
+    with pytest.raises(ValueError, match="a: Add reads 2 tensors, got 1"):
+        op.call([np.ones(3)])
+    with pytest.raises(ValueError, match="unknown operation 'Einsum'"):
+        Op("Einsum", [])
+    with pytest.raises(ValueError, match=r"Tanh takes no \['axis'\]"):
+        Op("Tanh", [{"input": 0}], {"axis": 1})
+
+
+def test_stream_refuses_an_operation():
+    from fastrnn.io.keras import load_keras
+    from test_keras import model_path
+    m = load_keras(model_path("k3_ops_masked_h5"))
+    with pytest.raises(ValueError, match="cannot stream layer 'max' of type Op"):
+        fastrnn.Stream(m)
