@@ -96,8 +96,8 @@ def test_fixture_set_is_complete():
     # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv;
     # +1 k3_causal_conv_stream: causal convolutions a stream runs; +5 k*_td_model_*:
     # TimeDistributed of a model; +4 k2_td_masks_*, k2_td_model_mask_out: tf.keras 2's
-    # masks through them; +3 k3_ops_*: keras.ops calls)
-    assert len(NAMES) == 155 and len(REFUSED) == 9
+    # masks through them; +6 k*_ops_*: keras.ops calls, tf.keras 2's TensorFlow ops)
+    assert len(NAMES) == 158 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 
@@ -1386,15 +1386,29 @@ _TFOP_CONFIG = {"class_name": "Functional", "config": {"name": "model", "trainab
 
 
 @pytest.mark.parametrize("cls", ["TFOpLambda", "SlicingOpLambda"])
-def test_tf_keras_operation_layers_refused_by_what_they_are(cls):
+def test_tf_keras_operation_layers_outside_the_table_refused(cls):
     """tf.keras 2 records ``x * 2``, ``a + b``, ``x[:, -1]`` as TFOpLambda /
-    SlicingOpLambda layers: refused saying so and naming the merge layers (the message
-    was "reads no tensor and is not one of the model's inputs")."""
+    SlicingOpLambda layers: fastrnn runs a table of them (tests/test_keras_ops.py);
+    another is refused saying what it is and naming the layers to use (the message was
+    "reads no tensor and is not one of the model's inputs")."""
     cfg = json.loads(json.dumps(_TFOP_CONFIG))
     cfg["config"]["layers"][1]["class_name"] = cls
+    cfg["config"]["layers"][1]["config"]["function"] = "math.cumsum"
     with pytest.raises(LoadError, match=rf"'tf.math.multiply' is a TensorFlow operation "
                                         rf"tf.keras 2 recorded as a {cls} layer.*merge layers"):
         load_keras(model_path("k2_weights_only"), json.dumps(cfg))
+
+
+def test_tf_keras_operation_layer_runs():
+    """``LSTM(3)(inp * 2.0)`` of tf.keras 2: the multiplication runs as an Op."""
+    from fastrnn.io.keras import model_from_keras_config
+    from fastrnn.model import Op
+    r = np.random.RandomState(0)
+    w = [r.normal(size=(3, 12)), r.normal(size=(3, 12)), r.normal(size=12)]
+    m = model_from_keras_config(json.dumps(_TFOP_CONFIG), {"lstm": w}, keras_version="2")
+    assert isinstance(m.layers[0], Op) and m.layers[0].op == "Multiply"
+    x = r.normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(m.predict(x), m.layers[1].call(x * 2)[0], rtol=1e-6)
 
 
 def test_masked_tensor_read_after_multi_head_attention_warns():

@@ -139,3 +139,61 @@ def test_stream_refuses_an_operation():
     m = load_keras(model_path("k3_ops_masked_h5"))
     with pytest.raises(ValueError, match="cannot stream layer 'max' of type Op"):
         fastrnn.Stream(m)
+
+
+def _k2_graph(ops, out, shape=(None, 6, 4)):
+    """A tf.keras 2 functional config: an input, TFOpLambda / SlicingOpLambda layers
+    ``ops`` [(function, inbound node)] named "op0", ...; the output ``out``'s."""
+    layers = [{"class_name": "InputLayer", "name": "in0", "inbound_nodes": [],
+               "config": {"name": "in0", "batch_input_shape": list(shape),
+                          "dtype": "float32"}}]
+    for k, (f, node) in enumerate(ops):
+        cls = "SlicingOpLambda" if f == "__operators__.getitem" else "TFOpLambda"
+        layers.append({"class_name": cls, "name": f"op{k}", "inbound_nodes": [node],
+                       "config": {"name": f"op{k}", "trainable": True, "dtype": "float32",
+                                  "function": f}})
+    return json.dumps({"class_name": "Functional", "config": {
+        "name": "m", "layers": layers, "input_layers": [["in0", 0, 0]],
+        "output_layers": [[out, 0, 0]]}})
+
+
+K2_CASES = [
+    # (2.0 - x: the constant first, the tensor by keyword)
+    ([("math.subtract", ["_CONSTANT_VALUE", -1, 2.0, {"y": ["in0", 0, 0], "name": None}])],
+     lambda x: 2 - x),
+    ([("concat", [["in0", 0, 0, {"axis": -1}], ["in0", 0, 0, {"axis": -1}]]),
+      ("math.reduce_mean", ["op0", 0, 0, {"axis": [1, 2], "keepdims": True}])],
+     lambda x: np.concatenate([x, x], -1).mean((1, 2), keepdims=True)),
+    ([("__operators__.getitem", ["in0", 0, 0, {"slice_spec": [
+        {"start": None, "stop": None, "step": None}, None,
+        {"start": 1, "stop": 3, "step": None}]}])], lambda x: x[:, None, 1:3]),
+    ([("compat.v1.transpose", ["in0", 0, 0, {"perm": [0, 2, 1], "name": "transpose",
+                                              "conjugate": False}]),
+      ("linalg.matmul", ["in0", 0, 0, {"b": ["op0", 0, 0]}]),
+      ("nn.softmax", ["op1", 0, 0, {"axis": -1}])],
+     lambda x: (lambda s: np.exp(s) / np.exp(s).sum(-1, keepdims=True))(
+         x @ x.transpose(0, 2, 1))),
+    ([("math.tanh", ["in0", 0, 0, {"name": None}]),
+      ("expand_dims", ["op0", 0, 0, {"axis": 2}]),
+      ("compat.v1.squeeze", ["op1", 0, 0, {"axis": 2, "name": None}])], np.tanh),
+]
+
+
+@pytest.mark.parametrize("ops, want", K2_CASES, ids=[str(k) for k in range(len(K2_CASES))])
+def test_tf_keras2_operations(ops, want):
+    m = model_from_keras_config(_k2_graph(ops, f"op{len(ops) - 1}"), {}, keras_version="2")
+    assert all(isinstance(l, Op) for l in m.layers)
+    x = np.random.default_rng(1).standard_normal((3, 6, 4)).astype(np.float32)
+    np.testing.assert_allclose(m.predict(x), want(x), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("f, kw, match", [
+    ("linalg.matmul", {"b": ["in0", 0, 0], "transpose_a": True}, r"transpose_a=True"),
+    ("math.reduce_mean", {"axis": 1, "where": 3}, r"where=3"),
+    ("math.multiply", {}, r"has no y= argument"),
+    ("math.reduce_sum", {"axis": 0}, r"acts across the batch"),
+])
+def test_tf_keras2_operation_arguments_refused(f, kw, match):
+    with pytest.raises(LoadError, match=match):
+        model_from_keras_config(_k2_graph([(f, ["in0", 0, 0, kw])], "op0"), {},
+                                keras_version="2")

@@ -433,7 +433,8 @@ class _LayerDesc:
         self.nested = None      # an inlined nested model's layer: where its weights are
         self.outer = None       # a TimeDistributed's wrapped layer: the TimeDistributed
         self.unfold = False     # the unfold of a TimeDistributed of a model (_UNFOLD)
-        self.is_op = False      # a Keras 3 operation (keras.ops): op_args, op_shapes
+        self.is_op = False      # an operation (Keras 3's keras.ops, tf.keras 2's
+        self.op = None          # TFOpLambda): its Op class, op_args, op_shapes, op_attrs
 
     def __repr__(self):
         return f"{self.class_name}({self.name!r})"
@@ -530,7 +531,8 @@ def _desc(l, i, what):
     d.order = i
     d.nested = l.get(_NESTED)
     d.unfold = _UNFOLD in l
-    d.is_op = _is_op(l)
+    d.op = _tf_op(l) or (cls if _is_op(l) else None)
+    d.is_op = d.op is not None
     return d
 
 
@@ -754,6 +756,98 @@ def _op_call(node, name, cls):
     return call
 
 
+# tf.keras 2's TensorFlow operations (TFOpLambda / SlicingOpLambda layers, by their
+# "function") that fastrnn runs as fastrnn.model.Op: the Op, its second operand's keyword
+# (binary operations), the keyword arguments it takes as its config (by Op's names)
+_TF_OPS = {
+    **{f: ("Add", "y") for f in ("math.add", "__operators__.add", "math.add_v2")},
+    **{f: ("Subtract", "y") for f in ("math.subtract", "__operators__.sub")},
+    **{f: ("Multiply", "y") for f in ("math.multiply", "__operators__.mul")},
+    **{f: ("TrueDivide", "y") for f in ("math.truediv", "__operators__.truediv",
+                                        "math.divide")},
+    "math.maximum": ("Maximum", "y"), "math.minimum": ("Minimum", "y"),
+    "math.pow": ("Power", "y"), "linalg.matmul": ("Matmul", "b"),
+    **{f: (op, None) for f, op in (
+        ("math.tanh", "Tanh"), ("nn.tanh", "Tanh"), ("math.sigmoid", "Sigmoid"),
+        ("nn.sigmoid", "Sigmoid"), ("nn.relu", "Relu"), ("math.exp", "Exp"),
+        ("math.log", "Log"), ("math.sqrt", "Sqrt"), ("math.square", "Square"),
+        ("math.abs", "Abs"), ("math.negative", "Negative"), ("math.reduce_mean", "Mean"),
+        ("math.reduce_sum", "Sum"), ("math.reduce_max", "Max"), ("math.reduce_min", "Min"),
+        ("nn.softmax", "Softmax"), ("nn.log_softmax", "LogSoftmax"), ("concat", "Concatenate"),
+        ("stack", "Stack"), ("expand_dims", "ExpandDims"), ("squeeze", "Squeeze"),
+        ("compat.v1.squeeze", "Squeeze"), ("transpose", "Transpose"),
+        ("compat.v1.transpose", "Transpose"), ("__operators__.getitem", "GetItem"))}}
+# keyword arguments of those that change nothing at these values (and name=, any)
+_TF_NEUTRAL = {"conjugate": False, "transpose_a": False, "transpose_b": False,
+               "adjoint_a": False, "adjoint_b": False, "a_is_sparse": False,
+               "b_is_sparse": False, "output_type": None}
+_TF_OP_CLASSES = ("TFOpLambda", "SlicingOpLambda")
+
+
+def _tf_op(l):
+    """The Op class name of tf.keras 2 operation layer ``l``, or None."""
+    c = l.get("config") if isinstance(l.get("config"), dict) else {}
+    f = c.get("function")
+    if l.get("class_name") not in _TF_OP_CLASSES or not isinstance(f, str):
+        return None
+    return _TF_OPS.get(f.removeprefix("tf."), (None,))[0]
+
+
+def _tf_op_call(node, name, l):
+    """The :class:`_Call` of a tf.keras 2 operation's node (``[tensor, node, index,
+    kwargs]``, or a list of such entries, tensors or ``["_CONSTANT_VALUE", -1, value]``:
+    the first argument's items) in Op's form (as :func:`_op_call`; no shapes
+    recorded)."""
+    cls = str(l["config"]["function"])
+    op, second = _TF_OPS[cls.removeprefix("tf.")]
+    call = _Call()
+    call.op_args, call.op_shapes, call.op_attrs = [], [], {}
+    entries = _need_list(node, f"operation {name!r} inbound node")
+    if entries and isinstance(entries[0], str):
+        entries = [entries]     # (one argument: the node is its entry)
+    kw = {}
+    firsts = []
+    for t in entries:
+        if not isinstance(t, (list, tuple)) or len(t) < 3:
+            raise LoadError(f"operation {name!r} ({cls}) is called with {_show(t)}: not "
+                            "supported"[:400])
+        firsts.append(_op_arg(list(t[:3]) if t[0] != _K2_CONSTANT else t[2], call, name, cls))
+        if len(t) > 3 and isinstance(t[3], dict):
+            kw.update(t[3])
+    if op in ("Concatenate", "Stack"):
+        call.op_args.append(firsts)
+    elif len(firsts) != 1:
+        raise LoadError(f"operation {name!r} ({cls}) is called on {len(firsts)} tensors")
+    else:
+        call.op_args.append(firsts[0])
+    if second:
+        if second not in kw:
+            raise LoadError(f"operation {name!r} ({cls}) has no {second}= argument")
+        v = kw.pop(second)
+        call.op_args.append(_op_arg(list(v) if _history(v) else v, call, name, cls))
+    if op == "GetItem":
+        call.op_args.append(_op_arg(_k2_slices(kw.pop("slice_spec", None)), call, name, cls))
+    if "perm" in kw:
+        kw["axes"] = kw.pop("perm")
+    for k, v in kw.items():
+        if k in ("axis", "keepdims", "axes"):
+            call.op_attrs[k] = v
+        elif k != "name" and (k not in _TF_NEUTRAL or v != _TF_NEUTRAL[k]):
+            raise LoadError(f"operation {name!r} ({cls}) is called with {k}={_show(v)}: not "
+                            "supported"[:400])
+    call.op_shapes = [None] * len(call.data)
+    return call
+
+
+def _k2_slices(spec):
+    """tf.keras 2's slice_spec in Keras 3's form (``__slice__`` dicts)."""
+    def one(v):
+        if isinstance(v, dict) and set(v) == {"start", "stop", "step"}:
+            return {"class_name": "__slice__", "config": v}
+        return v
+    return [one(v) for v in spec] if isinstance(spec, list) else one(spec)
+
+
 def _runs_op(l):
     """Whether fastrnn runs Keras 3 operation ``l`` on the data path (fastrnn.model.Op)."""
     from .._model_ops import OPS
@@ -772,6 +866,8 @@ def _inbound(l, name):
     nodes = _need_list(nodes, f"layer {name!r} inbound_nodes")
     if _is_op(l):
         return [_op_call(node, name, l.get("class_name")) for node in nodes]
+    if _tf_op(l):
+        return [_tf_op_call(node, name, l) for node in nodes]
     return [_node_call(node, name, l.get("class_name")) for node in nodes]
 
 
@@ -929,7 +1025,7 @@ def _functional(cfg, what="architecture"):
                     f"{_snake(cls)} or an operator such as +, module "
                     f"{l.get('module') or 'not recorded'}), on the way to the model's "
                     f"outputs: not supported; {_USE_LAYERS}"[:400])
-            if l.get("class_name") in ("TFOpLambda", "SlicingOpLambda"):
+            if l.get("class_name") in _TF_OP_CLASSES and not _tf_op(l):
                 c = l.get("config") if isinstance(l.get("config"), dict) else {}
                 raise LoadError(
                     f"{n!r} is a TensorFlow operation tf.keras 2 recorded as a "
@@ -1010,6 +1106,7 @@ def _functional(cfg, what="architecture"):
         d.k2_merge_same = getattr(calls[key], "k2_merge_same", None)
         d.op_args = getattr(calls[key], "op_args", None)
         d.op_shapes = getattr(calls[key], "op_shapes", None)
+        d.op_attrs = getattr(calls[key], "op_attrs", None)
         descs.append(d)
     return (descs, [(pos[(o[0], o[1])], o[2]) for o in outputs],
             _input_names(cfg.get("input_layers"), inputs))
@@ -1752,7 +1849,7 @@ def _check_masks(order, calls, by_name, call_masks=()):
         src = call.data[0] if call.data else None
         ins = [masks.get(r) for r in call.data]
         c = l.get("config") if isinstance(l.get("config"), dict) else {}
-        if _is_op(l):
+        if _is_op(l) or _tf_op(l):
             fast = None         # (an operation gives no mask: only Keras layers carry one)
         elif cls == "Dot":
             fast = None         # (Keras's Dot gives no mask)
@@ -3236,28 +3333,33 @@ class _Builder:
         return il, dim
 
     def op(self, d, in_dims, in_ranks):
-        """A Keras 3 operation as fastrnn.model.Op, and its output's feature size: its
-        shape from a run on zeros of the shapes Keras recorded for its tensors (the
-        batch 2 and 3: an operation across the batch is refused)."""
+        """An operation as fastrnn.model.Op, and its output's feature size: its shape
+        from runs on zeros of the shapes Keras 3 recorded for its tensors (else of their
+        ranks and feature sizes), the batch and the unknown sizes 2 and 3, then 3 and 5
+        (an operation across the batch is refused; a size that follows an unknown one
+        is unknown)."""
         from .._model_ops import Op
-        where = f"{self.fname}: operation {d.name!r} ({d.class_name})"
-        # (its config's attributes, those at a default None aside but axis=None)
-        c = {k: v for k, v in d.config.items() if k not in ("name", "trainable", "dtype")
-             and (v is not None or k == "axis")}
+        where = f"{self.fname}: operation {d.name!r} ({d.op})"
+        # (Keras 3: its config's attributes, those at a default None aside but axis=None;
+        # tf.keras 2: its call's keyword arguments)
+        c = d.op_attrs if d.op_attrs is not None else {
+            k: v for k, v in d.config.items() if k not in ("name", "trainable", "dtype")
+            and (v is not None or k == "axis")}
         try:
-            layer = Op(d.class_name, d.op_args, c, name=d.name)
+            layer = Op(d.op, d.op_args, c, name=d.name)
         except ValueError as e:
             raise LoadError(f"{where}: {e}") from None
         outs = []
-        for B in (2, 3):
+        for B, fill in ((2, 3), (3, 5)):
             xs = []
             for k, shape in enumerate(d.op_shapes):
+                shape = shape or (d.in_shapes[k] if k < len(d.in_shapes) else None)
                 rank = len(shape) if shape else (in_ranks[k] if k < len(in_ranks) else None)
                 if rank is None:
-                    raise LoadError(f"{where}: the shape of its input {k} is not recorded")
-                dims = [B] + [3] * (rank - 1)
+                    raise LoadError(f"{where}: the shape of its input {k} is not known")
+                dims = [B] + [fill] * (rank - 1)
                 if shape:
-                    dims = [B] + [3 if v is None else int(v) for v in shape[1:]]
+                    dims = [B] + [fill if v is None else int(v) for v in shape[1:]]
                 elif rank > 1 and in_dims[k] is not None:
                     dims[-1] = in_dims[k]
                 xs.append(np.zeros(dims, np.float32))
@@ -3267,16 +3369,16 @@ class _Builder:
                 raise LoadError(f"{where} does not run on its inputs' shapes: {e}"[:400]) \
                     from None
             outs.append(y.shape)
-            key = d.op_args[1] if d.class_name == "GetItem" and len(d.op_args) > 1 else None
+            key = d.op_args[1] if d.op == "GetItem" and len(d.op_args) > 1 else None
             first = key[0] if isinstance(key, list) and key else key
             if y.ndim == 0 or y.shape[0] != B or (
-                    d.class_name == "GetItem" and first not in (
+                    d.op == "GetItem" and first not in (
                         {"slice": [None, None, None]}, {"ellipsis": True})):
                 raise LoadError(f"{where} acts across the batch (its first axis): not "
                                 "supported (fastrnn runs a model's samples apart)")
         layer._rank = len(outs[0])
-        return layer, (outs[0][-1] if len(outs[0]) > 1 and outs[0][-1] == outs[1][-1]
-                       else None)
+        layer._shape = [None] + [a if a == b else None for a, b in zip(outs[0][1:], outs[1][1:])]
+        return layer, (layer._shape[-1] if len(outs[0]) > 1 else None)
 
     def fold(self, d, is_masked, in_ranks):
         """The fold or the unfold around the layers of a TimeDistributed's model."""
@@ -3408,8 +3510,9 @@ class _Builder:
         self.store.assign(sorted((d for d in layer_descs if not d.is_op),
                                  key=lambda d: d.order))
         layers, index_map, input_at, graph = [], {}, {}, []
-        # (desc index, tensor index): feature size, rank (None: unknown); mask reaches it
-        dims, ranks, masked = {}, {}, {}
+        # (desc index, tensor index): feature size, rank (None: unknown); mask reaches it;
+        # the whole shape where known (an input's, an operation's)
+        dims, ranks, masked, full = {}, {}, {}, {}
         built = {}      # Keras layer name -> (its layers, input sizes, output sizes)
         # the model's inputs Keras converts to a float dtype other than the model's
         # (input k -> (its dtype, the InputCast's name)), and the InputCast layer each
@@ -3468,6 +3571,7 @@ class _Builder:
             else:
                 is_masked = bool(refs) and masked.get(refs[0], False)
             if cls == "InputLayer":
+                full[(i, 0)] = c.get("batch_shape") or c.get("batch_input_shape")
                 dims[(i, 0)] = _last_dim(c, ("batch_shape", "batch_input_shape"), where)
                 ranks[(i, 0)] = _input_rank(c)
                 input_at[i] = d.input_index or 0
@@ -3493,6 +3597,8 @@ class _Builder:
                         "and later, and fastrnn, keep it)"[:500])
             in_dims = tuple(dims[r] for r in refs)
             in_ranks = tuple(ranks[r] for r in refs)
+            d.in_shapes = [full.get(r) if isinstance(full.get(r), list) else None
+                           for r in refs]
             first = built.get(d.name)
             if first is not None and cls in _ATTENTION_LAYERS and \
                     first[3] != getattr(d, "options", {}):
@@ -3546,6 +3652,8 @@ class _Builder:
                             else None)):
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
+            if d.is_op:
+                full[(i, 0)] = getattr(new[-1], "_shape", None)
             for t, (v, r) in enumerate(zip(out_dims, _tensor_ranks(new, in_ranks))):
                 dims[(i, t)], ranks[(i, t)] = v, r
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
