@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._model_base import Layer, _sigmoid, _softmax
+from ._model_base import Layer, _sigmoid
 
 # the operation of each class name: (how many tensors it may read, the NumPy function)
 _BINARY = {"Add": np.add, "Subtract": np.subtract, "Multiply": np.multiply,
@@ -27,7 +27,53 @@ OPS = tuple(_ATTRS)
 
 
 def _is_tensor(a):
-    return isinstance(a, dict) and set(a) == {"input"}
+    return isinstance(a, dict) and set(a) == {"input"} and isinstance(a["input"], int)
+
+
+def _is_number(a):
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def _is_key_item(a):
+    return a is None or (isinstance(a, int) and not isinstance(a, bool)) or (
+        isinstance(a, dict) and (a == {"ellipsis": True} or (
+            set(a) == {"slice"} and isinstance(a["slice"], list) and len(a["slice"]) == 3
+            and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                    for v in a["slice"]))))
+
+
+def _is_axis(v, many=True):
+    return (isinstance(v, int) and not isinstance(v, bool)) or (
+        many and isinstance(v, list) and all(_is_axis(a, False) for a in v))
+
+
+def _check(op, args, attrs):
+    """Its arguments and attributes as the operation takes them, or ValueError."""
+    n = len(args)
+    tensors = [_is_tensor(a) for a in args]
+    if op in _BINARY:
+        ok = n == 2 and any(tensors) and all(t or _is_number(a) for t, a in zip(tensors, args))
+    elif op == "Matmul":
+        ok = n == 2 and all(tensors)
+    elif op == "GetItem":
+        k = args[1] if n == 2 else None
+        ok = n == 2 and tensors[0] and (_is_key_item(k) or (
+            isinstance(k, list) and all(_is_key_item(i) for i in k)))
+    elif op in ("Concatenate", "Stack"):
+        ok = n == 1 and isinstance(args[0], list) and args[0] and all(
+            _is_tensor(t) for t in args[0])
+    else:
+        ok = n == 1 and tensors[0]
+    if not ok:
+        raise ValueError(f"{op} does not take the arguments {args!r}"[:300])
+    for k, v in attrs.items():
+        good = {"axis": (v is None and op in _REDUCE) or _is_axis(
+                    v, op in _REDUCE or op in ("Softmax", "LogSoftmax", "Squeeze")),
+                "keepdims": isinstance(v, bool),
+                "axes": v is None or (isinstance(v, list) and all(_is_axis(a, False)
+                                                                   for a in v))}[k]
+        if not good:
+            raise ValueError(f"{op}: {k}={v!r} is not supported"[:200])
 
 
 def _key(item):
@@ -45,11 +91,12 @@ class Op(Layer):
     arguments with each tensor as ``{"input": k}`` (the layer's input k; a list of them
     for Concatenate / Stack) and constants as they are (numbers; GetItem's key: ints,
     None, ``{"slice": [start, stop, step]}``, ``{"ellipsis": True}``), ``attrs`` its
-    config (``axis``, ``keepdims``, ``axes``)."""
+    config (``axis``, ``keepdims``, ``axes``); ``ranks``: each input's rank, checked
+    at a call (None: any)."""
 
     n_inputs = None         # (a list of its tensors, as a merge layer's)
 
-    def __init__(self, op: str, args, attrs=None, name=None):
+    def __init__(self, op: str, args, attrs=None, ranks=None, name=None):
         super().__init__(name)
         if op not in _ATTRS:
             raise ValueError(f"unknown operation {op!r}; fastrnn runs {', '.join(OPS)}"[:300])
@@ -57,8 +104,14 @@ class Op(Layer):
         extra = set(attrs) - set(_ATTRS[op])
         if extra:
             raise ValueError(f"{op} takes no {sorted(extra)}"[:200])
-        self.op, self.args, self.attrs = op, list(args), attrs
+        args = list(args)
+        _check(op, args, attrs)
+        self.op, self.args, self.attrs = op, args, attrs
         self.n_tensors = _count(self.args)
+        if ranks is not None and (len(ranks) != self.n_tensors or not all(
+                isinstance(r, int) and r >= 1 for r in ranks)):
+            raise ValueError(f"{op}: ranks {ranks!r} for {self.n_tensors} tensors"[:200])
+        self.ranks = None if ranks is None else list(ranks)
 
     def _fill(self, xs, a):
         if _is_tensor(a):
@@ -73,45 +126,59 @@ class Op(Layer):
             raise ValueError(f"{self.name}: {self.op} reads {self.n_tensors} tensors, got "
                              f"{len(xs)}")
         xs = [np.asarray(t) for t in xs]
-        args = [self._fill(xs, a) for a in self.args]
+        for k, t in enumerate(xs):
+            if t.dtype.kind not in "biuf":
+                raise ValueError(f"{self.name}: {self.op} reads numbers, got {t.dtype}")
+            if self.ranks is not None and t.ndim != self.ranks[k]:
+                raise ValueError(f"{self.name}: {self.op}'s input {k} must have "
+                                 f"{self.ranks[k]} axes, got shape {t.shape}")
+        try:
+            y = self._run([self._fill(xs, a) for a in self.args])
+        except (IndexError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.name}: {self.op} on inputs of shapes "
+                             f"{[t.shape for t in xs]}: {e}"[:400]) from None
+        if y.dtype.kind == "f" and not any(t.dtype.kind == "f" for t in xs):
+            y = y.astype(np.float32)    # (integers to floats: Keras's float32)
+        return np.ascontiguousarray(y), None
+
+    def _run(self, args):
         op, at = self.op, self.attrs
+        ax = at.get("axis")
+        ax = tuple(ax) if isinstance(ax, list) else ax
         if op in _BINARY:
             a, b = args
             dt = next(t.dtype for t in (a, b) if isinstance(t, np.ndarray))
             y = _BINARY[op](a, b)
-            y = y.astype(dt, copy=False) if y.dtype.kind == "f" and dt.kind == "f" else y
-        elif op in _UNARY:
-            y = _UNARY[op](args[0])
-        elif op in _REDUCE:
-            ax = at.get("axis")
-            y = _REDUCE[op](args[0], axis=tuple(ax) if isinstance(ax, list) else ax,
-                            keepdims=bool(at.get("keepdims", False)))
-        elif op in ("Softmax", "LogSoftmax"):
-            ax = at.get("axis", -1)
-            t = np.moveaxis(args[0], ax, -1)
-            t = _softmax(t) if op == "Softmax" else t - t.max(-1, keepdims=True) - np.log(
-                np.exp(t - t.max(-1, keepdims=True)).sum(-1, keepdims=True))
-            y = np.moveaxis(t, -1, ax)
-        elif op == "GetItem":
+            return y.astype(dt, copy=False) if y.dtype.kind == "f" and dt.kind == "f" else y
+        if op in _UNARY:
+            return _UNARY[op](args[0])
+        if op in _REDUCE:
+            return _REDUCE[op](args[0], axis=ax, keepdims=bool(at.get("keepdims", False)))
+        if op in ("Softmax", "LogSoftmax"):
+            t = args[0]
+            ax = -1 if ax is None else ax
+            z = t - t.max(axis=ax, keepdims=True)
+            if op == "Softmax":
+                e = np.exp(z)
+                return e / e.sum(axis=ax, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=ax, keepdims=True))
+        if op == "GetItem":
             k = args[1]
-            y = args[0][tuple(_key(i) for i in k) if isinstance(k, list) else _key(k)]
-        elif op in ("Concatenate", "Stack"):
+            return args[0][tuple(_key(i) for i in k) if isinstance(k, list) else _key(k)]
+        if op in ("Concatenate", "Stack"):
             f = np.concatenate if op == "Concatenate" else np.stack
-            y = f(args[0], axis=at.get("axis", 0))
-        elif op == "ExpandDims":
-            y = np.expand_dims(args[0], at["axis"])
-        elif op == "Squeeze":
-            ax = at.get("axis")
-            y = np.squeeze(args[0], axis=tuple(ax) if isinstance(ax, list) else ax)
-        elif op == "Transpose":
-            y = np.transpose(args[0], at.get("axes"))
-        else:       # Matmul
-            y = np.matmul(args[0], args[1])
-        return np.ascontiguousarray(y), None
+            return f(args[0], axis=0 if ax is None else ax)
+        if op == "ExpandDims":
+            return np.expand_dims(args[0], ax)
+        if op == "Squeeze":
+            return np.squeeze(args[0], axis=ax)
+        if op == "Transpose":
+            return np.transpose(args[0], at.get("axes"))
+        return np.matmul(args[0], args[1])      # (Matmul)
 
     def get_config(self):
         return {**super().get_config(), "op": self.op, "args": self.args,
-                "attrs": self.attrs}
+                "attrs": self.attrs, "ranks": self.ranks}
 
     def _extra_repr(self):
         return self.op

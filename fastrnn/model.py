@@ -1676,7 +1676,7 @@ def _layer_state(layer: Layer, prefix: str, out: dict) -> dict:
     elif isinstance(layer, Activation):
         cfg["activation"] = _spec_json(layer.activation)
     elif isinstance(layer, Op):
-        cfg.update(op=layer.op, args=layer.args, attrs=layer.attrs)
+        cfg.update(op=layer.op, args=layer.args, attrs=layer.attrs, ranks=layer.ranks)
     elif isinstance(layer, TimeDistributed):
         cfg.update(layer=_layer_state(layer.layer, prefix + "layer.", out), masks=layer.masks)
     elif isinstance(layer, (GlobalPooling1D, Flatten, RepeatVector, Pooling1D, Pooling2D,
@@ -1818,7 +1818,8 @@ def _layer_from_state(cfg: dict, tensors: dict, adopt: set | None = None) -> Lay
                                                  adopt), name=name,
                                masks=cfg.get("masks", "keras3"))
     if kind == "Op":
-        return Op(cfg.get("op"), cfg.get("args", []), cfg.get("attrs"), name=name)
+        return Op(cfg.get("op"), cfg.get("args", []), cfg.get("attrs"), cfg.get("ranks"),
+                  name=name)
     if kind == "FoldTime":
         return FoldTime(name=name)
     if kind == "UnfoldTime":

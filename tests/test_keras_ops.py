@@ -94,6 +94,9 @@ def test_each_operation_as_numpy(cls, cfg, args, want, tmp_path):
     np.testing.assert_array_equal(fastrnn.load(str(p)).predict(x), y)
 
 
+V = _t("in1", (None, 3))
+
+
 @pytest.mark.parametrize("cls, cfg, args", [
     ("Mean", {"axis": 0, "keepdims": False}, [X]),
     ("Sum", {"axis": None, "keepdims": False}, [X]),
@@ -101,10 +104,72 @@ def test_each_operation_as_numpy(cls, cfg, args, want, tmp_path):
     ("GetItem", {}, [X, [_slice(None, None, -1), _slice()]]),
     ("Transpose", {"axes": [1, 0, 2]}, [X]),
     ("Concatenate", {"axis": 0}, [[X, X]]),
+    ("Softmax", {"axis": 0}, [X]),
+    ("LogSoftmax", {"axis": [0]}, [X]),
+    # ((B, 3) against (B, 1, 3) broadcasts to (B, B, 3); (B, 3) @ (B, 3, 4) to (B, B, 4))
+    ("Add", {}, [V, _t("in0", (None, 1, 3))]),
+    ("Matmul", {}, [V, _t("in0", (None, 3, 4))]),
 ])
 def test_across_the_batch_refused(cls, cfg, args):
+    """An operation that mixes samples (found by running the first sample alone) is
+    refused: fastrnn runs a model's samples apart (predict(batch_size=...), the folded
+    steps of a TimeDistributed of a model)."""
+    shape = {"Add": ((None, 1, 3), (None, 3)), "Matmul": ((None, 3, 4), (None, 3))}.get(
+        cls, (None, 4, 3))
     with pytest.raises(LoadError, match=rf"operation 'op0' \({cls}\) acts across the batch"):
-        model_from_keras_config(_graph([(cls, cfg, args, {})], "op0"), {})
+        model_from_keras_config(_graph([(cls, cfg, args, {})], "op0", shape), {})
+
+
+def test_load_time_check_bounded_and_quiet(recwarn):
+    """The load-time run of an operation: no warning from a log of its random inputs,
+    a bound on its inputs' size (a LoadError, not a MemoryError)."""
+    model_from_keras_config(_graph([("Log", {}, [X], {})], "op0"), {})
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    big = _t("in0", (None, 10 ** 6, 10 ** 6))
+    with pytest.raises(LoadError, match="its inputs are too large to check at load"):
+        model_from_keras_config(_graph([("Tanh", {}, [big], {})], "op0",
+                                       (None, 10 ** 6, 10 ** 6)), {})
+
+
+def test_call_time_errors_name_the_operation():
+    m = model_from_keras_config(_graph([("GetItem", {}, [X, [_slice(), 2]], {})], "op0"), {})
+    with pytest.raises(ValueError, match=r"op0: GetItem on inputs of shapes \[\(2, 2, 3\)\]: "
+                                         r"index 2 is out of bounds"):
+        m.predict(np.ones((2, 2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"op0: GetItem's input 0 must have 3 axes, got shape "
+                                         r"\(2, 3\)"):
+        m.layers[0].call([np.ones((2, 3))])
+    with pytest.raises(ValueError, match=r"op0: GetItem reads numbers, got <U1"):
+        m.layers[0].call([np.full((2, 2, 3), "a")])
+
+
+def test_integers_to_floats_give_float32():
+    op = Op("Mean", [{"input": 0}], {"axis": 1})
+    assert op.call([np.arange(6).reshape(2, 3)])[0].dtype == np.float32
+    assert Op("Add", [{"input": 0}, 1.5]).call([np.arange(3)])[0].dtype == np.float32
+    assert Op("Add", [{"input": 0}, 1]).call([np.arange(3)])[0].dtype.kind == "i"
+
+
+def test_softmax_over_several_axes():
+    x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
+    y = Op("Softmax", [{"input": 0}], {"axis": [1, 2]}).call([x])[0]
+    e = np.exp(x - x.max((1, 2), keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum((1, 2), keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("op, args, attrs, match", [
+    ("Tanh", [{"input": 0}, {"input": 1}], {}, "Tanh does not take the arguments"),
+    ("Multiply", [{"input": 0}, [1.0, 2.0]], {}, "Multiply does not take the arguments"),
+    ("Multiply", [2.0, 3.0], {}, "Multiply does not take the arguments"),
+    ("GetItem", [{"input": 0}, [[0, 1]]], {}, "GetItem does not take the arguments"),
+    ("Concatenate", [{"input": 0}], {"axis": 1}, "Concatenate does not take the arguments"),
+    ("Mean", [{"input": 0}], {"keepdims": "no"}, "keepdims='no' is not supported"),
+    ("Squeeze", [{"input": 0}], {"axis": None}, "axis=None is not supported"),
+    ("ExpandDims", [{"input": 0}], {"axis": [1, 2]}, r"axis=\[1, 2\] is not supported"),
+])
+def test_op_arguments_checked(op, args, attrs, match):
+    with pytest.raises(ValueError, match=match):
+        Op(op, args, attrs)
 
 
 @pytest.mark.parametrize("cls, cfg, args, kw, match", [
@@ -113,6 +178,7 @@ def test_across_the_batch_refused(cls, cfg, args):
     ("Multiply", {}, [X, "2"], {}, r"called with '2': not supported"),
     ("Multiply", {}, [X, True], {}, r"called with True: not supported"),
     ("GetItem", {}, [X, [_slice("a")]], {}, r"called with .*__slice__.*: not supported"),
+    ("GetItem", {}, [X, [{"class_name": "__slice__"}]], {}, r"called with .*: not supported"),
     ("Squeeze", {"axis": 1}, [X], {}, r"does not run on its inputs' shapes"),
 ])
 def test_other_arguments_refused(cls, cfg, args, kw, match):

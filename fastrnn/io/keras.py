@@ -727,9 +727,9 @@ def _op_arg(a, call, name, cls, depth=0):
         return a
     elif isinstance(a, list):
         return [_op_arg(x, call, name, cls, depth + 1) for x in a]
-    elif isinstance(a, dict) and a.get("class_name") == "__slice__":
-        c = a.get("config") if isinstance(a.get("config"), dict) else {}
-        parts = [c.get(k) for k in ("start", "stop", "step")]
+    elif isinstance(a, dict) and a.get("class_name") == "__slice__" and isinstance(
+            a.get("config"), dict) and set(a["config"]) == {"start", "stop", "step"}:
+        parts = [a["config"][k] for k in ("start", "stop", "step")]
         if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
             return {"slice": parts}
     elif isinstance(a, dict) and a.get("class_name") == "__ellipsis__":
@@ -3333,11 +3333,11 @@ class _Builder:
         return il, dim
 
     def op(self, d, in_dims, in_ranks):
-        """An operation as fastrnn.model.Op, and its output's feature size: its shape
-        from runs on zeros of the shapes Keras 3 recorded for its tensors (else of their
-        ranks and feature sizes), the batch and the unknown sizes 2 and 3, then 3 and 5
-        (an operation across the batch is refused; a size that follows an unknown one
-        is unknown)."""
+        """An operation as fastrnn.model.Op, and its output's feature size, from runs on
+        random inputs of the shapes Keras 3 recorded for its tensors (else of their ranks
+        and feature sizes): the batch 3 with the unknown sizes 16, then 17 (a size that
+        follows an unknown one is unknown), and the first sample alone, which must give
+        the first sample's output (an operation across the batch is refused)."""
         from .._model_ops import Op
         where = f"{self.fname}: operation {d.name!r} ({d.op})"
         # (Keras 3: its config's attributes, those at a default None aside but axis=None;
@@ -3345,37 +3345,44 @@ class _Builder:
         c = d.op_attrs if d.op_attrs is not None else {
             k: v for k, v in d.config.items() if k not in ("name", "trainable", "dtype")
             and (v is not None or k == "axis")}
+        shapes = []
+        for k, shape in enumerate(d.op_shapes):
+            shape = shape or (d.in_shapes[k] if k < len(d.in_shapes) else None)
+            rank = len(shape) if shape else (in_ranks[k] if k < len(in_ranks) else None)
+            if rank is None or rank < 1:
+                raise LoadError(f"{where}: the shape of its input {k} is not known")
+            if shape and not all(v is None or (isinstance(v, int) and not isinstance(
+                    v, bool) and v >= 0) for v in shape):
+                raise LoadError(f"{where}: input {k} has the shape {_show(shape)}"[:300])
+            if not shape:
+                shape = [None] * rank
+                if rank > 1 and in_dims[k] is not None:
+                    shape[-1] = in_dims[k]
+            shapes.append(shape)
         try:
-            layer = Op(d.op, d.op_args, c, name=d.name)
+            layer = Op(d.op, d.op_args, c, ranks=[len(v) for v in shapes], name=d.name)
         except ValueError as e:
             raise LoadError(f"{where}: {e}") from None
+        rng = np.random.default_rng(0)
         outs = []
-        for B, fill in ((2, 3), (3, 5)):
-            xs = []
-            for k, shape in enumerate(d.op_shapes):
-                shape = shape or (d.in_shapes[k] if k < len(d.in_shapes) else None)
-                rank = len(shape) if shape else (in_ranks[k] if k < len(in_ranks) else None)
-                if rank is None:
-                    raise LoadError(f"{where}: the shape of its input {k} is not known")
-                dims = [B] + [fill] * (rank - 1)
-                if shape:
-                    dims = [B] + [fill if v is None else int(v) for v in shape[1:]]
-                elif rank > 1 and in_dims[k] is not None:
-                    dims[-1] = in_dims[k]
-                xs.append(np.zeros(dims, np.float32))
+        for fill in (16, 17):
+            dims = [[3] + [fill if v is None else v for v in sh[1:]] for sh in shapes]
+            if sum(int(np.prod(v)) for v in dims) > 1 << 23:
+                raise LoadError(f"{where}: its inputs are too large to check at load "
+                                f"({dims})"[:300])
+            xs = [rng.uniform(0.5, 1.5, v).astype(np.float32) for v in dims]
             try:
-                y = layer.call(xs)[0]
-            except (ValueError, IndexError, TypeError) as e:
-                raise LoadError(f"{where} does not run on its inputs' shapes: {e}"[:400]) \
-                    from None
-            outs.append(y.shape)
-            key = d.op_args[1] if d.op == "GetItem" and len(d.op_args) > 1 else None
-            first = key[0] if isinstance(key, list) and key else key
-            if y.ndim == 0 or y.shape[0] != B or (
-                    d.op == "GetItem" and first not in (
-                        {"slice": [None, None, None]}, {"ellipsis": True})):
+                with np.errstate(all="ignore"):
+                    y = layer.call(xs)[0]
+                    y1 = layer.call([x[:1] for x in xs])[0]
+            except ValueError as e:
+                raise LoadError(f"{where} does not run on its inputs' shapes (unknown sizes "
+                                f"taken as {fill}): {e}"[:400]) from None
+            if y.ndim == 0 or y.shape[0] != 3 or y1.shape != (1,) + y.shape[1:] or \
+                    not np.allclose(y1, y[:1], rtol=1e-5, atol=1e-6, equal_nan=True):
                 raise LoadError(f"{where} acts across the batch (its first axis): not "
                                 "supported (fastrnn runs a model's samples apart)")
+            outs.append(y.shape)
         layer._rank = len(outs[0])
         layer._shape = [None] + [a if a == b else None for a, b in zip(outs[0][1:], outs[1][1:])]
         return layer, (layer._shape[-1] if len(outs[0]) > 1 else None)
