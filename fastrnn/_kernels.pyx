@@ -2456,6 +2456,17 @@ def dense_call(cnp.ndarray x not None, w, b, int act):
     return _dense_run(x, w, b, act, rows, nd, dims)
 
 
+cdef Py_ssize_t _row_len(cnp.ndarray x):
+    """The size of x's rows (its last axis) where a row pass takes x: C-contiguous
+    float32 / float64 of 2+ axes (1-D: the batch axis, which NumPy's paths refuse),
+    aligned, native byte order, rows not empty; else 0."""
+    cdef int nd = cnp.PyArray_NDIM(x), tx = cnp.PyArray_TYPE(x)
+    if nd < 2 or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64) \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISBEHAVED_RO(x):
+        return 0
+    return x.shape[nd - 1]
+
+
 cdef int _norm_weight(w, int tx, Py_ssize_t n):
     """Whether ``w`` is None or an array a row pass reads as n values of x's type."""
     return w is None or (cnp.PyArray_Check(w) and cnp.PyArray_TYPE(<cnp.ndarray>w) == tx
@@ -2515,14 +2526,10 @@ def layer_norm_rows(cnp.ndarray x not None, gamma, beta, double epsilon, bint rm
     streaming step's normalisation ~20 us through NumPy's reductions); None where that
     does not apply (the caller runs NumPy's path)."""
     cdef int nd = cnp.PyArray_NDIM(x), tx = cnp.PyArray_TYPE(x)
-    cdef Py_ssize_t n, m
+    cdef Py_ssize_t n = _row_len(x), m
     cdef cnp.ndarray y
     cdef const void* gp = NULL
     cdef const void* bp = NULL
-    if nd < 2 or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64) \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISBEHAVED_RO(x):
-        return None     # (1-D: the batch axis, which NumPy's path refuses)
-    n = x.shape[nd - 1]
     if n == 0:
         return None
     m = cnp.PyArray_SIZE(x) // n
@@ -2572,11 +2579,7 @@ def batch_norm_rows(cnp.ndarray x not None, mean, variance, gamma, beta, double 
     small operations); the NumPy path's values, bit for bit (but the sign of a NaN).  None
     where that does not apply (the caller runs NumPy's path)."""
     cdef int nd = cnp.PyArray_NDIM(x), tx = cnp.PyArray_TYPE(x)
-    cdef Py_ssize_t n, m
-    if nd < 2 or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64) \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISBEHAVED_RO(x):
-        return None
-    n = x.shape[nd - 1]
+    cdef Py_ssize_t n = _row_len(x), m
     if n == 0 or mean is None or variance is None:
         return None
     m = cnp.PyArray_SIZE(x) // n
@@ -2629,11 +2632,7 @@ def masking_rows(cnp.ndarray x not None, double value):
     type, as NumPy compares them) zeroed, the mask of the rows kept), in one pass (a
     streaming step's Masking ~5 us through NumPy); None where that does not apply."""
     cdef int nd = cnp.PyArray_NDIM(x), tx = cnp.PyArray_TYPE(x)
-    cdef Py_ssize_t n, m
-    if nd < 2 or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64) \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISBEHAVED_RO(x):
-        return None
-    n = x.shape[nd - 1]
+    cdef Py_ssize_t n = _row_len(x), m
     if n == 0:
         return None
     m = cnp.PyArray_SIZE(x) // n

@@ -112,6 +112,9 @@ class Op(Layer):
                 isinstance(r, int) and r >= 1 for r in ranks)):
             raise ValueError(f"{op}: ranks {ranks!r} for {self.n_tensors} tensors"[:200])
         self.ranks = None if ranks is None else list(ranks)
+        # the output's shape where the Keras loader found it (None: a size it does not
+        # know; not saved)
+        self.shape = None
 
     def _fill(self, xs, a):
         if _is_tensor(a):

@@ -102,6 +102,7 @@ V = _t("in1", (None, 3))
     ("Sum", {"axis": None, "keepdims": False}, [X]),
     ("GetItem", {}, [X, 0]),
     ("GetItem", {}, [X, [_slice(None, None, -1), _slice()]]),
+    ("GetItem", {}, [X, [_slice(None, 3), _slice(1)]]),     # (the same at a batch of 3)
     ("Transpose", {"axes": [1, 0, 2]}, [X]),
     ("Concatenate", {"axis": 0}, [[X, X]]),
     ("Softmax", {"axis": 0}, [X]),
@@ -263,3 +264,19 @@ def test_tf_keras2_operation_arguments_refused(f, kw, match):
     with pytest.raises(LoadError, match=match):
         model_from_keras_config(_k2_graph([(f, ["in0", 0, 0, kw])], "op0"), {},
                                 keras_version="2")
+
+
+def test_sizes_one_input_knows_fill_the_others():
+    """An input of unknown steps beside one of known steps (a residual ``h + x`` in a
+    tf.keras 2 file, which records no shapes; an LSTM's output against the model's
+    Input): the known sizes, aligned from the last axis (Matmul: its contracted pair)."""
+    a, b = _t("in0", (None, None, 4)), _t("in1", (None, 6, 4))
+    shapes = ((None, None, 4), (None, 6, 4))
+    m = model_from_keras_config(_graph([("Add", {}, [a, b], {})], "op0", shapes), {})
+    x0, x1 = np.ones((2, 6, 4), np.float32), np.full((2, 6, 4), 2.0, np.float32)
+    np.testing.assert_array_equal(m.predict([x0, x1]), x0 + x1)
+    assert m.layers[0].shape == [None, 6, 4]
+    t = _t("in0", (None, 4, None))
+    mm = model_from_keras_config(_graph([("Matmul", {}, [t, b], {})], "op0",
+                                        ((None, 4, None), (None, 6, 4))), {})
+    assert mm.layers[0].shape == [None, 4, 4]

@@ -96,7 +96,9 @@ def test_keras3_drops_the_inner_output_mask():
     assert out.shape == (2, 3, 5, 2) and mask is None
 
 
-def _masking_before_td(c):
+def _add_masking(c):
+    """A Masking "m" of the TimeDistributed's input, added to config ``c`` -> (the
+    TimeDistributed's entry, a reference to m's output)."""
     layers = c["config"]["layers"]
     td = next(l for l in layers if l["class_name"] == "TimeDistributed")
     src = td["inbound_nodes"][0]["args"][0]
@@ -104,8 +106,12 @@ def _masking_before_td(c):
                       "config": {"name": "m", "mask_value": 0, "trainable": True,
                                  "dtype": "float32"},
                       "inbound_nodes": [{"args": [src], "kwargs": {}}]})
-    td["inbound_nodes"][0]["args"][0] = {**src, "config": {**src["config"],
-                                                           "keras_history": ["m", 0, 0]}}
+    return td, {**src, "config": {**src["config"], "keras_history": ["m", 0, 0]}}
+
+
+def _masking_before_td(c):
+    td, masked = _add_masking(c)
+    td["inbound_nodes"][0]["args"][0] = masked
 
 
 def _two_outputs(c):
@@ -128,15 +134,8 @@ def test_refused_keras3(tmp_path, edit, match):
 
 def _second_call_masked(c):
     # the TimeDistributed called again, on a Masking of the input: a second output
-    layers = c["config"]["layers"]
-    td = next(l for l in layers if l["class_name"] == "TimeDistributed")
-    src = td["inbound_nodes"][0]["args"][0]
-    layers.insert(1, {"module": "keras.layers", "class_name": "Masking", "name": "m",
-                      "config": {"name": "m", "mask_value": 0, "trainable": True,
-                                 "dtype": "float32"},
-                      "inbound_nodes": [{"args": [src], "kwargs": {}}]})
-    td["inbound_nodes"].append({"args": [{**src, "config": {
-        **src["config"], "keras_history": ["m", 0, 0]}}], "kwargs": {}})
+    td, masked = _add_masking(c)
+    td["inbound_nodes"].append({"args": [masked], "kwargs": {}})
     c["config"]["output_layers"] = [c["config"]["output_layers"], [td["name"], 1, 0]]
 
 

@@ -100,13 +100,16 @@ _MASK_ENDS = ("GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Repeat
 # the merge layers compute their masks (the ops.concatenate of a Concatenate's masks is a
 # "Concatenate" too; a float64 layer on a float32 input casts it first: "Cast"); off the
 # data graph they only feed `mask=` arguments, which fastrnn recomputes with Keras's own
-# propagation rules.  On the data graph every operation is refused (_is_op).
+# propagation rules.  On the data graph an operation runs as fastrnn.model.Op where it
+# is one of its table's (_runs_op), else it is refused.
 _MASK_OPS = ("NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "Equal",
              "ExpandDims", "ZerosLike", "OnesLike", "Concatenate", "Cast",
              "ConvertToTensor")
 # what to use instead of an operation on the data path
-_USE_LAYERS = ("fastrnn runs Keras layers (to add, multiply or concatenate tensors: the merge "
-               "layers Add, Multiply, Concatenate, ...)")
+_USE_LAYERS = ("fastrnn runs Keras layers and a table of operations (arithmetic, "
+               "reductions, softmax, slicing, concatenate, transpose, matmul, ...: "
+               "docs/keras.md); use a layer instead (to add, multiply or concatenate "
+               "tensors: the merge layers Add, Multiply, Concatenate, ...)")
 # the modules of Keras 3's operations (keras.ops) as a .keras config records them
 _OP_MODULES = ("keras.src.ops", "keras.ops")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -712,7 +715,7 @@ def _call_kwargs(call, kw, name, cls):
 
 
 def _op_arg(a, call, name, cls, depth=0):
-    """A Keras 3 operation's argument in Op's form (a tensor {"input": k}, its reference
+    """An operation's argument in Op's form (a tensor {"input": k}, its reference
     and recorded shape added to ``call``; a list of them; a number; None; GetItem's key
     items: slices and Ellipsis), or LoadError."""
     r = _history(a)
@@ -813,7 +816,10 @@ def _tf_op_call(node, name, l):
                             "supported"[:400])
         firsts.append(_op_arg(list(t[:3]) if t[0] != _K2_CONSTANT else t[2], call, name, cls))
         if len(t) > 3 and isinstance(t[3], dict):
-            kw.update(t[3])
+            if kw and t[3] != kw:
+                raise LoadError(f"operation {name!r} ({cls}): its entries give different "
+                                "keyword arguments")
+            kw = dict(t[3])
     if op in ("Concatenate", "Stack"):
         call.op_args.append(firsts)
     elif len(firsts) != 1:
@@ -835,7 +841,6 @@ def _tf_op_call(node, name, l):
         elif k != "name" and (k not in _TF_NEUTRAL or v != _TF_NEUTRAL[k]):
             raise LoadError(f"operation {name!r} ({cls}) is called with {k}={_show(v)}: not "
                             "supported"[:400])
-    call.op_shapes = [None] * len(call.data)
     return call
 
 
@@ -1024,14 +1029,13 @@ def _functional(cfg, what="architecture"):
                     f"{n!r} is a Keras operation, not a layer ({cls}: keras.ops."
                     f"{_snake(cls)} or an operator such as +, module "
                     f"{l.get('module') or 'not recorded'}), on the way to the model's "
-                    f"outputs: not supported; {_USE_LAYERS}"[:400])
+                    f"outputs: not supported; {_USE_LAYERS}"[:500])
             if l.get("class_name") in _TF_OP_CLASSES and not _tf_op(l):
                 c = l.get("config") if isinstance(l.get("config"), dict) else {}
                 raise LoadError(
                     f"{n!r} is a TensorFlow operation tf.keras 2 recorded as a "
-                    f"{l['class_name']} layer ({str(c.get('function', 'an operator'))[:60]}: "
-                    "x * 2, a + b, x[:, -1], tf.reduce_mean, ...), on the way to the "
-                    f"model's outputs: not supported; {_USE_LAYERS}"[:400])
+                    f"{l['class_name']} layer ({str(c.get('function', 'an operator'))[:60]}), "
+                    f"on the way to the model's outputs: not supported; {_USE_LAYERS}"[:500])
             if n not in layer_calls:
                 layer_calls[n] = _inbound(l, n) or [_Call()]   # (an InputLayer: node 0)
             if not 0 <= node < len(layer_calls[n]):
@@ -3358,7 +3362,8 @@ class _Builder:
                 shape = [None] * rank
                 if rank > 1 and in_dims[k] is not None:
                     shape[-1] = in_dims[k]
-            shapes.append(shape)
+            shapes.append(list(shape))
+        _fill_sizes(d.op, shapes)
         try:
             layer = Op(d.op, d.op_args, c, ranks=[len(v) for v in shapes], name=d.name)
         except ValueError as e:
@@ -3378,14 +3383,17 @@ class _Builder:
             except ValueError as e:
                 raise LoadError(f"{where} does not run on its inputs' shapes (unknown sizes "
                                 f"taken as {fill}): {e}"[:400]) from None
+            key = d.op_args[1] if d.op == "GetItem" else None
+            first = key[0] if isinstance(key, list) and key else key
             if y.ndim == 0 or y.shape[0] != 3 or y1.shape != (1,) + y.shape[1:] or \
-                    not np.allclose(y1, y[:1], rtol=1e-5, atol=1e-6, equal_nan=True):
+                    not np.allclose(y1, y[:1], rtol=1e-5, atol=1e-6, equal_nan=True) or \
+                    (key is not None and first not in ({"slice": [None, None, None]},
+                                                       {"ellipsis": True})):
                 raise LoadError(f"{where} acts across the batch (its first axis): not "
                                 "supported (fastrnn runs a model's samples apart)")
             outs.append(y.shape)
-        layer._rank = len(outs[0])
-        layer._shape = [None] + [a if a == b else None for a, b in zip(outs[0][1:], outs[1][1:])]
-        return layer, (layer._shape[-1] if len(outs[0]) > 1 else None)
+        layer.shape = [None] + [a if a == b else None for a, b in zip(outs[0][1:], outs[1][1:])]
+        return layer, (layer.shape[-1] if len(outs[0]) > 1 else None)
 
     def fold(self, d, is_masked, in_ranks):
         """The fold or the unfold around the layers of a TimeDistributed's model."""
@@ -3660,7 +3668,7 @@ class _Builder:
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
             if d.is_op:
-                full[(i, 0)] = getattr(new[-1], "_shape", None)
+                full[(i, 0)] = new[-1].shape
             for t, (v, r) in enumerate(zip(out_dims, _tensor_ranks(new, in_ranks))):
                 dims[(i, t)], ranks[(i, t)] = v, r
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
@@ -3815,6 +3823,26 @@ def _k2_takes_mask(layer) -> bool:
                               TimeDistributed))
 
 
+def _fill_sizes(op, shapes):
+    """Sizes an operation's input does not know (None) taken from another input that does:
+    Matmul's contracted pair, else sizes at the same place counted from the last axis,
+    as broadcasting aligns them (a residual ``h + x`` of an Input of known steps)."""
+    if op == "Matmul" and len(shapes) == 2 and min(map(len, shapes)) >= 2:
+        a, b = shapes
+        if a[-1] is None:
+            a[-1] = b[-2]
+        if b[-2] is None:
+            b[-2] = a[-1]
+        return
+    for sh in shapes:
+        for j in range(1, len(sh)):
+            if sh[j] is None:
+                k = len(sh) - j         # (the place from the end)
+                known = {o[-k] for o in shapes if len(o) - k >= 1 and o[-k] is not None}
+                if len(known) == 1:
+                    sh[j] = known.pop()
+
+
 def _makes_mask(layer) -> bool:
     """Whether a layer makes a mask: Masking, Embedding(mask_zero=True), a tf.keras 2
     TimeDistributed of one (which passes it on)."""
@@ -3828,7 +3856,7 @@ def _tensor_ranks(layers, in_ranks):
     """The ranks of the outputs of a call's layers (stacked cells: a chain of them) on
     tensors of ``in_ranks`` (None: unknown)."""
     from ..model import (Bidirectional, Conv1D, Conv2D, Dot, Embedding, Flatten, FoldTime,
-                         UnfoldTime, GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
+                         Op, UnfoldTime, GlobalPooling1D, KerasRNN, MultiHeadAttention, Pooling1D, Pooling2D, RepeatVector,
                          Reshape, TimeDistributed, _Merge, _AttentionBase, GlobalPooling2D)
     ranks = list(in_ranks)
     for layer in layers:
@@ -3861,8 +3889,8 @@ def _tensor_ranks(layers, in_ranks):
             r = None if r is None else r + 1
         elif isinstance(layer, (FoldTime, UnfoldTime)):
             r = None if r is None else r + (1 if isinstance(layer, UnfoldTime) else -1)
-        elif hasattr(layer, "_rank"):       # (an Op: its rank from a run at load)
-            r = layer._rank
+        elif isinstance(layer, Op):
+            r = None if layer.shape is None else len(layer.shape)
         n_seq = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
         ranks = [r if k < n_seq else 2 for k in range(layer.n_outputs())]
     return ranks
