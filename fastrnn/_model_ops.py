@@ -22,7 +22,10 @@ _ATTRS = {**{k: () for k in _BINARY}, **{k: () for k in _UNARY},
           **{k: ("axis", "keepdims") for k in _REDUCE},
           "Softmax": ("axis",), "LogSoftmax": ("axis",), "GetItem": (),
           "Concatenate": ("axis",), "Stack": ("axis",), "ExpandDims": ("axis",),
-          "Squeeze": ("axis",), "Transpose": ("axes",), "Matmul": ()}
+          "Squeeze": ("axis",), "Transpose": ("axes",), "Matmul": (),
+          "Reshape": ("newshape",), "Clip": ("x_min", "x_max"), "Cast": ("dtype",)}
+# the dtypes a Cast gives
+_CAST = ("float16", "float32", "float64", "int32", "int64")
 OPS = tuple(_ATTRS)
 
 
@@ -71,7 +74,10 @@ def _check(op, args, attrs):
                     v, op in _REDUCE or op in ("Softmax", "LogSoftmax", "Squeeze")),
                 "keepdims": isinstance(v, bool),
                 "axes": v is None or (isinstance(v, list) and all(_is_axis(a, False)
-                                                                   for a in v))}[k]
+                                                                   for a in v)),
+                "newshape": isinstance(v, list) and all(_is_axis(a, False) for a in v),
+                "x_min": _is_number(v), "x_max": _is_number(v),
+                "dtype": v in _CAST}[k]
         if not good:
             raise ValueError(f"{op}: {k}={v!r} is not supported"[:200])
 
@@ -91,7 +97,8 @@ class Op(Layer):
     arguments with each tensor as ``{"input": k}`` (the layer's input k; a list of them
     for Concatenate / Stack) and constants as they are (numbers; GetItem's key: ints,
     None, ``{"slice": [start, stop, step]}``, ``{"ellipsis": True}``), ``attrs`` its
-    config (``axis``, ``keepdims``, ``axes``); ``ranks``: each input's rank, checked
+    config (``axis``, ``keepdims``, ``axes``, ``newshape``, ``x_min`` / ``x_max``,
+    ``dtype``); ``ranks``: each input's rank, checked
     at a call (None: any)."""
 
     n_inputs = None         # (a list of its tensors, as a merge layer's)
@@ -140,7 +147,8 @@ class Op(Layer):
         except (IndexError, TypeError, ValueError) as e:
             raise ValueError(f"{self.name}: {self.op} on inputs of shapes "
                              f"{[t.shape for t in xs]}: {e}"[:400]) from None
-        if y.dtype.kind == "f" and not any(t.dtype.kind == "f" for t in xs):
+        if y.dtype.kind == "f" and not any(t.dtype.kind == "f" for t in xs) and \
+                self.op != "Cast":
             y = y.astype(np.float32)    # (integers to floats: Keras's float32)
         return np.ascontiguousarray(y), None
 
@@ -177,6 +185,13 @@ class Op(Layer):
             return np.squeeze(args[0], axis=ax)
         if op == "Transpose":
             return np.transpose(args[0], at.get("axes"))
+        if op == "Reshape":
+            return np.reshape(args[0], at["newshape"])
+        if op == "Clip":
+            t = args[0]
+            return np.clip(t, t.dtype.type(at["x_min"]), t.dtype.type(at["x_max"]))
+        if op == "Cast":
+            return args[0].astype(at["dtype"])
         return np.matmul(args[0], args[1])      # (Matmul)
 
     def get_config(self):

@@ -47,8 +47,8 @@ def test_fixture_count():
     # k3_known_mha_mask_cleared; +7: k*_td_*; +7: k*_act_layers_masked,
     # k*_rescale_norm_masked, k*_pad_crop_*; +4: k*_sepconv*; +2: k3_td_nested,
     # k2_identity_masked; +2: k3_td_embed_mask_zero, k3_td_sepconv; +1:
-    # k3_causal_conv_stream; +6: k*_td_model_*; +3: k2_td_masks_*; +6: k*_ops_*)
-    assert len(FIXTURES) == 170
+    # k3_causal_conv_stream; +6: k*_td_model_*; +3: k2_td_masks_*; +8: k*_ops_*)
+    assert len(FIXTURES) == 172
 
 
 # ----------------------------------------------------------------------------- vs h5py

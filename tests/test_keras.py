@@ -96,8 +96,8 @@ def test_fixture_set_is_complete():
     # +4: k3_td_nested, k2_identity_masked, k3_td_embed_mask_zero, k3_td_sepconv;
     # +1 k3_causal_conv_stream: causal convolutions a stream runs; +5 k*_td_model_*:
     # TimeDistributed of a model; +4 k2_td_masks_*, k2_td_model_mask_out: tf.keras 2's
-    # masks through them; +6 k*_ops_*: keras.ops calls, tf.keras 2's TensorFlow ops)
-    assert len(NAMES) == 158 and len(REFUSED) == 9
+    # masks through them; +8 k*_ops_*: keras.ops calls, tf.keras 2's TensorFlow ops)
+    assert len(NAMES) == 160 and len(REFUSED) == 9
     for n in NAMES:
         model_path(n)
 

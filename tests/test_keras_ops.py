@@ -71,6 +71,9 @@ CASES = [
     ("Concatenate", {"axis": -1}, [[X, X]], lambda x: np.concatenate([x, x], -1)),
     ("Stack", {"axis": 1}, [[X, X]], lambda x: np.stack([x, x], 1)),
     ("Matmul", {}, [X, X], None),
+    ("Reshape", {"newshape": [-1, 12]}, [X], lambda x: x.reshape(-1, 12)),
+    ("Clip", {"x_min": -0.5, "x_max": 0.25}, [X], lambda x: np.clip(x, -0.5, 0.25)),
+    ("Cast", {"dtype": "float32"}, [X], lambda x: x),
 ]
 
 
@@ -104,6 +107,7 @@ V = _t("in1", (None, 3))
     ("GetItem", {}, [X, [_slice(None, None, -1), _slice()]]),
     ("GetItem", {}, [X, [_slice(None, 3), _slice(1)]]),     # (the same at a batch of 3)
     ("Transpose", {"axes": [1, 0, 2]}, [X]),
+    ("Reshape", {"newshape": [-1, 3]}, [X]),      # ((B, 4, 3) as (4B, 3))
     ("Concatenate", {"axis": 0}, [[X, X]]),
     ("Softmax", {"axis": 0}, [X]),
     ("LogSoftmax", {"axis": [0]}, [X]),
@@ -167,6 +171,8 @@ def test_softmax_over_several_axes():
     ("Mean", [{"input": 0}], {"keepdims": "no"}, "keepdims='no' is not supported"),
     ("Squeeze", [{"input": 0}], {"axis": None}, "axis=None is not supported"),
     ("ExpandDims", [{"input": 0}], {"axis": [1, 2]}, r"axis=\[1, 2\] is not supported"),
+    ("Cast", [{"input": 0}], {"dtype": "string"}, r"dtype='string' is not supported"),
+    ("Clip", [{"input": 0}], {"x_min": "0", "x_max": 1}, r"x_min='0' is not supported"),
 ])
 def test_op_arguments_checked(op, args, attrs, match):
     with pytest.raises(ValueError, match=match):
@@ -240,6 +246,10 @@ K2_CASES = [
       ("nn.softmax", ["op1", 0, 0, {"axis": -1}])],
      lambda x: (lambda s: np.exp(s) / np.exp(s).sum(-1, keepdims=True))(
          x @ x.transpose(0, 2, 1))),
+    ([("reshape", ["in0", 0, 0, {"shape": [-1, 24]}]),
+      ("clip_by_value", ["op0", 0, 0, {"clip_value_min": -0.5, "clip_value_max": 0.5}]),
+      ("cast", ["op1", 0, 0, {"dtype": "float32"}])],
+     lambda x: np.clip(x.reshape(-1, 24), -0.5, 0.5)),
     ([("math.tanh", ["in0", 0, 0, {"name": None}]),
       ("expand_dims", ["op0", 0, 0, {"axis": 2}]),
       ("compat.v1.squeeze", ["op1", 0, 0, {"axis": 2, "name": None}])], np.tanh),

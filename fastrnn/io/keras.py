@@ -779,7 +779,11 @@ _TF_OPS = {
         ("nn.softmax", "Softmax"), ("nn.log_softmax", "LogSoftmax"), ("concat", "Concatenate"),
         ("stack", "Stack"), ("expand_dims", "ExpandDims"), ("squeeze", "Squeeze"),
         ("compat.v1.squeeze", "Squeeze"), ("transpose", "Transpose"),
-        ("compat.v1.transpose", "Transpose"), ("__operators__.getitem", "GetItem"))}}
+        ("compat.v1.transpose", "Transpose"), ("__operators__.getitem", "GetItem"),
+        ("reshape", "Reshape"), ("clip_by_value", "Clip"), ("cast", "Cast"))}}
+# tf.keras 2's keyword arguments by Op's attribute names
+_TF_ATTRS = {"perm": "axes", "shape": "newshape", "clip_value_min": "x_min",
+             "clip_value_max": "x_max"}
 # keyword arguments of those that change nothing at these values (and name=, any)
 _TF_NEUTRAL = {"conjugate": False, "transpose_a": False, "transpose_b": False,
                "adjoint_a": False, "adjoint_b": False, "a_is_sparse": False,
@@ -833,10 +837,9 @@ def _tf_op_call(node, name, l):
         call.op_args.append(_op_arg(list(v) if _history(v) else v, call, name, cls))
     if op == "GetItem":
         call.op_args.append(_op_arg(_k2_slices(kw.pop("slice_spec", None)), call, name, cls))
-    if "perm" in kw:
-        kw["axes"] = kw.pop("perm")
     for k, v in kw.items():
-        if k in ("axis", "keepdims", "axes"):
+        k = _TF_ATTRS.get(k, k)
+        if k in ("axis", "keepdims", "axes", "newshape", "x_min", "x_max", "dtype"):
             call.op_attrs[k] = v
         elif k != "name" and (k not in _TF_NEUTRAL or v != _TF_NEUTRAL[k]):
             raise LoadError(f"operation {name!r} ({cls}) is called with {k}={_show(v)}: not "
@@ -3347,8 +3350,8 @@ class _Builder:
         # (Keras 3: its config's attributes, those at a default None aside but axis=None;
         # tf.keras 2: its call's keyword arguments)
         c = d.op_attrs if d.op_attrs is not None else {
-            k: v for k, v in d.config.items() if k not in ("name", "trainable", "dtype")
-            and (v is not None or k == "axis")}
+            k: v for k, v in d.config.items() if k not in ("name", "trainable")
+            and (k != "dtype" or d.op == "Cast") and (v is not None or k == "axis")}
         shapes = []
         for k, shape in enumerate(d.op_shapes):
             shape = shape or (d.in_shapes[k] if k < len(d.in_shapes) else None)
@@ -3667,11 +3670,16 @@ class _Builder:
                             else None)):
                     is_masked = False      # (these end the mask, as Keras's do)
             index_map[i] = len(layers) - 1     # (stacked cells: the last layer's outputs)
-            if d.is_op:
-                full[(i, 0)] = new[-1].shape
             for t, (v, r) in enumerate(zip(out_dims, _tensor_ranks(new, in_ranks))):
                 dims[(i, t)], ranks[(i, t)] = v, r
                 masked[(i, t)] = is_masked and new[-1].output_mask(t, True) is True
+            if d.is_op:
+                full[(i, 0)] = new[-1].shape
+            elif refs and isinstance(full.get(refs[0]), list) and all(
+                    _keeps_steps(l) for l in new) and dims.get((i, 0)) is not None:
+                # (a layer that keeps its input's leading axes: their sizes, for the
+                # operations after it, which a tf.keras 2 config records none of)
+                full[(i, 0)] = list(full[refs[0]][:-1]) + [dims[(i, 0)]]
         if not layers:
             raise LoadError(f"{self.fname}: the model has no layers fastrnn can run")
         if self.major == 3:
@@ -3821,6 +3829,18 @@ def _k2_takes_mask(layer) -> bool:
     return isinstance(layer, (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                               Embedding, KerasRNN, LayerNormalization, Masking, PReLU,
                               TimeDistributed))
+
+
+def _keeps_steps(layer) -> bool:
+    """Whether a layer's output keeps its input's axes but the last (a recurrent layer's
+    sequences, Dense, the normalisations, ...): the sizes an operation after it reads."""
+    from ..model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
+                         KerasRNN, LayerNormalization, Masking)
+    if isinstance(layer, (KerasRNN, Bidirectional)):
+        return layer.return_sequences and not getattr(layer, "return_state", False) and \
+            getattr(layer, "merge_mode", "concat") is not None
+    return isinstance(layer, (Activation, BatchNormalization, Dense, Dropout,
+                              LayerNormalization, Masking))
 
 
 def _fill_sizes(op, shapes):
