@@ -724,19 +724,19 @@ def _op_arg(a, call, name, cls, depth=0):
         shape = a["config"].get("shape") if isinstance(a, dict) else None
         call.op_shapes.append(shape if isinstance(shape, list) else None)
         return {"input": len(call.data) - 1}
-    if isinstance(a, bool) or depth > 2:
-        pass
-    elif a is None or isinstance(a, (int, float)):
-        return a
-    elif isinstance(a, list):
-        return [_op_arg(x, call, name, cls, depth + 1) for x in a]
-    elif isinstance(a, dict) and a.get("class_name") == "__slice__" and isinstance(
-            a.get("config"), dict) and set(a["config"]) == {"start", "stop", "step"}:
-        parts = [a["config"][k] for k in ("start", "stop", "step")]
-        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
-            return {"slice": parts}
-    elif isinstance(a, dict) and a.get("class_name") == "__ellipsis__":
-        return {"ellipsis": True}
+    if not isinstance(a, bool) and depth <= 2:     # (True: no number an op takes)
+        if a is None or isinstance(a, (int, float)):
+            return a
+        if isinstance(a, list):
+            return [_op_arg(x, call, name, cls, depth + 1) for x in a]
+        if isinstance(a, dict) and a.get("class_name") == "__slice__" and isinstance(
+                a.get("config"), dict) and set(a["config"]) == {"start", "stop", "step"}:
+            parts = [a["config"][k] for k in ("start", "stop", "step")]
+            if all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                   for v in parts):
+                return {"slice": parts}
+        if isinstance(a, dict) and a.get("class_name") == "__ellipsis__":
+            return {"ellipsis": True}
     raise LoadError(f"operation {name!r} ({cls}) is called with {_show(a)}: not supported "
                     "(fastrnn takes tensors, numbers, slices)"[:400])
 
@@ -760,8 +760,8 @@ def _op_call(node, name, cls):
 
 
 # tf.keras 2's TensorFlow operations (TFOpLambda / SlicingOpLambda layers, by their
-# "function") that fastrnn runs as fastrnn.model.Op: the Op, its second operand's keyword
-# (binary operations), the keyword arguments it takes as its config (by Op's names)
+# "function") that fastrnn runs as fastrnn.model.Op: (the Op, the keyword of its second
+# operand, None for one of one tensor); its other keyword arguments are its config
 _TF_OPS = {
     **{f: ("Add", "y") for f in ("math.add", "__operators__.add", "math.add_v2")},
     **{f: ("Subtract", "y") for f in ("math.subtract", "__operators__.sub")},
