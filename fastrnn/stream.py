@@ -245,6 +245,31 @@ def _per_step(layer) -> bool:
         return max(layer.scale.ndim, layer.offset.ndim) <= 1
     if isinstance(layer, PReLU):
         return layer.alpha.ndim == 2 and layer.alpha.shape[0] == 1
+    return _op_on_features(layer, 2)
+
+
+def _op_on_features(layer, first) -> bool:
+    """Whether ``layer`` is an operation (fastrnn.model.Op) of one tensor that acts on
+    the axes from ``first`` on alone (2: each step's features; 1: each row's, after a
+    recurrent layer that returns its last step): elementwise (a number its other
+    operand), a reduction or softmax over those axes, a slice of them."""
+    from ._model_ops import _BINARY, _REDUCE, _UNARY, Op
+    if not isinstance(layer, Op) or layer.n_tensors != 1 or layer.ranks is None or \
+            layer.ranks[0] <= first:
+        return False
+    r, op = layer.ranks[0], layer.op
+    if op in _UNARY or op in _BINARY or op in ("Clip", "Cast"):
+        return True
+    if op in _REDUCE or op in ("Softmax", "LogSoftmax"):
+        ax = layer.attrs.get("axis", -1 if op in ("Softmax", "LogSoftmax") else None)
+        axes = ax if isinstance(ax, list) else [ax]
+        return ax is not None and all(-r <= a < r and a % r >= first for a in axes)
+    if op == "GetItem":
+        k = layer.args[1]
+        full = {"slice": [None, None, None]}
+        return isinstance(k, list) and len(k) > first and all(
+            i == full for i in k[:first]) and all(
+            i is not None and i != {"ellipsis": True} for i in k)
     return False
 
 
@@ -350,8 +375,9 @@ class Stream:
                 plan.append(("rnn", layer, r))
                 if not layer.return_sequences:
                     last = layer
-            elif last is not None and isinstance(
-                    layer, rowwise + (LayerNormalization, BatchNormalization)):
+            elif last is not None and (isinstance(
+                    layer, rowwise + (LayerNormalization, BatchNormalization)) or
+                    _op_on_features(layer, 1)):
                 # after a last-step RNN the whole call gives these (B, features): the
                 # stream runs them on each step's (B, features), axes as in that call
                 plan.append(("row", layer, None))

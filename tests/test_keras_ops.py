@@ -290,3 +290,38 @@ def test_sizes_one_input_knows_fill_the_others():
     mm = model_from_keras_config(_graph([("Matmul", {}, [t, b], {})], "op0",
                                         ((None, 4, None), (None, 6, 4))), {})
     assert mm.layers[0].shape == [None, 4, 4]
+
+
+def _chain(layers):
+    from fastrnn.model import INPUT, Model
+    return Model(layers, inputs=[[(INPUT, 0)]] + [[(i, 0)] for i in range(len(layers) - 1)])
+
+
+def test_stream_runs_operations_on_each_steps_features():
+    """A stream runs an operation that acts on each step's features alone (elementwise,
+    a softmax / reduction / slice over the features; after a recurrent layer returning
+    its last step, over each row's): the whole call's numbers; one over the steps is
+    refused."""
+    from fastrnn.model import KerasRNN
+    full = {"slice": [None, None, None]}
+    rnn = KerasRNN(fastrnn.LSTM(4, 6, batch_first=True, seed=1), return_sequences=True)
+    m = _chain([rnn, Op("Tanh", [{"input": 0}], ranks=[3]),
+                Op("Multiply", [{"input": 0}, 0.5], ranks=[3]),
+                Op("Softmax", [{"input": 0}], {"axis": -1}, ranks=[3]),
+                Op("GetItem", [{"input": 0}, [full, full, {"slice": [1, None, None]}]],
+                   ranks=[3]),
+                Op("Sum", [{"input": 0}], {"axis": 2, "keepdims": True}, ranks=[3])])
+    x = np.random.default_rng(0).standard_normal((2, 7, 4)).astype(np.float32)
+    s = fastrnn.Stream(m, batch_size=2)
+    got = np.concatenate([s.feed(x[:, t:t + 3]) for t in range(0, 7, 3)], axis=1)
+    np.testing.assert_allclose(got, m.predict(x), rtol=1e-6, atol=1e-7)
+    last = KerasRNN(fastrnn.LSTM(4, 6, batch_first=True, seed=1), return_sequences=False)
+    m2 = _chain([last, Op("Softmax", [{"input": 0}], {"axis": 1}, ranks=[2]),
+                 Op("Log", [{"input": 0}], ranks=[2])])
+    s2 = fastrnn.Stream(m2, batch_size=2)
+    steps = np.stack([s2.step(x[:, t]) for t in range(7)], axis=1)
+    np.testing.assert_allclose(steps[:, -1], m2.predict(x), rtol=1e-6, atol=1e-7)
+    for bad in (Op("Mean", [{"input": 0}], {"axis": 1}, ranks=[3], name="mean"),
+                Op("GetItem", [{"input": 0}, [full, -1]], ranks=[3], name="mean")):
+        with pytest.raises(ValueError, match="cannot stream layer 'mean' of type Op"):
+            fastrnn.Stream(_chain([rnn, bad]))
