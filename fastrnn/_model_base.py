@@ -28,10 +28,10 @@ def _sigmoid(x):
         return 1.0 / (1.0 + np.exp(-np.asarray(x)))
 
 
-def _softmax(x):
-    z = x - x.max(axis=-1, keepdims=True)
+def _softmax(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _gelu(x):
@@ -53,9 +53,9 @@ def _relu6(x):
     return np.clip(x, 0, 6)
 
 
-def _log_softmax(x):
-    z = x - x.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+def _log_softmax(x, axis=-1):
+    z = x - x.max(axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis, keepdims=True))
 
 
 def _elu(x):

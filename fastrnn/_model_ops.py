@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._model_base import Layer, _sigmoid
+from ._model_base import Layer, _log_softmax, _sigmoid, _softmax
 
-# the operation of each class name: (how many tensors it may read, the NumPy function)
+# the NumPy function of each class name
 _BINARY = {"Add": np.add, "Subtract": np.subtract, "Multiply": np.multiply,
            "Divide": np.true_divide, "TrueDivide": np.true_divide, "Maximum": np.maximum,
            "Minimum": np.minimum, "Power": np.power}
@@ -27,6 +27,8 @@ _ATTRS = {**{k: () for k in _BINARY}, **{k: () for k in _UNARY},
 # the dtypes a Cast gives
 _CAST = ("float16", "float32", "float64", "int32", "int64")
 OPS = tuple(_ATTRS)
+# GetItem's key items that keep a whole axis (the batch's, a step's)
+WHOLE_AXIS = ({"slice": [None, None, None]}, {"ellipsis": True})
 
 
 def _is_tensor(a):
@@ -98,8 +100,7 @@ class Op(Layer):
     for Concatenate / Stack) and constants as they are (numbers; GetItem's key: ints,
     None, ``{"slice": [start, stop, step]}``, ``{"ellipsis": True}``), ``attrs`` its
     config (``axis``, ``keepdims``, ``axes``, ``newshape``, ``x_min`` / ``x_max``,
-    ``dtype``); ``ranks``: each input's rank, checked
-    at a call (None: any)."""
+    ``dtype``); ``ranks``: each input's rank, checked at a call (None: any)."""
 
     n_inputs = None         # (a list of its tensors, as a merge layer's)
 
@@ -166,13 +167,8 @@ class Op(Layer):
         if op in _REDUCE:
             return _REDUCE[op](args[0], axis=ax, keepdims=bool(at.get("keepdims", False)))
         if op in ("Softmax", "LogSoftmax"):
-            t = args[0]
-            ax = -1 if ax is None else ax
-            z = t - t.max(axis=ax, keepdims=True)
-            if op == "Softmax":
-                e = np.exp(z)
-                return e / e.sum(axis=ax, keepdims=True)
-            return z - np.log(np.exp(z).sum(axis=ax, keepdims=True))
+            return (_softmax if op == "Softmax" else _log_softmax)(
+                args[0], -1 if ax is None else ax)
         if op == "GetItem":
             k = args[1]
             return args[0][tuple(_key(i) for i in k) if isinstance(k, list) else _key(k)]

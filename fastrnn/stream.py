@@ -253,7 +253,7 @@ def _op_on_features(layer, first) -> bool:
     the axes from ``first`` on alone (2: each step's features; 1: each row's, after a
     recurrent layer that returns its last step): elementwise (a number its other
     operand), a reduction or softmax over those axes, a slice of them."""
-    from ._model_ops import _BINARY, _REDUCE, _UNARY, Op
+    from ._model_ops import _BINARY, _REDUCE, _UNARY, WHOLE_AXIS, Op
     if not isinstance(layer, Op) or layer.n_tensors != 1 or layer.ranks is None or \
             layer.ranks[0] <= first:
         return False
@@ -266,10 +266,9 @@ def _op_on_features(layer, first) -> bool:
         return ax is not None and all(-r <= a < r and a % r >= first for a in axes)
     if op == "GetItem":
         k = layer.args[1]
-        full = {"slice": [None, None, None]}
         return isinstance(k, list) and len(k) > first and all(
-            i == full for i in k[:first]) and all(
-            i is not None and i != {"ellipsis": True} for i in k)
+            i == WHOLE_AXIS[0] for i in k[:first]) and all(
+            i is not None and i != WHOLE_AXIS[1] for i in k)
     return False
 
 

@@ -3345,7 +3345,7 @@ class _Builder:
         and feature sizes): the batch 3 with the unknown sizes 16, then 17 (a size that
         follows an unknown one is unknown), and the first sample alone, which must give
         the first sample's output (an operation across the batch is refused)."""
-        from .._model_ops import Op
+        from .._model_ops import WHOLE_AXIS, Op
         where = f"{self.fname}: operation {d.name!r} ({d.op})"
         # (Keras 3: its config's attributes, those at a default None aside but axis=None;
         # tf.keras 2: its call's keyword arguments)
@@ -3371,6 +3371,10 @@ class _Builder:
             layer = Op(d.op, d.op_args, c, ranks=[len(v) for v in shapes], name=d.name)
         except ValueError as e:
             raise LoadError(f"{where}: {e}") from None
+        # (a slice of the batch that a batch of 3 leaves as it is, h[:3], by its key)
+        key = d.op_args[1] if d.op == "GetItem" else None
+        first = key[0] if isinstance(key, list) and key else key
+        slices_batch = key is not None and first not in WHOLE_AXIS
         rng = np.random.default_rng(0)
         outs = []
         for fill in (16, 17):
@@ -3386,12 +3390,9 @@ class _Builder:
             except ValueError as e:
                 raise LoadError(f"{where} does not run on its inputs' shapes (unknown sizes "
                                 f"taken as {fill}): {e}"[:400]) from None
-            key = d.op_args[1] if d.op == "GetItem" else None
-            first = key[0] if isinstance(key, list) and key else key
             if y.ndim == 0 or y.shape[0] != 3 or y1.shape != (1,) + y.shape[1:] or \
                     not np.allclose(y1, y[:1], rtol=1e-5, atol=1e-6, equal_nan=True) or \
-                    (key is not None and first not in ({"slice": [None, None, None]},
-                                                       {"ellipsis": True})):
+                    slices_batch:
                 raise LoadError(f"{where} acts across the batch (its first axis): not "
                                 "supported (fastrnn runs a model's samples apart)")
             outs.append(y.shape)
