@@ -249,15 +249,24 @@ def _per_step(layer) -> bool:
 
 
 def _op_on_features(layer, first) -> bool:
-    """Whether ``layer`` is an operation (fastrnn.model.Op) of one tensor that acts on
-    the axes from ``first`` on alone (2: each step's features; 1: each row's, after a
-    recurrent layer that returns its last step): elementwise (a number its other
-    operand), a reduction or softmax over those axes, a slice of them."""
+    """Whether ``layer`` is an operation (fastrnn.model.Op) that acts on the axes from
+    ``first`` on alone (2: each step's features; 1: each row's, after a recurrent layer
+    that returns its last step): of one tensor, elementwise (a number its other
+    operand), a reduction or softmax over those axes, a slice of them; of several
+    tensors of one rank, elementwise, or a concatenation / stack on those axes."""
     from ._model_ops import _BINARY, _REDUCE, _UNARY, WHOLE_AXIS, Op
-    if not isinstance(layer, Op) or layer.n_tensors != 1 or layer.ranks is None or \
-            layer.ranks[0] <= first:
+    if not isinstance(layer, Op) or layer.ranks is None or \
+            min(layer.ranks) <= first:
         return False
     r, op = layer.ranks[0], layer.op
+    if layer.n_tensors != 1:
+        if len(set(layer.ranks)) != 1:
+            return False
+        ax = layer.attrs.get("axis")
+        if op in ("Concatenate", "Stack"):
+            r += op == "Stack"
+            return isinstance(ax, int) and -r <= ax < r and ax % r >= first
+        return op in _BINARY
     if op in _UNARY or op in _BINARY or op in ("Clip", "Cast"):
         return True
     if op in _REDUCE or op in ("Softmax", "LogSoftmax"):
@@ -270,6 +279,20 @@ def _op_on_features(layer, first) -> bool:
             i == WHOLE_AXIS[0] for i in k[:first]) and all(
             i is not None and i != WHOLE_AXIS[1] for i in k)
     return False
+
+
+def _concat_on_features(layer) -> bool:
+    """Whether a Concatenate layer joins each step's tensors (not along the steps):
+    axis -1 or from 2 (another negative axis may be the steps' and is refused)."""
+    return layer.axis == -1 or layer.axis >= 2
+
+
+def _why_not_merged(layer) -> str:
+    from ._model_merge import Concatenate
+    if isinstance(layer, Concatenate):
+        return (f" along axis {layer.axis}: a stream joins each step's tensors (axis -1, "
+                "or 2 and later)")
+    return " on sequences: it reads across the steps (or its axes are not known)"
 
 
 class Stream:
@@ -322,25 +345,22 @@ class Stream:
                 raise TypeError("Stream needs a fastrnn layer (LSTM, GRU, SimpleRNN) or a "
                                 f"fastrnn.model.Model, got {type(model).__name__}{hint}")
             self._kind = "model"
-            self._plan, self._runners = self._plan_model(model)
+            self._plan, self._runners, self._outs = self._plan_model(model)
+            self._one_in, self._one_out = model.n_inputs == 1, len(self._outs) == 1
+            self._slots = [None] * (model.n_inputs + len(model.layers))
 
     # ------------------------------------------------------------------ model planning
     def _plan_model(self, model):
+        """The stream's program: one entry a layer (a TimeDistributed of a model: its
+        fold ... unfold block), ``(kind, layer, runner, srcs, dst, single)``, each reading
+        the slots ``srcs`` (the model's input k at slot k, layer i's first tensor at
+        ``n_inputs + i``) and writing slot ``dst``; and the runners that carry state."""
         from ._model_conv import Conv1D
-        from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
-                            Embedding, FoldTime, InputCast, KerasRNN, LayerNormalization,
-                            Masking, TimeDistributed)
-        n = len(model.layers)
-        if model.n_inputs > 1:
-            raise ValueError(f"cannot stream model {model.name!r}: it has {model.n_inputs} "
-                             f"inputs ({model._inputs_text()}); Stream runs models of one "
-                             "input")
-        if model.outputs is not None and [tuple(o) for o in model.outputs] != [(n - 1, 0)]:
-            labels = model._labels()
-            outs = ", ".join(model._tensor_name(a, b, labels) for a, b in model.outputs)
-            raise ValueError(f"cannot stream model {model.name!r}: Stream runs models of one "
-                             "output (the last layer's); this model returns "
-                             f"{len(model.outputs)}: {outs}")
+        from ._model_merge import Concatenate, _Elementwise, _Merge
+        from .model import (INPUT, Activation, BatchNormalization, Bidirectional, Dense,
+                            Dropout, Embedding, FoldTime, InputCast, KerasRNN,
+                            LayerNormalization, Masking, TimeDistributed)
+        n, n_in = len(model.layers), model.n_inputs
         starts = getattr(model, "initial_states", None)
         if starts:
             i = min(starts)
@@ -348,66 +368,131 @@ class Stream:
                              f"{model.layers[i].name!r} starts from the final states of "
                              f"layer {model.layers[starts[i][0][0]].name!r}, known only "
                              "after the whole sequence")
+        graph = model._graph()
+        labels = model._labels()
+        have = set(range(n_in))        # the slots written so far
+
+        def slot(a, b, who):
+            if b != 0 and a != INPUT:
+                what = "the model's output" if who is None else f"layer {who!r}"
+                raise ValueError(f"cannot stream model {model.name!r}: {what} reads "
+                                 f"{model._tensor_name(a, b, labels)}, not the first "
+                                 f"tensor of layer {labels[a]!r} (a returned state or "
+                                 "attention scores: a stream carries each layer's first "
+                                 "tensor, one a step)")
+            s = b if a == INPUT else n_in + a
+            if s not in have:       # (a layer inside a TimeDistributed of a model)
+                raise ValueError(f"cannot stream model {model.name!r}: "
+                                 f"{'its output' if who is None else f'layer {who!r}'} "
+                                 f"reads {labels[a]!r}, a layer inside a TimeDistributed "
+                                 "of a model, from outside it")
+            return s
+
+        # rows[s]: the name of the recurrent layer returning its last step (return_sequences
+        # False) whose output slot s derives from, as (B, features) a step; None: (B, T, ...)
+        rows = [None] * (n_in + n)
+        last_use = {}
         plan, runners = [], []
-        graph = getattr(model, "inputs", None)      # (None: a chain)
-        last = None     # the last-step RNN (return_sequences=False) the layers follow
         # layers that act on each step's features alone (plus normalisations over them)
         rowwise = (Embedding, Masking, Dense, Dropout, Activation, InputCast)
-        block_end = -1
+        inside = set()      # (the layers of a TimeDistributed of a model, run as one)
         for i, layer in enumerate(model.layers):
-            if i <= block_end:
-                continue        # (inside a FoldTime ... UnfoldTime block, planned whole)
+            if i in inside:
+                continue
+            name = labels[i]
+            srcs = tuple(slot(a, b, name) for a, b in graph[i])
+            ins = [rows[s] for s in srcs]
+            last = next((r for r in ins if r is not None), None)
+            dst, single = n_in + i, layer.n_inputs == 1
+            if last is not None and any(r is None for r in ins):
+                raise ValueError(f"cannot stream model {model.name!r}: layer {name!r} "
+                                 f"merges {model._reads(i, labels)}: the last step of layer "
+                                 f"{last!r} (return_sequences=False) with every step of "
+                                 "another tensor (each input of a stream is a sequence, "
+                                 "(B, T, ...))")
             if isinstance(layer, Bidirectional):
-                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} is "
+                raise ValueError(f"cannot stream model {model.name!r}: layer {name!r} is "
                                  "Bidirectional and needs the whole sequence")
             if last is not None and isinstance(layer, (KerasRNN, TimeDistributed, Conv1D,
                                                        FoldTime)):
                 # (the whole call refuses them too: they need (B, T, ...))
-                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
+                raise ValueError(f"cannot stream model {model.name!r}: layer {name!r} "
                                  f"of type {type(layer).__name__} needs (B, T, ...) input, "
-                                 f"but it follows layer {last.name!r}, which returns only "
+                                 f"but it follows layer {last!r}, which returns only "
                                  "its last step (return_sequences=False): (B, features)")
-            if isinstance(layer, KerasRNN):
-                _check_core(layer.core, f"layer {layer.name!r}")
+            if not single:
+                if last is not None and (isinstance(layer, _Merge) or
+                                         _op_on_features(layer, 1)):
+                    entry = ("row", layer, None)
+                elif last is None and (isinstance(layer, _Elementwise) or (
+                        isinstance(layer, Concatenate) and _concat_on_features(layer))
+                        or _op_on_features(layer, 2)):
+                    entry = ("merge", layer, None)
+                else:
+                    raise ValueError(f"cannot stream layer {name!r} of type "
+                                     f"{type(layer).__name__}" + _why_not_merged(layer))
+            elif isinstance(layer, KerasRNN):
+                _check_core(layer.core, f"layer {name!r}")
                 r = _CoreRunner(layer.core, self.batch_size)
                 runners.append(r)
-                plan.append(("rnn", layer, r))
+                entry = ("rnn", layer, r)
                 if not layer.return_sequences:
-                    last = layer
+                    last = name
             elif last is not None and (isinstance(
                     layer, rowwise + (LayerNormalization, BatchNormalization)) or
                     _op_on_features(layer, 1)):
                 # after a last-step RNN the whole call gives these (B, features): the
                 # stream runs them on each step's (B, features), axes as in that call
-                plan.append(("row", layer, None))
+                entry = ("row", layer, None)
             elif isinstance(layer, rowwise + (TimeDistributed,)) or _per_step(layer):
-                plan.append(("step", layer, None))
-            elif isinstance(layer, FoldTime) and graph is not None:
+                entry = ("step", layer, None)
+            elif isinstance(layer, FoldTime) and model.inputs is not None:
                 # a Keras TimeDistributed of a model: each step's (B, ...) through it
-                block_end, block = _folded_block(model, i)
-                plan.append(("step", block, None))
+                j, members, block = _folded_block(model, i)
+                entry, dst = ("step", block, None), n_in + j
+                inside.update(members)
             elif type(layer) is Conv1D:
                 why = _conv_streams(layer)
                 if why:
-                    raise ValueError(f"cannot stream layer {layer.name!r} of type Conv1D: "
-                                     + why)
+                    raise ValueError(f"cannot stream layer {name!r} of type Conv1D: " + why)
                 if layer.padding == "causal" and layer.kernel_size > 1:
                     r = _ConvContext(layer, self.batch_size)
                     runners.append(r)
-                    plan.append(("conv", layer, r))
+                    entry = ("conv", layer, r)
                 else:           # (one tap: each step alone)
-                    plan.append(("step", layer, None))
+                    entry = ("step", layer, None)
             else:
-                raise ValueError(f"cannot stream layer {layer.name!r} of type "
+                raise ValueError(f"cannot stream layer {name!r} of type "
                                  f"{type(layer).__name__}")
-            if graph is not None and [tuple(r) for r in graph[i]] != [(i - 1, 0)]:
-                raise ValueError(f"cannot stream model {model.name!r}: layer {layer.name!r} "
-                                 f"reads {model._reads(i)}, not the tensor of the layer "
-                                 "before it (Stream runs chains of layers)")
+            rows[dst] = last
+            have.add(dst)
+            for s in srcs:
+                last_use[s] = len(plan)
+            plan.append(entry + (srcs, dst, single))
+        outs = tuple(slot(a, b, None) for a, b in (model.outputs or [(n - 1, 0)]))
         if not runners:
             raise ValueError(f"model {model.name!r} has no recurrent layer (nor a causal "
                              "Conv1D) to stream: it carries nothing from step to step")
-        return plan, runners
+        # the slots each entry reads for the last time (freed after it; outputs kept);
+        # an entry that reads only the one before it takes that one's (h, mask) as they
+        # are (srcs None), kept in a slot only for another reader or the outputs
+        drops = [[] for _ in plan]
+        readers = {}
+        for k, e in enumerate(plan):
+            for s in e[3]:
+                readers.setdefault(s, []).append(k)
+        for s, k in last_use.items():
+            if s not in outs:
+                drops[k].append(s)
+        prog = []
+        for k, (kind, layer, runner, srcs, dst, single) in enumerate(plan):
+            chained = k > 0 and single and srcs == (plan[k - 1][4],) and \
+                readers[srcs[0]] == [k] and srcs[0] not in outs
+            keep = dst in outs or readers.get(dst, []) != [k + 1] or \
+                plan[k + 1][3] != (dst,) or not plan[k + 1][5]    # (k + 1: a reader)
+            prog.append((kind, layer, runner, None if chained else srcs, dst, single,
+                         keep, tuple(s for s in drops[k] if not chained)))
+        return prog, runners, outs
 
     # ------------------------------------------------------------------ state
     @property
@@ -468,7 +553,7 @@ class Stream:
             return self._feed_layer(chunk, mask)
         if mask is not None:
             raise ValueError("a model stream takes masks from its Embedding/Masking layers")
-        return self._feed_model(chunk)
+        return self._feed_model(self._chunk_inputs(chunk))
 
     def _feed_layer(self, chunk, mask):
         core = self.model
@@ -493,21 +578,64 @@ class Stream:
         self.steps_seen += x.shape[0]
         return np.swapaxes(out, 0, 1) if core.batch_first else out
 
-    def _feed_model(self, chunk):
-        x = _values(chunk)
-        if x.ndim < 2:
-            raise ValueError(f"a model chunk is batch first (B, T, ...), got shape {x.shape}")
-        self._check_batch(x.shape[0])
-        h, mask = x, None
-        for kind, layer, runner in self._plan:
+    def _chunk_inputs(self, chunk, step=False):
+        """The model's inputs of a chunk ``(B, T, ...)`` (``step``: of one step,
+        ``(B, ...)``, given an axis of one step) each, from an array or a list / a dict by
+        input name for a model of several, checked: one batch size (the stream's) and one
+        number of steps."""
+        model = self.model
+        xs = [_values(chunk)] if self._one_in else \
+            [_values(a) for a in model._feed(chunk, None)[0]]
+        for k, x in enumerate(xs):
+            if x.ndim < 2 - step:
+                who = "" if self._one_in else f" ({model._input_label(k)})"
+                if step:
+                    raise ValueError(f"step input{who} must be a batch: (B, features), or "
+                                     "(B,) token ids for a model starting with an Embedding; "
+                                     f"got shape {x.shape}")
+                raise ValueError(f"a model chunk{who} is batch first (B, T, ...), got shape "
+                                 f"{x.shape}")
+            if step:
+                xs[k] = x[:, None]
+        if xs[0].shape[0] != self.batch_size:
+            self._check_batch(xs[0].shape[0])
+        if not self._one_in and len({x.shape[1] for x in xs}) > 1:
+            raise ValueError("the inputs disagree on the number of steps: " +
+                             ", ".join(f"{model._input_label(k)} has {x.shape[1]}"
+                                       for k, x in enumerate(xs)))
+        return xs
+
+    def _feed_model(self, xs):
+        """Run the plan on the inputs ``xs`` (each ``(B, T, ...)``): the outputs."""
+        vals = self._slots[:]           # (tensor, mask) pairs
+        if self._one_in:
+            vals[0] = (xs[0], None)
+        else:
+            for k, x in enumerate(xs):
+                vals[k] = (x, None)
+        h = mask = None
+        for kind, layer, runner, srcs, dst, single, keep, drop in self._plan:
+            if srcs is not None and single:     # (None: the previous entry's h, mask)
+                h, mask = vals[srcs[0]]
             if kind == "step":
                 h, mask = layer.call(h, mask)
+            elif kind == "merge":           # several tensors, each step's joined
+                hs = [vals[s][0] for s in srcs]
+                if len({np.ndim(a) for a in hs}) > 1:
+                    raise ValueError(f"cannot stream layer {layer.name!r}: it merges tensors "
+                                     "of different ranks (shapes "
+                                     f"{[np.shape(a) for a in hs]}), which Keras broadcasts "
+                                     "over the steps")
+                h, mask = layer.call(hs, [vals[s][1] for s in srcs])
             elif kind == "conv":            # (a convolution drops the mask, as Keras's)
                 h, mask = runner.run(h), None
             elif kind == "row":             # each step's (B, features) alone
-                h = np.asarray(h)
-                rows = layer.call(h.reshape((-1,) + h.shape[2:]), None)[0]
-                h = rows.reshape(h.shape[:2] + rows.shape[1:])
+                hs = [np.asarray(h)] if single else [np.asarray(vals[s][0]) for s in srcs]
+                lead = hs[0].shape[:2]
+                rows = [a.reshape((-1,) + a.shape[2:]) for a in hs]
+                y = layer.call(rows[0], None)[0] if single else \
+                    layer.call(rows, [None] * len(rows))[0]
+                h, mask = y.reshape(lead + y.shape[1:]), None
             else:
                 h = np.asarray(h)
                 if h.ndim != 3:
@@ -520,18 +648,22 @@ class Stream:
                     y = runner.step(h[:, 0], self.num_threads)
                 if y is not None:
                     h = y[:, None]
-                    if not layer.return_sequences:
-                        mask = None
-                    continue
-                out = runner.run(np.swapaxes(h, 0, 1),
-                                 None if mask is None else np.asarray(mask, bool).T,
-                                 "zero" if layer.zero_output_for_mask else "carry",
-                                 self.num_threads)
-                h = np.ascontiguousarray(np.swapaxes(out, 0, 1))
+                else:
+                    out = runner.run(np.swapaxes(h, 0, 1),
+                                     None if mask is None else np.asarray(mask, bool).T,
+                                     "zero" if layer.zero_output_for_mask else "carry",
+                                     self.num_threads)
+                    h = np.ascontiguousarray(np.swapaxes(out, 0, 1))
                 if not layer.return_sequences:
                     mask = None
-        self.steps_seen += x.shape[1]
-        return h
+            if keep:
+                vals[dst] = (h, mask)
+            if drop:
+                for s in drop:
+                    vals[s] = None
+        self.steps_seen += xs[0].shape[1]
+        outs = self._outs
+        return vals[outs[0]][0] if self._one_out else [vals[s][0] for s in outs]
 
     def step(self, x_t) -> np.ndarray:
         """One time step: ``x_t`` ``(B, I)`` (``(B,)`` ids for a model starting with an
@@ -574,11 +706,12 @@ class Stream:
                 self.steps_seen += 1
                 return y
             return self._step_general(_values(x_t))
-        x = _values(x_t)
-        if x.ndim < 1:
-            raise ValueError("step input must be a batch: (B, features), or (B,) token ids for "
-                             f"a model starting with an Embedding; got shape {x.shape}")
-        return self._feed_model(x[:, None])[:, 0]
+        x = _values(x_t) if self._one_in else None
+        if x is not None and x.ndim and x.shape[0] == self.batch_size:
+            ys = self._feed_model([x[:, None]])     # (the common case, checked)
+        else:
+            ys = self._feed_model(self._chunk_inputs(x_t, True))
+        return ys[:, 0] if self._one_out else [y[:, 0] for y in ys]
 
     def _step_general(self, x):
         if x.ndim != 2:
@@ -609,8 +742,10 @@ class _Folded:
 
 
 def _folded_block(model, i):
-    """(the index of the UnfoldTime that closes the FoldTime at ``i``, a :class:`_Folded`
-    of the layers from one to the other), or ValueError where those read from outside."""
+    """(the index of the UnfoldTime that closes the FoldTime at ``i``, the indices of
+    the layers from one to the other that compute from it, a :class:`_Folded` of those
+    layers), or ValueError where those read from outside (the layers of another call of
+    a shared model may stand between them)."""
     from .model import INPUT, Model, UnfoldTime
     graph, layers = model.inputs, model.layers
     src = tuple(graph[i][0])
@@ -621,20 +756,26 @@ def _folded_block(model, i):
     else:
         raise ValueError(f"cannot stream model {model.name!r}: FoldTime "
                          f"{layers[i].name!r} has no UnfoldTime reading its input")
+    members, seen = [i], {i}
+    for k in range(i + 1, j):
+        if any(a in seen for a, _ in graph[k]):
+            members.append(k)
+            seen.add(k)
+    members.append(j)
+    where = {k: n for n, k in enumerate(members)}
     sub = []
-    for k in range(i, j + 1):
+    for k in members:
         refs = []
         for a, t in graph[k]:
-            if (a, t) == src and (k in (i, j)):
+            if (a, t) == src and k in (i, j):
                 refs.append((INPUT, 0))
-            elif a != INPUT and i <= a < k:
-                refs.append((a - i, t))
+            elif a in where and where[a] < where[k]:
+                refs.append((where[a], t))
             else:
                 raise ValueError(f"cannot stream model {model.name!r}: layer "
                                  f"{layers[k].name!r} reads {model._reads(k)}, not a layer "
-                                 f"of the TimeDistributed {layers[j].name!r} (Stream runs "
-                                 "chains of layers)")
+                                 f"of the TimeDistributed {layers[j].name!r}")
         sub.append(refs)
-    # (the layers after it read the one before them: the caller checks that chain)
-    return j, _Folded(Model(layers[i:j + 1], inputs=sub, name=layers[j].name),
-                      layers[j].name)
+    # (a layer outside it that reads one inside: the caller refuses it)
+    return j, members, _Folded(Model([layers[k] for k in members], inputs=sub,
+                                     name=layers[j].name), layers[j].name)

@@ -294,9 +294,15 @@ def test_a_single_input_model_also_takes_a_dict_by_its_name():
         model({"x": x})
 
 
-def test_stream_refuses_a_model_of_several_inputs():
-    with pytest.raises(ValueError, match=r"cannot stream model '\w+': it has 2 inputs "
-                                         r"\(text, num\); Stream runs models of one input"):
+def test_stream_refuses_a_per_sample_input_merged_with_a_last_step():
+    """Models of several inputs stream (tests/test_stream_graphs.py); this one's second
+    input is one vector a sample, merged with the text LSTM's last step: a stream's
+    inputs are sequences."""
+    with pytest.raises(ValueError, match=r"layer 'concatenate\w*' merges lstm\w*, dense[\w#]*: "
+                                         r"the last step of layer 'lstm\w*' "
+                                         r"\(return_sequences=False\) with every step of "
+                                         r"another tensor \(each input of a stream is a "
+                                         r"sequence"):
         fastrnn.Stream(load_keras(model_path("k3_multi_text_num")))
 
 

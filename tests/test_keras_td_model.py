@@ -223,12 +223,27 @@ def test_streams(name):
     np.testing.assert_allclose(steps, got, rtol=0, atol=TOL)
 
 
-def test_stream_refuses_a_graph_around_it():
+def test_a_shared_model_called_twice_streams_block_by_block():
+    """k3_td_model_nested: one model under two TimeDistributed calls, their layers
+    interleaved in the graph; each call's block streams whole, as Keras computes it."""
     m = load_keras(model_path("k3_td_model_nested"))
-    with pytest.raises(ValueError, match=r"cannot stream model .*: layer "
-                                         r"'block/time_distributed/fold' reads "
-                                         r"time_distributed_2, not a layer of the "
-                                         r"TimeDistributed 'block/time_distributed'"):
+    x, ys = reference("k3_td_model_nested")
+    s = fastrnn.Stream(m, batch_size=len(x))
+    got = np.concatenate([s.step(x[:, t])[:, None] for t in range(x.shape[1])], axis=1)
+    np.testing.assert_allclose(got[:, -1], ys[0], rtol=0, atol=TOL)
+
+
+def test_stream_refuses_a_block_layer_reading_outside_it():
+    """A layer between a FoldTime and its UnfoldTime that reads the fold's work and a
+    tensor from outside (not folded): refused, named."""
+    from fastrnn.model import INPUT, Add, Dense, KerasRNN, Model
+    d = Dense(np.ones((2, 2), np.float32))
+    layers = [FoldTime(), d, Dense(np.ones((2, 2), np.float32), name="outer"), Add(name="a"),
+              UnfoldTime(name="u"), KerasRNN(fastrnn.GRU(2, 2, batch_first=True, seed=0))]
+    m = Model(layers, inputs=[(INPUT, 0), (0, 0), (INPUT, 0), [(1, 0), (2, 0)],
+                              [(3, 0), (INPUT, 0)], (4, 0)], name="g")
+    with pytest.raises(ValueError, match=r"cannot stream model 'g': layer 'a' reads \w+, "
+                                         r"outer, not a layer of the TimeDistributed 'u'"):
         fastrnn.Stream(m)
 
 

@@ -173,11 +173,14 @@ def test_restored_state_continues_masked_steps_as_the_whole_call(cls):
     np.testing.assert_allclose(np.concatenate([first, rest]), whole, rtol=1e-5, atol=1e-6)
 
 
-def test_several_outputs_refusal_names_them():
-    """(It printed the internal references: "this model returns [(1, 0), (1, 1), (1, 2)]".)"""
+def test_returned_states_among_the_outputs_are_refused_by_name():
+    """(It printed the internal references: "this model returns [(1, 0), (1, 1), (1, 2)]".)
+    A model returning an RNN's states: a stream carries each layer's steps, not the
+    states the whole sequence ends with."""
     pytest.importorskip("h5py")
     model = fastrnn.load(os.path.join(FIXTURES, "keras", "k3_state_lstm_embed.keras"))
     rnn = [l for l in model.layers if isinstance(l, KerasRNN)][0]
-    with pytest.raises(ValueError, match=rf"returns 3: {rnn.name}\[0\], {rnn.name}\[1\], "
-                                         rf"{rnn.name}\[2\]"):
+    with pytest.raises(ValueError, match=rf"the model's output reads {rnn.name}\[1\], not "
+                                         rf"the first tensor of layer '{rnn.name}' \(a "
+                                         "returned state"):
         Stream(model)
