@@ -14,8 +14,12 @@ not) and with :class:`fastrnn.model.Model` chains of Embedding / Masking / Dense
 Activation / TimeDistributed / InputCast / LayerNormalization, BatchNormalization and
 Normalization over the features / Rescaling and PReLU whose weights do not vary along the
 steps / Conv1D with ``strides=1`` that is causal or of one tap (a causal one keeps its
-last ``(kernel_size - 1) * dilation_rate`` inputs) / uni-directional RNN layers.
-Bidirectional layers and ``go_backwards`` need the whole sequence and are refused.
+last ``(kernel_size - 1) * dilation_rate`` inputs) / uni-directional RNN layers, and with
+graphs of them: merges that join each step's tensors (elementwise, Concatenate on the
+features, operations of several tensors on the features), or, after recurrent layers that
+return their last step, each step's rows; several inputs (a list or a dict by name, each
+``(B, T, ...)``) and several outputs (a list).  Bidirectional layers and ``go_backwards``
+need the whole sequence and are refused.
 
 Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
 ``batch_first``); a model's chunk is batch first (``(B, T, ...)``, Keras's convention).
@@ -545,9 +549,11 @@ class Stream:
         * layer: ``chunk`` ``(T, B, I)`` (``(B, T, I)`` for a ``batch_first`` layer);
           returns ``(T, B, H_out)`` (or ``(B, T, H_out)``).  ``mask`` optional bool
           ``(T, B)`` (``(B, T)``) with Keras semantics (state carried at masked steps).
-        * model: ``chunk`` ``(B, T, ...)``; returns ``(B, T, out)`` (every step's output,
-          also for recurrent layers that return only the last step when run whole: the
-          whole-sequence result is then ``feed(x)[:, -1]``).
+        * model: ``chunk`` ``(B, T, ...)`` (a model of several inputs: a list of them in
+          order or a dict by input name, each ``(B, T, ...)``); returns ``(B, T, out)``
+          (every step's output, also for recurrent layers that return only the last step
+          when run whole: the whole-sequence result is then ``feed(x)[:, -1]``); a list
+          of those for a model of several outputs.
         """
         if self._kind == "layer":
             return self._feed_layer(chunk, mask)
@@ -667,7 +673,8 @@ class Stream:
 
     def step(self, x_t) -> np.ndarray:
         """One time step: ``x_t`` ``(B, I)`` (``(B,)`` ids for a model starting with an
-        Embedding); returns the step's output ``(B, out)``."""
+        Embedding; a model of several inputs: a list or a dict of them); returns the
+        step's output ``(B, out)`` (a list for a model of several outputs)."""
         if self._kind == "layer":
             layer = self.model
             fast = getattr(layer, "_step_fast", None)
