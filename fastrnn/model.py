@@ -1383,6 +1383,111 @@ class Model:
             return o, m
         raise ValueError(f"layer {self.layers[a].name!r} has one output, asked for output {b}")
 
+    # ---- training
+
+    def parameters(self) -> dict:
+        """The weights the layers compute with (the arrays themselves, not copies), by
+        ``"<layer name>/<weight>"``: ``dense/kernel`` ``(in, out)``, ``dense/bias``,
+        ``embedding/embeddings``, ``layer_normalization/gamma`` / ``beta``, a recurrent
+        layer's core's as its ``state_dict`` names them (``lstm/weight_ih_l0``, ...),
+        a Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``.  A shared
+        layer's once.  After changing them in place call :meth:`mark_weights_changed`
+        (the optimizers of :mod:`fastrnn.train` do, given the model)."""
+        from . import _model_train
+        out = {}
+        for i, layer in enumerate(self.layers):
+            if _first_use(self.layers)[i] != i:
+                continue
+            for k, v in _model_train.layer_params(layer).items():
+                out[f"{layer.name}/{k}"] = v
+        return out
+
+    def mark_weights_changed(self) -> None:
+        """Re-pack the recurrent layers after their arrays (:meth:`parameters`) were
+        changed in place."""
+        from . import _model_train
+        for layer in self.layers:
+            for core in _model_train.cores(layer):
+                core.mark_weights_changed()
+
+    def forward_train(self, x, mask=None):
+        """The call's outputs (as :meth:`__call__` returns them) and a cache for
+        :meth:`backward`: ``out, cache = model.forward_train(x)``.  Refuses, naming it,
+        a layer whose backward fastrnn does not have (see the README's Training)."""
+        from . import _model_train
+        _model_train.check(self)
+        xs, masks = self._feed(x, mask)
+        graph = self._graph()
+        kept = {INPUT: (xs, masks)}
+        ctxs = []
+        for i, layer in enumerate(self.layers):
+            ins = [self._pick(kept, a, b) for a, b in graph[i]]
+            if layer.n_inputs == 1:
+                h, m = ins[0]
+            else:
+                h, m = [t for t, _ in ins], [k for _, k in ins]
+            y, om, ctx = _model_train.forward(layer, h, m)
+            kept[i] = (y, om)
+            ctxs.append(ctx)
+        outs = self.outputs or [(len(self.layers) - 1, 0)]
+        res = [self._pick(kept, a, b)[0] for a, b in outs]
+        if self.outputs is None and isinstance(kept[len(self.layers) - 1][0], list):
+            res = kept[len(self.layers) - 1][0]
+        cache = _ModelCache(self, ctxs, [np.asarray(a) for a in xs],
+                            [np.shape(r) for r in res])
+        return (res[0] if len(res) == 1 else res), cache
+
+    def backward(self, cache, grad_output) -> dict:
+        """Gradients of a loss from :meth:`forward_train`'s cache and ``grad_output``,
+        dL/d(output) (a list, one an output, for a model of several; None for an output
+        without gradient).  Returns ``{"input": dL/dx}`` (a list for several inputs;
+        None for integer inputs, an Embedding's ids) and one entry a weight, named as
+        :meth:`parameters` names it (a shared layer's gradients summed)."""
+        from . import _model_train
+        if not isinstance(cache, _ModelCache) or cache.model is not self:
+            raise TypeError("backward needs the cache forward_train of this model returned")
+        cache.check()
+        n = len(self.layers)
+        outs = self.outputs or [(n - 1, k) for k in range(len(cache.out_shapes))]
+        gouts = list(grad_output) if isinstance(grad_output, (list, tuple)) else [grad_output]
+        if len(gouts) != len(outs):
+            raise ValueError(f"model {self.name!r} has {len(outs)} output(s), got "
+                             f"{len(gouts)} output gradient(s)")
+        pending = {}            # (layer, output index) -> gradient so far
+
+        def add(key, g, shape):
+            g = np.asarray(g)
+            if g.shape != tuple(shape):
+                raise ValueError(f"gradient of {self._tensor_name(*key, self._labels())} "
+                                 f"has shape {g.shape}, the output {tuple(shape)}")
+            pending[key] = g if key not in pending else pending[key] + g
+        for key, g, shape in zip(outs, gouts, cache.out_shapes):
+            if g is not None:
+                add(tuple(key), g, shape)
+        graph = self._graph()
+        params = self.parameters()
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+        first = _first_use(self.layers)
+        for i in range(n - 1, -1, -1):
+            layer = self.layers[i]
+            gys = [pending.pop((i, b), None) for b in range(layer.n_outputs())]
+            if all(g is None for g in gys):
+                continue
+            gx, gw = _model_train.backward(layer, cache.ctxs[i], gys)
+            name = self.layers[first[i]].name
+            for k, v in gw.items():
+                grads[f"{name}/{k}"] += v
+            gx = gx if layer.n_inputs != 1 else [gx]
+            for (a, b), g in zip(graph[i], gx):
+                if g is not None:
+                    pending[(a, b)] = g if (a, b) not in pending else pending[(a, b)] + g
+        dx = []
+        for k, x in enumerate(cache.inputs):
+            g = pending.get((INPUT, k))
+            dx.append(None if x.dtype.kind != "f" else
+                      (np.zeros_like(x) if g is None else g.astype(x.dtype, copy=False)))
+        return {"input": dx[0] if len(dx) == 1 else dx, **grads}
+
     def predict(self, x, batch_size: int | None = None, num_threads: int | None = None):
         """Run the model on ``x`` (batch first; several inputs: as for a call), in chunks
         of ``batch_size`` rows if given (``num_threads``: as for a call)."""
@@ -1737,6 +1842,24 @@ def _epsilon(v, what: str) -> float:
     if not (v >= 0 and math.isfinite(v)):
         raise ValueError(f"{what}: epsilon must be a finite number >= 0, got {v!r}")
     return v
+
+
+class _ModelCache:
+    """What :meth:`Model.backward` reads: each layer's forward record, the inputs, the
+    outputs' shapes and the recurrent cores' weights versions (a cache is refused once
+    the weights changed, as a layer's is)."""
+
+    def __init__(self, model, ctxs, inputs, out_shapes):
+        from . import _model_train
+        self.model, self.ctxs, self.inputs, self.out_shapes = model, ctxs, inputs, out_shapes
+        self._cores = [c for l in model.layers for c in _model_train.cores(l)]
+        self._versions = [c._weights_version for c in self._cores]
+
+    def check(self):
+        if [c._weights_version for c in self._cores] != self._versions:
+            raise RuntimeError("the model's weights changed since forward_train (an "
+                               "optimizer step, mark_weights_changed): run forward_train "
+                               "again")
 
 
 class _Arrays(dict):

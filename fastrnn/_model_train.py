@@ -1,0 +1,472 @@
+"""Gradients through a Keras-style model (:class:`fastrnn.model.Model`): a forward pass
+that keeps what the backward needs, and the backward through the graph in reverse.
+
+Each layer kind has a forward (its call's outputs, and what its backward reads) and a
+backward (the gradients of its inputs and of its weights, given those of its outputs);
+the recurrent layers run their cores' ``forward_train`` / ``backward`` (the kernels of
+:mod:`fastrnn.train`).  A layer kind without one is refused by name before anything
+runs.  Masks carry no gradient; a gradient reaches a masked step as the layer's
+forward used it (a recurrent layer's carried state, a Masking's zeros, a pooling's
+kept steps)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._model_base import _sigmoid
+
+# activations whose derivative the backward knows: name -> d(act)/dz from (z, y)
+_SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
+
+
+def _gelu_grad(z, y):
+    from scipy.special import erf
+    return 0.5 * (1.0 + erf(z / math.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / math.sqrt(
+        2.0 * math.pi)
+
+
+_DACT = {
+    "linear": lambda z, y: None,
+    "relu": lambda z, y: (z > 0),
+    "tanh": lambda z, y: 1 - y * y,
+    "sigmoid": lambda z, y: y * (1 - y),
+    "elu": lambda z, y: np.where(z > 0, 1, y + 1),
+    "selu": lambda z, y: np.where(z > 0, _SELU_S, y + _SELU_S * _SELU_A),
+    "softplus": lambda z, y: _sigmoid(z),
+    "softsign": lambda z, y: 1 / np.square(1 + np.abs(z)),
+    "swish": lambda z, y: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
+    "exponential": lambda z, y: y,
+    "gelu": _gelu_grad,
+}
+_DACT["silu"] = _DACT["swish"]
+ACTIVATIONS = tuple(sorted(_DACT)) + ("softmax",)
+
+
+def _act_key(layer):
+    a = layer.activation
+    key = "linear" if a is None else (a.lower() if isinstance(a, str) else None)
+    if key in ("none", "identity"):
+        key = "linear"
+    if key not in _DACT and key != "softmax":
+        from ._model_base import _act_name
+        raise ValueError(f"cannot train through layer {layer.name!r}: the derivative of "
+                         f"activation {_act_name(a)!r} is not implemented (fastrnn's: "
+                         f"{', '.join(ACTIVATIONS)})")
+    return key
+
+
+def _act_backward(key, z_fn, y, g):
+    """dL/dz from dL/dy ``g`` for activation ``key`` (``z_fn()`` gives z where needed)."""
+    if key == "softmax":
+        return y * (g - np.sum(g * y, axis=-1, keepdims=True))
+    if key == "linear":
+        return g
+    z = z_fn() if key in ("relu", "elu", "selu", "softplus", "softsign", "swish", "silu",
+                          "gelu") else None
+    return g * _DACT[key](z, y)
+
+
+def _unbroadcast(g, shape):
+    """``g`` summed down to ``shape`` (the axes broadcasting added or spread)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(lead))) if lead else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+# ---------------------------------------------------------------------------- layers
+# forward(layer, x, mask) -> (outputs, out_mask, ctx); backward(layer, ctx, gys) ->
+# (input gradient(s), {weight name: gradient}); gys: one gradient an output (None: zero)
+
+def _zeros_like(a):
+    return np.zeros(np.shape(a), np.asarray(a).dtype)
+
+
+def _dense_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, (np.asarray(x), y, _act_key(layer))
+
+
+def _dense_b(layer, ctx, gys):
+    x, y, key = ctx
+    k = layer.kernel
+    x = x.astype(k.dtype, copy=False)
+
+    def z():
+        out = x @ k
+        return out + layer.bias if layer.bias is not None else out
+    gz = _act_backward(key, z, y, gys[0]).astype(k.dtype, copy=False)
+    x2, g2 = x.reshape(-1, x.shape[-1]), gz.reshape(-1, gz.shape[-1])
+    grads = {"kernel": x2.T @ g2}
+    if layer.bias is not None:
+        grads["bias"] = g2.sum(axis=0)
+    return gz @ k.T, grads
+
+
+def _activation_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, (np.asarray(x), y, _act_key(layer))
+
+
+def _activation_b(layer, ctx, gys):
+    x, y, key = ctx
+    return _act_backward(key, lambda: x.astype(y.dtype), y, gys[0]).astype(y.dtype), {}
+
+
+def _identity_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, np.asarray(x).dtype
+
+
+def _identity_b(layer, ctx, gys):
+    return gys[0].astype(ctx, copy=False) if ctx.kind == "f" else None, {}
+
+
+def _embedding_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, np.asarray(x).astype(np.int64)
+
+
+def _embedding_b(layer, ctx, gys):
+    g = np.zeros_like(layer.weights)
+    np.add.at(g, ctx.ravel(), gys[0].reshape(-1, g.shape[1]))
+    return None, {"embeddings": g}
+
+
+def _masking_f(layer, x, mask):
+    y, keep = layer.call(x, mask)
+    return y, keep, keep
+
+
+def _masking_b(layer, ctx, gys):
+    return gys[0] * ctx[..., None], {}
+
+
+def _pool_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, (np.asarray(x, y.dtype), y, mask)
+
+
+def _pool_b(layer, ctx, gys):
+    x, y, mask = ctx
+    axis = 1 if layer.data_format == "channels_last" else 2
+    g = gys[0] if layer.keepdims else np.expand_dims(gys[0], axis)
+    if layer.op == "max":
+        hit = x == (y if layer.keepdims else np.expand_dims(y, axis))
+        return g * hit / hit.sum(axis=axis, keepdims=True), {}     # (ties share it)
+    if mask is None:
+        return np.broadcast_to(g / x.dtype.type(x.shape[axis]), x.shape).copy(), {}
+    m = np.asarray(mask, x.dtype)
+    m = m[:, :, None] if axis == 1 else m[:, None, :]
+    return (g * m / m.sum(axis=axis, keepdims=True)).astype(x.dtype), {}
+
+
+def _layer_norm_f(layer, x, mask):
+    x = np.asarray(x)
+    if [a % max(x.ndim, 1) for a in layer.axis] != [x.ndim - 1]:
+        raise ValueError(f"cannot train through layer {layer.name!r}: a LayerNormalization "
+                         f"over axes {layer.axis} (the backward runs over the last axis)")
+    y, m = layer.call(x, mask)
+    return y, m, x.astype(y.dtype, copy=False)
+
+
+def _layer_norm_b(layer, ctx, gys):
+    x, g = ctx, gys[0]
+    dt = x.dtype
+    mu = x.mean(axis=-1, keepdims=True)
+    inv = 1 / np.sqrt(x.var(axis=-1, keepdims=True) + dt.type(layer.epsilon))
+    gamma = layer.gamma
+    gh = g if gamma is None else g * gamma
+    grads = {}
+    lead = tuple(range(x.ndim - 1))
+    if layer.rms_scaling:
+        if gamma is not None:
+            grads["gamma"] = np.sum(g * x * inv, axis=lead)
+        gx = inv * gh - (x - mu) * inv ** 3 * np.mean(gh * x, axis=-1, keepdims=True)
+    else:
+        xh = (x - mu) * inv
+        if gamma is not None:
+            grads["gamma"] = np.sum(g * xh, axis=lead)
+        if layer.beta is not None:
+            grads["beta"] = np.sum(g, axis=lead)
+        gx = inv * (gh - gh.mean(axis=-1, keepdims=True)
+                    - xh * np.mean(gh * xh, axis=-1, keepdims=True))
+    return gx.astype(dt, copy=False), {k: v.astype(dt, copy=False) for k, v in grads.items()}
+
+
+def _rnn_f(layer, x, mask, initial_state=None):
+    from .model import _rnn_input
+    core = layer.core
+    x = _rnn_input(x, layer.name, core)
+    m = None if mask is None else np.asarray(mask, dtype=bool)
+    out, state, cache = core.forward_train(
+        x, mask=m, masked_output="zero" if layer.zero_output_for_mask else "carry")
+    seq = out[:, ::-1] if core.go_backwards else out
+    states = [state[0][0], state[1][0]] if isinstance(state, tuple) else [state[0]]
+    if layer.return_sequences:
+        y, om = np.ascontiguousarray(seq), mask
+    else:
+        from .model import _last
+        y, om = _last(seq, x), None
+    outs = [y] + states if layer.return_state else y
+    return outs, om, (cache, seq.shape, seq.dtype)
+
+
+def _rnn_b(layer, ctx, gys):
+    cache, shape, dt = ctx
+    core = layer.core
+    g_seq = np.zeros(shape, dt)
+    if gys[0] is not None:
+        if layer.return_sequences:
+            g_seq += gys[0]
+        elif shape[1]:
+            g_seq[:, -1] += gys[0]
+    if core.go_backwards:
+        g_seq = g_seq[:, ::-1]
+    gs = list(gys[1:]) if layer.return_state else []
+    gstate = None
+    if any(g is not None for g in gs):
+        gs = [np.zeros((shape[0], core.hidden_size if k else core.output_size), dt)
+              if g is None else np.asarray(g, dt) for k, g in enumerate(gs)]
+        gs = [g[None] for g in gs]
+        gstate = tuple(gs) if len(gs) == 2 else gs[0]
+    res = core.backward(cache, np.ascontiguousarray(g_seq), gstate)
+    gx = res.pop("input")
+    for k in ("h0", "c0"):
+        res.pop(k, None)
+    return gx, res
+
+
+def _bi_f(layer, x, mask):
+    f, b = layer.forward, layer.backward
+    yf, mf, cf = _rnn_f(f, x, mask)
+    yb, mb, cb = _rnn_f(b, x, mask)
+    st = []
+    if layer.return_state:
+        yf, st_f = yf[0], yf[1:]
+        yb, st_b = yb[0], yb[1:]
+        st = st_f + st_b
+    if layer.return_sequences:
+        yb = yb[:, ::-1]          # back to input order
+    mm = layer.merge_mode
+    if mm == "concat":
+        out = np.concatenate([yf, yb], axis=-1)
+    elif mm == "sum":
+        out = yf + yb
+    elif mm == "mul":
+        out = yf * yb
+    elif mm == "ave":
+        out = (yf + yb) / 2
+    else:
+        out = None
+    outs = [np.ascontiguousarray(yf), np.ascontiguousarray(yb)] if out is None else [out]
+    om = mask if layer.return_sequences else None
+    outs = outs + st
+    return (outs if len(outs) > 1 else outs[0]), om, (cf, cb, yf, yb)
+
+
+def _bi_b(layer, ctx, gys):
+    cf, cb, yf, yb = ctx
+    mm = layer.merge_mode
+    n_out = 2 if mm is None else 1
+    g = gys[0]
+    if mm is None:
+        gf, gb = gys[0], gys[1]
+    elif g is None:
+        gf = gb = None
+    elif mm == "concat":
+        H = yf.shape[-1]
+        gf, gb = g[..., :H], g[..., H:]
+    elif mm == "sum":
+        gf, gb = g, g
+    elif mm == "mul":
+        gf, gb = g * yb, g * yf
+    else:       # ave
+        gf = gb = g / g.dtype.type(2)
+    if gb is not None and layer.return_sequences:
+        gb = gb[:, ::-1]          # to the backward layer's Keras order
+    st = list(gys[n_out:])
+    n = layer.forward.n_states()
+    gx_f, wf = _rnn_b(layer.forward, cf, [gf] + st[:n])
+    gx_b, wb = _rnn_b(layer.backward, cb, [gb] + st[n:])
+    grads = {f"forward/{k}": v for k, v in wf.items()}
+    grads.update({f"backward/{k}": v for k, v in wb.items()})
+    return gx_f + gx_b, grads
+
+
+def _td_f(layer, x, mask):
+    from .model import Activation, Dense, Dropout, _reads_mask
+    if layer.masks != "keras3":
+        raise ValueError(f"cannot train through layer {layer.name!r}: a TimeDistributed "
+                         "with tf.keras 2's masks")
+    x = np.asarray(x)
+    inner = layer.layer
+    fwd = _FORWARD.get(type(inner))
+    if fwd is None:
+        _refuse(inner, f" (inside TimeDistributed {layer.name!r})")
+    if x.ndim < 3:
+        raise ValueError(f"{layer.name}: TimeDistributed needs (B, T, ...) input, got {x.shape}")
+    if isinstance(inner, (Dense, Dropout, Activation)):
+        y, _, c = fwd(inner, x, None)
+        return y, mask, (None, c)
+    if mask is not None and _reads_mask(inner):
+        layer.call(x, mask)       # (its refusal)
+    B, T = x.shape[:2]
+    y, _, c = fwd(inner, x.reshape((B * T,) + x.shape[2:]), None)
+    y = np.asarray(y)
+    return y.reshape((B, T) + y.shape[1:]), mask, ((B, T), c)
+
+
+def _td_b(layer, ctx, gys):
+    lead, c = ctx
+    inner = layer.layer
+    g = gys[0]
+    if lead is not None:
+        g = g.reshape((-1,) + g.shape[2:])
+    gx, grads = _BACKWARD[type(inner)](inner, c, [g])
+    if lead is not None and gx is not None:
+        gx = gx.reshape(lead + gx.shape[1:])
+    return gx, grads
+
+
+def _merge_f(layer, xs, masks):
+    y, m = layer.call(xs, masks)
+    return y, m, ([np.asarray(a) for a in xs], masks, y)
+
+
+def _merge_b(layer, ctx, gys):
+    from ._model_merge import Add, Average, Concatenate, Multiply, Subtract
+    xs, masks, y = ctx
+    g = gys[0]
+    nd = max(a.ndim for a in xs)
+    # (a lower-rank input gains axes of size 1 at axis 1, as the merge's call: Keras 3)
+    shapes = [a.shape[:1] + (1,) * (nd - a.ndim) + a.shape[1:] for a in xs]
+    if isinstance(layer, Concatenate):
+        ax = layer.axis % nd
+        cuts = np.cumsum([a.shape[ax] for a in xs])[:-1]
+        return np.split(g, cuts, axis=ax), {}
+    if isinstance(layer, Add):
+        parts = [g] * len(xs)
+    elif isinstance(layer, Subtract):
+        parts = [g, -g]
+    elif isinstance(layer, Average):
+        parts = [g / g.dtype.type(len(xs))] * len(xs)
+    else:                   # Multiply (Keras 3: a masked entry counts as 1)
+        assert isinstance(layer, Multiply)
+        vals, full = [], []
+        for a, s, m in zip(xs, shapes, masks):
+            a = a.reshape(s)
+            mk = None
+            if layer.masks == "keras3" and m is not None:
+                mk = np.broadcast_to(np.asarray(m, bool)[..., None], a.shape)
+            full.append(mk)
+            vals.append(a if mk is None else np.where(mk, a, a.dtype.type(1)))
+        if layer.masks == "keras3" and all(m is not None for m in full):
+            keep = full[0]
+            for m in full[1:]:
+                keep = keep | m
+            g = np.where(keep, g, g.dtype.type(0))
+        parts = []
+        for i in range(len(xs)):
+            p = g
+            for j, v in enumerate(vals):
+                if j != i:
+                    p = p * v
+            if full[i] is not None:
+                p = np.where(full[i], p, p.dtype.type(0))
+            parts.append(p)
+    out = []
+    for p, s, a in zip(parts, shapes, xs):
+        out.append(_unbroadcast(np.asarray(p), s).reshape(a.shape).astype(a.dtype, copy=False))
+    return out, {}
+
+
+def _refuse(layer, where=""):
+    raise ValueError(f"cannot train through layer {layer.name!r} of type "
+                     f"{type(layer).__name__}{where}: its backward is not implemented "
+                     f"(fastrnn's: {', '.join(sorted(c.__name__ for c in _FORWARD))})")
+
+
+_FORWARD, _BACKWARD = {}, {}
+
+
+def _register():
+    from ._model_merge import Add, Average, Concatenate, Multiply, Subtract
+    from .model import (Activation, Bidirectional, Dense, Dropout, Embedding,
+                        GlobalPooling1D, InputCast, KerasRNN, LayerNormalization, Masking,
+                        TimeDistributed)
+    table = {Dense: (_dense_f, _dense_b), Activation: (_activation_f, _activation_b),
+             Dropout: (_identity_f, _identity_b), InputCast: (_identity_f, _identity_b),
+             Embedding: (_embedding_f, _embedding_b), Masking: (_masking_f, _masking_b),
+             GlobalPooling1D: (_pool_f, _pool_b),
+             LayerNormalization: (_layer_norm_f, _layer_norm_b),
+             KerasRNN: (_rnn_f, _rnn_b), Bidirectional: (_bi_f, _bi_b),
+             TimeDistributed: (_td_f, _td_b)}
+    for c in (Add, Subtract, Average, Multiply, Concatenate):
+        table[c] = (_merge_f, _merge_b)
+    for c, (f, b) in table.items():
+        _FORWARD[c], _BACKWARD[c] = f, b
+
+
+def layer_params(layer) -> dict:
+    """The arrays a layer computes with (not copies), by fastrnn's names."""
+    from .model import Bidirectional, Dense, Embedding, KerasRNN, LayerNormalization, \
+        TimeDistributed
+    if isinstance(layer, KerasRNN):
+        return dict(layer.core.parameters())
+    if isinstance(layer, Bidirectional):
+        out = {f"forward/{k}": v for k, v in layer.forward.core.parameters().items()}
+        out.update({f"backward/{k}": v for k, v in layer.backward.core.parameters().items()})
+        return out
+    if isinstance(layer, Dense):
+        return {"kernel": layer.kernel, **({} if layer.bias is None else {"bias": layer.bias})}
+    if isinstance(layer, Embedding):
+        return {"embeddings": layer.weights}
+    if isinstance(layer, LayerNormalization):
+        return {k: v for k, v in (("gamma", layer.gamma), ("beta", layer.beta))
+                if v is not None}
+    if isinstance(layer, TimeDistributed):
+        return layer_params(layer.layer)
+    return {}
+
+
+def cores(layer):
+    """The recurrent core layers a layer computes with (their packing follows their
+    weights' version)."""
+    from .model import Bidirectional, KerasRNN, TimeDistributed
+    if isinstance(layer, KerasRNN):
+        return [layer.core]
+    if isinstance(layer, Bidirectional):
+        return [layer.forward.core, layer.backward.core]
+    if isinstance(layer, TimeDistributed):
+        return cores(layer.layer)
+    return []
+
+
+def check(model):
+    """Refuse, before anything runs, a model with a layer without a backward."""
+    if not _FORWARD:
+        _register()
+    if getattr(model, "initial_states", None):
+        i = min(model.initial_states)
+        raise ValueError(f"cannot train through model {model.name!r}: layer "
+                         f"{model.layers[i].name!r} starts from another layer's states "
+                         "(initial_state)")
+    for layer in model.layers:
+        if type(layer) not in _FORWARD:
+            _refuse(layer)
+        if type(layer).__name__ == "TimeDistributed" and type(layer.layer) not in _FORWARD:
+            _refuse(layer.layer, f" (inside TimeDistributed {layer.name!r})")
+        if hasattr(layer, "activation") and type(layer).__name__ in ("Dense", "Activation"):
+            _act_key(layer)
+
+
+def forward(layer, x, mask):
+    return _FORWARD[type(layer)](layer, x, mask)
+
+
+def backward(layer, ctx, gys):
+    return _BACKWARD[type(layer)](layer, ctx, gys)

@@ -1,0 +1,200 @@
+"""Gradients through whole Keras models (Model.forward_train / backward) against REAL
+Keras 3: the fixtures of tests/fixtures/make_keras_model_grads.py hold each model's
+outputs and, by ``jax.grad`` through the model, the gradients of every weight and float
+input for fixed output gradients.  No Keras or JAX is needed here.
+
+A weight's Keras gradient is compared with fastrnn's in fastrnn's layout by loading
+the Keras gradients as if they were the layers' weights (``model_from_keras_config``:
+the loader's conversion only re-indexes, so it maps gradients as it maps weights)."""
+import glob
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("h5py")
+
+import fastrnn  # noqa: E402
+from fastrnn.io.keras import load_keras, model_from_keras_config  # noqa: E402
+from fastrnn.model import (INPUT, Add, Dense, Embedding, KerasRNN, Masking,  # noqa: E402
+                           Model)
+from fastrnn.train import Adam  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "fixtures", "keras", "model_grads")
+NAMES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIX, "mgrad_*.npz")))
+
+
+def fixture(name):
+    with np.load(os.path.join(FIX, name + ".npz")) as z:
+        d = {k: z[k] for k in z.files}
+    xs = [d["x"]] if "x" in d else [d[f"x{j}"] for j in range(sum(
+        k.startswith("x") for k in d))]
+    n_out = sum(k.startswith("gy") for k in d)
+    return d, xs, [d[f"y{j}"] for j in range(n_out)], [d[f"gy{j}"] for j in range(n_out)]
+
+
+def keras_grads(name, d):
+    """The Keras weight gradients as a fastrnn model's parameters() (fastrnn's layout)."""
+    with zipfile.ZipFile(os.path.join(FIX, name + ".keras")) as f:
+        config = json.loads(f.read("config.json"))
+    per_layer = {}
+    for layer in d["grad_layers"]:
+        layer = str(layer)
+        k = 0
+        while f"g_{layer}_{k}" in d:
+            per_layer.setdefault(layer, []).append(d[f"g_{layer}_{k}"])
+            k += 1
+    return model_from_keras_config(config, per_layer, keras_version="3").parameters()
+
+
+def close(got, want, what, tol=2e-5):
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    assert err <= tol * scale, f"{what}: max error {err:.3g}"
+
+
+def test_fixtures_present():
+    assert len(NAMES) == 6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_and_gradients_match_keras(name):
+    d, xs, ys, gys = fixture(name)
+    model = fastrnn.load(os.path.join(FIX, name + ".keras"))
+    out, cache = model.forward_train(xs if len(xs) > 1 else xs[0])
+    outs = out if isinstance(out, list) else [out]
+    for j, (o, y) in enumerate(zip(outs, ys)):
+        close(o, y, f"output {j}", 1e-5)
+    grads = model.backward(cache, gys if len(gys) > 1 else gys[0])
+    dx = grads["input"] if len(xs) > 1 else [grads["input"]]
+    for j, (x, g) in enumerate(zip(xs, dx)):
+        key = "dx" if len(xs) == 1 else f"dx{j}"
+        if x.dtype.kind == "f":
+            close(g, d[key], key)
+        else:
+            assert g is None and key not in d
+    want = keras_grads(name, d)
+    params = model.parameters()
+    assert set(want) == set(params) == set(grads) - {"input"}
+    for k, w in want.items():
+        if k.endswith("bias_hh_l0") and not np.any(w) and np.any(grads[k]):
+            # Keras's one bias is the core's bias_ih (bias_hh zero): both enter the
+            # same pre-activation, so their gradients are Keras's bias gradient
+            w = want[k.replace("bias_hh", "bias_ih")]
+        close(grads[k], w, k)
+        assert grads[k].dtype == params[k].dtype
+
+
+def test_a_fine_tuning_loop_lowers_the_loss_and_the_cache_follows_the_weights():
+    """Adam on the model (its parameters, re-packed after each step) fits a target;
+    a cache made before a step is refused after it."""
+    name = "mgrad_bigru_residual_ln"
+    _, (x,), (y,), _ = fixture(name)
+    model = fastrnn.load(os.path.join(FIX, name + ".keras"))
+    target = np.zeros_like(y)
+    opt = Adam(model, lr=0.05)
+    losses = []
+    for _ in range(15):
+        out, cache = model.forward_train(x)
+        losses.append(float(np.mean((out - target) ** 2)))
+        opt.step(model.backward(cache, 2 * (out - target) / out.size))
+    assert losses[-1] < 0.5 * losses[0]
+    # the model's own call follows the updated weights
+    np.testing.assert_allclose(model(x), model.forward_train(x)[0], rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="weights changed since forward_train"):
+        model.backward(cache, np.ones_like(y))
+
+
+def test_shared_layers_sum_their_gradients_and_refusals_name_the_layer():
+    rng = np.random.default_rng(0)
+    core = fastrnn.GRU(3, 3, batch_first=True, seed=1)
+    shared = KerasRNN(core, return_sequences=True)
+    dense = Dense(rng.normal(size=(3, 3)), rng.normal(size=3), activation="tanh")
+    model = Model([Masking(0.0), shared, dense, shared, Add()],
+                  inputs=[(INPUT, 0), (0, 0), (1, 0), (2, 0), [(3, 0), (1, 0)]])
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    x[1, 3:] = 0
+    out, cache = model.forward_train(x)
+    np.testing.assert_allclose(out, model(x), rtol=0, atol=1e-6)
+    gy = rng.normal(size=out.shape).astype(np.float32)
+    g = model.backward(cache, gy)
+    assert [k for k in g if k.startswith(shared.name)] == [
+        f"{shared.name}/{k}" for k in core.parameters()]
+    # central differences (float64 copy of the loss) of one shared weight and the input
+    w = core.parameters()["weight_hh_l0"]
+    i = (1, 2)
+    old = w[i]
+    eps = 1e-3
+
+    def loss():
+        core.mark_weights_changed()
+        return float(np.sum(model(x).astype(np.float64) * gy))
+    w[i] = old + eps
+    up = loss()
+    w[i] = old - eps
+    down = loss()
+    w[i] = old
+    core.mark_weights_changed()
+    assert abs((up - down) / (2 * eps) - g[f"{shared.name}/weight_hh_l0"][i]) < 2e-3
+    # refused before anything runs, by name
+    from fastrnn.model import GlobalPooling1D, Softmax
+    bad = Model([Masking(0.0), Softmax(axis=-1, name="sm")])
+    with pytest.raises(ValueError, match=r"cannot train through layer 'sm' of type Softmax: "
+                                         r"its backward is not implemented"):
+        bad.forward_train(x)
+    odd = Model([Dense(np.ones((3, 2)), activation="mish", name="d")])
+    with pytest.raises(ValueError, match=r"layer 'd': the derivative of activation 'mish' "
+                                         "is not implemented"):
+        odd.forward_train(x)
+    ok = Model([Embedding(np.ones((5, 2)), mask_zero=True), GlobalPooling1D("max")])
+    out, cache = ok.forward_train(np.array([[1, 2, 0]]))
+    with pytest.raises(ValueError, match=r"1 output\(s\), got 2 output gradient"):
+        ok.backward(cache, [out, out])
+    with pytest.raises(ValueError, match=r"has shape \(2,\), the output \(1, 2\)"):
+        ok.backward(cache, np.ones(2))
+    g = ok.backward(cache, np.ones((1, 2)))
+    assert g["input"] is None       # (ids: no gradient)
+    # three equal steps tie for the maximum: each gets a third (JAX's and TensorFlow's
+    # rule for a max's ties)
+    np.testing.assert_allclose(g[f"{ok.layers[0].name}/embeddings"][:3], 1 / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_layer_normalization_gradients_by_central_differences(rms):
+    from fastrnn.model import LayerNormalization
+    rng = np.random.default_rng(3)
+    ln = LayerNormalization(rng.normal(size=5), None if rms else rng.normal(size=5),
+                            rms_scaling=rms, dtype="float64")
+    model = Model([Dense(rng.normal(size=(4, 5)), dtype="float64"), ln])
+    x = rng.normal(size=(2, 3, 4))
+    gy = rng.normal(size=(2, 3, 5))
+    out, cache = model.forward_train(x)
+    g = model.backward(cache, gy)
+    eps = 1e-6
+    for arr, key in ((x, "input"), (ln.gamma, f"{ln.name}/gamma"),
+                     (model.layers[0].kernel, f"{model.layers[0].name}/kernel")):
+        num = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + eps
+            up = np.sum(model(x) * gy)
+            arr[i] = old - eps
+            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
+            arr[i] = old
+        np.testing.assert_allclose(g[key], num, rtol=1e-6, atol=1e-8)
+
+
+def test_embedding_gradient_sums_repeated_ids():
+    """Repeated ids (and the padding id) add up in the table's gradient."""
+    model = load_keras(os.path.join(FIX, "mgrad_embed_lstm_head.keras"))
+    ids = np.array([[3, 3, 3, 0, 0, 0]], np.int32)
+    out, cache = model.forward_train(ids)
+    # (not ones: the gradient of a softmax's sum is zero)
+    g = model.backward(cache, np.array([[1.0, -2.0, 0.5]], np.float32))
+    emb = next(k for k in g if k.endswith("/embeddings"))
+    rows = np.flatnonzero(np.any(g[emb] != 0, axis=1))
+    assert set(rows) <= {0, 3} and 3 in rows
