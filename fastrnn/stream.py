@@ -473,7 +473,9 @@ class Stream:
             for s in srcs:
                 last_use[s] = len(plan)
             plan.append(entry + (srcs, dst, single))
-        outs = tuple(slot(a, b, None) for a, b in (model.outputs or [(n - 1, 0)]))
+        # (a chain's outputs: all its last layer gives, e.g. an LSTM's returned states)
+        outs = tuple(slot(a, b, None) for a, b in (model.outputs or [
+            (n - 1, b) for b in range(model.layers[-1].n_outputs())]))
         if not runners:
             raise ValueError(f"model {model.name!r} has no recurrent layer (nor a causal "
                              "Conv1D) to stream: it carries nothing from step to step")

@@ -487,8 +487,11 @@ def test_ctrl_c_ends_a_long_run_at_once(tmp_path):
     layer = fastrnn.LSTM(8, 512, seed=0)
     layer.save(str(tmp_path / "l.safetensors"))
     np.save(tmp_path / "x.npy", np.zeros((100_000, 1, 8), np.float32))    # (~3 s of steps)
+    # (on one thread: ~5 s, so a loaded machine still signals well inside the run; on
+    # two it once finished before the signal, status 0)
     p = subprocess.Popen([sys.executable, "-m", "fastrnn", "run", str(tmp_path / "l.safetensors"),
-                          "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
+                          "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
+                          "--threads", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     # the command runs: a thread other than the main one has used CPU time (the CLI's
     # worker, started as the main thread begins to wait for it; a fixed 1 s sleep flaked

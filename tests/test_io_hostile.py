@@ -699,3 +699,31 @@ def test_build_opcode_cannot_modify_loader_objects():
         read_torch_file(torch_zip(grow, {"0": bytes(16)}))
     good = torch_zip(state_dict_pickle(("w", tensor_op())), {"0": np.arange(4, dtype="<f4").tobytes()})
     np.testing.assert_array_equal(read_torch_file(good)["w"], [0, 1, 2, 3])
+
+
+def test_audit_refusals_of_the_twenty_fourth_session(tmp_path):
+    """A truncated safetensors file says so; a Keras 1 config and a NaN size in an
+    Input's shape are refused by name (they loaded: Keras 1's BatchNormalization(mode=2)
+    computes with batch statistics, a silent wrong answer)."""
+    import fastrnn
+    from fastrnn.io.keras import model_from_keras_config
+    fastrnn.LSTM(3, 4).save(str(tmp_path / "a.safetensors"))
+    raw = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(raw[:200])
+    with pytest.raises(LoadError, match=r"unknown model file format \(a safetensors header "
+                                        r"of \d+ bytes in a file of 200: truncated"):
+        fastrnn.load(str(tmp_path / "t.safetensors"))
+    emb = {"class_name": "Embedding", "config": {"name": "e", "input_dim": 10,
+                                                 "output_dim": 4,
+                                                 "batch_input_shape": [None, 6]}}
+    weights = {"e": [np.ones((10, 4), "f4")]}
+    arch = {"class_name": "Sequential", "keras_version": "1.2.2", "config": [emb]}
+    with pytest.raises(LoadError, match="written by Keras 1.2.2: Keras 1 configs are not "
+                                        "supported"):
+        model_from_keras_config(arch, weights)
+    arch = {"class_name": "Sequential", "keras_version": "2.15.0", "config": [emb]}
+    assert model_from_keras_config(arch, weights, keras_version="2.15.0")(
+        np.ones((1, 6), np.int32)).shape == (1, 6, 4)
+    emb["config"]["batch_input_shape"] = [None, float("nan")]
+    with pytest.raises(LoadError, match=r"'batch_input_shape' holds an invalid size nan"):
+        model_from_keras_config(arch, weights, keras_version="2.15.0")

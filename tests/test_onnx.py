@@ -2958,12 +2958,28 @@ def test_conv_and_pool_refusals():
         load_onnx(_one_node("AveragePool", x, kernel_shape=[5_000_000],
                             pads=[4_999_999, 4_999_999])).run({"x": x})
     W1 = numpy_helper.from_array(np.ones((3, 2, 2), np.float32), "W")
-    with pytest.raises(ValueError, match="beyond what fastrnn runs"):
+    with pytest.raises(ValueError, match=r"pads \[100000000000, 3\] are beyond 2\^31 "
+                                         "element steps"):
         load_onnx(_one_node("Conv", x, (W1,), pads=[10 ** 11, 3])).run({"x": x})
+    # a window longer than the input gives a negative size (ONNX Runtime refuses it);
+    # a kernel of 2^32 taps: refused before anything runs (an audit: a tap loop ran for
+    # minutes, the file 200 bytes)
+    with pytest.raises(ValueError, match=r"a window of 10000000 taps .* negative output"):
+        load_onnx(_one_node("MaxPool", x, kernel_shape=[10 ** 7])).run({"x": x})
+    with pytest.raises(ValueError, match=r"kernel_shape \[4294967296\] is beyond 2\^31"):
+        load_onnx(_one_node("MaxPool", x, kernel_shape=[2 ** 32])).run({"x": x})
     stats = [numpy_helper.from_array(np.ones(2, np.float32), n)
              for n in ("scale", "bias", "mean", "var")]
     with pytest.raises(ValueError, match="training_mode=1 is not supported"):
         load_onnx(_one_node("BatchNormalization", x, stats, training_mode=1)).run({"x": x})
+    # opset 9's training form: five outputs (batch statistics, running averages)
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"],
+                            ["y", "rm", "rv", "sm", "sv"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 2, 6])], [onnx.ValueInfoProto(name="y")], stats)
+    with pytest.raises(LoadError, match="BatchNormalization with 5 outputs is its training "
+                                        "form"):
+        load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]))
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])

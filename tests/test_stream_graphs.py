@@ -271,3 +271,15 @@ def test_a_layer_reading_inside_a_time_distributed_model_is_refused():
     _refused(Model(model.layers, inputs=graph, name="m", outputs=[(n - 1, 0), (n - 2, 0)]),
              rf"layer '{model.layers[-1].name}' reads '{model.layers[fold + 1].name}', a "
              "layer inside")
+
+
+def test_a_chain_ending_in_returned_states_is_refused():
+    """A chain whose last layer returns its states (a Sequential ending in an LSTM with
+    return_state: the model returns three arrays) is refused, not streamed as its
+    sequence alone (an audit)."""
+    rs = KerasRNN(LSTM(3, 3, batch_first=True, seed=0), return_sequences=True,
+                  return_state=True)
+    model = Model([Masking(0.0), rs], name="m")
+    assert len(model(np.ones((1, 2, 3), np.float32))) == 3
+    _refused(model, r"cannot stream model 'm': the model's output reads \w+\[1\], not the "
+                    "first tensor")

@@ -385,6 +385,8 @@ def _per_axis(a, key, default, D, op) -> list[int]:
     if len(v) != D or min(v) < 1:
         what = "one positive int" if D == 1 else f"{D} positive ints"
         raise ValueError(f"{op}: {key} must be {what} for a {D}-D {op}, got {v}")
+    if max(v) >= 1 << 31:
+        raise ValueError(f"{op}: {key} {v} is beyond 2^31 element steps (not supported)")
     return v
 
 
@@ -408,6 +410,8 @@ def _window_pads(Ls, k, s, d, a, op) -> list[tuple[int, int]]:
     if len(pads) != 2 * D or min(pads) < 0:
         raise ValueError(f"{op}: pads must be {'two' if D == 1 else 2 * D} non-negative ints "
                          f"for a {D}-D {op}, got {pads}")
+    if max(pads, default=0) >= 1 << 31:
+        raise ValueError(f"{op}: pads {pads} are beyond 2^31 element steps (not supported)")
     return list(zip(pads[:D], pads[D:]))
 
 
@@ -792,6 +796,10 @@ def _pool(i, a, o, op):
             # window cut at the input's end (its max / mean of the steps inside, as
             # ceil_mode's last window)
             m = math.ceil(room / ss + 1) if ceil else int(room / ss) + 1
+            if m < 0:       # (ONNX Runtime: "Calculated output dimension is negative")
+                raise ValueError(f"{op}: a window of {_show(k)} taps (dilations "
+                                 f"{_show(d)}) over {_show(Ls)} steps with pads "
+                                 f"{_onnx_pads(pads)} gives a negative output size")
             if not m:
                 n.append(0)
                 extra.append(0)

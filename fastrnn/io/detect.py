@@ -139,6 +139,11 @@ def sniff_format(path_or_fileobj) -> str:
         hint = ""
         if head[:1] == b"\x80":
             hint = " (a plain pickle: fastrnn only reads torch.save files)"
+        elif len(head) >= 9 and head[8:9] == b"{" and (
+                suffix == ".safetensors" or head[9:10] == b'"'):
+            (n,) = struct.unpack("<Q", head[:8])
+            hint = (f" (a safetensors header of {n} bytes in a file of {size}: truncated "
+                    "or damaged?)")
         raise LoadError(f"{name}: unknown model file format{hint}")
     finally:
         if close:

@@ -2318,6 +2318,11 @@ def _last_dim(c, keys, where):
             continue
         if not isinstance(shape, (list, tuple)):
             raise LoadError(f"{where}: config key {key!r} must be a list, got {shape!r}"[:300])
+        for v in shape:     # (each size known or None: a JSON NaN is neither)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or
+                                  not 0 <= v <= _MAX_DIM):
+                raise LoadError(f"{where}: config key {key!r} holds an invalid size {v!r}; "
+                                "sizes are ints or null"[:300])
         if len(shape) >= 3 and shape[-1] is not None:
             v = shape[-1]
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= _MAX_DIM:
@@ -4004,6 +4009,12 @@ def _from_cudnn(d, b, k, rk, bias, G, H, cls):
 
 def _build(parsed, store, version, hard_sigmoid, dtype, num_threads, fname, ctx=None):
     descs, outputs, input_names, (hint, name) = parsed
+    for v in (version, hint):       # (a config's own keras_version counts too)
+        m = re.match(r"\s*(\d{1,6})", str(v)) if v else None
+        if m and int(m.group(1)) < 2:
+            raise LoadError(f"{fname}: written by Keras {str(v)[:40]}: Keras 1 configs are "
+                            "not supported (their layers' options and weights differ; load "
+                            "and save the model with Keras 2 or 3 first)")
     if not version and isinstance(store, _Keras3Store) and store.by_keras3():
         version = "3"
     version = version or hint

@@ -1715,6 +1715,11 @@ class OnnxModel:
             if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
                 raise LoadError(f"{self.name}: {where}: MaxPool's Indices output is not "
                                 "supported")
+            if node.op_type == "BatchNormalization" and any(outs[1:]):
+                # (opset 9-13's training form: batch statistics, running averages out)
+                raise LoadError(f"{self.name}: {where}: BatchNormalization with "
+                                f"{sum(map(bool, outs))} outputs is its training form "
+                                "(batch statistics; inference only is supported)")
             self._check_sequences(node, seqs, where)
             if node.op_type == "Loop":     # (never folded: its trip count is its own)
                 loop = _loop.compile_loop(self, node, attrs, consts, known, seqs, budget,
