@@ -142,7 +142,7 @@ def _masking_f(layer, x, mask):
 
 
 def _masking_b(layer, ctx, gys):
-    return gys[0] * ctx[..., None], {}
+    return np.where(ctx[..., None], gys[0], gys[0].dtype.type(0)), {}
 
 
 def _pool_f(layer, x, mask):
@@ -161,14 +161,27 @@ def _pool_b(layer, ctx, gys):
         return np.broadcast_to(g / x.dtype.type(x.shape[axis]), x.shape).copy(), {}
     m = np.asarray(mask, x.dtype)
     m = m[:, :, None] if axis == 1 else m[:, None, :]
-    return (g * m / m.sum(axis=axis, keepdims=True)).astype(x.dtype), {}
+    count = m.sum(axis=axis, keepdims=True)
+    # (a sequence masked whole: its output is 0 / 0, NaN, as Keras's; its steps get no
+    # gradient, as in JAX through Keras's where, instead of NaN spreading to every weight)
+    share = np.divide(m, count, out=np.zeros(np.broadcast_shapes(m.shape, count.shape),
+                                             x.dtype), where=count > 0)
+    return (g * share).astype(x.dtype), {}
+
+
+def _layer_norm_axes(layer, ndim=None):
+    """Refuse a LayerNormalization over other axes than the last (``ndim`` unknown
+    before the call: only ``axis=[-1]`` passes)."""
+    ok = layer.axis == [-1] if ndim is None else \
+        [a % max(ndim, 1) for a in layer.axis] == [ndim - 1]
+    if not ok:
+        raise ValueError(f"cannot train through layer {layer.name!r}: a LayerNormalization "
+                         f"over axes {layer.axis} (the backward runs over the last axis)")
 
 
 def _layer_norm_f(layer, x, mask):
     x = np.asarray(x)
-    if [a % max(x.ndim, 1) for a in layer.axis] != [x.ndim - 1]:
-        raise ValueError(f"cannot train through layer {layer.name!r}: a LayerNormalization "
-                         f"over axes {layer.axis} (the backward runs over the last axis)")
+    _layer_norm_axes(layer, x.ndim)
     y, m = layer.call(x, mask)
     return y, m, x.astype(y.dtype, copy=False)
 
@@ -195,6 +208,76 @@ def _layer_norm_b(layer, ctx, gys):
         gx = inv * (gh - gh.mean(axis=-1, keepdims=True)
                     - xh * np.mean(gh * xh, axis=-1, keepdims=True))
     return gx.astype(dt, copy=False), {k: v.astype(dt, copy=False) for k, v in grads.items()}
+
+
+def _batch_norm_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, np.asarray(x).astype(y.dtype, copy=False)
+
+
+def _batch_norm_b(layer, ctx, gys):
+    x, g = ctx, gys[0]
+    dt = x.dtype
+    a = layer.axis % x.ndim
+    shape = [1] * x.ndim
+    shape[a] = x.shape[a]
+    rest = tuple(i for i in range(x.ndim) if i != a)
+    inv = 1 / np.sqrt(layer.moving_variance.astype(dt) + dt.type(layer.epsilon))
+    grads = {}
+    if layer.gamma is not None:
+        grads["gamma"] = np.sum(g * (x - layer.moving_mean.astype(dt).reshape(shape))
+                                * inv.reshape(shape), axis=rest).astype(dt)
+        inv = inv * layer.gamma.astype(dt)
+    if layer.beta is not None:
+        grads["beta"] = np.sum(g, axis=rest).astype(dt)
+    return (g * inv.reshape(shape)).astype(dt, copy=False), grads
+
+
+def _conv1d_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, (np.asarray(x).astype(layer.kernel.dtype, copy=False), y, _act_key(layer))
+
+
+def _conv1d_b(layer, ctx, gys):
+    from ._model_conv import _pads, _windows
+    x, y, key = ctx
+    k, cg, F = layer.kernel.shape
+    G, fg = layer.groups, F // layer.groups
+    s, d = layer.strides, layer.dilation_rate
+    before, after = _pads(x.shape[1], k, s, d, layer.padding)
+    xp = np.pad(x, ((0, 0), (before, after), (0, 0))) if before or after else x
+    n, taps = _windows(xp, k, s, d)
+    groups = [(slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)) for g in range(G)]
+
+    def z():            # (the pre-activation, for the activations whose derivative needs it)
+        out = np.zeros(y.shape, x.dtype)
+        for ci, co in groups:
+            for j, v in enumerate(taps):
+                out[:, :, co] += v[:, :, ci] @ layer.kernel[j][:, co]
+        return out + layer.bias if layer.bias is not None else out
+    gz = _act_backward(key, z, y, gys[0]).astype(x.dtype, copy=False)
+    gk = np.zeros_like(layer.kernel)
+    gxp = np.zeros(xp.shape, x.dtype)
+    g2 = gz.reshape(-1, F)
+    for ci, co in groups:
+        for j, v in enumerate(taps):
+            gk[j][:, co] += v[:, :, ci].reshape(-1, cg).T @ g2[:, co]
+            gxp[:, j * d: j * d + (n - 1) * s + 1: s, ci] += gz[:, :, co] @ layer.kernel[j][:, co].T
+    grads = {"kernel": gk}
+    if layer.bias is not None:
+        grads["bias"] = g2.sum(axis=0)
+    return gxp[:, before: before + x.shape[1]], grads
+
+
+def _softmax_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, y
+
+
+def _softmax_b(layer, ctx, gys):
+    y, g = ctx, gys[0]
+    axes = layer._axes(y.ndim)
+    return (y * (g - np.sum(g * y, axis=axes, keepdims=True))).astype(y.dtype), {}
 
 
 def _rnn_f(layer, x, mask, initial_state=None):
@@ -333,12 +416,18 @@ def _td_b(layer, ctx, gys):
 
 
 def _merge_f(layer, xs, masks):
+    from ._model_merge import _MinMax
+    if isinstance(layer, _MinMax) and layer.masks == "keras3" and any(
+            m is not None for m in masks):
+        raise ValueError(f"cannot train through layer {layer.name!r}: a "
+                         f"{type(layer).__name__} of masked tensors (Keras 3 fills masked "
+                         "entries from the other side; its backward is not implemented)")
     y, m = layer.call(xs, masks)
     return y, m, ([np.asarray(a) for a in xs], masks, y)
 
 
 def _merge_b(layer, ctx, gys):
-    from ._model_merge import Add, Average, Concatenate, Multiply, Subtract
+    from ._model_merge import Add, Average, Concatenate, Multiply, Subtract, _MinMax
     xs, masks, y = ctx
     g = gys[0]
     nd = max(a.ndim for a in xs)
@@ -348,7 +437,11 @@ def _merge_b(layer, ctx, gys):
         ax = layer.axis % nd
         cuts = np.cumsum([a.shape[ax] for a in xs])[:-1]
         return np.split(g, cuts, axis=ax), {}
-    if isinstance(layer, Add):
+    if isinstance(layer, _MinMax):      # (ties share the gradient, as in JAX)
+        hits = [(a.reshape(sh) == y).astype(g.dtype) for a, sh in zip(xs, shapes)]
+        count = sum(hits)
+        parts = [g * h / count for h in hits]
+    elif isinstance(layer, Add):
         parts = [g] * len(xs)
     elif isinstance(layer, Subtract):
         parts = [g, -g]
@@ -394,18 +487,22 @@ _FORWARD, _BACKWARD = {}, {}
 
 
 def _register():
-    from ._model_merge import Add, Average, Concatenate, Multiply, Subtract
-    from .model import (Activation, Bidirectional, Dense, Dropout, Embedding,
-                        GlobalPooling1D, InputCast, KerasRNN, LayerNormalization, Masking,
-                        TimeDistributed)
+    from ._model_conv import Conv1D
+    from ._model_merge import (Add, Average, Concatenate, Maximum, Minimum, Multiply,
+                               Softmax, Subtract)
+    from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
+                        Embedding, GlobalPooling1D, InputCast, KerasRNN, LayerNormalization,
+                        Masking, TimeDistributed)
     table = {Dense: (_dense_f, _dense_b), Activation: (_activation_f, _activation_b),
              Dropout: (_identity_f, _identity_b), InputCast: (_identity_f, _identity_b),
              Embedding: (_embedding_f, _embedding_b), Masking: (_masking_f, _masking_b),
              GlobalPooling1D: (_pool_f, _pool_b),
              LayerNormalization: (_layer_norm_f, _layer_norm_b),
              KerasRNN: (_rnn_f, _rnn_b), Bidirectional: (_bi_f, _bi_b),
-             TimeDistributed: (_td_f, _td_b)}
-    for c in (Add, Subtract, Average, Multiply, Concatenate):
+             TimeDistributed: (_td_f, _td_b), Conv1D: (_conv1d_f, _conv1d_b),
+             BatchNormalization: (_batch_norm_f, _batch_norm_b),
+             Softmax: (_softmax_f, _softmax_b)}
+    for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
         table[c] = (_merge_f, _merge_b)
     for c, (f, b) in table.items():
         _FORWARD[c], _BACKWARD[c] = f, b
@@ -413,19 +510,20 @@ def _register():
 
 def layer_params(layer) -> dict:
     """The arrays a layer computes with (not copies), by fastrnn's names."""
-    from .model import Bidirectional, Dense, Embedding, KerasRNN, LayerNormalization, \
-        TimeDistributed
+    from ._model_conv import Conv1D
+    from .model import BatchNormalization, Bidirectional, Dense, Embedding, KerasRNN, \
+        LayerNormalization, TimeDistributed
     if isinstance(layer, KerasRNN):
         return dict(layer.core.parameters())
     if isinstance(layer, Bidirectional):
         out = {f"forward/{k}": v for k, v in layer.forward.core.parameters().items()}
         out.update({f"backward/{k}": v for k, v in layer.backward.core.parameters().items()})
         return out
-    if isinstance(layer, Dense):
+    if isinstance(layer, (Dense, Conv1D)):
         return {"kernel": layer.kernel, **({} if layer.bias is None else {"bias": layer.bias})}
     if isinstance(layer, Embedding):
         return {"embeddings": layer.weights}
-    if isinstance(layer, LayerNormalization):
+    if isinstance(layer, (LayerNormalization, BatchNormalization)):
         return {k: v for k, v in (("gamma", layer.gamma), ("beta", layer.beta))
                 if v is not None}
     if isinstance(layer, TimeDistributed):
@@ -446,6 +544,17 @@ def cores(layer):
     return []
 
 
+def repack(layer) -> None:
+    """After an in-place edit of its weights: the recurrent cores re-pack, a
+    convolution drops its kept layouts."""
+    for core in cores(layer):
+        core.mark_weights_changed()
+    inner = getattr(layer, "layer", layer)      # (a TimeDistributed's)
+    for lay in {id(layer): layer, id(inner): inner}.values():
+        if type(lay).__name__ in ("Conv1D", "Conv2D"):
+            lay.mark_weights_changed()
+
+
 def check(model):
     """Refuse, before anything runs, a model with a layer without a backward."""
     if not _FORWARD:
@@ -458,10 +567,16 @@ def check(model):
     for layer in model.layers:
         if type(layer) not in _FORWARD:
             _refuse(layer)
+        for lay in (layer, getattr(layer, "layer", None)):     # (and a TimeDistributed's)
+            if lay is None:
+                continue
+            kind = type(lay).__name__
+            if kind in ("Dense", "Activation", "Conv1D"):
+                _act_key(lay)
+            elif kind == "LayerNormalization" and len(lay.axis) != 1:
+                _layer_norm_axes(lay)
         if type(layer).__name__ == "TimeDistributed" and type(layer.layer) not in _FORWARD:
             _refuse(layer.layer, f" (inside TimeDistributed {layer.name!r})")
-        if hasattr(layer, "activation") and type(layer).__name__ in ("Dense", "Activation"):
-            _act_key(layer)
 
 
 def forward(layer, x, mask):

@@ -1403,12 +1403,12 @@ class Model:
         return out
 
     def mark_weights_changed(self) -> None:
-        """Re-pack the recurrent layers after their arrays (:meth:`parameters`) were
-        changed in place."""
+        """Re-pack the recurrent layers (and drop a convolution's kept layouts) after
+        the arrays of :meth:`parameters` were changed in place."""
         from . import _model_train
+        self._weights_version = getattr(self, "_weights_version", 0) + 1
         for layer in self.layers:
-            for core in _model_train.cores(layer):
-                core.mark_weights_changed()
+            _model_train.repack(layer)
 
     def forward_train(self, x, mask=None):
         """The call's outputs (as :meth:`__call__` returns them) and a cache for
@@ -1846,17 +1846,24 @@ def _epsilon(v, what: str) -> float:
 
 class _ModelCache:
     """What :meth:`Model.backward` reads: each layer's forward record, the inputs, the
-    outputs' shapes and the recurrent cores' weights versions (a cache is refused once
-    the weights changed, as a layer's is)."""
+    outputs' shapes and the weights versions (the model's :meth:`Model.mark_weights_changed`
+    count, the recurrent cores'): a cache is refused once the weights changed, as a
+    layer's is."""
 
     def __init__(self, model, ctxs, inputs, out_shapes):
         from . import _model_train
         self.model, self.ctxs, self.inputs, self.out_shapes = model, ctxs, inputs, out_shapes
         self._cores = [c for l in model.layers for c in _model_train.cores(l)]
-        self._versions = [c._weights_version for c in self._cores]
+        self._versions = self._now()
+
+    def _now(self):
+        # (the model's count of mark_weights_changed, which the optimizers call, and the
+        # recurrent cores' weights versions: load_state_dict on a core counts too)
+        return [getattr(self.model, "_weights_version", 0)] + [
+            c._weights_version for c in self._cores]
 
     def check(self):
-        if [c._weights_version for c in self._cores] != self._versions:
+        if self._now() != self._versions:
             raise RuntimeError("the model's weights changed since forward_train (an "
                                "optimizer step, mark_weights_changed): run forward_train "
                                "again")

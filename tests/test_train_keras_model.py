@@ -58,7 +58,7 @@ def close(got, want, what, tol=2e-5):
 
 
 def test_fixtures_present():
-    assert len(NAMES) == 6
+    assert len(NAMES) == 7
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -89,10 +89,12 @@ def test_outputs_and_gradients_match_keras(name):
         assert grads[k].dtype == params[k].dtype
 
 
-def test_a_fine_tuning_loop_lowers_the_loss_and_the_cache_follows_the_weights():
-    """Adam on the model (its parameters, re-packed after each step) fits a target;
-    a cache made before a step is refused after it."""
-    name = "mgrad_bigru_residual_ln"
+@pytest.mark.parametrize("name", ["mgrad_bigru_residual_ln", "mgrad_conv_bn_norms_minmax"])
+def test_a_fine_tuning_loop_lowers_the_loss_and_the_cache_follows_the_weights(name,
+                                                                               tmp_path):
+    """Adam on the model (its parameters; the recurrent layers re-packed and the
+    convolutions' kept layouts dropped after each step) fits a target; a cache made
+    before a step is refused after it."""
     _, (x,), (y,), _ = fixture(name)
     model = fastrnn.load(os.path.join(FIX, name + ".keras"))
     target = np.zeros_like(y)
@@ -103,7 +105,11 @@ def test_a_fine_tuning_loop_lowers_the_loss_and_the_cache_follows_the_weights():
         losses.append(float(np.mean((out - target) ** 2)))
         opt.step(model.backward(cache, 2 * (out - target) / out.size))
     assert losses[-1] < 0.5 * losses[0]
-    # the model's own call follows the updated weights
+    # the model's own call follows the updated weights: as a copy saved and loaded
+    # (which packs them afresh) computes
+    model.save(str(tmp_path / "m.safetensors"))
+    again = fastrnn.load(str(tmp_path / "m.safetensors"))
+    np.testing.assert_allclose(model(x), again(x), rtol=0, atol=1e-6)
     np.testing.assert_allclose(model(x), model.forward_train(x)[0], rtol=0, atol=1e-6)
     with pytest.raises(RuntimeError, match="weights changed since forward_train"):
         model.backward(cache, np.ones_like(y))
@@ -141,9 +147,9 @@ def test_shared_layers_sum_their_gradients_and_refusals_name_the_layer():
     core.mark_weights_changed()
     assert abs((up - down) / (2 * eps) - g[f"{shared.name}/weight_hh_l0"][i]) < 2e-3
     # refused before anything runs, by name
-    from fastrnn.model import GlobalPooling1D, Softmax
-    bad = Model([Masking(0.0), Softmax(axis=-1, name="sm")])
-    with pytest.raises(ValueError, match=r"cannot train through layer 'sm' of type Softmax: "
+    from fastrnn.model import Flatten, GlobalPooling1D
+    bad = Model([Masking(0.0), Flatten(name="fl")])
+    with pytest.raises(ValueError, match=r"cannot train through layer 'fl' of type Flatten: "
                                          r"its backward is not implemented"):
         bad.forward_train(x)
     odd = Model([Dense(np.ones((3, 2)), activation="mish", name="d")])
@@ -198,3 +204,27 @@ def test_embedding_gradient_sums_repeated_ids():
     emb = next(k for k in g if k.endswith("/embeddings"))
     rows = np.flatnonzero(np.any(g[emb] != 0, axis=1))
     assert set(rows) <= {0, 3} and 3 in rows
+
+
+def test_audit_fixes_masked_whole_sequence_and_stale_caches():
+    """(An audit.) A sequence masked whole under an average pooling: its output NaN (as
+    Keras), the gradients finite (they were NaN in every weight); a cache of a model
+    without a recurrent layer is refused after an optimizer step (it was taken, mixing
+    old activations with new weights)."""
+    from fastrnn.model import GlobalPooling1D
+    rng = np.random.default_rng(5)
+    m = Model([Masking(0.0), Dense(rng.normal(size=(2, 2)), np.zeros(2)),
+               GlobalPooling1D("average")])
+    x = rng.normal(size=(2, 3, 2)).astype(np.float32)
+    x[1] = 0
+    out, cache = m.forward_train(x)
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+    gy = np.zeros_like(out)
+    gy[0] = 1
+    g = m.backward(cache, gy)
+    assert all(np.isfinite(v).all() for v in (g["input"], *(g[k] for k in m.parameters())))
+    assert not g["input"][1].any()
+    Adam(m, lr=0.1).step(g)
+    with pytest.raises(RuntimeError, match="weights changed since forward_train"):
+        m.backward(cache, gy)
+
