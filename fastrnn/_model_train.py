@@ -477,6 +477,123 @@ def _merge_b(layer, ctx, gys):
     return out, {}
 
 
+def _fold_f(layer, x, mask):
+    y, m = layer.call(x, mask)
+    return y, m, np.shape(x)
+
+
+def _fold_b(layer, ctx, gys):
+    return gys[0].reshape(ctx), {}
+
+
+def _unfold_f(layer, xs, masks):
+    y, m = layer.call(xs, masks)
+    return y, m, (np.shape(xs[0]), np.asarray(xs[1]))
+
+
+def _unfold_b(layer, ctx, gys):
+    # (the second input gives the steps' count only: no gradient)
+    shape, src = ctx
+    return [gys[0].reshape(shape), None], {}
+
+
+# keras.ops (fastrnn.model.Op): each input's gradient from the output's
+def _op_f(layer, xs, masks):
+    y, m = layer.call(xs, masks)
+    xs = list(xs) if isinstance(xs, (list, tuple)) else [xs]
+    return y, m, ([np.asarray(t) for t in xs], y)
+
+
+def _op_b(layer, ctx, gys):
+    from ._model_ops import _BINARY, _REDUCE, _UNARY, _key
+    xs, y = ctx
+    g = gys[0]
+    op, at = layer.op, layer.attrs
+    ax = at.get("axis")
+    ax = tuple(ax) if isinstance(ax, list) else ax
+    slots = [a["input"] if isinstance(a, dict) else None for a in layer.args]
+    grads = [None] * len(xs)
+
+    def put(k, v):
+        v = np.asarray(v)
+        if xs[k].dtype.kind != "f":
+            return
+        v = _unbroadcast(v, xs[k].shape).reshape(xs[k].shape).astype(xs[k].dtype, copy=False)
+        grads[k] = v if grads[k] is None else grads[k] + v
+    if op in _BINARY:
+        a, b = [xs[k] if k is not None else layer.args[i] for i, k in enumerate(slots)]
+        da, db = {"Add": (g, g), "Subtract": (g, -g), "Multiply": (g * b, g * a),
+                  "Maximum": (g * (a >= b), g * (a < b)), "Minimum": (g * (a <= b), g * (a > b)),
+                  }.get(op, (None, None))
+        if op in ("Divide", "TrueDivide"):
+            da, db = g / b, -g * a / np.square(b)
+        elif op == "Power":
+            da = g * b * np.power(a, b - 1)
+            db = g * y * np.log(np.where(a > 0, a, 1)) if slots[1] is not None else None
+        for k, d in zip(slots, (da, db)):
+            if k is not None and d is not None:
+                put(k, d)
+        return grads, {}
+    x = xs[0]
+    if op in _UNARY:
+        d = {"Tanh": lambda: 1 - y * y, "Sigmoid": lambda: y * (1 - y),
+             "Relu": lambda: x > 0, "Exp": lambda: y, "Log": lambda: 1 / x,
+             "Sqrt": lambda: 0.5 / y, "Square": lambda: 2 * x, "Abs": lambda: np.sign(x),
+             "Absolute": lambda: np.sign(x), "Negative": lambda: -np.ones_like(x)}[op]()
+        put(0, g * d)
+    elif op in _REDUCE:
+        keep = bool(at.get("keepdims", False))
+        axes = tuple(range(x.ndim)) if ax is None else (ax if isinstance(ax, tuple) else (ax,))
+        axes = tuple(a % x.ndim for a in axes)
+        ge, ye = (g, y) if keep else (np.expand_dims(g, axes), np.expand_dims(y, axes))
+        if op == "Sum":
+            put(0, np.broadcast_to(ge, x.shape))
+        elif op == "Mean":
+            put(0, np.broadcast_to(ge, x.shape) / math.prod(x.shape[a] for a in axes))
+        else:                   # Max / Min: ties share it
+            hit = (x == ye).astype(g.dtype)
+            put(0, ge * hit / hit.sum(axis=axes, keepdims=True))
+    elif op in ("Softmax", "LogSoftmax"):
+        a = -1 if ax is None else ax
+        if op == "Softmax":
+            put(0, y * (g - np.sum(g * y, axis=a, keepdims=True)))
+        else:
+            put(0, g - np.exp(y) * np.sum(g, axis=a, keepdims=True))
+    elif op == "GetItem":
+        k = layer.args[1]
+        key = tuple(_key(i) for i in k) if isinstance(k, list) else _key(k)
+        full = np.zeros(x.shape, g.dtype)
+        np.add.at(full, key, g)
+        put(0, full)
+    elif op in ("Concatenate", "Stack"):
+        a = 0 if ax is None else ax
+        parts = np.split(g, np.cumsum([t.shape[a] for t in xs])[:-1], axis=a) \
+            if op == "Concatenate" else [np.take(g, i, axis=a) for i in range(len(xs))]
+        for k, p in enumerate(parts):
+            put(k, p)
+    elif op in ("ExpandDims", "Squeeze", "Reshape"):
+        put(0, g.reshape(x.shape))
+    elif op == "Transpose":
+        axes = at.get("axes")
+        put(0, np.transpose(g, None if axes is None else np.argsort(axes)))
+    elif op == "Clip":
+        put(0, g * ((x >= at["x_min"]) & (x <= at["x_max"])))
+    elif op == "Cast":
+        put(0, g)
+    elif op == "Matmul":        # (np.matmul's rules: a 1-D operand gains an axis)
+        a, b = xs
+        a2 = a[None] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = np.expand_dims(g, -2) if a.ndim == 1 else g
+        g2 = np.expand_dims(g2, -1) if b.ndim == 1 else g2
+        put(0, _unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape))
+        put(1, _unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape))
+    else:
+        raise ValueError(f"cannot train through layer {layer.name!r}: the backward of "
+                         f"operation {op} is not implemented")
+    return grads, {}
+
+
 def _refuse(layer, where=""):
     raise ValueError(f"cannot train through layer {layer.name!r} of type "
                      f"{type(layer).__name__}{where}: its backward is not implemented "
@@ -490,9 +607,10 @@ def _register():
     from ._model_conv import Conv1D
     from ._model_merge import (Add, Average, Concatenate, Maximum, Minimum, Multiply,
                                Softmax, Subtract)
+    from ._model_ops import Op
     from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
-                        Embedding, GlobalPooling1D, InputCast, KerasRNN, LayerNormalization,
-                        Masking, TimeDistributed)
+                        Embedding, FoldTime, GlobalPooling1D, InputCast, KerasRNN,
+                        LayerNormalization, Masking, TimeDistributed, UnfoldTime)
     table = {Dense: (_dense_f, _dense_b), Activation: (_activation_f, _activation_b),
              Dropout: (_identity_f, _identity_b), InputCast: (_identity_f, _identity_b),
              Embedding: (_embedding_f, _embedding_b), Masking: (_masking_f, _masking_b),
@@ -502,6 +620,8 @@ def _register():
              TimeDistributed: (_td_f, _td_b), Conv1D: (_conv1d_f, _conv1d_b),
              BatchNormalization: (_batch_norm_f, _batch_norm_b),
              Softmax: (_softmax_f, _softmax_b)}
+    table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
+    table[Op] = (_op_f, _op_b)
     for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
         table[c] = (_merge_f, _merge_b)
     for c, (f, b) in table.items():

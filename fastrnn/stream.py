@@ -249,7 +249,17 @@ def _per_step(layer) -> bool:
         return max(layer.scale.ndim, layer.offset.ndim) <= 1
     if isinstance(layer, PReLU):
         return layer.alpha.ndim == 2 and layer.alpha.shape[0] == 1
-    return _op_on_features(layer, 2)
+    return _softmax_on_features(layer, 2) or _op_on_features(layer, 2)
+
+
+def _softmax_on_features(layer, first) -> bool:
+    """Whether ``layer`` is a Softmax layer over the axes from ``first`` on (-1 or
+    ``first`` and later: another negative axis may be the steps')."""
+    from ._model_merge import Softmax
+    if not isinstance(layer, Softmax):
+        return False
+    axes = layer.axis if isinstance(layer.axis, tuple) else (layer.axis,)
+    return all(a == -1 or a >= first for a in axes)
 
 
 def _op_on_features(layer, first) -> bool:
@@ -351,6 +361,7 @@ class Stream:
             self._kind = "model"
             self._plan, self._runners, self._outs = self._plan_model(model)
             self._one_in, self._one_out = model.n_inputs == 1, len(self._outs) == 1
+            self._guarded = model.inputs is not None and len(self._runners) > 0
             self._slots = [None] * (model.n_inputs + len(model.layers))
 
     # ------------------------------------------------------------------ model planning
@@ -444,7 +455,7 @@ class Stream:
                     last = name
             elif last is not None and (isinstance(
                     layer, rowwise + (LayerNormalization, BatchNormalization)) or
-                    _op_on_features(layer, 1)):
+                    _softmax_on_features(layer, 1) or _op_on_features(layer, 1)):
                 # after a last-step RNN the whole call gives these (B, features): the
                 # stream runs them on each step's (B, features), axes as in that call
                 entry = ("row", layer, None)
@@ -614,7 +625,24 @@ class Stream:
         return xs
 
     def _feed_model(self, xs):
-        """Run the plan on the inputs ``xs`` (each ``(B, T, ...)``): the outputs."""
+        """Run the plan on the inputs ``xs`` (each ``(B, T, ...)``): the outputs.  In a
+        graph a layer may refuse its input after a branch's recurrent layer moved on:
+        the states are put back then (a chain's first stateful layer checks the input
+        before any state moves)."""
+        if not self._guarded:
+            return self._run_plan(xs)
+        saved = [(r, _copy_state(r.state) if type(r) is _CoreRunner else r.state,
+                  getattr(r, "last_out", None)) for r in self._runners]
+        try:
+            return self._run_plan(xs)
+        except BaseException:
+            for r, st, last in saved:
+                r.state = st
+                if type(r) is _CoreRunner:
+                    r.last_out = last
+            raise
+
+    def _run_plan(self, xs):
         vals = self._slots[:]           # (tensor, mask) pairs
         if self._one_in:
             vals[0] = (xs[0], None)

@@ -283,3 +283,40 @@ def test_a_chain_ending_in_returned_states_is_refused():
     assert len(model(np.ones((1, 2, 3), np.float32))) == 3
     _refused(model, r"cannot stream model 'm': the model's output reads \w+\[1\], not the "
                     "first tensor")
+
+
+def test_a_refused_input_leaves_every_state_as_it_was():
+    """(An audit.) A graph whose second branch refuses its input after the first
+    branch's LSTM ran: the states are put back, so the next feed continues as the
+    whole call (it was 0.24 off)."""
+    a_rnn, b_rnn = _rnn(LSTM, 3, 4, True, 1), _rnn(LSTM, 3, 4, True, 2)
+    model = Model([a_rnn, b_rnn, Add()], inputs=[(INPUT, 0), (INPUT, 1), [(0, 0), (1, 0)]],
+                  n_inputs=2)
+    r = np.random.default_rng(4)
+    a, b = (r.normal(size=(1, 6, 3)).astype(np.float32) for _ in range(2))
+    s = fastrnn.Stream(model)
+    first = s.feed([a[:, :3], b[:, :3]])
+    before = s.state
+    with pytest.raises(ValueError, match="input has 5 features, the layer expects"):
+        s.feed([a[:, 3:], np.zeros((1, 3, 5), np.float32)])
+    with pytest.raises(ValueError):
+        s.step([a[:, 3], np.zeros((1, 5), np.float32)])
+    for x, y in zip(before, s.state):
+        for p, q in zip(x, y):
+            np.testing.assert_array_equal(p, q)
+    assert s.steps_seen == 3
+    rest = s.feed([a[:, 3:], b[:, 3:]])
+    np.testing.assert_allclose(np.concatenate([first, rest], 1), model([a, b]), rtol=0,
+                               atol=1e-6)
+
+
+def test_softmax_layers_over_the_features_stream():
+    """A Softmax layer over the features streams (after a sequence, and as a
+    classifier's head after a last-step LSTM); over the steps it is refused."""
+    from fastrnn.model import Softmax
+    x = np.random.default_rng(6).normal(size=(2, 5, 3)).astype(np.float32)
+    _prefix_check(Model([_rnn(GRU, 3, 4, True, 1), Softmax(axis=-1),
+                         _rnn(LSTM, 4, 3, True, 2)]), x)
+    _prefix_check(Model([_rnn(LSTM, 3, 4, False, 3), _dense(4, 3, 4), Softmax()]), x)
+    _refused(Model([_rnn(GRU, 3, 4, True, 1), Softmax(axis=1, name="sm")]),
+             r"cannot stream layer 'sm' of type Softmax")
