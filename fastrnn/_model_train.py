@@ -286,7 +286,8 @@ def _rnn_f(layer, x, mask, initial_state=None):
     x = _rnn_input(x, layer.name, core)
     m = None if mask is None else np.asarray(mask, dtype=bool)
     out, state, cache = core.forward_train(
-        x, mask=m, masked_output="zero" if layer.zero_output_for_mask else "carry")
+        x, layer._hx(initial_state, 1), mask=m,
+        masked_output="zero" if layer.zero_output_for_mask else "carry")
     seq = out[:, ::-1] if core.go_backwards else out
     states = [state[0][0], state[1][0]] if isinstance(state, tuple) else [state[0]]
     if layer.return_sequences:
@@ -295,11 +296,13 @@ def _rnn_f(layer, x, mask, initial_state=None):
         from .model import _last
         y, om = _last(seq, x), None
     outs = [y] + states if layer.return_state else y
-    return outs, om, (cache, seq.shape, seq.dtype)
+    return outs, om, (cache, seq.shape, seq.dtype, initial_state is not None)
 
 
 def _rnn_b(layer, ctx, gys):
-    cache, shape, dt = ctx
+    """(input gradient, or with initial states (it, their gradients in Keras's order)),
+    the weights' gradients."""
+    cache, shape, dt, given = ctx
     core = layer.core
     g_seq = np.zeros(shape, dt)
     if gys[0] is not None:
@@ -318,15 +321,20 @@ def _rnn_b(layer, ctx, gys):
         gstate = tuple(gs) if len(gs) == 2 else gs[0]
     res = core.backward(cache, np.ascontiguousarray(g_seq), gstate)
     gx = res.pop("input")
-    for k in ("h0", "c0"):
-        res.pop(k, None)
-    return gx, res
+    g0 = [res.pop(k)[0] for k in ("h0", "c0") if k in res]
+    return ((gx, g0) if given else gx), res
 
 
-def _bi_f(layer, x, mask):
+def _bi_f(layer, x, mask, initial_state=None):
     f, b = layer.forward, layer.backward
-    yf, mf, cf = _rnn_f(f, x, mask)
-    yb, mb, cb = _rnn_f(b, x, mask)
+    n = f.n_states()
+    if initial_state is not None and len(initial_state) != 2 * n:
+        raise ValueError(f"{layer.name}: expected {2 * n} initial states, got "
+                         f"{len(initial_state)}")
+    init_f, init_b = (None, None) if initial_state is None else \
+        (list(initial_state[:n]), list(initial_state[n:]))
+    yf, mf, cf = _rnn_f(f, x, mask, init_f)
+    yb, mb, cb = _rnn_f(b, x, mask, init_b)
     st = []
     if layer.return_state:
         yf, st_f = yf[0], yf[1:]
@@ -377,6 +385,8 @@ def _bi_b(layer, ctx, gys):
     gx_b, wb = _rnn_b(layer.backward, cb, [gb] + st[n:])
     grads = {f"forward/{k}": v for k, v in wf.items()}
     grads.update({f"backward/{k}": v for k, v in wb.items()})
+    if cf[3]:               # (initial states given: theirs, the forward's then the backward's)
+        return (gx_f[0] + gx_b[0], gx_f[1] + gx_b[1]), grads
     return gx_f + gx_b, grads
 
 
@@ -475,6 +485,40 @@ def _merge_b(layer, ctx, gys):
     for p, s, a in zip(parts, shapes, xs):
         out.append(_unbroadcast(np.asarray(p), s).reshape(a.shape).astype(a.dtype, copy=False))
     return out, {}
+
+
+def _dot_f(layer, xs, masks):
+    y, m = layer.call(xs, masks)
+    return y, m, [np.asarray(a) for a in xs]
+
+
+def _dot_b(layer, ctx, gys):
+    a, b = ctx
+    dt = np.result_type(a, b)
+    a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
+    a0, a1 = layer._resolve(a.ndim, b.ndim)
+
+    def unit(x, axis):      # (x / |x| along axis, the inverse norm, whether it is clamped)
+        s = np.sum(np.square(x), axis=axis, keepdims=True)
+        with np.errstate(divide="ignore"):
+            inv0 = dt.type(1) / np.sqrt(s)
+        cap = dt.type(1.0 / layer.epsilon)
+        return x * np.minimum(inv0, cap), np.minimum(inv0, cap), inv0 >= cap
+    if layer.normalize:
+        (an, ia, ca), (bn, ib, cb) = unit(a, a0), unit(b, a1)
+    else:
+        an, bn = a, b
+    A, Bm = np.moveaxis(an, a0, -1), np.moveaxis(bn, a1, 1)
+    n, k = A.shape[0], A.shape[-1]
+    P, Q = int(np.prod(A.shape[1:-1])), int(np.prod(Bm.shape[2:]))
+    A2, B2 = A.reshape(n, P, k), Bm.reshape(n, k, Q)
+    G = np.asarray(gys[0], dt).reshape(n, P, Q)
+    da = np.moveaxis((G @ np.swapaxes(B2, 1, 2)).reshape(A.shape), -1, a0)
+    db = np.moveaxis((np.swapaxes(A2, 1, 2) @ G).reshape(Bm.shape), 1, a1)
+    if layer.normalize:     # (through x / |x|; a norm clamped at 1 / epsilon is a constant)
+        da = ia * np.where(ca, da, da - an * np.sum(da * an, axis=a0, keepdims=True))
+        db = ib * np.where(cb, db, db - bn * np.sum(db * bn, axis=a1, keepdims=True))
+    return [da.astype(ctx[0].dtype, copy=False), db.astype(ctx[1].dtype, copy=False)], {}
 
 
 def _fold_f(layer, x, mask):
@@ -605,7 +649,7 @@ _FORWARD, _BACKWARD = {}, {}
 
 def _register():
     from ._model_conv import Conv1D
-    from ._model_merge import (Add, Average, Concatenate, Maximum, Minimum, Multiply,
+    from ._model_merge import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply,
                                Softmax, Subtract)
     from ._model_ops import Op
     from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
@@ -622,6 +666,7 @@ def _register():
              Softmax: (_softmax_f, _softmax_b)}
     table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
     table[Op] = (_op_f, _op_b)
+    table[Dot] = (_dot_f, _dot_b)
     for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
         table[c] = (_merge_f, _merge_b)
     for c, (f, b) in table.items():
@@ -679,11 +724,6 @@ def check(model):
     """Refuse, before anything runs, a model with a layer without a backward."""
     if not _FORWARD:
         _register()
-    if getattr(model, "initial_states", None):
-        i = min(model.initial_states)
-        raise ValueError(f"cannot train through model {model.name!r}: layer "
-                         f"{model.layers[i].name!r} starts from another layer's states "
-                         "(initial_state)")
     for layer in model.layers:
         if type(layer) not in _FORWARD:
             _refuse(layer)
@@ -699,7 +739,9 @@ def check(model):
             _refuse(layer.layer, f" (inside TimeDistributed {layer.name!r})")
 
 
-def forward(layer, x, mask):
+def forward(layer, x, mask, initial_state=None):
+    if initial_state is not None:       # (a recurrent layer's, Keras's order)
+        return _FORWARD[type(layer)](layer, x, mask, initial_state)
     return _FORWARD[type(layer)](layer, x, mask)
 
 

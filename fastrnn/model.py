@@ -1418,6 +1418,7 @@ class Model:
         _model_train.check(self)
         xs, masks = self._feed(x, mask)
         graph = self._graph()
+        inits = getattr(self, "initial_states", None) or {}
         kept = {INPUT: (xs, masks)}
         ctxs = []
         for i, layer in enumerate(self.layers):
@@ -1426,7 +1427,8 @@ class Model:
                 h, m = ins[0]
             else:
                 h, m = [t for t, _ in ins], [k for _, k in ins]
-            y, om, ctx = _model_train.forward(layer, h, m)
+            init = [self._pick(kept, a, b)[0] for a, b in inits[i]] if i in inits else None
+            y, om, ctx = _model_train.forward(layer, h, m, init)
             kept[i] = (y, om)
             ctxs.append(ctx)
         outs = self.outputs or [(len(self.layers) - 1, 0)]
@@ -1465,6 +1467,7 @@ class Model:
             if g is not None:
                 add(tuple(key), g, shape)
         graph = self._graph()
+        inits = getattr(self, "initial_states", None) or {}
         params = self.parameters()
         grads = {k: np.zeros_like(v) for k, v in params.items()}
         first = _first_use(self.layers)
@@ -1477,8 +1480,14 @@ class Model:
             name = self.layers[first[i]].name
             for k, v in gw.items():
                 grads[f"{name}/{k}"] += v
-            gx = gx if layer.n_inputs != 1 else [gx]
-            for (a, b), g in zip(graph[i], gx):
+            refs = list(graph[i])
+            if i in inits:          # (and the states it started from: an encoder's)
+                gx, g0 = gx
+                refs += inits[i]
+                gx = [gx] + list(g0)
+            elif layer.n_inputs == 1:
+                gx = [gx]
+            for (a, b), g in zip(refs, gx):
                 if g is not None:
                     pending[(a, b)] = g if (a, b) not in pending else pending[(a, b)] + g
         dx = []

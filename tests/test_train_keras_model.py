@@ -58,7 +58,7 @@ def close(got, want, what, tol=2e-5):
 
 
 def test_fixtures_present():
-    assert len(NAMES) == 8
+    assert len(NAMES) == 9
 
 
 @pytest.mark.parametrize("name", NAMES)
