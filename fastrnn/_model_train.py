@@ -521,6 +521,134 @@ def _dot_b(layer, ctx, gys):
     return [da.astype(ctx[0].dtype, copy=False), db.astype(ctx[1].dtype, copy=False)], {}
 
 
+def _keep(layer, masks, tq, tv, heads=False):
+    """Where an attention layer's scores stand (Keras's masks, causal), as its call
+    computes it; None: everywhere."""
+    from ._model_merge import _causal
+    qm, vm = masks[0], masks[1]
+    km = masks[2] if len(masks) > 2 else None
+    keep = qm[:, :, None] if (heads and qm is not None) else None
+    for m in ((vm, km) if heads else (vm,)):
+        if m is not None:
+            keep = m[:, None, :] if keep is None else keep & m[:, None, :]
+    if layer.use_causal_mask:
+        c = _causal(tq, tv)[None]
+        keep = c if keep is None else keep & c
+    return keep
+
+
+def _attention_f(layer, xs, masks):
+    y, m = layer.call(xs, masks)
+    xs2, ms, dt = layer._tensors(xs, masks)
+    return y, m, (xs2, ms, dt, y)
+
+
+def _softmax_back(w, dw):
+    return w * (dw - np.sum(dw * w, axis=-1, keepdims=True))
+
+
+def _attention_b(layer, ctx, gys):
+    """Attention (dot / concat scores) and AdditiveAttention."""
+    xs, masks, dt, y = ctx
+    q, v = xs[0], xs[1]
+    k = xs[2] if len(xs) > 2 else v
+    w = y[1] if layer.return_attention_scores else None
+    # (the weights again: the call's scores, lowered where masked, softmaxed)
+    s = np.asarray(layer._scores(q, k, dt))
+    keep = _keep(layer, masks, s.shape[1], s.shape[2])
+    if keep is not None:
+        s = np.where(keep, s, s - s.dtype.type(1e9))
+    if w is None:
+        from ._model_merge import _softmax_last
+        w = _softmax_last(s)
+    g = gys[0] if gys[0] is not None else np.zeros(q.shape[:2] + v.shape[2:], dt)
+    if masks[0] is not None:
+        g = np.where(masks[0][..., None], g, dt.type(0))
+    dv = np.swapaxes(w, 1, 2) @ g
+    dw = g @ np.swapaxes(v, 1, 2)
+    if layer.return_attention_scores and gys[1] is not None:
+        dw = dw + gys[1]
+    ds = _softmax_back(w, dw).astype(dt, copy=False)
+    grads = {}
+    mode = layer.score_mode
+    if mode == "dot":
+        sc = dt.type(1) if layer.scale is None else layer.scale.astype(dt)
+        dq, dk = (ds * sc) @ k, np.swapaxes(ds * sc, 1, 2) @ q
+        if layer.scale is not None:
+            grads["scale"] = np.asarray(np.sum(ds * (q @ np.swapaxes(k, 1, 2)))).astype(dt)
+    else:
+        t = q[:, :, None, :] + k[:, None, :, :]
+        if mode == "concat":
+            sc = dt.type(1) if layer.scale is None else layer.scale.astype(dt)
+            th = np.tanh(sc * t)
+            csw = layer.concat_score_weight.astype(dt)
+            grads["concat_score_weight"] = np.asarray(np.sum(ds * th.sum(-1))).astype(dt)
+            dt_ = ds[..., None] * csw * (1 - th * th)
+            if layer.scale is not None:
+                grads["scale"] = np.asarray(np.sum(dt_ * t)).astype(dt)
+            dt_ = dt_ * sc
+        else:               # additive: sum(scale * tanh(q + k)) over the features
+            th = np.tanh(t.astype(s.dtype)).astype(dt)
+            sc = np.ones(q.shape[-1], dt) if layer.scale is None else layer.scale.astype(dt)
+            if layer.scale is not None:
+                grads["scale"] = np.sum(ds[..., None] * th, axis=(0, 1, 2)).astype(dt)
+            dt_ = ds[..., None] * sc * (1 - th * th)
+        dq, dk = dt_.sum(axis=2), dt_.sum(axis=1)
+    ins = [dq, dv] if len(xs) == 2 else [dq, dv, dk]
+    if len(xs) == 2:
+        ins[1] = dv + dk
+    return [a.astype(dt, copy=False) for a in ins], grads
+
+
+def _mha_b(layer, ctx, gys):
+    xs, masks, _, y = ctx
+    dt = layer.query_kernel.dtype
+    xs = [np.asarray(a, dtype=dt) for a in xs]
+    query, value = xs[0], xs[1]
+    key = xs[2] if len(xs) > 2 else value
+    D = float(layer.key_dim)
+    q = layer._proj(query, layer.query_kernel, layer.query_bias, "query") * dt.type(
+        1.0 / math.sqrt(D))
+    k = layer._proj(key, layer.key_kernel, layer.key_bias, "key")
+    v = layer._proj(value, layer.value_kernel, layer.value_bias, "value")
+    s = np.einsum("btnd,bsnd->bnts", q, k)
+    keep = _keep(layer, masks, s.shape[2], s.shape[3], heads=True)
+    if keep is not None and layer.additive_mask:
+        s = s + np.where(keep[:, None], dt.type(0), dt.type(-1e9))
+    elif keep is not None:
+        s = np.where(keep[:, None], s, dt.type(-1e9))
+    from ._model_merge import _softmax_last
+    w = _softmax_last(s)
+    wz = w if keep is None or not layer.zero_masked else np.where(keep[:, None], w, dt.type(0))
+    o = np.einsum("bnts,bsnd->btnd", wz, v)
+    g = gys[0] if gys[0] is not None else np.zeros(y[0].shape if isinstance(y, list)
+                                                    else y.shape, dt)
+    grads = {"output_kernel": np.einsum("btnd,bte->nde", o, g)}
+    if layer.output_bias is not None:
+        grads["output_bias"] = g.sum(axis=(0, 1))
+    do = np.einsum("bte,nde->btnd", g, layer.output_kernel)
+    dwz = np.einsum("btnd,bsnd->bnts", do, v)
+    if layer.return_attention_scores and gys[1] is not None:
+        dwz = dwz + gys[1]
+    dv = np.einsum("bnts,btnd->bsnd", wz, do)
+    dw = dwz if wz is w else np.where(keep[:, None], dwz, dt.type(0))
+    ds = _softmax_back(w, dw)
+    if keep is not None and not layer.additive_mask:
+        ds = np.where(keep[:, None], ds, dt.type(0))     # (set to -1e9 there: constant)
+    dq = np.einsum("bnts,bsnd->btnd", ds, k) * dt.type(1.0 / math.sqrt(D))
+    dk = np.einsum("bnts,btnd->bsnd", ds, q)
+    outs = []
+    for name, x, d in (("query", query, dq), ("key", key, dk), ("value", value, dv)):
+        kern = getattr(layer, f"{name}_kernel")
+        grads[f"{name}_kernel"] = np.einsum("btf,btnd->fnd", x, d)
+        if getattr(layer, f"{name}_bias") is not None:
+            grads[f"{name}_bias"] = d.sum(axis=(0, 1))
+        outs.append(np.einsum("btnd,fnd->btf", d, kern))
+    dquery, dkey, dvalue = outs
+    ins = [dquery, dvalue + dkey] if len(xs) == 2 else [dquery, dvalue, dkey]
+    return ins, grads
+
+
 def _fold_f(layer, x, mask):
     y, m = layer.call(x, mask)
     return y, m, np.shape(x)
@@ -649,8 +777,9 @@ _FORWARD, _BACKWARD = {}, {}
 
 def _register():
     from ._model_conv import Conv1D
-    from ._model_merge import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply,
-                               Softmax, Subtract)
+    from ._model_merge import (AdditiveAttention, Add, Attention, Average, Concatenate, Dot,
+                               Maximum, Minimum, MultiHeadAttention, Multiply, Softmax,
+                               Subtract)
     from ._model_ops import Op
     from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                         Embedding, FoldTime, GlobalPooling1D, InputCast, KerasRNN,
@@ -667,6 +796,8 @@ def _register():
     table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
     table[Op] = (_op_f, _op_b)
     table[Dot] = (_dot_f, _dot_b)
+    table[Attention] = table[AdditiveAttention] = (_attention_f, _attention_b)
+    table[MultiHeadAttention] = (_attention_f, _mha_b)
     for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
         table[c] = (_merge_f, _merge_b)
     for c, (f, b) in table.items():
@@ -693,7 +824,12 @@ def layer_params(layer) -> dict:
                 if v is not None}
     if isinstance(layer, TimeDistributed):
         return layer_params(layer.layer)
-    return {}
+    names = {"Attention": ("scale", "concat_score_weight"), "AdditiveAttention": ("scale",),
+             "MultiHeadAttention": tuple(f"{p}_{k}" for p in ("query", "key", "value",
+                                                             "output")
+                                         for k in ("kernel", "bias"))}.get(
+        type(layer).__name__, ())
+    return {k: getattr(layer, k) for k in names if getattr(layer, k) is not None}
 
 
 def cores(layer):

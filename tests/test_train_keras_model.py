@@ -58,7 +58,7 @@ def close(got, want, what, tol=2e-5):
 
 
 def test_fixtures_present():
-    assert len(NAMES) == 9
+    assert len(NAMES) == 10
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -291,3 +291,96 @@ def test_operation_gradients_by_central_differences(op, args, attrs, shapes):
             num[i] = (up - np.sum(model(feed) * gy)) / (2 * eps)
             x[i] = old
         np.testing.assert_allclose(gx[k], num, rtol=1e-6, atol=1e-8)
+
+
+def _attention_cases():
+    from fastrnn.model import AdditiveAttention, Attention, MultiHeadAttention
+    r = np.random.default_rng(8)
+
+    def mha(**kw):
+        return MultiHeadAttention(*(r.normal(size=s) for s in ((3, 2, 2), (3, 2, 2),
+                                                               (3, 2, 2), (2, 2, 3))),
+                                  *(r.normal(size=s) for s in ((2, 2), (2, 2), (2, 2), 3)),
+                                  dtype="float64", **kw)
+    out = []
+    for causal in (False, True):
+        for scores in (False, True):
+            kw = dict(use_causal_mask=causal, return_attention_scores=scores)
+            out += [Attention(dtype="float64", **kw),
+                    Attention(scale=0.7, dtype="float64", **kw),
+                    Attention(score_mode="concat", concat_score_weight=0.8, scale=1.3,
+                              dtype="float64", **kw),
+                    AdditiveAttention(dtype="float64", float32_tanh=False, **kw),
+                    AdditiveAttention(scale=r.normal(size=3), dtype="float64", **kw)]
+            out += [mha(zero_masked=z, additive_mask=a, **kw)
+                    for z in (False, True) for a in (False, True)]
+    return out
+
+
+@pytest.mark.parametrize("att", _attention_cases(), ids=lambda a: repr(a)[:60])
+def test_attention_gradients_by_central_differences(att):
+    """Attention, AdditiveAttention, MultiHeadAttention (causal or not, their scores as
+    a second output, each mask rule): the query's and the masked value's gradients and
+    the weights', in float64, by central differences."""
+    rng = np.random.default_rng(9)
+    model = Model([Masking(0.0), att], inputs=[(INPUT, 0), [(INPUT, 1), (0, 0)]],
+                  outputs=[(1, k) for k in range(att.n_outputs())], n_inputs=2)
+    q, v = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 5, 3))
+    v[0, 3:] = 0            # (masked value steps; never a query's every step)
+    v[1, 2] = 0
+    out, cache = model.forward_train([q, v])
+    outs = out if isinstance(out, list) else [out]
+    gys = [rng.normal(size=o.shape) for o in outs]
+    g = model.backward(cache, gys if len(gys) > 1 else gys[0])
+
+    def loss():
+        o = model([q, v])
+        return sum(np.sum(a * b) for a, b in zip(o if isinstance(o, list) else [o], gys))
+    eps = 1e-6
+    params = model.parameters()
+    checks = [(q, g["input"][0]), (v, g["input"][1])] + [
+        (params[k], g[k]) for k in params]
+    for arr, want in checks:
+        num = np.zeros(arr.shape)
+        for i in np.ndindex(arr.shape):
+            if arr is v and v[i[:2]].all() == 0 and not v[i[:2]].any():
+                continue        # (a masked step: the mask would change)
+            old = arr[i]
+            arr[i] = old + eps
+            up = loss()
+            arr[i] = old - eps
+            num[i] = (up - loss()) / (2 * eps)
+            arr[i] = old
+        if arr is v:
+            num = np.where(np.any(v != 0, axis=-1, keepdims=True), num, want)
+        np.testing.assert_allclose(want, num, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_of_a_query_step_with_nothing_to_attend_to():
+    """A masked query step in a MultiHeadAttention (Keras 3's set -1e9: the step
+    averages the values): its scores are constants, no gradient through them (they
+    got the softmax's)."""
+    from fastrnn.model import MultiHeadAttention
+    r = np.random.default_rng(10)
+    att = MultiHeadAttention(*(r.normal(size=s) for s in ((3, 2, 2), (3, 2, 2), (3, 2, 2),
+                                                          (2, 2, 3), (2, 2), (2, 2), (2, 2),
+                                                          3)),
+                             zero_masked=False, dtype="float64")
+    model = Model([Masking(0.0), att], inputs=[(INPUT, 0), [(0, 0), (0, 0)]])
+    x = r.normal(size=(2, 4, 3))
+    x[0, 3] = 0
+    x[1, 1] = 0
+    out, cache = model.forward_train(x)
+    gy = r.normal(size=out.shape)
+    g = model.backward(cache, gy)["input"]
+    eps = 1e-6
+    for i in np.ndindex(x.shape):
+        if not x[i[:2]].any():
+            continue
+        old = x[i]
+        x[i] = old + eps
+        up = np.sum(model(x) * gy)
+        x[i] = old - eps
+        num = (up - np.sum(model(x) * gy)) / (2 * eps)
+        x[i] = old
+        assert abs(num - g[i]) < 1e-6, (i, num, g[i])
