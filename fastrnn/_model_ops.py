@@ -151,7 +151,8 @@ class Op(Layer):
         if y.dtype.kind == "f" and not any(t.dtype.kind == "f" for t in xs) and \
                 self.op != "Cast":
             y = y.astype(np.float32)    # (integers to floats: Keras's float32)
-        return np.ascontiguousarray(y), None
+        # (a 0-d result stays 0-d: ascontiguousarray makes it (1,))
+        return (y if y.ndim == 0 else np.ascontiguousarray(y)), None
 
     def _run(self, args):
         op, at = self.op, self.attrs

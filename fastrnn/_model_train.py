@@ -11,60 +11,96 @@ kept steps)."""
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from ._model_base import _sigmoid
 
-# activations whose derivative the backward knows: name -> d(act)/dz from (z, y)
+# activations whose derivative the backward knows: name -> d(act)/dz from (z, y, args)
 _SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
 
 
-def _gelu_grad(z, y):
+def _gelu_grad(z, y, args):
     from scipy.special import erf
     return 0.5 * (1.0 + erf(z / math.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / math.sqrt(
         2.0 * math.pi)
 
 
+def _relu_grad(z, y, args):
+    if not args:
+        return z > 0
+    ns, mx, th = (tuple(args) + (0.0, None, 0.0)[len(args):])[:3]
+    ns, th = float(ns), float(th)
+    if ns and mx is None and th == 0:       # (a leaky relu: its slope at 0 is 1)
+        return np.where(z >= 0, 1, ns)
+    up = (z > th) if mx is None else (z > th) & (z < float(mx))
+    return up + ns * (z < th)
+
+
+def _mish_grad(z, y, args):
+    t = np.tanh(np.logaddexp(0, z))
+    return t + z * (1 - t * t) * _sigmoid(z)
+
+
+def _hard_sigmoid_grad(z, y, args):
+    alpha = float(args[0]) if args else 0.2
+    beta = float(args[1]) if len(args) > 1 else 0.5
+    u = alpha * z + beta
+    return alpha * ((u > 0) & (u < 1))
+
+
 _DACT = {
-    "linear": lambda z, y: None,
-    "relu": lambda z, y: (z > 0),
-    "tanh": lambda z, y: 1 - y * y,
-    "sigmoid": lambda z, y: y * (1 - y),
-    "elu": lambda z, y: np.where(z > 0, 1, y + 1),
-    "selu": lambda z, y: np.where(z > 0, _SELU_S, y + _SELU_S * _SELU_A),
-    "softplus": lambda z, y: _sigmoid(z),
-    "softsign": lambda z, y: 1 / np.square(1 + np.abs(z)),
-    "swish": lambda z, y: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
-    "exponential": lambda z, y: y,
+    "linear": None,
+    "relu": _relu_grad,
+    "relu6": lambda z, y, a: (z > 0) & (z < 6),
+    "tanh": lambda z, y, a: 1 - y * y,
+    "sigmoid": lambda z, y, a: y * (1 - y),
+    "elu": lambda z, y, a: np.where(z > 0, 1, y + (float(a[0]) if a else 1.0)),
+    "selu": lambda z, y, a: np.where(z > 0, _SELU_S, y + _SELU_S * _SELU_A),
+    "softplus": lambda z, y, a: _sigmoid(z),
+    "softsign": lambda z, y, a: 1 / np.square(1 + np.abs(z)),
+    "swish": lambda z, y, a: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
+    "exponential": lambda z, y, a: y,
     "gelu": _gelu_grad,
+    "mish": _mish_grad,
+    "hard_sigmoid": _hard_sigmoid_grad,
+    "leaky_relu": lambda z, y, a: np.where(z >= 0, 1, float(a[0]) if a else 0.2),
+    "thresholded_relu": lambda z, y, a: z > (float(a[0]) if a else 1.0),
+    "softmax": None, "log_softmax": None,
 }
-_DACT["silu"] = _DACT["swish"]
-ACTIVATIONS = tuple(sorted(_DACT)) + ("softmax",)
+_ALIASES = {"silu": "swish", "none": "linear", "identity": "linear",
+            "hardsigmoid": "hard_sigmoid", "leakyrelu": "leaky_relu"}
+ACTIVATIONS = tuple(sorted(set(_DACT) | {"silu"}))
 
 
 def _act_key(layer):
+    """The layer's activation as (name, args) the backward knows, or ValueError."""
     a = layer.activation
-    key = "linear" if a is None else (a.lower() if isinstance(a, str) else None)
-    if key in ("none", "identity"):
-        key = "linear"
-    if key not in _DACT and key != "softmax":
+    name, args = ("linear", ()) if a is None else (
+        (a, ()) if isinstance(a, str) else (a[0], tuple(a[1:])) if isinstance(
+            a, (tuple, list)) and a and isinstance(a[0], str) else (None, ()))
+    key = None if name is None else _ALIASES.get(name.lower(), name.lower())
+    if key not in _DACT:
         from ._model_base import _act_name
         raise ValueError(f"cannot train through layer {layer.name!r}: the derivative of "
                          f"activation {_act_name(a)!r} is not implemented (fastrnn's: "
                          f"{', '.join(ACTIVATIONS)})")
-    return key
+    return key, args
 
 
-def _act_backward(key, z_fn, y, g):
-    """dL/dz from dL/dy ``g`` for activation ``key`` (``z_fn()`` gives z where needed)."""
-    if key == "softmax":
-        return y * (g - np.sum(g * y, axis=-1, keepdims=True))
+def _act_backward(spec, z_fn, y, g):
+    """dL/dz from dL/dy ``g`` for activation ``spec`` (``z_fn()`` gives z where
+    needed)."""
+    key, args = spec
     if key == "linear":
         return g
-    z = z_fn() if key in ("relu", "elu", "selu", "softplus", "softsign", "swish", "silu",
-                          "gelu") else None
-    return g * _DACT[key](z, y)
+    if key == "softmax":
+        return y * (g - np.sum(g * y, axis=-1, keepdims=True))
+    if key == "log_softmax":
+        return g - np.exp(y) * np.sum(g, axis=-1, keepdims=True)
+    z = None if key in ("tanh", "sigmoid", "exponential") else z_fn()
+    return g * _DACT[key](z, y, args)
 
 
 def _unbroadcast(g, shape):
@@ -85,7 +121,8 @@ def _zeros_like(a):
     return np.zeros(np.shape(a), np.asarray(a).dtype)
 
 
-def _dense_f(layer, x, mask):
+def _activated_f(layer, x, mask):
+    """The forward of Dense, Activation, Conv1D: their input, output and activation."""
     y, m = layer.call(x, mask)
     return y, m, (np.asarray(x), y, _act_key(layer))
 
@@ -104,11 +141,6 @@ def _dense_b(layer, ctx, gys):
     if layer.bias is not None:
         grads["bias"] = g2.sum(axis=0)
     return gz @ k.T, grads
-
-
-def _activation_f(layer, x, mask):
-    y, m = layer.call(x, mask)
-    return y, m, (np.asarray(x), y, _act_key(layer))
 
 
 def _activation_b(layer, ctx, gys):
@@ -233,14 +265,10 @@ def _batch_norm_b(layer, ctx, gys):
     return (g * inv.reshape(shape)).astype(dt, copy=False), grads
 
 
-def _conv1d_f(layer, x, mask):
-    y, m = layer.call(x, mask)
-    return y, m, (np.asarray(x).astype(layer.kernel.dtype, copy=False), y, _act_key(layer))
-
-
 def _conv1d_b(layer, ctx, gys):
     from ._model_conv import _pads, _windows
     x, y, key = ctx
+    x = x.astype(layer.kernel.dtype, copy=False)
     k, cg, F = layer.kernel.shape
     G, fg = layer.groups, F // layer.groups
     s, d = layer.strides, layer.dilation_rate
@@ -649,6 +677,93 @@ def _mha_b(layer, ctx, gys):
     return ins, grads
 
 
+def _keep_x(layer, x, mask):
+    """The forward of a layer whose backward reads its input alone."""
+    y, m = layer.call(x, mask)
+    return y, m, np.asarray(x)
+
+
+def _flatten_b(layer, x, gys):
+    g = gys[0]
+    if layer.data_format == "channels_first" and x.ndim > 2:
+        moved = (x.shape[0],) + x.shape[2:] + (x.shape[1],)
+        return np.moveaxis(g.reshape(moved), -1, 1), {}
+    return g.reshape(x.shape), {}
+
+
+def _reshape_b(layer, x, gys):
+    return gys[0].reshape(x.shape), {}
+
+
+def _permute_b(layer, x, gys):
+    perm = (0,) + tuple(layer.dims)
+    return np.transpose(gys[0], np.argsort(perm)), {}
+
+
+def _repeat_b(layer, x, gys):
+    return gys[0].sum(axis=1), {}
+
+
+def _zero_padding_b(layer, x, gys):
+    idx = (slice(None),) + tuple(slice(a, a + n) for n, (a, _) in zip(x.shape[1:],
+                                                                     layer.padding))
+    return gys[0][idx], {}
+
+
+def _cropping_b(layer, x, gys):
+    g = np.zeros(x.shape, gys[0].dtype)
+    idx = (slice(None),) + tuple(slice(a, n - b) for n, (a, b) in zip(x.shape[1:],
+                                                                       layer.cropping))
+    g[idx] = gys[0]
+    return g, {}
+
+
+def _upsampling_b(layer, x, gys):
+    g = gys[0]
+    for ax, n in enumerate(layer.size, start=1):
+        g = g.reshape(g.shape[:ax] + (g.shape[ax] // n, n) + g.shape[ax + 1:]).sum(ax + 1)
+    return g, {}
+
+
+def _rescaling_b(layer, x, gys):
+    g = gys[0] * layer.scale.astype(gys[0].dtype)
+    return _unbroadcast(g, x.shape).reshape(x.shape), {}
+
+
+def _normalization_b(layer, x, gys):
+    from .model import _axes
+    g = gys[0]
+    dt = g.dtype
+    keep = sorted(_axes(layer.axis, x.ndim, layer.name)) if layer.axis else []
+    shape = [1] * x.ndim
+    for a, n in zip(keep[len(keep) - layer.mean.ndim:], layer.mean.shape):
+        shape[a] = n
+    den = np.maximum(np.sqrt(layer.variance.astype(dt)), dt.type(layer.EPSILON)).reshape(shape)
+    return (g * den if layer.invert else g / den), {}
+
+
+def _prelu_b(layer, x, gys):
+    g = gys[0]
+    dt = g.dtype
+    x = x.astype(dt, copy=False)
+    alpha = layer.alpha.astype(dt)
+    neg = np.maximum(-x, 0)
+    ga = _unbroadcast(-g * neg, (1,) + alpha.shape)[0].reshape(alpha.shape)
+    return g * np.where(x > 0, dt.type(1), np.where(x < 0, alpha, dt.type(0))), \
+        {"alpha": ga.astype(layer.alpha.dtype)}
+
+
+def _global_pool2d_b(layer, ctx, gys):
+    x, y, _ = ctx
+    axes = (1, 2)
+    g = gys[0] if layer.keepdims else np.expand_dims(gys[0], axes)
+    if layer.op == "max":
+        hit = (x == (y if layer.keepdims else np.expand_dims(y, axes))).astype(g.dtype)
+        return g * hit / hit.sum(axis=axes, keepdims=True), {}
+    return np.broadcast_to(g / g.dtype.type(x.shape[axes[0]] * x.shape[axes[1]]),
+                           x.shape).copy(), {}
+
+
 def _fold_f(layer, x, mask):
     y, m = layer.call(x, mask)
     return y, m, np.shape(x)
@@ -694,12 +809,19 @@ def _op_b(layer, ctx, gys):
         grads[k] = v if grads[k] is None else grads[k] + v
     if op in _BINARY:
         a, b = [xs[k] if k is not None else layer.args[i] for i, k in enumerate(slots)]
-        da, db = {"Add": (g, g), "Subtract": (g, -g), "Multiply": (g * b, g * a),
-                  "Maximum": (g * (a >= b), g * (a < b)), "Minimum": (g * (a <= b), g * (a > b)),
-                  }.get(op, (None, None))
-        if op in ("Divide", "TrueDivide"):
+        if op == "Add":
+            da, db = g, g
+        elif op == "Subtract":
+            da, db = g, -g
+        elif op == "Multiply":
+            da, db = g * b, g * a
+        elif op in ("Maximum", "Minimum"):     # (ties share it, as in JAX)
+            win = (a > b) if op == "Maximum" else (a < b)
+            share = np.where(a == b, 0.5, win.astype(np.float64))
+            da, db = g * share, g * (1 - share)
+        elif op in ("Divide", "TrueDivide"):
             da, db = g / b, -g * a / np.square(b)
-        elif op == "Power":
+        else:                                   # Power
             da = g * b * np.power(a, b - 1)
             db = g * y * np.log(np.where(a > 0, a, 1)) if slots[1] is not None else None
         for k, d in zip(slots, (da, db)):
@@ -747,9 +869,12 @@ def _op_b(layer, ctx, gys):
         put(0, g.reshape(x.shape))
     elif op == "Transpose":
         axes = at.get("axes")
-        put(0, np.transpose(g, None if axes is None else np.argsort(axes)))
-    elif op == "Clip":
-        put(0, g * ((x >= at["x_min"]) & (x <= at["x_max"])))
+        put(0, np.transpose(g, None if axes is None else
+                            np.argsort([a % x.ndim for a in axes])))
+    elif op == "Clip":      # (at a bound: half, as JAX's clip of a maximum and a minimum)
+        lo, hi = at["x_min"], at["x_max"]
+        put(0, g * np.where((x > lo) & (x < hi), 1.0,
+                            np.where((x == lo) | (x == hi), 0.5, 0.0)))
     elif op == "Cast":
         put(0, g)
     elif op == "Matmul":        # (np.matmul's rules: a 1-D operand gains an axis)
@@ -773,9 +898,17 @@ def _refuse(layer, where=""):
 
 
 _FORWARD, _BACKWARD = {}, {}
+_REGISTER_LOCK = threading.Lock()
 
 
 def _register():
+    """Fill the tables (once, under a lock: a thread must not see them half full)."""
+    with _REGISTER_LOCK:
+        if not _FORWARD:
+            _fill()
+
+
+def _fill():
     from ._model_conv import Conv1D
     from ._model_merge import (AdditiveAttention, Add, Attention, Average, Concatenate, Dot,
                                Maximum, Minimum, MultiHeadAttention, Multiply, Softmax,
@@ -784,18 +917,28 @@ def _register():
     from .model import (Activation, BatchNormalization, Bidirectional, Dense, Dropout,
                         Embedding, FoldTime, GlobalPooling1D, InputCast, KerasRNN,
                         LayerNormalization, Masking, TimeDistributed, UnfoldTime)
-    table = {Dense: (_dense_f, _dense_b), Activation: (_activation_f, _activation_b),
+    table = {Dense: (_activated_f, _dense_b), Activation: (_activated_f, _activation_b),
              Dropout: (_identity_f, _identity_b), InputCast: (_identity_f, _identity_b),
              Embedding: (_embedding_f, _embedding_b), Masking: (_masking_f, _masking_b),
              GlobalPooling1D: (_pool_f, _pool_b),
              LayerNormalization: (_layer_norm_f, _layer_norm_b),
              KerasRNN: (_rnn_f, _rnn_b), Bidirectional: (_bi_f, _bi_b),
-             TimeDistributed: (_td_f, _td_b), Conv1D: (_conv1d_f, _conv1d_b),
+             TimeDistributed: (_td_f, _td_b), Conv1D: (_activated_f, _conv1d_b),
              BatchNormalization: (_batch_norm_f, _batch_norm_b),
              Softmax: (_softmax_f, _softmax_b)}
     table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
     table[Op] = (_op_f, _op_b)
     table[Dot] = (_dot_f, _dot_b)
+    from ._model_conv import Cropping, GlobalPooling2D, Permute, Reshape, UpSampling, \
+        ZeroPadding
+    from .model import Flatten, Normalization, PReLU, Rescaling, RepeatVector
+    for c, b in ((Flatten, _flatten_b), (Reshape, _reshape_b), (Permute, _permute_b),
+                 (RepeatVector, _repeat_b), (ZeroPadding, _zero_padding_b),
+                 (Cropping, _cropping_b), (UpSampling, _upsampling_b),
+                 (Rescaling, _rescaling_b), (Normalization, _normalization_b),
+                 (PReLU, _prelu_b)):
+        table[c] = (_keep_x, b)
+    table[GlobalPooling2D] = (_pool_f, _global_pool2d_b)
     table[Attention] = table[AdditiveAttention] = (_attention_f, _attention_b)
     table[MultiHeadAttention] = (_attention_f, _mha_b)
     for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
@@ -825,6 +968,7 @@ def layer_params(layer) -> dict:
     if isinstance(layer, TimeDistributed):
         return layer_params(layer.layer)
     names = {"Attention": ("scale", "concat_score_weight"), "AdditiveAttention": ("scale",),
+             "PReLU": ("alpha",),
              "MultiHeadAttention": tuple(f"{p}_{k}" for p in ("query", "key", "value",
                                                              "output")
                                          for k in ("kernel", "bias"))}.get(
@@ -852,7 +996,7 @@ def repack(layer) -> None:
         core.mark_weights_changed()
     inner = getattr(layer, "layer", layer)      # (a TimeDistributed's)
     for lay in {id(layer): layer, id(inner): inner}.values():
-        if type(lay).__name__ in ("Conv1D", "Conv2D"):
+        if hasattr(lay, "mark_weights_changed"):  # (a convolution's kept layouts)
             lay.mark_weights_changed()
 
 

@@ -1393,14 +1393,23 @@ class Model:
         a Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``.  A shared
         layer's once.  After changing them in place call :meth:`mark_weights_changed`
         (the optimizers of :mod:`fastrnn.train` do, given the model)."""
+        return {name: v for name, v in self._named_params()[0].items()}
+
+    def _named_params(self):
+        """(``parameters()``, for each position the names of its layer's arrays: its
+        local name -> the model's name).  An array is named once, where first met (a
+        shared layer's, or one layer used directly and inside a TimeDistributed)."""
         from . import _model_train
-        out = {}
-        for i, layer in enumerate(self.layers):
-            if _first_use(self.layers)[i] != i:
-                continue
+        out, seen, local = {}, {}, []
+        for layer in self.layers:
+            names = {}
             for k, v in _model_train.layer_params(layer).items():
-                out[f"{layer.name}/{k}"] = v
-        return out
+                if id(v) not in seen:
+                    seen[id(v)] = f"{layer.name}/{k}"
+                    out[seen[id(v)]] = v
+                names[k] = seen[id(v)]
+            local.append(names)
+        return out, local
 
     def mark_weights_changed(self) -> None:
         """Re-pack the recurrent layers (and drop a convolution's kept layouts) after
@@ -1437,6 +1446,9 @@ class Model:
             res = kept[len(self.layers) - 1][0]
         cache = _ModelCache(self, ctxs, [np.asarray(a) for a in xs],
                             [np.shape(r) for r in res])
+        # (copies: the cache keeps some layers' outputs, which an in-place edit of the
+        # returned arrays would change under the backward)
+        res = [np.array(r, copy=True) for r in res]
         return (res[0] if len(res) == 1 else res), cache
 
     def backward(self, cache, grad_output) -> dict:
@@ -1468,18 +1480,16 @@ class Model:
                 add(tuple(key), g, shape)
         graph = self._graph()
         inits = getattr(self, "initial_states", None) or {}
-        params = self.parameters()
+        params, local = self._named_params()
         grads = {k: np.zeros_like(v) for k, v in params.items()}
-        first = _first_use(self.layers)
         for i in range(n - 1, -1, -1):
             layer = self.layers[i]
             gys = [pending.pop((i, b), None) for b in range(layer.n_outputs())]
             if all(g is None for g in gys):
                 continue
             gx, gw = _model_train.backward(layer, cache.ctxs[i], gys)
-            name = self.layers[first[i]].name
             for k, v in gw.items():
-                grads[f"{name}/{k}"] += v
+                grads[local[i][k]] += v
             refs = list(graph[i])
             if i in inits:          # (and the states it started from: an encoder's)
                 gx, g0 = gx

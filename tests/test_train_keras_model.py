@@ -147,13 +147,14 @@ def test_shared_layers_sum_their_gradients_and_refusals_name_the_layer():
     core.mark_weights_changed()
     assert abs((up - down) / (2 * eps) - g[f"{shared.name}/weight_hh_l0"][i]) < 2e-3
     # refused before anything runs, by name
-    from fastrnn.model import Flatten, GlobalPooling1D
-    bad = Model([Masking(0.0), Flatten(name="fl")])
-    with pytest.raises(ValueError, match=r"cannot train through layer 'fl' of type Flatten: "
-                                         r"its backward is not implemented"):
+    from fastrnn._model_conv import Pooling1D
+    from fastrnn.model import GlobalPooling1D
+    bad = Model([Masking(0.0), Pooling1D(name="pl")])
+    with pytest.raises(ValueError, match=r"cannot train through layer 'pl' of type "
+                                         r"Pooling1D: its backward is not implemented"):
         bad.forward_train(x)
-    odd = Model([Dense(np.ones((3, 2)), activation="mish", name="d")])
-    with pytest.raises(ValueError, match=r"layer 'd': the derivative of activation 'mish' "
+    odd = Model([Dense(np.ones((3, 2)), activation=np.cos, name="d")])
+    with pytest.raises(ValueError, match=r"layer 'd': the derivative of activation 'cos' "
                                          "is not implemented"):
         odd.forward_train(x)
     ok = Model([Embedding(np.ones((5, 2)), mask_zero=True), GlobalPooling1D("max")])
@@ -257,6 +258,9 @@ OPS = [  # (op, args, attrs, shapes of the tensors)
     ("ExpandDims", [T0], {"axis": 1}, [(2, 3, 4)]),
     ("Reshape", [T0], {"newshape": [2, 12]}, [(2, 3, 4)]),
     ("Transpose", [T0], {"axes": [0, 2, 1]}, [(2, 3, 4)]),
+    ("Transpose", [T0], {"axes": [0, -1, 1]}, [(2, 3, 4)]),
+    ("Sum", [T0], {}, [(2, 3, 4)]),
+    ("Max", [T0], {"axis": None}, [(2, 3, 4)]),
     ("Clip", [T0], {"x_min": -0.5, "x_max": 0.5}, [(2, 3, 4)]),
     ("Matmul", [T0, T1], {}, [(2, 3, 4), (2, 4, 5)]),
     ("Matmul", [T0, T1], {}, [(2, 4), (2, 4, 5)]),
@@ -384,3 +388,137 @@ def test_attention_of_a_query_step_with_nothing_to_attend_to():
         num = (up - np.sum(model(x) * gy)) / (2 * eps)
         x[i] = old
         assert abs(num - g[i]) < 1e-6, (i, num, g[i])
+
+
+def _shape_cases():
+    from fastrnn._model_conv import (Cropping, GlobalPooling2D, Permute, Reshape,
+                                     UpSampling, ZeroPadding)
+    from fastrnn.model import (Flatten, GlobalPooling1D, Normalization, PReLU,
+                               RepeatVector, Rescaling)
+    r = np.random.default_rng(11)
+
+    def d(i, o):
+        return Dense(r.normal(size=(i, o)), r.normal(size=o), activation="tanh",
+                     dtype="float64")
+    x3, x4 = (2, 4, 3), (2, 4, 3, 2)
+    return [
+        ("flatten", [d(3, 2), Flatten()], x3),
+        ("flatten_channels_first", [d(2, 3), Flatten(data_format="channels_first")], x4),
+        ("reshape", [d(3, 2), Reshape((2, 4))], x3),
+        ("permute", [d(2, 2), Permute((2, 1, 3))], x4),
+        ("repeat_vector", [GlobalPooling1D("average"), d(3, 2), RepeatVector(3)], x3),
+        ("zero_padding1d", [d(3, 2), ZeroPadding(((1, 2),), rank=1)], x3),
+        ("zero_padding2d", [d(2, 2), ZeroPadding(((1, 0), (0, 2)), rank=2)], x4),
+        ("cropping1d", [d(3, 2), Cropping(((1, 1),), rank=1)], x3),
+        ("upsampling1d", [d(3, 2), UpSampling(2, rank=1)], x3),
+        ("upsampling2d", [d(2, 2), UpSampling((2, 3), rank=2)], x4),
+        ("rescaling", [d(3, 2), Rescaling(scale=np.array([2.0, -1.0]), offset=np.array(0.5),
+                                          dtype="float64")],
+         x3),
+        ("normalization", [d(3, 2), Normalization(np.array([0.1, -0.2]),
+                                                  np.array([2.0, 0.5]), axis=-1,
+                                                  dtype="float64")], x3),
+        ("prelu", [d(3, 2), PReLU(r.normal(size=(1, 2)), dtype="float64")], x3),
+        ("global_max_pooling2d", [d(2, 2), GlobalPooling2D("max")], x4),
+        ("global_average_pooling2d", [d(2, 2), GlobalPooling2D("average", keepdims=True)], x4),
+    ]
+
+
+@pytest.mark.parametrize("name,layers,shape", _shape_cases(), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_shape_and_elementwise_layer_gradients_by_central_differences(name, layers, shape):
+    """Flatten, Reshape, Permute, RepeatVector, padding, cropping, upsampling,
+    Rescaling, Normalization, PReLU (its alpha too), 2-D global pooling: the input's and
+    every weight's gradient in float64 by central differences."""
+    rng = np.random.default_rng(12)
+    model = Model(layers)
+    x = rng.normal(size=shape)
+    out, cache = model.forward_train(x)
+    gy = rng.normal(size=out.shape)
+    g = model.backward(cache, gy)
+    eps = 1e-6
+    for arr, want in [(x, g["input"])] + [(v, g[k]) for k, v in model.parameters().items()]:
+        num = np.zeros(arr.shape)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + eps
+            up = np.sum(model(x) * gy)
+            arr[i] = old - eps
+            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
+            arr[i] = old
+        np.testing.assert_allclose(want, num, rtol=1e-6, atol=1e-8)
+
+
+ACTS = ["linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "log_softmax", "elu",
+        ("elu", 0.5), "selu", "softplus", "softsign", "swish", "silu", "exponential", "gelu",
+        "mish", "hard_sigmoid", ("hard_sigmoid", 1 / 6, 0.5), ("leaky_relu", 0.3),
+        ("relu", 0.1, 1.5, 0.2), ("relu", 0.0, 6.0, 0.0), ("relu", 0.2, None, 0.0),
+        ("thresholded_relu", 0.5)]
+
+
+@pytest.mark.parametrize("act", ACTS, ids=str)
+def test_activation_gradients_by_central_differences(act):
+    """Every activation a Dense or an Activation layer takes (Keras's names and its
+    ReLU / LeakyReLU / ELU / ThresholdedReLU layers' options), in float64."""
+    from fastrnn.model import Activation
+    rng = np.random.default_rng(13)
+    model = Model([Dense(rng.normal(size=(3, 4)) * 0.7, rng.normal(size=4), activation=act,
+                         dtype="float64"),
+                   Dense(rng.normal(size=(4, 4)) * 0.2, dtype="float64"), Activation(act)])
+    x = rng.normal(size=(2, 5, 3))
+    out, cache = model.forward_train(x)
+    gy = rng.normal(size=out.shape)
+    g = model.backward(cache, gy)
+    eps = 1e-6
+    for arr, want in [(x, g["input"])] + [(v, g[k]) for k, v in model.parameters().items()]:
+        num = np.zeros(arr.shape)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + eps
+            up = np.sum(model(x) * gy)
+            arr[i] = old - eps
+            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
+            arr[i] = old
+        np.testing.assert_allclose(want, num, rtol=1e-5, atol=1e-7)
+
+
+def test_review_fixes_ties_copies_and_one_array_named_once():
+    """(A review.) Ties of an operation's maximum and a clip's bounds share the
+    gradient as JAX's do (one side got all of it); editing the returned output in place
+    leaves the backward alone (the cache held that array); a layer used directly and
+    inside a TimeDistributed is one parameter with the sum of both gradients (it was
+    two names, each with part of it)."""
+    from fastrnn.model import Op, TimeDistributed
+    mx = Model([Op("Maximum", [T0, T1], {}, ranks=[3, 3])],
+               inputs=[[(INPUT, 0), (INPUT, 1)]], n_inputs=2)
+    out, cache = mx.forward_train([np.zeros((1, 1, 2))] * 2)
+    g = mx.backward(cache, np.ones_like(out))["input"]
+    assert np.array_equal(g[0], [[[0.5, 0.5]]]) and np.array_equal(g[1], [[[0.5, 0.5]]])
+    clip = Model([Op("Clip", [T0], {"x_min": -1.0, "x_max": 1.0}, ranks=[3])],
+                 inputs=[[(INPUT, 0)]])
+    out, cache = clip.forward_train(np.array([[[-1.0, 0.0, 1.0, 2.0]]]))
+    assert np.array_equal(clip.backward(cache, np.ones_like(out))["input"],
+                          [[[0.5, 1.0, 0.5, 0.0]]])
+    rng = np.random.default_rng(14)
+    d = Dense(rng.normal(size=(3, 3)), rng.normal(size=3), activation="tanh",
+              dtype="float64")
+    x = rng.normal(size=(2, 4, 3))
+    model = Model([d, TimeDistributed(d)])
+    out, cache = model.forward_train(x)
+    want = model.backward(cache, np.ones_like(out))
+    out -= 1.0
+    again = model.backward(cache, np.ones_like(out))
+    assert list(model.parameters()) == [f"{d.name}/kernel", f"{d.name}/bias"]
+    for k in want:
+        np.testing.assert_array_equal(want[k], again[k])
+    k = d.kernel
+    num = np.zeros(k.shape)
+    for i in np.ndindex(k.shape):
+        old = k[i]
+        k[i] = old + 1e-6
+        up = np.sum(model(x))
+        k[i] = old - 1e-6
+        num[i] = (up - np.sum(model(x))) / 2e-6
+        k[i] = old
+    np.testing.assert_allclose(want[f"{d.name}/kernel"], num, rtol=1e-6, atol=1e-8)
+
