@@ -265,36 +265,102 @@ def _batch_norm_b(layer, ctx, gys):
     return (g * inv.reshape(shape)).astype(dt, copy=False), grads
 
 
-def _conv1d_b(layer, ctx, gys):
-    from ._model_conv import _pads, _windows
+def _window_geometry(layer, x):
+    """(taps (rows[, cols]), strides, dilations, (before, after) pads, windows) of a
+    convolution's or pooling's windows over ``x`` ``(B, steps[, cols], C)``, as its call
+    lays them out."""
+    from ._model_conv import _out_sizes, _pads
+
+    def pair(v):
+        return tuple(v) if isinstance(v, tuple) else (v,)
+    if hasattr(layer, "kernel"):
+        k = tuple(layer.kernel.shape[:-2])
+        s, d = pair(layer.strides), pair(layer.dilation_rate)
+    else:
+        k, s, d = pair(layer.pool_size), pair(layer.strides), (1,) * (x.ndim - 2)
+    if len(k) == 1:
+        p = _pads(x.shape[1], k[0], s[0], d[0], layer.padding)
+        n = [(x.shape[1] + p[0] + p[1] - (k[0] - 1) * d[0] - 1) // s[0] + 1]
+        return k, s, d, [p], n
+    pads, n = _out_sizes(layer.name, x.shape[1:3], k, s, d, layer.padding)
+    return k, s, d, pads, n
+
+
+def _taps(k, s, d, n):
+    """Each tap's offsets and the slices of the padded input it reads, one a spatial
+    axis."""
+    for offs in np.ndindex(*k):
+        yield offs, tuple(slice(o * dd, o * dd + (m - 1) * ss + 1, ss)
+                          for o, dd, ss, m in zip(offs, d, s, n))
+
+
+def _pad_spatial(x, pads, fill=0):
+    if not any(p or q for p, q in pads):
+        return x
+    return np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=fill)
+
+
+def _crop_spatial(gxp, x, pads):
+    return gxp[(slice(None),) + tuple(slice(p, p + L) for (p, _), L in
+                                      zip(pads, x.shape[1:-1]))]
+
+
+def _conv_b(layer, ctx, gys):
+    """Conv1D and Conv2D (any padding, strides, dilation, groups)."""
     x, y, key = ctx
     x = x.astype(layer.kernel.dtype, copy=False)
-    k, cg, F = layer.kernel.shape
-    G, fg = layer.groups, F // layer.groups
-    s, d = layer.strides, layer.dilation_rate
-    before, after = _pads(x.shape[1], k, s, d, layer.padding)
-    xp = np.pad(x, ((0, 0), (before, after), (0, 0))) if before or after else x
-    n, taps = _windows(xp, k, s, d)
-    groups = [(slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)) for g in range(G)]
+    F, cg = layer.kernel.shape[-1], layer.kernel.shape[-2]
+    fg = F // layer.groups
+    k, s, d, pads, n = _window_geometry(layer, x)
+    xp = _pad_spatial(x, pads)
+    groups = [(slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg))
+              for g in range(layer.groups)]
+    taps = list(_taps(k, s, d, n))
+    lead = (slice(None),)
 
     def z():            # (the pre-activation, for the activations whose derivative needs it)
         out = np.zeros(y.shape, x.dtype)
-        for ci, co in groups:
-            for j, v in enumerate(taps):
-                out[:, :, co] += v[:, :, ci] @ layer.kernel[j][:, co]
+        for offs, sl in taps:
+            for ci, co in groups:
+                out[..., co] += xp[lead + sl + (ci,)] @ layer.kernel[offs][:, co]
         return out + layer.bias if layer.bias is not None else out
     gz = _act_backward(key, z, y, gys[0]).astype(x.dtype, copy=False)
     gk = np.zeros_like(layer.kernel)
     gxp = np.zeros(xp.shape, x.dtype)
     g2 = gz.reshape(-1, F)
-    for ci, co in groups:
-        for j, v in enumerate(taps):
-            gk[j][:, co] += v[:, :, ci].reshape(-1, cg).T @ g2[:, co]
-            gxp[:, j * d: j * d + (n - 1) * s + 1: s, ci] += gz[:, :, co] @ layer.kernel[j][:, co].T
+    for offs, sl in taps:
+        for ci, co in groups:
+            gk[offs][:, co] += xp[lead + sl + (ci,)].reshape(-1, cg).T @ g2[:, co]
+            gxp[lead + sl + (ci,)] += gz[..., co] @ layer.kernel[offs][:, co].T
     grads = {"kernel": gk}
     if layer.bias is not None:
         grads["bias"] = g2.sum(axis=0)
-    return gxp[:, before: before + x.shape[1]], grads
+    return _crop_spatial(gxp, x, pads), grads
+
+
+def _pool_window_b(layer, ctx, gys):
+    """MaxPooling / AveragePooling 1-D and 2-D: a maximum's gradient to the window's
+    first largest value (as JAX's and TensorFlow's), an average's shared by the values
+    of the window inside the input."""
+    x, y, _ = ctx
+    k, s, d, pads, n = _window_geometry(layer, x)
+    g = gys[0]
+    lead = (slice(None),)
+    gxp = np.zeros((x.shape[0],) + tuple(L + p + q for L, (p, q) in zip(x.shape[1:-1], pads))
+                   + (x.shape[-1],), g.dtype)
+    if layer.op == "max":
+        xp = _pad_spatial(x, pads, -np.inf)
+        taken = np.zeros(y.shape, bool)
+        for _, sl in _taps(k, s, d, n):
+            hit = (xp[lead + sl] == y) & ~taken
+            taken |= hit
+            gxp[lead + sl] += g * hit
+    else:
+        inside = _pad_spatial(np.ones((1,) + x.shape[1:-1] + (1,), g.dtype), pads)
+        count = sum(inside[lead + sl] for _, sl in _taps(k, s, d, n))
+        for _, sl in _taps(k, s, d, n):
+            gxp[lead + sl] += g / count
+    return _crop_spatial(gxp, x, pads), {}
 
 
 def _softmax_f(layer, x, mask):
@@ -923,7 +989,7 @@ def _fill():
              GlobalPooling1D: (_pool_f, _pool_b),
              LayerNormalization: (_layer_norm_f, _layer_norm_b),
              KerasRNN: (_rnn_f, _rnn_b), Bidirectional: (_bi_f, _bi_b),
-             TimeDistributed: (_td_f, _td_b), Conv1D: (_activated_f, _conv1d_b),
+             TimeDistributed: (_td_f, _td_b), Conv1D: (_activated_f, _conv_b),
              BatchNormalization: (_batch_norm_f, _batch_norm_b),
              Softmax: (_softmax_f, _softmax_b)}
     table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
@@ -939,6 +1005,9 @@ def _fill():
                  (PReLU, _prelu_b)):
         table[c] = (_keep_x, b)
     table[GlobalPooling2D] = (_pool_f, _global_pool2d_b)
+    from ._model_conv import Conv2D, Pooling1D, Pooling2D
+    table[Conv2D] = (_activated_f, _conv_b)
+    table[Pooling1D] = table[Pooling2D] = (_pool_f, _pool_window_b)
     table[Attention] = table[AdditiveAttention] = (_attention_f, _attention_b)
     table[MultiHeadAttention] = (_attention_f, _mha_b)
     for c in (Add, Subtract, Average, Multiply, Concatenate, Maximum, Minimum):
@@ -949,7 +1018,7 @@ def _fill():
 
 def layer_params(layer) -> dict:
     """The arrays a layer computes with (not copies), by fastrnn's names."""
-    from ._model_conv import Conv1D
+    from ._model_conv import Conv1D, Conv2D
     from .model import BatchNormalization, Bidirectional, Dense, Embedding, KerasRNN, \
         LayerNormalization, TimeDistributed
     if isinstance(layer, KerasRNN):
@@ -958,7 +1027,7 @@ def layer_params(layer) -> dict:
         out = {f"forward/{k}": v for k, v in layer.forward.core.parameters().items()}
         out.update({f"backward/{k}": v for k, v in layer.backward.core.parameters().items()})
         return out
-    if isinstance(layer, (Dense, Conv1D)):
+    if isinstance(layer, (Dense, Conv1D, Conv2D)):
         return {"kernel": layer.kernel, **({} if layer.bias is None else {"bias": layer.bias})}
     if isinstance(layer, Embedding):
         return {"embeddings": layer.weights}
@@ -1011,7 +1080,7 @@ def check(model):
             if lay is None:
                 continue
             kind = type(lay).__name__
-            if kind in ("Dense", "Activation", "Conv1D"):
+            if kind in ("Dense", "Activation", "Conv1D", "Conv2D"):
                 _act_key(lay)
             elif kind == "LayerNormalization" and len(lay.axis) != 1:
                 _layer_norm_axes(lay)

@@ -147,11 +147,14 @@ def test_shared_layers_sum_their_gradients_and_refusals_name_the_layer():
     core.mark_weights_changed()
     assert abs((up - down) / (2 * eps) - g[f"{shared.name}/weight_hh_l0"][i]) < 2e-3
     # refused before anything runs, by name
-    from fastrnn._model_conv import Pooling1D
-    from fastrnn.model import GlobalPooling1D
-    bad = Model([Masking(0.0), Pooling1D(name="pl")])
-    with pytest.raises(ValueError, match=r"cannot train through layer 'pl' of type "
-                                         r"Pooling1D: its backward is not implemented"):
+    from fastrnn.model import GlobalPooling1D, Layer
+
+    class Mine(Layer):          # (a layer of one's own: no backward)
+        def call(self, x, mask=None):
+            return x, mask
+    bad = Model([Masking(0.0), Mine(name="mine")])
+    with pytest.raises(ValueError, match=r"cannot train through layer 'mine' of type "
+                                         r"Mine: its backward is not implemented"):
         bad.forward_train(x)
     odd = Model([Dense(np.ones((3, 2)), activation=np.cos, name="d")])
     with pytest.raises(ValueError, match=r"layer 'd': the derivative of activation 'cos' "
@@ -391,8 +394,8 @@ def test_attention_of_a_query_step_with_nothing_to_attend_to():
 
 
 def _shape_cases():
-    from fastrnn._model_conv import (Cropping, GlobalPooling2D, Permute, Reshape,
-                                     UpSampling, ZeroPadding)
+    from fastrnn._model_conv import (Conv2D, Cropping, GlobalPooling2D, Permute, Pooling1D,
+                                     Pooling2D, Reshape, UpSampling, ZeroPadding)
     from fastrnn.model import (Flatten, GlobalPooling1D, Normalization, PReLU,
                                RepeatVector, Rescaling)
     r = np.random.default_rng(11)
@@ -420,6 +423,17 @@ def _shape_cases():
                                                   dtype="float64")], x3),
         ("prelu", [d(3, 2), PReLU(r.normal(size=(1, 2)), dtype="float64")], x3),
         ("global_max_pooling2d", [d(2, 2), GlobalPooling2D("max")], x4),
+        ("max_pooling1d_same", [d(3, 2), Pooling1D("max", 2, 1, "same")], (2, 5, 3)),
+        ("average_pooling1d_same", [d(3, 2), Pooling1D("average", 3, 2, "same")], (2, 5, 3)),
+        ("max_pooling2d", [d(2, 2), Pooling2D("max", (2, 2), (1, 2), "same")], (2, 4, 5, 2)),
+        ("average_pooling2d", [d(2, 2), Pooling2D("average", (2, 3), 1, "same")],
+         (2, 4, 5, 2)),
+        ("conv2d", [Conv2D(r.normal(size=(2, 3, 2, 4)), r.normal(size=4), strides=(1, 2),
+                           padding="same", dilation_rate=1, activation="swish",
+                           dtype="float64")], (2, 4, 5, 2)),
+        ("conv2d_groups_dilated", [Conv2D(r.normal(size=(2, 2, 1, 4)), None, padding="valid",
+                                          dilation_rate=(2, 1), groups=2, activation="relu",
+                                          dtype="float64")], (2, 5, 4, 2)),
         ("global_average_pooling2d", [d(2, 2), GlobalPooling2D("average", keepdims=True)], x4),
     ]
 
@@ -428,8 +442,9 @@ def _shape_cases():
                          if isinstance(v, str) else "")
 def test_shape_and_elementwise_layer_gradients_by_central_differences(name, layers, shape):
     """Flatten, Reshape, Permute, RepeatVector, padding, cropping, upsampling,
-    Rescaling, Normalization, PReLU (its alpha too), 2-D global pooling: the input's and
-    every weight's gradient in float64 by central differences."""
+    Rescaling, Normalization, PReLU (its alpha too), 2-D global pooling, the pooling
+    windows, Conv2D: the input's and every weight's gradient in float64 by central
+    differences."""
     rng = np.random.default_rng(12)
     model = Model(layers)
     x = rng.normal(size=shape)
@@ -442,10 +457,13 @@ def test_shape_and_elementwise_layer_gradients_by_central_differences(name, laye
         for i in np.ndindex(arr.shape):
             old = arr[i]
             arr[i] = old + eps
+            model.mark_weights_changed()        # (a convolution keeps its kernel packed)
             up = np.sum(model(x) * gy)
             arr[i] = old - eps
+            model.mark_weights_changed()
             num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
             arr[i] = old
+        model.mark_weights_changed()
         np.testing.assert_allclose(want, num, rtol=1e-6, atol=1e-8)
 
 
@@ -522,3 +540,19 @@ def test_review_fixes_ties_copies_and_one_array_named_once():
         k[i] = old
     np.testing.assert_allclose(want[f"{d.name}/kernel"], num, rtol=1e-6, atol=1e-8)
 
+
+
+def test_max_pooling_ties_go_to_the_first_value_of_each_window():
+    """As JAX's (Keras 3) and TensorFlow's max pooling: each window's gradient to its
+    first largest value (jax.grad of keras.layers.MaxPooling1D(3, strides=1) on
+    [1, 1, 1, 0.5]: [1, 1, 0, 0]; of MaxPooling2D((2, 2), strides=1) on ones: the top
+    left one)."""
+    from fastrnn._model_conv import Pooling1D, Pooling2D
+    m1 = Model([Pooling1D("max", 3, 1)])
+    out, cache = m1.forward_train(np.array([[[1.0], [1.0], [1.0], [0.5]]]))
+    np.testing.assert_array_equal(m1.backward(cache, np.ones_like(out))["input"][0, :, 0],
+                                  [1, 1, 0, 0])
+    m2 = Model([Pooling2D("max", (2, 2), 1)])
+    out, cache = m2.forward_train(np.ones((1, 2, 2, 1)))
+    np.testing.assert_array_equal(m2.backward(cache, np.ones_like(out))["input"][0, :, :, 0],
+                                  [[1, 0], [0, 0]])
