@@ -486,9 +486,6 @@ def _bi_b(layer, ctx, gys):
 
 def _td_f(layer, x, mask):
     from .model import Activation, Dense, Dropout, _reads_mask
-    if layer.masks != "keras3":
-        raise ValueError(f"cannot train through layer {layer.name!r}: a TimeDistributed "
-                         "with tf.keras 2's masks")
     x = np.asarray(x)
     inner = layer.layer
     fwd = _FORWARD.get(type(inner))
@@ -496,12 +493,28 @@ def _td_f(layer, x, mask):
         _refuse(inner, f" (inside TimeDistributed {layer.name!r})")
     if x.ndim < 3:
         raise ValueError(f"{layer.name}: TimeDistributed needs (B, T, ...) input, got {x.shape}")
+    B, T = x.shape[:2]
+    if layer.masks == "keras2":     # (tf.keras 2: the mask folded too, as _call_keras2)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape[:2] != (B, T):
+                raise ValueError(f"{layer.name}: a mask of shape {mask.shape} for an input "
+                                 f"of shape {x.shape}")
+        y, m, c = fwd(inner, x.reshape((B * T,) + x.shape[2:]), None if mask is None
+                      else mask.reshape((B * T,) + mask.shape[2:]))
+        y = np.asarray(y).reshape((B, T) + np.shape(y)[1:])
+        if m is not None:
+            m = np.asarray(m).reshape((B, T) + np.shape(m)[1:])
+        elif mask is None or mask.ndim == 2:
+            m = mask
+        else:
+            m = mask.reshape(B, T, -1).any(-1)
+        return y, m, ((B, T), c)
     if isinstance(inner, (Dense, Dropout, Activation)):
         y, _, c = fwd(inner, x, None)
         return y, mask, (None, c)
     if mask is not None and _reads_mask(inner):
         layer.call(x, mask)       # (its refusal)
-    B, T = x.shape[:2]
     y, _, c = fwd(inner, x.reshape((B * T,) + x.shape[2:]), None)
     y = np.asarray(y)
     return y.reshape((B, T) + y.shape[1:]), mask, ((B, T), c)
@@ -520,14 +533,36 @@ def _td_b(layer, ctx, gys):
 
 
 def _merge_f(layer, xs, masks):
-    from ._model_merge import _MinMax
-    if isinstance(layer, _MinMax) and layer.masks == "keras3" and any(
-            m is not None for m in masks):
-        raise ValueError(f"cannot train through layer {layer.name!r}: a "
-                         f"{type(layer).__name__} of masked tensors (Keras 3 fills masked "
-                         "entries from the other side; its backward is not implemented)")
     y, m = layer.call(xs, masks)
     return y, m, ([np.asarray(a) for a in xs], masks, y)
+
+
+def _minmax_parts(layer, xs, masks, g):
+    """Maximum / Minimum's input gradients, through its call's steps: the inputs taken
+    pairwise, in Keras 3 a masked entry of either side filled from the other before the
+    pair's max / min; ties share the gradient (as JAX's)."""
+    full = [None if m is None or layer.masks != "keras3" else
+            layer._mask_like(np.asarray(m, dtype=bool), a) for a, m in zip(xs, masks)]
+    out, om, steps = xs[0], full[0], []
+    for a, m in zip(xs[1:], full[1:]):
+        ap = a if m is None else np.where(m, a, out)
+        outp = out if om is None else np.where(om, out, ap)
+        steps.append((m, om, outp, ap))
+        om = None if m is None or om is None else om | m
+        out = layer._fn(outp, ap)
+    parts = [None] * len(xs)
+    for k in range(len(steps) - 1, -1, -1):
+        m, om, outp, ap = steps[k]
+        win = (outp > ap) if layer._fn is np.maximum else (outp < ap)
+        share = np.where(outp == ap, 0.5, win.astype(np.float64))
+        g_out, g_a = g * share, g * (1 - share)
+        if om is not None:
+            g_out, g_a = np.where(om, g_out, 0), g_a + np.where(om, 0, g_out)
+        if m is not None:
+            g_a, g_out = np.where(m, g_a, 0), g_out + np.where(m, 0, g_a)
+        parts[k + 1], g = g_a, g_out
+    parts[0] = g
+    return parts
 
 
 def _merge_b(layer, ctx, gys):
@@ -541,10 +576,9 @@ def _merge_b(layer, ctx, gys):
         ax = layer.axis % nd
         cuts = np.cumsum([a.shape[ax] for a in xs])[:-1]
         return np.split(g, cuts, axis=ax), {}
-    if isinstance(layer, _MinMax):      # (ties share the gradient, as in JAX)
-        hits = [(a.reshape(sh) == y).astype(g.dtype) for a, sh in zip(xs, shapes)]
-        count = sum(hits)
-        parts = [g * h / count for h in hits]
+    if isinstance(layer, _MinMax):
+        parts = _minmax_parts(layer, [a.reshape(sh) for a, sh in zip(xs, shapes)],
+                              [m if a.ndim == nd else None for a, m in zip(xs, masks)], g)
     elif isinstance(layer, Add):
         parts = [g] * len(xs)
     elif isinstance(layer, Subtract):

@@ -556,3 +556,57 @@ def test_max_pooling_ties_go_to_the_first_value_of_each_window():
     out, cache = m2.forward_train(np.ones((1, 2, 2, 1)))
     np.testing.assert_array_equal(m2.backward(cache, np.ones_like(out))["input"][0, :, :, 0],
                                   [[1, 0], [0, 0]])
+
+
+@pytest.mark.parametrize("name", ["k2_td_masks_pool", "k2_td_video", "k2_merge_mul_max_min",
+                                  "k3_dag_merge_ops_masking", "k3_nested_res_two_masks"])
+def test_fixture_models_in_float64_by_central_differences(name):
+    """Keras fixtures (tests/fixtures/keras) loaded in float64: tf.keras 2's
+    TimeDistributed masks, Keras 3's masked Maximum / Minimum (a masked entry filled
+    from the other side) and tf.keras 2's: the inputs' gradients by central differences
+    (steps a Masking masks, all 0 or all 1, left out: the mask would change)."""
+    import sys
+    sys.path.insert(0, HERE)
+    from test_keras import architecture, model_path, reference
+    model = load_keras(model_path(name), architecture(name), dtype="float64")
+    x, _ = reference(name)
+    xs = [a.astype(np.float64) if a.dtype.kind == "f" else a
+          for a in (x if isinstance(x, list) else [x])]
+    feed = xs if isinstance(x, list) else xs[0]
+    out, cache = model.forward_train(feed)
+    outs = out if isinstance(out, list) else [out]
+    rng = np.random.default_rng(15)
+    gys = [rng.normal(size=o.shape) for o in outs]
+    g = model.backward(cache, gys if len(gys) > 1 else gys[0])["input"]
+    g = g if isinstance(x, list) else [g]
+
+    def loss():
+        o = model(feed)
+        return sum(np.sum(a * b) for a, b in zip(o if isinstance(o, list) else [o], gys))
+    eps = 1e-6
+    for a, ga in zip(xs, g):
+        if a.dtype.kind != "f":
+            assert ga is None       # (ids)
+            continue
+        for i in list(np.ndindex(a.shape))[::3]:
+            row = a[i[:-1]]         # (a Masking's: the features of one position)
+            if not row.any() or (row == 1).all():
+                continue
+            old = a[i]
+            a[i] = old + eps
+            up = loss()
+            a[i] = old - eps
+            num = (up - loss()) / (2 * eps)
+            a[i] = old
+            assert abs(num - ga[i]) <= 1e-7 + 1e-6 * abs(num), (i, num, ga[i])
+
+
+def test_maximum_layer_ties_share_pairwise_as_keras_on_jax():
+    """jax.grad of keras.layers.Maximum()([a, a, a]): 0.25, 0.25, 0.5 (the inputs taken
+    pairwise, each tie halved)."""
+    from fastrnn.model import Maximum
+    model = Model([Maximum()], inputs=[[(INPUT, 0), (INPUT, 1), (INPUT, 2)]], n_inputs=3)
+    ones = np.ones((1, 2))
+    out, cache = model.forward_train([ones, ones, ones])
+    g = model.backward(cache, np.ones_like(out))["input"]
+    assert [float(v[0, 0]) for v in g] == [0.25, 0.25, 0.5]
