@@ -420,6 +420,7 @@ def _rnn_b(layer, ctx, gys):
 
 
 def _bi_f(layer, x, mask, initial_state=None):
+    from .model import _merge_directions
     f, b = layer.forward, layer.backward
     n = f.n_states()
     if initial_state is not None and len(initial_state) != 2 * n:
@@ -436,17 +437,7 @@ def _bi_f(layer, x, mask, initial_state=None):
         st = st_f + st_b
     if layer.return_sequences:
         yb = yb[:, ::-1]          # back to input order
-    mm = layer.merge_mode
-    if mm == "concat":
-        out = np.concatenate([yf, yb], axis=-1)
-    elif mm == "sum":
-        out = yf + yb
-    elif mm == "mul":
-        out = yf * yb
-    elif mm == "ave":
-        out = (yf + yb) / 2
-    else:
-        out = None
+    out = _merge_directions(layer.merge_mode, yf, yb)
     outs = [np.ascontiguousarray(yf), np.ascontiguousarray(yb)] if out is None else [out]
     om = mask if layer.return_sequences else None
     outs = outs + st

@@ -960,6 +960,19 @@ def _last(seq, x):
 
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def _merge_directions(mm, y, yb):
+    """A Bidirectional's two outputs merged by ``merge_mode`` (None: not merged)."""
+    if mm == "concat":
+        return np.concatenate([y, yb], axis=-1)
+    if mm == "sum":
+        return y + yb
+    if mm == "mul":
+        return y * yb
+    if mm == "ave":
+        return (y + yb) / 2
+    return None
 _REFUSE_LOCK = threading.Lock()        # (Bidirectional._refuse)
 
 
@@ -1121,16 +1134,8 @@ class Bidirectional(Layer):
             if not last:
                 y, yb = _last(y, x), _last(yb, x)
             out_mask = None
-        mm = self.merge_mode
-        if mm == "concat":
-            out = np.concatenate([y, yb], axis=-1)
-        elif mm == "sum":
-            out = y + yb
-        elif mm == "mul":
-            out = y * yb
-        elif mm == "ave":
-            out = (y + yb) / 2
-        else:
+        out = _merge_directions(self.merge_mode, y, yb)
+        if out is None:             # (merge_mode None: both)
             outs = [np.ascontiguousarray(y), np.ascontiguousarray(yb)]
             return (outs + states if self.return_state else outs), out_mask
         if self.return_state:
@@ -1328,10 +1333,12 @@ class Model:
         return graph if graph is not None else \
             [[(i - 1, 0)] for i in range(len(self.layers))]
 
-    def _call(self, xs, masks, with_mask=False):
+    def _call(self, xs, masks, with_mask=False, run=None):
         """Run the layers on the inputs ``xs`` (a list, one array an input) and their
         ``masks``, keeping each layer's outputs until their last reader has run
-        (``with_mask``: a model of the last layer's one output returns (it, its mask))."""
+        (``with_mask``: a model of the last layer's one output returns (it, its mask);
+        ``run(i, layer, x, mask, initial_state)``: runs a layer instead of its call, as
+        :meth:`forward_train` does)."""
         n = len(self.layers)
         graph = self._graph()
         inits = getattr(self, "initial_states", None) or {}
@@ -1344,9 +1351,11 @@ class Model:
             else:
                 h, m = [t for t, _ in ins], [k for _, k in ins]
             refs = inits.get(i, ())
-            if refs:
-                kept[i] = layer.call(h, m, initial_state=[self._pick(kept, a, b)[0]
-                                                          for a, b in refs])
+            init = [self._pick(kept, a, b)[0] for a, b in refs] if refs else None
+            if run is not None:
+                kept[i] = run(i, layer, h, m, init)
+            elif refs:
+                kept[i] = layer.call(h, m, initial_state=init)
             else:
                 kept[i] = layer.call(h, m)
             for a, _ in (*graph[i], *refs):
@@ -1426,24 +1435,13 @@ class Model:
         from . import _model_train
         _model_train.check(self)
         xs, masks = self._feed(x, mask)
-        graph = self._graph()
-        inits = getattr(self, "initial_states", None) or {}
-        kept = {INPUT: (xs, masks)}
-        ctxs = []
-        for i, layer in enumerate(self.layers):
-            ins = [self._pick(kept, a, b) for a, b in graph[i]]
-            if layer.n_inputs == 1:
-                h, m = ins[0]
-            else:
-                h, m = [t for t, _ in ins], [k for _, k in ins]
-            init = [self._pick(kept, a, b)[0] for a, b in inits[i]] if i in inits else None
-            y, om, ctx = _model_train.forward(layer, h, m, init)
-            kept[i] = (y, om)
-            ctxs.append(ctx)
-        outs = self.outputs or [(len(self.layers) - 1, 0)]
-        res = [self._pick(kept, a, b)[0] for a, b in outs]
-        if self.outputs is None and isinstance(kept[len(self.layers) - 1][0], list):
-            res = kept[len(self.layers) - 1][0]
+        ctxs = [None] * len(self.layers)
+
+        def run(i, layer, h, m, init):      # (each layer's forward, its record kept)
+            y, om, ctxs[i] = _model_train.forward(layer, h, m, init)
+            return y, om
+        out = self._call(xs, masks, run=run)
+        res = out if isinstance(out, list) else [out]
         cache = _ModelCache(self, ctxs, [np.asarray(a) for a in xs],
                             [np.shape(r) for r in res])
         # (copies: the cache keeps some layers' outputs, which an in-place edit of the

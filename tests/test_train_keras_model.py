@@ -57,6 +57,27 @@ def close(got, want, what, tol=2e-5):
     assert err <= tol * scale, f"{what}: max error {err:.3g}"
 
 
+def numeric(arr, loss, eps=1e-6, skip=None, refresh=None):
+    """Central differences of ``loss()`` in each entry of ``arr`` (edited in place and
+    restored); ``skip(i)``: entries left at 0; ``refresh()``: run after each edit (a
+    model's mark_weights_changed: a convolution keeps its kernel packed)."""
+    num = np.zeros(arr.shape)
+    for i in np.ndindex(arr.shape):
+        if skip is not None and skip(i):
+            continue
+        old, vals = arr[i], []
+        for v in (old + eps, old - eps):
+            arr[i] = v
+            if refresh is not None:
+                refresh()
+            vals.append(loss())
+        arr[i] = old
+        num[i] = (vals[0] - vals[1]) / (2 * eps)
+    if refresh is not None:
+        refresh()
+    return num
+
+
 def test_fixtures_present():
     assert len(NAMES) == 10
 
@@ -184,17 +205,9 @@ def test_layer_normalization_gradients_by_central_differences(rms):
     gy = rng.normal(size=(2, 3, 5))
     out, cache = model.forward_train(x)
     g = model.backward(cache, gy)
-    eps = 1e-6
     for arr, key in ((x, "input"), (ln.gamma, f"{ln.name}/gamma"),
                      (model.layers[0].kernel, f"{model.layers[0].name}/kernel")):
-        num = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            up = np.sum(model(x) * gy)
-            arr[i] = old - eps
-            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
-            arr[i] = old
+        num = numeric(arr, lambda: np.sum(model(x) * gy))
         np.testing.assert_allclose(g[key], num, rtol=1e-6, atol=1e-8)
 
 
@@ -287,16 +300,8 @@ def test_operation_gradients_by_central_differences(op, args, attrs, shapes):
     gy = rng.normal(size=out.shape)
     g = model.backward(cache, gy)
     gx = g["input"] if n > 1 else [g["input"]]
-    eps = 1e-6
     for k, x in enumerate(xs):
-        num = np.zeros_like(x)
-        for i in np.ndindex(x.shape):
-            old = x[i]
-            x[i] = old + eps
-            up = np.sum(model(feed) * gy)
-            x[i] = old - eps
-            num[i] = (up - np.sum(model(feed) * gy)) / (2 * eps)
-            x[i] = old
+        num = numeric(x, lambda: np.sum(model(feed) * gy))
         np.testing.assert_allclose(gx[k], num, rtol=1e-6, atol=1e-8)
 
 
@@ -343,21 +348,12 @@ def test_attention_gradients_by_central_differences(att):
     def loss():
         o = model([q, v])
         return sum(np.sum(a * b) for a, b in zip(o if isinstance(o, list) else [o], gys))
-    eps = 1e-6
     params = model.parameters()
     checks = [(q, g["input"][0]), (v, g["input"][1])] + [
         (params[k], g[k]) for k in params]
     for arr, want in checks:
-        num = np.zeros(arr.shape)
-        for i in np.ndindex(arr.shape):
-            if arr is v and v[i[:2]].all() == 0 and not v[i[:2]].any():
-                continue        # (a masked step: the mask would change)
-            old = arr[i]
-            arr[i] = old + eps
-            up = loss()
-            arr[i] = old - eps
-            num[i] = (up - loss()) / (2 * eps)
-            arr[i] = old
+        # (a masked step left out: the mask would change)
+        num = numeric(arr, loss, skip=(lambda i: not v[i[:2]].any()) if arr is v else None)
         if arr is v:
             num = np.where(np.any(v != 0, axis=-1, keepdims=True), num, want)
         np.testing.assert_allclose(want, num, rtol=1e-5, atol=1e-7)
@@ -380,17 +376,9 @@ def test_attention_of_a_query_step_with_nothing_to_attend_to():
     out, cache = model.forward_train(x)
     gy = r.normal(size=out.shape)
     g = model.backward(cache, gy)["input"]
-    eps = 1e-6
-    for i in np.ndindex(x.shape):
-        if not x[i[:2]].any():
-            continue
-        old = x[i]
-        x[i] = old + eps
-        up = np.sum(model(x) * gy)
-        x[i] = old - eps
-        num = (up - np.sum(model(x) * gy)) / (2 * eps)
-        x[i] = old
-        assert abs(num - g[i]) < 1e-6, (i, num, g[i])
+    masked = np.all(x == 0, axis=-1)
+    num = numeric(x, lambda: np.sum(model(x) * gy), skip=lambda i: masked[i[:2]])
+    np.testing.assert_allclose(np.where(masked[..., None], num, g), num, rtol=0, atol=1e-6)
 
 
 def _shape_cases():
@@ -451,19 +439,8 @@ def test_shape_and_elementwise_layer_gradients_by_central_differences(name, laye
     out, cache = model.forward_train(x)
     gy = rng.normal(size=out.shape)
     g = model.backward(cache, gy)
-    eps = 1e-6
     for arr, want in [(x, g["input"])] + [(v, g[k]) for k, v in model.parameters().items()]:
-        num = np.zeros(arr.shape)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            model.mark_weights_changed()        # (a convolution keeps its kernel packed)
-            up = np.sum(model(x) * gy)
-            arr[i] = old - eps
-            model.mark_weights_changed()
-            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
-            arr[i] = old
-        model.mark_weights_changed()
+        num = numeric(arr, lambda: np.sum(model(x) * gy), refresh=model.mark_weights_changed)
         np.testing.assert_allclose(want, num, rtol=1e-6, atol=1e-8)
 
 
@@ -487,16 +464,8 @@ def test_activation_gradients_by_central_differences(act):
     out, cache = model.forward_train(x)
     gy = rng.normal(size=out.shape)
     g = model.backward(cache, gy)
-    eps = 1e-6
     for arr, want in [(x, g["input"])] + [(v, g[k]) for k, v in model.parameters().items()]:
-        num = np.zeros(arr.shape)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            up = np.sum(model(x) * gy)
-            arr[i] = old - eps
-            num[i] = (up - np.sum(model(x) * gy)) / (2 * eps)
-            arr[i] = old
+        num = numeric(arr, lambda: np.sum(model(x) * gy))
         np.testing.assert_allclose(want, num, rtol=1e-5, atol=1e-7)
 
 
@@ -529,15 +498,7 @@ def test_review_fixes_ties_copies_and_one_array_named_once():
     assert list(model.parameters()) == [f"{d.name}/kernel", f"{d.name}/bias"]
     for k in want:
         np.testing.assert_array_equal(want[k], again[k])
-    k = d.kernel
-    num = np.zeros(k.shape)
-    for i in np.ndindex(k.shape):
-        old = k[i]
-        k[i] = old + 1e-6
-        up = np.sum(model(x))
-        k[i] = old - 1e-6
-        num[i] = (up - np.sum(model(x))) / 2e-6
-        k[i] = old
+    num = numeric(d.kernel, lambda: np.sum(model(x)))
     np.testing.assert_allclose(want[f"{d.name}/kernel"], num, rtol=1e-6, atol=1e-8)
 
 
