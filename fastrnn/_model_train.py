@@ -208,45 +208,39 @@ def _pool_b(layer, ctx, gys):
     return (g * share).astype(x.dtype), {}
 
 
-def _layer_norm_axes(layer, ndim=None):
-    """Refuse a LayerNormalization over other axes than the last (``ndim`` unknown
-    before the call: only ``axis=[-1]`` passes)."""
-    ok = layer.axis == [-1] if ndim is None else \
-        [a % max(ndim, 1) for a in layer.axis] == [ndim - 1]
-    if not ok:
-        raise ValueError(f"cannot train through layer {layer.name!r}: a LayerNormalization "
-                         f"over axes {layer.axis} (the backward runs over the last axis)")
-
-
 def _layer_norm_f(layer, x, mask):
-    x = np.asarray(x)
-    _layer_norm_axes(layer, x.ndim)
     y, m = layer.call(x, mask)
-    return y, m, x.astype(y.dtype, copy=False)
+    return y, m, np.asarray(x).astype(y.dtype, copy=False)
 
 
 def _layer_norm_b(layer, ctx, gys):
+    """Over any of the layer's axes (the last, or several: ``axis=[1, 2]``)."""
+    from .model import _axes
     x, g = ctx, gys[0]
     dt = x.dtype
-    mu = x.mean(axis=-1, keepdims=True)
-    inv = 1 / np.sqrt(x.var(axis=-1, keepdims=True) + dt.type(layer.epsilon))
-    gamma = layer.gamma
+    ax = tuple(_axes(layer.axis, x.ndim, layer.name))
+    rest = tuple(i for i in range(x.ndim) if i not in ax)
+    shape = [x.shape[i] if i in ax else 1 for i in range(x.ndim)]
+    mu = x.mean(axis=ax, keepdims=True)
+    inv = 1 / np.sqrt(x.var(axis=ax, keepdims=True) + dt.type(layer.epsilon))
+    gamma = None if layer.gamma is None else layer.gamma.astype(dt).reshape(shape)
     gh = g if gamma is None else g * gamma
     grads = {}
-    lead = tuple(range(x.ndim - 1))
     if layer.rms_scaling:
         if gamma is not None:
-            grads["gamma"] = np.sum(g * x * inv, axis=lead)
-        gx = inv * gh - (x - mu) * inv ** 3 * np.mean(gh * x, axis=-1, keepdims=True)
+            grads["gamma"] = np.sum(g * x * inv, axis=rest)
+        gx = inv * gh - (x - mu) * inv ** 3 * np.mean(gh * x, axis=ax, keepdims=True)
     else:
         xh = (x - mu) * inv
         if gamma is not None:
-            grads["gamma"] = np.sum(g * xh, axis=lead)
+            grads["gamma"] = np.sum(g * xh, axis=rest)
         if layer.beta is not None:
-            grads["beta"] = np.sum(g, axis=lead)
-        gx = inv * (gh - gh.mean(axis=-1, keepdims=True)
-                    - xh * np.mean(gh * xh, axis=-1, keepdims=True))
-    return gx.astype(dt, copy=False), {k: v.astype(dt, copy=False) for k, v in grads.items()}
+            grads["beta"] = np.sum(g, axis=rest)
+        gx = inv * (gh - gh.mean(axis=ax, keepdims=True)
+                    - xh * np.mean(gh * xh, axis=ax, keepdims=True))
+    shapes = {"gamma": layer.gamma, "beta": layer.beta}
+    return gx.astype(dt, copy=False), {k: v.astype(dt, copy=False).reshape(
+        shapes[k].shape) for k, v in grads.items()}
 
 
 def _batch_norm_f(layer, x, mask):
@@ -1114,8 +1108,6 @@ def check(model):
             kind = type(lay).__name__
             if kind in ("Dense", "Activation", "Conv1D", "Conv2D"):
                 _act_key(lay)
-            elif kind == "LayerNormalization" and len(lay.axis) != 1:
-                _layer_norm_axes(lay)
         if type(layer).__name__ == "TimeDistributed" and type(layer.layer) not in _FORWARD:
             _refuse(layer.layer, f" (inside TimeDistributed {layer.name!r})")
 

@@ -195,11 +195,15 @@ def test_shared_layers_sum_their_gradients_and_refusals_name_the_layer():
 
 
 @pytest.mark.parametrize("rms", [False, True])
-def test_layer_normalization_gradients_by_central_differences(rms):
+@pytest.mark.parametrize("axis", [-1, [1, 2], 1])
+def test_layer_normalization_gradients_by_central_differences(rms, axis):
+    """Over the last axis, over the steps and features together, over the steps."""
     from fastrnn.model import LayerNormalization
     rng = np.random.default_rng(3)
-    ln = LayerNormalization(rng.normal(size=5), None if rms else rng.normal(size=5),
-                            rms_scaling=rms, dtype="float64")
+    size = {-1: 5, 1: 3}.get(axis, 15) if not isinstance(axis, list) else 15
+    wshape = (3, 5) if isinstance(axis, list) else (size,)
+    ln = LayerNormalization(rng.normal(size=wshape), None if rms else rng.normal(size=wshape),
+                            axis=axis, rms_scaling=rms, dtype="float64")
     model = Model([Dense(rng.normal(size=(4, 5)), dtype="float64"), ln])
     x = rng.normal(size=(2, 3, 4))
     gy = rng.normal(size=(2, 3, 5))
@@ -520,7 +524,8 @@ def test_max_pooling_ties_go_to_the_first_value_of_each_window():
 
 
 @pytest.mark.parametrize("name", ["k2_td_masks_pool", "k2_td_video", "k2_merge_mul_max_min",
-                                  "k3_dag_merge_ops_masking", "k3_nested_res_two_masks"])
+                                  "k3_dag_merge_ops_masking", "k3_nested_res_two_masks",
+                                  "k3_layernorm_rms_axes", "k3_norm_inner_axis"])
 def test_fixture_models_in_float64_by_central_differences(name):
     """Keras fixtures (tests/fixtures/keras) loaded in float64: tf.keras 2's
     TimeDistributed masks, Keras 3's masked Maximum / Minimum (a masked entry filled
