@@ -96,11 +96,28 @@ def _act_backward(spec, z_fn, y, g):
     if key == "linear":
         return g
     if key == "softmax":
-        return y * (g - np.sum(g * y, axis=-1, keepdims=True))
+        return _softmax_back(y, g)
     if key == "log_softmax":
-        return g - np.exp(y) * np.sum(g, axis=-1, keepdims=True)
+        return _log_softmax_back(y, g)
     z = None if key in ("tanh", "sigmoid", "exponential") else z_fn()
     return g * _DACT[key](z, y, args)
+
+
+def _softmax_back(y, g, axis=-1):
+    """dL/dz of ``y = softmax(z)`` over ``axis`` (an int or a tuple) from dL/dy ``g``."""
+    return y * (g - np.sum(g * y, axis=axis, keepdims=True))
+
+
+def _log_softmax_back(y, g, axis=-1):
+    """dL/dz of ``y = log_softmax(z)`` over ``axis`` from dL/dy ``g``."""
+    return g - np.exp(y) * np.sum(g, axis=axis, keepdims=True)
+
+
+def _max_share(x, y, g, axis):
+    """dL/dx of a maximum (or minimum) ``y`` of ``x`` over ``axis`` (``y`` and ``g`` with
+    that axis kept): ties share the gradient, as JAX's and TensorFlow's reductions."""
+    hit = (x == y).astype(g.dtype)
+    return g * hit / hit.sum(axis=axis, keepdims=True)
 
 
 def _unbroadcast(g, shape):
@@ -116,10 +133,6 @@ def _unbroadcast(g, shape):
 # ---------------------------------------------------------------------------- layers
 # forward(layer, x, mask) -> (outputs, out_mask, ctx); backward(layer, ctx, gys) ->
 # (input gradient(s), {weight name: gradient}); gys: one gradient an output (None: zero)
-
-def _zeros_like(a):
-    return np.zeros(np.shape(a), np.asarray(a).dtype)
-
 
 def _activated_f(layer, x, mask):
     """The forward of Dense, Activation, Conv1D: their input, output and activation."""
@@ -194,8 +207,7 @@ def _pool_b(layer, ctx, gys):
     axis = 1 if layer.data_format == "channels_last" else 2
     g = gys[0] if layer.keepdims else np.expand_dims(gys[0], axis)
     if layer.op == "max":
-        hit = x == (y if layer.keepdims else np.expand_dims(y, axis))
-        return g * hit / hit.sum(axis=axis, keepdims=True), {}     # (ties share it)
+        return _max_share(x, y if layer.keepdims else np.expand_dims(y, axis), g, axis), {}
     if mask is None:
         return np.broadcast_to(g / x.dtype.type(x.shape[axis]), x.shape).copy(), {}
     m = np.asarray(mask, x.dtype)
@@ -208,7 +220,8 @@ def _pool_b(layer, ctx, gys):
     return (g * share).astype(x.dtype), {}
 
 
-def _layer_norm_f(layer, x, mask):
+def _norm_f(layer, x, mask):
+    """The forward of Layer- and BatchNormalization: their input, in the output's dtype."""
     y, m = layer.call(x, mask)
     return y, m, np.asarray(x).astype(y.dtype, copy=False)
 
@@ -241,11 +254,6 @@ def _layer_norm_b(layer, ctx, gys):
     shapes = {"gamma": layer.gamma, "beta": layer.beta}
     return gx.astype(dt, copy=False), {k: v.astype(dt, copy=False).reshape(
         shapes[k].shape) for k, v in grads.items()}
-
-
-def _batch_norm_f(layer, x, mask):
-    y, m = layer.call(x, mask)
-    return y, m, np.asarray(x).astype(y.dtype, copy=False)
 
 
 def _batch_norm_b(layer, ctx, gys):
@@ -372,7 +380,7 @@ def _softmax_f(layer, x, mask):
 def _softmax_b(layer, ctx, gys):
     y, g = ctx, gys[0]
     axes = layer._axes(y.ndim)
-    return (y * (g - np.sum(g * y, axis=axes, keepdims=True))).astype(y.dtype), {}
+    return _softmax_back(y, g, axes).astype(y.dtype), {}
 
 
 def _rnn_f(layer, x, mask, initial_state=None):
@@ -663,10 +671,6 @@ def _attention_f(layer, xs, masks):
     return y, m, (xs2, ms, dt, y)
 
 
-def _softmax_back(w, dw):
-    return w * (dw - np.sum(dw * w, axis=-1, keepdims=True))
-
-
 def _attention_b(layer, ctx, gys):
     """Attention (dot / concat scores) and AdditiveAttention."""
     xs, masks, dt, y = ctx
@@ -850,8 +854,7 @@ def _global_pool2d_b(layer, ctx, gys):
     axes = (1, 2)
     g = gys[0] if layer.keepdims else np.expand_dims(gys[0], axes)
     if layer.op == "max":
-        hit = (x == (y if layer.keepdims else np.expand_dims(y, axes))).astype(g.dtype)
-        return g * hit / hit.sum(axis=axes, keepdims=True), {}
+        return _max_share(x, y if layer.keepdims else np.expand_dims(y, axes), g, axes), {}
     return np.broadcast_to(g / g.dtype.type(x.shape[axes[0]] * x.shape[axes[1]]),
                            x.shape).copy(), {}
 
@@ -867,13 +870,12 @@ def _fold_b(layer, ctx, gys):
 
 def _unfold_f(layer, xs, masks):
     y, m = layer.call(xs, masks)
-    return y, m, (np.shape(xs[0]), np.asarray(xs[1]))
+    return y, m, np.shape(xs[0])
 
 
 def _unfold_b(layer, ctx, gys):
     # (the second input gives the steps' count only: no gradient)
-    shape, src = ctx
-    return [gys[0].reshape(shape), None], {}
+    return [gys[0].reshape(ctx), None], {}
 
 
 # keras.ops (fastrnn.model.Op): each input's gradient from the output's
@@ -937,14 +939,10 @@ def _op_b(layer, ctx, gys):
         elif op == "Mean":
             put(0, np.broadcast_to(ge, x.shape) / math.prod(x.shape[a] for a in axes))
         else:                   # Max / Min: ties share it
-            hit = (x == ye).astype(g.dtype)
-            put(0, ge * hit / hit.sum(axis=axes, keepdims=True))
+            put(0, _max_share(x, ye, ge, axes))
     elif op in ("Softmax", "LogSoftmax"):
         a = -1 if ax is None else ax
-        if op == "Softmax":
-            put(0, y * (g - np.sum(g * y, axis=a, keepdims=True)))
-        else:
-            put(0, g - np.exp(y) * np.sum(g, axis=a, keepdims=True))
+        put(0, (_softmax_back if op == "Softmax" else _log_softmax_back)(y, g, a))
     elif op == "GetItem":
         k = layer.args[1]
         key = tuple(_key(i) for i in k) if isinstance(k, list) else _key(k)
@@ -1013,10 +1011,10 @@ def _fill():
              Dropout: (_identity_f, _identity_b), InputCast: (_identity_f, _identity_b),
              Embedding: (_embedding_f, _embedding_b), Masking: (_masking_f, _masking_b),
              GlobalPooling1D: (_pool_f, _pool_b),
-             LayerNormalization: (_layer_norm_f, _layer_norm_b),
+             LayerNormalization: (_norm_f, _layer_norm_b),
              KerasRNN: (_rnn_f, _rnn_b), Bidirectional: (_bi_f, _bi_b),
              TimeDistributed: (_td_f, _td_b), Conv1D: (_activated_f, _conv_b),
-             BatchNormalization: (_batch_norm_f, _batch_norm_b),
+             BatchNormalization: (_norm_f, _batch_norm_b),
              Softmax: (_softmax_f, _softmax_b)}
     table[FoldTime], table[UnfoldTime] = (_fold_f, _fold_b), (_unfold_f, _unfold_b)
     table[Op] = (_op_f, _op_b)

@@ -1402,7 +1402,7 @@ class Model:
         a Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``.  A shared
         layer's once.  After changing them in place call :meth:`mark_weights_changed`
         (the optimizers of :mod:`fastrnn.train` do, given the model)."""
-        return {name: v for name, v in self._named_params()[0].items()}
+        return self._named_params()[0]
 
     def _named_params(self):
         """(``parameters()``, for each position the names of its layer's arrays: its
@@ -1467,15 +1467,15 @@ class Model:
                              f"{len(gouts)} output gradient(s)")
         pending = {}            # (layer, output index) -> gradient so far
 
-        def add(key, g, shape):
-            g = np.asarray(g)
-            if g.shape != tuple(shape):
-                raise ValueError(f"gradient of {self._tensor_name(*key, self._labels())} "
-                                 f"has shape {g.shape}, the output {tuple(shape)}")
+        def add(key, g):
             pending[key] = g if key not in pending else pending[key] + g
         for key, g, shape in zip(outs, gouts, cache.out_shapes):
             if g is not None:
-                add(tuple(key), g, shape)
+                g = np.asarray(g)
+                if g.shape != tuple(shape):
+                    raise ValueError(f"gradient of {self._tensor_name(*key, self._labels())} "
+                                     f"has shape {g.shape}, the output {tuple(shape)}")
+                add(tuple(key), g)
         graph = self._graph()
         inits = getattr(self, "initial_states", None) or {}
         params, local = self._named_params()
@@ -1497,7 +1497,7 @@ class Model:
                 gx = [gx]
             for (a, b), g in zip(refs, gx):
                 if g is not None:
-                    pending[(a, b)] = g if (a, b) not in pending else pending[(a, b)] + g
+                    add((a, b), g)
         dx = []
         for k, x in enumerate(cache.inputs):
             g = pending.get((INPUT, k))

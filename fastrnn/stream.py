@@ -406,7 +406,6 @@ class Stream:
         # rows[s]: the name of the recurrent layer returning its last step (return_sequences
         # False) whose output slot s derives from, as (B, features) a step; None: (B, T, ...)
         rows = [None] * (n_in + n)
-        last_use = {}
         plan, runners = [], []
         # layers that act on each step's features alone (plus normalisations over them)
         rowwise = (Embedding, Masking, Dense, Dropout, Activation, InputCast)
@@ -481,8 +480,6 @@ class Stream:
                                  f"{type(layer).__name__}")
             rows[dst] = last
             have.add(dst)
-            for s in srcs:
-                last_use[s] = len(plan)
             plan.append(entry + (srcs, dst, single))
         # (a chain's outputs: all its last layer gives, e.g. an LSTM's returned states)
         outs = tuple(slot(a, b, None) for a, b in (model.outputs or [
@@ -498,9 +495,9 @@ class Stream:
         for k, e in enumerate(plan):
             for s in e[3]:
                 readers.setdefault(s, []).append(k)
-        for s, k in last_use.items():
+        for s, ks in readers.items():
             if s not in outs:
-                drops[k].append(s)
+                drops[ks[-1]].append(s)     # (its last reader)
         prog = []
         for k, (kind, layer, runner, srcs, dst, single) in enumerate(plan):
             chained = k > 0 and single and srcs == (plan[k - 1][4],) and \
