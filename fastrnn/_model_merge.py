@@ -476,9 +476,15 @@ def _softmax_last(s):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _causal(tq, tv):
-    """Keras's causal mask ``(Tq, Tv)``: query step i sees value steps j <= i."""
-    return np.arange(tq)[:, None] >= np.arange(tv)[None, :]
+def _heads(a):
+    """``(B, T, heads, dim)`` <-> ``(B, heads, T, dim)`` (a view)."""
+    return np.swapaxes(a, 1, 2)
+
+
+def _causal(tq, tv, offset=0):
+    """Keras's causal mask ``(Tq, Tv)``: query step i sees value steps j <= i (a
+    stream's chunk of queries from step ``offset``: j <= offset + i)."""
+    return np.arange(offset, offset + tq)[:, None] >= np.arange(tv)[None, :]
 
 
 class _AttentionBase(Layer):
@@ -497,6 +503,24 @@ class _AttentionBase(Layer):
 
     def n_outputs(self):
         return 2 if self.return_attention_scores else 1
+
+    _query_keeps = False    # (whether the query's mask enters the scores' mask)
+
+    def _key_mask(self, masks):
+        """The mask of the keys' steps: the value's (MultiHeadAttention: joined with
+        the key's)."""
+        return masks[1]
+
+    def _keep(self, qm, km, tq, tv, offset=0):
+        """Where the scores ``(B, Tq, Tv)`` stand, as Keras masks them (None:
+        everywhere): the keys' mask (``km``), the query's where it enters, causal."""
+        keep = qm[:, :, None] if (self._query_keeps and qm is not None) else None
+        if km is not None:
+            keep = km[:, None, :] if keep is None else keep & km[:, None, :]
+        if self.use_causal_mask:
+            c = _causal(tq, tv, offset)[None]
+            keep = c if keep is None else keep & c
+        return keep
 
     def _tensors(self, x, mask):
         if not isinstance(x, (list, tuple)):
@@ -580,25 +604,39 @@ class Attention(_AttentionBase):
 
     def call(self, x, mask=None):
         xs, masks, dt = self._tensors(x, mask)
+        q, k, v = self._keys(xs)
+        out, w = self._attend(q, k, v, masks[0], masks[1], dt)
+        return ([out, w] if self.return_attention_scores else out), masks[0]
+
+    def _keys(self, xs):
+        """(query, key, value) of the checked inputs: here the inputs themselves."""
         q, v = xs[0], xs[1]
         k = xs[2] if len(xs) > 2 else v
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(f"{self.name}: query and key need the same features, got "
                              f"shapes {q.shape} and {k.shape}")
+        return q, k, v
+
+    def _attend(self, q, k, v, qm, vm, dt, offset=0):
+        """(output, weights) of queries ``q`` from step ``offset`` (a stream's chunk;
+        causal: each sees the keys up to its own step) over keys ``k`` / values ``v``
+        from step 0; ``qm`` / ``vm`` the query / value masks or None."""
         # (the scores' own dtype: float32 in a float64 AdditiveAttention without scale)
         s = np.asarray(self._scores(q, k, dt))
-        keep = None if masks[1] is None else masks[1][:, None, :]
-        if self.use_causal_mask:
-            c = _causal(s.shape[1], s.shape[2])[None]
-            keep = c if keep is None else keep & c
+        keep = self._keep(qm, vm, s.shape[1], s.shape[2], offset)
         if keep is not None:
             s = np.where(keep, s, s - s.dtype.type(1e9))
         w = _softmax_last(s)
         out = w @ v
-        qm = masks[0]
         if qm is not None:
             out = np.where(qm[..., None], out, dt.type(0))
-        return ([out, w] if self.return_attention_scores else out), qm
+        return out, w
+
+    def _no_view(self, qm, seen):
+        """Where the output of a query step that sees no unmasked key (``seen`` False)
+        depends on the later steps (Keras then spreads its weights over every step of
+        the whole sequence): here unless the query step is masked (its output zeroed)."""
+        return ~seen if qm is None else ~seen & qm
 
     def get_config(self):
         return {**super().get_config(), "score_mode": self.score_mode}
@@ -703,6 +741,13 @@ class MultiHeadAttention(_AttentionBase):
                 raise ValueError(f"{self.name}: {b} must have shape {shape}, got "
                                  f"{getattr(self, b).shape}")
 
+    _query_keeps = True
+
+    def _key_mask(self, masks):
+        vm = masks[1]
+        km = masks[2] if len(masks) > 2 else None
+        return km if vm is None else vm if km is None else vm & km
+
     @property
     def num_heads(self):
         return self.query_kernel.shape[1]
@@ -724,11 +769,20 @@ class MultiHeadAttention(_AttentionBase):
         if x.shape[-1] != kernel.shape[0]:
             raise ValueError(f"{self.name}: the {what} has {x.shape[-1]} features, its "
                              f"kernel takes {kernel.shape[0]}")
-        y = np.einsum("btf,fnd->btnd", x, kernel)
+        F, N, D = kernel.shape
+        y = (x.reshape(math.prod(x.shape[:-1]), F) @ kernel.reshape(F, N * D)).reshape(
+            x.shape[:-1] + (N, D))
         return y if bias is None else y + bias
 
     def call(self, x, mask=None):
         xs, masks, _ = self._tensors(x, mask)
+        q, k, v = self._keys(xs)
+        out, w = self._attend(q, k, v, masks[0], self._key_mask(masks))
+        return ([out, w] if self.return_attention_scores else out), masks[0]
+
+    def _keys(self, xs):
+        """The projected (query scaled by 1 / sqrt(key_dim), key, value) of the checked
+        inputs, each ``(B, T, heads, dim)``."""
         dt = self.query_kernel.dtype
         xs = [np.asarray(a, dtype=dt) for a in xs]
         query, value = xs[0], xs[1]
@@ -736,31 +790,46 @@ class MultiHeadAttention(_AttentionBase):
         q = self._proj(query, self.query_kernel, self.query_bias, "query")
         k = self._proj(key, self.key_kernel, self.key_bias, "key")
         v = self._proj(value, self.value_kernel, self.value_bias, "value")
-        q = q * dt.type(1.0 / math.sqrt(float(self.key_dim)))
-        s = np.einsum("btnd,bsnd->bnts", q, k)
-        keep = None
-        qm, vm = masks[0], masks[1]
-        km = masks[2] if len(masks) > 2 else None
-        if qm is not None:
-            keep = qm[:, :, None]
-        for m in (vm, km):
-            if m is not None:
-                keep = m[:, None, :] if keep is None else keep & m[:, None, :]
-        if self.use_causal_mask:
-            c = _causal(s.shape[2], s.shape[3])[None]
-            keep = c if keep is None else keep & c
+        return q * dt.type(1.0 / math.sqrt(float(self.key_dim))), k, v
+
+    def _attend(self, q, k, v, qm, km, dt=None, offset=0):
+        """(output, weights) of the projected queries ``q`` from step ``offset`` (a
+        stream's chunk) over the projected keys / values from step 0; ``qm`` the query
+        mask, ``km`` the value and key masks joined (or None); ``dt`` unused (the
+        kernels' dtype is the computation's)."""
+        _, w, _ = self._weights(q, k, qm, km, offset)
+        o = _heads(w @ _heads(v))                   # (B, Tq, heads, value_dim)
+        B, T, N, V = o.shape
+        E = self.output_kernel.shape[2]
+        out = (o.reshape(B * T, N * V) @ self.output_kernel.reshape(N * V, E)).reshape(
+            B, T, E)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return out, w
+
+    def _weights(self, q, k, qm, km, offset=0):
+        """(the softmax of the masked scores, the weights applied (``zero_masked``: 0
+        where masked), where the scores stand (None: everywhere)), each ``(B, heads,
+        Tq, Tk)``, of the projected queries from step ``offset`` and keys."""
+        dt = self.query_kernel.dtype
+        s = _heads(q) @ np.moveaxis(k, 1, 3)        # (B, heads, Tq, Tk), by BLAS
+        keep = self._keep(qm, km, s.shape[2], s.shape[3], offset)
         if keep is not None and self.additive_mask:
             s = s + np.where(keep[:, None], dt.type(0), dt.type(-1e9))
         elif keep is not None:
             s = np.where(keep[:, None], s, dt.type(-1e9))
         w = _softmax_last(s)
         if keep is not None and self.zero_masked:
-            w = np.where(keep[:, None], w, dt.type(0))
-        o = np.einsum("bnts,bsnd->btnd", w, v)
-        out = np.einsum("btnd,nde->bte", o, self.output_kernel)
-        if self.output_bias is not None:
-            out = out + self.output_bias
-        return ([out, w] if self.return_attention_scores else out), qm
+            return w, np.where(keep[:, None], w, dt.type(0)), keep
+        return w, w, keep
+
+    def _no_view(self, qm, seen):
+        """Where a query step's output depends on later steps: one that attends to
+        nothing (masked, or no unmasked key seen) averages every step's values unless
+        ``zero_masked``."""
+        if self.zero_masked:
+            return np.zeros_like(seen)
+        return ~seen if qm is None else ~(seen & qm)
 
     def get_config(self):
         return {**super().get_config(), "zero_masked": self.zero_masked,

@@ -649,22 +649,6 @@ def _dot_b(layer, ctx, gys):
     return [da.astype(ctx[0].dtype, copy=False), db.astype(ctx[1].dtype, copy=False)], {}
 
 
-def _keep(layer, masks, tq, tv, heads=False):
-    """Where an attention layer's scores stand (Keras's masks, causal), as its call
-    computes it; None: everywhere."""
-    from ._model_merge import _causal
-    qm, vm = masks[0], masks[1]
-    km = masks[2] if len(masks) > 2 else None
-    keep = qm[:, :, None] if (heads and qm is not None) else None
-    for m in ((vm, km) if heads else (vm,)):
-        if m is not None:
-            keep = m[:, None, :] if keep is None else keep & m[:, None, :]
-    if layer.use_causal_mask:
-        c = _causal(tq, tv)[None]
-        keep = c if keep is None else keep & c
-    return keep
-
-
 def _attention_f(layer, xs, masks):
     y, m = layer.call(xs, masks)
     xs2, ms, dt = layer._tensors(xs, masks)
@@ -679,7 +663,7 @@ def _attention_b(layer, ctx, gys):
     w = y[1] if layer.return_attention_scores else None
     # (the weights again: the call's scores, lowered where masked, softmaxed)
     s = np.asarray(layer._scores(q, k, dt))
-    keep = _keep(layer, masks, s.shape[1], s.shape[2])
+    keep = layer._keep(masks[0], layer._key_mask(masks), s.shape[1], s.shape[2])
     if keep is not None:
         s = np.where(keep, s, s - s.dtype.type(1e9))
     if w is None:
@@ -725,49 +709,44 @@ def _attention_b(layer, ctx, gys):
 
 
 def _mha_b(layer, ctx, gys):
+    from ._model_merge import _heads
     xs, masks, _, y = ctx
     dt = layer.query_kernel.dtype
     xs = [np.asarray(a, dtype=dt) for a in xs]
     query, value = xs[0], xs[1]
     key = xs[2] if len(xs) > 2 else value
-    D = float(layer.key_dim)
-    q = layer._proj(query, layer.query_kernel, layer.query_bias, "query") * dt.type(
-        1.0 / math.sqrt(D))
-    k = layer._proj(key, layer.key_kernel, layer.key_bias, "key")
-    v = layer._proj(value, layer.value_kernel, layer.value_bias, "value")
-    s = np.einsum("btnd,bsnd->bnts", q, k)
-    keep = _keep(layer, masks, s.shape[2], s.shape[3], heads=True)
-    if keep is not None and layer.additive_mask:
-        s = s + np.where(keep[:, None], dt.type(0), dt.type(-1e9))
-    elif keep is not None:
-        s = np.where(keep[:, None], s, dt.type(-1e9))
-    from ._model_merge import _softmax_last
-    w = _softmax_last(s)
-    wz = w if keep is None or not layer.zero_masked else np.where(keep[:, None], w, dt.type(0))
-    o = np.einsum("bnts,bsnd->btnd", wz, v)
+    q, k, v = layer._keys(xs)           # (q scaled by 1 / sqrt(key_dim))
+    w, wz, keep = layer._weights(q, k, masks[0], layer._key_mask(masks))
+    o = _heads(wz @ _heads(v))          # (B, T, heads, value_dim)
+    B, T, N, V = o.shape
     g = gys[0] if gys[0] is not None else np.zeros(y[0].shape if isinstance(y, list)
                                                     else y.shape, dt)
-    grads = {"output_kernel": np.einsum("btnd,bte->nde", o, g)}
+    E = layer.output_kernel.shape[2]
+    g2 = g.reshape(B * T, E)
+    ok = layer.output_kernel.reshape(N * V, E)
+    grads = {"output_kernel": (o.reshape(B * T, N * V).T @ g2).reshape(
+        layer.output_kernel.shape)}
     if layer.output_bias is not None:
         grads["output_bias"] = g.sum(axis=(0, 1))
-    do = np.einsum("bte,nde->btnd", g, layer.output_kernel)
-    dwz = np.einsum("btnd,bsnd->bnts", do, v)
+    do = _heads((g2 @ ok.T).reshape(B, T, N, V))       # (B, heads, T, value_dim)
+    dwz = do @ np.moveaxis(v, 1, 3)
     if layer.return_attention_scores and gys[1] is not None:
         dwz = dwz + gys[1]
-    dv = np.einsum("bnts,btnd->bsnd", wz, do)
+    dv = _heads(np.swapaxes(wz, 2, 3) @ do)
     dw = dwz if wz is w else np.where(keep[:, None], dwz, dt.type(0))
     ds = _softmax_back(w, dw)
     if keep is not None and not layer.additive_mask:
         ds = np.where(keep[:, None], ds, dt.type(0))     # (set to -1e9 there: constant)
-    dq = np.einsum("bnts,bsnd->btnd", ds, k) * dt.type(1.0 / math.sqrt(D))
-    dk = np.einsum("bnts,btnd->bsnd", ds, q)
+    dq = _heads(ds @ _heads(k)) * dt.type(1.0 / math.sqrt(float(layer.key_dim)))
+    dk = _heads(np.swapaxes(ds, 2, 3) @ _heads(q))
     outs = []
     for name, x, d in (("query", query, dq), ("key", key, dk), ("value", value, dv)):
         kern = getattr(layer, f"{name}_kernel")
-        grads[f"{name}_kernel"] = np.einsum("btf,btnd->fnd", x, d)
+        F, d2 = x.shape[-1], d.reshape(B * d.shape[1], d.shape[2] * d.shape[3])
+        grads[f"{name}_kernel"] = (x.reshape(-1, F).T @ d2).reshape(kern.shape)
         if getattr(layer, f"{name}_bias") is not None:
             grads[f"{name}_bias"] = d.sum(axis=(0, 1))
-        outs.append(np.einsum("btnd,fnd->btf", d, kern))
+        outs.append((d2 @ kern.reshape(F, -1).T).reshape(x.shape))
     dquery, dkey, dvalue = outs
     ins = [dquery, dvalue + dkey] if len(xs) == 2 else [dquery, dvalue, dkey]
     return ins, grads

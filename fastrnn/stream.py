@@ -17,9 +17,10 @@ steps / Conv1D with ``strides=1`` that is causal or of one tap (a causal one kee
 last ``(kernel_size - 1) * dilation_rate`` inputs) / uni-directional RNN layers, and with
 graphs of them: merges that join each step's tensors (elementwise, Concatenate on the
 features, operations of several tensors on the features), or, after recurrent layers that
-return their last step, each step's rows; several inputs (a list or a dict by name, each
-``(B, T, ...)``) and several outputs (a list).  Bidirectional layers and ``go_backwards``
-need the whole sequence and are refused.
+return their last step, each step's rows; causal attention layers (each keeps the keys
+and values it has read, so a chunk's queries attend to every step so far); several
+inputs (a list or a dict by name, each ``(B, T, ...)``) and several outputs (a list).
+Bidirectional layers and ``go_backwards`` need the whole sequence and are refused.
 
 Conventions: a core layer's chunk follows the layer (``(T, B, I)``, or ``(B, T, I)`` with
 ``batch_first``); a model's chunk is batch first (``(B, T, ...)``, Keras's convention).
@@ -223,6 +224,120 @@ class _ConvContext:
         self.state = np.array(a, dtype=self.state.dtype, order="C", copy=True)
 
 
+class _AttentionCache:
+    """A causal attention layer in a stream: the keys and values it has read so far
+    (MultiHeadAttention: their projections) and their mask, so each chunk's queries
+    attend to every step up to their own, as in the whole call.  ``state``: (keys,
+    values, mask or None, n) with the first ``n`` steps of the buffers in use (grown by
+    doubling; a run writes only beyond ``n``, so a refused feed's state is put back by
+    assigning the old tuple)."""
+
+    def __init__(self, layer, B: int):
+        self.layer = layer
+        self.reset(B)
+
+    def reset(self, B: int):
+        self.state = (None, None, None, 0)
+
+    def _grown(self, k, v, km):
+        """(keys, values, mask or None, n, n + the chunk's steps): the buffers with the
+        chunk's ``k``, ``v``, ``km`` written after their first ``n`` steps (new arrays
+        where they must grow or change dtype)."""
+        K, V, M, n = self.state
+        B, c = k.shape[:2]
+        if K is None:
+            dk, dv = k.dtype, v.dtype
+        elif K.shape[2:] != k.shape[2:] or V.shape[2:] != v.shape[2:]:
+            raise ValueError(f"cannot stream layer {self.layer.name!r}: keys / values of "
+                             f"shapes {k.shape} / {v.shape} after ones of "
+                             f"{K[:, :n].shape} / {V[:, :n].shape}")
+        else:
+            dk, dv = np.result_type(K.dtype, k.dtype), np.result_type(V.dtype, v.dtype)
+        if K is None or n + c > K.shape[1] or K.dtype != dk or V.dtype != dv:
+            cap = max(n + c, 2 * n, 16)
+            K2, V2 = (np.empty((B, cap) + a.shape[2:], d) for a, d in ((k, dk), (v, dv)))
+            if n:
+                K2[:, :n], V2[:, :n] = K[:, :n], V[:, :n]
+            K, V = K2, V2
+            if M is not None:
+                M2 = np.ones((B, cap), bool)
+                M2[:, :n] = M[:, :n]
+                M = M2
+        if km is not None and M is None:
+            M = np.ones((B, K.shape[1]), bool)
+        K[:, n:n + c], V[:, n:n + c] = k, v
+        if M is not None:
+            M[:, n:n + c] = True if km is None else km
+        return K, V, M, n, n + c
+
+    def run(self, hs, masks):
+        layer = self.layer
+        xs, ms, dt = layer._tensors(hs, masks)
+        q, k, v = layer._keys(xs)
+        K, V, M, n, end = self._grown(k, v, layer._key_mask(ms))
+        qm = ms[0]
+        if M is not None:
+            # a query step that sees no unmasked key: Keras spreads its weights over
+            # every step of the whole sequence, later ones too, which no stream knows
+            seen = np.logical_or.accumulate(M[:, :end], axis=1)[:, n:]
+            bad = layer._no_view(qm, seen)
+            if bad.any():
+                t, b = (int(i[0]) for i in np.nonzero(bad.T))     # (the first step)
+                why = "its query step is masked" if qm is not None and not qm[b, t] \
+                    else "every step so far is masked"
+                raise ValueError(
+                    f"cannot stream layer {layer.name!r} of type {type(layer).__name__} "
+                    f"at step {n + t} of sequence {b}: {why}, so Keras spreads the step's "
+                    "attention over every step of the whole sequence, later ones too, "
+                    "which a stream does not know yet")
+        out, _ = layer._attend(q, K[:, :end], V[:, :end], qm,
+                               None if M is None else M[:, :end], dt, n)
+        self.state = (K, V, M, end)
+        return out, qm
+
+    def snapshot(self):
+        K, V, M, n = self.state
+        if not n:
+            return None
+        return (K[:, :n].copy(), V[:, :n].copy(), None if M is None else M[:, :n].copy())
+
+    def restore(self, value, B: int, where: str):
+        if value is None:
+            return self.reset(B)
+        what = (f"{where}: the keys, values and mask {type(self.layer).__name__} "
+                f"{self.layer.name!r} has read")
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ValueError(f"{what} must be a tuple (keys, values, mask or None)")
+        try:
+            k, v = _values(value[0]), _values(value[1])
+            m = None if value[2] is None else _values(value[2])
+        except Exception as e:
+            raise TypeError(f"{what} are not arrays: {e}") from None
+        if k.dtype.kind != "f" or v.dtype.kind != "f":
+            raise TypeError(f"{what}: keys and values must be floating point, got "
+                            f"{k.dtype} and {v.dtype}")
+        heads = getattr(self.layer, "num_heads", None)
+        want = 3 if heads is None else 4
+        if k.ndim != want or v.ndim != want or k.shape[:2] != v.shape[:2] or \
+                k.shape[0] != B or (heads is not None and (
+                    k.shape[2:] != (heads, self.layer.key_dim) or
+                    v.shape[2:] != (heads, self.layer.value_dim))):
+            raise ValueError(f"{what}: keys / values of shapes {k.shape} / {v.shape} "
+                             f"(want {want}-D, batch {B}, the same steps" +
+                             ("" if heads is None else ", (heads, key_dim) / (heads, "
+                              "value_dim) last") + ")")
+        if m is not None and (m.dtype != bool or m.shape != k.shape[:2]):
+            raise ValueError(f"{what}: the mask must be bool of shape {k.shape[:2]}, got "
+                             f"{m.dtype} {m.shape}")
+        self.state = (np.array(k, order="C"), np.array(v, order="C"),
+                      None if m is None else np.array(m), k.shape[1])
+
+
+def _causal_attention(layer) -> bool:
+    from ._model_merge import _AttentionBase
+    return isinstance(layer, _AttentionBase) and layer.use_causal_mask
+
+
 def _conv_streams(layer):
     """None where a Conv1D streams (strides 1, and causal or of one tap), else why not."""
     if layer.strides != 1:
@@ -302,10 +417,13 @@ def _concat_on_features(layer) -> bool:
 
 
 def _why_not_merged(layer) -> str:
-    from ._model_merge import Concatenate
+    from ._model_merge import Concatenate, _AttentionBase
     if isinstance(layer, Concatenate):
         return (f" along axis {layer.axis}: a stream joins each step's tensors (axis -1, "
                 "or 2 and later)")
+    if isinstance(layer, _AttentionBase):
+        return (": it is not causal, so each step attends to later steps (a stream runs "
+                "attention with use_causal_mask=True)")
     return " on sequences: it reads across the steps (or its axes are not known)"
 
 
@@ -442,6 +560,10 @@ class Stream:
                         isinstance(layer, Concatenate) and _concat_on_features(layer))
                         or _op_on_features(layer, 2)):
                     entry = ("merge", layer, None)
+                elif last is None and _causal_attention(layer):
+                    r = _AttentionCache(layer, self.batch_size)
+                    runners.append(r)
+                    entry = ("attn", layer, r)
                 else:
                     raise ValueError(f"cannot stream layer {name!r} of type "
                                      f"{type(layer).__name__}" + _why_not_merged(layer))
@@ -514,7 +636,9 @@ class Stream:
         """A copy of the carried state: for a layer, what the layer takes as ``hx``
         (``h`` ``(L, B, H)``; LSTM ``(h, c)``); for a model, a list with one entry per
         layer that carries one, in order: a recurrent layer's (as a layer's), a causal
-        Conv1D's last ``(kernel_size - 1) * dilation_rate`` inputs ``(B, n, channels)``.
+        Conv1D's last ``(kernel_size - 1) * dilation_rate`` inputs ``(B, n, channels)``,
+        a causal attention layer's ``(keys, values, mask or None)`` of the steps so far
+        (None before its first; MultiHeadAttention: projected, ``(B, n, heads, dim)``).
         Setting ``None`` (or ``None`` for one entry of a model's) zeroes it, keeping
         :attr:`steps_seen` (:meth:`reset` zeroes both)."""
         states = [r.snapshot() for r in self._runners]
@@ -528,7 +652,8 @@ class Stream:
             value = [value]
         elif not isinstance(value, (list, tuple)) or len(value) != len(self._runners):
             raise ValueError(f"model state must be a list of {len(self._runners)} states "
-                             "(one per recurrent layer and causal Conv1D, in order)")
+                             "(one per recurrent layer, causal Conv1D and causal "
+                             "attention layer, in order)")
         # (each checked before any is set: a bad entry leaves the stream as it was)
         trial = [copy.copy(r) for r in self._runners]
         for i, (r, v) in enumerate(zip(trial, value)):
@@ -660,6 +785,8 @@ class Stream:
                                      f"{[np.shape(a) for a in hs]}), which Keras broadcasts "
                                      "over the steps")
                 h, mask = layer.call(hs, [vals[s][1] for s in srcs])
+            elif kind == "attn":            # queries of the chunk, keys of every step
+                h, mask = runner.run([vals[s][0] for s in srcs], [vals[s][1] for s in srcs])
             elif kind == "conv":            # (a convolution drops the mask, as Keras's)
                 h, mask = runner.run(h), None
             elif kind == "row":             # each step's (B, features) alone

@@ -20,11 +20,11 @@ TOL = 1e-5
 
 # the fixtures whose model streams: chains (since the first sessions) and graphs
 STREAMS = sorted("""
-k2_act_layers_masked k2_cudnn_lstm k2_identity_masked k2_lstm_gru_hsig
+k2_act_layers_masked k2_attn_causal_config k2_cudnn_lstm k2_identity_masked k2_lstm_gru_hsig
 k2_nested_fn_two_out k2_nested_seq_deep k2_nested_seq_in_fn k2_pad_crop_pool2d
 k2_rescale_norm_masked k2_td_hier_weights_newfmt k2_td_hierarchical k2_td_masks_pool
 k2_td_masks_seq k2_td_model_han k2_td_model_mask_out k2_td_model_video k2_td_video
-k3_causal_conv_stream k3_cell_stacked_masking k3_dag_residual_add_ln k3_dict_io
+k3_attn_causal_concat_h5 k3_causal_conv_stream k3_cell_stacked_masking k3_dag_residual_add_ln k3_dict_io
 k3_gru_noreset_hsig k3_legacy_hsig k3_lstm_basic k3_multi_dict k3_nested_fn_shared
 k3_nested_fn_shared_h5 k3_nested_res_add k3_nested_res_deep k3_nested_res_deep_h5
 k3_nested_res_shared k3_nested_seq_deep k3_nested_seq_in_fn k3_nested_two_in_out
