@@ -462,6 +462,11 @@ def sort_by_length(lengths, B: int, T: int):
     lens = np.asarray(lengths)
     if lens.dtype.kind not in "iu":
         if lens.dtype.kind == "f" and lens.size and np.all(lens == np.round(lens)):
+            if not (lens.min() >= 0 and lens.max() <= T):  # (before the cast: inf, 1e30)
+                raise ValueError(f"lengths must lie in [0, {T}] (the padded length), "
+                                 f"got min {lens.min()} max {lens.max()}")
+            lens = lens.astype(np.int64)
+        elif lens.dtype.kind == "f" and not lens.size:     # (np.asarray([]): float64)
             lens = lens.astype(np.int64)
         elif lens.dtype.kind == "f" and lens.size:
             raise TypeError(f"lengths must be whole numbers, got {lens[lens != np.round(lens)][:3]}")

@@ -336,3 +336,19 @@ def test_clipping_integer_gradients_is_a_type_error():
     g = {"w": np.array([3.0, 4.0])}
     assert train.clip_grad_norm(g, 1.0) == 5.0
     np.testing.assert_allclose(g["w"], [0.6, 0.8], rtol=1e-5)
+
+
+def test_a_nan_step_is_written_and_its_state_dict_refused_at_load():
+    """As torch's, a step writes what NaN gradients give; fastrnn then refuses that
+    state dict at load (torch loads it), naming the weight, and keeps the old one."""
+    from fastrnn.train import Adam
+    layer = fastrnn.GRU(3, 4, seed=0)
+    Adam(layer, lr=0.1).step({k: np.full_like(v, np.nan)
+                              for k, v in layer.parameters().items()})
+    assert np.isnan(layer(np.ones((2, 1, 3), np.float32))[0]).all()
+    fresh = fastrnn.GRU(3, 4, seed=1)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match="weight_ih_l0.*NaN or infinite"):
+        fresh.load_state_dict(layer.state_dict())
+    for k, v in fresh.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

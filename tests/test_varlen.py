@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -192,6 +193,14 @@ def test_lengths_validation():
         layer(x, lengths=[1, 6, 2])                    # longer than T
     with pytest.raises(TypeError, match=r"whole numbers, got \[1.5\]"):
         layer(x, lengths=[1.5, 2.0, 3.0])              # fractional floats
+    for big in (np.inf, 1e30):      # (named as given, not as a cast to int64 makes them)
+        with pytest.raises(ValueError, match=r"\[0, 5\].*got min 1.0 max " +
+                           re.escape(str(big))):
+            layer(x, lengths=[1.0, big, 2.0])
+    with pytest.raises(ValueError, match=r"\[0, 5\].*got min -inf"):
+        layer(x, lengths=[-np.inf, 1.0, 2.0])
+    # an empty batch's lengths=[] (numpy makes it float64) is no lengths
+    assert layer(np.zeros((0, 5, 4), np.float32), lengths=[])[0].shape == (0, 5, 6)
     with pytest.raises(TypeError, match="integers"):
         layer(x, lengths=np.array([True, False, True]))
     with pytest.raises(TypeError, match="integers"):
