@@ -32,13 +32,15 @@ def _pads(T, k, stride, dilation, padding):
     return 0, 0
 
 
-def _windows(xp, k, stride, dilation):
-    """The number of windows of ``k`` taps over the steps of ``xp`` and, per tap, the
-    view of the steps it reads (``xp`` (B, T, C))."""
+def _windows(xp, k, stride, dilation, steps):
+    """The number of windows of ``k`` taps over the steps of ``xp`` (B, T, C), the
+    input of ``steps`` steps padded, and, per tap, the view of the steps it reads.  An
+    input of no steps padded to fewer than a window gives none (as Keras's)."""
     n = (xp.shape[1] - (k - 1) * dilation - 1) // stride + 1
-    if n < 1:
+    if n < 1 and not (n == 0 and steps == 0):
         raise ValueError(f"a window of {k} taps (dilation {dilation}) does not fit in "
-                         f"{xp.shape[1]} steps")
+                         f"an input of {steps} steps" +
+                         (f" ({xp.shape[1]} padded)" if xp.shape[1] != steps else ""))
     return n, [xp[:, j * dilation: j * dilation + (n - 1) * stride + 1: stride]
                for j in range(k)]
 
@@ -191,7 +193,7 @@ class Conv1D(_Conv):
         if y is not None:
             return y, None
         xp = np.pad(x, ((0, 0), (before, after), (0, 0))) if before or after else x
-        n, taps = _windows(xp, k, self.strides, self.dilation_rate)
+        n, taps = _windows(xp, k, self.strides, self.dilation_rate, x.shape[1])
         y = np.zeros((x.shape[0], n, F), x.dtype)
         fg = F // self.groups
         for g in range(self.groups):
@@ -259,7 +261,7 @@ class Pooling1D(Layer):
             xp = np.pad(x, ((0, 0), (before, after), (0, 0)), constant_values=fill)
         else:
             xp = x
-        n, taps = _windows(xp, p, s, 1)
+        n, taps = _windows(xp, p, s, 1, x.shape[1])
         y = taps[0].copy()
         for v in taps[1:]:
             if self.op == "max":

@@ -257,10 +257,16 @@ def _read_input(path):
     import numpy as np
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
+    from .io import LoadError, open_file
     try:
-        data = np.load(path, allow_pickle=False)
-        if hasattr(data, "files"):
-            data = {k: data[k] for k in data.files}
+        f = open_file(path)     # (a FIFO refused, not waited on)
+    except LoadError as e:
+        raise CLIError(str(e)) from None
+    try:
+        with f:
+            data = np.load(f, allow_pickle=False)
+            if hasattr(data, "files"):
+                data = {k: data[k] for k in data.files}
     except OSError:
         raise
     except Exception as e:      # noqa: BLE001 (empty: EOFError; bad zip: BadZipFile; ...)

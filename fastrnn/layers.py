@@ -1916,6 +1916,8 @@ class RNNBase:
             xin = x.reshape(T * B, self.input_size)[rows]               # (N, I) packed
         else:
             slens = _NO_LENGTHS
+            if not B:       # (no sequence: no step to run, however long T)
+                Teff = 0
             offsets, nsteps = _dense_index(Teff, B)
             xin = _rows(x[s0:s0 + Teff] if Teff < T else x, Teff * B, self.input_size)
         xin = np.ascontiguousarray(xin, dtype=dt)

@@ -237,10 +237,10 @@ def forward_train(layer, x, hx=None, *, lengths=None, mask=None,
         perm, slens, Teff, nsteps, rows, offsets, inv = ragged_index(lengths, B, T, begin)
         xin = np.ascontiguousarray(x.reshape(T * B, layer.input_size)[rows], dtype=dt)
     else:
-        Teff = T
+        Teff = T if B else 0        # (no sequence: no step to run, however long T)
         slens = np.full(B, T, np.intp)
         rows = None
-        offsets, nsteps = _dense_index(T, B)
+        offsets, nsteps = _dense_index(Teff, B)
         xin = np.ascontiguousarray(x, dtype=dt).reshape(T * B, layer.input_size)
     N = xin.shape[0]
     ridx = reverse_rows(offsets, nsteps, slens)    # rows of a reverse direction

@@ -897,3 +897,39 @@ def test_run_of_a_cell_says_what_to_do(capsys, tmp_path):
                        str(tmp_path / "y.npy"))
     _one_line_error(code, err)
     assert "a cell steps one time step from Python" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    """A named pipe as a model or an input file: open() would wait for a writer for
+    ever; each loader and the command line name it instead (in a child, so a regression
+    fails by its time limit rather than hanging the tests)."""
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    model = os.path.join(FIX, "keras", "k3_lstm_basic.keras")
+    code = f"""
+import fastrnn, fastrnn.io
+from fastrnn.io import safetensors
+from fastrnn.io.keras import load_keras
+from fastrnn.io.onnx import load_onnx
+for f in (fastrnn.load, fastrnn.io.sniff_format, load_keras, load_onnx,
+          safetensors.read_safetensors):
+    try:
+        f({fifo!r})
+    except fastrnn.io.LoadError as e:
+        assert "it is a FIFO (named pipe)" in str(e), e
+    else:
+        raise SystemExit(f"{{f.__name__}} took a FIFO")
+for p, kind in (("/dev/null", "a device"), ({str(tmp_path)!r}, "a directory")):
+    try:
+        fastrnn.load(p)
+    except fastrnn.io.LoadError as e:
+        assert kind in str(e), e
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
+    for argv in (["inspect", fifo], ["run", model, "-i", fifo, "-o", str(tmp_path / "y.npy")]):
+        p = subprocess.run([sys.executable, "-m", "fastrnn"] + argv, capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.strip() == f"fastrnn: error: cannot open {fifo}: it is a FIFO " \
+                                   "(named pipe), not a regular file", p.stderr

@@ -161,6 +161,31 @@ def test_empty_sequences(cls, bf):
 
 
 @pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("kw", [{}, {"mask": True}, {"lengths": True}])
+def test_an_empty_batch_of_many_steps_costs_nothing(cls, kw):
+    """B == 0 with T = 10^7 (an input of zero bytes): no array of T entries (the step
+    index of a dense batch took 80 MB here, 8 TiB at T = 2^40), in a call and in
+    training."""
+    import tracemalloc
+    T = 10 ** 7
+    layer = cls(3, 4, num_layers=2, bidirectional=True)
+    x = np.zeros((T, 0, 3), np.float32)
+    kw = {k: (np.zeros((T, 0), bool) if k == "mask" else np.zeros(0, int)) for k in kw}
+    f = layer.forward_train(x[:2])      # (a first call's own allocations, ~2.7 MB)
+    layer.backward(f[-1], np.zeros_like(f[0]))
+    tracemalloc.start()
+    try:
+        out, st = layer(x, **kw)
+        fout = layer.forward_train(x, **kw)
+        grads = layer.backward(fout[-1], np.zeros_like(fout[0]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == fout[0].shape == (T, 0, 8) and grads["input"].shape == (T, 0, 3)
+    assert peak < 2 ** 20, peak
+
+
+@pytest.mark.parametrize("cls", CLASSES)
 def test_bad_initial_state(cls):
     layer = cls(3, 4, num_layers=2)
     x = np.zeros((5, 2, 3), np.float32)

@@ -518,7 +518,7 @@ def test_conv1d_errors():
     w = np.ones((3, 2, 4), "f4")
     with pytest.raises(ValueError, match=r"expected \(batch, steps, 2\)"):
         Conv1D(w).call(np.ones((1, 5, 3), "f4"))
-    with pytest.raises(ValueError, match="does not fit in 2 steps"):
+    with pytest.raises(ValueError, match="does not fit in an input of 2 steps"):
         Conv1D(w).call(np.ones((1, 2, 2), "f4"))
     with pytest.raises(ValueError, match="multiple of groups"):
         Conv1D(w, groups=3)

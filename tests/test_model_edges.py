@@ -130,3 +130,24 @@ def test_single_input_model_takes_its_array_in_a_list_as_keras_does():
     np.testing.assert_array_equal(m.predict(x.tolist()), want)   # nested lists: an array
     with pytest.raises(ValueError, match="takes 1 input, got a list of 2 arrays"):
         m.predict([x, x])
+
+
+def test_convolutions_and_pools_over_zero_steps():
+    """An input of no steps: a causal or "same" Conv1D / pool gives no steps (Keras's
+    output length there); a "valid" window longer than the input names the input's
+    length (it named the padded length: "does not fit in 4 steps" for 0)."""
+    from fastrnn._model_conv import Conv1D, Pooling1D
+    m = fastrnn.load(os.path.join(FIX, "keras", "k3_causal_conv_stream.keras"))
+    x = np.zeros((3, 0, 4), np.float32)
+    assert m.predict(x).shape == (3, 0, 2)
+    assert m.forward_train(x)[0].shape == (3, 0, 2)
+    k = np.ones((3, 4, 5), np.float32)
+    for padding in ("causal", "same"):
+        assert Conv1D(k, padding=padding, dilation_rate=2).call(x)[0].shape == (3, 0, 5)
+    assert Pooling1D("max", 2, padding="same").call(x)[0].shape == (3, 0, 4)
+    with pytest.raises(ValueError, match=r"3 taps \(dilation 2\) does not fit in an "
+                                         r"input of 0 steps"):
+        Conv1D(k, dilation_rate=2).call(x)
+    with pytest.raises(ValueError, match=r"3 taps \(dilation 1\) does not fit in an "
+                                         r"input of 2 steps$"):
+        Conv1D(k).call(np.zeros((3, 2, 4), np.float32))

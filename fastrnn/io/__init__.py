@@ -23,6 +23,31 @@ class UnsafeFileError(LoadError):
     """
 
 
+def open_file(name):
+    """``open(name, "rb")`` for a regular file; a :class:`LoadError` naming what else it
+    is (a FIFO, which a plain open would wait on until a writer came; a device; a socket;
+    a directory).  Opened without blocking, then checked, so nothing is read first."""
+    import os
+    import stat
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError as e:
+        raise LoadError(f"cannot open {name}: it is a directory, not a file") from e
+    except OSError as e:
+        raise LoadError(f"cannot open {name}: {e}") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "a special file")
+        raise LoadError(f"cannot open {name}: it is {kind}, not a regular file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def _check_args(dtype=None, num_threads=None) -> None:
     """A loader's own ``dtype`` / ``num_threads`` arguments, checked before any file is
     read: a bad one is the caller's TypeError / ValueError, as the layers raise it (not

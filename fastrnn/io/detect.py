@@ -8,7 +8,7 @@ import os
 import struct
 import zipfile
 
-from . import LoadError
+from . import LoadError, open_file
 
 __all__ = ["sniff_format", "load", "FORMATS"]
 
@@ -99,11 +99,7 @@ def sniff_format(path_or_fileobj) -> str:
     elif isinstance(path_or_fileobj, (str, os.PathLike)):
         name = os.fspath(path_or_fileobj)
         suffix = os.path.splitext(name)[1].lower()
-        try:
-            f = open(name, "rb")
-        except OSError as e:
-            raise LoadError(f"cannot open {name}: {e}") from e
-        close = True
+        f, close = open_file(name), True
     elif hasattr(path_or_fileobj, "read") and hasattr(path_or_fileobj, "seek"):
         f, close = path_or_fileobj, False
         name = str(getattr(f, "name", "<file object>"))

@@ -42,9 +42,13 @@ import numpy as np
 
 try:
     from . import LoadError
+    from . import open_file as _open_file
 except ImportError:  # pragma: no cover
     class LoadError(ValueError):
         pass
+
+    def _open_file(name):
+        return open(name, "rb")
 
 __all__ = ["File", "Group", "Dataset", "Empty", "LoadError", "MAGIC"]
 
@@ -246,7 +250,7 @@ class _FileCore:
         elif isinstance(source, (str, os.PathLike)):
             self.filename = name or os.fspath(source)
             try:
-                with open(source, "rb") as fh:
+                with _open_file(source) as fh:
                     size = os.fstat(fh.fileno()).st_size
                     if size > 0:
                         self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)

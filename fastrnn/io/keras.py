@@ -227,7 +227,8 @@ def _load(path, name, architecture, hard_sigmoid, dtype, num_threads, ctx):
             head = path.read(8)
             path.seek(pos)
         else:
-            with open(path, "rb") as f:
+            from . import open_file
+            with open_file(path) as f:
                 head = f.read(8)
     except OSError as e:
         raise LoadError(f"cannot read {name}: {e}") from e

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import LoadError, _check_args
+from . import LoadError, _check_args, open_file
 from . import _onnx_proto as _proto
 from . import _onnx_if as _if
 from . import _onnx_loop as _loop
@@ -2654,7 +2654,7 @@ def load_onnx(model, *, num_threads: int | None = None) -> OnnxModel:
         name = os.path.basename(path)
         if not os.path.exists(path):
             raise FileNotFoundError(model)
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             data = f.read()
         proto = _parse(data, os.path.dirname(os.path.abspath(path)), name)
     elif hasattr(model, "read"):

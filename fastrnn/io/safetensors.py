@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import LoadError
+from . import LoadError, open_file
 
 __all__ = ["read_safetensors", "read_safetensors_metadata", "write_safetensors", "save", "load_fastrnn_safetensors",
            "SAFETENSORS_DTYPES"]
@@ -188,11 +188,7 @@ def read_safetensors(path_or_bytes, *, _header_only=False) -> tuple[dict[str, np
 
     if isinstance(path_or_bytes, (str, os.PathLike)):
         name = os.fspath(path_or_bytes)
-        try:
-            f = open(name, "rb")
-        except OSError as e:
-            raise LoadError(f"cannot open {name}: {e}") from e
-        close = True
+        f, close = open_file(name), True
     elif hasattr(path_or_bytes, "read"):
         f, name, close = path_or_bytes, getattr(path_or_bytes, "name", "<file object>"), False
     else:

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 
-from . import LoadError, UnsafeFileError
+from . import LoadError, UnsafeFileError, open_file
 from .detect import LEGACY_MAGIC, is_legacy_head
 
 __all__ = ["read_torch_file", "read_torch_object", "ModuleStub", "flatten_tensors"]
@@ -731,10 +731,7 @@ def _open(path_or_fileobj):
         return io.BytesIO(bytes(path_or_fileobj)), "<bytes>", True
     if isinstance(path_or_fileobj, (str, os.PathLike)):
         name = os.fspath(path_or_fileobj)
-        try:
-            return open(name, "rb"), name, True
-        except OSError as e:
-            raise LoadError(f"cannot open {name}: {e}") from e
+        return open_file(name), name, True
     if hasattr(path_or_fileobj, "read") and hasattr(path_or_fileobj, "seek"):
         return path_or_fileobj, getattr(path_or_fileobj, "name", "<file object>"), False
     raise TypeError(f"expected a path, bytes or a binary file object, got {type(path_or_fileobj).__name__}")
