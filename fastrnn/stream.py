@@ -276,10 +276,12 @@ class _AttentionCache:
         q, k, v = layer._keys(xs)
         K, V, M, n, end = self._grown(k, v, layer._key_mask(ms))
         qm = ms[0]
-        if M is not None:
-            # a query step that sees no unmasked key: Keras spreads its weights over
-            # every step of the whole sequence, later ones too, which no stream knows
-            seen = np.logical_or.accumulate(M[:, :end], axis=1)[:, n:]
+        if M is not None or qm is not None:
+            # a query step that sees no unmasked key (or, MultiHeadAttention, a masked
+            # query step): Keras spreads its weights over every step of the whole
+            # sequence, later ones too, which no stream knows
+            seen = np.ones(qm.shape, bool) if M is None else \
+                np.logical_or.accumulate(M[:, :end], axis=1)[:, n:]
             bad = layer._no_view(qm, seen)
             if bad.any():
                 t, b = (int(i[0]) for i in np.nonzero(bad.T))     # (the first step)
