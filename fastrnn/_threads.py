@@ -580,14 +580,14 @@ _scope = threading.local()
 # requests arriving at random at 1,800 a second waited 2.4-4.8 ms on average (p99 16-26
 # ms), at 2,400 a second the queue grew (bench/serve_threads.py): the teams' threads
 # outnumber the CPUs and wait for each other by spinning.  So a call is "crowded"
-# (scope_enter returns CROWDED) where it starts while another Python thread's call runs,
+# (CALL_SCOPE gives CROWDED) where it starts while another Python thread's call runs,
 # or where at least CROWD_SHARE of the recent calls did (a running mean over about
 # 1 / CROWD_EMA calls); a batch of one on the packed kernel (the same bits on any count)
 # then runs on one thread (layers._make_plan), as after a pause but at any size.
 # CROWD_SHARE None: never (test / tuning hook).
 CROWD_SHARE = 0.25
 CROWD_EMA = 1 / 16
-PAUSED, CROWDED = 1, 2          # scope_enter's answers besides 0
+PAUSED, CROWDED = 1, 2          # CALL_SCOPE's answers besides 0
 _active = []                    # an entry per Python thread inside a call (append / pop)
 _crowd = [0.0]                  # the running share of calls that started in a crowd
 
@@ -599,37 +599,6 @@ def idle_single_macs():
         return IDLE_SINGLE_MACS
     from . import _kernels
     return 1 << 22 if _kernels._zen4() else 1 << 24
-
-
-def scope_enter() -> int:
-    """Start of a call (a layer, or a model with its layers); pair it with
-    :func:`scope_leave` (``try`` / ``finally``).  Returns :data:`CROWDED` where another
-    Python thread's call runs, else :data:`PAUSED` where the process had no fastrnn call
-    for :data:`IDLE_SINGLE_S`, else :data:`CROWDED` where most recent calls were crowded
-    (:data:`CROWD_SHARE`), else 0; nested calls share the outermost
-    call's answer, and the outermost one's end is the new time of the last call.  (Two
-    functions rather than a context manager: 0.38 us a call instead of 0.58.)"""
-    depth = getattr(_scope, "depth", 0)
-    _scope.depth = depth + 1
-    if depth:
-        return _scope.idle
-    crowd = 0
-    busy = bool(_active)
-    if busy or _crowd[0]:       # (else, a thread alone and no share: nothing to update)
-        share = _crowd[0]
-        share += ((1.0 if busy else 0.0) - share) * CROWD_EMA
-        _crowd[0] = share if share > 1e-3 else 0.0
-        if CROWD_SHARE is not None and (busy or share >= CROWD_SHARE):
-            crowd = CROWDED
-    if IDLE_SINGLE_S >= 0 and time.monotonic() - _last_end[0] > IDLE_SINGLE_S:
-        # (a pause since the last call ended; a call still running in another thread
-        # keeps this one crowded: an audit)
-        _forget_cpus()
-        if not (busy and crowd):
-            crowd = PAUSED
-    _scope.idle = crowd
-    _active.append(None)        # (last: an exception above leaves no entry behind)
-    return crowd
 
 
 class threads_for_calls:
@@ -651,21 +620,21 @@ class threads_for_calls:
         _scope.threads = self.before
 
 
-def scope_leave() -> None:
-    depth = _scope.depth - 1
-    _scope.depth = depth
-    if not depth:
-        _active.pop()
-        _last_end[0] = time.monotonic()
+# The start and end of a call: ``with CALL_SCOPE as idle`` (a layer, or a model with its
+# layers), in C (fastrnn/_scope.pyx, so an interrupt cannot split the record from its
+# undo).  ``idle``: CROWDED where another Python thread's call runs, else PAUSED where
+# the process had no fastrnn call for IDLE_SINGLE_S, else CROWDED where most recent
+# calls were crowded (CROWD_SHARE), else 0; nested calls share the outermost call's
+# answer, and the outermost one's end is the new time of the last call.  (In C it costs
+# what the two Python functions it replaced did, 370-380 ns a call by `python -m
+# timeit`; a context manager in Python took 0.58 us.)
+from ._scope import CallScope as _CallScope  # noqa: E402
+
+CALL_SCOPE = _CallScope(sys.modules[__name__])
 
 
-class call_scope:
-    """``with call_scope() as idle``: :func:`scope_enter` / :func:`scope_leave` as a
-    context manager."""
-    __slots__ = ()
+def call_scope():
+    """``with call_scope() as idle``: :data:`CALL_SCOPE`."""
+    return CALL_SCOPE
 
-    def __enter__(self) -> int:
-        return scope_enter()
 
-    def __exit__(self, *exc) -> None:
-        scope_leave()

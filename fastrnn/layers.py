@@ -1583,8 +1583,7 @@ class RNNBase:
 
     def __call__(self, x, hx=None, *, lengths=None, mask=None, masked_output: str = "carry",
                  num_threads: int | None = None, return_sequences: bool = True):
-        idle = _threads.scope_enter()
-        try:
+        with _threads.CALL_SCOPE as idle:      # (in C: see fastrnn/_scope.pyx)
             if num_threads is None and type(x) is np.ndarray and (
                     masked_output == "carry" or masked_output == "zero"):
                 res = (self._dense_call(x, hx, return_sequences, idle)
@@ -1595,8 +1594,6 @@ class RNNBase:
                     return res
             return self._call(x, hx, lengths, mask, masked_output, num_threads,
                               return_sequences, idle)
-        finally:
-            _threads.scope_leave()
 
     def _prefix_call(self, x, hx, lengths, mask, return_sequences, idle,
                      masked_output="carry"):

@@ -1245,7 +1245,7 @@ class Model:
         None).  ``num_threads``: for every layer of this call that has no count of its
         own (default: the process's; see :mod:`fastrnn._threads`)."""
         xs, masks = self._feed(x, mask)
-        with _threads.call_scope():      # its layers share one decision (see _threads)
+        with _threads.CALL_SCOPE:        # its layers share one decision (see _threads)
             if num_threads is None:       # (the common case: no thread-local count to set)
                 return self._call(xs, masks)
             with _threads.threads_for_calls(num_threads):

@@ -2,6 +2,9 @@
 milliseconds on a virtual machine, so a batch of one on the packed kernel (whose
 arithmetic does not depend on the thread count) runs on one thread after
 ``_threads.IDLE_SINGLE_S`` without a call (streaming steps: ``_set_step_idle_single``)."""
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -135,7 +138,7 @@ def test_call_scope():
             with _threads.call_scope():
                 raise RuntimeError("x")
         assert _threads._scope.depth == 0
-        # a layer call (scope_enter / scope_leave) that raises leaves the scope too,
+        # a layer call (CALL_SCOPE) that raises leaves the scope too,
         # and its end counts as the last call
         layer = fastrnn.GRU(4, 8, seed=0)
         time.sleep(0.08)
@@ -308,3 +311,43 @@ def test_fork_forgets_other_threads_calls(crowd_rule):
     finally:
         release.set()
         th.join()
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timers here")
+def test_interrupts_never_leave_a_call_counted():
+    """KeyboardInterrupts raised every ~70 us into layer and model calls (what Ctrl-C
+    does, at any bytecode) for 4 s: afterwards no call is counted as running and the
+    thread is at depth 0 (with the bookkeeping in two Python functions, one landed
+    between a record and its undo within ~900 interrupts, and every later call of the
+    process counted as crowded, or the thread's calls as nested)."""
+    code = """
+import signal, time, numpy as np, fastrnn
+from fastrnn import _threads
+from fastrnn.model import Dense, KerasRNN, Model
+layer = fastrnn.GRU(8, 32, seed=0)
+model = Model([KerasRNN(fastrnn.LSTM(8, 16, batch_first=True, seed=1)),
+               Dense(np.ones((16, 2), np.float32))])
+x = np.zeros((5, 1, 8), np.float32)
+armed = [False]
+def handler(*a):
+    if armed[0]:
+        armed[0] = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 1e-4, 7e-5)
+n = k = 0
+end = time.monotonic() + 4.0
+while time.monotonic() < end:
+    k += 1
+    try:
+        armed[0] = True
+        layer(x) if k % 2 else model(np.swapaxes(x, 0, 1))
+        armed[0] = False
+    except KeyboardInterrupt:
+        n += 1
+    armed[0] = False
+    assert not _threads._active and not getattr(_threads._scope, "depth", 0), (n, k)
+signal.setitimer(signal.ITIMER_REAL, 0)
+assert n > 100, n
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._threads import _scope, scope_enter, scope_leave
+from .._threads import CALL_SCOPE, _scope
 
 _ACTS = {"Tanh": "tanh", "Relu": "relu"}
 # ops that may stand between P and a step's P[t] (data input first, other inputs fixed)
@@ -600,11 +600,8 @@ def _agrees_with(g, run, by_ops, ins, dt, scale, scaled) -> bool:
         for n, shape in ins:
             env[n] = (rng.standard_normal(shape) * (s if n == scaled else 1.0)).astype(dt)
         want = by_ops(env)
-        scope_enter()
-        try:
+        with CALL_SCOPE:
             got = run(env)
-        finally:
-            scope_leave()
         if not all(_close(a, e, dt) for a, e in zip(got, want)):
             return False
     return True

@@ -40,7 +40,7 @@ from . import _onnx_loop as _loop
 from . import _onnx_scan as _scan
 from . import _onnx_unrolled as _unrolled
 from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
-from .._threads import _scope, scope_enter, scope_leave, threads_for_calls
+from .._threads import CALL_SCOPE, _scope, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
 
@@ -2104,16 +2104,14 @@ class OnnxModel:
         env = dict(prog.base)
         env.update(feeds)
         where = None
-        scope_enter()   # (one call of the layers' pause rule for the whole model)
-        try:
-            for run, get, outs, where in prog.steps:
-                env.update(zip(outs, run(get(env))))
-        except LoadError:
-            raise
-        except Exception as e:
-            raise self._located(e, where)
-        finally:
-            scope_leave()
+        with CALL_SCOPE:    # (one call of the layers' pause rule for the whole model)
+            try:
+                for run, get, outs, where in prog.steps:
+                    env.update(zip(outs, run(get(env))))
+            except LoadError:
+                raise
+            except Exception as e:
+                raise self._located(e, where)
         return self._results(env, want, feeds.values(), prog.check)
 
     __call__ = run
