@@ -3717,12 +3717,35 @@ class _Builder:
         outputs can differ (an audit: an Attention over an encoder's states after a
         self-attention over them, 0.14).  Warned, not refused: whether the other layer
         runs before or after the attention in Keras, and whether the mask matters to
-        it, a file does not say (a residual Add beside the attention matches): warned
-        where another attention layer reads the tensor (its mask weighs the steps)."""
+        it, a file does not say: warned where another attention layer reads the tensor
+        (its mask weighs the steps), or a layer whose output reaches one of the layers
+        that use masks (attention, recurrent, average pooling over the steps): a residual Add
+        beside the attention, then an AdditiveAttention over the sum, was 0.19 off (an
+        audit); a residual block's Add -> LayerNormalization -> Dense matches."""
         readers: dict = {}
         for i, d in enumerate(descs):
             for r in set(d.inputs or ()):
                 readers.setdefault(r, []).append(i)
+        children: dict = {}
+        for (j, _), who in readers.items():
+            children.setdefault(j, set()).update(who)
+        # (Keras 3's GlobalMaxPooling1D takes no mask: k3_mha_bilstm_ln's residual Add
+        # before it matches)
+        consumers = set(_ATTENTION_LAYERS + _RECURRENT) | {"Bidirectional",
+                                                            "GlobalAveragePooling1D"}
+
+        def reaches_consumer(i):
+            """Whether a layer that uses masks is ``i`` or computes from it."""
+            seen, stack = {i}, [i]
+            while stack:
+                j = stack.pop()
+                if descs[j].class_name in consumers:
+                    return True
+                for k in children.get(j, ()):
+                    if k not in seen:
+                        seen.add(k)
+                        stack.append(k)
+            return False
         for r, who in readers.items():
             mha = [i for i in who if descs[i].class_name == "MultiHeadAttention"]
             # (other attention layers: the value's / key's mask is their weights'; other
@@ -3732,7 +3755,7 @@ class _Builder:
                 continue
             before = _ancestors(descs, mha[0])      # (run before it, in any order)
             others = [descs[i].name for i in who if i != mha[0] and i not in before
-                      and descs[i].class_name in _ATTENTION_LAYERS]
+                      and reaches_consumer(i)]
             if not others:
                 continue
             from . import _warn_user
