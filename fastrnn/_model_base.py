@@ -261,3 +261,55 @@ def _index(v, what) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{what} must be an int, got {v!r}"[:200])
     return int(v)
+
+
+_ONE_THREAD_MACS = 1 << 18
+_BLAS_PRODUCTS = True
+
+
+def _set_blas_products(on):
+    """Test / benchmark hook: False makes :func:`matmul` NumPy's ``@``; the old value."""
+    global _BLAS_PRODUCTS
+    old, _BLAS_PRODUCTS = _BLAS_PRODUCTS, bool(on)
+    return old
+
+
+def matmul(a, b):
+    """``a @ b`` (NumPy's rules for stacks of matrices) on scipy's BLAS, inside the
+    OpenBLAS thread count fastrnn's kernels share (``_onnx_conv._blas_scope``); NumPy's
+    own ``@`` where that does not apply (other dtypes, vectors, empty operands, a
+    layout BLAS does not take) and for products of at most 2^18 multiply-adds each,
+    which OpenBLAS runs on the calling thread alone (its interface's threshold: 65536
+    times GEMM_MULTITHREAD_THRESHOLD, 4), more cheaply than a call through ctypes.
+
+    NumPy bundles its own OpenBLAS, whose workers each product wakes and which then spin
+    for ~0.1 s against the kernels' OpenMP threads (and these against them): on 2 CPUs an
+    LSTM(64, 128) + Dense(128) model call at B=1 T=100 took 8.0 ms with NumPy's ``@``,
+    0.20 ms this way (``PYTHONPATH=. python bench/model_blas.py``)."""
+    from .io._onnx_conv import _blas_scope, _gemm
+    a, b = np.asarray(a), np.asarray(b)
+    if not _BLAS_PRODUCTS or a.dtype != b.dtype or a.dtype.char not in "fd" or \
+            a.ndim < 2 or b.ndim < 2 or not a.size or not b.size or \
+            a.shape[-1] != b.shape[-2]:
+        return a @ b
+    if b.ndim == 2:         # every row of a times one matrix: one product
+        if math.prod(a.shape) * b.shape[1] <= _ONE_THREAD_MACS:
+            return a @ b
+        rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+        c = np.empty((rows.shape[0], b.shape[1]), a.dtype)
+        with _blas_scope(None):
+            _gemm(rows, b, c)
+        return c.reshape(a.shape[:-1] + (b.shape[1],))
+    if math.prod(a.shape[-2:]) * b.shape[-1] <= _ONE_THREAD_MACS:
+        return a @ b
+    try:
+        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        return a @ b        # (NumPy's error)
+    A = np.broadcast_to(a, lead + a.shape[-2:])
+    B = np.broadcast_to(b, lead + b.shape[-2:])
+    c = np.empty(lead + (a.shape[-2], b.shape[-1]), a.dtype)
+    with _blas_scope(None):
+        for i in np.ndindex(*lead):
+            _gemm(A[i], B[i], c[i])
+    return c

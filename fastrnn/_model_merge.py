@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ._model_base import Layer, _float_input, _index
+from ._model_base import Layer, _float_input, _index, matmul
 
 
 # ----------------------------------------------------------------------------- merge layers
@@ -353,8 +353,8 @@ class Dot(_Merge):
         a, b = np.moveaxis(a, a0, -1), np.moveaxis(b, a1, 1)
         n, k = a.shape[0], a.shape[-1]
         # (the sizes, not -1: an empty batch could not be reshaped, an audit)
-        out = np.matmul(a.reshape(n, int(np.prod(a.shape[1:-1])), k),
-                        b.reshape(n, k, int(np.prod(b.shape[2:]))))
+        out = matmul(a.reshape(n, int(np.prod(a.shape[1:-1])), k),
+                     b.reshape(n, k, int(np.prod(b.shape[2:]))))
         shape = (n,) + a.shape[1:-1] + b.shape[2:]
         return out.reshape(shape if len(shape) > 1 else (n, 1)), None
 
@@ -593,7 +593,7 @@ class Attention(_AttentionBase):
 
     def _scores(self, q, k, dt):
         if self.score_mode == "dot":
-            s = q @ np.swapaxes(k, -1, -2)
+            s = matmul(q, np.swapaxes(k, -1, -2))
             if self.scale is not None:
                 s = s * self.scale.astype(dt)
             return s
@@ -627,7 +627,7 @@ class Attention(_AttentionBase):
         if keep is not None:
             s = np.where(keep, s, s - s.dtype.type(1e9))
         w = _softmax_last(s)
-        out = w @ v
+        out = matmul(w, v)
         if qm is not None:
             out = np.where(qm[..., None], out, dt.type(0))
         return out, w
@@ -770,8 +770,7 @@ class MultiHeadAttention(_AttentionBase):
             raise ValueError(f"{self.name}: the {what} has {x.shape[-1]} features, its "
                              f"kernel takes {kernel.shape[0]}")
         F, N, D = kernel.shape
-        y = (x.reshape(math.prod(x.shape[:-1]), F) @ kernel.reshape(F, N * D)).reshape(
-            x.shape[:-1] + (N, D))
+        y = matmul(x, kernel.reshape(F, N * D)).reshape(x.shape[:-1] + (N, D))
         return y if bias is None else y + bias
 
     def call(self, x, mask=None):
@@ -798,11 +797,10 @@ class MultiHeadAttention(_AttentionBase):
         mask, ``km`` the value and key masks joined (or None); ``dt`` unused (the
         kernels' dtype is the computation's)."""
         _, w, _ = self._weights(q, k, qm, km, offset)
-        o = _heads(w @ _heads(v))                   # (B, Tq, heads, value_dim)
+        o = _heads(matmul(w, _heads(v)))            # (B, Tq, heads, value_dim)
         B, T, N, V = o.shape
         E = self.output_kernel.shape[2]
-        out = (o.reshape(B * T, N * V) @ self.output_kernel.reshape(N * V, E)).reshape(
-            B, T, E)
+        out = matmul(o.reshape(B, T, N * V), self.output_kernel.reshape(N * V, E))
         if self.output_bias is not None:
             out = out + self.output_bias
         return out, w
@@ -812,7 +810,7 @@ class MultiHeadAttention(_AttentionBase):
         where masked), where the scores stand (None: everywhere)), each ``(B, heads,
         Tq, Tk)``, of the projected queries from step ``offset`` and keys."""
         dt = self.query_kernel.dtype
-        s = _heads(q) @ np.moveaxis(k, 1, 3)        # (B, heads, Tq, Tk), by BLAS
+        s = matmul(_heads(q), np.moveaxis(k, 1, 3))     # (B, heads, Tq, Tk)
         keep = self._keep(qm, km, s.shape[2], s.shape[3], offset)
         if keep is not None and self.additive_mask:
             s = s + np.where(keep[:, None], dt.type(0), dt.type(-1e9))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._model_base import Layer, _log_softmax, _sigmoid, _softmax
+from ._model_base import Layer, _log_softmax, _sigmoid, _softmax, matmul
 
 # the NumPy function of each class name
 _BINARY = {"Add": np.add, "Subtract": np.subtract, "Multiply": np.multiply,
@@ -189,7 +189,7 @@ class Op(Layer):
             return np.clip(t, t.dtype.type(at["x_min"]), t.dtype.type(at["x_max"]))
         if op == "Cast":
             return args[0].astype(at["dtype"])
-        return np.matmul(args[0], args[1])      # (Matmul)
+        return matmul(args[0], args[1])         # (Matmul; np.matmul's rules)
 
     def get_config(self):
         return {**super().get_config(), "op": self.op, "args": self.args,

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from ._model_base import _sigmoid
+from ._model_base import _sigmoid, matmul
 
 # activations whose derivative the backward knows: name -> d(act)/dz from (z, y, args)
 _SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
@@ -146,14 +146,14 @@ def _dense_b(layer, ctx, gys):
     x = x.astype(k.dtype, copy=False)
 
     def z():
-        out = x @ k
+        out = matmul(x, k)
         return out + layer.bias if layer.bias is not None else out
     gz = _act_backward(key, z, y, gys[0]).astype(k.dtype, copy=False)
     x2, g2 = x.reshape(-1, x.shape[-1]), gz.reshape(-1, gz.shape[-1])
-    grads = {"kernel": x2.T @ g2}
+    grads = {"kernel": matmul(x2.T, g2)}
     if layer.bias is not None:
         grads["bias"] = g2.sum(axis=0)
-    return gz @ k.T, grads
+    return matmul(gz, k.T), grads
 
 
 def _activation_b(layer, ctx, gys):
@@ -331,7 +331,7 @@ def _conv_b(layer, ctx, gys):
         out = np.zeros(y.shape, x.dtype)
         for offs, sl in taps:
             for ci, co in groups:
-                out[..., co] += xp[lead + sl + (ci,)] @ layer.kernel[offs][:, co]
+                out[..., co] += matmul(xp[lead + sl + (ci,)], layer.kernel[offs][:, co])
         return out + layer.bias if layer.bias is not None else out
     gz = _act_backward(key, z, y, gys[0]).astype(x.dtype, copy=False)
     gk = np.zeros_like(layer.kernel)
@@ -339,8 +339,8 @@ def _conv_b(layer, ctx, gys):
     g2 = gz.reshape(-1, F)
     for offs, sl in taps:
         for ci, co in groups:
-            gk[offs][:, co] += xp[lead + sl + (ci,)].reshape(-1, cg).T @ g2[:, co]
-            gxp[lead + sl + (ci,)] += gz[..., co] @ layer.kernel[offs][:, co].T
+            gk[offs][:, co] += matmul(xp[lead + sl + (ci,)].reshape(-1, cg).T, g2[:, co])
+            gxp[lead + sl + (ci,)] += matmul(gz[..., co], layer.kernel[offs][:, co].T)
     grads = {"kernel": gk}
     if layer.bias is not None:
         grads["bias"] = g2.sum(axis=0)
@@ -641,8 +641,8 @@ def _dot_b(layer, ctx, gys):
     P, Q = int(np.prod(A.shape[1:-1])), int(np.prod(Bm.shape[2:]))
     A2, B2 = A.reshape(n, P, k), Bm.reshape(n, k, Q)
     G = np.asarray(gys[0], dt).reshape(n, P, Q)
-    da = np.moveaxis((G @ np.swapaxes(B2, 1, 2)).reshape(A.shape), -1, a0)
-    db = np.moveaxis((np.swapaxes(A2, 1, 2) @ G).reshape(Bm.shape), 1, a1)
+    da = np.moveaxis(matmul(G, np.swapaxes(B2, 1, 2)).reshape(A.shape), -1, a0)
+    db = np.moveaxis(matmul(np.swapaxes(A2, 1, 2), G).reshape(Bm.shape), 1, a1)
     if layer.normalize:     # (through x / |x|; a norm clamped at 1 / epsilon is a constant)
         da = ia * np.where(ca, da, da - an * np.sum(da * an, axis=a0, keepdims=True))
         db = ib * np.where(cb, db, db - bn * np.sum(db * bn, axis=a1, keepdims=True))
@@ -672,8 +672,8 @@ def _attention_b(layer, ctx, gys):
     g = gys[0] if gys[0] is not None else np.zeros(q.shape[:2] + v.shape[2:], dt)
     if masks[0] is not None:
         g = np.where(masks[0][..., None], g, dt.type(0))
-    dv = np.swapaxes(w, 1, 2) @ g
-    dw = g @ np.swapaxes(v, 1, 2)
+    dv = matmul(np.swapaxes(w, 1, 2), g)
+    dw = matmul(g, np.swapaxes(v, 1, 2))
     if layer.return_attention_scores and gys[1] is not None:
         dw = dw + gys[1]
     ds = _softmax_back(w, dw).astype(dt, copy=False)
@@ -681,9 +681,9 @@ def _attention_b(layer, ctx, gys):
     mode = layer.score_mode
     if mode == "dot":
         sc = dt.type(1) if layer.scale is None else layer.scale.astype(dt)
-        dq, dk = (ds * sc) @ k, np.swapaxes(ds * sc, 1, 2) @ q
+        dq, dk = matmul(ds * sc, k), matmul(np.swapaxes(ds * sc, 1, 2), q)
         if layer.scale is not None:
-            grads["scale"] = np.asarray(np.sum(ds * (q @ np.swapaxes(k, 1, 2)))).astype(dt)
+            grads["scale"] = np.asarray(np.sum(ds * matmul(q, np.swapaxes(k, 1, 2)))).astype(dt)
     else:
         t = q[:, :, None, :] + k[:, None, :, :]
         if mode == "concat":
@@ -717,36 +717,36 @@ def _mha_b(layer, ctx, gys):
     key = xs[2] if len(xs) > 2 else value
     q, k, v = layer._keys(xs)           # (q scaled by 1 / sqrt(key_dim))
     w, wz, keep = layer._weights(q, k, masks[0], layer._key_mask(masks))
-    o = _heads(wz @ _heads(v))          # (B, T, heads, value_dim)
+    o = _heads(matmul(wz, _heads(v)))  # (B, T, heads, value_dim)
     B, T, N, V = o.shape
     g = gys[0] if gys[0] is not None else np.zeros(y[0].shape if isinstance(y, list)
                                                     else y.shape, dt)
     E = layer.output_kernel.shape[2]
     g2 = g.reshape(B * T, E)
     ok = layer.output_kernel.reshape(N * V, E)
-    grads = {"output_kernel": (o.reshape(B * T, N * V).T @ g2).reshape(
+    grads = {"output_kernel": matmul(o.reshape(B * T, N * V).T, g2).reshape(
         layer.output_kernel.shape)}
     if layer.output_bias is not None:
         grads["output_bias"] = g.sum(axis=(0, 1))
-    do = _heads((g2 @ ok.T).reshape(B, T, N, V))       # (B, heads, T, value_dim)
-    dwz = do @ np.moveaxis(v, 1, 3)
+    do = _heads(matmul(g2, ok.T).reshape(B, T, N, V))  # (B, heads, T, value_dim)
+    dwz = matmul(do, np.moveaxis(v, 1, 3))
     if layer.return_attention_scores and gys[1] is not None:
         dwz = dwz + gys[1]
-    dv = _heads(np.swapaxes(wz, 2, 3) @ do)
+    dv = _heads(matmul(np.swapaxes(wz, 2, 3), do))
     dw = dwz if wz is w else np.where(keep[:, None], dwz, dt.type(0))
     ds = _softmax_back(w, dw)
     if keep is not None and not layer.additive_mask:
         ds = np.where(keep[:, None], ds, dt.type(0))     # (set to -1e9 there: constant)
-    dq = _heads(ds @ _heads(k)) * dt.type(1.0 / math.sqrt(float(layer.key_dim)))
-    dk = _heads(np.swapaxes(ds, 2, 3) @ _heads(q))
+    dq = _heads(matmul(ds, _heads(k))) * dt.type(1.0 / math.sqrt(float(layer.key_dim)))
+    dk = _heads(matmul(np.swapaxes(ds, 2, 3), _heads(q)))
     outs = []
     for name, x, d in (("query", query, dq), ("key", key, dk), ("value", value, dv)):
         kern = getattr(layer, f"{name}_kernel")
         F, d2 = x.shape[-1], d.reshape(B * d.shape[1], d.shape[2] * d.shape[3])
-        grads[f"{name}_kernel"] = (x.reshape(-1, F).T @ d2).reshape(kern.shape)
+        grads[f"{name}_kernel"] = matmul(x.reshape(-1, F).T, d2).reshape(kern.shape)
         if getattr(layer, f"{name}_bias") is not None:
             grads[f"{name}_bias"] = d.sum(axis=(0, 1))
-        outs.append((d2 @ kern.reshape(F, -1).T).reshape(x.shape))
+        outs.append(matmul(d2, kern.reshape(F, -1).T).reshape(x.shape))
     dquery, dkey, dvalue = outs
     ins = [dquery, dvalue + dkey] if len(xs) == 2 else [dquery, dvalue, dkey]
     return ins, grads
@@ -952,8 +952,8 @@ def _op_b(layer, ctx, gys):
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = np.expand_dims(g, -2) if a.ndim == 1 else g
         g2 = np.expand_dims(g2, -1) if b.ndim == 1 else g2
-        put(0, _unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape))
-        put(1, _unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape))
+        put(0, _unbroadcast(matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape))
+        put(1, _unbroadcast(matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape))
     else:
         raise ValueError(f"cannot train through layer {layer.name!r}: the backward of "
                          f"operation {op} is not implemented")

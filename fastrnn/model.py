@@ -40,7 +40,7 @@ import numpy as np
 
 from . import _threads
 from ._model_base import (  # noqa: F401 (re-exported: the importers use them)
-    Layer, _act_name, _default_name, _float_input, _index, activation_function)
+    Layer, _act_name, _default_name, _float_input, _index, activation_function, matmul)
 from ._model_conv import (Conv1D, Conv2D, Cropping, GlobalPooling2D, Permute, Pooling1D,
                           Pooling2D, Reshape, UpSampling, ZeroPadding)
 from ._model_ops import Op
@@ -210,7 +210,7 @@ class Dense(Layer):
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError(f"{self.name}: expected {self.kernel.shape[0]} input features, "
                              f"got {x.shape[-1]}")
-        y = x @ self.kernel
+        y = matmul(x, self.kernel)      # (scipy's BLAS beside the kernels: _model_base)
         if self.bias is not None:
             y += self.bias
         return self._act(y).astype(self.kernel.dtype, copy=False), mask
