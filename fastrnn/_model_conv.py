@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._model_base import Layer, _act_name, _default_name, _float_input, activation_function
+from ._model_base import (Layer, _act_name, _default_name, _float_input, activation_function,
+                          matmul)
 
 # A window op's element steps (taps x outputs, padded size: each times batch x channels)
 # beyond which it is refused (a file's pool_size: a window of millions of steps ran for
@@ -199,7 +200,8 @@ class Conv1D(_Conv):
         for g in range(self.groups):
             ci, co = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
             for j, v in enumerate(taps):
-                y[:, :, co] += (v if self.groups == 1 else v[:, :, ci]) @ self.kernel[j][:, co]
+                y[:, :, co] += matmul(v if self.groups == 1 else v[:, :, ci],
+                                      self.kernel[j][:, co])
         if self.bias is not None:
             y += self.bias
         return self._act(y).astype(x.dtype, copy=False), None

@@ -40,6 +40,7 @@ from . import _onnx_loop as _loop
 from . import _onnx_scan as _scan
 from . import _onnx_unrolled as _unrolled
 from ._onnx_conv import ConvChain, _op_avgpool, _op_conv, _op_maxpool, fusable_maxpool
+from .._model_base import matmul
 from .._threads import CALL_SCOPE, _scope, threads_for_calls
 
 __all__ = ["load_onnx", "load", "OnnxModel", "SUPPORTED_OPS"]
@@ -322,7 +323,7 @@ def _op_gather_elements(i, a, o):
 
 
 def _op_matmul(i, a, o):
-    return [np.matmul(i[0], i[1])]
+    return [matmul(i[0], i[1])]
 
 
 def _op_gemm(i, a, o):
@@ -331,7 +332,7 @@ def _op_gemm(i, a, o):
         A = A.T
     if a.get("transB", 0):
         B = B.T
-    y = np.dot(A, B) if A.ndim == 2 and B.ndim == 2 else A @ B   # (dot: ~0.4 us less)
+    y = matmul(A, B)
     alpha = a.get("alpha", 1.0)
     if alpha != 1.0:
         y = y * _same(y, alpha)
@@ -560,7 +561,7 @@ def _op_attention(i, a, o):
     scale = a.get("scale")
     if scale is None:
         scale = 1 / math.sqrt(q.shape[3])
-    s = np.matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    s = matmul(q, np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
     cap = a.get("softcap", 0.0)
     if cap and cap > 0:
         s = q.dtype.type(cap) * np.tanh(s / q.dtype.type(cap))
@@ -582,7 +583,7 @@ def _op_attention(i, a, o):
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(s - np.where(dead, 0, m))
         w = e / np.sum(e, axis=-1, keepdims=True)
-    y = np.matmul(np.where(dead, 0, w), v)
+    y = matmul(np.where(dead, 0, w), v)
     if three:
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], Sq, -1)
     return [y.astype(q.dtype, copy=False)]
@@ -2512,11 +2513,9 @@ class _Program:
         except ValueError:
             return None
 
-        mul = np.dot if op_type == "Gemm" else np.matmul    # (as the ops do)
-
         def run(v):
             if type(v) is np.ndarray and v.shape == shape and v.dtype == dt:
-                r = mul(v, w)
+                r = matmul(v, w)
                 if bias is not None:
                     r += bias
                 return (r,)
