@@ -8,6 +8,9 @@ would run: the whole model on the sequence so far, once per new step.
     PYTHONPATH=. python bench/stream_attention.py
     PYTHONPATH=. python bench/stream_attention.py --steps 4000 --heads 8 --key-dim 32
 
+``--whole-only``: only the whole model's call at 100, 1000 and 2000 steps (no stream:
+it runs on any fastrnn with MultiHeadAttention, e.g. an older build on ``PYTHONPATH``).
+
 Prints median microseconds per step over windows of steps.  No timing thresholds.
 """
 from __future__ import annotations
@@ -38,9 +41,22 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--key-dim", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--whole-only", action="store_true")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     m = build(a.features, a.hidden, a.heads, a.key_dim, rng)
+    if a.whole_only:
+        for T in (100, 1000, 2000):
+            x = rng.standard_normal((1, T, a.features)).astype(np.float32)
+            m(x)
+            ts = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                m(x)
+                ts.append(time.perf_counter() - t0)
+            print(f"{fastrnn.__file__}: T={T} the whole model {np.median(ts) * 1e3:.2f} ms "
+                  "(median of 7)")
+        return
     x = rng.standard_normal((1, a.steps, a.features)).astype(np.float32)
     s = fastrnn.Stream(m, batch_size=1)
     times, outs = [], []
