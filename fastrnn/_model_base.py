@@ -286,7 +286,9 @@ def matmul(a, b):
     for ~0.1 s against the kernels' OpenMP threads (and these against them): on 2 CPUs an
     LSTM(64, 128) + Dense(128) model call at B=1 T=100 took 8.0 ms with NumPy's ``@``,
     0.20 ms this way (``PYTHONPATH=. python bench/model_blas.py``)."""
-    from .io._onnx_conv import _blas_scope, _gemm
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 == b.ndim and \
+            a.shape[0] * a.shape[1] * b.shape[1] <= _ONE_THREAD_MACS:
+        return np.dot(a, b)     # (the common small product, first; dot: ~0.4 us below @)
     a, b = np.asarray(a), np.asarray(b)
     if not _BLAS_PRODUCTS or a.dtype != b.dtype or a.dtype.char not in "fd" or \
             a.ndim < 2 or b.ndim < 2 or not a.size or not b.size or \
@@ -295,6 +297,7 @@ def matmul(a, b):
     if b.ndim == 2:         # every row of a times one matrix: one product
         if math.prod(a.shape) * b.shape[1] <= _ONE_THREAD_MACS:
             return a @ b
+        from .io._onnx_conv import _blas_scope, _gemm
         rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
         c = np.empty((rows.shape[0], b.shape[1]), a.dtype)
         with _blas_scope(None):
@@ -306,6 +309,7 @@ def matmul(a, b):
         lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
         return a @ b        # (NumPy's error)
+    from .io._onnx_conv import _blas_scope, _gemm
     A = np.broadcast_to(a, lead + a.shape[-2:])
     B = np.broadcast_to(b, lead + b.shape[-2:])
     c = np.empty(lead + (a.shape[-2], b.shape[-1]), a.dtype)
