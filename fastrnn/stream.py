@@ -242,20 +242,16 @@ class _AttentionCache:
     def _grown(self, k, v, km):
         """(keys, values, mask or None, n, n + the chunk's steps): the buffers with the
         chunk's ``k``, ``v``, ``km`` written after their first ``n`` steps (new arrays
-        where they must grow or change dtype)."""
+        where they must grow, or take the chunk's dtype: a state set in another)."""
         K, V, M, n = self.state
         B, c = k.shape[:2]
-        if K is None:
-            dk, dv = k.dtype, v.dtype
-        elif K.shape[2:] != k.shape[2:] or V.shape[2:] != v.shape[2:]:
+        if K is not None and (K.shape[2:] != k.shape[2:] or V.shape[2:] != v.shape[2:]):
             raise ValueError(f"cannot stream layer {self.layer.name!r}: keys / values of "
                              f"shapes {k.shape} / {v.shape} after ones of "
                              f"{K[:, :n].shape} / {V[:, :n].shape}")
-        else:
-            dk, dv = np.result_type(K.dtype, k.dtype), np.result_type(V.dtype, v.dtype)
-        if K is None or n + c > K.shape[1] or K.dtype != dk or V.dtype != dv:
+        if K is None or n + c > K.shape[1] or K.dtype != k.dtype or V.dtype != v.dtype:
             cap = max(n + c, 2 * n, 16)
-            K2, V2 = (np.empty((B, cap) + a.shape[2:], d) for a, d in ((k, dk), (v, dv)))
+            K2, V2 = (np.empty((B, cap) + a.shape[2:], a.dtype) for a in (k, v))
             if n:
                 K2[:, :n], V2[:, :n] = K[:, :n], V[:, :n]
             K, V = K2, V2

@@ -277,3 +277,18 @@ def test_a_residual_add_of_a_masked_query_is_warned_and_streams_as_the_whole_cal
     assert np.abs(want - y).max() > 1e-2           # (the known difference)
     s = fastrnn.Stream(model, batch_size=3)
     np.testing.assert_allclose(_fed(s, xs, [1, 2])[0], want, rtol=0, atol=1e-6)
+
+
+def test_a_state_set_in_float64_runs_in_the_models_dtype():
+    """Keys and values set in another dtype take the model's at the next feed (the
+    outputs stay float32, within float32 rounding of the float32 state's)."""
+    model, xs, ys = _fixture("stream_mha_decoder")
+    s = fastrnn.Stream(model, batch_size=3)
+    s.feed(xs[0][:, :4])
+    st = s.state
+    k, v, m = st[-1]
+    again = fastrnn.Stream(model, batch_size=3)
+    again.state = st[:-1] + [(k.astype(np.float64), v.astype(np.float64), m)]
+    got = again.feed(xs[0][:, 4:])
+    assert got.dtype == np.float32 and again.state[-1][0].dtype == np.float32
+    np.testing.assert_allclose(got, ys[0][:, 4:], rtol=0, atol=TOL)
