@@ -96,3 +96,12 @@ def test_a_model_gives_the_same_outputs_either_way(gemms):
         _model_base._set_blas_products(old)
     assert gemms[0] == 1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_big_endian_operands_are_numpys(gemms):
+    """(scipy's BLAS would read their bytes as native: 50 off, a review)"""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 100)).astype(">f4")
+    b = rng.standard_normal((100, 50)).astype(">f4")
+    np.testing.assert_array_equal(_model_base.matmul(a, b), a @ b)
+    assert gemms[0] == 0
